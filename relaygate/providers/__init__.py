@@ -1,0 +1,23 @@
+"""Provider adapters, one file each; ``provider_class`` maps a config ``provider`` to its adapter."""
+
+from __future__ import annotations
+
+import importlib
+
+from .base import Provider
+
+# provider type -> "module:Class"; imported lazily so unused providers cost nothing at start
+REGISTRY: dict[str, str] = {
+    "openai": "openai_compat:OpenAIProvider",
+    "azure": "azure:AzureProvider",
+    "demo": "demo:DemoProvider",
+}
+
+
+def provider_class(kind: str) -> type[Provider]:
+    """The adapter class for a provider type (ValueError when none is installed)."""
+    target = REGISTRY.get(kind)
+    if target is None:
+        raise ValueError(f"provider {kind!r} is not available in this build")
+    module, _, cls = target.partition(":")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), cls)  # type: ignore[no-any-return]

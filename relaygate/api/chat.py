@@ -1,0 +1,66 @@
+"""``POST /v1/chat/completions``: validate just enough, then pass the body through untouched."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from ..call import Call
+from ..errors import BadRequest
+from ..http import Request, Response, StreamResponse
+from .common import check, object_body, pop_provider, require, respond
+
+if TYPE_CHECKING:
+    from ..gateway import Gateway
+
+
+def validate_chat(body: dict) -> None:  # type: ignore[type-arg]
+    """Reject what no upstream could serve; everything else (tools, n, logprobs, …) passes untouched."""
+    model = require(body, "model", str, "a string")
+    if not model:
+        raise BadRequest("'model' must not be empty", param="model")
+    messages = require(body, "messages", list, "an array of messages")
+    if not messages:
+        raise BadRequest("'messages' must contain at least one message", param="messages")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise BadRequest(f"messages[{i}] must be an object", param=f"messages[{i}]", code="invalid_type")
+        role = m.get("role")
+        if not isinstance(role, str):
+            raise BadRequest(f"messages[{i}].role must be a string", param=f"messages[{i}].role",
+                             code="invalid_type")
+    check(body, "stream", bool, "a boolean")
+    check(body, "stream_options", dict, "an object")
+    n = check(body, "n", int, "an integer")
+    if n is not None and n < 1:
+        raise BadRequest("'n' must be at least 1", param="n")
+    check(body, "tools", list, "an array")
+    check(body, "temperature", (int, float), "a number")
+    check(body, "max_tokens", int, "an integer")
+    check(body, "max_completion_tokens", int, "an integer")
+
+
+def chat_call(gw: Gateway, req: Request, body: dict, route: str = "chat") -> Call:  # type: ignore[type-arg]
+    provider = pop_provider(body)
+    validate_chat(body)
+    stream = bool(body.get("stream"))
+    opts = body.get("stream_options")
+    return Call(
+        id=req.id, route=route, model=body["model"], body=body, stream=stream, headers=req.headers,
+        client_ip=req.client_ip, provider=provider,
+        wants_usage=bool(stream and isinstance(opts, dict) and opts.get("include_usage")),
+        deadline=time.monotonic() + gw.config.server.request_timeout,
+    )
+
+
+async def chat_completions(gw: Gateway, req: Request) -> Response | StreamResponse:
+    body = object_body(await req.json(gw.config.server.max_body_bytes))
+    call = chat_call(gw, req, body)
+    reply = await gw.handle(call)
+    return respond(call, reply)
+
+
+ROUTES = [
+    ("POST", "/v1/chat/completions", chat_completions),
+    ("POST", "/chat/completions", chat_completions),
+]

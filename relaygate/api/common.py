@@ -1,0 +1,59 @@
+"""Helpers shared by the API modules: validation and turning a Reply into a response."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..call import Call, Reply
+from ..errors import BadRequest
+from ..http import Response, StreamResponse
+from ..providers.base import stream_error_event
+
+
+def require(body: dict[str, Any], name: str, kind: type | tuple[type, ...], what: str) -> Any:
+    """The field ``name`` of ``body``, which must exist and be of ``kind``."""
+    if name not in body or body[name] is None:
+        raise BadRequest(f"you must provide the '{name}' parameter", param=name, code="missing_required_parameter")
+    return check(body, name, kind, what)
+
+
+def check(body: dict[str, Any], name: str, kind: type | tuple[type, ...], what: str) -> Any:
+    """The optional field ``name`` (None if absent), which must be of ``kind`` when present."""
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) and kind in (int, float, (int, float)):
+        raise BadRequest(f"'{name}' must be {what}, not a boolean", param=name, code="invalid_type")
+    if not isinstance(value, kind):
+        raise BadRequest(f"'{name}' must be {what}, not {type(value).__name__}", param=name, code="invalid_type")
+    return value
+
+
+def object_body(data: Any) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise BadRequest(f"the request body must be a JSON object, not {type(data).__name__}")
+    return data
+
+
+def pop_provider(body: dict[str, Any]) -> str | None:
+    """Take the gateway-only ``provider`` field out of the body (it is never forwarded)."""
+    provider = body.pop("provider", None)
+    if provider is not None and (not isinstance(provider, str) or not provider):
+        raise BadRequest("'provider' must be a non-empty string", param="provider", code="invalid_type")
+    return provider
+
+
+def reply_headers(call: Call, reply: Reply) -> dict[str, str]:
+    h = dict(reply.headers)
+    if call.deployment is not None:
+        h["x-relaygate-deployment"] = call.deployment.name
+    h["x-relaygate-attempts"] = str(call.attempts)
+    return h
+
+
+def respond(call: Call, reply: Reply) -> Response | StreamResponse:
+    """The HTTP response for a reply: streamed as it arrives, or whole."""
+    headers = reply_headers(call, reply)
+    if reply.stream is not None:
+        return StreamResponse(reply, headers, stream_error_event)
+    return Response(reply.body or b"", reply.status, headers, reply.media_type, reply=reply)

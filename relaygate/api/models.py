@@ -1,0 +1,37 @@
+"""``GET /v1/models`` and ``GET /v1/models/{id}`` in OpenAI's shape."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ModelNotFound
+from ..http import Request, Response, json_response
+
+if TYPE_CHECKING:
+    from ..gateway import Gateway
+
+
+def model_object(gw: Gateway, name: str) -> dict[str, Any]:
+    deps = gw.table.models[name]
+    return {"id": name, "object": "model", "created": int(gw.started), "owned_by": "relaygate",
+            "providers": sorted({d.provider_type for d in deps})}
+
+
+async def list_models(gw: Gateway, req: Request) -> Response:
+    return json_response({"object": "list", "data": [model_object(gw, n) for n in gw.table.names()]})
+
+
+async def get_model(gw: Gateway, req: Request) -> Response:
+    name = req.params["rest"]
+    if name not in gw.table.models or name == "*":
+        known = ", ".join(gw.table.names()) or "none"
+        raise ModelNotFound(f"The model {name!r} does not exist on this gateway. Available models: {known}.",
+                            param="model")
+    return json_response(model_object(gw, name))
+
+
+ROUTES = [
+    ("GET", "/v1/models", list_models),
+    ("GET", "/models", list_models),
+    ("GET", "/v1/models/{rest}", get_model),
+]

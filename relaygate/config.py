@@ -1,0 +1,220 @@
+"""Typed configuration: one YAML file, ``${ENV_VAR}`` interpolation, every error named by its path."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+PROVIDER_TYPES = ("openai", "azure", "demo", "anthropic", "gemini", "vertex", "bedrock", "bedrock_agent", "cohere")
+DEMO_MODEL = "demo"
+
+
+class ConfigError(Exception):
+    """A config that cannot be used; ``errors`` lists every problem with its path."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("invalid configuration:\n" + "\n".join(f"  {e}" for e in errors))
+        self.errors = errors
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DeploymentConfig(_Strict):
+    """One upstream that can serve a model."""
+
+    provider: str
+    model: str
+    name: str | None = None  # unique id; derived from model/provider/index when omitted
+    api_base: str | None = None
+    api_key: SecretStr | None = None
+    api_version: str | None = None  # azure api-version; anthropic-version for anthropic
+    timeout: float = Field(60.0, gt=0)  # total seconds for a call
+    connect_timeout: float = Field(10.0, gt=0)
+    read_timeout: float | None = Field(None, gt=0)  # max silence between bytes; default: timeout
+    headers: dict[str, str] = Field(default_factory=dict)  # extra upstream headers (config only)
+    # routing hints (used by routing strategies)
+    weight: float = Field(1.0, ge=0)
+    priority: int = 0
+    input_cost_per_token: float | None = Field(None, ge=0)
+    output_cost_per_token: float | None = Field(None, ge=0)
+    rpm: int | None = Field(None, gt=0)
+    tpm: int | None = Field(None, gt=0)
+    max_parallel: int | None = Field(None, gt=0)
+    tags: list[str] = Field(default_factory=list)
+    # provider-specific settings (each provider validates what it needs)
+    region: str | None = None
+    aws_access_key_id: SecretStr | None = None
+    aws_secret_access_key: SecretStr | None = None
+    aws_session_token: SecretStr | None = None
+    project: str | None = None
+    location: str | None = None
+    agent_id: str | None = None
+    agent_alias_id: str | None = None
+
+    @field_validator("provider")
+    @classmethod
+    def _known_provider(cls, v: str) -> str:
+        if v not in PROVIDER_TYPES:
+            raise ValueError(f"unknown provider {v!r}; expected one of {', '.join(PROVIDER_TYPES)}")
+        return v
+
+    @field_validator("api_base")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("not a URL (expected http:// or https://)")
+        return v.rstrip("/")
+
+
+class ModelConfig(_Strict):
+    """A model name clients send, served by one or more deployments."""
+
+    name: str = Field(min_length=1)
+    deployments: list[DeploymentConfig] = Field(min_length=1)
+    description: str | None = None
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(4000, ge=0, le=65535)
+    max_body_bytes: int = Field(10 * 1024 * 1024, gt=0)
+    request_timeout: float = Field(600.0, gt=0)  # the per-request deadline across attempts
+
+
+class Config(_Strict):
+    models: list[ModelConfig] = Field(default_factory=list)
+    server: ServerConfig = Field(default_factory=ServerConfig)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Config:
+        seen: set[str] = set()
+        errors = []
+        for m in self.models:
+            if m.name in seen:
+                errors.append(f"duplicate model name {m.name!r}")
+            seen.add(m.name)
+        if errors:
+            raise ValueError("; ".join(errors))
+        return self
+
+    def deployment_names(self) -> list[str]:
+        return [deployment_name(m, i) for m in self.models for i in range(len(m.deployments))]
+
+
+def deployment_name(model: ModelConfig, index: int) -> str:
+    """The stable id of a model's deployment: its ``name`` or ``model-name/provider/index``."""
+    d = model.deployments[index]
+    return d.name or f"{model.name}/{d.provider}/{index}"
+
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def interpolate(node: Any, env: Mapping[str, str], path: str, errors: list[str]) -> Any:
+    """Replace ``${VAR}`` / ``${VAR:-default}`` in every string; a missing variable is an error."""
+    if isinstance(node, str):
+        def sub(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            errors.append(f"{path or '<root>'}: environment variable {name} is not set")
+            return ""
+        return _VAR.sub(sub, node)
+    if isinstance(node, dict):
+        return {k: interpolate(v, env, f"{path}.{k}" if path else str(k), errors) for k, v in node.items()}
+    if isinstance(node, list):
+        return [interpolate(v, env, f"{path}[{i}]", errors) for i, v in enumerate(node)]
+    return node
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "<root>"
+
+
+def _message(err: Mapping[str, Any]) -> str:
+    msg = str(err.get("msg", "invalid"))
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            msg = msg[len(prefix):]
+    if err.get("type") == "extra_forbidden":
+        msg = "unknown field"
+    return msg
+
+
+def parse_config(raw: Any, env: Mapping[str, str] | None = None) -> Config:
+    """Validate an already-parsed YAML document; raise ConfigError listing every problem."""
+    env = os.environ if env is None else env
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(["<root>: the config must be a mapping"])
+    errors: list[str] = []
+    data = interpolate(raw, env, "", errors)
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as e:
+        errors.extend(f"{_loc(err['loc'])}: {_message(err)}" for err in e.errors())
+        raise ConfigError(errors) from None
+    if errors:
+        raise ConfigError(errors)
+    return cfg
+
+
+def load_config(path: str | None, env: Mapping[str, str] | None = None) -> Config:
+    """Load the config at ``path``, or the zero-config default when ``path`` is None."""
+    env = os.environ if env is None else env
+    if path is None:
+        return default_config(env)
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.safe_load(f)
+    except OSError as e:
+        raise ConfigError([f"{path}: cannot read: {e.strerror}"]) from None
+    except yaml.YAMLError as e:
+        raise ConfigError([f"{path}: not valid YAML: {e}"]) from None
+    return parse_config(raw, env)
+
+
+def default_config(env: Mapping[str, str]) -> Config:
+    """The zero-config gateway: a local ``demo`` model, plus OpenAI's models when OPENAI_API_KEY is set."""
+    models: list[dict[str, Any]] = [{
+        "name": DEMO_MODEL,
+        "description": "Built-in demo model answered locally by relaygate's OpenAI emulator (not a real LLM).",
+        "deployments": [{"provider": "demo", "model": DEMO_MODEL}],
+    }]
+    key = env.get("OPENAI_API_KEY")
+    if key:
+        base = env.get("OPENAI_API_BASE") or env.get("OPENAI_UPSTREAM_BASE_URL") or "https://api.openai.com/v1"
+        models.append({
+            "name": "*",
+            "description": "Any OpenAI model, forwarded with OPENAI_API_KEY.",
+            "deployments": [{"provider": "openai", "model": "*", "api_base": base, "api_key": key}],
+        })
+    return parse_config({"models": models}, env)

@@ -1,0 +1,228 @@
+"""Minimal ASGI request/response helpers for the hot path (no framework: see STACK.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from .call import Reply
+from .errors import BadRequest, GatewayError, PayloadTooLarge
+
+log = logging.getLogger("relaygate")
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+def new_request_id() -> str:
+    return "req_" + os.urandom(12).hex()
+
+
+class Request:
+    """One HTTP request: headers are read once into a dict of lower-case names."""
+
+    __slots__ = ("scope", "receive", "headers", "id", "params", "_body", "body_consumed")
+
+    def __init__(self, scope: Scope, receive: Receive) -> None:
+        self.scope = scope
+        self.receive = receive
+        self.headers: dict[str, str] = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        rid = self.headers.get("x-request-id")
+        self.id = rid if rid and len(rid) <= 200 and rid.isprintable() else new_request_id()
+        self.params: dict[str, str] = {}
+        self._body: bytes | None = None
+        self.body_consumed = False
+
+    @property
+    def method(self) -> str:
+        return str(self.scope["method"])
+
+    @property
+    def path(self) -> str:
+        return str(self.scope["path"])
+
+    @property
+    def query(self) -> str:
+        return self.scope.get("query_string", b"").decode("latin-1")
+
+    @property
+    def client_ip(self) -> str:
+        client = self.scope.get("client")
+        return str(client[0]) if client else ""
+
+    async def body(self, limit: int) -> bytes:
+        """The whole body, refusing (413) as soon as it is known to exceed ``limit`` bytes."""
+        if self._body is not None:
+            return self._body
+        declared = self.headers.get("content-length")
+        if declared is not None:
+            try:
+                if int(declared) > limit:
+                    raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit} bytes")
+            except ValueError:
+                raise BadRequest("invalid content-length header") from None
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            msg = await self.receive()
+            if msg["type"] == "http.disconnect":
+                raise ClientGone()
+            chunk = msg.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+                chunks.append(chunk)
+            if not msg.get("more_body", False):
+                break
+        self.body_consumed = True
+        self._body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return self._body
+
+    async def stream(self, limit: int) -> AsyncIterator[bytes]:
+        """The body as it arrives, refusing (413) once more than ``limit`` bytes came."""
+        declared = self.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit} bytes")
+        size = 0
+        while True:
+            msg = await self.receive()
+            if msg["type"] == "http.disconnect":
+                raise ClientGone()
+            chunk = msg.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+                yield chunk
+            if not msg.get("more_body", False):
+                break
+        self.body_consumed = True
+
+    async def json(self, limit: int) -> Any:
+        raw = await self.body(limit)
+        if not raw:
+            raise BadRequest("the request body is empty; expected a JSON object")
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError as e:
+            raise BadRequest(f"the request body is not valid JSON ({e.msg} at position {e.pos})") from None
+
+
+class ClientGone(Exception):
+    """The client disconnected before we could answer."""
+
+
+def _headers(pairs: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in pairs.items()]
+
+
+class Response:
+    """A complete response."""
+
+    __slots__ = ("status", "body", "headers", "reply")
+
+    def __init__(self, body: bytes, status: int = 200, headers: dict[str, str] | None = None,
+                 media_type: str = "application/json", reply: Reply | None = None) -> None:
+        self.status = status
+        self.body = body
+        self.headers = {"content-type": media_type, **(headers or {})}
+        self.reply = reply  # finished once sent (metering, logging and stats hang on it)
+
+    async def send(self, send: Send, receive: Receive, request_id: str) -> None:
+        h = _headers(self.headers)
+        h.append((b"content-length", str(len(self.body)).encode()))
+        h.append((b"x-request-id", request_id.encode("latin-1")))
+        error: BaseException | None = None
+        try:
+            await send({"type": "http.response.start", "status": self.status, "headers": h})
+            await send({"type": "http.response.body", "body": self.body})
+        except BaseException as e:
+            error = e
+            raise
+        finally:
+            if self.reply is not None:
+                self.reply.finish(error)
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(data), status, headers)
+
+
+def error_response(err: GatewayError) -> Response:
+    return Response(orjson.dumps(err.body()), err.status, err.headers)
+
+
+class StreamResponse:
+    """A streamed reply: chunks are sent as they come; a client disconnect cancels the upstream at once."""
+
+    __slots__ = ("reply", "headers", "error_event")
+
+    def __init__(self, reply: Reply, headers: dict[str, str],
+                 error_event: Callable[[GatewayError], bytes]) -> None:
+        self.reply = reply
+        self.headers = headers
+        self.error_event = error_event
+
+    async def send(self, send: Send, receive: Receive, request_id: str) -> None:
+        reply = self.reply
+        h = _headers({"content-type": reply.media_type, "cache-control": "no-cache", **self.headers})
+        h.append((b"x-request-id", request_id.encode("latin-1")))
+        if reply.media_type.startswith("text/event-stream"):
+            h.append((b"x-accel-buffering", b"no"))
+        pump = asyncio.ensure_future(self._pump(send, h))
+        watch = asyncio.ensure_future(_wait_disconnect(receive))
+        error: BaseException | None = None
+        try:
+            await asyncio.wait((pump, watch), return_when=asyncio.FIRST_COMPLETED)
+            if not pump.done():
+                pump.cancel()
+                error = ClientGone()
+                try:
+                    await pump
+                except (asyncio.CancelledError, Exception):
+                    pass
+            else:
+                error = pump.exception()
+        except asyncio.CancelledError:
+            pump.cancel()
+            error = ClientGone()
+            raise
+        finally:
+            watch.cancel()
+            reply.finish(error)
+
+    async def _pump(self, send: Send, headers: list[tuple[bytes, bytes]]) -> None:
+        assert self.reply.stream is not None
+        stream = self.reply.stream
+        await send({"type": "http.response.start", "status": self.reply.status, "headers": headers})
+        try:
+            async for chunk in stream:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except GatewayError as e:
+            # bytes already reached the client: end the stream with an error event, never retry
+            log.warning("stream failed after first byte: %s", e.message)
+            try:
+                await send({"type": "http.response.body", "body": self.error_event(e), "more_body": False})
+            except OSError:
+                pass
+            raise
+        finally:
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while True:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            return

@@ -1,0 +1,201 @@
+"""What every provider adapter implements, and the HTTP plumbing they share."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+import aiohttp
+import orjson
+
+from ..call import Call, Reply
+from ..config import DeploymentConfig
+from ..errors import GatewayError, Unavailable, Unsupported, UpstreamTimeout
+
+
+class Provider:
+    """An upstream's wire format: OpenAI-format requests in, OpenAI-format replies out.
+
+    One instance per deployment. A method per route (``chat``, ``embeddings``, …); the ones a provider
+    does not implement answer ``Unsupported``. Failures are raised as ``GatewayError`` subclasses.
+    A streamed ``Reply`` is returned only once the upstream accepted the request, so that errors before
+    the first byte can still be retried elsewhere.
+    """
+
+    kind = "base"
+
+    def __init__(self, config: DeploymentConfig, session: aiohttp.ClientSession) -> None:
+        self.config = config
+        self.session = session
+        self._secrets = [s for s in self._secret_values() if s]
+
+    def _secret_values(self) -> Iterable[str]:
+        for field_name in ("api_key", "aws_secret_access_key", "aws_session_token", "aws_access_key_id"):
+            value = getattr(self.config, field_name, None)
+            if value is not None:
+                yield value.get_secret_value()
+
+    async def chat(self, call: Call) -> Reply:
+        raise Unsupported(f"provider {self.kind!r} does not serve chat completions", param="model")
+
+    async def embeddings(self, call: Call) -> Reply:
+        raise Unsupported(f"provider {self.kind!r} does not serve embeddings", param="model")
+
+    async def transcriptions(self, call: Call) -> Reply:
+        raise Unsupported(f"provider {self.kind!r} does not serve audio transcriptions", param="model")
+
+    async def translations(self, call: Call) -> Reply:
+        raise Unsupported(f"provider {self.kind!r} does not serve audio translations", param="model")
+
+    async def speech(self, call: Call) -> Reply:
+        raise Unsupported(f"provider {self.kind!r} does not serve speech", param="model")
+
+    async def probe(self) -> None:
+        """A cheap health check; raise a GatewayError when the upstream is not usable."""
+        return None
+
+    # -- shared helpers -------------------------------------------------------------------------
+
+    def timeout(self, call: Call) -> aiohttp.ClientTimeout:
+        """Per-deployment timeouts, never beyond the call's deadline."""
+        import time
+
+        total = self.config.timeout
+        if call.deadline:
+            total = max(0.001, min(total, call.deadline - time.monotonic()))
+        return aiohttp.ClientTimeout(
+            total=total, connect=self.config.connect_timeout, sock_read=self.config.read_timeout
+        )
+
+    def redact(self, text: str) -> str:
+        """Remove this deployment's secrets and anything key-shaped from upstream text."""
+        for s in self._secrets:
+            text = text.replace(s, "***")
+        return _KEYLIKE.sub("***", text)
+
+    async def request(
+        self,
+        call: Call,
+        method: str,
+        url: str,
+        *,
+        headers: dict[str, str],
+        data: bytes | aiohttp.FormData | AsyncIterator[bytes] | None = None,
+    ) -> aiohttp.ClientResponse:
+        """Send one upstream request; connection failures and timeouts become gateway errors."""
+        try:
+            return await self.session.request(
+                method, url, headers=headers, data=data, timeout=self.timeout(call), allow_redirects=False
+            )
+        except TimeoutError:
+            raise UpstreamTimeout(f"upstream {self.kind} timed out") from None
+        except aiohttp.ClientError as e:
+            raise Unavailable(f"upstream {self.kind} is unreachable ({type(e).__name__})", status=502) from None
+
+    async def read_body(self, resp: aiohttp.ClientResponse) -> bytes:
+        try:
+            return await resp.read()
+        except TimeoutError:
+            raise UpstreamTimeout(f"upstream {self.kind} timed out") from None
+        except aiohttp.ClientError as e:
+            raise Unavailable(f"upstream {self.kind} failed mid-response ({type(e).__name__})", status=502) from None
+
+
+_KEYLIKE = re.compile(r"\b(sk-[A-Za-z0-9_\-*]{6,}|AKIA[0-9A-Z]{12,}|AIza[0-9A-Za-z_\-]{20,})")
+
+
+def retry_after_seconds(headers: Any) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` / ``retry-after`` (seconds form), if present."""
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    ra = headers.get("retry-after")
+    if ra:
+        try:
+            return max(0.0, float(ra))
+        except ValueError:
+            return None
+    return None
+
+
+RATE_LIMIT_HEADERS = (
+    "x-ratelimit-limit-requests", "x-ratelimit-limit-tokens", "x-ratelimit-remaining-requests",
+    "x-ratelimit-remaining-tokens", "x-ratelimit-reset-requests", "x-ratelimit-reset-tokens",
+)
+
+
+def error_json(body: bytes) -> dict[str, Any]:
+    """The upstream's error object when the body is JSON, else {}."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return {}
+    if isinstance(data, dict):
+        err = data.get("error", data)
+        return err if isinstance(err, dict) else {"message": str(err)}
+    if isinstance(data, list) and data and isinstance(data[0], dict):  # Gemini sometimes wraps in a list
+        return error_json(orjson.dumps(data[0]))
+    return {}
+
+
+async def iter_sse(resp: aiohttp.ClientResponse, kind: str) -> AsyncIterator[tuple[str, bytes]]:
+    """Parse an SSE response incrementally into (event, data) pairs as the bytes arrive."""
+    buf = b""
+    try:
+        async for chunk in resp.content.iter_any():
+            buf += chunk
+            while True:
+                idx = _event_end(buf)
+                if idx < 0:
+                    break
+                raw, buf = buf[:idx[0]], buf[idx[1]:]
+                event, data = _parse_event(raw)
+                if data or event:
+                    yield event, data
+    except TimeoutError:
+        raise UpstreamTimeout(f"upstream {kind} stream timed out") from None
+    except aiohttp.ClientError as e:
+        raise Unavailable(f"upstream {kind} stream broke ({type(e).__name__})", status=502) from None
+    if buf.strip():
+        event, data = _parse_event(buf)
+        if data or event:
+            yield event, data
+
+
+def _event_end(buf: bytes) -> Any:
+    """(end of event, start of next) for the first complete event in buf, or -1."""
+    best = -1
+    for sep in (b"\n\n", b"\r\n\r\n", b"\r\r"):
+        i = buf.find(sep)
+        if i >= 0 and (best == -1 or i < best[0]):
+            best = (i, i + len(sep))
+    return best
+
+
+def _parse_event(raw: bytes) -> tuple[str, bytes]:
+    event = ""
+    data: list[bytes] = []
+    for line in raw.splitlines():
+        if line.startswith(b"data:"):
+            v = line[5:]
+            data.append(v[1:] if v.startswith(b" ") else v)
+        elif line.startswith(b"event:"):
+            event = line[6:].strip().decode("utf-8", "replace")
+    return event, b"\n".join(data)
+
+
+def sse(data: Any) -> bytes:
+    """Frame one OpenAI SSE event."""
+    return b"data: " + orjson.dumps(data) + b"\n\n"
+
+
+SSE_DONE = b"data: [DONE]\n\n"
+
+
+def stream_error_event(err: GatewayError) -> bytes:
+    """The event that ends a stream that failed after its first byte (OpenAI's in-stream error shape)."""
+    return sse(err.body())

@@ -1,0 +1,158 @@
+"""OpenAI and every OpenAI-compatible server: the body passes through with only the model rewritten."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+
+from ..call import Call, Reply, Usage
+from ..errors import ContentFiltered, ContextTooLong, GatewayError, Unavailable, UpstreamTimeout, from_status
+from .base import RATE_LIMIT_HEADERS, Provider, error_json, retry_after_seconds
+
+DEFAULT_BASE = "https://api.openai.com/v1"
+
+
+class OpenAIProvider(Provider):
+    """Any server that speaks OpenAI's REST API (OpenAI, Groq, Mistral, xAI, OpenRouter, vLLM, Ollama…)."""
+
+    kind = "openai"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        base = self.config.api_base or DEFAULT_BASE
+        self.base = base
+        self._headers = {"content-type": "application/json", **self.config.headers}
+        if self.config.api_key is not None and self.config.api_key.get_secret_value():
+            self._headers["authorization"] = "Bearer " + self.config.api_key.get_secret_value()
+
+    def url(self, path: str, model: str) -> str:
+        """The upstream URL of an API path such as ``/chat/completions``."""
+        return self.base + path
+
+    def auth_headers(self) -> dict[str, str]:
+        return self._headers
+
+    def prepare(self, call: Call, model: str) -> dict[str, Any]:
+        """The upstream body: the client's, with the model rewritten (and usage asked for on streams)."""
+        body = call.body
+        if body.get("model") != model:
+            body = {**body, "model": model}
+        if call.stream and call.route == "chat":
+            opts = body.get("stream_options")
+            if not (isinstance(opts, dict) and opts.get("include_usage")):
+                # ask for usage so cost can be metered; the extra chunk is dropped for this client
+                body = {**body, "stream_options": {**(opts if isinstance(opts, dict) else {}), "include_usage": True}}
+        return body
+
+    async def chat(self, call: Call) -> Reply:
+        return await self.forward_json(call, "/chat/completions")
+
+    async def embeddings(self, call: Call) -> Reply:
+        return await self.forward_json(call, "/embeddings")
+
+    async def forward_json(self, call: Call, path: str) -> Reply:
+        """POST the call's JSON body upstream; return the body whole, or the stream event by event."""
+        assert call.deployment is not None
+        model = call.deployment.upstream_model(call.model)
+        body = orjson.dumps(self.prepare(call, model))
+        resp = await self.request(call, "POST", self.url(path, model), headers=self.auth_headers(), data=body)
+        if resp.status >= 400:
+            raise await self.upstream_error(resp)
+        passed = {k: resp.headers[k] for k in RATE_LIMIT_HEADERS if k in resp.headers}
+        ctype = resp.headers.get("content-type", "")
+        if call.stream and ctype.startswith("text/event-stream"):
+            reply = Reply(media_type="text/event-stream", headers=passed, first_byte_at=time.monotonic())
+            reply.stream = self._relay(resp, reply, call.wants_usage)
+            return reply
+        try:
+            data = await self.read_body(resp)
+        finally:
+            resp.release()
+        reply = Reply(status=resp.status, body=data, headers=passed, media_type=ctype or "application/json",
+                      first_byte_at=time.monotonic())
+        reply.usage = _usage_of(data)
+        return reply
+
+    async def _relay(self, resp: aiohttp.ClientResponse, reply: Reply, keep_usage_chunk: bool) -> AsyncIterator[bytes]:
+        """Forward SSE events as they arrive, whole events only; note usage; drop the usage chunk if unasked."""
+        buf = b""
+        try:
+            async for chunk in resp.content.iter_any():
+                buf += chunk
+                end = buf.rfind(b"\n\n")
+                if end < 0:
+                    continue
+                events, buf = buf[: end + 2], buf[end + 2:]
+                if b'"usage"' in events:
+                    events = self._take_usage(events, reply, keep_usage_chunk)
+                    if not events:
+                        continue
+                yield events
+            if buf.strip():
+                yield buf if buf.endswith(b"\n\n") else buf + b"\n\n"
+        except TimeoutError:
+            raise UpstreamTimeout("upstream stream timed out") from None
+        except aiohttp.ClientError as e:
+            raise Unavailable(f"upstream stream broke ({type(e).__name__})", status=502) from None
+        finally:
+            # close, not release: if the client went away mid-stream the upstream must see it at once
+            resp.close()
+
+    @staticmethod
+    def _take_usage(events: bytes, reply: Reply, keep_usage_chunk: bool) -> bytes:
+        out: list[bytes] = []
+        for ev in events.split(b"\n\n"):
+            if not ev:
+                continue
+            if b'"usage"' in ev and ev.startswith(b"data: {") and b'"usage":null' not in ev \
+                    and b'"usage": null' not in ev:
+                try:
+                    data = orjson.loads(ev[6:])
+                except orjson.JSONDecodeError:
+                    data = None
+                if isinstance(data, dict):
+                    u = Usage.from_openai(data.get("usage"))
+                    if u is not None:
+                        reply.usage = u
+                        if not keep_usage_chunk and not data.get("choices"):
+                            continue
+            out.append(ev + b"\n\n")
+        return b"".join(out)
+
+    async def upstream_error(self, resp: aiohttp.ClientResponse) -> GatewayError:
+        """Map an upstream error response to a gateway error, without leaking secrets or addresses."""
+        try:
+            raw = await resp.read()
+        except (aiohttp.ClientError, TimeoutError):
+            raw = b""
+        finally:
+            resp.release()
+        err = error_json(raw)
+        message = self.redact(str(err.get("message") or f"upstream returned HTTP {resp.status}"))
+        code = err.get("code") if isinstance(err.get("code"), str) else None
+        param = err.get("param") if isinstance(err.get("param"), str) else None
+        if code == "context_length_exceeded" or "maximum context length" in message:
+            return ContextTooLong(message, param=param or "messages")
+        if code == "content_filter" or code == "content_policy_violation":
+            return ContentFiltered(message, param=param)
+        e = from_status(resp.status, message, retry_after=retry_after_seconds(resp.headers), code=code,
+                        param=param)
+        for k in RATE_LIMIT_HEADERS:
+            if k in resp.headers:
+                e.headers[k] = resp.headers[k]
+        return e
+
+
+def _usage_of(body: bytes) -> Usage | None:
+    # find "usage" without parsing big bodies twice: only parse when present
+    if b'"usage"' not in body:
+        return None
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    return Usage.from_openai(data.get("usage")) if isinstance(data, dict) else None

@@ -1,0 +1,198 @@
+"""Building OpenAI-format replies from other providers' answers, and reading OpenAI requests.
+
+Translating providers share these so that every one emits the same chunk and completion shapes.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from ..call import Usage
+from ..errors import BadRequest
+
+SSE_DONE = b"data: [DONE]\n\n"
+
+
+def completion_id() -> str:
+    return "chatcmpl-" + os.urandom(12).hex()
+
+
+def tool_call_id() -> str:
+    return "call_" + os.urandom(12).hex()
+
+
+def completion(
+    *, id: str, model: str, content: str | None, tool_calls: list[dict[str, Any]] | None = None,
+    finish_reason: str | None, usage: Usage | None, created: int | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A whole ``chat.completion`` object with one choice."""
+    message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    body: dict[str, Any] = {
+        "id": id, "object": "chat.completion", "created": created or int(time.time()), "model": model,
+        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason, "logprobs": None}],
+        "usage": usage_body(usage),
+    }
+    if extra:
+        body.update(extra)
+    return body
+
+
+def usage_body(usage: Usage | None) -> dict[str, Any] | None:
+    """OpenAI's usage object; None when the upstream does not report usage (never invented)."""
+    if usage is None or not usage.known:
+        return None
+    out = usage.as_openai()
+    if usage.cached_tokens or usage.cache_write_tokens:
+        out["prompt_tokens_details"] = {"cached_tokens": usage.cached_tokens}
+    return out
+
+
+class ChunkWriter:
+    """Emits ``chat.completion.chunk`` SSE events for one streamed choice, incrementally."""
+
+    def __init__(self, model: str, id: str | None = None, include_usage: bool = False) -> None:
+        self.id = id or completion_id()
+        self.model = model
+        self.created = int(time.time())
+        self.include_usage = include_usage
+        self.started = False
+        self._tool_index: dict[str, int] = {}  # upstream tool-call key -> OpenAI tool_calls index
+
+    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
+        c: dict[str, Any] = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                             "model": self.model,
+                             "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+        if self.include_usage:
+            c["usage"] = None
+        return b"data: " + orjson.dumps(c) + b"\n\n"
+
+    def role(self) -> bytes:
+        """The first chunk (assistant role); emitted once."""
+        self.started = True
+        return self._chunk({"role": "assistant", "content": ""})
+
+    def _ensure_role(self) -> bytes:
+        return b"" if self.started else self.role()
+
+    def text(self, text: str) -> bytes:
+        if not text:
+            return b""
+        return self._ensure_role() + self._chunk({"content": text})
+
+    def tool_start(self, key: str, call_id: str, name: str) -> bytes:
+        """A new tool call (id and name); ``key`` is the upstream's handle for later argument deltas."""
+        index = self._tool_index.setdefault(key, len(self._tool_index))
+        return self._ensure_role() + self._chunk({"tool_calls": [
+            {"index": index, "id": call_id, "type": "function", "function": {"name": name, "arguments": ""}}]})
+
+    def tool_args(self, key: str, fragment: str) -> bytes:
+        if not fragment:
+            return b""
+        index = self._tool_index[key]
+        return self._chunk({"tool_calls": [{"index": index, "function": {"arguments": fragment}}]})
+
+    def finish(self, reason: str | None) -> bytes:
+        return self._ensure_role() + self._chunk({}, reason or "stop")
+
+    def usage(self, usage: Usage | None) -> bytes:
+        """The usage-only chunk, when the client asked for it."""
+        if not self.include_usage:
+            return b""
+        c = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+             "choices": [], "usage": usage_body(usage)}
+        return b"data: " + orjson.dumps(c) + b"\n\n"
+
+    @staticmethod
+    def done() -> bytes:
+        return SSE_DONE
+
+
+# ---- reading OpenAI requests ---------------------------------------------------------------------------
+
+@dataclass(slots=True)
+class Image:
+    """An image part: inline bytes (``data`` + ``media_type``) or a remote ``url``."""
+
+    media_type: str | None = None
+    data: bytes | None = None
+    url: str | None = None
+
+    @property
+    def b64(self) -> str:
+        return base64.b64encode(self.data or b"").decode()
+
+
+def parse_image_url(url: str, param: str) -> Image:
+    """An ``image_url`` value: a ``data:`` URI (decoded) or an http(s) URL (left for the provider)."""
+    if url.startswith("data:"):
+        header, _, payload = url.partition(",")
+        if ";base64" not in header or not payload:
+            raise BadRequest("image data URIs must be base64 encoded", param=param)
+        try:
+            data = base64.b64decode(payload, validate=True)
+        except ValueError:
+            raise BadRequest("image data URI is not valid base64", param=param) from None
+        return Image(media_type=header[5:].split(";")[0] or "image/png", data=data)
+    if url.startswith(("http://", "https://")):
+        return Image(url=url)
+    raise BadRequest("image_url.url must be an http(s) URL or a data: URI", param=param)
+
+
+def content_parts(content: Any, param: str) -> list[str | Image]:
+    """A message's content as a list of text strings and images."""
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [content]
+    if not isinstance(content, list):
+        raise BadRequest(f"{param} must be a string or an array of content parts", param=param)
+    parts: list[str | Image] = []
+    for i, p in enumerate(content):
+        if not isinstance(p, dict):
+            raise BadRequest(f"{param}[{i}] must be an object", param=f"{param}[{i}]")
+        kind = p.get("type")
+        if kind == "text":
+            parts.append(str(p.get("text", "")))
+        elif kind == "image_url":
+            iu = p.get("image_url")
+            url = iu.get("url") if isinstance(iu, dict) else iu
+            if not isinstance(url, str):
+                raise BadRequest(f"{param}[{i}].image_url.url must be a string", param=f"{param}[{i}]")
+            parts.append(parse_image_url(url, f"{param}[{i}].image_url"))
+        else:
+            raise BadRequest(f"content part type {kind!r} is not supported by this provider",
+                             param=f"{param}[{i}].type")
+    return parts
+
+
+def text_of(content: Any) -> str:
+    """The concatenated text of a message's content (images ignored)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return ""
+
+
+def tool_arguments(raw: Any, param: str) -> dict[str, Any]:
+    """A tool call's ``arguments`` JSON string as an object (providers that want objects)."""
+    if isinstance(raw, dict):
+        return raw
+    if raw in (None, ""):
+        return {}
+    try:
+        value = orjson.loads(raw)
+    except (orjson.JSONDecodeError, TypeError):
+        raise BadRequest("tool call arguments must be a JSON object string", param=param) from None
+    if not isinstance(value, dict):
+        raise BadRequest("tool call arguments must be a JSON object", param=param)
+    return value

@@ -100,9 +100,23 @@ class ServerConfig(_Strict):
     request_timeout: float = Field(600.0, gt=0)  # the per-request deadline across attempts
 
 
+class StateConfig(_Strict):
+    """Where state shared by gateway instances lives: in-process (default) or Redis."""
+
+    redis_url: str | None = None  # e.g. redis://127.0.0.1:6379/0; rate limits, budgets, breakers go there
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, v: str | None) -> str | None:
+        if v is not None and urlsplit(v).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("not a Redis URL (expected redis://, rediss:// or unix://)")
+        return v
+
+
 class Config(_Strict):
     models: list[ModelConfig] = Field(default_factory=list)
     server: ServerConfig = Field(default_factory=ServerConfig)
+    state: StateConfig = Field(default_factory=StateConfig)
 
     @model_validator(mode="after")
     def _unique_names(self) -> Config:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import aiohttp
 
@@ -53,6 +54,7 @@ class Gateway:
         self.table = ModelTable(build_deployments(config, session), PROVIDER_TYPES)
         self.router = Router(self.table)
         self.pipeline: Handler = self.router
+        self.redis: Any = None  # redis.asyncio.Redis when state.redis_url is set (shared by all layers)
         self.ready = False
 
     @classmethod
@@ -68,10 +70,16 @@ class Gateway:
         return gw
 
     async def start(self) -> None:
+        if self.config.state.redis_url:
+            import redis.asyncio as aioredis
+
+            self.redis = aioredis.from_url(self.config.state.redis_url, decode_responses=False)
         self.ready = True
 
     async def close(self) -> None:
         self.ready = False
+        if self.redis is not None:
+            await self.redis.aclose()
         await self.session.close()
 
     async def handle(self, call: Call) -> Reply:

@@ -116,6 +116,26 @@ class ChunkWriter:
         return SSE_DONE
 
 
+def embeddings_response(vectors: list[list[float]], model: str, usage: Usage | None,
+                        encoding_format: str | None = "float") -> dict[str, Any]:
+    """OpenAI's embeddings list; ``base64`` packs each vector as little-endian float32, as OpenAI does."""
+    import array
+    import sys
+
+    data = []
+    for i, vec in enumerate(vectors):
+        emb: Any = vec
+        if encoding_format == "base64":
+            arr = array.array("f", vec)
+            if sys.byteorder != "little":
+                arr.byteswap()
+            emb = base64.b64encode(arr.tobytes()).decode()
+        data.append({"object": "embedding", "index": i, "embedding": emb})
+    u = usage or Usage(known=False)
+    return {"object": "list", "data": data, "model": model,
+            "usage": {"prompt_tokens": u.prompt_tokens, "total_tokens": u.prompt_tokens} if u.known else None}
+
+
 # ---- reading OpenAI requests ---------------------------------------------------------------------------
 
 @dataclass(slots=True)

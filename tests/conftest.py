@@ -1,0 +1,52 @@
+"""Shared fixtures: emulators and the real gateway, each on a free loopback port."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from relaygate.testing.base import BackgroundServer
+from relaygate.testing.gateway import GatewayThread
+from relaygate.testing.openai import OpenAIEmulatorOptions, create_app
+
+UPSTREAM_KEY = "sk-upstream-secret-0123456789abcdef"
+
+
+@pytest.fixture
+def openai_emulator() -> Iterator[BackgroundServer]:
+    """An OpenAI emulator that requires UPSTREAM_KEY."""
+    with BackgroundServer(create_app(OpenAIEmulatorOptions(api_key=UPSTREAM_KEY))) as srv:
+        yield srv
+
+
+@pytest.fixture
+def start_gateway() -> Iterator[Callable[..., GatewayThread]]:
+    """``start_gateway(config_dict)`` runs the real server; all are stopped at the end of the test."""
+    started: list[GatewayThread] = []
+
+    def start(config: dict[str, Any], env: dict[str, str] | None = None) -> GatewayThread:
+        gw = GatewayThread(config, env=env).start()
+        started.append(gw)
+        return gw
+
+    yield start
+    for gw in reversed(started):
+        gw.stop()
+
+
+def openai_model(name: str, emulator: BackgroundServer, upstream_model: str = "gpt-4o-mini",
+                 **extra: Any) -> dict[str, Any]:
+    """A config ``models`` entry served by the OpenAI emulator."""
+    return {"name": name, "deployments": [{
+        "provider": "openai", "model": upstream_model, "api_base": emulator.url + "/v1",
+        "api_key": UPSTREAM_KEY, "timeout": 10, **extra}]}
+
+
+def require_service(name: str) -> None:
+    """Skip when a real service is missing, except under CI=true where that is a failure."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{name} is required under CI=true but is not reachable")
+    pytest.skip(f"{name} is not reachable")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..call import Call
 from ..errors import BadRequest
@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from ..gateway import Gateway
 
 
-def validate_chat(body: dict) -> None:  # type: ignore[type-arg]
+def validate_chat(body: dict[str, Any]) -> None:
     """Reject what no upstream could serve; everything else (tools, n, logprobs, …) passes untouched."""
     model = require(body, "model", str, "a string")
     if not model:
@@ -40,7 +40,7 @@ def validate_chat(body: dict) -> None:  # type: ignore[type-arg]
     check(body, "max_completion_tokens", int, "an integer")
 
 
-def chat_call(gw: Gateway, req: Request, body: dict, route: str = "chat") -> Call:  # type: ignore[type-arg]
+def chat_call(gw: Gateway, req: Request, body: dict[str, Any], route: str = "chat") -> Call:
     provider = pop_provider(body)
     validate_chat(body)
     stream = bool(body.get("stream"))

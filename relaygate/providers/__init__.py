@@ -20,4 +20,4 @@ def provider_class(kind: str) -> type[Provider]:
     if target is None:
         raise ValueError(f"provider {kind!r} is not available in this build")
     module, _, cls = target.partition(":")
-    return getattr(importlib.import_module(f"{__name__}.{module}"), cls)  # type: ignore[no-any-return]
+    return getattr(importlib.import_module(f"{__name__}.{module}"), cls)

@@ -150,7 +150,7 @@ async def iter_sse(resp: aiohttp.ClientResponse, kind: str) -> AsyncIterator[tup
             buf += chunk
             while True:
                 idx = _event_end(buf)
-                if idx < 0:
+                if idx is None:
                     break
                 raw, buf = buf[:idx[0]], buf[idx[1]:]
                 event, data = _parse_event(raw)
@@ -166,12 +166,12 @@ async def iter_sse(resp: aiohttp.ClientResponse, kind: str) -> AsyncIterator[tup
             yield event, data
 
 
-def _event_end(buf: bytes) -> Any:
-    """(end of event, start of next) for the first complete event in buf, or -1."""
-    best = -1
+def _event_end(buf: bytes) -> tuple[int, int] | None:
+    """(end of event, start of next) for the first complete event in buf, or None."""
+    best: tuple[int, int] | None = None
     for sep in (b"\n\n", b"\r\n\r\n", b"\r\r"):
         i = buf.find(sep)
-        if i >= 0 and (best == -1 or i < best[0]):
+        if i >= 0 and (best is None or i < best[0]):
             best = (i, i + len(sep))
     return best
 

@@ -172,7 +172,8 @@ def _completion_id(body: dict[str, Any]) -> str:
 def complete(body: dict[str, Any], prefix: str = "Hello! You said: ") -> dict[str, Any]:
     """A whole ``chat.completion`` object."""
     a = answer(body, prefix)
-    n = body.get("n") if isinstance(body.get("n"), int) and body.get("n", 1) > 0 else 1
+    n_raw = body.get("n")
+    n = n_raw if isinstance(n_raw, int) and n_raw > 0 else 1
     message: dict[str, Any] = {"role": "assistant", "content": a.text, "refusal": None, "annotations": []}
     if a.tool_call:
         message["tool_calls"] = [a.tool_call]

@@ -66,6 +66,27 @@ class DeploymentConfig(_Strict):
     location: str | None = None
     agent_id: str | None = None
     agent_alias_id: str | None = None
+    # voice routing (text-to-speech): the voices this deployment serves (empty: any) and client voice ->
+    # upstream voice renames (e.g. alloy -> af_sky on a local Kokoro server that stands in for OpenAI)
+    voices: list[str] = Field(default_factory=list)
+    voice_map: dict[str, str] = Field(default_factory=dict)
+    embedding_batch_size: int | None = Field(None, gt=0)  # split longer embedding input arrays
+
+    @field_validator("voices")
+    @classmethod
+    def _voices(cls, v: list[str]) -> list[str]:
+        if any(not x for x in v):
+            raise ValueError("voice names must not be empty")
+        if len(set(v)) != len(v):
+            raise ValueError("voices are listed twice")
+        return v
+
+    @field_validator("voice_map")
+    @classmethod
+    def _voice_map(cls, v: dict[str, str]) -> dict[str, str]:
+        if any(not k or not x for k, x in v.items()):
+            raise ValueError("voice names must not be empty")
+        return v
 
     @field_validator("provider")
     @classmethod
@@ -97,6 +118,7 @@ class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(4000, ge=0, le=65535)
     max_body_bytes: int = Field(10 * 1024 * 1024, gt=0)
+    max_audio_bytes: int = Field(26 * 1024 * 1024, gt=0)  # audio uploads (multipart); OpenAI accepts 25 MB files
     request_timeout: float = Field(600.0, gt=0)  # the per-request deadline across attempts
 
 
@@ -113,10 +135,32 @@ class StateConfig(_Strict):
         return v
 
 
+PASSTHROUGH_ROUTES = ("files", "batches", "images", "moderations", "completions", "realtime")
+
+
+class PassthroughConfig(_Strict):
+    """Which model's deployments serve the OpenAI routes relaygate forwards as they are (files, images…)."""
+
+    model: str | None = None  # the default for every passthrough route; unset: those routes answer 404
+    routes: dict[str, str] = Field(default_factory=dict)  # per route family, e.g. {images: dall-e-upstream}
+
+    @field_validator("routes")
+    @classmethod
+    def _known_routes(cls, v: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(v) - set(PASSTHROUGH_ROUTES))
+        if unknown:
+            raise ValueError(f"unknown passthrough route {unknown[0]!r}; expected one of {', '.join(PASSTHROUGH_ROUTES)}")
+        return v
+
+    def model_for(self, family: str) -> str | None:
+        return self.routes.get(family, self.model)
+
+
 class Config(_Strict):
     models: list[ModelConfig] = Field(default_factory=list)
     server: ServerConfig = Field(default_factory=ServerConfig)
     state: StateConfig = Field(default_factory=StateConfig)
+    passthrough: PassthroughConfig = Field(default_factory=PassthroughConfig)
 
     @model_validator(mode="after")
     def _unique_names(self) -> Config:
@@ -132,6 +176,23 @@ class Config(_Strict):
 
     def deployment_names(self) -> list[str]:
         return [deployment_name(m, i) for m in self.models for i in range(len(m.deployments))]
+
+
+def _passthrough_errors(cfg: Config) -> list[str]:
+    """Passthrough routes must name a configured model whose deployments all speak OpenAI's REST API."""
+    errors = []
+    by_name = {m.name: m for m in cfg.models}
+    pt = cfg.passthrough
+    targets = [("passthrough.model", pt.model)] + [(f"passthrough.routes.{k}", v) for k, v in pt.routes.items()]
+    for path, name in targets:
+        if name is None:
+            continue
+        model = by_name.get(name)
+        if model is None:
+            errors.append(f"{path}: no model named {name!r}")
+        elif any(d.provider not in ("openai", "azure") for d in model.deployments):
+            errors.append(f"{path}: model {name!r} has deployments that are not openai/azure")
+    return errors
 
 
 def deployment_name(model: ModelConfig, index: int) -> str:
@@ -196,6 +257,7 @@ def parse_config(raw: Any, env: Mapping[str, str] | None = None) -> Config:
     except ValidationError as e:
         errors.extend(f"{_loc(err['loc'])}: {_message(err)}" for err in e.errors())
         raise ConfigError(errors) from None
+    errors.extend(_passthrough_errors(cfg))
     if errors:
         raise ConfigError(errors)
     return cfg

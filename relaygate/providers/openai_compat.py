@@ -12,8 +12,10 @@ import orjson
 from ..call import Call, Reply, Usage
 from ..errors import ContentFiltered, ContextTooLong, GatewayError, Unavailable, UpstreamTimeout, from_status
 from .base import RATE_LIMIT_HEADERS, Provider, error_json, retry_after_seconds
+from .batching import embed_in_batches, needs_batches
 
 DEFAULT_BASE = "https://api.openai.com/v1"
+OPENAI_MAX_EMBEDDING_INPUTS = 2048  # OpenAI's documented cap on inputs per embeddings request
 
 
 class OpenAIProvider(Provider):
@@ -52,6 +54,9 @@ class OpenAIProvider(Provider):
         return await self.forward_json(call, "/chat/completions")
 
     async def embeddings(self, call: Call) -> Reply:
+        size = self.config.embedding_batch_size or OPENAI_MAX_EMBEDDING_INPUTS
+        if needs_batches(call.body, size):
+            return await embed_in_batches(call, size, lambda sub: self.forward_json(sub, "/embeddings"))
         return await self.forward_json(call, "/embeddings")
 
     async def forward_json(self, call: Call, path: str) -> Reply:

@@ -27,6 +27,8 @@ from .base import (
 )
 
 DEFAULT_MODELS = ("gpt-4o-mini", "gpt-4o", "gpt-4.1", "o4-mini")
+OPENAI_VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "onyx", "nova", "sage", "shimmer", "verse",
+                 "marin", "cedar")
 
 
 @dataclass
@@ -36,6 +38,7 @@ class OpenAIEmulatorOptions:
     context_window: int = 1_000_000  # prompts longer than this (in emulated tokens) get 400
     context_windows: dict[str, int] = field(default_factory=dict)  # per model
     prefix: str = "Hello! You said: "
+    voices: tuple[str, ...] | None = OPENAI_VOICES  # text-to-speech voices accepted (None: any)
 
 
 # ---- the answer: a pure function of the request ------------------------------------------------------
@@ -253,6 +256,23 @@ def fault_response(plan: FaultPlan) -> web.Response:
     return json_response(error_body(plan.status, plan.message, plan.error_code), plan.status, headers)
 
 
+def auth_error(request: web.Request, opts: OpenAIEmulatorOptions, azure: bool) -> web.Response | None:
+    """OpenAI's 401 when the emulator wants a key and the request does not carry it."""
+    if opts.api_key is None:
+        return None
+    if azure:
+        given = request.headers.get("api-key", "")
+    else:
+        auth = request.headers.get("authorization", "")
+        given = auth[7:] if auth.lower().startswith("bearer ") else ""
+    if given == opts.api_key:
+        return None
+    shown = (given[:3] + "*" * 4 + given[-4:]) if len(given) > 8 else "***"
+    return json_response(error_body(
+        401, f"Incorrect API key provided: {shown}. You can find your API key at "
+             "https://platform.openai.com/account/api-keys.", "invalid_api_key"), 401)
+
+
 # ---- the app ------------------------------------------------------------------------------------------
 
 def create_app(options: OpenAIEmulatorOptions | None = None, state: EmulatorState | None = None) -> web.Application:
@@ -261,19 +281,7 @@ def create_app(options: OpenAIEmulatorOptions | None = None, state: EmulatorStat
     app = new_app(state)
 
     def check_auth(request: web.Request, azure: bool) -> web.Response | None:
-        if opts.api_key is None:
-            return None
-        if azure:
-            given = request.headers.get("api-key", "")
-        else:
-            auth = request.headers.get("authorization", "")
-            given = auth[7:] if auth.lower().startswith("bearer ") else ""
-        if given == opts.api_key:
-            return None
-        shown = (given[:3] + "*" * 4 + given[-4:]) if len(given) > 8 else "***"
-        return json_response(error_body(
-            401, f"Incorrect API key provided: {shown}. You can find your API key at "
-                 "https://platform.openai.com/account/api-keys.", "invalid_api_key"), 401)
+        return auth_error(request, opts, azure)
 
     async def read_json(request: web.Request) -> tuple[dict[str, Any] | None, web.Response | None]:
         raw = await request.read()
@@ -356,4 +364,7 @@ def create_app(options: OpenAIEmulatorOptions | None = None, state: EmulatorStat
     app.router.add_post("/v1/chat/completions", tracked(chat))
     app.router.add_post("/openai/deployments/{deployment}/chat/completions", tracked(azure_chat))
     app.router.add_get("/v1/models", models)
+    from .openai_audio import add_audio_routes  # imported here: it builds on this module's helpers
+
+    add_audio_routes(app, opts)
     return app

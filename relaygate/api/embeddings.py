@@ -1,0 +1,78 @@
+"""``POST /v1/embeddings``: validate the input shapes OpenAI accepts, then route by model."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from ..call import Call
+from ..errors import BadRequest
+from ..http import Request, Response, StreamResponse
+from .common import check, object_body, pop_provider, require, respond
+
+if TYPE_CHECKING:
+    from ..gateway import Gateway
+
+ENCODINGS = ("float", "base64")
+
+
+def validate_input(value: Any) -> None:
+    """A string, an array of strings, an array of tokens, or an array of token arrays; never empty."""
+    if isinstance(value, str):
+        if not value:
+            raise BadRequest("'input' must not be an empty string", param="input")
+        return
+    if not isinstance(value, list):
+        raise BadRequest("'input' must be a string, an array of strings or an array of token arrays",
+                         param="input", code="invalid_type")
+    if not value:
+        raise BadRequest("'input' must not be an empty array", param="input")
+    first = value[0]
+    if isinstance(first, int) and not isinstance(first, bool):
+        if not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in value):
+            raise BadRequest("a token array must contain only non-negative integers", param="input")
+        return
+    for i, item in enumerate(value):
+        if isinstance(item, str):
+            if not item:
+                raise BadRequest(f"input[{i}] must not be an empty string", param=f"input[{i}]")
+        elif isinstance(item, list):
+            if not item or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in item):
+                raise BadRequest(f"input[{i}] must be a non-empty array of non-negative integer tokens",
+                                 param=f"input[{i}]")
+        else:
+            raise BadRequest(f"input[{i}] must be a string or an array of tokens, not {type(item).__name__}",
+                             param=f"input[{i}]", code="invalid_type")
+
+
+def validate_embeddings(body: dict[str, Any]) -> None:
+    model = require(body, "model", str, "a string")
+    if not model:
+        raise BadRequest("'model' must not be empty", param="model")
+    if "input" not in body or body["input"] is None:
+        raise BadRequest("you must provide the 'input' parameter", param="input", code="missing_required_parameter")
+    validate_input(body["input"])
+    fmt = check(body, "encoding_format", str, "a string")
+    if fmt is not None and fmt not in ENCODINGS:
+        raise BadRequest(f"'encoding_format' must be one of {', '.join(ENCODINGS)}, not {fmt!r}",
+                         param="encoding_format")
+    dims = check(body, "dimensions", int, "an integer")
+    if dims is not None and dims < 1:
+        raise BadRequest("'dimensions' must be at least 1", param="dimensions")
+    check(body, "user", str, "a string")
+
+
+async def embeddings(gw: Gateway, req: Request) -> Response | StreamResponse:
+    body = object_body(await req.json(gw.config.server.max_body_bytes))
+    provider = pop_provider(body)
+    validate_embeddings(body)
+    call = Call(id=req.id, route="embeddings", model=body["model"], body=body, headers=req.headers,
+                client_ip=req.client_ip, provider=provider,
+                deadline=time.monotonic() + gw.config.server.request_timeout)
+    return respond(call, await gw.handle(call))
+
+
+ROUTES = [
+    ("POST", "/v1/embeddings", embeddings),
+    ("POST", "/embeddings", embeddings),
+]

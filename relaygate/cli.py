@@ -8,7 +8,7 @@ import sys
 
 from .config import ConfigError, load_config
 
-EMULATORS = ("openai",)
+EMULATORS = ("openai", "cohere")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,6 +96,11 @@ def emulate_provider(provider: str, host: str, port: int, api_key: str | None) -
         from .testing.openai import OpenAIEmulatorOptions, create_app
 
         app = create_app(OpenAIEmulatorOptions(api_key=api_key))
+    elif provider == "cohere":
+        from .testing.cohere import CohereEmulatorOptions
+        from .testing.cohere import create_app as create_cohere_app
+
+        app = create_cohere_app(CohereEmulatorOptions(api_key=api_key))
     print(f"{provider} emulator on http://{host}:{port}", flush=True)
     run_forever(app, host, port)
     return 0

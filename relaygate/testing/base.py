@@ -12,7 +12,7 @@ import base64
 import random
 import socket
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -160,6 +160,34 @@ def tracked(handler: Handler) -> Handler:
 async def apply_latency(plan: FaultPlan | None) -> None:
     if plan is not None and plan.latency_ms:
         await asyncio.sleep(plan.latency_ms / 1000)
+
+
+async def drop_connection(request: web.Request) -> web.Response:
+    """Close the socket without an answer (the returned response is never delivered)."""
+    assert request.transport is not None
+    request.transport.close()
+    await asyncio.sleep(0.05)
+    return web.Response(status=500)
+
+
+async def send_sse(request: web.Request, frames: Iterable[bytes], plan: FaultPlan | None) -> web.StreamResponse:
+    """Stream SSE frames (each a complete event), applying the plan's chunk delay and mid-stream cut."""
+    resp = web.StreamResponse(headers={"content-type": "text/event-stream; charset=utf-8",
+                                       "cache-control": "no-cache"})
+    await resp.prepare(request)
+    delay = (plan.chunk_delay_ms / 1000) if plan else 0.0
+    cut = plan.disconnect_after_chunks if plan else None
+    for i, frame in enumerate(frames):
+        if cut is not None and i >= cut:
+            assert request.transport is not None
+            request.transport.close()
+            return resp
+        await resp.write(frame)
+        if delay:
+            await asyncio.sleep(delay)
+    await resp.write(b"data: [DONE]\n\n")
+    await resp.write_eof()
+    return resp
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -7,7 +7,6 @@ the reply echoes the last user message, calls the first offered tool, reports to
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import time
 from dataclasses import dataclass, field
@@ -21,8 +20,10 @@ from .base import (
     EmulatorState,
     FaultPlan,
     apply_latency,
+    drop_connection,
     json_response,
     new_app,
+    send_sse,
     tracked,
 )
 
@@ -307,10 +308,7 @@ def create_app(options: OpenAIEmulatorOptions | None = None, state: EmulatorStat
         plan = state.take_fault(request.path)
         await apply_latency(plan)
         if plan is not None and plan.drop_connection:
-            assert request.transport is not None
-            request.transport.close()
-            await asyncio.sleep(0.05)
-            return web.Response(status=500)
+            return await drop_connection(request)
         if plan is not None and plan.status:
             return fault_response(plan)
         if azure:
@@ -334,22 +332,8 @@ def create_app(options: OpenAIEmulatorOptions | None = None, state: EmulatorStat
             return json_response(complete(body, opts.prefix),
                                  headers={"x-ratelimit-limit-requests": "10000",
                                           "x-ratelimit-remaining-requests": "9999"})
-        resp = web.StreamResponse(headers={"content-type": "text/event-stream; charset=utf-8",
-                                           "cache-control": "no-cache"})
-        await resp.prepare(request)
-        delay = (plan.chunk_delay_ms / 1000) if plan else 0.0
-        cut = plan.disconnect_after_chunks if plan else None
-        for i, c in enumerate(stream_chunks(body, opts.prefix)):
-            if cut is not None and i >= cut:
-                assert request.transport is not None
-                request.transport.close()
-                return resp
-            await resp.write(b"data: " + orjson.dumps(c) + b"\n\n")
-            if delay:
-                await asyncio.sleep(delay)
-        await resp.write(b"data: [DONE]\n\n")
-        await resp.write_eof()
-        return resp
+        return await send_sse(request, (b"data: " + orjson.dumps(c) + b"\n\n"
+                                        for c in stream_chunks(body, opts.prefix)), plan)
 
     async def azure_chat(request: web.Request) -> web.StreamResponse:
         return await chat(request, azure=True)

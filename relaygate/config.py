@@ -71,6 +71,7 @@ class DeploymentConfig(_Strict):
     voices: list[str] = Field(default_factory=list)
     voice_map: dict[str, str] = Field(default_factory=dict)
     embedding_batch_size: int | None = Field(None, gt=0)  # split longer embedding input arrays
+    input_type: str | None = None  # embeddings: Cohere's input_type (default search_document)
 
     @field_validator("voices")
     @classmethod

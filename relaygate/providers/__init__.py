@@ -11,6 +11,7 @@ REGISTRY: dict[str, str] = {
     "openai": "openai_compat:OpenAIProvider",
     "azure": "azure:AzureProvider",
     "demo": "demo:DemoProvider",
+    "cohere": "cohere:CohereProvider",
 }
 
 

@@ -101,6 +101,16 @@ class Provider:
         except aiohttp.ClientError as e:
             raise Unavailable(f"upstream {self.kind} failed mid-response ({type(e).__name__})", status=502) from None
 
+    @staticmethod
+    async def error_body(resp: aiohttp.ClientResponse) -> bytes:
+        """The body of an upstream error response (b"" when unreadable); the connection is released."""
+        try:
+            return await resp.read()
+        except (aiohttp.ClientError, TimeoutError):
+            return b""
+        finally:
+            resp.release()
+
 
 _KEYLIKE = re.compile(r"\b(sk-[A-Za-z0-9_\-*]{6,}|AKIA[0-9A-Z]{12,}|AIza[0-9A-Za-z_\-]{20,})")
 

@@ -130,13 +130,7 @@ class OpenAIProvider(Provider):
 
     async def upstream_error(self, resp: aiohttp.ClientResponse) -> GatewayError:
         """Map an upstream error response to a gateway error, without leaking secrets or addresses."""
-        try:
-            raw = await resp.read()
-        except (aiohttp.ClientError, TimeoutError):
-            raw = b""
-        finally:
-            resp.release()
-        err = error_json(raw)
+        err = error_json(await self.error_body(resp))
         message = self.redact(str(err.get("message") or f"upstream returned HTTP {resp.status}"))
         code = err.get("code") if isinstance(err.get("code"), str) else None
         param = err.get("param") if isinstance(err.get("param"), str) else None

@@ -1,0 +1,409 @@
+"""Cohere's API v2: OpenAI chat requests to ``/v2/chat`` and back, embeddings to ``/v2/embed``.
+
+Streams are translated event by event into OpenAI chunks. The model's ``tool_plan`` (its reasoning before
+calling tools) is surfaced as assistant content, and assistant content sent back with tool calls becomes the
+``tool_plan`` again, so a tool round trip keeps what the model said.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+
+from ..call import Call, Reply, Usage
+from ..errors import (
+    BadRequest,
+    ContentFiltered,
+    ContextTooLong,
+    GatewayError,
+    PermissionDenied,
+    Unavailable,
+    Unsupported,
+    UpstreamTimeout,
+    from_status,
+)
+from .base import Provider, error_json, iter_sse, retry_after_seconds
+from .batching import embed_in_batches, needs_batches
+from .openai_format import ChunkWriter, completion, completion_id, embeddings_response, text_of
+
+DEFAULT_BASE = "https://api.cohere.com"
+INPUT_TYPES = ("search_document", "search_query", "classification", "clustering")
+DEFAULT_INPUT_TYPE = "search_document"
+MAX_TEXTS = 96  # Cohere's limit of texts per /v2/embed call; larger requests are split (embedding_batch_size)
+FINISH = {"COMPLETE": "stop", "STOP_SEQUENCE": "stop", "MAX_TOKENS": "length", "TOOL_CALL": "tool_calls"}
+# OpenAI options with the same meaning under another name (or the same) in Cohere's v2 chat
+RENAMED = {"temperature": "temperature", "top_p": "p", "seed": "seed", "frequency_penalty": "frequency_penalty",
+           "presence_penalty": "presence_penalty", "max_tokens": "max_tokens",
+           "max_completion_tokens": "max_tokens"}
+
+
+class CohereProvider(Provider):
+    """Cohere's native API (``api_base`` is the host root, e.g. https://api.cohere.com)."""
+
+    kind = "cohere"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        base = (self.config.api_base or DEFAULT_BASE).rstrip("/")
+        self.base = base[: -len("/v2")] if base.endswith("/v2") else base
+        self.input_type = self.config.input_type or DEFAULT_INPUT_TYPE
+        if self.input_type not in INPUT_TYPES:
+            raise ValueError(f"input_type must be one of {', '.join(INPUT_TYPES)}")
+        self._headers = {"content-type": "application/json", "accept": "application/json", **self.config.headers}
+        if self.config.api_key is not None and self.config.api_key.get_secret_value():
+            self._headers["authorization"] = "Bearer " + self.config.api_key.get_secret_value()
+
+    # -- chat -----------------------------------------------------------------------------------------
+
+    async def chat(self, call: Call) -> Reply:
+        assert call.deployment is not None
+        model = call.deployment.upstream_model(call.model)
+        body = chat_request(call.body, model, call.stream)
+        resp = await self._post(call, "/v2/chat", body)
+        if call.stream:
+            reply = Reply(media_type="text/event-stream", first_byte_at=time.monotonic())
+            reply.stream = self._relay(resp, reply, ChunkWriter(model, include_usage=call.wants_usage))
+            return reply
+        data = await self._json(resp)
+        reply = Reply(first_byte_at=time.monotonic())
+        reply.usage = usage_of(data.get("usage"))
+        reply.body = orjson.dumps(chat_completion(data, model, reply.usage))
+        return reply
+
+    async def _relay(self, resp: aiohttp.ClientResponse, reply: Reply, w: ChunkWriter) -> AsyncIterator[bytes]:
+        """Cohere's stream events as OpenAI chunks, each as soon as its event arrived."""
+        ended = False
+        try:
+            async for _event, raw in iter_sse(resp, self.kind):
+                if raw == b"[DONE]":
+                    break
+                try:
+                    ev = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    raise Unavailable("upstream cohere sent an unreadable stream event", status=502) from None
+                out = self._translate(ev, reply, w)
+                if out:
+                    yield out
+                if ev.get("type") == "message-end":
+                    ended = True
+                    break
+        finally:
+            resp.close()  # close, not release: a client gone mid-stream must stop the generation upstream
+        if not ended:
+            raise Unavailable("upstream cohere stream ended before message-end", status=502)
+        yield w.done()
+
+    def _translate(self, ev: dict[str, Any], reply: Reply, w: ChunkWriter) -> bytes:
+        kind = ev.get("type")
+        message = ((ev.get("delta") or {}).get("message")) or {}
+        if kind == "content-delta":
+            return w.text((message.get("content") or {}).get("text") or "")
+        if kind == "tool-plan-delta":
+            return w.text(message.get("tool_plan") or "")
+        if kind == "tool-call-start":
+            tc = message.get("tool_calls") or {}
+            fn = tc.get("function") or {}
+            key = str(ev.get("index", 0))
+            return w.tool_start(key, tc.get("id") or "", fn.get("name") or "") + w.tool_args(key, fn.get("arguments") or "")
+        if kind == "tool-call-delta":
+            fn = (message.get("tool_calls") or {}).get("function") or {}
+            return w.tool_args(str(ev.get("index", 0)), fn.get("arguments") or "")
+        if kind == "message-start":
+            return w.role()
+        if kind == "message-end":
+            delta = ev.get("delta") or {}
+            reply.usage = usage_of(delta.get("usage"))
+            return w.finish(finish_reason(delta.get("finish_reason"), delta.get("error"), self.redact)) \
+                + w.usage(reply.usage)
+        return b""  # content-start/-end, tool-call-end, citations, debug: nothing for an OpenAI client
+
+    # -- embeddings -----------------------------------------------------------------------------------
+
+    async def embeddings(self, call: Call) -> Reply:
+        size = min(self.config.embedding_batch_size or MAX_TEXTS, MAX_TEXTS)
+        if needs_batches(call.body, size):
+            return await embed_in_batches(call, size, self._embed)
+        return await self._embed(call)
+
+    async def _embed(self, call: Call) -> Reply:
+        """One ``/v2/embed`` call for all of the call's inputs."""
+        assert call.deployment is not None
+        model = call.deployment.upstream_model(call.model)
+        texts = embedding_inputs(call.body.get("input"))
+        fmt = call.body.get("encoding_format") or "float"
+        if fmt not in ("float", "base64"):
+            raise BadRequest("encoding_format must be 'float' or 'base64'", param="encoding_format")
+        input_type = call.body.get("input_type", self.input_type)
+        if input_type not in INPUT_TYPES:
+            raise BadRequest(f"input_type must be one of {', '.join(INPUT_TYPES)}", param="input_type")
+        # always ask for floats: base64 for the client is packed the way OpenAI does it, by embeddings_response
+        body: dict[str, Any] = {"model": model, "texts": texts, "input_type": input_type,
+                                "embedding_types": ["float"]}
+        dims = call.body.get("dimensions")
+        if dims is not None:
+            body["output_dimension"] = dims
+        data = await self._json(await self._post(call, "/v2/embed", body))
+        vectors = (data.get("embeddings") or {}).get("float")
+        if not isinstance(vectors, list) or len(vectors) != len(texts):
+            raise Unavailable("upstream cohere returned no float embeddings", status=502)
+        units = ((data.get("meta") or {}).get("billed_units") or {}).get("input_tokens")
+        usage = Usage(prompt_tokens=int(units)) if isinstance(units, int | float) else Usage(known=False)
+        out = embeddings_response(vectors, model, usage, fmt)
+        return Reply(body=orjson.dumps(out), usage=usage if usage.known else None, first_byte_at=time.monotonic())
+
+    # -- HTTP -----------------------------------------------------------------------------------------
+
+    async def _post(self, call: Call, path: str, body: dict[str, Any]) -> aiohttp.ClientResponse:
+        resp = await self.request(call, "POST", self.base + path, headers=self._headers, data=orjson.dumps(body))
+        if resp.status >= 400:
+            raise await self.upstream_error(resp)
+        return resp
+
+    async def _json(self, resp: aiohttp.ClientResponse) -> dict[str, Any]:
+        try:
+            raw = await self.read_body(resp)
+        finally:
+            resp.release()
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise Unavailable("upstream cohere returned a body that is not JSON", status=502) from None
+        if not isinstance(data, dict):
+            raise Unavailable("upstream cohere returned an unexpected body", status=502)
+        return data
+
+    async def upstream_error(self, resp: aiohttp.ClientResponse) -> GatewayError:
+        """Cohere's ``{"message": ...}`` errors as gateway errors (secrets and addresses never leak)."""
+        raw = await self.error_body(resp)
+        message = self.redact(str(error_json(raw).get("message") or f"upstream returned HTTP {resp.status}"))
+        return error_for(resp.status, message, retry_after_seconds(resp.headers))
+
+
+def error_for(status: int, message: str, retry_after: float | None) -> GatewayError:
+    """The gateway error class for a Cohere status and message."""
+    text = f"cohere: {message}"
+    lowered = message.lower()
+    if status in (400, 422) and lowered.startswith("too many tokens") and "max tokens" not in lowered:
+        return ContextTooLong(text, param="messages")
+    if status == 498:  # Cohere's "blocked input/output": a deny-listed token in the request or answer
+        return ContentFiltered(text)
+    if status == 402:
+        return PermissionDenied(text, code="payment_required")
+    if status == 499:  # cancelled on Cohere's side, not by our client: another attempt may succeed
+        return Unavailable(text, status=502)
+    return from_status(status, text, retry_after=retry_after)
+
+
+def finish_reason(reason: Any, error: Any, redact: Any) -> str:
+    """OpenAI's finish_reason for Cohere's; a failed generation raises instead."""
+    mapped = FINISH.get(reason) if isinstance(reason, str) else None
+    if mapped is not None:
+        return mapped
+    detail = redact(str(error)) if error else "the generation failed"
+    if reason == "TIMEOUT":
+        raise UpstreamTimeout(f"cohere: generation timed out ({detail})")
+    if reason == "ERROR":
+        raise Unavailable(f"cohere: {detail}", status=502)
+    return "stop"
+
+
+def usage_of(u: Any) -> Usage | None:
+    """``usage.tokens`` (what the model processed), else ``billed_units``."""
+    if not isinstance(u, dict):
+        return None
+    counts = u.get("tokens") or u.get("billed_units")
+    if not isinstance(counts, dict):
+        return None
+    return Usage(prompt_tokens=int(counts.get("input_tokens") or 0),
+                 completion_tokens=int(counts.get("output_tokens") or 0),
+                 cached_tokens=int(u.get("cached_tokens") or 0))
+
+
+def chat_completion(data: dict[str, Any], model: str, usage: Usage | None) -> dict[str, Any]:
+    """A Cohere chat response as an OpenAI ``chat.completion``."""
+    message = data.get("message") or {}
+    text = "".join(str(p.get("text", "")) for p in message.get("content") or []
+                   if isinstance(p, dict) and p.get("type") == "text")
+    tool_calls = [{"id": tc.get("id") or "", "type": "function",
+                   "function": {"name": (tc.get("function") or {}).get("name") or "",
+                                "arguments": (tc.get("function") or {}).get("arguments") or "{}"}}
+                  for tc in message.get("tool_calls") or [] if isinstance(tc, dict)]
+    if not text and tool_calls:
+        text = message.get("tool_plan") or ""
+    reason = finish_reason(data.get("finish_reason"), None, str)
+    cid = data.get("id")
+    return completion(id=f"chatcmpl-{cid}" if isinstance(cid, str) and cid else completion_id(), model=model,
+                      content=text if text or not tool_calls else None, tool_calls=tool_calls or None,
+                      finish_reason=reason, usage=usage)
+
+
+# ---- OpenAI request -> Cohere request ---------------------------------------------------------------------
+
+def chat_request(body: dict[str, Any], model: str, stream: bool) -> dict[str, Any]:
+    """Cohere's ``/v2/chat`` body for an OpenAI chat request (BadRequest for what Cohere cannot do)."""
+    n = body.get("n")
+    if n not in (None, 1):
+        raise Unsupported("Cohere returns one choice per request; 'n' must be 1", param="n")
+    if body.get("logprobs"):
+        raise Unsupported("logprobs are not available through Cohere on this gateway", param="logprobs")
+    out: dict[str, Any] = {"model": model, "messages": [_message(m, i) for i, m in enumerate(body["messages"])]}
+    if stream:
+        out["stream"] = True
+    for src, dst in RENAMED.items():
+        if body.get(src) is not None:
+            out[dst] = body[src]
+    stop = body.get("stop")
+    if stop is not None:
+        stops = [stop] if isinstance(stop, str) else stop
+        if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+            raise BadRequest("'stop' must be a string or an array of strings", param="stop")
+        if stops:
+            out["stop_sequences"] = stops
+    rf = _response_format(body.get("response_format"))
+    if rf is not None:
+        out["response_format"] = rf
+    tools, strict = _tools(body.get("tools"))
+    choice = body.get("tool_choice")
+    if tools:
+        out["tools"] = tools
+        if strict:
+            out["strict_tools"] = True
+        if choice == "required":
+            out["tool_choice"] = "REQUIRED"
+        elif choice == "none":
+            out["tool_choice"] = "NONE"
+        elif isinstance(choice, dict):
+            # Cohere cannot name one tool: offer only that one and require a call
+            name = (choice.get("function") or {}).get("name")
+            chosen = [t for t in tools if t["function"]["name"] == name]
+            if not chosen:
+                raise BadRequest(f"tool_choice names {name!r}, which is not in 'tools'", param="tool_choice")
+            out["tools"], out["tool_choice"] = chosen, "REQUIRED"
+        elif choice not in (None, "auto"):
+            raise BadRequest("tool_choice must be 'auto', 'none', 'required' or a function", param="tool_choice")
+    return out
+
+
+def _message(m: dict[str, Any], i: int) -> dict[str, Any]:
+    role = m.get("role")
+    param = f"messages[{i}]"
+    content = m.get("content")
+    if role in ("system", "developer"):
+        return {"role": "system", "content": _text(content, param)}
+    if role == "user":
+        return {"role": "user", "content": _user_content(content, param)}
+    if role == "assistant":
+        out: dict[str, Any] = {"role": "assistant"}
+        text = _text(content, param) if content is not None else ""
+        calls = m.get("tool_calls")
+        if calls:
+            out["tool_calls"] = [_tool_call(tc, f"{param}.tool_calls[{j}]") for j, tc in enumerate(calls)]
+            if text:
+                out["tool_plan"] = text
+        else:
+            out["content"] = text
+        return out
+    if role == "tool":
+        tool_call_id = m.get("tool_call_id")
+        if not isinstance(tool_call_id, str) or not tool_call_id:
+            raise BadRequest(f"{param}.tool_call_id is required for tool messages", param=f"{param}.tool_call_id")
+        return {"role": "tool", "tool_call_id": tool_call_id, "content": _text(content, param)}
+    raise BadRequest(f"{param}.role {role!r} is not supported by Cohere (use system, user, assistant or tool)",
+                     param=f"{param}.role")
+
+
+def _text(content: Any, param: str) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        if any(isinstance(p, dict) and p.get("type") != "text" for p in content):
+            raise BadRequest(f"{param}.content may only contain text parts for this role", param=f"{param}.content")
+        return text_of(content)
+    if content is None:
+        return ""
+    raise BadRequest(f"{param}.content must be a string or an array of content parts", param=f"{param}.content")
+
+
+def _user_content(content: Any, param: str) -> Any:
+    """Text stays a string; parts become Cohere's text and image_url blocks (data: URIs and web URLs)."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise BadRequest(f"{param}.content must be a string or an array of content parts", param=f"{param}.content")
+    parts: list[dict[str, Any]] = []
+    for j, p in enumerate(content):
+        where = f"{param}.content[{j}]"
+        kind = p.get("type") if isinstance(p, dict) else None
+        if kind == "text":
+            parts.append({"type": "text", "text": str(p.get("text", ""))})
+        elif kind == "image_url":
+            iu = p.get("image_url")
+            url = iu.get("url") if isinstance(iu, dict) else iu
+            if not isinstance(url, str) or not url.startswith(("data:", "http://", "https://")):
+                raise BadRequest(f"{where}.image_url.url must be an http(s) URL or a data: URI", param=where)
+            image: dict[str, Any] = {"url": url}
+            if isinstance(iu, dict) and iu.get("detail") in ("auto", "low", "high"):
+                image["detail"] = iu["detail"]
+            parts.append({"type": "image_url", "image_url": image})
+        else:
+            raise BadRequest(f"content part type {kind!r} is not supported by Cohere", param=f"{where}.type")
+    return parts
+
+
+def _tool_call(tc: Any, param: str) -> dict[str, Any]:
+    fn = tc.get("function") if isinstance(tc, dict) else None
+    if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not isinstance(tc.get("id"), str):
+        raise BadRequest(f"{param} must have an id and a function with a name", param=param)
+    args = fn.get("arguments")
+    return {"id": tc["id"], "type": "function",
+            "function": {"name": fn["name"], "arguments": args if isinstance(args, str) and args else "{}"}}
+
+
+def _tools(tools: Any) -> tuple[list[dict[str, Any]], bool]:
+    if not tools:
+        return [], False
+    out = []
+    strict = False
+    for i, t in enumerate(tools):
+        fn = t.get("function") if isinstance(t, dict) and t.get("type") == "function" else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise Unsupported("Cohere only offers function tools with a name", param=f"tools[{i}]")
+        spec: dict[str, Any] = {"name": fn["name"],
+                                "parameters": fn.get("parameters") or {"type": "object", "properties": {}}}
+        if fn.get("description"):
+            spec["description"] = fn["description"]
+        strict = strict or bool(fn.get("strict"))
+        out.append({"type": "function", "function": spec})
+    return out, strict
+
+
+def _response_format(rf: Any) -> dict[str, Any] | None:
+    if rf is None:
+        return None
+    kind = rf.get("type") if isinstance(rf, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"type": "json_object"}
+    if kind == "json_schema":
+        schema = (rf.get("json_schema") or {}).get("schema")
+        return {"type": "json_object", **({"json_schema": schema} if isinstance(schema, dict) else {})}
+    raise BadRequest("response_format.type must be 'text', 'json_object' or 'json_schema'",
+                     param="response_format")
+
+
+def embedding_inputs(value: Any) -> list[str]:
+    """OpenAI's ``input`` as a list of texts (Cohere embeds text, not token ids)."""
+    texts = [value] if isinstance(value, str) else value
+    if not isinstance(texts, list) or not texts:
+        raise BadRequest("'input' must be a non-empty string or array of strings", param="input")
+    if not all(isinstance(t, str) for t in texts):
+        raise Unsupported("Cohere embeds text only; token-id inputs are not supported", param="input")
+    for i, t in enumerate(texts):
+        if not t:
+            raise BadRequest(f"input[{i}] must not be empty", param="input")
+    return texts

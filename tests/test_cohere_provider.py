@@ -1,0 +1,340 @@
+"""The ``cohere`` provider end to end: the openai SDK → relaygate → the Cohere emulator (and embeddings direct)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import struct
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import aiohttp
+import httpx
+import openai
+import orjson
+import pytest
+
+from relaygate.call import Call
+from relaygate.config import DeploymentConfig
+from relaygate.errors import BadRequest, GatewayError, Unsupported
+from relaygate.providers.cohere import CohereProvider
+from relaygate.routing.deployment import Deployment
+from relaygate.testing.base import BackgroundServer
+from relaygate.testing.cohere import CohereEmulatorOptions, create_app, embed_vector
+from relaygate.testing.gateway import GatewayThread
+
+KEY = "co-upstream-secret-0123456789abcdef"
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+
+
+@pytest.fixture(scope="module")
+def emulator() -> Iterator[BackgroundServer]:
+    with BackgroundServer(create_app(CohereEmulatorOptions(api_key=KEY, context_window=400))) as srv:
+        yield srv
+
+
+def cohere_model(name: str, emulator: BackgroundServer, model: str = "command-a-03-2025",
+                 **extra: Any) -> dict[str, Any]:
+    return {"name": name, "deployments": [{"provider": "cohere", "model": model, "api_base": emulator.url,
+                                           "api_key": KEY, "timeout": 5, **extra}]}
+
+
+@pytest.fixture(scope="module")
+def gateway(emulator: BackgroundServer) -> Iterator[GatewayThread]:
+    config = {"models": [cohere_model("command", emulator),
+                         cohere_model("command-slow", emulator, timeout=0.5),
+                         cohere_model("command-badkey", emulator, api_key="wrong-key"),
+                         cohere_model("embed", emulator, model="embed-v4.0")]}
+    with GatewayThread(config) as gw:
+        yield gw
+
+
+@pytest.fixture
+def client(gateway: GatewayThread, emulator: BackgroundServer) -> Iterator[openai.OpenAI]:
+    httpx.delete(emulator.url + "/_emulator/faults")
+    httpx.delete(emulator.url + "/_emulator/requests")
+    yield openai.OpenAI(base_url=gateway.base_url, api_key="unused", max_retries=0, timeout=10)
+    httpx.delete(emulator.url + "/_emulator/faults")
+
+
+def sent(emulator: BackgroundServer) -> dict[str, Any]:
+    """The last body the emulator received."""
+    body: dict[str, Any] = httpx.get(emulator.url + "/_emulator/requests").json()["requests"][-1]["json"]
+    return body
+
+
+def fault(emulator: BackgroundServer, **plan: Any) -> None:
+    httpx.post(emulator.url + "/_emulator/faults", json=plan).raise_for_status()
+
+
+def test_plain_chat_is_translated_both_ways(client: openai.OpenAI, emulator: BackgroundServer) -> None:
+    r = client.chat.completions.create(model="command", messages=[{"role": "user", "content": "hello there"}],
+                                       temperature=0.2, top_p=0.5, seed=7, max_tokens=50, stop=["zzz"])
+    assert r.choices[0].message.content == "Hello! You said: hello there"
+    assert r.choices[0].finish_reason == "stop"
+    assert r.model == "command-a-03-2025"
+    body = sent(emulator)
+    assert body["model"] == "command-a-03-2025"
+    assert {k: body[k] for k in ("temperature", "p", "seed", "max_tokens", "stop_sequences")} == {
+        "temperature": 0.2, "p": 0.5, "seed": 7, "max_tokens": 50, "stop_sequences": ["zzz"]}
+    assert "stream" not in body and "top_p" not in body
+    # usage comes from usage.tokens (what the model processed, prompt template included)
+    assert r.usage is not None and r.usage.prompt_tokens == 6 + 64 and r.usage.completion_tokens == 5
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+
+
+def test_system_prompt_and_multi_turn_reach_cohere_in_order(client: openai.OpenAI,
+                                                            emulator: BackgroundServer) -> None:
+    r = client.chat.completions.create(model="command", messages=[
+        {"role": "developer", "content": "Be brief."},
+        {"role": "user", "content": "first"},
+        {"role": "assistant", "content": "ok"},
+        {"role": "user", "content": [{"type": "text", "text": "second"}]}])
+    assert r.choices[0].message.content == "Hello! You said: second [system: Be brief.] [turn 2]"
+    assert sent(emulator)["messages"] == [
+        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "first"},
+        {"role": "assistant", "content": "ok"}, {"role": "user", "content": [{"type": "text", "text": "second"}]}]
+
+
+def test_images_are_sent_as_cohere_image_url_blocks(client: openai.OpenAI, emulator: BackgroundServer) -> None:
+    png = "data:image/png;base64," + base64.b64encode(b"\x89PNG fake").decode()
+    r = client.chat.completions.create(model="command", messages=[{"role": "user", "content": [
+        {"type": "text", "text": "what is this"},
+        {"type": "image_url", "image_url": {"url": png, "detail": "low"}}]}])
+    assert r.choices[0].message.content == "Hello! You said: what is this (I see 1 image)"
+    assert sent(emulator)["messages"][0]["content"][1] == {"type": "image_url",
+                                                           "image_url": {"url": png, "detail": "low"}}
+
+
+def test_tool_call_round_trip(client: openai.OpenAI, emulator: BackgroundServer) -> None:
+    messages: list[Any] = [{"role": "user", "content": "Paris"}]
+    first = client.chat.completions.create(model="command", messages=messages, tools=[WEATHER],  # type: ignore[list-item]
+                                           tool_choice="required")
+    choice = first.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert sent(emulator)["tool_choice"] == "REQUIRED"
+    call = choice.message.tool_calls[0]  # type: ignore[index]
+    assert call.function.name == "get_weather" and orjson.loads(call.function.arguments) == {"city": "Paris"}  # type: ignore[union-attr]
+    assert choice.message.content == "I will use the get_weather tool to answer."  # Cohere's tool_plan
+    messages += [choice.message.model_dump(exclude_none=True),
+                 {"role": "tool", "tool_call_id": call.id, "content": "sunny, 21C"}]
+    second = client.chat.completions.create(model="command", messages=messages, tools=[WEATHER])  # type: ignore[list-item]
+    assert second.choices[0].message.content == "The tool returned: sunny, 21C"
+    assert second.choices[0].finish_reason == "stop"
+    assistant, tool = sent(emulator)["messages"][1:]
+    assert assistant == {"role": "assistant", "tool_plan": "I will use the get_weather tool to answer.",
+                         "tool_calls": [{"id": call.id, "type": "function", "function": {
+                             "name": "get_weather", "arguments": call.function.arguments}}]}  # type: ignore[union-attr]
+    assert tool == {"role": "tool", "tool_call_id": call.id, "content": "sunny, 21C"}
+
+
+def test_named_tool_choice_offers_only_that_tool(client: openai.OpenAI, emulator: BackgroundServer) -> None:
+    other = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}
+    r = client.chat.completions.create(model="command", messages=[{"role": "user", "content": "x"}],
+                                       tools=[other, WEATHER],  # type: ignore[list-item]
+                                       tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    assert r.choices[0].message.tool_calls[0].function.name == "get_weather"  # type: ignore[index,union-attr]
+    body = sent(emulator)
+    assert [t["function"]["name"] for t in body["tools"]] == ["get_weather"] and body["tool_choice"] == "REQUIRED"
+    client.chat.completions.create(model="command", messages=[{"role": "user", "content": "x"}],
+                                   tools=[WEATHER], tool_choice="none")  # type: ignore[list-item]
+    assert sent(emulator)["tool_choice"] == "NONE"
+
+
+def test_json_response_format_is_forwarded(client: openai.OpenAI, emulator: BackgroundServer) -> None:
+    schema = {"type": "object", "properties": {"answer": {"type": "string"}}}
+    r = client.chat.completions.create(model="command", messages=[{"role": "user", "content": "hi"}],
+                                       response_format={"type": "json_schema",
+                                                        "json_schema": {"name": "a", "schema": schema}})
+    assert orjson.loads(r.choices[0].message.content or "") == {"answer": "Hello! You said: hi"}
+    assert sent(emulator)["response_format"] == {"type": "json_object", "json_schema": schema}
+
+
+def test_stream_text_arrives_incrementally_with_usage(client: openai.OpenAI, emulator: BackgroundServer) -> None:
+    chunks = list(client.chat.completions.create(model="command", stream=True,
+                                                 stream_options={"include_usage": True},
+                                                 messages=[{"role": "user", "content": "one two three"}]))
+    assert sent(emulator)["stream"] is True
+    texts = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(texts) == 6 and "".join(texts) == "Hello! You said: one two three"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 6
+    assert len({c.id for c in chunks}) == 1
+
+
+def test_stream_tool_call_deltas(client: openai.OpenAI) -> None:
+    chunks = list(client.chat.completions.create(model="command", stream=True, tools=[WEATHER],  # type: ignore[list-item]
+                                                 messages=[{"role": "user", "content": "Paris"}]))
+    deltas = [tc for c in chunks if c.choices for tc in c.choices[0].delta.tool_calls or []]
+    assert deltas[0].id and deltas[0].function.name == "get_weather"  # type: ignore[union-attr]
+    assert {d.index for d in deltas} == {0}
+    args = "".join(d.function.arguments or "" for d in deltas)  # type: ignore[union-attr]
+    assert orjson.loads(args) == {"city": "Paris"} and len(deltas) >= 3  # arguments came in pieces
+    plan = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert plan == "I will use the get_weather tool to answer."
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+    assert all(c.usage is None for c in chunks)  # not asked for
+
+
+def test_finish_reasons_map_to_openai(client: openai.OpenAI) -> None:
+    msgs = [{"role": "user", "content": "alpha beta gamma delta"}]
+    assert client.chat.completions.create(model="command", messages=msgs,  # type: ignore[arg-type]
+                                          max_completion_tokens=2).choices[0].finish_reason == "length"
+    r = client.chat.completions.create(model="command", messages=msgs, stop="gamma")  # type: ignore[arg-type]
+    assert r.choices[0].finish_reason == "stop" and r.choices[0].message.content == "Hello! You said: alpha beta "
+
+
+def test_generation_error_is_an_error_not_an_answer(client: openai.OpenAI, emulator: BackgroundServer) -> None:
+    fault(emulator, error_code="ERROR", count=1)
+    with pytest.raises(openai.APIStatusError) as e:
+        client.chat.completions.create(model="command", messages=[{"role": "user", "content": "x"}])
+    assert e.value.status_code == 502
+    fault(emulator, error_code="ERROR", message="model crashed", count=1)
+    stream = client.chat.completions.create(model="command", stream=True,
+                                            messages=[{"role": "user", "content": "x"}])
+    with pytest.raises(openai.APIError) as streamed:
+        list(stream)
+    assert "model crashed" in str(streamed.value)
+
+
+@pytest.mark.parametrize(("plan", "error", "status", "code"), [
+    ({"status": 429, "retry_after": 7}, openai.RateLimitError, 429, "rate_limit_exceeded"),
+    ({"status": 500}, openai.InternalServerError, 500, "upstream_unavailable"),
+    ({"status": 503}, openai.InternalServerError, 503, "upstream_unavailable"),
+    ({"status": 504}, openai.InternalServerError, 504, "timeout"),
+    ({"status": 400, "message": "too many tokens: size limit exceeded by 12 tokens. Try using shorter or "
+                                "fewer inputs."}, openai.BadRequestError, 400, "context_length_exceeded"),
+    ({"status": 400, "message": "invalid request: temperature must be between 0 and 1.0 inclusive."},
+     openai.BadRequestError, 400, None),
+    ({"status": 401}, openai.AuthenticationError, 401, "upstream_auth_failed"),
+    ({"status": 403}, openai.PermissionDeniedError, 403, "permission_denied"),
+    ({"status": 498}, openai.BadRequestError, 400, "content_filter"),
+])
+def test_cohere_errors_map_to_gateway_errors(client: openai.OpenAI, emulator: BackgroundServer,
+                                             plan: dict[str, Any], error: type[openai.APIStatusError],
+                                             status: int, code: str | None) -> None:
+    fault(emulator, count=2, **plan)
+    for stream in (False, True):  # a stream fails before its first byte the same way
+        with pytest.raises(error) as e:
+            client.chat.completions.create(model="command", messages=[{"role": "user", "content": "x"}],
+                                           stream=stream)
+        assert e.value.status_code == status
+        body = e.value.body
+        assert isinstance(body, dict) and body.get("code") == code and body["message"].startswith("cohere: ")
+        if status == 429:
+            assert e.value.response.headers["retry-after"] == "7"
+
+
+def test_real_context_overflow_and_bad_key_map(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="command", messages=[{"role": "user", "content": "word " * 500}])
+    assert e.value.code == "context_length_exceeded"
+    with pytest.raises(openai.AuthenticationError) as auth:
+        client.chat.completions.create(model="command-badkey", messages=[{"role": "user", "content": "x"}])
+    assert "invalid api token" in auth.value.message and KEY not in auth.value.message
+
+
+def test_upstream_timeout_and_dropped_connection(client: openai.OpenAI, emulator: BackgroundServer) -> None:
+    fault(emulator, latency_ms=1500, count=1)
+    started = time.monotonic()
+    with pytest.raises(openai.InternalServerError) as e:
+        client.chat.completions.create(model="command-slow", messages=[{"role": "user", "content": "x"}])
+    assert e.value.status_code == 504 and time.monotonic() - started < 1.4
+    fault(emulator, drop_connection=True, count=1)
+    with pytest.raises(openai.InternalServerError) as dropped:
+        client.chat.completions.create(model="command", messages=[{"role": "user", "content": "x"}])
+    assert dropped.value.status_code == 502
+
+
+def test_stream_cut_mid_way_ends_with_an_error_event(client: openai.OpenAI, emulator: BackgroundServer) -> None:
+    fault(emulator, disconnect_after_chunks=4, count=1)
+    stream = client.chat.completions.create(model="command", stream=True,
+                                            messages=[{"role": "user", "content": "a b c d e f"}])
+    got: list[str] = []
+    with pytest.raises(openai.APIError):
+        for c in stream:
+            got.append(c.choices[0].delta.content or "" if c.choices else "")
+    assert "".join(got).startswith("Hello! ")
+
+
+def test_requests_cohere_cannot_serve_are_refused_clearly(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="command", n=2, messages=[{"role": "user", "content": "x"}])
+    assert e.value.param == "n"
+    with pytest.raises(openai.BadRequestError) as audio:
+        client.chat.completions.create(model="command", messages=[{"role": "user", "content": [
+            {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}]}])  # type: ignore[list-item,misc]
+    assert audio.value.param == "messages[0].content[0].type"
+
+
+# ---- embeddings through the provider (the /v1/embeddings route is another helper's) ------------------------
+
+def run_embeddings(emulator: BackgroundServer, body: dict[str, Any], **config: Any) -> tuple[dict[str, Any], Any]:
+    async def go() -> tuple[dict[str, Any], Any]:
+        async with aiohttp.ClientSession() as session:
+            cfg = DeploymentConfig(provider="cohere", model="embed-v4.0", api_base=emulator.url,
+                                   api_key=KEY, **config)  # type: ignore[arg-type]
+            provider = CohereProvider(cfg, session)
+            call = Call(id="t", route="embeddings", model="embed", body=body)
+            call.deployment = Deployment("embed/cohere/0", "embed", cfg, provider)
+            reply = await provider.embeddings(call)
+            assert reply.body is not None
+            return orjson.loads(reply.body), reply.usage
+    return asyncio.run(go())
+
+
+@pytest.fixture
+def clean(emulator: BackgroundServer) -> Callable[[], None]:
+    def reset() -> None:
+        httpx.delete(emulator.url + "/_emulator/faults")
+        httpx.delete(emulator.url + "/_emulator/requests")
+    reset()
+    return reset
+
+
+def test_embeddings_float_default_input_type_and_usage(emulator: BackgroundServer, clean: Any) -> None:
+    data, usage = run_embeddings(emulator, {"model": "embed", "input": ["hello world", "bye"], "dimensions": 16})
+    assert [d["index"] for d in data["data"]] == [0, 1] and data["object"] == "list"
+    assert data["data"][0]["embedding"] == embed_vector("embed-v4.0", "search_document", "hello world", 16)
+    assert data["usage"] == {"prompt_tokens": 3, "total_tokens": 3} and usage.prompt_tokens == 3
+    assert sent(emulator) == {"model": "embed-v4.0", "texts": ["hello world", "bye"],
+                              "input_type": "search_document", "embedding_types": ["float"],
+                              "output_dimension": 16}
+
+
+def test_embeddings_base64_is_openai_packing(emulator: BackgroundServer, clean: Any) -> None:
+    data, _ = run_embeddings(emulator, {"model": "embed", "input": "hi", "encoding_format": "base64",
+                                        "dimensions": 8}, input_type="search_query")
+    packed = base64.b64decode(data["data"][0]["embedding"])
+    assert list(struct.unpack("<8f", packed)) == pytest.approx(embed_vector("embed-v4.0", "search_query", "hi", 8))
+    assert sent(emulator)["input_type"] == "search_query"  # from the deployment config
+
+
+def test_embeddings_over_96_inputs_are_split_into_batches(emulator: BackgroundServer, clean: Any) -> None:
+    texts = [f"t{i}" for i in range(200)]
+    data, usage = run_embeddings(emulator, {"model": "embed", "input": texts, "dimensions": 8,
+                                            "input_type": "clustering"})
+    assert len(data["data"]) == 200 and usage.prompt_tokens == 200
+    assert data["data"][150]["embedding"] == embed_vector("embed-v4.0", "clustering", "t150", 8)
+    sizes = sorted(len(r["json"]["texts"]) for r in httpx.get(emulator.url + "/_emulator/requests").json()["requests"])
+    assert sizes == [8, 96, 96]
+
+
+def test_embeddings_bad_inputs_and_upstream_errors(emulator: BackgroundServer, clean: Any) -> None:
+    with pytest.raises(Unsupported):
+        run_embeddings(emulator, {"model": "embed", "input": [[1, 2, 3]]})
+    with pytest.raises(BadRequest) as e:
+        run_embeddings(emulator, {"model": "embed", "input": "x", "input_type": "bogus"})
+    assert e.value.param == "input_type"
+    fault(emulator, status=429, count=1)
+    with pytest.raises(GatewayError) as limited:
+        run_embeddings(emulator, {"model": "embed", "input": "x"})
+    assert limited.value.kind == "rate_limited"
+
+
+def test_config_rejects_an_unknown_input_type(emulator: BackgroundServer) -> None:
+    with pytest.raises(ValueError, match="input_type"):
+        run_embeddings(emulator, {"model": "embed", "input": "x"}, input_type="nonsense")

@@ -338,3 +338,15 @@ def test_embeddings_bad_inputs_and_upstream_errors(emulator: BackgroundServer, c
 def test_config_rejects_an_unknown_input_type(emulator: BackgroundServer) -> None:
     with pytest.raises(ValueError, match="input_type"):
         run_embeddings(emulator, {"model": "embed", "input": "x"}, input_type="nonsense")
+
+
+def test_openai_sdk_embeddings_through_the_gateway(client: openai.OpenAI, emulator: BackgroundServer) -> None:
+    r = client.embeddings.create(model="embed", input=["hello", "world"], dimensions=8)
+    for d, text in zip(r.data, ("hello", "world"), strict=True):  # the SDK asks for base64 and unpacks float32
+        assert d.embedding == pytest.approx(embed_vector("embed-v4.0", "search_document", text, 8), abs=1e-6)
+    assert r.usage.prompt_tokens == 2
+    floats = client.embeddings.create(model="embed", input="hello", dimensions=8, encoding_format="float")
+    assert floats.data[0].embedding == embed_vector("embed-v4.0", "search_document", "hello", 8)
+    query = client.embeddings.create(model="embed", input="hello", dimensions=8,
+                                     extra_body={"input_type": "search_query"})
+    assert query.data[0].embedding == pytest.approx(embed_vector("embed-v4.0", "search_query", "hello", 8))

@@ -1,0 +1,41 @@
+"""``GET /v1/providers``: the configured providers, whether each can take traffic now, and its default model."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..http import Request, Response, json_response
+from ..routing.router import WILDCARD
+
+if TYPE_CHECKING:
+    from ..gateway import Gateway
+    from ..routing.deployment import Deployment
+
+
+def accepts_traffic(dep: Deployment) -> bool:
+    """Whether routing may send this deployment a call now (circuit breaker and health state belong here)."""
+    return not dep.provider.session.closed
+
+
+def providers_body(gw: Gateway) -> dict[str, Any]:
+    """Providers in config order; ``default_model`` is the first model name a client can send to it."""
+    found: dict[str, dict[str, Any]] = {}
+    for model_name, deps in gw.table.models.items():
+        for dep in deps:
+            entry = found.setdefault(dep.provider_type, {"name": dep.provider_type, "available": False,
+                                                         "default_model": None})
+            entry["available"] = entry["available"] or accepts_traffic(dep)
+            if entry["default_model"] is None and model_name != WILDCARD:
+                entry["default_model"] = model_name
+    providers = list(found.values())
+    return {"providers": providers, "default": providers[0]["name"] if providers else None}
+
+
+async def list_providers(gw: Gateway, req: Request) -> Response:
+    return json_response(providers_body(gw))
+
+
+ROUTES = [
+    ("GET", "/v1/providers", list_providers),
+    ("GET", "/providers", list_providers),
+]

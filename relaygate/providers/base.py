@@ -112,6 +112,50 @@ class Provider:
             resp.release()
 
 
+async def open_body(resp: aiohttp.ClientResponse, kind: str, *, require_bytes: bool = False) -> AsyncIterator[bytes]:
+    """The response body as it arrives, after waiting for its first bytes.
+
+    A failure before the first byte (or an empty body when ``require_bytes``) raises here, while a
+    fallback can still serve the call; later chunks are forwarded as they come, never buffered whole.
+    """
+    chunks = resp.content.iter_any()
+    try:
+        first = await chunks.__anext__()
+    except StopAsyncIteration:
+        first = b""
+    except TimeoutError:
+        resp.close()
+        raise UpstreamTimeout(f"upstream {kind} timed out before the first byte") from None
+    except aiohttp.ClientError as e:
+        resp.close()
+        raise Unavailable(f"upstream {kind} failed before the first byte ({type(e).__name__})", status=502) from None
+    if not first and require_bytes:
+        resp.close()
+        raise Unavailable(f"upstream {kind} answered with an empty body", status=502)
+    return _rest_of_body(resp, first, chunks, kind)
+
+
+async def _rest_of_body(resp: aiohttp.ClientResponse, first: bytes, chunks: AsyncIterator[bytes],
+                        kind: str) -> AsyncIterator[bytes]:
+    complete = False
+    try:
+        if first:
+            yield first
+        async for chunk in chunks:
+            yield chunk
+        complete = True
+    except TimeoutError:
+        raise UpstreamTimeout(f"upstream {kind} stream timed out") from None
+    except aiohttp.ClientError as e:
+        raise Unavailable(f"upstream {kind} stream broke ({type(e).__name__})", status=502) from None
+    finally:
+        # close, not release, unless complete: a client that went away must stop the upstream at once
+        if complete:
+            resp.release()
+        else:
+            resp.close()
+
+
 _KEYLIKE = re.compile(r"\b(sk-[A-Za-z0-9_\-*]{6,}|AKIA[0-9A-Z]{12,}|AIza[0-9A-Za-z_\-]{20,})")
 
 

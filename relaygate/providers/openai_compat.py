@@ -11,7 +11,7 @@ import orjson
 
 from ..call import Call, Reply, Usage
 from ..errors import ContentFiltered, ContextTooLong, GatewayError, Unavailable, UpstreamTimeout, from_status
-from .base import RATE_LIMIT_HEADERS, Provider, error_json, retry_after_seconds
+from .base import RATE_LIMIT_HEADERS, Provider, error_json, open_body, retry_after_seconds
 from .batching import embed_in_batches, needs_batches
 
 DEFAULT_BASE = "https://api.openai.com/v1"
@@ -58,6 +58,66 @@ class OpenAIProvider(Provider):
         if needs_batches(call.body, size):
             return await embed_in_batches(call, size, lambda sub: self.forward_json(sub, "/embeddings"))
         return await self.forward_json(call, "/embeddings")
+
+    async def speech(self, call: Call) -> Reply:
+        """Text to speech: audio bytes (or ``stream_format: sse`` events) forwarded as they arrive.
+
+        The first bytes are awaited before returning, so a primary that fails before any audio was
+        produced can still be replaced by a fallback.
+        """
+        assert call.deployment is not None
+        model = call.deployment.upstream_model(call.model)
+        body = self.prepare(call, model)
+        voice = body.get("voice")
+        if isinstance(voice, str) and voice in self.config.voice_map:
+            body = {**body, "voice": self.config.voice_map[voice]}
+        resp = await self.request(call, "POST", self.url("/audio/speech", model), headers=self.auth_headers(),
+                                  data=orjson.dumps(body))
+        if resp.status >= 400:
+            raise await self.upstream_error(resp)
+        ctype = resp.headers.get("content-type", "application/octet-stream")
+        stream = await open_body(resp, self.kind, require_bytes=True)
+        chars = len(body.get("input") or "")
+        return Reply(stream=stream, media_type=ctype, first_byte_at=time.monotonic(),
+                     usage=Usage(characters=chars, known=False))
+
+    async def transcriptions(self, call: Call) -> Reply:
+        return await self.forward_upload(call, "/audio/transcriptions")
+
+    async def translations(self, call: Call) -> Reply:
+        return await self.forward_upload(call, "/audio/translations")
+
+    async def forward_upload(self, call: Call, path: str) -> Reply:
+        """Send the call's multipart upload upstream as it arrives; a transcript comes back whole or as SSE."""
+        assert call.deployment is not None and call.upload is not None
+        upload = call.upload
+        model = call.deployment.upstream_model(call.model)
+        headers = {**self.auth_headers(), "content-type": upload.content_type}
+        try:
+            resp = await self.request(call, "POST", self.url(path, model), headers=headers,
+                                      data=upload.body(model))
+        except GatewayError:
+            if upload.error is not None:  # the client's body failed (too large, malformed, gone)
+                raise upload.error from None
+            raise
+        if upload.error is not None:
+            resp.close()
+            raise upload.error
+        if resp.status >= 400:
+            raise await self.upstream_error(resp)
+        ctype = resp.headers.get("content-type", "")
+        if ctype.startswith("text/event-stream"):  # stream=true on a model that streams transcripts
+            reply = Reply(media_type="text/event-stream", first_byte_at=time.monotonic())
+            reply.stream = self._relay(resp, reply, True)
+            return reply
+        try:
+            data = await self.read_body(resp)
+        finally:
+            resp.release()
+        reply = Reply(status=resp.status, body=data, media_type=ctype or "application/json",
+                      first_byte_at=time.monotonic())
+        reply.usage = _usage_of(data) if ctype.startswith("application/json") else Usage(known=False)
+        return reply
 
     async def forward_json(self, call: Call, path: str) -> Reply:
         """POST the call's JSON body upstream; return the body whole, or the stream event by event."""
@@ -154,4 +214,10 @@ def _usage_of(body: bytes) -> Usage | None:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
         return None
-    return Usage.from_openai(data.get("usage")) if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        return None
+    u = data.get("usage")
+    if isinstance(u, dict) and u.get("type") == "duration":  # whisper-style transcripts are billed by time
+        seconds = u.get("seconds")
+        return Usage(audio_seconds=float(seconds) if isinstance(seconds, (int, float)) else 0.0)
+    return Usage.from_openai(u)

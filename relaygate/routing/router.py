@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from ..call import Call, Reply
 from ..errors import GatewayError, ModelNotFound
 from .deployment import Deployment
+from .voices import narrow_by_voice
 
 WILDCARD = "*"
 
@@ -66,7 +67,7 @@ class Router:
         return deps[next(counter) % len(deps)]
 
     async def __call__(self, call: Call) -> Reply:
-        dep = self.pick(self.table.resolve(call))
+        dep = self.pick(narrow_by_voice(call, self.table.resolve(call)))
         return await attempt(dep, call)
 
 

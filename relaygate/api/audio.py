@@ -1,0 +1,137 @@
+"""``/v1/audio/transcriptions``, ``/v1/audio/translations`` (multipart uploads, streamed to the upstream as
+they arrive) and ``/v1/audio/speech`` (JSON in, audio streamed back as the upstream produces it)."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from ..call import Call
+from ..errors import BadRequest, GatewayError
+from ..http import Request, Response, StreamResponse
+from ..multipart import AudioUpload, FormReader, boundary_of
+from .common import check, object_body, pop_provider, reply_headers, require, respond
+
+if TYPE_CHECKING:
+    from ..gateway import Gateway
+
+TRANSCRIPT_FORMATS = ("json", "text", "srt", "verbose_json", "vtt", "diarized_json")
+SPEECH_FORMATS = ("mp3", "opus", "aac", "flac", "wav", "pcm")
+GRANULARITIES = ("word", "segment")
+
+
+def _number(name: str, value: str, low: float, high: float) -> float:
+    try:
+        x = float(value)
+    except ValueError:
+        raise BadRequest(f"'{name}' must be a number", param=name, code="invalid_type") from None
+    if not low <= x <= high:
+        raise BadRequest(f"'{name}' must be between {low:g} and {high:g}", param=name)
+    return x
+
+
+def check_form_field(name: str, value: str) -> None:
+    """Validate one form field of an audio upload as it arrives (fields after the file too)."""
+    if name == "model" and not value:
+        raise BadRequest("'model' must not be empty", param="model")
+    elif name == "response_format" and value not in TRANSCRIPT_FORMATS:
+        raise BadRequest(f"'response_format' must be one of {', '.join(TRANSCRIPT_FORMATS)}, not {value!r}",
+                         param="response_format")
+    elif name == "temperature":
+        _number(name, value, 0.0, 1.0)
+    elif name in ("timestamp_granularities[]", "timestamp_granularities") and value not in GRANULARITIES:
+        raise BadRequest(f"timestamp granularities must be 'word' or 'segment', not {value!r}",
+                         param="timestamp_granularities")
+    elif name == "stream" and value not in ("true", "false"):
+        raise BadRequest("'stream' must be true or false", param="stream", code="invalid_type")
+    elif name == "provider" and not value:
+        raise BadRequest("'provider' must be a non-empty string", param="provider")
+
+
+async def _upload(gw: Gateway, req: Request, route: str) -> Response | StreamResponse:
+    boundary = boundary_of(req.headers.get("content-type", ""))
+    upload = AudioUpload(FormReader(req.stream(gw.config.server.max_audio_bytes), boundary), check_form_field)
+    try:
+        await upload.start()
+        model = upload.value("model")
+        if model is None:
+            raise BadRequest("you must provide the 'model' field", param="model", code="missing_required_parameter")
+        if upload.file is None:
+            raise BadRequest("you must provide the audio 'file'", param="file", code="missing_required_parameter")
+        provider = upload.value("provider")
+        upload.fields = [(n, v) for n, v in upload.fields if n != "provider"]  # gateway-only, never forwarded
+        body: dict[str, Any] = {n: v for n, v in upload.fields}
+        call = Call(id=req.id, route=route, model=model, body=body, stream=body.get("stream") == "true",
+                    headers=req.headers, client_ip=req.client_ip, provider=provider, upload=upload,
+                    deadline=time.monotonic() + gw.config.server.request_timeout)
+        reply = await gw.handle(call)
+    except BaseException:
+        upload.close()
+        raise
+    reply.on_done(lambda r, e: upload.close())
+    return respond(call, reply)
+
+
+async def transcriptions(gw: Gateway, req: Request) -> Response | StreamResponse:
+    return await _upload(gw, req, "transcriptions")
+
+
+async def translations(gw: Gateway, req: Request) -> Response | StreamResponse:
+    return await _upload(gw, req, "translations")
+
+
+def validate_speech(body: dict[str, Any]) -> None:
+    model = require(body, "model", str, "a string")
+    if not model:
+        raise BadRequest("'model' must not be empty", param="model")
+    text = require(body, "input", str, "a string")
+    if not text:
+        raise BadRequest("'input' must not be empty", param="input")
+    voice = require(body, "voice", (str, dict), "a string or an object with an 'id'")
+    if isinstance(voice, dict) and not (isinstance(voice.get("id"), str) and voice["id"]):
+        raise BadRequest("a custom voice must be an object with a string 'id'", param="voice")
+    if isinstance(voice, str) and not voice:
+        raise BadRequest("'voice' must not be empty", param="voice")
+    fmt = check(body, "response_format", str, "a string")
+    if fmt is not None and fmt not in SPEECH_FORMATS:
+        raise BadRequest(f"'response_format' must be one of {', '.join(SPEECH_FORMATS)}, not {fmt!r}",
+                         param="response_format")
+    speed = check(body, "speed", (int, float), "a number")
+    if speed is not None and not 0.25 <= speed <= 4.0:
+        raise BadRequest("'speed' must be between 0.25 and 4.0", param="speed")
+    sf = check(body, "stream_format", str, "a string")
+    if sf is not None and sf not in ("sse", "audio"):
+        raise BadRequest("'stream_format' must be 'sse' or 'audio'", param="stream_format")
+    check(body, "instructions", str, "a string")
+
+
+class AudioStreamBroke(Exception):
+    """Raised instead of an in-band error event: the connection is cut so the client sees a truncated body."""
+
+
+def _cut_audio(err: GatewayError) -> bytes:
+    raise AudioStreamBroke(err.message)
+
+
+async def speech(gw: Gateway, req: Request) -> Response | StreamResponse:
+    body = object_body(await req.json(gw.config.server.max_body_bytes))
+    provider = pop_provider(body)
+    validate_speech(body)
+    call = Call(id=req.id, route="speech", model=body["model"], body=body, stream=True, headers=req.headers,
+                client_ip=req.client_ip, provider=provider,
+                deadline=time.monotonic() + gw.config.server.request_timeout)
+    reply = await gw.handle(call)
+    if reply.stream is None or body.get("stream_format") == "sse":
+        return respond(call, reply)
+    return StreamResponse(reply, reply_headers(call, reply), _cut_audio)
+
+
+ROUTES = [
+    ("POST", "/v1/audio/transcriptions", transcriptions),
+    ("POST", "/v1/audio/translations", translations),
+    ("POST", "/v1/audio/speech", speech),
+    ("POST", "/audio/transcriptions", transcriptions),
+    ("POST", "/audio/translations", translations),
+    ("POST", "/audio/speech", speech),
+]
+

@@ -1,0 +1,40 @@
+"""Voice routing for text-to-speech: narrow a model's candidate deployments to those serving the voice.
+
+A deployment's ``voices`` claims voices: a voice some deployment lists goes only to the deployments that list
+it. A deployment without ``voices`` serves every voice nobody claims (``other voices → OpenAI``). A
+``voice_map`` entry lets a deployment also serve a voice under another name (``alloy → af_heart`` on a local
+Kokoro fallback), without claiming it. Strategies, retries and fallbacks then work on what is left.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..call import Call
+from ..errors import BadRequest
+from .deployment import Deployment
+
+
+def voice_of(body: dict[str, Any]) -> str | None:
+    """The requested voice: a built-in name, or a custom voice object's ``id``."""
+    voice = body.get("voice")
+    if isinstance(voice, dict):
+        voice = voice.get("id")
+    return voice if isinstance(voice, str) else None
+
+
+def narrow_by_voice(call: Call, deps: list[Deployment]) -> list[Deployment]:
+    """The deployments that may speak the call's voice (all of them for other routes)."""
+    if call.route != "speech":
+        return deps
+    voice = voice_of(call.body)
+    if voice is None or not any(d.config.voices or d.config.voice_map for d in deps):
+        return deps
+    claimed = any(voice in d.config.voices for d in deps)
+    out = [d for d in deps
+           if voice in d.config.voice_map or (voice in d.config.voices if claimed else not d.config.voices)]
+    if not out:
+        known = sorted({v for d in deps for v in (*d.config.voices, *d.config.voice_map)})
+        raise BadRequest(f"The voice {voice!r} is not available for model {call.model!r}. "
+                         f"Available voices: {', '.join(known)}.", param="voice", code="invalid_value")
+    return out

@@ -1,0 +1,174 @@
+"""Audio uploads through relaygate: transcriptions and translations with the openai SDK, size limits
+enforced while reading, malformed multipart bodies answered with 400."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import time
+
+import httpx
+import openai
+import pytest
+
+from relaygate.testing.openai_audio import tone_pcm, wav_bytes
+from tests.conftest import openai_model
+
+LIMIT = 300_000
+
+
+@pytest.fixture
+def gateway(openai_emulator, start_gateway):
+    return start_gateway({"server": {"max_audio_bytes": LIMIT, "max_body_bytes": 1000}, "models": [
+        openai_model("whisper", openai_emulator, "whisper-1"),
+        openai_model("transcribe-stream", openai_emulator, "gpt-4o-transcribe"),
+    ]})
+
+
+def client(gw) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gw.base_url, api_key="sk-client", max_retries=0)
+
+
+def speech_wav(text: str, seconds: float = 1.0) -> bytes:
+    """A real WAV file (a tone); the emulator "hears" the ICMT comment as what was said."""
+    return wav_bytes(tone_pcm(seconds, 440), comment=text)
+
+
+def test_transcription_of_a_wav_file_reaches_the_upstream_intact(gateway, openai_emulator):
+    wav = speech_wav("what is the weather in Paris")
+    res = client(gateway).audio.transcriptions.create(model="whisper", file=("q.wav", wav, "audio/wav"),
+                                                       language="en", prompt="weather", temperature=0.2)
+    assert res.text == "what is the weather in Paris"
+    seen = openai_emulator.state.requests[-1]
+    assert seen["file"] == {"name": "q.wav", "content_type": "audio/wav", "size": len(wav),
+                            "sha256": hashlib.sha256(wav).hexdigest()}
+    assert seen["form"] == {"model": "whisper-1", "language": "en", "prompt": "weather", "temperature": "0.2"}
+    assert seen["headers"]["authorization"] == "Bearer sk-upstream-secret-0123456789abcdef"
+    assert seen["headers"].get("transfer-encoding") == "chunked"  # streamed up, not assembled first
+
+
+@pytest.mark.parametrize("fmt, expected", [
+    ("text", "hello there\n"),
+    ("srt", "1\n00:00:00,000 --> 00:00:01,000\nhello there\n\n"),
+    ("vtt", "WEBVTT\n\n00:00:00.000 --> 00:00:01.000\nhello there\n\n"),
+])
+def test_text_response_formats_pass_through_unchanged(gateway, fmt, expected):
+    res = client(gateway).audio.transcriptions.create(model="whisper", file=("a.wav", speech_wav("hello there")),
+                                                       response_format=fmt)
+    assert res == expected
+
+
+def test_verbose_json_with_word_timestamps(gateway, openai_emulator):
+    res = client(gateway).audio.transcriptions.create(
+        model="whisper", file=("a.wav", speech_wav("one two three", 1.5)), response_format="verbose_json",
+        timestamp_granularities=["word", "segment"])
+    assert [w.word for w in res.words] == ["one", "two", "three"]
+    assert res.duration == pytest.approx(1.5)
+    assert openai_emulator.state.requests[-1]["timestamp_granularities"] == ["word", "segment"]
+
+
+def test_streamed_transcript_events_are_forwarded(gateway):
+    stream = client(gateway).audio.transcriptions.create(
+        model="transcribe-stream", file=("a.wav", speech_wav("stream me please")), stream=True)
+    events = list(stream)
+    assert "".join(e.delta for e in events if e.type == "transcript.text.delta") == "stream me please"
+    assert events[-1].type == "transcript.text.done" and events[-1].text == "stream me please"
+
+
+def test_translation(gateway, openai_emulator):
+    res = client(gateway).audio.translations.create(model="whisper", file=("a.wav", speech_wav("bonjour")))
+    assert res.text == "[translated to English] bonjour"
+    assert openai_emulator.state.requests[-1]["path"] == "/v1/audio/translations"
+
+
+def multipart(parts: list[tuple[str, bytes, str | None]], boundary: str = "XyZ") -> bytes:
+    out = b""
+    for name, value, filename in parts:
+        disp = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        out += f"--{boundary}\r\nContent-Disposition: {disp}\r\n\r\n".encode() + value + b"\r\n"
+    return out + f"--{boundary}--\r\n".encode()
+
+
+def post_form(gw, body: bytes, ctype: str = "multipart/form-data; boundary=XyZ") -> httpx.Response:
+    return httpx.post(gw.base_url + "/audio/transcriptions", content=body, headers={"content-type": ctype})
+
+
+def test_model_after_the_file_is_spooled_then_routed(gateway, openai_emulator):
+    wav = speech_wav("late model field")
+    r = post_form(gateway, multipart([("file", wav, "x.wav"), ("model", b"whisper", None)]))
+    assert r.status_code == 200, r.text
+    assert r.json()["text"] == "late model field"
+    assert openai_emulator.state.requests[-1]["file"]["sha256"] == hashlib.sha256(wav).hexdigest()
+
+
+def test_fields_after_the_file_are_checked_and_forwarded(gateway, openai_emulator):
+    wav = speech_wav("ok")
+    r = post_form(gateway, multipart([("model", b"whisper", None), ("file", wav, "x.wav"),
+                                      ("response_format", b"text", None)]))
+    assert r.text == "ok\n"
+    bad = post_form(gateway, multipart([("model", b"whisper", None), ("file", wav, "x.wav"),
+                                        ("response_format", b"mp5", None)]))
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "response_format"
+
+
+@pytest.mark.parametrize("body, ctype", [
+    (b"not multipart at all", "multipart/form-data; boundary=XyZ"),
+    (b"--XyZ\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper\r\n--XyZ\r\nContent-Dispo",
+     "multipart/form-data; boundary=XyZ"),  # ends in the middle of a part
+    (b"--XyZ\r\nX-Nothing: 1\r\n\r\nwhisper\r\n--XyZ--\r\n", "multipart/form-data; boundary=XyZ"),
+    (b"--XyZ\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper\r\n--XyZ--\r\n",
+     "multipart/form-data"),  # no boundary
+    (b'{"model": "whisper"}', "application/json"),
+    (b"--XyZ\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper\r\n--XyZ--\r\n",
+     "multipart/form-data; boundary=XyZ"),  # no file
+    (b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n\r\nRIFF\r\n--XyZ--\r\n",
+     "multipart/form-data; boundary=XyZ"),  # no model
+])
+def test_malformed_multipart_gets_400_never_500(gateway, body, ctype):
+    r = post_form(gateway, body, ctype)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_a_body_cut_mid_file_while_streaming_upstream_gets_400(gateway, openai_emulator):
+    wav = speech_wav("x", 2.0)
+    body = multipart([("model", b"whisper", None), ("file", wav, "x.wav")])
+    r = post_form(gateway, body[: len(body) // 2])
+    assert r.status_code == 400
+    assert "closing boundary" in r.json()["error"]["message"]
+
+
+def _raw_request(gw, headers: str, body_part: bytes) -> tuple[bytes, float]:
+    """Send headers and only part of a body, keep the socket open, and read what the gateway answers."""
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+        s.sendall(headers.encode() + body_part)
+        started = time.monotonic()
+        data = b""
+        while b"\r\n\r\n" not in data or b'"error"' not in data:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        return data, time.monotonic() - started
+
+
+def test_declared_upload_over_the_limit_is_refused_before_the_body_is_sent(gateway, openai_emulator):
+    headers = (f"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\n"
+               f"Content-Type: multipart/form-data; boundary=XyZ\r\nContent-Length: {25 * 1024 * 1024}\r\n\r\n")
+    data, _ = _raw_request(gateway, headers, b"--XyZ\r\n")  # 25 MB announced, 7 bytes sent
+    assert data.startswith(b"HTTP/1.1 413")
+    assert b"request_too_large" in data
+    assert openai_emulator.state.requests == []
+
+
+def test_chunked_upload_over_the_limit_is_refused_while_reading(gateway, openai_emulator):
+    head = multipart([("model", b"whisper", None)]).rsplit(b"--XyZ--", 1)[0]
+    head += b'--XyZ\r\nContent-Disposition: form-data; name="file"; filename="big.wav"\r\n\r\n'
+    sent = head + b"\0" * (LIMIT + 1000 - len(head))  # just over the limit; the body's end is never sent
+    body = b"".join(b"%x\r\n%s\r\n" % (len(sent[i:i + 16384]), sent[i:i + 16384])
+                    for i in range(0, len(sent), 16384))
+    headers = ("POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+               "Content-Type: multipart/form-data; boundary=XyZ\r\n\r\n")
+    data, _ = _raw_request(gateway, headers, body)
+    assert data.startswith(b"HTTP/1.1 413"), data[:200]
+    assert b"exceeds the limit" in data

@@ -1,0 +1,597 @@
+"""An emulator of Google's Gemini wire format: AI Studio (``/v1beta/models/{m}:generateContent``) and
+Vertex AI (``/v1/projects/{p}/locations/{l}/publishers/google/models/{m}:generateContent``).
+
+Answers are deterministic functions of the request (like the OpenAI emulator's): the model echoes the last
+user text, calls the first offered function unless the last turn is a function response, reports images,
+the system instruction and the turn count. Prompts containing ``BLOCKED_WORD`` are blocked
+(``promptFeedback.blockReason``); prompts containing ``UNSAFE_WORD`` end in ``finishReason: SAFETY``.
+Requests are validated as strictly as the real API does (unknown fields, roles, empty parts, base64,
+function-call/response pairing, thought signatures on ``gemini-3`` models), so translation bugs show.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import math
+import re
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from .base import STATE_KEY, EmulatorState, FaultPlan, apply_latency, json_response, new_app, tracked
+
+DEFAULT_MODELS = ("gemini-2.5-flash", "gemini-2.5-pro", "gemini-2.0-flash", "gemini-3-pro-preview",
+                  "text-embedding-004", "gemini-embedding-001")
+EMBEDDING_DIMS = {"text-embedding-004": 768, "gemini-embedding-001": 3072}
+BLOCKED_WORD = "forbidden-topic"
+UNSAFE_WORD = "unsafe-output"
+SKIP_SIGNATURE = "skip_thought_signature_validator"  # Google's documented escape for foreign histories
+
+_REQUEST_FIELDS = {"contents", "tools", "toolConfig", "safetySettings", "systemInstruction", "generationConfig",
+                   "cachedContent", "labels", "model"}
+_GENERATION_FIELDS = {
+    "stopSequences", "responseMimeType", "responseSchema", "responseJsonSchema", "responseModalities",
+    "candidateCount", "maxOutputTokens", "temperature", "topP", "topK", "seed", "presencePenalty",
+    "frequencyPenalty", "responseLogprobs", "logprobs", "enableEnhancedCivicAnswers", "speechConfig",
+    "thinkingConfig", "mediaResolution", "imageConfig",
+}
+_DATA_FIELDS = ("text", "inlineData", "fileData", "functionCall", "functionResponse", "executableCode",
+                "codeExecutionResult")
+_STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
+           409: "ABORTED", 429: "RESOURCE_EXHAUSTED", 499: "CANCELLED", 500: "INTERNAL", 501: "NOT_IMPLEMENTED",
+           503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
+_DEFAULT_MESSAGES = {
+    429: "You exceeded your current quota, please check your plan and billing details. For more information on "
+         "this error, head to: https://ai.google.dev/gemini-api/docs/rate-limits.",
+    500: "An internal error has occurred. Please retry or report in https://developers.generativeai.google/guide/"
+         "troubleshooting",
+    503: "The model is overloaded. Please try again later.",
+    504: "Deadline expired before operation could complete.",
+}
+
+
+@dataclass
+class GeminiEmulatorOptions:
+    api_key: str | None = None  # AI Studio: required in x-goog-api-key or ?key= when set
+    bearer_token: str | None = None  # Vertex AI: required as "Authorization: Bearer" when set
+    models: tuple[str, ...] = DEFAULT_MODELS
+    context_window: int = 1_048_576  # prompts longer than this (emulated tokens) get 400
+    context_windows: dict[str, int] = field(default_factory=dict)
+    prefix: str = "Hello! You said: "
+    cached_tokens: int = 0  # reported as usageMetadata.cachedContentTokenCount (capped by the prompt)
+
+
+class ApiError(Exception):
+    """An error answered in Google's shape."""
+
+    def __init__(self, status: int, message: str, details: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.details = details
+
+
+def error_body(status: int, message: str | None = None, details: list[dict[str, Any]] | None = None,
+               status_name: str | None = None) -> dict[str, Any]:
+    """Google's error JSON: ``{"error": {"code", "message", "status", "details"?}}``."""
+    err: dict[str, Any] = {"code": status, "message": message or _DEFAULT_MESSAGES.get(status, f"HTTP {status}"),
+                           "status": status_name or _STATUS.get(status, "UNKNOWN")}
+    if details:
+        err["details"] = details
+    return {"error": err}
+
+
+def _error_response(e: ApiError) -> web.Response:
+    return json_response(error_body(e.status, e.message, e.details), e.status)
+
+
+def fault_response(plan: FaultPlan) -> web.Response:
+    """An injected failure; ``retry_after`` becomes a ``google.rpc.RetryInfo`` detail, as Gemini sends it."""
+    assert plan.status is not None
+    details: list[dict[str, Any]] = []
+    if plan.status == 429:
+        details.append({"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [{
+            "quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests",
+            "quotaId": "GenerateRequestsPerMinutePerProjectPerModel-FreeTier"}]})
+    if plan.retry_after is not None:
+        details.append({"@type": "type.googleapis.com/google.rpc.RetryInfo",
+                        "retryDelay": f"{plan.retry_after:g}s"})
+    return json_response(error_body(plan.status, plan.message, details, plan.error_code), plan.status)
+
+
+# ---- reading a request --------------------------------------------------------------------------------
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(p[:1].upper() + p[1:] for p in rest)
+
+
+def _normalise(obj: Any) -> Any:
+    """Proto JSON accepts snake_case names too; use camelCase throughout (not inside free-form values)."""
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            key = _camel(k) if isinstance(k, str) else k
+            free = key in ("args", "response", "parametersJsonSchema", "responseJsonSchema", "labels",
+                           "parameters", "responseSchema")
+            out[key] = v if free else _normalise(v)
+        return out
+    if isinstance(obj, list):
+        return [_normalise(v) for v in obj]
+    return obj
+
+
+def _unknown(obj: dict[str, Any], known: set[str], where: str) -> None:
+    for k in obj:
+        if k not in known:
+            at = f" at '{where}'" if where else ""
+            raise ApiError(400, f'Invalid JSON payload received. Unknown name "{k}"{at}: Cannot find field.',
+                           [{"@type": "type.googleapis.com/google.rpc.BadRequest",
+                             "fieldViolations": [{"field": where, "description": f'Invalid JSON payload received. '
+                                                  f'Unknown name "{k}"{at}: Cannot find field.'}]}])
+
+
+def validate(body: dict[str, Any], model: str) -> None:
+    """Reject what the real API rejects (the subset a translating client can get wrong)."""
+    _unknown(body, _REQUEST_FIELDS, "")
+    gc = body.get("generationConfig")
+    if gc is not None:
+        if not isinstance(gc, dict):
+            raise ApiError(400, "Invalid value at 'generation_config' (type.googleapis.com/google.ai."
+                                "generativelanguage.v1beta.GenerationConfig)")
+        _unknown(gc, _GENERATION_FIELDS, "generation_config")
+        temp = gc.get("temperature")
+        if temp is not None and (not isinstance(temp, (int, float)) or not 0 <= temp <= 2):
+            raise ApiError(400, "Unable to submit request because it has a temperature value of "
+                                f"{temp} but the supported range is from 0 (inclusive) to 2.0001 (exclusive).")
+    contents = body.get("contents")
+    if not isinstance(contents, list) or not contents:
+        raise ApiError(400, "* GenerateContentRequest.contents: contents is not specified\n")
+    signatures = model.startswith("gemini-3")
+    pending_calls = 0
+    for i, c in enumerate(contents):
+        if not isinstance(c, dict):
+            raise ApiError(400, f"Invalid value at 'contents[{i}]'")
+        role = c.get("role", "user")
+        if role not in ("user", "model"):
+            raise ApiError(400, "Please use a valid role: user, model.")
+        parts = c.get("parts")
+        if not isinstance(parts, list) or not parts:
+            raise ApiError(400, f"* GenerateContentRequest.contents[{i}].parts: contents.parts must not be empty.\n")
+        calls = responses = 0
+        for j, p in enumerate(parts):
+            where = f"contents[{i}].parts[{j}]"
+            if not isinstance(p, dict) or sum(1 for k in _DATA_FIELDS if k in p) != 1:
+                raise ApiError(400, f"* GenerateContentRequest.{where}.data: required oneof field 'data' must "
+                                    "have one initialized field\n")
+            if "inlineData" in p:
+                data = p["inlineData"]
+                try:
+                    base64.b64decode(str(data.get("data", "")), validate=True)
+                except (binascii.Error, ValueError):
+                    raise ApiError(400, f"Invalid value at '{where}.inline_data.data' (TYPE_BYTES), Base64 "
+                                        "decoding failed") from None
+                if not data.get("mimeType"):
+                    raise ApiError(400, f"* GenerateContentRequest.{where}.inline_data.mime_type: "
+                                        "mime_type is required\n")
+            if "fileData" in p and not (p["fileData"].get("fileUri") and p["fileData"].get("mimeType")):
+                raise ApiError(400, f"* GenerateContentRequest.{where}.file_data: file_uri and mime_type "
+                                    "are required\n")
+            if "functionCall" in p:
+                if role != "model":
+                    raise ApiError(400, "Please ensure that function call turn comes immediately after a user "
+                                        "turn or after a function response turn.")
+                if signatures and calls == 0 and not p.get("thoughtSignature"):
+                    raise ApiError(400, f"Function call is missing a thought_signature in functionCall parts. "
+                                        f"This is required for tools to work correctly, and missing "
+                                        f"thought_signature may lead to degraded model performance. Additional "
+                                        f"data, function call `default_api:{p['functionCall'].get('name')}` , "
+                                        f"position {i + 1}. Please refer to https://ai.google.dev/gemini-api/"
+                                        "docs/thought-signatures for more details.")
+                calls += 1
+            if "functionResponse" in p:
+                if not isinstance(p["functionResponse"].get("response"), dict):
+                    raise ApiError(400, f"Invalid value at '{where}.function_response.response' "
+                                        "(type.googleapis.com/google.protobuf.Struct)")
+                responses += 1
+        if pending_calls and responses != pending_calls:
+            raise ApiError(400, "Please ensure that the number of function response parts is equal to the "
+                                "number of function call parts of the function call turn.")
+        pending_calls = calls
+
+
+# ---- the answer: a pure function of the request ------------------------------------------------------
+
+def _texts(content: Any) -> str:
+    parts = content.get("parts") if isinstance(content, dict) else None
+    return " ".join(str(p["text"]) for p in parts or [] if isinstance(p, dict) and "text" in p
+                    and not p.get("thought"))
+
+
+def count_tokens(body: dict[str, Any]) -> int:
+    """Emulated tokens: words, 4 per content, 258 per image (Gemini's flat image cost)."""
+    n = len(_texts(body.get("systemInstruction")).split())
+    for c in body.get("contents") or []:
+        n += 4 + len(_texts(c).split())
+        for p in c.get("parts") or []:
+            if "inlineData" in p or "fileData" in p:
+                n += 258
+            elif "functionCall" in p or "functionResponse" in p:
+                n += len(orjson.dumps(p).split()) + 3
+    return max(n, 1)
+
+
+_TYPES = {"string": "string", "number": "number", "integer": "integer", "boolean": "boolean",
+          "array": "array", "object": "object"}
+
+
+def _args_for(schema: Any, text: str) -> dict[str, Any]:
+    props = schema.get("properties", {}) if isinstance(schema, dict) else {}
+    required = schema.get("required", list(props)) if isinstance(schema, dict) else []
+    args: dict[str, Any] = {}
+    for name in required:
+        found = props.get(name)
+        prop: dict[str, Any] = found if isinstance(found, dict) else {}
+        kind = _TYPES.get(str(prop.get("type", "string")).lower(), "string")  # Schema uses "STRING" etc.
+        if kind in ("number", "integer"):
+            args[name] = 1
+        elif kind == "boolean":
+            args[name] = True
+        elif kind == "array":
+            args[name] = [text]
+        elif kind == "object":
+            args[name] = {}
+        else:
+            args[name] = prop["enum"][0] if prop.get("enum") else text
+    return args
+
+
+def _function_to_call(body: dict[str, Any], last_user: str) -> dict[str, Any] | None:
+    decls = [d for t in body.get("tools") or [] if isinstance(t, dict)
+             for d in t.get("functionDeclarations") or [] if isinstance(d, dict)]
+    cfg = ((body.get("toolConfig") or {}).get("functionCallingConfig") or {})
+    mode = str(cfg.get("mode", "AUTO")).upper()
+    if not decls or mode == "NONE":
+        return None
+    last = (body.get("contents") or [{}])[-1]
+    if any("functionResponse" in p for p in last.get("parts") or []):
+        return None  # answer the function's result instead of calling again
+    allowed = cfg.get("allowedFunctionNames") or []
+    for d in decls:
+        if not allowed or d.get("name") in allowed:
+            schema = d.get("parametersJsonSchema", d.get("parameters"))
+            return {"name": d.get("name", ""), "args": _args_for(schema, last_user)}
+    return None
+
+
+@dataclass
+class Answer:
+    parts: list[dict[str, Any]]
+    finish_reason: str
+    prompt_tokens: int
+    output_tokens: int
+    blocked: bool = False
+
+
+def _images(body: dict[str, Any]) -> list[str]:
+    return [str((p.get("inlineData") or p.get("fileData") or {}).get("mimeType"))
+            for c in body.get("contents") or [] for p in c.get("parts") or []
+            if "inlineData" in p or "fileData" in p]
+
+
+def answer(body: dict[str, Any], model: str, prefix: str = "Hello! You said: ") -> Answer:
+    """What the emulated model says to a (validated) generateContent request."""
+    contents = body.get("contents") or []
+    user_turns = [c for c in contents if c.get("role", "user") == "user" and _texts(c)]
+    last_user = _texts(user_turns[-1]) if user_turns else ""
+    system = _texts(body.get("systemInstruction"))
+    prompt_tokens = count_tokens(body)
+    everything = system + " " + " ".join(_texts(c) for c in contents)
+    if BLOCKED_WORD in everything:
+        return Answer([], "", prompt_tokens, 0, blocked=True)
+    call = _function_to_call(body, last_user)
+    if call is not None:
+        part: dict[str, Any] = {"functionCall": call}
+        if model.startswith("gemini-3"):
+            part["thoughtSignature"] = base64.b64encode(hashlib.sha256(orjson.dumps(call)).digest()).decode()
+        return Answer([part], "STOP", prompt_tokens, len(orjson.dumps(call["args"]).split()) + 5)
+    last = contents[-1] if contents else {}
+    results = [p["functionResponse"] for p in last.get("parts") or [] if "functionResponse" in p]
+    if results:
+        text = "The tool returned: " + "; ".join(
+            f"{r.get('name')}={orjson.dumps(r.get('response')).decode()}" for r in results)
+    else:
+        text = prefix + last_user
+        images = _images(body)
+        if images:
+            text += f" (I see {len(images)} image{'s' if len(images) != 1 else ''}: {', '.join(images)})"
+        if system:
+            text += f" [system: {system}]"
+        if len(user_turns) > 1:
+            text += f" [turn {len(user_turns)}]"
+    if UNSAFE_WORD in everything:
+        return Answer([{"text": text.split(UNSAFE_WORD)[0]}], "SAFETY", prompt_tokens, len(text.split()))
+    gc = body.get("generationConfig") or {}
+    if gc.get("responseMimeType") == "application/json":
+        text = orjson.dumps({"answer": text}).decode()
+    words = text.split(" ")
+    finish = "STOP"
+    limit = gc.get("maxOutputTokens")
+    if isinstance(limit, int) and 0 < limit < len(words):
+        words, finish = words[:limit], "MAX_TOKENS"
+    text = " ".join(words)
+    for s in gc.get("stopSequences") or []:
+        if isinstance(s, str) and s and s in text:
+            text, finish = text[: text.index(s)], "STOP"
+    return Answer([{"text": text}], finish, prompt_tokens, max(1, len(text.split())))
+
+
+_SAFE = ("HARM_CATEGORY_HATE_SPEECH", "HARM_CATEGORY_DANGEROUS_CONTENT", "HARM_CATEGORY_HARASSMENT",
+         "HARM_CATEGORY_SEXUALLY_EXPLICIT")
+
+
+def _ratings(blocked: bool) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for cat in _SAFE:
+        r: dict[str, Any] = {"category": cat, "probability": "NEGLIGIBLE"}
+        if blocked and cat == "HARM_CATEGORY_DANGEROUS_CONTENT":
+            r = {"category": cat, "probability": "HIGH", "blocked": True}
+        out.append(r)
+    return out
+
+
+def _usage(a: Answer, cached: int, final: bool = True) -> dict[str, Any]:
+    u: dict[str, Any] = {"promptTokenCount": a.prompt_tokens,
+                         "totalTokenCount": a.prompt_tokens + (a.output_tokens if final else 0),
+                         "promptTokensDetails": [{"modality": "TEXT", "tokenCount": a.prompt_tokens}]}
+    if final and a.output_tokens:
+        u["candidatesTokenCount"] = a.output_tokens
+    if cached:
+        u["cachedContentTokenCount"] = min(cached, a.prompt_tokens)
+    return u
+
+
+def _response_id(body: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(hashlib.sha1(orjson.dumps(body.get("contents"))).digest()[:15]).decode()
+
+
+def _candidate(a: Answer, index: int, parts: list[dict[str, Any]] | None, finish: str | None) -> dict[str, Any]:
+    c: dict[str, Any] = {"index": index}
+    if parts:
+        c["content"] = {"parts": parts, "role": "model"}
+    if finish:
+        c["finishReason"] = finish
+        if finish == "SAFETY":
+            c["safetyRatings"] = _ratings(True)
+    return c
+
+
+def generate(body: dict[str, Any], model: str, prefix: str, cached: int = 0) -> dict[str, Any]:
+    """A whole ``GenerateContentResponse``."""
+    a = answer(body, model, prefix)
+    out: dict[str, Any] = {"modelVersion": model, "responseId": _response_id(body)}
+    if a.blocked:
+        out["promptFeedback"] = {"blockReason": "SAFETY", "safetyRatings": _ratings(True)}
+        out["usageMetadata"] = _usage(a, cached)
+        return out
+    n = (body.get("generationConfig") or {}).get("candidateCount") or 1
+    out["candidates"] = [_candidate(a, i, a.parts, a.finish_reason) for i in range(n)]
+    out["usageMetadata"] = _usage(a, cached)
+    return out
+
+
+def stream_events(body: dict[str, Any], model: str, prefix: str, cached: int = 0) -> list[dict[str, Any]]:
+    """The ``GenerateContentResponse`` chunks of a streamed answer: text a few words at a time, a function
+    call whole, the finish reason and full usage on the last chunk."""
+    a = answer(body, model, prefix)
+    rid = _response_id(body)
+    if a.blocked:
+        return [{"promptFeedback": {"blockReason": "SAFETY", "safetyRatings": _ratings(True)},
+                 "usageMetadata": _usage(a, cached), "modelVersion": model, "responseId": rid}]
+    pieces: list[list[dict[str, Any]]] = []
+    for p in a.parts:
+        if "text" in p:
+            words = p["text"].split(" ")
+            for i in range(0, len(words), 3):
+                chunk = " ".join(words[i:i + 3]) + (" " if i + 3 < len(words) else "")
+                pieces.append([{"text": chunk}])
+        else:
+            pieces.append([p])
+    if not pieces:
+        pieces.append([])
+    n = (body.get("generationConfig") or {}).get("candidateCount") or 1
+    out = []
+    for i, parts in enumerate(pieces):
+        last = i == len(pieces) - 1
+        out.append({"candidates": [_candidate(a, k, parts, a.finish_reason if last else None) for k in range(n)],
+                    "usageMetadata": _usage(a, cached, final=last), "modelVersion": model, "responseId": rid})
+    return out
+
+
+# ---- embeddings -----------------------------------------------------------------------------------------
+
+def embed(text: str, dims: int) -> list[float]:
+    """A deterministic unit vector for ``text``."""
+    raw = b""
+    counter = 0
+    while len(raw) < dims * 4:
+        raw += hashlib.sha256(f"{counter}:{text}".encode()).digest()
+        counter += 1
+    ints = struct.unpack(f"<{dims}i", raw[: dims * 4])
+    vec = [v / 2**31 for v in ints]
+    norm = math.sqrt(sum(v * v for v in vec)) or 1.0
+    return [round(v / norm, 6) for v in vec]
+
+
+def _embed_one(req: dict[str, Any], model: str, where: str) -> tuple[list[float], int]:
+    content = req.get("content")
+    if not isinstance(content, dict) or not content.get("parts"):
+        raise ApiError(400, f"* EmbedContentRequest{where}.content: contents is not specified\n")
+    cfg = req.get("embedContentConfig") or {}  # Vertex nests the options; AI Studio has them at the top
+    dims = cfg.get("outputDimensionality", req.get("outputDimensionality")) or EMBEDDING_DIMS.get(model, 768)
+    if not isinstance(dims, int) or not 1 <= dims <= EMBEDDING_DIMS.get(model, 3072):
+        raise ApiError(400, f"* EmbedContentRequest{where}.output_dimensionality: must be between 1 and "
+                            f"{EMBEDDING_DIMS.get(model, 3072)}\n")
+    text = _texts(content)
+    return embed(text, dims), max(1, len(text.split()))
+
+
+# ---- the app ------------------------------------------------------------------------------------------
+
+_METHOD = re.compile(r"^(?P<model>[^:]+):(?P<method>[A-Za-z]+)$")
+
+
+def create_app(options: GeminiEmulatorOptions | None = None, state: EmulatorState | None = None) -> web.Application:
+    """The emulator as an aiohttp app (AI Studio and Vertex AI URL forms)."""
+    opts = options or GeminiEmulatorOptions()
+    app = new_app(state)
+
+    def check_auth(request: web.Request, vertex: bool) -> None:
+        if vertex:
+            if opts.bearer_token is None:
+                return
+            auth = request.headers.get("authorization", "")
+            if auth[:7].lower() == "bearer " and auth[7:] == opts.bearer_token:
+                return
+            raise ApiError(401, "Request had invalid authentication credentials. Expected OAuth 2 access token, "
+                                "login cookie or other valid authentication credential. See https://developers."
+                                "google.com/identity/sign-in/web/devconsole-project.",
+                           [{"@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                             "reason": "ACCESS_TOKEN_TYPE_UNSUPPORTED" if auth else "CREDENTIALS_MISSING",
+                             "domain": "googleapis.com"}])
+        if opts.api_key is None:
+            return
+        given = request.headers.get("x-goog-api-key") or request.query.get("key")
+        if not given:
+            raise ApiError(403, "Method doesn't allow unregistered callers (callers without established "
+                                "identity). Please use API Key or other form of API consumer identity to call "
+                                "this API.")
+        if given != opts.api_key:
+            raise ApiError(400, "API key not valid. Please pass a valid API key.",
+                           [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID",
+                             "domain": "googleapis.com",
+                             "metadata": {"service": "generativelanguage.googleapis.com"}}])
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        state = request.app[STATE_KEY]
+        raw = await request.read()
+        state.remember(request, raw)
+        vertex = "project" in request.match_info
+        try:
+            m = _METHOD.match(request.match_info["call"])
+            if m is None:
+                raise ApiError(404, "Requested entity was not found.")
+            model, method = m.group("model"), m.group("method")
+            check_auth(request, vertex)
+            try:
+                body = _normalise(orjson.loads(raw)) if raw else {}
+            except orjson.JSONDecodeError:
+                raise ApiError(400, "Invalid JSON payload received. Unexpected token.") from None
+            if not isinstance(body, dict):
+                raise ApiError(400, "Invalid JSON payload received. Expected an object.")
+            plan = state.take_fault(request.path)
+            await apply_latency(plan)
+            if plan is not None and plan.drop_connection:
+                assert request.transport is not None
+                request.transport.close()
+                await asyncio.sleep(0.05)
+                return web.Response(status=500)
+            if plan is not None and plan.status:
+                return fault_response(plan)
+            if opts.models and model not in opts.models:
+                version = request.match_info.get("version", "v1beta")
+                raise ApiError(404, f"models/{model} is not found for API version {version}, or is not "
+                                    f"supported for {method}. Call ListModels to see the list of available "
+                                    "models and their supported methods.")
+            if method in ("embedContent", "batchEmbedContents"):
+                return embeddings(body, model, method, vertex)
+            if method not in ("generateContent", "streamGenerateContent"):
+                raise ApiError(404, f"Method {method} is not found for model {model}.")
+            validate(body, model)
+            window = opts.context_windows.get(model, opts.context_window)
+            tokens = count_tokens(body)
+            if tokens > window:
+                raise ApiError(400, f"The input token count ({tokens}) exceeds the maximum number of tokens "
+                                    f"allowed ({window}).")
+        except ApiError as e:
+            return _error_response(e)
+        if method == "generateContent":
+            return json_response(generate(body, model, opts.prefix, opts.cached_tokens))
+        return await stream(request, body, model, plan)
+
+    async def stream(request: web.Request, body: dict[str, Any], model: str,
+                     plan: FaultPlan | None) -> web.StreamResponse:
+        events = stream_events(body, model, opts.prefix, opts.cached_tokens)
+        sse = request.query.get("alt") == "sse"
+        resp = web.StreamResponse(headers={
+            "content-type": "text/event-stream" if sse else "application/json; charset=UTF-8"})
+        await resp.prepare(request)
+        delay = (plan.chunk_delay_ms / 1000) if plan else 0.0
+        cut = plan.disconnect_after_chunks if plan else None
+        for i, ev in enumerate(events):
+            if cut is not None and i >= cut:
+                assert request.transport is not None
+                request.transport.close()
+                return resp
+            data = orjson.dumps(ev)
+            if sse:  # Google frames events with CRLF pairs
+                await resp.write(b"data: " + data + b"\r\n\r\n")
+            else:  # without alt=sse the stream is one JSON array written piece by piece
+                await resp.write((b"[" if i == 0 else b",\r\n") + data)
+            if delay:
+                await asyncio.sleep(delay)
+        if not sse:
+            await resp.write(b"]")
+        await resp.write_eof()
+        return resp
+
+    def embeddings(body: dict[str, Any], model: str, method: str, vertex: bool) -> web.Response:
+        if method == "embedContent":
+            vec, tokens = _embed_one(body, model, "")
+            out: dict[str, Any] = {"embedding": {"values": vec}}
+            if vertex:
+                out["usageMetadata"] = {"promptTokenCount": tokens, "totalTokenCount": tokens}
+            return json_response(out)
+        requests = body.get("requests")
+        if not isinstance(requests, list) or not requests:
+            raise ApiError(400, "* BatchEmbedContentsRequest.requests: requests is not specified\n")
+        if len(requests) > 100:
+            raise ApiError(400, "* BatchEmbedContentsRequest.requests: at most 100 requests can be in one batch\n")
+        vectors, total = [], 0
+        for i, r in enumerate(requests):
+            if not isinstance(r, dict):
+                raise ApiError(400, f"Invalid value at 'requests[{i}]'")
+            want = r.get("model")
+            if want is not None and str(want).removeprefix("models/") != model:
+                raise ApiError(400, f"* BatchEmbedContentsRequest.requests[{i}].model: the model in each request "
+                                    "must match the model of the batch\n")
+            vec, tokens = _embed_one(r, model, f".requests[{i}]")
+            vectors.append({"values": vec})
+            total += tokens
+        out = {"embeddings": vectors}
+        if vertex:
+            out["usageMetadata"] = {"promptTokenCount": total, "totalTokenCount": total}
+        return json_response(out)
+
+    async def list_models(request: web.Request) -> web.Response:
+        try:
+            check_auth(request, False)
+        except ApiError as e:
+            return _error_response(e)
+        return json_response({"models": [
+            {"name": f"models/{m}", "displayName": m, "supportedGenerationMethods":
+                ["embedContent"] if m in EMBEDDING_DIMS else ["generateContent", "countTokens"]}
+            for m in opts.models]})
+
+    for version in ("v1beta", "v1", "v1alpha"):
+        app.router.add_post(f"/{version}/models/{{call}}", tracked(handle))
+        app.router.add_get(f"/{version}/models", list_models)
+    app.router.add_post("/{version:v1|v1beta1}/projects/{project}/locations/{location}/publishers/google/"
+                        "models/{call}", tracked(handle))
+    return app

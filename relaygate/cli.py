@@ -8,7 +8,7 @@ import sys
 
 from .config import ConfigError, load_config
 
-EMULATORS = ("openai", "cohere")
+EMULATORS = ("openai", "cohere", "gemini")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,6 +101,10 @@ def emulate_provider(provider: str, host: str, port: int, api_key: str | None) -
         from .testing.cohere import create_app as create_cohere_app
 
         app = create_cohere_app(CohereEmulatorOptions(api_key=api_key))
+    elif provider == "gemini":
+        from .testing import gemini
+
+        app = gemini.create_app(gemini.GeminiEmulatorOptions(api_key=api_key, bearer_token=api_key))
     print(f"{provider} emulator on http://{host}:{port}", flush=True)
     run_forever(app, host, port)
     return 0

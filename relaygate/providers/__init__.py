@@ -12,6 +12,8 @@ REGISTRY: dict[str, str] = {
     "azure": "azure:AzureProvider",
     "demo": "demo:DemoProvider",
     "cohere": "cohere:CohereProvider",
+    "gemini": "gemini:GeminiProvider",
+    "vertex": "gemini:VertexProvider",
 }
 
 

@@ -59,10 +59,12 @@ def usage_body(usage: Usage | None) -> dict[str, Any] | None:
 class ChunkWriter:
     """Emits ``chat.completion.chunk`` SSE events for one streamed choice, incrementally."""
 
-    def __init__(self, model: str, id: str | None = None, include_usage: bool = False) -> None:
+    def __init__(self, model: str, id: str | None = None, include_usage: bool = False, index: int = 0,
+                 created: int | None = None) -> None:
         self.id = id or completion_id()
         self.model = model
-        self.created = int(time.time())
+        self.created = created or int(time.time())
+        self.index = index  # the choice this writer streams (n > 1: one writer per choice, same id)
         self.include_usage = include_usage
         self.started = False
         self._tool_index: dict[str, int] = {}  # upstream tool-call key -> OpenAI tool_calls index
@@ -70,7 +72,7 @@ class ChunkWriter:
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
         c: dict[str, Any] = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
                              "model": self.model,
-                             "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+                             "choices": [{"index": self.index, "delta": delta, "logprobs": None, "finish_reason": finish}]}
         if self.include_usage:
             c["usage"] = None
         return b"data: " + orjson.dumps(c) + b"\n\n"
@@ -88,11 +90,16 @@ class ChunkWriter:
             return b""
         return self._ensure_role() + self._chunk({"content": text})
 
-    def tool_start(self, key: str, call_id: str, name: str) -> bytes:
-        """A new tool call (id and name); ``key`` is the upstream's handle for later argument deltas."""
+    def tool_start(self, key: str, call_id: str, name: str, extra: dict[str, Any] | None = None) -> bytes:
+        """A new tool call (id and name); ``key`` is the upstream's handle for later argument deltas.
+
+        ``extra`` adds provider fields to the call (Gemini's ``extra_content`` thought signature)."""
         index = self._tool_index.setdefault(key, len(self._tool_index))
-        return self._ensure_role() + self._chunk({"tool_calls": [
-            {"index": index, "id": call_id, "type": "function", "function": {"name": name, "arguments": ""}}]})
+        call: dict[str, Any] = {"index": index, "id": call_id, "type": "function",
+                                "function": {"name": name, "arguments": ""}}
+        if extra:
+            call.update(extra)
+        return self._ensure_role() + self._chunk({"tool_calls": [call]})
 
     def tool_args(self, key: str, fragment: str) -> bytes:
         if not fragment:

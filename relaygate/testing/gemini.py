@@ -24,7 +24,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from .base import STATE_KEY, EmulatorState, FaultPlan, apply_latency, json_response, new_app, tracked
+from .base import STATE_KEY, EmulatorState, FaultPlan, apply_latency, drop_connection, json_response, new_app, tracked
+from .openai import _args_for
 
 DEFAULT_MODELS = ("gemini-2.5-flash", "gemini-2.5-pro", "gemini-2.0-flash", "gemini-3-pro-preview",
                   "text-embedding-004", "gemini-embedding-001")
@@ -225,31 +226,6 @@ def count_tokens(body: dict[str, Any]) -> int:
             elif "functionCall" in p or "functionResponse" in p:
                 n += len(orjson.dumps(p).split()) + 3
     return max(n, 1)
-
-
-_TYPES = {"string": "string", "number": "number", "integer": "integer", "boolean": "boolean",
-          "array": "array", "object": "object"}
-
-
-def _args_for(schema: Any, text: str) -> dict[str, Any]:
-    props = schema.get("properties", {}) if isinstance(schema, dict) else {}
-    required = schema.get("required", list(props)) if isinstance(schema, dict) else []
-    args: dict[str, Any] = {}
-    for name in required:
-        found = props.get(name)
-        prop: dict[str, Any] = found if isinstance(found, dict) else {}
-        kind = _TYPES.get(str(prop.get("type", "string")).lower(), "string")  # Schema uses "STRING" etc.
-        if kind in ("number", "integer"):
-            args[name] = 1
-        elif kind == "boolean":
-            args[name] = True
-        elif kind == "array":
-            args[name] = [text]
-        elif kind == "object":
-            args[name] = {}
-        else:
-            args[name] = prop["enum"][0] if prop.get("enum") else text
-    return args
 
 
 def _function_to_call(body: dict[str, Any], last_user: str) -> dict[str, Any] | None:
@@ -498,10 +474,7 @@ def create_app(options: GeminiEmulatorOptions | None = None, state: EmulatorStat
             plan = state.take_fault(request.path)
             await apply_latency(plan)
             if plan is not None and plan.drop_connection:
-                assert request.transport is not None
-                request.transport.close()
-                await asyncio.sleep(0.05)
-                return web.Response(status=500)
+                return await drop_connection(request)
             if plan is not None and plan.status:
                 return fault_response(plan)
             if opts.models and model not in opts.models:

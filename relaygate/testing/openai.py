@@ -73,6 +73,7 @@ def _args_for(schema: Any, text: str) -> dict[str, Any]:
     args: dict[str, Any] = {}
     for name in required:
         t = props.get(name, {}).get("type") if isinstance(props.get(name), dict) else "string"
+        t = str(t).lower()  # Gemini's Schema spells types in capitals ("STRING")
         if t in ("number", "integer"):
             args[name] = 1
         elif t == "boolean":

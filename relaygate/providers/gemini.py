@@ -1,0 +1,305 @@
+"""Google Gemini: AI Studio (``x-goog-api-key``) and Vertex AI (bearer token, project and location).
+
+Chat completions are translated to ``generateContent`` (streams from ``streamGenerateContent?alt=sse``,
+event by event); embeddings go to ``batchEmbedContents``. The API key travels in a header only, never in
+a URL that could be logged.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import aiohttp
+import orjson
+
+from ..call import Call, Reply, Usage
+from ..errors import (
+    AuthError,
+    BadRequest,
+    ContentFiltered,
+    ContextTooLong,
+    GatewayError,
+    Unavailable,
+    Unsupported,
+    from_status,
+)
+from .base import Provider, error_json, iter_sse, retry_after_seconds
+from .gemini_format import blocked_reason, finish_reason, read_parts, to_completion, to_request, usage_of
+from .openai_format import SSE_DONE, ChunkWriter, completion_id, embeddings_response
+
+AI_STUDIO_BASE = "https://generativelanguage.googleapis.com"
+_VERSIONED = re.compile(r"/v\d+(?:(?:alpha|beta)\d*)?$")
+_STATUS_CODES = {"UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403, "RESOURCE_EXHAUSTED": 429,
+                 "UNAVAILABLE": 503, "DEADLINE_EXCEEDED": 504, "INTERNAL": 500, "INVALID_ARGUMENT": 400,
+                 "NOT_FOUND": 404, "FAILED_PRECONDITION": 400}
+_CONTEXT_HINTS = ("exceeds the maximum number of tokens", "input token count", "context window")
+BATCH_LIMIT = 100  # batchEmbedContents accepts at most this many inputs per request
+
+
+class GeminiProvider(Provider):
+    """Google AI Studio's Gemini API: ``{api_base}/v1beta/models/{model}:generateContent``."""
+
+    kind = "gemini"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.prefix = self.model_prefix()
+        self._headers = {"content-type": "application/json", **self.auth(), **self.config.headers}
+
+    def model_prefix(self) -> str:
+        """Where ``/models/{model}:method`` URLs start: api_base plus its API version."""
+        base = self.config.api_base or AI_STUDIO_BASE
+        if _VERSIONED.search(urlsplit(base).path):
+            return base
+        return f"{base}/{self.config.api_version or 'v1beta'}"
+
+    def auth(self) -> dict[str, str]:
+        key = self.config.api_key.get_secret_value() if self.config.api_key is not None else ""
+        if not key:
+            raise ValueError("gemini deployments need api_key (a Google AI Studio API key)")
+        return {"x-goog-api-key": key}
+
+    def url(self, model: str, method: str) -> str:
+        return f"{self.prefix}/models/{quote(model.removeprefix('models/'), safe='')}:{method}"
+
+    def embed_request(self, model: str, text: str, dimensions: int | None) -> dict[str, Any]:
+        req: dict[str, Any] = {"model": "models/" + model.removeprefix("models/"), "content": {"parts": [{"text": text}]}}
+        if dimensions is not None:
+            req["outputDimensionality"] = dimensions
+        return req
+
+    # -- chat --------------------------------------------------------------------------------------
+
+    async def chat(self, call: Call) -> Reply:
+        assert call.deployment is not None
+        model = call.deployment.upstream_model(call.model)
+        data = orjson.dumps(to_request(call.body, model))
+        method = "streamGenerateContent?alt=sse" if call.stream else "generateContent"
+        resp = await self.request(call, "POST", self.url(model, method), headers=self._headers, data=data)
+        if resp.status >= 400:
+            raise await self.upstream_error(resp)
+        if call.stream:
+            return await self._stream(call, resp)
+        try:
+            raw = await self.read_body(resp)
+        finally:
+            resp.release()
+        try:
+            answer = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise Unavailable("upstream gemini sent a response that is not JSON", status=502) from None
+        if not isinstance(answer, dict):
+            raise Unavailable("upstream gemini sent an unexpected response", status=502)
+        reason = blocked_reason(answer)
+        if reason:
+            raise ContentFiltered(f"the prompt was blocked by Gemini's safety filters ({reason})", param="messages")
+        body = to_completion(answer, call.model, completion_id())
+        usage = usage_of(answer.get("usageMetadata"))
+        return Reply(body=orjson.dumps(body), usage=usage, first_byte_at=time.monotonic())
+
+    async def _stream(self, call: Call, resp: aiohttp.ClientResponse) -> Reply:
+        """Read the first event before answering, so that a block or an error can still be retried."""
+        events = iter_sse(resp, self.kind)
+        try:
+            first = await self._next_event(events)
+        except BaseException:
+            resp.close()
+            raise
+        if first is not None:
+            reason = blocked_reason(first)
+            if reason:
+                resp.close()
+                raise ContentFiltered(f"the prompt was blocked by Gemini's safety filters ({reason})",
+                                      param="messages")
+        reply = Reply(media_type="text/event-stream", first_byte_at=time.monotonic())
+        reply.stream = self._translate(call, resp, events, first, reply)
+        return reply
+
+    async def _next_event(self, events: AsyncIterator[tuple[str, bytes]]) -> dict[str, Any] | None:
+        async for _, data in events:
+            try:
+                event = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                raise Unavailable("upstream gemini sent a stream event that is not JSON", status=502) from None
+            if isinstance(event, list) and event:  # Vertex wraps in-stream errors in a list
+                event = event[0]
+            if not isinstance(event, dict):
+                continue
+            if isinstance(event.get("error"), dict):
+                raise self.error_from(int(event["error"].get("code") or 500), event["error"], {})
+            return event
+        return None
+
+    async def _translate(self, call: Call, resp: aiohttp.ClientResponse, events: AsyncIterator[tuple[str, bytes]],
+                         first: dict[str, Any] | None, reply: Reply) -> AsyncIterator[bytes]:
+        cid, created = completion_id(), int(time.time())
+        writers: dict[int, ChunkWriter] = {}
+        calls: dict[int, int] = {}  # candidate index -> function calls seen
+        finished: set[int] = set()
+        usage: Usage | None = None
+        try:
+            event = first
+            while event is not None:
+                usage = usage_of(event.get("usageMetadata")) or usage
+                out = []
+                for cand in event.get("candidates") or []:
+                    if not isinstance(cand, dict):
+                        continue
+                    k = int(cand.get("index") or 0)
+                    w = writers.get(k)
+                    if w is None:
+                        w = writers[k] = ChunkWriter(call.model, id=cid, created=created, index=k)
+                    text, tool_calls = read_parts((cand.get("content") or {}).get("parts"), calls.get(k, 0))
+                    out.append(w.text(text))
+                    for tc in tool_calls:
+                        key = str(calls.get(k, 0))
+                        calls[k] = calls.get(k, 0) + 1
+                        extra = {"extra_content": tc["extra_content"]} if "extra_content" in tc else None
+                        out.append(w.tool_start(key, tc["id"], tc["function"]["name"], extra))
+                        out.append(w.tool_args(key, tc["function"]["arguments"]))
+                    if cand.get("finishReason") and k not in finished:
+                        finished.add(k)
+                        out.append(w.finish(finish_reason(cand["finishReason"], bool(calls.get(k)))))
+                if blocked_reason(event):
+                    w = writers.setdefault(0, ChunkWriter(call.model, id=cid, created=created))
+                    finished.add(0)
+                    out.append(w.finish("content_filter"))
+                chunk = b"".join(out)
+                if chunk:
+                    yield chunk
+                event = await self._next_event(events)
+            if not finished:
+                raise Unavailable("upstream gemini stream ended before the answer was complete", status=502)
+            reply.usage = usage
+            if call.wants_usage:
+                yield ChunkWriter(call.model, id=cid, created=created, include_usage=True).usage(usage)
+            yield SSE_DONE
+        finally:
+            resp.close()  # close, not release: a client that left must stop the upstream at once
+
+    # -- embeddings --------------------------------------------------------------------------------
+
+    async def embeddings(self, call: Call) -> Reply:
+        assert call.deployment is not None
+        model = call.deployment.upstream_model(call.model)
+        inputs = _embedding_inputs(call.body.get("input"))
+        dims = call.body.get("dimensions")
+        if dims is not None and (isinstance(dims, bool) or not isinstance(dims, int) or dims < 1):
+            raise BadRequest("'dimensions' must be a positive integer", param="dimensions")
+        encoding = call.body.get("encoding_format") or "float"
+        if encoding not in ("float", "base64"):
+            raise BadRequest("'encoding_format' must be 'float' or 'base64'", param="encoding_format")
+        vectors: list[list[float]] = []
+        usage = Usage(known=False)
+        for start in range(0, len(inputs), BATCH_LIMIT):
+            batch = inputs[start:start + BATCH_LIMIT]
+            data = orjson.dumps({"requests": [self.embed_request(model, t, dims) for t in batch]})
+            resp = await self.request(call, "POST", self.url(model, "batchEmbedContents"), headers=self._headers,
+                                      data=data)
+            if resp.status >= 400:
+                raise await self.upstream_error(resp)
+            try:
+                raw = await self.read_body(resp)
+            finally:
+                resp.release()
+            got = _vectors(raw, len(batch))
+            vectors.extend(got[0])
+            if got[1] is not None:
+                usage = Usage(prompt_tokens=usage.prompt_tokens + got[1])
+        body = embeddings_response(vectors, call.model, usage, encoding)
+        return Reply(body=orjson.dumps(body), usage=usage, first_byte_at=time.monotonic())
+
+    # -- errors ------------------------------------------------------------------------------------
+
+    async def upstream_error(self, resp: aiohttp.ClientResponse) -> GatewayError:
+        raw = await self.error_body(resp)
+        return self.error_from(resp.status, error_json(raw), resp.headers)
+
+    def error_from(self, status: int, err: dict[str, Any], headers: Any) -> GatewayError:
+        """Google's ``{"code","message","status","details"}`` as a gateway error (secrets redacted)."""
+        message = self.redact(str(err.get("message") or f"upstream returned HTTP {status}"))
+        name = str(err.get("status") or "")
+        found = err.get("details")
+        details: list[Any] = found if isinstance(found, list) else []
+        reasons = {d.get("reason") for d in details if isinstance(d, dict)}
+        if "API_KEY_INVALID" in reasons or status == 401 or name == "UNAUTHENTICATED":
+            return AuthError(f"upstream gemini rejected the credentials: {message}", code="upstream_auth_failed")
+        if status == 400 and any(h in message.lower() for h in _CONTEXT_HINTS):
+            return ContextTooLong(message, param="messages")
+        if status < 400:  # an in-stream error without an HTTP status
+            status = _STATUS_CODES.get(name, 500)
+        retry = _retry_delay(details)
+        if retry is None:
+            retry = retry_after_seconds(headers)
+        return from_status(status, message, retry_after=retry)
+
+
+def _retry_delay(details: list[Any]) -> float | None:
+    """``google.rpc.RetryInfo.retryDelay`` (a Duration such as ``"37s"`` or ``"1.5s"``) in seconds."""
+    for d in details:
+        if isinstance(d, dict) and str(d.get("@type", "")).endswith("google.rpc.RetryInfo"):
+            delay = d.get("retryDelay")
+            if isinstance(delay, str) and delay.endswith("s"):
+                try:
+                    return max(0.0, float(delay[:-1]))
+                except ValueError:
+                    return None
+    return None
+
+
+def _embedding_inputs(value: Any) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise BadRequest("'input' must be a non-empty string or array of strings", param="input")
+    if not all(isinstance(v, str) for v in value):
+        raise Unsupported("Gemini embeds text only; token arrays are not supported", param="input")
+    if any(not v for v in value):
+        raise BadRequest("'input' must not contain empty strings", param="input")
+    return value
+
+
+def _vectors(raw: bytes, expected: int) -> tuple[list[list[float]], int | None]:
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise Unavailable("upstream gemini sent embeddings that are not JSON", status=502) from None
+    items = data.get("embeddings") if isinstance(data, dict) else None
+    if not isinstance(items, list) or len(items) != expected:
+        raise Unavailable("upstream gemini sent a different number of embeddings than asked", status=502)
+    vectors = [list(e.get("values") or []) for e in items if isinstance(e, dict)]
+    meta = data.get("usageMetadata")
+    tokens = int(meta.get("promptTokenCount") or 0) if isinstance(meta, dict) else None
+    return vectors, tokens
+
+
+class VertexProvider(GeminiProvider):
+    """Gemini on Vertex AI: ``/v1/projects/{project}/locations/{location}/publishers/google/models/{m}``."""
+
+    kind = "vertex"
+
+    def model_prefix(self) -> str:
+        project, location = self.config.project, self.config.location or "us-central1"
+        if not project:
+            raise ValueError("vertex deployments need project (and location, default us-central1)")
+        host = "aiplatform.googleapis.com" if location == "global" else f"{location}-aiplatform.googleapis.com"
+        base = self.config.api_base or f"https://{host}"
+        version = self.config.api_version or "v1"
+        return (f"{base}/{version}/projects/{quote(project, safe='')}/locations/{quote(location, safe='')}"
+                "/publishers/google")
+
+    def auth(self) -> dict[str, str]:
+        token = self.config.api_key.get_secret_value() if self.config.api_key is not None else ""
+        if not token:
+            raise ValueError("vertex deployments need api_key (an OAuth access token, sent as a bearer token)")
+        return {"authorization": "Bearer " + token}
+
+    def embed_request(self, model: str, text: str, dimensions: int | None) -> dict[str, Any]:
+        req: dict[str, Any] = {"content": {"parts": [{"text": text}]}}
+        if dimensions is not None:
+            req["embedContentConfig"] = {"outputDimensionality": dimensions}
+        return req

@@ -1,0 +1,435 @@
+"""The Gemini and Vertex AI adapters, end to end: the openai SDK → relaygate → the Gemini emulator."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import struct
+from collections.abc import Iterator
+from typing import Any
+
+import openai
+import orjson
+import pytest
+import requests
+
+from relaygate.call import Call
+from relaygate.config import DeploymentConfig
+from relaygate.errors import BadRequest, GatewayError
+from relaygate.gateway import new_session
+from relaygate.providers.gemini import GeminiProvider, VertexProvider
+from relaygate.routing.deployment import Deployment
+from relaygate.testing.base import BackgroundServer
+from relaygate.testing.gateway import GatewayThread
+from relaygate.testing.gemini import GeminiEmulatorOptions, create_app
+
+KEY = "AIzaSyTestKey0123456789abcdefghijklmnop"
+TOKEN = "ya29.test-access-token-0123456789"
+PIXEL = base64.b64encode(b"\x89PNG\r\n\x1a\nfake").decode()
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
+                   "additionalProperties": False}}}
+
+
+@pytest.fixture(scope="module")
+def emulator() -> Iterator[BackgroundServer]:
+    opts = GeminiEmulatorOptions(api_key=KEY, bearer_token=TOKEN, context_windows={"gemini-2.0-flash": 50},
+                                 cached_tokens=3)
+    with BackgroundServer(create_app(opts)) as srv:
+        yield srv
+
+
+@pytest.fixture(autouse=True)
+def _reset(emulator: BackgroundServer) -> None:
+    requests.delete(emulator.url + "/_emulator/faults", timeout=5)
+    requests.delete(emulator.url + "/_emulator/requests", timeout=5)
+
+
+def _dep(name: str, model: str, emulator: BackgroundServer, **extra: Any) -> dict[str, Any]:
+    d = {"provider": "gemini", "model": model, "api_base": emulator.url, "api_key": KEY, "timeout": 5, **extra}
+    return {"name": name, "deployments": [d]}
+
+
+@pytest.fixture(scope="module")
+def gateway(emulator: BackgroundServer) -> Iterator[GatewayThread]:
+    vertex = {"provider": "vertex", "model": "gemini-2.5-flash", "api_base": emulator.url, "api_key": TOKEN,
+              "project": "my-proj", "location": "europe-west4", "timeout": 5}
+    config = {"models": [
+        _dep("gem", "gemini-2.5-flash", emulator),
+        _dep("gem3", "gemini-3-pro-preview", emulator),
+        _dep("gem-small", "gemini-2.0-flash", emulator),
+        _dep("gem-slow", "gemini-2.5-flash", emulator, timeout=0.3),
+        _dep("gem-badkey", "gemini-2.5-flash", emulator, api_key="AIzaSyWrongKey0000000000000000000000000"),
+        {"name": "vert", "deployments": [vertex]},
+        {"name": "vert-badtoken", "deployments": [{**vertex, "api_key": "ya29.expired"}]},
+    ]}
+    with GatewayThread(config) as gw:
+        yield gw
+
+
+@pytest.fixture
+def client(gateway: GatewayThread) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gateway.base_url, api_key="unused", max_retries=0, timeout=10)
+
+
+def recorded(emulator: BackgroundServer) -> list[dict[str, Any]]:
+    reqs = requests.get(emulator.url + "/_emulator/requests", timeout=5).json()["requests"]
+    return [r for r in reqs if ":" in r["path"]]
+
+
+def fault(emulator: BackgroundServer, **plan: Any) -> None:
+    requests.post(emulator.url + "/_emulator/faults", json=plan, timeout=5).raise_for_status()
+
+
+# ---- chat --------------------------------------------------------------------------------------------
+
+def test_plain_chat_is_translated_and_the_key_travels_in_a_header(client: openai.OpenAI,
+                                                                  emulator: BackgroundServer) -> None:
+    r = client.chat.completions.create(model="gem", messages=[{"role": "user", "content": "hi there"}])
+    assert r.choices[0].message.content == "Hello! You said: hi there"
+    assert r.choices[0].finish_reason == "stop"
+    assert r.usage is not None and r.usage.prompt_tokens == 6 and r.usage.completion_tokens == 5
+    assert r.usage.prompt_tokens_details is not None and r.usage.prompt_tokens_details.cached_tokens == 3
+    req = recorded(emulator)[-1]
+    assert req["path"] == "/v1beta/models/gemini-2.5-flash:generateContent"
+    assert req["headers"]["x-goog-api-key"] == KEY
+    assert "key" not in req["query"]
+    assert req["json"] == {"contents": [{"role": "user", "parts": [{"text": "hi there"}]}]}
+
+
+def test_system_and_developer_messages_become_the_system_instruction(client: openai.OpenAI,
+                                                                      emulator: BackgroundServer) -> None:
+    r = client.chat.completions.create(model="gem", messages=[
+        {"role": "system", "content": "be brief"}, {"role": "developer", "content": "be kind"},
+        {"role": "user", "content": "hello"}])
+    assert r.choices[0].message.content == "Hello! You said: hello [system: be brief be kind]"
+    assert recorded(emulator)[-1]["json"]["systemInstruction"] == {"parts": [{"text": "be brief"},
+                                                                             {"text": "be kind"}]}
+
+
+def test_assistant_turns_are_sent_with_the_model_role(client: openai.OpenAI, emulator: BackgroundServer) -> None:
+    r = client.chat.completions.create(model="gem", messages=[
+        {"role": "user", "content": "one"}, {"role": "assistant", "content": "first answer"},
+        {"role": "user", "content": [{"type": "text", "text": "two"}]}])
+    assert r.choices[0].message.content == "Hello! You said: two [turn 2]"
+    assert [c["role"] for c in recorded(emulator)[-1]["json"]["contents"]] == ["user", "model", "user"]
+
+
+def test_images_become_inline_data_or_file_data_with_a_guessed_type(client: openai.OpenAI,
+                                                                    emulator: BackgroundServer) -> None:
+    r = client.chat.completions.create(model="gem", messages=[{"role": "user", "content": [
+        {"type": "text", "text": "what is this"},
+        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PIXEL}"}},
+        {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg?size=2"}}]}])
+    assert r.choices[0].message.content == "Hello! You said: what is this (I see 2 images: image/png, image/jpeg)"
+    parts = recorded(emulator)[-1]["json"]["contents"][0]["parts"]
+    assert parts[1] == {"inlineData": {"mimeType": "image/png", "data": PIXEL}}
+    assert parts[2] == {"fileData": {"mimeType": "image/jpeg", "fileUri": "https://example.com/cat.jpg?size=2"}}
+
+
+def test_image_url_of_unknown_type_is_a_clear_400(client: openai.OpenAI, emulator: BackgroundServer) -> None:
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="gem", messages=[{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "https://example.com/picture"}}]}])
+    assert "media type" in e.value.body["message"]  # type: ignore[index]
+    assert recorded(emulator) == []
+
+
+def test_tool_call_round_trip_maps_results_back_to_function_names(client: openai.OpenAI,
+                                                                  emulator: BackgroundServer) -> None:
+    messages: list[Any] = [{"role": "user", "content": "Paris"}]
+    r = client.chat.completions.create(model="gem", messages=messages, tools=[WEATHER], tool_choice="auto")
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    tc = choice.message.tool_calls[0]  # type: ignore[index]
+    assert tc.function.name == "get_weather" and orjson.loads(tc.function.arguments) == {"city": "Paris"}
+    assert tc.id.startswith("call_")
+    sent = recorded(emulator)[-1]["json"]
+    assert sent["tools"] == [{"functionDeclarations": [{
+        "name": "get_weather", "description": "Weather in a city", "parametersJsonSchema": WEATHER["function"]["parameters"]}]}]
+    assert sent["toolConfig"] == {"functionCallingConfig": {"mode": "AUTO"}}
+    again = client.chat.completions.create(model="gem", messages=messages, tools=[WEATHER])
+    assert again.choices[0].message.tool_calls[0].id == tc.id  # type: ignore[index]  # stable ids
+    messages += [choice.message, {"role": "tool", "tool_call_id": tc.id, "content": '{"temp": 21}'}]
+    r2 = client.chat.completions.create(model="gem", messages=messages, tools=[WEATHER])
+    assert r2.choices[0].message.content == 'The tool returned: get_weather={"temp":21}'
+    contents = recorded(emulator)[-1]["json"]["contents"]
+    assert contents[1] == {"role": "model", "parts": [{"functionCall": {"name": "get_weather",
+                                                                        "args": {"city": "Paris"}},
+                                                       "thoughtSignature": "skip_thought_signature_validator"}]}
+    assert contents[2] == {"role": "user", "parts": [{"functionResponse": {"name": "get_weather",
+                                                                           "response": {"temp": 21}}}]}
+
+
+def test_parallel_tool_results_are_one_turn_in_call_order(client: openai.OpenAI, emulator: BackgroundServer) -> None:
+    calls = [{"id": f"c{i}", "type": "function", "function": {"name": n, "arguments": "{}"}}
+             for i, n in enumerate(("a", "b"))]
+    r = client.chat.completions.create(model="gem", messages=[
+        {"role": "user", "content": "go"}, {"role": "assistant", "content": None, "tool_calls": calls},
+        {"role": "tool", "tool_call_id": "c1", "content": "two"},
+        {"role": "tool", "tool_call_id": "c0", "content": "one"}])
+    assert r.choices[0].message.content == ('The tool returned: a={"output":"one"}; b={"output":"two"}')
+
+
+def test_tool_result_for_an_unknown_call_is_a_clear_400(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="gem", messages=[
+            {"role": "user", "content": "go"}, {"role": "tool", "tool_call_id": "nope", "content": "x"}])
+    assert e.value.body["param"] == "messages[1].tool_call_id"  # type: ignore[index]
+
+
+def test_forced_tool_choice_becomes_mode_any_with_the_allowed_name(client: openai.OpenAI,
+                                                                   emulator: BackgroundServer) -> None:
+    other = {"type": "function", "function": {"name": "noop", "parameters": {"type": "object", "properties": {}}}}
+    r = client.chat.completions.create(model="gem", messages=[{"role": "user", "content": "x"}],
+                                       tools=[other, WEATHER],
+                                       tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    assert r.choices[0].message.tool_calls[0].function.name == "get_weather"  # type: ignore[index]
+    assert recorded(emulator)[-1]["json"]["toolConfig"] == {
+        "functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": ["get_weather"]}}
+
+
+def test_gemini3_thought_signatures_round_trip_through_the_openai_sdk(client: openai.OpenAI,
+                                                                      emulator: BackgroundServer) -> None:
+    messages: list[Any] = [{"role": "user", "content": "Rome"}]
+    r = client.chat.completions.create(model="gem3", messages=messages, tools=[WEATHER])
+    msg = r.choices[0].message
+    sig = msg.tool_calls[0].model_extra["extra_content"]["google"]["thought_signature"]  # type: ignore[index]
+    assert sig and sig != "skip_thought_signature_validator"
+    messages += [msg, {"role": "tool", "tool_call_id": msg.tool_calls[0].id, "content": "sunny"}]  # type: ignore[index]
+    r2 = client.chat.completions.create(model="gem3", messages=messages, tools=[WEATHER])
+    assert r2.choices[0].message.content == 'The tool returned: get_weather={"output":"sunny"}'
+    assert recorded(emulator)[-1]["json"]["contents"][1]["parts"][0]["thoughtSignature"] == sig
+
+
+def test_generation_options_are_mapped_to_generation_config(client: openai.OpenAI,
+                                                            emulator: BackgroundServer) -> None:
+    r = client.chat.completions.create(model="gem", messages=[{"role": "user", "content": "a b c d e f g"}],
+                                       temperature=0.2, top_p=0.9, max_tokens=4, stop=["zzz"], n=2, seed=7)
+    assert [c.finish_reason for c in r.choices] == ["length", "length"]
+    assert [c.index for c in r.choices] == [0, 1]
+    assert r.choices[1].message.content == "Hello! You said: a"
+    assert recorded(emulator)[-1]["json"]["generationConfig"] == {
+        "temperature": 0.2, "topP": 0.9, "seed": 7, "candidateCount": 2, "maxOutputTokens": 4,
+        "stopSequences": ["zzz"]}
+
+
+def test_json_response_format_asks_for_json(client: openai.OpenAI, emulator: BackgroundServer) -> None:
+    schema = {"type": "object", "properties": {"answer": {"type": "string"}}}
+    r = client.chat.completions.create(model="gem", messages=[{"role": "user", "content": "q"}],
+                                       response_format={"type": "json_schema",
+                                                        "json_schema": {"name": "a", "schema": schema}})
+    assert orjson.loads(r.choices[0].message.content or "") == {"answer": "Hello! You said: q"}
+    gc = recorded(emulator)[-1]["json"]["generationConfig"]
+    assert gc == {"responseMimeType": "application/json", "responseJsonSchema": schema}
+
+
+# ---- streaming ---------------------------------------------------------------------------------------
+
+def test_streaming_text_arrives_in_openai_chunks_with_usage(client: openai.OpenAI,
+                                                            emulator: BackgroundServer) -> None:
+    chunks = list(client.chat.completions.create(
+        model="gem", messages=[{"role": "user", "content": "one two three four"}], stream=True,
+        stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "Hello! You said: one two three four"
+    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) >= 3
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 7
+    assert len({c.id for c in chunks}) == 1
+    req = recorded(emulator)[-1]
+    assert req["path"].endswith(":streamGenerateContent") and req["query"] == {"alt": "sse"}
+
+
+def test_streaming_tool_call_arrives_as_deltas(client: openai.OpenAI) -> None:
+    chunks = list(client.chat.completions.create(
+        model="gem", messages=[{"role": "user", "content": "Oslo"}], tools=[WEATHER], stream=True))
+    deltas = [tc for c in chunks for tc in (c.choices[0].delta.tool_calls or [])]
+    assert deltas[0].id and deltas[0].function.name == "get_weather"  # type: ignore[union-attr]
+    args = "".join(d.function.arguments or "" for d in deltas)  # type: ignore[union-attr]
+    assert orjson.loads(args) == {"city": "Oslo"}
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+def test_stream_cut_mid_answer_ends_with_an_error_event(gateway: GatewayThread, emulator: BackgroundServer) -> None:
+    fault(emulator, disconnect_after_chunks=1, count=1)
+    with requests.post(gateway.base_url + "/chat/completions", timeout=10, stream=True, json={
+            "model": "gem", "stream": True, "messages": [{"role": "user", "content": "a b c d e f g h"}]}) as r:
+        body = r.content
+    assert r.status_code == 200
+    assert b"Hello!" in body and b'"error"' in body and b"[DONE]" not in body
+
+
+# ---- safety ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_blocked_prompt_is_a_content_filter_error(client: openai.OpenAI, stream: bool) -> None:
+    with pytest.raises(openai.BadRequestError) as e:
+        r = client.chat.completions.create(model="gem", stream=stream,
+                                           messages=[{"role": "user", "content": "about forbidden-topic"}])
+        list(r) if stream else None  # type: ignore[call-overload]
+    assert e.value.code == "content_filter" and "SAFETY" in e.value.body["message"]  # type: ignore[index]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_safety_stop_is_a_content_filter_finish(client: openai.OpenAI, stream: bool) -> None:
+    messages = [{"role": "user", "content": "say unsafe-output now"}]
+    if stream:
+        chunks = list(client.chat.completions.create(model="gem", messages=messages, stream=True))  # type: ignore[arg-type]
+        assert chunks[-1].choices[0].finish_reason == "content_filter"
+    else:
+        r = client.chat.completions.create(model="gem", messages=messages)  # type: ignore[arg-type]
+        assert r.choices[0].finish_reason == "content_filter"
+        assert r.choices[0].message.content == "Hello! You said: say "
+
+
+# ---- errors ------------------------------------------------------------------------------------------
+
+def test_rate_limit_is_429_with_the_retry_delay_from_the_error_details(client: openai.OpenAI,
+                                                                       emulator: BackgroundServer) -> None:
+    fault(emulator, status=429, retry_after=7, count=1)
+    with pytest.raises(openai.RateLimitError) as e:
+        client.chat.completions.create(model="gem", messages=[{"role": "user", "content": "x"}])
+    assert e.value.response.headers["retry-after"] == "7"
+    assert e.value.code == "rate_limit_exceeded"
+
+
+@pytest.mark.parametrize(("status", "expected", "code"), [
+    (503, openai.InternalServerError, "upstream_unavailable"),
+    (500, openai.InternalServerError, "upstream_unavailable"),
+    (403, openai.PermissionDeniedError, "permission_denied"),
+    (400, openai.BadRequestError, None),
+])
+def test_upstream_errors_map_to_gateway_errors(client: openai.OpenAI, emulator: BackgroundServer, status: int,
+                                               expected: type[Exception], code: str | None) -> None:
+    fault(emulator, status=status, count=1, message=f"boom with {KEY} inside")
+    with pytest.raises(expected) as e:
+        client.chat.completions.create(model="gem", messages=[{"role": "user", "content": "x"}])
+    assert e.value.status_code == status  # type: ignore[attr-defined]
+    assert e.value.code == code  # type: ignore[attr-defined]
+    assert KEY not in str(e.value.body) and "boom with ***" in str(e.value.body)  # type: ignore[attr-defined]
+
+
+def test_stream_error_before_the_first_byte_is_a_plain_error_response(client: openai.OpenAI,
+                                                                      emulator: BackgroundServer) -> None:
+    fault(emulator, status=503, count=1)
+    with pytest.raises(openai.InternalServerError):
+        list(client.chat.completions.create(model="gem", messages=[{"role": "user", "content": "x"}], stream=True))
+
+
+def test_too_long_prompt_is_context_length_exceeded(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="gem-small", messages=[{"role": "user", "content": "w " * 60}])
+    assert e.value.code == "context_length_exceeded"
+
+
+def test_invalid_api_key_is_401_without_leaking_it(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.AuthenticationError) as e:
+        client.chat.completions.create(model="gem-badkey", messages=[{"role": "user", "content": "x"}])
+    assert "API key not valid" in str(e.value) and "WrongKey" not in str(e.value)
+
+
+def test_expired_vertex_token_is_401(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.AuthenticationError):
+        client.chat.completions.create(model="vert-badtoken", messages=[{"role": "user", "content": "x"}])
+
+
+def test_slow_upstream_is_a_504_timeout(client: openai.OpenAI, emulator: BackgroundServer) -> None:
+    fault(emulator, latency_ms=1500, count=1)
+    with pytest.raises(openai.APIStatusError) as e:
+        client.chat.completions.create(model="gem-slow", messages=[{"role": "user", "content": "x"}])
+    assert e.value.status_code == 504 and e.value.code == "timeout"
+
+
+def test_unreachable_upstream_is_502(start_gateway: Any) -> None:
+    from relaygate.testing.base import free_port
+
+    gw = start_gateway({"models": [{"name": "g", "deployments": [{
+        "provider": "gemini", "model": "gemini-2.5-flash", "api_base": f"http://127.0.0.1:{free_port()}",
+        "api_key": KEY, "timeout": 2}]}]})
+    c = openai.OpenAI(base_url=gw.base_url, api_key="x", max_retries=0)
+    with pytest.raises(openai.APIStatusError) as e:
+        c.chat.completions.create(model="g", messages=[{"role": "user", "content": "x"}])
+    assert e.value.status_code == 502 and KEY not in str(e.value.body)
+
+
+# ---- Vertex AI ---------------------------------------------------------------------------------------
+
+def test_vertex_uses_project_location_urls_and_a_bearer_token(client: openai.OpenAI,
+                                                              emulator: BackgroundServer) -> None:
+    r = client.chat.completions.create(model="vert", messages=[{"role": "user", "content": "from vertex"}])
+    assert r.choices[0].message.content == "Hello! You said: from vertex"
+    chunks = list(client.chat.completions.create(model="vert", stream=True,
+                                                 messages=[{"role": "user", "content": "streamed"}]))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "Hello! You said: streamed"
+    reqs = recorded(emulator)
+    base = "/v1/projects/my-proj/locations/europe-west4/publishers/google/models/gemini-2.5-flash"
+    assert [r["path"] for r in reqs] == [base + ":generateContent", base + ":streamGenerateContent"]
+    assert reqs[0]["headers"]["authorization"] == f"Bearer {TOKEN}" and "x-goog-api-key" not in reqs[0]["headers"]
+
+
+def test_vertex_needs_a_project() -> None:
+    async def build() -> None:
+        session = new_session()
+        try:
+            VertexProvider(DeploymentConfig(provider="vertex", model="m", api_key=TOKEN), session)
+        finally:
+            await session.close()
+
+    with pytest.raises(ValueError, match="project"):
+        asyncio.run(build())
+
+
+# ---- embeddings (through the provider directly) -------------------------------------------------------
+
+def _embed(emulator: BackgroundServer, body: dict[str, Any], provider: str = "gemini") -> tuple[Any, Any]:
+    async def run() -> tuple[Any, Any]:
+        extra = {"project": "p", "location": "us-central1"} if provider == "vertex" else {}
+        cfg = DeploymentConfig(provider=provider, model="text-embedding-004", api_base=emulator.url,
+                               api_key=KEY if provider == "gemini" else TOKEN, **extra)
+        session = new_session()
+        try:
+            cls = GeminiProvider if provider == "gemini" else VertexProvider
+            p = cls(cfg, session)
+            call = Call(id="t", route="embeddings", model="emb", body=body)
+            call.deployment = Deployment("emb/0", "emb", cfg, p)
+            reply = await p.embeddings(call)
+            return orjson.loads(reply.body or b""), reply.usage
+        finally:
+            await session.close()
+
+    return asyncio.run(run())
+
+
+def test_embeddings_float_with_dimensions(emulator: BackgroundServer) -> None:
+    body, usage = _embed(emulator, {"model": "emb", "input": ["alpha", "beta"], "dimensions": 8})
+    assert [d["index"] for d in body["data"]] == [0, 1]
+    assert all(len(d["embedding"]) == 8 for d in body["data"])
+    assert body["data"][0]["embedding"] != body["data"][1]["embedding"]
+    assert body["usage"] is None and not usage.known  # AI Studio reports no usage for embeddings
+    sent = recorded(emulator)[-1]
+    assert sent["path"] == "/v1beta/models/text-embedding-004:batchEmbedContents"
+    assert sent["json"]["requests"][0] == {"model": "models/text-embedding-004",
+                                           "content": {"parts": [{"text": "alpha"}]}, "outputDimensionality": 8}
+
+
+def test_embeddings_base64_decodes_to_the_same_floats(emulator: BackgroundServer) -> None:
+    floats, _ = _embed(emulator, {"model": "emb", "input": "same text", "dimensions": 16})
+    packed, _ = _embed(emulator, {"model": "emb", "input": "same text", "dimensions": 16,
+                                  "encoding_format": "base64"})
+    raw = base64.b64decode(packed["data"][0]["embedding"])
+    values = struct.unpack("<16f", raw)
+    assert values == pytest.approx(floats["data"][0]["embedding"], abs=1e-6)
+
+
+def test_vertex_embeddings_report_usage(emulator: BackgroundServer) -> None:
+    body, usage = _embed(emulator, {"model": "emb", "input": ["one two", "three"], "dimensions": 4}, "vertex")
+    assert len(body["data"]) == 2 and usage.prompt_tokens == 3
+    assert recorded(emulator)[-1]["json"]["requests"][0]["embedContentConfig"] == {"outputDimensionality": 4}
+
+
+def test_embedding_token_arrays_are_refused(emulator: BackgroundServer) -> None:
+    with pytest.raises(GatewayError) as e:
+        _embed(emulator, {"model": "emb", "input": [[1, 2, 3]]})
+    assert isinstance(e.value, BadRequest) and e.value.param == "input"

@@ -63,6 +63,7 @@ def gateway(emulator: BackgroundServer) -> Iterator[GatewayThread]:
         _dep("gem-badkey", "gemini-2.5-flash", emulator, api_key="AIzaSyWrongKey0000000000000000000000000"),
         {"name": "vert", "deployments": [vertex]},
         {"name": "vert-badtoken", "deployments": [{**vertex, "api_key": "ya29.expired"}]},
+        _dep("gem-embed", "text-embedding-004", emulator, embedding_batch_size=2),
     ]}
     with GatewayThread(config) as gw:
         yield gw
@@ -381,7 +382,24 @@ def test_vertex_needs_a_project() -> None:
         asyncio.run(build())
 
 
-# ---- embeddings (through the provider directly) -------------------------------------------------------
+# ---- embeddings -----------------------------------------------------------------------------------------
+
+def test_embeddings_through_the_gateway_in_order_across_batches(client: openai.OpenAI,
+                                                               emulator: BackgroundServer) -> None:
+    texts = ["one", "two", "three", "four", "five"]
+    r = client.embeddings.create(model="gem-embed", input=texts, dimensions=12)  # the SDK asks for base64
+    assert [d.index for d in r.data] == [0, 1, 2, 3, 4] and all(len(d.embedding) == 12 for d in r.data)
+    single = client.embeddings.create(model="gem-embed", input="four", dimensions=12, encoding_format="float")
+    assert single.data[0].embedding == pytest.approx(r.data[3].embedding, abs=1e-6)
+    sizes = [len(q["json"]["requests"]) for q in recorded(emulator)]
+    assert sizes == [2, 2, 1, 1]  # embedding_batch_size: 2
+
+
+def test_embedding_token_arrays_are_refused_through_the_gateway(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as e:
+        client.embeddings.create(model="gem-embed", input=[[1, 2, 3]])
+    assert e.value.code == "unsupported"
+
 
 def _embed(emulator: BackgroundServer, body: dict[str, Any], provider: str = "gemini") -> tuple[Any, Any]:
     async def run() -> tuple[Any, Any]:

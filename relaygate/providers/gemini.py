@@ -28,6 +28,7 @@ from ..errors import (
     from_status,
 )
 from .base import Provider, error_json, iter_sse, retry_after_seconds
+from .batching import embed_in_batches, needs_batches
 from .gemini_format import blocked_reason, finish_reason, read_parts, to_completion, to_request, usage_of
 from .openai_format import SSE_DONE, ChunkWriter, completion_id, embeddings_response
 
@@ -184,6 +185,13 @@ class GeminiProvider(Provider):
     # -- embeddings --------------------------------------------------------------------------------
 
     async def embeddings(self, call: Call) -> Reply:
+        size = self.config.embedding_batch_size or BATCH_LIMIT
+        if needs_batches(call.body, size):
+            return await embed_in_batches(call, size, self._embed_batch)
+        return await self._embed_batch(call)
+
+    async def _embed_batch(self, call: Call) -> Reply:
+        """One ``batchEmbedContents`` request for all of the call's inputs."""
         assert call.deployment is not None
         model = call.deployment.upstream_model(call.model)
         inputs = _embedding_inputs(call.body.get("input"))
@@ -193,23 +201,17 @@ class GeminiProvider(Provider):
         encoding = call.body.get("encoding_format") or "float"
         if encoding not in ("float", "base64"):
             raise BadRequest("'encoding_format' must be 'float' or 'base64'", param="encoding_format")
-        vectors: list[list[float]] = []
-        usage = Usage(known=False)
-        for start in range(0, len(inputs), BATCH_LIMIT):
-            batch = inputs[start:start + BATCH_LIMIT]
-            data = orjson.dumps({"requests": [self.embed_request(model, t, dims) for t in batch]})
-            resp = await self.request(call, "POST", self.url(model, "batchEmbedContents"), headers=self._headers,
-                                      data=data)
-            if resp.status >= 400:
-                raise await self.upstream_error(resp)
-            try:
-                raw = await self.read_body(resp)
-            finally:
-                resp.release()
-            got = _vectors(raw, len(batch))
-            vectors.extend(got[0])
-            if got[1] is not None:
-                usage = Usage(prompt_tokens=usage.prompt_tokens + got[1])
+        data = orjson.dumps({"requests": [self.embed_request(model, t, dims) for t in inputs]})
+        resp = await self.request(call, "POST", self.url(model, "batchEmbedContents"), headers=self._headers,
+                                  data=data)
+        if resp.status >= 400:
+            raise await self.upstream_error(resp)
+        try:
+            raw = await self.read_body(resp)
+        finally:
+            resp.release()
+        vectors, tokens = _vectors(raw, len(inputs))
+        usage = Usage(prompt_tokens=tokens) if tokens is not None else Usage(known=False)
         body = embeddings_response(vectors, call.model, usage, encoding)
         return Reply(body=orjson.dumps(body), usage=usage, first_byte_at=time.monotonic())
 

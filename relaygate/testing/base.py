@@ -170,8 +170,10 @@ async def drop_connection(request: web.Request) -> web.Response:
     return web.Response(status=500)
 
 
-async def send_sse(request: web.Request, frames: Iterable[bytes], plan: FaultPlan | None) -> web.StreamResponse:
-    """Stream SSE frames (each a complete event), applying the plan's chunk delay and mid-stream cut."""
+async def send_sse(request: web.Request, frames: Iterable[bytes], plan: FaultPlan | None,
+                   done: bytes = b"data: [DONE]\n\n") -> web.StreamResponse:
+    """Stream SSE frames (each a complete event), applying the plan's chunk delay and mid-stream cut;
+    ``done`` ends a complete stream (b"" for upstreams that send no terminator)."""
     resp = web.StreamResponse(headers={"content-type": "text/event-stream; charset=utf-8",
                                        "cache-control": "no-cache"})
     await resp.prepare(request)
@@ -185,7 +187,8 @@ async def send_sse(request: web.Request, frames: Iterable[bytes], plan: FaultPla
         await resp.write(frame)
         if delay:
             await asyncio.sleep(delay)
-    await resp.write(b"data: [DONE]\n\n")
+    if done:
+        await resp.write(done)
     await resp.write_eof()
     return resp
 

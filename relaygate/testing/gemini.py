@@ -11,7 +11,6 @@ function-call/response pairing, thought signatures on ``gemini-3`` models), so t
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import hashlib
@@ -24,7 +23,17 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from .base import STATE_KEY, EmulatorState, FaultPlan, apply_latency, drop_connection, json_response, new_app, tracked
+from .base import (
+    STATE_KEY,
+    EmulatorState,
+    FaultPlan,
+    apply_latency,
+    drop_connection,
+    json_response,
+    new_app,
+    send_sse,
+    tracked,
+)
 from .openai import _args_for
 
 DEFAULT_MODELS = ("gemini-2.5-flash", "gemini-2.5-pro", "gemini-2.0-flash", "gemini-3-pro-preview",
@@ -473,10 +482,8 @@ def create_app(options: GeminiEmulatorOptions | None = None, state: EmulatorStat
                 raise ApiError(400, "Invalid JSON payload received. Expected an object.")
             plan = state.take_fault(request.path)
             await apply_latency(plan)
-            if plan is not None and plan.drop_connection:
-                return await drop_connection(request)
-            if plan is not None and plan.status:
-                return fault_response(plan)
+            if plan is not None and (plan.drop_connection or plan.status):
+                return await drop_connection(request) if plan.drop_connection else fault_response(plan)
             if opts.models and model not in opts.models:
                 version = request.match_info.get("version", "v1beta")
                 raise ApiError(404, f"models/{model} is not found for API version {version}, or is not "
@@ -501,28 +508,11 @@ def create_app(options: GeminiEmulatorOptions | None = None, state: EmulatorStat
     async def stream(request: web.Request, body: dict[str, Any], model: str,
                      plan: FaultPlan | None) -> web.StreamResponse:
         events = stream_events(body, model, opts.prefix, opts.cached_tokens)
-        sse = request.query.get("alt") == "sse"
-        resp = web.StreamResponse(headers={
-            "content-type": "text/event-stream" if sse else "application/json; charset=UTF-8"})
-        await resp.prepare(request)
-        delay = (plan.chunk_delay_ms / 1000) if plan else 0.0
-        cut = plan.disconnect_after_chunks if plan else None
-        for i, ev in enumerate(events):
-            if cut is not None and i >= cut:
-                assert request.transport is not None
-                request.transport.close()
-                return resp
-            data = orjson.dumps(ev)
-            if sse:  # Google frames events with CRLF pairs
-                await resp.write(b"data: " + data + b"\r\n\r\n")
-            else:  # without alt=sse the stream is one JSON array written piece by piece
-                await resp.write((b"[" if i == 0 else b",\r\n") + data)
-            if delay:
-                await asyncio.sleep(delay)
-        if not sse:
-            await resp.write(b"]")
-        await resp.write_eof()
-        return resp
+        if request.query.get("alt") != "sse":  # without alt=sse the "stream" is one JSON array
+            return json_response(events)
+        # Google frames events with CRLF pairs and sends no terminator
+        return await send_sse(request, (b"data: " + orjson.dumps(ev) + b"\r\n\r\n" for ev in events), plan,
+                              done=b"")
 
     def embeddings(body: dict[str, Any], model: str, method: str, vertex: bool) -> web.Response:
         if method == "embedContent":

@@ -157,11 +157,73 @@ class PassthroughConfig(_Strict):
         return self.routes.get(family, self.model)
 
 
+class DatabaseConfig(_Strict):
+    """Where keys, teams and the request log live: SQLite (WAL) by default, PostgreSQL by URL."""
+
+    url: str = "sqlite:///relaygate.db"  # sqlite:///relative.db, sqlite:////abs/path.db, postgresql://…
+    pool_size: int = Field(5, ge=1, le=100)
+
+    @field_validator("url")
+    @classmethod
+    def _db_url(cls, v: str) -> str:
+        scheme = v.split("://", 1)[0] if "://" in v else ""
+        if scheme.split("+")[0] not in ("sqlite", "postgresql", "postgres"):
+            raise ValueError("not a database URL (expected sqlite:///path or postgresql://…)")
+        return v
+
+
+class RequestLogConfig(_Strict):
+    """The audit log: one row per call, written in the background."""
+
+    enabled: bool = True
+    bodies: bool = False  # also store request/response bodies (redacted)
+    max_body_chars: int = Field(32768, ge=0)
+    redact: list[str] = Field(default_factory=list)  # extra regexes whose matches are replaced before writing
+    queue_size: int = Field(10000, ge=1)
+    batch_size: int = Field(500, ge=1)
+    flush_interval: float = Field(0.5, gt=0)  # seconds between batches at most
+    spool_dir: str | None = None  # where rows wait while the database is down; default: beside the DB / cwd
+
+    @field_validator("redact")
+    @classmethod
+    def _regexes(cls, v: list[str]) -> list[str]:
+        for i, pattern in enumerate(v):
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ValueError(f"redact[{i}] is not a valid regex: {e}") from None
+        return v
+
+
+class AuthConfig(_Strict):
+    """Who may call: a master key (admin API + all models) and virtual keys stored in the database."""
+
+    master_key: SecretStr | None = None  # default: the RELAYGATE_MASTER_KEY environment variable
+    cache_ttl: float = Field(10.0, ge=0)  # seconds a key lookup is cached: the bound on revocation delay
+    rotation_grace: float = Field(86400.0, ge=0)  # seconds an old key stays valid after a rotation
+    default_output_tokens: int = Field(256, ge=0)  # output estimate for budgets when max_tokens is absent
+
+
+class PriceConfig(_Strict):
+    """A model's price override, USD per unit."""
+
+    input_cost_per_token: float | None = Field(None, ge=0)
+    output_cost_per_token: float | None = Field(None, ge=0)
+    cached_input_cost_per_token: float | None = Field(None, ge=0)
+    cache_write_cost_per_token: float | None = Field(None, ge=0)
+    cost_per_second: float | None = Field(None, ge=0)  # audio transcription
+    cost_per_character: float | None = Field(None, ge=0)  # speech
+
+
 class Config(_Strict):
     models: list[ModelConfig] = Field(default_factory=list)
     server: ServerConfig = Field(default_factory=ServerConfig)
     state: StateConfig = Field(default_factory=StateConfig)
     passthrough: PassthroughConfig = Field(default_factory=PassthroughConfig)
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig)
+    request_log: RequestLogConfig = Field(default_factory=RequestLogConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    prices: dict[str, PriceConfig] = Field(default_factory=dict)  # upstream model name -> price override
 
     @model_validator(mode="after")
     def _unique_names(self) -> Config:

@@ -8,6 +8,7 @@ from typing import Any
 
 import aiohttp
 
+from .accounting import Accounting
 from .call import Call, Handler, Reply
 from .config import PROVIDER_TYPES, Config, ConfigError, deployment_name
 from .providers import provider_class
@@ -53,7 +54,8 @@ class Gateway:
         self.started = time.time()
         self.table = ModelTable(build_deployments(config, session), PROVIDER_TYPES)
         self.router = Router(self.table)
-        self.pipeline: Handler = self.router
+        self.accounting = Accounting(config)  # database, request log, keys, limits, cost
+        self.pipeline: Handler = self.accounting.wrap(self.router)
         self.redis: Any = None  # redis.asyncio.Redis when state.redis_url is set (shared by all layers)
         self.ready = False
 
@@ -74,10 +76,12 @@ class Gateway:
             import redis.asyncio as aioredis
 
             self.redis = aioredis.from_url(self.config.state.redis_url, decode_responses=False)
+        await self.accounting.start()
         self.ready = True
 
     async def close(self) -> None:
         self.ready = False
+        await self.accounting.close()
         if self.redis is not None:
             await self.redis.aclose()
         await self.session.close()

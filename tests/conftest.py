@@ -23,11 +23,16 @@ def openai_emulator() -> Iterator[BackgroundServer]:
 
 
 @pytest.fixture
-def start_gateway() -> Iterator[Callable[..., GatewayThread]]:
-    """``start_gateway(config_dict)`` runs the real server; all are stopped at the end of the test."""
+def start_gateway(tmp_path: Any) -> Iterator[Callable[..., GatewayThread]]:
+    """``start_gateway(config_dict)`` runs the real server; all are stopped at the end of the test.
+
+    Without a ``database`` section the request log goes to a SQLite file in the test's tmp_path.
+    """
     started: list[GatewayThread] = []
 
     def start(config: dict[str, Any], env: dict[str, str] | None = None) -> GatewayThread:
+        if "database" not in config:
+            config = {**config, "database": {"url": f"sqlite:///{tmp_path}/relaygate-{len(started)}.db"}}
         gw = GatewayThread(config, env=env).start()
         started.append(gw)
         return gw
@@ -50,3 +55,24 @@ def require_service(name: str) -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(f"{name} is required under CI=true but is not reachable")
     pytest.skip(f"{name} is not reachable")
+
+
+PG_ADMIN_URL = os.environ.get("RELAYGATE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database on the machine's server (dropped afterwards)."""
+    import psycopg
+
+    name = "relaygate_t_" + os.urandom(6).hex()
+    try:
+        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError:
+        require_service("postgresql")
+    with admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    base = PG_ADMIN_URL.rsplit("/", 1)[0]
+    yield f"{base}/{name}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

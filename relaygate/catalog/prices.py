@@ -1,0 +1,136 @@
+"""What a call costs: the bundled price table (models.json), config overrides, and usage → nano-dollars."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..call import Usage
+    from ..config import Config, DeploymentConfig
+
+NANO = 1_000_000_000  # costs are integers of 1e-9 USD so that sums are exact
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """USD per unit; a missing price is 0."""
+
+    input: float = 0.0
+    output: float = 0.0
+    cached_input: float | None = None  # default: the input price
+    cache_write: float | None = None  # default: the input price
+    per_second: float = 0.0
+    per_character: float = 0.0
+
+    def cost_nano(self, usage: Usage | None) -> int:
+        """The cost of ``usage`` in nano-dollars (prompt tokens include cached and cache-write tokens)."""
+        if usage is None or not usage.known:
+            return 0
+        cached = min(usage.cached_tokens, usage.prompt_tokens)
+        written = min(usage.cache_write_tokens, usage.prompt_tokens - cached)
+        plain = usage.prompt_tokens - cached - written
+        usd = (plain * self.input
+               + cached * (self.input if self.cached_input is None else self.cached_input)
+               + written * (self.input if self.cache_write is None else self.cache_write)
+               + usage.completion_tokens * self.output
+               + usage.audio_seconds * self.per_second
+               + usage.characters * self.per_character)
+        return round(usd * NANO)
+
+    def estimate_nano(self, prompt_tokens: int, output_tokens: int) -> int:
+        """An upper-bound style estimate used to reserve budget before the call."""
+        return round((prompt_tokens * self.input + output_tokens * self.output) * NANO)
+
+
+FREE = Price()
+
+_DATE = re.compile(r"(-\d{4}-\d{2}-\d{2}|-\d{8}|@\d{8}|-latest|-preview(-\d{2}-\d{2})?|-v\d+(:\d+)?|:\d+)$")
+_REGION = re.compile(r"^(us|eu|apac|global|us-gov|jp|au|ca)\.")
+_VENDOR = re.compile(r"^(anthropic|amazon|meta|cohere|mistral|ai21)\.")
+
+
+def _from_entry(e: dict[str, Any]) -> Price:
+    return Price(
+        input=float(e.get("input_cost_per_token") or 0.0),
+        output=float(e.get("output_cost_per_token") or 0.0),
+        cached_input=e.get("cached_input_cost_per_token"),
+        cache_write=e.get("cache_write_cost_per_token"),
+        per_second=float(e.get("cost_per_second") or 0.0),
+        per_character=float(e.get("cost_per_character") or 0.0),
+    )
+
+
+def bundled_prices() -> dict[str, Price]:
+    raw = json.loads(resources.files("relaygate.catalog").joinpath("models.json").read_text("utf-8"))
+    return {name: _from_entry(e) for name, e in raw["models"].items()}
+
+
+def _overlay(base: Price | None, o: Any) -> Price:
+    """``base`` with the fields that ``o`` (PriceConfig or DeploymentConfig) sets."""
+    b = base or FREE
+
+    def pick(name: str, current: Any) -> Any:
+        v = getattr(o, name, None)
+        return current if v is None else v
+
+    return Price(
+        input=pick("input_cost_per_token", b.input), output=pick("output_cost_per_token", b.output),
+        cached_input=pick("cached_input_cost_per_token", b.cached_input),
+        cache_write=pick("cache_write_cost_per_token", b.cache_write),
+        per_second=pick("cost_per_second", b.per_second), per_character=pick("cost_per_character", b.per_character),
+    )
+
+
+class PriceBook:
+    """Resolves an upstream model name to its price (exact, then without dates/regions, then by prefix)."""
+
+    MAX_CACHED = 4096
+
+    def __init__(self, config: Config | None = None, bundled: dict[str, Price] | None = None) -> None:
+        self.table = dict(bundled if bundled is not None else bundled_prices())
+        if config is not None:
+            for name, override in config.prices.items():
+                self.table[name] = _overlay(self.table.get(name) or self.lookup(name), override)
+        self._names = sorted(self.table, key=len, reverse=True)
+        self._cache: dict[str, Price] = {}
+
+    def lookup(self, model: str) -> Price:
+        """The price of ``model`` (FREE when unknown)."""
+        hit = self._cache.get(model)
+        if hit is not None:
+            return hit
+        price = self._resolve(model)
+        if len(self._cache) < self.MAX_CACHED:
+            self._cache[model] = price
+        return price
+
+    def _resolve(self, model: str) -> Price:
+        name = model.lower()
+        if "/" in name:  # provider/model
+            name = name.rsplit("/", 1)[1]
+        for _ in range(3):
+            name = _REGION.sub("", name)
+            name = _VENDOR.sub("", name)
+        candidates = [name]
+        stripped = name
+        for _ in range(3):
+            stripped = _DATE.sub("", stripped)
+            candidates.append(stripped)
+        for c in candidates:
+            if c in self.table:
+                return self.table[c]
+        for known in getattr(self, "_names", ()):  # longest known name that prefixes it at a boundary
+            if name.startswith(known) and name[len(known)] in "-:@":
+                return self.table[known]
+        return FREE
+
+    def for_deployment(self, config: DeploymentConfig, upstream_model: str) -> Price:
+        """The deployment's own per-token prices over the table's entry for its upstream model."""
+        base = self.lookup(upstream_model)
+        if config.input_cost_per_token is None and config.output_cost_per_token is None:
+            return base
+        return _overlay(base, config)

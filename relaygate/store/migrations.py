@@ -1,0 +1,61 @@
+"""Versioned schema migrations: a small table of applied versions and an ordered list of steps.
+
+A step is a function of a connection, applied once, in order, inside the same transaction that records it.
+New schema changes append a step; a step already released is never edited.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from sqlalchemy import Connection, Engine, select
+from sqlalchemy.exc import DBAPIError
+
+from . import tables
+
+log = logging.getLogger("relaygate.store")
+
+Step = Callable[[Connection], None]
+
+
+def _v1_initial(conn: Connection) -> None:
+    for t in (tables.api_keys, tables.owners, tables.request_log):
+        t.create(conn, checkfirst=True)
+
+
+STEPS: list[tuple[int, str, Step]] = [
+    (1, "keys, owners, request log", _v1_initial),
+]
+
+
+def migrate(engine: Engine) -> int:
+    """Apply every pending step; safe when several processes start at once. Returns the schema version."""
+    for attempt in range(5):
+        try:
+            return _migrate_once(engine)
+        except DBAPIError as e:  # another process created the same table/row at the same moment
+            if attempt == 4:
+                raise
+            log.info("migration raced with another process (%s); retrying", type(e.orig).__name__)
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def _migrate_once(engine: Engine) -> int:
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7461726)")  # serialise concurrent starts
+        tables.schema_migrations.create(conn, checkfirst=True)
+        done = set(conn.execute(select(tables.schema_migrations.c.version)).scalars())
+        version = max(done, default=0)
+        for number, name, step in STEPS:
+            if number in done:
+                continue
+            log.info("applying database migration %d: %s", number, name)
+            step(conn)
+            conn.execute(tables.schema_migrations.insert().values(version=number, name=name,
+                                                                    applied_at=time.time()))
+            version = number
+        return version

@@ -1,0 +1,108 @@
+"""The database schema (SQLAlchemy Core): one definition for SQLite and PostgreSQL.
+
+Money is stored as integer nano-dollars (``cost_nano``) so that budgets and sums over the log agree exactly.
+Times are epoch seconds (float); ``day`` (UTC, YYYY-MM-DD) makes per-day grouping portable.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+schema_migrations = Table(
+    "relaygate_migrations", metadata,
+    Column("version", Integer, primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("applied_at", Float, nullable=False),
+)
+
+
+def _limit_columns() -> list[Column[Any]]:
+    """Limits shared by keys, teams and users (NULL: no limit)."""
+    return [
+        Column("models", JSON, nullable=True),  # allowed model names; NULL: all
+        Column("rpm", Integer, nullable=True),
+        Column("tpm", Integer, nullable=True),
+        Column("max_parallel", Integer, nullable=True),
+        Column("budget_nano", BigInteger, nullable=True),
+        Column("budget_period", String(10), nullable=True),  # day | month | total
+        Column("metadata", JSON, nullable=True),
+        Column("tags", JSON, nullable=True),
+    ]
+
+
+api_keys = Table(
+    "api_keys", metadata,
+    Column("id", String(40), primary_key=True),
+    Column("hash", String(64), nullable=False, unique=True),  # sha256 hex of the secret
+    Column("prefix", String(16), nullable=False),  # the only part of the secret shown again
+    Column("old_hash", String(64), nullable=True, unique=True),  # the previous secret, during rotation grace
+    Column("old_expires_at", Float, nullable=True),
+    Column("name", String(200), nullable=True),
+    Column("team_id", String(100), nullable=True, index=True),
+    Column("user_id", String(100), nullable=True, index=True),
+    *_limit_columns(),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=True),
+    Column("revoked_at", Float, nullable=True),
+)
+
+owners = Table(
+    "owners", metadata,  # teams and users: limits shared by all keys that belong to them
+    Column("kind", String(10), primary_key=True),  # team | user
+    Column("id", String(100), primary_key=True),
+    Column("name", String(200), nullable=True),
+    *_limit_columns(),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+request_log = Table(
+    "request_log", metadata,
+    Column("uid", String(32), primary_key=True),  # unique per row: replays of the spool are idempotent
+    Column("request_id", String(200), nullable=False, index=True),
+    Column("ts", Float, nullable=False),
+    Column("day", String(10), nullable=False),
+    Column("key_id", String(40), nullable=True),
+    Column("team_id", String(100), nullable=True),
+    Column("user_id", String(100), nullable=True),
+    Column("model", String(200), nullable=True),  # the model the client asked for
+    Column("deployment", String(300), nullable=True),
+    Column("provider", String(40), nullable=True),
+    Column("route", String(40), nullable=False),
+    Column("stream", Boolean, nullable=False, default=False),
+    Column("status", Integer, nullable=False),
+    Column("error", String(40), nullable=True),  # the error kind (errors.ERROR_KINDS), NULL on success
+    Column("error_message", Text, nullable=True),
+    Column("latency_ms", Float, nullable=False),
+    Column("ttft_ms", Float, nullable=True),
+    Column("prompt_tokens", Integer, nullable=True),
+    Column("completion_tokens", Integer, nullable=True),
+    Column("cached_tokens", Integer, nullable=True),
+    Column("cost_nano", BigInteger, nullable=False, default=0),
+    Column("cache_hit", Boolean, nullable=False, default=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("client_ip", String(64), nullable=True),
+    Column("request_body", Text, nullable=True),
+    Column("response_body", Text, nullable=True),
+    Index("ix_request_log_ts", "ts"),
+    Index("ix_request_log_key_ts", "key_id", "ts"),
+    Index("ix_request_log_team_ts", "team_id", "ts"),
+    Index("ix_request_log_user_ts", "user_id", "ts"),
+)

@@ -1,0 +1,85 @@
+"""A loopback TCP proxy that tests can cut and restore: "the database is down" without touching the server."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+from .base import free_port
+
+
+class TcpProxy:
+    """Forwards 127.0.0.1:<port> to ``target``; ``cut()`` drops every connection and refuses new ones."""
+
+    def __init__(self, target_host: str, target_port: int, port: int = 0) -> None:
+        self.target = (target_host, target_port)
+        self.port = port or free_port()
+        self.up = True
+        self._loop = asyncio.new_event_loop()
+        self._conns: set[asyncio.StreamWriter] = set()
+        self._server: asyncio.base_events.Server | None = None
+        self._thread = threading.Thread(target=self._loop.run_forever, name=f"tcpproxy:{self.port}", daemon=True)
+
+    def start(self) -> TcpProxy:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._listen(), self._loop).result(10)
+        return self
+
+    async def _listen(self) -> None:
+        self._server = await asyncio.start_server(self._client, "127.0.0.1", self.port)
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self.up:
+            writer.close()
+            return
+        try:
+            ur, uw = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.close()
+            return
+        self._conns.update((writer, uw))
+
+        async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            try:
+                while self.up:
+                    data = await r.read(65536)
+                    if not data:
+                        break
+                    w.write(data)
+                    await w.drain()
+            except (OSError, asyncio.CancelledError):
+                pass
+            finally:
+                w.close()
+                self._conns.discard(w)
+
+        await asyncio.gather(pipe(reader, uw), pipe(ur, writer))
+
+    def cut(self) -> None:
+        """Close every proxied connection now and refuse new ones until ``restore``."""
+        def do() -> None:
+            self.up = False
+            for w in list(self._conns):
+                w.transport.abort()
+            self._conns.clear()
+        self._loop.call_soon_threadsafe(do)
+
+    def restore(self) -> None:
+        self.up = True
+
+    def stop(self) -> None:
+        self.cut()
+
+        async def close() -> None:
+            if self._server is not None:
+                self._server.close()
+
+        asyncio.run_coroutine_threadsafe(close(), self._loop).result(5)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+    def __enter__(self) -> TcpProxy:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

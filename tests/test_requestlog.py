@@ -1,0 +1,204 @@
+"""The audit log: one row per call, off the request path, redacted, and never lost."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import openai
+import orjson
+import pytest
+import requests  # type: ignore[import-untyped]
+from sqlalchemy import create_engine, func, select
+
+from relaygate.store import tables
+from relaygate.store.db import Database, engine_url
+from relaygate.telemetry.redact import MASK, Redactor
+from relaygate.telemetry.requestlog import RequestLogWriter
+from relaygate.testing.tcpproxy import TcpProxy
+from tests.conftest import openai_model
+
+
+def log_rows(url: str) -> list[dict[str, Any]]:
+    engine = create_engine(engine_url(url))
+    try:
+        with engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(select(tables.request_log)
+                                                           .order_by(tables.request_log.c.ts))]
+    finally:
+        engine.dispose()
+
+
+def gateway_rows(gw: Any) -> list[dict[str, Any]]:
+    assert gw.gateway.accounting.writer.flush(10)
+    return log_rows(gw.config.database.url)
+
+
+def client(gw: Any, key: str = "sk-none") -> openai.OpenAI:
+    return openai.OpenAI(base_url=gw.base_url, api_key=key, max_retries=0)
+
+
+def test_every_call_leaves_one_row_with_usage_cost_and_timing(openai_emulator, start_gateway) -> None:
+    gw = start_gateway({"models": [openai_model("m", openai_emulator)]})
+    r = client(gw).chat.completions.create(model="m", messages=[{"role": "user", "content": "hi there"}])
+    [row] = gateway_rows(gw)
+    assert row["request_id"].startswith("req_")
+    assert (row["model"], row["deployment"], row["provider"], row["route"]) == ("m", "m/openai/0", "openai", "chat")
+    assert row["status"] == 200 and row["error"] is None and row["attempts"] == 1
+    assert row["prompt_tokens"] == r.usage.prompt_tokens and row["completion_tokens"] == r.usage.completion_tokens
+    # gpt-4o-mini list price: $0.15 / $0.60 per million tokens
+    expected = round((r.usage.prompt_tokens * 0.15e-6 + r.usage.completion_tokens * 0.60e-6) * 1e9)
+    assert row["cost_nano"] == expected > 0
+    assert row["client_ip"] == "127.0.0.1"
+    assert 0 < row["ttft_ms"] <= row["latency_ms"]
+    assert row["day"] == time.strftime("%Y-%m-%d", time.gmtime(row["ts"]))
+    assert row["request_body"] is None  # bodies are off by default
+
+
+def test_streamed_call_is_costed_without_showing_usage_to_the_client(openai_emulator, start_gateway) -> None:
+    gw = start_gateway({"models": [openai_model("m", openai_emulator)]})
+    chunks = list(client(gw).chat.completions.create(
+        model="m", stream=True, messages=[{"role": "user", "content": "count the words here"}]))
+    assert chunks and all(c.usage is None for c in chunks)
+    assert all(c.choices for c in chunks)  # the usage-only chunk the gateway asked for was dropped
+    upstream = openai_emulator.state.requests[-1]["json"]
+    assert upstream["stream_options"] == {"include_usage": True}
+    [row] = gateway_rows(gw)
+    assert row["stream"] is True and row["status"] == 200
+    assert row["prompt_tokens"] > 0 and row["completion_tokens"] > 0 and row["cost_nano"] > 0
+
+
+def test_streamed_usage_reaches_a_client_that_asked_for_it(openai_emulator, start_gateway) -> None:
+    gw = start_gateway({"models": [openai_model("m", openai_emulator)]})
+    chunks = list(client(gw).chat.completions.create(
+        model="m", stream=True, stream_options={"include_usage": True},
+        messages=[{"role": "user", "content": "hello"}]))
+    usage = [c.usage for c in chunks if c.usage is not None]
+    [row] = gateway_rows(gw)
+    assert usage and usage[-1].completion_tokens == row["completion_tokens"]
+
+
+def test_failure_before_a_reply_is_logged(openai_emulator, start_gateway) -> None:
+    gw = start_gateway({"models": [openai_model("m", openai_emulator)]})
+    with pytest.raises(openai.NotFoundError):
+        client(gw).chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
+    [row] = gateway_rows(gw)
+    assert (row["status"], row["error"], row["model"], row["deployment"]) == (404, "not_found", "nope", None)
+    assert row["cost_nano"] == 0 and row["attempts"] == 0
+
+
+def test_upstream_failure_is_logged_with_its_error_class(openai_emulator, start_gateway) -> None:
+    gw = start_gateway({"models": [openai_model("m", openai_emulator)]})
+    requests.post(openai_emulator.url + "/_emulator/faults", json={"status": 503, "count": 1}, timeout=5)
+    with pytest.raises(openai.APIStatusError):
+        client(gw).chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
+    [row] = gateway_rows(gw)
+    assert row["status"] == 503 and row["error"] == "unavailable" and row["deployment"] == "m/openai/0"
+
+
+def test_secrets_and_personal_data_are_redacted_before_writing(openai_emulator, start_gateway) -> None:
+    gw = start_gateway({"models": [openai_model("m", openai_emulator)],
+                        "request_log": {"bodies": True, "redact": [r"ACME-\d{6}"]}})
+    secrets = ["sk-proj-abcdefghijklmnop123456", "jane.doe@example.com", "4111 1111 1111 1111",
+               "+1 415 555 0100", "ACME-123456", "Bearer abcdefghijklmnopqrstuvwxyz"]
+    text = "my data: " + " ; ".join(secrets)
+    client(gw).chat.completions.create(model="m", messages=[{"role": "user", "content": text}])
+    [row] = gateway_rows(gw)
+    for body in (row["request_body"], row["response_body"]):
+        assert body and MASK in body and "my data" in body
+        for s in secrets:
+            assert s not in body
+
+
+def test_redaction_leaves_ordinary_numbers_alone() -> None:
+    r = Redactor()
+    assert r("order 1234567890123 costs 42, version 2024-01-15") == "order 1234567890123 costs 42, version 2024-01-15"
+    assert MASK in r("card 4242-4242-4242-4242 ok")
+    assert r("api_key=supersecretvalue") == MASK
+    assert r("password: hunter22") == MASK
+
+
+def _row(i: int) -> dict[str, Any]:
+    now = time.time()
+    return {"uid": os.urandom(16).hex(), "request_id": f"req_{i}", "ts": now, "day": "2026-01-01", "route": "chat",
+            "stream": False, "status": 200, "latency_ms": 1.0, "cost_nano": i, "cache_hit": False, "attempts": 1,
+            "model": "m"}
+
+
+def _count(db: Database) -> int:
+    with db.engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(tables.request_log)).scalar() or 0)
+
+
+def test_close_writes_everything_queued(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    db = Database(f"sqlite:///{tmp_path}/log.db")
+    db.migrate()
+    w = RequestLogWriter(db.engine, str(tmp_path), batch_size=100, flush_interval=5)
+    w.start()
+    for i in range(1000):
+        w.submit(_row(i))
+    w.close()
+    assert _count(db) == 1000
+    db.close()
+
+
+def test_a_full_queue_overflows_to_the_spool_not_the_floor(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    db = Database(f"sqlite:///{tmp_path}/log.db")
+    db.migrate()
+    w = RequestLogWriter(db.engine, str(tmp_path), queue_size=10, batch_size=50)
+    for i in range(200):  # the writer is not running yet: 190 rows must overflow
+        w.submit(_row(i))
+    assert w.spooled == 190
+    w.start()
+    assert w.flush(10)
+    w.close()
+    assert _count(db) == 200
+    assert not list(tmp_path.glob("relaygate-spool-*.jsonl"))
+    db.close()
+
+
+def test_spool_left_by_a_dead_process_is_replayed(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    db = Database(f"sqlite:///{tmp_path}/log.db")
+    db.migrate()
+    rows = [_row(i) for i in range(30)]
+    (tmp_path / "relaygate-spool-99999-deadbeef.jsonl").write_bytes(
+        b"".join(orjson.dumps(r) + b"\n" for r in rows) + b'{"torn')
+    with db.engine.begin() as conn:  # one row made it before the crash: the replay must not duplicate it
+        conn.execute(tables.request_log.insert(), [rows[0]])
+    w = RequestLogWriter(db.engine, str(tmp_path), flush_interval=0.05)
+    w.start()
+    deadline = time.monotonic() + 10
+    while _count(db) < 30 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    w.close()
+    assert _count(db) == 30
+    assert not list(tmp_path.glob("relaygate-spool-*.jsonl"))
+    db.close()
+
+
+def test_rows_spool_while_postgres_is_unreachable_and_arrive_after(pg_url, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    Database(pg_url).migrate()
+    host_port = pg_url.split("@", 1)[1].split("/", 1)[0]
+    with TcpProxy("127.0.0.1", int(host_port.split(":")[1])) as proxy:
+        via = pg_url.replace(host_port, f"127.0.0.1:{proxy.port}")
+        db = Database(via)
+        w = RequestLogWriter(db.engine, str(tmp_path), batch_size=20, flush_interval=0.05)
+        w.start()
+        for i in range(20):
+            w.submit(_row(i))
+        assert w.flush(10)
+        proxy.cut()
+        for i in range(20, 120):
+            w.submit(_row(i))
+        assert w.flush(20)
+        assert w.spooled >= 100 and not w.db_ok
+        proxy.restore()
+        deadline = time.monotonic() + 20
+        while w.written < 120 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        w.close()
+        db.close()
+    direct = Database(pg_url)
+    assert _count(direct) == 120
+    direct.close()

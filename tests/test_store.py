@@ -1,0 +1,88 @@
+"""The store: one schema and migration path for SQLite (WAL) and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+from sqlalchemy import inspect, select, text
+
+from relaygate.store import tables
+from relaygate.store.db import Database, engine_url
+from relaygate.store.migrations import STEPS
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request, tmp_path):  # type: ignore[no-untyped-def]
+    if request.param == "sqlite":
+        db = Database(f"sqlite:///{tmp_path}/store.db")
+    else:
+        db = Database(request.getfixturevalue("pg_url"))
+    yield db
+    db.close()
+
+
+def test_migrations_create_every_table_and_record_the_version(database: Database) -> None:
+    assert database.migrate() == STEPS[-1][0]
+    names = set(inspect(database.engine).get_table_names())
+    assert {"api_keys", "owners", "request_log", "relaygate_migrations"} <= names
+    with database.engine.connect() as conn:
+        versions = list(conn.execute(select(tables.schema_migrations.c.version)).scalars())
+    assert versions == [n for n, _, _ in STEPS]
+
+
+def test_migrating_twice_applies_nothing_again(database: Database) -> None:
+    database.migrate()
+    with database.engine.begin() as conn:
+        conn.execute(tables.owners.insert().values(kind="team", id="t1", created_at=1.0, updated_at=1.0))
+    assert database.migrate() == STEPS[-1][0]
+    with database.engine.connect() as conn:
+        assert conn.execute(select(tables.owners.c.id)).scalars().all() == ["t1"]
+
+
+def test_concurrent_starts_migrate_once(database: Database) -> None:
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            database.migrate()
+        except BaseException as e:  # surfaced below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors
+    with database.engine.connect() as conn:
+        assert conn.execute(select(tables.schema_migrations.c.version)).scalars().all() == [1]
+
+
+def test_sqlite_runs_in_wal_mode(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    db = Database(f"sqlite:///{tmp_path}/wal.db")
+    try:
+        db.migrate()
+        with db.engine.connect() as conn:
+            assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+    finally:
+        db.close()
+
+
+def test_postgres_urls_use_psycopg3() -> None:
+    assert engine_url("postgresql://u@h/db") == "postgresql+psycopg://u@h/db"
+    assert engine_url("postgres://u@h/db") == "postgresql+psycopg://u@h/db"
+    assert engine_url("sqlite:///x.db") == "sqlite:///x.db"
+
+
+def test_blocking_work_runs_off_the_event_loop(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    db = Database(f"sqlite:///{tmp_path}/t.db")
+    try:
+        async def main() -> tuple[int, int]:
+            return threading.get_ident(), await db.run(threading.get_ident)
+
+        loop_thread, ran_in = asyncio.run(main())
+        assert ran_in != loop_thread
+    finally:
+        db.close()

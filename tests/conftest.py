@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from relaygate.config import Config, DatabaseConfig
 from relaygate.testing.base import BackgroundServer
 from relaygate.testing.gateway import GatewayThread
 from relaygate.testing.openai import OpenAIEmulatorOptions, create_app
@@ -30,9 +31,13 @@ def start_gateway(tmp_path: Any) -> Iterator[Callable[..., GatewayThread]]:
     """
     started: list[GatewayThread] = []
 
-    def start(config: dict[str, Any], env: dict[str, str] | None = None) -> GatewayThread:
-        if "database" not in config:
-            config = {**config, "database": {"url": f"sqlite:///{tmp_path}/relaygate-{len(started)}.db"}}
+    def start(config: dict[str, Any] | Config, env: dict[str, str] | None = None) -> GatewayThread:
+        url = f"sqlite:///{tmp_path}/relaygate-{len(started)}.db"
+        if isinstance(config, Config):
+            if "database" not in config.model_fields_set:
+                config = config.model_copy(update={"database": DatabaseConfig(url=url)})
+        elif "database" not in config:
+            config = {**config, "database": {"url": url}}
         gw = GatewayThread(config, env=env).start()
         started.append(gw)
         return gw

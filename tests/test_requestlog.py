@@ -30,8 +30,13 @@ def log_rows(url: str) -> list[dict[str, Any]]:
         engine.dispose()
 
 
-def gateway_rows(gw: Any) -> list[dict[str, Any]]:
-    assert gw.gateway.accounting.writer.flush(10)
+def gateway_rows(gw: Any, expected: int = 1) -> list[dict[str, Any]]:
+    """The log rows once ``expected`` calls were recorded (a row is queued just after the answer is sent)."""
+    writer = gw.gateway.accounting.writer
+    deadline = time.monotonic() + 10
+    while writer.submitted < expected and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert writer.flush(10)
     return log_rows(gw.config.database.url)
 
 

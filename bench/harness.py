@@ -1,0 +1,287 @@
+"""Process and measurement plumbing for bench/run.py: the upstream, the targets, the load tools."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_DIR = BENCH_DIR.parent
+ECHO_MODULE_PATHS = ("/usr/lib/nginx/modules/ngx_http_echo_module.so",)
+
+
+@dataclass
+class Ctx:
+    """What every scenario and target needs: where things run and how to pin them."""
+
+    run_dir: Path
+    upstream: str  # base URL of the fake upstream, no trailing slash, e.g. http://127.0.0.1:PORT
+    pin: bool
+    scale: float = 1.0  # multiplies every duration (--quick uses 0.5)
+    use_wrk: bool = True
+    verbose: bool = False
+
+    def cpus(self, core: int) -> list[str]:
+        return ["taskset", "-c", str(core)] if self.pin else []
+
+    def log(self, msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_ok(url: str, timeout: float = 1.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status == 200
+    except (OSError, ValueError):
+        return False
+
+
+# ---- processes ---------------------------------------------------------------------------------
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen
+    log_path: Path
+    startup_s: float = float("nan")
+
+    def tree(self) -> list[int]:
+        """The process and all its descendants (a gateway may fork workers)."""
+        children: dict[int, list[int]] = {}
+        for d in os.listdir("/proc"):
+            if d.isdigit():
+                try:
+                    with open(f"/proc/{d}/stat") as f:
+                        ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                except (OSError, IndexError, ValueError):
+                    continue
+                children.setdefault(ppid, []).append(int(d))
+        out, todo = [], [self.popen.pid]
+        while todo:
+            pid = todo.pop()
+            out.append(pid)
+            todo.extend(children.get(pid, []))
+        return out
+
+    def memory_mib(self) -> tuple[float, float]:
+        """(current RSS, peak RSS) summed over the process tree, in MiB."""
+        rss = hwm = 0
+        for pid in self.tree():
+            try:
+                with open(f"/proc/{pid}/status") as f:
+                    for line in f:
+                        if line.startswith("VmRSS:"):
+                            rss += int(line.split()[1])
+                        elif line.startswith("VmHWM:"):
+                            hwm += int(line.split()[1])
+            except OSError:
+                pass
+        return rss / 1024, hwm / 1024
+
+    def stop(self) -> None:
+        if self.popen.poll() is not None:
+            return
+        try:  # the process was started in its own session: signal exactly that group
+            os.killpg(self.popen.pid, signal.SIGTERM)
+            self.popen.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(timeout=5)
+        except ProcessLookupError:
+            pass
+
+    def tail(self, n: int = 30) -> str:
+        try:
+            return "".join(self.log_path.read_text(errors="replace").splitlines(True)[-n:])
+        except OSError:
+            return ""
+
+
+def spawn(ctx: Ctx, name: str, argv: list[str], core: int, env: dict[str, str] | None = None,
+          health_url: str | None = None, timeout: float = 60.0) -> Proc:
+    log_path = ctx.run_dir / f"{name}.log"
+    full_env = dict(os.environ, **(env or {}))
+    t0 = time.perf_counter()
+    with open(log_path, "wb") as log:
+        popen = subprocess.Popen(ctx.cpus(core) + argv, stdout=log, stderr=subprocess.STDOUT,
+                                 stdin=subprocess.DEVNULL, env=full_env, cwd=ctx.run_dir,
+                                 start_new_session=True)
+    proc = Proc(name, popen, log_path)
+    if health_url:
+        deadline = t0 + timeout
+        while not http_ok(health_url, timeout=0.5):
+            if popen.poll() is not None or time.perf_counter() > deadline:
+                proc.stop()
+                raise RuntimeError(f"{name} did not become healthy at {health_url}:\n{proc.tail()}")
+            time.sleep(0.02)
+        proc.startup_s = time.perf_counter() - t0
+    return proc
+
+
+def render(template: Path, out: Path, fields: dict[str, str]) -> Path:
+    text = template.read_text()
+    for key, value in fields.items():
+        text = text.replace(key, value)
+    out.write_text(text)
+    return out
+
+
+def start_upstream(ctx: Ctx, port: int, slow_seconds: float = 0.5) -> Proc:
+    """nginx on core 0 with canned chat completion, SSE stream and slow answers."""
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    echo = next((p for p in ECHO_MODULE_PATHS if os.path.exists(p)), None)
+    if not os.path.exists(nginx) or echo is None:
+        raise SystemExit("bench needs nginx and its echo module: apt-get install -y nginx-light "
+                         "libnginx-mod-http-echo (see bench/README.md)")
+    chat = (BENCH_DIR / "upstream" / "chat.json").read_text().strip()
+    events = [e for e in (BENCH_DIR / "upstream" / "stream.sse").read_text().split("\n\n") if e]
+    for text in [chat, *events]:  # they are pasted inside '...' in nginx.conf
+        if any(c in text for c in "'\\$"):
+            raise SystemExit("canned bodies must not contain ', \\ or $")
+    echoes = "\n".join(f"      echo -n '{e}\\n\\n';\n      echo_flush;" for e in events)
+    conf = render(BENCH_DIR / "upstream" / "nginx.conf.tmpl", ctx.run_dir / "nginx.conf", {
+        "@@ECHO_MODULE@@": echo, "@@RUN_DIR@@": str(ctx.run_dir), "@@PORT@@": str(port),
+        "@@CHAT_BODY@@": chat, "@@STREAM_ECHOES@@": echoes, "@@SLOW_SECONDS@@": str(slow_seconds),
+    })
+    return spawn(ctx, "nginx", [nginx, "-c", str(conf), "-p", str(ctx.run_dir)], core=0,
+                 health_url=f"http://127.0.0.1:{port}/health", timeout=10)
+
+
+# ---- targets -------------------------------------------------------------------------------------
+
+@dataclass
+class Target:
+    """Something the load goes to. `start` returns the process to measure, or None (direct)."""
+
+    name: str
+    start: Callable[[Ctx, int], Proc | None]
+    kind: str = "gateway"  # direct | floor | gateway | other
+    port: int = 0
+    proc: Proc | None = None
+    results: dict[str, float] = field(default_factory=dict)
+
+    def url(self, ctx: Ctx) -> str:
+        base = ctx.upstream if self.kind == "direct" else f"http://127.0.0.1:{self.port}"
+        return base + "/v1/chat/completions"
+
+
+def direct_target() -> Target:
+    return Target("direct", lambda ctx, port: None, kind="direct")
+
+
+def passthrough_target(python: str = sys.executable) -> Target:
+    def start(ctx: Ctx, port: int) -> Proc:
+        argv = [python, str(BENCH_DIR / "passthrough.py"), "--upstream", ctx.upstream + "/v1",
+                "--port", str(port)]
+        return spawn(ctx, "bare", argv, core=1, health_url=f"http://127.0.0.1:{port}/health")
+    return Target("bare", start, kind="floor")
+
+
+def fill_config(ctx: Ctx, config: Path, name: str) -> Path:
+    """A variant is a config file; ${BENCH_UPSTREAM} in it becomes the fake upstream's base URL."""
+    return render(config, ctx.run_dir / f"{name}{config.suffix}", {"${BENCH_UPSTREAM}": ctx.upstream})
+
+
+def relaygate_target(name: str, config: Path, python: str = sys.executable) -> Target:
+    def start(ctx: Ctx, port: int) -> Proc:
+        cfg = fill_config(ctx, config, name)
+        argv = [python, "-m", "relaygate", "serve", "--config", str(cfg), "--host", "127.0.0.1",
+                "--port", str(port)]
+        env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_DIR), os.environ.get("PYTHONPATH")]))}
+        return spawn(ctx, name, argv, core=1, env=env, health_url=f"http://127.0.0.1:{port}/health")
+    return Target(name, start, kind="gateway")
+
+
+def litellm_target(python: str, config: Path) -> Target:
+    def start(ctx: Ctx, port: int) -> Proc:
+        cfg = fill_config(ctx, config, "litellm")
+        argv = [python, "-m", "litellm.proxy.proxy_cli", "--config", str(cfg), "--host", "127.0.0.1",
+                "--port", str(port), "--num_workers", "1"]
+        env = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR", "PYTHONPATH": ""}
+        return spawn(ctx, "litellm", argv, core=1, env=env,
+                     health_url=f"http://127.0.0.1:{port}/health/liveliness", timeout=180)
+    return Target("litellm", start, kind="other")
+
+
+# ---- load -------------------------------------------------------------------------------------
+
+@dataclass
+class Load:
+    """A closed-loop load: `conns` clients POSTing bench/requests/`body` for `seconds`."""
+
+    body: str
+    conns: int
+    seconds: float
+    stream: bool = False
+    timeout_s: float = 10.0
+
+
+def run_load(ctx: Ctx, url: str, load: Load, seconds: float) -> dict[str, float]:
+    """Run one load on core 0 and return rate (per s), latencies (ms) and errors."""
+    body = BENCH_DIR / "requests" / load.body
+    secs = max(1, round(seconds))
+    if ctx.use_wrk and not load.stream:
+        argv = ["wrk", "-t1", f"-c{load.conns}", f"-d{secs}s", f"--timeout={int(load.timeout_s)}s",
+                "-s", str(BENCH_DIR / "wrk" / "post.lua"), url, "--", str(body)]
+    else:
+        argv = [sys.executable, str(BENCH_DIR / "loadgen.py"), "--url", url, "--body", str(body),
+                "-c", str(load.conns), "-d", str(secs), "--grace", str(load.timeout_s)]
+        if load.stream:
+            argv.append("--expect-done")
+    before = cpu_times()
+    out = subprocess.run(ctx.cpus(0) + argv, capture_output=True, text=True, timeout=secs + load.timeout_s + 30)
+    busy = cpu_busy(before, cpu_times())
+    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("BENCH_JSON ")), None)
+    if line is None:
+        raise RuntimeError(f"load generator failed: {' '.join(argv)}\n{out.stdout}\n{out.stderr}")
+    raw = json.loads(line.split(" ", 1)[1])
+    ms = 1e-3
+    res = {
+        "p50_ms": raw["p50_us"] * ms,
+        "p99_ms": raw["p99_us"] * ms,
+        "errors": sum(v for k, v in raw.items() if k.startswith("err_")),
+        "cpu0_pct": busy.get(0, float("nan")),
+        "cpu1_pct": busy.get(1, float("nan")),
+    }
+    if "duration_us" in raw:  # wrk
+        res["rate"] = raw["requests"] / (raw["duration_us"] / 1e6)
+    else:
+        res["rate"] = raw["rate"]
+        res["ttfb_p50_ms"] = raw["ttfb_p50_us"] * ms
+        res["ttfb_p99_ms"] = raw["ttfb_p99_us"] * ms
+    if ctx.verbose:
+        ctx.log(f"    {' '.join(argv[:6])}… -> {json.dumps(raw)}")
+    return res
+
+
+def cpu_times() -> dict[int, tuple[int, int]]:
+    """Per core: (busy, total) jiffies from /proc/stat."""
+    out = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith("cpu") and line[3].isdigit():
+                name, *vals = line.split()
+                v = [int(x) for x in vals]
+                idle = v[3] + v[4]
+                out[int(name[3:])] = (sum(v[:8]) - idle, sum(v[:8]))
+    return out
+
+
+def cpu_busy(a: dict[int, tuple[int, int]], b: dict[int, tuple[int, int]]) -> dict[int, float]:
+    return {c: 100 * (b[c][0] - a[c][0]) / max(1, b[c][1] - a[c][1]) for c in a if c in b}

@@ -1,0 +1,231 @@
+"""relaygate benchmark: the same scenarios direct to a fake upstream, through a bare proxy, through
+relaygate (one or more config variants) and through LiteLLM, in one run, as one table of ratios.
+
+    python bench/run.py                      # everything it finds; a few minutes
+    python bench/run.py --quick --no-litellm # half the durations, no LiteLLM
+    python bench/run.py --variant full=bench/variants/relaygate-full.yaml
+
+See bench/README.md for the set-up and what each figure means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import (  # noqa: E402
+    BENCH_DIR,
+    Ctx,
+    Target,
+    direct_target,
+    free_port,
+    litellm_target,
+    passthrough_target,
+    relaygate_target,
+    start_upstream,
+)
+from scenarios import PROCESS_FIGURES, SCENARIOS, Figure, Scenario  # noqa: E402
+
+LITELLM_CANDIDATES = ("/work/litellm-venv/bin/python", "~/litellm-venv/bin/python", "~/.litellm-venv/bin/python")
+
+# Pass/fail lines printed under the table: (label, gateway metric, other target, minimum ratio).
+TARGETS = [
+    ("req/s at c=64 vs bare proxy", "c64.rate", "bare", 2 / 3),
+    ("req/s at c=64 vs LiteLLM", "c64.rate", "litellm", 10.0),
+    ("streams/s at c=64 vs bare proxy", "stream64.rate", "bare", 2 / 3),
+]
+
+
+def find_litellm(arg: str | None) -> str | None:
+    if arg:
+        return arg
+    for cand in [os.environ.get("LITELLM_PYTHON", ""), *LITELLM_CANDIDATES]:
+        path = os.path.expanduser(cand)
+        if path and os.access(path, os.X_OK):
+            return path
+    return None
+
+
+def measure_target(ctx: Ctx, target: Target, scenarios: list[Scenario]) -> None:
+    port = free_port()
+    target.port = port
+    ctx.log(f"== {target.name}")
+    try:
+        target.proc = target.start(ctx, port)
+    except (RuntimeError, OSError) as exc:
+        ctx.log(f"   could not start {target.name}: {exc}")
+        target.results["failed"] = 1
+        return
+    try:
+        if target.proc is not None:
+            target.results["startup_s"] = target.proc.startup_s
+            target.results["idle_rss_mib"] = target.proc.memory_mib()[0]
+        for sc in scenarios:
+            t0 = time.perf_counter()
+            res = sc.measure(ctx, target)
+            for k, v in res.items():
+                target.results[f"{sc.name}.{k}"] = v
+            shown = ", ".join(f"{f.metric}={res.get(f.metric, float('nan')):.4g}" for f in sc.figures)
+            ctx.log(f"   {sc.name:<9} {shown}  ({time.perf_counter() - t0:.1f}s)")
+            if target.proc is not None and target.proc.popen.poll() is not None:
+                ctx.log(f"   {target.name} exited during {sc.name}:\n{target.proc.tail()}")
+                target.results["failed"] = 1
+                break
+        if target.proc is not None:
+            target.results["peak_rss_mib"] = target.proc.memory_mib()[1]
+    finally:
+        if target.proc is not None:
+            target.proc.stop()
+
+
+def fmt(value: float | None, spec: str, plus: bool = False) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    text = spec.format(value)
+    return ("+" + text) if plus and value >= 0 else text
+
+
+def table(targets: list[Target], scenarios: list[Scenario]) -> str:
+    by_name = {t.name: t for t in targets}
+    direct = by_name.get("direct")
+    gateways = [t for t in targets if t.kind == "gateway"]
+    ratio_cols = [(g, o) for g in gateways for o in targets if o.kind != "gateway"]
+    ratio_cols += [(g, gateways[0]) for g in gateways[1:]]  # variants against the first one
+    head = ["figure"] + [t.name for t in targets] + [f"{g.name}/{o.name}" for g, o in ratio_cols]
+    rows: list[list[str]] = []
+
+    def shown(t: Target, key: str, fig: Figure) -> float | None:
+        v = t.results.get(key)
+        if v is None or not fig.added or t is direct:
+            return v
+        d = direct.results.get(key) if direct else None
+        return None if d is None else v - d
+
+    sections = [(sc.title, [(f"{sc.name}.{f.metric}", f) for f in sc.figures]) for sc in scenarios]
+    sections.append(("gateway process", [(f.metric, f) for f in PROCESS_FIGURES]))
+    for title, figs in sections:
+        rows.append([f"[{title}]"])
+        for key, fig in figs:
+            row = [fig.label]
+            for t in targets:
+                row.append(fmt(shown(t, key, fig), fig.fmt, plus=fig.added and t is not direct))
+            for g, o in ratio_cols:
+                a, b = shown(g, key, fig), shown(o, key, fig)
+                ok = fig.better and a is not None and b is not None and b > 0 and not (fig.added and o is direct)
+                row.append(f"{a / b:.2f}x" if ok else "-")
+            rows.append(row)
+    widths = [max(len(r[i]) for r in [head] + rows if i < len(r)) for i in range(len(head))]
+    lines = ["  ".join(h.ljust(widths[0]) if i == 0 else h.rjust(widths[i]) for i, h in enumerate(head))]
+    lines.append("  ".join("-" * w for w in widths))
+    for r in rows:
+        if len(r) == 1:
+            lines.append(r[0])
+        else:
+            lines.append("  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r)))
+    return "\n".join(lines)
+
+
+def checks(targets: list[Target]) -> list[str]:
+    by_name = {t.name: t for t in targets}
+    out = []
+    for g in (t for t in targets if t.kind == "gateway"):
+        for label, key, other, minimum in TARGETS:
+            o = by_name.get(other)
+            a, b = g.results.get(key), o.results.get(key) if o else None
+            if a and b:
+                verdict = "PASS" if a / b >= minimum else "MISS"
+                out.append(f"{verdict}  {g.name} {label}: {a / b:.2f}x (target >= {minimum:.2f}x)")
+        errs = g.results.get("slow200.errors")
+        if errs is not None:
+            out.append(f"{'PASS' if errs == 0 else 'MISS'}  {g.name} slow upstream c=200: {errs:.0f} errors")
+    # The load generator must never be the limit: direct must go well beyond every proxy.
+    direct = by_name.get("direct")
+    for key in ("c64.rate", "stream64.rate"):
+        best = max((t.results.get(key, 0) for t in targets if t.kind != "direct"), default=0)
+        ceiling = direct.results.get(key) if direct else None
+        if ceiling and best and ceiling < 2 * best:
+            out.append(f"WARN  {key}: direct ({ceiling:.0f}) is < 2x the best proxy ({best:.0f}); "
+                       "the load generator or upstream may be limiting")
+    for t in targets:
+        for key, v in t.results.items():
+            if key.endswith("cpu0_pct") and v > 95 and t.kind != "direct":
+                out.append(f"WARN  {t.name} {key[:-9]}: core 0 (load generator + upstream) was {v:.0f}% busy")
+        if t.results.get("failed"):
+            out.append(f"FAIL  {t.name} did not complete (see its log in the run directory)")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="relaygate benchmark (see bench/README.md)")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=CONFIG",
+                    help="a relaygate config to measure (repeatable); default relaygate=bench/variants/relaygate.yaml")
+    ap.add_argument("--no-relaygate", action="store_true", help="skip relaygate (measure only the others)")
+    ap.add_argument("--with-litellm", metavar="PYTHON", help="python of a venv with litellm[proxy] (auto-detected)")
+    ap.add_argument("--no-litellm", action="store_true")
+    ap.add_argument("--litellm-config", default=str(BENCH_DIR / "variants" / "litellm.yaml"))
+    ap.add_argument("--relaygate-python", default=sys.executable)
+    ap.add_argument("--scenarios", help="comma list, default all: " + ",".join(s.name for s in SCENARIOS))
+    ap.add_argument("--quick", action="store_true", help="halve every duration")
+    ap.add_argument("--no-pin", action="store_true", help="do not pin gateway/load generator to cores 1/0")
+    ap.add_argument("--no-wrk", action="store_true", help="use bench/loadgen.py for every load")
+    ap.add_argument("--json", metavar="PATH", help="also write every raw figure here")
+    ap.add_argument("--keep", action="store_true", help="keep the run directory (configs, logs)")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    args = ap.parse_args()
+
+    scenarios = SCENARIOS
+    if args.scenarios:
+        wanted = args.scenarios.split(",")
+        scenarios = [s for s in SCENARIOS if s.name in wanted]
+    pin = not args.no_pin and shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
+    use_wrk = not args.no_wrk and shutil.which("wrk") is not None
+    run_dir = Path(tempfile.mkdtemp(prefix="relaygate-bench-"))
+    up_port = free_port()
+    ctx = Ctx(run_dir=run_dir, upstream=f"http://127.0.0.1:{up_port}", pin=pin,
+              scale=0.5 if args.quick else 1.0, use_wrk=use_wrk, verbose=args.verbose)
+
+    targets = [direct_target(), passthrough_target()]
+    if not args.no_relaygate:
+        variants = args.variant or [f"relaygate={BENCH_DIR / 'variants' / 'relaygate.yaml'}"]
+        for v in variants:
+            name, _, path = v.partition("=")
+            targets.append(relaygate_target(name, Path(path), python=args.relaygate_python))
+    litellm = None if args.no_litellm else find_litellm(args.with_litellm)
+    if litellm:
+        targets.append(litellm_target(litellm, Path(args.litellm_config)))
+    ctx.log(f"run dir {run_dir}; pinned={pin}; load={'wrk + loadgen.py' if use_wrk else 'loadgen.py'}; "
+            f"litellm={litellm or 'not found'}")
+
+    upstream = start_upstream(ctx, up_port)
+    t0 = time.perf_counter()
+    try:
+        for t in targets:
+            measure_target(ctx, t, scenarios)
+    finally:
+        upstream.stop()
+    print(f"\nrelaygate bench, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, "
+          f"gateway pinned to core 1: {pin}, {time.perf_counter() - t0:.0f}s")
+    print("Added figures are each target minus direct; ratios are column/column in this run.\n")
+    print(table(targets, scenarios))
+    print()
+    for line in checks(targets):
+        print(line)
+    if args.json:
+        Path(args.json).write_text(json.dumps({t.name: t.results for t in targets}, indent=1))
+    if args.keep:
+        print(f"\nrun directory kept: {run_dir}")
+    else:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""The benchmark's scenarios: one table entry each. Add a scenario by adding an entry here.
+
+A scenario either describes a closed-loop `Load` (run with wrk, or bench/loadgen.py for streams)
+or brings its own `run(ctx, target) -> {metric: value}` for anything a load cannot express (first
+audio byte, uploads...). Its `figures` choose which metrics the report shows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from harness import Ctx, Load, Target, run_load
+
+
+@dataclass
+class Figure:
+    metric: str
+    label: str
+    better: str = "higher"  # "higher" | "lower" | "" (no ratio: counts, sanity figures)
+    added: bool = False  # show value minus the direct value (the direct column stays absolute)
+    fmt: str = "{:.2f}"
+
+
+@dataclass
+class Scenario:
+    name: str
+    title: str
+    load: Load | None
+    figures: list[Figure]
+    run: Callable[[Ctx, Target], dict[str, float]] | None = None
+    warmup_s: float = 1.0
+    notes: list[str] = field(default_factory=list)
+
+    def measure(self, ctx: Ctx, target: Target) -> dict[str, float]:
+        if self.run is not None:
+            return self.run(ctx, target)
+        assert self.load is not None
+        url = target.url(ctx)
+        if self.warmup_s > 0:
+            run_load(ctx, url, self.load, self.warmup_s * ctx.scale)
+        return run_load(ctx, url, self.load, self.load.seconds * ctx.scale)
+
+
+ERRORS = Figure("errors", "errors (status, socket, timeout)", "", fmt="{:.0f}")
+BUSY = Figure("cpu1_pct", "core 1 busy (the gateway's), %", "", fmt="{:.0f}")
+
+SCENARIOS: list[Scenario] = [
+    Scenario("c1", "non-streaming, c=1", Load("chat.json", conns=1, seconds=5), [
+        Figure("p50_ms", "added latency p50, ms", "lower", added=True, fmt="{:.3f}"),
+        Figure("p99_ms", "added latency p99, ms", "lower", added=True, fmt="{:.3f}"),
+    ]),
+    Scenario("c64", "non-streaming, c=64", Load("chat.json", conns=64, seconds=5), [
+        Figure("rate", "requests/s", "higher", fmt="{:.0f}"),
+        Figure("p99_ms", "latency p99, ms", "lower"),
+        ERRORS,
+        BUSY,
+    ]),
+    Scenario("stream1", "streaming 20 chunks, c=1", Load("chat-stream.json", conns=1, seconds=4, stream=True), [
+        Figure("ttfb_p50_ms", "added first-chunk p50, ms", "lower", added=True, fmt="{:.3f}"),
+        Figure("ttfb_p99_ms", "added first-chunk p99, ms", "lower", added=True, fmt="{:.3f}"),
+        Figure("p50_ms", "added whole-stream p50, ms", "lower", added=True, fmt="{:.3f}"),
+    ]),
+    Scenario("stream64", "streaming 20 chunks, c=64", Load("chat-stream.json", conns=64, seconds=5, stream=True), [
+        Figure("rate", "streams/s", "higher", fmt="{:.0f}"),
+        Figure("ttfb_p50_ms", "first chunk p50, ms", "lower"),
+        ERRORS,
+    ]),
+    Scenario("slow200", "upstream answers in 500 ms, c=200", Load("chat-slow.json", conns=200, seconds=8), [
+        Figure("p99_ms", "added latency p99, ms", "lower", added=True, fmt="{:.1f}"),
+        Figure("rate", "requests/s (closed loop, max 400)", "higher", fmt="{:.0f}"),
+        ERRORS,
+    ]),
+]
+
+# Read from the target's process, not from a load: start-up time, idle and peak memory.
+PROCESS_FIGURES: list[Figure] = [
+    Figure("startup_s", "start-up to healthy, s", "lower"),
+    Figure("idle_rss_mib", "idle RSS, MiB", "lower", fmt="{:.0f}"),
+    Figure("peak_rss_mib", "peak RSS over the run, MiB", "lower", fmt="{:.0f}"),
+]

@@ -30,6 +30,10 @@ class Ctx:
     scale: float = 1.0  # multiplies every duration (--quick uses 0.5)
     use_wrk: bool = True
     verbose: bool = False
+    py_spy: str = "py-spy"
+    profile_targets: set[str] = field(default_factory=set)  # --profile
+    profile_to: Path | None = None  # set by the runner around the loads it wants profiled
+    profile_pid: int = 0
 
     def cpus(self, core: int) -> list[str]:
         return ["taskset", "-c", str(core)] if self.pin else []
@@ -244,9 +248,17 @@ def run_load(ctx: Ctx, url: str, load: Load, seconds: float) -> dict[str, float]
                 "-c", str(load.conns), "-d", str(secs), "--grace", str(load.timeout_s)]
         if load.stream:
             argv.append("--expect-done")
+    prof = None
+    if ctx.profile_to is not None and ctx.profile_pid:
+        # Sample the gateway during this load; --nonblocking so the profiler does not slow it.
+        prof = subprocess.Popen(ctx.cpus(0) + [ctx.py_spy, "record", "--nonblocking", "-r", "100", "-f", "raw",
+                                "-p", str(ctx.profile_pid), "-d", str(secs), "-o", str(ctx.profile_to)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     before = cpu_times()
     out = subprocess.run(ctx.cpus(0) + argv, capture_output=True, text=True, timeout=secs + load.timeout_s + 30)
     busy = cpu_busy(before, cpu_times())
+    if prof is not None:
+        prof.wait(timeout=30)
     line = next((ln for ln in out.stdout.splitlines() if ln.startswith("BENCH_JSON ")), None)
     if line is None:
         raise RuntimeError(f"load generator failed: {' '.join(argv)}\n{out.stdout}\n{out.stderr}")

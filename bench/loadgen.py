@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import json
 import time
+from functools import partial
 from urllib.parse import urlsplit
 
 import httptools
@@ -24,7 +25,7 @@ import httptools
 try:
     import uvloop
 except ImportError:  # pragma: no cover - the bench venv has it; plain asyncio still works
-    uvloop = None
+    uvloop = None  # type: ignore[assignment]
 
 
 class Stats:
@@ -131,9 +132,9 @@ async def run(url: str, body: bytes, conns: int, duration: float, expect_done: b
     stats = Stats(start + duration)
     waiters = []
     for _ in range(conns):
-        fut = loop.create_future()
+        fut: asyncio.Future = loop.create_future()
         try:
-            await loop.create_connection(lambda f=fut: Client(request, stats, expect_done, f), host, port)
+            await loop.create_connection(partial(Client, request, stats, expect_done, fut), host, port)
             waiters.append(fut)
         except OSError:
             stats.err_conn += 1

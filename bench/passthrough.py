@@ -16,7 +16,7 @@ import uvicorn
 class Proxy:
     def __init__(self, upstream: str) -> None:
         self.url = upstream.rstrip("/") + "/chat/completions"
-        self.session: aiohttp.ClientSession | None = None
+        self.session: aiohttp.ClientSession = None  # type: ignore[assignment]  # made at startup
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "lifespan":

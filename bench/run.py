@@ -31,9 +31,11 @@ from harness import (  # noqa: E402
     litellm_target,
     passthrough_target,
     relaygate_target,
+    run_load,
     start_upstream,
 )
-from scenarios import PROCESS_FIGURES, SCENARIOS, Figure, Scenario  # noqa: E402
+from profsum import summarize  # noqa: E402
+from scenarios import PROCESS_FIGURES, SCENARIOS, TARGET_WARMUP, Figure, Scenario  # noqa: E402
 
 LITELLM_CANDIDATES = ("/work/litellm-venv/bin/python", "~/litellm-venv/bin/python", "~/.litellm-venv/bin/python")
 
@@ -55,6 +57,9 @@ def find_litellm(arg: str | None) -> str | None:
     return None
 
 
+PROFILED = ("c64", "stream64")  # scenarios --profile samples
+
+
 def measure_target(ctx: Ctx, target: Target, scenarios: list[Scenario]) -> None:
     port = free_port()
     target.port = port
@@ -69,9 +74,18 @@ def measure_target(ctx: Ctx, target: Target, scenarios: list[Scenario]) -> None:
         if target.proc is not None:
             target.results["startup_s"] = target.proc.startup_s
             target.results["idle_rss_mib"] = target.proc.memory_mib()[0]
+        for load in TARGET_WARMUP:
+            run_load(ctx, target.url(ctx), load, load.seconds * ctx.scale)
         for sc in scenarios:
             t0 = time.perf_counter()
-            res = sc.measure(ctx, target)
+            prof = None
+            if target.proc is not None and target.name in ctx.profile_targets and sc.name in PROFILED:
+                prof = ctx.run_dir / f"profile-{target.name}-{sc.name}.txt"
+            res = sc.measure(ctx, target, profile_to=prof)
+            if prof is not None and prof.exists():
+                summary = summarize(prof)
+                (ctx.run_dir / f"{prof.stem}-summary.txt").write_text(summary)
+                ctx.log("\n".join(summary.splitlines()[:12]))
             for k, v in res.items():
                 target.results[f"{sc.name}.{k}"] = v
             shown = ", ".join(f"{f.metric}={res.get(f.metric, float('nan')):.4g}" for f in sc.figures)
@@ -120,8 +134,10 @@ def table(targets: list[Target], scenarios: list[Scenario]) -> str:
                 row.append(fmt(shown(t, key, fig), fig.fmt, plus=fig.added and t is not direct))
             for g, o in ratio_cols:
                 a, b = shown(g, key, fig), shown(o, key, fig)
-                ok = fig.better and a is not None and b is not None and b > 0 and not (fig.added and o is direct)
-                row.append(f"{a / b:.2f}x" if ok else "-")
+                if fig.better and a is not None and b is not None and b > 0 and not (fig.added and o is direct):
+                    row.append(f"{a / b:.2f}x")
+                else:
+                    row.append("-")
             rows.append(row)
     widths = [max(len(r[i]) for r in [head] + rows if i < len(r)) for i in range(len(head))]
     lines = ["  ".join(h.ljust(widths[0]) if i == 0 else h.rjust(widths[i]) for i, h in enumerate(head))]
@@ -179,6 +195,9 @@ def main() -> None:
     ap.add_argument("--no-wrk", action="store_true", help="use bench/loadgen.py for every load")
     ap.add_argument("--json", metavar="PATH", help="also write every raw figure here")
     ap.add_argument("--keep", action="store_true", help="keep the run directory (configs, logs)")
+    ap.add_argument("--profile", metavar="TARGETS", default="",
+                    help="comma list of targets to sample with py-spy during " + ", ".join(PROFILED) +
+                    " (implies --keep; summaries in the run directory)")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args()
 
@@ -202,6 +221,10 @@ def main() -> None:
     litellm = None if args.no_litellm else find_litellm(args.with_litellm)
     if litellm:
         targets.append(litellm_target(litellm, Path(args.litellm_config)))
+    if args.profile:
+        ctx.profile_targets = set(args.profile.split(","))
+        ctx.py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        args.keep = True
     ctx.log(f"run dir {run_dir}; pinned={pin}; load={'wrk + loadgen.py' if use_wrk else 'loadgen.py'}; "
             f"litellm={litellm or 'not found'}")
 

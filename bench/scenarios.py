@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from harness import Ctx, Load, Target, run_load
 
@@ -32,14 +33,20 @@ class Scenario:
     warmup_s: float = 1.0
     notes: list[str] = field(default_factory=list)
 
-    def measure(self, ctx: Ctx, target: Target) -> dict[str, float]:
+    def measure(self, ctx: Ctx, target: Target, profile_to: Path | None = None) -> dict[str, float]:
+        """Warm up, then measure; with `profile_to`, py-spy samples the target during the measurement."""
         if self.run is not None:
             return self.run(ctx, target)
         assert self.load is not None
         url = target.url(ctx)
         if self.warmup_s > 0:
             run_load(ctx, url, self.load, self.warmup_s * ctx.scale)
-        return run_load(ctx, url, self.load, self.load.seconds * ctx.scale)
+        ctx.profile_to = profile_to
+        ctx.profile_pid = target.proc.popen.pid if target.proc is not None else 0
+        try:
+            return run_load(ctx, url, self.load, self.load.seconds * ctx.scale)
+        finally:
+            ctx.profile_to = None
 
 
 ERRORS = Figure("errors", "errors (status, socket, timeout)", "", fmt="{:.0f}")
@@ -71,6 +78,13 @@ SCENARIOS: list[Scenario] = [
         Figure("rate", "requests/s (closed loop, max 400)", "higher", fmt="{:.0f}"),
         ERRORS,
     ]),
+]
+
+# Run once after a target starts, before any scenario: first requests pay for lazy imports,
+# pool fill-up and caches, which no scenario should measure.
+TARGET_WARMUP: list[Load] = [
+    Load("chat.json", conns=16, seconds=2),
+    Load("chat-stream.json", conns=16, seconds=1, stream=True),
 ]
 
 # Read from the target's process, not from a load: start-up time, idle and peak memory.

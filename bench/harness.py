@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -17,6 +18,7 @@ from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 ECHO_MODULE_PATHS = ("/usr/lib/nginx/modules/ngx_http_echo_module.so",)
 
 
@@ -32,8 +34,26 @@ class Ctx:
     verbose: bool = False
     py_spy: str = "py-spy"
     profile_targets: set[str] = field(default_factory=set)  # --profile
+    procs: list[Proc] = field(default_factory=list)  # everything the bench started and still runs
+    max_foreign_pct: float = 15.0
+    retries: int = 2
     profile_to: Path | None = None  # set by the runner around the loads it wants profiled
     profile_pid: int = 0
+
+    def our_ticks(self) -> float:
+        """CPU ticks used so far by the bench's processes: children waited for, and those running."""
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+        me = resource.getrusage(resource.RUSAGE_SELF)
+        ticks = (ru.ru_utime + ru.ru_stime + me.ru_utime + me.ru_stime) * CLK_TCK
+        for proc in self.procs:
+            for pid in proc.tree():
+                try:
+                    with open(f"/proc/{pid}/stat") as f:
+                        fields = f.read().rsplit(")", 1)[1].split()
+                    ticks += int(fields[11]) + int(fields[12])
+                except (OSError, IndexError, ValueError):
+                    pass
+        return ticks
 
     def cpus(self, core: int) -> list[str]:
         return ["taskset", "-c", str(core)] if self.pin else []
@@ -179,6 +199,7 @@ class Target:
     port: int = 0
     proc: Proc | None = None
     results: dict[str, float] = field(default_factory=dict)
+    rounds: dict[str, list[dict[str, float]]] = field(default_factory=dict)  # raw, per scenario
 
     def url(self, ctx: Ctx) -> str:
         base = ctx.upstream if self.kind == "direct" else f"http://127.0.0.1:{self.port}"
@@ -254,11 +275,14 @@ def run_load(ctx: Ctx, url: str, load: Load, seconds: float) -> dict[str, float]
         prof = subprocess.Popen(ctx.cpus(0) + [ctx.py_spy, "record", "--nonblocking", "-r", "100", "-f", "raw",
                                 "-p", str(ctx.profile_pid), "-d", str(secs), "-o", str(ctx.profile_to)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    before = cpu_times()
+    before, ours_before = cpu_times(), ctx.our_ticks()
     out = subprocess.run(ctx.cpus(0) + argv, capture_output=True, text=True, timeout=secs + load.timeout_s + 30)
-    busy = cpu_busy(before, cpu_times())
     if prof is not None:
         prof.wait(timeout=30)
+    after, ours_after = cpu_times(), ctx.our_ticks()
+    busy = cpu_busy(before, after)
+    window = max(1, sum(after[c][1] - before[c][1] for c in after) / max(1, len(after)))
+    all_busy = sum(after[c][0] - before[c][0] for c in after)
     line = next((ln for ln in out.stdout.splitlines() if ln.startswith("BENCH_JSON ")), None)
     if line is None:
         raise RuntimeError(f"load generator failed: {' '.join(argv)}\n{out.stdout}\n{out.stderr}")
@@ -270,6 +294,9 @@ def run_load(ctx: Ctx, url: str, load: Load, seconds: float) -> dict[str, float]
         "errors": sum(v for k, v in raw.items() if k.startswith("err_")),
         "cpu0_pct": busy.get(0, float("nan")),
         "cpu1_pct": busy.get(1, float("nan")),
+        # CPU used meanwhile by processes that are not part of the bench (another test run...),
+        # in % of one core: the runner repeats a measurement when this is high.
+        "foreign_pct": max(0.0, 100 * (all_busy - (ours_after - ours_before)) / window),
     }
     if "duration_us" in raw:  # wrk
         res["rate"] = raw["requests"] / (raw["duration_us"] / 1e6)

@@ -48,6 +48,7 @@ class DeploymentConfig(_Strict):
     connect_timeout: float = Field(10.0, gt=0)
     read_timeout: float | None = Field(None, gt=0)  # max silence between bytes; default: timeout
     headers: dict[str, str] = Field(default_factory=dict)  # extra upstream headers (config only)
+    max_tokens: int | None = Field(None, gt=0)  # output limit sent when the client sets none (anthropic needs one)
     # routing hints (used by routing strategies)
     weight: float = Field(1.0, ge=0)
     priority: int = 0

@@ -14,6 +14,7 @@ REGISTRY: dict[str, str] = {
     "cohere": "cohere:CohereProvider",
     "gemini": "gemini:GeminiProvider",
     "vertex": "gemini:VertexProvider",
+    "anthropic": "anthropic:AnthropicProvider",
 }
 
 

@@ -1,0 +1,237 @@
+"""Anthropic's Messages API: OpenAI chat requests translated to Messages and back; streams translated
+event by event into OpenAI chunks.
+
+The ``anthropic-version`` sent upstream is chosen per deployment (``api_version``). The default is
+``2023-06-01``: OpenAI-format clients routinely send ``temperature``/``top_p``, which that version honours
+and ``2026-10-21`` rejects. With ``2026-10-21`` the key goes as ``Authorization: Bearer`` and those
+parameters are dropped, named in the ``x-relaygate-dropped-params`` response header.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+
+from ..call import Call, Reply, Usage
+from ..errors import ContextTooLong, GatewayError, Unavailable, from_status
+from .anthropic_request import to_messages_request
+from .anthropic_wire import (
+    API_VERSIONS,
+    ERROR_TYPES,
+    REJECTED_PARAMS,
+    STOP_TO_FINISH,
+    VERSION_2023,
+    bearer_auth,
+)
+from .base import Provider, error_json, iter_sse, retry_after_seconds
+from .openai_format import ChunkWriter, completion
+
+DEFAULT_BASE = "https://api.anthropic.com"
+DEFAULT_VERSION = VERSION_2023
+DEFAULT_MAX_TOKENS = 4096
+DROPPED_HEADER = "x-relaygate-dropped-params"
+ADJUSTED_HEADER = "x-relaygate-adjusted-params"
+_STATUS_OF_TYPE = {kind: status for status, kind in ERROR_TYPES.items()}
+_CONTEXT_HINTS = ("prompt is too long", "exceed context limit", "context window", "too many total text bytes")
+
+
+def usage_of(u: Any) -> Usage | None:
+    """An Anthropic usage object as ours: prompt tokens include cache reads and writes (as OpenAI's do)."""
+    if not isinstance(u, dict):
+        return None
+    read = int(u.get("cache_read_input_tokens") or 0)
+    write = int(u.get("cache_creation_input_tokens") or 0)
+    return Usage(prompt_tokens=int(u.get("input_tokens") or 0) + read + write,
+                 completion_tokens=int(u.get("output_tokens") or 0), cached_tokens=read, cache_write_tokens=write)
+
+
+def to_completion(data: dict[str, Any], usage: Usage | None) -> dict[str, Any]:
+    """A whole Anthropic Message as an OpenAI ``chat.completion``."""
+    texts: list[str] = []
+    calls: list[dict[str, Any]] = []
+    for b in data.get("content") or ():
+        kind = b.get("type")
+        if kind == "text":
+            texts.append(b.get("text") or "")
+        elif kind == "tool_use":
+            calls.append({"id": b.get("id"), "type": "function", "function": {
+                "name": b.get("name"), "arguments": orjson.dumps(b.get("input") or {}).decode()}})
+    return completion(id="chatcmpl-" + str(data.get("id") or ""), model=str(data.get("model") or ""),
+                      content="".join(texts) if texts else None, tool_calls=calls,
+                      finish_reason=STOP_TO_FINISH.get(data.get("stop_reason") or "end_turn", "stop"),
+                      usage=usage)
+
+
+class AnthropicProvider(Provider):
+    """``POST {api_base}/v1/messages`` with ``anthropic-version`` and the key in the header it wants."""
+
+    kind = "anthropic"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        version = self.config.api_version or DEFAULT_VERSION
+        if version not in API_VERSIONS:
+            raise ValueError(f"api_version {version!r} is not an anthropic-version relaygate knows; "
+                             f"use one of {', '.join(API_VERSIONS)}")
+        self.version = version
+        self.rejected = REJECTED_PARAMS[version]
+        base = self.config.api_base or DEFAULT_BASE
+        self.url = base + ("/messages" if base.endswith("/v1") else "/v1/messages")
+        self.max_tokens = self.config.max_tokens or DEFAULT_MAX_TOKENS
+        headers = {**self.config.headers, "content-type": "application/json", "anthropic-version": version}
+        key = self.config.api_key.get_secret_value() if self.config.api_key is not None else ""
+        if key:
+            if bearer_auth(version):
+                headers["authorization"] = "Bearer " + key
+            else:
+                headers["x-api-key"] = key
+        self._headers = headers
+
+    async def chat(self, call: Call) -> Reply:
+        assert call.deployment is not None
+        model = call.deployment.upstream_model(call.model)
+        t = to_messages_request(call.body, model, default_max_tokens=self.max_tokens, rejected=self.rejected,
+                                stream=call.stream)
+        headers: dict[str, str] = {}
+        if t.dropped:
+            headers[DROPPED_HEADER] = ",".join(t.dropped)
+        if t.adjusted:
+            headers[ADJUSTED_HEADER] = ",".join(t.adjusted)
+        resp = await self.request(call, "POST", self.url, headers=self._headers, data=orjson.dumps(t.body))
+        if resp.status >= 400:
+            raise await self.upstream_error(resp)
+        if call.stream and resp.headers.get("content-type", "").startswith("text/event-stream"):
+            return await self._start_stream(resp, call, headers)
+        try:
+            raw = await self.read_body(resp)
+        finally:
+            resp.release()
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise Unavailable("upstream anthropic returned a body that is not JSON", status=502) from None
+        if not isinstance(data, dict) or data.get("type") == "error":
+            raise self.error_of_event(data if isinstance(data, dict) else {})
+        usage = usage_of(data.get("usage"))
+        body = to_completion(data, usage)
+        if call.stream:  # asked to stream but got a whole body: send it as one short stream
+            return self._replay(body, call, headers, usage)
+        return Reply(body=orjson.dumps(body), headers=headers, usage=usage, first_byte_at=time.monotonic())
+
+    # -- streaming --------------------------------------------------------------------------------
+
+    async def _start_stream(self, resp: aiohttp.ClientResponse, call: Call, headers: dict[str, str]) -> Reply:
+        """Read up to ``message_start`` before answering, so that an early error can still be retried."""
+        events = iter_sse(resp, self.kind)
+        try:
+            async for event, data in events:
+                if event == "message_start":
+                    start = orjson.loads(data).get("message") or {}
+                    break
+                if event == "error":
+                    raise self.error_of_event(orjson.loads(data))
+            else:
+                raise Unavailable("upstream anthropic stream ended before message_start", status=502)
+        except BaseException:
+            resp.close()
+            raise
+        reply = Reply(media_type="text/event-stream", headers=headers, first_byte_at=time.monotonic())
+        writer = ChunkWriter(str(start.get("model") or call.model), "chatcmpl-" + str(start.get("id") or ""),
+                             include_usage=call.wants_usage)
+        reply.stream = self._translate(resp, events, start, writer, reply)
+        return reply
+
+    async def _translate(self, resp: aiohttp.ClientResponse, events: AsyncIterator[tuple[str, bytes]],
+                         start: dict[str, Any], w: ChunkWriter, reply: Reply) -> AsyncIterator[bytes]:
+        """Anthropic events -> OpenAI chunks, one event at a time (each event's JSON parsed once)."""
+        usage: dict[str, Any] = dict(start.get("usage") or {})
+        tools: set[int] = set()  # indexes of tool_use blocks
+        try:
+            yield w.role()
+            async for event, data in events:
+                if event == "content_block_delta":
+                    ev = orjson.loads(data)
+                    delta = ev["delta"]
+                    kind = delta.get("type")
+                    if kind == "text_delta":
+                        out = w.text(delta.get("text") or "")
+                    elif kind == "input_json_delta" and ev["index"] in tools:
+                        out = w.tool_args(str(ev["index"]), delta.get("partial_json") or "")
+                    else:
+                        continue  # thinking, signatures, citations: no OpenAI counterpart
+                    if out:
+                        yield out
+                elif event == "content_block_start":
+                    ev = orjson.loads(data)
+                    block = ev["content_block"]
+                    if block.get("type") == "tool_use":
+                        tools.add(ev["index"])
+                        yield w.tool_start(str(ev["index"]), str(block.get("id")), str(block.get("name")))
+                    elif block.get("type") == "text" and block.get("text"):
+                        yield w.text(block["text"])
+                elif event == "message_delta":
+                    ev = orjson.loads(data)
+                    usage.update(ev.get("usage") or {})
+                    reply.usage = usage_of(usage)
+                    stop = (ev.get("delta") or {}).get("stop_reason") or "end_turn"
+                    yield w.finish(STOP_TO_FINISH.get(stop, "stop")) + w.usage(reply.usage)
+                elif event == "message_stop":
+                    yield w.done()
+                    return
+                elif event == "error":
+                    raise self.error_of_event(orjson.loads(data))
+            raise Unavailable("upstream anthropic stream ended before message_stop", status=502)
+        finally:
+            # close, not release: if the client went away mid-stream the upstream must see it at once
+            resp.close()
+
+    def _replay(self, body: dict[str, Any], call: Call, headers: dict[str, str], usage: Usage | None) -> Reply:
+        msg = body["choices"][0]["message"]
+        w = ChunkWriter(body["model"], body["id"], include_usage=call.wants_usage)
+        parts = [w.role(), w.text(msg["content"] or "")]
+        for i, tc in enumerate(msg.get("tool_calls") or ()):
+            parts.append(w.tool_start(str(i), tc["id"], tc["function"]["name"]))
+            parts.append(w.tool_args(str(i), tc["function"]["arguments"]))
+        parts += [w.finish(body["choices"][0]["finish_reason"]), w.usage(usage), w.done()]
+
+        async def once() -> AsyncIterator[bytes]:
+            yield b"".join(parts)
+
+        return Reply(media_type="text/event-stream", stream=once(), headers=headers, usage=usage,
+                     first_byte_at=time.monotonic())
+
+    # -- errors -----------------------------------------------------------------------------------
+
+    async def upstream_error(self, resp: aiohttp.ClientResponse) -> GatewayError:
+        """Map an HTTP error answer; messages are redacted of secrets."""
+        try:
+            raw = await resp.read()
+        except (aiohttp.ClientError, TimeoutError):
+            raw = b""
+        finally:
+            resp.release()
+        err = error_json(raw)
+        return self.map_error(resp.status, err.get("type"), err.get("message"), resp.headers)
+
+    def error_of_event(self, data: dict[str, Any]) -> GatewayError:
+        """An ``error`` event (or error body) inside a 200 answer."""
+        err = data.get("error") if isinstance(data.get("error"), dict) else {}
+        kind = err.get("type")
+        return self.map_error(_STATUS_OF_TYPE.get(kind, 500) if isinstance(kind, str) else 500, kind,
+                              err.get("message"), None)
+
+    def map_error(self, status: int, kind: Any, message: Any, headers: Any) -> GatewayError:
+        text = self.redact(str(message or f"upstream anthropic returned HTTP {status}"))
+        if kind == "overloaded_error" or status == 529:
+            return Unavailable(text, status=503, code="overloaded")
+        if status == 400 or kind == "invalid_request_error":
+            low = text.lower()
+            if any(h in low for h in _CONTEXT_HINTS):
+                return ContextTooLong(text, param="messages")
+        if kind == "rate_limit_error":
+            status = 429
+        return from_status(status, text, retry_after=retry_after_seconds(headers) if headers is not None else None)

@@ -1,0 +1,557 @@
+"""An emulator of Anthropic's Messages API wire format (``POST /v1/messages``, stream and not).
+
+It enforces what the real API enforces and a gateway can get wrong: the ``anthropic-version`` header
+(``2023-06-01`` takes the key as ``x-api-key``; ``2026-10-21`` as ``Authorization: Bearer`` and rejects
+``temperature``, ``top_p``, ``top_k`` even at default values), a required ``max_tokens``, alternating
+tool_use / tool_result pairs, image sources. Answers are deterministic functions of the request: the
+last user text echoed, the first offered tool called, tool results and images reported. Prompt caching
+is emulated: blocks marked ``cache_control`` write a prefix that later requests read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from ..providers.anthropic_wire import (
+    API_VERSIONS,
+    REJECTED_PARAMS,
+    VERSION_2023,
+    error_body,
+    error_type,
+    sse_event,
+)
+from .base import STATE_KEY, EmulatorState, FaultPlan, apply_latency, json_response, new_app, tracked
+from .openai import _args_for
+
+DEFAULT_MODELS = ("claude-sonnet-4-6", "claude-sonnet-5-5", "claude-haiku-4-5", "claude-haiku-5-5", "claude-opus-4-7",
+                  "claude-opus-5-5")
+IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
+TOP_LEVEL = frozenset((
+    "model", "messages", "max_tokens", "system", "stream", "stop_sequences", "temperature", "top_p", "top_k",
+    "tools", "tool_choice", "metadata", "thinking", "service_tier", "output_config", "cache_control",
+    "container", "inference_geo", "speed",
+))
+
+
+@dataclass
+class AnthropicEmulatorOptions:
+    api_key: str | None = None  # when set, requests must carry it
+    strict_auth: bool = True  # the key must come in the header its version uses (the real API takes either)
+    models: tuple[str, ...] = DEFAULT_MODELS
+    context_window: int = 200_000  # prompts longer than this (emulated tokens) get "prompt is too long"
+    prefix: str = "Hello! You said: "
+    cache_min_tokens: int = 0  # prefixes shorter than this are not cached (the real API wants ~1024)
+    max_cache_entries: int = 10_000
+
+
+class Invalid(Exception):
+    """A request the real API refuses with 400 invalid_request_error."""
+
+
+# ---- reading a request -------------------------------------------------------------------------------
+
+def _blocks(content: Any) -> list[dict[str, Any]]:
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}]
+    return [b for b in content if isinstance(b, dict)] if isinstance(content, list) else []
+
+
+def _text(content: Any) -> str:
+    return " ".join(b.get("text", "") for b in _blocks(content) if b.get("type") == "text")
+
+
+def _check_image(block: dict[str, Any], where: str) -> None:
+    src = block.get("source")
+    if not isinstance(src, dict):
+        raise Invalid(f"{where}.source: Field required")
+    kind = src.get("type")
+    if kind == "base64":
+        if src.get("media_type") not in IMAGE_TYPES:
+            raise Invalid(f"{where}.source.base64.media_type: Input should be "
+                          + ", ".join(repr(t) for t in IMAGE_TYPES))
+        if not isinstance(src.get("data"), str) or not src["data"]:
+            raise Invalid(f"{where}.source.base64.data: Field required")
+    elif kind == "url":
+        if not isinstance(src.get("url"), str) or not src["url"].startswith(("http://", "https://")):
+            raise Invalid(f"{where}.source.url.url: must be an http(s) URL")
+    else:
+        raise Invalid(f"{where}.source: Input tag {kind!r} found using 'type' does not match any of the "
+                      "expected tags: 'base64', 'url', 'file'")
+
+
+def validate(body: dict[str, Any], version: str) -> None:
+    """Raise Invalid the way the Messages API does for a malformed request."""
+    for name in body:
+        if name not in TOP_LEVEL or name in REJECTED_PARAMS[version]:
+            raise Invalid(f"{name}: Extra inputs are not permitted")
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        raise Invalid("model: Field required")
+    mt = body.get("max_tokens")
+    if mt is None:
+        raise Invalid("max_tokens: Field required")
+    if not isinstance(mt, int) or isinstance(mt, bool) or mt < 0:
+        raise Invalid("max_tokens: Input should be a valid integer greater than or equal to 0")
+    for name, hi in (("temperature", 1.0), ("top_p", 1.0)):
+        v = body.get(name)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= hi):
+            raise Invalid(f"{name}: Input should be a number between 0 and {hi}")
+    system = body.get("system")
+    if system is not None and not isinstance(system, (str, list)):
+        raise Invalid("system: Input should be a valid string or a list of text blocks")
+    for i, b in enumerate(system if isinstance(system, list) else []):
+        if not isinstance(b, dict) or b.get("type") != "text" or not isinstance(b.get("text"), str):
+            raise Invalid(f"system.{i}: Input should be a text block")
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        raise Invalid("messages: Field required")
+    if not messages:
+        raise Invalid("messages: at least one message is required")
+    tools = body.get("tools")
+    if tools is not None:
+        if not isinstance(tools, list):
+            raise Invalid("tools: Input should be a valid list")
+        for i, t in enumerate(tools):
+            if not isinstance(t, dict) or not isinstance(t.get("name"), str) or not t["name"]:
+                raise Invalid(f"tools.{i}.name: Field required")
+            if not isinstance(t.get("input_schema"), dict):
+                raise Invalid(f"tools.{i}.input_schema: Field required")
+    choice = body.get("tool_choice")
+    if choice is not None:
+        if not isinstance(choice, dict) or choice.get("type") not in ("auto", "any", "tool", "none"):
+            raise Invalid("tool_choice: Input tag does not match any of the expected tags: "
+                          "'auto', 'any', 'tool', 'none'")
+        if choice["type"] == "tool" and not any(t.get("name") == choice.get("name") for t in tools or []):
+            raise Invalid(f"tool_choice.name: tool {choice.get('name')!r} is not in 'tools'")
+    _validate_messages(messages, version)
+
+
+def _validate_messages(messages: list[Any], version: str) -> None:
+    pending: set[str] = set()  # tool_use ids of the previous assistant turn awaiting results
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise Invalid(f"messages.{i}: Input should be a valid dictionary")
+        role, content = m.get("role"), m.get("content")
+        if role not in ("user", "assistant"):
+            raise Invalid(f"messages.{i}.role: Input should be 'user' or 'assistant'")
+        if not isinstance(content, (str, list)):
+            raise Invalid(f"messages.{i}.content: Field required")
+        if isinstance(content, list) and not content and not (role == "assistant" and i == len(messages) - 1):
+            raise Invalid(f"messages.{i}: all messages must have non-empty content except for the optional "
+                          "final assistant message")
+        results: set[str] = set()
+        uses: set[str] = set()
+        for j, b in enumerate(_blocks(content)):
+            where = f"messages.{i}.content.{j}"
+            kind = b.get("type")
+            if kind == "text":
+                if not isinstance(b.get("text"), str):
+                    raise Invalid(f"{where}.text: Field required")
+                if version != VERSION_2023 and role == "user" and b.get("citations"):
+                    raise Invalid(f"{where}.citations: citations are not accepted on user text blocks")
+            elif kind == "image":
+                if role != "user":
+                    raise Invalid(f"{where}: image blocks are only allowed in user messages")
+                _check_image(b, where)
+            elif kind == "tool_use":
+                if role != "assistant":
+                    raise Invalid(f"{where}: tool_use blocks are only allowed in assistant messages")
+                if not isinstance(b.get("id"), str) or not isinstance(b.get("name"), str) \
+                        or not isinstance(b.get("input"), dict):
+                    raise Invalid(f"{where}: tool_use blocks need 'id', 'name' and an object 'input'")
+                uses.add(b["id"])
+            elif kind == "tool_result":
+                if role != "user":
+                    raise Invalid(f"{where}: tool_result blocks are only allowed in user messages")
+                tid = b.get("tool_use_id")
+                if tid not in pending:
+                    raise Invalid(f"messages.{i}.content.{j}: unexpected `tool_use_id` found in `tool_result` "
+                                  f"blocks: {tid}. Each `tool_result` block must have a corresponding "
+                                  "`tool_use` block in the previous message.")
+                results.add(tid)
+                for k, inner in enumerate(_blocks(b.get("content", []))):
+                    if inner.get("type") == "image":
+                        _check_image(inner, f"{where}.content.{k}")
+            elif kind == "document":
+                if role == "assistant" and version != VERSION_2023:
+                    raise Invalid(f"{where}: document blocks are not accepted in assistant messages")
+            elif kind not in ("thinking", "redacted_thinking"):
+                raise Invalid(f"{where}.type: Input tag {kind!r} found using 'type' does not match any of the "
+                              "expected tags")
+        if pending and pending - results:
+            raise Invalid(f"messages.{i}: `tool_use` ids were found without `tool_result` blocks immediately "
+                          f"after: {', '.join(sorted(pending - results))}. Each `tool_use` block must have a "
+                          "corresponding `tool_result` block in the next message.")
+        pending = uses
+
+
+# ---- the answer: a pure function of the request -------------------------------------------------------
+
+def count_tokens(body: dict[str, Any]) -> int:
+    """Emulated input tokens: whitespace-separated words, 4 per message, 85 per image, 10 per tool."""
+    n = len(_text(body.get("system")).split()) + 10 * len(body.get("tools") or [])
+    for m in body.get("messages") or []:
+        n += 4
+        for b in _blocks(m.get("content")):
+            n += _block_tokens(b)
+    return max(n, 1)
+
+
+def _block_tokens(b: dict[str, Any]) -> int:
+    kind = b.get("type")
+    if kind == "text":
+        return len(str(b.get("text", "")).split())
+    if kind == "image":
+        return 85
+    if kind == "tool_use":
+        return 5 + len(orjson.dumps(b.get("input")).split())
+    if kind == "tool_result":
+        inner = b.get("content", "")
+        return 2 + sum(_block_tokens(x) for x in _blocks(inner))
+    return 1
+
+
+def _image_note(messages: list[dict[str, Any]]) -> str:
+    seen = []
+    for m in messages:
+        for b in _blocks(m.get("content")):
+            inner = _blocks(b.get("content")) if b.get("type") == "tool_result" else [b]
+            for x in inner:
+                if x.get("type") == "image":
+                    src = x["source"]
+                    seen.append(f"base64 {src['media_type']}" if src["type"] == "base64" else f"url {src['url']}")
+    if not seen:
+        return ""
+    return f" (I see {len(seen)} image{'s' if len(seen) != 1 else ''}: {', '.join(seen)})"
+
+
+@dataclass
+class Answer:
+    text: str
+    tool_use: dict[str, Any] | None
+    stop_reason: str
+    stop_sequence: str | None
+    output_tokens: int
+    blocks: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _tool_to_use(body: dict[str, Any], last_user: str, after_results: bool) -> dict[str, Any] | None:
+    tools = body.get("tools") or []
+    choice = body.get("tool_choice") or {"type": "auto"}
+    kind = choice.get("type")
+    if not tools or kind == "none" or (kind == "auto" and after_results):
+        return None
+    tool = next((t for t in tools if t.get("name") == choice.get("name")), None) if kind == "tool" else tools[0]
+    if tool is None:
+        return None
+    args = _args_for(tool.get("input_schema"), last_user)
+    digest = hashlib.sha1(f"{tool['name']}{orjson.dumps(args).decode()}".encode()).hexdigest()[:24]
+    return {"type": "tool_use", "id": f"toolu_{digest}", "name": tool["name"], "input": args}
+
+
+def answer(body: dict[str, Any], prefix: str = "Hello! You said: ") -> Answer:
+    """What the emulated model says to this (valid) request."""
+    messages = [m for m in body["messages"] if isinstance(m, dict)]
+    users = [m for m in messages if m.get("role") == "user"]
+    last_user = next((_text(m.get("content")) for m in reversed(users) if _text(m.get("content"))), "")
+    last = messages[-1]
+    results = [b for b in _blocks(last.get("content")) if b.get("type") == "tool_result"]
+    use = _tool_to_use(body, last_user, bool(results))
+    if use is not None:
+        text = f"I'll use {use['name']}."
+        return Answer(text, use, "tool_use", None, 5 + len(orjson.dumps(use["input"]).split()),
+                      [{"type": "text", "text": text}, use])
+    if results:
+        parts = []
+        for r in results:
+            got = r.get("content", "")
+            got = got if isinstance(got, str) else _text(got)
+            parts.append(("error: " if r.get("is_error") else "") + got)
+        text = "The tool returned: " + "; ".join(parts)
+    else:
+        text = prefix + last_user
+    text += _image_note(messages)
+    system = _text(body.get("system"))
+    if system:
+        text += f" [system: {system}]"
+    if len(users) > 1 and not results:
+        text += f" [turn {len(users)}]"
+    if isinstance((body.get("output_config") or {}).get("format"), dict):
+        text = orjson.dumps({"answer": text}).decode()
+    words = text.split(" ")
+    stop, seq = "end_turn", None
+    limit = body["max_tokens"]
+    if limit < len(words):
+        words, stop = words[:limit], "max_tokens"
+    text = " ".join(words)
+    for s in body.get("stop_sequences") or []:
+        if isinstance(s, str) and s and s in text:
+            text, stop, seq = text[: text.index(s)], "stop_sequence", s
+            break
+    return Answer(text, None, stop, seq, max(1, len(text.split())), [{"type": "text", "text": text}])
+
+
+# ---- prompt caching -----------------------------------------------------------------------------------
+
+def _segments(body: dict[str, Any]) -> list[tuple[bytes, int, bool]]:
+    """The prompt in cache order (tools, system, messages) as (identity, tokens, is a breakpoint)."""
+    out: list[tuple[bytes, int, bool]] = []
+    for t in body.get("tools") or []:
+        out.append((orjson.dumps({k: v for k, v in t.items() if k != "cache_control"}), 10,
+                    "cache_control" in t))
+    system = body.get("system")
+    for b in _blocks(system):
+        out.append((orjson.dumps(b.get("text")), len(str(b.get("text", "")).split()), "cache_control" in b))
+    for m in body["messages"]:
+        blocks = _blocks(m.get("content"))
+        for k, b in enumerate(blocks):
+            ident = orjson.dumps([m.get("role"), {x: y for x, y in b.items() if x != "cache_control"}])
+            out.append((ident, _block_tokens(b) + (4 if k == 0 else 0), "cache_control" in b))
+    return out
+
+
+class PromptCache:
+    """Prefix hashes written by earlier requests (one per emulator app)."""
+
+    def __init__(self, min_tokens: int, max_entries: int) -> None:
+        self.min_tokens = min_tokens
+        self.max_entries = max_entries
+        self.prefixes: set[bytes] = set()
+
+    def use(self, body: dict[str, Any]) -> tuple[int, int]:
+        """(cache_read_input_tokens, cache_creation_input_tokens) for this request; writes new prefixes."""
+        h = hashlib.sha1()
+        total = 0
+        points: list[tuple[bytes, int]] = []
+        for ident, tokens, breakpoint in _segments(body):
+            h.update(ident)
+            total += tokens
+            if breakpoint and total >= self.min_tokens:
+                points.append((h.digest(), total))
+        if not points:
+            return 0, 0
+        read = max((tokens for digest, tokens in points if digest in self.prefixes), default=0)
+        last_digest, last_tokens = points[-1]
+        created = 0 if last_digest in self.prefixes else last_tokens - read
+        if len(self.prefixes) > self.max_entries:
+            self.prefixes.clear()
+        self.prefixes.update(d for d, _ in points)
+        return read, created
+
+
+# ---- replies ------------------------------------------------------------------------------------------
+
+def _message_id(body: dict[str, Any]) -> str:
+    return "msg_" + hashlib.sha1(orjson.dumps(body.get("messages"))).hexdigest()[:24]
+
+
+def request_id() -> str:
+    return "req_" + os.urandom(12).hex()
+
+
+def _usage(a: Answer | None, input_tokens: int, read: int, created: int) -> dict[str, Any]:
+    return {"input_tokens": input_tokens, "cache_creation_input_tokens": created,
+            "cache_read_input_tokens": read,
+            "cache_creation": {"ephemeral_5m_input_tokens": created, "ephemeral_1h_input_tokens": 0},
+            "output_tokens": a.output_tokens if a else 1, "service_tier": "standard"}
+
+
+def message(body: dict[str, Any], a: Answer, usage: dict[str, Any]) -> dict[str, Any]:
+    """The whole Message object."""
+    return {"id": _message_id(body), "type": "message", "role": "assistant", "model": body["model"],
+            "content": a.blocks, "stop_reason": a.stop_reason, "stop_sequence": a.stop_sequence,
+            "usage": usage}
+
+
+def stream_events(body: dict[str, Any], a: Answer, usage: dict[str, Any]) -> list[bytes]:
+    """The SSE events of a streamed answer, in order."""
+    start = {**message(body, a, {**usage, "output_tokens": 1}), "content": [], "stop_reason": None,
+             "stop_sequence": None}
+    out = [sse_event(b"message_start", {"type": "message_start", "message": start}),
+           sse_event(b"ping", {"type": "ping"})]
+    for index, block in enumerate(a.blocks):
+        if block["type"] == "text":
+            out.append(sse_event(b"content_block_start", {"type": "content_block_start", "index": index,
+                                                          "content_block": {"type": "text", "text": ""}}))
+            words = block["text"].split(" ")
+            for i, w in enumerate(words):
+                piece = w if i == len(words) - 1 else w + " "
+                if piece:
+                    out.append(sse_event(b"content_block_delta", {
+                        "type": "content_block_delta", "index": index,
+                        "delta": {"type": "text_delta", "text": piece}}))
+        else:
+            out.append(sse_event(b"content_block_start", {
+                "type": "content_block_start", "index": index,
+                "content_block": {"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}}}))
+            args = orjson.dumps(block["input"]).decode()
+            step = max(1, len(args) // 3)
+            for piece in ["", *(args[i:i + step] for i in range(0, len(args), step))]:
+                out.append(sse_event(b"content_block_delta", {
+                    "type": "content_block_delta", "index": index,
+                    "delta": {"type": "input_json_delta", "partial_json": piece}}))
+        out.append(sse_event(b"content_block_stop", {"type": "content_block_stop", "index": index}))
+    out.append(sse_event(b"message_delta", {
+        "type": "message_delta", "delta": {"stop_reason": a.stop_reason, "stop_sequence": a.stop_sequence},
+        "usage": {k: usage[k] for k in ("input_tokens", "cache_creation_input_tokens",
+                                        "cache_read_input_tokens", "output_tokens")}}))
+    out.append(sse_event(b"message_stop", {"type": "message_stop"}))
+    return out
+
+
+def _ratelimit_headers(remaining: int, reset_s: float) -> dict[str, str]:
+    reset = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + reset_s))
+    return {"anthropic-ratelimit-requests-limit": "50", "anthropic-ratelimit-requests-remaining": str(remaining),
+            "anthropic-ratelimit-requests-reset": reset, "anthropic-ratelimit-tokens-limit": "100000",
+            "anthropic-ratelimit-tokens-remaining": str(remaining * 2000),
+            "anthropic-ratelimit-tokens-reset": reset}
+
+
+DEFAULT_MESSAGES = {
+    400: "Invalid request", 401: "invalid x-api-key", 403: "Your API key does not have permission to use the "
+    "specified resource.", 404: "Not found", 413: "Request exceeds the maximum allowed number of bytes.",
+    429: "Number of request tokens has exceeded your per-minute rate limit", 500: "Internal server error",
+    504: "Request timed out", 529: "Overloaded",
+}
+
+
+def error_response(status: int, message: str | None = None, kind: str | None = None,
+                   headers: dict[str, str] | None = None) -> web.Response:
+    rid = request_id()
+    h = {"request-id": rid, **(headers or {})}
+    if status >= 500:
+        h["x-should-retry"] = "true"
+    msg = message or DEFAULT_MESSAGES.get(status, f"HTTP {status}")
+    return json_response(error_body(kind or error_type(status), msg, rid), status, h)
+
+
+def fault_response(plan: FaultPlan) -> web.Response:
+    assert plan.status is not None
+    headers: dict[str, str] = {}
+    if plan.retry_after is not None:
+        headers["retry-after"] = str(max(1, int(plan.retry_after + 0.999)))
+    if plan.status == 429:
+        headers.update(_ratelimit_headers(0, plan.retry_after or 1.0))
+    return error_response(plan.status, plan.message, plan.error_code, headers)
+
+
+# ---- the app ------------------------------------------------------------------------------------------
+
+def create_app(options: AnthropicEmulatorOptions | None = None,
+               state: EmulatorState | None = None) -> web.Application:
+    """The emulator as an aiohttp app: ``POST /v1/messages`` and ``POST /v1/messages/count_tokens``."""
+    opts = options or AnthropicEmulatorOptions()
+    app = new_app(state)
+    cache = PromptCache(opts.cache_min_tokens, opts.max_cache_entries)
+
+    def check_headers(request: web.Request) -> tuple[str, web.Response | None]:
+        version = request.headers.get("anthropic-version")
+        if not version:
+            return "", error_response(400, "anthropic-version: header is required")
+        if version not in API_VERSIONS:
+            return version, error_response(400, f"anthropic-version: invalid version {version!r}; "
+                                                f"supported: {', '.join(API_VERSIONS)}")
+        if opts.api_key is None:
+            return version, None
+        x_key = request.headers.get("x-api-key")
+        auth = request.headers.get("authorization", "")
+        bearer = auth[7:] if auth[:7].lower() == "bearer " else None
+        if opts.strict_auth:
+            given = x_key if version == VERSION_2023 else bearer
+            where = "x-api-key" if version == VERSION_2023 else "Authorization: Bearer"
+            if given is None:
+                return version, error_response(401, f"anthropic-version {version} takes the API key in the "
+                                                    f"{where} header")
+        else:
+            given = x_key if x_key is not None else bearer  # the real API prefers x-api-key
+        if given != opts.api_key:
+            return version, error_response(401, "invalid x-api-key")
+        return version, None
+
+    async def read_body(request: web.Request) -> tuple[dict[str, Any] | None, str, web.Response | None]:
+        raw = await request.read()
+        request.app[STATE_KEY].remember(request, raw)
+        version, denied = check_headers(request)
+        if denied is not None:
+            return None, version, denied
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return None, version, error_response(400, "There was an issue with your request body: not valid JSON")
+        if not isinstance(body, dict):
+            return None, version, error_response(400, "The request body must be a JSON object")
+        return body, version, None
+
+    async def messages(request: web.Request) -> web.StreamResponse:
+        state = request.app[STATE_KEY]
+        body, version, err = await read_body(request)
+        if err is not None or body is None:
+            return err  # type: ignore[return-value]
+        plan = state.take_fault(request.path)
+        await apply_latency(plan)
+        if plan is not None and plan.drop_connection:
+            assert request.transport is not None
+            request.transport.close()
+            await asyncio.sleep(0.05)
+            return web.Response(status=500)
+        stream = bool(body.get("stream"))
+        mid_stream_error = bool(plan is not None and plan.status and stream and plan.disconnect_after_chunks is not None)
+        if plan is not None and plan.status and not mid_stream_error:
+            return fault_response(plan)
+        try:
+            validate(body, version)
+        except Invalid as e:
+            return error_response(400, str(e))
+        if opts.models and body["model"] not in opts.models:
+            return error_response(404, f"model: {body['model']}")
+        tokens = count_tokens(body)
+        if tokens > opts.context_window:
+            return error_response(400, f"prompt is too long: {tokens} tokens > {opts.context_window} maximum")
+        a = answer(body, opts.prefix)
+        read, created = cache.use(body)
+        usage = _usage(a, tokens - read - created, read, created)
+        headers = {"request-id": request_id(), **_ratelimit_headers(49, 1.0)}
+        if not stream:
+            return json_response(message(body, a, usage), headers=headers)
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream; charset=utf-8",
+                                           "cache-control": "no-cache", **headers})
+        await resp.prepare(request)
+        delay = (plan.chunk_delay_ms / 1000) if plan else 0.0
+        cut = plan.disconnect_after_chunks if plan else None
+        for i, ev in enumerate(stream_events(body, a, usage)):
+            if cut is not None and i >= cut:
+                if mid_stream_error and plan is not None and plan.status:
+                    kind = plan.error_code or error_type(plan.status)
+                    msg = plan.message or DEFAULT_MESSAGES.get(plan.status, "error")
+                    await resp.write(sse_event(b"error", error_body(kind, msg, request_id())))
+                    await resp.write_eof()
+                    return resp
+                assert request.transport is not None
+                request.transport.close()
+                return resp
+            await resp.write(ev)
+            if delay:
+                await asyncio.sleep(delay)
+        await resp.write_eof()
+        return resp
+
+    async def count(request: web.Request) -> web.Response:
+        body, version, err = await read_body(request)
+        if err is not None or body is None:
+            return err  # type: ignore[return-value]
+        try:
+            validate({**body, "max_tokens": 1}, version)
+        except Invalid as e:
+            return error_response(400, str(e))
+        return json_response({"input_tokens": count_tokens(body)}, headers={"request-id": request_id()})
+
+    app.router.add_post("/v1/messages", tracked(messages))
+    app.router.add_post("/v1/messages/count_tokens", count)
+    return app

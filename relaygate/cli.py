@@ -8,7 +8,7 @@ import sys
 
 from .config import ConfigError, load_config
 
-EMULATORS = ("openai", "cohere", "gemini")
+EMULATORS = ("openai", "cohere", "gemini", "anthropic")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,6 +105,10 @@ def emulate_provider(provider: str, host: str, port: int, api_key: str | None) -
         from .testing import gemini
 
         app = gemini.create_app(gemini.GeminiEmulatorOptions(api_key=api_key, bearer_token=api_key))
+    elif provider == "anthropic":
+        from .testing import anthropic
+
+        app = anthropic.create_app(anthropic.AnthropicEmulatorOptions(api_key=api_key))
     print(f"{provider} emulator on http://{host}:{port}", flush=True)
     run_forever(app, host, port)
     return 0

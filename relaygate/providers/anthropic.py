@@ -208,18 +208,14 @@ class AnthropicProvider(Provider):
 
     async def upstream_error(self, resp: aiohttp.ClientResponse) -> GatewayError:
         """Map an HTTP error answer; messages are redacted of secrets."""
-        try:
-            raw = await resp.read()
-        except (aiohttp.ClientError, TimeoutError):
-            raw = b""
-        finally:
-            resp.release()
-        err = error_json(raw)
+        err = error_json(await self.error_body(resp))
         return self.map_error(resp.status, err.get("type"), err.get("message"), resp.headers)
 
     def error_of_event(self, data: dict[str, Any]) -> GatewayError:
         """An ``error`` event (or error body) inside a 200 answer."""
-        err = data.get("error") if isinstance(data.get("error"), dict) else {}
+        err = data.get("error")
+        if not isinstance(err, dict):
+            err = {}
         kind = err.get("type")
         return self.map_error(_STATUS_OF_TYPE.get(kind, 500) if isinstance(kind, str) else 500, kind,
                               err.get("message"), None)

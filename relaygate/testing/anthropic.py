@@ -28,7 +28,16 @@ from ..providers.anthropic_wire import (
     error_type,
     sse_event,
 )
-from .base import STATE_KEY, EmulatorState, FaultPlan, apply_latency, json_response, new_app, tracked
+from .base import (
+    STATE_KEY,
+    EmulatorState,
+    FaultPlan,
+    apply_latency,
+    drop_connection,
+    json_response,
+    new_app,
+    tracked,
+)
 from .openai import _args_for
 
 DEFAULT_MODELS = ("claude-sonnet-4-6", "claude-sonnet-5-5", "claude-haiku-4-5", "claude-haiku-5-5", "claude-opus-4-7",
@@ -497,10 +506,7 @@ def create_app(options: AnthropicEmulatorOptions | None = None,
         plan = state.take_fault(request.path)
         await apply_latency(plan)
         if plan is not None and plan.drop_connection:
-            assert request.transport is not None
-            request.transport.close()
-            await asyncio.sleep(0.05)
-            return web.Response(status=500)
+            return await drop_connection(request)
         stream = bool(body.get("stream"))
         mid_stream_error = bool(plan is not None and plan.status and stream and plan.disconnect_after_chunks is not None)
         if plan is not None and plan.status and not mid_stream_error:

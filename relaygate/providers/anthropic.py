@@ -106,16 +106,9 @@ class AnthropicProvider(Provider):
             raise await self.upstream_error(resp)
         if call.stream and resp.headers.get("content-type", "").startswith("text/event-stream"):
             return await self._start_stream(resp, call, headers)
-        try:
-            raw = await self.read_body(resp)
-        finally:
-            resp.release()
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise Unavailable("upstream anthropic returned a body that is not JSON", status=502) from None
-        if not isinstance(data, dict) or data.get("type") == "error":
-            raise self.error_of_event(data if isinstance(data, dict) else {})
+        data = await self.read_json_object(resp)
+        if data.get("type") == "error":
+            raise self.error_of_event(data)
         usage = usage_of(data.get("usage"))
         body = to_completion(data, usage)
         if call.stream:  # asked to stream but got a whole body: send it as one short stream

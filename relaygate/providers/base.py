@@ -101,6 +101,20 @@ class Provider:
         except aiohttp.ClientError as e:
             raise Unavailable(f"upstream {self.kind} failed mid-response ({type(e).__name__})", status=502) from None
 
+    async def read_json_object(self, resp: aiohttp.ClientResponse) -> dict[str, Any]:
+        """A whole upstream JSON object body (the connection is released); anything else is Unavailable."""
+        try:
+            raw = await self.read_body(resp)
+        finally:
+            resp.release()
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise Unavailable(f"upstream {self.kind} returned a body that is not JSON", status=502) from None
+        if not isinstance(data, dict):
+            raise Unavailable(f"upstream {self.kind} returned an unexpected body", status=502)
+        return data
+
     @staticmethod
     async def error_body(resp: aiohttp.ClientResponse) -> bytes:
         """The body of an upstream error response (b"" when unreadable); the connection is released."""

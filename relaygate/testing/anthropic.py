@@ -10,7 +10,6 @@ is emulated: blocks marked ``cache_control`` write a prefix that later requests 
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
 import time
@@ -36,6 +35,7 @@ from .base import (
     drop_connection,
     json_response,
     new_app,
+    send_sse,
     tracked,
 )
 from .openai import _args_for
@@ -526,27 +526,13 @@ def create_app(options: AnthropicEmulatorOptions | None = None,
         headers = {"request-id": request_id(), **_ratelimit_headers(49, 1.0)}
         if not stream:
             return json_response(message(body, a, usage), headers=headers)
-        resp = web.StreamResponse(headers={"content-type": "text/event-stream; charset=utf-8",
-                                           "cache-control": "no-cache", **headers})
-        await resp.prepare(request)
-        delay = (plan.chunk_delay_ms / 1000) if plan else 0.0
-        cut = plan.disconnect_after_chunks if plan else None
-        for i, ev in enumerate(stream_events(body, a, usage)):
-            if cut is not None and i >= cut:
-                if mid_stream_error and plan is not None and plan.status:
-                    kind = plan.error_code or error_type(plan.status)
-                    msg = plan.message or DEFAULT_MESSAGES.get(plan.status, "error")
-                    await resp.write(sse_event(b"error", error_body(kind, msg, request_id())))
-                    await resp.write_eof()
-                    return resp
-                assert request.transport is not None
-                request.transport.close()
-                return resp
-            await resp.write(ev)
-            if delay:
-                await asyncio.sleep(delay)
-        await resp.write_eof()
-        return resp
+        cut_frame = None
+        if mid_stream_error and plan is not None and plan.status:
+            kind = plan.error_code or error_type(plan.status)
+            msg = plan.message or DEFAULT_MESSAGES.get(plan.status, "error")
+            cut_frame = sse_event(b"error", error_body(kind, msg, request_id()))
+        return await send_sse(request, stream_events(body, a, usage), plan, done=b"", cut_frame=cut_frame,
+                              headers=headers)
 
     async def count(request: web.Request) -> web.Response:
         body, version, err = await read_body(request)

@@ -171,16 +171,22 @@ async def drop_connection(request: web.Request) -> web.Response:
 
 
 async def send_sse(request: web.Request, frames: Iterable[bytes], plan: FaultPlan | None,
-                   done: bytes = b"data: [DONE]\n\n") -> web.StreamResponse:
+                   done: bytes = b"data: [DONE]\n\n", *, cut_frame: bytes | None = None,
+                   headers: dict[str, str] | None = None) -> web.StreamResponse:
     """Stream SSE frames (each a complete event), applying the plan's chunk delay and mid-stream cut;
-    ``done`` ends a complete stream (b"" for upstreams that send no terminator)."""
+    ``done`` ends a complete stream (b"" for upstreams that send no terminator). At the cut the socket
+    is closed, or, given ``cut_frame`` (an error event), the stream ends with that event."""
     resp = web.StreamResponse(headers={"content-type": "text/event-stream; charset=utf-8",
-                                       "cache-control": "no-cache"})
+                                       "cache-control": "no-cache", **(headers or {})})
     await resp.prepare(request)
     delay = (plan.chunk_delay_ms / 1000) if plan else 0.0
     cut = plan.disconnect_after_chunks if plan else None
     for i, frame in enumerate(frames):
         if cut is not None and i >= cut:
+            if cut_frame is not None:
+                await resp.write(cut_frame)
+                await resp.write_eof()
+                return resp
             assert request.transport is not None
             request.transport.close()
             return resp

@@ -129,6 +129,17 @@ def test_images_become_inline_data_or_file_data_with_a_guessed_type(client: open
     assert parts[2] == {"fileData": {"mimeType": "image/jpeg", "fileUri": "https://example.com/cat.jpg?size=2"}}
 
 
+def test_audio_and_pdf_parts_become_inline_data(client: openai.OpenAI, emulator: BackgroundServer) -> None:
+    wav, pdf = base64.b64encode(b"RIFFfake").decode(), base64.b64encode(b"%PDF-1.4").decode()
+    r = client.chat.completions.create(model="gem", messages=[{"role": "user", "content": [  # type: ignore[misc,list-item]
+        {"type": "text", "text": "listen"}, {"type": "input_audio", "input_audio": {"data": wav, "format": "wav"}},
+        {"type": "file", "file": {"filename": "a.pdf", "file_data": f"data:application/pdf;base64,{pdf}"}}]}])
+    assert r.choices[0].message.content == "Hello! You said: listen (I got 2 files: audio/wav, application/pdf)"
+    parts = recorded(emulator)[-1]["json"]["contents"][0]["parts"]
+    assert parts[1:] == [{"inlineData": {"mimeType": "audio/wav", "data": wav}},
+                         {"inlineData": {"mimeType": "application/pdf", "data": pdf}}]
+
+
 def test_image_url_of_unknown_type_is_a_clear_400(client: openai.OpenAI, emulator: BackgroundServer) -> None:
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model="gem", messages=[{"role": "user", "content": [
@@ -226,6 +237,17 @@ def test_json_response_format_asks_for_json(client: openai.OpenAI, emulator: Bac
     assert gc == {"responseMimeType": "application/json", "responseJsonSchema": schema}
 
 
+def test_reasoning_effort_becomes_a_thinking_budget_or_level_and_thoughts_count_as_output(
+        client: openai.OpenAI, emulator: BackgroundServer) -> None:
+    r = client.chat.completions.create(model="gem", messages=[{"role": "user", "content": "x"}],
+                                       reasoning_effort="low")
+    assert recorded(emulator)[-1]["json"]["generationConfig"] == {"thinkingConfig": {"thinkingBudget": 1024}}
+    assert r.usage is not None and r.usage.completion_tokens == 4 + 12  # answer + thoughts
+    client.chat.completions.create(model="gem3", messages=[{"role": "user", "content": "x"}],
+                                   reasoning_effort="high")
+    assert recorded(emulator)[-1]["json"]["generationConfig"] == {"thinkingConfig": {"thinkingLevel": "high"}}
+
+
 # ---- streaming ---------------------------------------------------------------------------------------
 
 def test_streaming_text_arrives_in_openai_chunks_with_usage(client: openai.OpenAI,
@@ -260,6 +282,14 @@ def test_stream_cut_mid_answer_ends_with_an_error_event(gateway: GatewayThread, 
         body = r.content
     assert r.status_code == 200
     assert b"Hello!" in body and b'"error"' in body and b"[DONE]" not in body
+
+
+def test_stream_that_ends_before_any_event_is_a_retryable_502(client: openai.OpenAI,
+                                                              emulator: BackgroundServer) -> None:
+    fault(emulator, disconnect_after_chunks=0, count=1)
+    with pytest.raises(openai.APIStatusError) as e:
+        list(client.chat.completions.create(model="gem", messages=[{"role": "user", "content": "x"}], stream=True))
+    assert e.value.status_code == 502
 
 
 # ---- safety ------------------------------------------------------------------------------------------

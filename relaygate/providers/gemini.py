@@ -110,12 +110,13 @@ class GeminiProvider(Provider):
         except BaseException:
             resp.close()
             raise
-        if first is not None:
-            reason = blocked_reason(first)
-            if reason:
-                resp.close()
-                raise ContentFiltered(f"the prompt was blocked by Gemini's safety filters ({reason})",
-                                      param="messages")
+        if first is None:
+            resp.close()
+            raise Unavailable("upstream gemini ended the stream without an answer", status=502)
+        reason = blocked_reason(first)
+        if reason:
+            resp.close()
+            raise ContentFiltered(f"the prompt was blocked by Gemini's safety filters ({reason})", param="messages")
         reply = Reply(media_type="text/event-stream", first_byte_at=time.monotonic())
         reply.stream = self._translate(call, resp, events, first, reply)
         return reply
@@ -136,14 +137,14 @@ class GeminiProvider(Provider):
         return None
 
     async def _translate(self, call: Call, resp: aiohttp.ClientResponse, events: AsyncIterator[tuple[str, bytes]],
-                         first: dict[str, Any] | None, reply: Reply) -> AsyncIterator[bytes]:
+                         first: dict[str, Any], reply: Reply) -> AsyncIterator[bytes]:
         cid, created = completion_id(), int(time.time())
         writers: dict[int, ChunkWriter] = {}
         calls: dict[int, int] = {}  # candidate index -> function calls seen
         finished: set[int] = set()
         usage: Usage | None = None
         try:
-            event = first
+            event: dict[str, Any] | None = first
             while event is not None:
                 usage = usage_of(event.get("usageMetadata")) or usage
                 out = []

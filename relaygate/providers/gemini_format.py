@@ -57,7 +57,7 @@ def _image_part(img: Image, param: str) -> dict[str, Any]:
 
 def _user_parts(content: Any, param: str) -> list[dict[str, Any]]:
     parts: list[dict[str, Any]] = []
-    for item in content_parts(content, param):
+    for item in content_parts(content, param, media=True):
         if isinstance(item, str):
             if item:
                 parts.append({"text": item})
@@ -184,7 +184,19 @@ def _tools(body: dict[str, Any]) -> tuple[list[dict[str, Any]] | None, dict[str,
     return [{"functionDeclarations": decls}], config
 
 
-def _generation_config(body: dict[str, Any]) -> dict[str, Any]:
+# Google's own mapping of OpenAI's reasoning_effort to thinking budgets (Gemini 2.5)
+_THINKING_BUDGETS = {"none": 0, "minimal": 128, "low": 1024, "medium": 8192, "high": 24576}
+
+
+def _thinking(effort: Any, model: str) -> dict[str, Any]:
+    if effort not in _THINKING_BUDGETS:
+        raise BadRequest(f"reasoning_effort must be one of {', '.join(_THINKING_BUDGETS)}", param="reasoning_effort")
+    if model.rsplit("/", 1)[-1].startswith("gemini-2"):
+        return {"thinkingBudget": _THINKING_BUDGETS[effort]}
+    return {"thinkingLevel": "minimal" if effort == "none" else effort}  # Gemini 3 and later: levels
+
+
+def _generation_config(body: dict[str, Any], model: str) -> dict[str, Any]:
     gc: dict[str, Any] = {}
     for ours, theirs in (("temperature", "temperature"), ("top_p", "topP"), ("seed", "seed"),
                          ("presence_penalty", "presencePenalty"), ("frequency_penalty", "frequencyPenalty"),
@@ -198,6 +210,9 @@ def _generation_config(body: dict[str, Any]) -> dict[str, Any]:
     stop = body.get("stop")
     if stop:
         gc["stopSequences"] = [stop] if isinstance(stop, str) else list(stop)
+    effort = body.get("reasoning_effort")
+    if effort is not None:
+        gc["thinkingConfig"] = _thinking(effort, model)
     rf = body.get("response_format")
     if isinstance(rf, dict):
         kind = rf.get("type")
@@ -222,7 +237,7 @@ def to_request(body: dict[str, Any], model: str) -> dict[str, Any]:
         out["tools"] = tools
     if tool_config and tools:
         out["toolConfig"] = tool_config
-    gc = _generation_config(body)
+    gc = _generation_config(body, model)
     if gc:
         out["generationConfig"] = gc
     return out

@@ -174,8 +174,11 @@ def parse_image_url(url: str, param: str) -> Image:
     raise BadRequest("image_url.url must be an http(s) URL or a data: URI", param=param)
 
 
-def content_parts(content: Any, param: str) -> list[str | Image]:
-    """A message's content as a list of text strings and images."""
+def content_parts(content: Any, param: str, media: bool = False) -> list[str | Image]:
+    """A message's content as a list of text strings and images.
+
+    With ``media``, ``input_audio`` and inline ``file`` parts (PDFs…) come back as ``Image`` values too,
+    their ``media_type`` telling them apart (for providers that read any media, like Gemini)."""
     if content is None:
         return []
     if isinstance(content, str):
@@ -195,10 +198,29 @@ def content_parts(content: Any, param: str) -> list[str | Image]:
             if not isinstance(url, str):
                 raise BadRequest(f"{param}[{i}].image_url.url must be a string", param=f"{param}[{i}]")
             parts.append(parse_image_url(url, f"{param}[{i}].image_url"))
+        elif media and kind in ("input_audio", "file"):
+            parts.append(_media_part(p, kind, f"{param}[{i}]"))
         else:
             raise BadRequest(f"content part type {kind!r} is not supported by this provider",
                              param=f"{param}[{i}].type")
     return parts
+
+
+def _media_part(p: dict[str, Any], kind: str, param: str) -> Image:
+    """An ``input_audio`` part ({data, format}) or a ``file`` part carrying a data: URI."""
+    body = p.get(kind)
+    if not isinstance(body, dict):
+        raise BadRequest(f"{param}.{kind} must be an object", param=f"{param}.{kind}")
+    if kind == "input_audio":
+        fmt, data = body.get("format"), body.get("data")
+        if not isinstance(fmt, str) or not isinstance(data, str):
+            raise BadRequest(f"{param}.input_audio needs data (base64) and format", param=f"{param}.input_audio")
+        return parse_image_url(f"data:audio/{fmt};base64,{data}", f"{param}.input_audio")
+    uri = body.get("file_data")
+    if not isinstance(uri, str) or not uri.startswith("data:"):
+        raise BadRequest(f"{param}.file needs file_data as a data: URI (uploaded file ids are not supported "
+                         "by this provider)", param=f"{param}.file")
+    return parse_image_url(uri, f"{param}.file.file_data")
 
 
 def text_of(content: Any) -> str:

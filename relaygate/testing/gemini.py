@@ -156,6 +156,11 @@ def validate(body: dict[str, Any], model: str) -> None:
             raise ApiError(400, "Invalid value at 'generation_config' (type.googleapis.com/google.ai."
                                 "generativelanguage.v1beta.GenerationConfig)")
         _unknown(gc, _GENERATION_FIELDS, "generation_config")
+        thinking = gc.get("thinkingConfig") or {}
+        if "thinkingLevel" in thinking and "thinkingBudget" in thinking:
+            raise ApiError(400, "You cannot set both thinking_level and the legacy thinking_budget parameter.")
+        if "thinkingLevel" in thinking and not model.startswith("gemini-3"):
+            raise ApiError(400, "Thinking level is not supported for this model.")
         temp = gc.get("temperature")
         if temp is not None and (not isinstance(temp, (int, float)) or not 0 <= temp <= 2):
             raise ApiError(400, "Unable to submit request because it has a temperature value of "
@@ -262,6 +267,7 @@ class Answer:
     prompt_tokens: int
     output_tokens: int
     blocked: bool = False
+    thoughts: int = 0  # thinking tokens (billed as output, reported apart)
 
 
 def _images(body: dict[str, Any]) -> list[str]:
@@ -293,9 +299,13 @@ def answer(body: dict[str, Any], model: str, prefix: str = "Hello! You said: ") 
             f"{r.get('name')}={orjson.dumps(r.get('response')).decode()}" for r in results)
     else:
         text = prefix + last_user
-        images = _images(body)
+        media = _images(body)
+        images = [m for m in media if m.startswith("image/")]
+        others = [m for m in media if not m.startswith("image/")]
         if images:
             text += f" (I see {len(images)} image{'s' if len(images) != 1 else ''}: {', '.join(images)})"
+        if others:
+            text += f" (I got {len(others)} file{'s' if len(others) != 1 else ''}: {', '.join(others)})"
         if system:
             text += f" [system: {system}]"
         if len(user_turns) > 1:
@@ -314,7 +324,9 @@ def answer(body: dict[str, Any], model: str, prefix: str = "Hello! You said: ") 
     for s in gc.get("stopSequences") or []:
         if isinstance(s, str) and s and s in text:
             text, finish = text[: text.index(s)], "STOP"
-    return Answer([{"text": text}], finish, prompt_tokens, max(1, len(text.split())))
+    thinking = gc.get("thinkingConfig")
+    thoughts = 0 if not isinstance(thinking, dict) or thinking.get("thinkingBudget") == 0 else 12
+    return Answer([{"text": text}], finish, prompt_tokens, max(1, len(text.split())), thoughts=thoughts)
 
 
 _SAFE = ("HARM_CATEGORY_HATE_SPEECH", "HARM_CATEGORY_DANGEROUS_CONTENT", "HARM_CATEGORY_HARASSMENT",
@@ -337,6 +349,9 @@ def _usage(a: Answer, cached: int, final: bool = True) -> dict[str, Any]:
                          "promptTokensDetails": [{"modality": "TEXT", "tokenCount": a.prompt_tokens}]}
     if final and a.output_tokens:
         u["candidatesTokenCount"] = a.output_tokens
+    if final and a.thoughts:
+        u["thoughtsTokenCount"] = a.thoughts
+        u["totalTokenCount"] += a.thoughts
     if cached:
         u["cachedContentTokenCount"] = min(cached, a.prompt_tokens)
     return u

@@ -121,6 +121,7 @@ class ServerConfig(_Strict):
     port: int = Field(4000, ge=0, le=65535)
     max_body_bytes: int = Field(10 * 1024 * 1024, gt=0)
     max_audio_bytes: int = Field(26 * 1024 * 1024, gt=0)  # audio uploads (multipart); OpenAI accepts 25 MB files
+    max_file_bytes: int = Field(512 * 1024 * 1024, gt=0)  # /v1/files and image uploads, streamed (passthrough)
     request_timeout: float = Field(600.0, gt=0)  # the per-request deadline across attempts
 
 
@@ -254,8 +255,8 @@ def _passthrough_errors(cfg: Config) -> list[str]:
         model = by_name.get(name)
         if model is None:
             errors.append(f"{path}: no model named {name!r}")
-        elif any(d.provider not in ("openai", "azure") for d in model.deployments):
-            errors.append(f"{path}: model {name!r} has deployments that are not openai/azure")
+        elif any(d.provider != "openai" for d in model.deployments):
+            errors.append(f"{path}: model {name!r} has deployments that are not of provider openai")
     return errors
 
 

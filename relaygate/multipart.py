@@ -16,7 +16,8 @@ from typing import IO, Any
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from .errors import BadRequest, Unavailable
+from .errors import BadRequest
+from .upload import ClientBody
 
 MAX_FIELD_BYTES = 64 * 1024  # a prompt is short; anything longer is not a form field we forward
 MAX_FIELDS = 64
@@ -153,19 +154,18 @@ def _quote(value: str) -> bytes:
     return value.replace("\\", "\\\\").replace('"', "%22").replace("\r", "%0D").replace("\n", "%0A").encode()
 
 
-class AudioUpload:
+class AudioUpload(ClientBody):
     """An upload on its way from the client to one upstream; see the module docstring."""
 
     def __init__(self, reader: FormReader, check_field: Any) -> None:
+        super().__init__()
         self.reader = reader
         self.check_field = check_field  # (name, value) -> None, raising BadRequest: applied to every field
         self.fields: list[tuple[str, str]] = []
         self.file: tuple[str, str, str] | None = None  # (field name, filename, content type)
         self.file_size = 0
-        self.error: BaseException | None = None  # a failure reading the client, reported instead of the upstream's
         self.boundary = "relaygate-" + os.urandom(12).hex()
         self._spool: IO[bytes] | None = None
-        self._started = False
         self._read_all = False
 
     @property
@@ -213,50 +213,42 @@ class AudioUpload:
         """True when the whole upload is at hand (read to the end, file spooled) for another attempt."""
         return self._read_all and (self.file is None or self._spool is not None)
 
-    async def body(self, upstream_model: str) -> AsyncIterator[bytes]:
+    def body(self, upstream_model: str) -> AsyncIterator[bytes]:
         """The upstream multipart body with ``model`` rewritten; the file streams on as it arrives."""
-        if self._started and not self.replayable:
-            err = Unavailable("the upload was already streamed to another upstream and cannot be replayed",
-                              status=502)
-            err.retryable = False
-            raise err
-        self._started = True
+        self.begin()
+        return self.guard(self._encode(upstream_model))
+
+    async def _encode(self, upstream_model: str) -> AsyncIterator[bytes]:
         b = self.boundary.encode()
         closing = b"--" + b + b"--" + CRLF
-        try:
-            head = b"".join(encode_field(b, n, upstream_model if n == "model" else v) for n, v in self.fields)
-            if self.file is None:
-                yield head + closing
+        head = b"".join(encode_field(b, n, upstream_model if n == "model" else v) for n, v in self.fields)
+        if self.file is None:
+            yield head + closing
+            return
+        name, filename, ctype = self.file
+        yield head + (b"--" + b + CRLF + b'Content-Disposition: form-data; name="' + _quote(name)
+                      + b'"; filename="' + _quote(filename) + b'"' + CRLF + b"Content-Type: "
+                      + _quote(ctype) + CRLF + CRLF)
+        if self._spool is not None:
+            self._spool.seek(0)
+            while piece := self._spool.read(64 * 1024):
+                yield piece
+            yield CRLF + closing
+            return
+        while True:
+            ev = await self.reader.next()
+            if ev[0] == "data":
+                self.file_size += len(ev[1])
+                yield ev[1]
+            elif ev[0] == "file_end":
+                yield CRLF
+            elif ev[0] == "field":  # a field after the file: checked and forwarded in order
+                self._add_field(ev[1], ev[2])
+                yield encode_field(b, ev[1], ev[2])
+            else:
+                self._read_all = True
+                yield closing
                 return
-            name, filename, ctype = self.file
-            yield head + (b"--" + b + CRLF + b'Content-Disposition: form-data; name="' + _quote(name)
-                          + b'"; filename="' + _quote(filename) + b'"' + CRLF + b"Content-Type: "
-                          + _quote(ctype) + CRLF + CRLF)
-            if self._spool is not None:
-                self._spool.seek(0)
-                while piece := self._spool.read(64 * 1024):
-                    yield piece
-                yield CRLF + closing
-                return
-            while True:
-                ev = await self.reader.next()
-                if ev[0] == "data":
-                    self.file_size += len(ev[1])
-                    yield ev[1]
-                elif ev[0] == "file_end":
-                    yield CRLF
-                elif ev[0] == "field":  # a field after the file: checked and forwarded in order
-                    self._add_field(ev[1], ev[2])
-                    yield encode_field(b, ev[1], ev[2])
-                else:
-                    self._read_all = True
-                    yield closing
-                    return
-        except GeneratorExit:
-            raise
-        except BaseException as e:
-            self.error = e  # the provider reports this rather than the broken upstream request it caused
-            raise
 
     def close(self) -> None:
         if self._spool is not None:

@@ -7,10 +7,10 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..call import Call
-from ..errors import BadRequest, GatewayError
+from ..errors import BadRequest
 from ..http import Request, Response, StreamResponse
 from ..multipart import AudioUpload, FormReader, boundary_of
-from .common import check, object_body, pop_provider, reply_headers, require, respond
+from .common import check, object_body, pop_provider, require, respond, respond_stream
 
 if TYPE_CHECKING:
     from ..gateway import Gateway
@@ -105,14 +105,6 @@ def validate_speech(body: dict[str, Any]) -> None:
     check(body, "instructions", str, "a string")
 
 
-class AudioStreamBroke(Exception):
-    """Raised instead of an in-band error event: the connection is cut so the client sees a truncated body."""
-
-
-def _cut_audio(err: GatewayError) -> bytes:
-    raise AudioStreamBroke(err.message)
-
-
 async def speech(gw: Gateway, req: Request) -> Response | StreamResponse:
     body = object_body(await req.json(gw.config.server.max_body_bytes))
     provider = pop_provider(body)
@@ -120,10 +112,7 @@ async def speech(gw: Gateway, req: Request) -> Response | StreamResponse:
     call = Call(id=req.id, route="speech", model=body["model"], body=body, stream=True, headers=req.headers,
                 client_ip=req.client_ip, provider=provider,
                 deadline=time.monotonic() + gw.config.server.request_timeout)
-    reply = await gw.handle(call)
-    if reply.stream is None or body.get("stream_format") == "sse":
-        return respond(call, reply)
-    return StreamResponse(reply, reply_headers(call, reply), _cut_audio)
+    return respond_stream(call, await gw.handle(call))
 
 
 ROUTES = [

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..call import Call, Reply
-from ..errors import BadRequest
+from ..errors import BadRequest, GatewayError
 from ..http import Response, StreamResponse
 from ..providers.base import stream_error_event
 
@@ -57,3 +57,20 @@ def respond(call: Call, reply: Reply) -> Response | StreamResponse:
     if reply.stream is not None:
         return StreamResponse(reply, headers, stream_error_event)
     return Response(reply.body or b"", reply.status, headers, reply.media_type, reply=reply)
+
+
+class StreamCut(Exception):
+    """Ends a non-SSE stream that failed mid-way by cutting the connection: the client sees a truncated
+    body instead of an error event spliced into its audio or file."""
+
+
+def cut_stream(err: GatewayError) -> bytes:
+    raise StreamCut(err.message)
+
+
+def respond_stream(call: Call, reply: Reply) -> Response | StreamResponse:
+    """Like ``respond`` for bodies that are not always SSE (audio, files): a failure after the first byte
+    ends SSE with an error event and cuts anything else."""
+    if reply.stream is None or reply.media_type.startswith("text/event-stream"):
+        return respond(call, reply)
+    return StreamResponse(reply, reply_headers(call, reply), cut_stream)

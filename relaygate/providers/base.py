@@ -51,6 +51,10 @@ class Provider:
     async def speech(self, call: Call) -> Reply:
         raise Unsupported(f"provider {self.kind!r} does not serve speech", param="model")
 
+    async def passthrough(self, call: Call) -> Reply:
+        raise Unsupported(f"provider {self.kind!r} does not serve OpenAI's other routes (files, images, …)",
+                          param="model")
+
     async def probe(self) -> None:
         """A cheap health check; raise a GatewayError when the upstream is not usable."""
         return None

@@ -11,6 +11,7 @@ import orjson
 
 from ..call import Call, Reply, Usage
 from ..errors import ContentFiltered, ContextTooLong, GatewayError, Unavailable, UpstreamTimeout, from_status
+from ..upload import ClientBody
 from .base import RATE_LIMIT_HEADERS, Provider, error_json, open_body, retry_after_seconds
 from .batching import embed_in_batches, needs_batches
 
@@ -93,16 +94,7 @@ class OpenAIProvider(Provider):
         upload = call.upload
         model = call.deployment.upstream_model(call.model)
         headers = {**self.auth_headers(), "content-type": upload.content_type}
-        try:
-            resp = await self.request(call, "POST", self.url(path, model), headers=headers,
-                                      data=upload.body(model))
-        except GatewayError:
-            if upload.error is not None:  # the client's body failed (too large, malformed, gone)
-                raise upload.error from None
-            raise
-        if upload.error is not None:
-            resp.close()
-            raise upload.error
+        resp = await self.send_body(call, "POST", self.url(path, model), headers, upload, upload.body(model))
         if resp.status >= 400:
             raise await self.upstream_error(resp)
         ctype = resp.headers.get("content-type", "")
@@ -118,6 +110,34 @@ class OpenAIProvider(Provider):
                       first_byte_at=time.monotonic())
         reply.usage = _usage_of(data) if ctype.startswith("application/json") else Usage(known=False)
         return reply
+
+    async def send_body(self, call: Call, method: str, url: str, headers: dict[str, str], upload: ClientBody,
+                        data: AsyncIterator[bytes] | None) -> aiohttp.ClientResponse:
+        """Send a request whose body streams from the client; a client-side failure is reported as such."""
+        try:
+            resp = await self.request(call, method, url, headers=headers, data=data)
+        except GatewayError:
+            upload.reraise()  # the client's body failed (too large, malformed, gone), not the upstream
+            raise
+        if upload.error is not None:
+            resp.close()
+            upload.reraise()
+        return resp
+
+    async def passthrough(self, call: Call) -> Reply:
+        """Forward a request of another OpenAI route as it is: body streamed up, response streamed down."""
+        fwd = call.upload
+        assert fwd is not None
+        headers = {k: v for k, v in self.auth_headers().items() if k != "content-type"}
+        headers.update(fwd.headers)
+        resp = await self.send_body(call, fwd.method, self.base + fwd.target, headers, fwd, fwd.body())
+        if resp.status >= 400:
+            raise await self.upstream_error(resp)
+        passed = {k: resp.headers[k] for k in (*RATE_LIMIT_HEADERS, "content-disposition") if k in resp.headers}
+        stream = await open_body(resp, self.kind)
+        return Reply(status=resp.status, stream=stream, headers=passed, first_byte_at=time.monotonic(),
+                     media_type=resp.headers.get("content-type", "application/octet-stream"),
+                     usage=Usage(known=False))
 
     async def forward_json(self, call: Call, path: str) -> Reply:
         """POST the call's JSON body upstream; return the body whole, or the stream event by event."""

@@ -1,0 +1,205 @@
+"""The rest of OpenAI's REST API in the emulator, for passthrough tests: files, batches, image generation,
+moderations, legacy completions and realtime client secrets. State (files, batches) lives on the app."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import os
+import struct
+import time
+import zlib
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from aiohttp import BodyPartReader, web
+
+from .base import STATE_KEY, json_response, tracked
+from .openai import auth_error, error_body
+
+if TYPE_CHECKING:
+    from .openai import OpenAIEmulatorOptions
+
+FILES_KEY: web.AppKey[dict[str, tuple[dict[str, Any], bytes]]] = web.AppKey("emulator_files", dict)
+BATCHES_KEY: web.AppKey[dict[str, dict[str, Any]]] = web.AppKey("emulator_batches", dict)
+FLAGGED_WORDS = {"kill": "violence", "hate": "hate", "weapon": "illicit"}
+CATEGORIES = ("harassment", "hate", "illicit", "self-harm", "sexual", "violence")
+CONTENT_CHUNK = 16384
+
+
+def png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
+    """A real PNG image of one colour."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    raw = b"".join(b"\x00" + bytes(rgb) * width for _ in range(height))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def not_found(what: str) -> web.Response:
+    return json_response(error_body(404, f"No such {what}"), 404)
+
+
+def add_passthrough_routes(app: web.Application, opts: OpenAIEmulatorOptions) -> None:
+    app[FILES_KEY] = {}
+    app[BATCHES_KEY] = {}
+
+    def guarded(handler: Any) -> Any:
+        async def wrapper(request: web.Request) -> web.StreamResponse:
+            denied = auth_error(request, opts, False)
+            if denied is not None:
+                return denied
+            state = request.app[STATE_KEY]
+            state.requests.append({"method": request.method, "path": request.path, "query": dict(request.query),
+                                   "headers": {k.lower(): v for k, v in request.headers.items()}})
+            plan = state.take_fault(request.path)
+            if plan is not None and plan.status:
+                return json_response(error_body(plan.status, plan.message, plan.error_code), plan.status)
+            return await handler(request)
+        return tracked(wrapper)
+
+    async def json_of(request: web.Request) -> dict[str, Any]:
+        body = orjson.loads(await request.read() or b"{}")
+        request.app[STATE_KEY].requests[-1]["json"] = body
+        return body if isinstance(body, dict) else {}
+
+    async def upload_file(request: web.Request) -> web.StreamResponse:
+        reader = await request.multipart()
+        purpose, name, content = None, "file", b""
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader):
+                continue
+            if part.filename is not None:
+                name, content = part.filename, await part.read()
+            elif part.name == "purpose":
+                purpose = await part.text()
+        if not purpose:
+            return json_response(error_body(400, "Missing required parameter: 'purpose'."), 400)
+        fid = "file-" + hashlib.sha256(content + name.encode() + os.urandom(4)).hexdigest()[:24]
+        obj = {"id": fid, "object": "file", "bytes": len(content), "created_at": int(time.time()),
+               "filename": name, "purpose": purpose, "status": "processed", "expires_at": None}
+        request.app[FILES_KEY][fid] = (obj, content)
+        return json_response(obj)
+
+    async def list_files(request: web.Request) -> web.StreamResponse:
+        data = [o for o, _ in request.app[FILES_KEY].values()]
+        return json_response({"object": "list", "data": data, "has_more": False,
+                              "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None})
+
+    async def file_op(request: web.Request) -> web.StreamResponse:
+        fid, files = request.match_info["id"], request.app[FILES_KEY]
+        if fid not in files:
+            return not_found(f"file: {fid}")
+        if request.method == "DELETE":
+            del files[fid]
+            return json_response({"id": fid, "object": "file", "deleted": True})
+        return json_response(files[fid][0])
+
+    async def file_content(request: web.Request) -> web.StreamResponse:
+        fid = request.match_info["id"]
+        if fid not in request.app[FILES_KEY]:
+            return not_found(f"file: {fid}")
+        content = request.app[FILES_KEY][fid][1]
+        resp = web.StreamResponse(headers={"content-type": "application/octet-stream",
+                                           "content-disposition": f'attachment; filename="{fid}"'})
+        await resp.prepare(request)
+        for i in range(0, len(content), CONTENT_CHUNK):
+            await resp.write(content[i:i + CONTENT_CHUNK])
+            await asyncio.sleep(0)
+        await resp.write_eof()
+        return resp
+
+    async def create_batch(request: web.Request) -> web.StreamResponse:
+        body = await json_of(request)
+        if body.get("input_file_id") not in request.app[FILES_KEY]:
+            return not_found(f"file: {body.get('input_file_id')}")
+        bid = "batch_" + os.urandom(12).hex()
+        now = int(time.time())
+        batch = {"id": bid, "object": "batch", "endpoint": body.get("endpoint"), "errors": None,
+                 "input_file_id": body["input_file_id"], "completion_window": body.get("completion_window", "24h"),
+                 "status": "validating", "created_at": now, "expires_at": now + 86400,
+                 "request_counts": {"total": 0, "completed": 0, "failed": 0}, "metadata": body.get("metadata")}
+        request.app[BATCHES_KEY][bid] = batch
+        return json_response(batch)
+
+    async def list_batches(request: web.Request) -> web.StreamResponse:
+        return json_response({"object": "list", "data": list(request.app[BATCHES_KEY].values()), "has_more": False})
+
+    async def get_batch(request: web.Request) -> web.StreamResponse:
+        batch = request.app[BATCHES_KEY].get(request.match_info["id"])
+        return json_response(batch) if batch else not_found("batch")
+
+    async def cancel_batch(request: web.Request) -> web.StreamResponse:
+        batch = request.app[BATCHES_KEY].get(request.match_info["id"])
+        if not batch:
+            return not_found("batch")
+        batch.update(status="cancelling", cancelling_at=int(time.time()))
+        return json_response(batch)
+
+    async def images(request: web.Request) -> web.StreamResponse:
+        body = await json_of(request)
+        prompt = str(body.get("prompt") or "")
+        n = int(body["n"]) if isinstance(body.get("n"), int) else 1
+        colour = tuple(hashlib.sha256(prompt.encode()).digest()[:3])
+        image = base64.b64encode(png(8, 8, colour)).decode()  # type: ignore[arg-type]
+        return json_response({"created": int(time.time()), "data": [{"b64_json": image, "revised_prompt": prompt}
+                                                                     for _ in range(n)]})
+
+    async def moderations(request: web.Request) -> web.StreamResponse:
+        body = await json_of(request)
+        inputs = body.get("input")
+        texts = [inputs] if isinstance(inputs, str) else [str(t) for t in inputs or []]
+        results = []
+        for text in texts:
+            hits = {cat for word, cat in FLAGGED_WORDS.items() if word in text.lower()}
+            results.append({"flagged": bool(hits), "categories": {c: c in hits for c in CATEGORIES},
+                            "category_scores": {c: 0.99 if c in hits else 0.001 for c in CATEGORIES},
+                            "category_applied_input_types": {c: ["text"] for c in CATEGORIES}})
+        return json_response({"id": "modr-" + os.urandom(8).hex(), "model": body.get("model") or "omni-moderation",
+                              "results": results})
+
+    async def completions(request: web.Request) -> web.StreamResponse:
+        body = await json_of(request)
+        prompt = str(body["prompt"]) if isinstance(body.get("prompt"), str) else ""
+        words = f"Completion of: {prompt}".split(" ")
+        cid, model = "cmpl-" + hashlib.sha1(prompt.encode()).hexdigest()[:24], body.get("model")
+        usage = {"prompt_tokens": len(prompt.split()), "completion_tokens": len(words),
+                 "total_tokens": len(prompt.split()) + len(words)}
+        if not body.get("stream"):
+            return json_response({"id": cid, "object": "text_completion", "created": int(time.time()),
+                                  "model": model, "usage": usage, "choices": [
+                                      {"index": 0, "text": " ".join(words), "finish_reason": "stop",
+                                       "logprobs": None}]})
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await resp.prepare(request)
+        for i, w in enumerate(words):
+            chunk = {"id": cid, "object": "text_completion", "created": int(time.time()), "model": model,
+                     "choices": [{"index": 0, "text": w if i == 0 else " " + w, "logprobs": None,
+                                  "finish_reason": "stop" if i == len(words) - 1 else None}]}
+            await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    async def client_secret(request: web.Request) -> web.StreamResponse:
+        body = await json_of(request)
+        session: dict[str, Any] = body["session"] if isinstance(body.get("session"), dict) else {}
+        return json_response({"value": "ek_" + os.urandom(16).hex(), "expires_at": int(time.time()) + 600,
+                              "session": {"type": "realtime", "object": "realtime.session",
+                                          "id": "sess_" + os.urandom(8).hex(), **session}})
+
+    r = app.router
+    r.add_post("/v1/files", guarded(upload_file))
+    r.add_get("/v1/files", guarded(list_files))
+    r.add_get("/v1/files/{id}", guarded(file_op))
+    r.add_delete("/v1/files/{id}", guarded(file_op))
+    r.add_get("/v1/files/{id}/content", guarded(file_content))
+    r.add_post("/v1/batches", guarded(create_batch))
+    r.add_get("/v1/batches", guarded(list_batches))
+    r.add_get("/v1/batches/{id}", guarded(get_batch))
+    r.add_post("/v1/batches/{id}/cancel", guarded(cancel_batch))
+    r.add_post("/v1/images/generations", guarded(images))
+    r.add_post("/v1/moderations", guarded(moderations))
+    r.add_post("/v1/completions", guarded(completions))
+    r.add_post("/v1/realtime/client_secrets", guarded(client_secret))

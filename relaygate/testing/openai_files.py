@@ -189,17 +189,12 @@ def add_passthrough_routes(app: web.Application, opts: OpenAIEmulatorOptions) ->
                               "session": {"type": "realtime", "object": "realtime.session",
                                           "id": "sess_" + os.urandom(8).hex(), **session}})
 
-    r = app.router
-    r.add_post("/v1/files", guarded(upload_file))
-    r.add_get("/v1/files", guarded(list_files))
-    r.add_get("/v1/files/{id}", guarded(file_op))
-    r.add_delete("/v1/files/{id}", guarded(file_op))
-    r.add_get("/v1/files/{id}/content", guarded(file_content))
-    r.add_post("/v1/batches", guarded(create_batch))
-    r.add_get("/v1/batches", guarded(list_batches))
-    r.add_get("/v1/batches/{id}", guarded(get_batch))
-    r.add_post("/v1/batches/{id}/cancel", guarded(cancel_batch))
-    r.add_post("/v1/images/generations", guarded(images))
-    r.add_post("/v1/moderations", guarded(moderations))
-    r.add_post("/v1/completions", guarded(completions))
-    r.add_post("/v1/realtime/client_secrets", guarded(client_secret))
+    for method, path, handler in [
+        ("POST", "/v1/files", upload_file), ("GET", "/v1/files", list_files), ("GET", "/v1/files/{id}", file_op),
+        ("DELETE", "/v1/files/{id}", file_op), ("GET", "/v1/files/{id}/content", file_content),
+        ("POST", "/v1/batches", create_batch), ("GET", "/v1/batches", list_batches),
+        ("GET", "/v1/batches/{id}", get_batch), ("POST", "/v1/batches/{id}/cancel", cancel_batch),
+        ("POST", "/v1/images/generations", images), ("POST", "/v1/moderations", moderations),
+        ("POST", "/v1/completions", completions), ("POST", "/v1/realtime/client_secrets", client_secret),
+    ]:
+        app.router.add_route(method, path, guarded(handler))

@@ -53,7 +53,7 @@ class CohereProvider(Provider):
         self.input_type = self.config.input_type or DEFAULT_INPUT_TYPE
         if self.input_type not in INPUT_TYPES:
             raise ValueError(f"input_type must be one of {', '.join(INPUT_TYPES)}")
-        self._headers = {"content-type": "application/json", "accept": "application/json", **self.config.headers}
+        self._headers = {"content-type": "application/json", **self.config.headers}
         if self.config.api_key is not None and self.config.api_key.get_secret_value():
             self._headers["authorization"] = "Bearer " + self.config.api_key.get_secret_value()
 

@@ -8,7 +8,7 @@ import sys
 
 from .config import ConfigError, load_config
 
-EMULATORS = ("openai", "cohere", "gemini", "anthropic")
+EMULATORS = ("openai", "cohere", "gemini", "anthropic", "bedrock")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,6 +109,12 @@ def emulate_provider(provider: str, host: str, port: int, api_key: str | None) -
         from .testing import anthropic
 
         app = anthropic.create_app(anthropic.AnthropicEmulatorOptions(api_key=api_key))
+    elif provider == "bedrock":
+        from .testing import bedrock
+
+        app = bedrock.create_app()
+        print(f"bedrock emulator: sign with AWS's documented example keys (aws_access_key_id "
+              f"{bedrock.TEST_ACCESS_KEY}; see docs/bedrock.md)", flush=True)
     print(f"{provider} emulator on http://{host}:{port}", flush=True)
     run_forever(app, host, port)
     return 0

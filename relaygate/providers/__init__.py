@@ -15,6 +15,8 @@ REGISTRY: dict[str, str] = {
     "gemini": "gemini:GeminiProvider",
     "vertex": "gemini:VertexProvider",
     "anthropic": "anthropic:AnthropicProvider",
+    "bedrock": "bedrock:BedrockProvider",
+    "bedrock_agent": "bedrock_agent:BedrockAgentProvider",
 }
 
 

@@ -1,0 +1,185 @@
+"""What the AWS providers share: credentials, SigV4-signed JSON POSTs, AWS error shapes → gateway errors."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import aiohttp
+import orjson
+from yarl import URL
+
+from ..call import Call, Reply
+from ..errors import (
+    AuthError,
+    BadRequest,
+    ContentFiltered,
+    ContextTooLong,
+    GatewayError,
+    NotFound,
+    PermissionDenied,
+    RateLimited,
+    Unavailable,
+    UpstreamTimeout,
+    from_status,
+)
+from .aws_eventstream import EventMessage, EventStreamDecoder, EventStreamError
+from .aws_sigv4 import AwsCredentials, SigV4Signer
+from .base import Provider, error_json, retry_after_seconds
+
+T = TypeVar("T")
+SIGNING_SERVICE = "bedrock"  # both bedrock-runtime and bedrock-agent-runtime sign as "bedrock"
+
+# error types that mean the credentials themselves were refused
+_AUTH_ERRORS = {"UnrecognizedClientException", "InvalidSignatureException", "IncompleteSignatureException",
+                "MissingAuthenticationTokenException", "MissingAuthenticationToken", "ExpiredTokenException",
+                "InvalidClientTokenId", "SignatureDoesNotMatch", "ExpiredToken"}
+_TOO_LONG = ("input is too long", "too many input tokens", "prompt is too long", "context window",
+             "maximum context length", "too many tokens")
+
+
+def credentials_from(config: Any, env: Mapping[str, str]) -> AwsCredentials:
+    """Credentials from the deployment config, else the standard AWS environment variables."""
+    key_id = config.aws_access_key_id.get_secret_value() if config.aws_access_key_id else None
+    secret = config.aws_secret_access_key.get_secret_value() if config.aws_secret_access_key else None
+    token = config.aws_session_token.get_secret_value() if config.aws_session_token else None
+    if key_id is None and secret is None:
+        key_id, secret = env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY")
+        token = token or env.get("AWS_SESSION_TOKEN") or None
+        if not key_id or not secret:
+            raise ValueError("AWS credentials missing: set aws_access_key_id and aws_secret_access_key, or the "
+                             "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY environment variables")
+    elif not key_id or not secret:
+        raise ValueError("aws_access_key_id and aws_secret_access_key must be given together")
+    return AwsCredentials(key_id, secret, token)
+
+
+def map_error(error_type: str, status: int, message: str, retry_after: float | None = None) -> GatewayError:
+    """An AWS error (``x-amzn-errortype`` / ``:exception-type``) as a gateway error class."""
+    t = error_type[:1].upper() + error_type[1:]  # stream members are lowerCamel (throttlingException)
+    low = message.lower()
+    if t in _AUTH_ERRORS:
+        return AuthError(message, code="upstream_auth_failed")
+    if t in ("ThrottlingException", "ServiceQuotaExceededException", "TooManyRequestsException"):
+        return RateLimited(message, retry_after=retry_after)
+    if t == "ModelNotReadyException":  # the model is loading: another deployment may serve now
+        return Unavailable(message, retry_after=retry_after, code="model_not_ready")
+    if t == "ModelTimeoutException":
+        return UpstreamTimeout(message)
+    if t in ("ServiceUnavailableException", "InternalServerException", "InternalServerError"):
+        return Unavailable(message, status=503 if t == "ServiceUnavailableException" else 500)
+    if t in ("ModelErrorException", "ModelStreamErrorException", "BadGatewayException",
+             "DependencyFailedException"):
+        return Unavailable(message, status=502)
+    if t == "AccessDeniedException":
+        return PermissionDenied(message)
+    if t == "ResourceNotFoundException":
+        return NotFound(message)
+    if t == "ValidationException":
+        if any(s in low for s in _TOO_LONG):
+            return ContextTooLong(message, param="messages")
+        if "guardrail" in low or "content filter" in low:
+            return ContentFiltered(message)
+        return BadRequest(message)
+    return from_status(status, message, retry_after=retry_after)
+
+
+class AwsProvider(Provider):
+    """A provider that POSTs JSON to an AWS endpoint with SigV4; subclasses name the endpoint."""
+
+    endpoint_prefix = "bedrock-runtime"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        env = os.environ  # read once, when the gateway is built (never per request)
+        self.credentials = credentials_from(self.config, env)
+        region = self.config.region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
+        if not region:
+            raise ValueError("AWS region missing: set region, or the AWS_REGION environment variable")
+        self.region = region
+        self.base = self.config.api_base or f"https://{self.endpoint_prefix}.{region}.amazonaws.com"
+        parts = urlsplit(self.base)
+        self.host = parts.netloc
+        self.base_path = parts.path.rstrip("/")
+        self.signer = SigV4Signer(self.credentials, region, SIGNING_SERVICE)
+        self._secrets.extend(s for s in (self.credentials.secret_key, self.credentials.session_token,
+                                         self.credentials.access_key) if s and s not in self._secrets)
+        self._extra_headers = {k.lower(): v for k, v in self.config.headers.items()}
+
+    async def post_json(self, call: Call, path: str, body: dict[str, Any], accept: str = "application/json",
+                        ) -> aiohttp.ClientResponse:
+        """POST ``body`` to ``path`` (already percent-encoded), signed; an error status is raised mapped."""
+        data = orjson.dumps(body)
+        raw_path = self.base_path + path
+        headers = self.signer.sign("POST", self.host, raw_path, data,
+                                   {**self._extra_headers, "content-type": "application/json", "accept": accept})
+        url = URL(f"{self.base}{path}", encoded=True)  # keep %3A / %2F exactly as signed
+        try:
+            resp = await self.session.post(url, data=data, headers=headers, timeout=self.timeout(call),
+                                           allow_redirects=False)
+        except TimeoutError:
+            raise UpstreamTimeout(f"upstream {self.kind} timed out") from None
+        except aiohttp.ClientError as e:
+            raise Unavailable(f"upstream {self.kind} is unreachable ({type(e).__name__})", status=502) from None
+        if resp.status >= 400:
+            raise await self.aws_error(resp)
+        return resp
+
+    async def aws_error(self, resp: aiohttp.ClientResponse) -> GatewayError:
+        """Map an AWS JSON error response, without leaking secrets."""
+        data = error_json(await self.error_body(resp))
+        error_type = resp.headers.get("x-amzn-errortype", "") or str(data.get("__type") or data.get("code") or "")
+        error_type = error_type.split(":", 1)[0].rsplit("#", 1)[-1]
+        message = self.redact(str(data.get("message") or data.get("Message")
+                                  or f"upstream {self.kind} returned HTTP {resp.status} {error_type}".rstrip()))
+        return map_error(error_type, resp.status, message, retry_after_seconds(resp.headers))
+
+    def stream_exception(self, msg: EventMessage) -> GatewayError:
+        """An ``exception`` / ``error`` frame inside an event stream as a gateway error."""
+        if msg.message_type == "error":
+            code = str(msg.headers.get(":error-code", ""))
+            return map_error(code, 500, self.redact(str(msg.headers.get(":error-message") or code)))
+        etype = str(msg.headers.get(":exception-type", ""))
+        try:
+            data = orjson.loads(msg.payload) if msg.payload else {}
+        except orjson.JSONDecodeError:
+            data = {}
+        message = data.get("message") or data.get("Message") if isinstance(data, dict) else None
+        return map_error(etype, 500, self.redact(str(message or f"upstream {self.kind} stream failed: {etype}")))
+
+    async def events(self, resp: aiohttp.ClientResponse) -> AsyncIterator[EventMessage]:
+        """Decode the event stream as bytes arrive; exception frames are raised as gateway errors."""
+        decoder = EventStreamDecoder()
+        try:
+            async for chunk in resp.content.iter_any():
+                for msg in decoder.feed(chunk):
+                    if msg.message_type != "event":
+                        raise self.stream_exception(msg)
+                    yield msg
+        except TimeoutError:
+            raise UpstreamTimeout(f"upstream {self.kind} stream timed out") from None
+        except aiohttp.ClientError as e:
+            raise Unavailable(f"upstream {self.kind} stream broke ({type(e).__name__})", status=502) from None
+        except EventStreamError as e:
+            raise Unavailable(f"upstream {self.kind} sent a malformed event stream ({e})", status=502) from None
+        if decoder.pending:
+            raise Unavailable(f"upstream {self.kind} stream ended inside a message", status=502)
+
+
+async def first_event(resp: aiohttp.ClientResponse, events: AsyncIterator[T]) -> T | None:
+    """The stream's first event, read before the reply is returned: a failure there can still be retried."""
+    try:
+        return await anext(events)
+    except StopAsyncIteration:
+        resp.close()
+        return None
+    except BaseException:
+        resp.close()
+        raise
+
+
+def stream_reply(headers: dict[str, str] | None = None) -> Reply:
+    return Reply(media_type="text/event-stream", headers=headers or {}, first_byte_at=time.monotonic())

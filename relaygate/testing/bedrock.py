@@ -1,0 +1,491 @@
+"""An emulator of AWS Bedrock Runtime (Converse, ConverseStream, InvokeModel for Titan text embeddings) and
+Bedrock Agent Runtime (InvokeAgent), on one port. boto3/botocore pointed at it parse every answer.
+
+Every request must carry a valid SigV4 signature made with the emulator's test credentials (service
+``bedrock``). Errors are AWS's: an ``x-amzn-errortype`` header and ``{"message": ...}``. Answers are
+deterministic: the last user text echoed, the first tool called when a toolConfig is given and the last
+turn holds no toolResult. Faults (``POST /_emulator/faults``): ``status`` answers with the matching AWS error
+(``error_code`` picks the type, e.g. ModelNotReadyException); ``status`` together with
+``disconnect_after_chunks`` sends that error as an ``exception`` frame after so many stream events instead;
+``disconnect_after_chunks`` alone cuts the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import calendar
+import hashlib
+import hmac
+import math
+import random
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from ..providers import aws_eventstream as es
+from ..providers.aws_sigv4 import canonical_request, signing_key, string_to_sign
+from .base import STATE_KEY, EmulatorState, FaultPlan, apply_latency, json_response, new_app, tracked
+from .openai import _args_for
+
+TEST_ACCESS_KEY = "AKIAIOSFODNN7EXAMPLE"  # AWS's documented example credentials
+TEST_SECRET_KEY = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+EVENTSTREAM = "application/vnd.amazon.eventstream"
+
+CONVERSE_FIELDS = {"messages", "system", "inferenceConfig", "toolConfig", "guardrailConfig",
+                   "additionalModelRequestFields", "promptVariables", "additionalModelResponseFieldPaths",
+                   "requestMetadata", "performanceConfig", "serviceTier", "outputConfig"}
+INFERENCE_FIELDS = {"maxTokens", "temperature", "topP", "stopSequences"}
+IMAGE_FORMATS = {"png", "jpeg", "gif", "webp"}
+
+ERROR_TYPES = {400: "ValidationException", 403: "AccessDeniedException", 404: "ResourceNotFoundException",
+               408: "ModelTimeoutException", 424: "ModelErrorException", 429: "ThrottlingException",
+               500: "InternalServerException", 503: "ServiceUnavailableException"}
+ERROR_STATUS = {v: k for k, v in ERROR_TYPES.items()} | {"ModelNotReadyException": 429,
+                                                         "ServiceQuotaExceededException": 400}
+MESSAGES = {
+    "ValidationException": "Malformed input request, please reformat your input and try again.",
+    "AccessDeniedException": "You don't have access to the model with the specified model ID.",
+    "ResourceNotFoundException": "Could not resolve the foundation model from the provided model identifier.",
+    "ModelTimeoutException": "Model has timed out in processing the request. Try your request again.",
+    "ModelErrorException": "The model failed to process the request.",
+    "ThrottlingException": "Too many requests, please wait before trying again.",
+    "InternalServerException": "The server encountered an internal error while processing the request.",
+    "ServiceUnavailableException": "Bedrock is unable to process your request.",
+    "ModelNotReadyException": "Model is not ready to serve inference requests. The AWS SDK will automatically "
+                              "retry the operation up to 5 times.",
+    "ServiceQuotaExceededException": "Your request exceeds the service quota for your account.",
+}
+# the exception members each stream may carry (botocore's service models)
+CONVERSE_STREAM_EXCEPTIONS = {"internalServerException", "modelStreamErrorException", "validationException",
+                              "throttlingException", "serviceUnavailableException"}
+AGENT_STREAM_EXCEPTIONS = {"accessDeniedException", "badGatewayException", "conflictException",
+                           "dependencyFailedException", "internalServerException", "modelNotReadyException",
+                           "resourceNotFoundException", "serviceQuotaExceededException", "throttlingException",
+                           "validationException"}
+_SESSION_ID = re.compile(r"^[0-9a-zA-Z._:-]{2,100}$")
+
+
+@dataclass
+class BedrockEmulatorOptions:
+    credentials: dict[str, str] = field(default_factory=lambda: {TEST_ACCESS_KEY: TEST_SECRET_KEY})
+    session_tokens: dict[str, str] = field(default_factory=dict)  # access key -> the token it must send
+    region: str | None = None  # when set, signatures must be scoped to it
+    max_skew_seconds: float = 300.0
+    context_window: int = 200_000  # emulated tokens; longer input gets "Input is too long"
+    prefix: str = "Hello! You said: "
+
+
+class AwsFailure(Exception):
+    """An AWS error to answer with."""
+
+    def __init__(self, error_type: str, message: str | None = None, status: int | None = None) -> None:
+        super().__init__(message or MESSAGES.get(error_type, error_type))
+        self.error_type = error_type
+        self.message = message or MESSAGES.get(error_type, error_type)
+        self.status = status or ERROR_STATUS.get(error_type, 400)
+
+
+def aws_error(err: AwsFailure) -> web.Response:
+    return json_response({"message": err.message}, err.status, headers={
+        "x-amzn-errortype": f"{err.error_type}:http://internal.amazon.com/coral/com.amazon.bedrock/",
+        "x-amzn-requestid": str(uuid.uuid4())})
+
+
+def fault_failure(plan: FaultPlan) -> AwsFailure:
+    assert plan.status is not None
+    etype = plan.error_code or ERROR_TYPES.get(plan.status, "InternalServerException")
+    return AwsFailure(etype, plan.message, plan.status)
+
+
+# ---- SigV4 verification --------------------------------------------------------------------------------
+
+_AUTH = re.compile(r"^AWS4-HMAC-SHA256 Credential=([^/,\s]+)/(\d{8})/([^/]+)/([^/]+)/aws4_request,\s*"
+                   r"SignedHeaders=([a-z0-9;\-]+),\s*Signature=([0-9a-f]{64})$")
+
+
+def verify_signature(request: web.Request, body: bytes, opts: BedrockEmulatorOptions) -> None:
+    """Raise AwsFailure unless the request is signed (SigV4, service bedrock) with known credentials."""
+    auth = request.headers.get("authorization", "")
+    if not auth:
+        raise AwsFailure("MissingAuthenticationTokenException", "Missing Authentication Token", 403)
+    m = _AUTH.match(auth)
+    if m is None:
+        raise AwsFailure("IncompleteSignatureException", "Authorization header requires 'Credential', "
+                         "'Signature' and 'SignedHeaders' parameters.", 403)
+    access_key, date, region, service, signed_list, signature = m.groups()
+    secret = opts.credentials.get(access_key)
+    token = request.headers.get("x-amz-security-token")
+    if secret is None or token != opts.session_tokens.get(access_key):
+        raise AwsFailure("UnrecognizedClientException", "The security token included in the request is invalid.",
+                         403)
+    if service != "bedrock" or (opts.region is not None and region != opts.region):
+        raise AwsFailure("InvalidSignatureException", f"Credential should be scoped to a valid region and to "
+                         f"the service 'bedrock', not '{region}/{service}'.", 403)
+    stamp = request.headers.get("x-amz-date", "")
+    try:
+        signed_at = calendar.timegm(time.strptime(stamp, "%Y%m%dT%H%M%SZ"))
+    except ValueError:
+        raise AwsFailure("IncompleteSignatureException", "Date must be in ISO-8601 'basic format'.", 403) from None
+    if abs(time.time() - signed_at) > opts.max_skew_seconds or stamp[:8] != date:
+        raise AwsFailure("InvalidSignatureException", f"Signature expired: {stamp} is outside the allowed "
+                         "clock skew, or not the date of the credential scope.", 403)
+    signed = signed_list.split(";")
+    if "host" not in signed or signed != sorted(signed):
+        raise AwsFailure("InvalidSignatureException", "'Host' must be a signed header.", 403)
+    headers = {h: ",".join(request.headers.getall(h, [])) for h in signed}
+    path, _, query = request.raw_path.partition("?")
+    payload_hash = request.headers.get("x-amz-content-sha256") or hashlib.sha256(body).hexdigest()
+    canonical = canonical_request(request.method, path, query, headers, signed, payload_hash)
+    sts = string_to_sign(stamp, f"{date}/{region}/{service}/aws4_request", canonical)
+    expected = hmac.new(signing_key(secret, date, region, service), sts.encode(), hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(expected, signature):
+        raise AwsFailure("InvalidSignatureException", "The request signature we calculated does not match the "
+                         "signature you provided. Check your AWS Secret Access Key and signing method. Consult "
+                         "the service documentation for details.", 403)
+
+
+# ---- Converse: validation and the deterministic answer ----------------------------------------------------
+
+def _texts(blocks: list[Any]) -> str:
+    return " ".join(str(b["text"]) for b in blocks if isinstance(b, dict) and "text" in b)
+
+
+def _tokens(text: str) -> int:
+    return len(text.split())
+
+
+def _check_block(b: Any, where: str) -> int:
+    """Validate one content block; the number of images it holds."""
+    if not isinstance(b, dict) or len(b) != 1:
+        raise AwsFailure("ValidationException", f"{where} must set exactly one member of the ContentBlock union.")
+    if "text" in b:
+        if not isinstance(b["text"], str) or not b["text"].strip():
+            raise AwsFailure("ValidationException", f"The text field in the ContentBlock object at {where} is "
+                             "blank. Add text to the text field, and try again.")
+    elif "image" in b:
+        img = b["image"]
+        if not isinstance(img, dict) or img.get("format") not in IMAGE_FORMATS:
+            raise AwsFailure("ValidationException", f"{where}.image.format must be one of png, jpeg, gif, webp.")
+        try:
+            base64.b64decode((img.get("source") or {}).get("bytes", ""), validate=True)
+        except (binascii.Error, ValueError, TypeError):
+            raise AwsFailure("ValidationException", f"{where}.image.source.bytes is not valid base64.") from None
+        return 1
+    elif not any(k in b for k in ("toolUse", "toolResult", "cachePoint", "document", "reasoningContent")):
+        raise AwsFailure("ValidationException", f"{where} has an unsupported content block {next(iter(b))!r}.")
+    return 0
+
+
+def validate_converse(req: Any) -> int:
+    """Reject what Bedrock rejects; returns the number of images."""
+    if not isinstance(req, dict):
+        raise AwsFailure("ValidationException")
+    extra = set(req) - CONVERSE_FIELDS
+    if extra:
+        raise AwsFailure("ValidationException", f"extraneous key [{sorted(extra)[0]}] is not permitted")
+    messages = req.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise AwsFailure("ValidationException", "The messages field is required and must not be empty.")
+    inference = req.get("inferenceConfig") or {}
+    if not isinstance(inference, dict) or set(inference) - INFERENCE_FIELDS:
+        raise AwsFailure("ValidationException", "inferenceConfig has an extraneous key.")
+    images = 0
+    tool_ids: set[str] = set()
+    uses_tools = False
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in ("user", "assistant"):
+            raise AwsFailure("ValidationException", f"messages.{i}.role must be user or assistant.")
+        if i == 0 and m["role"] != "user":
+            raise AwsFailure("ValidationException", "A conversation must start with a user message. Try again "
+                             "with a conversation that starts with a user message.")
+        if i and messages[i - 1].get("role") == m["role"]:
+            raise AwsFailure("ValidationException", "A conversation must alternate between user and assistant "
+                             "roles. Make sure the conversation alternates between user and assistant roles and "
+                             "try again.")
+        content = m.get("content")
+        if not isinstance(content, list) or not content:
+            raise AwsFailure("ValidationException", f"messages.{i}.content must not be empty.")
+        for j, b in enumerate(content):
+            images += _check_block(b, f"messages.{i}.content.{j}")
+            if "toolUse" in b:
+                uses_tools = True
+                tool_ids.add(str(b["toolUse"].get("toolUseId")))
+            elif "toolResult" in b:
+                uses_tools = True
+                if b["toolResult"].get("toolUseId") not in tool_ids:
+                    raise AwsFailure("ValidationException", f"messages.{i}.content.{j}.toolResult.toolUseId "
+                                     "does not match any toolUse block of the previous turns.")
+    for j, b in enumerate(req.get("system") or []):
+        _check_block(b, f"system.{j}")
+    if uses_tools and not req.get("toolConfig"):
+        raise AwsFailure("ValidationException", "The toolConfig field must be defined when using toolUse and "
+                         "toolResult content blocks.")
+    return images
+
+
+@dataclass
+class ConverseAnswer:
+    blocks: list[dict[str, Any]]
+    stop_reason: str
+    usage: dict[str, int]
+
+
+def _pick_tool(req: dict[str, Any], last: dict[str, Any]) -> dict[str, Any] | None:
+    config = req.get("toolConfig")
+    if not config or any("toolResult" in b for b in last.get("content", [])):
+        return None
+    wanted = ((config.get("toolChoice") or {}).get("tool") or {}).get("name")
+    for t in config.get("tools") or []:
+        spec = t.get("toolSpec") if isinstance(t, dict) else None
+        if isinstance(spec, dict) and (wanted is None or spec.get("name") == wanted):
+            return spec
+    return None
+
+
+def _cache_tokens(req: dict[str, Any], seen: set[str]) -> tuple[int, int]:
+    """(read, write): the text before the last cache point is cached the first time and read afterwards."""
+    blocks = list(req.get("system") or []) + [b for m in req["messages"] for b in m["content"]]
+    last = max((i for i, b in enumerate(blocks) if "cachePoint" in b), default=-1)
+    if last < 0:
+        return 0, 0
+    prefix = blocks[:last]
+    tokens = sum(_tokens(str(b.get("text", ""))) for b in prefix)
+    key = hashlib.sha256(orjson.dumps(prefix)).hexdigest()
+    if key in seen:
+        return tokens, 0
+    if len(seen) < 10_000:
+        seen.add(key)
+    return 0, tokens
+
+
+def converse_answer(req: dict[str, Any], images: int, opts: BedrockEmulatorOptions,
+                    cache: set[str]) -> ConverseAnswer:
+    """What the emulated model says to a validated Converse request."""
+    messages = req["messages"]
+    last = messages[-1]
+    last_user = next((_texts(m["content"]) for m in reversed(messages)
+                      if m["role"] == "user" and _texts(m["content"])), "")
+    system = _texts(req.get("system") or [])
+    prompt = sum(4 + _tokens(_texts(m["content"])) for m in messages) + _tokens(system) + 85 * images
+    if prompt > opts.context_window:
+        raise AwsFailure("ValidationException", "Input is too long for requested model.")
+    read, write = _cache_tokens(req, cache)
+    tool = _pick_tool(req, last)
+    inference = req.get("inferenceConfig") or {}
+    if tool is not None:
+        args = _args_for((tool.get("inputSchema") or {}).get("json"), last_user)
+        digest = hashlib.sha1(orjson.dumps([tool.get("name"), args])).hexdigest()[:22]
+        blocks: list[dict[str, Any]] = [{"text": f"I will use {tool.get('name')}."},
+                  {"toolUse": {"toolUseId": f"tooluse_{digest}", "name": tool.get("name"), "input": args}}]
+        stop = "tool_use"
+    else:
+        results = [b["toolResult"] for b in last["content"] if "toolResult" in b]
+        if results:
+            shown = [(_texts(r.get("content") or []) or orjson.dumps(r.get("content")).decode()) for r in results]
+            text = "The tool returned: " + "; ".join(shown)
+        else:
+            text = opts.prefix + last_user
+            if images:
+                text += f" (I see {images} image{'s' if images != 1 else ''})"
+            if system:
+                text += f" [system: {system}]"
+            turns = sum(1 for m in messages if m["role"] == "user" and _texts(m["content"]))
+            if turns > 1:
+                text += f" [turn {turns}]"
+        words, stop = text.split(" "), "end_turn"
+        limit = inference.get("maxTokens")
+        if isinstance(limit, int) and 0 < limit < len(words):
+            words, stop = words[:limit], "max_tokens"
+        text = " ".join(words)
+        for s in inference.get("stopSequences") or []:
+            if s and s in text:
+                text, stop = text[: text.index(s)], "stop_sequence"
+        blocks = [{"text": text}]
+    output = max(1, sum(_tokens(str(b.get("text", ""))) + (5 if "toolUse" in b else 0) for b in blocks))
+    usage = {"inputTokens": prompt - read - write, "outputTokens": output,
+             "totalTokens": prompt + output}
+    if read or write:
+        usage |= {"cacheReadInputTokens": read, "cacheWriteInputTokens": write}
+    return ConverseAnswer(blocks, stop, usage)
+
+
+def _payload(data: dict[str, Any]) -> bytes:
+    # Bedrock pads every event with "p" so that lengths do not reveal the content; clients must ignore it
+    return orjson.dumps({**data, "p": "abcdefghijklmnopqrstuvwxyzABCDEFGHIJ"[: 1 + len(data) * 7 % 30]})
+
+
+def stream_events(answer: ConverseAnswer) -> list[bytes]:
+    """The ConverseStream frames of an answer, in order."""
+    out = [es.event("messageStart", _payload({"role": "assistant"}))]
+    for i, b in enumerate(answer.blocks):
+        if "text" in b:
+            words = b["text"].split(" ")
+            for j, w in enumerate(words):
+                piece = w if j == len(words) - 1 else w + " "
+                out.append(es.event("contentBlockDelta", _payload({"contentBlockIndex": i,
+                                                                   "delta": {"text": piece}})))
+        else:
+            tu = b["toolUse"]
+            out.append(es.event("contentBlockStart", _payload({"contentBlockIndex": i, "start": {"toolUse": {
+                "toolUseId": tu["toolUseId"], "name": tu["name"]}}})))
+            args = orjson.dumps(tu["input"]).decode()
+            step = max(1, math.ceil(len(args) / 3))
+            for k in range(0, len(args), step):
+                out.append(es.event("contentBlockDelta", _payload({"contentBlockIndex": i, "delta": {
+                    "toolUse": {"input": args[k:k + step]}}})))
+        out.append(es.event("contentBlockStop", _payload({"contentBlockIndex": i})))
+    out.append(es.event("messageStop", _payload({"stopReason": answer.stop_reason})))
+    out.append(es.event("metadata", _payload({"usage": answer.usage, "metrics": {"latencyMs": 42}})))
+    return out
+
+
+def exception_frame(err: AwsFailure, allowed: set[str]) -> bytes:
+    member = err.error_type[:1].lower() + err.error_type[1:]
+    if member not in allowed:
+        member = "internalServerException"
+    return es.exception(member, orjson.dumps({"message": err.message}))
+
+
+# ---- Titan text embeddings ----------------------------------------------------------------------------------
+
+def titan_embedding(req: Any) -> dict[str, Any]:
+    if not isinstance(req, dict) or not isinstance(req.get("inputText"), str) or not req["inputText"]:
+        raise AwsFailure("ValidationException", "Malformed input request: #: required key [inputText] not "
+                         "found, please reformat your input and try again.")
+    extra = set(req) - {"inputText", "dimensions", "normalize", "embeddingTypes"}
+    if extra:
+        raise AwsFailure("ValidationException", f"Malformed input request: #: extraneous key "
+                         f"[{sorted(extra)[0]}] is not permitted, please reformat your input and try again.")
+    dims = req.get("dimensions", 1024)
+    if dims not in (256, 512, 1024):
+        raise AwsFailure("ValidationException", "Malformed input request: #/dimensions: 256, 512 or 1024 "
+                         "expected, please reformat your input and try again.")
+    text = req["inputText"]
+    rng = random.Random(hashlib.sha256(text.encode()).digest())
+    vec = [rng.uniform(-1, 1) for _ in range(dims)]
+    if req.get("normalize", True):
+        norm = math.sqrt(sum(v * v for v in vec)) or 1.0
+        vec = [v / norm for v in vec]
+    return {"embedding": vec, "embeddingsByType": {"float": vec}, "inputTextTokenCount": max(1, _tokens(text))}
+
+
+# ---- the app ----------------------------------------------------------------------------------------------
+
+SESSIONS_KEY: web.AppKey[dict[str, int]] = web.AppKey("bedrock_agent_sessions", dict)
+CACHE_KEY: web.AppKey[set[str]] = web.AppKey("bedrock_prompt_cache", set)
+
+
+def create_app(options: BedrockEmulatorOptions | None = None, state: EmulatorState | None = None) -> web.Application:
+    """The emulator as an aiohttp app."""
+    opts = options or BedrockEmulatorOptions()
+    app = new_app(state)
+    app[SESSIONS_KEY] = {}
+    app[CACHE_KEY] = set()
+
+    async def admit(request: web.Request) -> tuple[Any, FaultPlan | None]:
+        """Record, verify the signature, apply faults; the parsed JSON body and the fault plan."""
+        raw = await request.read()
+        request.app[STATE_KEY].remember(request, raw)
+        verify_signature(request, raw, opts)
+        plan = request.app[STATE_KEY].take_fault(request.path)
+        await apply_latency(plan)
+        if plan is not None and plan.drop_connection:
+            assert request.transport is not None
+            request.transport.close()
+            await asyncio.sleep(0.05)
+            raise AwsFailure("InternalServerException")  # never reaches the client: the socket is gone
+        if plan is not None and plan.status and plan.disconnect_after_chunks is None:
+            raise fault_failure(plan)
+        try:
+            body = orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError:
+            raise AwsFailure("SerializationException", "Unable to parse the request body as JSON.", 400) from None
+        return body, plan
+
+    async def stream(request: web.Request, frames: list[bytes], plan: FaultPlan | None, allowed: set[str],
+                     headers: dict[str, str] | None = None) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"content-type": EVENTSTREAM, "x-amzn-requestid": str(uuid.uuid4()),
+                                           **(headers or {})})
+        await resp.prepare(request)
+        delay = plan.chunk_delay_ms / 1000 if plan else 0.0
+        cut = plan.disconnect_after_chunks if plan else None
+        for i, frame in enumerate(frames):
+            if cut is not None and i >= cut:
+                assert plan is not None
+                if plan.status:
+                    await resp.write(exception_frame(fault_failure(plan), allowed))
+                    await resp.write_eof()
+                else:
+                    assert request.transport is not None
+                    request.transport.close()
+                return resp
+            await resp.write(frame)
+            if delay:
+                await asyncio.sleep(delay)
+        await resp.write_eof()
+        return resp
+
+    async def converse(request: web.Request) -> web.StreamResponse:
+        streaming = request.path.endswith("/converse-stream")
+        try:
+            req, plan = await admit(request)
+            images = validate_converse(req)
+            answer = converse_answer(req, images, opts, request.app[CACHE_KEY])
+        except AwsFailure as e:
+            return aws_error(e)
+        if streaming:
+            return await stream(request, stream_events(answer), plan, CONVERSE_STREAM_EXCEPTIONS)
+        return json_response({"output": {"message": {"role": "assistant", "content": answer.blocks}},
+                              "stopReason": answer.stop_reason, "usage": answer.usage,
+                              "metrics": {"latencyMs": 42}}, headers={"x-amzn-requestid": str(uuid.uuid4())})
+
+    async def invoke(request: web.Request) -> web.StreamResponse:
+        model = request.match_info["model"]
+        try:
+            req, _ = await admit(request)
+            if not model.startswith("amazon.titan-embed-text"):
+                raise AwsFailure("ValidationException", "The provided model identifier is invalid.")
+            data = titan_embedding(req)
+        except AwsFailure as e:
+            return aws_error(e)
+        return json_response(data, headers={"x-amzn-bedrock-input-token-count": str(data["inputTextTokenCount"]),
+                                            "x-amzn-requestid": str(uuid.uuid4())})
+
+    async def invoke_agent(request: web.Request) -> web.StreamResponse:
+        agent, alias, session = (request.match_info[k] for k in ("agent", "alias", "session"))
+        try:
+            req, plan = await admit(request)
+            if not _SESSION_ID.match(session):
+                raise AwsFailure("ValidationException", "1 validation error detected: Value at 'sessionId' "
+                                 "failed to satisfy constraint: Member must satisfy regular expression pattern: "
+                                 "[0-9a-zA-Z._:-]+")
+            if not isinstance(req, dict) or not isinstance(req.get("inputText"), str) or not req["inputText"]:
+                raise AwsFailure("ValidationException", "inputText is required.")
+        except AwsFailure as e:
+            return aws_error(e)
+        sessions = request.app[SESSIONS_KEY]
+        key = f"{agent}/{alias}/{session}"
+        turn = sessions.get(key, 0) + 1
+        if req.get("endSession"):
+            sessions.pop(key, None)
+        elif key in sessions or len(sessions) < 10_000:
+            sessions[key] = turn
+        text = f"Agent {agent} answered: {req['inputText']} [session turn {turn}]".encode()
+        step = max(1, len(text) // 3 + 1)  # byte slices: a character may straddle two chunks, as on the wire
+        frames = [es.event("chunk", orjson.dumps({"bytes": base64.b64encode(text[i:i + step]).decode()}))
+                  for i in range(0, len(text), step)]
+        return await stream(request, frames, plan, AGENT_STREAM_EXCEPTIONS, {
+            "x-amzn-bedrock-agent-content-type": "application/json", "x-amz-bedrock-agent-session-id": session})
+
+    app.router.add_post("/model/{model}/converse", tracked(converse))
+    app.router.add_post("/model/{model}/converse-stream", tracked(converse))
+    app.router.add_post("/model/{model}/invoke", tracked(invoke))
+    app.router.add_post("/agents/{agent}/agentAliases/{alias}/sessions/{session}/text", tracked(invoke_agent))
+    return app

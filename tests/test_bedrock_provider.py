@@ -1,0 +1,445 @@
+"""The openai SDK → relaygate → the Bedrock emulator: Converse, ConverseStream, InvokeModel, InvokeAgent.
+
+Every request relaygate sends is SigV4-verified by the emulator, and its JSON is checked against botocore's
+service model (the validator and the serializer) as recorded by the emulator.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+from urllib.parse import unquote
+
+import openai
+import pytest
+
+from relaygate.config import ConfigError, parse_config
+from relaygate.testing.base import BackgroundServer, FaultPlan
+from relaygate.testing.bedrock import TEST_ACCESS_KEY, TEST_SECRET_KEY, BedrockEmulatorOptions, create_app
+from relaygate.testing.gateway import GatewayThread
+
+from .bedrock_helpers import MODEL_ID, REGION, assert_botocore_accepts, bedrock_deployment, botocore_request
+
+TOOLS: Any = [{"type": "function", "function": {
+    "name": "get_weather", "description": "weather for a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 32).decode()
+EMBED_MODEL = "amazon.titan-embed-text-v2:0"
+
+
+@pytest.fixture(scope="module")
+def emu() -> Iterator[BackgroundServer]:
+    with BackgroundServer(create_app(BedrockEmulatorOptions(region=REGION, context_window=300))) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def gw(emu: BackgroundServer) -> Iterator[GatewayThread]:
+    agent = {**bedrock_deployment(emu), "provider": "bedrock_agent", "model": "agent",
+             "agent_id": "AGENT1", "agent_alias_id": "ALIAS1"}
+    config = {"models": [
+        {"name": "claude", "deployments": [bedrock_deployment(emu)]},
+        {"name": "titan-embed", "deployments": [bedrock_deployment(emu, model=EMBED_MODEL)]},
+        {"name": "agent", "deployments": [agent]},
+        {"name": "wrong-secret", "deployments": [bedrock_deployment(emu, aws_secret_access_key="not-the-secret")]},
+    ]}
+    with GatewayThread(config) as g:
+        yield g
+
+
+@pytest.fixture(autouse=True)
+def clean(emu: BackgroundServer) -> None:
+    emu.state.faults = None
+    emu.state.requests.clear()
+
+
+@pytest.fixture
+def client(gw: GatewayThread) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gw.base_url, api_key="client-key", max_retries=0)
+
+
+def sent(emu: BackgroundServer, action: str = "converse") -> list[dict[str, Any]]:
+    return [r for r in emu.state.requests if r["path"].endswith("/" + action)]
+
+
+def check_converse(emu: BackgroundServer, action: str = "converse") -> dict[str, Any]:
+    """The last Converse request: signed (the emulator verified it) and valid for botocore."""
+    rec = sent(emu, action)[-1]
+    assert rec["path"] == f"/model/{MODEL_ID}/{action}"
+    assert rec["headers"]["authorization"].startswith(f"AWS4-HMAC-SHA256 Credential={TEST_ACCESS_KEY}/")
+    assert_botocore_accepts("bedrock-runtime", "ConverseStream" if action == "converse-stream" else "Converse",
+                            rec, modelId=MODEL_ID)
+    return rec["json"]
+
+
+def test_plain_chat_is_a_signed_converse_call(client: openai.OpenAI, emu: BackgroundServer) -> None:
+    r = client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "hello there"}],
+                                       max_tokens=50, temperature=0.2, top_p=0.9)
+    assert r.choices[0].message.content == "Hello! You said: hello there"
+    assert r.choices[0].finish_reason == "stop" and r.model == "claude"
+    assert r.usage is not None and r.usage.prompt_tokens == 6 and r.usage.completion_tokens == 5
+    body = check_converse(emu)
+    assert body == {"messages": [{"role": "user", "content": [{"text": "hello there"}]}],
+                    "inferenceConfig": {"maxTokens": 50, "temperature": 0.2, "topP": 0.9}}
+
+
+def test_system_prompts_become_system_blocks(client: openai.OpenAI, emu: BackgroundServer) -> None:
+    r = client.chat.completions.create(model="claude", messages=[
+        {"role": "system", "content": "Be brief."}, {"role": "developer", "content": "No jokes."},
+        {"role": "user", "content": "hi"}])
+    assert r.choices[0].message.content == "Hello! You said: hi [system: Be brief. No jokes.]"
+    assert check_converse(emu)["system"] == [{"text": "Be brief."}, {"text": "No jokes."}]
+
+
+def test_multi_turn_keeps_roles_alternating(client: openai.OpenAI, emu: BackgroundServer) -> None:
+    r = client.chat.completions.create(model="claude", messages=[
+        {"role": "user", "content": "one"}, {"role": "assistant", "content": "first answer"},
+        {"role": "user", "content": "two"}, {"role": "user", "content": [{"type": "text", "text": "three"}]}])
+    assert r.choices[0].message.content == "Hello! You said: two three [turn 2]"
+    assert check_converse(emu)["messages"] == [
+        {"role": "user", "content": [{"text": "one"}]},
+        {"role": "assistant", "content": [{"text": "first answer"}]},
+        {"role": "user", "content": [{"text": "two"}, {"text": "three"}]}]
+
+
+def test_image_data_uri_is_sent_as_image_bytes(client: openai.OpenAI, emu: BackgroundServer) -> None:
+    r = client.chat.completions.create(model="claude", messages=[{"role": "user", "content": [
+        {"type": "text", "text": "what is this"},
+        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}}]}])
+    assert r.choices[0].message.content == "Hello! You said: what is this (I see 1 image)"
+    block = check_converse(emu)["messages"][0]["content"][1]
+    assert block == {"image": {"format": "png", "source": {"bytes": PNG}}}
+
+
+def test_image_url_is_refused_because_bedrock_does_not_fetch(client: openai.OpenAI, emu: BackgroundServer) -> None:
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="claude", messages=[{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]}])
+    assert "data: URI" in e.value.message and e.value.param == "messages[0].content[0]"
+    assert not emu.state.requests
+
+
+def test_tool_call_round_trip(client: openai.OpenAI, emu: BackgroundServer) -> None:
+    msgs: list[Any] = [{"role": "user", "content": "Paris"}]
+    r = client.chat.completions.create(model="claude", messages=msgs, tools=TOOLS,
+                                       tool_choice="required")
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content == "I will use get_weather."
+    assert choice.message.tool_calls
+    call: Any = choice.message.tool_calls[0]
+    assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Paris"}
+    first = check_converse(emu)
+    assert first["toolConfig"] == {"tools": [{"toolSpec": {
+        "name": "get_weather", "description": "weather for a city",
+        "inputSchema": {"json": TOOLS[0]["function"]["parameters"]}}}], "toolChoice": {"any": {}}}
+    msgs += [choice.message.model_dump(exclude_none=True),
+             {"role": "tool", "tool_call_id": call.id, "content": "sunny, 21C"}]
+    follow = client.chat.completions.create(model="claude", messages=msgs, tools=TOOLS)
+    assert follow.choices[0].message.content == "The tool returned: sunny, 21C"
+    assert follow.choices[0].finish_reason == "stop"
+    second = check_converse(emu)
+    assert second["messages"][1]["content"][1] == {"toolUse": {"toolUseId": call.id, "name": "get_weather",
+                                                               "input": {"city": "Paris"}}}
+    assert second["messages"][2] == {"role": "user", "content": [
+        {"toolResult": {"toolUseId": call.id, "content": [{"text": "sunny, 21C"}]}}]}
+
+
+def test_stream_translates_event_by_event(client: openai.OpenAI, emu: BackgroundServer) -> None:
+    chunks = list(client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "hi you"}],
+                                                 stream=True, stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "Hello! You said: hi you"
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert chunks[-1].usage.prompt_tokens == 6 and chunks[-1].usage.completion_tokens == 5
+    assert len({c.id for c in chunks}) == 1
+    check_converse(emu, "converse-stream")
+
+
+def test_stream_without_include_usage_has_no_usage_chunk(client: openai.OpenAI) -> None:
+    chunks = list(client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "x"}],
+                                                 stream=True))
+    assert all(c.choices and c.usage is None for c in chunks)
+
+
+def test_stream_tool_call_deltas_assemble(client: openai.OpenAI, emu: BackgroundServer) -> None:
+    calls: dict[int, dict[str, str]] = {}
+    text, finish = "", None
+    for c in client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "Oslo"}],
+                                            tools=TOOLS, stream=True,
+                                            tool_choice={"type": "function", "function": {"name": "get_weather"}}):
+        d = c.choices[0].delta
+        text += d.content or ""
+        finish = c.choices[0].finish_reason or finish
+        for tc in d.tool_calls or []:
+            entry = calls.setdefault(tc.index, {"id": "", "name": "", "args": ""})
+            entry["id"] += tc.id or ""
+            entry["name"] += (tc.function.name or "") if tc.function else ""
+            entry["args"] += (tc.function.arguments or "") if tc.function else ""
+    assert text == "I will use get_weather." and finish == "tool_calls"
+    assert list(calls) == [0] and calls[0]["name"] == "get_weather" and calls[0]["id"].startswith("tooluse_")
+    assert json.loads(calls[0]["args"]) == {"city": "Oslo"}
+    assert check_converse(emu, "converse-stream")["toolConfig"]["toolChoice"] == {"tool": {"name": "get_weather"}}
+
+
+def test_max_tokens_and_stop_sequences_map_to_finish_reasons(client: openai.OpenAI, emu: BackgroundServer) -> None:
+    r = client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "a b c d e"}],
+                                       max_completion_tokens=3)
+    assert r.choices[0].message.content == "Hello! You said:" and r.choices[0].finish_reason == "length"
+    r = client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "a b STOP c"}],
+                                       stop="STOP")
+    assert r.choices[0].message.content == "Hello! You said: a b " and r.choices[0].finish_reason == "stop"
+    assert check_converse(emu)["inferenceConfig"] == {"stopSequences": ["STOP"]}
+
+
+def test_cache_control_parts_become_cache_points_and_cached_tokens_are_reported(
+        client: openai.OpenAI, emu: BackgroundServer) -> None:
+    system = {"role": "system", "content": [{"type": "text", "text": "long shared instructions " * 5,
+                                             "cache_control": {"type": "ephemeral"}}]}
+    msgs: Any = [system, {"role": "user", "content": "q1"}]
+    first = client.chat.completions.create(model="claude", messages=msgs)
+    assert check_converse(emu)["system"][1] == {"cachePoint": {"type": "default"}}
+    second = client.chat.completions.create(model="claude", messages=msgs)
+    assert first.usage is not None and second.usage is not None
+    assert second.usage.prompt_tokens_details is not None
+    assert second.usage.prompt_tokens_details.cached_tokens == 15
+    assert second.usage.prompt_tokens == first.usage.prompt_tokens  # cache reads count as prompt tokens
+
+
+def test_json_schema_response_format_becomes_output_config(client: openai.OpenAI, emu: BackgroundServer) -> None:
+    schema: Any = {"type": "object", "properties": {"a": {"type": "string"}}}
+    client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "x"}],
+                                   response_format={"type": "json_schema",
+                                                    "json_schema": {"name": "out", "schema": schema}})
+    fmt = check_converse(emu)["outputConfig"]["textFormat"]
+    assert fmt["structure"]["jsonSchema"]["name"] == "out"
+    assert json.loads(fmt["structure"]["jsonSchema"]["schema"]) == schema
+
+
+@pytest.mark.parametrize("fault,exc,status,code", [
+    (FaultPlan(status=429, count=1), openai.RateLimitError, 429, "rate_limit_exceeded"),
+    (FaultPlan(status=400, count=1), openai.BadRequestError, 400, None),
+    (FaultPlan(status=400, count=1, message="Input is too long for requested model."), openai.BadRequestError,
+     400, "context_length_exceeded"),
+    (FaultPlan(status=403, count=1), openai.PermissionDeniedError, 403, "permission_denied"),
+    (FaultPlan(status=503, count=1), openai.InternalServerError, 503, "upstream_unavailable"),
+    (FaultPlan(status=408, count=1), openai.APIStatusError, 504, "timeout"),
+    (FaultPlan(status=429, count=1, error_code="ModelNotReadyException"), openai.InternalServerError, 503,
+     "model_not_ready"),
+    (FaultPlan(status=500, count=1), openai.InternalServerError, 500, "upstream_unavailable"),
+    (FaultPlan(status=424, count=1), openai.APIStatusError, 502, "upstream_unavailable"),
+])
+@pytest.mark.parametrize("stream", [False, True])
+def test_bedrock_errors_map_to_gateway_errors(client: openai.OpenAI, emu: BackgroundServer, fault: FaultPlan,
+                                              exc: type[openai.APIStatusError], status: int, code: str | None,
+                                              stream: bool) -> None:
+    emu.state.faults = FaultPlan(**{**fault.__dict__})
+    with pytest.raises(exc) as e:
+        r = client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "x"}],
+                                           stream=stream)
+        list(r) if stream else None
+    assert e.value.status_code == status and e.value.code == code
+    assert e.value.message
+
+
+def test_input_too_long_for_the_model_is_context_length_exceeded(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "word " * 400}])
+    assert e.value.code == "context_length_exceeded" and "Input is too long" in e.value.message
+
+
+def test_wrong_secret_fails_the_signature_and_is_an_auth_error(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.AuthenticationError) as e:
+        client.chat.completions.create(model="wrong-secret", messages=[{"role": "user", "content": "x"}])
+    assert e.value.code == "upstream_auth_failed" and "signature" in e.value.message
+    assert "not-the-secret" not in e.value.response.text and TEST_ACCESS_KEY not in e.value.response.text
+
+
+def test_exception_frame_mid_stream_ends_the_stream_with_an_error_event(client: openai.OpenAI,
+                                                                         emu: BackgroundServer) -> None:
+    emu.state.faults = FaultPlan(status=429, disconnect_after_chunks=3, count=1)
+    got: list[str] = []
+    with pytest.raises(openai.APIError) as e:
+        for c in client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "a b c"}],
+                                                stream=True):
+            got.append(c.choices[0].delta.content or "")
+    assert "".join(got) == "Hello! You "  # messageStart and two text deltas came before the frame
+    assert "Too many requests" in e.value.message
+    assert isinstance(e.value.body, dict) and e.value.body["code"] == "rate_limit_exceeded"
+
+
+def test_exception_frame_before_any_event_is_still_an_http_error(client: openai.OpenAI,
+                                                                  emu: BackgroundServer) -> None:
+    emu.state.faults = FaultPlan(status=503, disconnect_after_chunks=0, count=1)
+    with pytest.raises(openai.InternalServerError) as e:
+        list(client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "x"}],
+                                            stream=True))
+    assert e.value.status_code == 503 and "unable to process" in e.value.message
+
+
+def test_stream_cut_mid_message_ends_with_an_error_event(client: openai.OpenAI, emu: BackgroundServer) -> None:
+    emu.state.faults = FaultPlan(disconnect_after_chunks=2, count=1)
+    with pytest.raises(openai.APIError) as e:
+        list(client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "a b"}],
+                                            stream=True))
+    assert "stream" in e.value.message
+
+
+def test_unsupported_openai_options_are_refused_clearly(client: openai.OpenAI, emu: BackgroundServer) -> None:
+    for kwargs in ({"n": 2}, {"logprobs": True}, {"response_format": {"type": "json_object"}}):
+        with pytest.raises(openai.BadRequestError) as e:
+            client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "x"}],
+                                           **kwargs)
+        assert e.value.code == "unsupported"
+    assert not emu.state.requests
+
+
+# ---- the agent --------------------------------------------------------------------------------------------
+
+def test_agent_answers_with_unknown_usage_in_the_session_asked_for(client: openai.OpenAI,
+                                                                    emu: BackgroundServer) -> None:
+    for turn in (1, 2):
+        raw = client.chat.completions.with_raw_response.create(
+            model="agent", messages=[{"role": "user", "content": f"héllo wörld {turn}"}],
+            extra_headers={"x-relaygate-session-id": "session-42"})
+        r = raw.parse()
+        assert r.choices[0].message.content == f"Agent AGENT1 answered: héllo wörld {turn} [session turn {turn}]"
+        assert r.usage is None and raw.headers["x-relaygate-usage"] == "unknown"
+        assert raw.headers["x-relaygate-session-id"] == "session-42"
+    rec = sent(emu, "text")[-1]
+    assert rec["path"] == "/agents/AGENT1/agentAliases/ALIAS1/sessions/session-42/text"
+    assert_botocore_accepts("bedrock-agent-runtime", "InvokeAgent", rec, agentId="AGENT1",
+                            agentAliasId="ALIAS1", sessionId="session-42")
+
+
+def test_agent_stream_sends_only_the_last_user_message_and_keeps_the_conversation_session(
+        client: openai.OpenAI, emu: BackgroundServer) -> None:
+    convo: list[Any] = [{"role": "system", "content": "ignored"}, {"role": "user", "content": "first question"}]
+
+    def ask() -> tuple[str, list[Any]]:
+        chunks = list(client.chat.completions.create(model="agent", messages=convo, stream=True,
+                                                     stream_options={"include_usage": True}))
+        return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices), chunks
+
+    text, chunks = ask()
+    assert text == "Agent AGENT1 answered: first question [session turn 1]"
+    assert chunks[-1].choices == [] and chunks[-1].usage is None
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    convo += [{"role": "assistant", "content": text}, {"role": "user", "content": "second"}]
+    text, _ = ask()
+    assert text == "Agent AGENT1 answered: second [session turn 2]"
+    assert sent(emu, "text")[-1]["json"] == {"inputText": "second"}
+    convo[:] = [{"role": "user", "content": "another chat"}]  # a new conversation: a new session
+    other, _ = ask()
+    assert other.endswith("[session turn 1]")
+
+
+def test_agent_user_field_names_the_session_and_bad_ids_are_refused(client: openai.OpenAI,
+                                                                    emu: BackgroundServer) -> None:
+    client.chat.completions.create(model="agent", messages=[{"role": "user", "content": "x"}], user="alice.1")
+    assert sent(emu, "text")[-1]["path"].endswith("/sessions/alice.1/text")
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="agent", messages=[{"role": "user", "content": "x"}], user="a b/c")
+
+
+def test_agent_stream_exception_frame_ends_with_an_error_event(client: openai.OpenAI, emu: BackgroundServer) -> None:
+    emu.state.faults = FaultPlan(status=503, disconnect_after_chunks=1, count=1, paths=["/agents/"])
+    with pytest.raises(openai.APIError) as e:
+        list(client.chat.completions.create(model="agent", messages=[{"role": "user", "content": "x"}],
+                                            stream=True))
+    assert e.value.body["code"] == "upstream_unavailable"  # type: ignore[index]
+
+
+# ---- embeddings -------------------------------------------------------------------------------------------
+
+def test_embeddings_use_invoke_model_with_titan_bodies(client: openai.OpenAI, emu: BackgroundServer) -> None:
+    out = client.embeddings.create(model="titan-embed", input=["alpha beta", "gamma"], dimensions=256)
+    assert [d.index for d in out.data] == [0, 1] and len(out.data[0].embedding) == 256
+    assert out.usage.prompt_tokens == 3 and out.usage.total_tokens == 3 and out.model == "titan-embed"
+    recs = sent(emu, "invoke")
+    assert sorted(r["json"]["inputText"] for r in recs) == ["alpha beta", "gamma"]
+    for r in recs:
+        assert r["json"]["dimensions"] == 256
+        body = json.dumps(r["json"]).encode()
+        boto = botocore_request("bedrock-runtime", "InvokeModel", {
+            "modelId": EMBED_MODEL, "body": body, "contentType": r["headers"]["content-type"],
+            "accept": r["headers"]["accept"]})
+        assert boto["body"] == body and unquote(boto["url_path"]) == r["path"]
+    # the openai SDK asks for base64 by default and decodes it: the same floats come back
+    again = client.embeddings.create(model="titan-embed", input="alpha beta", dimensions=256)
+    assert again.data[0].embedding == pytest.approx(out.data[0].embedding, rel=1e-6)
+    raw = client.embeddings.with_raw_response.create(model="titan-embed", input="gamma", dimensions=256,
+                                                     encoding_format="float")
+    assert isinstance(json.loads(raw.text)["data"][0]["embedding"], list)
+
+
+def test_embeddings_refuse_token_arrays_and_non_titan_models(client: openai.OpenAI, emu: BackgroundServer) -> None:
+    with pytest.raises(openai.BadRequestError) as e:
+        client.embeddings.create(model="titan-embed", input=[[1, 2, 3]])
+    assert e.value.param == "input"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.embeddings.create(model="claude", input="x")
+    assert e.value.code == "unsupported"
+    assert not emu.state.requests
+
+
+# ---- configuration ----------------------------------------------------------------------------------------
+
+def test_credentials_and_region_come_from_the_environment_when_the_gateway_is_built(
+        emu: BackgroundServer, monkeypatch: pytest.MonkeyPatch,
+        start_gateway: Callable[..., GatewayThread]) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", TEST_ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", TEST_SECRET_KEY)
+    monkeypatch.setenv("AWS_REGION", REGION)
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    gw = start_gateway({"models": [{"name": "c", "deployments": [
+        {"provider": "bedrock", "model": MODEL_ID, "api_base": emu.url}]}]})
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "changed-later")  # not read per request
+    c = openai.OpenAI(base_url=gw.base_url, api_key="k", max_retries=0)
+    assert c.chat.completions.create(model="c", messages=[{"role": "user", "content": "hi"}]).choices[0].message.content
+
+
+def test_session_token_is_sent_and_checked(start_gateway: Callable[..., GatewayThread]) -> None:
+    opts = BedrockEmulatorOptions(session_tokens={TEST_ACCESS_KEY: "token-abc-123"})
+    with BackgroundServer(create_app(opts)) as srv:
+        gw = start_gateway({"models": [
+            {"name": "ok", "deployments": [bedrock_deployment(srv, aws_session_token="token-abc-123")]},
+            {"name": "no-token", "deployments": [bedrock_deployment(srv)]}]})
+        c = openai.OpenAI(base_url=gw.base_url, api_key="k", max_retries=0)
+        c.chat.completions.create(model="ok", messages=[{"role": "user", "content": "hi"}])
+        assert srv.state.requests[-1]["headers"]["x-amz-security-token"] == "token-abc-123"
+        with pytest.raises(openai.AuthenticationError):
+            c.chat.completions.create(model="no-token", messages=[{"role": "user", "content": "hi"}])
+
+
+@pytest.mark.parametrize("deployment,message", [
+    ({"provider": "bedrock", "model": "m", "region": "us-east-1"}, "AWS credentials missing"),
+    ({"provider": "bedrock", "model": "m", "aws_access_key_id": "AKIA1", "aws_secret_access_key": "s"},
+     "AWS region missing"),
+    ({"provider": "bedrock", "model": "m", "region": "r", "aws_access_key_id": "AKIA1"}, "given together"),
+    ({"provider": "bedrock_agent", "model": "a", "region": "r", "aws_access_key_id": "A",
+      "aws_secret_access_key": "s"}, "agent_id and agent_alias_id"),
+])
+def test_incomplete_aws_config_is_a_config_error_naming_the_deployment(
+        deployment: dict[str, Any], message: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    from relaygate.gateway import build_deployments, new_session
+
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(var, raising=False)
+    cfg = parse_config({"models": [{"name": "x", "deployments": [deployment]}]}, {})
+
+    async def build() -> None:
+        session = new_session()
+        try:
+            build_deployments(cfg, session)
+        finally:
+            await session.close()
+
+    with pytest.raises(ConfigError) as e:
+        asyncio.run(build())
+    assert e.value.errors[0].startswith("models[0].deployments[0]: ") and message in e.value.errors[0]

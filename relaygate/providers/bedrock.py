@@ -41,7 +41,7 @@ class BedrockProvider(AwsProvider):
         request = to_converse(call.body)
         if not call.stream:
             resp = await self.post_json(call, model_path(model, "converse"), request)
-            data = await self._read_json(resp)
+            data = await self.read_json_object(resp)
             body, usage = from_converse(data, call.model)
             return Reply(body=orjson.dumps(body), usage=usage, first_byte_at=time.monotonic())
         resp = await self.post_json(call, model_path(model, "converse-stream"), request,
@@ -74,19 +74,6 @@ class BedrockProvider(AwsProvider):
             # close, not release: if the client went away mid-stream the upstream must see it at once
             resp.close()
 
-    async def _read_json(self, resp: aiohttp.ClientResponse) -> dict[str, Any]:
-        try:
-            raw = await self.read_body(resp)
-        finally:
-            resp.release()
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise Unavailable(f"upstream {self.kind} answered with invalid JSON", status=502) from None
-        if not isinstance(data, dict):
-            raise Unavailable(f"upstream {self.kind} answered with unexpected JSON", status=502)
-        return data
-
     async def embeddings(self, call: Call) -> Reply:
         """OpenAI embeddings via InvokeModel with the Titan text embeddings (v2) body: one text per call."""
         assert call.deployment is not None
@@ -110,7 +97,7 @@ class BedrockProvider(AwsProvider):
         if body.get("dimensions") is not None:
             req["dimensions"] = body["dimensions"]
         path = model_path(call.deployment.upstream_model(call.model), "invoke")
-        data = await self._read_json(await self.post_json(call, path, req))
+        data = await self.read_json_object(await self.post_json(call, path, req))
         vec = data.get("embedding") or (data.get("embeddingsByType") or {}).get("float")
         if not isinstance(vec, list):
             raise Unavailable("Bedrock's embedding response has no embedding", status=502)

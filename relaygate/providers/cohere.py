@@ -68,7 +68,7 @@ class CohereProvider(Provider):
             reply = Reply(media_type="text/event-stream", first_byte_at=time.monotonic())
             reply.stream = self._relay(resp, reply, ChunkWriter(model, include_usage=call.wants_usage))
             return reply
-        data = await self._json(resp)
+        data = await self.read_json_object(resp)
         reply = Reply(first_byte_at=time.monotonic())
         reply.usage = usage_of(data.get("usage"))
         reply.body = orjson.dumps(chat_completion(data, model, reply.usage))
@@ -146,7 +146,7 @@ class CohereProvider(Provider):
         dims = call.body.get("dimensions")
         if dims is not None:
             body["output_dimension"] = dims
-        data = await self._json(await self._post(call, "/v2/embed", body))
+        data = await self.read_json_object(await self._post(call, "/v2/embed", body))
         vectors = (data.get("embeddings") or {}).get("float")
         if not isinstance(vectors, list) or len(vectors) != len(texts):
             raise Unavailable("upstream cohere returned no float embeddings", status=502)
@@ -162,19 +162,6 @@ class CohereProvider(Provider):
         if resp.status >= 400:
             raise await self.upstream_error(resp)
         return resp
-
-    async def _json(self, resp: aiohttp.ClientResponse) -> dict[str, Any]:
-        try:
-            raw = await self.read_body(resp)
-        finally:
-            resp.release()
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise Unavailable("upstream cohere returned a body that is not JSON", status=502) from None
-        if not isinstance(data, dict):
-            raise Unavailable("upstream cohere returned an unexpected body", status=502)
-        return data
 
     async def upstream_error(self, resp: aiohttp.ClientResponse) -> GatewayError:
         """Cohere's ``{"message": ...}`` errors as gateway errors (secrets and addresses never leak)."""

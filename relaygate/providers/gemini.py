@@ -85,16 +85,7 @@ class GeminiProvider(Provider):
             raise await self.upstream_error(resp)
         if call.stream:
             return await self._stream(call, resp)
-        try:
-            raw = await self.read_body(resp)
-        finally:
-            resp.release()
-        try:
-            answer = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise Unavailable("upstream gemini sent a response that is not JSON", status=502) from None
-        if not isinstance(answer, dict):
-            raise Unavailable("upstream gemini sent an unexpected response", status=502)
+        answer = await self.read_json_object(resp)
         reason = blocked_reason(answer)
         if reason:
             raise ContentFiltered(f"the prompt was blocked by Gemini's safety filters ({reason})", param="messages")

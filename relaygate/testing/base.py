@@ -176,8 +176,16 @@ async def send_sse(request: web.Request, frames: Iterable[bytes], plan: FaultPla
     """Stream SSE frames (each a complete event), applying the plan's chunk delay and mid-stream cut;
     ``done`` ends a complete stream (b"" for upstreams that send no terminator). At the cut the socket
     is closed, or, given ``cut_frame`` (an error event), the stream ends with that event."""
-    resp = web.StreamResponse(headers={"content-type": "text/event-stream; charset=utf-8",
-                                       "cache-control": "no-cache", **(headers or {})})
+    return await send_frames(request, frames, plan, "text/event-stream; charset=utf-8", done=done,
+                             cut_frame=cut_frame, headers=headers)
+
+
+async def send_frames(request: web.Request, frames: Iterable[bytes], plan: FaultPlan | None, content_type: str,
+                      *, done: bytes = b"", cut_frame: bytes | None = None,
+                      headers: dict[str, str] | None = None) -> web.StreamResponse:
+    """Stream complete frames of any framing (SSE, AWS event stream) the way ``send_sse`` does."""
+    resp = web.StreamResponse(headers={"content-type": content_type, "cache-control": "no-cache",
+                                       **(headers or {})})
     await resp.prepare(request)
     delay = (plan.chunk_delay_ms / 1000) if plan else 0.0
     cut = plan.disconnect_after_chunks if plan else None

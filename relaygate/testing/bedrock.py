@@ -12,7 +12,6 @@ turn holds no toolResult. Faults (``POST /_emulator/faults``): ``status`` answer
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import calendar
@@ -31,7 +30,17 @@ from aiohttp import web
 
 from ..providers import aws_eventstream as es
 from ..providers.aws_sigv4 import canonical_request, signing_key, string_to_sign
-from .base import STATE_KEY, EmulatorState, FaultPlan, apply_latency, json_response, new_app, tracked
+from .base import (
+    STATE_KEY,
+    EmulatorState,
+    FaultPlan,
+    apply_latency,
+    drop_connection,
+    json_response,
+    new_app,
+    send_frames,
+    tracked,
+)
 from .openai import _args_for
 
 TEST_ACCESS_KEY = "AKIAIOSFODNN7EXAMPLE"  # AWS's documented example credentials
@@ -397,9 +406,7 @@ def create_app(options: BedrockEmulatorOptions | None = None, state: EmulatorSta
         plan = request.app[STATE_KEY].take_fault(request.path)
         await apply_latency(plan)
         if plan is not None and plan.drop_connection:
-            assert request.transport is not None
-            request.transport.close()
-            await asyncio.sleep(0.05)
+            await drop_connection(request)
             raise AwsFailure("InternalServerException")  # never reaches the client: the socket is gone
         if plan is not None and plan.status and plan.disconnect_after_chunks is None:
             raise fault_failure(plan)
@@ -411,26 +418,9 @@ def create_app(options: BedrockEmulatorOptions | None = None, state: EmulatorSta
 
     async def stream(request: web.Request, frames: list[bytes], plan: FaultPlan | None, allowed: set[str],
                      headers: dict[str, str] | None = None) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"content-type": EVENTSTREAM, "x-amzn-requestid": str(uuid.uuid4()),
-                                           **(headers or {})})
-        await resp.prepare(request)
-        delay = plan.chunk_delay_ms / 1000 if plan else 0.0
-        cut = plan.disconnect_after_chunks if plan else None
-        for i, frame in enumerate(frames):
-            if cut is not None and i >= cut:
-                assert plan is not None
-                if plan.status:
-                    await resp.write(exception_frame(fault_failure(plan), allowed))
-                    await resp.write_eof()
-                else:
-                    assert request.transport is not None
-                    request.transport.close()
-                return resp
-            await resp.write(frame)
-            if delay:
-                await asyncio.sleep(delay)
-        await resp.write_eof()
-        return resp
+        cut_frame = exception_frame(fault_failure(plan), allowed) if plan is not None and plan.status else None
+        return await send_frames(request, frames, plan, EVENTSTREAM, cut_frame=cut_frame,
+                                 headers={"x-amzn-requestid": str(uuid.uuid4()), **(headers or {})})
 
     async def converse(request: web.Request) -> web.StreamResponse:
         streaming = request.path.endswith("/converse-stream")

@@ -1,9 +1,10 @@
 """Audio uploads: a client's multipart body parsed as it arrives and re-encoded for the upstream.
 
 The fields before the file are read first (``model`` routes the call); the file is then forwarded chunk by
-chunk while it is still arriving, so a 25 MB upload never sits in memory. When the client sends ``model``
-after the file (curl lets it), the file is spooled (memory up to ``SPOOL_MEMORY``, then a temporary file)
-until the end of the body, and the upload can then be replayed to another deployment on a retry.
+chunk while it is still arriving, so a 25 MB upload never sits in memory. On the way the file is kept in a
+spool (memory up to ``SPOOL_MEMORY``, then a temporary file), so that a retry or fallback to another
+deployment can replay it, as nginx's request buffering would, without delaying the first attempt. When the
+client sends ``model`` after the file (curl lets it), the body is read to its end before routing.
 """
 
 from __future__ import annotations
@@ -155,7 +156,7 @@ def _quote(value: str) -> bytes:
 
 
 class AudioUpload(ClientBody):
-    """An upload on its way from the client to one upstream; see the module docstring."""
+    """An upload on its way from the client to an upstream; see the module docstring."""
 
     def __init__(self, reader: FormReader, check_field: Any) -> None:
         super().__init__()
@@ -166,25 +167,33 @@ class AudioUpload(ClientBody):
         self.file_size = 0
         self.boundary = "relaygate-" + os.urandom(12).hex()
         self._spool: IO[bytes] | None = None
+        self._file_done = False
         self._read_all = False
 
     @property
     def content_type(self) -> str:
         return "multipart/form-data; boundary=" + self.boundary
 
+    @property
+    def replayable(self) -> bool:
+        # what was read is kept in the spool; the rest is still to be read from the client
+        return True
+
     def value(self, name: str) -> str | None:
         return next((v for n, v in self.fields if n == name), None)
 
     async def start(self) -> None:
-        """Read up to the file (or the end); spool the file when ``model`` comes after it."""
+        """Read up to the file (or the end); read on to the end when ``model`` comes after the file."""
         while True:
             ev = await self.reader.next()
             if ev[0] == "field":
                 self._add_field(ev[1], ev[2])
             elif ev[0] == "file":
                 self.file = (ev[1], ev[2], ev[3])
+                self._spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY)  # noqa: SIM115 (close())
                 if self.value("model") is None:
-                    await self._spool_rest()
+                    while await self._take(await self.reader.next()) is not None:
+                        pass
                 return
             else:  # end
                 self._read_all = True
@@ -194,27 +203,28 @@ class AudioUpload(ClientBody):
         self.check_field(name, value)
         self.fields.append((name, value))
 
-    async def _spool_rest(self) -> None:
-        spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY)  # noqa: SIM115 (closed in close())
-        self._spool = spool
-        while True:
-            ev = await self.reader.next()
-            if ev[0] == "data":
-                self.file_size += len(ev[1])
-                spool.write(ev[1])
-            elif ev[0] == "field":
-                self._add_field(ev[1], ev[2])
-            elif ev[0] == "end":
-                self._read_all = True
-                return
-
-    @property
-    def replayable(self) -> bool:
-        """True when the whole upload is at hand (read to the end, file spooled) for another attempt."""
-        return self._read_all and (self.file is None or self._spool is not None)
+    async def _take(self, ev: Event) -> Event | None:
+        """Keep one event of the body after the file started (file bytes go to the spool); None at the end."""
+        if ev[0] == "data":
+            assert self._spool is not None
+            self._spool.write(ev[1])
+            self.file_size += len(ev[1])
+        elif ev[0] == "file_end":
+            self._file_done = True
+        elif ev[0] == "field":
+            self._add_field(ev[1], ev[2])
+        else:
+            self._read_all = True
+            return None
+        return ev
 
     def body(self, upstream_model: str) -> AsyncIterator[bytes]:
-        """The upstream multipart body with ``model`` rewritten; the file streams on as it arrives."""
+        """The upstream multipart body with ``model`` rewritten.
+
+        The file streams on as it arrives and is kept in a spool (memory up to ``SPOOL_MEMORY``, then a
+        temporary file) on the way, so a retry on another deployment replays what was read and goes on
+        reading the client from where the failed attempt stopped.
+        """
         self.begin()
         return self.guard(self._encode(upstream_model))
 
@@ -222,33 +232,33 @@ class AudioUpload(ClientBody):
         b = self.boundary.encode()
         closing = b"--" + b + b"--" + CRLF
         head = b"".join(encode_field(b, n, upstream_model if n == "model" else v) for n, v in self.fields)
-        if self.file is None:
+        if self.file is None or self._spool is None:
             yield head + closing
             return
         name, filename, ctype = self.file
         yield head + (b"--" + b + CRLF + b'Content-Disposition: form-data; name="' + _quote(name)
                       + b'"; filename="' + _quote(filename) + b'"' + CRLF + b"Content-Type: "
                       + _quote(ctype) + CRLF + CRLF)
-        if self._spool is not None:
-            self._spool.seek(0)
-            while piece := self._spool.read(64 * 1024):
+        spool, kept = self._spool, self.file_size
+        if kept:  # a replay: what earlier attempts read, then on from where they stopped
+            spool.seek(0)
+            while kept > 0 and (piece := spool.read(min(kept, 64 * 1024))):
+                kept -= len(piece)
                 yield piece
-            yield CRLF + closing
-            return
-        while True:
-            ev = await self.reader.next()
+            spool.seek(0, os.SEEK_END)
+        if self._file_done:
+            yield CRLF
+        while not self._read_all:
+            ev = await self._take(await self.reader.next())
+            if ev is None:
+                break
             if ev[0] == "data":
-                self.file_size += len(ev[1])
                 yield ev[1]
             elif ev[0] == "file_end":
                 yield CRLF
-            elif ev[0] == "field":  # a field after the file: checked and forwarded in order
-                self._add_field(ev[1], ev[2])
+            else:  # a field after the file: checked and forwarded in order
                 yield encode_field(b, ev[1], ev[2])
-            else:
-                self._read_all = True
-                yield closing
-                return
+        yield closing
 
     def close(self) -> None:
         if self._spool is not None:

@@ -83,7 +83,7 @@ def test_a_failed_transcription_replays_the_upload_to_the_next_deployment(openai
              "api_base": local_whisper.url + "/v1"},
         ]}]})
         fail_next(openai_emulator, status=503)
-        wav = wav_bytes(tone_pcm(3.0, 300), comment="replayed upload")  # 144 KB: past the in-memory spool
+        wav = wav_bytes(tone_pcm(3.0, 300), comment="replayed upload")
         res = client(gw).audio.transcriptions.create(model="stt", file=("a.wav", wav))
         assert res.text == "replayed upload"
         first, second = openai_emulator.state.requests[-1], local_whisper.state.requests[-1]

@@ -165,3 +165,21 @@ def test_wrong_key_unknown_model_and_too_long_prompt_are_refused(co: cohere.Clie
 def test_openai_only_fields_are_refused(emulator: BackgroundServer) -> None:
     r = raw(emulator, "/v2/chat", {"model": MODEL, "top_p": 0.5, "messages": [{"role": "user", "content": "x"}]})
     assert r.status_code == 400 and "top_p" in r.json()["message"]
+
+
+def test_reasoning_models_think_first_unless_disabled(co: cohere.ClientV2, emulator: BackgroundServer) -> None:
+    model, msgs = "command-a-reasoning-08-2025", [{"role": "user", "content": "ping"}]
+    r = co.chat(model=model, messages=msgs)  # type: ignore[arg-type]
+    assert [c.type for c in r.message.content or []] == ["thinking", "text"]
+    events = list(co.chat_stream(model=model, messages=msgs))  # type: ignore[arg-type]
+    starts = [e.delta.message.content.type for e in events if e.type == "content-start"]  # type: ignore[union-attr]
+    assert starts == ["thinking", "text"]
+    assert "".join(e.delta.message.content.thinking or "" for e in events  # type: ignore[union-attr]
+                   if e.type == "content-delta").startswith("The user wants")
+    plain = co.chat(model=model, messages=msgs, thinking={"type": "disabled"})  # type: ignore[arg-type]
+    assert [c.type for c in plain.message.content or []] == ["text"]
+    body = raw(emulator, "/v2/chat", {"model": model, "stream": True, "messages": msgs})
+    adapter = pydantic.TypeAdapter(V2ChatStreamResponse)
+    for line in body.text.splitlines():
+        if line.startswith("data: {"):
+            adapter.validate_python(orjson.loads(line[6:]))

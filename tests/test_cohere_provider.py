@@ -47,7 +47,8 @@ def gateway(emulator: BackgroundServer) -> Iterator[GatewayThread]:
     config = {"models": [cohere_model("command", emulator),
                          cohere_model("command-slow", emulator, timeout=0.5),
                          cohere_model("command-badkey", emulator, api_key="wrong-key"),
-                         cohere_model("embed", emulator, model="embed-v4.0")]}
+                         cohere_model("embed", emulator, model="embed-v4.0"),
+                         cohere_model("*", emulator, model="*")]}
     with GatewayThread(config) as gw:
         yield gw
 
@@ -350,3 +351,21 @@ def test_openai_sdk_embeddings_through_the_gateway(client: openai.OpenAI, emulat
     query = client.embeddings.create(model="embed", input="hello", dimensions=8,
                                      extra_body={"input_type": "search_query"})
     assert query.data[0].embedding == pytest.approx(embed_vector("embed-v4.0", "search_query", "hello", 8))
+
+
+def test_reasoning_effort_sets_thinking_and_thoughts_stay_out_of_the_answer(
+        gateway: GatewayThread, client: openai.OpenAI, emulator: BackgroundServer) -> None:
+    msgs = [{"role": "user", "content": "ping"}]
+    r = client.chat.completions.create(model="cohere/command-a-reasoning-08-2025", messages=msgs)  # type: ignore[arg-type]
+    assert r.choices[0].message.content == "Hello! You said: ping"
+    assert r.usage is not None and r.usage.completion_tokens > 4  # the thinking is billed as output
+    assert "thinking" not in sent(emulator)
+    chunks = list(client.chat.completions.create(model="cohere/command-a-reasoning-08-2025", messages=msgs,  # type: ignore[arg-type]
+                                                 stream=True, reasoning_effort="medium"))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello! You said: ping"
+    assert sent(emulator)["thinking"] == {"type": "enabled", "token_budget": 8192}
+    client.chat.completions.create(model="command", messages=msgs, reasoning_effort="none")  # type: ignore[arg-type]
+    assert sent(emulator)["thinking"] == {"type": "disabled"}
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="command", messages=msgs, reasoning_effort="max")  # type: ignore[arg-type]
+    assert e.value.param == "reasoning_effort"

@@ -35,6 +35,11 @@ INPUT_TYPES = ("search_document", "search_query", "classification", "clustering"
 DEFAULT_INPUT_TYPE = "search_document"
 MAX_TEXTS = 96  # Cohere's limit of texts per /v2/embed call; larger requests are split (embedding_batch_size)
 FINISH = {"COMPLETE": "stop", "STOP_SEQUENCE": "stop", "MAX_TOKENS": "length", "TOOL_CALL": "tool_calls"}
+# reasoning_effort -> Cohere's thinking: none disables it and high leaves it unbounded, as Cohere's own
+# OpenAI-compatible API does; minimal/low/medium (which that API refuses) get budgets instead of an error
+THINKING = {"none": {"type": "disabled"}, "minimal": {"type": "disabled"},
+            "low": {"type": "enabled", "token_budget": 1024}, "medium": {"type": "enabled", "token_budget": 8192},
+            "high": {"type": "enabled"}}
 # OpenAI options with the same meaning under another name (or the same) in Cohere's v2 chat
 RENAMED = {"temperature": "temperature", "top_p": "p", "seed": "seed", "frequency_penalty": "frequency_penalty",
            "presence_penalty": "presence_penalty", "max_tokens": "max_tokens",
@@ -250,6 +255,11 @@ def chat_request(body: dict[str, Any], model: str, stream: bool) -> dict[str, An
             raise BadRequest("'stop' must be a string or an array of strings", param="stop")
         if stops:
             out["stop_sequences"] = stops
+    effort = body.get("reasoning_effort")
+    if effort is not None:
+        if effort not in THINKING:
+            raise BadRequest(f"reasoning_effort must be one of {', '.join(THINKING)}", param="reasoning_effort")
+        out["thinking"] = THINKING[effort]
     rf = _response_format(body.get("response_format"))
     if rf is not None:
         out["response_format"] = rf

@@ -38,7 +38,7 @@ from .base import (
 from .openai import Answer, answer, count_tokens
 
 CHAT_MODELS = ("command-a-03-2025", "command-r-plus-08-2024", "command-r-08-2024", "command-r7b-12-2024",
-               "command-a-vision-07-2025")
+               "command-a-vision-07-2025", "command-a-reasoning-08-2025")
 EMBED_MODELS = ("embed-v4.0", "embed-english-v3.0", "embed-multilingual-v3.0")
 INPUT_TYPES = ("search_document", "search_query", "classification", "clustering", "image")
 EMBEDDING_TYPES = ("float", "int8", "uint8", "binary", "ubinary", "base64")
@@ -157,6 +157,13 @@ def _check_chat(body: dict[str, Any]) -> None:
     if stops is not None and (not isinstance(stops, list) or len(stops) > 5
                               or not all(isinstance(s, str) for s in stops)):
         raise Invalid("invalid request: stop_sequences must be a list of up to 5 strings")
+    thinking = body.get("thinking")
+    if thinking is not None:
+        budget = thinking.get("token_budget") if isinstance(thinking, dict) else None
+        if not isinstance(thinking, dict) or thinking.get("type", "enabled") not in ("enabled", "disabled") \
+                or (budget is not None and (not isinstance(budget, int) or budget < 1)):
+            raise Invalid("invalid request: thinking must have type enabled or disabled and a positive "
+                          "token_budget")
     rf = body.get("response_format")
     if rf is not None and (not isinstance(rf, dict) or rf.get("type") not in ("text", "json_object")):
         raise Invalid("invalid request: response_format type must be one of text or json_object")
@@ -179,6 +186,7 @@ class Reply:
     tool_call: dict[str, Any] | None
     finish_reason: str
     usage: dict[str, Any]
+    thinking: str | None = None  # reasoning models think first (unless ``thinking.type`` is "disabled")
 
 
 def reply_for(body: dict[str, Any], prefix: str, forced_finish: str | None = None) -> Reply:
@@ -197,11 +205,15 @@ def reply_for(body: dict[str, Any], prefix: str, forced_finish: str | None = Non
         plan = f"I will use the {fn['name']} tool to answer."
     if forced_finish is not None:
         finish = forced_finish
-    billed_in = a.prompt_tokens
-    usage = {"billed_units": {"input_tokens": billed_in, "output_tokens": a.completion_tokens},
-             "tokens": {"input_tokens": billed_in + PROMPT_OVERHEAD, "output_tokens": a.completion_tokens}}
+    thinking = None
+    setting = body.get("thinking")
+    if "reasoning" in body["model"] and not (isinstance(setting, dict) and setting.get("type") == "disabled"):
+        thinking = "The user wants an echo, so I will repeat what they said."
+    billed_in, out = a.prompt_tokens, a.completion_tokens + (len(thinking.split()) if thinking else 0)
+    usage = {"billed_units": {"input_tokens": billed_in, "output_tokens": out},
+             "tokens": {"input_tokens": billed_in + PROMPT_OVERHEAD, "output_tokens": out}}
     rid = str(uuid.UUID(hashlib.md5(orjson.dumps(body["messages"])).hexdigest()))
-    return Reply(rid, text, plan, tool_call, finish, usage)
+    return Reply(rid, text, plan, tool_call, finish, usage, thinking)
 
 
 def chat_response(r: Reply) -> dict[str, Any]:
@@ -212,6 +224,8 @@ def chat_response(r: Reply) -> dict[str, Any]:
         message["tool_calls"] = [r.tool_call]
     else:
         message["content"] = [{"type": "text", "text": r.text or ""}]
+    if r.thinking is not None:
+        message["content"] = [{"type": "thinking", "thinking": r.thinking}, *message.get("content", [])]
     return {"id": r.id, "message": message, "finish_reason": r.finish_reason, "usage": r.usage}
 
 
@@ -219,6 +233,15 @@ def stream_events(r: Reply, error: str | None = None) -> Iterator[tuple[str, dic
     """The ``(event, data)`` pairs of a streamed ``/v2/chat`` answer, in order."""
     yield "message-start", {"id": r.id, "type": "message-start", "delta": {"message": {
         "role": "assistant", "content": [], "tool_plan": "", "tool_calls": [], "citations": []}}}
+    index = 0
+    if r.thinking is not None:
+        yield "content-start", {"type": "content-start", "index": 0,
+                                "delta": {"message": {"content": {"type": "thinking", "thinking": ""}}}}
+        for word in _pieces(r.thinking):
+            yield "content-delta", {"type": "content-delta", "index": 0,
+                                    "delta": {"message": {"content": {"thinking": word}}}}
+        yield "content-end", {"type": "content-end", "index": 0}
+        index = 1
     if r.tool_call is not None:
         for word in _pieces(r.tool_plan or ""):
             yield "tool-plan-delta", {"type": "tool-plan-delta", "delta": {"message": {"tool_plan": word}}}
@@ -232,12 +255,12 @@ def stream_events(r: Reply, error: str | None = None) -> Iterator[tuple[str, dic
                 "tool_calls": {"function": {"arguments": args[i:i + step]}}}}}
         yield "tool-call-end", {"type": "tool-call-end", "index": 0}
     else:
-        yield "content-start", {"type": "content-start", "index": 0,
+        yield "content-start", {"type": "content-start", "index": index,
                                 "delta": {"message": {"content": {"type": "text", "text": ""}}}}
         for word in _pieces(r.text or ""):
-            yield "content-delta", {"type": "content-delta", "index": 0,
+            yield "content-delta", {"type": "content-delta", "index": index,
                                     "delta": {"message": {"content": {"text": word}}}}
-        yield "content-end", {"type": "content-end", "index": 0}
+        yield "content-end", {"type": "content-end", "index": index}
     delta: dict[str, Any] = {"finish_reason": r.finish_reason, "usage": r.usage}
     if error is not None:
         delta["error"] = error

@@ -167,10 +167,10 @@ def test_tool_call_round_trip_maps_results_back_to_function_names(client: openai
     r2 = client.chat.completions.create(model="gem", messages=messages, tools=[WEATHER])
     assert r2.choices[0].message.content == 'The tool returned: get_weather={"temp":21}'
     contents = recorded(emulator)[-1]["json"]["contents"]
-    assert contents[1] == {"role": "model", "parts": [{"functionCall": {"name": "get_weather",
+    assert contents[1] == {"role": "model", "parts": [{"functionCall": {"name": "get_weather", "id": tc.id,
                                                                         "args": {"city": "Paris"}},
                                                        "thoughtSignature": "skip_thought_signature_validator"}]}
-    assert contents[2] == {"role": "user", "parts": [{"functionResponse": {"name": "get_weather",
+    assert contents[2] == {"role": "user", "parts": [{"functionResponse": {"name": "get_weather", "id": tc.id,
                                                                            "response": {"temp": 21}}}]}
 
 
@@ -213,6 +213,33 @@ def test_gemini3_thought_signatures_round_trip_through_the_openai_sdk(client: op
     r2 = client.chat.completions.create(model="gem3", messages=messages, tools=[WEATHER])
     assert r2.choices[0].message.content == 'The tool returned: get_weather={"output":"sunny"}'
     assert recorded(emulator)[-1]["json"]["contents"][1]["parts"][0]["thoughtSignature"] == sig
+
+
+def test_gemini3_call_ids_are_kept_and_echoed_on_parallel_results(client: openai.OpenAI,
+                                                                  emulator: BackgroundServer) -> None:
+    clock = {"type": "function", "function": {"name": "get_time", "parameters": {
+        "type": "object", "properties": {"zone": {"type": "string"}}, "required": ["zone"]}}}
+    messages: list[Any] = [{"role": "user", "content": "use-all-tools"}]
+    r = client.chat.completions.create(model="gem3", messages=messages, tools=[WEATHER, clock])
+    calls = r.choices[0].message.tool_calls or []
+    assert [c.function.name for c in calls] == ["get_weather", "get_time"]
+    assert all(c.id.startswith("call_") and len(c.id) < 20 for c in calls)  # Gemini's own ids, not ours
+    messages += [r.choices[0].message] + [
+        {"role": "tool", "tool_call_id": c.id, "content": f"result {i}"} for i, c in enumerate(calls)]
+    r2 = client.chat.completions.create(model="gem3", messages=messages, tools=[WEATHER, clock])
+    assert r2.choices[0].message.content == ('The tool returned: get_weather={"output":"result 0"}; '
+                                             'get_time={"output":"result 1"}')
+    sent = recorded(emulator)[-1]["json"]["contents"]
+    assert [p["functionResponse"]["id"] for p in sent[2]["parts"]] == [c.id for c in calls]
+
+
+def test_parallel_calls_stream_as_separate_tool_call_indexes(client: openai.OpenAI) -> None:
+    clock = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}
+    chunks = list(client.chat.completions.create(
+        model="gem3", messages=[{"role": "user", "content": "use-all-tools"}], tools=[WEATHER, clock], stream=True))
+    starts = [tc for c in chunks for tc in (c.choices[0].delta.tool_calls or []) if tc.id]
+    assert [(t.index, t.function.name) for t in starts] == [(0, "get_weather"), (1, "get_time")]  # type: ignore[union-attr]
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
 
 
 def test_generation_options_are_mapped_to_generation_config(client: openai.OpenAI,

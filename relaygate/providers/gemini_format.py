@@ -1,8 +1,9 @@
 """OpenAI chat requests to Gemini ``generateContent`` bodies, and Gemini responses back to OpenAI's format.
 
 Pure functions (no I/O), shared by the AI Studio and Vertex AI adapters in ``gemini.py``.
-Gemini has no tool-call ids: we derive stable ones from the call, and map tool results back to function
-names through the ids of the assistant messages that made the calls.
+Gemini 3 returns tool-call ids and wants them back on the results; older models give none, so we derive
+stable ones from the call. Either way ids travel on ``functionCall``/``functionResponse``, and tool
+results are mapped back to function names through the assistant messages that made the calls.
 """
 
 from __future__ import annotations
@@ -110,8 +111,10 @@ def to_contents(messages: list[Any], model: str) -> tuple[list[dict[str, Any]], 
             if not isinstance(name, str) or not name:
                 raise BadRequest(f"{param}.tool_call_id {call_id!r} does not match a tool call of an earlier "
                                  "assistant message", param=f"{param}.tool_call_id")
-            pending.append((known[1] if known else len(pending),
-                            {"functionResponse": {"name": name, "response": _function_response(m.get("content"))}}))
+            response: dict[str, Any] = {"name": name, "response": _function_response(m.get("content"))}
+            if known:
+                response["id"] = call_id  # Gemini 3 pairs results with calls by id
+            pending.append((known[1] if known else len(pending), {"functionResponse": response}))
             continue
         flush()
         if role in ("system", "developer"):
@@ -132,9 +135,11 @@ def to_contents(messages: list[Any], model: str) -> tuple[list[dict[str, Any]], 
                 if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
                     raise BadRequest(f"{param}.tool_calls[{j}].function.name is required",
                                      param=f"{param}.tool_calls[{j}]")
-                part: dict[str, Any] = {"functionCall": {
-                    "name": fn["name"], "args": tool_arguments(fn.get("arguments"),
-                                                               f"{param}.tool_calls[{j}].function.arguments")}}
+                call: dict[str, Any] = {"name": fn["name"], "args": tool_arguments(
+                    fn.get("arguments"), f"{param}.tool_calls[{j}].function.arguments")}
+                if isinstance(tc.get("id"), str) and tc["id"]:
+                    call["id"] = tc["id"]
+                part: dict[str, Any] = {"functionCall": call}
                 sig = _signature(tc)
                 if sig or (signatures and j == 0):
                     part["thoughtSignature"] = sig or SKIP_SIGNATURE

@@ -3,7 +3,7 @@ Vertex AI (``/v1/projects/{p}/locations/{l}/publishers/google/models/{m}:generat
 
 Answers are deterministic functions of the request (like the OpenAI emulator's): the model echoes the last
 user text, calls the first offered function unless the last turn is a function response, reports images,
-the system instruction and the turn count. Prompts containing ``BLOCKED_WORD`` are blocked
+the system instruction and the turn count (``PARALLEL_WORD`` makes it call every function). Prompts containing ``BLOCKED_WORD`` are blocked
 (``promptFeedback.blockReason``); prompts containing ``UNSAFE_WORD`` end in ``finishReason: SAFETY``.
 Requests are validated as strictly as the real API does (unknown fields, roles, empty parts, base64,
 function-call/response pairing, thought signatures on ``gemini-3`` models), so translation bugs show.
@@ -41,6 +41,7 @@ DEFAULT_MODELS = ("gemini-2.5-flash", "gemini-2.5-pro", "gemini-2.0-flash", "gem
 EMBEDDING_DIMS = {"text-embedding-004": 768, "gemini-embedding-001": 3072}
 BLOCKED_WORD = "forbidden-topic"
 UNSAFE_WORD = "unsafe-output"
+PARALLEL_WORD = "use-all-tools"  # in the last user text: call every offered function at once
 SKIP_SIGNATURE = "skip_thought_signature_validator"  # Google's documented escape for foreign histories
 
 _REQUEST_FIELDS = {"contents", "tools", "toolConfig", "safetySettings", "systemInstruction", "generationConfig",
@@ -139,7 +140,7 @@ def _normalise(obj: Any) -> Any:
 
 def _unknown(obj: dict[str, Any], known: set[str], where: str) -> None:
     for k in obj:
-        if k not in known:
+        if _camel(k) not in known:
             at = f" at '{where}'" if where else ""
             raise ApiError(400, f'Invalid JSON payload received. Unknown name "{k}"{at}: Cannot find field.',
                            [{"@type": "type.googleapis.com/google.rpc.BadRequest",
@@ -148,14 +149,18 @@ def _unknown(obj: dict[str, Any], known: set[str], where: str) -> None:
 
 
 def validate(body: dict[str, Any], model: str) -> None:
-    """Reject what the real API rejects (the subset a translating client can get wrong)."""
+    """Reject what the real API rejects (the subset a translating client can get wrong); ``body`` is as
+    sent (field names in either case), so that errors name fields the way the client spelled them."""
     _unknown(body, _REQUEST_FIELDS, "")
-    gc = body.get("generationConfig")
+    gc = body.get("generationConfig", body.get("generation_config"))
     if gc is not None:
         if not isinstance(gc, dict):
             raise ApiError(400, "Invalid value at 'generation_config' (type.googleapis.com/google.ai."
                                 "generativelanguage.v1beta.GenerationConfig)")
         _unknown(gc, _GENERATION_FIELDS, "generation_config")
+    body = _normalise(body)
+    gc = body.get("generationConfig")
+    if gc is not None:
         thinking = gc.get("thinkingConfig") or {}
         if "thinkingLevel" in thinking and "thinkingBudget" in thinking:
             raise ApiError(400, "You cannot set both thinking_level and the legacy thinking_budget parameter.")
@@ -170,6 +175,7 @@ def validate(body: dict[str, Any], model: str) -> None:
         raise ApiError(400, "* GenerateContentRequest.contents: contents is not specified\n")
     signatures = model.startswith("gemini-3")
     pending_calls = 0
+    pending_ids: set[str] = set()  # ids of the previous turn's function calls (Gemini 3 returns them)
     for i, c in enumerate(contents):
         if not isinstance(c, dict):
             raise ApiError(400, f"Invalid value at 'contents[{i}]'")
@@ -180,6 +186,7 @@ def validate(body: dict[str, Any], model: str) -> None:
         if not isinstance(parts, list) or not parts:
             raise ApiError(400, f"* GenerateContentRequest.contents[{i}].parts: contents.parts must not be empty.\n")
         calls = responses = 0
+        ids: set[str] = set()
         for j, p in enumerate(parts):
             where = f"contents[{i}].parts[{j}]"
             if not isinstance(p, dict) or sum(1 for k in _DATA_FIELDS if k in p) != 1:
@@ -210,15 +217,21 @@ def validate(body: dict[str, Any], model: str) -> None:
                                         f"position {i + 1}. Please refer to https://ai.google.dev/gemini-api/"
                                         "docs/thought-signatures for more details.")
                 calls += 1
+                if p["functionCall"].get("id"):
+                    ids.add(str(p["functionCall"]["id"]))
             if "functionResponse" in p:
                 if not isinstance(p["functionResponse"].get("response"), dict):
                     raise ApiError(400, f"Invalid value at '{where}.function_response.response' "
                                         "(type.googleapis.com/google.protobuf.Struct)")
                 responses += 1
+                rid = p["functionResponse"].get("id")  # optional (Google's SDK omits it), but must match
+                if rid is not None and rid not in pending_ids:
+                    raise ApiError(400, "functionResponse.id does not match functionCall.id of the function "
+                                        "call turn.")
         if pending_calls and responses != pending_calls:
             raise ApiError(400, "Please ensure that the number of function response parts is equal to the "
                                 "number of function call parts of the function call turn.")
-        pending_calls = calls
+        pending_calls, pending_ids = calls, ids
 
 
 # ---- the answer: a pure function of the request ------------------------------------------------------
@@ -242,22 +255,21 @@ def count_tokens(body: dict[str, Any]) -> int:
     return max(n, 1)
 
 
-def _function_to_call(body: dict[str, Any], last_user: str) -> dict[str, Any] | None:
+def _functions_to_call(body: dict[str, Any], last_user: str) -> list[dict[str, Any]]:
     decls = [d for t in body.get("tools") or [] if isinstance(t, dict)
              for d in t.get("functionDeclarations") or [] if isinstance(d, dict)]
     cfg = ((body.get("toolConfig") or {}).get("functionCallingConfig") or {})
     mode = str(cfg.get("mode", "AUTO")).upper()
     if not decls or mode == "NONE":
-        return None
+        return []
     last = (body.get("contents") or [{}])[-1]
     if any("functionResponse" in p for p in last.get("parts") or []):
-        return None  # answer the function's result instead of calling again
+        return []  # answer the function's result instead of calling again
     allowed = cfg.get("allowedFunctionNames") or []
-    for d in decls:
-        if not allowed or d.get("name") in allowed:
-            schema = d.get("parametersJsonSchema", d.get("parameters"))
-            return {"name": d.get("name", ""), "args": _args_for(schema, last_user)}
-    return None
+    calls = [{"name": d.get("name", ""), "args": _args_for(d.get("parametersJsonSchema", d.get("parameters")),
+                                                             last_user)}
+             for d in decls if not allowed or d.get("name") in allowed]
+    return calls if PARALLEL_WORD in last_user else calls[:1]
 
 
 @dataclass
@@ -286,12 +298,18 @@ def answer(body: dict[str, Any], model: str, prefix: str = "Hello! You said: ") 
     everything = system + " " + " ".join(_texts(c) for c in contents)
     if BLOCKED_WORD in everything:
         return Answer([], "", prompt_tokens, 0, blocked=True)
-    call = _function_to_call(body, last_user)
-    if call is not None:
-        part: dict[str, Any] = {"functionCall": call}
-        if model.startswith("gemini-3"):
-            part["thoughtSignature"] = base64.b64encode(hashlib.sha256(orjson.dumps(call)).digest()).decode()
-        return Answer([part], "STOP", prompt_tokens, len(orjson.dumps(call["args"]).split()) + 5)
+    calls = _functions_to_call(body, last_user)
+    if calls:
+        parts: list[dict[str, Any]] = []
+        for i, call in enumerate(calls):
+            if model.startswith("gemini-3"):  # ids on every call; a signature on the first of a turn
+                digest = hashlib.sha256(orjson.dumps([call, i, len(contents)])).digest()
+                call = {**call, "id": f"call_{int.from_bytes(digest[:4], 'big')}"}
+            part: dict[str, Any] = {"functionCall": call}
+            if model.startswith("gemini-3") and i == 0:
+                part["thoughtSignature"] = base64.b64encode(hashlib.sha256(orjson.dumps(call)).digest()).decode()
+            parts.append(part)
+        return Answer(parts, "STOP", prompt_tokens, len(orjson.dumps(calls).split()) + 5)
     last = contents[-1] if contents else {}
     results = [p["functionResponse"] for p in last.get("parts") or [] if "functionResponse" in p]
     if results:
@@ -490,11 +508,12 @@ def create_app(options: GeminiEmulatorOptions | None = None, state: EmulatorStat
             model, method = m.group("model"), m.group("method")
             check_auth(request, vertex)
             try:
-                body = _normalise(orjson.loads(raw)) if raw else {}
+                sent = orjson.loads(raw) if raw else {}
             except orjson.JSONDecodeError:
                 raise ApiError(400, "Invalid JSON payload received. Unexpected token.") from None
-            if not isinstance(body, dict):
+            if not isinstance(sent, dict):
                 raise ApiError(400, "Invalid JSON payload received. Expected an object.")
+            body = _normalise(sent)
             plan = state.take_fault(request.path)
             await apply_latency(plan)
             if plan is not None and (plan.drop_connection or plan.status):
@@ -508,7 +527,7 @@ def create_app(options: GeminiEmulatorOptions | None = None, state: EmulatorStat
                 return embeddings(body, model, method, vertex)
             if method not in ("generateContent", "streamGenerateContent"):
                 raise ApiError(404, f"Method {method} is not found for model {model}.")
-            validate(body, model)
+            validate(sent, model)
             window = opts.context_windows.get(model, opts.context_window)
             tokens = count_tokens(body)
             if tokens > window:

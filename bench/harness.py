@@ -38,22 +38,13 @@ class Ctx:
     max_foreign_pct: float = 15.0
     retries: int = 2
     profile_to: Path | None = None  # set by the runner around the loads it wants profiled
-    profile_pid: int = 0
+    current: Proc | None = None  # the target under load, set by Scenario.measure
 
     def our_ticks(self) -> float:
         """CPU ticks used so far by the bench's processes: children waited for, and those running."""
         ru = resource.getrusage(resource.RUSAGE_CHILDREN)
         me = resource.getrusage(resource.RUSAGE_SELF)
-        ticks = (ru.ru_utime + ru.ru_stime + me.ru_utime + me.ru_stime) * CLK_TCK
-        for proc in self.procs:
-            for pid in proc.tree():
-                try:
-                    with open(f"/proc/{pid}/stat") as f:
-                        fields = f.read().rsplit(")", 1)[1].split()
-                    ticks += int(fields[11]) + int(fields[12])
-                except (OSError, IndexError, ValueError):
-                    pass
-        return ticks
+        return (ru.ru_utime + ru.ru_stime + me.ru_utime + me.ru_stime) * CLK_TCK + sum(p.ticks() for p in self.procs)
 
     def cpus(self, core: int) -> list[str]:
         return ["taskset", "-c", str(core)] if self.pin else []
@@ -102,6 +93,18 @@ class Proc:
             out.append(pid)
             todo.extend(children.get(pid, []))
         return out
+
+    def ticks(self) -> int:
+        """CPU time (user + system, clock ticks) used so far by the process tree."""
+        total = 0
+        for pid in self.tree():
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])
+            except (OSError, IndexError, ValueError):
+                pass
+        return total
 
     def memory_mib(self) -> tuple[float, float]:
         """(current RSS, peak RSS) summed over the process tree, in MiB."""
@@ -270,16 +273,18 @@ def run_load(ctx: Ctx, url: str, load: Load, seconds: float) -> dict[str, float]
         if load.stream:
             argv.append("--expect-done")
     prof = None
-    if ctx.profile_to is not None and ctx.profile_pid:
+    if ctx.profile_to is not None and ctx.current is not None:
         # Sample the gateway during this load; --nonblocking so the profiler does not slow it.
         prof = subprocess.Popen(ctx.cpus(0) + [ctx.py_spy, "record", "--nonblocking", "-r", "100", "-f", "raw",
-                                "-p", str(ctx.profile_pid), "-d", str(secs), "-o", str(ctx.profile_to)],
+                                "-p", str(ctx.current.popen.pid), "-d", str(secs), "-o", str(ctx.profile_to)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     before, ours_before = cpu_times(), ctx.our_ticks()
+    target_before = ctx.current.ticks() if ctx.current is not None else 0
     out = subprocess.run(ctx.cpus(0) + argv, capture_output=True, text=True, timeout=secs + load.timeout_s + 30)
     if prof is not None:
         prof.wait(timeout=30)
     after, ours_after = cpu_times(), ctx.our_ticks()
+    target_ticks = ctx.current.ticks() - target_before if ctx.current is not None else 0
     busy = cpu_busy(before, after)
     window = max(1, sum(after[c][1] - before[c][1] for c in after) / max(1, len(after)))
     all_busy = sum(after[c][0] - before[c][0] for c in after)
@@ -298,6 +303,9 @@ def run_load(ctx: Ctx, url: str, load: Load, seconds: float) -> dict[str, float]
         # in % of one core: the runner repeats a measurement when this is high.
         "foreign_pct": max(0.0, 100 * (all_busy - (ours_after - ours_before)) / window),
     }
+    if target_ticks and raw["requests"]:
+        # Robust to other load on the machine, unlike the rate: what one request costs the target.
+        res["cpu_us"] = target_ticks / CLK_TCK * 1e6 / raw["requests"]
     if "duration_us" in raw:  # wrk
         res["rate"] = raw["requests"] / (raw["duration_us"] / 1e6)
     else:

@@ -45,7 +45,7 @@ class Scenario:
         if self.warmup_s > 0:
             run_load(ctx, url, self.load, self.warmup_s * ctx.scale)
         ctx.profile_to = profile_to
-        ctx.profile_pid = target.proc.popen.pid if target.proc is not None else 0
+        ctx.current = target.proc
         tries: list[dict[str, float]] = []
         try:
             for attempt in range(ctx.retries + 1):
@@ -57,12 +57,14 @@ class Scenario:
                         f"{'measuring again' if attempt < ctx.retries else 'keeping the quietest try'}")
                 time.sleep(2)
         finally:
-            ctx.profile_to = None
+            ctx.profile_to, ctx.current = None, None
         return min(tries, key=lambda r: r["foreign_pct"])
 
 
 ERRORS = Figure("errors", "errors (status, socket, timeout)", "", fmt="{:.0f}")
 BUSY = Figure("cpu1_pct", "core 1 busy (the gateway's), %", "", fmt="{:.0f}")
+# CPU the target process used per request: stays true when other load steals the core.
+CPU = Figure("cpu_us", "target CPU per request, us", "lower", fmt="{:.0f}")
 
 SCENARIOS: list[Scenario] = [
     Scenario("c1", "non-streaming, c=1", Load("chat.json", conns=1, seconds=5), [
@@ -71,6 +73,7 @@ SCENARIOS: list[Scenario] = [
     ]),
     Scenario("c64", "non-streaming, c=64", Load("chat.json", conns=64, seconds=5), [
         Figure("rate", "requests/s", "higher", fmt="{:.0f}"),
+        CPU,
         Figure("p99_ms", "latency p99, ms", "lower"),
         ERRORS,
         BUSY,
@@ -82,6 +85,7 @@ SCENARIOS: list[Scenario] = [
     ]),
     Scenario("stream64", "streaming 20 chunks, c=64", Load("chat-stream.json", conns=64, seconds=5, stream=True), [
         Figure("rate", "streams/s", "higher", fmt="{:.0f}"),
+        CPU,
         Figure("ttfb_p50_ms", "first chunk p50, ms", "lower"),
         ERRORS,
     ]),

@@ -36,7 +36,7 @@ class Ctx:
     profile_targets: set[str] = field(default_factory=set)  # --profile
     procs: list[Proc] = field(default_factory=list)  # everything the bench started and still runs
     max_foreign_pct: float = 15.0
-    retries: int = 2
+    retries: int = 1
     profile_to: Path | None = None  # set by the runner around the loads it wants profiled
     current: Proc | None = None  # the target under load, set by Scenario.measure
 

@@ -38,6 +38,7 @@ from harness import (  # noqa: E402
 from profsum import summarize  # noqa: E402
 from scenarios import PROCESS_FIGURES, SCENARIOS, TARGET_WARMUP, Figure, Scenario  # noqa: E402
 
+DEFAULT_VARIANTS = ("relaygate", "relaygate-nolog")  # files in bench/variants/
 LITELLM_CANDIDATES = ("/work/litellm-venv/bin/python", "~/litellm-venv/bin/python", "~/.litellm-venv/bin/python")
 
 # Pass/fail lines printed under the table: (label, gateway metric, other target, minimum ratio).
@@ -129,8 +130,9 @@ def table(targets: list[Target], scenarios: list[Scenario]) -> str:
     by_name = {t.name: t for t in targets}
     direct = by_name.get("direct")
     gateways = [t for t in targets if t.kind == "gateway"]
-    ratio_cols = [(g, o) for g in gateways for o in targets if o.kind != "gateway"]
-    ratio_cols += [(g, gateways[0]) for g in gateways[1:]]  # variants against the first one
+    # The first gateway against everything else; further variants against the bare proxy and the first.
+    ratio_cols = [(g, o) for g in gateways[:1] for o in targets if o.kind != "gateway"]
+    ratio_cols += [(g, o) for g in gateways[1:] for o in targets if o.kind == "floor" or o is gateways[0]]
     head = ["figure"] + [t.name for t in targets] + [f"{g.name}/{o.name}" for g, o in ratio_cols]
     rows: list[list[str]] = []
 
@@ -218,7 +220,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _interrupt)
     ap = argparse.ArgumentParser(description="relaygate benchmark (see bench/README.md)")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=CONFIG",
-                    help="a relaygate config to measure (repeatable); default relaygate=bench/variants/relaygate.yaml")
+                    help="a relaygate config to measure (repeatable); default: " + ", ".join(DEFAULT_VARIANTS))
     ap.add_argument("--no-relaygate", action="store_true", help="skip relaygate (measure only the others)")
     ap.add_argument("--with-litellm", metavar="PYTHON", help="python of a venv with litellm[proxy] (auto-detected)")
     ap.add_argument("--no-litellm", action="store_true")
@@ -226,6 +228,9 @@ def main() -> None:
     ap.add_argument("--relaygate-python", default=sys.executable)
     ap.add_argument("--scenarios", help="comma list, default all: " + ",".join(s.name for s in SCENARIOS))
     ap.add_argument("--rounds", type=int, default=2, help="runs of each scenario per target; the best counts")
+    ap.add_argument("--retries", type=int, default=1,
+                    help="measure again when other processes took more than --max-foreign %% of a core")
+    ap.add_argument("--max-foreign", type=float, default=15.0, metavar="PCT")
     ap.add_argument("--quick", action="store_true", help="one round, half durations")
     ap.add_argument("--no-pin", action="store_true", help="do not pin gateway/load generator to cores 1/0")
     ap.add_argument("--no-wrk", action="store_true", help="use bench/loadgen.py for every load")
@@ -248,11 +253,12 @@ def main() -> None:
     run_dir = Path(tempfile.mkdtemp(prefix="relaygate-bench-"))
     up_port = free_port()
     ctx = Ctx(run_dir=run_dir, upstream=f"http://127.0.0.1:{up_port}", pin=pin,
-              scale=0.5 if args.quick else 1.0, use_wrk=use_wrk, verbose=args.verbose)
+              scale=0.5 if args.quick else 1.0, use_wrk=use_wrk, verbose=args.verbose,
+              retries=args.retries, max_foreign_pct=args.max_foreign)
 
     targets = [direct_target(), passthrough_target()]
     if not args.no_relaygate:
-        variants = args.variant or [f"relaygate={BENCH_DIR / 'variants' / 'relaygate.yaml'}"]
+        variants = args.variant or [f"{n}={BENCH_DIR / 'variants' / n}.yaml" for n in DEFAULT_VARIANTS]
         for v in variants:
             name, _, path = v.partition("=")
             targets.append(relaygate_target(name, Path(path), python=args.relaygate_python))
@@ -264,7 +270,7 @@ def main() -> None:
         ctx.py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
         args.keep = True
     ctx.log(f"run dir {run_dir}; pinned={pin}; load={'wrk + loadgen.py' if use_wrk else 'loadgen.py'}; "
-            f"litellm={litellm or 'not found'}")
+            f"litellm={litellm or ('off' if args.no_litellm else 'not found')}")
 
     upstream = start_upstream(ctx, up_port)
     ctx.procs.append(upstream)

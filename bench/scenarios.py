@@ -67,29 +67,29 @@ BUSY = Figure("cpu1_pct", "core 1 busy (the gateway's), %", "", fmt="{:.0f}")
 CPU = Figure("cpu_us", "target CPU per request, us", "lower", fmt="{:.0f}")
 
 SCENARIOS: list[Scenario] = [
-    Scenario("c1", "non-streaming, c=1", Load("chat.json", conns=1, seconds=5), [
+    Scenario("c1", "non-streaming, c=1", Load("chat.json", conns=1, seconds=3), [
         Figure("p50_ms", "added latency p50, ms", "lower", added=True, fmt="{:.3f}"),
         Figure("p99_ms", "added latency p99, ms", "lower", added=True, fmt="{:.3f}"),
     ]),
-    Scenario("c64", "non-streaming, c=64", Load("chat.json", conns=64, seconds=5), [
+    Scenario("c64", "non-streaming, c=64", Load("chat.json", conns=64, seconds=4), [
         Figure("rate", "requests/s", "higher", fmt="{:.0f}"),
         CPU,
         Figure("p99_ms", "latency p99, ms", "lower"),
         ERRORS,
         BUSY,
     ]),
-    Scenario("stream1", "streaming 20 chunks, c=1", Load("chat-stream.json", conns=1, seconds=4, stream=True), [
+    Scenario("stream1", "streaming 20 chunks, c=1", Load("chat-stream.json", conns=1, seconds=3, stream=True), [
         Figure("ttfb_p50_ms", "added first-chunk p50, ms", "lower", added=True, fmt="{:.3f}"),
         Figure("ttfb_p99_ms", "added first-chunk p99, ms", "lower", added=True, fmt="{:.3f}"),
         Figure("p50_ms", "added whole-stream p50, ms", "lower", added=True, fmt="{:.3f}"),
     ]),
-    Scenario("stream64", "streaming 20 chunks, c=64", Load("chat-stream.json", conns=64, seconds=5, stream=True), [
+    Scenario("stream64", "streaming 20 chunks, c=64", Load("chat-stream.json", conns=64, seconds=4, stream=True), [
         Figure("rate", "streams/s", "higher", fmt="{:.0f}"),
         CPU,
         Figure("ttfb_p50_ms", "first chunk p50, ms", "lower"),
         ERRORS,
     ]),
-    Scenario("slow200", "upstream answers in 500 ms, c=200", Load("chat-slow.json", conns=200, seconds=8), [
+    Scenario("slow200", "upstream answers in 500 ms, c=200", Load("chat-slow.json", conns=200, seconds=5), [
         Figure("p99_ms", "added latency p99, ms", "lower", added=True, fmt="{:.1f}"),
         Figure("rate", "requests/s (closed loop, max 400)", "higher", fmt="{:.0f}"),
         ERRORS,

@@ -184,6 +184,12 @@ def test_parallel_tool_results_are_one_turn_in_call_order(client: openai.OpenAI,
     assert r.choices[0].message.content == ('The tool returned: a={"output":"one"}; b={"output":"two"}')
 
 
+def test_logprobs_are_refused_rather_than_dropped(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="gem", messages=[{"role": "user", "content": "x"}], logprobs=True)
+    assert e.value.code == "unsupported"
+
+
 def test_tool_result_for_an_unknown_call_is_a_clear_400(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model="gem", messages=[

@@ -57,6 +57,8 @@ def _image_part(img: Image, param: str) -> dict[str, Any]:
 
 
 def _user_parts(content: Any, param: str) -> list[dict[str, Any]]:
+    if isinstance(content, str):  # the common case, without the generic walk
+        return [{"text": content}] if content else []
     parts: list[dict[str, Any]] = []
     for item in content_parts(content, param, media=True):
         if isinstance(item, str):
@@ -103,7 +105,7 @@ def to_contents(messages: list[Any], model: str) -> tuple[list[dict[str, Any]], 
 
     for i, m in enumerate(messages):
         role = m.get("role")
-        param = f"messages[{i}]"
+        param = "messages[%d]" % i  # noqa: UP031  (cheaper than an f-string on this hot loop)
         if role in ("tool", "function"):
             call_id = m.get("tool_call_id")
             known = calls.get(call_id) if isinstance(call_id, str) else None
@@ -126,7 +128,8 @@ def to_contents(messages: list[Any], model: str) -> tuple[list[dict[str, Any]], 
             if parts:
                 contents.append({"role": "user", "parts": parts})
         elif role == "assistant":
-            parts = [{"text": t} for t in [text_of(m.get("content"))] if t]
+            text = text_of(m.get("content"))
+            parts = [{"text": text}] if text else []
             tool_calls = m.get("tool_calls") or []
             if not isinstance(tool_calls, list):
                 raise BadRequest(f"{param}.tool_calls must be an array", param=f"{param}.tool_calls")
@@ -202,6 +205,8 @@ def _thinking(effort: Any, model: str) -> dict[str, Any]:
 
 
 def _generation_config(body: dict[str, Any], model: str) -> dict[str, Any]:
+    if body.get("logprobs"):
+        raise Unsupported("logprobs are not available through the Gemini adapter", param="logprobs")
     gc: dict[str, Any] = {}
     for ours, theirs in (("temperature", "temperature"), ("top_p", "topP"), ("seed", "seed"),
                          ("presence_penalty", "presencePenalty"), ("frequency_penalty", "frequencyPenalty"),

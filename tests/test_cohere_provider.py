@@ -369,3 +369,16 @@ def test_reasoning_effort_sets_thinking_and_thoughts_stay_out_of_the_answer(
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model="command", messages=msgs, reasoning_effort="max")  # type: ignore[arg-type]
     assert e.value.param == "reasoning_effort"
+
+
+def test_parameters_without_a_cohere_counterpart_are_named_not_forwarded(
+        client: openai.OpenAI, emulator: BackgroundServer) -> None:
+    raw = client.chat.completions.with_raw_response.create(
+        model="command", messages=[{"role": "user", "content": "x"}], tools=[WEATHER],  # type: ignore[list-item]
+        logit_bias={"42": 5}, parallel_tool_calls=False, user="u1")
+    assert raw.headers["x-relaygate-dropped-params"] == "logit_bias,parallel_tool_calls"
+    assert raw.parse().choices[0].finish_reason == "tool_calls"
+    assert not {"logit_bias", "parallel_tool_calls", "user"} & set(sent(emulator))
+    plain = client.chat.completions.with_raw_response.create(model="command",
+                                                             messages=[{"role": "user", "content": "x"}])
+    assert "x-relaygate-dropped-params" not in plain.headers

@@ -28,7 +28,14 @@ from ..errors import (
 )
 from .base import Provider, error_json, iter_sse, retry_after_seconds
 from .batching import embed_in_batches, needs_batches
-from .openai_format import ChunkWriter, completion, completion_id, embeddings_response, text_of
+from .openai_format import (
+    DROPPED_HEADER,
+    ChunkWriter,
+    completion,
+    completion_id,
+    embeddings_response,
+    text_of,
+)
 
 DEFAULT_BASE = "https://api.cohere.com"
 INPUT_TYPES = ("search_document", "search_query", "classification", "clustering")
@@ -40,6 +47,9 @@ FINISH = {"COMPLETE": "stop", "STOP_SEQUENCE": "stop", "MAX_TOKENS": "length", "
 THINKING = {"none": {"type": "disabled"}, "minimal": {"type": "disabled"},
             "low": {"type": "enabled", "token_budget": 1024}, "medium": {"type": "enabled", "token_budget": 8192},
             "high": {"type": "enabled"}}
+# OpenAI options Cohere has no counterpart for: not forwarded, named in the x-relaygate-dropped-params header
+NO_COUNTERPART = ("logit_bias", "top_logprobs", "prediction", "modalities", "audio", "verbosity",
+                  "web_search_options", "service_tier")
 # OpenAI options with the same meaning under another name (or the same) in Cohere's v2 chat
 RENAMED = {"temperature": "temperature", "top_p": "p", "seed": "seed", "frequency_penalty": "frequency_penalty",
            "presence_penalty": "presence_penalty", "max_tokens": "max_tokens",
@@ -67,14 +77,15 @@ class CohereProvider(Provider):
     async def chat(self, call: Call) -> Reply:
         assert call.deployment is not None
         model = call.deployment.upstream_model(call.model)
-        body = chat_request(call.body, model, call.stream)
+        body, dropped = chat_request(call.body, model, call.stream)
         resp = await self._post(call, "/v2/chat", body)
+        headers = {DROPPED_HEADER: ",".join(dropped)} if dropped else {}
         if call.stream:
-            reply = Reply(media_type="text/event-stream", first_byte_at=time.monotonic())
+            reply = Reply(media_type="text/event-stream", headers=headers, first_byte_at=time.monotonic())
             reply.stream = self._relay(resp, reply, ChunkWriter(model, include_usage=call.wants_usage))
             return reply
         data = await self.read_json_object(resp)
-        reply = Reply(first_byte_at=time.monotonic())
+        reply = Reply(headers=headers, first_byte_at=time.monotonic())
         reply.usage = usage_of(data.get("usage"))
         reply.body = orjson.dumps(chat_completion(data, model, reply.usage))
         return reply
@@ -235,8 +246,9 @@ def chat_completion(data: dict[str, Any], model: str, usage: Usage | None) -> di
 
 # ---- OpenAI request -> Cohere request ---------------------------------------------------------------------
 
-def chat_request(body: dict[str, Any], model: str, stream: bool) -> dict[str, Any]:
-    """Cohere's ``/v2/chat`` body for an OpenAI chat request (BadRequest for what Cohere cannot do)."""
+def chat_request(body: dict[str, Any], model: str, stream: bool) -> tuple[dict[str, Any], list[str]]:
+    """Cohere's ``/v2/chat`` body for an OpenAI chat request, and the parameters left out (BadRequest for
+    what Cohere cannot do at all)."""
     n = body.get("n")
     if n not in (None, 1):
         raise Unsupported("Cohere returns one choice per request; 'n' must be 1", param="n")
@@ -282,7 +294,10 @@ def chat_request(body: dict[str, Any], model: str, stream: bool) -> dict[str, An
             out["tools"], out["tool_choice"] = chosen, "REQUIRED"
         elif choice not in (None, "auto"):
             raise BadRequest("tool_choice must be 'auto', 'none', 'required' or a function", param="tool_choice")
-    return out
+    dropped = [name for name in NO_COUNTERPART if body.get(name) is not None]
+    if body.get("parallel_tool_calls") is False and tools:  # Cohere may always call tools in parallel
+        dropped.append("parallel_tool_calls")
+    return out, dropped
 
 
 def _message(m: dict[str, Any], i: int) -> dict[str, Any]:

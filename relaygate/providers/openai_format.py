@@ -17,6 +17,7 @@ from ..call import Usage
 from ..errors import BadRequest
 
 SSE_DONE = b"data: [DONE]\n\n"
+DROPPED_HEADER = "x-relaygate-dropped-params"  # names the OpenAI parameters an upstream had no counterpart for
 
 
 def completion_id() -> str:

@@ -29,10 +29,16 @@ def main(argv: list[str] | None = None) -> int:
     emulate.add_argument("--port", type=int, default=9000)
     emulate.add_argument("--api-key", default=None, help="require this key from clients")
 
+    from . import keys_cli
+
+    keys_cli.add_parser(sub)
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "check-config":
         return check_config(args.file)
+    if args.command == "keys":
+        return keys_cli.run(args)
     if args.command == "emulate":
         return emulate_provider(args.provider, args.host, args.port, args.api_key)
     return serve_gateway(args.config, args.host, args.port)

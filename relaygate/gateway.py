@@ -55,7 +55,7 @@ class Gateway:
         self.table = ModelTable(build_deployments(config, session), PROVIDER_TYPES)
         self.router = Router(self.table)
         self.accounting = Accounting(config)  # database, request log, keys, limits, cost
-        self.pipeline: Handler = self.accounting.wrap(self.router)
+        self.pipeline: Handler = self.accounting.wrap(self.router, self.table)
         self.redis: Any = None  # redis.asyncio.Redis when state.redis_url is set (shared by all layers)
         self.ready = False
 

@@ -1,0 +1,198 @@
+"""``/admin/…``: keys, teams and users; spend and the request log. Master key only; off without one."""
+
+from __future__ import annotations
+
+import calendar
+import time
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
+
+from ..errors import AuthError, BadRequest, MethodNotAllowed, NotFound, PermissionDenied
+from ..http import Request, Response, json_response
+from ..limits.auth import presented_key
+from ..limits.keys import KeyStore, parse_fields
+from ..store import queries
+from .common import object_body
+
+if TYPE_CHECKING:
+    from ..gateway import Gateway
+
+MAX_ADMIN_BODY = 1024 * 1024
+
+
+def _store(gw: Gateway, req: Request) -> KeyStore:
+    """The key store, once the caller proved to hold the master key."""
+    acc = gw.accounting
+    if acc.auth is None or acc.keys is None:
+        raise PermissionDenied("The admin API is off: no master key is configured (auth.master_key or "
+                               "RELAYGATE_MASTER_KEY).", code="admin_disabled")
+    if not acc.auth.is_master(presented_key(req.headers)):
+        raise AuthError("The admin API needs the master key.", code="invalid_master_key")
+    return acc.keys
+
+
+async def _body(gw: Gateway, req: Request) -> dict[str, Any]:
+    return object_body(await req.json(MAX_ADMIN_BODY))
+
+
+def _query(req: Request) -> dict[str, str]:
+    return {k: v[-1] for k, v in parse_qs(req.query, keep_blank_values=False).items()}
+
+
+async def _run(gw: Gateway, fn: Any, *args: Any) -> Any:
+    assert gw.accounting.db is not None
+    return await gw.accounting.db.run(fn, *args)
+
+
+# ---- keys ------------------------------------------------------------------------------------------------
+
+async def create_key(gw: Gateway, req: Request) -> Response:
+    store = _store(gw, req)
+    fields = parse_fields(await _body(gw, req), partial=False)
+    secret, view = await _run(gw, store.create_key, fields)
+    return json_response({**view, "key": secret}, 201)
+
+
+async def list_keys(gw: Gateway, req: Request) -> Response:
+    store = _store(gw, req)
+    q = _query(req)
+    data = await _run(gw, store.list_keys, q.get("team_id"), q.get("user_id"), q.get("include_revoked") == "true")
+    return json_response({"object": "list", "data": data})
+
+
+async def key_item(gw: Gateway, req: Request) -> Response:
+    """GET/PATCH/DELETE /admin/keys/{id}; POST /admin/keys/{id}/rotate and /admin/keys/{id}/revoke."""
+    store = _store(gw, req)
+    auth = gw.accounting.auth
+    assert auth is not None
+    key_id, _, action = req.params["rest"].partition("/")
+    if req.method == "GET" and not action:
+        return json_response(await _run(gw, store.get_key, key_id))
+    if req.method == "PATCH" and not action:
+        fields = parse_fields(await _body(gw, req), partial=True)
+        if not fields:
+            raise BadRequest("nothing to update")
+        view = await _run(gw, store.update_key, key_id, fields)
+        auth.forget(key_id)
+        return json_response(view)
+    if (req.method == "DELETE" and not action) or (req.method == "POST" and action == "revoke"):
+        view = await _run(gw, store.revoke_key, key_id)
+        auth.forget(key_id)
+        return json_response(view)
+    if req.method == "POST" and action == "rotate":
+        body = await _body(gw, req) if req.headers.get("content-length", "0") != "0" else {}
+        grace = body.get("grace_seconds", gw.config.auth.rotation_grace)
+        if isinstance(grace, bool) or not isinstance(grace, (int, float)) or grace < 0:
+            raise BadRequest("'grace_seconds' must be a non-negative number", param="grace_seconds")
+        secret, view = await _run(gw, store.rotate_key, key_id, float(grace))
+        auth.forget(key_id)
+        return json_response({**view, "key": secret})
+    if action:
+        raise NotFound(f"unknown key action {action!r}; expected rotate or revoke", code="unknown_route")
+    raise MethodNotAllowed(f"Method {req.method} is not allowed on /admin/keys/{{id}}")
+
+
+# ---- teams and users -------------------------------------------------------------------------------------
+
+def _owner_routes(kind: str) -> list[tuple[str, str, Any]]:
+    async def create(gw: Gateway, req: Request) -> Response:
+        store = _store(gw, req)
+        body = await _body(gw, req)
+        oid = body.get("id")
+        if not isinstance(oid, str) or not oid or len(oid) > 100:
+            raise BadRequest(f"a {kind} needs an 'id' (a string of 1 to 100 characters)", param="id")
+        fields = parse_fields(body, partial=False, owner=True)
+        fields.pop("id", None)
+        return json_response(await _run(gw, store.put_owner, kind, oid, fields, True), 201)
+
+    async def listing(gw: Gateway, req: Request) -> Response:
+        store = _store(gw, req)
+        return json_response({"object": "list", "data": await _run(gw, store.list_owners, kind)})
+
+    async def item(gw: Gateway, req: Request) -> Response:
+        store = _store(gw, req)
+        oid = req.params["rest"]
+        if req.method == "GET":
+            return json_response(await _run(gw, store.get_owner, kind, oid))
+        fields = parse_fields(await _body(gw, req), partial=True, owner=True)
+        fields.pop("id", None)
+        view = await _run(gw, store.put_owner, kind, oid, fields, False)
+        assert gw.accounting.auth is not None
+        gw.accounting.auth.forget_all()  # every key of this owner carries its limits
+        return json_response(view)
+
+    base = f"/admin/{kind}s"
+    return [("POST", base, create), ("GET", base, listing), ("GET", base + "/{rest}", item),
+            ("PATCH", base + "/{rest}", item)]
+
+
+# ---- spend and logs --------------------------------------------------------------------------------------
+
+def _time(q: dict[str, str], name: str) -> float | None:
+    """A time filter: epoch seconds or a UTC date (YYYY-MM-DD)."""
+    v = q.get(name)
+    if v is None:
+        return None
+    try:
+        return float(v)
+    except ValueError:
+        pass
+    try:
+        return float(calendar.timegm(time.strptime(v, "%Y-%m-%d")))
+    except ValueError:
+        raise BadRequest(f"'{name}' must be epoch seconds or a date YYYY-MM-DD", param=name) from None
+
+
+def _filters(q: dict[str, str]) -> dict[str, Any]:
+    return {name: q[name] for name in queries.FILTERS if name in q}
+
+
+async def spend(gw: Gateway, req: Request) -> Response:
+    _store(gw, req)
+    q = _query(req)
+    group = q.get("group_by", "key")
+    if group not in queries.GROUPS:
+        raise BadRequest(f"'group_by' must be one of {', '.join(queries.GROUPS)}", param="group_by")
+    assert gw.accounting.db is not None
+    data = await _run(gw, queries.spend, gw.accounting.db.engine, group, _filters(q), _time(q, "start"),
+                      _time(q, "end"))
+    total = sum(d["cost_nano"] for d in data)
+    return json_response({"object": "list", "group_by": group, "data": data, "total_cost_nano": total,
+                          "total_cost_usd": total / queries.NANO})
+
+
+async def logs(gw: Gateway, req: Request) -> Response:
+    _store(gw, req)
+    q = _query(req)
+    try:
+        limit = int(q.get("limit", "100"))
+        status = int(q["status"]) if "status" in q else None
+    except ValueError:
+        raise BadRequest("'limit' and 'status' must be integers", param="limit") from None
+    if not 1 <= limit <= 1000:
+        raise BadRequest("'limit' must be between 1 and 1000", param="limit")
+    cursor = None
+    if "cursor" in q:
+        ts, _, uid = q["cursor"].partition(":")
+        try:
+            cursor = (float(ts), uid)
+        except ValueError:
+            raise BadRequest("'cursor' is not one this API returned", param="cursor") from None
+    assert gw.accounting.db is not None
+    rows, nxt = await _run(gw, queries.logs, gw.accounting.db.engine, _filters(q), status, _time(q, "start"),
+                           _time(q, "end"), limit, cursor, q.get("bodies") == "true")
+    return json_response({"object": "list", "data": rows, "next_cursor": nxt})
+
+
+ROUTES = [
+    ("POST", "/admin/keys", create_key),
+    ("GET", "/admin/keys", list_keys),
+    ("GET", "/admin/keys/{rest}", key_item),
+    ("PATCH", "/admin/keys/{rest}", key_item),
+    ("DELETE", "/admin/keys/{rest}", key_item),
+    ("POST", "/admin/keys/{rest}", key_item),
+    *_owner_routes("team"),
+    *_owner_routes("user"),
+    ("GET", "/admin/spend", spend),
+    ("GET", "/admin/logs", logs),
+]

@@ -1,0 +1,58 @@
+"""The limits layer: reserve before the call (rate, parallel, budget), settle from real usage after it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from ..call import Call, Handler, Reply
+from .ratelimit import Grant, MemoryLimiter
+
+
+class LimitLayer:
+    """Wraps the handler below auth; a no-op for callers without limits (the master key, open gateways)."""
+
+    def __init__(self, next_handler: Handler, limiter: Callable[[], Any],
+                 estimate: Callable[[Call, bool, bool], tuple[int, int]],
+                 cost: Callable[[Call, Reply | None], int], tasks: set[asyncio.Task[None]]) -> None:
+        self.next = next_handler
+        self.limiter = limiter  # read at call time: the backend is chosen when the gateway starts
+        self.estimate = estimate
+        self.cost = cost
+        self.tasks = tasks  # settlements in flight (Redis), awaited on shutdown
+
+    async def __call__(self, call: Call) -> Reply:
+        key = call.key
+        scopes = tuple(s for s in key.scopes if s.limits.any) if key is not None else ()
+        if not scopes:
+            return await self.next(call)
+        want_tokens = any(s.limits.tpm is not None for s in scopes)
+        want_cost = any(s.limits.budget_nano is not None for s in scopes)
+        tokens, cost = self.estimate(call, want_tokens, want_cost)
+        limiter = self.limiter()
+        grant = await limiter.acquire(scopes, tokens, cost)
+        if grant is None:  # the shared store is down; the call goes through unlimited
+            return await self.next(call)
+        try:
+            reply = await self.next(call)
+        except BaseException:
+            self._settle(limiter, grant, 0, 0)
+            raise
+        if grant.headers:
+            reply.headers.update(grant.headers)
+
+        def done(r: Reply, error: BaseException | None) -> None:
+            used = r.usage.total_tokens if r.usage is not None and r.usage.known else 0
+            self._settle(limiter, grant, used, self.cost(call, r))
+
+        reply.on_done(done)
+        return reply
+
+    def _settle(self, limiter: Any, grant: Grant, tokens: int, cost: int) -> None:
+        if isinstance(limiter, MemoryLimiter):
+            limiter.settle_now(grant, tokens, cost)
+            return
+        task = asyncio.get_running_loop().create_task(limiter.settle(grant, tokens, cost))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)

@@ -1,0 +1,198 @@
+"""Rate limits, parallel caps and budgets, checked and reserved atomically across a call's scopes.
+
+A call's scopes are its key and the key's team and user. ``acquire`` checks every limit of every scope and,
+only if all pass, counts the request, reserves the estimated tokens and cost and takes a parallel slot: all at
+once (in-process: no await between check and update; Redis: one Lua script). ``settle`` replaces the estimate
+by the real usage and frees the slot. Windows for rpm/tpm are fixed UTC minutes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from ..errors import BudgetExceeded, RateLimited
+from .keys import NANO, Scope
+from .periods import period
+
+log = logging.getLogger("relaygate")
+
+# (scope name, period start) -> nano-dollars already spent in that period (from the request log)
+SpentLoader = Callable[[str, float], Awaitable[int]]
+
+
+@dataclass(slots=True)
+class Grant:
+    """What ``acquire`` took, to be given back or settled by ``settle``."""
+
+    scopes: tuple[Scope, ...]
+    minute: int
+    periods: tuple[str, ...]  # budget period id per scope ("" when the scope has no budget)
+    tokens: int
+    cost: int
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _reset(seconds: float) -> str:
+    return f"{max(0.0, seconds):.0f}s"
+
+
+def denial(scope: Scope, what: str, used: int, now: float) -> Exception:
+    """The 429 for a refused call, with OpenAI's x-ratelimit-* headers and retry-after."""
+    lim = scope.limits
+    to_minute = 60 - now % 60
+    headers: dict[str, str] = {}
+    if lim.rpm is not None:
+        headers["x-ratelimit-limit-requests"] = str(lim.rpm)
+        headers["x-ratelimit-reset-requests"] = _reset(to_minute)
+        if what == "requests":
+            headers["x-ratelimit-remaining-requests"] = str(max(0, lim.rpm - used))
+    if lim.tpm is not None:
+        headers["x-ratelimit-limit-tokens"] = str(lim.tpm)
+        headers["x-ratelimit-reset-tokens"] = _reset(to_minute)
+        if what == "tokens":
+            headers["x-ratelimit-remaining-tokens"] = str(max(0, lim.tpm - used))
+    if what == "budget":
+        _, _, end = period(lim.budget_period, now)
+        budget = lim.budget_nano or 0
+        return BudgetExceeded(
+            f"Budget exceeded for {scope.name}: ${used / NANO:.6f} spent or reserved of ${budget / NANO:.6f} "
+            f"({lim.budget_period}).", headers=headers, retry_after=(end - now) if end is not None else None)
+    if what == "parallel":
+        return RateLimited(f"Too many parallel requests for {scope.name} (limit {lim.max_parallel}).",
+                           headers=headers, retry_after=1, code="parallel_limit_exceeded")
+    limit = lim.rpm if what == "requests" else lim.tpm
+    return RateLimited(f"Rate limit reached for {scope.name}: {limit} {what} per minute.", headers=headers,
+                       retry_after=to_minute)
+
+
+def success_headers(scopes: tuple[Scope, ...], counts: dict[str, tuple[int, int]], now: float) -> dict[str, str]:
+    """x-ratelimit-* of the first scope that has rate limits (``counts``: scope -> (requests, tokens) used)."""
+    for s in scopes:
+        lim = s.limits
+        if lim.rpm is None and lim.tpm is None:
+            continue
+        reqs, toks = counts.get(s.name, (0, 0))
+        h: dict[str, str] = {}
+        reset = _reset(60 - now % 60)
+        if lim.rpm is not None:
+            h.update({"x-ratelimit-limit-requests": str(lim.rpm),
+                      "x-ratelimit-remaining-requests": str(max(0, lim.rpm - reqs)),
+                      "x-ratelimit-reset-requests": reset})
+        if lim.tpm is not None:
+            h.update({"x-ratelimit-limit-tokens": str(lim.tpm),
+                      "x-ratelimit-remaining-tokens": str(max(0, lim.tpm - toks)), "x-ratelimit-reset-tokens": reset})
+        return h
+    return {}
+
+
+@dataclass(slots=True)
+class _ScopeState:
+    minute: int = -1
+    requests: int = 0
+    tokens: int = 0
+    parallel: int = 0
+    spent: dict[str, int] = field(default_factory=dict)  # period id -> nano-dollars settled
+    reserved: int = 0
+
+
+class MemoryLimiter:
+    """One process's limits; state lives in this object (one per Gateway)."""
+
+    def __init__(self, load_spent: SpentLoader) -> None:
+        self._load_spent = load_spent
+        self._state: dict[str, _ScopeState] = {}
+        self._loading: dict[tuple[str, str], asyncio.Future[None]] = {}
+
+    def _st(self, name: str) -> _ScopeState:
+        st = self._state.get(name)
+        if st is None:
+            st = self._state[name] = _ScopeState()
+        return st
+
+    async def _ensure_spent(self, scope: Scope, pid: str, start: float) -> None:
+        st = self._st(scope.name)
+        if pid in st.spent:
+            return
+        key = (scope.name, pid)
+        fut = self._loading.get(key)
+        if fut is not None:
+            await asyncio.shield(fut)
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self._loading[key] = fut
+        try:
+            spent = await self._load_spent(scope.name, start)
+            if pid not in st.spent:
+                st.spent = {pid: spent}  # older periods are done with
+            fut.set_result(None)
+        except BaseException as e:
+            fut.set_exception(e)
+            fut.exception()
+            raise
+        finally:
+            self._loading.pop(key, None)
+
+    async def acquire(self, scopes: tuple[Scope, ...], tokens: int, cost: int) -> Grant:
+        now = time.time()
+        pids: list[str] = []
+        for s in scopes:
+            if s.limits.budget_nano is not None:
+                pid, start, _ = period(s.limits.budget_period, now)
+                await self._ensure_spent(s, pid, start)
+                pids.append(pid)
+            else:
+                pids.append("")
+        # from here to the end no await: check and update are one atomic step for this event loop
+        now = time.time()
+        minute = int(now // 60)
+        for s, pid in zip(scopes, pids, strict=True):
+            lim = s.limits
+            st = self._st(s.name)
+            if st.minute != minute:
+                st.minute, st.requests, st.tokens = minute, 0, 0
+            if lim.rpm is not None and st.requests + 1 > lim.rpm:
+                raise denial(s, "requests", st.requests, now)
+            if lim.tpm is not None and (st.tokens >= lim.tpm or (st.tokens > 0 and st.tokens + tokens > lim.tpm)):
+                raise denial(s, "tokens", st.tokens, now)
+            if lim.max_parallel is not None and st.parallel + 1 > lim.max_parallel:
+                raise denial(s, "parallel", st.parallel, now)
+            if lim.budget_nano is not None:
+                committed = st.spent.get(pid, 0) + st.reserved
+                if committed + cost > lim.budget_nano:
+                    raise denial(s, "budget", committed, now)
+        counts: dict[str, tuple[int, int]] = {}
+        for s in scopes:
+            st = self._st(s.name)
+            st.requests += 1
+            st.tokens += tokens
+            st.parallel += 1
+            st.reserved += cost
+            counts[s.name] = (st.requests, st.tokens)
+        grant = Grant(scopes, minute, tuple(pids), tokens, cost)
+        grant.headers = success_headers(scopes, counts, now)
+        return grant
+
+    async def settle(self, grant: Grant, tokens: int, cost: int) -> None:
+        self.settle_now(grant, tokens, cost)
+
+    def settle_now(self, grant: Grant, tokens: int, cost: int) -> None:
+        for s, pid in zip(grant.scopes, grant.periods, strict=True):
+            st = self._st(s.name)
+            st.parallel = max(0, st.parallel - 1)
+            st.reserved = max(0, st.reserved - grant.cost)
+            if st.minute == grant.minute:
+                st.tokens = max(0, st.tokens + tokens - grant.tokens)
+            if pid:
+                st.spent[pid] = st.spent.get(pid, 0) + cost
+
+    def spent(self, scope_name: str, pid: str) -> int:
+        """Settled spend of a scope in a period (for tests and the admin API)."""
+        st = self._state.get(scope_name)
+        return st.spent.get(pid, 0) if st is not None else 0
+
+    async def close(self) -> None:
+        return None

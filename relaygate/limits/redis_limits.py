@@ -1,0 +1,165 @@
+"""The same limits as ``MemoryLimiter``, shared by every instance through Redis: one Lua script per check."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from .keys import Scope
+from .periods import period
+from .ratelimit import Grant, SpentLoader, denial, success_headers
+
+log = logging.getLogger("relaygate")
+
+SLOTS = 5  # keys per scope: requests, tokens (this minute), parallel, spent, reserved (this budget period)
+
+# KEYS: SLOTS per scope. ARGV: n, tokens, cost, slot ttl, then per scope: rpm, tpm, parallel, budget (-1: none).
+# Returns {1, requests, tokens, ...per scope} when granted, {0, scope index, what, used} when refused,
+# {-1, scope index} when a scope's spend for this period is not in Redis yet (the caller loads it and retries).
+ACQUIRE = """
+local n, tokens, cost, ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+for i = 1, n do
+  local k, a = (i - 1) * 5, 4 + (i - 1) * 4
+  local rpm, tpm, par, budget = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
+  if rpm >= 0 then
+    local c = tonumber(redis.call('GET', KEYS[k + 1]) or '0')
+    if c + 1 > rpm then return {0, i, 'requests', c} end
+  end
+  if tpm >= 0 then
+    local u = tonumber(redis.call('GET', KEYS[k + 2]) or '0')
+    if u >= tpm or (u > 0 and u + tokens > tpm) then return {0, i, 'tokens', u} end
+  end
+  if par >= 0 then
+    local p = tonumber(redis.call('GET', KEYS[k + 3]) or '0')
+    if p + 1 > par then return {0, i, 'parallel', p} end
+  end
+  if budget >= 0 then
+    local s = redis.call('GET', KEYS[k + 4])
+    if not s then return {-1, i} end
+    local used = tonumber(s) + tonumber(redis.call('GET', KEYS[k + 5]) or '0')
+    if used + cost > budget then return {0, i, 'budget', used} end
+  end
+end
+local out = {1}
+for i = 1, n do
+  local k = (i - 1) * 5
+  local c = redis.call('INCR', KEYS[k + 1]); redis.call('EXPIRE', KEYS[k + 1], 120)
+  local u = redis.call('INCRBY', KEYS[k + 2], tokens); redis.call('EXPIRE', KEYS[k + 2], 120)
+  redis.call('INCR', KEYS[k + 3]); redis.call('EXPIRE', KEYS[k + 3], ttl)
+  redis.call('INCRBY', KEYS[k + 5], cost); redis.call('EXPIRE', KEYS[k + 5], ttl)
+  out[#out + 1] = c
+  out[#out + 1] = u
+end
+return out
+"""
+
+# KEYS: SLOTS per scope. ARGV: n, reserved tokens, reserved cost, real tokens, real cost, then per scope 1/0 (budget).
+SETTLE = """
+local n, rt, rc, t, c = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+for i = 1, n do
+  local k = (i - 1) * 5
+  if redis.call('EXISTS', KEYS[k + 2]) == 1 then
+    if tonumber(redis.call('INCRBY', KEYS[k + 2], t - rt)) < 0 then redis.call('SET', KEYS[k + 2], 0, 'KEEPTTL') end
+  end
+  if tonumber(redis.call('DECR', KEYS[k + 3])) < 0 then redis.call('SET', KEYS[k + 3], 0, 'KEEPTTL') end
+  if tonumber(redis.call('DECRBY', KEYS[k + 5], rc)) < 0 then redis.call('SET', KEYS[k + 5], 0, 'KEEPTTL') end
+  if ARGV[5 + i] == '1' then redis.call('INCRBY', KEYS[k + 4], c) end
+end
+return 1
+"""
+
+
+def _keys(scope: Scope, minute: int, pid: str) -> list[str]:
+    base = "rg:lim:" + scope.name
+    return [f"{base}:r:{minute}", f"{base}:t:{minute}", f"{base}:p", f"{base}:s:{pid or '-'}",
+            f"{base}:v:{pid or '-'}"]
+
+
+def _limit(v: int | None) -> int:
+    return -1 if v is None else v
+
+
+class RedisLimiter:
+    """Limits in Redis. Parallel slots and reservations expire after ``slot_ttl`` seconds so that those of
+    a crashed instance do not leak forever. If Redis fails, calls are let through (logged): availability
+    first."""
+
+    def __init__(self, url: str, load_spent: SpentLoader, slot_ttl: int, max_connections: int = 64) -> None:
+        import redis.asyncio as aioredis
+
+        # a pool that waits for a free connection: a burst of calls must queue, not fail open
+        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=10)
+        self.redis = redis = aioredis.Redis(connection_pool=pool)
+        self._load_spent = load_spent
+        self.slot_ttl = slot_ttl
+        self._acquire = redis.register_script(ACQUIRE)
+        self._settle = redis.register_script(SETTLE)
+        self._warned = 0.0
+
+    async def acquire(self, scopes: tuple[Scope, ...], tokens: int, cost: int) -> Grant | None:
+        now = time.time()
+        minute = int(now // 60)
+        pids = tuple(period(s.limits.budget_period, now)[0] if s.limits.budget_nano is not None else ""
+                     for s in scopes)
+        keys: list[str] = []
+        args: list[int] = [len(scopes), tokens, cost, self.slot_ttl]
+        for s, pid in zip(scopes, pids, strict=True):
+            keys += _keys(s, minute, pid)
+            lim = s.limits
+            args += [_limit(lim.rpm), _limit(lim.tpm), _limit(lim.max_parallel), _limit(lim.budget_nano)]
+        for _ in range(3):
+            try:
+                res = await self._acquire(keys=keys, args=args)
+            except Exception as e:  # Redis down: let the call through rather than fail it
+                self._warn(e)
+                return None
+            if res[0] == 1:
+                counts = {s.name: (int(res[1 + 2 * i]), int(res[2 + 2 * i])) for i, s in enumerate(scopes)}
+                grant = Grant(scopes, minute, pids, tokens, cost)
+                grant.headers = success_headers(scopes, counts, now)
+                return grant
+            if res[0] == 0:
+                s = scopes[int(res[1]) - 1]
+                what = res[2].decode() if isinstance(res[2], bytes) else str(res[2])
+                raise denial(s, what, int(res[3]), now)
+            # a budget scope's spend is not in Redis yet: load it from the log once, for every instance
+            i = int(res[1]) - 1
+            s = scopes[i]
+            pid, start, end = period(s.limits.budget_period, now)
+            spent = await self._load_spent(s.name, start)
+            ttl = int(end - now) + 86400 if end is not None else None
+            try:
+                await self.redis.set(keys[i * SLOTS + 3], spent, nx=True, ex=ttl)
+            except Exception as e:
+                self._warn(e)
+                return None
+        raise RuntimeError("budget state could not be initialised in Redis")
+
+    async def settle(self, grant: Grant, tokens: int, cost: int) -> None:
+        keys: list[str] = []
+        for s, pid in zip(grant.scopes, grant.periods, strict=True):
+            keys += _keys(s, grant.minute, pid)
+        args = [len(grant.scopes), grant.tokens, grant.cost, tokens, cost, *(1 if p else 0 for p in grant.periods)]
+        for attempt in range(3):
+            try:
+                await self._settle(keys=keys, args=args)
+                return
+            except Exception as e:
+                self._warn(e)
+                await asyncio.sleep(0.2 * (attempt + 1))
+        log.error("rate limits: a settlement was lost (%s: %d tokens, %d nano-USD)", grant.scopes[0].name, tokens,
+                  cost)
+
+    async def spent_now(self, scope: Scope, pid: str) -> int:
+        v = await self.redis.get(_keys(scope, 0, pid)[3])
+        return int(v or 0)
+
+    def _warn(self, e: Exception) -> None:
+        now = time.monotonic()
+        if now - self._warned > 10:
+            self._warned = now
+            log.warning("rate limits: Redis failed (%s); letting calls through", type(e).__name__)
+
+    async def close(self) -> None:
+        await self.redis.aclose()

@@ -1,0 +1,64 @@
+"""Read-side queries of the request log: spend grouped by a dimension, and filtered, paged log rows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Engine, and_, func, or_, select
+
+from . import tables
+
+NANO = 1_000_000_000
+GROUPS = {"key": "key_id", "team": "team_id", "user": "user_id", "model": "model", "provider": "provider",
+          "deployment": "deployment", "day": "day"}
+FILTERS = ("key_id", "team_id", "user_id", "model", "provider", "deployment", "route", "error")
+
+
+def _where(filters: dict[str, Any], since: float | None, until: float | None) -> list[Any]:
+    r = tables.request_log
+    conds: list[Any] = [r.c[name] == value for name, value in filters.items()]
+    if since is not None:
+        conds.append(r.c.ts >= since)
+    if until is not None:
+        conds.append(r.c.ts < until)
+    return conds
+
+
+def spend(engine: Engine, group: str, filters: dict[str, Any], since: float | None,
+          until: float | None) -> list[dict[str, Any]]:
+    """Requests, tokens and cost per value of ``group`` (one of GROUPS), dearest first."""
+    r = tables.request_log
+    col = r.c[GROUPS[group]]
+    cost = func.coalesce(func.sum(r.c.cost_nano), 0)
+    q = (select(col.label("value"), func.count().label("requests"), cost.label("cost_nano"),
+                func.coalesce(func.sum(r.c.prompt_tokens), 0).label("prompt_tokens"),
+                func.coalesce(func.sum(r.c.completion_tokens), 0).label("completion_tokens"),
+                func.sum(func.coalesce(r.c.error, "") != "").label("errors"))
+         .where(*_where(filters, since, until)).group_by(col).order_by(cost.desc(), col))
+    with engine.connect() as conn:
+        rows = conn.execute(q).all()
+    return [{GROUPS[group]: row.value, "requests": int(row.requests), "errors": int(row.errors or 0),
+             "prompt_tokens": int(row.prompt_tokens), "completion_tokens": int(row.completion_tokens),
+             "cost_nano": int(row.cost_nano), "cost_usd": int(row.cost_nano) / NANO} for row in rows]
+
+
+def logs(engine: Engine, filters: dict[str, Any], status: int | None, since: float | None, until: float | None,
+         limit: int, cursor: tuple[float, str] | None, bodies: bool) -> tuple[list[dict[str, Any]], str | None]:
+    """Log rows, newest first; ``cursor`` (ts, uid) continues after the last row of the previous page."""
+    r = tables.request_log
+    conds = _where(filters, since, until)
+    if status is not None:
+        conds.append(r.c.status == status)
+    if cursor is not None:
+        ts, uid = cursor
+        conds.append(or_(r.c.ts < ts, and_(r.c.ts == ts, r.c.uid < uid)))
+    cols = [c for c in r.c if bodies or c.name not in ("request_body", "response_body")]
+    q = select(*cols).where(*conds).order_by(r.c.ts.desc(), r.c.uid.desc()).limit(limit + 1)
+    with engine.connect() as conn:
+        rows = [dict(row._mapping) for row in conn.execute(q)]
+    more = len(rows) > limit
+    rows = rows[:limit]
+    for row in rows:
+        row["cost_usd"] = row["cost_nano"] / NANO
+    next_cursor = f"{rows[-1]['ts']!r}:{rows[-1]['uid']}" if more and rows else None
+    return rows, next_cursor

@@ -1,0 +1,221 @@
+"""Limits per key, team and user under concurrency, in-process and in Redis; budgets settle to the log exactly."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import redis as redis_lib
+import requests  # type: ignore[import-untyped]
+import yaml
+
+from relaygate.limits.periods import period
+from relaygate.testing.base import free_port
+from tests.conftest import openai_model, require_service
+from tests.test_keys import MASTER, Admin
+from tests.test_requestlog import gateway_rows
+
+REPO = Path(__file__).resolve().parent.parent
+REDIS_URL = os.environ.get("RELAYGATE_TEST_REDIS", "redis://127.0.0.1:6379/0")
+BODY = {"model": "m", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 10}
+
+
+@pytest.fixture(params=["memory", "redis"])
+def state(request) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """The ``state`` config section of each limits backend."""
+    if request.param == "memory":
+        return {}
+    try:
+        redis_lib.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+    except redis_lib.RedisError:
+        require_service("redis")
+    return {"redis_url": REDIS_URL}
+
+
+def gateway(start_gateway: Any, emulator: Any, state: dict[str, Any], **auth: Any) -> Any:
+    return start_gateway({"models": [openai_model("m", emulator)], "state": state,
+                          "auth": {"master_key": MASTER, **auth}})
+
+
+async def _burst(urls: list[str], key: str, n: int, body: dict[str, Any] = BODY) -> list[tuple[int, Any]]:
+    """``n`` concurrent calls spread over ``urls``: (status, headers) each."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as s:
+        async def one(i: int) -> tuple[int, Any]:
+            async with s.post(urls[i % len(urls)], json=body, headers={"authorization": f"Bearer {key}"}) as r:
+                await r.read()
+                return r.status, r.headers
+        return await asyncio.gather(*(one(i) for i in range(n)))
+
+
+def burst(gw: Any, key: str, n: int, body: dict[str, Any] = BODY) -> list[tuple[int, Any]]:
+    return asyncio.run(_burst([gw.base_url + "/chat/completions"], key, n, body))
+
+
+def away_from_minute_edge() -> None:
+    """Rate windows are UTC minutes: start a counted burst well inside one."""
+    left = 60 - time.time() % 60
+    if left < 5:
+        time.sleep(left + 0.05)
+
+
+def new_key(gw: Any, **fields: Any) -> dict[str, Any]:
+    r = Admin(gw)("POST", "/keys", fields)
+    assert r.status_code == 201, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+def test_requests_per_minute_hold_under_concurrency(openai_emulator, start_gateway, state) -> None:
+    away_from_minute_edge()
+    gw = gateway(start_gateway, openai_emulator, state)
+    key = new_key(gw, rpm=5)
+    results = burst(gw, key["key"], 20)
+    assert sorted(s for s, _ in results) == [200] * 5 + [429] * 15
+    refused = next(h for s, h in results if s == 429)
+    assert refused["x-ratelimit-limit-requests"] == "5" and refused["x-ratelimit-remaining-requests"] == "0"
+    assert 0 < int(refused["retry-after"]) <= 60
+    ok = next(h for s, h in results if s == 200)
+    assert ok["x-ratelimit-limit-requests"] == "5" and int(ok["x-ratelimit-remaining-requests"]) < 5
+
+
+def test_parallel_cap_holds_and_frees_slots(openai_emulator, start_gateway, state) -> None:
+    gw = gateway(start_gateway, openai_emulator, state)
+    key = new_key(gw, max_parallel=3)
+    requests.post(openai_emulator.url + "/_emulator/faults", json={"latency_ms": 300}, timeout=5)
+    results = burst(gw, key["key"], 10)
+    assert sorted(s for s, _ in results) == [200] * 3 + [429] * 7
+    assert next(h for s, h in results if s == 429)["retry-after"] == "1"
+    requests.delete(openai_emulator.url + "/_emulator/faults", timeout=5)
+    assert [s for s, _ in burst(gw, key["key"], 3)] == [200] * 3  # every slot came back
+
+
+def test_tokens_per_minute_count_real_usage(openai_emulator, start_gateway, state) -> None:
+    away_from_minute_edge()
+    gw = gateway(start_gateway, openai_emulator, state)
+    key = new_key(gw, tpm=60)  # each call reserves ~17 tokens and uses 9 (5 prompt + 4 completion)
+    statuses = [s for s, _ in burst(gw, key["key"], 12)]
+    assert 3 <= statuses.count(200) <= 6
+    refused = [h for s, h in burst(gw, key["key"], 1)]
+    assert refused[0]["x-ratelimit-limit-tokens"] == "60"
+
+
+def test_team_limits_bind_all_its_keys_together(openai_emulator, start_gateway, state) -> None:
+    away_from_minute_edge()
+    gw = gateway(start_gateway, openai_emulator, state)
+    team = "team-" + os.urandom(4).hex()
+    assert Admin(gw)("POST", "/teams", {"id": team, "rpm": 6}).status_code == 201
+    a, b = new_key(gw, team_id=team), new_key(gw, team_id=team)
+
+    async def both() -> list[tuple[int, Any]]:
+        url = [gw.base_url + "/chat/completions"]
+        ra, rb = await asyncio.gather(_burst(url, a["key"], 8), _burst(url, b["key"], 8))
+        return ra + rb
+
+    statuses = [s for s, _ in asyncio.run(both())]
+    assert statuses.count(200) == 6 and statuses.count(429) == 10
+
+
+def test_budget_holds_under_200_concurrent_calls_and_spend_matches_the_log(
+        openai_emulator, start_gateway, state) -> None:
+    gw = gateway(start_gateway, openai_emulator, state)
+    probe = new_key(gw)
+    burst(gw, probe["key"], 1)
+    one_call = gateway_rows(gw)[0]["cost_nano"]
+    assert one_call > 0
+    budget_usd = 50 * one_call / 1e9
+    key = new_key(gw, budget_usd=budget_usd, budget_period="day", rpm=100000)
+    results = burst(gw, key["key"], 200)
+    ok = [s for s, _ in results].count(200)
+    assert 0 < ok <= 50
+    refused = [h for s, h in results if s != 200]
+    assert len(refused) == 200 - ok
+    assert all(h["x-ratelimit-limit-requests"] == "100000" and int(h["retry-after"]) > 0 for h in refused)
+    # once the burst settled, the rest of the budget can still be used, but never beyond it
+    later = 0
+    for _ in range(60):
+        if burst(gw, key["key"], 1)[0][0] != 200:
+            break
+        later += 1
+    assert ok + later <= 50
+    rows = [r for r in gateway_rows(gw, expected=202 + later) if r["key_id"] == key["id"]]
+    assert len(rows) == 201 + later and sum(r["status"] == 200 for r in rows) == ok + later
+    logged = sum(r["cost_nano"] for r in rows)
+    assert logged == (ok + later) * one_call <= round(budget_usd * 1e9)
+    assert wait_for_spent(gw, "key:" + key["id"], logged) == logged
+
+
+def wait_for_spent(gw: Any, scope: str, expected: int) -> int:
+    """The settled spend the limiter holds for ``scope`` today (Redis settles in background tasks)."""
+    limiter = gw.gateway.accounting.limiter
+    pid = period("day", time.time())[0]
+    deadline = time.monotonic() + 5
+    while True:
+        if hasattr(limiter, "spent"):
+            got = limiter.spent(scope, pid)
+        else:
+            got = gw.run(limiter.spent_now(next(s for s in [_scope(scope)]), pid))
+        if got == expected or time.monotonic() > deadline:
+            return int(got)
+        time.sleep(0.05)
+
+
+def _scope(name: str) -> Any:
+    from relaygate.limits.keys import Limits, Scope
+
+    return Scope(name, Limits())
+
+
+def test_budget_spent_before_a_restart_still_counts(openai_emulator, start_gateway, tmp_path) -> None:
+    db = {"url": f"sqlite:///{tmp_path}/restart.db"}
+    cfg = {"models": [openai_model("m", openai_emulator)], "database": db, "auth": {"master_key": MASTER}}
+    gw = start_gateway(cfg)
+    key = new_key(gw, budget_usd=1e-9 * 10_000_000)
+    assert burst(gw, key["key"], 1)[0][0] == 200
+    spent = gateway_rows(gw)[0]["cost_nano"]
+    gw.stop()
+    gw2 = start_gateway(cfg)
+    assert gw2.run(gw2.gateway.accounting.load_spent("key:" + key["id"], 0.0)) == spent
+
+
+def test_two_gateway_processes_sharing_redis_enforce_one_limit(openai_emulator, tmp_path) -> None:
+    try:
+        redis_lib.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+    except redis_lib.RedisError:
+        require_service("redis")
+    db = {"url": f"sqlite:///{tmp_path}/two.db"}
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"models": [openai_model("m", openai_emulator)], "database": db,
+                                   "state": {"redis_url": REDIS_URL}, "auth": {"master_key": MASTER}}))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    made = subprocess.run([sys.executable, "-m", "relaygate", "keys", "--config", str(cfg), "create", "--rpm", "10"],
+                          env=env, capture_output=True, timeout=60, check=True)
+    key = yaml.safe_load(made.stdout)["key"]
+    ports = [free_port(), free_port()]
+    procs = [subprocess.Popen([sys.executable, "-m", "relaygate", "serve", "--config", str(cfg), "--port", str(p)],
+                              env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for p in ports]
+    try:
+        for p in ports:
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                try:
+                    if requests.get(f"http://127.0.0.1:{p}/health/ready", timeout=1).ok:
+                        break
+                except requests.ConnectionError:
+                    pass
+                time.sleep(0.05)
+        away_from_minute_edge()
+        urls = [f"http://127.0.0.1:{p}/v1/chat/completions" for p in ports]
+        results = asyncio.run(_burst(urls, key, 30))
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(30)
+    assert sorted(s for s, _ in results) == [200] * 10 + [429] * 20

@@ -86,6 +86,11 @@ def test_sdk_sees_images_blocks_and_safety_stops(emulator: BackgroundServer) -> 
     assert any(r.blocked for r in cand.safety_ratings or [])
 
 
+def test_sdk_counts_tokens(emulator: BackgroundServer) -> None:
+    c = studio(emulator)
+    assert c.models.count_tokens(model="gemini-2.5-flash", contents="one two three").total_tokens == 7
+
+
 def test_sdk_embeds_in_batches_with_dimensions(emulator: BackgroundServer) -> None:
     c = studio(emulator)
     e = c.models.embed_content(model="text-embedding-004", contents=["a", "b"],

@@ -433,6 +433,33 @@ def test_vertex_uses_project_location_urls_and_a_bearer_token(client: openai.Ope
     assert reqs[0]["headers"]["authorization"] == f"Bearer {TOKEN}" and "x-goog-api-key" not in reqs[0]["headers"]
 
 
+def _probe(emulator: BackgroundServer, provider: str, key: str) -> None:
+    async def run() -> None:
+        extra = {"project": "p", "location": "us-central1"} if provider == "vertex" else {}
+        cfg = DeploymentConfig(provider=provider, model="gemini-2.5-flash", api_base=emulator.url, api_key=key,
+                               **extra)
+        session = new_session()
+        try:
+            await (GeminiProvider if provider == "gemini" else VertexProvider)(cfg, session).probe()
+        finally:
+            await session.close()
+
+    asyncio.run(run())
+
+
+def test_probe_counts_tokens_and_fails_like_a_real_call(emulator: BackgroundServer) -> None:
+    _probe(emulator, "gemini", KEY)
+    _probe(emulator, "vertex", TOKEN)
+    assert [r["path"].rsplit(":", 1)[1] for r in recorded(emulator)] == ["countTokens", "countTokens"]
+    with pytest.raises(GatewayError) as e:
+        _probe(emulator, "vertex", "ya29.bad")
+    assert e.value.kind == "auth"
+    fault(emulator, status=503, count=1)
+    with pytest.raises(GatewayError) as e:
+        _probe(emulator, "gemini", KEY)
+    assert e.value.kind == "unavailable"
+
+
 def test_vertex_needs_a_project() -> None:
     async def build() -> None:
         session = new_session()

@@ -73,6 +73,18 @@ class GeminiProvider(Provider):
             req["outputDimensionality"] = dimensions
         return req
 
+    async def probe(self) -> None:
+        """``countTokens`` on the deployment's model: free, and fails the way a real call would."""
+        model = self.config.model
+        if model == "*":
+            return
+        call = Call(id="probe", route="probe", model=model, body={})
+        data = b'{"contents":[{"role":"user","parts":[{"text":"ping"}]}]}'
+        resp = await self.request(call, "POST", self.url(model, "countTokens"), headers=self._headers, data=data)
+        if resp.status >= 400:
+            raise await self.upstream_error(resp)
+        resp.release()
+
     # -- chat --------------------------------------------------------------------------------------
 
     async def chat(self, call: Call) -> Reply:

@@ -525,6 +525,10 @@ def create_app(options: GeminiEmulatorOptions | None = None, state: EmulatorStat
                                     "models and their supported methods.")
             if method in ("embedContent", "batchEmbedContents"):
                 return embeddings(body, model, method, vertex)
+            if method == "countTokens":  # {"contents": [...]} or {"generateContentRequest": {...}}
+                req = body.get("generateContentRequest", body)
+                validate(req, model)
+                return json_response({"totalTokens": count_tokens(req)})
             if method not in ("generateContent", "streamGenerateContent"):
                 raise ApiError(404, f"Method {method} is not found for model {model}.")
             validate(sent, model)

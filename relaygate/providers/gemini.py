@@ -19,7 +19,6 @@ import orjson
 from ..call import Call, Reply, Usage
 from ..errors import (
     AuthError,
-    BadRequest,
     ContentFiltered,
     ContextTooLong,
     GatewayError,
@@ -198,25 +197,16 @@ class GeminiProvider(Provider):
         """One ``batchEmbedContents`` request for all of the call's inputs."""
         assert call.deployment is not None
         model = call.deployment.upstream_model(call.model)
-        inputs = _embedding_inputs(call.body.get("input"))
+        inputs = _embedding_inputs(call.body.get("input"))  # the API layer checked shapes and options
         dims = call.body.get("dimensions")
-        if dims is not None and (isinstance(dims, bool) or not isinstance(dims, int) or dims < 1):
-            raise BadRequest("'dimensions' must be a positive integer", param="dimensions")
-        encoding = call.body.get("encoding_format") or "float"
-        if encoding not in ("float", "base64"):
-            raise BadRequest("'encoding_format' must be 'float' or 'base64'", param="encoding_format")
         data = orjson.dumps({"requests": [self.embed_request(model, t, dims) for t in inputs]})
         resp = await self.request(call, "POST", self.url(model, "batchEmbedContents"), headers=self._headers,
                                   data=data)
         if resp.status >= 400:
             raise await self.upstream_error(resp)
-        try:
-            raw = await self.read_body(resp)
-        finally:
-            resp.release()
-        vectors, tokens = _vectors(raw, len(inputs))
+        vectors, tokens = _vectors(await self.read_json_object(resp), len(inputs))
         usage = Usage(prompt_tokens=tokens) if tokens is not None else Usage(known=False)
-        body = embeddings_response(vectors, call.model, usage, encoding)
+        body = embeddings_response(vectors, call.model, usage, call.body.get("encoding_format") or "float")
         return Reply(body=orjson.dumps(body), usage=usage, first_byte_at=time.monotonic())
 
     # -- errors ------------------------------------------------------------------------------------
@@ -258,23 +248,14 @@ def _retry_delay(details: list[Any]) -> float | None:
 
 
 def _embedding_inputs(value: Any) -> list[str]:
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not value:
-        raise BadRequest("'input' must be a non-empty string or array of strings", param="input")
-    if not all(isinstance(v, str) for v in value):
+    inputs = [value] if isinstance(value, str) else value
+    if not isinstance(inputs, list) or not inputs or not all(isinstance(v, str) for v in inputs):
         raise Unsupported("Gemini embeds text only; token arrays are not supported", param="input")
-    if any(not v for v in value):
-        raise BadRequest("'input' must not contain empty strings", param="input")
-    return value
+    return inputs
 
 
-def _vectors(raw: bytes, expected: int) -> tuple[list[list[float]], int | None]:
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise Unavailable("upstream gemini sent embeddings that are not JSON", status=502) from None
-    items = data.get("embeddings") if isinstance(data, dict) else None
+def _vectors(data: dict[str, Any], expected: int) -> tuple[list[list[float]], int | None]:
+    items = data.get("embeddings")
     if not isinstance(items, list) or len(items) != expected:
         raise Unavailable("upstream gemini sent a different number of embeddings than asked", status=502)
     vectors = [list(e.get("values") or []) for e in items if isinstance(e, dict)]

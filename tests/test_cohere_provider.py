@@ -382,3 +382,11 @@ def test_parameters_without_a_cohere_counterpart_are_named_not_forwarded(
     plain = client.chat.completions.with_raw_response.create(model="command",
                                                              messages=[{"role": "user", "content": "x"}])
     assert "x-relaygate-dropped-params" not in plain.headers
+
+
+def test_stream_that_breaks_before_its_first_event_is_an_http_error(client: openai.OpenAI,
+                                                                     emulator: BackgroundServer) -> None:
+    fault(emulator, disconnect_after_chunks=0, count=1)
+    with pytest.raises(openai.InternalServerError) as e:  # not an in-stream error: a fallback could still retry
+        client.chat.completions.create(model="command", stream=True, messages=[{"role": "user", "content": "x"}])
+    assert e.value.status_code == 502

@@ -8,7 +8,7 @@ calling tools) is surfaced as assistant content, and assistant content sent back
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -81,33 +81,55 @@ class CohereProvider(Provider):
         resp = await self._post(call, "/v2/chat", body)
         headers = {DROPPED_HEADER: ",".join(dropped)} if dropped else {}
         if call.stream:
-            reply = Reply(media_type="text/event-stream", headers=headers, first_byte_at=time.monotonic())
-            reply.stream = self._relay(resp, reply, ChunkWriter(model, include_usage=call.wants_usage))
-            return reply
+            return await self._start_stream(resp, headers, ChunkWriter(model, include_usage=call.wants_usage))
         data = await self.read_json_object(resp)
         reply = Reply(headers=headers, first_byte_at=time.monotonic())
         reply.usage = usage_of(data.get("usage"))
         reply.body = orjson.dumps(chat_completion(data, model, reply.usage))
         return reply
 
-    async def _relay(self, resp: aiohttp.ClientResponse, reply: Reply, w: ChunkWriter) -> AsyncIterator[bytes]:
+    async def _start_stream(self, resp: aiohttp.ClientResponse, headers: dict[str, str], w: ChunkWriter) -> Reply:
+        """Wait for Cohere's first event before answering, so a stream that breaks at once is still retryable."""
+        events = self._events(resp)
+        try:
+            first = await anext(events, None)
+        except BaseException:
+            resp.close()
+            raise
+        if first is None:
+            resp.close()
+            raise Unavailable("upstream cohere ended the stream before its first event", status=502)
+        reply = Reply(media_type="text/event-stream", headers=headers, first_byte_at=time.monotonic())
+        reply.stream = self._relay(resp, events, first, reply, w)
+        return reply
+
+    async def _events(self, resp: aiohttp.ClientResponse) -> AsyncGenerator[dict[str, Any], None]:
+        async for _event, raw in iter_sse(resp, self.kind):
+            if raw == b"[DONE]":
+                return
+            try:
+                ev = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                raise Unavailable("upstream cohere sent an unreadable stream event", status=502) from None
+            if isinstance(ev, dict):
+                yield ev
+
+    async def _relay(self, resp: aiohttp.ClientResponse, events: AsyncGenerator[dict[str, Any], None],
+                     first: dict[str, Any], reply: Reply, w: ChunkWriter) -> AsyncIterator[bytes]:
         """Cohere's stream events as OpenAI chunks, each as soon as its event arrived."""
         ended = False
+        ev: dict[str, Any] | None = first
         try:
-            async for _event, raw in iter_sse(resp, self.kind):
-                if raw == b"[DONE]":
-                    break
-                try:
-                    ev = orjson.loads(raw)
-                except orjson.JSONDecodeError:
-                    raise Unavailable("upstream cohere sent an unreadable stream event", status=502) from None
+            while ev is not None:
                 out = self._translate(ev, reply, w)
                 if out:
                     yield out
                 if ev.get("type") == "message-end":
                     ended = True
                     break
+                ev = await anext(events, None)
         finally:
+            await events.aclose()
             resp.close()  # close, not release: a client gone mid-stream must stop the generation upstream
         if not ended:
             raise Unavailable("upstream cohere stream ended before message-end", status=502)

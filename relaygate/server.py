@@ -17,7 +17,7 @@ log = logging.getLogger("relaygate")
 RouteHandler = Callable[[Gateway, Request], Awaitable[Response | StreamResponse]]
 
 # API modules, each exporting ROUTES = [(method, path, handler)]; a path ending in "{rest}" is a prefix
-API_MODULES = ("chat", "models", "health", "embeddings", "providers", "audio", "passthrough", "admin")
+API_MODULES = ("chat", "models", "health", "embeddings", "providers", "audio", "messages", "passthrough", "admin")
 
 
 class RouteTable:

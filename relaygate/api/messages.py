@@ -1,0 +1,93 @@
+"""``POST /v1/messages``: Anthropic's Messages API in front of any configured model.
+
+The request becomes an OpenAI-format chat call that goes through the whole pipeline; the reply comes
+back as an Anthropic Message, or as Anthropic's SSE events translated chunk by chunk. Clients may send
+either ``anthropic-version`` (2023-06-01 or 2026-10-21) and their key as ``x-api-key`` or
+``Authorization: Bearer``; sampling parameters are accepted under both versions (the model decides).
+Errors on this route use Anthropic's error shape.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from ..call import Call, Reply
+from ..errors import GatewayError, Unavailable
+from ..http import Request, Response, StreamResponse
+from ..providers.anthropic import DROPPED_HEADER
+from ..providers.anthropic_wire import error_body
+from .chat import chat_call
+from .common import object_body, reply_headers
+from .messages_format import (
+    EventWriter,
+    anthropic_error_type,
+    error_event,
+    to_anthropic_message,
+    to_openai_request,
+    translate_stream,
+)
+
+if TYPE_CHECKING:
+    from ..gateway import Gateway
+
+
+def anthropic_error(err: GatewayError, request_id: str) -> Response:
+    body = error_body(anthropic_error_type(err), err.message, request_id)
+    return Response(orjson.dumps(body), err.status, {**err.headers, "request-id": request_id})
+
+
+async def messages(gw: Gateway, req: Request) -> Response | StreamResponse:
+    try:
+        body = object_body(await req.json(gw.config.server.max_body_bytes))
+        request, dropped = to_openai_request(body)
+        if isinstance(body.get("provider"), str):
+            request["provider"] = body["provider"]  # relaygate's explicit-provider field, as on /chat
+        call = chat_call(gw, req, request)
+        call.wants_usage = call.stream  # the usage chunk feeds the final message_delta
+        reply = await gw.handle(call)
+    except GatewayError as e:
+        return anthropic_error(e, req.id)
+    headers = reply_headers(call, reply)
+    headers["request-id"] = req.id
+    if dropped:
+        earlier = headers.get(DROPPED_HEADER)
+        headers[DROPPED_HEADER] = ",".join(dropped) if not earlier else f"{earlier},{','.join(dropped)}"
+    if reply.stream is not None:
+        reply.stream = translate_stream(reply.stream, EventWriter(call.model), lambda: reply.usage)
+        return StreamResponse(reply, headers, error_event)
+    try:
+        data = orjson.loads(reply.body or b"")
+        if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
+            raise ValueError("not a chat completion")
+    except ValueError:
+        err = Unavailable("the upstream answer was not a chat completion", status=502)
+        reply.finish(err)
+        return anthropic_error(err, req.id)
+    if call.stream:  # the upstream answered whole: deliver it as one burst of events
+        return _replay(call, reply, data, headers)
+    message = to_anthropic_message(data, reply.usage, call.model)
+    return Response(orjson.dumps(message), 200, headers, reply=reply)
+
+
+def _replay(call: Call, reply: Reply, data: dict[str, Any], headers: dict[str, str]) -> StreamResponse:
+    choice = data["choices"][0] if data["choices"] else {}
+    msg = choice.get("message") or {}
+    calls = [{**tc, "index": i} for i, tc in enumerate(msg.get("tool_calls") or ())]
+    w = EventWriter(call.model)
+    events = w.chunk({"id": data.get("id"), "model": data.get("model"), "choices": [{
+        "index": 0, "delta": {"content": msg.get("content"), "tool_calls": calls},
+        "finish_reason": choice.get("finish_reason")}]}) + w.end(reply.usage)
+
+    async def once() -> Any:
+        yield events
+
+    reply.stream = once()
+    reply.media_type = "text/event-stream"
+    return StreamResponse(reply, headers, error_event)
+
+
+ROUTES = [
+    ("POST", "/v1/messages", messages),
+]

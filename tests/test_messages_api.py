@@ -1,0 +1,244 @@
+"""The anthropic SDK → relaygate's /v1/messages → any configured model (OpenAI, Gemini, Anthropic emulators)."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from typing import Any
+
+import anthropic
+import httpx
+import orjson
+import pytest
+
+from relaygate.testing import anthropic as anthropic_emu
+from relaygate.testing import gemini as gemini_emu
+from relaygate.testing.base import BackgroundServer, FaultPlan
+from relaygate.testing.gateway import GatewayThread
+from relaygate.testing.openai import OpenAIEmulatorOptions
+from relaygate.testing.openai import create_app as create_openai_app
+
+from .conftest import UPSTREAM_KEY, openai_model
+
+GEMINI_KEY = "AIzaSyGeminiUpstreamKey00000000000000000"
+CLAUDE_KEY = "sk-ant-upstream-key-000000000000"
+TOOLS: list[Any] = [{"name": "get_weather", "description": "weather for a city",
+                     "input_schema": {"type": "object", "properties": {"city": {"type": "string"}},
+                                      "required": ["city"]}}]
+PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 16).decode()
+
+
+@pytest.fixture(scope="module")
+def upstreams() -> Iterator[dict[str, BackgroundServer]]:
+    with BackgroundServer(create_openai_app(OpenAIEmulatorOptions(api_key=UPSTREAM_KEY))) as oai, \
+            BackgroundServer(gemini_emu.create_app(gemini_emu.GeminiEmulatorOptions(api_key=GEMINI_KEY))) as gem, \
+            BackgroundServer(anthropic_emu.create_app(
+                anthropic_emu.AnthropicEmulatorOptions(api_key=CLAUDE_KEY))) as claude:
+        yield {"openai": oai, "gemini": gem, "anthropic": claude}
+
+
+@pytest.fixture(scope="module")
+def gw(upstreams: dict[str, BackgroundServer]) -> Iterator[GatewayThread]:
+    config = {"models": [
+        openai_model("gpt", upstreams["openai"]),
+        {"name": "gem", "deployments": [{"provider": "gemini", "model": "gemini-2.5-flash",
+                                         "api_base": upstreams["gemini"].url, "api_key": GEMINI_KEY}]},
+        {"name": "claude", "deployments": [{"provider": "anthropic", "model": "claude-haiku-4-5",
+                                            "api_base": upstreams["anthropic"].url, "api_key": CLAUDE_KEY}]},
+    ]}
+    with GatewayThread(config) as g:
+        yield g
+
+
+@pytest.fixture
+def client(gw: GatewayThread, upstreams: dict[str, BackgroundServer]) -> anthropic.Anthropic:
+    for emu in upstreams.values():
+        emu.state.faults = None
+        emu.state.requests.clear()
+    return anthropic.Anthropic(api_key="client-key", base_url=gw.url, max_retries=0)
+
+
+def openai_sent(upstreams: dict[str, BackgroundServer]) -> dict[str, Any]:
+    return upstreams["openai"].state.requests[-1]["json"]  # type: ignore[no-any-return]
+
+
+def test_create_against_an_openai_model(client: anthropic.Anthropic, upstreams: dict[str, BackgroundServer]) -> None:
+    m = client.messages.with_raw_response.create(model="gpt", max_tokens=200, system="be nice",
+                                                 messages=[{"role": "user", "content": "hi there"}])
+    msg = m.parse()
+    assert msg.content[0].type == "text" and msg.content[0].text == "Hello! You said: hi there [system: be nice]"
+    assert msg.stop_reason == "end_turn" and msg.model == "gpt-4o-mini" and msg.id.startswith("msg_")
+    assert msg.usage.input_tokens > 0 and msg.usage.output_tokens == 8
+    assert m.headers["request-id"] == m.headers["x-request-id"] and msg._request_id == m.headers["request-id"]
+    sent = openai_sent(upstreams)
+    assert sent["messages"] == [{"role": "system", "content": "be nice"}, {"role": "user", "content": "hi there"}]
+    assert sent["max_completion_tokens"] == 200 and sent["model"] == "gpt-4o-mini"
+
+
+def test_stream_against_an_openai_model(client: anthropic.Anthropic) -> None:
+    with client.messages.stream(model="gpt", max_tokens=200, messages=[{"role": "user", "content": "a b c"}]) as s:
+        pieces = list(s.text_stream)
+        final = s.get_final_message()
+    assert "".join(pieces) == "Hello! You said: a b c" and len(pieces) == 6  # one event per upstream chunk
+    assert final.stop_reason == "end_turn"
+    assert final.usage.input_tokens > 0 and final.usage.output_tokens == 6
+
+
+def test_stream_event_sequence_is_anthropics(gw: GatewayThread) -> None:
+    with httpx.Client() as h:
+        r = h.post(gw.url + "/v1/messages", headers={"anthropic-version": "2023-06-01", "x-api-key": "k"},
+                   json={"model": "gpt", "max_tokens": 50, "stream": True,
+                         "messages": [{"role": "user", "content": "x y"}]})
+    assert r.headers["content-type"].startswith("text/event-stream")
+    events = [e for e in r.text.split("\n\n") if e]
+    names = [e.split("\n")[0].removeprefix("event: ") for e in events]
+    datas = [orjson.loads(e.split("\n")[1].removeprefix("data: ")) for e in events]
+    assert names[0] == "message_start" and names[1] == "content_block_start"
+    assert names[-3:] == ["content_block_stop", "message_delta", "message_stop"]
+    assert all(d["type"] == n for n, d in zip(names, datas, strict=True))
+    assert datas[-2]["delta"]["stop_reason"] == "end_turn" and datas[-2]["usage"]["output_tokens"] == 5
+
+
+def test_tool_round_trip_against_an_openai_model(client: anthropic.Anthropic,
+                                                 upstreams: dict[str, BackgroundServer]) -> None:
+    first = client.messages.create(model="gpt", max_tokens=200, tools=TOOLS, tool_choice={"type": "any"},
+                                   messages=[{"role": "user", "content": "Paris"}])
+    use = first.content[0]
+    assert first.stop_reason == "tool_use" and use.type == "tool_use" and use.input == {"city": "Paris"}
+    sent = openai_sent(upstreams)
+    assert sent["tool_choice"] == "required"
+    assert sent["tools"][0]["function"]["parameters"] == TOOLS[0]["input_schema"]
+    second = client.messages.create(model="gpt", max_tokens=200, tools=TOOLS, messages=[
+        {"role": "user", "content": "Paris"}, {"role": "assistant", "content": first.content},  # type: ignore[typeddict-item]
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "sunny"}]}])
+    assert second.content[0].text == "The tool returned: sunny"  # type: ignore[union-attr]
+    sent = openai_sent(upstreams)
+    assert sent["messages"][1]["tool_calls"][0]["id"] == use.id
+    assert sent["messages"][2] == {"role": "tool", "tool_call_id": use.id, "content": "sunny"}
+
+
+def test_stream_with_tool_use_against_an_openai_model(client: anthropic.Anthropic) -> None:
+    with client.messages.stream(model="gpt", max_tokens=200, tools=TOOLS,
+                                messages=[{"role": "user", "content": "Rome"}]) as s:
+        kinds = [e.type for e in s]
+        final = s.get_final_message()
+    assert kinds.count("input_json") >= 2  # the arguments came in pieces
+    assert final.stop_reason == "tool_use" and final.content[0].input == {"city": "Rome"}  # type: ignore[union-attr]
+
+
+def test_images_and_tool_errors_reach_an_openai_model(client: anthropic.Anthropic,
+                                                      upstreams: dict[str, BackgroundServer]) -> None:
+    m = client.messages.create(model="gpt", max_tokens=200, messages=[{"role": "user", "content": [
+        {"type": "text", "text": "look"},
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG}},
+        {"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}}]}])
+    assert m.content[0].text == "Hello! You said: look (I see 2 images)"  # type: ignore[union-attr]
+    parts = openai_sent(upstreams)["messages"][0]["content"]
+    assert parts[1] == {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}}
+    assert parts[2] == {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
+
+
+def test_max_tokens_and_stop_sequences_map_to_stop_reasons(client: anthropic.Anthropic,
+                                                           upstreams: dict[str, BackgroundServer]) -> None:
+    m = client.messages.create(model="gpt", max_tokens=2, messages=[{"role": "user", "content": "a b c"}])
+    assert m.stop_reason == "max_tokens" and m.content[0].text == "Hello! You"  # type: ignore[union-attr]
+    m = client.messages.create(model="gpt", max_tokens=50, stop_sequences=["said"],
+                               messages=[{"role": "user", "content": "a"}])
+    assert m.content[0].text == "Hello! You " and openai_sent(upstreams)["stop"] == ["said"]  # type: ignore[union-attr]
+
+
+def test_both_versions_and_both_auth_headers_are_accepted(gw: GatewayThread,
+                                                          upstreams: dict[str, BackgroundServer]) -> None:
+    body = {"model": "gpt", "max_tokens": 20, "temperature": 0.5, "messages": [{"role": "user", "content": "x"}]}
+    with httpx.Client() as h:
+        legacy = h.post(gw.url + "/v1/messages", json=body,
+                        headers={"anthropic-version": "2023-06-01", "x-api-key": "client-key"})
+        current = h.post(gw.url + "/v1/messages", json=body,
+                         headers={"anthropic-version": "2026-10-21", "authorization": "Bearer client-key"})
+    assert legacy.status_code == 200 and current.status_code == 200
+    assert current.json()["content"][0]["text"] == "Hello! You said: x"
+    assert openai_sent(upstreams)["temperature"] == 0.5  # the model takes it; only Anthropic's API refuses it
+
+
+def test_fields_without_openai_counterpart_are_dropped_and_named(client: anthropic.Anthropic,
+                                                                 upstreams: dict[str, BackgroundServer]) -> None:
+    r = client.messages.with_raw_response.create(model="gpt", max_tokens=20, messages=[
+        {"role": "user", "content": "x"}], extra_body={"top_k": 3}, thinking={"type": "disabled"})
+    assert r.headers["x-relaygate-dropped-params"] == "top_k,thinking"
+    assert "top_k" not in openai_sent(upstreams) and "thinking" not in openai_sent(upstreams)
+
+
+# ---- errors in Anthropic's shape -----------------------------------------------------------------------
+
+def test_unknown_model_is_a_not_found_error(client: anthropic.Anthropic) -> None:
+    with pytest.raises(anthropic.NotFoundError) as e:
+        client.messages.create(model="nope", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+    assert e.value.body["type"] == "error" and e.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
+    assert e.value.request_id and e.value.request_id.startswith("req_")
+
+
+def test_missing_max_tokens_and_bad_json_are_invalid_request_errors(gw: GatewayThread) -> None:
+    with httpx.Client() as h:
+        missing = h.post(gw.url + "/v1/messages", json={"model": "gpt", "messages": [{"role": "user", "content": "x"}]})
+        broken = h.post(gw.url + "/v1/messages", content=b"{not json", headers={"content-type": "application/json"})
+        server_tool = h.post(gw.url + "/v1/messages", json={
+            "model": "gpt", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}],
+            "tools": [{"type": "web_search_20250305", "name": "web_search"}]})
+    for r in (missing, broken, server_tool):
+        assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error", r.text
+    assert r.json()["type"] == "error" and missing.json()["error"]["message"] == "max_tokens: Field required"
+
+
+def test_upstream_rate_limit_is_a_rate_limit_error(client: anthropic.Anthropic,
+                                                   upstreams: dict[str, BackgroundServer]) -> None:
+    upstreams["openai"].state.faults = FaultPlan(status=429, count=1, retry_after=4)
+    with pytest.raises(anthropic.RateLimitError) as e:
+        client.messages.create(model="gpt", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+    assert e.value.response.headers["retry-after"] == "4"
+    assert e.value.body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
+
+
+def test_overloaded_anthropic_upstream_is_an_overloaded_error(client: anthropic.Anthropic,
+                                                              upstreams: dict[str, BackgroundServer]) -> None:
+    upstreams["anthropic"].state.faults = FaultPlan(status=529, count=1)
+    with pytest.raises(anthropic.InternalServerError) as e:
+        client.messages.create(model="claude", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+    assert e.value.status_code == 503 and e.value.body["error"]["type"] == "overloaded_error"  # type: ignore[index]
+
+
+def test_failure_mid_stream_ends_with_an_error_event(client: anthropic.Anthropic,
+                                                     upstreams: dict[str, BackgroundServer]) -> None:
+    upstreams["anthropic"].state.faults = FaultPlan(status=529, count=1, disconnect_after_chunks=4)
+    got: list[str] = []
+    with pytest.raises(anthropic.APIStatusError) as e:
+        with client.messages.stream(model="claude", max_tokens=50,
+                                    messages=[{"role": "user", "content": "a b c"}]) as s:
+            got.extend(s.text_stream)
+    assert got == ["Hello! "] and "overloaded_error" in str(e.value)
+
+
+# ---- other providers behind /v1/messages -----------------------------------------------------------------
+
+def test_anthropic_sdk_to_a_gemini_model(client: anthropic.Anthropic, upstreams: dict[str, BackgroundServer]) -> None:
+    m = client.messages.create(model="gem", max_tokens=100, system="be brief",
+                               messages=[{"role": "user", "content": "hola"}])
+    assert m.content[0].text.startswith("Hello! You said: hola")  # type: ignore[union-attr]
+    assert m.stop_reason == "end_turn" and m.usage.output_tokens > 0
+    with client.messages.stream(model="gem", max_tokens=100, tools=TOOLS,
+                                messages=[{"role": "user", "content": "Lima"}]) as s:
+        final = s.get_final_message()
+    use = final.content[-1]
+    assert final.stop_reason == "tool_use" and use.type == "tool_use" and use.input == {"city": "Lima"}
+    assert upstreams["gemini"].state.requests[-1]["path"].endswith(":streamGenerateContent")
+
+
+def test_anthropic_sdk_to_an_anthropic_model_round_trips(client: anthropic.Anthropic,
+                                                         upstreams: dict[str, BackgroundServer]) -> None:
+    with client.messages.stream(model="claude", max_tokens=100, tools=TOOLS,
+                                messages=[{"role": "user", "content": "Oslo"}]) as s:
+        final = s.get_final_message()
+    assert [b.type for b in final.content] == ["text", "tool_use"]
+    assert final.content[0].text == "I'll use get_weather."  # type: ignore[union-attr]
+    assert final.content[1].input == {"city": "Oslo"}  # type: ignore[union-attr]
+    sent = upstreams["anthropic"].state.requests[-1]
+    assert sent["headers"]["x-api-key"] == CLAUDE_KEY and sent["json"]["max_tokens"] == 100

@@ -245,6 +245,7 @@ def test_parallel_calls_stream_as_separate_tool_call_indexes(client: openai.Open
         model="gem3", messages=[{"role": "user", "content": "use-all-tools"}], tools=[WEATHER, clock], stream=True))
     starts = [tc for c in chunks for tc in (c.choices[0].delta.tool_calls or []) if tc.id]
     assert [(t.index, t.function.name) for t in starts] == [(0, "get_weather"), (1, "get_time")]  # type: ignore[union-attr]
+    assert starts[0].model_extra["extra_content"]["google"]["thought_signature"]  # type: ignore[index]
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
 
 
@@ -296,6 +297,15 @@ def test_streaming_text_arrives_in_openai_chunks_with_usage(client: openai.OpenA
     assert len({c.id for c in chunks}) == 1
     req = recorded(emulator)[-1]
     assert req["path"].endswith(":streamGenerateContent") and req["query"] == {"alt": "sse"}
+
+
+def test_streaming_several_candidates_keeps_them_apart_by_index(client: openai.OpenAI) -> None:
+    chunks = list(client.chat.completions.create(
+        model="gem", messages=[{"role": "user", "content": "one two three four"}], stream=True, n=2))
+    for i in (0, 1):
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices[0].index == i)
+        assert text == "Hello! You said: one two three four"
+    assert sorted(c.choices[0].index for c in chunks if c.choices[0].finish_reason) == [0, 1]
 
 
 def test_streaming_tool_call_arrives_as_deltas(client: openai.OpenAI) -> None:

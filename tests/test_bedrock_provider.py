@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import unquote
@@ -17,7 +19,13 @@ import pytest
 
 from relaygate.config import ConfigError, parse_config
 from relaygate.testing.base import BackgroundServer, FaultPlan
-from relaygate.testing.bedrock import TEST_ACCESS_KEY, TEST_SECRET_KEY, BedrockEmulatorOptions, create_app
+from relaygate.testing.bedrock import (
+    TEST_ACCESS_KEY,
+    TEST_API_KEY,
+    TEST_SECRET_KEY,
+    BedrockEmulatorOptions,
+    create_app,
+)
 from relaygate.testing.gateway import GatewayThread
 
 from .bedrock_helpers import MODEL_ID, REGION, assert_botocore_accepts, bedrock_deployment, botocore_request
@@ -288,6 +296,22 @@ def test_stream_cut_mid_message_ends_with_an_error_event(client: openai.OpenAI, 
     assert "stream" in e.value.message
 
 
+def test_client_disconnect_closes_the_bedrock_stream(gw: GatewayThread, emu: BackgroundServer) -> None:
+    emu.state.faults = FaultPlan(chunk_delay_ms=200)
+    emu.state.cancelled = 0
+    body = json.dumps({"model": "claude", "messages": [{"role": "user", "content": "a b c d e f"}],
+                       "stream": True}).encode()
+    s = socket.create_connection(("127.0.0.1", gw.port))
+    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+              b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    assert b"200 OK" in s.recv(4096)
+    s.close()
+    deadline = time.monotonic() + 5
+    while (emu.state.cancelled == 0 or emu.state.in_flight) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert emu.state.cancelled == 1 and emu.state.in_flight == 0
+
+
 def test_unsupported_openai_options_are_refused_clearly(client: openai.OpenAI, emu: BackgroundServer) -> None:
     for kwargs in ({"n": 2}, {"logprobs": True}, {"response_format": {"type": "json_object"}}):
         with pytest.raises(openai.BadRequestError) as e:
@@ -395,6 +419,7 @@ def test_credentials_and_region_come_from_the_environment_when_the_gateway_is_bu
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", TEST_SECRET_KEY)
     monkeypatch.setenv("AWS_REGION", REGION)
     monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    monkeypatch.delenv("AWS_BEARER_TOKEN_BEDROCK", raising=False)
     gw = start_gateway({"models": [{"name": "c", "deployments": [
         {"provider": "bedrock", "model": MODEL_ID, "api_base": emu.url}]}]})
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "changed-later")  # not read per request
@@ -415,6 +440,27 @@ def test_session_token_is_sent_and_checked(start_gateway: Callable[..., GatewayT
             c.chat.completions.create(model="no-token", messages=[{"role": "user", "content": "hi"}])
 
 
+def test_bedrock_api_key_is_sent_as_a_bearer_token_instead_of_sigv4(
+        emu: BackgroundServer, start_gateway: Callable[..., GatewayThread], monkeypatch: pytest.MonkeyPatch) -> None:
+    def key_only(**extra: Any) -> dict[str, Any]:
+        d = bedrock_deployment(emu, **extra)
+        del d["aws_access_key_id"], d["aws_secret_access_key"]
+        return d
+
+    monkeypatch.setenv("AWS_BEARER_TOKEN_BEDROCK", TEST_API_KEY)
+    gw = start_gateway({"models": [{"name": "by-config", "deployments": [key_only(api_key=TEST_API_KEY)]},
+                                   {"name": "by-env", "deployments": [key_only()]},
+                                   {"name": "bad-key", "deployments": [key_only(api_key="ABSKwrong-key-000")]}]})
+    c = openai.OpenAI(base_url=gw.base_url, api_key="k", max_retries=0)
+    for model in ("by-config", "by-env"):
+        r = c.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+        assert r.choices[0].message.content == "Hello! You said: hi"
+        assert emu.state.requests[-1]["headers"]["authorization"] == f"Bearer {TEST_API_KEY}"
+    with pytest.raises(openai.AuthenticationError) as e:
+        c.chat.completions.create(model="bad-key", messages=[{"role": "user", "content": "hi"}])
+    assert "ABSKwrong" not in e.value.response.text
+
+
 @pytest.mark.parametrize("deployment,message", [
     ({"provider": "bedrock", "model": "m", "region": "us-east-1"}, "AWS credentials missing"),
     ({"provider": "bedrock", "model": "m", "aws_access_key_id": "AKIA1", "aws_secret_access_key": "s"},
@@ -422,6 +468,8 @@ def test_session_token_is_sent_and_checked(start_gateway: Callable[..., GatewayT
     ({"provider": "bedrock", "model": "m", "region": "r", "aws_access_key_id": "AKIA1"}, "given together"),
     ({"provider": "bedrock_agent", "model": "a", "region": "r", "aws_access_key_id": "A",
       "aws_secret_access_key": "s"}, "agent_id and agent_alias_id"),
+    ({"provider": "bedrock_agent", "model": "a", "region": "r", "api_key": "ABSKx", "agent_id": "A",
+      "agent_alias_id": "B"}, "api_key is not supported"),
 ])
 def test_incomplete_aws_config_is_a_config_error_naming_the_deployment(
         deployment: dict[str, Any], message: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -429,7 +477,8 @@ def test_incomplete_aws_config_is_a_config_error_naming_the_deployment(
 
     from relaygate.gateway import build_deployments, new_session
 
-    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "AWS_DEFAULT_REGION"):
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "AWS_DEFAULT_REGION",
+                "AWS_BEARER_TOKEN_BEDROCK"):
         monkeypatch.delenv(var, raising=False)
     cfg = parse_config({"models": [{"name": "x", "deployments": [deployment]}]}, {})
 

@@ -50,18 +50,28 @@ def credentials_from(config: Any, env: Mapping[str, str]) -> AwsCredentials:
         key_id, secret = env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY")
         token = token or env.get("AWS_SESSION_TOKEN") or None
         if not key_id or not secret:
-            raise ValueError("AWS credentials missing: set aws_access_key_id and aws_secret_access_key, or the "
-                             "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY environment variables")
+            raise ValueError("AWS credentials missing: set aws_access_key_id and aws_secret_access_key (or "
+                             "api_key, a Bedrock API key), or the AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+                             "environment variables")
     elif not key_id or not secret:
         raise ValueError("aws_access_key_id and aws_secret_access_key must be given together")
     return AwsCredentials(key_id, secret, token)
+
+
+def bearer_token(config: Any, env: Mapping[str, str]) -> str | None:
+    """A Bedrock API key: ``api_key``, else AWS_BEARER_TOKEN_BEDROCK unless access keys are configured."""
+    if config.api_key is not None and config.api_key.get_secret_value():
+        return str(config.api_key.get_secret_value())
+    if config.aws_access_key_id is None and config.aws_secret_access_key is None:
+        return env.get("AWS_BEARER_TOKEN_BEDROCK") or None
+    return None
 
 
 def map_error(error_type: str, status: int, message: str, retry_after: float | None = None) -> GatewayError:
     """An AWS error (``x-amzn-errortype`` / ``:exception-type``) as a gateway error class."""
     t = error_type[:1].upper() + error_type[1:]  # stream members are lowerCamel (throttlingException)
     low = message.lower()
-    if t in _AUTH_ERRORS:
+    if t in _AUTH_ERRORS or low.startswith("authentication failed"):  # the latter: a bad Bedrock API key
         return AuthError(message, code="upstream_auth_failed")
     if t in ("ThrottlingException", "ServiceQuotaExceededException", "TooManyRequestsException"):
         return RateLimited(message, retry_after=retry_after)
@@ -91,11 +101,14 @@ class AwsProvider(Provider):
     """A provider that POSTs JSON to an AWS endpoint with SigV4; subclasses name the endpoint."""
 
     endpoint_prefix = "bedrock-runtime"
+    bearer_auth = True  # Bedrock Runtime also takes Bedrock API keys (bearer tokens); Agent Runtime does not
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         env = os.environ  # read once, when the gateway is built (never per request)
-        self.credentials = credentials_from(self.config, env)
+        self.bearer = bearer_token(self.config, env) if self.bearer_auth else None
+        if self.config.api_key is not None and not self.bearer_auth:
+            raise ValueError(f"{self.kind} signs requests with AWS credentials; api_key is not supported")
         region = self.config.region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
         if not region:
             raise ValueError("AWS region missing: set region, or the AWS_REGION environment variable")
@@ -104,26 +117,27 @@ class AwsProvider(Provider):
         parts = urlsplit(self.base)
         self.host = parts.netloc
         self.base_path = parts.path.rstrip("/")
-        self.signer = SigV4Signer(self.credentials, region, SIGNING_SERVICE)
-        self._secrets.extend(s for s in (self.credentials.secret_key, self.credentials.session_token,
-                                         self.credentials.access_key) if s and s not in self._secrets)
-        self._extra_headers = {k.lower(): v for k, v in self.config.headers.items()}
+        self._headers = {**{k.lower(): v for k, v in self.config.headers.items()},
+                         "content-type": "application/json"}
+        self.signer: SigV4Signer | None = None
+        if self.bearer is not None:
+            self._headers["authorization"] = "Bearer " + self.bearer
+            secrets: tuple[str | None, ...] = (self.bearer,)
+        else:
+            credentials = credentials_from(self.config, env)
+            self.signer = SigV4Signer(credentials, region, SIGNING_SERVICE)
+            secrets = (credentials.secret_key, credentials.session_token, credentials.access_key)
+        self._secrets.extend(s for s in secrets if s and s not in self._secrets)
 
     async def post_json(self, call: Call, path: str, body: dict[str, Any], accept: str = "application/json",
                         ) -> aiohttp.ClientResponse:
         """POST ``body`` to ``path`` (already percent-encoded), signed; an error status is raised mapped."""
         data = orjson.dumps(body)
-        raw_path = self.base_path + path
-        headers = self.signer.sign("POST", self.host, raw_path, data,
-                                   {**self._extra_headers, "content-type": "application/json", "accept": accept})
+        headers = {**self._headers, "accept": accept}
+        if self.signer is not None:
+            headers = self.signer.sign("POST", self.host, self.base_path + path, data, headers)
         url = URL(f"{self.base}{path}", encoded=True)  # keep %3A / %2F exactly as signed
-        try:
-            resp = await self.session.post(url, data=data, headers=headers, timeout=self.timeout(call),
-                                           allow_redirects=False)
-        except TimeoutError:
-            raise UpstreamTimeout(f"upstream {self.kind} timed out") from None
-        except aiohttp.ClientError as e:
-            raise Unavailable(f"upstream {self.kind} is unreachable ({type(e).__name__})", status=502) from None
+        resp = await self.request(call, "POST", url, headers=headers, data=data)
         if resp.status >= 400:
             raise await self.aws_error(resp)
         return resp

@@ -8,6 +8,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from yarl import URL
 
 from ..call import Call, Reply
 from ..config import DeploymentConfig
@@ -82,7 +83,7 @@ class Provider:
         self,
         call: Call,
         method: str,
-        url: str,
+        url: str | URL,  # a URL(..., encoded=True) keeps percent-escapes exactly as signed (AWS)
         *,
         headers: dict[str, str],
         data: bytes | aiohttp.FormData | AsyncIterator[bytes] | None = None,

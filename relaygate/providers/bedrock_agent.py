@@ -55,6 +55,7 @@ class BedrockAgentProvider(AwsProvider):
 
     kind = "bedrock_agent"
     endpoint_prefix = "bedrock-agent-runtime"
+    bearer_auth = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

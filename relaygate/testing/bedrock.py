@@ -45,6 +45,7 @@ from .openai import _args_for
 
 TEST_ACCESS_KEY = "AKIAIOSFODNN7EXAMPLE"  # AWS's documented example credentials
 TEST_SECRET_KEY = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+TEST_API_KEY = "ABSKcmVsYXlnYXRlLWVtdWxhdG9yLXRlc3Qta2V5"  # a Bedrock API key (bearer token) for Bedrock Runtime
 EVENTSTREAM = "application/vnd.amazon.eventstream"
 
 CONVERSE_FIELDS = {"messages", "system", "inferenceConfig", "toolConfig", "guardrailConfig",
@@ -85,6 +86,7 @@ _SESSION_ID = re.compile(r"^[0-9a-zA-Z._:-]{2,100}$")
 class BedrockEmulatorOptions:
     credentials: dict[str, str] = field(default_factory=lambda: {TEST_ACCESS_KEY: TEST_SECRET_KEY})
     session_tokens: dict[str, str] = field(default_factory=dict)  # access key -> the token it must send
+    api_keys: set[str] = field(default_factory=lambda: {TEST_API_KEY})  # bearer tokens (not for agents)
     region: str | None = None  # when set, signatures must be scoped to it
     max_skew_seconds: float = 300.0
     context_window: int = 200_000  # emulated tokens; longer input gets "Input is too long"
@@ -120,10 +122,16 @@ _AUTH = re.compile(r"^AWS4-HMAC-SHA256 Credential=([^/,\s]+)/(\d{8})/([^/]+)/([^
 
 
 def verify_signature(request: web.Request, body: bytes, opts: BedrockEmulatorOptions) -> None:
-    """Raise AwsFailure unless the request is signed (SigV4, service bedrock) with known credentials."""
+    """Raise AwsFailure unless the request is signed (SigV4, service bedrock) with known credentials, or
+    carries a known Bedrock API key (Bedrock Runtime only)."""
     auth = request.headers.get("authorization", "")
     if not auth:
         raise AwsFailure("MissingAuthenticationTokenException", "Missing Authentication Token", 403)
+    if auth.startswith("Bearer "):
+        if auth[7:] not in opts.api_keys or request.path.startswith("/agents/"):
+            raise AwsFailure("AccessDeniedException", "Authentication failed: Please make sure your API Key is "
+                             "valid.", 403)
+        return
     m = _AUTH.match(auth)
     if m is None:
         raise AwsFailure("IncompleteSignatureException", "Authorization header requires 'Credential', "

@@ -33,8 +33,11 @@ def _image_block(img: Image, param: str) -> dict[str, Any]:
     return {"image": {"format": fmt, "source": {"bytes": img.b64}}}
 
 
-def _blocks(content: Any, param: str) -> list[dict[str, Any]]:
-    """Text and image blocks of a message; a part with ``cache_control`` is followed by a cache point."""
+def _blocks(content: Any, i: int) -> list[dict[str, Any]]:
+    """Text and image blocks of messages[i]; a part with ``cache_control`` is followed by a cache point."""
+    if isinstance(content, str):  # the common case, kept cheap: this runs for every message of every call
+        return [{"text": content}] if content else []
+    param = f"messages[{i}].content"
     blocks: list[dict[str, Any]] = []
     parts = content_parts(content, param)
     raw = content if isinstance(content, list) else [None] * len(parts)
@@ -78,15 +81,16 @@ def _messages(messages: list[Any]) -> tuple[list[dict[str, Any]], list[dict[str,
     out: list[dict[str, Any]] = []
     for i, m in enumerate(messages):
         role = m.get("role")
-        param = f"messages[{i}].content"
         if role in ("system", "developer"):
-            system.extend(_blocks(m.get("content"), param))
+            system.extend(_blocks(m.get("content"), i))
             continue
         if role == "user":
-            bedrock_role, blocks = "user", _blocks(m.get("content"), param)
+            bedrock_role, blocks = "user", _blocks(m.get("content"), i)
         elif role == "assistant":
             bedrock_role = "assistant"
-            blocks = _blocks(m.get("content"), param) + _tool_uses(m, i)
+            blocks = _blocks(m.get("content"), i)
+            if m.get("tool_calls"):
+                blocks += _tool_uses(m, i)
         elif role == "tool":
             bedrock_role, blocks = "user", [_tool_result(m, i)]
         else:

@@ -154,6 +154,20 @@ def test_tool_call_round_trip(client: openai.OpenAI, emu: BackgroundServer) -> N
         {"toolResult": {"toolUseId": call.id, "content": [{"text": "sunny, 21C"}]}}]}
 
 
+def test_tool_choice_none_offers_no_tools_unless_the_history_needs_them(client: openai.OpenAI,
+                                                                         emu: BackgroundServer) -> None:
+    r = client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "Rome"}],
+                                       tools=TOOLS, tool_choice="none")
+    assert r.choices[0].message.content == "Hello! You said: Rome" and "toolConfig" not in check_converse(emu)
+    history: Any = [{"role": "user", "content": "Rome"},
+                    {"role": "assistant", "content": None, "tool_calls": [
+                        {"id": "t1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]},
+                    {"role": "tool", "tool_call_id": "t1", "content": "hot"}]
+    r = client.chat.completions.create(model="claude", messages=history, tools=TOOLS, tool_choice="none")
+    assert r.choices[0].message.content == "The tool returned: hot"
+    assert "toolChoice" not in check_converse(emu)["toolConfig"]
+
+
 def test_stream_translates_event_by_event(client: openai.OpenAI, emu: BackgroundServer) -> None:
     chunks = list(client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "hi you"}],
                                                  stream=True, stream_options={"include_usage": True}))

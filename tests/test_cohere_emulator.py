@@ -183,3 +183,17 @@ def test_reasoning_models_think_first_unless_disabled(co: cohere.ClientV2, emula
     for line in body.text.splitlines():
         if line.startswith("data: {"):
             adapter.validate_python(orjson.loads(line[6:]))
+
+
+def test_models_endpoints_parse_in_the_sdk(co: cohere.ClientV2, emulator: BackgroundServer) -> None:
+    from cohere.types import GetModelResponse, ListModelsResponse
+
+    info = co.models.get("embed-v4.0")
+    assert info.name == "embed-v4.0" and info.endpoints == ["embed"]
+    listed = co.models.list()
+    assert MODEL in [m.name for m in listed.models or []]
+    with pytest.raises(cohere.NotFoundError):
+        co.models.get("command-x")
+    headers = {"authorization": f"Bearer {KEY}"}
+    GetModelResponse.model_validate(httpx.get(emulator.url + f"/v1/models/{MODEL}", headers=headers).json())
+    ListModelsResponse.model_validate(httpx.get(emulator.url + "/v1/models", headers=headers).json())

@@ -390,3 +390,25 @@ def test_stream_that_breaks_before_its_first_event_is_an_http_error(client: open
     with pytest.raises(openai.InternalServerError) as e:  # not an in-stream error: a fallback could still retry
         client.chat.completions.create(model="command", stream=True, messages=[{"role": "user", "content": "x"}])
     assert e.value.status_code == 502
+
+
+def test_probe_checks_key_model_and_outages(emulator: BackgroundServer, clean: Any) -> None:
+    async def probe(**config: Any) -> None:
+        async with aiohttp.ClientSession() as session:
+            cfg = DeploymentConfig(**{"provider": "cohere", "model": "command-a-03-2025", "api_base": emulator.url,
+                                      "api_key": KEY, **config})
+            await CohereProvider(cfg, session).probe()
+
+    asyncio.run(probe())
+    assert httpx.get(emulator.url + "/_emulator/requests").json()["requests"][-1]["path"] == \
+        "/v1/models/command-a-03-2025"
+    asyncio.run(probe(model="*"))  # a wildcard names no model to check: nothing is sent
+    assert len(httpx.get(emulator.url + "/_emulator/requests").json()["requests"]) == 1
+    for config, kind in (({"api_key": "wrong"}, "auth"), ({"model": "command-x"}, "not_found")):
+        with pytest.raises(GatewayError) as e:
+            asyncio.run(probe(**config))
+        assert e.value.kind == kind
+    fault(emulator, status=503, count=1)
+    with pytest.raises(GatewayError) as down:
+        asyncio.run(probe())
+    assert down.value.kind == "unavailable"

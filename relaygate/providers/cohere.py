@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import orjson
@@ -71,6 +72,18 @@ class CohereProvider(Provider):
         self._headers = {"content-type": "application/json", **self.config.headers}
         if self.config.api_key is not None and self.config.api_key.get_secret_value():
             self._headers["authorization"] = "Bearer " + self.config.api_key.get_secret_value()
+
+    async def probe(self) -> None:
+        """``GET /v1/models/{model}``: free, and fails on a bad key, an unknown model or an outage."""
+        model = self.config.model
+        if model == "*":
+            return
+        call = Call(id="probe", route="probe", model=model, body={})
+        resp = await self.request(call, "GET", f"{self.base}/v1/models/{quote(model, safe='')}",
+                                  headers=self._headers)
+        if resp.status >= 400:
+            raise await self.upstream_error(resp)
+        resp.release()
 
     # -- chat -----------------------------------------------------------------------------------------
 

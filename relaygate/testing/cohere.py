@@ -444,6 +444,34 @@ def create_app(options: CohereEmulatorOptions | None = None) -> web.Application:
         except Invalid as e:
             return error_response(400, str(e))
 
+    def model_info(name: str) -> dict[str, Any]:
+        endpoint = "embed" if name in opts.embed_models else "chat"
+        return {"name": name, "is_deprecated": False, "endpoints": [endpoint], "finetuned": False,
+                "context_length": opts.context_window if endpoint == "chat" else 512,
+                "default_endpoints": [endpoint], "features": ["tools"] if endpoint == "chat" else []}
+
+    async def models(request: web.Request) -> web.StreamResponse:
+        """``GET /v1/models`` and ``GET /v1/models/{model}`` (free; the provider's health probe)."""
+        state = request.app[STATE_KEY]
+        state.remember(request, b"")
+        denied = check_auth(request)
+        if denied is not None:
+            return denied
+        plan = state.take_fault(request.path)
+        await apply_latency(plan)
+        if plan is not None and plan.status:
+            return fault_response(plan)
+        known = opts.chat_models + opts.embed_models
+        name = request.match_info.get("model")
+        if name is None:
+            return json_response({"models": [model_info(m) for m in known]})
+        if name not in known:
+            return error_response(404, f"model '{name}' not found, make sure the correct model ID was used "
+                                       "and that you have access to the model.")
+        return json_response(model_info(name))
+
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/v1/models/{model}", models)
     app.router.add_post("/v2/chat", tracked(chat))
     app.router.add_post("/v2/embed", tracked(embed))
     return app

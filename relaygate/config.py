@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -21,6 +21,12 @@ from pydantic import (
 
 PROVIDER_TYPES = ("openai", "azure", "demo", "anthropic", "gemini", "vertex", "bedrock", "bedrock_agent", "cohere")
 DEMO_MODEL = "demo"
+STRATEGIES = ("round_robin", "weighted", "least_connections", "least_latency", "cost", "adaptive", "priority")
+Strategy = Literal["round_robin", "weighted", "least_connections", "least_latency", "cost", "adaptive", "priority"]
+# error kinds (errors.ERROR_KINDS) that a retry may act on: the transient ones
+RETRYABLE_KINDS = ("unavailable", "rate_limited", "timeout")
+FALLBACK_KINDS = ("unavailable", "rate_limited", "timeout", "context_too_long", "content_filtered",
+                  "unsupported", "not_found", "auth", "permission", "bad_request", "internal")
 
 
 class ConfigError(Exception):
@@ -33,6 +39,25 @@ class ConfigError(Exception):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _kinds(allowed: tuple[str, ...]) -> Any:
+    def check(v: list[str]) -> list[str]:
+        bad = [k for k in v if k not in allowed]
+        if bad:
+            raise ValueError(f"unknown error class {bad[0]!r}; expected some of {', '.join(allowed)}")
+        return v
+    return check
+
+
+class HealthCheckConfig(_Strict):
+    """Active health checks: a cheap probe every ``interval`` seconds."""
+
+    enabled: bool = True
+    interval: float = Field(30.0, gt=0)
+    timeout: float = Field(5.0, gt=0)
+    unhealthy_after: int = Field(2, ge=1)  # consecutive failed probes that take a deployment out
+    healthy_after: int = Field(1, ge=1)  # consecutive good probes that bring it back
 
 
 class DeploymentConfig(_Strict):
@@ -58,6 +83,7 @@ class DeploymentConfig(_Strict):
     tpm: int | None = Field(None, gt=0)
     max_parallel: int | None = Field(None, gt=0)
     tags: list[str] = Field(default_factory=list)
+    health_check: HealthCheckConfig | None = None  # overrides the model's
     # provider-specific settings (each provider validates what it needs)
     region: str | None = None
     aws_access_key_id: SecretStr | None = None
@@ -108,12 +134,55 @@ class DeploymentConfig(_Strict):
         return v.rstrip("/")
 
 
+class RetryConfig(_Strict):
+    """Retries within a model: untried deployments first; the same one again only after a backoff."""
+
+    # total tries across the model's deployments; default: each deployment once (no repeats)
+    attempts: int | None = Field(None, ge=1, le=10)
+    backoff: float = Field(0.2, ge=0)  # seconds before the 1st repeat on a deployment; doubles each time
+    max_backoff: float = Field(5.0, ge=0)
+    jitter: float = Field(0.5, ge=0, le=1)  # the delay is scaled by a random factor in [1-jitter, 1]
+    max_retry_after: float = Field(30.0, ge=0)  # an upstream retry-after longer than this is not waited for
+    on: list[str] = Field(default_factory=lambda: list(RETRYABLE_KINDS))
+
+    _on = field_validator("on")(_kinds(RETRYABLE_KINDS))
+
+
+class BreakerConfig(_Strict):
+    """Circuit breaker per deployment: closed -> open -> half-open (probes) -> closed."""
+
+    enabled: bool = True
+    failures: int = Field(5, ge=1)  # consecutive failures that open it
+    failure_rate: float = Field(0.5, gt=0, le=1)  # or this share of failures within ``window``…
+    min_calls: int = Field(20, ge=1)  # …once the window holds at least this many calls
+    window: float = Field(30.0, gt=0)  # seconds
+    cooldown: float = Field(30.0, gt=0)  # seconds open before admitting probes
+    probes: int = Field(1, ge=1)  # calls admitted at once while half-open
+    on: list[str] = Field(default_factory=lambda: ["unavailable", "timeout"])
+
+    _on = field_validator("on")(_kinds(RETRYABLE_KINDS))
+
+
+class FallbackConfig(_Strict):
+    """On an error of one of the classes ``on``, try these other models in order."""
+
+    models: list[str] = Field(min_length=1)
+    on: list[str] = Field(default_factory=lambda: list(RETRYABLE_KINDS), min_length=1)
+
+    _on = field_validator("on")(_kinds(FALLBACK_KINDS))
+
+
 class ModelConfig(_Strict):
     """A model name clients send, served by one or more deployments."""
 
     name: str = Field(min_length=1)
     deployments: list[DeploymentConfig] = Field(min_length=1)
     description: str | None = None
+    strategy: Strategy = "round_robin"
+    fallbacks: list[FallbackConfig] = Field(default_factory=list)
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+    health_check: HealthCheckConfig | None = None  # for every deployment without its own
 
 
 class ServerConfig(_Strict):
@@ -239,6 +308,26 @@ class Config(_Strict):
             raise ValueError("; ".join(errors))
         return self
 
+    def reference_errors(self) -> list[str]:
+        """Cross-references a field validator cannot see: fallback models, unique deployment names."""
+        errors: list[str] = []
+        names = {m.name for m in self.models}
+        deps: set[str] = set()
+        for mi, m in enumerate(self.models):
+            for fi, f in enumerate(m.fallbacks):
+                for ni, target in enumerate(f.models):
+                    path = f"models[{mi}].fallbacks[{fi}].models[{ni}]"
+                    if target == m.name:
+                        errors.append(f"{path}: a model cannot fall back to itself")
+                    elif target not in names:
+                        errors.append(f"{path}: unknown model {target!r}")
+            for di in range(len(m.deployments)):
+                dn = deployment_name(m, di)
+                if dn in deps:
+                    errors.append(f"models[{mi}].deployments[{di}].name: duplicate deployment name {dn!r}")
+                deps.add(dn)
+        return errors
+
     def deployment_names(self) -> list[str]:
         return [deployment_name(m, i) for m in self.models for i in range(len(m.deployments))]
 
@@ -323,6 +412,7 @@ def parse_config(raw: Any, env: Mapping[str, str] | None = None) -> Config:
         errors.extend(f"{_loc(err['loc'])}: {_message(err)}" for err in e.errors())
         raise ConfigError(errors) from None
     errors.extend(_passthrough_errors(cfg))
+    errors.extend(cfg.reference_errors())
     if errors:
         raise ConfigError(errors)
     return cfg

@@ -13,6 +13,7 @@ from .call import Call, Handler, Reply
 from .config import PROVIDER_TYPES, Config, ConfigError, deployment_name
 from .providers import provider_class
 from .routing.deployment import Deployment
+from .routing.health import HealthChecker, health_checks
 from .routing.router import ModelTable, Router
 
 log = logging.getLogger("relaygate")
@@ -53,7 +54,8 @@ class Gateway:
         self.session = session
         self.started = time.time()
         self.table = ModelTable(build_deployments(config, session), PROVIDER_TYPES)
-        self.router = Router(self.table)
+        self.router = Router(self.table, config)
+        self.health = HealthChecker(health_checks(config, self.table.models))
         self.accounting = Accounting(config)  # database, request log, keys, limits, cost
         self.pipeline: Handler = self.accounting.wrap(self.router, self.table)
         self.redis: Any = None  # redis.asyncio.Redis when state.redis_url is set (shared by all layers)
@@ -76,11 +78,15 @@ class Gateway:
             import redis.asyncio as aioredis
 
             self.redis = aioredis.from_url(self.config.state.redis_url, decode_responses=False)
+            self.router.use_redis(self.redis)
         await self.accounting.start()
+        self.health.start()
         self.ready = True
 
     async def close(self) -> None:
         self.ready = False
+        await self.health.close()
+        await self.router.close()
         await self.accounting.close()
         if self.redis is not None:
             await self.redis.aclose()

@@ -1,10 +1,13 @@
-"""``GET /health`` (the process is alive) and ``GET /health/ready`` (config loaded, pool ready)."""
+"""``GET /health`` (alive), ``GET /health/ready`` (config loaded, pool ready), ``GET /health/providers``."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import TYPE_CHECKING
 
 from ..http import Request, Response, json_response
+from ..routing.health import deployment_report
 
 if TYPE_CHECKING:
     from ..gateway import Gateway
@@ -21,7 +24,15 @@ async def ready(gw: Gateway, req: Request) -> Response:
     return json_response(body, 200 if ok else 503)
 
 
+async def providers(gw: Gateway, req: Request) -> Response:
+    """Each deployment: state, breaker, latency average, error rate, in-flight and a health score."""
+    now = time.monotonic()
+    reports = await asyncio.gather(*(deployment_report(d, now) for d in gw.deployments()))
+    return json_response({"deployments": list(reports)})
+
+
 ROUTES = [
     ("GET", "/health", alive),
     ("GET", "/health/ready", ready),
+    ("GET", "/health/providers", providers),
 ]

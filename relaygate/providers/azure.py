@@ -24,5 +24,8 @@ class AzureProvider(OpenAIProvider):
         if self.config.api_key is not None:
             self._headers["api-key"] = self.config.api_key.get_secret_value()
 
+    def probe_url(self) -> str:
+        return f"{self.base}/openai/models?api-version={quote(self.api_version)}"
+
     def url(self, path: str, model: str) -> str:
         return f"{self.base}/openai/deployments/{quote(model, safe='')}{path}?api-version={quote(self.api_version)}"

@@ -39,6 +39,22 @@ class OpenAIProvider(Provider):
     def auth_headers(self) -> dict[str, str]:
         return self._headers
 
+    def probe_url(self) -> str:
+        """A cheap authenticated GET for health checks (lists models; spends no tokens)."""
+        return self.base + "/models"
+
+    async def probe(self) -> None:
+        timeout = aiohttp.ClientTimeout(total=self.config.timeout, connect=self.config.connect_timeout)
+        try:
+            async with self.session.get(self.probe_url(), headers=self.auth_headers(), timeout=timeout,
+                                        allow_redirects=False) as resp:
+                if resp.status >= 400:
+                    raise await self.upstream_error(resp)
+        except TimeoutError:
+            raise UpstreamTimeout(f"upstream {self.kind} health check timed out") from None
+        except aiohttp.ClientError as e:
+            raise Unavailable(f"upstream {self.kind} is unreachable ({type(e).__name__})", status=502) from None
+
     def prepare(self, call: Call, model: str) -> dict[str, Any]:
         """The upstream body: the client's, with the model rewritten (and usage asked for on streams)."""
         body = call.body

@@ -9,6 +9,35 @@ from ..config import DeploymentConfig
 
 if TYPE_CHECKING:
     from ..providers.base import Provider
+    from .breaker import Breaker
+
+
+class MinuteCounter:
+    """Events in the last minute, estimated from this and the previous fixed minute (O(1), no list)."""
+
+    __slots__ = ("_minute", "_current", "_previous")
+
+    def __init__(self) -> None:
+        self._minute = 0
+        self._current = 0.0
+        self._previous = 0.0
+
+    def _roll(self, now: float) -> int:
+        minute = int(now // 60)
+        if minute != self._minute:
+            self._previous = self._current if minute == self._minute + 1 else 0.0
+            self._current = 0.0
+            self._minute = minute
+        return minute
+
+    def add(self, n: float, now: float) -> None:
+        self._roll(now)
+        self._current += n
+
+    def value(self, now: float) -> float:
+        self._roll(now)
+        into = (now % 60) / 60
+        return self._current + self._previous * (1 - into)
 
 
 @dataclass(slots=True)
@@ -19,11 +48,21 @@ class DeploymentStats:
     requests: int = 0
     failures: int = 0
     latency_ewma: float | None = None  # seconds, whole call (non-stream) or time to first token (stream)
+    success_ewma: float = 1.0  # recent success rate (1 = every recent call succeeded)
+    cooling_until: float = 0.0  # monotonic time before which the upstream asked us to wait (429 retry-after)
+    healthy: bool = True  # False while active health checks fail
+    probe_failures: int = 0
+    probe_successes: int = 0
+    last_probe_error: str | None = None
+    last_probe_at: float | None = None  # wall-clock time
+    rpm: MinuteCounter | None = None  # only kept when the deployment has an rpm/tpm limit
+    tpm: MinuteCounter | None = None
 
     def record(self, ok: bool, latency: float | None, alpha: float = 0.2) -> None:
         self.requests += 1
         if not ok:
             self.failures += 1
+        self.success_ewma += alpha * ((1.0 if ok else 0.0) - self.success_ewma)
         if latency is not None:
             prev = self.latency_ewma
             self.latency_ewma = latency if prev is None else prev + alpha * (latency - prev)
@@ -38,6 +77,16 @@ class Deployment:
     config: DeploymentConfig
     provider: Provider
     stats: DeploymentStats = field(default_factory=DeploymentStats)
+    breaker: Breaker | None = None  # set by the Router from the model's breaker settings
+    limited: bool = False  # has a max_parallel, rpm or tpm limit (checked before choosing it)
+
+    def __post_init__(self) -> None:
+        c = self.config
+        self.limited = c.max_parallel is not None or c.rpm is not None or c.tpm is not None
+        if self.config.rpm is not None:
+            self.stats.rpm = MinuteCounter()
+        if self.config.tpm is not None:
+            self.stats.tpm = MinuteCounter()
 
     @property
     def provider_type(self) -> str:
@@ -46,3 +95,13 @@ class Deployment:
     def upstream_model(self, asked: str) -> str:
         """The model name to send upstream: the configured one, or the client's for a ``*`` wildcard."""
         return asked if self.config.model == "*" else self.config.model
+
+    def at_capacity(self, now: float) -> bool:
+        """True when the configured concurrency, rpm or tpm limit leaves no room for another call."""
+        c = self.config
+        s = self.stats
+        if c.max_parallel is not None and s.in_flight >= c.max_parallel:
+            return True
+        if s.rpm is not None and c.rpm is not None and s.rpm.value(now) >= c.rpm:
+            return True
+        return s.tpm is not None and c.tpm is not None and s.tpm.value(now) >= c.tpm

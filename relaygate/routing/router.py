@@ -1,14 +1,28 @@
-"""The innermost pipeline layer: find the model's deployments, pick one, call its provider."""
+"""The innermost pipeline layer: find the model's deployments, choose one, call it; retry, fall back.
+
+route = pick a deployment (strategy, among those healthy, under their limits, breaker admitting)
+        -> attempt -> on a retryable error: another deployment (or the same after a backoff)
+        -> on an error class the model's fallbacks name: the next fallback model, and so on,
+        all within ``call.deadline``. A reply is returned as soon as an upstream accepted the call; what
+        happens to a stream after that (a break after the first byte) is never retried.
+"""
 
 from __future__ import annotations
 
-import itertools
+import asyncio
+import random
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
 
 from ..call import Call, Reply
-from ..errors import GatewayError, ModelNotFound
+from ..config import BreakerConfig, Config, ModelConfig
+from ..errors import BadRequest, GatewayError, ModelNotFound, RateLimited, Unavailable, UpstreamTimeout
+from .breaker import OPEN, Breakers
 from .deployment import Deployment
+from .fallback import Fallbacks
+from .retry import RetryPolicy
+from .strategies import PriceFn, Strategy, config_price, new_strategy
 from .voices import narrow_by_voice
 
 WILDCARD = "*"
@@ -53,46 +67,235 @@ class ModelTable:
         return deps
 
 
+class ModelRoute:
+    """How one model routes: its strategy, retry policy and fallbacks."""
+
+    __slots__ = ("name", "deployments", "strategy", "retry", "fallbacks", "simple", "cooling_cap")
+
+    def __init__(self, name: str, deployments: list[Deployment], config: ModelConfig, rng: random.Random,
+                 price_of: PriceFn) -> None:
+        self.name = name
+        self.deployments = deployments
+        self.strategy: Strategy = new_strategy(config.strategy, rng, price_of)
+        self.retry = RetryPolicy(config.retry, rng)
+        self.fallbacks = Fallbacks(config.fallbacks)
+        # one attempt on a single deployment and nowhere else to go: the router's fast path applies
+        self.simple = self.retry.attempts in (None, 1) and not self.fallbacks
+        self.cooling_cap = config.retry.max_retry_after
+
+
 class Router:
-    """Round robin over a model's deployments; one attempt. (Strategies and retries plug in here.)"""
+    """Routes a call among a model's deployments, with retries and fallbacks (see the module docstring)."""
 
-    def __init__(self, table: ModelTable) -> None:
+    def __init__(self, table: ModelTable, config: Config | None = None, *, rng: random.Random | None = None) -> None:
         self.table = table
-        self._cycles: dict[int, itertools.count[int]] = {}
+        self.rng = rng or random.Random()
+        self.price_of: PriceFn = config_price  # swap in a catalog lookup; strategies read it per call
+        self.breakers = Breakers()
+        configs = {m.name: m for m in config.models} if config is not None else {}
+        self.routes: dict[str, ModelRoute] = {}
+        self._breaker_settings: dict[str, BreakerConfig] = {}
+        for name, deps in table.models.items():
+            mc = configs.get(name) or ModelConfig(name=name, deployments=[d.config for d in deps])
+            self.routes[name] = ModelRoute(name, deps, mc, self.rng, lambda d: self.price_of(d))
+            self._breaker_settings[name] = mc.breaker
+        self._make_breakers()
 
-    def pick(self, deps: list[Deployment]) -> Deployment:
-        if len(deps) == 1:
-            return deps[0]
-        counter = self._cycles.setdefault(id(deps[0]), itertools.count())
-        return deps[next(counter) % len(deps)]
+    def _make_breakers(self) -> None:
+        for name, deps in self.table.models.items():
+            for d in deps:
+                d.breaker = self.breakers.new(d.name, self._breaker_settings[name])
+
+    def use_redis(self, redis: Any) -> None:
+        """Keep breaker state in Redis from now on (shared with other instances using the same Redis)."""
+        self.breakers.use_redis(redis)
+        self._make_breakers()
+
+    async def close(self) -> None:
+        await self.breakers.close()
 
     async def __call__(self, call: Call) -> Reply:
-        dep = self.pick(narrow_by_voice(call, self.table.resolve(call)))
-        return await attempt(dep, call)
+        deps = narrow_by_voice(call, self.table.resolve(call))
+        route = self.routes[deps[0].model_name]
+        if route.simple and len(deps) == 1:
+            dep = deps[0]
+            b = dep.breaker
+            if (b is None or b.ready) and dep.stats.healthy and not dep.limited:
+                return await attempt(dep, call, route)
+        return await self.route(call, route, deps)
+
+    async def route(self, call: Call, route: ModelRoute, deps: list[Deployment]) -> Reply:
+        """The model's deployments, then its fallback models on the error classes they are configured for."""
+        visited = {route.name}
+        primary = route
+        while True:
+            try:
+                return await self._try_model(call, route, deps)
+            except GatewayError as e:
+                err = e
+            if call.deadline and time.monotonic() >= call.deadline:
+                raise err
+            found = self._fallback(call, primary, err.kind, visited)
+            if found is None:
+                raise err
+            route, deps = found
+            call.meta.setdefault("fallbacks", []).append(route.name)
+
+    def _fallback(self, call: Call, primary: ModelRoute, kind: str,
+                  visited: set[str]) -> tuple[ModelRoute, list[Deployment]] | None:
+        """The next fallback model for an error class, and its deployments that can serve the call."""
+        while (nxt := primary.fallbacks.next_model(kind, visited)) is not None:
+            visited.add(nxt)
+            route = self.routes.get(nxt)
+            if route is None:
+                continue
+            try:
+                return route, narrow_by_voice(call, route.deployments)
+            except BadRequest:  # this one cannot speak the requested voice; a later one may
+                continue
+        return None
+
+    async def _try_model(self, call: Call, route: ModelRoute, deps: list[Deployment]) -> Reply:
+        """Up to ``retry.attempts`` attempts on this model's deployments (untried ones first)."""
+        policy = route.retry
+        tried: list[Deployment] = []
+        last: GatewayError | None = None
+        repeats = 0
+        for _ in range(policy.attempts or len(deps)):
+            dep, wait = await self._select(call, route, deps, tried, repeats, last)
+            if wait:
+                repeats += 1
+                await asyncio.sleep(wait)
+                if dep.breaker is not None and not dep.breaker.ready and not await dep.breaker.admit():
+                    break
+            try:
+                return await attempt(dep, call, route)
+            except GatewayError as e:
+                last = e
+                if not policy.retries(e):
+                    raise
+                if dep not in tried:
+                    tried.append(dep)
+        assert last is not None
+        raise last
+
+    async def _select(self, call: Call, route: ModelRoute, deps: list[Deployment], tried: list[Deployment],
+                      repeats: int, last: GatewayError | None) -> tuple[Deployment, float]:
+        """The next deployment and how long to wait first (0 for one this call has not tried yet)."""
+        now = time.monotonic()
+        if call.deadline and now >= call.deadline:
+            raise last or UpstreamTimeout("the request deadline passed before an upstream could be tried")
+        cands, reason = _available(deps, tried, now)
+        while cands:
+            dep = route.strategy.choose(cands)
+            b = dep.breaker
+            if b is None or b.ready or await b.admit():
+                return dep, 0.0
+            cands.remove(dep)
+            reason = reason or "open"
+        # every untried one is out: repeat one already tried, after a backoff (or its retry-after)
+        if last is not None:
+            again, _ = _available(tried, (), now)
+            if again:
+                dep = route.strategy.choose(again)
+                wait = route.retry.wait(repeats, dep.stats.cooling_until - now)
+                if wait is not None and not (call.deadline and now + wait >= call.deadline):
+                    return dep, wait
+            raise last
+        raise _none_available(route.name, deps, reason, now)
 
 
-async def attempt(dep: Deployment, call: Call) -> Reply:
-    """One call to one deployment, keeping its live statistics."""
+def _available(deps: Iterable[Deployment], exclude: Iterable[Deployment],
+               now: float) -> tuple[list[Deployment], str | None]:
+    """Deployments that may take a call now (non-cooling ones first), and why the others may not."""
+    ready: list[Deployment] = []
+    cooling: list[Deployment] = []
+    reason = None
+    for d in deps:
+        if d in exclude:
+            continue
+        if not d.stats.healthy:
+            reason = reason or "unhealthy"
+        elif d.limited and d.at_capacity(now):
+            reason = "capacity"
+        elif d.breaker is not None and d.breaker.state == OPEN and d.breaker.retry_in() > 0:
+            reason = reason or "open"
+        elif d.stats.cooling_until > now:
+            cooling.append(d)
+        else:
+            ready.append(d)
+    # an upstream that asked us to wait is skipped while another can serve; if none can, the upstream decides
+    return (ready or cooling), reason
+
+
+def _none_available(model: str, deps: list[Deployment], reason: str | None, now: float) -> GatewayError:
+    if reason == "capacity":
+        return RateLimited(f"every deployment of model {model!r} is at its configured capacity "
+                           "(max_parallel, rpm or tpm); try again shortly", retry_after=1.0,
+                           code="deployment_capacity")
+    waits = [d.breaker.retry_in() for d in deps if d.breaker is not None and d.breaker.state == OPEN]
+    why = "circuit breaker open" if reason == "open" else "failing its health checks"
+    return Unavailable(f"no deployment of model {model!r} is available ({why})", status=503,
+                       retry_after=min(waits) if waits else None, code="no_deployment_available")
+
+
+async def attempt(dep: Deployment, call: Call, route: ModelRoute | None = None) -> Reply:
+    """One call to one deployment, keeping its live statistics and its breaker informed."""
     call.deployment = dep
     call.attempts += 1
     call.tried.append(dep.name)
     stats = dep.stats
     stats.in_flight += 1
     started = time.monotonic()
+    if stats.rpm is not None:
+        stats.rpm.add(1, started)
+    breaker = dep.breaker
     try:
         reply = await getattr(dep.provider, call.route)(call)
     except GatewayError as e:
         stats.in_flight -= 1
         stats.record(not e.retryable, None)
+        if e.retry_after and e.kind == "rate_limited":
+            cap = route.cooling_cap if route is not None else 30.0
+            stats.cooling_until = time.monotonic() + min(e.retry_after, cap)
+        if breaker is not None:
+            await breaker.record(breaker.ok(e.kind))
         raise
     except BaseException:
         stats.in_flight -= 1
         raise
+    if reply.stream is not None and route is not None and route.strategy.needs_ttft:
+        reply.stream = _first_chunk_timed(reply.stream, reply)
 
     def done(r: Reply, error: BaseException | None) -> None:
         stats.in_flight -= 1
-        first = r.first_byte_at or time.monotonic()
-        stats.record(error is None, first - started)
+        now = time.monotonic()
+        if error is None:
+            stats.record(True, (r.first_byte_at or now) - started)
+            if breaker is not None:
+                breaker.record_later(True)
+        elif isinstance(error, GatewayError):  # the upstream broke the stream after its first byte
+            stats.record(not error.retryable, None)
+            if breaker is not None:
+                breaker.record_later(breaker.ok(error.kind))
+        # any other error is the client going away: says nothing about the deployment
+        if stats.tpm is not None and r.usage is not None:
+            stats.tpm.add(r.usage.total_tokens, now)
 
     reply.on_done(done)
     return reply
+
+
+async def _first_chunk_timed(stream: AsyncIterator[bytes], reply: Reply) -> AsyncIterator[bytes]:
+    """Pass a stream through, noting when its first chunk came (time to first token)."""
+    try:
+        first = True
+        async for chunk in stream:
+            if first:
+                reply.first_byte_at = time.monotonic()
+                first = False
+            yield chunk
+    finally:
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            await aclose()

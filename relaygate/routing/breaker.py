@@ -1,0 +1,299 @@
+"""Circuit breakers, one per deployment: in-process, or in Redis so that several instances share them.
+
+closed --(``failures`` in a row, or ``failure_rate`` of at least ``min_calls`` calls in ``window``)--> open
+open --(``cooldown`` elapsed)--> half-open, admitting ``probes`` calls at once
+half-open --(a probe succeeds)--> closed;  half-open --(a probe fails)--> open again
+
+On the hot path a closed breaker costs one attribute read (``ready``). The Redis backend keeps a view of
+the shared state no older than ``SYNC_INTERVAL``; successes are counted locally and sent with the next
+call to Redis, so a healthy deployment costs one Redis round trip per interval, not one per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from ..config import BreakerConfig
+
+log = logging.getLogger("relaygate.breaker")
+
+CLOSED, OPEN, HALF_OPEN = 0, 1, 2
+STATE_NAMES = ("closed", "open", "half_open")
+SYNC_INTERVAL = 0.2  # seconds a Redis breaker trusts its local view of a closed state
+MAX_PENDING = 1000  # background Redis writes in flight at most (beyond that, outcomes are batched)
+
+
+class Breaker:
+    """The breaker of one deployment; ``ready`` True means calls pass without asking."""
+
+    __slots__ = ("name", "settings", "state", "fails", "wcalls", "wfails", "wstart", "opened", "probes",
+                 "pstart", "ready")
+
+    def __init__(self, name: str, settings: BreakerConfig) -> None:
+        self.name = name
+        self.settings = settings
+        self.state = CLOSED
+        self.fails = 0  # consecutive failures
+        self.wcalls = 0  # calls and failures in the current window
+        self.wfails = 0
+        self.wstart = 0.0
+        self.opened = 0.0  # when it last opened
+        self.probes = 0  # probes admitted while half-open
+        self.pstart = 0.0
+        self.ready = True
+
+    def ok(self, err_kind: str) -> bool:
+        """Whether an error still shows the deployment working (a 400 does; a 503 or timeout does not)."""
+        return err_kind not in self.settings.on
+
+    async def admit(self) -> bool:
+        """May a call go to this deployment now? (half-open: takes one of the probe slots)."""
+        raise NotImplementedError
+
+    async def record(self, ok: bool) -> None:
+        raise NotImplementedError
+
+    def record_later(self, ok: bool) -> None:
+        """Record from a synchronous callback (the end of a streamed reply)."""
+        raise NotImplementedError
+
+    def retry_in(self) -> float:
+        """Seconds until an open breaker admits probes (0 when not open), from the last known state."""
+        if self.state != OPEN:
+            return 0.0
+        return max(0.0, self.opened + self.settings.cooldown - self._now())
+
+    def _now(self) -> float:
+        return time.monotonic()
+
+    async def snapshot(self) -> dict[str, Any]:
+        """The state for ``/health/providers``."""
+        return self._view()
+
+    def _view(self) -> dict[str, Any]:
+        return {"state": STATE_NAMES[self.state], "consecutive_failures": self.fails,
+                "window_calls": self.wcalls, "window_failures": self.wfails,
+                "retry_in": round(self.retry_in(), 3)}
+
+
+class LocalBreaker(Breaker):
+    """A breaker kept in this process."""
+
+    __slots__ = ()
+
+    def _step(self, op: str, now: float) -> bool:
+        """Apply one event; the same transitions as the Redis script below."""
+        s = self.settings
+        admitted = True
+        if now - self.wstart > s.window:
+            self.wstart, self.wcalls, self.wfails = now, 0, 0
+        if op == "failure":
+            if self.state == HALF_OPEN:
+                self.state, self.opened, self.probes = OPEN, now, 0
+            elif self.state == CLOSED:
+                self.fails += 1
+                self.wcalls += 1
+                self.wfails += 1
+                if self.fails >= s.failures or (self.wcalls >= s.min_calls
+                                                and self.wfails >= s.failure_rate * self.wcalls):
+                    self.state, self.opened = OPEN, now
+                    log.warning("circuit breaker of %s opened", self.name)
+        elif op == "success":
+            if self.state == HALF_OPEN:
+                self.state, self.fails, self.probes = CLOSED, 0, 0
+                self.wstart, self.wcalls, self.wfails = now, 0, 0
+                log.info("circuit breaker of %s closed", self.name)
+            elif self.state == CLOSED:
+                self.fails = 0
+                self.wcalls += 1
+        elif op == "admit":
+            if self.state == OPEN:
+                if now - self.opened >= s.cooldown:
+                    self.state, self.probes, self.pstart = HALF_OPEN, 1, now
+                else:
+                    admitted = False
+            elif self.state == HALF_OPEN:
+                if self.probes < s.probes:
+                    self.probes += 1
+                elif now - self.pstart >= s.cooldown:  # earlier probes never reported back
+                    self.probes, self.pstart = 1, now
+                else:
+                    admitted = False
+        self.ready = self.state == CLOSED
+        return admitted
+
+    async def admit(self) -> bool:
+        return self._step("admit", time.monotonic())
+
+    async def record(self, ok: bool) -> None:
+        self._step("success" if ok else "failure", time.monotonic())
+
+    def record_later(self, ok: bool) -> None:
+        self._step("success" if ok else "failure", time.monotonic())
+
+
+# The same transitions as LocalBreaker._step, atomically in Redis (times in ms from Redis' clock so that
+# every instance agrees). ARGV: op, successes not yet sent, failures, rate, min_calls, window ms,
+# cooldown ms, probes, ttl s. Returns state, fails, ms until probes, admitted, window calls, window fails.
+BREAKER_LUA = """
+local key = KEYS[1]
+local op = ARGV[1]
+local oks = tonumber(ARGV[2])
+local maxf = tonumber(ARGV[3])
+local rate = tonumber(ARGV[4])
+local minc = tonumber(ARGV[5])
+local window = tonumber(ARGV[6])
+local cool = tonumber(ARGV[7])
+local nprobes = tonumber(ARGV[8])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local h = redis.call('HMGET', key, 'state', 'fails', 'wstart', 'wcalls', 'wfails', 'opened', 'probes', 'pstart')
+local state = tonumber(h[1]) or 0
+local fails = tonumber(h[2]) or 0
+local wstart = tonumber(h[3]) or now
+local wcalls = tonumber(h[4]) or 0
+local wfails = tonumber(h[5]) or 0
+local opened = tonumber(h[6]) or 0
+local probes = tonumber(h[7]) or 0
+local pstart = tonumber(h[8]) or 0
+local admitted = 1
+if now - wstart > window then wstart = now; wcalls = 0; wfails = 0 end
+if oks > 0 and state == 0 then fails = 0; wcalls = wcalls + oks end
+if op == 'failure' then
+  if state == 2 then state = 1; opened = now; probes = 0
+  elseif state == 0 then
+    fails = fails + 1; wcalls = wcalls + 1; wfails = wfails + 1
+    if fails >= maxf or (wcalls >= minc and wfails >= rate * wcalls) then state = 1; opened = now end
+  end
+elseif op == 'success' then
+  if state == 2 then state = 0; fails = 0; probes = 0; wstart = now; wcalls = 0; wfails = 0
+  elseif state == 0 then fails = 0; wcalls = wcalls + 1 end
+elseif op == 'admit' then
+  if state == 1 then
+    if now - opened >= cool then state = 2; probes = 1; pstart = now else admitted = 0 end
+  elseif state == 2 then
+    if probes < nprobes then probes = probes + 1
+    elseif now - pstart >= cool then probes = 1; pstart = now
+    else admitted = 0 end
+  end
+end
+if op ~= 'get' or oks > 0 then
+  redis.call('HSET', key, 'state', state, 'fails', fails, 'wstart', wstart, 'wcalls', wcalls,
+             'wfails', wfails, 'opened', opened, 'probes', probes, 'pstart', pstart)
+  redis.call('EXPIRE', key, tonumber(ARGV[9]))
+end
+local remaining = 0
+if state == 1 then remaining = math.max(0, cool - (now - opened)) end
+return {state, fails, remaining, admitted, wcalls, wfails}
+"""
+
+KEY_PREFIX = "relaygate:breaker:"
+
+
+class RedisBreaker(Breaker):
+    """A breaker whose state lives in Redis (one Lua script per transition), shared by every instance."""
+
+    __slots__ = ("redis", "script", "key", "synced", "oks", "tasks", "_remaining", "_warned")
+
+    def __init__(self, name: str, settings: BreakerConfig, redis: Any, script: Any,
+                 tasks: set[asyncio.Task[None]]) -> None:
+        super().__init__(name, settings)
+        self.redis = redis
+        self.script = script
+        self.key = KEY_PREFIX + name
+        self.synced = 0.0  # monotonic time of the last answer from Redis
+        self.oks = 0  # successes not yet sent to Redis
+        self.tasks = tasks  # background writes, shared by the gateway's breakers (bounded)
+        self._remaining = 0.0
+        self._warned = 0.0
+        self.ready = False  # ask Redis before the first call
+
+    async def _run(self, op: str) -> bool:
+        s = self.settings
+        oks, self.oks = self.oks, 0
+        ttl = int(max(s.window, s.cooldown) * 4 + 60)
+        try:
+            r = await self.script(keys=[self.key], args=[
+                op, oks, s.failures, s.failure_rate, s.min_calls, int(s.window * 1000), int(s.cooldown * 1000),
+                s.probes, ttl])
+        except Exception as e:  # Redis down: fail open (route as if closed), say so at most every 30 s
+            now = time.monotonic()
+            if now - self._warned > 30:
+                self._warned = now
+                log.warning("breaker state in Redis unavailable (%s); routing without it", type(e).__name__)
+            self.synced = now
+            self.ready = True
+            return True
+        now = time.monotonic()
+        self.state, self.fails = int(r[0]), int(r[1])
+        self._remaining = int(r[2]) / 1000
+        self.opened = now + self._remaining - s.cooldown
+        self.wcalls, self.wfails = int(r[4]), int(r[5])
+        self.synced = now
+        self.ready = self.state == CLOSED
+        if self.ready:
+            # trust a closed view only briefly: another instance may open it meanwhile
+            asyncio.get_running_loop().call_later(SYNC_INTERVAL, self._expire, now)
+        return bool(int(r[3]))
+
+    def _expire(self, synced: float) -> None:
+        if self.synced == synced:
+            self.ready = False
+
+    async def admit(self) -> bool:
+        return await self._run("admit")
+
+    async def record(self, ok: bool) -> None:
+        if ok and self.state == CLOSED and self.fails == 0:
+            self.oks += 1  # nothing changes: send it with the next call to Redis
+            return
+        await self._run("success" if ok else "failure")
+
+    def record_later(self, ok: bool) -> None:
+        if ok and self.state == CLOSED and self.fails == 0:
+            self.oks += 1
+            return
+        if len(self.tasks) >= MAX_PENDING:
+            if ok:
+                self.oks += 1
+            return
+        task = asyncio.ensure_future(self.record(ok))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def retry_in(self) -> float:
+        if self.state != OPEN:
+            return 0.0
+        return max(0.0, self._remaining - (time.monotonic() - self.synced))
+
+    async def snapshot(self) -> dict[str, Any]:
+        await self._run("get")
+        return self._view()
+
+
+class Breakers:
+    """Makes the breakers of a gateway: in-process, or in Redis once ``use_redis`` was called."""
+
+    def __init__(self) -> None:
+        self.redis: Any = None
+        self._script: Any = None
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def use_redis(self, redis: Any) -> None:
+        self.redis = redis
+        self._script = redis.register_script(BREAKER_LUA)
+
+    def new(self, name: str, settings: BreakerConfig) -> Breaker | None:
+        if not settings.enabled:
+            return None
+        if self.redis is not None:
+            return RedisBreaker(name, settings, self.redis, self._script, self.tasks)
+        return LocalBreaker(name, settings)
+
+    async def close(self) -> None:
+        """Let pending writes finish (briefly)."""
+        if self.tasks:
+            await asyncio.wait(list(self.tasks), timeout=1.0)

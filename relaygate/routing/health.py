@@ -1,0 +1,120 @@
+"""Active health checks (a probe per deployment on an interval) and the per-deployment health report."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from ..config import Config, HealthCheckConfig
+from ..errors import GatewayError
+from .breaker import CLOSED, HALF_OPEN
+from .deployment import Deployment
+
+log = logging.getLogger("relaygate.health")
+
+
+def health_checks(config: Config, deployments: dict[str, list[Deployment]]) -> list[tuple[Deployment, HealthCheckConfig]]:
+    """Every deployment with an enabled health check (its own, else its model's)."""
+    out = []
+    for m in config.models:
+        for d in deployments.get(m.name, []):
+            hc = d.config.health_check or m.health_check
+            if hc is not None and hc.enabled:
+                out.append((d, hc))
+    return out
+
+
+async def probe_once(dep: Deployment, hc: HealthCheckConfig) -> None:
+    """Probe one deployment (bounded by ``hc.timeout``) and move it in or out of the rotation."""
+    s = dep.stats
+    try:
+        await asyncio.wait_for(dep.provider.probe(), hc.timeout)
+        error = None
+    except TimeoutError:
+        error = f"probe timed out after {hc.timeout:g} s"
+    except GatewayError as e:
+        error = e.message
+    except Exception as e:  # a probe bug must not stop the checker; the deployment counts as unhealthy
+        error = f"probe failed ({type(e).__name__})"
+    s.last_probe_at = time.time()
+    s.last_probe_error = error
+    if error is None:
+        s.probe_failures = 0
+        s.probe_successes += 1
+        if not s.healthy and s.probe_successes >= hc.healthy_after:
+            s.healthy = True
+            log.info("deployment %s is healthy again", dep.name)
+    else:
+        s.probe_successes = 0
+        s.probe_failures += 1
+        if s.healthy and s.probe_failures >= hc.unhealthy_after:
+            s.healthy = False
+            log.warning("deployment %s failed %d health checks: %s", dep.name, s.probe_failures, error)
+
+
+async def run_checks(dep: Deployment, hc: HealthCheckConfig) -> None:
+    """Probe ``dep`` every ``hc.interval`` seconds until cancelled."""
+    while True:
+        await probe_once(dep, hc)
+        await asyncio.sleep(hc.interval)
+
+
+class HealthChecker:
+    """One background task per checked deployment; started with the gateway, cancelled when it closes."""
+
+    def __init__(self, checks: list[tuple[Deployment, HealthCheckConfig]]) -> None:
+        self.checks = checks
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self.tasks = [asyncio.ensure_future(run_checks(d, hc)) for d, hc in self.checks]
+
+    async def close(self) -> None:
+        for t in self.tasks:
+            t.cancel()
+        if self.tasks:
+            await asyncio.wait(self.tasks, timeout=2.0)
+        self.tasks = []
+
+
+def health_score(dep: Deployment, breaker_state: int) -> float:
+    """0 (do not send) … 1 (perfect): health check × breaker × recent success rate × latency factor."""
+    s = dep.stats
+    if not s.healthy or breaker_state not in (CLOSED, HALF_OPEN):
+        return 0.0
+    score = s.success_ewma * (0.5 if breaker_state == HALF_OPEN else 1.0)
+    if s.latency_ewma is not None:
+        score /= 1.0 + s.latency_ewma  # 1 s of latency halves it
+    return round(score, 4)
+
+
+async def deployment_report(dep: Deployment, now: float) -> dict[str, Any]:
+    """One deployment's entry in ``GET /health/providers``."""
+    s = dep.stats
+    breaker = await dep.breaker.snapshot() if dep.breaker is not None else {"state": "disabled"}
+    bstate = dep.breaker.state if dep.breaker is not None else CLOSED
+    if not s.healthy:
+        state = "unhealthy"
+    elif bstate != CLOSED:
+        state = "open" if breaker["state"] == "open" else "recovering"
+    elif dep.limited and dep.at_capacity(now):
+        state = "at_capacity"
+    elif s.cooling_until > now:
+        state = "rate_limited"
+    else:
+        state = "healthy"
+    out: dict[str, Any] = {
+        "deployment": dep.name, "model": dep.model_name, "provider": dep.provider_type, "state": state,
+        "breaker": breaker,
+        "latency_ms": round(s.latency_ewma * 1000, 2) if s.latency_ewma is not None else None,
+        "error_rate": round(1.0 - s.success_ewma, 4), "in_flight": s.in_flight, "requests": s.requests,
+        "failures": s.failures, "score": health_score(dep, bstate),
+    }
+    if s.last_probe_at is not None:
+        out["health_check"] = {"healthy": s.healthy, "last_probe_at": s.last_probe_at,
+                               "last_error": s.last_probe_error}
+    if s.cooling_until > now:
+        out["retry_after"] = round(s.cooling_until - now, 3)
+    return out

@@ -1,0 +1,144 @@
+"""How a model chooses among its available deployments: one small class per ``strategy`` in config.
+
+A strategy sees only deployments that may take a call now (healthy, breaker not open, under their
+rpm/tpm/concurrency limits, not yet tried by this call) and returns one of them. State a strategy keeps
+(a round-robin position, a random generator) belongs to its model's instance, never to the module.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+from .deployment import Deployment
+
+EXPLORE = 0.05  # share of calls least_latency/adaptive send elsewhere, to keep their view of the others fresh
+PriceFn = Callable[[Deployment], float | None]
+
+
+def config_price(dep: Deployment) -> float | None:
+    """A deployment's price per (input + output) token from its config; None when it has none."""
+    c = dep.config
+    if c.input_cost_per_token is None and c.output_cost_per_token is None:
+        return None
+    return (c.input_cost_per_token or 0.0) + (c.output_cost_per_token or 0.0)
+
+
+class Strategy:
+    """Chooses one of ``cands`` (never empty)."""
+
+    name = "base"
+    needs_ttft = False  # True when the strategy learns from time to first token of streams
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self._next = 0
+
+    def choose(self, cands: list[Deployment]) -> Deployment:
+        raise NotImplementedError
+
+    def _rotate(self, cands: list[Deployment]) -> Deployment:
+        n = self._next
+        self._next = n + 1
+        return cands[n % len(cands)]
+
+
+class RoundRobin(Strategy):
+    """Each deployment in turn."""
+
+    name = "round_robin"
+
+    def choose(self, cands: list[Deployment]) -> Deployment:
+        return self._rotate(cands)
+
+
+class Weighted(Strategy):
+    """At random, in proportion to ``weight`` (all weights 0: uniformly)."""
+
+    name = "weighted"
+
+    def choose(self, cands: list[Deployment]) -> Deployment:
+        total = sum(d.config.weight for d in cands)
+        if total <= 0:
+            return self.rng.choice(cands)
+        x = self.rng.random() * total
+        for d in cands:
+            x -= d.config.weight
+            if x < 0:
+                return d
+        return cands[-1]
+
+
+class LeastConnections(Strategy):
+    """The fewest calls in flight; ties in turn."""
+
+    name = "least_connections"
+
+    def choose(self, cands: list[Deployment]) -> Deployment:
+        low = min(d.stats.in_flight for d in cands)
+        return self._rotate([d for d in cands if d.stats.in_flight == low])
+
+
+class LeastLatency(Strategy):
+    """The lowest moving average of latency (time to first token for streams); unmeasured ones first."""
+
+    name = "least_latency"
+    needs_ttft = True
+
+    def choose(self, cands: list[Deployment]) -> Deployment:
+        if len(cands) > 1 and self.rng.random() < EXPLORE:
+            return self.rng.choice(cands)
+        return min(cands, key=lambda d: d.stats.latency_ewma or 0.0)
+
+
+class Cost(Strategy):
+    """The cheapest price per token; deployments without a price after every priced one; ties in turn."""
+
+    name = "cost"
+
+    def __init__(self, rng: random.Random, price_of: PriceFn) -> None:
+        super().__init__(rng)
+        self.price_of = price_of
+
+    def choose(self, cands: list[Deployment]) -> Deployment:
+        prices = [self.price_of(d) for d in cands]
+        known = [p for p in prices if p is not None]
+        if not known:
+            return self._rotate(cands)
+        low = min(known)
+        return self._rotate([d for d, p in zip(cands, prices, strict=True) if p == low])
+
+
+def adaptive_score(dep: Deployment) -> float:
+    """Recent success rate and latency together: success² / latency (unmeasured: very high, to try it)."""
+    s = dep.stats
+    return s.success_ewma * s.success_ewma / max(s.latency_ewma or 0.0, 0.001)
+
+
+class Adaptive(Strategy):
+    """The best recent score (success² / latency); ``EXPLORE`` of the calls go to another, at random."""
+
+    name = "adaptive"
+    needs_ttft = True
+
+    def choose(self, cands: list[Deployment]) -> Deployment:
+        best = max(cands, key=adaptive_score)
+        if len(cands) > 1 and self.rng.random() < EXPLORE:
+            return self.rng.choice([d for d in cands if d is not best])
+        return best
+
+
+class Priority(Strategy):
+    """The lowest ``priority`` number first (config order among equals); the next only when it cannot serve."""
+
+    name = "priority"
+
+    def choose(self, cands: list[Deployment]) -> Deployment:
+        return min(cands, key=lambda d: d.config.priority)  # min() keeps the first of equals
+
+
+def new_strategy(name: str, rng: random.Random, price_of: PriceFn) -> Strategy:
+    if name == "cost":
+        return Cost(rng, price_of)
+    cls = {c.name: c for c in (RoundRobin, Weighted, LeastConnections, LeastLatency, Adaptive, Priority)}[name]
+    return cls(rng)

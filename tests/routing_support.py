@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import os
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+import openai
 
 from relaygate.call import Call
 from relaygate.config import parse_config
@@ -22,11 +26,35 @@ from .conftest import UPSTREAM_KEY
 MESSAGES = [{"role": "user", "content": "hello there"}]
 
 
+@functools.cache
+def sdk_client(base_url: str) -> openai.OpenAI:
+    """One openai client per gateway URL (building one per call is slow enough to skew timings)."""
+    return openai.OpenAI(base_url=base_url, api_key="k", max_retries=0)
+
+
 def emulator(**options: Any) -> BackgroundServer:
     """A started OpenAI emulator requiring UPSTREAM_KEY (stop it when done)."""
     srv = BackgroundServer(create_app(OpenAIEmulatorOptions(api_key=UPSTREAM_KEY, **options)))
     srv.state.max_recorded = 5000
     return srv.start()
+
+
+@contextlib.contextmanager
+def emulators(*options: dict[str, Any]) -> Iterator[list[BackgroundServer]]:
+    """One started emulator per options dict, stopped at the end."""
+    servers = [emulator(**o) for o in options]
+    try:
+        yield servers
+    finally:
+        for s in servers:
+            s.stop()
+
+
+def reset(servers: list[BackgroundServer]) -> None:
+    """Clear faults and recorded requests (between tests sharing emulators)."""
+    for e in servers:
+        e.state.faults = None
+        e.state.requests.clear()
 
 
 def fault(emu: BackgroundServer, **plan: Any) -> None:

@@ -15,24 +15,20 @@ import pytest
 from relaygate.gateway import Gateway
 from relaygate.testing.base import BackgroundServer
 
-from .routing_support import dep, drive, emulator, fault, with_gateway
+from .routing_support import dep, drive, emulators, fault, reset, with_gateway
 
 N = 1000
 
 
 @pytest.fixture(scope="module")
 def three() -> Iterator[list[BackgroundServer]]:
-    emus = [emulator() for _ in range(3)]
-    yield emus
-    for e in emus:
-        e.stop()
+    with emulators({}, {}, {}) as servers:
+        yield servers
 
 
 @pytest.fixture(autouse=True)
 def clean(three: list[BackgroundServer]) -> None:
-    for e in three:
-        e.state.faults = None
-        e.state.requests.clear()
+    reset(three)
 
 
 def model(strategy: str, deployments: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:

@@ -151,7 +151,9 @@ class RetryConfig(_Strict):
 class BreakerConfig(_Strict):
     """Circuit breaker per deployment: closed -> open -> half-open (probes) -> closed."""
 
-    enabled: bool = True
+    # default: on when the model has somewhere else to go (several deployments or fallbacks); a lone
+    # deployment then shows its own errors instead of the breaker's 503
+    enabled: bool | None = None
     failures: int = Field(5, ge=1)  # consecutive failures that open it
     failure_rate: float = Field(0.5, gt=0, le=1)  # or this share of failures within ``window``…
     min_calls: int = Field(20, ge=1)  # …once the window holds at least this many calls

@@ -287,7 +287,7 @@ class Breakers:
         self._script = redis.register_script(BREAKER_LUA)
 
     def new(self, name: str, settings: BreakerConfig) -> Breaker | None:
-        if not settings.enabled:
+        if settings.enabled is False:
             return None
         if self.redis is not None:
             return RedisBreaker(name, settings, self.redis, self._script, self.tasks)

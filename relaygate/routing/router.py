@@ -98,7 +98,10 @@ class Router:
         for name, deps in table.models.items():
             mc = configs.get(name) or ModelConfig(name=name, deployments=[d.config for d in deps])
             self.routes[name] = ModelRoute(name, deps, mc, self.rng, lambda d: self.price_of(d))
-            self._breaker_settings[name] = mc.breaker
+            b = mc.breaker
+            if b.enabled is None:
+                b = b.model_copy(update={"enabled": len(deps) > 1 or bool(mc.fallbacks)})
+            self._breaker_settings[name] = b
         self._make_breakers()
 
     def _make_breakers(self) -> None:

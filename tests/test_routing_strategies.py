@@ -84,13 +84,13 @@ def test_least_connections_spreads_evenly_when_deployments_are_alike(three: list
 
 
 def test_least_latency_prefers_the_fastest_and_still_explores(three: list[BackgroundServer]) -> None:
-    fault(three[0], latency_ms=25)
+    fault(three[0], latency_ms=400)  # far apart, so that a loaded test machine's pauses cannot reorder them
     fault(three[1], latency_ms=1)
-    fault(three[2], latency_ms=12)
+    fault(three[2], latency_ms=200)
     cfg = model("least_latency", [dep(e, f"ll{i}") for i, e in enumerate(three)])
-    out = with_gateway(cfg, lambda gw: drive(gw, "m", N, concurrency=4))
+    out = with_gateway(cfg, lambda gw: drive(gw, "m", N, concurrency=16))
     assert sum(out.served.values()) == N
-    # 95% to the fastest by definition, 5% explored at random (so ~3.3% of all to each, plus the first tries)
+    # 95% to the fastest by definition, 5% explored among the others (~2.5% each, plus the first tries)
     assert out.served["ll1"] > 0.9 * N, out.served
     assert out.served["ll0"] >= 3 and out.served["ll2"] >= 3, out.served
 
@@ -98,17 +98,17 @@ def test_least_latency_prefers_the_fastest_and_still_explores(three: list[Backgr
 def test_least_latency_of_streams_is_time_to_first_token(three: list[BackgroundServer]) -> None:
     # s0 answers its first token late but streams fast; s1 answers at once but streams slowly:
     # whole-stream time favours s0, time to first token favours s1
-    fault(three[0], latency_ms=30)
-    fault(three[1], chunk_delay_ms=6)
+    fault(three[0], latency_ms=100)
+    fault(three[1], chunk_delay_ms=20)
     cfg = model("least_latency", [dep(three[0], "s0"), dep(three[1], "s1")])
 
     async def run(gw: Gateway) -> Any:
-        out = await drive(gw, "m", 120, concurrency=4, stream=True)
+        out = await drive(gw, "m", 120, concurrency=12, stream=True)
         return out, {d.name: d.stats.latency_ewma for d in gw.deployments()}
 
     out, latency = with_gateway(cfg, run)
-    assert latency["s1"] < 0.02 < latency["s0"], latency  # TTFT, not the whole stream (~6 ms x 8 chunks)
-    assert out.served["s1"] > 0.85 * 120, out.served
+    assert latency["s1"] < 0.05 < latency["s0"], latency  # TTFT, not the whole stream (~20 ms x 8 chunks)
+    assert out.served["s1"] > 0.8 * 120, out.served  # the first burst of 12 is split before any measure
 
 
 def test_cost_sends_everything_to_the_cheapest_priced_deployment(three: list[BackgroundServer]) -> None:
@@ -147,7 +147,7 @@ def test_cost_moves_to_the_next_cheapest_when_the_cheapest_fails(three: list[Bac
 def test_adaptive_favours_the_reliable_fast_deployment_and_keeps_probing_the_rest(
         three: list[BackgroundServer]) -> None:
     fault(three[0], status=500, rate=0.3)  # flaky
-    fault(three[1], latency_ms=15)  # slow
+    fault(three[1], latency_ms=80)  # slow
     fault(three[2], latency_ms=1)  # good
     cfg = model("adaptive", [dep(e, f"ad{i}") for i, e in enumerate(three)],
                 breaker={"enabled": False})

@@ -12,6 +12,9 @@ if TYPE_CHECKING:
     from .breaker import Breaker
 
 
+SUCCESS_ALPHA = 0.05
+
+
 class MinuteCounter:
     """Events in the last minute, estimated from this and the previous fixed minute (O(1), no list)."""
 
@@ -62,7 +65,8 @@ class DeploymentStats:
         self.requests += 1
         if not ok:
             self.failures += 1
-        self.success_ewma += alpha * ((1.0 if ok else 0.0) - self.success_ewma)
+        # success is a noisier signal than latency: average it over more calls (~20)
+        self.success_ewma += SUCCESS_ALPHA * ((1.0 if ok else 0.0) - self.success_ewma)
         if latency is not None:
             prev = self.latency_ewma
             self.latency_ewma = latency if prev is None else prev + alpha * (latency - prev)

@@ -86,9 +86,11 @@ class LeastLatency(Strategy):
     needs_ttft = True
 
     def choose(self, cands: list[Deployment]) -> Deployment:
+        # equal (above all unmeasured) ones: the one with fewer calls in flight, so a burst is spread
+        best = min(cands, key=lambda d: (d.stats.latency_ewma or 0.0, d.stats.in_flight))
         if len(cands) > 1 and self.rng.random() < EXPLORE:
-            return self.rng.choice(cands)
-        return min(cands, key=lambda d: d.stats.latency_ewma or 0.0)
+            return self.rng.choice([d for d in cands if d is not best])
+        return best
 
 
 class Cost(Strategy):
@@ -110,19 +112,22 @@ class Cost(Strategy):
 
 
 def adaptive_score(dep: Deployment) -> float:
-    """Recent success rate and latency together: success² / latency (unmeasured: very high, to try it)."""
+    """Recent success rate and latency together: success⁴ / latency (unmeasured: very high, to try it).
+
+    The fourth power makes failures weigh more than speed: 90% success costs a third of the score, 70%
+    three quarters, since each failure costs the caller a whole extra attempt."""
     s = dep.stats
-    return s.success_ewma * s.success_ewma / max(s.latency_ewma or 0.0, 0.001)
+    return s.success_ewma ** 4 / max(s.latency_ewma or 0.0, 0.001)
 
 
 class Adaptive(Strategy):
-    """The best recent score (success² / latency); ``EXPLORE`` of the calls go to another, at random."""
+    """The best recent score (success⁴ / latency); ``EXPLORE`` of the calls go to another, at random."""
 
     name = "adaptive"
     needs_ttft = True
 
     def choose(self, cands: list[Deployment]) -> Deployment:
-        best = max(cands, key=adaptive_score)
+        best = max(cands, key=lambda d: (adaptive_score(d), -d.stats.in_flight))
         if len(cands) > 1 and self.rng.random() < EXPLORE:
             return self.rng.choice([d for d in cands if d is not best])
         return best

@@ -142,6 +142,11 @@ def test_signature_is_verified(emu: BackgroundServer) -> None:
     assert temp.converse(modelId=MODEL_ID, messages=USER)["stopReason"] == "end_turn"
 
 
+def test_count_tokens(emu: BackgroundServer) -> None:
+    r = client(emu).count_tokens(modelId=MODEL_ID, input={"converse": {"messages": USER}})
+    assert r["inputTokens"] == 6
+
+
 def test_invoke_model_titan_embeddings(emu: BackgroundServer) -> None:
     r = client(emu).invoke_model(modelId="amazon.titan-embed-text-v2:0",
                                  body=json.dumps({"inputText": "two words", "dimensions": 512}))

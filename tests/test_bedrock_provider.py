@@ -18,6 +18,7 @@ import openai
 import pytest
 
 from relaygate.config import ConfigError, parse_config
+from relaygate.errors import AuthError, Unavailable
 from relaygate.testing.base import BackgroundServer, FaultPlan
 from relaygate.testing.bedrock import (
     TEST_ACCESS_KEY,
@@ -422,6 +423,20 @@ def test_embeddings_refuse_token_arrays_and_non_titan_models(client: openai.Open
         client.embeddings.create(model="claude", input="x")
     assert e.value.code == "unsupported"
     assert not emu.state.requests
+
+
+def test_probe_counts_tokens_and_reports_bad_credentials(gw: GatewayThread, emu: BackgroundServer) -> None:
+    deps = {d.model_name: d for d in gw.gateway.deployments()}
+    gw.run(deps["claude"].provider.probe())
+    rec = sent(emu, "count-tokens")[-1]
+    assert_botocore_accepts("bedrock-runtime", "CountTokens", rec, modelId=MODEL_ID)
+    with pytest.raises(AuthError):
+        gw.run(deps["wrong-secret"].provider.probe())
+    emu.state.faults = FaultPlan(status=503, count=1)
+    with pytest.raises(Unavailable):
+        gw.run(deps["claude"].provider.probe())
+    emu.state.faults = FaultPlan(status=400, count=1, message="This model doesn't support counting tokens.")
+    gw.run(deps["claude"].provider.probe())  # reachable and signed correctly: usable
 
 
 # ---- configuration ----------------------------------------------------------------------------------------

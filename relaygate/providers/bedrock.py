@@ -35,6 +35,20 @@ class BedrockProvider(AwsProvider):
     kind = "bedrock"
     endpoint_prefix = "bedrock-runtime"
 
+    async def probe(self) -> None:
+        """CountTokens on the deployment's model: free, and signed and routed like a real call. A model that
+        cannot count tokens answers 400, which still proves the endpoint and the credentials work."""
+        model = self.config.model
+        if model == "*":
+            return
+        call = Call(id="probe", route="probe", model=model, body={})
+        body = {"input": {"converse": {"messages": [{"role": "user", "content": [{"text": "ping"}]}]}}}
+        try:
+            resp = await self.post_json(call, model_path(model, "count-tokens"), body)
+        except BadRequest:
+            return
+        resp.release()
+
     async def chat(self, call: Call) -> Reply:
         assert call.deployment is not None
         model = call.deployment.upstream_model(call.model)

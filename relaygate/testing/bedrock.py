@@ -1,4 +1,4 @@
-"""An emulator of AWS Bedrock Runtime (Converse, ConverseStream, InvokeModel for Titan text embeddings) and
+"""An emulator of AWS Bedrock Runtime (Converse, ConverseStream, InvokeModel for Titan text embeddings, CountTokens) and
 Bedrock Agent Runtime (InvokeAgent), on one port. boto3/botocore pointed at it parse every answer.
 
 Every request must carry a valid SigV4 signature made with the emulator's test credentials (service
@@ -456,6 +456,23 @@ def create_app(options: BedrockEmulatorOptions | None = None, state: EmulatorSta
         return json_response(data, headers={"x-amzn-bedrock-input-token-count": str(data["inputTextTokenCount"]),
                                             "x-amzn-requestid": str(uuid.uuid4())})
 
+    async def count_tokens(request: web.Request) -> web.StreamResponse:
+        try:
+            req, _ = await admit(request)
+            inp = req.get("input") if isinstance(req, dict) else None
+            if not isinstance(inp, dict) or len(inp) != 1 or not ({"converse", "invokeModel"} & set(inp)):
+                raise AwsFailure("ValidationException", "input must set exactly one of converse, invokeModel.")
+            if "converse" in inp:
+                conv = inp["converse"]
+                images = validate_converse(conv)
+                tokens = sum(4 + _tokens(_texts(m["content"])) for m in conv["messages"]) + 85 * images \
+                    + _tokens(_texts(conv.get("system") or []))
+            else:
+                tokens = _tokens(base64.b64decode(inp["invokeModel"].get("body", "")).decode("utf-8", "replace"))
+        except AwsFailure as e:
+            return aws_error(e)
+        return json_response({"inputTokens": tokens})
+
     async def invoke_agent(request: web.Request) -> web.StreamResponse:
         agent, alias, session = (request.match_info[k] for k in ("agent", "alias", "session"))
         try:
@@ -485,5 +502,6 @@ def create_app(options: BedrockEmulatorOptions | None = None, state: EmulatorSta
     app.router.add_post("/model/{model}/converse", tracked(converse))
     app.router.add_post("/model/{model}/converse-stream", tracked(converse))
     app.router.add_post("/model/{model}/invoke", tracked(invoke))
+    app.router.add_post("/model/{model}/count-tokens", tracked(count_tokens))
     app.router.add_post("/agents/{agent}/agentAliases/{alias}/sessions/{session}/text", tracked(invoke_agent))
     return app

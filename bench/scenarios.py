@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import Ctx, Load, Target, run_load
+from voice import speech_first_byte, upload_memory
 
 
 @dataclass
@@ -89,6 +90,16 @@ SCENARIOS: list[Scenario] = [
         Figure("ttfb_p50_ms", "first chunk p50, ms", "lower"),
         ERRORS,
     ]),
+    Scenario("speech1", "text to speech, first audio byte, c=1", None, [
+        Figure("ttfb_p50_ms", "added first-byte p50, ms", "lower", added=True, fmt="{:.3f}"),
+        Figure("ttfb_p99_ms", "added first-byte p99, ms", "lower", added=True, fmt="{:.3f}"),
+        Figure("p50_ms", "added whole-answer p50, ms", "lower", added=True, fmt="{:.3f}"),
+    ], run=speech_first_byte),
+    Scenario("upload25", "25 MB audio upload (transcription)", None, [
+        Figure("rss_rise_mib", "peak RSS rise during the upload, MiB", "lower", fmt="{:.1f}"),
+        Figure("upload_s", "upload + answer, s (median of 3)", "lower", fmt="{:.3f}"),
+        ERRORS,
+    ], run=upload_memory),
     Scenario("slow200", "upstream answers in 500 ms, c=200", Load("chat-slow.json", conns=200, seconds=5), [
         Figure("p99_ms", "added latency p99, ms", "lower", added=True, fmt="{:.1f}"),
         Figure("rate", "requests/s (closed loop, max 400)", "higher", fmt="{:.0f}"),

@@ -412,3 +412,14 @@ def test_probe_checks_key_model_and_outages(emulator: BackgroundServer, clean: A
     with pytest.raises(GatewayError) as down:
         asyncio.run(probe())
     assert down.value.kind == "unavailable"
+
+
+def test_sampling_options_beyond_cohere_ranges_are_moved_to_the_bound_and_named(
+        client: openai.OpenAI, emulator: BackgroundServer) -> None:
+    raw = client.chat.completions.with_raw_response.create(
+        model="command", messages=[{"role": "user", "content": "x"}], temperature=1.5, top_p=1,
+        presence_penalty=-0.5, frequency_penalty=0.3)
+    assert raw.parse().choices[0].message.content == "Hello! You said: x"  # Cohere would refuse the originals
+    assert raw.headers["x-relaygate-adjusted-params"] == "temperature,top_p,presence_penalty"
+    body = sent(emulator)
+    assert (body["temperature"], body["p"], body["presence_penalty"], body["frequency_penalty"]) == (1.0, 0.99, 0, 0.3)

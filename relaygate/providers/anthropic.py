@@ -28,12 +28,11 @@ from .anthropic_wire import (
     bearer_auth,
 )
 from .base import Provider, error_json, iter_sse, retry_after_seconds
-from .openai_format import DROPPED_HEADER, ChunkWriter, completion
+from .openai_format import ADJUSTED_HEADER, DROPPED_HEADER, ChunkWriter, completion
 
 DEFAULT_BASE = "https://api.anthropic.com"
 DEFAULT_VERSION = VERSION_2023
 DEFAULT_MAX_TOKENS = 4096
-ADJUSTED_HEADER = "x-relaygate-adjusted-params"
 _STATUS_OF_TYPE = {kind: status for status, kind in ERROR_TYPES.items()}
 _CONTEXT_HINTS = ("prompt is too long", "exceed context limit", "context window", "too many total text bytes")
 

@@ -30,6 +30,7 @@ from ..errors import (
 from .base import Provider, error_json, iter_sse, retry_after_seconds
 from .batching import embed_in_batches, needs_batches
 from .openai_format import (
+    ADJUSTED_HEADER,
     DROPPED_HEADER,
     ChunkWriter,
     completion,
@@ -52,9 +53,11 @@ THINKING = {"none": {"type": "disabled"}, "minimal": {"type": "disabled"},
 NO_COUNTERPART = ("logit_bias", "top_logprobs", "prediction", "modalities", "audio", "verbosity",
                   "web_search_options", "service_tier")
 # OpenAI options with the same meaning under another name (or the same) in Cohere's v2 chat
-RENAMED = {"temperature": "temperature", "top_p": "p", "seed": "seed", "frequency_penalty": "frequency_penalty",
-           "presence_penalty": "presence_penalty", "max_tokens": "max_tokens",
-           "max_completion_tokens": "max_tokens"}
+RENAMED = {"seed": "seed", "max_tokens": "max_tokens", "max_completion_tokens": "max_tokens"}
+# sampling options whose range is narrower at Cohere: (Cohere name, low, high); values outside are moved to
+# the nearest bound and named in x-relaygate-adjusted-params (top_p=1, OpenAI's default, becomes p=0.99)
+RANGED = {"temperature": ("temperature", 0.0, 1.0), "top_p": ("p", 0.01, 0.99),
+          "frequency_penalty": ("frequency_penalty", 0.0, 1.0), "presence_penalty": ("presence_penalty", 0.0, 1.0)}
 
 
 class CohereProvider(Provider):
@@ -90,9 +93,8 @@ class CohereProvider(Provider):
     async def chat(self, call: Call) -> Reply:
         assert call.deployment is not None
         model = call.deployment.upstream_model(call.model)
-        body, dropped = chat_request(call.body, model, call.stream)
+        body, headers = chat_request(call.body, model, call.stream)
         resp = await self._post(call, "/v2/chat", body)
-        headers = {DROPPED_HEADER: ",".join(dropped)} if dropped else {}
         if call.stream:
             return await self._start_stream(resp, headers, ChunkWriter(model, include_usage=call.wants_usage))
         data = await self.read_json_object(resp)
@@ -281,9 +283,9 @@ def chat_completion(data: dict[str, Any], model: str, usage: Usage | None) -> di
 
 # ---- OpenAI request -> Cohere request ---------------------------------------------------------------------
 
-def chat_request(body: dict[str, Any], model: str, stream: bool) -> tuple[dict[str, Any], list[str]]:
-    """Cohere's ``/v2/chat`` body for an OpenAI chat request, and the parameters left out (BadRequest for
-    what Cohere cannot do at all)."""
+def chat_request(body: dict[str, Any], model: str, stream: bool) -> tuple[dict[str, Any], dict[str, str]]:
+    """Cohere's ``/v2/chat`` body for an OpenAI chat request, and response headers naming the parameters
+    left out or moved into Cohere's ranges (BadRequest for what Cohere cannot do at all)."""
     n = body.get("n")
     if n not in (None, 1):
         raise Unsupported("Cohere returns one choice per request; 'n' must be 1", param="n")
@@ -292,9 +294,19 @@ def chat_request(body: dict[str, Any], model: str, stream: bool) -> tuple[dict[s
     out: dict[str, Any] = {"model": model, "messages": [_message(m, i) for i, m in enumerate(body["messages"])]}
     if stream:
         out["stream"] = True
+    adjusted = []
     for src, dst in RENAMED.items():
         if body.get(src) is not None:
             out[dst] = body[src]
+    for src, (dst, low, high) in RANGED.items():
+        value = body.get(src)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise BadRequest(f"'{src}' must be a number", param=src, code="invalid_type")
+        out[dst] = min(high, max(low, value))
+        if out[dst] != value:
+            adjusted.append(src)
     stop = body.get("stop")
     if stop is not None:
         stops = [stop] if isinstance(stop, str) else stop
@@ -332,7 +344,8 @@ def chat_request(body: dict[str, Any], model: str, stream: bool) -> tuple[dict[s
     dropped = [name for name in NO_COUNTERPART if body.get(name) is not None]
     if body.get("parallel_tool_calls") is False and tools:  # Cohere may always call tools in parallel
         dropped.append("parallel_tool_calls")
-    return out, dropped
+    notes = {DROPPED_HEADER: ",".join(dropped), ADJUSTED_HEADER: ",".join(adjusted)}
+    return out, {k: v for k, v in notes.items() if v}
 
 
 def _message(m: dict[str, Any], i: int) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from ..errors import BadRequest
 
 SSE_DONE = b"data: [DONE]\n\n"
 DROPPED_HEADER = "x-relaygate-dropped-params"  # names the OpenAI parameters an upstream had no counterpart for
+ADJUSTED_HEADER = "x-relaygate-adjusted-params"  # names those moved into the upstream's narrower range
 
 
 def completion_id() -> str:

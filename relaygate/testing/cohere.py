@@ -153,6 +153,10 @@ def _check_chat(body: dict[str, Any]) -> None:
     p = body.get("p")
     if p is not None and not (isinstance(p, int | float) and 0.01 <= p <= 0.99):
         raise Invalid("invalid request: p must be between 0.01 and 0.99 inclusive.")
+    for name in ("frequency_penalty", "presence_penalty"):
+        value = body.get(name)
+        if value is not None and not (isinstance(value, int | float) and 0 <= value <= 1):
+            raise Invalid(f"invalid request: {name} must be between 0 and 1 inclusive.")
     stops = body.get("stop_sequences")
     if stops is not None and (not isinstance(stops, list) or len(stops) > 5
                               or not all(isinstance(s, str) for s in stops)):

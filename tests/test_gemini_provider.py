@@ -358,6 +358,23 @@ def test_safety_stop_is_a_content_filter_finish(client: openai.OpenAI, stream: b
         assert r.choices[0].message.content == "Hello! You said: say "
 
 
+def test_google_options_in_extra_body_reach_gemini(client: openai.OpenAI, emulator: BackgroundServer) -> None:
+    relaxed = [{"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "threshold": "BLOCK_NONE"}]
+    r = client.chat.completions.create(
+        model="gem", messages=[{"role": "user", "content": "say unsafe-output now"}],
+        extra_body={"extra_body": {"google": {"safety_settings": relaxed,
+                                              "thinking_config": {"include_thoughts": True}}}})
+    assert r.choices[0].finish_reason == "stop"
+    assert r.choices[0].message.content == "Hello! You said: say unsafe-output now"
+    sent = recorded(emulator)[-1]["json"]
+    assert sent["safetySettings"] == relaxed
+    assert sent["generationConfig"] == {"thinkingConfig": {"include_thoughts": True}}
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="gem", messages=[{"role": "user", "content": "x"}],
+                                       extra_body={"extra_body": {"google": {"labels": {}}}})
+    assert e.value.body["param"] == "extra_body.google.labels"  # type: ignore[index]
+
+
 # ---- errors ------------------------------------------------------------------------------------------
 
 def test_rate_limit_is_429_with_the_retry_delay_from_the_error_details(client: openai.OpenAI,

@@ -248,9 +248,39 @@ def to_request(body: dict[str, Any], model: str) -> dict[str, Any]:
     if tool_config and tools:
         out["toolConfig"] = tool_config
     gc = _generation_config(body, model)
+    google = _google_options(body)
+    if "thinking_config" in google:
+        gc["thinkingConfig"] = google["thinking_config"]
     if gc:
         out["generationConfig"] = gc
+    if "safety_settings" in google:
+        out["safetySettings"] = google["safety_settings"]
+    if "cached_content" in google:
+        out["cachedContent"] = google["cached_content"]
     return out
+
+
+_GOOGLE_OPTIONS = {"safety_settings": list, "thinking_config": dict, "cached_content": str}
+
+
+def _google_options(body: dict[str, Any]) -> dict[str, Any]:
+    """Gemini-only options the way Google's own OpenAI-compatible endpoint takes them:
+    ``{"extra_body": {"google": {"safety_settings": [...], "thinking_config": {...}, "cached_content": "..."}}}``."""
+    extra = body.get("extra_body")
+    google = extra.get("google") if isinstance(extra, dict) else None
+    if google is None:
+        return {}
+    if not isinstance(google, dict):
+        raise BadRequest("extra_body.google must be an object", param="extra_body.google")
+    for key, value in google.items():
+        kind = _GOOGLE_OPTIONS.get(key)
+        if kind is None:
+            raise BadRequest(f"extra_body.google.{key} is not supported; expected one of "
+                             f"{', '.join(_GOOGLE_OPTIONS)}", param=f"extra_body.google.{key}")
+        if not isinstance(value, kind):
+            what = {list: "an array", dict: "an object"}.get(kind, "a string")
+            raise BadRequest(f"extra_body.google.{key} must be {what}", param=f"extra_body.google.{key}")
+    return google
 
 
 # ---- responses ---------------------------------------------------------------------------------------

@@ -4,7 +4,8 @@ Vertex AI (``/v1/projects/{p}/locations/{l}/publishers/google/models/{m}:generat
 Answers are deterministic functions of the request (like the OpenAI emulator's): the model echoes the last
 user text, calls the first offered function unless the last turn is a function response, reports images,
 the system instruction and the turn count (``PARALLEL_WORD`` makes it call every function). Prompts containing ``BLOCKED_WORD`` are blocked
-(``promptFeedback.blockReason``); prompts containing ``UNSAFE_WORD`` end in ``finishReason: SAFETY``.
+(``promptFeedback.blockReason``); prompts containing ``UNSAFE_WORD`` end in ``finishReason: SAFETY`` unless
+``safetySettings`` turn off HARM_CATEGORY_DANGEROUS_CONTENT blocking.
 Requests are validated as strictly as the real API does (unknown fields, roles, empty parts, base64,
 function-call/response pairing, thought signatures on ``gemini-3`` models), so translation bugs show.
 """
@@ -328,7 +329,9 @@ def answer(body: dict[str, Any], model: str, prefix: str = "Hello! You said: ") 
             text += f" [system: {system}]"
         if len(user_turns) > 1:
             text += f" [turn {len(user_turns)}]"
-    if UNSAFE_WORD in everything:
+    relaxed = any(isinstance(r, dict) and r.get("category") == "HARM_CATEGORY_DANGEROUS_CONTENT"
+                  and r.get("threshold") in ("BLOCK_NONE", "OFF") for r in body.get("safetySettings") or [])
+    if UNSAFE_WORD in everything and not relaxed:
         return Answer([{"text": text.split(UNSAFE_WORD)[0]}], "SAFETY", prompt_tokens, len(text.split()))
     gc = body.get("generationConfig") or {}
     if gc.get("responseMimeType") == "application/json":

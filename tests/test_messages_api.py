@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -242,3 +244,22 @@ def test_anthropic_sdk_to_an_anthropic_model_round_trips(client: anthropic.Anthr
     assert final.content[1].input == {"city": "Oslo"}  # type: ignore[union-attr]
     sent = upstreams["anthropic"].state.requests[-1]
     assert sent["headers"]["x-api-key"] == CLAUDE_KEY and sent["json"]["max_tokens"] == 100
+
+
+def test_client_disconnect_mid_stream_cancels_the_anthropic_upstream(gw: GatewayThread,
+                                                                    upstreams: dict[str, BackgroundServer]) -> None:
+    """Both translations (Anthropic → OpenAI chunks → Anthropic events) pass the disconnect on at once."""
+    emu = upstreams["anthropic"]
+    emu.state.faults = FaultPlan(chunk_delay_ms=200)
+    emu.state.cancelled = 0
+    body = orjson.dumps({"model": "claude", "max_tokens": 50, "stream": True,
+                         "messages": [{"role": "user", "content": "a b c d e f g h"}]})
+    s = socket.create_connection(("127.0.0.1", gw.port))
+    s.sendall(b"POST /v1/messages HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+              b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    assert b"200 OK" in s.recv(4096)
+    s.close()
+    deadline = time.monotonic() + 3
+    while emu.state.cancelled == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert emu.state.cancelled == 1 and emu.state.in_flight == 0

@@ -521,3 +521,27 @@ def test_incomplete_aws_config_is_a_config_error_naming_the_deployment(
     with pytest.raises(ConfigError) as e:
         asyncio.run(build())
     assert e.value.errors[0].startswith("models[0].deployments[0]: ") and message in e.value.errors[0]
+
+
+# ---- other client formats ---------------------------------------------------------------------------------
+
+def test_anthropic_sdk_through_messages_api_to_bedrock(gw: GatewayThread, emu: BackgroundServer) -> None:
+    import anthropic
+
+    claude = anthropic.Anthropic(api_key="client-key", base_url=gw.url, max_retries=0)
+    tools: Any = [{"name": "get_weather", "input_schema": TOOLS[0]["function"]["parameters"]}]
+    first = claude.messages.create(model="claude", max_tokens=100, tools=tools, tool_choice={"type": "any"},
+                                   system="Be brief.", messages=[{"role": "user", "content": "Lima"}])
+    assert first.stop_reason == "tool_use"
+    use: Any = next(b for b in first.content if b.type == "tool_use")
+    assert use.input == {"city": "Lima"}
+    sent_first = check_converse(emu)
+    assert sent_first["system"] == [{"text": "Be brief."}] and sent_first["toolConfig"]["toolChoice"] == {"any": {}}
+    msgs: Any = [{"role": "user", "content": "Lima"}, {"role": "assistant", "content": first.content},
+                 {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "mild"}]}]
+    with claude.messages.stream(model="claude", max_tokens=100, tools=tools, messages=msgs) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == "The tool returned: mild" and final.stop_reason == "end_turn"
+    assert final.usage.input_tokens > 0 and final.usage.output_tokens > 0
+    check_converse(emu, "converse-stream")

@@ -21,6 +21,7 @@ from relaygate.config import ConfigError, parse_config
 from relaygate.errors import AuthError, Unavailable
 from relaygate.testing.base import BackgroundServer, FaultPlan
 from relaygate.testing.bedrock import (
+    PEERS_KEY,
     TEST_ACCESS_KEY,
     TEST_API_KEY,
     TEST_SECRET_KEY,
@@ -309,6 +310,14 @@ def test_stream_cut_mid_message_ends_with_an_error_event(client: openai.OpenAI, 
         list(client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "a b"}],
                                             stream=True))
     assert "stream" in e.value.message
+
+
+def test_finished_streams_give_their_connection_back_for_reuse(client: openai.OpenAI, emu: BackgroundServer) -> None:
+    ports = emu.app[PEERS_KEY]
+    for model in ("claude", "claude", "agent", "agent"):
+        list(client.chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}], stream=True))
+    client.chat.completions.create(model="agent", messages=[{"role": "user", "content": "x"}])
+    assert len(set(ports[-5:])) == 1  # one keep-alive connection (one TLS handshake with AWS) served all five
 
 
 def test_client_disconnect_closes_the_bedrock_stream(gw: GatewayThread, emu: BackgroundServer) -> None:

@@ -397,6 +397,7 @@ def titan_embedding(req: Any) -> dict[str, Any]:
 
 SESSIONS_KEY: web.AppKey[dict[str, int]] = web.AppKey("bedrock_agent_sessions", dict)
 CACHE_KEY: web.AppKey[set[str]] = web.AppKey("bedrock_prompt_cache", set)
+PEERS_KEY: web.AppKey[list[int]] = web.AppKey("bedrock_client_ports", list)  # per request: was a connection reused?
 
 
 def create_app(options: BedrockEmulatorOptions | None = None, state: EmulatorState | None = None) -> web.Application:
@@ -405,11 +406,16 @@ def create_app(options: BedrockEmulatorOptions | None = None, state: EmulatorSta
     app = new_app(state)
     app[SESSIONS_KEY] = {}
     app[CACHE_KEY] = set()
+    app[PEERS_KEY] = []
 
     async def admit(request: web.Request) -> tuple[Any, FaultPlan | None]:
         """Record, verify the signature, apply faults; the parsed JSON body and the fault plan."""
         raw = await request.read()
         request.app[STATE_KEY].remember(request, raw)
+        peers = request.app[PEERS_KEY]
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        peers.append(int(peer[1]) if peer else 0)
+        del peers[:-1000]
         verify_signature(request, raw, opts)
         plan = request.app[STATE_KEY].take_fault(request.path)
         await apply_latency(plan)

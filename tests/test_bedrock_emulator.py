@@ -158,10 +158,11 @@ def test_invoke_model_titan_embeddings(emu: BackgroundServer) -> None:
 def test_invoke_agent_chunks_and_session(emu: BackgroundServer) -> None:
     agent = client(emu, "bedrock-agent-runtime")
     for turn in (1, 2):
-        r = agent.invoke_agent(agentId="A1", agentAliasId="TSTALIASID", sessionId="sess-1", inputText="ça va?")
+        r = agent.invoke_agent(agentId="A1", agentAliasId="TSTALIASID", sessionId="sess-1", inputText="ça va?",
+                               streamingConfigurations={"streamFinalResponse": turn == 2})
         assert r["sessionId"] == "sess-1"
         chunks = [e["chunk"]["bytes"] for e in r["completion"]]
-        assert len(chunks) > 1
+        assert len(chunks) == (1 if turn == 1 else 3)
         assert b"".join(chunks).decode() == f"Agent A1 answered: ça va? [session turn {turn}]"
 
 

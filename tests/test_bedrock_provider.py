@@ -304,6 +304,23 @@ def test_exception_frame_before_any_event_is_still_an_http_error(client: openai.
     assert e.value.status_code == 503 and "unable to process" in e.value.message
 
 
+@pytest.mark.parametrize("headers,payload,kind,status", [
+    ({":message-type": "exception", ":exception-type": "modelStreamErrorException"},
+     b'{"message": "model failed", "originalStatusCode": 500}', "unavailable", 502),
+    ({":message-type": "exception", ":exception-type": "validationException"},
+     b'{"message": "Input is too long for requested model."}', "context_too_long", 400),
+    ({":message-type": "exception", ":exception-type": "throttlingException"}, b"", "rate_limited", 429),
+    ({":message-type": "error", ":error-code": "InternalFailure", ":error-message": "boom"}, b"", "unavailable", 500),
+])
+def test_stream_exception_and_error_frames_map_to_gateway_errors(gw: GatewayThread, headers: dict[str, str],
+                                                                 payload: bytes, kind: str, status: int) -> None:
+    from relaygate.providers.aws_eventstream import EventMessage
+
+    provider = next(d.provider for d in gw.gateway.deployments() if d.model_name == "claude")
+    err = provider.stream_exception(EventMessage(headers, payload))
+    assert (err.kind, err.status) == (kind, status) and err.message
+
+
 def test_stream_cut_mid_message_ends_with_an_error_event(client: openai.OpenAI, emu: BackgroundServer) -> None:
     emu.state.faults = FaultPlan(disconnect_after_chunks=2, count=1)
     with pytest.raises(openai.APIError) as e:
@@ -376,10 +393,14 @@ def test_agent_stream_sends_only_the_last_user_message_and_keeps_the_conversatio
     assert text == "Agent AGENT1 answered: first question [session turn 1]"
     assert chunks[-1].choices == [] and chunks[-1].usage is None
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
-    convo += [{"role": "assistant", "content": text}, {"role": "user", "content": "second"}]
+    second = "second " + "é" * 25  # the emulator's byte-sliced chunks split an "é" in two: rejoined here
+    convo += [{"role": "assistant", "content": text}, {"role": "user", "content": second}]
     text, _ = ask()
-    assert text == "Agent AGENT1 answered: second [session turn 2]"
-    assert sent(emu, "text")[-1]["json"] == {"inputText": "second"}
+    assert text == f"Agent AGENT1 answered: {second} [session turn 2]"
+    assert sent(emu, "text")[-1]["json"] == {"inputText": second,
+                                             "streamingConfigurations": {"streamFinalResponse": True}}
+    assert_botocore_accepts("bedrock-agent-runtime", "InvokeAgent", sent(emu, "text")[-1], agentId="AGENT1",
+                            agentAliasId="ALIAS1", sessionId=sent(emu, "text")[-1]["path"].split("/")[-2])
     convo[:] = [{"role": "user", "content": "another chat"}]  # a new conversation: a new session
     other, _ = ask()
     assert other.endswith("[session turn 1]")

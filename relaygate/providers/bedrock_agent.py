@@ -75,7 +75,10 @@ class BedrockAgentProvider(AwsProvider):
         if not text.strip():
             raise BadRequest("a Bedrock agent needs a user message with text", param="messages")
         session = session_id(call, call.deployment.name)
-        resp = await self.post_json(call, self._agent_path + session + "/text", {"inputText": text})
+        request: dict[str, Any] = {"inputText": text}
+        if call.stream:  # without it the agent sends its whole answer as one chunk at the end
+            request["streamingConfigurations"] = {"streamFinalResponse": True}
+        resp = await self.post_json(call, self._agent_path + session + "/text", request)
         headers = {**USAGE_HEADERS, SESSION_HEADER: session}
         events = _texts(self.events(resp))
         if not call.stream:

@@ -499,7 +499,9 @@ def create_app(options: BedrockEmulatorOptions | None = None, state: EmulatorSta
         elif key in sessions or len(sessions) < 10_000:
             sessions[key] = turn
         text = f"Agent {agent} answered: {req['inputText']} [session turn {turn}]".encode()
-        step = max(1, len(text) // 3 + 1)  # byte slices: a character may straddle two chunks, as on the wire
+        streaming = bool((req.get("streamingConfigurations") or {}).get("streamFinalResponse"))
+        # streamed: byte slices, so a character may straddle two chunks; else the answer comes as one chunk
+        step = max(1, len(text) // 3 + 1) if streaming else len(text)
         frames = [es.event("chunk", orjson.dumps({"bytes": base64.b64encode(text[i:i + step]).decode()}))
                   for i in range(0, len(text), step)]
         return await stream(request, frames, plan, AGENT_STREAM_EXCEPTIONS, {

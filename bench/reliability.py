@@ -9,8 +9,9 @@ on 30% of calls) and ``down`` (a closed port: connection refused). Every setting
 (round robin; each deployment tried at most once per call; breaker: 5 failures in a row) except the
 breaker's cool-down, shortened (``--cooldown``) so that half-open probes happen during the run.
 
-It sends the same load directly to a healthy emulator, then through relaygate, and reports: the share of
-requests that succeeded, latency p50/p99 of both and the p99 relaygate adds, and the calls relaygate sent to
+It sends the same load directly to a healthy emulator, through relaygate to a lone healthy deployment
+(``clean``: the gateway's own cost), then to ``m``, and reports: the share of requests that succeeded,
+latency p50/p99 and the p99 relaygate adds (over direct, and over ``clean``), and the calls relaygate sent to
 the ``down`` deployment after its breaker had opened (read from ``GET /health/providers``, polled every
 50 ms while the load runs, so a call may be counted on either side of the opening within that interval).
 """
@@ -70,7 +71,9 @@ def config(healthy: int, flaky: int, down: int, cooldown: float) -> dict[str, An
                 "api_key": KEY, "timeout": 10}
 
     return {"models": [{"name": "m", "breaker": {"cooldown": cooldown},
-                        "deployments": [dep("healthy", healthy), dep("flaky", flaky), dep("down", down)]}]}
+                        "deployments": [dep("healthy", healthy), dep("flaky", flaky), dep("down", down)]},
+                       # the same gateway with nothing failing: what relaygate adds by itself
+                       {"name": "clean", "deployments": [dep("clean", healthy)]}]}
 
 
 async def load(session: aiohttp.ClientSession, url: str, body: dict[str, Any], n: int,
@@ -157,6 +160,9 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             direct_url = f"http://127.0.0.1:{ports['direct']}/v1/chat/completions"
             await load(session, direct_url, BODY, 500, args.concurrency)  # warm-up
             direct = await load(session, direct_url, BODY, args.requests, args.concurrency)
+            await load(session, gw + "/v1/chat/completions", {**BODY, "model": "clean"}, 500, args.concurrency)
+            clean = await load(session, gw + "/v1/chat/completions", {**BODY, "model": "clean"}, args.requests,
+                               args.concurrency)
             stop = asyncio.Event()
             watcher = asyncio.ensure_future(watch_down(session, gw + "/health/providers", stop))
             through = await load(session, gw + "/v1/chat/completions", {**BODY, "model": "m"}, args.requests,
@@ -180,9 +186,10 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     return {
         "requests": args.requests, "concurrency": args.concurrency, "cooldown_s": args.cooldown,
         "success_share": round(ok / args.requests, 6),
-        "direct": direct, "relaygate": through,
+        "direct": direct, "relaygate": through, "relaygate_no_faults": clean,
         "added_p50_ms": round(through["p50_ms"] - direct["p50_ms"], 2),
         "added_p99_ms": round(through["p99_ms"] - direct["p99_ms"], 2),
+        "added_p99_ms_by_the_faults": round(through["p99_ms"] - clean["p99_ms"], 2),
         "down": {"calls_total": down_total, "calls_before_open": opened_at,
                  "calls_after_open": None if opened_at is None else down_total - opened_at,
                  "opened_after_s": seen["opened_at_s"], "breaker_states_seen": seen["states"]},

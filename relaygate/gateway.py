@@ -15,6 +15,7 @@ from .providers import provider_class
 from .routing.deployment import Deployment
 from .routing.health import HealthChecker, health_checks
 from .routing.router import ModelTable, Router
+from .routing.strategies import catalog_price
 
 log = logging.getLogger("relaygate")
 
@@ -57,6 +58,7 @@ class Gateway:
         self.router = Router(self.table, config)
         self.health = HealthChecker(health_checks(config, self.table.models))
         self.accounting = Accounting(config)  # database, request log, keys, limits, cost
+        self.router.price_of = catalog_price(self.accounting.prices)  # what the cost strategy compares
         self.pipeline: Handler = self.accounting.wrap(self.router, self.table)
         self.redis: Any = None  # redis.asyncio.Redis when state.redis_url is set (shared by all layers)
         self.ready = False

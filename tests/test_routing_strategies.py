@@ -114,11 +114,18 @@ def test_least_latency_of_streams_is_time_to_first_token(three: list[BackgroundS
 def test_cost_sends_everything_to_the_cheapest_priced_deployment(three: list[BackgroundServer]) -> None:
     cfg = model("cost", [
         dep(three[0], "dear", input_cost_per_token=3e-6, output_cost_per_token=12e-6),
-        dep(three[1], "cheap", input_cost_per_token=0.15e-6, output_cost_per_token=0.6e-6),
-        dep(three[2], "unpriced"),
+        dep(three[1], "cheap", input_cost_per_token=0.1e-6, output_cost_per_token=0.4e-6),
+        dep(three[2], "catalog"),  # gpt-4o-mini at the catalog's 0.15 + 0.6 per million
     ])
     out = with_gateway(cfg, lambda gw: drive(gw, "m", N, concurrency=8))
     assert out.served == {"cheap": N}
+
+
+def test_cost_reads_catalog_prices_when_the_config_has_none(three: list[BackgroundServer]) -> None:
+    cfg = model("cost", [dep(three[0], "big", model="gpt-4o"), dep(three[1], "small", model="gpt-4o-mini"),
+                         dep(three[2], "mid", model="gpt-4.1")])
+    out = with_gateway(cfg, lambda gw: drive(gw, "m", 200, concurrency=4))
+    assert out.served == {"small": 200}
 
 
 def test_cost_uses_the_price_function_the_router_is_given(three: list[BackgroundServer]) -> None:

@@ -64,3 +64,24 @@ def test_provider_is_unavailable_once_its_deployments_cannot_take_traffic(
     before, after = asyncio.run(go())
     assert all(p["available"] for p in before["providers"])
     assert not any(p["available"] for p in after["providers"])
+
+
+def test_provider_whose_breaker_opened_is_unavailable(start_gateway: Callable[..., GatewayThread],
+                                                      openai_emulator: BackgroundServer) -> None:
+    from relaygate.testing.cohere import create_app as cohere_app
+
+    with BackgroundServer(cohere_app()) as cohere:
+        httpx.post(cohere.url + "/_emulator/faults", json={"status": 503})
+        gw = start_gateway({"models": [
+            {"name": "command", "breaker": {"enabled": True, "failures": 1, "cooldown": 60},
+             "deployments": [{"provider": "cohere", "model": "command-a-03-2025", "api_base": cohere.url}]},
+            openai_model("gpt", openai_emulator)]})
+        before = httpx.get(gw.url + "/v1/providers").json()["providers"]
+        assert [p["available"] for p in before] == [True, True]
+        r = httpx.post(gw.base_url + "/chat/completions",
+                       json={"model": "command", "messages": [{"role": "user", "content": "x"}]})
+        assert r.status_code == 503
+        body = httpx.get(gw.url + "/v1/providers").json()
+        assert body["providers"] == [{"name": "cohere", "available": False, "default_model": "command"},
+                                     {"name": "openai", "available": True, "default_model": "gpt"}]
+        assert body["default"] == "cohere"  # the first configured, available or not

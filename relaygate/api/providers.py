@@ -2,29 +2,32 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from ..http import Request, Response, json_response
-from ..routing.router import WILDCARD
+from ..routing.router import WILDCARD, takes_calls
 
 if TYPE_CHECKING:
     from ..gateway import Gateway
     from ..routing.deployment import Deployment
 
 
-def accepts_traffic(dep: Deployment) -> bool:
-    """Whether routing may send this deployment a call now (circuit breaker and health state belong here)."""
-    return not dep.provider.session.closed
+def accepts_traffic(dep: Deployment, now: float) -> bool:
+    """Whether this deployment can take a call now: the router's own rule (health checks, breaker, limits),
+    and an open upstream connection pool."""
+    return takes_calls(dep, now) and not dep.provider.session.closed
 
 
 def providers_body(gw: Gateway) -> dict[str, Any]:
     """Providers in config order; ``default_model`` is the first model name a client can send to it."""
     found: dict[str, dict[str, Any]] = {}
+    now = time.monotonic()
     for model_name, deps in gw.table.models.items():
         for dep in deps:
             entry = found.setdefault(dep.provider_type, {"name": dep.provider_type, "available": False,
                                                          "default_model": None})
-            entry["available"] = entry["available"] or accepts_traffic(dep)
+            entry["available"] = entry["available"] or accepts_traffic(dep, now)
             if entry["default_model"] is None and model_name != WILDCARD:
                 entry["default_model"] = model_name
     providers = list(found.values())

@@ -208,6 +208,11 @@ class Router:
         raise _none_available(route.name, deps, reason, now)
 
 
+def takes_calls(dep: Deployment, now: float) -> bool:
+    """Whether the router would send ``dep`` a call now (healthy, under its limits, breaker not open)."""
+    return bool(_available((dep,), (), now)[0])
+
+
 def _available(deps: Iterable[Deployment], exclude: Iterable[Deployment],
                now: float) -> tuple[list[Deployment], str | None]:
     """Deployments that may take a call now (non-cooling ones first), and why the others may not."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import resource
 import shutil
@@ -37,6 +38,7 @@ class Ctx:
     procs: list[Proc] = field(default_factory=list)  # everything the bench started and still runs
     max_foreign_pct: float = 15.0
     retries: int = 1
+    busy_strikes: int = 0  # measurements in a row still disturbed after their retries
     profile_to: Path | None = None  # set by the runner around the loads it wants profiled
     current: Proc | None = None  # the target under load, set by Scenario.measure
 
@@ -303,6 +305,10 @@ def run_load(ctx: Ctx, url: str, load: Load, seconds: float) -> dict[str, float]
         # in % of one core: the runner repeats a measurement when this is high.
         "foreign_pct": max(0.0, 100 * (all_busy - (ours_after - ours_before)) / window),
     }
+    if not raw["requests"]:  # nothing answered in the whole window: every client failed
+        res.update(p50_ms=math.nan, p99_ms=math.nan, errors=res["errors"] + load.conns)
+    if ctx.current is not None:
+        settle(ctx.current)
     if target_ticks and raw["requests"]:
         # Robust to other load on the machine, unlike the rate: what one request costs the target.
         res["cpu_us"] = target_ticks / CLK_TCK * 1e6 / raw["requests"]
@@ -315,6 +321,19 @@ def run_load(ctx: Ctx, url: str, load: Load, seconds: float) -> dict[str, float]
     if ctx.verbose:
         ctx.log(f"    {' '.join(argv[:6])}… -> {json.dumps(raw)}")
     return res
+
+
+def settle(proc: Proc, limit_s: float = 30.0) -> None:
+    """Wait until the target has worked off requests the load generator abandoned at its deadline
+    (an overloaded gateway keeps serving them), so they do not slow the next measurement."""
+    deadline = time.perf_counter() + limit_s
+    last = proc.ticks()
+    while time.perf_counter() < deadline:
+        time.sleep(0.2)
+        now = proc.ticks()
+        if now - last <= 0.2 * CLK_TCK * 0.1:  # under 10 % of a core
+            return
+        last = now
 
 
 def cpu_times() -> dict[int, tuple[int, int]]:

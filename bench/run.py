@@ -38,7 +38,7 @@ from harness import (  # noqa: E402
 from profsum import summarize  # noqa: E402
 from scenarios import PROCESS_FIGURES, SCENARIOS, TARGET_WARMUP, Figure, Scenario  # noqa: E402
 
-DEFAULT_VARIANTS = ("relaygate", "relaygate-nolog")  # files in bench/variants/
+DEFAULT_VARIANTS = {"relaygate": "relaygate.yaml", "nolog": "relaygate-nolog.yaml"}  # in bench/variants/
 LITELLM_CANDIDATES = ("/work/litellm-venv/bin/python", "~/litellm-venv/bin/python", "~/.litellm-venv/bin/python")
 
 # Pass/fail lines printed under the table: (label, gateway metric, other target, minimum ratio).
@@ -75,8 +75,10 @@ def start_target(ctx: Ctx, target: Target) -> bool:
         ctx.procs.append(target.proc)
         target.results["startup_s"] = target.proc.startup_s
         target.results["idle_rss_mib"] = target.proc.memory_mib()[0]
+    ctx.current = target.proc
     for load in TARGET_WARMUP:
         run_load(ctx, target.url(ctx), load, load.seconds * ctx.scale)
+    ctx.current = None
     ctx.log(f"   {target.name} up" + (f" in {target.proc.startup_s:.2f}s" if target.proc else ""))
     return True
 
@@ -220,7 +222,8 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _interrupt)
     ap = argparse.ArgumentParser(description="relaygate benchmark (see bench/README.md)")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=CONFIG",
-                    help="a relaygate config to measure (repeatable); default: " + ", ".join(DEFAULT_VARIANTS))
+                    help="a relaygate config to measure (repeatable); default: "
+                    + ", ".join(f"{n}={f}" for n, f in DEFAULT_VARIANTS.items()))
     ap.add_argument("--no-relaygate", action="store_true", help="skip relaygate (measure only the others)")
     ap.add_argument("--with-litellm", metavar="PYTHON", help="python of a venv with litellm[proxy] (auto-detected)")
     ap.add_argument("--no-litellm", action="store_true")
@@ -258,7 +261,7 @@ def main() -> None:
 
     targets = [direct_target(), passthrough_target()]
     if not args.no_relaygate:
-        variants = args.variant or [f"{n}={BENCH_DIR / 'variants' / n}.yaml" for n in DEFAULT_VARIANTS]
+        variants = args.variant or [f"{n}={BENCH_DIR / 'variants' / f}" for n, f in DEFAULT_VARIANTS.items()]
         for v in variants:
             name, _, path = v.partition("=")
             targets.append(relaygate_target(name, Path(path), python=args.relaygate_python))

@@ -43,19 +43,24 @@ class Scenario:
             return self.run(ctx, target)
         assert self.load is not None
         url = target.url(ctx)
+        ctx.current = target.proc
         if self.warmup_s > 0:
             run_load(ctx, url, self.load, self.warmup_s * ctx.scale)
         ctx.profile_to = profile_to
-        ctx.current = target.proc
         tries: list[dict[str, float]] = []
         try:
             for attempt in range(ctx.retries + 1):
                 res = run_load(ctx, url, self.load, self.load.seconds * ctx.scale)
                 tries.append(res)
                 if res["foreign_pct"] <= ctx.max_foreign_pct:
+                    ctx.busy_strikes = 0
                     break
-                ctx.log(f"   {self.name}: other processes used {res['foreign_pct']:.0f}% of a core, "
-                        f"{'measuring again' if attempt < ctx.retries else 'keeping the quietest try'}")
+                if attempt == ctx.retries or ctx.busy_strikes >= 3:
+                    ctx.busy_strikes += 1
+                    if ctx.busy_strikes == 3:
+                        ctx.log("   the machine stays busy: no more measuring again (see the warnings)")
+                    break
+                ctx.log(f"   {self.name}: other processes used {res['foreign_pct']:.0f}% of a core, measuring again")
                 time.sleep(2)
         finally:
             ctx.profile_to, ctx.current = None, None

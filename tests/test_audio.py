@@ -172,3 +172,20 @@ def test_chunked_upload_over_the_limit_is_refused_while_reading(gateway, openai_
     data, _ = _raw_request(gateway, headers, body)
     assert data.startswith(b"HTTP/1.1 413"), data[:200]
     assert b"exceeds the limit" in data
+
+
+def test_azure_deployments_serve_audio_at_their_url_form(start_gateway):
+    from relaygate.testing.base import BackgroundServer
+    from relaygate.testing.openai import OpenAIEmulatorOptions, create_app
+
+    with BackgroundServer(create_app(OpenAIEmulatorOptions(api_key="azure-key-0123456789"))) as azure:
+        dep = {"provider": "azure", "api_base": azure.url, "api_key": "azure-key-0123456789"}
+        gw = start_gateway({"models": [{"name": "whisper", "deployments": [{**dep, "model": "my-whisper"}]},
+                                       {"name": "tts", "deployments": [{**dep, "model": "my-tts"}]}]})
+        c = client(gw)
+        assert c.audio.transcriptions.create(model="whisper", file=("a.wav", speech_wav("azure"))).text == "azure"
+        assert c.audio.speech.create(model="tts", voice="alloy", input="x", response_format="wav").content[:4] == b"RIFF"
+        stt, tts = azure.state.requests[-2:]
+        assert stt["path"] == "/openai/deployments/my-whisper/audio/transcriptions"
+        assert tts["path"] == "/openai/deployments/my-tts/audio/speech" and "api-version" in tts["query"]
+        assert stt["headers"]["api-key"] == "azure-key-0123456789" and "authorization" not in stt["headers"]

@@ -14,8 +14,6 @@ from relaygate.testing.openai import OpenAIEmulatorOptions, create_app
 from relaygate.testing.openai_audio import speech_audio, tone_pcm, wav_bytes
 from tests.conftest import openai_model
 
-pytest.importorskip("relaygate.routing.strategies")  # fallbacks come with the routing layer
-
 
 @pytest.fixture
 def kokoro():

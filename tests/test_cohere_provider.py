@@ -164,6 +164,8 @@ def test_stream_text_arrives_incrementally_with_usage(client: openai.OpenAI, emu
     assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 6
     assert len({c.id for c in chunks}) == 1
+    whole = client.chat.completions.create(model="command", messages=[{"role": "user", "content": "one two three"}])
+    assert chunks[0].id == whole.id and whole.id.startswith("chatcmpl-")  # both name Cohere's generation id
 
 
 def test_stream_tool_call_deltas(client: openai.OpenAI) -> None:

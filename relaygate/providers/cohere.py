@@ -96,14 +96,15 @@ class CohereProvider(Provider):
         body, headers = chat_request(call.body, model, call.stream)
         resp = await self._post(call, "/v2/chat", body)
         if call.stream:
-            return await self._start_stream(resp, headers, ChunkWriter(model, include_usage=call.wants_usage))
+            return await self._start_stream(resp, headers, model, call.wants_usage)
         data = await self.read_json_object(resp)
         reply = Reply(headers=headers, first_byte_at=time.monotonic())
         reply.usage = usage_of(data.get("usage"))
         reply.body = orjson.dumps(chat_completion(data, model, reply.usage))
         return reply
 
-    async def _start_stream(self, resp: aiohttp.ClientResponse, headers: dict[str, str], w: ChunkWriter) -> Reply:
+    async def _start_stream(self, resp: aiohttp.ClientResponse, headers: dict[str, str], model: str,
+                            include_usage: bool) -> Reply:
         """Wait for Cohere's first event before answering, so a stream that breaks at once is still retryable."""
         events = self._events(resp)
         try:
@@ -114,6 +115,8 @@ class CohereProvider(Provider):
         if first is None:
             resp.close()
             raise Unavailable("upstream cohere ended the stream before its first event", status=502)
+        cid = first.get("id")  # message-start names the generation, as the whole answer's id does
+        w = ChunkWriter(model, f"chatcmpl-{cid}" if isinstance(cid, str) and cid else None, include_usage)
         reply = Reply(media_type="text/event-stream", headers=headers, first_byte_at=time.monotonic())
         reply.stream = self._relay(resp, events, first, reply, w)
         return reply

@@ -397,3 +397,25 @@ def test_upstream_disconnect_mid_stream_is_reported(gw: GatewayThread, emu: Back
             "model": "claude", "stream": True, "messages": [{"role": "user", "content": "a b c d"}]})
     assert r.status_code == 200
     assert '"error"' in r.text and "[DONE]" not in r.text
+
+
+def test_probe_uses_the_free_count_tokens_and_reports_a_bad_key(emu: BackgroundServer) -> None:
+    from relaygate.errors import AuthError
+    from relaygate.gateway import new_session
+    from relaygate.providers.anthropic import AnthropicProvider
+
+    async def probe(key: str) -> BaseException | None:
+        cfg = parse_config({"models": [anthropic_model("c", emu, api_key=key)]}, {}).models[0].deployments[0]
+        session = new_session()
+        try:
+            await AnthropicProvider(cfg, session).probe()
+            return None
+        except Exception as e:
+            return e
+        finally:
+            await session.close()
+
+    emu.state.requests.clear()
+    assert asyncio.run(probe(KEY)) is None
+    assert emu.state.requests[-1]["path"] == "/v1/messages/count_tokens"
+    assert isinstance(asyncio.run(probe("sk-ant-wrong-key-0000000")), AuthError)

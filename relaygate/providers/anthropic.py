@@ -89,6 +89,18 @@ class AnthropicProvider(Provider):
                 headers["x-api-key"] = key
         self._headers = headers
 
+    async def probe(self) -> None:
+        """``count_tokens`` on the deployment's model: free, and fails the way a real call would."""
+        model = self.config.model
+        if model == "*":
+            return
+        call = Call(id="probe", route="probe", model=model, body={})
+        data = orjson.dumps({"model": model, "messages": [{"role": "user", "content": "ping"}]})
+        resp = await self.request(call, "POST", self.url + "/count_tokens", headers=self._headers, data=data)
+        if resp.status >= 400:
+            raise await self.upstream_error(resp)
+        resp.release()
+
     async def chat(self, call: Call) -> Reply:
         assert call.deployment is not None
         model = call.deployment.upstream_model(call.model)

@@ -419,3 +419,17 @@ def test_probe_uses_the_free_count_tokens_and_reports_a_bad_key(emu: BackgroundS
     assert asyncio.run(probe(KEY)) is None
     assert emu.state.requests[-1]["path"] == "/v1/messages/count_tokens"
     assert isinstance(asyncio.run(probe("sk-ant-wrong-key-0000000")), AuthError)
+
+
+def test_cache_control_on_tool_messages_goes_on_the_tool_result(client: openai.OpenAI, emu: BackgroundServer) -> None:
+    calls = [{"id": "call_0", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]
+    r = client.chat.completions.create(model="claude", tools=TOOLS, messages=[  # type: ignore[arg-type]
+        {"role": "user", "content": "Paris", "cache_control": {"type": "ephemeral"}},
+        {"role": "assistant", "content": None, "tool_calls": calls},
+        {"role": "tool", "tool_call_id": "call_0",
+         "content": [{"type": "text", "text": "sunny", "cache_control": {"type": "ephemeral"}}]}])
+    assert r.choices[0].message.content == "The tool returned: sunny"
+    msgs = sent(emu)["json"]["messages"]
+    assert msgs[0]["content"][-1]["cache_control"] == {"type": "ephemeral"}  # message-level mark
+    result = msgs[2]["content"][0]
+    assert result["cache_control"] == {"type": "ephemeral"} and "cache_control" not in result["content"][0]

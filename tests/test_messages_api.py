@@ -240,6 +240,7 @@ def test_anthropic_sdk_to_an_anthropic_model_round_trips(client: anthropic.Anthr
                                 messages=[{"role": "user", "content": "Oslo"}]) as s:
         final = s.get_final_message()
     assert [b.type for b in final.content] == ["text", "tool_use"]
+    assert final.id.startswith("msg_") and not final.id.startswith("msg_msg_")
     assert final.content[0].text == "I'll use get_weather."  # type: ignore[union-attr]
     assert final.content[1].input == {"city": "Oslo"}  # type: ignore[union-attr]
     sent = upstreams["anthropic"].state.requests[-1]
@@ -263,3 +264,30 @@ def test_client_disconnect_mid_stream_cancels_the_anthropic_upstream(gw: Gateway
     while emu.state.cancelled == 0 and time.monotonic() < deadline:
         time.sleep(0.02)
     assert emu.state.cancelled == 1 and emu.state.in_flight == 0
+
+
+def test_prompt_caching_works_through_to_an_anthropic_model(client: anthropic.Anthropic,
+                                                            upstreams: dict[str, BackgroundServer]) -> None:
+    system: Any = [{"type": "text", "text": "a long and stable system prompt for caching",
+                    "cache_control": {"type": "ephemeral"}}]
+    first = client.messages.create(model="claude", max_tokens=50, system=system, tools=TOOLS,
+                                   messages=[{"role": "user", "content": "Oslo"}])
+    use = first.content[-1]
+    assert use.type == "tool_use"
+    turn: Any = [{"role": "user", "content": "Oslo"}, {"role": "assistant", "content": first.content},
+                 {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "cold",
+                                               "cache_control": {"type": "ephemeral"}}]}]
+    second = client.messages.create(model="claude", max_tokens=50, system=system, tools=TOOLS, messages=turn)
+    assert second.content[0].text.startswith("The tool returned: cold")  # type: ignore[union-attr]
+    assert second.usage.cache_read_input_tokens == 18  # tools + system, written by the first call
+    assert (second.usage.cache_creation_input_tokens or 0) > 0  # and the new breakpoint on the tool result
+    sent = upstreams["anthropic"].state.requests[-1]["json"]
+    assert sent["system"] == system
+    assert sent["messages"][2]["content"][0]["cache_control"] == {"type": "ephemeral"}
+
+
+def test_cache_control_is_not_sent_to_openai_models(client: anthropic.Anthropic,
+                                                    upstreams: dict[str, BackgroundServer]) -> None:
+    system: Any = [{"type": "text", "text": "stable", "cache_control": {"type": "ephemeral"}}]
+    client.messages.create(model="gpt", max_tokens=50, system=system, messages=[{"role": "user", "content": "x"}])
+    assert b"cache_control" not in orjson.dumps(openai_sent(upstreams))

@@ -40,8 +40,10 @@ def anthropic_error(err: GatewayError, request_id: str) -> Response:
 
 async def messages(gw: Gateway, req: Request) -> Response | StreamResponse:
     try:
-        body = object_body(await req.json(gw.config.server.max_body_bytes))
-        request, dropped = to_openai_request(body)
+        limit = gw.config.server.max_body_bytes
+        body = object_body(await req.json(limit))
+        keep_cache = b'"cache_control"' in await req.body(limit) and _understands_cache_control(gw, body)
+        request, dropped = to_openai_request(body, keep_cache)
         if isinstance(body.get("provider"), str):
             request["provider"] = body["provider"]  # relaygate's explicit-provider field, as on /chat
         call = chat_call(gw, req, request)
@@ -69,6 +71,27 @@ async def messages(gw: Gateway, req: Request) -> Response | StreamResponse:
         return _replay(call, reply, data, headers)
     message = to_anthropic_message(data, reply.usage, call.model)
     return Response(orjson.dumps(message), 200, headers, reply=reply)
+
+
+CACHE_AWARE_PROVIDERS = frozenset(("anthropic",))
+
+
+def _understands_cache_control(gw: Gateway, body: dict[str, Any]) -> bool:
+    """Whether every deployment that may serve the call (fallbacks included) takes ``cache_control``."""
+    model, provider = body.get("model"), body.get("provider")
+    if not isinstance(model, str):
+        return False
+    try:
+        deps = gw.table.resolve(Call(id="", route="chat", model=model, body={},
+                                     provider=provider if isinstance(provider, str) else None))
+    except GatewayError:
+        return False
+    names = {deps[0].model_name}
+    for m in gw.config.models:
+        if m.name in names:
+            names.update(n for f in m.fallbacks for n in f.models)
+            break
+    return all(d.provider_type in CACHE_AWARE_PROVIDERS for n in names for d in gw.table.models.get(n, ()))
 
 
 def _replay(call: Call, reply: Reply, data: dict[str, Any], headers: dict[str, str]) -> StreamResponse:

@@ -27,8 +27,11 @@ def require(body: dict[str, Any], name: str, kind: type | tuple[type, ...], what
     return value
 
 
-def to_openai_request(body: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """(OpenAI chat body, names of dropped fields) for an Anthropic Messages request."""
+def to_openai_request(body: dict[str, Any], keep_cache: bool = False) -> tuple[dict[str, Any], list[str]]:
+    """(OpenAI chat body, names of dropped fields) for an Anthropic Messages request.
+
+    ``keep_cache``: carry ``cache_control`` marks over (on content parts and tools) for upstreams that
+    understand them (relaygate's anthropic provider); otherwise they are left out."""
     model = require(body, "model", str, "a valid string")
     max_tokens = require(body, "max_tokens", int, "a valid integer")
     messages = require(body, "messages", list, "a valid list")
@@ -37,9 +40,9 @@ def to_openai_request(body: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     out: list[dict[str, Any]] = []
     system = body.get("system")
     if system:
-        out.append({"role": "system", "content": _system_text(system)})
+        out.append({"role": "system", "content": _system_content(system, keep_cache)})
     for i, m in enumerate(messages):
-        _message(m, i, out)
+        _message(m, i, out, keep_cache)
     req: dict[str, Any] = {"model": model, "messages": out, "max_completion_tokens": max_tokens}
     dropped = [name for name in DROPPED if body.get(name) is not None]
     for name in ("temperature", "top_p"):
@@ -50,7 +53,8 @@ def to_openai_request(body: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         req["stop"] = stops
     tools = body.get("tools")
     if tools:
-        req["tools"] = [_tool(t, i) for i, t in enumerate(tools)] if isinstance(tools, list) else _bad("tools")
+        req["tools"] = [_tool(t, i, keep_cache) for i, t in enumerate(tools)] if isinstance(tools, list) \
+            else _bad("tools")
         choice = body.get("tool_choice")
         if choice is not None:
             req.update(_tool_choice(choice))
@@ -70,12 +74,22 @@ def _bad(name: str) -> Any:
     raise BadRequest(f"{name}: Input should be a valid list", param=name)
 
 
-def _system_text(system: Any) -> str:
+def _system_content(system: Any, keep_cache: bool) -> str | list[dict[str, Any]]:
     if isinstance(system, str):
         return system
     if isinstance(system, list):
-        return "\n\n".join(str(b.get("text", "")) for b in system if isinstance(b, dict) and b.get("type") == "text")
+        blocks = [b for b in system if isinstance(b, dict) and b.get("type") == "text"]
+        if keep_cache and any("cache_control" in b for b in blocks):
+            return [_text_part(b, True) for b in blocks]
+        return "\n\n".join(str(b.get("text", "")) for b in blocks)
     raise BadRequest("system: Input should be a valid string or a list of text blocks", param="system")
+
+
+def _text_part(block: dict[str, Any], keep_cache: bool) -> dict[str, Any]:
+    part: dict[str, Any] = {"type": "text", "text": str(block.get("text", ""))}
+    if keep_cache and "cache_control" in block:
+        part["cache_control"] = block["cache_control"]
+    return part
 
 
 def _image_part(block: dict[str, Any], where: str) -> dict[str, Any]:
@@ -116,7 +130,7 @@ def _tool_result_text(block: dict[str, Any], where: str) -> tuple[str, list[dict
     return ("Error: " + text if block.get("is_error") else text), images
 
 
-def _message(m: Any, i: int, out: list[dict[str, Any]]) -> None:
+def _message(m: Any, i: int, out: list[dict[str, Any]], keep_cache: bool) -> None:
     where = f"messages.{i}"
     if not isinstance(m, dict):
         raise BadRequest(f"{where}: Input should be a valid dictionary", param=where)
@@ -130,12 +144,16 @@ def _message(m: Any, i: int, out: list[dict[str, Any]]) -> None:
         for j, b in enumerate(_blocks(content, where)):
             kind = b.get("type")
             if kind == "text":
-                parts.append({"type": "text", "text": str(b.get("text", ""))})
+                parts.append(_text_part(b, keep_cache))
             elif kind == "image":
                 parts.append(_image_part(b, f"{where}.content.{j}"))
             elif kind == "tool_result":
                 text, images = _tool_result_text(b, f"{where}.content.{j}")
-                out.append({"role": "tool", "tool_call_id": str(b.get("tool_use_id", "")), "content": text})
+                tool: dict[str, Any] = {"role": "tool", "tool_call_id": str(b.get("tool_use_id", "")),
+                                        "content": text}
+                if keep_cache and "cache_control" in b:
+                    tool["cache_control"] = b["cache_control"]
+                out.append(tool)
                 parts.extend(images)
             elif kind == "document" and isinstance(b.get("source"), dict) and b["source"].get("type") == "text":
                 parts.append({"type": "text", "text": str(b["source"].get("data", ""))})
@@ -167,7 +185,7 @@ def _message(m: Any, i: int, out: list[dict[str, Any]]) -> None:
         raise BadRequest(f"{where}.role: Input should be 'user' or 'assistant'", param=f"{where}.role")
 
 
-def _tool(t: Any, i: int) -> dict[str, Any]:
+def _tool(t: Any, i: int, keep_cache: bool) -> dict[str, Any]:
     if not isinstance(t, dict) or not isinstance(t.get("name"), str):
         raise BadRequest(f"tools.{i}.name: Field required", param=f"tools.{i}")
     if t.get("type") not in (None, "custom"):
@@ -176,7 +194,10 @@ def _tool(t: Any, i: int) -> dict[str, Any]:
     fn: dict[str, Any] = {"name": t["name"], "parameters": t.get("input_schema") or {"type": "object"}}
     if t.get("description"):
         fn["description"] = t["description"]
-    return {"type": "function", "function": fn}
+    out: dict[str, Any] = {"type": "function", "function": fn}
+    if keep_cache and "cache_control" in t:
+        out["cache_control"] = t["cache_control"]
+    return out
 
 
 def _tool_choice(choice: Any) -> dict[str, Any]:
@@ -202,8 +223,11 @@ def _tool_choice(choice: Any) -> dict[str, Any]:
 # ---- replies -------------------------------------------------------------------------------------------
 
 def message_id(openai_id: Any) -> str:
+    """An Anthropic-style id for an OpenAI completion id (an Anthropic id wrapped by the provider comes back)."""
     s = str(openai_id or "")
-    return "msg_" + (s[len("chatcmpl-"):] if s.startswith("chatcmpl-") else s or os.urandom(12).hex())
+    if s.startswith("chatcmpl-"):
+        s = s[len("chatcmpl-"):]
+    return s if s.startswith("msg_") else "msg_" + (s or os.urandom(12).hex())
 
 
 def usage_block(usage: Usage | None, fallback: Any = None) -> dict[str, int]:

@@ -94,7 +94,9 @@ def convert_messages(messages: list[Any]) -> tuple[str | list[dict[str, Any]], l
         role = m.get("role")
         content = m.get("content")
         if role in ("system", "developer"):
-            system.extend(b for b in _text_blocks(content, param) if b["text"])
+            blocks = [b for b in _text_blocks(content, param) if b["text"]]
+            _message_cache_control(m, blocks)
+            system.extend(blocks)
             continue
         if role == "user":
             blocks = _user_blocks(content, param)
@@ -108,6 +110,7 @@ def convert_messages(messages: list[Any]) -> tuple[str | list[dict[str, Any]], l
                              "assistant or tool", param=f"{param}.role")
         if not blocks:
             continue
+        _message_cache_control(m, blocks)
         if out and out[-1]["role"] == role:
             out[-1]["content"].extend(blocks)
         else:
@@ -117,6 +120,13 @@ def convert_messages(messages: list[Any]) -> tuple[str | list[dict[str, Any]], l
     if len(system) == 1 and "cache_control" not in system[0]:
         return system[0]["text"], out
     return system, out
+
+
+def _message_cache_control(m: dict[str, Any], blocks: list[dict[str, Any]]) -> None:
+    """A message-level ``cache_control`` (a common OpenAI-format convention) marks its last block."""
+    cc = m.get("cache_control")
+    if cc is not None and blocks:
+        blocks[-1]["cache_control"] = cc
 
 
 def _text_blocks(content: Any, param: str) -> list[dict[str, Any]]:
@@ -225,7 +235,12 @@ def _tool_result(m: dict[str, Any], param: str) -> dict[str, Any]:
         if content:
             block["content"] = content
     elif isinstance(content, list):
-        block["content"] = _user_blocks(content, param)
+        inner = _user_blocks(content, param)
+        for b in inner:  # Anthropic takes cache_control on the tool_result only, never inside it
+            cc = b.pop("cache_control", None)
+            if cc is not None:
+                block["cache_control"] = cc
+        block["content"] = inner
     return block
 
 

@@ -188,6 +188,10 @@ def _validate_messages(messages: list[Any], version: str) -> None:
                 for k, inner in enumerate(_blocks(b.get("content", []))):
                     if inner.get("type") == "image":
                         _check_image(inner, f"{where}.content.{k}")
+                    if "cache_control" in inner:
+                        raise Invalid(f"{where}.tool_result.content.{k}.cache_control: cache_control may not be "
+                                      "specified within `tool_result.content`. Instead, place it directly on "
+                                      "`tool_result`")
             elif kind == "document":
                 if role == "assistant" and version != VERSION_2023:
                     raise Invalid(f"{where}: document blocks are not accepted in assistant messages")

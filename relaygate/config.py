@@ -93,6 +93,8 @@ class DeploymentConfig(_Strict):
     location: str | None = None
     agent_id: str | None = None
     agent_alias_id: str | None = None
+    guardrail_id: str | None = None  # bedrock: a guardrail applied to every Converse call (id or ARN)
+    guardrail_version: str | None = None  # bedrock: that guardrail's version (a number or DRAFT)
     # voice routing (text-to-speech): the voices this deployment serves (empty: any) and client voice ->
     # upstream voice renames (e.g. alloy -> af_sky on a local Kokoro server that stands in for OpenAI)
     voices: list[str] = Field(default_factory=list)

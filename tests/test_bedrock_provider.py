@@ -233,6 +233,23 @@ def test_cache_control_parts_become_cache_points_and_cached_tokens_are_reported(
     assert second.usage.prompt_tokens == first.usage.prompt_tokens  # cache reads count as prompt tokens
 
 
+def test_guardrail_from_config_is_applied_and_its_intervention_is_content_filter(
+        emu: BackgroundServer, start_gateway: Callable[..., GatewayThread]) -> None:
+    gw = start_gateway({"models": [{"name": "guarded", "deployments": [
+        bedrock_deployment(emu, guardrail_id="gr0abc123", guardrail_version="DRAFT")]}]})
+    c = openai.OpenAI(base_url=gw.base_url, api_key="k", max_retries=0)
+    ok = c.chat.completions.create(model="guarded", messages=[{"role": "user", "content": "fine topic"}])
+    assert ok.choices[0].finish_reason == "stop"
+    assert check_converse(emu)["guardrailConfig"] == {"guardrailIdentifier": "gr0abc123", "guardrailVersion": "DRAFT"}
+    blocked = c.chat.completions.create(model="guarded", messages=[{"role": "user", "content": "a forbidden topic"}])
+    assert blocked.choices[0].finish_reason == "content_filter"
+    assert blocked.choices[0].message.content == "Sorry, the model cannot answer this question."
+    chunks = list(c.chat.completions.create(model="guarded", messages=[{"role": "user", "content": "forbidden"}],
+                                            stream=True))
+    assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] == "content_filter"
+    check_converse(emu, "converse-stream")
+
+
 def test_json_schema_response_format_becomes_output_config(client: openai.OpenAI, emu: BackgroundServer) -> None:
     schema: Any = {"type": "object", "properties": {"a": {"type": "string"}}}
     client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "x"}],
@@ -525,6 +542,8 @@ def test_bedrock_api_key_is_sent_as_a_bearer_token_instead_of_sigv4(
     ({"provider": "bedrock", "model": "m", "aws_access_key_id": "AKIA1", "aws_secret_access_key": "s"},
      "AWS region missing"),
     ({"provider": "bedrock", "model": "m", "region": "r", "aws_access_key_id": "AKIA1"}, "given together"),
+    ({"provider": "bedrock", "model": "m", "region": "r", "api_key": "k", "guardrail_id": "g1"},
+     "guardrail_id and guardrail_version"),
     ({"provider": "bedrock_agent", "model": "a", "region": "r", "aws_access_key_id": "A",
       "aws_secret_access_key": "s"}, "agent_id and agent_alias_id"),
     ({"provider": "bedrock_agent", "model": "a", "region": "r", "api_key": "ABSKx", "agent_id": "A",

@@ -35,6 +35,13 @@ class BedrockProvider(AwsProvider):
     kind = "bedrock"
     endpoint_prefix = "bedrock-runtime"
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        gid, version = self.config.guardrail_id, self.config.guardrail_version
+        if bool(gid) != bool(version):
+            raise ValueError("guardrail_id and guardrail_version must be given together")
+        self.guardrail = {"guardrailIdentifier": gid, "guardrailVersion": version} if gid else None
+
     async def probe(self) -> None:
         """CountTokens on the deployment's model: free, and signed and routed like a real call. A model that
         cannot count tokens answers 400, which still proves the endpoint and the credentials work."""
@@ -53,6 +60,8 @@ class BedrockProvider(AwsProvider):
         assert call.deployment is not None
         model = call.deployment.upstream_model(call.model)
         request = to_converse(call.body)
+        if self.guardrail is not None:
+            request["guardrailConfig"] = self.guardrail
         if not call.stream:
             resp = await self.post_json(call, model_path(model, "converse"), request)
             data = await self.read_json_object(resp)

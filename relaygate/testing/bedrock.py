@@ -91,6 +91,8 @@ class BedrockEmulatorOptions:
     max_skew_seconds: float = 300.0
     context_window: int = 200_000  # emulated tokens; longer input gets "Input is too long"
     prefix: str = "Hello! You said: "
+    guardrail_words: tuple[str, ...] = ("forbidden",)  # a guarded call whose last user text has one is blocked
+    guardrail_message: str = "Sorry, the model cannot answer this question."
 
 
 class AwsFailure(Exception):
@@ -282,6 +284,22 @@ def _cache_tokens(req: dict[str, Any], seen: set[str]) -> tuple[int, int]:
     return 0, tokens
 
 
+_GUARDRAIL_ID = re.compile(r"^([a-z0-9]+|arn:aws(-[^:]+)?:bedrock:[a-z0-9-]{1,20}:[0-9]{12}:guardrail/[a-z0-9]+)$")
+_GUARDRAIL_VERSION = re.compile(r"^([1-9][0-9]{0,7}|DRAFT)$")
+
+
+def _guardrail_blocks(req: dict[str, Any], last_user: str, opts: BedrockEmulatorOptions) -> bool:
+    """Validate ``guardrailConfig``; True when the guardrail intervenes on the input."""
+    g = req.get("guardrailConfig")
+    if g is None:
+        return False
+    if not isinstance(g, dict) or not _GUARDRAIL_ID.match(str(g.get("guardrailIdentifier", ""))) \
+            or not _GUARDRAIL_VERSION.match(str(g.get("guardrailVersion", ""))):
+        raise AwsFailure("ValidationException", "guardrailConfig needs a valid guardrailIdentifier and "
+                         "guardrailVersion.")
+    return any(w in last_user.lower() for w in opts.guardrail_words)
+
+
 def converse_answer(req: dict[str, Any], images: int, opts: BedrockEmulatorOptions,
                     cache: set[str]) -> ConverseAnswer:
     """What the emulated model says to a validated Converse request."""
@@ -294,6 +312,9 @@ def converse_answer(req: dict[str, Any], images: int, opts: BedrockEmulatorOptio
     if prompt > opts.context_window:
         raise AwsFailure("ValidationException", "Input is too long for requested model.")
     read, write = _cache_tokens(req, cache)
+    if _guardrail_blocks(req, last_user, opts):
+        usage = {"inputTokens": prompt, "outputTokens": 0, "totalTokens": prompt}
+        return ConverseAnswer([{"text": opts.guardrail_message}], "guardrail_intervened", usage)
     tool = _pick_tool(req, last)
     inference = req.get("inferenceConfig") or {}
     if tool is not None:

@@ -165,6 +165,11 @@ class Accounting:
             log.info("database ready (%s, schema version %d)", self.db.dialect, version)
         if self.writer is not None:
             self.writer.start()
+        if self.auth is not None and self.config.auth.keys:
+            from .limits.keys import sync_config_keys
+
+            assert self.db is not None
+            await asyncio.to_thread(sync_config_keys, self.db.engine, self.config.auth.keys)
         if self.auth is None:
             log.warning("=" * 72)
             log.warning("NO MASTER KEY: this gateway is OPEN. Anyone who can reach it may call every model,")

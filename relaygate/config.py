@@ -270,6 +270,31 @@ class RequestLogConfig(_Strict):
         return v
 
 
+class KeyConfig(_Strict):
+    """A virtual key declared in the config (kept in the database like the others, updated at every start)."""
+
+    id: str = Field(min_length=1, max_length=36, pattern=r"^[A-Za-z0-9_.\-]+$")
+    key: SecretStr  # the secret clients send
+    name: str | None = None
+    team_id: str | None = None
+    user_id: str | None = None
+    models: list[str] | None = None
+    rpm: int | None = Field(None, gt=0)
+    tpm: int | None = Field(None, gt=0)
+    max_parallel: int | None = Field(None, gt=0)
+    budget_usd: float | None = Field(None, ge=0)
+    budget_period: str = Field("total", pattern=r"^(day|month|total)$")
+    tags: list[str] = Field(default_factory=list)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("key")
+    @classmethod
+    def _long_enough(cls, v: SecretStr) -> SecretStr:
+        if len(v.get_secret_value()) < 8:
+            raise ValueError("a key must have at least 8 characters")
+        return v
+
+
 class AuthConfig(_Strict):
     """Who may call: a master key (admin API + all models) and virtual keys stored in the database."""
 
@@ -277,6 +302,7 @@ class AuthConfig(_Strict):
     cache_ttl: float = Field(10.0, ge=0)  # seconds a key lookup is cached: the bound on revocation delay
     rotation_grace: float = Field(86400.0, ge=0)  # seconds an old key stays valid after a rotation
     default_output_tokens: int = Field(256, ge=0)  # output estimate for budgets when max_tokens is absent
+    keys: list[KeyConfig] = Field(default_factory=list)  # keys declared here rather than through the admin API
 
 
 class PriceConfig(_Strict):

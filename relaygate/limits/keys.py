@@ -319,3 +319,28 @@ def spent_since(engine: Engine, scope_name: str, start: float) -> int:
         total = conn.execute(select(func.coalesce(func.sum(r.c.cost_nano), 0))
                              .where(column == ident, r.c.ts >= start)).scalar()
     return int(total or 0)
+
+
+def sync_config_keys(engine: Engine, keys: list[Any]) -> None:
+    """Insert or update the keys declared in the config (``auth.keys``), by id ``cfg_<id>``."""
+    k = tables.api_keys
+    for kc in keys:
+        body: dict[str, Any] = {"name": kc.name, "team_id": kc.team_id, "user_id": kc.user_id, "models": kc.models,
+                                "rpm": kc.rpm, "tpm": kc.tpm, "max_parallel": kc.max_parallel,
+                                "budget_usd": kc.budget_usd, "budget_period": kc.budget_period, "tags": kc.tags,
+                                "metadata": kc.metadata}
+        secret = kc.key.get_secret_value()
+        now = time.time()
+        values = {**parse_fields(body, partial=False), "hash": hash_secret(secret), "prefix": secret[:SHOWN],
+                  "updated_at": now, "revoked_at": None, "expires_at": None}
+        key_id = "cfg_" + kc.id
+        for _ in range(3):  # several instances may start at once
+            try:
+                with engine.begin() as conn:
+                    if conn.execute(k.update().where(k.c.id == key_id).values(**values)).rowcount == 0:
+                        conn.execute(k.insert().values(id=key_id, created_at=now, **values))
+                break
+            except Exception:
+                time.sleep(0.1)
+        else:
+            raise RuntimeError(f"could not store the configured key {kc.id!r}")

@@ -33,7 +33,7 @@ def spend(engine: Engine, group: str, filters: dict[str, Any], since: float | No
     q = (select(col.label("value"), func.count().label("requests"), cost.label("cost_nano"),
                 func.coalesce(func.sum(r.c.prompt_tokens), 0).label("prompt_tokens"),
                 func.coalesce(func.sum(r.c.completion_tokens), 0).label("completion_tokens"),
-                func.sum(func.coalesce(r.c.error, "") != "").label("errors"))
+                func.count(r.c.error).label("errors"))
          .where(*_where(filters, since, until)).group_by(col).order_by(cost.desc(), col))
     with engine.connect() as conn:
         rows = conn.execute(q).all()
@@ -55,7 +55,9 @@ def logs(engine: Engine, filters: dict[str, Any], status: int | None, since: flo
     cols = [c for c in r.c if bodies or c.name not in ("request_body", "response_body")]
     q = select(*cols).where(*conds).order_by(r.c.ts.desc(), r.c.uid.desc()).limit(limit + 1)
     with engine.connect() as conn:
-        rows = [dict(row._mapping) for row in conn.execute(q)]
+        result = conn.execute(q)
+        names = [str(k) for k in result.keys()]  # plain str: orjson refuses str subclasses as keys
+        rows = [dict(zip(names, row, strict=True)) for row in result]
     more = len(rows) > limit
     rows = rows[:limit]
     for row in rows:

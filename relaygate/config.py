@@ -279,10 +279,10 @@ class KeyConfig(_Strict):
     team_id: str | None = None
     user_id: str | None = None
     models: list[str] | None = None
-    rpm: int | None = Field(None, gt=0)
-    tpm: int | None = Field(None, gt=0)
-    max_parallel: int | None = Field(None, gt=0)
-    budget_usd: float | None = Field(None, ge=0)
+    rpm: int | None = Field(None, gt=0, lt=2**31)
+    tpm: int | None = Field(None, gt=0, lt=2**31)
+    max_parallel: int | None = Field(None, gt=0, lt=2**31)
+    budget_usd: float | None = Field(None, ge=0, le=9e9)
     budget_period: str = Field("total", pattern=r"^(day|month|total)$")
     tags: list[str] = Field(default_factory=list)
     metadata: dict[str, Any] = Field(default_factory=dict)

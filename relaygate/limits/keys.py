@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Engine, or_, select
+from sqlalchemy.exc import IntegrityError
 
 from ..errors import BadRequest, NotFound
 from ..store import tables
@@ -22,6 +23,8 @@ SHOWN = 10  # characters of a secret shown again after creation ("rg-" + 7)
 PERIODS = ("day", "month", "total")
 LIMIT_FIELDS = ("models", "rpm", "tpm", "max_parallel", "budget_nano", "budget_period", "metadata", "tags")
 NANO = 1_000_000_000
+MAX_INT = 2**31 - 1  # limits are 32-bit integer columns
+MAX_USD = 9e9  # budgets are 64-bit nano-dollars
 
 
 def new_secret() -> str:
@@ -95,8 +98,9 @@ def _int_or_none(body: dict[str, Any], name: str) -> int | None:
     v = body.get(name)
     if v is None:
         return None
-    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-        raise BadRequest(f"'{name}' must be a positive integer or null", param=name, code="invalid_value")
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 < v <= MAX_INT:
+        raise BadRequest(f"'{name}' must be a positive integer (at most {MAX_INT}) or null", param=name,
+                         code="invalid_value")
     return v
 
 
@@ -139,8 +143,8 @@ def parse_fields(body: dict[str, Any], *, partial: bool, owner: bool = False) ->
         out["metadata"] = v
     if "budget_usd" in body:
         v = body["budget_usd"]
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0):
-            raise BadRequest("'budget_usd' must be a non-negative number or null", param="budget_usd",
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= MAX_USD):
+            raise BadRequest(f"'budget_usd' must be a number from 0 to {MAX_USD:.0f}, or null", param="budget_usd",
                              code="invalid_value")
         out["budget_nano"] = None if v is None else round(v * NANO)
     if "budget_period" in body:
@@ -334,13 +338,13 @@ def sync_config_keys(engine: Engine, keys: list[Any]) -> None:
         values = {**parse_fields(body, partial=False), "hash": hash_secret(secret), "prefix": secret[:SHOWN],
                   "updated_at": now, "revoked_at": None, "expires_at": None}
         key_id = "cfg_" + kc.id
-        for _ in range(3):  # several instances may start at once
+        for attempt in range(3):  # several instances may start at once: the loser of an insert race updates
             try:
                 with engine.begin() as conn:
                     if conn.execute(k.update().where(k.c.id == key_id).values(**values)).rowcount == 0:
                         conn.execute(k.insert().values(id=key_id, created_at=now, **values))
                 break
-            except Exception:
+            except IntegrityError:
+                if attempt == 2:
+                    raise
                 time.sleep(0.1)
-        else:
-            raise RuntimeError(f"could not store the configured key {kc.id!r}")

@@ -17,3 +17,19 @@ def period(kind: str, now: float) -> tuple[str, float, float | None]:
     start = calendar.timegm((t.tm_year, t.tm_mon, 1, 0, 0, 0))
     year, month = (t.tm_year + 1, 1) if t.tm_mon == 12 else (t.tm_year, t.tm_mon + 1)
     return f"m{t.tm_year:04d}{t.tm_mon:02d}", float(start), float(calendar.timegm((year, month, 1, 0, 0, 0)))
+
+
+class PeriodClock:
+    """``period`` memoised per UTC minute (periods change only on minute boundaries): hot-path cheap."""
+
+    def __init__(self) -> None:
+        self._memo: dict[str, tuple[int, tuple[str, float, float | None]]] = {}
+
+    def __call__(self, kind: str, now: float) -> tuple[str, float, float | None]:
+        minute = int(now // 60)
+        hit = self._memo.get(kind)
+        if hit is not None and hit[0] == minute:
+            return hit[1]
+        p = period(kind, now)
+        self._memo[kind] = (minute, p)
+        return p

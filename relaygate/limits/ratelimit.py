@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from ..errors import BudgetExceeded, RateLimited
 from .keys import NANO, Scope
-from .periods import period
+from .periods import PeriodClock, period
 
 log = logging.getLogger("relaygate")
 
@@ -106,6 +106,7 @@ class MemoryLimiter:
         self._load_spent = load_spent
         self._state: dict[str, _ScopeState] = {}
         self._loading: dict[tuple[str, str], asyncio.Future[None]] = {}
+        self._period = PeriodClock()
 
     def _st(self, name: str) -> _ScopeState:
         st = self._state.get(name)
@@ -141,7 +142,7 @@ class MemoryLimiter:
         pids: list[str] = []
         for s in scopes:
             if s.limits.budget_nano is not None:
-                pid, start, _ = period(s.limits.budget_period, now)
+                pid, start, _ = self._period(s.limits.budget_period, now)
                 await self._ensure_spent(s, pid, start)
                 pids.append(pid)
             else:

@@ -7,7 +7,7 @@ import logging
 import time
 
 from .keys import Scope
-from .periods import period
+from .periods import PeriodClock, period
 from .ratelimit import Grant, SpentLoader, denial, success_headers
 
 log = logging.getLogger("relaygate")
@@ -96,11 +96,12 @@ class RedisLimiter:
         self._acquire = redis.register_script(ACQUIRE)
         self._settle = redis.register_script(SETTLE)
         self._warned = 0.0
+        self._period = PeriodClock()
 
     async def acquire(self, scopes: tuple[Scope, ...], tokens: int, cost: int) -> Grant | None:
         now = time.time()
         minute = int(now // 60)
-        pids = tuple(period(s.limits.budget_period, now)[0] if s.limits.budget_nano is not None else ""
+        pids = tuple(self._period(s.limits.budget_period, now)[0] if s.limits.budget_nano is not None else ""
                      for s in scopes)
         keys: list[str] = []
         args: list[int] = [len(scopes), tokens, cost, self.slot_ttl]

@@ -10,7 +10,6 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.pool import NullPool
 
 from .migrations import migrate
 
@@ -41,8 +40,9 @@ def create(url: str, pool_size: int = 5) -> Engine:
         path = sqlite_path(url)
         if path and path != ":memory:":
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        # one connection per use: SQLite connections are cheap and must not cross threads
-        engine = create_engine(url, poolclass=NullPool, connect_args={"timeout": 30, "check_same_thread": False})
+        # pooled: each connection is used by one thread at a time; the log writer keeps one warm
+        engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=False,
+                               connect_args={"timeout": 30, "check_same_thread": False})
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -78,15 +78,36 @@ class Database:
         self.engine.dispose()
 
 
-def insert_ignoring_duplicates(conn: Any, table: Any, rows: list[dict[str, Any]]) -> None:
-    """INSERT rows, skipping those whose primary key exists (replays after a failed commit are safe)."""
-    if not rows:
-        return
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
+class BulkInsert:
+    """INSERT … ON CONFLICT DO NOTHING of many rows: compiled once, then handed to the driver's executemany
+    (the request log writes thousands of rows a second; per-row statement processing would cost more CPU
+    than the calls it logs)."""
 
-        conn.execute(pg_insert(table).on_conflict_do_nothing(), rows)
-    else:
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+    def __init__(self, table: Any) -> None:
+        self.table = table
+        self._compiled: dict[str, tuple[str, list[str], bool]] = {}
+        self._defaults = {c.name: c.default.arg for c in table.c
+                          if c.default is not None and not callable(c.default.arg)}
 
-        conn.execute(sqlite_insert(table).on_conflict_do_nothing(), rows)
+    def _statement(self, dialect: Any) -> tuple[str, list[str], bool]:
+        hit = self._compiled.get(dialect.name)
+        if hit is None:
+            from sqlalchemy.dialects import postgresql, sqlite
+
+            stmt: Any = (postgresql.insert(self.table) if dialect.name == "postgresql"
+                         else sqlite.insert(self.table))
+            compiled = stmt.on_conflict_do_nothing().compile(dialect=dialect)
+            names = list(compiled.positiontup or []) if compiled.positional else list(compiled.params)
+            hit = self._compiled[dialect.name] = (compiled.string, names, bool(compiled.positional))
+        return hit
+
+    def __call__(self, conn: Any, rows: list[dict[str, Any]]) -> None:
+        """Insert ``rows``, skipping those whose primary key exists (replays after a failed commit are safe)."""
+        if not rows:
+            return
+        sql, names, positional = self._statement(conn.dialect)
+        d = self._defaults
+        if positional:
+            conn.exec_driver_sql(sql, [tuple(r.get(n, d.get(n)) for n in names) for r in rows])
+        else:
+            conn.exec_driver_sql(sql, [{n: r.get(n, d.get(n)) for n in names} for r in rows])

@@ -23,7 +23,7 @@ import orjson
 from sqlalchemy import Engine
 
 from ..store import tables
-from ..store.db import insert_ignoring_duplicates
+from ..store.db import BulkInsert
 
 log = logging.getLogger("relaygate.requestlog")
 
@@ -135,6 +135,7 @@ class RequestLogWriter:
                  flush_interval: float = 0.5) -> None:
         self.engine = engine
         self.spool = Spool(spool_dir)
+        self._bulk = BulkInsert(tables.request_log)
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
@@ -166,7 +167,7 @@ class RequestLogWriter:
 
     def _insert(self, rows: list[Row]) -> None:
         with self.engine.begin() as conn:
-            insert_ignoring_duplicates(conn, tables.request_log, rows)
+            self._bulk(conn, rows)
 
     def _run(self) -> None:
         stopping = False

@@ -425,3 +425,40 @@ def test_sampling_options_beyond_cohere_ranges_are_moved_to_the_bound_and_named(
     assert raw.headers["x-relaygate-adjusted-params"] == "temperature,top_p,presence_penalty"
     body = sent(emulator)
     assert (body["temperature"], body["p"], body["presence_penalty"], body["frequency_penalty"]) == (1.0, 0.99, 0, 0.3)
+
+
+def test_parallel_tool_calls_keep_their_own_indexes() -> None:
+    """Cohere may call several tools in one turn (the emulator calls one): translated from captured shapes."""
+    from relaygate.call import Reply
+    from relaygate.providers.cohere import chat_completion, usage_of
+    from relaygate.providers.openai_format import ChunkWriter
+
+    def call_events(i: int, name: str, args: str) -> list[dict[str, Any]]:
+        return [{"type": "tool-call-start", "index": i, "delta": {"message": {"tool_calls": {
+                    "id": f"{name}_{i}", "type": "function", "function": {"name": name, "arguments": ""}}}}},
+                {"type": "tool-call-delta", "index": i,
+                 "delta": {"message": {"tool_calls": {"function": {"arguments": args}}}}},
+                {"type": "tool-call-end", "index": i}]
+
+    events = [{"id": "g1", "type": "message-start", "delta": {"message": {"role": "assistant"}}},
+              {"type": "tool-plan-delta", "delta": {"message": {"tool_plan": "Both."}}},
+              *call_events(0, "get_weather", '{"city":"Paris"}'), *call_events(1, "get_time", "{}"),
+              {"type": "message-end", "delta": {"finish_reason": "TOOL_CALL", "usage": {
+                  "billed_units": {"input_tokens": 5, "output_tokens": 9},
+                  "tokens": {"input_tokens": 70, "output_tokens": 9}, "cached_tokens": 32}}}]
+    provider = CohereProvider(DeploymentConfig(provider="cohere", model="m"), None)  # type: ignore[arg-type]
+    w, reply = ChunkWriter("m"), Reply()
+    out = b"".join(provider._translate(ev, reply, w) for ev in events)
+    chunks = [orjson.loads(line[6:]) for line in out.split(b"\n\n") if line.startswith(b"data: {")]
+    calls = [tc for c in chunks for tc in c["choices"][0]["delta"].get("tool_calls", [])]
+    assert [(tc["index"], tc.get("id")) for tc in calls] == [(0, "get_weather_0"), (0, None), (1, "get_time_1"),
+                                                            (1, None)]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+    assert reply.usage is not None and (reply.usage.prompt_tokens, reply.usage.cached_tokens) == (70, 32)
+    whole = {"id": "g1", "finish_reason": "TOOL_CALL", "message": {"role": "assistant", "tool_plan": "Both.",
+             "tool_calls": [{"id": "a", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}},
+                            {"id": "b", "type": "function", "function": {"name": "get_time"}}]}}
+    body = chat_completion(whole, "m", usage_of(None))
+    message = body["choices"][0]["message"]
+    assert [tc["id"] for tc in message["tool_calls"]] == ["a", "b"] and message["content"] == "Both."
+    assert message["tool_calls"][1]["function"]["arguments"] == "{}" and body["usage"] is None

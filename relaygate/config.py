@@ -91,6 +91,7 @@ class DeploymentConfig(_Strict):
     aws_session_token: SecretStr | None = None
     project: str | None = None
     location: str | None = None
+    credentials_file: str | None = None  # vertex: a Google credentials JSON (service account…); needs google-auth
     agent_id: str | None = None
     agent_alias_id: str | None = None
     guardrail_id: str | None = None  # bedrock: a guardrail applied to every Converse call (id or ARN)

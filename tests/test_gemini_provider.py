@@ -487,6 +487,58 @@ def test_probe_counts_tokens_and_fails_like_a_real_call(emulator: BackgroundServ
     assert e.value.kind == "unavailable"
 
 
+def _service_account(tmp_path: Any, token_uri: str) -> str:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption()).decode()
+    path = tmp_path / "sa.json"
+    path.write_bytes(orjson.dumps({
+        "type": "service_account", "project_id": "my-proj", "private_key_id": "k1", "private_key": pem,
+        "client_email": "relaygate@my-proj.iam.gserviceaccount.com", "client_id": "1", "token_uri": token_uri}))
+    return str(path)
+
+
+@pytest.mark.parametrize(("lifetime", "token_requests"), [(3600, 1), (200, 3)])
+def test_vertex_service_account_tokens_are_fetched_and_renewed_before_expiry(
+        tmp_path: Any, start_gateway: Any, lifetime: int, token_requests: int) -> None:
+    pytest.importorskip("google.auth")
+    opts = GeminiEmulatorOptions(bearer_token=TOKEN, token_lifetime=lifetime)
+    with BackgroundServer(create_app(opts)) as emu:
+        gw = start_gateway({"models": [{"name": "v", "deployments": [{
+            "provider": "vertex", "model": "gemini-2.5-flash", "api_base": emu.url, "project": "my-proj",
+            "credentials_file": _service_account(tmp_path, emu.url + "/token"), "timeout": 5}]}]})
+        c = openai.OpenAI(base_url=gw.base_url, api_key="x", max_retries=0)
+        for i in range(3):  # a token that lives less than the refresh margin is renewed on every call
+            r = c.chat.completions.create(model="v", messages=[{"role": "user", "content": f"n{i}"}])
+            assert r.choices[0].message.content == f"Hello! You said: n{i}"
+        reqs = requests.get(emu.url + "/_emulator/requests", timeout=5).json()["requests"]
+        assert [q["path"] for q in reqs].count("/token") == token_requests
+        assert all(q["headers"]["authorization"] == f"Bearer {TOKEN}" for q in reqs if ":" in q["path"])
+
+
+def test_vertex_credentials_file_that_cannot_be_read_is_a_config_error(tmp_path: Any) -> None:
+    from relaygate.config import ConfigError, parse_config
+    from relaygate.gateway import build_deployments
+
+    bad = tmp_path / "sa.json"
+    bad.write_text("{}")
+    cfg = parse_config({"models": [{"name": "v", "deployments": [{
+        "provider": "vertex", "model": "m", "project": "p", "credentials_file": str(bad)}]}]})
+
+    async def build() -> None:
+        session = new_session()
+        try:
+            build_deployments(cfg, session)
+        finally:
+            await session.close()
+
+    with pytest.raises(ConfigError, match="credentials_file"):
+        asyncio.run(build())
+
+
 def test_vertex_needs_a_project() -> None:
     async def build() -> None:
         session = new_session()

@@ -29,6 +29,7 @@ from ..errors import (
 from .base import Provider, error_json, iter_sse, retry_after_seconds
 from .batching import embed_in_batches, needs_batches
 from .gemini_format import blocked_reason, finish_reason, read_parts, to_completion, to_request, usage_of
+from .google_auth import TokenSource
 from .openai_format import SSE_DONE, ChunkWriter, completion_id, embeddings_response
 
 AI_STUDIO_BASE = "https://generativelanguage.googleapis.com"
@@ -49,6 +50,10 @@ class GeminiProvider(Provider):
         super().__init__(*args, **kwargs)
         self.prefix = self.model_prefix()
         self._headers = {"content-type": "application/json", **self.auth(), **self.config.headers}
+
+    async def headers(self) -> dict[str, str]:
+        """The upstream request headers (credentials included)."""
+        return self._headers
 
     def model_prefix(self) -> str:
         """Where ``/models/{model}:method`` URLs start: api_base plus its API version."""
@@ -79,7 +84,7 @@ class GeminiProvider(Provider):
             return
         call = Call(id="probe", route="probe", model=model, body={})
         data = b'{"contents":[{"role":"user","parts":[{"text":"ping"}]}]}'
-        resp = await self.request(call, "POST", self.url(model, "countTokens"), headers=self._headers, data=data)
+        resp = await self.request(call, "POST", self.url(model, "countTokens"), headers=await self.headers(), data=data)
         if resp.status >= 400:
             raise await self.upstream_error(resp)
         resp.release()
@@ -91,7 +96,7 @@ class GeminiProvider(Provider):
         model = call.deployment.upstream_model(call.model)
         data = orjson.dumps(to_request(call.body, model))
         method = "streamGenerateContent?alt=sse" if call.stream else "generateContent"
-        resp = await self.request(call, "POST", self.url(model, method), headers=self._headers, data=data)
+        resp = await self.request(call, "POST", self.url(model, method), headers=await self.headers(), data=data)
         if resp.status >= 400:
             raise await self.upstream_error(resp)
         if call.stream:
@@ -200,7 +205,7 @@ class GeminiProvider(Provider):
         inputs = _embedding_inputs(call.body.get("input"))  # the API layer checked shapes and options
         dims = call.body.get("dimensions")
         data = orjson.dumps({"requests": [self.embed_request(model, t, dims) for t in inputs]})
-        resp = await self.request(call, "POST", self.url(model, "batchEmbedContents"), headers=self._headers,
+        resp = await self.request(call, "POST", self.url(model, "batchEmbedContents"), headers=await self.headers(),
                                   data=data)
         if resp.status >= 400:
             raise await self.upstream_error(resp)
@@ -281,9 +286,19 @@ class VertexProvider(GeminiProvider):
 
     def auth(self) -> dict[str, str]:
         token = self.config.api_key.get_secret_value() if self.config.api_key is not None else ""
-        if not token:
-            raise ValueError("vertex deployments need api_key (an OAuth access token, sent as a bearer token)")
-        return {"authorization": "Bearer " + token}
+        self._tokens: TokenSource | None = None
+        if token:
+            return {"authorization": "Bearer " + token}
+        if self.config.credentials_file:
+            self._tokens = TokenSource(self.config.credentials_file, self.config.timeout)
+            return {}
+        raise ValueError("vertex deployments need credentials_file (a service account key) or api_key (an OAuth "
+                         "access token)")
+
+    async def headers(self) -> dict[str, str]:
+        if self._tokens is None:
+            return self._headers
+        return {**self._headers, "authorization": await self._tokens.header()}
 
     def embed_request(self, model: str, text: str, dimensions: int | None) -> dict[str, Any]:
         req: dict[str, Any] = {"content": {"parts": [{"text": text}]}}

@@ -77,6 +77,7 @@ class GeminiEmulatorOptions:
     context_windows: dict[str, int] = field(default_factory=dict)
     prefix: str = "Hello! You said: "
     cached_tokens: int = 0  # reported as usageMetadata.cachedContentTokenCount (capped by the prompt)
+    token_lifetime: int = 3600  # seconds, for access tokens from POST /token (a service account's token_uri)
 
 
 class ApiError(Exception):
@@ -593,6 +594,22 @@ def create_app(options: GeminiEmulatorOptions | None = None, state: EmulatorStat
                 ["embedContent"] if m in EMBEDDING_DIMS else ["generateContent", "countTokens"]}
             for m in opts.models]})
 
+    async def token(request: web.Request) -> web.Response:
+        """Google's OAuth token endpoint for service accounts (JWT bearer grant); the JWT is read, not verified."""
+        form = await request.post()
+        request.app[STATE_KEY].remember(request, b"")
+        assertion = str(form.get("assertion", ""))
+        try:
+            claims = orjson.loads(base64.urlsafe_b64decode(assertion.split(".")[1] + "=="))
+        except (IndexError, ValueError, binascii.Error):
+            claims = None
+        if form.get("grant_type") != "urn:ietf:params:oauth:grant-type:jwt-bearer" or not isinstance(claims, dict) \
+                or "cloud-platform" not in str(claims.get("scope", "")):
+            return json_response({"error": "invalid_grant", "error_description": "Invalid JWT Signature."}, 400)
+        return json_response({"access_token": opts.bearer_token or "ya29.emulated", "token_type": "Bearer",
+                              "expires_in": opts.token_lifetime})
+
+    app.router.add_post("/token", token)
     for version in ("v1beta", "v1", "v1alpha"):
         app.router.add_post(f"/{version}/models/{{call}}", tracked(handle))
         app.router.add_get(f"/{version}/models", list_models)

@@ -96,7 +96,7 @@ class OpenAIProvider(Provider):
         stream = await open_body(resp, self.kind, require_bytes=True)
         chars = len(body.get("input") or "")
         return Reply(stream=stream, media_type=ctype, first_byte_at=time.monotonic(),
-                     usage=Usage(characters=chars, known=False))
+                     usage=Usage(characters=chars))  # priced per character (tts-1)
 
     async def transcriptions(self, call: Call) -> Reply:
         return await self.forward_upload(call, "/audio/transcriptions")

@@ -594,3 +594,26 @@ def test_anthropic_sdk_through_messages_api_to_bedrock(gw: GatewayThread, emu: B
     assert text == "The tool returned: mild" and final.stop_reason == "end_turn"
     assert final.usage.input_tokens > 0 and final.usage.output_tokens > 0
     check_converse(emu, "converse-stream")
+
+
+def test_anthropic_cache_control_reaches_bedrock_as_cache_points(gw: GatewayThread, emu: BackgroundServer) -> None:
+    import anthropic
+
+    claude = anthropic.Anthropic(api_key="client-key", base_url=gw.url, max_retries=0)
+    ephemeral: Any = {"type": "ephemeral"}
+    tools: Any = [{"name": "get_weather", "input_schema": TOOLS[0]["function"]["parameters"],
+                   "cache_control": ephemeral}]
+    system: Any = [{"type": "text", "text": "shared instructions " * 10, "cache_control": ephemeral}]
+    msgs: Any = [{"role": "user", "content": "Quito"},
+                 {"role": "assistant", "content": [{"type": "tool_use", "id": "tooluse_1", "name": "get_weather",
+                                                    "input": {"city": "Quito"}}]},
+                 {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "tooluse_1", "content": "cool",
+                                               "cache_control": ephemeral}]}]
+    first = claude.messages.create(model="claude", max_tokens=50, system=system, tools=tools, messages=msgs)
+    body = check_converse(emu)
+    assert body["system"][-1] == {"cachePoint": {"type": "default"}}
+    assert body["toolConfig"]["tools"][-1] == {"cachePoint": {"type": "default"}}
+    assert body["messages"][-1]["content"][-1] == {"cachePoint": {"type": "default"}}
+    second = claude.messages.create(model="claude", max_tokens=50, system=system, tools=tools, messages=msgs)
+    assert first.usage.cache_creation_input_tokens and not first.usage.cache_read_input_tokens
+    assert second.usage.cache_read_input_tokens == first.usage.cache_creation_input_tokens

@@ -83,6 +83,8 @@ def _messages(messages: list[Any]) -> tuple[list[dict[str, Any]], list[dict[str,
         role = m.get("role")
         if role in ("system", "developer"):
             system.extend(_blocks(m.get("content"), i))
+            if m.get("cache_control"):
+                system.append(CACHE_POINT)
             continue
         if role == "user":
             bedrock_role, blocks = "user", _blocks(m.get("content"), i)
@@ -98,6 +100,8 @@ def _messages(messages: list[Any]) -> tuple[list[dict[str, Any]], list[dict[str,
                              param=f"messages[{i}].role")
         if not blocks:
             continue
+        if m.get("cache_control"):  # on a whole message (tool results, string content): cache up to its end
+            blocks.append(CACHE_POINT)
         if out and out[-1]["role"] == bedrock_role:
             out[-1]["content"].extend(blocks)
         else:
@@ -124,6 +128,8 @@ def _tool_config(body: dict[str, Any], has_tool_blocks: bool) -> dict[str, Any] 
         if isinstance(fn.get("strict"), bool):
             spec["strict"] = fn["strict"]
         specs.append({"toolSpec": spec})
+        if t.get("cache_control"):  # the tool definitions up to here are cached
+            specs.append(CACHE_POINT)
     config: dict[str, Any] = {"tools": specs}
     if choice == "required":
         config["toolChoice"] = {"any": {}}

@@ -286,6 +286,19 @@ def test_bedrock_errors_map_to_gateway_errors(client: openai.OpenAI, emu: Backgr
     assert e.value.message
 
 
+def test_error_messages_do_not_reveal_the_aws_account_or_iam_identity(client: openai.OpenAI,
+                                                                       emu: BackgroundServer) -> None:
+    emu.state.faults = FaultPlan(status=403, count=1, message=(
+        "User: arn:aws:iam::123456789012:user/relaygate-prod is not authorized to perform: bedrock:InvokeModel "
+        "on resource: arn:aws:bedrock:us-east-1::foundation-model/x because no identity-based policy allows "
+        "it (account 123456789012)"))
+    with pytest.raises(openai.PermissionDeniedError) as e:
+        client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "x"}])
+    text = e.value.response.text
+    assert "not authorized to perform: bedrock:InvokeModel" in text
+    assert "123456789012" not in text and "relaygate-prod" not in text and "foundation-model" not in text
+
+
 def test_input_too_long_for_the_model_is_context_length_exceeded(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "word " * 400}])

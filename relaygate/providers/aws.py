@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, TypeVar
@@ -16,7 +17,6 @@ from ..call import Call, Reply
 from ..errors import (
     AuthError,
     BadRequest,
-    ContentFiltered,
     ContextTooLong,
     GatewayError,
     NotFound,
@@ -37,6 +37,8 @@ SIGNING_SERVICE = "bedrock"  # both bedrock-runtime and bedrock-agent-runtime si
 _AUTH_ERRORS = {"UnrecognizedClientException", "InvalidSignatureException", "IncompleteSignatureException",
                 "MissingAuthenticationTokenException", "MissingAuthenticationToken", "ExpiredTokenException",
                 "InvalidClientTokenId", "SignatureDoesNotMatch", "ExpiredToken"}
+_ARN = re.compile(r"\barn:aws[a-z-]*:[^\s\"',]+")
+_ACCOUNT = re.compile(r"\b\d{12}\b")
 _TOO_LONG = ("input is too long", "too many input tokens", "prompt is too long", "context window",
              "maximum context length", "too many tokens")
 
@@ -91,14 +93,13 @@ def map_error(error_type: str, status: int, message: str, retry_after: float | N
     if t == "ValidationException":
         if any(s in low for s in _TOO_LONG):
             return ContextTooLong(message, param="messages")
-        if "guardrail" in low or "content filter" in low:
-            return ContentFiltered(message)
-        return BadRequest(message)
+        return BadRequest(message)  # a guardrail that intervenes is a stopReason, not an error
     return from_status(status, message, retry_after=retry_after)
 
 
 class AwsProvider(Provider):
-    """A provider that POSTs JSON to an AWS endpoint with SigV4; subclasses name the endpoint."""
+    """A provider that POSTs JSON to an AWS endpoint, SigV4-signed (or with a Bedrock API key); subclasses
+    name the endpoint."""
 
     endpoint_prefix = "bedrock-runtime"
     bearer_auth = True  # Bedrock Runtime also takes Bedrock API keys (bearer tokens); Agent Runtime does not
@@ -141,6 +142,10 @@ class AwsProvider(Provider):
         if resp.status >= 400:
             raise await self.aws_error(resp)
         return resp
+
+    def redact(self, text: str) -> str:
+        """Also hide ARNs and account ids: AccessDenied messages name the caller's IAM identity."""
+        return _ACCOUNT.sub("***", _ARN.sub("arn:***", super().redact(text)))
 
     async def aws_error(self, resp: aiohttp.ClientResponse) -> GatewayError:
         """Map an AWS JSON error response, without leaking secrets."""

@@ -27,6 +27,7 @@ from .routing_support import (
     reset,
     sdk_client,
     unique,
+    with_gateway,
 )
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -288,3 +289,36 @@ def wait_for(cond: Callable[[], bool], limit: float = 5.0) -> None:
         if time.monotonic() > end:
             raise AssertionError("condition not reached in time")
         time.sleep(0.05)
+
+
+def test_a_stream_cut_after_its_first_byte_counts_against_the_breaker_but_a_client_leaving_does_not(
+        emus: list[BackgroundServer]) -> None:
+    from relaygate.call import Call
+    from relaygate.http import ClientGone
+
+    cfg = {"models": [{"name": "m", "breaker": {"enabled": True, "failures": 2, "cooldown": 60},
+                       "deployments": [dep(emus[0], "s")]}]}
+
+    async def stream(gw: Any, end: BaseException | None) -> None:
+        call = Call(id="t", route="chat", model="m", body={"model": "m", "messages": MESSAGES, "stream": True},
+                    stream=True)
+        reply = await gw.handle(call)
+        error = end
+        try:
+            async for _ in reply.stream:
+                pass
+        except Exception as e:
+            error = e
+        reply.finish(error)
+
+    async def body(gw: Any) -> tuple[int, str]:
+        b = gw.deployments()[0].breaker
+        for _ in range(3):
+            await stream(gw, ClientGone())  # the client went away: nothing wrong with the deployment
+        assert b.fails == 0
+        fault(emus[0], disconnect_after_chunks=2)
+        for _ in range(2):
+            await stream(gw, None)
+        return b.fails, str((await b.snapshot())["state"])
+
+    assert with_gateway(cfg, body) == (2, "open")

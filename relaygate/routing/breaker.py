@@ -23,6 +23,7 @@ log = logging.getLogger("relaygate.breaker")
 CLOSED, OPEN, HALF_OPEN = 0, 1, 2
 STATE_NAMES = ("closed", "open", "half_open")
 SYNC_INTERVAL = 0.2  # seconds a Redis breaker trusts its local view of a closed state
+REDIS_RETRY = 1.0  # seconds before asking an unreachable Redis again
 MAX_PENDING = 1000  # background Redis writes in flight at most (beyond that, outcomes are batched)
 
 
@@ -226,6 +227,7 @@ class RedisBreaker(Breaker):
                 log.warning("breaker state in Redis unavailable (%s); routing without it", type(e).__name__)
             self.synced = now
             self.ready = True
+            asyncio.get_running_loop().call_later(REDIS_RETRY, self._expire, now)  # ask again later
             return True
         now = time.monotonic()
         self.state, self.fails = int(r[0]), int(r[1])

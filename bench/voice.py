@@ -1,7 +1,7 @@
 """Voice scenarios: the first byte of speech at c=1, and the gateway's memory during a 25 MB upload.
 
-Only relaygate targets (and direct, as the reference) serve these routes in the bench; the bare proxy
-and LiteLLM's bench config do not, so their columns stay empty.
+relaygate and LiteLLM serve these routes (direct is the reference); the bare proxy only forwards chat,
+so its column stays empty.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ BOUNDARY = "benchboundary7MA4YWxkTrZu0gW"
 def _base(ctx: Ctx, target: Target) -> str | None:
     if target.kind == "direct":
         return ctx.upstream + "/v1"
-    if target.kind == "gateway":
+    if target.kind in ("gateway", "other"):
         return f"http://127.0.0.1:{target.port}/v1"
     return None
 

@@ -144,3 +144,18 @@ def test_upstream_key_never_reaches_the_client(start_gateway):
         assert UPSTREAM_KEY not in r.text and UPSTREAM_KEY[-4:] not in r.text
     finally:
         bad.stop()
+
+
+@pytest.mark.parametrize("extra, error", [
+    ({"voices": ["af_sky", ""]}, "models[0].deployments[0].voices: voice names must not be empty"),
+    ({"voices": ["af_sky", "af_sky"]}, "models[0].deployments[0].voices: voices are listed twice"),
+    ({"voice_map": {"alloy": ""}}, "models[0].deployments[0].voice_map: voice names must not be empty"),
+    ({"voices": "af_sky"}, "models[0].deployments[0].voices: Input should be a valid list"),
+])
+def test_voice_config_errors_name_their_path(extra, error):
+    from relaygate.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError) as e:
+        parse_config({"models": [{"name": "tts", "deployments": [
+            {"provider": "openai", "model": "kokoro", "api_base": "http://127.0.0.1:8880/v1", **extra}]}]}, {})
+    assert e.value.errors == [error]

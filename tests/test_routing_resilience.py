@@ -199,9 +199,11 @@ def test_fallback_loops_are_impossible(emus: list[BackgroundServer], start_gatew
         {"name": "a", "fallbacks": [{"models": ["b"]}], "deployments": [dep(emus[1], "a-0")]},
         {"name": "b", "fallbacks": [{"models": ["a"]}], "deployments": [dep(emus[2], "b-0")]},
     ]})
-    with pytest.raises(openai.InternalServerError):
+    with pytest.raises(openai.InternalServerError) as e:
         ask(gw, "a")
     assert chat_requests(emus[1]) == 1 and chat_requests(emus[2]) == 1
+    headers = e.value.response.headers
+    assert headers["x-relaygate-attempts"] == "2" and headers["x-relaygate-deployment"] == "b-0"
 
 
 def test_deadline_bounds_retries_and_fallbacks_together(emus: list[BackgroundServer], start_gateway: Start) -> None:

@@ -120,12 +120,19 @@ class Router:
     async def __call__(self, call: Call) -> Reply:
         deps = narrow_by_voice(call, self.table.resolve(call))
         route = self.routes[deps[0].model_name]
-        if route.simple and len(deps) == 1:
-            dep = deps[0]
-            b = dep.breaker
-            if (b is None or b.ready) and dep.stats.healthy and not dep.limited:
-                return await attempt(dep, call, route)
-        return await self.route(call, route, deps)
+        try:
+            if route.simple and len(deps) == 1:
+                dep = deps[0]
+                b = dep.breaker
+                if (b is None or b.ready) and dep.stats.healthy and not dep.limited:
+                    return await attempt(dep, call, route)
+            return await self.route(call, route, deps)
+        except GatewayError as e:
+            # an error says where it came from too, like a reply does
+            if call.deployment is not None:
+                e.headers["x-relaygate-deployment"] = call.deployment.name
+            e.headers["x-relaygate-attempts"] = str(call.attempts)
+            raise
 
     async def route(self, call: Call, route: ModelRoute, deps: list[Deployment]) -> Reply:
         """The model's deployments, then its fallback models on the error classes they are configured for."""

@@ -291,3 +291,15 @@ def test_cache_control_is_not_sent_to_openai_models(client: anthropic.Anthropic,
     system: Any = [{"type": "text", "text": "stable", "cache_control": {"type": "ephemeral"}}]
     client.messages.create(model="gpt", max_tokens=50, system=system, messages=[{"role": "user", "content": "x"}])
     assert b"cache_control" not in orjson.dumps(openai_sent(upstreams))
+
+
+def test_count_tokens_is_served_by_anthropic_models_only(client: anthropic.Anthropic,
+                                                         upstreams: dict[str, BackgroundServer]) -> None:
+    r = client.messages.count_tokens(model="claude", system="be brief", tools=TOOLS,
+                                     messages=[{"role": "user", "content": "a b c"}])
+    assert r.input_tokens == 19  # 2 system words + 10 for the tool + 3 words and 4 for the message
+    sent = upstreams["anthropic"].state.requests[-1]
+    assert sent["path"] == "/v1/messages/count_tokens" and "max_tokens" not in sent["json"]
+    with pytest.raises(anthropic.BadRequestError) as e:
+        client.messages.count_tokens(model="gpt", messages=[{"role": "user", "content": "a"}])
+    assert "does not count tokens" in str(e.value)

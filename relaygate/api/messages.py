@@ -38,14 +38,22 @@ def anthropic_error(err: GatewayError, request_id: str) -> Response:
     return Response(orjson.dumps(body), err.status, {**err.headers, "request-id": request_id})
 
 
+async def _read(gw: Gateway, req: Request, count: bool = False) -> tuple[dict[str, Any], list[str]]:
+    """The client's Anthropic request as an OpenAI chat body, and the fields left out."""
+    limit = gw.config.server.max_body_bytes
+    body = object_body(await req.json(limit))
+    keep_cache = b'"cache_control"' in await req.body(limit) and _understands_cache_control(gw, body)
+    request, dropped = to_openai_request({**body, "max_tokens": 1} if count else body, keep_cache)
+    if count:
+        del request["max_completion_tokens"]  # counting has no output
+    if isinstance(body.get("provider"), str):
+        request["provider"] = body["provider"]  # relaygate's explicit-provider field, as on /chat
+    return request, dropped
+
+
 async def messages(gw: Gateway, req: Request) -> Response | StreamResponse:
     try:
-        limit = gw.config.server.max_body_bytes
-        body = object_body(await req.json(limit))
-        keep_cache = b'"cache_control"' in await req.body(limit) and _understands_cache_control(gw, body)
-        request, dropped = to_openai_request(body, keep_cache)
-        if isinstance(body.get("provider"), str):
-            request["provider"] = body["provider"]  # relaygate's explicit-provider field, as on /chat
+        request, dropped = await _read(gw, req)
         call = chat_call(gw, req, request)
         call.wants_usage = call.stream  # the usage chunk feeds the final message_delta
         reply = await gw.handle(call)
@@ -94,6 +102,19 @@ def _understands_cache_control(gw: Gateway, body: dict[str, Any]) -> bool:
     return all(d.provider_type in CACHE_AWARE_PROVIDERS for n in names for d in gw.table.models.get(n, ()))
 
 
+async def count_tokens(gw: Gateway, req: Request) -> Response:
+    """``POST /v1/messages/count_tokens``: served by deployments that can count (Anthropic's)."""
+    try:
+        request, _ = await _read(gw, req, count=True)
+        call = chat_call(gw, req, request, route="count_tokens")
+        reply = await gw.handle(call)
+    except GatewayError as e:
+        return anthropic_error(e, req.id)
+    headers = reply_headers(call, reply)
+    headers["request-id"] = req.id
+    return Response(reply.body or b"", 200, headers, reply=reply)
+
+
 def _replay(call: Call, reply: Reply, data: dict[str, Any], headers: dict[str, str]) -> StreamResponse:
     choice = data["choices"][0] if data["choices"] else {}
     msg = choice.get("message") or {}
@@ -113,4 +134,5 @@ def _replay(call: Call, reply: Reply, data: dict[str, Any], headers: dict[str, s
 
 ROUTES = [
     ("POST", "/v1/messages", messages),
+    ("POST", "/v1/messages/count_tokens", count_tokens),
 ]

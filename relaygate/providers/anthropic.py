@@ -34,6 +34,7 @@ DEFAULT_BASE = "https://api.anthropic.com"
 DEFAULT_VERSION = VERSION_2023
 DEFAULT_MAX_TOKENS = 4096
 _STATUS_OF_TYPE = {kind: status for status, kind in ERROR_TYPES.items()}
+_NOT_COUNTED = frozenset(("max_tokens", "stream", "stop_sequences", "temperature", "top_p", "top_k", "metadata"))
 _CONTEXT_HINTS = ("prompt is too long", "exceed context limit", "context window", "too many total text bytes")
 
 
@@ -100,6 +101,20 @@ class AnthropicProvider(Provider):
         if resp.status >= 400:
             raise await self.upstream_error(resp)
         resp.release()
+
+    async def count_tokens(self, call: Call) -> Reply:
+        """Anthropic's free token count for the translated request (no output, so no cost)."""
+        assert call.deployment is not None
+        model = call.deployment.upstream_model(call.model)
+        t = to_messages_request(call.body, model, default_max_tokens=1, rejected=self.rejected, stream=False)
+        body = {k: v for k, v in t.body.items() if k not in _NOT_COUNTED}
+        resp = await self.request(call, "POST", self.url + "/count_tokens", headers=self._headers,
+                                  data=orjson.dumps(body))
+        if resp.status >= 400:
+            raise await self.upstream_error(resp)
+        data = await self.read_json_object(resp)
+        return Reply(body=orjson.dumps({"input_tokens": int(data.get("input_tokens") or 0)}),
+                     first_byte_at=time.monotonic())
 
     async def chat(self, call: Call) -> Reply:
         assert call.deployment is not None

@@ -52,6 +52,10 @@ class Provider:
     async def speech(self, call: Call) -> Reply:
         raise Unsupported(f"provider {self.kind!r} does not serve speech", param="model")
 
+    async def count_tokens(self, call: Call) -> Reply:
+        """``{"input_tokens": n}`` for a chat request (Anthropic's ``/v1/messages/count_tokens``)."""
+        raise Unsupported(f"provider {self.kind!r} does not count tokens", param="model")
+
     async def passthrough(self, call: Call) -> Reply:
         raise Unsupported(f"provider {self.kind!r} does not serve OpenAI's other routes (files, images, …)",
                           param="model")

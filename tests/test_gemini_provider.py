@@ -335,6 +335,25 @@ def test_stream_that_ends_before_any_event_is_a_retryable_502(client: openai.Ope
     assert e.value.status_code == 502
 
 
+def test_client_disconnect_cancels_the_gemini_stream(gateway: GatewayThread, emulator: BackgroundServer) -> None:
+    import socket
+    import time
+
+    emulator.state.cancelled = 0
+    fault(emulator, chunk_delay_ms=200, count=1)
+    body = orjson.dumps({"model": "gem", "stream": True,
+                         "messages": [{"role": "user", "content": "a b c d e f g h i j k l m n o p"}]})
+    s = socket.create_connection(("127.0.0.1", gateway.port))
+    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+              b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    assert b"200 OK" in s.recv(4096)
+    s.close()
+    deadline = time.monotonic() + 3
+    while emulator.state.cancelled == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert emulator.state.cancelled == 1 and emulator.state.in_flight == 0
+
+
 # ---- safety ------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -53,7 +53,7 @@ class Accounting:
         self.keys: KeyStore | None = None
         self.auth: Authenticator | None = None
         self.limiter: Any = None
-        self.settling: set[asyncio.Task[None]] = set()
+        self.settling: set[asyncio.Future[Any]] = set()
         self.table: ModelTable | None = None
         self._model_prices: dict[str, Price] = {}
         master = master_key(config)

@@ -15,7 +15,7 @@ class LimitLayer:
 
     def __init__(self, next_handler: Handler, limiter: Callable[[], Any],
                  estimate: Callable[[Call, bool, bool], tuple[int, int]],
-                 cost: Callable[[Call, Reply | None], int], tasks: set[asyncio.Task[None]]) -> None:
+                 cost: Callable[[Call, Reply | None], int], tasks: set[asyncio.Future[Any]]) -> None:
         self.next = next_handler
         self.limiter = limiter  # read at call time: the backend is chosen when the gateway starts
         self.estimate = estimate
@@ -53,6 +53,6 @@ class LimitLayer:
         if isinstance(limiter, MemoryLimiter):
             limiter.settle_now(grant, tokens, cost)
             return
-        task = asyncio.get_running_loop().create_task(limiter.settle(grant, tokens, cost))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        fut = limiter.settle_soon(grant, tokens, cost)
+        self.tasks.add(fut)
+        fut.add_done_callback(self.tasks.discard)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 from .keys import Scope
 from .periods import PeriodClock, period
 from .ratelimit import Grant, SpentLoader, denial, success_headers
+from .resp import RespClient, Script
 
 log = logging.getLogger("relaygate")
 
@@ -85,16 +87,12 @@ class RedisLimiter:
     a crashed instance do not leak forever. If Redis fails, calls are let through (logged): availability
     first."""
 
-    def __init__(self, url: str, load_spent: SpentLoader, slot_ttl: int, max_connections: int = 64) -> None:
-        import redis.asyncio as aioredis
-
-        # a pool that waits for a free connection: a burst of calls must queue, not fail open
-        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=10)
-        self.redis = redis = aioredis.Redis(connection_pool=pool)
+    def __init__(self, url: str, load_spent: SpentLoader, slot_ttl: int) -> None:
+        self.redis = redis = RespClient(url)
         self._load_spent = load_spent
         self.slot_ttl = slot_ttl
-        self._acquire = redis.register_script(ACQUIRE)
-        self._settle = redis.register_script(SETTLE)
+        self._acquire = Script(redis, ACQUIRE)
+        self._settle = Script(redis, SETTLE)
         self._warned = 0.0
         self._period = PeriodClock()
 
@@ -131,17 +129,43 @@ class RedisLimiter:
             spent = await self._load_spent(s.name, start)
             ttl = int(end - now) + 86400 if end is not None else None
             try:
-                await self.redis.set(keys[i * SLOTS + 3], spent, nx=True, ex=ttl)
+                await self.redis.call("SET", keys[i * SLOTS + 3], spent, "NX", *(("EX", ttl) if ttl else ()))
             except Exception as e:
                 self._warn(e)
                 return None
         raise RuntimeError("budget state could not be initialised in Redis")
 
-    async def settle(self, grant: Grant, tokens: int, cost: int) -> None:
+    @staticmethod
+    def _settle_args(grant: Grant, tokens: int, cost: int) -> tuple[list[str], list[int]]:
         keys: list[str] = []
         for s, pid in zip(grant.scopes, grant.periods, strict=True):
             keys += _keys(s, grant.minute, pid)
-        args = [len(grant.scopes), grant.tokens, grant.cost, tokens, cost, *(1 if p else 0 for p in grant.periods)]
+        return keys, [len(grant.scopes), grant.tokens, grant.cost, tokens, cost, *(1 if p else 0 for p in grant.periods)]
+
+    def settle_soon(self, grant: Grant, tokens: int, cost: int) -> asyncio.Future[Any]:
+        """Send the settlement now without a task (the common case); a failure falls back to ``settle``."""
+        proto = self.redis.connected()
+        if proto is None:
+            return asyncio.ensure_future(self.settle(grant, tokens, cost))
+        keys, args = self._settle_args(grant, tokens, cost)
+        fut = self.redis.send(proto, "EVALSHA", self._settle.sha, len(keys), *keys, *args)
+        out: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        def finished(_: Any) -> None:
+            if not out.done():
+                out.set_result(None)
+
+        def sent(f: asyncio.Future[Any]) -> None:
+            if f.cancelled() or f.exception() is not None:  # e.g. Redis restarted and forgot the script
+                asyncio.ensure_future(self.settle(grant, tokens, cost)).add_done_callback(finished)
+            else:
+                finished(None)
+
+        fut.add_done_callback(sent)
+        return out
+
+    async def settle(self, grant: Grant, tokens: int, cost: int) -> None:
+        keys, args = self._settle_args(grant, tokens, cost)
         for attempt in range(3):
             try:
                 await self._settle(keys=keys, args=args)
@@ -153,7 +177,7 @@ class RedisLimiter:
                   cost)
 
     async def spent_now(self, scope: Scope, pid: str) -> int:
-        v = await self.redis.get(_keys(scope, 0, pid)[3])
+        v = await self.redis.call("GET", _keys(scope, 0, pid)[3])
         return int(v or 0)
 
     def _warn(self, e: Exception) -> None:
@@ -163,4 +187,4 @@ class RedisLimiter:
             log.warning("rate limits: Redis failed (%s); letting calls through", type(e).__name__)
 
     async def close(self) -> None:
-        await self.redis.aclose()
+        await self.redis.close()

@@ -1,0 +1,72 @@
+"""The small Redis client of the limits: RESP framing, pipelining, errors, reconnects (real Redis)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+import redis as redis_lib
+
+from relaygate.limits.resp import RespClient, RespError, Script, encode, parse
+from tests.conftest import require_service
+
+REDIS_URL = os.environ.get("RELAYGATE_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+def test_resp_values_parse_whole_or_not_at_all() -> None:
+    data = bytearray(b"*3\r\n:1\r\n$5\r\nhello\r\n*2\r\n+OK\r\n$-1\r\n")
+    assert parse(data) == ([1, b"hello", [b"OK", None]], len(data))
+    for cut in range(1, len(data)):
+        assert parse(bytearray(data[:cut])) is None
+    err, _ = parse(bytearray(b"-NOSCRIPT No matching script\r\n"))  # type: ignore[misc]
+    assert isinstance(err, RespError) and str(err).startswith("NOSCRIPT")
+    assert encode(("GET", "k", 5)) == b"*3\r\n$3\r\nGET\r\n$1\r\nk\r\n$1\r\n5\r\n"
+
+
+@pytest.fixture
+def redis_url() -> str:
+    try:
+        redis_lib.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+    except redis_lib.RedisError:
+        require_service("redis")
+    return REDIS_URL
+
+
+def test_pipelined_calls_get_their_own_replies_and_scripts_load_themselves(redis_url) -> None:  # type: ignore[no-untyped-def]
+    key = "rg:test:resp:" + os.urandom(6).hex()
+
+    async def main() -> None:
+        c = RespClient(redis_url)
+        try:
+            replies = await asyncio.gather(*(c.call("INCRBY", key, i) for i in range(1, 101)))
+            assert sorted(replies) == sorted({sum(range(1, i + 1)) for i in range(1, 101)})
+            assert await c.call("GET", key) == str(sum(range(101))).encode()
+            with pytest.raises(RespError):
+                await c.call("NOT-A-COMMAND")
+            script = Script(c, "return {redis.call('INCR', KEYS[1]), ARGV[1]}")
+            assert await script([key], ["x" + os.urandom(4).hex()]) is not None  # NOSCRIPT -> EVAL -> cached
+            assert (await script([key], ["y"]))[1] == b"y"
+            await c.call("DEL", key)
+        finally:
+            await c.close()
+
+    asyncio.run(main())
+
+
+def test_a_killed_connection_is_replaced(redis_url) -> None:  # type: ignore[no-untyped-def]
+    async def main() -> None:
+        c = RespClient(redis_url)
+        try:
+            my_id = await c.call("CLIENT", "ID")
+            redis_lib.Redis.from_url(redis_url).client_kill_filter(_id=my_id)
+            for _ in range(50):  # the loss is noticed when the socket's EOF is read
+                if c.connected() is None:
+                    break
+                await asyncio.sleep(0.01)
+            assert await c.call("PING") == b"PONG"
+            assert await c.call("CLIENT", "ID") != my_id
+        finally:
+            await c.close()
+
+    asyncio.run(main())

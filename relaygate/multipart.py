@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import IO, Any
 
 from python_multipart.exceptions import MultipartParseError
@@ -218,20 +218,21 @@ class AudioUpload(ClientBody):
             return None
         return ev
 
-    def body(self, upstream_model: str) -> AsyncIterator[bytes]:
-        """The upstream multipart body with ``model`` rewritten.
+    def body(self, upstream_model: str, keep: Callable[[str], bool] | None = None) -> AsyncIterator[bytes]:
+        """The upstream multipart body with ``model`` rewritten (and only the fields ``keep`` accepts).
 
         The file streams on as it arrives and is kept in a spool (memory up to ``SPOOL_MEMORY``, then a
         temporary file) on the way, so a retry on another deployment replays what was read and goes on
         reading the client from where the failed attempt stopped.
         """
         self.begin()
-        return self.guard(self._encode(upstream_model))
+        return self.guard(self._encode(upstream_model, keep))
 
-    async def _encode(self, upstream_model: str) -> AsyncIterator[bytes]:
+    async def _encode(self, upstream_model: str, keep: Callable[[str], bool] | None) -> AsyncIterator[bytes]:
         b = self.boundary.encode()
         closing = b"--" + b + b"--" + CRLF
-        head = b"".join(encode_field(b, n, upstream_model if n == "model" else v) for n, v in self.fields)
+        head = b"".join(encode_field(b, n, upstream_model if n == "model" else v) for n, v in self.fields
+                        if keep is None or keep(n))
         if self.file is None or self._spool is None:
             yield head + closing
             return
@@ -256,7 +257,7 @@ class AudioUpload(ClientBody):
                 yield ev[1]
             elif ev[0] == "file_end":
                 yield CRLF
-            else:  # a field after the file: checked and forwarded in order
+            elif keep is None or keep(ev[1]):  # a field after the file: checked and forwarded in order
                 yield encode_field(b, ev[1], ev[2])
         yield closing
 

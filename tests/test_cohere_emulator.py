@@ -197,3 +197,17 @@ def test_models_endpoints_parse_in_the_sdk(co: cohere.ClientV2, emulator: Backgr
     headers = {"authorization": f"Bearer {KEY}"}
     GetModelResponse.model_validate(httpx.get(emulator.url + f"/v1/models/{MODEL}", headers=headers).json())
     ListModelsResponse.model_validate(httpx.get(emulator.url + "/v1/models", headers=headers).json())
+
+
+def test_transcription_parses_in_the_sdk(co: cohere.ClientV2, emulator: BackgroundServer) -> None:
+    from relaygate.testing.openai_audio import tone_pcm, wav_bytes
+
+    wav = wav_bytes(tone_pcm(0.2, 440), comment="hello there")
+    r = co.audio.transcriptions.create(model="cohere-transcribe-03-2026", language="en", file=("a.wav", wav))
+    assert r.text == "hello there"
+    with pytest.raises(cohere.BadRequestError) as e:
+        co.audio.transcriptions.create(model="cohere-transcribe-03-2026", language="en", file=("a.m4a", wav))
+    assert "file must be one of" in e.value.body["message"]
+    missing = httpx.post(emulator.url + "/v2/audio/transcriptions", headers={"authorization": f"Bearer {KEY}"},
+                         data={"model": "cohere-transcribe-03-2026", "prompt": "x"}, files={"file": ("a.wav", wav)})
+    assert missing.status_code == 400 and "prompt" in missing.json()["message"]

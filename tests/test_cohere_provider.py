@@ -48,6 +48,7 @@ def gateway(emulator: BackgroundServer) -> Iterator[GatewayThread]:
                          cohere_model("command-slow", emulator, timeout=0.5),
                          cohere_model("command-badkey", emulator, api_key="wrong-key"),
                          cohere_model("embed", emulator, model="embed-v4.0"),
+                         cohere_model("transcribe", emulator, model="cohere-transcribe-03-2026"),
                          cohere_model("*", emulator, model="*")]}
     with GatewayThread(config) as gw:
         yield gw
@@ -462,3 +463,28 @@ def test_parallel_tool_calls_keep_their_own_indexes() -> None:
     message = body["choices"][0]["message"]
     assert [tc["id"] for tc in message["tool_calls"]] == ["a", "b"] and message["content"] == "Both."
     assert message["tool_calls"][1]["function"]["arguments"] == "{}" and body["usage"] is None
+
+
+def test_transcriptions_with_the_openai_sdk(client: openai.OpenAI, emulator: BackgroundServer) -> None:
+    from relaygate.testing.openai_audio import tone_pcm, wav_bytes
+
+    wav = wav_bytes(tone_pcm(0.2, 440), comment="hello there")
+    r = client.audio.transcriptions.with_raw_response.create(model="transcribe", file=("a.wav", wav),
+                                                            language="en", prompt="names: Ada")
+    assert r.parse().text == "hello there"
+    assert r.headers["x-relaygate-dropped-params"] == "prompt"
+    assert sent(emulator) == {"model": "cohere-transcribe-03-2026", "language": "en",
+                              "file": {"filename": "a.wav", "size": len(wav)}}
+    text = client.audio.transcriptions.create(model="transcribe", file=("a.wav", wav), language="en",
+                                              response_format="text")
+    assert text == "hello there\n"
+    with pytest.raises(openai.BadRequestError) as no_language:
+        client.audio.transcriptions.create(model="transcribe", file=("a.wav", wav))
+    assert no_language.value.param == "language"
+    with pytest.raises(openai.BadRequestError) as verbose:
+        client.audio.transcriptions.create(model="transcribe", file=("a.wav", wav), language="en",
+                                           response_format="verbose_json")
+    assert verbose.value.code == "unsupported"
+    fault(emulator, status=429, retry_after=3, count=1)
+    with pytest.raises(openai.RateLimitError):
+        client.audio.transcriptions.create(model="transcribe", file=("a.wav", wav), language="en")

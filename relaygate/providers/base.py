@@ -13,6 +13,7 @@ from yarl import URL
 from ..call import Call, Reply
 from ..config import DeploymentConfig
 from ..errors import GatewayError, Unavailable, Unsupported, UpstreamTimeout
+from ..upload import ClientBody
 
 
 class Provider:
@@ -101,6 +102,19 @@ class Provider:
             raise UpstreamTimeout(f"upstream {self.kind} timed out") from None
         except aiohttp.ClientError as e:
             raise Unavailable(f"upstream {self.kind} is unreachable ({type(e).__name__})", status=502) from None
+
+    async def send_body(self, call: Call, method: str, url: str, headers: dict[str, str], upload: ClientBody,
+                        data: AsyncIterator[bytes] | None) -> aiohttp.ClientResponse:
+        """Send a request whose body streams from the client; a client-side failure is reported as such."""
+        try:
+            resp = await self.request(call, method, url, headers=headers, data=data)
+        except GatewayError:
+            upload.reraise()  # the client's body failed (too large, malformed, gone), not the upstream
+            raise
+        if upload.error is not None:
+            resp.close()
+            upload.reraise()
+        return resp
 
     async def read_body(self, resp: aiohttp.ClientResponse) -> bytes:
         try:

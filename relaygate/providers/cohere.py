@@ -42,6 +42,7 @@ from .openai_format import (
 DEFAULT_BASE = "https://api.cohere.com"
 INPUT_TYPES = ("search_document", "search_query", "classification", "clustering")
 DEFAULT_INPUT_TYPE = "search_document"
+TRANSCRIBE_FIELDS = frozenset({"model", "language", "temperature"})  # the multipart fields Cohere accepts
 MAX_TEXTS = 96  # Cohere's limit of texts per /v2/embed call; larger requests are split (embedding_batch_size)
 FINISH = {"COMPLETE": "stop", "STOP_SEQUENCE": "stop", "MAX_TOKENS": "length", "TOOL_CALL": "tool_calls"}
 # reasoning_effort -> Cohere's thinking: none disables it and high leaves it unbounded, as Cohere's own
@@ -210,6 +211,38 @@ class CohereProvider(Provider):
         usage = Usage(prompt_tokens=int(units)) if isinstance(units, int | float) else Usage(known=False)
         out = embeddings_response(vectors, model, usage, fmt)
         return Reply(body=orjson.dumps(out), usage=usage if usage.known else None, first_byte_at=time.monotonic())
+
+    # -- audio --------------------------------------------------------------------------------------
+
+    async def transcriptions(self, call: Call) -> Reply:
+        """``/v2/audio/transcriptions``: the upload streams on with only the fields Cohere knows."""
+        assert call.deployment is not None and call.upload is not None
+        fmt = call.body.get("response_format") or "json"
+        if fmt not in ("json", "text"):
+            raise Unsupported(f"Cohere returns plain transcripts; response_format {fmt!r} is not available "
+                              "(use json or text)", param="response_format")
+        for name in ("stream", "timestamp_granularities[]", "timestamp_granularities"):
+            if call.body.get(name) not in (None, "false"):
+                raise Unsupported(f"'{name.rstrip('[]')}' is not available with Cohere transcription", param=name)
+        if not call.body.get("language"):
+            raise BadRequest("Cohere needs the audio's 'language' (ISO-639-1, e.g. 'en')", param="language")
+        model = call.deployment.upstream_model(call.model)
+        upload = call.upload
+        headers = {**self._headers, "content-type": upload.content_type}
+        resp = await self.send_body(call, "POST", self.base + "/v2/audio/transcriptions", headers, upload,
+                                    upload.body(model, TRANSCRIBE_FIELDS.__contains__))
+        if resp.status >= 400:
+            raise await self.upstream_error(resp)
+        text = (await self.read_json_object(resp)).get("text")
+        if not isinstance(text, str):
+            raise Unavailable("upstream cohere returned no transcript", status=502)
+        dropped = [n for n in call.body if n not in TRANSCRIBE_FIELDS and n not in ("response_format", "stream")]
+        notes = {DROPPED_HEADER: ",".join(dropped)} if dropped else {}
+        if fmt == "text":
+            return Reply(body=(text + "\n").encode(), media_type="text/plain; charset=utf-8", headers=notes,
+                         usage=Usage(known=False), first_byte_at=time.monotonic())
+        return Reply(body=orjson.dumps({"text": text}), headers=notes, usage=Usage(known=False),
+                     first_byte_at=time.monotonic())
 
     # -- HTTP -----------------------------------------------------------------------------------------
 

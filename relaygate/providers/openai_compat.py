@@ -11,7 +11,6 @@ import orjson
 
 from ..call import Call, Reply, Usage
 from ..errors import ContentFiltered, ContextTooLong, GatewayError, Unavailable, UpstreamTimeout, from_status
-from ..upload import ClientBody
 from .base import RATE_LIMIT_HEADERS, Provider, error_json, open_body, retry_after_seconds
 from .batching import embed_in_batches, needs_batches
 
@@ -126,19 +125,6 @@ class OpenAIProvider(Provider):
                       first_byte_at=time.monotonic())
         reply.usage = _usage_of(data) if ctype.startswith("application/json") else Usage(known=False)
         return reply
-
-    async def send_body(self, call: Call, method: str, url: str, headers: dict[str, str], upload: ClientBody,
-                        data: AsyncIterator[bytes] | None) -> aiohttp.ClientResponse:
-        """Send a request whose body streams from the client; a client-side failure is reported as such."""
-        try:
-            resp = await self.request(call, method, url, headers=headers, data=data)
-        except GatewayError:
-            upload.reraise()  # the client's body failed (too large, malformed, gone), not the upstream
-            raise
-        if upload.error is not None:
-            resp.close()
-            upload.reraise()
-        return resp
 
     async def passthrough(self, call: Call) -> Reply:
         """Forward a request of another OpenAI route as it is: body streamed up, response streamed down."""

@@ -1,4 +1,5 @@
-"""An emulator of Cohere's API v2 wire format: ``POST /v2/chat`` (whole or SSE) and ``POST /v2/embed``.
+"""An emulator of Cohere's API v2 wire format: ``POST /v2/chat`` (whole or SSE), ``POST /v2/embed``,
+``POST /v2/audio/transcriptions`` and ``GET /v1/models[/{model}]``.
 
 Shapes follow Cohere's OpenAPI spec (cohere-ai/cohere-developer-experience, ``cohere-openapi.yaml``) and the
 official ``cohere`` SDK's types, which the tests use as the oracle. Answers are deterministic and shared with
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 from .base import (
     STATE_KEY,
@@ -36,10 +37,13 @@ from .base import (
     tracked,
 )
 from .openai import Answer, answer, count_tokens
+from .openai_audio import transcript_of
 
 CHAT_MODELS = ("command-a-03-2025", "command-r-plus-08-2024", "command-r-08-2024", "command-r7b-12-2024",
                "command-a-vision-07-2025", "command-a-reasoning-08-2025")
 EMBED_MODELS = ("embed-v4.0", "embed-english-v3.0", "embed-multilingual-v3.0")
+TRANSCRIBE_MODELS = ("cohere-transcribe-03-2026",)
+AUDIO_EXTENSIONS = ("flac", "mp3", "mpeg", "mpga", "ogg", "wav")
 INPUT_TYPES = ("search_document", "search_query", "classification", "clustering", "image")
 EMBEDDING_TYPES = ("float", "int8", "uint8", "binary", "ubinary", "base64")
 PROMPT_OVERHEAD = 64  # Cohere's ``tokens.input_tokens`` counts its prompt template; ``billed_units`` does not
@@ -73,6 +77,7 @@ class CohereEmulatorOptions:
     api_key: str | None = None  # when set, requests must carry ``Authorization: Bearer <key>``
     chat_models: tuple[str, ...] = CHAT_MODELS
     embed_models: tuple[str, ...] = EMBED_MODELS
+    transcribe_models: tuple[str, ...] = TRANSCRIBE_MODELS
     context_window: int = 128_000  # prompts longer than this (emulated tokens) get 400 "too many tokens"
     dimensions: int = 256  # embedding size when output_dimension is not given
     prefix: str = "Hello! You said: "
@@ -448,11 +453,46 @@ def create_app(options: CohereEmulatorOptions | None = None) -> web.Application:
         except Invalid as e:
             return error_response(400, str(e))
 
+    async def transcribe(request: web.Request) -> web.StreamResponse:
+        """``POST /v2/audio/transcriptions``: multipart model, language, temperature and file -> ``{"text"}``."""
+        state = request.app[STATE_KEY]
+        denied = check_auth(request)
+        if denied is not None:
+            state.remember(request, b"")
+            return denied
+        fields: dict[str, Any] = {}
+        audio, filename = b"", ""
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader):
+                return error_response(400, "invalid request: nested multipart bodies are not accepted")
+            if part.filename is not None:
+                filename, audio = part.filename, await part.read()
+            else:
+                fields[part.name or ""] = await part.text()
+        state.remember(request, orjson.dumps({**fields, "file": {"filename": filename, "size": len(audio)}}))
+        plan = state.take_fault(request.path)
+        await apply_latency(plan)
+        if plan is not None and plan.status:
+            return fault_response(plan)
+        unknown = sorted(set(fields) - {"model", "language", "temperature"})
+        if unknown:
+            return error_response(400, f"invalid request: unknown field: parameter '{unknown[0]}' is not a valid field")
+        if fields.get("model") not in opts.transcribe_models:
+            return error_response(404, f"model '{fields.get('model')}' not found, make sure the correct model ID "
+                                       "was used and that you have access to the model.")
+        if not fields.get("language"):
+            return error_response(400, "invalid request: language is required")
+        if not filename or filename.rsplit(".", 1)[-1].lower() not in AUDIO_EXTENSIONS:
+            return error_response(400, "invalid request: the file must be one of " + ", ".join(AUDIO_EXTENSIONS))
+        return json_response({"text": transcript_of(audio)[0]})
+
     def model_info(name: str) -> dict[str, Any]:
-        endpoint = "embed" if name in opts.embed_models else "chat"
-        return {"name": name, "is_deprecated": False, "endpoints": [endpoint], "finetuned": False,
-                "context_length": opts.context_window if endpoint == "chat" else 512,
-                "default_endpoints": [endpoint], "features": ["tools"] if endpoint == "chat" else []}
+        # CompatibleEndpoint names no audio endpoint: a transcription model lists none
+        endpoints = ["embed"] if name in opts.embed_models else ["chat"] if name in opts.chat_models else []
+        return {"name": name, "is_deprecated": False, "endpoints": endpoints, "finetuned": False,
+                "context_length": opts.context_window if endpoints == ["chat"] else 512,
+                "default_endpoints": endpoints, "features": ["tools"] if endpoints == ["chat"] else []}
 
     async def models(request: web.Request) -> web.StreamResponse:
         """``GET /v1/models`` and ``GET /v1/models/{model}`` (free; the provider's health probe)."""
@@ -465,7 +505,7 @@ def create_app(options: CohereEmulatorOptions | None = None) -> web.Application:
         await apply_latency(plan)
         if plan is not None and plan.status:
             return fault_response(plan)
-        known = opts.chat_models + opts.embed_models
+        known = opts.chat_models + opts.embed_models + opts.transcribe_models
         name = request.match_info.get("model")
         if name is None:
             return json_response({"models": [model_info(m) for m in known]})
@@ -476,6 +516,7 @@ def create_app(options: CohereEmulatorOptions | None = None) -> web.Application:
 
     app.router.add_get("/v1/models", models)
     app.router.add_get("/v1/models/{model}", models)
+    app.router.add_post("/v2/audio/transcriptions", tracked(transcribe))
     app.router.add_post("/v2/chat", tracked(chat))
     app.router.add_post("/v2/embed", tracked(embed))
     return app

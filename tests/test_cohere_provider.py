@@ -272,6 +272,10 @@ def test_requests_cohere_cannot_serve_are_refused_clearly(client: openai.OpenAI)
         client.chat.completions.create(model="command", messages=[{"role": "user", "content": [
             {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}]}])  # type: ignore[list-item,misc]
     assert audio.value.param == "messages[0].content[0].type"
+    with pytest.raises(openai.BadRequestError) as legacy:
+        client.chat.completions.create(model="command", messages=[{"role": "user", "content": "x"}],
+                                       functions=[{"name": "f", "parameters": {"type": "object"}}])
+    assert legacy.value.param == "functions" and legacy.value.code == "unsupported"
 
 
 # ---- embeddings through the provider (the /v1/embeddings route is another helper's) ------------------------

@@ -327,6 +327,10 @@ def chat_request(body: dict[str, Any], model: str, stream: bool) -> tuple[dict[s
         raise Unsupported("Cohere returns one choice per request; 'n' must be 1", param="n")
     if body.get("logprobs"):
         raise Unsupported("logprobs are not available through Cohere on this gateway", param="logprobs")
+    for legacy in ("functions", "function_call"):
+        if body.get(legacy) is not None:
+            raise Unsupported(f"the legacy '{legacy}' parameter is not translated for Cohere; use 'tools' and "
+                              "'tool_choice'", param=legacy)
     out: dict[str, Any] = {"model": model, "messages": [_message(m, i) for i, m in enumerate(body["messages"])]}
     if stream:
         out["stream"] = True

@@ -281,3 +281,13 @@ def test_tpm_limit_counts_the_tokens_used(emus: list[BackgroundServer], start_ga
     served = [ask(gw)[0].headers["x-relaygate-deployment"] for _ in range(6)]
     # each call uses 6 prompt + 5 completion tokens: a takes two (22 tokens), then only b has room
     assert served[:2] == ["a", "b"] and served.count("a") == 2
+
+
+def test_a_deployment_that_cannot_do_what_is_asked_passes_to_one_that_can(emus: list[BackgroundServer],
+                                                                          start_gateway: Start) -> None:
+    anthropic = {"name": "claude", "provider": "anthropic", "model": "claude-sonnet-4-5",
+                 "api_base": "http://127.0.0.1:9", "api_key": "sk-ant-x"}  # refuses n=2 before any request
+    gw = start_gateway({"models": [{"name": "m", "deployments": [anthropic, dep(emus[1], "gpt")]}]})
+    raw = client(gw).chat.completions.with_raw_response.create(model="m", messages=MESSAGES, n=2)
+    assert raw.headers["x-relaygate-deployment"] == "gpt" and raw.headers["x-relaygate-attempts"] == "2"
+    assert len(raw.parse().choices) == 2

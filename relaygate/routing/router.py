@@ -169,10 +169,11 @@ class Router:
         """Up to ``retry.attempts`` attempts on this model's deployments (untried ones first)."""
         policy = route.retry
         tried: list[Deployment] = []
+        unable: list[Deployment] = []  # answered unsupported: not worth repeating
         last: GatewayError | None = None
         repeats = 0
         for _ in range(policy.attempts or len(deps)):
-            dep, wait = await self._select(call, route, deps, tried, repeats, last)
+            dep, wait = await self._select(call, route, deps, tried, unable, repeats, last)
             if wait:
                 repeats += 1
                 await asyncio.sleep(wait)
@@ -181,16 +182,23 @@ class Router:
             try:
                 return await attempt(dep, call, route)
             except GatewayError as e:
+                if dep not in tried:
+                    tried.append(dep)
+                if e.kind == "unsupported" and len(tried) < len(deps):
+                    # this deployment's provider cannot do what was asked (n > 1, a route it lacks);
+                    # another provider of the model may: move on, but never come back to it
+                    unable.append(dep)
+                    last = last or e
+                    continue
                 last = e
                 if not policy.retries(e):
                     raise
-                if dep not in tried:
-                    tried.append(dep)
         assert last is not None
         raise last
 
     async def _select(self, call: Call, route: ModelRoute, deps: list[Deployment], tried: list[Deployment],
-                      repeats: int, last: GatewayError | None) -> tuple[Deployment, float]:
+                      unable: list[Deployment], repeats: int,
+                      last: GatewayError | None) -> tuple[Deployment, float]:
         """The next deployment and how long to wait first (0 for one this call has not tried yet)."""
         now = time.monotonic()
         if call.deadline and now >= call.deadline:
@@ -205,7 +213,7 @@ class Router:
             reason = reason or "open"
         # every untried one is out: repeat one already tried, after a backoff (or its retry-after)
         if last is not None:
-            again, _ = _available(tried, (), now)
+            again, _ = _available(tried, unable, now)
             if again:
                 dep = route.strategy.choose(again)
                 wait = route.retry.wait(repeats, dep.stats.cooling_until - now)

@@ -189,3 +189,21 @@ def test_azure_deployments_serve_audio_at_their_url_form(start_gateway):
         assert stt["path"] == "/openai/deployments/my-whisper/audio/transcriptions"
         assert tts["path"] == "/openai/deployments/my-tts/audio/speech" and "api-version" in tts["query"]
         assert stt["headers"]["api-key"] == "azure-key-0123456789" and "authorization" not in stt["headers"]
+
+
+def test_a_client_leaving_mid_upload_aborts_the_upstream_request(gateway, openai_emulator, caplog):
+    head = multipart([("model", b"whisper", None)]).rsplit(b"--XyZ--", 1)[0]
+    head += b'--XyZ\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n'
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as s:
+        s.sendall(b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\nContent-Length: 200000\r\n"
+                  b"Content-Type: multipart/form-data; boundary=XyZ\r\n\r\n" + head + b"\0" * 50_000)
+        deadline = time.monotonic() + 5
+        while openai_emulator.state.in_flight == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)  # the upload is on its way upstream
+    deadline = time.monotonic() + 5
+    while openai_emulator.state.in_flight and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert openai_emulator.state.in_flight == 0
+    assert openai_emulator.state.requests == []  # the upstream never saw a whole request
+    assert not [r for r in caplog.records if "internal error" in r.getMessage()]
+    assert client(gateway).audio.transcriptions.create(model="whisper", file=("a.wav", speech_wav("ok"))).text == "ok"

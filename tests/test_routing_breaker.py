@@ -322,3 +322,23 @@ def test_a_stream_cut_after_its_first_byte_counts_against_the_breaker_but_a_clie
         return b.fails, str((await b.snapshot())["state"])
 
     assert with_gateway(cfg, body) == (2, "open")
+
+
+def test_an_unreachable_redis_leaves_routing_working_as_if_closed() -> None:
+    import redis.asyncio as aioredis
+
+    async def main() -> list[bool]:
+        client = aioredis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.5)
+        breakers = Breakers()
+        breakers.use_redis(client)
+        b = breakers.new(unique("down"), BreakerConfig(failures=1))
+        assert b is not None
+        try:
+            admitted = [await b.admit()]
+            await b.record(False)  # would open it, if Redis could be told
+            admitted.append(await b.admit())
+            return admitted
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(main()) == [True, True]

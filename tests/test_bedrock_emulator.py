@@ -233,3 +233,28 @@ def test_event_stream_decoder_reads_every_header_type() -> None:
     assert m.headers == {"t": True, "f": False, "b": 5, "s": 7, "i": -3, "l": 2**40, "y": b"ab",
                          "ts": 1700000000000, "u": b"\x01" * 16}
     assert m.payload == b"" and base64  # noqa: B018
+
+
+def test_container_credentials_endpoint_satisfies_botocore(emu: BackgroundServer) -> None:
+    from botocore.credentials import ContainerProvider
+
+    env = {"AWS_CONTAINER_CREDENTIALS_FULL_URI": emu.url + "/_aws/container-credentials",
+           "AWS_CONTAINER_AUTHORIZATION_TOKEN": "container-auth-token"}
+    creds = ContainerProvider(environ=env).load()
+    assert creds is not None and creds.access_key.startswith("ASIA")
+    frozen = creds.get_frozen_credentials()
+    r = client(emu, aws_access_key_id=frozen.access_key, aws_secret_access_key=frozen.secret_key,
+               aws_session_token=frozen.token).converse(modelId=MODEL_ID, messages=USER)
+    assert r["stopReason"] == "end_turn"
+
+
+def test_sts_web_identity_answers_parse_in_boto3(emu: BackgroundServer) -> None:
+    sts = boto3.client("sts", endpoint_url=emu.url, region_name=REGION, aws_access_key_id="x",
+                       aws_secret_access_key="y")
+    r = sts.assume_role_with_web_identity(RoleArn="arn:aws:iam::000000000000:role/r", RoleSessionName="sess",
+                                          WebIdentityToken="eyJ-web-identity-token")
+    assert r["Credentials"]["AccessKeyId"].startswith("ASIA") and r["Credentials"]["Expiration"].year >= 2026
+    with pytest.raises(ClientError) as e:
+        sts.assume_role_with_web_identity(RoleArn="arn:aws:iam::000000000000:role/r", RoleSessionName="sess",
+                                          WebIdentityToken="wrong")
+    assert e.value.response["Error"]["Code"] == "InvalidIdentityToken"

@@ -21,6 +21,7 @@ from relaygate.config import ConfigError, parse_config
 from relaygate.errors import AuthError, Unavailable
 from relaygate.testing.base import BackgroundServer, FaultPlan
 from relaygate.testing.bedrock import (
+    OPTIONS_KEY,
     PEERS_KEY,
     TEST_ACCESS_KEY,
     TEST_API_KEY,
@@ -514,6 +515,105 @@ def test_credentials_and_region_come_from_the_environment_when_the_gateway_is_bu
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "changed-later")  # not read per request
     c = openai.OpenAI(base_url=gw.base_url, api_key="k", max_retries=0)
     assert c.chat.completions.create(model="c", messages=[{"role": "user", "content": "hi"}]).choices[0].message.content
+
+
+AWS_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_BEARER_TOKEN_BEDROCK",
+           "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+           "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+           "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE")
+
+
+def keyless(emu: BackgroundServer) -> dict[str, Any]:
+    return {"name": "c", "deployments": [{"provider": "bedrock", "model": MODEL_ID, "api_base": emu.url,
+                                          "region": REGION}]}
+
+
+def test_container_credentials_are_cached_and_renewed_before_expiry(
+        emu: BackgroundServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Any,
+        start_gateway: Callable[..., GatewayThread]) -> None:
+    for var in AWS_ENV:
+        monkeypatch.delenv(var, raising=False)
+    token = tmp_path / "token"
+    token.write_text("container-auth-token\n")
+    monkeypatch.setenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", emu.url + "/_aws/container-credentials")
+    monkeypatch.setenv("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", str(token))
+    gw = start_gateway({"models": [keyless(emu)]})
+    c = openai.OpenAI(base_url=gw.base_url, api_key="k", max_retries=0)
+    opts = emu.app[OPTIONS_KEY]
+
+    def chat_and_count() -> int:
+        assert c.chat.completions.create(model="c", messages=[{"role": "user", "content": "hi"}]).choices
+        return len([r for r in emu.state.requests if r["path"] == "/_aws/container-credentials"])
+
+    try:
+        opts.temporary_ttl = 60  # inside the 5-minute refresh margin: each call renews them
+        assert [chat_and_count() for _ in range(2)] == [1, 2]
+        opts.temporary_ttl = 3600  # renewed once more, then reused
+        assert [chat_and_count() for _ in range(3)] == [3, 3, 3]
+        fetch = next(r for r in emu.state.requests if r["path"] == "/_aws/container-credentials")
+        assert fetch["headers"]["authorization"] == "container-auth-token"  # read from the token file
+        assert sent(emu)[-1]["headers"]["authorization"].startswith("AWS4-HMAC-SHA256 Credential=ASIACONTAINER")
+        opts.temporary_ttl = 60
+        token.write_text("rotated-and-wrong")
+        gw2 = start_gateway({"models": [keyless(emu)]})  # a refused first fetch: nothing to sign with
+        with pytest.raises(openai.AuthenticationError) as e:
+            openai.OpenAI(base_url=gw2.base_url, api_key="k", max_retries=0).chat.completions.create(
+                model="c", messages=[{"role": "user", "content": "hi"}])
+        assert "refused to issue AWS credentials" in e.value.message
+    finally:
+        opts.temporary_ttl = 3600
+
+
+def test_web_identity_is_exchanged_for_temporary_credentials_at_sts(
+        emu: BackgroundServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Any,
+        start_gateway: Callable[..., GatewayThread]) -> None:
+    for var in AWS_ENV:
+        monkeypatch.delenv(var, raising=False)
+    token = tmp_path / "token"
+    token.write_text("eyJ-web-identity-token")
+    monkeypatch.setenv("AWS_WEB_IDENTITY_TOKEN_FILE", str(token))
+    monkeypatch.setenv("AWS_ROLE_ARN", "arn:aws:iam::000000000000:role/relaygate")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_STS", emu.url)
+    gw = start_gateway({"models": [keyless(emu)]})
+    c = openai.OpenAI(base_url=gw.base_url, api_key="k", max_retries=0)
+    r = c.chat.completions.create(model="c", messages=[{"role": "user", "content": "hi"}])
+    assert r.choices[0].message.content == "Hello! You said: hi"
+    assert sent(emu)[-1]["headers"]["authorization"].startswith("AWS4-HMAC-SHA256 Credential=ASIAWEBIDENTITY")
+
+
+def test_a_failed_renewal_keeps_credentials_that_are_still_valid() -> None:
+    import asyncio
+    import time as _time
+
+    from relaygate.providers.aws_credentials import RefreshingSource
+    from relaygate.providers.aws_sigv4 import AwsCredentials
+
+    issued = AwsCredentials("ASIA1", "s1", "t1")
+    answers: list[Any] = [(issued, _time.time() + 60), AuthError("refused"), AuthError("refused")]
+
+    async def fetch(session: Any) -> Any:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    async def run() -> None:
+        source = RefreshingSource("test", fetch)
+        assert await source.get(None) is issued  # type: ignore[arg-type]
+        assert await source.get(None) is issued  # type: ignore[arg-type]  # renewal refused, still valid
+        source._expires = _time.time() - 1
+        with pytest.raises(AuthError):
+            await source.get(None)  # type: ignore[arg-type]
+
+    asyncio.run(run())
+
+
+def test_container_credentials_url_must_be_a_container_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    from relaygate.providers.aws_credentials import container_source
+
+    with pytest.raises(ValueError, match="container credentials host"):
+        container_source({"AWS_CONTAINER_CREDENTIALS_FULL_URI": "http://10.0.0.8/creds"})
+    assert container_source({"AWS_CONTAINER_CREDENTIALS_FULL_URI": "http://127.0.0.1:9/x"}) is not None
 
 
 def test_session_token_is_sent_and_checked(start_gateway: Callable[..., GatewayThread]) -> None:

@@ -26,6 +26,7 @@ from ..errors import (
     UpstreamTimeout,
     from_status,
 )
+from .aws_credentials import CredentialSource, container_source, web_identity_source
 from .aws_eventstream import EventMessage, EventStreamDecoder, EventStreamError
 from .aws_sigv4 import AwsCredentials, SigV4Signer
 from .base import Provider, error_json, retry_after_seconds
@@ -43,21 +44,25 @@ _TOO_LONG = ("input is too long", "too many input tokens", "prompt is too long",
              "maximum context length", "too many tokens")
 
 
-def credentials_from(config: Any, env: Mapping[str, str]) -> AwsCredentials:
-    """Credentials from the deployment config, else the standard AWS environment variables."""
+def credential_source(config: Any, env: Mapping[str, str], region: str) -> CredentialSource:
+    """The deployment's keys, else the standard AWS environment: access keys, a web identity (EKS service
+    accounts), container credentials (ECS task roles, EKS Pod Identity)."""
     key_id = config.aws_access_key_id.get_secret_value() if config.aws_access_key_id else None
     secret = config.aws_secret_access_key.get_secret_value() if config.aws_secret_access_key else None
     token = config.aws_session_token.get_secret_value() if config.aws_session_token else None
-    if key_id is None and secret is None:
-        key_id, secret = env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY")
-        token = token or env.get("AWS_SESSION_TOKEN") or None
+    if key_id is not None or secret is not None:
         if not key_id or not secret:
-            raise ValueError("AWS credentials missing: set aws_access_key_id and aws_secret_access_key (or "
-                             "api_key, a Bedrock API key), or the AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
-                             "environment variables")
-    elif not key_id or not secret:
-        raise ValueError("aws_access_key_id and aws_secret_access_key must be given together")
-    return AwsCredentials(key_id, secret, token)
+            raise ValueError("aws_access_key_id and aws_secret_access_key must be given together")
+        return CredentialSource(AwsCredentials(key_id, secret, token))
+    key_id, secret = env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY")
+    if key_id and secret:
+        return CredentialSource(AwsCredentials(key_id, secret, token or env.get("AWS_SESSION_TOKEN") or None))
+    source = web_identity_source(env, region) or container_source(env)
+    if source is None:
+        raise ValueError("AWS credentials missing: set aws_access_key_id and aws_secret_access_key (or api_key, "
+                         "a Bedrock API key), or the AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY environment "
+                         "variables, or run with a web identity or container credentials")
+    return source
 
 
 def bearer_token(config: Any, env: Mapping[str, str]) -> str | None:
@@ -120,23 +125,33 @@ class AwsProvider(Provider):
         self.base_path = parts.path.rstrip("/")
         self._headers = {**{k.lower(): v for k, v in self.config.headers.items()},
                          "content-type": "application/json"}
+        self.credentials: CredentialSource | None = None
         self.signer: SigV4Signer | None = None
         if self.bearer is not None:
             self._headers["authorization"] = "Bearer " + self.bearer
-            secrets: tuple[str | None, ...] = (self.bearer,)
+            self._secrets.append(self.bearer)
         else:
-            credentials = credentials_from(self.config, env)
-            self.signer = SigV4Signer(credentials, region, SIGNING_SERVICE)
-            secrets = (credentials.secret_key, credentials.session_token, credentials.access_key)
-        self._secrets.extend(s for s in secrets if s and s not in self._secrets)
+            self.credentials = credential_source(self.config, env, region)
+        self._static_secrets = list(self._secrets)
+
+    async def _signer(self) -> SigV4Signer:
+        """The signer for the current credentials (temporary ones are renewed before they expire)."""
+        assert self.credentials is not None
+        creds = await self.credentials.get(self.session)
+        signer = self.signer
+        if signer is None or signer.credentials is not creds:
+            signer = self.signer = SigV4Signer(creds, self.region, SIGNING_SERVICE)
+            self._secrets = self._static_secrets + [
+                s for s in (creds.secret_key, creds.session_token, creds.access_key) if s]
+        return signer
 
     async def post_json(self, call: Call, path: str, body: dict[str, Any], accept: str = "application/json",
                         ) -> aiohttp.ClientResponse:
         """POST ``body`` to ``path`` (already percent-encoded), signed; an error status is raised mapped."""
         data = orjson.dumps(body)
         headers = {**self._headers, "accept": accept}
-        if self.signer is not None:
-            headers = self.signer.sign("POST", self.host, self.base_path + path, data, headers)
+        if self.credentials is not None:
+            headers = (await self._signer()).sign("POST", self.host, self.base_path + path, data, headers)
         url = URL(f"{self.base}{path}", encoded=True)  # keep %3A / %2F exactly as signed
         resp = await self.request(call, "POST", url, headers=headers, data=data)
         if resp.status >= 400:

@@ -1,5 +1,7 @@
 """An emulator of AWS Bedrock Runtime (Converse, ConverseStream, InvokeModel for Titan text embeddings, CountTokens) and
-Bedrock Agent Runtime (InvokeAgent), on one port. boto3/botocore pointed at it parse every answer.
+Bedrock Agent Runtime (InvokeAgent), on one port, with the endpoints that hand out temporary credentials
+(container credentials at ``/_aws/container-credentials``, STS AssumeRoleWithWebIdentity at ``/``).
+boto3/botocore pointed at it parse every answer.
 
 Every request must carry a valid SigV4 signature made with the emulator's test credentials (service
 ``bedrock``). Errors are AWS's: an ``x-amzn-errortype`` header and ``{"message": ...}``. Answers are
@@ -24,6 +26,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
+from xml.sax.saxutils import escape
 
 import orjson
 from aiohttp import web
@@ -91,6 +94,9 @@ class BedrockEmulatorOptions:
     max_skew_seconds: float = 300.0
     context_window: int = 200_000  # emulated tokens; longer input gets "Input is too long"
     prefix: str = "Hello! You said: "
+    container_token: str = "container-auth-token"  # what the container credentials endpoint requires
+    web_identity_token: str = "eyJ-web-identity-token"  # what STS AssumeRoleWithWebIdentity requires
+    temporary_ttl: float = 3600.0  # lifetime of the temporary credentials both hand out
     guardrail_words: tuple[str, ...] = ("forbidden",)  # a guarded call whose last user text has one is blocked
     guardrail_message: str = "Sorry, the model cannot answer this question."
 
@@ -418,6 +424,7 @@ def titan_embedding(req: Any) -> dict[str, Any]:
 
 SESSIONS_KEY: web.AppKey[dict[str, int]] = web.AppKey("bedrock_agent_sessions", dict)
 CACHE_KEY: web.AppKey[set[str]] = web.AppKey("bedrock_prompt_cache", set)
+OPTIONS_KEY: web.AppKey[BedrockEmulatorOptions] = web.AppKey("bedrock_options", BedrockEmulatorOptions)
 PEERS_KEY: web.AppKey[list[int]] = web.AppKey("bedrock_client_ports", list)  # per request: was a connection reused?
 
 
@@ -428,6 +435,7 @@ def create_app(options: BedrockEmulatorOptions | None = None, state: EmulatorSta
     app[SESSIONS_KEY] = {}
     app[CACHE_KEY] = set()
     app[PEERS_KEY] = []
+    app[OPTIONS_KEY] = opts  # tests may change options of a running emulator
 
     async def admit(request: web.Request) -> tuple[Any, FaultPlan | None]:
         """Record, verify the signature, apply faults; the parsed JSON body and the fault plan."""
@@ -528,6 +536,48 @@ def create_app(options: BedrockEmulatorOptions | None = None, state: EmulatorSta
         return await stream(request, frames, plan, AGENT_STREAM_EXCEPTIONS, {
             "x-amzn-bedrock-agent-content-type": "application/json", "x-amz-bedrock-agent-session-id": session})
 
+    def issue(prefix: str) -> dict[str, str]:
+        """Temporary credentials that this emulator will accept from now on."""
+        key = prefix + uuid.uuid4().hex[:16].upper()
+        secret, token = uuid.uuid4().hex + uuid.uuid4().hex, "IQoJ" + uuid.uuid4().hex * 3
+        opts.credentials[key] = secret
+        opts.session_tokens[key] = token
+        expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + opts.temporary_ttl))
+        return {"AccessKeyId": key, "SecretAccessKey": secret, "Token": token, "Expiration": expires}
+
+    async def container_credentials(request: web.Request) -> web.Response:
+        """The ECS / EKS Pod Identity credentials endpoint (AWS_CONTAINER_CREDENTIALS_FULL_URI)."""
+        request.app[STATE_KEY].remember(request, b"")
+        if request.headers.get("authorization") != opts.container_token:
+            return json_response({"Code": "AccessDenied", "Message": "invalid authorization token"}, 403)
+        return json_response({**issue("ASIACONTAINER"), "RoleArn": "arn:aws:iam::000000000000:role/emulated"})
+
+    async def sts(request: web.Request) -> web.Response:
+        """STS AssumeRoleWithWebIdentity (query protocol, XML answers), at AWS_ENDPOINT_URL_STS."""
+        form = await request.post()
+        request.app[STATE_KEY].remember(request, b"")
+        ns = "https://sts.amazonaws.com/doc/2011-06-15/"
+        if form.get("Action") != "AssumeRoleWithWebIdentity" or form.get("WebIdentityToken") != opts.web_identity_token:
+            body = (f'<ErrorResponse xmlns="{ns}"><Error><Type>Sender</Type><Code>InvalidIdentityToken</Code>'
+                    "<Message>The web identity token is not valid.</Message></Error>"
+                    "<RequestId>00000000-0000-0000-0000-000000000000</RequestId></ErrorResponse>")
+            return web.Response(text=body, status=400, content_type="text/xml")
+        role = form.get("RoleArn")
+        role = escape(role) if isinstance(role, str) else ""
+        c = issue("ASIAWEBIDENTITY")
+        creds = "".join(f"<{k}>{v}</{k}>" for k, v in (("AccessKeyId", c["AccessKeyId"]),
+                        ("SecretAccessKey", c["SecretAccessKey"]), ("SessionToken", c["Token"]),
+                        ("Expiration", c["Expiration"])))
+        body = (f'<AssumeRoleWithWebIdentityResponse xmlns="{ns}"><AssumeRoleWithWebIdentityResult>'
+                f"<Credentials>{creds}</Credentials><SubjectFromWebIdentityToken>system:serviceaccount:emulated"
+                f"</SubjectFromWebIdentityToken><AssumedRoleUser><Arn>{role}/session</Arn>"
+                "<AssumedRoleId>AROAEMULATED:session</AssumedRoleId></AssumedRoleUser>"
+                "</AssumeRoleWithWebIdentityResult><ResponseMetadata><RequestId>"
+                f"{uuid.uuid4()}</RequestId></ResponseMetadata></AssumeRoleWithWebIdentityResponse>")
+        return web.Response(text=body, content_type="text/xml")
+
+    app.router.add_get("/_aws/container-credentials", container_credentials)
+    app.router.add_post("/", sts)
     app.router.add_post("/model/{model}/converse", tracked(converse))
     app.router.add_post("/model/{model}/converse-stream", tracked(converse))
     app.router.add_post("/model/{model}/invoke", tracked(invoke))

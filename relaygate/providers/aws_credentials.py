@@ -1,0 +1,162 @@
+"""Where AWS credentials come from: fixed keys, or temporary ones that the runtime hands out and relaygate
+refreshes ahead of expiry (EKS/ECS container credentials, EKS web identity via STS).
+
+Which source applies is decided once, when the gateway is built, from the deployment config and the standard
+environment variables; temporary credentials are fetched on first use and refreshed by one call at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime
+from ipaddress import ip_address
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import orjson
+
+from ..errors import AuthError, GatewayError, Unavailable
+from .aws_sigv4 import AwsCredentials
+
+REFRESH_MARGIN = 300.0  # seconds before expiry at which credentials are renewed
+FETCH_TIMEOUT = aiohttp.ClientTimeout(total=5, connect=2)
+ECS_HOST = "http://169.254.170.2"
+# the hosts botocore also accepts for container credentials over plain http (ECS, EKS Pod Identity)
+_CONTAINER_HOSTS = {"169.254.170.2", "169.254.170.23", "fd00:ec2::23", "localhost"}
+_STS_NS = "{https://sts.amazonaws.com/doc/2011-06-15/}"
+
+Fetch = Callable[[aiohttp.ClientSession], Awaitable[tuple[AwsCredentials, float]]]
+
+
+class CredentialSource:
+    """Fixed credentials; ``get`` is what every signed request calls."""
+
+    name = "static"
+
+    def __init__(self, credentials: AwsCredentials | None = None) -> None:
+        self.credentials = credentials
+
+    async def get(self, session: aiohttp.ClientSession) -> AwsCredentials:
+        assert self.credentials is not None
+        return self.credentials
+
+
+class RefreshingSource(CredentialSource):
+    """Temporary credentials from ``fetch``; renewed REFRESH_MARGIN seconds before they expire."""
+
+    def __init__(self, name: str, fetch: Fetch) -> None:
+        super().__init__()
+        self.name = name
+        self._fetch = fetch
+        self._expires = 0.0
+        self._lock = asyncio.Lock()
+
+    async def get(self, session: aiohttp.ClientSession) -> AwsCredentials:
+        if self.credentials is not None and time.time() < self._expires - REFRESH_MARGIN:
+            return self.credentials
+        async with self._lock:  # one fetch for all the requests that found the credentials stale
+            if self.credentials is not None and time.time() < self._expires - REFRESH_MARGIN:
+                return self.credentials
+            try:
+                self.credentials, self._expires = await self._fetch(session)
+            except GatewayError:
+                if self.credentials is not None and time.time() < self._expires:
+                    return self.credentials  # still valid: try again on the next call
+                raise
+            return self.credentials
+
+
+def _expiry(value: Any) -> float:
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        raise Unavailable("AWS credentials came with an unreadable expiration time", status=502) from None
+
+
+def container_source(env: Mapping[str, str]) -> RefreshingSource | None:
+    """ECS task roles and EKS Pod Identity: AWS_CONTAINER_CREDENTIALS_FULL_URI / _RELATIVE_URI."""
+    full, relative = env.get("AWS_CONTAINER_CREDENTIALS_FULL_URI"), env.get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+    if not full and not relative:
+        return None
+    url = full or ECS_HOST + str(relative)
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.scheme != "https" and host not in _CONTAINER_HOSTS and not _is_loopback(host):
+        raise ValueError(f"AWS_CONTAINER_CREDENTIALS_FULL_URI must be https, loopback or a container credentials "
+                         f"host ({', '.join(sorted(_CONTAINER_HOSTS))}), not {host!r}")
+    token, token_file = env.get("AWS_CONTAINER_AUTHORIZATION_TOKEN"), env.get("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE")
+
+    async def fetch(session: aiohttp.ClientSession) -> tuple[AwsCredentials, float]:
+        headers = {"accept": "application/json"}
+        auth = _read_file(token_file, "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE") if token_file else token
+        if auth:  # the file is read on every fetch: EKS rotates it
+            headers["authorization"] = auth
+        raw = await _get(session, "GET", url, headers, None, "the container credentials endpoint")
+        try:
+            data = orjson.loads(raw)
+            creds = AwsCredentials(data["AccessKeyId"], data["SecretAccessKey"], data.get("Token"))
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            raise Unavailable("the container credentials endpoint sent no credentials", status=502) from None
+        return creds, _expiry(data.get("Expiration"))
+
+    return RefreshingSource("container", fetch)
+
+
+def web_identity_source(env: Mapping[str, str], region: str) -> RefreshingSource | None:
+    """EKS IAM roles for service accounts: AssumeRoleWithWebIdentity with the projected token file."""
+    token_file, role = env.get("AWS_WEB_IDENTITY_TOKEN_FILE"), env.get("AWS_ROLE_ARN")
+    if not token_file or not role:
+        return None
+    endpoint = env.get("AWS_ENDPOINT_URL_STS") or f"https://sts.{region}.amazonaws.com"
+    session_name = env.get("AWS_ROLE_SESSION_NAME") or f"relaygate-{int(time.time())}"
+
+    async def fetch(session: aiohttp.ClientSession) -> tuple[AwsCredentials, float]:
+        form = {"Action": "AssumeRoleWithWebIdentity", "Version": "2011-06-15", "RoleArn": role,
+                "RoleSessionName": session_name,
+                "WebIdentityToken": _read_file(token_file, "AWS_WEB_IDENTITY_TOKEN_FILE")}
+        raw = await _get(session, "POST", endpoint.rstrip("/") + "/", {"accept": "text/xml"}, form, "AWS STS")
+        try:
+            node = ET.fromstring(raw).find(f"{_STS_NS}AssumeRoleWithWebIdentityResult/{_STS_NS}Credentials")
+            assert node is not None
+            value = {child.tag.removeprefix(_STS_NS): child.text or "" for child in node}
+            creds = AwsCredentials(value["AccessKeyId"], value["SecretAccessKey"], value["SessionToken"])
+        except (ET.ParseError, AssertionError, KeyError):
+            raise Unavailable("AWS STS sent no credentials", status=502) from None
+        return creds, _expiry(value.get("Expiration"))
+
+    return RefreshingSource("web identity", fetch)
+
+
+async def _get(session: aiohttp.ClientSession, method: str, url: str, headers: dict[str, str],
+               form: dict[str, str] | None, what: str) -> bytes:
+    try:
+        async with session.request(method, url, headers=headers, data=form, timeout=FETCH_TIMEOUT,
+                                   allow_redirects=False) as resp:
+            body = await resp.read()
+    except (aiohttp.ClientError, TimeoutError) as e:
+        raise Unavailable(f"could not get AWS credentials from {what} ({type(e).__name__})", status=502) from None
+    if resp.status in (400, 401, 403):  # the runtime refused this workload: not a passing outage
+        raise AuthError(f"{what} refused to issue AWS credentials (HTTP {resp.status})",
+                        code="upstream_auth_failed")
+    if resp.status >= 300:
+        raise Unavailable(f"{what} answered HTTP {resp.status} instead of AWS credentials", status=502)
+    return body
+
+
+def _read_file(path: str, what: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip()
+    except OSError as e:
+        raise AuthError(f"cannot read {what} ({e.strerror})", code="upstream_auth_failed") from None
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ip_address(host).is_loopback
+    except ValueError:
+        return False

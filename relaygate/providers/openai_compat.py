@@ -94,7 +94,7 @@ class OpenAIProvider(Provider):
         ctype = resp.headers.get("content-type", "application/octet-stream")
         stream = await open_body(resp, self.kind, require_bytes=True)
         chars = len(body.get("input") or "")
-        return Reply(stream=stream, media_type=ctype, first_byte_at=time.monotonic(),
+        return Reply(stream=stream, media_type=ctype, first_byte_at=time.monotonic(), headers=passed_headers(resp),
                      usage=Usage(characters=chars))  # priced per character (tts-1)
 
     async def transcriptions(self, call: Call) -> Reply:
@@ -121,7 +121,7 @@ class OpenAIProvider(Provider):
             data = await self.read_body(resp)
         finally:
             resp.release()
-        reply = Reply(status=resp.status, body=data, media_type=ctype or "application/json",
+        reply = Reply(status=resp.status, body=data, media_type=ctype or "application/json", headers=passed_headers(resp),
                       first_byte_at=time.monotonic())
         reply.usage = _usage_of(data) if ctype.startswith("application/json") else Usage(known=False)
         return reply
@@ -135,7 +135,7 @@ class OpenAIProvider(Provider):
         resp = await self.send_body(call, fwd.method, self.base + fwd.target, headers, fwd, fwd.body())
         if resp.status >= 400:
             raise await self.upstream_error(resp)
-        passed = {k: resp.headers[k] for k in (*RATE_LIMIT_HEADERS, "content-disposition") if k in resp.headers}
+        passed = passed_headers(resp, ("content-disposition",))
         stream = await open_body(resp, self.kind)
         return Reply(status=resp.status, stream=stream, headers=passed, first_byte_at=time.monotonic(),
                      media_type=resp.headers.get("content-type", "application/octet-stream"),
@@ -149,7 +149,7 @@ class OpenAIProvider(Provider):
         resp = await self.request(call, "POST", self.url(path, model), headers=self.auth_headers(), data=body)
         if resp.status >= 400:
             raise await self.upstream_error(resp)
-        passed = {k: resp.headers[k] for k in RATE_LIMIT_HEADERS if k in resp.headers}
+        passed = passed_headers(resp)
         ctype = resp.headers.get("content-type", "")
         if call.stream and ctype.startswith("text/event-stream"):
             reply = Reply(media_type="text/event-stream", headers=passed, first_byte_at=time.monotonic())
@@ -226,6 +226,11 @@ class OpenAIProvider(Provider):
             if k in resp.headers:
                 e.headers[k] = resp.headers[k]
         return e
+
+
+def passed_headers(resp: aiohttp.ClientResponse, extra: tuple[str, ...] = ()) -> dict[str, str]:
+    """The upstream response headers a client may see: rate limits (and ``extra``)."""
+    return {k: resp.headers[k] for k in (*RATE_LIMIT_HEADERS, *extra) if k in resp.headers}
 
 
 def _usage_of(body: bytes) -> Usage | None:

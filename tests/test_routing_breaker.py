@@ -175,10 +175,14 @@ def test_a_good_probe_closes_it_and_a_bad_one_reopens_it(backend: str) -> None:
 
 # ---- end to end --------------------------------------------------------------------------------------
 
-def providers(gw: GatewayThread) -> dict[str, dict[str, Any]]:
+def providers_body(gw: GatewayThread) -> dict[str, Any]:
     r = urllib3.request("GET", gw.url + "/health/providers", timeout=5)
     assert r.status == 200
-    return {d["deployment"]: d for d in r.json()["deployments"]}
+    return dict(r.json())
+
+
+def providers(gw: GatewayThread) -> dict[str, dict[str, Any]]:
+    return {d["deployment"]: d for d in providers_body(gw)["deployments"]}
 
 
 def ask(gw: GatewayThread, model: str = "m") -> Any:
@@ -198,9 +202,11 @@ def test_breaker_opens_half_opens_and_closes_end_to_end(emus: list[BackgroundSer
     for _ in range(10):
         assert ask(gw).headers["x-relaygate-deployment"] == "good"
     assert chat_requests(bad) == 3  # then open: no more calls reach it
-    report = providers(gw)
+    body = providers_body(gw)
+    report = {d["deployment"]: d for d in body["deployments"]}
     assert report["bad"]["breaker"]["state"] == "open" and report["bad"]["state"] == "open"
     assert report["bad"]["score"] == 0 and report["good"]["score"] > 0.5
+    assert body["summary"] == {"deployments": 2, "healthy": 1, "score": round(report["good"]["score"] / 2, 4)}
     time.sleep(COOLDOWN + 0.05)
     for _ in range(5):
         ask(gw)

@@ -28,7 +28,10 @@ async def providers(gw: Gateway, req: Request) -> Response:
     """Each deployment: state, breaker, latency average, error rate, in-flight and a health score."""
     now = time.monotonic()
     reports = await asyncio.gather(*(deployment_report(d, now) for d in gw.deployments()))
-    return json_response({"deployments": list(reports)})
+    healthy = sum(1 for r in reports if r["state"] == "healthy")
+    score = round(sum(r["score"] for r in reports) / len(reports), 4) if reports else 0.0
+    return json_response({"deployments": list(reports),
+                          "summary": {"deployments": len(reports), "healthy": healthy, "score": score}})
 
 
 ROUTES = [

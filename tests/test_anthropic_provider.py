@@ -433,3 +433,36 @@ def test_cache_control_on_tool_messages_goes_on_the_tool_result(client: openai.O
     assert msgs[0]["content"][-1]["cache_control"] == {"type": "ephemeral"}  # message-level mark
     result = msgs[2]["content"][0]
     assert result["cache_control"] == {"type": "ephemeral"} and "cache_control" not in result["content"][0]
+
+
+def test_pdf_and_text_file_parts_become_document_blocks(client: openai.OpenAI, emu: BackgroundServer) -> None:
+    pdf = base64.b64encode(b"%PDF-1.4 tiny").decode()
+    txt = base64.b64encode(b"plain notes").decode()
+    r = client.chat.completions.create(model="claude", messages=[{"role": "user", "content": [
+        {"type": "text", "text": "summarize"},
+        {"type": "file", "file": {"file_data": f"data:application/pdf;base64,{pdf}", "filename": "a.pdf"}},
+        {"type": "file", "file": {"file_data": f"data:text/plain;base64,{txt}"}}]}])
+    assert r.choices[0].message.content == ("Hello! You said: summarize "
+                                            "(I read 2 documents: application/pdf a.pdf, text/plain)")
+    blocks = sent(emu)["json"]["messages"][0]["content"]
+    assert blocks[1] == {"type": "document", "title": "a.pdf",
+                         "source": {"type": "base64", "media_type": "application/pdf", "data": pdf}}
+    assert blocks[2]["source"] == {"type": "text", "media_type": "text/plain", "data": "plain notes"}
+
+
+def test_file_ids_are_refused_clearly(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="claude", messages=[{"role": "user", "content": [
+            {"type": "file", "file": {"file_id": "file-abc"}}]}])
+    assert "file_data" in str(e.value)
+
+
+def test_openai_prompt_cache_breakpoints_become_cache_control(client: openai.OpenAI, emu: BackgroundServer) -> None:
+    client.chat.completions.create(model="claude", messages=[{"role": "user", "content": [
+        {"type": "text", "text": "stable context", "prompt_cache_breakpoint": {"mode": "explicit"}},
+        {"type": "text", "text": "long-lived", "prompt_cache_breakpoint": {"mode": "explicit", "ttl": "12h"}},
+        {"type": "text", "text": "question"}]}])
+    blocks = sent(emu)["json"]["messages"][0]["content"]
+    assert blocks[0]["cache_control"] == {"type": "ephemeral"}
+    assert blocks[1]["cache_control"] == {"type": "ephemeral", "ttl": "1h"}
+    assert "cache_control" not in blocks[2] and "prompt_cache_breakpoint" not in blocks[0]

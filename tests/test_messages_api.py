@@ -303,3 +303,16 @@ def test_count_tokens_is_served_by_anthropic_models_only(client: anthropic.Anthr
     with pytest.raises(anthropic.BadRequestError) as e:
         client.messages.count_tokens(model="gpt", messages=[{"role": "user", "content": "a"}])
     assert "does not count tokens" in str(e.value)
+
+
+def test_pdf_documents_reach_openai_as_file_parts_and_claude_as_documents(
+        client: anthropic.Anthropic, upstreams: dict[str, BackgroundServer]) -> None:
+    pdf = base64.b64encode(b"%PDF-1.4 tiny").decode()
+    content: Any = [{"type": "document", "title": "a.pdf",
+                     "source": {"type": "base64", "media_type": "application/pdf", "data": pdf}},
+                    {"type": "text", "text": "summarize"}]
+    client.messages.create(model="gpt", max_tokens=50, messages=[{"role": "user", "content": content}])
+    assert openai_sent(upstreams)["messages"][0]["content"][0] == {
+        "type": "file", "file": {"file_data": f"data:application/pdf;base64,{pdf}", "filename": "a.pdf"}}
+    m = client.messages.create(model="claude", max_tokens=50, messages=[{"role": "user", "content": content}])
+    assert m.content[0].text.endswith("(I read 1 document: application/pdf a.pdf)")  # type: ignore[union-attr]

@@ -103,6 +103,22 @@ def _image_part(block: dict[str, Any], where: str) -> dict[str, Any]:
     return {"type": "image_url", "image_url": {"url": url}}
 
 
+def _document_part(block: dict[str, Any], where: str) -> dict[str, Any]:
+    """A document as OpenAI sees one: a PDF ``file`` part, or plain text."""
+    src = block.get("source")
+    if not isinstance(src, dict):
+        src = {}
+    kind = src.get("type")
+    if kind == "text":
+        return {"type": "text", "text": str(src.get("data", ""))}
+    if kind == "base64" and src.get("media_type") == "application/pdf":
+        file = {"file_data": f"data:application/pdf;base64,{src.get('data')}"}
+        if isinstance(block.get("title"), str):
+            file["filename"] = block["title"]
+        return {"type": "file", "file": file}
+    raise Unsupported(f"{where}.source: only base64 PDF and text documents are supported here", param=where)
+
+
 def _blocks(content: Any, where: str) -> list[dict[str, Any]]:
     if isinstance(content, str):
         return [{"type": "text", "text": content}]
@@ -155,8 +171,8 @@ def _message(m: Any, i: int, out: list[dict[str, Any]], keep_cache: bool) -> Non
                     tool["cache_control"] = b["cache_control"]
                 out.append(tool)
                 parts.extend(images)
-            elif kind == "document" and isinstance(b.get("source"), dict) and b["source"].get("type") == "text":
-                parts.append({"type": "text", "text": str(b["source"].get("data", ""))})
+            elif kind == "document":
+                parts.append(_document_part(b, f"{where}.content.{j}"))
             else:
                 raise Unsupported(f"{where}.content.{j}: block type {kind!r} is not supported here",
                                   param=f"{where}.content.{j}.type")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import re
 from typing import Any
 
@@ -145,9 +146,17 @@ def _text_blocks(content: Any, param: str) -> list[dict[str, Any]]:
 
 
 def _text_block(part: dict[str, Any]) -> dict[str, Any]:
-    block: dict[str, Any] = {"type": "text", "text": str(part.get("text") or "")}
+    return _cache_mark(part, {"type": "text", "text": str(part.get("text") or "")})
+
+
+def _cache_mark(part: dict[str, Any], block: dict[str, Any]) -> dict[str, Any]:
+    """Carry a part's cache breakpoint over: Anthropic's own ``cache_control``, or OpenAI's
+    ``prompt_cache_breakpoint`` (its 12h lifetime asks for Anthropic's longest, 1h)."""
     if "cache_control" in part:
         block["cache_control"] = part["cache_control"]
+    elif isinstance(part.get("prompt_cache_breakpoint"), dict):
+        long = part["prompt_cache_breakpoint"].get("ttl") == "12h"
+        block["cache_control"] = {"type": "ephemeral", "ttl": "1h"} if long else {"type": "ephemeral"}
     return block
 
 
@@ -168,10 +177,9 @@ def _user_blocks(content: Any, param: str) -> list[dict[str, Any]]:
             url = iu.get("url") if isinstance(iu, dict) else iu
             if not isinstance(url, str):
                 raise BadRequest(f"{where}.image_url.url must be a string", param=where)
-            block = image_block(url, where)
-            if "cache_control" in p:
-                block["cache_control"] = p["cache_control"]
-            out.append(block)
+            out.append(_cache_mark(p, image_block(url, where)))
+        elif kind == "file":
+            out.append(_cache_mark(p, document_block(p.get("file"), where)))
         else:
             raise Unsupported(f"content part type {kind!r} is not supported by anthropic", param=f"{where}.type")
     return out
@@ -191,6 +199,33 @@ def image_block(url: str, param: str) -> dict[str, Any]:
     if url.startswith(("http://", "https://")):
         return {"type": "image", "source": {"type": "url", "url": url}}
     raise BadRequest("image_url.url must be an http(s) URL or a data: URI", param=param)
+
+
+def document_block(file: Any, param: str) -> dict[str, Any]:
+    """An Anthropic document block from an OpenAI ``file`` part carrying ``file_data`` (a PDF or text)."""
+    data = file.get("file_data") if isinstance(file, dict) else None
+    if not isinstance(data, str) or not data:
+        raise Unsupported("file parts need 'file_data' for anthropic (uploaded file ids are OpenAI's)",
+                          param=f"{param}.file")
+    media_type = "application/pdf"
+    if data.startswith("data:"):
+        header, _, data = data.partition(",")
+        media_type = header[5:].split(";", 1)[0] or media_type
+    if media_type == "text/plain":
+        try:
+            text = base64.b64decode(data, validate=True).decode()
+        except ValueError:
+            raise BadRequest("file_data is not valid base64 text", param=f"{param}.file") from None
+        source: dict[str, Any] = {"type": "text", "media_type": "text/plain", "data": text}
+    elif media_type == "application/pdf":
+        source = {"type": "base64", "media_type": media_type, "data": data}
+    else:
+        raise BadRequest(f"file type {media_type!r} is not supported by anthropic; use application/pdf "
+                         "or text/plain", param=f"{param}.file")
+    block: dict[str, Any] = {"type": "document", "source": source}
+    if isinstance(file, dict) and isinstance(file.get("filename"), str):
+        block["title"] = file["filename"]
+    return block
 
 
 def tool_id(value: Any) -> str:

@@ -96,6 +96,22 @@ def _check_image(block: dict[str, Any], where: str) -> None:
                       "expected tags: 'base64', 'url', 'file'")
 
 
+def _check_document(block: dict[str, Any], where: str) -> None:
+    src = block.get("source")
+    if not isinstance(src, dict):
+        src = {}
+    kind = src.get("type")
+    if kind == "base64":
+        if src.get("media_type") != "application/pdf" or not isinstance(src.get("data"), str):
+            raise Invalid(f"{where}.source.base64: a base64 document must be application/pdf data")
+    elif kind == "text":
+        if not isinstance(src.get("data"), str):
+            raise Invalid(f"{where}.source.text.data: Field required")
+    elif kind != "url":
+        raise Invalid(f"{where}.source: Input tag {kind!r} found using 'type' does not match any of the "
+                      "expected tags: 'base64', 'text', 'url', 'content', 'file'")
+
+
 def validate(body: dict[str, Any], version: str) -> None:
     """Raise Invalid the way the Messages API does for a malformed request."""
     for name in body:
@@ -195,6 +211,7 @@ def _validate_messages(messages: list[Any], version: str) -> None:
             elif kind == "document":
                 if role == "assistant" and version != VERSION_2023:
                     raise Invalid(f"{where}: document blocks are not accepted in assistant messages")
+                _check_document(b, where)
             elif kind not in ("thinking", "redacted_thinking"):
                 raise Invalid(f"{where}.type: Input tag {kind!r} found using 'type' does not match any of the "
                               "expected tags")
@@ -240,9 +257,12 @@ def _image_note(messages: list[dict[str, Any]]) -> str:
                 if x.get("type") == "image":
                     src = x["source"]
                     seen.append(f"base64 {src['media_type']}" if src["type"] == "base64" else f"url {src['url']}")
-    if not seen:
-        return ""
-    return f" (I see {len(seen)} image{'s' if len(seen) != 1 else ''}: {', '.join(seen)})"
+    docs = [f"{b['source'].get('media_type', b['source']['type'])} {b.get('title', '')}".strip()
+            for m in messages for b in _blocks(m.get("content")) if b.get("type") == "document"]
+    note = f" (I see {len(seen)} image{'s' if len(seen) != 1 else ''}: {', '.join(seen)})" if seen else ""
+    if docs:
+        note += f" (I read {len(docs)} document{'s' if len(docs) != 1 else ''}: {', '.join(docs)})"
+    return note
 
 
 @dataclass

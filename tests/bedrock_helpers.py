@@ -55,3 +55,8 @@ def assert_botocore_accepts(service: str, operation: str, recorded: dict[str, An
     serialized = botocore_request(service, operation, params)
     assert orjson.loads(serialized["body"]) == recorded["json"]
     assert unquote(serialized["url_path"]) == recorded["path"]
+
+
+def sent(emu: BackgroundServer, action: str = "converse") -> list[dict[str, Any]]:
+    """What the emulator received on ``/…/{action}``, in order."""
+    return [r for r in emu.state.requests if r["path"].endswith("/" + action)]

@@ -492,3 +492,11 @@ def test_transcriptions_with_the_openai_sdk(client: openai.OpenAI, emulator: Bac
     fault(emulator, status=429, retry_after=3, count=1)
     with pytest.raises(openai.RateLimitError):
         client.audio.transcriptions.create(model="transcribe", file=("a.wav", wav), language="en")
+
+
+def test_cohere_native_options_pass_through(client: openai.OpenAI, emulator: BackgroundServer) -> None:
+    client.chat.completions.create(model="command", messages=[{"role": "user", "content": "x"}],
+                                   reasoning_effort="low",
+                                   extra_body={"k": 5, "safety_mode": "STRICT", "thinking": {"type": "disabled"}})
+    body = sent(emulator)
+    assert (body["k"], body["safety_mode"], body["thinking"]) == (5, "STRICT", {"type": "disabled"})

@@ -53,6 +53,8 @@ THINKING = {"none": {"type": "disabled"}, "minimal": {"type": "disabled"},
 # OpenAI options Cohere has no counterpart for: not forwarded, named in the x-relaygate-dropped-params header
 NO_COUNTERPART = ("logit_bias", "top_logprobs", "prediction", "modalities", "audio", "verbosity",
                   "web_search_options", "service_tier")
+# Cohere's own chat options, forwarded as they are when a client sends them (extra_body with the openai SDK)
+NATIVE = ("k", "safety_mode", "priority", "documents", "citation_options", "thinking")
 # OpenAI options with the same meaning under another name (or the same) in Cohere's v2 chat
 RENAMED = {"seed": "seed", "max_tokens": "max_tokens", "max_completion_tokens": "max_tokens"}
 # sampling options whose range is narrower at Cohere: (Cohere name, low, high); values outside are moved to
@@ -354,8 +356,11 @@ def chat_request(body: dict[str, Any], model: str, stream: bool) -> tuple[dict[s
             raise BadRequest("'stop' must be a string or an array of strings", param="stop")
         if stops:
             out["stop_sequences"] = stops
+    for name in NATIVE:
+        if body.get(name) is not None:
+            out[name] = body[name]
     effort = body.get("reasoning_effort")
-    if effort is not None:
+    if effort is not None and "thinking" not in out:
         if effort not in THINKING:
             raise BadRequest(f"reasoning_effort must be one of {', '.join(THINKING)}", param="reasoning_effort")
         out["thinking"] = THINKING[effort]
@@ -374,10 +379,10 @@ def chat_request(body: dict[str, Any], model: str, stream: bool) -> tuple[dict[s
             out["tool_choice"] = "NONE"
         elif isinstance(choice, dict):
             # Cohere cannot name one tool: offer only that one and require a call
-            name = (choice.get("function") or {}).get("name")
-            chosen = [t for t in tools if t["function"]["name"] == name]
+            wanted = (choice.get("function") or {}).get("name")
+            chosen = [t for t in tools if t["function"]["name"] == wanted]
             if not chosen:
-                raise BadRequest(f"tool_choice names {name!r}, which is not in 'tools'", param="tool_choice")
+                raise BadRequest(f"tool_choice names {wanted!r}, which is not in 'tools'", param="tool_choice")
             out["tools"], out["tool_choice"] = chosen, "REQUIRED"
         elif choice not in (None, "auto"):
             raise BadRequest("tool_choice must be 'auto', 'none', 'required' or a function", param="tool_choice")

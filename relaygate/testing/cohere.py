@@ -166,6 +166,11 @@ def _check_chat(body: dict[str, Any]) -> None:
     if stops is not None and (not isinstance(stops, list) or len(stops) > 5
                               or not all(isinstance(s, str) for s in stops)):
         raise Invalid("invalid request: stop_sequences must be a list of up to 5 strings")
+    k = body.get("k")
+    if k is not None and not (isinstance(k, int) and 0 <= k <= 500):
+        raise Invalid("invalid request: k must be between 0 and 500 inclusive.")
+    if body.get("safety_mode") not in (None, "CONTEXTUAL", "STRICT", "OFF"):
+        raise Invalid("invalid request: safety_mode must be one of CONTEXTUAL, STRICT or OFF")
     thinking = body.get("thinking")
     if thinking is not None:
         budget = thinking.get("token_budget") if isinstance(thinking, dict) else None

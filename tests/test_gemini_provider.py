@@ -84,8 +84,10 @@ def test_images_become_inline_data_or_file_data_with_a_guessed_type(client: open
     r = client.chat.completions.create(model="gem", messages=[{"role": "user", "content": [
         {"type": "text", "text": "what is this"},
         {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PIXEL}"}},
-        {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg?size=2"}}]}])
-    assert r.choices[0].message.content == "Hello! You said: what is this (I see 2 images: image/png, image/jpeg)"
+        {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg?size=2"}},
+        {"type": "image_url", "image_url": {"url": f"data:image/jpg;base64,{PIXEL}"}}]}])
+    assert r.choices[0].message.content == ("Hello! You said: what is this (I see 3 images: image/png, "
+                                            "image/jpeg, image/jpeg)")
     parts = recorded(emulator)[-1]["json"]["contents"][0]["parts"]
     assert parts[1] == {"inlineData": {"mimeType": "image/png", "data": PIXEL}}
     assert parts[2] == {"fileData": {"mimeType": "image/jpeg", "fileUri": "https://example.com/cat.jpg?size=2"}}

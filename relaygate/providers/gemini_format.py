@@ -9,7 +9,6 @@ results are mapped back to function names through the assistant messages that ma
 from __future__ import annotations
 
 import hashlib
-import mimetypes
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -45,12 +44,24 @@ def _wants_signatures(model: str) -> bool:
     return not name.startswith(("gemini-1", "gemini-2.0"))
 
 
+# media types Gemini accepts, by file extension (a fixed table: the system's mimetypes database varies)
+_MEDIA_TYPES = {
+    "png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp", "gif": "image/gif",
+    "heic": "image/heic", "heif": "image/heif", "pdf": "application/pdf", "txt": "text/plain",
+    "wav": "audio/wav", "mp3": "audio/mp3", "aiff": "audio/aiff", "aac": "audio/aac", "ogg": "audio/ogg",
+    "flac": "audio/flac", "mp4": "video/mp4", "mpeg": "video/mpeg", "mov": "video/mov", "avi": "video/avi",
+    "webm": "video/webm", "wmv": "video/wmv", "flv": "video/x-flv", "3gp": "video/3gpp",
+}
+
+
 def _image_part(img: Image, param: str) -> dict[str, Any]:
     if img.data is not None:
-        return {"inlineData": {"mimeType": img.media_type or "image/png", "data": img.b64}}
+        mime = img.media_type or "image/png"
+        return {"inlineData": {"mimeType": "image/jpeg" if mime == "image/jpg" else mime, "data": img.b64}}
     url = img.url or ""
-    mime, _ = mimetypes.guess_type(urlsplit(url).path)
-    if mime is None or not mime.startswith(("image/", "video/", "audio/", "application/pdf", "text/")):
+    path = urlsplit(url).path
+    mime = _MEDIA_TYPES.get(path.rsplit(".", 1)[-1].lower()) if "." in path.rsplit("/", 1)[-1] else None
+    if mime is None:
         raise BadRequest(f"cannot tell the media type of image URL {url[:200]!r} from its extension; send a "
                          "data: URI or a URL ending in .png, .jpg, .webp, .gif or .heic", param=param)
     return {"fileData": {"mimeType": mime, "fileUri": url}}

@@ -170,6 +170,27 @@ def test_tool_choice_none_offers_no_tools_unless_the_history_needs_them(client: 
     assert "toolChoice" not in check_converse(emu)["toolConfig"]
 
 
+def test_tool_call_ids_from_other_providers_are_made_acceptable_to_bedrock(client: openai.OpenAI,
+                                                                            emu: BackgroundServer) -> None:
+    history: Any = [{"role": "user", "content": "Rome"}]
+    for i, call_id in enumerate(("functions.get_weather:0", "call/with spaces", "x" * 80)):
+        history += [{"role": "assistant", "content": None, "tool_calls": [
+                        {"id": call_id, "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]},
+                    {"role": "tool", "tool_call_id": call_id, "content": f"r{i}"},
+                    {"role": "assistant", "content": f"answer {i}"}, {"role": "user", "content": "again"}]
+    r = client.chat.completions.create(model="claude", messages=history[:-2], tools=TOOLS)
+    assert r.choices[0].message.content == "The tool returned: r2"
+    messages = check_converse(emu)["messages"]
+    uses = [b["toolUse"]["toolUseId"] for m in messages for b in m["content"] if "toolUse" in b]
+    results = [b["toolResult"]["toolUseId"] for m in messages for b in m["content"] if "toolResult" in b]
+    assert uses == results and uses[0] == "functions.get_weather:0" and uses[1] == "call_with_spaces"
+    assert len(uses[2]) == 64 and len(set(uses)) == 3
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="claude", tools=TOOLS, messages=history[:2] + [
+            {"role": "tool", "tool_call_id": "functions.get_weather:0", "content": 5}])
+    assert e.value.param == "messages[2].content"
+
+
 def test_stream_translates_event_by_event(client: openai.OpenAI, emu: BackgroundServer) -> None:
     chunks = list(client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "hi you"}],
                                                  stream=True, stream_options={"include_usage": True}))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 from typing import Any
 
 import orjson
@@ -16,6 +18,7 @@ STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "leng
                 "model_context_window_exceeded": "length", "tool_use": "tool_calls",
                 "guardrail_intervened": "content_filter", "content_filtered": "content_filter"}
 CACHE_POINT = {"cachePoint": {"type": "default"}}
+_BAD_ID_CHARS = re.compile(r"[^a-zA-Z0-9_.:-]")
 
 
 def finish_reason(stop_reason: Any) -> str:
@@ -41,12 +44,12 @@ def _blocks(content: Any, i: int) -> list[dict[str, Any]]:
     blocks: list[dict[str, Any]] = []
     parts = content_parts(content, param)
     raw = content if isinstance(content, list) else [None] * len(parts)
-    for i, (part, original) in enumerate(zip(parts, raw, strict=True)):
+    for j, (part, original) in enumerate(zip(parts, raw, strict=True)):
         if isinstance(part, str):
             if part:  # Bedrock refuses blank text blocks
                 blocks.append({"text": part})
         else:
-            blocks.append(_image_block(part, f"{param}[{i}]"))
+            blocks.append(_image_block(part, f"{param}[{j}]"))
         if isinstance(original, dict) and original.get("cache_control"):
             blocks.append(CACHE_POINT)
     return blocks
@@ -58,9 +61,23 @@ def _tool_result(m: dict[str, Any], i: int) -> dict[str, Any]:
         raise BadRequest(f"messages[{i}].tool_call_id is required for tool messages",
                          param=f"messages[{i}].tool_call_id")
     content = m.get("content")
+    if content is not None and not isinstance(content, (str, list)):
+        raise BadRequest(f"messages[{i}].content must be a string or an array of text parts",
+                         param=f"messages[{i}].content")
     text = content if isinstance(content, str) else "".join(
         str(p.get("text", "")) for p in content or [] if isinstance(p, dict))
-    return {"toolResult": {"toolUseId": call_id, "content": [{"text": text or " "}]}}
+    return {"toolResult": {"toolUseId": tool_use_id(call_id), "content": [{"text": text or " "}]}}
+
+
+def tool_use_id(call_id: str) -> str:
+    """A tool call id as Bedrock accepts it ([a-zA-Z0-9_.:-], at most 64), the same for a call and its
+    result: ids minted by other providers (or clients) may use other characters."""
+    if len(call_id) <= 64 and not _BAD_ID_CHARS.search(call_id):
+        return call_id
+    clean = _BAD_ID_CHARS.sub("_", call_id)
+    if len(clean) <= 64:
+        return clean
+    return clean[:40] + "_" + hashlib.sha256(call_id.encode()).hexdigest()[:23]
 
 
 def _tool_uses(m: dict[str, Any], i: int) -> list[dict[str, Any]]:
@@ -70,7 +87,7 @@ def _tool_uses(m: dict[str, Any], i: int) -> list[dict[str, Any]]:
         fn = tc.get("function") if isinstance(tc, dict) else None
         if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not isinstance(tc.get("id"), str):
             raise BadRequest(f"{param} must have an id and a function name", param=param)
-        out.append({"toolUse": {"toolUseId": tc["id"], "name": fn["name"],
+        out.append({"toolUse": {"toolUseId": tool_use_id(tc["id"]), "name": fn["name"],
                                 "input": tool_arguments(fn.get("arguments"), f"{param}.function.arguments")}})
     return out
 

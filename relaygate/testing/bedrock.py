@@ -82,6 +82,7 @@ AGENT_STREAM_EXCEPTIONS = {"accessDeniedException", "badGatewayException", "conf
                            "dependencyFailedException", "internalServerException", "modelNotReadyException",
                            "resourceNotFoundException", "serviceQuotaExceededException", "throttlingException",
                            "validationException"}
+_TOOL_USE_ID = re.compile(r"^[a-zA-Z0-9_.:-]{1,64}$")
 _SESSION_ID = re.compile(r"^[0-9a-zA-Z._:-]{2,100}$")
 
 
@@ -241,7 +242,12 @@ def validate_converse(req: Any) -> int:
             images += _check_block(b, f"messages.{i}.content.{j}")
             if "toolUse" in b:
                 uses_tools = True
-                tool_ids.add(str(b["toolUse"].get("toolUseId")))
+                tool_id = str(b["toolUse"].get("toolUseId"))
+                if not _TOOL_USE_ID.match(tool_id):
+                    raise AwsFailure("ValidationException", f"1 validation error detected: Value at 'messages.{i}."
+                                     f"member.content.{j}.member.toolUse.toolUseId' failed to satisfy constraint: "
+                                     "Member must satisfy regular expression pattern: [a-zA-Z0-9_.:-]+")
+                tool_ids.add(tool_id)
             elif "toolResult" in b:
                 uses_tools = True
                 if b["toolResult"].get("toolUseId") not in tool_ids:

@@ -52,6 +52,7 @@ def test_plain_chat_is_translated_and_the_key_travels_in_a_header(client: openai
     r = client.chat.completions.create(model="gem", messages=[{"role": "user", "content": "hi there"}])
     assert r.choices[0].message.content == "Hello! You said: hi there"
     assert r.choices[0].finish_reason == "stop"
+    assert r.model == "gemini-2.5-flash" and r.id.startswith("chatcmpl-") and len(r.id) > 20  # Gemini's responseId
     assert r.usage is not None and r.usage.prompt_tokens == 6 and r.usage.completion_tokens == 5
     assert r.usage.prompt_tokens_details is not None and r.usage.prompt_tokens_details.cached_tokens == 3
     req = recorded(emulator)[-1]

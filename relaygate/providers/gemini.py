@@ -105,7 +105,7 @@ class GeminiProvider(Provider):
         reason = blocked_reason(answer)
         if reason:
             raise ContentFiltered(f"the prompt was blocked by Gemini's safety filters ({reason})", param="messages")
-        body = to_completion(answer, call.model, completion_id())
+        body = to_completion(answer, str(answer.get("modelVersion") or model), _completion_id(answer))
         usage = usage_of(answer.get("usageMetadata"))
         return Reply(body=orjson.dumps(body), usage=usage, first_byte_at=time.monotonic())
 
@@ -145,7 +145,8 @@ class GeminiProvider(Provider):
 
     async def _translate(self, call: Call, resp: aiohttp.ClientResponse, events: AsyncIterator[tuple[str, bytes]],
                          first: dict[str, Any], reply: Reply) -> AsyncIterator[bytes]:
-        cid, created = completion_id(), int(time.time())
+        # like OpenAI's own answers: the upstream's model and a response id Google's logs know
+        cid, created, name = _completion_id(first), int(time.time()), str(first.get("modelVersion") or call.model)
         writers: dict[int, ChunkWriter] = {}
         calls: dict[int, int] = {}  # candidate index -> function calls seen
         finished: set[int] = set()
@@ -161,7 +162,7 @@ class GeminiProvider(Provider):
                     k = int(cand.get("index") or 0)
                     w = writers.get(k)
                     if w is None:
-                        w = writers[k] = ChunkWriter(call.model, id=cid, created=created, index=k)
+                        w = writers[k] = ChunkWriter(name, id=cid, created=created, index=k)
                     text, tool_calls = read_parts((cand.get("content") or {}).get("parts"), calls.get(k, 0))
                     out.append(w.text(text))
                     for tc in tool_calls:
@@ -174,7 +175,7 @@ class GeminiProvider(Provider):
                         finished.add(k)
                         out.append(w.finish(finish_reason(cand["finishReason"], bool(calls.get(k)))))
                 if blocked_reason(event):
-                    w = writers.setdefault(0, ChunkWriter(call.model, id=cid, created=created))
+                    w = writers.setdefault(0, ChunkWriter(name, id=cid, created=created))
                     finished.add(0)
                     out.append(w.finish("content_filter"))
                 chunk = b"".join(out)
@@ -185,7 +186,7 @@ class GeminiProvider(Provider):
                 raise Unavailable("upstream gemini stream ended before the answer was complete", status=502)
             reply.usage = usage
             if call.wants_usage:
-                yield ChunkWriter(call.model, id=cid, created=created, include_usage=True).usage(usage)
+                yield ChunkWriter(name, id=cid, created=created, include_usage=True).usage(usage)
             yield SSE_DONE
         finally:
             resp.close()  # close, not release: a client that left must stop the upstream at once
@@ -211,7 +212,7 @@ class GeminiProvider(Provider):
             raise await self.upstream_error(resp)
         vectors, tokens = _vectors(await self.read_json_object(resp), len(inputs))
         usage = Usage(prompt_tokens=tokens) if tokens is not None else Usage(known=False)
-        body = embeddings_response(vectors, call.model, usage, call.body.get("encoding_format") or "float")
+        body = embeddings_response(vectors, model, usage, call.body.get("encoding_format") or "float")
         return Reply(body=orjson.dumps(body), usage=usage, first_byte_at=time.monotonic())
 
     # -- errors ------------------------------------------------------------------------------------
@@ -237,6 +238,11 @@ class GeminiProvider(Provider):
         if retry is None:
             retry = retry_after_seconds(headers)
         return from_status(status, message, retry_after=retry)
+
+
+def _completion_id(answer: dict[str, Any]) -> str:
+    rid = answer.get("responseId")
+    return f"chatcmpl-{rid}" if isinstance(rid, str) and rid else completion_id()
 
 
 def _retry_delay(details: list[Any]) -> float | None:

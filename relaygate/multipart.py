@@ -23,6 +23,7 @@ from .upload import ClientBody
 MAX_FIELD_BYTES = 64 * 1024  # a prompt is short; anything longer is not a form field we forward
 MAX_FIELDS = 64
 SPOOL_MEMORY = 1024 * 1024
+GATEWAY_FIELDS = ("provider",)  # read by relaygate, never forwarded upstream
 CRLF = b"\r\n"
 
 Event = tuple[Any, ...]  # ("field", name, value) | ("file", name, filename, type) | ("data", bytes) | ("end",)
@@ -231,8 +232,12 @@ class AudioUpload(ClientBody):
     async def _encode(self, upstream_model: str, keep: Callable[[str], bool] | None) -> AsyncIterator[bytes]:
         b = self.boundary.encode()
         closing = b"--" + b + b"--" + CRLF
+
+        def forwarded(name: str) -> bool:
+            return name not in GATEWAY_FIELDS and (keep is None or keep(name))
+
         head = b"".join(encode_field(b, n, upstream_model if n == "model" else v) for n, v in self.fields
-                        if keep is None or keep(n))
+                        if forwarded(n))
         if self.file is None or self._spool is None:
             yield head + closing
             return
@@ -257,7 +262,9 @@ class AudioUpload(ClientBody):
                 yield ev[1]
             elif ev[0] == "file_end":
                 yield CRLF
-            elif keep is None or keep(ev[1]):  # a field after the file: checked and forwarded in order
+            elif ev[1] in GATEWAY_FIELDS:  # the call was routed when the file began: too late to honour it
+                raise BadRequest(f"the '{ev[1]}' field must come before the file", param=ev[1])
+            elif forwarded(ev[1]):  # a field after the file: checked and forwarded in order
                 yield encode_field(b, ev[1], ev[2])
         yield closing
 

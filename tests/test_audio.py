@@ -111,6 +111,27 @@ def test_fields_after_the_file_are_checked_and_forwarded(gateway, openai_emulato
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "response_format"
 
 
+def test_the_provider_field_picks_a_deployment_and_is_not_forwarded(openai_emulator, start_gateway):
+    from relaygate.testing.base import BackgroundServer
+    from relaygate.testing.openai import OpenAIEmulatorOptions, create_app
+
+    with BackgroundServer(create_app(OpenAIEmulatorOptions(api_key="az-key-0123456789"))) as azure:
+        gw = start_gateway({"models": [{"name": "whisper", "deployments": [
+            openai_model("whisper", openai_emulator, "whisper-1")["deployments"][0],
+            {"provider": "azure", "model": "az-whisper", "api_base": azure.url, "api_key": "az-key-0123456789"}]}]})
+        for place in ("before", "after"):
+            fields = [("model", b"whisper", None), ("provider", b"azure", None)]
+            parts = [*fields, ("file", speech_wav("x"), "a.wav")] if place == "before" else \
+                [fields[0], ("file", speech_wav("x"), "a.wav"), fields[1]]
+            r = post_form(gw, multipart(parts))
+            if place == "before":
+                assert r.status_code == 200 and r.headers["x-relaygate-deployment"] == "whisper/azure/1"
+                assert "provider" not in azure.state.requests[-1]["form"]
+            else:  # routing happened when the file began: a pin that comes later is refused, not ignored
+                assert r.status_code == 400 and r.json()["error"]["param"] == "provider"
+        assert openai_emulator.state.requests == []
+
+
 @pytest.mark.parametrize("body, ctype", [
     (b"not multipart at all", "multipart/form-data; boundary=XyZ"),
     (b"--XyZ\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper\r\n--XyZ\r\nContent-Dispo",

@@ -58,9 +58,8 @@ async def _upload(gw: Gateway, req: Request, route: str) -> Response | StreamRes
             raise BadRequest("you must provide the 'model' field", param="model", code="missing_required_parameter")
         if upload.file is None:
             raise BadRequest("you must provide the audio 'file'", param="file", code="missing_required_parameter")
-        provider = upload.value("provider")
-        upload.fields = [(n, v) for n, v in upload.fields if n != "provider"]  # gateway-only, never forwarded
-        body: dict[str, Any] = {n: v for n, v in upload.fields}
+        provider = upload.value("provider")  # gateway-only: the upload never forwards it
+        body: dict[str, Any] = {n: v for n, v in upload.fields if n != "provider"}
         call = Call(id=req.id, route=route, model=model, body=body, stream=body.get("stream") == "true",
                     headers=req.headers, client_ip=req.client_ip, provider=provider, upload=upload,
                     deadline=time.monotonic() + gw.config.server.request_timeout)

@@ -216,6 +216,11 @@ def test_generation_error_is_an_error_not_an_answer(client: openai.OpenAI, emula
     ({"status": 401}, openai.AuthenticationError, 401, "upstream_auth_failed"),
     ({"status": 403}, openai.PermissionDeniedError, 403, "permission_denied"),
     ({"status": 498}, openai.BadRequestError, 400, "content_filter"),
+    ({"status": 402, "message": "Please add or update your payment method"}, openai.PermissionDeniedError, 403,
+     "payment_required"),
+    ({"status": 499}, openai.InternalServerError, 502, "upstream_unavailable"),
+    ({"status": 422}, openai.UnprocessableEntityError, 422, None),
+    ({"status": 404, "message": "model 'x' not found"}, openai.NotFoundError, 404, "not_found"),
 ])
 def test_cohere_errors_map_to_gateway_errors(client: openai.OpenAI, emulator: BackgroundServer,
                                              plan: dict[str, Any], error: type[openai.APIStatusError],

@@ -465,6 +465,28 @@ def test_agent_user_field_names_the_session_and_bad_ids_are_refused(client: open
         client.chat.completions.create(model="agent", messages=[{"role": "user", "content": "x"}], user="a b/c")
 
 
+def test_agent_sessions_are_scoped_to_the_callers_key(emu: BackgroundServer,
+                                                      start_gateway: Callable[..., GatewayThread]) -> None:
+    import requests
+
+    master = "rg-master-bedrock-test-0123456789"
+    agent = {**bedrock_deployment(emu), "provider": "bedrock_agent", "model": "agent", "agent_id": "AGENT1",
+             "agent_alias_id": "ALIAS1"}
+    gw = start_gateway({"models": [{"name": "agent", "deployments": [agent]}], "auth": {"master_key": master}})
+    made = requests.post(gw.url + "/admin/keys", json={"name": "app"}, timeout=10,
+                         headers={"authorization": f"Bearer {master}"})
+    assert made.status_code == 201, made.text
+    paths = []
+    for key in (master, made.json()["key"], made.json()["key"]):
+        c = openai.OpenAI(base_url=gw.base_url, api_key=key, max_retries=0)
+        raw = c.chat.completions.with_raw_response.create(model="agent", user="shared-name",
+                                                          messages=[{"role": "user", "content": "x"}])
+        assert raw.headers["x-relaygate-session-id"] == "shared-name"
+        paths.append(sent(emu, "text")[-1]["path"])
+    assert paths[0] != paths[1] and paths[1] == paths[2]
+    assert "shared-name" not in paths[0] and raw.parse().choices[0].message.content.endswith("[session turn 2]")
+
+
 def test_agent_stream_exception_frame_ends_with_an_error_event(client: openai.OpenAI, emu: BackgroundServer) -> None:
     emu.state.faults = FaultPlan(status=503, disconnect_after_chunks=1, count=1, paths=["/agents/"])
     with pytest.raises(openai.APIError) as e:

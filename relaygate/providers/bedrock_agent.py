@@ -2,7 +2,8 @@
 
 The agent keeps the conversation itself, per session: only the last user message is sent (``inputText``).
 The session id is the request's ``x-relaygate-session-id`` header or ``user`` field, else derived from the
-conversation (its opening turns and the caller), so follow-up turns of one conversation land in one session.
+conversation (its opening turns and the caller), so follow-up turns of one conversation land in one session;
+behind keys it is scoped to the caller's key.
 Bedrock reports no token usage for agents: replies say so (usage null, ``x-relaygate-usage: unknown``).
 """
 
@@ -31,23 +32,30 @@ USAGE_HEADERS = {"x-relaygate-usage": "unknown"}
 _SESSION_ID = re.compile(r"^[0-9a-zA-Z._:-]{2,100}$")  # what InvokeAgent accepts
 
 
-def session_id(call: Call, deployment: str) -> str:
-    """The agent session of this call: asked for explicitly, or stable across one conversation's turns."""
+def session_ids(call: Call, deployment: str) -> tuple[str, str]:
+    """(the session id the client names or is told, the one sent to the agent).
+
+    Behind keys, the agent's id is derived from the client's and the caller's key, so that one key can never
+    continue another's session (agents remember what was said in it)."""
     asked = call.headers.get(SESSION_HEADER) or call.body.get("user")
+    owner = getattr(call.key, "id", None)
     if asked is not None:
         if not isinstance(asked, str) or not _SESSION_ID.match(asked):
             raise BadRequest("the session id (x-relaygate-session-id header or 'user') must be 2-100 characters "
                              "of letters, digits, '.', '_', ':' or '-'", param="user")
-        return asked
-    messages = call.body.get("messages") or []
-    opening: list[Any] = []
-    for m in messages:  # the conversation is identified by everything up to its first user turn
-        opening.append([m.get("role"), m.get("content")])
-        if m.get("role") == "user":
-            break
-    principal = getattr(call.key, "id", None) or call.key or call.client_ip
-    seed = orjson.dumps([deployment, str(principal), opening], option=orjson.OPT_SORT_KEYS)
-    return "rg-" + hashlib.sha256(seed).hexdigest()[:40]
+        client = asked
+    else:
+        opening: list[Any] = []
+        for m in call.body.get("messages") or []:  # a conversation is known by its turns up to the first user's
+            opening.append([m.get("role"), m.get("content")])
+            if m.get("role") == "user":
+                break
+        # without keys, the client address keeps strangers who open alike ("hi") apart
+        seed = orjson.dumps([deployment, owner or call.client_ip, opening], option=orjson.OPT_SORT_KEYS)
+        client = "rg-" + hashlib.sha256(seed).hexdigest()[:40]
+    if owner is None:
+        return client, client
+    return client, "k-" + hashlib.sha256(f"{owner}\0{client}".encode()).hexdigest()[:40]
 
 
 class BedrockAgentProvider(AwsProvider):
@@ -74,11 +82,11 @@ class BedrockAgentProvider(AwsProvider):
         text = text_of(last_user.get("content")) if last_user else ""
         if not text.strip():
             raise BadRequest("a Bedrock agent needs a user message with text", param="messages")
-        session = session_id(call, call.deployment.name)
+        session, upstream_session = session_ids(call, call.deployment.name)
         request: dict[str, Any] = {"inputText": text}
         if call.stream:  # without it the agent sends its whole answer as one chunk at the end
             request["streamingConfigurations"] = {"streamFinalResponse": True}
-        resp = await self.post_json(call, self._agent_path + session + "/text", request)
+        resp = await self.post_json(call, self._agent_path + upstream_session + "/text", request)
         headers = {**USAGE_HEADERS, SESSION_HEADER: session}
         events = _texts(self.events(resp))
         if not call.stream:

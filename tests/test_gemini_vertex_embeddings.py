@@ -117,6 +117,10 @@ def test_vertex_service_account_tokens_are_fetched_and_renewed_before_expiry(
         reqs = requests.get(emu.url + "/_emulator/requests", timeout=5).json()["requests"]
         assert [q["path"] for q in reqs].count("/token") == token_requests
         assert all(q["headers"]["authorization"] == f"Bearer {TOKEN}" for q in reqs if ":" in q["path"])
+        fault(emu, status=500, count=1, message=f"token {TOKEN} refused")  # a fetched token is redacted too
+        with pytest.raises(openai.InternalServerError) as e:
+            c.chat.completions.create(model="v", messages=[{"role": "user", "content": "x"}])
+        assert TOKEN not in str(e.value.body) and "token *** refused" in str(e.value.body)
 
 
 def _build(deployment: dict[str, Any]) -> None:

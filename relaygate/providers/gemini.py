@@ -306,6 +306,12 @@ class VertexProvider(GeminiProvider):
             return self._headers
         return {**self._headers, "authorization": await self._tokens.header()}
 
+    def redact(self, text: str) -> str:
+        text = super().redact(text)
+        if self._tokens is not None and self._tokens.token:  # a fetched token is a secret too
+            text = text.replace(self._tokens.token, "***")
+        return text
+
     def embed_request(self, model: str, text: str, dimensions: int | None) -> dict[str, Any]:
         req: dict[str, Any] = {"content": {"parts": [{"text": text}]}}
         if dimensions is not None:

@@ -60,11 +60,12 @@ def _image_part(img: Image, param: str) -> dict[str, Any]:
         return {"inlineData": {"mimeType": "image/jpeg" if mime == "image/jpg" else mime, "data": img.b64}}
     url = img.url or ""
     path = urlsplit(url).path
-    mime = _MEDIA_TYPES.get(path.rsplit(".", 1)[-1].lower()) if "." in path.rsplit("/", 1)[-1] else None
-    if mime is None:
+    name = path.rsplit("/", 1)[-1]
+    guessed = _MEDIA_TYPES.get(name.rsplit(".", 1)[-1].lower()) if "." in name else None
+    if guessed is None:
         raise BadRequest(f"cannot tell the media type of image URL {url[:200]!r} from its extension; send a "
                          "data: URI or a URL ending in .png, .jpg, .webp, .gif or .heic", param=param)
-    return {"fileData": {"mimeType": mime, "fileUri": url}}
+    return {"fileData": {"mimeType": guessed, "fileUri": url}}
 
 
 def _user_parts(content: Any, param: str) -> list[dict[str, Any]]:

@@ -42,6 +42,7 @@ class TokenSource:
         self._timeout = timeout
         self._lock = asyncio.Lock()
         self._header = ""
+        self.token = ""  # the current access token (kept to redact it from upstream messages)
         self._expires = 0.0
 
     async def header(self) -> str:
@@ -67,4 +68,5 @@ class TokenSource:
         expiry = self._creds.expiry  # naive UTC, or None when the token server gave no lifetime
         self._expires = (expiry.replace(tzinfo=datetime.UTC).timestamp() if expiry is not None
                          else time.time() + REFRESH_MARGIN * 2)
-        self._header = "Bearer " + str(self._creds.token)
+        self.token = str(self._creds.token)
+        self._header = "Bearer " + self.token

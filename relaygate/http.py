@@ -177,26 +177,34 @@ class StreamResponse:
         h.append((b"x-request-id", request_id.encode("latin-1")))
         if reply.media_type.startswith("text/event-stream"):
             h.append((b"x-accel-buffering", b"no"))
-        pump = asyncio.ensure_future(self._pump(send, h))
-        watch = asyncio.ensure_future(_wait_disconnect(receive))
+        # The stream is pumped in this task; one watcher task cancels it when the client goes away
+        # (uvicorn's send() silently drops bytes once the client is gone, so only receive() tells).
+        task = asyncio.current_task()
+        assert task is not None
+        gone = False
+
+        async def watch() -> None:
+            nonlocal gone
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone = True
+            task.cancel()
+
+        watcher = asyncio.ensure_future(watch())
         error: BaseException | None = None
         try:
-            await asyncio.wait((pump, watch), return_when=asyncio.FIRST_COMPLETED)
-            if not pump.done():
-                pump.cancel()
-                error = ClientGone()
-                try:
-                    await pump
-                except (asyncio.CancelledError, Exception):
-                    pass
-            else:
-                error = pump.exception()
-        except asyncio.CancelledError:
-            pump.cancel()
-            error = ClientGone()
-            raise
+            await self._pump(send, h)
+        except asyncio.CancelledError as e:
+            error = ClientGone() if gone else e
+            if not gone:
+                raise  # cancelled from outside (shutdown): not ours to swallow
+            task.uncancel()
+        except Exception as e:  # a GatewayError already ended the stream with an error event
+            error = e
+            if not isinstance(e, GatewayError):
+                log.exception("stream failed")
         finally:
-            watch.cancel()
+            watcher.cancel()
             reply.finish(error)
 
     async def _pump(self, send: Send, headers: list[tuple[bytes, bytes]]) -> None:
@@ -221,8 +229,3 @@ class StreamResponse:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-async def _wait_disconnect(receive: Receive) -> None:
-    while True:
-        msg = await receive()
-        if msg["type"] == "http.disconnect":
-            return

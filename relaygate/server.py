@@ -128,4 +128,5 @@ def uvicorn_config(app: Any, host: str, port: int, **kw: Any) -> Any:
 
     return uvicorn.Config(app, host=host, port=port, loop="uvloop", http="httptools", lifespan="on",
                           access_log=False, log_level="warning", timeout_graceful_shutdown=30,
-                          server_header=False, date_header=False, **kw)
+                          server_header=False, date_header=False,
+                          proxy_headers=False, **kw)

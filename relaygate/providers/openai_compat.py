@@ -56,14 +56,16 @@ class OpenAIProvider(Provider):
 
     def prepare(self, call: Call, model: str) -> dict[str, Any]:
         """The upstream body: the client's, with the model rewritten (and usage asked for on streams)."""
+        # the body was parsed for this call alone: rewrite in place rather than copy (hot path)
         body = call.body
-        if body.get("model") != model:
-            body = {**body, "model": model}
+        body["model"] = model
         if call.stream and call.route == "chat":
             opts = body.get("stream_options")
-            if not (isinstance(opts, dict) and opts.get("include_usage")):
-                # ask for usage so cost can be metered; the extra chunk is dropped for this client
-                body = {**body, "stream_options": {**(opts if isinstance(opts, dict) else {}), "include_usage": True}}
+            # ask for usage so cost can be metered; the extra chunk is dropped for this client
+            if not isinstance(opts, dict):
+                body["stream_options"] = {"include_usage": True}
+            elif not opts.get("include_usage"):
+                opts["include_usage"] = True
         return body
 
     async def chat(self, call: Call) -> Reply:
@@ -174,7 +176,7 @@ class OpenAIProvider(Provider):
                 if end < 0:
                     continue
                 events, buf = buf[: end + 2], buf[end + 2:]
-                if b'"usage"' in events:
+                if b'"usage":{' in events or b'"usage": {' in events:  # not the "usage":null of each chunk
                     events = self._take_usage(events, reply, keep_usage_chunk)
                     if not events:
                         continue

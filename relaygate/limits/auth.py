@@ -124,7 +124,7 @@ class AuthLayer:
     async def __call__(self, call: Call) -> Reply:
         principal = await self.auth.authenticate(presented_key(call.headers))
         call.key = principal
-        if principal.scopes and not principal.allows_model(call.model):
+        if principal.restricts_models and not principal.allows_model(call.model):
             raise PermissionDenied(f"This key may not use the model {call.model!r}.", param="model",
                                    code="model_not_allowed")
         return await self.next(call)

@@ -80,6 +80,17 @@ class Principal:
     old_expires_at: float | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     tags: tuple[str, ...] = ()
+    # derived once, read on every call: the scopes with rate/budget limits, and what they need estimated
+    limited: tuple[Scope, ...] = field(init=False, default=())
+    wants_tokens: bool = field(init=False, default=False)
+    wants_cost: bool = field(init=False, default=False)
+    restricts_models: bool = field(init=False, default=False)
+
+    def __post_init__(self) -> None:
+        self.limited = tuple(s for s in self.scopes if s.limits.any)
+        self.wants_tokens = any(s.limits.tpm is not None for s in self.limited)
+        self.wants_cost = any(s.limits.budget_nano is not None for s in self.limited)
+        self.restricts_models = any(s.limits.models is not None for s in self.scopes)
 
     def allows_model(self, model: str) -> bool:
         for s in self.scopes:

@@ -24,12 +24,10 @@ class LimitLayer:
 
     async def __call__(self, call: Call) -> Reply:
         key = call.key
-        scopes = tuple(s for s in key.scopes if s.limits.any) if key is not None else ()
+        scopes = key.limited if key is not None else ()
         if not scopes:
             return await self.next(call)
-        want_tokens = any(s.limits.tpm is not None for s in scopes)
-        want_cost = any(s.limits.budget_nano is not None for s in scopes)
-        tokens, cost = self.estimate(call, want_tokens, want_cost)
+        tokens, cost = self.estimate(call, key.wants_tokens, key.wants_cost)
         limiter = self.limiter()
         grant = await limiter.acquire(scopes, tokens, cost)
         if grant is None:  # the shared store is down; the call goes through unlimited

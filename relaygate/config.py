@@ -101,6 +101,9 @@ class DeploymentConfig(_Strict):
     voices: list[str] = Field(default_factory=list)
     voice_map: dict[str, str] = Field(default_factory=dict)
     embedding_batch_size: int | None = Field(None, gt=0)  # split longer embedding input arrays
+    # read an audio upload whole (spooled to disk past 1 MiB) and send it with a Content-Length, for upstreams
+    # that refuse chunked request bodies; by default it streams up while it arrives
+    buffer_uploads: bool = False
     input_type: str | None = None  # embeddings: Cohere's input_type (default search_document)
 
     @field_validator("voices")

@@ -229,22 +229,47 @@ class AudioUpload(ClientBody):
         self.begin()
         return self.guard(self._encode(upstream_model, keep))
 
-    async def _encode(self, upstream_model: str, keep: Callable[[str], bool] | None) -> AsyncIterator[bytes]:
-        b = self.boundary.encode()
-        closing = b"--" + b + b"--" + CRLF
+    def _forwarded(self, keep: Callable[[str], bool] | None) -> Callable[[str], bool]:
+        return lambda name: name not in GATEWAY_FIELDS and (keep is None or keep(name))
 
-        def forwarded(name: str) -> bool:
-            return name not in GATEWAY_FIELDS and (keep is None or keep(name))
-
+    def _head(self, upstream_model: str, keep: Callable[[str], bool] | None) -> bytes:
+        """The fields read so far and the file part's headers."""
+        b, forwarded = self.boundary.encode(), self._forwarded(keep)
         head = b"".join(encode_field(b, n, upstream_model if n == "model" else v) for n, v in self.fields
                         if forwarded(n))
         if self.file is None or self._spool is None:
+            return head
+        name, filename, ctype = self.file
+        return head + (b"--" + b + CRLF + b'Content-Disposition: form-data; name="' + _quote(name)
+                       + b'"; filename="' + _quote(filename) + b'"' + CRLF + b"Content-Type: "
+                       + _quote(ctype) + CRLF + CRLF)
+
+    async def read_all(self) -> None:
+        """Read the client's body to its end (the file into the spool): for upstreams that want a length."""
+        while not self._read_all:
+            ev = await self._take(await self.reader.next())
+            if ev is None:
+                break
+            if ev[0] == "field" and ev[1] in GATEWAY_FIELDS:  # routed already: refused, as when streaming
+                raise BadRequest(f"the '{ev[1]}' field must come before the file", param=ev[1])
+
+    def encoded_length(self, upstream_model: str, keep: Callable[[str], bool] | None = None) -> int:
+        """The length of ``body()`` once ``read_all()`` finished."""
+        assert self._read_all
+        closing = len(self.boundary) + 6
+        if self.file is None or self._spool is None:
+            return len(self._head(upstream_model, keep)) + closing
+        return len(self._head(upstream_model, keep)) + self.file_size + (2 if self._file_done else 0) + closing
+
+    async def _encode(self, upstream_model: str, keep: Callable[[str], bool] | None) -> AsyncIterator[bytes]:
+        b = self.boundary.encode()
+        closing = b"--" + b + b"--" + CRLF
+        forwarded = self._forwarded(keep)
+        head = self._head(upstream_model, keep)
+        if self.file is None or self._spool is None:
             yield head + closing
             return
-        name, filename, ctype = self.file
-        yield head + (b"--" + b + CRLF + b'Content-Disposition: form-data; name="' + _quote(name)
-                      + b'"; filename="' + _quote(filename) + b'"' + CRLF + b"Content-Type: "
-                      + _quote(ctype) + CRLF + CRLF)
+        yield head
         spool, kept = self._spool, self.file_size
         if kept:  # a replay: what earlier attempts read, then on from where they stopped
             spool.seek(0)

@@ -47,6 +47,18 @@ def test_transcription_of_a_wav_file_reaches_the_upstream_intact(gateway, openai
     assert seen["headers"].get("transfer-encoding") == "chunked"  # streamed up, not assembled first
 
 
+@pytest.mark.parametrize("after", [[], [("language", b"en", None), ("prompt", b"p", None)]])
+def test_buffer_uploads_sends_a_content_length_instead_of_chunks(openai_emulator, start_gateway, after):
+    gw = start_gateway({"models": [openai_model("whisper", openai_emulator, "whisper-1", buffer_uploads=True)]})
+    wav = speech_wav("with a length", 2.0)
+    r = post_form(gw, multipart([("model", b"whisper", None), ("file", wav, "a.wav"), *after]))
+    assert r.json()["text"] == "with a length"
+    seen = openai_emulator.state.requests[-1]
+    assert "transfer-encoding" not in seen["headers"] and int(seen["headers"]["content-length"]) > len(wav)
+    assert seen["file"]["sha256"] == hashlib.sha256(wav).hexdigest()
+    assert seen["form"] == {"model": "whisper-1", **{n: v.decode() for n, v, _ in after}}
+
+
 @pytest.mark.parametrize("fmt, expected", [
     ("text", "hello there\n"),
     ("srt", "1\n00:00:00,000 --> 00:00:01,000\nhello there\n\n"),

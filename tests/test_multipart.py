@@ -129,3 +129,15 @@ def test_a_field_check_failing_after_the_file_is_reported_as_the_upload_error():
         return up
 
     assert isinstance(asyncio.run(run()).error, BadRequest)
+
+
+@pytest.mark.parametrize("model_first", [True, False])
+def test_encoded_length_is_the_length_of_the_body(model_first):
+    async def run() -> tuple[int, bytes]:
+        up = AudioUpload(FormReader(chunks(client_body(model_first), 65536), b"B"), lambda n, v: None)
+        await up.start()
+        await up.read_all()
+        return up.encoded_length("whisper-large-v3"), await collect(up.body("whisper-large-v3"))
+
+    length, body = asyncio.run(run())
+    assert length == len(body)

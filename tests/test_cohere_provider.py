@@ -505,3 +505,20 @@ def test_cohere_native_options_pass_through(client: openai.OpenAI, emulator: Bac
                                    extra_body={"k": 5, "safety_mode": "STRICT", "thinking": {"type": "disabled"}})
     body = sent(emulator)
     assert (body["k"], body["safety_mode"], body["thinking"]) == (5, "STRICT", {"type": "disabled"})
+
+
+def test_text_file_parts_become_cohere_documents(client: openai.OpenAI, emulator: BackgroundServer) -> None:
+    notes = "data:text/plain;base64," + base64.b64encode(b"Ada wrote the first program.").decode()
+    r = client.chat.completions.create(model="command", messages=[{"role": "user", "content": [
+        {"type": "text", "text": "who wrote it?"},
+        {"type": "file", "file": {"filename": "notes.txt", "file_data": notes}}]}])  # type: ignore[list-item,misc]
+    assert r.choices[0].message.content == "Hello! You said: who wrote it? [documents: notes.txt]"
+    body = sent(emulator)
+    assert body["documents"] == [{"id": "doc_0", "data": {"title": "notes.txt",
+                                                          "snippet": "Ada wrote the first program."}}]
+    assert body["messages"][0]["content"] == [{"type": "text", "text": "who wrote it?"}]
+    pdf = "data:application/pdf;base64," + base64.b64encode(b"%PDF-1.4").decode()
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="command", messages=[{"role": "user", "content": [
+            {"type": "file", "file": {"filename": "a.pdf", "file_data": pdf}}]}])  # type: ignore[list-item,misc]
+    assert e.value.code == "unsupported" and "text documents only" in e.value.message

@@ -33,8 +33,10 @@ from .openai_format import (
     ADJUSTED_HEADER,
     DROPPED_HEADER,
     ChunkWriter,
+    Image,
     completion,
     completion_id,
+    content_parts,
     embeddings_response,
     text_of,
 )
@@ -333,7 +335,9 @@ def chat_request(body: dict[str, Any], model: str, stream: bool) -> tuple[dict[s
         if body.get(legacy) is not None:
             raise Unsupported(f"the legacy '{legacy}' parameter is not translated for Cohere; use 'tools' and "
                               "'tool_choice'", param=legacy)
-    out: dict[str, Any] = {"model": model, "messages": [_message(m, i) for i, m in enumerate(body["messages"])]}
+    documents: list[dict[str, Any]] = []  # text file parts, which Cohere reads as request-level documents
+    out: dict[str, Any] = {"model": model,
+                           "messages": [_message(m, i, documents) for i, m in enumerate(body["messages"])]}
     if stream:
         out["stream"] = True
     adjusted = []
@@ -359,6 +363,9 @@ def chat_request(body: dict[str, Any], model: str, stream: bool) -> tuple[dict[s
     for name in NATIVE:
         if body.get(name) is not None:
             out[name] = body[name]
+    if documents:
+        given = out.get("documents")
+        out["documents"] = (given if isinstance(given, list) else []) + documents
     effort = body.get("reasoning_effort")
     if effort is not None and "thinking" not in out:
         if effort not in THINKING:
@@ -393,14 +400,14 @@ def chat_request(body: dict[str, Any], model: str, stream: bool) -> tuple[dict[s
     return out, {k: v for k, v in notes.items() if v}
 
 
-def _message(m: dict[str, Any], i: int) -> dict[str, Any]:
+def _message(m: dict[str, Any], i: int, documents: list[dict[str, Any]]) -> dict[str, Any]:
     role = m.get("role")
     param = f"messages[{i}]"
     content = m.get("content")
     if role in ("system", "developer"):
         return {"role": "system", "content": _text(content, param)}
     if role == "user":
-        return {"role": "user", "content": _user_content(content, param)}
+        return {"role": "user", "content": _user_content(content, param, documents)}
     if role == "assistant":
         out: dict[str, Any] = {"role": "assistant"}
         text = _text(content, param) if content is not None else ""
@@ -433,8 +440,9 @@ def _text(content: Any, param: str) -> str:
     raise BadRequest(f"{param}.content must be a string or an array of content parts", param=f"{param}.content")
 
 
-def _user_content(content: Any, param: str) -> Any:
-    """Text stays a string; parts become Cohere's text and image_url blocks (data: URIs and web URLs)."""
+def _user_content(content: Any, param: str, documents: list[dict[str, Any]]) -> Any:
+    """Text stays a string; parts become Cohere's text and image_url blocks (data: URIs and web URLs), and
+    text ``file`` parts become ``documents`` (Cohere has no file blocks in messages)."""
     if isinstance(content, str):
         return content
     if not isinstance(content, list):
@@ -454,9 +462,27 @@ def _user_content(content: Any, param: str) -> Any:
             if isinstance(iu, dict) and iu.get("detail") in ("auto", "low", "high"):
                 image["detail"] = iu["detail"]
             parts.append({"type": "image_url", "image_url": image})
+        elif kind == "file":
+            documents.append(_document(p, where, len(documents)))
         else:
             raise BadRequest(f"content part type {kind!r} is not supported by Cohere", param=f"{where}.type")
-    return parts
+    return parts or ""
+
+
+def _document(part: dict[str, Any], param: str, n: int) -> dict[str, Any]:
+    """A text ``file`` part as a Cohere document (PDFs and other binary files are refused)."""
+    media = content_parts([part], param, media=True)[0]
+    kind = media.media_type if isinstance(media, Image) else None
+    if kind is None or not (kind.startswith("text/") or kind in ("application/json", "application/xml")):
+        raise Unsupported(f"Cohere reads text documents only, not {kind or 'this file'}", param=f"{param}.file")
+    assert isinstance(media, Image)
+    try:
+        text = (media.data or b"").decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("a text file part must be UTF-8", param=f"{param}.file") from None
+    name = part["file"].get("filename")
+    title = name if isinstance(name, str) and name else f"document {n + 1}"
+    return {"id": f"doc_{n}", "data": {"title": title, "snippet": text}}
 
 
 def _tool_call(tc: Any, param: str) -> dict[str, Any]:

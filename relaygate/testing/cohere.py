@@ -166,6 +166,10 @@ def _check_chat(body: dict[str, Any]) -> None:
     if stops is not None and (not isinstance(stops, list) or len(stops) > 5
                               or not all(isinstance(s, str) for s in stops)):
         raise Invalid("invalid request: stop_sequences must be a list of up to 5 strings")
+    docs = body.get("documents")
+    if docs is not None and (not isinstance(docs, list) or not all(
+            isinstance(d, str) or (isinstance(d, dict) and isinstance(d.get("data"), dict)) for d in docs)):
+        raise Invalid("invalid request: each document must be a string or an object with data")
     k = body.get("k")
     if k is not None and not (isinstance(k, int) and 0 <= k <= 500):
         raise Invalid("invalid request: k must be between 0 and 500 inclusive.")
@@ -206,6 +210,10 @@ class Reply:
 def reply_for(body: dict[str, Any], prefix: str, forced_finish: str | None = None) -> Reply:
     a: Answer = answer(_as_openai(body), prefix)
     text, finish = a.text, {"stop": "COMPLETE", "length": "MAX_TOKENS", "tool_calls": "TOOL_CALL"}[a.finish_reason]
+    docs = body.get("documents") or []
+    if text is not None and docs:  # grounded answers name what they read
+        titles = [d if isinstance(d, str) else str((d.get("data") or {}).get("title", "untitled")) for d in docs]
+        text += f" [documents: {', '.join(titles)}]"
     for s in body.get("stop_sequences") or []:
         if text is not None and s and s in text:
             text, finish = text[: text.index(s)], "STOP_SEQUENCE"

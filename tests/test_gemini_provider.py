@@ -133,8 +133,7 @@ def test_tool_call_round_trip_maps_results_back_to_function_names(client: openai
     assert r2.choices[0].message.content == 'The tool returned: get_weather={"temp":21}'
     contents = recorded(emulator)[-1]["json"]["contents"]
     assert contents[1] == {"role": "model", "parts": [{"functionCall": {"name": "get_weather", "id": tc.id,
-                                                                        "args": {"city": "Paris"}},
-                                                       "thoughtSignature": "skip_thought_signature_validator"}]}
+                                                                        "args": {"city": "Paris"}}}]}
     assert contents[2] == {"role": "user", "parts": [{"functionResponse": {"name": "get_weather", "id": tc.id,
                                                                            "response": {"temp": 21}}}]}
 
@@ -184,6 +183,18 @@ def test_gemini3_thought_signatures_round_trip_through_the_openai_sdk(client: op
     r2 = client.chat.completions.create(model="gem3", messages=messages, tools=[WEATHER])
     assert r2.choices[0].message.content == 'The tool returned: get_weather={"output":"sunny"}'
     assert recorded(emulator)[-1]["json"]["contents"][1]["parts"][0]["thoughtSignature"] == sig
+
+
+def test_gemini3_history_without_signatures_gets_googles_placeholder(client: openai.OpenAI,
+                                                                    emulator: BackgroundServer) -> None:
+    call = {"id": "call_from_elsewhere", "type": "function", "function": {"name": "get_weather",
+                                                                          "arguments": '{"city": "Oslo"}'}}
+    r = client.chat.completions.create(model="gem3", tools=[WEATHER], messages=[
+        {"role": "user", "content": "Oslo"}, {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_from_elsewhere", "content": "rain"}])
+    assert r.choices[0].message.content == 'The tool returned: get_weather={"output":"rain"}'
+    part = recorded(emulator)[-1]["json"]["contents"][1]["parts"][0]
+    assert part["thoughtSignature"] == "skip_thought_signature_validator"
 
 
 def test_gemini3_call_ids_are_kept_and_echoed_on_parallel_results(client: openai.OpenAI,

@@ -39,9 +39,9 @@ def finish_reason(gemini_reason: str | None, called_tools: bool) -> str:
 
 
 def _wants_signatures(model: str) -> bool:
-    """Thinking models validate thought signatures on function calls; 1.x and 2.0 predate them."""
+    """Gemini 3 and later reject function calls without a thought signature; 1.x and 2.x do not check."""
     name = model.rsplit("/", 1)[-1]
-    return not name.startswith(("gemini-1", "gemini-2.0"))
+    return not name.startswith(("gemini-1", "gemini-2"))
 
 
 # media types Gemini accepts, by file extension (a fixed table: the system's mimetypes database varies)

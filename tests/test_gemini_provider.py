@@ -126,8 +126,9 @@ def test_tool_call_round_trip_maps_results_back_to_function_names(client: openai
     assert sent["tools"] == [{"functionDeclarations": [{
         "name": "get_weather", "description": "Weather in a city", "parametersJsonSchema": WEATHER["function"]["parameters"]}]}]
     assert sent["toolConfig"] == {"functionCallingConfig": {"mode": "AUTO"}}
-    again = client.chat.completions.create(model="gem", messages=messages, tools=[WEATHER])
-    assert again.choices[0].message.tool_calls[0].id == tc.id  # type: ignore[index]  # stable ids
+    streamed = client.chat.completions.create(model="gem", messages=messages, tools=[WEATHER], stream=True)
+    ids = [t.id for c in streamed for t in (c.choices[0].delta.tool_calls or []) if t.id]
+    assert ids == [tc.id]  # derived from the response, the same whole or streamed
     messages += [choice.message, {"role": "tool", "tool_call_id": tc.id, "content": '{"temp": 21}'}]
     r2 = client.chat.completions.create(model="gem", messages=messages, tools=[WEATHER])
     assert r2.choices[0].message.content == 'The tool returned: get_weather={"temp":21}'
@@ -136,6 +137,9 @@ def test_tool_call_round_trip_maps_results_back_to_function_names(client: openai
                                                                         "args": {"city": "Paris"}}}]}
     assert contents[2] == {"role": "user", "parts": [{"functionResponse": {"name": "get_weather", "id": tc.id,
                                                                            "response": {"temp": 21}}}]}
+    messages += [r2.choices[0].message, {"role": "user", "content": "Paris"}]
+    r3 = client.chat.completions.create(model="gem", messages=messages, tools=[WEATHER])
+    assert r3.choices[0].message.tool_calls[0].id != tc.id  # type: ignore[index]  # same call, new turn
 
 
 def test_parallel_tool_results_are_one_turn_in_call_order(client: openai.OpenAI, emulator: BackgroundServer) -> None:

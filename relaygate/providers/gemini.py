@@ -163,7 +163,8 @@ class GeminiProvider(Provider):
                     w = writers.get(k)
                     if w is None:
                         w = writers[k] = ChunkWriter(name, id=cid, created=created, index=k)
-                    text, tool_calls = read_parts((cand.get("content") or {}).get("parts"), calls.get(k, 0))
+                    text, tool_calls = read_parts((cand.get("content") or {}).get("parts"), calls.get(k, 0),
+                                                  f"{first.get('responseId')}/{k}")
                     out.append(w.text(text))
                     for tc in tool_calls:
                         key = str(calls.get(k, 0))

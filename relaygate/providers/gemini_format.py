@@ -307,18 +307,21 @@ def usage_of(meta: Any) -> Usage | None:
                  cached_tokens=int(meta.get("cachedContentTokenCount") or 0))
 
 
-def tool_call(fc: dict[str, Any], position: int, signature: str | None) -> dict[str, Any]:
-    """An OpenAI tool call for a ``functionCall`` part, with a stable id when Gemini gives none."""
+def tool_call(fc: dict[str, Any], position: int, signature: str | None, salt: str = "") -> dict[str, Any]:
+    """An OpenAI tool call for a ``functionCall`` part. When Gemini gives no id, the id is derived from the
+    response id (``salt``), the position and the call: the same in a stream and a whole answer, and
+    different when a later turn makes the same call again."""
     args = orjson.dumps(fc.get("args") or {}).decode()
     name = str(fc.get("name", ""))
-    call_id = fc.get("id") or "call_" + hashlib.sha1(f"{name}\0{args}\0{position}".encode()).hexdigest()[:24]
+    call_id = fc.get("id") or "call_" + hashlib.sha1(
+        f"{salt}\0{name}\0{args}\0{position}".encode()).hexdigest()[:24]
     out: dict[str, Any] = {"id": call_id, "type": "function", "function": {"name": name, "arguments": args}}
     if signature:
         out["extra_content"] = {"google": {"thought_signature": signature}}
     return out
 
 
-def read_parts(parts: Any, first_position: int = 0) -> tuple[str, list[dict[str, Any]]]:
+def read_parts(parts: Any, first_position: int = 0, salt: str = "") -> tuple[str, list[dict[str, Any]]]:
     """(visible text, tool calls) of a candidate's parts; thoughts are not shown as content."""
     texts: list[str] = []
     calls: list[dict[str, Any]] = []
@@ -328,7 +331,8 @@ def read_parts(parts: Any, first_position: int = 0) -> tuple[str, list[dict[str,
         if "text" in p:
             texts.append(str(p["text"]))
         elif isinstance(p.get("functionCall"), dict):
-            calls.append(tool_call(p["functionCall"], first_position + len(calls), p.get("thoughtSignature")))
+            calls.append(tool_call(p["functionCall"], first_position + len(calls), p.get("thoughtSignature"),
+                                   salt))
     return "".join(texts), calls
 
 
@@ -339,7 +343,7 @@ def to_completion(data: dict[str, Any], model: str, id: str) -> dict[str, Any]:
                         key=lambda c: int(c.get("index") or 0))
     choices = []
     for k, cand in enumerate(candidates or [{}]):
-        text, calls = read_parts((cand.get("content") or {}).get("parts"))
+        text, calls = read_parts((cand.get("content") or {}).get("parts"), 0, f"{data.get('responseId')}/{k}")
         body = completion(id=id, model=model, content=text or None, tool_calls=calls or None,
                           finish_reason=finish_reason(cand.get("finishReason"), bool(calls)), usage=usage)
         choice = body["choices"][0]

@@ -466,3 +466,27 @@ def test_openai_prompt_cache_breakpoints_become_cache_control(client: openai.Ope
     assert blocks[0]["cache_control"] == {"type": "ephemeral"}
     assert blocks[1]["cache_control"] == {"type": "ephemeral", "ttl": "1h"}
     assert "cache_control" not in blocks[2] and "prompt_cache_breakpoint" not in blocks[0]
+
+
+def test_native_requests_are_metered_from_anthropics_usage(emu: BackgroundServer) -> None:
+    """Replies relayed untouched to /v1/messages still carry usage for metering (whole and streamed)."""
+    from relaygate.providers.anthropic import NATIVE_REPLY, NATIVE_REQUEST
+
+    cfg = parse_config({"models": [anthropic_model("c", emu)]}, {})
+    native = {"model": "c", "max_tokens": 20, "messages": [{"role": "user", "content": "one two"}]}
+
+    async def run(stream: bool) -> tuple[Any, bytes, bool]:
+        gw = await Gateway.create(cfg)
+        try:
+            call = Call(id="n", route="chat", model="c", body={"model": "c", "messages": []}, stream=stream)
+            call.meta[NATIVE_REQUEST] = native
+            reply = await gw.handle(call)
+            raw = reply.body or b"".join([c async for c in reply.stream])  # type: ignore[union-attr]
+            return reply.usage, raw, bool(call.meta.get(NATIVE_REPLY))
+        finally:
+            await gw.close()
+
+    for stream in (False, True):
+        usage, raw, native_reply = asyncio.run(run(stream))
+        assert native_reply and usage.prompt_tokens == 6 and usage.completion_tokens == 5
+        assert (b"event: message_stop" in raw) == stream and b'"type":"message"' in raw  # Anthropic's format

@@ -47,6 +47,12 @@ def gw(upstreams: dict[str, BackgroundServer]) -> Iterator[GatewayThread]:
                                          "api_base": upstreams["gemini"].url, "api_key": GEMINI_KEY}]},
         {"name": "claude", "deployments": [{"provider": "anthropic", "model": "claude-haiku-4-5",
                                             "api_base": upstreams["anthropic"].url, "api_key": CLAUDE_KEY}]},
+        {"name": "claude-2026", "deployments": [{"provider": "anthropic", "model": "claude-haiku-4-5",
+                                                 "api_base": upstreams["anthropic"].url, "api_key": CLAUDE_KEY,
+                                                 "api_version": "2026-10-21"}]},
+        {"name": "claude-fb", "fallbacks": [{"models": ["gpt"]}],
+         "deployments": [{"provider": "anthropic", "model": "claude-haiku-4-5",
+                          "api_base": upstreams["anthropic"].url, "api_key": CLAUDE_KEY}]},
     ]}
     with GatewayThread(config) as g:
         yield g
@@ -316,3 +322,52 @@ def test_pdf_documents_reach_openai_as_file_parts_and_claude_as_documents(
         "type": "file", "file": {"file_data": f"data:application/pdf;base64,{pdf}", "filename": "a.pdf"}}
     m = client.messages.create(model="claude", max_tokens=50, messages=[{"role": "user", "content": content}])
     assert m.content[0].text.endswith("(I read 1 document: application/pdf a.pdf)")  # type: ignore[union-attr]
+
+
+# ---- native pass-through to Anthropic deployments ------------------------------------------------------
+
+def test_anthropic_deployments_get_the_clients_own_request(gw: GatewayThread,
+                                                           upstreams: dict[str, BackgroundServer]) -> None:
+    body = {"model": "claude", "max_tokens": 30, "top_k": 4, "thinking": {"type": "disabled"},
+            "messages": [{"role": "user", "content": "hi"},
+                         {"role": "assistant", "content": [{"type": "text", "text": "ok",
+                                                            "cache_control": {"type": "ephemeral"}}]},
+                         {"role": "user", "content": "again"}]}
+    with httpx.Client() as h:
+        r = h.post(gw.url + "/v1/messages", json=body, headers={"anthropic-version": "2023-06-01",
+                                                                "x-api-key": "k", "anthropic-beta": "feature-x"})
+    assert r.status_code == 200 and "x-relaygate-dropped-params" not in r.headers
+    answer = r.json()
+    assert answer["usage"]["cache_creation"] is not None and answer["usage"]["service_tier"] == "standard"
+    sent = upstreams["anthropic"].state.requests[-1]
+    assert sent["json"] == {**body, "model": "claude-haiku-4-5"}  # nothing lost on the way
+    assert sent["headers"]["anthropic-beta"] == "feature-x" and sent["headers"]["x-api-key"] == CLAUDE_KEY
+
+
+def test_native_stream_relays_anthropics_events_untouched(gw: GatewayThread) -> None:
+    with httpx.Client() as h:
+        r = h.post(gw.url + "/v1/messages", headers={"x-api-key": "k"}, json={
+            "model": "claude", "max_tokens": 30, "stream": True, "messages": [{"role": "user", "content": "a"}]})
+    names = [e.split("\n")[0].removeprefix("event: ") for e in r.text.split("\n\n") if e]
+    assert names[:2] == ["message_start", "ping"] and names[-1] == "message_stop"  # pings are Anthropic's
+
+
+def test_native_requests_still_follow_the_deployments_version(client: anthropic.Anthropic,
+                                                              upstreams: dict[str, BackgroundServer]) -> None:
+    r = client.messages.with_raw_response.create(model="claude-2026", max_tokens=20,
+                                                 messages=[{"role": "user", "content": "x"}],
+                                                 extra_body={"temperature": 0.3, "top_k": 2})
+    assert r.parse().content[0].text == "Hello! You said: x"  # type: ignore[union-attr]
+    assert r.headers["x-relaygate-dropped-params"] == "temperature,top_k"
+    sent = upstreams["anthropic"].state.requests[-1]
+    assert "temperature" not in sent["json"] and sent["headers"]["authorization"] == f"Bearer {CLAUDE_KEY}"
+
+
+def test_fallback_from_claude_to_an_openai_model_is_translated(client: anthropic.Anthropic,
+                                                               upstreams: dict[str, BackgroundServer]) -> None:
+    upstreams["anthropic"].state.faults = FaultPlan(status=529, count=1)
+    r = client.messages.with_raw_response.create(model="claude-fb", max_tokens=20,
+                                                 messages=[{"role": "user", "content": "x"}])
+    m = r.parse()
+    assert m.content[0].text == "Hello! You said: x" and m.model == "gpt-4o-mini"  # type: ignore[union-attr]
+    assert r.headers["x-relaygate-deployment"].startswith("gpt")

@@ -16,7 +16,7 @@ import orjson
 from ..call import Call, Reply
 from ..errors import GatewayError, Unavailable
 from ..http import Request, Response, StreamResponse
-from ..providers.anthropic import DROPPED_HEADER
+from ..providers.anthropic import DROPPED_HEADER, NATIVE_REPLY, NATIVE_REQUEST
 from ..providers.anthropic_wire import error_body
 from .chat import chat_call
 from .common import object_body, reply_headers
@@ -38,8 +38,10 @@ def anthropic_error(err: GatewayError, request_id: str) -> Response:
     return Response(orjson.dumps(body), err.status, {**err.headers, "request-id": request_id})
 
 
-async def _read(gw: Gateway, req: Request, count: bool = False) -> tuple[dict[str, Any], list[str]]:
-    """The client's Anthropic request as an OpenAI chat body, and the fields left out."""
+async def _read(gw: Gateway, req: Request, route: str = "chat") -> tuple[Call, list[str]]:
+    """The call for the client's Anthropic request: an OpenAI chat body (for any provider) plus the
+    original (for Anthropic deployments, which take it as it is); and the fields the translation left out."""
+    count = route == "count_tokens"
     limit = gw.config.server.max_body_bytes
     body = object_body(await req.json(limit))
     keep_cache = b'"cache_control"' in await req.body(limit) and _understands_cache_control(gw, body)
@@ -48,19 +50,24 @@ async def _read(gw: Gateway, req: Request, count: bool = False) -> tuple[dict[st
         del request["max_completion_tokens"]  # counting has no output
     if isinstance(body.get("provider"), str):
         request["provider"] = body["provider"]  # relaygate's explicit-provider field, as on /chat
-    return request, dropped
+    call = chat_call(gw, req, request, route=route)
+    call.meta[NATIVE_REQUEST] = body
+    return call, dropped
 
 
 async def messages(gw: Gateway, req: Request) -> Response | StreamResponse:
     try:
-        request, dropped = await _read(gw, req)
-        call = chat_call(gw, req, request)
+        call, dropped = await _read(gw, req)
         call.wants_usage = call.stream  # the usage chunk feeds the final message_delta
         reply = await gw.handle(call)
     except GatewayError as e:
         return anthropic_error(e, req.id)
     headers = reply_headers(call, reply)
     headers["request-id"] = req.id
+    if call.meta.get(NATIVE_REPLY):  # an Anthropic deployment answered in its own format: relay as is
+        if reply.stream is not None:
+            return StreamResponse(reply, headers, error_event)
+        return Response(reply.body or b"", 200, headers, reply=reply)
     if dropped:
         earlier = headers.get(DROPPED_HEADER)
         headers[DROPPED_HEADER] = ",".join(dropped) if not earlier else f"{earlier},{','.join(dropped)}"
@@ -105,8 +112,7 @@ def _understands_cache_control(gw: Gateway, body: dict[str, Any]) -> bool:
 async def count_tokens(gw: Gateway, req: Request) -> Response:
     """``POST /v1/messages/count_tokens``: served by deployments that can count (Anthropic's)."""
     try:
-        request, _ = await _read(gw, req, count=True)
-        call = chat_call(gw, req, request, route="count_tokens")
+        call, _ = await _read(gw, req, "count_tokens")
         reply = await gw.handle(call)
     except GatewayError as e:
         return anthropic_error(e, req.id)

@@ -34,6 +34,9 @@ DEFAULT_BASE = "https://api.anthropic.com"
 DEFAULT_VERSION = VERSION_2023
 DEFAULT_MAX_TOKENS = 4096
 _STATUS_OF_TYPE = {kind: status for status, kind in ERROR_TYPES.items()}
+NATIVE_REQUEST = "anthropic_request"  # call.meta: the client's own Messages body (set by /v1/messages)
+NATIVE_REPLY = "anthropic_native_reply"  # call.meta: set when the reply is Anthropic's own format
+_NATIVE_DROP = frozenset(("stream",))
 _NOT_COUNTED = frozenset(("max_tokens", "stream", "stop_sequences", "temperature", "top_p", "top_k", "metadata"))
 _CONTEXT_HINTS = ("prompt is too long", "exceed context limit", "context window", "too many total text bytes")
 
@@ -106,8 +109,12 @@ class AnthropicProvider(Provider):
         """Anthropic's free token count for the translated request (no output, so no cost)."""
         assert call.deployment is not None
         model = call.deployment.upstream_model(call.model)
-        t = to_messages_request(call.body, model, default_max_tokens=1, rejected=self.rejected, stream=False)
-        body = {k: v for k, v in t.body.items() if k not in _NOT_COUNTED}
+        native = call.meta.get(NATIVE_REQUEST)
+        if native is not None:
+            body = self._native_body(native, model, _NOT_COUNTED)
+        else:
+            t = to_messages_request(call.body, model, default_max_tokens=1, rejected=self.rejected, stream=False)
+            body = {k: v for k, v in t.body.items() if k not in _NOT_COUNTED}
         resp = await self.request(call, "POST", self.url + "/count_tokens", headers=self._headers,
                                   data=orjson.dumps(body))
         if resp.status >= 400:
@@ -119,6 +126,9 @@ class AnthropicProvider(Provider):
     async def chat(self, call: Call) -> Reply:
         assert call.deployment is not None
         model = call.deployment.upstream_model(call.model)
+        native = call.meta.get(NATIVE_REQUEST)
+        if native is not None:
+            return await self._native(call, native, model)
         t = to_messages_request(call.body, model, default_max_tokens=self.max_tokens, rejected=self.rejected,
                                 stream=call.stream)
         headers: dict[str, str] = {}
@@ -140,23 +150,92 @@ class AnthropicProvider(Provider):
             return self._replay(body, call, headers, usage)
         return Reply(body=orjson.dumps(body), headers=headers, usage=usage, first_byte_at=time.monotonic())
 
+    # -- native: an Anthropic client's own request (from /v1/messages) -------------------------------
+
+    def _native_body(self, native: dict[str, Any], model: str, drop: frozenset[str]) -> dict[str, Any]:
+        return {k: v for k, v in native.items() if k not in drop and k not in self.rejected and k != "provider"} \
+            | {"model": model}
+
+    async def _native(self, call: Call, native: dict[str, Any], model: str) -> Reply:
+        """Send the client's Messages body as it is (model rewritten, parameters this version rejects left
+        out) and relay Anthropic's answer untouched: thinking, citations, server tools all survive."""
+        body = self._native_body(native, model, _NATIVE_DROP)
+        if call.stream:
+            body["stream"] = True
+        headers: dict[str, str] = {}
+        dropped = [k for k in self.rejected if native.get(k) is not None]
+        if dropped:
+            headers[DROPPED_HEADER] = ",".join(dropped)
+        send = self._headers
+        beta = call.headers.get("anthropic-beta")
+        if beta:  # a feature flag of the client's request (e.g. a longer context), not a destination
+            send = {**send, "anthropic-beta": beta}
+        resp = await self.request(call, "POST", self.url, headers=send, data=orjson.dumps(body))
+        if resp.status >= 400:
+            raise await self.upstream_error(resp)
+        if call.stream:
+            if not resp.headers.get("content-type", "").startswith("text/event-stream"):
+                resp.close()
+                raise Unavailable("upstream anthropic answered a stream request with a whole body", status=502)
+            events = iter_sse(resp, self.kind)
+            start, raw = await self._await_start(resp, events)
+            reply = Reply(media_type="text/event-stream", headers=headers, first_byte_at=time.monotonic())
+            reply.stream = self._relay(resp, events, start, raw, reply)
+        else:
+            try:
+                data = await self.read_body(resp)
+            finally:
+                resp.release()
+            try:
+                message = orjson.loads(data)  # once, for the usage
+            except orjson.JSONDecodeError:
+                raise Unavailable("upstream anthropic returned a body that is not JSON", status=502) from None
+            if not isinstance(message, dict) or message.get("type") != "message":
+                raise self.error_of_event(message if isinstance(message, dict) else {})
+            reply = Reply(body=data, headers=headers, usage=usage_of(message.get("usage")),
+                          first_byte_at=time.monotonic())
+        call.meta[NATIVE_REPLY] = True
+        return reply
+
+    async def _relay(self, resp: aiohttp.ClientResponse, events: AsyncIterator[tuple[str, bytes]],
+                     start: dict[str, Any], start_raw: bytes, reply: Reply) -> AsyncIterator[bytes]:
+        """Anthropic's events as they came; only ``message_delta`` is parsed (for the usage)."""
+        usage: dict[str, Any] = dict(start.get("usage") or {})
+        try:
+            yield b"event: message_start\ndata: " + start_raw + b"\n\n"
+            async for event, data in events:
+                if event == "message_delta":
+                    usage.update(orjson.loads(data).get("usage") or {})
+                    reply.usage = usage_of(usage)
+                elif event == "error":
+                    raise self.error_of_event(orjson.loads(data))  # the route writes the error event
+                yield b"event: " + event.encode() + b"\ndata: " + data + b"\n\n"
+                if event == "message_stop":
+                    return
+            raise Unavailable("upstream anthropic stream ended before message_stop", status=502)
+        finally:
+            resp.close()
+
     # -- streaming --------------------------------------------------------------------------------
 
-    async def _start_stream(self, resp: aiohttp.ClientResponse, call: Call, headers: dict[str, str]) -> Reply:
-        """Read up to ``message_start`` before answering, so that an early error can still be retried."""
-        events = iter_sse(resp, self.kind)
+    async def _await_start(self, resp: aiohttp.ClientResponse,
+                           events: AsyncIterator[tuple[str, bytes]]) -> tuple[dict[str, Any], bytes]:
+        """Read up to ``message_start`` (its message, and its raw data) before answering, so that an early
+        error can still be retried."""
         try:
             async for event, data in events:
                 if event == "message_start":
-                    start = orjson.loads(data).get("message") or {}
-                    break
+                    return orjson.loads(data).get("message") or {}, data
                 if event == "error":
                     raise self.error_of_event(orjson.loads(data))
-            else:
-                raise Unavailable("upstream anthropic stream ended before message_start", status=502)
+            raise Unavailable("upstream anthropic stream ended before message_start", status=502)
         except BaseException:
             resp.close()
             raise
+
+    async def _start_stream(self, resp: aiohttp.ClientResponse, call: Call, headers: dict[str, str]) -> Reply:
+        events = iter_sse(resp, self.kind)
+        start, _ = await self._await_start(resp, events)
         reply = Reply(media_type="text/event-stream", headers=headers, first_byte_at=time.monotonic())
         writer = ChunkWriter(str(start.get("model") or call.model), "chatcmpl-" + str(start.get("id") or ""),
                              include_usage=call.wants_usage)

@@ -8,7 +8,8 @@ Every request must carry a valid SigV4 signature made with the emulator's test c
 deterministic: the last user text echoed, the first tool called when a toolConfig is given and the last
 turn holds no toolResult. Faults (``POST /_emulator/faults``): ``status`` answers with the matching AWS error
 (``error_code`` picks the type, e.g. ModelNotReadyException); ``status`` together with
-``disconnect_after_chunks`` sends that error as an ``exception`` frame after so many stream events instead;
+``disconnect_after_chunks`` sends that error as an ``exception`` frame after so many stream events instead
+(calls that do not stream answer normally);
 ``disconnect_after_chunks`` alone cuts the connection.
 """
 
@@ -546,6 +547,10 @@ def create_app(options: BedrockEmulatorOptions | None = None, state: EmulatorSta
         """Temporary credentials that this emulator will accept from now on."""
         key = prefix + uuid.uuid4().hex[:16].upper()
         secret, token = uuid.uuid4().hex + uuid.uuid4().hex, "IQoJ" + uuid.uuid4().hex * 3
+        if len(opts.credentials) > 10_000:  # a long-running emulator: forget the oldest issued sets
+            for old in [k for k in opts.credentials if k.startswith("ASIA")][:5_000]:
+                opts.credentials.pop(old, None)
+                opts.session_tokens.pop(old, None)
         opts.credentials[key] = secret
         opts.session_tokens[key] = token
         expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + opts.temporary_ttl))

@@ -49,6 +49,8 @@ def gateway(emulator: BackgroundServer) -> Iterator[GatewayThread]:
                          cohere_model("command-badkey", emulator, api_key="wrong-key"),
                          cohere_model("embed", emulator, model="embed-v4.0"),
                          cohere_model("transcribe", emulator, model="cohere-transcribe-03-2026"),
+                         cohere_model("transcribe-buffered", emulator, model="cohere-transcribe-03-2026",
+                                      buffer_uploads=True),
                          cohere_model("*", emulator, model="*")]}
     with GatewayThread(config) as gw:
         yield gw
@@ -522,3 +524,17 @@ def test_text_file_parts_become_cohere_documents(client: openai.OpenAI, emulator
         client.chat.completions.create(model="command", messages=[{"role": "user", "content": [
             {"type": "file", "file": {"filename": "a.pdf", "file_data": pdf}}]}])  # type: ignore[list-item,misc]
     assert e.value.code == "unsupported" and "text documents only" in e.value.message
+
+
+def test_buffered_transcription_upload_is_sent_with_its_length(client: openai.OpenAI,
+                                                               emulator: BackgroundServer) -> None:
+    from relaygate.testing.openai_audio import tone_pcm, wav_bytes
+
+    wav = wav_bytes(tone_pcm(0.2, 440), comment="hello there")
+    for model, chunked in (("transcribe", True), ("transcribe-buffered", False)):
+        r = client.audio.transcriptions.create(model=model, file=("a.wav", wav), language="en", prompt="x")
+        assert r.text == "hello there"
+        seen = httpx.get(emulator.url + "/_emulator/requests").json()["requests"][-1]
+        assert ("content-length" not in seen["headers"]) is chunked
+        assert seen["json"] == {"model": "cohere-transcribe-03-2026", "language": "en",
+                                "file": {"filename": "a.wav", "size": len(wav)}}

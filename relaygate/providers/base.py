@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncIterator, Iterable
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import orjson
@@ -15,6 +15,9 @@ from ..call import Call, Reply
 from ..config import DeploymentConfig
 from ..errors import GatewayError, Unavailable, Unsupported, UpstreamTimeout
 from ..upload import ClientBody
+
+if TYPE_CHECKING:
+    from ..multipart import AudioUpload
 
 
 class Provider:
@@ -117,6 +120,17 @@ class Provider:
             resp.close()
             upload.reraise()
         return resp
+
+    async def send_upload(self, call: Call, url: str, headers: dict[str, str], upload: AudioUpload, model: str,
+                          keep: Callable[[str], bool] | None = None) -> aiohttp.ClientResponse:
+        """POST a multipart upload with ``model`` rewritten (and only the fields ``keep`` accepts): streamed as
+        it arrives, or read whole first and sent with a Content-Length when the deployment sets
+        ``buffer_uploads``."""
+        headers = {**headers, "content-type": upload.content_type}
+        if self.config.buffer_uploads:
+            await upload.read_all()
+            headers["content-length"] = str(upload.encoded_length(model, keep))
+        return await self.send_body(call, "POST", url, headers, upload, upload.body(model, keep))
 
     async def read_body(self, resp: aiohttp.ClientResponse) -> bytes:
         try:

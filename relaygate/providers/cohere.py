@@ -232,9 +232,8 @@ class CohereProvider(Provider):
             raise BadRequest("Cohere needs the audio's 'language' (ISO-639-1, e.g. 'en')", param="language")
         model = call.deployment.upstream_model(call.model)
         upload = call.upload
-        headers = {**self._headers, "content-type": upload.content_type}
-        resp = await self.send_body(call, "POST", self.base + "/v2/audio/transcriptions", headers, upload,
-                                    upload.body(model, TRANSCRIBE_FIELDS.__contains__))
+        resp = await self.send_upload(call, self.base + "/v2/audio/transcriptions", self._headers, upload, model,
+                                      TRANSCRIBE_FIELDS.__contains__)
         if resp.status >= 400:
             raise await self.upstream_error(resp)
         text = (await self.read_json_object(resp)).get("text")

@@ -110,11 +110,7 @@ class OpenAIProvider(Provider):
         assert call.deployment is not None and call.upload is not None
         upload = call.upload
         model = call.deployment.upstream_model(call.model)
-        headers = {**self.auth_headers(), "content-type": upload.content_type}
-        if self.config.buffer_uploads:
-            await upload.read_all()
-            headers["content-length"] = str(upload.encoded_length(model))
-        resp = await self.send_body(call, "POST", self.url(path, model), headers, upload, upload.body(model))
+        resp = await self.send_upload(call, self.url(path, model), self.auth_headers(), upload, model)
         if resp.status >= 400:
             raise await self.upstream_error(resp)
         ctype = resp.headers.get("content-type", "")

@@ -55,7 +55,7 @@ def test_credentials_and_region_come_from_the_environment_when_the_gateway_is_bu
 AWS_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_BEARER_TOKEN_BEDROCK",
            "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_AUTHORIZATION_TOKEN",
-           "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE")
+           "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", "AWS_EC2_METADATA_SERVICE_ENDPOINT")
 
 
 def keyless(emu: BackgroundServer) -> dict[str, Any]:
@@ -116,6 +116,24 @@ def test_web_identity_is_exchanged_for_temporary_credentials_at_sts(
     assert sent(emu)[-1]["headers"]["authorization"].startswith("AWS4-HMAC-SHA256 Credential=ASIAWEBIDENTITY")
 
 
+def test_an_ec2_instance_role_is_used_through_imdsv2(emu: BackgroundServer, monkeypatch: pytest.MonkeyPatch,
+                                                     start_gateway: Callable[..., GatewayThread]) -> None:
+    for var in AWS_ENV:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", emu.url)
+    gw = start_gateway({"models": [keyless(emu)]})
+    c = openai.OpenAI(base_url=gw.base_url, api_key="k", max_retries=0)
+    for _ in range(2):
+        assert c.chat.completions.create(model="c", messages=[{"role": "user", "content": "hi"}]).choices
+    imds = [(r["method"], r["path"], r["headers"].get("x-aws-ec2-metadata-token")) for r in emu.state.requests
+            if r["path"].startswith("/latest/")]
+    assert imds == [("PUT", "/latest/api/token", None),
+                    ("GET", "/latest/meta-data/iam/security-credentials/", "imds-session-token"),
+                    ("GET", "/latest/meta-data/iam/security-credentials/emulated-instance-role",
+                     "imds-session-token")]  # fetched once for both calls
+    assert sent(emu)[-1]["headers"]["authorization"].startswith("AWS4-HMAC-SHA256 Credential=ASIAINSTANCE")
+
+
 def test_a_failed_renewal_keeps_credentials_that_are_still_valid() -> None:
     import asyncio
     import time as _time
@@ -141,6 +159,14 @@ def test_a_failed_renewal_keeps_credentials_that_are_still_valid() -> None:
             await source.get(None)  # type: ignore[arg-type]
 
     asyncio.run(run())
+
+
+def test_instance_metadata_can_be_disabled() -> None:
+    from relaygate.providers.aws_credentials import instance_source
+
+    endpoint = {"AWS_EC2_METADATA_SERVICE_ENDPOINT": "http://127.0.0.1:9"}
+    assert instance_source(endpoint) is not None
+    assert instance_source({**endpoint, "AWS_EC2_METADATA_DISABLED": "TRUE"}) is None
 
 
 def test_container_credentials_url_must_be_a_container_host(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -205,6 +231,7 @@ def test_incomplete_aws_config_is_a_config_error_naming_the_deployment(
 
     for var in (*AWS_ENV, "AWS_REGION", "AWS_DEFAULT_REGION"):  # CI runners may set some (CodeBuild does)
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # a runner on EC2 would otherwise have a role
     cfg = parse_config({"models": [{"name": "x", "deployments": [deployment]}]}, {})
 
     async def build() -> None:

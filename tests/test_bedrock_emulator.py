@@ -258,3 +258,15 @@ def test_sts_web_identity_answers_parse_in_boto3(emu: BackgroundServer) -> None:
         sts.assume_role_with_web_identity(RoleArn="arn:aws:iam::000000000000:role/r", RoleSessionName="sess",
                                           WebIdentityToken="wrong")
     assert e.value.response["Error"]["Code"] == "InvalidIdentityToken"
+
+
+def test_instance_metadata_service_satisfies_botocore(emu: BackgroundServer) -> None:
+    from botocore.utils import InstanceMetadataFetcher
+
+    fetcher = InstanceMetadataFetcher(timeout=2, num_attempts=1, env={},
+                                      config={"ec2_metadata_service_endpoint": emu.url + "/"})
+    creds = fetcher.retrieve_iam_role_credentials()
+    assert creds["role_name"] == "emulated-instance-role" and creds["access_key"].startswith("ASIAINSTANCE")
+    r = client(emu, aws_access_key_id=creds["access_key"], aws_secret_access_key=creds["secret_key"],
+               aws_session_token=creds["token"]).converse(modelId=MODEL_ID, messages=USER)
+    assert r["stopReason"] == "end_turn"

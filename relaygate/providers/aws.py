@@ -26,7 +26,7 @@ from ..errors import (
     UpstreamTimeout,
     from_status,
 )
-from .aws_credentials import CredentialSource, container_source, web_identity_source
+from .aws_credentials import CredentialSource, container_source, instance_source, web_identity_source
 from .aws_eventstream import EventMessage, EventStreamDecoder, EventStreamError
 from .aws_sigv4 import AwsCredentials, SigV4Signer
 from .base import Provider, error_json, retry_after_seconds
@@ -46,7 +46,7 @@ _TOO_LONG = ("input is too long", "too many input tokens", "prompt is too long",
 
 def credential_source(config: Any, env: Mapping[str, str], region: str) -> CredentialSource:
     """The deployment's keys, else the standard AWS environment: access keys, a web identity (EKS service
-    accounts), container credentials (ECS task roles, EKS Pod Identity)."""
+    accounts), container credentials (ECS task roles, EKS Pod Identity), the EC2 instance role."""
     key_id = config.aws_access_key_id.get_secret_value() if config.aws_access_key_id else None
     secret = config.aws_secret_access_key.get_secret_value() if config.aws_secret_access_key else None
     token = config.aws_session_token.get_secret_value() if config.aws_session_token else None
@@ -57,11 +57,11 @@ def credential_source(config: Any, env: Mapping[str, str], region: str) -> Crede
     key_id, secret = env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY")
     if key_id and secret:
         return CredentialSource(AwsCredentials(key_id, secret, token or env.get("AWS_SESSION_TOKEN") or None))
-    source = web_identity_source(env, region) or container_source(env)
+    source = web_identity_source(env, region) or container_source(env) or instance_source(env)
     if source is None:
         raise ValueError("AWS credentials missing: set aws_access_key_id and aws_secret_access_key (or api_key, "
                          "a Bedrock API key), or the AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY environment "
-                         "variables, or run with a web identity or container credentials")
+                         "variables, or run with a web identity, container credentials or an EC2 instance role")
     return source
 
 

@@ -1,5 +1,5 @@
 """Where AWS credentials come from: fixed keys, or temporary ones that the runtime hands out and relaygate
-refreshes ahead of expiry (EKS/ECS container credentials, EKS web identity via STS).
+refreshes ahead of expiry (EKS web identity via STS, ECS/EKS container credentials, EC2 instance roles).
 
 Which source applies is decided once, when the gateway is built, from the deployment config and the standard
 environment variables; temporary credentials are fetched on first use and refreshed by one call at a time.
@@ -25,6 +25,8 @@ from .aws_sigv4 import AwsCredentials
 REFRESH_MARGIN = 300.0  # seconds before expiry at which credentials are renewed
 FETCH_TIMEOUT = aiohttp.ClientTimeout(total=5, connect=2)
 ECS_HOST = "http://169.254.170.2"
+IMDS = "http://169.254.169.254"
+IMDS_ROLES = "meta-data/iam/security-credentials/"
 # the hosts botocore also accepts for container credentials over plain http (ECS, EKS Pod Identity)
 _CONTAINER_HOSTS = {"169.254.170.2", "169.254.170.23", "fd00:ec2::23", "localhost"}
 _STS_NS = "{https://sts.amazonaws.com/doc/2011-06-15/}"
@@ -68,6 +70,46 @@ class RefreshingSource(CredentialSource):
                     return self.credentials  # still valid: try again on the next call
                 raise
             return self.credentials
+
+
+def instance_source(env: Mapping[str, str]) -> RefreshingSource | None:
+    """EC2 instance roles through IMDSv2; used on EC2, or wherever AWS_EC2_METADATA_SERVICE_ENDPOINT points."""
+    if env.get("AWS_EC2_METADATA_DISABLED", "").lower() == "true":
+        return None
+    endpoint = env.get("AWS_EC2_METADATA_SERVICE_ENDPOINT")
+    if not endpoint and not _on_ec2():
+        return None  # elsewhere a missing credential stays a config error, not a timeout on every call
+    base = (endpoint or IMDS).rstrip("/") + "/latest/"
+    what = "the instance metadata service"
+
+    async def fetch(session: aiohttp.ClientSession) -> tuple[AwsCredentials, float]:
+        token = await _get(session, "PUT", base + "api/token", {"x-aws-ec2-metadata-token-ttl-seconds": "21600"},
+                           None, what)
+        headers = {"x-aws-ec2-metadata-token": token.decode("latin-1")}
+        roles = (await _get(session, "GET", base + IMDS_ROLES, headers, None, what)).decode("latin-1").split()
+        if not roles:
+            raise AuthError("this EC2 instance has no IAM role", code="upstream_auth_failed")
+        raw = await _get(session, "GET", base + IMDS_ROLES + roles[0], headers, None, what)
+        try:
+            data = orjson.loads(raw)
+            creds = AwsCredentials(data["AccessKeyId"], data["SecretAccessKey"], data.get("Token"))
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            raise Unavailable("the instance metadata service sent no credentials", status=502) from None
+        return creds, _expiry(data.get("Expiration"))
+
+    return RefreshingSource("instance", fetch)
+
+
+def _on_ec2() -> bool:
+    """What the instance's firmware says (read once, at build time; no network)."""
+    for path, mark in (("/sys/devices/virtual/dmi/id/sys_vendor", "Amazon EC2"), ("/sys/hypervisor/uuid", "ec2")):
+        try:
+            with open(path, encoding="utf-8") as f:
+                if f.read().strip().startswith(mark):
+                    return True
+        except OSError:
+            continue
+    return False
 
 
 def _expiry(value: Any) -> float:

@@ -1,6 +1,7 @@
 """An emulator of AWS Bedrock Runtime (Converse, ConverseStream, InvokeModel for Titan text embeddings, CountTokens) and
 Bedrock Agent Runtime (InvokeAgent), on one port, with the endpoints that hand out temporary credentials
-(container credentials at ``/_aws/container-credentials``, STS AssumeRoleWithWebIdentity at ``/``).
+(container credentials at ``/_aws/container-credentials``, STS AssumeRoleWithWebIdentity at ``/``, IMDSv2
+under ``/latest/``).
 boto3/botocore pointed at it parse every answer.
 
 Every request must carry a valid SigV4 signature made with the emulator's test credentials (service
@@ -587,6 +588,29 @@ def create_app(options: BedrockEmulatorOptions | None = None, state: EmulatorSta
                 f"{uuid.uuid4()}</RequestId></ResponseMetadata></AssumeRoleWithWebIdentityResponse>")
         return web.Response(text=body, content_type="text/xml")
 
+    async def imds_token(request: web.Request) -> web.Response:
+        """IMDSv2: a session token for the metadata requests that follow."""
+        request.app[STATE_KEY].remember(request, b"")
+        if not request.headers.get("x-aws-ec2-metadata-token-ttl-seconds", "").isdigit():
+            return web.Response(status=400)
+        return web.Response(text="imds-session-token")
+
+    async def imds_credentials(request: web.Request) -> web.Response:
+        """The instance's role name, or that role's credentials (IMDSv2 only: a token is required)."""
+        request.app[STATE_KEY].remember(request, b"")
+        if request.headers.get("x-aws-ec2-metadata-token") != "imds-session-token":
+            return web.Response(status=401)
+        role = request.match_info.get("role")
+        if not role:
+            return web.Response(text="emulated-instance-role")
+        if role != "emulated-instance-role":
+            return web.Response(status=404)
+        creds = issue("ASIAINSTANCE")
+        return json_response({"Code": "Success", "LastUpdated": creds["Expiration"], "Type": "AWS-HMAC", **creds})
+
+    app.router.add_put("/latest/api/token", imds_token)
+    app.router.add_get("/latest/meta-data/iam/security-credentials/", imds_credentials)
+    app.router.add_get("/latest/meta-data/iam/security-credentials/{role}", imds_credentials)
     app.router.add_get("/_aws/container-credentials", container_credentials)
     app.router.add_post("/", sts)
     app.router.add_post("/model/{model}/converse", tracked(converse))

@@ -89,13 +89,7 @@ def instance_source(env: Mapping[str, str]) -> RefreshingSource | None:
         roles = (await _get(session, "GET", base + IMDS_ROLES, headers, None, what)).decode("latin-1").split()
         if not roles:
             raise AuthError("this EC2 instance has no IAM role", code="upstream_auth_failed")
-        raw = await _get(session, "GET", base + IMDS_ROLES + roles[0], headers, None, what)
-        try:
-            data = orjson.loads(raw)
-            creds = AwsCredentials(data["AccessKeyId"], data["SecretAccessKey"], data.get("Token"))
-        except (orjson.JSONDecodeError, KeyError, TypeError):
-            raise Unavailable("the instance metadata service sent no credentials", status=502) from None
-        return creds, _expiry(data.get("Expiration"))
+        return _json_credentials(await _get(session, "GET", base + IMDS_ROLES + roles[0], headers, None, what), what)
 
     return RefreshingSource("instance", fetch)
 
@@ -110,6 +104,16 @@ def _on_ec2() -> bool:
         except OSError:
             continue
     return False
+
+
+def _json_credentials(raw: bytes, what: str) -> tuple[AwsCredentials, float]:
+    """The JSON shape both IMDS and the container endpoint answer with."""
+    try:
+        data = orjson.loads(raw)
+        creds = AwsCredentials(data["AccessKeyId"], data["SecretAccessKey"], data.get("Token"))
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        raise Unavailable(f"{what} sent no credentials", status=502) from None
+    return creds, _expiry(data.get("Expiration"))
 
 
 def _expiry(value: Any) -> float:
@@ -137,13 +141,8 @@ def container_source(env: Mapping[str, str]) -> RefreshingSource | None:
         auth = _read_file(token_file, "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE") if token_file else token
         if auth:  # the file is read on every fetch: EKS rotates it
             headers["authorization"] = auth
-        raw = await _get(session, "GET", url, headers, None, "the container credentials endpoint")
-        try:
-            data = orjson.loads(raw)
-            creds = AwsCredentials(data["AccessKeyId"], data["SecretAccessKey"], data.get("Token"))
-        except (orjson.JSONDecodeError, KeyError, TypeError):
-            raise Unavailable("the container credentials endpoint sent no credentials", status=502) from None
-        return creds, _expiry(data.get("Expiration"))
+        what = "the container credentials endpoint"
+        return _json_credentials(await _get(session, "GET", url, headers, None, what), what)
 
     return RefreshingSource("container", fetch)
 

@@ -55,7 +55,16 @@ def test_credentials_and_region_come_from_the_environment_when_the_gateway_is_bu
 AWS_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_BEARER_TOKEN_BEDROCK",
            "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_AUTHORIZATION_TOKEN",
-           "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", "AWS_EC2_METADATA_SERVICE_ENDPOINT")
+           "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", "AWS_EC2_METADATA_SERVICE_ENDPOINT", "AWS_PROFILE",
+           "AWS_DEFAULT_PROFILE", "AWS_SHARED_CREDENTIALS_FILE")
+
+
+def no_aws_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No AWS credentials anywhere the chain looks (CI runners and laptops may have some)."""
+    for var in AWS_ENV:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/credentials")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
 
 
 def keyless(emu: BackgroundServer) -> dict[str, Any]:
@@ -66,8 +75,7 @@ def keyless(emu: BackgroundServer) -> dict[str, Any]:
 def test_container_credentials_are_cached_and_renewed_before_expiry(
         emu: BackgroundServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Any,
         start_gateway: Callable[..., GatewayThread]) -> None:
-    for var in AWS_ENV:
-        monkeypatch.delenv(var, raising=False)
+    no_aws_environment(monkeypatch)
     token = tmp_path / "token"
     token.write_text("container-auth-token\n")
     monkeypatch.setenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", emu.url + "/_aws/container-credentials")
@@ -102,8 +110,7 @@ def test_container_credentials_are_cached_and_renewed_before_expiry(
 def test_web_identity_is_exchanged_for_temporary_credentials_at_sts(
         emu: BackgroundServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Any,
         start_gateway: Callable[..., GatewayThread]) -> None:
-    for var in AWS_ENV:
-        monkeypatch.delenv(var, raising=False)
+    no_aws_environment(monkeypatch)
     token = tmp_path / "token"
     token.write_text("eyJ-web-identity-token")
     monkeypatch.setenv("AWS_WEB_IDENTITY_TOKEN_FILE", str(token))
@@ -118,8 +125,8 @@ def test_web_identity_is_exchanged_for_temporary_credentials_at_sts(
 
 def test_an_ec2_instance_role_is_used_through_imdsv2(emu: BackgroundServer, monkeypatch: pytest.MonkeyPatch,
                                                      start_gateway: Callable[..., GatewayThread]) -> None:
-    for var in AWS_ENV:
-        monkeypatch.delenv(var, raising=False)
+    no_aws_environment(monkeypatch)
+    monkeypatch.delenv("AWS_EC2_METADATA_DISABLED")
     monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", emu.url)
     gw = start_gateway({"models": [keyless(emu)]})
     c = openai.OpenAI(base_url=gw.base_url, api_key="k", max_retries=0)
@@ -159,6 +166,25 @@ def test_a_failed_renewal_keeps_credentials_that_are_still_valid() -> None:
             await source.get(None)  # type: ignore[arg-type]
 
     asyncio.run(run())
+
+
+def test_a_shared_credentials_profile_is_read_when_the_gateway_is_built(
+        emu: BackgroundServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Any,
+        start_gateway: Callable[..., GatewayThread]) -> None:
+    no_aws_environment(monkeypatch)
+    creds = tmp_path / "credentials"
+    creds.write_text(f"[default]\naws_access_key_id = AKIAOTHER\naws_secret_access_key = other\n\n"
+                     f"[work]\naws_access_key_id = {TEST_ACCESS_KEY}\naws_secret_access_key = {TEST_SECRET_KEY}\n")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(creds))
+    monkeypatch.setenv("AWS_PROFILE", "work")
+    gw = start_gateway({"models": [keyless(emu)]})
+    c = openai.OpenAI(base_url=gw.base_url, api_key="k", max_retries=0)
+    assert c.chat.completions.create(model="c", messages=[{"role": "user", "content": "hi"}]).choices
+    monkeypatch.setenv("AWS_PROFILE", "missing")
+    with pytest.raises(ValueError, match="has no access keys"):
+        from relaygate.providers.aws_credentials import profile_source
+
+        profile_source({"AWS_PROFILE": "missing", "AWS_SHARED_CREDENTIALS_FILE": str(creds)})
 
 
 def test_instance_metadata_can_be_disabled() -> None:
@@ -229,9 +255,9 @@ def test_incomplete_aws_config_is_a_config_error_naming_the_deployment(
 
     from relaygate.gateway import build_deployments, new_session
 
-    for var in (*AWS_ENV, "AWS_REGION", "AWS_DEFAULT_REGION"):  # CI runners may set some (CodeBuild does)
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # a runner on EC2 would otherwise have a role
+    no_aws_environment(monkeypatch)
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
     cfg = parse_config({"models": [{"name": "x", "deployments": [deployment]}]}, {})
 
     async def build() -> None:

@@ -26,7 +26,13 @@ from ..errors import (
     UpstreamTimeout,
     from_status,
 )
-from .aws_credentials import CredentialSource, container_source, instance_source, web_identity_source
+from .aws_credentials import (
+    CredentialSource,
+    container_source,
+    instance_source,
+    profile_source,
+    web_identity_source,
+)
 from .aws_eventstream import EventMessage, EventStreamDecoder, EventStreamError
 from .aws_sigv4 import AwsCredentials, SigV4Signer
 from .base import Provider, error_json, retry_after_seconds
@@ -46,7 +52,8 @@ _TOO_LONG = ("input is too long", "too many input tokens", "prompt is too long",
 
 def credential_source(config: Any, env: Mapping[str, str], region: str) -> CredentialSource:
     """The deployment's keys, else the standard AWS environment: access keys, a web identity (EKS service
-    accounts), container credentials (ECS task roles, EKS Pod Identity), the EC2 instance role."""
+    accounts), a shared credentials profile, container credentials (ECS task roles, EKS Pod Identity), the EC2
+    instance role."""
     key_id = config.aws_access_key_id.get_secret_value() if config.aws_access_key_id else None
     secret = config.aws_secret_access_key.get_secret_value() if config.aws_secret_access_key else None
     token = config.aws_session_token.get_secret_value() if config.aws_session_token else None
@@ -57,7 +64,8 @@ def credential_source(config: Any, env: Mapping[str, str], region: str) -> Crede
     key_id, secret = env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY")
     if key_id and secret:
         return CredentialSource(AwsCredentials(key_id, secret, token or env.get("AWS_SESSION_TOKEN") or None))
-    source = web_identity_source(env, region) or container_source(env) or instance_source(env)
+    source = (web_identity_source(env, region) or profile_source(env) or container_source(env)
+              or instance_source(env))  # botocore's order
     if source is None:
         raise ValueError("AWS credentials missing: set aws_access_key_id and aws_secret_access_key (or api_key, "
                          "a Bedrock API key), or the AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY environment "

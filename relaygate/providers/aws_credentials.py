@@ -1,4 +1,4 @@
-"""Where AWS credentials come from: fixed keys, or temporary ones that the runtime hands out and relaygate
+"""Where AWS credentials come from: fixed keys (config, environment, a shared credentials profile), or temporary ones that the runtime hands out and relaygate
 refreshes ahead of expiry (EKS web identity via STS, ECS/EKS container credentials, EC2 instance roles).
 
 Which source applies is decided once, when the gateway is built, from the deployment config and the standard
@@ -8,6 +8,8 @@ environment variables; temporary credentials are fetched on first use and refres
 from __future__ import annotations
 
 import asyncio
+import configparser
+import os
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Awaitable, Callable, Mapping
@@ -145,6 +147,28 @@ def container_source(env: Mapping[str, str]) -> RefreshingSource | None:
         return _json_credentials(await _get(session, "GET", url, headers, None, what), what)
 
     return RefreshingSource("container", fetch)
+
+
+def profile_source(env: Mapping[str, str]) -> CredentialSource | None:
+    """Access keys of a profile in the shared credentials file (AWS_PROFILE, AWS_SHARED_CREDENTIALS_FILE);
+    profiles that assume roles or use SSO are not resolved."""
+    path = env.get("AWS_SHARED_CREDENTIALS_FILE") or os.path.join(env.get("HOME") or "~", ".aws", "credentials")
+    profile = env.get("AWS_PROFILE") or env.get("AWS_DEFAULT_PROFILE") or "default"
+    parser = configparser.RawConfigParser()
+    try:
+        found = parser.read(os.path.expanduser(path), encoding="utf-8")
+    except configparser.Error as e:
+        raise ValueError(f"the shared AWS credentials file cannot be parsed ({type(e).__name__})") from None
+    if not found or not parser.has_section(profile):
+        if env.get("AWS_PROFILE"):
+            raise ValueError(f"AWS_PROFILE names {profile!r}, which has no access keys in {path}")
+        return None
+    section = parser[profile]
+    key_id, secret = section.get("aws_access_key_id"), section.get("aws_secret_access_key")
+    if not key_id or not secret:
+        raise ValueError(f"profile {profile!r} in {path} has no aws_access_key_id / aws_secret_access_key (profiles "
+                         "that assume roles or use SSO are not resolved)")
+    return CredentialSource(AwsCredentials(key_id, secret, section.get("aws_session_token") or None))
 
 
 def web_identity_source(env: Mapping[str, str], region: str) -> RefreshingSource | None:

@@ -7,6 +7,7 @@ rpm/tpm/concurrency limits, not yet tried by this call) and returns one of them.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -101,6 +102,16 @@ class LeastConnections(Strategy):
         return self._rotate([d for d in cands if d.stats.in_flight == low])
 
 
+def _latency_key(dep: Deployment) -> tuple[float, int]:
+    """Lowest first. An unmeasured deployment gets one call at a time (not a whole burst while its first
+    answers are still out); equals go to the one with fewer calls in flight."""
+    s = dep.stats
+    latency = s.latency_ewma
+    if latency is None:
+        latency = 0.0 if s.in_flight == 0 else math.inf
+    return latency, s.in_flight
+
+
 class LeastLatency(Strategy):
     """The lowest moving average of latency (time to first token for streams); unmeasured ones first."""
 
@@ -108,8 +119,7 @@ class LeastLatency(Strategy):
     needs_ttft = True
 
     def choose(self, cands: list[Deployment]) -> Deployment:
-        # equal (above all unmeasured) ones: the one with fewer calls in flight, so a burst is spread
-        best = min(cands, key=lambda d: (d.stats.latency_ewma or 0.0, d.stats.in_flight))
+        best = min(cands, key=_latency_key)
         if len(cands) > 1 and self.rng.random() < EXPLORE:
             return self.rng.choice([d for d in cands if d is not best])
         return best
@@ -142,6 +152,14 @@ def adaptive_score(dep: Deployment) -> float:
     return s.success_ewma ** 4 / max(s.latency_ewma or 0.0, 0.001)
 
 
+def _adaptive_key(dep: Deployment) -> tuple[float, int]:
+    """Highest first; like ``_latency_key``, an unmeasured deployment gets one call at a time."""
+    s = dep.stats
+    if s.latency_ewma is None and s.in_flight:
+        return -math.inf, -s.in_flight
+    return adaptive_score(dep), -s.in_flight
+
+
 class Adaptive(Strategy):
     """The best recent score (success⁴ / latency); ``EXPLORE`` of the calls go to another, at random."""
 
@@ -149,7 +167,7 @@ class Adaptive(Strategy):
     needs_ttft = True
 
     def choose(self, cands: list[Deployment]) -> Deployment:
-        best = max(cands, key=lambda d: (adaptive_score(d), -d.stats.in_flight))
+        best = max(cands, key=_adaptive_key)
         if len(cands) > 1 and self.rng.random() < EXPLORE:
             return self.rng.choice([d for d in cands if d is not best])
         return best

@@ -217,7 +217,7 @@ def test_deadline_bounds_retries_and_fallbacks_together(emus: list[BackgroundSer
     t = time.monotonic()
     with pytest.raises(openai.APIStatusError) as e:
         ask(gw, "a")
-    assert time.monotonic() - t < 1.3
+    assert time.monotonic() - t < 1.6  # the 1 s deadline, plus a loaded machine's slack
     assert e.value.status_code == 504
 
 
@@ -255,7 +255,7 @@ def test_deployment_at_max_parallel_is_skipped_not_overloaded(emus: list[Backgro
                                                               start_gateway: Start) -> None:
     import concurrent.futures
 
-    fault(emus[1], latency_ms=400)
+    fault(emus[1], latency_ms=900)  # long enough that all ten arrive while narrow's two are out
     gw = start_gateway({"models": [{"name": "m", "deployments": [dep(emus[1], "narrow", max_parallel=2),
                                                                  dep(emus[2], "wide")]}]})
     with concurrent.futures.ThreadPoolExecutor(10) as pool:

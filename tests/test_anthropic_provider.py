@@ -168,6 +168,13 @@ def test_tool_choice_is_mapped(client: openai.OpenAI, emu: BackgroundServer, cho
     assert sent(emu)["json"]["tool_choice"] == expected
 
 
+def test_strict_function_tools_stay_strict(client: openai.OpenAI, emu: BackgroundServer) -> None:
+    strict = [{"type": "function", "function": {**TOOLS[0]["function"], "strict": True}}]
+    client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "Oslo"}],
+                                   tools=strict)  # type: ignore[arg-type]
+    assert sent(emu)["json"]["tools"][0]["strict"] is True
+
+
 def test_tool_choice_none_gets_text(client: openai.OpenAI, emu: BackgroundServer) -> None:
     r = client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "Oslo"}],
                                        tools=TOOLS, tool_choice="none")  # type: ignore[arg-type]

@@ -114,7 +114,7 @@ def test_tool_round_trip_against_an_openai_model(client: anthropic.Anthropic,
     use = first.content[0]
     assert first.stop_reason == "tool_use" and use.type == "tool_use" and use.input == {"city": "Paris"}
     sent = openai_sent(upstreams)
-    assert sent["tool_choice"] == "required"
+    assert sent["tool_choice"] == "required" and "strict" not in sent["tools"][0]["function"]
     assert sent["tools"][0]["function"]["parameters"] == TOOLS[0]["input_schema"]
     second = client.messages.create(model="gpt", max_tokens=200, tools=TOOLS, messages=[
         {"role": "user", "content": "Paris"}, {"role": "assistant", "content": first.content},  # type: ignore[typeddict-item]
@@ -123,6 +123,13 @@ def test_tool_round_trip_against_an_openai_model(client: anthropic.Anthropic,
     sent = openai_sent(upstreams)
     assert sent["messages"][1]["tool_calls"][0]["id"] == use.id
     assert sent["messages"][2] == {"role": "tool", "tool_call_id": use.id, "content": "sunny"}
+
+
+def test_strict_tools_reach_openai_as_strict_functions(client: anthropic.Anthropic,
+                                                       upstreams: dict[str, BackgroundServer]) -> None:
+    client.messages.create(model="gpt", max_tokens=50, tools=[{**TOOLS[0], "strict": True}],
+                           messages=[{"role": "user", "content": "Rome"}])
+    assert openai_sent(upstreams)["tools"][0]["function"]["strict"] is True
 
 
 def test_stream_with_tool_use_against_an_openai_model(client: anthropic.Anthropic) -> None:

@@ -210,6 +210,8 @@ def _tool(t: Any, i: int, keep_cache: bool) -> dict[str, Any]:
     fn: dict[str, Any] = {"name": t["name"], "parameters": t.get("input_schema") or {"type": "object"}}
     if t.get("description"):
         fn["description"] = t["description"]
+    if isinstance(t.get("strict"), bool):
+        fn["strict"] = t["strict"]
     out: dict[str, Any] = {"type": "function", "function": fn}
     if keep_cache and "cache_control" in t:
         out["cache_control"] = t["cache_control"]

@@ -292,6 +292,8 @@ def convert_tools(tools: Any) -> list[dict[str, Any]]:
                                 "input_schema": fn.get("parameters") or {"type": "object", "properties": {}}}
         if fn.get("description"):
             tool["description"] = fn["description"]
+        if isinstance(fn.get("strict"), bool):
+            tool["strict"] = fn["strict"]  # schema-validated inputs, on both sides
         if "cache_control" in t:
             tool["cache_control"] = t["cache_control"]
         out.append(tool)

@@ -307,6 +307,25 @@ def test_stream_cut_mid_answer_ends_with_an_error_event(gateway: GatewayThread, 
     assert b"Hello!" in body and b'"error"' in body and b"[DONE]" not in body
 
 
+def test_error_event_mid_stream_ends_the_stream_with_the_mapped_error(gateway: GatewayThread,
+                                                                     emulator: BackgroundServer) -> None:
+    fault(emulator, status=503, disconnect_after_chunks=2, count=1, message=f"overloaded {KEY}")
+    with requests.post(gateway.base_url + "/chat/completions", timeout=10, stream=True, json={
+            "model": "gem", "stream": True, "messages": [{"role": "user", "content": "a b c d e f g h"}]}) as r:
+        body = r.content
+    assert r.status_code == 200 and b"Hello!" in body and b"[DONE]" not in body
+    last = orjson.loads(body.strip().split(b"\n\n")[-1][len(b"data: "):])
+    assert last["error"]["code"] == "upstream_unavailable" and KEY not in last["error"]["message"]
+
+
+def test_error_event_before_any_answer_is_a_plain_retryable_error(client: openai.OpenAI,
+                                                                  emulator: BackgroundServer) -> None:
+    fault(emulator, status=429, retry_after=3, disconnect_after_chunks=0, count=1)
+    with pytest.raises(openai.RateLimitError) as e:
+        list(client.chat.completions.create(model="gem", messages=[{"role": "user", "content": "x"}], stream=True))
+    assert e.value.response.headers["retry-after"] == "3"
+
+
 def test_stream_that_ends_before_any_event_is_a_retryable_502(client: openai.OpenAI,
                                                               emulator: BackgroundServer) -> None:
     fault(emulator, disconnect_after_chunks=0, count=1)

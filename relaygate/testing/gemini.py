@@ -7,7 +7,8 @@ makes it call every function), reports images and other files, the system instru
 Prompts containing ``BLOCKED_WORD`` are blocked (``promptFeedback.blockReason``); prompts containing
 ``UNSAFE_WORD`` end in ``finishReason: SAFETY`` unless ``safetySettings`` turn off dangerous-content blocking.
 Requests are checked as strictly as the real API does (``gemini_checks``), so translation bugs show.
-Also served: ``countTokens``, ``embedContent``/``batchEmbedContents``, ``GET /v1beta/models`` and the OAuth
+A fault plan with ``status`` and ``disconnect_after_chunks`` fails a stream after that many events with
+an in-stream error event, as Google does. Also served: ``countTokens``, ``embedContent``/``batchEmbedContents``, ``GET /v1beta/models`` and the OAuth
 ``POST /token`` endpoint a service account's ``token_uri`` can point at.
 """
 
@@ -88,6 +89,11 @@ def _error_response(e: ApiError) -> web.Response:
 def fault_response(plan: FaultPlan) -> web.Response:
     """An injected failure; ``retry_after`` becomes a ``google.rpc.RetryInfo`` detail, as Gemini sends it."""
     assert plan.status is not None
+    return json_response(fault_body(plan), plan.status)
+
+
+def fault_body(plan: FaultPlan) -> dict[str, Any]:
+    assert plan.status is not None
     details: list[dict[str, Any]] = []
     if plan.status == 429:
         details.append({"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [{
@@ -96,7 +102,7 @@ def fault_response(plan: FaultPlan) -> web.Response:
     if plan.retry_after is not None:
         details.append({"@type": "type.googleapis.com/google.rpc.RetryInfo",
                         "retryDelay": f"{plan.retry_after:g}s"})
-    return json_response(error_body(plan.status, plan.message, details, plan.error_code), plan.status)
+    return error_body(plan.status, plan.message, details, plan.error_code)
 
 
 # ---- the answer: a pure function of the request ------------------------------------------------------
@@ -383,7 +389,10 @@ def create_app(options: GeminiEmulatorOptions | None = None, state: EmulatorStat
             body = normalise(sent)
             plan = state.take_fault(request.path)
             await apply_latency(plan)
-            if plan is not None and (plan.drop_connection or plan.status):
+            # status + disconnect_after_chunks on a stream: that many events, then an in-stream error event
+            in_stream = plan is not None and bool(plan.status) and plan.disconnect_after_chunks is not None \
+                and method == "streamGenerateContent"
+            if plan is not None and (plan.drop_connection or (plan.status and not in_stream)):
                 return await drop_connection(request) if plan.drop_connection else fault_response(plan)
             if opts.models and model not in opts.models:
                 version = request.match_info.get("version", "v1beta")
@@ -413,6 +422,9 @@ def create_app(options: GeminiEmulatorOptions | None = None, state: EmulatorStat
     async def stream(request: web.Request, body: dict[str, Any], model: str,
                      plan: FaultPlan | None) -> web.StreamResponse:
         events = stream_events(body, model, opts.prefix, opts.cached_tokens)
+        if plan is not None and plan.status and plan.disconnect_after_chunks is not None:
+            events = [*events[:plan.disconnect_after_chunks], fault_body(plan)]
+            plan = None
         if request.query.get("alt") != "sse":  # without alt=sse the "stream" is one JSON array
             return json_response(events)
         # Google frames events with CRLF pairs and sends no terminator

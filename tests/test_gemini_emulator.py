@@ -116,6 +116,17 @@ def test_sdk_reads_google_error_bodies(emulator: BackgroundServer, plan: dict, c
             e.value.details["error"]["details"]
 
 
+def test_sdk_reads_an_error_event_in_a_stream(emulator: BackgroundServer) -> None:
+    requests.post(emulator.url + "/_emulator/faults", json={"status": 503, "disconnect_after_chunks": 1, "count": 1},
+                  timeout=5).raise_for_status()
+    c = studio(emulator)
+    seen = []
+    with pytest.raises(errors.ServerError) as e:
+        for chunk in c.models.generate_content_stream(model="gemini-2.5-flash", contents="a b c d e f"):
+            seen.append(chunk.text)
+    assert seen == ["Hello! You said: "] and e.value.code == 503 and e.value.status == "UNAVAILABLE"
+
+
 def test_sdk_sees_auth_and_model_errors(emulator: BackgroundServer) -> None:
     with pytest.raises(errors.ClientError) as e:
         c = studio(emulator, "AIzaSyWrong")

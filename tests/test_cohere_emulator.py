@@ -211,3 +211,22 @@ def test_transcription_parses_in_the_sdk(co: cohere.ClientV2, emulator: Backgrou
     missing = httpx.post(emulator.url + "/v2/audio/transcriptions", headers={"authorization": f"Bearer {KEY}"},
                          data={"model": "cohere-transcribe-03-2026", "prompt": "x"}, files={"file": ("a.wav", wav)})
     assert missing.status_code == 400 and "prompt" in missing.json()["message"]
+
+
+def test_grounded_answers_cite_their_documents(co: cohere.ClientV2, emulator: BackgroundServer) -> None:
+    docs = [{"id": "n1", "data": {"title": "notes", "snippet": "Ada wrote it."}}]
+    r = co.chat(model=MODEL, messages=[{"role": "user", "content": "who?"}], documents=docs)  # type: ignore[arg-type,list-item]
+    text = r.message.content[0].text  # type: ignore[index,union-attr]
+    assert text == "Hello! You said: who? [documents: notes]"
+    cite = (r.message.citations or [])[0]
+    assert text[cite.start:cite.end] == cite.text == "[documents: notes]"  # type: ignore[index]
+    assert cite.sources is not None and cite.sources[0].type == "document" and cite.sources[0].id == "n1"
+    events = list(co.chat_stream(model=MODEL, messages=[{"role": "user", "content": "who?"}], documents=docs))  # type: ignore[arg-type,list-item]
+    kinds = [e.type for e in events]
+    assert kinds.index("citation-start") < kinds.index("citation-end") < kinds.index("content-end")
+    body = raw(emulator, "/v2/chat", {"model": MODEL, "stream": True, "documents": docs,
+                                      "messages": [{"role": "user", "content": "who?"}]})
+    adapter = pydantic.TypeAdapter(V2ChatStreamResponse)
+    for line in body.text.splitlines():
+        if line.startswith("data: {"):
+            adapter.validate_python(orjson.loads(line[6:]))

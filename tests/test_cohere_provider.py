@@ -519,6 +519,11 @@ def test_text_file_parts_become_cohere_documents(client: openai.OpenAI, emulator
     assert body["documents"] == [{"id": "doc_0", "data": {"title": "notes.txt",
                                                           "snippet": "Ada wrote the first program."}}]
     assert body["messages"][0]["content"] == [{"type": "text", "text": "who wrote it?"}]
+    chunks = list(client.chat.completions.create(model="command", stream=True, messages=[{"role": "user", "content": [
+        {"type": "text", "text": "who wrote it?"},
+        {"type": "file", "file": {"filename": "notes.txt", "file_data": notes}}]}]))  # type: ignore[list-item,misc]
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == r.choices[0].message.content  # citation events are skipped, not misread
     pdf = "data:application/pdf;base64," + base64.b64encode(b"%PDF-1.4").decode()
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model="command", messages=[{"role": "user", "content": [

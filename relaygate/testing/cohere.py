@@ -205,6 +205,7 @@ class Reply:
     finish_reason: str
     usage: dict[str, Any]
     thinking: str | None = None  # reasoning models think first (unless ``thinking.type`` is "disabled")
+    citations: list[dict[str, Any]] | None = None  # grounded answers cite their documents
 
 
 def reply_for(body: dict[str, Any], prefix: str, forced_finish: str | None = None) -> Reply:
@@ -235,7 +236,18 @@ def reply_for(body: dict[str, Any], prefix: str, forced_finish: str | None = Non
     usage = {"billed_units": {"input_tokens": billed_in, "output_tokens": out},
              "tokens": {"input_tokens": billed_in + PROMPT_OVERHEAD, "output_tokens": out}}
     rid = str(uuid.UUID(hashlib.md5(orjson.dumps(body["messages"])).hexdigest()))
-    return Reply(rid, text, plan, tool_call, finish, usage, thinking)
+    return Reply(rid, text, plan, tool_call, finish, usage, thinking, _citations(text, docs, thinking is not None))
+
+
+def _citations(text: str | None, docs: list[Any], after_thinking: bool) -> list[dict[str, Any]] | None:
+    """The answer's " [documents: …]" part, cited to every document."""
+    start = text.find(" [documents: ") + 1 if text else 0
+    if not docs or not text or start == 0:
+        return None
+    sources = [{"type": "document", "id": f"doc_{i}" if isinstance(d, str) else d.get("id", f"doc_{i}"),
+                "document": {"snippet": d} if isinstance(d, str) else d["data"]} for i, d in enumerate(docs)]
+    return [{"start": start, "end": len(text), "text": text[start:], "sources": sources,
+             "content_index": 1 if after_thinking else 0, "type": "TEXT_CONTENT"}]
 
 
 def chat_response(r: Reply) -> dict[str, Any]:
@@ -248,6 +260,8 @@ def chat_response(r: Reply) -> dict[str, Any]:
         message["content"] = [{"type": "text", "text": r.text or ""}]
     if r.thinking is not None:
         message["content"] = [{"type": "thinking", "thinking": r.thinking}, *message.get("content", [])]
+    if r.citations:
+        message["citations"] = r.citations
     return {"id": r.id, "message": message, "finish_reason": r.finish_reason, "usage": r.usage}
 
 
@@ -282,6 +296,10 @@ def stream_events(r: Reply, error: str | None = None) -> Iterator[tuple[str, dic
         for word in _pieces(r.text or ""):
             yield "content-delta", {"type": "content-delta", "index": index,
                                     "delta": {"message": {"content": {"text": word}}}}
+        for i, citation in enumerate(r.citations or []):  # once the cited text went out
+            yield "citation-start", {"type": "citation-start", "index": i,
+                                     "delta": {"message": {"citations": citation}}}
+            yield "citation-end", {"type": "citation-end", "index": i}
         yield "content-end", {"type": "content-end", "index": index}
     delta: dict[str, Any] = {"finish_reason": r.finish_reason, "usage": r.usage}
     if error is not None:

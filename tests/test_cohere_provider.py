@@ -543,3 +543,22 @@ def test_buffered_transcription_upload_is_sent_with_its_length(client: openai.Op
         assert ("content-length" not in seen["headers"]) is chunked
         assert seen["json"] == {"model": "cohere-transcribe-03-2026", "language": "en",
                                 "file": {"filename": "a.wav", "size": len(wav)}}
+
+
+def test_client_leaving_mid_stream_stops_the_cohere_generation(gateway: GatewayThread,
+                                                               emulator: BackgroundServer) -> None:
+    from relaygate.testing.base import FaultPlan
+
+    emulator.state.cancelled = 0
+    emulator.state.faults = FaultPlan(chunk_delay_ms=200, count=1)
+    try:
+        with httpx.stream("POST", gateway.base_url + "/chat/completions", timeout=10, json={
+                "model": "command", "stream": True, "messages": [{"role": "user", "content": "a b c d e f"}]}) as r:
+            first = next(r.iter_lines())
+            assert first.startswith("data: {")
+        deadline = time.monotonic() + 3  # the gateway closed its upstream connection at once
+        while emulator.state.cancelled == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert emulator.state.cancelled == 1 and emulator.state.in_flight == 0
+    finally:
+        emulator.state.faults = None

@@ -17,8 +17,12 @@ IMAGE_FORMATS = {"image/png": "png", "image/jpeg": "jpeg", "image/jpg": "jpeg", 
 STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
                 "model_context_window_exceeded": "length", "tool_use": "tool_calls",
                 "guardrail_intervened": "content_filter", "content_filtered": "content_filter"}
-CACHE_POINT = {"cachePoint": {"type": "default"}}
 _BAD_ID_CHARS = re.compile(r"[^a-zA-Z0-9_.:-]")
+
+
+def _cache_point() -> dict[str, Any]:
+    """A fresh cachePoint block (never a shared dict that a later step could change)."""
+    return {"cachePoint": {"type": "default"}}
 
 
 def finish_reason(stop_reason: Any) -> str:
@@ -51,7 +55,7 @@ def _blocks(content: Any, i: int) -> list[dict[str, Any]]:
         else:
             blocks.append(_image_block(part, f"{param}[{j}]"))
         if isinstance(original, dict) and original.get("cache_control"):
-            blocks.append(CACHE_POINT)
+            blocks.append(_cache_point())
     return blocks
 
 
@@ -101,7 +105,7 @@ def _messages(messages: list[Any]) -> tuple[list[dict[str, Any]], list[dict[str,
         if role in ("system", "developer"):
             system.extend(_blocks(m.get("content"), i))
             if m.get("cache_control"):
-                system.append(CACHE_POINT)
+                system.append(_cache_point())
             continue
         if role == "user":
             bedrock_role, blocks = "user", _blocks(m.get("content"), i)
@@ -118,7 +122,7 @@ def _messages(messages: list[Any]) -> tuple[list[dict[str, Any]], list[dict[str,
         if not blocks:
             continue
         if m.get("cache_control"):  # on a whole message (tool results, string content): cache up to its end
-            blocks.append(CACHE_POINT)
+            blocks.append(_cache_point())
         if out and out[-1]["role"] == bedrock_role:
             out[-1]["content"].extend(blocks)
         else:
@@ -146,7 +150,7 @@ def _tool_config(body: dict[str, Any], has_tool_blocks: bool) -> dict[str, Any] 
             spec["strict"] = fn["strict"]
         specs.append({"toolSpec": spec})
         if t.get("cache_control"):  # the tool definitions up to here are cached
-            specs.append(CACHE_POINT)
+            specs.append(_cache_point())
     config: dict[str, Any] = {"tools": specs}
     if choice == "required":
         config["toolChoice"] = {"any": {}}

@@ -104,7 +104,7 @@ class DeploymentConfig(_Strict):
     # read an audio upload whole (spooled to disk past 1 MiB) and send it with a Content-Length, for upstreams
     # that refuse chunked request bodies; by default it streams up while it arrives
     buffer_uploads: bool = False
-    input_type: str | None = None  # embeddings: Cohere's input_type (default search_document)
+    input_type: str | None = None  # embeddings: Cohere's input_type (default search_document); Gemini's task type
 
     @field_validator("voices")
     @classmethod

@@ -41,7 +41,8 @@ emulator, _reset, client = GEMINI_FIXTURES
 def gateway(emulator: BackgroundServer) -> Iterator[GatewayThread]:
     yield from run_gateway([
         {"name": "vert", "deployments": [vertex_deployment(emulator)]},
-        gemini_model("gem-embed", "text-embedding-004", emulator, embedding_batch_size=2),
+        gemini_model("gem-embed", "text-embedding-004", emulator, embedding_batch_size=2,
+                     input_type="RETRIEVAL_DOCUMENT"),
     ])
 
 
@@ -158,6 +159,18 @@ def test_embeddings_through_the_gateway_in_order_across_batches(client: openai.O
     assert single.data[0].embedding == pytest.approx(r.data[3].embedding, abs=1e-6)
     sizes = [len(q["json"]["requests"]) for q in recorded(emulator)]
     assert sorted(sizes[:3]) == [1, 2, 2] and sizes[3:] == [1]  # embedding_batch_size: 2, sent concurrently
+
+
+def test_input_type_becomes_the_task_type(client: openai.OpenAI, emulator: BackgroundServer) -> None:
+    query = client.embeddings.create(model="gem-embed", input="cats", dimensions=8,
+                                     extra_body={"input_type": "search_query"})
+    doc = client.embeddings.create(model="gem-embed", input="cats", dimensions=8)  # the deployment's default
+    assert query.data[0].embedding != doc.data[0].embedding
+    assert [r["json"]["requests"][0]["taskType"] for r in recorded(emulator)] == ["RETRIEVAL_QUERY",
+                                                                                "RETRIEVAL_DOCUMENT"]
+    with pytest.raises(openai.BadRequestError) as e:
+        client.embeddings.create(model="gem-embed", input="x", extra_body={"input_type": "poetry"})
+    assert e.value.body["param"] == "input_type"  # type: ignore[index]
 
 
 def test_embedding_token_arrays_are_refused_through_the_gateway(client: openai.OpenAI) -> None:

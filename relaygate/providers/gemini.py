@@ -19,6 +19,7 @@ import orjson
 from ..call import Call, Reply, Usage
 from ..errors import (
     AuthError,
+    BadRequest,
     ContentFiltered,
     ContextTooLong,
     GatewayError,
@@ -39,6 +40,11 @@ _STATUS_CODES = {"UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403, "RESOURCE_EXH
                  "NOT_FOUND": 404, "FAILED_PRECONDITION": 400}
 _CONTEXT_HINTS = ("exceeds the maximum number of tokens", "input token count", "context window")
 BATCH_LIMIT = 100  # batchEmbedContents accepts at most this many inputs per request
+# embeddings' input_type: Gemini's task types, and Cohere's names for the same uses (one knob for both)
+TASK_TYPES = {t.lower(): t for t in (
+    "RETRIEVAL_QUERY", "RETRIEVAL_DOCUMENT", "SEMANTIC_SIMILARITY", "CLASSIFICATION", "CLUSTERING",
+    "QUESTION_ANSWERING", "FACT_VERIFICATION", "CODE_RETRIEVAL_QUERY")} | {
+    "search_query": "RETRIEVAL_QUERY", "search_document": "RETRIEVAL_DOCUMENT"}
 
 
 class GeminiProvider(Provider):
@@ -50,6 +56,8 @@ class GeminiProvider(Provider):
         super().__init__(*args, **kwargs)
         self.prefix = self.model_prefix()
         self._headers = {"content-type": "application/json", **self.auth(), **self.config.headers}
+        if self.config.input_type is not None and self.config.input_type.lower() not in TASK_TYPES:
+            raise ValueError(f"input_type must be one of {', '.join(sorted(TASK_TYPES))}")
 
     async def headers(self) -> dict[str, str]:
         """The upstream request headers (credentials included)."""
@@ -71,11 +79,10 @@ class GeminiProvider(Provider):
     def url(self, model: str, method: str) -> str:
         return f"{self.prefix}/models/{quote(model.removeprefix('models/'), safe='')}:{method}"
 
-    def embed_request(self, model: str, text: str, dimensions: int | None) -> dict[str, Any]:
-        req: dict[str, Any] = {"model": "models/" + model.removeprefix("models/"), "content": {"parts": [{"text": text}]}}
-        if dimensions is not None:
-            req["outputDimensionality"] = dimensions
-        return req
+    def embed_request(self, model: str, text: str, options: dict[str, Any]) -> dict[str, Any]:
+        """One request of a batch; ``options`` are taskType/outputDimensionality (AI Studio: at the top)."""
+        return {"model": "models/" + model.removeprefix("models/"), "content": {"parts": [{"text": text}]},
+                **options}
 
     async def probe(self) -> None:
         """``countTokens`` on the deployment's model: free, and fails the way a real call would."""
@@ -205,8 +212,8 @@ class GeminiProvider(Provider):
         assert call.deployment is not None
         model = call.deployment.upstream_model(call.model)
         inputs = _embedding_inputs(call.body.get("input"))  # the API layer checked shapes and options
-        dims = call.body.get("dimensions")
-        data = orjson.dumps({"requests": [self.embed_request(model, t, dims) for t in inputs]})
+        options = self.embed_options(call.body)
+        data = orjson.dumps({"requests": [self.embed_request(model, t, options) for t in inputs]})
         resp = await self.request(call, "POST", self.url(model, "batchEmbedContents"), headers=await self.headers(),
                                   data=data)
         if resp.status >= 400:
@@ -215,6 +222,19 @@ class GeminiProvider(Provider):
         usage = Usage(prompt_tokens=tokens) if tokens is not None else Usage(known=False)
         body = embeddings_response(vectors, model, usage, call.body.get("encoding_format") or "float")
         return Reply(body=orjson.dumps(body), usage=usage, first_byte_at=time.monotonic())
+
+    def embed_options(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``dimensions`` → outputDimensionality; ``input_type`` (the body's, else the deployment's) → taskType."""
+        options: dict[str, Any] = {}
+        input_type = body.get("input_type", self.config.input_type)
+        if input_type is not None:
+            task = TASK_TYPES.get(str(input_type).lower()) if isinstance(input_type, str) else None
+            if task is None:
+                raise BadRequest(f"input_type must be one of {', '.join(sorted(TASK_TYPES))}", param="input_type")
+            options["taskType"] = task
+        if body.get("dimensions") is not None:
+            options["outputDimensionality"] = body["dimensions"]
+        return options
 
     # -- errors ------------------------------------------------------------------------------------
 
@@ -313,8 +333,8 @@ class VertexProvider(GeminiProvider):
             text = text.replace(self._tokens.token, "***")
         return text
 
-    def embed_request(self, model: str, text: str, dimensions: int | None) -> dict[str, Any]:
+    def embed_request(self, model: str, text: str, options: dict[str, Any]) -> dict[str, Any]:
         req: dict[str, Any] = {"content": {"parts": [{"text": text}]}}
-        if dimensions is not None:
-            req["embedContentConfig"] = {"outputDimensionality": dimensions}
+        if options:
+            req["embedContentConfig"] = options  # Vertex nests the options
         return req

@@ -43,6 +43,8 @@ from .openai import _args_for
 DEFAULT_MODELS = ("gemini-2.5-flash", "gemini-2.5-pro", "gemini-2.0-flash", "gemini-3-pro-preview",
                   "text-embedding-004", "gemini-embedding-001")
 EMBEDDING_DIMS = {"text-embedding-004": 768, "gemini-embedding-001": 3072}
+TASK_TYPES = ("TASK_TYPE_UNSPECIFIED", "RETRIEVAL_QUERY", "RETRIEVAL_DOCUMENT", "SEMANTIC_SIMILARITY",
+              "CLASSIFICATION", "CLUSTERING", "QUESTION_ANSWERING", "FACT_VERIFICATION", "CODE_RETRIEVAL_QUERY")
 BLOCKED_WORD = "forbidden-topic"
 UNSAFE_WORD = "unsafe-output"
 PARALLEL_WORD = "use-all-tools"  # in the last user text: call every offered function at once
@@ -329,8 +331,12 @@ def _embed_one(req: dict[str, Any], model: str, where: str) -> tuple[list[float]
     if not isinstance(dims, int) or not 1 <= dims <= EMBEDDING_DIMS.get(model, 3072):
         raise ApiError(400, f"* EmbedContentRequest{where}.output_dimensionality: must be between 1 and "
                             f"{EMBEDDING_DIMS.get(model, 3072)}\n")
+    task = cfg.get("taskType", req.get("taskType"))
+    if task is not None and task not in TASK_TYPES:
+        raise ApiError(400, f"Invalid value at '{where.lstrip('.')}task_type' (type.googleapis.com/google.ai."
+                            f'generativelanguage.v1beta.TaskType), "{task}"')
     text = _texts(content)
-    return embed(text, dims), max(1, len(text.split()))
+    return embed(f"{task or ''}:{text}", dims), max(1, len(text.split()))  # the task changes the vector
 
 
 # ---- the app ------------------------------------------------------------------------------------------

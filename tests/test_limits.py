@@ -219,3 +219,25 @@ def test_two_gateway_processes_sharing_redis_enforce_one_limit(openai_emulator, 
         for proc in procs:
             proc.wait(30)
     assert sorted(s for s, _ in results) == [200] * 10 + [429] * 20
+
+
+def test_budget_periods_reset_on_utc_day_and_month_boundaries() -> None:
+    import calendar
+
+    dec31 = calendar.timegm((2025, 12, 31, 23, 59, 59))
+    assert period("day", dec31) == ("d20251231", dec31 - 86399, dec31 + 1)
+    pid, start, end = period("month", dec31)
+    assert (pid, start, end) == ("m202512", calendar.timegm((2025, 12, 1, 0, 0, 0)), dec31 + 1)
+    assert period("day", dec31 + 1)[0] == "d20260101" and period("month", dec31 + 1)[0] == "m202601"
+    assert period("total", dec31) == ("t", 0.0, None)
+
+
+def test_user_limits_apply_to_the_users_keys(openai_emulator, start_gateway) -> None:
+    away_from_minute_edge()
+    gw = gateway(start_gateway, openai_emulator, {})
+    user = "u-" + os.urandom(4).hex()
+    assert Admin(gw)("POST", "/users", {"id": user, "max_parallel": 1, "models": ["m"]}).status_code == 201
+    key = new_key(gw, user_id=user)
+    requests.post(openai_emulator.url + "/_emulator/faults", json={"latency_ms": 200}, timeout=5)
+    assert sorted(s for s, _ in burst(gw, key["key"], 4)) == [200, 429, 429, 429]
+    assert burst(gw, key["key"], 1, {**BODY, "model": "other"})[0][0] == 403

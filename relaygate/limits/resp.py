@@ -19,6 +19,10 @@ class RespError(Exception):
 
 
 def encode(args: tuple[Any, ...]) -> bytes:
+    """One command in RESP: an array of bulk strings."""
+    texts = [a if isinstance(a, str) else str(a) for a in args if not isinstance(a, bytes)]
+    if len(texts) == len(args) and all(t.isascii() for t in texts):  # the usual case: one join, one encode
+        return "".join([f"*{len(texts)}\r\n", *(f"${len(t)}\r\n{t}\r\n" for t in texts)]).encode()
     out = [b"*%d\r\n" % len(args)]
     for a in args:
         b = a if isinstance(a, bytes) else str(a).encode()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import time
 from collections.abc import AsyncIterator, Callable
@@ -41,6 +42,10 @@ class AuditLayer:
         self.config = config
         self.cost = cost
         self.redact = Redactor(config.redact)
+        # row ids: a random per-instance prefix and a counter (unique without a syscall per row)
+        self._uid_prefix = os.urandom(8).hex()
+        self._uid_next = itertools.count()
+        self._day: tuple[float, float, str] = (0.0, 0.0, "")  # [start, end) of the cached UTC day string
 
     async def __call__(self, call: Call) -> Reply:
         try:
@@ -72,6 +77,14 @@ class AuditLayer:
     def record(self, call: Call, reply: Reply | None, error: BaseException | None) -> None:
         self.writer.submit(self.row(call, reply, error))
 
+    def day(self, now: float) -> str:
+        start, end, text = self._day
+        if not start <= now < end:
+            start = now - now % 86400
+            text = time.strftime("%Y-%m-%d", time.gmtime(now))
+            self._day = (start, start + 86400, text)
+        return text
+
     def row(self, call: Call, reply: Reply | None, error: BaseException | None) -> dict[str, Any]:
         now = time.time()
         mono = time.monotonic()
@@ -81,10 +94,10 @@ class AuditLayer:
         dep = call.deployment
         first = reply.first_byte_at if reply is not None else None
         row: dict[str, Any] = {
-            "uid": os.urandom(16).hex(),
+            "uid": f"{self._uid_prefix}{next(self._uid_next):016x}",
             "request_id": call.id if call.id.startswith("req_") else self.redact(call.id),
             "ts": now,
-            "day": time.strftime("%Y-%m-%d", time.gmtime(now)),
+            "day": self.day(now),
             "key_id": getattr(key, "id", None),
             "team_id": getattr(key, "team_id", None),
             "user_id": getattr(key, "user_id", None),

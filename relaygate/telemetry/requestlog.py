@@ -177,7 +177,10 @@ class RequestLogWriter:
 
     def _insert(self, rows: list[Row]) -> None:
         with self.engine.begin() as conn:
-            self._bulk(conn, rows)
+            for i in range(0, len(rows), 100):
+                if i:
+                    time.sleep(0)  # give the event loop the GIL between chunks: no long stall of requests
+                self._bulk(conn, rows[i:i + 100])
 
     def _run(self) -> None:
         stopping = False

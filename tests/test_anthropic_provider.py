@@ -44,6 +44,7 @@ def gw(emu: BackgroundServer) -> Iterator[GatewayThread]:
         anthropic_model("claude-2026", emu, api_version="2026-10-21"),
         anthropic_model("claude-short", emu, max_tokens=3),
         anthropic_model("claude-slow", emu, timeout=0.3),
+        anthropic_model("claude-haiku", emu, model="claude-haiku-4-5"),
         {"name": "claude-v1base", "deployments": [{"provider": "anthropic", "model": "claude-haiku-4-5",
                                                    "api_base": emu.url + "/v1", "api_key": KEY}]},
     ]}
@@ -497,3 +498,57 @@ def test_native_requests_are_metered_from_anthropics_usage(emu: BackgroundServer
         usage, raw, native_reply = asyncio.run(run(stream))
         assert native_reply and usage.prompt_tokens == 6 and usage.completion_tokens == 5
         assert (b"event: message_stop" in raw) == stream and b'"type":"message"' in raw  # Anthropic's format
+
+
+# ---- reasoning ------------------------------------------------------------------------------------------
+
+def test_reasoning_effort_turns_on_adaptive_thinking_on_recent_models(client: openai.OpenAI,
+                                                                      emu: BackgroundServer) -> None:
+    r = client.chat.completions.with_raw_response.create(
+        model="claude", messages=[{"role": "user", "content": "Oslo"}], reasoning_effort="high", temperature=0.2)
+    msg: Any = r.parse().choices[0].message
+    assert msg.content == "Hello! You said: Oslo"
+    assert msg.reasoning_content == "Thinking about: Oslo"
+    assert msg.thinking_blocks[0]["type"] == "thinking" and msg.thinking_blocks[0]["signature"]
+    body = sent(emu)["json"]
+    assert body["thinking"] == {"type": "adaptive"} and body["output_config"] == {"effort": "high"}
+    assert "temperature" not in body and r.headers["x-relaygate-dropped-params"] == "temperature"
+
+
+def test_reasoning_effort_is_a_budget_within_max_tokens_on_older_models(client: openai.OpenAI,
+                                                                        emu: BackgroundServer) -> None:
+    client.chat.completions.create(model="claude-haiku", messages=[{"role": "user", "content": "x"}],
+                                   reasoning_effort="medium", max_completion_tokens=3000)
+    assert sent(emu)["json"]["thinking"] == {"type": "enabled", "budget_tokens": 2999}
+    r = client.chat.completions.with_raw_response.create(
+        model="claude-haiku", messages=[{"role": "user", "content": "x"}], reasoning_effort="low",
+        max_completion_tokens=500)
+    assert "thinking" not in sent(emu)["json"] and r.headers["x-relaygate-adjusted-params"] == "reasoning_effort"
+
+
+def test_tool_loop_with_thinking_sends_the_signed_blocks_back(client: openai.OpenAI) -> None:
+    first = [{"role": "user", "content": "Oslo"}]
+    r = client.chat.completions.create(model="claude", messages=first, tools=TOOLS,  # type: ignore[arg-type]
+                                       reasoning_effort="low")
+    msg = r.choices[0].message
+    assert msg.tool_calls and getattr(msg, "thinking_blocks", None)
+    result = {"role": "tool", "tool_call_id": msg.tool_calls[0].id, "content": "cold"}
+    r2 = client.chat.completions.create(model="claude", tools=TOOLS,  # type: ignore[arg-type]
+                                        messages=[*first, msg.model_dump(exclude_none=True), result],
+                                        reasoning_effort="low")
+    assert r2.choices[0].message.content == "The tool returned: cold"
+    bare = msg.model_dump(exclude_none=True, exclude={"thinking_blocks"})
+    with pytest.raises(openai.BadRequestError) as e:  # Anthropic insists on the thinking coming back
+        client.chat.completions.create(model="claude", tools=TOOLS,  # type: ignore[arg-type]
+                                       messages=[*first, bare, result], reasoning_effort="low")
+    assert "Expected `thinking`" in str(e.value)
+
+
+def test_streamed_thinking_arrives_as_reasoning_deltas_and_a_signed_block(client: openai.OpenAI) -> None:
+    chunks = list(client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "Oslo"}],
+                                                 tools=TOOLS, reasoning_effort="low",  # type: ignore[arg-type]
+                                                 stream=True))
+    deltas: list[Any] = [c.choices[0].delta for c in chunks if c.choices]
+    assert "".join(getattr(d, "reasoning_content", None) or "" for d in deltas) == "Thinking about: Oslo"
+    blocks = [b for d in deltas for b in (getattr(d, "thinking_blocks", None) or [])]
+    assert len(blocks) == 1 and blocks[0]["thinking"] == "Thinking about: Oslo" and blocks[0]["signature"]

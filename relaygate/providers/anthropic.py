@@ -55,6 +55,7 @@ def to_completion(data: dict[str, Any], usage: Usage | None) -> dict[str, Any]:
     """A whole Anthropic Message as an OpenAI ``chat.completion``."""
     texts: list[str] = []
     calls: list[dict[str, Any]] = []
+    thoughts: list[dict[str, Any]] = []
     for b in data.get("content") or ():
         kind = b.get("type")
         if kind == "text":
@@ -62,10 +63,18 @@ def to_completion(data: dict[str, Any], usage: Usage | None) -> dict[str, Any]:
         elif kind == "tool_use":
             calls.append({"id": b.get("id"), "type": "function", "function": {
                 "name": b.get("name"), "arguments": orjson.dumps(b.get("input") or {}).decode()}})
-    return completion(id="chatcmpl-" + str(data.get("id") or ""), model=str(data.get("model") or ""),
+        elif kind in ("thinking", "redacted_thinking"):
+            thoughts.append(b)
+    body = completion(id="chatcmpl-" + str(data.get("id") or ""), model=str(data.get("model") or ""),
                       content="".join(texts) if texts else None, tool_calls=calls,
                       finish_reason=STOP_TO_FINISH.get(data.get("stop_reason") or "end_turn", "stop"),
                       usage=usage)
+    if thoughts:
+        # the de facto OpenAI-format fields: reasoning text to show, and the signed blocks to send back
+        message = body["choices"][0]["message"]
+        message["reasoning_content"] = "".join(b.get("thinking") or "" for b in thoughts)
+        message["thinking_blocks"] = thoughts
+    return body
 
 
 class AnthropicProvider(Provider):
@@ -247,6 +256,7 @@ class AnthropicProvider(Provider):
         """Anthropic events -> OpenAI chunks, one event at a time (each event's JSON parsed once)."""
         usage: dict[str, Any] = dict(start.get("usage") or {})
         tools: set[int] = set()  # indexes of tool_use blocks
+        thinking: dict[int, dict[str, Any]] = {}  # index -> the thinking block being streamed
         try:
             yield w.role()
             async for event, data in events:
@@ -258,8 +268,15 @@ class AnthropicProvider(Provider):
                         out = w.text(delta.get("text") or "")
                     elif kind == "input_json_delta" and ev["index"] in tools:
                         out = w.tool_args(str(ev["index"]), delta.get("partial_json") or "")
+                    elif kind == "thinking_delta" and ev["index"] in thinking:
+                        piece = delta.get("thinking") or ""
+                        thinking[ev["index"]]["thinking"] += piece
+                        out = w.delta({"reasoning_content": piece}) if piece else b""
+                    elif kind == "signature_delta" and ev["index"] in thinking:
+                        thinking[ev["index"]]["signature"] = delta.get("signature") or ""
+                        continue
                     else:
-                        continue  # thinking, signatures, citations: no OpenAI counterpart
+                        continue  # citations: no OpenAI counterpart
                     if out:
                         yield out
                 elif event == "content_block_start":
@@ -270,6 +287,15 @@ class AnthropicProvider(Provider):
                         yield w.tool_start(str(ev["index"]), str(block.get("id")), str(block.get("name")))
                     elif block.get("type") == "text" and block.get("text"):
                         yield w.text(block["text"])
+                    elif block.get("type") == "thinking":
+                        thinking[ev["index"]] = {"type": "thinking", "thinking": block.get("thinking") or "",
+                                                 "signature": block.get("signature") or ""}
+                    elif block.get("type") == "redacted_thinking":
+                        yield w.delta({"thinking_blocks": [block]})
+                elif event == "content_block_stop" and thinking:
+                    done = thinking.pop(orjson.loads(data)["index"], None)
+                    if done is not None:  # the whole signed block, for the client to send back
+                        yield w.delta({"thinking_blocks": [done]})
                 elif event == "message_delta":
                     ev = orjson.loads(data)
                     usage.update(ev.get("usage") or {})

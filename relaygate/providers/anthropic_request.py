@@ -7,13 +7,18 @@ import re
 from typing import Any
 
 from ..errors import BadRequest, Unsupported
+from .anthropic_wire import thinking_forms
 from .openai_format import text_of, tool_arguments
 
 IMAGE_TYPES = frozenset(("image/jpeg", "image/png", "image/gif", "image/webp"))
 SAMPLING = ("temperature", "top_p", "top_k")
 # OpenAI parameters the Messages API has no counterpart for: dropped (and reported), never forwarded
 NO_COUNTERPART = ("presence_penalty", "frequency_penalty", "seed", "logit_bias", "logprobs", "top_logprobs",
-                  "reasoning_effort", "prediction", "modalities", "audio", "verbosity", "web_search_options")
+                  "prediction", "modalities", "audio", "verbosity", "web_search_options")
+# reasoning_effort -> adaptive thinking's effort (Claude 4.6+), or a thinking budget (earlier models)
+EFFORTS = {"minimal": "low", "low": "low", "medium": "medium", "high": "high", "xhigh": "xhigh"}
+BUDGETS = {"low": 1024, "medium": 4096, "high": 16384, "xhigh": 32768}
+MIN_BUDGET = 1024
 _TOOL_ID = re.compile(r"^[a-zA-Z0-9_-]+$")
 _TOOL_ID_BAD = re.compile(r"[^a-zA-Z0-9_-]")
 
@@ -44,12 +49,13 @@ def to_messages_request(body: dict[str, Any], model: str, *, default_max_tokens:
     t = Translated(out)
     if system:
         out["system"] = system
+    thinking = _thinking(body, model, out, t)
     for name in SAMPLING:
         value = body.get(name)
         if value is None:
             continue
-        if name in rejected:
-            t.dropped.append(name)
+        if name in rejected or thinking:
+            t.dropped.append(name)  # the version refuses it, or thinking wants the default sampling
             continue
         if name == "temperature" and isinstance(value, (int, float)) and value > 1:
             value = 1.0  # OpenAI's range is 0..2, Anthropic's 0..1
@@ -74,7 +80,8 @@ def to_messages_request(body: dict[str, Any], model: str, *, default_max_tokens:
     if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
         schema = (fmt.get("json_schema") or {}).get("schema")
         if isinstance(schema, dict):
-            out["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
+            out["output_config"] = {**out.get("output_config", {}),
+                                    "format": {"type": "json_schema", "schema": schema}}
     elif isinstance(fmt, dict) and fmt.get("type") == "json_object":
         t.dropped.append("response_format")
     for name in NO_COUNTERPART:
@@ -83,6 +90,31 @@ def to_messages_request(body: dict[str, Any], model: str, *, default_max_tokens:
     if stream:
         out["stream"] = True
     return t
+
+
+def _thinking(body: dict[str, Any], model: str, out: dict[str, Any], t: Translated) -> bool:
+    """Set Anthropic's thinking from an explicit ``thinking`` object (passed as is) or from OpenAI's
+    ``reasoning_effort``, in the form the model takes; True when thinking is on."""
+    given = body.get("thinking")
+    if isinstance(given, dict):
+        out["thinking"] = given
+        return given.get("type") in ("enabled", "adaptive")
+    effort = EFFORTS.get(body.get("reasoning_effort") or "")
+    if effort is None:
+        if body.get("reasoning_effort") not in (None, "none"):
+            raise BadRequest("reasoning_effort must be one of none, minimal, low, medium, high, xhigh",
+                             param="reasoning_effort")
+        return False
+    if "adaptive" in thinking_forms(model):
+        out["thinking"] = {"type": "adaptive"}
+        out["output_config"] = {**out.get("output_config", {}), "effort": effort}
+        return True
+    budget = min(BUDGETS[effort], out["max_tokens"] - 1)  # the client's output cap holds, thinking included
+    if budget < MIN_BUDGET:
+        t.adjusted.append("reasoning_effort")  # too small a max_tokens to think in: answered without
+        return False
+    out["thinking"] = {"type": "enabled", "budget_tokens": budget}
+    return True
 
 
 def convert_messages(messages: list[Any]) -> tuple[str | list[dict[str, Any]], list[dict[str, Any]]]:
@@ -236,7 +268,7 @@ def tool_id(value: Any) -> str:
 
 def _assistant_blocks(m: dict[str, Any], param: str) -> list[dict[str, Any]]:
     content = m.get("content")
-    out: list[dict[str, Any]] = []
+    out: list[dict[str, Any]] = [b for b in m.get("thinking_blocks") or () if _is_thinking(b)]
     if isinstance(content, str):
         if content:
             out.append({"type": "text", "text": content})
@@ -258,6 +290,15 @@ def _assistant_blocks(m: dict[str, Any], param: str) -> list[dict[str, Any]]:
             out.append({"type": "tool_use", "id": tool_id(tc.get("id")), "name": fn["name"],
                         "input": tool_arguments(fn.get("arguments"), f"{param}.tool_calls[{k}].function.arguments")})
     return out
+
+
+def _is_thinking(block: Any) -> bool:
+    """A thinking block an earlier answer returned (``thinking_blocks``), complete with its signature."""
+    if not isinstance(block, dict):
+        return False
+    if block.get("type") == "thinking":
+        return isinstance(block.get("thinking"), str) and isinstance(block.get("signature"), str)
+    return block.get("type") == "redacted_thinking" and isinstance(block.get("data"), str)
 
 
 def _tool_result(m: dict[str, Any], param: str) -> dict[str, Any]:

@@ -3,6 +3,7 @@ the emulator: API versions, error types, stop reasons, SSE framing."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -21,6 +22,26 @@ REJECTED_PARAMS: dict[str, tuple[str, ...]] = {
 def bearer_auth(version: str) -> bool:
     """Whether a client of this version sends its key as ``Authorization: Bearer`` (else ``x-api-key``)."""
     return version != VERSION_2023
+
+
+_VERSION = re.compile(r"^claude-(?:[a-z]+-)?(\d+)(?:-(\d)(?=-|$))?")
+
+
+def claude_version(model: str) -> tuple[int, int] | None:
+    """(major, minor) of a Claude model id (``claude-sonnet-4-6`` -> (4, 6); ``claude-3-7-sonnet`` -> (3, 7))."""
+    m = _VERSION.match(model)
+    return (int(m.group(1)), int(m.group(2) or 0)) if m else None
+
+
+def thinking_forms(model: str) -> tuple[str, ...]:
+    """The ``thinking.type`` values a model takes: adaptive thinking arrived with 4.6, and later models
+    take nothing else; earlier (and unknown) ones only know the budget form."""
+    v = claude_version(model)
+    if v is None or v < (4, 6):
+        return ("enabled", "disabled")
+    if v == (4, 6):
+        return ("enabled", "disabled", "adaptive")
+    return ("adaptive",)
 
 
 ERROR_TYPES = {

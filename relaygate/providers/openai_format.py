@@ -92,6 +92,10 @@ class ChunkWriter:
             return b""
         return self._ensure_role() + self._chunk({"content": text})
 
+    def delta(self, delta: dict[str, Any]) -> bytes:
+        """A chunk with any other delta fields (e.g. ``reasoning_content``)."""
+        return self._ensure_role() + self._chunk(delta)
+
     def tool_start(self, key: str, call_id: str, name: str, extra: dict[str, Any] | None = None) -> bytes:
         """A new tool call (id and name); ``key`` is the upstream's handle for later argument deltas.
 

@@ -26,6 +26,7 @@ from ..providers.anthropic_wire import (
     error_body,
     error_type,
     sse_event,
+    thinking_forms,
 )
 from .base import (
     STATE_KEY,
@@ -155,7 +156,58 @@ def validate(body: dict[str, Any], version: str) -> None:
                           "'auto', 'any', 'tool', 'none'")
         if choice["type"] == "tool" and not any(t.get("name") == choice.get("name") for t in tools or []):
             raise Invalid(f"tool_choice.name: tool {choice.get('name')!r} is not in 'tools'")
+    _validate_thinking(body)
     _validate_messages(messages, version)
+    if thinking_on(body):
+        _check_thinking_turn(messages)
+
+
+def thinking_on(body: dict[str, Any]) -> bool:
+    t = body.get("thinking")
+    return isinstance(t, dict) and t.get("type") in ("enabled", "adaptive")
+
+
+def sign(thinking: str) -> str:
+    """The emulator's signature of a thinking block (checked when the block comes back)."""
+    return hashlib.sha256(b"relaygate-emulator-thinking:" + thinking.encode()).hexdigest()[:48]
+
+
+def _validate_thinking(body: dict[str, Any]) -> None:
+    t = body.get("thinking")
+    if t is None:
+        return
+    if not isinstance(t, dict) or t.get("type") not in ("enabled", "disabled", "adaptive"):
+        raise Invalid("thinking: Input tag does not match any of the expected tags: 'enabled', 'disabled', "
+                      "'adaptive'")
+    if t["type"] not in thinking_forms(body["model"]):
+        if thinking_forms(body["model"]) == ("adaptive",):
+            raise Invalid(f'"thinking.type.{t["type"]}" is not supported for this model. Use '
+                          '"thinking.type.adaptive" and "output_config.effort" to control thinking behavior.')
+        raise Invalid(f'thinking.type: "{t["type"]}" is not supported for this model')
+    if t["type"] == "enabled":
+        budget = t.get("budget_tokens")
+        if not isinstance(budget, int) or budget < 1024:
+            raise Invalid("thinking.enabled.budget_tokens: Input should be greater than or equal to 1024")
+        if budget >= body["max_tokens"]:
+            raise Invalid("`max_tokens` must be greater than `thinking.budget_tokens`")
+    if t["type"] != "disabled":
+        if body.get("temperature") not in (None, 1, 1.0):
+            raise Invalid("`temperature` may only be set to 1 when thinking is enabled or in adaptive mode")
+        if (body.get("tool_choice") or {}).get("type") in ("any", "tool"):
+            raise Invalid("Thinking may not be enabled when tool_choice forces tool use.")
+
+
+def _check_thinking_turn(messages: list[dict[str, Any]]) -> None:
+    """With thinking on, the assistant turn being continued with tool results must start with its thinking."""
+    if len(messages) < 2 or not any(b.get("type") == "tool_result" for b in _blocks(messages[-1].get("content"))):
+        return
+    i = len(messages) - 2
+    first = (_blocks(messages[i].get("content")) or [{}])[0]
+    if first.get("type") not in ("thinking", "redacted_thinking"):
+        raise Invalid(f"messages.{i}.content.0.type: Expected `thinking` or `redacted_thinking`, but found "
+                      f"`{first.get('type')}`. When `thinking` is enabled, a final `assistant` message must "
+                      "start with a thinking block (preceeding the lastmost set of `tool_use` and "
+                      "`tool_result` blocks).")
 
 
 def _validate_messages(messages: list[Any], version: str) -> None:
@@ -212,7 +264,10 @@ def _validate_messages(messages: list[Any], version: str) -> None:
                 if role == "assistant" and version != VERSION_2023:
                     raise Invalid(f"{where}: document blocks are not accepted in assistant messages")
                 _check_document(b, where)
-            elif kind not in ("thinking", "redacted_thinking"):
+            elif kind == "thinking":
+                if b.get("signature") != sign(str(b.get("thinking", ""))):
+                    raise Invalid(f"{where}: Invalid `signature` in `thinking` block")
+            elif kind != "redacted_thinking":
                 raise Invalid(f"{where}.type: Input tag {kind!r} found using 'type' does not match any of the "
                               "expected tags")
         if pending and pending - results:
@@ -290,7 +345,18 @@ def _tool_to_use(body: dict[str, Any], last_user: str, after_results: bool) -> d
 
 
 def answer(body: dict[str, Any], prefix: str = "Hello! You said: ") -> Answer:
-    """What the emulated model says to this (valid) request."""
+    """What the emulated model says to this (valid) request; with thinking on, its thinking comes first."""
+    a = _answer(body, prefix)
+    if thinking_on(body):
+        last = next((_text(m.get("content")) for m in reversed(body["messages"]) if m.get("role") == "user"
+                     and _text(m.get("content"))), "")
+        thought = f"Thinking about: {last or 'the tool results'}"
+        a.blocks.insert(0, {"type": "thinking", "thinking": thought, "signature": sign(thought)})
+        a.output_tokens += len(thought.split())
+    return a
+
+
+def _answer(body: dict[str, Any], prefix: str) -> Answer:
     messages = [m for m in body["messages"] if isinstance(m, dict)]
     users = [m for m in messages if m.get("role") == "user"]
     last_user = next((_text(m.get("content")) for m in reversed(users) if _text(m.get("content"))), "")
@@ -410,7 +476,19 @@ def stream_events(body: dict[str, Any], a: Answer, usage: dict[str, Any]) -> lis
     out = [sse_event(b"message_start", {"type": "message_start", "message": start}),
            sse_event(b"ping", {"type": "ping"})]
     for index, block in enumerate(a.blocks):
-        if block["type"] == "text":
+        if block["type"] == "thinking":
+            out.append(sse_event(b"content_block_start", {
+                "type": "content_block_start", "index": index,
+                "content_block": {"type": "thinking", "thinking": "", "signature": ""}}))
+            words = block["thinking"].split(" ")
+            for i, w in enumerate(words):
+                out.append(sse_event(b"content_block_delta", {
+                    "type": "content_block_delta", "index": index,
+                    "delta": {"type": "thinking_delta", "thinking": w if i == len(words) - 1 else w + " "}}))
+            out.append(sse_event(b"content_block_delta", {"type": "content_block_delta", "index": index,
+                                                          "delta": {"type": "signature_delta",
+                                                                    "signature": block["signature"]}}))
+        elif block["type"] == "text":
             out.append(sse_event(b"content_block_start", {"type": "content_block_start", "index": index,
                                                           "content_block": {"type": "text", "text": ""}}))
             words = block["text"].split(" ")

@@ -199,10 +199,8 @@ class StreamResponse:
             if not gone:
                 raise  # cancelled from outside (shutdown): not ours to swallow
             task.uncancel()
-        except Exception as e:  # a GatewayError already ended the stream with an error event
+        except GatewayError as e:  # _pump already ended (or cut) the stream and logged why
             error = e
-            if not isinstance(e, GatewayError):
-                log.exception("stream failed")
         finally:
             watcher.cancel()
             reply.finish(error)
@@ -214,14 +212,23 @@ class StreamResponse:
         try:
             async for chunk in stream:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except GatewayError as e:
+        except Exception as e:
             # bytes already reached the client: end the stream with an error event, never retry
-            log.warning("stream failed after first byte: %s", e.message)
+            if isinstance(e, GatewayError):
+                err = e
+                log.warning("stream failed after first byte: %s", e.message)
+            else:
+                log.exception("stream failed inside the gateway")
+                err = GatewayError("internal error in the gateway while streaming", code="internal_error")
             try:
-                await send({"type": "http.response.body", "body": self.error_event(e), "more_body": False})
+                final = self.error_event(err)
+            except Exception:  # this body (audio, a file) cannot carry an error: the connection is cut
+                raise err from None
+            try:
+                await send({"type": "http.response.body", "body": final, "more_body": False})
             except OSError:
                 pass
-            raise
+            raise err from None
         finally:
             aclose = getattr(stream, "aclose", None)
             if aclose is not None:

@@ -378,3 +378,32 @@ def test_fallback_from_claude_to_an_openai_model_is_translated(client: anthropic
     m = r.parse()
     assert m.content[0].text == "Hello! You said: x" and m.model == "gpt-4o-mini"  # type: ignore[union-attr]
     assert r.headers["x-relaygate-deployment"].startswith("gpt")
+
+
+def test_reasoning_text_from_openai_style_upstreams_becomes_a_thinking_block() -> None:
+    """vLLM/DeepSeek-style ``reasoning_content`` reaches Anthropic clients as thinking, whole and streamed."""
+    import asyncio
+
+    from relaygate.api.messages_format import EventWriter, to_anthropic_message, translate_stream
+
+    whole = to_anthropic_message({"id": "chatcmpl-1", "model": "r1", "choices": [{"index": 0, "finish_reason": "stop",
+                                  "message": {"role": "assistant", "content": "4", "reasoning_content": "2+2"}}]},
+                                 None, "r1")
+    assert [b["type"] for b in whole["content"]] == ["thinking", "text"] and whole["content"][0]["thinking"] == "2+2"
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        return b"data: " + orjson.dumps({"id": "chatcmpl-1", "model": "r1", "choices": [
+            {"index": 0, "delta": delta, "finish_reason": finish}]}) + b"\n\n"
+
+    async def run() -> list[dict[str, Any]]:
+        async def upstream() -> Any:
+            for part in (chunk({"role": "assistant", "reasoning_content": "2+"}), chunk({"reasoning_content": "2"}),
+                         chunk({"content": "4"}), chunk({}, "stop"), b"data: [DONE]\n\n"):
+                yield part
+        raw = b"".join([e async for e in translate_stream(upstream(), EventWriter("r1"), lambda: None)])
+        return [orjson.loads(e.split(b"\n")[1][6:]) for e in raw.split(b"\n\n") if e]
+
+    events = asyncio.run(run())
+    starts = [e["content_block"]["type"] for e in events if e["type"] == "content_block_start"]
+    thinking = "".join(e["delta"].get("thinking", "") for e in events if e["type"] == "content_block_delta")
+    assert starts == ["thinking", "text"] and thinking == "2+2" and events[-1]["type"] == "message_stop"

@@ -261,6 +261,9 @@ def to_anthropic_message(data: dict[str, Any], usage: Usage | None, model: str) 
     choice = (data.get("choices") or [{}])[0]
     msg = choice.get("message") or {}
     content: list[dict[str, Any]] = []
+    reasoning = msg.get("reasoning_content") or msg.get("reasoning")
+    if isinstance(reasoning, str) and reasoning:
+        content.append({"type": "thinking", "thinking": reasoning, "signature": ""})  # unsigned: not Claude's
     if msg.get("content"):
         content.append({"type": "text", "text": msg["content"]})
     for tc in msg.get("tool_calls") or ():
@@ -336,6 +339,12 @@ class EventWriter:
             if choice.get("index", 0) != 0:
                 continue
             delta = choice.get("delta") or {}
+            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+            if isinstance(reasoning, str) and reasoning:
+                if self.open_kind != "thinking":
+                    out += self._open({"type": "thinking", "thinking": "", "signature": ""}, "thinking")
+                out += sse_event(b"content_block_delta", {"type": "content_block_delta", "index": self.index,
+                                                          "delta": {"type": "thinking_delta", "thinking": reasoning}})
             text = delta.get("content")
             if text:
                 if self.open_kind != "text":

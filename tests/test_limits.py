@@ -241,3 +241,11 @@ def test_user_limits_apply_to_the_users_keys(openai_emulator, start_gateway) -> 
     requests.post(openai_emulator.url + "/_emulator/faults", json={"latency_ms": 200}, timeout=5)
     assert sorted(s for s, _ in burst(gw, key["key"], 4)) == [200, 429, 429, 429]
     assert burst(gw, key["key"], 1, {**BODY, "model": "other"})[0][0] == 403
+
+
+def test_limits_fail_open_at_once_when_redis_is_unreachable(openai_emulator, start_gateway) -> None:
+    gw = gateway(start_gateway, openai_emulator, {"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
+    key = new_key(gw, rpm=1)
+    started = time.monotonic()
+    assert [s for s, _ in burst(gw, key["key"], 3)] == [200, 200, 200]
+    assert time.monotonic() - started < 5

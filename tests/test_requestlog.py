@@ -207,3 +207,23 @@ def test_rows_spool_while_postgres_is_unreachable_and_arrive_after(pg_url, tmp_p
     direct = Database(pg_url)
     assert _count(direct) == 120
     direct.close()
+
+
+def test_a_body_that_is_not_json_still_gets_its_row(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from relaygate.call import Call, Reply, Usage
+    from relaygate.config import RequestLogConfig
+    from relaygate.telemetry.audit import AuditLayer
+
+    submitted: list[dict[str, Any]] = []
+
+    class Sink:
+        def submit(self, row: dict[str, Any]) -> None:
+            submitted.append(row)
+
+    layer = AuditLayer(None, Sink(), RequestLogConfig(bodies=True), lambda c, r: 0)  # type: ignore[arg-type]
+    call = Call(id="client-chosen id for jane@example.com", route="transcriptions", model="whisper-1",
+                body={"model": "whisper-1", "file": b"\x00" * 10, "upload": object()})
+    layer.record(call, Reply(body=b'{"text": "hi"}', usage=Usage(known=False)), None)
+    [row] = submitted
+    assert "<10 bytes>" in row["request_body"] and "<object>" in row["request_body"]
+    assert row["request_id"] == "client-chosen id for " + MASK and row["prompt_tokens"] is None

@@ -94,6 +94,7 @@ class RedisLimiter:
         self._acquire = Script(redis, ACQUIRE)
         self._settle = Script(redis, SETTLE)
         self._warned = 0.0
+        self._down_until = 0.0
         self._period = PeriodClock()
 
     async def acquire(self, scopes: tuple[Scope, ...], tokens: int, cost: int) -> Grant | None:
@@ -107,11 +108,14 @@ class RedisLimiter:
             keys += _keys(s, minute, pid)
             lim = s.limits
             args += [_limit(lim.rpm), _limit(lim.tpm), _limit(lim.max_parallel), _limit(lim.budget_nano)]
+        if self._down_until > time.monotonic():  # Redis just failed: do not make every call wait for it
+            return None
         for _ in range(3):
             try:
                 res = await self._acquire(keys=keys, args=args)
             except Exception as e:  # Redis down: let the call through rather than fail it
                 self._warn(e)
+                self._down_until = time.monotonic() + 1.0
                 return None
             if res[0] == 1:
                 counts = {s.name: (int(res[1 + 2 * i]), int(res[2 + 2 * i])) for i, s in enumerate(scopes)}

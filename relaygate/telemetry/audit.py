@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import os
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -18,7 +20,19 @@ from ..http import ClientGone
 from .redact import Redactor
 from .requestlog import RequestLogWriter
 
+log = logging.getLogger("relaygate.requestlog")
+
 CLIENT_CLOSED = 499  # nginx's status for "the client went away before the answer was complete"
+
+
+_GENERATED_ID = re.compile(r"req_[0-9a-f]{24}")
+
+
+def _unserializable(value: Any) -> str:
+    """How a body value that is not JSON (an upload, bytes) appears in the log."""
+    if isinstance(value, (bytes, bytearray)):
+        return f"<{len(value)} bytes>"
+    return f"<{type(value).__name__}>"
 
 
 def error_fields(error: BaseException | None) -> tuple[int | None, str | None, str | None]:
@@ -75,7 +89,12 @@ class AuditLayer:
                 await aclose()
 
     def record(self, call: Call, reply: Reply | None, error: BaseException | None) -> None:
-        self.writer.submit(self.row(call, reply, error))
+        try:
+            row = self.row(call, reply, error)
+        except Exception:  # a bookkeeping bug must not cost the row: keep what is certain
+            log.exception("request log: building the row of %s failed; writing a reduced row", call.id)
+            row = self.row(call, None, error, bodies=False)
+        self.writer.submit(row)
 
     def day(self, now: float) -> str:
         start, end, text = self._day
@@ -85,7 +104,8 @@ class AuditLayer:
             self._day = (start, start + 86400, text)
         return text
 
-    def row(self, call: Call, reply: Reply | None, error: BaseException | None) -> dict[str, Any]:
+    def row(self, call: Call, reply: Reply | None, error: BaseException | None,
+            bodies: bool = True) -> dict[str, Any]:
         now = time.time()
         mono = time.monotonic()
         status, kind, message = error_fields(error)
@@ -95,7 +115,7 @@ class AuditLayer:
         first = reply.first_byte_at if reply is not None else None
         row: dict[str, Any] = {
             "uid": f"{self._uid_prefix}{next(self._uid_next):016x}",
-            "request_id": call.id if call.id.startswith("req_") else self.redact(call.id),
+            "request_id": call.id if _GENERATED_ID.fullmatch(call.id) else self.redact(call.id[:200]),
             "ts": now,
             "day": self.day(now),
             "key_id": getattr(key, "id", None),
@@ -121,9 +141,9 @@ class AuditLayer:
             "request_body": None,
             "response_body": None,
         }
-        if self.config.bodies:
+        if self.config.bodies and bodies:
             limit = self.config.max_body_chars
-            row["request_body"] = self.redact(orjson.dumps(call.body).decode()[:limit])
+            row["request_body"] = self.redact(orjson.dumps(call.body, default=_unserializable).decode()[:limit])
             body = reply.body if reply is not None and reply.body is not None else call.meta.get("streamed_body")
             if body:
                 row["response_body"] = self.redact(body[:limit].decode("utf-8", "replace"))

@@ -407,3 +407,16 @@ def test_reasoning_text_from_openai_style_upstreams_becomes_a_thinking_block() -
     starts = [e["content_block"]["type"] for e in events if e["type"] == "content_block_start"]
     thinking = "".join(e["delta"].get("thinking", "") for e in events if e["type"] == "content_block_delta")
     assert starts == ["thinking", "text"] and thinking == "2+2" and events[-1]["type"] == "message_stop"
+
+
+def test_anthropic_clients_discover_models_in_anthropics_shape(client: anthropic.Anthropic, gw: GatewayThread) -> None:
+    names = [m.id for m in client.models.list(limit=2)]  # the SDK pages through with after_id
+    assert names == ["gpt", "gem", "claude", "claude-2026", "claude-fb"]
+    first = client.models.list(limit=2)
+    assert first.has_more is True and first.last_id == "gem"
+    back = client.models.list(limit=2, before_id="claude-2026")
+    assert [m.id for m in back.data] == ["gem", "claude"] and back.has_more is True
+    one = client.models.retrieve("claude")
+    assert one.type == "model" and one.display_name == "claude" and one.lifecycle == "active"
+    with httpx.Client() as h:  # OpenAI clients (no anthropic-version) keep OpenAI's shape
+        assert h.get(gw.base_url + "/models").json()["object"] == "list"

@@ -4,8 +4,10 @@ Message / SSE events. Pure translation, used by ``/v1/messages`` to serve any co
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import parse_qs
 
 import orjson
 
@@ -236,6 +238,34 @@ def _tool_choice(choice: Any) -> dict[str, Any]:
     if choice.get("disable_parallel_tool_use"):
         out["parallel_tool_calls"] = False
     return out
+
+
+# ---- models in Anthropic's shape (Claude Code discovers a gateway's models this way) ---------------------
+
+def anthropic_model(name: str, created: float) -> dict[str, Any]:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created))
+    return {"type": "model", "id": name, "display_name": name, "created_at": stamp, "lifecycle": "active"}
+
+
+def anthropic_model_page(names: list[str], created: float, query: str) -> dict[str, Any]:
+    """Anthropic's Models list page: ``limit`` (1-1000, default 20), ``after_id`` / ``before_id`` cursors."""
+    params = {k: v[-1] for k, v in parse_qs(query).items()}
+    try:
+        limit = int(params.get("limit", "20"))
+    except ValueError:
+        raise BadRequest("limit: Input should be a valid integer", param="limit") from None
+    if not 1 <= limit <= 1000:
+        raise BadRequest("limit: Input should be between 1 and 1000", param="limit")
+    start, end = 0, len(names)
+    if "after_id" in params:
+        start = names.index(params["after_id"]) + 1 if params["after_id"] in names else end
+    if "before_id" in params:
+        end = names.index(params["before_id"]) if params["before_id"] in names else 0
+        start = max(start, end - limit)
+    page = names[start:min(end, start + limit)]
+    return {"data": [anthropic_model(n, created) for n in page],
+            "has_more": start + len(page) < end if "before_id" not in params else start > 0,
+            "first_id": page[0] if page else None, "last_id": page[-1] if page else None}
 
 
 # ---- replies -------------------------------------------------------------------------------------------

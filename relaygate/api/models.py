@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ModelNotFound
 from ..http import Request, Response, json_response
+from .messages_format import anthropic_model, anthropic_model_page
 
 if TYPE_CHECKING:
     from ..gateway import Gateway
@@ -18,6 +19,8 @@ def model_object(gw: Gateway, name: str) -> dict[str, Any]:
 
 
 async def list_models(gw: Gateway, req: Request) -> Response:
+    if "anthropic-version" in req.headers:  # an Anthropic client (Claude Code discovers models this way)
+        return json_response(anthropic_model_page(gw.table.names(), gw.started, req.query))
     return json_response({"object": "list", "data": [model_object(gw, n) for n in gw.table.names()]})
 
 
@@ -27,6 +30,8 @@ async def get_model(gw: Gateway, req: Request) -> Response:
         known = ", ".join(gw.table.names()) or "none"
         raise ModelNotFound(f"The model {name!r} does not exist on this gateway. Available models: {known}.",
                             param="model")
+    if "anthropic-version" in req.headers:
+        return json_response(anthropic_model(name, gw.started))
     return json_response(model_object(gw, name))
 
 

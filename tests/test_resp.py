@@ -70,3 +70,31 @@ def test_a_killed_connection_is_replaced(redis_url) -> None:  # type: ignore[no-
             await c.close()
 
     asyncio.run(main())
+
+
+def test_a_server_that_stops_answering_fails_the_calls_instead_of_hanging() -> None:
+    import socket
+    import threading
+    import time
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    accepted: list[socket.socket] = []
+    threading.Thread(target=lambda: accepted.append(listener.accept()[0]), daemon=True).start()
+
+    async def main() -> float:
+        c = RespClient(f"redis://127.0.0.1:{port}/0", timeout=0.5)
+        started = time.monotonic()
+        with pytest.raises(ConnectionError):
+            await asyncio.wait_for(c.call("PING"), 5)
+        await c.close()
+        return time.monotonic() - started
+
+    try:
+        assert asyncio.run(main()) < 3
+    finally:
+        for s in accepted:
+            s.close()
+        listener.close()

@@ -56,17 +56,19 @@ end
 return out
 """
 
-# KEYS: SLOTS per scope. ARGV: n, reserved tokens, reserved cost, real tokens, real cost, then per scope 1/0 (budget).
+# Settlements of many calls at once. KEYS: SLOTS per entry (a scope of a call).
+# ARGV: m entries, then per entry: reserved tokens, reserved cost, real tokens, real cost, 1/0 (scope has a budget).
 SETTLE = """
-local n, rt, rc, t, c = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-for i = 1, n do
-  local k = (i - 1) * 5
+local m = tonumber(ARGV[1])
+for i = 1, m do
+  local k, a = (i - 1) * 5, 1 + (i - 1) * 5
+  local rt, rc, t, c = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
   if redis.call('EXISTS', KEYS[k + 2]) == 1 then
     if tonumber(redis.call('INCRBY', KEYS[k + 2], t - rt)) < 0 then redis.call('SET', KEYS[k + 2], 0, 'KEEPTTL') end
   end
   if tonumber(redis.call('DECR', KEYS[k + 3])) < 0 then redis.call('SET', KEYS[k + 3], 0, 'KEEPTTL') end
   if tonumber(redis.call('DECRBY', KEYS[k + 5], rc)) < 0 then redis.call('SET', KEYS[k + 5], 0, 'KEEPTTL') end
-  if ARGV[5 + i] == '1' then redis.call('INCRBY', KEYS[k + 4], c) end
+  if ARGV[a + 5] == '1' then redis.call('INCRBY', KEYS[k + 4], c) end
 end
 return 1
 """
@@ -96,6 +98,10 @@ class RedisLimiter:
         self._warned = 0.0
         self._down_until = 0.0
         self._period = PeriodClock()
+        self._settling: list[tuple[Grant, int, int]] = []  # settlements of this loop turn
+        self._settled: asyncio.Future[Any] | None = None
+        self._keys_minute = -1
+        self._key_names: dict[tuple[str, str], list[str]] = {}  # this minute's Redis keys per scope
 
     async def acquire(self, scopes: tuple[Scope, ...], tokens: int, cost: int) -> Grant | None:
         now = time.time()
@@ -104,8 +110,14 @@ class RedisLimiter:
                      for s in scopes)
         keys: list[str] = []
         args: list[int] = [len(scopes), tokens, cost, self.slot_ttl]
+        if minute != self._keys_minute:
+            self._keys_minute, self._key_names = minute, {}
+        names = self._key_names
         for s, pid in zip(scopes, pids, strict=True):
-            keys += _keys(s, minute, pid)
+            ks = names.get((s.name, pid))
+            if ks is None:
+                ks = names[(s.name, pid)] = _keys(s, minute, pid)
+            keys += ks
             lim = s.limits
             args += [_limit(lim.rpm), _limit(lim.tpm), _limit(lim.max_parallel), _limit(lim.budget_nano)]
         if self._down_until > time.monotonic():  # Redis just failed: do not make every call wait for it
@@ -139,37 +151,57 @@ class RedisLimiter:
                 return None
         raise RuntimeError("budget state could not be initialised in Redis")
 
-    @staticmethod
-    def _settle_args(grant: Grant, tokens: int, cost: int) -> tuple[list[str], list[int]]:
+    def _settle_args(self, batch: list[tuple[Grant, int, int]]) -> tuple[list[str], list[int]]:
         keys: list[str] = []
-        for s, pid in zip(grant.scopes, grant.periods, strict=True):
-            keys += _keys(s, grant.minute, pid)
-        return keys, [len(grant.scopes), grant.tokens, grant.cost, tokens, cost, *(1 if p else 0 for p in grant.periods)]
+        args: list[int] = [0]
+        names = self._key_names
+        for grant, tokens, cost in batch:
+            for s, pid in zip(grant.scopes, grant.periods, strict=True):
+                ks = names.get((s.name, pid)) if grant.minute == self._keys_minute else None
+                keys += ks if ks is not None else _keys(s, grant.minute, pid)
+                args += (grant.tokens, grant.cost, tokens, cost, 1 if pid else 0)
+        args[0] = len(keys) // SLOTS
+        return keys, args
 
     def settle_soon(self, grant: Grant, tokens: int, cost: int) -> asyncio.Future[Any]:
-        """Send the settlement now without a task (the common case); a failure falls back to ``settle``."""
-        proto = self.redis.connected()
-        if proto is None:
-            return asyncio.ensure_future(self.settle(grant, tokens, cost))
-        keys, args = self._settle_args(grant, tokens, cost)
-        fut = self.redis.send(proto, "EVALSHA", self._settle.sha, len(keys), *keys, *args)
-        out: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        """Queue the settlement; every settlement of this loop turn goes to Redis as one script call."""
+        if not self._settling:
+            loop = asyncio.get_running_loop()
+            self._settled = loop.create_future()
+            loop.call_soon(self._send_settlements)
+        self._settling.append((grant, tokens, cost))
+        assert self._settled is not None
+        return self._settled
+
+    def _send_settlements(self) -> None:
+        batch, self._settling = self._settling, []
+        done = self._settled
+        assert done is not None
 
         def finished(_: Any) -> None:
-            if not out.done():
-                out.set_result(None)
+            if not done.done():
+                done.set_result(None)
+
+        proto = self.redis.connected()
+        if proto is None:
+            asyncio.ensure_future(self._settle_batch(batch)).add_done_callback(finished)
+            return
+        keys, args = self._settle_args(batch)
+        fut = self.redis.send(proto, "EVALSHA", self._settle.sha, len(keys), *keys, *args)
 
         def sent(f: asyncio.Future[Any]) -> None:
             if f.cancelled() or f.exception() is not None:  # e.g. Redis restarted and forgot the script
-                asyncio.ensure_future(self.settle(grant, tokens, cost)).add_done_callback(finished)
+                asyncio.ensure_future(self._settle_batch(batch)).add_done_callback(finished)
             else:
                 finished(None)
 
         fut.add_done_callback(sent)
-        return out
 
     async def settle(self, grant: Grant, tokens: int, cost: int) -> None:
-        keys, args = self._settle_args(grant, tokens, cost)
+        await self._settle_batch([(grant, tokens, cost)])
+
+    async def _settle_batch(self, batch: list[tuple[Grant, int, int]]) -> None:
+        keys, args = self._settle_args(batch)
         for attempt in range(3):
             try:
                 await self._settle(keys=keys, args=args)
@@ -177,8 +209,7 @@ class RedisLimiter:
             except Exception as e:
                 self._warn(e)
                 await asyncio.sleep(0.2 * (attempt + 1))
-        log.error("rate limits: a settlement was lost (%s: %d tokens, %d nano-USD)", grant.scopes[0].name, tokens,
-                  cost)
+        log.error("rate limits: %d settlements were lost (Redis unreachable)", len(batch))
 
     async def spent_now(self, scope: Scope, pid: str) -> int:
         v = await self.redis.call("GET", _keys(scope, 0, pid)[3])

@@ -72,6 +72,7 @@ class _Protocol(asyncio.Protocol):
         self.waiters: collections.deque[asyncio.Future[Any]] = collections.deque()
         self.lost = False
         self.out: list[bytes] = []  # commands of this loop iteration, written together by flush
+        self.progress_at = 0.0  # when a reply last came (or the first command went out after a quiet spell)
 
     def flush(self) -> None:
         data, self.out = b"".join(self.out), []
@@ -82,6 +83,7 @@ class _Protocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        self.progress_at = asyncio.get_running_loop().time()
         self.buf += data
         pos = 0
         while self.waiters:
@@ -127,6 +129,7 @@ class RespClient:
             await asyncio.wait_for(loop.create_connection(lambda: proto, u.hostname or "127.0.0.1", u.port or 6379,
                                                           ssl=ctx), self.timeout)
         self._proto = proto
+        loop.call_later(1.0, self._watch, proto)
         if u.password:
             auth = (unquote(u.username), unquote(u.password)) if u.username else (unquote(u.password),)
             await self.call("AUTH", *auth)
@@ -155,6 +158,8 @@ class RespClient:
         """Write one command now; the future resolves with its reply."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
+        if not proto.waiters:
+            proto.progress_at = loop.time()
         proto.waiters.append(fut)
         if not proto.out:  # one socket write per loop iteration, however many calls sent commands in it
             loop.call_soon(proto.flush)
@@ -163,8 +168,18 @@ class RespClient:
 
     async def call(self, *args: Any) -> Any:
         proto = self._proto if self._proto is not None and not self._proto.lost else await self._ready()
-        async with asyncio.timeout(self.timeout):
-            return await self.send(proto, *args)
+        return await self.send(proto, *args)
+
+    def _watch(self, proto: _Protocol) -> None:
+        """Once a second: a connection with calls waiting and no reply for ``timeout`` s is cut, which fails
+        those calls (one timer per connection instead of one per call)."""
+        if proto.lost:
+            return
+        loop = asyncio.get_running_loop()
+        if proto.waiters and loop.time() - proto.progress_at > self.timeout and proto.transport is not None:
+            proto.transport.abort()
+            return
+        loop.call_later(1.0, self._watch, proto)
 
     async def close(self) -> None:
         proto = self._proto

@@ -55,11 +55,19 @@ def to_openai_request(body: dict[str, Any], keep_cache: bool = False) -> tuple[d
         req["stop"] = stops
     tools = body.get("tools")
     if tools:
-        req["tools"] = [_tool(t, i, keep_cache) for i, t in enumerate(tools)] if isinstance(tools, list) \
-            else _bad("tools")
-        choice = body.get("tool_choice")
-        if choice is not None:
-            req.update(_tool_choice(choice))
+        if not isinstance(tools, list):
+            _bad("tools")
+        functions = []
+        for i, t in enumerate(tools):
+            if isinstance(t, dict) and t.get("type") not in (None, "custom"):
+                dropped.append(f"tools.{t.get('name') or t.get('type')}")  # server tools run at Anthropic only
+                continue
+            functions.append(_tool(t, i, keep_cache))
+        if functions:
+            req["tools"] = functions
+            choice = body.get("tool_choice")
+            if choice is not None:
+                req.update(_tool_choice(choice))
     user = (body.get("metadata") or {}).get("user_id") if isinstance(body.get("metadata"), dict) else None
     if isinstance(user, str) and user:
         req["user"] = user
@@ -206,9 +214,6 @@ def _message(m: Any, i: int, out: list[dict[str, Any]], keep_cache: bool) -> Non
 def _tool(t: Any, i: int, keep_cache: bool) -> dict[str, Any]:
     if not isinstance(t, dict) or not isinstance(t.get("name"), str):
         raise BadRequest(f"tools.{i}.name: Field required", param=f"tools.{i}")
-    if t.get("type") not in (None, "custom"):
-        raise Unsupported(f"tools.{i}: server tool {t.get('type')!r} is not supported through relaygate",
-                          param=f"tools.{i}.type")
     fn: dict[str, Any] = {"name": t["name"], "parameters": t.get("input_schema") or {"type": "object"}}
     if t.get("description"):
         fn["description"] = t["description"]

@@ -32,7 +32,8 @@ PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 16).decode()
 
 @pytest.fixture(scope="module")
 def upstreams() -> Iterator[dict[str, BackgroundServer]]:
-    with BackgroundServer(create_openai_app(OpenAIEmulatorOptions(api_key=UPSTREAM_KEY))) as oai, \
+    with BackgroundServer(create_openai_app(OpenAIEmulatorOptions(api_key=UPSTREAM_KEY,
+                                                                  context_windows={"gpt-4o": 30}))) as oai, \
             BackgroundServer(gemini_emu.create_app(gemini_emu.GeminiEmulatorOptions(api_key=GEMINI_KEY))) as gem, \
             BackgroundServer(anthropic_emu.create_app(
                 anthropic_emu.AnthropicEmulatorOptions(api_key=CLAUDE_KEY))) as claude:
@@ -43,6 +44,7 @@ def upstreams() -> Iterator[dict[str, BackgroundServer]]:
 def gw(upstreams: dict[str, BackgroundServer]) -> Iterator[GatewayThread]:
     config = {"models": [
         openai_model("gpt", upstreams["openai"]),
+        openai_model("gpt-small", upstreams["openai"], upstream_model="gpt-4o"),
         {"name": "gem", "deployments": [{"provider": "gemini", "model": "gemini-2.5-flash",
                                          "api_base": upstreams["gemini"].url, "api_key": GEMINI_KEY}]},
         {"name": "claude", "deployments": [{"provider": "anthropic", "model": "claude-haiku-4-5",
@@ -408,9 +410,9 @@ def test_reasoning_text_from_openai_style_upstreams_becomes_a_thinking_block() -
 
 def test_anthropic_clients_discover_models_in_anthropics_shape(client: anthropic.Anthropic, gw: GatewayThread) -> None:
     names = [m.id for m in client.models.list(limit=2)]  # the SDK pages through with after_id
-    assert names == ["gpt", "gem", "claude", "claude-2026", "claude-fb"]
+    assert names == ["gpt", "gpt-small", "gem", "claude", "claude-2026", "claude-fb"]
     first = client.models.list(limit=2)
-    assert first.has_more is True and first.last_id == "gem"
+    assert first.has_more is True and first.last_id == "gpt-small"
     back = client.models.list(limit=2, before_id="claude-2026")
     assert [m.id for m in back.data] == ["gem", "claude"] and back.has_more is True
     one = client.models.retrieve("claude")
@@ -429,3 +431,11 @@ def test_beta_namespace_and_server_tools_on_a_translated_model(client: anthropic
     assert r.parse().content[0].type == "tool_use"
     assert r.headers["x-relaygate-dropped-params"] == "tools.web_search"
     assert [t["function"]["name"] for t in openai_sent(upstreams)["tools"]] == ["get_weather"]
+
+
+def test_context_overflow_on_any_model_reads_like_anthropics(client: anthropic.Anthropic) -> None:
+    with pytest.raises(anthropic.BadRequestError) as e:
+        client.messages.create(model="gpt-small", max_tokens=5,
+                               messages=[{"role": "user", "content": "word " * 40}])
+    message = e.value.body["error"]["message"]  # type: ignore[index]
+    assert message.startswith("prompt is too long: ") and "maximum context length" in message

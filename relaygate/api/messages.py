@@ -34,7 +34,10 @@ if TYPE_CHECKING:
 
 
 def anthropic_error(err: GatewayError, request_id: str) -> Response:
-    body = error_body(anthropic_error_type(err), err.message, request_id)
+    message = err.message
+    if err.kind == "context_too_long" and not message.startswith("prompt is too long"):
+        message = "prompt is too long: " + message  # Anthropic's wording, which clients act on (compaction)
+    body = error_body(anthropic_error_type(err), message, request_id)
     return Response(orjson.dumps(body), err.status, {**err.headers, "request-id": request_id})
 
 

@@ -57,7 +57,7 @@ def test_concurrent_starts_migrate_once(database: Database) -> None:
         t.join(30)
     assert not errors
     with database.engine.connect() as conn:
-        assert conn.execute(select(tables.schema_migrations.c.version)).scalars().all() == [1]
+        assert conn.execute(select(tables.schema_migrations.c.version)).scalars().all() == [n for n, _, _ in STEPS]
 
 
 def test_sqlite_runs_in_wal_mode(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -86,3 +86,16 @@ def test_blocking_work_runs_off_the_event_loop(tmp_path) -> None:  # type: ignor
         assert ran_in != loop_thread
     finally:
         db.close()
+
+
+def test_a_version_1_database_is_upgraded_in_place(database: Database) -> None:
+    from relaygate.store import migrations
+
+    with database.engine.begin() as conn:  # a database as version 1 left it, request_id index included
+        migrations._v1_initial(conn)
+        conn.exec_driver_sql("CREATE INDEX ix_request_log_request_id ON request_log (request_id)")
+        tables.schema_migrations.create(conn)
+        conn.execute(tables.schema_migrations.insert().values(version=1, name="v1", applied_at=0.0))
+    assert database.migrate() == STEPS[-1][0]
+    indexes = {i["name"] for i in inspect(database.engine).get_indexes("request_log")}
+    assert "ix_request_log_request_id" not in indexes and "ix_request_log_key_ts" in indexes

@@ -25,8 +25,13 @@ def _v1_initial(conn: Connection) -> None:
         t.create(conn, checkfirst=True)
 
 
+def _v2_drop_request_id_index(conn: Connection) -> None:
+    conn.exec_driver_sql("DROP INDEX IF EXISTS ix_request_log_request_id")
+
+
 STEPS: list[tuple[int, str, Step]] = [
     (1, "keys, owners, request log", _v1_initial),
+    (2, "request log: no index on request_id (random ids made every insert costly)", _v2_drop_request_id_index),
 ]
 
 

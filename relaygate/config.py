@@ -452,6 +452,19 @@ def parse_config(raw: Any, env: Mapping[str, str] | None = None) -> Config:
     return cfg
 
 
+class _Yaml12Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 booleans: only true/false. YAML 1.1 would read ``on:`` (the fallback and
+    breaker key) and ``no``/``yes``/``off`` as booleans, silently breaking configs."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
 def load_config(path: str | None, env: Mapping[str, str] | None = None) -> Config:
     """Load the config at ``path``, or the zero-config default when ``path`` is None."""
     env = os.environ if env is None else env
@@ -459,7 +472,7 @@ def load_config(path: str | None, env: Mapping[str, str] | None = None) -> Confi
         return default_config(env)
     try:
         with open(path, encoding="utf-8") as f:
-            raw = yaml.safe_load(f)
+            raw = yaml.load(f, Loader=_Yaml12Loader)  # noqa: S506 (a SafeLoader subclass)
     except OSError as e:
         raise ConfigError([f"{path}: cannot read: {e.strerror}"]) from None
     except yaml.YAMLError as e:

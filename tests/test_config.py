@@ -122,3 +122,23 @@ def test_check_config_reports_provider_level_problems(tmp_path: Path, capsys: py
     text = "models:\n  - name: a\n    deployments:\n      - provider: azure\n        model: gpt\n"
     assert main(["check-config", write(tmp_path, text)]) == 1
     assert "models[0].deployments[0]: azure deployments need api_base" in capsys.readouterr().err
+
+
+def test_yaml_on_key_is_a_string_not_a_boolean(tmp_path: Path) -> None:
+    text = """
+models:
+  - name: big
+    deployments: [{provider: openai, model: gpt-4.1, api_base: "http://127.0.0.1:9/v1"}]
+  - name: small
+    deployments: [{provider: openai, model: gpt-4o-mini, api_base: "http://127.0.0.1:9/v1"}]
+    fallbacks:
+      - on: [context_too_long]
+        models: [big]
+"""
+    cfg = load_config(write(tmp_path, text), {})
+    assert cfg.models[1].fallbacks[0].on == ["context_too_long"]
+
+
+def test_yaml_true_and_false_still_are_booleans(tmp_path: Path) -> None:
+    text = "models: []\nrequest_log:\n  enabled: false\n"
+    assert load_config(write(tmp_path, text), {}).request_log.enabled is False

@@ -439,3 +439,25 @@ def test_context_overflow_on_any_model_reads_like_anthropics(client: anthropic.A
                                messages=[{"role": "user", "content": "word " * 40}])
     message = e.value.body["error"]["message"]  # type: ignore[index]
     assert message.startswith("prompt is too long: ") and "maximum context length" in message
+
+
+def test_tool_result_images_and_errors_reach_an_openai_model(client: anthropic.Anthropic,
+                                                             upstreams: dict[str, BackgroundServer]) -> None:
+    first = client.messages.create(model="gpt", max_tokens=50, tools=TOOLS,
+                                   messages=[{"role": "user", "content": "Rome"}])
+    use = first.content[0]
+    result: Any = {"type": "tool_result", "tool_use_id": use.id, "is_error": True, "content": [
+        {"type": "text", "text": "camera offline"},
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG}}]}
+    client.messages.create(model="gpt", max_tokens=50, tools=TOOLS, messages=[
+        {"role": "user", "content": "Rome"}, {"role": "assistant", "content": first.content},  # type: ignore[typeddict-item]
+        {"role": "user", "content": [result]}])
+    sent = openai_sent(upstreams)["messages"]
+    assert sent[2] == {"role": "tool", "tool_call_id": use.id, "content": "Error: camera offline"}
+    assert sent[3]["role"] == "user" and sent[3]["content"][0]["type"] == "image_url"
+
+
+def test_unknown_model_lookup_is_anthropic_shaped_for_anthropic_clients(client: anthropic.Anthropic) -> None:
+    with pytest.raises(anthropic.NotFoundError) as e:
+        client.models.retrieve("nope")
+    assert e.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]

@@ -28,8 +28,13 @@ async def get_model(gw: Gateway, req: Request) -> Response:
     name = req.params["rest"]
     if name not in gw.table.models or name == "*":
         known = ", ".join(gw.table.names()) or "none"
-        raise ModelNotFound(f"The model {name!r} does not exist on this gateway. Available models: {known}.",
+        err = ModelNotFound(f"The model {name!r} does not exist on this gateway. Available models: {known}.",
                             param="model")
+        if "anthropic-version" in req.headers:
+            from .messages import anthropic_error
+
+            return anthropic_error(err, req.id)
+        raise err
     if "anthropic-version" in req.headers:
         return json_response(anthropic_model(name, gw.started))
     return json_response(model_object(gw, name))

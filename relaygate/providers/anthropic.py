@@ -81,26 +81,59 @@ class AnthropicProvider(Provider):
     """``POST {api_base}/v1/messages`` with ``anthropic-version`` and the key in the header it wants."""
 
     kind = "anthropic"
+    versions: tuple[str, ...] = API_VERSIONS
+    default_version = DEFAULT_VERSION
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        version = self.config.api_version or DEFAULT_VERSION
-        if version not in API_VERSIONS:
+        version = self.config.api_version or self.default_version
+        if version not in self.versions:
             raise ValueError(f"api_version {version!r} is not an anthropic-version relaygate knows; "
-                             f"use one of {', '.join(API_VERSIONS)}")
+                             f"use one of {', '.join(self.versions)}")
         self.version = version
         self.rejected = REJECTED_PARAMS[version]
-        base = self.config.api_base or DEFAULT_BASE
-        self.url = base + ("/messages" if base.endswith("/v1") else "/v1/messages")
         self.max_tokens = self.config.max_tokens or DEFAULT_MAX_TOKENS
-        headers = {**self.config.headers, "content-type": "application/json", "anthropic-version": version}
+        self.url = self.messages_url()
+        self._headers = self.static_headers()
+
+    def messages_url(self) -> str:
+        base = self.config.api_base or DEFAULT_BASE
+        return base + ("/messages" if base.endswith("/v1") else "/v1/messages")
+
+    def static_headers(self) -> dict[str, str]:
+        headers = {**self.config.headers, "content-type": "application/json", "anthropic-version": self.version}
         key = self.config.api_key.get_secret_value() if self.config.api_key is not None else ""
         if key:
-            if bearer_auth(version):
+            if bearer_auth(self.version):
                 headers["authorization"] = "Bearer " + key
             else:
                 headers["x-api-key"] = key
-        self._headers = headers
+        return headers
+
+    # -- the upstream endpoint (Vertex AI overrides these) -----------------------------------------
+
+    def endpoint(self, model: str, *, count: bool, stream: bool) -> str:
+        return self.url + "/count_tokens" if count else self.url
+
+    def outgoing(self, body: dict[str, Any], *, count: bool) -> dict[str, Any]:
+        """The body as this endpoint wants it."""
+        return body
+
+    async def auth_headers(self) -> dict[str, str]:
+        return self._headers
+
+    async def post(self, call: Call, body: dict[str, Any], *, count: bool = False,
+                   extra: dict[str, str] | None = None) -> aiohttp.ClientResponse:
+        """POST a Messages (or count_tokens) body; an error answer is raised as a gateway error."""
+        url = self.endpoint(str(body.get("model")), count=count, stream=bool(body.get("stream")))
+        headers = await self.auth_headers()
+        if extra:
+            headers = {**headers, **extra}
+        resp = await self.request(call, "POST", url, headers=headers,
+                                  data=orjson.dumps(self.outgoing(body, count=count)))
+        if resp.status >= 400:
+            raise await self.upstream_error(resp)
+        return resp
 
     async def probe(self) -> None:
         """``count_tokens`` on the deployment's model: free, and fails the way a real call would."""
@@ -108,10 +141,8 @@ class AnthropicProvider(Provider):
         if model == "*":
             return
         call = Call(id="probe", route="probe", model=model, body={})
-        data = orjson.dumps({"model": model, "messages": [{"role": "user", "content": "ping"}]})
-        resp = await self.request(call, "POST", self.url + "/count_tokens", headers=self._headers, data=data)
-        if resp.status >= 400:
-            raise await self.upstream_error(resp)
+        resp = await self.post(call, {"model": model, "messages": [{"role": "user", "content": "ping"}]},
+                               count=True)
         resp.release()
 
     async def count_tokens(self, call: Call) -> Reply:
@@ -124,10 +155,7 @@ class AnthropicProvider(Provider):
         else:
             t = to_messages_request(call.body, model, default_max_tokens=1, rejected=self.rejected, stream=False)
             body = {k: v for k, v in t.body.items() if k not in _NOT_COUNTED}
-        resp = await self.request(call, "POST", self.url + "/count_tokens", headers=self._headers,
-                                  data=orjson.dumps(body))
-        if resp.status >= 400:
-            raise await self.upstream_error(resp)
+        resp = await self.post(call, body, count=True)
         data = await self.read_json_object(resp)
         return Reply(body=orjson.dumps({"input_tokens": int(data.get("input_tokens") or 0)}),
                      first_byte_at=time.monotonic())
@@ -145,9 +173,7 @@ class AnthropicProvider(Provider):
             headers[DROPPED_HEADER] = ",".join(t.dropped)
         if t.adjusted:
             headers[ADJUSTED_HEADER] = ",".join(t.adjusted)
-        resp = await self.request(call, "POST", self.url, headers=self._headers, data=orjson.dumps(t.body))
-        if resp.status >= 400:
-            raise await self.upstream_error(resp)
+        resp = await self.post(call, t.body)
         if call.stream and resp.headers.get("content-type", "").startswith("text/event-stream"):
             return await self._start_stream(resp, call, headers)
         data = await self.read_json_object(resp)
@@ -175,13 +201,9 @@ class AnthropicProvider(Provider):
         dropped = [k for k in self.rejected if native.get(k) is not None]
         if dropped:
             headers[DROPPED_HEADER] = ",".join(dropped)
-        send = self._headers
         beta = call.headers.get("anthropic-beta")
-        if beta:  # a feature flag of the client's request (e.g. a longer context), not a destination
-            send = {**send, "anthropic-beta": beta}
-        resp = await self.request(call, "POST", self.url, headers=send, data=orjson.dumps(body))
-        if resp.status >= 400:
-            raise await self.upstream_error(resp)
+        # a feature flag of the client's request (e.g. a longer context), not a destination
+        resp = await self.post(call, body, extra={"anthropic-beta": beta} if beta else None)
         if call.stream:
             if not resp.headers.get("content-type", "").startswith("text/event-stream"):
                 resp.close()

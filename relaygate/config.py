@@ -19,7 +19,8 @@ from pydantic import (
     model_validator,
 )
 
-PROVIDER_TYPES = ("openai", "azure", "demo", "anthropic", "gemini", "vertex", "bedrock", "bedrock_agent", "cohere")
+PROVIDER_TYPES = ("openai", "azure", "demo", "anthropic", "gemini", "vertex", "bedrock", "bedrock_agent", "cohere",
+                  "vertex_anthropic")
 DEMO_MODEL = "demo"
 STRATEGIES = ("round_robin", "weighted", "least_connections", "least_latency", "cost", "adaptive", "priority")
 Strategy = Literal["round_robin", "weighted", "least_connections", "least_latency", "cost", "adaptive", "priority"]

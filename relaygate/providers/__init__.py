@@ -15,6 +15,7 @@ REGISTRY: dict[str, str] = {
     "gemini": "gemini:GeminiProvider",
     "vertex": "gemini:VertexProvider",
     "anthropic": "anthropic:AnthropicProvider",
+    "vertex_anthropic": "anthropic_vertex:VertexAnthropicProvider",
     "bedrock": "bedrock:BedrockProvider",
     "bedrock_agent": "bedrock_agent:BedrockAgentProvider",
 }

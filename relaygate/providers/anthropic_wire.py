@@ -11,10 +11,12 @@ import orjson
 VERSION_2023 = "2023-06-01"
 VERSION_2026 = "2026-10-21"  # released 21 Oct 2026; the anthropic SDK 2.x default
 API_VERSIONS = (VERSION_2023, VERSION_2026)
+VERTEX_VERSION = "vertex-2023-10-16"  # Vertex AI's name for the 2023-06-01 API (sent in the body)
 
 # sampling parameters a version rejects with 400 (even at their default values)
 REJECTED_PARAMS: dict[str, tuple[str, ...]] = {
     VERSION_2023: (),
+    VERTEX_VERSION: (),
     VERSION_2026: ("temperature", "top_p", "top_k"),
 }
 

@@ -1,4 +1,5 @@
-"""An emulator of Anthropic's Messages API wire format (``POST /v1/messages``, stream and not).
+"""An emulator of Anthropic's Messages API wire format (``POST /v1/messages``, stream and not; also as
+Claude on Vertex AI serves it, ``…/publishers/anthropic/models/{model}:rawPredict``).
 
 It enforces what the real API enforces and a gateway can get wrong: the ``anthropic-version`` header
 (``2023-06-01`` takes the key as ``x-api-key``; ``2026-10-21`` as ``Authorization: Bearer`` and rejects
@@ -22,6 +23,8 @@ from aiohttp import web
 from ..providers.anthropic_wire import (
     API_VERSIONS,
     VERSION_2023,
+    VERSION_2026,
+    VERTEX_VERSION,
     error_body,
     error_type,
     sse_event,
@@ -376,11 +379,49 @@ def create_app(options: AnthropicEmulatorOptions | None = None,
             return None, version, error_response(400, "The request body must be a JSON object")
         return body, version, None
 
+    async def read_vertex(request: web.Request) -> tuple[dict[str, Any] | None, str, web.Response | None]:
+        """Vertex AI's form: a Google access token, the version in the body, the model in the URL."""
+        raw = await request.read()
+        request.app[STATE_KEY].remember(request, raw)
+        if opts.api_key is not None and request.headers.get("authorization") != f"Bearer {opts.api_key}":
+            return None, "", json_response({"error": {"code": 401, "status": "UNAUTHENTICATED", "message":
+                                                      "Request had invalid authentication credentials."}}, 401)
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return None, "", error_response(400, "There was an issue with your request body: not valid JSON")
+        if not isinstance(body, dict):
+            return None, "", error_response(400, "The request body must be a JSON object")
+        version = body.pop("anthropic_version", None)
+        if version not in (VERTEX_VERSION, VERSION_2026):
+            return None, "", error_response(400, f"anthropic_version: expected {VERTEX_VERSION!r} or "
+                                                 f"{VERSION_2026!r}, got {version!r}")
+        return body, VERSION_2023 if version == VERTEX_VERSION else version, None
+
     async def messages(request: web.Request) -> web.StreamResponse:
-        state = request.app[STATE_KEY]
         body, version, err = await read_body(request)
         if err is not None or body is None:
             return err  # type: ignore[return-value]
+        return await serve(request, body, version)
+
+    async def vertex(request: web.Request) -> web.StreamResponse:
+        body, version, err = await read_vertex(request)
+        if err is not None or body is None:
+            return err  # type: ignore[return-value]
+        model, _, method = request.match_info["spec"].partition(":")
+        if model == "count-tokens" and method == "rawPredict":
+            return counted(body, version)
+        if method not in ("rawPredict", "streamRawPredict"):
+            return error_response(404, f"unknown method {method!r}")
+        if "model" in body:
+            return error_response(400, "model: Extra inputs are not permitted")
+        body["model"] = model
+        if method == "streamRawPredict":
+            body["stream"] = True
+        return await serve(request, body, version)
+
+    async def serve(request: web.Request, body: dict[str, Any], version: str) -> web.StreamResponse:
+        state = request.app[STATE_KEY]
         plan = state.take_fault(request.path)
         await apply_latency(plan)
         if plan is not None and plan.drop_connection:
@@ -416,6 +457,9 @@ def create_app(options: AnthropicEmulatorOptions | None = None,
         body, version, err = await read_body(request)
         if err is not None or body is None:
             return err  # type: ignore[return-value]
+        return counted(body, version)
+
+    def counted(body: dict[str, Any], version: str) -> web.Response:
         try:
             validate({**body, "max_tokens": 1}, version)
         except Invalid as e:
@@ -424,4 +468,6 @@ def create_app(options: AnthropicEmulatorOptions | None = None,
 
     app.router.add_post("/v1/messages", tracked(messages))
     app.router.add_post("/v1/messages/count_tokens", count)
+    app.router.add_post("/v1/projects/{project}/locations/{location}/publishers/anthropic/models/{spec}",
+                        tracked(vertex))
     return app

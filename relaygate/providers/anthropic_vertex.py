@@ -10,10 +10,10 @@ from urllib.parse import quote
 
 from .anthropic import AnthropicProvider
 from .anthropic_wire import VERSION_2026, VERTEX_VERSION
-from .google_auth import TokenSource
+from .google_auth import GoogleAuth
 
 
-class VertexAnthropicProvider(AnthropicProvider):
+class VertexAnthropicProvider(GoogleAuth, AnthropicProvider):
     """``provider: vertex_anthropic`` with ``project`` and ``location`` (default ``global``)."""
 
     kind = "vertex_anthropic"
@@ -30,17 +30,7 @@ class VertexAnthropicProvider(AnthropicProvider):
                 "/publishers/anthropic/models")
 
     def static_headers(self) -> dict[str, str]:
-        headers = {**self.config.headers, "content-type": "application/json"}
-        token = self.config.api_key.get_secret_value() if self.config.api_key is not None else ""
-        self._tokens: TokenSource | None = None
-        if token:
-            headers["authorization"] = "Bearer " + token
-        elif self.config.credentials_file:
-            self._tokens = TokenSource(self.config.credentials_file, self.config.timeout)
-        else:
-            raise ValueError("vertex_anthropic deployments need credentials_file (a service account key) or "
-                             "api_key (an OAuth access token)")
-        return headers
+        return {**self.config.headers, "content-type": "application/json", **self.google_auth(self.kind)}
 
     def endpoint(self, model: str, *, count: bool, stream: bool) -> str:
         if count:
@@ -53,12 +43,7 @@ class VertexAnthropicProvider(AnthropicProvider):
         return {**out, "anthropic_version": self.version}
 
     async def auth_headers(self) -> dict[str, str]:
-        if self._tokens is None:
-            return self._headers
-        return {**self._headers, "authorization": await self._tokens.header()}
+        return await self.with_token(self._headers)
 
     def redact(self, text: str) -> str:
-        text = super().redact(text)
-        if self._tokens is not None and self._tokens.token:  # a fetched token is a secret too
-            text = text.replace(self._tokens.token, "***")
-        return text
+        return self.redact_token(super().redact(text))

@@ -30,7 +30,7 @@ from ..errors import (
 from .base import Provider, error_json, iter_sse, retry_after_seconds
 from .batching import embed_in_batches, needs_batches
 from .gemini_format import blocked_reason, finish_reason, read_parts, to_completion, to_request, usage_of
-from .google_auth import TokenSource
+from .google_auth import GoogleAuth
 from .openai_format import SSE_DONE, ChunkWriter, completion_id, embeddings_response
 
 AI_STUDIO_BASE = "https://generativelanguage.googleapis.com"
@@ -296,7 +296,7 @@ def _vectors(data: dict[str, Any], expected: int) -> tuple[list[list[float]], in
     return vectors, tokens
 
 
-class VertexProvider(GeminiProvider):
+class VertexProvider(GoogleAuth, GeminiProvider):
     """Gemini on Vertex AI: ``/v1/projects/{project}/locations/{location}/publishers/google/models/{m}``."""
 
     kind = "vertex"
@@ -312,26 +312,13 @@ class VertexProvider(GeminiProvider):
                 "/publishers/google")
 
     def auth(self) -> dict[str, str]:
-        token = self.config.api_key.get_secret_value() if self.config.api_key is not None else ""
-        self._tokens: TokenSource | None = None
-        if token:
-            return {"authorization": "Bearer " + token}
-        if self.config.credentials_file:
-            self._tokens = TokenSource(self.config.credentials_file, self.config.timeout)
-            return {}
-        raise ValueError("vertex deployments need credentials_file (a service account key) or api_key (an OAuth "
-                         "access token)")
+        return self.google_auth("vertex")
 
     async def headers(self) -> dict[str, str]:
-        if self._tokens is None:
-            return self._headers
-        return {**self._headers, "authorization": await self._tokens.header()}
+        return await self.with_token(self._headers)
 
     def redact(self, text: str) -> str:
-        text = super().redact(text)
-        if self._tokens is not None and self._tokens.token:  # a fetched token is a secret too
-            text = text.replace(self._tokens.token, "***")
-        return text
+        return self.redact_token(super().redact(text))
 
     def embed_request(self, model: str, text: str, options: dict[str, Any]) -> dict[str, Any]:
         req: dict[str, Any] = {"content": {"parts": [{"text": text}]}}

@@ -70,3 +70,33 @@ class TokenSource:
                          else time.time() + REFRESH_MARGIN * 2)
         self.token = str(self._creds.token)
         self._header = "Bearer " + self.token
+
+
+class GoogleAuth:
+    """Vertex AI credentials for a provider: an OAuth access token (``api_key``) or a credentials file."""
+
+    config: Any
+    _tokens: TokenSource | None = None
+
+    def google_auth(self, kind: str) -> dict[str, str]:
+        """The static auth header; ``{}`` when tokens come from ``credentials_file`` (see ``with_token``)."""
+        token = self.config.api_key.get_secret_value() if self.config.api_key is not None else ""
+        self._tokens = None
+        if token:
+            return {"authorization": "Bearer " + token}
+        if self.config.credentials_file:
+            self._tokens = TokenSource(self.config.credentials_file, self.config.timeout)
+            return {}
+        raise ValueError(f"{kind} deployments need credentials_file (a service account key) or api_key (an OAuth "
+                         "access token)")
+
+    async def with_token(self, headers: dict[str, str]) -> dict[str, str]:
+        if self._tokens is None:
+            return headers
+        return {**headers, "authorization": await self._tokens.header()}
+
+    def redact_token(self, text: str) -> str:
+        """A fetched token is a secret too."""
+        if self._tokens is not None and self._tokens.token:
+            return text.replace(self._tokens.token, "***")
+        return text

@@ -91,7 +91,7 @@ async def messages(gw: Gateway, req: Request) -> Response | StreamResponse:
     return Response(orjson.dumps(message), 200, headers, reply=reply)
 
 
-CACHE_AWARE_PROVIDERS = frozenset(("anthropic", "bedrock"))  # bedrock: cache_control → cachePoint blocks
+CACHE_AWARE_PROVIDERS = frozenset(("anthropic", "vertex_anthropic", "bedrock"))  # bedrock: → cachePoint blocks
 
 
 def _understands_cache_control(gw: Gateway, body: dict[str, Any]) -> bool:

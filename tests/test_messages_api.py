@@ -461,3 +461,14 @@ def test_unknown_model_lookup_is_anthropic_shaped_for_anthropic_clients(client: 
     with pytest.raises(anthropic.NotFoundError) as e:
         client.models.retrieve("nope")
     assert e.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
+
+
+def test_translated_stream_that_breaks_ends_with_an_anthropic_error_event(
+        client: anthropic.Anthropic, upstreams: dict[str, BackgroundServer]) -> None:
+    upstreams["openai"].state.faults = FaultPlan(count=1, disconnect_after_chunks=3)
+    got: list[str] = []
+    with pytest.raises(anthropic.APIStatusError) as e:
+        with client.messages.stream(model="gpt", max_tokens=50,
+                                    messages=[{"role": "user", "content": "a b c d"}]) as s:
+            got.extend(s.text_stream)
+    assert "".join(got) == "Hello! You " and e.value.body["error"]["type"] == "api_error"  # type: ignore[index]

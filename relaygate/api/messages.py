@@ -1,7 +1,9 @@
 """``POST /v1/messages``: Anthropic's Messages API in front of any configured model.
 
 The request becomes an OpenAI-format chat call that goes through the whole pipeline; the reply comes
-back as an Anthropic Message, or as Anthropic's SSE events translated chunk by chunk. Clients may send
+back as an Anthropic Message, or as Anthropic's SSE events translated chunk by chunk. The original request
+rides along (``call.meta``): an Anthropic deployment sends it as it is and its answer is relayed untouched,
+so nothing is lost when Claude serves the call. Clients may send
 either ``anthropic-version`` (2023-06-01 or 2026-10-21) and their key as ``x-api-key`` or
 ``Authorization: Bearer``; sampling parameters are accepted under both versions (the model decides).
 Errors on this route use Anthropic's error shape.

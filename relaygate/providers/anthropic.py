@@ -5,6 +5,9 @@ The ``anthropic-version`` sent upstream is chosen per deployment (``api_version`
 ``2023-06-01``: OpenAI-format clients routinely send ``temperature``/``top_p``, which that version honours
 and ``2026-10-21`` rejects. With ``2026-10-21`` the key goes as ``Authorization: Bearer`` and those
 parameters are dropped, named in the ``x-relaygate-dropped-params`` response header.
+
+Calls from ``/v1/messages`` carry the client's own Anthropic request; it is sent as it is and the answer
+relayed untouched (``NATIVE_REQUEST`` / ``NATIVE_REPLY``).
 """
 
 from __future__ import annotations

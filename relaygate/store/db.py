@@ -79,35 +79,60 @@ class Database:
 
 
 class BulkInsert:
-    """INSERT … ON CONFLICT DO NOTHING of many rows: compiled once, then handed to the driver's executemany
-    (the request log writes thousands of rows a second; per-row statement processing would cost more CPU
-    than the calls it logs)."""
+    """``INSERT … VALUES (…), (…), … ON CONFLICT DO NOTHING``: many rows per statement, the statement text
+    built once per row count from the table's columns (same SQL on SQLite and PostgreSQL, placeholders aside).
+
+    The request log writes thousands of rows a second from a thread of the gateway's process. One statement
+    per chunk matters: a driver's executemany releases and retakes the GIL for every row, and each retake
+    waits for the busy event loop — the hand-offs cost more CPU than the inserts.
+    """
+
+    ROWS_PER_STATEMENT = 100
 
     def __init__(self, table: Any) -> None:
         self.table = table
-        self._compiled: dict[str, tuple[str, list[str], bool]] = {}
+        self.names = [c.name for c in table.c]
         self._defaults = {c.name: c.default.arg for c in table.c
                           if c.default is not None and not callable(c.default.arg)}
+        self._sql: dict[tuple[str, int], str] = {}
 
-    def _statement(self, dialect: Any) -> tuple[str, list[str], bool]:
-        hit = self._compiled.get(dialect.name)
-        if hit is None:
-            from sqlalchemy.dialects import postgresql, sqlite
-
-            stmt: Any = (postgresql.insert(self.table) if dialect.name == "postgresql"
-                         else sqlite.insert(self.table))
-            compiled = stmt.on_conflict_do_nothing().compile(dialect=dialect)
-            names = list(compiled.positiontup or []) if compiled.positional else list(compiled.params)
-            hit = self._compiled[dialect.name] = (compiled.string, names, bool(compiled.positional))
-        return hit
+    def _statement(self, dialect: Any, rows: int) -> str:
+        sql = self._sql.get((dialect.name, rows))
+        if sql is None:
+            mark = "%s" if dialect.name == "postgresql" else "?"
+            one = "(" + ", ".join([mark] * len(self.names)) + ")"
+            cols = ", ".join(dialect.identifier_preparer.quote(n) for n in self.names)
+            sql = (f"INSERT INTO {dialect.identifier_preparer.quote(self.table.name)} ({cols}) VALUES "
+                   + ", ".join([one] * rows) + " ON CONFLICT DO NOTHING")
+            self._sql[(dialect.name, rows)] = sql
+        return sql
 
     def __call__(self, conn: Any, rows: list[dict[str, Any]]) -> None:
         """Insert ``rows``, skipping those whose primary key exists (replays after a failed commit are safe)."""
-        if not rows:
+        if conn.dialect.name == "postgresql":
+            self._copy(conn, rows)
             return
-        sql, names, positional = self._statement(conn.dialect)
-        d = self._defaults
-        if positional:
-            conn.exec_driver_sql(sql, [tuple(r.get(n, d.get(n)) for n in names) for r in rows])
-        else:
-            conn.exec_driver_sql(sql, [{n: r.get(n, d.get(n)) for n in names} for r in rows])
+        names, d = self.names, self._defaults
+        step = self.ROWS_PER_STATEMENT
+        for i in range(0, len(rows), step):
+            chunk = rows[i:i + step]
+            params = tuple(r.get(n, d.get(n)) for r in chunk for n in names)
+            conn.exec_driver_sql(self._statement(conn.dialect, len(chunk)), params)
+
+    def _copy(self, conn: Any, rows: list[dict[str, Any]]) -> None:
+        """PostgreSQL: COPY into a per-connection temporary table, then one INSERT … SELECT … ON CONFLICT DO
+        NOTHING (psycopg adapts COPY rows in C; bound parameters cost ~50 µs of Python per row)."""
+        names, d = self.names, self._defaults
+        q = conn.dialect.identifier_preparer.quote
+        table, staging = q(self.table.name), q(self.table.name + "_incoming")
+        cols = ", ".join(q(n) for n in names)
+        conn.exec_driver_sql(f"CREATE TEMPORARY TABLE IF NOT EXISTS {staging} "
+                             f"(LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
+        cursor = conn.connection.driver_connection.cursor()
+        try:
+            with cursor.copy(f"COPY {staging} ({cols}) FROM STDIN") as copy:
+                for r in rows:
+                    copy.write_row(tuple(r.get(n, d.get(n)) for n in names))
+        finally:
+            cursor.close()
+        conn.exec_driver_sql(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {staging} ON CONFLICT DO NOTHING")

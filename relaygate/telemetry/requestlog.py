@@ -177,10 +177,7 @@ class RequestLogWriter:
 
     def _insert(self, rows: list[Row]) -> None:
         with self.engine.begin() as conn:
-            for i in range(0, len(rows), 100):
-                if i:
-                    time.sleep(0)  # give the event loop the GIL between chunks: no long stall of requests
-                self._bulk(conn, rows[i:i + 100])
+            self._bulk(conn, rows)
 
     def _run(self) -> None:
         stopping = False

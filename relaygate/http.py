@@ -59,38 +59,19 @@ class Request:
 
     async def body(self, limit: int) -> bytes:
         """The whole body, refusing (413) as soon as it is known to exceed ``limit`` bytes."""
-        if self._body is not None:
-            return self._body
-        declared = self.headers.get("content-length")
-        if declared is not None:
-            try:
-                if int(declared) > limit:
-                    raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit} bytes")
-            except ValueError:
-                raise BadRequest("invalid content-length header") from None
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            msg = await self.receive()
-            if msg["type"] == "http.disconnect":
-                raise ClientGone()
-            chunk = msg.get("body", b"")
-            if chunk:
-                size += len(chunk)
-                if size > limit:
-                    raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-                chunks.append(chunk)
-            if not msg.get("more_body", False):
-                break
-        self.body_consumed = True
-        self._body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if self._body is None:
+            chunks = [chunk async for chunk in self.stream(limit)]
+            self._body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         return self._body
 
     async def stream(self, limit: int) -> AsyncIterator[bytes]:
-        """The body as it arrives, refusing (413) once more than ``limit`` bytes came."""
+        """The body as it arrives, refusing (413) once more than ``limit`` bytes came (or were declared)."""
         declared = self.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit} bytes")
+        if declared is not None:
+            if not declared.isdigit():
+                raise BadRequest("invalid content-length header")
+            if int(declared) > limit:
+                raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit} bytes")
         size = 0
         while True:
             msg = await self.receive()

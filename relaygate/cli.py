@@ -90,7 +90,7 @@ def serve_gateway(config_path: str | None, host: str | None, port: int | None) -
         log.info("no --config given: serving the built-in 'demo' model%s",
                  " and OpenAI's models (OPENAI_API_KEY is set)" if len(cfg.models) > 1 else "")
     log.info("relaygate listening on http://%s:%d/v1", host, port)
-    server = uvicorn.Server(uvicorn_config(App(cfg), host, port))
+    server = uvicorn.Server(uvicorn_config(App(cfg, freeze_gc=True), host, port))
     server.run()
     return 0
 

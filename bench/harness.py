@@ -171,23 +171,33 @@ def render(template: Path, out: Path, fields: dict[str, str]) -> Path:
     return out
 
 
+def _quotable(text: str) -> str:
+    """`text` for a '...' string in nginx.conf (which turns \\n and \\r back into line ends)."""
+    if any(c in text for c in "'\\$"):
+        raise SystemExit("canned bodies must not contain ', \\ or $")
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
 def start_upstream(ctx: Ctx, port: int, slow_seconds: float = 0.5) -> Proc:
-    """nginx on core 0 with canned chat completion, SSE stream and slow answers."""
+    """nginx on core 0 with canned OpenAI, Anthropic and Gemini answers, streams and slow answers."""
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     echo = next((p for p in ECHO_MODULE_PATHS if os.path.exists(p)), None)
     if not os.path.exists(nginx) or echo is None:
         raise SystemExit("bench needs nginx and its echo module: apt-get install -y nginx-light "
                          "libnginx-mod-http-echo (see bench/README.md)")
-    chat = (BENCH_DIR / "upstream" / "chat.json").read_text().strip()
-    events = [e for e in (BENCH_DIR / "upstream" / "stream.sse").read_text().split("\n\n") if e]
-    for text in [chat, *events]:  # they are pasted inside '...' in nginx.conf
-        if any(c in text for c in "'\\$"):
-            raise SystemExit("canned bodies must not contain ', \\ or $")
-    echoes = "\n".join(f"      echo -n '{e}\\n\\n';\n      echo_flush;" for e in events)
-    conf = render(BENCH_DIR / "upstream" / "nginx.conf.tmpl", ctx.run_dir / "nginx.conf", {
-        "@@ECHO_MODULE@@": echo, "@@RUN_DIR@@": str(ctx.run_dir), "@@PORT@@": str(port),
-        "@@CHAT_BODY@@": chat, "@@STREAM_ECHOES@@": echoes, "@@SLOW_SECONDS@@": str(slow_seconds),
-    })
+    up = BENCH_DIR / "upstream"
+    fields = {"@@ECHO_MODULE@@": echo, "@@RUN_DIR@@": str(ctx.run_dir), "@@PORT@@": str(port),
+              "@@SLOW_SECONDS@@": str(slow_seconds)}
+    # OpenAI, Anthropic and Gemini answers: a whole body each and a stream framed as each API frames it.
+    for prefix, whole_file, stream_file, sep in (("", "chat.json", "stream.sse", "\n\n"),
+                                                 ("ANTHROPIC_", "anthropic.json", "anthropic-stream.sse", "\n\n"),
+                                                 ("GEMINI_", "gemini.json", "gemini-stream.sse", "\r\n\r\n")):
+        whole = (up / whole_file).read_text().strip()
+        sse = (up / stream_file).read_bytes().decode()  # not read_text: it would turn CRLF into LF
+        fields[f"@@{prefix}CHAT_BODY@@"] = _quotable(whole)
+        fields[f"@@{prefix}STREAM_ECHOES@@"] = "\n".join(
+            f"      echo -n '{_quotable(e + sep)}';\n      echo_flush;" for e in sse.split(sep) if e.strip())
+    conf = render(up / "nginx.conf.tmpl", ctx.run_dir / "nginx.conf", fields)
     return spawn(ctx, "nginx", [nginx, "-c", str(conf), "-p", str(ctx.run_dir)], core=0,
                  health_url=f"http://127.0.0.1:{port}/health", timeout=10)
 

@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import (  # noqa: E402
@@ -57,6 +59,63 @@ def find_litellm(arg: str | None) -> str | None:
         if path and os.access(path, os.X_OK):
             return path
     return None
+
+
+# Issue 3: translation must not cost more than the network it saves. A translated variant (bench-model
+# served by a provider other than openai) is held to the OpenAI passthrough variant of the same run.
+TRANSLATION_MAX_RATIO = 1.5  # translated added c=1 latency p50 <= this x the passthrough's
+FIRST_CHUNK_SLACK_MS = 1.0  # translated added first-chunk p50 <= the passthrough's + this
+
+
+def bench_provider(config: Path) -> str:
+    """The provider serving `bench-model` in a variant config ("" when it has none)."""
+    data = yaml.safe_load(config.read_text()) or {}
+    for model in data.get("models") or []:
+        if model.get("name") == "bench-model":
+            return str((model.get("deployments") or [{}])[0].get("provider", ""))
+    return ""
+
+
+def translation(targets: list[Target], passthrough: str, translated: dict[str, str]) -> list[str]:
+    """Added c=1 latency and stream first chunk (p50, minus direct) of each translated variant next to
+    the passthrough's, with the ratio, and the PASS/MISS lines of issue 3's speed clause."""
+    by_name = {t.name: t for t in targets}
+    base, direct = by_name.get(passthrough), by_name.get("direct")
+    if base is None or direct is None or not translated:
+        return []
+
+    def added(t: Target, key: str) -> float | None:
+        v, d = t.results.get(key), direct.results.get(key)
+        return None if v is None or d is None else v - d
+
+    rows = [("c1.p50_ms", "added latency c=1 p50, ms"), ("stream1.ttfb_p50_ms", "added first chunk p50, ms")]
+    names = [passthrough, *(n for n in translated if n in by_name)]
+    head = f"{'translation cost (p50, minus direct)':<38}" + "".join(
+        f"{n + ' (' + (translated.get(n) or 'openai') + ')':>22}" for n in names)
+    out = [head, "-" * len(head)]
+    for key, label in rows:
+        b = added(base, key)
+        cells = []
+        for n in names:
+            v = added(by_name[n], key)
+            ratio = f" {v / b:5.2f}x" if n != passthrough and v is not None and b and b > 0 else ""
+            cells.append(f"{fmt(v, '{:.3f}', plus=True) + ratio:>22}")
+        out.append(f"{label:<38}" + "".join(cells))
+    out.append("")
+    for n in names[1:]:
+        t = by_name[n]
+        a, b = added(t, "c1.p50_ms"), added(base, "c1.p50_ms")
+        if a is not None and b is not None:
+            ok = a <= TRANSLATION_MAX_RATIO * b
+            ratio = f"{a / b:.2f}x" if b > 0 else "-"
+            out.append(f"{'PASS' if ok else 'MISS'}  {n} translated added latency at c=1 <= "
+                       f"{TRANSLATION_MAX_RATIO}x {passthrough}'s: {a:.3f} vs {b:.3f} ms ({ratio})")
+        a, b = added(t, "stream1.ttfb_p50_ms"), added(base, "stream1.ttfb_p50_ms")
+        if a is not None and b is not None:
+            ok = a - b <= FIRST_CHUNK_SLACK_MS
+            out.append(f"{'PASS' if ok else 'MISS'}  {n} stream first chunk within {FIRST_CHUNK_SLACK_MS:g} ms "
+                       f"of {passthrough}'s: {a:.3f} vs {b:.3f} ms ({a - b:+.3f} ms)")
+    return out
 
 
 PROFILED = ("c64", "stream64")  # scenarios --profile samples
@@ -224,6 +283,8 @@ def main() -> None:
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=CONFIG",
                     help="a relaygate config to measure (repeatable); default: "
                     + ", ".join(f"{n}={f}" for n, f in DEFAULT_VARIANTS.items()))
+    ap.add_argument("--passthrough", default="nolog", metavar="NAME",
+                    help="the OpenAI passthrough variant translated variants are held to (default nolog)")
     ap.add_argument("--no-relaygate", action="store_true", help="skip relaygate (measure only the others)")
     ap.add_argument("--with-litellm", metavar="PYTHON", help="python of a venv with litellm[proxy] (auto-detected)")
     ap.add_argument("--no-litellm", action="store_true")
@@ -260,11 +321,15 @@ def main() -> None:
               retries=args.retries, max_foreign_pct=args.max_foreign)
 
     targets = [direct_target(), passthrough_target()]
+    translated: dict[str, str] = {}  # variant -> provider, for the variants that translate bench-model
     if not args.no_relaygate:
         variants = args.variant or [f"{n}={BENCH_DIR / 'variants' / f}" for n, f in DEFAULT_VARIANTS.items()]
         for v in variants:
             name, _, path = v.partition("=")
             targets.append(relaygate_target(name, Path(path), python=args.relaygate_python))
+            provider = bench_provider(Path(path))
+            if provider not in ("openai", ""):
+                translated[name] = provider
     litellm = None if args.no_litellm else find_litellm(args.with_litellm)
     if litellm:
         targets.append(litellm_target(litellm, Path(args.litellm_config)))
@@ -295,6 +360,8 @@ def main() -> None:
     print("Added figures are each target minus direct; ratios are column/column in this run.\n")
     print(table(targets, scenarios))
     print()
+    for line in translation(targets, args.passthrough, translated):
+        print(line)
     for line in checks(targets):
         print(line)
     if args.json:

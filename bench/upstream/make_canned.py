@@ -1,0 +1,70 @@
+"""Writes the fake upstream's canned Anthropic and Gemini answers (run once; the outputs are committed).
+
+The shapes come from the project's emulators (relaygate/testing/anthropic.py, gemini.py), which are
+checked against the official SDKs, so the bench translates what the real APIs send. The text is the
+same 20 pieces in every format, so translated and OpenAI streams carry the same payload.
+
+    PYTHONPATH=. python bench/upstream/make_canned.py
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+
+from relaygate.testing import anthropic as anth
+from relaygate.testing import gemini as gem
+
+HERE = Path(__file__).resolve().parent
+PIECES = ["A", " gateway", " sits", " between", " your", " application", " and", " the", " model", " providers",
+          ",", " giving", " every", " team", " one", " endpoint", ",", " one", " key", " format."]
+TEXT = "".join(PIECES)
+PROMPT_TOKENS = 41
+MODEL_ANTHROPIC = "claude-haiku-4-5"
+MODEL_GEMINI = "gemini-2.5-flash"
+
+
+def anthropic() -> tuple[bytes, list[bytes]]:
+    """The whole Message, and the stream: message_start, content_block_start, a text_delta per piece,
+    content_block_stop, message_delta, message_stop (the emulator's events with our pieces as deltas)."""
+    body = {"model": MODEL_ANTHROPIC, "messages": [{"role": "user", "content": "bench"}]}
+    a = anth.Answer(TEXT, None, "end_turn", None, len(PIECES), [{"type": "text", "text": TEXT}])
+    usage = anth._usage(a, PROMPT_TOKENS, 0, 0)
+    whole = orjson.dumps(anth.message(body, a, usage))
+    emulated = anth.stream_events(body, a, usage)
+    head = [e for e in emulated if e.startswith(b"event: message_start")]
+    tail = [e for e in emulated if not e.startswith((b"event: message_start", b"event: ping",
+                                                     b"event: content_block_start", b"event: content_block_delta"))]
+    start = [e for e in emulated if e.startswith(b"event: content_block_start")]
+    deltas = [anth.sse_event(b"content_block_delta", {"type": "content_block_delta", "index": 0,
+                                                      "delta": {"type": "text_delta", "text": p}}) for p in PIECES]
+    return whole, head + start + deltas + tail
+
+
+def gemini() -> tuple[bytes, list[bytes]]:
+    """The whole GenerateContentResponse, and one chunk per piece (finish reason and full usage on the
+    last), framed as Google frames them (CRLF pairs, no terminator)."""
+    a = gem.Answer([{"text": TEXT}], "STOP", PROMPT_TOKENS, len(PIECES))
+    rid = "benchGeminiResponse0001"
+    whole = {"candidates": [gem._candidate(a, 0, a.parts, a.finish_reason)], "usageMetadata": gem._usage(a, 0),
+             "modelVersion": MODEL_GEMINI, "responseId": rid}
+    chunks = []
+    for i, piece in enumerate(PIECES):
+        last = i == len(PIECES) - 1
+        chunks.append(b"data: " + orjson.dumps({
+            "candidates": [gem._candidate(a, 0, [{"text": piece}], a.finish_reason if last else None)],
+            "usageMetadata": gem._usage(a, 0, final=last), "modelVersion": MODEL_GEMINI, "responseId": rid,
+        }) + b"\r\n\r\n")
+    return orjson.dumps(whole), chunks
+
+
+def main() -> None:
+    for name, (whole, events) in {"anthropic": anthropic(), "gemini": gemini()}.items():
+        (HERE / f"{name}.json").write_bytes(whole + b"\n")
+        (HERE / f"{name}-stream.sse").write_bytes(b"".join(events))
+        print(f"{name}: {len(whole)} B whole, {len(events)} stream events")
+
+
+if __name__ == "__main__":
+    main()

@@ -223,3 +223,17 @@ def test_cli_creates_lists_rotates_and_revokes_keys(openai_emulator, start_gatew
     with pytest.raises(openai.AuthenticationError):
         chat(gw, rotated["key"])
     assert run("list") == []
+
+
+def test_model_and_provider_lists_need_a_key_and_show_only_allowed_models(openai_emulator, start_gateway) -> None:
+    gw = start_gateway(config(openai_emulator))
+    secret = Admin(gw)("POST", "/keys", {"models": ["m"]}).json()["key"]
+    for path in ("/models", "/models/m", "/providers"):
+        assert requests.get(gw.base_url + path, timeout=10).status_code == 401
+    listed = openai.OpenAI(base_url=gw.base_url, api_key=secret, max_retries=0).models.list()
+    assert [m.id for m in listed.data] == ["m"]
+    full = openai.OpenAI(base_url=gw.base_url, api_key=MASTER, max_retries=0).models.list()
+    assert sorted(m.id for m in full.data) == ["m", "other"]
+    headers = {"authorization": f"Bearer {secret}"}
+    assert requests.get(gw.base_url + "/models/other", headers=headers, timeout=10).status_code == 404
+    assert requests.get(gw.base_url + "/providers", headers=headers, timeout=10).status_code == 200

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ModelNotFound
 from ..http import Request, Response, json_response
+from ..limits.auth import caller
 from .messages_format import anthropic_model, anthropic_model_page
 
 if TYPE_CHECKING:
@@ -19,14 +20,17 @@ def model_object(gw: Gateway, name: str) -> dict[str, Any]:
 
 
 async def list_models(gw: Gateway, req: Request) -> Response:
+    key = await caller(gw, req.headers)  # with a master key configured, listing needs a key too
+    names = [n for n in gw.table.names() if key is None or key.allows_model(n)]
     if "anthropic-version" in req.headers:  # an Anthropic client (Claude Code discovers models this way)
-        return json_response(anthropic_model_page(gw.table.names(), gw.started, req.query))
-    return json_response({"object": "list", "data": [model_object(gw, n) for n in gw.table.names()]})
+        return json_response(anthropic_model_page(names, gw.started, req.query))
+    return json_response({"object": "list", "data": [model_object(gw, n) for n in names]})
 
 
 async def get_model(gw: Gateway, req: Request) -> Response:
     name = req.params["rest"]
-    if name not in gw.table.models or name == "*":
+    key = await caller(gw, req.headers)
+    if name not in gw.table.models or name == "*" or (key is not None and not key.allows_model(name)):
         known = ", ".join(gw.table.names()) or "none"
         err = ModelNotFound(f"The model {name!r} does not exist on this gateway. Available models: {known}.",
                             param="model")

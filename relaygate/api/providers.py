@@ -6,6 +6,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..http import Request, Response, json_response
+from ..limits.auth import caller
 from ..routing.router import WILDCARD, takes_calls
 
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ def providers_body(gw: Gateway) -> dict[str, Any]:
 
 
 async def list_providers(gw: Gateway, req: Request) -> Response:
+    await caller(gw, req.headers)  # with a master key configured, this needs a key too
     return json_response(providers_body(gw))
 
 

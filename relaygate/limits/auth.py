@@ -12,6 +12,7 @@ import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from ..call import Call, Handler, Reply
 from ..errors import AuthError, PermissionDenied, Unavailable
@@ -128,3 +129,12 @@ class AuthLayer:
             raise PermissionDenied(f"This key may not use the model {call.model!r}.", param="model",
                                    code="model_not_allowed")
         return await self.next(call)
+
+
+async def caller(gw: Any, headers: dict[str, str]) -> Principal | None:
+    """The authenticated caller of a route outside the pipeline (model and provider lists); None when the
+    gateway is open (no master key)."""
+    auth: Authenticator | None = gw.accounting.auth
+    if auth is None:
+        return None
+    return await auth.authenticate(presented_key(headers))

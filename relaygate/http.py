@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -21,8 +22,17 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 
-def new_request_id() -> str:
-    return "req_" + os.urandom(12).hex()
+class RequestIds:
+    """Request ids ``req_<24 hex>``: a random per-process prefix and a counter (no syscall per request)."""
+
+    __slots__ = ("_prefix", "_counter")
+
+    def __init__(self) -> None:
+        self._prefix = "req_" + os.urandom(6).hex()
+        self._counter = itertools.count(int.from_bytes(os.urandom(4), "big"))
+
+    def new(self) -> str:
+        return f"{self._prefix}{next(self._counter) & 0xFFFFFFFFFFFF:012x}"
 
 
 class Request:
@@ -30,12 +40,12 @@ class Request:
 
     __slots__ = ("scope", "receive", "headers", "id", "params", "_body", "body_consumed")
 
-    def __init__(self, scope: Scope, receive: Receive) -> None:
+    def __init__(self, scope: Scope, receive: Receive, ids: RequestIds) -> None:
         self.scope = scope
         self.receive = receive
         self.headers: dict[str, str] = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         rid = self.headers.get("x-request-id")
-        self.id = rid if rid and len(rid) <= 200 and rid.isprintable() else new_request_id()
+        self.id = rid if rid and len(rid) <= 200 and rid.isprintable() else ids.new()
         self.params: dict[str, str] = {}
         self._body: bytes | None = None
         self.body_consumed = False

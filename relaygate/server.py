@@ -11,7 +11,17 @@ from typing import Any
 from .config import Config
 from .errors import GatewayError, MethodNotAllowed, NotFound
 from .gateway import Gateway
-from .http import ClientGone, Receive, Request, Response, Scope, Send, StreamResponse, error_response
+from .http import (
+    ClientGone,
+    Receive,
+    Request,
+    RequestIds,
+    Response,
+    Scope,
+    Send,
+    StreamResponse,
+    error_response,
+)
 
 log = logging.getLogger("relaygate")
 
@@ -76,6 +86,7 @@ class App:
     def __init__(self, config: Config, routes: RouteTable | None = None, freeze_gc: bool = False) -> None:
         self.config = config
         self.routes = routes or default_routes()
+        self.ids = RequestIds()
         self.gateway: Gateway | None = None
         # a server process (not a test process) moves what is alive after start-up out of the collector's
         # way: modules, config, pools never become garbage, and scanning them cost ~15-25 µs per request
@@ -88,7 +99,7 @@ class App:
             await self.lifespan(receive, send)
 
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        req = Request(scope, receive)
+        req = Request(scope, receive, self.ids)
         gw = self.gateway
         try:
             if gw is None:

@@ -99,3 +99,27 @@ def test_a_version_1_database_is_upgraded_in_place(database: Database) -> None:
     assert database.migrate() == STEPS[-1][0]
     indexes = {i["name"] for i in inspect(database.engine).get_indexes("request_log")}
     assert "ix_request_log_request_id" not in indexes and "ix_request_log_key_ts" in indexes
+
+
+def test_bulk_insert_fills_missing_columns_with_defaults_and_skips_known_uids(database: Database) -> None:
+    from relaygate.store.db import BulkInsert
+
+    database.migrate()
+    full = {"uid": "a" * 32, "request_id": "r1", "ts": 1.0, "day": "1970-01-01", "key_id": "k", "team_id": None,
+            "user_id": None, "model": "m", "deployment": "d", "provider": "openai", "route": "chat",
+            "stream": True, "status": 200, "error": None, "error_message": None, "latency_ms": 1.5,
+            "ttft_ms": None, "prompt_tokens": 3, "completion_tokens": 4, "cached_tokens": 0, "cost_nano": 7,
+            "cache_hit": True, "attempts": 2, "client_ip": None, "request_body": None, "response_body": None}
+    # an older spool line: only the columns that were always there
+    short = {"uid": "b" * 32, "request_id": "r2", "ts": 2.0, "day": "1970-01-01", "route": "chat", "status": 500,
+             "latency_ms": 2.5}
+    bulk = BulkInsert(tables.request_log)
+    with database.engine.begin() as conn:
+        bulk(conn, [full, short])
+    with database.engine.begin() as conn:
+        bulk(conn, [full])  # a replay after an uncertain commit: no duplicate
+    rl = tables.request_log.c
+    with database.engine.connect() as conn:
+        got = conn.execute(select(rl.uid, rl.stream, rl.cost_nano, rl.cache_hit, rl.attempts, rl.model)
+                           .order_by(rl.uid)).all()
+    assert [tuple(r) for r in got] == [("a" * 32, True, 7, True, 2, "m"), ("b" * 32, False, 0, False, 0, None)]

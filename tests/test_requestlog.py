@@ -212,13 +212,13 @@ def test_rows_spool_while_postgres_is_unreachable_and_arrive_after(pg_url, tmp_p
 def test_a_body_that_is_not_json_still_gets_its_row(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from relaygate.call import Call, Reply, Usage
     from relaygate.config import RequestLogConfig
-    from relaygate.telemetry.audit import AuditLayer
+    from relaygate.telemetry.audit import COLUMNS, AuditLayer
 
     submitted: list[dict[str, Any]] = []
 
     class Sink:
-        def submit(self, row: dict[str, Any]) -> None:
-            submitted.append(row)
+        def submit(self, row: tuple[Any, ...]) -> None:
+            submitted.append(dict(zip(COLUMNS, row, strict=True)))
 
     layer = AuditLayer(None, Sink(), RequestLogConfig(bodies=True), lambda c, r: 0)  # type: ignore[arg-type]
     call = Call(id="client-chosen id for jane@example.com", route="transcriptions", model="whisper-1",
@@ -227,3 +227,34 @@ def test_a_body_that_is_not_json_still_gets_its_row(tmp_path) -> None:  # type: 
     [row] = submitted
     assert "<10 bytes>" in row["request_body"] and "<object>" in row["request_body"]
     assert row["request_id"] == "client-chosen id for " + MASK and row["prompt_tokens"] is None
+
+
+def test_a_row_holds_each_value_under_its_column() -> None:
+    """The audit layer builds rows as tuples in the table's column order: every value lands in its column."""
+    from types import SimpleNamespace
+
+    from relaygate.call import Call, Reply, Usage
+    from relaygate.config import RequestLogConfig
+    from relaygate.limits.keys import Principal
+    from relaygate.telemetry.audit import COLUMNS, AuditLayer
+
+    rows: list[tuple[Any, ...]] = []
+    sink = SimpleNamespace(submit=rows.append)
+    layer = AuditLayer(None, sink, RequestLogConfig(), lambda c, r: 4321)  # type: ignore[arg-type]
+    call = Call(id="req_0123456789abcdef01234567", route="chat", model="gpt-x", body={}, stream=True,
+                client_ip="10.1.2.3", key=Principal(id="k1", team_id="t1", user_id="u1"), attempts=2)
+    call.deployment = SimpleNamespace(name="gpt-x/0", provider_type="openai")  # type: ignore[assignment]
+    call.meta["cache_hit"] = True
+    reply = Reply(status=200, usage=Usage(prompt_tokens=11, completion_tokens=7, cached_tokens=3),
+                  first_byte_at=call.started + 0.25)
+    layer.record(call, reply, None)
+    [values] = rows
+    assert len(values) == len(COLUMNS) == len(tables.request_log.c)
+    row = dict(zip(COLUMNS, values, strict=True))
+    assert len(row.pop("uid")) == 32 and row.pop("ts") > 0 and row.pop("latency_ms") >= 0
+    assert row.pop("day") == time.strftime("%Y-%m-%d", time.gmtime())
+    assert row == {"request_id": call.id, "key_id": "k1", "team_id": "t1", "user_id": "u1", "model": "gpt-x",
+                   "deployment": "gpt-x/0", "provider": "openai", "route": "chat", "stream": 1, "status": 200,
+                   "error": None, "error_message": None, "ttft_ms": 250.0, "prompt_tokens": 11,
+                   "completion_tokens": 7, "cached_tokens": 3, "cost_nano": 4321, "cache_hit": 1, "attempts": 2,
+                   "client_ip": "10.1.2.3", "request_body": None, "response_body": None}

@@ -47,14 +47,31 @@ class Authenticator:
     def is_master(self, secret: str | None) -> bool:
         return secret is not None and hmac.compare_digest(hash_secret(secret), self._master_hash)
 
-    async def authenticate(self, secret: str | None) -> Principal:
+    def quick(self, secret: str | None) -> Principal | None:
+        """The caller when the answer is known without a lookup (the master key, a cached key); None when the
+        key store must be asked (``authenticate``). Raises AuthError for a missing or refused key."""
         if not secret:
             raise AuthError("Missing API key: send it as 'Authorization: Bearer <key>', 'x-api-key' or 'api-key'.",
                             code="missing_api_key")
         digest = hash_secret(secret)
         if hmac.compare_digest(digest, self._master_hash):
             return MASTER
-        principal = await self._cached(digest)
+        hit = self._cache.get(digest)
+        if hit is None or hit[1] <= time.monotonic():
+            return None
+        return self._verify(digest, hit[0])
+
+    async def authenticate(self, secret: str | None) -> Principal:
+        principal = self.quick(secret)
+        if principal is not None:
+            return principal
+        assert secret is not None
+        digest = hash_secret(secret)
+        return self._verify(digest, await self._cached(digest))
+
+    def _verify(self, digest: str, principal: Principal | None) -> Principal:
+        """The key's principal if ``digest`` is its current secret (or its previous one, within the rotation
+        grace) and it has not expired."""
         if principal is None:
             raise AuthError("Invalid API key.")
         now = time.time()
@@ -123,7 +140,10 @@ class AuthLayer:
         self.auth = auth
 
     async def __call__(self, call: Call) -> Reply:
-        principal = await self.auth.authenticate(presented_key(call.headers))
+        secret = presented_key(call.headers)
+        principal = self.auth.quick(secret)  # a cached key: no await
+        if principal is None:
+            principal = await self.auth.authenticate(secret)
         call.key = principal
         if principal.restricts_models and not principal.allows_model(call.model):
             raise PermissionDenied(f"This key may not use the model {call.model!r}.", param="model",

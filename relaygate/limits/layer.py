@@ -29,7 +29,10 @@ class LimitLayer:
             return await self.next(call)
         tokens, cost = self.estimate(call, key.wants_tokens, key.wants_cost)
         limiter = self.limiter()
-        grant = await limiter.acquire(scopes, tokens, cost)
+        memory = type(limiter) is MemoryLimiter
+        grant = limiter.try_acquire(scopes, tokens, cost) if memory else None  # in-process: no await at all
+        if grant is None:
+            grant = await limiter.acquire(scopes, tokens, cost)
         if grant is None:  # the shared store is down; the call goes through unlimited
             return await self.next(call)
         try:
@@ -41,8 +44,12 @@ class LimitLayer:
             reply.headers.update(grant.headers)
 
         def done(r: Reply, error: BaseException | None) -> None:
-            used = r.usage.total_tokens if r.usage is not None and r.usage.known else 0
-            self._settle(limiter, grant, used, self.cost(call, r))
+            usage = r.usage
+            used = usage.prompt_tokens + usage.completion_tokens if usage is not None and usage.known else 0
+            if memory:
+                limiter.settle_now(grant, used, self.cost(call, r))
+            else:
+                self._settle(limiter, grant, used, self.cost(call, r))
 
         reply.on_done(done)
         return reply

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from ..errors import BudgetExceeded, RateLimited
-from .keys import NANO, Scope
+from .keys import NANO, Limits, Scope
 from .periods import PeriodClock, period
 
 log = logging.getLogger("relaygate")
@@ -76,17 +76,24 @@ def success_headers(scopes: tuple[Scope, ...], counts: dict[str, tuple[int, int]
         if lim.rpm is None and lim.tpm is None:
             continue
         reqs, toks = counts.get(s.name, (0, 0))
-        h: dict[str, str] = {}
-        reset = _reset(60 - now % 60)
-        if lim.rpm is not None:
-            h.update({"x-ratelimit-limit-requests": str(lim.rpm),
-                      "x-ratelimit-remaining-requests": str(max(0, lim.rpm - reqs)),
-                      "x-ratelimit-reset-requests": reset})
-        if lim.tpm is not None:
-            h.update({"x-ratelimit-limit-tokens": str(lim.tpm),
-                      "x-ratelimit-remaining-tokens": str(max(0, lim.tpm - toks)), "x-ratelimit-reset-tokens": reset})
-        return h
+        return rate_headers(lim, reqs, toks, now)
     return {}
+
+
+def rate_headers(lim: Limits, reqs: int, toks: int, now: float) -> dict[str, str]:
+    """OpenAI's six x-ratelimit-* headers (those of the limits that are set) after ``reqs`` requests and
+    ``toks`` tokens this minute."""
+    reset = f"{60 - now % 60:.0f}s"
+    h: dict[str, str] = {}
+    if lim.rpm is not None:
+        h["x-ratelimit-limit-requests"] = str(lim.rpm)
+        h["x-ratelimit-remaining-requests"] = str(lim.rpm - reqs) if reqs < lim.rpm else "0"
+        h["x-ratelimit-reset-requests"] = reset
+    if lim.tpm is not None:
+        h["x-ratelimit-limit-tokens"] = str(lim.tpm)
+        h["x-ratelimit-remaining-tokens"] = str(lim.tpm - toks) if toks < lim.tpm else "0"
+        h["x-ratelimit-reset-tokens"] = reset
+    return h
 
 
 @dataclass(slots=True)
@@ -138,44 +145,57 @@ class MemoryLimiter:
             self._loading.pop(key, None)
 
     async def acquire(self, scopes: tuple[Scope, ...], tokens: int, cost: int) -> Grant:
-        now = time.time()
-        pids: list[str] = []
-        for s in scopes:
-            if s.limits.budget_nano is not None:
-                pid, start, _ = self._period(s.limits.budget_period, now)
-                await self._ensure_spent(s, pid, start)
-                pids.append(pid)
-            else:
-                pids.append("")
-        # from here to the end no await: check and update are one atomic step for this event loop
+        grant = self.try_acquire(scopes, tokens, cost)
+        while grant is None:  # a budget's spend in this period is not known yet: read it from the log
+            now = time.time()
+            for s in scopes:
+                if s.limits.budget_nano is not None:
+                    pid, start, _ = self._period(s.limits.budget_period, now)
+                    await self._ensure_spent(s, pid, start)
+            grant = self.try_acquire(scopes, tokens, cost)
+        return grant
+
+    def try_acquire(self, scopes: tuple[Scope, ...], tokens: int, cost: int) -> Grant | None:
+        """Check every limit of every scope and, only if all pass, take the call's share: one step, no await.
+        None when a budget's spend for the current period must be loaded first (``acquire`` does that)."""
         now = time.time()
         minute = int(now // 60)
-        for s, pid in zip(scopes, pids, strict=True):
+        state = self._state
+        pids: list[str] = []
+        states: list[_ScopeState] = []
+        for s in scopes:
             lim = s.limits
-            st = self._st(s.name)
+            st = state.get(s.name)
+            if st is None:
+                st = self._st(s.name)
             if st.minute != minute:
                 st.minute, st.requests, st.tokens = minute, 0, 0
-            if lim.rpm is not None and st.requests + 1 > lim.rpm:
+            if lim.rpm is not None and st.requests >= lim.rpm:
                 raise denial(s, "requests", st.requests, now)
             if lim.tpm is not None and (st.tokens >= lim.tpm or (st.tokens > 0 and st.tokens + tokens > lim.tpm)):
                 raise denial(s, "tokens", st.tokens, now)
-            if lim.max_parallel is not None and st.parallel + 1 > lim.max_parallel:
+            if lim.max_parallel is not None and st.parallel >= lim.max_parallel:
                 raise denial(s, "parallel", st.parallel, now)
+            pid = ""
             if lim.budget_nano is not None:
-                committed = st.spent.get(pid, 0) + st.reserved
+                pid = self._period(lim.budget_period, now)[0]
+                spent = st.spent.get(pid)
+                if spent is None:
+                    return None
+                committed = spent + st.reserved
                 if committed + cost > lim.budget_nano:
                     raise denial(s, "budget", committed, now)
-        counts: dict[str, tuple[int, int]] = {}
-        for s in scopes:
-            st = self._st(s.name)
+            pids.append(pid)
+            states.append(st)
+        headers: dict[str, str] | None = None
+        for s, st in zip(scopes, states, strict=True):
             st.requests += 1
             st.tokens += tokens
             st.parallel += 1
             st.reserved += cost
-            counts[s.name] = (st.requests, st.tokens)
-        grant = Grant(scopes, minute, tuple(pids), tokens, cost)
-        grant.headers = success_headers(scopes, counts, now)
-        return grant
+            if headers is None and (s.limits.rpm is not None or s.limits.tpm is not None):
+                headers = rate_headers(s.limits, st.requests, st.tokens, now)
+        return Grant(scopes, minute, tuple(pids), tokens, cost, headers or {})
 
     async def settle(self, grant: Grant, tokens: int, cost: int) -> None:
         self.settle_now(grant, tokens, cost)

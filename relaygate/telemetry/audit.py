@@ -6,7 +6,6 @@ import asyncio
 import itertools
 import logging
 import os
-import re
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -17,6 +16,7 @@ from ..call import Call, Handler, Reply
 from ..config import RequestLogConfig
 from ..errors import GatewayError
 from ..http import ClientGone
+from ..store import tables
 from .redact import Redactor
 from .requestlog import RequestLogWriter
 
@@ -25,7 +25,8 @@ log = logging.getLogger("relaygate.requestlog")
 CLIENT_CLOSED = 499  # nginx's status for "the client went away before the answer was complete"
 
 
-_GENERATED_ID = re.compile(r"req_[0-9a-f]{24}")
+# The order of the values in a row: the request log table's columns.
+COLUMNS: tuple[str, ...] = tuple(str(c.name) for c in tables.request_log.c)
 
 
 def _unserializable(value: Any) -> str:
@@ -105,46 +106,58 @@ class AuditLayer:
         return text
 
     def row(self, call: Call, reply: Reply | None, error: BaseException | None,
-            bodies: bool = True) -> dict[str, Any]:
+            bodies: bool = True) -> tuple[Any, ...]:
+        """The call's row, its values in the order of ``COLUMNS`` (a tuple: the writer binds it as it is)."""
         now = time.time()
         mono = time.monotonic()
         status, kind, message = error_fields(error)
+        if status is None:
+            status = reply.status if reply is not None else 200
         usage = reply.usage if reply is not None else None
+        if usage is not None and not usage.known:
+            usage = None
         key = call.key
         dep = call.deployment
         first = reply.first_byte_at if reply is not None else None
-        row: dict[str, Any] = {
-            "uid": f"{self._uid_prefix}{next(self._uid_next):016x}",
-            "request_id": call.id if _GENERATED_ID.fullmatch(call.id) else self.redact(call.id[:200]),
-            "ts": now,
-            "day": self.day(now),
-            "key_id": getattr(key, "id", None),
-            "team_id": getattr(key, "team_id", None),
-            "user_id": getattr(key, "user_id", None),
-            "model": call.model,
-            "deployment": dep.name if dep is not None else None,
-            "provider": dep.provider_type if dep is not None else None,
-            "route": call.route,
-            "stream": call.stream,
-            "status": status if status is not None else (reply.status if reply is not None else 200),
-            "error": kind,
-            "error_message": self.redact(message[:2000]) if message else None,
-            "latency_ms": round((mono - call.started) * 1000, 3),
-            "ttft_ms": round((first - call.started) * 1000, 3) if first is not None else None,
-            "prompt_tokens": usage.prompt_tokens if usage is not None and usage.known else None,
-            "completion_tokens": usage.completion_tokens if usage is not None and usage.known else None,
-            "cached_tokens": usage.cached_tokens if usage is not None and usage.known else None,
-            "cost_nano": self.cost(call, reply),
-            "cache_hit": bool(call.meta.get("cache_hit")),
-            "attempts": call.attempts,
-            "client_ip": call.client_ip or None,
-            "request_body": None,
-            "response_body": None,
-        }
-        if self.config.bodies and bodies:
+        started = call.started
+        # an id the client chose (x-request-id) may carry anything: it is redacted like the other free text;
+        # ours (``req_`` and 24 hex digits, from http.RequestIds) are left alone
+        rid = call.id
+        if len(rid) != 28 or "x-request-id" in call.headers or not rid.startswith("req_"):
+            rid = self.redact(rid[:200])
+        request_body = response_body = None
+        if bodies and self.config.bodies:
             limit = self.config.max_body_chars
-            row["request_body"] = self.redact(orjson.dumps(call.body, default=_unserializable).decode()[:limit])
+            request_body = self.redact(orjson.dumps(call.body, default=_unserializable).decode()[:limit])
             body = reply.body if reply is not None and reply.body is not None else call.meta.get("streamed_body")
             if body:
-                row["response_body"] = self.redact(body[:limit].decode("utf-8", "replace"))
-        return row
+                response_body = self.redact(body[:limit].decode("utf-8", "replace"))
+        day = self._day
+        return (
+            f"{self._uid_prefix}{next(self._uid_next):016x}",  # uid
+            rid,  # request_id
+            now,  # ts
+            day[2] if day[0] <= now < day[1] else self.day(now),  # day
+            None if key is None else key.id,  # key_id
+            None if key is None else key.team_id,  # team_id
+            None if key is None else key.user_id,  # user_id
+            call.model,  # model
+            None if dep is None else dep.name,  # deployment
+            None if dep is None else dep.provider_type,  # provider
+            call.route,  # route
+            1 if call.stream else 0,  # stream (an int: drivers bind it without an adapter lookup)
+            status,  # status
+            kind,  # error
+            self.redact(message[:2000]) if message else None,  # error_message
+            round((mono - started) * 1000, 3),  # latency_ms
+            None if first is None else round((first - started) * 1000, 3),  # ttft_ms
+            None if usage is None else usage.prompt_tokens,  # prompt_tokens
+            None if usage is None else usage.completion_tokens,  # completion_tokens
+            None if usage is None else usage.cached_tokens,  # cached_tokens
+            self.cost(call, reply),  # cost_nano
+            1 if call.meta.get("cache_hit") else 0,  # cache_hit
+            call.attempts,  # attempts
+            call.client_ip or None,  # client_ip
+            request_body,  # request_body
+            response_body,  # response_body
+        )

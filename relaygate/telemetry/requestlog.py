@@ -27,7 +27,7 @@ from ..store.db import BulkInsert
 
 log = logging.getLogger("relaygate.requestlog")
 
-Row = dict[str, Any]
+Row = tuple[Any, ...] | dict[str, Any]  # values in column order, or by column name (spool lines)
 
 
 class Spool:
@@ -46,7 +46,7 @@ class Spool:
     def _new_path(self) -> str:
         return os.path.join(self.directory, f"relaygate-spool-{os.getpid()}-{os.urandom(6).hex()}.jsonl")
 
-    def append(self, rows: list[Row]) -> None:
+    def append(self, rows: list[dict[str, Any]]) -> None:
         data = b"".join(orjson.dumps(r) + b"\n" for r in rows)
         with self.lock:
             if self._fd is None:
@@ -165,7 +165,7 @@ class RequestLogWriter:
         self.submitted += 1
         q = self.queue
         if len(q) >= self.queue_size:
-            self.spool.append([row])
+            self.spool.append([self._bulk.as_dict(row)])
             self.spooled += 1
             self.handled += 1
             return
@@ -215,13 +215,13 @@ class RequestLogWriter:
                     self._insert(chunk)
                 except Exception as e:
                     self._failed(e)
-                    self.spool.append(batch[i:])
+                    self.spool.append([self._bulk.as_dict(r) for r in batch[i:]])
                     self.spooled += len(batch) - i
                     return
                 self.written += len(chunk)
             self._recovered()
             return
-        self.spool.append(batch)
+        self.spool.append([self._bulk.as_dict(r) for r in batch])
         self.spooled += len(batch)
 
     def _replay(self) -> None:

@@ -35,6 +35,7 @@ class Ctx:
     verbose: bool = False
     py_spy: str = "py-spy"
     profile_targets: set[str] = field(default_factory=set)  # --profile
+    profile_rate: int = 100  # --profile-rate: py-spy samples per second
     procs: list[Proc] = field(default_factory=list)  # everything the bench started and still runs
     max_foreign_pct: float = 15.0
     retries: int = 1
@@ -287,7 +288,7 @@ def run_load(ctx: Ctx, url: str, load: Load, seconds: float) -> dict[str, float]
     prof = None
     if ctx.profile_to is not None and ctx.current is not None:
         # Sample the gateway during this load; --nonblocking so the profiler does not slow it.
-        prof = subprocess.Popen(ctx.cpus(0) + [ctx.py_spy, "record", "--nonblocking", "-r", "100", "-f", "raw",
+        prof = subprocess.Popen(ctx.cpus(0) + [ctx.py_spy, "record", "--nonblocking", "-r", str(ctx.profile_rate), "-f", "raw",
                                 "-p", str(ctx.current.popen.pid), "-d", str(secs), "-o", str(ctx.profile_to)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     before, ours_before = cpu_times(), ctx.our_ticks()

@@ -303,6 +303,8 @@ def main() -> None:
     ap.add_argument("--profile", metavar="TARGETS", default="",
                     help="comma list of targets to sample with py-spy during " + ", ".join(PROFILED) +
                     " (implies --keep; summaries in the run directory)")
+    ap.add_argument("--profile-rate", type=int, default=100, metavar="HZ",
+                    help="py-spy samples per second (more sees short calls; it costs the target CPU)")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args()
 
@@ -335,6 +337,7 @@ def main() -> None:
         targets.append(litellm_target(litellm, Path(args.litellm_config)))
     if args.profile:
         ctx.profile_targets = set(args.profile.split(","))
+        ctx.profile_rate = args.profile_rate
         ctx.py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
         args.keep = True
     ctx.log(f"run dir {run_dir}; pinned={pin}; load={'wrk + loadgen.py' if use_wrk else 'loadgen.py'}; "

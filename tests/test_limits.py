@@ -249,3 +249,41 @@ def test_limits_fail_open_at_once_when_redis_is_unreachable(openai_emulator, sta
     started = time.monotonic()
     assert [s for s, _ in burst(gw, key["key"], 3)] == [200, 200, 200]
     assert time.monotonic() - started < 5
+
+
+def test_redis_limits_survive_redis_forgetting_the_script() -> None:
+    """The acquire command is sent pre-encoded by EVALSHA; after SCRIPT FLUSH (a Redis restart) the limiter
+    loads the script again and keeps counting in the same keys."""
+    from relaygate.limits.keys import Limits, Scope
+    from relaygate.limits.redis_limits import RedisLimiter
+
+    try:
+        r = redis_lib.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+        r.ping()
+    except redis_lib.RedisError:
+        require_service("redis")
+    scope = Scope(name=f"key:flush-{os.urandom(4).hex()}", limits=Limits(rpm=3, tpm=1000))
+    if 60 - time.time() % 60 < 3:  # rpm windows are UTC minutes: do not straddle one
+        time.sleep(3.5)
+
+    async def main() -> list[Any]:
+        async def no_spend(name: str, start: float) -> int:
+            return 0
+
+        lim = RedisLimiter(REDIS_URL, no_spend, slot_ttl=60)
+        try:
+            first = await lim.acquire((scope,), 10, 0)
+            r.script_flush()
+            second = await lim.acquire((scope,), 10, 0)
+            third = await lim.acquire((scope,), 10, 0)
+            with pytest.raises(Exception) as refused:
+                await lim.acquire((scope,), 10, 0)
+            return [first, second, third, refused.value]
+        finally:
+            await lim.close()
+
+    first, second, third, refused = asyncio.run(main())
+    assert first.headers["x-ratelimit-remaining-requests"] == "2"
+    assert second.headers["x-ratelimit-remaining-requests"] == "1"
+    assert third.headers["x-ratelimit-remaining-requests"] == "0" and third.headers["x-ratelimit-remaining-tokens"] == "970"
+    assert getattr(refused, "status", None) == 429

@@ -69,17 +69,6 @@ def denial(scope: Scope, what: str, used: int, now: float) -> Exception:
                        retry_after=to_minute)
 
 
-def success_headers(scopes: tuple[Scope, ...], counts: dict[str, tuple[int, int]], now: float) -> dict[str, str]:
-    """x-ratelimit-* of the first scope that has rate limits (``counts``: scope -> (requests, tokens) used)."""
-    for s in scopes:
-        lim = s.limits
-        if lim.rpm is None and lim.tpm is None:
-            continue
-        reqs, toks = counts.get(s.name, (0, 0))
-        return rate_headers(lim, reqs, toks, now)
-    return {}
-
-
 def rate_headers(lim: Limits, reqs: int, toks: int, now: float) -> dict[str, str]:
     """OpenAI's six x-ratelimit-* headers (those of the limits that are set) after ``reqs`` requests and
     ``toks`` tokens this minute."""

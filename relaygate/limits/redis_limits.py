@@ -9,20 +9,22 @@ from typing import Any
 
 from .keys import Scope
 from .periods import PeriodClock, period
-from .ratelimit import Grant, SpentLoader, denial, success_headers
-from .resp import RespClient, Script
+from .ratelimit import Grant, SpentLoader, denial, rate_headers
+from .resp import RespClient, RespError, Script, encode_prefix
 
 log = logging.getLogger("relaygate")
 
 SLOTS = 5  # keys per scope: requests, tokens (this minute), parallel, spent, reserved (this budget period)
 
-# KEYS: SLOTS per scope. ARGV: n, tokens, cost, slot ttl, then per scope: rpm, tpm, parallel, budget (-1: none).
+# KEYS: SLOTS per scope. ARGV: n, slot ttl, per scope: rpm, tpm, parallel, budget (-1: none), then tokens, cost
+# (last, so that a scope set's command is a cached prefix plus the two numbers that change per call).
 # Returns {1, requests, tokens, ...per scope} when granted, {0, scope index, what, used} when refused,
 # {-1, scope index} when a scope's spend for this period is not in Redis yet (the caller loads it and retries).
 ACQUIRE = """
-local n, tokens, cost, ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local n, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
+local tokens, cost = tonumber(ARGV[3 + n * 4]), tonumber(ARGV[4 + n * 4])
 for i = 1, n do
-  local k, a = (i - 1) * 5, 4 + (i - 1) * 4
+  local k, a = (i - 1) * 5, 2 + (i - 1) * 4
   local rpm, tpm, par, budget = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
   if rpm >= 0 then
     local c = tonumber(redis.call('GET', KEYS[k + 1]) or '0')
@@ -102,38 +104,70 @@ class RedisLimiter:
         self._settled: asyncio.Future[Any] | None = None
         self._keys_minute = -1
         self._key_names: dict[tuple[str, str], list[str]] = {}  # this minute's Redis keys per scope
+        self._commands: dict[tuple[Scope, ...], tuple[bytes, list[str], tuple[str, ...], int]] = {}
 
-    async def acquire(self, scopes: tuple[Scope, ...], tokens: int, cost: int) -> Grant | None:
-        now = time.time()
+    def _command(self, scopes: tuple[Scope, ...], now: float) -> tuple[bytes, list[str], tuple[str, ...], int]:
+        """(the encoded EVALSHA command but for its last two arguments, its keys, the budget periods, the
+        minute) for a scope set, built once per scope set and minute."""
         minute = int(now // 60)
+        if minute != self._keys_minute:
+            self._keys_minute, self._key_names, self._commands = minute, {}, {}
+        hit = self._commands.get(scopes)
+        if hit is not None:
+            return hit
         pids = tuple(self._period(s.limits.budget_period, now)[0] if s.limits.budget_nano is not None else ""
                      for s in scopes)
         keys: list[str] = []
-        args: list[int] = [len(scopes), tokens, cost, self.slot_ttl]
-        if minute != self._keys_minute:
-            self._keys_minute, self._key_names = minute, {}
-        names = self._key_names
+        args: list[int] = [len(scopes), self.slot_ttl]
         for s, pid in zip(scopes, pids, strict=True):
-            ks = names.get((s.name, pid))
+            ks = self._key_names.get((s.name, pid))
             if ks is None:
-                ks = names[(s.name, pid)] = _keys(s, minute, pid)
+                ks = self._key_names[(s.name, pid)] = _keys(s, minute, pid)
             keys += ks
             lim = s.limits
             args += [_limit(lim.rpm), _limit(lim.tpm), _limit(lim.max_parallel), _limit(lim.budget_nano)]
+        words = ["EVALSHA", self._acquire.sha, str(len(keys)), *keys, *map(str, args)]
+        prefix = encode_prefix(words, len(words) + 2)
+        hit = (prefix, keys, pids, minute)
+        if len(self._commands) < 10_000:
+            self._commands[scopes] = hit
+        return hit
+
+    async def acquire(self, scopes: tuple[Scope, ...], tokens: int, cost: int) -> Grant | None:
+        now = time.time()
         if self._down_until > time.monotonic():  # Redis just failed: do not make every call wait for it
             return None
+        prefix, keys, pids, minute = self._command(scopes, now)
         for _ in range(3):
             try:
-                res = await self._acquire(keys=keys, args=args)
+                proto = self.redis.connected()
+                if proto is not None:  # the usual case: one write of a mostly cached command, one reply
+                    t, c = str(tokens), str(cost)
+                    res = await self.redis.send_raw(
+                        proto, b"%s$%d\r\n%s\r\n$%d\r\n%s\r\n" % (prefix, len(t), t.encode(), len(c), c.encode()))
+                else:
+                    res = await self._acquire(keys=keys, args=self._args(scopes, tokens, cost))
+            except RespError as e:
+                if not str(e).startswith("NOSCRIPT"):
+                    self._warn(e)
+                    self._down_until = time.monotonic() + 1.0
+                    return None
+                try:  # Redis restarted and forgot the script: EVAL loads it again
+                    res = await self._acquire(keys=keys, args=self._args(scopes, tokens, cost))
+                except Exception as e2:
+                    self._warn(e2)
+                    self._down_until = time.monotonic() + 1.0
+                    return None
             except Exception as e:  # Redis down: let the call through rather than fail it
                 self._warn(e)
                 self._down_until = time.monotonic() + 1.0
                 return None
             if res[0] == 1:
-                counts = {s.name: (int(res[1 + 2 * i]), int(res[2 + 2 * i])) for i, s in enumerate(scopes)}
-                grant = Grant(scopes, minute, pids, tokens, cost)
-                grant.headers = success_headers(scopes, counts, now)
-                return grant
+                for i, s in enumerate(scopes):  # x-ratelimit-* of the first scope with rate limits
+                    if s.limits.rpm is not None or s.limits.tpm is not None:
+                        return Grant(scopes, minute, pids, tokens, cost,
+                                     rate_headers(s.limits, int(res[1 + 2 * i]), int(res[2 + 2 * i]), now))
+                return Grant(scopes, minute, pids, tokens, cost)
             if res[0] == 0:
                 s = scopes[int(res[1]) - 1]
                 what = res[2].decode() if isinstance(res[2], bytes) else str(res[2])
@@ -150,6 +184,13 @@ class RedisLimiter:
                 self._warn(e)
                 return None
         raise RuntimeError("budget state could not be initialised in Redis")
+
+    def _args(self, scopes: tuple[Scope, ...], tokens: int, cost: int) -> list[int]:
+        args: list[int] = [len(scopes), self.slot_ttl]
+        for s in scopes:
+            lim = s.limits
+            args += [_limit(lim.rpm), _limit(lim.tpm), _limit(lim.max_parallel), _limit(lim.budget_nano)]
+        return args + [tokens, cost]
 
     def _settle_args(self, batch: list[tuple[Grant, int, int]]) -> tuple[list[str], list[int]]:
         keys: list[str] = []

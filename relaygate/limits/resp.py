@@ -30,6 +30,12 @@ def encode(args: tuple[Any, ...]) -> bytes:
     return b"".join(out)
 
 
+def encode_prefix(words: list[str], total: int) -> bytes:
+    """The start of a command of ``total`` arguments: the array header and the bulk strings of ``words``
+    (ASCII); the caller appends the remaining ``total - len(words)`` arguments."""
+    return "".join([f"*{total}\r\n", *(f"${len(w)}\r\n{w}\r\n" for w in words)]).encode()
+
+
 def parse(buf: bytearray, pos: int = 0) -> tuple[Any, int] | None:
     """One RESP2 value from ``buf`` at ``pos``: (value, end) or None when incomplete."""
     end = buf.find(b"\r\n", pos)
@@ -155,7 +161,12 @@ class RespClient:
         return proto if proto is not None and not proto.lost else None
 
     def send(self, proto: _Protocol, *args: Any) -> asyncio.Future[Any]:
-        """Write one command now; the future resolves with its reply."""
+        """Write one command in this loop iteration (one socket write for all of them); the future resolves
+        with its reply."""
+        return self.send_raw(proto, encode(args))
+
+    def send_raw(self, proto: _Protocol, command: bytes) -> asyncio.Future[Any]:
+        """Like ``send`` for a command already encoded."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         if not proto.waiters:
@@ -163,7 +174,7 @@ class RespClient:
         proto.waiters.append(fut)
         if not proto.out:  # one socket write per loop iteration, however many calls sent commands in it
             loop.call_soon(proto.flush)
-        proto.out.append(encode(args))
+        proto.out.append(command)
         return fut
 
     async def call(self, *args: Any) -> Any:

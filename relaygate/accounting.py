@@ -56,6 +56,7 @@ class Accounting:
         self.settling: set[asyncio.Future[Any]] = set()
         self.table: ModelTable | None = None
         self._model_prices: dict[str, Price] = {}
+        self._deployment_prices: dict[tuple[str, str], Price] = {}  # (deployment, model asked) -> its price
         master = master_key(config)
         if config.request_log.enabled or master:
             from .store.db import Database
@@ -104,7 +105,13 @@ class Accounting:
         if reply is None or reply.usage is None or dep is None:
             cost = 0
         else:
-            cost = self.prices.for_deployment(dep.config, dep.upstream_model(call.model)).cost_nano(reply.usage)
+            key = (dep.name, call.model)
+            price = self._deployment_prices.get(key)
+            if price is None:
+                price = self.prices.for_deployment(dep.config, dep.upstream_model(call.model))
+                if len(self._deployment_prices) < 10_000:  # wildcard deployments see any model name
+                    self._deployment_prices[key] = price
+            cost = price.cost_nano(reply.usage)
         call.meta["cost_nano"] = cost
         return cost
 

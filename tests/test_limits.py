@@ -82,6 +82,7 @@ def test_requests_per_minute_hold_under_concurrency(openai_emulator, start_gatew
     assert 0 < int(refused["retry-after"]) <= 60
     ok = next(h for s, h in results if s == 200)
     assert ok["x-ratelimit-limit-requests"] == "5" and int(ok["x-ratelimit-remaining-requests"]) < 5
+    assert "x-ratelimit-reset-requests" in refused and "x-ratelimit-reset-requests" not in ok
 
 
 def test_parallel_cap_holds_and_frees_slots(openai_emulator, start_gateway, state) -> None:

@@ -104,7 +104,7 @@ class RedisLimiter:
         self._settled: asyncio.Future[Any] | None = None
         self._keys_minute = -1
         self._key_names: dict[tuple[str, str], list[str]] = {}  # this minute's Redis keys per scope
-        self._commands: dict[tuple[Scope, ...], tuple[bytes, list[str], tuple[str, ...], int]] = {}
+        self._commands: dict[int, tuple[tuple[Scope, ...], tuple[bytes, list[str], tuple[str, ...], int]]] = {}
 
     def _command(self, scopes: tuple[Scope, ...], now: float) -> tuple[bytes, list[str], tuple[str, ...], int]:
         """(the encoded EVALSHA command but for its last two arguments, its keys, the budget periods, the
@@ -112,9 +112,9 @@ class RedisLimiter:
         minute = int(now // 60)
         if minute != self._keys_minute:
             self._keys_minute, self._key_names, self._commands = minute, {}, {}
-        hit = self._commands.get(scopes)
-        if hit is not None:
-            return hit
+        hit = self._commands.get(id(scopes))  # by identity: a cached key's scopes are the same tuple every
+        if hit is not None and hit[0] is scopes:  # call, and hashing frozen dataclasses runs Python code
+            return hit[1]
         pids = tuple(self._period(s.limits.budget_period, now)[0] if s.limits.budget_nano is not None else ""
                      for s in scopes)
         keys: list[str] = []
@@ -128,10 +128,10 @@ class RedisLimiter:
             args += [_limit(lim.rpm), _limit(lim.tpm), _limit(lim.max_parallel), _limit(lim.budget_nano)]
         words = ["EVALSHA", self._acquire.sha, str(len(keys)), *keys, *map(str, args)]
         prefix = encode_prefix(words, len(words) + 2)
-        hit = (prefix, keys, pids, minute)
+        command = (prefix, keys, pids, minute)
         if len(self._commands) < 10_000:
-            self._commands[scopes] = hit
-        return hit
+            self._commands[id(scopes)] = (scopes, command)
+        return command
 
     async def acquire(self, scopes: tuple[Scope, ...], tokens: int, cost: int) -> Grant | None:
         now = time.time()
@@ -166,7 +166,7 @@ class RedisLimiter:
                 for i, s in enumerate(scopes):  # x-ratelimit-* of the first scope with rate limits
                     if s.limits.rpm is not None or s.limits.tpm is not None:
                         return Grant(scopes, minute, pids, tokens, cost,
-                                     rate_headers(s.limits, int(res[1 + 2 * i]), int(res[2 + 2 * i]), now))
+                                     rate_headers(s.limits, int(res[1 + 2 * i]), int(res[2 + 2 * i])))
                 return Grant(scopes, minute, pids, tokens, cost)
             if res[0] == 0:
                 s = scopes[int(res[1]) - 1]

@@ -151,13 +151,17 @@ class BulkInsert:
             return
         chain = itertools.chain.from_iterable
         i, n = 0, len(values)
-        for size in self.SIZES:
-            sql = None
-            while n - i >= size:
-                if sql is None:
-                    sql = self._statement(conn.dialect, size)
-                conn.exec_driver_sql(sql, tuple(chain(values[i:i + size])))
-                i += size
+        cursor = conn.connection.driver_connection.cursor()  # the DB-API cursor: SQLAlchemy's per-statement
+        try:  # bookkeeping cost more than binding 100 rows; the transaction is still the connection's
+            for size in self.SIZES:
+                sql = None
+                while n - i >= size:
+                    if sql is None:
+                        sql = self._statement(conn.dialect, size)
+                    cursor.execute(sql, tuple(chain(values[i:i + size])))
+                    i += size
+        finally:
+            cursor.close()
 
     def _copy(self, conn: Any, rows: list[tuple[Any, ...]]) -> None:
         """PostgreSQL: COPY into a per-connection temporary table, then one INSERT … SELECT … ON CONFLICT DO

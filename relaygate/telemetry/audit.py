@@ -110,9 +110,13 @@ class AuditLayer:
         """The call's row, its values in the order of ``COLUMNS`` (a tuple: the writer binds it as it is)."""
         now = time.time()
         mono = time.monotonic()
-        status, kind, message = error_fields(error)
-        if status is None:
+        status: int | None
+        kind: str | None = None
+        message: str | None = None
+        if error is None:
             status = reply.status if reply is not None else 200
+        else:
+            status, kind, message = error_fields(error)
         usage = reply.usage if reply is not None else None
         if usage is not None and not usage.known:
             usage = None

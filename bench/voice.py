@@ -84,7 +84,7 @@ def upload_memory(ctx: Ctx, target: Target) -> dict[str, float]:
         with open(body, "rb") as f:
             conn.request("POST", url.path, body=f, headers={
                 "Content-Type": f"multipart/form-data; boundary={BOUNDARY}",
-                "Content-Length": str(body.stat().st_size)})
+                "Content-Length": str(body.stat().st_size), "Authorization": "Bearer sk-bench"})
             resp = conn.getresponse()
             resp.read()
         times.append(time.perf_counter() - t0)

@@ -1,0 +1,140 @@
+"""Instructions per request of relaygate config variants, counted by callgrind: a noise-free figure.
+
+On a shared machine the timed benchmark (run.py) moves ±20 % from one round to the next, which hides
+changes of a few percent. callgrind counts the instructions the gateway process executes in user space
+(every thread; not the kernel, not cache misses), the same for the same code and load whatever else the
+machine does. It runs the gateway ~50x slower, so the load is small: ``-n`` chat requests from ``-c``
+clients, after a warm-up that is not counted.
+
+    python bench/instructions.py                       # nolog, relaygate, full (SQLite), full-pg
+    python bench/instructions.py -n 3000 --variant full=bench/variants/relaygate-full.yaml
+
+The first variant is the reference; each other gets the ratio reference / variant, which is what its
+requests/s on one core would be relative to the reference if instructions were time. Needs valgrind
+(Debian: ``apt-get install -y valgrind``), nginx with the echo module (the fake upstream), and for
+full-pg the PostgreSQL and Redis servers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import glob
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import BENCH_DIR, REPO_DIR, Ctx, fill_config, free_port, http_ok, start_upstream  # noqa: E402
+
+DEFAULT_VARIANTS = ["nolog=relaygate-nolog.yaml", "relaygate=relaygate.yaml", "full=relaygate-full.yaml",
+                    "full-pg=relaygate-full-pg.yaml"]
+
+
+async def load(url: str, n: int, clients: int) -> None:
+    """``n`` chat requests from ``clients`` keep-alive clients; every answer must be a 200."""
+    body = (BENCH_DIR / "requests" / "chat.json").read_bytes()
+    headers = {"content-type": "application/json", "authorization": "Bearer sk-bench"}
+    left = n
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
+        async def client() -> None:
+            nonlocal left
+            while left > 0:
+                left -= 1
+                async with session.post(url, data=body, headers=headers) as r:
+                    await r.read()
+                    if r.status != 200:
+                        raise SystemExit(f"{url}: status {r.status}")
+        await asyncio.gather(*(client() for _ in range(clients)))
+
+
+def counted(out: Path) -> dict[str, int]:
+    """Instructions per thread in the dump callgrind wrote on request (not the one at exit)."""
+    per: dict[str, int] = {}
+    for f in sorted(glob.glob(f"{out}*")):
+        text = Path(f).read_text(errors="replace")
+        if "Trigger: dump" not in text[:2000]:
+            continue
+        m = re.search(r"^summary: (\d+)", text, re.M)
+        if m:
+            per[f.rsplit("-", 1)[-1]] = int(m.group(1))
+    return per
+
+
+def measure(ctx: Ctx, name: str, config: Path, n: int, clients: int) -> tuple[float, dict[str, float]]:
+    cfg = fill_config(ctx, config, name)
+    port = free_port()
+    out = ctx.run_dir / f"callgrind-{name}.out"
+    env = dict(os.environ, PYTHONPATH=str(REPO_DIR))
+    argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--separate-threads=yes",
+            f"--callgrind-out-file={out}", sys.executable, "-m", "relaygate", "serve", "--config", str(cfg),
+            "--host", "127.0.0.1", "--port", str(port)]
+    with open(ctx.run_dir / f"{name}.log", "wb") as log:
+        proc = subprocess.Popen(argv, cwd=ctx.run_dir, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not http_ok(f"http://127.0.0.1:{port}/health", timeout=2):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"{name} did not start; see {ctx.run_dir / (name + '.log')}")
+            time.sleep(0.5)
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        asyncio.run(load(url, max(200, n // 5), clients))  # warm-up: pools, caches, lazy imports
+        time.sleep(1.5)  # the warm-up's log rows are written before counting starts
+        subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], check=True, capture_output=True)
+        asyncio.run(load(url, n, clients))
+        time.sleep(1.5)  # the log writer's last batch lands (it flushes every 0.5 s)
+        subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    per = {t: v / n for t, v in counted(out).items() if v}
+    return sum(per.values()), per
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=CONFIG")
+    ap.add_argument("-n", type=int, default=1500, help="requests counted per variant")
+    ap.add_argument("-c", type=int, default=16, help="concurrent clients")
+    args = ap.parse_args()
+    if not shutil.which("valgrind") or not shutil.which("callgrind_control"):
+        raise SystemExit("needs valgrind: apt-get install -y valgrind")
+    variants = args.variant or [f"{v.split('=')[0]}={BENCH_DIR / 'variants' / v.split('=')[1]}"
+                                for v in DEFAULT_VARIANTS]
+    run_dir = Path(tempfile.mkdtemp(prefix="relaygate-instr-"))
+    up = free_port()
+    ctx = Ctx(run_dir=run_dir, upstream=f"http://127.0.0.1:{up}", pin=False)
+    upstream = start_upstream(ctx, up)
+    rows: list[tuple[str, float, dict[str, float]]] = []
+    try:
+        for spec in variants:
+            name, _, path = spec.partition("=")
+            total, per = measure(ctx, name, Path(path), args.n, args.c)
+            rows.append((name, total, per))
+            threads = ", ".join(f"thread {t}: {v / 1000:.1f}k" for t, v in per.items())
+            print(f"  {name}: {total / 1000:.1f}k instructions per request ({threads})", file=sys.stderr, flush=True)
+    finally:
+        upstream.stop()
+    ref_name, ref, _ = rows[0]
+    print(f"\ninstructions per request (callgrind, {args.n} requests from {args.c} clients; "
+          f"reference: {ref_name})\n")
+    print(f"{'variant':<14} {'instructions':>13} {'ratio ' + ref_name + '/variant':>24}")
+    for name, total, _ in rows:
+        print(f"{name:<14} {total / 1000:>12.1f}k {ref / total:>23.3f}x")
+    shutil.rmtree(run_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -58,6 +58,7 @@ class LimitLayer:
         if isinstance(limiter, MemoryLimiter):
             limiter.settle_now(grant, tokens, cost)
             return
-        fut = limiter.settle_soon(grant, tokens, cost)
-        self.tasks.add(fut)
-        fut.add_done_callback(self.tasks.discard)
+        fut = limiter.settle_soon(grant, tokens, cost)  # shared by the settlements of one loop turn
+        if fut not in self.tasks:
+            self.tasks.add(fut)
+            fut.add_done_callback(self.tasks.discard)

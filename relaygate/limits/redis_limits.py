@@ -10,7 +10,7 @@ from typing import Any
 from .keys import Scope
 from .periods import PeriodClock, period
 from .ratelimit import Grant, SpentLoader, denial, rate_headers
-from .resp import RespClient, RespError, Script, encode_prefix
+from .resp import RespClient, RespError, Script, encode_ascii, encode_prefix
 
 log = logging.getLogger("relaygate")
 
@@ -58,19 +58,21 @@ end
 return out
 """
 
-# Settlements of many calls at once. KEYS: SLOTS per entry (a scope of a call).
-# ARGV: m entries, then per entry: reserved tokens, reserved cost, real tokens, real cost, 1/0 (scope has a budget).
+# Settlements of many calls at once. KEYS: SLOTS per entry (a scope of a call). ARGV: m entries, then one
+# string per entry, "reserved-tokens reserved-cost real-tokens real-cost has-budget(1/0)" (one argument per
+# entry instead of five: the gateway encodes it with one format).
 SETTLE = """
 local m = tonumber(ARGV[1])
 for i = 1, m do
-  local k, a = (i - 1) * 5, 1 + (i - 1) * 5
-  local rt, rc, t, c = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
+  local k = (i - 1) * 5
+  local rt, rc, t, c, b = string.match(ARGV[1 + i], '^(%d+) (%d+) (%d+) (%d+) ([01])$')
+  rt, rc, t, c = tonumber(rt), tonumber(rc), tonumber(t), tonumber(c)
   if redis.call('EXISTS', KEYS[k + 2]) == 1 then
     if tonumber(redis.call('INCRBY', KEYS[k + 2], t - rt)) < 0 then redis.call('SET', KEYS[k + 2], 0, 'KEEPTTL') end
   end
   if tonumber(redis.call('DECR', KEYS[k + 3])) < 0 then redis.call('SET', KEYS[k + 3], 0, 'KEEPTTL') end
   if tonumber(redis.call('DECRBY', KEYS[k + 5], rc)) < 0 then redis.call('SET', KEYS[k + 5], 0, 'KEEPTTL') end
-  if ARGV[a + 5] == '1' then redis.call('INCRBY', KEYS[k + 4], c) end
+  if b == '1' then redis.call('INCRBY', KEYS[k + 4], c) end
 end
 return 1
 """
@@ -192,17 +194,16 @@ class RedisLimiter:
             args += [_limit(lim.rpm), _limit(lim.tpm), _limit(lim.max_parallel), _limit(lim.budget_nano)]
         return args + [tokens, cost]
 
-    def _settle_args(self, batch: list[tuple[Grant, int, int]]) -> tuple[list[str], list[int]]:
+    def _settle_args(self, batch: list[tuple[Grant, int, int]]) -> tuple[list[str], list[str]]:
         keys: list[str] = []
-        args: list[int] = [0]
+        args: list[str] = []
         names = self._key_names
         for grant, tokens, cost in batch:
             for s, pid in zip(grant.scopes, grant.periods, strict=True):
                 ks = names.get((s.name, pid)) if grant.minute == self._keys_minute else None
                 keys += ks if ks is not None else _keys(s, grant.minute, pid)
-                args += (grant.tokens, grant.cost, tokens, cost, 1 if pid else 0)
-        args[0] = len(keys) // SLOTS
-        return keys, args
+                args.append(f"{grant.tokens} {grant.cost} {tokens} {cost} {1 if pid else 0}")
+        return keys, [str(len(args)), *args]
 
     def settle_soon(self, grant: Grant, tokens: int, cost: int) -> asyncio.Future[Any]:
         """Queue the settlement; every settlement of this loop turn goes to Redis as one script call."""
@@ -228,7 +229,7 @@ class RedisLimiter:
             asyncio.ensure_future(self._settle_batch(batch)).add_done_callback(finished)
             return
         keys, args = self._settle_args(batch)
-        fut = self.redis.send(proto, "EVALSHA", self._settle.sha, len(keys), *keys, *args)
+        fut = self.redis.send_raw(proto, encode_ascii(["EVALSHA", self._settle.sha, str(len(keys)), *keys, *args]))
 
         def sent(f: asyncio.Future[Any]) -> None:
             if f.cancelled() or f.exception() is not None:  # e.g. Redis restarted and forgot the script

@@ -30,6 +30,11 @@ def encode(args: tuple[Any, ...]) -> bytes:
     return b"".join(out)
 
 
+def encode_ascii(words: list[str]) -> bytes:
+    """A whole command of ASCII strings (the limit scripts' keys and numbers): one join, one encode."""
+    return "".join([f"*{len(words)}\r\n", *[f"${len(w)}\r\n{w}\r\n" for w in words]]).encode()
+
+
 def encode_prefix(words: list[str], total: int) -> bytes:
     """The start of a command of ``total`` arguments: the array header and the bulk strings of ``words``
     (ASCII); the caller appends the remaining ``total - len(words)`` arguments."""

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from .limits.keys import KeyStore
     from .routing.router import ModelTable
     from .store.db import Database
+    from .telemetry.audit import AuditLayer
     from .telemetry.requestlog import RequestLogWriter
 
 log = logging.getLogger("relaygate")
@@ -50,6 +51,7 @@ class Accounting:
         self.prices = PriceBook(config)
         self.db: Database | None = None
         self.writer: RequestLogWriter | None = None
+        self.audit: AuditLayer | None = None  # the pipeline's outermost layer, when the request log is on
         self.keys: KeyStore | None = None
         self.auth: Authenticator | None = None
         self.limiter: Any = None
@@ -91,7 +93,7 @@ class Accounting:
         if self.writer is not None:
             from .telemetry.audit import AuditLayer
 
-            handler = AuditLayer(handler, self.writer, self.config.request_log, self.cost_nano)
+            handler = self.audit = AuditLayer(handler, self.writer, self.config.request_log, self.cost_nano)
         return handler
 
     # -- cost ---------------------------------------------------------------------------------------

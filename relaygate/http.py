@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -38,7 +39,7 @@ class RequestIds:
 class Request:
     """One HTTP request: headers are read once into a dict of lower-case names."""
 
-    __slots__ = ("scope", "receive", "headers", "id", "params", "_body", "body_consumed")
+    __slots__ = ("scope", "receive", "headers", "id", "params", "_body", "body_consumed", "started")
 
     def __init__(self, scope: Scope, receive: Receive, ids: RequestIds) -> None:
         self.scope = scope
@@ -49,6 +50,7 @@ class Request:
         self.params: dict[str, str] = {}
         self._body: bytes | None = None
         self.body_consumed = False
+        self.started = time.monotonic()
 
     @property
     def method(self) -> str:

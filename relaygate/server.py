@@ -107,23 +107,42 @@ class App:
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         req = Request(scope, receive, self.ids)
         gw = self.gateway
+        matched = False
         try:
             if gw is None:
                 raise GatewayError("the gateway is starting", status=503, code="not_ready")
             handler = self.routes.match(req.method, req.path, req.params)
+            matched = True
             resp = await handler(gw, req)
         except GatewayError as e:
             resp = error_response(e)
+            if matched:
+                self._audit_refused(req, e)
         except ClientGone:
             return
-        except Exception:
+        except Exception as e:
             log.exception("internal error on %s %s (request %s)", req.method, req.path, req.id)
-            resp = error_response(GatewayError("internal error in the gateway; see its log for request "
-                                               f"{req.id}", code="internal_error"))
+            err = GatewayError(f"internal error in the gateway; see its log for request {req.id}",
+                               code="internal_error")
+            resp = error_response(err)
+            if matched and not getattr(e, "audited", False):
+                self._audit_refused(req, err)
         try:
             await resp.send(send, receive, req.id)
         except OSError:  # the client went away while we answered
             pass
+
+    def _audit_refused(self, req: Request, error: GatewayError) -> None:
+        """A request log row for a call that failed before the pipeline (which logs every call it sees).
+        Health checks and the admin API are not calls; unknown routes are not either (no row for scanners)."""
+        gw = self.gateway
+        audit = gw.accounting.audit if gw is not None else None
+        if audit is None or getattr(error, "audited", False) or req.path.startswith(("/health", "/admin")):
+            return
+        try:
+            audit.record_refused(req, error, gw.accounting.auth if gw is not None else None)
+        except Exception:  # bookkeeping must never change the answer
+            log.exception("request log: could not record the refused request %s", req.id)
 
     async def lifespan(self, receive: Receive, send: Send) -> None:
         while True:

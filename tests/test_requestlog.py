@@ -258,3 +258,41 @@ def test_a_row_holds_each_value_under_its_column() -> None:
                    "error": None, "error_message": None, "ttft_ms": 250.0, "prompt_tokens": 11,
                    "completion_tokens": 7, "cached_tokens": 3, "cost_nano": 4321, "cache_hit": 1, "attempts": 2,
                    "client_ip": "10.1.2.3", "request_body": None, "response_body": None}
+
+
+def test_a_request_refused_before_the_pipeline_still_gets_one_row(openai_emulator, start_gateway) -> None:
+    """Bodies that are not JSON or lack a field never reach a model, but the log shows them: once each,
+    with the path as route, no model, the error, and the caller's key when the instance knows it. A call
+    refused inside the pipeline (an unknown model) is not recorded twice; unknown routes and health checks
+    leave no row."""
+    gw = start_gateway({"models": [openai_model("m", openai_emulator)]})
+    url = gw.base_url + "/chat/completions"
+    assert requests.post(url, data=b"{not json", headers={"content-type": "application/json"}).status_code == 400
+    assert requests.post(url, json={"model": "m"}).status_code == 400  # no messages
+    assert requests.post(url, json={"model": "nope", "messages": [{"role": "user", "content": "x"}]}).status_code == 404
+    assert requests.post(gw.base_url + "/no/such/route", json={}).status_code == 404
+    assert requests.get(gw.base_url.removesuffix("/v1") + "/health").status_code == 200
+    rows = gateway_rows(gw, expected=3)
+    time.sleep(0.2)
+    assert gw.gateway.accounting.writer.submitted == 3
+    assert [(r["route"], r["model"], r["status"], r["error"]) for r in rows] == [
+        ("chat/completions", None, 400, "bad_request"),
+        ("chat/completions", None, 400, "bad_request"),
+        ("chat", "nope", 404, "not_found"),
+    ]
+    assert all(r["latency_ms"] >= 0 and r["client_ip"] == "127.0.0.1" for r in rows)
+    assert "not valid JSON" in rows[0]["error_message"]
+
+
+def test_a_refused_request_names_a_key_the_instance_knows(openai_emulator, start_gateway) -> None:
+    gw = start_gateway({"models": [openai_model("m", openai_emulator)],
+                        "auth": {"master_key": "rg-master-for-tests", "keys": [{"id": "app", "key": "sk-app-1"}]}})
+    url = gw.base_url + "/chat/completions"
+    ok = requests.post(url, json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+                       headers={"authorization": "Bearer sk-app-1"})
+    assert ok.status_code == 200
+    bad = requests.post(url, data=b"[", headers={"authorization": "Bearer sk-app-1"})
+    anonymous = requests.post(url, data=b"[")
+    assert bad.status_code == anonymous.status_code == 400
+    rows = gateway_rows(gw, expected=3)
+    assert [(r["key_id"], r["status"]) for r in rows] == [("cfg_app", 200), ("cfg_app", 400), (None, 400)]

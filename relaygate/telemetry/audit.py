@@ -15,7 +15,8 @@ import orjson
 from ..call import Call, Handler, Reply
 from ..config import RequestLogConfig
 from ..errors import GatewayError
-from ..http import ClientGone
+from ..http import ClientGone, Request
+from ..limits.auth import Authenticator, presented_key
 from ..store import tables
 from .redact import Redactor
 from .requestlog import RequestLogWriter
@@ -67,6 +68,7 @@ class AuditLayer:
             reply = await self.next(call)
         except BaseException as e:
             self.record(call, None, e)
+            e.audited = True  # type: ignore[attr-defined]  # the server must not record it again
             raise
         if self.config.bodies and reply.stream is not None:
             reply.stream = self._tee(reply.stream, call)
@@ -96,6 +98,22 @@ class AuditLayer:
             log.exception("request log: building the row of %s failed; writing a reduced row", call.id)
             row = self.row(call, None, error, bodies=False)
         self.writer.submit(row)
+
+    def record_refused(self, request: Request, error: BaseException, auth: Authenticator | None) -> None:
+        """The row of a request refused before it reached the pipeline (a body that is not JSON, a missing
+        field, a body over the size limit): no model and no deployment, the request path as its route,
+        and the caller's key when it is a key this instance already knows."""
+        key = None
+        if auth is not None:
+            try:
+                key = auth.quick(presented_key(request.headers))
+            except GatewayError:
+                key = None
+        path = request.path
+        call = Call(id=request.id, route=(path[4:] if path.startswith("/v1/") else path)[:40], model="", body={},
+                    headers=request.headers, client_ip=request.client_ip, started=request.started)
+        call.key = key
+        self.record(call, None, error)
 
     def day(self, now: float) -> str:
         start, end, text = self._day
@@ -145,7 +163,7 @@ class AuditLayer:
             None if key is None else key.id,  # key_id
             None if key is None else key.team_id,  # team_id
             None if key is None else key.user_id,  # user_id
-            call.model,  # model
+            call.model or None,  # model
             None if dep is None else dep.name,  # deployment
             None if dep is None else dep.provider_type,  # provider
             call.route,  # route

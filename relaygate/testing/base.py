@@ -259,6 +259,13 @@ class BackgroundServer:
         self._ready.set()
         loop.run_forever()
         loop.run_until_complete(self._runner.cleanup())
+        # handlers still sleeping (a slow answer whose client went away) are cancelled and awaited, so
+        # that closing the loop does not destroy pending tasks ("Task was destroyed but it is pending")
+        pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        for t in pending:
+            t.cancel()
+        if pending:
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         loop.close()
 
     def stop(self) -> None:

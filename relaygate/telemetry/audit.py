@@ -68,7 +68,10 @@ class AuditLayer:
             reply = await self.next(call)
         except BaseException as e:
             self.record(call, None, e)
-            e.audited = True  # type: ignore[attr-defined]  # the server must not record it again
+            try:
+                e.audited = True  # type: ignore[attr-defined]  # the server must not record it again
+            except AttributeError:  # an exception type without a __dict__: keep raising it as it is
+                pass
             raise
         if self.config.bodies and reply.stream is not None:
             reply.stream = self._tee(reply.stream, call)

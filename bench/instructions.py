@@ -128,6 +128,7 @@ def main() -> None:
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=CONFIG")
     ap.add_argument("-n", type=int, default=1500, help="requests counted per variant")
     ap.add_argument("-c", type=int, default=16, help="concurrent clients")
+    ap.add_argument("--keep", action="store_true", help="keep the callgrind dumps (for callgrind_annotate)")
     args = ap.parse_args()
     if not shutil.which("valgrind") or not shutil.which("callgrind_control"):
         raise SystemExit("needs valgrind: apt-get install -y valgrind")
@@ -153,7 +154,10 @@ def main() -> None:
     print(f"{'variant':<14} {'instructions':>13} {'ratio ' + ref_name + '/variant':>24}")
     for name, total, _ in rows:
         print(f"{name:<14} {total / 1000:>12.1f}k {ref / total:>23.3f}x")
-    shutil.rmtree(run_dir, ignore_errors=True)
+    if args.keep:
+        print(f"\ncallgrind dumps: {run_dir}/callgrind-*.out*")
+    else:
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

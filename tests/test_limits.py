@@ -107,10 +107,12 @@ def test_tokens_per_minute_count_real_usage(openai_emulator, start_gateway, stat
 
 
 def test_team_limits_bind_all_its_keys_together(openai_emulator, start_gateway, state) -> None:
+    """Also: a team id may be any text; in Redis its keys are sent with their length in bytes (a length in
+    characters would break the protocol, and the limiter would then let every call through)."""
     away_from_minute_edge()
     gw = gateway(start_gateway, openai_emulator, state)
-    team = "team-" + os.urandom(4).hex()
-    assert Admin(gw)("POST", "/teams", {"id": team, "rpm": 6}).status_code == 201
+    team = "équipe-" + os.urandom(4).hex()
+    assert Admin(gw)("POST", "/teams", {"id": team, "rpm": 6, "budget_usd": 1000}).status_code == 201
     a, b = new_key(gw, team_id=team), new_key(gw, team_id=team)
 
     async def both() -> list[tuple[int, Any]]:

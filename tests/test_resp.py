@@ -24,6 +24,29 @@ def test_resp_values_parse_whole_or_not_at_all() -> None:
     assert encode(("GET", "k", 5)) == b"*3\r\n$3\r\nGET\r\n$1\r\nk\r\n$1\r\n5\r\n"
 
 
+def test_replies_resolve_their_calls_in_order_however_the_bytes_are_cut() -> None:
+    """One-line replies take a fast path, bulk strings and arrays the general parser; a chunk may end
+    anywhere, even inside a reply, and mix both kinds."""
+    from relaygate.limits.resp import _Protocol
+
+    wire = b"+1 5 100\r\n:42\r\n$7\r\nab\r\n+cd\r\n-NOSCRIPT gone\r\n*2\r\n:1\r\n+OK\r\n+OK\r\n:-3\r\n"
+    expected: list[object] = [b"1 5 100", 42, b"ab\r\n+cd", "NOSCRIPT gone", [1, b"OK"], b"OK", -3]
+
+    async def run(chunks: list[bytes]) -> list[object]:
+        proto = _Protocol()
+        loop = asyncio.get_running_loop()
+        futs = [loop.create_future() for _ in expected]
+        proto.waiters.extend(futs)
+        for chunk in chunks:
+            proto.data_received(chunk)
+        return [str(f.exception()) if f.exception() else f.result() for f in futs]
+
+    assert asyncio.run(run([wire])) == expected
+    for cut in range(1, len(wire)):
+        assert asyncio.run(run([wire[:cut], wire[cut:]])) == expected, cut
+    assert asyncio.run(run([wire[i:i + 1] for i in range(len(wire))])) == expected
+
+
 @pytest.fixture
 def redis_url() -> str:
     try:

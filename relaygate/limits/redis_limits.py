@@ -10,7 +10,7 @@ from typing import Any
 from .keys import Scope
 from .periods import PeriodClock, period
 from .ratelimit import Grant, SpentLoader, denial, rate_headers
-from .resp import RespClient, RespError, Script, encode_ascii, encode_prefix
+from .resp import RespClient, RespError, Script, bulk, bulk_ascii
 
 log = logging.getLogger("relaygate")
 
@@ -18,8 +18,9 @@ SLOTS = 5  # keys per scope: requests, tokens (this minute), parallel, spent, re
 
 # KEYS: SLOTS per scope. ARGV: n, slot ttl, per scope: rpm, tpm, parallel, budget (-1: none), then tokens, cost
 # (last, so that a scope set's command is a cached prefix plus the two numbers that change per call).
-# Returns {1, requests, tokens, ...per scope} when granted, {0, scope index, what, used} when refused,
-# {-1, scope index} when a scope's spend for this period is not in Redis yet (the caller loads it and retries).
+# Returns a status line (one line is the cheapest reply to read): "1 requests tokens ..." (per scope) when
+# granted, "0 scope-index what used" when refused, "-1 scope-index" when a scope's spend for this period is not
+# in Redis yet (the caller loads it and retries).
 ACQUIRE = """
 local n, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
 local tokens, cost = tonumber(ARGV[3 + n * 4]), tonumber(ARGV[4 + n * 4])
@@ -28,24 +29,24 @@ for i = 1, n do
   local rpm, tpm, par, budget = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
   if rpm >= 0 then
     local c = tonumber(redis.call('GET', KEYS[k + 1]) or '0')
-    if c + 1 > rpm then return {0, i, 'requests', c} end
+    if c + 1 > rpm then return {ok = '0 ' .. i .. ' requests ' .. c} end
   end
   if tpm >= 0 then
     local u = tonumber(redis.call('GET', KEYS[k + 2]) or '0')
-    if u >= tpm or (u > 0 and u + tokens > tpm) then return {0, i, 'tokens', u} end
+    if u >= tpm or (u > 0 and u + tokens > tpm) then return {ok = '0 ' .. i .. ' tokens ' .. u} end
   end
   if par >= 0 then
     local p = tonumber(redis.call('GET', KEYS[k + 3]) or '0')
-    if p + 1 > par then return {0, i, 'parallel', p} end
+    if p + 1 > par then return {ok = '0 ' .. i .. ' parallel ' .. p} end
   end
   if budget >= 0 then
     local s = redis.call('GET', KEYS[k + 4])
-    if not s then return {-1, i} end
+    if not s then return {ok = '-1 ' .. i} end
     local used = tonumber(s) + tonumber(redis.call('GET', KEYS[k + 5]) or '0')
-    if used + cost > budget then return {0, i, 'budget', used} end
+    if used + cost > budget then return {ok = '0 ' .. i .. ' budget ' .. string.format('%d', used)} end
   end
 end
-local out = {1}
+local out = {'1'}
 for i = 1, n do
   local k = (i - 1) * 5
   local c = redis.call('INCR', KEYS[k + 1]); redis.call('EXPIRE', KEYS[k + 1], 120)
@@ -55,7 +56,7 @@ for i = 1, n do
   out[#out + 1] = c
   out[#out + 1] = u
 end
-return out
+return {ok = table.concat(out, ' ')}
 """
 
 # Settlements of many calls at once. KEYS: SLOTS per entry (a scope of a call). ARGV: m entries, then one
@@ -105,8 +106,19 @@ class RedisLimiter:
         self._settling: list[tuple[Grant, int, int]] = []  # settlements of this loop turn
         self._settled: asyncio.Future[Any] | None = None
         self._keys_minute = -1
-        self._key_names: dict[tuple[str, str], list[str]] = {}  # this minute's Redis keys per scope
+        # this minute's Redis keys per (scope, budget period): their names and their bulk strings
+        self._key_names: dict[tuple[str, str], tuple[list[str], bytes]] = {}
         self._commands: dict[int, tuple[tuple[Scope, ...], tuple[bytes, list[str], tuple[str, ...], int]]] = {}
+        self._evalsha_settle = bulk("EVALSHA") + bulk(self._settle.sha)
+
+    def _scope_keys(self, name: str, pid: str, minute: int, scope: Scope) -> tuple[list[str], bytes]:
+        hit = self._key_names.get((name, pid)) if minute == self._keys_minute else None
+        if hit is None:
+            ks = _keys(scope, minute, pid)
+            hit = (ks, b"".join(map(bulk, ks)))
+            if minute == self._keys_minute:
+                self._key_names[(name, pid)] = hit
+        return hit
 
     def _command(self, scopes: tuple[Scope, ...], now: float) -> tuple[bytes, list[str], tuple[str, ...], int]:
         """(the encoded EVALSHA command but for its last two arguments, its keys, the budget periods, the
@@ -120,16 +132,16 @@ class RedisLimiter:
         pids = tuple(self._period(s.limits.budget_period, now)[0] if s.limits.budget_nano is not None else ""
                      for s in scopes)
         keys: list[str] = []
+        encoded: list[bytes] = []
         args: list[int] = [len(scopes), self.slot_ttl]
         for s, pid in zip(scopes, pids, strict=True):
-            ks = self._key_names.get((s.name, pid))
-            if ks is None:
-                ks = self._key_names[(s.name, pid)] = _keys(s, minute, pid)
-            keys += ks
+            names, enc = self._scope_keys(s.name, pid, minute, s)
+            keys += names
+            encoded.append(enc)
             lim = s.limits
             args += [_limit(lim.rpm), _limit(lim.tpm), _limit(lim.max_parallel), _limit(lim.budget_nano)]
-        words = ["EVALSHA", self._acquire.sha, str(len(keys)), *keys, *map(str, args)]
-        prefix = encode_prefix(words, len(words) + 2)
+        prefix = b"".join([b"*%d\r\n" % (3 + len(keys) + len(args) + 2), bulk("EVALSHA"), bulk(self._acquire.sha),
+                           bulk(str(len(keys))), *encoded, bulk_ascii([str(a) for a in args])])
         command = (prefix, keys, pids, minute)
         if len(self._commands) < 10_000:
             self._commands[id(scopes)] = (scopes, command)
@@ -145,8 +157,7 @@ class RedisLimiter:
                 proto = self.redis.connected()
                 if proto is not None:  # the usual case: one write of a mostly cached command, one reply
                     t, c = str(tokens), str(cost)
-                    res = await self.redis.send_raw(
-                        proto, b"%s$%d\r\n%s\r\n$%d\r\n%s\r\n" % (prefix, len(t), t.encode(), len(c), c.encode()))
+                    res = await self.redis.send_raw(proto, prefix + f"${len(t)}\r\n{t}\r\n${len(c)}\r\n{c}\r\n".encode())
                 else:
                     res = await self._acquire(keys=keys, args=self._args(scopes, tokens, cost))
             except RespError as e:
@@ -164,16 +175,15 @@ class RedisLimiter:
                 self._warn(e)
                 self._down_until = time.monotonic() + 1.0
                 return None
-            if res[0] == 1:
+            res = res.split()
+            if res[0] == b"1":
                 for i, s in enumerate(scopes):  # x-ratelimit-* of the first scope with rate limits
                     if s.limits.rpm is not None or s.limits.tpm is not None:
                         return Grant(scopes, minute, pids, tokens, cost,
                                      rate_headers(s.limits, int(res[1 + 2 * i]), int(res[2 + 2 * i])))
                 return Grant(scopes, minute, pids, tokens, cost)
-            if res[0] == 0:
-                s = scopes[int(res[1]) - 1]
-                what = res[2].decode() if isinstance(res[2], bytes) else str(res[2])
-                raise denial(s, what, int(res[3]), now)
+            if res[0] == b"0":
+                raise denial(scopes[int(res[1]) - 1], res[2].decode(), int(res[3]), now)
             # a budget scope's spend is not in Redis yet: load it from the log once, for every instance
             i = int(res[1]) - 1
             s = scopes[i]
@@ -194,14 +204,24 @@ class RedisLimiter:
             args += [_limit(lim.rpm), _limit(lim.tpm), _limit(lim.max_parallel), _limit(lim.budget_nano)]
         return args + [tokens, cost]
 
+    def _settle_command(self, batch: list[tuple[Grant, int, int]]) -> bytes:
+        """EVALSHA SETTLE of a batch, encoded: each scope's key names come encoded from this minute's cache."""
+        keys: list[bytes] = []
+        args: list[str] = []
+        for grant, tokens, cost in batch:
+            for s, pid in zip(grant.scopes, grant.periods, strict=True):
+                keys.append(self._scope_keys(s.name, pid, grant.minute, s)[1])
+                args.append(f"{grant.tokens} {grant.cost} {tokens} {cost} {1 if pid else 0}")
+        nkeys = len(keys) * SLOTS
+        return b"".join([b"*%d\r\n" % (4 + nkeys + len(args)), self._evalsha_settle, bulk(str(nkeys)), *keys,
+                         bulk_ascii([str(len(args)), *args])])
+
     def _settle_args(self, batch: list[tuple[Grant, int, int]]) -> tuple[list[str], list[str]]:
         keys: list[str] = []
         args: list[str] = []
-        names = self._key_names
         for grant, tokens, cost in batch:
             for s, pid in zip(grant.scopes, grant.periods, strict=True):
-                ks = names.get((s.name, pid)) if grant.minute == self._keys_minute else None
-                keys += ks if ks is not None else _keys(s, grant.minute, pid)
+                keys += self._scope_keys(s.name, pid, grant.minute, s)[0]
                 args.append(f"{grant.tokens} {grant.cost} {tokens} {cost} {1 if pid else 0}")
         return keys, [str(len(args)), *args]
 
@@ -228,8 +248,7 @@ class RedisLimiter:
         if proto is None:
             asyncio.ensure_future(self._settle_batch(batch)).add_done_callback(finished)
             return
-        keys, args = self._settle_args(batch)
-        fut = self.redis.send_raw(proto, encode_ascii(["EVALSHA", self._settle.sha, str(len(keys)), *keys, *args]))
+        fut = self.redis.send_raw(proto, self._settle_command(batch))
 
         def sent(f: asyncio.Future[Any]) -> None:
             if f.cancelled() or f.exception() is not None:  # e.g. Redis restarted and forgot the script

@@ -30,15 +30,15 @@ def encode(args: tuple[Any, ...]) -> bytes:
     return b"".join(out)
 
 
-def encode_ascii(words: list[str]) -> bytes:
-    """A whole command of ASCII strings (the limit scripts' keys and numbers): one join, one encode."""
-    return "".join([f"*{len(words)}\r\n", *[f"${len(w)}\r\n{w}\r\n" for w in words]]).encode()
+def bulk(word: str) -> bytes:
+    """One bulk string, its length counted in bytes (a team id may be any Unicode text)."""
+    b = word.encode()
+    return b"$%d\r\n%s\r\n" % (len(b), b)
 
 
-def encode_prefix(words: list[str], total: int) -> bytes:
-    """The start of a command of ``total`` arguments: the array header and the bulk strings of ``words``
-    (ASCII); the caller appends the remaining ``total - len(words)`` arguments."""
-    return "".join([f"*{total}\r\n", *(f"${len(w)}\r\n{w}\r\n" for w in words)]).encode()
+def bulk_ascii(words: list[str]) -> bytes:
+    """Bulk strings of ASCII words (numbers, the limit scripts' settlement entries): one join, one encode."""
+    return "".join([f"${len(w)}\r\n{w}\r\n" for w in words]).encode()
 
 
 def parse(buf: bytearray, pos: int = 0) -> tuple[Any, int] | None:
@@ -78,6 +78,7 @@ def parse(buf: bytearray, pos: int = 0) -> tuple[Any, int] | None:
 
 class _Protocol(asyncio.Protocol):
     def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
         self.waiters: collections.deque[asyncio.Future[Any]] = collections.deque()
@@ -94,8 +95,39 @@ class _Protocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        self.progress_at = asyncio.get_running_loop().time()
-        self.buf += data
+        self.progress_at = self.loop.time()
+        if self.buf or not data.endswith(b"\r\n"):
+            self.buf += data
+            self._parse_buffered()
+            return
+        # the usual case: whole replies of one line each (status, integer, error), as the limit scripts send
+        waiters = self.waiters
+        pos = 0
+        for line in data.split(b"\r\n")[:-1]:
+            kind = line[:1]
+            value: Any
+            if kind == b"+":
+                value = line[1:]
+            elif kind == b":":
+                value = int(line[1:])
+            elif kind == b"-":
+                value = RespError(line[1:].decode("utf-8", "replace"))
+            else:  # a bulk string or an array: the general parser takes it from here
+                self.buf += data[pos:]
+                self._parse_buffered()
+                return
+            pos += len(line) + 2
+            if not waiters:
+                continue
+            fut = waiters.popleft()
+            if fut.done():
+                continue
+            if kind == b"-":
+                fut.set_exception(value)
+            else:
+                fut.set_result(value)
+
+    def _parse_buffered(self) -> None:
         pos = 0
         while self.waiters:
             r = parse(self.buf, pos)

@@ -137,27 +137,32 @@ class Accounting:
         body = call.body
         chars = 0
         messages = body.get("messages")
-        if isinstance(messages, list):
+        if type(messages) is list:
+            chars = 16 * len(messages)
             for m in messages:
                 content = m.get("content") if isinstance(m, dict) else None
-                chars += 16
-                if isinstance(content, str):
+                if type(content) is str:
                     chars += len(content)
                 elif isinstance(content, list):
                     for part in content:
                         text = part.get("text") if isinstance(part, dict) else None
                         chars += len(text) if isinstance(text, str) else 1000
         given = body.get("input")
-        if isinstance(given, str):
-            chars += len(given)
-        elif isinstance(given, list):
-            chars += sum(len(x) if isinstance(x, str) else 4 * len(x) if isinstance(x, list) else 0 for x in given)
+        if given is not None:
+            if isinstance(given, str):
+                chars += len(given)
+            elif isinstance(given, list):
+                chars += sum(len(x) if isinstance(x, str) else 4 * len(x) if isinstance(x, list) else 0
+                             for x in given)
         prompt = chars // 4 + 1
         out = 0
         if call.route == "chat":
             cap = body.get("max_completion_tokens") or body.get("max_tokens")
-            out = cap if isinstance(cap, int) and cap > 0 else self.config.auth.default_output_tokens
-        return prompt + out, self.model_price(call.model).estimate_nano(prompt, out) if cost else 0
+            out = cap if type(cap) is int and cap > 0 else self.config.auth.default_output_tokens
+        if not cost:
+            return prompt + out, 0
+        price = self._model_prices.get(call.model) or self.model_price(call.model)
+        return prompt + out, price.estimate_nano(prompt, out)
 
     async def load_spent(self, scope_name: str, start: float) -> int:
         from .limits.keys import spent_since

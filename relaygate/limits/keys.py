@@ -46,6 +46,13 @@ class Limits:
     max_parallel: int | None = None
     budget_nano: int | None = None
     budget_period: str = "total"
+    # the limits as header values, formatted once (x-ratelimit-limit-* on every call let through)
+    rpm_text: str = field(init=False, default="", compare=False, repr=False)
+    tpm_text: str = field(init=False, default="", compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rpm_text", str(self.rpm))
+        object.__setattr__(self, "tpm_text", str(self.tpm))
 
     @classmethod
     def of(cls, row: Any) -> Limits:

@@ -74,13 +74,19 @@ def rate_headers(lim: Limits, reqs: int, toks: int) -> dict[str, str]:
     ``toks`` tokens this minute, for a call let through. The reset headers go with refusals only (with
     retry-after): on success they would only say when the current UTC minute ends, and each response header
     costs the server ~2 µs."""
+    rpm, tpm = lim.rpm, lim.tpm
+    if rpm is not None and tpm is not None:  # the usual case: one dict display
+        return {"x-ratelimit-limit-requests": lim.rpm_text,
+                "x-ratelimit-remaining-requests": str(rpm - reqs) if reqs < rpm else "0",
+                "x-ratelimit-limit-tokens": lim.tpm_text,
+                "x-ratelimit-remaining-tokens": str(tpm - toks) if toks < tpm else "0"}
     h: dict[str, str] = {}
-    if lim.rpm is not None:
-        h["x-ratelimit-limit-requests"] = str(lim.rpm)
-        h["x-ratelimit-remaining-requests"] = str(lim.rpm - reqs) if reqs < lim.rpm else "0"
-    if lim.tpm is not None:
-        h["x-ratelimit-limit-tokens"] = str(lim.tpm)
-        h["x-ratelimit-remaining-tokens"] = str(lim.tpm - toks) if toks < lim.tpm else "0"
+    if rpm is not None:
+        h["x-ratelimit-limit-requests"] = lim.rpm_text
+        h["x-ratelimit-remaining-requests"] = str(rpm - reqs) if reqs < rpm else "0"
+    if tpm is not None:
+        h["x-ratelimit-limit-tokens"] = lim.tpm_text
+        h["x-ratelimit-remaining-tokens"] = str(tpm - toks) if toks < tpm else "0"
     return h
 
 
@@ -102,6 +108,8 @@ class MemoryLimiter:
         self._state: dict[str, _ScopeState] = {}
         self._loading: dict[tuple[str, str], asyncio.Future[None]] = {}
         self._period = PeriodClock()
+        self._minute = -1
+        self._pids: dict[str, str] = {}  # budget period id per period kind, this minute
 
     def _st(self, name: str) -> _ScopeState:
         st = self._state.get(name)
@@ -148,9 +156,10 @@ class MemoryLimiter:
         None when a budget's spend for the current period must be loaded first (``acquire`` does that)."""
         now = time.time()
         minute = int(now // 60)
+        if minute != self._minute:  # budget period ids change on minute boundaries at most
+            self._minute, self._pids = minute, {}
         state = self._state
-        pids: list[str] = []
-        states: list[_ScopeState] = []
+        taken: list[tuple[Scope, _ScopeState, str]] = []
         for s in scopes:
             lim = s.limits
             st = state.get(s.name)
@@ -166,37 +175,46 @@ class MemoryLimiter:
                 raise denial(s, "parallel", st.parallel, now)
             pid = ""
             if lim.budget_nano is not None:
-                pid = self._period(lim.budget_period, now)[0]
+                pid = self._pids.get(lim.budget_period) or self._pid(lim.budget_period, now)
                 spent = st.spent.get(pid)
                 if spent is None:
                     return None
                 committed = spent + st.reserved
                 if committed + cost > lim.budget_nano:
                     raise denial(s, "budget", committed, now)
-            pids.append(pid)
-            states.append(st)
+            taken.append((s, st, pid))
         headers: dict[str, str] | None = None
-        for s, st in zip(scopes, states, strict=True):
+        for s, st, _ in taken:
             st.requests += 1
             st.tokens += tokens
             st.parallel += 1
             st.reserved += cost
             if headers is None and (s.limits.rpm is not None or s.limits.tpm is not None):
                 headers = rate_headers(s.limits, st.requests, st.tokens)
-        return Grant(scopes, minute, tuple(pids), tokens, cost, headers or {})
+        pids = (taken[0][2],) if len(taken) == 1 else tuple([t[2] for t in taken])
+        return Grant(scopes, minute, pids, tokens, cost, headers or {})
+
+    def _pid(self, kind: str, now: float) -> str:
+        pid = self._pids[kind] = self._period(kind, now)[0]
+        return pid
 
     async def settle(self, grant: Grant, tokens: int, cost: int) -> None:
         self.settle_now(grant, tokens, cost)
 
     def settle_now(self, grant: Grant, tokens: int, cost: int) -> None:
+        state = self._state
         for s, pid in zip(grant.scopes, grant.periods, strict=True):
-            st = self._st(s.name)
-            st.parallel = max(0, st.parallel - 1)
-            st.reserved = max(0, st.reserved - grant.cost)
+            st = state.get(s.name)
+            if st is None:
+                st = self._st(s.name)
+            st.parallel = st.parallel - 1 if st.parallel > 0 else 0
+            st.reserved = st.reserved - grant.cost if st.reserved > grant.cost else 0
             if st.minute == grant.minute:
-                st.tokens = max(0, st.tokens + tokens - grant.tokens)
+                left = st.tokens + tokens - grant.tokens
+                st.tokens = left if left > 0 else 0
             if pid:
-                st.spent[pid] = st.spent.get(pid, 0) + cost
+                spent = st.spent
+                spent[pid] = spent.get(pid, 0) + cost
 
     def spent(self, scope_name: str, pid: str) -> int:
         """Settled spend of a scope in a period (for tests and the admin API)."""

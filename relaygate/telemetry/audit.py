@@ -174,8 +174,8 @@ class AuditLayer:
             status,  # status
             kind,  # error
             self.redact(message[:2000]) if message else None,  # error_message
-            round((mono - started) * 1000, 3),  # latency_ms
-            None if first is None else round((first - started) * 1000, 3),  # ttft_ms
+            int((mono - started) * 1e6 + 0.5) / 1000,  # latency_ms, to the µs (round(x, 3) costs twice as much)
+            None if first is None else int((first - started) * 1e6 + 0.5) / 1000,  # ttft_ms
             None if usage is None else usage.prompt_tokens,  # prompt_tokens
             None if usage is None else usage.completion_tokens,  # completion_tokens
             None if usage is None else usage.cached_tokens,  # cached_tokens

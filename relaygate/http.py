@@ -120,17 +120,21 @@ def _headers(pairs: dict[str, str]) -> list[tuple[bytes, bytes]]:
 class Response:
     """A complete response."""
 
-    __slots__ = ("status", "body", "headers", "reply")
+    __slots__ = ("status", "body", "headers", "media_type", "reply")
 
     def __init__(self, body: bytes, status: int = 200, headers: dict[str, str] | None = None,
                  media_type: str = "application/json", reply: Reply | None = None) -> None:
         self.status = status
         self.body = body
-        self.headers = {"content-type": media_type, **(headers or {})}
+        self.headers = headers if headers is not None else {}  # a content-type here overrides media_type
+        self.media_type = media_type
         self.reply = reply  # finished once sent (metering, logging and stats hang on it)
 
     async def send(self, send: Send, receive: Receive, request_id: str) -> None:
-        h = _headers(self.headers)
+        headers = self.headers
+        h = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+        if "content-type" not in headers:
+            h.append((b"content-type", self.media_type.encode("latin-1")))
         h.append((b"content-length", str(len(self.body)).encode()))
         h.append((b"x-request-id", request_id.encode("latin-1")))
         error: BaseException | None = None

@@ -44,7 +44,8 @@ def pop_provider(body: dict[str, Any]) -> str | None:
 
 
 def reply_headers(call: Call, reply: Reply) -> dict[str, str]:
-    h = dict(reply.headers)
+    """The response headers of a reply: its own dict (a reply is answered once), plus the gateway's."""
+    h = reply.headers
     if call.deployment is not None:
         h["x-relaygate-deployment"] = call.deployment.name
     h["x-relaygate-attempts"] = str(call.attempts)

@@ -101,6 +101,33 @@ def test_a_version_1_database_is_upgraded_in_place(database: Database) -> None:
     assert "ix_request_log_request_id" not in indexes and "ix_request_log_key_ts" in indexes
 
 
+def test_owner_indexes_become_partial_and_equality_queries_still_use_them(database: Database) -> None:
+    """Migration 3: the key/team/user indexes of the request log cover only rows that have one (a row
+    without a team costs no team-index insert); a query by team still finds its index."""
+    from relaygate.store import migrations
+
+    with database.engine.begin() as conn:  # a database as version 2 left it: full owner indexes
+        migrations._v1_initial(conn)
+        for c in tables.PARTIAL_INDEXED:
+            conn.exec_driver_sql(f"DROP INDEX {tables.owner_index_name(c)}")
+            conn.exec_driver_sql(f"CREATE INDEX {tables.owner_index_name(c)} ON request_log ({c}, ts)")
+        tables.schema_migrations.create(conn)
+        for n, name, _ in STEPS[:2]:
+            conn.execute(tables.schema_migrations.insert().values(version=n, name=name, applied_at=0.0))
+    assert database.migrate() == STEPS[-1][0]
+    with database.engine.connect() as conn:
+        if database.engine.dialect.name == "sqlite":
+            defs = dict(conn.exec_driver_sql("SELECT name, sql FROM sqlite_master WHERE type = 'index'").all())
+            plan = " ".join(str(r[-1]) for r in conn.exec_driver_sql(
+                "EXPLAIN QUERY PLAN SELECT sum(cost_nano) FROM request_log WHERE team_id = 't' AND ts >= 0"))
+            assert "ix_request_log_team_ts" in plan, plan
+        else:
+            defs = dict(conn.exec_driver_sql(
+                "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'request_log'").all())
+    for c in tables.PARTIAL_INDEXED:
+        assert f"{c} IS NOT NULL" in defs[tables.owner_index_name(c)], defs
+
+
 def test_bulk_insert_fills_missing_columns_with_defaults_and_skips_known_uids(database: Database) -> None:
     from relaygate.store.db import BulkInsert
 

@@ -29,9 +29,18 @@ def _v2_drop_request_id_index(conn: Connection) -> None:
     conn.exec_driver_sql("DROP INDEX IF EXISTS ix_request_log_request_id")
 
 
+def _v3_partial_owner_indexes(conn: Connection) -> None:
+    partial = {tables.owner_index_name(c) for c in tables.PARTIAL_INDEXED}
+    for index in tables.request_log.indexes:
+        if index.name in partial:
+            conn.exec_driver_sql(f"DROP INDEX IF EXISTS {index.name}")
+            index.create(conn)
+
+
 STEPS: list[tuple[int, str, Step]] = [
     (1, "keys, owners, request log", _v1_initial),
     (2, "request log: no index on request_id (random ids made every insert costly)", _v2_drop_request_id_index),
+    (3, "request log: key, team and user indexes only over rows that have one", _v3_partial_owner_indexes),
 ]
 
 

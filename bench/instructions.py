@@ -23,6 +23,7 @@ import glob
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -128,6 +129,7 @@ def main() -> None:
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=CONFIG")
     ap.add_argument("-n", type=int, default=1500, help="requests counted per variant")
     ap.add_argument("-c", type=int, default=16, help="concurrent clients")
+    ap.add_argument("--repeat", type=int, default=1, help="measure every variant this many times, in turn")
     ap.add_argument("--keep", action="store_true", help="keep the callgrind dumps (for callgrind_annotate)")
     args = ap.parse_args()
     if not shutil.which("valgrind") or not shutil.which("callgrind_control"):
@@ -138,22 +140,28 @@ def main() -> None:
     up = free_port()
     ctx = Ctx(run_dir=run_dir, upstream=f"http://127.0.0.1:{up}", pin=False)
     upstream = start_upstream(ctx, up)
-    rows: list[tuple[str, float, dict[str, float]]] = []
+    counts: dict[str, list[float]] = {}
     try:
-        for spec in variants:
-            name, _, path = spec.partition("=")
-            total, per = measure(ctx, name, Path(path), args.n, args.c)
-            rows.append((name, total, per))
-            threads = ", ".join(f"thread {t}: {v / 1000:.1f}k" for t, v in per.items())
-            print(f"  {name}: {total / 1000:.1f}k instructions per request ({threads})", file=sys.stderr, flush=True)
+        for r in range(args.repeat):  # variants in turn, so that each repeat sees the same conditions
+            for spec in variants:
+                name, _, path = spec.partition("=")
+                total, per = measure(ctx, name if r == 0 else f"{name}-{r}", Path(path), args.n, args.c)
+                counts.setdefault(name, []).append(total)
+                threads = ", ".join(f"thread {t}: {v / 1000:.1f}k" for t, v in per.items())
+                print(f"  {name}: {total / 1000:.1f}k instructions per request ({threads})", file=sys.stderr,
+                      flush=True)
     finally:
         upstream.stop()
-    ref_name, ref, _ = rows[0]
-    print(f"\ninstructions per request (callgrind, {args.n} requests from {args.c} clients; "
-          f"reference: {ref_name})\n")
-    print(f"{'variant':<14} {'instructions':>13} {'ratio ' + ref_name + '/variant':>24}")
-    for name, total, _ in rows:
-        print(f"{name:<14} {total / 1000:>12.1f}k {ref / total:>23.3f}x")
+    names = list(counts)
+    ref_name = names[0]
+    ref = statistics.mean(counts[ref_name])
+    print(f"\ninstructions per request (callgrind, {args.n} requests from {args.c} clients, mean of "
+          f"{args.repeat} run(s); reference: {ref_name})\n")
+    print(f"{'variant':<14} {'instructions':>13} {'ratio ' + ref_name + '/variant':>24}  runs")
+    for name in names:
+        mean = statistics.mean(counts[name])
+        runs = " ".join(f"{v / 1000:.1f}k" for v in counts[name])
+        print(f"{name:<14} {mean / 1000:>12.1f}k {ref / mean:>23.3f}x  {runs}")
     if args.keep:
         print(f"\ncallgrind dumps: {run_dir}/callgrind-*.out*")
     else:

@@ -150,3 +150,26 @@ def test_bulk_insert_fills_missing_columns_with_defaults_and_skips_known_uids(da
         got = conn.execute(select(rl.uid, rl.stream, rl.cost_nano, rl.cache_hit, rl.attempts, rl.model)
                            .order_by(rl.uid)).all()
     assert [tuple(r) for r in got] == [("a" * 32, True, 7, True, 2, "m"), ("b" * 32, False, 0, False, 0, None)]
+
+
+def test_bulk_insert_rows_with_nulls_in_some_columns_of_a_chunk_read_back_exactly(database: Database) -> None:
+    """SQLite leaves a column out of a chunk's INSERT when it is NULL in every row of it; columns NULL in only
+    some rows are bound as they are. Chunks of 100, 25, 5 and 1 rows each get their own shape."""
+    from relaygate.store.db import BulkInsert
+
+    database.migrate()
+    names = [c.name for c in tables.request_log.c]
+    rows = []
+    for i in range(131):  # 100 + 25 + 5 + 1
+        row = dict.fromkeys(names)
+        row.update(uid=f"{i:032x}", request_id=f"r{i}", ts=float(i), day="1970-01-01", route="chat", status=200,
+                   latency_ms=1.0, stream=0, cost_nano=i, cache_hit=0, attempts=1,
+                   team_id="t" if i % 7 == 0 else None, error="timeout" if i >= 125 else None)
+        rows.append(tuple(row[n] for n in names))
+    with database.engine.begin() as conn:
+        BulkInsert(tables.request_log)(conn, rows)
+    rl = tables.request_log.c
+    with database.engine.connect() as conn:
+        got = conn.execute(select(rl.uid, rl.team_id, rl.error, rl.user_id, rl.cost_nano).order_by(rl.uid)).all()
+    assert [tuple(r) for r in got] == [(f"{i:032x}", "t" if i % 7 == 0 else None, "timeout" if i >= 125 else None,
+                                        None, i) for i in range(131)]

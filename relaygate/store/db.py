@@ -118,18 +118,21 @@ class BulkInsert:
         self._defaults = {c.name: c.default.arg for c in table.c
                           if c.default is not None and not callable(c.default.arg)}
         self._values = operator.itemgetter(*self.names)  # a dict row's values in column order, in C
-        self._sql: dict[tuple[str, int], str] = {}
+        self._sql: dict[tuple[int, tuple[int, ...]], str] = {}  # (rows, columns) -> SQLite INSERT
+        self._all = tuple(range(len(self.names)))
         self._oids: list[int] | None = None  # PostgreSQL type oids of the columns, for binary COPY
 
-    def _statement(self, dialect: Any, rows: int) -> str:
-        sql = self._sql.get((dialect.name, rows))
+    def _statement(self, dialect: Any, rows: int, columns: tuple[int, ...]) -> str:
+        """INSERT of ``rows`` rows of the given columns (indexes into ``names``), built once."""
+        sql = self._sql.get((rows, columns))
         if sql is None:
-            mark = "%s" if dialect.name == "postgresql" else "?"
-            one = "(" + ", ".join([mark] * len(self.names)) + ")"
-            cols = ", ".join(dialect.identifier_preparer.quote(n) for n in self.names)
-            sql = (f"INSERT INTO {dialect.identifier_preparer.quote(self.table.name)} ({cols}) VALUES "
-                   + ", ".join([one] * rows) + " ON CONFLICT DO NOTHING")
-            self._sql[(dialect.name, rows)] = sql
+            q = dialect.identifier_preparer.quote
+            one = "(" + ", ".join(["?"] * len(columns)) + ")"
+            cols = ", ".join(q(self.names[j]) for j in columns)
+            sql = (f"INSERT INTO {q(self.table.name)} ({cols}) VALUES " + ", ".join([one] * rows)
+                   + " ON CONFLICT DO NOTHING")
+            if len(self._sql) < 256:  # a few shapes of NULL columns in practice
+                self._sql[(rows, columns)] = sql
         return sql
 
     def _row(self, row: tuple[Any, ...] | dict[str, Any]) -> tuple[Any, ...]:
@@ -157,11 +160,19 @@ class BulkInsert:
         cursor = conn.connection.driver_connection.cursor()  # the DB-API cursor: SQLAlchemy's per-statement
         try:  # bookkeeping cost more than binding 100 rows; the transaction is still the connection's
             for size in self.SIZES:
-                sql = None
                 while n - i >= size:
-                    if sql is None:
-                        sql = self._statement(conn.dialect, size)
-                    cursor.execute(sql, tuple(chain(values[i:i + size])))
+                    chunk = values[i:i + size]
+                    # columns that are NULL in every row of the chunk are left out of the INSERT (they are
+                    # NULL by default): sqlite3 binds each None through its adapter lookup, ~1k instructions
+                    columns = tuple([j for j, col in enumerate(zip(*chunk, strict=True))
+                                     if col.count(None) != size])
+                    if columns == self._all or not columns:
+                        columns = self._all
+                        params = tuple(chain(chunk))
+                    else:
+                        take = operator.itemgetter(*columns)
+                        params = tuple(chain(map(take, chunk))) if len(columns) > 1 else tuple(map(take, chunk))
+                    cursor.execute(self._statement(conn.dialect, size, columns), params)
                     i += size
         finally:
             cursor.close()

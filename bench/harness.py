@@ -99,15 +99,20 @@ class Proc:
 
     def ticks(self) -> int:
         """CPU time (user + system, clock ticks) used so far by the process tree."""
-        total = 0
+        return sum(self.ticks_split())
+
+    def ticks_split(self) -> tuple[int, int]:
+        """(user, system) CPU time in clock ticks used so far by the process tree."""
+        user = system = 0
         for pid in self.tree():
             try:
                 with open(f"/proc/{pid}/stat") as f:
                     fields = f.read().rsplit(")", 1)[1].split()
-                total += int(fields[11]) + int(fields[12])
+                user += int(fields[11])
+                system += int(fields[12])
             except (OSError, IndexError, ValueError):
                 pass
-        return total
+        return user, system
 
     def memory_mib(self) -> tuple[float, float]:
         """(current RSS, peak RSS) summed over the process tree, in MiB."""
@@ -292,12 +297,14 @@ def run_load(ctx: Ctx, url: str, load: Load, seconds: float) -> dict[str, float]
                                 "-p", str(ctx.current.popen.pid), "-d", str(secs), "-o", str(ctx.profile_to)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     before, ours_before = cpu_times(), ctx.our_ticks()
-    target_before = ctx.current.ticks() if ctx.current is not None else 0
+    target_before = ctx.current.ticks_split() if ctx.current is not None else (0, 0)
     out = subprocess.run(ctx.cpus(0) + argv, capture_output=True, text=True, timeout=secs + load.timeout_s + 30)
     if prof is not None:
         prof.wait(timeout=30)
     after, ours_after = cpu_times(), ctx.our_ticks()
-    target_ticks = ctx.current.ticks() - target_before if ctx.current is not None else 0
+    target_after = ctx.current.ticks_split() if ctx.current is not None else (0, 0)
+    target_sys = target_after[1] - target_before[1]
+    target_ticks = sum(target_after) - sum(target_before)
     busy = cpu_busy(before, after)
     window = max(1, sum(after[c][1] - before[c][1] for c in after) / max(1, len(after)))
     all_busy = sum(after[c][0] - before[c][0] for c in after)
@@ -323,6 +330,7 @@ def run_load(ctx: Ctx, url: str, load: Load, seconds: float) -> dict[str, float]
     if target_ticks and raw["requests"]:
         # Robust to other load on the machine, unlike the rate: what one request costs the target.
         res["cpu_us"] = target_ticks / CLK_TCK * 1e6 / raw["requests"]
+        res["sys_us"] = target_sys / CLK_TCK * 1e6 / raw["requests"]  # of which in the kernel (sockets, files)
     if "duration_us" in raw:  # wrk
         res["rate"] = raw["requests"] / (raw["duration_us"] / 1e6)
     else:

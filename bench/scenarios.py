@@ -71,6 +71,9 @@ ERRORS = Figure("errors", "errors (status, socket, timeout)", "", fmt="{:.0f}")
 BUSY = Figure("cpu1_pct", "core 1 busy (the gateway's), %", "", fmt="{:.0f}")
 # CPU the target process used per request: stays true when other load steals the core.
 CPU = Figure("cpu_us", "target CPU per request, us", "lower", fmt="{:.0f}")
+# the part of it spent in the kernel: shared by every variant (sockets), so it shows how much of the CPU a
+# user-space instruction count (bench/instructions.py) leaves out
+SYS = Figure("sys_us", "  of which in the kernel, us", "lower", fmt="{:.0f}")
 
 SCENARIOS: list[Scenario] = [
     Scenario("c1", "non-streaming, c=1", Load("chat.json", conns=1, seconds=3), [
@@ -80,6 +83,7 @@ SCENARIOS: list[Scenario] = [
     Scenario("c64", "non-streaming, c=64", Load("chat.json", conns=64, seconds=4), [
         Figure("rate", "requests/s", "higher", fmt="{:.0f}"),
         CPU,
+        SYS,
         Figure("p99_ms", "latency p99, ms", "lower"),
         ERRORS,
         BUSY,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -86,6 +86,7 @@ class Reply:
     stream: AsyncIterator[bytes] | None = None
     media_type: str = "application/json"
     headers: dict[str, str] = field(default_factory=dict)
+    raw_headers: Sequence[tuple[bytes, bytes]] = ()  # more response headers, already encoded (x-ratelimit-*)
     usage: Usage | None = None
     first_byte_at: float | None = None  # monotonic time of the first upstream byte (TTFT for streams)
     _done: list[DoneCallback] = field(default_factory=list)

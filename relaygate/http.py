@@ -135,6 +135,8 @@ class Response:
         h = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
         if "content-type" not in headers:
             h.append((b"content-type", self.media_type.encode("latin-1")))
+        if self.reply is not None and self.reply.raw_headers:
+            h += self.reply.raw_headers
         h.append((b"content-length", str(len(self.body)).encode()))
         h.append((b"x-request-id", request_id.encode("latin-1")))
         error: BaseException | None = None
@@ -171,6 +173,7 @@ class StreamResponse:
     async def send(self, send: Send, receive: Receive, request_id: str) -> None:
         reply = self.reply
         h = _headers({"content-type": reply.media_type, "cache-control": "no-cache", **self.headers})
+        h += reply.raw_headers
         h.append((b"x-request-id", request_id.encode("latin-1")))
         if reply.media_type.startswith("text/event-stream"):
             h.append((b"x-accel-buffering", b"no"))

@@ -83,6 +83,18 @@ def test_requests_per_minute_hold_under_concurrency(openai_emulator, start_gatew
     ok = next(h for s, h in results if s == 200)
     assert ok["x-ratelimit-limit-requests"] == "5" and int(ok["x-ratelimit-remaining-requests"]) < 5
     assert "x-ratelimit-reset-requests" in refused and "x-ratelimit-reset-requests" not in ok
+    # the key's headers replace the upstream's (the emulator sends its own 10000), never sit beside them
+    assert ok.getall("x-ratelimit-limit-requests") == ["5"] and len(ok.getall("x-ratelimit-remaining-requests")) == 1
+
+
+def test_streamed_replies_carry_the_keys_rate_headers(openai_emulator, start_gateway, state) -> None:
+    away_from_minute_edge()
+    gw = gateway(start_gateway, openai_emulator, state)
+    key = new_key(gw, rpm=50, tpm=100000)
+    status, headers = burst(gw, key["key"], 1, {**BODY, "stream": True})[0]
+    assert status == 200 and headers["content-type"].startswith("text/event-stream")
+    assert headers.getall("x-ratelimit-limit-requests") == ["50"] and headers["x-ratelimit-remaining-requests"] == "49"
+    assert headers["x-ratelimit-limit-tokens"] == "100000" and int(headers["x-ratelimit-remaining-tokens"]) < 100000
 
 
 def test_parallel_cap_holds_and_frees_slots(openai_emulator, start_gateway, state) -> None:
@@ -286,7 +298,8 @@ def test_redis_limits_survive_redis_forgetting_the_script() -> None:
             await lim.close()
 
     first, second, third, refused = asyncio.run(main())
-    assert first.headers["x-ratelimit-remaining-requests"] == "2"
-    assert second.headers["x-ratelimit-remaining-requests"] == "1"
-    assert third.headers["x-ratelimit-remaining-requests"] == "0" and third.headers["x-ratelimit-remaining-tokens"] == "970"
+    assert dict(first.headers)[b"x-ratelimit-remaining-requests"] == b"2"
+    assert dict(second.headers)[b"x-ratelimit-remaining-requests"] == b"1"
+    assert dict(third.headers)[b"x-ratelimit-remaining-requests"] == b"0"
+    assert dict(third.headers)[b"x-ratelimit-remaining-tokens"] == b"970"
     assert getattr(refused, "status", None) == 429

@@ -46,13 +46,13 @@ class Limits:
     max_parallel: int | None = None
     budget_nano: int | None = None
     budget_period: str = "total"
-    # the limits as header values, formatted once (x-ratelimit-limit-* on every call let through)
-    rpm_text: str = field(init=False, default="", compare=False, repr=False)
-    tpm_text: str = field(init=False, default="", compare=False, repr=False)
+    # the limits as header values, encoded once (x-ratelimit-limit-* on every call let through)
+    rpm_header: bytes = field(init=False, default=b"", compare=False, repr=False)
+    tpm_header: bytes = field(init=False, default=b"", compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "rpm_text", str(self.rpm))
-        object.__setattr__(self, "tpm_text", str(self.tpm))
+        object.__setattr__(self, "rpm_header", str(self.rpm).encode())
+        object.__setattr__(self, "tpm_header", str(self.tpm).encode())
 
     @classmethod
     def of(cls, row: Any) -> Limits:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..call import Call, Handler, Reply
+from ..providers.base import RATE_LIMIT_HEADERS
 from .ratelimit import Grant, MemoryLimiter
 
 
@@ -40,8 +41,11 @@ class LimitLayer:
         except BaseException:
             self._settle(limiter, grant, 0, 0)
             raise
-        if grant.headers:
-            reply.headers.update(grant.headers)
+        if grant.headers:  # this key's limits, not the upstream's (encoded: sent as they are)
+            if reply.headers:
+                for name in RATE_LIMIT_HEADERS:
+                    reply.headers.pop(name, None)
+            reply.raw_headers = grant.headers
 
         def done(r: Reply, error: BaseException | None) -> None:
             usage = r.usage

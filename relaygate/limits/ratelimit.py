@@ -34,6 +34,7 @@ class Grant:
     tokens: int
     cost: int
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)  # x-ratelimit-* of the response
+    redis_keys: bytes = b""  # Redis: the scopes' key names, encoded, for the settlement
 
 
 def _reset(seconds: float) -> str:

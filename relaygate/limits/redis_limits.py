@@ -85,6 +85,10 @@ def _keys(scope: Scope, minute: int, pid: str) -> list[str]:
             f"{base}:v:{pid or '-'}"]
 
 
+# (command prefix, key names, budget period per scope, minute, key names encoded) of a scope set
+Command = tuple[bytes, list[str], tuple[str, ...], int, bytes]
+
+
 def _limit(v: int | None) -> int:
     return -1 if v is None else v
 
@@ -108,7 +112,7 @@ class RedisLimiter:
         self._keys_minute = -1
         # this minute's Redis keys per (scope, budget period): their names and their bulk strings
         self._key_names: dict[tuple[str, str], tuple[list[str], bytes]] = {}
-        self._commands: dict[int, tuple[tuple[Scope, ...], tuple[bytes, list[str], tuple[str, ...], int]]] = {}
+        self._commands: dict[int, tuple[tuple[Scope, ...], Command]] = {}
         self._evalsha_settle = bulk("EVALSHA") + bulk(self._settle.sha)
 
     def _scope_keys(self, name: str, pid: str, minute: int, scope: Scope) -> tuple[list[str], bytes]:
@@ -120,9 +124,9 @@ class RedisLimiter:
                 self._key_names[(name, pid)] = hit
         return hit
 
-    def _command(self, scopes: tuple[Scope, ...], now: float) -> tuple[bytes, list[str], tuple[str, ...], int]:
+    def _command(self, scopes: tuple[Scope, ...], now: float) -> Command:
         """(the encoded EVALSHA command but for its last two arguments, its keys, the budget periods, the
-        minute) for a scope set, built once per scope set and minute."""
+        minute, the keys encoded) for a scope set, built once per scope set and minute."""
         minute = int(now // 60)
         if minute != self._keys_minute:
             self._keys_minute, self._key_names, self._commands = minute, {}, {}
@@ -142,16 +146,17 @@ class RedisLimiter:
             args += [_limit(lim.rpm), _limit(lim.tpm), _limit(lim.max_parallel), _limit(lim.budget_nano)]
         prefix = b"".join([b"*%d\r\n" % (3 + len(keys) + len(args) + 2), bulk("EVALSHA"), bulk(self._acquire.sha),
                            bulk(str(len(keys))), *encoded, bulk_ascii([str(a) for a in args])])
-        command = (prefix, keys, pids, minute)
+        command = (prefix, keys, pids, minute, b"".join(encoded))
         if len(self._commands) < 10_000:
             self._commands[id(scopes)] = (scopes, command)
         return command
 
     async def acquire(self, scopes: tuple[Scope, ...], tokens: int, cost: int) -> Grant | None:
         now = time.time()
-        if self._down_until > time.monotonic():  # Redis just failed: do not make every call wait for it
-            return None
-        prefix, keys, pids, minute = self._command(scopes, now)
+        if self._down_until and self._down_until > time.monotonic():  # Redis just failed: do not make every
+            return None  # call wait for it
+        self._down_until = 0.0
+        prefix, keys, pids, minute, encoded = self._command(scopes, now)
         for _ in range(3):
             try:
                 proto = self.redis.connected()
@@ -180,8 +185,8 @@ class RedisLimiter:
                 for i, s in enumerate(scopes):  # x-ratelimit-* of the first scope with rate limits
                     if s.limits.rpm is not None or s.limits.tpm is not None:
                         return Grant(scopes, minute, pids, tokens, cost,
-                                     rate_headers(s.limits, int(res[1 + 2 * i]), int(res[2 + 2 * i])))
-                return Grant(scopes, minute, pids, tokens, cost)
+                                     rate_headers(s.limits, int(res[1 + 2 * i]), int(res[2 + 2 * i])), encoded)
+                return Grant(scopes, minute, pids, tokens, cost, [], encoded)
             if res[0] == b"0":
                 raise denial(scopes[int(res[1]) - 1], res[2].decode(), int(res[3]), now)
             # a budget scope's spend is not in Redis yet: load it from the log once, for every instance
@@ -209,10 +214,14 @@ class RedisLimiter:
         keys: list[bytes] = []
         args: list[str] = []
         for grant, tokens, cost in batch:
-            for s, pid in zip(grant.scopes, grant.periods, strict=True):
-                keys.append(self._scope_keys(s.name, pid, grant.minute, s)[1])
-                args.append(f"{grant.tokens} {grant.cost} {tokens} {cost} {1 if pid else 0}")
-        nkeys = len(keys) * SLOTS
+            encoded = grant.redis_keys
+            keys.append(encoded if encoded else b"".join(
+                [self._scope_keys(s.name, pid, grant.minute, s)[1] for s, pid in zip(grant.scopes, grant.periods,
+                                                                                   strict=True)]))
+            head = f"{grant.tokens} {grant.cost} {tokens} {cost} "
+            for pid in grant.periods:
+                args.append(head + ("1" if pid else "0"))
+        nkeys = len(args) * SLOTS
         return b"".join([b"*%d\r\n" % (4 + nkeys + len(args)), self._evalsha_settle, bulk(str(nkeys)), *keys,
                          bulk_ascii([str(len(args)), *args])])
 

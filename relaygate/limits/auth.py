@@ -27,6 +27,8 @@ def presented_key(headers: dict[str, str]) -> str | None:
     """The key a client sent: ``Authorization: Bearer`` (OpenAI), ``x-api-key`` (Anthropic), ``api-key`` (Azure)."""
     auth = headers.get("authorization")
     if auth:
+        if auth.startswith("Bearer ") and len(auth) > 7 and not auth[7].isspace() and not auth[-1].isspace():
+            return auth[7:]  # the usual form, already clean
         scheme, _, value = auth.partition(" ")
         if scheme.lower() == "bearer" and value.strip():
             return value.strip()
@@ -54,11 +56,9 @@ class Authenticator:
             raise AuthError("Missing API key: send it as 'Authorization: Bearer <key>', 'x-api-key' or 'api-key'.",
                             code="missing_api_key")
         digest = hash_secret(secret)
-        if hmac.compare_digest(digest, self._master_hash):
-            return MASTER
-        hit = self._cache.get(digest)
+        hit = self._cache.get(digest)  # virtual keys first: the master key is never looked up, so never cached
         if hit is None or hit[1] <= time.monotonic():
-            return None
+            return MASTER if hmac.compare_digest(digest, self._master_hash) else None
         return self._verify(digest, hit[0])
 
     async def authenticate(self, secret: str | None) -> Principal:

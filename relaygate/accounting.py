@@ -7,17 +7,17 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any
 
-from .call import Call, Handler, Reply
-from .catalog.prices import Price, PriceBook
-from .config import Config
+from relaygate.catalog.prices import Price, PriceBook
+from relaygate.config import Config
+from relaygate.core.call import Call, Handler, Reply
 
 if TYPE_CHECKING:
-    from .limits.auth import Authenticator
-    from .limits.keys import KeyStore
-    from .routing.router import ModelTable
-    from .store.db import Database
-    from .telemetry.audit import AuditLayer
-    from .telemetry.requestlog import RequestLogWriter
+    from relaygate.auth.authenticator import Authenticator
+    from relaygate.auth.keys import KeyStore
+    from relaygate.requestlog.audit import AuditLayer
+    from relaygate.requestlog.writer import RequestLogWriter
+    from relaygate.routing.router import ModelTable
+    from relaygate.store.db import Database
 
 log = logging.getLogger("relaygate")
 
@@ -26,7 +26,7 @@ MASTER_KEY_ENV = "RELAYGATE_MASTER_KEY"
 
 def default_spool_dir(config: Config) -> str:
     """Beside the SQLite file, else ./relaygate-spool."""
-    from .store.db import sqlite_path
+    from relaygate.store.db import sqlite_path
 
     if config.request_log.spool_dir:
         return config.request_log.spool_dir
@@ -61,19 +61,19 @@ class Accounting:
         self._deployment_prices: dict[tuple[str, str], Price] = {}  # (deployment, model asked) -> its price
         master = master_key(config)
         if config.request_log.enabled or master:
-            from .store.db import Database
+            from relaygate.store.db import Database
 
             self.db = Database(config.database.url, config.database.pool_size)
         if config.request_log.enabled:
-            from .telemetry.requestlog import RequestLogWriter
+            from relaygate.requestlog.writer import RequestLogWriter
 
             assert self.db is not None
             rl = config.request_log
             self.writer = RequestLogWriter(self.db.engine, default_spool_dir(config), queue_size=rl.queue_size,
                                            batch_size=rl.batch_size, flush_interval=rl.flush_interval)
         if master:
-            from .limits.auth import Authenticator
-            from .limits.keys import KeyStore
+            from relaygate.auth.authenticator import Authenticator
+            from relaygate.auth.keys import KeyStore
 
             assert self.db is not None
             db = self.db
@@ -85,13 +85,13 @@ class Accounting:
         self.table = table
         handler = inner
         if self.auth is not None:
-            from .limits.auth import AuthLayer
-            from .limits.layer import LimitLayer
+            from relaygate.auth.authenticator import AuthLayer
+            from relaygate.limits.layer import LimitLayer
 
             handler = LimitLayer(handler, lambda: self.limiter, self.estimate, self.cost_nano, self.settling)
             handler = AuthLayer(handler, self.auth)
         if self.writer is not None:
-            from .telemetry.audit import AuditLayer
+            from relaygate.requestlog.audit import AuditLayer
 
             handler = self.audit = AuditLayer(handler, self.writer, self.config.request_log, self.cost_nano)
         return handler
@@ -165,7 +165,7 @@ class Accounting:
         return prompt + out, price.estimate_nano(prompt, out)
 
     async def load_spent(self, scope_name: str, start: float) -> int:
-        from .limits.keys import spent_since
+        from relaygate.auth.keys import spent_since
 
         assert self.db is not None
         db = self.db
@@ -180,7 +180,7 @@ class Accounting:
         if self.writer is not None:
             self.writer.start()
         if self.auth is not None and self.config.auth.keys:
-            from .limits.keys import sync_config_keys
+            from relaygate.auth.keys import sync_config_keys
 
             assert self.db is not None
             await asyncio.to_thread(sync_config_keys, self.db.engine, self.config.auth.keys)
@@ -191,12 +191,12 @@ class Accounting:
             log.warning("=" * 72)
             return
         if self.config.state.redis_url:
-            from .limits.redis_limits import RedisLimiter
+            from relaygate.limits.redis import RedisLimiter
 
             ttl = int(self.config.server.request_timeout) + 60
             self.limiter = RedisLimiter(self.config.state.redis_url, self.load_spent, ttl)
         else:
-            from .limits.ratelimit import MemoryLimiter
+            from relaygate.limits.memory import MemoryLimiter
 
             self.limiter = MemoryLimiter(self.load_spent)
 

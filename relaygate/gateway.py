@@ -8,14 +8,14 @@ from typing import Any
 
 import aiohttp
 
-from .accounting import Accounting
-from .call import Call, Handler, Reply
-from .config import PROVIDER_TYPES, Config, ConfigError, deployment_name
-from .providers import provider_class
-from .routing.deployment import Deployment
-from .routing.health import HealthChecker, health_checks
-from .routing.router import ModelTable, Router
-from .routing.strategies import catalog_price
+from relaygate.accounting import Accounting
+from relaygate.config import PROVIDER_TYPES, Config, ConfigError, deployment_name
+from relaygate.core.call import Call, Handler, Reply
+from relaygate.providers import provider_class
+from relaygate.routing.deployment import Deployment
+from relaygate.routing.health import HealthChecker, health_checks
+from relaygate.routing.router import ModelTable, Router
+from relaygate.routing.strategies import catalog_price
 
 log = logging.getLogger("relaygate")
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import openai
 
-from relaygate.call import Call
 from relaygate.config import parse_config
-from relaygate.errors import GatewayError
+from relaygate.core.call import Call
+from relaygate.core.errors import GatewayError
 from relaygate.gateway import Gateway
 from relaygate.testing.base import BackgroundServer, FaultPlan, free_port
 from relaygate.testing.openai import OpenAIEmulatorOptions, create_app

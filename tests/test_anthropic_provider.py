@@ -12,8 +12,8 @@ import httpx
 import openai
 import pytest
 
-from relaygate.call import Call
 from relaygate.config import ConfigError, parse_config
+from relaygate.core.call import Call
 from relaygate.gateway import Gateway
 from relaygate.testing.anthropic import AnthropicEmulatorOptions, create_app
 from relaygate.testing.base import BackgroundServer, FaultPlan
@@ -408,9 +408,9 @@ def test_upstream_disconnect_mid_stream_is_reported(gw: GatewayThread, emu: Back
 
 
 def test_probe_uses_the_free_count_tokens_and_reports_a_bad_key(emu: BackgroundServer) -> None:
-    from relaygate.errors import AuthError
+    from relaygate.core.errors import AuthError
     from relaygate.gateway import new_session
-    from relaygate.providers.anthropic import AnthropicProvider
+    from relaygate.providers.anthropic.provider import AnthropicProvider
 
     async def probe(key: str) -> BaseException | None:
         cfg = parse_config({"models": [anthropic_model("c", emu, api_key=key)]}, {}).models[0].deployments[0]
@@ -478,7 +478,7 @@ def test_openai_prompt_cache_breakpoints_become_cache_control(client: openai.Ope
 
 def test_native_requests_are_metered_from_anthropics_usage(emu: BackgroundServer) -> None:
     """Replies relayed untouched to /v1/messages still carry usage for metering (whole and streamed)."""
-    from relaygate.providers.anthropic import NATIVE_REPLY, NATIVE_REQUEST
+    from relaygate.providers.anthropic.provider import NATIVE_REPLY, NATIVE_REQUEST
 
     cfg = parse_config({"models": [anthropic_model("c", emu)]}, {})
     native = {"model": "c", "max_tokens": 20, "messages": [{"role": "user", "content": "one two"}]}

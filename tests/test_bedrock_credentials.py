@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from relaygate.config import ConfigError, parse_config
-from relaygate.errors import AuthError
+from relaygate.core.errors import AuthError
 from relaygate.testing.base import BackgroundServer
 from relaygate.testing.bedrock import (
     OPTIONS_KEY,
@@ -145,8 +145,8 @@ def test_a_failed_renewal_keeps_credentials_that_are_still_valid() -> None:
     import asyncio
     import time as _time
 
-    from relaygate.providers.aws_credentials import RefreshingSource
-    from relaygate.providers.aws_sigv4 import AwsCredentials
+    from relaygate.providers.aws.credentials import RefreshingSource
+    from relaygate.providers.aws.sigv4 import AwsCredentials
 
     issued = AwsCredentials("ASIA1", "s1", "t1")
     answers: list[Any] = [(issued, _time.time() + 60), AuthError("refused"), AuthError("refused")]
@@ -182,13 +182,13 @@ def test_a_shared_credentials_profile_is_read_when_the_gateway_is_built(
     assert c.chat.completions.create(model="c", messages=[{"role": "user", "content": "hi"}]).choices
     monkeypatch.setenv("AWS_PROFILE", "missing")
     with pytest.raises(ValueError, match="has no access keys"):
-        from relaygate.providers.aws_credentials import profile_source
+        from relaygate.providers.aws.credentials import profile_source
 
         profile_source({"AWS_PROFILE": "missing", "AWS_SHARED_CREDENTIALS_FILE": str(creds)})
 
 
 def test_instance_metadata_can_be_disabled() -> None:
-    from relaygate.providers.aws_credentials import instance_source
+    from relaygate.providers.aws.credentials import instance_source
 
     endpoint = {"AWS_EC2_METADATA_SERVICE_ENDPOINT": "http://127.0.0.1:9"}
     assert instance_source(endpoint) is not None
@@ -196,7 +196,7 @@ def test_instance_metadata_can_be_disabled() -> None:
 
 
 def test_container_credentials_url_must_be_a_container_host(monkeypatch: pytest.MonkeyPatch) -> None:
-    from relaygate.providers.aws_credentials import container_source
+    from relaygate.providers.aws.credentials import container_source
 
     with pytest.raises(ValueError, match="container credentials host"):
         container_source({"AWS_CONTAINER_CREDENTIALS_FULL_URI": "http://10.0.0.8/creds"})

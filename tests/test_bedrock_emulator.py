@@ -18,8 +18,8 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError, EventStreamError
 
-from relaygate.providers import aws_eventstream as es
-from relaygate.providers.aws_sigv4 import AwsCredentials, SigV4Signer
+from relaygate.providers.aws import eventstream as es
+from relaygate.providers.aws.sigv4 import AwsCredentials, SigV4Signer
 from relaygate.testing.base import BackgroundServer, FaultPlan
 from relaygate.testing.bedrock import TEST_ACCESS_KEY, TEST_SECRET_KEY, BedrockEmulatorOptions, create_app
 

@@ -17,7 +17,7 @@ from urllib.parse import unquote
 import openai
 import pytest
 
-from relaygate.errors import AuthError, Unavailable
+from relaygate.core.errors import AuthError, Unavailable
 from relaygate.testing.base import BackgroundServer, FaultPlan
 from relaygate.testing.bedrock import (
     PEERS_KEY,
@@ -365,7 +365,7 @@ def test_exception_frame_before_any_event_is_still_an_http_error(client: openai.
 ])
 def test_stream_exception_and_error_frames_map_to_gateway_errors(gw: GatewayThread, headers: dict[str, str],
                                                                  payload: bytes, kind: str, status: int) -> None:
-    from relaygate.providers.aws_eventstream import EventMessage
+    from relaygate.providers.aws.eventstream import EventMessage
 
     provider = next(d.provider for d in gw.gateway.deployments() if d.model_name == "claude")
     err = provider.stream_exception(EventMessage(headers, payload))

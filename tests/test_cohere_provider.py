@@ -15,9 +15,9 @@ import openai
 import orjson
 import pytest
 
-from relaygate.call import Call
 from relaygate.config import DeploymentConfig
-from relaygate.errors import BadRequest, GatewayError, Unsupported
+from relaygate.core.call import Call
+from relaygate.core.errors import BadRequest, GatewayError, Unsupported
 from relaygate.providers.cohere import CohereProvider
 from relaygate.routing.deployment import Deployment
 from relaygate.testing.base import BackgroundServer
@@ -441,7 +441,7 @@ def test_sampling_options_beyond_cohere_ranges_are_moved_to_the_bound_and_named(
 
 def test_parallel_tool_calls_keep_their_own_indexes() -> None:
     """Cohere may call several tools in one turn (the emulator calls one): translated from captured shapes."""
-    from relaygate.call import Reply
+    from relaygate.core.call import Reply
     from relaygate.providers.cohere import chat_completion, usage_of
     from relaygate.providers.openai_format import ChunkWriter
 

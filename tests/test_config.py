@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from relaygate.cli import main
+from relaygate.cli.main import main
 from relaygate.config import ConfigError, default_config, load_config, parse_config
 
 ISSUE_SHAPE = """

@@ -13,11 +13,11 @@ import orjson
 import pytest
 import requests
 
-from relaygate.call import Call
 from relaygate.config import DeploymentConfig
-from relaygate.errors import BadRequest, GatewayError
+from relaygate.core.call import Call
+from relaygate.core.errors import BadRequest, GatewayError
 from relaygate.gateway import new_session
-from relaygate.providers.gemini import GeminiProvider, VertexProvider
+from relaygate.providers.gemini.provider import GeminiProvider, VertexProvider
 from relaygate.routing.deployment import Deployment
 from relaygate.testing.base import BackgroundServer
 from relaygate.testing.gateway import GatewayThread
@@ -126,7 +126,7 @@ def test_vertex_service_account_tokens_are_fetched_and_renewed_before_expiry(
 
 def _build(deployment: dict[str, Any]) -> None:
     """Build the providers of a one-deployment config, as ``relaygate check-config`` does."""
-    from relaygate.cli import _check_providers
+    from relaygate.cli.main import _check_providers
     from relaygate.config import parse_config
 
     _check_providers(parse_config({"models": [{"name": "v", "deployments": [deployment]}]}, {}))

@@ -8,10 +8,10 @@ from typing import Any
 
 import orjson
 
-from relaygate.call import Reply
-from relaygate.errors import GatewayError, Unavailable
-from relaygate.http import StreamResponse
+from relaygate.core.call import Reply
+from relaygate.core.errors import GatewayError, Unavailable
 from relaygate.providers.base import stream_error_event
+from relaygate.server.http import StreamResponse
 
 
 def run(stream: AsyncIterator[bytes], disconnect_after: float | None = None) -> tuple[list[dict[str, Any]], list[Any]]:

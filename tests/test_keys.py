@@ -10,8 +10,8 @@ import openai
 import pytest
 import requests  # type: ignore[import-untyped]
 
-from relaygate import cli
-from relaygate.limits import auth as auth_module
+from relaygate.cli.main import main as cli_main
+from relaygate.auth import authenticator as auth_module
 from tests.conftest import openai_model
 
 MASTER = "rg-master-test-0123456789abcdef"
@@ -170,7 +170,7 @@ def test_revocation_reaches_other_instances_within_the_cache_ttl(openai_emulator
 def test_master_and_key_checks_use_constant_time_compare(monkeypatch) -> None:
     import asyncio
 
-    from relaygate.limits.keys import Principal, hash_secret
+    from relaygate.auth.keys import Principal, hash_secret
 
     compared: list[tuple[str, str]] = []
     real = auth_module.hmac.compare_digest
@@ -207,7 +207,7 @@ def test_cli_creates_lists_rotates_and_revokes_keys(openai_emulator, start_gatew
 
     def run(*argv: str) -> Any:
         capsys.readouterr()
-        assert cli.main(["keys", "--config", str(cfg_path), *argv]) == 0
+        assert cli_main(["keys", "--config", str(cfg_path), *argv]) == 0
         return orjson.loads(capsys.readouterr().out)
 
     created = run("create", "--name", "cli", "--rpm", "100", "--models", "m,other", "--budget-usd", "2.5")

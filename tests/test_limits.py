@@ -181,7 +181,7 @@ def wait_for_spent(gw: Any, scope: str, expected: int) -> int:
 
 
 def _scope(name: str) -> Any:
-    from relaygate.limits.keys import Limits, Scope
+    from relaygate.auth.keys import Limits, Scope
 
     return Scope(name, Limits())
 
@@ -269,8 +269,8 @@ def test_limits_fail_open_at_once_when_redis_is_unreachable(openai_emulator, sta
 def test_redis_limits_survive_redis_forgetting_the_script() -> None:
     """The acquire command is sent pre-encoded by EVALSHA; after SCRIPT FLUSH (a Redis restart) the limiter
     loads the script again and keeps counting in the same keys."""
-    from relaygate.limits.keys import Limits, Scope
-    from relaygate.limits.redis_limits import RedisLimiter
+    from relaygate.auth.keys import Limits, Scope
+    from relaygate.limits.redis import RedisLimiter
 
     try:
         r = redis_lib.Redis.from_url(REDIS_URL, socket_connect_timeout=2)

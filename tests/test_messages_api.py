@@ -383,7 +383,7 @@ def test_reasoning_text_from_openai_style_upstreams_becomes_a_thinking_block() -
     """vLLM/DeepSeek-style ``reasoning_content`` reaches Anthropic clients as thinking, whole and streamed."""
     import asyncio
 
-    from relaygate.api.messages_format import EventWriter, to_anthropic_message, translate_stream
+    from relaygate.api.anthropic.translate import EventWriter, to_anthropic_message, translate_stream
 
     whole = to_anthropic_message({"id": "chatcmpl-1", "model": "r1", "choices": [{"index": 0, "finish_reason": "stop",
                                   "message": {"role": "assistant", "content": "4", "reasoning_content": "2+2"}}]},

@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 import pytest
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from relaygate.errors import BadRequest
-from relaygate.multipart import AudioUpload, FormReader
+from relaygate.core.errors import BadRequest
+from relaygate.server.multipart import AudioUpload, FormReader
 
 FILE = os.urandom(300_000)  # past the spool's in-memory part: the replay reads it back from disk
 

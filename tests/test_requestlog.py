@@ -12,10 +12,10 @@ import pytest
 import requests  # type: ignore[import-untyped]
 from sqlalchemy import create_engine, func, select
 
+from relaygate.requestlog.redact import MASK, Redactor
+from relaygate.requestlog.writer import RequestLogWriter
 from relaygate.store import tables
 from relaygate.store.db import Database, engine_url
-from relaygate.telemetry.redact import MASK, Redactor
-from relaygate.telemetry.requestlog import RequestLogWriter
 from relaygate.testing.tcpproxy import TcpProxy
 from tests.conftest import openai_model
 
@@ -210,9 +210,9 @@ def test_rows_spool_while_postgres_is_unreachable_and_arrive_after(pg_url, tmp_p
 
 
 def test_a_body_that_is_not_json_still_gets_its_row(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from relaygate.call import Call, Reply, Usage
     from relaygate.config import RequestLogConfig
-    from relaygate.telemetry.audit import COLUMNS, AuditLayer
+    from relaygate.core.call import Call, Reply, Usage
+    from relaygate.requestlog.audit import COLUMNS, AuditLayer
 
     submitted: list[dict[str, Any]] = []
 
@@ -233,10 +233,10 @@ def test_a_row_holds_each_value_under_its_column() -> None:
     """The audit layer builds rows as tuples in the table's column order: every value lands in its column."""
     from types import SimpleNamespace
 
-    from relaygate.call import Call, Reply, Usage
+    from relaygate.auth.keys import Principal
     from relaygate.config import RequestLogConfig
-    from relaygate.limits.keys import Principal
-    from relaygate.telemetry.audit import COLUMNS, AuditLayer
+    from relaygate.core.call import Call, Reply, Usage
+    from relaygate.requestlog.audit import COLUMNS, AuditLayer
 
     rows: list[tuple[Any, ...]] = []
     sink = SimpleNamespace(submit=rows.append)

@@ -8,7 +8,7 @@ import os
 import pytest
 import redis as redis_lib
 
-from relaygate.limits.resp import RespClient, RespError, Script, encode, parse
+from relaygate.state.resp import RespClient, RespError, Script, encode, parse
 from tests.conftest import require_service
 
 REDIS_URL = os.environ.get("RELAYGATE_TEST_REDIS", "redis://127.0.0.1:6379/0")
@@ -27,7 +27,7 @@ def test_resp_values_parse_whole_or_not_at_all() -> None:
 def test_replies_resolve_their_calls_in_order_however_the_bytes_are_cut() -> None:
     """One-line replies take a fast path, bulk strings and arrays the general parser; a chunk may end
     anywhere, even inside a reply, and mix both kinds."""
-    from relaygate.limits.resp import _Protocol
+    from relaygate.state.resp import _Protocol
 
     wire = b"+1 5 100\r\n:42\r\n$7\r\nab\r\n+cd\r\n-NOSCRIPT gone\r\n*2\r\n:1\r\n+OK\r\n+OK\r\n:-3\r\n"
     expected: list[object] = [b"1 5 100", 42, b"ab\r\n+cd", "NOSCRIPT gone", [1, b"OK"], b"OK", -3]

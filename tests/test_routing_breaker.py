@@ -299,8 +299,8 @@ def wait_for(cond: Callable[[], bool], limit: float = 5.0) -> None:
 
 def test_a_stream_cut_after_its_first_byte_counts_against_the_breaker_but_a_client_leaving_does_not(
         emus: list[BackgroundServer]) -> None:
-    from relaygate.call import Call
-    from relaygate.http import ClientGone
+    from relaygate.core.call import Call
+    from relaygate.server.http import ClientGone
 
     cfg = {"models": [{"name": "m", "breaker": {"enabled": True, "failures": 2, "cooldown": 60},
                        "deployments": [dep(emus[0], "s")]}]}

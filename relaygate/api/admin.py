@@ -7,15 +7,15 @@ import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
-from ..errors import AuthError, BadRequest, MethodNotAllowed, NotFound, PermissionDenied
-from ..http import Request, Response, json_response
-from ..limits.auth import presented_key
-from ..limits.keys import KeyStore, parse_fields
-from ..store import queries
-from .common import object_body
+from relaygate.api.common import object_body
+from relaygate.auth.authenticator import presented_key
+from relaygate.auth.keys import KeyStore, parse_fields
+from relaygate.core.errors import AuthError, BadRequest, MethodNotAllowed, NotFound, PermissionDenied
+from relaygate.server.http import Request, Response, json_response
+from relaygate.store import queries
 
 if TYPE_CHECKING:
-    from ..gateway import Gateway
+    from relaygate.gateway import Gateway
 
 MAX_ADMIN_BODY = 1024 * 1024
 

@@ -6,14 +6,14 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from ..call import Call
-from ..errors import BadRequest
-from ..http import Request, Response, StreamResponse
-from ..multipart import AudioUpload, FormReader, boundary_of
-from .common import check, object_body, pop_provider, require, respond, respond_stream
+from relaygate.api.common import check, object_body, pop_provider, require, respond, respond_stream
+from relaygate.core.call import Call
+from relaygate.core.errors import BadRequest
+from relaygate.server.http import Request, Response, StreamResponse
+from relaygate.server.multipart import AudioUpload, FormReader, boundary_of
 
 if TYPE_CHECKING:
-    from ..gateway import Gateway
+    from relaygate.gateway import Gateway
 
 TRANSCRIPT_FORMATS = ("json", "text", "srt", "verbose_json", "vtt", "diarized_json")
 SPEECH_FORMATS = ("mp3", "opus", "aac", "flac", "wav", "pcm")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..call import Call, Reply
-from ..errors import BadRequest, GatewayError
-from ..http import Response, StreamResponse
-from ..providers.base import stream_error_event
+from relaygate.core.call import Call, Reply
+from relaygate.core.errors import BadRequest, GatewayError
+from relaygate.providers.base import stream_error_event
+from relaygate.server.http import Response, StreamResponse
 
 
 def require(body: dict[str, Any], name: str, kind: type | tuple[type, ...], what: str) -> Any:

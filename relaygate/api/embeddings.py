@@ -5,13 +5,13 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from ..call import Call
-from ..errors import BadRequest
-from ..http import Request, Response, StreamResponse
-from .common import check, object_body, pop_provider, require, respond
+from relaygate.api.common import check, object_body, pop_provider, require, respond
+from relaygate.core.call import Call
+from relaygate.core.errors import BadRequest
+from relaygate.server.http import Request, Response, StreamResponse
 
 if TYPE_CHECKING:
-    from ..gateway import Gateway
+    from relaygate.gateway import Gateway
 
 ENCODINGS = ("float", "base64")
 

@@ -6,11 +6,11 @@ import asyncio
 import time
 from typing import TYPE_CHECKING
 
-from ..http import Request, Response, json_response
-from ..routing.health import deployment_report
+from relaygate.routing.health import deployment_report
+from relaygate.server.http import Request, Response, json_response
 
 if TYPE_CHECKING:
-    from ..gateway import Gateway
+    from relaygate.gateway import Gateway
 
 
 async def alive(gw: Gateway, req: Request) -> Response:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ModelNotFound
-from ..http import Request, Response, json_response
-from ..limits.auth import caller
-from .messages_format import anthropic_model, anthropic_model_page
+from relaygate.api.anthropic.translate import anthropic_model, anthropic_model_page
+from relaygate.auth.authenticator import caller
+from relaygate.core.errors import ModelNotFound
+from relaygate.server.http import Request, Response, json_response
 
 if TYPE_CHECKING:
-    from ..gateway import Gateway
+    from relaygate.gateway import Gateway
 
 
 def model_object(gw: Gateway, name: str) -> dict[str, Any]:
@@ -35,7 +35,7 @@ async def get_model(gw: Gateway, req: Request) -> Response:
         err = ModelNotFound(f"The model {name!r} does not exist on this gateway. Available models: {known}.",
                             param="model")
         if "anthropic-version" in req.headers:
-            from .messages import anthropic_error
+            from relaygate.api.anthropic.messages import anthropic_error
 
             return anthropic_error(err, req.id)
         raise err

@@ -13,14 +13,14 @@ import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-from ..call import Call
-from ..errors import BadRequest, NotFound
-from ..http import Request, Response, StreamResponse
-from ..upload import ClientBody
-from .common import respond_stream
+from relaygate.api.common import respond_stream
+from relaygate.core.call import Call
+from relaygate.core.errors import BadRequest, NotFound
+from relaygate.server.http import Request, Response, StreamResponse
+from relaygate.server.upload import ClientBody
 
 if TYPE_CHECKING:
-    from ..gateway import Gateway
+    from relaygate.gateway import Gateway
 
 _SEGMENT = re.compile(r"[A-Za-z0-9_\-:.]{1,200}")
 FORWARDED_HEADERS = ("content-type", "accept", "openai-beta")

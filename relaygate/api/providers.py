@@ -5,13 +5,13 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from ..http import Request, Response, json_response
-from ..limits.auth import caller
-from ..routing.router import WILDCARD, takes_calls
+from relaygate.auth.authenticator import caller
+from relaygate.routing.router import WILDCARD, takes_calls
+from relaygate.server.http import Request, Response, json_response
 
 if TYPE_CHECKING:
-    from ..gateway import Gateway
-    from ..routing.deployment import Deployment
+    from relaygate.gateway import Gateway
+    from relaygate.routing.deployment import Deployment
 
 
 def accepts_traffic(dep: Deployment, now: float) -> bool:

@@ -9,8 +9,8 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..call import Usage
-    from ..config import Config, DeploymentConfig
+    from relaygate.config import Config, DeploymentConfig
+    from relaygate.core.call import Usage
 
 NANO = 1_000_000_000  # costs are integers of 1e-9 USD so that sums are exact
 

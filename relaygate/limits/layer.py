@@ -6,9 +6,9 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from ..call import Call, Handler, Reply
-from ..providers.base import RATE_LIMIT_HEADERS
-from .ratelimit import Grant, MemoryLimiter
+from relaygate.core.call import Call, Handler, Reply
+from relaygate.limits.memory import Grant, MemoryLimiter
+from relaygate.providers.base import RATE_LIMIT_HEADERS
 
 
 class LimitLayer:

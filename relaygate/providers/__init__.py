@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import importlib
 
-from .base import Provider
+from relaygate.providers.base import Provider
 
 # provider type -> "module:Class"; imported lazily so unused providers cost nothing at start
 REGISTRY: dict[str, str] = {
-    "openai": "openai_compat:OpenAIProvider",
-    "azure": "azure:AzureProvider",
+    "openai": "openai.provider:OpenAIProvider",
+    "azure": "openai.azure:AzureProvider",
     "demo": "demo:DemoProvider",
     "cohere": "cohere:CohereProvider",
-    "gemini": "gemini:GeminiProvider",
-    "vertex": "gemini:VertexProvider",
-    "anthropic": "anthropic:AnthropicProvider",
-    "vertex_anthropic": "anthropic_vertex:VertexAnthropicProvider",
-    "bedrock": "bedrock:BedrockProvider",
-    "bedrock_agent": "bedrock_agent:BedrockAgentProvider",
+    "gemini": "gemini.provider:GeminiProvider",
+    "vertex": "gemini.provider:VertexProvider",
+    "anthropic": "anthropic.provider:AnthropicProvider",
+    "vertex_anthropic": "anthropic.vertex:VertexAnthropicProvider",
+    "bedrock": "aws.bedrock:BedrockProvider",
+    "bedrock_agent": "aws.bedrock_agent:BedrockAgentProvider",
 }
 
 

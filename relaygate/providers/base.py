@@ -11,13 +11,13 @@ import aiohttp
 import orjson
 from yarl import URL
 
-from ..call import Call, Reply
-from ..config import DeploymentConfig
-from ..errors import GatewayError, Unavailable, Unsupported, UpstreamTimeout
-from ..upload import ClientBody
+from relaygate.config import DeploymentConfig
+from relaygate.core.call import Call, Reply
+from relaygate.core.errors import GatewayError, Unavailable, Unsupported, UpstreamTimeout
+from relaygate.server.upload import ClientBody
 
 if TYPE_CHECKING:
-    from ..multipart import AudioUpload
+    from relaygate.server.multipart import AudioUpload
 
 
 class Provider:

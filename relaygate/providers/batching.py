@@ -10,8 +10,8 @@ from typing import Any
 
 import orjson
 
-from ..call import Call, Reply, Usage
-from ..errors import Unavailable
+from relaygate.core.call import Call, Reply, Usage
+from relaygate.core.errors import Unavailable
 
 MAX_PARALLEL_BATCHES = 4  # enough to hide latency without a burst that trips the upstream's rate limit
 

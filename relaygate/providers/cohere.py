@@ -15,8 +15,8 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 
-from ..call import Call, Reply, Usage
-from ..errors import (
+from relaygate.core.call import Call, Reply, Usage
+from relaygate.core.errors import (
     BadRequest,
     ContentFiltered,
     ContextTooLong,
@@ -27,9 +27,9 @@ from ..errors import (
     UpstreamTimeout,
     from_status,
 )
-from .base import Provider, error_json, iter_sse, retry_after_seconds
-from .batching import embed_in_batches, needs_batches
-from .openai_format import (
+from relaygate.providers.base import Provider, error_json, iter_sse, retry_after_seconds
+from relaygate.providers.batching import embed_in_batches, needs_batches
+from relaygate.providers.openai_format import (
     ADJUSTED_HEADER,
     DROPPED_HEADER,
     ChunkWriter,

@@ -8,9 +8,9 @@ from typing import Any
 
 import orjson
 
-from ..call import Call, Reply, Usage
-from ..testing.openai import complete, stream_chunks
-from .base import SSE_DONE, Provider
+from relaygate.core.call import Call, Reply, Usage
+from relaygate.providers.base import SSE_DONE, Provider
+from relaygate.testing.openai import complete, stream_chunks
 
 PREFIX = "[relaygate demo model, not a real LLM] You said: "
 

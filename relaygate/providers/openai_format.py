@@ -13,8 +13,8 @@ from typing import Any
 
 import orjson
 
-from ..call import Usage
-from ..errors import BadRequest
+from relaygate.core.call import Usage
+from relaygate.core.errors import BadRequest
 
 SSE_DONE = b"data: [DONE]\n\n"
 DROPPED_HEADER = "x-relaygate-dropped-params"  # names the OpenAI parameters an upstream had no counterpart for

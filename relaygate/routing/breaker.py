@@ -16,7 +16,7 @@ import logging
 import time
 from typing import Any
 
-from ..config import BreakerConfig
+from relaygate.config import BreakerConfig
 
 log = logging.getLogger("relaygate.breaker")
 

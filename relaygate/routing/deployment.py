@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..config import DeploymentConfig
+from relaygate.config import DeploymentConfig
 
 if TYPE_CHECKING:
-    from ..providers.base import Provider
-    from .breaker import Breaker
+    from relaygate.providers.base import Provider
+    from relaygate.routing.breaker import Breaker
 
 
 SUCCESS_ALPHA = 0.05

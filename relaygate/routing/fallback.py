@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Container
 
-from ..config import FallbackConfig
+from relaygate.config import FallbackConfig
 
 
 class Fallbacks:

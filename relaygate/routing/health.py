@@ -7,10 +7,10 @@ import logging
 import time
 from typing import Any
 
-from ..config import Config, HealthCheckConfig
-from ..errors import GatewayError
-from .breaker import CLOSED, HALF_OPEN
-from .deployment import Deployment
+from relaygate.config import Config, HealthCheckConfig
+from relaygate.core.errors import GatewayError
+from relaygate.routing.breaker import CLOSED, HALF_OPEN
+from relaygate.routing.deployment import Deployment
 
 log = logging.getLogger("relaygate.health")
 

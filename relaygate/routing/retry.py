@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import random
 
-from ..config import RetryConfig
-from ..errors import GatewayError
+from relaygate.config import RetryConfig
+from relaygate.core.errors import GatewayError
 
 
 class RetryPolicy:

@@ -15,15 +15,22 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
-from ..call import Call, Reply
-from ..config import BreakerConfig, Config, ModelConfig
-from ..errors import BadRequest, GatewayError, ModelNotFound, RateLimited, Unavailable, UpstreamTimeout
-from .breaker import OPEN, Breakers
-from .deployment import Deployment
-from .fallback import Fallbacks
-from .retry import RetryPolicy
-from .strategies import PriceFn, Strategy, config_price, new_strategy
-from .voices import narrow_by_voice
+from relaygate.config import BreakerConfig, Config, ModelConfig
+from relaygate.core.call import Call, Reply
+from relaygate.core.errors import (
+    BadRequest,
+    GatewayError,
+    ModelNotFound,
+    RateLimited,
+    Unavailable,
+    UpstreamTimeout,
+)
+from relaygate.routing.breaker import OPEN, Breakers
+from relaygate.routing.deployment import Deployment
+from relaygate.routing.fallback import Fallbacks
+from relaygate.routing.retry import RetryPolicy
+from relaygate.routing.strategies import PriceFn, Strategy, config_price, new_strategy
+from relaygate.routing.voices import narrow_by_voice
 
 WILDCARD = "*"
 

@@ -12,10 +12,10 @@ import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .deployment import Deployment
+from relaygate.routing.deployment import Deployment
 
 if TYPE_CHECKING:
-    from ..catalog.prices import PriceBook
+    from relaygate.catalog.prices import PriceBook
 
 EXPLORE = 0.05  # share of calls least_latency/adaptive send elsewhere, to keep their view of the others fresh
 PriceFn = Callable[[Deployment], float | None]

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..call import Call
-from ..errors import BadRequest
-from .deployment import Deployment
+from relaygate.core.call import Call
+from relaygate.core.errors import BadRequest
+from relaygate.routing.deployment import Deployment
 
 
 def voice_of(body: dict[str, Any]) -> str | None:

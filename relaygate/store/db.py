@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
-from .migrations import migrate
+from relaygate.store.migrations import migrate
 
 T = TypeVar("T")
 

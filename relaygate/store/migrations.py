@@ -13,7 +13,7 @@ from collections.abc import Callable
 from sqlalchemy import Connection, Engine, select
 from sqlalchemy.exc import DBAPIError
 
-from . import tables
+from relaygate.store import tables
 
 log = logging.getLogger("relaygate.store")
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy import Engine, and_, func, or_, select
 
-from . import tables
+from relaygate.store import tables
 
 NANO = 1_000_000_000
 GROUPS = {"key": "key_id", "team": "team_id", "user": "user_id", "model": "model", "provider": "provider",

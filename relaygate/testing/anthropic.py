@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from ..providers.anthropic_wire import (
+from relaygate.providers.anthropic.wire import (
     API_VERSIONS,
     VERSION_2023,
     VERSION_2026,
@@ -29,8 +29,8 @@ from ..providers.anthropic_wire import (
     error_type,
     sse_event,
 )
-from .anthropic_checks import Invalid, blocks_of, sign, text_of, thinking_on, validate
-from .base import (
+from relaygate.testing.anthropic_checks import Invalid, blocks_of, sign, text_of, thinking_on, validate
+from relaygate.testing.base import (
     STATE_KEY,
     EmulatorState,
     FaultPlan,
@@ -41,7 +41,7 @@ from .base import (
     send_sse,
     tracked,
 )
-from .openai import _args_for
+from relaygate.testing.openai import _args_for
 
 DEFAULT_MODELS = ("claude-sonnet-4-6", "claude-sonnet-5-5", "claude-haiku-4-5", "claude-haiku-5-5", "claude-opus-4-7",
                   "claude-opus-5-5")

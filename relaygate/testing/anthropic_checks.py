@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from ..providers.anthropic_wire import REJECTED_PARAMS, VERSION_2023, thinking_forms
+from relaygate.providers.anthropic.wire import REJECTED_PARAMS, VERSION_2023, thinking_forms
 
 IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
 TOP_LEVEL = frozenset((

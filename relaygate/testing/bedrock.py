@@ -33,9 +33,9 @@ from xml.sax.saxutils import escape
 import orjson
 from aiohttp import web
 
-from ..providers import aws_eventstream as es
-from ..providers.aws_sigv4 import canonical_request, signing_key, string_to_sign
-from .base import (
+from relaygate.providers.aws import eventstream as es
+from relaygate.providers.aws.sigv4 import canonical_request, signing_key, string_to_sign
+from relaygate.testing.base import (
     STATE_KEY,
     EmulatorState,
     FaultPlan,
@@ -46,7 +46,7 @@ from .base import (
     send_frames,
     tracked,
 )
-from .openai import _args_for
+from relaygate.testing.openai import _args_for
 
 TEST_ACCESS_KEY = "AKIAIOSFODNN7EXAMPLE"  # AWS's documented example credentials
 TEST_SECRET_KEY = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"

@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 from aiohttp import BodyPartReader, web
 
-from .base import (
+from relaygate.testing.base import (
     STATE_KEY,
     FaultPlan,
     apply_latency,
@@ -36,8 +36,8 @@ from .base import (
     send_sse,
     tracked,
 )
-from .openai import Answer, answer, count_tokens
-from .openai_audio import transcript_of
+from relaygate.testing.openai import Answer, answer, count_tokens
+from relaygate.testing.openai_audio import transcript_of
 
 CHAT_MODELS = ("command-a-03-2025", "command-r-plus-08-2024", "command-r-08-2024", "command-r7b-12-2024",
                "command-a-vision-07-2025", "command-a-reasoning-08-2025")

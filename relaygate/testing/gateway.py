@@ -9,9 +9,9 @@ from typing import Any
 
 import uvicorn
 
-from ..config import Config, parse_config
-from ..server import App, uvicorn_config
-from .base import free_port
+from relaygate.config import Config, parse_config
+from relaygate.server.app import App, uvicorn_config
+from relaygate.testing.base import free_port
 
 
 class GatewayThread:

@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from .base import (
+from relaygate.testing.base import (
     STATE_KEY,
     EmulatorState,
     FaultPlan,
@@ -37,8 +37,8 @@ from .base import (
     send_sse,
     tracked,
 )
-from .gemini_checks import ApiError, normalise, validate
-from .openai import _args_for
+from relaygate.testing.gemini_checks import ApiError, normalise, validate
+from relaygate.testing.openai import _args_for
 
 DEFAULT_MODELS = ("gemini-2.5-flash", "gemini-2.5-pro", "gemini-2.0-flash", "gemini-3-pro-preview",
                   "text-embedding-004", "gemini-embedding-001")

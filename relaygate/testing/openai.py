@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from .base import (
+from relaygate.testing.base import (
     STATE_KEY,
     EmulatorState,
     FaultPlan,
@@ -349,8 +349,10 @@ def create_app(options: OpenAIEmulatorOptions | None = None, state: EmulatorStat
     app.router.add_post("/v1/chat/completions", tracked(chat))
     app.router.add_post("/openai/deployments/{deployment}/chat/completions", tracked(azure_chat))
     app.router.add_get("/v1/models", models)
-    from .openai_audio import add_audio_routes  # imported here: they build on this module's helpers
-    from .openai_files import add_passthrough_routes
+    from relaygate.testing.openai_audio import (
+        add_audio_routes,  # imported here: they build on this module's helpers
+    )
+    from relaygate.testing.openai_files import add_passthrough_routes
 
     add_audio_routes(app, opts)
     add_passthrough_routes(app, opts)

@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import BodyPartReader, web
 
-from ..call import Usage
-from ..providers.openai_format import embeddings_response
-from .base import STATE_KEY, FaultPlan, apply_latency, json_response, tracked
-from .openai import auth_error, error_body, fault_response
+from relaygate.core.call import Usage
+from relaygate.providers.openai_format import embeddings_response
+from relaygate.testing.base import STATE_KEY, FaultPlan, apply_latency, json_response, tracked
+from relaygate.testing.openai import auth_error, error_body, fault_response
 
 if TYPE_CHECKING:
-    from .openai import OpenAIEmulatorOptions
+    from relaygate.testing.openai import OpenAIEmulatorOptions
 
 PCM_RATE = 24000
 SECONDS_PER_CHAR = 0.02

@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import BodyPartReader, web
 
-from .base import STATE_KEY, json_response, tracked
-from .openai import auth_error, error_body
+from relaygate.testing.base import STATE_KEY, json_response, tracked
+from relaygate.testing.openai import auth_error, error_body
 
 if TYPE_CHECKING:
-    from .openai import OpenAIEmulatorOptions
+    from relaygate.testing.openai import OpenAIEmulatorOptions
 
 FILES_KEY: web.AppKey[dict[str, tuple[dict[str, Any], bytes]]] = web.AppKey("emulator_files", dict)
 BATCHES_KEY: web.AppKey[dict[str, dict[str, Any]]] = web.AppKey("emulator_batches", dict)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from .base import free_port
+from relaygate.testing.base import free_port
 
 
 class TcpProxy:

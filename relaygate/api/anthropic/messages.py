@@ -1,0 +1,149 @@
+"""``POST /v1/messages``: Anthropic's Messages API in front of any configured model.
+
+The request becomes an OpenAI-format chat call that goes through the whole pipeline; the reply comes
+back as an Anthropic Message, or as Anthropic's SSE events translated chunk by chunk. The original request
+rides along (``call.meta``): an Anthropic deployment sends it as it is and its answer is relayed untouched,
+so nothing is lost when Claude serves the call. Clients may send
+either ``anthropic-version`` (2023-06-01 or 2026-10-21) and their key as ``x-api-key`` or
+``Authorization: Bearer``; sampling parameters are accepted under both versions (the model decides).
+Errors on this route use Anthropic's error shape.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from relaygate.api.anthropic.translate import (
+    EventWriter,
+    anthropic_error_type,
+    error_event,
+    to_anthropic_message,
+    to_openai_request,
+    translate_stream,
+)
+from relaygate.api.chat import chat_call
+from relaygate.api.common import object_body, reply_headers
+from relaygate.core.call import Call, Reply
+from relaygate.core.errors import GatewayError, Unavailable
+from relaygate.providers.anthropic.provider import DROPPED_HEADER, NATIVE_REPLY, NATIVE_REQUEST
+from relaygate.providers.anthropic.wire import error_body
+from relaygate.server.http import Request, Response, StreamResponse
+
+if TYPE_CHECKING:
+    from relaygate.gateway import Gateway
+
+
+def anthropic_error(err: GatewayError, request_id: str) -> Response:
+    message = err.message
+    if err.kind == "context_too_long" and not message.startswith("prompt is too long"):
+        message = "prompt is too long: " + message  # Anthropic's wording, which clients act on (compaction)
+    body = error_body(anthropic_error_type(err), message, request_id)
+    return Response(orjson.dumps(body), err.status, {**err.headers, "request-id": request_id})
+
+
+async def _read(gw: Gateway, req: Request, route: str = "chat") -> tuple[Call, list[str]]:
+    """The call for the client's Anthropic request: an OpenAI chat body (for any provider) plus the
+    original (for Anthropic deployments, which take it as it is); and the fields the translation left out."""
+    count = route == "count_tokens"
+    limit = gw.config.server.max_body_bytes
+    body = object_body(await req.json(limit))
+    keep_cache = b'"cache_control"' in await req.body(limit) and _understands_cache_control(gw, body)
+    request, dropped = to_openai_request({**body, "max_tokens": 1} if count else body, keep_cache)
+    if count:
+        del request["max_completion_tokens"]  # counting has no output
+    if isinstance(body.get("provider"), str):
+        request["provider"] = body["provider"]  # relaygate's explicit-provider field, as on /chat
+    call = chat_call(gw, req, request, route=route)
+    call.meta[NATIVE_REQUEST] = body
+    return call, dropped
+
+
+async def messages(gw: Gateway, req: Request) -> Response | StreamResponse:
+    try:
+        call, dropped = await _read(gw, req)
+        call.wants_usage = call.stream  # the usage chunk feeds the final message_delta
+        reply = await gw.handle(call)
+    except GatewayError as e:
+        return anthropic_error(e, req.id)
+    headers = reply_headers(call, reply)
+    headers["request-id"] = req.id
+    if call.meta.get(NATIVE_REPLY):  # an Anthropic deployment answered in its own format: relay as is
+        if reply.stream is not None:
+            return StreamResponse(reply, headers, error_event)
+        return Response(reply.body or b"", 200, headers, reply=reply)
+    if dropped:
+        earlier = headers.get(DROPPED_HEADER)
+        headers[DROPPED_HEADER] = ",".join(dropped) if not earlier else f"{earlier},{','.join(dropped)}"
+    if reply.stream is not None:
+        reply.stream = translate_stream(reply.stream, EventWriter(call.model), lambda: reply.usage)
+        return StreamResponse(reply, headers, error_event)
+    try:
+        data = orjson.loads(reply.body or b"")
+        if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
+            raise ValueError("not a chat completion")
+    except ValueError:
+        err = Unavailable("the upstream answer was not a chat completion", status=502)
+        reply.finish(err)
+        return anthropic_error(err, req.id)
+    if call.stream:  # the upstream answered whole: deliver it as one burst of events
+        return _replay(call, reply, data, headers)
+    message = to_anthropic_message(data, reply.usage, call.model)
+    return Response(orjson.dumps(message), 200, headers, reply=reply)
+
+
+CACHE_AWARE_PROVIDERS = frozenset(("anthropic", "vertex_anthropic", "bedrock"))  # bedrock: → cachePoint blocks
+
+
+def _understands_cache_control(gw: Gateway, body: dict[str, Any]) -> bool:
+    """Whether every deployment that may serve the call (fallbacks included) takes ``cache_control``."""
+    model, provider = body.get("model"), body.get("provider")
+    if not isinstance(model, str):
+        return False
+    try:
+        deps = gw.table.resolve(Call(id="", route="chat", model=model, body={},
+                                     provider=provider if isinstance(provider, str) else None))
+    except GatewayError:
+        return False
+    names = {deps[0].model_name}
+    for m in gw.config.models:
+        if m.name in names:
+            names.update(n for f in m.fallbacks for n in f.models)
+            break
+    return all(d.provider_type in CACHE_AWARE_PROVIDERS for n in names for d in gw.table.models.get(n, ()))
+
+
+async def count_tokens(gw: Gateway, req: Request) -> Response:
+    """``POST /v1/messages/count_tokens``: served by deployments that can count (Anthropic's)."""
+    try:
+        call, _ = await _read(gw, req, "count_tokens")
+        reply = await gw.handle(call)
+    except GatewayError as e:
+        return anthropic_error(e, req.id)
+    headers = reply_headers(call, reply)
+    headers["request-id"] = req.id
+    return Response(reply.body or b"", 200, headers, reply=reply)
+
+
+def _replay(call: Call, reply: Reply, data: dict[str, Any], headers: dict[str, str]) -> StreamResponse:
+    choice = data["choices"][0] if data["choices"] else {}
+    msg = choice.get("message") or {}
+    calls = [{**tc, "index": i} for i, tc in enumerate(msg.get("tool_calls") or ())]
+    w = EventWriter(call.model)
+    events = w.chunk({"id": data.get("id"), "model": data.get("model"), "choices": [{
+        "index": 0, "delta": {"content": msg.get("content"), "tool_calls": calls},
+        "finish_reason": choice.get("finish_reason")}]}) + w.end(reply.usage)
+
+    async def once() -> Any:
+        yield events
+
+    reply.stream = once()
+    reply.media_type = "text/event-stream"
+    return StreamResponse(reply, headers, error_event)
+
+
+ROUTES = [
+    ("POST", "/v1/messages", messages),
+    ("POST", "/v1/messages/count_tokens", count_tokens),
+]

@@ -1,0 +1,126 @@
+"""The ``relaygate`` command: serve, check-config, emulate."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from relaygate.config import ConfigError, load_config
+
+EMULATORS = ("openai", "cohere", "gemini", "anthropic", "bedrock")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="relaygate", description="An OpenAI-compatible LLM gateway.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", help="YAML config file (default: built-in demo config)")
+    serve.add_argument("--host", default=None, help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="port (default 4000)")
+
+    check = sub.add_parser("check-config", help="validate a config file; list every error")
+    check.add_argument("file")
+
+    emulate = sub.add_parser("emulate", help="run a provider emulator (for tests and offline tries)")
+    emulate.add_argument("provider", choices=EMULATORS)
+    emulate.add_argument("--host", default="127.0.0.1")
+    emulate.add_argument("--port", type=int, default=9000)
+    emulate.add_argument("--api-key", default=None, help="require this key from clients")
+
+    from relaygate.cli import keys as keys_cli
+
+    keys_cli.add_parser(sub)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "check-config":
+        return check_config(args.file)
+    if args.command == "keys":
+        return keys_cli.run(args)
+    if args.command == "emulate":
+        return emulate_provider(args.provider, args.host, args.port, args.api_key)
+    return serve_gateway(args.config, args.host, args.port)
+
+
+def check_config(path: str) -> int:
+    try:
+        cfg = load_config(path)
+        _check_providers(cfg)
+    except ConfigError as e:
+        print(f"{path}: {len(e.errors)} error(s)", file=sys.stderr)
+        for err in e.errors:
+            print(f"  {err}", file=sys.stderr)
+        return 1
+    print(f"{path}: ok ({len(cfg.models)} models, {len(cfg.deployment_names())} deployments)")
+    return 0
+
+
+def _check_providers(cfg: object) -> None:
+    import asyncio
+
+    from relaygate.gateway import build_deployments, new_session
+
+    async def build() -> None:
+        session = new_session()
+        try:
+            build_deployments(cfg, session)  # type: ignore[arg-type]
+        finally:
+            await session.close()
+
+    asyncio.run(build())
+
+
+def serve_gateway(config_path: str | None, host: str | None, port: int | None) -> int:
+    import uvicorn
+
+    from relaygate.server.app import App, uvicorn_config
+
+    try:
+        cfg = load_config(config_path)
+        _check_providers(cfg)
+    except ConfigError as e:
+        print(str(e), file=sys.stderr)
+        return 1
+    host = host or cfg.server.host
+    port = port if port is not None else cfg.server.port
+    log = logging.getLogger("relaygate")
+    if config_path is None:
+        log.info("no --config given: serving the built-in 'demo' model%s",
+                 " and OpenAI's models (OPENAI_API_KEY is set)" if len(cfg.models) > 1 else "")
+    log.info("relaygate listening on http://%s:%d/v1", host, port)
+    server = uvicorn.Server(uvicorn_config(App(cfg, freeze_gc=True), host, port))
+    server.run()
+    return 0
+
+
+def emulate_provider(provider: str, host: str, port: int, api_key: str | None) -> int:
+    from relaygate.testing.base import run_forever
+
+    if provider == "openai":
+        from relaygate.testing.openai import OpenAIEmulatorOptions, create_app
+
+        app = create_app(OpenAIEmulatorOptions(api_key=api_key))
+    elif provider == "cohere":
+        from relaygate.testing.cohere import CohereEmulatorOptions
+        from relaygate.testing.cohere import create_app as create_cohere_app
+
+        app = create_cohere_app(CohereEmulatorOptions(api_key=api_key))
+    elif provider == "gemini":
+        from relaygate.testing import gemini
+
+        app = gemini.create_app(gemini.GeminiEmulatorOptions(api_key=api_key, bearer_token=api_key))
+    elif provider == "anthropic":
+        from relaygate.testing import anthropic
+
+        app = anthropic.create_app(anthropic.AnthropicEmulatorOptions(api_key=api_key))
+    elif provider == "bedrock":
+        from relaygate.testing import bedrock
+
+        app = bedrock.create_app()
+        print(f"bedrock emulator: sign with AWS's documented example keys (aws_access_key_id "
+              f"{bedrock.TEST_ACCESS_KEY}; see docs/bedrock.md)", flush=True)
+    print(f"{provider} emulator on http://{host}:{port}", flush=True)
+    run_forever(app, host, port)
+    return 0

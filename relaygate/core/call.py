@@ -1,0 +1,113 @@
+"""The unit of work that flows through the pipeline (``Call``) and what comes back (``Reply``)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from relaygate.routing.deployment import Deployment
+
+
+@dataclass(slots=True)
+class Usage:
+    """Token usage of one call; ``known`` is False when the upstream does not report it."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    known: bool = True
+    audio_seconds: float = 0.0
+    characters: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def as_openai(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        }
+        if self.cached_tokens:
+            out["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
+        return out
+
+    @classmethod
+    def from_openai(cls, u: Any) -> Usage | None:
+        if not isinstance(u, dict):
+            return None
+        details = u.get("prompt_tokens_details") or {}
+        prompt = u.get("prompt_tokens", u.get("input_tokens", 0)) or 0
+        completion = u.get("completion_tokens", u.get("output_tokens", 0)) or 0
+        return cls(
+            prompt_tokens=int(prompt),
+            completion_tokens=int(completion),
+            cached_tokens=int((details.get("cached_tokens") if isinstance(details, dict) else 0) or 0),
+        )
+
+
+@dataclass(slots=True)
+class Call:
+    """One client request on its way through the pipeline."""
+
+    id: str
+    route: str  # "chat", "embeddings", "speech", … — the provider method that serves it
+    model: str  # the model name the client asked for
+    body: dict[str, Any]  # the parsed OpenAI-format request body
+    stream: bool = False
+    headers: dict[str, str] = field(default_factory=dict)  # client headers, lower-case names
+    client_ip: str = ""
+    provider: str | None = None  # explicit provider asked for (body "provider" or "provider/model")
+    wants_usage: bool = False  # the client asked for stream_options.include_usage
+    started: float = field(default_factory=time.monotonic)
+    deadline: float = 0.0  # monotonic time by which the call must finish
+    key: Any = None  # the authenticated principal, set by the auth layer
+    attempts: int = 0
+    deployment: Deployment | None = None  # the deployment that served (or last tried) the call
+    tried: list[str] = field(default_factory=list)  # deployment names attempted, in order
+    upload: Any = None  # a streamed request body (audio uploads), when the route has one
+    meta: dict[str, Any] = field(default_factory=dict)  # free-form notes of layers (cache hit, …)
+
+
+DoneCallback = Callable[["Reply", BaseException | None], None]
+
+
+@dataclass(slots=True)
+class Reply:
+    """A response from upstream in OpenAI's format: a whole body, or a stream of SSE-framed bytes."""
+
+    status: int = 200
+    body: bytes | None = None
+    stream: AsyncIterator[bytes] | None = None
+    media_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+    raw_headers: Sequence[tuple[bytes, bytes]] = ()  # more response headers, already encoded (x-ratelimit-*)
+    usage: Usage | None = None
+    first_byte_at: float | None = None  # monotonic time of the first upstream byte (TTFT for streams)
+    _done: list[DoneCallback] = field(default_factory=list)
+    _finished: bool = False
+
+    def on_done(self, cb: DoneCallback) -> None:
+        """Run ``cb(reply, error)`` once the reply was fully delivered (or failed)."""
+        self._done.append(cb)
+
+    def finish(self, error: BaseException | None = None) -> None:
+        """Called exactly once by whoever delivered the reply to the client."""
+        if self._finished:
+            return
+        self._finished = True
+        for cb in reversed(self._done):
+            try:
+                cb(self, error)
+            except Exception:  # a bookkeeping bug must never break delivery
+                import logging
+
+                logging.getLogger("relaygate").exception("on_done callback failed")
+
+
+Handler = Callable[[Call], Awaitable[Reply]]

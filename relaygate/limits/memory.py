@@ -1,0 +1,221 @@
+"""Rate limits, parallel caps and budgets, checked and reserved atomically across a call's scopes.
+
+A call's scopes are its key and the key's team and user. ``acquire`` checks every limit of every scope and,
+only if all pass, counts the request, reserves the estimated tokens and cost and takes a parallel slot: all at
+once (in-process: no await between check and update; Redis: one Lua script). ``settle`` replaces the estimate
+by the real usage and frees the slot. Windows for rpm/tpm are fixed UTC minutes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from relaygate.auth.keys import NANO, Limits, Scope
+from relaygate.core.errors import BudgetExceeded, RateLimited
+from relaygate.limits.periods import PeriodClock, period
+
+log = logging.getLogger("relaygate")
+
+# (scope name, period start) -> nano-dollars already spent in that period (from the request log)
+SpentLoader = Callable[[str, float], Awaitable[int]]
+
+
+@dataclass(slots=True)
+class Grant:
+    """What ``acquire`` took, to be given back or settled by ``settle``."""
+
+    scopes: tuple[Scope, ...]
+    minute: int
+    periods: tuple[str, ...]  # budget period id per scope ("" when the scope has no budget)
+    tokens: int
+    cost: int
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)  # x-ratelimit-* of the response
+    redis_keys: bytes = b""  # Redis: the scopes' key names, encoded, for the settlement
+
+
+def _reset(seconds: float) -> str:
+    return f"{max(0.0, seconds):.0f}s"
+
+
+def denial(scope: Scope, what: str, used: int, now: float) -> Exception:
+    """The 429 for a refused call, with OpenAI's x-ratelimit-* headers and retry-after."""
+    lim = scope.limits
+    to_minute = 60 - now % 60
+    headers: dict[str, str] = {}
+    if lim.rpm is not None:
+        headers["x-ratelimit-limit-requests"] = str(lim.rpm)
+        headers["x-ratelimit-reset-requests"] = _reset(to_minute)
+        if what == "requests":
+            headers["x-ratelimit-remaining-requests"] = str(max(0, lim.rpm - used))
+    if lim.tpm is not None:
+        headers["x-ratelimit-limit-tokens"] = str(lim.tpm)
+        headers["x-ratelimit-reset-tokens"] = _reset(to_minute)
+        if what == "tokens":
+            headers["x-ratelimit-remaining-tokens"] = str(max(0, lim.tpm - used))
+    if what == "budget":
+        _, _, end = period(lim.budget_period, now)
+        budget = lim.budget_nano or 0
+        return BudgetExceeded(
+            f"Budget exceeded for {scope.name}: ${used / NANO:.6f} spent or reserved of ${budget / NANO:.6f} "
+            f"({lim.budget_period}).", headers=headers, retry_after=(end - now) if end is not None else None)
+    if what == "parallel":
+        return RateLimited(f"Too many parallel requests for {scope.name} (limit {lim.max_parallel}).",
+                           headers=headers, retry_after=1, code="parallel_limit_exceeded")
+    limit = lim.rpm if what == "requests" else lim.tpm
+    return RateLimited(f"Rate limit reached for {scope.name}: {limit} {what} per minute.", headers=headers,
+                       retry_after=to_minute)
+
+
+def rate_headers(lim: Limits, reqs: int, toks: int) -> list[tuple[bytes, bytes]]:
+    """x-ratelimit-limit/remaining-requests|tokens (of the limits that are set) after ``reqs`` requests and
+    ``toks`` tokens this minute, for a call let through, encoded for the response (the HTTP server checks
+    and copies every header: these go straight into its list). The reset headers go with refusals only
+    (with retry-after): on success they would only say when the current UTC minute ends."""
+    h: list[tuple[bytes, bytes]] = []
+    rpm, tpm = lim.rpm, lim.tpm
+    if rpm is not None:
+        h.append((b"x-ratelimit-limit-requests", lim.rpm_header))
+        h.append((b"x-ratelimit-remaining-requests", b"%d" % (rpm - reqs) if reqs < rpm else b"0"))
+    if tpm is not None:
+        h.append((b"x-ratelimit-limit-tokens", lim.tpm_header))
+        h.append((b"x-ratelimit-remaining-tokens", b"%d" % (tpm - toks) if toks < tpm else b"0"))
+    return h
+
+
+@dataclass(slots=True)
+class _ScopeState:
+    minute: int = -1
+    requests: int = 0
+    tokens: int = 0
+    parallel: int = 0
+    spent: dict[str, int] = field(default_factory=dict)  # period id -> nano-dollars settled
+    reserved: int = 0
+
+
+class MemoryLimiter:
+    """One process's limits; state lives in this object (one per Gateway)."""
+
+    def __init__(self, load_spent: SpentLoader) -> None:
+        self._load_spent = load_spent
+        self._state: dict[str, _ScopeState] = {}
+        self._loading: dict[tuple[str, str], asyncio.Future[None]] = {}
+        self._period = PeriodClock()
+        self._minute = -1
+        self._pids: dict[str, str] = {}  # budget period id per period kind, this minute
+
+    def _st(self, name: str) -> _ScopeState:
+        st = self._state.get(name)
+        if st is None:
+            st = self._state[name] = _ScopeState()
+        return st
+
+    async def _ensure_spent(self, scope: Scope, pid: str, start: float) -> None:
+        st = self._st(scope.name)
+        if pid in st.spent:
+            return
+        key = (scope.name, pid)
+        fut = self._loading.get(key)
+        if fut is not None:
+            await asyncio.shield(fut)
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self._loading[key] = fut
+        try:
+            spent = await self._load_spent(scope.name, start)
+            if pid not in st.spent:
+                st.spent = {pid: spent}  # older periods are done with
+            fut.set_result(None)
+        except BaseException as e:
+            fut.set_exception(e)
+            fut.exception()
+            raise
+        finally:
+            self._loading.pop(key, None)
+
+    async def acquire(self, scopes: tuple[Scope, ...], tokens: int, cost: int) -> Grant:
+        grant = self.try_acquire(scopes, tokens, cost)
+        while grant is None:  # a budget's spend in this period is not known yet: read it from the log
+            now = time.time()
+            for s in scopes:
+                if s.limits.budget_nano is not None:
+                    pid, start, _ = self._period(s.limits.budget_period, now)
+                    await self._ensure_spent(s, pid, start)
+            grant = self.try_acquire(scopes, tokens, cost)
+        return grant
+
+    def try_acquire(self, scopes: tuple[Scope, ...], tokens: int, cost: int) -> Grant | None:
+        """Check every limit of every scope and, only if all pass, take the call's share: one step, no await.
+        None when a budget's spend for the current period must be loaded first (``acquire`` does that)."""
+        now = time.time()
+        minute = int(now // 60)
+        if minute != self._minute:  # budget period ids change on minute boundaries at most
+            self._minute, self._pids = minute, {}
+        state = self._state
+        taken: list[tuple[Scope, _ScopeState, str]] = []
+        for s in scopes:
+            lim = s.limits
+            st = state.get(s.name)
+            if st is None:
+                st = self._st(s.name)
+            if st.minute != minute:
+                st.minute, st.requests, st.tokens = minute, 0, 0
+            if lim.rpm is not None and st.requests >= lim.rpm:
+                raise denial(s, "requests", st.requests, now)
+            if lim.tpm is not None and (st.tokens >= lim.tpm or (st.tokens > 0 and st.tokens + tokens > lim.tpm)):
+                raise denial(s, "tokens", st.tokens, now)
+            if lim.max_parallel is not None and st.parallel >= lim.max_parallel:
+                raise denial(s, "parallel", st.parallel, now)
+            pid = ""
+            if lim.budget_nano is not None:
+                pid = self._pids.get(lim.budget_period) or self._pid(lim.budget_period, now)
+                spent = st.spent.get(pid)
+                if spent is None:
+                    return None
+                committed = spent + st.reserved
+                if committed + cost > lim.budget_nano:
+                    raise denial(s, "budget", committed, now)
+            taken.append((s, st, pid))
+        headers: list[tuple[bytes, bytes]] | None = None
+        for s, st, _ in taken:
+            st.requests += 1
+            st.tokens += tokens
+            st.parallel += 1
+            st.reserved += cost
+            if headers is None and (s.limits.rpm is not None or s.limits.tpm is not None):
+                headers = rate_headers(s.limits, st.requests, st.tokens)
+        pids = (taken[0][2],) if len(taken) == 1 else tuple([t[2] for t in taken])
+        return Grant(scopes, minute, pids, tokens, cost, headers or [])
+
+    def _pid(self, kind: str, now: float) -> str:
+        pid = self._pids[kind] = self._period(kind, now)[0]
+        return pid
+
+    async def settle(self, grant: Grant, tokens: int, cost: int) -> None:
+        self.settle_now(grant, tokens, cost)
+
+    def settle_now(self, grant: Grant, tokens: int, cost: int) -> None:
+        state = self._state
+        for s, pid in zip(grant.scopes, grant.periods, strict=True):
+            st = state.get(s.name)
+            if st is None:
+                st = self._st(s.name)
+            st.parallel = st.parallel - 1 if st.parallel > 0 else 0
+            st.reserved = st.reserved - grant.cost if st.reserved > grant.cost else 0
+            if st.minute == grant.minute:
+                left = st.tokens + tokens - grant.tokens
+                st.tokens = left if left > 0 else 0
+            if pid:
+                spent = st.spent
+                spent[pid] = spent.get(pid, 0) + cost
+
+    def spent(self, scope_name: str, pid: str) -> int:
+        """Settled spend of a scope in a period (for tests and the admin API)."""
+        st = self._state.get(scope_name)
+        return st.spent.get(pid, 0) if st is not None else 0
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,381 @@
+"""Anthropic's Messages API: OpenAI chat requests translated to Messages and back; streams translated
+event by event into OpenAI chunks.
+
+The ``anthropic-version`` sent upstream is chosen per deployment (``api_version``). The default is
+``2023-06-01``: OpenAI-format clients routinely send ``temperature``/``top_p``, which that version honours
+and ``2026-10-21`` rejects. With ``2026-10-21`` the key goes as ``Authorization: Bearer`` and those
+parameters are dropped, named in the ``x-relaygate-dropped-params`` response header.
+
+Calls from ``/v1/messages`` carry the client's own Anthropic request; it is sent as it is and the answer
+relayed untouched (``NATIVE_REQUEST`` / ``NATIVE_REPLY``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+
+from relaygate.core.call import Call, Reply, Usage
+from relaygate.core.errors import ContextTooLong, GatewayError, Unavailable, from_status
+from relaygate.providers.anthropic.request import to_messages_request
+from relaygate.providers.anthropic.wire import (
+    API_VERSIONS,
+    ERROR_TYPES,
+    REJECTED_PARAMS,
+    STOP_TO_FINISH,
+    VERSION_2023,
+    bearer_auth,
+)
+from relaygate.providers.base import Provider, error_json, iter_sse, retry_after_seconds
+from relaygate.providers.openai_format import ADJUSTED_HEADER, DROPPED_HEADER, ChunkWriter, completion
+
+DEFAULT_BASE = "https://api.anthropic.com"
+DEFAULT_VERSION = VERSION_2023
+DEFAULT_MAX_TOKENS = 4096
+_STATUS_OF_TYPE = {kind: status for status, kind in ERROR_TYPES.items()}
+NATIVE_REQUEST = "anthropic_request"  # call.meta: the client's own Messages body (set by /v1/messages)
+NATIVE_REPLY = "anthropic_native_reply"  # call.meta: set when the reply is Anthropic's own format
+_NATIVE_DROP = frozenset(("stream",))
+_NOT_COUNTED = frozenset(("max_tokens", "stream", "stop_sequences", "temperature", "top_p", "top_k", "metadata"))
+_CONTEXT_HINTS = ("prompt is too long", "exceed context limit", "context window", "too many total text bytes")
+
+
+def usage_of(u: Any) -> Usage | None:
+    """An Anthropic usage object as ours: prompt tokens include cache reads and writes (as OpenAI's do)."""
+    if not isinstance(u, dict):
+        return None
+    read = int(u.get("cache_read_input_tokens") or 0)
+    write = int(u.get("cache_creation_input_tokens") or 0)
+    return Usage(prompt_tokens=int(u.get("input_tokens") or 0) + read + write,
+                 completion_tokens=int(u.get("output_tokens") or 0), cached_tokens=read, cache_write_tokens=write)
+
+
+def to_completion(data: dict[str, Any], usage: Usage | None) -> dict[str, Any]:
+    """A whole Anthropic Message as an OpenAI ``chat.completion``."""
+    texts: list[str] = []
+    calls: list[dict[str, Any]] = []
+    thoughts: list[dict[str, Any]] = []
+    for b in data.get("content") or ():
+        kind = b.get("type")
+        if kind == "text":
+            texts.append(b.get("text") or "")
+        elif kind == "tool_use":
+            calls.append({"id": b.get("id"), "type": "function", "function": {
+                "name": b.get("name"), "arguments": orjson.dumps(b.get("input") or {}).decode()}})
+        elif kind in ("thinking", "redacted_thinking"):
+            thoughts.append(b)
+    body = completion(id="chatcmpl-" + str(data.get("id") or ""), model=str(data.get("model") or ""),
+                      content="".join(texts) if texts else None, tool_calls=calls,
+                      finish_reason=STOP_TO_FINISH.get(data.get("stop_reason") or "end_turn", "stop"),
+                      usage=usage)
+    if thoughts:
+        # the de facto OpenAI-format fields: reasoning text to show, and the signed blocks to send back
+        message = body["choices"][0]["message"]
+        message["reasoning_content"] = "".join(b.get("thinking") or "" for b in thoughts)
+        message["thinking_blocks"] = thoughts
+    return body
+
+
+class AnthropicProvider(Provider):
+    """``POST {api_base}/v1/messages`` with ``anthropic-version`` and the key in the header it wants."""
+
+    kind = "anthropic"
+    versions: tuple[str, ...] = API_VERSIONS
+    default_version = DEFAULT_VERSION
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        version = self.config.api_version or self.default_version
+        if version not in self.versions:
+            raise ValueError(f"api_version {version!r} is not an anthropic-version relaygate knows; "
+                             f"use one of {', '.join(self.versions)}")
+        self.version = version
+        self.rejected = REJECTED_PARAMS[version]
+        self.max_tokens = self.config.max_tokens or DEFAULT_MAX_TOKENS
+        self.url = self.messages_url()
+        self._headers = self.static_headers()
+
+    def messages_url(self) -> str:
+        base = self.config.api_base or DEFAULT_BASE
+        return base + ("/messages" if base.endswith("/v1") else "/v1/messages")
+
+    def static_headers(self) -> dict[str, str]:
+        headers = {**self.config.headers, "content-type": "application/json", "anthropic-version": self.version}
+        key = self.config.api_key.get_secret_value() if self.config.api_key is not None else ""
+        if key:
+            if bearer_auth(self.version):
+                headers["authorization"] = "Bearer " + key
+            else:
+                headers["x-api-key"] = key
+        return headers
+
+    # -- the upstream endpoint (Vertex AI overrides these) -----------------------------------------
+
+    def endpoint(self, model: str, *, count: bool, stream: bool) -> str:
+        return self.url + "/count_tokens" if count else self.url
+
+    def outgoing(self, body: dict[str, Any], *, count: bool) -> dict[str, Any]:
+        """The body as this endpoint wants it."""
+        return body
+
+    async def auth_headers(self) -> dict[str, str]:
+        return self._headers
+
+    async def post(self, call: Call, body: dict[str, Any], *, count: bool = False,
+                   extra: dict[str, str] | None = None) -> aiohttp.ClientResponse:
+        """POST a Messages (or count_tokens) body; an error answer is raised as a gateway error."""
+        url = self.endpoint(str(body.get("model")), count=count, stream=bool(body.get("stream")))
+        headers = await self.auth_headers()
+        if extra:
+            headers = {**headers, **extra}
+        resp = await self.request(call, "POST", url, headers=headers,
+                                  data=orjson.dumps(self.outgoing(body, count=count)))
+        if resp.status >= 400:
+            raise await self.upstream_error(resp)
+        return resp
+
+    async def probe(self) -> None:
+        """``count_tokens`` on the deployment's model: free, and fails the way a real call would."""
+        model = self.config.model
+        if model == "*":
+            return
+        call = Call(id="probe", route="probe", model=model, body={})
+        resp = await self.post(call, {"model": model, "messages": [{"role": "user", "content": "ping"}]},
+                               count=True)
+        resp.release()
+
+    async def count_tokens(self, call: Call) -> Reply:
+        """Anthropic's free token count for the translated request (no output, so no cost)."""
+        assert call.deployment is not None
+        model = call.deployment.upstream_model(call.model)
+        native = call.meta.get(NATIVE_REQUEST)
+        if native is not None:
+            body = self._native_body(native, model, _NOT_COUNTED)
+        else:
+            t = to_messages_request(call.body, model, default_max_tokens=1, rejected=self.rejected, stream=False)
+            body = {k: v for k, v in t.body.items() if k not in _NOT_COUNTED}
+        resp = await self.post(call, body, count=True)
+        data = await self.read_json_object(resp)
+        return Reply(body=orjson.dumps({"input_tokens": int(data.get("input_tokens") or 0)}),
+                     first_byte_at=time.monotonic())
+
+    async def chat(self, call: Call) -> Reply:
+        assert call.deployment is not None
+        model = call.deployment.upstream_model(call.model)
+        native = call.meta.get(NATIVE_REQUEST)
+        if native is not None:
+            return await self._native(call, native, model)
+        t = to_messages_request(call.body, model, default_max_tokens=self.max_tokens, rejected=self.rejected,
+                                stream=call.stream)
+        headers: dict[str, str] = {}
+        if t.dropped:
+            headers[DROPPED_HEADER] = ",".join(t.dropped)
+        if t.adjusted:
+            headers[ADJUSTED_HEADER] = ",".join(t.adjusted)
+        resp = await self.post(call, t.body)
+        if call.stream and resp.headers.get("content-type", "").startswith("text/event-stream"):
+            return await self._start_stream(resp, call, headers)
+        data = await self.read_json_object(resp)
+        if data.get("type") == "error":
+            raise self.error_of_event(data)
+        usage = usage_of(data.get("usage"))
+        body = to_completion(data, usage)
+        if call.stream:  # asked to stream but got a whole body: send it as one short stream
+            return self._replay(body, call, headers, usage)
+        return Reply(body=orjson.dumps(body), headers=headers, usage=usage, first_byte_at=time.monotonic())
+
+    # -- native: an Anthropic client's own request (from /v1/messages) -------------------------------
+
+    def _native_body(self, native: dict[str, Any], model: str, drop: frozenset[str]) -> dict[str, Any]:
+        return {k: v for k, v in native.items() if k not in drop and k not in self.rejected and k != "provider"} \
+            | {"model": model}
+
+    async def _native(self, call: Call, native: dict[str, Any], model: str) -> Reply:
+        """Send the client's Messages body as it is (model rewritten, parameters this version rejects left
+        out) and relay Anthropic's answer untouched: thinking, citations, server tools all survive."""
+        body = self._native_body(native, model, _NATIVE_DROP)
+        if call.stream:
+            body["stream"] = True
+        headers: dict[str, str] = {}
+        dropped = [k for k in self.rejected if native.get(k) is not None]
+        if dropped:
+            headers[DROPPED_HEADER] = ",".join(dropped)
+        beta = call.headers.get("anthropic-beta")
+        # a feature flag of the client's request (e.g. a longer context), not a destination
+        resp = await self.post(call, body, extra={"anthropic-beta": beta} if beta else None)
+        if call.stream:
+            if not resp.headers.get("content-type", "").startswith("text/event-stream"):
+                resp.close()
+                raise Unavailable("upstream anthropic answered a stream request with a whole body", status=502)
+            events = iter_sse(resp, self.kind)
+            start, raw = await self._await_start(resp, events)
+            reply = Reply(media_type="text/event-stream", headers=headers, first_byte_at=time.monotonic())
+            reply.stream = self._relay(resp, events, start, raw, reply)
+        else:
+            try:
+                data = await self.read_body(resp)
+            finally:
+                resp.release()
+            try:
+                message = orjson.loads(data)  # once, for the usage
+            except orjson.JSONDecodeError:
+                raise Unavailable("upstream anthropic returned a body that is not JSON", status=502) from None
+            if not isinstance(message, dict) or message.get("type") != "message":
+                raise self.error_of_event(message if isinstance(message, dict) else {})
+            reply = Reply(body=data, headers=headers, usage=usage_of(message.get("usage")),
+                          first_byte_at=time.monotonic())
+        call.meta[NATIVE_REPLY] = True
+        return reply
+
+    async def _relay(self, resp: aiohttp.ClientResponse, events: AsyncIterator[tuple[str, bytes]],
+                     start: dict[str, Any], start_raw: bytes, reply: Reply) -> AsyncIterator[bytes]:
+        """Anthropic's events as they came; only ``message_delta`` is parsed (for the usage)."""
+        usage: dict[str, Any] = dict(start.get("usage") or {})
+        try:
+            yield b"event: message_start\ndata: " + start_raw + b"\n\n"
+            async for event, data in events:
+                if event == "message_delta":
+                    usage.update(orjson.loads(data).get("usage") or {})
+                    reply.usage = usage_of(usage)
+                elif event == "error":
+                    raise self.error_of_event(orjson.loads(data))  # the route writes the error event
+                yield b"event: " + event.encode() + b"\ndata: " + data + b"\n\n"
+                if event == "message_stop":
+                    return
+            raise Unavailable("upstream anthropic stream ended before message_stop", status=502)
+        finally:
+            resp.close()
+
+    # -- streaming --------------------------------------------------------------------------------
+
+    async def _await_start(self, resp: aiohttp.ClientResponse,
+                           events: AsyncIterator[tuple[str, bytes]]) -> tuple[dict[str, Any], bytes]:
+        """Read up to ``message_start`` (its message, and its raw data) before answering, so that an early
+        error can still be retried."""
+        try:
+            async for event, data in events:
+                if event == "message_start":
+                    return orjson.loads(data).get("message") or {}, data
+                if event == "error":
+                    raise self.error_of_event(orjson.loads(data))
+            raise Unavailable("upstream anthropic stream ended before message_start", status=502)
+        except BaseException:
+            resp.close()
+            raise
+
+    async def _start_stream(self, resp: aiohttp.ClientResponse, call: Call, headers: dict[str, str]) -> Reply:
+        events = iter_sse(resp, self.kind)
+        start, _ = await self._await_start(resp, events)
+        reply = Reply(media_type="text/event-stream", headers=headers, first_byte_at=time.monotonic())
+        writer = ChunkWriter(str(start.get("model") or call.model), "chatcmpl-" + str(start.get("id") or ""),
+                             include_usage=call.wants_usage)
+        reply.stream = self._translate(resp, events, start, writer, reply)
+        return reply
+
+    async def _translate(self, resp: aiohttp.ClientResponse, events: AsyncIterator[tuple[str, bytes]],
+                         start: dict[str, Any], w: ChunkWriter, reply: Reply) -> AsyncIterator[bytes]:
+        """Anthropic events -> OpenAI chunks, one event at a time (each event's JSON parsed once)."""
+        usage: dict[str, Any] = dict(start.get("usage") or {})
+        tools: set[int] = set()  # indexes of tool_use blocks
+        thinking: dict[int, dict[str, Any]] = {}  # index -> the thinking block being streamed
+        try:
+            yield w.role()
+            async for event, data in events:
+                if event == "content_block_delta":
+                    ev = orjson.loads(data)
+                    delta = ev["delta"]
+                    kind = delta.get("type")
+                    if kind == "text_delta":
+                        out = w.text(delta.get("text") or "")
+                    elif kind == "input_json_delta" and ev["index"] in tools:
+                        out = w.tool_args(str(ev["index"]), delta.get("partial_json") or "")
+                    elif kind == "thinking_delta" and ev["index"] in thinking:
+                        piece = delta.get("thinking") or ""
+                        thinking[ev["index"]]["thinking"] += piece
+                        out = w.delta({"reasoning_content": piece}) if piece else b""
+                    elif kind == "signature_delta" and ev["index"] in thinking:
+                        thinking[ev["index"]]["signature"] = delta.get("signature") or ""
+                        continue
+                    else:
+                        continue  # citations: no OpenAI counterpart
+                    if out:
+                        yield out
+                elif event == "content_block_start":
+                    ev = orjson.loads(data)
+                    block = ev["content_block"]
+                    if block.get("type") == "tool_use":
+                        tools.add(ev["index"])
+                        yield w.tool_start(str(ev["index"]), str(block.get("id")), str(block.get("name")))
+                    elif block.get("type") == "text" and block.get("text"):
+                        yield w.text(block["text"])
+                    elif block.get("type") == "thinking":
+                        thinking[ev["index"]] = {"type": "thinking", "thinking": block.get("thinking") or "",
+                                                 "signature": block.get("signature") or ""}
+                    elif block.get("type") == "redacted_thinking":
+                        yield w.delta({"thinking_blocks": [block]})
+                elif event == "content_block_stop" and thinking:
+                    done = thinking.pop(orjson.loads(data)["index"], None)
+                    if done is not None:  # the whole signed block, for the client to send back
+                        yield w.delta({"thinking_blocks": [done]})
+                elif event == "message_delta":
+                    ev = orjson.loads(data)
+                    usage.update(ev.get("usage") or {})
+                    reply.usage = usage_of(usage)
+                    stop = (ev.get("delta") or {}).get("stop_reason") or "end_turn"
+                    yield w.finish(STOP_TO_FINISH.get(stop, "stop")) + w.usage(reply.usage)
+                elif event == "message_stop":
+                    yield w.done()
+                    return
+                elif event == "error":
+                    raise self.error_of_event(orjson.loads(data))
+            raise Unavailable("upstream anthropic stream ended before message_stop", status=502)
+        finally:
+            # close, not release: if the client went away mid-stream the upstream must see it at once
+            resp.close()
+
+    def _replay(self, body: dict[str, Any], call: Call, headers: dict[str, str], usage: Usage | None) -> Reply:
+        msg = body["choices"][0]["message"]
+        w = ChunkWriter(body["model"], body["id"], include_usage=call.wants_usage)
+        parts = [w.role(), w.text(msg["content"] or "")]
+        for i, tc in enumerate(msg.get("tool_calls") or ()):
+            parts.append(w.tool_start(str(i), tc["id"], tc["function"]["name"]))
+            parts.append(w.tool_args(str(i), tc["function"]["arguments"]))
+        parts += [w.finish(body["choices"][0]["finish_reason"]), w.usage(usage), w.done()]
+
+        async def once() -> AsyncIterator[bytes]:
+            yield b"".join(parts)
+
+        return Reply(media_type="text/event-stream", stream=once(), headers=headers, usage=usage,
+                     first_byte_at=time.monotonic())
+
+    # -- errors -----------------------------------------------------------------------------------
+
+    async def upstream_error(self, resp: aiohttp.ClientResponse) -> GatewayError:
+        """Map an HTTP error answer; messages are redacted of secrets."""
+        err = error_json(await self.error_body(resp))
+        return self.map_error(resp.status, err.get("type"), err.get("message"), resp.headers)
+
+    def error_of_event(self, data: dict[str, Any]) -> GatewayError:
+        """An ``error`` event (or error body) inside a 200 answer."""
+        err = data.get("error")
+        if not isinstance(err, dict):
+            err = {}
+        kind = err.get("type")
+        return self.map_error(_STATUS_OF_TYPE.get(kind, 500) if isinstance(kind, str) else 500, kind,
+                              err.get("message"), None)
+
+    def map_error(self, status: int, kind: Any, message: Any, headers: Any) -> GatewayError:
+        text = self.redact(str(message or f"upstream anthropic returned HTTP {status}"))
+        if kind == "overloaded_error" or status == 529:
+            return Unavailable(text, status=503, code="overloaded")
+        if status == 400 or kind == "invalid_request_error":
+            low = text.lower()
+            if any(h in low for h in _CONTEXT_HINTS):
+                return ContextTooLong(text, param="messages")
+        if kind == "rate_limit_error":
+            status = 429
+        return from_status(status, text, retry_after=retry_after_seconds(headers) if headers is not None else None)

@@ -1,0 +1,227 @@
+"""What the AWS providers share: credentials, SigV4-signed JSON POSTs, AWS error shapes → gateway errors."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import aiohttp
+import orjson
+from yarl import URL
+
+from relaygate.core.call import Call, Reply
+from relaygate.core.errors import (
+    AuthError,
+    BadRequest,
+    ContextTooLong,
+    GatewayError,
+    NotFound,
+    PermissionDenied,
+    RateLimited,
+    Unavailable,
+    UpstreamTimeout,
+    from_status,
+)
+from relaygate.providers.aws.credentials import (
+    CredentialSource,
+    container_source,
+    instance_source,
+    profile_source,
+    web_identity_source,
+)
+from relaygate.providers.aws.eventstream import EventMessage, EventStreamDecoder, EventStreamError
+from relaygate.providers.aws.sigv4 import AwsCredentials, SigV4Signer
+from relaygate.providers.base import Provider, error_json, retry_after_seconds
+
+T = TypeVar("T")
+SIGNING_SERVICE = "bedrock"  # both bedrock-runtime and bedrock-agent-runtime sign as "bedrock"
+
+# error types that mean the credentials themselves were refused
+_AUTH_ERRORS = {"UnrecognizedClientException", "InvalidSignatureException", "IncompleteSignatureException",
+                "MissingAuthenticationTokenException", "MissingAuthenticationToken", "ExpiredTokenException",
+                "InvalidClientTokenId", "SignatureDoesNotMatch", "ExpiredToken"}
+_ARN = re.compile(r"\barn:aws[a-z-]*:[^\s\"',]+")
+_ACCOUNT = re.compile(r"\b\d{12}\b")
+_TOO_LONG = ("input is too long", "too many input tokens", "prompt is too long", "context window",
+             "maximum context length", "too many tokens")
+
+
+def credential_source(config: Any, env: Mapping[str, str], region: str) -> CredentialSource:
+    """The deployment's keys, else the standard AWS environment: access keys, a web identity (EKS service
+    accounts), a shared credentials profile, container credentials (ECS task roles, EKS Pod Identity), the EC2
+    instance role."""
+    key_id = config.aws_access_key_id.get_secret_value() if config.aws_access_key_id else None
+    secret = config.aws_secret_access_key.get_secret_value() if config.aws_secret_access_key else None
+    token = config.aws_session_token.get_secret_value() if config.aws_session_token else None
+    if key_id is not None or secret is not None:
+        if not key_id or not secret:
+            raise ValueError("aws_access_key_id and aws_secret_access_key must be given together")
+        return CredentialSource(AwsCredentials(key_id, secret, token))
+    key_id, secret = env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY")
+    if key_id and secret:
+        return CredentialSource(AwsCredentials(key_id, secret, token or env.get("AWS_SESSION_TOKEN") or None))
+    source = (web_identity_source(env, region) or profile_source(env) or container_source(env)
+              or instance_source(env))  # botocore's order
+    if source is None:
+        raise ValueError("AWS credentials missing: set aws_access_key_id and aws_secret_access_key (or api_key, "
+                         "a Bedrock API key), or the AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY environment "
+                         "variables, or run with a web identity, container credentials or an EC2 instance role")
+    return source
+
+
+def bearer_token(config: Any, env: Mapping[str, str]) -> str | None:
+    """A Bedrock API key: ``api_key``, else AWS_BEARER_TOKEN_BEDROCK unless access keys are configured."""
+    if config.api_key is not None and config.api_key.get_secret_value():
+        return str(config.api_key.get_secret_value())
+    if config.aws_access_key_id is None and config.aws_secret_access_key is None:
+        return env.get("AWS_BEARER_TOKEN_BEDROCK") or None
+    return None
+
+
+def map_error(error_type: str, status: int, message: str, retry_after: float | None = None) -> GatewayError:
+    """An AWS error (``x-amzn-errortype`` / ``:exception-type``) as a gateway error class."""
+    t = error_type[:1].upper() + error_type[1:]  # stream members are lowerCamel (throttlingException)
+    low = message.lower()
+    if t in _AUTH_ERRORS or low.startswith("authentication failed"):  # the latter: a bad Bedrock API key
+        return AuthError(message, code="upstream_auth_failed")
+    if t in ("ThrottlingException", "ServiceQuotaExceededException", "TooManyRequestsException"):
+        return RateLimited(message, retry_after=retry_after)
+    if t == "ModelNotReadyException":  # the model is loading: another deployment may serve now
+        return Unavailable(message, retry_after=retry_after, code="model_not_ready")
+    if t == "ModelTimeoutException":
+        return UpstreamTimeout(message)
+    if t in ("ServiceUnavailableException", "InternalServerException", "InternalServerError"):
+        return Unavailable(message, status=503 if t == "ServiceUnavailableException" else 500)
+    if t in ("ModelErrorException", "ModelStreamErrorException", "BadGatewayException",
+             "DependencyFailedException"):
+        return Unavailable(message, status=502)
+    if t == "AccessDeniedException":
+        return PermissionDenied(message)
+    if t == "ResourceNotFoundException":
+        return NotFound(message)
+    if t == "ValidationException":
+        if any(s in low for s in _TOO_LONG):
+            return ContextTooLong(message, param="messages")
+        return BadRequest(message)  # a guardrail that intervenes is a stopReason, not an error
+    return from_status(status, message, retry_after=retry_after)
+
+
+class AwsProvider(Provider):
+    """A provider that POSTs JSON to an AWS endpoint, SigV4-signed (or with a Bedrock API key); subclasses
+    name the endpoint."""
+
+    endpoint_prefix = "bedrock-runtime"
+    bearer_auth = True  # Bedrock Runtime also takes Bedrock API keys (bearer tokens); Agent Runtime does not
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        env = os.environ  # read once, when the gateway is built (never per request)
+        self.bearer = bearer_token(self.config, env) if self.bearer_auth else None
+        if self.config.api_key is not None and not self.bearer_auth:
+            raise ValueError(f"{self.kind} signs requests with AWS credentials; api_key is not supported")
+        region = self.config.region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
+        if not region:
+            raise ValueError("AWS region missing: set region, or the AWS_REGION environment variable")
+        self.region = region
+        self.base = self.config.api_base or f"https://{self.endpoint_prefix}.{region}.amazonaws.com"
+        parts = urlsplit(self.base)
+        self.host = parts.netloc
+        self.base_path = parts.path.rstrip("/")
+        self._headers = {**{k.lower(): v for k, v in self.config.headers.items()},
+                         "content-type": "application/json"}
+        self.credentials: CredentialSource | None = None
+        self.signer: SigV4Signer | None = None
+        if self.bearer is not None:
+            self._headers["authorization"] = "Bearer " + self.bearer
+            self._secrets.append(self.bearer)
+        else:
+            self.credentials = credential_source(self.config, env, region)
+        self._static_secrets = list(self._secrets)
+
+    async def _signer(self) -> SigV4Signer:
+        """The signer for the current credentials (temporary ones are renewed before they expire)."""
+        assert self.credentials is not None
+        creds = await self.credentials.get(self.session)
+        signer = self.signer
+        if signer is None or signer.credentials is not creds:
+            signer = self.signer = SigV4Signer(creds, self.region, SIGNING_SERVICE)
+            self._secrets = self._static_secrets + [
+                s for s in (creds.secret_key, creds.session_token, creds.access_key) if s]
+        return signer
+
+    async def post_json(self, call: Call, path: str, body: dict[str, Any], accept: str = "application/json",
+                        ) -> aiohttp.ClientResponse:
+        """POST ``body`` to ``path`` (already percent-encoded), signed; an error status is raised mapped."""
+        data = orjson.dumps(body)
+        headers = {**self._headers, "accept": accept}
+        if self.credentials is not None:
+            headers = (await self._signer()).sign("POST", self.host, self.base_path + path, data, headers)
+        url = URL(f"{self.base}{path}", encoded=True)  # keep %3A / %2F exactly as signed
+        resp = await self.request(call, "POST", url, headers=headers, data=data)
+        if resp.status >= 400:
+            raise await self.aws_error(resp)
+        return resp
+
+    def redact(self, text: str) -> str:
+        """Also hide ARNs and account ids: AccessDenied messages name the caller's IAM identity."""
+        return _ACCOUNT.sub("***", _ARN.sub("arn:***", super().redact(text)))
+
+    async def aws_error(self, resp: aiohttp.ClientResponse) -> GatewayError:
+        """Map an AWS JSON error response, without leaking secrets."""
+        data = error_json(await self.error_body(resp))
+        error_type = resp.headers.get("x-amzn-errortype", "") or str(data.get("__type") or data.get("code") or "")
+        error_type = error_type.split(":", 1)[0].rsplit("#", 1)[-1]
+        message = self.redact(str(data.get("message") or data.get("Message")
+                                  or f"upstream {self.kind} returned HTTP {resp.status} {error_type}".rstrip()))
+        return map_error(error_type, resp.status, message, retry_after_seconds(resp.headers))
+
+    def stream_exception(self, msg: EventMessage) -> GatewayError:
+        """An ``exception`` / ``error`` frame inside an event stream as a gateway error."""
+        if msg.message_type == "error":
+            code = str(msg.headers.get(":error-code", ""))
+            return map_error(code, 500, self.redact(str(msg.headers.get(":error-message") or code)))
+        etype = str(msg.headers.get(":exception-type", ""))
+        try:
+            data = orjson.loads(msg.payload) if msg.payload else {}
+        except orjson.JSONDecodeError:
+            data = {}
+        message = data.get("message") or data.get("Message") if isinstance(data, dict) else None
+        return map_error(etype, 500, self.redact(str(message or f"upstream {self.kind} stream failed: {etype}")))
+
+    async def events(self, resp: aiohttp.ClientResponse) -> AsyncIterator[EventMessage]:
+        """Decode the event stream as bytes arrive; exception frames are raised as gateway errors."""
+        decoder = EventStreamDecoder()
+        try:
+            async for chunk in resp.content.iter_any():
+                for msg in decoder.feed(chunk):
+                    if msg.message_type != "event":
+                        raise self.stream_exception(msg)
+                    yield msg
+        except TimeoutError:
+            raise UpstreamTimeout(f"upstream {self.kind} stream timed out") from None
+        except aiohttp.ClientError as e:
+            raise Unavailable(f"upstream {self.kind} stream broke ({type(e).__name__})", status=502) from None
+        except EventStreamError as e:
+            raise Unavailable(f"upstream {self.kind} sent a malformed event stream ({e})", status=502) from None
+        if decoder.pending:
+            raise Unavailable(f"upstream {self.kind} stream ended inside a message", status=502)
+
+
+async def first_event(resp: aiohttp.ClientResponse, events: AsyncIterator[T]) -> T | None:
+    """The stream's first event, read before the reply is returned: a failure there can still be retried."""
+    try:
+        return await anext(events)
+    except StopAsyncIteration:
+        resp.close()
+        return None
+    except BaseException:
+        resp.close()
+        raise
+
+
+def stream_reply(headers: dict[str, str] | None = None) -> Reply:
+    return Reply(media_type="text/event-stream", headers=headers or {}, first_byte_at=time.monotonic())

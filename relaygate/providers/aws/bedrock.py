@@ -1,0 +1,129 @@
+"""AWS Bedrock Runtime: chat via Converse / ConverseStream, embeddings via InvokeModel (Titan text embeddings).
+
+The deployment's ``model`` is the Bedrock model id or inference profile (``anthropic.claude-…-v1:0``,
+``us.anthropic.…``, an ARN). Requests are signed with SigV4 (providers/aws_sigv4.py); streams arrive in AWS
+event-stream framing and are translated event by event.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import orjson
+
+from relaygate.core.call import Call, Reply, Usage
+from relaygate.core.errors import BadRequest, Unavailable, Unsupported
+from relaygate.providers.aws.base import AwsProvider, first_event, stream_reply
+from relaygate.providers.aws.bedrock_format import StreamTranslator, from_converse, to_converse
+from relaygate.providers.aws.eventstream import EventMessage
+from relaygate.providers.batching import embed_in_batches, needs_batches
+from relaygate.providers.openai_format import ChunkWriter, embeddings_response
+
+
+def model_path(model_id: str, action: str) -> str:
+    """``/model/{modelId}/{action}`` with the id encoded as botocore encodes a URI label."""
+    return f"/model/{quote(model_id, safe='-_.~')}/{action}"
+
+
+class BedrockProvider(AwsProvider):
+    """Bedrock Runtime (``provider: bedrock``)."""
+
+    kind = "bedrock"
+    endpoint_prefix = "bedrock-runtime"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        gid, version = self.config.guardrail_id, self.config.guardrail_version
+        if bool(gid) != bool(version):
+            raise ValueError("guardrail_id and guardrail_version must be given together")
+        self.guardrail = {"guardrailIdentifier": gid, "guardrailVersion": version} if gid else None
+
+    async def probe(self) -> None:
+        """CountTokens on the deployment's model: free, and signed and routed like a real call. A model that
+        cannot count tokens answers 400, which still proves the endpoint and the credentials work."""
+        model = self.config.model
+        if model == "*":
+            return
+        call = Call(id="probe", route="probe", model=model, body={})
+        body = {"input": {"converse": {"messages": [{"role": "user", "content": [{"text": "ping"}]}]}}}
+        try:
+            resp = await self.post_json(call, model_path(model, "count-tokens"), body)
+        except BadRequest:
+            return
+        resp.release()
+
+    async def chat(self, call: Call) -> Reply:
+        assert call.deployment is not None
+        model = call.deployment.upstream_model(call.model)
+        request = to_converse(call.body)
+        if self.guardrail is not None:
+            request["guardrailConfig"] = self.guardrail
+        if not call.stream:
+            resp = await self.post_json(call, model_path(model, "converse"), request)
+            data = await self.read_json_object(resp)
+            body, usage = from_converse(data, call.model)
+            return Reply(body=orjson.dumps(body), usage=usage, first_byte_at=time.monotonic())
+        resp = await self.post_json(call, model_path(model, "converse-stream"), request,
+                                    accept="application/vnd.amazon.eventstream")
+        events = self.events(resp)
+        first = await first_event(resp, events)
+        if first is None:
+            raise Unavailable("Bedrock ended the stream before any event", status=502)
+        reply = stream_reply()
+        translator = StreamTranslator(ChunkWriter(call.model, include_usage=call.wants_usage))
+        reply.stream = self._relay(resp, events, first, translator, reply)
+        return reply
+
+    async def _relay(self, resp: aiohttp.ClientResponse, events: AsyncIterator[EventMessage],
+                     first: EventMessage, translator: StreamTranslator, reply: Reply) -> AsyncIterator[bytes]:
+        try:
+            out = translator.feed(first.event_type, first.payload)
+            if out:
+                yield out
+            async for msg in events:
+                out = translator.feed(msg.event_type, msg.payload)
+                if translator.usage is not None:
+                    reply.usage = translator.usage
+                if out:
+                    yield out
+            if not translator.stopped:
+                raise Unavailable("Bedrock's stream ended without messageStop", status=502)
+            yield translator.writer.done()
+        finally:
+            # close, not release: if the client went away mid-stream the upstream must see it at once
+            resp.close()
+
+    async def embeddings(self, call: Call) -> Reply:
+        """OpenAI embeddings via InvokeModel with the Titan text embeddings (v2) body: one text per call."""
+        assert call.deployment is not None
+        model = call.deployment.upstream_model(call.model)
+        if not model.startswith("amazon.titan-embed"):
+            raise Unsupported(f"Bedrock embeddings are supported for Titan text embeddings models, not {model!r}",
+                              param="model")
+        texts = call.body.get("input")
+        if not isinstance(texts, str) and not (isinstance(texts, list) and all(isinstance(t, str) for t in texts)):
+            raise BadRequest("Bedrock embeds text: 'input' must be a string or an array of strings (token arrays "
+                             "are not supported)", param="input")
+        if needs_batches(call.body, 1):
+            return await embed_in_batches(call, 1, self._embed_one)
+        return await self._embed_one(call)
+
+    async def _embed_one(self, call: Call) -> Reply:
+        assert call.deployment is not None
+        body = call.body
+        text = body["input"] if isinstance(body["input"], str) else body["input"][0]
+        req: dict[str, Any] = {"inputText": text}
+        if body.get("dimensions") is not None:
+            req["dimensions"] = body["dimensions"]
+        path = model_path(call.deployment.upstream_model(call.model), "invoke")
+        data = await self.read_json_object(await self.post_json(call, path, req))
+        vec = data.get("embedding") or (data.get("embeddingsByType") or {}).get("float")
+        if not isinstance(vec, list):
+            raise Unavailable("Bedrock's embedding response has no embedding", status=502)
+        usage = Usage(prompt_tokens=int(data.get("inputTextTokenCount") or 0))
+        out = embeddings_response([vec], call.model, usage, body.get("encoding_format") or "float")
+        return Reply(body=orjson.dumps(out), usage=usage, first_byte_at=time.monotonic())

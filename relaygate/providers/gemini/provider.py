@@ -1,0 +1,334 @@
+"""Google Gemini: AI Studio (``x-goog-api-key``) and Vertex AI (bearer token, project and location).
+
+Chat completions are translated to ``generateContent`` (streams from ``streamGenerateContent?alt=sse``,
+event by event); embeddings go to ``batchEmbedContents``. The API key travels in a header only, never in
+a URL that could be logged.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import aiohttp
+import orjson
+
+from relaygate.core.call import Call, Reply, Usage
+from relaygate.core.errors import (
+    AuthError,
+    BadRequest,
+    ContentFiltered,
+    ContextTooLong,
+    GatewayError,
+    Unavailable,
+    Unsupported,
+    from_status,
+)
+from relaygate.providers.base import Provider, error_json, iter_sse, retry_after_seconds
+from relaygate.providers.batching import embed_in_batches, needs_batches
+from relaygate.providers.gemini.auth import GoogleAuth
+from relaygate.providers.gemini.format import (
+    blocked_reason,
+    finish_reason,
+    read_parts,
+    to_completion,
+    to_request,
+    usage_of,
+)
+from relaygate.providers.openai_format import SSE_DONE, ChunkWriter, completion_id, embeddings_response
+
+AI_STUDIO_BASE = "https://generativelanguage.googleapis.com"
+_VERSIONED = re.compile(r"/v\d+(?:(?:alpha|beta)\d*)?$")
+_STATUS_CODES = {"UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403, "RESOURCE_EXHAUSTED": 429,
+                 "UNAVAILABLE": 503, "DEADLINE_EXCEEDED": 504, "INTERNAL": 500, "INVALID_ARGUMENT": 400,
+                 "NOT_FOUND": 404, "FAILED_PRECONDITION": 400}
+_CONTEXT_HINTS = ("exceeds the maximum number of tokens", "input token count", "context window")
+BATCH_LIMIT = 100  # batchEmbedContents accepts at most this many inputs per request
+# embeddings' input_type: Gemini's task types, and Cohere's names for the same uses (one knob for both)
+TASK_TYPES = {t.lower(): t for t in (
+    "RETRIEVAL_QUERY", "RETRIEVAL_DOCUMENT", "SEMANTIC_SIMILARITY", "CLASSIFICATION", "CLUSTERING",
+    "QUESTION_ANSWERING", "FACT_VERIFICATION", "CODE_RETRIEVAL_QUERY")} | {
+    "search_query": "RETRIEVAL_QUERY", "search_document": "RETRIEVAL_DOCUMENT"}
+
+
+class GeminiProvider(Provider):
+    """Google AI Studio's Gemini API: ``{api_base}/v1beta/models/{model}:generateContent``."""
+
+    kind = "gemini"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.prefix = self.model_prefix()
+        self._headers = {"content-type": "application/json", **self.auth(), **self.config.headers}
+        if self.config.input_type is not None and self.config.input_type.lower() not in TASK_TYPES:
+            raise ValueError(f"input_type must be one of {', '.join(sorted(TASK_TYPES))}")
+
+    async def headers(self) -> dict[str, str]:
+        """The upstream request headers (credentials included)."""
+        return self._headers
+
+    def model_prefix(self) -> str:
+        """Where ``/models/{model}:method`` URLs start: api_base plus its API version."""
+        base = self.config.api_base or AI_STUDIO_BASE
+        if _VERSIONED.search(urlsplit(base).path):
+            return base
+        return f"{base}/{self.config.api_version or 'v1beta'}"
+
+    def auth(self) -> dict[str, str]:
+        key = self.config.api_key.get_secret_value() if self.config.api_key is not None else ""
+        if not key:
+            raise ValueError("gemini deployments need api_key (a Google AI Studio API key)")
+        return {"x-goog-api-key": key}
+
+    def url(self, model: str, method: str) -> str:
+        return f"{self.prefix}/models/{quote(model.removeprefix('models/'), safe='')}:{method}"
+
+    def embed_request(self, model: str, text: str, options: dict[str, Any]) -> dict[str, Any]:
+        """One request of a batch; ``options`` are taskType/outputDimensionality (AI Studio: at the top)."""
+        return {"model": "models/" + model.removeprefix("models/"), "content": {"parts": [{"text": text}]},
+                **options}
+
+    async def probe(self) -> None:
+        """``countTokens`` on the deployment's model: free, and fails the way a real call would."""
+        model = self.config.model
+        if model == "*":
+            return
+        call = Call(id="probe", route="probe", model=model, body={})
+        data = b'{"contents":[{"role":"user","parts":[{"text":"ping"}]}]}'
+        resp = await self.request(call, "POST", self.url(model, "countTokens"), headers=await self.headers(), data=data)
+        if resp.status >= 400:
+            raise await self.upstream_error(resp)
+        resp.release()
+
+    # -- chat --------------------------------------------------------------------------------------
+
+    async def chat(self, call: Call) -> Reply:
+        assert call.deployment is not None
+        model = call.deployment.upstream_model(call.model)
+        data = orjson.dumps(to_request(call.body, model))
+        method = "streamGenerateContent?alt=sse" if call.stream else "generateContent"
+        resp = await self.request(call, "POST", self.url(model, method), headers=await self.headers(), data=data)
+        if resp.status >= 400:
+            raise await self.upstream_error(resp)
+        if call.stream:
+            return await self._stream(call, resp)
+        answer = await self.read_json_object(resp)
+        reason = blocked_reason(answer)
+        if reason:
+            raise ContentFiltered(f"the prompt was blocked by Gemini's safety filters ({reason})", param="messages")
+        body = to_completion(answer, str(answer.get("modelVersion") or model), _completion_id(answer))
+        usage = usage_of(answer.get("usageMetadata"))
+        return Reply(body=orjson.dumps(body), usage=usage, first_byte_at=time.monotonic())
+
+    async def _stream(self, call: Call, resp: aiohttp.ClientResponse) -> Reply:
+        """Read the first event before answering, so that a block or an error can still be retried."""
+        events = iter_sse(resp, self.kind)
+        try:
+            first = await self._next_event(events)
+        except BaseException:
+            resp.close()
+            raise
+        if first is None:
+            resp.close()
+            raise Unavailable("upstream gemini ended the stream without an answer", status=502)
+        reason = blocked_reason(first)
+        if reason:
+            resp.close()
+            raise ContentFiltered(f"the prompt was blocked by Gemini's safety filters ({reason})", param="messages")
+        reply = Reply(media_type="text/event-stream", first_byte_at=time.monotonic())
+        reply.stream = self._translate(call, resp, events, first, reply)
+        return reply
+
+    async def _next_event(self, events: AsyncIterator[tuple[str, bytes]]) -> dict[str, Any] | None:
+        async for _, data in events:
+            try:
+                event = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                raise Unavailable("upstream gemini sent a stream event that is not JSON", status=502) from None
+            if isinstance(event, list) and event:  # Vertex wraps in-stream errors in a list
+                event = event[0]
+            if not isinstance(event, dict):
+                continue
+            if isinstance(event.get("error"), dict):
+                raise self.error_from(int(event["error"].get("code") or 500), event["error"], {})
+            return event
+        return None
+
+    async def _translate(self, call: Call, resp: aiohttp.ClientResponse, events: AsyncIterator[tuple[str, bytes]],
+                         first: dict[str, Any], reply: Reply) -> AsyncIterator[bytes]:
+        # like OpenAI's own answers: the upstream's model and a response id Google's logs know
+        cid, created, name = _completion_id(first), int(time.time()), str(first.get("modelVersion") or call.model)
+        writers: dict[int, ChunkWriter] = {}
+        calls: dict[int, int] = {}  # candidate index -> function calls seen
+        finished: set[int] = set()
+        usage: Usage | None = None
+        try:
+            event: dict[str, Any] | None = first
+            while event is not None:
+                usage = usage_of(event.get("usageMetadata")) or usage
+                out = []
+                for cand in event.get("candidates") or []:
+                    if not isinstance(cand, dict):
+                        continue
+                    k = int(cand.get("index") or 0)
+                    w = writers.get(k)
+                    if w is None:
+                        w = writers[k] = ChunkWriter(name, id=cid, created=created, index=k)
+                    text, tool_calls = read_parts((cand.get("content") or {}).get("parts"), calls.get(k, 0),
+                                                  f"{first.get('responseId')}/{k}")
+                    out.append(w.text(text))
+                    for tc in tool_calls:
+                        key = str(calls.get(k, 0))
+                        calls[k] = calls.get(k, 0) + 1
+                        extra = {"extra_content": tc["extra_content"]} if "extra_content" in tc else None
+                        out.append(w.tool_start(key, tc["id"], tc["function"]["name"], extra))
+                        out.append(w.tool_args(key, tc["function"]["arguments"]))
+                    if cand.get("finishReason") and k not in finished:
+                        finished.add(k)
+                        out.append(w.finish(finish_reason(cand["finishReason"], bool(calls.get(k)))))
+                if blocked_reason(event):
+                    w = writers.setdefault(0, ChunkWriter(name, id=cid, created=created))
+                    finished.add(0)
+                    out.append(w.finish("content_filter"))
+                chunk = b"".join(out)
+                if chunk:
+                    yield chunk
+                event = await self._next_event(events)
+            if not finished:
+                raise Unavailable("upstream gemini stream ended before the answer was complete", status=502)
+            reply.usage = usage
+            if call.wants_usage:
+                yield ChunkWriter(name, id=cid, created=created, include_usage=True).usage(usage)
+            yield SSE_DONE
+        finally:
+            resp.close()  # close, not release: a client that left must stop the upstream at once
+
+    # -- embeddings --------------------------------------------------------------------------------
+
+    async def embeddings(self, call: Call) -> Reply:
+        size = self.config.embedding_batch_size or BATCH_LIMIT
+        if needs_batches(call.body, size):
+            return await embed_in_batches(call, size, self._embed_batch)
+        return await self._embed_batch(call)
+
+    async def _embed_batch(self, call: Call) -> Reply:
+        """One ``batchEmbedContents`` request for all of the call's inputs."""
+        assert call.deployment is not None
+        model = call.deployment.upstream_model(call.model)
+        inputs = _embedding_inputs(call.body.get("input"))  # the API layer checked shapes and options
+        options = self.embed_options(call.body)
+        data = orjson.dumps({"requests": [self.embed_request(model, t, options) for t in inputs]})
+        resp = await self.request(call, "POST", self.url(model, "batchEmbedContents"), headers=await self.headers(),
+                                  data=data)
+        if resp.status >= 400:
+            raise await self.upstream_error(resp)
+        vectors, tokens = _vectors(await self.read_json_object(resp), len(inputs))
+        usage = Usage(prompt_tokens=tokens) if tokens is not None else Usage(known=False)
+        body = embeddings_response(vectors, model, usage, call.body.get("encoding_format") or "float")
+        return Reply(body=orjson.dumps(body), usage=usage, first_byte_at=time.monotonic())
+
+    def embed_options(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``dimensions`` → outputDimensionality; ``input_type`` (the body's, else the deployment's) → taskType."""
+        options: dict[str, Any] = {}
+        input_type = body.get("input_type", self.config.input_type)
+        if input_type is not None:
+            task = TASK_TYPES.get(str(input_type).lower()) if isinstance(input_type, str) else None
+            if task is None:
+                raise BadRequest(f"input_type must be one of {', '.join(sorted(TASK_TYPES))}", param="input_type")
+            options["taskType"] = task
+        if body.get("dimensions") is not None:
+            options["outputDimensionality"] = body["dimensions"]
+        return options
+
+    # -- errors ------------------------------------------------------------------------------------
+
+    async def upstream_error(self, resp: aiohttp.ClientResponse) -> GatewayError:
+        raw = await self.error_body(resp)
+        return self.error_from(resp.status, error_json(raw), resp.headers)
+
+    def error_from(self, status: int, err: dict[str, Any], headers: Any) -> GatewayError:
+        """Google's ``{"code","message","status","details"}`` as a gateway error (secrets redacted)."""
+        message = self.redact(str(err.get("message") or f"upstream returned HTTP {status}"))
+        name = str(err.get("status") or "")
+        found = err.get("details")
+        details: list[Any] = found if isinstance(found, list) else []
+        reasons = {d.get("reason") for d in details if isinstance(d, dict)}
+        if "API_KEY_INVALID" in reasons or status == 401 or name == "UNAUTHENTICATED":
+            return AuthError(f"upstream gemini rejected the credentials: {message}", code="upstream_auth_failed")
+        if status == 400 and any(h in message.lower() for h in _CONTEXT_HINTS):
+            return ContextTooLong(message, param="messages")
+        if status < 400:  # an in-stream error without an HTTP status
+            status = _STATUS_CODES.get(name, 500)
+        retry = _retry_delay(details)
+        if retry is None:
+            retry = retry_after_seconds(headers)
+        return from_status(status, message, retry_after=retry)
+
+
+def _completion_id(answer: dict[str, Any]) -> str:
+    rid = answer.get("responseId")
+    return f"chatcmpl-{rid}" if isinstance(rid, str) and rid else completion_id()
+
+
+def _retry_delay(details: list[Any]) -> float | None:
+    """``google.rpc.RetryInfo.retryDelay`` (a Duration such as ``"37s"`` or ``"1.5s"``) in seconds."""
+    for d in details:
+        if isinstance(d, dict) and str(d.get("@type", "")).endswith("google.rpc.RetryInfo"):
+            delay = d.get("retryDelay")
+            if isinstance(delay, str) and delay.endswith("s"):
+                try:
+                    return max(0.0, float(delay[:-1]))
+                except ValueError:
+                    return None
+    return None
+
+
+def _embedding_inputs(value: Any) -> list[str]:
+    inputs = [value] if isinstance(value, str) else value
+    if not isinstance(inputs, list) or not inputs or not all(isinstance(v, str) for v in inputs):
+        raise Unsupported("Gemini embeds text only; token arrays are not supported", param="input")
+    return inputs
+
+
+def _vectors(data: dict[str, Any], expected: int) -> tuple[list[list[float]], int | None]:
+    items = data.get("embeddings")
+    if not isinstance(items, list) or len(items) != expected:
+        raise Unavailable("upstream gemini sent a different number of embeddings than asked", status=502)
+    vectors = [list(e.get("values") or []) for e in items if isinstance(e, dict)]
+    meta = data.get("usageMetadata")
+    tokens = int(meta.get("promptTokenCount") or 0) if isinstance(meta, dict) else None
+    return vectors, tokens
+
+
+class VertexProvider(GoogleAuth, GeminiProvider):
+    """Gemini on Vertex AI: ``/v1/projects/{project}/locations/{location}/publishers/google/models/{m}``."""
+
+    kind = "vertex"
+
+    def model_prefix(self) -> str:
+        project, location = self.config.project, self.config.location or "us-central1"
+        if not project:
+            raise ValueError("vertex deployments need project (and location, default us-central1)")
+        host = "aiplatform.googleapis.com" if location == "global" else f"{location}-aiplatform.googleapis.com"
+        base = self.config.api_base or f"https://{host}"
+        version = self.config.api_version or "v1"
+        return (f"{base}/{version}/projects/{quote(project, safe='')}/locations/{quote(location, safe='')}"
+                "/publishers/google")
+
+    def auth(self) -> dict[str, str]:
+        return self.google_auth("vertex")
+
+    async def headers(self) -> dict[str, str]:
+        return await self.with_token(self._headers)
+
+    def redact(self, text: str) -> str:
+        return self.redact_token(super().redact(text))
+
+    def embed_request(self, model: str, text: str, options: dict[str, Any]) -> dict[str, Any]:
+        req: dict[str, Any] = {"content": {"parts": [{"text": text}]}}
+        if options:
+            req["embedContentConfig"] = options  # Vertex nests the options
+        return req

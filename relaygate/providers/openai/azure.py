@@ -1,0 +1,31 @@
+"""Azure OpenAI: deployment URLs, an ``api-version`` query and the ``api-key`` header."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+from relaygate.providers.openai.provider import OpenAIProvider
+
+DEFAULT_API_VERSION = "2024-10-21"
+
+
+class AzureProvider(OpenAIProvider):
+    """``{api_base}/openai/deployments/{deployment}/{path}?api-version=…``; the deployment is ``model``."""
+
+    kind = "azure"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not self.config.api_base:
+            raise ValueError("azure deployments need api_base (https://<resource>.openai.azure.com)")
+        self.api_version = self.config.api_version or DEFAULT_API_VERSION
+        self._headers = {"content-type": "application/json", **self.config.headers}
+        if self.config.api_key is not None:
+            self._headers["api-key"] = self.config.api_key.get_secret_value()
+
+    def probe_url(self) -> str:
+        return f"{self.base}/openai/models?api-version={quote(self.api_version)}"
+
+    def url(self, path: str, model: str) -> str:
+        return f"{self.base}/openai/deployments/{quote(model, safe='')}{path}?api-version={quote(self.api_version)}"

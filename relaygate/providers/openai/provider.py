@@ -1,0 +1,258 @@
+"""OpenAI and every OpenAI-compatible server: the body passes through with only the model rewritten."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+
+from relaygate.core.call import Call, Reply, Usage
+from relaygate.core.errors import (
+    ContentFiltered,
+    ContextTooLong,
+    GatewayError,
+    Unavailable,
+    UpstreamTimeout,
+    from_status,
+)
+from relaygate.providers.base import RATE_LIMIT_HEADERS, Provider, error_json, open_body, retry_after_seconds
+from relaygate.providers.batching import embed_in_batches, needs_batches
+
+DEFAULT_BASE = "https://api.openai.com/v1"
+OPENAI_MAX_EMBEDDING_INPUTS = 2048  # OpenAI's documented cap on inputs per embeddings request
+
+
+class OpenAIProvider(Provider):
+    """Any server that speaks OpenAI's REST API (OpenAI, Groq, Mistral, xAI, OpenRouter, vLLM, Ollama…)."""
+
+    kind = "openai"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        base = self.config.api_base or DEFAULT_BASE
+        self.base = base
+        self._headers = {"content-type": "application/json", **self.config.headers}
+        if self.config.api_key is not None and self.config.api_key.get_secret_value():
+            self._headers["authorization"] = "Bearer " + self.config.api_key.get_secret_value()
+
+    def url(self, path: str, model: str) -> str:
+        """The upstream URL of an API path such as ``/chat/completions``."""
+        return self.base + path
+
+    def auth_headers(self) -> dict[str, str]:
+        return self._headers
+
+    def probe_url(self) -> str:
+        """A cheap authenticated GET for health checks (lists models; spends no tokens)."""
+        return self.base + "/models"
+
+    async def probe(self) -> None:
+        timeout = aiohttp.ClientTimeout(total=self.config.timeout, connect=self.config.connect_timeout)
+        try:
+            async with self.session.get(self.probe_url(), headers=self.auth_headers(), timeout=timeout,
+                                        allow_redirects=False) as resp:
+                if resp.status >= 400:
+                    raise await self.upstream_error(resp)
+        except TimeoutError:
+            raise UpstreamTimeout(f"upstream {self.kind} health check timed out") from None
+        except aiohttp.ClientError as e:
+            raise Unavailable(f"upstream {self.kind} is unreachable ({type(e).__name__})", status=502) from None
+
+    def prepare(self, call: Call, model: str) -> dict[str, Any]:
+        """The upstream body: the client's, with the model rewritten (and usage asked for on streams)."""
+        # the body was parsed for this call alone: rewrite in place rather than copy (hot path)
+        body = call.body
+        body["model"] = model
+        if call.stream and call.route == "chat":
+            opts = body.get("stream_options")
+            # ask for usage so cost can be metered; the extra chunk is dropped for this client
+            if not isinstance(opts, dict):
+                body["stream_options"] = {"include_usage": True}
+            elif not opts.get("include_usage"):
+                opts["include_usage"] = True
+        return body
+
+    async def chat(self, call: Call) -> Reply:
+        return await self.forward_json(call, "/chat/completions")
+
+    async def embeddings(self, call: Call) -> Reply:
+        size = self.config.embedding_batch_size or OPENAI_MAX_EMBEDDING_INPUTS
+        if needs_batches(call.body, size):
+            return await embed_in_batches(call, size, lambda sub: self.forward_json(sub, "/embeddings"))
+        return await self.forward_json(call, "/embeddings")
+
+    async def speech(self, call: Call) -> Reply:
+        """Text to speech: audio bytes (or ``stream_format: sse`` events) forwarded as they arrive.
+
+        The first bytes are awaited before returning, so a primary that fails before any audio was
+        produced can still be replaced by a fallback.
+        """
+        assert call.deployment is not None
+        model = call.deployment.upstream_model(call.model)
+        body = self.prepare(call, model)
+        voice = body.get("voice")
+        if isinstance(voice, str) and voice in self.config.voice_map:
+            body = {**body, "voice": self.config.voice_map[voice]}
+        resp = await self.request(call, "POST", self.url("/audio/speech", model), headers=self.auth_headers(),
+                                  data=orjson.dumps(body))
+        if resp.status >= 400:
+            raise await self.upstream_error(resp)
+        ctype = resp.headers.get("content-type", "application/octet-stream")
+        stream = await open_body(resp, self.kind, require_bytes=True)
+        chars = len(body.get("input") or "")
+        return Reply(stream=stream, media_type=ctype, first_byte_at=time.monotonic(), headers=passed_headers(resp),
+                     usage=Usage(characters=chars))  # priced per character (tts-1)
+
+    async def transcriptions(self, call: Call) -> Reply:
+        return await self.forward_upload(call, "/audio/transcriptions")
+
+    async def translations(self, call: Call) -> Reply:
+        return await self.forward_upload(call, "/audio/translations")
+
+    async def forward_upload(self, call: Call, path: str) -> Reply:
+        """Send the call's multipart upload upstream as it arrives; a transcript comes back whole or as SSE."""
+        assert call.deployment is not None and call.upload is not None
+        upload = call.upload
+        model = call.deployment.upstream_model(call.model)
+        resp = await self.send_upload(call, self.url(path, model), self.auth_headers(), upload, model)
+        if resp.status >= 400:
+            raise await self.upstream_error(resp)
+        ctype = resp.headers.get("content-type", "")
+        if ctype.startswith("text/event-stream"):  # stream=true on a model that streams transcripts
+            reply = Reply(media_type="text/event-stream", first_byte_at=time.monotonic())
+            reply.stream = self._relay(resp, reply, True)
+            return reply
+        try:
+            data = await self.read_body(resp)
+        finally:
+            resp.release()
+        reply = Reply(status=resp.status, body=data, media_type=ctype or "application/json", headers=passed_headers(resp),
+                      first_byte_at=time.monotonic())
+        reply.usage = _usage_of(data) if ctype.startswith("application/json") else Usage(known=False)
+        return reply
+
+    async def passthrough(self, call: Call) -> Reply:
+        """Forward a request of another OpenAI route as it is: body streamed up, response streamed down."""
+        fwd = call.upload
+        assert fwd is not None
+        headers = {k: v for k, v in self.auth_headers().items() if k != "content-type"}
+        headers.update(fwd.headers)
+        resp = await self.send_body(call, fwd.method, self.base + fwd.target, headers, fwd, fwd.body())
+        if resp.status >= 400:
+            raise await self.upstream_error(resp)
+        passed = passed_headers(resp, ("content-disposition",))
+        stream = await open_body(resp, self.kind)
+        return Reply(status=resp.status, stream=stream, headers=passed, first_byte_at=time.monotonic(),
+                     media_type=resp.headers.get("content-type", "application/octet-stream"),
+                     usage=Usage(known=False))
+
+    async def forward_json(self, call: Call, path: str) -> Reply:
+        """POST the call's JSON body upstream; return the body whole, or the stream event by event."""
+        assert call.deployment is not None
+        model = call.deployment.upstream_model(call.model)
+        body = orjson.dumps(self.prepare(call, model))
+        resp = await self.request(call, "POST", self.url(path, model), headers=self.auth_headers(), data=body)
+        if resp.status >= 400:
+            raise await self.upstream_error(resp)
+        passed = passed_headers(resp)
+        ctype = resp.headers.get("content-type", "")
+        if call.stream and ctype.startswith("text/event-stream"):
+            reply = Reply(media_type="text/event-stream", headers=passed, first_byte_at=time.monotonic())
+            reply.stream = self._relay(resp, reply, call.wants_usage)
+            return reply
+        try:
+            data = await self.read_body(resp)
+        finally:
+            resp.release()
+        reply = Reply(status=resp.status, body=data, headers=passed, media_type=ctype or "application/json",
+                      first_byte_at=time.monotonic())
+        reply.usage = _usage_of(data)
+        return reply
+
+    async def _relay(self, resp: aiohttp.ClientResponse, reply: Reply, keep_usage_chunk: bool) -> AsyncIterator[bytes]:
+        """Forward SSE events as they arrive, whole events only; note usage; drop the usage chunk if unasked."""
+        buf = b""
+        try:
+            async for chunk in resp.content.iter_any():
+                buf += chunk
+                end = buf.rfind(b"\n\n")
+                if end < 0:
+                    continue
+                events, buf = buf[: end + 2], buf[end + 2:]
+                if b'"usage":{' in events or b'"usage": {' in events:  # not the "usage":null of each chunk
+                    events = self._take_usage(events, reply, keep_usage_chunk)
+                    if not events:
+                        continue
+                yield events
+            if buf.strip():
+                yield buf if buf.endswith(b"\n\n") else buf + b"\n\n"
+        except TimeoutError:
+            raise UpstreamTimeout("upstream stream timed out") from None
+        except aiohttp.ClientError as e:
+            raise Unavailable(f"upstream stream broke ({type(e).__name__})", status=502) from None
+        finally:
+            # close, not release: if the client went away mid-stream the upstream must see it at once
+            resp.close()
+
+    @staticmethod
+    def _take_usage(events: bytes, reply: Reply, keep_usage_chunk: bool) -> bytes:
+        out: list[bytes] = []
+        for ev in events.split(b"\n\n"):
+            if not ev:
+                continue
+            if b'"usage"' in ev and ev.startswith(b"data: {") and b'"usage":null' not in ev \
+                    and b'"usage": null' not in ev:
+                try:
+                    data = orjson.loads(ev[6:])
+                except orjson.JSONDecodeError:
+                    data = None
+                if isinstance(data, dict):
+                    u = Usage.from_openai(data.get("usage"))
+                    if u is not None:
+                        reply.usage = u
+                        if not keep_usage_chunk and not data.get("choices"):
+                            continue
+            out.append(ev + b"\n\n")
+        return b"".join(out)
+
+    async def upstream_error(self, resp: aiohttp.ClientResponse) -> GatewayError:
+        """Map an upstream error response to a gateway error, without leaking secrets or addresses."""
+        err = error_json(await self.error_body(resp))
+        message = self.redact(str(err.get("message") or f"upstream returned HTTP {resp.status}"))
+        code = err.get("code") if isinstance(err.get("code"), str) else None
+        param = err.get("param") if isinstance(err.get("param"), str) else None
+        if code == "context_length_exceeded" or "maximum context length" in message:
+            return ContextTooLong(message, param=param or "messages")
+        if code == "content_filter" or code == "content_policy_violation":
+            return ContentFiltered(message, param=param)
+        e = from_status(resp.status, message, retry_after=retry_after_seconds(resp.headers), code=code,
+                        param=param)
+        for k in RATE_LIMIT_HEADERS:
+            if k in resp.headers:
+                e.headers[k] = resp.headers[k]
+        return e
+
+
+def passed_headers(resp: aiohttp.ClientResponse, extra: tuple[str, ...] = ()) -> dict[str, str]:
+    """The upstream response headers a client may see: rate limits (and ``extra``)."""
+    return {k: resp.headers[k] for k in (*RATE_LIMIT_HEADERS, *extra) if k in resp.headers}
+
+
+def _usage_of(body: bytes) -> Usage | None:
+    # find "usage" without parsing big bodies twice: only parse when present
+    if b'"usage"' not in body:
+        return None
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    u = data.get("usage")
+    if isinstance(u, dict) and u.get("type") == "duration":  # whisper-style transcripts are billed by time
+        seconds = u.get("seconds")
+        return Usage(audio_seconds=float(seconds) if isinstance(seconds, (int, float)) else 0.0)
+    return Usage.from_openai(u)

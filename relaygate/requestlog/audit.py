@@ -1,0 +1,188 @@
+"""The audit layer: one request-log row per call, built when delivery ended, queued for the writer."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import orjson
+
+from relaygate.auth.authenticator import Authenticator, presented_key
+from relaygate.config import RequestLogConfig
+from relaygate.core.call import Call, Handler, Reply
+from relaygate.core.errors import GatewayError
+from relaygate.requestlog.redact import Redactor
+from relaygate.requestlog.writer import RequestLogWriter
+from relaygate.server.http import ClientGone, Request
+from relaygate.store import tables
+
+log = logging.getLogger("relaygate.requestlog")
+
+CLIENT_CLOSED = 499  # nginx's status for "the client went away before the answer was complete"
+
+
+# The order of the values in a row: the request log table's columns.
+COLUMNS: tuple[str, ...] = tuple(str(c.name) for c in tables.request_log.c)
+
+
+def _unserializable(value: Any) -> str:
+    """How a body value that is not JSON (an upload, bytes) appears in the log."""
+    if isinstance(value, (bytes, bytearray)):
+        return f"<{len(value)} bytes>"
+    return f"<{type(value).__name__}>"
+
+
+def error_fields(error: BaseException | None) -> tuple[int | None, str | None, str | None]:
+    """(status, error kind, message) of a failure; (None, None, None) when there was none."""
+    if error is None:
+        return None, None, None
+    if isinstance(error, GatewayError):
+        return error.status, error.kind, error.message
+    if isinstance(error, (ClientGone, asyncio.CancelledError, ConnectionError)):
+        return CLIENT_CLOSED, "client_closed", "the client closed the connection"
+    return 500, "internal", type(error).__name__
+
+
+class AuditLayer:
+    """The outermost pipeline layer: every call, failed or not, ends as one row."""
+
+    def __init__(self, next_handler: Handler, writer: RequestLogWriter, config: RequestLogConfig,
+                 cost: Callable[[Call, Reply | None], int]) -> None:
+        self.next = next_handler
+        self.writer = writer
+        self.config = config
+        self.cost = cost
+        self.redact = Redactor(config.redact)
+        # row ids: a random per-instance prefix and a counter (unique without a syscall per row)
+        self._uid_prefix = os.urandom(8).hex()
+        self._uid_next = itertools.count()
+        self._day: tuple[float, float, str] = (0.0, 0.0, "")  # [start, end) of the cached UTC day string
+
+    async def __call__(self, call: Call) -> Reply:
+        try:
+            reply = await self.next(call)
+        except BaseException as e:
+            self.record(call, None, e)
+            try:
+                e.audited = True  # type: ignore[attr-defined]  # the server must not record it again
+            except AttributeError:  # an exception type without a __dict__: keep raising it as it is
+                pass
+            raise
+        if self.config.bodies and reply.stream is not None:
+            reply.stream = self._tee(reply.stream, call)
+        reply.on_done(lambda r, err: self.record(call, r, err))
+        return reply
+
+    async def _tee(self, stream: AsyncIterator[bytes], call: Call) -> AsyncIterator[bytes]:
+        """Keep the first ``max_body_chars`` bytes of a stream for the log while it passes through."""
+        kept: list[bytes] = []
+        room = self.config.max_body_chars
+        try:
+            async for chunk in stream:
+                if room > 0:
+                    kept.append(chunk[:room])
+                    room -= len(chunk)
+                yield chunk
+        finally:
+            call.meta["streamed_body"] = b"".join(kept)
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    def record(self, call: Call, reply: Reply | None, error: BaseException | None) -> None:
+        try:
+            row = self.row(call, reply, error)
+        except Exception:  # a bookkeeping bug must not cost the row: keep what is certain
+            log.exception("request log: building the row of %s failed; writing a reduced row", call.id)
+            row = self.row(call, None, error, bodies=False)
+        self.writer.submit(row)
+
+    def record_refused(self, request: Request, error: BaseException, auth: Authenticator | None) -> None:
+        """The row of a request refused before it reached the pipeline (a body that is not JSON, a missing
+        field, a body over the size limit): no model and no deployment, the request path as its route,
+        and the caller's key when it is a key this instance already knows."""
+        key = None
+        if auth is not None:
+            try:
+                key = auth.quick(presented_key(request.headers))
+            except GatewayError:
+                key = None
+        path = request.path
+        call = Call(id=request.id, route=(path[4:] if path.startswith("/v1/") else path)[:40], model="", body={},
+                    headers=request.headers, client_ip=request.client_ip, started=request.started)
+        call.key = key
+        self.record(call, None, error)
+
+    def day(self, now: float) -> str:
+        start, end, text = self._day
+        if not start <= now < end:
+            start = now - now % 86400
+            text = time.strftime("%Y-%m-%d", time.gmtime(now))
+            self._day = (start, start + 86400, text)
+        return text
+
+    def row(self, call: Call, reply: Reply | None, error: BaseException | None,
+            bodies: bool = True) -> tuple[Any, ...]:
+        """The call's row, its values in the order of ``COLUMNS`` (a tuple: the writer binds it as it is)."""
+        now = time.time()
+        mono = time.monotonic()
+        status: int | None
+        kind: str | None = None
+        message: str | None = None
+        if error is None:
+            status = reply.status if reply is not None else 200
+        else:
+            status, kind, message = error_fields(error)
+        usage = reply.usage if reply is not None else None
+        if usage is not None and not usage.known:
+            usage = None
+        key = call.key
+        dep = call.deployment
+        first = reply.first_byte_at if reply is not None else None
+        started = call.started
+        # an id the client chose (x-request-id) may carry anything: it is redacted like the other free text;
+        # ours (``req_`` and 24 hex digits, from http.RequestIds) are left alone
+        rid = call.id
+        if len(rid) != 28 or "x-request-id" in call.headers or not rid.startswith("req_"):
+            rid = self.redact(rid[:200])
+        request_body = response_body = None
+        if bodies and self.config.bodies:
+            limit = self.config.max_body_chars
+            request_body = self.redact(orjson.dumps(call.body, default=_unserializable).decode()[:limit])
+            body = reply.body if reply is not None and reply.body is not None else call.meta.get("streamed_body")
+            if body:
+                response_body = self.redact(body[:limit].decode("utf-8", "replace"))
+        day = self._day
+        return (
+            f"{self._uid_prefix}{next(self._uid_next):016x}",  # uid
+            rid,  # request_id
+            now,  # ts
+            day[2] if day[0] <= now < day[1] else self.day(now),  # day
+            None if key is None else key.id,  # key_id
+            None if key is None else key.team_id,  # team_id
+            None if key is None else key.user_id,  # user_id
+            call.model or None,  # model
+            None if dep is None else dep.name,  # deployment
+            None if dep is None else dep.provider_type,  # provider
+            call.route,  # route
+            1 if call.stream else 0,  # stream (an int: drivers bind it without an adapter lookup)
+            status,  # status
+            kind,  # error
+            self.redact(message[:2000]) if message else None,  # error_message
+            int((mono - started) * 1e6 + 0.5) / 1000,  # latency_ms, to the µs (round(x, 3) costs twice as much)
+            None if first is None else int((first - started) * 1e6 + 0.5) / 1000,  # ttft_ms
+            None if usage is None else usage.prompt_tokens,  # prompt_tokens
+            None if usage is None else usage.completion_tokens,  # completion_tokens
+            None if usage is None else usage.cached_tokens,  # cached_tokens
+            self.cost(call, reply),  # cost_nano
+            1 if call.meta.get("cache_hit") else 0,  # cache_hit
+            call.attempts,  # attempts
+            call.client_ip or None,  # client_ip
+            request_body,  # request_body
+            response_body,  # response_body
+        )

@@ -1,0 +1,238 @@
+"""Minimal ASGI request/response helpers for the hot path (no framework: see STACK.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from relaygate.core.call import Reply
+from relaygate.core.errors import BadRequest, GatewayError, PayloadTooLarge
+
+log = logging.getLogger("relaygate")
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class RequestIds:
+    """Request ids ``req_<24 hex>``: a random per-process prefix and a counter (no syscall per request)."""
+
+    __slots__ = ("_prefix", "_counter")
+
+    def __init__(self) -> None:
+        self._prefix = "req_" + os.urandom(6).hex()
+        self._counter = itertools.count(int.from_bytes(os.urandom(4), "big"))
+
+    def new(self) -> str:
+        return f"{self._prefix}{next(self._counter) & 0xFFFFFFFFFFFF:012x}"
+
+
+class Request:
+    """One HTTP request: headers are read once into a dict of lower-case names."""
+
+    __slots__ = ("scope", "receive", "headers", "id", "params", "_body", "body_consumed", "started")
+
+    def __init__(self, scope: Scope, receive: Receive, ids: RequestIds) -> None:
+        self.scope = scope
+        self.receive = receive
+        self.headers: dict[str, str] = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        rid = self.headers.get("x-request-id")
+        self.id = rid if rid and len(rid) <= 200 and rid.isprintable() else ids.new()
+        self.params: dict[str, str] = {}
+        self._body: bytes | None = None
+        self.body_consumed = False
+        self.started = time.monotonic()
+
+    @property
+    def method(self) -> str:
+        return str(self.scope["method"])
+
+    @property
+    def path(self) -> str:
+        return str(self.scope["path"])
+
+    @property
+    def query(self) -> str:
+        return self.scope.get("query_string", b"").decode("latin-1")
+
+    @property
+    def client_ip(self) -> str:
+        client = self.scope.get("client")
+        return str(client[0]) if client else ""
+
+    async def body(self, limit: int) -> bytes:
+        """The whole body, refusing (413) as soon as it is known to exceed ``limit`` bytes."""
+        if self._body is None:
+            chunks = [chunk async for chunk in self.stream(limit)]
+            self._body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return self._body
+
+    async def stream(self, limit: int) -> AsyncIterator[bytes]:
+        """The body as it arrives, refusing (413) once more than ``limit`` bytes came (or were declared)."""
+        declared = self.headers.get("content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                raise BadRequest("invalid content-length header")
+            if int(declared) > limit:
+                raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit} bytes")
+        size = 0
+        while True:
+            msg = await self.receive()
+            if msg["type"] == "http.disconnect":
+                raise ClientGone()
+            chunk = msg.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+                yield chunk
+            if not msg.get("more_body", False):
+                break
+        self.body_consumed = True
+
+    async def json(self, limit: int) -> Any:
+        raw = await self.body(limit)
+        if not raw:
+            raise BadRequest("the request body is empty; expected a JSON object")
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError as e:
+            raise BadRequest(f"the request body is not valid JSON ({e.msg} at position {e.pos})") from None
+
+
+class ClientGone(Exception):
+    """The client disconnected before we could answer."""
+
+
+def _headers(pairs: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in pairs.items()]
+
+
+class Response:
+    """A complete response."""
+
+    __slots__ = ("status", "body", "headers", "media_type", "reply")
+
+    def __init__(self, body: bytes, status: int = 200, headers: dict[str, str] | None = None,
+                 media_type: str = "application/json", reply: Reply | None = None) -> None:
+        self.status = status
+        self.body = body
+        self.headers = headers if headers is not None else {}  # a content-type here overrides media_type
+        self.media_type = media_type
+        self.reply = reply  # finished once sent (metering, logging and stats hang on it)
+
+    async def send(self, send: Send, receive: Receive, request_id: str) -> None:
+        headers = self.headers
+        h = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+        if "content-type" not in headers:
+            h.append((b"content-type", self.media_type.encode("latin-1")))
+        if self.reply is not None and self.reply.raw_headers:
+            h += self.reply.raw_headers
+        h.append((b"content-length", str(len(self.body)).encode()))
+        h.append((b"x-request-id", request_id.encode("latin-1")))
+        error: BaseException | None = None
+        try:
+            await send({"type": "http.response.start", "status": self.status, "headers": h})
+            await send({"type": "http.response.body", "body": self.body})
+        except BaseException as e:
+            error = e
+            raise
+        finally:
+            if self.reply is not None:
+                self.reply.finish(error)
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(data), status, headers)
+
+
+def error_response(err: GatewayError) -> Response:
+    return Response(orjson.dumps(err.body()), err.status, err.headers)
+
+
+class StreamResponse:
+    """A streamed reply: chunks are sent as they come; a client disconnect cancels the upstream at once."""
+
+    __slots__ = ("reply", "headers", "error_event")
+
+    def __init__(self, reply: Reply, headers: dict[str, str],
+                 error_event: Callable[[GatewayError], bytes]) -> None:
+        self.reply = reply
+        self.headers = headers
+        self.error_event = error_event
+
+    async def send(self, send: Send, receive: Receive, request_id: str) -> None:
+        reply = self.reply
+        h = _headers({"content-type": reply.media_type, "cache-control": "no-cache", **self.headers})
+        h += reply.raw_headers
+        h.append((b"x-request-id", request_id.encode("latin-1")))
+        if reply.media_type.startswith("text/event-stream"):
+            h.append((b"x-accel-buffering", b"no"))
+        # The stream is pumped in this task; one watcher task cancels it when the client goes away
+        # (uvicorn's send() silently drops bytes once the client is gone, so only receive() tells).
+        task = asyncio.current_task()
+        assert task is not None
+        gone = False
+
+        async def watch() -> None:
+            nonlocal gone
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone = True
+            task.cancel()
+
+        watcher = asyncio.ensure_future(watch())
+        error: BaseException | None = None
+        try:
+            await self._pump(send, h)
+        except asyncio.CancelledError as e:
+            error = ClientGone() if gone else e
+            if not gone:
+                raise  # cancelled from outside (shutdown): not ours to swallow
+            task.uncancel()
+        except GatewayError as e:  # _pump already ended (or cut) the stream and logged why
+            error = e
+        finally:
+            watcher.cancel()
+            reply.finish(error)
+
+    async def _pump(self, send: Send, headers: list[tuple[bytes, bytes]]) -> None:
+        assert self.reply.stream is not None
+        stream = self.reply.stream
+        await send({"type": "http.response.start", "status": self.reply.status, "headers": headers})
+        try:
+            async for chunk in stream:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except Exception as e:
+            # bytes already reached the client: end the stream with an error event, never retry
+            if isinstance(e, GatewayError):
+                err = e
+                log.warning("stream failed after first byte: %s", e.message)
+            else:
+                log.exception("stream failed inside the gateway")
+                err = GatewayError("internal error in the gateway while streaming", code="internal_error")
+            try:
+                final = self.error_event(err)
+            except Exception:  # this body (audio, a file) cannot carry an error: the connection is cut
+                raise err from None
+            try:
+                await send({"type": "http.response.body", "body": final, "more_body": False})
+            except OSError:
+                pass
+            raise err from None
+        finally:
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+

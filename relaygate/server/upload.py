@@ -1,0 +1,46 @@
+"""A client's request body on its way to an upstream, forwarded as it arrives (``Call.upload``)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from relaygate.core.errors import Unavailable
+
+
+class ClientBody:
+    """Streams a body once; remembers a failure reading the client so it is reported instead of the
+    broken upstream request it caused (a 413 or 400 is the client's doing, not the upstream's)."""
+
+    def __init__(self) -> None:
+        self.error: BaseException | None = None
+        self._started = False
+
+    @property
+    def replayable(self) -> bool:
+        """True when the body can be sent again (to another deployment on a retry)."""
+        return False
+
+    def begin(self) -> None:
+        """Mark the body as being sent; a second send of a body that was not kept is refused."""
+        if self._started and not self.replayable:
+            err = Unavailable("the request body was already streamed to another upstream and cannot be replayed",
+                              status=502)
+            err.retryable = False
+            raise err
+        self._started = True
+
+    async def guard(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """Forward ``chunks``, noting a failure of the client side."""
+        try:
+            async for chunk in chunks:
+                yield chunk
+        except GeneratorExit:
+            raise
+        except BaseException as e:
+            self.error = e
+            raise
+
+    def reraise(self) -> None:
+        """Raise the client-side failure, if there was one."""
+        if self.error is not None:
+            raise self.error

@@ -10,8 +10,8 @@ import openai
 import pytest
 import requests  # type: ignore[import-untyped]
 
-from relaygate.cli.main import main as cli_main
 from relaygate.auth import authenticator as auth_module
+from relaygate.cli.main import main as cli_main
 from tests.conftest import openai_model
 
 MASTER = "rg-master-test-0123456789abcdef"

@@ -168,7 +168,8 @@ def test_stream_text_arrives_incrementally_with_usage(client: openai.OpenAI, emu
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 6
     assert len({c.id for c in chunks}) == 1
     whole = client.chat.completions.create(model="command", messages=[{"role": "user", "content": "one two three"}])
-    assert chunks[0].id == whole.id and whole.id.startswith("chatcmpl-")  # both name Cohere's generation id
+    # ids of the gateway's own: one per answer, never Cohere's generation id under another prefix
+    assert chunks[0].id != whole.id and whole.id.startswith("chatcmpl-") and chunks[0].id.startswith("chatcmpl-")
 
 
 def test_stream_tool_call_deltas(client: openai.OpenAI) -> None:
@@ -442,7 +443,7 @@ def test_sampling_options_beyond_cohere_ranges_are_moved_to_the_bound_and_named(
 def test_parallel_tool_calls_keep_their_own_indexes() -> None:
     """Cohere may call several tools in one turn (the emulator calls one): translated from captured shapes."""
     from relaygate.core.call import Reply
-    from relaygate.providers.cohere import chat_completion, usage_of
+    from relaygate.providers.cohere import ToolArguments, chat_completion, usage_of
     from relaygate.providers.openai_format import ChunkWriter
 
     def call_events(i: int, name: str, args: str) -> list[dict[str, Any]]:
@@ -459,8 +460,8 @@ def test_parallel_tool_calls_keep_their_own_indexes() -> None:
                   "billed_units": {"input_tokens": 5, "output_tokens": 9},
                   "tokens": {"input_tokens": 70, "output_tokens": 9}, "cached_tokens": 32}}}]
     provider = CohereProvider(DeploymentConfig(provider="cohere", model="m"), None)  # type: ignore[arg-type]
-    w, reply = ChunkWriter("m"), Reply()
-    out = b"".join(provider._translate(ev, reply, w) for ev in events)
+    w, reply, args = ChunkWriter("m"), Reply(), ToolArguments()
+    out = b"".join(provider._translate(ev, reply, w, args) for ev in events)
     chunks = [orjson.loads(line[6:]) for line in out.split(b"\n\n") if line.startswith(b"data: {")]
     calls = [tc for c in chunks for tc in c["choices"][0]["delta"].get("tool_calls", [])]
     assert [(tc["index"], tc.get("id")) for tc in calls] == [(0, "get_weather_0"), (0, None), (1, "get_time_1"),

@@ -59,6 +59,24 @@ class ContextTooLong(BadRequest):
     kind = "context_too_long"
 
 
+# what providers say when a prompt does not fit the model's context window (Anthropic, Bedrock, Gemini,
+# OpenAI and OpenAI-compatible servers), lower case; read only on answers that are client errors
+CONTEXT_TOO_LONG_PHRASES = (
+    "prompt is too long", "exceed context limit", "context window", "too many total text bytes",
+    "input is too long", "too many input tokens", "context length", "exceeds the maximum number of tokens",
+    "input token count",
+)
+
+
+def says_context_too_long(message: str) -> bool:
+    """Whether an upstream's client-error message says the prompt is too long for the model."""
+    low = message.lower()
+    if any(phrase in low for phrase in CONTEXT_TOO_LONG_PHRASES):
+        return True
+    # Cohere's "too many tokens: ..." is about the prompt unless it names max tokens (the output's limit)
+    return "too many tokens" in low and "max tokens" not in low and "max_tokens" not in low
+
+
 class ContentFiltered(BadRequest):
     code = "content_filter"
     kind = "content_filtered"

@@ -26,6 +26,7 @@ from relaygate.core.errors import (
     Unsupported,
     UpstreamTimeout,
     from_status,
+    says_context_too_long,
 )
 from relaygate.providers.base import Provider, error_json, iter_sse, retry_after_seconds
 from relaygate.providers.batching import embed_in_batches, needs_batches
@@ -120,8 +121,7 @@ class CohereProvider(Provider):
         if first is None:
             resp.close()
             raise Unavailable("upstream cohere ended the stream before its first event", status=502)
-        cid = first.get("id")  # message-start names the generation, as the whole answer's id does
-        w = ChunkWriter(model, f"chatcmpl-{cid}" if isinstance(cid, str) and cid else None, include_usage)
+        w = ChunkWriter(model, include_usage=include_usage)
         reply = Reply(media_type="text/event-stream", headers=headers, first_byte_at=time.monotonic())
         reply.stream = self._relay(resp, events, first, reply, w)
         return reply
@@ -142,9 +142,10 @@ class CohereProvider(Provider):
         """Cohere's stream events as OpenAI chunks, each as soon as its event arrived."""
         ended = False
         ev: dict[str, Any] | None = first
+        args = ToolArguments()
         try:
             while ev is not None:
-                out = self._translate(ev, reply, w)
+                out = self._translate(ev, reply, w, args)
                 if out:
                     yield out
                 if ev.get("type") == "message-end":
@@ -158,7 +159,7 @@ class CohereProvider(Provider):
             raise Unavailable("upstream cohere stream ended before message-end", status=502)
         yield w.done()
 
-    def _translate(self, ev: dict[str, Any], reply: Reply, w: ChunkWriter) -> bytes:
+    def _translate(self, ev: dict[str, Any], reply: Reply, w: ChunkWriter, args: ToolArguments) -> bytes:
         kind = ev.get("type")
         message = ((ev.get("delta") or {}).get("message")) or {}
         if kind == "content-delta":
@@ -169,18 +170,21 @@ class CohereProvider(Provider):
             tc = message.get("tool_calls") or {}
             fn = tc.get("function") or {}
             key = str(ev.get("index", 0))
-            return w.tool_start(key, tc.get("id") or "", fn.get("name") or "") + w.tool_args(key, fn.get("arguments") or "")
+            start = w.tool_start(key, tc.get("id") or "", fn.get("name") or "")
+            return start + args.start(w, key, fn.get("arguments") or "")
         if kind == "tool-call-delta":
             fn = (message.get("tool_calls") or {}).get("function") or {}
-            return w.tool_args(str(ev.get("index", 0)), fn.get("arguments") or "")
+            return args.feed(w, str(ev.get("index", 0)), fn.get("arguments") or "")
+        if kind == "tool-call-end":
+            return args.end(w, str(ev.get("index", 0)))
         if kind == "message-start":
             return w.role()
         if kind == "message-end":
             delta = ev.get("delta") or {}
             reply.usage = usage_of(delta.get("usage"))
-            return w.finish(finish_reason(delta.get("finish_reason"), delta.get("error"), self.redact)) \
+            return args.end_all(w) + w.finish(finish_reason(delta.get("finish_reason"), delta.get("error"), self.redact)) \
                 + w.usage(reply.usage)
-        return b""  # content-start/-end, tool-call-end, citations, debug: nothing for an OpenAI client
+        return b""  # content-start/-end, citations, debug: nothing for an OpenAI client
 
     # -- embeddings -----------------------------------------------------------------------------------
 
@@ -265,8 +269,7 @@ class CohereProvider(Provider):
 def error_for(status: int, message: str, retry_after: float | None) -> GatewayError:
     """The gateway error class for a Cohere status and message."""
     text = f"cohere: {message}"
-    lowered = message.lower()
-    if status in (400, 422) and lowered.startswith("too many tokens") and "max tokens" not in lowered:
+    if status in (400, 422) and says_context_too_long(message):
         return ContextTooLong(text, param="messages")
     if status == 498:  # Cohere's "blocked input/output": a deny-listed token in the request or answer
         return ContentFiltered(text)
@@ -290,6 +293,43 @@ def finish_reason(reason: Any, error: Any, redact: Any) -> str:
     return "stop"
 
 
+def arguments(raw: Any) -> str:
+    """A tool call's arguments: Cohere says ``"null"`` (or nothing) for a call without any; OpenAI ``"{}"``."""
+    return raw if isinstance(raw, str) and raw.strip() not in ("", "null") else "{}"
+
+
+class ToolArguments:
+    """The argument text of streamed tool calls, held back while it may still be Cohere's ``null``."""
+
+    __slots__ = ("undecided",)
+
+    def __init__(self) -> None:
+        self.undecided: dict[str, str] = {}  # tool call key -> text held so far (a prefix of "null")
+
+    def start(self, w: ChunkWriter, key: str, fragment: str) -> bytes:
+        self.undecided[key] = ""
+        return self.feed(w, key, fragment)
+
+    def feed(self, w: ChunkWriter, key: str, fragment: str) -> bytes:
+        held = self.undecided.get(key)
+        if held is None:
+            return w.tool_args(key, fragment)
+        text = held + fragment
+        if "null".startswith(text.strip()):
+            self.undecided[key] = text
+            return b""
+        del self.undecided[key]
+        return w.tool_args(key, text)
+
+    def end(self, w: ChunkWriter, key: str) -> bytes:
+        held = self.undecided.pop(key, None)
+        out = w.tool_args(key, held) if held is not None and held.strip() not in ("", "null") else b""
+        return out + w.tool_end(key)
+
+    def end_all(self, w: ChunkWriter) -> bytes:
+        return b"".join(self.end(w, key) for key in list(self.undecided))
+
+
 def usage_of(u: Any) -> Usage | None:
     """``usage.tokens`` (what the model processed), else ``billed_units``."""
     if not isinstance(u, dict):
@@ -309,13 +349,12 @@ def chat_completion(data: dict[str, Any], model: str, usage: Usage | None) -> di
                    if isinstance(p, dict) and p.get("type") == "text")
     tool_calls = [{"id": tc.get("id") or "", "type": "function",
                    "function": {"name": (tc.get("function") or {}).get("name") or "",
-                                "arguments": (tc.get("function") or {}).get("arguments") or "{}"}}
+                                "arguments": arguments((tc.get("function") or {}).get("arguments"))}}
                   for tc in message.get("tool_calls") or [] if isinstance(tc, dict)]
     if not text and tool_calls:
         text = message.get("tool_plan") or ""
     reason = finish_reason(data.get("finish_reason"), None, str)
-    cid = data.get("id")
-    return completion(id=f"chatcmpl-{cid}" if isinstance(cid, str) and cid else completion_id(), model=model,
+    return completion(id=completion_id(), model=model,
                       content=text if text or not tool_calls else None, tool_calls=tool_calls or None,
                       finish_reason=reason, usage=usage)
 

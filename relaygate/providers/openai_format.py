@@ -70,6 +70,8 @@ class ChunkWriter:
         self.include_usage = include_usage
         self.started = False
         self._tool_index: dict[str, int] = {}  # upstream tool-call key -> OpenAI tool_calls index
+        self._no_args: dict[str, int] = {}  # tool calls started that have had no argument text yet
+        self._thinking_blocks = 0
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
         c: dict[str, Any] = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
@@ -96,11 +98,19 @@ class ChunkWriter:
         """A chunk with any other delta fields (e.g. ``reasoning_content``)."""
         return self._ensure_role() + self._chunk(delta)
 
+    def thinking_block(self, block: dict[str, Any]) -> bytes:
+        """A whole signed thinking block (``thinking_blocks``, for the client to send back). It carries an
+        ``index`` like any list in a delta: the openai SDK's stream accumulator refuses list entries without."""
+        index = self._thinking_blocks
+        self._thinking_blocks += 1
+        return self.delta({"thinking_blocks": [{"index": index, **block}]})
+
     def tool_start(self, key: str, call_id: str, name: str, extra: dict[str, Any] | None = None) -> bytes:
         """A new tool call (id and name); ``key`` is the upstream's handle for later argument deltas.
 
         ``extra`` adds provider fields to the call (Gemini's ``extra_content`` thought signature)."""
         index = self._tool_index.setdefault(key, len(self._tool_index))
+        self._no_args[key] = index
         call: dict[str, Any] = {"index": index, "id": call_id, "type": "function",
                                 "function": {"name": name, "arguments": ""}}
         if extra:
@@ -110,11 +120,23 @@ class ChunkWriter:
     def tool_args(self, key: str, fragment: str) -> bytes:
         if not fragment:
             return b""
+        self._no_args.pop(key, None)
         index = self._tool_index[key]
         return self._chunk({"tool_calls": [{"index": index, "function": {"arguments": fragment}}]})
 
+    def tool_end(self, key: str) -> bytes:
+        """The end of a tool call: one that had no arguments gets ``"{}"``, as OpenAI streams it (clients
+        that parse arguments, like the openai SDK's ``stream()`` helper, fail on ``""``)."""
+        index = self._no_args.pop(key, None)
+        if index is None:
+            return b""
+        return self._chunk({"tool_calls": [{"index": index, "function": {"arguments": "{}"}}]})
+
     def finish(self, reason: str | None) -> bytes:
-        return self._ensure_role() + self._chunk({}, reason or "stop")
+        out = self._ensure_role()
+        for key in list(self._no_args):
+            out += self.tool_end(key)
+        return out + self._chunk({}, reason or "stop")
 
     def usage(self, usage: Usage | None) -> bytes:
         """The usage-only chunk, when the client asked for it."""

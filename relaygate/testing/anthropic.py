@@ -281,7 +281,8 @@ def stream_events(body: dict[str, Any], a: Answer, usage: dict[str, Any]) -> lis
             out.append(sse_event(b"content_block_start", {
                 "type": "content_block_start", "index": index,
                 "content_block": {"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}}}))
-            args = orjson.dumps(block["input"]).decode()
+            # a call without arguments streams one empty input_json_delta and nothing else (as recorded)
+            args = orjson.dumps(block["input"]).decode() if block["input"] else ""
             step = max(1, len(args) // 3)
             for piece in ["", *(args[i:i + step] for i in range(0, len(args), step))]:
                 out.append(sse_event(b"content_block_delta", {

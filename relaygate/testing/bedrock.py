@@ -389,6 +389,10 @@ def stream_events(answer: ConverseAnswer) -> list[bytes]:
                 "toolUseId": tu["toolUseId"], "name": tu["name"]}}})))
             args = orjson.dumps(tu["input"]).decode()
             step = max(1, math.ceil(len(args) / 3))
+            if not tu["input"]:  # a call without arguments: one delta with empty input (as recorded)
+                args, step = "", 1
+                out.append(es.event("contentBlockDelta", _payload({"contentBlockIndex": i, "delta": {
+                    "toolUse": {"input": ""}}})))
             for k in range(0, len(args), step):
                 out.append(es.event("contentBlockDelta", _payload({"contentBlockIndex": i, "delta": {
                     "toolUse": {"input": args[k:k + step]}}})))

@@ -284,7 +284,8 @@ def stream_events(r: Reply, error: str | None = None) -> Iterator[tuple[str, dic
         fn = r.tool_call["function"]
         yield "tool-call-start", {"type": "tool-call-start", "index": 0, "delta": {"message": {"tool_calls": {
             "id": r.tool_call["id"], "type": "function", "function": {"name": fn["name"], "arguments": ""}}}}}
-        args = fn["arguments"]
+        # a call without arguments: no tool-call-delta at all after the empty start (as recorded)
+        args = "" if fn["arguments"] in ("{}", "null") else fn["arguments"]
         step = max(1, len(args) // 3)
         for i in range(0, len(args), step):
             yield "tool-call-delta", {"type": "tool-call-delta", "index": 0, "delta": {"message": {

@@ -275,12 +275,13 @@ def anthropic_model_page(names: list[str], created: float, query: str) -> dict[s
 
 # ---- replies -------------------------------------------------------------------------------------------
 
-def message_id(openai_id: Any) -> str:
-    """An Anthropic-style id for an OpenAI completion id (an Anthropic id wrapped by the provider comes back)."""
-    s = str(openai_id or "")
-    if s.startswith("chatcmpl-"):
-        s = s[len("chatcmpl-"):]
-    return s if s.startswith("msg_") else "msg_" + (s or os.urandom(12).hex())
+_ID_CHARS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def anthropic_id(prefix: str) -> str:
+    """A new id in Anthropic's shape (``msg_01`` + 22 letters and digits): a translated answer gets an id of
+    its own, never the upstream's under another prefix."""
+    return prefix + "01" + "".join(_ID_CHARS[b % 62] for b in os.urandom(22))
 
 
 def usage_block(usage: Usage | None, fallback: Any = None) -> dict[str, int]:
@@ -303,9 +304,9 @@ def to_anthropic_message(data: dict[str, Any], usage: Usage | None, model: str) 
         content.append({"type": "text", "text": msg["content"]})
     for tc in msg.get("tool_calls") or ():
         fn = tc.get("function") or {}
-        content.append({"type": "tool_use", "id": tc.get("id"), "name": fn.get("name"),
+        content.append({"type": "tool_use", "id": tc.get("id") or anthropic_id("toolu_"), "name": fn.get("name"),
                         "input": _arguments(fn.get("arguments"))})
-    return {"id": message_id(data.get("id")), "type": "message", "role": "assistant",
+    return {"id": anthropic_id("msg_"), "type": "message", "role": "assistant",
             "model": data.get("model") or model, "content": content,
             "stop_reason": FINISH_TO_STOP.get(choice.get("finish_reason") or "stop", "end_turn"),
             "stop_sequence": None, "usage": usage_block(usage, data.get("usage"))}
@@ -318,6 +319,8 @@ def _arguments(raw: Any) -> Any:
         value = orjson.loads(raw or "{}")
     except (orjson.JSONDecodeError, TypeError):
         return {"_raw": raw}  # a model's malformed JSON, kept rather than lost
+    if value is None:
+        return {}  # "null": a call without arguments (Cohere's way of saying so)
     return value if isinstance(value, dict) else {"_value": value}
 
 
@@ -348,7 +351,7 @@ class EventWriter:
 
     def _start(self, chunk: dict[str, Any]) -> bytes:
         self.started = True
-        message: dict[str, Any] = {"id": message_id(chunk.get("id")), "type": "message", "role": "assistant",
+        message: dict[str, Any] = {"id": anthropic_id("msg_"), "type": "message", "role": "assistant",
                    "model": chunk.get("model") or self.model, "content": [], "stop_reason": None,
                    "stop_sequence": None, "usage": {"input_tokens": 0, "output_tokens": 0}}
         return sse_event(b"message_start", {"type": "message_start", "message": message})
@@ -398,7 +401,7 @@ class EventWriter:
         fn = tc.get("function") or {}
         block = self.tool_blocks.get(oi)
         if block is None:
-            out += self._open({"type": "tool_use", "id": tc.get("id") or f"toolu_{self.index + 1}",
+            out += self._open({"type": "tool_use", "id": tc.get("id") or anthropic_id("toolu_"),
                                "name": fn.get("name") or "", "input": {}}, "tool_use")
             block = self.tool_blocks[oi] = self.index
         args = fn.get("arguments")

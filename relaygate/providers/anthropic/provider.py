@@ -20,7 +20,13 @@ import aiohttp
 import orjson
 
 from relaygate.core.call import Call, Reply, Usage
-from relaygate.core.errors import ContextTooLong, GatewayError, Unavailable, from_status
+from relaygate.core.errors import (
+    ContextTooLong,
+    GatewayError,
+    Unavailable,
+    from_status,
+    says_context_too_long,
+)
 from relaygate.providers.anthropic.request import to_messages_request
 from relaygate.providers.anthropic.wire import (
     API_VERSIONS,
@@ -31,7 +37,13 @@ from relaygate.providers.anthropic.wire import (
     bearer_auth,
 )
 from relaygate.providers.base import Provider, error_json, iter_sse, retry_after_seconds
-from relaygate.providers.openai_format import ADJUSTED_HEADER, DROPPED_HEADER, ChunkWriter, completion
+from relaygate.providers.openai_format import (
+    ADJUSTED_HEADER,
+    DROPPED_HEADER,
+    ChunkWriter,
+    completion,
+    completion_id,
+)
 
 DEFAULT_BASE = "https://api.anthropic.com"
 DEFAULT_VERSION = VERSION_2023
@@ -41,7 +53,6 @@ NATIVE_REQUEST = "anthropic_request"  # call.meta: the client's own Messages bod
 NATIVE_REPLY = "anthropic_native_reply"  # call.meta: set when the reply is Anthropic's own format
 _NATIVE_DROP = frozenset(("stream",))
 _NOT_COUNTED = frozenset(("max_tokens", "stream", "stop_sequences", "temperature", "top_p", "top_k", "metadata"))
-_CONTEXT_HINTS = ("prompt is too long", "exceed context limit", "context window", "too many total text bytes")
 
 
 def usage_of(u: Any) -> Usage | None:
@@ -68,7 +79,7 @@ def to_completion(data: dict[str, Any], usage: Usage | None) -> dict[str, Any]:
                 "name": b.get("name"), "arguments": orjson.dumps(b.get("input") or {}).decode()}})
         elif kind in ("thinking", "redacted_thinking"):
             thoughts.append(b)
-    body = completion(id="chatcmpl-" + str(data.get("id") or ""), model=str(data.get("model") or ""),
+    body = completion(id=completion_id(), model=str(data.get("model") or ""),
                       content="".join(texts) if texts else None, tool_calls=calls,
                       finish_reason=STOP_TO_FINISH.get(data.get("stop_reason") or "end_turn", "stop"),
                       usage=usage)
@@ -271,8 +282,7 @@ class AnthropicProvider(Provider):
         events = iter_sse(resp, self.kind)
         start, _ = await self._await_start(resp, events)
         reply = Reply(media_type="text/event-stream", headers=headers, first_byte_at=time.monotonic())
-        writer = ChunkWriter(str(start.get("model") or call.model), "chatcmpl-" + str(start.get("id") or ""),
-                             include_usage=call.wants_usage)
+        writer = ChunkWriter(str(start.get("model") or call.model), include_usage=call.wants_usage)
         reply.stream = self._translate(resp, events, start, writer, reply)
         return reply
 
@@ -281,6 +291,9 @@ class AnthropicProvider(Provider):
         """Anthropic events -> OpenAI chunks, one event at a time (each event's JSON parsed once)."""
         usage: dict[str, Any] = dict(start.get("usage") or {})
         tools: set[int] = set()  # indexes of tool_use blocks
+        # tool_use blocks whose input came whole in content_block_start (calls made from code execution):
+        # sent at the block's end unless input_json_delta events gave it after all
+        given: dict[int, Any] = {}
         thinking: dict[int, dict[str, Any]] = {}  # index -> the thinking block being streamed
         try:
             yield w.role()
@@ -292,6 +305,8 @@ class AnthropicProvider(Provider):
                     if kind == "text_delta":
                         out = w.text(delta.get("text") or "")
                     elif kind == "input_json_delta" and ev["index"] in tools:
+                        if delta.get("partial_json"):
+                            given.pop(ev["index"], None)
                         out = w.tool_args(str(ev["index"]), delta.get("partial_json") or "")
                     elif kind == "thinking_delta" and ev["index"] in thinking:
                         piece = delta.get("thinking") or ""
@@ -309,6 +324,8 @@ class AnthropicProvider(Provider):
                     block = ev["content_block"]
                     if block.get("type") == "tool_use":
                         tools.add(ev["index"])
+                        if block.get("input"):
+                            given[ev["index"]] = block["input"]
                         yield w.tool_start(str(ev["index"]), str(block.get("id")), str(block.get("name")))
                     elif block.get("type") == "text" and block.get("text"):
                         yield w.text(block["text"])
@@ -316,11 +333,18 @@ class AnthropicProvider(Provider):
                         thinking[ev["index"]] = {"type": "thinking", "thinking": block.get("thinking") or "",
                                                  "signature": block.get("signature") or ""}
                     elif block.get("type") == "redacted_thinking":
-                        yield w.delta({"thinking_blocks": [block]})
-                elif event == "content_block_stop" and thinking:
-                    done = thinking.pop(orjson.loads(data)["index"], None)
+                        yield w.thinking_block(block)
+                elif event == "content_block_stop" and (thinking or tools):
+                    index = orjson.loads(data)["index"]
+                    done = thinking.pop(index, None)
                     if done is not None:  # the whole signed block, for the client to send back
-                        yield w.delta({"thinking_blocks": [done]})
+                        yield w.thinking_block(done)
+                    elif index in tools:
+                        whole = given.pop(index, None)
+                        out = w.tool_args(str(index), orjson.dumps(whole).decode()) if whole else b""
+                        out += w.tool_end(str(index))
+                        if out:
+                            yield out
                 elif event == "message_delta":
                     ev = orjson.loads(data)
                     usage.update(ev.get("usage") or {})
@@ -373,8 +397,7 @@ class AnthropicProvider(Provider):
         if kind == "overloaded_error" or status == 529:
             return Unavailable(text, status=503, code="overloaded")
         if status == 400 or kind == "invalid_request_error":
-            low = text.lower()
-            if any(h in low for h in _CONTEXT_HINTS):
+            if says_context_too_long(text):
                 return ContextTooLong(text, param="messages")
         if kind == "rate_limit_error":
             status = 429

@@ -268,7 +268,7 @@ def tool_id(value: Any) -> str:
 
 def _assistant_blocks(m: dict[str, Any], param: str) -> list[dict[str, Any]]:
     content = m.get("content")
-    out: list[dict[str, Any]] = [b for b in m.get("thinking_blocks") or () if _is_thinking(b)]
+    out: list[dict[str, Any]] = [_thinking_block(b) for b in m.get("thinking_blocks") or () if _is_thinking(b)]
     if isinstance(content, str):
         if content:
             out.append({"type": "text", "text": content})
@@ -299,6 +299,13 @@ def _is_thinking(block: Any) -> bool:
     if block.get("type") == "thinking":
         return isinstance(block.get("thinking"), str) and isinstance(block.get("signature"), str)
     return block.get("type") == "redacted_thinking" and isinstance(block.get("data"), str)
+
+
+def _thinking_block(block: dict[str, Any]) -> dict[str, Any]:
+    """The block as Anthropic wants it back: a streamed one also carries its position in the delta (``index``)."""
+    if block.get("type") == "thinking":
+        return {"type": "thinking", "thinking": block["thinking"], "signature": block["signature"]}
+    return {"type": "redacted_thinking", "data": block["data"]}
 
 
 def _tool_result(m: dict[str, Any], param: str) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from relaygate.core.errors import (
     Unavailable,
     UpstreamTimeout,
     from_status,
+    says_context_too_long,
 )
 from relaygate.providers.aws.credentials import (
     CredentialSource,
@@ -46,8 +47,6 @@ _AUTH_ERRORS = {"UnrecognizedClientException", "InvalidSignatureException", "Inc
                 "InvalidClientTokenId", "SignatureDoesNotMatch", "ExpiredToken"}
 _ARN = re.compile(r"\barn:aws[a-z-]*:[^\s\"',]+")
 _ACCOUNT = re.compile(r"\b\d{12}\b")
-_TOO_LONG = ("input is too long", "too many input tokens", "prompt is too long", "context window",
-             "maximum context length", "too many tokens")
 
 
 def credential_source(config: Any, env: Mapping[str, str], region: str) -> CredentialSource:
@@ -104,7 +103,7 @@ def map_error(error_type: str, status: int, message: str, retry_after: float | N
     if t == "ResourceNotFoundException":
         return NotFound(message)
     if t == "ValidationException":
-        if any(s in low for s in _TOO_LONG):
+        if says_context_too_long(message):
             return ContextTooLong(message, param="messages")
         return BadRequest(message)  # a guardrail that intervenes is a stopReason, not an error
     return from_status(status, message, retry_after=retry_after)

@@ -254,7 +254,7 @@ def from_converse(data: dict[str, Any], model: str) -> tuple[dict[str, Any], Usa
             continue
         if "text" in block:
             texts.append(str(block["text"]))
-        elif "toolUse" in block:
+        elif "toolUse" in block and not _server_tool(block["toolUse"]):
             tu = block["toolUse"]
             tool_calls.append({"id": tu.get("toolUseId"), "type": "function",
                                "function": {"name": tu.get("name"),
@@ -263,6 +263,11 @@ def from_converse(data: dict[str, Any], model: str) -> tuple[dict[str, Any], Usa
     body = completion(id=completion_id(), model=model, content="".join(texts) if texts else None,
                       tool_calls=tool_calls or None, finish_reason=finish_reason(stop), usage=usage)
     return body, usage
+
+
+def _server_tool(tool_use: Any) -> bool:
+    """A tool Bedrock ran itself (Nova's code interpreter): its call and result are not the client's to make."""
+    return isinstance(tool_use, dict) and tool_use.get("type") == "server_tool_use"
 
 
 def _message_content(data: dict[str, Any]) -> list[Any]:
@@ -279,6 +284,7 @@ class StreamTranslator:
         self.usage: Usage | None = None
         self.stopped = False
         self._tools: set[str] = set()  # contentBlockIndex of tool calls started
+        self._server_tools: set[str] = set()  # contentBlockIndex of tools Bedrock runs itself
 
     def feed(self, event_type: str, payload: bytes) -> bytes:
         try:
@@ -293,6 +299,8 @@ class StreamTranslator:
             tool = delta.get("toolUse")
             if isinstance(tool, dict):
                 key = str(data.get("contentBlockIndex"))
+                if key in self._server_tools:
+                    return b""
                 if key not in self._tools:
                     raise Unavailable("Bedrock sent tool input before the tool call started", status=502)
                 return w.tool_args(key, str(tool.get("input", "")))
@@ -301,15 +309,23 @@ class StreamTranslator:
             tool = (data.get("start") or {}).get("toolUse")
             if isinstance(tool, dict):
                 key = str(data.get("contentBlockIndex"))
+                if _server_tool(tool):
+                    self._server_tools.add(key)
+                    return b""
                 self._tools.add(key)
                 return w.tool_start(key, str(tool.get("toolUseId", "")), str(tool.get("name", "")))
             return b""
+        if event_type == "contentBlockStop":
+            key = str(data.get("contentBlockIndex"))
+            return w.tool_end(key) if key in self._tools else b""
         if event_type == "messageStart":
             return w.role()
         if event_type == "messageStop":
             self.stopped = True
-            return w.finish(finish_reason(data.get("stopReason")))
+            out = w.finish(finish_reason(data.get("stopReason")))
+            # the usage chunk comes last, after the finish, whichever of the two events came first
+            return out + w.usage(self.usage) if self.usage is not None else out
         if event_type == "metadata":
             self.usage = usage_of(data.get("usage"))
-            return w.usage(self.usage)
-        return b""  # contentBlockStop and events added later carry nothing for OpenAI
+            return w.usage(self.usage) if self.stopped else b""
+        return b""  # events added later carry nothing for OpenAI

@@ -21,21 +21,39 @@ from relaygate.providers.openai_format import Image, completion, content_parts, 
 # Google's documented placeholder for function calls whose thought signature was lost (foreign histories)
 SKIP_SIGNATURE = "skip_thought_signature_validator"
 
+# Gemini's finishReason -> OpenAI's finish_reason, for answers that ended as answers end (AI Studio's and
+# Vertex AI's lists; "tool_calls" when a STOP answer called tools)
 FINISH_REASONS = {
     "STOP": "stop", "MAX_TOKENS": "length", "SAFETY": "content_filter", "RECITATION": "content_filter",
-    "PROHIBITED_CONTENT": "content_filter", "BLOCKLIST": "content_filter", "SPII": "content_filter",
-    "IMAGE_SAFETY": "content_filter", "IMAGE_PROHIBITED_CONTENT": "content_filter",
-    "IMAGE_RECITATION": "content_filter", "LANGUAGE": "stop", "OTHER": "stop",
-    "MALFORMED_FUNCTION_CALL": "stop", "UNEXPECTED_TOOL_CALL": "stop", "TOO_MANY_TOOL_CALLS": "stop",
+    "LANGUAGE": "content_filter", "BLOCKLIST": "content_filter", "PROHIBITED_CONTENT": "content_filter",
+    "SPII": "content_filter", "MODEL_ARMOR": "content_filter", "IMAGE_SAFETY": "content_filter",
+    "IMAGE_PROHIBITED_CONTENT": "content_filter", "IMAGE_RECITATION": "content_filter",
 }
+# reasons that say the generation failed rather than finished: the call is an upstream error, so that a retry
+# or a fallback can act (OTHER comes with a finishMessage such as an internal error, and no content)
+FAILED_FINISH = frozenset((
+    "OTHER", "FINISH_REASON_UNSPECIFIED", "IMAGE_OTHER", "NO_IMAGE", "MALFORMED_FUNCTION_CALL",
+    "UNEXPECTED_TOOL_CALL", "TOO_MANY_TOOL_CALLS",
+))
+# the request was at fault: the same request fails again anywhere
+REQUEST_FINISH = frozenset(("MISSING_THOUGHT_SIGNATURE",))
 
 _TOOL_MODES = {"none": "NONE", "auto": "AUTO", "required": "ANY"}
 
 
 def finish_reason(gemini_reason: str | None, called_tools: bool) -> str:
+    """OpenAI's finish_reason for a finished candidate (a reason Gemini adds later reads as ``stop``)."""
     if called_tools and gemini_reason in (None, "STOP"):
         return "tool_calls"
     return FINISH_REASONS.get(gemini_reason or "STOP", "stop")
+
+
+def finish_failure(candidate: dict[str, Any]) -> tuple[str, str] | None:
+    """(reason, Gemini's finishMessage) when the candidate's generation failed instead of finishing."""
+    reason = candidate.get("finishReason")
+    if reason in FAILED_FINISH or reason in REQUEST_FINISH:
+        return str(reason), str(candidate.get("finishMessage") or "")
+    return None
 
 
 def _wants_signatures(model: str) -> bool:

@@ -26,12 +26,15 @@ from relaygate.core.errors import (
     Unavailable,
     Unsupported,
     from_status,
+    says_context_too_long,
 )
 from relaygate.providers.base import Provider, error_json, iter_sse, retry_after_seconds
 from relaygate.providers.batching import embed_in_batches, needs_batches
 from relaygate.providers.gemini.auth import GoogleAuth
 from relaygate.providers.gemini.format import (
+    REQUEST_FINISH,
     blocked_reason,
+    finish_failure,
     finish_reason,
     read_parts,
     to_completion,
@@ -45,7 +48,6 @@ _VERSIONED = re.compile(r"/v\d+(?:(?:alpha|beta)\d*)?$")
 _STATUS_CODES = {"UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403, "RESOURCE_EXHAUSTED": 429,
                  "UNAVAILABLE": 503, "DEADLINE_EXCEEDED": 504, "INTERNAL": 500, "INVALID_ARGUMENT": 400,
                  "NOT_FOUND": 404, "FAILED_PRECONDITION": 400}
-_CONTEXT_HINTS = ("exceeds the maximum number of tokens", "input token count", "context window")
 BATCH_LIMIT = 100  # batchEmbedContents accepts at most this many inputs per request
 # embeddings' input_type: Gemini's task types, and Cohere's names for the same uses (one knob for both)
 TASK_TYPES = {t.lower(): t for t in (
@@ -119,7 +121,8 @@ class GeminiProvider(Provider):
         reason = blocked_reason(answer)
         if reason:
             raise ContentFiltered(f"the prompt was blocked by Gemini's safety filters ({reason})", param="messages")
-        body = to_completion(answer, str(answer.get("modelVersion") or model), _completion_id(answer))
+        self.raise_failed(answer)
+        body = to_completion(answer, str(answer.get("modelVersion") or model), completion_id())
         usage = usage_of(answer.get("usageMetadata"))
         return Reply(body=orjson.dumps(body), usage=usage, first_byte_at=time.monotonic())
 
@@ -138,6 +141,11 @@ class GeminiProvider(Provider):
         if reason:
             resp.close()
             raise ContentFiltered(f"the prompt was blocked by Gemini's safety filters ({reason})", param="messages")
+        try:
+            self.raise_failed(first)  # nothing was sent yet: still an error a fallback can act on
+        except GatewayError:
+            resp.close()
+            raise
         reply = Reply(media_type="text/event-stream", first_byte_at=time.monotonic())
         reply.stream = self._translate(call, resp, events, first, reply)
         return reply
@@ -159,11 +167,13 @@ class GeminiProvider(Provider):
 
     async def _translate(self, call: Call, resp: aiohttp.ClientResponse, events: AsyncIterator[tuple[str, bytes]],
                          first: dict[str, Any], reply: Reply) -> AsyncIterator[bytes]:
-        # like OpenAI's own answers: the upstream's model and a response id Google's logs know
-        cid, created, name = _completion_id(first), int(time.time()), str(first.get("modelVersion") or call.model)
+        # like OpenAI's own answers: the upstream's model, and a completion id of our own
+        cid, created, name = completion_id(), int(time.time()), str(first.get("modelVersion") or call.model)
         writers: dict[int, ChunkWriter] = {}
         calls: dict[int, int] = {}  # candidate index -> function calls seen
-        finished: set[int] = set()
+        # candidate index -> finish_reason so far: sent once, at the end, the last one given winning (a chunk
+        # that is not the last may already carry one, and a later chunk another, e.g. RECITATION)
+        finished: dict[int, str] = {}
         usage: Usage | None = None
         try:
             event: dict[str, Any] | None = first
@@ -186,19 +196,23 @@ class GeminiProvider(Provider):
                         extra = {"extra_content": tc["extra_content"]} if "extra_content" in tc else None
                         out.append(w.tool_start(key, tc["id"], tc["function"]["name"], extra))
                         out.append(w.tool_args(key, tc["function"]["arguments"]))
-                    if cand.get("finishReason") and k not in finished:
-                        finished.add(k)
-                        out.append(w.finish(finish_reason(cand["finishReason"], bool(calls.get(k)))))
+                    if cand.get("finishReason"):
+                        self.raise_failed({"candidates": [cand]})
+                        finished[k] = finish_reason(cand["finishReason"], False)
                 if blocked_reason(event):
-                    w = writers.setdefault(0, ChunkWriter(name, id=cid, created=created))
-                    finished.add(0)
-                    out.append(w.finish("content_filter"))
+                    writers.setdefault(0, ChunkWriter(name, id=cid, created=created))
+                    finished[0] = "content_filter"
                 chunk = b"".join(out)
                 if chunk:
                     yield chunk
                 event = await self._next_event(events)
             if not finished:
                 raise Unavailable("upstream gemini stream ended before the answer was complete", status=502)
+            ends = []
+            for k, w in sorted(writers.items()):
+                reason = finished.get(k, "stop")
+                ends.append(w.finish("tool_calls" if reason == "stop" and calls.get(k) else reason))
+            yield b"".join(ends)
             reply.usage = usage
             if call.wants_usage:
                 yield ChunkWriter(name, id=cid, created=created, include_usage=True).usage(usage)
@@ -245,6 +259,21 @@ class GeminiProvider(Provider):
 
     # -- errors ------------------------------------------------------------------------------------
 
+    def raise_failed(self, answer: dict[str, Any]) -> None:
+        """Raise when a candidate's generation failed (finishReason OTHER and kin): never a 200 that looks
+        like an empty success. A retry or a fallback may serve the call; a request fault is a 400."""
+        for cand in answer.get("candidates") or ():
+            failure = finish_failure(cand) if isinstance(cand, dict) else None
+            if failure is None:
+                continue
+            reason, detail = failure
+            message = f"upstream gemini stopped without finishing the answer ({reason})"
+            if detail:
+                message += ": " + self.redact(detail)
+            if reason in REQUEST_FINISH:
+                raise BadRequest(message, param="messages")
+            raise Unavailable(message, status=502, code="upstream_generation_failed")
+
     async def upstream_error(self, resp: aiohttp.ClientResponse) -> GatewayError:
         raw = await self.error_body(resp)
         return self.error_from(resp.status, error_json(raw), resp.headers)
@@ -258,7 +287,7 @@ class GeminiProvider(Provider):
         reasons = {d.get("reason") for d in details if isinstance(d, dict)}
         if "API_KEY_INVALID" in reasons or status == 401 or name == "UNAUTHENTICATED":
             return AuthError(f"upstream gemini rejected the credentials: {message}", code="upstream_auth_failed")
-        if status == 400 and any(h in message.lower() for h in _CONTEXT_HINTS):
+        if status == 400 and says_context_too_long(message):
             return ContextTooLong(message, param="messages")
         if status < 400:  # an in-stream error without an HTTP status
             status = _STATUS_CODES.get(name, 500)
@@ -266,11 +295,6 @@ class GeminiProvider(Provider):
         if retry is None:
             retry = retry_after_seconds(headers)
         return from_status(status, message, retry_after=retry)
-
-
-def _completion_id(answer: dict[str, Any]) -> str:
-    rid = answer.get("responseId")
-    return f"chatcmpl-{rid}" if isinstance(rid, str) and rid else completion_id()
 
 
 def _retry_delay(details: list[Any]) -> float | None:

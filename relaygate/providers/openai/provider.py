@@ -17,6 +17,7 @@ from relaygate.core.errors import (
     Unavailable,
     UpstreamTimeout,
     from_status,
+    says_context_too_long,
 )
 from relaygate.providers.base import RATE_LIMIT_HEADERS, Provider, error_json, open_body, retry_after_seconds
 from relaygate.providers.batching import embed_in_batches, needs_batches
@@ -224,7 +225,7 @@ class OpenAIProvider(Provider):
         message = self.redact(str(err.get("message") or f"upstream returned HTTP {resp.status}"))
         code = err.get("code") if isinstance(err.get("code"), str) else None
         param = err.get("param") if isinstance(err.get("param"), str) else None
-        if code == "context_length_exceeded" or "maximum context length" in message:
+        if code == "context_length_exceeded" or (resp.status in (400, 422) and says_context_too_long(message)):
             return ContextTooLong(message, param=param or "messages")
         if code == "content_filter" or code == "content_policy_violation":
             return ContentFiltered(message, param=param)

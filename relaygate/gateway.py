@@ -1,23 +1,45 @@
-"""The ``Gateway``: everything built from one config (providers, routing, pipeline), nothing global."""
+"""The ``Gateway``, the one composition root: everything one config needs, built once, in order.
+
+session → Redis client → database → key store → limiter → request-log writer → deployments (with their
+breakers) → pricing → router → pipeline layers (audit → auth → limits → router). Each part gets its
+collaborators through its constructor and nothing is patched afterwards; the async work (migrations, the
+log writer's thread, health checks) happens in ``start``. Nothing lives at module level, so a reload can
+build a second ``Gateway`` beside the first and swap them.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import time
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import aiohttp
 
-from relaygate.accounting import Accounting
+from relaygate.catalog.prices import PriceBook
 from relaygate.config import PROVIDER_TYPES, Config, ConfigError, deployment_name
 from relaygate.core.call import Call, Handler, Reply
+from relaygate.core.pricing import Pricing
 from relaygate.providers import provider_class
+from relaygate.routing.breaker import Breakers, model_breaker
 from relaygate.routing.deployment import Deployment
 from relaygate.routing.health import HealthChecker, health_checks
 from relaygate.routing.router import ModelTable, Router
-from relaygate.routing.strategies import catalog_price
+from relaygate.state.resp import RespClient
+
+if TYPE_CHECKING:
+    from relaygate.auth.authenticator import Authenticator
+    from relaygate.auth.keys import KeyStore
+    from relaygate.limits.base import Limiter, SpentLoader
+    from relaygate.requestlog.audit import AuditLayer
+    from relaygate.requestlog.writer import RequestLogWriter
+    from relaygate.store.db import Database
 
 log = logging.getLogger("relaygate")
+
+MASTER_KEY_ENV = "RELAYGATE_MASTER_KEY"
 
 
 def new_session() -> aiohttp.ClientSession:
@@ -28,11 +50,43 @@ def new_session() -> aiohttp.ClientSession:
                                  skip_auto_headers=("User-Agent",), raise_for_status=False)
 
 
-def build_deployments(config: Config, session: aiohttp.ClientSession) -> dict[str, list[Deployment]]:
-    """Instantiate every deployment's provider; provider-level problems become ConfigErrors."""
+def master_key(config: Config, env: Mapping[str, str] | None = None) -> str | None:
+    """The master key: ``auth.master_key`` or the RELAYGATE_MASTER_KEY environment variable."""
+    if config.auth.master_key is not None and config.auth.master_key.get_secret_value():
+        return config.auth.master_key.get_secret_value()
+    return (os.environ if env is None else env).get(MASTER_KEY_ENV) or None
+
+
+def default_spool_dir(config: Config) -> str:
+    """Where log rows wait while the database is down: beside the SQLite file, else ./relaygate-spool."""
+    from relaygate.store.db import sqlite_path
+
+    if config.request_log.spool_dir:
+        return config.request_log.spool_dir
+    path = sqlite_path(config.database.url)
+    if path and path != ":memory:":
+        return os.path.dirname(os.path.abspath(path))
+    return os.path.abspath("relaygate-spool")
+
+
+def spent_loader(db: Database) -> SpentLoader:
+    """What a budget scope spent since a time, summed from the request log (off the event loop)."""
+    from relaygate.auth.keys import spent_since
+
+    async def load(scope_name: str, start: float) -> int:
+        return await db.run(spent_since, db.engine, scope_name, start)
+
+    return load
+
+
+def build_deployments(config: Config, session: aiohttp.ClientSession,
+                      breakers: Breakers) -> dict[str, list[Deployment]]:
+    """Every model's deployments: a provider each, and a breaker from the model's settings; provider-level
+    problems become ConfigErrors."""
     models: dict[str, list[Deployment]] = {}
     errors: list[str] = []
     for mi, m in enumerate(config.models):
+        settings = model_breaker(m)
         deps = []
         for di, d in enumerate(m.deployments):
             try:
@@ -40,7 +94,8 @@ def build_deployments(config: Config, session: aiohttp.ClientSession) -> dict[st
             except ValueError as e:
                 errors.append(f"models[{mi}].deployments[{di}]: {e}")
                 continue
-            deps.append(Deployment(deployment_name(m, di), m.name, d, provider))
+            name = deployment_name(m, di)
+            deps.append(Deployment(name, m.name, d, provider, breaker=breakers.new(name, settings)))
         models[m.name] = deps
     if errors:
         raise ConfigError(errors)
@@ -54,14 +109,71 @@ class Gateway:
         self.config = config
         self.session = session
         self.started = time.time()
-        self.table = ModelTable(build_deployments(config, session), PROVIDER_TYPES)
-        self.router = Router(self.table, config)
-        self.health = HealthChecker(health_checks(config, self.table.models))
-        self.accounting = Accounting(config)  # database, request log, keys, limits, cost
-        self.router.price_of = catalog_price(self.accounting.prices)  # what the cost strategy compares
-        self.pipeline: Handler = self.accounting.wrap(self.router, self.table)
-        self.redis: Any = None  # redis.asyncio.Redis when state.redis_url is set (shared by all layers)
         self.ready = False
+        # one Redis client (one connection, one timeout policy) for the limits and the breakers
+        self.redis = RespClient(config.state.redis_url) if config.state.redis_url else None
+
+        master = master_key(config)
+        self.db: Database | None = None
+        if config.request_log.enabled or master:
+            from relaygate.store.db import Database
+
+            self.db = Database(config.database.url, config.database.pool_size)
+
+        self.keys: KeyStore | None = None
+        self.auth: Authenticator | None = None
+        self.limiter: Limiter | None = None
+        if master:
+            from relaygate.auth.authenticator import Authenticator
+            from relaygate.auth.keys import KeyStore
+
+            assert self.db is not None
+            db = self.db
+            self.keys = keys = KeyStore(db.engine)
+            self.auth = Authenticator(master, lambda digest: db.run(keys.lookup, digest), config.auth.cache_ttl)
+            self.limiter = self._limiter(db)
+
+        self.writer: RequestLogWriter | None = None
+        if config.request_log.enabled:
+            from relaygate.requestlog.writer import RequestLogWriter
+
+            assert self.db is not None
+            rl = config.request_log
+            self.writer = RequestLogWriter(self.db.engine, default_spool_dir(config), queue_size=rl.queue_size,
+                                           batch_size=rl.batch_size, flush_interval=rl.flush_interval)
+
+        self.breakers = Breakers(self.redis)
+        self.table = ModelTable(build_deployments(config, session, self.breakers), PROVIDER_TYPES)
+        self.pricing = Pricing(PriceBook(config), self.table.models, config.auth.default_output_tokens)
+        self.router = Router(self.table, config, self.pricing.unit_price)
+        self.health = HealthChecker(health_checks(config, self.table.models))
+        self.audit: AuditLayer | None = None  # the outermost layer, when the request log is on
+        self.pipeline: Handler = self._pipeline()
+
+    def _limiter(self, db: Database) -> Limiter:
+        if self.redis is not None:
+            from relaygate.limits.redis import RedisLimiter
+
+            # a crashed instance's parallel slots and reservations expire once no call of it can be running
+            return RedisLimiter(self.redis, spent_loader(db), int(self.config.server.request_timeout) + 60)
+        from relaygate.limits.memory import MemoryLimiter
+
+        return MemoryLimiter(spent_loader(db))
+
+    def _pipeline(self) -> Handler:
+        """audit → auth → limits → router (the layers that are on)."""
+        handler: Handler = self.router
+        if self.auth is not None:
+            from relaygate.auth.authenticator import AuthLayer
+            from relaygate.limits.layer import LimitLayer
+
+            assert self.limiter is not None
+            handler = AuthLayer(LimitLayer(handler, self.limiter, self.pricing), self.auth)
+        if self.writer is not None:
+            from relaygate.requestlog.audit import AuditLayer
+
+            handler = self.audit = AuditLayer(handler, self.writer, self.config.request_log, self.pricing.cost)
+        return handler
 
     @classmethod
     async def create(cls, config: Config) -> Gateway:
@@ -69,29 +181,49 @@ class Gateway:
         session = new_session()
         try:
             gw = cls(config, session)
-            await gw.start()
         except BaseException:
             await session.close()
+            raise
+        try:
+            await gw.start()
+        except BaseException:
+            await gw.close()
             raise
         return gw
 
     async def start(self) -> None:
-        if self.config.state.redis_url:
-            import redis.asyncio as aioredis
+        """Migrate the database, start the log writer, sync the config's keys, start the health checks."""
+        if self.db is not None:
+            version = await asyncio.to_thread(self.db.migrate)
+            log.info("database ready (%s, schema version %d)", self.db.dialect, version)
+        if self.writer is not None:
+            self.writer.start()
+        if self.auth is not None and self.config.auth.keys:
+            from relaygate.auth.keys import sync_config_keys
 
-            self.redis = aioredis.from_url(self.config.state.redis_url, decode_responses=False)
-            self.router.use_redis(self.redis)
-        await self.accounting.start()
+            assert self.db is not None
+            await asyncio.to_thread(sync_config_keys, self.db.engine, self.config.auth.keys)
+        if self.auth is None:
+            log.warning("=" * 72)
+            log.warning("NO MASTER KEY: this gateway is OPEN. Anyone who can reach it may call every model,")
+            log.warning("and the admin API is off. Set auth.master_key or %s.", MASTER_KEY_ENV)
+            log.warning("=" * 72)
         self.health.start()
         self.ready = True
 
     async def close(self) -> None:
+        """Stop probing, settle what is in flight, flush the request log (database, else spool), close."""
         self.ready = False
         await self.health.close()
-        await self.router.close()
-        await self.accounting.close()
+        await self.breakers.close()
+        if self.limiter is not None:
+            await self.limiter.close()
+        if self.writer is not None:
+            await asyncio.to_thread(self.writer.close)
+        if self.db is not None:
+            await asyncio.to_thread(self.db.close)
         if self.redis is not None:
-            await self.redis.aclose()
+            await self.redis.close()
         await self.session.close()
 
     async def handle(self, call: Call) -> Reply:

@@ -15,7 +15,7 @@ from typing import Any
 import openai
 
 from relaygate.config import parse_config
-from relaygate.core.call import Call
+from relaygate.core.call import Call, Route
 from relaygate.core.errors import GatewayError
 from relaygate.gateway import Gateway
 from relaygate.testing.base import BackgroundServer, FaultPlan, free_port
@@ -90,7 +90,7 @@ async def one_call(gw: Gateway, model: str, out: Outcome, stream: bool = False, 
     body: dict[str, Any] = {"model": model, "messages": MESSAGES}
     if stream:
         body["stream"] = True
-    call = Call(id="t", route="chat", model=model, body=body, stream=stream, deadline=time.monotonic() + budget)
+    call = Call(id="t", route=Route.CHAT, model=model, body=body, stream=stream, deadline=time.monotonic() + budget)
     try:
         reply = await gw.handle(call)
     except GatewayError as e:

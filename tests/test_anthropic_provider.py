@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,7 +14,7 @@ import openai
 import pytest
 
 from relaygate.config import ConfigError, parse_config
-from relaygate.core.call import Call
+from relaygate.core.call import Call, Route
 from relaygate.gateway import Gateway
 from relaygate.testing.anthropic import AnthropicEmulatorOptions, create_app
 from relaygate.testing.base import BackgroundServer, FaultPlan
@@ -320,8 +321,8 @@ def test_usage_carries_cache_writes_and_reads(emu: BackgroundServer) -> None:
     async def run() -> tuple[Any, Any]:
         gw = await Gateway.create(cfg)
         try:
-            first = await gw.handle(Call(id="1", route="chat", model="c", body=body))
-            second = await gw.handle(Call(id="2", route="chat", model="c", body=body))
+            first = await gw.handle(Call(id="1", route=Route.CHAT, model="c", body=body))
+            second = await gw.handle(Call(id="2", route=Route.CHAT, model="c", body=body))
             return first.usage, second.usage
         finally:
             await gw.close()
@@ -416,7 +417,7 @@ def test_probe_uses_the_free_count_tokens_and_reports_a_bad_key(emu: BackgroundS
         cfg = parse_config({"models": [anthropic_model("c", emu, api_key=key)]}, {}).models[0].deployments[0]
         session = new_session()
         try:
-            await AnthropicProvider(cfg, session).probe()
+            await AnthropicProvider(cfg, session).probe(time.monotonic() + 10)
             return None
         except Exception as e:
             return e
@@ -478,19 +479,17 @@ def test_openai_prompt_cache_breakpoints_become_cache_control(client: openai.Ope
 
 def test_native_requests_are_metered_from_anthropics_usage(emu: BackgroundServer) -> None:
     """Replies relayed untouched to /v1/messages still carry usage for metering (whole and streamed)."""
-    from relaygate.providers.anthropic.provider import NATIVE_REPLY, NATIVE_REQUEST
-
     cfg = parse_config({"models": [anthropic_model("c", emu)]}, {})
     native = {"model": "c", "max_tokens": 20, "messages": [{"role": "user", "content": "one two"}]}
 
     async def run(stream: bool) -> tuple[Any, bytes, bool]:
         gw = await Gateway.create(cfg)
         try:
-            call = Call(id="n", route="chat", model="c", body={"model": "c", "messages": []}, stream=stream)
-            call.meta[NATIVE_REQUEST] = native
+            call = Call(id="n", route=Route.CHAT, model="c", body={"model": "c", "messages": []}, stream=stream)
+            call.anthropic_request = native
             reply = await gw.handle(call)
             raw = reply.body or b"".join([c async for c in reply.stream])  # type: ignore[union-attr]
-            return reply.usage, raw, bool(call.meta.get(NATIVE_REPLY))
+            return reply.usage, raw, reply.anthropic_native
         finally:
             await gw.close()
 

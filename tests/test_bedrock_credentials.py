@@ -254,6 +254,7 @@ def test_incomplete_aws_config_is_a_config_error_naming_the_deployment(
     import asyncio
 
     from relaygate.gateway import build_deployments, new_session
+    from relaygate.routing.breaker import Breakers
 
     no_aws_environment(monkeypatch)
     monkeypatch.delenv("AWS_REGION", raising=False)
@@ -263,7 +264,7 @@ def test_incomplete_aws_config_is_a_config_error_naming_the_deployment(
     async def build() -> None:
         session = new_session()
         try:
-            build_deployments(cfg, session)
+            build_deployments(cfg, session, Breakers())
         finally:
             await session.close()
 

@@ -530,16 +530,16 @@ def test_embeddings_refuse_token_arrays_and_non_titan_models(client: openai.Open
 
 def test_probe_counts_tokens_and_reports_bad_credentials(gw: GatewayThread, emu: BackgroundServer) -> None:
     deps = {d.model_name: d for d in gw.gateway.deployments()}
-    gw.run(deps["claude"].provider.probe())
+    gw.run(deps["claude"].provider.probe(time.monotonic() + 10))
     rec = sent(emu, "count-tokens")[-1]
     assert_botocore_accepts("bedrock-runtime", "CountTokens", rec, modelId=MODEL_ID)
     with pytest.raises(AuthError):
-        gw.run(deps["wrong-secret"].provider.probe())
+        gw.run(deps["wrong-secret"].provider.probe(time.monotonic() + 10))
     emu.state.faults = FaultPlan(status=503, count=1)
     with pytest.raises(Unavailable):
-        gw.run(deps["claude"].provider.probe())
+        gw.run(deps["claude"].provider.probe(time.monotonic() + 10))
     emu.state.faults = FaultPlan(status=400, count=1, message="This model doesn't support counting tokens.")
-    gw.run(deps["claude"].provider.probe())  # reachable and signed correctly: usable
+    gw.run(deps["claude"].provider.probe(time.monotonic() + 10))  # reachable and signed correctly: usable
 
 
 # ---- other client formats ---------------------------------------------------------------------------------

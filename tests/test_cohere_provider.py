@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from relaygate.config import DeploymentConfig
-from relaygate.core.call import Call
+from relaygate.core.call import Call, Route
 from relaygate.core.errors import BadRequest, GatewayError, Unsupported
 from relaygate.providers.cohere import CohereProvider
 from relaygate.routing.deployment import Deployment
@@ -294,7 +294,7 @@ def run_embeddings(emulator: BackgroundServer, body: dict[str, Any], **config: A
             cfg = DeploymentConfig(provider="cohere", model="embed-v4.0", api_base=emulator.url,
                                    api_key=KEY, **config)  # type: ignore[arg-type]
             provider = CohereProvider(cfg, session)
-            call = Call(id="t", route="embeddings", model="embed", body=body)
+            call = Call(id="t", route=Route.EMBEDDINGS, model="embed", body=body)
             call.deployment = Deployment("embed/cohere/0", "embed", cfg, provider)
             reply = await provider.embeddings(call)
             assert reply.body is not None
@@ -412,7 +412,7 @@ def test_probe_checks_key_model_and_outages(emulator: BackgroundServer, clean: A
         async with aiohttp.ClientSession() as session:
             cfg = DeploymentConfig(**{"provider": "cohere", "model": "command-a-03-2025", "api_base": emulator.url,
                                       "api_key": KEY, **config})
-            await CohereProvider(cfg, session).probe()
+            await CohereProvider(cfg, session).probe(time.monotonic() + 10)
 
     asyncio.run(probe())
     assert httpx.get(emulator.url + "/_emulator/requests").json()["requests"][-1]["path"] == \

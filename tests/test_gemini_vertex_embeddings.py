@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import struct
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,7 +15,7 @@ import pytest
 import requests
 
 from relaygate.config import DeploymentConfig
-from relaygate.core.call import Call
+from relaygate.core.call import Call, Route
 from relaygate.core.errors import BadRequest, GatewayError
 from relaygate.gateway import new_session
 from relaygate.providers.gemini.provider import GeminiProvider, VertexProvider
@@ -68,7 +69,8 @@ def _probe(emulator: BackgroundServer, provider: str, key: str) -> None:
                                **extra)
         session = new_session()
         try:
-            await (GeminiProvider if provider == "gemini" else VertexProvider)(cfg, session).probe()
+            provider_cls = GeminiProvider if provider == "gemini" else VertexProvider
+            await provider_cls(cfg, session).probe(time.monotonic() + 10)
         finally:
             await session.close()
 
@@ -188,7 +190,7 @@ def _embed(emulator: BackgroundServer, body: dict[str, Any], provider: str = "ge
         try:
             cls = GeminiProvider if provider == "gemini" else VertexProvider
             p = cls(cfg, session)
-            call = Call(id="t", route="embeddings", model="emb", body=body)
+            call = Call(id="t", route=Route.EMBEDDINGS, model="emb", body=body)
             call.deployment = Deployment("emb/0", "emb", cfg, p)
             reply = await p.embeddings(call)
             return orjson.loads(reply.body or b""), reply.usage

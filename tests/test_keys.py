@@ -140,7 +140,7 @@ def test_bad_admin_input_is_a_clear_400(openai_emulator, start_gateway) -> None:
 def test_key_lookup_hits_the_database_once_per_ttl_not_per_request(openai_emulator, start_gateway) -> None:
     gw = start_gateway(config(openai_emulator, auth={"cache_ttl": 60}))
     secret = Admin(gw)("POST", "/keys", {}).json()["key"]
-    auth = gw.gateway.accounting.auth
+    auth = gw.gateway.auth
     lookups = []
     real = auth._lookup
 

@@ -167,7 +167,7 @@ def test_budget_holds_under_200_concurrent_calls_and_spend_matches_the_log(
 
 def wait_for_spent(gw: Any, scope: str, expected: int) -> int:
     """The settled spend the limiter holds for ``scope`` today (Redis settles in background tasks)."""
-    limiter = gw.gateway.accounting.limiter
+    limiter = gw.gateway.limiter
     pid = period("day", time.time())[0]
     deadline = time.monotonic() + 5
     while True:
@@ -195,7 +195,9 @@ def test_budget_spent_before_a_restart_still_counts(openai_emulator, start_gatew
     spent = gateway_rows(gw)[0]["cost_nano"]
     gw.stop()
     gw2 = start_gateway(cfg)
-    assert gw2.run(gw2.gateway.accounting.load_spent("key:" + key["id"], 0.0)) == spent
+    from relaygate.gateway import spent_loader
+
+    assert gw2.run(spent_loader(gw2.gateway.db)("key:" + key["id"], 0.0)) == spent
 
 
 def test_two_gateway_processes_sharing_redis_enforce_one_limit(openai_emulator, tmp_path) -> None:
@@ -271,6 +273,7 @@ def test_redis_limits_survive_redis_forgetting_the_script() -> None:
     loads the script again and keeps counting in the same keys."""
     from relaygate.auth.keys import Limits, Scope
     from relaygate.limits.redis import RedisLimiter
+    from relaygate.state.resp import RespClient
 
     try:
         r = redis_lib.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
@@ -285,7 +288,8 @@ def test_redis_limits_survive_redis_forgetting_the_script() -> None:
         async def no_spend(name: str, start: float) -> int:
             return 0
 
-        lim = RedisLimiter(REDIS_URL, no_spend, slot_ttl=60)
+        client = RespClient(REDIS_URL)
+        lim = RedisLimiter(client, no_spend, slot_ttl=60)
         try:
             first = await lim.acquire((scope,), 10, 0)
             r.script_flush()
@@ -296,6 +300,7 @@ def test_redis_limits_survive_redis_forgetting_the_script() -> None:
             return [first, second, third, refused.value]
         finally:
             await lim.close()
+            await client.close()
 
     first, second, third, refused = asyncio.run(main())
     assert dict(first.headers)[b"x-ratelimit-remaining-requests"] == b"2"

@@ -126,3 +126,28 @@ def test_passthrough_config_must_name_an_openai_model():
     with pytest.raises(ConfigError) as e:
         parse_config({"passthrough": {"model": "nope"}, "models": []}, {})
     assert e.value.errors == ["passthrough.model: no model named 'nope'"]
+
+
+def test_passthrough_refuses_a_model_whose_provider_does_not_take_openais_paths():
+    """Azure speaks OpenAI's format under its own URLs (per deployment, versioned): its provider does not
+    declare the passthrough route, so the config cannot send OpenAI's other routes there."""
+    from relaygate.config import ConfigError, parse_config
+
+    azure = {"name": "az", "deployments": [{"provider": "azure", "model": "gpt-4o",
+                                            "api_base": "https://example.openai.azure.com", "api_key": "k"}]}
+    with pytest.raises(ConfigError) as e:
+        parse_config({"passthrough": {"model": "az"}, "models": [azure]}, {})
+    assert len(e.value.errors) == 1 and e.value.errors[0].startswith("passthrough.model: model 'az' has deployments")
+
+
+def test_a_request_without_a_body_moves_to_another_deployment_when_the_first_is_down(openai_emulator, start_gateway):
+    """A GET has no body to stream up, so nothing stands in the way of trying the next deployment."""
+    from relaygate.testing.base import free_port
+
+    down = {"provider": "openai", "model": "*", "api_base": f"http://127.0.0.1:{free_port()}/v1", "priority": 0}
+    up = {**openai_model("x", openai_emulator, "*")["deployments"][0], "priority": 1}
+    gw = start_gateway({"passthrough": {"model": "rest"},
+                        "models": [{"name": "rest", "strategy": "priority", "deployments": [down, up]}]})
+    r = httpx.get(gw.base_url + "/files")
+    assert r.status_code == 200 and r.headers["x-relaygate-attempts"] == "2"
+    assert [(q["method"], q["path"]) for q in openai_emulator.state.requests] == [("GET", "/v1/files")]

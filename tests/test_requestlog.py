@@ -32,7 +32,7 @@ def log_rows(url: str) -> list[dict[str, Any]]:
 
 def gateway_rows(gw: Any, expected: int = 1) -> list[dict[str, Any]]:
     """The log rows once ``expected`` calls were recorded (a row is queued just after the answer is sent)."""
-    writer = gw.gateway.accounting.writer
+    writer = gw.gateway.writer
     deadline = time.monotonic() + 10
     while writer.submitted < expected and time.monotonic() < deadline:
         time.sleep(0.005)
@@ -211,7 +211,7 @@ def test_rows_spool_while_postgres_is_unreachable_and_arrive_after(pg_url, tmp_p
 
 def test_a_body_that_is_not_json_still_gets_its_row(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from relaygate.config import RequestLogConfig
-    from relaygate.core.call import Call, Reply, Usage
+    from relaygate.core.call import Call, Reply, Route, Usage
     from relaygate.requestlog.audit import COLUMNS, AuditLayer
 
     submitted: list[dict[str, Any]] = []
@@ -221,7 +221,7 @@ def test_a_body_that_is_not_json_still_gets_its_row(tmp_path) -> None:  # type: 
             submitted.append(dict(zip(COLUMNS, row, strict=True)))
 
     layer = AuditLayer(None, Sink(), RequestLogConfig(bodies=True), lambda c, r: 0)  # type: ignore[arg-type]
-    call = Call(id="client-chosen id for jane@example.com", route="transcriptions", model="whisper-1",
+    call = Call(id="client-chosen id for jane@example.com", route=Route.TRANSCRIPTIONS, model="whisper-1",
                 body={"model": "whisper-1", "file": b"\x00" * 10, "upload": object()})
     layer.record(call, Reply(body=b'{"text": "hi"}', usage=Usage(known=False)), None)
     [row] = submitted
@@ -235,16 +235,16 @@ def test_a_row_holds_each_value_under_its_column() -> None:
 
     from relaygate.auth.keys import Principal
     from relaygate.config import RequestLogConfig
-    from relaygate.core.call import Call, Reply, Usage
+    from relaygate.core.call import Call, Reply, Route, Usage
     from relaygate.requestlog.audit import COLUMNS, AuditLayer
 
     rows: list[tuple[Any, ...]] = []
     sink = SimpleNamespace(submit=rows.append)
     layer = AuditLayer(None, sink, RequestLogConfig(), lambda c, r: 4321)  # type: ignore[arg-type]
-    call = Call(id="req_0123456789abcdef01234567", route="chat", model="gpt-x", body={}, stream=True,
+    call = Call(id="req_0123456789abcdef01234567", route=Route.CHAT, model="gpt-x", body={}, stream=True,
                 client_ip="10.1.2.3", key=Principal(id="k1", team_id="t1", user_id="u1"), attempts=2)
     call.deployment = SimpleNamespace(name="gpt-x/0", provider_type="openai")  # type: ignore[assignment]
-    call.meta["cache_hit"] = True
+    call.cache_hit = True
     reply = Reply(status=200, usage=Usage(prompt_tokens=11, completion_tokens=7, cached_tokens=3),
                   first_byte_at=call.started + 0.25)
     layer.record(call, reply, None)
@@ -274,7 +274,7 @@ def test_a_request_refused_before_the_pipeline_still_gets_one_row(openai_emulato
     assert requests.get(gw.base_url.removesuffix("/v1") + "/health").status_code == 200
     rows = gateway_rows(gw, expected=3)
     time.sleep(0.2)
-    assert gw.gateway.accounting.writer.submitted == 3
+    assert gw.gateway.writer.submitted == 3
     assert [(r["route"], r["model"], r["status"], r["error"]) for r in rows] == [
         ("chat/completions", None, 400, "bad_request"),
         ("chat/completions", None, 400, "bad_request"),

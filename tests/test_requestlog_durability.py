@@ -54,14 +54,14 @@ def test_database_down_for_30s_under_load_fails_no_request_and_loses_no_row(
             await asyncio.sleep(3)
             proxy.cut()
             await asyncio.sleep(30)
-            writer = gw.gateway.accounting.writer
+            writer = gw.gateway.writer
             assert not writer.db_ok and writer.spooled > 0
             proxy.restore()
             await load
 
         asyncio.run(scenario())
         assert statuses and set(statuses) == {200}
-        writer = gw.gateway.accounting.writer
+        writer = gw.gateway.writer
         assert writer.flush(20)
         deadline = time.monotonic() + 30
         while writer.written < len(statuses) and time.monotonic() < deadline:

@@ -13,6 +13,7 @@ import urllib3
 
 from relaygate.config import BreakerConfig
 from relaygate.routing.breaker import Breaker, Breakers
+from relaygate.state.resp import RespClient
 from relaygate.testing.base import BackgroundServer, free_port
 from relaygate.testing.gateway import GatewayThread
 from relaygate.testing.openai import OpenAIEmulatorOptions, create_app
@@ -62,20 +63,15 @@ def run_breaker(backend: str, settings: dict[str, Any], body: Callable[[Breaker]
         require_service("redis")
 
     async def main() -> None:
-        breakers = Breakers()
-        client = None
-        if backend == "redis":
-            import redis.asyncio as aioredis
-
-            client = aioredis.from_url(REDIS_URL)
-            breakers.use_redis(client)
+        client = RespClient(REDIS_URL) if backend == "redis" else None
+        breakers = Breakers(client)
         b = breakers.new(unique("unit"), BreakerConfig(**settings))
         assert b is not None
         try:
             await body(b)
         finally:
             if client is not None:
-                await client.aclose()
+                await client.close()
 
     asyncio.run(main())
 
@@ -299,14 +295,14 @@ def wait_for(cond: Callable[[], bool], limit: float = 5.0) -> None:
 
 def test_a_stream_cut_after_its_first_byte_counts_against_the_breaker_but_a_client_leaving_does_not(
         emus: list[BackgroundServer]) -> None:
-    from relaygate.core.call import Call
+    from relaygate.core.call import Call, Route
     from relaygate.server.http import ClientGone
 
     cfg = {"models": [{"name": "m", "breaker": {"enabled": True, "failures": 2, "cooldown": 60},
                        "deployments": [dep(emus[0], "s")]}]}
 
     async def stream(gw: Any, end: BaseException | None) -> None:
-        call = Call(id="t", route="chat", model="m", body={"model": "m", "messages": MESSAGES, "stream": True},
+        call = Call(id="t", route=Route.CHAT, model="m", body={"model": "m", "messages": MESSAGES, "stream": True},
                     stream=True)
         reply = await gw.handle(call)
         error = end
@@ -331,12 +327,9 @@ def test_a_stream_cut_after_its_first_byte_counts_against_the_breaker_but_a_clie
 
 
 def test_an_unreachable_redis_leaves_routing_working_as_if_closed() -> None:
-    import redis.asyncio as aioredis
-
     async def main() -> list[bool]:
-        client = aioredis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.5)
-        breakers = Breakers()
-        breakers.use_redis(client)
+        client = RespClient(f"redis://127.0.0.1:{free_port()}/0", timeout=0.5)
+        breakers = Breakers(client)
         b = breakers.new(unique("down"), BreakerConfig(failures=1))
         assert b is not None
         try:
@@ -345,6 +338,6 @@ def test_an_unreachable_redis_leaves_routing_working_as_if_closed() -> None:
             admitted.append(await b.admit())
             return admitted
         finally:
-            await client.aclose()
+            await client.close()
 
     assert asyncio.run(main()) == [True, True]

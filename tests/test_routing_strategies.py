@@ -128,15 +128,13 @@ def test_cost_reads_catalog_prices_when_the_config_has_none(three: list[Backgrou
     assert out.served == {"small": 200}
 
 
-def test_cost_uses_the_price_function_the_router_is_given(three: list[BackgroundServer]) -> None:
-    cfg = model("cost", [dep(three[0], "a", input_cost_per_token=1e-6), dep(three[1], "b", input_cost_per_token=2e-6)])
-    catalog = {"a": 5e-6, "b": 1e-7}  # what a price catalog would say, overriding the config
-
-    async def run(gw: Gateway) -> Any:
-        gw.router.price_of = lambda d: catalog.get(d.name)
-        return await drive(gw, "m", 100, concurrency=4)
-
-    assert with_gateway(cfg, run).served == {"b": 100}
+def test_cost_reads_the_configs_prices_over_the_catalogs(three: list[BackgroundServer]) -> None:
+    """Top-level ``prices`` override the bundled catalog for the cost strategy too (here gpt-4o, dear in the
+    catalog, is made the cheapest)."""
+    cfg = model("cost", [dep(three[0], "big", model="gpt-4o"), dep(three[1], "small", model="gpt-4o-mini")])
+    cfg["prices"] = {"gpt-4o": {"input_cost_per_token": 1e-9, "output_cost_per_token": 1e-9}}
+    out = with_gateway(cfg, lambda gw: drive(gw, "m", 100, concurrency=4))
+    assert out.served == {"big": 100}
 
 
 def test_cost_moves_to_the_next_cheapest_when_the_cheapest_fails(three: list[BackgroundServer]) -> None:

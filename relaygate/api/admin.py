@@ -11,6 +11,7 @@ from relaygate.api.common import object_body
 from relaygate.auth.authenticator import presented_key
 from relaygate.auth.keys import KeyStore, parse_fields
 from relaygate.core.errors import AuthError, BadRequest, MethodNotAllowed, NotFound, PermissionDenied
+from relaygate.core.pricing import NANO
 from relaygate.server.http import Request, Response, json_response
 from relaygate.store import queries
 
@@ -22,13 +23,12 @@ MAX_ADMIN_BODY = 1024 * 1024
 
 def _store(gw: Gateway, req: Request) -> KeyStore:
     """The key store, once the caller proved to hold the master key."""
-    acc = gw.accounting
-    if acc.auth is None or acc.keys is None:
+    if gw.auth is None or gw.keys is None:
         raise PermissionDenied("The admin API is off: no master key is configured (auth.master_key or "
                                "RELAYGATE_MASTER_KEY).", code="admin_disabled")
-    if not acc.auth.is_master(presented_key(req.headers)):
+    if not gw.auth.is_master(presented_key(req.headers)):
         raise AuthError("The admin API needs the master key.", code="invalid_master_key")
-    return acc.keys
+    return gw.keys
 
 
 async def _body(gw: Gateway, req: Request) -> dict[str, Any]:
@@ -40,8 +40,8 @@ def _query(req: Request) -> dict[str, str]:
 
 
 async def _run(gw: Gateway, fn: Any, *args: Any) -> Any:
-    assert gw.accounting.db is not None
-    return await gw.accounting.db.run(fn, *args)
+    assert gw.db is not None
+    return await gw.db.run(fn, *args)
 
 
 # ---- keys ------------------------------------------------------------------------------------------------
@@ -63,7 +63,7 @@ async def list_keys(gw: Gateway, req: Request) -> Response:
 async def key_item(gw: Gateway, req: Request) -> Response:
     """GET/PATCH/DELETE /admin/keys/{id}; POST /admin/keys/{id}/rotate and /admin/keys/{id}/revoke."""
     store = _store(gw, req)
-    auth = gw.accounting.auth
+    auth = gw.auth
     assert auth is not None
     key_id, _, action = req.params["rest"].partition("/")
     if req.method == "GET" and not action:
@@ -117,8 +117,8 @@ def _owner_routes(kind: str) -> list[tuple[str, str, Any]]:
         fields = parse_fields(await _body(gw, req), partial=True, owner=True)
         fields.pop("id", None)
         view = await _run(gw, store.put_owner, kind, oid, fields, False)
-        assert gw.accounting.auth is not None
-        gw.accounting.auth.forget_all()  # every key of this owner carries its limits
+        assert gw.auth is not None
+        gw.auth.forget_all()  # every key of this owner carries its limits
         return json_response(view)
 
     base = f"/admin/{kind}s"
@@ -153,12 +153,12 @@ async def spend(gw: Gateway, req: Request) -> Response:
     group = q.get("group_by", "key")
     if group not in queries.GROUPS:
         raise BadRequest(f"'group_by' must be one of {', '.join(queries.GROUPS)}", param="group_by")
-    assert gw.accounting.db is not None
-    data = await _run(gw, queries.spend, gw.accounting.db.engine, group, _filters(q), _time(q, "start"),
+    assert gw.db is not None
+    data = await _run(gw, queries.spend, gw.db.engine, group, _filters(q), _time(q, "start"),
                       _time(q, "end"))
     total = sum(d["cost_nano"] for d in data)
     return json_response({"object": "list", "group_by": group, "data": data, "total_cost_nano": total,
-                          "total_cost_usd": total / queries.NANO})
+                          "total_cost_usd": total / NANO})
 
 
 async def logs(gw: Gateway, req: Request) -> Response:
@@ -178,8 +178,8 @@ async def logs(gw: Gateway, req: Request) -> Response:
             cursor = (float(ts), uid)
         except ValueError:
             raise BadRequest("'cursor' is not one this API returned", param="cursor") from None
-    assert gw.accounting.db is not None
-    rows, nxt = await _run(gw, queries.logs, gw.accounting.db.engine, _filters(q), status, _time(q, "start"),
+    assert gw.db is not None
+    rows, nxt = await _run(gw, queries.logs, gw.db.engine, _filters(q), status, _time(q, "start"),
                            _time(q, "end"), limit, cursor, q.get("bodies") == "true")
     return json_response({"object": "list", "data": rows, "next_cursor": nxt})
 

@@ -7,7 +7,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from relaygate.api.common import check, object_body, pop_provider, require, respond, respond_stream
-from relaygate.core.call import Call
+from relaygate.core.call import Call, Route
 from relaygate.core.errors import BadRequest
 from relaygate.server.http import Request, Response, StreamResponse
 from relaygate.server.multipart import AudioUpload, FormReader, boundary_of
@@ -48,7 +48,7 @@ def check_form_field(name: str, value: str) -> None:
         raise BadRequest("'provider' must be a non-empty string", param="provider")
 
 
-async def _upload(gw: Gateway, req: Request, route: str) -> Response | StreamResponse:
+async def _upload(gw: Gateway, req: Request, route: Route) -> Response | StreamResponse:
     boundary = boundary_of(req.headers.get("content-type", ""))
     upload = AudioUpload(FormReader(req.stream(gw.config.server.max_audio_bytes), boundary), check_form_field)
     try:
@@ -72,11 +72,11 @@ async def _upload(gw: Gateway, req: Request, route: str) -> Response | StreamRes
 
 
 async def transcriptions(gw: Gateway, req: Request) -> Response | StreamResponse:
-    return await _upload(gw, req, "transcriptions")
+    return await _upload(gw, req, Route.TRANSCRIPTIONS)
 
 
 async def translations(gw: Gateway, req: Request) -> Response | StreamResponse:
-    return await _upload(gw, req, "translations")
+    return await _upload(gw, req, Route.TRANSLATIONS)
 
 
 def validate_speech(body: dict[str, Any]) -> None:
@@ -108,7 +108,7 @@ async def speech(gw: Gateway, req: Request) -> Response | StreamResponse:
     body = object_body(await req.json(gw.config.server.max_body_bytes))
     provider = pop_provider(body)
     validate_speech(body)
-    call = Call(id=req.id, route="speech", model=body["model"], body=body, stream=True, headers=req.headers,
+    call = Call(id=req.id, route=Route.SPEECH, model=body["model"], body=body, stream=True, headers=req.headers,
                 client_ip=req.client_ip, provider=provider,
                 deadline=time.monotonic() + gw.config.server.request_timeout)
     return respond_stream(call, await gw.handle(call))

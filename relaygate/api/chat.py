@@ -6,7 +6,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from relaygate.api.common import check, object_body, pop_provider, require, respond
-from relaygate.core.call import Call
+from relaygate.core.call import Call, Route
 from relaygate.core.errors import BadRequest
 from relaygate.server.http import Request, Response, StreamResponse
 
@@ -40,7 +40,7 @@ def validate_chat(body: dict[str, Any]) -> None:
     check(body, "max_completion_tokens", int, "an integer")
 
 
-def chat_call(gw: Gateway, req: Request, body: dict[str, Any], route: str = "chat") -> Call:
+def chat_call(gw: Gateway, req: Request, body: dict[str, Any], route: Route = Route.CHAT) -> Call:
     provider = pop_provider(body)
     validate_chat(body)
     stream = bool(body.get("stream"))

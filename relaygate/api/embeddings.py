@@ -6,7 +6,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from relaygate.api.common import check, object_body, pop_provider, require, respond
-from relaygate.core.call import Call
+from relaygate.core.call import Call, Route
 from relaygate.core.errors import BadRequest
 from relaygate.server.http import Request, Response, StreamResponse
 
@@ -66,7 +66,7 @@ async def embeddings(gw: Gateway, req: Request) -> Response | StreamResponse:
     body = object_body(await req.json(gw.config.server.max_body_bytes))
     provider = pop_provider(body)
     validate_embeddings(body)
-    call = Call(id=req.id, route="embeddings", model=body["model"], body=body, headers=req.headers,
+    call = Call(id=req.id, route=Route.EMBEDDINGS, model=body["model"], body=body, headers=req.headers,
                 client_ip=req.client_ip, provider=provider,
                 deadline=time.monotonic() + gw.config.server.request_timeout)
     return respond(call, await gw.handle(call))

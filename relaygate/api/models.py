@@ -20,7 +20,7 @@ def model_object(gw: Gateway, name: str) -> dict[str, Any]:
 
 
 async def list_models(gw: Gateway, req: Request) -> Response:
-    key = await caller(gw, req.headers)  # with a master key configured, listing needs a key too
+    key = await caller(gw.auth, req.headers)  # with a master key configured, listing needs a key too
     names = [n for n in gw.table.names() if key is None or key.allows_model(n)]
     if "anthropic-version" in req.headers:  # an Anthropic client (Claude Code discovers models this way)
         return json_response(anthropic_model_page(names, gw.started, req.query))
@@ -29,7 +29,7 @@ async def list_models(gw: Gateway, req: Request) -> Response:
 
 async def get_model(gw: Gateway, req: Request) -> Response:
     name = req.params["rest"]
-    key = await caller(gw, req.headers)
+    key = await caller(gw.auth, req.headers)
     if name not in gw.table.models or name == "*" or (key is not None and not key.allows_model(name)):
         known = ", ".join(gw.table.names()) or "none"
         err = ModelNotFound(f"The model {name!r} does not exist on this gateway. Available models: {known}.",

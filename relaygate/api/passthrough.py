@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from relaygate.api.common import respond_stream
-from relaygate.core.call import Call
+from relaygate.core.call import Call, Route
 from relaygate.core.errors import BadRequest, NotFound
 from relaygate.server.http import Request, Response, StreamResponse
-from relaygate.server.upload import ClientBody
+from relaygate.server.upload import ForwardedRequest, StreamedBody
 
 if TYPE_CHECKING:
     from relaygate.gateway import Gateway
@@ -25,21 +24,6 @@ if TYPE_CHECKING:
 _SEGMENT = re.compile(r"[A-Za-z0-9_\-:.]{1,200}")
 FORWARDED_HEADERS = ("content-type", "accept", "openai-beta")
 UPLOAD_FAMILIES = ("files", "images")  # bodies that may be large files: server.max_file_bytes applies
-
-
-class ForwardedRequest(ClientBody):
-    """The client's method, path below ``/v1``, query, a few headers, and its body as it arrives."""
-
-    def __init__(self, method: str, target: str, headers: dict[str, str], chunks: AsyncIterator[bytes] | None):
-        super().__init__()
-        self.method = method
-        self.target = target
-        self.headers = headers
-        self._chunks = chunks
-
-    def body(self) -> AsyncIterator[bytes] | None:
-        self.begin()
-        return None if self._chunks is None else self.guard(self._chunks)
 
 
 def upstream_target(req: Request) -> tuple[str, str]:
@@ -70,10 +54,9 @@ async def passthrough(gw: Gateway, req: Request) -> Response | StreamResponse:
     server = gw.config.server
     limit = server.max_file_bytes if family in UPLOAD_FAMILIES else server.max_body_bytes
     headers = {k: req.headers[k] for k in FORWARDED_HEADERS if k in req.headers}
-    fwd = ForwardedRequest(req.method, target, headers, req.stream(limit) if _has_body(req) else None)
-    call = Call(id=req.id, route="passthrough", model=model, body={}, stream=True, headers=req.headers,
-                client_ip=req.client_ip, upload=fwd, deadline=time.monotonic() + server.request_timeout)
-    call.meta["passthrough"] = family
+    fwd = ForwardedRequest(req.method, target, headers, StreamedBody(req.stream(limit)) if _has_body(req) else None)
+    call = Call(id=req.id, route=Route.PASSTHROUGH, model=model, body={}, stream=True, headers=req.headers,
+                client_ip=req.client_ip, forward=fwd, deadline=time.monotonic() + server.request_timeout)
     return respond_stream(call, await gw.handle(call))
 
 

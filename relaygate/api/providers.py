@@ -36,7 +36,7 @@ def providers_body(gw: Gateway) -> dict[str, Any]:
 
 
 async def list_providers(gw: Gateway, req: Request) -> Response:
-    await caller(gw, req.headers)  # with a master key configured, this needs a key too
+    await caller(gw.auth, req.headers)  # with a master key configured, this needs a key too
     return json_response(providers_body(gw))
 
 

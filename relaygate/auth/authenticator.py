@@ -12,7 +12,6 @@ import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from relaygate.auth.keys import MASTER, Principal, hash_secret
 from relaygate.core.call import Call, Handler, Reply
@@ -151,10 +150,9 @@ class AuthLayer:
         return await self.next(call)
 
 
-async def caller(gw: Any, headers: dict[str, str]) -> Principal | None:
+async def caller(auth: Authenticator | None, headers: dict[str, str]) -> Principal | None:
     """The authenticated caller of a route outside the pipeline (model and provider lists); None when the
     gateway is open (no master key)."""
-    auth: Authenticator | None = gw.accounting.auth
     if auth is None:
         return None
     return await auth.authenticate(presented_key(headers))

@@ -16,13 +16,12 @@ from sqlalchemy import Engine, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from relaygate.core.errors import BadRequest, NotFound
+from relaygate.core.pricing import NANO
 from relaygate.store import tables
 
 KEY_PREFIX = "rg-"
 SHOWN = 10  # characters of a secret shown again after creation ("rg-" + 7)
 PERIODS = ("day", "month", "total")
-LIMIT_FIELDS = ("models", "rpm", "tpm", "max_parallel", "budget_nano", "budget_period", "metadata", "tags")
-NANO = 1_000_000_000
 MAX_INT = 2**31 - 1  # limits are 32-bit integer columns
 MAX_USD = 9e9  # budgets are 64-bit nano-dollars
 

@@ -1,4 +1,4 @@
-"""What a call costs: the bundled price table (models.json), config overrides, and usage → nano-dollars."""
+"""What models cost: the bundled price table (models.json), config overrides, and usage → nano-dollars."""
 
 from __future__ import annotations
 
@@ -8,12 +8,11 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+from relaygate.core.pricing import NANO
+
 if TYPE_CHECKING:
     from relaygate.config import Config, DeploymentConfig
     from relaygate.core.call import Usage
-
-NANO = 1_000_000_000  # costs are integers of 1e-9 USD so that sums are exact
-
 
 @dataclass(frozen=True, slots=True)
 class Price:
@@ -40,10 +39,6 @@ class Price:
                + usage.audio_seconds * self.per_second
                + usage.characters * self.per_character)
         return round(usd * NANO)
-
-    def estimate_nano(self, prompt_tokens: int, output_tokens: int) -> int:
-        """An upper-bound style estimate used to reserve budget before the call."""
-        return round((prompt_tokens * self.input + output_tokens * self.output) * NANO)
 
 
 FREE = Price()

@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from relaygate.config import ConfigError, load_config
+from relaygate.config import Config, ConfigError, load_config
 
 EMULATORS = ("openai", "cohere", "gemini", "anthropic", "bedrock")
 
@@ -57,15 +57,16 @@ def check_config(path: str) -> int:
     return 0
 
 
-def _check_providers(cfg: object) -> None:
+def _check_providers(cfg: Config) -> None:
     import asyncio
 
     from relaygate.gateway import build_deployments, new_session
+    from relaygate.routing.breaker import Breakers
 
     async def build() -> None:
         session = new_session()
         try:
-            build_deployments(cfg, session)  # type: ignore[arg-type]
+            build_deployments(cfg, session, Breakers())
         finally:
             await session.close()
 

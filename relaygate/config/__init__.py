@@ -24,7 +24,7 @@ PROVIDER_TYPES = ("openai", "azure", "demo", "anthropic", "gemini", "vertex", "b
 DEMO_MODEL = "demo"
 STRATEGIES = ("round_robin", "weighted", "least_connections", "least_latency", "cost", "adaptive", "priority")
 Strategy = Literal["round_robin", "weighted", "least_connections", "least_latency", "cost", "adaptive", "priority"]
-# error kinds (errors.ERROR_KINDS) that a retry may act on: the transient ones
+# error kinds (GatewayError.kind) that a retry may act on: the transient ones
 RETRYABLE_KINDS = ("unavailable", "rate_limited", "timeout")
 FALLBACK_KINDS = ("unavailable", "rate_limited", "timeout", "context_too_long", "content_filtered",
                   "unsupported", "not_found", "auth", "permission", "bad_request", "internal")
@@ -369,6 +369,9 @@ class Config(_Strict):
 
 def _passthrough_errors(cfg: Config) -> list[str]:
     """Passthrough routes must name a configured model whose deployments all speak OpenAI's REST API."""
+    from relaygate.core.call import Route
+    from relaygate.providers import provider_class
+
     errors = []
     by_name = {m.name: m for m in cfg.models}
     pt = cfg.passthrough
@@ -379,8 +382,9 @@ def _passthrough_errors(cfg: Config) -> list[str]:
         model = by_name.get(name)
         if model is None:
             errors.append(f"{path}: no model named {name!r}")
-        elif any(d.provider != "openai" for d in model.deployments):
-            errors.append(f"{path}: model {name!r} has deployments that are not of provider openai")
+        elif any(Route.PASSTHROUGH not in provider_class(d.provider).routes for d in model.deployments):
+            errors.append(f"{path}: model {name!r} has deployments whose provider does not serve OpenAI's "
+                          "other routes (files, batches, images, …) as they are; use provider openai")
     return errors
 
 

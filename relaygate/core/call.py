@@ -5,10 +5,26 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from relaygate.auth.keys import Principal
     from relaygate.routing.deployment import Deployment
+    from relaygate.server.multipart import AudioUpload
+    from relaygate.server.upload import ForwardedRequest
+
+
+class Route(StrEnum):
+    """What a call asks of a provider: each provider's route table maps these to its methods."""
+
+    CHAT = "chat"
+    EMBEDDINGS = "embeddings"
+    TRANSCRIPTIONS = "transcriptions"
+    TRANSLATIONS = "translations"
+    SPEECH = "speech"
+    COUNT_TOKENS = "count_tokens"  # Anthropic's /v1/messages/count_tokens
+    PASSTHROUGH = "passthrough"  # OpenAI's other REST routes (files, batches, images, …), forwarded as they are
 
 
 @dataclass(slots=True)
@@ -56,7 +72,7 @@ class Call:
     """One client request on its way through the pipeline."""
 
     id: str
-    route: str  # "chat", "embeddings", "speech", … — the provider method that serves it
+    route: Route
     model: str  # the model name the client asked for
     body: dict[str, Any]  # the parsed OpenAI-format request body
     stream: bool = False
@@ -66,12 +82,16 @@ class Call:
     wants_usage: bool = False  # the client asked for stream_options.include_usage
     started: float = field(default_factory=time.monotonic)
     deadline: float = 0.0  # monotonic time by which the call must finish
-    key: Any = None  # the authenticated principal, set by the auth layer
+    key: Principal | None = None  # the authenticated caller, set by the auth layer (None: an open gateway)
     attempts: int = 0
     deployment: Deployment | None = None  # the deployment that served (or last tried) the call
     tried: list[str] = field(default_factory=list)  # deployment names attempted, in order
-    upload: Any = None  # a streamed request body (audio uploads), when the route has one
-    meta: dict[str, Any] = field(default_factory=dict)  # free-form notes of layers (cache hit, …)
+    upload: AudioUpload | None = None  # transcriptions, translations: the multipart upload, streamed
+    forward: ForwardedRequest | None = None  # passthrough: the client's request, forwarded as it is
+    anthropic_request: dict[str, Any] | None = None  # /v1/messages: the client's own Messages body
+    fallbacks: tuple[str, ...] = ()  # the fallback models the call moved on to, in order
+    cost_nano: int | None = None  # what the call cost, once known (the limits and the log share it)
+    cache_hit: bool = False  # answered from the response cache
 
 
 DoneCallback = Callable[["Reply", BaseException | None], None]
@@ -89,6 +109,7 @@ class Reply:
     raw_headers: Sequence[tuple[bytes, bytes]] = ()  # more response headers, already encoded (x-ratelimit-*)
     usage: Usage | None = None
     first_byte_at: float | None = None  # monotonic time of the first upstream byte (TTFT for streams)
+    anthropic_native: bool = False  # the body or stream is Anthropic's own Messages format, relayed untouched
     _done: list[DoneCallback] = field(default_factory=list)
     _finished: bool = False
 

@@ -159,12 +159,6 @@ class UpstreamTimeout(GatewayError):
     retryable = True
 
 
-ERROR_KINDS = (
-    "bad_request", "context_too_long", "content_filtered", "unsupported", "auth", "permission",
-    "not_found", "rate_limited", "budget", "unavailable", "timeout", "internal",
-)
-
-
 def from_status(status: int, message: str, *, retry_after: float | None = None,
                 code: str | None = None, param: str | None = None) -> GatewayError:
     """Map an upstream HTTP status (after the provider looked for specific codes) to an error class."""

@@ -1,89 +1,15 @@
-"""Rate limits, parallel caps and budgets, checked and reserved atomically across a call's scopes.
-
-A call's scopes are its key and the key's team and user. ``acquire`` checks every limit of every scope and,
-only if all pass, counts the request, reserves the estimated tokens and cost and takes a parallel slot: all at
-once (in-process: no await between check and update; Redis: one Lua script). ``settle`` replaces the estimate
-by the real usage and frees the slot. Windows for rpm/tpm are fixed UTC minutes.
-"""
+"""Rate limits, parallel caps and budgets of one process, checked and reserved atomically across a call's
+scopes (see limits/base.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from relaygate.auth.keys import NANO, Limits, Scope
-from relaygate.core.errors import BudgetExceeded, RateLimited
-from relaygate.limits.periods import PeriodClock, period
-
-log = logging.getLogger("relaygate")
-
-# (scope name, period start) -> nano-dollars already spent in that period (from the request log)
-SpentLoader = Callable[[str, float], Awaitable[int]]
-
-
-@dataclass(slots=True)
-class Grant:
-    """What ``acquire`` took, to be given back or settled by ``settle``."""
-
-    scopes: tuple[Scope, ...]
-    minute: int
-    periods: tuple[str, ...]  # budget period id per scope ("" when the scope has no budget)
-    tokens: int
-    cost: int
-    headers: list[tuple[bytes, bytes]] = field(default_factory=list)  # x-ratelimit-* of the response
-    redis_keys: bytes = b""  # Redis: the scopes' key names, encoded, for the settlement
-
-
-def _reset(seconds: float) -> str:
-    return f"{max(0.0, seconds):.0f}s"
-
-
-def denial(scope: Scope, what: str, used: int, now: float) -> Exception:
-    """The 429 for a refused call, with OpenAI's x-ratelimit-* headers and retry-after."""
-    lim = scope.limits
-    to_minute = 60 - now % 60
-    headers: dict[str, str] = {}
-    if lim.rpm is not None:
-        headers["x-ratelimit-limit-requests"] = str(lim.rpm)
-        headers["x-ratelimit-reset-requests"] = _reset(to_minute)
-        if what == "requests":
-            headers["x-ratelimit-remaining-requests"] = str(max(0, lim.rpm - used))
-    if lim.tpm is not None:
-        headers["x-ratelimit-limit-tokens"] = str(lim.tpm)
-        headers["x-ratelimit-reset-tokens"] = _reset(to_minute)
-        if what == "tokens":
-            headers["x-ratelimit-remaining-tokens"] = str(max(0, lim.tpm - used))
-    if what == "budget":
-        _, _, end = period(lim.budget_period, now)
-        budget = lim.budget_nano or 0
-        return BudgetExceeded(
-            f"Budget exceeded for {scope.name}: ${used / NANO:.6f} spent or reserved of ${budget / NANO:.6f} "
-            f"({lim.budget_period}).", headers=headers, retry_after=(end - now) if end is not None else None)
-    if what == "parallel":
-        return RateLimited(f"Too many parallel requests for {scope.name} (limit {lim.max_parallel}).",
-                           headers=headers, retry_after=1, code="parallel_limit_exceeded")
-    limit = lim.rpm if what == "requests" else lim.tpm
-    return RateLimited(f"Rate limit reached for {scope.name}: {limit} {what} per minute.", headers=headers,
-                       retry_after=to_minute)
-
-
-def rate_headers(lim: Limits, reqs: int, toks: int) -> list[tuple[bytes, bytes]]:
-    """x-ratelimit-limit/remaining-requests|tokens (of the limits that are set) after ``reqs`` requests and
-    ``toks`` tokens this minute, for a call let through, encoded for the response (the HTTP server checks
-    and copies every header: these go straight into its list). The reset headers go with refusals only
-    (with retry-after): on success they would only say when the current UTC minute ends."""
-    h: list[tuple[bytes, bytes]] = []
-    rpm, tpm = lim.rpm, lim.tpm
-    if rpm is not None:
-        h.append((b"x-ratelimit-limit-requests", lim.rpm_header))
-        h.append((b"x-ratelimit-remaining-requests", b"%d" % (rpm - reqs) if reqs < rpm else b"0"))
-    if tpm is not None:
-        h.append((b"x-ratelimit-limit-tokens", lim.tpm_header))
-        h.append((b"x-ratelimit-remaining-tokens", b"%d" % (tpm - toks) if toks < tpm else b"0"))
-    return h
+from relaygate.auth.keys import Scope
+from relaygate.limits.base import Grant, SpentLoader, denial, rate_headers
+from relaygate.limits.periods import PeriodClock
 
 
 @dataclass(slots=True)
@@ -194,10 +120,7 @@ class MemoryLimiter:
         pid = self._pids[kind] = self._period(kind, now)[0]
         return pid
 
-    async def settle(self, grant: Grant, tokens: int, cost: int) -> None:
-        self.settle_now(grant, tokens, cost)
-
-    def settle_now(self, grant: Grant, tokens: int, cost: int) -> None:
+    def settle(self, grant: Grant, tokens: int, cost: int) -> None:
         state = self._state
         for s, pid in zip(grant.scopes, grant.periods, strict=True):
             st = state.get(s.name)

@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from relaygate.auth.keys import Scope
-from relaygate.limits.memory import Grant, SpentLoader, denial, rate_headers
+from relaygate.limits.base import Grant, SpentLoader, denial, rate_headers
 from relaygate.limits.periods import PeriodClock, period
 from relaygate.state.resp import RespClient, RespError, Script, bulk, bulk_ascii
 
@@ -94,12 +94,12 @@ def _limit(v: int | None) -> int:
 
 
 class RedisLimiter:
-    """Limits in Redis. Parallel slots and reservations expire after ``slot_ttl`` seconds so that those of
-    a crashed instance do not leak forever. If Redis fails, calls are let through (logged): availability
-    first."""
+    """Limits in Redis (through the gateway's one client). Parallel slots and reservations expire after
+    ``slot_ttl`` seconds so that those of a crashed instance do not leak forever. If Redis fails, calls are
+    let through (logged): availability first."""
 
-    def __init__(self, url: str, load_spent: SpentLoader, slot_ttl: int) -> None:
-        self.redis = redis = RespClient(url)
+    def __init__(self, redis: RespClient, load_spent: SpentLoader, slot_ttl: int) -> None:
+        self.redis = redis
         self._load_spent = load_spent
         self.slot_ttl = slot_ttl
         self._acquire = Script(redis, ACQUIRE)
@@ -109,6 +109,7 @@ class RedisLimiter:
         self._period = PeriodClock()
         self._settling: list[tuple[Grant, int, int]] = []  # settlements of this loop turn
         self._settled: asyncio.Future[Any] | None = None
+        self._unsettled: set[asyncio.Future[Any]] = set()  # settlements sent and not yet acknowledged
         self._keys_minute = -1
         # this minute's Redis keys per (scope, budget period): their names and their bulk strings
         self._key_names: dict[tuple[str, str], tuple[list[str], bytes]] = {}
@@ -150,6 +151,9 @@ class RedisLimiter:
         if len(self._commands) < 10_000:
             self._commands[id(scopes)] = (scopes, command)
         return command
+
+    def try_acquire(self, scopes: tuple[Scope, ...], tokens: int, cost: int) -> Grant | None:
+        return None  # Redis answers over the network: always ``acquire``
 
     async def acquire(self, scopes: tuple[Scope, ...], tokens: int, cost: int) -> Grant | None:
         now = time.time()
@@ -234,15 +238,15 @@ class RedisLimiter:
                 args.append(f"{grant.tokens} {grant.cost} {tokens} {cost} {1 if pid else 0}")
         return keys, [str(len(args)), *args]
 
-    def settle_soon(self, grant: Grant, tokens: int, cost: int) -> asyncio.Future[Any]:
+    def settle(self, grant: Grant, tokens: int, cost: int) -> None:
         """Queue the settlement; every settlement of this loop turn goes to Redis as one script call."""
         if not self._settling:
             loop = asyncio.get_running_loop()
-            self._settled = loop.create_future()
+            self._settled = settled = loop.create_future()
+            self._unsettled.add(settled)
+            settled.add_done_callback(self._unsettled.discard)
             loop.call_soon(self._send_settlements)
         self._settling.append((grant, tokens, cost))
-        assert self._settled is not None
-        return self._settled
 
     def _send_settlements(self) -> None:
         batch, self._settling = self._settling, []
@@ -267,9 +271,6 @@ class RedisLimiter:
 
         fut.add_done_callback(sent)
 
-    async def settle(self, grant: Grant, tokens: int, cost: int) -> None:
-        await self._settle_batch([(grant, tokens, cost)])
-
     async def _settle_batch(self, batch: list[tuple[Grant, int, int]]) -> None:
         keys, args = self._settle_args(batch)
         for attempt in range(3):
@@ -292,4 +293,5 @@ class RedisLimiter:
             log.warning("rate limits: Redis failed (%s); letting calls through", type(e).__name__)
 
     async def close(self) -> None:
-        await self.redis.close()
+        if self._unsettled:
+            await asyncio.wait(list(self._unsettled), timeout=10)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import aiohttp
 import orjson
 from yarl import URL
 
 from relaygate.config import DeploymentConfig
-from relaygate.core.call import Call, Reply
+from relaygate.core.call import Call, Handler, Reply, Route
 from relaygate.core.errors import GatewayError, Unavailable, Unsupported, UpstreamTimeout
 from relaygate.server.upload import ClientBody
 
@@ -23,13 +23,16 @@ if TYPE_CHECKING:
 class Provider:
     """An upstream's wire format: OpenAI-format requests in, OpenAI-format replies out.
 
-    One instance per deployment. A method per route (``chat``, ``embeddings``, …); the ones a provider
-    does not implement answer ``Unsupported``. Failures are raised as ``GatewayError`` subclasses.
-    A streamed ``Reply`` is returned only once the upstream accepted the request, so that errors before
-    the first byte can still be retried elsewhere.
+    One instance per deployment. What it can do is declared on its class: ``routes`` it serves (a method
+    each: ``chat``, ``embeddings``, …), reached through ``handlers``, its route table; every other route
+    answers ``Unsupported``. Failures are raised as ``GatewayError`` subclasses. A streamed ``Reply`` is
+    returned only once the upstream accepted the request, so that errors before the first byte can still be
+    retried elsewhere. Upstream requests never outlive a deadline (the call's, or a health probe's).
     """
 
-    kind = "base"
+    kind: ClassVar[str] = "base"  # the config's ``provider``
+    routes: ClassVar[frozenset[Route]] = frozenset()
+    cache_control: ClassVar[bool] = False  # keeps Anthropic's cache_control markers (prompt caching)
 
     def __init__(self, config: DeploymentConfig, session: aiohttp.ClientSession) -> None:
         self.config = config
@@ -37,6 +40,14 @@ class Provider:
         self._secrets = [s for s in self._secret_values() if s]
         self._timeout = aiohttp.ClientTimeout(total=config.timeout, connect=config.connect_timeout,
                                               sock_read=config.read_timeout)
+        methods: dict[Route, Handler] = {
+            Route.CHAT: self.chat, Route.EMBEDDINGS: self.embeddings, Route.TRANSCRIPTIONS: self.transcriptions,
+            Route.TRANSLATIONS: self.translations, Route.SPEECH: self.speech,
+            Route.COUNT_TOKENS: self.count_tokens, Route.PASSTHROUGH: self.passthrough,
+        }
+        # a route the class does not declare is refused even where a base class implements it (Azure does
+        # not take OpenAI's passthrough URLs)
+        self.handlers: dict[Route, Handler] = {r: methods[r] if r in self.routes else self.refuse for r in Route}
 
     def _secret_values(self) -> Iterable[str]:
         for field_name in ("api_key", "aws_secret_access_key", "aws_session_token", "aws_access_key_id"):
@@ -44,40 +55,47 @@ class Provider:
             if value is not None:
                 yield value.get_secret_value()
 
+    # the routes; a subclass implements those it declares in ``routes``
+
     async def chat(self, call: Call) -> Reply:
-        raise Unsupported(f"provider {self.kind!r} does not serve chat completions", param="model")
+        return await self.refuse(call)
 
     async def embeddings(self, call: Call) -> Reply:
-        raise Unsupported(f"provider {self.kind!r} does not serve embeddings", param="model")
+        return await self.refuse(call)
 
     async def transcriptions(self, call: Call) -> Reply:
-        raise Unsupported(f"provider {self.kind!r} does not serve audio transcriptions", param="model")
+        return await self.refuse(call)
 
     async def translations(self, call: Call) -> Reply:
-        raise Unsupported(f"provider {self.kind!r} does not serve audio translations", param="model")
+        return await self.refuse(call)
 
     async def speech(self, call: Call) -> Reply:
-        raise Unsupported(f"provider {self.kind!r} does not serve speech", param="model")
+        return await self.refuse(call)
 
     async def count_tokens(self, call: Call) -> Reply:
         """``{"input_tokens": n}`` for a chat request (Anthropic's ``/v1/messages/count_tokens``)."""
-        raise Unsupported(f"provider {self.kind!r} does not count tokens", param="model")
+        return await self.refuse(call)
 
     async def passthrough(self, call: Call) -> Reply:
-        raise Unsupported(f"provider {self.kind!r} does not serve OpenAI's other routes (files, images, …)",
-                          param="model")
+        """One of OpenAI's other REST routes (``call.forward``), forwarded as it is."""
+        return await self.refuse(call)
 
-    async def probe(self) -> None:
-        """A cheap health check; raise a GatewayError when the upstream is not usable."""
+    async def refuse(self, call: Call) -> Reply:
+        """The answer to a route this provider does not serve."""
+        raise Unsupported(f"provider {self.kind!r} {_CANNOT[call.route]}", param="model")
+
+    async def probe(self, deadline: float) -> None:
+        """A cheap health check, done by ``deadline`` (monotonic); raise a GatewayError when the upstream is
+        not usable."""
         return None
 
     # -- shared helpers -------------------------------------------------------------------------
 
-    def timeout(self, call: Call) -> aiohttp.ClientTimeout:
-        """Per-deployment timeouts, never beyond the call's deadline."""
+    def timeout(self, deadline: float) -> aiohttp.ClientTimeout:
+        """Per-deployment timeouts, never beyond ``deadline`` (monotonic; 0: none)."""
         total = self.config.timeout
-        if call.deadline:
-            left = call.deadline - time.monotonic()
+        if deadline:
+            left = deadline - time.monotonic()
             if left < total:
                 return aiohttp.ClientTimeout(total=max(0.001, left), connect=self.config.connect_timeout,
                                              sock_read=self.config.read_timeout)
@@ -91,7 +109,7 @@ class Provider:
 
     async def request(
         self,
-        call: Call,
+        deadline: float,
         method: str,
         url: str | URL,  # a URL(..., encoded=True) keeps percent-escapes exactly as signed (AWS)
         *,
@@ -101,18 +119,18 @@ class Provider:
         """Send one upstream request; connection failures and timeouts become gateway errors."""
         try:
             return await self.session.request(
-                method, url, headers=headers, data=data, timeout=self.timeout(call), allow_redirects=False
+                method, url, headers=headers, data=data, timeout=self.timeout(deadline), allow_redirects=False
             )
         except TimeoutError:
             raise UpstreamTimeout(f"upstream {self.kind} timed out") from None
         except aiohttp.ClientError as e:
             raise Unavailable(f"upstream {self.kind} is unreachable ({type(e).__name__})", status=502) from None
 
-    async def send_body(self, call: Call, method: str, url: str, headers: dict[str, str], upload: ClientBody,
-                        data: AsyncIterator[bytes] | None) -> aiohttp.ClientResponse:
+    async def send_body(self, deadline: float, method: str, url: str, headers: dict[str, str], upload: ClientBody,
+                        data: AsyncIterator[bytes]) -> aiohttp.ClientResponse:
         """Send a request whose body streams from the client; a client-side failure is reported as such."""
         try:
-            resp = await self.request(call, method, url, headers=headers, data=data)
+            resp = await self.request(deadline, method, url, headers=headers, data=data)
         except GatewayError:
             upload.reraise()  # the client's body failed (too large, malformed, gone), not the upstream
             raise
@@ -121,7 +139,7 @@ class Provider:
             upload.reraise()
         return resp
 
-    async def send_upload(self, call: Call, url: str, headers: dict[str, str], upload: AudioUpload, model: str,
+    async def send_upload(self, deadline: float, url: str, headers: dict[str, str], upload: AudioUpload, model: str,
                           keep: Callable[[str], bool] | None = None) -> aiohttp.ClientResponse:
         """POST a multipart upload with ``model`` rewritten (and only the fields ``keep`` accepts): streamed as
         it arrives, or read whole first and sent with a Content-Length when the deployment sets
@@ -130,7 +148,7 @@ class Provider:
         if self.config.buffer_uploads:
             await upload.read_all()
             headers["content-length"] = str(upload.encoded_length(model, keep))
-        return await self.send_body(call, "POST", url, headers, upload, upload.body(model, keep))
+        return await self.send_body(deadline, "POST", url, headers, upload, upload.body(model, keep))
 
     async def read_body(self, resp: aiohttp.ClientResponse) -> bytes:
         try:
@@ -208,6 +226,14 @@ async def _rest_of_body(resp: aiohttp.ClientResponse, first: bytes, chunks: Asyn
         else:
             resp.close()
 
+
+_CANNOT = {
+    Route.CHAT: "does not serve chat completions", Route.EMBEDDINGS: "does not serve embeddings",
+    Route.TRANSCRIPTIONS: "does not serve audio transcriptions",
+    Route.TRANSLATIONS: "does not serve audio translations", Route.SPEECH: "does not serve speech",
+    Route.COUNT_TOKENS: "does not count tokens",
+    Route.PASSTHROUGH: "does not serve OpenAI's other routes (files, images, …)",
+}
 
 _KEYLIKE = re.compile(r"\b(sk-[A-Za-z0-9_\-*]{6,}|AKIA[0-9A-Z]{12,}|AIza[0-9A-Za-z_\-]{20,})")
 

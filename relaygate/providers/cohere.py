@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import quote
 
 import aiohttp
 import orjson
 
-from relaygate.core.call import Call, Reply, Usage
+from relaygate.core.call import Call, Reply, Route, Usage
 from relaygate.core.errors import (
     BadRequest,
     ContentFiltered,
@@ -70,6 +70,7 @@ class CohereProvider(Provider):
     """Cohere's native API (``api_base`` is the host root, e.g. https://api.cohere.com)."""
 
     kind = "cohere"
+    routes: ClassVar[frozenset[Route]] = frozenset({Route.CHAT, Route.EMBEDDINGS, Route.TRANSCRIPTIONS})
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -82,13 +83,12 @@ class CohereProvider(Provider):
         if self.config.api_key is not None and self.config.api_key.get_secret_value():
             self._headers["authorization"] = "Bearer " + self.config.api_key.get_secret_value()
 
-    async def probe(self) -> None:
+    async def probe(self, deadline: float) -> None:
         """``GET /v1/models/{model}``: free, and fails on a bad key, an unknown model or an outage."""
         model = self.config.model
         if model == "*":
             return
-        call = Call(id="probe", route="probe", model=model, body={})
-        resp = await self.request(call, "GET", f"{self.base}/v1/models/{quote(model, safe='')}",
+        resp = await self.request(deadline, "GET", f"{self.base}/v1/models/{quote(model, safe='')}",
                                   headers=self._headers)
         if resp.status >= 400:
             raise await self.upstream_error(resp)
@@ -100,7 +100,7 @@ class CohereProvider(Provider):
         assert call.deployment is not None
         model = call.deployment.upstream_model(call.model)
         body, headers = chat_request(call.body, model, call.stream)
-        resp = await self._post(call, "/v2/chat", body)
+        resp = await self._post(call.deadline, "/v2/chat", body)
         if call.stream:
             return await self._start_stream(resp, headers, model, call.wants_usage)
         data = await self.read_json_object(resp)
@@ -211,7 +211,7 @@ class CohereProvider(Provider):
         dims = call.body.get("dimensions")
         if dims is not None:
             body["output_dimension"] = dims
-        data = await self.read_json_object(await self._post(call, "/v2/embed", body))
+        data = await self.read_json_object(await self._post(call.deadline, "/v2/embed", body))
         vectors = (data.get("embeddings") or {}).get("float")
         if not isinstance(vectors, list) or len(vectors) != len(texts):
             raise Unavailable("upstream cohere returned no float embeddings", status=502)
@@ -236,7 +236,7 @@ class CohereProvider(Provider):
             raise BadRequest("Cohere needs the audio's 'language' (ISO-639-1, e.g. 'en')", param="language")
         model = call.deployment.upstream_model(call.model)
         upload = call.upload
-        resp = await self.send_upload(call, self.base + "/v2/audio/transcriptions", self._headers, upload, model,
+        resp = await self.send_upload(call.deadline, self.base + "/v2/audio/transcriptions", self._headers, upload, model,
                                       TRANSCRIBE_FIELDS.__contains__)
         if resp.status >= 400:
             raise await self.upstream_error(resp)
@@ -253,8 +253,8 @@ class CohereProvider(Provider):
 
     # -- HTTP -----------------------------------------------------------------------------------------
 
-    async def _post(self, call: Call, path: str, body: dict[str, Any]) -> aiohttp.ClientResponse:
-        resp = await self.request(call, "POST", self.base + path, headers=self._headers, data=orjson.dumps(body))
+    async def _post(self, deadline: float, path: str, body: dict[str, Any]) -> aiohttp.ClientResponse:
+        resp = await self.request(deadline, "POST", self.base + path, headers=self._headers, data=orjson.dumps(body))
         if resp.status >= 400:
             raise await self.upstream_error(resp)
         return resp

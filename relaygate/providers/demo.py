@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 
-from relaygate.core.call import Call, Reply, Usage
+from relaygate.core.call import Call, Reply, Route, Usage
 from relaygate.providers.base import SSE_DONE, Provider
 from relaygate.testing.openai import complete, stream_chunks
 
@@ -19,6 +19,7 @@ class DemoProvider(Provider):
     """Echoes the conversation the way the OpenAI emulator does; useful to try a client offline."""
 
     kind = "demo"
+    routes: ClassVar[frozenset[Route]] = frozenset({Route.CHAT})
 
     async def chat(self, call: Call) -> Reply:
         body = {**call.body, "model": call.model}

@@ -14,7 +14,7 @@ import orjson
 
 from relaygate.auth.authenticator import Authenticator, presented_key
 from relaygate.config import RequestLogConfig
-from relaygate.core.call import Call, Handler, Reply
+from relaygate.core.call import Call, Handler, Reply, Route
 from relaygate.core.errors import GatewayError
 from relaygate.requestlog.redact import Redactor
 from relaygate.requestlog.writer import RequestLogWriter
@@ -74,13 +74,15 @@ class AuditLayer:
                 pass
             raise
         if self.config.bodies and reply.stream is not None:
-            reply.stream = self._tee(reply.stream, call)
-        reply.on_done(lambda r, err: self.record(call, r, err))
+            kept: list[bytes] = []
+            reply.stream = self._tee(reply.stream, kept)
+            reply.on_done(lambda r, err: self.record(call, r, err, b"".join(kept)))
+        else:
+            reply.on_done(lambda r, err: self.record(call, r, err))
         return reply
 
-    async def _tee(self, stream: AsyncIterator[bytes], call: Call) -> AsyncIterator[bytes]:
-        """Keep the first ``max_body_chars`` bytes of a stream for the log while it passes through."""
-        kept: list[bytes] = []
+    async def _tee(self, stream: AsyncIterator[bytes], kept: list[bytes]) -> AsyncIterator[bytes]:
+        """Keep the first ``max_body_chars`` bytes of a stream in ``kept`` while it passes through."""
         room = self.config.max_body_chars
         try:
             async for chunk in stream:
@@ -89,17 +91,19 @@ class AuditLayer:
                     room -= len(chunk)
                 yield chunk
         finally:
-            call.meta["streamed_body"] = b"".join(kept)
             aclose = getattr(stream, "aclose", None)
             if aclose is not None:
                 await aclose()
 
-    def record(self, call: Call, reply: Reply | None, error: BaseException | None) -> None:
+    def record(self, call: Call, reply: Reply | None, error: BaseException | None, streamed: bytes | None = None,
+               route: str | None = None) -> None:
+        """Queue the call's row (``streamed``: the start of a streamed answer; ``route``: instead of the
+        call's)."""
         try:
-            row = self.row(call, reply, error)
+            row = self.row(call, reply, error, streamed=streamed, route=route)
         except Exception:  # a bookkeeping bug must not cost the row: keep what is certain
             log.exception("request log: building the row of %s failed; writing a reduced row", call.id)
-            row = self.row(call, None, error, bodies=False)
+            row = self.row(call, None, error, bodies=False, route=route)
         self.writer.submit(row)
 
     def record_refused(self, request: Request, error: BaseException, auth: Authenticator | None) -> None:
@@ -113,10 +117,10 @@ class AuditLayer:
             except GatewayError:
                 key = None
         path = request.path
-        call = Call(id=request.id, route=(path[4:] if path.startswith("/v1/") else path)[:40], model="", body={},
-                    headers=request.headers, client_ip=request.client_ip, started=request.started)
-        call.key = key
-        self.record(call, None, error)
+        # it never became a call of a route: the row names the path instead (the call's route is not read)
+        call = Call(id=request.id, route=Route.CHAT, model="", body={}, headers=request.headers,
+                    client_ip=request.client_ip, started=request.started, key=key)
+        self.record(call, None, error, route=(path[4:] if path.startswith("/v1/") else path)[:40])
 
     def day(self, now: float) -> str:
         start, end, text = self._day
@@ -126,8 +130,8 @@ class AuditLayer:
             self._day = (start, start + 86400, text)
         return text
 
-    def row(self, call: Call, reply: Reply | None, error: BaseException | None,
-            bodies: bool = True) -> tuple[Any, ...]:
+    def row(self, call: Call, reply: Reply | None, error: BaseException | None, bodies: bool = True,
+            streamed: bytes | None = None, route: str | None = None) -> tuple[Any, ...]:
         """The call's row, its values in the order of ``COLUMNS`` (a tuple: the writer binds it as it is)."""
         now = time.time()
         mono = time.monotonic()
@@ -154,7 +158,7 @@ class AuditLayer:
         if bodies and self.config.bodies:
             limit = self.config.max_body_chars
             request_body = self.redact(orjson.dumps(call.body, default=_unserializable).decode()[:limit])
-            body = reply.body if reply is not None and reply.body is not None else call.meta.get("streamed_body")
+            body = reply.body if reply is not None and reply.body is not None else streamed
             if body:
                 response_body = self.redact(body[:limit].decode("utf-8", "replace"))
         day = self._day
@@ -169,7 +173,7 @@ class AuditLayer:
             call.model or None,  # model
             None if dep is None else dep.name,  # deployment
             None if dep is None else dep.provider_type,  # provider
-            call.route,  # route
+            str(call.route) if route is None else route,  # route (a plain str: drivers bind it as it is)
             1 if call.stream else 0,  # stream (an int: drivers bind it without an adapter lookup)
             status,  # status
             kind,  # error
@@ -180,7 +184,7 @@ class AuditLayer:
             None if usage is None else usage.completion_tokens,  # completion_tokens
             None if usage is None else usage.cached_tokens,  # cached_tokens
             self.cost(call, reply),  # cost_nano
-            1 if call.meta.get("cache_hit") else 0,  # cache_hit
+            1 if call.cache_hit else 0,  # cache_hit
             call.attempts,  # attempts
             call.client_ip or None,  # client_ip
             request_body,  # request_body

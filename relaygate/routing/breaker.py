@@ -6,7 +6,8 @@ half-open --(a probe succeeds)--> closed;  half-open --(a probe fails)--> open a
 
 On the hot path a closed breaker costs one attribute read (``ready``). The Redis backend keeps a view of
 the shared state no older than ``SYNC_INTERVAL``; successes are counted locally and sent with the next
-call to Redis, so a healthy deployment costs one Redis round trip per interval, not one per request.
+call to Redis, so a healthy deployment costs one Redis round trip per interval, not one per request. The
+Redis backend uses the gateway's one Redis client (state/resp.py), the one the limits use.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import logging
 import time
 from typing import Any
 
-from relaygate.config import BreakerConfig
+from relaygate.config import BreakerConfig, ModelConfig
+from relaygate.state.resp import RespClient, Script
 
 log = logging.getLogger("relaygate.breaker")
 
@@ -197,12 +199,10 @@ KEY_PREFIX = "relaygate:breaker:"
 class RedisBreaker(Breaker):
     """A breaker whose state lives in Redis (one Lua script per transition), shared by every instance."""
 
-    __slots__ = ("redis", "script", "key", "synced", "oks", "tasks", "_remaining", "_warned")
+    __slots__ = ("script", "key", "synced", "oks", "tasks", "_remaining", "_warned")
 
-    def __init__(self, name: str, settings: BreakerConfig, redis: Any, script: Any,
-                 tasks: set[asyncio.Task[None]]) -> None:
+    def __init__(self, name: str, settings: BreakerConfig, script: Script, tasks: set[asyncio.Task[None]]) -> None:
         super().__init__(name, settings)
-        self.redis = redis
         self.script = script
         self.key = KEY_PREFIX + name
         self.synced = 0.0  # monotonic time of the last answer from Redis
@@ -276,23 +276,27 @@ class RedisBreaker(Breaker):
         return self._view()
 
 
+def model_breaker(model: ModelConfig) -> BreakerConfig:
+    """A model's breaker settings; unless configured, breakers are on where there is somewhere else to go
+    (several deployments, or fallbacks)."""
+    b = model.breaker
+    if b.enabled is None:
+        b = b.model_copy(update={"enabled": len(model.deployments) > 1 or bool(model.fallbacks)})
+    return b
+
+
 class Breakers:
-    """Makes the breakers of a gateway: in-process, or in Redis once ``use_redis`` was called."""
+    """Makes the breakers of a gateway: in Redis when it is given a Redis client, else in-process."""
 
-    def __init__(self) -> None:
-        self.redis: Any = None
-        self._script: Any = None
+    def __init__(self, redis: RespClient | None = None) -> None:
+        self._script = Script(redis, BREAKER_LUA) if redis is not None else None
         self.tasks: set[asyncio.Task[None]] = set()
-
-    def use_redis(self, redis: Any) -> None:
-        self.redis = redis
-        self._script = redis.register_script(BREAKER_LUA)
 
     def new(self, name: str, settings: BreakerConfig) -> Breaker | None:
         if settings.enabled is False:
             return None
-        if self.redis is not None:
-            return RedisBreaker(name, settings, self.redis, self._script, self.tasks)
+        if self._script is not None:
+            return RedisBreaker(name, settings, self._script, self.tasks)
         return LocalBreaker(name, settings)
 
     async def close(self) -> None:

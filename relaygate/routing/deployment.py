@@ -81,7 +81,7 @@ class Deployment:
     config: DeploymentConfig
     provider: Provider
     stats: DeploymentStats = field(default_factory=DeploymentStats)
-    breaker: Breaker | None = None  # set by the Router from the model's breaker settings
+    breaker: Breaker | None = None  # None when the model's breakers are off
     limited: bool = False  # has a max_parallel, rpm or tpm limit (checked before choosing it)
 
     def __post_init__(self) -> None:

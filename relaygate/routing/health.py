@@ -30,7 +30,8 @@ async def probe_once(dep: Deployment, hc: HealthCheckConfig) -> None:
     """Probe one deployment (bounded by ``hc.timeout``) and move it in or out of the rotation."""
     s = dep.stats
     try:
-        await asyncio.wait_for(dep.provider.probe(), hc.timeout)
+        # the deadline bounds the probe's upstream requests; wait_for, whatever else it waits on (a token)
+        await asyncio.wait_for(dep.provider.probe(time.monotonic() + hc.timeout), hc.timeout)
         error = None
     except TimeoutError:
         error = f"probe timed out after {hc.timeout:g} s"

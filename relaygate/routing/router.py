@@ -13,10 +13,9 @@ import asyncio
 import random
 import time
 from collections.abc import AsyncIterator, Iterable
-from typing import Any
 
-from relaygate.config import BreakerConfig, Config, ModelConfig
-from relaygate.core.call import Call, Reply
+from relaygate.config import Config, ModelConfig
+from relaygate.core.call import Call, Reply, Route
 from relaygate.core.errors import (
     BadRequest,
     GatewayError,
@@ -25,11 +24,11 @@ from relaygate.core.errors import (
     Unavailable,
     UpstreamTimeout,
 )
-from relaygate.routing.breaker import OPEN, Breakers
+from relaygate.routing.breaker import OPEN
 from relaygate.routing.deployment import Deployment
 from relaygate.routing.fallback import Fallbacks
 from relaygate.routing.retry import RetryPolicy
-from relaygate.routing.strategies import PriceFn, Strategy, config_price, new_strategy
+from relaygate.routing.strategies import PriceFn, Strategy, new_strategy
 from relaygate.routing.voices import narrow_by_voice
 
 WILDCARD = "*"
@@ -77,7 +76,8 @@ class ModelTable:
 class ModelRoute:
     """How one model routes: its strategy, retry policy and fallbacks."""
 
-    __slots__ = ("name", "deployments", "strategy", "retry", "fallbacks", "simple", "cooling_cap")
+    __slots__ = ("name", "deployments", "strategy", "retry", "fallbacks", "simple", "cooling_cap", "voiced",
+                 "partly")
 
     def __init__(self, name: str, deployments: list[Deployment], config: ModelConfig, rng: random.Random,
                  price_of: PriceFn) -> None:
@@ -89,44 +89,30 @@ class ModelRoute:
         # one attempt on a single deployment and nowhere else to go: the router's fast path applies
         self.simple = self.retry.attempts in (None, 1) and not self.fallbacks
         self.cooling_cap = config.retry.max_retry_after
+        self.voiced = any(d.config.voices or d.config.voice_map for d in deployments)  # speech narrows by voice
+        # routes only some of the deployments serve (an embeddings call to a model on Anthropic and OpenAI)
+        served = [d.provider.routes for d in deployments]
+        self.partly = frozenset(r for r in Route if any(r in s for s in served) and not all(r in s for s in served))
 
 
 class Router:
-    """Routes a call among a model's deployments, with retries and fallbacks (see the module docstring)."""
+    """Routes a call among a model's deployments, with retries and fallbacks (see the module docstring).
+    ``price_of`` is what the ``cost`` strategy compares."""
 
-    def __init__(self, table: ModelTable, config: Config | None = None, *, rng: random.Random | None = None) -> None:
+    def __init__(self, table: ModelTable, config: Config, price_of: PriceFn, *,
+                 rng: random.Random | None = None) -> None:
         self.table = table
         self.rng = rng or random.Random()
-        self.price_of: PriceFn = config_price  # swap in a catalog lookup; strategies read it per call
-        self.breakers = Breakers()
-        configs = {m.name: m for m in config.models} if config is not None else {}
-        self.routes: dict[str, ModelRoute] = {}
-        self._breaker_settings: dict[str, BreakerConfig] = {}
-        for name, deps in table.models.items():
-            mc = configs.get(name) or ModelConfig(name=name, deployments=[d.config for d in deps])
-            self.routes[name] = ModelRoute(name, deps, mc, self.rng, lambda d: self.price_of(d))
-            b = mc.breaker
-            if b.enabled is None:
-                b = b.model_copy(update={"enabled": len(deps) > 1 or bool(mc.fallbacks)})
-            self._breaker_settings[name] = b
-        self._make_breakers()
-
-    def _make_breakers(self) -> None:
-        for name, deps in self.table.models.items():
-            for d in deps:
-                d.breaker = self.breakers.new(d.name, self._breaker_settings[name])
-
-    def use_redis(self, redis: Any) -> None:
-        """Keep breaker state in Redis from now on (shared with other instances using the same Redis)."""
-        self.breakers.use_redis(redis)
-        self._make_breakers()
-
-    async def close(self) -> None:
-        await self.breakers.close()
+        self.routes = {m.name: ModelRoute(m.name, table.models[m.name], m, self.rng, price_of)
+                       for m in config.models}
 
     async def __call__(self, call: Call) -> Reply:
-        deps = narrow_by_voice(call, self.table.resolve(call))
+        deps = self.table.resolve(call)
         route = self.routes[deps[0].model_name]
+        if route.voiced:
+            deps = narrow_by_voice(call, deps)
+        if call.route in route.partly:
+            deps = serving(call.route, deps)
         try:
             if route.simple and len(deps) == 1:
                 dep = deps[0]
@@ -156,7 +142,7 @@ class Router:
             if found is None:
                 raise err
             route, deps = found
-            call.meta.setdefault("fallbacks", []).append(route.name)
+            call.fallbacks += (route.name,)
 
     def _fallback(self, call: Call, primary: ModelRoute, kind: str,
                   visited: set[str]) -> tuple[ModelRoute, list[Deployment]] | None:
@@ -167,9 +153,10 @@ class Router:
             if route is None:
                 continue
             try:
-                return route, narrow_by_voice(call, route.deployments)
+                deps = narrow_by_voice(call, route.deployments)
             except BadRequest:  # this one cannot speak the requested voice; a later one may
                 continue
+            return route, serving(call.route, deps) if call.route in route.partly else deps
         return None
 
     async def _try_model(self, call: Call, route: ModelRoute, deps: list[Deployment]) -> Reply:
@@ -230,6 +217,11 @@ class Router:
         raise _none_available(route.name, deps, reason, now)
 
 
+def serving(route: Route, deps: list[Deployment]) -> list[Deployment]:
+    """The deployments whose provider serves ``route``, when some do (none do: all of them, to say why not)."""
+    return [d for d in deps if route in d.provider.routes] or deps
+
+
 def takes_calls(dep: Deployment, now: float) -> bool:
     """Whether the router would send ``dep`` a call now (healthy, under its limits, breaker not open)."""
     return bool(_available((dep,), (), now)[0])
@@ -281,7 +273,7 @@ async def attempt(dep: Deployment, call: Call, route: ModelRoute | None = None) 
         stats.rpm.add(1, started)
     breaker = dep.breaker
     try:
-        reply = await getattr(dep.provider, call.route)(call)
+        reply = await dep.provider.handlers[call.route](call)
     except GatewayError as e:
         stats.in_flight -= 1
         stats.record(not e.retryable, None)

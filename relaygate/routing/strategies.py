@@ -10,41 +10,11 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from relaygate.routing.deployment import Deployment
 
-if TYPE_CHECKING:
-    from relaygate.catalog.prices import PriceBook
-
 EXPLORE = 0.05  # share of calls least_latency/adaptive send elsewhere, to keep their view of the others fresh
-PriceFn = Callable[[Deployment], float | None]
-
-
-def config_price(dep: Deployment) -> float | None:
-    """A deployment's price per (input + output) token from its config; None when it has none."""
-    c = dep.config
-    if c.input_cost_per_token is None and c.output_cost_per_token is None:
-        return None
-    return (c.input_cost_per_token or 0.0) + (c.output_cost_per_token or 0.0)
-
-
-def catalog_price(book: PriceBook) -> PriceFn:
-    """Prices from the catalog: the deployment's config prices, else its upstream model's catalog entry
-    (config ``prices`` over the bundled table). A model the catalog does not know has no price (None)."""
-    cache: dict[str, float | None] = {}
-
-    def price_of(dep: Deployment) -> float | None:
-        if dep.name in cache:
-            return cache[dep.name]
-        own = config_price(dep)
-        if own is None:
-            p = book.lookup(dep.config.model)
-            own = p.input + p.output if (p.input or p.output) else None
-        cache[dep.name] = own
-        return own
-
-    return price_of
+PriceFn = Callable[[Deployment], float | None]  # USD per (input + output) token; None: unknown (Pricing.unit_price)
 
 
 class Strategy:

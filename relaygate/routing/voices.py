@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from relaygate.core.call import Call
+from relaygate.core.call import Call, Route
 from relaygate.core.errors import BadRequest
 from relaygate.routing.deployment import Deployment
 
@@ -25,7 +25,7 @@ def voice_of(body: dict[str, Any]) -> str | None:
 
 def narrow_by_voice(call: Call, deps: list[Deployment]) -> list[Deployment]:
     """The deployments that may speak the call's voice (all of them for other routes)."""
-    if call.route != "speech":
+    if call.route is not Route.SPEECH:
         return deps
     voice = voice_of(call.body)
     if voice is None or not any(d.config.voices or d.config.voice_map for d in deps):

@@ -136,11 +136,11 @@ class App:
         """A request log row for a call that failed before the pipeline (which logs every call it sees).
         Health checks and the admin API are not calls; unknown routes are not either (no row for scanners)."""
         gw = self.gateway
-        audit = gw.accounting.audit if gw is not None else None
-        if audit is None or getattr(error, "audited", False) or req.path.startswith(("/health", "/admin")):
+        if gw is None or gw.audit is None or getattr(error, "audited", False) \
+                or req.path.startswith(("/health", "/admin")):
             return
         try:
-            audit.record_refused(req, error, gw.accounting.auth if gw is not None else None)
+            gw.audit.record_refused(req, error, gw.auth)
         except Exception:  # bookkeeping must never change the answer
             log.exception("request log: could not record the refused request %s", req.id)
 

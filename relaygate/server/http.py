@@ -39,7 +39,7 @@ class RequestIds:
 class Request:
     """One HTTP request: headers are read once into a dict of lower-case names."""
 
-    __slots__ = ("scope", "receive", "headers", "id", "params", "_body", "body_consumed", "started")
+    __slots__ = ("scope", "receive", "headers", "id", "params", "_body", "started")
 
     def __init__(self, scope: Scope, receive: Receive, ids: RequestIds) -> None:
         self.scope = scope
@@ -49,7 +49,6 @@ class Request:
         self.id = rid if rid and len(rid) <= 200 and rid.isprintable() else ids.new()
         self.params: dict[str, str] = {}
         self._body: bytes | None = None
-        self.body_consumed = False
         self.started = time.monotonic()
 
     @property
@@ -97,7 +96,6 @@ class Request:
                 yield chunk
             if not msg.get("more_body", False):
                 break
-        self.body_consumed = True
 
     async def json(self, limit: int) -> Any:
         raw = await self.body(limit)

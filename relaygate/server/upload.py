@@ -1,8 +1,10 @@
-"""A client's request body on its way to an upstream, forwarded as it arrives (``Call.upload``)."""
+"""A client's request body on its way to an upstream, forwarded as it arrives (``Call.upload``,
+``Call.forward``)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from relaygate.core.errors import Unavailable
 
@@ -44,3 +46,26 @@ class ClientBody:
         """Raise the client-side failure, if there was one."""
         if self.error is not None:
             raise self.error
+
+
+class StreamedBody(ClientBody):
+    """A body forwarded chunk by chunk as the client sends it (passthrough): sent once, never kept."""
+
+    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
+        super().__init__()
+        self._chunks = chunks
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        self.begin()
+        return self.guard(self._chunks)
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardedRequest:
+    """A request to one of OpenAI's other routes as it goes upstream: the client's method, the path below
+    ``/v1`` with its query, the headers worth forwarding, and its body (None when it has none, as a GET)."""
+
+    method: str
+    target: str
+    headers: dict[str, str]
+    body: StreamedBody | None

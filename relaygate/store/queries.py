@@ -6,9 +6,9 @@ from typing import Any
 
 from sqlalchemy import Engine, and_, func, or_, select
 
+from relaygate.core.pricing import NANO
 from relaygate.store import tables
 
-NANO = 1_000_000_000
 GROUPS = {"key": "key_id", "team": "team_id", "user": "user_id", "model": "model", "provider": "provider",
           "deployment": "deployment", "day": "day"}
 FILTERS = ("key_id", "team_id", "user_id", "model", "provider", "deployment", "route", "error")

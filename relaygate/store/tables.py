@@ -97,7 +97,7 @@ request_log = Table(
     Column("route", String(40), nullable=False),
     Column("stream", Boolean, nullable=False, default=False),
     Column("status", Integer, nullable=False),
-    Column("error", String(40), nullable=True),  # the error kind (errors.ERROR_KINDS), NULL on success
+    Column("error", String(40), nullable=True),  # the error kind (GatewayError.kind), NULL on success
     Column("error_message", Text, nullable=True),
     Column("latency_ms", Float, nullable=False),
     Column("ttft_ms", Float, nullable=True),

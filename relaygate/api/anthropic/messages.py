@@ -2,8 +2,8 @@
 
 The request becomes an OpenAI-format chat call that goes through the whole pipeline; the reply comes
 back as an Anthropic Message, or as Anthropic's SSE events translated chunk by chunk. The original request
-rides along (``call.meta``): an Anthropic deployment sends it as it is and its answer is relayed untouched,
-so nothing is lost when Claude serves the call. Clients may send
+rides along (``Call.anthropic_request``): an Anthropic deployment sends it as it is and its answer is relayed
+untouched (``Reply.anthropic_native``), so nothing is lost when Claude serves the call. Clients may send
 either ``anthropic-version`` (2023-06-01 or 2026-10-21) and their key as ``x-api-key`` or
 ``Authorization: Bearer``; sampling parameters are accepted under both versions (the model decides).
 Errors on this route use Anthropic's error shape.
@@ -25,10 +25,10 @@ from relaygate.api.anthropic.translate import (
 )
 from relaygate.api.chat import chat_call
 from relaygate.api.common import object_body, reply_headers
-from relaygate.core.call import Call, Reply
+from relaygate.core.call import Call, Reply, Route
 from relaygate.core.errors import GatewayError, Unavailable
-from relaygate.providers.anthropic.provider import DROPPED_HEADER, NATIVE_REPLY, NATIVE_REQUEST
 from relaygate.providers.anthropic.wire import error_body
+from relaygate.providers.openai_format import DROPPED_HEADER
 from relaygate.server.http import Request, Response, StreamResponse
 
 if TYPE_CHECKING:
@@ -43,10 +43,10 @@ def anthropic_error(err: GatewayError, request_id: str) -> Response:
     return Response(orjson.dumps(body), err.status, {**err.headers, "request-id": request_id})
 
 
-async def _read(gw: Gateway, req: Request, route: str = "chat") -> tuple[Call, list[str]]:
+async def _read(gw: Gateway, req: Request, route: Route = Route.CHAT) -> tuple[Call, list[str]]:
     """The call for the client's Anthropic request: an OpenAI chat body (for any provider) plus the
     original (for Anthropic deployments, which take it as it is); and the fields the translation left out."""
-    count = route == "count_tokens"
+    count = route is Route.COUNT_TOKENS
     limit = gw.config.server.max_body_bytes
     body = object_body(await req.json(limit))
     keep_cache = b'"cache_control"' in await req.body(limit) and _understands_cache_control(gw, body)
@@ -56,7 +56,7 @@ async def _read(gw: Gateway, req: Request, route: str = "chat") -> tuple[Call, l
     if isinstance(body.get("provider"), str):
         request["provider"] = body["provider"]  # relaygate's explicit-provider field, as on /chat
     call = chat_call(gw, req, request, route=route)
-    call.meta[NATIVE_REQUEST] = body
+    call.anthropic_request = body
     return call, dropped
 
 
@@ -69,7 +69,7 @@ async def messages(gw: Gateway, req: Request) -> Response | StreamResponse:
         return anthropic_error(e, req.id)
     headers = reply_headers(call, reply)
     headers["request-id"] = req.id
-    if call.meta.get(NATIVE_REPLY):  # an Anthropic deployment answered in its own format: relay as is
+    if reply.anthropic_native:  # the deployment answered in Anthropic's own format: relay it as it is
         if reply.stream is not None:
             return StreamResponse(reply, headers, error_event)
         return Response(reply.body or b"", 200, headers, reply=reply)
@@ -93,16 +93,13 @@ async def messages(gw: Gateway, req: Request) -> Response | StreamResponse:
     return Response(orjson.dumps(message), 200, headers, reply=reply)
 
 
-CACHE_AWARE_PROVIDERS = frozenset(("anthropic", "vertex_anthropic", "bedrock"))  # bedrock: → cachePoint blocks
-
-
 def _understands_cache_control(gw: Gateway, body: dict[str, Any]) -> bool:
     """Whether every deployment that may serve the call (fallbacks included) takes ``cache_control``."""
     model, provider = body.get("model"), body.get("provider")
     if not isinstance(model, str):
         return False
     try:
-        deps = gw.table.resolve(Call(id="", route="chat", model=model, body={},
+        deps = gw.table.resolve(Call(id="", route=Route.CHAT, model=model, body={},
                                      provider=provider if isinstance(provider, str) else None))
     except GatewayError:
         return False
@@ -111,13 +108,13 @@ def _understands_cache_control(gw: Gateway, body: dict[str, Any]) -> bool:
         if m.name in names:
             names.update(n for f in m.fallbacks for n in f.models)
             break
-    return all(d.provider_type in CACHE_AWARE_PROVIDERS for n in names for d in gw.table.models.get(n, ()))
+    return all(d.provider.cache_control for n in names for d in gw.table.models.get(n, ()))
 
 
 async def count_tokens(gw: Gateway, req: Request) -> Response:
     """``POST /v1/messages/count_tokens``: served by deployments that can count (Anthropic's)."""
     try:
-        call, _ = await _read(gw, req, "count_tokens")
+        call, _ = await _read(gw, req, Route.COUNT_TOKENS)
         reply = await gw.handle(call)
     except GatewayError as e:
         return anthropic_error(e, req.id)

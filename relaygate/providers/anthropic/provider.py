@@ -7,19 +7,19 @@ and ``2026-10-21`` rejects. With ``2026-10-21`` the key goes as ``Authorization:
 parameters are dropped, named in the ``x-relaygate-dropped-params`` response header.
 
 Calls from ``/v1/messages`` carry the client's own Anthropic request; it is sent as it is and the answer
-relayed untouched (``NATIVE_REQUEST`` / ``NATIVE_REPLY``).
+relayed untouched (``Call.anthropic_request`` / ``Reply.anthropic_native``).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, ClassVar
 
 import aiohttp
 import orjson
 
-from relaygate.core.call import Call, Reply, Usage
+from relaygate.core.call import Call, Reply, Route, Usage
 from relaygate.core.errors import (
     ContextTooLong,
     GatewayError,
@@ -49,8 +49,6 @@ DEFAULT_BASE = "https://api.anthropic.com"
 DEFAULT_VERSION = VERSION_2023
 DEFAULT_MAX_TOKENS = 4096
 _STATUS_OF_TYPE = {kind: status for status, kind in ERROR_TYPES.items()}
-NATIVE_REQUEST = "anthropic_request"  # call.meta: the client's own Messages body (set by /v1/messages)
-NATIVE_REPLY = "anthropic_native_reply"  # call.meta: set when the reply is Anthropic's own format
 _NATIVE_DROP = frozenset(("stream",))
 _NOT_COUNTED = frozenset(("max_tokens", "stream", "stop_sequences", "temperature", "top_p", "top_k", "metadata"))
 
@@ -95,6 +93,8 @@ class AnthropicProvider(Provider):
     """``POST {api_base}/v1/messages`` with ``anthropic-version`` and the key in the header it wants."""
 
     kind = "anthropic"
+    routes: ClassVar[frozenset[Route]] = frozenset({Route.CHAT, Route.COUNT_TOKENS})
+    cache_control = True
     versions: tuple[str, ...] = API_VERSIONS
     default_version = DEFAULT_VERSION
 
@@ -136,26 +136,25 @@ class AnthropicProvider(Provider):
     async def auth_headers(self) -> dict[str, str]:
         return self._headers
 
-    async def post(self, call: Call, body: dict[str, Any], *, count: bool = False,
+    async def post(self, deadline: float, body: dict[str, Any], *, count: bool = False,
                    extra: dict[str, str] | None = None) -> aiohttp.ClientResponse:
         """POST a Messages (or count_tokens) body; an error answer is raised as a gateway error."""
         url = self.endpoint(str(body.get("model")), count=count, stream=bool(body.get("stream")))
         headers = await self.auth_headers()
         if extra:
             headers = {**headers, **extra}
-        resp = await self.request(call, "POST", url, headers=headers,
+        resp = await self.request(deadline, "POST", url, headers=headers,
                                   data=orjson.dumps(self.outgoing(body, count=count)))
         if resp.status >= 400:
             raise await self.upstream_error(resp)
         return resp
 
-    async def probe(self) -> None:
+    async def probe(self, deadline: float) -> None:
         """``count_tokens`` on the deployment's model: free, and fails the way a real call would."""
         model = self.config.model
         if model == "*":
             return
-        call = Call(id="probe", route="probe", model=model, body={})
-        resp = await self.post(call, {"model": model, "messages": [{"role": "user", "content": "ping"}]},
+        resp = await self.post(deadline, {"model": model, "messages": [{"role": "user", "content": "ping"}]},
                                count=True)
         resp.release()
 
@@ -163,13 +162,13 @@ class AnthropicProvider(Provider):
         """Anthropic's free token count for the translated request (no output, so no cost)."""
         assert call.deployment is not None
         model = call.deployment.upstream_model(call.model)
-        native = call.meta.get(NATIVE_REQUEST)
+        native = call.anthropic_request
         if native is not None:
             body = self._native_body(native, model, _NOT_COUNTED)
         else:
             t = to_messages_request(call.body, model, default_max_tokens=1, rejected=self.rejected, stream=False)
             body = {k: v for k, v in t.body.items() if k not in _NOT_COUNTED}
-        resp = await self.post(call, body, count=True)
+        resp = await self.post(call.deadline, body, count=True)
         data = await self.read_json_object(resp)
         return Reply(body=orjson.dumps({"input_tokens": int(data.get("input_tokens") or 0)}),
                      first_byte_at=time.monotonic())
@@ -177,7 +176,7 @@ class AnthropicProvider(Provider):
     async def chat(self, call: Call) -> Reply:
         assert call.deployment is not None
         model = call.deployment.upstream_model(call.model)
-        native = call.meta.get(NATIVE_REQUEST)
+        native = call.anthropic_request
         if native is not None:
             return await self._native(call, native, model)
         t = to_messages_request(call.body, model, default_max_tokens=self.max_tokens, rejected=self.rejected,
@@ -187,7 +186,7 @@ class AnthropicProvider(Provider):
             headers[DROPPED_HEADER] = ",".join(t.dropped)
         if t.adjusted:
             headers[ADJUSTED_HEADER] = ",".join(t.adjusted)
-        resp = await self.post(call, t.body)
+        resp = await self.post(call.deadline, t.body)
         if call.stream and resp.headers.get("content-type", "").startswith("text/event-stream"):
             return await self._start_stream(resp, call, headers)
         data = await self.read_json_object(resp)
@@ -217,7 +216,7 @@ class AnthropicProvider(Provider):
             headers[DROPPED_HEADER] = ",".join(dropped)
         beta = call.headers.get("anthropic-beta")
         # a feature flag of the client's request (e.g. a longer context), not a destination
-        resp = await self.post(call, body, extra={"anthropic-beta": beta} if beta else None)
+        resp = await self.post(call.deadline, body, extra={"anthropic-beta": beta} if beta else None)
         if call.stream:
             if not resp.headers.get("content-type", "").startswith("text/event-stream"):
                 resp.close()
@@ -239,7 +238,7 @@ class AnthropicProvider(Provider):
                 raise self.error_of_event(message if isinstance(message, dict) else {})
             reply = Reply(body=data, headers=headers, usage=usage_of(message.get("usage")),
                           first_byte_at=time.monotonic())
-        call.meta[NATIVE_REPLY] = True
+        reply.anthropic_native = True
         return reply
 
     async def _relay(self, resp: aiohttp.ClientResponse, events: AsyncIterator[tuple[str, bytes]],

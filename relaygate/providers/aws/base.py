@@ -13,7 +13,7 @@ import aiohttp
 import orjson
 from yarl import URL
 
-from relaygate.core.call import Call, Reply
+from relaygate.core.call import Reply
 from relaygate.core.errors import (
     AuthError,
     BadRequest,
@@ -152,7 +152,7 @@ class AwsProvider(Provider):
                 s for s in (creds.secret_key, creds.session_token, creds.access_key) if s]
         return signer
 
-    async def post_json(self, call: Call, path: str, body: dict[str, Any], accept: str = "application/json",
+    async def post_json(self, deadline: float, path: str, body: dict[str, Any], accept: str = "application/json",
                         ) -> aiohttp.ClientResponse:
         """POST ``body`` to ``path`` (already percent-encoded), signed; an error status is raised mapped."""
         data = orjson.dumps(body)
@@ -160,7 +160,7 @@ class AwsProvider(Provider):
         if self.credentials is not None:
             headers = (await self._signer()).sign("POST", self.host, self.base_path + path, data, headers)
         url = URL(f"{self.base}{path}", encoded=True)  # keep %3A / %2F exactly as signed
-        resp = await self.request(call, "POST", url, headers=headers, data=data)
+        resp = await self.request(deadline, "POST", url, headers=headers, data=data)
         if resp.status >= 400:
             raise await self.aws_error(resp)
         return resp

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import quote
 
 import aiohttp
 import orjson
 
-from relaygate.core.call import Call, Reply, Usage
+from relaygate.core.call import Call, Reply, Route, Usage
 from relaygate.core.errors import BadRequest, Unavailable, Unsupported
 from relaygate.providers.aws.base import AwsProvider, first_event, stream_reply
 from relaygate.providers.aws.bedrock_format import StreamTranslator, from_converse, to_converse
@@ -33,6 +33,8 @@ class BedrockProvider(AwsProvider):
     """Bedrock Runtime (``provider: bedrock``)."""
 
     kind = "bedrock"
+    routes: ClassVar[frozenset[Route]] = frozenset({Route.CHAT, Route.EMBEDDINGS})
+    cache_control = True  # translated to Converse cachePoint blocks
     endpoint_prefix = "bedrock-runtime"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -42,16 +44,15 @@ class BedrockProvider(AwsProvider):
             raise ValueError("guardrail_id and guardrail_version must be given together")
         self.guardrail = {"guardrailIdentifier": gid, "guardrailVersion": version} if gid else None
 
-    async def probe(self) -> None:
+    async def probe(self, deadline: float) -> None:
         """CountTokens on the deployment's model: free, and signed and routed like a real call. A model that
         cannot count tokens answers 400, which still proves the endpoint and the credentials work."""
         model = self.config.model
         if model == "*":
             return
-        call = Call(id="probe", route="probe", model=model, body={})
         body = {"input": {"converse": {"messages": [{"role": "user", "content": [{"text": "ping"}]}]}}}
         try:
-            resp = await self.post_json(call, model_path(model, "count-tokens"), body)
+            resp = await self.post_json(deadline, model_path(model, "count-tokens"), body)
         except BadRequest:
             return
         resp.release()
@@ -63,11 +64,11 @@ class BedrockProvider(AwsProvider):
         if self.guardrail is not None:
             request["guardrailConfig"] = self.guardrail
         if not call.stream:
-            resp = await self.post_json(call, model_path(model, "converse"), request)
+            resp = await self.post_json(call.deadline, model_path(model, "converse"), request)
             data = await self.read_json_object(resp)
             body, usage = from_converse(data, call.model)
             return Reply(body=orjson.dumps(body), usage=usage, first_byte_at=time.monotonic())
-        resp = await self.post_json(call, model_path(model, "converse-stream"), request,
+        resp = await self.post_json(call.deadline, model_path(model, "converse-stream"), request,
                                     accept="application/vnd.amazon.eventstream")
         events = self.events(resp)
         first = await first_event(resp, events)
@@ -120,7 +121,7 @@ class BedrockProvider(AwsProvider):
         if body.get("dimensions") is not None:
             req["dimensions"] = body["dimensions"]
         path = model_path(call.deployment.upstream_model(call.model), "invoke")
-        data = await self.read_json_object(await self.post_json(call, path, req))
+        data = await self.read_json_object(await self.post_json(call.deadline, path, req))
         vec = data.get("embedding") or (data.get("embeddingsByType") or {}).get("float")
         if not isinstance(vec, list):
             raise Unavailable("Bedrock's embedding response has no embedding", status=502)

@@ -15,13 +15,13 @@ import hashlib
 import re
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import quote
 
 import aiohttp
 import orjson
 
-from relaygate.core.call import Call, Reply, Usage
+from relaygate.core.call import Call, Reply, Route, Usage
 from relaygate.core.errors import BadRequest, Unavailable, Unsupported
 from relaygate.providers.aws.base import AwsProvider, first_event, stream_reply
 from relaygate.providers.aws.eventstream import EventMessage
@@ -38,7 +38,7 @@ def session_ids(call: Call, deployment: str) -> tuple[str, str]:
     Behind keys, the agent's id is derived from the client's and the caller's key, so that one key can never
     continue another's session (agents remember what was said in it)."""
     asked = call.headers.get(SESSION_HEADER) or call.body.get("user")
-    owner = getattr(call.key, "id", None)
+    owner = call.key.id if call.key is not None else None
     if asked is not None:
         if not isinstance(asked, str) or not _SESSION_ID.match(asked):
             raise BadRequest("the session id (x-relaygate-session-id header or 'user') must be 2-100 characters "
@@ -62,6 +62,7 @@ class BedrockAgentProvider(AwsProvider):
     """Bedrock Agent Runtime (``provider: bedrock_agent``, with ``agent_id`` and ``agent_alias_id``)."""
 
     kind = "bedrock_agent"
+    routes: ClassVar[frozenset[Route]] = frozenset({Route.CHAT})
     endpoint_prefix = "bedrock-agent-runtime"
     bearer_auth = False
 
@@ -86,7 +87,7 @@ class BedrockAgentProvider(AwsProvider):
         request: dict[str, Any] = {"inputText": text}
         if call.stream:  # without it the agent sends its whole answer as one chunk at the end
             request["streamingConfigurations"] = {"streamFinalResponse": True}
-        resp = await self.post_json(call, self._agent_path + upstream_session + "/text", request)
+        resp = await self.post_json(call.deadline, self._agent_path + upstream_session + "/text", request)
         headers = {**USAGE_HEADERS, SESSION_HEADER: session}
         events = _texts(self.events(resp))
         if not call.stream:

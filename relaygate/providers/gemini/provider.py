@@ -10,13 +10,13 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import quote, urlsplit
 
 import aiohttp
 import orjson
 
-from relaygate.core.call import Call, Reply, Usage
+from relaygate.core.call import Call, Reply, Route, Usage
 from relaygate.core.errors import (
     AuthError,
     BadRequest,
@@ -60,6 +60,7 @@ class GeminiProvider(Provider):
     """Google AI Studio's Gemini API: ``{api_base}/v1beta/models/{model}:generateContent``."""
 
     kind = "gemini"
+    routes: ClassVar[frozenset[Route]] = frozenset({Route.CHAT, Route.EMBEDDINGS})
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -93,14 +94,13 @@ class GeminiProvider(Provider):
         return {"model": "models/" + model.removeprefix("models/"), "content": {"parts": [{"text": text}]},
                 **options}
 
-    async def probe(self) -> None:
+    async def probe(self, deadline: float) -> None:
         """``countTokens`` on the deployment's model: free, and fails the way a real call would."""
         model = self.config.model
         if model == "*":
             return
-        call = Call(id="probe", route="probe", model=model, body={})
         data = b'{"contents":[{"role":"user","parts":[{"text":"ping"}]}]}'
-        resp = await self.request(call, "POST", self.url(model, "countTokens"), headers=await self.headers(), data=data)
+        resp = await self.request(deadline, "POST", self.url(model, "countTokens"), headers=await self.headers(), data=data)
         if resp.status >= 400:
             raise await self.upstream_error(resp)
         resp.release()
@@ -112,7 +112,7 @@ class GeminiProvider(Provider):
         model = call.deployment.upstream_model(call.model)
         data = orjson.dumps(to_request(call.body, model))
         method = "streamGenerateContent?alt=sse" if call.stream else "generateContent"
-        resp = await self.request(call, "POST", self.url(model, method), headers=await self.headers(), data=data)
+        resp = await self.request(call.deadline, "POST", self.url(model, method), headers=await self.headers(), data=data)
         if resp.status >= 400:
             raise await self.upstream_error(resp)
         if call.stream:
@@ -235,7 +235,7 @@ class GeminiProvider(Provider):
         inputs = _embedding_inputs(call.body.get("input"))  # the API layer checked shapes and options
         options = self.embed_options(call.body)
         data = orjson.dumps({"requests": [self.embed_request(model, t, options) for t in inputs]})
-        resp = await self.request(call, "POST", self.url(model, "batchEmbedContents"), headers=await self.headers(),
+        resp = await self.request(call.deadline, "POST", self.url(model, "batchEmbedContents"), headers=await self.headers(),
                                   data=data)
         if resp.status >= 400:
             raise await self.upstream_error(resp)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import quote
 
+from relaygate.core.call import Route
 from relaygate.providers.openai.provider import OpenAIProvider
 
 DEFAULT_API_VERSION = "2024-10-21"
@@ -14,6 +15,8 @@ class AzureProvider(OpenAIProvider):
     """``{api_base}/openai/deployments/{deployment}/{path}?api-version=…``; the deployment is ``model``."""
 
     kind = "azure"
+    # not passthrough: Azure's URLs are per deployment and versioned, not OpenAI's paths
+    routes: ClassVar[frozenset[Route]] = OpenAIProvider.routes - {Route.PASSTHROUGH}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, ClassVar
 
 import aiohttp
 import orjson
 
-from relaygate.core.call import Call, Reply, Usage
+from relaygate.core.call import Call, Reply, Route, Usage
 from relaygate.core.errors import (
     ContentFiltered,
     ContextTooLong,
@@ -30,6 +30,8 @@ class OpenAIProvider(Provider):
     """Any server that speaks OpenAI's REST API (OpenAI, Groq, Mistral, xAI, OpenRouter, vLLM, Ollama…)."""
 
     kind = "openai"
+    routes: ClassVar[frozenset[Route]] = frozenset({Route.CHAT, Route.EMBEDDINGS, Route.TRANSCRIPTIONS,
+                                                    Route.TRANSLATIONS, Route.SPEECH, Route.PASSTHROUGH})
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -50,24 +52,18 @@ class OpenAIProvider(Provider):
         """A cheap authenticated GET for health checks (lists models; spends no tokens)."""
         return self.base + "/models"
 
-    async def probe(self) -> None:
-        timeout = aiohttp.ClientTimeout(total=self.config.timeout, connect=self.config.connect_timeout)
-        try:
-            async with self.session.get(self.probe_url(), headers=self.auth_headers(), timeout=timeout,
-                                        allow_redirects=False) as resp:
-                if resp.status >= 400:
-                    raise await self.upstream_error(resp)
-        except TimeoutError:
-            raise UpstreamTimeout(f"upstream {self.kind} health check timed out") from None
-        except aiohttp.ClientError as e:
-            raise Unavailable(f"upstream {self.kind} is unreachable ({type(e).__name__})", status=502) from None
+    async def probe(self, deadline: float) -> None:
+        resp = await self.request(deadline, "GET", self.probe_url(), headers=self.auth_headers())
+        if resp.status >= 400:
+            raise await self.upstream_error(resp)
+        resp.release()
 
     def prepare(self, call: Call, model: str) -> dict[str, Any]:
         """The upstream body: the client's, with the model rewritten (and usage asked for on streams)."""
         # the body was parsed for this call alone: rewrite in place rather than copy (hot path)
         body = call.body
         body["model"] = model
-        if call.stream and call.route == "chat":
+        if call.stream and call.route is Route.CHAT:
             opts = body.get("stream_options")
             # ask for usage so cost can be metered; the extra chunk is dropped for this client
             if not isinstance(opts, dict):
@@ -97,7 +93,7 @@ class OpenAIProvider(Provider):
         voice = body.get("voice")
         if isinstance(voice, str) and voice in self.config.voice_map:
             body = {**body, "voice": self.config.voice_map[voice]}
-        resp = await self.request(call, "POST", self.url("/audio/speech", model), headers=self.auth_headers(),
+        resp = await self.request(call.deadline, "POST", self.url("/audio/speech", model), headers=self.auth_headers(),
                                   data=orjson.dumps(body))
         if resp.status >= 400:
             raise await self.upstream_error(resp)
@@ -118,7 +114,7 @@ class OpenAIProvider(Provider):
         assert call.deployment is not None and call.upload is not None
         upload = call.upload
         model = call.deployment.upstream_model(call.model)
-        resp = await self.send_upload(call, self.url(path, model), self.auth_headers(), upload, model)
+        resp = await self.send_upload(call.deadline, self.url(path, model), self.auth_headers(), upload, model)
         if resp.status >= 400:
             raise await self.upstream_error(resp)
         ctype = resp.headers.get("content-type", "")
@@ -137,11 +133,15 @@ class OpenAIProvider(Provider):
 
     async def passthrough(self, call: Call) -> Reply:
         """Forward a request of another OpenAI route as it is: body streamed up, response streamed down."""
-        fwd = call.upload
+        fwd = call.forward
         assert fwd is not None
         headers = {k: v for k, v in self.auth_headers().items() if k != "content-type"}
         headers.update(fwd.headers)
-        resp = await self.send_body(call, fwd.method, self.base + fwd.target, headers, fwd, fwd.body())
+        url = self.base + fwd.target
+        if fwd.body is None:  # a GET, a DELETE: nothing to stream up
+            resp = await self.request(call.deadline, fwd.method, url, headers=headers)
+        else:
+            resp = await self.send_body(call.deadline, fwd.method, url, headers, fwd.body, fwd.body.chunks())
         if resp.status >= 400:
             raise await self.upstream_error(resp)
         passed = passed_headers(resp, ("content-disposition",))
@@ -155,7 +155,7 @@ class OpenAIProvider(Provider):
         assert call.deployment is not None
         model = call.deployment.upstream_model(call.model)
         body = orjson.dumps(self.prepare(call, model))
-        resp = await self.request(call, "POST", self.url(path, model), headers=self.auth_headers(), data=body)
+        resp = await self.request(call.deadline, "POST", self.url(path, model), headers=self.auth_headers(), data=body)
         if resp.status >= 400:
             raise await self.upstream_error(resp)
         passed = passed_headers(resp)

@@ -1,0 +1,69 @@
+"""Pricing: the cost of a call from its usage, the price a budget reserves, the pre-call estimate and the
+price the cost strategy compares, all from the price book (deployment prices over config over catalog)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from relaygate.core.call import Call, Reply, Route, Usage
+from relaygate.core.pricing import NANO
+from relaygate.gateway import Gateway
+from tests.routing_support import with_gateway
+
+
+def deployment(name: str, model: str, **prices: float) -> dict[str, Any]:
+    return {"name": name, "provider": "openai", "model": model, "api_base": "http://127.0.0.1:9/v1", **prices}
+
+
+def config(*deployments: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"models": [{"name": "m", "deployments": list(deployments)}], "request_log": {"enabled": False},
+            "auth": {"default_output_tokens": 50}, **extra}
+
+
+def test_a_budget_reserves_at_the_price_of_the_models_dearest_deployment() -> None:
+    cfg = config(deployment("a", "x-model", input_cost_per_token=1e-6, output_cost_per_token=4e-6),
+                 deployment("b", "x-model", input_cost_per_token=3e-6, output_cost_per_token=2e-6))
+    messages = [{"role": "user", "content": "x" * 400}]
+
+    async def run(gw: Gateway) -> list[Any]:
+        p = gw.pricing
+        capped = Call(id="1", route=Route.CHAT, model="m", body={"messages": messages, "max_tokens": 100})
+        uncapped = Call(id="2", route=Route.CHAT, model="m", body={"messages": messages})
+        embed = Call(id="3", route=Route.EMBEDDINGS, model="m", body={"input": "y" * 400})
+        return [p.reservation_price("m"), p.estimate(capped, True, True), p.estimate(uncapped, True, False),
+                p.estimate(embed, True, True)]
+
+    price, capped, uncapped, embed = with_gateway(cfg, run)
+    assert price == (3e-6, 4e-6)
+    prompt = (16 + 400) // 4 + 1  # ~4 characters a token, plus a little per message
+    assert capped == (prompt + 100, round((prompt * 3e-6 + 100 * 4e-6) * NANO))
+    assert uncapped == (prompt + 50, 0)  # the configured default output; no cost asked for
+    assert embed == (101, round(101 * 3e-6 * NANO))  # no output tokens
+
+
+def test_a_calls_cost_is_computed_once_from_its_deployments_price() -> None:
+    """The limits layer and the request log both ask; the second answer is the first one."""
+    cfg = config(deployment("a", "gpt-4o-mini", input_cost_per_token=2e-6))  # output from the catalog
+
+    async def run(gw: Gateway) -> tuple[int, int, int | None, int]:
+        call = Call(id="1", route=Route.CHAT, model="m", body={})
+        call.deployment = gw.deployments()[0]
+        reply = Reply(usage=Usage(prompt_tokens=1000, completion_tokens=100))
+        first = gw.pricing.cost(call, reply)
+        reply.usage = Usage(prompt_tokens=5, completion_tokens=5)
+        catalog = gw.pricing.book.lookup("gpt-4o-mini")
+        return first, gw.pricing.cost(call, reply), call.cost_nano, round((1000 * 2e-6 + 100 * catalog.output) * NANO)
+
+    first, second, kept, expected = with_gateway(cfg, run)
+    assert first == second == kept == expected
+
+
+def test_the_cost_strategy_compares_deployment_prices_then_the_price_book() -> None:
+    cfg = config(deployment("own", "gpt-4o", input_cost_per_token=1e-6),
+                 deployment("book", "gpt-4o-mini"), deployment("unknown", "no-such-model-anywhere"),
+                 prices={"gpt-4o-mini": {"input_cost_per_token": 5e-7, "output_cost_per_token": 1e-6}})
+
+    async def run(gw: Gateway) -> dict[str, float | None]:
+        return {d.name: gw.pricing.unit_price(d) for d in gw.deployments()}
+
+    assert with_gateway(cfg, run) == {"own": 1e-6, "book": 1.5e-6, "unknown": None}

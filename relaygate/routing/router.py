@@ -92,7 +92,8 @@ class ModelRoute:
         self.voiced = any(d.config.voices or d.config.voice_map for d in deployments)  # speech narrows by voice
         # routes only some of the deployments serve (an embeddings call to a model on Anthropic and OpenAI)
         served = [d.provider.routes for d in deployments]
-        self.partly = frozenset(r for r in Route if any(r in s for s in served) and not all(r in s for s in served))
+        self.partly = frozenset(r for r in Route
+                                if any(r in s for s in served) and not all(r in s for s in served))
 
 
 class Router:

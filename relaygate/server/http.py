@@ -61,7 +61,8 @@ class Request:
 
     @property
     def query(self) -> str:
-        return self.scope.get("query_string", b"").decode("latin-1")
+        raw: bytes = self.scope.get("query_string", b"")
+        return raw.decode("latin-1")
 
     @property
     def client_ip(self) -> str:

@@ -90,7 +90,7 @@ def build_deployments(config: Config, session: aiohttp.ClientSession,
         deps = []
         for di, d in enumerate(m.deployments):
             try:
-                provider = provider_class(d.provider)(d, session)
+                provider = provider_class(d)(d, session)
             except ValueError as e:
                 errors.append(f"models[{mi}].deployments[{di}]: {e}")
                 continue

@@ -244,10 +244,6 @@ def test_bedrock_api_key_is_sent_as_a_bearer_token_instead_of_sigv4(
     ({"provider": "bedrock", "model": "m", "region": "r", "aws_access_key_id": "AKIA1"}, "given together"),
     ({"provider": "bedrock", "model": "m", "region": "r", "api_key": "k", "guardrail_id": "g1"},
      "guardrail_id and guardrail_version"),
-    ({"provider": "bedrock_agent", "model": "a", "region": "r", "aws_access_key_id": "A",
-      "aws_secret_access_key": "s"}, "agent_id and agent_alias_id"),
-    ({"provider": "bedrock_agent", "model": "a", "region": "r", "api_key": "ABSKx", "agent_id": "A",
-      "agent_alias_id": "B"}, "api_key is not supported"),
 ])
 def test_incomplete_aws_config_is_a_config_error_naming_the_deployment(
         deployment: dict[str, Any], message: str, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,7 +15,7 @@ import openai
 import orjson
 import pytest
 
-from relaygate.config import DeploymentConfig
+from relaygate.config import CohereDeployment
 from relaygate.core.call import Call, Route
 from relaygate.core.errors import BadRequest, GatewayError, Unsupported
 from relaygate.providers.cohere import CohereProvider
@@ -291,8 +291,8 @@ def test_requests_cohere_cannot_serve_are_refused_clearly(client: openai.OpenAI)
 def run_embeddings(emulator: BackgroundServer, body: dict[str, Any], **config: Any) -> tuple[dict[str, Any], Any]:
     async def go() -> tuple[dict[str, Any], Any]:
         async with aiohttp.ClientSession() as session:
-            cfg = DeploymentConfig(provider="cohere", model="embed-v4.0", api_base=emulator.url,
-                                   api_key=KEY, **config)  # type: ignore[arg-type]
+            cfg = CohereDeployment(model="embed-v4.0", api_base=emulator.url, api_key=KEY,
+                                   **config)  # type: ignore[arg-type]
             provider = CohereProvider(cfg, session)
             call = Call(id="t", route=Route.EMBEDDINGS, model="embed", body=body)
             call.deployment = Deployment("embed/cohere/0", "embed", cfg, provider)
@@ -410,8 +410,8 @@ def test_stream_that_breaks_before_its_first_event_is_an_http_error(client: open
 def test_probe_checks_key_model_and_outages(emulator: BackgroundServer, clean: Any) -> None:
     async def probe(**config: Any) -> None:
         async with aiohttp.ClientSession() as session:
-            cfg = DeploymentConfig(**{"provider": "cohere", "model": "command-a-03-2025", "api_base": emulator.url,
-                                      "api_key": KEY, **config})
+            cfg = CohereDeployment(**{"model": "command-a-03-2025", "api_base": emulator.url, "api_key": KEY,
+                                      **config})
             await CohereProvider(cfg, session).probe(time.monotonic() + 10)
 
     asyncio.run(probe())
@@ -459,7 +459,7 @@ def test_parallel_tool_calls_keep_their_own_indexes() -> None:
               {"type": "message-end", "delta": {"finish_reason": "TOOL_CALL", "usage": {
                   "billed_units": {"input_tokens": 5, "output_tokens": 9},
                   "tokens": {"input_tokens": 70, "output_tokens": 9}, "cached_tokens": 32}}}]
-    provider = CohereProvider(DeploymentConfig(provider="cohere", model="m"), None)  # type: ignore[arg-type]
+    provider = CohereProvider(CohereDeployment(model="m"), None)  # type: ignore[arg-type]
     w, reply, args = ChunkWriter("m"), Reply(), ToolArguments()
     out = b"".join(provider._translate(ev, reply, w, args) for ev in events)
     chunks = [orjson.loads(line[6:]) for line in out.split(b"\n\n") if line.startswith(b"data: {")]

@@ -119,9 +119,10 @@ def test_check_config_lists_every_error_and_exits_non_zero(tmp_path: Path, capsy
 
 
 def test_check_config_reports_provider_level_problems(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    text = "models:\n  - name: a\n    deployments:\n      - provider: azure\n        model: gpt\n"
+    text = "models:\n  - name: a\n    deployments:\n      - {provider: anthropic, model: c, api_version: '2020-01-01'}\n"
     assert main(["check-config", write(tmp_path, text)]) == 1
-    assert "models[0].deployments[0]: azure deployments need api_base" in capsys.readouterr().err
+    assert ("models[0].deployments[0]: api_version '2020-01-01' is not an anthropic-version relaygate knows"
+            in capsys.readouterr().err)
 
 
 def test_yaml_on_key_is_a_string_not_a_boolean(tmp_path: Path) -> None:

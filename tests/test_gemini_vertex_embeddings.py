@@ -13,6 +13,7 @@ import openai
 import orjson
 import pytest
 import requests
+from pydantic import TypeAdapter
 
 from relaygate.config import DeploymentConfig
 from relaygate.core.call import Call, Route
@@ -36,6 +37,7 @@ from .gemini_helpers import (
 )
 
 emulator, _reset, client = GEMINI_FIXTURES
+DEPLOYMENT = TypeAdapter(DeploymentConfig)
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +67,8 @@ def test_vertex_uses_project_location_urls_and_a_bearer_token(client: openai.Ope
 def _probe(emulator: BackgroundServer, provider: str, key: str) -> None:
     async def run() -> None:
         extra = {"project": "p", "location": "us-central1"} if provider == "vertex" else {}
-        cfg = DeploymentConfig(provider=provider, model="gemini-2.5-flash", api_base=emulator.url, api_key=key,
-                               **extra)
+        cfg = DEPLOYMENT.validate_python({"provider": provider, "model": "gemini-2.5-flash",
+                                          "api_base": emulator.url, "api_key": key, **extra})
         session = new_session()
         try:
             provider_cls = GeminiProvider if provider == "gemini" else VertexProvider
@@ -184,8 +186,9 @@ def test_embedding_token_arrays_are_refused_through_the_gateway(client: openai.O
 def _embed(emulator: BackgroundServer, body: dict[str, Any], provider: str = "gemini") -> tuple[Any, Any]:
     async def run() -> tuple[Any, Any]:
         extra = {"project": "p", "location": "us-central1"} if provider == "vertex" else {}
-        cfg = DeploymentConfig(provider=provider, model="text-embedding-004", api_base=emulator.url,
-                               api_key=KEY if provider == "gemini" else TOKEN, **extra)
+        cfg = DEPLOYMENT.validate_python({"provider": provider, "model": "text-embedding-004",
+                                          "api_base": emulator.url, "api_key": KEY if provider == "gemini" else TOKEN,
+                                          **extra})
         session = new_session()
         try:
             cls = GeminiProvider if provider == "gemini" else VertexProvider

@@ -11,33 +11,34 @@ from typing import Any
 import pytest
 import requests
 
-from relaygate.config import DeploymentConfig
+from relaygate.config import PROVIDER_TYPES, AzureDeployment, OpenAIDeployment
 from relaygate.core.call import Call, Route
 from relaygate.core.errors import Unsupported, UpstreamTimeout
 from relaygate.gateway import new_session
-from relaygate.providers import REGISTRY, provider_class
+from relaygate.providers import provider_class
 from relaygate.providers.base import Provider
 from relaygate.testing.base import BackgroundServer
+from tests.config_support import deployment
 from tests.conftest import UPSTREAM_KEY
 
 
-@pytest.mark.parametrize("kind", sorted(REGISTRY))
+@pytest.mark.parametrize("kind", PROVIDER_TYPES)
 def test_each_provider_implements_every_route_it_declares(kind: str) -> None:
-    cls = provider_class(kind)
-    assert cls.kind == kind and Route.CHAT in cls.routes
+    cls = provider_class(deployment(kind))
+    assert Route.CHAT in cls.routes
     for route in cls.routes:  # a route's value names the method that serves it
         assert getattr(cls, route.value) is not getattr(Provider, route.value), (kind, route)
 
 
 def test_a_route_a_provider_does_not_declare_is_refused_even_where_a_base_class_implements_it() -> None:
     """Azure inherits OpenAI's passthrough method but not its URLs: its route table refuses the route."""
-    cfg = DeploymentConfig(provider="azure", model="gpt-4o", api_base="https://example.openai.azure.com",
-                           api_key="k")
+    cfg = AzureDeployment(model="gpt-4o", api_base="https://example.openai.azure.com",
+                          api_key="k")  # type: ignore[arg-type]
 
     async def run() -> BaseException | None:
         session = new_session()
         try:
-            provider = provider_class("azure")(cfg, session)
+            provider = provider_class(cfg)(cfg, session)
             call = Call(id="t", route=Route.PASSTHROUGH, model="m", body={})
             try:
                 await provider.handlers[Route.PASSTHROUGH](call)
@@ -73,14 +74,14 @@ def test_a_health_probe_gives_up_at_its_deadline() -> None:
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)
         port = silent.getsockname()[1]
-        cfg = DeploymentConfig(provider="openai", model="gpt-4o-mini", api_base=f"http://127.0.0.1:{port}/v1",
-                               api_key="k", timeout=30)
+        cfg = OpenAIDeployment(model="gpt-4o-mini", api_base=f"http://127.0.0.1:{port}/v1",
+                               api_key="k", timeout=30)  # type: ignore[arg-type]
 
         async def run() -> tuple[BaseException | None, float]:
             session = new_session()
             started = time.monotonic()
             try:
-                await provider_class("openai")(cfg, session).probe(started + 0.3)
+                await provider_class(cfg)(cfg, session).probe(started + 0.3)
             except UpstreamTimeout as e:
                 return e, time.monotonic() - started
             finally:

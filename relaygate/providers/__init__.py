@@ -1,30 +1,57 @@
-"""Provider adapters, one file each; ``provider_class`` maps a config ``provider`` to its adapter."""
+"""Provider adapters, one module or folder each; ``provider_class`` maps a deployment to its adapter."""
 
 from __future__ import annotations
 
-import importlib
+from typing import assert_never
 
+from relaygate.config import (
+    AnthropicDeployment,
+    AzureDeployment,
+    BedrockAgentDeployment,
+    BedrockDeployment,
+    CohereDeployment,
+    DemoDeployment,
+    DeploymentConfig,
+    GeminiDeployment,
+    OpenAIDeployment,
+    VertexAnthropicDeployment,
+    VertexDeployment,
+)
 from relaygate.providers.base import Provider
 
-# provider type -> "module:Class"; imported lazily so unused providers cost nothing at start
-REGISTRY: dict[str, str] = {
-    "openai": "openai.provider:OpenAIProvider",
-    "azure": "openai.azure:AzureProvider",
-    "demo": "demo:DemoProvider",
-    "cohere": "cohere:CohereProvider",
-    "gemini": "gemini.provider:GeminiProvider",
-    "vertex": "gemini.provider:VertexProvider",
-    "anthropic": "anthropic.provider:AnthropicProvider",
-    "vertex_anthropic": "anthropic.vertex:VertexAnthropicProvider",
-    "bedrock": "aws.bedrock:BedrockProvider",
-    "bedrock_agent": "aws.bedrock_agent:BedrockAgentProvider",
-}
 
-
-def provider_class(kind: str) -> type[Provider]:
-    """The adapter class for a provider type (ValueError when none is installed)."""
-    target = REGISTRY.get(kind)
-    if target is None:
-        raise ValueError(f"provider {kind!r} is not available in this build")
-    module, _, cls = target.partition(":")
-    return getattr(importlib.import_module(f"{__name__}.{module}"), cls)
+def provider_class(config: DeploymentConfig) -> type[Provider]:
+    """The adapter class for a deployment's config, imported on first use so unused providers cost nothing."""
+    match config:
+        case OpenAIDeployment():
+            from relaygate.providers.openai.provider import OpenAIProvider
+            return OpenAIProvider
+        case AzureDeployment():
+            from relaygate.providers.openai.azure import AzureProvider
+            return AzureProvider
+        case DemoDeployment():
+            from relaygate.providers.demo import DemoProvider
+            return DemoProvider
+        case CohereDeployment():
+            from relaygate.providers.cohere import CohereProvider
+            return CohereProvider
+        case GeminiDeployment():
+            from relaygate.providers.gemini.provider import GeminiProvider
+            return GeminiProvider
+        case VertexDeployment():
+            from relaygate.providers.gemini.provider import VertexProvider
+            return VertexProvider
+        case AnthropicDeployment():
+            from relaygate.providers.anthropic.provider import AnthropicProvider
+            return AnthropicProvider
+        case VertexAnthropicDeployment():
+            from relaygate.providers.anthropic.vertex import VertexAnthropicProvider
+            return VertexAnthropicProvider
+        case BedrockDeployment():
+            from relaygate.providers.aws.bedrock import BedrockProvider
+            return BedrockProvider
+        case BedrockAgentDeployment():
+            from relaygate.providers.aws.bedrock_agent import BedrockAgentProvider
+            return BedrockAgentProvider
+        case _:
+            assert_never(config)

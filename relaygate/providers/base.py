@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import aiohttp
 import orjson
 from yarl import URL
 
-from relaygate.config import DeploymentConfig
+from relaygate.config import DeploymentBase
 from relaygate.core.call import Call, Handler, Reply, Route
 from relaygate.core.errors import GatewayError, Unavailable, Unsupported, UpstreamTimeout
 from relaygate.server.upload import ClientBody
@@ -30,14 +30,14 @@ class Provider:
     retried elsewhere. Upstream requests never outlive a deadline (the call's, or a health probe's).
     """
 
-    kind: ClassVar[str] = "base"  # the config's ``provider``
     routes: ClassVar[frozenset[Route]] = frozenset()
     cache_control: ClassVar[bool] = False  # keeps Anthropic's cache_control markers (prompt caching)
 
-    def __init__(self, config: DeploymentConfig, session: aiohttp.ClientSession) -> None:
+    def __init__(self, config: DeploymentBase, session: aiohttp.ClientSession) -> None:
         self.config = config
+        self.kind = config.provider
         self.session = session
-        self._secrets = [s for s in self._secret_values() if s]
+        self._secrets = config.secret_values()
         self._timeout = aiohttp.ClientTimeout(total=config.timeout, connect=config.connect_timeout,
                                               sock_read=config.read_timeout)
         methods: dict[Route, Handler] = {
@@ -48,12 +48,6 @@ class Provider:
         # a route the class does not declare is refused even where a base class implements it (Azure does
         # not take OpenAI's passthrough URLs)
         self.handlers: dict[Route, Handler] = {r: methods[r] if r in self.routes else self.refuse for r in Route}
-
-    def _secret_values(self) -> Iterable[str]:
-        for field_name in ("api_key", "aws_secret_access_key", "aws_session_token", "aws_access_key_id"):
-            value = getattr(self.config, field_name, None)
-            if value is not None:
-                yield value.get_secret_value()
 
     # the routes; a subclass implements those it declares in ``routes``
 
@@ -140,12 +134,13 @@ class Provider:
         return resp
 
     async def send_upload(self, deadline: float, url: str, headers: dict[str, str], upload: AudioUpload, model: str,
-                          keep: Callable[[str], bool] | None = None) -> aiohttp.ClientResponse:
+                          keep: Callable[[str], bool] | None = None, *, buffer: bool = False,
+                          ) -> aiohttp.ClientResponse:
         """POST a multipart upload with ``model`` rewritten (and only the fields ``keep`` accepts): streamed as
-        it arrives, or read whole first and sent with a Content-Length when the deployment sets
-        ``buffer_uploads``."""
+        it arrives, or, with ``buffer`` (the deployment's ``buffer_uploads``), read whole first and sent with a
+        Content-Length."""
         headers = {**headers, "content-type": upload.content_type}
-        if self.config.buffer_uploads:
+        if buffer:
             await upload.read_all()
             headers["content-length"] = str(upload.encoded_length(model, keep))
         return await self.send_body(deadline, "POST", url, headers, upload, upload.body(model, keep))

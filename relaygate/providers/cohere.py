@@ -15,6 +15,7 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 
+from relaygate.config import CohereDeployment
 from relaygate.core.call import Call, Reply, Route, Usage
 from relaygate.core.errors import (
     BadRequest,
@@ -69,7 +70,7 @@ RANGED = {"temperature": ("temperature", 0.0, 1.0), "top_p": ("p", 0.01, 0.99),
 class CohereProvider(Provider):
     """Cohere's native API (``api_base`` is the host root, e.g. https://api.cohere.com)."""
 
-    kind = "cohere"
+    config: CohereDeployment
     routes: ClassVar[frozenset[Route]] = frozenset({Route.CHAT, Route.EMBEDDINGS, Route.TRANSCRIPTIONS})
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -237,7 +238,7 @@ class CohereProvider(Provider):
         model = call.deployment.upstream_model(call.model)
         upload = call.upload
         resp = await self.send_upload(call.deadline, self.base + "/v2/audio/transcriptions", self._headers, upload, model,
-                                      TRANSCRIBE_FIELDS.__contains__)
+                                      TRANSCRIBE_FIELDS.__contains__, buffer=self.config.buffer_uploads)
         if resp.status >= 400:
             raise await self.upstream_error(resp)
         text = (await self.read_json_object(resp)).get("text")

@@ -18,7 +18,6 @@ PREFIX = "[relaygate demo model, not a real LLM] You said: "
 class DemoProvider(Provider):
     """Echoes the conversation the way the OpenAI emulator does; useful to try a client offline."""
 
-    kind = "demo"
     routes: ClassVar[frozenset[Route]] = frozenset({Route.CHAT})
 
     async def chat(self, call: Call) -> Reply:

@@ -29,7 +29,7 @@ from relaygate.routing.deployment import Deployment
 from relaygate.routing.fallback import Fallbacks
 from relaygate.routing.retry import RetryPolicy
 from relaygate.routing.strategies import PriceFn, Strategy, new_strategy
-from relaygate.routing.voices import narrow_by_voice
+from relaygate.routing.voices import narrow_by_voice, voices_of
 
 WILDCARD = "*"
 
@@ -89,7 +89,8 @@ class ModelRoute:
         # one attempt on a single deployment and nowhere else to go: the router's fast path applies
         self.simple = self.retry.attempts in (None, 1) and not self.fallbacks
         self.cooling_cap = config.retry.max_retry_after
-        self.voiced = any(d.config.voices or d.config.voice_map for d in deployments)  # speech narrows by voice
+        # speech narrows by voice
+        self.voiced = any(voices or mapped for voices, mapped in map(voices_of, deployments))
         # routes only some of the deployments serve (an embeddings call to a model on Anthropic and OpenAI)
         served = [d.provider.routes for d in deployments]
         self.partly = frozenset(r for r in Route

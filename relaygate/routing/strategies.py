@@ -10,7 +10,9 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable
+from typing import assert_never
 
+from relaygate.config import StrategyName
 from relaygate.routing.deployment import Deployment
 
 EXPLORE = 0.05  # share of calls least_latency/adaptive send elsewhere, to keep their view of the others fresh
@@ -20,7 +22,6 @@ PriceFn = Callable[[Deployment], float | None]  # USD per (input + output) token
 class Strategy:
     """Chooses one of ``cands`` (never empty)."""
 
-    name = "base"
     needs_ttft = False  # True when the strategy learns from time to first token of streams
 
     def __init__(self, rng: random.Random) -> None:
@@ -39,7 +40,6 @@ class Strategy:
 class RoundRobin(Strategy):
     """Each deployment in turn."""
 
-    name = "round_robin"
 
     def choose(self, cands: list[Deployment]) -> Deployment:
         return self._rotate(cands)
@@ -48,7 +48,6 @@ class RoundRobin(Strategy):
 class Weighted(Strategy):
     """At random, in proportion to ``weight`` (all weights 0: uniformly)."""
 
-    name = "weighted"
 
     def choose(self, cands: list[Deployment]) -> Deployment:
         total = sum(d.config.weight for d in cands)
@@ -65,7 +64,6 @@ class Weighted(Strategy):
 class LeastConnections(Strategy):
     """The fewest calls in flight; ties in turn."""
 
-    name = "least_connections"
 
     def choose(self, cands: list[Deployment]) -> Deployment:
         low = min(d.stats.in_flight for d in cands)
@@ -85,7 +83,6 @@ def _latency_key(dep: Deployment) -> tuple[float, int]:
 class LeastLatency(Strategy):
     """The lowest moving average of latency (time to first token for streams); unmeasured ones first."""
 
-    name = "least_latency"
     needs_ttft = True
 
     def choose(self, cands: list[Deployment]) -> Deployment:
@@ -98,7 +95,6 @@ class LeastLatency(Strategy):
 class Cost(Strategy):
     """The cheapest price per token; deployments without a price after every priced one; ties in turn."""
 
-    name = "cost"
 
     def __init__(self, rng: random.Random, price_of: PriceFn) -> None:
         super().__init__(rng)
@@ -133,7 +129,6 @@ def _adaptive_key(dep: Deployment) -> tuple[float, int]:
 class Adaptive(Strategy):
     """The best recent score (success⁴ / latency); ``EXPLORE`` of the calls go to another, at random."""
 
-    name = "adaptive"
     needs_ttft = True
 
     def choose(self, cands: list[Deployment]) -> Deployment:
@@ -146,14 +141,27 @@ class Adaptive(Strategy):
 class Priority(Strategy):
     """The lowest ``priority`` number first (config order among equals); the next only when it cannot serve."""
 
-    name = "priority"
 
     def choose(self, cands: list[Deployment]) -> Deployment:
         return min(cands, key=lambda d: d.config.priority)  # min() keeps the first of equals
 
 
-def new_strategy(name: str, rng: random.Random, price_of: PriceFn) -> Strategy:
-    if name == "cost":
-        return Cost(rng, price_of)
-    cls = {c.name: c for c in (RoundRobin, Weighted, LeastConnections, LeastLatency, Adaptive, Priority)}[name]
-    return cls(rng)
+def new_strategy(name: StrategyName, rng: random.Random, price_of: PriceFn) -> Strategy:
+    """The strategy a model's ``strategy`` names (mypy checks that every name has one)."""
+    match name:
+        case "round_robin":
+            return RoundRobin(rng)
+        case "weighted":
+            return Weighted(rng)
+        case "least_connections":
+            return LeastConnections(rng)
+        case "least_latency":
+            return LeastLatency(rng)
+        case "cost":
+            return Cost(rng, price_of)
+        case "adaptive":
+            return Adaptive(rng)
+        case "priority":
+            return Priority(rng)
+        case _:
+            assert_never(name)

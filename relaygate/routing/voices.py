@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from relaygate.config import OpenAIFields
 from relaygate.core.call import Call, Route
 from relaygate.core.errors import BadRequest
 from relaygate.routing.deployment import Deployment
@@ -23,18 +24,25 @@ def voice_of(body: dict[str, Any]) -> str | None:
     return voice if isinstance(voice, str) else None
 
 
+def voices_of(dep: Deployment) -> tuple[list[str], dict[str, str]]:
+    """A deployment's ``voices`` and ``voice_map`` (only OpenAI-format deployments speak)."""
+    c = dep.config
+    return (c.voices, c.voice_map) if isinstance(c, OpenAIFields) else ([], {})
+
+
 def narrow_by_voice(call: Call, deps: list[Deployment]) -> list[Deployment]:
     """The deployments that may speak the call's voice (all of them for other routes)."""
     if call.route is not Route.SPEECH:
         return deps
     voice = voice_of(call.body)
-    if voice is None or not any(d.config.voices or d.config.voice_map for d in deps):
+    listed = [(d, *voices_of(d)) for d in deps]
+    if voice is None or not any(voices or mapped for _, voices, mapped in listed):
         return deps
-    claimed = any(voice in d.config.voices for d in deps)
-    out = [d for d in deps
-           if voice in d.config.voice_map or (voice in d.config.voices if claimed else not d.config.voices)]
+    claimed = any(voice in voices for _, voices, _ in listed)
+    out = [d for d, voices, mapped in listed
+           if voice in mapped or (voice in voices if claimed else not voices)]
     if not out:
-        known = sorted({v for d in deps for v in (*d.config.voices, *d.config.voice_map)})
+        known = sorted({v for _, voices, mapped in listed for v in (*voices, *mapped)})
         raise BadRequest(f"The voice {voice!r} is not available for model {call.model!r}. "
                          f"Available voices: {', '.join(known)}.", param="voice", code="invalid_value")
     return out

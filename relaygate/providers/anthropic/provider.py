@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import aiohttp
 import orjson
 
+from relaygate.config import AnthropicFields
 from relaygate.core.call import Call, Reply, Route, Usage
 from relaygate.core.errors import (
     ContextTooLong,
@@ -92,7 +93,7 @@ def to_completion(data: dict[str, Any], usage: Usage | None) -> dict[str, Any]:
 class AnthropicProvider(Provider):
     """``POST {api_base}/v1/messages`` with ``anthropic-version`` and the key in the header it wants."""
 
-    kind = "anthropic"
+    config: AnthropicFields
     routes: ClassVar[frozenset[Route]] = frozenset({Route.CHAT, Route.COUNT_TOKENS})
     cache_control = True
     versions: tuple[str, ...] = API_VERSIONS

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
+from relaygate.config import VertexAnthropicDeployment
 from relaygate.providers.anthropic.provider import AnthropicProvider
 from relaygate.providers.anthropic.wire import VERSION_2026, VERTEX_VERSION
 from relaygate.providers.gemini.auth import GoogleAuth
@@ -16,7 +17,7 @@ from relaygate.providers.gemini.auth import GoogleAuth
 class VertexAnthropicProvider(GoogleAuth, AnthropicProvider):
     """``provider: vertex_anthropic`` with ``project`` and ``location`` (default ``global``)."""
 
-    kind = "vertex_anthropic"
+    config: VertexAnthropicDeployment
     versions = (VERTEX_VERSION, VERSION_2026)
     default_version = VERTEX_VERSION
 

@@ -13,6 +13,7 @@ import aiohttp
 import orjson
 from yarl import URL
 
+from relaygate.config import AwsFields, BedrockDeployment
 from relaygate.core.call import Reply
 from relaygate.core.errors import (
     AuthError,
@@ -49,7 +50,7 @@ _ARN = re.compile(r"\barn:aws[a-z-]*:[^\s\"',]+")
 _ACCOUNT = re.compile(r"\b\d{12}\b")
 
 
-def credential_source(config: Any, env: Mapping[str, str], region: str) -> CredentialSource:
+def credential_source(config: AwsFields, env: Mapping[str, str], region: str) -> CredentialSource:
     """The deployment's keys, else the standard AWS environment: access keys, a web identity (EKS service
     accounts), a shared credentials profile, container credentials (ECS task roles, EKS Pod Identity), the EC2
     instance role."""
@@ -72,7 +73,7 @@ def credential_source(config: Any, env: Mapping[str, str], region: str) -> Crede
     return source
 
 
-def bearer_token(config: Any, env: Mapping[str, str]) -> str | None:
+def bearer_token(config: BedrockDeployment, env: Mapping[str, str]) -> str | None:
     """A Bedrock API key: ``api_key``, else AWS_BEARER_TOKEN_BEDROCK unless access keys are configured."""
     if config.api_key is not None and config.api_key.get_secret_value():
         return str(config.api_key.get_secret_value())
@@ -113,15 +114,14 @@ class AwsProvider(Provider):
     """A provider that POSTs JSON to an AWS endpoint, SigV4-signed (or with a Bedrock API key); subclasses
     name the endpoint."""
 
+    config: AwsFields
     endpoint_prefix = "bedrock-runtime"
-    bearer_auth = True  # Bedrock Runtime also takes Bedrock API keys (bearer tokens); Agent Runtime does not
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         env = os.environ  # read once, when the gateway is built (never per request)
-        self.bearer = bearer_token(self.config, env) if self.bearer_auth else None
-        if self.config.api_key is not None and not self.bearer_auth:
-            raise ValueError(f"{self.kind} signs requests with AWS credentials; api_key is not supported")
+        # Bedrock Runtime also takes Bedrock API keys (bearer tokens); Agent Runtime does not
+        self.bearer = bearer_token(self.config, env) if isinstance(self.config, BedrockDeployment) else None
         region = self.config.region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
         if not region:
             raise ValueError("AWS region missing: set region, or the AWS_REGION environment variable")

@@ -15,6 +15,7 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 
+from relaygate.config import BedrockDeployment
 from relaygate.core.call import Call, Reply, Route, Usage
 from relaygate.core.errors import BadRequest, Unavailable, Unsupported
 from relaygate.providers.aws.base import AwsProvider, first_event, stream_reply
@@ -32,7 +33,7 @@ def model_path(model_id: str, action: str) -> str:
 class BedrockProvider(AwsProvider):
     """Bedrock Runtime (``provider: bedrock``)."""
 
-    kind = "bedrock"
+    config: BedrockDeployment
     routes: ClassVar[frozenset[Route]] = frozenset({Route.CHAT, Route.EMBEDDINGS})
     cache_control = True  # translated to Converse cachePoint blocks
     endpoint_prefix = "bedrock-runtime"

@@ -21,6 +21,7 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 
+from relaygate.config import BedrockAgentDeployment
 from relaygate.core.call import Call, Reply, Route, Usage
 from relaygate.core.errors import BadRequest, Unavailable, Unsupported
 from relaygate.providers.aws.base import AwsProvider, first_event, stream_reply
@@ -61,15 +62,12 @@ def session_ids(call: Call, deployment: str) -> tuple[str, str]:
 class BedrockAgentProvider(AwsProvider):
     """Bedrock Agent Runtime (``provider: bedrock_agent``, with ``agent_id`` and ``agent_alias_id``)."""
 
-    kind = "bedrock_agent"
+    config: BedrockAgentDeployment
     routes: ClassVar[frozenset[Route]] = frozenset({Route.CHAT})
     endpoint_prefix = "bedrock-agent-runtime"
-    bearer_auth = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if not self.config.agent_id or not self.config.agent_alias_id:
-            raise ValueError("bedrock_agent deployments need agent_id and agent_alias_id")
         self._agent_path = (f"/agents/{quote(self.config.agent_id, safe='-_.~')}"
                             f"/agentAliases/{quote(self.config.agent_alias_id, safe='-_.~')}/sessions/")
 

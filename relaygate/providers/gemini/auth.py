@@ -12,6 +12,7 @@ import json
 import time
 from typing import Any
 
+from relaygate.config import VertexAnthropicDeployment, VertexDeployment
 from relaygate.core.errors import AuthError, UpstreamTimeout
 
 SCOPE = "https://www.googleapis.com/auth/cloud-platform"
@@ -75,7 +76,7 @@ class TokenSource:
 class GoogleAuth:
     """Vertex AI credentials for a provider: an OAuth access token (``api_key``) or a credentials file."""
 
-    config: Any
+    config: VertexDeployment | VertexAnthropicDeployment
     _tokens: TokenSource | None = None
 
     def google_auth(self, kind: str) -> dict[str, str]:

@@ -16,6 +16,7 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 import orjson
 
+from relaygate.config import GeminiFields, VertexDeployment
 from relaygate.core.call import Call, Reply, Route, Usage
 from relaygate.core.errors import (
     AuthError,
@@ -59,7 +60,7 @@ TASK_TYPES = {t.lower(): t for t in (
 class GeminiProvider(Provider):
     """Google AI Studio's Gemini API: ``{api_base}/v1beta/models/{model}:generateContent``."""
 
-    kind = "gemini"
+    config: GeminiFields
     routes: ClassVar[frozenset[Route]] = frozenset({Route.CHAT, Route.EMBEDDINGS})
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -330,7 +331,7 @@ def _vectors(data: dict[str, Any], expected: int) -> tuple[list[list[float]], in
 class VertexProvider(GoogleAuth, GeminiProvider):
     """Gemini on Vertex AI: ``/v1/projects/{project}/locations/{location}/publishers/google/models/{m}``."""
 
-    kind = "vertex"
+    config: VertexDeployment
 
     def model_prefix(self) -> str:
         project, location = self.config.project, self.config.location or "us-central1"

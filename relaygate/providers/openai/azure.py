@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 from urllib.parse import quote
 
+from relaygate.config import AzureDeployment
 from relaygate.core.call import Route
 from relaygate.providers.openai.provider import OpenAIProvider
 
@@ -14,14 +15,12 @@ DEFAULT_API_VERSION = "2024-10-21"
 class AzureProvider(OpenAIProvider):
     """``{api_base}/openai/deployments/{deployment}/{path}?api-version=…``; the deployment is ``model``."""
 
-    kind = "azure"
+    config: AzureDeployment
     # not passthrough: Azure's URLs are per deployment and versioned, not OpenAI's paths
     routes: ClassVar[frozenset[Route]] = OpenAIProvider.routes - {Route.PASSTHROUGH}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if not self.config.api_base:
-            raise ValueError("azure deployments need api_base (https://<resource>.openai.azure.com)")
         self.api_version = self.config.api_version or DEFAULT_API_VERSION
         self._headers = {"content-type": "application/json", **self.config.headers}
         if self.config.api_key is not None:

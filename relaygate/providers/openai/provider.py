@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 import aiohttp
 import orjson
 
+from relaygate.config import OpenAIFields
 from relaygate.core.call import Call, Reply, Route, Usage
 from relaygate.core.errors import (
     ContentFiltered,
@@ -29,7 +30,7 @@ OPENAI_MAX_EMBEDDING_INPUTS = 2048  # OpenAI's documented cap on inputs per embe
 class OpenAIProvider(Provider):
     """Any server that speaks OpenAI's REST API (OpenAI, Groq, Mistral, xAI, OpenRouter, vLLM, Ollama…)."""
 
-    kind = "openai"
+    config: OpenAIFields
     routes: ClassVar[frozenset[Route]] = frozenset({Route.CHAT, Route.EMBEDDINGS, Route.TRANSCRIPTIONS,
                                                     Route.TRANSLATIONS, Route.SPEECH, Route.PASSTHROUGH})
 
@@ -114,7 +115,8 @@ class OpenAIProvider(Provider):
         assert call.deployment is not None and call.upload is not None
         upload = call.upload
         model = call.deployment.upstream_model(call.model)
-        resp = await self.send_upload(call.deadline, self.url(path, model), self.auth_headers(), upload, model)
+        resp = await self.send_upload(call.deadline, self.url(path, model), self.auth_headers(), upload, model,
+                                      buffer=self.config.buffer_uploads)
         if resp.status >= 400:
             raise await self.upstream_error(resp)
         ctype = resp.headers.get("content-type", "")

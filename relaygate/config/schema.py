@@ -1,0 +1,282 @@
+"""The config's top level: models and their routing, server, state, database, request log, auth, prices."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from relaygate.config.base import Strict
+from relaygate.config.deployments import DeploymentConfig, HealthCheckConfig
+
+DEMO_MODEL = "demo"
+# how a model chooses among its deployments (routing/strategies.py builds one class per name)
+StrategyName = Literal["round_robin", "weighted", "least_connections", "least_latency", "cost", "adaptive", "priority"]
+# error kinds (GatewayError.kind) that a retry may act on: the transient ones
+RETRYABLE_KINDS = ("unavailable", "rate_limited", "timeout")
+FALLBACK_KINDS = ("unavailable", "rate_limited", "timeout", "context_too_long", "content_filtered",
+                  "unsupported", "not_found", "auth", "permission", "bad_request", "internal")
+
+
+def _kinds(allowed: tuple[str, ...]) -> Any:
+    def check(v: list[str]) -> list[str]:
+        bad = [k for k in v if k not in allowed]
+        if bad:
+            raise ValueError(f"unknown error class {bad[0]!r}; expected some of {', '.join(allowed)}")
+        return v
+    return check
+
+
+class RetryConfig(Strict):
+    """Retries within a model: untried deployments first; the same one again only after a backoff."""
+
+    # total tries across the model's deployments; default: each deployment once (no repeats)
+    attempts: int | None = Field(None, ge=1, le=10)
+    backoff: float = Field(0.2, ge=0)  # seconds before the 1st repeat on a deployment; doubles each time
+    max_backoff: float = Field(5.0, ge=0)
+    jitter: float = Field(0.5, ge=0, le=1)  # the delay is scaled by a random factor in [1-jitter, 1]
+    max_retry_after: float = Field(30.0, ge=0)  # an upstream retry-after longer than this is not waited for
+    on: list[str] = Field(default_factory=lambda: list(RETRYABLE_KINDS))
+
+    _on = field_validator("on")(_kinds(RETRYABLE_KINDS))
+
+
+class BreakerConfig(Strict):
+    """Circuit breaker per deployment: closed -> open -> half-open (probes) -> closed."""
+
+    # default: on when the model has somewhere else to go (several deployments or fallbacks); a lone
+    # deployment then shows its own errors instead of the breaker's 503
+    enabled: bool | None = None
+    failures: int = Field(5, ge=1)  # consecutive failures that open it
+    failure_rate: float = Field(0.5, gt=0, le=1)  # or this share of failures within ``window``…
+    min_calls: int = Field(20, ge=1)  # …once the window holds at least this many calls
+    window: float = Field(30.0, gt=0)  # seconds
+    cooldown: float = Field(30.0, gt=0)  # seconds open before admitting probes
+    probes: int = Field(1, ge=1)  # calls admitted at once while half-open
+    on: list[str] = Field(default_factory=lambda: ["unavailable", "timeout"])
+
+    _on = field_validator("on")(_kinds(RETRYABLE_KINDS))
+
+
+class FallbackConfig(Strict):
+    """On an error of one of the classes ``on``, try these other models in order."""
+
+    models: list[str] = Field(min_length=1)
+    on: list[str] = Field(default_factory=lambda: list(RETRYABLE_KINDS), min_length=1)
+
+    _on = field_validator("on")(_kinds(FALLBACK_KINDS))
+
+
+class ModelConfig(Strict):
+    """A model name clients send, served by one or more deployments."""
+
+    name: str = Field(min_length=1)
+    deployments: list[DeploymentConfig] = Field(min_length=1)
+    description: str | None = None
+    strategy: StrategyName = "round_robin"
+    fallbacks: list[FallbackConfig] = Field(default_factory=list)
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+    health_check: HealthCheckConfig | None = None  # for every deployment without its own
+
+
+class ServerConfig(Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(4000, ge=0, le=65535)
+    max_body_bytes: int = Field(10 * 1024 * 1024, gt=0)
+    max_audio_bytes: int = Field(26 * 1024 * 1024, gt=0)  # audio uploads (multipart); OpenAI accepts 25 MB files
+    max_file_bytes: int = Field(512 * 1024 * 1024, gt=0)  # /v1/files and image uploads, streamed (passthrough)
+    request_timeout: float = Field(600.0, gt=0)  # the per-request deadline across attempts
+
+
+class StateConfig(Strict):
+    """Where state shared by gateway instances lives: in-process (default) or Redis."""
+
+    redis_url: str | None = None  # e.g. redis://127.0.0.1:6379/0; rate limits, budgets, breakers go there
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, v: str | None) -> str | None:
+        if v is not None and urlsplit(v).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("not a Redis URL (expected redis://, rediss:// or unix://)")
+        return v
+
+
+PASSTHROUGH_ROUTES = ("files", "batches", "images", "moderations", "completions", "realtime")
+
+
+class PassthroughConfig(Strict):
+    """Which model's deployments serve the OpenAI routes relaygate forwards as they are (files, images…)."""
+
+    model: str | None = None  # the default for every passthrough route; unset: those routes answer 404
+    routes: dict[str, str] = Field(default_factory=dict)  # per route family, e.g. {images: dall-e-upstream}
+
+    @field_validator("routes")
+    @classmethod
+    def _known_routes(cls, v: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(v) - set(PASSTHROUGH_ROUTES))
+        if unknown:
+            raise ValueError(f"unknown passthrough route {unknown[0]!r}; expected one of {', '.join(PASSTHROUGH_ROUTES)}")
+        return v
+
+    def model_for(self, family: str) -> str | None:
+        return self.routes.get(family, self.model)
+
+
+class DatabaseConfig(Strict):
+    """Where keys, teams and the request log live: SQLite (WAL) by default, PostgreSQL by URL."""
+
+    url: str = "sqlite:///relaygate.db"  # sqlite:///relative.db, sqlite:////abs/path.db, postgresql://…
+    pool_size: int = Field(5, ge=1, le=100)
+
+    @field_validator("url")
+    @classmethod
+    def _db_url(cls, v: str) -> str:
+        scheme = v.split("://", 1)[0] if "://" in v else ""
+        if scheme.split("+")[0] not in ("sqlite", "postgresql", "postgres"):
+            raise ValueError("not a database URL (expected sqlite:///path or postgresql://…)")
+        return v
+
+
+class RequestLogConfig(Strict):
+    """The audit log: one row per call, written in the background."""
+
+    enabled: bool = True
+    bodies: bool = False  # also store request/response bodies (redacted)
+    max_body_chars: int = Field(32768, ge=0)
+    redact: list[str] = Field(default_factory=list)  # extra regexes whose matches are replaced before writing
+    queue_size: int = Field(10000, ge=1)
+    batch_size: int = Field(500, ge=1)
+    flush_interval: float = Field(0.5, gt=0)  # seconds between batches at most
+    spool_dir: str | None = None  # where rows wait while the database is down; default: beside the DB / cwd
+
+    @field_validator("redact")
+    @classmethod
+    def _regexes(cls, v: list[str]) -> list[str]:
+        for i, pattern in enumerate(v):
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ValueError(f"redact[{i}] is not a valid regex: {e}") from None
+        return v
+
+
+class KeyConfig(Strict):
+    """A virtual key declared in the config (kept in the database like the others, updated at every start)."""
+
+    id: str = Field(min_length=1, max_length=36, pattern=r"^[A-Za-z0-9_.\-]+$")
+    key: SecretStr  # the secret clients send
+    name: str | None = None
+    team_id: str | None = None
+    user_id: str | None = None
+    models: list[str] | None = None
+    rpm: int | None = Field(None, gt=0, lt=2**31)
+    tpm: int | None = Field(None, gt=0, lt=2**31)
+    max_parallel: int | None = Field(None, gt=0, lt=2**31)
+    budget_usd: float | None = Field(None, ge=0, le=9e9)
+    budget_period: str = Field("total", pattern=r"^(day|month|total)$")
+    tags: list[str] = Field(default_factory=list)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("key")
+    @classmethod
+    def _long_enough(cls, v: SecretStr) -> SecretStr:
+        if len(v.get_secret_value()) < 8:
+            raise ValueError("a key must have at least 8 characters")
+        return v
+
+
+class AuthConfig(Strict):
+    """Who may call: a master key (admin API + all models) and virtual keys stored in the database."""
+
+    master_key: SecretStr | None = None  # default: the RELAYGATE_MASTER_KEY environment variable
+    cache_ttl: float = Field(10.0, ge=0)  # seconds a key lookup is cached: the bound on revocation delay
+    rotation_grace: float = Field(86400.0, ge=0)  # seconds an old key stays valid after a rotation
+    default_output_tokens: int = Field(256, ge=0)  # output estimate for budgets when max_tokens is absent
+    keys: list[KeyConfig] = Field(default_factory=list)  # keys declared here rather than through the admin API
+
+
+class PriceConfig(Strict):
+    """A model's price override, USD per unit."""
+
+    input_cost_per_token: float | None = Field(None, ge=0)
+    output_cost_per_token: float | None = Field(None, ge=0)
+    cached_input_cost_per_token: float | None = Field(None, ge=0)
+    cache_write_cost_per_token: float | None = Field(None, ge=0)
+    cost_per_second: float | None = Field(None, ge=0)  # audio transcription
+    cost_per_character: float | None = Field(None, ge=0)  # speech
+
+
+class Config(Strict):
+    models: list[ModelConfig] = Field(default_factory=list)
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    state: StateConfig = Field(default_factory=StateConfig)
+    passthrough: PassthroughConfig = Field(default_factory=PassthroughConfig)
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig)
+    request_log: RequestLogConfig = Field(default_factory=RequestLogConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    prices: dict[str, PriceConfig] = Field(default_factory=dict)  # upstream model name -> price override
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Config:
+        seen: set[str] = set()
+        errors = []
+        for m in self.models:
+            if m.name in seen:
+                errors.append(f"duplicate model name {m.name!r}")
+            seen.add(m.name)
+        if errors:
+            raise ValueError("; ".join(errors))
+        return self
+
+    def reference_errors(self) -> list[str]:
+        """Cross-references a field validator cannot see: passthrough and fallback models, unique deployment
+        names."""
+        errors = self._passthrough_errors()
+        names = {m.name for m in self.models}
+        deps: set[str] = set()
+        for mi, m in enumerate(self.models):
+            for fi, f in enumerate(m.fallbacks):
+                for ni, target in enumerate(f.models):
+                    path = f"models[{mi}].fallbacks[{fi}].models[{ni}]"
+                    if target == m.name:
+                        errors.append(f"{path}: a model cannot fall back to itself")
+                    elif target not in names:
+                        errors.append(f"{path}: unknown model {target!r}")
+            for di in range(len(m.deployments)):
+                dn = deployment_name(m, di)
+                if dn in deps:
+                    errors.append(f"models[{mi}].deployments[{di}].name: duplicate deployment name {dn!r}")
+                deps.add(dn)
+        return errors
+
+    def _passthrough_errors(self) -> list[str]:
+        """Passthrough routes must name a configured model whose deployments all speak OpenAI's REST API."""
+        from relaygate.core.call import Route
+        from relaygate.providers import provider_class
+
+        errors = []
+        by_name = {m.name: m for m in self.models}
+        pt = self.passthrough
+        targets = [("passthrough.model", pt.model)] + [(f"passthrough.routes.{k}", v) for k, v in pt.routes.items()]
+        for path, name in targets:
+            if name is None:
+                continue
+            model = by_name.get(name)
+            if model is None:
+                errors.append(f"{path}: no model named {name!r}")
+            elif any(Route.PASSTHROUGH not in provider_class(d).routes for d in model.deployments):
+                errors.append(f"{path}: model {name!r} has deployments whose provider does not serve OpenAI's "
+                              "other routes (files, batches, images, …) as they are; use provider openai")
+        return errors
+
+    def deployment_names(self) -> list[str]:
+        return [deployment_name(m, i) for m in self.models for i in range(len(m.deployments))]
+
+
+def deployment_name(model: ModelConfig, index: int) -> str:
+    """The stable id of a model's deployment: its ``name`` or ``model-name/provider/index``."""
+    d = model.deployments[index]
+    return d.name or f"{model.name}/{d.provider}/{index}"

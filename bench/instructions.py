@@ -8,6 +8,10 @@ clients, after a warm-up that is not counted.
 
     python bench/instructions.py                       # nolog, relaygate, full (SQLite), full-pg
     python bench/instructions.py -n 3000 --variant full=bench/variants/relaygate-full.yaml
+    python bench/instructions.py --variant floor=bench/passthrough.py --variant lean=bench/passthrough_lean.py
+
+A variant that names a ``.py`` file is a bare pass-through proxy script (``--upstream``, ``--port``), not a
+relaygate config: the two floors, aiohttp's and relaygate's own client's.
 
 The first variant is the reference; each other gets the ratio reference / variant, which is what its
 requests/s on one core would be relative to the reference if instructions were time. Needs valgrind
@@ -90,14 +94,18 @@ def slowed_config(path: Path) -> float:
 
 
 def measure(ctx: Ctx, name: str, config: Path, n: int, clients: int) -> tuple[float, dict[str, float]]:
-    cfg = fill_config(ctx, config, name)
-    settle = slowed_config(cfg) + 1.5  # until the log writer wrote what is queued
     port = free_port()
+    if config.suffix == ".py":  # a pass-through proxy script
+        settle = 1.0
+        target = [str(config.resolve()), "--upstream", ctx.upstream + "/v1"]
+    else:
+        cfg = fill_config(ctx, config, name)
+        settle = slowed_config(cfg) + 1.5  # until the log writer wrote what is queued
+        target = ["-m", "relaygate", "serve", "--config", str(cfg)]
     out = ctx.run_dir / f"callgrind-{name}.out"
     env = dict(os.environ, PYTHONPATH=str(REPO_DIR))
     argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--separate-threads=yes",
-            f"--callgrind-out-file={out}", sys.executable, "-m", "relaygate", "serve", "--config", str(cfg),
-            "--host", "127.0.0.1", "--port", str(port)]
+            f"--callgrind-out-file={out}", sys.executable, *target, "--host", "127.0.0.1", "--port", str(port)]
     with open(ctx.run_dir / f"{name}.log", "wb") as log:
         proc = subprocess.Popen(argv, cwd=ctx.run_dir, env=env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)

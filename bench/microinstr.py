@@ -1,0 +1,78 @@
+"""Instructions per call of a small piece of code, counted by callgrind (noise-free, like instructions.py).
+
+Each case runs its statement N1 and then N2 times in two processes under callgrind; the difference of the
+totals divided by N2 - N1 is the cost of one call, with start-up, imports and set-up cancelled out.
+
+    python bench/microinstr.py                 # every case
+    python bench/microinstr.py usage-msgspec usage-orjson
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_DIR = BENCH_DIR.parent
+
+_ANSWER = f"body = open({str(BENCH_DIR / 'upstream' / 'chat.json')!r}, 'rb').read().strip()\n"
+CASES: dict[str, tuple[str, str]] = {  # name: (set-up, statement)
+    "usage-orjson": (_ANSWER + "import orjson\nfrom relaygate.core.call import Usage\n",
+                     "Usage.from_openai(orjson.loads(body).get('usage'))"),
+    "usage-msgspec": (_ANSWER + "from relaygate.providers.openai.usage import usage_of\n", "usage_of(body)"),
+    "usage-today": (_ANSWER + "from relaygate.providers.openai.provider import _usage_of\n", "_usage_of(body)"),
+    "orjson-loads": (_ANSWER + "import orjson\n", "orjson.loads(body)"),
+    "msgspec-decode": (_ANSWER + "from relaygate.providers.openai.usage import _decode\n", "_decode(body)"),
+    "usage-object": ("from relaygate.core.call import Usage\n", "Usage(prompt_tokens=1, completion_tokens=2)"),
+    "nothing": ("", "pass"),
+}
+
+_RUNNER = """
+import sys
+{setup}
+def _run(n):
+    for _ in range(n):
+        {stmt}
+_run(50)  # warm: caches, specialisation
+_run(int(sys.argv[1]))
+"""
+
+
+def count(setup: str, stmt: str, n: int, workdir: Path) -> int:
+    script = workdir / "case.py"
+    script.write_text(_RUNNER.format(setup=setup, stmt=stmt))
+    out = workdir / f"cg-{n}.out"
+    env = dict(os.environ, PYTHONPATH=str(REPO_DIR), PYTHONHASHSEED="0")
+    subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, str(script),
+                    str(n)], check=True, capture_output=True, env=env)
+    m = re.search(r"^summary: (\d+)", out.read_text(errors="replace"), re.M)
+    if m is None:
+        raise SystemExit(f"no summary in {out}")
+    return int(m.group(1))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("cases", nargs="*", help=f"default: all of {', '.join(CASES)}")
+    ap.add_argument("-n", type=int, default=2000, help="extra calls in the second run")
+    ap.add_argument("--setup", default="", help="with --stmt: an ad-hoc case (the answer is in `body`)")
+    ap.add_argument("--stmt", help="an ad-hoc statement to count")
+    args = ap.parse_args()
+    if args.stmt:
+        CASES["ad-hoc"] = (_ANSWER + args.setup.replace("\\n", "\n"), args.stmt)
+        args.cases = ["ad-hoc"]
+    with tempfile.TemporaryDirectory(prefix="relaygate-micro-") as tmp:
+        for name in args.cases or list(CASES):
+            setup, stmt = CASES[name]
+            low = count(setup, stmt, 100, Path(tmp))
+            high = count(setup, stmt, 100 + args.n, Path(tmp))
+            print(f"{name:<16} {(high - low) / args.n / 1000:8.2f}k instructions per call")
+
+
+if __name__ == "__main__":
+    main()

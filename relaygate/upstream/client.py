@@ -189,6 +189,8 @@ class Client:
 
     async def _open(self, pool: Pool, t: Timeouts, total_at: float, queue_until: float) -> Connection:
         """A connection when none is idle: a new one within the caps, or one handed over after queueing."""
+        if self._closed:
+            raise ConnectFailed("the upstream client is closed")
         slots = pool.slots
         if not slots.reserve(pool):
             got = await slots.wait(pool, queue_until)

@@ -57,12 +57,13 @@ class Pool:
                 conn.reused = True
                 fut.set_result(conn)
                 return
-        if slots.starved():  # another origin waits for a slot this idle connection would hold
+        if slots._waiting and slots.starved():  # another origin waits for a slot this idle one would hold
             conn.close()
             return
         conn.idle_since = slots.loop.time()
         self.idle.append(conn)
-        slots.arm_sweeper()
+        if slots._sweeper is None:
+            slots.arm_sweeper()
 
     def discard(self, conn: Connection) -> None:
         """A connection that is gone or will not be reused: its slot is free (idempotent)."""

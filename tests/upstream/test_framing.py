@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from relaygate.upstream import Client, ConnectionClosed, Limits, ProtocolError
+from relaygate.upstream import Client, ConnectionClosed, EncodedHeaders, Limits, ProtocolError
 from tests.upstream.rawserver import Peer, RawServer, respond, serve_forever
 
 CHUNKED = (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
@@ -114,6 +114,38 @@ def test_connection_close_without_a_length_reads_to_the_end(arun: Arun) -> None:
             resp2 = await client.request("POST", srv.url(), data=b"x")  # a new connection, not the closed one
             assert await resp2.read() == b"part one, part two"
             assert srv.connections == 2
+    arun(test)
+
+
+def test_a_half_closed_upstream_ends_a_body_read_to_the_close_and_is_not_reused(arun: Arun) -> None:
+    async def script(peer: Peer) -> None:
+        while await peer.request() is not None:
+            await peer.send(b"HTTP/1.1 200 OK\r\n\r\nuntil the end")
+            peer.writer.write_eof()  # FIN on our side only; we still read
+            await asyncio.sleep(0.2)
+            return
+
+    async def test() -> None:
+        async with RawServer(script) as srv, Client() as client:
+            for _ in range(2):
+                assert await (await client.request("POST", srv.url(), data=b"x")).read() == b"until the end"
+            assert srv.connections == 2
+    arun(test)
+
+
+def test_a_half_close_after_a_whole_answer_retires_the_pooled_connection(arun: Arun) -> None:
+    async def script(peer: Peer) -> None:
+        await peer.request()
+        await peer.send(respond(body=b"whole"))
+        peer.writer.write_eof()
+        await asyncio.sleep(1)
+
+    async def test() -> None:
+        async with RawServer(script) as srv, Client() as client:
+            for _ in range(2):
+                assert await (await client.request("POST", srv.url(), data=b"x")).read() == b"whole"
+                await asyncio.sleep(0.05)
+            assert srv.connections == 2 and len(srv.requests) == 2
     arun(test)
 
 
@@ -245,6 +277,22 @@ def test_request_framing_belongs_to_the_client(arun: Arun) -> None:
         assert line4 == "POST /v1/x?q=a%20b&%C3%A9=1 HTTP/1.1" and h4["content-length"] == "0"
         assert h5["host"] == "signed.example"
         assert all("accept-encoding" not in h for _, h, _ in srv.requests)  # no compression asked for
+    arun(test)
+
+
+def test_encoded_headers_are_checked_once_and_reused(arun: Arun) -> None:
+    async def body() -> Any:
+        yield b"abc"
+
+    async def test() -> None:
+        fixed = EncodedHeaders({"Authorization": "Bearer k", "Content-Length": "3", "transfer-encoding": "x"})
+        assert fixed.length == 3 and b"ength" not in fixed.block and b"transfer" not in fixed.block
+        async with RawServer(serve_forever(respond())) as srv, Client() as client:
+            await client.request("POST", srv.url(), headers=fixed, data=b"12345")  # its own length wins
+            await client.request("POST", srv.url(), headers=fixed, data=body())  # the declared length
+        (_, h1, b1), (_, h2, b2) = srv.requests
+        assert (h1["content-length"], b1, h1["authorization"]) == ("5", b"12345", "Bearer k")
+        assert (h2["content-length"], b2) == ("3", b"abc") and "transfer-encoding" not in h2
     arun(test)
 
 

@@ -14,17 +14,26 @@ import uvicorn
 
 
 class Proxy:
+    """The ASGI plumbing; ``forward`` is the part that uses an upstream client (bench/passthrough_lean.py
+    swaps it for relaygate's own)."""
+
     def __init__(self, upstream: str) -> None:
         self.url = upstream.rstrip("/") + "/chat/completions"
         self.session: aiohttp.ClientSession = None  # type: ignore[assignment]  # made at startup
 
+    async def start(self) -> None:
+        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+
+    async def stop(self) -> None:
+        await self.session.close()
+
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "lifespan":
             await receive()  # startup
-            self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+            await self.start()
             await send({"type": "lifespan.startup.complete"})
             await receive()  # shutdown
-            await self.session.close()
+            await self.stop()
             return await send({"type": "lifespan.shutdown.complete"})
         if scope["path"] == "/health":
             return await respond(send, 200, b'{"status":"ok"}')
@@ -34,6 +43,9 @@ class Proxy:
         while more:
             msg = await receive()
             body, more = body + msg.get("body", b""), msg.get("more_body", False)
+        await self.forward(body, send)
+
+    async def forward(self, body: bytes, send) -> None:
         headers = {"Content-Type": "application/json", "Authorization": "Bearer sk-bench"}
         started = False
         try:
@@ -58,11 +70,15 @@ async def respond(send, status: int, body: bytes) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description="bare pass-through proxy (benchmark floor)")
+def serve(make_proxy, description: str, default_port: int) -> None:
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--upstream", required=True, help="base URL, e.g. http://127.0.0.1:8001/v1")
     ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=8002)
+    ap.add_argument("--port", type=int, default=default_port)
     a = ap.parse_args()
-    uvicorn.run(Proxy(a.upstream), host=a.host, port=a.port, loop="uvloop", http="httptools",
+    uvicorn.run(make_proxy(a.upstream), host=a.host, port=a.port, loop="uvloop", http="httptools",
                 lifespan="on", log_level="warning", access_log=False, backlog=4096)
+
+
+if __name__ == "__main__":
+    serve(Proxy, "bare pass-through proxy (benchmark floor)", 8002)

@@ -7,40 +7,26 @@ client differs, so the two floors' difference is what the client costs (issue 20
     python bench/passthrough_lean.py --upstream http://127.0.0.1:8001/v1 --port 8003
 """
 
-import argparse
 import sys
 from pathlib import Path
 
-import uvicorn
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from passthrough import Proxy, respond, serve  # noqa: E402  (this directory is sys.path[0])
 
 from relaygate.upstream import Client, EncodedHeaders, UpstreamError  # noqa: E402
 
 HEADERS = EncodedHeaders({"content-type": "application/json", "authorization": "Bearer sk-bench"})
 
 
-class Proxy:
-    def __init__(self, upstream: str) -> None:
-        self.url = upstream.rstrip("/") + "/chat/completions"
-        self.client: Client = None  # type: ignore[assignment]  # made at startup
+class LeanProxy(Proxy):
+    async def start(self) -> None:
+        self.client = Client()
 
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "lifespan":
-            await receive()  # startup
-            self.client = Client()
-            await send({"type": "lifespan.startup.complete"})
-            await receive()  # shutdown
-            await self.client.close()
-            return await send({"type": "lifespan.shutdown.complete"})
-        if scope["path"] == "/health":
-            return await respond(send, 200, b'{"status":"ok"}')
-        if scope["method"] != "POST" or scope["path"] != "/v1/chat/completions":
-            return await respond(send, 404, b'{"error":{"message":"not found"}}')
-        body, more = b"", True
-        while more:
-            msg = await receive()
-            body, more = body + msg.get("body", b""), msg.get("more_body", False)
+    async def stop(self) -> None:
+        await self.client.close()
+
+    async def forward(self, body: bytes, send) -> None:
         started = False
         try:
             up = await self.client.request("POST", self.url, headers=HEADERS, data=body)
@@ -58,17 +44,5 @@ class Proxy:
             await respond(send, 502, b'{"error":{"message":"upstream failed"}}')
 
 
-async def respond(send, status: int, body: bytes) -> None:
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description="bare pass-through proxy on relaygate's upstream client (lean floor)")
-    ap.add_argument("--upstream", required=True, help="base URL, e.g. http://127.0.0.1:8001/v1")
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=8003)
-    a = ap.parse_args()
-    uvicorn.run(Proxy(a.upstream), host=a.host, port=a.port, loop="uvloop", http="httptools",
-                lifespan="on", log_level="warning", access_log=False, backlog=4096)
+    serve(LeanProxy, "bare pass-through proxy on relaygate's upstream client (lean floor)", 8003)

@@ -97,31 +97,20 @@ def test_a_thousand_concurrent_calls_share_fifty_connections(arun: Arun) -> None
     arun(test, timeout=40)
 
 
-def test_a_call_over_the_cap_waits_then_gets_a_pool_timeout(arun: Arun) -> None:
+@pytest.mark.parametrize("queue_timeout,deadline", [(0.2, None), (30, 0.2)], ids=["queue-timeout", "deadline"])
+def test_a_call_over_the_cap_waits_then_gets_a_pool_timeout(arun: Arun, queue_timeout: float,
+                                                            deadline: float | None) -> None:
     async def test() -> None:
-        limits = Limits(max_per_origin=1, queue_timeout=0.2)
+        limits = Limits(max_per_origin=1, queue_timeout=queue_timeout)
         async with RawServer(serve_forever(respond(), delay=1.0)) as srv, Client(limits=limits) as client:
             first = asyncio.ensure_future(client.request("GET", srv.url()))
             await asyncio.sleep(0.05)
             started = time.monotonic()
             with pytest.raises(PoolTimeout, match="connection caps"):
-                await client.request("GET", srv.url())
+                await client.request("GET", srv.url(),
+                                     deadline=None if deadline is None else time.monotonic() + deadline)
             assert 0.15 < time.monotonic() - started < 0.6
             assert (await first).status == 200
-    arun(test)
-
-
-def test_the_deadline_bounds_the_wait_for_a_slot(arun: Arun) -> None:
-    async def test() -> None:
-        limits = Limits(max_per_origin=1, queue_timeout=30)
-        async with RawServer(serve_forever(respond(), delay=1.0)) as srv, Client(limits=limits) as client:
-            first = asyncio.ensure_future(client.request("GET", srv.url()))
-            await asyncio.sleep(0.05)
-            started = time.monotonic()
-            with pytest.raises(PoolTimeout):
-                await client.request("GET", srv.url(), deadline=time.monotonic() + 0.2)
-            assert time.monotonic() - started < 0.6
-            await first
     arun(test)
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from relaygate.upstream import Client, ConnectFailed, Proxy, ProxySettings
 from tests.upstream.certs import Authority
-from tests.upstream.rawserver import RawServer, respond, serve_forever
+from tests.upstream.rawserver import Peer, RawServer, respond, serve_forever
 
 Arun = Callable[..., Any]
 AUTH = "Basic " + base64.b64encode(b"user:p@ss").decode()
@@ -25,55 +25,39 @@ class LoopbackProxy:
     def __init__(self, require_auth: bool = True) -> None:
         self.require_auth = require_auth
         self.asked: list[tuple[str, str | None]] = []  # (request line, proxy-authorization)
-        self.forwarded_heads: list[bytes] = []
-        self._server: asyncio.base_events.Server | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self.server = RawServer(self._script)
 
     def url(self, userinfo: str = "user:p%40ss@") -> str:
-        assert self._server is not None
-        return f"http://{userinfo}127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return f"http://{userinfo}127.0.0.1:{self.server.port}"
 
     async def __aenter__(self) -> LoopbackProxy:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        await self.server.__aenter__()
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
-        assert self._server is not None
-        self._server.close()
-        for t in list(self._tasks):
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.server.__aexit__(*exc)
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        try:
-            while True:
-                try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except asyncio.IncompleteReadError:
-                    return
-                lines = head.decode("latin-1").split("\r\n")
-                headers = {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:] if ln)}
-                self.asked.append((lines[0], headers.get("proxy-authorization")))
-                if self.require_auth and headers.get("proxy-authorization") != AUTH:
-                    writer.write(b"HTTP/1.1 407 Proxy Authentication Required\r\ncontent-length: 0\r\n\r\n")
-                    await writer.drain()
-                    return
-                method, target, _ = lines[0].split(" ")
-                if method == "CONNECT":
-                    host, _, port = target.rpartition(":")
-                    up_r, up_w = await asyncio.open_connection(host, int(port))
-                    writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
-                    await asyncio.gather(_pipe(reader, up_w), _pipe(up_r, writer))
-                    return
-                await self._forward(target, lines, headers, reader, writer)
-        except (ConnectionError, asyncio.CancelledError):
-            pass
-        finally:
-            writer.close()
-            self._tasks.discard(task)
+    async def _script(self, peer: Peer) -> None:
+        reader, writer = peer.reader, peer.writer
+        while True:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError:
+                return
+            lines = head.decode("latin-1").split("\r\n")
+            headers = {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:] if ln)}
+            self.asked.append((lines[0], headers.get("proxy-authorization")))
+            if self.require_auth and headers.get("proxy-authorization") != AUTH:
+                await peer.send(b"HTTP/1.1 407 Proxy Authentication Required\r\ncontent-length: 0\r\n\r\n")
+                return
+            method, target, _ = lines[0].split(" ")
+            if method == "CONNECT":
+                host, _, port = target.rpartition(":")
+                up_r, up_w = await asyncio.open_connection(host, int(port))
+                writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                await asyncio.gather(_pipe(reader, up_w), _pipe(up_r, writer))
+                return
+            await self._forward(target, lines, headers, reader, writer)
 
     async def _forward(self, target: str, lines: list[str], headers: dict[str, str],
                        reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -83,7 +67,6 @@ class LoopbackProxy:
         kept = [ln for ln in lines[1:] if ln and not ln.lower().startswith("proxy-authorization")]
         head = "\r\n".join([f"{lines[0].split(' ')[0]} {u.path}{'?' + u.query if u.query else ''} HTTP/1.1",
                             *kept, "", ""]).encode("latin-1")
-        self.forwarded_heads.append(head)
         up_r, up_w = await asyncio.open_connection(u.hostname, u.port)
         up_w.write(head + body)
         answer = await up_r.readuntil(b"\r\n\r\n")

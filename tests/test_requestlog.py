@@ -61,6 +61,28 @@ def test_every_call_leaves_one_row_with_usage_cost_and_timing(openai_emulator, s
     assert row["request_body"] is None  # bodies are off by default
 
 
+def test_a_price_override_for_a_model_the_catalog_does_not_know_prices_its_calls(start_gateway, tmp_path) -> None:
+    """The shape docs/keys-limits-log.md shows for ``prices:``, on a name the bundled catalog lacks: start-up
+    used to fail ('PriceBook' object has no attribute '_cache')."""
+    from relaygate.config import load_config
+    from relaygate.testing.base import BackgroundServer
+    from relaygate.testing.openai import OpenAIEmulatorOptions, create_app
+
+    with BackgroundServer(create_app(OpenAIEmulatorOptions(models=("my-model",)))) as upstream:
+        path = tmp_path / "relaygate.yaml"
+        path.write_text(f"""
+models:
+  - name: m
+    deployments:
+      - {{provider: openai, model: my-model, api_base: "{upstream.url}/v1"}}
+prices: {{my-model: {{input_cost_per_token: 1.0e-6, output_cost_per_token: 2.0e-6, cached_input_cost_per_token: 5.0e-7}}}}
+""")
+        gw = start_gateway(load_config(str(path), {}))
+        r = client(gw).chat.completions.create(model="m", messages=[{"role": "user", "content": "hi there"}])
+        [row] = gateway_rows(gw)
+    assert row["cost_nano"] == round((r.usage.prompt_tokens * 1e-6 + r.usage.completion_tokens * 2e-6) * 1e9) > 0
+
+
 def test_streamed_call_is_costed_without_showing_usage_to_the_client(openai_emulator, start_gateway) -> None:
     gw = start_gateway({"models": [openai_model("m", openai_emulator)]})
     chunks = list(client(gw).chat.completions.create(

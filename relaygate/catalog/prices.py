@@ -59,9 +59,32 @@ def _from_entry(e: dict[str, Any]) -> Price:
     )
 
 
-def bundled_prices() -> dict[str, Price]:
+def catalog_names(model: str) -> list[str]:
+    """The names a model may have in the catalog, most specific first: without provider, region and vendor
+    prefixes, then also without date and version suffixes."""
+    name = model.lower()
+    if "/" in name:  # provider/model
+        name = name.rsplit("/", 1)[1]
+    for _ in range(3):
+        name = _REGION.sub("", name)
+        name = _VENDOR.sub("", name)
+    candidates = [name]
+    stripped = name
+    for _ in range(3):
+        stripped = _DATE.sub("", stripped)
+        candidates.append(stripped)
+    return candidates
+
+
+def bundled_models() -> dict[str, dict[str, Any]]:
+    """The bundled catalog's entries by model name."""
     raw = json.loads(resources.files("relaygate.catalog").joinpath("models.json").read_text("utf-8"))
-    return {name: _from_entry(e) for name, e in raw["models"].items()}
+    models: dict[str, dict[str, Any]] = raw["models"]
+    return models
+
+
+def bundled_prices() -> dict[str, Price]:
+    return {name: _from_entry(e) for name, e in bundled_models().items()}
 
 
 def _overlay(base: Price | None, o: Any) -> Price:
@@ -87,11 +110,14 @@ class PriceBook:
 
     def __init__(self, config: Config | None = None, bundled: dict[str, Price] | None = None) -> None:
         self.table = dict(bundled if bundled is not None else bundled_prices())
-        if config is not None:
-            for name, override in config.prices.items():
-                self.table[name] = _overlay(self.table.get(name) or self.lookup(name), override)
         self._names = sorted(self.table, key=len, reverse=True)
         self._cache: dict[str, Price] = {}
+        if config is not None and config.prices:
+            # an override of a name the table does not know starts from what the name resolves to today
+            # (a dated variant of a known model keeps that model's other prices)
+            for name, override in config.prices.items():
+                self.table[name] = _overlay(self.table.get(name) or self._resolve(name), override)
+            self._names = sorted(self.table, key=len, reverse=True)
 
     def lookup(self, model: str) -> Price:
         """The price of ``model`` (FREE when unknown)."""
@@ -104,21 +130,12 @@ class PriceBook:
         return price
 
     def _resolve(self, model: str) -> Price:
-        name = model.lower()
-        if "/" in name:  # provider/model
-            name = name.rsplit("/", 1)[1]
-        for _ in range(3):
-            name = _REGION.sub("", name)
-            name = _VENDOR.sub("", name)
-        candidates = [name]
-        stripped = name
-        for _ in range(3):
-            stripped = _DATE.sub("", stripped)
-            candidates.append(stripped)
+        candidates = catalog_names(model)
         for c in candidates:
             if c in self.table:
                 return self.table[c]
-        for known in getattr(self, "_names", ()):  # longest known name that prefixes it at a boundary
+        name = candidates[0]
+        for known in self._names:  # longest known name that prefixes it at a boundary
             if name.startswith(known) and name[len(known)] in "-:@":
                 return self.table[known]
         return FREE

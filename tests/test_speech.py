@@ -159,3 +159,56 @@ def test_voice_config_errors_name_their_path(extra, error):
         parse_config({"models": [{"name": "tts", "deployments": [
             {"provider": "openai", "model": "kokoro", "api_base": "http://127.0.0.1:8880/v1", **extra}]}]}, {})
     assert e.value.errors == [error]
+
+
+OPENAI_TTS1_VOICES = ["alloy", "ash", "coral", "echo", "fable", "onyx", "nova", "sage", "shimmer"]
+
+
+def discovered_voices(base_url: str, **params: str) -> list[str]:
+    """What voice-mode's provider discovery makes of GET {base_url}/audio/voices (strings or objects with id)."""
+    data = httpx.get(base_url + "/audio/voices", params=params).json()
+    return [v["id"] if isinstance(v, dict) else v for v in data["voices"]]
+
+
+def test_voices_lists_what_each_speech_model_speaks_in_kokoro_fastapis_shape(openai_emulator, kokoro, start_gateway):
+    gw = start_gateway({"models": [
+        {"name": "tts", "deployments": [
+            openai_model("x", openai_emulator, "tts-1")["deployments"][0],
+            kokoro_deployment(kokoro, voice_map={"alloy": "af_heart", "verse": "af_heart"})]},
+        openai_model("mini-tts", openai_emulator, "gpt-4o-mini-tts-2025-03-20"),
+        {"name": "local", "deployments": [kokoro_deployment(kokoro)]},
+        openai_model("chat", openai_emulator),  # no voices: not listed
+    ]})
+    r = httpx.get(gw.base_url + "/audio/voices")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["models"] == {
+        "tts": [*OPENAI_TTS1_VOICES, "af_sky", "af_bella", "verse"],
+        "mini-tts": ["alloy", "ash", "ballad", "coral", "echo", "fable", "onyx", "nova", "sage", "shimmer", "verse",
+                     "marin", "cedar"],
+        "local": ["af_sky", "af_bella"]}
+    by_id = {v["id"]: v for v in body["voices"]}
+    assert by_id["af_sky"] == {"id": "af_sky", "name": "af_sky", "models": ["tts", "local"]}
+    assert by_id["verse"]["models"] == ["tts", "mini-tts"]
+    assert discovered_voices(gw.base_url) == list(by_id)
+    # every voice listed for a model is one that model speaks
+    for voice in body["models"]["tts"]:
+        assert client(gw).audio.speech.create(model="tts", voice=voice, input="hi").content
+
+
+def test_voices_of_one_model_and_in_the_legacy_shape(openai_emulator, kokoro, start_gateway):
+    gw = start_gateway({"models": [{"name": "local", "deployments": [kokoro_deployment(kokoro)]},
+                                   openai_model("*", openai_emulator, "*")]})
+    assert discovered_voices(gw.base_url, model="local") == ["af_sky", "af_bella"]
+    assert httpx.get(gw.base_url + "/audio/voices", params={"model": "local", "legacy": "true"}).json()[
+        "voices"] == ["af_sky", "af_bella"]
+    # a wildcard model forwards any name: OpenAI's documented voices for an OpenAI speech model
+    assert discovered_voices(gw.base_url, model="tts-1-hd") == OPENAI_TTS1_VOICES
+    assert httpx.get(gw.base_url + "/audio/voices", params={"model": "gpt-4o"}).json()["models"] == {"gpt-4o": []}
+
+
+def test_voices_of_an_unknown_model_is_a_404_in_openais_shape(kokoro, start_gateway):
+    gw = start_gateway({"models": [{"name": "local", "deployments": [kokoro_deployment(kokoro)]}]})
+    r = httpx.get(gw.base_url + "/audio/voices", params={"model": "nope"})
+    assert r.status_code == 404
+    assert r.json()["error"]["code"] == "model_not_found" and r.json()["error"]["param"] == "model"

@@ -44,3 +44,14 @@ def test_a_virtual_key_serves_every_voice_route(gateway, openai_emulator):
     for name, call in calls(c).items():
         assert call(), name
     assert all(q["headers"]["authorization"] != "Bearer " + r.json()["key"] for q in openai_emulator.state.requests)
+
+
+def test_voices_need_a_key_and_show_only_the_models_it_may_use(gateway):
+    admin = {"authorization": f"Bearer {MASTER}"}
+    assert httpx.get(gateway.base_url + "/audio/voices").status_code == 401
+    key = httpx.post(gateway.url + "/admin/keys", json={"models": ["whisper"]}, headers=admin).json()["key"]
+    auth = {"authorization": f"Bearer {key}"}
+    assert httpx.get(gateway.base_url + "/audio/voices", headers=auth).json()["voices"] == []
+    assert httpx.get(gateway.base_url + "/audio/voices", params={"model": "tts"}, headers=auth).status_code == 404
+    listed = httpx.get(gateway.base_url + "/audio/voices", headers=admin).json()
+    assert list(listed["models"]) == ["tts"] and "alloy" in listed["models"]["tts"]

@@ -1,15 +1,19 @@
 """``/v1/audio/transcriptions``, ``/v1/audio/translations`` (multipart uploads, streamed to the upstream as
-they arrive) and ``/v1/audio/speech`` (JSON in, audio streamed back as the upstream produces it)."""
+they arrive), ``/v1/audio/speech`` (JSON in, audio streamed back as the upstream produces it) and
+``/v1/audio/voices`` (the voices of the configured speech models)."""
 
 from __future__ import annotations
 
 import time
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
 
 from relaygate.api.common import check, object_body, pop_provider, require, respond, respond_stream
+from relaygate.auth.authenticator import caller
 from relaygate.core.call import Call, Route
-from relaygate.core.errors import BadRequest
-from relaygate.server.http import Request, Response, StreamResponse
+from relaygate.core.errors import BadRequest, ModelNotFound
+from relaygate.routing.voices import documented_voices, offered_voices
+from relaygate.server.http import Request, Response, StreamResponse, json_response
 from relaygate.server.multipart import AudioUpload, FormReader, boundary_of
 
 if TYPE_CHECKING:
@@ -114,7 +118,42 @@ async def speech(gw: Gateway, req: Request) -> Response | StreamResponse:
     return respond_stream(call, await gw.handle(call))
 
 
+async def voices(gw: Gateway, req: Request) -> Response:
+    """The voices each speech model offers, in Kokoro-FastAPI's shape (``{"voices": [{"id", "name"}]}``, which
+    voice-mode and Open WebUI read; ``?legacy=true``: plain names), plus ``models``: each model's own voices.
+    ``?model=`` narrows to one model; a key sees only the models it may use."""
+    key = await caller(gw.auth, req.headers)
+    query = {k: v[-1] for k, v in parse_qs(req.query).items()}
+    table = gw.table.models
+    documented = documented_voices()
+    asked = query.get("model")
+    if asked is not None:
+        deps = table.get(asked) if asked != "*" else None
+        deps = deps if deps is not None else table.get("*")  # a wildcard model serves any name
+        if deps is None or (key is not None and not key.allows_model(asked)):
+            raise ModelNotFound(f"The model {asked!r} does not exist on this gateway.", param="model")
+        per_model = {asked: offered_voices(deps, asked, documented)}
+    else:
+        per_model = {}
+        for name in gw.table.names():
+            if key is None or key.allows_model(name):
+                offered = offered_voices(table[name], name, documented)
+                if offered:
+                    per_model[name] = offered
+    models_of: dict[str, list[str]] = {}
+    for name, offered in per_model.items():
+        for v in offered:
+            models_of.setdefault(v, []).append(name)
+    if query.get("legacy") == "true":
+        listed: list[Any] = list(models_of)
+    else:
+        listed = [{"id": v, "name": v, "models": ms} for v, ms in models_of.items()]
+    return json_response({"object": "list", "voices": listed, "models": per_model})
+
+
 ROUTES = [
+    ("GET", "/v1/audio/voices", voices),
+    ("GET", "/audio/voices", voices),
     ("POST", "/v1/audio/transcriptions", transcriptions),
     ("POST", "/v1/audio/translations", translations),
     ("POST", "/v1/audio/speech", speech),

@@ -46,3 +46,29 @@ def narrow_by_voice(call: Call, deps: list[Deployment]) -> list[Deployment]:
         raise BadRequest(f"The voice {voice!r} is not available for model {call.model!r}. "
                          f"Available voices: {', '.join(known)}.", param="voice", code="invalid_value")
     return out
+
+
+def documented_voices() -> dict[str, tuple[str, ...]]:
+    """Built-in voices of the speech models the bundled catalog knows, as their provider documents them."""
+    from relaygate.catalog.prices import bundled_models
+
+    return {name: tuple(e["voices"]) for name, e in bundled_models().items() if e.get("voices")}
+
+
+def offered_voices(deps: list[Deployment], asked: str, documented: dict[str, tuple[str, ...]]) -> list[str]:
+    """The voices a model's deployments speak, in config order: those a deployment lists or renames
+    (``voices``, ``voice_map``), and, for a deployment that lists none, its upstream model's documented
+    voices (the catalog's: OpenAI's). A deployment that lists none of a model the catalog does not know adds
+    nothing: what that server speaks is not known here."""
+    from relaygate.catalog.prices import catalog_names
+
+    out: dict[str, None] = {}
+    for d in deps:
+        voices, mapped = voices_of(d)
+        out.update(dict.fromkeys(voices))
+        out.update(dict.fromkeys(mapped))
+        if not voices:
+            names = catalog_names(d.upstream_model(asked))
+            known = next((documented[n] for n in names if n in documented), ())
+            out.update(dict.fromkeys(known))
+    return list(out)

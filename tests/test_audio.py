@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from relaygate.testing.openai_audio import tone_pcm, wav_bytes
-from tests.conftest import openai_model
+from tests.conftest import UPSTREAM_KEY, openai_model
 
 LIMIT = 300_000
 
@@ -57,6 +57,40 @@ def test_buffer_uploads_sends_a_content_length_instead_of_chunks(openai_emulator
     assert "transfer-encoding" not in seen["headers"] and int(seen["headers"]["content-length"]) > len(wav)
     assert seen["file"]["sha256"] == hashlib.sha256(wav).hexdigest()
     assert seen["form"] == {"model": "whisper-1", **{n: v.decode() for n, v, _ in after}}
+
+
+def test_language_auto_is_left_out_for_an_upstream_that_takes_iso_codes(gateway, openai_emulator):
+    """voice-mode sends whisper.cpp's language=auto; OpenAI refuses it (400 invalid_language_format) and detects
+    the language when none is given."""
+    wav = speech_wav("bonjour")
+    direct = httpx.post(openai_emulator.url + "/v1/audio/transcriptions", files={"file": ("a.wav", wav)},
+                        data={"model": "whisper-1", "language": "auto"},
+                        headers={"authorization": f"Bearer {UPSTREAM_KEY}"})
+    assert direct.status_code == 400 and direct.json()["error"]["code"] == "invalid_language_format"
+    assert client(gateway).audio.transcriptions.create(model="whisper", file=("a.wav", wav), language="auto",
+                                                       prompt="p").text == "bonjour"
+    assert openai_emulator.state.requests[-1]["form"] == {"model": "whisper-1", "prompt": "p"}
+    r = post_form(gateway, multipart([("model", b"whisper", None), ("file", wav, "a.wav"), ("language", b"AUTO", None),
+                                      ("response_format", b"text", None)]))  # after the file, as curl may send it
+    assert r.text == "bonjour\n"
+    assert openai_emulator.state.requests[-1]["form"] == {"model": "whisper-1", "response_format": "text"}
+    client(gateway).audio.transcriptions.create(model="whisper", file=("a.wav", wav), language="fr")
+    assert openai_emulator.state.requests[-1]["form"]["language"] == "fr"
+
+
+@pytest.mark.parametrize("buffer", [False, True])
+def test_language_auto_reaches_an_upstream_that_reads_it(start_gateway, buffer):
+    from relaygate.testing.base import BackgroundServer
+    from relaygate.testing.openai import OpenAIEmulatorOptions, create_app
+
+    with BackgroundServer(create_app(OpenAIEmulatorOptions(auto_language=True))) as whisper_cpp:
+        gw = start_gateway({"models": [{"name": "whisper", "deployments": [{
+            "provider": "openai", "model": "ggml-base", "api_base": whisper_cpp.url + "/v1",
+            "keep_language_auto": True, "buffer_uploads": buffer}]}]})
+        wav = speech_wav("hallo")
+        assert client(gw).audio.transcriptions.create(model="whisper", file=("a.wav", wav),
+                                                      language="auto").text == "hallo"
+        assert whisper_cpp.state.requests[-1]["form"] == {"model": "ggml-base", "language": "auto"}
 
 
 @pytest.mark.parametrize("fmt, expected", [

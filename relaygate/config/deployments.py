@@ -82,6 +82,9 @@ class OpenAIFields(KeyedUpstream):
     # read an audio upload whole (spooled to disk past 1 MiB) and send it with a Content-Length, for upstreams
     # that refuse chunked request bodies; by default it streams up while it arrives
     buffer_uploads: bool = False
+    # transcriptions: forward ``language=auto`` as it is, for an upstream that reads it (whisper.cpp's server, whose
+    # own default language applies otherwise); by default it is left out, which OpenAI's API reads as "detect"
+    keep_language_auto: bool = False
 
     @field_validator("voices")
     @classmethod

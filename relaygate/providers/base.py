@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import aiohttp
@@ -17,7 +17,7 @@ from relaygate.core.errors import GatewayError, Unavailable, Unsupported, Upstre
 from relaygate.server.upload import ClientBody
 
 if TYPE_CHECKING:
-    from relaygate.server.multipart import AudioUpload
+    from relaygate.server.multipart import AudioUpload, Keep
 
 
 class Provider:
@@ -134,8 +134,7 @@ class Provider:
         return resp
 
     async def send_upload(self, deadline: float, url: str, headers: dict[str, str], upload: AudioUpload, model: str,
-                          keep: Callable[[str], bool] | None = None, *, buffer: bool = False,
-                          ) -> aiohttp.ClientResponse:
+                          keep: Keep | None = None, *, buffer: bool = False) -> aiohttp.ClientResponse:
         """POST a multipart upload with ``model`` rewritten (and only the fields ``keep`` accepts): streamed as
         it arrives, or, with ``buffer`` (the deployment's ``buffer_uploads``), read whole first and sent with a
         Content-Length."""

@@ -233,12 +233,13 @@ class CohereProvider(Provider):
         for name in ("stream", "timestamp_granularities[]", "timestamp_granularities"):
             if call.body.get(name) not in (None, "false"):
                 raise Unsupported(f"'{name.rstrip('[]')}' is not available with Cohere transcription", param=name)
-        if not call.body.get("language"):
-            raise BadRequest("Cohere needs the audio's 'language' (ISO-639-1, e.g. 'en')", param="language")
+        if str(call.body.get("language") or "auto").strip().lower() == "auto":
+            raise BadRequest("Cohere needs the audio's 'language' (ISO-639-1, e.g. 'en'); it does not detect it",
+                             param="language")
         model = call.deployment.upstream_model(call.model)
         upload = call.upload
         resp = await self.send_upload(call.deadline, self.base + "/v2/audio/transcriptions", self._headers, upload, model,
-                                      TRANSCRIBE_FIELDS.__contains__, buffer=self.config.buffer_uploads)
+                                      lambda name, _: name in TRANSCRIBE_FIELDS, buffer=self.config.buffer_uploads)
         if resp.status >= 400:
             raise await self.upstream_error(resp)
         text = (await self.read_json_object(resp)).get("text")

@@ -27,6 +27,7 @@ GATEWAY_FIELDS = ("provider",)  # read by relaygate, never forwarded upstream
 CRLF = b"\r\n"
 
 Event = tuple[Any, ...]  # ("field", name, value) | ("file", name, filename, type) | ("data", bytes) | ("end",)
+Keep = Callable[[str, str], bool]  # (field name, value) -> whether the upstream gets the field
 
 
 def boundary_of(content_type: str) -> bytes:
@@ -219,8 +220,9 @@ class AudioUpload(ClientBody):
             return None
         return ev
 
-    def body(self, upstream_model: str, keep: Callable[[str], bool] | None = None) -> AsyncIterator[bytes]:
-        """The upstream multipart body with ``model`` rewritten (and only the fields ``keep`` accepts).
+    def body(self, upstream_model: str, keep: Keep | None = None) -> AsyncIterator[bytes]:
+        """The upstream multipart body with ``model`` rewritten (and only the fields ``keep(name, value)``
+        accepts).
 
         The file streams on as it arrives and is kept in a spool (memory up to ``SPOOL_MEMORY``, then a
         temporary file) on the way, so a retry on another deployment replays what was read and goes on
@@ -229,14 +231,14 @@ class AudioUpload(ClientBody):
         self.begin()
         return self.guard(self._encode(upstream_model, keep))
 
-    def _forwarded(self, keep: Callable[[str], bool] | None) -> Callable[[str], bool]:
-        return lambda name: name not in GATEWAY_FIELDS and (keep is None or keep(name))
+    def _forwarded(self, keep: Keep | None) -> Keep:
+        return lambda name, value: name not in GATEWAY_FIELDS and (keep is None or keep(name, value))
 
-    def _head(self, upstream_model: str, keep: Callable[[str], bool] | None) -> bytes:
+    def _head(self, upstream_model: str, keep: Keep | None) -> bytes:
         """The fields read so far and the file part's headers."""
         b, forwarded = self.boundary.encode(), self._forwarded(keep)
         head = b"".join(encode_field(b, n, upstream_model if n == "model" else v) for n, v in self.fields
-                        if forwarded(n))
+                        if forwarded(n, v))
         if self.file is None or self._spool is None:
             return head
         name, filename, ctype = self.file
@@ -253,7 +255,7 @@ class AudioUpload(ClientBody):
             if ev[0] == "field" and ev[1] in GATEWAY_FIELDS:  # routed already: refused, as when streaming
                 raise BadRequest(f"the '{ev[1]}' field must come before the file", param=ev[1])
 
-    def encoded_length(self, upstream_model: str, keep: Callable[[str], bool] | None = None) -> int:
+    def encoded_length(self, upstream_model: str, keep: Keep | None = None) -> int:
         """The length of ``body()`` once ``read_all()`` finished."""
         assert self._read_all
         closing = len(self.boundary) + 6
@@ -261,7 +263,7 @@ class AudioUpload(ClientBody):
             return len(self._head(upstream_model, keep)) + closing
         return len(self._head(upstream_model, keep)) + self.file_size + (2 if self._file_done else 0) + closing
 
-    async def _encode(self, upstream_model: str, keep: Callable[[str], bool] | None) -> AsyncIterator[bytes]:
+    async def _encode(self, upstream_model: str, keep: Keep | None) -> AsyncIterator[bytes]:
         b = self.boundary.encode()
         closing = b"--" + b + b"--" + CRLF
         forwarded = self._forwarded(keep)
@@ -289,7 +291,7 @@ class AudioUpload(ClientBody):
                 yield CRLF
             elif ev[1] in GATEWAY_FIELDS:  # the call was routed when the file began: too late to honour it
                 raise BadRequest(f"the '{ev[1]}' field must come before the file", param=ev[1])
-            elif forwarded(ev[1]):  # a field after the file: checked and forwarded in order
+            elif forwarded(ev[1], ev[2]):  # a field after the file: checked and forwarded in order
                 yield encode_field(b, ev[1], ev[2])
         yield closing
 

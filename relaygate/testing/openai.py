@@ -40,6 +40,7 @@ class OpenAIEmulatorOptions:
     context_windows: dict[str, int] = field(default_factory=dict)  # per model
     prefix: str = "Hello! You said: "
     voices: tuple[str, ...] | None = OPENAI_VOICES  # text-to-speech voices accepted (None: any)
+    auto_language: bool = False  # transcriptions take language=auto, as whisper.cpp's server does (OpenAI refuses it)
 
 
 # ---- the answer: a pure function of the request ------------------------------------------------------

@@ -235,6 +235,11 @@ def add_audio_routes(app: web.Application, opts: OpenAIEmulatorOptions) -> None:
             return json_response(error_body(400, "you must provide a 'file'"), 400)
         if not fields.get("model") and "deployment" not in request.match_info:
             return json_response(error_body(400, "you must provide a model parameter"), 400)
+        language = fields.get("language")
+        if language is not None and not (language.isascii() and language.isalpha() and len(language) == 2) \
+                and not (opts.auto_language and language == "auto"):
+            return json_response(error_body(400, f"Invalid language '{language}'. Language parameter must be "
+                                                 "specified in ISO-639-1 format.", "invalid_language_format"), 400)
         text, seconds = transcript_of(audio)
         if task == "translate":
             text = f"[translated to English] {text}"

@@ -111,11 +111,16 @@ class OpenAIProvider(Provider):
         return await self.forward_upload(call, "/audio/translations")
 
     async def forward_upload(self, call: Call, path: str) -> Reply:
-        """Send the call's multipart upload upstream as it arrives; a transcript comes back whole or as SSE."""
+        """Send the call's multipart upload upstream as it arrives; a transcript comes back whole or as SSE.
+
+        ``language=auto`` (whisper.cpp's convention, which voice-mode sends) is left out unless the deployment
+        sets ``keep_language_auto``: OpenAI's API takes ISO-639-1 codes only and detects the language when
+        none is given."""
         assert call.deployment is not None and call.upload is not None
         upload = call.upload
         model = call.deployment.upstream_model(call.model)
         resp = await self.send_upload(call.deadline, self.url(path, model), self.auth_headers(), upload, model,
+                                      None if self.config.keep_language_auto else _without_auto_language,
                                       buffer=self.config.buffer_uploads)
         if resp.status >= 400:
             raise await self.upstream_error(resp)
@@ -237,6 +242,10 @@ class OpenAIProvider(Provider):
             if k in resp.headers:
                 e.headers[k] = resp.headers[k]
         return e
+
+
+def _without_auto_language(name: str, value: str) -> bool:
+    return name != "language" or value.strip().lower() != "auto"
 
 
 def passed_headers(resp: aiohttp.ClientResponse, extra: tuple[str, ...] = ()) -> dict[str, str]:

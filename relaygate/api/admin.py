@@ -9,9 +9,10 @@ from urllib.parse import parse_qs
 
 from relaygate.api.common import object_body
 from relaygate.auth.authenticator import presented_key
-from relaygate.auth.keys import KeyStore, parse_fields
+from relaygate.auth.keys import KeyStore, keys_spent_since, parse_fields
 from relaygate.core.errors import AuthError, BadRequest, MethodNotAllowed, NotFound, PermissionDenied
 from relaygate.core.pricing import NANO
+from relaygate.limits.periods import period
 from relaygate.server.http import Request, Response, json_response
 from relaygate.store import queries
 
@@ -57,7 +58,38 @@ async def list_keys(gw: Gateway, req: Request) -> Response:
     store = _store(gw, req)
     q = _query(req)
     data = await _run(gw, store.list_keys, q.get("team_id"), q.get("user_id"), q.get("include_revoked") == "true")
-    return json_response({"object": "list", "data": data})
+    return json_response({"object": "list", "data": await _with_spend(gw, data)})
+
+
+async def _with_spend(gw: Gateway, views: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each key's spend in its current budget period and what is left of its budget. The limiter's own
+    figure where it holds one (it counts settled calls at once); else the request log, where the limiter
+    reads it from too (a key without a budget is not tracked by the limiter: the log only)."""
+    now = time.time()
+    periods = [period(v["budget_period"] or "total", now) for v in views]
+    budgeted = [i for i, v in enumerate(views) if v["budget_usd"] is not None]
+    spent: list[int | None] = [None] * len(views)
+    limiter = gw.limiter
+    if limiter is not None and budgeted:
+        known = await limiter.known_spend([("key:" + views[i]["id"], periods[i][0]) for i in budgeted])
+        for i, value in zip(budgeted, known, strict=True):
+            spent[i] = value
+    db = gw.db
+    assert db is not None
+    for start in {periods[i][1] for i, s in enumerate(spent) if s is None}:
+        ids = [views[i]["id"] for i, s in enumerate(spent) if s is None and periods[i][1] == start]
+        logged = await db.run(keys_spent_since, db.engine, ids, start)
+        for i, v in enumerate(views):
+            if spent[i] is None and periods[i][1] == start:
+                spent[i] = logged.get(v["id"], 0)
+    for v, (_, start, end), nano in zip(views, periods, spent, strict=True):
+        nano = nano or 0
+        budget = v["budget_usd"]
+        v["spend_usd"] = nano / NANO
+        v["budget_remaining_usd"] = None if budget is None else max(0, round(budget * NANO) - nano) / NANO
+        v["budget_period_start"] = start if end is not None else None  # a total budget has no period
+        v["budget_period_end"] = end
+    return views
 
 
 async def key_item(gw: Gateway, req: Request) -> Response:
@@ -67,7 +99,7 @@ async def key_item(gw: Gateway, req: Request) -> Response:
     assert auth is not None
     key_id, _, action = req.params["rest"].partition("/")
     if req.method == "GET" and not action:
-        return json_response(await _run(gw, store.get_key, key_id))
+        return json_response((await _with_spend(gw, [await _run(gw, store.get_key, key_id)]))[0])
     if req.method == "PATCH" and not action:
         fields = parse_fields(await _body(gw, req), partial=True)
         if not fields:

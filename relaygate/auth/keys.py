@@ -342,6 +342,20 @@ def spent_since(engine: Engine, scope_name: str, start: float) -> int:
     return int(total or 0)
 
 
+def keys_spent_since(engine: Engine, key_ids: list[str], start: float) -> dict[str, int]:
+    """Nano-dollars each key spent since ``start``, from the request log (keys without calls are left out)."""
+    from sqlalchemy import func
+
+    r = tables.request_log
+    out: dict[str, int] = {}
+    with engine.connect() as conn:
+        for i in range(0, len(key_ids), 500):  # bounded IN lists
+            rows = conn.execute(select(r.c.key_id, func.sum(r.c.cost_nano))
+                                .where(r.c.key_id.in_(key_ids[i:i + 500]), r.c.ts >= start).group_by(r.c.key_id))
+            out.update({str(k): int(v or 0) for k, v in rows})
+    return out
+
+
 def sync_config_keys(engine: Engine, keys: list[Any]) -> None:
     """Insert or update the keys declared in the config (``auth.keys``), by id ``cfg_<id>``."""
     k = tables.api_keys

@@ -8,7 +8,7 @@ by the real usage and frees the slot. Windows for rpm/tpm are fixed UTC minutes.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -99,6 +99,11 @@ class Limiter(Protocol):
 
     def settle(self, grant: Grant, tokens: int, cost: int) -> None:
         """Replace the grant's reservation by the call's real usage and free its slot (now, or queued)."""
+        ...
+
+    async def known_spend(self, scopes: Sequence[tuple[str, str]]) -> list[int | None]:
+        """Settled spend of each (scope name, budget period id) that the limiter holds, None where it holds
+        none yet (the request log is then the source, as when ``acquire`` loads it): the admin API's view."""
         ...
 
     async def close(self) -> None:

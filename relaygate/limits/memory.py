@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from relaygate.auth.keys import Scope
@@ -135,10 +136,14 @@ class MemoryLimiter:
                 spent = st.spent
                 spent[pid] = spent.get(pid, 0) + cost
 
-    def spent(self, scope_name: str, pid: str) -> int:
-        """Settled spend of a scope in a period (for tests and the admin API)."""
-        st = self._state.get(scope_name)
-        return st.spent.get(pid, 0) if st is not None else 0
+    async def known_spend(self, scopes: Sequence[tuple[str, str]]) -> list[int | None]:
+        """Settled spend of each (scope name, budget period id) that this limiter holds, None where it holds
+        none yet (the request log is then the source, as when ``acquire`` loads it): the admin API's view."""
+        out: list[int | None] = []
+        for name, pid in scopes:
+            st = self._state.get(name)
+            out.append(st.spent.get(pid) if st is not None else None)
+        return out
 
     async def close(self) -> None:
         return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from relaygate.auth.keys import Scope
@@ -81,8 +82,12 @@ return 1
 
 def _keys(scope: Scope, minute: int, pid: str) -> list[str]:
     base = "rg:lim:" + scope.name
-    return [f"{base}:r:{minute}", f"{base}:t:{minute}", f"{base}:p", f"{base}:s:{pid or '-'}",
+    return [f"{base}:r:{minute}", f"{base}:t:{minute}", f"{base}:p", _spent_key(scope.name, pid),
             f"{base}:v:{pid or '-'}"]
+
+
+def _spent_key(name: str, pid: str) -> str:
+    return f"rg:lim:{name}:s:{pid or '-'}"
 
 
 # (command prefix, key names, budget period per scope, minute, key names encoded) of a scope set
@@ -282,9 +287,13 @@ class RedisLimiter:
                 await asyncio.sleep(0.2 * (attempt + 1))
         log.error("rate limits: %d settlements were lost (Redis unreachable)", len(batch))
 
-    async def spent_now(self, scope: Scope, pid: str) -> int:
-        v = await self.redis.call("GET", _keys(scope, 0, pid)[3])
-        return int(v or 0)
+    async def known_spend(self, scopes: Sequence[tuple[str, str]]) -> list[int | None]:
+        """Settled spend of each (scope name, budget period id) held in Redis, None where Redis holds none
+        yet (the request log is then the source, as when ``acquire`` loads it): the admin API's view."""
+        if not scopes:
+            return []
+        values = await self.redis.call("MGET", *[_spent_key(name, pid) for name, pid in scopes])
+        return [None if v is None else int(v) for v in values]
 
     def _warn(self, e: Exception) -> None:
         now = time.monotonic()

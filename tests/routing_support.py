@@ -51,10 +51,11 @@ def emulators(*options: dict[str, Any]) -> Iterator[list[BackgroundServer]]:
 
 
 def reset(servers: list[BackgroundServer]) -> None:
-    """Clear faults and recorded requests (between tests sharing emulators)."""
+    """Clear faults, recorded requests and the count of cancelled ones (between tests sharing emulators)."""
     for e in servers:
         e.state.faults = None
         e.state.requests.clear()
+        e.state.cancelled = 0
 
 
 def fault(emu: BackgroundServer, **plan: Any) -> None:

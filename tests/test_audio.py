@@ -274,3 +274,21 @@ def test_a_client_leaving_mid_upload_aborts_the_upstream_request(gateway, openai
     assert openai_emulator.state.requests == []  # the upstream never saw a whole request
     assert not [r for r in caplog.records if "internal error" in r.getMessage()]
     assert client(gateway).audio.transcriptions.create(model="whisper", file=("a.wav", speech_wav("ok"))).text == "ok"
+
+
+def test_a_client_leaving_after_its_upload_cancels_the_upstream_transcription(gateway, openai_emulator):
+    from relaygate.testing.base import FaultPlan
+
+    openai_emulator.state.faults = FaultPlan(latency_ms=5000, count=1)
+    body = multipart([("model", b"whisper", None), ("file", speech_wav("slow"), "a.wav")])
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as s:
+        s.sendall(b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
+                  b"boundary=XyZ\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        deadline = time.monotonic() + 5
+        while not openai_emulator.state.requests and time.monotonic() < deadline:
+            time.sleep(0.01)  # the whole upload reached the upstream, which now takes its time
+    deadline = time.monotonic() + 3
+    while openai_emulator.state.cancelled == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert openai_emulator.state.cancelled == 1 and openai_emulator.state.in_flight == 0
+

@@ -225,6 +225,46 @@ def test_client_disconnect_cancels_the_upstream_stream(gw: GatewayThread,
     assert openai_emulator.state.cancelled == 1 and openai_emulator.state.in_flight == 0
 
 
+def leave_while_upstream_works(gw: GatewayThread, upstream: BackgroundServer, request: bytes) -> None:
+    """Send ``request`` on a raw socket, wait until the upstream works on it, then close the socket."""
+    with socket.create_connection(("127.0.0.1", gw.port)) as s:
+        s.sendall(request)
+        deadline = time.monotonic() + 5
+        while upstream.state.in_flight == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert upstream.state.in_flight == 1
+
+
+def raw_post(path: str, body: bytes, content_type: str = "application/json") -> bytes:
+    return (f"POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: {content_type}\r\n"
+            f"content-length: {len(body)}\r\n\r\n").encode() + body
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_client_disconnect_cancels_the_upstream_call_before_its_answer(
+        openai_emulator: BackgroundServer, start_gateway: Callable[..., GatewayThread], stream: bool) -> None:
+    """A whole answer (or a stream's first byte) that the upstream takes long to produce: the client leaves,
+    the upstream request is cancelled at once, and the call is logged as the client's going (499)."""
+    from relaygate.testing.base import FaultPlan
+    from tests.test_requestlog import gateway_rows
+
+    gw = start_gateway({"models": [openai_model("mini", openai_emulator)]})
+    openai_emulator.state.faults = FaultPlan(latency_ms=5000, count=1)
+    body = json.dumps({"model": "mini", "messages": MESSAGES, "stream": stream}).encode()
+    started = time.monotonic()
+    leave_while_upstream_works(gw, openai_emulator, raw_post("/v1/chat/completions", body))
+    deadline = time.monotonic() + 3
+    while openai_emulator.state.cancelled == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert openai_emulator.state.cancelled == 1 and openai_emulator.state.in_flight == 0
+    assert time.monotonic() - started < 3  # long before the upstream would have answered
+    [row] = gateway_rows(gw)
+    assert (row["status"], row["error"], row["stream"]) == (499, "client_closed", stream)
+    # the gateway goes on serving
+    assert openai.OpenAI(base_url=gw.base_url, api_key="k", max_retries=0).chat.completions.create(
+        model="mini", messages=MESSAGES).choices
+
+
 # ---- bad input: always an OpenAI-format error with the right status, never a 500 ----------------------
 
 @pytest.fixture

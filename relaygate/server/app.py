@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import importlib
 import logging
@@ -11,6 +12,7 @@ from typing import Any
 from relaygate.config import Config
 from relaygate.core.errors import GatewayError, MethodNotAllowed, NotFound
 from relaygate.gateway import Gateway
+from relaygate.server.disconnect import Watchers
 from relaygate.server.http import (
     ClientGone,
     Receive,
@@ -93,6 +95,7 @@ class App:
         self.config = config
         self.routes = routes or default_routes()
         self.ids = RequestIds()
+        self.watchers = Watchers()  # clients of calls in flight, watched for a disconnect once a call lasts
         self.gateway: Gateway | None = None
         # a server process (not a test process) moves what is alive after start-up out of the collector's
         # way: modules, config, pools never become garbage, and scanning them cost ~15-25 µs per request
@@ -105,9 +108,10 @@ class App:
             await self.lifespan(receive, send)
 
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        req = Request(scope, receive, self.ids)
+        req = Request(scope, receive, self.ids, self.watchers)
         gw = self.gateway
         matched = False
+        resp: Response | StreamResponse | None = None
         try:
             if gw is None:
                 raise GatewayError("the gateway is starting", status=503, code="not_ready")
@@ -120,6 +124,9 @@ class App:
                 self._audit_refused(req, e)
         except ClientGone:
             return
+        except asyncio.CancelledError:
+            if not req.client_left:
+                raise  # cancelled from outside (shutdown): not ours to swallow
         except Exception as e:
             log.exception("internal error on %s %s (request %s)", req.method, req.path, req.id)
             err = GatewayError(f"internal error in the gateway; see its log for request {req.id}",
@@ -127,6 +134,15 @@ class App:
             resp = error_response(err)
             if matched and not getattr(e, "audited", False):
                 self._audit_refused(req, err)
+        finally:
+            req.stop_watching()
+        if req.client_left:  # the client left while the call was in flight: the upstream request was cancelled
+            if req.task is not None:
+                req.task.uncancel()
+            if resp is not None and resp.reply is not None:  # the call finished anyway: its bookkeeping runs
+                resp.reply.finish(ClientGone())
+            return
+        assert resp is not None
         try:
             await resp.send(send, receive, req.id)
         except OSError:  # the client went away while we answered

@@ -14,6 +14,7 @@ import orjson
 
 from relaygate.core.call import Reply
 from relaygate.core.errors import BadRequest, GatewayError, PayloadTooLarge
+from relaygate.server.disconnect import DisconnectWatch, Watchers
 
 log = logging.getLogger("relaygate")
 
@@ -39,9 +40,10 @@ class RequestIds:
 class Request:
     """One HTTP request: headers are read once into a dict of lower-case names."""
 
-    __slots__ = ("scope", "receive", "headers", "id", "params", "_body", "started")
+    __slots__ = ("scope", "receive", "headers", "id", "params", "_body", "started", "task", "_watchers", "_watch",
+                 "_waiting")
 
-    def __init__(self, scope: Scope, receive: Receive, ids: RequestIds) -> None:
+    def __init__(self, scope: Scope, receive: Receive, ids: RequestIds, watchers: Watchers | None = None) -> None:
         self.scope = scope
         self.receive = receive
         self.headers: dict[str, str] = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
@@ -50,6 +52,10 @@ class Request:
         self.params: dict[str, str] = {}
         self._body: bytes | None = None
         self.started = time.monotonic()
+        self.task = asyncio.current_task()  # the task answering: a client that leaves cancels it
+        self._watchers = watchers
+        self._watch: DisconnectWatch | None = None
+        self._waiting = False  # among the calls in flight that ``_watchers`` may come to watch
 
     @property
     def method(self) -> str:
@@ -90,13 +96,39 @@ class Request:
             if msg["type"] == "http.disconnect":
                 raise ClientGone()
             chunk = msg.get("body", b"")
+            more = msg.get("more_body", False)
+            if not more and self._watchers is not None and self.task is not None:
+                # nothing reads the client again until the answer goes out: it is watched meanwhile if the
+                # call lasts (from here: a reader may stop at the last chunk, as the multipart parser does)
+                self._waiting = True
+                self._watchers.add(self)
             if chunk:
                 size += len(chunk)
                 if size > limit:
                     raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
                 yield chunk
-            if not msg.get("more_body", False):
+            if not more:
                 break
+
+    def watch(self) -> None:
+        """Watch the client from now on (``Watchers`` calls this once the call lasted)."""
+        assert self.task is not None
+        self._waiting = False
+        self._watch = DisconnectWatch(self.receive, self.task)
+
+    @property
+    def client_left(self) -> bool:
+        """True once the client disconnected after sending its body (the answering task was cancelled)."""
+        return self._watch is not None and self._watch.gone
+
+    def stop_watching(self) -> None:
+        """Stop watching for a disconnect: the answer is going out (a stream watches on its own)."""
+        if self._waiting:
+            self._waiting = False
+            assert self._watchers is not None
+            self._watchers.discard(self)
+        elif self._watch is not None:
+            self._watch.close()
 
     async def json(self, limit: int) -> Any:
         raw = await self.body(limit)

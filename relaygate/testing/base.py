@@ -248,7 +248,9 @@ class BackgroundServer:
         self._loop = loop
         asyncio.set_event_loop(loop)
         try:
-            self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=0.5)
+            # handler_cancellation: a handler still working when its client leaves is cancelled (and counted
+            # in ``cancelled``), as a real server stops work nobody waits for
+            self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=0.5, handler_cancellation=True)
             loop.run_until_complete(self._runner.setup())
             site = web.TCPSite(self._runner, self.host, self.port, backlog=1024, reuse_address=True)
             loop.run_until_complete(site.start())

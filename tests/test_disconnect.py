@@ -1,0 +1,89 @@
+"""Watching for a client that leaves while its call is in flight: what is watched, when, and what a watch does."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from relaygate.server.disconnect import TICK, DisconnectWatch, Watchers
+
+
+class Cycle:
+    """What a request's ``receive`` does in uvicorn: wait for an event set by new data or a lost connection."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.disconnected = False
+        self.receives = 0
+
+    async def receive(self) -> dict[str, Any]:
+        self.receives += 1
+        if not self.disconnected:
+            await self.event.wait()
+            self.event.clear()
+        return {"type": "http.disconnect"} if self.disconnected else {"type": "http.request", "body": b""}
+
+    def lose(self) -> None:
+        self.disconnected = True
+        self.event.set()
+
+
+class Call:
+    def __init__(self) -> None:
+        self.watched = 0
+
+    def watch(self) -> None:
+        self.watched += 1
+
+
+def test_only_calls_that_outlast_a_tick_are_watched() -> None:
+    async def run() -> None:
+        watchers = Watchers()
+        fast, slow = Call(), Call()
+        watchers.add(fast)
+        watchers.add(slow)
+        watchers.discard(fast)  # answered at once: never watched
+        await asyncio.sleep(TICK * 2.5)
+        assert (fast.watched, slow.watched) == (0, 1)
+        later = Call()
+        watchers.add(later)  # the timer stopped with nothing left; a new call starts it again
+        await asyncio.sleep(TICK * 2.5)
+        assert later.watched == 1
+        watchers.discard(later)  # already watched: nothing to do
+
+    asyncio.run(run())
+
+
+def test_a_watch_cancels_the_task_when_the_client_leaves() -> None:
+    async def run() -> None:
+        cycle = Cycle()
+        task = asyncio.current_task()
+        assert task is not None
+        watch = DisconnectWatch(cycle.receive, task)
+        cycle.event.set()  # a late empty body message: not a disconnect
+        await asyncio.sleep(0)
+        assert not watch.gone and cycle.receives == 2
+        cycle.lose()
+        try:
+            await asyncio.sleep(1)
+        except asyncio.CancelledError:
+            assert watch.gone
+            task.uncancel()
+        else:
+            raise AssertionError("the task was not cancelled")
+
+    asyncio.run(run())
+
+
+def test_a_closed_watch_never_cancels() -> None:
+    async def run() -> None:
+        cycle = Cycle()
+        task = asyncio.current_task()
+        assert task is not None
+        watch = DisconnectWatch(cycle.receive, task)
+        cycle.lose()  # its callback is queued already…
+        watch.close()  # …and the answer went out before it ran
+        await asyncio.sleep(0.05)
+        assert not watch.gone and not cycle.event._waiters  # type: ignore[attr-defined]  # none left behind
+
+    asyncio.run(run())

@@ -102,6 +102,19 @@ def build_deployments(config: Config, session: aiohttp.ClientSession,
     return models
 
 
+async def start_deployments(config: Config, models: dict[str, list[Deployment]]) -> None:
+    """Let every provider get ready (credentials that need I/O), at once; their problems become ConfigErrors."""
+    deps = [(f"models[{mi}].deployments[{di}]", d) for mi, m in enumerate(config.models)
+            for di, d in enumerate(models.get(m.name, ()))]
+    results = await asyncio.gather(*(d.provider.start() for _, d in deps), return_exceptions=True)
+    errors = [f"{path}: {r}" for (path, _), r in zip(deps, results, strict=True) if isinstance(r, ValueError)]
+    if errors:
+        raise ConfigError(errors)
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
+
+
 class Gateway:
     """Holds the config and everything built from it; ``handle`` runs a call through the pipeline."""
 
@@ -192,7 +205,9 @@ class Gateway:
         return gw
 
     async def start(self) -> None:
-        """Migrate the database, start the log writer, sync the config's keys, start the health checks."""
+        """Let the providers get ready (credentials), migrate the database, start the log writer, sync the
+        config's keys, start the health checks."""
+        await start_deployments(self.config, self.table.models)
         if self.db is not None:
             version = await asyncio.to_thread(self.db.migrate)
             log.info("database ready (%s, schema version %d)", self.db.dialect, version)

@@ -36,6 +36,14 @@ class Call:
         self.watched += 1
 
 
+def watched() -> tuple[Cycle, asyncio.Task[Any], DisconnectWatch]:
+    """A request cycle and a watch of it on behalf of the current task."""
+    cycle = Cycle()
+    task = asyncio.current_task()
+    assert task is not None
+    return cycle, task, DisconnectWatch(cycle.receive, task)
+
+
 def test_only_calls_that_outlast_a_tick_are_watched() -> None:
     async def run() -> None:
         watchers = Watchers()
@@ -56,10 +64,7 @@ def test_only_calls_that_outlast_a_tick_are_watched() -> None:
 
 def test_a_watch_cancels_the_task_when_the_client_leaves() -> None:
     async def run() -> None:
-        cycle = Cycle()
-        task = asyncio.current_task()
-        assert task is not None
-        watch = DisconnectWatch(cycle.receive, task)
+        cycle, task, watch = watched()
         cycle.event.set()  # a late empty body message: not a disconnect
         await asyncio.sleep(0)
         assert not watch.gone and cycle.receives == 2
@@ -77,10 +82,7 @@ def test_a_watch_cancels_the_task_when_the_client_leaves() -> None:
 
 def test_a_closed_watch_never_cancels() -> None:
     async def run() -> None:
-        cycle = Cycle()
-        task = asyncio.current_task()
-        assert task is not None
-        watch = DisconnectWatch(cycle.receive, task)
+        cycle, _, watch = watched()
         cycle.lose()  # its callback is queued already…
         watch.close()  # …and the answer went out before it ran
         await asyncio.sleep(0.05)

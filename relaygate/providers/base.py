@@ -78,6 +78,10 @@ class Provider:
         """The answer to a route this provider does not serve."""
         raise Unsupported(f"provider {self.kind!r} {_CANNOT[call.route]}", param="model")
 
+    async def start(self) -> None:
+        """Get ready before the gateway serves (what needs I/O: credentials); a ValueError is a config error."""
+        return None
+
     async def probe(self, deadline: float) -> None:
         """A cheap health check, done by ``deadline`` (monotonic); raise a GatewayError when the upstream is
         not usable."""

@@ -1,6 +1,6 @@
 """An emulator of AWS Bedrock Runtime (Converse, ConverseStream, InvokeModel for Titan text embeddings, CountTokens) and
 Bedrock Agent Runtime (InvokeAgent), on one port, with the endpoints that hand out temporary credentials
-(container credentials at ``/_aws/container-credentials``, STS AssumeRoleWithWebIdentity at ``/``, IMDSv2
+(container credentials at ``/_aws/container-credentials``, STS AssumeRoleWithWebIdentity and AssumeRole at ``/``, IMDSv2
 under ``/latest/``).
 boto3/botocore pointed at it parse every answer.
 
@@ -28,6 +28,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qs
 from xml.sax.saxutils import escape
 
 import orjson
@@ -132,8 +133,8 @@ _AUTH = re.compile(r"^AWS4-HMAC-SHA256 Credential=([^/,\s]+)/(\d{8})/([^/]+)/([^
                    r"SignedHeaders=([a-z0-9;\-]+),\s*Signature=([0-9a-f]{64})$")
 
 
-def verify_signature(request: web.Request, body: bytes, opts: BedrockEmulatorOptions) -> None:
-    """Raise AwsFailure unless the request is signed (SigV4, service bedrock) with known credentials, or
+def verify_signature(request: web.Request, body: bytes, opts: BedrockEmulatorOptions, service: str = "bedrock") -> None:
+    """Raise AwsFailure unless the request is signed (SigV4, for ``service``) with known credentials, or
     carries a known Bedrock API key (Bedrock Runtime only)."""
     auth = request.headers.get("authorization", "")
     if not auth:
@@ -147,15 +148,15 @@ def verify_signature(request: web.Request, body: bytes, opts: BedrockEmulatorOpt
     if m is None:
         raise AwsFailure("IncompleteSignatureException", "Authorization header requires 'Credential', "
                          "'Signature' and 'SignedHeaders' parameters.", 403)
-    access_key, date, region, service, signed_list, signature = m.groups()
+    access_key, date, region, signed_service, signed_list, signature = m.groups()
     secret = opts.credentials.get(access_key)
     token = request.headers.get("x-amz-security-token")
     if secret is None or token != opts.session_tokens.get(access_key):
         raise AwsFailure("UnrecognizedClientException", "The security token included in the request is invalid.",
                          403)
-    if service != "bedrock" or (opts.region is not None and region != opts.region):
+    if signed_service != service or (opts.region is not None and region != opts.region):
         raise AwsFailure("InvalidSignatureException", f"Credential should be scoped to a valid region and to "
-                         f"the service 'bedrock', not '{region}/{service}'.", 403)
+                         f"the service '{service}', not '{region}/{signed_service}'.", 403)
     stamp = request.headers.get("x-amz-date", "")
     try:
         signed_at = calendar.timegm(time.strptime(stamp, "%Y%m%dT%H%M%SZ"))
@@ -569,27 +570,42 @@ def create_app(options: BedrockEmulatorOptions | None = None, state: EmulatorSta
         return json_response({**issue("ASIACONTAINER"), "RoleArn": "arn:aws:iam::000000000000:role/emulated"})
 
     async def sts(request: web.Request) -> web.Response:
-        """STS AssumeRoleWithWebIdentity (query protocol, XML answers), at AWS_ENDPOINT_URL_STS."""
-        form = await request.post()
+        """STS (query protocol, XML answers), at AWS_ENDPOINT_URL_STS: AssumeRoleWithWebIdentity (unsigned, the
+        token is the proof), AssumeRole (signed for sts by credentials this emulator knows)."""
+        raw = await request.read()
         request.app[STATE_KEY].remember(request, b"")
+        form = {k: v[-1] for k, v in parse_qs(raw.decode("utf-8", "replace")).items()}
         ns = "https://sts.amazonaws.com/doc/2011-06-15/"
-        if form.get("Action") != "AssumeRoleWithWebIdentity" or form.get("WebIdentityToken") != opts.web_identity_token:
-            body = (f'<ErrorResponse xmlns="{ns}"><Error><Type>Sender</Type><Code>InvalidIdentityToken</Code>'
-                    "<Message>The web identity token is not valid.</Message></Error>"
+        action = form.get("Action")
+
+        def error(code: str, message: str, status: int) -> web.Response:
+            body = (f'<ErrorResponse xmlns="{ns}"><Error><Type>Sender</Type><Code>{code}</Code>'
+                    f"<Message>{escape(message)}</Message></Error>"
                     "<RequestId>00000000-0000-0000-0000-000000000000</RequestId></ErrorResponse>")
-            return web.Response(text=body, status=400, content_type="text/xml")
-        role = form.get("RoleArn")
-        role = escape(role) if isinstance(role, str) else ""
-        c = issue("ASIAWEBIDENTITY")
+            return web.Response(text=body, status=status, content_type="text/xml")
+
+        if action == "AssumeRole":
+            try:
+                verify_signature(request, raw, opts, "sts")
+            except AwsFailure as e:
+                return error("SignatureDoesNotMatch" if "Signature" in e.error_type else "InvalidClientTokenId",
+                             e.message, 403)
+            c, extra = issue("ASIAASSUMEDROLE"), ""
+        elif action == "AssumeRoleWithWebIdentity" and form.get("WebIdentityToken") == opts.web_identity_token:
+            c, extra = issue("ASIAWEBIDENTITY"), "<SubjectFromWebIdentityToken>system:serviceaccount:emulated" \
+                "</SubjectFromWebIdentityToken>"
+        elif action == "AssumeRoleWithWebIdentity":
+            return error("InvalidIdentityToken", "The web identity token is not valid.", 400)
+        else:
+            return error("InvalidAction", f"Could not find operation {action} for version 2011-06-15", 400)
+        role = escape(form.get("RoleArn", ""))
         creds = "".join(f"<{k}>{v}</{k}>" for k, v in (("AccessKeyId", c["AccessKeyId"]),
                         ("SecretAccessKey", c["SecretAccessKey"]), ("SessionToken", c["Token"]),
                         ("Expiration", c["Expiration"])))
-        body = (f'<AssumeRoleWithWebIdentityResponse xmlns="{ns}"><AssumeRoleWithWebIdentityResult>'
-                f"<Credentials>{creds}</Credentials><SubjectFromWebIdentityToken>system:serviceaccount:emulated"
-                f"</SubjectFromWebIdentityToken><AssumedRoleUser><Arn>{role}/session</Arn>"
-                "<AssumedRoleId>AROAEMULATED:session</AssumedRoleId></AssumedRoleUser>"
-                "</AssumeRoleWithWebIdentityResult><ResponseMetadata><RequestId>"
-                f"{uuid.uuid4()}</RequestId></ResponseMetadata></AssumeRoleWithWebIdentityResponse>")
+        body = (f'<{action}Response xmlns="{ns}"><{action}Result>'
+                f"<Credentials>{creds}</Credentials>{extra}<AssumedRoleUser><Arn>{role}/session</Arn>"
+                f"<AssumedRoleId>AROAEMULATED:session</AssumedRoleId></AssumedRoleUser></{action}Result>"
+                f"<ResponseMetadata><RequestId>{uuid.uuid4()}</RequestId></ResponseMetadata></{action}Response>")
         return web.Response(text=body, content_type="text/xml")
 
     async def imds_token(request: web.Request) -> web.Response:

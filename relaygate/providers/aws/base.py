@@ -28,13 +28,7 @@ from relaygate.core.errors import (
     from_status,
     says_context_too_long,
 )
-from relaygate.providers.aws.credentials import (
-    CredentialSource,
-    container_source,
-    instance_source,
-    profile_source,
-    web_identity_source,
-)
+from relaygate.providers.aws.credentials import BotocoreSource, CredentialSource
 from relaygate.providers.aws.eventstream import EventMessage, EventStreamDecoder, EventStreamError
 from relaygate.providers.aws.sigv4 import AwsCredentials, SigV4Signer
 from relaygate.providers.base import Provider, error_json, retry_after_seconds
@@ -50,10 +44,8 @@ _ARN = re.compile(r"\barn:aws[a-z-]*:[^\s\"',]+")
 _ACCOUNT = re.compile(r"\b\d{12}\b")
 
 
-def credential_source(config: AwsFields, env: Mapping[str, str], region: str) -> CredentialSource:
-    """The deployment's keys, else the standard AWS environment: access keys, a web identity (EKS service
-    accounts), a shared credentials profile, container credentials (ECS task roles, EKS Pod Identity), the EC2
-    instance role."""
+def credential_source(config: AwsFields, region: str) -> CredentialSource:
+    """The deployment's keys, else botocore's credential chain (see ``credentials``)."""
     key_id = config.aws_access_key_id.get_secret_value() if config.aws_access_key_id else None
     secret = config.aws_secret_access_key.get_secret_value() if config.aws_secret_access_key else None
     token = config.aws_session_token.get_secret_value() if config.aws_session_token else None
@@ -61,16 +53,9 @@ def credential_source(config: AwsFields, env: Mapping[str, str], region: str) ->
         if not key_id or not secret:
             raise ValueError("aws_access_key_id and aws_secret_access_key must be given together")
         return CredentialSource(AwsCredentials(key_id, secret, token))
-    key_id, secret = env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY")
-    if key_id and secret:
-        return CredentialSource(AwsCredentials(key_id, secret, token or env.get("AWS_SESSION_TOKEN") or None))
-    source = (web_identity_source(env, region) or profile_source(env) or container_source(env)
-              or instance_source(env))  # botocore's order
-    if source is None:
-        raise ValueError("AWS credentials missing: set aws_access_key_id and aws_secret_access_key (or api_key, "
-                         "a Bedrock API key), or the AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY environment "
-                         "variables, or run with a web identity, container credentials or an EC2 instance role")
-    return source
+    if token is not None:
+        raise ValueError("aws_session_token goes with aws_access_key_id and aws_secret_access_key")
+    return BotocoreSource(region)
 
 
 def bearer_token(config: BedrockDeployment, env: Mapping[str, str]) -> str | None:
@@ -138,13 +123,17 @@ class AwsProvider(Provider):
             self._headers["authorization"] = "Bearer " + self.bearer
             self._secrets.append(self.bearer)
         else:
-            self.credentials = credential_source(self.config, env, region)
+            self.credentials = credential_source(self.config, region)
         self._static_secrets = list(self._secrets)
+
+    async def start(self) -> None:
+        if self.credentials is not None:
+            await self.credentials.start()
 
     async def _signer(self) -> SigV4Signer:
         """The signer for the current credentials (temporary ones are renewed before they expire)."""
         assert self.credentials is not None
-        creds = await self.credentials.get(self.session)
+        creds = await self.credentials.get()
         signer = self.signer
         if signer is None or signer.credentials is not creds:
             signer = self.signer = SigV4Signer(creds, self.region, SIGNING_SERVICE)

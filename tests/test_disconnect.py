@@ -47,17 +47,25 @@ def watched() -> tuple[Cycle, asyncio.Task[Any], DisconnectWatch]:
 def test_only_calls_that_outlast_a_tick_are_watched() -> None:
     async def run() -> None:
         watchers = Watchers()
+
+        def came(call: Call) -> None:  # what a request does once its body is read
+            watchers.waiting[call] = watchers.tick
+            if watchers.timer is None:
+                watchers.start()
+
         fast, slow = Call(), Call()
-        watchers.add(fast)
-        watchers.add(slow)
-        watchers.discard(fast)  # answered at once: never watched
-        await asyncio.sleep(TICK * 2.5)
+        came(fast)
+        came(slow)
+        del watchers.waiting[fast]  # answered at once: never watched
+        await asyncio.sleep(TICK * 1.5)
+        assert slow.watched == 0  # it may have come just before that tick
+        await asyncio.sleep(TICK)
         assert (fast.watched, slow.watched) == (0, 1)
+        assert watchers.timer is None  # nothing waits: no timer runs
         later = Call()
-        watchers.add(later)  # the timer stopped with nothing left; a new call starts it again
+        came(later)  # a new call starts it again
         await asyncio.sleep(TICK * 2.5)
-        assert later.watched == 1
-        watchers.discard(later)  # already watched: nothing to do
+        assert later.watched == 1 and not watchers.waiting
 
     asyncio.run(run())
 

@@ -135,8 +135,8 @@ class App:
             if matched and not getattr(e, "audited", False):
                 self._audit_refused(req, err)
         finally:
-            req.stop_watching()
-        if req.client_left:  # the client left while the call was in flight: the upstream request was cancelled
+            left = req.stop_watching()
+        if left:  # the client left while the call was in flight: the upstream request was cancelled
             if req.task is not None:
                 req.task.uncancel()
             if resp is not None and resp.reply is not None:  # the call finished anyway: its bookkeeping runs

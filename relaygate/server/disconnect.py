@@ -2,8 +2,8 @@
 answer goes out, nothing reads the ASGI ``receive`` channel, so without this the upstream would work on for
 nobody (uvicorn's ``send`` drops the answer silently). A streamed answer watches on its own while it streams.
 
-A call is watched only once it lasted a tick: most calls a gateway answers fast never pay for a watch (two
-dict operations each), and one timer per server, not one per call, arms the watches of the calls that last.
+A call is watched only once it lasted a tick: most calls a gateway answers fast never pay for a watch (a dict
+store and a pop each), and one timer per server, not one per call, arms the watches of the calls that last.
 A watch steps one ``receive()`` coroutine by hand from the done-callbacks of the futures it awaits, as a Task
 would, without a Task's scheduling and the extra step to cancel it (callgrind, per watched call: ~18k
 instructions; a watcher task: ~38k).
@@ -68,27 +68,27 @@ class Watched(Protocol):
 
 
 class Watchers:
-    """The calls in flight of one server that are not watched yet; at each tick, those that were already
-    there at the previous tick start being watched."""
+    """The calls in flight of one server that are not watched yet, each with the tick it came in: at each tick,
+    those that came before the previous one start being watched. A call adds itself to ``waiting`` and takes
+    itself out (one dict store, one pop: on every call, so not even a method call)."""
 
-    __slots__ = ("_young", "_old", "_timer")
+    __slots__ = ("waiting", "tick", "timer")
 
     def __init__(self) -> None:
-        self._young: dict[Watched, None] = {}  # came since the last tick
-        self._old: dict[Watched, None] = {}  # were there at the last tick
-        self._timer: asyncio.TimerHandle | None = None
+        self.waiting: dict[Watched, int] = {}
+        self.tick = 0
+        self.timer: asyncio.TimerHandle | None = None
 
-    def add(self, call: Watched) -> None:
-        self._young[call] = None
-        if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(TICK, self._tick)
-
-    def discard(self, call: Watched) -> None:
-        if self._young.pop(call, self) is self:
-            self._old.pop(call, None)
+    def start(self) -> None:
+        """Start ticking (a call came while no timer ran); the timer stops when no call waits."""
+        self.timer = asyncio.get_running_loop().call_later(TICK, self._tick)
 
     def _tick(self) -> None:
-        lasting, self._old, self._young = self._old, self._young, {}
-        self._timer = asyncio.get_running_loop().call_later(TICK, self._tick) if self._old else None
+        self.tick += 1
+        before = self.tick - 1
+        lasting = [call for call, came in self.waiting.items() if came < before]
+        for call in lasting:
+            del self.waiting[call]
+        self.timer = asyncio.get_running_loop().call_later(TICK, self._tick) if self.waiting else None
         for call in lasting:
             call.watch()

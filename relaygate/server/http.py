@@ -40,8 +40,7 @@ class RequestIds:
 class Request:
     """One HTTP request: headers are read once into a dict of lower-case names."""
 
-    __slots__ = ("scope", "receive", "headers", "id", "params", "_body", "started", "task", "_watchers", "_watch",
-                 "_waiting")
+    __slots__ = ("scope", "receive", "headers", "id", "params", "_body", "started", "task", "_watchers", "_watch")
 
     def __init__(self, scope: Scope, receive: Receive, ids: RequestIds, watchers: Watchers | None = None) -> None:
         self.scope = scope
@@ -55,7 +54,6 @@ class Request:
         self.task = asyncio.current_task()  # the task answering: a client that leaves cancels it
         self._watchers = watchers
         self._watch: DisconnectWatch | None = None
-        self._waiting = False  # among the calls in flight that ``_watchers`` may come to watch
 
     @property
     def method(self) -> str:
@@ -97,11 +95,12 @@ class Request:
                 raise ClientGone()
             chunk = msg.get("body", b"")
             more = msg.get("more_body", False)
-            if not more and self._watchers is not None and self.task is not None:
+            if not more and (watchers := self._watchers) is not None and self.task is not None:
                 # nothing reads the client again until the answer goes out: it is watched meanwhile if the
                 # call lasts (from here: a reader may stop at the last chunk, as the multipart parser does)
-                self._waiting = True
-                self._watchers.add(self)
+                watchers.waiting[self] = watchers.tick
+                if watchers.timer is None:
+                    watchers.start()
             if chunk:
                 size += len(chunk)
                 if size > limit:
@@ -113,7 +112,6 @@ class Request:
     def watch(self) -> None:
         """Watch the client from now on (``Watchers`` calls this once the call lasted)."""
         assert self.task is not None
-        self._waiting = False
         self._watch = DisconnectWatch(self.receive, self.task)
 
     @property
@@ -121,14 +119,16 @@ class Request:
         """True once the client disconnected after sending its body (the answering task was cancelled)."""
         return self._watch is not None and self._watch.gone
 
-    def stop_watching(self) -> None:
-        """Stop watching for a disconnect: the answer is going out (a stream watches on its own)."""
-        if self._waiting:
-            self._waiting = False
-            assert self._watchers is not None
-            self._watchers.discard(self)
-        elif self._watch is not None:
-            self._watch.close()
+    def stop_watching(self) -> bool:
+        """Stop watching for a disconnect, as the answer goes out (a stream watches on its own); True when the
+        client had left (the answering task was cancelled)."""
+        watch = self._watch
+        if watch is not None:
+            watch.close()
+            return watch.gone
+        if self._watchers is not None:
+            self._watchers.waiting.pop(self, None)
+        return False
 
     async def json(self, limit: int) -> Any:
         raw = await self.body(limit)

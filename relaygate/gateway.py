@@ -102,6 +102,19 @@ def build_deployments(config: Config, session: aiohttp.ClientSession,
     return models
 
 
+def check_deployments(config: Config) -> None:
+    """Build every deployment's provider once (no I/O), for the ConfigErrors that ``check-config`` reports."""
+
+    async def build() -> None:
+        session = new_session()
+        try:
+            build_deployments(config, session, Breakers())
+        finally:
+            await session.close()
+
+    asyncio.run(build())
+
+
 async def start_deployments(config: Config, models: dict[str, list[Deployment]]) -> None:
     """Let every provider get ready (credentials that need I/O), at once; their problems become ConfigErrors."""
     deps = [(f"models[{mi}].deployments[{di}]", d) for mi, m in enumerate(config.models)

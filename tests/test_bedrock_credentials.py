@@ -311,19 +311,9 @@ def test_keys_in_the_config_need_no_botocore_and_other_sources_say_they_do(
 
 
 def parse_and_build(config: dict[str, Any]) -> None:
-    from relaygate.gateway import build_deployments, new_session
-    from relaygate.routing.breaker import Breakers
+    from relaygate.gateway import check_deployments
 
-    cfg = parse_config(config, {})
-
-    async def build() -> None:
-        session = new_session()
-        try:
-            build_deployments(cfg, session, Breakers())
-        finally:
-            await session.close()
-
-    asyncio.run(build())
+    check_deployments(parse_config(config, {}))
 
 
 def test_session_token_is_sent_and_checked(start_gateway: Callable[..., GatewayThread]) -> None:

@@ -130,10 +130,10 @@ def test_vertex_service_account_tokens_are_fetched_and_renewed_before_expiry(
 
 def _build(deployment: dict[str, Any]) -> None:
     """Build the providers of a one-deployment config, as ``relaygate check-config`` does."""
-    from relaygate.cli.main import _check_providers
     from relaygate.config import parse_config
+    from relaygate.gateway import check_deployments
 
-    _check_providers(parse_config({"models": [{"name": "v", "deployments": [deployment]}]}, {}))
+    check_deployments(parse_config({"models": [{"name": "v", "deployments": [deployment]}]}, {}))
 
 
 def test_vertex_credentials_file_that_cannot_be_read_is_a_config_error(tmp_path: Any) -> None:

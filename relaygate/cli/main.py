@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from relaygate.config import Config, ConfigError, load_config
+from relaygate.config import ConfigError, load_config
 
 EMULATORS = ("openai", "cohere", "gemini", "anthropic", "bedrock")
 
@@ -45,9 +45,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def check_config(path: str) -> int:
+    from relaygate.gateway import check_deployments
+
     try:
         cfg = load_config(path)
-        _check_providers(cfg)
+        check_deployments(cfg)
     except ConfigError as e:
         print(f"{path}: {len(e.errors)} error(s)", file=sys.stderr)
         for err in e.errors:
@@ -57,30 +59,15 @@ def check_config(path: str) -> int:
     return 0
 
 
-def _check_providers(cfg: Config) -> None:
-    import asyncio
-
-    from relaygate.gateway import build_deployments, new_session
-    from relaygate.routing.breaker import Breakers
-
-    async def build() -> None:
-        session = new_session()
-        try:
-            build_deployments(cfg, session, Breakers())
-        finally:
-            await session.close()
-
-    asyncio.run(build())
-
-
 def serve_gateway(config_path: str | None, host: str | None, port: int | None) -> int:
     import uvicorn
 
+    from relaygate.gateway import check_deployments
     from relaygate.server.app import App, uvicorn_config
 
     try:
         cfg = load_config(config_path)
-        _check_providers(cfg)
+        check_deployments(cfg)
     except ConfigError as e:
         print(str(e), file=sys.stderr)
         return 1

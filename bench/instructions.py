@@ -48,7 +48,8 @@ DEFAULT_VARIANTS = ["nolog=relaygate-nolog.yaml", "relaygate=relaygate.yaml", "f
 async def load(url: str, n: int, clients: int) -> None:
     """``n`` chat requests from ``clients`` keep-alive clients; every answer must be a 200."""
     body = (BENCH_DIR / "requests" / "chat.json").read_bytes()
-    headers = {"content-type": "application/json", "authorization": "Bearer sk-bench"}
+    headers = {"content-type": "application/json",
+               "authorization": "Bearer sk-bench-5f0c2a9e71d43b86a1e07c9d2f4b6e38"}  # the full variants' key
     left = n
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
         async def client() -> None:

@@ -124,7 +124,8 @@ async def run(url: str, body: bytes, conns: int, duration: float, expect_done: b
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     request = (
         f"POST {parts.path or '/'} HTTP/1.1\r\nHost: {host}:{port}\r\n"
-        f"Content-Type: application/json\r\nAuthorization: Bearer sk-bench\r\n"
+        f"Content-Type: application/json\r\n"
+        f"Authorization: Bearer sk-bench-5f0c2a9e71d43b86a1e07c9d2f4b6e38\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
     loop = asyncio.get_running_loop()

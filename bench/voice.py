@@ -84,7 +84,8 @@ def upload_memory(ctx: Ctx, target: Target) -> dict[str, float]:
         with open(body, "rb") as f:
             conn.request("POST", url.path, body=f, headers={
                 "Content-Type": f"multipart/form-data; boundary={BOUNDARY}",
-                "Content-Length": str(body.stat().st_size), "Authorization": "Bearer sk-bench"})
+                "Content-Length": str(body.stat().st_size),
+                "Authorization": "Bearer sk-bench-5f0c2a9e71d43b86a1e07c9d2f4b6e38"})
             resp = conn.getresponse()
             resp.read()
         times.append(time.perf_counter() - t0)

@@ -194,7 +194,7 @@ class Gateway:
             from relaygate.limits.layer import LimitLayer
 
             assert self.limiter is not None
-            handler = AuthLayer(LimitLayer(handler, self.limiter, self.pricing), self.auth)
+            handler = AuthLayer(LimitLayer(handler, self.limiter, self.pricing), self.auth, self.table)
         if self.writer is not None:
             from relaygate.requestlog.audit import AuditLayer
 

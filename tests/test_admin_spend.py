@@ -12,6 +12,8 @@ from tests.conftest import openai_model
 from tests.test_keys import MASTER, Admin
 from tests.test_requestlog import gateway_rows
 
+CFG_KEY = "sk-from-config-9c1e5b7a3d0f4e82b6a1c9d7e3f05b2a"  # a declared key must be long and look random
+
 
 def call(gw: Any, key: str, model: str = "m", text: str = "hello") -> int:
     r = requests.post(gw.base_url + "/chat/completions", json={"model": model, "messages": [
@@ -91,10 +93,10 @@ def test_keys_declared_in_the_config_work_with_their_limits(openai_emulator, sta
 
     def cfg(rpm: int) -> dict[str, Any]:
         return {"models": [openai_model("m", openai_emulator)], "database": db,
-                "auth": {"master_key": MASTER, "keys": [{"id": "ci", "key": "sk-from-config-1234", "rpm": rpm}]}}
+                "auth": {"master_key": MASTER, "keys": [{"id": "ci", "key": CFG_KEY, "rpm": rpm}]}}
 
     gw = start_gateway(cfg(2))
-    assert [call(gw, "sk-from-config-1234") for _ in range(3)] == [200, 200, 429]
+    assert [call(gw, CFG_KEY) for _ in range(3)] == [200, 200, 429]
     listed = Admin(gw)("GET", "/keys").json()["data"]
     assert [(k["id"], k["rpm"]) for k in listed] == [("cfg_ci", 2)]
     gw.stop()

@@ -40,7 +40,7 @@ def state(request) -> dict[str, Any]:  # type: ignore[no-untyped-def]
 
 
 def gateway(start_gateway: Any, emulator: Any, state: dict[str, Any], **auth: Any) -> Any:
-    return start_gateway({"models": [openai_model("m", emulator)], "state": state,
+    return start_gateway({"models": [openai_model("m", emulator), openai_model("other", emulator)], "state": state,
                           "auth": {"master_key": MASTER, **auth}})
 
 

@@ -306,15 +306,19 @@ def test_a_request_refused_before_the_pipeline_still_gets_one_row(openai_emulato
     assert "not valid JSON" in rows[0]["error_message"]
 
 
-def test_a_refused_request_names_a_key_the_instance_knows(openai_emulator, start_gateway) -> None:
+def test_a_refused_request_names_its_key_and_one_without_a_key_is_refused_for_that(openai_emulator,
+                                                                                     start_gateway) -> None:
+    """The key is checked before the body is read: a bad body with a key is that key's 400, the same body
+    without a key is a 401 (its row has no key and no model)."""
+    app_key = "sk-app-3b9d1f7e5c0a4e26b8d1f3a7c9e05d4b"
     gw = start_gateway({"models": [openai_model("m", openai_emulator)],
-                        "auth": {"master_key": "rg-master-for-tests", "keys": [{"id": "app", "key": "sk-app-1"}]}})
+                        "auth": {"master_key": "rg-master-for-tests", "keys": [{"id": "app", "key": app_key}]}})
     url = gw.base_url + "/chat/completions"
     ok = requests.post(url, json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
-                       headers={"authorization": "Bearer sk-app-1"})
+                       headers={"authorization": f"Bearer {app_key}"})
     assert ok.status_code == 200
-    bad = requests.post(url, data=b"[", headers={"authorization": "Bearer sk-app-1"})
+    bad = requests.post(url, data=b"[", headers={"authorization": f"Bearer {app_key}"})
     anonymous = requests.post(url, data=b"[")
-    assert bad.status_code == anonymous.status_code == 400
+    assert (bad.status_code, anonymous.status_code) == (400, 401)
     rows = gateway_rows(gw, expected=3)
-    assert [(r["key_id"], r["status"]) for r in rows] == [("cfg_app", 200), ("cfg_app", 400), (None, 400)]
+    assert [(r["key_id"], r["status"]) for r in rows] == [("cfg_app", 200), ("cfg_app", 400), (None, 401)]

@@ -6,7 +6,7 @@ function init(args)
   wrk.body = f:read("*a")
   f:close()
   wrk.headers["Content-Type"] = "application/json"
-  wrk.headers["Authorization"] = "Bearer sk-bench"
+  wrk.headers["Authorization"] = "Bearer sk-bench-5f0c2a9e71d43b86a1e07c9d2f4b6e38"
 end
 
 function done(summary, latency, requests)

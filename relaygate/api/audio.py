@@ -53,6 +53,7 @@ def check_form_field(name: str, value: str) -> None:
 
 
 async def _upload(gw: Gateway, req: Request, route: Route) -> Response | StreamResponse:
+    key = await caller(gw.auth, req.headers)
     boundary = boundary_of(req.headers.get("content-type", ""))
     upload = AudioUpload(FormReader(req.stream(gw.config.server.max_audio_bytes), boundary), check_form_field)
     try:
@@ -65,7 +66,7 @@ async def _upload(gw: Gateway, req: Request, route: Route) -> Response | StreamR
         provider = upload.value("provider")  # gateway-only: the upload never forwards it
         body: dict[str, Any] = {n: v for n, v in upload.fields if n != "provider"}
         call = Call(id=req.id, route=route, model=model, body=body, stream=body.get("stream") == "true",
-                    headers=req.headers, client_ip=req.client_ip, provider=provider, upload=upload,
+                    headers=req.headers, client_ip=req.client_ip, provider=provider, upload=upload, key=key,
                     deadline=time.monotonic() + gw.config.server.request_timeout)
         reply = await gw.handle(call)
     except BaseException:
@@ -109,11 +110,12 @@ def validate_speech(body: dict[str, Any]) -> None:
 
 
 async def speech(gw: Gateway, req: Request) -> Response | StreamResponse:
+    key = await caller(gw.auth, req.headers)
     body = object_body(await req.json(gw.config.server.max_body_bytes))
     provider = pop_provider(body)
     validate_speech(body)
     call = Call(id=req.id, route=Route.SPEECH, model=body["model"], body=body, stream=True, headers=req.headers,
-                client_ip=req.client_ip, provider=provider,
+                client_ip=req.client_ip, provider=provider, key=key,
                 deadline=time.monotonic() + gw.config.server.request_timeout)
     return respond_stream(call, await gw.handle(call))
 

@@ -6,11 +6,13 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from relaygate.api.common import check, object_body, pop_provider, require, respond
+from relaygate.auth.authenticator import caller
 from relaygate.core.call import Call, Route
 from relaygate.core.errors import BadRequest
 from relaygate.server.http import Request, Response, StreamResponse
 
 if TYPE_CHECKING:
+    from relaygate.auth.keys import Principal
     from relaygate.gateway import Gateway
 
 
@@ -40,22 +42,24 @@ def validate_chat(body: dict[str, Any]) -> None:
     check(body, "max_completion_tokens", int, "an integer")
 
 
-def chat_call(gw: Gateway, req: Request, body: dict[str, Any], route: Route = Route.CHAT) -> Call:
+def chat_call(gw: Gateway, req: Request, body: dict[str, Any], key: Principal | None,
+              route: Route = Route.CHAT) -> Call:
     provider = pop_provider(body)
     validate_chat(body)
     stream = bool(body.get("stream"))
     opts = body.get("stream_options")
     return Call(
         id=req.id, route=route, model=body["model"], body=body, stream=stream, headers=req.headers,
-        client_ip=req.client_ip, provider=provider,
+        client_ip=req.client_ip, provider=provider, key=key,
         wants_usage=bool(stream and isinstance(opts, dict) and opts.get("include_usage")),
         deadline=time.monotonic() + gw.config.server.request_timeout,
     )
 
 
 async def chat_completions(gw: Gateway, req: Request) -> Response | StreamResponse:
+    key = await caller(gw.auth, req.headers)  # before the body: no key, no parsing
     body = object_body(await req.json(gw.config.server.max_body_bytes))
-    call = chat_call(gw, req, body)
+    call = chat_call(gw, req, body, key)
     reply = await gw.handle(call)
     return respond(call, reply)
 

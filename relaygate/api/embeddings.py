@@ -6,6 +6,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from relaygate.api.common import check, object_body, pop_provider, require, respond
+from relaygate.auth.authenticator import caller
 from relaygate.core.call import Call, Route
 from relaygate.core.errors import BadRequest
 from relaygate.server.http import Request, Response, StreamResponse
@@ -63,11 +64,12 @@ def validate_embeddings(body: dict[str, Any]) -> None:
 
 
 async def embeddings(gw: Gateway, req: Request) -> Response | StreamResponse:
+    key = await caller(gw.auth, req.headers)
     body = object_body(await req.json(gw.config.server.max_body_bytes))
     provider = pop_provider(body)
     validate_embeddings(body)
     call = Call(id=req.id, route=Route.EMBEDDINGS, model=body["model"], body=body, headers=req.headers,
-                client_ip=req.client_ip, provider=provider,
+                client_ip=req.client_ip, provider=provider, key=key,
                 deadline=time.monotonic() + gw.config.server.request_timeout)
     return respond(call, await gw.handle(call))
 

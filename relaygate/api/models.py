@@ -31,9 +31,8 @@ async def get_model(gw: Gateway, req: Request) -> Response:
     name = req.params["rest"]
     key = await caller(gw.auth, req.headers)
     if name not in gw.table.models or name == "*" or (key is not None and not key.allows_model(name)):
-        known = ", ".join(gw.table.names()) or "none"
-        err = ModelNotFound(f"The model {name!r} does not exist on this gateway. Available models: {known}.",
-                            param="model")
+        err = ModelNotFound(f"The model {name!r} does not exist on this gateway. "
+                            f"Available models: {gw.table.listed(key)}.", param="model")
         if "anthropic-version" in req.headers:
             from relaygate.api.anthropic.messages import anthropic_error
 

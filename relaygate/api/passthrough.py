@@ -13,6 +13,7 @@ import time
 from typing import TYPE_CHECKING
 
 from relaygate.api.common import respond_stream
+from relaygate.auth.authenticator import caller
 from relaygate.core.call import Call, Route
 from relaygate.core.errors import BadRequest, NotFound
 from relaygate.server.http import Request, Response, StreamResponse
@@ -46,6 +47,7 @@ def _has_body(req: Request) -> bool:
 
 
 async def passthrough(gw: Gateway, req: Request) -> Response | StreamResponse:
+    key = await caller(gw.auth, req.headers)
     family, target = upstream_target(req)
     model = gw.config.passthrough.model_for(family)
     if model is None:
@@ -56,7 +58,7 @@ async def passthrough(gw: Gateway, req: Request) -> Response | StreamResponse:
     headers = {k: req.headers[k] for k in FORWARDED_HEADERS if k in req.headers}
     fwd = ForwardedRequest(req.method, target, headers, StreamedBody(req.stream(limit)) if _has_body(req) else None)
     call = Call(id=req.id, route=Route.PASSTHROUGH, model=model, body={}, stream=True, headers=req.headers,
-                client_ip=req.client_ip, forward=fwd, deadline=time.monotonic() + server.request_timeout)
+                client_ip=req.client_ip, forward=fwd, key=key, deadline=time.monotonic() + server.request_timeout)
     return respond_stream(call, await gw.handle(call))
 
 

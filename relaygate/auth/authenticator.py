@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from relaygate.auth.keys import MASTER, Principal, hash_secret
 from relaygate.core.call import Call, Handler, Reply
 from relaygate.core.errors import AuthError, PermissionDenied, Unavailable
+from relaygate.routing.router import WILDCARD, ModelTable
 
 log = logging.getLogger("relaygate")
 
@@ -132,27 +133,35 @@ class Authenticator:
 
 
 class AuthLayer:
-    """Sets ``call.key`` from the presented key; refuses unknown keys and models the key may not use."""
+    """Refuses a model the caller's key may not use, compared after the model was resolved: the names checked
+    are the names routed (the client-facing model, and for a ``*`` wildcard the model sent upstream), never a
+    string that is transformed later. The API handlers authenticate before they read a body (``call.key``);
+    a call that arrives without its caller is authenticated here."""
 
-    def __init__(self, next_handler: Handler, auth: Authenticator) -> None:
+    def __init__(self, next_handler: Handler, auth: Authenticator, table: ModelTable) -> None:
         self.next = next_handler
         self.auth = auth
+        self.table = table
 
     async def __call__(self, call: Call) -> Reply:
-        secret = presented_key(call.headers)
-        principal = self.auth.quick(secret)  # a cached key: no await
+        principal = call.key
         if principal is None:
-            principal = await self.auth.authenticate(secret)
-        call.key = principal
-        if principal.restricts_models and not principal.allows_model(call.model):
-            raise PermissionDenied(f"This key may not use the model {call.model!r}.", param="model",
-                                   code="model_not_allowed")
+            principal = call.key = await self.auth.authenticate(presented_key(call.headers))
+        # resolved here, once, before the limits (which price the resolved model); the router takes them
+        deps = call.deployments = self.table.resolve(call)
+        if principal.restricts_models:
+            name = deps[0].model_name
+            upstream = tuple({d.upstream_model(call.model) for d in deps}) if name == WILDCARD else ()
+            if not principal.allows_model(name, upstream):
+                raise PermissionDenied(f"This key may not use the model {call.model!r}.", param="model",
+                                       code="model_not_allowed")
         return await self.next(call)
 
 
 async def caller(auth: Authenticator | None, headers: dict[str, str]) -> Principal | None:
-    """The authenticated caller of a route outside the pipeline (model and provider lists); None when the
-    gateway is open (no master key)."""
+    """The authenticated caller of a data-plane route, asked before anything of its body is read (a request
+    without a valid key is a 401 whatever it carries); None when the gateway is open (no master key)."""
     if auth is None:
         return None
-    return await auth.authenticate(presented_key(headers))
+    secret = presented_key(headers)
+    return auth.quick(secret) or await auth.authenticate(secret)

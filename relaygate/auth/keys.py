@@ -21,6 +21,9 @@ from relaygate.store import tables
 
 KEY_PREFIX = "rg-"
 SHOWN = 10  # characters of a secret shown again after creation ("rg-" + 7)
+# of a key declared in the config (named by its id anyway): fewer, so that the part nobody was shown keeps
+# nearly all of the strength auth.strength asks of it
+DECLARED_SHOWN = 4
 PERIODS = ("day", "month", "total")
 MAX_INT = 2**31 - 1  # limits are 32-bit integer columns
 MAX_USD = 9e9  # budgets are 64-bit nano-dollars
@@ -31,7 +34,8 @@ def new_secret() -> str:
 
 
 def hash_secret(secret: str) -> str:
-    """sha256 of the secret: keys are 256-bit random, so a fast hash is as good as a slow one here."""
+    """sha256 of the secret, unsalted: generated keys are 256 random bits and declared ones must pass
+    auth.strength, so no guess list reaches them and a slow hash would only slow every lookup down."""
     return hashlib.sha256(secret.encode("utf-8", "surrogateescape")).hexdigest()
 
 
@@ -98,10 +102,13 @@ class Principal:
         self.wants_cost = any(s.limits.budget_nano is not None for s in self.limited)
         self.restricts_models = any(s.limits.models is not None for s in self.scopes)
 
-    def allows_model(self, model: str) -> bool:
+    def allows_model(self, name: str, upstream: tuple[str, ...] = ()) -> bool:
+        """Whether every scope that lists models lists ``name``, a model name as the router resolved it
+        (compared exactly: never a string transformed later). For a ``*`` wildcard, a scope that does not
+        list ``*`` may instead list every model name the call sends upstream (``upstream``)."""
         for s in self.scopes:
             allowed = s.limits.models
-            if allowed is not None and model not in allowed and model.split("/", 1)[-1] not in allowed:
+            if allowed is not None and name not in allowed and not (upstream and all(u in allowed for u in upstream)):
                 return False
         return True
 
@@ -366,7 +373,7 @@ def sync_config_keys(engine: Engine, keys: list[Any]) -> None:
                                 "metadata": kc.metadata}
         secret = kc.key.get_secret_value()
         now = time.time()
-        values = {**parse_fields(body, partial=False), "hash": hash_secret(secret), "prefix": secret[:SHOWN],
+        values = {**parse_fields(body, partial=False), "hash": hash_secret(secret), "prefix": secret[:DECLARED_SHOWN],
                   "updated_at": now, "revoked_at": None, "expires_at": None}
         key_id = "cfg_" + kc.id
         for attempt in range(3):  # several instances may start at once: the loser of an insert race updates

@@ -182,9 +182,12 @@ class KeyConfig(Strict):
 
     @field_validator("key")
     @classmethod
-    def _long_enough(cls, v: SecretStr) -> SecretStr:
-        if len(v.get_secret_value()) < 8:
-            raise ValueError("a key must have at least 8 characters")
+    def _strong_enough(cls, v: SecretStr) -> SecretStr:
+        from relaygate.auth.strength import weakness
+
+        problem = weakness(v.get_secret_value())
+        if problem:
+            raise ValueError(problem)
         return v
 
 

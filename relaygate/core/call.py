@@ -82,7 +82,10 @@ class Call:
     wants_usage: bool = False  # the client asked for stream_options.include_usage
     started: float = field(default_factory=time.monotonic)
     deadline: float = 0.0  # monotonic time by which the call must finish
-    key: Principal | None = None  # the authenticated caller, set by the auth layer (None: an open gateway)
+    key: Principal | None = None  # the authenticated caller (None: an open gateway)
+    # the model's deployments once resolved: the auth layer resolves them to check the key against the names
+    # the router will use, and the router takes them from here
+    deployments: list[Deployment] | None = None
     attempts: int = 0
     deployment: Deployment | None = None  # the deployment that served (or last tried) the call
     tried: list[str] = field(default_factory=list)  # deployment names attempted, in order

@@ -6,6 +6,7 @@ import re
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import quote
 
 import aiohttp
 import orjson
@@ -13,7 +14,7 @@ from yarl import URL
 
 from relaygate.config import DeploymentBase
 from relaygate.core.call import Call, Handler, Reply, Route
-from relaygate.core.errors import GatewayError, Unavailable, Unsupported, UpstreamTimeout
+from relaygate.core.errors import BadRequest, GatewayError, Unavailable, Unsupported, UpstreamTimeout
 from relaygate.server.upload import ClientBody
 
 if TYPE_CHECKING:
@@ -179,6 +180,25 @@ class Provider:
             return b""
         finally:
             resp.release()
+
+
+MAX_MODEL_NAME = 256
+_NOT_IN_A_NAME = re.compile(r"[/\\\x00-\x1f\x7f-\x9f]")  # separators and control characters
+
+
+def model_segment(model: str, safe: str = "") -> str:
+    """A model name as one URL path segment, percent-encoded (but for the characters in ``safe``).
+
+    Every provider that puts a model into a URL path builds it here. Through a ``*`` wildcard the name is the
+    client's: a ``/`` or ``\\`` would add segments, and ``.`` or ``..`` would be normalised away by the HTTP
+    client, sending the deployment's credentials to another path of its host. Those are a 400 naming
+    ``model``, never a URL.
+    """
+    if not model or model in (".", "..") or len(model) > MAX_MODEL_NAME or _NOT_IN_A_NAME.search(model):
+        raise BadRequest(f"{model[:80]!r} is not a model name this deployment can put into its URL (no '/', "
+                         "'\\', control characters or '.'/'..' segments, at most "
+                         f"{MAX_MODEL_NAME} characters)", param="model", code="invalid_model")
+    return quote(model, safe=safe)
 
 
 async def open_body(resp: aiohttp.ClientResponse, kind: str, *, require_bytes: bool = False) -> AsyncIterator[bytes]:

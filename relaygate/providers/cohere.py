@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, ClassVar
-from urllib.parse import quote
 
 import aiohttp
 import orjson
@@ -29,7 +28,7 @@ from relaygate.core.errors import (
     from_status,
     says_context_too_long,
 )
-from relaygate.providers.base import Provider, error_json, iter_sse, retry_after_seconds
+from relaygate.providers.base import Provider, error_json, iter_sse, model_segment, retry_after_seconds
 from relaygate.providers.batching import embed_in_batches, needs_batches
 from relaygate.providers.openai_format import (
     ADJUSTED_HEADER,
@@ -89,7 +88,7 @@ class CohereProvider(Provider):
         model = self.config.model
         if model == "*":
             return
-        resp = await self.request(deadline, "GET", f"{self.base}/v1/models/{quote(model, safe='')}",
+        resp = await self.request(deadline, "GET", f"{self.base}/v1/models/{model_segment(model)}",
                                   headers=self._headers)
         if resp.status >= 400:
             raise await self.upstream_error(resp)

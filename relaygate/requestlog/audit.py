@@ -15,7 +15,7 @@ import orjson
 from relaygate.auth.authenticator import Authenticator, presented_key
 from relaygate.config import RequestLogConfig
 from relaygate.core.call import Call, Handler, Reply, Route
-from relaygate.core.errors import GatewayError
+from relaygate.core.errors import AuthError, GatewayError
 from relaygate.requestlog.redact import Redactor
 from relaygate.requestlog.writer import RequestLogWriter
 from relaygate.server.http import ClientGone, Request
@@ -24,6 +24,11 @@ from relaygate.store import tables
 log = logging.getLogger("relaygate.requestlog")
 
 CLIENT_CLOSED = 499  # nginx's status for "the client went away before the answer was complete"
+# Requests refused for their key get a row each, but a flood of them must not become a flood of rows
+# (disk and writer time an unauthenticated client could spend at will): a token bucket per gateway lets
+# through a burst, then a steady trickle; the rows left out are counted into the next row written.
+REFUSED_KEY_ROWS_PER_SECOND = 2.0
+REFUSED_KEY_ROWS_BURST = 60.0
 
 
 # The order of the values in a row: the request log table's columns.
@@ -62,6 +67,10 @@ class AuditLayer:
         self._uid_prefix = os.urandom(8).hex()
         self._uid_next = itertools.count()
         self._day: tuple[float, float, str] = (0.0, 0.0, "")  # [start, end) of the cached UTC day string
+        self._refused_tokens = REFUSED_KEY_ROWS_BURST
+        self._refused_at = time.monotonic()
+        self._refused_skipped = 0  # rows of refused keys left out since the last one written
+        self._refused_warned = 0.0
 
     async def __call__(self, call: Call) -> Reply:
         try:
@@ -110,6 +119,13 @@ class AuditLayer:
         """The row of a request refused before it reached the pipeline (a body that is not JSON, a missing
         field, a body over the size limit): no model and no deployment, the request path as its route,
         and the caller's key when it is a key this instance already knows."""
+        if isinstance(error, AuthError):
+            if not self._refused_key_row():
+                return
+            if self._refused_skipped:
+                error = AuthError(f"{error.message} ({self._refused_skipped} more requests refused for their key "
+                                  "were not logged one by one)", code=error.code)
+                self._refused_skipped = 0
         key = None
         if auth is not None:
             try:
@@ -121,6 +137,23 @@ class AuditLayer:
         call = Call(id=request.id, route=Route.CHAT, model="", body={}, headers=request.headers,
                     client_ip=request.client_ip, started=request.started, key=key)
         self.record(call, None, error, route=(path[4:] if path.startswith("/v1/") else path)[:40])
+
+    def _refused_key_row(self) -> bool:
+        """Whether a request refused for its key gets its row (the token bucket), counting those that do not."""
+        now = time.monotonic()
+        refill = (now - self._refused_at) * REFUSED_KEY_ROWS_PER_SECOND
+        tokens = min(REFUSED_KEY_ROWS_BURST, self._refused_tokens + refill)
+        self._refused_at = now
+        if tokens >= 1.0:
+            self._refused_tokens = tokens - 1.0
+            return True
+        self._refused_tokens = tokens
+        self._refused_skipped += 1
+        if now - self._refused_warned >= 60.0:
+            self._refused_warned = now
+            log.warning("request log: requests refused for their key arrive faster than %.0f a second; "
+                        "the rows over that are counted, not written", REFUSED_KEY_ROWS_PER_SECOND)
+        return False
 
     def day(self, now: float) -> str:
         start, end, text = self._day

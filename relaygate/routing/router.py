@@ -13,6 +13,7 @@ import asyncio
 import random
 import time
 from collections.abc import AsyncIterator, Iterable
+from typing import TYPE_CHECKING
 
 from relaygate.config import Config, ModelConfig
 from relaygate.core.call import Call, Reply, Route
@@ -31,6 +32,9 @@ from relaygate.routing.retry import RetryPolicy
 from relaygate.routing.strategies import PriceFn, Strategy, new_strategy
 from relaygate.routing.voices import narrow_by_voice, voices_of
 
+if TYPE_CHECKING:
+    from relaygate.auth.keys import Principal
+
 WILDCARD = "*"
 
 
@@ -43,6 +47,10 @@ class ModelTable:
 
     def names(self) -> list[str]:
         return [n for n in self.models if n != WILDCARD]
+
+    def listed(self, key: Principal | None) -> str:
+        """The model names an error may show a caller: those its key may use (all on an open gateway)."""
+        return ", ".join(n for n in self.names() if key is None or key.allows_model(n)) or "none"
 
     def resolve(self, call: Call) -> list[Deployment]:
         """The deployments that may serve the call (respecting an explicit provider)."""
@@ -61,9 +69,8 @@ class ModelTable:
         if deps is None:
             deps = self.models.get(WILDCARD)
         if deps is None:
-            known = ", ".join(self.names()) or "none"
             raise ModelNotFound(f"The model {call.model!r} does not exist on this gateway. "
-                                f"Available models: {known}.", param="model")
+                                f"Available models: {self.listed(call.key)}.", param="model")
         if provider:
             deps = [d for d in deps if d.provider_type == provider]
             if not deps:
@@ -109,7 +116,7 @@ class Router:
                        for m in config.models}
 
     async def __call__(self, call: Call) -> Reply:
-        deps = self.table.resolve(call)
+        deps = call.deployments or self.table.resolve(call)
         route = self.routes[deps[0].model_name]
         if route.voiced:
             deps = narrow_by_voice(call, deps)

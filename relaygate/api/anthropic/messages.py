@@ -25,6 +25,7 @@ from relaygate.api.anthropic.translate import (
 )
 from relaygate.api.chat import chat_call
 from relaygate.api.common import object_body, reply_headers
+from relaygate.auth.authenticator import caller
 from relaygate.core.call import Call, Reply, Route
 from relaygate.core.errors import GatewayError, Unavailable
 from relaygate.providers.anthropic.wire import error_body
@@ -47,6 +48,7 @@ async def _read(gw: Gateway, req: Request, route: Route = Route.CHAT) -> tuple[C
     """The call for the client's Anthropic request: an OpenAI chat body (for any provider) plus the
     original (for Anthropic deployments, which take it as it is); and the fields the translation left out."""
     count = route is Route.COUNT_TOKENS
+    key = await caller(gw.auth, req.headers)  # before the body: no key, no parsing
     limit = gw.config.server.max_body_bytes
     body = object_body(await req.json(limit))
     keep_cache = b'"cache_control"' in await req.body(limit) and _understands_cache_control(gw, body)
@@ -55,7 +57,7 @@ async def _read(gw: Gateway, req: Request, route: Route = Route.CHAT) -> tuple[C
         del request["max_completion_tokens"]  # counting has no output
     if isinstance(body.get("provider"), str):
         request["provider"] = body["provider"]  # relaygate's explicit-provider field, as on /chat
-    call = chat_call(gw, req, request, route=route)
+    call = chat_call(gw, req, request, key, route=route)
     call.anthropic_request = body
     return call, dropped
 

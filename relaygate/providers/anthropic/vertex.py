@@ -11,6 +11,7 @@ from urllib.parse import quote
 from relaygate.config import VertexAnthropicDeployment
 from relaygate.providers.anthropic.provider import AnthropicProvider
 from relaygate.providers.anthropic.wire import VERSION_2026, VERTEX_VERSION
+from relaygate.providers.base import model_segment
 from relaygate.providers.gemini.auth import GoogleAuth
 
 
@@ -36,7 +37,7 @@ class VertexAnthropicProvider(GoogleAuth, AnthropicProvider):
     def endpoint(self, model: str, *, count: bool, stream: bool) -> str:
         if count:
             return self.url + "/count-tokens:rawPredict"
-        return f"{self.url}/{quote(model, safe='@')}:{'streamRawPredict' if stream else 'rawPredict'}"
+        return f"{self.url}/{model_segment(model, safe='@')}:{'streamRawPredict' if stream else 'rawPredict'}"
 
     def outgoing(self, body: dict[str, Any], *, count: bool) -> dict[str, Any]:
         # the model is in the URL (count_tokens keeps it in the body, as the anthropic SDK sends it)

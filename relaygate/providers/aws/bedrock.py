@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
-from urllib.parse import quote
 
 import aiohttp
 import orjson
@@ -21,13 +20,17 @@ from relaygate.core.errors import BadRequest, Unavailable, Unsupported
 from relaygate.providers.aws.base import AwsProvider, first_event, stream_reply
 from relaygate.providers.aws.bedrock_format import StreamTranslator, from_converse, to_converse
 from relaygate.providers.aws.eventstream import EventMessage
+from relaygate.providers.base import model_segment
 from relaygate.providers.batching import embed_in_batches, needs_batches
 from relaygate.providers.openai_format import ChunkWriter, embeddings_response
 
 
 def model_path(model_id: str, action: str) -> str:
-    """``/model/{modelId}/{action}`` with the id encoded as botocore encodes a URI label."""
-    return f"/model/{quote(model_id, safe='-_.~')}/{action}"
+    """``/model/{modelId}/{action}`` with the id encoded as botocore encodes a URI label. An ARN's ``/`` is
+    part of the id (an inference profile's): encoded as %2F, never a separator, each part a name."""
+    if model_id.startswith("arn:"):
+        return f"/model/{'%2F'.join(model_segment(p) for p in model_id.split('/'))}/{action}"
+    return f"/model/{model_segment(model_id)}/{action}"
 
 
 class BedrockProvider(AwsProvider):

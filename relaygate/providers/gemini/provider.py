@@ -29,7 +29,7 @@ from relaygate.core.errors import (
     from_status,
     says_context_too_long,
 )
-from relaygate.providers.base import Provider, error_json, iter_sse, retry_after_seconds
+from relaygate.providers.base import Provider, error_json, iter_sse, model_segment, retry_after_seconds
 from relaygate.providers.batching import embed_in_batches, needs_batches
 from relaygate.providers.gemini.auth import GoogleAuth
 from relaygate.providers.gemini.format import (
@@ -88,7 +88,7 @@ class GeminiProvider(Provider):
         return {"x-goog-api-key": key}
 
     def url(self, model: str, method: str) -> str:
-        return f"{self.prefix}/models/{quote(model.removeprefix('models/'), safe='')}:{method}"
+        return f"{self.prefix}/models/{model_segment(model.removeprefix('models/'))}:{method}"
 
     def embed_request(self, model: str, text: str, options: dict[str, Any]) -> dict[str, Any]:
         """One request of a batch; ``options`` are taskType/outputDimensionality (AI Studio: at the top)."""

@@ -7,6 +7,7 @@ from urllib.parse import quote
 
 from relaygate.config import AzureDeployment
 from relaygate.core.call import Route
+from relaygate.providers.base import model_segment
 from relaygate.providers.openai.provider import OpenAIProvider
 
 DEFAULT_API_VERSION = "2024-10-21"
@@ -30,4 +31,4 @@ class AzureProvider(OpenAIProvider):
         return f"{self.base}/openai/models?api-version={quote(self.api_version)}"
 
     def url(self, path: str, model: str) -> str:
-        return f"{self.base}/openai/deployments/{quote(model, safe='')}{path}?api-version={quote(self.api_version)}"
+        return f"{self.base}/openai/deployments/{model_segment(model)}{path}?api-version={quote(self.api_version)}"

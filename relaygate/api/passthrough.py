@@ -2,7 +2,9 @@
 forwarded as they are to the upstream that ``passthrough`` in the config names.
 
 They run through the pipeline like every call (route ``passthrough``, the configured model), so keys,
-limits and logging apply. The request body streams up and the response streams down as they arrive;
+limits and logging apply, and each is priced as ``passthrough_cost`` says (a request that cannot be priced
+is refused to a caller with a budget unless ``passthrough.allow_unpriced_with_budget``). The request body
+streams up (but the small JSON bodies read to price them) and the response streams down as they arrive;
 the upstream URL comes from the config, and only the path's own checked segments are appended to it.
 """
 
@@ -10,12 +12,15 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from relaygate.api.common import respond_stream
+from relaygate.api.passthrough_cost import meter_request
 from relaygate.auth.authenticator import caller
-from relaygate.core.call import Call, Route
-from relaygate.core.errors import BadRequest, NotFound
+from relaygate.core.call import Call, Reply, Route
+from relaygate.core.errors import BadRequest, NotFound, PermissionDenied
+from relaygate.providers.openai.provider import take_usage, usage_of
 from relaygate.server.http import Request, Response, StreamResponse
 from relaygate.server.upload import ForwardedRequest, StreamedBody
 
@@ -54,12 +59,60 @@ async def passthrough(gw: Gateway, req: Request) -> Response | StreamResponse:
         raise NotFound(f"{req.method} {req.path} is not served by this gateway: no passthrough upstream is "
                        "configured for it (passthrough.model in the config)", code="unknown_route")
     server = gw.config.server
+    metered = await meter_request(req, family, target, gw.pricing.book, server.max_body_bytes)
+    if not metered.meter.priced and key is not None and key.wants_cost \
+            and not gw.config.passthrough.allow_unpriced_with_budget:
+        raise PermissionDenied(f"{req.method} {req.path} cannot be priced by this gateway, and this key (or its "
+                               "team or user) has a budget it would escape; ask the operator "
+                               "(passthrough.allow_unpriced_with_budget)", code="unpriced_request")
     limit = server.max_file_bytes if family in UPLOAD_FAMILIES else server.max_body_bytes
     headers = {k: req.headers[k] for k in FORWARDED_HEADERS if k in req.headers}
-    fwd = ForwardedRequest(req.method, target, headers, StreamedBody(req.stream(limit)) if _has_body(req) else None)
-    call = Call(id=req.id, route=Route.PASSTHROUGH, model=model, body={}, stream=True, headers=req.headers,
-                client_ip=req.client_ip, forward=fwd, key=key, deadline=time.monotonic() + server.request_timeout)
-    return respond_stream(call, await gw.handle(call))
+    body = metered.body or (StreamedBody(req.stream(limit)) if _has_body(req) else None)
+    fwd = ForwardedRequest(req.method, target, headers, body)
+    call = Call(id=req.id, route=Route.PASSTHROUGH, model=model, body=metered.parsed or {}, stream=True,
+                headers=req.headers, client_ip=req.client_ip, forward=fwd, meter=metered.meter, key=key,
+                deadline=time.monotonic() + server.request_timeout)
+    reply = await gw.handle(call)
+    if metered.meter.per_token is not None and reply.stream is not None:  # priced by the answer's usage
+        reply.stream = usage_read(reply.stream, reply, metered.hide_usage)
+    return respond_stream(call, reply)
+
+
+MAX_KEPT = 16 * 1024 * 1024  # a whole answer kept to read its usage; a longer one is charged its reservation
+
+
+async def usage_read(stream: AsyncIterator[bytes], reply: Reply, hide_usage: bool) -> AsyncIterator[bytes]:
+    """Pass an answer through, reading its usage onto ``reply``: from the usage chunk of an SSE stream
+    (dropped when only the meter asked for it), or from the whole JSON body at its end."""
+    sse = reply.media_type.startswith("text/event-stream")
+    buf = b""
+    kept: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in stream:
+            if not sse:
+                if size <= MAX_KEPT:
+                    kept.append(chunk)
+                    size += len(chunk)
+                yield chunk
+                continue
+            buf += chunk
+            end = buf.rfind(b"\n\n")
+            if end < 0:
+                continue
+            events, buf = buf[: end + 2], buf[end + 2:]
+            if b'"usage"' in events:
+                events = take_usage(events, reply, not hide_usage)
+            if events:
+                yield events
+        if buf:
+            yield buf
+        if not sse and size <= MAX_KEPT:
+            reply.usage = usage_of(b"".join(kept)) or reply.usage
+    finally:
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 ROUTES = [

@@ -43,6 +43,23 @@ class Price:
 
 FREE = Price()
 
+
+@dataclass(frozen=True, slots=True)
+class ImagePrice:
+    """USD per generated image, by quality then size; a default of None means the model picks ("auto")."""
+
+    per_image: dict[str, dict[str, float]]
+    default_quality: str | None = None
+    default_size: str | None = None
+
+    def usd(self, quality: str | None, size: str | None) -> float:
+        """One image's price. A quality or size that is "auto", unknown to the table, or unset without a
+        default is priced as the dearest the model could choose: a budget must never count low."""
+        q = self.default_quality if quality in (None, "auto") else quality
+        tables = [self.per_image[q]] if q in self.per_image else list(self.per_image.values())
+        s = self.default_size if size in (None, "auto") else size
+        return max(t[s] if s in t else max(t.values()) for t in tables)
+
 _DATE = re.compile(r"(-\d{4}-\d{2}-\d{2}|-\d{8}|@\d{8}|-latest|-preview(-\d{2}-\d{2})?|-v\d+(:\d+)?|:\d+)$")
 _REGION = re.compile(r"^(us|eu|apac|global|us-gov|jp|au|ca)\.")
 _VENDOR = re.compile(r"^(anthropic|amazon|meta|cohere|mistral|ai21)\.")
@@ -87,6 +104,11 @@ def bundled_prices() -> dict[str, Price]:
     return {name: _from_entry(e) for name, e in bundled_models().items()}
 
 
+def bundled_image_prices() -> dict[str, ImagePrice]:
+    return {name: ImagePrice(e["cost_per_image"], e.get("default_quality"), e.get("default_size"))
+            for name, e in bundled_models().items() if "cost_per_image" in e}
+
+
 def _overlay(base: Price | None, o: Any) -> Price:
     """``base`` with the fields that ``o`` (PriceConfig or DeploymentConfig) sets."""
     b = base or FREE
@@ -108,8 +130,10 @@ class PriceBook:
 
     MAX_CACHED = 4096
 
-    def __init__(self, config: Config | None = None, bundled: dict[str, Price] | None = None) -> None:
+    def __init__(self, config: Config | None = None, bundled: dict[str, Price] | None = None,
+                 images: dict[str, ImagePrice] | None = None) -> None:
         self.table = dict(bundled if bundled is not None else bundled_prices())
+        self.images = images if images is not None else bundled_image_prices()
         self._names = sorted(self.table, key=len, reverse=True)
         self._cache: dict[str, Price] = {}
         if config is not None and config.prices:
@@ -139,6 +163,11 @@ class PriceBook:
             if name.startswith(known) and name[len(known)] in "-:@":
                 return self.table[known]
         return FREE
+
+    def image_price(self, model: str) -> ImagePrice | None:
+        """The per-image price of an image model (exact, then without a date), or None when unknown."""
+        name = model.lower()
+        return self.images.get(name) or self.images.get(_DATE.sub("", name))
 
     def for_deployment(self, config: DeploymentConfig, upstream_model: str) -> Price:
         """The deployment's own per-token prices over the table's entry for its upstream model."""

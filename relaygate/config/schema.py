@@ -112,6 +112,9 @@ class PassthroughConfig(Strict):
 
     model: str | None = None  # the default for every passthrough route; unset: those routes answer 404
     routes: dict[str, str] = Field(default_factory=dict)  # per route family, e.g. {images: dall-e-upstream}
+    # a request the gateway cannot price (a batch, a realtime session, an image model without prices) from a
+    # caller with a budget (key, team or user): refused (403 unpriced_request) unless this is true
+    allow_unpriced_with_budget: bool = False
 
     @field_validator("routes")
     @classmethod

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from relaygate.auth.keys import Principal
+    from relaygate.core.pricing import Meter
     from relaygate.routing.deployment import Deployment
     from relaygate.server.multipart import AudioUpload
     from relaygate.server.upload import ForwardedRequest
@@ -91,6 +92,7 @@ class Call:
     tried: list[str] = field(default_factory=list)  # deployment names attempted, in order
     upload: AudioUpload | None = None  # transcriptions, translations: the multipart upload, streamed
     forward: ForwardedRequest | None = None  # passthrough: the client's request, forwarded as it is
+    meter: Meter | None = None  # passthrough: how the forwarded request is priced
     anthropic_request: dict[str, Any] | None = None  # /v1/messages: the client's own Messages body
     fallbacks: tuple[str, ...] = ()  # the fallback models the call moved on to, in order
     cost_nano: int | None = None  # what the call cost, once known (the limits and the log share it)

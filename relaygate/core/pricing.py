@@ -7,6 +7,7 @@ layer, the audit layer and the ``cost`` routing strategy all ask this one object
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from relaygate.core.call import Call, Reply, Route
@@ -18,6 +19,32 @@ if TYPE_CHECKING:
 NANO = 1_000_000_000  # nano-dollars per dollar
 CHAT = Route.CHAT  # bound once: on Python 3.11 an enum class attribute costs ~0.2 µs per lookup
 MAX_CACHED = 10_000  # prices remembered per (deployment, model): a wildcard deployment sees any model name
+
+
+@dataclass(slots=True)
+class Meter:
+    """How a call forwarded as it is (passthrough) is priced, decided from its request before it goes out.
+
+    A priced call costs ``fixed_nano`` (images: n × the per-image price; free routes: 0), or its usage at
+    ``per_token`` (legacy completions); ``reserve_*`` is what limits reserve before it. A call that is not
+    ``priced`` spends money the gateway cannot see (a batch, a realtime session): budgets refuse it.
+    """
+
+    priced: bool = True
+    fixed_nano: int = 0
+    per_token: Price | None = None
+    reserve_tokens: int = 0
+    reserve_nano: int = 0
+
+    def cost(self, reply: Reply | None) -> int:
+        if reply is None:  # refused or failed upstream: nothing was made
+            return 0
+        if self.per_token is None:
+            return self.fixed_nano
+        usage = reply.usage
+        if usage is None or not usage.known:  # an answer whose usage could not be read: what was reserved
+            return self.reserve_nano
+        return self.per_token.cost_nano(usage)
 
 
 class Pricing:
@@ -37,7 +64,9 @@ class Pricing:
         if cost is not None:
             return cost
         dep = call.deployment
-        if reply is None or reply.usage is None or dep is None:
+        if call.meter is not None:
+            cost = call.meter.cost(reply)
+        elif reply is None or reply.usage is None or dep is None:
             cost = 0
         else:
             key = (dep.name, call.model)
@@ -65,6 +94,9 @@ class Pricing:
 
     def estimate(self, call: Call, tokens: bool, cost: bool) -> tuple[int, int]:
         """(tokens, nano-dollars) to reserve before a call: ~4 characters a token, plus the output cap."""
+        meter = call.meter
+        if meter is not None:
+            return meter.reserve_tokens, meter.reserve_nano
         body = call.body
         chars = 0
         messages = body.get("messages")

@@ -60,6 +60,26 @@ class StreamedBody(ClientBody):
         return self.guard(self._chunks)
 
 
+class ReadBody(ClientBody):
+    """A body the gateway read whole before forwarding it (to price it): sent again on a retry."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__()
+        self.data = data
+
+    @property
+    def replayable(self) -> bool:
+        return True
+
+    @staticmethod
+    async def _once(data: bytes) -> AsyncIterator[bytes]:
+        yield data
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        self.begin()
+        return self._once(self.data)
+
+
 @dataclass(frozen=True, slots=True)
 class ForwardedRequest:
     """A request to one of OpenAI's other routes as it goes upstream: the client's method, the path below
@@ -68,4 +88,4 @@ class ForwardedRequest:
     method: str
     target: str
     headers: dict[str, str]
-    body: StreamedBody | None
+    body: StreamedBody | ReadBody | None

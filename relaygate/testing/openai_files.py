@@ -178,6 +178,10 @@ def add_passthrough_routes(app: web.Application, opts: OpenAIEmulatorOptions) ->
                      "choices": [{"index": 0, "text": w if i == 0 else " " + w, "logprobs": None,
                                   "finish_reason": "stop" if i == len(words) - 1 else None}]}
             await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+        opts = body.get("stream_options")
+        if isinstance(opts, dict) and opts.get("include_usage"):  # OpenAI's last chunk: no choices, the usage
+            await resp.write(b"data: " + orjson.dumps({"id": cid, "object": "text_completion", "created": int(
+                time.time()), "model": model, "choices": [], "usage": usage}) + b"\n\n")
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp

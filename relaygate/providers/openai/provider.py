@@ -135,7 +135,7 @@ class OpenAIProvider(Provider):
             resp.release()
         reply = Reply(status=resp.status, body=data, media_type=ctype or "application/json", headers=passed_headers(resp),
                       first_byte_at=time.monotonic())
-        reply.usage = _usage_of(data) if ctype.startswith("application/json") else Usage(known=False)
+        reply.usage = usage_of(data) if ctype.startswith("application/json") else Usage(known=False)
         return reply
 
     async def passthrough(self, call: Call) -> Reply:
@@ -177,7 +177,7 @@ class OpenAIProvider(Provider):
             resp.release()
         reply = Reply(status=resp.status, body=data, headers=passed, media_type=ctype or "application/json",
                       first_byte_at=time.monotonic())
-        reply.usage = _usage_of(data)
+        reply.usage = usage_of(data)
         return reply
 
     async def _relay(self, resp: aiohttp.ClientResponse, reply: Reply, keep_usage_chunk: bool) -> AsyncIterator[bytes]:
@@ -191,7 +191,7 @@ class OpenAIProvider(Provider):
                     continue
                 events, buf = buf[: end + 2], buf[end + 2:]
                 if b'"usage":{' in events or b'"usage": {' in events:  # not the "usage":null of each chunk
-                    events = self._take_usage(events, reply, keep_usage_chunk)
+                    events = take_usage(events, reply, keep_usage_chunk)
                     if not events:
                         continue
                 yield events
@@ -204,27 +204,6 @@ class OpenAIProvider(Provider):
         finally:
             # close, not release: if the client went away mid-stream the upstream must see it at once
             resp.close()
-
-    @staticmethod
-    def _take_usage(events: bytes, reply: Reply, keep_usage_chunk: bool) -> bytes:
-        out: list[bytes] = []
-        for ev in events.split(b"\n\n"):
-            if not ev:
-                continue
-            if b'"usage"' in ev and ev.startswith(b"data: {") and b'"usage":null' not in ev \
-                    and b'"usage": null' not in ev:
-                try:
-                    data = orjson.loads(ev[6:])
-                except orjson.JSONDecodeError:
-                    data = None
-                if isinstance(data, dict):
-                    u = Usage.from_openai(data.get("usage"))
-                    if u is not None:
-                        reply.usage = u
-                        if not keep_usage_chunk and not data.get("choices"):
-                            continue
-            out.append(ev + b"\n\n")
-        return b"".join(out)
 
     async def upstream_error(self, resp: aiohttp.ClientResponse) -> GatewayError:
         """Map an upstream error response to a gateway error, without leaking secrets or addresses."""
@@ -253,7 +232,30 @@ def passed_headers(resp: aiohttp.ClientResponse, extra: tuple[str, ...] = ()) ->
     return {k: resp.headers[k] for k in (*RATE_LIMIT_HEADERS, *extra) if k in resp.headers}
 
 
-def _usage_of(body: bytes) -> Usage | None:
+def take_usage(events: bytes, reply: Reply, keep_usage_chunk: bool) -> bytes:
+    """Whole SSE ``events`` with the usage of a usage chunk noted on ``reply``; that chunk is dropped unless
+    kept (when it carries no choices: the client did not ask for it)."""
+    out: list[bytes] = []
+    for ev in events.split(b"\n\n"):
+        if not ev:
+            continue
+        if b'"usage"' in ev and ev.startswith(b"data: {") and b'"usage":null' not in ev \
+                and b'"usage": null' not in ev:
+            try:
+                data = orjson.loads(ev[6:])
+            except orjson.JSONDecodeError:
+                data = None
+            if isinstance(data, dict):
+                u = Usage.from_openai(data.get("usage"))
+                if u is not None:
+                    reply.usage = u
+                    if not keep_usage_chunk and not data.get("choices"):
+                        continue
+        out.append(ev + b"\n\n")
+    return b"".join(out)
+
+
+def usage_of(body: bytes) -> Usage | None:
     # find "usage" without parsing big bodies twice: only parse when present
     if b'"usage"' not in body:
         return None

@@ -173,13 +173,14 @@ def test_every_strategy_name_builds_a_strategy(name: str) -> None:
 # ---- the docs ----------------------------------------------------------------------------------------------
 
 class AnyVariable(dict[str, str]):
-    """An environment where every ``${VAR}`` is set (to something that also passes as a URL)."""
+    """An environment where every ``${VAR}`` is set (to something that passes as a URL, and as a declared
+    key: long and random-looking)."""
 
     def __contains__(self, key: object) -> bool:
         return True
 
     def __getitem__(self, key: str) -> str:
-        return "http://127.0.0.1:9"
+        return "http://127.0.0.1:9/3f9a1c7e5b0d4f28a6c1e9b7d3f05a2c"
 
 
 def yaml_blocks() -> list[tuple[str, str]]:

@@ -71,6 +71,51 @@ def test_image_generations_are_charged_per_image(openai_emulator, start_gateway,
     assert row["cost_nano"] == round(usd * NANO)
 
 
+def png_file() -> bytes:
+    from relaygate.testing.openai_files import png
+
+    return png(4, 4, (255, 0, 0))
+
+
+def test_image_edits_and_variations_are_charged_the_price_their_fields_name(openai_emulator, start_gateway) -> None:
+    """Their multipart bodies stream up unread but for the fields that set the price, read on the way."""
+    gw = gateway(start_gateway, openai_emulator)
+    c = client(gw, new_key(gw, budget_usd=10))
+    edit = c.images.edit(image=("a.png", png_file(), "image/png"), prompt="bluer", model="gpt-image-1", n=2,
+                         size="1024x1024", quality="low")
+    assert len(edit.data) == 2
+    assert len(c.images.create_variation(image=("a.png", png_file(), "image/png"), n=3, size="256x256").data) == 3
+    assert [r["form"]["n"] for r in openai_emulator.state.requests] == ["2", "3"]
+    rows = gateway_rows(gw, expected=2)
+    assert [r["cost_nano"] for r in rows] == [round(2 * 0.011 * NANO), round(3 * 0.016 * NANO)]
+
+
+def test_an_image_edit_naming_its_price_after_the_image_is_still_charged_it(openai_emulator, start_gateway) -> None:
+    gw = gateway(start_gateway, openai_emulator)
+    key = new_key(gw, budget_usd=10)
+    b = "b0undary"
+    body = (f"--{b}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n"
+            "Content-Type: image/png\r\n\r\n").encode() + png_file() + (
+        f"\r\n--{b}\r\nContent-Disposition: form-data; name=\"prompt\"\r\n\r\np\r\n"
+        f"--{b}\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\ndall-e-2\r\n"
+        f"--{b}\r\nContent-Disposition: form-data; name=\"n\"\r\n\r\n4\r\n--{b}--\r\n").encode()
+    r = requests.post(gw.base_url + "/images/edits", data=body, timeout=10, headers={
+        "authorization": f"Bearer {key}", "content-type": f"multipart/form-data; boundary={b}"})
+    assert r.status_code == 200 and len(r.json()["data"]) == 4
+    [row] = gateway_rows(gw)
+    assert row["cost_nano"] == round(4 * 0.02 * NANO)  # dall-e-2 at its default size, 1024x1024
+
+
+def test_an_image_edit_reserves_the_most_it_can_cost(openai_emulator, start_gateway) -> None:
+    """Its fields are only known once the body went up: what it reserves is 10 images of the dearest model."""
+    gw = gateway(start_gateway, openai_emulator)
+    c = client(gw, new_key(gw, budget_usd=2))
+    with pytest.raises(openai.RateLimitError) as e:
+        c.images.edit(image=("a.png", png_file(), "image/png"), prompt="p", model="dall-e-2")
+    assert e.value.code == "budget_exceeded"
+    assert openai_emulator.state.requests == []
+
+
 def test_moderations_files_and_reading_batches_are_free_for_a_budgeted_key(openai_emulator, start_gateway) -> None:
     gw = gateway(start_gateway, openai_emulator)
     c = client(gw, new_key(gw, budget_usd=0.01))

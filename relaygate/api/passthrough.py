@@ -22,7 +22,7 @@ from relaygate.core.call import Call, Reply, Route
 from relaygate.core.errors import BadRequest, NotFound, PermissionDenied
 from relaygate.providers.openai.provider import take_usage, usage_of
 from relaygate.server.http import Request, Response, StreamResponse
-from relaygate.server.upload import ForwardedRequest, StreamedBody
+from relaygate.server.upload import ForwardedRequest, ReadBody, StreamedBody
 
 if TYPE_CHECKING:
     from relaygate.gateway import Gateway
@@ -67,7 +67,10 @@ async def passthrough(gw: Gateway, req: Request) -> Response | StreamResponse:
                                "(passthrough.allow_unpriced_with_budget)", code="unpriced_request")
     limit = server.max_file_bytes if family in UPLOAD_FAMILIES else server.max_body_bytes
     headers = {k: req.headers[k] for k in FORWARDED_HEADERS if k in req.headers}
-    body = metered.body or (StreamedBody(req.stream(limit)) if _has_body(req) else None)
+    body: StreamedBody | ReadBody | None = metered.body
+    if body is None and _has_body(req):
+        chunks = req.stream(limit)
+        body = StreamedBody(metered.form.tap(chunks) if metered.form is not None else chunks)
     fwd = ForwardedRequest(req.method, target, headers, body)
     call = Call(id=req.id, route=Route.PASSTHROUGH, model=model, body=metered.parsed or {}, stream=True,
                 headers=req.headers, client_ip=req.client_ip, forward=fwd, meter=metered.meter, key=key,

@@ -7,28 +7,39 @@
 - ``/v1/images/generations``: ``n`` images at the per-image price of the model, quality and size asked
   (catalog ``cost_per_image``; "auto" or unset is the dearest the model may choose); no model named: the
   dearest of the models OpenAI may pick (dall-e-2, gpt-image-1);
-- everything else (creating a batch, realtime sessions and client secrets, image edits and variations,
-  whose multipart bodies are streamed unread, and models without a price) cannot be priced here.
+- ``/v1/images/edits`` and ``/variations``: multipart uploads streamed as they arrive, their small fields
+  read on the way (``ImageForm``): the same per-image price once the body went up; what is reserved before
+  is the dearest such a request can cost (10 images of the dearest model that serves the route), and what
+  the fields do not settle (a body the tap could not read, a model without prices) is charged that much;
+- everything else (creating a batch, realtime sessions and client secrets, models without a price) cannot
+  be priced here.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
 
 from relaygate.api.common import object_body
 from relaygate.core.pricing import NANO, Meter
 from relaygate.server.upload import ReadBody
 
 if TYPE_CHECKING:
-    from relaygate.catalog.prices import PriceBook
+    from relaygate.catalog.prices import ImagePrice, PriceBook
     from relaygate.server.http import Request
 
 FREE_FAMILIES = ("moderations", "files")
 COMPLETION_MAX_TOKENS = 16  # what OpenAI's legacy completions generate when max_tokens is not given
 IMAGE_DEFAULT_MODELS = ("dall-e-2", "gpt-image-1")  # what OpenAI may use for a request naming no model
+# the models OpenAI's image uploads may use: edits (dall-e-2 unless told), variations (dall-e-2 only)
+UPLOAD_MODELS = {"edits": ("dall-e-2", "gpt-image-1", "gpt-image-1-mini"), "variations": ("dall-e-2",)}
+MAX_IMAGES = 10  # OpenAI's cap on n
+PRICE_FIELDS = ("model", "n", "size", "quality")
 
 
 @dataclass(slots=True)
@@ -39,6 +50,7 @@ class Metered:
     body: ReadBody | None = None
     parsed: dict[str, Any] | None = None
     hide_usage: bool = False  # the stream's usage chunk was asked for by the meter, not by the client
+    form: ImageForm | None = None  # an image upload: reads its price fields as it streams up
 
 
 def _count(value: Any) -> int:
@@ -80,17 +92,102 @@ def completions(book: PriceBook, body: dict[str, Any], raw: bytes) -> Metered:
     return Metered(meter, ReadBody(orjson.dumps(body) if hide else raw), body, hide)
 
 
-def image_generation(book: PriceBook, body: dict[str, Any], raw: bytes) -> Metered:
-    model = body.get("model")
-    names = (model,) if isinstance(model, str) and model else IMAGE_DEFAULT_MODELS
-    prices = [book.image_price(name) for name in names]
+def images_cost(book: PriceBook, fields: dict[str, Any], defaults: tuple[str, ...]) -> int | None:
+    """``n`` images at the price of the model, quality and size the fields name (no model: the dearest of
+    ``defaults``); None when a model has no per-image price."""
+    model = fields.get("model")
+    prices = [book.image_price(name) for name in ((model,) if isinstance(model, str) and model else defaults)]
     if any(p is None for p in prices):
-        return Metered(Meter(priced=False), ReadBody(raw), body)
-    quality, size = body.get("quality"), body.get("size")
+        return None
+    quality, size = fields.get("quality"), fields.get("size")
     each = max(p.usd(quality if isinstance(quality, str) else None, size if isinstance(size, str) else None)
                for p in prices if p is not None)
-    cost = round(_count(body.get("n")) * each * NANO)
+    n = fields.get("n")
+    if isinstance(n, str):  # a form field
+        n = int(n) if n.isdigit() else None
+    return round(_count(n) * each * NANO)
+
+
+def image_generation(book: PriceBook, body: dict[str, Any], raw: bytes) -> Metered:
+    cost = images_cost(book, body, IMAGE_DEFAULT_MODELS)
+    if cost is None:
+        return Metered(Meter(priced=False), ReadBody(raw), body)
     return Metered(Meter(fixed_nano=cost, reserve_nano=cost), ReadBody(raw), body)
+
+
+class ImageForm:
+    """Reads the fields that price an image upload (model, n, size, quality) as its multipart body streams
+    past to the upstream; files are skipped, never kept. Once the body ended, the meter's charge is the price
+    those fields name; until then (or when the body could not be read) it stays the reservation."""
+
+    def __init__(self, book: PriceBook, meter: Meter, boundary: bytes, defaults: tuple[str, ...]) -> None:
+        self.book = book
+        self.meter = meter
+        self.defaults = defaults
+        self.fields: dict[str, str] = {}
+        self._headers: list[bytes] = []  # the values of the current part's headers
+        self._header = bytearray()
+        self._name: str | None = None  # the price field being read
+        self._value = bytearray()
+        self._parser = MultipartParser(boundary, {
+            "on_header_value": self._header_value, "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished, "on_part_data": self._part_data,
+            "on_part_end": self._part_end, "on_end": self._end})
+        self._broken = False
+
+    async def tap(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        async for chunk in chunks:
+            if not self._broken:
+                try:
+                    self._parser.write(chunk)
+                except MultipartParseError:  # the upstream judges the body; it is charged the reservation
+                    self._broken = True
+            yield chunk
+
+    def _header_value(self, data: bytes, start: int, end: int) -> None:
+        self._header += data[start:end]
+
+    def _header_end(self) -> None:
+        self._headers.append(bytes(self._header))
+        self._header = bytearray()
+
+    def _headers_finished(self) -> None:
+        # the part's Content-Disposition names it; a file (it has a filename) is never a price field
+        name = None
+        for value in self._headers:
+            kind, options = parse_options_header(value)
+            if kind == b"form-data" and b"filename" not in options:
+                name = options.get(b"name", b"").decode("utf-8", "replace")
+        self._headers = []
+        self._name = name if name in PRICE_FIELDS else None
+        self._value = bytearray()
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._name is not None and len(self._value) < 256:
+            self._value += data[start:end]
+
+    def _part_end(self) -> None:
+        if self._name is not None:
+            self.fields[self._name] = self._value.decode("utf-8", "replace").strip()
+            self._name = None
+
+    def _end(self) -> None:
+        cost = images_cost(self.book, self.fields, self.defaults)
+        if cost is not None:
+            self.meter.fixed_nano = cost
+
+
+def image_upload(book: PriceBook, req: Request, kind: str) -> Metered:
+    """The meter of an image edit or variation, with the form tap that settles it as the body streams by."""
+    defaults = UPLOAD_MODELS[kind]
+    ctype, options = parse_options_header(req.headers.get("content-type", ""))
+    prices: list[ImagePrice | None] = [book.image_price(m) for m in defaults]
+    if ctype != b"multipart/form-data" or not options.get(b"boundary") or any(p is None for p in prices):
+        return Metered(Meter(priced=False))
+    dearest = max(max(max(t.values()) for t in p.per_image.values()) for p in prices if p is not None)
+    bound = round(MAX_IMAGES * dearest * NANO)
+    meter = Meter(fixed_nano=bound, reserve_nano=bound)
+    return Metered(meter, form=ImageForm(book, meter, options[b"boundary"], defaults))
 
 
 async def meter_request(req: Request, family: str, target: str, book: PriceBook, limit: int) -> Metered:
@@ -99,6 +196,8 @@ async def meter_request(req: Request, family: str, target: str, book: PriceBook,
     path = target.partition("?")[0].strip("/").split("/")
     if family in FREE_FAMILIES or (family == "batches" and not (req.method == "POST" and len(path) == 1)):
         return Metered(Meter())
+    if req.method == "POST" and len(path) == 2 and path[0] == "images" and path[1] in UPLOAD_MODELS:
+        return image_upload(book, req, path[1])
     if req.method == "POST" and path in (["completions"], ["images", "generations"]):
         body = object_body(await req.json(limit))
         raw = await req.body(limit)  # read once: the same bytes

@@ -146,6 +146,25 @@ def add_passthrough_routes(app: web.Application, opts: OpenAIEmulatorOptions) ->
         return json_response({"created": int(time.time()), "data": [{"b64_json": image, "revised_prompt": prompt}
                                                                      for _ in range(n)]})
 
+    async def image_upload(request: web.Request) -> web.StreamResponse:
+        """Edits and variations: a multipart form with one or more images; answers ``n`` PNGs."""
+        reader = await request.multipart()
+        fields: dict[str, str] = {}
+        images = 0
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader):
+                continue
+            if part.filename is not None:
+                images += len(await part.read()) > 0
+            elif part.name:
+                fields[part.name] = await part.text()
+        request.app[STATE_KEY].requests[-1]["form"] = fields
+        if not images:
+            return json_response(error_body(400, "Missing required parameter: 'image'."), 400)
+        n = int(fields["n"]) if fields.get("n", "").isdigit() else 1
+        image = base64.b64encode(png(8, 8, (0, 128, 255))).decode()
+        return json_response({"created": int(time.time()), "data": [{"b64_json": image} for _ in range(n)]})
+
     async def moderations(request: web.Request) -> web.StreamResponse:
         body = await json_of(request)
         inputs = body.get("input")
@@ -198,7 +217,8 @@ def add_passthrough_routes(app: web.Application, opts: OpenAIEmulatorOptions) ->
         ("DELETE", "/v1/files/{id}", file_op), ("GET", "/v1/files/{id}/content", file_content),
         ("POST", "/v1/batches", create_batch), ("GET", "/v1/batches", list_batches),
         ("GET", "/v1/batches/{id}", get_batch), ("POST", "/v1/batches/{id}/cancel", cancel_batch),
-        ("POST", "/v1/images/generations", images), ("POST", "/v1/moderations", moderations),
+        ("POST", "/v1/images/generations", images), ("POST", "/v1/images/edits", image_upload),
+        ("POST", "/v1/images/variations", image_upload), ("POST", "/v1/moderations", moderations),
         ("POST", "/v1/completions", completions), ("POST", "/v1/realtime/client_secrets", client_secret),
     ]:
         app.router.add_route(method, path, guarded(handler))

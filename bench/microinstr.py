@@ -25,7 +25,7 @@ CASES: dict[str, tuple[str, str]] = {  # name: (set-up, statement)
     "usage-orjson": (_ANSWER + "import orjson\nfrom relaygate.core.call import Usage\n",
                      "Usage.from_openai(orjson.loads(body).get('usage'))"),
     "usage-msgspec": (_ANSWER + "from relaygate.providers.openai.usage import usage_of\n", "usage_of(body)"),
-    "usage-today": (_ANSWER + "from relaygate.providers.openai.provider import _usage_of\n", "_usage_of(body)"),
+    "usage-today": (_ANSWER + "from relaygate.providers.openai_format import usage_of as _usage_of\n", "_usage_of(body)"),
     "orjson-loads": (_ANSWER + "import orjson\n", "orjson.loads(body)"),
     "msgspec-decode": (_ANSWER + "from relaygate.providers.openai.usage import _decode\n", "_decode(body)"),
     "usage-object": ("from relaygate.core.call import Usage\n", "Usage(prompt_tokens=1, completion_tokens=2)"),

@@ -12,8 +12,8 @@ pytest.importorskip("msgspec")
 hypothesis = pytest.importorskip("hypothesis")
 st = pytest.importorskip("hypothesis.strategies")
 
-from relaygate.providers.openai.provider import _usage_of  # noqa: E402
 from relaygate.providers.openai.usage import usage_of  # noqa: E402
+from relaygate.providers.openai_format import usage_of as _usage_of  # noqa: E402
 
 CANNED = Path(__file__).resolve().parent.parent / "bench" / "upstream" / "chat.json"
 

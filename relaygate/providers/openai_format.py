@@ -1,4 +1,5 @@
-"""Building OpenAI-format replies from other providers' answers, and reading OpenAI requests.
+"""Building OpenAI-format replies from other providers' answers, reading OpenAI requests, and reading the usage
+of OpenAI answers.
 
 Translating providers share these so that every one emits the same chunk and completion shapes.
 """
@@ -13,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from relaygate.core.call import Usage
+from relaygate.core.call import Reply, Usage
 from relaygate.core.errors import BadRequest
 
 SSE_DONE = b"data: [DONE]\n\n"
@@ -273,3 +274,44 @@ def tool_arguments(raw: Any, param: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise BadRequest("tool call arguments must be a JSON object", param=param)
     return value
+
+
+def take_usage(events: bytes, reply: Reply, keep_usage_chunk: bool) -> bytes:
+    """Whole SSE ``events`` with the usage of a usage chunk noted on ``reply``; that chunk is dropped unless
+    kept (when it carries no choices: the client did not ask for it)."""
+    out: list[bytes] = []
+    for ev in events.split(b"\n\n"):
+        if not ev:
+            continue
+        if b'"usage"' in ev and ev.startswith(b"data: {") and b'"usage":null' not in ev \
+                and b'"usage": null' not in ev:
+            try:
+                data = orjson.loads(ev[6:])
+            except orjson.JSONDecodeError:
+                data = None
+            if isinstance(data, dict):
+                u = Usage.from_openai(data.get("usage"))
+                if u is not None:
+                    reply.usage = u
+                    if not keep_usage_chunk and not data.get("choices"):
+                        continue
+        out.append(ev + b"\n\n")
+    return b"".join(out)
+
+
+def usage_of(body: bytes) -> Usage | None:
+    """The usage of a whole OpenAI answer (tokens, or a transcript's seconds); None when it names none."""
+    # find "usage" without parsing big bodies twice: only parse when present
+    if b'"usage"' not in body:
+        return None
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    u = data.get("usage")
+    if isinstance(u, dict) and u.get("type") == "duration":  # whisper-style transcripts are billed by time
+        seconds = u.get("seconds")
+        return Usage(audio_seconds=float(seconds) if isinstance(seconds, (int, float)) else 0.0)
+    return Usage.from_openai(u)

@@ -117,8 +117,9 @@ class AuditLayer:
 
     def record_refused(self, request: Request, error: BaseException, auth: Authenticator | None) -> None:
         """The row of a request refused before it reached the pipeline (a body that is not JSON, a missing
-        field, a body over the size limit): no model and no deployment, the request path as its route,
-        and the caller's key when it is a key this instance already knows."""
+        field, a body over the size limit, a missing or unknown key): no model and no deployment, the request
+        path as its route, and the caller's key when it has one. Rows of requests refused for their key go
+        through a token bucket (``REFUSED_KEY_ROWS_*``)."""
         if isinstance(error, AuthError):
             if not self._refused_key_row():
                 return

@@ -22,6 +22,7 @@ from relaygate.core.errors import (
 )
 from relaygate.providers.base import RATE_LIMIT_HEADERS, Provider, error_json, open_body, retry_after_seconds
 from relaygate.providers.batching import embed_in_batches, needs_batches
+from relaygate.providers.openai_format import take_usage, usage_of
 
 DEFAULT_BASE = "https://api.openai.com/v1"
 OPENAI_MAX_EMBEDDING_INPUTS = 2048  # OpenAI's documented cap on inputs per embeddings request
@@ -230,43 +231,3 @@ def _without_auto_language(name: str, value: str) -> bool:
 def passed_headers(resp: aiohttp.ClientResponse, extra: tuple[str, ...] = ()) -> dict[str, str]:
     """The upstream response headers a client may see: rate limits (and ``extra``)."""
     return {k: resp.headers[k] for k in (*RATE_LIMIT_HEADERS, *extra) if k in resp.headers}
-
-
-def take_usage(events: bytes, reply: Reply, keep_usage_chunk: bool) -> bytes:
-    """Whole SSE ``events`` with the usage of a usage chunk noted on ``reply``; that chunk is dropped unless
-    kept (when it carries no choices: the client did not ask for it)."""
-    out: list[bytes] = []
-    for ev in events.split(b"\n\n"):
-        if not ev:
-            continue
-        if b'"usage"' in ev and ev.startswith(b"data: {") and b'"usage":null' not in ev \
-                and b'"usage": null' not in ev:
-            try:
-                data = orjson.loads(ev[6:])
-            except orjson.JSONDecodeError:
-                data = None
-            if isinstance(data, dict):
-                u = Usage.from_openai(data.get("usage"))
-                if u is not None:
-                    reply.usage = u
-                    if not keep_usage_chunk and not data.get("choices"):
-                        continue
-        out.append(ev + b"\n\n")
-    return b"".join(out)
-
-
-def usage_of(body: bytes) -> Usage | None:
-    # find "usage" without parsing big bodies twice: only parse when present
-    if b'"usage"' not in body:
-        return None
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(data, dict):
-        return None
-    u = data.get("usage")
-    if isinstance(u, dict) and u.get("type") == "duration":  # whisper-style transcripts are billed by time
-        seconds = u.get("seconds")
-        return Usage(audio_seconds=float(seconds) if isinstance(seconds, (int, float)) else 0.0)
-    return Usage.from_openai(u)

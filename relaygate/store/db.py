@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import operator
 import os
+import socket
 import sqlite3
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import BigInteger, Engine, Integer, create_engine, event
 from sqlalchemy.engine import make_url
 
 from relaygate.store.migrations import migrate
@@ -48,9 +51,17 @@ def _skip_adapter_lookup() -> None:
 _NULL_ADAPTER: Callable[[Any], None] = {}.get  # a C callable returning None for any argument
 
 
-def create(url: str, pool_size: int = 5) -> Engine:
-    """An engine for ``url``: SQLite in WAL mode with a busy timeout, or PostgreSQL via psycopg 3."""
+def create(url: str, pool_size: int = 5, wait: float | None = None) -> Engine:
+    """An engine for ``url``: SQLite in WAL mode with a busy timeout, or PostgreSQL via psycopg 3.
+
+    ``wait`` (seconds) bounds the waits of its connections: the connect, the pool checkout, SQLite's busy
+    timeout, TCP data left unacknowledged; and leaves out the pre-ping (a ping is an unbounded wait too: a
+    dead connection fails its first statement instead). PostgreSQL statements are bounded per transaction by
+    who runs them (``BulkInsert``'s ``statement_timeout``: a startup option would be refused by a pooler in
+    transaction mode, a session setting would leak through one). A server that accepts connections but never
+    answers is bounded by none of these: see ``Interruptible``."""
     url = engine_url(url)
+    busy_ms = 30000 if wait is None else max(int(wait * 1000), 1)
     if make_url(url).get_backend_name() == "sqlite":
         _skip_adapter_lookup()
         path = sqlite_path(url)
@@ -60,19 +71,75 @@ def create(url: str, pool_size: int = 5) -> Engine:
         # back the connection it just used, whose cache holds its prepared statements (a first-in-first-out
         # pool handed it each pooled connection in turn, and each had to parse the 100-row INSERT again)
         engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=False,
-                               pool_use_lifo=True, connect_args={"timeout": 30, "check_same_thread": False})
+                               pool_use_lifo=True, pool_timeout=30 if wait is None else wait,
+                               connect_args={"timeout": busy_ms / 1000, "check_same_thread": False})
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
-            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute(f"PRAGMA busy_timeout={busy_ms}")
             cur.close()
 
         return engine
-    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
-                         pool_use_lifo=True, pool_recycle=1800, connect_args={"connect_timeout": 5})
+    if wait is None:
+        return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
+                             pool_use_lifo=True, pool_recycle=1800, connect_args={"connect_timeout": 5})
+    import psycopg
+
+    connect: dict[str, Any] = {"connect_timeout": max(math.ceil(wait), 2),  # libpq's least
+                               "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2,
+                               "keepalives_count": 3}
+    if psycopg.pq.version() >= 120000:  # a libpq that knows it
+        connect["tcp_user_timeout"] = busy_ms
+    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=False,
+                         pool_use_lifo=True, pool_recycle=1800, pool_timeout=wait, connect_args=connect)
+
+
+class Interruptible:
+    """Breaks off, from another thread, whatever the connections an engine opened are waiting for.
+
+    Timeouts cannot bound a PostgreSQL server that accepts connections but never answers (or a proxy in
+    front of one that stopped forwarding): the socket is alive and every byte is acknowledged. Shutting the
+    socket down makes the waiting call fail at once (the connection is then discarded); a SQLite connection
+    is interrupted. Register before the engine opens its first connection."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._conns: list[Any] = []
+        self._lock = threading.Lock()
+        event.listen(engine, "do_connect", self._connect)
+
+    def _connect(self, dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+        conn = dialect.connect(*cargs, **cparams)
+        with self._lock:
+            self._conns = [c for c in self._conns if _is_open(c)] + [conn]
+        return conn
+
+    def interrupt(self) -> int:
+        """Break off every open connection's wait; how many there were."""
+        with self._lock:
+            conns = [c for c in self._conns if _is_open(c)]
+        for c in conns:
+            try:
+                if isinstance(c, sqlite3.Connection):
+                    c.interrupt()
+                else:  # psycopg: the socket is shared with the waiting thread, which sees it closed
+                    with socket.socket(fileno=os.dup(c.pgconn.socket)) as sock:
+                        sock.shutdown(socket.SHUT_RDWR)
+            except Exception:  # closed meanwhile: nothing to break off
+                pass
+        return len(conns)
+
+
+def _is_open(conn: Any) -> bool:
+    if isinstance(conn, sqlite3.Connection):
+        try:
+            conn.in_transaction  # noqa: B018  # raises once the connection is closed
+        except sqlite3.ProgrammingError:
+            return False
+        return True
+    return not conn.closed
 
 
 class Database:
@@ -83,6 +150,7 @@ class Database:
         self.engine = create(url, pool_size)
         self.dialect = self.engine.dialect.name
         self._pool = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="relaygate-db")
+        self._engines: list[Engine] = []  # engines of their own (``bounded_engine``), disposed with this one
 
     def migrate(self) -> int:
         return migrate(self.engine)
@@ -91,9 +159,18 @@ class Database:
         """Run ``fn(*args)`` (blocking database code) in the database threads."""
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
+    def bounded_engine(self, wait: float) -> Engine:
+        """An engine of one connection whose every wait is bounded by ``wait`` seconds (see ``create``): for
+        the request log writer, whose connection, stuck on a database that stopped answering, then never
+        holds one of the pool the key lookups need."""
+        engine = create(self.url, 1, wait)
+        self._engines.append(engine)
+        return engine
+
     def close(self) -> None:
         self._pool.shutdown(wait=True)
-        self.engine.dispose()
+        for engine in [self.engine, *self._engines]:
+            engine.dispose()
 
 
 class BulkInsert:
@@ -112,8 +189,12 @@ class BulkInsert:
 
     SIZES = (100, 25, 5, 1)  # rows per statement: a chunk of n rows is cut into these, largest first
 
-    def __init__(self, table: Any) -> None:
+    def __init__(self, table: Any, statement_timeout: float | None = None) -> None:
         self.table = table
+        # PostgreSQL: each transaction's statement and lock timeout, set with the staging table (no round trip)
+        self._timeouts = "" if statement_timeout is None else (
+            f"SET LOCAL statement_timeout = {max(int(statement_timeout * 1000), 1)}; "
+            f"SET LOCAL lock_timeout = {max(int(statement_timeout * 1000), 1)}; ")
         self.names = [str(c.name) for c in table.c]  # plain str: orjson refuses str subclasses as keys
         self._defaults = {c.name: c.default.arg for c in table.c
                           if c.default is not None and not callable(c.default.arg)}
@@ -121,6 +202,7 @@ class BulkInsert:
         self._sql: dict[tuple[int, tuple[int, ...]], str] = {}  # (rows, columns) -> SQLite INSERT
         self._all = tuple(range(len(self.names)))
         self._oids: list[int] | None = None  # PostgreSQL type oids of the columns, for binary COPY
+        self._staging: str | None = None  # PostgreSQL: the CREATE of the per-connection staging table
 
     def _statement(self, dialect: Any, rows: int, columns: tuple[int, ...]) -> str:
         """INSERT of ``rows`` rows of the given columns (indexes into ``names``), built once."""
@@ -135,7 +217,7 @@ class BulkInsert:
                 self._sql[(rows, columns)] = sql
         return sql
 
-    def _row(self, row: tuple[Any, ...] | dict[str, Any]) -> tuple[Any, ...]:
+    def values(self, row: tuple[Any, ...] | dict[str, Any]) -> tuple[Any, ...]:
         """One row's values in column order."""
         if isinstance(row, tuple):
             return row
@@ -151,7 +233,7 @@ class BulkInsert:
 
     def __call__(self, conn: Any, rows: list[Any]) -> None:
         """Insert ``rows``, skipping those whose primary key exists (replays after a failed commit are safe)."""
-        values = [r if type(r) is tuple else self._row(r) for r in rows]
+        values = [r if type(r) is tuple else self.values(r) for r in rows]
         if conn.dialect.name == "postgresql":
             self._copy(conn, values)
             return
@@ -185,8 +267,16 @@ class BulkInsert:
         q = conn.dialect.identifier_preparer.quote
         table, staging = q(self.table.name), q(self.table.name + "_incoming")
         cols = ", ".join(q(n) for n in names)
-        conn.exec_driver_sql(f"CREATE TEMPORARY TABLE IF NOT EXISTS {staging} "
-                             f"(LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
+        if self._staging is None:
+            # the table's columns without their constraints, integers widened to BIGINT: binary COPY writes an
+            # int beyond an INTEGER column's range wrapped around (2**32 + 7 as 7); from BIGINT, the INSERT …
+            # SELECT checks the range and fails the batch for a data reason instead
+            types = [(BigInteger() if isinstance(c.type, Integer) else c.type).compile(dialect=conn.dialect)
+                     for c in self.table.c]
+            self._staging = (f"{self._timeouts}CREATE TEMPORARY TABLE IF NOT EXISTS {staging} ("
+                             + ", ".join(f"{q(n)} {t}" for n, t in zip(names, types, strict=True))
+                             + ") ON COMMIT DELETE ROWS")
+        conn.exec_driver_sql(self._staging)
         cursor = conn.connection.driver_connection.cursor()
         try:
             if self._oids is None:  # the columns' type oids, which binary COPY needs to encode each value

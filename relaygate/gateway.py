@@ -165,8 +165,11 @@ class Gateway:
 
             assert self.db is not None
             rl = config.request_log
-            self.writer = RequestLogWriter(self.db.engine, default_spool_dir(config), queue_size=rl.queue_size,
-                                           batch_size=rl.batch_size, flush_interval=rl.flush_interval)
+            # an engine of its own: a write stuck on a database that stopped answering holds no connection
+            # the key lookups need, and every wait of it is bounded by the write timeout
+            self.writer = RequestLogWriter(self.db.bounded_engine(rl.write_timeout), default_spool_dir(config),
+                                           queue_size=rl.queue_size, batch_size=rl.batch_size,
+                                           flush_interval=rl.flush_interval, write_timeout=rl.write_timeout)
 
         self.breakers = Breakers(self.redis)
         self.table = ModelTable(build_deployments(config, session, self.breakers), PROVIDER_TYPES)

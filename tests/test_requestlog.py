@@ -40,6 +40,16 @@ def gateway_rows(gw: Any, expected: int = 1) -> list[dict[str, Any]]:
     return log_rows(gw.config.database.url)
 
 
+def wait_until(predicate: Any, seconds: float) -> bool:
+    """Whether ``predicate()`` became true within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def client(gw: Any, key: str = "sk-none") -> openai.OpenAI:
     return openai.OpenAI(base_url=gw.base_url, api_key=key, max_retries=0)
 

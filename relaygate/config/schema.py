@@ -153,6 +153,9 @@ class RequestLogConfig(Strict):
     queue_size: int = Field(10000, ge=1)
     batch_size: int = Field(500, ge=1)
     flush_interval: float = Field(0.5, gt=0)  # seconds between batches at most
+    # seconds a batch's write may take (every database wait of the writer is bounded by it); past it the
+    # batch goes to the spool and the database counts as down until a retry succeeds
+    write_timeout: float = Field(2.0, gt=0)
     spool_dir: str | None = None  # where rows wait while the database is down; default: beside the DB / cwd
 
     @field_validator("redact")

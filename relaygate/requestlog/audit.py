@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import os
 import time
 from collections.abc import AsyncIterator, Callable
@@ -20,6 +21,7 @@ from relaygate.requestlog.redact import Redactor
 from relaygate.requestlog.writer import RequestLogWriter
 from relaygate.server.http import ClientGone, Request
 from relaygate.store import tables
+from relaygate.store.rows import fit_text, size
 
 log = logging.getLogger("relaygate.requestlog")
 
@@ -33,6 +35,11 @@ REFUSED_KEY_ROWS_BURST = 60.0
 
 # The order of the values in a row: the request log table's columns.
 COLUMNS: tuple[str, ...] = tuple(str(c.name) for c in tables.request_log.c)
+# The sizes of the columns whose text comes from outside (the client, an upstream): those values are fitted
+# here, as the row is built (the writer fits whole rows only where the database refuses one, or from the spool)
+_REQUEST_ID = size(tables.request_log.c.request_id)
+_MODEL = size(tables.request_log.c.model)
+_ROUTE = size(tables.request_log.c.route)
 
 
 def _unserializable(value: Any) -> str:
@@ -137,7 +144,8 @@ class AuditLayer:
         # it never became a call of a route: the row names the path instead (the call's route is not read)
         call = Call(id=request.id, route=Route.CHAT, model="", body={}, headers=request.headers,
                     client_ip=request.client_ip, started=request.started, key=key)
-        self.record(call, None, error, route=(path[4:] if path.startswith("/v1/") else path)[:40])
+        self.record(call, None, error, route=fit_text((path[4:] if path.startswith("/v1/") else path)[:2 * _ROUTE],
+                                                      _ROUTE))
 
     def _refused_key_row(self) -> bool:
         """Whether a request refused for its key gets its row (the token bucket), counting those that do not."""
@@ -183,18 +191,22 @@ class AuditLayer:
         dep = call.deployment
         first = reply.first_byte_at if reply is not None else None
         started = call.started
-        # an id the client chose (x-request-id) may carry anything: it is redacted like the other free text;
-        # ours (``req_`` and 24 hex digits, from http.RequestIds) are left alone
+        # an id the client chose (x-request-id) may carry anything: it is redacted like the other free text,
+        # then cut to its column (redaction can lengthen it; a secret across the column's end is still whole
+        # when redacted); ours (``req_`` and 24 hex digits, from http.RequestIds) are left alone
         rid = call.id
         if len(rid) != 28 or "x-request-id" in call.headers or not rid.startswith("req_"):
-            rid = self.redact(rid[:200])
+            rid = fit_text(self.redact(rid[:2 * _REQUEST_ID]), _REQUEST_ID)
+        model = call.model or None
+        if model is not None and (len(model) > _MODEL or "\0" in model):  # the client's: any length, any text
+            model = fit_text(model, _MODEL)
         request_body = response_body = None
         if bodies and self.config.bodies:
             limit = self.config.max_body_chars
             request_body = self.redact(orjson.dumps(call.body, default=_unserializable).decode()[:limit])
             body = reply.body if reply is not None and reply.body is not None else streamed
             if body:
-                response_body = self.redact(body[:limit].decode("utf-8", "replace"))
+                response_body = fit_text(self.redact(body[:limit].decode("utf-8", "replace")), math.inf)
         day = self._day
         return (
             f"{self._uid_prefix}{next(self._uid_next):016x}",  # uid
@@ -204,14 +216,14 @@ class AuditLayer:
             None if key is None else key.id,  # key_id
             None if key is None else key.team_id,  # team_id
             None if key is None else key.user_id,  # user_id
-            call.model or None,  # model
+            model,  # model
             None if dep is None else dep.name,  # deployment
             None if dep is None else dep.provider_type,  # provider
             str(call.route) if route is None else route,  # route (a plain str: drivers bind it as it is)
             1 if call.stream else 0,  # stream (an int: drivers bind it without an adapter lookup)
             status,  # status
             kind,  # error
-            self.redact(message[:2000]) if message else None,  # error_message
+            fit_text(self.redact(message[:2000]), math.inf) if message else None,  # error_message
             int((mono - started) * 1e6 + 0.5) / 1000,  # latency_ms, to the µs (round(x, 3) costs twice as much)
             None if first is None else int((first - started) * 1e6 + 0.5) / 1000,  # ttft_ms
             None if usage is None else usage.prompt_tokens,  # prompt_tokens

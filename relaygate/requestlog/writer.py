@@ -1,130 +1,111 @@
 """The audit log writer: rows queued by the request path, written in batches by a thread of its own.
 
-Never on the request path: ``submit`` only appends to a bounded queue. A dedicated thread takes batches and
-inserts them in one transaction. When the database fails, the batch goes to a spool file (JSON lines) and is
-replayed when the database answers again; spool files left by a process that died are replayed too.
-Rows carry a unique ``uid``, so a replay after an uncertain commit never duplicates. ``close`` drains
-everything (to the database, else to the spool): zero rows lost.
+Never on the request path: ``submit`` only appends to a bounded queue. The writer thread takes batches and
+hands each, as one transaction, to a database thread, waiting at most ``write_timeout``. When the database
+fails (refused, reset, or silent past the timeout) the batch goes to a spool file (``spool.py``) and is
+replayed when the database answers again; spool files left by a process that died are replayed too. Rows
+carry a unique ``uid``, so a replay after an uncertain commit never duplicates. A row the database refuses
+for what it holds (a data error, not a connection error) never sinks its batch: the batch is fitted to the
+table and retried, then bisected down to the rows that still fail, each written as a salvaged row and kept
+whole in the dead-letter file. ``close`` drains everything (to the database, else to the spool).
 """
 
 from __future__ import annotations
 
 import collections
-import fcntl
-import glob
 import logging
-import os
+import queue
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-import orjson
 from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
 
+from relaygate.requestlog.spool import DeadLetters, Spool
 from relaygate.store import tables
-from relaygate.store.db import BulkInsert
+from relaygate.store.db import BulkInsert, Interruptible
+from relaygate.store.rows import RowFitter
 
 log = logging.getLogger("relaygate.requestlog")
 
 Row = tuple[Any, ...] | dict[str, Any]  # values in column order, or by column name (spool lines)
 
 
-class Spool:
-    """This process's spool file (held under an exclusive lock) and the orphans of dead processes.
+class WriteTimeout(Exception):
+    """The database did not finish a write in time (or a write that did not is still running)."""
 
-    A file is deleted only after all its rows were written; a crash at any point leaves it to be replayed
-    (duplicates are skipped by ``uid``).
-    """
 
-    def __init__(self, directory: str) -> None:
-        self.directory = directory
-        self.path = self._new_path()
-        self._fd: int | None = None
-        self.lock = threading.Lock()  # appends come from the writer thread and, on overflow, the loop
+def is_data_error(e: BaseException) -> bool:
+    """Whether the database refused a write for what the rows hold (a value out of range, a NUL, a missing
+    value), as opposed to the database being unreachable, slow, or down: those are worth retrying as they
+    are, these never."""
+    if isinstance(e, DBAPIError) and e.orig is not None:
+        e = e.orig
+    if isinstance(e, sqlite3.Error):  # locked, busy, I/O, read-only, no such table: OperationalError
+        return isinstance(e, (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.InterfaceError)) or (
+            isinstance(e, sqlite3.ProgrammingError) and "binding parameter" in str(e))  # a value of a bad type
+    name = type(e).__module__.split(".")[0]
+    if name == "psycopg":
+        import psycopg
 
-    def _new_path(self) -> str:
-        return os.path.join(self.directory, f"relaygate-spool-{os.getpid()}-{os.urandom(6).hex()}.jsonl")
+        return isinstance(e, (psycopg.DataError, psycopg.IntegrityError))
+    # raised while adapting a value, before anything was sent (an int too big, text it cannot encode)
+    return isinstance(e, (ValueError, TypeError, OverflowError))
 
-    def append(self, rows: list[dict[str, Any]]) -> None:
-        data = b"".join(orjson.dumps(r) + b"\n" for r in rows)
-        with self.lock:
-            if self._fd is None:
-                os.makedirs(self.directory, exist_ok=True)
-                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
-                fcntl.flock(self._fd, fcntl.LOCK_EX)
-            os.write(self._fd, data)
 
-    def pending(self) -> bool:
-        return self._fd is not None or bool(self._others())
+class _DatabaseThread:
+    """Runs the writer's database calls one at a time, so that the writer can stop waiting for one.
 
-    def _others(self) -> list[str]:
-        return glob.glob(os.path.join(self.directory, "relaygate-spool-*.jsonl"))
+    Jobs and results pass through two C queues (a Future per call cost more than its wait): a result is
+    tagged with its job's number, so that one arriving after its caller gave up is told apart."""
 
-    def replay(self, write: Callable[[list[Row]], None], batch: int) -> int:
-        """Write every spooled row through ``write``; a file is deleted once its rows are all written."""
-        claimed: list[tuple[str, int]] = []
-        with self.lock:  # hand our own file over to the replay; new rows start a new file
-            if self._fd is not None:
-                claimed.append((self.path, self._fd))
-                self._fd = None
-                self.path = self._new_path()
-        mine = {p for p, _ in claimed}
-        for path in self._others():
-            if path in mine:
-                continue
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[tuple[int, Callable[[Any], Any], Any] | None] = queue.SimpleQueue()
+        self._results: queue.SimpleQueue[tuple[int, BaseException | None]] = queue.SimpleQueue()
+        self._given = 0  # the number of the last job given
+        self._done = 0  # the number of the last job finished (set by the database thread)
+        self._thread = threading.Thread(target=self._run, name="relaygate-requestlog-db", daemon=True)
+        self._thread.start()
+
+    @property
+    def busy(self) -> bool:
+        return self._done != self._given
+
+    def call(self, fn: Callable[[Any], Any], arg: Any, timeout: float) -> None:
+        """``fn(arg)`` in the database thread; WriteTimeout after ``timeout`` seconds (it may still finish)."""
+        if self.busy:
+            raise WriteTimeout("a database write that timed out has not returned yet")
+        self._given += 1
+        self._jobs.put((self._given, fn, arg))
+        deadline = time.monotonic() + timeout
+        while True:
             try:
-                fd = os.open(path, os.O_RDWR)
-            except FileNotFoundError:
-                continue
+                n, error = self._results.get(timeout=max(deadline - time.monotonic(), 0))
+            except queue.Empty:
+                raise WriteTimeout(f"the database did not finish a write within {timeout:g} s") from None
+            if n == self._given:  # else the late result of a call that timed out
+                break
+        if error is not None:
+            raise error
+
+    def stop(self) -> None:
+        """End the thread once it is done with what it was given."""
+        self._jobs.put(None)
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            n, fn, arg = job
+            error: BaseException | None = None
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a live process holds its own: skip it
-            except BlockingIOError:
-                os.close(fd)
-                continue
-            claimed.append((path, fd))
-        count = 0
-        try:
-            while claimed:
-                path, fd = claimed[0]
-                count += _write_lines(_read_all(fd), write, batch)
-                os.unlink(path)
-                os.close(fd)
-                claimed.pop(0)
-        finally:
-            for _, fd in claimed:  # not replayed: the lock drops and the file waits for the next try
-                os.close(fd)
-        return count
-
-    def close(self) -> None:
-        with self.lock:
-            if self._fd is not None:
-                os.close(self._fd)
-                self._fd = None
-
-
-def _read_all(fd: int) -> bytes:
-    os.lseek(fd, 0, os.SEEK_SET)
-    chunks: list[bytes] = []
-    while True:
-        b = os.read(fd, 1 << 20)
-        if not b:
-            return b"".join(chunks)
-        chunks.append(b)
-
-
-def _write_lines(data: bytes, write: Callable[[list[Row]], None], batch: int) -> int:
-    rows: list[Row] = []
-    for line in data.splitlines():
-        if not line.strip():
-            continue
-        try:
-            rows.append(orjson.loads(line))
-        except orjson.JSONDecodeError:  # a torn last line from a crash mid-write
-            log.warning("skipping an unreadable spool line (%d bytes)", len(line))
-    for i in range(0, len(rows), batch):
-        write(rows[i:i + batch])
-    return len(rows)
+                fn(arg)
+            except BaseException as e:
+                error = e
+            self._done = n
+            self._results.put((n, error))
+            del error
 
 
 class RequestLogWriter:
@@ -136,20 +117,30 @@ class RequestLogWriter:
     """
 
     def __init__(self, engine: Engine, spool_dir: str, *, queue_size: int = 10000, batch_size: int = 500,
-                 flush_interval: float = 0.5) -> None:
+                 flush_interval: float = 0.5, write_timeout: float = 2.0) -> None:
         self.engine = engine
+        self._interruptible = Interruptible(engine)
         self.spool = Spool(spool_dir)
-        self._bulk = BulkInsert(tables.request_log)
+        self.dead_letters = DeadLetters(spool_dir)
+        self._bulk = BulkInsert(tables.request_log, statement_timeout=write_timeout)
+        self._fit = RowFitter(tables.request_log)
         self.batch_size = batch_size
         self.flush_interval = flush_interval
+        self.write_timeout = write_timeout
         self.queue_size = queue_size
         self.queue: collections.deque[Row] = collections.deque()
         self._wake = threading.Event()
         self._stopping = False
+        self._db: _DatabaseThread | None = None
         self.submitted = 0
         self.handled = 0  # rows written or spooled (compared with ``submitted`` by ``flush``)
         self.written = 0  # rows committed to the database (by this writer, replays included)
         self.spooled = 0
+        self.timeouts = 0  # writes the database did not finish within ``write_timeout``
+        self.dead = 0  # rows the database refused even fitted: kept in the dead-letter file
+        self.salvaged = 0  # of those, rows written in a salvaged form
+        self.lost = 0  # rows neither written nor spooled (the spool could not be written either)
+        self._first_reason = ""  # why the database refused the last dead-lettered row
         self.db_ok = True
         self._retry_at = 0.0
         self._backoff = 0.5
@@ -165,8 +156,7 @@ class RequestLogWriter:
         self.submitted += 1
         q = self.queue
         if len(q) >= self.queue_size:
-            self.spool.append([self._bulk.as_dict(row)])
-            self.spooled += 1
+            self._spool([row])
             self.handled += 1
             return
         q.append(row)
@@ -175,10 +165,6 @@ class RequestLogWriter:
 
     # -- the writer thread ------------------------------------------------------------------------------
 
-    def _insert(self, rows: list[Row]) -> None:
-        with self.engine.begin() as conn:
-            self._bulk(conn, rows)
-
     def _run(self) -> None:
         stopping = False
         while not stopping:
@@ -186,14 +172,16 @@ class RequestLogWriter:
             if batch:
                 self._write(batch)
                 self.handled += len(batch)
-            if self.spool.pending() and time.monotonic() >= self._retry_at:
+            if self.spool.pending() and self._may_try():
                 self._replay()
             with self._idle:
                 self._idle.notify_all()
         # final drain: the database once more, else the spool
-        if self.spool.pending():
+        if self.spool.pending() and not (self._db is not None and self._db.busy):
             self._replay()
         self.spool.close()
+        if self._db is not None:
+            self._db.stop()
 
     def _take(self) -> tuple[list[Row], bool]:
         """Everything queued once a batch is full or ``flush_interval`` passed; and whether to stop."""
@@ -207,27 +195,118 @@ class RequestLogWriter:
             batch.append(q.popleft())  # popleft is atomic: appends from the event loop may go on meanwhile
         return batch, stopping
 
+    def _may_try(self) -> bool:
+        """Whether to try the database now: it answered last time, or the back-off is over, and no write
+        that timed out is still hanging in the database thread (that one is broken off again)."""
+        if self._db is not None and self._db.busy:
+            if time.monotonic() >= self._retry_at:  # e.g. it was still connecting when it was broken off
+                self._interruptible.interrupt()
+                self._failed(WriteTimeout("a database write that timed out has not returned yet"))
+            return False
+        return self.db_ok or time.monotonic() >= self._retry_at
+
     def _write(self, batch: list[Row]) -> None:
-        if self.db_ok or time.monotonic() >= self._retry_at:
-            for i in range(0, len(batch), self.batch_size):
-                chunk = batch[i:i + self.batch_size]
-                try:
-                    self._insert(chunk)
-                except Exception as e:
-                    self._failed(e)
-                    self.spool.append([self._bulk.as_dict(r) for r in batch[i:]])
-                    self.spooled += len(batch) - i
-                    return
-                self.written += len(chunk)
-            self._recovered()
+        if not self._may_try():
+            self._spool(batch)
             return
-        self.spool.append([self._bulk.as_dict(r) for r in batch])
-        self.spooled += len(batch)
+        for i in range(0, len(batch), self.batch_size):
+            try:
+                self._store(batch[i:i + self.batch_size])
+            except Exception as e:
+                self._failed(e)
+                self._spool(batch[i:])
+                return
+        self._recovered()
+
+    def _spool(self, rows: list[Row]) -> None:
+        try:
+            self.spool.append([self._bulk.as_dict(r) for r in rows])
+        except OSError as e:  # nowhere left to keep them
+            self.lost += len(rows)
+            log.error("request log: %d rows lost: the database failed and the spool could not be written (%s)",
+                      len(rows), e)
+            return
+        self.spooled += len(rows)
+
+    def _store(self, rows: list[Row], fit: bool = False) -> None:
+        """Write ``rows`` (``fit``: fitted to the table first); a row refused for what it holds never fails
+        the others. Raises only when the database is unreachable, slow or down (the caller spools them)."""
+        if not fit:
+            try:
+                self._insert(rows)
+                return
+            except Exception as e:
+                if not is_data_error(e):
+                    raise
+        dead = self.dead
+        self._isolate([self._fit.row(self._bulk.values(r)) for r in rows], rows)
+        if self.dead > dead:  # once per batch: a batch of bad rows must not flood the log
+            log.error("request log: the database refused %d of %d rows even fitted (the first: %s); they are "
+                      "kept in %s", self.dead - dead, len(rows), self._first_reason, self.dead_letters.path)
+
+    def _isolate(self, fitted: list[tuple[Any, ...]], originals: list[Row]) -> None:
+        """Write ``fitted``; where the database refuses, halve and retry, down to the single rows it refuses,
+        which go to the dead-letter file (``originals``: the same rows as they came)."""
+        try:
+            self._insert(fitted)
+            return
+        except Exception as e:
+            if not is_data_error(e):
+                raise
+            if len(fitted) == 1:
+                self._dead_letter(fitted[0], originals[0], e)
+                return
+        mid = len(fitted) // 2
+        self._isolate(fitted[:mid], originals[:mid])
+        self._isolate(fitted[mid:], originals[mid:])
+
+    def _dead_letter(self, fitted: tuple[Any, ...], original: Row, error: BaseException) -> None:
+        """Keep a refused row whole in the dead-letter file, and write it salvaged (every value made
+        storable, the cost and the key kept, so that spend sums stay right) when the database takes that."""
+        reason = f"{type(getattr(error, 'orig', None) or error).__name__}: {str(error).splitlines()[0][:300]}"
+        self.dead_letters.add(self._bulk.as_dict(original), reason)
+        self.dead += 1
+        self._first_reason = reason
+        row = list(self._fit.salvage(fitted))
+        i = self._bulk.names.index("error_message")
+        row[i] = f"[request log: row salvaged, original in the dead-letter file: {reason}] {row[i] or ''}"
+        try:
+            self._insert([tuple(row)])
+        except Exception as e:
+            if not is_data_error(e):
+                raise
+            return
+        self.salvaged += 1
+
+    def _insert(self, rows: list[Any]) -> None:
+        """One transaction in the database thread, bounded by ``write_timeout``: past it, the connection's
+        wait is broken off and the write counts as failed (whether it committed is unknown: a replay of its
+        rows skips those that did)."""
+        if self._db is None:
+            self._db = _DatabaseThread()
+        try:
+            self._db.call(self._transaction, rows, self.write_timeout)
+        except WriteTimeout:
+            self.timeouts += 1
+            self._interruptible.interrupt()
+            raise
+        self.written += len(rows)
+
+    def _transaction(self, rows: list[Any]) -> None:
+        with self.engine.begin() as conn:
+            self._bulk(conn, rows)
 
     def _replay(self) -> None:
-        def write(rows: list[Row]) -> None:
-            self._insert(rows)
-            self.written += len(rows)
+        def write(lines: list[Any]) -> None:
+            rows: list[Row] = []
+            for line in lines:
+                if isinstance(line, dict):
+                    rows.append(line)
+                else:  # valid JSON, but not a row
+                    self.dead_letters.add({"line": line}, "not a row")
+                    self.dead += 1
+            if rows:
+                self._store(rows, fit=True)  # a line may predate fitting, or hold what the client sent
 
         try:
             n = self.spool.replay(write, self.batch_size)
@@ -240,8 +319,8 @@ class RequestLogWriter:
 
     def _failed(self, e: Exception) -> None:
         if self.db_ok:
-            log.error("request log: database write failed (%s); spooling rows to %s until it returns",
-                      type(e).__name__, self.spool.path)
+            log.error("request log: database write failed (%s: %s); spooling rows to %s until it returns",
+                      type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "", self.spool.path)
         self.db_ok = False
         self._retry_at = time.monotonic() + self._backoff
         self._backoff = min(self._backoff * 2, 5.0)

@@ -1,4 +1,9 @@
-"""A loopback TCP proxy that tests can cut and restore: "the database is down" without touching the server."""
+"""A loopback TCP proxy that tests can cut and restore: "the database is down" without touching the server.
+
+Besides ``cut`` (drop every connection, refuse new ones), ``black_hole`` keeps accepting connections and
+relays nothing either way: a server that hangs, or a silent network. ``restore`` lets the held bytes through,
+as a healed partition does.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,8 @@ class TcpProxy:
         self.port = port or free_port()
         self.up = True
         self._loop = asyncio.new_event_loop()
+        self._flowing = asyncio.Event()  # cleared while black-holed: bytes are held, not relayed
+        self._flowing.set()
         self._conns: set[asyncio.StreamWriter] = set()
         self._server: asyncio.base_events.Server | None = None
         self._thread = threading.Thread(target=self._loop.run_forever, name=f"tcpproxy:{self.port}", daemon=True)
@@ -29,8 +36,18 @@ class TcpProxy:
         self._server = await asyncio.start_server(self._client, "127.0.0.1", self.port)
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await self._serve(reader, writer)
+        except asyncio.CancelledError:  # stopped: a cancelled handler would be logged as an error
+            writer.transport.abort()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if not self.up:
             writer.close()
+            return
+        self._conns.add(writer)
+        await self._flowing.wait()  # black-holed: accepted, and silent until restored
+        if not self.up or writer.is_closing():
             return
         try:
             ur, uw = await asyncio.open_connection(*self.target)
@@ -45,6 +62,7 @@ class TcpProxy:
                     data = await r.read(65536)
                     if not data:
                         break
+                    await self._flowing.wait()
                     w.write(data)
                     await w.drain()
             except (OSError, asyncio.CancelledError):
@@ -64,8 +82,13 @@ class TcpProxy:
             self._conns.clear()
         self._loop.call_soon_threadsafe(do)
 
+    def black_hole(self) -> None:
+        """Keep accepting connections but relay nothing either way until ``restore`` (held, not dropped)."""
+        self._loop.call_soon_threadsafe(self._flowing.clear)
+
     def restore(self) -> None:
         self.up = True
+        self._loop.call_soon_threadsafe(self._flowing.set)
 
     def stop(self) -> None:
         self.cut()

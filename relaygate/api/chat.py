@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from relaygate.api.common import check, object_body, pop_provider, require, respond
+from relaygate.api.common import check, check_int, object_body, pop_provider, require, respond
 from relaygate.auth.authenticator import caller
 from relaygate.core.call import Call, Route
 from relaygate.core.errors import BadRequest
@@ -16,8 +16,16 @@ if TYPE_CHECKING:
     from relaygate.gateway import Gateway
 
 
+# OpenAI's ranges (its OpenAPI spec, CreateChatCompletionRequest), the widest any provider takes: Gemini's
+# candidateCount stops at 8, Anthropic, Bedrock and Cohere return one choice. Beyond them, one small request
+# could make an answer of any size.
+MAX_CHOICES = 128
+MAX_TOP_LOGPROBS = 20
+
+
 def validate_chat(body: dict[str, Any]) -> None:
-    """Reject what no upstream could serve; everything else (tools, n, logprobs, …) passes untouched."""
+    """Reject what no upstream could serve (``n`` and ``top_logprobs`` beyond OpenAI's ranges too); everything
+    else (tools, logprobs, …) passes untouched."""
     model = require(body, "model", str, "a string")
     if not model:
         raise BadRequest("'model' must not be empty", param="model")
@@ -33,9 +41,8 @@ def validate_chat(body: dict[str, Any]) -> None:
                              code="invalid_type")
     check(body, "stream", bool, "a boolean")
     check(body, "stream_options", dict, "an object")
-    n = check(body, "n", int, "an integer")
-    if n is not None and n < 1:
-        raise BadRequest("'n' must be at least 1", param="n")
+    check_int(body, "n", 1, MAX_CHOICES)
+    check_int(body, "top_logprobs", 0, MAX_TOP_LOGPROBS)
     check(body, "tools", list, "an array")
     check(body, "temperature", (int, float), "a number")
     check(body, "max_tokens", int, "an integer")

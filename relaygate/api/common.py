@@ -29,6 +29,19 @@ def check(body: dict[str, Any], name: str, kind: type | tuple[type, ...], what: 
     return value
 
 
+def check_int(body: dict[str, Any], name: str, lo: int, hi: int | None = None) -> int | None:
+    """The optional integer field ``name`` (None if absent), which must lie in [lo, hi] (OpenAI's wording)."""
+    value: int | None = check(body, name, int, "an integer")
+    if value is not None:
+        if value < lo:
+            raise BadRequest(f"Invalid '{name}': integer below minimum value. Expected a value >= {lo}, but got "
+                             f"{value} instead.", param=name, code="integer_below_min_value")
+        if hi is not None and value > hi:
+            raise BadRequest(f"Invalid '{name}': integer above maximum value. Expected a value <= {hi}, but got "
+                             f"{value} instead.", param=name, code="integer_above_max_value")
+    return value
+
+
 def object_body(data: Any) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise BadRequest(f"the request body must be a JSON object, not {type(data).__name__}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from relaygate.api.common import check, object_body, pop_provider, require, respond
+from relaygate.api.common import check, check_int, object_body, pop_provider, require, respond
 from relaygate.auth.authenticator import caller
 from relaygate.core.call import Call, Route
 from relaygate.core.errors import BadRequest
@@ -15,6 +15,9 @@ if TYPE_CHECKING:
     from relaygate.gateway import Gateway
 
 ENCODINGS = ("float", "base64")
+# inputs per request: OpenAI takes 2048 per call and the providers split longer arrays into batches
+# (embedding_batch_size); 16 of OpenAI's batches bound the upstream calls one request can make
+MAX_INPUTS = 16 * 2048
 
 
 def validate_input(value: Any) -> None:
@@ -33,6 +36,10 @@ def validate_input(value: Any) -> None:
         if not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in value):
             raise BadRequest("a token array must contain only non-negative integers", param="input")
         return
+    if len(value) > MAX_INPUTS:
+        raise BadRequest(f"Invalid 'input': array too long. Expected an array with maximum length {MAX_INPUTS}, "
+                         f"but got an array with length {len(value)} instead.", param="input",
+                         code="array_above_max_length")
     for i, item in enumerate(value):
         if isinstance(item, str):
             if not item:
@@ -57,9 +64,7 @@ def validate_embeddings(body: dict[str, Any]) -> None:
     if fmt is not None and fmt not in ENCODINGS:
         raise BadRequest(f"'encoding_format' must be one of {', '.join(ENCODINGS)}, not {fmt!r}",
                          param="encoding_format")
-    dims = check(body, "dimensions", int, "an integer")
-    if dims is not None and dims < 1:
-        raise BadRequest("'dimensions' must be at least 1", param="dimensions")
+    check_int(body, "dimensions", 1)  # no maximum: it is the model's (OpenAI's spec has none either)
     check(body, "user", str, "a string")
 
 

@@ -9,10 +9,29 @@ from typing import Any, ClassVar
 import orjson
 
 from relaygate.core.call import Call, Reply, Route, Usage
+from relaygate.core.errors import BadRequest, ContextTooLong
 from relaygate.providers.base import SSE_DONE, Provider
 from relaygate.testing.openai import complete, stream_chunks
 
 PREFIX = "[relaygate demo model, not a real LLM] You said: "
+# the demo echoes the prompt: its answer is cut like a real model's output, and it makes at most 8 choices
+# (as Gemini), so that an answer stays under 1 MiB whatever the request (logprobs included)
+MAX_ANSWER_CHARS = 4096
+MAX_CHOICES = 8
+# its context window (about gpt-4o's 128k tokens): reading a longer prompt would only stall the event loop
+MAX_PROMPT_CHARS = 512 * 1024
+
+
+def prompt_chars(body: dict[str, Any]) -> int:
+    """The characters of text in the messages (the API layer checked that they are objects)."""
+    n = 0
+    for m in body.get("messages") or ():
+        content = m.get("content")
+        if isinstance(content, str):
+            n += len(content)
+        elif isinstance(content, list):
+            n += sum(len(p["text"]) for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return n
 
 
 class DemoProvider(Provider):
@@ -21,13 +40,21 @@ class DemoProvider(Provider):
     routes: ClassVar[frozenset[Route]] = frozenset({Route.CHAT})
 
     async def chat(self, call: Call) -> Reply:
+        n = call.body.get("n")
+        if isinstance(n, int) and n > MAX_CHOICES:
+            raise BadRequest(f"Invalid 'n': integer above maximum value. The demo model makes at most {MAX_CHOICES} "
+                             f"choices, but got {n}.", param="n", code="integer_above_max_value")
+        size = prompt_chars(call.body)
+        if size > MAX_PROMPT_CHARS:
+            raise ContextTooLong(f"the demo model takes prompts of up to {MAX_PROMPT_CHARS} characters; this one "
+                                 f"has {size}", param="messages")
         body = {**call.body, "model": call.model}
         if not call.stream:
-            data = complete(body, PREFIX)
+            data = complete(body, PREFIX, MAX_ANSWER_CHARS)
             return Reply(body=orjson.dumps(data), usage=Usage.from_openai(data["usage"]),
                          first_byte_at=time.monotonic())
         body["stream_options"] = {"include_usage": True}
-        chunks = stream_chunks(body, PREFIX)
+        chunks = stream_chunks(body, PREFIX, MAX_ANSWER_CHARS)
         reply = Reply(media_type="text/event-stream", first_byte_at=time.monotonic())
         reply.stream = self._emit(chunks, reply, call.wants_usage)
         return reply

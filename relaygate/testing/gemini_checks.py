@@ -62,6 +62,9 @@ def _unknown(obj: dict[str, Any], known: set[str], where: str) -> None:
                                                   f'Unknown name "{k}"{at}: Cannot find field.'}]}])
 
 
+MAX_CANDIDATES = 8  # candidateCount: Gemini generates 1 to 8 candidates per request
+
+
 def validate(body: dict[str, Any], model: str) -> None:
     """Reject what the real API rejects (the subset a translating client can get wrong); ``body`` is as
     sent (field names in either case), so that errors name fields the way the client spelled them."""
@@ -80,6 +83,10 @@ def validate(body: dict[str, Any], model: str) -> None:
             raise ApiError(400, "You cannot set both thinking_level and the legacy thinking_budget parameter.")
         if "thinkingLevel" in thinking and not model.startswith("gemini-3"):
             raise ApiError(400, "Thinking level is not supported for this model.")
+        count = gc.get("candidateCount")
+        if count is not None and (not isinstance(count, int) or not 1 <= count <= MAX_CANDIDATES):
+            raise ApiError(400, f"* GenerateContentRequest.generation_config.candidate_count: must be between 1 "
+                                f"and {MAX_CANDIDATES}, got {count}\n")
         temp = gc.get("temperature")
         if temp is not None and (not isinstance(temp, (int, float)) or not 0 <= temp <= 2):
             raise ApiError(400, "Unable to submit request because it has a temperature value of "

@@ -28,6 +28,14 @@ from relaygate.testing.base import (
 )
 
 DEFAULT_MODELS = ("gpt-4o-mini", "gpt-4o", "gpt-4.1", "o4-mini")
+# what OpenAI accepts (its OpenAPI spec): beyond these the emulator answers 400, as OpenAI does
+MAX_CHOICES = 128  # n (chat and completions)
+MAX_TOP_LOGPROBS = 20
+MAX_BEST_OF = 20  # completions
+MAX_EMBEDDING_INPUTS = 2048
+MAX_EMBEDDING_DIMS = {"text-embedding-3-small": 1536, "text-embedding-3-large": 3072}  # others: 3072
+MAX_IMAGES = 10  # images n
+MAX_ANSWER_CHARS = 64 * 1024  # ~16k tokens, gpt-4o's output limit: an echo of a huge prompt stops there
 OPENAI_VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "onyx", "nova", "sage", "shimmer", "verse",
                  "marin", "cedar")
 
@@ -119,8 +127,8 @@ class Answer:
     completion_tokens: int
 
 
-def answer(body: dict[str, Any], prefix: str = "Hello! You said: ") -> Answer:
-    """What the emulated model says to this request."""
+def answer(body: dict[str, Any], prefix: str = "Hello! You said: ", max_chars: int = MAX_ANSWER_CHARS) -> Answer:
+    """What the emulated model says to this request (at most ``max_chars`` of it, as a model's output limit)."""
     messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
     last_user = next((_text_of(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
     system = next((_text_of(m.get("content")) for m in messages if m.get("role") in ("system", "developer")), "")
@@ -144,8 +152,10 @@ def answer(body: dict[str, Any], prefix: str = "Hello! You said: ") -> Answer:
     rf = body.get("response_format")
     if isinstance(rf, dict) and rf.get("type") in ("json_object", "json_schema"):
         text = orjson.dumps({"answer": text}).decode()
-    words = text.split(" ")
     finish = "stop"
+    if len(text) > max_chars:  # cut first: splitting a huge echo would cost more than the answer is worth
+        text, finish = text[:max_chars], "length"
+    words = text.split(" ")
     limit = body.get("max_completion_tokens") or body.get("max_tokens")
     if isinstance(limit, int) and 0 < limit < len(words):
         words, finish = words[:limit], "length"
@@ -175,27 +185,27 @@ def _completion_id(body: dict[str, Any]) -> str:
     return "chatcmpl-" + hashlib.sha1(orjson.dumps(body.get("messages"))).hexdigest()[:24]
 
 
-def complete(body: dict[str, Any], prefix: str = "Hello! You said: ") -> dict[str, Any]:
+def complete(body: dict[str, Any], prefix: str = "Hello! You said: ",
+             max_chars: int = MAX_ANSWER_CHARS) -> dict[str, Any]:
     """A whole ``chat.completion`` object."""
-    a = answer(body, prefix)
+    a = answer(body, prefix, max_chars)
     n_raw = body.get("n")
-    n = n_raw if isinstance(n_raw, int) and n_raw > 0 else 1
+    n = min(n_raw, MAX_CHOICES) if isinstance(n_raw, int) and n_raw > 0 else 1
     message: dict[str, Any] = {"role": "assistant", "content": a.text, "refusal": None, "annotations": []}
     if a.tool_call:
         message["tool_calls"] = [a.tool_call]
-    choices = []
-    for i in range(n):
-        c: dict[str, Any] = {"index": i, "message": message, "finish_reason": a.finish_reason,
-                             "logprobs": _logprobs(a.text) if body.get("logprobs") else None}
-        choices.append(c)
+    logprobs = _logprobs(a.text) if body.get("logprobs") else None  # the same for every choice: built once
+    choices = [{"index": i, "message": message, "finish_reason": a.finish_reason, "logprobs": logprobs}
+               for i in range(n)]
     return {"id": _completion_id(body), "object": "chat.completion", "created": int(time.time()),
             "model": body.get("model"), "choices": choices, "usage": _usage(a),
             "service_tier": "default", "system_fingerprint": "fp_relaygate_emu"}
 
 
-def stream_chunks(body: dict[str, Any], prefix: str = "Hello! You said: ") -> list[dict[str, Any]]:
+def stream_chunks(body: dict[str, Any], prefix: str = "Hello! You said: ",
+                  max_chars: int = MAX_ANSWER_CHARS) -> list[dict[str, Any]]:
     """The ``chat.completion.chunk`` objects of a streamed answer, in order (usage chunk if asked)."""
-    a = answer(body, prefix)
+    a = answer(body, prefix, max_chars)
     cid, created, model = _completion_id(body), int(time.time()), body.get("model")
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
@@ -276,6 +286,27 @@ def auth_error(request: web.Request, opts: OpenAIEmulatorOptions, azure: bool) -
              "https://platform.openai.com/account/api-keys.", "invalid_api_key"), 401)
 
 
+def out_of_range(body: dict[str, Any], name: str, lo: int, hi: int) -> web.Response | None:
+    """OpenAI's 400 for an integer parameter outside [lo, hi] (None when absent or in range)."""
+    value = body.get(name)
+    if not isinstance(value, int) or isinstance(value, bool) or lo <= value <= hi:
+        return None
+    which, bound, sign, code = (("above maximum", hi, "<=", "integer_above_max_value") if value > hi
+                                else ("below minimum", lo, ">=", "integer_below_min_value"))
+    err = error_body(400, f"Invalid '{name}': integer {which} value. Expected a value {sign} {bound}, but got "
+                          f"{value} instead.", code)
+    err["error"]["param"] = name
+    return json_response(err, 400)
+
+
+def first_out_of_range(body: dict[str, Any], *bounds: tuple[str, int, int]) -> web.Response | None:
+    for name, lo, hi in bounds:
+        refused = out_of_range(body, name, lo, hi)
+        if refused is not None:
+            return refused
+    return None
+
+
 # ---- the app ------------------------------------------------------------------------------------------
 
 def create_app(options: OpenAIEmulatorOptions | None = None, state: EmulatorState | None = None) -> web.Application:
@@ -323,6 +354,9 @@ def create_app(options: OpenAIEmulatorOptions | None = None, state: EmulatorStat
         if not azure and opts.models and model not in opts.models:
             return json_response(error_body(404, f"The model `{model}` does not exist or you do not have "
                                                  "access to it.", "model_not_found"), 404)
+        refused = first_out_of_range(body, ("n", 1, MAX_CHOICES), ("top_logprobs", 0, MAX_TOP_LOGPROBS))
+        if refused is not None:
+            return refused
         window = opts.context_windows.get(str(model), opts.context_window)
         tokens = count_tokens(body)
         if tokens > window:

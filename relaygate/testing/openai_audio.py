@@ -25,7 +25,14 @@ from aiohttp import BodyPartReader, web
 from relaygate.core.call import Usage
 from relaygate.providers.openai_format import embeddings_response
 from relaygate.testing.base import STATE_KEY, FaultPlan, apply_latency, json_response, tracked
-from relaygate.testing.openai import auth_error, error_body, fault_response
+from relaygate.testing.openai import (
+    MAX_EMBEDDING_DIMS,
+    MAX_EMBEDDING_INPUTS,
+    auth_error,
+    error_body,
+    fault_response,
+    out_of_range,
+)
 
 if TYPE_CHECKING:
     from relaygate.testing.openai import OpenAIEmulatorOptions
@@ -197,7 +204,16 @@ def add_audio_routes(app: web.Application, opts: OpenAIEmulatorOptions) -> None:
             inp = [inp]
         if not isinstance(inp, list) or not inp:
             return json_response(error_body(400, "'input' is a required property"), 400)
+        if len(inp) > MAX_EMBEDDING_INPUTS:
+            err = error_body(400, f"Invalid 'input': array too long. Expected an array with maximum length "
+                                  f"{MAX_EMBEDDING_INPUTS}, but got an array with length {len(inp)} instead.",
+                             "array_above_max_length")
+            err["error"]["param"] = "input"
+            return json_response(err, 400)
         model = str(body.get("model") or request.match_info.get("deployment", ""))
+        refused = out_of_range(body, "dimensions", 1, MAX_EMBEDDING_DIMS.get(model, 3072))
+        if refused is not None:
+            return refused
         dims = body.get("dimensions") or (3072 if "large" in model else 1536)
         vectors = [embedding_vector(item, dims) for item in inp]
         tokens = sum(len(i.split()) if isinstance(i, str) else len(i) for i in inp)

@@ -16,7 +16,15 @@ import orjson
 from aiohttp import BodyPartReader, web
 
 from relaygate.testing.base import STATE_KEY, json_response, tracked
-from relaygate.testing.openai import auth_error, error_body
+from relaygate.testing.openai import (
+    MAX_BEST_OF,
+    MAX_CHOICES,
+    MAX_IMAGES,
+    auth_error,
+    error_body,
+    first_out_of_range,
+    out_of_range,
+)
 
 if TYPE_CHECKING:
     from relaygate.testing.openai import OpenAIEmulatorOptions
@@ -139,6 +147,9 @@ def add_passthrough_routes(app: web.Application, opts: OpenAIEmulatorOptions) ->
 
     async def images(request: web.Request) -> web.StreamResponse:
         body = await json_of(request)
+        refused = out_of_range(body, "n", 1, MAX_IMAGES)
+        if refused is not None:
+            return refused
         prompt = str(body.get("prompt") or "")
         n = int(body["n"]) if isinstance(body.get("n"), int) else 1
         colour = tuple(hashlib.sha256(prompt.encode()).digest()[:3])
@@ -180,6 +191,9 @@ def add_passthrough_routes(app: web.Application, opts: OpenAIEmulatorOptions) ->
 
     async def completions(request: web.Request) -> web.StreamResponse:
         body = await json_of(request)
+        refused = first_out_of_range(body, ("n", 1, MAX_CHOICES), ("best_of", 0, MAX_BEST_OF))
+        if refused is not None:
+            return refused
         prompt = str(body["prompt"]) if isinstance(body.get("prompt"), str) else ""
         words = f"Completion of: {prompt}".split(" ")
         cid, model = "cmpl-" + hashlib.sha1(prompt.encode()).hexdigest()[:24], body.get("model")

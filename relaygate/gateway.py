@@ -136,6 +136,7 @@ class Gateway:
         self.session = session
         self.started = time.time()
         self.ready = False
+        self.draining = False  # the server is stopping (SIGTERM): readiness says so while calls finish
         # one Redis client (one connection, one timeout policy) for the limits and the breakers
         self.redis = RespClient(config.state.redis_url) if config.state.redis_url else None
 

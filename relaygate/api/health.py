@@ -1,4 +1,5 @@
-"""``GET /health`` (alive), ``GET /health/ready`` (config loaded, pool ready), ``GET /health/providers``."""
+"""``GET /health`` (alive), ``GET /health/ready`` (config loaded, pool ready, not stopping),
+``GET /health/providers``."""
 
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ async def alive(gw: Gateway, req: Request) -> Response:
 
 
 async def ready(gw: Gateway, req: Request) -> Response:
-    ok = gw.ready and not gw.session.closed
-    body = {"status": "ready" if ok else "not_ready", "models": len(gw.table.names()),
+    ok = gw.ready and not gw.draining and not gw.session.closed
+    status = "ready" if ok else "draining" if gw.draining else "not_ready"
+    body = {"status": status, "models": len(gw.table.names()),
             "deployments": len(gw.deployments())}
     return json_response(body, 200 if ok else 503)
 

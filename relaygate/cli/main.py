@@ -60,10 +60,9 @@ def check_config(path: str) -> int:
 
 
 def serve_gateway(config_path: str | None, host: str | None, port: int | None) -> int:
-    import uvicorn
-
     from relaygate.gateway import check_deployments
-    from relaygate.server.app import App, uvicorn_config
+    from relaygate.server.app import App
+    from relaygate.server.serve import GatewayServer
 
     try:
         cfg = load_config(config_path)
@@ -77,8 +76,9 @@ def serve_gateway(config_path: str | None, host: str | None, port: int | None) -
     if config_path is None:
         log.info("no --config given: serving the built-in 'demo' model%s",
                  " and OpenAI's models (OPENAI_API_KEY is set)" if len(cfg.models) > 1 else "")
-    log.info("relaygate listening on http://%s:%d/v1", host, port)
-    server = uvicorn.Server(uvicorn_config(App(cfg, freeze_gc=True), host, port))
+    server = GatewayServer(App(cfg, freeze_gc=True), host, port)
+    log.info("relaygate listening on http://%s:%d/v1 (at most %d connections)", host, port,
+             server.watchdog.max_connections)
     server.run()
     return 0
 

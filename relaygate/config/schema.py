@@ -89,6 +89,22 @@ class ServerConfig(Strict):
     max_audio_bytes: int = Field(26 * 1024 * 1024, gt=0)  # audio uploads (multipart); OpenAI accepts 25 MB files
     max_file_bytes: int = Field(512 * 1024 * 1024, gt=0)  # /v1/files and image uploads, streamed (passthrough)
     request_timeout: float = Field(600.0, gt=0)  # the per-request deadline across attempts
+    # slow and idle clients (server/guard.py): the request line and headers must arrive within
+    # header_timeout of the connection (or of the request's first byte); a body may go silent for at most
+    # body_timeout (so may a client that stops reading its answer); an idle keep-alive connection is closed
+    # after keepalive_timeout
+    header_timeout: float = Field(10.0, gt=0)
+    body_timeout: float = Field(30.0, gt=0)
+    keepalive_timeout: float = Field(5.0, gt=0)
+    # more client connections than this are answered 503 at once; None: derived from RLIMIT_NOFILE, leaving
+    # room for an upstream socket per connection and the gateway's own files
+    max_connections: int | None = Field(None, ge=1)
+    max_header_bytes: int = Field(64 * 1024, ge=1024)  # request line and headers in all (431 beyond)
+    max_header_line_bytes: int = Field(8 * 1024, ge=256)  # one header, or the URL (431 / 414 beyond)
+    max_headers: int = Field(100, ge=8)
+    # on SIGTERM: calls and streams in flight get this long to finish before they are ended (a second
+    # SIGTERM ends them at once)
+    drain_timeout: float = Field(30.0, ge=0)
 
 
 class StateConfig(Strict):

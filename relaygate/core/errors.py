@@ -6,6 +6,7 @@ provider-specific strings. ``body()`` is OpenAI's error format.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 
@@ -126,6 +127,22 @@ class PayloadTooLarge(GatewayError):
     kind = "bad_request"
 
 
+class RequestTimeout(GatewayError):
+    """The client sent its request too slowly (server.header_timeout, server.body_timeout)."""
+
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+    kind = "bad_request"
+
+
+class HeadTooLarge(GatewayError):
+    status = 431
+    type = "invalid_request_error"
+    code = "request_header_fields_too_large"
+    kind = "bad_request"
+
+
 class RateLimited(GatewayError):
     status = 429
     type = "rate_limit_error"
@@ -157,6 +174,40 @@ class UpstreamTimeout(GatewayError):
     code = "timeout"
     kind = "timeout"
     retryable = True
+
+
+class ServerBusy(GatewayError):
+    """The gateway itself is out of room (its connection cap, file descriptors): not the upstream's fault,
+    so neither a breaker nor a fallback acts on it."""
+
+    status = 503
+    type = "api_error"
+    code = "server_busy"
+    kind = "server_busy"
+
+
+class ServerShutdown(GatewayError):
+    """A call the server ended because it is stopping (the drain timeout passed, or a second SIGTERM)."""
+
+    status = 503
+    type = "api_error"
+    code = "server_shutdown"
+    kind = "server_shutdown"
+
+
+# the message the server cancels calls with when it stops (server/serve.py): whoever sees a CancelledError
+# carrying it knows the server, not the client, ended the call
+SHUTDOWN_CUT = "relaygate: the server is shutting down"
+
+
+def cut_by_shutdown(error: BaseException) -> bool:
+    """Whether ``error`` is the cancellation the server sends calls it ends at shutdown."""
+    return isinstance(error, asyncio.CancelledError) and error.args[:1] == (SHUTDOWN_CUT,)
+
+
+def shutdown_error() -> ServerShutdown:
+    return ServerShutdown("the gateway is shutting down and ended this call before it was complete; retry it",
+                          retry_after=1.0)
 
 
 def from_status(status: int, message: str, *, retry_after: float | None = None,

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import logging
 import re
+import resource
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -14,11 +17,20 @@ from yarl import URL
 
 from relaygate.config import DeploymentBase
 from relaygate.core.call import Call, Handler, Reply, Route
-from relaygate.core.errors import BadRequest, GatewayError, Unavailable, Unsupported, UpstreamTimeout
+from relaygate.core.errors import (
+    BadRequest,
+    GatewayError,
+    ServerBusy,
+    Unavailable,
+    Unsupported,
+    UpstreamTimeout,
+)
 from relaygate.server.upload import ClientBody
 
 if TYPE_CHECKING:
     from relaygate.server.multipart import AudioUpload, Keep
+
+log = logging.getLogger("relaygate")
 
 
 class Provider:
@@ -122,6 +134,10 @@ class Provider:
             )
         except TimeoutError:
             raise UpstreamTimeout(f"upstream {self.kind} timed out") from None
+        except aiohttp.ClientConnectorError as e:
+            if e.os_error.errno in (errno.EMFILE, errno.ENFILE):
+                raise out_of_files(self.kind) from None
+            raise Unavailable(f"upstream {self.kind} is unreachable ({type(e).__name__})", status=502) from None
         except aiohttp.ClientError as e:
             raise Unavailable(f"upstream {self.kind} is unreachable ({type(e).__name__})", status=502) from None
 
@@ -199,6 +215,15 @@ def model_segment(model: str, safe: str = "") -> str:
                          "'\\', control characters or '.'/'..' segments, at most "
                          f"{MAX_MODEL_NAME} characters)", param="model", code="invalid_model")
     return quote(model, safe=safe)
+
+
+def out_of_files(kind: str) -> ServerBusy:
+    """The gateway, not the upstream, is out of file descriptors: logged, and a 503 that says so (no breaker
+    or fallback acts on it)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    log.error("out of file descriptors (open-file limit %d): cannot open a connection to upstream %s", soft, kind)
+    return ServerBusy("the gateway has run out of file descriptors and cannot reach the upstream; try again "
+                      "shortly", code="out_of_file_descriptors", retry_after=1.0)
 
 
 async def open_body(resp: aiohttp.ClientResponse, kind: str, *, require_bytes: bool = False) -> AsyncIterator[bytes]:

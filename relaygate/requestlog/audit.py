@@ -16,7 +16,7 @@ import orjson
 from relaygate.auth.authenticator import Authenticator, presented_key
 from relaygate.config import RequestLogConfig
 from relaygate.core.call import Call, Handler, Reply, Route
-from relaygate.core.errors import AuthError, GatewayError
+from relaygate.core.errors import AuthError, GatewayError, cut_by_shutdown, shutdown_error
 from relaygate.requestlog.redact import Redactor
 from relaygate.requestlog.writer import RequestLogWriter
 from relaygate.server.http import ClientGone, Request
@@ -55,6 +55,8 @@ def error_fields(error: BaseException | None) -> tuple[int | None, str | None, s
         return None, None, None
     if isinstance(error, GatewayError):
         return error.status, error.kind, error.message
+    if cut_by_shutdown(error):  # the server ended it, not the client
+        return error_fields(shutdown_error())
     if isinstance(error, (ClientGone, asyncio.CancelledError, ConnectionError)):
         return CLIENT_CLOSED, "client_closed", "the client closed the connection"
     return 500, "internal", type(error).__name__

@@ -7,10 +7,10 @@ import gc
 import importlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from relaygate.config import Config
-from relaygate.core.errors import GatewayError, MethodNotAllowed, NotFound
+from relaygate.core.errors import GatewayError, MethodNotAllowed, NotFound, cut_by_shutdown, shutdown_error
+from relaygate.core.logtext import loggable
 from relaygate.gateway import Gateway
 from relaygate.server.disconnect import Watchers
 from relaygate.server.http import (
@@ -100,6 +100,7 @@ class App:
         # a server process (not a test process) moves what is alive after start-up out of the collector's
         # way: modules, config, pools never become garbage, and scanning them cost ~15-25 µs per request
         self.freeze_gc = freeze_gc
+        self.draining = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -124,11 +125,20 @@ class App:
                 self._audit_refused(req, e)
         except ClientGone:
             return
-        except asyncio.CancelledError:
-            if not req.client_left:
-                raise  # cancelled from outside (shutdown): not ours to swallow
+        except asyncio.CancelledError as e:
+            if cut_by_shutdown(e):
+                # the server is stopping and this call outlived the drain: it gets a 503 and its row says so
+                task = asyncio.current_task()
+                if task is not None:
+                    task.uncancel()
+                cut = shutdown_error()
+                resp = error_response(cut)
+                if matched and not getattr(e, "audited", False):
+                    self._audit_refused(req, cut)
+            elif not req.client_left:
+                raise  # cancelled from outside: not ours to swallow
         except Exception as e:
-            log.exception("internal error on %s %s (request %s)", req.method, req.path, req.id)
+            log.exception("internal error on %s %s (request %s)", loggable(req.method), loggable(req.path), req.id)
             err = GatewayError(f"internal error in the gateway; see its log for request {req.id}",
                                code="internal_error")
             resp = error_response(err)
@@ -147,6 +157,15 @@ class App:
             await resp.send(send, receive, req.id)
         except OSError:  # the client went away while we answered
             pass
+        except asyncio.CancelledError as e:  # ended by the server's shutdown while answering: nothing to add
+            if not cut_by_shutdown(e):
+                raise
+
+    def begin_drain(self) -> None:
+        """The server is stopping: readiness answers 503 from now on (calls in flight go on)."""
+        self.draining = True
+        if self.gateway is not None:
+            self.gateway.draining = True
 
     def _audit_refused(self, req: Request, error: GatewayError) -> None:
         """A request log row for a call that failed before the pipeline (which logs every call it sees).
@@ -166,6 +185,7 @@ class App:
             if msg["type"] == "lifespan.startup":
                 try:
                     self.gateway = await Gateway.create(self.config)
+                    self.gateway.draining = self.draining
                 except Exception as e:
                     log.exception("start-up failed")
                     await send({"type": "lifespan.startup.failed", "message": str(e)})
@@ -181,12 +201,3 @@ class App:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-
-def uvicorn_config(app: Any, host: str, port: int, **kw: Any) -> Any:
-    """uvicorn settings for the fast path: uvloop, httptools, no access log."""
-    import uvicorn
-
-    return uvicorn.Config(app, host=host, port=port, loop="uvloop", http="httptools", lifespan="on",
-                          access_log=False, log_level="warning", timeout_graceful_shutdown=30,
-                          server_header=False, date_header=False,
-                          proxy_headers=False, **kw)

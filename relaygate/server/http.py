@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -13,7 +14,15 @@ from typing import Any
 import orjson
 
 from relaygate.core.call import Reply
-from relaygate.core.errors import BadRequest, GatewayError, PayloadTooLarge
+from relaygate.core.errors import (
+    BadRequest,
+    GatewayError,
+    PayloadTooLarge,
+    RequestTimeout,
+    cut_by_shutdown,
+    shutdown_error,
+)
+from relaygate.core.logtext import loggable
 from relaygate.server.disconnect import DisconnectWatch, Watchers
 
 log = logging.getLogger("relaygate")
@@ -22,6 +31,8 @@ Scope = dict[str, Any]
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+
+BODY_TIMEOUT = "relaygate.body_timeout"  # in a request's scope once the server cut its slow body short
 
 
 class RequestIds:
@@ -92,6 +103,8 @@ class Request:
         while True:
             msg = await self.receive()
             if msg["type"] == "http.disconnect":
+                if self.scope.get(BODY_TIMEOUT):  # the server's guard cut a body that came too slowly
+                    raise RequestTimeout("the request body arrived too slowly; the server stopped waiting")
                 raise ClientGone()
             chunk = msg.get("body", b"")
             more = msg.get("more_body", False)
@@ -226,15 +239,31 @@ class StreamResponse:
         try:
             await self._pump(send, h)
         except asyncio.CancelledError as e:
-            error = ClientGone() if gone else e
-            if not gone:
-                raise  # cancelled from outside (shutdown): not ours to swallow
-            task.uncancel()
+            if gone:
+                error = ClientGone()
+                task.uncancel()
+            elif cut_by_shutdown(e):  # the server is stopping and its drain time is up
+                task.uncancel()
+                error = shutdown_error()
+                final = self._final_event(error)
+                if final is not None:
+                    with contextlib.suppress(OSError, RuntimeError):  # RuntimeError: not started
+                        await send({"type": "http.response.body", "body": final, "more_body": False})
+            else:
+                error = e
+                raise
         except GatewayError as e:  # _pump already ended (or cut) the stream and logged why
             error = e
         finally:
             watcher.cancel()
             reply.finish(error)
+
+    def _final_event(self, err: GatewayError) -> bytes | None:
+        """The event that ends a failed stream, or None for a body that cannot carry one (audio, a file)."""
+        try:
+            return self.error_event(err)
+        except Exception:
+            return None
 
     async def _pump(self, send: Send, headers: list[tuple[bytes, bytes]]) -> None:
         assert self.reply.stream is not None
@@ -247,13 +276,12 @@ class StreamResponse:
             # bytes already reached the client: end the stream with an error event, never retry
             if isinstance(e, GatewayError):
                 err = e
-                log.warning("stream failed after first byte: %s", e.message)
+                log.warning("stream failed after first byte: %s", loggable(e.message))
             else:
                 log.exception("stream failed inside the gateway")
                 err = GatewayError("internal error in the gateway while streaming", code="internal_error")
-            try:
-                final = self.error_event(err)
-            except Exception:  # this body (audio, a file) cannot carry an error: the connection is cut
+            final = self._final_event(err)
+            if final is None:  # this body (audio, a file) cannot carry an error: the connection is cut
                 raise err from None
             try:
                 await send({"type": "http.response.body", "body": final, "more_body": False})

@@ -7,10 +7,9 @@ import threading
 import time
 from typing import Any
 
-import uvicorn
-
 from relaygate.config import Config, parse_config
-from relaygate.server.app import App, uvicorn_config
+from relaygate.server.app import App
+from relaygate.server.serve import GatewayServer
 from relaygate.testing.base import free_port
 
 
@@ -23,8 +22,7 @@ class GatewayThread:
         self.host = host
         self.port = port or free_port(host)
         self.app = App(self.config)
-        self.server = uvicorn.Server(uvicorn_config(self.app, self.host, self.port))
-        self.server.config.install_signal_handlers = False  # type: ignore[attr-defined]
+        self.server = GatewayServer(self.app, self.host, self.port)
         self._thread: threading.Thread | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
 

@@ -1,0 +1,339 @@
+"""What uvicorn's httptools protocol does not bound: header sizes, slow or idle clients, connection count.
+
+``GuardedProtocol`` is uvicorn's ``HttpToolsProtocol`` with a phase per connection (idle, reading the head,
+reading the body, answering, closing) and the limits of ``server:`` checked on the way; the ``Watchdog``, one
+per server, sweeps the connections a few times a second with a coarse clock, so the request path pays a few
+attribute stores and no timer. A refused connection gets an OpenAI-format error with ``connection: close``
+and a lingering close (its unread input is drained for a moment, so the answer is not lost to a reset).
+
+Some of ``HttpToolsProtocol``'s methods are replaced whole rather than extended (one Python frame less per
+request on the hot path); they follow uvicorn ``TESTED_UVICORN`` (``requirements.lock`` pins it, and
+``tests/test_server_limits.py`` fails when the lock moves, so a new uvicorn gets a fresh look).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import resource
+import time
+from collections import Counter
+from typing import Any, ClassVar
+
+import httptools
+import orjson
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from relaygate.config import ServerConfig
+from relaygate.core.errors import BadRequest, GatewayError, HeadTooLarge, RequestTimeout, ServerBusy
+from relaygate.server.http import BODY_TIMEOUT
+
+log = logging.getLogger("relaygate.server")
+
+TESTED_UVICORN = "0.54.0"
+
+# connection phases
+IDLE, HEAD, BODY, BUSY, CLOSING = range(5)
+
+FD_RESERVE = 128  # descriptors kept for the gateway's own use: database, Redis, log files, the event loop
+LINGER = 1.0  # seconds a refused connection's input is drained before it is closed
+LINGER_ROOM = FD_RESERVE // 2  # refused connections over the cap that may linger at once
+LOG_PER_SECOND = 10  # refusals logged one by one per second; the rest are counted in a summary line
+
+
+def default_max_connections() -> int:
+    """Client connections that fit the open-file limit with an upstream socket each and room to spare."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    return max(16, (soft - FD_RESERVE) // 2)
+
+
+class Watchdog:
+    """The limits, a coarse clock (``now``, monotonic, refreshed by the sweep) and the refusal log."""
+
+    def __init__(self, cfg: ServerConfig) -> None:
+        self.header_timeout = cfg.header_timeout
+        self.body_timeout = cfg.body_timeout
+        self.request_timeout = cfg.request_timeout
+        self.keepalive_timeout = cfg.keepalive_timeout
+        self.max_connections = cfg.max_connections or default_max_connections()
+        self.max_header_bytes = cfg.max_header_bytes
+        self.max_header_line = cfg.max_header_line_bytes
+        self.max_headers = cfg.max_headers
+        # the sweep runs often enough that no timeout is overshot by more than a quarter
+        self.interval = min(1.0, max(0.05, min(self.header_timeout, self.body_timeout,
+                                               self.keepalive_timeout) / 4))
+        self.now = time.monotonic()
+        self._logged = 0
+        self._unlogged: Counter[str] = Counter()
+        self._window = self.now
+        self._fds_logged = 0.0
+        self.refusals: Counter[str] = Counter()  # every refusal by reason, since start
+
+    def refused(self, reason: str, client: tuple[str, int] | None, detail: str) -> None:
+        """Log one refusal (a few per second one by one; the sweep sums up the rest)."""
+        self.refusals[reason] += 1
+        if self._logged < LOG_PER_SECOND:
+            self._logged += 1
+            who = f"{client[0]}:{client[1]}" if client else "a client"
+            log.warning("%s: %s (%s)", reason, who, detail)
+        else:
+            self._unlogged[reason] += 1
+
+    async def run(self, connections: set[Any]) -> None:
+        """Sweep ``connections`` until cancelled."""
+        while True:
+            await asyncio.sleep(self.interval)
+            self.sweep(connections)
+
+    def sweep(self, connections: set[Any]) -> None:
+        now = self.now = time.monotonic()
+        for conn in list(connections):
+            if isinstance(conn, GuardedProtocol):
+                conn.check(now)
+        if now - self._window >= 1.0:
+            for reason, n in self._unlogged.items():
+                log.warning("%s: %d more in the last %.0f s", reason, n, now - self._window)
+            self._unlogged.clear()
+            self._logged = 0
+            self._window = now
+            self._check_fds(now)
+
+    def _check_fds(self, now: float) -> None:
+        """Out of file descriptors, the event loop drops new connections without a word: say so."""
+        try:
+            fd = os.open(os.devnull, os.O_RDONLY)
+        except OSError as e:
+            if e.errno in (errno.EMFILE, errno.ENFILE) and now - self._fds_logged >= 10:
+                self._fds_logged = now
+                soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+                log.error("out of file descriptors (open-file limit %d): new connections are dropped and "
+                          "upstream connections fail; lower server.max_connections (%d) or raise the limit",
+                          soft, self.max_connections)
+        else:
+            os.close(fd)
+
+
+def _answer(err: GatewayError) -> bytes:
+    """A whole HTTP/1.1 response carrying ``err`` in OpenAI's format, closing the connection."""
+    body = orjson.dumps(err.body())
+    extra = b"".join(k.encode("latin-1") + b": " + v.encode("latin-1") + b"\r\n" for k, v in err.headers.items())
+    return (STATUS_LINE[err.status] + b"content-type: application/json\r\ncontent-length: "
+            + str(len(body)).encode() + b"\r\nconnection: close\r\n" + extra + b"\r\n" + body)
+
+
+class GuardedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with header limits, read timeouts and a connection cap."""
+
+    watchdog: ClassVar[Watchdog]  # set on the subclass each server makes (``protocol_class``)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.phase = HEAD  # a new connection owes its first request's head within header_timeout
+        self.since = self.watchdog.now  # when the phase began (the body's last bytes, while in BODY)
+        self.body_started = 0.0
+        self.head_bytes = 0  # bytes received since the head began (a bound on what the parser buffers)
+        self.head_size = 0  # bytes of the request line and headers parsed so far
+        self.head_count = 0
+        self.stalled = 0.0  # when the client stopped reading our answer (0: it reads)
+        self.refusal: GatewayError | None = None  # the limit a parser callback hit
+        self.close_on_input = False  # refused before its request came: close once it comes
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        wd = self.watchdog
+        self.since = wd.now
+        open_now = len(self.connections)
+        if open_now > wd.max_connections:
+            # answered before the request is read; the connection closes once the request came, or at
+            # once when so many refusals linger that their descriptors would run out
+            self.close_on_input = True
+            self.refuse(ServerBusy(f"the gateway is at its limit of {wd.max_connections} connections; "
+                                   "try again shortly", retry_after=1.0),
+                        "connection cap", f"{open_now - 1} open, server.max_connections {wd.max_connections}",
+                        linger=open_now <= wd.max_connections + LINGER_ROOM)
+
+    def eof_received(self) -> None:
+        if self.phase == CLOSING:
+            self.transport.close()
+
+    # The hot path: uvicorn's data_received, on_message_begin, on_url, on_header and on_response_complete,
+    # with the limits added and the keep-alive timer left to the sweep.
+
+    def data_received(self, data: bytes) -> None:
+        phase = self.phase
+        if phase == IDLE:  # the next request on a kept-alive connection begins
+            self.phase = HEAD
+            self.since = self.watchdog.now
+        elif phase == CLOSING:  # the input of a refused request is read and dropped
+            if self.close_on_input:
+                self.transport.close()
+            return
+        self.head_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:  # a parser callback's error too: one of our limits, or a bad request
+            refusal = self.refusal
+            if refusal is not None:
+                self.refuse(refusal, "oversized request head", refusal.message)
+            else:
+                self.refuse(BadRequest("invalid HTTP request"), "invalid HTTP request", "unparsable")
+            return
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+            return
+        if self.phase == HEAD and self.head_bytes > self.watchdog.max_header_bytes:
+            self.refuse(HeadTooLarge(f"the request head exceeds {self.watchdog.max_header_bytes} bytes"),
+                        "oversized request head", f"over {self.watchdog.max_header_bytes} bytes")
+
+    def on_message_begin(self) -> None:
+        self.url = b""
+        self.expect_100_continue = False
+        self.headers = []
+        self.scope = {  # type: ignore[typeddict-item]
+            "type": "http",
+            "asgi": {"version": self.asgi_version, "spec_version": "2.3"},
+            "http_version": "1.1",
+            "server": self.server,
+            "client": self.client,
+            "scheme": self.scheme,  # type: ignore[typeddict-item]
+            "root_path": self.root_path,
+            "headers": self.headers,
+            "state": self.app_state.copy(),
+        }
+        self.phase = HEAD
+        self.head_bytes = self.head_size = self.head_count = 0
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        if len(self.url) > self.watchdog.max_header_line:
+            self.refusal = GatewayError(f"the request URL exceeds {self.watchdog.max_header_line} bytes",
+                                        status=414, code="uri_too_long")
+            raise self.refusal
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        size = len(name) + len(value)
+        self.head_size += size
+        self.head_count += 1
+        wd = self.watchdog
+        if size > wd.max_header_line or self.head_count > wd.max_headers or self.head_size > wd.max_header_bytes:
+            self.refusal = HeadTooLarge(
+                f"request headers too large: at most {wd.max_headers} headers, {wd.max_header_line} bytes "
+                f"each and {wd.max_header_bytes} bytes in all")
+            raise self.refusal
+        name = name.lower()
+        if name == b"expect" and value.lower() == b"100-continue":
+            self.expect_100_continue = True
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.phase = BODY
+        self.since = self.body_started = self.watchdog.now
+        super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        self.since = self.watchdog.now
+        if (self.parser.should_upgrade() and self._should_upgrade()) or self.cycle.response_complete:
+            return
+        self.cycle.body += body
+        if len(self.cycle.body) > HIGH_WATER_LIMIT:
+            self.flow.pause_reading()
+        self.cycle.message_event.set()
+
+    def on_message_complete(self) -> None:
+        if (self.parser.should_upgrade() and self._should_upgrade()) or self.cycle.response_complete:
+            if self.phase == BODY:  # the rest of a body the answer did not wait for: now idle
+                self.phase = IDLE
+                self.since = self.watchdog.now
+            return
+        self.phase = BUSY
+        self.cycle.more_body = False
+        self.cycle.message_event.set()
+
+    def on_response_complete(self) -> None:
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        elif self.phase != BODY:  # (in BODY the client still sends a body the answer did not wait for)
+            self.phase = IDLE
+            self.since = self.watchdog.now
+
+    # refusals and timeouts
+
+    def refuse(self, err: GatewayError, reason: str, detail: str, linger: bool = True) -> None:
+        """Answer ``err`` (unless an answer already started) and close the connection: after draining its
+        input for a moment (``linger``: the client reads the answer instead of a reset), or at once."""
+        self.watchdog.refused(reason, self.client, detail)
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            if self.phase != BODY or cycle.response_started:  # an answer is (or may be) under way: just cut
+                self.phase = CLOSING
+                self.transport.close()
+                return
+            # the app is reading the body: it learns of the cut as a disconnect
+            cycle.disconnected = True
+            cycle.message_event.set()
+        self.phase = CLOSING
+        self.since = self.watchdog.now
+        if self.transport.is_closing():
+            return
+        self.transport.write(_answer(err))
+        if not linger:
+            self.transport.close()
+            return
+        try:
+            self.transport.write_eof()
+        except (NotImplementedError, OSError, RuntimeError):
+            self.transport.close()
+
+    def check(self, now: float) -> None:
+        """The sweep's look at this connection: cut it when its client is too slow or idle too long."""
+        phase = self.phase
+        wd = self.watchdog
+        if phase == IDLE:
+            if now - self.since > wd.keepalive_timeout:
+                self.phase = CLOSING
+                self.transport.close()
+        elif phase == HEAD:
+            if now - self.since > wd.header_timeout:
+                self.refuse(RequestTimeout(f"the request head did not arrive within {wd.header_timeout:g} s"),
+                            "slow client", f"request head incomplete after {wd.header_timeout:g} s")
+        elif phase == BODY:
+            if self.flow.read_paused:  # our own back-pressure, not the client's silence
+                self.since = now
+            elif now - self.since > wd.body_timeout or now - self.body_started > wd.request_timeout:
+                if self.cycle.response_complete:  # answered already: no one waits for the rest
+                    self.phase = CLOSING
+                    self.transport.close()
+                    return
+                self.scope[BODY_TIMEOUT] = True  # type: ignore[literal-required]
+                self.refuse(RequestTimeout(f"the request body stalled for {wd.body_timeout:g} s or did not "
+                                           f"arrive within {wd.request_timeout:g} s"),
+                            "slow client", "request body stalled")
+        elif phase == BUSY:
+            if not self.flow.write_paused:
+                self.stalled = 0.0
+            elif not self.stalled:
+                self.stalled = now
+            elif now - self.stalled > wd.body_timeout:
+                wd.refused("slow client", self.client, f"did not read its answer for {wd.body_timeout:g} s")
+                self.phase = CLOSING
+                self.transport.close()
+        elif now - self.since > LINGER:  # CLOSING
+            self.transport.close()
+
+
+def protocol_class(watchdog: Watchdog) -> type[GuardedProtocol]:
+    """A ``GuardedProtocol`` bound to one server's watchdog (uvicorn builds protocols from a class)."""
+    return type("GuardedProtocol", (GuardedProtocol,), {"watchdog": watchdog})

@@ -1,0 +1,109 @@
+"""The HTTP server: uvicorn with the guarded protocol, and a stop that drains before it cuts.
+
+On SIGTERM (or SIGINT) readiness turns 503 at once, the listener closes and idle connections with it, and the
+calls and streams in flight get ``server.drain_timeout`` seconds to finish. Those still running then are ended
+by the server: a stream gets an error event, a whole answer a 503, and each call's row says
+``server_shutdown``. A second signal ends them at once. Either way the request log is flushed and the process
+exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import threading
+import time
+from collections.abc import Generator
+from types import FrameType
+
+import uvicorn
+
+from relaygate.core.errors import SHUTDOWN_CUT
+from relaygate.server.app import App
+from relaygate.server.guard import Watchdog, protocol_class
+
+log = logging.getLogger("relaygate.server")
+
+CUT_GRACE = 2.0  # seconds the calls ended at shutdown get to send their error event and write their rows
+
+
+class GatewayServer(uvicorn.Server):
+    """uvicorn's server for one ``App``: guarded connections, a configurable drain, exit 0 after a signal."""
+
+    def __init__(self, app: App, host: str, port: int) -> None:
+        settings = app.config.server
+        self.app = app
+        self.watchdog = Watchdog(settings)
+        self.drain_timeout = settings.drain_timeout
+        super().__init__(uvicorn.Config(
+            app, host=host, port=port, loop="uvloop", http=protocol_class(self.watchdog), lifespan="on",
+            access_log=False, log_level="warning", server_header=False, date_header=False,
+            proxy_headers=False))
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            self._sweeper = asyncio.create_task(self.watchdog.run(self.server_state.connections))
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        """uvicorn's, without raising the signal again at the end: a gateway that stopped cleanly exits 0."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.should_exit:  # a second signal: end what is still running now
+            self.force_exit = True
+        self.should_exit = True
+        self.app.begin_drain()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.app.begin_drain()
+        for server in self.servers:
+            server.close()
+        for sock in sockets or []:
+            sock.close()
+        state = self.server_state
+        for conn in list(state.connections):
+            conn.shutdown()  # idle ones close now, busy ones once their answer is sent
+        tasks = state.tasks
+        if tasks:
+            log.info("stopping: %d call(s) in flight get up to %g s to finish (server.drain_timeout)",
+                     len(tasks), self.drain_timeout)
+        deadline = time.monotonic() + self.drain_timeout
+        # polled: a signal handler sets force_exit, and uvicorn's task set has no event to wait on
+        while tasks and not self.force_exit and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        if tasks:
+            log.warning("stopping: ending %d call(s) still running %s", len(tasks),
+                        "at a second signal" if self.force_exit else f"after {self.drain_timeout:g} s")
+            await self._cut(tasks)
+        for conn in list(state.connections):
+            conn.transport.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        await self.lifespan.shutdown()  # the gateway closes: the request log is flushed
+
+    @staticmethod
+    async def _cut(tasks: set[asyncio.Task[None]]) -> None:
+        """Cancel each call with the shutdown message (its stream ends with an error event, its row says
+        so); a call that does not end within CUT_GRACE is cancelled again, and then left."""
+        for attempt in range(2):
+            for t in list(tasks):
+                t.cancel(SHUTDOWN_CUT)
+            await asyncio.wait(list(tasks), timeout=CUT_GRACE)
+            if not tasks:
+                return
+            log.error("stopping: %d call(s) did not end when cancelled%s", len(tasks),
+                      "; cancelling again" if attempt == 0 else "; leaving them")

@@ -21,6 +21,8 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
 
 _ANSWER = f"body = open({str(BENCH_DIR / 'upstream' / 'chat.json')!r}, 'rb').read().strip()\n"
+_PROTOCOL = f"import sys\nsys.path.insert(0, {str(BENCH_DIR)!r})\nfrom protocol_case import protocol\n" \
+    "one = protocol({guarded}).one\n"
 CASES: dict[str, tuple[str, str]] = {  # name: (set-up, statement)
     "usage-orjson": (_ANSWER + "import orjson\nfrom relaygate.core.call import Usage\n",
                      "Usage.from_openai(orjson.loads(body).get('usage'))"),
@@ -30,6 +32,9 @@ CASES: dict[str, tuple[str, str]] = {  # name: (set-up, statement)
     "msgspec-decode": (_ANSWER + "from relaygate.providers.openai.usage import _decode\n", "_decode(body)"),
     "usage-object": ("from relaygate.core.call import Usage\n", "Usage(prompt_tokens=1, completion_tokens=2)"),
     "nothing": ("", "pass"),
+    # one chat request through the HTTP protocol, bytes in to answer done (bench/protocol_case.py)
+    "http-protocol-uvicorn": (_PROTOCOL.format(guarded=False), "one()"),
+    "http-protocol-guarded": (_PROTOCOL.format(guarded=True), "one()"),
 }
 
 _RUNNER = """

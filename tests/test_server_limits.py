@@ -194,6 +194,30 @@ def test_a_stalled_body_gets_408_and_its_row(limited: Callable[..., GatewayThrea
     assert [(r["status"], r["route"], r["error"]) for r in rows] == [(408, "chat/completions", "bad_request")]
 
 
+def test_a_client_that_leaves_its_answer_unread_is_cut(limited: Callable[..., GatewayThread],
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    gw = limited(body_timeout=1)
+    # 128 choices echoing 64 KiB each: an 8 MiB answer, more than the socket buffers hold
+    body = json.dumps({"model": "mini", "n": 128, "messages": [{"role": "user", "content": "x" * 70_000}]}).encode()
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.settimeout(10)
+        s.connect(("127.0.0.1", gw.port))
+        with caplog.at_level(logging.WARNING, logger="relaygate.server"):
+            s.sendall(request_bytes("/v1/chat/completions", body=body, method="POST"))
+            time.sleep(4)  # reading nothing
+            got = b""
+            try:
+                while chunk := s.recv(1 << 20):
+                    got += chunk
+            except ConnectionError:
+                pass
+    head, _, rest = got.partition(b"\r\n\r\n")
+    length = int(re.search(rb"content-length: (\d+)", head).group(1))  # type: ignore[union-attr]
+    assert length > 8_000_000 and len(rest) < length  # cut short
+    assert any("left its answer unread" in r.getMessage() for r in caplog.records)
+
+
 def test_an_idle_keep_alive_connection_is_closed(limited: Callable[..., GatewayThread]) -> None:
     gw = limited(keepalive_timeout=0.5)
     with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:

@@ -41,8 +41,10 @@ def validate_chat(body: dict[str, Any]) -> None:
                              code="invalid_type")
     check(body, "stream", bool, "a boolean")
     check(body, "stream_options", dict, "an object")
-    check_int(body, "n", 1, MAX_CHOICES)
-    check_int(body, "top_logprobs", 0, MAX_TOP_LOGPROBS)
+    if "n" in body:  # (most requests have neither: a lookup instead of two calls)
+        check_int(body, "n", 1, MAX_CHOICES)
+    if "top_logprobs" in body:
+        check_int(body, "top_logprobs", 0, MAX_TOP_LOGPROBS)
     check(body, "tools", list, "an array")
     check(body, "temperature", (int, float), "a number")
     check(body, "max_tokens", int, "an integer")

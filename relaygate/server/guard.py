@@ -19,13 +19,14 @@ import logging
 import os
 import resource
 import time
+import urllib.parse
 from collections import Counter
 from typing import Any, ClassVar
 
 import httptools
 import orjson
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
 from relaygate.config import ServerConfig
 from relaygate.core.errors import BadRequest, GatewayError, HeadTooLarge, RequestTimeout, ServerBusy
@@ -136,10 +137,10 @@ class GuardedProtocol(HttpToolsProtocol):
         self.phase = HEAD  # a new connection owes its first request's head within header_timeout
         self.since = self.watchdog.now  # when the phase began (the body's last bytes, while in BODY)
         self.body_started = 0.0
-        self.head_bytes = 0  # bytes received since the head began (a bound on what the parser buffers)
-        self.head_size = 0  # bytes of the request line and headers parsed so far
-        self.head_count = 0
-        self.stalled = 0.0  # when the client stopped reading our answer (0: it reads)
+        self.head_bytes = 0  # bytes of a head still incomplete after a read (a bound on what the parser buffers)
+        self.max_line = self.watchdog.max_header_line  # here for the per-header check: one attribute lookup
+        self.stalled = 0.0  # since when none of our answer was read (0: the client reads, or all is sent)
+        self.unsent = 0  # bytes of our answer not yet sent, at the last sweep
         self.refusal: GatewayError | None = None  # the limit a parser callback hit
         self.close_on_input = False  # refused before its request came: close once it comes
 
@@ -161,19 +162,15 @@ class GuardedProtocol(HttpToolsProtocol):
         if self.phase == CLOSING:
             self.transport.close()
 
-    # The hot path: uvicorn's data_received, on_message_begin, on_url, on_header and on_response_complete,
-    # with the limits added and the keep-alive timer left to the sweep.
+    # The hot path: uvicorn's data_received, on_message_begin, on_header, on_headers_complete, on_body,
+    # on_message_complete and on_response_complete, with the limits added and the keep-alive timer left to the
+    # sweep (uvicorn armed one per answer and cancelled it at the next read).
 
     def data_received(self, data: bytes) -> None:
-        phase = self.phase
-        if phase == IDLE:  # the next request on a kept-alive connection begins
-            self.phase = HEAD
-            self.since = self.watchdog.now
-        elif phase == CLOSING:  # the input of a refused request is read and dropped
+        if self.phase == CLOSING:  # the input of a refused request is read and dropped
             if self.close_on_input:
                 self.transport.close()
             return
-        self.head_bytes += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError:  # a parser callback's error too: one of our limits, or a bad request
@@ -189,9 +186,11 @@ class GuardedProtocol(HttpToolsProtocol):
             else:
                 self._unsupported_upgrade_warning()
             return
-        if self.phase == HEAD and self.head_bytes > self.watchdog.max_header_bytes:
-            self.refuse(HeadTooLarge(f"the request head exceeds {self.watchdog.max_header_bytes} bytes"),
-                        "oversized request head", f"over {self.watchdog.max_header_bytes} bytes")
+        if self.phase == HEAD:  # a head still incomplete (rare: most arrive whole): bound what it buffers
+            self.head_bytes += len(data)
+            if self.head_bytes > self.watchdog.max_header_bytes:
+                self.refuse(HeadTooLarge(f"the request head exceeds {self.watchdog.max_header_bytes} bytes"),
+                            "oversized request head", f"over {self.watchdog.max_header_bytes} bytes")
 
     def on_message_begin(self) -> None:
         self.url = b""
@@ -209,34 +208,69 @@ class GuardedProtocol(HttpToolsProtocol):
             "state": self.app_state.copy(),
         }
         self.phase = HEAD
-        self.head_bytes = self.head_size = self.head_count = 0
-
-    def on_url(self, url: bytes) -> None:
-        self.url += url
-        if len(self.url) > self.watchdog.max_header_line:
-            self.refusal = GatewayError(f"the request URL exceeds {self.watchdog.max_header_line} bytes",
-                                        status=414, code="uri_too_long")
-            raise self.refusal
+        self.since = self.watchdog.now
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        size = len(name) + len(value)
-        self.head_size += size
-        self.head_count += 1
-        wd = self.watchdog
-        if size > wd.max_header_line or self.head_count > wd.max_headers or self.head_size > wd.max_header_bytes:
-            self.refusal = HeadTooLarge(
-                f"request headers too large: at most {wd.max_headers} headers, {wd.max_header_line} bytes "
-                f"each and {wd.max_header_bytes} bytes in all")
+        if len(value) > self.max_line or len(name) > self.max_line:
+            self.refusal = self._head_too_large()
             raise self.refusal
         name = name.lower()
         if name == b"expect" and value.lower() == b"100-continue":
             self.expect_100_continue = True
         self.headers.append((name, value))
 
+    def _head_too_large(self) -> HeadTooLarge:
+        wd = self.watchdog
+        return HeadTooLarge(f"request headers too large: at most {wd.max_headers} headers of {wd.max_header_line} "
+                            f"bytes each, {wd.max_header_bytes} bytes in all")
+
     def on_headers_complete(self) -> None:
+        # the count and the URL are checked once the head is whole (a head split over reads is bounded by
+        # data_received meanwhile)
+        if len(self.headers) > self.watchdog.max_headers:
+            self.refusal = self._head_too_large()
+            raise self.refusal
+        if len(self.url) > self.max_line:
+            self.refusal = GatewayError(f"the request URL exceeds {self.max_line} bytes", status=414,
+                                        code="uri_too_long")
+            raise self.refusal
         self.phase = BODY
         self.since = self.body_started = self.watchdog.now
-        super().on_headers_complete()
+        self.head_bytes = 0
+        http_version = self.parser.get_http_version()
+        method = self.parser.get_method()
+        self.scope["method"] = method.decode("ascii")
+        if http_version != "1.1":
+            self.scope["http_version"] = http_version
+        if self.parser.should_upgrade() and self._should_upgrade():
+            return
+        parsed_url = httptools.parse_url(self.url)
+        raw_path = parsed_url.path
+        path = raw_path.decode("ascii")
+        if "%" in path:
+            path = urllib.parse.unquote(path)
+        self.scope["path"] = self.root_path + path
+        self.scope["raw_path"] = self.root_path.encode("ascii") + raw_path
+        self.scope["query_string"] = parsed_url.query or b""
+        existing_cycle = self.cycle
+        self.cycle = RequestResponseCycle(
+            scope=self.scope,
+            transport=self.transport,
+            flow=self.flow,
+            logger=self.logger,
+            access_logger=self.access_logger,
+            access_log=self.access_log,
+            default_headers=self.server_state.default_headers,
+            message_event=asyncio.Event(),
+            expect_100_continue=self.expect_100_continue,
+            keep_alive=http_version != "1.0" and self.parser.should_keep_alive(),
+            on_response=self.on_response_complete,
+        )
+        if existing_cycle is None or existing_cycle.response_complete:
+            self._start_asgi_task(self.cycle, self.app)
+        else:  # pipelined: queued until the answer before it is sent
+            self.flow.pause_reading()
+            self.pipeline.appendleft((self.cycle, self.app))
 
     def on_body(self, body: bytes) -> None:
         self.since = self.watchdog.now
@@ -278,8 +312,7 @@ class GuardedProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
             if self.phase != BODY or cycle.response_started:  # an answer is (or may be) under way: just cut
-                self.phase = CLOSING
-                self.transport.close()
+                self.cut()
                 return
             # the app is reading the body: it learns of the cut as a disconnect
             cycle.disconnected = True
@@ -299,12 +332,22 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def check(self, now: float) -> None:
         """The sweep's look at this connection: cut it when its client is too slow or idle too long."""
-        phase = self.phase
         wd = self.watchdog
+        unsent = self.transport.get_write_buffer_size()
+        if unsent and unsent >= self.unsent:  # none of our answer was read since the last look
+            if not self.stalled:
+                self.stalled = now
+            elif now - self.stalled > wd.body_timeout:
+                wd.refused("slow client", self.client, f"left its answer unread for {wd.body_timeout:g} s")
+                self.cut()
+                return
+        else:
+            self.stalled = 0.0
+        self.unsent = unsent
+        phase = self.phase
         if phase == IDLE:
-            if now - self.since > wd.keepalive_timeout:
-                self.phase = CLOSING
-                self.transport.close()
+            if now - self.since > wd.keepalive_timeout and not unsent:  # (a slow reader still reads)
+                self.cut()
         elif phase == HEAD:
             if now - self.since > wd.header_timeout:
                 self.refuse(RequestTimeout(f"the request head did not arrive within {wd.header_timeout:g} s"),
@@ -314,23 +357,21 @@ class GuardedProtocol(HttpToolsProtocol):
                 self.since = now
             elif now - self.since > wd.body_timeout or now - self.body_started > wd.request_timeout:
                 if self.cycle.response_complete:  # answered already: no one waits for the rest
-                    self.phase = CLOSING
-                    self.transport.close()
+                    self.cut()
                     return
                 self.scope[BODY_TIMEOUT] = True  # type: ignore[literal-required]
                 self.refuse(RequestTimeout(f"the request body stalled for {wd.body_timeout:g} s or did not "
                                            f"arrive within {wd.request_timeout:g} s"),
                             "slow client", "request body stalled")
-        elif phase == BUSY:
-            if not self.flow.write_paused:
-                self.stalled = 0.0
-            elif not self.stalled:
-                self.stalled = now
-            elif now - self.stalled > wd.body_timeout:
-                wd.refused("slow client", self.client, f"did not read its answer for {wd.body_timeout:g} s")
-                self.phase = CLOSING
-                self.transport.close()
-        elif now - self.since > LINGER:  # CLOSING
+        elif phase == CLOSING and now - self.since > LINGER:
+            self.cut()
+
+    def cut(self) -> None:
+        """Close now; drop what is still unsent (a close would wait for a client that does not read)."""
+        self.phase = CLOSING
+        if self.transport.get_write_buffer_size():
+            self.transport.abort()
+        else:
             self.transport.close()
 
 

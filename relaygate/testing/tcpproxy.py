@@ -2,12 +2,15 @@
 
 Besides ``cut`` (drop every connection, refuse new ones), ``black_hole`` keeps accepting connections and
 relays nothing either way: a server that hangs, or a silent network. ``restore`` lets the held bytes through,
-as a healed partition does.
+as a healed partition does, except those of connections their sender closed meanwhile. ``reset_all`` resets
+every connection (RST) as soon as it is made.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 import threading
 
 from relaygate.testing.base import free_port
@@ -20,6 +23,8 @@ class TcpProxy:
         self.target = (target_host, target_port)
         self.port = port or free_port()
         self.up = True
+        self.resetting = False
+        self.accepted = 0  # connections accepted (how often a client tried to connect)
         self._loop = asyncio.new_event_loop()
         self._flowing = asyncio.Event()  # cleared while black-holed: bytes are held, not relayed
         self._flowing.set()
@@ -42,8 +47,12 @@ class TcpProxy:
             writer.transport.abort()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
         if not self.up:
             writer.close()
+            return
+        if self.resetting:
+            _reset(writer)
             return
         self._conns.add(writer)
         await self._flowing.wait()  # black-holed: accepted, and silent until restored
@@ -62,7 +71,10 @@ class TcpProxy:
                     data = await r.read(65536)
                     if not data:
                         break
-                    await self._flowing.wait()
+                    if not self._flowing.is_set():
+                        await self._flowing.wait()
+                        if r.at_eof() or r.exception() is not None:
+                            break  # the sender gave up meanwhile: as in a partition, its bytes never arrive
                     w.write(data)
                     await w.drain()
             except (OSError, asyncio.CancelledError):
@@ -86,8 +98,18 @@ class TcpProxy:
         """Keep accepting connections but relay nothing either way until ``restore`` (held, not dropped)."""
         self._loop.call_soon_threadsafe(self._flowing.clear)
 
+    def reset_all(self) -> None:
+        """Reset every proxied connection now, and every new one as soon as it is accepted, until ``restore``."""
+        def do() -> None:
+            self.resetting = True
+            for w in list(self._conns):
+                _reset(w)
+            self._conns.clear()
+        self._loop.call_soon_threadsafe(do)
+
     def restore(self) -> None:
         self.up = True
+        self.resetting = False
         self._loop.call_soon_threadsafe(self._flowing.set)
 
     def stop(self) -> None:
@@ -111,3 +133,11 @@ class TcpProxy:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _reset(writer: asyncio.StreamWriter) -> None:
+    """Close with a TCP reset (RST), not an orderly FIN."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from relaygate.requestlog.audit import AuditLayer
     from relaygate.requestlog.writer import RequestLogWriter
     from relaygate.store.db import Database
+    from relaygate.store.reads import Reads
 
 log = logging.getLogger("relaygate")
 
@@ -69,12 +70,12 @@ def default_spool_dir(config: Config) -> str:
     return os.path.abspath("relaygate-spool")
 
 
-def spent_loader(db: Database) -> SpentLoader:
-    """What a budget scope spent since a time, summed from the request log (off the event loop)."""
+def spent_loader(reads: Reads) -> SpentLoader:
+    """What a budget scope spent since a time, summed from the request log (off the event loop, bounded)."""
     from relaygate.auth.keys import spent_since
 
     async def load(scope_name: str, start: float) -> int:
-        return await db.run(spent_since, db.engine, scope_name, start)
+        return await reads.run(spent_since, reads.engine, scope_name, start)
 
     return load
 
@@ -138,7 +139,8 @@ class Gateway:
         self.ready = False
         self.draining = False  # the server is stopping (SIGTERM): readiness says so while calls finish
         # one Redis client (one connection, one timeout policy) for the limits and the breakers
-        self.redis = RespClient(config.state.redis_url) if config.state.redis_url else None
+        st = config.state
+        self.redis = RespClient(st.redis_url, st.redis_timeout, st.redis_retry) if st.redis_url else None
 
         master = master_key(config)
         self.db: Database | None = None
@@ -148,17 +150,23 @@ class Gateway:
             self.db = Database(config.database.url, config.database.pool_size)
 
         self.keys: KeyStore | None = None
+        self.reads: Reads | None = None
         self.auth: Authenticator | None = None
         self.limiter: Limiter | None = None
         if master:
             from relaygate.auth.authenticator import Authenticator
             from relaygate.auth.keys import KeyStore
+            from relaygate.store.reads import Reads
 
             assert self.db is not None
-            db = self.db
-            self.keys = keys = KeyStore(db.engine)
-            self.auth = Authenticator(master, lambda digest: db.run(keys.lookup, digest), config.auth.cache_ttl)
-            self.limiter = self._limiter(db)
+            self.keys = KeyStore(self.db.engine)
+            # the request path reads through its own bounded connections: a slow database answers 503 for
+            # keys not cached and budgets not loaded, and never stalls calls whose keys are cached
+            self.reads = reads = Reads(self.db, config.database.lookup_timeout)
+            lookups = KeyStore(reads.engine)
+            self.auth = Authenticator(master, lambda digest: reads.run(lookups.lookup, digest),
+                                      config.auth.cache_ttl, config.auth.stale_ttl)
+            self.limiter = self._limiter(reads)
 
         self.writer: RequestLogWriter | None = None
         if config.request_log.enabled:
@@ -180,15 +188,15 @@ class Gateway:
         self.audit: AuditLayer | None = None  # the outermost layer, when the request log is on
         self.pipeline: Handler = self._pipeline()
 
-    def _limiter(self, db: Database) -> Limiter:
+    def _limiter(self, reads: Reads) -> Limiter:
         if self.redis is not None:
             from relaygate.limits.redis import RedisLimiter
 
             # a crashed instance's parallel slots and reservations expire once no call of it can be running
-            return RedisLimiter(self.redis, spent_loader(db), int(self.config.server.request_timeout) + 60)
+            return RedisLimiter(self.redis, spent_loader(reads), int(self.config.server.request_timeout) + 60)
         from relaygate.limits.memory import MemoryLimiter
 
-        return MemoryLimiter(spent_loader(db))
+        return MemoryLimiter(spent_loader(reads))
 
     def _pipeline(self) -> Handler:
         """audit → auth → limits → router (the layers that are on)."""
@@ -228,6 +236,8 @@ class Gateway:
         if self.db is not None:
             version = await asyncio.to_thread(self.db.migrate)
             log.info("database ready (%s, schema version %d)", self.db.dialect, version)
+        if self.redis is not None:
+            await self.redis.start()
         if self.writer is not None:
             self.writer.start()
         if self.auth is not None and self.config.auth.keys:
@@ -250,6 +260,8 @@ class Gateway:
         await self.breakers.close()
         if self.limiter is not None:
             await self.limiter.close()
+        if self.reads is not None:
+            self.reads.close()
         if self.writer is not None:
             await asyncio.to_thread(self.writer.close)
         if self.db is not None:

@@ -192,7 +192,8 @@ def test_master_and_key_checks_use_constant_time_compare(monkeypatch) -> None:
     assert (hash_secret(secret), principal.hash) in compared
     assert any(b == hash_secret(MASTER) for _, b in compared)
     # the stored hash is never compared with ==: a cached row whose hash changed is refused, not trusted
-    a._cache[hash_secret(secret)] = (Principal(id="key_1", hash="0" * 64), time.monotonic() + 60)
+    a._cache[hash_secret(secret)] = (Principal(id="key_1", hash="0" * 64), time.monotonic() + 30,
+                                     time.monotonic() + 60)
     with pytest.raises(Exception, match="Invalid API key"):
         asyncio.run(a.authenticate(secret))
 

@@ -225,7 +225,7 @@ def test_budget_spent_before_a_restart_still_counts(openai_emulator, start_gatew
     gw2 = start_gateway(cfg)
     from relaygate.gateway import spent_loader
 
-    assert gw2.run(spent_loader(gw2.gateway.db)("key:" + key["id"], 0.0)) == spent
+    assert gw2.run(spent_loader(gw2.gateway.reads)("key:" + key["id"], 0.0)) == spent
 
 
 def test_two_gateway_processes_sharing_redis_enforce_one_limit(openai_emulator, tmp_path) -> None:
@@ -288,12 +288,19 @@ def test_user_limits_apply_to_the_users_keys(openai_emulator, start_gateway) -> 
     assert burst(gw, key["key"], 1, {**BODY, "model": "other"})[0][0] == 403
 
 
-def test_limits_fail_open_at_once_when_redis_is_unreachable(openai_emulator, start_gateway) -> None:
+def test_limits_count_in_process_at_once_when_redis_is_unreachable(openai_emulator, start_gateway) -> None:
+    """No Redis: rpm is counted in this process (one call of three) and a budget is refused with a 503, both
+    without waiting on Redis."""
     gw = gateway(start_gateway, openai_emulator, {"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
+    away_from_minute_edge()
     key = new_key(gw, rpm=1)
+    budgeted = new_key(gw, budget_usd=1.0)
     started = time.monotonic()
-    assert [s for s, _ in burst(gw, key["key"], 3)] == [200, 200, 200]
-    assert time.monotonic() - started < 5
+    assert sorted(s for s, _ in burst(gw, key["key"], 3)) == [200, 429, 429]
+    refused = requests.post(gw.base_url + "/chat/completions", json=BODY, timeout=10,
+                            headers={"authorization": f"Bearer {budgeted['key']}"})
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "budget_unavailable"
+    assert time.monotonic() - started < 2
 
 
 def test_redis_limits_survive_redis_forgetting_the_script() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 
 import pytest
 import redis as redis_lib
@@ -121,3 +122,90 @@ def test_a_server_that_stops_answering_fails_the_calls_instead_of_hanging() -> N
         for s in accepted:
             s.close()
         listener.close()
+
+
+def _redis_port(url: str) -> int:
+    return int(url.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
+
+
+def test_a_black_holed_redis_costs_one_timeout_then_nothing_until_it_answers_again(redis_url) -> None:  # type: ignore[no-untyped-def]
+    """Redis that accepts but never answers: the first call fails within the client's timeout, then calls
+    fail at once (marked down, not re-probed per call), and one background probe per backoff finds it back."""
+    from relaygate.state.resp import RedisUnavailable
+    from relaygate.testing.tcpproxy import TcpProxy
+
+    with TcpProxy("127.0.0.1", _redis_port(redis_url)) as proxy:
+        async def main() -> tuple[float, float, int, int, float]:
+            c = RespClient(f"redis://127.0.0.1:{proxy.port}/0", timeout=0.05, retry=0.5)
+            try:
+                assert await c.call("PING") == b"PONG"
+                proxy.black_hole()
+                await asyncio.sleep(0.05)
+                t0 = time.monotonic()
+                with pytest.raises(RedisUnavailable):
+                    await c.call("PING")
+                first = time.monotonic() - t0
+                assert c.down
+                accepted = proxy.accepted
+                slowest = 0.0
+                for _ in range(300):  # 1.5 s of calls during the outage: none waits, few probes
+                    t = time.monotonic()
+                    with pytest.raises(RedisUnavailable):
+                        await c.call("PING")
+                    slowest = max(slowest, time.monotonic() - t)
+                    await asyncio.sleep(0.005)
+                probes = proxy.accepted - accepted
+                proxy.restore()
+                t1 = time.monotonic()
+                while time.monotonic() - t1 < 5:
+                    try:
+                        assert await c.call("PING") == b"PONG"
+                        break
+                    except RedisUnavailable:
+                        await asyncio.sleep(0.01)
+                return first, slowest, probes, c.outage.failures, time.monotonic() - t1
+            finally:
+                await c.close()
+
+        first, slowest, probes, outages, back = asyncio.run(main())
+    assert first < 0.5  # 50 ms and a loop turn, with room for a loaded machine
+    assert slowest < 0.05
+    assert 1 <= probes <= 5  # backoff 0.25 s, 0.5 s, 0.5 s…: a handful in 1.5 s, not one per call
+    assert outages == 1
+    assert back < 1.5  # the next probe after the backoff
+
+
+def test_a_redis_that_resets_every_connection_fails_calls_at_once(redis_url) -> None:  # type: ignore[no-untyped-def]
+    from relaygate.state.resp import RedisUnavailable
+    from relaygate.testing.tcpproxy import TcpProxy
+
+    with TcpProxy("127.0.0.1", _redis_port(redis_url)) as proxy:
+        async def main() -> tuple[float, int]:
+            c = RespClient(f"redis://127.0.0.1:{proxy.port}/0", timeout=0.05, retry=0.5)
+            try:
+                assert await c.call("PING") == b"PONG"
+                proxy.reset_all()
+                slowest = 0.0
+                failed = 0
+                deadline = time.monotonic() + 1.5
+                while time.monotonic() < deadline:
+                    t = time.monotonic()
+                    try:
+                        await c.call("PING")
+                    except RedisUnavailable:
+                        failed += 1
+                    slowest = max(slowest, time.monotonic() - t)
+                    await asyncio.sleep(0.005)
+                proxy.restore()
+                await asyncio.sleep(1.0)  # past the backoff: the next call probes, the one after succeeds
+                with pytest.raises(RedisUnavailable):
+                    await c.call("PING")
+                await asyncio.sleep(0.1)
+                assert await c.call("PING") == b"PONG"
+                return slowest, failed
+            finally:
+                await c.close()
+
+        slowest, failed = asyncio.run(main())
+    assert slowest < 0.5
+    assert failed > 50

@@ -326,18 +326,85 @@ def test_a_stream_cut_after_its_first_byte_counts_against_the_breaker_but_a_clie
     assert with_gateway(cfg, body) == (2, "open")
 
 
-def test_an_unreachable_redis_leaves_routing_working_as_if_closed() -> None:
+def test_an_unreachable_redis_leaves_each_breaker_working_in_process() -> None:
+    """No Redis at all: a breaker routes from its own state, without waiting, and still opens on failures."""
     async def main() -> list[bool]:
         client = RespClient(f"redis://127.0.0.1:{free_port()}/0", timeout=0.5)
         breakers = Breakers(client)
-        b = breakers.new(unique("down"), BreakerConfig(failures=1))
+        b = breakers.new(unique("down"), BreakerConfig(failures=2))
         assert b is not None
         try:
             admitted = [await b.admit()]
-            await b.record(False)  # would open it, if Redis could be told
+            await b.record(False)
+            admitted.append(await b.admit())
+            await b.record(False)  # the second failure in a row opens it, here
             admitted.append(await b.admit())
             return admitted
         finally:
             await client.close()
 
-    assert asyncio.run(main()) == [True, True]
+    assert asyncio.run(main()) == [True, True, False]
+
+
+def test_breakers_go_on_from_their_last_view_while_redis_is_black_holed_and_follow_it_after() -> None:
+    """Redis accepting but never answering: breakers answer within the client's timeout once, then from
+    their local view (one failure seen in Redis + one during the outage opens a breaker of 2); once Redis
+    answers again its shared state is the one that counts."""
+    from relaygate.testing.tcpproxy import TcpProxy
+
+    if not redis_up():
+        require_service("redis")
+    with TcpProxy("127.0.0.1", 6379) as proxy:
+        async def main() -> tuple[list[Any], float]:
+            client = RespClient(f"redis://127.0.0.1:{proxy.port}/0", timeout=0.05, retry=0.25)
+            b = Breakers(client).new(unique("hole"), BreakerConfig(failures=2, cooldown=30))
+            assert b is not None
+            try:
+                seen: list[Any] = [await b.admit()]
+                await b.record(False)  # in Redis: 1 consecutive failure
+                proxy.black_hole()
+                started = time.monotonic()
+                await b.record(False)  # Redis times out: counted here, from the last view (1 + 1)
+                slowest = time.monotonic() - started
+                seen += [b.state, await b.admit()]
+                proxy.restore()
+                deadline = time.monotonic() + 5
+                while client.down and time.monotonic() < deadline:
+                    await b.admit()  # asks Redis (at once while down): the probe finds it back
+                    await asyncio.sleep(0.05)
+                seen += [client.down, await state(b)]
+                return seen, slowest
+            finally:
+                await client.close()
+
+        seen, slowest = asyncio.run(main())
+    assert seen == [True, 1, False, False, "closed"]  # Redis never saw the second failure
+    assert slowest < 0.5
+
+
+def test_a_timeout_caused_by_the_gateways_own_waiting_never_counts_against_the_upstream(
+        emus: list[BackgroundServer]) -> None:
+    """An upstream that answers in 300 ms: a call whose deadline the gateway had almost used up before the
+    attempt (100 ms left of 2 s) times out, and the breaker does not count it; a call that gave the upstream
+    its whole time (200 ms of 200 ms) times out, and the breaker counts that one."""
+    from relaygate.core.call import Call, Route
+    from relaygate.core.errors import UpstreamTimeout
+    from relaygate.routing.router import attempt
+
+    fault(emus[0], latency_ms=300)
+    cfg = {"models": [{"name": "m", "deployments": [dep(emus[0], unique("starved")), dep(emus[1], unique("ok"))],
+                       "breaker": {"failures": 1}}]}
+
+    async def body(gw: Any) -> list[int]:
+        d = gw.table.models["m"][0]
+        fails = []
+        for used, left in ((1.9, 0.1), (0.0, 0.2)):
+            now = time.monotonic()
+            call = Call(id="t", route=Route.CHAT, model="m", body={"model": "m", "messages": MESSAGES},
+                        started=now - used, deadline=now + left)
+            with pytest.raises(UpstreamTimeout):
+                await attempt(d, call)
+            fails.append(d.breaker.fails)
+        return fails
+
+    assert with_gateway(cfg, body) == [0, 1]

@@ -1,8 +1,12 @@
 """Authentication on the hot path: the master key and virtual keys, looked up through a small TTL cache.
 
-A key's database row is read at most once per ``auth.cache_ttl`` seconds per instance (concurrent misses share
-one lookup). A revocation is therefore visible everywhere within ``cache_ttl`` and at once on the instance
-that revoked (it drops the key from its cache).
+A key's database row is read about once per ``auth.cache_ttl`` seconds per instance: in the last quarter of its
+TTL a key in use is looked up again in the background while the cached entry serves, so calls never wait on
+the database for a key in use; past its TTL it is looked up before use (concurrent misses share one lookup).
+A revocation is therefore visible everywhere within ``cache_ttl`` (plus the time its refresh takes, at most
+the store's lookup timeout) and at once on the instance that revoked (it drops the key from its cache). While lookups fail (the database down or too slow: the lookup is bounded
+by the store), a key seen within ``stale_ttl`` past its TTL is served as it was, at once; a key not seen
+before gets a 503 ``key_store_unavailable``.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from relaygate.routing.router import WILDCARD, ModelTable
 log = logging.getLogger("relaygate")
 
 MAX_CACHED = 50_000  # bound on cached lookups (unknown keys included) so random keys cannot grow memory
+REFRESH_AT = 0.75  # a key in use is looked up again in the background from this fraction of its TTL on
 
 
 def presented_key(headers: dict[str, str]) -> str | None:
@@ -39,12 +44,18 @@ class Authenticator:
     """Resolves a presented secret to a Principal; raises AuthError otherwise."""
 
     def __init__(self, master_key: str, lookup: Callable[[str], Awaitable[Principal | None]],
-                 cache_ttl: float) -> None:
+                 cache_ttl: float, stale_ttl: float = 600.0) -> None:
         self._master_hash = hash_secret(master_key)
         self._lookup = lookup
         self.cache_ttl = cache_ttl
-        self._cache: dict[str, tuple[Principal | None, float]] = {}
+        self.stale_ttl = stale_ttl
+        # digest -> (principal or None, refresh in the background from, look up before use from)
+        self._cache: dict[str, tuple[Principal | None, float, float]] = {}
         self._pending: dict[str, asyncio.Future[Principal | None]] = {}
+        self._refreshing: set[asyncio.Task[None]] = set()
+        self._generation = 0  # bumped by forget: a lookup that started before must not re-cache what it read
+        self._failing = False  # the last lookup failed (database down): serve stale entries at once
+        self._next_try = 0.0  # while failing: when a background refresh may ask the database again
 
     def is_master(self, secret: str | None) -> bool:
         return secret is not None and hmac.compare_digest(hash_secret(secret), self._master_hash)
@@ -57,8 +68,13 @@ class Authenticator:
                             code="missing_api_key")
         digest = hash_secret(secret)
         hit = self._cache.get(digest)  # virtual keys first: the master key is never looked up, so never cached
-        if hit is None or hit[1] <= time.monotonic():
+        if hit is None:
             return MASTER if hmac.compare_digest(digest, self._master_hash) else None
+        now = time.monotonic()
+        if hit[1] <= now:  # last quarter of its TTL: refreshed in the background, served meanwhile
+            if hit[2] <= now:
+                return None  # past its TTL: ``authenticate`` looks it up (or serves it stale if the store fails)
+            self._refresh_later(digest, now)
         return self._verify(digest, hit[0])
 
     async def authenticate(self, secret: str | None) -> Principal:
@@ -87,48 +103,86 @@ class Authenticator:
         return principal
 
     async def _cached(self, digest: str) -> Principal | None:
+        """A key past its TTL or never seen: looked up now (bounded by the store's own timeout); while the
+        store fails, a key seen within ``stale_ttl`` past its TTL is served as it was."""
         hit = self._cache.get(digest)
         now = time.monotonic()
-        if hit is not None and hit[1] > now:
-            return hit[0]
+        if hit is not None:
+            if now < hit[2]:
+                return hit[0]
+            if (self._failing or digest in self._pending) and now < hit[2] + self.stale_ttl:
+                self._refresh_later(digest, now)  # its refresh is under way, or the store is failing:
+                return hit[0]  # no call waits on a store that may hang
+        try:
+            return await self._load(digest)
+        except Exception:
+            if hit is not None and time.monotonic() < hit[2] + self.stale_ttl:
+                return hit[0]
+            raise Unavailable("API keys cannot be checked right now (the key store is unreachable); retry shortly.",
+                              code="key_store_unavailable", retry_after=1) from None
+
+    async def _load(self, digest: str) -> Principal | None:
+        """One lookup per digest at a time (concurrent callers share it); the result is cached."""
         pending = self._pending.get(digest)
         if pending is not None:
             return await asyncio.shield(pending)
         fut: asyncio.Future[Principal | None] = asyncio.get_running_loop().create_future()
         self._pending[digest] = fut
+        generation = self._generation
         try:
             principal = await self._lookup(digest)
-        except Exception as e:
-            if hit is not None:  # the database is down: a key we knew stays usable until it answers again
-                log.warning("key lookup failed (%s); using the cached entry", type(e).__name__)
-                self._cache[digest] = (hit[0], now + min(self.cache_ttl, 5.0))
-                fut.set_result(hit[0])
-                return hit[0]
-            err = Unavailable("API keys cannot be checked right now (the key store is unreachable); retry shortly.",
-                              code="key_store_unavailable", retry_after=1)
-            fut.set_exception(err)
-            fut.exception()  # retrieved: no "never retrieved" warning when nobody else waited
-            raise err from None
         except BaseException as e:
+            if isinstance(e, Exception):
+                self._lookup_failed(e)
             fut.set_exception(e)
-            fut.exception()
+            fut.exception()  # retrieved: no "never retrieved" warning when nobody else waited
             raise
         finally:
             self._pending.pop(digest, None)
+        if self._failing:
+            self._failing = False
+            log.warning("key lookups work again")
         fut.set_result(principal)
-        if len(self._cache) >= MAX_CACHED:
-            self._cache.clear()
-        self._cache[digest] = (principal, now + self.cache_ttl)
+        if generation == self._generation:
+            if len(self._cache) >= MAX_CACHED:
+                self._cache.clear()
+            now = time.monotonic()
+            self._cache[digest] = (principal, now + self.cache_ttl * REFRESH_AT, now + self.cache_ttl)
         return principal
+
+    def _lookup_failed(self, e: Exception) -> None:
+        if not self._failing:
+            self._failing = True
+            log.warning("key lookup failed (%s: %s); cached keys are served up to %g s past their TTL until the "
+                        "key store answers again", type(e).__name__, e, self.stale_ttl)
+        self._next_try = time.monotonic() + 1.0
+
+    def _refresh_later(self, digest: str, now: float) -> None:
+        """Look ``digest`` up again in the background (at most one lookup a second while lookups fail)."""
+        if digest in self._pending or (self._failing and now < self._next_try):
+            return
+        if self._failing:
+            self._next_try = now + 1.0
+        task = asyncio.get_running_loop().create_task(self._refresh(digest))
+        self._refreshing.add(task)
+        task.add_done_callback(self._refreshing.discard)
+
+    async def _refresh(self, digest: str) -> None:
+        try:
+            await self._load(digest)
+        except Exception:
+            pass  # noted by _load; the cached entry serves on, within its TTL and then ``stale_ttl``
 
     def forget(self, key_id: str) -> None:
         """Drop a key from the cache at once (after a revoke, rotate or update on this instance)."""
-        for digest, (p, _) in list(self._cache.items()):
+        self._generation += 1
+        for digest, (p, _, _) in list(self._cache.items()):
             if p is not None and p.id == key_id:
                 del self._cache[digest]
 
     def forget_all(self) -> None:
         """Drop every cached key (after a team or user changed on this instance)."""
+        self._generation += 1
         self._cache.clear()
 
 

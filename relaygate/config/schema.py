@@ -111,6 +111,10 @@ class StateConfig(Strict):
     """Where state shared by gateway instances lives: in-process (default) or Redis."""
 
     redis_url: str | None = None  # e.g. redis://127.0.0.1:6379/0; rate limits, budgets, breakers go there
+    # seconds any Redis wait may take (a reply; a call's wait for a connection) before Redis counts as down:
+    # calls then fall back at once (limits and breakers in-process, budgets refused) without waiting on it
+    redis_timeout: float = Field(0.05, gt=0, le=10)
+    redis_retry: float = Field(1.0, gt=0, le=300)  # at most this many seconds between probes of a down Redis
 
     @field_validator("redis_url")
     @classmethod
@@ -149,6 +153,9 @@ class DatabaseConfig(Strict):
 
     url: str = "sqlite:///relaygate.db"  # sqlite:///relative.db, sqlite:////abs/path.db, postgresql://…
     pool_size: int = Field(5, ge=1, le=100)
+    # seconds a request waits for a database read (a key not cached, a budget's spend this period) before
+    # it is answered 503; also the reads' statement timeout. The database is then marked down with backoff
+    lookup_timeout: float = Field(1.0, gt=0, le=60)
 
     @field_validator("url")
     @classmethod
@@ -218,6 +225,8 @@ class AuthConfig(Strict):
 
     master_key: SecretStr | None = None  # default: the RELAYGATE_MASTER_KEY environment variable
     cache_ttl: float = Field(10.0, ge=0)  # seconds a key lookup is cached: the bound on revocation delay
+    # seconds past cache_ttl a cached key is still served while its background refresh fails (database down)
+    stale_ttl: float = Field(600.0, ge=0)
     rotation_grace: float = Field(86400.0, ge=0)  # seconds an old key stays valid after a rotation
     default_output_tokens: int = Field(256, ge=0)  # output estimate for budgets when max_tokens is absent
     keys: list[KeyConfig] = Field(default_factory=list)  # keys declared here rather than through the admin API

@@ -8,14 +8,17 @@ by the real usage and frees the slot. Windows for rpm/tpm are fixed UTC minutes.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from relaygate.auth.keys import Limits, Scope
-from relaygate.core.errors import BudgetExceeded, RateLimited
+from relaygate.core.errors import BudgetExceeded, RateLimited, Unavailable
 from relaygate.core.pricing import NANO
 from relaygate.limits.periods import period
+
+log = logging.getLogger("relaygate")
 
 # (scope name, period start) -> nano-dollars already spent in that period (from the request log)
 SpentLoader = Callable[[str, float], Awaitable[int]]
@@ -32,6 +35,7 @@ class Grant:
     cost: int
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)  # x-ratelimit-* of the response
     redis_keys: bytes = b""  # Redis: the scopes' key names, encoded, for the settlement
+    local: bool = False  # Redis: granted in this process while Redis was down (settled here too)
 
 
 def _reset(seconds: float) -> str:
@@ -67,6 +71,23 @@ def denial(scope: Scope, what: str, used: int, now: float) -> Exception:
                        retry_after=to_minute)
 
 
+def budget_unavailable(scope: Scope, why: str, retry_after: float = 1.0) -> Unavailable:
+    """The 503 of a call whose budget cannot be checked now: refused rather than risk overspending it."""
+    return Unavailable(f"The budget of {scope.name} cannot be checked right now ({why}); the call was refused "
+                       "rather than risk overspending it. Retry shortly.", code="budget_unavailable",
+                       retry_after=retry_after)
+
+
+async def load_spent(loader: SpentLoader, scope: Scope, start: float) -> int:
+    """A scope's spend this period from the log; a 503 for this scope (never a 500) when it cannot be read."""
+    try:
+        return await loader(scope.name, start)
+    except Exception as e:
+        log.warning("budget of %s: its spend this period could not be read (%s: %s)", scope.name,
+                    type(e).__name__, e)
+        raise budget_unavailable(scope, "its spend this period cannot be read from the database") from None
+
+
 def rate_headers(lim: Limits, reqs: int, toks: int) -> list[tuple[bytes, bytes]]:
     """x-ratelimit-limit/remaining-requests|tokens (of the limits that are set) after ``reqs`` requests and
     ``toks`` tokens this minute, for a call let through, encoded for the response (the HTTP server checks
@@ -92,9 +113,9 @@ class Limiter(Protocol):
         when ``acquire`` must be awaited instead."""
         ...
 
-    async def acquire(self, scopes: tuple[Scope, ...], tokens: int, cost: int) -> Grant | None:
+    async def acquire(self, scopes: tuple[Scope, ...], tokens: int, cost: int) -> Grant:
         """Check every limit of every scope and, only if all pass, take the call's share (raises the 429 of a
-        refusal); None when the shared store is unreachable (the call goes through unlimited)."""
+        refusal, or the 503 of a budget that cannot be checked now)."""
         ...
 
     def settle(self, grant: Grant, tokens: int, cost: int) -> None:

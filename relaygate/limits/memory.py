@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from relaygate.auth.keys import Scope
-from relaygate.limits.base import Grant, SpentLoader, denial, rate_headers
+from relaygate.limits.base import Grant, SpentLoader, denial, load_spent, rate_headers
 from relaygate.limits.periods import PeriodClock
 
 
@@ -52,7 +52,7 @@ class MemoryLimiter:
         fut = asyncio.get_running_loop().create_future()
         self._loading[key] = fut
         try:
-            spent = await self._load_spent(scope.name, start)
+            spent = await load_spent(self._load_spent, scope, start)
             if pid not in st.spent:
                 st.spent = {pid: spent}  # older periods are done with
             fut.set_result(None)
@@ -135,6 +135,19 @@ class MemoryLimiter:
             if pid:
                 spent = st.spent
                 spent[pid] = spent.get(pid, 0) + cost
+
+    def seed(self, name: str, minute: int, requests: int, tokens: int) -> None:
+        """Count at least ``requests`` and ``tokens`` in ``minute`` for a scope (what Redis had counted when it
+        went down)."""
+        st = self._st(name)
+        if st.minute != minute:
+            st.minute, st.requests, st.tokens = minute, 0, 0
+        st.requests = max(st.requests, requests)
+        st.tokens = max(st.tokens, tokens)
+
+    def minute_counts(self, minute: int) -> list[tuple[str, int, int]]:
+        """(scope name, requests, tokens) counted in ``minute``."""
+        return [(name, st.requests, st.tokens) for name, st in self._state.items() if st.minute == minute]
 
     async def known_spend(self, scopes: Sequence[tuple[str, str]]) -> list[int | None]:
         """Settled spend of each (scope name, budget period id) that this limiter holds, None where it holds

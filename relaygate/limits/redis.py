@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from relaygate.auth.keys import Scope
-from relaygate.limits.base import Grant, SpentLoader, denial, rate_headers
+from relaygate.limits.base import Grant, SpentLoader, budget_unavailable, denial, load_spent, rate_headers
+from relaygate.limits.memory import MemoryLimiter
 from relaygate.limits.periods import PeriodClock, period
 from relaygate.state.resp import RespClient, RespError, Script, bulk, bulk_ascii
 
@@ -74,15 +75,28 @@ for i = 1, m do
   end
   if tonumber(redis.call('DECR', KEYS[k + 3])) < 0 then redis.call('SET', KEYS[k + 3], 0, 'KEEPTTL') end
   if tonumber(redis.call('DECRBY', KEYS[k + 5], rc)) < 0 then redis.call('SET', KEYS[k + 5], 0, 'KEEPTTL') end
-  if b == '1' then redis.call('INCRBY', KEYS[k + 4], c) end
+  -- a spend Redis lost (restart) is loaded again from the log, which has this call: never start it here
+  if b == '1' and redis.call('EXISTS', KEYS[k + 4]) == 1 then redis.call('INCRBY', KEYS[k + 4], c) end
 end
 return 1
 """
 
 
-def _keys(scope: Scope, minute: int, pid: str) -> list[str]:
-    base = "rg:lim:" + scope.name
-    return [f"{base}:r:{minute}", f"{base}:t:{minute}", f"{base}:p", _spent_key(scope.name, pid),
+# Counts made in-process during an outage, added to this minute's counters when Redis is back.
+# KEYS: counter names; ARGV: the amount to add to each.
+ADD = """
+for i = 1, #KEYS do
+  redis.call('INCRBY', KEYS[i], ARGV[i]); redis.call('EXPIRE', KEYS[i], 120)
+end
+return 1
+"""
+
+MAX_UNSENT = 100_000  # settlements kept while Redis is down (beyond that they are lost, and logged)
+
+
+def _keys(name: str, minute: int, pid: str) -> list[str]:
+    base = "rg:lim:" + name
+    return [f"{base}:r:{minute}", f"{base}:t:{minute}", f"{base}:p", _spent_key(name, pid),
             f"{base}:v:{pid or '-'}"]
 
 
@@ -100,8 +114,9 @@ def _limit(v: int | None) -> int:
 
 class RedisLimiter:
     """Limits in Redis (through the gateway's one client). Parallel slots and reservations expire after
-    ``slot_ttl`` seconds so that those of a crashed instance do not leak forever. If Redis fails, calls are
-    let through (logged): availability first."""
+    ``slot_ttl`` seconds so that those of a crashed instance do not leak forever. While Redis is down or too
+    slow (the client's timeout), rpm/tpm/parallel are counted in this process and calls with a budget are
+    refused (503): see ``_fallback``."""
 
     def __init__(self, redis: RespClient, load_spent: SpentLoader, slot_ttl: int) -> None:
         self.redis = redis
@@ -109,9 +124,15 @@ class RedisLimiter:
         self.slot_ttl = slot_ttl
         self._acquire = Script(redis, ACQUIRE)
         self._settle = Script(redis, SETTLE)
+        self._add = Script(redis, ADD)
         self._warned = 0.0
-        self._down_until = 0.0
         self._period = PeriodClock()
+        # while Redis is down: rpm/tpm/parallel counted here, from the counts Redis last gave per scope set
+        self._local = MemoryLimiter(load_spent)
+        self._seen: dict[int, list[bytes]] = {}  # id(scopes) -> Redis' last granted reply, this minute
+        self._seeds: dict[str, tuple[int, int, int]] = {}  # scope name -> (minute, requests, tokens) seeded
+        self._unsent: list[tuple[Grant, int, int]] = []  # settlements Redis did not take, sent when it is back
+        redis.on_up.append(self._redis_up)
         self._settling: list[tuple[Grant, int, int]] = []  # settlements of this loop turn
         self._settled: asyncio.Future[Any] | None = None
         self._unsettled: set[asyncio.Future[Any]] = set()  # settlements sent and not yet acknowledged
@@ -124,7 +145,7 @@ class RedisLimiter:
     def _scope_keys(self, name: str, pid: str, minute: int, scope: Scope) -> tuple[list[str], bytes]:
         hit = self._key_names.get((name, pid)) if minute == self._keys_minute else None
         if hit is None:
-            ks = _keys(scope, minute, pid)
+            ks = _keys(name, minute, pid)
             hit = (ks, b"".join(map(bulk, ks)))
             if minute == self._keys_minute:
                 self._key_names[(name, pid)] = hit
@@ -135,7 +156,7 @@ class RedisLimiter:
         minute, the keys encoded) for a scope set, built once per scope set and minute."""
         minute = int(now // 60)
         if minute != self._keys_minute:
-            self._keys_minute, self._key_names, self._commands = minute, {}, {}
+            self._keys_minute, self._key_names, self._commands, self._seen = minute, {}, {}, {}
         hit = self._commands.get(id(scopes))  # by identity: a cached key's scopes are the same tuple every
         if hit is not None and hit[0] is scopes:  # call, and hashing frozen dataclasses runs Python code
             return hit[1]
@@ -160,11 +181,8 @@ class RedisLimiter:
     def try_acquire(self, scopes: tuple[Scope, ...], tokens: int, cost: int) -> Grant | None:
         return None  # Redis answers over the network: always ``acquire``
 
-    async def acquire(self, scopes: tuple[Scope, ...], tokens: int, cost: int) -> Grant | None:
+    async def acquire(self, scopes: tuple[Scope, ...], tokens: int, cost: int) -> Grant:
         now = time.time()
-        if self._down_until and self._down_until > time.monotonic():  # Redis just failed: do not make every
-            return None  # call wait for it
-        self._down_until = 0.0
         prefix, keys, pids, minute, encoded = self._command(scopes, now)
         for _ in range(3):
             try:
@@ -172,25 +190,21 @@ class RedisLimiter:
                 if proto is not None:  # the usual case: one write of a mostly cached command, one reply
                     t, c = str(tokens), str(cost)
                     res = await self.redis.send_raw(proto, prefix + f"${len(t)}\r\n{t}\r\n${len(c)}\r\n{c}\r\n".encode())
-                else:
+                else:  # connects within the client's timeout, or fails at once while Redis is marked down
                     res = await self._acquire(keys=keys, args=self._args(scopes, tokens, cost))
             except RespError as e:
                 if not str(e).startswith("NOSCRIPT"):
-                    self._warn(e)
-                    self._down_until = time.monotonic() + 1.0
-                    return None
+                    return self._fallback(scopes, tokens, cost, now, e)
                 try:  # Redis restarted and forgot the script: EVAL loads it again
                     res = await self._acquire(keys=keys, args=self._args(scopes, tokens, cost))
                 except Exception as e2:
-                    self._warn(e2)
-                    self._down_until = time.monotonic() + 1.0
-                    return None
-            except Exception as e:  # Redis down: let the call through rather than fail it
-                self._warn(e)
-                self._down_until = time.monotonic() + 1.0
-                return None
+                    return self._fallback(scopes, tokens, cost, now, e2)
+            except Exception as e:  # Redis down or too slow (the client's timeout): decide here instead
+                return self._fallback(scopes, tokens, cost, now, e)
             res = res.split()
             if res[0] == b"1":
+                if len(self._seen) < 10_000:
+                    self._seen[id(scopes)] = res  # this minute's counts, should Redis fail next
                 for i, s in enumerate(scopes):  # x-ratelimit-* of the first scope with rate limits
                     if s.limits.rpm is not None or s.limits.tpm is not None:
                         return Grant(scopes, minute, pids, tokens, cost,
@@ -202,14 +216,72 @@ class RedisLimiter:
             i = int(res[1]) - 1
             s = scopes[i]
             pid, start, end = period(s.limits.budget_period, now)
-            spent = await self._load_spent(s.name, start)
+            spent = await load_spent(self._load_spent, s, start)
             ttl = int(end - now) + 86400 if end is not None else None
             try:
                 await self.redis.call("SET", keys[i * SLOTS + 3], spent, "NX", *(("EX", ttl) if ttl else ()))
             except Exception as e:
-                self._warn(e)
-                return None
+                return self._fallback(scopes, tokens, cost, now, e)
         raise RuntimeError("budget state could not be initialised in Redis")
+
+    def _fallback(self, scopes: tuple[Scope, ...], tokens: int, cost: int, now: float, error: Exception) -> Grant:
+        """Redis cannot decide: rpm, tpm and parallel caps are counted in this process (starting from the
+        counts Redis last gave for this minute); a budget is refused, since instances that cannot see each
+        other's spend could together overspend it."""
+        self._warn(error)
+        for s in scopes:
+            if s.limits.budget_nano is not None:
+                raise budget_unavailable(s, "the shared limits store (Redis) is unreachable",
+                                         max(1.0, self.redis.outage.retry_in()))
+        minute = int(now // 60)  # ``acquire`` built the command first: the caches are this minute's
+        seen = self._seen.get(id(scopes))
+        cached = self._commands.get(id(scopes))
+        if cached is None or cached[0] is not scopes:  # an id reused by another scope set: no counts known
+            seen = None
+        for i, s in enumerate(scopes):
+            seed = self._seeds.get(s.name)
+            if seed is None or seed[0] != minute:
+                r, t = (int(seen[1 + 2 * i]), int(seen[2 + 2 * i])) if seen is not None else (0, 0)
+                self._seeds[s.name] = (minute, r, t)
+                self._local.seed(s.name, minute, r, t)
+        grant = self._local.try_acquire(scopes, tokens, cost)
+        assert grant is not None  # no budget among these scopes: decided at once
+        grant.local = True
+        return grant
+
+    def _redis_up(self) -> None:
+        """Redis answers again: add the requests and tokens counted here meanwhile to its minute counters
+        (so that this minute's limits still hold across instances), and send the settlements kept back."""
+        local, self._local = self._local, MemoryLimiter(self._load_spent)
+        seeds, self._seeds = self._seeds, {}
+        minute = int(time.time() // 60)
+        keys: list[str] = []
+        args: list[int] = []
+        for name, requests, tokens in local.minute_counts(minute):
+            sm, sr, st = seeds.get(name, (minute, 0, 0))
+            if sm != minute:
+                sr = st = 0
+            if requests > sr or tokens > st:
+                names = _keys(name, minute, "")
+                keys += names[:2]
+                args += [max(0, requests - sr), max(0, tokens - st)]
+        unsent, self._unsent = self._unsent, []
+        if keys:
+            self._track(asyncio.ensure_future(self._write_back(keys, args)))
+        if unsent:
+            log.warning("rate limits: Redis is back; sending %d settlements kept during the outage", len(unsent))
+        for i in range(0, len(unsent), 1000):  # scripts of a bounded size
+            self._track(asyncio.ensure_future(self._settle_batch(unsent[i:i + 1000])))
+
+    async def _write_back(self, keys: list[str], args: list[int]) -> None:
+        try:
+            await self._add(keys=keys, args=args)
+        except Exception as e:
+            self._warn(e)
+
+    def _track(self, fut: asyncio.Future[Any]) -> None:
+        self._unsettled.add(fut)
+        fut.add_done_callback(self._unsettled.discard)
 
     def _args(self, scopes: tuple[Scope, ...], tokens: int, cost: int) -> list[int]:
         args: list[int] = [len(scopes), self.slot_ttl]
@@ -245,11 +317,13 @@ class RedisLimiter:
 
     def settle(self, grant: Grant, tokens: int, cost: int) -> None:
         """Queue the settlement; every settlement of this loop turn goes to Redis as one script call."""
+        if grant.local:  # granted in this process while Redis was down
+            self._local.settle(grant, tokens, cost)
+            return
         if not self._settling:
             loop = asyncio.get_running_loop()
             self._settled = settled = loop.create_future()
-            self._unsettled.add(settled)
-            settled.add_done_callback(self._unsettled.discard)
+            self._track(settled)
             loop.call_soon(self._send_settlements)
         self._settling.append((grant, tokens, cost))
 
@@ -278,29 +352,37 @@ class RedisLimiter:
 
     async def _settle_batch(self, batch: list[tuple[Grant, int, int]]) -> None:
         keys, args = self._settle_args(batch)
-        for attempt in range(3):
-            try:
-                await self._settle(keys=keys, args=args)
-                return
-            except Exception as e:
-                self._warn(e)
-                await asyncio.sleep(0.2 * (attempt + 1))
-        log.error("rate limits: %d settlements were lost (Redis unreachable)", len(batch))
+        try:
+            await self._settle(keys=keys, args=args)
+        except Exception as e:  # kept for when Redis answers again: a budget's spend must not be lost
+            self._warn(e)
+            room = MAX_UNSENT - len(self._unsent)
+            self._unsent += batch[:room]
+            if len(batch) > room:
+                log.error("rate limits: %d settlements were lost (Redis unreachable, %d kept already)",
+                          len(batch) - room, MAX_UNSENT)
 
     async def known_spend(self, scopes: Sequence[tuple[str, str]]) -> list[int | None]:
         """Settled spend of each (scope name, budget period id) held in Redis, None where Redis holds none
         yet (the request log is then the source, as when ``acquire`` loads it): the admin API's view."""
         if not scopes:
             return []
-        values = await self.redis.call("MGET", *[_spent_key(name, pid) for name, pid in scopes])
+        try:
+            values = await self.redis.call("MGET", *[_spent_key(name, pid) for name, pid in scopes])
+        except Exception as e:  # Redis down: the request log's figure (without the settlements kept back)
+            self._warn(e)
+            return [None] * len(scopes)
         return [None if v is None else int(v) for v in values]
 
     def _warn(self, e: Exception) -> None:
         now = time.monotonic()
         if now - self._warned > 10:
             self._warned = now
-            log.warning("rate limits: Redis failed (%s); letting calls through", type(e).__name__)
+            log.warning("rate limits: Redis failed (%s: %s); counting rpm/tpm/parallel in this process, refusing "
+                        "calls with a budget", type(e).__name__, e)
 
     async def close(self) -> None:
         if self._unsettled:
             await asyncio.wait(list(self._unsettled), timeout=10)
+        if self._unsent:
+            log.error("rate limits: %d settlements never reached Redis (down at shutdown)", len(self._unsent))

@@ -7,7 +7,9 @@ half-open --(a probe succeeds)--> closed;  half-open --(a probe fails)--> open a
 On the hot path a closed breaker costs one attribute read (``ready``). The Redis backend keeps a view of
 the shared state no older than ``SYNC_INTERVAL``; successes are counted locally and sent with the next
 call to Redis, so a healthy deployment costs one Redis round trip per interval, not one per request. The
-Redis backend uses the gateway's one Redis client (state/resp.py), the one the limits use.
+Redis backend uses the gateway's one Redis client (state/resp.py), the one the limits use, and its one
+timeout policy: while Redis is down each breaker goes on in-process from its last view. Breakers count
+upstream outcomes only: a timeout the gateway caused by its own waiting is not one (``starved``).
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ log = logging.getLogger("relaygate.breaker")
 CLOSED, OPEN, HALF_OPEN = 0, 1, 2
 STATE_NAMES = ("closed", "open", "half_open")
 SYNC_INTERVAL = 0.2  # seconds a Redis breaker trusts its local view of a closed state
-REDIS_RETRY = 1.0  # seconds before asking an unreachable Redis again
 MAX_PENDING = 1000  # background Redis writes in flight at most (beyond that, outcomes are batched)
 
 
@@ -81,14 +82,9 @@ class Breaker:
                 "window_calls": self.wcalls, "window_failures": self.wfails,
                 "retry_in": round(self.retry_in(), 3)}
 
-
-class LocalBreaker(Breaker):
-    """A breaker kept in this process."""
-
-    __slots__ = ()
-
     def _step(self, op: str, now: float) -> bool:
-        """Apply one event; the same transitions as the Redis script below."""
+        """Apply one event here (a LocalBreaker always; a RedisBreaker while Redis is down); the same
+        transitions as the Redis script below."""
         s = self.settings
         admitted = True
         if now - self.wstart > s.window:
@@ -127,6 +123,12 @@ class LocalBreaker(Breaker):
                     admitted = False
         self.ready = self.state == CLOSED
         return admitted
+
+
+class LocalBreaker(Breaker):
+    """A breaker kept in this process."""
+
+    __slots__ = ()
 
     async def admit(self) -> bool:
         return self._step("admit", time.monotonic())
@@ -197,18 +199,20 @@ KEY_PREFIX = "relaygate:breaker:"
 
 
 class RedisBreaker(Breaker):
-    """A breaker whose state lives in Redis (one Lua script per transition), shared by every instance."""
+    """A breaker whose state lives in Redis (one Lua script per transition), shared by every instance.
+    While Redis is down (the client's outage) it goes on from its last view of the shared state, in this
+    process: failures still open it, and the next answer from Redis replaces the local view."""
 
-    __slots__ = ("script", "key", "synced", "oks", "tasks", "_remaining", "_warned")
+    __slots__ = ("script", "outage", "key", "synced", "oks", "tasks", "_warned")
 
     def __init__(self, name: str, settings: BreakerConfig, script: Script, tasks: set[asyncio.Task[None]]) -> None:
         super().__init__(name, settings)
         self.script = script
+        self.outage = script.client.outage
         self.key = KEY_PREFIX + name
-        self.synced = 0.0  # monotonic time of the last answer from Redis
+        self.synced = 0.0  # monotonic time of the last answer from Redis (or local step while it is down)
         self.oks = 0  # successes not yet sent to Redis
         self.tasks = tasks  # background writes, shared by the gateway's breakers (bounded)
-        self._remaining = 0.0
         self._warned = 0.0
         self.ready = False  # ask Redis before the first call
 
@@ -220,19 +224,18 @@ class RedisBreaker(Breaker):
             r = await self.script(keys=[self.key], args=[
                 op, oks, s.failures, s.failure_rate, s.min_calls, int(s.window * 1000), int(s.cooldown * 1000),
                 s.probes, ttl])
-        except Exception as e:  # Redis down: fail open (route as if closed), say so at most every 30 s
+        except Exception as e:  # Redis down or too slow (the client's timeout): go on locally
             now = time.monotonic()
             if now - self._warned > 30:
                 self._warned = now
-                log.warning("breaker state in Redis unavailable (%s); routing without it", type(e).__name__)
-            self.synced = now
-            self.ready = True
-            asyncio.get_running_loop().call_later(REDIS_RETRY, self._expire, now)  # ask again later
-            return True
+                log.warning("breaker state in Redis unavailable (%s); %s goes on from its last known state, "
+                            "in this process", type(e).__name__, self.name)
+            if self.state == CLOSED:
+                self.wcalls += oks  # the successes not sent yet count in the local window
+            return self._local(op, now)
         now = time.monotonic()
         self.state, self.fails = int(r[0]), int(r[1])
-        self._remaining = int(r[2]) / 1000
-        self.opened = now + self._remaining - s.cooldown
+        self.opened = now + int(r[2]) / 1000 - s.cooldown
         self.wcalls, self.wfails = int(r[4]), int(r[5])
         self.synced = now
         self.ready = self.state == CLOSED
@@ -240,6 +243,15 @@ class RedisBreaker(Breaker):
             # trust a closed view only briefly: another instance may open it meanwhile
             asyncio.get_running_loop().call_later(SYNC_INTERVAL, self._expire, now)
         return bool(int(r[3]))
+
+    def _local(self, op: str, now: float) -> bool:
+        """One event applied here; a closed view is trusted as briefly as Redis' so that Redis is asked again
+        (it answers at once with an error while it is marked down)."""
+        admitted = self._step(op, now) if op != "get" else True
+        self.synced = now
+        if self.ready:
+            asyncio.get_running_loop().call_later(SYNC_INTERVAL, self._expire, now)
+        return admitted
 
     def _expire(self, synced: float) -> None:
         if self.synced == synced:
@@ -249,12 +261,18 @@ class RedisBreaker(Breaker):
         return await self._run("admit")
 
     async def record(self, ok: bool) -> None:
+        if self.outage.down:  # no waiting on Redis for a known outcome: count it here
+            self._local("success" if ok else "failure", time.monotonic())
+            return
         if ok and self.state == CLOSED and self.fails == 0:
             self.oks += 1  # nothing changes: send it with the next call to Redis
             return
         await self._run("success" if ok else "failure")
 
     def record_later(self, ok: bool) -> None:
+        if self.outage.down:
+            self._local("success" if ok else "failure", time.monotonic())
+            return
         if ok and self.state == CLOSED and self.fails == 0:
             self.oks += 1
             return
@@ -266,14 +284,22 @@ class RedisBreaker(Breaker):
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    def retry_in(self) -> float:
-        if self.state != OPEN:
-            return 0.0
-        return max(0.0, self._remaining - (time.monotonic() - self.synced))
-
     async def snapshot(self) -> dict[str, Any]:
         await self._run("get")
         return self._view()
+
+
+def starved(err_kind: str, call_started: float, deadline: float, attempt_started: float,
+            upstream_timeout: float) -> bool:
+    """Whether a timeout is the gateway's doing, not the upstream's: the attempt got less than half the time
+    the upstream would have had on its own (its ``timeout``, or the call's whole deadline) because the
+    gateway's own waits or earlier attempts used the rest. Such a timeout says nothing about the upstream,
+    so breakers do not count it."""
+    if err_kind != "timeout" or not deadline:
+        return False
+    full = min(upstream_timeout, deadline - call_started)
+    given = min(upstream_timeout, deadline - attempt_started)
+    return given < full / 2
 
 
 def model_breaker(model: ModelConfig) -> BreakerConfig:

@@ -25,7 +25,7 @@ from relaygate.core.errors import (
     Unavailable,
     UpstreamTimeout,
 )
-from relaygate.routing.breaker import OPEN
+from relaygate.routing.breaker import OPEN, starved
 from relaygate.routing.deployment import Deployment
 from relaygate.routing.fallback import Fallbacks
 from relaygate.routing.retry import RetryPolicy
@@ -289,7 +289,7 @@ async def attempt(dep: Deployment, call: Call, route: ModelRoute | None = None) 
         if e.retry_after and e.kind == "rate_limited":
             cap = route.cooling_cap if route is not None else 30.0
             stats.cooling_until = time.monotonic() + min(e.retry_after, cap)
-        if breaker is not None:
+        if breaker is not None and not starved(e.kind, call.started, call.deadline, started, dep.config.timeout):
             await breaker.record(breaker.ok(e.kind))
         raise
     except BaseException:
@@ -307,7 +307,8 @@ async def attempt(dep: Deployment, call: Call, route: ModelRoute | None = None) 
                 breaker.record_later(True)
         elif isinstance(error, GatewayError):  # the upstream broke the stream after its first byte
             stats.record(not error.retryable, None)
-            if breaker is not None:
+            if breaker is not None and not starved(error.kind, call.started, call.deadline, started,
+                                                   dep.config.timeout):
                 breaker.record_later(breaker.ok(error.kind))
         # any other error is the client going away: says nothing about the deployment
         if stats.tpm is not None and r.usage is not None:

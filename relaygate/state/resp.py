@@ -10,8 +10,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import ssl
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote, urlsplit
+
+from relaygate.state.outage import Outage
 
 
 class RespError(Exception):
@@ -76,20 +79,69 @@ def parse(buf: bytearray, pos: int = 0) -> tuple[Any, int] | None:
     raise RespError(f"unexpected reply type {kind!r}")
 
 
+class RedisUnavailable(ConnectionError):
+    """Redis is down, did not answer in time, or is marked down: the caller falls back at once."""
+
+
 class _Protocol(asyncio.Protocol):
-    def __init__(self) -> None:
+    def __init__(self, timeout: float = 5.0, on_failure: Callable[[BaseException], None] | None = None) -> None:
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
         self.waiters: collections.deque[asyncio.Future[Any]] = collections.deque()
         self.lost = False
         self.out: list[bytes] = []  # commands of this loop iteration, written together by flush
+        self.timeout = timeout  # seconds a command may wait for its reply
+        self.on_failure = on_failure
         self.progress_at = 0.0  # when a reply last came (or the first command went out after a quiet spell)
+        self.armed = False  # a reply check is scheduled
+        self.graced = False  # the check already gave a late reply one more loop turn
 
     def flush(self) -> None:
-        data, self.out = b"".join(self.out), []
-        if self.transport is not None and not self.lost:
-            self.transport.write(data)
+        out, self.out = self.out, []
+        if self.transport is None or self.lost:
+            return
+        if len(self.waiters) <= len(out):  # no older command is waiting: time these replies from now
+            self.progress_at = self.loop.time()
+        if not self.armed:
+            self.armed = True
+            self.loop.call_at(self.progress_at + self.timeout, self.check)
+        self.transport.write(b"".join(out))
+
+    def check(self) -> None:
+        """Fail every waiting call when no reply came for ``timeout`` s: one timer per connection (re-armed
+        while replies keep coming), not one per call."""
+        self.armed = False
+        if self.lost or not self.waiters:
+            return
+        now = self.loop.time()
+        if now - self.progress_at < self.timeout:
+            self.armed = True
+            self.graced = False
+            self.loop.call_at(self.progress_at + self.timeout, self.check)
+            return
+        if not self.graced:  # uvloop runs timers before reading sockets: after a stalled loop turn the
+            self.graced = self.armed = True  # reply may be waiting unread; look once more after a read
+            self.loop.call_later(0.001, self.check)
+            return
+        self.fail(RedisUnavailable(f"Redis did not answer within {self.timeout * 1000:.0f} ms"))
+
+    def fail(self, error: BaseException) -> None:
+        """Give up on this connection: its calls fail now, the client marks Redis down."""
+        if self.lost:
+            return
+        self.lost = True
+        self._fail_waiters(error)
+        if self.on_failure is not None:
+            self.on_failure(error)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _fail_waiters(self, error: BaseException) -> None:
+        while self.waiters:
+            fut = self.waiters.popleft()
+            if not fut.done():
+                fut.set_exception(error)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -145,52 +197,109 @@ class _Protocol(asyncio.Protocol):
             del self.buf[:pos]
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.lost:  # we gave up on it ourselves (``fail``)
+            return
         self.lost = True
-        while self.waiters:
-            fut = self.waiters.popleft()
-            if not fut.done():
-                fut.set_exception(ConnectionError("the Redis connection was lost"))
+        error = RedisUnavailable(f"the Redis connection was lost ({type(exc).__name__ if exc else 'closed'})")
+        if (exc is not None or self.waiters) and self.on_failure is not None:
+            self.on_failure(error)  # a reset, or calls cut off: Redis is in trouble (a plain close is not)
+        self._fail_waiters(error)
 
 
 class RespClient:
-    """``redis://[user:password@]host[:port][/db]``, ``rediss://…`` (TLS) or ``unix:///path?db=N``."""
+    """``redis://[user:password@]host[:port][/db]``, ``rediss://…`` (TLS) or ``unix:///path?db=N``.
 
-    def __init__(self, url: str, timeout: float = 5.0) -> None:
+    One timeout policy for every user: a reply (or, when there is no connection yet, the connection) is
+    waited for ``timeout`` seconds at most; past that the connection is dropped and Redis is marked down
+    (``outage``): calls then fail at once with ``RedisUnavailable``, and a probe in the background (one at
+    a time, with backoff up to ``retry`` s) reconnects. ``on_up`` callbacks run when it answers again."""
+
+    def __init__(self, url: str, timeout: float = 0.05, retry: float = 1.0, connect_timeout: float = 2.0) -> None:
         self.url = urlsplit(url)
         self.timeout = timeout
+        self.connect_timeout = max(connect_timeout, timeout)
+        self.outage = Outage("Redis", longest=retry)
+        self.on_up: list[Callable[[], None]] = []
         self._proto: _Protocol | None = None
-        self._lock = asyncio.Lock()
+        self._connecting: asyncio.Future[_Protocol] | None = None
+
+    @property
+    def down(self) -> bool:
+        return self.outage.down
 
     async def _connect(self) -> _Protocol:
         loop = asyncio.get_running_loop()
         u = self.url
-        proto = _Protocol()
-        if u.scheme == "unix":
-            await asyncio.wait_for(loop.create_unix_connection(lambda: proto, u.path), self.timeout)
-        else:
-            ctx = ssl.create_default_context() if u.scheme == "rediss" else None
-            await asyncio.wait_for(loop.create_connection(lambda: proto, u.hostname or "127.0.0.1", u.port or 6379,
-                                                          ssl=ctx), self.timeout)
+        proto = _Protocol(self.timeout)  # reports failures to the outage once the handshake is done
+        try:
+            if u.scheme == "unix":
+                await asyncio.wait_for(loop.create_unix_connection(lambda: proto, u.path), self.connect_timeout)
+            else:
+                ctx = ssl.create_default_context() if u.scheme == "rediss" else None
+                await asyncio.wait_for(loop.create_connection(lambda: proto, u.hostname or "127.0.0.1",
+                                                              u.port or 6379, ssl=ctx), self.connect_timeout)
+            if u.password:
+                auth = (unquote(u.username), unquote(u.password)) if u.username else (unquote(u.password),)
+                await self.send(proto, "AUTH", *auth)
+            db = u.path.lstrip("/") if u.scheme != "unix" else dict(
+                p.split("=", 1) for p in u.query.split("&") if "=" in p).get("db", "")
+            if db and db != "0":
+                await self.send(proto, "SELECT", db)
+            await self.send(proto, "PING")  # a server that accepts but never answers fails here, not in a call
+        except (OSError, TimeoutError, RespError) as e:
+            proto.lost = True
+            if proto.transport is not None:
+                proto.transport.abort()
+            self.outage.failed(e)
+            if isinstance(e, RespError):
+                raise
+            raise RedisUnavailable(f"cannot connect to Redis ({type(e).__name__}: {e})") from None
+        proto.on_failure = self._failed
         self._proto = proto
-        loop.call_later(1.0, self._watch, proto)
-        if u.password:
-            auth = (unquote(u.username), unquote(u.password)) if u.username else (unquote(u.password),)
-            await self.call("AUTH", *auth)
-        db = u.path.lstrip("/") if u.scheme != "unix" else dict(
-            p.split("=", 1) for p in u.query.split("&") if "=" in p).get("db", "")
-        if db and db != "0":
-            await self.call("SELECT", db)
+        if self.outage.down:
+            self.outage.recovered()
+            for cb in self.on_up:
+                cb()
         return proto
 
-    async def _ready(self) -> _Protocol:
+    async def start(self) -> None:
+        """Connect now, so that the first calls do not wait for it (a Redis down at start is only logged:
+        calls fall back until the probe finds it)."""
+        try:
+            await asyncio.wait_for(asyncio.shield(self._connect_shared()), self.connect_timeout)
+        except (OSError, TimeoutError, RespError) as e:
+            if not self.outage.down:
+                self.outage.failed(e)
+
+    def _failed(self, error: BaseException) -> None:
+        self.outage.failed(error)
+
+    def _connect_shared(self) -> asyncio.Future[_Protocol]:
+        fut = self._connecting
+        if fut is None:
+            fut = self._connecting = asyncio.ensure_future(self._connect())
+            fut.add_done_callback(self._connected)
+        return fut
+
+    def _connected(self, fut: asyncio.Future[_Protocol]) -> None:
+        self._connecting = None
+        if not fut.cancelled():
+            fut.exception()  # retrieved: a connect nobody waits for any more must not warn
+
+    async def ready(self) -> _Protocol:
+        """The live connection; else a connection made within ``timeout``; else ``RedisUnavailable`` (at once
+        while Redis is marked down: a background probe asks it again when the backoff allows)."""
         proto = self._proto
         if proto is not None and not proto.lost:
             return proto
-        async with self._lock:
-            proto = self._proto
-            if proto is None or proto.lost:
-                proto = await self._connect()
-            return proto
+        if self.outage.down:
+            if self._connecting is None and self.outage.may_probe():
+                self._connect_shared()
+            raise RedisUnavailable(f"Redis is down (next try in {self.outage.retry_in():.1f} s)")
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._connect_shared()), self.timeout)
+        except TimeoutError:
+            raise RedisUnavailable(f"no Redis connection within {self.timeout * 1000:.0f} ms") from None
 
     def connected(self) -> _Protocol | None:
         """The live connection, if there is one (no connecting here)."""
@@ -204,10 +313,11 @@ class RespClient:
 
     def send_raw(self, proto: _Protocol, command: bytes) -> asyncio.Future[Any]:
         """Like ``send`` for a command already encoded."""
-        loop = asyncio.get_running_loop()
+        loop = proto.loop
         fut: asyncio.Future[Any] = loop.create_future()
-        if not proto.waiters:
-            proto.progress_at = loop.time()
+        if proto.lost:
+            fut.set_exception(RedisUnavailable("the Redis connection was lost"))
+            return fut
         proto.waiters.append(fut)
         if not proto.out:  # one socket write per loop iteration, however many calls sent commands in it
             loop.call_soon(proto.flush)
@@ -215,23 +325,16 @@ class RespClient:
         return fut
 
     async def call(self, *args: Any) -> Any:
-        proto = self._proto if self._proto is not None and not self._proto.lost else await self._ready()
+        proto = self._proto
+        if proto is None or proto.lost:
+            proto = await self.ready()
         return await self.send(proto, *args)
-
-    def _watch(self, proto: _Protocol) -> None:
-        """Once a second: a connection with calls waiting and no reply for ``timeout`` s is cut, which fails
-        those calls (one timer per connection instead of one per call)."""
-        if proto.lost:
-            return
-        loop = asyncio.get_running_loop()
-        if proto.waiters and loop.time() - proto.progress_at > self.timeout and proto.transport is not None:
-            proto.transport.abort()
-            return
-        loop.call_later(1.0, self._watch, proto)
 
     async def close(self) -> None:
         proto = self._proto
         self._proto = None
+        if self._connecting is not None:
+            self._connecting.cancel()
         if proto is not None and proto.transport is not None:
             proto.transport.close()
 

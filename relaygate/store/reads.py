@@ -120,6 +120,8 @@ class Reads:
             self.outage.probing = False
 
     def close(self) -> None:
+        for task in self._probes:
+            task.cancel()
         self._pool.shutdown(wait=False, cancel_futures=True)  # a thread stuck on a hung database is let be
         if self._own_engine:
             self.engine.dispose()

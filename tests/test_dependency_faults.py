@@ -241,11 +241,13 @@ def test_a_key_forgotten_while_its_refresh_is_in_flight_is_not_cached_again() ->
     assert asyncio.run(main()).status == 401
 
 
-def test_a_slow_read_is_abandoned_by_the_request_and_cut_by_the_server(pg_url) -> None:  # type: ignore[no-untyped-def]
+def test_a_slow_read_is_answered_at_its_timeout_frees_its_thread_and_is_cut_by_the_server(pg_url) -> None:  # type: ignore[no-untyped-def]
     """A read slower than lookup_timeout: the caller gets StoreUnavailable after the timeout, the database is
-    marked down (the next read fails at once), and the server's statement timeout frees the one read thread,
-    so the background probe finds the database back within a second instead of after the 3 s query."""
+    marked down (the next read fails at once), the one read thread is freed at once (its connection broken
+    off), so the background probe finds the database back well before the 3 s query would have ended; and
+    the server bounds the read's statements too."""
     from sqlalchemy import text
+    from sqlalchemy.exc import OperationalError
 
     from relaygate.store.db import Database
     from relaygate.store.reads import Reads
@@ -276,9 +278,14 @@ def test_a_slow_read_is_abandoned_by_the_request_and_cut_by_the_server(pg_url) -
 
     try:
         waited, at_once, back = asyncio.run(main())
+        t = time.monotonic()
+        with pytest.raises(OperationalError, match="statement timeout"):
+            slow(reads.engine)  # no caller-side bound here: the server's
+        cut = time.monotonic() - t
     finally:
         reads.close()
         db.close()
     assert 0.3 <= waited < 1.0
     assert at_once < 0.05
-    assert back < 1.5  # with the query running on, the single thread would be busy for 3 s
+    assert back < 1.5  # the single thread would otherwise be busy for 3 s
+    assert cut < 1.0

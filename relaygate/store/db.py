@@ -159,11 +159,11 @@ class Database:
         """Run ``fn(*args)`` (blocking database code) in the database threads."""
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
-    def bounded_engine(self, wait: float) -> Engine:
-        """An engine of one connection whose every wait is bounded by ``wait`` seconds (see ``create``): for
-        the request log writer, whose connection, stuck on a database that stopped answering, then never
-        holds one of the pool the key lookups need."""
-        engine = create(self.url, 1, wait)
+    def bounded_engine(self, wait: float, pool_size: int = 1) -> Engine:
+        """An engine (of one connection unless told) whose every wait is bounded by ``wait`` seconds (see
+        ``create``): for the request log writer, whose connection, stuck on a database that stopped answering,
+        then never holds one of the pool the key lookups need; and for the request path's reads."""
+        engine = create(self.url, pool_size, wait)
         self._engines.append(engine)
         return engine
 

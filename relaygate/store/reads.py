@@ -1,11 +1,11 @@
 """Database reads on the request path (a key not in the cache, a budget's spend this period), bounded in time.
 
-They get their own threads and, on PostgreSQL, their own connections with connect, statement and TCP
-timeouts, so they never queue behind the request-log writer or the admin API. A read that does not finish
-within ``timeout`` seconds fails with ``StoreUnavailable`` and marks the database down (``outage``): until a
-probe in the background (``SELECT 1``, with backoff) succeeds, reads fail at once instead of waiting. A thread stuck on
-a database that accepts connections but never answers stays stuck until it answers or TCP gives up; the
-request that started the read has long had its answer.
+They get their own threads and, on PostgreSQL, their own connections (``Database.bounded_engine``: bounded
+connect, pool and TCP waits; a ``statement_timeout`` per transaction), so they never queue behind the
+request-log writer or the admin API. A read that does not finish within ``timeout`` seconds fails with
+``StoreUnavailable``, marks the database down (``outage``) and breaks off the waits of the reads' connections
+(``Interruptible``: a server that accepts but never answers would hold their threads otherwise). Until a
+probe in the background (``SELECT 1``, with backoff) succeeds, reads fail at once instead of waiting.
 """
 
 from __future__ import annotations
@@ -15,19 +15,19 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event, text
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy import Engine, event, text
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from relaygate.state.outage import Outage
-from relaygate.store.db import engine_url
+from relaygate.store.db import Interruptible
 
 if TYPE_CHECKING:
     from relaygate.store.db import Database
 
 T = TypeVar("T")
 
-THREADS = 4  # reads in flight at most; a hung database holds at most these
+THREADS = 4  # reads in flight at most
 # errors that say the database is unreachable or too slow (others, e.g. a constraint, are its answer)
 OUTAGE_ERRORS = (OperationalError, InterfaceError, PoolTimeout, OSError, TimeoutError)
 
@@ -46,23 +46,14 @@ def _ping(engine: Engine) -> None:
         conn.execute(text("SELECT 1"))
 
 
-def reader_engine(url: str, timeout: float, threads: int) -> Engine:
-    """A PostgreSQL engine for bounded reads: every wait on the server has an end."""
+def _statement_timeout(engine: Engine, timeout: float) -> None:
+    """Every transaction of ``engine`` bounded on the server as well (per transaction, not per session: safe
+    behind PgBouncer's transaction pooling, which also refuses an ``options`` startup parameter)."""
     ms = max(1, int(timeout * 1000))
-    engine = create_engine(engine_url(url), pool_size=threads, max_overflow=0, pool_timeout=timeout,
-                           pool_pre_ping=True, pool_use_lifo=True, pool_recycle=1800, connect_args={
-                               "connect_timeout": 2,  # libpq's minimum
-                               # a peer gone silent (a partition) is dropped by the kernel instead of hanging
-                               "tcp_user_timeout": max(5000, 5 * ms), "keepalives": 1, "keepalives_idle": 10,
-                               "keepalives_interval": 5, "keepalives_count": 3})
 
     @event.listens_for(engine, "begin")
-    def _statement_timeout(conn: Any) -> None:
-        # per transaction, not per session: safe behind PgBouncer's transaction pooling (which also refuses
-        # an ``options`` startup parameter)
+    def _begin(conn: Any) -> None:
         conn.exec_driver_sql(f"SET LOCAL statement_timeout = {ms}")
-
-    return engine
 
 
 class Reads:
@@ -71,8 +62,13 @@ class Reads:
     def __init__(self, db: Database, timeout: float, threads: int = THREADS) -> None:
         self.timeout = timeout
         self.outage = Outage("The database (request-path reads)", longest=2.0)
-        self.engine = reader_engine(db.url, timeout, threads) if db.dialect == "postgresql" else db.engine
-        self._own_engine = self.engine is not db.engine
+        self._interruptible: Interruptible | None = None
+        if db.dialect == "postgresql":
+            self.engine = db.bounded_engine(timeout, threads)
+            self._interruptible = Interruptible(self.engine)
+            _statement_timeout(self.engine, timeout)
+        else:  # SQLite: local reads that a writer never blocks (WAL)
+            self.engine = db.engine
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="relaygate-reads")
         self._probes: set[asyncio.Task[None]] = set()
 
@@ -88,14 +84,26 @@ class Reads:
             raise StoreUnavailable(f"the database is unreachable (next try in {outage.retry_in():.1f} s)")
         return await self._bounded(fn, *args)
 
+    def _once_more(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)``, again on a fresh connection if a pooled one had been closed by the database (a
+        restart; there is no pre-ping, itself an unbounded wait) unless the database is down meanwhile."""
+        try:
+            return fn(*args)
+        except DBAPIError as e:
+            if not e.connection_invalidated or self.outage.down:
+                raise
+            return fn(*args)
+
     async def _bounded(self, fn: Callable[..., T], *args: Any) -> T:
         outage = self.outage
-        fut = asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        fut = asyncio.get_running_loop().run_in_executor(self._pool, self._once_more, fn, *args)
         try:
             result = await asyncio.wait_for(asyncio.shield(fut), self.timeout)
         except TimeoutError:
             fut.add_done_callback(_retrieve)
             outage.failed(f"no answer within {self.timeout:g} s")
+            if self._interruptible is not None:  # free the threads now: the database is down
+                self._interruptible.interrupt()
             raise StoreUnavailable(f"the database did not answer within {self.timeout:g} s") from None
         except OUTAGE_ERRORS as e:
             outage.failed(e)
@@ -120,8 +128,9 @@ class Reads:
             self.outage.probing = False
 
     def close(self) -> None:
+        """Stop probing and break off reads still waiting (the engine is disposed with the database's)."""
         for task in self._probes:
             task.cancel()
-        self._pool.shutdown(wait=False, cancel_futures=True)  # a thread stuck on a hung database is let be
-        if self._own_engine:
-            self.engine.dispose()
+        if self._interruptible is not None:
+            self._interruptible.interrupt()
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -289,3 +289,35 @@ def test_a_slow_read_is_answered_at_its_timeout_frees_its_thread_and_is_cut_by_t
     assert at_once < 0.05
     assert back < 1.5  # the single thread would otherwise be busy for 3 s
     assert cut < 1.0
+
+
+def test_a_read_after_the_database_closed_its_pooled_connection_succeeds(pg_url) -> None:  # type: ignore[no-untyped-def]
+    """The reads' engine has no pre-ping (an unbounded wait): a connection the server closed meanwhile (a
+    restart, an idle timeout) fails its first statement, and the read is retried once on a fresh one instead
+    of marking the database down."""
+    import psycopg
+    from sqlalchemy import text
+
+    from relaygate.store.db import Database
+    from relaygate.store.reads import Reads
+
+    def backend_pid(engine: Any) -> int:
+        with engine.connect() as conn:
+            return int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
+
+    db = Database(pg_url)
+    reads = Reads(db, 1.0, threads=1)
+
+    async def main() -> tuple[int, int, bool]:
+        first = await reads.run(backend_pid, reads.engine)
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (first,))
+        second = await reads.run(backend_pid, reads.engine)
+        return first, second, reads.outage.down
+
+    try:
+        first, second, down = asyncio.run(main())
+    finally:
+        reads.close()
+        db.close()
+    assert second != first and not down

@@ -9,6 +9,7 @@ clients, after a warm-up that is not counted.
     python bench/instructions.py                       # nolog, relaygate, full (SQLite), full-pg
     python bench/instructions.py -n 3000 --variant full=bench/variants/relaygate-full.yaml
     python bench/instructions.py --variant floor=bench/passthrough.py --variant lean=bench/passthrough_lean.py
+    python bench/instructions.py --request chat-stream.json   # streams of 20 chunks instead
 
 A variant that names a ``.py`` file is a bare pass-through proxy script (``--upstream``, ``--port``), not a
 relaygate config: the two floors, aiohttp's and relaygate's own client's.
@@ -45,9 +46,10 @@ DEFAULT_VARIANTS = ["nolog=relaygate-nolog.yaml", "relaygate=relaygate.yaml", "f
                     "full-pg=relaygate-full-pg.yaml"]
 
 
-async def load(url: str, n: int, clients: int) -> None:
-    """``n`` chat requests from ``clients`` keep-alive clients; every answer must be a 200."""
-    body = (BENCH_DIR / "requests" / "chat.json").read_bytes()
+async def load(url: str, n: int, clients: int, request: str = "chat.json") -> None:
+    """``n`` chat requests (``requests/<request>``) from ``clients`` keep-alive clients; every answer must be a
+    200, read whole (a stream to its end)."""
+    body = (BENCH_DIR / "requests" / request).read_bytes()
     headers = {"content-type": "application/json",
                "authorization": "Bearer sk-bench-5f0c2a9e71d43b86a1e07c9d2f4b6e38"}  # the full variants' key
     left = n
@@ -106,7 +108,8 @@ def slowed_config(path: Path) -> float:
     return FLUSH_INTERVAL if logged else 0.0
 
 
-def measure(ctx: Ctx, name: str, config: Path, n: int, clients: int) -> tuple[float, dict[str, float]]:
+def measure(ctx: Ctx, name: str, config: Path, n: int, clients: int,
+            request: str = "chat.json") -> tuple[float, dict[str, float]]:
     port = free_port()
     if config.suffix == ".py":  # a pass-through proxy script
         settle = 1.0
@@ -129,10 +132,10 @@ def measure(ctx: Ctx, name: str, config: Path, n: int, clients: int) -> tuple[fl
                 raise SystemExit(f"{name} did not start; see {ctx.run_dir / (name + '.log')}")
             time.sleep(0.5)
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
-        asyncio.run(load(url, max(200, n // 5), clients))  # warm-up: pools, caches, lazy imports
+        asyncio.run(load(url, max(200, n // 5), clients, request))  # warm-up: pools, caches, lazy imports
         time.sleep(settle)  # the warm-up's log rows are written before counting starts
         subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], check=True, capture_output=True)
-        asyncio.run(load(url, n, clients))
+        asyncio.run(load(url, n, clients, request))
         time.sleep(settle)  # the log writer's last batch lands
         subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True)
     finally:
@@ -151,6 +154,8 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=1500, help="requests counted per variant")
     ap.add_argument("-c", type=int, default=16, help="concurrent clients")
     ap.add_argument("--repeat", type=int, default=1, help="measure every variant this many times, in turn")
+    ap.add_argument("--request", default="chat.json", metavar="FILE",
+                    help="the request body, from bench/requests (chat-stream.json: the 20-chunk stream)")
     ap.add_argument("--keep", action="store_true", help="keep the callgrind dumps (for callgrind_annotate)")
     args = ap.parse_args()
     if not shutil.which("valgrind") or not shutil.which("callgrind_control"):
@@ -166,7 +171,8 @@ def main() -> None:
         for r in range(args.repeat):  # variants in turn, so that each repeat sees the same conditions
             for spec in variants:
                 name, _, path = spec.partition("=")
-                total, per = measure(ctx, name if r == 0 else f"{name}-{r}", Path(path), args.n, args.c)
+                total, per = measure(ctx, name if r == 0 else f"{name}-{r}", Path(path), args.n, args.c,
+                                    args.request)
                 counts.setdefault(name, []).append(total)
                 threads = ", ".join(f"thread {t}: {v / 1000:.1f}k" for t, v in per.items())
                 print(f"  {name}: {total / 1000:.1f}k instructions per request ({threads})", file=sys.stderr,
@@ -176,7 +182,7 @@ def main() -> None:
     names = list(counts)
     ref_name = names[0]
     ref = statistics.mean(counts[ref_name])
-    print(f"\ninstructions per request (callgrind, {args.n} requests from {args.c} clients, mean of "
+    print(f"\ninstructions per request (callgrind, {args.n} {args.request} requests from {args.c} clients, mean of "
           f"{args.repeat} run(s); reference: {ref_name})\n")
     print(f"{'variant':<14} {'instructions':>13} {'ratio ' + ref_name + '/variant':>24}  runs")
     for name in names:

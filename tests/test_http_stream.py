@@ -10,7 +10,7 @@ import orjson
 
 from relaygate.core.call import Reply
 from relaygate.core.errors import GatewayError, Unavailable
-from relaygate.providers.base import stream_error_event
+from relaygate.providers.streaming import stream_error_event
 from relaygate.server.http import StreamResponse
 
 

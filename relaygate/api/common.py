@@ -6,7 +6,7 @@ from typing import Any
 
 from relaygate.core.call import Call, Reply
 from relaygate.core.errors import BadRequest, GatewayError
-from relaygate.providers.base import stream_error_event
+from relaygate.providers.streaming import stream_error_event
 from relaygate.server.http import Response, StreamResponse
 
 

@@ -20,7 +20,8 @@ from relaygate.api.passthrough_cost import meter_request
 from relaygate.auth.authenticator import caller
 from relaygate.core.call import Call, Reply, Route
 from relaygate.core.errors import BadRequest, NotFound, PermissionDenied
-from relaygate.providers.openai_format import take_usage, usage_of
+from relaygate.providers.openai_format import take_usage, usage_at, usage_of
+from relaygate.providers.streaming import EventCutter
 from relaygate.server.http import Request, Response, StreamResponse
 from relaygate.server.upload import ForwardedRequest, ReadBody, StreamedBody
 
@@ -87,30 +88,29 @@ MAX_KEPT = 16 * 1024 * 1024  # a whole answer kept to read its usage; a longer o
 async def usage_read(stream: AsyncIterator[bytes], reply: Reply, hide_usage: bool) -> AsyncIterator[bytes]:
     """Pass an answer through, reading its usage onto ``reply``: from the usage chunk of an SSE stream
     (dropped when only the meter asked for it), or from the whole JSON body at its end."""
-    sse = reply.media_type.startswith("text/event-stream")
-    buf = b""
+    cutter = EventCutter() if reply.media_type.startswith("text/event-stream") else None
     kept: list[bytes] = []
     size = 0
     try:
         async for chunk in stream:
-            if not sse:
+            if cutter is None:
                 if size <= MAX_KEPT:
                     kept.append(chunk)
                     size += len(chunk)
                 yield chunk
                 continue
-            buf += chunk
-            end = buf.rfind(b"\n\n")
-            if end < 0:
-                continue
-            events, buf = buf[: end + 2], buf[end + 2:]
-            if b'"usage"' in events:
+            events = cutter.feed(chunk)  # whole events, whatever the upstream's line endings
+            if usage_at(events, 0) >= 0:
                 events = take_usage(events, reply, not hide_usage)
             if events:
                 yield events
-        if buf:
-            yield buf
-        if not sse and size <= MAX_KEPT:
+        if cutter is not None:
+            events = cutter.end()
+            if usage_at(events, 0) >= 0:
+                events = take_usage(events, reply, not hide_usage)
+            if events:
+                yield events
+        elif size <= MAX_KEPT:
             reply.usage = usage_of(b"".join(kept)) or reply.usage
     finally:
         aclose = getattr(stream, "aclose", None)

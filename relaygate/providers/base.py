@@ -226,50 +226,6 @@ def out_of_files(kind: str) -> ServerBusy:
                       "shortly", code="out_of_file_descriptors", retry_after=1.0)
 
 
-async def open_body(resp: aiohttp.ClientResponse, kind: str, *, require_bytes: bool = False) -> AsyncIterator[bytes]:
-    """The response body as it arrives, after waiting for its first bytes.
-
-    A failure before the first byte (or an empty body when ``require_bytes``) raises here, while a
-    fallback can still serve the call; later chunks are forwarded as they come, never buffered whole.
-    """
-    chunks = resp.content.iter_any()
-    try:
-        first = await chunks.__anext__()
-    except StopAsyncIteration:
-        first = b""
-    except TimeoutError:
-        resp.close()
-        raise UpstreamTimeout(f"upstream {kind} timed out before the first byte") from None
-    except aiohttp.ClientError as e:
-        resp.close()
-        raise Unavailable(f"upstream {kind} failed before the first byte ({type(e).__name__})", status=502) from None
-    if not first and require_bytes:
-        resp.close()
-        raise Unavailable(f"upstream {kind} answered with an empty body", status=502)
-    return _rest_of_body(resp, first, chunks, kind)
-
-
-async def _rest_of_body(resp: aiohttp.ClientResponse, first: bytes, chunks: AsyncIterator[bytes],
-                        kind: str) -> AsyncIterator[bytes]:
-    complete = False
-    try:
-        if first:
-            yield first
-        async for chunk in chunks:
-            yield chunk
-        complete = True
-    except TimeoutError:
-        raise UpstreamTimeout(f"upstream {kind} stream timed out") from None
-    except aiohttp.ClientError as e:
-        raise Unavailable(f"upstream {kind} stream broke ({type(e).__name__})", status=502) from None
-    finally:
-        # close, not release, unless complete: a client that went away must stop the upstream at once
-        if complete:
-            resp.release()
-        else:
-            resp.close()
-
-
 _CANNOT = {
     Route.CHAT: "does not serve chat completions", Route.EMBEDDINGS: "does not serve embeddings",
     Route.TRANSCRIPTIONS: "does not serve audio transcriptions",
@@ -277,6 +233,7 @@ _CANNOT = {
     Route.COUNT_TOKENS: "does not count tokens",
     Route.PASSTHROUGH: "does not serve OpenAI's other routes (files, images, …)",
 }
+
 
 _KEYLIKE = re.compile(r"\b(sk-[A-Za-z0-9_\-*]{6,}|AKIA[0-9A-Z]{12,}|AIza[0-9A-Za-z_\-]{20,})")
 
@@ -316,62 +273,3 @@ def error_json(body: bytes) -> dict[str, Any]:
     if isinstance(data, list) and data and isinstance(data[0], dict):  # Gemini sometimes wraps in a list
         return error_json(orjson.dumps(data[0]))
     return {}
-
-
-async def iter_sse(resp: aiohttp.ClientResponse, kind: str) -> AsyncIterator[tuple[str, bytes]]:
-    """Parse an SSE response incrementally into (event, data) pairs as the bytes arrive."""
-    buf = b""
-    try:
-        async for chunk in resp.content.iter_any():
-            buf += chunk
-            while True:
-                idx = _event_end(buf)
-                if idx is None:
-                    break
-                raw, buf = buf[:idx[0]], buf[idx[1]:]
-                event, data = _parse_event(raw)
-                if data or event:
-                    yield event, data
-    except TimeoutError:
-        raise UpstreamTimeout(f"upstream {kind} stream timed out") from None
-    except aiohttp.ClientError as e:
-        raise Unavailable(f"upstream {kind} stream broke ({type(e).__name__})", status=502) from None
-    if buf.strip():
-        event, data = _parse_event(buf)
-        if data or event:
-            yield event, data
-
-
-def _event_end(buf: bytes) -> tuple[int, int] | None:
-    """(end of event, start of next) for the first complete event in buf, or None."""
-    best: tuple[int, int] | None = None
-    for sep in (b"\n\n", b"\r\n\r\n", b"\r\r"):
-        i = buf.find(sep)
-        if i >= 0 and (best is None or i < best[0]):
-            best = (i, i + len(sep))
-    return best
-
-
-def _parse_event(raw: bytes) -> tuple[str, bytes]:
-    event = ""
-    data: list[bytes] = []
-    for line in raw.splitlines():
-        if line.startswith(b"data:"):
-            v = line[5:]
-            data.append(v[1:] if v.startswith(b" ") else v)
-        elif line.startswith(b"event:"):
-            event = line[6:].strip().decode("utf-8", "replace")
-    return event, b"\n".join(data)
-
-
-def sse(data: Any) -> bytes:
-    """Frame one OpenAI SSE event."""
-    return b"data: " + orjson.dumps(data) + b"\n\n"
-
-
-SSE_DONE = b"data: [DONE]\n\n"
-
-
-def stream_error_event(err: GatewayError) -> bytes:
-    """The event that ends a stream that failed after its first byte (OpenAI's in-stream error shape)."""
-    return sse(err.body())

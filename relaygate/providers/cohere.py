@@ -28,7 +28,7 @@ from relaygate.core.errors import (
     from_status,
     says_context_too_long,
 )
-from relaygate.providers.base import Provider, error_json, iter_sse, model_segment, retry_after_seconds
+from relaygate.providers.base import Provider, error_json, model_segment, retry_after_seconds
 from relaygate.providers.batching import embed_in_batches, needs_batches
 from relaygate.providers.openai_format import (
     ADJUSTED_HEADER,
@@ -41,6 +41,7 @@ from relaygate.providers.openai_format import (
     embeddings_response,
     text_of,
 )
+from relaygate.providers.streaming import UpstreamBody, closing, peek, sse_events
 
 DEFAULT_BASE = "https://api.cohere.com"
 INPUT_TYPES = ("search_document", "search_query", "classification", "clustering")
@@ -112,22 +113,16 @@ class CohereProvider(Provider):
     async def _start_stream(self, resp: aiohttp.ClientResponse, headers: dict[str, str], model: str,
                             include_usage: bool) -> Reply:
         """Wait for Cohere's first event before answering, so a stream that breaks at once is still retryable."""
-        events = self._events(resp)
-        try:
-            first = await anext(events, None)
-        except BaseException:
-            resp.close()
-            raise
-        if first is None:
-            resp.close()
-            raise Unavailable("upstream cohere ended the stream before its first event", status=502)
+        upstream = UpstreamBody(resp, self.kind)
+        events = self._events(upstream)
+        first = await peek(upstream, anext(events, None))
         w = ChunkWriter(model, include_usage=include_usage)
         reply = Reply(media_type="text/event-stream", headers=headers, first_byte_at=time.monotonic())
-        reply.stream = self._relay(resp, events, first, reply, w)
+        reply.stream = closing(upstream, self._relay(events, first, reply, w))
         return reply
 
-    async def _events(self, resp: aiohttp.ClientResponse) -> AsyncGenerator[dict[str, Any], None]:
-        async for _event, raw in iter_sse(resp, self.kind):
+    async def _events(self, upstream: UpstreamBody) -> AsyncGenerator[dict[str, Any], None]:
+        async for _event, raw in sse_events(upstream):
             if raw == b"[DONE]":
                 return
             try:
@@ -137,27 +132,20 @@ class CohereProvider(Provider):
             if isinstance(ev, dict):
                 yield ev
 
-    async def _relay(self, resp: aiohttp.ClientResponse, events: AsyncGenerator[dict[str, Any], None],
-                     first: dict[str, Any], reply: Reply, w: ChunkWriter) -> AsyncIterator[bytes]:
+    async def _relay(self, events: AsyncIterator[dict[str, Any]], first: dict[str, Any], reply: Reply,
+                     w: ChunkWriter) -> AsyncIterator[bytes]:
         """Cohere's stream events as OpenAI chunks, each as soon as its event arrived."""
-        ended = False
         ev: dict[str, Any] | None = first
         args = ToolArguments()
-        try:
-            while ev is not None:
-                out = self._translate(ev, reply, w, args)
-                if out:
-                    yield out
-                if ev.get("type") == "message-end":
-                    ended = True
-                    break
-                ev = await anext(events, None)
-        finally:
-            await events.aclose()
-            resp.close()  # close, not release: a client gone mid-stream must stop the generation upstream
-        if not ended:
-            raise Unavailable("upstream cohere stream ended before message-end", status=502)
-        yield w.done()
+        while ev is not None:
+            out = self._translate(ev, reply, w, args)
+            if out:
+                yield out
+            if ev.get("type") == "message-end":
+                yield w.done()
+                return
+            ev = await anext(events, None)
+        raise Unavailable("upstream cohere stream ended before message-end", status=502)
 
     def _translate(self, ev: dict[str, Any], reply: Reply, w: ChunkWriter, args: ToolArguments) -> bytes:
         kind = ev.get("type")

@@ -10,7 +10,8 @@ import orjson
 
 from relaygate.core.call import Call, Reply, Route, Usage
 from relaygate.core.errors import BadRequest, ContextTooLong
-from relaygate.providers.base import SSE_DONE, Provider
+from relaygate.providers.base import Provider
+from relaygate.providers.streaming import SSE_DONE, sse
 from relaygate.testing.openai import complete, stream_chunks
 
 PREFIX = "[relaygate demo model, not a real LLM] You said: "
@@ -68,5 +69,5 @@ class DemoProvider(Provider):
                     continue
             elif not keep_usage:
                 c.pop("usage", None)
-            yield b"data: " + orjson.dumps(c) + b"\n\n"
+            yield sse(c)
         yield SSE_DONE

@@ -16,8 +16,8 @@ import orjson
 
 from relaygate.core.call import Reply, Usage
 from relaygate.core.errors import BadRequest
+from relaygate.providers.streaming import SSE_DONE, SSEDecoder, sse
 
-SSE_DONE = b"data: [DONE]\n\n"
 DROPPED_HEADER = "x-relaygate-dropped-params"  # names the OpenAI parameters an upstream had no counterpart for
 ADJUSTED_HEADER = "x-relaygate-adjusted-params"  # names those moved into the upstream's narrower range
 
@@ -80,7 +80,7 @@ class ChunkWriter:
                              "choices": [{"index": self.index, "delta": delta, "logprobs": None, "finish_reason": finish}]}
         if self.include_usage:
             c["usage"] = None
-        return b"data: " + orjson.dumps(c) + b"\n\n"
+        return sse(c)
 
     def role(self) -> bytes:
         """The first chunk (assistant role); emitted once."""
@@ -145,7 +145,7 @@ class ChunkWriter:
             return b""
         c = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
              "choices": [], "usage": usage_body(usage)}
-        return b"data: " + orjson.dumps(c) + b"\n\n"
+        return sse(c)
 
     @staticmethod
     def done() -> bytes:
@@ -276,27 +276,52 @@ def tool_arguments(raw: Any, param: str) -> dict[str, Any]:
     return value
 
 
+def usage_at(events: bytes, start: int) -> int:
+    """Where the next usage object of SSE ``events`` is, from ``start`` (-1: none; the ``"usage":null`` of
+    each chunk is not one). ``find``, not ``in``: on bytes, ``needle in haystack`` first tries the needle
+    as an integer, and builds and drops a TypeError each time."""
+    compact = events.find(b'"usage":{', start)
+    spaced = events.find(b'"usage": {', start)
+    return compact if spaced < 0 or 0 <= compact < spaced else spaced
+
+
 def take_usage(events: bytes, reply: Reply, keep_usage_chunk: bool) -> bytes:
-    """Whole SSE ``events`` with the usage of a usage chunk noted on ``reply``; that chunk is dropped unless
-    kept (when it carries no choices: the client did not ask for it)."""
+    """Whole SSE ``events`` with the usage they carry noted on ``reply`` (only the events that hold one are
+    decoded); the usage-only chunk (no choices: the client did not ask for it) is dropped unless kept."""
     out: list[bytes] = []
-    for ev in events.split(b"\n\n"):
-        if not ev:
-            continue
-        if b'"usage"' in ev and ev.startswith(b"data: {") and b'"usage":null' not in ev \
-                and b'"usage": null' not in ev:
-            try:
-                data = orjson.loads(ev[6:])
-            except orjson.JSONDecodeError:
-                data = None
-            if isinstance(data, dict):
-                u = Usage.from_openai(data.get("usage"))
-                if u is not None:
-                    reply.usage = u
-                    if not keep_usage_chunk and not data.get("choices"):
-                        continue
-        out.append(ev + b"\n\n")
+    done = 0  # events[:done] is handled
+    at = usage_at(events, 0)
+    while at >= 0:
+        start = events.rfind(b"\n\n", done, at)
+        start = done if start < 0 else start + 2
+        end = events.find(b"\n\n", at)
+        end = len(events) if end < 0 else end + 2
+        if _usage_only(events[start:end], reply) and not keep_usage_chunk:
+            out.append(events[done:start])
+        else:
+            out.append(events[done:end])
+        done = end
+        at = usage_at(events, done)
+    out.append(events[done:])
     return b"".join(out)
+
+
+def _usage_only(event: bytes, reply: Reply) -> bool:
+    """Note the usage the event carries (events, if its framing mixed line endings); whether it is nothing but
+    the usage-only chunk."""
+    only: bool | None = None
+    decoder = SSEDecoder()
+    for _, data in decoder.feed(event) + decoder.end():
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            only = False
+            continue
+        u = Usage.from_openai(chunk.get("usage")) if isinstance(chunk, dict) else None
+        if u is not None:
+            reply.usage = u
+        only = only is not False and u is not None and not chunk.get("choices")
+    return bool(only)
 
 
 def usage_of(body: bytes) -> Usage | None:

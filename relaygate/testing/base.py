@@ -35,6 +35,7 @@ class FaultPlan:
     error_code: str | None = None  # provider-specific error code / type to put in the error body
     message: str | None = None
     paths: list[str] | None = None  # only requests whose path contains one of these are hit
+    line_ending: str | None = None  # "\r\n" or "\r": SSE lines end so (both legal); None: as the API frames them
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> FaultPlan:
@@ -175,7 +176,15 @@ async def send_sse(request: web.Request, frames: Iterable[bytes], plan: FaultPla
                    headers: dict[str, str] | None = None) -> web.StreamResponse:
     """Stream SSE frames (each a complete event), applying the plan's chunk delay and mid-stream cut;
     ``done`` ends a complete stream (b"" for upstreams that send no terminator). At the cut the socket
-    is closed, or, given ``cut_frame`` (an error event), the stream ends with that event."""
+    is closed, or, given ``cut_frame`` (an error event), the stream ends with that event. The plan's
+    ``line_ending`` re-frames every line."""
+    ending = plan.line_ending.encode() if plan is not None and plan.line_ending else None
+    if ending is not None:
+        def reframe(frame: bytes) -> bytes:
+            return frame.replace(b"\r\n", b"\n").replace(b"\n", ending)
+        frames = (reframe(f) for f in frames)
+        done = reframe(done)
+        cut_frame = reframe(cut_frame) if cut_frame is not None else None
     return await send_frames(request, frames, plan, "text/event-stream; charset=utf-8", done=done,
                              cut_frame=cut_frame, headers=headers)
 

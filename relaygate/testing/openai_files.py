@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import BodyPartReader, web
 
-from relaygate.testing.base import STATE_KEY, json_response, tracked
+from relaygate.testing.base import STATE_KEY, json_response, send_sse, tracked
 from relaygate.testing.openai import (
     MAX_BEST_OF,
     MAX_CHOICES,
@@ -64,6 +64,7 @@ def add_passthrough_routes(app: web.Application, opts: OpenAIEmulatorOptions) ->
             plan = state.take_fault(request.path)
             if plan is not None and plan.status:
                 return json_response(error_body(plan.status, plan.message, plan.error_code), plan.status)
+            request["fault"] = plan  # the rest of it (stream framing, delays) is the handler's
             return await handler(request)
         return tracked(wrapper)
 
@@ -204,20 +205,17 @@ def add_passthrough_routes(app: web.Application, opts: OpenAIEmulatorOptions) ->
                                   "model": model, "usage": usage, "choices": [
                                       {"index": 0, "text": " ".join(words), "finish_reason": "stop",
                                        "logprobs": None}]})
-        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
-        await resp.prepare(request)
+        frames = []
         for i, w in enumerate(words):
             chunk = {"id": cid, "object": "text_completion", "created": int(time.time()), "model": model,
                      "choices": [{"index": 0, "text": w if i == 0 else " " + w, "logprobs": None,
                                   "finish_reason": "stop" if i == len(words) - 1 else None}]}
-            await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+            frames.append(b"data: " + orjson.dumps(chunk) + b"\n\n")
         opts = body.get("stream_options")
         if isinstance(opts, dict) and opts.get("include_usage"):  # OpenAI's last chunk: no choices, the usage
-            await resp.write(b"data: " + orjson.dumps({"id": cid, "object": "text_completion", "created": int(
+            frames.append(b"data: " + orjson.dumps({"id": cid, "object": "text_completion", "created": int(
                 time.time()), "model": model, "choices": [], "usage": usage}) + b"\n\n")
-        await resp.write(b"data: [DONE]\n\n")
-        await resp.write_eof()
-        return resp
+        return await send_sse(request, frames, request.get("fault"))
 
     async def client_secret(request: web.Request) -> web.StreamResponse:
         body = await json_of(request)

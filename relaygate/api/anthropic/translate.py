@@ -14,6 +14,7 @@ import orjson
 from relaygate.core.call import Usage
 from relaygate.core.errors import BadRequest, GatewayError, Unsupported
 from relaygate.providers.anthropic.wire import FINISH_TO_STOP, error_body, error_type, sse_event
+from relaygate.providers.streaming import SSEDecoder
 
 # Anthropic request fields with no OpenAI counterpart: dropped and named in x-relaygate-dropped-params
 DROPPED = ("top_k", "thinking", "service_tier", "container", "inference_geo", "speed", "cache_control",
@@ -430,42 +431,28 @@ async def translate_stream(stream: AsyncIterator[bytes], w: EventWriter,
                            usage_of: Any) -> AsyncIterator[bytes]:
     """OpenAI SSE bytes -> Anthropic events; each chunk's JSON is parsed once. ``usage_of()`` gives the
     reply's usage (set by the provider while streaming) for the final ``message_delta``."""
-    buf = b""
+    decoder = SSEDecoder()
     try:
         async for piece in stream:
-            buf = buf + piece if buf else piece
-            out = b""
-            while True:
-                end = buf.find(b"\n\n")
-                if end < 0:
-                    break
-                event, buf = buf[:end], buf[end + 2:]
-                data = _data_of(event)
-                if data is None:
-                    continue
+            out: list[bytes] = []  # joined once: a read may hold thousands of events
+            for _, data in decoder.feed(piece):
                 if data == b"[DONE]":
-                    yield out + w.end(usage_of())
+                    out.append(w.end(usage_of()))
+                    yield b"".join(out)
                     return
                 obj = orjson.loads(data)
                 if not isinstance(obj, dict):
                     continue
                 if "error" in obj and "choices" not in obj:
-                    yield out + w.error(obj)
+                    out.append(w.error(obj))
+                    yield b"".join(out)
                     return
-                out += w.chunk(obj)
-            if out:
-                yield out
+                out.append(w.chunk(obj))
+            chunk = b"".join(out)
+            if chunk:
+                yield chunk
         yield w.end(usage_of())
     finally:
         aclose = getattr(stream, "aclose", None)
         if aclose is not None:
             await aclose()
-
-
-def _data_of(event: bytes) -> bytes | None:
-    if event.startswith(b"data: "):
-        return event[6:]
-    for line in event.splitlines():  # comments (": keep-alive") and other fields are skipped
-        if line.startswith(b"data:"):
-            return line[5:].lstrip()
-    return None

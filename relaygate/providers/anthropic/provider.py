@@ -37,7 +37,7 @@ from relaygate.providers.anthropic.wire import (
     VERSION_2023,
     bearer_auth,
 )
-from relaygate.providers.base import Provider, error_json, iter_sse, retry_after_seconds
+from relaygate.providers.base import Provider, error_json, retry_after_seconds
 from relaygate.providers.openai_format import (
     ADJUSTED_HEADER,
     DROPPED_HEADER,
@@ -45,6 +45,7 @@ from relaygate.providers.openai_format import (
     completion,
     completion_id,
 )
+from relaygate.providers.streaming import UpstreamBody, closing, peek, sse_events, sse_frame
 
 DEFAULT_BASE = "https://api.anthropic.com"
 DEFAULT_VERSION = VERSION_2023
@@ -222,10 +223,9 @@ class AnthropicProvider(Provider):
             if not resp.headers.get("content-type", "").startswith("text/event-stream"):
                 resp.close()
                 raise Unavailable("upstream anthropic answered a stream request with a whole body", status=502)
-            events = iter_sse(resp, self.kind)
-            start, raw = await self._await_start(resp, events)
+            upstream, events, start, raw = await self._open_stream(resp)
             reply = Reply(media_type="text/event-stream", headers=headers, first_byte_at=time.monotonic())
-            reply.stream = self._relay(resp, events, start, raw, reply)
+            reply.stream = closing(upstream, self._relay(events, start, raw, reply))
         else:
             try:
                 data = await self.read_body(resp)
@@ -242,52 +242,51 @@ class AnthropicProvider(Provider):
         reply.anthropic_native = True
         return reply
 
-    async def _relay(self, resp: aiohttp.ClientResponse, events: AsyncIterator[tuple[str, bytes]],
-                     start: dict[str, Any], start_raw: bytes, reply: Reply) -> AsyncIterator[bytes]:
+    async def _relay(self, events: AsyncIterator[tuple[str, bytes]], start: dict[str, Any], start_raw: bytes,
+                     reply: Reply) -> AsyncIterator[bytes]:
         """Anthropic's events as they came; only ``message_delta`` is parsed (for the usage)."""
         usage: dict[str, Any] = dict(start.get("usage") or {})
-        try:
-            yield b"event: message_start\ndata: " + start_raw + b"\n\n"
-            async for event, data in events:
-                if event == "message_delta":
-                    usage.update(orjson.loads(data).get("usage") or {})
-                    reply.usage = usage_of(usage)
-                elif event == "error":
-                    raise self.error_of_event(orjson.loads(data))  # the route writes the error event
-                yield b"event: " + event.encode() + b"\ndata: " + data + b"\n\n"
-                if event == "message_stop":
-                    return
-            raise Unavailable("upstream anthropic stream ended before message_stop", status=502)
-        finally:
-            resp.close()
+        yield sse_frame(start_raw, b"message_start")
+        async for event, data in events:
+            if event == "message_delta":
+                usage.update(orjson.loads(data).get("usage") or {})
+                reply.usage = usage_of(usage)
+            elif event == "error":
+                raise self.error_of_event(orjson.loads(data))  # the route writes the error event
+            yield sse_frame(data, event.encode())
+            if event == "message_stop":
+                return
+        raise Unavailable("upstream anthropic stream ended before message_stop", status=502)
 
     # -- streaming --------------------------------------------------------------------------------
 
-    async def _await_start(self, resp: aiohttp.ClientResponse,
-                           events: AsyncIterator[tuple[str, bytes]]) -> tuple[dict[str, Any], bytes]:
-        """Read up to ``message_start`` (its message, and its raw data) before answering, so that an early
-        error can still be retried."""
-        try:
-            async for event, data in events:
-                if event == "message_start":
-                    return orjson.loads(data).get("message") or {}, data
-                if event == "error":
-                    raise self.error_of_event(orjson.loads(data))
-            raise Unavailable("upstream anthropic stream ended before message_start", status=502)
-        except BaseException:
-            resp.close()
-            raise
+    async def _open_stream(self, resp: aiohttp.ClientResponse) -> tuple[
+            UpstreamBody, AsyncIterator[tuple[str, bytes]], dict[str, Any], bytes]:
+        """The answer's events, once ``message_start`` came (its message, and its raw data): an error until
+        then can still be retried."""
+        upstream = UpstreamBody(resp, self.kind)
+        events = sse_events(upstream)
+        start, raw = await peek(upstream, self._await_start(events), "message_start")
+        return upstream, events, start, raw
+
+    async def _await_start(self, events: AsyncIterator[tuple[str, bytes]]) -> tuple[dict[str, Any], bytes] | None:
+        """``message_start``'s message and raw data (None if the stream ended first)."""
+        async for event, data in events:
+            if event == "message_start":
+                return orjson.loads(data).get("message") or {}, data
+            if event == "error":
+                raise self.error_of_event(orjson.loads(data))
+        return None
 
     async def _start_stream(self, resp: aiohttp.ClientResponse, call: Call, headers: dict[str, str]) -> Reply:
-        events = iter_sse(resp, self.kind)
-        start, _ = await self._await_start(resp, events)
+        upstream, events, start, _ = await self._open_stream(resp)
         reply = Reply(media_type="text/event-stream", headers=headers, first_byte_at=time.monotonic())
         writer = ChunkWriter(str(start.get("model") or call.model), include_usage=call.wants_usage)
-        reply.stream = self._translate(resp, events, start, writer, reply)
+        reply.stream = closing(upstream, self._translate(events, start, writer, reply))
         return reply
 
-    async def _translate(self, resp: aiohttp.ClientResponse, events: AsyncIterator[tuple[str, bytes]],
-                         start: dict[str, Any], w: ChunkWriter, reply: Reply) -> AsyncIterator[bytes]:
+    async def _translate(self, events: AsyncIterator[tuple[str, bytes]], start: dict[str, Any], w: ChunkWriter,
+                         reply: Reply) -> AsyncIterator[bytes]:
         """Anthropic events -> OpenAI chunks, one event at a time (each event's JSON parsed once)."""
         usage: dict[str, Any] = dict(start.get("usage") or {})
         tools: set[int] = set()  # indexes of tool_use blocks
@@ -295,71 +294,67 @@ class AnthropicProvider(Provider):
         # sent at the block's end unless input_json_delta events gave it after all
         given: dict[int, Any] = {}
         thinking: dict[int, dict[str, Any]] = {}  # index -> the thinking block being streamed
-        try:
-            yield w.role()
-            async for event, data in events:
-                if event == "content_block_delta":
-                    ev = orjson.loads(data)
-                    delta = ev["delta"]
-                    kind = delta.get("type")
-                    if kind == "text_delta":
-                        out = w.text(delta.get("text") or "")
-                    elif kind == "input_json_delta" and ev["index"] in tools:
-                        if delta.get("partial_json"):
-                            given.pop(ev["index"], None)
-                        out = w.tool_args(str(ev["index"]), delta.get("partial_json") or "")
-                    elif kind == "thinking_delta" and ev["index"] in thinking:
-                        piece = delta.get("thinking") or ""
-                        thinking[ev["index"]]["thinking"] += piece
-                        out = w.delta({"reasoning_content": piece}) if piece else b""
-                    elif kind == "signature_delta" and ev["index"] in thinking:
-                        thinking[ev["index"]]["signature"] = delta.get("signature") or ""
-                        continue
-                    else:
-                        continue  # citations: no OpenAI counterpart
+        yield w.role()
+        async for event, data in events:
+            if event == "content_block_delta":
+                ev = orjson.loads(data)
+                delta = ev["delta"]
+                kind = delta.get("type")
+                if kind == "text_delta":
+                    out = w.text(delta.get("text") or "")
+                elif kind == "input_json_delta" and ev["index"] in tools:
+                    if delta.get("partial_json"):
+                        given.pop(ev["index"], None)
+                    out = w.tool_args(str(ev["index"]), delta.get("partial_json") or "")
+                elif kind == "thinking_delta" and ev["index"] in thinking:
+                    piece = delta.get("thinking") or ""
+                    thinking[ev["index"]]["thinking"] += piece
+                    out = w.delta({"reasoning_content": piece}) if piece else b""
+                elif kind == "signature_delta" and ev["index"] in thinking:
+                    thinking[ev["index"]]["signature"] = delta.get("signature") or ""
+                    continue
+                else:
+                    continue  # citations: no OpenAI counterpart
+                if out:
+                    yield out
+            elif event == "content_block_start":
+                ev = orjson.loads(data)
+                block = ev["content_block"]
+                if block.get("type") == "tool_use":
+                    tools.add(ev["index"])
+                    if block.get("input"):
+                        given[ev["index"]] = block["input"]
+                    yield w.tool_start(str(ev["index"]), str(block.get("id")), str(block.get("name")))
+                elif block.get("type") == "text" and block.get("text"):
+                    yield w.text(block["text"])
+                elif block.get("type") == "thinking":
+                    thinking[ev["index"]] = {"type": "thinking", "thinking": block.get("thinking") or "",
+                                             "signature": block.get("signature") or ""}
+                elif block.get("type") == "redacted_thinking":
+                    yield w.thinking_block(block)
+            elif event == "content_block_stop" and (thinking or tools):
+                index = orjson.loads(data)["index"]
+                done = thinking.pop(index, None)
+                if done is not None:  # the whole signed block, for the client to send back
+                    yield w.thinking_block(done)
+                elif index in tools:
+                    whole = given.pop(index, None)
+                    out = w.tool_args(str(index), orjson.dumps(whole).decode()) if whole else b""
+                    out += w.tool_end(str(index))
                     if out:
                         yield out
-                elif event == "content_block_start":
-                    ev = orjson.loads(data)
-                    block = ev["content_block"]
-                    if block.get("type") == "tool_use":
-                        tools.add(ev["index"])
-                        if block.get("input"):
-                            given[ev["index"]] = block["input"]
-                        yield w.tool_start(str(ev["index"]), str(block.get("id")), str(block.get("name")))
-                    elif block.get("type") == "text" and block.get("text"):
-                        yield w.text(block["text"])
-                    elif block.get("type") == "thinking":
-                        thinking[ev["index"]] = {"type": "thinking", "thinking": block.get("thinking") or "",
-                                                 "signature": block.get("signature") or ""}
-                    elif block.get("type") == "redacted_thinking":
-                        yield w.thinking_block(block)
-                elif event == "content_block_stop" and (thinking or tools):
-                    index = orjson.loads(data)["index"]
-                    done = thinking.pop(index, None)
-                    if done is not None:  # the whole signed block, for the client to send back
-                        yield w.thinking_block(done)
-                    elif index in tools:
-                        whole = given.pop(index, None)
-                        out = w.tool_args(str(index), orjson.dumps(whole).decode()) if whole else b""
-                        out += w.tool_end(str(index))
-                        if out:
-                            yield out
-                elif event == "message_delta":
-                    ev = orjson.loads(data)
-                    usage.update(ev.get("usage") or {})
-                    reply.usage = usage_of(usage)
-                    stop = (ev.get("delta") or {}).get("stop_reason") or "end_turn"
-                    yield w.finish(STOP_TO_FINISH.get(stop, "stop")) + w.usage(reply.usage)
-                elif event == "message_stop":
-                    yield w.done()
-                    return
-                elif event == "error":
-                    raise self.error_of_event(orjson.loads(data))
-            raise Unavailable("upstream anthropic stream ended before message_stop", status=502)
-        finally:
-            # close, not release: if the client went away mid-stream the upstream must see it at once
-            resp.close()
+            elif event == "message_delta":
+                ev = orjson.loads(data)
+                usage.update(ev.get("usage") or {})
+                reply.usage = usage_of(usage)
+                stop = (ev.get("delta") or {}).get("stop_reason") or "end_turn"
+                yield w.finish(STOP_TO_FINISH.get(stop, "stop")) + w.usage(reply.usage)
+            elif event == "message_stop":
+                yield w.done()
+                return
+            elif event == "error":
+                raise self.error_of_event(orjson.loads(data))
+        raise Unavailable("upstream anthropic stream ended before message_stop", status=502)
 
     def _replay(self, body: dict[str, Any], call: Call, headers: dict[str, str], usage: Usage | None) -> Reply:
         msg = body["choices"][0]["message"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import orjson
+from relaygate.providers.streaming import sse
 
 VERSION_2023 = "2023-06-01"
 VERSION_2026 = "2026-10-21"  # released 21 Oct 2026; the anthropic SDK 2.x default
@@ -79,4 +79,4 @@ FINISH_TO_STOP = {
 
 def sse_event(name: bytes, data: Any) -> bytes:
     """One named server-sent event as Anthropic frames them."""
-    return b"event: " + name + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+    return sse(data, name)

@@ -6,7 +6,7 @@ import os
 import re
 import time
 from collections.abc import AsyncIterator, Mapping
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -32,8 +32,8 @@ from relaygate.providers.aws.credentials import BotocoreSource, CredentialSource
 from relaygate.providers.aws.eventstream import EventMessage, EventStreamDecoder, EventStreamError
 from relaygate.providers.aws.sigv4 import AwsCredentials, SigV4Signer
 from relaygate.providers.base import Provider, error_json, retry_after_seconds
+from relaygate.providers.streaming import UpstreamBody
 
-T = TypeVar("T")
 SIGNING_SERVICE = "bedrock"  # both bedrock-runtime and bedrock-agent-runtime sign as "bedrock"
 
 # error types that mean the credentials themselves were refused
@@ -180,35 +180,19 @@ class AwsProvider(Provider):
         message = data.get("message") or data.get("Message") if isinstance(data, dict) else None
         return map_error(etype, 500, self.redact(str(message or f"upstream {self.kind} stream failed: {etype}")))
 
-    async def events(self, resp: aiohttp.ClientResponse) -> AsyncIterator[EventMessage]:
+    async def events(self, upstream: UpstreamBody) -> AsyncIterator[EventMessage]:
         """Decode the event stream as bytes arrive; exception frames are raised as gateway errors."""
         decoder = EventStreamDecoder()
         try:
-            async for chunk in resp.content.iter_any():
+            async for chunk in upstream:
                 for msg in decoder.feed(chunk):
                     if msg.message_type != "event":
                         raise self.stream_exception(msg)
                     yield msg
-        except TimeoutError:
-            raise UpstreamTimeout(f"upstream {self.kind} stream timed out") from None
-        except aiohttp.ClientError as e:
-            raise Unavailable(f"upstream {self.kind} stream broke ({type(e).__name__})", status=502) from None
         except EventStreamError as e:
             raise Unavailable(f"upstream {self.kind} sent a malformed event stream ({e})", status=502) from None
         if decoder.pending:
             raise Unavailable(f"upstream {self.kind} stream ended inside a message", status=502)
-
-
-async def first_event(resp: aiohttp.ClientResponse, events: AsyncIterator[T]) -> T | None:
-    """The stream's first event, read before the reply is returned: a failure there can still be retried."""
-    try:
-        return await anext(events)
-    except StopAsyncIteration:
-        resp.close()
-        return None
-    except BaseException:
-        resp.close()
-        raise
 
 
 def stream_reply(headers: dict[str, str] | None = None) -> Reply:

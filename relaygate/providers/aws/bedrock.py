@@ -11,18 +11,18 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
-import aiohttp
 import orjson
 
 from relaygate.config import BedrockDeployment
 from relaygate.core.call import Call, Reply, Route, Usage
 from relaygate.core.errors import BadRequest, Unavailable, Unsupported
-from relaygate.providers.aws.base import AwsProvider, first_event, stream_reply
+from relaygate.providers.aws.base import AwsProvider, stream_reply
 from relaygate.providers.aws.bedrock_format import StreamTranslator, from_converse, to_converse
 from relaygate.providers.aws.eventstream import EventMessage
 from relaygate.providers.base import model_segment
 from relaygate.providers.batching import embed_in_batches, needs_batches
 from relaygate.providers.openai_format import ChunkWriter, embeddings_response
+from relaygate.providers.streaming import UpstreamBody, closing, peek
 
 
 def model_path(model_id: str, action: str) -> str:
@@ -74,33 +74,28 @@ class BedrockProvider(AwsProvider):
             return Reply(body=orjson.dumps(body), usage=usage, first_byte_at=time.monotonic())
         resp = await self.post_json(call.deadline, model_path(model, "converse-stream"), request,
                                     accept="application/vnd.amazon.eventstream")
-        events = self.events(resp)
-        first = await first_event(resp, events)
-        if first is None:
-            raise Unavailable("Bedrock ended the stream before any event", status=502)
+        upstream = UpstreamBody(resp, self.kind)
+        events = self.events(upstream)
+        first = await peek(upstream, anext(events, None))
         reply = stream_reply()
         translator = StreamTranslator(ChunkWriter(call.model, include_usage=call.wants_usage))
-        reply.stream = self._relay(resp, events, first, translator, reply)
+        reply.stream = closing(upstream, self._relay(events, first, translator, reply))
         return reply
 
-    async def _relay(self, resp: aiohttp.ClientResponse, events: AsyncIterator[EventMessage],
-                     first: EventMessage, translator: StreamTranslator, reply: Reply) -> AsyncIterator[bytes]:
-        try:
-            out = translator.feed(first.event_type, first.payload)
+    async def _relay(self, events: AsyncIterator[EventMessage], first: EventMessage, translator: StreamTranslator,
+                     reply: Reply) -> AsyncIterator[bytes]:
+        out = translator.feed(first.event_type, first.payload)
+        if out:
+            yield out
+        async for msg in events:
+            out = translator.feed(msg.event_type, msg.payload)
+            if translator.usage is not None:
+                reply.usage = translator.usage
             if out:
                 yield out
-            async for msg in events:
-                out = translator.feed(msg.event_type, msg.payload)
-                if translator.usage is not None:
-                    reply.usage = translator.usage
-                if out:
-                    yield out
-            if not translator.stopped:
-                raise Unavailable("Bedrock's stream ended without messageStop", status=502)
-            yield translator.writer.done()
-        finally:
-            # close, not release: if the client went away mid-stream the upstream must see it at once
-            resp.close()
+        if not translator.stopped:
+            raise Unavailable("Bedrock's stream ended without messageStop", status=502)
+        yield translator.writer.done()
 
     async def embeddings(self, call: Call) -> Reply:
         """OpenAI embeddings via InvokeModel with the Titan text embeddings (v2) body: one text per call."""

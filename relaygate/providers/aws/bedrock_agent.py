@@ -18,15 +18,15 @@ from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 from urllib.parse import quote
 
-import aiohttp
 import orjson
 
 from relaygate.config import BedrockAgentDeployment
 from relaygate.core.call import Call, Reply, Route, Usage
 from relaygate.core.errors import BadRequest, Unavailable, Unsupported
-from relaygate.providers.aws.base import AwsProvider, first_event, stream_reply
+from relaygate.providers.aws.base import AwsProvider, stream_reply
 from relaygate.providers.aws.eventstream import EventMessage
 from relaygate.providers.openai_format import ChunkWriter, completion, completion_id, text_of
+from relaygate.providers.streaming import UpstreamBody, closing, peek
 
 SESSION_HEADER = "x-relaygate-session-id"
 USAGE_HEADERS = {"x-relaygate-usage": "unknown"}
@@ -87,33 +87,33 @@ class BedrockAgentProvider(AwsProvider):
             request["streamingConfigurations"] = {"streamFinalResponse": True}
         resp = await self.post_json(call.deadline, self._agent_path + upstream_session + "/text", request)
         headers = {**USAGE_HEADERS, SESSION_HEADER: session}
-        events = _texts(self.events(resp))
+        upstream = UpstreamBody(resp, self.kind)
+        events = _texts(self.events(upstream))
         if not call.stream:
             try:
                 parts = [t async for t in events]
             finally:
-                resp.close()
+                upstream.close()
             data = completion(id=completion_id(), model=call.model, content="".join(parts), finish_reason="stop",
                               usage=None)
             return Reply(body=orjson.dumps(data), headers=headers, usage=Usage(known=False),
                          first_byte_at=time.monotonic())
-        first = await first_event(resp, events)  # a throttling frame up front can still be retried
+        # a throttling frame up front can still be retried; an answer with no text is an empty one
+        first = await peek(upstream, anext(events, ""))
         reply = stream_reply(headers)
         reply.usage = Usage(known=False)
-        reply.stream = self._relay(resp, first, events, ChunkWriter(call.model, include_usage=call.wants_usage))
+        reply.stream = closing(upstream, self._relay(first, events, ChunkWriter(call.model,
+                                                                               include_usage=call.wants_usage)))
         return reply
 
-    async def _relay(self, resp: aiohttp.ClientResponse, first: str | None, events: AsyncIterator[str],
-                     writer: ChunkWriter) -> AsyncIterator[bytes]:
-        try:
-            yield writer.role() + (writer.text(first) if first else b"")
-            async for text in events:
-                out = writer.text(text)
-                if out:
-                    yield out
-            yield writer.finish("stop") + writer.usage(Usage(known=False)) + writer.done()
-        finally:
-            resp.close()
+    @staticmethod
+    async def _relay(first: str, events: AsyncIterator[str], writer: ChunkWriter) -> AsyncIterator[bytes]:
+        yield writer.role() + writer.text(first)
+        async for text in events:
+            out = writer.text(text)
+            if out:
+                yield out
+        yield writer.finish("stop") + writer.usage(Usage(known=False)) + writer.done()
 
 
 async def _texts(events: AsyncIterator[EventMessage]) -> AsyncIterator[str]:

@@ -29,7 +29,7 @@ from relaygate.core.errors import (
     from_status,
     says_context_too_long,
 )
-from relaygate.providers.base import Provider, error_json, iter_sse, model_segment, retry_after_seconds
+from relaygate.providers.base import Provider, error_json, model_segment, retry_after_seconds
 from relaygate.providers.batching import embed_in_batches, needs_batches
 from relaygate.providers.gemini.auth import GoogleAuth
 from relaygate.providers.gemini.format import (
@@ -42,7 +42,8 @@ from relaygate.providers.gemini.format import (
     to_request,
     usage_of,
 )
-from relaygate.providers.openai_format import SSE_DONE, ChunkWriter, completion_id, embeddings_response
+from relaygate.providers.openai_format import ChunkWriter, completion_id, embeddings_response
+from relaygate.providers.streaming import SSE_DONE, UpstreamBody, closing, peek, sse_events
 
 AI_STUDIO_BASE = "https://generativelanguage.googleapis.com"
 _VERSIONED = re.compile(r"/v\d+(?:(?:alpha|beta)\d*)?$")
@@ -129,27 +130,21 @@ class GeminiProvider(Provider):
 
     async def _stream(self, call: Call, resp: aiohttp.ClientResponse) -> Reply:
         """Read the first event before answering, so that a block or an error can still be retried."""
-        events = iter_sse(resp, self.kind)
-        try:
-            first = await self._next_event(events)
-        except BaseException:
-            resp.close()
-            raise
-        if first is None:
-            resp.close()
-            raise Unavailable("upstream gemini ended the stream without an answer", status=502)
-        reason = blocked_reason(first)
-        if reason:
-            resp.close()
-            raise ContentFiltered(f"the prompt was blocked by Gemini's safety filters ({reason})", param="messages")
-        try:
-            self.raise_failed(first)  # nothing was sent yet: still an error a fallback can act on
-        except GatewayError:
-            resp.close()
-            raise
+        upstream = UpstreamBody(resp, self.kind)
+        events = sse_events(upstream)
+        first = await peek(upstream, self._first_event(events), "an answer")
         reply = Reply(media_type="text/event-stream", first_byte_at=time.monotonic())
-        reply.stream = self._translate(call, resp, events, first, reply)
+        reply.stream = closing(upstream, self._translate(call, events, first, reply))
         return reply
+
+    async def _first_event(self, events: AsyncIterator[tuple[str, bytes]]) -> dict[str, Any] | None:
+        first = await self._next_event(events)
+        reason = blocked_reason(first) if first is not None else None
+        if reason:
+            raise ContentFiltered(f"the prompt was blocked by Gemini's safety filters ({reason})", param="messages")
+        if first is not None:
+            self.raise_failed(first)  # nothing was sent yet: still an error a fallback can act on
+        return first
 
     async def _next_event(self, events: AsyncIterator[tuple[str, bytes]]) -> dict[str, Any] | None:
         async for _, data in events:
@@ -166,8 +161,8 @@ class GeminiProvider(Provider):
             return event
         return None
 
-    async def _translate(self, call: Call, resp: aiohttp.ClientResponse, events: AsyncIterator[tuple[str, bytes]],
-                         first: dict[str, Any], reply: Reply) -> AsyncIterator[bytes]:
+    async def _translate(self, call: Call, events: AsyncIterator[tuple[str, bytes]], first: dict[str, Any],
+                         reply: Reply) -> AsyncIterator[bytes]:
         # like OpenAI's own answers: the upstream's model, and a completion id of our own
         cid, created, name = completion_id(), int(time.time()), str(first.get("modelVersion") or call.model)
         writers: dict[int, ChunkWriter] = {}
@@ -176,50 +171,47 @@ class GeminiProvider(Provider):
         # that is not the last may already carry one, and a later chunk another, e.g. RECITATION)
         finished: dict[int, str] = {}
         usage: Usage | None = None
-        try:
-            event: dict[str, Any] | None = first
-            while event is not None:
-                usage = usage_of(event.get("usageMetadata")) or usage
-                out = []
-                for cand in event.get("candidates") or []:
-                    if not isinstance(cand, dict):
-                        continue
-                    k = int(cand.get("index") or 0)
-                    w = writers.get(k)
-                    if w is None:
-                        w = writers[k] = ChunkWriter(name, id=cid, created=created, index=k)
-                    text, tool_calls = read_parts((cand.get("content") or {}).get("parts"), calls.get(k, 0),
-                                                  f"{first.get('responseId')}/{k}")
-                    out.append(w.text(text))
-                    for tc in tool_calls:
-                        key = str(calls.get(k, 0))
-                        calls[k] = calls.get(k, 0) + 1
-                        extra = {"extra_content": tc["extra_content"]} if "extra_content" in tc else None
-                        out.append(w.tool_start(key, tc["id"], tc["function"]["name"], extra))
-                        out.append(w.tool_args(key, tc["function"]["arguments"]))
-                    if cand.get("finishReason"):
-                        self.raise_failed({"candidates": [cand]})
-                        finished[k] = finish_reason(cand["finishReason"], False)
-                if blocked_reason(event):
-                    writers.setdefault(0, ChunkWriter(name, id=cid, created=created))
-                    finished[0] = "content_filter"
-                chunk = b"".join(out)
-                if chunk:
-                    yield chunk
-                event = await self._next_event(events)
-            if not finished:
-                raise Unavailable("upstream gemini stream ended before the answer was complete", status=502)
-            ends = []
-            for k, w in sorted(writers.items()):
-                reason = finished.get(k, "stop")
-                ends.append(w.finish("tool_calls" if reason == "stop" and calls.get(k) else reason))
-            yield b"".join(ends)
-            reply.usage = usage
-            if call.wants_usage:
-                yield ChunkWriter(name, id=cid, created=created, include_usage=True).usage(usage)
-            yield SSE_DONE
-        finally:
-            resp.close()  # close, not release: a client that left must stop the upstream at once
+        event: dict[str, Any] | None = first
+        while event is not None:
+            usage = usage_of(event.get("usageMetadata")) or usage
+            out = []
+            for cand in event.get("candidates") or []:
+                if not isinstance(cand, dict):
+                    continue
+                k = int(cand.get("index") or 0)
+                w = writers.get(k)
+                if w is None:
+                    w = writers[k] = ChunkWriter(name, id=cid, created=created, index=k)
+                text, tool_calls = read_parts((cand.get("content") or {}).get("parts"), calls.get(k, 0),
+                                              f"{first.get('responseId')}/{k}")
+                out.append(w.text(text))
+                for tc in tool_calls:
+                    key = str(calls.get(k, 0))
+                    calls[k] = calls.get(k, 0) + 1
+                    extra = {"extra_content": tc["extra_content"]} if "extra_content" in tc else None
+                    out.append(w.tool_start(key, tc["id"], tc["function"]["name"], extra))
+                    out.append(w.tool_args(key, tc["function"]["arguments"]))
+                if cand.get("finishReason"):
+                    self.raise_failed({"candidates": [cand]})
+                    finished[k] = finish_reason(cand["finishReason"], False)
+            if blocked_reason(event):
+                writers.setdefault(0, ChunkWriter(name, id=cid, created=created))
+                finished[0] = "content_filter"
+            chunk = b"".join(out)
+            if chunk:
+                yield chunk
+            event = await self._next_event(events)
+        if not finished:
+            raise Unavailable("upstream gemini stream ended before the answer was complete", status=502)
+        ends = []
+        for k, w in sorted(writers.items()):
+            reason = finished.get(k, "stop")
+            ends.append(w.finish("tool_calls" if reason == "stop" and calls.get(k) else reason))
+        yield b"".join(ends)
+        reply.usage = usage
+        if call.wants_usage:
+            yield ChunkWriter(name, id=cid, created=created, include_usage=True).usage(usage)
+        yield SSE_DONE
 
     # -- embeddings --------------------------------------------------------------------------------
 

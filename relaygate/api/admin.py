@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import calendar
+import math
+import re
 import time
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs
 
 from relaygate.api.common import object_body
+from relaygate.api.query import Query, no_nul, plain_text
 from relaygate.auth.authenticator import presented_key
 from relaygate.auth.keys import KeyStore, keys_spent_since, parse_fields
 from relaygate.core.errors import AuthError, BadRequest, MethodNotAllowed, NotFound, PermissionDenied
@@ -33,11 +34,16 @@ def _store(gw: Gateway, req: Request) -> KeyStore:
 
 
 async def _body(gw: Gateway, req: Request) -> dict[str, Any]:
-    return object_body(await req.json(MAX_ADMIN_BODY))
+    body = object_body(await req.json(MAX_ADMIN_BODY))
+    for name, value in body.items():
+        no_nul(value, name)
+    return body
 
 
-def _query(req: Request) -> dict[str, str]:
-    return {k: v[-1] for k, v in parse_qs(req.query, keep_blank_values=False).items()}
+# the longest value each column holds (store/tables.py): a longer id or filter matches nothing
+ID_LENGTH = {"key": 40, "team": 100, "user": 100}
+FILTER_LENGTH = {"key_id": 40, "team_id": 100, "user_id": 100, "model": 200, "provider": 40, "deployment": 300,
+                 "route": 40, "error": 40}
 
 
 async def _run(gw: Gateway, fn: Any, *args: Any) -> Any:
@@ -56,8 +62,8 @@ async def create_key(gw: Gateway, req: Request) -> Response:
 
 async def list_keys(gw: Gateway, req: Request) -> Response:
     store = _store(gw, req)
-    q = _query(req)
-    data = await _run(gw, store.list_keys, q.get("team_id"), q.get("user_id"), q.get("include_revoked") == "true")
+    q = Query(req.query)
+    data = await _run(gw, store.list_keys, q.text("team_id", 100), q.text("user_id", 100), q.flag("include_revoked"))
     return json_response({"object": "list", "data": await _with_spend(gw, data)})
 
 
@@ -98,6 +104,7 @@ async def key_item(gw: Gateway, req: Request) -> Response:
     auth = gw.auth
     assert auth is not None
     key_id, _, action = req.params["rest"].partition("/")
+    plain_text(key_id, "id", ID_LENGTH["key"])
     if req.method == "GET" and not action:
         return json_response((await _with_spend(gw, [await _run(gw, store.get_key, key_id)]))[0])
     if req.method == "PATCH" and not action:
@@ -133,6 +140,7 @@ def _owner_routes(kind: str) -> list[tuple[str, str, Any]]:
         oid = body.get("id")
         if not isinstance(oid, str) or not oid or len(oid) > 100:
             raise BadRequest(f"a {kind} needs an 'id' (a string of 1 to 100 characters)", param="id")
+        plain_text(oid, "id", ID_LENGTH[kind])
         fields = parse_fields(body, partial=False, owner=True)
         fields.pop("id", None)
         return json_response(await _run(gw, store.put_owner, kind, oid, fields, True), 201)
@@ -143,7 +151,7 @@ def _owner_routes(kind: str) -> list[tuple[str, str, Any]]:
 
     async def item(gw: Gateway, req: Request) -> Response:
         store = _store(gw, req)
-        oid = req.params["rest"]
+        oid = plain_text(req.params["rest"], "id", ID_LENGTH[kind])
         if req.method == "GET":
             return json_response(await _run(gw, store.get_owner, kind, oid))
         fields = parse_fields(await _body(gw, req), partial=True, owner=True)
@@ -160,34 +168,16 @@ def _owner_routes(kind: str) -> list[tuple[str, str, Any]]:
 
 # ---- spend and logs --------------------------------------------------------------------------------------
 
-def _time(q: dict[str, str], name: str) -> float | None:
-    """A time filter: epoch seconds or a UTC date (YYYY-MM-DD)."""
-    v = q.get(name)
-    if v is None:
-        return None
-    try:
-        return float(v)
-    except ValueError:
-        pass
-    try:
-        return float(calendar.timegm(time.strptime(v, "%Y-%m-%d")))
-    except ValueError:
-        raise BadRequest(f"'{name}' must be epoch seconds or a date YYYY-MM-DD", param=name) from None
-
-
-def _filters(q: dict[str, str]) -> dict[str, Any]:
-    return {name: q[name] for name in queries.FILTERS if name in q}
+def _filters(q: Query) -> dict[str, Any]:
+    return {name: q.text(name, FILTER_LENGTH[name]) for name in queries.FILTERS if name in q}
 
 
 async def spend(gw: Gateway, req: Request) -> Response:
     _store(gw, req)
-    q = _query(req)
-    group = q.get("group_by", "key")
-    if group not in queries.GROUPS:
-        raise BadRequest(f"'group_by' must be one of {', '.join(queries.GROUPS)}", param="group_by")
+    q = Query(req.query)
+    group = q.choice("group_by", queries.GROUPS, "key")
     assert gw.db is not None
-    data = await _run(gw, queries.spend, gw.db.engine, group, _filters(q), _time(q, "start"),
-                      _time(q, "end"))
+    data = await _run(gw, queries.spend, gw.db.engine, group, _filters(q), q.instant("start"), q.instant("end"))
     total = sum(d["cost_nano"] for d in data)
     return json_response({"object": "list", "group_by": group, "data": data, "total_cost_nano": total,
                           "total_cost_usd": total / NANO})
@@ -195,25 +185,25 @@ async def spend(gw: Gateway, req: Request) -> Response:
 
 async def logs(gw: Gateway, req: Request) -> Response:
     _store(gw, req)
-    q = _query(req)
-    try:
-        limit = int(q.get("limit", "100"))
-        status = int(q["status"]) if "status" in q else None
-    except ValueError:
-        raise BadRequest("'limit' and 'status' must be integers", param="limit") from None
-    if not 1 <= limit <= 1000:
-        raise BadRequest("'limit' must be between 1 and 1000", param="limit")
+    q = Query(req.query)
+    limit = q.integer("limit", 1, 1000, 100)
+    status = q.integer("status", 100, 599)
     cursor = None
     if "cursor" in q:
-        ts, _, uid = q["cursor"].partition(":")
+        ts, _, uid = (q.text("cursor", 80) or "").partition(":")
         try:
             cursor = (float(ts), uid)
         except ValueError:
-            raise BadRequest("'cursor' is not one this API returned", param="cursor") from None
-    assert gw.db is not None
-    rows, nxt = await _run(gw, queries.logs, gw.db.engine, _filters(q), status, _time(q, "start"),
-                           _time(q, "end"), limit, cursor, q.get("bodies") == "true")
+            cursor = None
+        if cursor is None or not math.isfinite(cursor[0]) or not _UID.fullmatch(uid):
+            raise BadRequest("'cursor' is not one this API returned", param="cursor")
+    assert gw.db is not None and limit is not None
+    rows, nxt = await _run(gw, queries.logs, gw.db.engine, _filters(q), status, q.instant("start"),
+                           q.instant("end"), limit, cursor, q.flag("bodies"))
     return json_response({"object": "list", "data": rows, "next_cursor": nxt})
+
+
+_UID = re.compile(r"[0-9A-Za-z_\-]{1,32}")
 
 
 ROUTES = [

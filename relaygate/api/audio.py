@@ -10,8 +10,10 @@ from urllib.parse import parse_qs
 
 from relaygate.api.common import check, object_body, pop_provider, require, respond, respond_stream
 from relaygate.auth.authenticator import caller
+from relaygate.core import shapes
 from relaygate.core.call import Call, Route
 from relaygate.core.errors import BadRequest, ModelNotFound
+from relaygate.core.shapes.openai import SpeechRequest
 from relaygate.routing.voices import documented_voices, offered_voices
 from relaygate.server.http import Request, Response, StreamResponse, json_response
 from relaygate.server.multipart import AudioUpload, FormReader, boundary_of
@@ -114,6 +116,7 @@ async def speech(gw: Gateway, req: Request) -> Response | StreamResponse:
     body = object_body(await req.json(gw.config.server.max_body_bytes))
     provider = pop_provider(body)
     validate_speech(body)
+    shapes.check(body, SpeechRequest)
     call = Call(id=req.id, route=Route.SPEECH, model=body["model"], body=body, stream=True, headers=req.headers,
                 client_ip=req.client_ip, provider=provider, key=key,
                 deadline=time.monotonic() + gw.config.server.request_timeout)

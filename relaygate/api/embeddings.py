@@ -7,8 +7,10 @@ from typing import TYPE_CHECKING, Any
 
 from relaygate.api.common import check, check_int, object_body, pop_provider, require, respond
 from relaygate.auth.authenticator import caller
+from relaygate.core import shapes
 from relaygate.core.call import Call, Route
 from relaygate.core.errors import BadRequest
+from relaygate.core.shapes.openai import EmbeddingRequest
 from relaygate.server.http import Request, Response, StreamResponse
 
 if TYPE_CHECKING:
@@ -73,6 +75,7 @@ async def embeddings(gw: Gateway, req: Request) -> Response | StreamResponse:
     body = object_body(await req.json(gw.config.server.max_body_bytes))
     provider = pop_provider(body)
     validate_embeddings(body)
+    shapes.check(body, EmbeddingRequest)  # the types of what translators read too (cheap: embeddings are small)
     call = Call(id=req.id, route=Route.EMBEDDINGS, model=body["model"], body=body, headers=req.headers,
                 client_ip=req.client_ip, provider=provider, key=key,
                 deadline=time.monotonic() + gw.config.server.request_timeout)

@@ -97,6 +97,7 @@ class Call:
     fallbacks: tuple[str, ...] = ()  # the fallback models the call moved on to, in order
     cost_nano: int | None = None  # what the call cost, once known (the limits and the log share it)
     cache_hit: bool = False  # answered from the response cache
+    shape_checked: bool = False  # the body passed the typed chat request check (core/shapes), done for translators
 
 
 DoneCallback = Callable[["Reply", BaseException | None], None]

@@ -16,6 +16,7 @@ import orjson
 from yarl import URL
 
 from relaygate.config import DeploymentBase
+from relaygate.core import shapes
 from relaygate.core.call import Call, Handler, Reply, Route
 from relaygate.core.errors import (
     BadRequest,
@@ -25,6 +26,7 @@ from relaygate.core.errors import (
     Unsupported,
     UpstreamTimeout,
 )
+from relaygate.core.shapes.openai import ChatRequest
 from relaygate.server.upload import ClientBody
 
 if TYPE_CHECKING:
@@ -45,6 +47,12 @@ class Provider:
 
     routes: ClassVar[frozenset[Route]] = frozenset()
     cache_control: ClassVar[bool] = False  # keeps Anthropic's cache_control markers (prompt caching)
+    # reads the OpenAI chat request to build its own (a translator): such chat calls are checked against the
+    # typed request model first (core/shapes), once per call; a provider that forwards the body as it is
+    # leaves it to its upstream and spares the hot path the full check
+    translates: ClassVar[bool] = True
+    # sends a /v1/messages request as the client wrote it (``call.anthropic_request``, checked by that route)
+    relays_messages: ClassVar[bool] = False
 
     def __init__(self, config: DeploymentBase, session: aiohttp.ClientSession) -> None:
         self.config = config
@@ -61,6 +69,10 @@ class Provider:
         # a route the class does not declare is refused even where a base class implements it (Azure does
         # not take OpenAI's passthrough URLs)
         self.handlers: dict[Route, Handler] = {r: methods[r] if r in self.routes else self.refuse for r in Route}
+        if self.translates:
+            for r in CHAT_SHAPED:
+                if r in self.routes:
+                    self.handlers[r] = shape_checked(self.handlers[r], self.relays_messages)
 
     # the routes; a subclass implements those it declares in ``routes``
 
@@ -127,9 +139,12 @@ class Provider:
         headers: dict[str, str],
         data: bytes | aiohttp.FormData | AsyncIterator[bytes] | None = None,
     ) -> aiohttp.ClientResponse:
-        """Send one upstream request; connection failures and timeouts become gateway errors."""
+        """Send one upstream request; connection failures, timeouts and redirects become gateway errors.
+
+        Redirects are not followed (the upstream URL comes from the config alone) and are no answer either:
+        a 3xx would otherwise pass as a success with an empty or foreign body."""
         try:
-            return await self.session.request(
+            resp = await self.session.request(
                 method, url, headers=headers, data=data, timeout=self.timeout(deadline), allow_redirects=False
             )
         except TimeoutError:
@@ -140,6 +155,11 @@ class Provider:
             raise Unavailable(f"upstream {self.kind} is unreachable ({type(e).__name__})", status=502) from None
         except aiohttp.ClientError as e:
             raise Unavailable(f"upstream {self.kind} is unreachable ({type(e).__name__})", status=502) from None
+        if 300 <= resp.status < 400:
+            resp.close()
+            raise Unavailable(f"upstream {self.kind} answered with a redirect (HTTP {resp.status}), which the "
+                              "gateway does not follow", status=502, code="upstream_redirect")
+        return resp
 
     async def send_body(self, deadline: float, method: str, url: str, headers: dict[str, str], upload: ClientBody,
                         data: AsyncIterator[bytes]) -> aiohttp.ClientResponse:
@@ -224,6 +244,21 @@ def out_of_files(kind: str) -> ServerBusy:
     log.error("out of file descriptors (open-file limit %d): cannot open a connection to upstream %s", soft, kind)
     return ServerBusy("the gateway has run out of file descriptors and cannot reach the upstream; try again "
                       "shortly", code="out_of_file_descriptors", retry_after=1.0)
+
+
+CHAT_SHAPED = (Route.CHAT, Route.COUNT_TOKENS)  # routes whose body is an OpenAI chat request
+
+
+def shape_checked(handler: Handler, relays_messages: bool) -> Handler:
+    """``handler`` after the call's body was checked against the typed chat request (once per call: a
+    fallback to another translator does not check it again), unless it relays the client's Messages body."""
+    async def checked(call: Call) -> Reply:
+        if not call.shape_checked and not (relays_messages and call.anthropic_request is not None):
+            shapes.check(call.body, ChatRequest)
+            call.shape_checked = True
+        return await handler(call)
+
+    return checked
 
 
 _CANNOT = {

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from relaygate.core import jsonvalue
 from relaygate.core.call import Reply, Usage
 from relaygate.core.errors import BadRequest
 from relaygate.providers.streaming import SSE_DONE, SSEDecoder, sse
@@ -267,10 +268,12 @@ def tool_arguments(raw: Any, param: str) -> dict[str, Any]:
         return raw
     if raw in (None, ""):
         return {}
+    if not isinstance(raw, str):
+        raise BadRequest("tool call arguments must be a JSON object string", param=param)
     try:
-        value = orjson.loads(raw)
-    except (orjson.JSONDecodeError, TypeError):
-        raise BadRequest("tool call arguments must be a JSON object string", param=param) from None
+        value = jsonvalue.loads(raw)
+    except jsonvalue.JSONRejected as e:
+        raise BadRequest(f"tool call arguments are not accepted: {e.message}", param=param) from None
     if not isinstance(value, dict):
         raise BadRequest("tool call arguments must be a JSON object", param=param)
     return value

@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from relaygate.core import jsonvalue
 from relaygate.core.call import Reply
 from relaygate.core.errors import (
     BadRequest,
@@ -144,13 +145,14 @@ class Request:
         return False
 
     async def json(self, limit: int) -> Any:
+        """The body's JSON value: the one place request bodies are parsed, bounded as ``jsonvalue`` says."""
         raw = await self.body(limit)
         if not raw:
             raise BadRequest("the request body is empty; expected a JSON object")
         try:
-            return orjson.loads(raw)
-        except orjson.JSONDecodeError as e:
-            raise BadRequest(f"the request body is not valid JSON ({e.msg} at position {e.pos})") from None
+            return jsonvalue.loads(raw)
+        except jsonvalue.JSONRejected as e:
+            raise BadRequest(f"the request body is not accepted: {e.message}", param=e.param) from None
 
 
 class ClientGone(Exception):

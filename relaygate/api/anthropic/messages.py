@@ -26,8 +26,10 @@ from relaygate.api.anthropic.translate import (
 from relaygate.api.chat import chat_call
 from relaygate.api.common import object_body, reply_headers
 from relaygate.auth.authenticator import caller
+from relaygate.core import shapes
 from relaygate.core.call import Call, Reply, Route
 from relaygate.core.errors import GatewayError, Unavailable
+from relaygate.core.shapes.anthropic import MessagesRequest
 from relaygate.providers.anthropic.wire import error_body
 from relaygate.providers.openai_format import DROPPED_HEADER
 from relaygate.server.http import Request, Response, StreamResponse
@@ -51,6 +53,7 @@ async def _read(gw: Gateway, req: Request, route: Route = Route.CHAT) -> tuple[C
     key = await caller(gw.auth, req.headers)  # before the body: no key, no parsing
     limit = gw.config.server.max_body_bytes
     body = object_body(await req.json(limit))
+    shapes.check(body, MessagesRequest, dotted=True)
     keep_cache = b'"cache_control"' in await req.body(limit) and _understands_cache_control(gw, body)
     request, dropped = to_openai_request({**body, "max_tokens": 1} if count else body, keep_cache)
     if count:

@@ -7,10 +7,10 @@ import os
 import time
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import parse_qs
 
 import orjson
 
+from relaygate.api.query import Query
 from relaygate.core.call import Usage
 from relaygate.core.errors import BadRequest, GatewayError, Unsupported
 from relaygate.providers.anthropic.wire import FINISH_TO_STOP, error_body, error_type, sse_event
@@ -255,13 +255,9 @@ def anthropic_model(name: str, created: float) -> dict[str, Any]:
 
 def anthropic_model_page(names: list[str], created: float, query: str) -> dict[str, Any]:
     """Anthropic's Models list page: ``limit`` (1-1000, default 20), ``after_id`` / ``before_id`` cursors."""
-    params = {k: v[-1] for k, v in parse_qs(query).items()}
-    try:
-        limit = int(params.get("limit", "20"))
-    except ValueError:
-        raise BadRequest("limit: Input should be a valid integer", param="limit") from None
-    if not 1 <= limit <= 1000:
-        raise BadRequest("limit: Input should be between 1 and 1000", param="limit")
+    q = Query(query)
+    limit = q.integer("limit", 1, 1000, 20) or 20
+    params = {name: value for name in ("after_id", "before_id") if (value := q.text(name, 200)) is not None}
     start, end = 0, len(names)
     if "after_id" in params:
         start = names.index(params["after_id"]) + 1 if params["after_id"] in names else end

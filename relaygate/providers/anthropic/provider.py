@@ -96,6 +96,7 @@ class AnthropicProvider(Provider):
 
     config: AnthropicFields
     routes: ClassVar[frozenset[Route]] = frozenset({Route.CHAT, Route.COUNT_TOKENS})
+    relays_messages = True
     cache_control = True
     versions: tuple[str, ...] = API_VERSIONS
     default_version = DEFAULT_VERSION

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from relaygate.core import jsonvalue
 from relaygate.core.call import Usage
 from relaygate.core.errors import BadRequest, Unsupported
 from relaygate.providers.openai_format import Image, completion, content_parts, text_of, tool_arguments
@@ -104,9 +105,9 @@ def _function_response(content: Any) -> dict[str, Any]:
     text = text_of(content)
     if text.startswith("{"):
         try:
-            value = orjson.loads(text)
-        except orjson.JSONDecodeError:
-            value = None
+            value = jsonvalue.loads(text)
+        except jsonvalue.JSONRejected:
+            value = None  # sent as text, like any other result
         if isinstance(value, dict):
             return value
     return {"output": text}

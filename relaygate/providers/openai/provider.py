@@ -33,6 +33,7 @@ class OpenAIProvider(Provider):
     config: OpenAIFields
     routes: ClassVar[frozenset[Route]] = frozenset({Route.CHAT, Route.EMBEDDINGS, Route.TRANSCRIPTIONS,
                                                     Route.TRANSLATIONS, Route.SPEECH, Route.PASSTHROUGH})
+    translates: ClassVar[bool] = False  # the body goes upstream as it came (the model rewritten)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -23,6 +23,7 @@ REPO_DIR = BENCH_DIR.parent
 _ANSWER = f"body = open({str(BENCH_DIR / 'upstream' / 'chat.json')!r}, 'rb').read().strip()\n"
 _PROTOCOL = f"import sys\nsys.path.insert(0, {str(BENCH_DIR)!r})\nfrom protocol_case import protocol\n" \
     "one = protocol({guarded}).one\n"
+_REQUEST = f"request = open({str(BENCH_DIR / 'requests' / 'chat.json')!r}, 'rb').read().strip()\n"
 CASES: dict[str, tuple[str, str]] = {  # name: (set-up, statement)
     "usage-orjson": (_ANSWER + "import orjson\nfrom relaygate.core.call import Usage\n",
                      "Usage.from_openai(orjson.loads(body).get('usage'))"),
@@ -30,6 +31,11 @@ CASES: dict[str, tuple[str, str]] = {  # name: (set-up, statement)
     "usage-today": (_ANSWER + "from relaygate.providers.openai_format import usage_of as _usage_of\n", "_usage_of(body)"),
     "orjson-loads": (_ANSWER + "import orjson\n", "orjson.loads(body)"),
     "msgspec-decode": (_ANSWER + "from relaygate.providers.openai.usage import _decode\n", "_decode(body)"),
+    "request-orjson": (_REQUEST + "import orjson\n", "orjson.loads(request)"),
+    "request-checked": (_REQUEST + "from relaygate.core.jsonvalue import loads\n", "loads(request)"),
+    "request-shape": (_REQUEST + "import orjson\nfrom relaygate.core import shapes\n"
+                      "from relaygate.core.shapes.openai import ChatRequest\nbody = orjson.loads(request)\n",
+                      "shapes.check(body, ChatRequest)"),
     "usage-object": ("from relaygate.core.call import Usage\n", "Usage(prompt_tokens=1, completion_tokens=2)"),
     "nothing": ("", "pass"),
     # one chat request through the HTTP protocol, bytes in to answer done (bench/protocol_case.py)

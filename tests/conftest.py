@@ -68,6 +68,16 @@ PG_ADMIN_URL = os.environ.get("RELAYGATE_TEST_PG", "postgresql://postgres@127.0.
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """A fresh, empty PostgreSQL database on the machine's server (dropped afterwards)."""
+    yield from _pg_database()
+
+
+@pytest.fixture(scope="module")
+def pg_module_url() -> Iterator[str]:
+    """Like ``pg_url``, one for a whole test module."""
+    yield from _pg_database()
+
+
+def _pg_database() -> Iterator[str]:
     import psycopg
 
     name = "relaygate_t_" + os.urandom(6).hex()

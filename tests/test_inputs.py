@@ -11,7 +11,7 @@ import pytest
 import requests
 from aiohttp import web
 
-from relaygate.core.jsonvalue import MAX_DEPTH
+from relaygate.core.jsonvalue import MAX_DEPTH, ORJSON_MAX_DEPTH
 from relaygate.testing.base import BackgroundServer
 from relaygate.testing.gateway import GatewayThread
 
@@ -44,14 +44,30 @@ def nested(depth: int) -> str:
 
 # ---- JSON at parse -------------------------------------------------------------------------------------
 
-def test_json_nested_deeper_than_the_limit_is_a_400(stack: Stack) -> None:
-    # 300 levels parsed fine but could not be serialised again (orjson stops at 254): an internal error
-    body = '{"model":"gpt","messages":[{"role":"user","content":"hi"}],"x":' + nested(MAX_DEPTH) + "}"
-    err = error(post(stack, "/v1/chat/completions", body, raw=True))
+def chat_with(model: str, value: str) -> str:
+    """A chat body whose field ``x`` is the raw JSON ``value`` (at depth 2 of the body)."""
+    return '{"model":"%s","messages":[{"role":"user","content":"hi"}],"x":%s}' % (model, value)  # noqa: UP031
+
+
+def test_json_nested_deeper_than_orjson_serialises_is_a_400(stack: Stack) -> None:
+    # 255 to 1,024 levels parsed fine but could not be serialised again (orjson stops at 254): a 500
+    for depth in (ORJSON_MAX_DEPTH, 300, 1024, 5000):
+        err = error(post(stack, "/v1/chat/completions", chat_with("gpt", nested(depth)), raw=True))
+        assert f"nested deeper than {ORJSON_MAX_DEPTH} levels" in err["message"]
+    emu = stack.emulators["openai"]
+    r = post(stack, "/v1/chat/completions", chat_with("gpt", nested(ORJSON_MAX_DEPTH - 1)), raw=True)
+    assert r.status_code == 200 and "x" in emu.state.requests[-1]["json"]  # the passthrough forwards it as it is
+
+
+@pytest.mark.parametrize("model", CHAT_MODELS[1:])
+def test_translated_calls_keep_room_to_nest_deeper(stack: Stack, model: str) -> None:
+    err = error(post(stack, "/v1/chat/completions", chat_with(model, nested(MAX_DEPTH)), raw=True))
     assert f"nested deeper than {MAX_DEPTH} levels" in err["message"]
-    for depth in (300, 2000):
-        body = '{"model":"gpt","messages":[{"role":"user","content":"hi"}],"x":' + nested(depth) + "}"
-        assert "nested deeper" in error(post(stack, "/v1/chat/completions", body, raw=True))["message"]
+    assert post(stack, "/v1/chat/completions", chat_with(model, nested(MAX_DEPTH - 1)), raw=True).status_code == 200
+    messages = '{"model":"%s","max_tokens":5,"messages":[{"role":"user","content":"hi"}],"x":%s}'  # noqa: UP031
+    r = requests.post(stack.gateway.url + "/v1/messages", data=messages % (model, nested(MAX_DEPTH)), timeout=20,
+                      headers={"x-api-key": MASTER, "anthropic-version": "2023-06-01"})
+    assert r.status_code == 400 and "nested deeper" in r.text
 
 
 def test_json_nested_to_the_limit_goes_through_every_provider(stack: Stack) -> None:

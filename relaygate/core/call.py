@@ -58,14 +58,19 @@ class Usage:
     def from_openai(cls, u: Any) -> Usage | None:
         if not isinstance(u, dict):
             return None
-        details = u.get("prompt_tokens_details") or {}
-        prompt = u.get("prompt_tokens", u.get("input_tokens", 0)) or 0
-        completion = u.get("completion_tokens", u.get("output_tokens", 0)) or 0
+        details = u.get("prompt_tokens_details")
         return cls(
-            prompt_tokens=int(prompt),
-            completion_tokens=int(completion),
-            cached_tokens=int((details.get("cached_tokens") if isinstance(details, dict) else 0) or 0),
+            prompt_tokens=_count(u.get("prompt_tokens", u.get("input_tokens"))),
+            completion_tokens=_count(u.get("completion_tokens", u.get("output_tokens"))),
+            cached_tokens=_count(details.get("cached_tokens") if isinstance(details, dict) else None),
         )
+
+
+def _count(value: Any) -> int:
+    """A token count from an upstream's usage: a whole number, else 0 (an upstream may send anything)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 2 ** 62:
+        return 0
+    return int(value)
 
 
 @dataclass(slots=True)

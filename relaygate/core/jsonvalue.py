@@ -3,11 +3,10 @@
 orjson serialises at most 254 levels of nesting and integers between -2^63 and 2^64-1, while parsers accept
 more (orjson.loads 1,024 levels, and integers beyond 64 bits become floats). A body the gateway accepted but
 cannot serialise again would fail later, at the upstream call or the request log, as an internal error. So
-every client JSON body (and every JSON string the gateway parses from one, like tool-call arguments) is
-decoded by msgspec, which keeps big integers exact, and checked once by serialising it: a value that passes
-can be serialised anywhere, even after a translation nests it up to ``ROOM`` levels deeper. That check
-costs one ``orjson.dumps`` of the body (~3.6k instructions for a 274-byte chat request; msgspec's decode
-saves ~0.5k of it against orjson.loads), see docs/inputs.md.
+every client JSON body is decoded by msgspec, which keeps big integers exact, and checked once by serialising
+it (``loads``): what passes can be forwarded as it is. A translation nests what it copies deeper, so what a
+translator reads (a chat body, tool-call arguments) must also fit with ``ROOM`` levels to spare
+(``check(value, ROOM)``), which only translated calls pay for. Costs: docs/inputs.md.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ ORJSON_MAX_DEPTH = 254  # the deepest nesting orjson.dumps serialises
 # (parsed from their JSON string, so their own depth starts again at 1) land 7 levels down in Gemini's and
 # Bedrock's bodies; 14 leaves room to spare
 ROOM = 14
-MAX_DEPTH = ORJSON_MAX_DEPTH - ROOM  # the deepest nesting a client may send: 240
+MAX_DEPTH = ORJSON_MAX_DEPTH - ROOM  # the deepest nesting a translator takes: 240
 INT_MIN, INT_MAX = -(2 ** 63), 2 ** 64 - 1  # what orjson serialises exactly
 
 _decode = msgspec.json.Decoder().decode
@@ -38,22 +37,22 @@ class JSONRejected(ValueError):
         self.param = param
 
 
-def loads(raw: bytes | str) -> Any:
-    """The JSON value of ``raw``, or JSONRejected."""
+def loads(raw: bytes | str, room: int = 0) -> Any:
+    """The JSON value of ``raw``, serialisable with ``room`` levels to spare, or JSONRejected."""
     try:
         data = _decode(raw)
     except RecursionError:
-        raise JSONRejected(f"JSON nested deeper than {MAX_DEPTH} levels") from None
+        raise JSONRejected(f"JSON nested deeper than {ORJSON_MAX_DEPTH - room} levels") from None
     except msgspec.DecodeError as e:  # malformed, or a number out of range (1e400)
         raise JSONRejected(f"not valid JSON ({e})") from None
-    check(data)
+    check(data, room)
     return data
 
 
-def check(data: Any) -> None:
-    """Raise JSONRejected unless ``data`` can be serialised, with ``ROOM`` levels to spare."""
+def check(data: Any, room: int = 0) -> None:
+    """Raise JSONRejected unless ``data`` can be serialised, nested ``room`` levels deeper."""
     wrapped = data
-    for _ in range(ROOM):
+    for _ in range(room):  # the hot path passes none: each level costs ~450 instructions to build
         wrapped = (wrapped,)
     try:
         orjson.dumps(wrapped)
@@ -62,7 +61,7 @@ def check(data: Any) -> None:
             where = _big_int_path(data)
             what = f"'{where}' is an integer" if where else "an integer is"
             raise JSONRejected(f"{what} beyond 64 bits; integers must lie between -2^63 and 2^64-1", param=where) from None
-        raise JSONRejected(f"JSON nested deeper than {MAX_DEPTH} levels") from None
+        raise JSONRejected(f"JSON nested deeper than {ORJSON_MAX_DEPTH - room} levels") from None
 
 
 def _big_int_path(data: Any) -> str | None:

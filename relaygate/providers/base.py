@@ -16,7 +16,7 @@ import orjson
 from yarl import URL
 
 from relaygate.config import DeploymentBase
-from relaygate.core import shapes
+from relaygate.core import jsonvalue, shapes
 from relaygate.core.call import Call, Handler, Reply, Route
 from relaygate.core.errors import (
     BadRequest,
@@ -70,9 +70,8 @@ class Provider:
         # not take OpenAI's passthrough URLs)
         self.handlers: dict[Route, Handler] = {r: methods[r] if r in self.routes else self.refuse for r in Route}
         if self.translates:
-            for r in CHAT_SHAPED:
-                if r in self.routes:
-                    self.handlers[r] = shape_checked(self.handlers[r], self.relays_messages)
+            for r in self.routes:
+                self.handlers[r] = translated(self.handlers[r], self.kind, r in CHAT_SHAPED, self.relays_messages)
 
     # the routes; a subclass implements those it declares in ``routes``
 
@@ -247,18 +246,52 @@ def out_of_files(kind: str) -> ServerBusy:
 
 
 CHAT_SHAPED = (Route.CHAT, Route.COUNT_TOKENS)  # routes whose body is an OpenAI chat request
+# what reading an upstream answer of a shape the translation did not expect raises (a missing key, a list
+# where an object was): the upstream's fault, a 502, never an internal error
+ANSWER_ERRORS = (KeyError, IndexError, TypeError, AttributeError, ValueError)
 
 
-def shape_checked(handler: Handler, relays_messages: bool) -> Handler:
-    """``handler`` after the call's body was checked against the typed chat request (once per call: a
-    fallback to another translator does not check it again), unless it relays the client's Messages body."""
-    async def checked(call: Call) -> Reply:
-        if not call.shape_checked and not (relays_messages and call.anthropic_request is not None):
+def translated(handler: Handler, kind: str, chat_shaped: bool, relays_messages: bool) -> Handler:
+    """A translating provider's ``handler``: the call's chat body checked against the typed request first,
+    and for room to nest it deeper (once per call, so a fallback to another translator does not check it
+    again; not when the client's Messages body is relayed as it came), and an answer it cannot read made a
+    502, whole or mid-stream."""
+    async def run(call: Call) -> Reply:
+        if chat_shaped and not call.shape_checked and not (relays_messages and call.anthropic_request is not None):
             shapes.check(call.body, ChatRequest)
+            try:  # the translation nests what it copies deeper: room for that
+                jsonvalue.check(call.body, jsonvalue.ROOM)
+            except jsonvalue.JSONRejected as e:
+                raise BadRequest(f"the request is not accepted: {e.message}", param=e.param) from None
             call.shape_checked = True
-        return await handler(call)
+        try:
+            reply = await handler(call)
+        except ANSWER_ERRORS as e:
+            raise unreadable(kind, e) from None
+        if reply.stream is not None:
+            reply.stream = readable(reply.stream, kind)
+        return reply
 
-    return checked
+    return run
+
+
+def unreadable(kind: str, error: BaseException) -> Unavailable:
+    log.warning("upstream %s answered in a shape the gateway could not read (%s)", kind, type(error).__name__)
+    return Unavailable(f"upstream {kind} answered in a shape the gateway could not read ({type(error).__name__})",
+                       status=502, code="upstream_unreadable")
+
+
+async def readable(stream: AsyncIterator[bytes], kind: str) -> AsyncIterator[bytes]:
+    """``stream``, with an upstream chunk it could not read made a 502 (an error event, the stream ended)."""
+    try:
+        async for chunk in stream:
+            yield chunk
+    except ANSWER_ERRORS as e:
+        raise unreadable(kind, e) from None
+    finally:
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 _CANNOT = {

@@ -271,7 +271,7 @@ def tool_arguments(raw: Any, param: str) -> dict[str, Any]:
     if not isinstance(raw, str):
         raise BadRequest("tool call arguments must be a JSON object string", param=param)
     try:
-        value = jsonvalue.loads(raw)
+        value = jsonvalue.loads(raw, jsonvalue.ROOM)  # placed deeper in the translated body
     except jsonvalue.JSONRejected as e:
         raise BadRequest(f"tool call arguments are not accepted: {e.message}", param=param) from None
     if not isinstance(value, dict):

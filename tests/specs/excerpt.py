@@ -15,11 +15,13 @@ PATHS = {"/chat/completions": ["post"], "/embeddings": ["post"], "/audio/speech"
 DROP = ("x-oaiMeta", "examples", "example")  # documentation only: smaller, and schemathesis ignores them
 
 
-def refs(node: Any, found: set[str]) -> None:
+def refs(node: Any, found: set[tuple[str, str]]) -> None:
+    """The components (kind, name) ``node`` refers to."""
     if isinstance(node, dict):
         ref = node.get("$ref")
-        if isinstance(ref, str) and ref.startswith("#/components/schemas/"):
-            found.add(ref.rsplit("/", 1)[1])
+        if isinstance(ref, str) and ref.startswith("#/components/"):
+            _, _, kind, name = ref.split("/", 3)
+            found.add((kind, name))
         for v in node.values():
             refs(v, found)
     elif isinstance(node, list):
@@ -38,21 +40,24 @@ def strip(node: Any) -> Any:
 def main(source: str, target: str) -> None:
     spec = yaml.load(Path(source).read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     paths = {p: {m: strip(spec["paths"][p][m]) for m in methods} for p, methods in PATHS.items()}
-    schemas = spec["components"]["schemas"]
-    needed: set[str] = set()
+    components = spec["components"]
+    needed: set[tuple[str, str]] = set()
     refs(paths, needed)
     todo = list(needed)
     while todo:
-        more: set[str] = set()
-        refs(schemas[todo.pop()], more)
+        kind, name = todo.pop()
+        more: set[tuple[str, str]] = set()
+        refs(components[kind][name], more)
         todo.extend(more - needed)
         needed |= more
+    kept: dict[str, dict[str, Any]] = {}
+    for kind, name in sorted(needed):
+        kept.setdefault(kind, {})[name] = strip(components[kind][name])
     out = {"openapi": spec["openapi"], "info": {**spec["info"], "description": (
                "An excerpt of OpenAI's OpenAPI description (openai/openai-openapi, MIT licence: "
                "openai-openapi.LICENSE): the routes relaygate serves and the components they use.")},
            "servers": spec["servers"], "security": spec["security"], "paths": paths,
-           "components": {"schemas": {n: strip(schemas[n]) for n in sorted(needed)},
-                          "securitySchemes": spec["components"]["securitySchemes"]}}
+           "components": {**kept, "securitySchemes": components["securitySchemes"]}}
     Path(target).write_text(yaml.safe_dump(out, sort_keys=False, width=120, allow_unicode=True))
 
 

@@ -26,11 +26,12 @@ from relaygate.api.anthropic.translate import (
 from relaygate.api.chat import chat_call
 from relaygate.api.common import object_body, reply_headers
 from relaygate.auth.authenticator import caller
-from relaygate.core import shapes
+from relaygate.core import jsonvalue, shapes
 from relaygate.core.call import Call, Reply, Route
-from relaygate.core.errors import GatewayError, Unavailable
+from relaygate.core.errors import BadRequest, GatewayError, Unavailable
 from relaygate.core.shapes.anthropic import MessagesRequest
 from relaygate.providers.anthropic.wire import error_body
+from relaygate.providers.base import ANSWER_ERRORS, readable, unreadable
 from relaygate.providers.openai_format import DROPPED_HEADER
 from relaygate.server.http import Request, Response, StreamResponse
 
@@ -54,6 +55,10 @@ async def _read(gw: Gateway, req: Request, route: Route = Route.CHAT) -> tuple[C
     limit = gw.config.server.max_body_bytes
     body = object_body(await req.json(limit))
     shapes.check(body, MessagesRequest, dotted=True)
+    try:  # translated to a chat request (and maybe on to another dialect): room to nest it deeper
+        jsonvalue.check(body, jsonvalue.ROOM)
+    except jsonvalue.JSONRejected as e:
+        raise BadRequest(f"the request is not accepted: {e.message}", param=e.param) from None
     keep_cache = b'"cache_control"' in await req.body(limit) and _understands_cache_control(gw, body)
     request, dropped = to_openai_request({**body, "max_tokens": 1} if count else body, keep_cache)
     if count:
@@ -82,7 +87,8 @@ async def messages(gw: Gateway, req: Request) -> Response | StreamResponse:
         earlier = headers.get(DROPPED_HEADER)
         headers[DROPPED_HEADER] = ",".join(dropped) if not earlier else f"{earlier},{','.join(dropped)}"
     if reply.stream is not None:
-        reply.stream = translate_stream(reply.stream, EventWriter(call.model), lambda: reply.usage)
+        kind = call.deployment.provider_type if call.deployment is not None else "upstream"
+        reply.stream = readable(translate_stream(reply.stream, EventWriter(call.model), lambda: reply.usage), kind)
         return StreamResponse(reply, headers, error_event)
     try:
         data = orjson.loads(reply.body or b"")
@@ -94,7 +100,12 @@ async def messages(gw: Gateway, req: Request) -> Response | StreamResponse:
         return anthropic_error(err, req.id)
     if call.stream:  # the upstream answered whole: deliver it as one burst of events
         return _replay(call, reply, data, headers)
-    message = to_anthropic_message(data, reply.usage, call.model)
+    try:
+        message = to_anthropic_message(data, reply.usage, call.model)
+    except ANSWER_ERRORS as e:
+        err = unreadable(call.deployment.provider_type if call.deployment is not None else "upstream", e)
+        reply.finish(err)
+        return anthropic_error(err, req.id)
     return Response(orjson.dumps(message), 200, headers, reply=reply)
 
 

@@ -385,7 +385,8 @@ class AnthropicProvider(Provider):
         if not isinstance(err, dict):
             err = {}
         kind = err.get("type")
-        return self.map_error(_STATUS_OF_TYPE.get(kind, 500) if isinstance(kind, str) else 500, kind,
+        # an error type Anthropic does not have (or none: a body that is no message) is no answer: a 502
+        return self.map_error(_STATUS_OF_TYPE.get(kind, 502) if isinstance(kind, str) else 502, kind,
                               err.get("message"), None)
 
     def map_error(self, status: int, kind: Any, message: Any, headers: Any) -> GatewayError:

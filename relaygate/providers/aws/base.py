@@ -178,7 +178,8 @@ class AwsProvider(Provider):
         except orjson.JSONDecodeError:
             data = {}
         message = data.get("message") or data.get("Message") if isinstance(data, dict) else None
-        return map_error(etype, 500, self.redact(str(message or f"upstream {self.kind} stream failed: {etype}")))
+        # an exception type AWS does not document says only that the stream failed: a 502
+        return map_error(etype, 502, self.redact(str(message or f"upstream {self.kind} stream failed: {etype}")))
 
     async def events(self, upstream: UpstreamBody) -> AsyncIterator[EventMessage]:
         """Decode the event stream as bytes arrive; exception frames are raised as gateway errors."""

@@ -105,7 +105,7 @@ def _function_response(content: Any) -> dict[str, Any]:
     text = text_of(content)
     if text.startswith("{"):
         try:
-            value = jsonvalue.loads(text)
+            value = jsonvalue.loads(text, jsonvalue.ROOM)
         except jsonvalue.JSONRejected:
             value = None  # sent as text, like any other result
         if isinstance(value, dict):

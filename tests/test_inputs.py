@@ -203,6 +203,7 @@ BAD_QUERIES = [
     ("/admin/keys/a%00b", "id"), ("/admin/keys/" + "k" * 41, "id"), ("/admin/teams/a%00b", "id"),
     ("/admin/users/%01", "id"),
     ("/v1/models?limit=2147483648", "limit"), ("/v1/models?after_id=%00", "after_id"),
+    ("/v1/audio/voices?model=%00", "model"), ("/v1/audio/voices?legacy=2", "legacy"),
 ]
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import time
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs
 
 from relaygate.api.common import check, object_body, pop_provider, require, respond, respond_stream
+from relaygate.api.query import Query
 from relaygate.auth.authenticator import caller
 from relaygate.core import shapes
 from relaygate.core.call import Call, Route
@@ -128,10 +128,10 @@ async def voices(gw: Gateway, req: Request) -> Response:
     voice-mode and Open WebUI read; ``?legacy=true``: plain names), plus ``models``: each model's own voices.
     ``?model=`` narrows to one model; a key sees only the models it may use."""
     key = await caller(gw.auth, req.headers)
-    query = {k: v[-1] for k, v in parse_qs(req.query).items()}
+    query = Query(req.query)
     table = gw.table.models
     documented = documented_voices()
-    asked = query.get("model")
+    asked = query.text("model", 200)
     if asked is not None:
         deps = table.get(asked) if asked != "*" else None
         deps = deps if deps is not None else table.get("*")  # a wildcard model serves any name
@@ -149,7 +149,7 @@ async def voices(gw: Gateway, req: Request) -> Response:
     for name, offered in per_model.items():
         for v in offered:
             models_of.setdefault(v, []).append(name)
-    if query.get("legacy") == "true":
+    if query.flag("legacy"):
         listed: list[Any] = list(models_of)
     else:
         listed = [{"id": v, "name": v, "models": ms} for v, ms in models_of.items()]

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "40"))
+TIMEOUT = max(120, EXAMPLES)  # seconds a fuzz test may take (pytest-timeout): a long run takes long
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=EXAMPLES <= 100, database=None,
                 suppress_health_check=list(HealthCheck))
 

@@ -30,7 +30,7 @@ from relaygate.providers.aws.eventstream import event, exception
 from relaygate.testing.base import BackgroundServer
 from relaygate.testing.gateway import GatewayThread
 
-from .fuzz_strategies import FUZZ, json_value, messages_request, text
+from .fuzz_strategies import FUZZ, TIMEOUT, json_value, messages_request, text
 from .stack_support import CHAT_MODELS, MASTER, Stack, deployments, run_stack
 from .test_fuzz_translators import (
     ANTHROPIC_ANSWER,
@@ -47,6 +47,7 @@ try:
 except ModuleNotFoundError:  # not in the lock yet: the schemathesis tests skip, the others run
     schemathesis = None
 
+pytestmark = pytest.mark.timeout(TIMEOUT)
 SPECS = Path(__file__).parent / "specs"
 needs_schemathesis = pytest.mark.skipif(schemathesis is None, reason="schemathesis is not installed (it is in "
                                                                       "pyproject's test extra: pip install it)")

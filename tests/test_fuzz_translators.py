@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -32,8 +33,9 @@ from relaygate.providers.base import ANSWER_ERRORS
 from relaygate.providers.gemini import format as gemini
 from relaygate.testing.openai import complete
 
-from .fuzz_strategies import FUZZ, chat_request, either, json_value, messages_request, obj, text
+from .fuzz_strategies import FUZZ, TIMEOUT, chat_request, either, json_value, messages_request, obj, text
 
+pytestmark = pytest.mark.timeout(TIMEOUT)
 REQUEST_TRANSLATORS: dict[str, Callable[[dict[str, Any]], Any]] = {
     "anthropic": lambda b: to_messages_request(b, "claude-sonnet-4-6", default_max_tokens=1024, rejected=(),
                                                stream=True).body,

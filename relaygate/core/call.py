@@ -58,16 +58,19 @@ class Usage:
     def from_openai(cls, u: Any) -> Usage | None:
         if not isinstance(u, dict):
             return None
-        details = u.get("prompt_tokens_details")
+        details = u.get("prompt_tokens_details") or {}
+        prompt = u.get("prompt_tokens", u.get("input_tokens", 0)) or 0
+        completion = u.get("completion_tokens", u.get("output_tokens", 0)) or 0
         return cls(
-            prompt_tokens=_count(u.get("prompt_tokens", u.get("input_tokens"))),
-            completion_tokens=_count(u.get("completion_tokens", u.get("output_tokens"))),
-            cached_tokens=_count(details.get("cached_tokens") if isinstance(details, dict) else None),
+            prompt_tokens=int(prompt),
+            completion_tokens=int(completion),
+            cached_tokens=int((details.get("cached_tokens") if isinstance(details, dict) else 0) or 0),
         )
 
 
-def _count(value: Any) -> int:
-    """A token count from an upstream's usage: a whole number, else 0 (an upstream may send anything)."""
+def token_count(value: Any) -> int:
+    """A token count from a native usage a translation re-serialises: a number below 2^62 (so that sums still
+    fit 64 bits), else 0, whatever the upstream sent."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 2 ** 62:
         return 0
     return int(value)

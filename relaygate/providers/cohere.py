@@ -15,7 +15,7 @@ import aiohttp
 import orjson
 
 from relaygate.config import CohereDeployment
-from relaygate.core.call import Call, Reply, Route, Usage
+from relaygate.core.call import Call, Reply, Route, Usage, token_count
 from relaygate.core.errors import (
     BadRequest,
     ContentFiltered,
@@ -326,9 +326,9 @@ def usage_of(u: Any) -> Usage | None:
     counts = u.get("tokens") or u.get("billed_units")
     if not isinstance(counts, dict):
         return None
-    return Usage(prompt_tokens=int(counts.get("input_tokens") or 0),
-                 completion_tokens=int(counts.get("output_tokens") or 0),
-                 cached_tokens=int(u.get("cached_tokens") or 0))
+    return Usage(prompt_tokens=token_count(counts.get("input_tokens")),
+                 completion_tokens=token_count(counts.get("output_tokens")),
+                 cached_tokens=token_count(u.get("cached_tokens")))
 
 
 def chat_completion(data: dict[str, Any], model: str, usage: Usage | None) -> dict[str, Any]:

@@ -320,7 +320,10 @@ def _usage_only(event: bytes, reply: Reply) -> bool:
         except orjson.JSONDecodeError:
             only = False
             continue
-        u = Usage.from_openai(chunk.get("usage")) if isinstance(chunk, dict) else None
+        try:
+            u = Usage.from_openai(chunk.get("usage")) if isinstance(chunk, dict) else None
+        except (TypeError, ValueError):  # counts that are not numbers: the usage stays unknown
+            u = None
         if u is not None:
             reply.usage = u
         only = only is not False and u is not None and not chunk.get("choices")
@@ -342,4 +345,7 @@ def usage_of(body: bytes) -> Usage | None:
     if isinstance(u, dict) and u.get("type") == "duration":  # whisper-style transcripts are billed by time
         seconds = u.get("seconds")
         return Usage(audio_seconds=float(seconds) if isinstance(seconds, (int, float)) else 0.0)
-    return Usage.from_openai(u)
+    try:
+        return Usage.from_openai(u)
+    except (TypeError, ValueError):  # "prompt_tokens": "many", [null]: the usage is unknown
+        return None

@@ -101,12 +101,12 @@ async def messages(gw: Gateway, req: Request) -> Response | StreamResponse:
     if call.stream:  # the upstream answered whole: deliver it as one burst of events
         return _replay(call, reply, data, headers)
     try:
-        message = to_anthropic_message(data, reply.usage, call.model)
-    except ANSWER_ERRORS as e:
+        message = orjson.dumps(to_anthropic_message(data, reply.usage, call.model))
+    except ANSWER_ERRORS as e:  # orjson's errors are TypeErrors too (a usage count beyond 64 bits)
         err = unreadable(call.deployment.provider_type if call.deployment is not None else "upstream", e)
         reply.finish(err)
         return anthropic_error(err, req.id)
-    return Response(orjson.dumps(message), 200, headers, reply=reply)
+    return Response(message, 200, headers, reply=reply)
 
 
 def _understands_cache_control(gw: Gateway, body: dict[str, Any]) -> bool:

@@ -20,7 +20,7 @@ import aiohttp
 import orjson
 
 from relaygate.config import AnthropicFields
-from relaygate.core.call import Call, Reply, Route, Usage
+from relaygate.core.call import Call, Reply, Route, Usage, token_count
 from relaygate.core.errors import (
     ContextTooLong,
     GatewayError,
@@ -59,10 +59,10 @@ def usage_of(u: Any) -> Usage | None:
     """An Anthropic usage object as ours: prompt tokens include cache reads and writes (as OpenAI's do)."""
     if not isinstance(u, dict):
         return None
-    read = int(u.get("cache_read_input_tokens") or 0)
-    write = int(u.get("cache_creation_input_tokens") or 0)
-    return Usage(prompt_tokens=int(u.get("input_tokens") or 0) + read + write,
-                 completion_tokens=int(u.get("output_tokens") or 0), cached_tokens=read, cache_write_tokens=write)
+    read = token_count(u.get("cache_read_input_tokens"))
+    write = token_count(u.get("cache_creation_input_tokens"))
+    return Usage(prompt_tokens=token_count(u.get("input_tokens")) + read + write,
+                 completion_tokens=token_count(u.get("output_tokens")), cached_tokens=read, cache_write_tokens=write)
 
 
 def to_completion(data: dict[str, Any], usage: Usage | None) -> dict[str, Any]:

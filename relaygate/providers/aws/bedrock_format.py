@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from relaygate.core.call import Usage
+from relaygate.core.call import Usage, token_count
 from relaygate.core.errors import BadRequest, ContextTooLong, Unavailable, Unsupported
 from relaygate.providers.openai_format import (
     ChunkWriter,
@@ -236,10 +236,10 @@ def usage_of(u: Any) -> Usage | None:
     """Converse usage; ``inputTokens`` excludes cache reads and writes, OpenAI's prompt_tokens includes them."""
     if not isinstance(u, dict):
         return None
-    read = int(u.get("cacheReadInputTokens") or 0)
-    write = int(u.get("cacheWriteInputTokens") or 0)
-    return Usage(prompt_tokens=int(u.get("inputTokens") or 0) + read + write,
-                 completion_tokens=int(u.get("outputTokens") or 0), cached_tokens=read, cache_write_tokens=write)
+    read = token_count(u.get("cacheReadInputTokens"))
+    write = token_count(u.get("cacheWriteInputTokens"))
+    return Usage(prompt_tokens=token_count(u.get("inputTokens")) + read + write,
+                 completion_tokens=token_count(u.get("outputTokens")), cached_tokens=read, cache_write_tokens=write)
 
 
 def from_converse(data: dict[str, Any], model: str) -> tuple[dict[str, Any], Usage | None]:

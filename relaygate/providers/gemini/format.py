@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from relaygate.core import jsonvalue
-from relaygate.core.call import Usage
+from relaygate.core.call import Usage, token_count
 from relaygate.core.errors import BadRequest, Unsupported
 from relaygate.providers.openai_format import Image, completion, content_parts, text_of, tool_arguments
 
@@ -320,10 +320,10 @@ def usage_of(meta: Any) -> Usage | None:
     """OpenAI usage from ``usageMetadata`` (thinking tokens are billed as output)."""
     if not isinstance(meta, dict):
         return None
-    return Usage(prompt_tokens=int(meta.get("promptTokenCount") or 0),
-                 completion_tokens=int(meta.get("candidatesTokenCount") or 0)
-                 + int(meta.get("thoughtsTokenCount") or 0),
-                 cached_tokens=int(meta.get("cachedContentTokenCount") or 0))
+    return Usage(prompt_tokens=token_count(meta.get("promptTokenCount")),
+                 completion_tokens=token_count(meta.get("candidatesTokenCount"))
+                 + token_count(meta.get("thoughtsTokenCount")),
+                 cached_tokens=token_count(meta.get("cachedContentTokenCount")))
 
 
 def tool_call(fc: dict[str, Any], position: int, signature: str | None, salt: str = "") -> dict[str, Any]:

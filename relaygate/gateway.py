@@ -10,6 +10,7 @@ build a second ``Gateway`` beside the first and swap them.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import time
@@ -17,6 +18,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import aiohttp
+import orjson
+from pydantic import SecretStr
 
 from relaygate.catalog.prices import PriceBook
 from relaygate.config import PROVIDER_TYPES, Config, ConfigError, deployment_name
@@ -56,6 +59,18 @@ def master_key(config: Config, env: Mapping[str, str] | None = None) -> str | No
     if config.auth.master_key is not None and config.auth.master_key.get_secret_value():
         return config.auth.master_key.get_secret_value()
     return (os.environ if env is None else env).get(MASTER_KEY_ENV) or None
+
+
+def config_hash(config: Config) -> str:
+    """A short digest of everything the config says (secrets included, so a rotated key shows), for ``/health``:
+    which config each process runs."""
+    def reveal(value: object) -> object:
+        if isinstance(value, SecretStr):
+            return value.get_secret_value()
+        raise TypeError(type(value).__name__)
+
+    dumped = orjson.dumps(config.model_dump(), default=reveal, option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(dumped).hexdigest()[:16]
 
 
 def default_spool_dir(config: Config) -> str:
@@ -136,6 +151,7 @@ class Gateway:
         self.config = config
         self.session = session
         self.started = time.time()
+        self.config_hash = config_hash(config)
         self.ready = False
         self.draining = False  # the server is stopping (SIGTERM): readiness says so while calls finish
         # one Redis client (one connection, one timeout policy) for the limits and the breakers

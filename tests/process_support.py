@@ -3,8 +3,11 @@ open-file limit."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import resource
+import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +29,7 @@ class GatewayProcess:
         self.proc = proc
         self.port = port
         self.log = log
+        self.workers_seen: set[int] = set()
 
     @property
     def url(self) -> str:
@@ -33,6 +37,22 @@ class GatewayProcess:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
+
+    def healthy(self) -> bool:
+        """``GET /health`` answers (on a fresh connection); the answering process's pid is noted."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
+                s.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+                answer = b""
+                while chunk := s.recv(65536):
+                    answer += chunk
+        except OSError:
+            return False
+        head, _, body = answer.partition(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 200"):
+            return False
+        self.workers_seen.add(json.loads(body)["pid"])
+        return True
 
     def accepts(self) -> bool:
         try:
@@ -43,10 +63,10 @@ class GatewayProcess:
 
 
 @contextmanager
-def gateway_process(tmp_path: Path, config: dict[str, Any], open_files: int | None = None
-                    ) -> Iterator[GatewayProcess]:
+def gateway_process(tmp_path: Path, config: dict[str, Any], open_files: int | None = None,
+                    args: tuple[str, ...] = ()) -> Iterator[GatewayProcess]:
     """The gateway serving ``config`` (its request log in a SQLite file under ``tmp_path`` unless the config
-    names a database), healthy; killed at the end if it is still running."""
+    names a database), healthy; killed at the end (its process group: workers too) if it is still running."""
     port = free_port()
     cfg = tmp_path / "gateway.yaml"
     config = {"database": {"url": f"sqlite:///{tmp_path}/gateway.db"}, **config}
@@ -59,12 +79,12 @@ def gateway_process(tmp_path: Path, config: dict[str, Any], open_files: int | No
 
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "relaygate", "serve", "--config", str(cfg), "--port",
-                                 str(port)], env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=tmp_path,
+                                 str(port), *args], env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=tmp_path,
                                 stdout=out, stderr=subprocess.STDOUT, preexec_fn=limit_files)
     gw = GatewayProcess(proc, port, log)
     try:
         deadline = time.monotonic() + 20
-        while not gw.accepts():
+        while not gw.healthy():
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"the gateway did not start:\n{gw.output()}")
             time.sleep(0.05)
@@ -73,3 +93,6 @@ def gateway_process(tmp_path: Path, config: dict[str, Any], open_files: int | No
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+        for pid in gw.workers_seen:  # a supervisor's workers, should it have been killed before them
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

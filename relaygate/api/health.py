@@ -4,18 +4,22 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import TYPE_CHECKING
 
 from relaygate.routing.health import deployment_report
 from relaygate.server.http import Request, Response, json_response
+from relaygate.server.workers import WORKER_ENV
 
 if TYPE_CHECKING:
     from relaygate.gateway import Gateway
 
 
 async def alive(gw: Gateway, req: Request) -> Response:
-    return json_response({"status": "ok"})
+    """Alive; which process answered (a worker's number under a supervisor) and the config it runs."""
+    return json_response({"status": "ok", "pid": os.getpid(), "worker": os.environ.get(WORKER_ENV),
+                          "config": {"hash": gw.config_hash, "loaded_at": gw.started}})
 
 
 async def ready(gw: Gateway, req: Request) -> Response:

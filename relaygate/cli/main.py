@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from relaygate.config import ConfigError, load_config
@@ -19,6 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--config", help="YAML config file (default: built-in demo config)")
     serve.add_argument("--host", default=None, help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port (default 4000)")
+    serve.add_argument("--workers", type=int, default=None,
+                       help="worker processes on the one port (default: server.workers, 1)")
+    serve.add_argument("--listen-fd", type=int, default=None, help=argparse.SUPPRESS)  # a worker's socket
 
     check = sub.add_parser("check-config", help="validate a config file; list every error")
     check.add_argument("file")
@@ -41,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         return keys_cli.run(args)
     if args.command == "emulate":
         return emulate_provider(args.provider, args.host, args.port, args.api_key)
-    return serve_gateway(args.config, args.host, args.port)
+    return serve_gateway(args.config, args.host, args.port, args.workers, args.listen_fd)
 
 
 def check_config(path: str) -> int:
@@ -59,27 +63,46 @@ def check_config(path: str) -> int:
     return 0
 
 
-def serve_gateway(config_path: str | None, host: str | None, port: int | None) -> int:
+def serve_gateway(config_path: str | None, host: str | None, port: int | None, workers: int | None = None,
+                  listen_fd: int | None = None) -> int:
+    """One gateway process; with several workers, their supervisor; with ``listen_fd``, one of those workers
+    (serving the supervisor's socket)."""
+    import socket
+
     from relaygate.gateway import check_deployments
     from relaygate.server.app import App
     from relaygate.server.serve import GatewayServer
+    from relaygate.server.workers import WORKER_ENV, check_workers, supervise
 
+    workers = 1 if listen_fd is not None else workers
     try:
         cfg = load_config(config_path)
         check_deployments(cfg)
+        workers = workers if workers is not None else cfg.server.workers
+        if workers < 1:
+            raise ConfigError([f"--workers: {workers}: at least 1"])
+        check_workers(cfg, workers)
     except ConfigError as e:
         print(str(e), file=sys.stderr)
         return 1
     host = host or cfg.server.host
     port = port if port is not None else cfg.server.port
     log = logging.getLogger("relaygate")
-    if config_path is None:
+    if config_path is None and listen_fd is None:
         log.info("no --config given: serving the built-in 'demo' model%s",
                  " and OpenAI's models (OPENAI_API_KEY is set)" if len(cfg.models) > 1 else "")
-    server = GatewayServer(App(cfg, freeze_gc=True), host, port)
-    log.info("relaygate listening on http://%s:%d/v1 (at most %d connections)", host, port,
-             server.watchdog.max_connections)
-    server.run()
+    if workers > 1:
+        return supervise(cfg, config_path, host, port, workers)
+    server = GatewayServer(App(cfg, freeze_gc=True), host, port,
+                           parent=os.getppid() if listen_fd is not None else None)
+    if listen_fd is None:
+        log.info("relaygate listening on http://%s:%d/v1 (at most %d connections)", host, port,
+                 server.watchdog.max_connections)
+        server.run()
+    else:
+        log.info("worker %s serving (pid %d, at most %d connections)", os.environ.get(WORKER_ENV, "?"),
+                 os.getpid(), server.watchdog.max_connections)
+        server.run(sockets=[socket.socket(fileno=listen_fd)])
     return 0
 
 

@@ -105,6 +105,9 @@ class ServerConfig(Strict):
     # on SIGTERM: calls and streams in flight get this long to finish before they are ended (a second
     # SIGTERM ends them at once)
     drain_timeout: float = Field(30.0, ge=0)
+    # processes serving the one listening socket (``relaygate serve --workers``): a supervisor starts them,
+    # restarts one that dies, and forwards SIGTERM (drain) and SIGHUP (reload); see docs/deploy.md
+    workers: int = Field(1, ge=1, le=256)
 
 
 class StateConfig(Strict):

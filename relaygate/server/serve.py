@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 import threading
@@ -33,9 +34,10 @@ CUT_GRACE = 2.0  # seconds the calls ended at shutdown get to send their error e
 class GatewayServer(uvicorn.Server):
     """uvicorn's server for one ``App``: guarded connections, a configurable drain, exit 0 after a signal."""
 
-    def __init__(self, app: App, host: str, port: int) -> None:
+    def __init__(self, app: App, host: str, port: int, parent: int | None = None) -> None:
         settings = app.config.server
         self.app = app
+        self.parent = parent  # a worker's supervisor: should it vanish, the worker drains and stops
         self.watchdog = Watchdog(settings)
         self.drain_timeout = settings.drain_timeout
         super().__init__(uvicorn.Config(
@@ -43,11 +45,21 @@ class GatewayServer(uvicorn.Server):
             access_log=False, log_level="warning", server_header=False, date_header=False,
             proxy_headers=False))
         self._sweeper: asyncio.Task[None] | None = None
+        self._orphan_watch: asyncio.Task[None] | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         if self.started:
             self._sweeper = asyncio.create_task(self.watchdog.run(self.server_state.connections))
+            if self.parent is not None:
+                self._orphan_watch = asyncio.create_task(self._watch_parent(self.parent))
+
+    async def _watch_parent(self, parent: int) -> None:
+        # polled: nothing signals a parent's death (short of Linux's PR_SET_PDEATHSIG)
+        while os.getppid() == parent:  # noqa: ASYNC110
+            await asyncio.sleep(1.0)
+        log.error("the supervisor (pid %d) is gone: this worker drains and stops", parent)
+        self.handle_exit(signal.SIGTERM, None)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
@@ -91,8 +103,9 @@ class GatewayServer(uvicorn.Server):
             await self._cut(tasks)
         for conn in list(state.connections):
             conn.transport.close()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+        for task in (self._sweeper, self._orphan_watch):
+            if task is not None:
+                task.cancel()
         await self.lifespan.shutdown()  # the gateway closes: the request log is flushed
 
     @staticmethod

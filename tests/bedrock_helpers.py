@@ -44,7 +44,8 @@ def botocore_request(service: str, operation: str, params: dict[str, Any]) -> di
     op = botocore.session.get_session().get_service_model(service).operation_model(operation)
     report = ParamValidator().validate(params, op.input_shape)
     assert not report.has_errors(), report.generate_report()
-    return create_serializer("rest-json").serialize_to_request(params, op)
+    request: dict[str, Any] = create_serializer("rest-json").serialize_to_request(params, op)
+    return request
 
 
 def assert_botocore_accepts(service: str, operation: str, recorded: dict[str, Any], **uri: str) -> None:

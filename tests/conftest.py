@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol
 
 import pytest
 
@@ -16,6 +17,13 @@ from relaygate.testing.openai import OpenAIEmulatorOptions, create_app
 UPSTREAM_KEY = "sk-upstream-secret-0123456789abcdef"
 
 
+class StartGateway(Protocol):
+    """The ``start_gateway`` fixture: runs the real server on a config (a dict or a loaded ``Config``)."""
+
+    def __call__(self, config: dict[str, Any] | Config,
+                 env: dict[str, str] | None = None) -> GatewayThread: ...
+
+
 @pytest.fixture
 def openai_emulator() -> Iterator[BackgroundServer]:
     """An OpenAI emulator that requires UPSTREAM_KEY."""
@@ -24,7 +32,7 @@ def openai_emulator() -> Iterator[BackgroundServer]:
 
 
 @pytest.fixture
-def start_gateway(tmp_path: Any) -> Iterator[Callable[..., GatewayThread]]:
+def start_gateway(tmp_path: Path) -> Iterator[StartGateway]:
     """``start_gateway(config_dict)`` runs the real server; all are stopped at the end of the test.
 
     Without a ``database`` section the request log goes to a SQLite file in the test's tmp_path.

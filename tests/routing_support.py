@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import openai
+from openai.types.chat import ChatCompletionMessageParam
 
 from relaygate.config import parse_config
 from relaygate.core.call import Call, Route
@@ -23,7 +24,7 @@ from relaygate.testing.openai import OpenAIEmulatorOptions, create_app
 
 from .conftest import UPSTREAM_KEY
 
-MESSAGES = [{"role": "user", "content": "hello there"}]
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello there"}]
 
 
 @functools.cache

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
-import requests  # type: ignore[import-untyped]
+import requests
 
-from tests.conftest import openai_model
+from relaygate.testing.base import BackgroundServer
+from tests.conftest import StartGateway, openai_model
 from tests.test_keys import MASTER, Admin
 from tests.test_requestlog import gateway_rows
 
@@ -88,7 +90,8 @@ def test_logs_filter_and_page_without_gaps_or_repeats(traffic) -> None:  # type:
     assert admin("GET", "/logs", cursor="garbage").status_code == 400
 
 
-def test_keys_declared_in_the_config_work_with_their_limits(openai_emulator, start_gateway, tmp_path) -> None:
+def test_keys_declared_in_the_config_work_with_their_limits(
+        openai_emulator: BackgroundServer, start_gateway: StartGateway, tmp_path: Path) -> None:
     db = {"url": f"sqlite:///{tmp_path}/cfg.db"}
 
     def cfg(rpm: int) -> dict[str, Any]:

@@ -55,7 +55,7 @@ def test_sdk_streams_text_and_tool_use(client: anthropic.Anthropic) -> None:
     use = final.content[1]
     assert use.type == "tool_use" and use.name == "get_weather" and use.input == {"city": "Paris"}
     r = client.messages.create(model=MODEL, max_tokens=100, tools=TOOLS, messages=[
-        {"role": "user", "content": "Paris"}, {"role": "assistant", "content": final.content},  # type: ignore[typeddict-item]
+        {"role": "user", "content": "Paris"}, {"role": "assistant", "content": final.content},
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "sunny"}]}])
     assert r.content[0].text == "The tool returned: sunny"  # type: ignore[union-attr]
 
@@ -140,7 +140,7 @@ def test_faults_are_parsed_as_the_sdk_error_classes(client: anthropic.Anthropic,
 
 def test_error_event_mid_stream_raises_in_the_sdk(client: anthropic.Anthropic, emu: BackgroundServer) -> None:
     emu.state.faults = FaultPlan(status=529, count=1, disconnect_after_chunks=4)
-    got = []
+    got: list[str] = []
     with pytest.raises(anthropic.APIStatusError) as e:
         with client.messages.stream(model=MODEL, max_tokens=50,
                                     messages=[{"role": "user", "content": "a b c"}]) as s:

@@ -12,6 +12,11 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from openai.types.chat import (
+    ChatCompletionMessageParam,
+    ChatCompletionMessageToolCallParam,
+    ChatCompletionToolMessageParam,
+)
 
 from relaygate.config import ConfigError, parse_config
 from relaygate.core.call import Call, Route
@@ -101,7 +106,8 @@ def test_single_system_prompt_is_sent_as_a_string(client: openai.OpenAI, emu: Ba
     assert sent(emu)["json"]["system"] == "Be brief."
 
 
-def test_images_as_base64_and_url_reach_anthropic_as_sources(client: openai.OpenAI, emu: BackgroundServer) -> None:
+def test_images_as_base64_and_url_reach_anthropic_as_sources(
+        client: openai.OpenAI, emu: BackgroundServer) -> None:
     r = client.chat.completions.create(model="claude", messages=[{"role": "user", "content": [
         {"type": "text", "text": "what is this"},
         {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}},
@@ -121,8 +127,8 @@ def test_unsupported_image_type_is_a_clear_400(client: openai.OpenAI) -> None:
 
 
 def test_tool_call_round_trip(client: openai.OpenAI, emu: BackgroundServer) -> None:
-    first = [{"role": "user", "content": "Paris"}]
-    r = client.chat.completions.create(model="claude", messages=first, tools=TOOLS)  # type: ignore[arg-type]
+    first: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Paris"}]
+    r = client.chat.completions.create(model="claude", messages=first, tools=TOOLS)
     msg = r.choices[0].message
     assert r.choices[0].finish_reason == "tool_calls"
     assert msg.tool_calls and msg.tool_calls[0].function.name == "get_weather"  # type: ignore[union-attr]
@@ -143,10 +149,11 @@ def test_tool_call_round_trip(client: openai.OpenAI, emu: BackgroundServer) -> N
 
 def test_consecutive_tool_results_are_merged_into_one_user_turn(client: openai.OpenAI,
                                                                 emu: BackgroundServer) -> None:
-    calls = [{"id": f"call_{i}", "type": "function",
-              "function": {"name": "get_weather", "arguments": json.dumps({"city": c})}}
-             for i, c in enumerate(("Paris", "Rome"))]
-    r = client.chat.completions.create(model="claude", tools=TOOLS, messages=[  # type: ignore[arg-type]
+    calls: list[ChatCompletionMessageToolCallParam] = [
+        {"id": f"call_{i}", "type": "function",
+         "function": {"name": "get_weather", "arguments": json.dumps({"city": c})}}
+        for i, c in enumerate(("Paris", "Rome"))]
+    r = client.chat.completions.create(model="claude", tools=TOOLS, messages=[
         {"role": "user", "content": "Paris and Rome"},
         {"role": "assistant", "content": None, "tool_calls": calls},
         {"role": "tool", "tool_call_id": "call_0", "content": "sunny"},
@@ -165,7 +172,7 @@ def test_tool_choice_is_mapped(client: openai.OpenAI, emu: BackgroundServer, cho
                                expected: dict[str, Any]) -> None:
     extra = {} if parallel is None else {"parallel_tool_calls": parallel}
     r = client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "Oslo"}],
-                                       tools=TOOLS, tool_choice=choice, **extra)  # type: ignore[arg-type]
+                                       tools=TOOLS, tool_choice=choice, **extra)
     assert r.choices[0].finish_reason == "tool_calls"
     assert sent(emu)["json"]["tool_choice"] == expected
 
@@ -179,7 +186,7 @@ def test_strict_function_tools_stay_strict(client: openai.OpenAI, emu: Backgroun
 
 def test_tool_choice_none_gets_text(client: openai.OpenAI, emu: BackgroundServer) -> None:
     r = client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "Oslo"}],
-                                       tools=TOOLS, tool_choice="none")  # type: ignore[arg-type]
+                                       tools=TOOLS, tool_choice="none")
     assert r.choices[0].message.content == "Hello! You said: Oslo" and not r.choices[0].message.tool_calls
     assert sent(emu)["json"]["tool_choice"] == {"type": "none"}
 
@@ -204,11 +211,13 @@ def test_stream_without_include_usage_has_no_usage_chunk(client: openai.OpenAI) 
 
 def test_stream_with_tool_call_deltas(client: openai.OpenAI) -> None:
     chunks = list(client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "Lima"}],
-                                                 tools=TOOLS, stream=True))  # type: ignore[arg-type]
+                                                 tools=TOOLS, stream=True))
     deltas = [tc for c in chunks for tc in (c.choices[0].delta.tool_calls or [])]
-    assert deltas[0].id and deltas[0].id.startswith("toolu_") and deltas[0].function.name == "get_weather"
+    assert all(d.function is not None for d in deltas)
+    assert deltas[0].id and deltas[0].id.startswith("toolu_")
+    assert deltas[0].function and deltas[0].function.name == "get_weather"
     assert len(deltas) > 2  # the arguments arrive in pieces, as Anthropic sent them
-    assert json.loads("".join(d.function.arguments or "" for d in deltas)) == {"city": "Lima"}
+    assert json.loads("".join(d.function.arguments or "" for d in deltas if d.function)) == {"city": "Lima"}
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == "I'll use get_weather."
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
 
@@ -229,10 +238,11 @@ def test_stop_becomes_stop_sequences(client: openai.OpenAI, emu: BackgroundServe
     assert sent(emu)["json"]["stop_sequences"] == ["two"]
 
 
-def test_response_format_json_schema_becomes_output_config(client: openai.OpenAI, emu: BackgroundServer) -> None:
-    schema = {"type": "object", "properties": {"answer": {"type": "string"}}}
+def test_response_format_json_schema_becomes_output_config(
+        client: openai.OpenAI, emu: BackgroundServer) -> None:
+    schema: dict[str, object] = {"type": "object", "properties": {"answer": {"type": "string"}}}
     r = client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "hi"}],
-                                       response_format={"type": "json_schema",  # type: ignore[arg-type]
+                                       response_format={"type": "json_schema",
                                                         "json_schema": {"name": "a", "schema": schema}})
     assert json.loads(r.choices[0].message.content or "") == {"answer": "Hello! You said: hi"}
     assert sent(emu)["json"]["output_config"] == {"format": {"type": "json_schema", "schema": schema}}
@@ -246,7 +256,8 @@ def test_n_above_one_is_refused(client: openai.OpenAI) -> None:
 
 # ---- anthropic-version per deployment ----------------------------------------------------------------
 
-def test_version_2023_forwards_sampling_params_with_x_api_key(client: openai.OpenAI, emu: BackgroundServer) -> None:
+def test_version_2023_forwards_sampling_params_with_x_api_key(
+        client: openai.OpenAI, emu: BackgroundServer) -> None:
     r = client.chat.completions.with_raw_response.create(
         model="claude", messages=[{"role": "user", "content": "x"}], temperature=0.2, top_p=0.9)
     assert "x-relaygate-dropped-params" not in r.headers
@@ -255,7 +266,8 @@ def test_version_2023_forwards_sampling_params_with_x_api_key(client: openai.Ope
     assert req["headers"]["anthropic-version"] == "2023-06-01" and req["headers"]["x-api-key"] == KEY
 
 
-def test_version_2026_sends_bearer_and_drops_sampling_params(client: openai.OpenAI, emu: BackgroundServer) -> None:
+def test_version_2026_sends_bearer_and_drops_sampling_params(
+        client: openai.OpenAI, emu: BackgroundServer) -> None:
     r = client.chat.completions.with_raw_response.create(
         model="claude-2026", messages=[{"role": "user", "content": "x"}], temperature=1.0, top_p=0.5,
         extra_body={"top_k": 5})
@@ -284,14 +296,12 @@ def test_temperature_above_anthropic_range_is_clamped_and_reported(client: opena
 
 
 def test_unknown_api_version_is_a_config_error() -> None:
-    from relaygate.testing.gateway import GatewayThread as GT
-
     cfg = parse_config({"models": [{"name": "c", "deployments": [
         {"provider": "anthropic", "model": "m", "api_key": "k", "api_version": "2024-01-01"}]}]}, {})
     with pytest.raises(ConfigError) as e:
         asyncio.run(Gateway.create(cfg))
     assert "models[0].deployments[0]" in str(e.value) and "2026-10-21" in str(e.value)
-    assert GT  # the same check runs at start-up of the real server
+    # the same check runs at start-up of the real server (GatewayThread starts through Gateway.create)
 
 
 # ---- prompt caching ------------------------------------------------------------------------------------
@@ -382,14 +392,16 @@ def test_timeout_is_a_504(client: openai.OpenAI, emu: BackgroundServer) -> None:
     assert e.value.status_code == 504
 
 
-def test_error_event_before_message_start_is_an_http_error(client: openai.OpenAI, emu: BackgroundServer) -> None:
+def test_error_event_before_message_start_is_an_http_error(
+        client: openai.OpenAI, emu: BackgroundServer) -> None:
     emu.state.faults = FaultPlan(status=529, count=1, disconnect_after_chunks=0)
     with pytest.raises(openai.APIStatusError) as e:
         client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "x"}], stream=True)
     assert e.value.status_code == 503  # not yet streaming: retryable, and reported as a status
 
 
-def test_error_event_mid_stream_ends_the_stream_with_an_error(client: openai.OpenAI, emu: BackgroundServer) -> None:
+def test_error_event_mid_stream_ends_the_stream_with_an_error(
+        client: openai.OpenAI, emu: BackgroundServer) -> None:
     emu.state.faults = FaultPlan(status=529, count=1, disconnect_after_chunks=4)
     got: list[str] = []
     with pytest.raises(openai.APIError) as e:
@@ -430,13 +442,16 @@ def test_probe_uses_the_free_count_tokens_and_reports_a_bad_key(emu: BackgroundS
     assert isinstance(asyncio.run(probe("sk-ant-wrong-key-0000000")), AuthError)
 
 
-def test_cache_control_on_tool_messages_goes_on_the_tool_result(client: openai.OpenAI, emu: BackgroundServer) -> None:
+def test_cache_control_on_tool_messages_goes_on_the_tool_result(
+        client: openai.OpenAI, emu: BackgroundServer) -> None:
     calls = [{"id": "call_0", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]
-    r = client.chat.completions.create(model="claude", tools=TOOLS, messages=[  # type: ignore[arg-type]
+    # cache_control on a message and on a tool's text part: Anthropic's mark, unknown to the SDK's types
+    messages: list[Any] = [
         {"role": "user", "content": "Paris", "cache_control": {"type": "ephemeral"}},
         {"role": "assistant", "content": None, "tool_calls": calls},
         {"role": "tool", "tool_call_id": "call_0",
-         "content": [{"type": "text", "text": "sunny", "cache_control": {"type": "ephemeral"}}]}])
+         "content": [{"type": "text", "text": "sunny", "cache_control": {"type": "ephemeral"}}]}]
+    r = client.chat.completions.create(model="claude", tools=TOOLS, messages=messages)
     assert r.choices[0].message.content == "The tool returned: sunny"
     msgs = sent(emu)["json"]["messages"]
     assert msgs[0]["content"][-1]["cache_control"] == {"type": "ephemeral"}  # message-level mark
@@ -466,7 +481,8 @@ def test_file_ids_are_refused_clearly(client: openai.OpenAI) -> None:
     assert "file_data" in str(e.value)
 
 
-def test_openai_prompt_cache_breakpoints_become_cache_control(client: openai.OpenAI, emu: BackgroundServer) -> None:
+def test_openai_prompt_cache_breakpoints_become_cache_control(
+        client: openai.OpenAI, emu: BackgroundServer) -> None:
     client.chat.completions.create(model="claude", messages=[{"role": "user", "content": [
         {"type": "text", "text": "stable context", "prompt_cache_breakpoint": {"mode": "explicit"}},
         {"type": "text", "text": "long-lived", "prompt_cache_breakpoint": {"mode": "explicit", "ttl": "12h"}},
@@ -526,26 +542,29 @@ def test_reasoning_effort_is_a_budget_within_max_tokens_on_older_models(client: 
 
 
 def test_tool_loop_with_thinking_sends_the_signed_blocks_back(client: openai.OpenAI) -> None:
-    first = [{"role": "user", "content": "Oslo"}]
-    r = client.chat.completions.create(model="claude", messages=first, tools=TOOLS,  # type: ignore[arg-type]
+    first: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Oslo"}]
+    r = client.chat.completions.create(model="claude", messages=first, tools=TOOLS,
                                        reasoning_effort="low")
     msg = r.choices[0].message
     assert msg.tool_calls and getattr(msg, "thinking_blocks", None)
-    result = {"role": "tool", "tool_call_id": msg.tool_calls[0].id, "content": "cold"}
-    r2 = client.chat.completions.create(model="claude", tools=TOOLS,  # type: ignore[arg-type]
-                                        messages=[*first, msg.model_dump(exclude_none=True), result],
+    result: ChatCompletionToolMessageParam = {"role": "tool", "tool_call_id": msg.tool_calls[0].id,
+                                              "content": "cold"}
+    # the assistant turn as the SDK parsed it, thinking_blocks (the gateway's extension) included
+    turn: Any = msg.model_dump(exclude_none=True)
+    r2 = client.chat.completions.create(model="claude", tools=TOOLS,
+                                        messages=[*first, turn, result],
                                         reasoning_effort="low")
     assert r2.choices[0].message.content == "The tool returned: cold"
-    bare = msg.model_dump(exclude_none=True, exclude={"thinking_blocks"})
+    bare: Any = msg.model_dump(exclude_none=True, exclude={"thinking_blocks"})
     with pytest.raises(openai.BadRequestError) as e:  # Anthropic insists on the thinking coming back
-        client.chat.completions.create(model="claude", tools=TOOLS,  # type: ignore[arg-type]
+        client.chat.completions.create(model="claude", tools=TOOLS,
                                        messages=[*first, bare, result], reasoning_effort="low")
     assert "Expected `thinking`" in str(e.value)
 
 
 def test_streamed_thinking_arrives_as_reasoning_deltas_and_a_signed_block(client: openai.OpenAI) -> None:
     chunks = list(client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "Oslo"}],
-                                                 tools=TOOLS, reasoning_effort="low",  # type: ignore[arg-type]
+                                                 tools=TOOLS, reasoning_effort="low",
                                                  stream=True))
     deltas: list[Any] = [c.choices[0].delta for c in chunks if c.choices]
     assert "".join(getattr(d, "reasoning_content", None) or "" for d in deltas) == "Thinking about: Oslo"

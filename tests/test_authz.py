@@ -10,18 +10,20 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import requests  # type: ignore[import-untyped]
+import requests
 from aiohttp import web
+from openai.types.chat import ChatCompletionMessageParam
 
 from relaygate.config import ConfigError, parse_config
 from relaygate.server.app import default_routes
 from relaygate.testing.base import BackgroundServer
 from relaygate.testing.bedrock import TEST_ACCESS_KEY, TEST_SECRET_KEY
-from tests.conftest import UPSTREAM_KEY, openai_model
+from relaygate.testing.gateway import GatewayThread
+from tests.conftest import UPSTREAM_KEY, StartGateway, openai_model
 from tests.test_keys import MASTER, Admin
 from tests.test_requestlog import gateway_rows
 
-MSG = [{"role": "user", "content": "hi"}]
+MSG: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
 
 
 def chat(gw: Any, key: str, model: str) -> requests.Response:
@@ -37,7 +39,8 @@ def new_key(gw: Any, **fields: Any) -> str:
 
 # ---- the model allowed is the model routed -------------------------------------------------------------
 
-def test_a_key_limited_to_a_model_cannot_reach_another_through_the_wildcard(openai_emulator, start_gateway) -> None:
+def test_a_key_limited_to_a_model_cannot_reach_another_through_the_wildcard(
+        openai_emulator: BackgroundServer, start_gateway: StartGateway) -> None:
     """``evil/gpt-4o-mini`` and ``../gpt-4o-mini`` are not ``gpt-4o-mini``: through ``*`` they go upstream as
     they are, so the key's list is compared with those names, not with a stripped one."""
     gw = start_gateway({"models": [openai_model("*", openai_emulator, "*")], "auth": {"master_key": MASTER}})
@@ -51,7 +54,8 @@ def test_a_key_limited_to_a_model_cannot_reach_another_through_the_wildcard(open
     assert [r["json"]["model"] for r in openai_emulator.state.requests] == ["gpt-4o-mini", "gpt-4o-mini"]
 
 
-def test_a_key_that_lists_the_wildcard_may_send_any_name_through_it(openai_emulator, start_gateway) -> None:
+def test_a_key_that_lists_the_wildcard_may_send_any_name_through_it(
+        openai_emulator: BackgroundServer, start_gateway: StartGateway) -> None:
     gw = start_gateway({"models": [openai_model("m", openai_emulator), openai_model("*", openai_emulator, "*")],
                         "auth": {"master_key": MASTER}})
     key = new_key(gw, models=["*"])
@@ -59,7 +63,8 @@ def test_a_key_that_lists_the_wildcard_may_send_any_name_through_it(openai_emula
     assert chat(gw, key, "m").status_code == 403  # a named model is not the wildcard
 
 
-def test_model_not_found_lists_only_the_models_the_key_may_use(openai_emulator, start_gateway) -> None:
+def test_model_not_found_lists_only_the_models_the_key_may_use(
+        openai_emulator: BackgroundServer, start_gateway: StartGateway) -> None:
     gw = start_gateway({"models": [openai_model("m", openai_emulator), openai_model("secret-model", openai_emulator)],
                         "auth": {"master_key": MASTER}})
     key = new_key(gw, models=["m"])
@@ -72,7 +77,8 @@ def test_model_not_found_lists_only_the_models_the_key_may_use(openai_emulator, 
     assert anonymous.status_code == 401 and "secret-model" not in anonymous.text and "Available" not in anonymous.text
 
 
-def test_a_model_the_key_may_not_use_costs_none_of_its_limits(openai_emulator, start_gateway) -> None:
+def test_a_model_the_key_may_not_use_costs_none_of_its_limits(
+        openai_emulator: BackgroundServer, start_gateway: StartGateway) -> None:
     """The model is checked before the limits: refused calls do not eat the key's requests per minute."""
     gw = start_gateway({"models": [openai_model("m", openai_emulator), openai_model("other", openai_emulator)],
                         "auth": {"master_key": MASTER}})
@@ -111,7 +117,8 @@ def url_providers(base: str) -> list[dict[str, Any]]:
 
 
 @pytest.mark.parametrize("provider", ["azure", "gemini", "vertex", "vertex_anthropic", "bedrock"])
-def test_a_wildcard_model_name_never_leaves_its_url_segment(recorder, start_gateway, provider: str) -> None:
+def test_a_wildcard_model_name_never_leaves_its_url_segment(
+        recorder: tuple[BackgroundServer, list[str]], start_gateway: StartGateway, provider: str) -> None:
     """``.``/``..`` would be normalised away by the HTTP client (Azure's api-key sent to another path of its
     host), ``/`` and ``\\`` add segments: each is a 400 naming ``model`` and nothing reaches the upstream."""
     srv, seen = recorder
@@ -150,12 +157,12 @@ def data_plane_requests() -> list[tuple[str, str]]:
 
 
 @pytest.fixture
-def locked(openai_emulator, start_gateway) -> Any:
+def locked(openai_emulator: BackgroundServer, start_gateway: StartGateway) -> GatewayThread:
     return start_gateway({"models": [openai_model("m", openai_emulator), openai_model("rest", openai_emulator, "*")],
                           "passthrough": {"model": "rest"}, "auth": {"master_key": MASTER}})
 
 
-def test_every_data_plane_route_refuses_a_missing_key_before_reading_the_body(locked) -> None:
+def test_every_data_plane_route_refuses_a_missing_key_before_reading_the_body(locked: GatewayThread) -> None:
     """Headers that announce a body that never comes: the 401 must come anyway, at once."""
     routes = data_plane_requests()
     assert ("POST", "/v1/chat/completions") in routes and ("POST", "/v1/images/x") in routes
@@ -167,14 +174,14 @@ def test_every_data_plane_route_refuses_a_missing_key_before_reading_the_body(lo
         assert head.startswith("HTTP/1.1 401"), (method, path, head[:200])
 
 
-def test_a_wrong_key_with_a_bad_body_is_a_401_not_a_400(locked) -> None:
+def test_a_wrong_key_with_a_bad_body_is_a_401_not_a_400(locked: GatewayThread) -> None:
     for path in ("/v1/chat/completions", "/v1/embeddings", "/v1/audio/speech", "/v1/messages", "/v1/completions"):
         r = requests.post(locked.base_url.removesuffix("/v1") + path, data=b"[", timeout=10,
                           headers={"authorization": "Bearer rg-not-a-key", "x-api-key": "rg-not-a-key"})
         assert r.status_code == 401, (path, r.text)
 
 
-def test_unauthenticated_requests_leave_a_bounded_number_of_rows(locked) -> None:
+def test_unauthenticated_requests_leave_a_bounded_number_of_rows(locked: GatewayThread) -> None:
     """One row each for the first burst, then a trickle; the rows left out are counted in the next one."""
     from relaygate.requestlog.audit import REFUSED_KEY_ROWS_BURST, REFUSED_KEY_ROWS_PER_SECOND
 
@@ -215,7 +222,8 @@ def test_a_weak_declared_key_is_a_config_error_with_its_path(secret: str, why: s
     assert err.startswith("auth.keys[1].key: ") and why in err and secret not in err
 
 
-def test_a_random_declared_key_is_accepted_and_shows_only_four_characters(openai_emulator, start_gateway) -> None:
+def test_a_random_declared_key_is_accepted_and_shows_only_four_characters(
+        openai_emulator: BackgroundServer, start_gateway: StartGateway) -> None:
     import secrets
 
     secret = secrets.token_hex(16)

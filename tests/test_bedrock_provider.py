@@ -81,7 +81,8 @@ def check_converse(emu: BackgroundServer, action: str = "converse") -> dict[str,
     assert rec["headers"]["authorization"].startswith(f"AWS4-HMAC-SHA256 Credential={TEST_ACCESS_KEY}/")
     assert_botocore_accepts("bedrock-runtime", "ConverseStream" if action == "converse-stream" else "Converse",
                             rec, modelId=MODEL_ID)
-    return rec["json"]
+    body: dict[str, Any] = rec["json"]
+    return body
 
 
 def test_plain_chat_is_a_signed_converse_call(client: openai.OpenAI, emu: BackgroundServer) -> None:
@@ -123,7 +124,8 @@ def test_image_data_uri_is_sent_as_image_bytes(client: openai.OpenAI, emu: Backg
     assert block == {"image": {"format": "png", "source": {"bytes": PNG}}}
 
 
-def test_image_url_is_refused_because_bedrock_does_not_fetch(client: openai.OpenAI, emu: BackgroundServer) -> None:
+def test_image_url_is_refused_because_bedrock_does_not_fetch(
+        client: openai.OpenAI, emu: BackgroundServer) -> None:
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model="claude", messages=[{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]}])
@@ -230,7 +232,8 @@ def test_stream_tool_call_deltas_assemble(client: openai.OpenAI, emu: Background
     assert check_converse(emu, "converse-stream")["toolConfig"]["toolChoice"] == {"tool": {"name": "get_weather"}}
 
 
-def test_max_tokens_and_stop_sequences_map_to_finish_reasons(client: openai.OpenAI, emu: BackgroundServer) -> None:
+def test_max_tokens_and_stop_sequences_map_to_finish_reasons(
+        client: openai.OpenAI, emu: BackgroundServer) -> None:
     r = client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "a b c d e"}],
                                        max_completion_tokens=3)
     assert r.choices[0].message.content == "Hello! You said:" and r.choices[0].finish_reason == "length"
@@ -271,7 +274,8 @@ def test_guardrail_from_config_is_applied_and_its_intervention_is_content_filter
     check_converse(emu, "converse-stream")
 
 
-def test_json_schema_response_format_becomes_output_config(client: openai.OpenAI, emu: BackgroundServer) -> None:
+def test_json_schema_response_format_becomes_output_config(
+        client: openai.OpenAI, emu: BackgroundServer) -> None:
     schema: Any = {"type": "object", "properties": {"a": {"type": "string"}}}
     client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "x"}],
                                    response_format={"type": "json_schema",
@@ -372,7 +376,8 @@ def test_stream_exception_and_error_frames_map_to_gateway_errors(gw: GatewayThre
     assert (err.kind, err.status) == (kind, status) and err.message
 
 
-def test_stream_cut_mid_message_ends_with_an_error_event(client: openai.OpenAI, emu: BackgroundServer) -> None:
+def test_stream_cut_mid_message_ends_with_an_error_event(
+        client: openai.OpenAI, emu: BackgroundServer) -> None:
     emu.state.faults = FaultPlan(disconnect_after_chunks=2, count=1)
     with pytest.raises(openai.APIError) as e:
         list(client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "a b"}],
@@ -380,7 +385,8 @@ def test_stream_cut_mid_message_ends_with_an_error_event(client: openai.OpenAI, 
     assert "stream" in e.value.message
 
 
-def test_finished_streams_give_their_connection_back_for_reuse(client: openai.OpenAI, emu: BackgroundServer) -> None:
+def test_finished_streams_give_their_connection_back_for_reuse(
+        client: openai.OpenAI, emu: BackgroundServer) -> None:
     ports = emu.app[PEERS_KEY]
     for model in ("claude", "claude", "agent", "agent"):
         list(client.chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}], stream=True))
@@ -484,10 +490,12 @@ def test_agent_sessions_are_scoped_to_the_callers_key(emu: BackgroundServer,
         assert raw.headers["x-relaygate-session-id"] == "shared-name"
         paths.append(sent(emu, "text")[-1]["path"])
     assert paths[0] != paths[1] and paths[1] == paths[2]
-    assert "shared-name" not in paths[0] and raw.parse().choices[0].message.content.endswith("[session turn 2]")
+    assert "shared-name" not in paths[0]
+    assert (raw.parse().choices[0].message.content or "").endswith("[session turn 2]")
 
 
-def test_agent_stream_exception_frame_ends_with_an_error_event(client: openai.OpenAI, emu: BackgroundServer) -> None:
+def test_agent_stream_exception_frame_ends_with_an_error_event(
+        client: openai.OpenAI, emu: BackgroundServer) -> None:
     emu.state.faults = FaultPlan(status=503, disconnect_after_chunks=1, count=1, paths=["/agents/"])
     with pytest.raises(openai.APIError) as e:
         list(client.chat.completions.create(model="agent", messages=[{"role": "user", "content": "x"}],
@@ -518,7 +526,8 @@ def test_embeddings_use_invoke_model_with_titan_bodies(client: openai.OpenAI, em
     assert isinstance(json.loads(raw.text)["data"][0]["embedding"], list)
 
 
-def test_embeddings_refuse_token_arrays_and_non_titan_models(client: openai.OpenAI, emu: BackgroundServer) -> None:
+def test_embeddings_refuse_token_arrays_and_non_titan_models(
+        client: openai.OpenAI, emu: BackgroundServer) -> None:
     with pytest.raises(openai.BadRequestError) as e:
         client.embeddings.create(model="titan-embed", input=[[1, 2, 3]])
     assert e.value.param == "input"
@@ -566,7 +575,8 @@ def test_anthropic_sdk_through_messages_api_to_bedrock(gw: GatewayThread, emu: B
     check_converse(emu, "converse-stream")
 
 
-def test_anthropic_cache_control_reaches_bedrock_as_cache_points(gw: GatewayThread, emu: BackgroundServer) -> None:
+def test_anthropic_cache_control_reaches_bedrock_as_cache_points(
+        gw: GatewayThread, emu: BackgroundServer) -> None:
     import anthropic
 
     claude = anthropic.Anthropic(api_key="client-key", base_url=gw.url, max_retries=0)

@@ -12,14 +12,16 @@ from typing import Any
 import openai
 import pytest
 import urllib3
+from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
 
 from relaygate.testing.base import BackgroundServer, free_port
 from relaygate.testing.gateway import GatewayThread
 
 from .conftest import UPSTREAM_KEY, openai_model
+from .openai_types import function_calls
 
-MESSAGES = [{"role": "user", "content": "hello there"}]
-TOOLS = [{"type": "function", "function": {
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello there"}]
+TOOLS: list[ChatCompletionToolParam] = [{"type": "function", "function": {
     "name": "get_weather", "description": "weather for a city",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
 
@@ -77,13 +79,15 @@ def test_stream_include_usage_gives_the_usage_chunk(client: openai.OpenAI) -> No
 
 def test_tool_call_round_trip(client: openai.OpenAI) -> None:
     r = client.chat.completions.create(model="mini", messages=[{"role": "user", "content": "Paris"}],
-                                       tools=TOOLS)  # type: ignore[arg-type]
-    call = r.choices[0].message.tool_calls[0]  # type: ignore[index]
+                                       tools=TOOLS)
+    call = function_calls(r.choices[0].message)[0]
     assert r.choices[0].finish_reason == "tool_calls"
     assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Paris"}
-    follow = client.chat.completions.create(model="mini", tools=TOOLS, messages=[  # type: ignore[arg-type]
+    follow = client.chat.completions.create(model="mini", tools=TOOLS, messages=[
         {"role": "user", "content": "Paris"},
-        {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+        {"role": "assistant", "content": None, "tool_calls": [{
+            "id": call.id, "type": "function",
+            "function": {"name": call.function.name, "arguments": call.function.arguments}}]},
         {"role": "tool", "tool_call_id": call.id, "content": "sunny"}])
     assert follow.choices[0].message.content == "The tool returned: sunny"
 
@@ -92,14 +96,15 @@ def test_streamed_tool_call_deltas_assemble(client: openai.OpenAI) -> None:
     args = ""
     name = None
     for c in client.chat.completions.create(model="mini", messages=[{"role": "user", "content": "Oslo"}],
-                                            tools=TOOLS, stream=True):  # type: ignore[arg-type]
+                                            tools=TOOLS, stream=True):
         for tc in (c.choices[0].delta.tool_calls or []) if c.choices else []:
             name = name or (tc.function.name if tc.function else None)
             args += (tc.function.arguments or "") if tc.function else ""
     assert name == "get_weather" and json.loads(args) == {"city": "Oslo"}
 
 
-def test_unknown_fields_pass_through_untouched(client: openai.OpenAI, openai_emulator: BackgroundServer) -> None:
+def test_unknown_fields_pass_through_untouched(
+        client: openai.OpenAI, openai_emulator: BackgroundServer) -> None:
     r = client.chat.completions.create(
         model="mini", messages=MESSAGES, n=2, logprobs=True, response_format={"type": "json_object"},
         extra_body={"some_vendor_field": {"x": [1, 2]}, "provider": "openai"})
@@ -135,7 +140,8 @@ def test_unknown_model_is_404_naming_the_models(client: openai.OpenAI) -> None:
     assert "Available models: mini" in e.value.message
 
 
-def test_upstream_429_keeps_status_and_retry_after(client: openai.OpenAI, openai_emulator: BackgroundServer) -> None:
+def test_upstream_429_keeps_status_and_retry_after(
+        client: openai.OpenAI, openai_emulator: BackgroundServer) -> None:
     openai_emulator.state.faults = __import__("relaygate.testing.base", fromlist=["FaultPlan"]).FaultPlan(
         status=429, count=1, retry_after=7)
     with pytest.raises(openai.RateLimitError) as e:
@@ -169,7 +175,8 @@ def test_upstream_auth_error_never_leaks_the_key(openai_emulator: BackgroundServ
     assert str(openai_emulator.port) not in text
 
 
-def test_unreachable_upstream_is_502_without_internal_address(start_gateway: Callable[..., GatewayThread]) -> None:
+def test_unreachable_upstream_is_502_without_internal_address(
+        start_gateway: Callable[..., GatewayThread]) -> None:
     port = free_port()
     gw = start_gateway({"models": [{"name": "m", "deployments": [
         {"provider": "openai", "model": "x", "api_base": f"http://127.0.0.1:{port}/v1", "api_key": "sk-a"}]}]})

@@ -20,9 +20,9 @@ from relaygate.testing.cohere import CohereEmulatorOptions, create_app
 
 KEY = "co-test-key-0123456789"
 MODEL = "command-a-03-2025"
-WEATHER = {"type": "function", "function": {
-    "name": "get_weather", "description": "Weather in a city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+WEATHER = cohere.ToolV2(type="function", function=cohere.ToolV2Function(
+    name="get_weather", description="Weather in a city",
+    parameters={"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}))
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,8 @@ def test_chat_answer_parses_in_the_sdk_and_validates_strictly(co: cohere.ClientV
     assert r.message.content is not None and r.message.content[0].type == "text"
     assert r.message.content[0].text == "Hello! You said: hello there [system: Be brief.]"
     assert r.usage is not None and r.usage.tokens is not None and r.usage.billed_units is not None
-    assert r.usage.tokens.input_tokens > r.usage.billed_units.input_tokens  # tokens include the template
+    tokens, billed = r.usage.tokens.input_tokens, r.usage.billed_units.input_tokens
+    assert tokens is not None and billed is not None and tokens > billed  # tokens include the template
     V2ChatResponse.model_validate(raw(emulator, "/v2/chat", {"model": MODEL, "messages": messages}).json())
 
 
@@ -60,12 +61,12 @@ def test_chat_calls_the_first_tool_then_answers_its_result(co: cohere.ClientV2) 
     call = r.message.tool_calls[0]
     assert call.function is not None and call.function.name == "get_weather"
     assert orjson.loads(call.function.arguments or "") == {"city": "Paris"}
-    followup = co.chat(model=MODEL, tools=[WEATHER], messages=[  # type: ignore[list-item]
-        {"role": "user", "content": "Paris"},
-        {"role": "assistant", "tool_plan": r.message.tool_plan,
-         "tool_calls": [{"id": call.id, "type": "function",
-                         "function": {"name": "get_weather", "arguments": call.function.arguments}}]},
-        {"role": "tool", "tool_call_id": call.id, "content": "sunny, 21C"}])
+    followup = co.chat(model=MODEL, tools=[WEATHER], messages=[
+        cohere.UserChatMessageV2(content="Paris"),
+        cohere.AssistantChatMessageV2(tool_plan=r.message.tool_plan, tool_calls=[cohere.ToolCallV2(
+            id=call.id, type="function",
+            function=cohere.ToolCallV2Function(name="get_weather", arguments=call.function.arguments))]),
+        cohere.ToolChatMessageV2(tool_call_id=call.id or "", content="sunny, 21C")])
     assert followup.finish_reason == "COMPLETE"
     assert followup.message.content is not None
     assert followup.message.content[0].text == "The tool returned: sunny, 21C"  # type: ignore[union-attr]
@@ -73,26 +74,36 @@ def test_chat_calls_the_first_tool_then_answers_its_result(co: cohere.ClientV2) 
 
 def test_tool_result_for_an_unknown_call_is_refused_like_cohere(co: cohere.ClientV2) -> None:
     with pytest.raises(cohere.BadRequestError) as e:
-        co.chat(model=MODEL, messages=[{"role": "user", "content": "x"},  # type: ignore[list-item]
-                                       {"role": "tool", "tool_call_id": "nope", "content": "1"}])
+        co.chat(model=MODEL, messages=[cohere.UserChatMessageV2(content="x"),
+                                       cohere.ToolChatMessageV2(tool_call_id="nope", content="1")])
     assert e.value.body["message"] == "tool call id not found in previous tool calls"
 
 
-def test_stream_events_parse_in_the_sdk_in_cohere_order(co: cohere.ClientV2, emulator: BackgroundServer) -> None:
-    events = list(co.chat_stream(model=MODEL, messages=[{"role": "user", "content": "Paris"}],  # type: ignore[list-item]
-                                 tools=[WEATHER]))  # type: ignore[list-item]
+def test_stream_events_parse_in_the_sdk_in_cohere_order(
+        co: cohere.ClientV2, emulator: BackgroundServer) -> None:
+    events = list(co.chat_stream(model=MODEL, messages=[cohere.UserChatMessageV2(content="Paris")],
+                                 tools=[WEATHER]))
     kinds = [e.type for e in events]
     assert kinds[0] == "message-start" and kinds[-1] == "message-end"
     assert "tool-plan-delta" in kinds and kinds.index("tool-call-start") < kinds.index("tool-call-delta")
     assert kinds.index("tool-call-end") == len(kinds) - 2
-    args = "".join(e.delta.message.tool_calls.function.arguments for e in events  # type: ignore[union-attr]
-                   if e.type == "tool-call-delta")
+    args = ""
+    for e in events:
+        if isinstance(e, cohere.ToolCallDeltaV2ChatStreamResponse):
+            assert e.delta and e.delta.message and e.delta.message.tool_calls
+            assert e.delta.message.tool_calls.function and e.delta.message.tool_calls.function.arguments
+            args += e.delta.message.tool_calls.function.arguments
     assert orjson.loads(args) == {"city": "Paris"}
     end = events[-1]
-    assert end.delta.finish_reason == "TOOL_CALL" and end.delta.usage.tokens.output_tokens > 0  # type: ignore[union-attr]
-    text_events = list(co.chat_stream(model=MODEL, messages=[{"role": "user", "content": "one two"}]))  # type: ignore[list-item]
-    assert "".join(e.delta.message.content.text for e in text_events  # type: ignore[union-attr]
-                   if e.type == "content-delta") == "Hello! You said: one two"
+    assert isinstance(end, cohere.MessageEndV2ChatStreamResponse) and end.delta and end.delta.usage
+    assert end.delta.finish_reason == "TOOL_CALL"
+    assert end.delta.usage.tokens and (end.delta.usage.tokens.output_tokens or 0) > 0
+    text = ""
+    for e in co.chat_stream(model=MODEL, messages=[cohere.UserChatMessageV2(content="one two")]):
+        if isinstance(e, cohere.ContentDeltaV2ChatStreamResponse):
+            assert e.delta and e.delta.message and e.delta.message.content and e.delta.message.content.text
+            text += e.delta.message.content.text
+    assert text == "Hello! You said: one two"
     # each SSE data line validates strictly against the SDK's discriminated union
     body = raw(emulator, "/v2/chat", {"model": MODEL, "stream": True, "messages": [{"role": "user", "content": "a"}]})
     datas = [line[6:] for line in body.text.splitlines() if line.startswith("data: ")]
@@ -167,7 +178,8 @@ def test_openai_only_fields_are_refused(emulator: BackgroundServer) -> None:
     assert r.status_code == 400 and "top_p" in r.json()["message"]
 
 
-def test_reasoning_models_think_first_unless_disabled(co: cohere.ClientV2, emulator: BackgroundServer) -> None:
+def test_reasoning_models_think_first_unless_disabled(
+        co: cohere.ClientV2, emulator: BackgroundServer) -> None:
     model, msgs = "command-a-reasoning-08-2025", [{"role": "user", "content": "ping"}]
     r = co.chat(model=model, messages=msgs)  # type: ignore[arg-type]
     assert [c.type for c in r.message.content or []] == ["thinking", "text"]
@@ -219,7 +231,7 @@ def test_grounded_answers_cite_their_documents(co: cohere.ClientV2, emulator: Ba
     text = r.message.content[0].text  # type: ignore[index,union-attr]
     assert text == "Hello! You said: who? [documents: notes]"
     cite = (r.message.citations or [])[0]
-    assert text[cite.start:cite.end] == cite.text == "[documents: notes]"  # type: ignore[index]
+    assert text[cite.start:cite.end] == cite.text == "[documents: notes]"
     assert cite.sources is not None and cite.sources[0].type == "document" and cite.sources[0].id == "n1"
     events = list(co.chat_stream(model=MODEL, messages=[{"role": "user", "content": "who?"}], documents=docs))  # type: ignore[arg-type,list-item]
     kinds = [e.type for e in events]

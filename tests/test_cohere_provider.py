@@ -14,6 +14,7 @@ import httpx
 import openai
 import orjson
 import pytest
+from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
 
 from relaygate.config import CohereDeployment
 from relaygate.core.call import Call, Route
@@ -23,9 +24,10 @@ from relaygate.routing.deployment import Deployment
 from relaygate.testing.base import BackgroundServer
 from relaygate.testing.cohere import CohereEmulatorOptions, create_app, embed_vector
 from relaygate.testing.gateway import GatewayThread
+from tests.openai_types import delta_function, function_calls
 
 KEY = "co-upstream-secret-0123456789abcdef"
-WEATHER = {"type": "function", "function": {
+WEATHER: ChatCompletionToolParam = {"type": "function", "function": {
     "name": "get_weather", "description": "Weather in a city",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
 
@@ -103,7 +105,8 @@ def test_system_prompt_and_multi_turn_reach_cohere_in_order(client: openai.OpenA
         {"role": "assistant", "content": "ok"}, {"role": "user", "content": [{"type": "text", "text": "second"}]}]
 
 
-def test_images_are_sent_as_cohere_image_url_blocks(client: openai.OpenAI, emulator: BackgroundServer) -> None:
+def test_images_are_sent_as_cohere_image_url_blocks(
+        client: openai.OpenAI, emulator: BackgroundServer) -> None:
     png = "data:image/png;base64," + base64.b64encode(b"\x89PNG fake").decode()
     r = client.chat.completions.create(model="command", messages=[{"role": "user", "content": [
         {"type": "text", "text": "what is this"},
@@ -115,41 +118,42 @@ def test_images_are_sent_as_cohere_image_url_blocks(client: openai.OpenAI, emula
 
 def test_tool_call_round_trip(client: openai.OpenAI, emulator: BackgroundServer) -> None:
     messages: list[Any] = [{"role": "user", "content": "Paris"}]
-    first = client.chat.completions.create(model="command", messages=messages, tools=[WEATHER],  # type: ignore[list-item]
+    first = client.chat.completions.create(model="command", messages=messages, tools=[WEATHER],
                                            tool_choice="required")
     choice = first.choices[0]
     assert choice.finish_reason == "tool_calls"
     assert sent(emulator)["tool_choice"] == "REQUIRED"
-    call = choice.message.tool_calls[0]  # type: ignore[index]
-    assert call.function.name == "get_weather" and orjson.loads(call.function.arguments) == {"city": "Paris"}  # type: ignore[union-attr]
+    call = function_calls(choice.message)[0]
+    assert call.function.name == "get_weather" and orjson.loads(call.function.arguments) == {"city": "Paris"}
     assert choice.message.content == "I will use the get_weather tool to answer."  # Cohere's tool_plan
     messages += [choice.message.model_dump(exclude_none=True),
                  {"role": "tool", "tool_call_id": call.id, "content": "sunny, 21C"}]
-    second = client.chat.completions.create(model="command", messages=messages, tools=[WEATHER])  # type: ignore[list-item]
+    second = client.chat.completions.create(model="command", messages=messages, tools=[WEATHER])
     assert second.choices[0].message.content == "The tool returned: sunny, 21C"
     assert second.choices[0].finish_reason == "stop"
     assistant, tool = sent(emulator)["messages"][1:]
     assert assistant == {"role": "assistant", "tool_plan": "I will use the get_weather tool to answer.",
                          "tool_calls": [{"id": call.id, "type": "function", "function": {
-                             "name": "get_weather", "arguments": call.function.arguments}}]}  # type: ignore[union-attr]
+                             "name": "get_weather", "arguments": call.function.arguments}}]}
     assert tool == {"role": "tool", "tool_call_id": call.id, "content": "sunny, 21C"}
 
 
 def test_named_tool_choice_offers_only_that_tool(client: openai.OpenAI, emulator: BackgroundServer) -> None:
-    other = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}
+    other: ChatCompletionToolParam = {"type": "function", "function": {"name": "get_time",
+                                                                       "parameters": {"type": "object"}}}
     r = client.chat.completions.create(model="command", messages=[{"role": "user", "content": "x"}],
-                                       tools=[other, WEATHER],  # type: ignore[list-item]
+                                       tools=[other, WEATHER],
                                        tool_choice={"type": "function", "function": {"name": "get_weather"}})
-    assert r.choices[0].message.tool_calls[0].function.name == "get_weather"  # type: ignore[index,union-attr]
+    assert function_calls(r.choices[0].message)[0].function.name == "get_weather"
     body = sent(emulator)
     assert [t["function"]["name"] for t in body["tools"]] == ["get_weather"] and body["tool_choice"] == "REQUIRED"
     client.chat.completions.create(model="command", messages=[{"role": "user", "content": "x"}],
-                                   tools=[WEATHER], tool_choice="none")  # type: ignore[list-item]
+                                   tools=[WEATHER], tool_choice="none")
     assert sent(emulator)["tool_choice"] == "NONE"
 
 
 def test_json_response_format_is_forwarded(client: openai.OpenAI, emulator: BackgroundServer) -> None:
-    schema = {"type": "object", "properties": {"answer": {"type": "string"}}}
+    schema: dict[str, object] = {"type": "object", "properties": {"answer": {"type": "string"}}}
     r = client.chat.completions.create(model="command", messages=[{"role": "user", "content": "hi"}],
                                        response_format={"type": "json_schema",
                                                         "json_schema": {"name": "a", "schema": schema}})
@@ -157,7 +161,8 @@ def test_json_response_format_is_forwarded(client: openai.OpenAI, emulator: Back
     assert sent(emulator)["response_format"] == {"type": "json_object", "json_schema": schema}
 
 
-def test_stream_text_arrives_incrementally_with_usage(client: openai.OpenAI, emulator: BackgroundServer) -> None:
+def test_stream_text_arrives_incrementally_with_usage(
+        client: openai.OpenAI, emulator: BackgroundServer) -> None:
     chunks = list(client.chat.completions.create(model="command", stream=True,
                                                  stream_options={"include_usage": True},
                                                  messages=[{"role": "user", "content": "one two three"}]))
@@ -173,12 +178,12 @@ def test_stream_text_arrives_incrementally_with_usage(client: openai.OpenAI, emu
 
 
 def test_stream_tool_call_deltas(client: openai.OpenAI) -> None:
-    chunks = list(client.chat.completions.create(model="command", stream=True, tools=[WEATHER],  # type: ignore[list-item]
+    chunks = list(client.chat.completions.create(model="command", stream=True, tools=[WEATHER],
                                                  messages=[{"role": "user", "content": "Paris"}]))
     deltas = [tc for c in chunks if c.choices for tc in c.choices[0].delta.tool_calls or []]
-    assert deltas[0].id and deltas[0].function.name == "get_weather"  # type: ignore[union-attr]
+    assert deltas[0].id and delta_function(deltas[0]).name == "get_weather"
     assert {d.index for d in deltas} == {0}
-    args = "".join(d.function.arguments or "" for d in deltas)  # type: ignore[union-attr]
+    args = "".join(delta_function(d).arguments or "" for d in deltas)
     assert orjson.loads(args) == {"city": "Paris"} and len(deltas) >= 3  # arguments came in pieces
     plan = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert plan == "I will use the get_weather tool to answer."
@@ -187,14 +192,15 @@ def test_stream_tool_call_deltas(client: openai.OpenAI) -> None:
 
 
 def test_finish_reasons_map_to_openai(client: openai.OpenAI) -> None:
-    msgs = [{"role": "user", "content": "alpha beta gamma delta"}]
-    assert client.chat.completions.create(model="command", messages=msgs,  # type: ignore[arg-type]
+    msgs: list[ChatCompletionMessageParam] = [{"role": "user", "content": "alpha beta gamma delta"}]
+    assert client.chat.completions.create(model="command", messages=msgs,
                                           max_completion_tokens=2).choices[0].finish_reason == "length"
-    r = client.chat.completions.create(model="command", messages=msgs, stop="gamma")  # type: ignore[arg-type]
+    r = client.chat.completions.create(model="command", messages=msgs, stop="gamma")
     assert r.choices[0].finish_reason == "stop" and r.choices[0].message.content == "Hello! You said: alpha beta "
 
 
-def test_generation_error_is_an_error_not_an_answer(client: openai.OpenAI, emulator: BackgroundServer) -> None:
+def test_generation_error_is_an_error_not_an_answer(
+        client: openai.OpenAI, emulator: BackgroundServer) -> None:
     fault(emulator, error_code="ERROR", count=1)
     with pytest.raises(openai.APIStatusError) as e:
         client.chat.completions.create(model="command", messages=[{"role": "user", "content": "x"}])
@@ -261,7 +267,8 @@ def test_upstream_timeout_and_dropped_connection(client: openai.OpenAI, emulator
     assert dropped.value.status_code == 502
 
 
-def test_stream_cut_mid_way_ends_with_an_error_event(client: openai.OpenAI, emulator: BackgroundServer) -> None:
+def test_stream_cut_mid_way_ends_with_an_error_event(
+        client: openai.OpenAI, emulator: BackgroundServer) -> None:
     fault(emulator, disconnect_after_chunks=4, count=1)
     stream = client.chat.completions.create(model="command", stream=True,
                                             messages=[{"role": "user", "content": "a b c d e f"}])
@@ -278,7 +285,7 @@ def test_requests_cohere_cannot_serve_are_refused_clearly(client: openai.OpenAI)
     assert e.value.param == "n"
     with pytest.raises(openai.BadRequestError) as audio:
         client.chat.completions.create(model="command", messages=[{"role": "user", "content": [
-            {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}]}])  # type: ignore[list-item,misc]
+            {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}]}])
     assert audio.value.param == "messages[0].content[0].type"
     with pytest.raises(openai.BadRequestError) as legacy:
         client.chat.completions.create(model="command", messages=[{"role": "user", "content": "x"}],
@@ -288,11 +295,12 @@ def test_requests_cohere_cannot_serve_are_refused_clearly(client: openai.OpenAI)
 
 # ---- embeddings through the provider (the /v1/embeddings route is another helper's) ------------------------
 
-def run_embeddings(emulator: BackgroundServer, body: dict[str, Any], **config: Any) -> tuple[dict[str, Any], Any]:
+def run_embeddings(
+        emulator: BackgroundServer, body: dict[str, Any], **config: Any) -> tuple[dict[str, Any], Any]:
     async def go() -> tuple[dict[str, Any], Any]:
         async with aiohttp.ClientSession() as session:
             cfg = CohereDeployment(model="embed-v4.0", api_base=emulator.url, api_key=KEY,
-                                   **config)  # type: ignore[arg-type]
+                                   **config)
             provider = CohereProvider(cfg, session)
             call = Call(id="t", route=Route.EMBEDDINGS, model="embed", body=body)
             call.deployment = Deployment("embed/cohere/0", "embed", cfg, provider)
@@ -370,26 +378,26 @@ def test_openai_sdk_embeddings_through_the_gateway(client: openai.OpenAI, emulat
 
 def test_reasoning_effort_sets_thinking_and_thoughts_stay_out_of_the_answer(
         gateway: GatewayThread, client: openai.OpenAI, emulator: BackgroundServer) -> None:
-    msgs = [{"role": "user", "content": "ping"}]
-    r = client.chat.completions.create(model="cohere/command-a-reasoning-08-2025", messages=msgs)  # type: ignore[arg-type]
+    msgs: list[ChatCompletionMessageParam] = [{"role": "user", "content": "ping"}]
+    r = client.chat.completions.create(model="cohere/command-a-reasoning-08-2025", messages=msgs)
     assert r.choices[0].message.content == "Hello! You said: ping"
     assert r.usage is not None and r.usage.completion_tokens > 4  # the thinking is billed as output
     assert "thinking" not in sent(emulator)
-    chunks = list(client.chat.completions.create(model="cohere/command-a-reasoning-08-2025", messages=msgs,  # type: ignore[arg-type]
+    chunks = list(client.chat.completions.create(model="cohere/command-a-reasoning-08-2025", messages=msgs,
                                                  stream=True, reasoning_effort="medium"))
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello! You said: ping"
     assert sent(emulator)["thinking"] == {"type": "enabled", "token_budget": 8192}
-    client.chat.completions.create(model="command", messages=msgs, reasoning_effort="none")  # type: ignore[arg-type]
+    client.chat.completions.create(model="command", messages=msgs, reasoning_effort="none")
     assert sent(emulator)["thinking"] == {"type": "disabled"}
     with pytest.raises(openai.BadRequestError) as e:
-        client.chat.completions.create(model="command", messages=msgs, reasoning_effort="max")  # type: ignore[arg-type]
+        client.chat.completions.create(model="command", messages=msgs, reasoning_effort="max")
     assert e.value.param == "reasoning_effort"
 
 
 def test_parameters_without_a_cohere_counterpart_are_named_not_forwarded(
         client: openai.OpenAI, emulator: BackgroundServer) -> None:
     raw = client.chat.completions.with_raw_response.create(
-        model="command", messages=[{"role": "user", "content": "x"}], tools=[WEATHER],  # type: ignore[list-item]
+        model="command", messages=[{"role": "user", "content": "x"}], tools=[WEATHER],
         logit_bias={"42": 5}, parallel_tool_calls=False, user="u1")
     assert raw.headers["x-relaygate-dropped-params"] == "logit_bias,parallel_tool_calls"
     assert raw.parse().choices[0].finish_reason == "tool_calls"
@@ -459,7 +467,7 @@ def test_parallel_tool_calls_keep_their_own_indexes() -> None:
               {"type": "message-end", "delta": {"finish_reason": "TOOL_CALL", "usage": {
                   "billed_units": {"input_tokens": 5, "output_tokens": 9},
                   "tokens": {"input_tokens": 70, "output_tokens": 9}, "cached_tokens": 32}}}]
-    provider = CohereProvider(CohereDeployment(model="m"), None)  # type: ignore[arg-type]
+    provider = CohereProvider(CohereDeployment(model="m"), None)
     w, reply, args = ChunkWriter("m"), Reply(), ToolArguments()
     out = b"".join(provider._translate(ev, reply, w, args) for ev in events)
     chunks = [orjson.loads(line[6:]) for line in out.split(b"\n\n") if line.startswith(b"data: {")]
@@ -490,9 +498,9 @@ def test_transcriptions_with_the_openai_sdk(client: openai.OpenAI, emulator: Bac
     text = client.audio.transcriptions.create(model="transcribe", file=("a.wav", wav), language="en",
                                               response_format="text")
     assert text == "hello there\n"
-    for language in ({}, {"language": "auto"}):  # voice-mode's "auto": Cohere does not detect the language
+    for language in (openai.omit, "auto"):  # voice-mode's "auto": Cohere does not detect the language
         with pytest.raises(openai.BadRequestError) as no_language:
-            client.audio.transcriptions.create(model="transcribe", file=("a.wav", wav), **language)
+            client.audio.transcriptions.create(model="transcribe", file=("a.wav", wav), language=language)
         assert no_language.value.param == "language"
     with pytest.raises(openai.BadRequestError) as verbose:
         client.audio.transcriptions.create(model="transcribe", file=("a.wav", wav), language="en",
@@ -515,7 +523,7 @@ def test_text_file_parts_become_cohere_documents(client: openai.OpenAI, emulator
     notes = "data:text/plain;base64," + base64.b64encode(b"Ada wrote the first program.").decode()
     r = client.chat.completions.create(model="command", messages=[{"role": "user", "content": [
         {"type": "text", "text": "who wrote it?"},
-        {"type": "file", "file": {"filename": "notes.txt", "file_data": notes}}]}])  # type: ignore[list-item,misc]
+        {"type": "file", "file": {"filename": "notes.txt", "file_data": notes}}]}])
     assert r.choices[0].message.content == "Hello! You said: who wrote it? [documents: notes.txt]"
     body = sent(emulator)
     assert body["documents"] == [{"id": "doc_0", "data": {"title": "notes.txt",
@@ -523,13 +531,13 @@ def test_text_file_parts_become_cohere_documents(client: openai.OpenAI, emulator
     assert body["messages"][0]["content"] == [{"type": "text", "text": "who wrote it?"}]
     chunks = list(client.chat.completions.create(model="command", stream=True, messages=[{"role": "user", "content": [
         {"type": "text", "text": "who wrote it?"},
-        {"type": "file", "file": {"filename": "notes.txt", "file_data": notes}}]}]))  # type: ignore[list-item,misc]
+        {"type": "file", "file": {"filename": "notes.txt", "file_data": notes}}]}]))
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert streamed == r.choices[0].message.content  # citation events are skipped, not misread
     pdf = "data:application/pdf;base64," + base64.b64encode(b"%PDF-1.4").decode()
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model="command", messages=[{"role": "user", "content": [
-            {"type": "file", "file": {"filename": "a.pdf", "file_data": pdf}}]}])  # type: ignore[list-item,misc]
+            {"type": "file", "file": {"filename": "a.pdf", "file_data": pdf}}]}])
     assert e.value.code == "unsupported" and "text documents only" in e.value.message
 
 

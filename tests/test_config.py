@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from relaygate.cli.main import main
-from relaygate.config import ConfigError, default_config, load_config, parse_config
+from relaygate.config import ConfigError, OpenAIDeployment, default_config, load_config, parse_config
 
 ISSUE_SHAPE = """
 models:
@@ -32,6 +32,7 @@ def write(tmp_path: Path, text: str) -> str:
 def test_documented_shape_loads_with_env_interpolated(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, ISSUE_SHAPE), {"OPENAI_API_KEY": "sk-abc"})
     dep = cfg.models[0].deployments[0]
+    assert isinstance(dep, OpenAIDeployment)
     assert dep.api_key is not None and dep.api_key.get_secret_value() == "sk-abc"
     assert dep.api_base == "http://127.0.0.1:9000/v1"
     assert cfg.server.max_body_bytes == 10485760
@@ -96,6 +97,7 @@ def test_zero_config_serves_the_demo_model_only_without_an_openai_key() -> None:
 def test_zero_config_exposes_openai_when_the_key_is_set() -> None:
     cfg = default_config({"OPENAI_API_KEY": "sk-live", "OPENAI_API_BASE": "http://127.0.0.1:9/v1"})
     wildcard = cfg.models[1].deployments[0]
+    assert isinstance(wildcard, OpenAIDeployment)
     assert cfg.models[1].name == "*" and wildcard.model == "*"
     assert wildcard.api_base == "http://127.0.0.1:9/v1"
 
@@ -118,7 +120,8 @@ def test_check_config_lists_every_error_and_exits_non_zero(tmp_path: Path, capsy
     assert "OPENAI_API_KEY is not set" in err
 
 
-def test_check_config_reports_provider_level_problems(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_config_reports_provider_level_problems(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     text = "models:\n  - name: a\n    deployments:\n      - {provider: anthropic, model: c, api_version: '2020-01-01'}\n"
     assert main(["check-config", write(tmp_path, text)]) == 1
     assert ("models[0].deployments[0]: api_version '2020-01-01' is not an anthropic-version relaygate knows"

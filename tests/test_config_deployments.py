@@ -160,8 +160,8 @@ models:
 
 
 def test_secrets_of_every_kind_are_known_for_redaction() -> None:
-    dep = BedrockDeployment(model="m", api_key="ABSK-1", aws_access_key_id="AKIA2",  # type: ignore[arg-type]
-                            aws_secret_access_key="s3", aws_session_token="t4")  # type: ignore[arg-type]
+    dep = BedrockDeployment(model="m", api_key="ABSK-1", aws_access_key_id="AKIA2",
+                            aws_secret_access_key="s3", aws_session_token="t4")
     assert sorted(dep.secret_values()) == ["ABSK-1", "AKIA2", "s3", "t4"]
 
 

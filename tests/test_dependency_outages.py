@@ -21,7 +21,7 @@ import redis as redis_lib
 from relaygate.testing.base import BackgroundServer
 from relaygate.testing.openai import OpenAIEmulatorOptions, create_app
 from relaygate.testing.tcpproxy import TcpProxy
-from tests.conftest import UPSTREAM_KEY, require_service
+from tests.conftest import UPSTREAM_KEY, StartGateway, require_service
 from tests.test_keys import MASTER
 from tests.test_limits import new_key
 from tests.test_requestlog import gateway_rows
@@ -53,8 +53,9 @@ class Run:
 
     def phase(self, name: str, key: str | None = None) -> list[Sample]:
         start, end = self.outage
-        pick = {"before": lambda s: s.sent < start, "during": lambda s: start <= s.sent < end,
-                "after": lambda s: s.sent >= end}[name]
+        pick: Callable[[Sample], bool] = {
+            "before": lambda s: s.sent < start, "during": lambda s: start <= s.sent < end,
+            "after": lambda s: s.sent >= end}[name]
         return [s for s in self.samples if pick(s) and (key is None or s.key == key)]
 
     def p99(self, name: str) -> float:
@@ -148,7 +149,7 @@ def redis_port() -> int:
 
 
 def test_redis_black_holed_under_load_stalls_nothing_opens_no_breaker_and_overspends_nothing(
-        start_gateway) -> None:  # type: ignore[no-untyped-def]
+        start_gateway: StartGateway) -> None:
     """The issue's case: request_timeout 2, two healthy deployments with breakers in Redis, Redis accepting
     and never answering. Calls stay fast during and after, both breakers stay closed (before the fix the
     waits used up the deadlines and opened both), rpm holds across the outage and the budget is never

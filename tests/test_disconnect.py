@@ -94,6 +94,6 @@ def test_a_closed_watch_never_cancels() -> None:
         cycle.lose()  # its callback is queued already…
         watch.close()  # …and the answer went out before it ran
         await asyncio.sleep(0.05)
-        assert not watch.gone and not cycle.event._waiters  # type: ignore[attr-defined]  # none left behind
+        assert not watch.gone and not cycle.event._waiters  # none left behind
 
     asyncio.run(run())

@@ -11,6 +11,7 @@ from typing import Any
 import openai
 import pytest
 import requests
+from openai.types.chat import ChatCompletionMessageParam
 
 from relaygate.config import default_config
 from relaygate.testing.base import BackgroundServer
@@ -20,7 +21,7 @@ from relaygate.testing.gemini import create_app as create_gemini_app
 
 from .conftest import UPSTREAM_KEY, openai_model
 
-HI = [{"role": "user", "content": "hi"}]
+HI: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
 
 
 def refused(call: Callable[[], Any]) -> dict[str, Any]:
@@ -54,7 +55,7 @@ def test_n_beyond_openais_maximum_is_refused_on_the_open_demo_gateway(demo: open
 def test_the_demo_model_answers_at_most_8_choices_of_bounded_size(demo: openai.OpenAI) -> None:
     err = refused(lambda: demo.chat.completions.create(model="demo", messages=HI, n=9))
     assert err["param"] == "n"
-    big = [{"role": "user", "content": "word " * 100_000}]
+    big: list[ChatCompletionMessageParam] = [{"role": "user", "content": "word " * 100_000}]
     r = demo.chat.completions.with_raw_response.create(model="demo", messages=big, n=8, logprobs=True)
     assert len(r.http_response.content) < 1_000_000
     answer = r.parse()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import requests
@@ -160,7 +161,7 @@ def test_strict_checks_reject_what_the_real_api_rejects(emulator: BackgroundServ
                              headers={"x-goog-api-key": KEY}, timeout=5)
 
     user = {"role": "user", "parts": [{"text": "hi"}]}
-    cases = [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"contents": [user], "max_tokens": 5}, 'Unknown name "max_tokens"'),
         ({"contents": [user], "generationConfig": {"max_tokens": 5}}, "Unknown name"),
         ({"contents": [{"role": "assistant", "parts": [{"text": "x"}]}]}, "valid role"),

@@ -10,9 +10,15 @@ import openai
 import orjson
 import pytest
 import requests
+from openai.types.chat import (
+    ChatCompletionMessageParam,
+    ChatCompletionMessageToolCallParam,
+    ChatCompletionToolParam,
+)
 
 from relaygate.testing.base import BackgroundServer
 from relaygate.testing.gateway import GatewayThread
+from tests.openai_types import delta_function, function_calls
 
 from .gemini_helpers import (
     GEMINI_FIXTURES,
@@ -25,7 +31,7 @@ from .gemini_helpers import (
 )
 
 PIXEL = base64.b64encode(b"\x89PNG\r\n\x1a\nfake").decode()
-WEATHER = {"type": "function", "function": {
+WEATHER: ChatCompletionToolParam = {"type": "function", "function": {
     "name": "get_weather", "description": "Weather in a city",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
                    "additionalProperties": False}}}
@@ -72,7 +78,8 @@ def test_system_and_developer_messages_become_the_system_instruction(client: ope
                                                                              {"text": "be kind"}]}
 
 
-def test_assistant_turns_are_sent_with_the_model_role(client: openai.OpenAI, emulator: BackgroundServer) -> None:
+def test_assistant_turns_are_sent_with_the_model_role(
+        client: openai.OpenAI, emulator: BackgroundServer) -> None:
     r = client.chat.completions.create(model="gem", messages=[
         {"role": "user", "content": "one"}, {"role": "assistant", "content": "first answer"},
         {"role": "user", "content": [{"type": "text", "text": "two"}]}])
@@ -96,7 +103,7 @@ def test_images_become_inline_data_or_file_data_with_a_guessed_type(client: open
 
 def test_audio_and_pdf_parts_become_inline_data(client: openai.OpenAI, emulator: BackgroundServer) -> None:
     wav, pdf = base64.b64encode(b"RIFFfake").decode(), base64.b64encode(b"%PDF-1.4").decode()
-    r = client.chat.completions.create(model="gem", messages=[{"role": "user", "content": [  # type: ignore[misc,list-item]
+    r = client.chat.completions.create(model="gem", messages=[{"role": "user", "content": [
         {"type": "text", "text": "listen"}, {"type": "input_audio", "input_audio": {"data": wav, "format": "wav"}},
         {"type": "file", "file": {"filename": "a.pdf", "file_data": f"data:application/pdf;base64,{pdf}"}}]}])
     assert r.choices[0].message.content == "Hello! You said: listen (I got 2 files: audio/wav, application/pdf)"
@@ -119,12 +126,13 @@ def test_tool_call_round_trip_maps_results_back_to_function_names(client: openai
     r = client.chat.completions.create(model="gem", messages=messages, tools=[WEATHER], tool_choice="auto")
     choice = r.choices[0]
     assert choice.finish_reason == "tool_calls" and choice.message.content is None
-    tc = choice.message.tool_calls[0]  # type: ignore[index]
+    tc = function_calls(choice.message)[0]
     assert tc.function.name == "get_weather" and orjson.loads(tc.function.arguments) == {"city": "Paris"}
     assert tc.id.startswith("call_")
     sent = recorded(emulator)[-1]["json"]
     assert sent["tools"] == [{"functionDeclarations": [{
-        "name": "get_weather", "description": "Weather in a city", "parametersJsonSchema": WEATHER["function"]["parameters"]}]}]
+        "name": "get_weather", "description": "Weather in a city",
+        "parametersJsonSchema": WEATHER["function"].get("parameters")}]}]
     assert sent["toolConfig"] == {"functionCallingConfig": {"mode": "AUTO"}}
     streamed = client.chat.completions.create(model="gem", messages=messages, tools=[WEATHER], stream=True)
     ids = [t.id for c in streamed for t in (c.choices[0].delta.tool_calls or []) if t.id]
@@ -142,9 +150,11 @@ def test_tool_call_round_trip_maps_results_back_to_function_names(client: openai
     assert r3.choices[0].message.tool_calls[0].id != tc.id  # type: ignore[index]  # same call, new turn
 
 
-def test_parallel_tool_results_are_one_turn_in_call_order(client: openai.OpenAI, emulator: BackgroundServer) -> None:
-    calls = [{"id": f"c{i}", "type": "function", "function": {"name": n, "arguments": "{}"}}
-             for i, n in enumerate(("a", "b"))]
+def test_parallel_tool_results_are_one_turn_in_call_order(
+        client: openai.OpenAI, emulator: BackgroundServer) -> None:
+    calls: list[ChatCompletionMessageToolCallParam] = [
+        {"id": f"c{i}", "type": "function", "function": {"name": n, "arguments": "{}"}}
+        for i, n in enumerate(("a", "b"))]
     r = client.chat.completions.create(model="gem", messages=[
         {"role": "user", "content": "go"}, {"role": "assistant", "content": None, "tool_calls": calls},
         {"role": "tool", "tool_call_id": "c1", "content": "two"},
@@ -167,11 +177,12 @@ def test_tool_result_for_an_unknown_call_is_a_clear_400(client: openai.OpenAI) -
 
 def test_forced_tool_choice_becomes_mode_any_with_the_allowed_name(client: openai.OpenAI,
                                                                    emulator: BackgroundServer) -> None:
-    other = {"type": "function", "function": {"name": "noop", "parameters": {"type": "object", "properties": {}}}}
+    other: ChatCompletionToolParam = {"type": "function", "function": {
+        "name": "noop", "parameters": {"type": "object", "properties": {}}}}
     r = client.chat.completions.create(model="gem", messages=[{"role": "user", "content": "x"}],
                                        tools=[other, WEATHER],
                                        tool_choice={"type": "function", "function": {"name": "get_weather"}})
-    assert r.choices[0].message.tool_calls[0].function.name == "get_weather"  # type: ignore[index]
+    assert function_calls(r.choices[0].message)[0].function.name == "get_weather"
     assert recorded(emulator)[-1]["json"]["toolConfig"] == {
         "functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": ["get_weather"]}}
 
@@ -191,7 +202,8 @@ def test_gemini3_thought_signatures_round_trip_through_the_openai_sdk(client: op
 
 def test_gemini3_history_without_signatures_gets_googles_placeholder(client: openai.OpenAI,
                                                                     emulator: BackgroundServer) -> None:
-    call = {"id": "call_from_elsewhere", "type": "function", "function": {"name": "get_weather",
+    call: ChatCompletionMessageToolCallParam = {"id": "call_from_elsewhere", "type": "function", "function": {
+        "name": "get_weather",
                                                                           "arguments": '{"city": "Oslo"}'}}
     r = client.chat.completions.create(model="gem3", tools=[WEATHER], messages=[
         {"role": "user", "content": "Oslo"}, {"role": "assistant", "content": None, "tool_calls": [call]},
@@ -203,11 +215,11 @@ def test_gemini3_history_without_signatures_gets_googles_placeholder(client: ope
 
 def test_gemini3_call_ids_are_kept_and_echoed_on_parallel_results(client: openai.OpenAI,
                                                                   emulator: BackgroundServer) -> None:
-    clock = {"type": "function", "function": {"name": "get_time", "parameters": {
+    clock: ChatCompletionToolParam = {"type": "function", "function": {"name": "get_time", "parameters": {
         "type": "object", "properties": {"zone": {"type": "string"}}, "required": ["zone"]}}}
     messages: list[Any] = [{"role": "user", "content": "use-all-tools"}]
     r = client.chat.completions.create(model="gem3", messages=messages, tools=[WEATHER, clock])
-    calls = r.choices[0].message.tool_calls or []
+    calls = function_calls(r.choices[0].message)
     assert [c.function.name for c in calls] == ["get_weather", "get_time"]
     assert all(c.id.startswith("call_") and len(c.id) < 20 for c in calls)  # Gemini's own ids, not ours
     messages += [r.choices[0].message] + [
@@ -220,12 +232,13 @@ def test_gemini3_call_ids_are_kept_and_echoed_on_parallel_results(client: openai
 
 
 def test_parallel_calls_stream_as_separate_tool_call_indexes(client: openai.OpenAI) -> None:
-    clock = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}
+    clock: ChatCompletionToolParam = {"type": "function", "function": {"name": "get_time",
+                                                                       "parameters": {"type": "object"}}}
     chunks = list(client.chat.completions.create(
         model="gem3", messages=[{"role": "user", "content": "use-all-tools"}], tools=[WEATHER, clock], stream=True))
     starts = [tc for c in chunks for tc in (c.choices[0].delta.tool_calls or []) if tc.id]
-    assert [(t.index, t.function.name) for t in starts] == [(0, "get_weather"), (1, "get_time")]  # type: ignore[union-attr]
-    assert starts[0].model_extra["extra_content"]["google"]["thought_signature"]  # type: ignore[index]
+    assert [(t.index, delta_function(t).name) for t in starts] == [(0, "get_weather"), (1, "get_time")]
+    assert starts[0].model_extra and starts[0].model_extra["extra_content"]["google"]["thought_signature"]
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
 
 
@@ -242,7 +255,7 @@ def test_generation_options_are_mapped_to_generation_config(client: openai.OpenA
 
 
 def test_json_response_format_asks_for_json(client: openai.OpenAI, emulator: BackgroundServer) -> None:
-    schema = {"type": "object", "properties": {"answer": {"type": "string"}}}
+    schema: dict[str, object] = {"type": "object", "properties": {"answer": {"type": "string"}}}
     r = client.chat.completions.create(model="gem", messages=[{"role": "user", "content": "q"}],
                                        response_format={"type": "json_schema",
                                                         "json_schema": {"name": "a", "schema": schema}})
@@ -292,13 +305,14 @@ def test_streaming_tool_call_arrives_as_deltas(client: openai.OpenAI) -> None:
     chunks = list(client.chat.completions.create(
         model="gem", messages=[{"role": "user", "content": "Oslo"}], tools=[WEATHER], stream=True))
     deltas = [tc for c in chunks for tc in (c.choices[0].delta.tool_calls or [])]
-    assert deltas[0].id and deltas[0].function.name == "get_weather"  # type: ignore[union-attr]
-    args = "".join(d.function.arguments or "" for d in deltas)  # type: ignore[union-attr]
+    assert deltas[0].id and delta_function(deltas[0]).name == "get_weather"
+    args = "".join(delta_function(d).arguments or "" for d in deltas)
     assert orjson.loads(args) == {"city": "Oslo"}
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
 
 
-def test_stream_cut_mid_answer_ends_with_an_error_event(gateway: GatewayThread, emulator: BackgroundServer) -> None:
+def test_stream_cut_mid_answer_ends_with_an_error_event(
+        gateway: GatewayThread, emulator: BackgroundServer) -> None:
     fault(emulator, disconnect_after_chunks=1, count=1)
     with requests.post(gateway.base_url + "/chat/completions", timeout=10, stream=True, json={
             "model": "gem", "stream": True, "messages": [{"role": "user", "content": "a b c d e f g h"}]}) as r:
@@ -334,7 +348,8 @@ def test_stream_that_ends_before_any_event_is_a_retryable_502(client: openai.Ope
     assert e.value.status_code == 502
 
 
-def test_client_disconnect_cancels_the_gemini_stream(gateway: GatewayThread, emulator: BackgroundServer) -> None:
+def test_client_disconnect_cancels_the_gemini_stream(
+        gateway: GatewayThread, emulator: BackgroundServer) -> None:
     import socket
     import time
 
@@ -360,18 +375,18 @@ def test_blocked_prompt_is_a_content_filter_error(client: openai.OpenAI, stream:
     with pytest.raises(openai.BadRequestError) as e:
         r = client.chat.completions.create(model="gem", stream=stream,
                                            messages=[{"role": "user", "content": "about forbidden-topic"}])
-        list(r) if stream else None  # type: ignore[call-overload]
+        list(r) if stream else None
     assert e.value.code == "content_filter" and "SAFETY" in e.value.body["message"]  # type: ignore[index]
 
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_safety_stop_is_a_content_filter_finish(client: openai.OpenAI, stream: bool) -> None:
-    messages = [{"role": "user", "content": "say unsafe-output now"}]
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "say unsafe-output now"}]
     if stream:
-        chunks = list(client.chat.completions.create(model="gem", messages=messages, stream=True))  # type: ignore[arg-type]
+        chunks = list(client.chat.completions.create(model="gem", messages=messages, stream=True))
         assert chunks[-1].choices[0].finish_reason == "content_filter"
     else:
-        r = client.chat.completions.create(model="gem", messages=messages)  # type: ignore[arg-type]
+        r = client.chat.completions.create(model="gem", messages=messages)
         assert r.choices[0].finish_reason == "content_filter"
         assert r.choices[0].message.content == "Hello! You said: say "
 

@@ -10,6 +10,7 @@ import orjson
 import pytest
 import requests
 from aiohttp import web
+from openai.types.chat import ChatCompletionMessageParam
 
 from relaygate.core.jsonvalue import MAX_DEPTH, ORJSON_MAX_DEPTH
 from relaygate.testing.base import BackgroundServer
@@ -17,7 +18,7 @@ from relaygate.testing.gateway import GatewayThread
 
 from .stack_support import CHAT_MODELS, MASTER, Stack, deployments, run_stack
 
-USER = [{"role": "user", "content": "hi"}]
+USER: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +163,7 @@ def test_the_openai_passthrough_forwards_what_it_does_not_read(stack: Stack) -> 
 
 
 def test_messages_api_wrong_types_are_a_400_in_anthropics_shape(stack: Stack) -> None:
-    cases = [({"stop_sequences": [1]}, "stop_sequences.0"),
+    cases: list[tuple[dict[str, Any], str]] = [({"stop_sequences": [1]}, "stop_sequences.0"),
              ({"messages": [{"role": "user", "content": [{"type": "text", "text": ["x"]}]}]}, "messages.0.content.0.text"),
              ({"tools": [{"name": "f", "input_schema": "x"}]}, "tools.0.input_schema"),
              ({"metadata": {"user_id": 5}}, "metadata.user_id"),

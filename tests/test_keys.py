@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
-import requests  # type: ignore[import-untyped]
+import requests
+from openai.types.chat import ChatCompletionMessageParam
 
 from relaygate.auth import authenticator as auth_module
 from relaygate.cli.main import main as cli_main
-from tests.conftest import openai_model
+from relaygate.testing.base import BackgroundServer
+from tests.conftest import StartGateway, openai_model
 
 MASTER = "rg-master-test-0123456789abcdef"
-MSG = [{"role": "user", "content": "hi"}]
+MSG: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
 
 
 def config(emulator: Any, **extra: Any) -> dict[str, Any]:
@@ -43,7 +47,8 @@ def status_of(gw: Any, headers: dict[str, str], model: str = "m") -> int:
     return r.status_code
 
 
-def test_key_lifecycle_create_use_update_rotate_revoke(openai_emulator, start_gateway) -> None:
+def test_key_lifecycle_create_use_update_rotate_revoke(
+        openai_emulator: BackgroundServer, start_gateway: StartGateway) -> None:
     gw = start_gateway(config(openai_emulator))
     admin = Admin(gw)
     r = admin("POST", "/keys", {"name": "app", "team_id": "t1", "tags": ["prod"], "metadata": {"owner": "ann"}})
@@ -80,7 +85,7 @@ def test_key_lifecycle_create_use_update_rotate_revoke(openai_emulator, start_ga
     assert len(admin("GET", "/keys", include_revoked="true").json()["data"]) == 1
 
 
-def test_expired_key_is_refused(openai_emulator, start_gateway) -> None:
+def test_expired_key_is_refused(openai_emulator: BackgroundServer, start_gateway: StartGateway) -> None:
     gw = start_gateway(config(openai_emulator))
     admin = Admin(gw)
     created = admin("POST", "/keys", {"expires_in": 3600}).json()
@@ -92,7 +97,8 @@ def test_expired_key_is_refused(openai_emulator, start_gateway) -> None:
     assert e.value.code == "key_expired"
 
 
-def test_every_sdk_header_form_is_accepted(openai_emulator, start_gateway) -> None:
+def test_every_sdk_header_form_is_accepted(
+        openai_emulator: BackgroundServer, start_gateway: StartGateway) -> None:
     gw = start_gateway(config(openai_emulator))
     secret = Admin(gw)("POST", "/keys", {}).json()["key"]
     for headers in ({"authorization": f"Bearer {secret}"}, {"x-api-key": secret}, {"api-key": secret}):
@@ -102,7 +108,8 @@ def test_every_sdk_header_form_is_accepted(openai_emulator, start_gateway) -> No
     assert status_of(gw, {"authorization": f"Bearer {MASTER}"}) == 200  # the master key may call too
 
 
-def test_unknown_key_error_never_echoes_the_key(openai_emulator, start_gateway) -> None:
+def test_unknown_key_error_never_echoes_the_key(
+        openai_emulator: BackgroundServer, start_gateway: StartGateway) -> None:
     gw = start_gateway(config(openai_emulator))
     r = requests.post(gw.base_url + "/chat/completions", json={"model": "m", "messages": MSG},
                       headers={"authorization": "Bearer rg-not-a-real-key-123456"}, timeout=10)
@@ -110,7 +117,8 @@ def test_unknown_key_error_never_echoes_the_key(openai_emulator, start_gateway) 
     assert "rg-not-a-real-key" not in r.text
 
 
-def test_admin_api_needs_the_master_key(openai_emulator, start_gateway) -> None:
+def test_admin_api_needs_the_master_key(
+        openai_emulator: BackgroundServer, start_gateway: StartGateway) -> None:
     gw = start_gateway(config(openai_emulator))
     secret = Admin(gw)("POST", "/keys", {}).json()["key"]
     for key in ("wrong", secret):
@@ -118,7 +126,8 @@ def test_admin_api_needs_the_master_key(openai_emulator, start_gateway) -> None:
         assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_master_key"
 
 
-def test_without_a_master_key_the_gateway_is_open_and_says_so(openai_emulator, start_gateway, caplog) -> None:
+def test_without_a_master_key_the_gateway_is_open_and_says_so(
+        openai_emulator: BackgroundServer, start_gateway: StartGateway, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="relaygate"):
         gw = start_gateway({"models": [openai_model("m", openai_emulator)]})
     assert any("OPEN" in r.getMessage() for r in caplog.records)
@@ -127,7 +136,8 @@ def test_without_a_master_key_the_gateway_is_open_and_says_so(openai_emulator, s
     assert r.status_code == 403 and r.json()["error"]["code"] == "admin_disabled"
 
 
-def test_bad_admin_input_is_a_clear_400(openai_emulator, start_gateway) -> None:
+def test_bad_admin_input_is_a_clear_400(
+        openai_emulator: BackgroundServer, start_gateway: StartGateway) -> None:
     admin = Admin(start_gateway(config(openai_emulator)))
     for body, param in (({"rpm": -1}, "rpm"), ({"budget_period": "week"}, "budget_period"),
                         ({"models": "m"}, "models"), ({"colour": "red"}, "colour"), ({"budget_usd": "x"}, "budget_usd")):
@@ -137,7 +147,8 @@ def test_bad_admin_input_is_a_clear_400(openai_emulator, start_gateway) -> None:
     assert admin("POST", "/keys/key_nope/explode").status_code == 404
 
 
-def test_key_lookup_hits_the_database_once_per_ttl_not_per_request(openai_emulator, start_gateway) -> None:
+def test_key_lookup_hits_the_database_once_per_ttl_not_per_request(
+        openai_emulator: BackgroundServer, start_gateway: StartGateway) -> None:
     gw = start_gateway(config(openai_emulator, auth={"cache_ttl": 60}))
     secret = Admin(gw)("POST", "/keys", {}).json()["key"]
     auth = gw.gateway.auth
@@ -154,7 +165,8 @@ def test_key_lookup_hits_the_database_once_per_ttl_not_per_request(openai_emulat
     assert len(lookups) == 1
 
 
-def test_revocation_reaches_other_instances_within_the_cache_ttl(openai_emulator, start_gateway, tmp_path) -> None:
+def test_revocation_reaches_other_instances_within_the_cache_ttl(
+        openai_emulator: BackgroundServer, start_gateway: StartGateway, tmp_path: Path) -> None:
     shared = {"url": f"sqlite:///{tmp_path}/shared.db"}
     a = start_gateway(config(openai_emulator, database=shared, auth={"cache_ttl": 0.5}))
     b = start_gateway(config(openai_emulator, database=shared, auth={"cache_ttl": 0.5}))
@@ -167,19 +179,19 @@ def test_revocation_reaches_other_instances_within_the_cache_ttl(openai_emulator
     assert status_of(b, headers) == 401
 
 
-def test_master_and_key_checks_use_constant_time_compare(monkeypatch) -> None:
+def test_master_and_key_checks_use_constant_time_compare(monkeypatch: pytest.MonkeyPatch) -> None:
     import asyncio
 
     from relaygate.auth.keys import Principal, hash_secret
 
     compared: list[tuple[str, str]] = []
-    real = auth_module.hmac.compare_digest
+    real = hmac.compare_digest
 
     def spy(a: str, b: str) -> bool:
         compared.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(auth_module.hmac, "compare_digest", spy)
+    monkeypatch.setattr(hmac, "compare_digest", spy)  # the module the authenticator compares with
     secret = "rg-some-virtual-key-abcdef"
     principal = Principal(id="key_1", hash=hash_secret(secret))
 
@@ -198,7 +210,9 @@ def test_master_and_key_checks_use_constant_time_compare(monkeypatch) -> None:
         asyncio.run(a.authenticate(secret))
 
 
-def test_cli_creates_lists_rotates_and_revokes_keys(openai_emulator, start_gateway, tmp_path, capsys) -> None:
+def test_cli_creates_lists_rotates_and_revokes_keys(
+        openai_emulator: BackgroundServer, start_gateway: StartGateway, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
     import orjson
     import yaml
 
@@ -226,7 +240,8 @@ def test_cli_creates_lists_rotates_and_revokes_keys(openai_emulator, start_gatew
     assert run("list") == []
 
 
-def test_model_and_provider_lists_need_a_key_and_show_only_allowed_models(openai_emulator, start_gateway) -> None:
+def test_model_and_provider_lists_need_a_key_and_show_only_allowed_models(
+        openai_emulator: BackgroundServer, start_gateway: StartGateway) -> None:
     gw = start_gateway(config(openai_emulator))
     secret = Admin(gw)("POST", "/keys", {"models": ["m"]}).json()["key"]
     for path in ("/models", "/models/m", "/providers"):

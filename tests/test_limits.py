@@ -13,12 +13,12 @@ from typing import Any
 import aiohttp
 import pytest
 import redis as redis_lib
-import requests  # type: ignore[import-untyped]
+import requests
 import yaml
 
 from relaygate.limits.periods import period
-from relaygate.testing.base import free_port
-from tests.conftest import openai_model, require_service
+from relaygate.testing.base import BackgroundServer, free_port
+from tests.conftest import StartGateway, openai_model, require_service
 from tests.test_keys import MASTER, Admin
 from tests.test_requestlog import gateway_rows
 
@@ -71,7 +71,8 @@ def new_key(gw: Any, **fields: Any) -> dict[str, Any]:
     return r.json()  # type: ignore[no-any-return]
 
 
-def test_requests_per_minute_hold_under_concurrency(openai_emulator, start_gateway, state) -> None:
+def test_requests_per_minute_hold_under_concurrency(
+        openai_emulator: BackgroundServer, start_gateway: StartGateway, state: dict[str, Any]) -> None:
     away_from_minute_edge()
     gw = gateway(start_gateway, openai_emulator, state)
     key = new_key(gw, rpm=5)
@@ -87,7 +88,8 @@ def test_requests_per_minute_hold_under_concurrency(openai_emulator, start_gatew
     assert ok.getall("x-ratelimit-limit-requests") == ["5"] and len(ok.getall("x-ratelimit-remaining-requests")) == 1
 
 
-def test_streamed_replies_carry_the_keys_rate_headers(openai_emulator, start_gateway, state) -> None:
+def test_streamed_replies_carry_the_keys_rate_headers(
+        openai_emulator: BackgroundServer, start_gateway: StartGateway, state: dict[str, Any]) -> None:
     away_from_minute_edge()
     gw = gateway(start_gateway, openai_emulator, state)
     key = new_key(gw, rpm=50, tpm=100000)
@@ -97,7 +99,8 @@ def test_streamed_replies_carry_the_keys_rate_headers(openai_emulator, start_gat
     assert headers["x-ratelimit-limit-tokens"] == "100000" and int(headers["x-ratelimit-remaining-tokens"]) < 100000
 
 
-def test_parallel_cap_holds_and_frees_slots(openai_emulator, start_gateway, state) -> None:
+def test_parallel_cap_holds_and_frees_slots(
+        openai_emulator: BackgroundServer, start_gateway: StartGateway, state: dict[str, Any]) -> None:
     gw = gateway(start_gateway, openai_emulator, state)
     key = new_key(gw, max_parallel=3)
     requests.post(openai_emulator.url + "/_emulator/faults", json={"latency_ms": 300}, timeout=5)
@@ -108,7 +111,8 @@ def test_parallel_cap_holds_and_frees_slots(openai_emulator, start_gateway, stat
     assert [s for s, _ in burst(gw, key["key"], 3)] == [200] * 3  # every slot came back
 
 
-def test_tokens_per_minute_count_real_usage(openai_emulator, start_gateway, state) -> None:
+def test_tokens_per_minute_count_real_usage(
+        openai_emulator: BackgroundServer, start_gateway: StartGateway, state: dict[str, Any]) -> None:
     away_from_minute_edge()
     gw = gateway(start_gateway, openai_emulator, state)
     key = new_key(gw, tpm=60)  # each call reserves ~17 tokens and uses 9 (5 prompt + 4 completion)
@@ -118,7 +122,8 @@ def test_tokens_per_minute_count_real_usage(openai_emulator, start_gateway, stat
     assert refused[0]["x-ratelimit-limit-tokens"] == "60"
 
 
-def test_team_limits_bind_all_its_keys_together(openai_emulator, start_gateway, state) -> None:
+def test_team_limits_bind_all_its_keys_together(
+        openai_emulator: BackgroundServer, start_gateway: StartGateway, state: dict[str, Any]) -> None:
     """Also: a team id may be any text; in Redis its keys are sent with their length in bytes (a length in
     characters would break the protocol, and the limiter would then let every call through)."""
     away_from_minute_edge()
@@ -137,7 +142,7 @@ def test_team_limits_bind_all_its_keys_together(openai_emulator, start_gateway, 
 
 
 def test_budget_holds_under_200_concurrent_calls_and_spend_matches_the_log(
-        openai_emulator, start_gateway, state) -> None:
+        openai_emulator: BackgroundServer, start_gateway: StartGateway, state: dict[str, Any]) -> None:
     gw = gateway(start_gateway, openai_emulator, state)
     probe = new_key(gw)
     burst(gw, probe["key"], 1)
@@ -177,8 +182,9 @@ def wait_for_spent(gw: Any, scope: str, expected: int) -> int:
         time.sleep(0.05)
 
 
-def test_admin_shows_each_keys_spend_this_period_and_what_is_left(openai_emulator, start_gateway, state,
-                                                                   tmp_path) -> None:
+def test_admin_shows_each_keys_spend_this_period_and_what_is_left(
+        openai_emulator: BackgroundServer, start_gateway: StartGateway, state: dict[str, Any],
+        tmp_path: Path) -> None:
     db = {"url": f"sqlite:///{tmp_path}/spend.db"}
     cfg = {"models": [openai_model("m", openai_emulator)], "database": db, "state": state,
            "auth": {"master_key": MASTER}}
@@ -214,7 +220,8 @@ def test_admin_shows_each_keys_spend_this_period_and_what_is_left(openai_emulato
     assert Admin(gw2)("GET", f"/keys/{daily['id']}").json()["spend_usd"] == 2 * one_call / 1e9
 
 
-def test_budget_spent_before_a_restart_still_counts(openai_emulator, start_gateway, tmp_path) -> None:
+def test_budget_spent_before_a_restart_still_counts(
+        openai_emulator: BackgroundServer, start_gateway: StartGateway, tmp_path: Path) -> None:
     db = {"url": f"sqlite:///{tmp_path}/restart.db"}
     cfg = {"models": [openai_model("m", openai_emulator)], "database": db, "auth": {"master_key": MASTER}}
     gw = start_gateway(cfg)
@@ -228,7 +235,8 @@ def test_budget_spent_before_a_restart_still_counts(openai_emulator, start_gatew
     assert gw2.run(spent_loader(gw2.gateway.reads)("key:" + key["id"], 0.0)) == spent
 
 
-def test_two_gateway_processes_sharing_redis_enforce_one_limit(openai_emulator, tmp_path) -> None:
+def test_two_gateway_processes_sharing_redis_enforce_one_limit(
+        openai_emulator: BackgroundServer, tmp_path: Path) -> None:
     try:
         redis_lib.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
     except redis_lib.RedisError:
@@ -277,7 +285,8 @@ def test_budget_periods_reset_on_utc_day_and_month_boundaries() -> None:
     assert period("total", dec31) == ("t", 0.0, None)
 
 
-def test_user_limits_apply_to_the_users_keys(openai_emulator, start_gateway) -> None:
+def test_user_limits_apply_to_the_users_keys(
+        openai_emulator: BackgroundServer, start_gateway: StartGateway) -> None:
     away_from_minute_edge()
     gw = gateway(start_gateway, openai_emulator, {})
     user = "u-" + os.urandom(4).hex()
@@ -288,7 +297,8 @@ def test_user_limits_apply_to_the_users_keys(openai_emulator, start_gateway) -> 
     assert burst(gw, key["key"], 1, {**BODY, "model": "other"})[0][0] == 403
 
 
-def test_limits_count_in_process_at_once_when_redis_is_unreachable(openai_emulator, start_gateway) -> None:
+def test_limits_count_in_process_at_once_when_redis_is_unreachable(
+        openai_emulator: BackgroundServer, start_gateway: StartGateway) -> None:
     """No Redis: rpm is counted in this process (one call of three) and a budget is refused with a 503, both
     without waiting on Redis."""
     gw = gateway(start_gateway, openai_emulator, {"redis_url": f"redis://127.0.0.1:{free_port()}/0"})

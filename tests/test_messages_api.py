@@ -12,6 +12,7 @@ import anthropic
 import httpx
 import orjson
 import pytest
+from anthropic.types import ToolParam, ToolUseBlock
 
 from relaygate.testing import anthropic as anthropic_emu
 from relaygate.testing import gemini as gemini_emu
@@ -24,7 +25,7 @@ from .conftest import UPSTREAM_KEY, openai_model
 
 GEMINI_KEY = "AIzaSyGeminiUpstreamKey00000000000000000"
 CLAUDE_KEY = "sk-ant-upstream-key-000000000000"
-TOOLS: list[Any] = [{"name": "get_weather", "description": "weather for a city",
+TOOLS: list[ToolParam] = [{"name": "get_weather", "description": "weather for a city",
                      "input_schema": {"type": "object", "properties": {"city": {"type": "string"}},
                                       "required": ["city"]}}]
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 16).decode()
@@ -72,7 +73,8 @@ def openai_sent(upstreams: dict[str, BackgroundServer]) -> dict[str, Any]:
     return upstreams["openai"].state.requests[-1]["json"]  # type: ignore[no-any-return]
 
 
-def test_create_against_an_openai_model(client: anthropic.Anthropic, upstreams: dict[str, BackgroundServer]) -> None:
+def test_create_against_an_openai_model(
+        client: anthropic.Anthropic, upstreams: dict[str, BackgroundServer]) -> None:
     m = client.messages.with_raw_response.create(model="gpt", max_tokens=200, system="be nice",
                                                  messages=[{"role": "user", "content": "hi there"}])
     msg = m.parse()
@@ -114,12 +116,13 @@ def test_tool_round_trip_against_an_openai_model(client: anthropic.Anthropic,
     first = client.messages.create(model="gpt", max_tokens=200, tools=TOOLS, tool_choice={"type": "any"},
                                    messages=[{"role": "user", "content": "Paris"}])
     use = first.content[0]
+    assert isinstance(use, ToolUseBlock)
     assert first.stop_reason == "tool_use" and use.type == "tool_use" and use.input == {"city": "Paris"}
     sent = openai_sent(upstreams)
     assert sent["tool_choice"] == "required" and "strict" not in sent["tools"][0]["function"]
     assert sent["tools"][0]["function"]["parameters"] == TOOLS[0]["input_schema"]
     second = client.messages.create(model="gpt", max_tokens=200, tools=TOOLS, messages=[
-        {"role": "user", "content": "Paris"}, {"role": "assistant", "content": first.content},  # type: ignore[typeddict-item]
+        {"role": "user", "content": "Paris"}, {"role": "assistant", "content": first.content},
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "sunny"}]}])
     assert second.content[0].text == "The tool returned: sunny"  # type: ignore[union-attr]
     sent = openai_sent(upstreams)
@@ -129,7 +132,8 @@ def test_tool_round_trip_against_an_openai_model(client: anthropic.Anthropic,
 
 def test_strict_tools_reach_openai_as_strict_functions(client: anthropic.Anthropic,
                                                        upstreams: dict[str, BackgroundServer]) -> None:
-    client.messages.create(model="gpt", max_tokens=50, tools=[{**TOOLS[0], "strict": True}],
+    strict: ToolParam = {**TOOLS[0], "strict": True}
+    client.messages.create(model="gpt", max_tokens=50, tools=[strict],
                            messages=[{"role": "user", "content": "Rome"}])
     assert openai_sent(upstreams)["tools"][0]["function"]["strict"] is True
 
@@ -233,7 +237,8 @@ def test_failure_mid_stream_ends_with_an_error_event(client: anthropic.Anthropic
 
 # ---- other providers behind /v1/messages -----------------------------------------------------------------
 
-def test_anthropic_sdk_to_a_gemini_model(client: anthropic.Anthropic, upstreams: dict[str, BackgroundServer]) -> None:
+def test_anthropic_sdk_to_a_gemini_model(
+        client: anthropic.Anthropic, upstreams: dict[str, BackgroundServer]) -> None:
     m = client.messages.create(model="gem", max_tokens=100, system="be brief",
                                messages=[{"role": "user", "content": "hola"}])
     assert m.content[0].text.startswith("Hello! You said: hola")  # type: ignore[union-attr]
@@ -408,7 +413,8 @@ def test_reasoning_text_from_openai_style_upstreams_becomes_a_thinking_block() -
     assert starts == ["thinking", "text"] and thinking == "2+2" and events[-1]["type"] == "message_stop"
 
 
-def test_anthropic_clients_discover_models_in_anthropics_shape(client: anthropic.Anthropic, gw: GatewayThread) -> None:
+def test_anthropic_clients_discover_models_in_anthropics_shape(
+        client: anthropic.Anthropic, gw: GatewayThread) -> None:
     names = [m.id for m in client.models.list(limit=2)]  # the SDK pages through with after_id
     assert names == ["gpt", "gpt-small", "gem", "claude", "claude-2026", "claude-fb"]
     first = client.models.list(limit=2)
@@ -446,11 +452,12 @@ def test_tool_result_images_and_errors_reach_an_openai_model(client: anthropic.A
     first = client.messages.create(model="gpt", max_tokens=50, tools=TOOLS,
                                    messages=[{"role": "user", "content": "Rome"}])
     use = first.content[0]
+    assert isinstance(use, ToolUseBlock)
     result: Any = {"type": "tool_result", "tool_use_id": use.id, "is_error": True, "content": [
         {"type": "text", "text": "camera offline"},
         {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG}}]}
     client.messages.create(model="gpt", max_tokens=50, tools=TOOLS, messages=[
-        {"role": "user", "content": "Rome"}, {"role": "assistant", "content": first.content},  # type: ignore[typeddict-item]
+        {"role": "user", "content": "Rome"}, {"role": "assistant", "content": first.content},
         {"role": "user", "content": [result]}])
     sent = openai_sent(upstreams)["messages"]
     assert sent[2] == {"role": "tool", "tool_call_id": use.id, "content": "Error: camera offline"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 
 import pytest
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -29,29 +30,37 @@ async def chunks(data: bytes, size: int) -> AsyncIterator[bytes]:
         yield data[i:i + size]
 
 
+@dataclass
+class _Part:
+    """The part python-multipart is in the middle of, while ``decode`` parses."""
+    name: str = ""
+    is_file: bool = False
+    buf: bytearray = field(default_factory=bytearray)
+    hdr: bytes = b""
+
+
 def decode(body: bytes, content_type: str) -> tuple[dict[str, str], bytes]:
     """Parse a multipart body whole with python-multipart: (fields, file bytes)."""
     fields: dict[str, str] = {}
-    state: dict[str, object] = {"name": None, "file": False, "buf": bytearray(), "hdr": b""}
+    part = _Part()
     file = bytearray()
 
     def on_header_value(d: bytes, s: int, e: int) -> None:
-        state["hdr"] = bytes(state["hdr"]) + d[s:e]  # type: ignore[arg-type]
+        part.hdr += d[s:e]
 
     def on_header_end() -> None:
-        hdr = bytes(state["hdr"])  # type: ignore[arg-type]
-        state["hdr"] = b""
+        hdr, part.hdr = part.hdr, b""
         if b"form-data" in hdr:
             _, opts = parse_options_header(hdr)
-            state["name"], state["file"] = opts[b"name"].decode(), b"filename" in opts
+            part.name, part.is_file = opts[b"name"].decode(), b"filename" in opts
 
     def on_part_data(d: bytes, s: int, e: int) -> None:
-        (file if state["file"] else state["buf"]).extend(d[s:e])  # type: ignore[union-attr]
+        (file if part.is_file else part.buf).extend(d[s:e])
 
     def on_part_end() -> None:
-        if not state["file"]:
-            fields[str(state["name"])] = bytes(state["buf"]).decode()  # type: ignore[arg-type]
-        state["buf"] = bytearray()
+        if not part.is_file:
+            fields[part.name] = bytes(part.buf).decode()
+        part.buf = bytearray()
 
     _, opts = parse_options_header(content_type)
     p = MultipartParser(opts[b"boundary"], {"on_header_value": on_header_value, "on_header_end": on_header_end,
@@ -71,7 +80,7 @@ async def collect(it: AsyncIterator[bytes], limit: int | None = None) -> bytes:
 
 
 @pytest.mark.parametrize("size", [1, 7, 4096, 1 << 20])
-def test_any_chunking_of_the_client_body_gives_the_same_upload(size):
+def test_any_chunking_of_the_client_body_gives_the_same_upload(size: int) -> None:
     sent = FILE if size > 1 else FILE[:3000] + b"\r\n--Bx"  # byte by byte: a short file; near-boundary bytes
 
     async def run() -> tuple[dict[str, str], bytes]:
@@ -84,7 +93,7 @@ def test_any_chunking_of_the_client_body_gives_the_same_upload(size):
     assert file == sent
 
 
-def test_a_retry_replays_what_the_failed_attempt_read_and_reads_on():
+def test_a_retry_replays_what_the_failed_attempt_read_and_reads_on() -> None:
     async def run() -> tuple[bytes, bytes]:
         up = AudioUpload(FormReader(chunks(client_body(), 8192), b"B"), lambda n, v: None)
         await up.start()
@@ -105,7 +114,7 @@ def test_a_retry_replays_what_the_failed_attempt_read_and_reads_on():
         assert fields == {"model": model, "language": "en"}
 
 
-def test_model_after_the_file_reads_the_body_to_its_end_first():
+def test_model_after_the_file_reads_the_body_to_its_end_first() -> None:
     async def run() -> tuple[AudioUpload, bytes]:
         up = AudioUpload(FormReader(chunks(client_body(model_first=False), 65536), b"B"), lambda n, v: None)
         await up.start()
@@ -116,7 +125,7 @@ def test_model_after_the_file_reads_the_body_to_its_end_first():
     assert decode(body, up.content_type)[1] == FILE
 
 
-def test_a_field_check_failing_after_the_file_is_reported_as_the_upload_error():
+def test_a_field_check_failing_after_the_file_is_reported_as_the_upload_error() -> None:
     def check(name: str, value: str) -> None:
         if name == "language":
             raise BadRequest("no", param="language")
@@ -132,7 +141,7 @@ def test_a_field_check_failing_after_the_file_is_reported_as_the_upload_error():
 
 
 @pytest.mark.parametrize("model_first", [True, False])
-def test_encoded_length_is_the_length_of_the_body(model_first):
+def test_encoded_length_is_the_length_of_the_body(model_first: bool) -> None:
     async def run() -> tuple[int, bytes]:
         up = AudioUpload(FormReader(chunks(client_body(model_first), 65536), b"B"), lambda n, v: None)
         await up.start()

@@ -10,20 +10,23 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import UPSTREAM_KEY, openai_model
+from relaygate.testing.base import BackgroundServer
+from relaygate.testing.gateway import GatewayThread
+from tests.conftest import UPSTREAM_KEY, StartGateway, openai_model
 
 
 @pytest.fixture
-def gateway(openai_emulator, start_gateway):
+def gateway(openai_emulator: BackgroundServer, start_gateway: StartGateway) -> GatewayThread:
     return start_gateway({"passthrough": {"model": "openai-rest"}, "server": {"max_file_bytes": 1_000_000},
                           "models": [openai_model("openai-rest", openai_emulator, "*")]})
 
 
-def client(gw) -> openai.OpenAI:
+def client(gw: GatewayThread) -> openai.OpenAI:
     return openai.OpenAI(base_url=gw.base_url, api_key="sk-client", max_retries=0)
 
 
-def test_file_upload_list_download_and_delete(gateway, openai_emulator):
+def test_file_upload_list_download_and_delete(
+        gateway: GatewayThread, openai_emulator: BackgroundServer) -> None:
     c = client(gateway)
     content = b'{"custom_id": "1", "method": "POST", "url": "/v1/chat/completions", "body": {}}\n' * 2000
     f = c.files.create(file=("batch.jsonl", content), purpose="batch")
@@ -39,7 +42,7 @@ def test_file_upload_list_download_and_delete(gateway, openai_emulator):
     assert upload["headers"]["transfer-encoding"] == "chunked"  # streamed up as it arrived
 
 
-def test_batches(gateway):
+def test_batches(gateway: GatewayThread) -> None:
     c = client(gateway)
     f = c.files.create(file=("in.jsonl", b"{}\n"), purpose="batch")
     b = c.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
@@ -48,19 +51,19 @@ def test_batches(gateway):
     assert [x.id for x in c.batches.list()] == [b.id]
 
 
-def test_image_generation_returns_a_png(gateway):
+def test_image_generation_returns_a_png(gateway: GatewayThread) -> None:
     img = client(gateway).images.generate(prompt="a red square", model="gpt-image-1", n=2)
-    assert len(img.data) == 2
+    assert img.data and len(img.data) == 2 and img.data[0].b64_json
     assert base64.b64decode(img.data[0].b64_json).startswith(b"\x89PNG\r\n\x1a\n")
 
 
-def test_moderations(gateway):
+def test_moderations(gateway: GatewayThread) -> None:
     res = client(gateway).moderations.create(input=["I will kill the process", "hello"])
     assert [r.flagged for r in res.results] == [True, False]
     assert res.results[0].categories.violence
 
 
-def test_legacy_completions_whole_and_streamed(gateway):
+def test_legacy_completions_whole_and_streamed(gateway: GatewayThread) -> None:
     c = client(gateway)
     assert c.completions.create(model="gpt-3.5-turbo-instruct", prompt="Say hi").choices[0].text == \
         "Completion of: Say hi"
@@ -69,18 +72,19 @@ def test_legacy_completions_whole_and_streamed(gateway):
     assert text == "Completion of: Say hi"
 
 
-def test_realtime_client_secret(gateway):
+def test_realtime_client_secret(gateway: GatewayThread) -> None:
     secret = client(gateway).realtime.client_secrets.create(session={"type": "realtime", "model": "gpt-realtime"})
     assert secret.value.startswith("ek_")
 
 
-def test_upstream_errors_are_openai_errors_with_the_upstream_status(gateway, openai_emulator):
+def test_upstream_errors_are_openai_errors_with_the_upstream_status(
+        gateway: GatewayThread, openai_emulator: BackgroundServer) -> None:
     httpx.post(openai_emulator.url + "/_emulator/faults", json={"status": 429, "count": 1})
     with pytest.raises(openai.RateLimitError):
         client(gateway).moderations.create(input="x")
 
 
-def test_a_file_over_the_limit_is_refused_with_413(gateway):
+def test_a_file_over_the_limit_is_refused_with_413(gateway: GatewayThread) -> None:
     r = httpx.post(gateway.base_url + "/files", files={"file": ("big.bin", b"\0" * 1_100_000)},
                    data={"purpose": "batch"})
     assert r.status_code == 413
@@ -88,7 +92,8 @@ def test_a_file_over_the_limit_is_refused_with_413(gateway):
 
 @pytest.mark.parametrize("path", ["/v1/files/../models", "/v1/files/..", "/v1/files/a%2F..%2F..%2Fb",
                                   "/v1/files/%2e%2e/x", "/v1/files/x%20y", "/v1/batches/a/../../admin"])
-def test_paths_cannot_escape_the_configured_upstream(gateway, openai_emulator, path):
+def test_paths_cannot_escape_the_configured_upstream(
+        gateway: GatewayThread, openai_emulator: BackgroundServer, path: str) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=5)  # sends the path unnormalized
     conn.request("GET", path)
     r = conn.getresponse()
@@ -96,13 +101,15 @@ def test_paths_cannot_escape_the_configured_upstream(gateway, openai_emulator, p
     assert openai_emulator.state.requests == []
 
 
-def test_routes_without_a_passthrough_upstream_are_404(openai_emulator, start_gateway):
+def test_routes_without_a_passthrough_upstream_are_404(
+        openai_emulator: BackgroundServer, start_gateway: StartGateway) -> None:
     gw = start_gateway({"models": [openai_model("m", openai_emulator)]})
     r = httpx.post(gw.base_url + "/moderations", json={"input": "x"})
     assert r.status_code == 404 and "passthrough" in r.json()["error"]["message"]
 
 
-def test_a_route_can_have_its_own_upstream(openai_emulator, start_gateway):
+def test_a_route_can_have_its_own_upstream(
+        openai_emulator: BackgroundServer, start_gateway: StartGateway) -> None:
     from relaygate.testing.base import BackgroundServer
     from relaygate.testing.openai import OpenAIEmulatorOptions, create_app
 
@@ -117,7 +124,7 @@ def test_a_route_can_have_its_own_upstream(openai_emulator, start_gateway):
         assert [r["path"] for r in openai_emulator.state.requests] == ["/v1/moderations"]
 
 
-def test_passthrough_config_must_name_an_openai_model():
+def test_passthrough_config_must_name_an_openai_model() -> None:
     from relaygate.config import ConfigError, parse_config
 
     with pytest.raises(ConfigError) as e:
@@ -128,7 +135,7 @@ def test_passthrough_config_must_name_an_openai_model():
     assert e.value.errors == ["passthrough.model: no model named 'nope'"]
 
 
-def test_passthrough_refuses_a_model_whose_provider_does_not_take_openais_paths():
+def test_passthrough_refuses_a_model_whose_provider_does_not_take_openais_paths() -> None:
     """Azure speaks OpenAI's format under its own URLs (per deployment, versioned): its provider does not
     declare the passthrough route, so the config cannot send OpenAI's other routes there."""
     from relaygate.config import ConfigError, parse_config
@@ -140,7 +147,8 @@ def test_passthrough_refuses_a_model_whose_provider_does_not_take_openais_paths(
     assert len(e.value.errors) == 1 and e.value.errors[0].startswith("passthrough.model: model 'az' has deployments")
 
 
-def test_a_request_without_a_body_moves_to_another_deployment_when_the_first_is_down(openai_emulator, start_gateway):
+def test_a_request_without_a_body_moves_to_another_deployment_when_the_first_is_down(
+        openai_emulator: BackgroundServer, start_gateway: StartGateway) -> None:
     """A GET has no body to stream up, so nothing stands in the way of trying the next deployment."""
     from relaygate.testing.base import free_port
 

@@ -33,7 +33,7 @@ def test_each_provider_implements_every_route_it_declares(kind: str) -> None:
 def test_a_route_a_provider_does_not_declare_is_refused_even_where_a_base_class_implements_it() -> None:
     """Azure inherits OpenAI's passthrough method but not its URLs: its route table refuses the route."""
     cfg = AzureDeployment(model="gpt-4o", api_base="https://example.openai.azure.com",
-                          api_key="k")  # type: ignore[arg-type]
+                          api_key="k")
 
     async def run() -> BaseException | None:
         session = new_session()
@@ -75,7 +75,7 @@ def test_a_health_probe_gives_up_at_its_deadline() -> None:
         silent.listen(8)
         port = silent.getsockname()[1]
         cfg = OpenAIDeployment(model="gpt-4o-mini", api_base=f"http://127.0.0.1:{port}/v1",
-                               api_key="k", timeout=30)  # type: ignore[arg-type]
+                               api_key="k", timeout=30)
 
         async def run() -> tuple[BaseException | None, float]:
             session = new_session()

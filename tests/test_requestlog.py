@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import openai
 import orjson
 import pytest
-import requests  # type: ignore[import-untyped]
+import requests
 from sqlalchemy import create_engine, func, select
 
 from relaygate.requestlog.redact import MASK, Redactor
 from relaygate.requestlog.writer import RequestLogWriter
 from relaygate.store import tables
 from relaygate.store.db import Database, engine_url
+from relaygate.testing.base import BackgroundServer
 from relaygate.testing.tcpproxy import TcpProxy
-from tests.conftest import openai_model
+from tests.conftest import StartGateway, openai_model
 
 
 def log_rows(url: str) -> list[dict[str, Any]]:
@@ -54,10 +56,12 @@ def client(gw: Any, key: str = "sk-none") -> openai.OpenAI:
     return openai.OpenAI(base_url=gw.base_url, api_key=key, max_retries=0)
 
 
-def test_every_call_leaves_one_row_with_usage_cost_and_timing(openai_emulator, start_gateway) -> None:
+def test_every_call_leaves_one_row_with_usage_cost_and_timing(
+        openai_emulator: BackgroundServer, start_gateway: StartGateway) -> None:
     gw = start_gateway({"models": [openai_model("m", openai_emulator)]})
     r = client(gw).chat.completions.create(model="m", messages=[{"role": "user", "content": "hi there"}])
     [row] = gateway_rows(gw)
+    assert r.usage is not None
     assert row["request_id"].startswith("req_")
     assert (row["model"], row["deployment"], row["provider"], row["route"]) == ("m", "m/openai/0", "openai", "chat")
     assert row["status"] == 200 and row["error"] is None and row["attempts"] == 1
@@ -71,7 +75,8 @@ def test_every_call_leaves_one_row_with_usage_cost_and_timing(openai_emulator, s
     assert row["request_body"] is None  # bodies are off by default
 
 
-def test_a_price_override_for_a_model_the_catalog_does_not_know_prices_its_calls(start_gateway, tmp_path) -> None:
+def test_a_price_override_for_a_model_the_catalog_does_not_know_prices_its_calls(
+        start_gateway: StartGateway, tmp_path: Path) -> None:
     """The shape docs/keys-limits-log.md shows for ``prices:``, on a name the bundled catalog lacks: start-up
     used to fail ('PriceBook' object has no attribute '_cache')."""
     from relaygate.config import load_config
@@ -90,10 +95,12 @@ prices: {{my-model: {{input_cost_per_token: 1.0e-6, output_cost_per_token: 2.0e-
         gw = start_gateway(load_config(str(path), {}))
         r = client(gw).chat.completions.create(model="m", messages=[{"role": "user", "content": "hi there"}])
         [row] = gateway_rows(gw)
+    assert r.usage is not None
     assert row["cost_nano"] == round((r.usage.prompt_tokens * 1e-6 + r.usage.completion_tokens * 2e-6) * 1e9) > 0
 
 
-def test_streamed_call_is_costed_without_showing_usage_to_the_client(openai_emulator, start_gateway) -> None:
+def test_streamed_call_is_costed_without_showing_usage_to_the_client(
+        openai_emulator: BackgroundServer, start_gateway: StartGateway) -> None:
     gw = start_gateway({"models": [openai_model("m", openai_emulator)]})
     chunks = list(client(gw).chat.completions.create(
         model="m", stream=True, messages=[{"role": "user", "content": "count the words here"}]))
@@ -106,7 +113,8 @@ def test_streamed_call_is_costed_without_showing_usage_to_the_client(openai_emul
     assert row["prompt_tokens"] > 0 and row["completion_tokens"] > 0 and row["cost_nano"] > 0
 
 
-def test_streamed_usage_reaches_a_client_that_asked_for_it(openai_emulator, start_gateway) -> None:
+def test_streamed_usage_reaches_a_client_that_asked_for_it(
+        openai_emulator: BackgroundServer, start_gateway: StartGateway) -> None:
     gw = start_gateway({"models": [openai_model("m", openai_emulator)]})
     chunks = list(client(gw).chat.completions.create(
         model="m", stream=True, stream_options={"include_usage": True},
@@ -116,7 +124,8 @@ def test_streamed_usage_reaches_a_client_that_asked_for_it(openai_emulator, star
     assert usage and usage[-1].completion_tokens == row["completion_tokens"]
 
 
-def test_failure_before_a_reply_is_logged(openai_emulator, start_gateway) -> None:
+def test_failure_before_a_reply_is_logged(
+        openai_emulator: BackgroundServer, start_gateway: StartGateway) -> None:
     gw = start_gateway({"models": [openai_model("m", openai_emulator)]})
     with pytest.raises(openai.NotFoundError):
         client(gw).chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
@@ -125,7 +134,8 @@ def test_failure_before_a_reply_is_logged(openai_emulator, start_gateway) -> Non
     assert row["cost_nano"] == 0 and row["attempts"] == 0
 
 
-def test_upstream_failure_is_logged_with_its_error_class(openai_emulator, start_gateway) -> None:
+def test_upstream_failure_is_logged_with_its_error_class(
+        openai_emulator: BackgroundServer, start_gateway: StartGateway) -> None:
     gw = start_gateway({"models": [openai_model("m", openai_emulator)]})
     requests.post(openai_emulator.url + "/_emulator/faults", json={"status": 503, "count": 1}, timeout=5)
     with pytest.raises(openai.APIStatusError):
@@ -134,7 +144,8 @@ def test_upstream_failure_is_logged_with_its_error_class(openai_emulator, start_
     assert row["status"] == 503 and row["error"] == "unavailable" and row["deployment"] == "m/openai/0"
 
 
-def test_secrets_and_personal_data_are_redacted_before_writing(openai_emulator, start_gateway) -> None:
+def test_secrets_and_personal_data_are_redacted_before_writing(
+        openai_emulator: BackgroundServer, start_gateway: StartGateway) -> None:
     gw = start_gateway({"models": [openai_model("m", openai_emulator)],
                         "request_log": {"bodies": True, "redact": [r"ACME-\d{6}"]}})
     secrets = ["sk-proj-abcdefghijklmnop123456", "jane.doe@example.com", "4111 1111 1111 1111",
@@ -292,7 +303,8 @@ def test_a_row_holds_each_value_under_its_column() -> None:
                    "client_ip": "10.1.2.3", "request_body": None, "response_body": None}
 
 
-def test_a_request_refused_before_the_pipeline_still_gets_one_row(openai_emulator, start_gateway) -> None:
+def test_a_request_refused_before_the_pipeline_still_gets_one_row(
+        openai_emulator: BackgroundServer, start_gateway: StartGateway) -> None:
     """Bodies that are not JSON or lack a field never reach a model, but the log shows them: once each,
     with the path as route, no model, the error, and the caller's key when the instance knows it. A call
     refused inside the pipeline (an unknown model) is not recorded twice; unknown routes and health checks
@@ -316,8 +328,8 @@ def test_a_request_refused_before_the_pipeline_still_gets_one_row(openai_emulato
     assert "not valid JSON" in rows[0]["error_message"]
 
 
-def test_a_refused_request_names_its_key_and_one_without_a_key_is_refused_for_that(openai_emulator,
-                                                                                     start_gateway) -> None:
+def test_a_refused_request_names_its_key_and_one_without_a_key_is_refused_for_that(
+        openai_emulator: BackgroundServer, start_gateway: StartGateway) -> None:
     """The key is checked before the body is read: a bad body with a key is that key's 400, the same body
     without a key is a 401 (its row has no key and no model)."""
     app_key = "sk-app-3b9d1f7e5c0a4e26b8d1f3a7c9e05d4b"

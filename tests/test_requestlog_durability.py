@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import requests  # type: ignore[import-untyped]
+import requests
 import yaml
 
-from relaygate.testing.base import free_port
+from relaygate.testing.base import BackgroundServer, free_port
 from relaygate.testing.tcpproxy import TcpProxy
-from tests.conftest import openai_model
+from tests.conftest import StartGateway, openai_model
 from tests.test_requestlog import log_rows, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
@@ -41,7 +41,7 @@ async def _load(url: str, seconds: float, conns: int, statuses: list[int]) -> No
 
 
 def test_database_down_for_30s_under_load_fails_no_request_and_loses_no_row(
-        openai_emulator, start_gateway, pg_url) -> None:  # type: ignore[no-untyped-def]
+        openai_emulator: BackgroundServer, start_gateway: StartGateway, pg_url: str) -> None:
     host_port = pg_url.split("@", 1)[1].split("/", 1)[0]
     with TcpProxy("127.0.0.1", int(host_port.split(":")[1])) as proxy:
         gw = start_gateway({"models": [openai_model("m", openai_emulator)],
@@ -141,7 +141,7 @@ def _p(latencies: list[float], q: float) -> float:
 
 
 def test_postgres_black_holed_under_load_leaves_calls_alone_and_loses_no_row(
-        openai_emulator, start_gateway, pg_url) -> None:  # type: ignore[no-untyped-def]
+        openai_emulator: BackgroundServer, start_gateway: StartGateway, pg_url: str) -> None:
     """PostgreSQL accepts connections and answers nothing for a while, at 50 calls/s: the writer spools
     instead of hanging on its connection, the calls do not notice, and every row lands once it answers.
     RELAYGATE_BLACKHOLE_SECONDS sets the outage (10 s here; the report quotes 30 s runs)."""

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 import pytest
-import requests  # type: ignore[import-untyped]
+import requests
 from sqlalchemy import text
 
 from relaygate.requestlog.redact import MASK
@@ -20,9 +20,9 @@ from relaygate.requestlog.writer import RequestLogWriter, WriteTimeout, is_data_
 from relaygate.store import tables
 from relaygate.store.db import BulkInsert, Database
 from relaygate.store.rows import CUT, NUL_STANDIN, RowFitter, fit_text, size
-from relaygate.testing.base import free_port
+from relaygate.testing.base import BackgroundServer, free_port
 from relaygate.testing.tcpproxy import TcpProxy
-from tests.conftest import openai_model
+from tests.conftest import StartGateway, openai_model
 from tests.test_requestlog import gateway_rows, log_rows, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
@@ -68,7 +68,7 @@ def test_a_row_is_fitted_to_the_sizes_and_ranges_of_its_table() -> None:
 
 
 def test_a_nul_an_overlong_model_and_a_lengthened_request_id_never_fail_their_batch(
-        openai_emulator, start_gateway, db_url) -> None:  # type: ignore[no-untyped-def]
+        openai_emulator: BackgroundServer, start_gateway: StartGateway, db_url: str) -> None:
     """Reachable with no key: each of these made PostgreSQL refuse the whole batch, forever (0 of 51 rows)."""
     gw = start_gateway({"models": [openai_model("m", openai_emulator)], "database": {"url": db_url}})
     url = gw.base_url + "/chat/completions"

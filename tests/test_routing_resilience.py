@@ -9,6 +9,7 @@ from typing import Any
 
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from relaygate.testing.base import BackgroundServer
 from relaygate.testing.gateway import GatewayThread
@@ -164,7 +165,8 @@ def test_fallback_happens_for_exactly_the_configured_classes(configured: str, ha
         assert chat_requests(emus[2]) == 0
 
 
-def test_context_too_long_falls_back_to_the_larger_model(emus: list[BackgroundServer], start_gateway: Start) -> None:
+def test_context_too_long_falls_back_to_the_larger_model(
+        emus: list[BackgroundServer], start_gateway: Start) -> None:
     gw = start_gateway({"models": [
         {"name": "small", "fallbacks": [{"on": ["context_too_long"], "models": ["large"]},
                                         {"on": ["unavailable"], "models": ["other"]}],
@@ -173,7 +175,7 @@ def test_context_too_long_falls_back_to_the_larger_model(emus: list[BackgroundSe
         {"name": "other", "deployments": [dep(emus[2], "other-0")]},
     ]})
     assert ask(gw, "small")[0].headers["x-relaygate-deployment"] == "small-0"  # short prompts stay
-    long = [{"role": "user", "content": "word " * 200}]
+    long: list[ChatCompletionMessageParam] = [{"role": "user", "content": "word " * 200}]
     raw = client(gw).chat.completions.with_raw_response.create(model="small", messages=long)
     assert raw.headers["x-relaygate-deployment"] == "large-0"
     assert chat_requests(emus[2]) == 0
@@ -206,7 +208,8 @@ def test_fallback_loops_are_impossible(emus: list[BackgroundServer], start_gatew
     assert headers["x-relaygate-attempts"] == "2" and headers["x-relaygate-deployment"] == "b-0"
 
 
-def test_deadline_bounds_retries_and_fallbacks_together(emus: list[BackgroundServer], start_gateway: Start) -> None:
+def test_deadline_bounds_retries_and_fallbacks_together(
+        emus: list[BackgroundServer], start_gateway: Start) -> None:
     fault(emus[1], latency_ms=600)
     fault(emus[2], latency_ms=600)
     gw = start_gateway({"server": {"request_timeout": 1.0}, "models": [
@@ -239,7 +242,8 @@ def test_stream_failing_after_its_first_byte_is_not_retried_and_ends_with_an_err
     assert chat_requests(emus[1]) == 1 and chat_requests(emus[2]) == 0
 
 
-def test_stream_failing_before_its_first_byte_is_retried(emus: list[BackgroundServer], start_gateway: Start) -> None:
+def test_stream_failing_before_its_first_byte_is_retried(
+        emus: list[BackgroundServer], start_gateway: Start) -> None:
     fault(emus[1], status=502)
     gw = start_gateway({"models": [{"name": "m", "deployments": [dep(emus[1], "bad"), dep(emus[2], "good")]}]})
     with client(gw).chat.completions.with_streaming_response.create(

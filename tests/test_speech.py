@@ -3,36 +3,41 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
 
 import httpx
 import openai
 import pytest
 
 from relaygate.testing.base import BackgroundServer
+from relaygate.testing.gateway import GatewayThread
 from relaygate.testing.openai import OpenAIEmulatorOptions, create_app
 from relaygate.testing.openai_audio import speech_audio
-from tests.conftest import UPSTREAM_KEY, openai_model
+from tests.conftest import UPSTREAM_KEY, StartGateway, openai_model
 
 KOKORO_VOICES = ("af_sky", "af_bella", "af_heart")
 
 
 @pytest.fixture
-def kokoro():
+def kokoro() -> Iterator[BackgroundServer]:
     """A local Kokoro-like server: OpenAI's /v1/audio/speech with its own voices, no key."""
     with BackgroundServer(create_app(OpenAIEmulatorOptions(voices=KOKORO_VOICES))) as srv:
         yield srv
 
 
-def kokoro_deployment(kokoro: BackgroundServer, **extra) -> dict:
+def kokoro_deployment(kokoro: BackgroundServer, **extra: Any) -> dict[str, Any]:
     return {"provider": "openai", "model": "kokoro", "api_base": kokoro.url + "/v1", "timeout": 10,
             "voices": ["af_sky", "af_bella"], **extra}
 
 
-def client(gw) -> openai.OpenAI:
+def client(gw: GatewayThread) -> openai.OpenAI:
     return openai.OpenAI(base_url=gw.base_url, api_key="sk-client", max_retries=0)
 
 
-def test_speech_streams_to_a_file_with_the_upstream_bytes(openai_emulator, start_gateway, tmp_path):
+def test_speech_streams_to_a_file_with_the_upstream_bytes(
+        openai_emulator: BackgroundServer, start_gateway: StartGateway, tmp_path: Path) -> None:
     gw = start_gateway({"models": [openai_model("tts", openai_emulator, "tts-1")]})
     out = tmp_path / "hello.wav"
     with client(gw).audio.speech.with_streaming_response.create(
@@ -47,14 +52,17 @@ def test_speech_streams_to_a_file_with_the_upstream_bytes(openai_emulator, start
 
 @pytest.mark.parametrize("fmt, magic", [("mp3", b"\xff\xfb"), ("pcm", b""), ("flac", b"fLaC"),
                                         ("opus", b"OggS"), ("aac", b"\xff\xf1")])
-def test_every_audio_format_passes_through(openai_emulator, start_gateway, fmt, magic):
+def test_every_audio_format_passes_through(
+        openai_emulator: BackgroundServer, start_gateway: StartGateway,
+        fmt: Literal["mp3", "pcm", "flac", "opus", "aac"], magic: bytes) -> None:
     gw = start_gateway({"models": [openai_model("tts", openai_emulator, "tts-1")]})
     audio = client(gw).audio.speech.create(model="tts", voice="nova", input="format check", response_format=fmt)
     assert audio.content == speech_audio("format check", "nova", fmt)
     assert audio.content.startswith(magic)
 
 
-def test_speech_reaches_the_client_before_the_upstream_finished(openai_emulator, start_gateway):
+def test_speech_reaches_the_client_before_the_upstream_finished(
+        openai_emulator: BackgroundServer, start_gateway: StartGateway) -> None:
     gw = start_gateway({"models": [openai_model("tts", openai_emulator, "tts-1")]})
     httpx.post(openai_emulator.url + "/_emulator/faults", json={"chunk_delay_ms": 150})
     text = "x" * 300  # 6 s of 24 kHz audio: 72 chunks, of which we read the first
@@ -66,7 +74,8 @@ def test_speech_reaches_the_client_before_the_upstream_finished(openai_emulator,
     assert first and waited < 2.0  # the whole answer would take 72 x 150 ms = 10.8 s upstream
 
 
-def test_sse_stream_format_is_forwarded_as_events(openai_emulator, start_gateway):
+def test_sse_stream_format_is_forwarded_as_events(
+        openai_emulator: BackgroundServer, start_gateway: StartGateway) -> None:
     gw = start_gateway({"models": [openai_model("tts", openai_emulator, "gpt-4o-mini-tts")]})
     r = httpx.post(gw.base_url + "/audio/speech", json={"model": "tts", "voice": "alloy", "input": "hi",
                                                          "stream_format": "sse"})
@@ -74,7 +83,8 @@ def test_sse_stream_format_is_forwarded_as_events(openai_emulator, start_gateway
     assert '"speech.audio.done"' in r.text
 
 
-def test_voice_picks_the_deployment(openai_emulator, kokoro, start_gateway):
+def test_voice_picks_the_deployment(
+        openai_emulator: BackgroundServer, kokoro: BackgroundServer, start_gateway: StartGateway) -> None:
     gw = start_gateway({"models": [{"name": "tts", "deployments": [
         {**openai_model("tts", openai_emulator, "tts-1")["deployments"][0], "name": "openai"},
         {**kokoro_deployment(kokoro), "name": "kokoro"},
@@ -92,7 +102,8 @@ def test_voice_picks_the_deployment(openai_emulator, kokoro, start_gateway):
     assert {q["json"]["voice"] for q in openai_emulator.state.requests} == {"alloy"}
 
 
-def test_a_voice_no_deployment_serves_is_a_400_naming_the_voices(kokoro, start_gateway):
+def test_a_voice_no_deployment_serves_is_a_400_naming_the_voices(
+        kokoro: BackgroundServer, start_gateway: StartGateway) -> None:
     gw = start_gateway({"models": [{"name": "tts", "deployments": [kokoro_deployment(kokoro)]}]})
     r = httpx.post(gw.base_url + "/audio/speech", json={"model": "tts", "voice": "alloy", "input": "x"})
     assert r.status_code == 400
@@ -101,7 +112,8 @@ def test_a_voice_no_deployment_serves_is_a_400_naming_the_voices(kokoro, start_g
     assert kokoro.state.requests == []
 
 
-def test_voice_map_renames_the_voice_for_that_upstream(kokoro, start_gateway):
+def test_voice_map_renames_the_voice_for_that_upstream(
+        kokoro: BackgroundServer, start_gateway: StartGateway) -> None:
     gw = start_gateway({"models": [{"name": "tts", "deployments": [
         kokoro_deployment(kokoro, voice_map={"alloy": "af_heart"})]}]})
     audio = client(gw).audio.speech.create(model="tts", voice="alloy", input="renamed", response_format="wav")
@@ -119,14 +131,16 @@ def test_voice_map_renames_the_voice_for_that_upstream(kokoro, start_gateway):
     ({"model": "tts", "voice": "alloy", "input": "x", "speed": 9}, "speed"),
     ({"model": "tts", "voice": "alloy", "input": "x", "stream_format": "chunks"}, "stream_format"),
 ])
-def test_invalid_speech_requests_get_a_400(openai_emulator, start_gateway, body, param):
+def test_invalid_speech_requests_get_a_400(openai_emulator: BackgroundServer, start_gateway: StartGateway,
+                                           body: dict[str, Any], param: str) -> None:
     gw = start_gateway({"models": [openai_model("tts", openai_emulator, "tts-1")]})
     r = httpx.post(gw.base_url + "/audio/speech", json=body)
     assert r.status_code == 400 and r.json()["error"]["param"] == param
     assert openai_emulator.state.requests == []
 
 
-def test_an_upstream_failure_after_the_first_byte_cuts_the_connection(openai_emulator, start_gateway):
+def test_an_upstream_failure_after_the_first_byte_cuts_the_connection(
+        openai_emulator: BackgroundServer, start_gateway: StartGateway) -> None:
     gw = start_gateway({"models": [openai_model("tts", openai_emulator, "tts-1")]})
     httpx.post(openai_emulator.url + "/_emulator/faults", json={"disconnect_after_chunks": 2})
     with pytest.raises(httpx.RemoteProtocolError):  # a truncated body, never a clean short file
@@ -134,7 +148,7 @@ def test_an_upstream_failure_after_the_first_byte_cuts_the_connection(openai_emu
                                                          "response_format": "pcm"})
 
 
-def test_upstream_key_never_reaches_the_client(start_gateway):
+def test_upstream_key_never_reaches_the_client(start_gateway: StartGateway) -> None:
     bad = BackgroundServer(create_app(OpenAIEmulatorOptions(api_key="sk-other-key-000000000000"))).start()
     try:
         gw = start_gateway({"models": [{"name": "tts", "deployments": [{
@@ -152,7 +166,7 @@ def test_upstream_key_never_reaches_the_client(start_gateway):
     ({"voice_map": {"alloy": ""}}, "models[0].deployments[0].voice_map: voice names must not be empty"),
     ({"voices": "af_sky"}, "models[0].deployments[0].voices: Input should be a valid list"),
 ])
-def test_voice_config_errors_name_their_path(extra, error):
+def test_voice_config_errors_name_their_path(extra: dict[str, Any], error: str) -> None:
     from relaygate.config import ConfigError, parse_config
 
     with pytest.raises(ConfigError) as e:
@@ -170,7 +184,8 @@ def discovered_voices(base_url: str, **params: str) -> list[str]:
     return [v["id"] if isinstance(v, dict) else v for v in data["voices"]]
 
 
-def test_voices_lists_what_each_speech_model_speaks_in_kokoro_fastapis_shape(openai_emulator, kokoro, start_gateway):
+def test_voices_lists_what_each_speech_model_speaks_in_kokoro_fastapis_shape(
+        openai_emulator: BackgroundServer, kokoro: BackgroundServer, start_gateway: StartGateway) -> None:
     gw = start_gateway({"models": [
         {"name": "tts", "deployments": [
             openai_model("x", openai_emulator, "tts-1")["deployments"][0],
@@ -196,7 +211,8 @@ def test_voices_lists_what_each_speech_model_speaks_in_kokoro_fastapis_shape(ope
         assert client(gw).audio.speech.create(model="tts", voice=voice, input="hi").content
 
 
-def test_voices_of_one_model_and_in_the_legacy_shape(openai_emulator, kokoro, start_gateway):
+def test_voices_of_one_model_and_in_the_legacy_shape(
+        openai_emulator: BackgroundServer, kokoro: BackgroundServer, start_gateway: StartGateway) -> None:
     gw = start_gateway({"models": [{"name": "local", "deployments": [kokoro_deployment(kokoro)]},
                                    openai_model("*", openai_emulator, "*")]})
     assert discovered_voices(gw.base_url, model="local") == ["af_sky", "af_bella"]
@@ -207,7 +223,8 @@ def test_voices_of_one_model_and_in_the_legacy_shape(openai_emulator, kokoro, st
     assert httpx.get(gw.base_url + "/audio/voices", params={"model": "gpt-4o"}).json()["models"] == {"gpt-4o": []}
 
 
-def test_voices_of_an_unknown_model_is_a_404_in_openais_shape(kokoro, start_gateway):
+def test_voices_of_an_unknown_model_is_a_404_in_openais_shape(
+        kokoro: BackgroundServer, start_gateway: StartGateway) -> None:
     gw = start_gateway({"models": [{"name": "local", "deployments": [kokoro_deployment(kokoro)]}]})
     r = httpx.get(gw.base_url + "/audio/voices", params={"model": "nope"})
     assert r.status_code == 404

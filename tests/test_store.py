@@ -117,7 +117,8 @@ def test_owner_indexes_become_partial_and_equality_queries_still_use_them(databa
     assert database.migrate() == STEPS[-1][0]
     with database.engine.connect() as conn:
         if database.engine.dialect.name == "sqlite":
-            defs = dict(conn.exec_driver_sql("SELECT name, sql FROM sqlite_master WHERE type = 'index'").all())
+            defs: dict[str, str] = dict(conn.exec_driver_sql(
+                "SELECT name, sql FROM sqlite_master WHERE type = 'index'").all())
             plan = " ".join(str(r[-1]) for r in conn.exec_driver_sql(
                 "EXPLAIN QUERY PLAN SELECT sum(cost_nano) FROM request_log WHERE team_id = 't' AND ts >= 0"))
             assert "ix_request_log_team_ts" in plan, plan

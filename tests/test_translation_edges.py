@@ -25,6 +25,7 @@ from relaygate.testing.cohere import create_app as cohere_app
 from relaygate.testing.gateway import GatewayThread
 from relaygate.testing.gemini import GeminiEmulatorOptions
 from relaygate.testing.gemini import create_app as gemini_app
+from tests.openai_types import function_calls
 from tests.test_recorded_answers import Answer, replay_app
 
 ANTHROPIC_KEY = "sk-ant-api03-upstream-secret-0123456789"
@@ -87,7 +88,7 @@ def test_whole_tool_call_without_arguments_has_an_empty_object(gateway: GatewayT
     r = client(gateway).chat.completions.create(
         model=model, messages=[{"role": "user", "content": "clear everything"}],
         tools=[openai.pydantic_function_tool(ClearAll)], tool_choice="required")
-    assert (r.choices[0].message.tool_calls or [])[0].function.arguments == "{}"
+    assert function_calls(r.choices[0].message)[0].function.arguments == "{}"
 
 
 # ---- answers served as recorded shapes (a small upstream that answers what the test gives it) ----------
@@ -109,7 +110,8 @@ def gemini_sse(*events: dict[str, Any]) -> bytes:
     return b"".join(b"data: " + orjson.dumps(e) + b"\r\n\r\n" for e in events)
 
 
-def candidate(text: str | None = None, finish: str | None = None, message: str | None = None) -> dict[str, Any]:
+def candidate(
+        text: str | None = None, finish: str | None = None, message: str | None = None) -> dict[str, Any]:
     cand: dict[str, Any] = {"index": 0, "content": {"role": "model", "parts": [{"text": text}] if text else []}}
     if finish:
         cand["finishReason"] = finish
@@ -200,20 +202,21 @@ COHERE_NULL_ARGS = {"id": "316f0604", "finish_reason": "TOOL_CALL", "message": {
 def test_cohere_null_arguments_become_an_empty_object(replay: GatewayThread, answer: Answer) -> None:
     serve(answer, orjson.dumps(COHERE_NULL_ARGS))
     r = client(replay).chat.completions.create(model="cohere", messages=[{"role": "user", "content": "time?"}])
-    assert (r.choices[0].message.tool_calls or [])[0].function.arguments == "{}"
+    assert function_calls(r.choices[0].message)[0].function.arguments == "{}"
     message = anthropic.Anthropic(base_url=replay.url, api_key="unused", max_retries=0).messages.create(
         model="cohere", max_tokens=100, messages=[{"role": "user", "content": "time?"}])
     assert [b.input for b in message.content if b.type == "tool_use"] == [{}]
 
 
 def test_cohere_streamed_null_arguments_become_an_empty_object(replay: GatewayThread, answer: Answer) -> None:
-    events = [{"id": "g1", "type": "message-start", "delta": {"message": {"role": "assistant"}}},
-              {"type": "tool-call-start", "index": 0, "delta": {"message": {"tool_calls": {
-                  "id": "t1", "type": "function", "function": {"name": "currentTime", "arguments": "nu"}}}}},
-              {"type": "tool-call-delta", "index": 0, "delta": {"message": {"tool_calls": {
-                  "function": {"arguments": "ll"}}}}},
-              {"type": "tool-call-end", "index": 0},
-              {"type": "message-end", "delta": {"finish_reason": "TOOL_CALL"}}]
+    events: list[dict[str, Any]] = [
+        {"id": "g1", "type": "message-start", "delta": {"message": {"role": "assistant"}}},
+        {"type": "tool-call-start", "index": 0, "delta": {"message": {"tool_calls": {
+            "id": "t1", "type": "function", "function": {"name": "currentTime", "arguments": "nu"}}}}},
+        {"type": "tool-call-delta", "index": 0, "delta": {"message": {"tool_calls": {
+            "function": {"arguments": "ll"}}}}},
+        {"type": "tool-call-end", "index": 0},
+        {"type": "message-end", "delta": {"finish_reason": "TOOL_CALL"}}]
     body = b"".join(b"event: " + e["type"].encode() + b"\ndata: " + orjson.dumps(e) + b"\n\n" for e in events)
     serve(answer, body, "text/event-stream")
     with client(replay).chat.completions.stream(model="cohere", messages=[{"role": "user", "content": "t"}]) as s:

@@ -5,15 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import hypothesis
 import orjson
 import pytest
+from hypothesis import strategies as st
 
-pytest.importorskip("msgspec")
-hypothesis = pytest.importorskip("hypothesis")
-st = pytest.importorskip("hypothesis.strategies")
-
-from relaygate.providers.openai.usage import usage_of  # noqa: E402
-from relaygate.providers.openai_format import usage_of as _usage_of  # noqa: E402
+from relaygate.providers.openai.usage import usage_of
+from relaygate.providers.openai_format import usage_of as _usage_of
 
 CANNED = Path(__file__).resolve().parent.parent / "bench" / "upstream" / "chat.json"
 

@@ -4,16 +4,18 @@ voice-mode do it), each served by a different upstream behind relaygate."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import openai
 
 from relaygate.testing.base import BackgroundServer
 from relaygate.testing.openai import OpenAIEmulatorOptions, create_app
 from relaygate.testing.openai_audio import speech_audio, tone_pcm, wav_bytes
-from tests.conftest import openai_model
+from tests.conftest import StartGateway, openai_model
 
 
-def test_a_voice_agent_turn_transcribe_chat_speak(openai_emulator, start_gateway, tmp_path):
+def test_a_voice_agent_turn_transcribe_chat_speak(
+        openai_emulator: BackgroundServer, start_gateway: StartGateway, tmp_path: Path) -> None:
     with BackgroundServer(create_app(OpenAIEmulatorOptions())) as whisper, \
             BackgroundServer(create_app(OpenAIEmulatorOptions(voices=("af_sky",)))) as kokoro:
         gw = start_gateway({"models": [

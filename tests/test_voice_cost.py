@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import openai
 
+from relaygate.testing.base import BackgroundServer
 from relaygate.testing.openai_audio import tone_pcm, wav_bytes
-from tests.conftest import openai_model
+from tests.conftest import StartGateway, openai_model
 from tests.test_requestlog import gateway_rows
 
 
-def test_speech_is_priced_per_character_and_transcription_per_second(openai_emulator, start_gateway):
+def test_speech_is_priced_per_character_and_transcription_per_second(
+        openai_emulator: BackgroundServer, start_gateway: StartGateway) -> None:
     gw = start_gateway({"models": [openai_model("tts", openai_emulator, "tts-1"),
                                    openai_model("stt", openai_emulator, "whisper-1"),
                                    openai_model("embed", openai_emulator, "text-embedding-3-small")]})

@@ -4,28 +4,32 @@ upload is replayed to the next speech-to-text deployment. (Routing strategies an
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
 import pytest
 
 from relaygate.testing.base import BackgroundServer
+from relaygate.testing.gateway import GatewayThread
 from relaygate.testing.openai import OpenAIEmulatorOptions, create_app
 from relaygate.testing.openai_audio import speech_audio, tone_pcm, wav_bytes
-from tests.conftest import openai_model
+from tests.conftest import StartGateway, openai_model
 
 
 @pytest.fixture
-def kokoro():
+def kokoro() -> Iterator[BackgroundServer]:
     with BackgroundServer(create_app(OpenAIEmulatorOptions(voices=("af_sky", "af_heart")))) as srv:
         yield srv
 
 
-def client(gw) -> openai.OpenAI:
+def client(gw: GatewayThread) -> openai.OpenAI:
     return openai.OpenAI(base_url=gw.base_url, api_key="sk-client", max_retries=0)
 
 
-def tts_with_local_backup(openai_emulator, kokoro) -> dict:
+def tts_with_local_backup(openai_emulator: BackgroundServer, kokoro: BackgroundServer) -> dict[str, Any]:
     """The voice-mode pattern: OpenAI first; a local Kokoro (speaking alloy as af_heart) when it fails."""
     return {"models": [{"name": "tts", "strategy": "priority", "deployments": [
         {**openai_model("tts", openai_emulator, "tts-1")["deployments"][0], "name": "openai", "priority": 0},
@@ -34,11 +38,12 @@ def tts_with_local_backup(openai_emulator, kokoro) -> dict:
     ]}]}
 
 
-def fail_next(emulator: BackgroundServer, **fault) -> None:
+def fail_next(emulator: BackgroundServer, **fault: Any) -> None:
     httpx.post(emulator.url + "/_emulator/faults", json={"count": 1, **fault}).raise_for_status()
 
 
-def test_the_primary_serves_while_it_is_healthy(openai_emulator, kokoro, start_gateway):
+def test_the_primary_serves_while_it_is_healthy(
+        openai_emulator: BackgroundServer, kokoro: BackgroundServer, start_gateway: StartGateway) -> None:
     gw = start_gateway(tts_with_local_backup(openai_emulator, kokoro))
     with client(gw).audio.speech.with_streaming_response.create(model="tts", voice="alloy", input="hi") as r:
         assert r.headers["x-relaygate-deployment"] == "openai"
@@ -48,8 +53,9 @@ def test_the_primary_serves_while_it_is_healthy(openai_emulator, kokoro, start_g
 
 @pytest.mark.parametrize("fault", [{"status": 503}, {"status": 429}, {"drop_connection": True},
                                    {"disconnect_after_chunks": 0}])  # the last: headers sent, then no audio
-def test_tts_falls_back_to_the_local_server_before_the_first_byte(openai_emulator, kokoro, start_gateway,
-                                                                    tmp_path, fault):
+def test_tts_falls_back_to_the_local_server_before_the_first_byte(
+        openai_emulator: BackgroundServer, kokoro: BackgroundServer, start_gateway: StartGateway,
+        tmp_path: Path, fault: dict[str, Any]) -> None:
     gw = start_gateway(tts_with_local_backup(openai_emulator, kokoro))
     fail_next(openai_emulator, **fault)
     out = tmp_path / "reply.wav"
@@ -62,7 +68,8 @@ def test_tts_falls_back_to_the_local_server_before_the_first_byte(openai_emulato
     assert kokoro.state.requests[-1]["json"]["voice"] == "af_heart"
 
 
-def test_fallback_to_another_model_keeps_voice_routing(openai_emulator, kokoro, start_gateway):
+def test_fallback_to_another_model_keeps_voice_routing(
+        openai_emulator: BackgroundServer, kokoro: BackgroundServer, start_gateway: StartGateway) -> None:
     gw = start_gateway({"models": [
         {**openai_model("tts", openai_emulator, "tts-1"), "fallbacks": [{"models": ["tts-local"]}]},
         {"name": "tts-local", "deployments": [{"provider": "openai", "model": "kokoro",
@@ -73,7 +80,8 @@ def test_fallback_to_another_model_keeps_voice_routing(openai_emulator, kokoro, 
     assert audio.content == speech_audio("backup", "af_sky", "pcm")
 
 
-def test_a_failed_transcription_replays_the_upload_to_the_next_deployment(openai_emulator, start_gateway):
+def test_a_failed_transcription_replays_the_upload_to_the_next_deployment(
+        openai_emulator: BackgroundServer, start_gateway: StartGateway) -> None:
     with BackgroundServer(create_app(OpenAIEmulatorOptions())) as local_whisper:
         gw = start_gateway({"models": [{"name": "stt", "strategy": "priority", "deployments": [
             {**openai_model("stt", openai_emulator, "whisper-1")["deployments"][0], "name": "openai"},

@@ -10,7 +10,7 @@ end): a client that goes away stops the upstream generation at once.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
 import aiohttp
@@ -269,7 +269,8 @@ async def peek(body: UpstreamBody, first: Awaitable[T | None], what: str = "its 
     return item
 
 
-async def closing(body: UpstreamBody, stream: AsyncIterator[bytes], first: bytes = b"") -> AsyncIterator[bytes]:
+async def closing(
+        body: UpstreamBody, stream: AsyncIterator[T], first: T | None = None) -> AsyncGenerator[T, None]:
     """``stream`` (made from ``body``; after ``first`` when given) as a reply stream. However it ends (done,
     failed, or its reader gone), the upstream is closed then, released only when its body was read whole."""
     try:
@@ -286,7 +287,8 @@ async def closing(body: UpstreamBody, stream: AsyncIterator[bytes], first: bytes
             body.close()
 
 
-async def open_body(resp: aiohttp.ClientResponse, kind: str, *, require_bytes: bool = False) -> AsyncIterator[bytes]:
+async def open_body(
+        resp: aiohttp.ClientResponse, kind: str, *, require_bytes: bool = False) -> AsyncIterator[bytes]:
     """The response body as it arrives, after waiting for its first bytes (an empty body is an error when
     ``require_bytes``); later chunks are forwarded as they come, never buffered whole."""
     body = UpstreamBody(resp, kind)

@@ -27,7 +27,7 @@ class RetryPolicy:
     def backoff(self, repeat: int) -> float:
         """Seconds before the ``repeat``-th repeat (0-based) of a deployment: doubling, capped, jittered."""
         c = self.config
-        base = min(c.max_backoff, c.backoff * (2 ** min(repeat, 30)))
+        base = min(c.max_backoff, c.backoff * (1 << min(repeat, 30)))
         return base * (1.0 - c.jitter * self.rng.random())
 
     def wait(self, repeat: int, cooling_for: float) -> float | None:

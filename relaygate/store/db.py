@@ -198,7 +198,8 @@ class BulkInsert:
         self.names = [str(c.name) for c in table.c]  # plain str: orjson refuses str subclasses as keys
         self._defaults = {c.name: c.default.arg for c in table.c
                           if c.default is not None and not callable(c.default.arg)}
-        self._values = operator.itemgetter(*self.names)  # a dict row's values in column order, in C
+        # a dict row's values in column order, in C (a table has several columns: itemgetter gives a tuple)
+        self._values: Callable[[dict[str, Any]], tuple[Any, ...]] = operator.itemgetter(*self.names)
         self._sql: dict[tuple[int, tuple[int, ...]], str] = {}  # (rows, columns) -> SQLite INSERT
         self._all = tuple(range(len(self.names)))
         self._oids: list[int] | None = None  # PostgreSQL type oids of the columns, for binary COPY

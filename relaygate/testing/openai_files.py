@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import BodyPartReader, web
 
-from relaygate.testing.base import STATE_KEY, json_response, send_sse, tracked
+from relaygate.testing.base import STATE_KEY, Handler, json_response, send_sse, tracked
 from relaygate.testing.openai import (
     MAX_BEST_OF,
     MAX_CHOICES,
@@ -53,7 +53,7 @@ def add_passthrough_routes(app: web.Application, opts: OpenAIEmulatorOptions) ->
     app[FILES_KEY] = {}
     app[BATCHES_KEY] = {}
 
-    def guarded(handler: Any) -> Any:
+    def guarded(handler: Handler) -> Handler:
         async def wrapper(request: web.Request) -> web.StreamResponse:
             denied = auth_error(request, opts, False)
             if denied is not None:

@@ -85,7 +85,8 @@ class Tally:
 class RawServer:
     """Runs ``script(peer)`` for every accepted connection; counts connections and records requests."""
 
-    def __init__(self, script: Script, *, tls: ssl.SSLContext | None = None, tally: Tally | None = None) -> None:
+    def __init__(
+            self, script: Script, *, tls: ssl.SSLContext | None = None, tally: Tally | None = None) -> None:
         self.script = script
         self.tls = tls
         self.tally = tally or Tally()
@@ -99,7 +100,8 @@ class RawServer:
     @property
     def port(self) -> int:
         assert self._server is not None
-        return self._server.sockets[0].getsockname()[1]
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
 
     def url(self, path: str = "/v1/chat/completions", host: str = "127.0.0.1") -> str:
         return f"{'https' if self.tls else 'http'}://{host}:{self.port}{path}"
@@ -118,7 +120,7 @@ class RawServer:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._tasks.add(task)  # type: ignore[arg-type]
+        self._tasks.add(task)
         self.connections += 1
         self.open += 1
         self.max_open = max(self.max_open, self.open)
@@ -131,7 +133,7 @@ class RawServer:
         finally:
             self.open -= 1
             writer.close()
-            self._tasks.discard(task)  # type: ignore[arg-type]
+            self._tasks.discard(task)
 
 
 def respond(status: int = 200, body: bytes = b"{}", headers: str = "") -> bytes:

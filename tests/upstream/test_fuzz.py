@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
+import hypothesis
+from hypothesis import strategies as st
 
 from relaygate.upstream import Client, Timeouts, UpstreamError
 from tests.upstream.rawserver import LOOPS, Peer, RawServer, run
-
-hypothesis = pytest.importorskip("hypothesis")
-st = pytest.importorskip("hypothesis.strategies")
 
 FUZZ = hypothesis.settings(max_examples=150, deadline=None, derandomize=True, database=None,
                            suppress_health_check=list(hypothesis.HealthCheck))

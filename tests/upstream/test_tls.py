@@ -25,7 +25,7 @@ def test_a_tls_upstream_signed_by_the_configured_ca_is_trusted_with_sni(arun: Ar
                                                                           tmp_path: Path) -> None:
     server_ctx = ca.server_context(tmp_path, ["localhost", "127.0.0.1"])
     seen: list[str | None] = []
-    server_ctx.sni_callback = lambda sock, name, ctx: seen.append(name)  # type: ignore[assignment,misc,func-returns-value]
+    server_ctx.sni_callback = lambda sock, name, ctx: seen.append(name)
 
     async def test() -> None:
         async with RawServer(serve_forever(respond(body=b"secure")), tls=server_ctx) as srv, \

@@ -14,7 +14,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from relaygate.limits.base import Limiter, SpentLoader
     from relaygate.requestlog.audit import AuditLayer
     from relaygate.requestlog.writer import RequestLogWriter
+    from relaygate.server.reload import Reloads
     from relaygate.store.db import Database
     from relaygate.store.reads import Reads
 
@@ -95,22 +96,28 @@ def spent_loader(reads: Reads) -> SpentLoader:
     return load
 
 
-def build_deployments(config: Config, session: aiohttp.ClientSession,
-                      breakers: Breakers) -> dict[str, list[Deployment]]:
+def build_deployments(config: Config, session: aiohttp.ClientSession, breakers: Breakers,
+                      kept: Mapping[str, Deployment] | None = None) -> dict[str, list[Deployment]]:
     """Every model's deployments: a provider each, and a breaker from the model's settings; provider-level
-    problems become ConfigErrors."""
+    problems become ConfigErrors. A deployment of ``kept`` (a replaced gateway's) whose name, model, settings
+    and breaker settings are the same is taken as it is."""
     models: dict[str, list[Deployment]] = {}
     errors: list[str] = []
     for mi, m in enumerate(config.models):
         settings = model_breaker(m)
         deps = []
         for di, d in enumerate(m.deployments):
+            name = deployment_name(m, di)
+            same = (kept or {}).get(name)
+            if same is not None and same.model_name == m.name and same.config == d and \
+                    (same.breaker.settings if same.breaker else None) == (settings if settings.enabled else None):
+                deps.append(same)
+                continue
             try:
                 provider = provider_class(d)(d, session)
             except ValueError as e:
                 errors.append(f"models[{mi}].deployments[{di}]: {e}")
                 continue
-            name = deployment_name(m, di)
             deps.append(Deployment(name, m.name, d, provider, breaker=breakers.new(name, settings)))
         models[m.name] = deps
     if errors:
@@ -131,10 +138,12 @@ def check_deployments(config: Config) -> None:
     asyncio.run(build())
 
 
-async def start_deployments(config: Config, models: dict[str, list[Deployment]]) -> None:
-    """Let every provider get ready (credentials that need I/O), at once; their problems become ConfigErrors."""
+async def start_deployments(config: Config, models: dict[str, list[Deployment]],
+                            started: Collection[Deployment] = ()) -> None:
+    """Let every provider not ``started`` yet get ready (credentials that need I/O), at once; their problems
+    become ConfigErrors."""
     deps = [(f"models[{mi}].deployments[{di}]", d) for mi, m in enumerate(config.models)
-            for di, d in enumerate(models.get(m.name, ()))]
+            for di, d in enumerate(models.get(m.name, ())) if d not in started]
     results = await asyncio.gather(*(d.provider.start() for _, d in deps), return_exceptions=True)
     errors = [f"{path}: {r}" for (path, _), r in zip(deps, results, strict=True) if isinstance(r, ValueError)]
     if errors:
@@ -147,23 +156,38 @@ async def start_deployments(config: Config, models: dict[str, list[Deployment]])
 class Gateway:
     """Holds the config and everything built from it; ``handle`` runs a call through the pipeline."""
 
-    def __init__(self, config: Config, session: aiohttp.ClientSession) -> None:
+    def __init__(self, config: Config, session: aiohttp.ClientSession, previous: Gateway | None = None,
+                 control: Reloads | None = None) -> None:
+        """``previous``: the gateway a reload replaces; the parts its config still describes the same way
+        carry over (the upstream pool always; Redis, database, keys, limits, log writer, breakers and
+        deployments when their sections are unchanged), so counts, caches and pooled connections live on."""
         self.config = config
         self.session = session
+        self.control = control  # what ``POST /admin/reload`` asks (None: no reload here)
         self.started = time.time()
         self.config_hash = config_hash(config)
         self.ready = False
         self.draining = False  # the server is stopping (SIGTERM): readiness says so while calls finish
+        self.calls = 0  # requests being served on this gateway (a replaced one closes once none is left)
+        self.idle = asyncio.Event()
+        before = previous.config if previous is not None else None
+
+        def same(*sections: str) -> bool:
+            return before is not None and all(getattr(before, s) == getattr(config, s) for s in sections)
+
         # one Redis client (one connection, one timeout policy) for the limits and the breakers
         st = config.state
-        self.redis = RespClient(st.redis_url, st.redis_timeout, st.redis_retry) if st.redis_url else None
+        self.redis: RespClient | None = previous.redis if previous is not None and same("state") else \
+            RespClient(st.redis_url, st.redis_timeout, st.redis_retry) if st.redis_url else None
 
         master = master_key(config)
         self.db: Database | None = None
         if config.request_log.enabled or master:
             from relaygate.store.db import Database
 
-            self.db = Database(config.database.url, config.database.pool_size)
+            self.db = previous.db if previous is not None and previous.db is not None and same("database") \
+                else Database(config.database.url, config.database.pool_size)
+        same_db = previous is not None and self.db is previous.db
 
         self.keys: KeyStore | None = None
         self.reads: Reads | None = None
@@ -176,13 +200,21 @@ class Gateway:
 
             assert self.db is not None
             self.keys = KeyStore(self.db.engine)
-            # the request path reads through its own bounded connections: a slow database answers 503 for
-            # keys not cached and budgets not loaded, and never stalls calls whose keys are cached
-            self.reads = reads = Reads(self.db, config.database.lookup_timeout)
-            lookups = KeyStore(reads.engine)
-            self.auth = Authenticator(master, lambda digest: reads.run(lookups.lookup, digest),
-                                      config.auth.cache_ttl, config.auth.stale_ttl)
-            self.limiter = self._limiter(reads)
+            if previous is not None and same_db and previous.reads is not None and previous.auth is not None \
+                    and master_key(previous.config) == master and same("auth"):
+                self.reads, self.auth = previous.reads, previous.auth  # the key cache lives on
+            else:
+                # the request path reads through its own bounded connections: a slow database answers 503 for
+                # keys not cached and budgets not loaded, and never stalls calls whose keys are cached
+                self.reads = Reads(self.db, config.database.lookup_timeout)
+                lookups = KeyStore(self.reads.engine)
+                reads = self.reads
+                self.auth = Authenticator(master, lambda digest: reads.run(lookups.lookup, digest),
+                                          config.auth.cache_ttl, config.auth.stale_ttl)
+            keep_limits = previous is not None and previous.limiter is not None and self.reads is previous.reads \
+                and self.redis is previous.redis \
+                and previous.config.server.request_timeout == config.server.request_timeout  # the slots' expiry
+            self.limiter = previous.limiter if keep_limits and previous is not None else self._limiter(self.reads)
 
         self.writer: RequestLogWriter | None = None
         if config.request_log.enabled:
@@ -190,19 +222,27 @@ class Gateway:
 
             assert self.db is not None
             rl = config.request_log
-            # an engine of its own: a write stuck on a database that stopped answering holds no connection
-            # the key lookups need, and every wait of it is bounded by the write timeout
-            self.writer = RequestLogWriter(self.db.bounded_engine(rl.write_timeout), default_spool_dir(config),
-                                           queue_size=rl.queue_size, batch_size=rl.batch_size,
-                                           flush_interval=rl.flush_interval, write_timeout=rl.write_timeout)
+            if previous is not None and same_db and previous.writer is not None and same("request_log"):
+                self.writer = previous.writer
+            else:
+                # an engine of its own: a write stuck on a database that stopped answering holds no connection
+                # the key lookups need, and every wait of it is bounded by the write timeout
+                self.writer = RequestLogWriter(self.db.bounded_engine(rl.write_timeout), default_spool_dir(config),
+                                               queue_size=rl.queue_size, batch_size=rl.batch_size,
+                                               flush_interval=rl.flush_interval, write_timeout=rl.write_timeout)
 
-        self.breakers = Breakers(self.redis)
-        self.table = ModelTable(build_deployments(config, session, self.breakers), PROVIDER_TYPES)
+        keep_breakers = previous is not None and self.redis is previous.redis
+        self.breakers: Breakers = previous.breakers if keep_breakers and previous is not None else Breakers(self.redis)
+        # an unchanged deployment (same name, model, settings and breaker) is the same object: its breaker,
+        # statistics, health and rpm counts go on
+        kept = {d.name: d for d in previous.deployments()} if keep_breakers and previous is not None else {}
+        self.table = ModelTable(build_deployments(config, session, self.breakers, kept), PROVIDER_TYPES)
         self.pricing = Pricing(PriceBook(config), self.table.models, config.auth.default_output_tokens)
         self.router = Router(self.table, config, self.pricing.unit_price)
         self.health = HealthChecker(health_checks(config, self.table.models))
         self.audit: AuditLayer | None = None  # the outermost layer, when the request log is on
         self.pipeline: Handler = self._pipeline()
+        self._fresh = {id(part) for part in self.parts()} - ({id(p) for p in previous.parts()} if previous else set())
 
     def _limiter(self, reads: Reads) -> Limiter:
         if self.redis is not None:
@@ -230,31 +270,41 @@ class Gateway:
         return handler
 
     @classmethod
-    async def create(cls, config: Config) -> Gateway:
-        """Build and start a gateway (must run inside the event loop that will serve it)."""
-        session = new_session()
+    async def create(cls, config: Config, previous: Gateway | None = None, control: Reloads | None = None,
+                     keep: Collection[Gateway] = ()) -> Gateway:
+        """Build and start a gateway (must run inside the event loop that will serve it); ``previous``: the
+        one it replaces (its parts may carry over: see ``__init__``). Should start-up fail, what it built is
+        closed and nothing of ``previous`` or ``keep`` (gateways still serving)."""
+        session = previous.session if previous is not None else new_session()
         try:
-            gw = cls(config, session)
+            gw = cls(config, session, previous, control)
         except BaseException:
-            await session.close()
+            if previous is None:
+                await session.close()
             raise
         try:
-            await gw.start()
+            await gw.start(previous)
         except BaseException:
-            await gw.close()
+            await gw.close(keep=[*keep, *([previous] if previous is not None else [])])
             raise
         return gw
 
-    async def start(self) -> None:
+    def parts(self) -> list[object]:
+        """What ``close`` stops, where one gateway may share a part with the one it replaced."""
+        parts: list[object | None] = [self.session, self.redis, self.db, self.reads, self.limiter, self.writer,
+                                      self.breakers, self.health]
+        return [p for p in parts if p is not None]
+
+    async def start(self, previous: Gateway | None = None) -> None:
         """Let the providers get ready (credentials), migrate the database, start the log writer, sync the
-        config's keys, start the health checks."""
-        await start_deployments(self.config, self.table.models)
-        if self.db is not None:
+        config's keys, start the health checks; what carried over from ``previous`` runs already."""
+        await start_deployments(self.config, self.table.models, previous.deployments() if previous else ())
+        if self.db is not None and id(self.db) in self._fresh:
             version = await asyncio.to_thread(self.db.migrate)
             log.info("database ready (%s, schema version %d)", self.db.dialect, version)
-        if self.redis is not None:
+        if self.redis is not None and id(self.redis) in self._fresh:
             await self.redis.start()
-        if self.writer is not None:
+        if self.writer is not None and id(self.writer) in self._fresh:
             self.writer.start()
         if self.auth is not None and self.config.auth.keys:
             from relaygate.auth.keys import sync_config_keys
@@ -269,22 +319,35 @@ class Gateway:
         self.health.start()
         self.ready = True
 
-    async def close(self) -> None:
-        """Stop probing, settle what is in flight, flush the request log (database, else spool), close."""
+    async def close(self, keep: Collection[Gateway] = ()) -> None:
+        """Stop probing, settle what is in flight, flush the request log (database, else spool), close; a
+        part that a gateway of ``keep`` holds too (one that replaced this one) is left running."""
         self.ready = False
+        held = {id(p) for gw in keep for p in gw.parts()}
+
+        def mine(part: object | None) -> bool:
+            return part is not None and id(part) not in held
+
         await self.health.close()
-        await self.breakers.close()
-        if self.limiter is not None:
+        if mine(self.breakers):
+            await self.breakers.close()
+        if mine(self.limiter):
+            assert self.limiter is not None
             await self.limiter.close()
-        if self.reads is not None:
+        if mine(self.reads):
+            assert self.reads is not None
             self.reads.close()
-        if self.writer is not None:
+        if mine(self.writer):
+            assert self.writer is not None
             await asyncio.to_thread(self.writer.close)
-        if self.db is not None:
+        if mine(self.db):
+            assert self.db is not None
             await asyncio.to_thread(self.db.close)
-        if self.redis is not None:
+        if mine(self.redis):
+            assert self.redis is not None
             await self.redis.close()
-        await self.session.close()
+        if mine(self.session):
+            await self.session.close()
 
     async def handle(self, call: Call) -> Reply:
         return await self.pipeline(call)

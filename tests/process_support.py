@@ -83,7 +83,7 @@ def gateway_process(tmp_path: Path, config: dict[str, Any], open_files: int | No
                                 stdout=out, stderr=subprocess.STDOUT, preexec_fn=limit_files)
     gw = GatewayProcess(proc, port, log)
     try:
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 45  # several processes starting on a loaded 2-core machine
         while not gw.healthy():
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"the gateway did not start:\n{gw.output()}")

@@ -206,7 +206,29 @@ async def logs(gw: Gateway, req: Request) -> Response:
 _UID = re.compile(r"[0-9A-Za-z_\-]{1,32}")
 
 
+# ---- reload ----------------------------------------------------------------------------------------------
+
+async def reload_config(gw: Gateway, req: Request) -> Response:
+    """Read the config file again; an invalid one is refused with its errors and the running one stays."""
+    _store(gw, req)
+    if gw.control is None:
+        raise NotFound("This gateway has no config to reload.", code="reload_unavailable")
+    outcome = await gw.control.reload("POST /admin/reload")
+    if outcome.status == "invalid":
+        return json_response({"error": {
+            "message": f"The new config is invalid ({len(outcome.errors)} error(s)); the running one "
+                       f"({outcome.config_hash}) stays: " + "; ".join(outcome.errors),
+            "type": "invalid_request_error", "param": None, "code": "invalid_config", "errors": outcome.errors}},
+            400)
+    if outcome.status == "refused":
+        return json_response({"error": {"message": f"Not reloaded: {'; '.join(outcome.errors)}.",
+                                         "type": "api_error", "param": None, "code": "reload_refused"}}, 503)
+    return json_response({"status": outcome.status, "warnings": outcome.warnings,
+                          "config": {"hash": outcome.config_hash, "loaded_at": outcome.loaded_at}})
+
+
 ROUTES = [
+    ("POST", "/admin/reload", reload_config),
     ("POST", "/admin/keys", create_key),
     ("GET", "/admin/keys", list_keys),
     ("GET", "/admin/keys/{rest}", key_item),

@@ -72,7 +72,7 @@ def serve_gateway(config_path: str | None, host: str | None, port: int | None, w
     from relaygate.gateway import check_deployments
     from relaygate.server.app import App
     from relaygate.server.serve import GatewayServer
-    from relaygate.server.workers import WORKER_ENV, check_workers, supervise
+    from relaygate.server.workers import WORKER_ENV, WORKERS_ENV, check_workers, supervise
 
     workers = 1 if listen_fd is not None else workers
     try:
@@ -93,8 +93,10 @@ def serve_gateway(config_path: str | None, host: str | None, port: int | None, w
                  " and OpenAI's models (OPENAI_API_KEY is set)" if len(cfg.models) > 1 else "")
     if workers > 1:
         return supervise(cfg, config_path, host, port, workers)
-    server = GatewayServer(App(cfg, freeze_gc=True), host, port,
-                           parent=os.getppid() if listen_fd is not None else None)
+    supervisor = os.getppid() if listen_fd is not None else None
+    app = App(cfg, freeze_gc=True, config_path=config_path, supervisor=supervisor,
+              workers=int(os.environ.get(WORKERS_ENV, "1")) if listen_fd is not None else 1)
+    server = GatewayServer(app, host, port, parent=supervisor)
     if listen_fd is None:
         log.info("relaygate listening on http://%s:%d/v1 (at most %d connections)", host, port,
                  server.watchdog.max_connections)

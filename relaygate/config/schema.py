@@ -108,6 +108,8 @@ class ServerConfig(Strict):
     # processes serving the one listening socket (``relaygate serve --workers``): a supervisor starts them,
     # restarts one that dies, and forwards SIGTERM (drain) and SIGHUP (reload); see docs/deploy.md
     workers: int = Field(1, ge=1, le=256)
+    # reload the config file when it changes (it is also reloaded on SIGHUP and POST /admin/reload)
+    watch_config: bool = True
 
 
 class StateConfig(Strict):

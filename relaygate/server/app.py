@@ -24,6 +24,7 @@ from relaygate.server.http import (
     StreamResponse,
     error_response,
 )
+from relaygate.server.reload import Reloader
 
 log = logging.getLogger("relaygate")
 
@@ -91,8 +92,9 @@ def default_routes() -> RouteTable:
 class App:
     """The relaygate ASGI application; ``gateway`` is swapped whole on reload."""
 
-    def __init__(self, config: Config, routes: RouteTable | None = None, freeze_gc: bool = False) -> None:
-        self.config = config
+    def __init__(self, config: Config, routes: RouteTable | None = None, freeze_gc: bool = False,
+                 config_path: str | None = None, workers: int = 1, supervisor: int | None = None) -> None:
+        self.config = config  # as the server started (a reload swaps the gateway, whose config is the current)
         self.routes = routes or default_routes()
         self.ids = RequestIds()
         self.watchers = Watchers()  # clients of calls in flight, watched for a disconnect once a call lasts
@@ -101,6 +103,7 @@ class App:
         # way: modules, config, pools never become garbage, and scanning them cost ~15-25 µs per request
         self.freeze_gc = freeze_gc
         self.draining = False
+        self.reloader = Reloader(self, config_path, workers, supervisor)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -109,8 +112,19 @@ class App:
             await self.lifespan(receive, send)
 
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        req = Request(scope, receive, self.ids, self.watchers)
         gw = self.gateway
+        if gw is None:
+            return await self.serve(None, scope, receive, send)
+        gw.calls += 1  # a gateway replaced by a reload closes once its last call ended
+        try:
+            await self.serve(gw, scope, receive, send)
+        finally:
+            gw.calls -= 1
+            if not gw.calls:
+                gw.idle.set()
+
+    async def serve(self, gw: Gateway | None, scope: Scope, receive: Receive, send: Send) -> None:
+        req = Request(scope, receive, self.ids, self.watchers)
         matched = False
         resp: Response | StreamResponse | None = None
         try:
@@ -122,7 +136,7 @@ class App:
         except GatewayError as e:
             resp = error_response(e)
             if matched:
-                self._audit_refused(req, e)
+                self._audit_refused(gw, req, e)
         except ClientGone:
             return
         except asyncio.CancelledError as e:
@@ -134,7 +148,7 @@ class App:
                 cut = shutdown_error()
                 resp = error_response(cut)
                 if matched and not getattr(e, "audited", False):
-                    self._audit_refused(req, cut)
+                    self._audit_refused(gw, req, cut)
             elif not req.client_left:
                 raise  # cancelled from outside: not ours to swallow
         except Exception as e:
@@ -143,7 +157,7 @@ class App:
                                code="internal_error")
             resp = error_response(err)
             if matched and not getattr(e, "audited", False):
-                self._audit_refused(req, err)
+                self._audit_refused(gw, req, err)
         finally:
             left = req.stop_watching()
         if left:  # the client left while the call was in flight: the upstream request was cancelled
@@ -167,10 +181,10 @@ class App:
         if self.gateway is not None:
             self.gateway.draining = True
 
-    def _audit_refused(self, req: Request, error: GatewayError) -> None:
+    @staticmethod
+    def _audit_refused(gw: Gateway | None, req: Request, error: GatewayError) -> None:
         """A request log row for a call that failed before the pipeline (which logs every call it sees).
         Health checks and the admin API are not calls; unknown routes are not either (no row for scanners)."""
-        gw = self.gateway
         if gw is None or gw.audit is None or getattr(error, "audited", False) \
                 or req.path.startswith(("/health", "/admin")):
             return
@@ -184,7 +198,7 @@ class App:
             msg = await receive()
             if msg["type"] == "lifespan.startup":
                 try:
-                    self.gateway = await Gateway.create(self.config)
+                    self.gateway = await self.reloader.start(self.config)
                     self.gateway.draining = self.draining
                 except Exception as e:
                     log.exception("start-up failed")
@@ -196,8 +210,7 @@ class App:
                     gc.set_threshold(*GC_THRESHOLDS)
                 await send({"type": "lifespan.startup.complete"})
             elif msg["type"] == "lifespan.shutdown":
-                if self.gateway is not None:
-                    await self.gateway.close()
+                await self.reloader.close()  # the serving gateway, and any replaced one still finishing
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 

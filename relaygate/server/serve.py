@@ -4,7 +4,7 @@ On SIGTERM (or SIGINT) readiness turns 503 at once, the listener closes and idle
 calls and streams in flight get ``server.drain_timeout`` seconds to finish. Those still running then are ended
 by the server: a stream gets an error event, a whole answer a 503, and each call's row says
 ``server_shutdown``. A second signal ends them at once. Either way the request log is flushed and the process
-exits 0.
+exits 0. SIGHUP reloads the config (server/reload.py).
 """
 
 from __future__ import annotations
@@ -46,8 +46,10 @@ class GatewayServer(uvicorn.Server):
             proxy_headers=False))
         self._sweeper: asyncio.Task[None] | None = None
         self._orphan_watch: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
         await super().startup(sockets)
         if self.started:
             self._sweeper = asyncio.create_task(self.watchdog.run(self.server_state.connections))
@@ -68,11 +70,17 @@ class GatewayServer(uvicorn.Server):
             yield
             return
         original = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        original[signal.SIGHUP] = signal.signal(signal.SIGHUP, self.handle_reload)
         try:
             yield
         finally:
             for sig, handler in original.items():
                 signal.signal(sig, handler)
+
+    def handle_reload(self, sig: int, frame: FrameType | None) -> None:
+        """SIGHUP: read the config again (server/reload.py); the handler runs on the loop's own thread."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.app.reloader.reload_soon, "SIGHUP")
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self.should_exit:  # a second signal: end what is still running now

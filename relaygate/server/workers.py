@@ -30,6 +30,7 @@ from relaygate.routing.breaker import model_breaker
 log = logging.getLogger("relaygate.workers")
 
 WORKER_ENV = "RELAYGATE_WORKER"  # a worker's number (0…N-1), set by the supervisor
+WORKERS_ENV = "RELAYGATE_WORKERS"  # how many there are (a reload checks the new config for that many)
 BACKLOG = 2048
 POLL = 0.2  # seconds between looks at the workers
 YOUNG = 10.0  # a worker that dies within this many seconds of its start is restarted after a growing pause
@@ -133,7 +134,7 @@ class Supervisor:
     def _start(self, w: Worker) -> None:
         # a process group of its own: a terminal's Ctrl+C reaches the supervisor alone, which forwards it once
         w.proc = subprocess.Popen(self.command, pass_fds=(self.sock.fileno(),), process_group=0,
-                                  env={**os.environ, WORKER_ENV: str(w.number)})
+                                  env={**os.environ, WORKER_ENV: str(w.number), WORKERS_ENV: str(len(self.workers))})
         w.started = time.monotonic()
         log.info("worker %d started (pid %d)", w.number, w.proc.pid)
 

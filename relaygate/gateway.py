@@ -25,6 +25,7 @@ from relaygate.catalog.prices import PriceBook
 from relaygate.config import PROVIDER_TYPES, Config, ConfigError, deployment_name
 from relaygate.core.call import Call, Handler, Reply
 from relaygate.core.pricing import Pricing
+from relaygate.core.scrub import Scrubber, ScrubFilter, attach, detach, url_secrets
 from relaygate.providers import provider_class
 from relaygate.routing.breaker import Breakers, model_breaker
 from relaygate.routing.deployment import Deployment
@@ -96,8 +97,24 @@ def spent_loader(reads: Reads) -> SpentLoader:
     return load
 
 
+def scrubber(config: Config) -> Scrubber:
+    """The gateway's one redaction point (core/scrub.py): every secret of the config (upstream keys and
+    credential headers, the master and declared keys, passwords in the database and Redis URLs) and every
+    upstream URL, shown as its deployment's name."""
+    secrets = [s for m in config.models for d in m.deployments for s in d.secret_values()]
+    secrets += [k.key.get_secret_value() for k in config.auth.keys]
+    master = master_key(config)
+    if master:
+        secrets.append(master)
+    secrets += url_secrets(config.database.url) + url_secrets(config.state.redis_url)
+    upstreams = {base: deployment_name(m, di) for m in config.models for di, d in enumerate(m.deployments)
+                 if isinstance(base := getattr(d, "api_base", None), str)}
+    return Scrubber(secrets, upstreams)
+
+
 def build_deployments(config: Config, session: aiohttp.ClientSession, breakers: Breakers,
-                      kept: Mapping[str, Deployment] | None = None) -> dict[str, list[Deployment]]:
+                      kept: Mapping[str, Deployment] | None = None,
+                      scrub: Scrubber | None = None) -> dict[str, list[Deployment]]:
     """Every model's deployments: a provider each, and a breaker from the model's settings; provider-level
     problems become ConfigErrors. A deployment of ``kept`` (a replaced gateway's) whose name, model, settings
     and breaker settings are the same is taken as it is."""
@@ -114,7 +131,7 @@ def build_deployments(config: Config, session: aiohttp.ClientSession, breakers: 
                 deps.append(same)
                 continue
             try:
-                provider = provider_class(d)(d, session)
+                provider = provider_class(d)(d, session, scrub)
             except ValueError as e:
                 errors.append(f"models[{mi}].deployments[{di}]: {e}")
                 continue
@@ -233,10 +250,16 @@ class Gateway:
 
         keep_breakers = previous is not None and self.redis is previous.redis
         self.breakers: Breakers = previous.breakers if keep_breakers and previous is not None else Breakers(self.redis)
+        # what an upstream sent reaches a client, a log line or a row only through this (providers/base.py:
+        # scrubbed; the audit layer; ScrubFilter on the gateway's loggers from start to close); a deployment
+        # kept from ``previous`` keeps the scrubber it was built with (its own secrets and address are in both)
+        self.scrub = scrubber(config)
+        self._log_filter = ScrubFilter(self.scrub)
+        self._filtered: list[logging.Logger] = []
         # an unchanged deployment (same name, model, settings and breaker) is the same object: its breaker,
         # statistics, health and rpm counts go on
         kept = {d.name: d for d in previous.deployments()} if keep_breakers and previous is not None else {}
-        self.table = ModelTable(build_deployments(config, session, self.breakers, kept), PROVIDER_TYPES)
+        self.table = ModelTable(build_deployments(config, session, self.breakers, kept, self.scrub), PROVIDER_TYPES)
         self.pricing = Pricing(PriceBook(config), self.table.models, config.auth.default_output_tokens)
         self.router = Router(self.table, config, self.pricing.unit_price)
         self.health = HealthChecker(health_checks(config, self.table.models))
@@ -266,7 +289,8 @@ class Gateway:
         if self.writer is not None:
             from relaygate.requestlog.audit import AuditLayer
 
-            handler = self.audit = AuditLayer(handler, self.writer, self.config.request_log, self.pricing.cost)
+            handler = self.audit = AuditLayer(handler, self.writer, self.config.request_log, self.pricing.cost,
+                                              self.scrub)
         return handler
 
     @classmethod
@@ -298,6 +322,7 @@ class Gateway:
     async def start(self, previous: Gateway | None = None) -> None:
         """Let the providers get ready (credentials), migrate the database, start the log writer, sync the
         config's keys, start the health checks; what carried over from ``previous`` runs already."""
+        self._filtered = attach(self._log_filter)
         await start_deployments(self.config, self.table.models, previous.deployments() if previous else ())
         if self.db is not None and id(self.db) in self._fresh:
             version = await asyncio.to_thread(self.db.migrate)
@@ -348,6 +373,7 @@ class Gateway:
             await self.redis.close()
         if mine(self.session):
             await self.session.close()
+        detach(self._log_filter, self._filtered)
 
     async def handle(self, call: Call) -> Reply:
         return await self.pipeline(call)

@@ -358,7 +358,7 @@ def test_upstream_text_never_leaks_the_key(client: openai.OpenAI, emu: Backgroun
     emu.state.faults = FaultPlan(status=400, count=1, message=f"bad request for key {KEY}")
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "x"}])
-    assert KEY not in str(e.value) and "***" in str(e.value)
+    assert KEY not in str(e.value) and "[REDACTED]" in str(e.value)
 
 
 def test_rate_limit_maps_to_429_with_retry_after(client: openai.OpenAI, emu: BackgroundServer) -> None:

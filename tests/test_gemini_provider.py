@@ -432,7 +432,7 @@ def test_upstream_errors_map_to_gateway_errors(client: openai.OpenAI, emulator: 
         client.chat.completions.create(model="gem", messages=[{"role": "user", "content": "x"}])
     assert e.value.status_code == status  # type: ignore[attr-defined]
     assert e.value.code == code  # type: ignore[attr-defined]
-    assert KEY not in str(e.value.body) and "boom with ***" in str(e.value.body)  # type: ignore[attr-defined]
+    assert KEY not in str(e.value.body) and "boom with [REDACTED]" in str(e.value.body)  # type: ignore[attr-defined]
 
 
 def test_stream_error_before_the_first_byte_is_a_plain_error_response(client: openai.OpenAI,

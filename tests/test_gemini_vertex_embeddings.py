@@ -125,7 +125,7 @@ def test_vertex_service_account_tokens_are_fetched_and_renewed_before_expiry(
         fault(emu, status=500, count=1, message=f"token {TOKEN} refused")  # a fetched token is redacted too
         with pytest.raises(openai.InternalServerError) as e:
             c.chat.completions.create(model="v", messages=[{"role": "user", "content": "x"}])
-        assert TOKEN not in str(e.value.body) and "token *** refused" in str(e.value.body)
+        assert TOKEN not in str(e.value.body) and "token [REDACTED] refused" in str(e.value.body)
 
 
 def _build(deployment: dict[str, Any]) -> None:

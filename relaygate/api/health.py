@@ -1,5 +1,6 @@
-"""``GET /health`` (alive), ``GET /health/ready`` (config loaded, pool ready, not stopping),
-``GET /health/providers``."""
+"""``GET /health`` (alive), ``GET /health/ready`` (config loaded, pool ready, not stopping): public, for load
+balancers and orchestrators; ``GET /health/providers`` (every deployment's state and last probe error): the
+operator's view, so it takes the master key when the gateway has one (docs/routing.md)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import os
 import time
 from typing import TYPE_CHECKING
 
+from relaygate.auth.authenticator import presented_key
+from relaygate.core.errors import AuthError
 from relaygate.routing.health import deployment_report
 from relaygate.server.http import Request, Response, json_response
 from relaygate.server.workers import WORKER_ENV
@@ -31,7 +34,14 @@ async def ready(gw: Gateway, req: Request) -> Response:
 
 
 async def providers(gw: Gateway, req: Request) -> Response:
-    """Each deployment: state, breaker, latency average, error rate, in-flight and a health score."""
+    """Each deployment: state, breaker, latency average, error rate, in-flight and a health score.
+
+    Deployment names, upstream kinds and error texts describe the operator's set-up, not a caller's: with a
+    master key configured only it may read them (the texts are scrubbed of secrets and addresses either way,
+    core/scrub.py); on an open gateway, which serves every model to anyone, so does this."""
+    if gw.auth is not None and not gw.auth.is_master(presented_key(req.headers)):
+        raise AuthError("GET /health/providers needs the master key (GET /health and /health/ready are public).",
+                        code="invalid_master_key")
     now = time.monotonic()
     reports = await asyncio.gather(*(deployment_report(d, now) for d in gw.deployments()))
     healthy = sum(1 for r in reports if r["state"] == "healthy")

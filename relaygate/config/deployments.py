@@ -6,6 +6,7 @@ error, not a setting silently ignored. The tags of ``DeploymentConfig`` are the 
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal, get_args
 from urllib.parse import urlsplit
 
@@ -46,9 +47,15 @@ class DeploymentBase(Strict):
     health_check: HealthCheckConfig | None = None  # overrides the model's
 
     def secret_values(self) -> list[str]:
-        """The secrets this deployment holds (keys, tokens), to be redacted from upstream text."""
+        """The secrets this deployment holds (keys, tokens, credential-like extra headers), to be redacted from
+        upstream text."""
         values = (getattr(self, name) for name in type(self).model_fields)
-        return [v.get_secret_value() for v in values if isinstance(v, SecretStr) and v.get_secret_value()]
+        found = [v.get_secret_value() for v in values if isinstance(v, SecretStr) and v.get_secret_value()]
+        return found + [v for k, v in self.headers.items() if _CREDENTIAL_HEADER.search(k) and v]
+
+
+# extra upstream headers whose values are credentials (x-api-key, authorization, x-goog-user-project-token…)
+_CREDENTIAL_HEADER = re.compile(r"(?i)auth|key|token|secret|passw|signature|cookie|session")
 
 
 class Upstream(DeploymentBase):

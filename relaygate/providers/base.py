@@ -26,6 +26,7 @@ from relaygate.core.errors import (
     Unsupported,
     UpstreamTimeout,
 )
+from relaygate.core.scrub import Scrubber
 from relaygate.core.shapes.openai import ChatRequest
 from relaygate.server.upload import ClientBody
 
@@ -54,11 +55,12 @@ class Provider:
     # sends a /v1/messages request as the client wrote it (``call.anthropic_request``, checked by that route)
     relays_messages: ClassVar[bool] = False
 
-    def __init__(self, config: DeploymentBase, session: aiohttp.ClientSession) -> None:
+    def __init__(self, config: DeploymentBase, session: aiohttp.ClientSession, scrub: Scrubber | None = None) -> None:
         self.config = config
         self.kind = config.provider
         self.session = session
-        self._secrets = config.secret_values()
+        # the gateway's (every secret and upstream of the config); alone, this deployment's own
+        self.scrub = scrub if scrub is not None else Scrubber(config.secret_values(), upstreams_of(config))
         self._timeout = aiohttp.ClientTimeout(total=config.timeout, connect=config.connect_timeout,
                                               sock_read=config.read_timeout)
         methods: dict[Route, Handler] = {
@@ -72,6 +74,8 @@ class Provider:
         if self.translates:
             for r in self.routes:
                 self.handlers[r] = translated(self.handlers[r], self.kind, r in CHAT_SHAPED, self.relays_messages)
+        for r in self.routes:  # outermost: nothing the upstream sent leaves unscrubbed
+            self.handlers[r] = scrubbed(self.handlers[r], self.scrub)
 
     # the routes; a subclass implements those it declares in ``routes``
 
@@ -111,6 +115,14 @@ class Provider:
         not usable."""
         return None
 
+    async def check(self, deadline: float) -> None:
+        """``probe``, its failure scrubbed (what the health checker calls)."""
+        try:
+            await self.probe(deadline)
+        except GatewayError as e:
+            self.scrub.error(e)
+            raise
+
     # -- shared helpers -------------------------------------------------------------------------
 
     def timeout(self, deadline: float) -> aiohttp.ClientTimeout:
@@ -122,12 +134,6 @@ class Provider:
                 return aiohttp.ClientTimeout(total=max(0.001, left), connect=self.config.connect_timeout,
                                              sock_read=self.config.read_timeout)
         return self._timeout  # built once: most calls have more time left than the deployment allows
-
-    def redact(self, text: str) -> str:
-        """Remove this deployment's secrets and anything key-shaped from upstream text."""
-        for s in self._secrets:
-            text = text.replace(s, "***")
-        return _KEYLIKE.sub("***", text)
 
     async def request(
         self,
@@ -275,6 +281,32 @@ def translated(handler: Handler, kind: str, chat_shaped: bool, relays_messages: 
     return run
 
 
+def scrubbed(handler: Handler, scrub: Scrubber) -> Handler:
+    """A provider's ``handler`` whose every output passes ``scrub``: the reply's body, stream and headers
+    (only the allowed ones are kept), and an error's message, code, param and headers, whole or mid-stream."""
+    async def run(call: Call) -> Reply:
+        try:
+            reply = await handler(call)
+        except GatewayError as e:
+            scrub.error(e)
+            raise
+        if reply.body:
+            reply.body = scrub.data(reply.body)
+        if reply.stream is not None:
+            reply.stream = scrub.stream(reply.stream)
+        if reply.headers:
+            reply.headers = scrub.headers(reply.headers)
+        return reply
+
+    return run
+
+
+def upstreams_of(config: DeploymentBase) -> dict[str, str]:
+    """The upstream URL a deployment's config names (``api_base``), with the name to show in its place."""
+    base = getattr(config, "api_base", None)
+    return {base: config.name or f"{config.provider}/{config.model}"} if isinstance(base, str) else {}
+
+
 def unreadable(kind: str, error: BaseException) -> Unavailable:
     log.warning("upstream %s answered in a shape the gateway could not read (%s)", kind, type(error).__name__)
     return Unavailable(f"upstream {kind} answered in a shape the gateway could not read ({type(error).__name__})",
@@ -301,9 +333,6 @@ _CANNOT = {
     Route.COUNT_TOKENS: "does not count tokens",
     Route.PASSTHROUGH: "does not serve OpenAI's other routes (files, images, …)",
 }
-
-
-_KEYLIKE = re.compile(r"\b(sk-[A-Za-z0-9_\-*]{6,}|AKIA[0-9A-Z]{12,}|AIza[0-9A-Za-z_\-]{20,})")
 
 
 def retry_after_seconds(headers: Any) -> float | None:

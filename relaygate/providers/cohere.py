@@ -170,7 +170,7 @@ class CohereProvider(Provider):
         if kind == "message-end":
             delta = ev.get("delta") or {}
             reply.usage = usage_of(delta.get("usage"))
-            return args.end_all(w) + w.finish(finish_reason(delta.get("finish_reason"), delta.get("error"), self.redact)) \
+            return args.end_all(w) + w.finish(finish_reason(delta.get("finish_reason"), delta.get("error"))) \
                 + w.usage(reply.usage)
         return b""  # content-start/-end, citations, debug: nothing for an OpenAI client
 
@@ -251,7 +251,7 @@ class CohereProvider(Provider):
     async def upstream_error(self, resp: aiohttp.ClientResponse) -> GatewayError:
         """Cohere's ``{"message": ...}`` errors as gateway errors (secrets and addresses never leak)."""
         raw = await self.error_body(resp)
-        message = self.redact(str(error_json(raw).get("message") or f"upstream returned HTTP {resp.status}"))
+        message = str(error_json(raw).get("message") or f"upstream returned HTTP {resp.status}")
         return error_for(resp.status, message, retry_after_seconds(resp.headers))
 
 
@@ -269,12 +269,12 @@ def error_for(status: int, message: str, retry_after: float | None) -> GatewayEr
     return from_status(status, text, retry_after=retry_after)
 
 
-def finish_reason(reason: Any, error: Any, redact: Any) -> str:
+def finish_reason(reason: Any, error: Any) -> str:
     """OpenAI's finish_reason for Cohere's; a failed generation raises instead."""
     mapped = FINISH.get(reason) if isinstance(reason, str) else None
     if mapped is not None:
         return mapped
-    detail = redact(str(error)) if error else "the generation failed"
+    detail = str(error) if error else "the generation failed"
     if reason == "TIMEOUT":
         raise UpstreamTimeout(f"cohere: generation timed out ({detail})")
     if reason == "ERROR":
@@ -342,7 +342,7 @@ def chat_completion(data: dict[str, Any], model: str, usage: Usage | None) -> di
                   for tc in message.get("tool_calls") or [] if isinstance(tc, dict)]
     if not text and tool_calls:
         text = message.get("tool_plan") or ""
-    reason = finish_reason(data.get("finish_reason"), None, str)
+    reason = finish_reason(data.get("finish_reason"), None)
     return completion(id=completion_id(), model=model,
                       content=text if text or not tool_calls else None, tool_calls=tool_calls or None,
                       finish_reason=reason, usage=usage)

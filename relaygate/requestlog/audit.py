@@ -17,6 +17,7 @@ from relaygate.auth.authenticator import Authenticator, presented_key
 from relaygate.config import RequestLogConfig
 from relaygate.core.call import Call, Handler, Reply, Route
 from relaygate.core.errors import AuthError, GatewayError, cut_by_shutdown, shutdown_error
+from relaygate.core.scrub import Scrubber
 from relaygate.requestlog.redact import Redactor
 from relaygate.requestlog.writer import RequestLogWriter
 from relaygate.server.http import ClientGone, Request
@@ -66,12 +67,13 @@ class AuditLayer:
     """The outermost pipeline layer: every call, failed or not, ends as one row."""
 
     def __init__(self, next_handler: Handler, writer: RequestLogWriter, config: RequestLogConfig,
-                 cost: Callable[[Call, Reply | None], int]) -> None:
+                 cost: Callable[[Call, Reply | None], int], scrub: Scrubber | None = None) -> None:
         self.next = next_handler
         self.writer = writer
         self.config = config
         self.cost = cost
-        self.redact = Redactor(config.redact)
+        self.pii = Redactor(config.redact)
+        self.scrub = scrub if scrub is not None else Scrubber()
         # row ids: a random per-instance prefix and a counter (unique without a syscall per row)
         self._uid_prefix = os.urandom(8).hex()
         self._uid_next = itertools.count()
@@ -165,6 +167,11 @@ class AuditLayer:
             log.warning("request log: requests refused for their key arrive faster than %.0f a second; "
                         "the rows over that are counted, not written", REFUSED_KEY_ROWS_PER_SECOND)
         return False
+
+    def redact(self, text: str) -> str:
+        """A row's free text: the gateway's secrets and upstream addresses (the one scrubber), then personal
+        data and the configured patterns."""
+        return self.pii(self.scrub.text(text))
 
     def day(self, now: float) -> str:
         start, end, text = self._day

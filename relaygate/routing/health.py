@@ -31,7 +31,7 @@ async def probe_once(dep: Deployment, hc: HealthCheckConfig) -> None:
     s = dep.stats
     try:
         # the deadline bounds the probe's upstream requests; wait_for, whatever else it waits on (a token)
-        await asyncio.wait_for(dep.provider.probe(time.monotonic() + hc.timeout), hc.timeout)
+        await asyncio.wait_for(dep.provider.check(time.monotonic() + hc.timeout), hc.timeout)
         error = None
     except TimeoutError:
         error = f"probe timed out after {hc.timeout:g} s"

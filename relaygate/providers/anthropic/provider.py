@@ -390,7 +390,7 @@ class AnthropicProvider(Provider):
                               err.get("message"), None)
 
     def map_error(self, status: int, kind: Any, message: Any, headers: Any) -> GatewayError:
-        text = self.redact(str(message or f"upstream anthropic returned HTTP {status}"))
+        text = str(message or f"upstream anthropic returned HTTP {status}")
         if kind == "overloaded_error" or status == 529:
             return Unavailable(text, status=503, code="overloaded")
         if status == 400 or kind == "invalid_request_error":

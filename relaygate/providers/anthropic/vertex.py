@@ -46,6 +46,3 @@ class VertexAnthropicProvider(GoogleAuth, AnthropicProvider):
 
     async def auth_headers(self) -> dict[str, str]:
         return await self.with_token(self._headers)
-
-    def redact(self, text: str) -> str:
-        return self.redact_token(super().redact(text))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -40,8 +39,6 @@ SIGNING_SERVICE = "bedrock"  # both bedrock-runtime and bedrock-agent-runtime si
 _AUTH_ERRORS = {"UnrecognizedClientException", "InvalidSignatureException", "IncompleteSignatureException",
                 "MissingAuthenticationTokenException", "MissingAuthenticationToken", "ExpiredTokenException",
                 "InvalidClientTokenId", "SignatureDoesNotMatch", "ExpiredToken"}
-_ARN = re.compile(r"\barn:aws[a-z-]*:[^\s\"',]+")
-_ACCOUNT = re.compile(r"\b\d{12}\b")
 
 
 def credential_source(config: AwsFields, region: str) -> CredentialSource:
@@ -121,10 +118,9 @@ class AwsProvider(Provider):
         self.signer: SigV4Signer | None = None
         if self.bearer is not None:
             self._headers["authorization"] = "Bearer " + self.bearer
-            self._secrets.append(self.bearer)
+            self.scrub.dynamic((id(self), "bearer"), [self.bearer])  # it may come from the environment
         else:
             self.credentials = credential_source(self.config, region)
-        self._static_secrets = list(self._secrets)
 
     async def start(self) -> None:
         if self.credentials is not None:
@@ -137,8 +133,7 @@ class AwsProvider(Provider):
         signer = self.signer
         if signer is None or signer.credentials is not creds:
             signer = self.signer = SigV4Signer(creds, self.region, SIGNING_SERVICE)
-            self._secrets = self._static_secrets + [
-                s for s in (creds.secret_key, creds.session_token, creds.access_key) if s]
+            self.scrub.dynamic((id(self), "credentials"), (creds.secret_key, creds.session_token, creds.access_key))
         return signer
 
     async def post_json(self, deadline: float, path: str, body: dict[str, Any], accept: str = "application/json",
@@ -154,24 +149,20 @@ class AwsProvider(Provider):
             raise await self.aws_error(resp)
         return resp
 
-    def redact(self, text: str) -> str:
-        """Also hide ARNs and account ids: AccessDenied messages name the caller's IAM identity."""
-        return _ACCOUNT.sub("***", _ARN.sub("arn:***", super().redact(text)))
-
     async def aws_error(self, resp: aiohttp.ClientResponse) -> GatewayError:
         """Map an AWS JSON error response, without leaking secrets."""
         data = error_json(await self.error_body(resp))
         error_type = resp.headers.get("x-amzn-errortype", "") or str(data.get("__type") or data.get("code") or "")
         error_type = error_type.split(":", 1)[0].rsplit("#", 1)[-1]
-        message = self.redact(str(data.get("message") or data.get("Message")
-                                  or f"upstream {self.kind} returned HTTP {resp.status} {error_type}".rstrip()))
+        message = str(data.get("message") or data.get("Message")
+                      or f"upstream {self.kind} returned HTTP {resp.status} {error_type}".rstrip())
         return map_error(error_type, resp.status, message, retry_after_seconds(resp.headers))
 
     def stream_exception(self, msg: EventMessage) -> GatewayError:
         """An ``exception`` / ``error`` frame inside an event stream as a gateway error."""
         if msg.message_type == "error":
             code = str(msg.headers.get(":error-code", ""))
-            return map_error(code, 500, self.redact(str(msg.headers.get(":error-message") or code)))
+            return map_error(code, 500, str(msg.headers.get(":error-message") or code))
         etype = str(msg.headers.get(":exception-type", ""))
         try:
             data = orjson.loads(msg.payload) if msg.payload else {}
@@ -179,7 +170,7 @@ class AwsProvider(Provider):
             data = {}
         message = data.get("message") or data.get("Message") if isinstance(data, dict) else None
         # an exception type AWS does not document says only that the stream failed: a 502
-        return map_error(etype, 502, self.redact(str(message or f"upstream {self.kind} stream failed: {etype}")))
+        return map_error(etype, 502, str(message or f"upstream {self.kind} stream failed: {etype}"))
 
     async def events(self, upstream: UpstreamBody) -> AsyncIterator[EventMessage]:
         """Decode the event stream as bytes arrive; exception frames are raised as gateway errors."""

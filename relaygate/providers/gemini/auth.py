@@ -14,6 +14,7 @@ from typing import Any
 
 from relaygate.config import VertexAnthropicDeployment, VertexDeployment
 from relaygate.core.errors import AuthError, UpstreamTimeout
+from relaygate.core.scrub import Scrubber
 
 SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 REFRESH_MARGIN = 300.0  # seconds before expiry at which a token is replaced
@@ -43,7 +44,7 @@ class TokenSource:
         self._timeout = timeout
         self._lock = asyncio.Lock()
         self._header = ""
-        self.token = ""  # the current access token (kept to redact it from upstream messages)
+        self.token = ""  # the current access token (the provider's scrubber learns it)
         self._expires = 0.0
 
     async def header(self) -> str:
@@ -77,6 +78,7 @@ class GoogleAuth:
     """Vertex AI credentials for a provider: an OAuth access token (``api_key``) or a credentials file."""
 
     config: VertexDeployment | VertexAnthropicDeployment
+    scrub: Scrubber
     _tokens: TokenSource | None = None
 
     def google_auth(self, kind: str) -> dict[str, str]:
@@ -94,10 +96,6 @@ class GoogleAuth:
     async def with_token(self, headers: dict[str, str]) -> dict[str, str]:
         if self._tokens is None:
             return headers
-        return {**headers, "authorization": await self._tokens.header()}
-
-    def redact_token(self, text: str) -> str:
-        """A fetched token is a secret too."""
-        if self._tokens is not None and self._tokens.token:
-            return text.replace(self._tokens.token, "***")
-        return text
+        header = await self._tokens.header()
+        self.scrub.dynamic((id(self), "token"), (self._tokens.token,))  # a fetched token is a secret too
+        return {**headers, "authorization": header}

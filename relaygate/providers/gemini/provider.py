@@ -262,7 +262,7 @@ class GeminiProvider(Provider):
             reason, detail = failure
             message = f"upstream gemini stopped without finishing the answer ({reason})"
             if detail:
-                message += ": " + self.redact(detail)
+                message += ": " + detail
             if reason in REQUEST_FINISH:
                 raise BadRequest(message, param="messages")
             raise Unavailable(message, status=502, code="upstream_generation_failed")
@@ -273,7 +273,7 @@ class GeminiProvider(Provider):
 
     def error_from(self, status: int, err: dict[str, Any], headers: Any) -> GatewayError:
         """Google's ``{"code","message","status","details"}`` as a gateway error (secrets redacted)."""
-        message = self.redact(str(err.get("message") or f"upstream returned HTTP {status}"))
+        message = str(err.get("message") or f"upstream returned HTTP {status}")
         name = str(err.get("status") or "")
         found = err.get("details")
         details: list[Any] = found if isinstance(found, list) else []
@@ -340,9 +340,6 @@ class VertexProvider(GoogleAuth, GeminiProvider):
 
     async def headers(self) -> dict[str, str]:
         return await self.with_token(self._headers)
-
-    def redact(self, text: str) -> str:
-        return self.redact_token(super().redact(text))
 
     def embed_request(self, model: str, text: str, options: dict[str, Any]) -> dict[str, Any]:
         req: dict[str, Any] = {"content": {"parts": [{"text": text}]}}

@@ -208,7 +208,7 @@ class OpenAIProvider(Provider):
     async def upstream_error(self, resp: aiohttp.ClientResponse) -> GatewayError:
         """Map an upstream error response to a gateway error, without leaking secrets or addresses."""
         err = error_json(await self.error_body(resp))
-        message = self.redact(str(err.get("message") or f"upstream returned HTTP {resp.status}"))
+        message = str(err.get("message") or f"upstream returned HTTP {resp.status}")
         code = err.get("code") if isinstance(err.get("code"), str) else None
         param = err.get("param") if isinstance(err.get("param"), str) else None
         if code == "context_length_exceeded" or (resp.status in (400, 422) and says_context_too_long(message)):

@@ -9,7 +9,8 @@ URLs) and every upstream address, and finds them all in one pass of an Aho-Coras
 answer without any of them costs one scan and no copy:
 
 - any run of ``FRAGMENT`` characters of a secret (its every substring that long, so a truncated or partial
-  echo is caught too), widened to the whole token around it;
+  echo is caught too; but for runs of lower-case letters or digits alone, which ordinary text has too:
+  ``upstream``, ``sk-proj-``), widened to the whole token around it, and the whole secret;
 - the masked echoes providers write (``sk-proj-****abcd``, ``sk-...abcd``): a masking character followed by
   the secret's last four characters, widened likewise;
 - short secrets (passwords under ``FRAGMENT`` characters), whole;
@@ -37,6 +38,9 @@ _MASKING = ("*", ".", "\u2026", "#")  # what providers put in place of a key's m
 
 # bytes a secret token is made of (the widening of a match stops at anything else: quotes, spaces, '\')
 _TOKEN = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_+/=.*~:%")
+# a run of a secret made only of these is a word or a common prefix, not a fragment that betrays it (a random
+# key has other runs enough; the whole secret is always matched)
+_WORDLIKE = frozenset(b"abcdefghijklmnopqrstuvwxyz-_.")
 # bytes of a URL around an upstream's host (scheme and userinfo before it, path and query after it)
 _URL = _TOKEN | frozenset(b"@?&#;,!$'()[]")
 
@@ -117,8 +121,11 @@ class Scrubber:
             if len(b) < FRAGMENT:
                 patterns[b] = (_SECRET, b"")
                 continue
+            patterns[b] = (_SECRET, b"")
             for i in range(len(b) - FRAGMENT + 1):
-                patterns[b[i:i + FRAGMENT]] = (_SECRET, b"")
+                gram = b[i:i + FRAGMENT]
+                if not (gram.isdigit() or set(gram) <= _WORDLIKE):  # "sk-proj-", "upstream": in any text
+                    patterns[gram] = (_SECRET, b"")
             if len(b) >= 3 * _SUFFIX:
                 for m in _MASKING:
                     patterns[m.encode() + b[-_SUFFIX:]] = (_SECRET, b"")

@@ -7,6 +7,7 @@ the probes' failures scrubbed, and only to the master key."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from relaygate.core.scrub import FRAGMENT, Scrubber
 from relaygate.providers import provider_class
 from relaygate.testing.base import BackgroundServer
 from relaygate.testing.echo import MODE, create_app
+from relaygate.testing.gateway import GatewayThread
 
 CANARY = "sk-canary-7f3a9c2e51d84b6f0a1e9d7c3b5f2a48"  # every upstream key
 AWS_SECRET = "cAnArY/aws+secret0123456789abcdefGHIJKLmn"
@@ -93,7 +95,8 @@ def leaks(text: str, address: str) -> list[str]:
     return found
 
 
-def test_no_canary_key_or_upstream_address_leaves_through_any_route(start_gateway, tmp_path, caplog):
+def test_no_canary_key_or_upstream_address_leaves_through_any_route(
+        start_gateway: Callable[..., GatewayThread], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     with BackgroundServer(create_app()) as echo:
         address = echo.url.removeprefix("http://")

@@ -292,7 +292,7 @@ def scrubbed(handler: Handler, scrub: Scrubber) -> Handler:
             raise
         if reply.body:
             reply.body = scrub.data(reply.body)
-        if reply.stream is not None:
+        if reply.stream is not None and scrub.active:  # no secret and no upstream address: nothing to find
             reply.stream = scrub.stream(reply.stream)
         if reply.headers:
             reply.headers = scrub.headers(reply.headers)

@@ -30,8 +30,8 @@ from relaygate.providers.anthropic import provider as anthropic
 from relaygate.providers.anthropic.request import to_messages_request
 from relaygate.providers.aws.bedrock_format import from_converse, to_converse
 from relaygate.providers.base import ANSWER_ERRORS
+from relaygate.providers.echo import complete
 from relaygate.providers.gemini import format as gemini
-from relaygate.testing.openai import complete
 
 from .fuzz_strategies import FUZZ, TIMEOUT, chat_request, either, json_value, messages_request, obj, text
 

@@ -1,4 +1,5 @@
-"""The built-in ``demo`` model: answered in-process by the OpenAI emulator's logic, no network."""
+"""The built-in ``demo`` model: the echo model (providers/echo.py, which the OpenAI emulator answers with too),
+answered in-process, no network."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import orjson
 from relaygate.core.call import Call, Reply, Route, Usage
 from relaygate.core.errors import BadRequest, ContextTooLong
 from relaygate.providers.base import Provider
+from relaygate.providers.echo import complete, stream_chunks
 from relaygate.providers.streaming import SSE_DONE, sse
-from relaygate.testing.openai import complete, stream_chunks
 
 PREFIX = "[relaygate demo model, not a real LLM] You said: "
 # the demo echoes the prompt: its answer is cut like a real model's output, and it makes at most 8 choices

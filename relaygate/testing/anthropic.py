@@ -29,6 +29,7 @@ from relaygate.providers.anthropic.wire import (
     error_type,
     sse_event,
 )
+from relaygate.providers.echo import arguments_for
 from relaygate.testing.anthropic_checks import Invalid, blocks_of, sign, text_of, thinking_on, validate
 from relaygate.testing.base import (
     STATE_KEY,
@@ -41,7 +42,6 @@ from relaygate.testing.base import (
     send_sse,
     tracked,
 )
-from relaygate.testing.openai import _args_for
 
 DEFAULT_MODELS = ("claude-sonnet-4-6", "claude-sonnet-5-5", "claude-haiku-4-5", "claude-haiku-5-5", "claude-opus-4-7",
                   "claude-opus-5-5")
@@ -118,7 +118,7 @@ def _tool_to_use(body: dict[str, Any], last_user: str, after_results: bool) -> d
     tool = next((t for t in tools if t.get("name") == choice.get("name")), None) if kind == "tool" else tools[0]
     if tool is None:
         return None
-    args = _args_for(tool.get("input_schema"), last_user)
+    args = arguments_for(tool.get("input_schema"), last_user)
     digest = hashlib.sha1(f"{tool['name']}{orjson.dumps(args).decode()}".encode()).hexdigest()[:24]
     return {"type": "tool_use", "id": f"toolu_{digest}", "name": tool["name"], "input": args}
 

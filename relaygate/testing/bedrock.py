@@ -36,6 +36,7 @@ from aiohttp import web
 
 from relaygate.providers.aws import eventstream as es
 from relaygate.providers.aws.sigv4 import canonical_request, signing_key, string_to_sign
+from relaygate.providers.echo import arguments_for
 from relaygate.testing.base import (
     STATE_KEY,
     EmulatorState,
@@ -47,7 +48,6 @@ from relaygate.testing.base import (
     send_frames,
     tracked,
 )
-from relaygate.testing.openai import _args_for
 
 TEST_ACCESS_KEY = "AKIAIOSFODNN7EXAMPLE"  # AWS's documented example credentials
 TEST_SECRET_KEY = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
@@ -333,7 +333,7 @@ def converse_answer(req: dict[str, Any], images: int, opts: BedrockEmulatorOptio
     tool = _pick_tool(req, last)
     inference = req.get("inferenceConfig") or {}
     if tool is not None:
-        args = _args_for((tool.get("inputSchema") or {}).get("json"), last_user)
+        args = arguments_for((tool.get("inputSchema") or {}).get("json"), last_user)
         digest = hashlib.sha1(orjson.dumps([tool.get("name"), args])).hexdigest()[:22]
         blocks: list[dict[str, Any]] = [{"text": f"I will use {tool.get('name')}."},
                   {"toolUse": {"toolUseId": f"tooluse_{digest}", "name": tool.get("name"), "input": args}}]

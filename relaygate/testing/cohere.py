@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 from aiohttp import BodyPartReader, web
 
+from relaygate.providers.echo import Answer, answer, count_tokens
 from relaygate.testing.base import (
     STATE_KEY,
     FaultPlan,
@@ -36,7 +37,6 @@ from relaygate.testing.base import (
     send_sse,
     tracked,
 )
-from relaygate.testing.openai import Answer, answer, count_tokens
 from relaygate.testing.openai_audio import transcript_of
 
 CHAT_MODELS = ("command-a-03-2025", "command-r-plus-08-2024", "command-r-08-2024", "command-r7b-12-2024",

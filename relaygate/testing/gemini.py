@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from relaygate.providers.echo import arguments_for
 from relaygate.testing.base import (
     STATE_KEY,
     EmulatorState,
@@ -38,7 +39,6 @@ from relaygate.testing.base import (
     tracked,
 )
 from relaygate.testing.gemini_checks import ApiError, normalise, validate
-from relaygate.testing.openai import _args_for
 
 DEFAULT_MODELS = ("gemini-2.5-flash", "gemini-2.5-pro", "gemini-2.0-flash", "gemini-3-pro-preview",
                   "text-embedding-004", "gemini-embedding-001")
@@ -139,7 +139,7 @@ def _functions_to_call(body: dict[str, Any], last_user: str) -> list[dict[str, A
     if any("functionResponse" in p for p in last.get("parts") or []):
         return []  # answer the function's result instead of calling again
     allowed = cfg.get("allowedFunctionNames") or []
-    calls = [{"name": d.get("name", ""), "args": _args_for(d.get("parametersJsonSchema", d.get("parameters")),
+    calls = [{"name": d.get("name", ""), "args": arguments_for(d.get("parametersJsonSchema", d.get("parameters")),
                                                              last_user)}
              for d in decls if not allowed or d.get("name") in allowed]
     return calls if PARALLEL_WORD in last_user else calls[:1]

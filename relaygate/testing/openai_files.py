@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import BodyPartReader, web
 
+from relaygate.providers.echo import MAX_CHOICES
 from relaygate.testing.base import STATE_KEY, Handler, json_response, send_sse, tracked
 from relaygate.testing.openai import (
     MAX_BEST_OF,
-    MAX_CHOICES,
     MAX_IMAGES,
     auth_error,
     error_body,

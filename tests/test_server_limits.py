@@ -395,3 +395,31 @@ def test_refusals_are_openai_errors() -> None:
     assert head.startswith(b"HTTP/1.1 503 Service Unavailable\r\n") and b"retry-after: 1" in head
     assert json.loads(body) == {"error": {"message": "busy", "type": "api_error", "param": None,
                                           "code": "server_busy"}}
+
+
+class Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_a_websocket_upgrade_is_answered_as_plain_http_without_a_warning(
+        start_gateway: Callable[..., GatewayThread], openai_emulator: BackgroundServer) -> None:
+    """The gateway serves no websockets (uvicorn runs with ws=none, and the websockets package is never
+    imported): an ``Upgrade: websocket`` request gets its route's plain answer, and leaves no log line."""
+    gw = start_gateway({"models": [openai_model("m", openai_emulator)]})
+    handler = Records()
+    uvicorn_log = logging.getLogger("uvicorn.error")  # uvicorn's own logger (it does not propagate)
+    uvicorn_log.addHandler(handler)
+    try:
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+            s.sendall(b"GET /v1/models HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: websocket\r\n"
+                      b"sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+            head = s.recv(65536)
+    finally:
+        uvicorn_log.removeHandler(handler)
+    assert head.startswith(b"HTTP/1.1 200 ") and b'"object":"list"' in head.replace(b" ", b"")
+    assert [r.getMessage() for r in handler.records] == []

@@ -109,7 +109,7 @@ def test_owner_indexes_become_partial_and_equality_queries_still_use_them(databa
     with database.engine.begin() as conn:  # a database as version 2 left it: full owner indexes
         migrations._v1_initial(conn)
         for c in tables.PARTIAL_INDEXED:
-            conn.exec_driver_sql(f"DROP INDEX {tables.owner_index_name(c)}")
+            conn.exec_driver_sql(f"DROP INDEX IF EXISTS {tables.owner_index_name(c)}")
             conn.exec_driver_sql(f"CREATE INDEX {tables.owner_index_name(c)} ON request_log ({c}, ts)")
         tables.schema_migrations.create(conn)
         for n, name, _ in STEPS[:2]:

@@ -16,7 +16,6 @@ from relaygate.core.errors import BadRequest, ModelNotFound
 from relaygate.core.shapes.openai import SpeechRequest
 from relaygate.routing.voices import documented_voices, offered_voices
 from relaygate.server.http import Request, Response, StreamResponse, json_response
-from relaygate.server.multipart import AudioUpload, FormReader, boundary_of
 
 if TYPE_CHECKING:
     from relaygate.gateway import Gateway
@@ -55,6 +54,9 @@ def check_form_field(name: str, value: str) -> None:
 
 
 async def _upload(gw: Gateway, req: Request, route: Route) -> Response | StreamResponse:
+    # the multipart reader (python-multipart) is imported by the first upload, not by every gateway
+    from relaygate.server.multipart import AudioUpload, FormReader, boundary_of
+
     key = await caller(gw.auth, req.headers)
     boundary = boundary_of(req.headers.get("content-type", ""))
     upload = AudioUpload(FormReader(req.stream(gw.config.server.max_audio_bytes), boundary), check_form_field)

@@ -22,8 +22,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from python_multipart.exceptions import MultipartParseError
-from python_multipart.multipart import MultipartParser, parse_options_header
 
 from relaygate.api.common import object_body
 from relaygate.core.pricing import NANO, Meter
@@ -129,6 +127,8 @@ class ImageForm:
         self._header = bytearray()
         self._name: str | None = None  # the price field being read
         self._value = bytearray()
+        from python_multipart.multipart import MultipartParser  # image uploads alone need it: on first use
+
         self._parser = MultipartParser(boundary, {
             "on_header_value": self._header_value, "on_header_end": self._header_end,
             "on_headers_finished": self._headers_finished, "on_part_data": self._part_data,
@@ -136,6 +136,8 @@ class ImageForm:
         self._broken = False
 
     async def tap(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        from python_multipart.exceptions import MultipartParseError
+
         async for chunk in chunks:
             if not self._broken:
                 try:
@@ -153,6 +155,8 @@ class ImageForm:
 
     def _headers_finished(self) -> None:
         # the part's Content-Disposition names it; a file (it has a filename) is never a price field
+        from python_multipart.multipart import parse_options_header
+
         name = None
         for value in self._headers:
             kind, options = parse_options_header(value)
@@ -179,6 +183,8 @@ class ImageForm:
 
 def image_upload(book: PriceBook, req: Request, kind: str) -> Metered:
     """The meter of an image edit or variation, with the form tap that settles it as the body streams by."""
+    from python_multipart.multipart import parse_options_header
+
     defaults = UPLOAD_MODELS[kind]
     ctype, options = parse_options_header(req.headers.get("content-type", ""))
     prices: list[ImagePrice | None] = [book.image_price(m) for m in defaults]

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Mapping
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-import yaml
 from pydantic import ValidationError
 
 from relaygate.config.base import ConfigError
 from relaygate.config.deployments import DEPLOYMENT_TYPES, PROVIDER_TYPES, DeploymentBase, providers_taking
 from relaygate.config.schema import DEMO_MODEL, Config
+
+if TYPE_CHECKING:
+    import yaml
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -122,22 +125,30 @@ def parse_config(raw: Any, env: Mapping[str, str] | None = None) -> Config:
     return cfg
 
 
-class _Yaml12Loader(yaml.SafeLoader):
+@functools.cache
+def _yaml12_loader() -> type[yaml.SafeLoader]:
     """SafeLoader with YAML 1.2 booleans: only true/false. YAML 1.1 would read ``on:`` (the fallback and
-    breaker key) and ``no``/``yes``/``off`` as booleans, silently breaking configs."""
+    breaker key) and ``no``/``yes``/``off`` as booleans, silently breaking configs. Made on first use: the
+    zero-config gateway reads no YAML and never imports the parser."""
+    import yaml
 
+    class Yaml12Loader(yaml.SafeLoader):
+        pass
 
-_Yaml12Loader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_Yaml12Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+    Yaml12Loader.yaml_implicit_resolvers = {
+        first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    Yaml12Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+    return Yaml12Loader
 
 
 def load_yaml(stream: str | IO[str]) -> Any:
     """A YAML document read the way config files are (YAML 1.2 booleans); yaml.YAMLError when malformed."""
-    return yaml.load(stream, Loader=_Yaml12Loader)  # noqa: S506 (a SafeLoader subclass)
+    import yaml
+
+    return yaml.load(stream, Loader=_yaml12_loader())  # noqa: S506 (a SafeLoader subclass)
 
 
 def load_config(path: str | None, env: Mapping[str, str] | None = None) -> Config:
@@ -145,6 +156,8 @@ def load_config(path: str | None, env: Mapping[str, str] | None = None) -> Confi
     env = os.environ if env is None else env
     if path is None:
         return default_config(env)
+    import yaml
+
     try:
         with open(path, encoding="utf-8") as f:
             raw = load_yaml(f)

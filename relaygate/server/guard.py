@@ -192,6 +192,10 @@ class GuardedProtocol(HttpToolsProtocol):
                 self.refuse(HeadTooLarge(f"the request head exceeds {self.watchdog.max_header_bytes} bytes"),
                             "oversized request head", f"over {self.watchdog.max_header_bytes} bytes")
 
+    def _unsupported_upgrade_warning(self) -> None:
+        """A client's ``Upgrade: websocket``: the gateway serves no websockets (uvicorn runs with ws=none), so
+        the request is answered as plain HTTP, without uvicorn's warnings (a client could fill the log)."""
+
     def on_message_begin(self) -> None:
         self.url = b""
         self.expect_100_continue = False

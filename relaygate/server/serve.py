@@ -42,7 +42,7 @@ class GatewayServer(uvicorn.Server):
         self.drain_timeout = settings.drain_timeout
         super().__init__(uvicorn.Config(
             app, host=host, port=port, loop="uvloop", http=protocol_class(self.watchdog), lifespan="on",
-            access_log=False, log_level="warning", server_header=False, date_header=False,
+            access_log=False, log_level="warning", server_header=False, date_header=False, ws="none",
             proxy_headers=False))
         self._sweeper: asyncio.Task[None] | None = None
         self._orphan_watch: asyncio.Task[None] | None = None

@@ -30,11 +30,9 @@ def _v2_drop_request_id_index(conn: Connection) -> None:
 
 
 def _v3_partial_owner_indexes(conn: Connection) -> None:
-    partial = {tables.owner_index_name(c) for c in tables.PARTIAL_INDEXED}
-    for index in tables.request_log.indexes:
-        if index.name in partial:
-            conn.exec_driver_sql(f"DROP INDEX IF EXISTS {index.name}")
-            index.create(conn)
+    for column in tables.PARTIAL_INDEXED:
+        conn.exec_driver_sql(f"DROP INDEX IF EXISTS {tables.owner_index_name(column)}")
+        conn.exec_driver_sql(tables.owner_index_ddl(column))
 
 
 STEPS: list[tuple[int, str, Step]] = [

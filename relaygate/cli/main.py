@@ -100,7 +100,9 @@ def serve_gateway(config_path: str | None, host: str | None, port: int | None, w
     if listen_fd is None:
         log.info("relaygate listening on http://%s:%d/v1 (at most %d connections)", host, port,
                  server.watchdog.max_connections)
-        server.run()
+        # bound here, as a worker's supervisor binds: uvloop would resolve the address in libuv's thread pool,
+        # four threads that then idle for the life of the process
+        server.run(sockets=[server.config.bind_socket()])
     else:
         log.info("worker %s serving (pid %d, at most %d connections)", os.environ.get(WORKER_ENV, "?"),
                  os.getpid(), server.watchdog.max_connections)

@@ -30,6 +30,7 @@ class GatewayProcess:
         self.port = port
         self.log = log
         self.workers_seen: set[int] = set()
+        self.config_of: dict[int, str] = {}  # the config hash each pid answered with last
 
     @property
     def url(self) -> str:
@@ -51,7 +52,9 @@ class GatewayProcess:
         head, _, body = answer.partition(b"\r\n\r\n")
         if not head.startswith(b"HTTP/1.1 200"):
             return False
-        self.workers_seen.add(json.loads(body)["pid"])
+        answer_json = json.loads(body)
+        self.workers_seen.add(answer_json["pid"])
+        self.config_of[answer_json["pid"]] = answer_json["config"]["hash"]
         return True
 
     def accepts(self) -> bool:

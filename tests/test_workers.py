@@ -14,6 +14,7 @@ from pathlib import Path
 
 import aiohttp
 import redis as redis_lib
+import requests
 import yaml
 
 from relaygate.testing.base import BackgroundServer
@@ -73,8 +74,6 @@ def test_two_workers_share_one_port_and_a_killed_worker_is_replaced(tmp_path: Pa
 
 
 def test_sigterm_drains_the_streams_of_every_worker(openai_emulator: BackgroundServer, tmp_path: Path) -> None:
-    import requests
-
     requests.post(openai_emulator.url + "/_emulator/faults", json={"chunk_delay_ms": 200}, timeout=5)
     words = " ".join(LONG.split()[:10])  # ~2 s a stream
     with gateway_process(tmp_path, {"models": [openai_model("s", openai_emulator)],
@@ -122,7 +121,7 @@ def test_workers_without_redis_are_refused_where_a_limit_would_multiply(openai_e
     assert "remove the deployments' rpm/tpm/max_parallel limits" in err and "redis_url" not in err
 
 
-def test_a_key_limit_is_exact_across_two_workers_on_redis(openai_emulator: BackgroundServer,
+def test_a_key_limit_is_exact_across_two_workers_on_redis_and_a_reload_reaches_both(openai_emulator: BackgroundServer,
                                                           tmp_path: Path) -> None:
     try:
         redis_lib.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
@@ -132,10 +131,29 @@ def test_a_key_limit_is_exact_across_two_workers_on_redis(openai_emulator: Backg
     config = {"models": [openai_model("m", openai_emulator)], "state": {"redis_url": REDIS_URL},
               "auth": {"master_key": MASTER, "keys": [{"id": f"w{os.getpid()}-{time.time_ns()}", "key": secret,
                                                         "rpm": 10}]}}
-    with gateway_process(tmp_path, config, args=("--workers", "2")) as gw:
-        assert len(pids_serving(gw, 2)) == 2
+    with gateway_process(tmp_path, {**config, "server": {"watch_config": False}}, args=("--workers", "2")) as gw:
+        pids = pids_serving(gw, 2)
+        assert len(pids) == 2
         away_from_minute_edge()
         results = asyncio.run(_burst([gw.url + "/v1/chat/completions"], secret, 30))
+        # a reload asked of one worker reaches the other through the supervisor (SIGHUP)
+        before = {gw.config_of[p] for p in pids}
+        cfg = tmp_path / "gateway.yaml"
+        changed = yaml.safe_load(cfg.read_text())
+        changed["models"].append({**changed["models"][0], "name": "added"})
+        cfg.write_text(yaml.safe_dump(changed))
+        r = requests.post(gw.url + "/admin/reload", headers={"authorization": f"Bearer {MASTER}"}, timeout=10)
+        assert r.status_code == 200 and r.json()["status"] == "reloaded", r.text
+        new_hash = r.json()["config"]["hash"]
+        assert len(before) == 1 and new_hash not in before
+
+        def both_reloaded() -> bool:
+            pids_serving(gw, 2, within=3)
+            return {gw.config_of[p] for p in pids} == {new_hash}
+
+        deadline = time.monotonic() + 15
+        while not both_reloaded():
+            assert time.monotonic() < deadline, gw.config_of
         gw.proc.send_signal(signal.SIGTERM)
         assert gw.proc.wait(20) == 0
     assert sorted(s for s, _ in results) == [200] * 10 + [429] * 20

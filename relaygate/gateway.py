@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from relaygate.auth.authenticator import Authenticator
     from relaygate.auth.keys import KeyStore
     from relaygate.limits.base import Limiter, SpentLoader
+    from relaygate.observability.metrics import Metrics
     from relaygate.requestlog.audit import AuditLayer
     from relaygate.requestlog.writer import RequestLogWriter
     from relaygate.server.reload import Reloads
@@ -263,7 +264,13 @@ class Gateway:
         self.pricing = Pricing(PriceBook(config), self.table.models, config.auth.default_output_tokens)
         self.router = Router(self.table, config, self.pricing.unit_price)
         self.health = HealthChecker(health_checks(config, self.table.models))
-        self.audit: AuditLayer | None = None  # the outermost layer, when the request log is on
+        self.metrics: Metrics | None = None
+        if config.metrics.enabled:
+            from relaygate.observability.metrics import Metrics
+
+            self.metrics = Metrics(config, self.table.models, self.pricing.cost)
+            self.metrics.writer = self.writer
+        self.audit: AuditLayer | None = None  # the request log's layer, when it is on
         self.pipeline: Handler = self._pipeline()
         self._fresh = {id(part) for part in self.parts()} - ({id(p) for p in previous.parts()} if previous else set())
 
@@ -278,7 +285,7 @@ class Gateway:
         return MemoryLimiter(spent_loader(reads))
 
     def _pipeline(self) -> Handler:
-        """audit → auth → limits → router (the layers that are on)."""
+        """observe → audit → auth → limits → router (the layers that are on)."""
         handler: Handler = self.router
         if self.auth is not None:
             from relaygate.auth.authenticator import AuthLayer
@@ -291,6 +298,14 @@ class Gateway:
 
             handler = self.audit = AuditLayer(handler, self.writer, self.config.request_log, self.pricing.cost,
                                               self.scrub)
+        if self.metrics is not None or self.config.access_log.enabled:
+            from relaygate.observability.accesslog import AccessLog
+            from relaygate.observability.layer import ObserveLayer
+            from relaygate.requestlog.redact import Redactor
+
+            access = (AccessLog(Redactor(self.config.request_log.redact), self.pricing.cost)
+                      if self.config.access_log.enabled else None)
+            handler = ObserveLayer(handler, self.metrics, access)
         return handler
 
     @classmethod

@@ -201,8 +201,11 @@ def test_breaker_opens_half_opens_and_closes_end_to_end(emus: list[BackgroundSer
     body = providers_body(gw)
     report = {d["deployment"]: d for d in body["deployments"]}
     assert report["bad"]["breaker"]["state"] == "open" and report["bad"]["state"] == "open"
-    assert report["bad"]["score"] == 0 and report["good"]["score"] > 0.5
-    assert body["summary"] == {"deployments": 2, "healthy": 1, "score": round(report["good"]["score"] / 2, 4)}
+    assert report["bad"]["score"] == 0 and report["good"]["score"] > 50
+    assert report["bad"]["score_parts"]["breaker"] == 0 and report["good"]["score_parts"]["breaker"] == 1
+    # one model: its best deployment is the gateway's score; a deployment under 50 makes it degraded
+    assert body["summary"] == {"deployments": 2, "healthy": 1, "status": "degraded",
+                               "score": report["good"]["score"]}
     time.sleep(COOLDOWN + 0.05)
     for _ in range(5):
         ask(gw)
@@ -222,9 +225,9 @@ def test_health_providers_reports_every_deployment(emus: list[BackgroundServer],
     assert set(report) == {"a", "b"}
     a = report["a"]
     assert {"deployment", "model", "provider", "state", "breaker", "latency_ms", "error_rate", "in_flight",
-            "requests", "failures", "score"} <= set(a)
+            "requests", "failures", "score", "score_parts", "baseline_latency_ms"} <= set(a)
     assert a["state"] == "healthy" and a["breaker"]["state"] == "closed" and a["requests"] == 2
-    assert a["latency_ms"] > 0 and a["error_rate"] == 0 and a["in_flight"] == 0 and 0 < a["score"] <= 1
+    assert a["latency_ms"] > 0 and a["error_rate"] == 0 and a["in_flight"] == 0 and 50 <= a["score"] <= 100
 
 
 def test_two_instances_sharing_redis_see_the_same_breaker(emus: list[BackgroundServer], start_gateway: Start) -> None:

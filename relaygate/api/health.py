@@ -1,6 +1,7 @@
-"""``GET /health`` (alive), ``GET /health/ready`` (config loaded, pool ready, not stopping): public, for load
-balancers and orchestrators; ``GET /health/providers`` (every deployment's state and last probe error): the
-operator's view, so it takes the master key when the gateway has one (docs/routing.md)."""
+"""``GET /health`` (alive: always 200, with the gateway's health status and score), ``GET /health/ready``
+(config loaded, pool ready, not stopping): public, for load balancers and orchestrators;
+``GET /health/providers`` (each deployment's score and its parts, the last probe error): the operator's
+view, so it takes the master key when the gateway has one (docs/routing.md)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from relaygate.auth.authenticator import presented_key
 from relaygate.core.errors import AuthError
-from relaygate.routing.health import deployment_report
+from relaygate.routing.health import deployment_report, overall
 from relaygate.server.http import Request, Response, json_response
 from relaygate.server.workers import WORKER_ENV
 
@@ -20,8 +21,11 @@ if TYPE_CHECKING:
 
 
 async def alive(gw: Gateway, req: Request) -> Response:
-    """Alive; which process answered (a worker's number under a supervisor) and the config it runs."""
-    return json_response({"status": "ok", "pid": os.getpid(), "worker": os.environ.get(WORKER_ENV),
+    """Liveness (always 200 while the process serves): ``status`` healthy|degraded|unhealthy and ``score``
+    0-100 say how well the configured models can be served (routing/health.py: ``overall``); which process
+    answered (a worker's number under a supervisor) and the config it runs."""
+    status, score = overall(gw.table.models)
+    return json_response({"status": status, "score": score, "pid": os.getpid(), "worker": os.environ.get(WORKER_ENV),
                           "config": {"hash": gw.config_hash, "loaded_at": gw.started}})
 
 
@@ -45,9 +49,10 @@ async def providers(gw: Gateway, req: Request) -> Response:
     now = time.monotonic()
     reports = await asyncio.gather(*(deployment_report(d, now) for d in gw.deployments()))
     healthy = sum(1 for r in reports if r["state"] == "healthy")
-    score = round(sum(r["score"] for r in reports) / len(reports), 4) if reports else 0.0
+    status, score = overall(gw.table.models)
     return json_response({"deployments": list(reports),
-                          "summary": {"deployments": len(reports), "healthy": healthy, "score": score}})
+                          "summary": {"deployments": len(reports), "healthy": healthy, "status": status,
+                                      "score": score}})
 
 
 ROUTES = [

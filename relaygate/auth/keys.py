@@ -363,6 +363,11 @@ def keys_spent_since(engine: Engine, key_ids: list[str], start: float) -> dict[s
     return out
 
 
+def config_key_id(config_id: str) -> str:
+    """The stored id of a key declared in the config (``auth.keys[].id``)."""
+    return "cfg_" + config_id
+
+
 def sync_config_keys(engine: Engine, keys: list[Any]) -> None:
     """Insert or update the keys declared in the config (``auth.keys``), by id ``cfg_<id>``."""
     k = tables.api_keys
@@ -375,7 +380,7 @@ def sync_config_keys(engine: Engine, keys: list[Any]) -> None:
         now = time.time()
         values = {**parse_fields(body, partial=False), "hash": hash_secret(secret), "prefix": secret[:DECLARED_SHOWN],
                   "updated_at": now, "revoked_at": None, "expires_at": None}
-        key_id = "cfg_" + kc.id
+        key_id = config_key_id(kc.id)
         for attempt in range(3):  # several instances may start at once: the loser of an insert race updates
             try:
                 with engine.begin() as conn:

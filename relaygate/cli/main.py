@@ -85,6 +85,12 @@ def serve_gateway(config_path: str | None, host: str | None, port: int | None, w
     except ConfigError as e:
         print(str(e), file=sys.stderr)
         return 1
+    if cfg.access_log.enabled:  # its lines are JSON alone, one per request (docs/observability.md)
+        access = logging.getLogger("relaygate.access")
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        access.addHandler(handler)
+        access.propagate = False
     host = host or cfg.server.host
     port = port if port is not None else cfg.server.port
     log = logging.getLogger("relaygate")

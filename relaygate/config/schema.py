@@ -10,6 +10,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from relaygate.config.base import Strict
 from relaygate.config.deployments import DeploymentConfig, HealthCheckConfig
+from relaygate.config.observability import AccessLogConfig, MetricsConfig
 
 DEMO_MODEL = "demo"
 # how a model chooses among its deployments (routing/strategies.py builds one class per name)
@@ -257,6 +258,8 @@ class Config(Strict):
     request_log: RequestLogConfig = Field(default_factory=RequestLogConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     prices: dict[str, PriceConfig] = Field(default_factory=dict)  # upstream model name -> price override
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    access_log: AccessLogConfig = Field(default_factory=AccessLogConfig)
 
     @model_validator(mode="after")
     def _unique_names(self) -> Config:

@@ -228,3 +228,11 @@ def from_status(status: int, message: str, *, retry_after: float | None = None,
     if status >= 500:
         return Unavailable(message, status=status if status in (500, 502, 503) else 502, code=code)
     return BadRequest(message, status=status if 400 <= status < 500 else 400, code=code, param=param)
+
+
+def mark_recorded(error: BaseException) -> None:
+    """Note on a failure that the pipeline logged and counted it, so the server does not do it again."""
+    try:
+        error.audited = True  # type: ignore[attr-defined]
+    except AttributeError:  # an exception type without a __dict__: keep raising it as it is
+        pass

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 import math
@@ -16,17 +15,16 @@ import orjson
 from relaygate.auth.authenticator import Authenticator, presented_key
 from relaygate.config import RequestLogConfig
 from relaygate.core.call import Call, Handler, Reply, Route
-from relaygate.core.errors import AuthError, GatewayError, cut_by_shutdown, shutdown_error
+from relaygate.core.errors import AuthError, GatewayError, mark_recorded
 from relaygate.core.scrub import Scrubber
 from relaygate.requestlog.redact import Redactor
 from relaygate.requestlog.writer import RequestLogWriter
-from relaygate.server.http import ClientGone, Request
+from relaygate.server.http import Request, error_fields
 from relaygate.store import tables
 from relaygate.store.rows import fit_text, size
 
 log = logging.getLogger("relaygate.requestlog")
 
-CLIENT_CLOSED = 499  # nginx's status for "the client went away before the answer was complete"
 # Requests refused for their key get a row each, but a flood of them must not become a flood of rows
 # (disk and writer time an unauthenticated client could spend at will): a token bucket per gateway lets
 # through a burst, then a steady trickle; the rows left out are counted into the next row written.
@@ -48,19 +46,6 @@ def _unserializable(value: Any) -> str:
     if isinstance(value, (bytes, bytearray)):
         return f"<{len(value)} bytes>"
     return f"<{type(value).__name__}>"
-
-
-def error_fields(error: BaseException | None) -> tuple[int | None, str | None, str | None]:
-    """(status, error kind, message) of a failure; (None, None, None) when there was none."""
-    if error is None:
-        return None, None, None
-    if isinstance(error, GatewayError):
-        return error.status, error.kind, error.message
-    if cut_by_shutdown(error):  # the server ended it, not the client
-        return error_fields(shutdown_error())
-    if isinstance(error, (ClientGone, asyncio.CancelledError, ConnectionError)):
-        return CLIENT_CLOSED, "client_closed", "the client closed the connection"
-    return 500, "internal", type(error).__name__
 
 
 class AuditLayer:
@@ -88,10 +73,7 @@ class AuditLayer:
             reply = await self.next(call)
         except BaseException as e:
             self.record(call, None, e)
-            try:
-                e.audited = True  # type: ignore[attr-defined]  # the server must not record it again
-            except AttributeError:  # an exception type without a __dict__: keep raising it as it is
-                pass
+            mark_recorded(e)  # the server must not record it again
             raise
         if self.config.bodies and reply.stream is not None:
             kept: list[bytes] = []

@@ -136,6 +136,7 @@ class RequestLogWriter:
         self.handled = 0  # rows written or spooled (compared with ``submitted`` by ``flush``)
         self.written = 0  # rows committed to the database (by this writer, replays included)
         self.spooled = 0
+        self.replayed = 0  # spooled rows handed back to the database
         self.timeouts = 0  # writes the database did not finish within ``write_timeout``
         self.dead = 0  # rows the database refused even fitted: kept in the dead-letter file
         self.salvaged = 0  # of those, rows written in a salvaged form
@@ -313,6 +314,7 @@ class RequestLogWriter:
         except Exception as e:
             self._failed(e)
             return
+        self.replayed += n
         if n:
             log.warning("request log: replayed %d spooled rows into the database", n)
         self._recovered()

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 
 
 SUCCESS_ALPHA = 0.05
+BASELINE_ALPHA = 0.01  # the latency baseline the health score compares with follows ~100 calls
 
 
 class MinuteCounter:
@@ -51,6 +52,7 @@ class DeploymentStats:
     requests: int = 0
     failures: int = 0
     latency_ewma: float | None = None  # seconds, whole call (non-stream) or time to first token (stream)
+    latency_baseline: float | None = None  # the same, averaged over many more calls (the health score's yardstick)
     success_ewma: float = 1.0  # recent success rate (1 = every recent call succeeded)
     cooling_until: float = 0.0  # monotonic time before which the upstream asked us to wait (429 retry-after)
     healthy: bool = True  # False while active health checks fail
@@ -70,6 +72,8 @@ class DeploymentStats:
         if latency is not None:
             prev = self.latency_ewma
             self.latency_ewma = latency if prev is None else prev + alpha * (latency - prev)
+            base = self.latency_baseline
+            self.latency_baseline = latency if base is None else base + BASELINE_ALPHA * (latency - base)
 
 
 @dataclass(slots=True, eq=False)

@@ -80,15 +80,54 @@ class HealthChecker:
         self.tasks = []
 
 
-def health_score(dep: Deployment, breaker_state: int) -> float:
-    """0 (do not send) … 1 (perfect): health check × breaker × recent success rate × latency factor."""
+SLOW_RATIO = 1.5  # latency up to this multiple of the deployment's own baseline costs no score
+MIN_LATENCY_FACTOR = 0.5  # however slow, latency alone at most halves the score
+
+
+def score_parts(dep: Deployment, breaker_state: int) -> dict[str, float]:
+    """The health score's factors, each 0…1: recent success rate, latency against the deployment's own
+    baseline, breaker (closed 1, half-open 0.5, open 0), active health check (failing: 0)."""
     s = dep.stats
-    if not s.healthy or breaker_state not in (CLOSED, HALF_OPEN):
-        return 0.0
-    score = s.success_ewma * (0.5 if breaker_state == HALF_OPEN else 1.0)
-    if s.latency_ewma is not None:
-        score /= 1.0 + s.latency_ewma  # 1 s of latency halves it
-    return round(score, 4)
+    latency = 1.0
+    if s.latency_ewma is not None and s.latency_baseline:
+        ratio = s.latency_ewma / s.latency_baseline
+        if ratio > SLOW_RATIO:
+            latency = max(MIN_LATENCY_FACTOR, SLOW_RATIO / ratio)
+    breaker = 1.0 if breaker_state == CLOSED else 0.5 if breaker_state == HALF_OPEN else 0.0
+    return {"success": round(s.success_ewma, 4), "latency": round(latency, 4), "breaker": breaker,
+            "health_check": 1.0 if s.healthy else 0.0}
+
+
+def health_score(parts: dict[str, float]) -> int:
+    """0 (do not send) … 100 (every recent call succeeded at its usual speed): the product of the parts."""
+    return round(100 * parts["success"] * parts["latency"] * parts["breaker"] * parts["health_check"])
+
+
+def deployment_score(dep: Deployment) -> int:
+    """The deployment's score from its last known breaker state (no await: for metrics and alerts)."""
+    return health_score(score_parts(dep, dep.breaker.state if dep.breaker is not None else CLOSED))
+
+
+DEGRADED_BELOW = 50  # a deployment scoring below this makes the gateway "degraded"
+
+
+def overall(models: dict[str, list[Deployment]]) -> tuple[str, int]:
+    """The gateway's status and score: the score is the mean over models of each model's best deployment
+    (what a caller of that model can expect); "unhealthy" when no model has a deployment above 0,
+    "degraded" when any deployment is below ``DEGRADED_BELOW``, else "healthy"."""
+    best: list[int] = []
+    low = False
+    for deps in models.values():
+        scores = [deployment_score(d) for d in deps]
+        if scores:
+            best.append(max(scores))
+            low = low or min(scores) < DEGRADED_BELOW
+    if not best:
+        return "healthy", 100
+    score = round(sum(best) / len(best))
+    if max(best) == 0:
+        return "unhealthy", score
+    return ("degraded" if low else "healthy"), score
 
 
 async def deployment_report(dep: Deployment, now: float) -> dict[str, Any]:
@@ -110,9 +149,13 @@ async def deployment_report(dep: Deployment, now: float) -> dict[str, Any]:
         "deployment": dep.name, "model": dep.model_name, "provider": dep.provider_type, "state": state,
         "breaker": breaker,
         "latency_ms": round(s.latency_ewma * 1000, 2) if s.latency_ewma is not None else None,
+        "baseline_latency_ms": round(s.latency_baseline * 1000, 2) if s.latency_baseline is not None else None,
         "error_rate": round(1.0 - s.success_ewma, 4), "in_flight": s.in_flight, "requests": s.requests,
-        "failures": s.failures, "score": health_score(dep, bstate),
+        "failures": s.failures,
     }
+    parts = score_parts(dep, bstate)
+    out["score"] = health_score(parts)
+    out["score_parts"] = parts
     if s.last_probe_at is not None:
         out["health_check"] = {"healthy": s.healthy, "last_probe_at": s.last_probe_at,
                                "last_error": s.last_probe_error}

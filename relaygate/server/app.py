@@ -37,7 +37,8 @@ RouteHandler = Callable[[Gateway, Request], Awaitable[Response | StreamResponse]
 # per call under callgrind, 3% of relaygate-full's CPU). Cycles still get collected, just in larger batches.
 GC_THRESHOLDS = (20_000, 20, 20)
 
-API_MODULES = ("chat", "models", "health", "embeddings", "providers", "audio", "anthropic.messages", "passthrough", "admin")
+API_MODULES = ("chat", "models", "health", "embeddings", "providers", "audio", "anthropic.messages", "passthrough", "admin",
+               "metrics")
 
 
 class RouteTable:
@@ -183,13 +184,16 @@ class App:
 
     @staticmethod
     def _audit_refused(gw: Gateway | None, req: Request, error: GatewayError) -> None:
-        """A request log row for a call that failed before the pipeline (which logs every call it sees).
-        Health checks and the admin API are not calls; unknown routes are not either (no row for scanners)."""
-        if gw is None or gw.audit is None or getattr(error, "audited", False) \
-                or req.path.startswith(("/health", "/admin")):
+        """A request log row and a count in the metrics for a call that failed before the pipeline (which
+        logs and counts every call it sees). Health checks, the admin API and /metrics are not calls;
+        unknown routes are not either (no row for scanners)."""
+        if gw is None or getattr(error, "audited", False) or req.path.startswith(("/health", "/admin", "/metrics")):
             return
         try:
-            gw.audit.record_refused(req, error, gw.auth)
+            if gw.metrics is not None:
+                gw.metrics.record_refused(req.path, error, req.started)
+            if gw.audit is not None:
+                gw.audit.record_refused(req, error, gw.auth)
         except Exception:  # bookkeeping must never change the answer
             log.exception("request log: could not record the refused request %s", req.id)
 

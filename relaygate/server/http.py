@@ -159,6 +159,23 @@ class ClientGone(Exception):
     """The client disconnected before we could answer."""
 
 
+CLIENT_CLOSED = 499  # nginx's status for "the client went away before the answer was complete"
+
+
+def error_fields(error: BaseException | None) -> tuple[int | None, str | None, str | None]:
+    """(status, error kind, message) of a failure, as the request log and the metrics count it; (None, None,
+    None) when there was none."""
+    if error is None:
+        return None, None, None
+    if isinstance(error, GatewayError):
+        return error.status, error.kind, error.message
+    if cut_by_shutdown(error):  # the server ended it, not the client
+        return error_fields(shutdown_error())
+    if isinstance(error, (ClientGone, asyncio.CancelledError, ConnectionError)):
+        return CLIENT_CLOSED, "client_closed", "the client closed the connection"
+    return 500, "internal", type(error).__name__
+
+
 def _headers(pairs: dict[str, str]) -> list[tuple[bytes, bytes]]:
     return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in pairs.items()]
 

@@ -1,0 +1,1 @@
+"""What an operator watches: Prometheus metrics, the JSON access log, traces, alerts, fault injection."""

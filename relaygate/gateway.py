@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from relaygate.auth.keys import KeyStore
     from relaygate.limits.base import Limiter, SpentLoader
     from relaygate.observability.metrics import Metrics
+    from relaygate.observability.tracing import Tracing
     from relaygate.requestlog.audit import AuditLayer
     from relaygate.requestlog.writer import RequestLogWriter
     from relaygate.server.reload import Reloads
@@ -270,6 +271,12 @@ class Gateway:
 
             self.metrics = Metrics(config, self.table.models, self.pricing.cost)
             self.metrics.writer = self.writer
+        self.tracing: Tracing | None = None
+        if config.tracing.endpoint is not None:
+            from relaygate.observability.tracing import Tracing
+            from relaygate.requestlog.redact import Redactor
+
+            self.tracing = Tracing(config.tracing, Redactor(config.request_log.redact))
         self.audit: AuditLayer | None = None  # the request log's layer, when it is on
         self.pipeline: Handler = self._pipeline()
         self._fresh = {id(part) for part in self.parts()} - ({id(p) for p in previous.parts()} if previous else set())
@@ -285,7 +292,7 @@ class Gateway:
         return MemoryLimiter(spent_loader(reads))
 
     def _pipeline(self) -> Handler:
-        """observe → audit → auth → limits → router (the layers that are on)."""
+        """trace → observe → audit → auth → limits → router (the layers that are on)."""
         handler: Handler = self.router
         if self.auth is not None:
             from relaygate.auth.authenticator import AuthLayer
@@ -306,6 +313,10 @@ class Gateway:
             access = (AccessLog(Redactor(self.config.request_log.redact), self.pricing.cost)
                       if self.config.access_log.enabled else None)
             handler = ObserveLayer(handler, self.metrics, access)
+        if self.tracing is not None:
+            from relaygate.observability.tracing import TraceLayer
+
+            handler = TraceLayer(handler, self.tracing, self.pricing.cost)
         return handler
 
     @classmethod
@@ -386,6 +397,8 @@ class Gateway:
         if mine(self.redis):
             assert self.redis is not None
             await self.redis.close()
+        if self.tracing is not None:  # each gateway's own
+            await asyncio.to_thread(self.tracing.close)  # exports the spans still pending
         if mine(self.session):
             await self.session.close()
         detach(self._log_filter, self._filtered)

@@ -1,8 +1,10 @@
-"""The observability sections of the config: metrics, the JSON access log."""
+"""The observability sections of the config: metrics, the JSON access log, traces."""
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, field_validator
 
 from relaygate.config.base import Strict
 
@@ -32,3 +34,25 @@ class AccessLogConfig(Strict):
     """One JSON line per request at INFO on the ``relaygate.access`` logger (off by default)."""
 
     enabled: bool = False
+
+
+class TracingConfig(Strict):
+    """OpenTelemetry traces over OTLP/HTTP (protobuf): off unless ``endpoint`` is set; needs the ``otel``
+    extra (``pip install 'relaygate[otel]'``)."""
+
+    endpoint: str | None = None  # the collector's traces URL, e.g. http://127.0.0.1:4318/v1/traces
+    service_name: str = Field("relaygate", min_length=1, max_length=200)
+    headers: dict[str, SecretStr] = Field(default_factory=dict)  # sent with every export (a collector's token)
+    sample_ratio: float = Field(1.0, ge=0, le=1)  # share of new traces kept; a continued one follows its parent
+    batch_delay: float = Field(2.0, gt=0, le=60)  # seconds between exports at most
+    queue_size: int = Field(2048, ge=1, le=1_000_000)  # spans waiting for export at most (then dropped)
+    timeout: float = Field(10.0, gt=0, le=120)  # one export request
+
+    @field_validator("endpoint")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None:
+            parts = urlsplit(v)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("not an http(s) URL")
+        return v

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from relaygate.auth.keys import Principal
     from relaygate.core.pricing import Meter
+    from relaygate.observability.tracing import CallTrace
     from relaygate.routing.deployment import Deployment
     from relaygate.server.multipart import AudioUpload
     from relaygate.server.upload import ForwardedRequest
@@ -106,6 +107,7 @@ class Call:
     cost_nano: int | None = None  # what the call cost, once known (the limits and the log share it)
     cache_hit: bool = False  # answered from the response cache
     shape_checked: bool = False  # the body passed the typed chat request check (core/shapes), done for translators
+    trace: CallTrace | None = None  # the call's trace, when tracing is on (observability/tracing.py)
 
 
 DoneCallback = Callable[["Reply", BaseException | None], None]

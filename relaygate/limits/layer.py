@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from relaygate.core.call import Call, Handler, Reply
 from relaygate.core.pricing import Pricing
-from relaygate.limits.base import Limiter
+from relaygate.limits.base import Grant, Limiter, Scope
 from relaygate.providers.base import RATE_LIMIT_HEADERS
+
+if TYPE_CHECKING:
+    from relaygate.observability.tracing import CallTrace
 
 
 class LimitLayer:
@@ -23,9 +28,12 @@ class LimitLayer:
         scopes = key.limited
         tokens, cost = self.pricing.estimate(call, key.wants_tokens, key.wants_cost)
         limiter = self.limiter
-        grant = limiter.try_acquire(scopes, tokens, cost)  # in-process: no await at all
-        if grant is None:
-            grant = await limiter.acquire(scopes, tokens, cost)
+        trace = call.trace
+        if trace is not None:
+            grant = await traced_acquire(trace, limiter, scopes, tokens, cost)
+        else:
+            quick = limiter.try_acquire(scopes, tokens, cost)  # in-process: no await at all
+            grant = quick if quick is not None else await limiter.acquire(scopes, tokens, cost)
         try:
             reply = await self.next(call)
         except BaseException:
@@ -45,3 +53,21 @@ class LimitLayer:
 
         reply.on_done(done)
         return reply
+
+
+async def traced_acquire(trace: CallTrace, limiter: Limiter, scopes: tuple[Scope, ...], tokens: int,
+                         cost: int) -> Grant:
+    """``acquire`` inside a ``relaygate.limits`` span (tracing on): its outcome, and the refusal's class."""
+    span = trace.step("relaygate.limits")
+    span.set_attribute("relaygate.limits.scopes", len(scopes))
+    try:
+        quick = limiter.try_acquire(scopes, tokens, cost)
+        grant = quick if quick is not None else await limiter.acquire(scopes, tokens, cost)
+    except BaseException as e:
+        span.set_attribute("relaygate.limits.outcome", "refused")
+        span.set_attribute("error.type", getattr(e, "kind", "internal"))
+        span.end()
+        raise
+    span.set_attribute("relaygate.limits.outcome", "granted")
+    span.end()
+    return grant

@@ -281,10 +281,13 @@ async def attempt(dep: Deployment, call: Call, route: ModelRoute | None = None) 
     if stats.rpm is not None:
         stats.rpm.add(1, started)
     breaker = dep.breaker
+    traced = call.trace.attempt(dep, call) if call.trace is not None else None  # ends the attempt's span
     try:
         reply = await dep.provider.handlers[call.route](call)
     except GatewayError as e:
         stats.in_flight -= 1
+        if traced is not None:
+            traced(None, e)
         stats.record(not e.retryable, None)
         if e.retry_after and e.kind == "rate_limited":
             cap = route.cooling_cap if route is not None else 30.0
@@ -292,14 +295,18 @@ async def attempt(dep: Deployment, call: Call, route: ModelRoute | None = None) 
         if breaker is not None and not starved(e.kind, call.started, call.deadline, started, dep.config.timeout):
             await breaker.record(breaker.ok(e.kind))
         raise
-    except BaseException:
+    except BaseException as e:
         stats.in_flight -= 1
+        if traced is not None:
+            traced(None, e)
         raise
     if reply.stream is not None and route is not None and route.strategy.needs_ttft:
         reply.stream = _first_chunk_timed(reply.stream, reply)
 
     def done(r: Reply, error: BaseException | None) -> None:
         stats.in_flight -= 1
+        if traced is not None:
+            traced(r, error)
         now = time.monotonic()
         if error is None:
             stats.record(True, (r.first_byte_at or now) - started)

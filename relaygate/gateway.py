@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from relaygate.auth.authenticator import Authenticator
     from relaygate.auth.keys import KeyStore
     from relaygate.limits.base import Limiter, SpentLoader
+    from relaygate.observability.chaos import Chaos
     from relaygate.observability.metrics import Metrics
     from relaygate.observability.tracing import Tracing
     from relaygate.requestlog.audit import AuditLayer
@@ -271,6 +272,11 @@ class Gateway:
 
             self.metrics = Metrics(config, self.table.models, self.pricing.cost)
             self.metrics.writer = self.writer
+        self.chaos: Chaos | None = None  # fault injection for drills: only when chaos.enabled
+        if config.chaos.enabled:
+            from relaygate.observability.chaos import Chaos
+
+            self.chaos = Chaos(config.chaos, self.table.models, self.metrics)
         self.tracing: Tracing | None = None
         if config.tracing.endpoint is not None:
             from relaygate.observability.tracing import Tracing

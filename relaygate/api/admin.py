@@ -23,17 +23,23 @@ if TYPE_CHECKING:
 MAX_ADMIN_BODY = 1024 * 1024
 
 
-def _store(gw: Gateway, req: Request) -> KeyStore:
-    """The key store, once the caller proved to hold the master key."""
-    if gw.auth is None or gw.keys is None:
+def require_master(gw: Gateway, req: Request) -> None:
+    """Refuse a caller without the master key (and everyone, on a gateway without one)."""
+    if gw.auth is None:
         raise PermissionDenied("The admin API is off: no master key is configured (auth.master_key or "
                                "RELAYGATE_MASTER_KEY).", code="admin_disabled")
     if not gw.auth.is_master(presented_key(req.headers)):
         raise AuthError("The admin API needs the master key.", code="invalid_master_key")
+
+
+def _store(gw: Gateway, req: Request) -> KeyStore:
+    """The key store, once the caller proved to hold the master key."""
+    require_master(gw, req)
+    assert gw.keys is not None  # built with the master key
     return gw.keys
 
 
-async def _body(gw: Gateway, req: Request) -> dict[str, Any]:
+async def admin_body(gw: Gateway, req: Request) -> dict[str, Any]:
     body = object_body(await req.json(MAX_ADMIN_BODY))
     for name, value in body.items():
         no_nul(value, name)
@@ -55,7 +61,7 @@ async def _run(gw: Gateway, fn: Any, *args: Any) -> Any:
 
 async def create_key(gw: Gateway, req: Request) -> Response:
     store = _store(gw, req)
-    fields = parse_fields(await _body(gw, req), partial=False)
+    fields = parse_fields(await admin_body(gw, req), partial=False)
     secret, view = await _run(gw, store.create_key, fields)
     return json_response({**view, "key": secret}, 201)
 
@@ -108,7 +114,7 @@ async def key_item(gw: Gateway, req: Request) -> Response:
     if req.method == "GET" and not action:
         return json_response((await _with_spend(gw, [await _run(gw, store.get_key, key_id)]))[0])
     if req.method == "PATCH" and not action:
-        fields = parse_fields(await _body(gw, req), partial=True)
+        fields = parse_fields(await admin_body(gw, req), partial=True)
         if not fields:
             raise BadRequest("nothing to update")
         view = await _run(gw, store.update_key, key_id, fields)
@@ -119,7 +125,7 @@ async def key_item(gw: Gateway, req: Request) -> Response:
         auth.forget(key_id)
         return json_response(view)
     if req.method == "POST" and action == "rotate":
-        body = await _body(gw, req) if req.headers.get("content-length", "0") != "0" else {}
+        body = await admin_body(gw, req) if req.headers.get("content-length", "0") != "0" else {}
         grace = body.get("grace_seconds", gw.config.auth.rotation_grace)
         if isinstance(grace, bool) or not isinstance(grace, (int, float)) or grace < 0:
             raise BadRequest("'grace_seconds' must be a non-negative number", param="grace_seconds")
@@ -136,7 +142,7 @@ async def key_item(gw: Gateway, req: Request) -> Response:
 def _owner_routes(kind: str) -> list[tuple[str, str, Any]]:
     async def create(gw: Gateway, req: Request) -> Response:
         store = _store(gw, req)
-        body = await _body(gw, req)
+        body = await admin_body(gw, req)
         oid = body.get("id")
         if not isinstance(oid, str) or not oid or len(oid) > 100:
             raise BadRequest(f"a {kind} needs an 'id' (a string of 1 to 100 characters)", param="id")
@@ -154,7 +160,7 @@ def _owner_routes(kind: str) -> list[tuple[str, str, Any]]:
         oid = plain_text(req.params["rest"], "id", ID_LENGTH[kind])
         if req.method == "GET":
             return json_response(await _run(gw, store.get_owner, kind, oid))
-        fields = parse_fields(await _body(gw, req), partial=True, owner=True)
+        fields = parse_fields(await admin_body(gw, req), partial=True, owner=True)
         fields.pop("id", None)
         view = await _run(gw, store.put_owner, kind, oid, fields, False)
         assert gw.auth is not None

@@ -1,10 +1,11 @@
-"""The observability sections of the config: metrics, the JSON access log, traces."""
+"""The observability sections of the config: metrics, the JSON access log, traces, fault injection."""
 
 from __future__ import annotations
 
+from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from relaygate.config.base import Strict
 
@@ -56,3 +57,46 @@ class TracingConfig(Strict):
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise ValueError("not an http(s) URL")
         return v
+
+
+FaultKind = Literal["latency", "error", "timeout", "rate_limit", "drop", "stream_cut"]
+RouteName = Literal["chat", "embeddings", "transcriptions", "translations", "speech", "count_tokens", "passthrough"]
+RULE_NAME = r"^[A-Za-z0-9_.\-]{1,100}$"
+
+
+class ChaosRule(Strict):
+    """One fault to inject at the upstream boundary, into the calls it matches, with a probability."""
+
+    name: str = Field(pattern=RULE_NAME)
+    fault: FaultKind
+    probability: float = Field(1.0, gt=0, le=1)
+    # the scope: at least one of these (a rule never applies to everything by omission)
+    model: str | None = None  # a configured model name
+    deployment: str | None = None  # a deployment name
+    route: RouteName | None = None
+    enabled: bool = True
+    latency: float = Field(1.0, ge=0, le=600)  # latency: seconds added before the upstream is called
+    status: int = Field(503, ge=400, le=599)  # error: the upstream status it answers as
+    retry_after: float = Field(1.0, ge=0, le=3600)  # rate_limit: the retry-after of its 429
+    after_chunks: int = Field(1, ge=0, le=1_000_000)  # stream_cut: chunks relayed before the stream breaks
+
+    @model_validator(mode="after")
+    def _scoped(self) -> ChaosRule:
+        if self.model is None and self.deployment is None and self.route is None:
+            raise ValueError("a chaos rule needs a scope: model, deployment or route")
+        return self
+
+
+class ChaosConfig(Strict):
+    """Fault injection for drills: off unless ``enabled``; rules from here or ``/admin/chaos`` (master key)."""
+
+    enabled: bool = False
+    rules: list[ChaosRule] = Field(default_factory=list, max_length=100)
+    seed: int | None = None  # a fixed seed makes which calls are hit reproducible
+
+    @model_validator(mode="after")
+    def _unique(self) -> ChaosConfig:
+        names = [r.name for r in self.rules]
+        if len(set(names)) != len(names):
+            raise ValueError("chaos rule names must be unique")
+        return self

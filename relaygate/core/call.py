@@ -108,6 +108,7 @@ class Call:
     cache_hit: bool = False  # answered from the response cache
     shape_checked: bool = False  # the body passed the typed chat request check (core/shapes), done for translators
     trace: CallTrace | None = None  # the call's trace, when tracing is on (observability/tracing.py)
+    faults: tuple[str, ...] = ()  # the chaos rules that injected a fault into it (observability/chaos.py)
 
 
 DoneCallback = Callable[["Reply", BaseException | None], None]

@@ -60,6 +60,8 @@ class AccessLog:
             out["fallbacks"] = list(call.fallbacks)
         if call.cache_hit:
             out["cache_hit"] = True
+        if call.faults:
+            out["faults"] = list(call.faults)
         if kind is not None:
             out["error"] = kind
             out["error_message"] = self._text(message or "")

@@ -190,6 +190,8 @@ class TraceLayer:
             span.set_attribute("relaygate.fallbacks", list(call.fallbacks))
         if call.cache_hit:
             span.set_attribute("relaygate.cache_hit", True)
+        if call.faults:
+            span.set_attribute("relaygate.faults", list(call.faults))
         if error is None:
             if reply is not None:
                 span.set_attribute("http.response.status_code", reply.status)

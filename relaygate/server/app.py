@@ -38,7 +38,7 @@ RouteHandler = Callable[[Gateway, Request], Awaitable[Response | StreamResponse]
 GC_THRESHOLDS = (20_000, 20, 20)
 
 API_MODULES = ("chat", "models", "health", "embeddings", "providers", "audio", "anthropic.messages", "passthrough", "admin",
-               "metrics")
+               "metrics", "drills")
 
 
 class RouteTable:

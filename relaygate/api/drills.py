@@ -1,0 +1,72 @@
+"""``/admin/chaos``: list, add, switch and remove fault-injection rules at run time (master key; only when
+``chaos.enabled``). docs/observability.md#fault-injection."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pydantic import ValidationError
+
+from relaygate.api.admin import admin_body, require_master
+from relaygate.config.observability import ChaosRule
+from relaygate.core.errors import BadRequest, NotFound, PermissionDenied
+from relaygate.observability.chaos import Chaos
+from relaygate.server.http import Request, Response, json_response
+
+if TYPE_CHECKING:
+    from relaygate.gateway import Gateway
+
+
+def _chaos(gw: Gateway, req: Request) -> Chaos:
+    require_master(gw, req)
+    if gw.chaos is None:
+        raise PermissionDenied("Fault injection is off (chaos.enabled: false in the config).", code="chaos_disabled")
+    return gw.chaos
+
+
+def _rule(body: dict[str, object]) -> ChaosRule:
+    try:
+        return ChaosRule.model_validate(body)
+    except ValidationError as e:
+        err = e.errors()[0]
+        param = ".".join(str(p) for p in err["loc"]) or None
+        raise BadRequest(f"{param or 'rule'}: {err['msg']}", param=param) from None
+
+
+async def chaos_rules(gw: Gateway, req: Request) -> Response:
+    """GET: the rules and what each injected; POST: add one."""
+    chaos = _chaos(gw, req)
+    if req.method == "POST":
+        try:
+            rule = chaos.add(_rule(await admin_body(gw, req)))
+        except ValueError as e:
+            raise BadRequest(str(e)) from None
+        return json_response(rule.view(), 201)
+    return json_response(chaos.view())
+
+
+async def chaos_rule(gw: Gateway, req: Request) -> Response:
+    """GET, PATCH ``{"enabled": bool}``, DELETE one rule."""
+    chaos = _chaos(gw, req)
+    name = req.params["rest"]
+    rule = chaos.rules.get(name)
+    if rule is None:
+        raise NotFound(f"no chaos rule named {name[:100]!r}", code="chaos_rule_not_found")
+    if req.method == "PATCH":
+        body = await admin_body(gw, req)
+        if set(body) != {"enabled"} or not isinstance(body["enabled"], bool):
+            raise BadRequest("a rule's update is {\"enabled\": true|false}", param="enabled")
+        rule = chaos.switch(name, body["enabled"])
+    elif req.method == "DELETE":
+        chaos.remove(name)
+        return json_response({"deleted": name})
+    return json_response(rule.view())
+
+
+ROUTES = [
+    ("GET", "/admin/chaos", chaos_rules),
+    ("POST", "/admin/chaos", chaos_rules),
+    ("GET", "/admin/chaos/{rest}", chaos_rule),
+    ("PATCH", "/admin/chaos/{rest}", chaos_rule),
+    ("DELETE", "/admin/chaos/{rest}", chaos_rule),
+]

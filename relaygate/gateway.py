@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from relaygate.auth.authenticator import Authenticator
     from relaygate.auth.keys import KeyStore
     from relaygate.limits.base import Limiter, SpentLoader
+    from relaygate.observability.alerts import Alerts
     from relaygate.observability.chaos import Chaos
     from relaygate.observability.metrics import Metrics
     from relaygate.observability.tracing import Tracing
@@ -267,11 +268,18 @@ class Gateway:
         self.router = Router(self.table, config, self.pricing.unit_price)
         self.health = HealthChecker(health_checks(config, self.table.models))
         self.metrics: Metrics | None = None
-        if config.metrics.enabled:
+        if config.metrics.enabled or config.alerts.rules:  # the alerts judge the metrics' counts
             from relaygate.observability.metrics import Metrics
 
             self.metrics = Metrics(config, self.table.models, self.pricing.cost)
             self.metrics.writer = self.writer
+        self.alerts: Alerts | None = None
+        if config.alerts.rules:
+            from relaygate.observability.alerts import Alerts, budget_reader
+
+            assert self.metrics is not None
+            budget = budget_reader(self.db, self.keys, self.limiter) if self.db and self.keys else None
+            self.alerts = Alerts(config.alerts, self.metrics, self.table.models, session, budget)
         self.chaos: Chaos | None = None  # fault injection for drills: only when chaos.enabled
         if config.chaos.enabled:
             from relaygate.observability.chaos import Chaos
@@ -374,6 +382,8 @@ class Gateway:
             log.warning("and the admin API is off. Set auth.master_key or %s.", MASTER_KEY_ENV)
             log.warning("=" * 72)
         self.health.start()
+        if self.alerts is not None:
+            self.alerts.start()
         self.ready = True
 
     async def close(self, keep: Collection[Gateway] = ()) -> None:
@@ -385,6 +395,8 @@ class Gateway:
         def mine(part: object | None) -> bool:
             return part is not None and id(part) not in held
 
+        if self.alerts is not None:  # each gateway's own
+            await self.alerts.close()
         await self.health.close()
         if mine(self.breakers):
             await self.breakers.close()

@@ -1,5 +1,6 @@
 """``/admin/chaos``: list, add, switch and remove fault-injection rules at run time (master key; only when
-``chaos.enabled``). docs/observability.md#fault-injection."""
+``chaos.enabled``); ``/admin/alerts``: the alert rules, their state and recent notifications.
+docs/observability.md."""
 
 from __future__ import annotations
 
@@ -63,7 +64,15 @@ async def chaos_rule(gw: Gateway, req: Request) -> Response:
     return json_response(rule.view())
 
 
+async def alerts(gw: Gateway, req: Request) -> Response:
+    require_master(gw, req)
+    if gw.alerts is None:
+        return json_response({"rules": [], "recent": [], "sent": 0, "failed": 0, "dropped": 0})
+    return json_response(gw.alerts.view())
+
+
 ROUTES = [
+    ("GET", "/admin/alerts", alerts),
     ("GET", "/admin/chaos", chaos_rules),
     ("POST", "/admin/chaos", chaos_rules),
     ("GET", "/admin/chaos/{rest}", chaos_rule),

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 
 async def metrics(gw: Gateway, req: Request) -> Response:
-    if gw.metrics is None:
+    if gw.metrics is None or not gw.config.metrics.enabled:
         raise NotFound("Metrics are off (metrics.enabled: false).", code="metrics_disabled")
     if not gw.config.metrics.public and gw.auth is not None and not gw.auth.is_master(presented_key(req.headers)):
         raise AuthError("GET /metrics needs the master key (or metrics.public: true).", code="invalid_master_key")

@@ -1,4 +1,4 @@
-"""The observability sections of the config: metrics, the JSON access log, traces, fault injection."""
+"""The observability sections of the config: metrics, the JSON access log, traces, alerts, fault injection."""
 
 from __future__ import annotations
 
@@ -52,11 +52,7 @@ class TracingConfig(Strict):
     @field_validator("endpoint")
     @classmethod
     def _url(cls, v: str | None) -> str | None:
-        if v is not None:
-            parts = urlsplit(v)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ValueError("not an http(s) URL")
-        return v
+        return _http_url(v)
 
 
 FaultKind = Literal["latency", "error", "timeout", "rate_limit", "drop", "stream_cut"]
@@ -99,4 +95,94 @@ class ChaosConfig(Strict):
         names = [r.name for r in self.rules]
         if len(set(names)) != len(names):
             raise ValueError("chaos rule names must be unique")
+        return self
+
+
+AlertKind = Literal["error_rate", "p95_latency", "deployment_unhealthy", "breaker_open", "spend_per_hour",
+                    "spool_growing", "budget"]
+ChannelType = Literal["webhook", "slack", "email", "log"]
+
+
+def _http_url(v: str | None) -> str | None:
+    if v is not None:
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("not an http(s) URL")
+    return v
+
+
+class AlertChannel(Strict):
+    """Where an alert goes: a webhook (JSON), a Slack incoming webhook, e-mail over SMTP, or the log."""
+
+    type: ChannelType
+    url: SecretStr | None = None  # webhook, slack (Slack's URL is itself the secret)
+    headers: dict[str, SecretStr] = Field(default_factory=dict)  # webhook: e.g. an authorization header
+    timeout: float = Field(5.0, gt=0, le=60)
+    # email
+    host: str | None = None
+    port: int = Field(587, ge=1, le=65535)
+    starttls: bool = True
+    username: str | None = None
+    password: SecretStr | None = None
+    sender: str | None = None  # the From address
+    to: list[str] = Field(default_factory=list, max_length=50)
+
+    @model_validator(mode="after")
+    def _complete(self) -> AlertChannel:
+        if self.type in ("webhook", "slack"):
+            if self.url is None:
+                raise ValueError(f"a {self.type} channel needs url")
+            _http_url(self.url.get_secret_value())
+        if self.type == "email" and (not self.host or not self.sender or not self.to):
+            raise ValueError("an email channel needs host, sender and to")
+        return self
+
+
+class AlertRule(Strict):
+    """A condition over the gateway's own figures, checked every ``alerts.interval`` seconds.
+
+    error_rate (share of calls answered 5xx), p95_latency (seconds) and spend_per_hour (USD) are over the
+    last ``window`` seconds, optionally of one ``model``; deployment_unhealthy (health score below
+    ``threshold``, default 50) and breaker_open are per deployment (one, or each); spool_growing is the
+    request log's spooled rows above ``threshold`` and growing over the window; budget is a key's or team's
+    spend at ``threshold`` percent of its budget."""
+
+    name: str = Field(pattern=RULE_NAME)
+    kind: AlertKind
+    threshold: float | None = Field(None, ge=0)
+    window: float = Field(300.0, gt=0, le=86400)
+    severity: Literal["info", "warning", "critical"] = "warning"
+    cooldown: float = Field(600.0, ge=0, le=7 * 86400)  # a firing alert is sent again at most this often
+    channels: list[str] = Field(min_length=1)
+    model: str | None = None
+    deployment: str | None = None
+    key: str | None = None  # budget: a key id (cfg_<id> for keys declared in auth.keys)
+    team: str | None = None  # budget: a team id
+    min_calls: int = Field(10, ge=1)  # error_rate, p95_latency: fewer calls in the window decide nothing
+
+    @model_validator(mode="after")
+    def _fits(self) -> AlertRule:
+        needs = {"error_rate": True, "p95_latency": True, "spend_per_hour": True, "budget": True}
+        if needs.get(self.kind) and self.threshold is None:
+            raise ValueError(f"a {self.kind} rule needs threshold")
+        if self.kind == "budget" and (self.key is None) == (self.team is None):
+            raise ValueError("a budget rule names exactly one of key and team")
+        return self
+
+
+class AlertsConfig(Strict):
+    interval: float = Field(15.0, gt=0, le=3600)  # seconds between evaluations
+    channels: dict[str, AlertChannel] = Field(default_factory=dict)
+    rules: list[AlertRule] = Field(default_factory=list, max_length=200)
+    queue_size: int = Field(100, ge=1, le=10000)  # notifications waiting to be sent at most (then dropped)
+
+    @model_validator(mode="after")
+    def _references(self) -> AlertsConfig:
+        problems = [f"rules[{i}].channels: no channel named {c!r}" for i, r in enumerate(self.rules)
+                    for c in r.channels if c not in self.channels]
+        names = [r.name for r in self.rules]
+        if len(set(names)) != len(names):
+            problems.append("rules: names must be unique")
+        if problems:
+            raise ValueError("; ".join(problems))
         return self

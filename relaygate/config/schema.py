@@ -10,7 +10,13 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from relaygate.config.base import Strict
 from relaygate.config.deployments import DeploymentConfig, HealthCheckConfig
-from relaygate.config.observability import AccessLogConfig, ChaosConfig, MetricsConfig, TracingConfig
+from relaygate.config.observability import (
+    AccessLogConfig,
+    AlertsConfig,
+    ChaosConfig,
+    MetricsConfig,
+    TracingConfig,
+)
 
 DEMO_MODEL = "demo"
 # how a model chooses among its deployments (routing/strategies.py builds one class per name)
@@ -261,6 +267,7 @@ class Config(Strict):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     access_log: AccessLogConfig = Field(default_factory=AccessLogConfig)
     tracing: TracingConfig = Field(default_factory=TracingConfig)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     chaos: ChaosConfig = Field(default_factory=ChaosConfig)
 
     @model_validator(mode="after")

@@ -196,3 +196,18 @@ def test_access_log_is_one_json_line_per_request_without_secrets(start_gateway: 
     assert missing["error"] == "not_found"
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert LIMITED not in text and "a@b.example" not in text and MASTER not in text
+
+
+def test_the_grafana_dashboard_queries_only_metrics_the_gateway_exports(start_gateway: Start) -> None:
+    import json
+    import re
+    from pathlib import Path
+
+    dashboard = json.loads((Path(__file__).parent.parent / "deploy" / "grafana" / "relaygate.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = {re.sub(r"_(total|bucket|count|sum)$", "", m) for e in exprs for m in re.findall(r"relaygate_[a-z_]+", e)}
+    with emulators({}, {}) as (primary, broken):
+        gw = start_gateway(config(primary, broken))
+        client(gw).chat.completions.create(model="m", messages=MESSAGES)
+        exported = {f.name for f in text_string_to_metric_families(scrape(gw).data.decode())}
+    assert len(used) >= 14 and used <= exported, used - exported

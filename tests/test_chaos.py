@@ -53,7 +53,8 @@ def injected(gw: GatewayThread, deployment: str, fault: str) -> float:
 def test_each_fault_kind_as_the_client_sees_it(start_gateway: Start) -> None:
     with emulators({}) as (emu,):
         gw = start_gateway(config(emu))
-        cases = [({"fault": "error", "status": 503}, 503, "upstream_unavailable"),
+        cases: list[tuple[dict[str, Any], int, str | None]] = [
+                 ({"fault": "error", "status": 503}, 503, "upstream_unavailable"),
                  ({"fault": "rate_limit", "retry_after": 7}, 429, "rate_limit_exceeded"),
                  ({"fault": "timeout"}, 504, None),
                  ({"fault": "drop"}, 502, "upstream_unavailable")]

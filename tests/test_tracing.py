@@ -92,6 +92,7 @@ def attrs(span: Any) -> dict[str, Any]:
         which = v.WhichOneof("value")
         if which == "array_value":
             return [plain(x) for x in v.array_value.values]
+        assert which is not None
         return getattr(v, which)
 
     return {kv.key: plain(kv.value) for kv in span.attributes}

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from relaygate.auth.keys import Scope
 from relaygate.core.call import Call, Handler, Reply
 from relaygate.core.pricing import Pricing
-from relaygate.limits.base import Grant, Limiter, Scope
+from relaygate.limits.base import Grant, Limiter
 from relaygate.providers.base import RATE_LIMIT_HEADERS
 
 if TYPE_CHECKING:

@@ -176,3 +176,30 @@ def test_alert_config_errors_name_their_path() -> None:
     with pytest.raises(ConfigError):
         parse_config({"alerts": {"channels": {"h": {"type": "log"}},
                                  "rules": [{"name": "r", "kind": "budget", "threshold": 80, "channels": ["h"]}]}}, {})
+
+
+def test_a_team_budget_rule_fires_at_its_share_and_resolves_when_the_budget_grows(
+        start_gateway: Start, receiver: Receiver) -> None:
+    team = "t-alerts"
+    with emulators({}) as (emu,):
+        gw = start_gateway({
+            "models": [{"name": "m", "deployments": [dep(emu, "only")]}],
+            "auth": {"master_key": MASTER},
+            "alerts": {"interval": 0.05, "channels": {"hook": {"type": "webhook", "url": receiver.url + "/hook"}},
+                       "rules": [{"name": "budget", "kind": "budget", "team": team, "threshold": 0.01,
+                                  "cooldown": 60, "channels": ["hook"]}]}})
+        admin = gw.url + "/admin"
+        time.sleep(0.2)  # rounds with no such team yet: nothing to say
+        assert requests.post(admin + "/teams", headers=ADMIN, timeout=5,
+                             json={"id": team, "budget_usd": 0.01, "budget_period": "day"}).status_code == 201
+        key = requests.post(admin + "/keys", headers=ADMIN, timeout=5, json={"team_id": team}).json()["key"]
+        r = requests.post(gw.base_url + "/chat/completions", headers={"authorization": f"Bearer {key}"},
+                          json={"model": "m", "messages": MESSAGES}, timeout=10)
+        assert r.status_code == 200
+        wait_for(lambda: len(receiver.bodies("/hook")) == 1)
+        firing = receiver.bodies("/hook")[0]
+        assert requests.patch(f"{admin}/teams/{team}", headers=ADMIN, json={"budget_usd": 1000},
+                              timeout=5).status_code == 200
+        wait_for(lambda: len(receiver.bodies("/hook")) == 2)
+    assert firing["status"] == "firing" and firing["subject"] == f"team:{team}" and firing["value"] >= 0.01
+    assert receiver.bodies("/hook")[1]["status"] == "resolved"

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from relaygate.observability.alerts import Alerts
     from relaygate.observability.chaos import Chaos
     from relaygate.observability.metrics import Metrics
+    from relaygate.observability.shared import SharedMetrics
     from relaygate.observability.tracing import Tracing
     from relaygate.requestlog.audit import AuditLayer
     from relaygate.requestlog.writer import RequestLogWriter
@@ -273,6 +274,7 @@ class Gateway:
 
             self.metrics = Metrics(config, self.table.models, self.pricing.cost)
             self.metrics.writer = self.writer
+        self.shared_metrics = self._shared_metrics()
         self.alerts: Alerts | None = None
         if config.alerts.rules:
             from relaygate.observability.alerts import Alerts, budget_reader
@@ -294,6 +296,18 @@ class Gateway:
         self.audit: AuditLayer | None = None  # the request log's layer, when it is on
         self.pipeline: Handler = self._pipeline()
         self._fresh = {id(part) for part in self.parts()} - ({id(p) for p in previous.parts()} if previous else set())
+
+    def _shared_metrics(self) -> SharedMetrics | None:
+        """A worker under a supervisor (``--workers``) serves every worker's metrics (observability/shared.py)."""
+        from relaygate.observability.shared import METRICS_DIR_ENV
+        from relaygate.server.workers import WORKER_ENV
+
+        directory, worker = os.environ.get(METRICS_DIR_ENV), os.environ.get(WORKER_ENV)
+        if self.metrics is None or not directory or worker is None:
+            return None
+        from relaygate.observability.shared import SharedMetrics
+
+        return SharedMetrics(self.metrics, directory, worker)
 
     def _limiter(self, reads: Reads) -> Limiter:
         if self.redis is not None:
@@ -384,6 +398,8 @@ class Gateway:
         self.health.start()
         if self.alerts is not None:
             self.alerts.start()
+        if self.shared_metrics is not None:
+            self.shared_metrics.start()
         self.ready = True
 
     async def close(self, keep: Collection[Gateway] = ()) -> None:
@@ -397,6 +413,8 @@ class Gateway:
 
         if self.alerts is not None:  # each gateway's own
             await self.alerts.close()
+        if self.shared_metrics is not None:
+            await self.shared_metrics.close()
         await self.health.close()
         if mine(self.breakers):
             await self.breakers.close()

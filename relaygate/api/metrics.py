@@ -18,7 +18,9 @@ async def metrics(gw: Gateway, req: Request) -> Response:
         raise NotFound("Metrics are off (metrics.enabled: false).", code="metrics_disabled")
     if not gw.config.metrics.public and gw.auth is not None and not gw.auth.is_master(presented_key(req.headers)):
         raise AuthError("GET /metrics needs the master key (or metrics.public: true).", code="invalid_master_key")
-    body, content_type = gw.metrics.exposition(req.headers.get("accept"))
+    shared = gw.shared_metrics  # a worker among several: every worker's metrics, labelled
+    source = shared if shared is not None else gw.metrics
+    body, content_type = source.exposition(req.headers.get("accept"))
     return Response(body, media_type=content_type)
 
 

@@ -15,16 +15,19 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from types import FrameType
 
 from relaygate.config import Config, ConfigError
 from relaygate.gateway import master_key
+from relaygate.observability.shared import METRICS_DIR_ENV
 from relaygate.routing.breaker import model_breaker
 
 log = logging.getLogger("relaygate.workers")
@@ -117,6 +120,8 @@ class Supervisor:
         self.workers = [Worker(i) for i in range(workers)]
         self.stop_timeout = drain_timeout + STOP_SLACK
         self.stopping = 0.0  # when the first stop signal came (0: running)
+        # where the workers leave their metrics for each other (observability/shared.py)
+        self.metrics_dir = tempfile.mkdtemp(prefix="relaygate-metrics-")
 
     def run(self) -> int:
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
@@ -129,12 +134,14 @@ class Supervisor:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            shutil.rmtree(self.metrics_dir, ignore_errors=True)
         return 0 if all(w.proc is None or w.proc.returncode == 0 for w in self.workers) else 1
 
     def _start(self, w: Worker) -> None:
         # a process group of its own: a terminal's Ctrl+C reaches the supervisor alone, which forwards it once
         w.proc = subprocess.Popen(self.command, pass_fds=(self.sock.fileno(),), process_group=0,
-                                  env={**os.environ, WORKER_ENV: str(w.number), WORKERS_ENV: str(len(self.workers))})
+                                  env={**os.environ, WORKER_ENV: str(w.number), WORKERS_ENV: str(len(self.workers)),
+                                       METRICS_DIR_ENV: self.metrics_dir})
         w.started = time.monotonic()
         log.info("worker %d started (pid %d)", w.number, w.proc.pid)
 

@@ -33,6 +33,8 @@ from relaygate.routing.health import HealthChecker, health_checks
 from relaygate.routing.router import ModelTable, Router
 from relaygate.state.resp import RespClient
 
+WORKER_ENV = "RELAYGATE_WORKER"  # a worker's number (0…N-1), set by the supervisor (server/workers.py)
+
 if TYPE_CHECKING:
     from relaygate.auth.authenticator import Authenticator
     from relaygate.auth.keys import KeyStore
@@ -276,7 +278,8 @@ class Gateway:
             self.metrics.writer = self.writer
         self.shared_metrics = self._shared_metrics()
         self.alerts: Alerts | None = None
-        if config.alerts.rules:
+        # several workers on one port: one of them judges and sends, or every alert would go out N times
+        if config.alerts.rules and os.environ.get(WORKER_ENV, "0") == "0":
             from relaygate.observability.alerts import Alerts, budget_reader
 
             assert self.metrics is not None
@@ -300,7 +303,6 @@ class Gateway:
     def _shared_metrics(self) -> SharedMetrics | None:
         """A worker under a supervisor (``--workers``) serves every worker's metrics (observability/shared.py)."""
         from relaygate.observability.shared import METRICS_DIR_ENV
-        from relaygate.server.workers import WORKER_ENV
 
         directory, worker = os.environ.get(METRICS_DIR_ENV), os.environ.get(WORKER_ENV)
         if self.metrics is None or not directory or worker is None:

@@ -43,6 +43,35 @@ CASES: dict[str, tuple[str, str]] = {  # name: (set-up, statement)
     "http-protocol-guarded": (_PROTOCOL.format(guarded=True), "one()"),
 }
 
+# one call through the trace layer and one upstream attempt (spans made, ended and queued for export; the
+# export itself runs later in the SDK's thread: trace-export), against the same call with tracing off
+_TRACE = """
+import asyncio
+import os
+os.environ["OTEL_BSP_MAX_EXPORT_BATCH_SIZE"] = "1000000"  # no export within the run: the request path alone
+from relaygate.config import parse_config
+from relaygate.core.call import Call, Route
+from relaygate.gateway import Gateway
+cfg = parse_config({{"models": [{{"name": "m", "deployments": [{{"provider": "demo", "model": "demo"}}]}}],
+                    "request_log": {{"enabled": False}}, "metrics": {{"enabled": False}},
+                    "tracing": {tracing}}}, {{}})
+loop = asyncio.new_event_loop()
+gw = loop.run_until_complete(Gateway.create(cfg))
+body = {{"model": "m", "messages": [{{"role": "user", "content": "hi"}}], "max_tokens": 20}}
+async def one():
+    reply = await gw.handle(Call(id="req_0", route=Route.CHAT, model="m", body=body, headers={{}}))
+    reply.finish()
+"""
+_TRACE_ON = '{{"endpoint": "http://127.0.0.1:9/v1/traces", "batch_delay": 60, "queue_size": 1000000, "sample_ratio": {}}}'
+CASES["trace-off"] = (_TRACE.format(tracing="{}"), "loop.run_until_complete(one())")
+CASES["trace-on"] = (_TRACE.format(tracing=_TRACE_ON.format(1.0)), "loop.run_until_complete(one())")
+CASES["trace-sampled-5%"] = (_TRACE.format(tracing=_TRACE_ON.format(0.05)), "loop.run_until_complete(one())")
+CASES["trace-export"] = (
+    _TRACE.format(tracing=_TRACE_ON.format(1.0)) + "for _ in range(50):\n    loop.run_until_complete(one())\n"
+    "from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans\n"
+    "spans = list(gw.tracing.provider._active_span_processor._span_processors[0]._batch_processor._queue)[:2]\n",
+    "encode_spans(spans).SerializePartialToString()")
+
 _RUNNER = """
 import sys
 {setup}

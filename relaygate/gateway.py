@@ -295,7 +295,8 @@ class Gateway:
             from relaygate.observability.tracing import Tracing
             from relaygate.requestlog.redact import Redactor
 
-            self.tracing = Tracing(config.tracing, Redactor(config.request_log.redact))
+            known = {m.name for m in config.models} | {d.config.model for d in self.deployments()}
+            self.tracing = Tracing(config.tracing, Redactor(config.request_log.redact), frozenset(known))
         self.audit: AuditLayer | None = None  # the request log's layer, when it is on
         self.pipeline: Handler = self._pipeline()
         self._fresh = {id(part) for part in self.parts()} - ({id(p) for p in previous.parts()} if previous else set())

@@ -40,7 +40,7 @@ REQUEST_PARAMS = (("max_tokens", "gen_ai.request.max_tokens"), ("max_completion_
 class Tracing:
     """This gateway's tracer provider, exporter and propagator."""
 
-    def __init__(self, config: TracingConfig, redact: Redactor) -> None:
+    def __init__(self, config: TracingConfig, redact: Redactor, known: frozenset[str] = frozenset()) -> None:
         try:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
             from opentelemetry.sdk.resources import Resource
@@ -62,8 +62,14 @@ class Tracing:
         self.tracer: Tracer = self.provider.get_tracer("relaygate")
         self.propagator = TraceContextTextMapPropagator()
         self.redact = redact
+        self.known = known  # names from the config (models, upstream models): nothing to redact in them
 
     def text(self, value: str) -> str:
+        """Text from outside, redacted like the log's; a configured name or one of our request ids as it is
+        (redaction runs a dozen patterns: most of a span's cost, were it run on every value)."""
+        if value in self.known or (len(value) == 28 and value.startswith("req_")
+                                   and all(c in "0123456789abcdef" for c in value[4:])):
+            return value
         return self.redact(value[:2 * MAX_TEXT])[:MAX_TEXT]
 
     def flush(self, timeout: float = 10.0) -> bool:
@@ -111,8 +117,7 @@ class CallTrace:
     def _end_attempt(self, span: Span, reply: Reply | None, error: BaseException | None) -> None:
         if error is None:
             if reply is not None:
-                span.set_attribute("http.response.status_code", reply.status)
-                _usage(span, reply)
+                span.set_attributes({"http.response.status_code": reply.status, **_usage(reply)})
         else:
             status, kind, _ = error_fields(error)
             if isinstance(error, GatewayError):
@@ -127,19 +132,20 @@ class CallTrace:
         return self.tracing.tracer.start_span(name, self.context, SpanKind.INTERNAL)
 
 
-def _usage(span: Span, reply: Reply) -> None:
+def _usage(reply: Reply) -> dict[str, int]:
     usage = reply.usage
     if usage is not None and usage.known:
-        span.set_attribute("gen_ai.usage.input_tokens", usage.prompt_tokens)
-        span.set_attribute("gen_ai.usage.output_tokens", usage.completion_tokens)
+        return {"gen_ai.usage.input_tokens": usage.prompt_tokens, "gen_ai.usage.output_tokens": usage.completion_tokens}
+    return {}
 
 
 def _failed(span: Span, status: int | None, kind: str | None) -> None:
     from opentelemetry.trace import StatusCode
 
+    attrs: dict[str, Any] = {"error.type": kind or "internal"}
     if status is not None:
-        span.set_attribute("http.response.status_code", status)
-    span.set_attribute("error.type", kind or "internal")
+        attrs["http.response.status_code"] = status
+    span.set_attributes(attrs)
     span.set_status(StatusCode.ERROR)
 
 
@@ -157,15 +163,15 @@ class TraceLayer:
         tracing = self.tracing
         parent = tracing.propagator.extract(call.headers) if "traceparent" in call.headers else None
         op = OPERATIONS[call.route]
-        attrs: dict[str, Any] = {"gen_ai.operation.name": op, "gen_ai.request.model": tracing.text(call.model),
+        model = tracing.text(call.model)
+        attrs: dict[str, Any] = {"gen_ai.operation.name": op, "gen_ai.request.model": model,
                                  "relaygate.request_id": tracing.text(call.id), "relaygate.stream": call.stream}
         body = call.body
         for name, attr in REQUEST_PARAMS:
             v = body.get(name)
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 attrs[attr] = v
-        span = tracing.tracer.start_span(f"{op} {tracing.text(call.model)}"[:MAX_TEXT], parent, SpanKind.SERVER,
-                                         attrs)
+        span = tracing.tracer.start_span(f"{op} {model}"[:MAX_TEXT], parent, SpanKind.SERVER, attrs)
         call.trace = CallTrace(tracing, span)
         trace_id = format(span.get_span_context().trace_id, "032x")
         try:
@@ -180,28 +186,28 @@ class TraceLayer:
         return reply
 
     def finish(self, call: Call, span: Span, reply: Reply | None, error: BaseException | None) -> None:
+        attrs: dict[str, Any] = {"relaygate.attempts": call.attempts}
         dep = call.deployment
         if dep is not None:
-            span.set_attribute("relaygate.deployment", dep.name)
-            span.set_attribute("relaygate.model", dep.model_name)
-            span.set_attribute("gen_ai.provider.name", dep.provider_type)
-        span.set_attribute("relaygate.attempts", call.attempts)
+            attrs.update({"relaygate.deployment": dep.name, "relaygate.model": dep.model_name,
+                          "gen_ai.provider.name": dep.provider_type})
         if call.fallbacks:
-            span.set_attribute("relaygate.fallbacks", list(call.fallbacks))
+            attrs["relaygate.fallbacks"] = list(call.fallbacks)
         if call.cache_hit:
-            span.set_attribute("relaygate.cache_hit", True)
+            attrs["relaygate.cache_hit"] = True
         if call.faults:
-            span.set_attribute("relaygate.faults", list(call.faults))
+            attrs["relaygate.faults"] = list(call.faults)
         if error is None:
             if reply is not None:
-                span.set_attribute("http.response.status_code", reply.status)
-                _usage(span, reply)
-            span.set_attribute("relaygate.cost_usd", self.cost(call, reply) / 1e9)
+                attrs["http.response.status_code"] = reply.status
+                attrs.update(_usage(reply))
+            attrs["relaygate.cost_usd"] = self.cost(call, reply) / 1e9
+            span.set_attributes(attrs)
         else:
+            span.set_attributes(attrs)
             status, kind, _ = error_fields(error)
             if status is not None and status >= 500:
                 _failed(span, status, kind)
             else:  # a 4xx is the client's: recorded, not an error of the server span
-                span.set_attribute("http.response.status_code", status or 0)
-                span.set_attribute("error.type", kind or "internal")
+                span.set_attributes({"http.response.status_code": status or 0, "error.type": kind or "internal"})
         span.end()

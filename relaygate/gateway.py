@@ -290,6 +290,10 @@ class Gateway:
             from relaygate.observability.chaos import Chaos
 
             self.chaos = Chaos(config.chaos, self.table.models, self.metrics)
+        elif previous is not None and previous.chaos is not None:  # its deployments may carry on here
+            from relaygate.observability.chaos import unwrap
+
+            unwrap(self.table.models)
         self.tracing: Tracing | None = None
         if config.tracing.endpoint is not None:
             from relaygate.observability.tracing import Tracing

@@ -165,3 +165,43 @@ def test_a_config_rule_naming_an_unknown_deployment_is_refused() -> None:
         with pytest.raises(ConfigError) as e:
             asyncio.run(Gateway.create(cfg))
     assert e.value.errors == ["chaos.rules[0]: deployment: no deployment named 'nope'"]
+
+
+def test_a_reload_takes_over_the_deployments_without_stacking_or_keeping_the_old_rules() -> None:
+    """Deployments a reload keeps are wrapped again from their provider's own handlers: the new gateway's
+    rules apply once, the old one's no more, and a gateway without chaos gets them unwrapped."""
+    import asyncio
+
+    from relaygate.config import parse_config
+    from relaygate.core.call import Call, Route
+    from relaygate.core.errors import GatewayError
+    from relaygate.gateway import Gateway
+
+    with emulators({}) as (emu,):
+        rule = {"name": "r", "model": "m", "fault": "error", "status": 503}
+        chaotic = parse_config(config(emu, rules=[rule]), {})
+        calm = parse_config({**config(emu), "chaos": {"enabled": False}}, {})
+
+        async def scenario() -> None:
+            first = await Gateway.create(chaotic)
+            second = await Gateway.create(calm, previous=first, keep=[first])
+            dep = second.table.models["m"][0]
+            reply = await dep.provider.handlers[Route.CHAT](Call(id="b", route=Route.CHAT, model="m", deployment=dep,
+                                                                 body={"model": "m", "messages": MESSAGES}))
+            assert reply.status == 200 and first.chaos is not None and first.chaos.rules["r"].injected == 0
+            third = await Gateway.create(chaotic, previous=second, keep=[second])
+            try:
+                dep = third.table.models["m"][0]
+                assert dep is first.table.models["m"][0]  # kept through both reloads
+                assert second.chaos is None and first.chaos is not None and third.chaos is not None
+                with pytest.raises(GatewayError) as e:
+                    await dep.provider.handlers[Route.CHAT](Call(id="c", route=Route.CHAT, model="m", deployment=dep,
+                                                                 body={"model": "m", "messages": MESSAGES}))
+                assert e.value.status == 503
+                assert third.chaos.rules["r"].injected == 1 and first.chaos.rules["r"].injected == 0
+            finally:
+                for gw in (first, second):
+                    await gw.close(keep=[third])
+                await third.close()
+
+        asyncio.run(scenario())

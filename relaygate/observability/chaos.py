@@ -62,10 +62,9 @@ class Chaos:
                 errors.append(f"chaos.rules[{i}]: {e}")
         if errors:
             raise ConfigError(errors)
-        for dep in self.deployments.values():
-            handlers = dep.provider.handlers
-            for route, inner in list(handlers.items()):
-                handlers[route] = self._wrapped(dep, inner)
+        for dep in self.deployments.values():  # from the provider's own table: never a wrapper of a wrapper
+            dep.provider.handlers.update({route: self._wrapped(dep, inner)
+                                          for route, inner in dep.provider.own_handlers.items()})
 
     # -- the rules (config and /admin/chaos) ---------------------------------------------------------------
 
@@ -147,6 +146,14 @@ class Chaos:
 
     def view(self) -> dict[str, Any]:
         return {"enabled": True, "rules": [r.view() for r in self.rules.values()]}
+
+
+def unwrap(models: dict[str, list[Deployment]]) -> None:
+    """Give every deployment its provider's own handlers back (a gateway without chaos may take over
+    deployments a reloaded one had wrapped)."""
+    for deps in models.values():
+        for dep in deps:
+            dep.provider.handlers.update(dep.provider.own_handlers)
 
 
 def _bounded(seconds: float, call: Call) -> float:

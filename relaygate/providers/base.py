@@ -76,6 +76,9 @@ class Provider:
                 self.handlers[r] = translated(self.handlers[r], self.kind, r in CHAT_SHAPED, self.relays_messages)
         for r in self.routes:  # outermost: nothing the upstream sent leaves unscrubbed
             self.handlers[r] = scrubbed(self.handlers[r], self.scrub)
+        # its own route table, kept: fault injection (observability/chaos.py) wraps ``handlers`` from this one
+        # and puts it back, whichever gateway (a reload's) the deployment serves next
+        self.own_handlers: dict[Route, Handler] = dict(self.handlers)
 
     # the routes; a subclass implements those it declares in ``routes``
 

@@ -167,3 +167,19 @@ def test_tracing_endpoint_must_be_an_http_url() -> None:
     with pytest.raises(ConfigError) as e:
         parse_config({"tracing": {"endpoint": "file:///etc/passwd"}}, {})
     assert "tracing.endpoint" in str(e.value)
+
+
+def test_a_sampled_out_call_exports_nothing_and_a_sampled_parent_is_followed(start_gateway: Start,
+                                                                             collector: Collector) -> None:
+    with emulators({}) as (emu,):
+        cfg = config(emu, collector)
+        cfg["tracing"]["sample_ratio"] = 0.0
+        gw = start_gateway(cfg)
+        client = openai.OpenAI(base_url=gw.base_url, api_key=MASTER, max_retries=0)
+        dropped = client.chat.completions.with_raw_response.create(model="m", messages=MESSAGES)
+        dropped_id = dropped.headers["x-relaygate-trace-id"]
+        trace_id = os.urandom(16).hex()
+        client.chat.completions.with_raw_response.create(
+            model="m", messages=MESSAGES, extra_headers={"traceparent": f"00-{trace_id}-{os.urandom(8).hex()}-01"})
+        assert len(collector.trace(trace_id, 2)) == 2  # the client sampled it: the gateway follows
+    assert len(dropped_id) == 32 and collector.trace(dropped_id, 1, timeout=0.3) == []

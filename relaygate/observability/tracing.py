@@ -163,7 +163,18 @@ class TraceLayer:
         tracing = self.tracing
         parent = tracing.propagator.extract(call.headers) if "traceparent" in call.headers else None
         op = OPERATIONS[call.route]
+        span = tracing.tracer.start_span(op, parent, SpanKind.SERVER)
+        trace_id = format(span.get_span_context().trace_id, "032x")
+        if not span.is_recording():  # sampled out: the trace id still goes back, nothing else is done
+            try:
+                reply = await self.next(call)
+            except GatewayError as e:
+                e.headers[TRACE_HEADER] = trace_id
+                raise
+            reply.headers[TRACE_HEADER] = trace_id
+            return reply
         model = tracing.text(call.model)
+        span.update_name(f"{op} {model}"[:MAX_TEXT])
         attrs: dict[str, Any] = {"gen_ai.operation.name": op, "gen_ai.request.model": model,
                                  "relaygate.request_id": tracing.text(call.id), "relaygate.stream": call.stream}
         body = call.body
@@ -171,9 +182,8 @@ class TraceLayer:
             v = body.get(name)
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 attrs[attr] = v
-        span = tracing.tracer.start_span(f"{op} {model}"[:MAX_TEXT], parent, SpanKind.SERVER, attrs)
-        call.trace = CallTrace(tracing, span)
-        trace_id = format(span.get_span_context().trace_id, "032x")
+        span.set_attributes(attrs)
+        call.trace = CallTrace(tracing, span)  # attempts and limits get spans only in a recorded trace
         try:
             reply = await self.next(call)
         except BaseException as e:

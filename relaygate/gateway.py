@@ -205,13 +205,16 @@ class Gateway:
             RespClient(st.redis_url, st.redis_timeout, st.redis_retry) if st.redis_url else None
 
         master = master_key(config)
-        self.db: Database | None = None
-        if config.request_log.enabled or master:
-            from relaygate.store.db import Database
+        # always: besides keys and the request log, it holds the objects of the Responses and Assistants APIs
+        from relaygate.store.db import Database
+        from relaygate.store.objects import ObjectStore
 
-            self.db = previous.db if previous is not None and previous.db is not None and same("database") \
-                else Database(config.database.url, config.database.pool_size)
+        self.db: Database = previous.db if previous is not None and same("database") \
+            else Database(config.database.url, config.database.pool_size)
         same_db = previous is not None and self.db is previous.db
+        # the objects' pending writes are tracked where they are made: one store per database
+        self.objects: ObjectStore = previous.objects if previous is not None and same_db \
+            else ObjectStore(self.db)
 
         self.keys: KeyStore | None = None
         self.reads: Reads | None = None
@@ -303,6 +306,14 @@ class Gateway:
             self.tracing = Tracing(config.tracing, Redactor(config.request_log.redact), frozenset(known))
         self.audit: AuditLayer | None = None  # the request log's layer, when it is on
         self.pipeline: Handler = self._pipeline()
+        from relaygate.api.assistants.runner import Runner
+
+        # runs of the hosted Assistants API execute here, in tasks of the gateway, through the pipeline
+        # (a reload with the same database keeps the runner: runs in flight finish on the gateway that started
+        # them, whose pipeline their calls go through)
+        self.runs: Runner = previous.runs if previous is not None and self.objects is previous.objects \
+            and previous.config.server.request_timeout == config.server.request_timeout \
+            else Runner(self.objects, config.server.request_timeout)
         self._fresh = {id(part) for part in self.parts()} - ({id(p) for p in previous.parts()} if previous else set())
 
     def _shared_metrics(self) -> SharedMetrics | None:
@@ -376,8 +387,8 @@ class Gateway:
 
     def parts(self) -> list[object]:
         """What ``close`` stops, where one gateway may share a part with the one it replaced."""
-        parts: list[object | None] = [self.session, self.redis, self.db, self.reads, self.limiter, self.writer,
-                                      self.breakers, self.health]
+        parts: list[object | None] = [self.session, self.redis, self.db, self.objects, self.runs, self.reads,
+                                      self.limiter, self.writer, self.breakers, self.health]
         return [p for p in parts if p is not None]
 
     async def start(self, previous: Gateway | None = None) -> None:
@@ -434,8 +445,11 @@ class Gateway:
         if mine(self.writer):
             assert self.writer is not None
             await asyncio.to_thread(self.writer.close)
+        if mine(self.runs):
+            await self.runs.close()
+        if mine(self.objects):
+            await self.objects.close()
         if mine(self.db):
-            assert self.db is not None
             await asyncio.to_thread(self.db.close)
         if mine(self.redis):
             assert self.redis is not None

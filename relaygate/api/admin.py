@@ -233,6 +233,34 @@ async def reload_config(gw: Gateway, req: Request) -> Response:
                           "config": {"hash": outcome.config_hash, "loaded_at": outcome.loaded_at}})
 
 
+# ---- stored objects (Responses, Conversations, Assistants) ---------------------------------------------
+
+OBJECT_KINDS = ("response", "conversation", "item", "assistant", "thread", "message", "run", "step")
+
+
+async def list_objects(gw: Gateway, req: Request) -> Response:
+    """``GET /admin/objects?kind=…[&owner=team:…|user:…|key:…][&parent=…][&limit&after]``, newest first."""
+    _store(gw, req)
+    q = Query(req.query)
+    kind = q.choice("kind", OBJECT_KINDS, "response")
+    limit = q.integer("limit", 1, 100, 20) or 20
+    objs, more = await gw.objects.page(kind, q.text("owner", 120), q.text("parent", 64), limit, "desc",
+                                       q.text("after", 64))
+    return json_response({"object": "list", "has_more": more, "data": [
+        {"id": o.id, "kind": o.kind, "owner": o.owner, "parent": o.parent, "created_at": o.created_at,
+         "object": o.data} for o in objs]})
+
+
+async def delete_object(gw: Gateway, req: Request) -> Response:
+    """``DELETE /admin/objects/{id}?kind=…``: whoever owns it, with what belongs to it."""
+    _store(gw, req)
+    kind = Query(req.query).choice("kind", OBJECT_KINDS, "response")
+    oid = plain_text(req.params["rest"], "id", 64)
+    if not await gw.objects.delete(kind, oid, None):
+        raise NotFound(f"No {kind} found with id '{oid}'.")
+    return json_response({"id": oid, "kind": kind, "deleted": True})
+
+
 ROUTES = [
     ("POST", "/admin/reload", reload_config),
     ("POST", "/admin/keys", create_key),
@@ -245,4 +273,6 @@ ROUTES = [
     *_owner_routes("user"),
     ("GET", "/admin/spend", spend),
     ("GET", "/admin/logs", logs),
+    ("GET", "/admin/objects", list_objects),
+    ("DELETE", "/admin/objects/{rest}", delete_object),
 ]

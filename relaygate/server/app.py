@@ -40,6 +40,9 @@ GC_THRESHOLDS = (20_000, 20, 20)
 API_MODULES = ("chat", "models", "health", "embeddings", "providers", "audio", "anthropic.messages", "passthrough", "admin",
                "metrics", "drills")
 
+# the APIs over the gateway's stored objects: Responses, Conversations, hosted Assistants (docs/responses.md)
+STORED_OBJECT_APIS = ("responses.endpoints", "responses.conversations", "assistants.endpoints")
+
 
 class RouteTable:
     """Exact paths in a dict; ``/prefix/{rest}`` paths matched by prefix, longest first."""
@@ -83,7 +86,7 @@ class RouteTable:
 
 def default_routes() -> RouteTable:
     table = RouteTable()
-    for name in API_MODULES:
+    for name in (*API_MODULES, *STORED_OBJECT_APIS):
         module = importlib.import_module(f"relaygate.api.{name}")
         for method, path, handler in module.ROUTES:
             table.add(method, path, handler)

@@ -88,9 +88,8 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def migrate_once(config: Config) -> None:
-    """Apply the database migrations before any worker starts (each worker then finds the schema current)."""
-    if not (config.request_log.enabled or master_key(config)):
-        return
+    """Apply the database migrations before any worker starts (each worker then finds the schema current). The
+    database is always there: it holds the stored objects of the Responses API as well as keys and the log."""
     from relaygate.store.db import Database
 
     db = Database(config.database.url, config.database.pool_size)

@@ -35,10 +35,15 @@ def _v3_partial_owner_indexes(conn: Connection) -> None:
         conn.exec_driver_sql(tables.owner_index_ddl(column))
 
 
+def _v4_stored_objects(conn: Connection) -> None:
+    tables.stored_objects.create(conn, checkfirst=True)
+
+
 STEPS: list[tuple[int, str, Step]] = [
     (1, "keys, owners, request log", _v1_initial),
     (2, "request log: no index on request_id (random ids made every insert costly)", _v2_drop_request_id_index),
     (3, "request log: key, team and user indexes only over rows that have one", _v3_partial_owner_indexes),
+    (4, "stored objects: responses, conversations, assistants, threads, runs", _v4_stored_objects),
 ]
 
 

@@ -73,6 +73,21 @@ owners = Table(
     Column("updated_at", Float, nullable=False),
 )
 
+stored_objects = Table(
+    "stored_objects", metadata,  # responses, conversations and their items, assistants, threads, messages, runs
+    Column("id", String(64), primary_key=True),
+    Column("kind", String(24), nullable=False),  # response | conversation | item | assistant | thread | …
+    Column("owner", String(120), nullable=False),  # "team:…" / "user:…" / "key:…"; "" on an open gateway
+    Column("parent", String(64), nullable=True),  # the conversation, thread or run an object belongs to
+    Column("seq", BigInteger, nullable=False),  # creation order (nanoseconds, unique per gateway): lists page on it
+    Column("created_at", Float, nullable=False),
+    Column("data", Text, nullable=False),  # the object as the API returns it (JSON)
+    Column("extra", Text, nullable=True),  # what the gateway keeps beside it (JSON): a response's context, …
+    Index("ix_stored_objects_parent", "parent", "kind", "seq"),
+    Index("ix_stored_objects_owner", "owner", "kind", "seq"),
+)
+
+
 PARTIAL_INDEXED = ("key_id", "team_id", "user_id")  # request_log columns indexed with ts where set
 
 

@@ -21,9 +21,9 @@ from relaygate.api.anthropic.translate import (
     error_event,
     to_anthropic_message,
     to_openai_request,
-    translate_stream,
 )
 from relaygate.api.chat import chat_call
+from relaygate.api.chunks import chat_completion, once, translate_stream, whole_as_chunk
 from relaygate.api.common import object_body, reply_headers
 from relaygate.auth.authenticator import caller
 from relaygate.core import jsonvalue, shapes
@@ -91,13 +91,9 @@ async def messages(gw: Gateway, req: Request) -> Response | StreamResponse:
         reply.stream = readable(translate_stream(reply.stream, EventWriter(call.model), lambda: reply.usage), kind)
         return StreamResponse(reply, headers, error_event)
     try:
-        data = orjson.loads(reply.body or b"")
-        if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
-            raise ValueError("not a chat completion")
-    except ValueError:
-        err = Unavailable("the upstream answer was not a chat completion", status=502)
-        reply.finish(err)
-        return anthropic_error(err, req.id)
+        data = chat_completion(reply)
+    except Unavailable as bad:
+        return anthropic_error(bad, req.id)
     if call.stream:  # the upstream answered whole: deliver it as one burst of events
         return _replay(call, reply, data, headers)
     try:
@@ -140,18 +136,8 @@ async def count_tokens(gw: Gateway, req: Request) -> Response:
 
 
 def _replay(call: Call, reply: Reply, data: dict[str, Any], headers: dict[str, str]) -> StreamResponse:
-    choice = data["choices"][0] if data["choices"] else {}
-    msg = choice.get("message") or {}
-    calls = [{**tc, "index": i} for i, tc in enumerate(msg.get("tool_calls") or ())]
     w = EventWriter(call.model)
-    events = w.chunk({"id": data.get("id"), "model": data.get("model"), "choices": [{
-        "index": 0, "delta": {"content": msg.get("content"), "tool_calls": calls},
-        "finish_reason": choice.get("finish_reason")}]}) + w.end(reply.usage)
-
-    async def once() -> Any:
-        yield events
-
-    reply.stream = once()
+    reply.stream = once(w.chunk(whole_as_chunk(data)) + w.end(reply.usage))
     reply.media_type = "text/event-stream"
     return StreamResponse(reply, headers, error_event)
 

@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 
+from relaygate.api.chunks import translate_stream as translate_stream  # re-exported: tests use it here
 from relaygate.api.query import Query
 from relaygate.core.call import Usage
 from relaygate.core.errors import BadRequest, GatewayError, Unsupported
 from relaygate.providers.anthropic.wire import FINISH_TO_STOP, error_body, error_type, sse_event
-from relaygate.providers.streaming import SSEDecoder
 
 # Anthropic request fields with no OpenAI counterpart: dropped and named in x-relaygate-dropped-params
 DROPPED = ("top_k", "thinking", "service_tier", "container", "inference_geo", "speed", "cache_control",
@@ -421,34 +420,3 @@ class EventWriter:
             "type": "message_delta", "delta": {"stop_reason": self.stop_reason or "end_turn", "stop_sequence": None},
             "usage": usage_block(usage, self.chunk_usage)})
         return out + sse_event(b"message_stop", {"type": "message_stop"})
-
-
-async def translate_stream(stream: AsyncIterator[bytes], w: EventWriter,
-                           usage_of: Any) -> AsyncIterator[bytes]:
-    """OpenAI SSE bytes -> Anthropic events; each chunk's JSON is parsed once. ``usage_of()`` gives the
-    reply's usage (set by the provider while streaming) for the final ``message_delta``."""
-    decoder = SSEDecoder()
-    try:
-        async for piece in stream:
-            out: list[bytes] = []  # joined once: a read may hold thousands of events
-            for _, data in decoder.feed(piece):
-                if data == b"[DONE]":
-                    out.append(w.end(usage_of()))
-                    yield b"".join(out)
-                    return
-                obj = orjson.loads(data)
-                if not isinstance(obj, dict):
-                    continue
-                if "error" in obj and "choices" not in obj:
-                    out.append(w.error(obj))
-                    yield b"".join(out)
-                    return
-                out.append(w.chunk(obj))
-            chunk = b"".join(out)
-            if chunk:
-                yield chunk
-        yield w.end(usage_of())
-    finally:
-        aclose = getattr(stream, "aclose", None)
-        if aclose is not None:
-            await aclose()

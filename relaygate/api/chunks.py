@@ -1,0 +1,85 @@
+"""An OpenAI chat stream turned into another API's events (Anthropic's Messages, OpenAI's Responses), chunk
+by chunk, by a writer that knows that API's event sequence."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol
+
+import orjson
+
+from relaygate.core.call import Reply, Usage
+from relaygate.core.errors import Unavailable
+from relaygate.providers.streaming import SSEDecoder
+
+
+class ChunkWriter(Protocol):
+    """Events of another API from OpenAI chat chunks: one call per chunk, one at the end."""
+
+    def chunk(self, chunk: dict[str, Any]) -> bytes: ...
+
+    def error(self, err: dict[str, Any]) -> bytes: ...
+
+    def end(self, usage: Usage | None) -> bytes: ...
+
+
+async def translate_stream(stream: AsyncIterator[bytes], w: ChunkWriter,
+                           usage_of: Callable[[], Usage | None]) -> AsyncIterator[bytes]:
+    """OpenAI SSE bytes -> the writer's events; each chunk's JSON is parsed once. ``usage_of()`` gives the
+    reply's usage (set by the provider while streaming) for the writer's end."""
+    decoder = SSEDecoder()
+    try:
+        async for piece in stream:
+            out: list[bytes] = []  # joined once: a read may hold thousands of events
+            for _, data in decoder.feed(piece):
+                if data == b"[DONE]":
+                    out.append(w.end(usage_of()))
+                    yield b"".join(out)
+                    return
+                obj = orjson.loads(data)
+                if not isinstance(obj, dict):
+                    continue
+                if "error" in obj and "choices" not in obj:
+                    out.append(w.error(obj))
+                    yield b"".join(out)
+                    return
+                out.append(w.chunk(obj))
+            chunk = b"".join(out)
+            if chunk:
+                yield chunk
+        yield w.end(usage_of())
+    finally:
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+def whole_as_chunk(data: dict[str, Any]) -> dict[str, Any]:
+    """A whole chat.completion as the one chunk that would have streamed it (for a client that asked for a
+    stream and got a whole answer, e.g. from the cache)."""
+    choice = data["choices"][0] if data.get("choices") else {}
+    msg = choice.get("message") or {}
+    calls = [{**tc, "index": i} for i, tc in enumerate(msg.get("tool_calls") or ())]
+    delta: dict[str, Any] = {"content": msg.get("content"), "tool_calls": calls}
+    for name in ("reasoning_content", "refusal"):
+        if msg.get(name):
+            delta[name] = msg[name]
+    return {"id": data.get("id"), "model": data.get("model"), "choices": [{
+        "index": 0, "delta": delta, "finish_reason": choice.get("finish_reason")}]}
+
+
+async def once(events: bytes) -> AsyncIterator[bytes]:
+    yield events
+
+
+def chat_completion(reply: Reply) -> dict[str, Any]:
+    """The whole chat.completion a reply carries; else the reply is finished as a 502, which is raised."""
+    try:
+        data = orjson.loads(reply.body or b"")
+        if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
+            raise ValueError("not a chat completion")
+    except ValueError:
+        err = Unavailable("the upstream answer was not a chat completion", status=502)
+        reply.finish(err)
+        raise err from None
+    return data

@@ -1,0 +1,175 @@
+"""``/v1/responses``: OpenAI's Responses API in front of any configured model.
+
+A request becomes an OpenAI-format chat call that goes through the whole pipeline (keys, limits, routing,
+fallbacks, the request log), so every provider serves it; the answer comes back as a Response object, or as
+the Responses API's events translated chunk by chunk. With ``store`` (the default) the Response and its
+context are kept in the gateway's database, scoped to the caller's owner, for ``previous_response_id``,
+``GET``, ``DELETE`` and ``input_items``; a ``conversation`` gets this turn's input and output appended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from relaygate.api.chat import chat_call
+from relaygate.api.chunks import chat_completion, once, translate_stream, whole_as_chunk
+from relaygate.api.common import object_body, reply_headers
+from relaygate.api.objects import missing, owner, page_query, path_ids, slice_page
+from relaygate.api.responses.conversations import conversation_context, conversation_id, keep_turn
+from relaygate.api.responses.translate import (
+    ResponseEvents,
+    chat_request,
+    finish,
+    input_items,
+    output_items,
+    response_shell,
+)
+from relaygate.auth.authenticator import caller
+from relaygate.core.errors import BadRequest, MethodNotAllowed, NotFound, Unsupported
+from relaygate.providers.base import ANSWER_ERRORS, readable, unreadable
+from relaygate.server.http import Request, Response, StreamResponse, json_response
+from relaygate.store.objects import Stored, new_id, owner_of
+
+if TYPE_CHECKING:
+    from relaygate.gateway import Gateway
+
+REPLAYED = ("message", "function_call", "function_call_output", "reasoning")  # output items later turns send
+
+
+async def create(gw: Gateway, req: Request) -> Response | StreamResponse:
+    key = await caller(gw.auth, req.headers)  # before the body: no key, no parsing
+    body = object_body(await req.json(gw.config.server.max_body_bytes))
+    who = owner_of(key)
+    if body.get("background"):
+        raise Unsupported("background responses are not supported by this gateway; send the request without "
+                          "'background' (or stream it)", param="background")
+    for name in ("store", "stream"):
+        if body.get(name) is not None and not isinstance(body[name], bool):
+            raise BadRequest(f"'{name}' must be a boolean", param=name, code="invalid_type")
+    previous = body.get("previous_response_id")
+    if previous is not None and not isinstance(previous, str):
+        raise BadRequest("'previous_response_id' must be a string", param="previous_response_id",
+                         code="invalid_type")
+    conv = conversation_id(body.get("conversation"))
+    if previous is not None and conv is not None:
+        raise BadRequest("'previous_response_id' and 'conversation' cannot be used together",
+                         param="previous_response_id", code="invalid_value")
+    inputs = input_items(body["input"]) if body.get("input") is not None else []
+    history: list[dict[str, Any]] = []
+    if previous is not None:
+        prev = await gw.objects.get("response", previous, who) if len(previous) <= 64 else None
+        if prev is None:
+            raise NotFound(f"Previous response with id '{previous[:64]}' not found.", param="previous_response_id",
+                           code="previous_response_not_found")
+        context = (prev.extra or {}).get("context") or []
+        history = [*context, *(it for it in prev.data.get("output") or () if it.get("type") in REPLAYED)]
+    elif conv is not None:
+        history = await conversation_context(gw, who, conv)
+    context = history + inputs
+    call = chat_call(gw, req, chat_request(body, context), key)
+    store = body.get("store", True) is not False
+    rid = new_id("resp_")
+    shell = response_shell(rid, int(time.time()), body, previous, conv)
+
+    writes: list[asyncio.Future[None]] = []
+
+    def keep(response: dict[str, Any]) -> None:
+        if store:
+            writes.append(gw.objects.save_later(Stored(id=rid, kind="response", owner=who, data=response,
+                                                       extra={"context": context, "input": inputs},
+                                                       seq=time.time_ns(), created_at=time.time())))
+        if conv is not None and response["status"] != "failed":
+            writes.extend(keep_turn(gw, who, conv, inputs, response["output"]))
+
+    reply = await gw.handle(call)
+    headers = reply_headers(call, reply)
+    kind = call.deployment.provider_type if call.deployment is not None else "upstream"
+    if reply.stream is not None:
+        events = ResponseEvents(shell, keep)
+        stream = readable(translate_stream(reply.stream, events, lambda: reply.usage), kind)
+        reply.stream = stored_before_the_end(stream, writes)
+        return StreamResponse(reply, headers, events.fail)
+    data = chat_completion(reply)
+    if call.stream:  # the upstream answered whole (the cache): deliver it as one burst of events
+        events = ResponseEvents(shell, keep)
+        reply.stream = stored_before_the_end(once(events.chunk(whole_as_chunk(data)) + events.end(reply.usage)),
+                                             writes)
+        reply.media_type = "text/event-stream"
+        return StreamResponse(reply, headers, events.fail)
+    try:
+        choice = data["choices"][0] if data["choices"] else {}
+        shell["output"] = output_items(choice.get("message") or {})
+        response = finish(shell, choice.get("finish_reason"), reply.usage)
+        out = orjson.dumps(response)
+    except ANSWER_ERRORS as e:
+        err = unreadable(kind, e)
+        reply.finish(err)
+        raise err from None
+    keep(response)
+    if writes:
+        await asyncio.wait(writes)
+    return Response(out, 200, headers, reply=reply)
+
+
+async def stored_before_the_end(stream: AsyncIterator[bytes],
+                                writes: list[asyncio.Future[None]]) -> AsyncIterator[bytes]:
+    """``stream``, whose last event (``response.completed``) goes out once the response is stored: a client
+    that chains at once finds it on any worker or instance. Every event before it goes out as it comes (one
+    upstream read may hold the whole answer: the events before the last are not held back with it)."""
+    try:
+        async for piece in stream:
+            if writes:  # the response ended in this piece, with its last event
+                last = piece.rfind(b"\n\nevent: ") + 2
+                if last > 2:
+                    yield piece[:last]
+                    piece = piece[last:]
+                await asyncio.wait(writes)
+                writes.clear()
+            yield piece
+    finally:
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+async def _stored(gw: Gateway, who: str, rid: str) -> Stored:
+    found = await gw.objects.get("response", rid, who)
+    if found is None:
+        raise missing("response", rid)
+    return found
+
+
+async def one(gw: Gateway, req: Request) -> Response:
+    """``GET|DELETE /v1/responses/{id}``, ``GET …/input_items``, ``POST …/cancel``."""
+    who = await owner(gw, req)  # before anything else: no key, no answer but 401
+    parts = path_ids(req.params["rest"], "response")
+    rid = parts[0]
+    tail = "/".join(parts[1:])
+    if tail == "" and req.method == "GET":
+        return json_response((await _stored(gw, who, rid)).data)
+    if tail == "" and req.method == "DELETE":
+        if not await gw.objects.delete("response", rid, who):
+            raise missing("response", rid)
+        return json_response({"id": rid, "object": "response", "deleted": True})
+    if tail == "input_items" and req.method == "GET":
+        limit, order, after, before = page_query(req)
+        items = ((await _stored(gw, who, rid)).extra or {}).get("input") or []
+        return json_response(slice_page(items, limit, order, after, before))
+    if tail == "cancel" and req.method == "POST":
+        await _stored(gw, who, rid)
+        raise BadRequest("Only background responses can be cancelled, and this gateway answers every response "
+                         "in the foreground.", code="invalid_request")
+    if tail in ("", "input_items", "cancel"):
+        raise MethodNotAllowed(f"Method {req.method} is not allowed on {req.path}")
+    raise NotFound(f"Unknown route {req.method} {req.path}", code="unknown_route")
+
+
+ROUTES = [
+    ("POST", "/v1/responses", create),
+    *[(m, "/v1/responses/{rest}", one) for m in ("GET", "POST", "DELETE")],
+]

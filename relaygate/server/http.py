@@ -1,4 +1,4 @@
-"""Minimal ASGI request/response helpers for the hot path (no framework: see STACK.md)."""
+"""Minimal ASGI request/response helpers for the hot path (no web framework: docs/architecture.md)."""
 
 from __future__ import annotations
 

@@ -75,24 +75,27 @@ def test_two_workers_share_one_port_and_a_killed_worker_is_replaced(tmp_path: Pa
 
 def test_sigterm_drains_the_streams_of_every_worker(openai_emulator: BackgroundServer, tmp_path: Path) -> None:
     requests.post(openai_emulator.url + "/_emulator/faults", json={"chunk_delay_ms": 200}, timeout=5)
-    words = " ".join(LONG.split()[:10])  # ~2 s a stream
-    with gateway_process(tmp_path, {"models": [openai_model("s", openai_emulator)],
+    words = LONG  # 45 chunks 0.2 s apart: ~9 s a stream, so that all 200 are in flight at SIGTERM
+    with gateway_process(tmp_path, {"models": [openai_model("s", openai_emulator, timeout=60)],
                                     "server": {"drain_timeout": 20}}, args=("--workers", "2")) as gw:
-        readers = [StreamReader() for _ in range(20)]
+        readers = [StreamReader() for _ in range(200)]
 
         async def scenario() -> None:
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as s:
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+                                             timeout=aiohttp.ClientTimeout(total=60)) as s:
                 tasks = [asyncio.ensure_future(r.run(s, gw.url, chat("s", words, True))) for r in readers]
-                await asyncio.wait_for(asyncio.gather(*(r.started.wait() for r in readers)), 15)
+                await asyncio.wait_for(asyncio.gather(*(r.started.wait() for r in readers)), 30)
+                assert not any(t.done() for t in tasks)  # all 200 in flight
                 gw.proc.send_signal(signal.SIGTERM)
                 await wait_refused(gw, within=5)  # new connections refused once every worker closed
-                await asyncio.wait_for(asyncio.gather(*tasks), 20)
+                await asyncio.wait_for(asyncio.gather(*tasks), 40)
 
         asyncio.run(scenario())
         assert gw.proc.wait(20) == 0
-    assert all(r.events[-1][1] == "[DONE]" and r.error() is None for r in readers)
+    unfinished = [(len(r.events), r.error()) for r in readers if r.events[-1][1] != "[DONE]" or r.error()]
+    assert not unfinished, unfinished[:5]
     rows = log_rows(f"sqlite:///{tmp_path}/gateway.db")
-    assert len(rows) == 20 and {(r["status"], r["error"]) for r in rows} == {(200, None)}
+    assert len(rows) == 200 and {(r["status"], r["error"]) for r in rows} == {(200, None)}
 
 
 def serve_refused(tmp_path: Path, config: dict[str, object], *args: str) -> str:

@@ -1,6 +1,6 @@
 """The ``Gateway``, the one composition root: everything one config needs, built once, in order.
 
-session → Redis client → database → key store → limiter → request-log writer → deployments (with their
+upstream client → Redis client → database → key store → limiter → request-log writer → deployments (with their
 breakers) → pricing → router → pipeline layers (audit → auth → limits → router). Each part gets its
 collaborators through its constructor and nothing is patched afterwards; the async work (migrations, the
 log writer's thread, health checks) happens in ``start``. Nothing lives at module level, so a reload can
@@ -17,7 +17,6 @@ import time
 from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING
 
-import aiohttp
 import orjson
 from pydantic import SecretStr
 
@@ -32,6 +31,7 @@ from relaygate.routing.deployment import Deployment
 from relaygate.routing.health import HealthChecker, health_checks
 from relaygate.routing.router import ModelTable, Router
 from relaygate.state.resp import RespClient
+from relaygate.upstream import Client, Limits, ProxySettings
 
 WORKER_ENV = "RELAYGATE_WORKER"  # a worker's number (0…N-1), set by the supervisor (server/workers.py)
 
@@ -55,12 +55,14 @@ log = logging.getLogger("relaygate")
 MASTER_KEY_ENV = "RELAYGATE_MASTER_KEY"
 
 
-def new_session() -> aiohttp.ClientSession:
-    """The gateway's one pooled keep-alive upstream client."""
-    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300, keepalive_timeout=60,
-                                     enable_cleanup_closed=True)
-    return aiohttp.ClientSession(connector=connector, auto_decompress=True, trust_env=False,
-                                 skip_auto_headers=("User-Agent",), raise_for_status=False)
+def new_client(env: Mapping[str, str] | None = None) -> Client:
+    """The gateway's one pooled keep-alive upstream client (``relaygate.upstream``); HTTPS_PROXY, HTTP_PROXY
+    and NO_PROXY of the gateway's environment apply (a request never chooses where the gateway connects)."""
+    try:
+        proxies = ProxySettings.from_env(os.environ if env is None else env)
+    except ValueError as e:
+        raise ConfigError([f"proxy environment: {e}"]) from None
+    return Client(limits=Limits(idle_timeout=60.0), proxies=proxies)
 
 
 def master_key(config: Config, env: Mapping[str, str] | None = None) -> str | None:
@@ -119,7 +121,7 @@ def scrubber(config: Config) -> Scrubber:
     return Scrubber(secrets, upstreams)
 
 
-def build_deployments(config: Config, session: aiohttp.ClientSession, breakers: Breakers,
+def build_deployments(config: Config, client: Client, breakers: Breakers,
                       kept: Mapping[str, Deployment] | None = None,
                       scrub: Scrubber | None = None) -> dict[str, list[Deployment]]:
     """Every model's deployments: a provider each, and a breaker from the model's settings; provider-level
@@ -138,7 +140,7 @@ def build_deployments(config: Config, session: aiohttp.ClientSession, breakers: 
                 deps.append(same)
                 continue
             try:
-                provider = provider_class(d)(d, session, scrub)
+                provider = provider_class(d)(d, client, scrub)
             except ValueError as e:
                 errors.append(f"models[{mi}].deployments[{di}]: {e}")
                 continue
@@ -153,11 +155,11 @@ def check_deployments(config: Config) -> None:
     """Build every deployment's provider once (no I/O), for the ConfigErrors that ``check-config`` reports."""
 
     async def build() -> None:
-        session = new_session()
+        client = new_client()
         try:
-            build_deployments(config, session, Breakers())
+            build_deployments(config, client, Breakers())
         finally:
-            await session.close()
+            await client.close()
 
     asyncio.run(build())
 
@@ -180,13 +182,13 @@ async def start_deployments(config: Config, models: dict[str, list[Deployment]],
 class Gateway:
     """Holds the config and everything built from it; ``handle`` runs a call through the pipeline."""
 
-    def __init__(self, config: Config, session: aiohttp.ClientSession, previous: Gateway | None = None,
+    def __init__(self, config: Config, client: Client, previous: Gateway | None = None,
                  control: Reloads | None = None) -> None:
         """``previous``: the gateway a reload replaces; the parts its config still describes the same way
         carry over (the upstream pool always; Redis, database, keys, limits, log writer, breakers and
         deployments when their sections are unchanged), so counts, caches and pooled connections live on."""
         self.config = config
-        self.session = session
+        self.client = client
         self.control = control  # what ``POST /admin/reload`` asks (None: no reload here)
         self.started = time.time()
         self.config_hash = config_hash(config)
@@ -269,7 +271,7 @@ class Gateway:
         # an unchanged deployment (same name, model, settings and breaker) is the same object: its breaker,
         # statistics, health and rpm counts go on
         kept = {d.name: d for d in previous.deployments()} if keep_breakers and previous is not None else {}
-        self.table = ModelTable(build_deployments(config, session, self.breakers, kept, self.scrub), PROVIDER_TYPES)
+        self.table = ModelTable(build_deployments(config, client, self.breakers, kept, self.scrub), PROVIDER_TYPES)
         self.pricing = Pricing(PriceBook(config), self.table.models, config.auth.default_output_tokens)
         self.router = Router(self.table, config, self.pricing.unit_price)
         self.health = HealthChecker(health_checks(config, self.table.models))
@@ -287,7 +289,7 @@ class Gateway:
 
             assert self.metrics is not None
             budget = budget_reader(self.db, self.keys, self.limiter) if self.db and self.keys else None
-            self.alerts = Alerts(config.alerts, self.metrics, self.table.models, session, budget)
+            self.alerts = Alerts(config.alerts, self.metrics, self.table.models, client, budget)
         self.chaos: Chaos | None = None  # fault injection for drills: only when chaos.enabled
         if config.chaos.enabled:
             from relaygate.observability.chaos import Chaos
@@ -371,12 +373,12 @@ class Gateway:
         """Build and start a gateway (must run inside the event loop that will serve it); ``previous``: the
         one it replaces (its parts may carry over: see ``__init__``). Should start-up fail, what it built is
         closed and nothing of ``previous`` or ``keep`` (gateways still serving)."""
-        session = previous.session if previous is not None else new_session()
+        client = previous.client if previous is not None else new_client()
         try:
-            gw = cls(config, session, previous, control)
+            gw = cls(config, client, previous, control)
         except BaseException:
             if previous is None:
-                await session.close()
+                await client.close()
             raise
         try:
             await gw.start(previous)
@@ -387,7 +389,7 @@ class Gateway:
 
     def parts(self) -> list[object]:
         """What ``close`` stops, where one gateway may share a part with the one it replaced."""
-        parts: list[object | None] = [self.session, self.redis, self.db, self.objects, self.runs, self.reads,
+        parts: list[object | None] = [self.client, self.redis, self.db, self.objects, self.runs, self.reads,
                                       self.limiter, self.writer, self.breakers, self.health]
         return [p for p in parts if p is not None]
 
@@ -456,8 +458,8 @@ class Gateway:
             await self.redis.close()
         if self.tracing is not None:  # each gateway's own
             await asyncio.to_thread(self.tracing.close)  # exports the spans still pending
-        if mine(self.session):
-            await self.session.close()
+        if mine(self.client):
+            await self.client.close()
         detach(self._log_filter, self._filtered)
 
     async def handle(self, call: Call) -> Reply:

@@ -422,19 +422,19 @@ def test_upstream_disconnect_mid_stream_is_reported(gw: GatewayThread, emu: Back
 
 def test_probe_uses_the_free_count_tokens_and_reports_a_bad_key(emu: BackgroundServer) -> None:
     from relaygate.core.errors import AuthError
-    from relaygate.gateway import new_session
+    from relaygate.gateway import new_client
     from relaygate.providers.anthropic.provider import AnthropicProvider
 
     async def probe(key: str) -> BaseException | None:
         cfg = parse_config({"models": [anthropic_model("c", emu, api_key=key)]}, {}).models[0].deployments[0]
-        session = new_session()
+        client = new_client()
         try:
-            await AnthropicProvider(cfg, session).probe(time.monotonic() + 10)
+            await AnthropicProvider(cfg, client).probe(time.monotonic() + 10)
             return None
         except Exception as e:
             return e
         finally:
-            await session.close()
+            await client.close()
 
     emu.state.requests.clear()
     assert asyncio.run(probe(KEY)) is None

@@ -9,7 +9,6 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import aiohttp
 import httpx
 import openai
 import orjson
@@ -24,6 +23,7 @@ from relaygate.routing.deployment import Deployment
 from relaygate.testing.base import BackgroundServer
 from relaygate.testing.cohere import CohereEmulatorOptions, create_app, embed_vector
 from relaygate.testing.gateway import GatewayThread
+from relaygate.upstream import Client
 from tests.openai_types import delta_function, function_calls
 
 KEY = "co-upstream-secret-0123456789abcdef"
@@ -298,10 +298,10 @@ def test_requests_cohere_cannot_serve_are_refused_clearly(client: openai.OpenAI)
 def run_embeddings(
         emulator: BackgroundServer, body: dict[str, Any], **config: Any) -> tuple[dict[str, Any], Any]:
     async def go() -> tuple[dict[str, Any], Any]:
-        async with aiohttp.ClientSession() as session:
+        async with Client() as client:
             cfg = CohereDeployment(model="embed-v4.0", api_base=emulator.url, api_key=KEY,
                                    **config)
-            provider = CohereProvider(cfg, session)
+            provider = CohereProvider(cfg, client)
             call = Call(id="t", route=Route.EMBEDDINGS, model="embed", body=body)
             call.deployment = Deployment("embed/cohere/0", "embed", cfg, provider)
             reply = await provider.embeddings(call)
@@ -417,10 +417,10 @@ def test_stream_that_breaks_before_its_first_event_is_an_http_error(client: open
 
 def test_probe_checks_key_model_and_outages(emulator: BackgroundServer, clean: Any) -> None:
     async def probe(**config: Any) -> None:
-        async with aiohttp.ClientSession() as session:
+        async with Client() as client:
             cfg = CohereDeployment(**{"model": "command-a-03-2025", "api_base": emulator.url, "api_key": KEY,
                                       **config})
-            await CohereProvider(cfg, session).probe(time.monotonic() + 10)
+            await CohereProvider(cfg, client).probe(time.monotonic() + 10)
 
     asyncio.run(probe())
     assert httpx.get(emulator.url + "/_emulator/requests").json()["requests"][-1]["path"] == \

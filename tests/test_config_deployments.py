@@ -23,7 +23,7 @@ from relaygate.config import (
     load_yaml,
     parse_config,
 )
-from relaygate.gateway import new_session
+from relaygate.gateway import new_client
 from relaygate.providers import provider_class
 from relaygate.routing.strategies import new_strategy
 from tests.config_support import MINIMAL, deployment
@@ -65,13 +65,13 @@ def test_each_provider_builds_its_adapter_from_its_typed_config(provider: str) -
     dep = deployment(provider, **TO_BUILD.get(provider, {}))
 
     async def build() -> str:
-        session = new_session()
+        client = new_client()
         try:
-            adapter = provider_class(dep)(dep, session)
+            adapter = provider_class(dep)(dep, client)
             assert adapter.config is dep
             return adapter.kind
         finally:
-            await session.close()
+            await client.close()
 
     assert asyncio.run(build()) == provider
 

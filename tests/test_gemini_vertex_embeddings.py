@@ -18,7 +18,7 @@ from pydantic import TypeAdapter
 from relaygate.config import DeploymentConfig
 from relaygate.core.call import Call, Route
 from relaygate.core.errors import BadRequest, GatewayError
-from relaygate.gateway import new_session
+from relaygate.gateway import new_client
 from relaygate.providers.gemini.provider import GeminiProvider, VertexProvider
 from relaygate.routing.deployment import Deployment
 from relaygate.testing.base import BackgroundServer
@@ -69,12 +69,12 @@ def _probe(emulator: BackgroundServer, provider: str, key: str) -> None:
         extra = {"project": "p", "location": "us-central1"} if provider == "vertex" else {}
         cfg = DEPLOYMENT.validate_python({"provider": provider, "model": "gemini-2.5-flash",
                                           "api_base": emulator.url, "api_key": key, **extra})
-        session = new_session()
+        client = new_client()
         try:
             provider_cls = GeminiProvider if provider == "gemini" else VertexProvider
-            await provider_cls(cfg, session).probe(time.monotonic() + 10)
+            await provider_cls(cfg, client).probe(time.monotonic() + 10)
         finally:
-            await session.close()
+            await client.close()
 
     asyncio.run(run())
 
@@ -189,16 +189,16 @@ def _embed(emulator: BackgroundServer, body: dict[str, Any], provider: str = "ge
         cfg = DEPLOYMENT.validate_python({"provider": provider, "model": "text-embedding-004",
                                           "api_base": emulator.url, "api_key": KEY if provider == "gemini" else TOKEN,
                                           **extra})
-        session = new_session()
+        client = new_client()
         try:
             cls = GeminiProvider if provider == "gemini" else VertexProvider
-            p = cls(cfg, session)
+            p = cls(cfg, client)
             call = Call(id="t", route=Route.EMBEDDINGS, model="emb", body=body)
             call.deployment = Deployment("emb/0", "emb", cfg, p)
             reply = await p.embeddings(call)
             return orjson.loads(reply.body or b""), reply.usage
         finally:
-            await session.close()
+            await client.close()
 
     return asyncio.run(run())
 

@@ -14,7 +14,7 @@ import requests
 from relaygate.config import PROVIDER_TYPES, AzureDeployment, OpenAIDeployment
 from relaygate.core.call import Call, Route
 from relaygate.core.errors import Unsupported, UpstreamTimeout
-from relaygate.gateway import new_session
+from relaygate.gateway import new_client
 from relaygate.providers import provider_class
 from relaygate.providers.base import Provider
 from relaygate.testing.base import BackgroundServer
@@ -36,9 +36,9 @@ def test_a_route_a_provider_does_not_declare_is_refused_even_where_a_base_class_
                           api_key="k")
 
     async def run() -> BaseException | None:
-        session = new_session()
+        client = new_client()
         try:
-            provider = provider_class(cfg)(cfg, session)
+            provider = provider_class(cfg)(cfg, client)
             call = Call(id="t", route=Route.PASSTHROUGH, model="m", body={})
             try:
                 await provider.handlers[Route.PASSTHROUGH](call)
@@ -46,7 +46,7 @@ def test_a_route_a_provider_does_not_declare_is_refused_even_where_a_base_class_
                 return e
             return None
         finally:
-            await session.close()
+            await client.close()
 
     err = asyncio.run(run())
     assert isinstance(err, Unsupported) and "does not serve OpenAI's other routes" in err.message
@@ -78,14 +78,14 @@ def test_a_health_probe_gives_up_at_its_deadline() -> None:
                                api_key="k", timeout=30)
 
         async def run() -> tuple[BaseException | None, float]:
-            session = new_session()
+            client = new_client()
             started = time.monotonic()
             try:
-                await provider_class(cfg)(cfg, session).probe(started + 0.3)
+                await provider_class(cfg)(cfg, client).probe(started + 0.3)
             except UpstreamTimeout as e:
                 return e, time.monotonic() - started
             finally:
-                await session.close()
+                await client.close()
             return None, time.monotonic() - started
 
         err, took = asyncio.run(run())

@@ -173,18 +173,18 @@ def test_a_reload_carries_over_the_parts_whose_config_is_unchanged(openai_emulat
     async def scenario() -> None:
         old = await Gateway.create(first)
         new = await Gateway.create(second, previous=old)
-        assert (new.session, new.db, new.reads, new.auth, new.limiter, new.writer, new.breakers) == \
-               (old.session, old.db, old.reads, old.auth, old.limiter, old.writer, old.breakers)
+        assert (new.client, new.db, new.reads, new.auth, new.limiter, new.writer, new.breakers) == \
+               (old.client, old.db, old.reads, old.auth, old.limiter, old.writer, old.breakers)
         assert new.table.models["two"] == old.table.models["two"]  # the same objects: breakers, stats
         assert new.table.models["m"][0] is not old.table.models["m"][0]  # its timeout changed
         assert new.health is not old.health
         await old.close(keep=[new])
-        assert not new.session.closed and new.writer is not None and new.writer._thread.is_alive()
+        assert not new.client.closed and new.writer is not None and new.writer._thread.is_alive()
         newest = await Gateway.create(third, previous=new, keep=[new])
-        assert newest.writer is not new.writer and newest.db is new.db and newest.session is new.session
+        assert newest.writer is not new.writer and newest.db is new.db and newest.client is new.client
         await new.close(keep=[newest])
-        assert not newest.session.closed and newest.writer is not None and newest.writer._thread.is_alive()
+        assert not newest.client.closed and newest.writer is not None and newest.writer._thread.is_alive()
         await newest.close()
-        assert newest.session.closed
+        assert newest.client.closed
 
     asyncio.run(scenario())

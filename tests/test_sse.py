@@ -9,7 +9,6 @@ import random
 import time
 from collections.abc import Iterator
 
-import aiohttp
 import orjson
 import pytest
 
@@ -27,6 +26,7 @@ from relaygate.providers.streaming import (
 )
 from relaygate.testing.base import BackgroundServer, FaultPlan
 from relaygate.testing.openai import OpenAIEmulatorOptions, create_app
+from relaygate.upstream import Client, Response
 
 ENDINGS = {"LF": b"\n", "CR": b"\r", "CRLF": b"\r\n"}
 BOM = b"\xef\xbb\xbf"
@@ -194,9 +194,11 @@ def emulator() -> Iterator[BackgroundServer]:
         yield srv
 
 
-def _stream_request(emulator: BackgroundServer, body: str = "one two three four five") -> dict[str, object]:
-    return {"url": emulator.url + "/v1/chat/completions",
-            "json": {"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": body}]}}
+async def _stream_request(client: Client, emulator: BackgroundServer, body: str = "one two three four five",
+                          ) -> Response:
+    data = orjson.dumps({"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": body}]})
+    return await client.request("POST", emulator.url + "/v1/chat/completions",
+                                headers={"content-type": "application/json"}, data=data)
 
 
 def _wait_cancelled(emulator: BackgroundServer) -> None:
@@ -209,13 +211,12 @@ def test_closing_releases_a_body_read_to_its_end(emulator: BackgroundServer) -> 
     emulator.state.cancelled = 0
 
     async def run() -> tuple[int, bool]:
-        async with aiohttp.ClientSession() as session:
-            resp = await session.post(**_stream_request(emulator))  # type: ignore[arg-type]
-            body = UpstreamBody(resp, "openai")
+        async with Client() as client:
+            body = UpstreamBody(await _stream_request(client, emulator), "openai")
             events = 0
             async for piece in closing(body, body):
                 events += piece.count(b"\n\n")
-            return events, body.complete and resp.connection is None and resp.closed
+            return events, body.complete and client.idle_connections() == 1  # pooled for the next request
 
     events, released = asyncio.run(run())
     assert events > 3 and released and emulator.state.cancelled == 0
@@ -226,14 +227,13 @@ def test_a_reader_that_leaves_mid_stream_stops_the_upstream(emulator: Background
     emulator.state.faults = FaultPlan(chunk_delay_ms=100, count=1)
 
     async def run() -> bool:
-        async with aiohttp.ClientSession() as session:
-            resp = await session.post(**_stream_request(emulator))  # type: ignore[arg-type]
-            body = UpstreamBody(resp, "openai")
+        async with Client() as client:
+            body = UpstreamBody(await _stream_request(client, emulator), "openai")
             stream = closing(body, sse_events(body))
             first = await anext(stream)
             assert first[0] == "message"
             await stream.aclose()  # the client went away
-            return not body.complete and resp.connection is None
+            return not body.complete and client.idle_connections() == 0  # closed, never pooled
 
     try:
         assert asyncio.run(run())
@@ -247,12 +247,11 @@ def test_peek_raises_before_the_first_event_and_closes_the_upstream(emulator: Ba
     emulator.state.faults = FaultPlan(disconnect_after_chunks=0, count=1)  # headers, then the socket closes
 
     async def run() -> tuple[int, bool]:
-        async with aiohttp.ClientSession() as session:
-            resp = await session.post(**_stream_request(emulator))  # type: ignore[arg-type]
-            body = UpstreamBody(resp, "openai")
+        async with Client() as client:
+            body = UpstreamBody(await _stream_request(client, emulator), "openai")
             with pytest.raises(Unavailable) as e:
                 await peek(body, anext(sse_events(body), None))
-            return e.value.status, resp.closed and resp.connection is None
+            return e.value.status, client.idle_connections() == 0
 
     try:
         status, closed = asyncio.run(run())

@@ -29,7 +29,7 @@ def test_the_canned_chat_answer_gives_its_usage() -> None:
     b'{"usage":{"type":"duration","seconds":3}}', b'{"usage":{"type":"duration","seconds":"x"}}',
     b'{"usage":{"prompt_tokens":1,"prompt_tokens_details":{"cached_tokens":null}}}',
     b'{"usage":{"prompt_tokens":1,"prompt_tokens_details":[1]}}',
-    b'{"usage":[]}', b'"usage"',
+    b'{"usage":[]}', b'"usage"', b'{"usage":{"prompt_tokens":1e999}}',
 ], ids=repr)
 def test_odd_answers_give_what_a_whole_parse_gives(body: bytes) -> None:
     assert usage_of(body) == whole_parse(body)

@@ -30,7 +30,7 @@ async def alive(gw: Gateway, req: Request) -> Response:
 
 
 async def ready(gw: Gateway, req: Request) -> Response:
-    ok = gw.ready and not gw.draining and not gw.session.closed
+    ok = gw.ready and not gw.draining and not gw.client.closed
     status = "ready" if ok else "draining" if gw.draining else "not_ready"
     body = {"status": status, "models": len(gw.table.names()),
             "deployments": len(gw.deployments())}

@@ -20,7 +20,8 @@ from relaygate.api.passthrough_cost import meter_request
 from relaygate.auth.authenticator import caller
 from relaygate.core.call import Call, Reply, Route
 from relaygate.core.errors import BadRequest, NotFound, PermissionDenied
-from relaygate.providers.openai_format import take_usage, usage_at, usage_of
+from relaygate.providers.openai.usage import usage_of
+from relaygate.providers.openai_format import take_usage, usage_at
 from relaygate.providers.streaming import EventCutter
 from relaygate.server.http import Request, Response, StreamResponse
 from relaygate.server.upload import ForwardedRequest, ReadBody, StreamedBody

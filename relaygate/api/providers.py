@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 def accepts_traffic(dep: Deployment, now: float) -> bool:
     """Whether this deployment can take a call now: the router's own rule (health checks, breaker, limits),
     and an open upstream connection pool."""
-    return takes_calls(dep, now) and not dep.provider.session.closed
+    return takes_calls(dep, now) and not dep.provider.client.closed
 
 
 def providers_body(gw: Gateway) -> dict[str, Any]:

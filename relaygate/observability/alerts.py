@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import orjson
 
 from relaygate.config.observability import AlertChannel, AlertRule, AlertsConfig
 from relaygate.routing.breaker import OPEN
 from relaygate.routing.health import DEGRADED_BELOW, deployment_score
+from relaygate.upstream import Client, Timeouts
 
 if TYPE_CHECKING:
     from relaygate.auth.keys import KeyStore
@@ -75,11 +75,11 @@ class Alerts:
     """The rules of one gateway, their states, the channels and the two background tasks."""
 
     def __init__(self, config: AlertsConfig, metrics: Metrics, models: dict[str, list[Deployment]],
-                 session: aiohttp.ClientSession, budget_share: BudgetShare | None = None) -> None:
+                 client: Client, budget_share: BudgetShare | None = None) -> None:
         self.config = config
         self.metrics = metrics
         self.models = models
-        self.session = session
+        self.client = client  # the gateway's upstream client (its proxies apply)
         self.budget_share = budget_share
         self.states: dict[tuple[str, str], State] = {}
         self.history: collections.deque[tuple[float, Snapshot]] = collections.deque()
@@ -269,12 +269,15 @@ class Alerts:
         body = note if channel.type == "webhook" else {"text": note["summary"]}
         headers = {"content-type": "application/json",
                    **{k: v.get_secret_value() for k, v in channel.headers.items()}}
-        async with self.session.post(channel.url.get_secret_value(), data=orjson.dumps(body), headers=headers,
-                                     allow_redirects=False,
-                                     timeout=aiohttp.ClientTimeout(total=channel.timeout)) as resp:
+        resp = await self.client.request("POST", channel.url.get_secret_value(), headers=headers,
+                                         data=orjson.dumps(body),
+                                         timeouts=Timeouts(connect=channel.timeout, total=channel.timeout))
+        try:
             await resp.read()
-            if resp.status >= 300:
-                raise RuntimeError(f"HTTP {resp.status}")
+        finally:
+            resp.release()
+        if resp.status >= 300:  # a redirect too: never followed
+            raise RuntimeError(f"HTTP {resp.status}")
 
     def view(self) -> dict[str, Any]:
         rules = []

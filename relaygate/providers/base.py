@@ -6,14 +6,11 @@ import errno
 import logging
 import re
 import resource
-import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote
 
-import aiohttp
 import orjson
-from yarl import URL
 
 from relaygate.config import DeploymentBase
 from relaygate.core import jsonvalue, shapes
@@ -29,6 +26,7 @@ from relaygate.core.errors import (
 from relaygate.core.scrub import Scrubber
 from relaygate.core.shapes.openai import ChatRequest
 from relaygate.server.upload import ClientBody
+from relaygate.upstream import Client, ConnectFailed, EncodedHeaders, Response, Timeouts, UpstreamError
 
 if TYPE_CHECKING:
     from relaygate.server.multipart import AudioUpload, Keep
@@ -55,14 +53,15 @@ class Provider:
     # sends a /v1/messages request as the client wrote it (``call.anthropic_request``, checked by that route)
     relays_messages: ClassVar[bool] = False
 
-    def __init__(self, config: DeploymentBase, session: aiohttp.ClientSession, scrub: Scrubber | None = None) -> None:
+    def __init__(self, config: DeploymentBase, client: Client, scrub: Scrubber | None = None) -> None:
         self.config = config
         self.kind = config.provider
-        self.session = session
+        self.client = client
         # the gateway's (every secret and upstream of the config); alone, this deployment's own
         self.scrub = scrub if scrub is not None else Scrubber(config.secret_values(), upstreams_of(config))
-        self._timeout = aiohttp.ClientTimeout(total=config.timeout, connect=config.connect_timeout,
-                                              sock_read=config.read_timeout)
+        self._timeouts = Timeouts(connect=config.connect_timeout, read=config.read_timeout, total=config.timeout)
+        self._encoded_from: Mapping[str, str] | None = None
+        self._encoded = EncodedHeaders({})
         methods: dict[Route, Handler] = {
             Route.CHAT: self.chat, Route.EMBEDDINGS: self.embeddings, Route.TRANSCRIPTIONS: self.transcriptions,
             Route.TRANSLATIONS: self.translations, Route.SPEECH: self.speech,
@@ -128,40 +127,38 @@ class Provider:
 
     # -- shared helpers -------------------------------------------------------------------------
 
-    def timeout(self, deadline: float) -> aiohttp.ClientTimeout:
-        """Per-deployment timeouts, never beyond ``deadline`` (monotonic; 0: none)."""
-        total = self.config.timeout
-        if deadline:
-            left = deadline - time.monotonic()
-            if left < total:
-                return aiohttp.ClientTimeout(total=max(0.001, left), connect=self.config.connect_timeout,
-                                             sock_read=self.config.read_timeout)
-        return self._timeout  # built once: most calls have more time left than the deployment allows
+    def encoded(self, headers: Mapping[str, str]) -> EncodedHeaders:
+        """``headers`` checked and encoded once for as long as the same mapping is passed (a deployment's static
+        headers; one that changes, such as a refreshed token's, is a new mapping and is encoded anew)."""
+        if headers is not self._encoded_from:
+            self._encoded = EncodedHeaders(headers)
+            self._encoded_from = headers
+        return self._encoded
 
     async def request(
         self,
         deadline: float,
         method: str,
-        url: str | URL,  # a URL(..., encoded=True) keeps percent-escapes exactly as signed (AWS)
+        url: str,  # sent as given: percent-escapes stay exactly as signed (AWS)
         *,
-        headers: dict[str, str],
-        data: bytes | aiohttp.FormData | AsyncIterator[bytes] | None = None,
-    ) -> aiohttp.ClientResponse:
-        """Send one upstream request; connection failures, timeouts and redirects become gateway errors.
+        headers: Mapping[str, str] | EncodedHeaders,
+        data: bytes | AsyncIterator[bytes] | None = None,
+    ) -> Response:
+        """Send one upstream request within the deployment's timeouts and ``deadline`` (monotonic; 0: none);
+        connection failures, timeouts and redirects become gateway errors.
 
         Redirects are not followed (the upstream URL comes from the config alone) and are no answer either:
         a 3xx would otherwise pass as a success with an empty or foreign body."""
         try:
-            resp = await self.session.request(
-                method, url, headers=headers, data=data, timeout=self.timeout(deadline), allow_redirects=False
-            )
+            resp = await self.client.request(method, url, headers=headers, data=data, timeouts=self._timeouts,
+                                             deadline=deadline or None)
         except TimeoutError:
             raise UpstreamTimeout(f"upstream {self.kind} timed out") from None
-        except aiohttp.ClientConnectorError as e:
-            if e.os_error.errno in (errno.EMFILE, errno.ENFILE):
+        except ConnectFailed as e:
+            if e.errno in (errno.EMFILE, errno.ENFILE):
                 raise out_of_files(self.kind) from None
             raise Unavailable(f"upstream {self.kind} is unreachable ({type(e).__name__})", status=502) from None
-        except aiohttp.ClientError as e:
+        except UpstreamError as e:
             raise Unavailable(f"upstream {self.kind} is unreachable ({type(e).__name__})", status=502) from None
         if 300 <= resp.status < 400:
             resp.close()
@@ -170,7 +167,7 @@ class Provider:
         return resp
 
     async def send_body(self, deadline: float, method: str, url: str, headers: dict[str, str], upload: ClientBody,
-                        data: AsyncIterator[bytes]) -> aiohttp.ClientResponse:
+                        data: AsyncIterator[bytes]) -> Response:
         """Send a request whose body streams from the client; a client-side failure is reported as such."""
         try:
             resp = await self.request(deadline, method, url, headers=headers, data=data)
@@ -183,7 +180,7 @@ class Provider:
         return resp
 
     async def send_upload(self, deadline: float, url: str, headers: dict[str, str], upload: AudioUpload, model: str,
-                          keep: Keep | None = None, *, buffer: bool = False) -> aiohttp.ClientResponse:
+                          keep: Keep | None = None, *, buffer: bool = False) -> Response:
         """POST a multipart upload with ``model`` rewritten (and only the fields ``keep`` accepts): streamed as
         it arrives, or, with ``buffer`` (the deployment's ``buffer_uploads``), read whole first and sent with a
         Content-Length."""
@@ -193,15 +190,15 @@ class Provider:
             headers["content-length"] = str(upload.encoded_length(model, keep))
         return await self.send_body(deadline, "POST", url, headers, upload, upload.body(model, keep))
 
-    async def read_body(self, resp: aiohttp.ClientResponse) -> bytes:
+    async def read_body(self, resp: Response) -> bytes:
         try:
             return await resp.read()
         except TimeoutError:
             raise UpstreamTimeout(f"upstream {self.kind} timed out") from None
-        except aiohttp.ClientError as e:
+        except UpstreamError as e:
             raise Unavailable(f"upstream {self.kind} failed mid-response ({type(e).__name__})", status=502) from None
 
-    async def read_json_object(self, resp: aiohttp.ClientResponse) -> dict[str, Any]:
+    async def read_json_object(self, resp: Response) -> dict[str, Any]:
         """A whole upstream JSON object body (the connection is released); anything else is Unavailable."""
         try:
             raw = await self.read_body(resp)
@@ -216,11 +213,11 @@ class Provider:
         return data
 
     @staticmethod
-    async def error_body(resp: aiohttp.ClientResponse) -> bytes:
+    async def error_body(resp: Response) -> bytes:
         """The body of an upstream error response (b"" when unreadable); the connection is released."""
         try:
             return await resp.read()
-        except (aiohttp.ClientError, TimeoutError):
+        except (UpstreamError, TimeoutError):
             return b""
         finally:
             resp.release()

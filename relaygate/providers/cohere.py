@@ -11,7 +11,6 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, ClassVar
 
-import aiohttp
 import orjson
 
 from relaygate.config import CohereDeployment
@@ -42,6 +41,7 @@ from relaygate.providers.openai_format import (
     text_of,
 )
 from relaygate.providers.streaming import UpstreamBody, closing, peek, sse_events
+from relaygate.upstream import Response
 
 DEFAULT_BASE = "https://api.cohere.com"
 INPUT_TYPES = ("search_document", "search_query", "classification", "clustering")
@@ -110,7 +110,7 @@ class CohereProvider(Provider):
         reply.body = orjson.dumps(chat_completion(data, model, reply.usage))
         return reply
 
-    async def _start_stream(self, resp: aiohttp.ClientResponse, headers: dict[str, str], model: str,
+    async def _start_stream(self, resp: Response, headers: dict[str, str], model: str,
                             include_usage: bool) -> Reply:
         """Wait for Cohere's first event before answering, so a stream that breaks at once is still retryable."""
         upstream = UpstreamBody(resp, self.kind)
@@ -242,13 +242,14 @@ class CohereProvider(Provider):
 
     # -- HTTP -----------------------------------------------------------------------------------------
 
-    async def _post(self, deadline: float, path: str, body: dict[str, Any]) -> aiohttp.ClientResponse:
-        resp = await self.request(deadline, "POST", self.base + path, headers=self._headers, data=orjson.dumps(body))
+    async def _post(self, deadline: float, path: str, body: dict[str, Any]) -> Response:
+        resp = await self.request(deadline, "POST", self.base + path, headers=self.encoded(self._headers),
+                                  data=orjson.dumps(body))
         if resp.status >= 400:
             raise await self.upstream_error(resp)
         return resp
 
-    async def upstream_error(self, resp: aiohttp.ClientResponse) -> GatewayError:
+    async def upstream_error(self, resp: Response) -> GatewayError:
         """Cohere's ``{"message": ...}`` errors as gateway errors (secrets and addresses never leak)."""
         raw = await self.error_body(resp)
         message = str(error_json(raw).get("message") or f"upstream returned HTTP {resp.status}")

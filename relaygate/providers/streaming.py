@@ -13,10 +13,10 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
-import aiohttp
 import orjson
 
 from relaygate.core.errors import GatewayError, Unavailable, UpstreamTimeout
+from relaygate.upstream import Response, UpstreamError
 
 T = TypeVar("T")
 
@@ -211,12 +211,12 @@ class UpstreamBody:
 
     __slots__ = ("resp", "kind", "complete", "started", "_read")
 
-    def __init__(self, resp: aiohttp.ClientResponse, kind: str) -> None:
+    def __init__(self, resp: Response, kind: str) -> None:
         self.resp = resp
         self.kind = kind
         self.complete = False  # read to the end
         self.started = False  # some bytes came (for error messages)
-        self._read = resp.content.readany
+        self._read = resp.__anext__
 
     def __aiter__(self) -> UpstreamBody:
         return self
@@ -224,15 +224,15 @@ class UpstreamBody:
     async def __anext__(self) -> bytes:
         try:
             chunk = await self._read()
+        except StopAsyncIteration:
+            self.complete = True
+            raise
         except TimeoutError:
             when = "stream timed out" if self.started else "timed out before the first byte"
             raise UpstreamTimeout(f"upstream {self.kind} {when}") from None
-        except aiohttp.ClientError as e:
+        except UpstreamError as e:
             when = "stream broke" if self.started else "failed before the first byte"
             raise Unavailable(f"upstream {self.kind} {when} ({type(e).__name__})", status=502) from None
-        if not chunk:
-            self.complete = True
-            raise StopAsyncIteration
         self.started = True
         return chunk
 
@@ -287,8 +287,7 @@ async def closing(
             body.close()
 
 
-async def open_body(
-        resp: aiohttp.ClientResponse, kind: str, *, require_bytes: bool = False) -> AsyncIterator[bytes]:
+async def open_body(resp: Response, kind: str, *, require_bytes: bool = False) -> AsyncIterator[bytes]:
     """The response body as it arrives, after waiting for its first bytes (an empty body is an error when
     ``require_bytes``); later chunks are forwarded as they come, never buffered whole."""
     body = UpstreamBody(resp, kind)

@@ -131,6 +131,14 @@ class Client:
             raise
         return resp
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def idle_connections(self) -> int:
+        """Connections waiting in the pools for a next request (what a complete answer leaves behind)."""
+        return sum(len(p.idle) for p in self._slots.pools.values()) if self._slots is not None else 0
+
     async def __aenter__(self) -> Client:
         return self
 
@@ -239,7 +247,8 @@ class Client:
         except ssl.SSLError as e:
             raise ConnectFailed(f"the TLS handshake with {pool.what} failed: {e.reason or e}") from None
         except OSError as e:
-            raise ConnectFailed(f"cannot connect to {pool.what}: {e.strerror or type(e).__name__}") from None
+            raise ConnectFailed(f"cannot connect to {pool.what}: {e.strerror or type(e).__name__}",
+                                errno=e.errno) from None
         if self._closed:
             conn.transport.abort()
             raise ConnectFailed("the upstream client is closed")

@@ -11,7 +11,14 @@ class UpstreamError(Exception):
 
 
 class ConnectFailed(UpstreamError):
-    """No connection: the name did not resolve, the port refused, TLS failed, or the proxy refused the tunnel."""
+    """No connection: the name did not resolve, the port refused, TLS failed, or the proxy refused the tunnel.
+
+    ``errno`` is the socket error's when there was one (EMFILE: the gateway, not the upstream, is out of files).
+    """
+
+    def __init__(self, message: str, *, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
 
 
 class TimedOut(UpstreamError, TimeoutError):

@@ -16,7 +16,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
-import aiohttp
 import orjson
 
 from relaygate.config import AnthropicFields
@@ -46,6 +45,7 @@ from relaygate.providers.openai_format import (
     completion_id,
 )
 from relaygate.providers.streaming import UpstreamBody, closing, peek, sse_events, sse_frame
+from relaygate.upstream import Response
 
 DEFAULT_BASE = "https://api.anthropic.com"
 DEFAULT_VERSION = VERSION_2023
@@ -140,13 +140,11 @@ class AnthropicProvider(Provider):
         return self._headers
 
     async def post(self, deadline: float, body: dict[str, Any], *, count: bool = False,
-                   extra: dict[str, str] | None = None) -> aiohttp.ClientResponse:
+                   extra: dict[str, str] | None = None) -> Response:
         """POST a Messages (or count_tokens) body; an error answer is raised as a gateway error."""
         url = self.endpoint(str(body.get("model")), count=count, stream=bool(body.get("stream")))
         headers = await self.auth_headers()
-        if extra:
-            headers = {**headers, **extra}
-        resp = await self.request(deadline, "POST", url, headers=headers,
+        resp = await self.request(deadline, "POST", url, headers={**headers, **extra} if extra else self.encoded(headers),
                                   data=orjson.dumps(self.outgoing(body, count=count)))
         if resp.status >= 400:
             raise await self.upstream_error(resp)
@@ -261,7 +259,7 @@ class AnthropicProvider(Provider):
 
     # -- streaming --------------------------------------------------------------------------------
 
-    async def _open_stream(self, resp: aiohttp.ClientResponse) -> tuple[
+    async def _open_stream(self, resp: Response) -> tuple[
             UpstreamBody, AsyncIterator[tuple[str, bytes]], dict[str, Any], bytes]:
         """The answer's events, once ``message_start`` came (its message, and its raw data): an error until
         then can still be retried."""
@@ -279,7 +277,7 @@ class AnthropicProvider(Provider):
                 raise self.error_of_event(orjson.loads(data))
         return None
 
-    async def _start_stream(self, resp: aiohttp.ClientResponse, call: Call, headers: dict[str, str]) -> Reply:
+    async def _start_stream(self, resp: Response, call: Call, headers: dict[str, str]) -> Reply:
         upstream, events, start, _ = await self._open_stream(resp)
         reply = Reply(media_type="text/event-stream", headers=headers, first_byte_at=time.monotonic())
         writer = ChunkWriter(str(start.get("model") or call.model), include_usage=call.wants_usage)
@@ -374,7 +372,7 @@ class AnthropicProvider(Provider):
 
     # -- errors -----------------------------------------------------------------------------------
 
-    async def upstream_error(self, resp: aiohttp.ClientResponse) -> GatewayError:
+    async def upstream_error(self, resp: Response) -> GatewayError:
         """Map an HTTP error answer; messages are redacted of secrets."""
         err = error_json(await self.error_body(resp))
         return self.map_error(resp.status, err.get("type"), err.get("message"), resp.headers)

@@ -8,9 +8,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-import aiohttp
 import orjson
-from yarl import URL
 
 from relaygate.config import AwsFields, BedrockDeployment
 from relaygate.core.call import Reply
@@ -32,6 +30,7 @@ from relaygate.providers.aws.eventstream import EventMessage, EventStreamDecoder
 from relaygate.providers.aws.sigv4 import AwsCredentials, SigV4Signer
 from relaygate.providers.base import Provider, error_json, retry_after_seconds
 from relaygate.providers.streaming import UpstreamBody
+from relaygate.upstream import Response
 
 SIGNING_SERVICE = "bedrock"  # both bedrock-runtime and bedrock-agent-runtime sign as "bedrock"
 
@@ -137,19 +136,19 @@ class AwsProvider(Provider):
         return signer
 
     async def post_json(self, deadline: float, path: str, body: dict[str, Any], accept: str = "application/json",
-                        ) -> aiohttp.ClientResponse:
+                        ) -> Response:
         """POST ``body`` to ``path`` (already percent-encoded), signed; an error status is raised mapped."""
         data = orjson.dumps(body)
         headers = {**self._headers, "accept": accept}
         if self.credentials is not None:
             headers = (await self._signer()).sign("POST", self.host, self.base_path + path, data, headers)
-        url = URL(f"{self.base}{path}", encoded=True)  # keep %3A / %2F exactly as signed
-        resp = await self.request(deadline, "POST", url, headers=headers, data=data)
+        # sent as given: %3A / %2F stay exactly as signed
+        resp = await self.request(deadline, "POST", self.base + path, headers=headers, data=data)
         if resp.status >= 400:
             raise await self.aws_error(resp)
         return resp
 
-    async def aws_error(self, resp: aiohttp.ClientResponse) -> GatewayError:
+    async def aws_error(self, resp: Response) -> GatewayError:
         """Map an AWS JSON error response, without leaking secrets."""
         data = error_json(await self.error_body(resp))
         error_type = resp.headers.get("x-amzn-errortype", "") or str(data.get("__type") or data.get("code") or "")

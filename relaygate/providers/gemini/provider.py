@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 from urllib.parse import quote, urlsplit
 
-import aiohttp
 import orjson
 
 from relaygate.config import GeminiFields, VertexDeployment
@@ -44,6 +43,7 @@ from relaygate.providers.gemini.format import (
 )
 from relaygate.providers.openai_format import ChunkWriter, completion_id, embeddings_response
 from relaygate.providers.streaming import SSE_DONE, UpstreamBody, closing, peek, sse_events
+from relaygate.upstream import Response
 
 AI_STUDIO_BASE = "https://generativelanguage.googleapis.com"
 _VERSIONED = re.compile(r"/v\d+(?:(?:alpha|beta)\d*)?$")
@@ -114,7 +114,8 @@ class GeminiProvider(Provider):
         model = call.deployment.upstream_model(call.model)
         data = orjson.dumps(to_request(call.body, model))
         method = "streamGenerateContent?alt=sse" if call.stream else "generateContent"
-        resp = await self.request(call.deadline, "POST", self.url(model, method), headers=await self.headers(), data=data)
+        resp = await self.request(call.deadline, "POST", self.url(model, method),
+                                  headers=self.encoded(await self.headers()), data=data)
         if resp.status >= 400:
             raise await self.upstream_error(resp)
         if call.stream:
@@ -128,7 +129,7 @@ class GeminiProvider(Provider):
         usage = usage_of(answer.get("usageMetadata"))
         return Reply(body=orjson.dumps(body), usage=usage, first_byte_at=time.monotonic())
 
-    async def _stream(self, call: Call, resp: aiohttp.ClientResponse) -> Reply:
+    async def _stream(self, call: Call, resp: Response) -> Reply:
         """Read the first event before answering, so that a block or an error can still be retried."""
         upstream = UpstreamBody(resp, self.kind)
         events = sse_events(upstream)
@@ -267,7 +268,7 @@ class GeminiProvider(Provider):
                 raise BadRequest(message, param="messages")
             raise Unavailable(message, status=502, code="upstream_generation_failed")
 
-    async def upstream_error(self, resp: aiohttp.ClientResponse) -> GatewayError:
+    async def upstream_error(self, resp: Response) -> GatewayError:
         raw = await self.error_body(resp)
         return self.error_from(resp.status, error_json(raw), resp.headers)
 

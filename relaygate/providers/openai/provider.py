@@ -6,7 +6,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
-import aiohttp
 import orjson
 
 from relaygate.config import OpenAIFields
@@ -20,8 +19,10 @@ from relaygate.core.errors import (
 )
 from relaygate.providers.base import RATE_LIMIT_HEADERS, Provider, error_json, retry_after_seconds
 from relaygate.providers.batching import embed_in_batches, needs_batches
-from relaygate.providers.openai_format import take_usage, usage_at, usage_of
+from relaygate.providers.openai.usage import usage_of
+from relaygate.providers.openai_format import take_usage, usage_at
 from relaygate.providers.streaming import EventCutter, UpstreamBody, open_body
+from relaygate.upstream import Response
 
 DEFAULT_BASE = "https://api.openai.com/v1"
 OPENAI_MAX_EMBEDDING_INPUTS = 2048  # OpenAI's documented cap on inputs per embeddings request
@@ -161,7 +162,8 @@ class OpenAIProvider(Provider):
         assert call.deployment is not None
         model = call.deployment.upstream_model(call.model)
         body = orjson.dumps(self.prepare(call, model))
-        resp = await self.request(call.deadline, "POST", self.url(path, model), headers=self.auth_headers(), data=body)
+        resp = await self.request(call.deadline, "POST", self.url(path, model), headers=self.encoded(self.auth_headers()),
+                                  data=body)
         if resp.status >= 400:
             raise await self.upstream_error(resp)
         passed = passed_headers(resp)
@@ -178,7 +180,7 @@ class OpenAIProvider(Provider):
         reply.usage = usage_of(data)
         return reply
 
-    def _relayed(self, resp: aiohttp.ClientResponse, reply: Reply, keep_usage_chunk: bool) -> Reply:
+    def _relayed(self, resp: Response, reply: Reply, keep_usage_chunk: bool) -> Reply:
         reply.stream = self._relay(UpstreamBody(resp, self.kind), reply, keep_usage_chunk)
         return reply
 
@@ -205,7 +207,7 @@ class OpenAIProvider(Provider):
         finally:
             body.close()
 
-    async def upstream_error(self, resp: aiohttp.ClientResponse) -> GatewayError:
+    async def upstream_error(self, resp: Response) -> GatewayError:
         """Map an upstream error response to a gateway error, without leaking secrets or addresses."""
         err = error_json(await self.error_body(resp))
         message = str(err.get("message") or f"upstream returned HTTP {resp.status}")
@@ -227,6 +229,6 @@ def _without_auto_language(name: str, value: str) -> bool:
     return name != "language" or value.strip().lower() != "auto"
 
 
-def passed_headers(resp: aiohttp.ClientResponse, extra: tuple[str, ...] = ()) -> dict[str, str]:
+def passed_headers(resp: Response, extra: tuple[str, ...] = ()) -> dict[str, str]:
     """The upstream response headers a client may see: rate limits (and ``extra``)."""
     return {k: resp.headers[k] for k in (*RATE_LIMIT_HEADERS, *extra) if k in resp.headers}

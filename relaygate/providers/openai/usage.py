@@ -60,7 +60,10 @@ def usage_of(body: bytes) -> Usage | None:
 
 def _parsed_usage(body: bytes) -> Usage | None:
     """The general path: the whole answer parsed; counts that are not numbers make the usage unknown."""
-    data = orjson.loads(body)
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:  # msgspec read it, orjson does not (a count of 1e999)
+        return None
     if not isinstance(data, dict):
         return None
     u = data.get("usage")

@@ -231,12 +231,13 @@ def direct_target() -> Target:
     return Target("direct", lambda ctx, port: None, kind="direct")
 
 
-def passthrough_target(python: str = sys.executable) -> Target:
+def passthrough_target(python: str = sys.executable, name: str = "bare", script: str = "passthrough.py") -> Target:
+    """A floor: ``passthrough.py`` (aiohttp's client, "bare") or ``passthrough_lean.py`` (relaygate's own, "lean")."""
     def start(ctx: Ctx, port: int) -> Proc:
-        argv = [python, str(BENCH_DIR / "passthrough.py"), "--upstream", ctx.upstream + "/v1",
-                "--port", str(port)]
-        return spawn(ctx, "bare", argv, core=1, health_url=f"http://127.0.0.1:{port}/health")
-    return Target("bare", start, kind="floor")
+        argv = [python, str(BENCH_DIR / script), "--upstream", ctx.upstream + "/v1", "--port", str(port)]
+        env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_DIR), os.environ.get("PYTHONPATH")]))}
+        return spawn(ctx, name, argv, core=1, env=env, health_url=f"http://127.0.0.1:{port}/health")
+    return Target(name, start, kind="floor")
 
 
 def fill_config(ctx: Ctx, config: Path, name: str) -> Path:

@@ -49,6 +49,9 @@ TARGETS = [
     ("req/s at c=64 vs bare proxy", "c64.rate", "bare", 2 / 3),
     ("req/s at c=64 vs LiteLLM", "c64.rate", "litellm", 10.0),
     ("streams/s at c=64 vs bare proxy", "stream64.rate", "bare", 2 / 3),
+    # issue 20: the lean floor (the same proxy on relaygate's own client); the next goal is half its rate
+    ("req/s at c=64 vs lean floor", "c64.rate", "lean", 1 / 2),
+    ("streams/s at c=64 vs lean floor", "stream64.rate", "lean", 1 / 2),
 ]
 
 
@@ -328,6 +331,8 @@ def main() -> None:
     ap.add_argument("--passthrough", default="nolog", metavar="NAME",
                     help="the OpenAI passthrough variant translated variants are held to (default nolog)")
     ap.add_argument("--no-relaygate", action="store_true", help="skip relaygate (measure only the others)")
+    ap.add_argument("--no-lean", action="store_true",
+                    help="skip the lean floor (bench/passthrough_lean.py: the bare proxy on relaygate's client)")
     ap.add_argument("--with-litellm", metavar="PYTHON", help="python of a venv with litellm[proxy] (auto-detected)")
     ap.add_argument("--no-litellm", action="store_true")
     ap.add_argument("--litellm-config", default=str(BENCH_DIR / "variants" / "litellm.yaml"))
@@ -365,6 +370,8 @@ def main() -> None:
               retries=args.retries, max_foreign_pct=args.max_foreign)
 
     targets = [direct_target(), passthrough_target()]
+    if not args.no_lean:
+        targets.append(passthrough_target(name="lean", script="passthrough_lean.py"))
     translated: dict[str, str] = {}  # variant -> provider, for the variants that translate bench-model
     with_accounting: list[str] = []  # variants with keys, limits and the request log on (issue 6)
     if not args.no_relaygate:

@@ -117,6 +117,12 @@ def serve_gateway(config_path: str | None, host: str | None, port: int | None, w
 
 
 def emulate_provider(provider: str, host: str, port: int, api_key: str | None) -> int:
+    try:
+        import aiohttp  # noqa: F401  (the emulators are aiohttp.web apps; the gateway itself does not need it)
+    except ImportError:
+        print("relaygate emulate needs aiohttp: pip install 'relaygate[emulate]' (requirements-dev.lock has it)",
+              file=sys.stderr)
+        return 2
     from relaygate.testing.base import run_forever
 
     if provider == "openai":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -182,3 +183,28 @@ def test_proxy_settings_from_the_environment() -> None:
     assert s.select("http", "x", 80) is s.http
     with pytest.raises(ValueError, match="http://"):
         ProxySettings(https="https://proxy:443")
+
+
+def test_the_gateways_providers_follow_the_proxy_environment(arun: Arun) -> None:
+    from relaygate.config import ConfigError, OpenAIDeployment
+    from relaygate.gateway import new_client
+    from relaygate.providers.openai.provider import OpenAIProvider
+
+    async def probe(base: str, env: dict[str, str]) -> None:
+        client = new_client(env)
+        try:
+            await OpenAIProvider(OpenAIDeployment(model="gpt-4o-mini", api_base=base, api_key="sk-up-secret"),
+                                 client).probe(time.monotonic() + 10)
+        finally:
+            await client.close()
+
+    async def test() -> None:
+        async with RawServer(serve_forever(respond(body=b'{"data":[]}'))) as srv, LoopbackProxy() as proxy:
+            base = f"http://127.0.0.1:{srv.port}/v1"
+            await probe(base, {"HTTP_PROXY": proxy.url()})
+            assert proxy.asked == [(f"GET {base}/models HTTP/1.1", AUTH)]  # absolute form, through the proxy
+            await probe(base, {"http_proxy": proxy.url(), "NO_PROXY": "localhost,127.0.0.0/8"})
+            assert len(proxy.asked) == 1 and len(srv.requests) == 2  # the exemption went direct
+        with pytest.raises(ConfigError, match="proxy"):
+            new_client({"HTTPS_PROXY": "socks5://127.0.0.1:1080"})
+    arun(test)

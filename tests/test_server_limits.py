@@ -18,9 +18,10 @@ from typing import Any
 
 import pytest
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HEADER_RE, HEADER_VALUE_RE
 
 from relaygate.core.errors import GatewayError
-from relaygate.server.guard import TESTED_UVICORN, default_max_connections
+from relaygate.server.guard import _NAME_OK, _VALUE_OK, TESTED_UVICORN, default_max_connections
 from relaygate.testing.base import BackgroundServer
 from relaygate.testing.gateway import GatewayThread
 
@@ -385,6 +386,15 @@ def test_the_guarded_protocol_follows_the_locked_uvicorn() -> None:
     pinned = re.search(r"^uvicorn==([\w.]+)", lock, re.M)
     assert pinned is not None and pinned.group(1) == TESTED_UVICORN
     assert uvicorn.__version__ == TESTED_UVICORN
+
+
+def test_the_guarded_cycle_refuses_the_header_bytes_uvicorn_refuses() -> None:
+    """GuardedCycle checks a response head with two translates instead of uvicorn's regular expressions per
+    header: the same bytes must be refused, in names and in values."""
+    for c in range(256):
+        b = bytes([c])
+        assert (HEADER_RE.search(b) is None) == (not b.translate(None, _NAME_OK)), c
+        assert (HEADER_VALUE_RE.search(b) is None) == (not b.translate(None, _VALUE_OK)), c
 
 
 def test_refusals_are_openai_errors() -> None:

@@ -184,8 +184,20 @@ def _quotable(text: str) -> str:
     return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
-def start_upstream(ctx: Ctx, port: int, slow_seconds: float = 0.5) -> Proc:
-    """nginx on core 0 with canned OpenAI, Anthropic and Gemini answers, streams and slow answers."""
+def upstream_cert(ctx: Ctx) -> Path:
+    """A self-signed certificate for ``localhost`` (its own CA) and its key, made once per run with openssl:
+    the TLS fake upstream's. Targets trust it through SSL_CERT_FILE (``ssl``'s default verify paths)."""
+    cert, key = ctx.run_dir / "upstream-cert.pem", ctx.run_dir / "upstream-key.pem"
+    if not cert.exists():
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                        "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=localhost",
+                        "-addext", "subjectAltName=DNS:localhost"], check=True, capture_output=True)
+    return cert
+
+
+def start_upstream(ctx: Ctx, port: int, slow_seconds: float = 0.5, tls_port: int | None = None) -> Proc:
+    """nginx on core 0 with canned OpenAI, Anthropic and Gemini answers, streams and slow answers; with
+    ``tls_port``, the same over HTTPS there too (certificate: ``upstream_cert``)."""
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     echo = next((p for p in ECHO_MODULE_PATHS if os.path.exists(p)), None)
     if not os.path.exists(nginx) or echo is None:
@@ -193,7 +205,12 @@ def start_upstream(ctx: Ctx, port: int, slow_seconds: float = 0.5) -> Proc:
                          "libnginx-mod-http-echo (see bench/README.md)")
     up = BENCH_DIR / "upstream"
     fields = {"@@ECHO_MODULE@@": echo, "@@RUN_DIR@@": str(ctx.run_dir), "@@PORT@@": str(port),
-              "@@SLOW_SECONDS@@": str(slow_seconds)}
+              "@@SLOW_SECONDS@@": str(slow_seconds), "@@TLS@@": ""}
+    if tls_port is not None:
+        cert = upstream_cert(ctx)
+        fields["@@TLS@@"] = (f"    listen 127.0.0.1:{tls_port} ssl backlog=4096;\n"
+                             f"    ssl_certificate {cert};\n    ssl_certificate_key {cert.with_name('upstream-key.pem')};\n"
+                             "    ssl_session_cache shared:tls:1m;\n")
     # OpenAI, Anthropic and Gemini answers: a whole body each and a stream framed as each API frames it.
     for prefix, whole_file, stream_file, sep in (("", "chat.json", "stream.sse", "\n\n"),
                                                  ("ANTHROPIC_", "anthropic.json", "anthropic-stream.sse", "\n\n"),

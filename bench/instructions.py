@@ -10,6 +10,7 @@ clients, after a warm-up that is not counted.
     python bench/instructions.py -n 3000 --variant full=bench/variants/relaygate-full.yaml
     python bench/instructions.py --variant floor=bench/passthrough.py --variant lean=bench/passthrough_lean.py
     python bench/instructions.py --request chat-stream.json   # streams of 20 chunks instead
+    python bench/instructions.py --tls                         # the fake upstream over HTTPS
 
 A variant that names a ``.py`` file is a bare pass-through proxy script (``--upstream``, ``--port``), not a
 relaygate config: the two floors, aiohttp's and relaygate's own client's.
@@ -40,7 +41,16 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import BENCH_DIR, REPO_DIR, Ctx, fill_config, free_port, http_ok, start_upstream  # noqa: E402
+from harness import (  # noqa: E402
+    BENCH_DIR,
+    REPO_DIR,
+    Ctx,
+    fill_config,
+    free_port,
+    http_ok,
+    start_upstream,
+    upstream_cert,
+)
 
 DEFAULT_VARIANTS = ["nolog=relaygate-nolog.yaml", "relaygate=relaygate.yaml", "full=relaygate-full.yaml",
                     "full-pg=relaygate-full-pg.yaml"]
@@ -89,13 +99,18 @@ def slowed_config(path: Path) -> float:
     write batches of ~50 rows, paying per-batch costs (transaction, statements) that a gateway at full
     speed spreads over full batches of ``batch_size`` (500). The instrumented config flushes every
     FLUSH_INTERVAL s instead, so batches fill as in the timed benchmark. The wall-clock bounds on Redis and
-    database waits (50 ms, 1 s) are stretched by the same factor: at full speed they are never reached,
-    under callgrind a first key lookup alone takes longer. Returns the flush interval."""
+    database waits (50 ms, 1 s) and the server's header, body and keep-alive timeouts are stretched by the
+    same factor: at full speed they are never reached, under callgrind (on a loaded machine) a first key
+    lookup alone takes longer, and a client cut mid-load fails the run. Returns the flush interval."""
     data = yaml.safe_load(path.read_text()) or {}
     state = data.get("state") or {}
     if state.get("redis_url"):
         state.setdefault("redis_timeout", 0.05 * SLOWDOWN)
         data["state"] = state
+    server = data.get("server") or {}
+    for name, default in (("header_timeout", 10.0), ("body_timeout", 30.0), ("keepalive_timeout", 5.0)):
+        server.setdefault(name, default * SLOWDOWN)  # a loaded machine under callgrind must not cut clients
+    data["server"] = server
     database = data.setdefault("database", {}) or {}
     database.setdefault("lookup_timeout", 1.0 * SLOWDOWN)
     data["database"] = database
@@ -120,6 +135,8 @@ def measure(ctx: Ctx, name: str, config: Path, n: int, clients: int,
         target = ["-m", "relaygate", "serve", "--config", str(cfg)]
     out = ctx.run_dir / f"callgrind-{name}.out"
     env = dict(os.environ, PYTHONPATH=str(REPO_DIR))
+    if ctx.upstream.startswith("https:"):  # the TLS fake upstream's certificate, trusted as ssl's default
+        env["SSL_CERT_FILE"] = str(upstream_cert(ctx))
     argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--separate-threads=yes",
             f"--callgrind-out-file={out}", sys.executable, *target, "--host", "127.0.0.1", "--port", str(port)]
     with open(ctx.run_dir / f"{name}.log", "wb") as log:
@@ -157,15 +174,19 @@ def main() -> None:
     ap.add_argument("--request", default="chat.json", metavar="FILE",
                     help="the request body, from bench/requests (chat-stream.json: the 20-chunk stream)")
     ap.add_argument("--keep", action="store_true", help="keep the callgrind dumps (for callgrind_annotate)")
+    ap.add_argument("--tls", action="store_true",
+                    help="the fake upstream over HTTPS (https://localhost, a self-signed certificate the targets trust)")
     args = ap.parse_args()
     if not shutil.which("valgrind") or not shutil.which("callgrind_control"):
         raise SystemExit("needs valgrind: apt-get install -y valgrind")
     variants = args.variant or [f"{v.split('=')[0]}={BENCH_DIR / 'variants' / v.split('=')[1]}"
                                 for v in DEFAULT_VARIANTS]
     run_dir = Path(tempfile.mkdtemp(prefix="relaygate-instr-"))
-    up = free_port()
+    up, tls_up = free_port(), free_port()
     ctx = Ctx(run_dir=run_dir, upstream=f"http://127.0.0.1:{up}", pin=False)
-    upstream = start_upstream(ctx, up)
+    upstream = start_upstream(ctx, up, tls_port=tls_up if args.tls else None)
+    if args.tls:
+        ctx.upstream = f"https://localhost:{tls_up}"
     counts: dict[str, list[float]] = {}
     try:
         for r in range(args.repeat):  # variants in turn, so that each repeat sees the same conditions
@@ -183,7 +204,7 @@ def main() -> None:
     ref_name = names[0]
     ref = statistics.mean(counts[ref_name])
     print(f"\ninstructions per request (callgrind, {args.n} {args.request} requests from {args.c} clients, mean of "
-          f"{args.repeat} run(s); reference: {ref_name})\n")
+          f"{args.repeat} run(s); reference: {ref_name}{'; HTTPS upstream' if args.tls else ''})\n")
     print(f"{'variant':<14} {'instructions':>13} {'ratio ' + ref_name + '/variant':>24}  runs")
     for name in names:
         mean = statistics.mean(counts[name])

@@ -247,8 +247,7 @@ class BulkInsert:
                     chunk = values[i:i + size]
                     # columns that are NULL in every row of the chunk are left out of the INSERT (they are
                     # NULL by default): sqlite3 binds each None through its adapter lookup, ~1k instructions
-                    columns = tuple([j for j, col in enumerate(zip(*chunk, strict=True))
-                                     if col.count(None) != size])
+                    columns = self._non_null(chunk)
                     if columns == self._all or not columns:
                         columns = self._all
                         params = tuple(chain(chunk))
@@ -259,6 +258,22 @@ class BulkInsert:
                     i += size
         finally:
             cursor.close()
+
+    def _non_null(self, chunk: list[tuple[Any, ...]]) -> tuple[int, ...]:
+        """The columns not NULL in every row of ``chunk``. Usually the first row's NULL columns are NULL in
+        all: checked with one itemgetter per row, in C (half the cost of transposing the chunk and counting,
+        which stays for the chunks where they differ)."""
+        nulls = [j for j, v in enumerate(chunk[0]) if v is None]
+        if not nulls:
+            return self._all
+        try:
+            same = len(set(map(operator.itemgetter(*nulls), chunk))) == 1
+        except TypeError:  # an unhashable value where the first row has a NULL
+            same = False
+        if same:
+            return tuple([j for j in self._all if j not in nulls])
+        size = len(chunk)
+        return tuple([j for j, col in enumerate(zip(*chunk, strict=True)) if col.count(None) != size])
 
     def _copy(self, conn: Any, rows: list[tuple[Any, ...]]) -> None:
         """PostgreSQL: COPY into a per-connection temporary table, then one INSERT … SELECT … ON CONFLICT DO

@@ -160,6 +160,10 @@ class Provider:
             raise Unavailable(f"upstream {self.kind} is unreachable ({type(e).__name__})", status=502) from None
         except UpstreamError as e:
             raise Unavailable(f"upstream {self.kind} is unreachable ({type(e).__name__})", status=502) from None
+        except ValueError as e:  # a URL or header of the config the client will not send (credentials in the
+            # URL, CR/LF in a header): nothing was sent; the message names neither value
+            raise Unavailable(f"upstream {self.kind} cannot be called as configured: {e}", status=502,
+                              code="upstream_misconfigured") from None
         if 300 <= resp.status < 400:
             resp.close()
             raise Unavailable(f"upstream {self.kind} answered with a redirect (HTTP {resp.status}), which the "

@@ -208,3 +208,23 @@ def test_the_gateways_providers_follow_the_proxy_environment(arun: Arun) -> None
         with pytest.raises(ConfigError, match="proxy"):
             new_client({"HTTPS_PROXY": "socks5://127.0.0.1:1080"})
     arun(test)
+
+
+def test_a_deployment_url_with_credentials_is_a_502_that_names_neither(arun: Arun) -> None:
+    from relaygate.config import OpenAIDeployment
+    from relaygate.core.errors import Unavailable
+    from relaygate.gateway import new_client
+    from relaygate.providers.openai.provider import OpenAIProvider
+
+    async def test() -> None:
+        client = new_client({})
+        try:
+            provider = OpenAIProvider(OpenAIDeployment(model="m", api_base="http://user:pw-secret@127.0.0.1:9/v1"),
+                                      client)
+            with pytest.raises(Unavailable) as e:
+                await provider.probe(time.monotonic() + 5)
+            assert e.value.status == 502 and e.value.code == "upstream_misconfigured"
+            assert "pw-secret" not in e.value.message and "user" not in e.value.message
+        finally:
+            await client.close()
+    arun(test)

@@ -56,12 +56,14 @@ DEFAULT_VARIANTS = ["nolog=relaygate-nolog.yaml", "relaygate=relaygate.yaml", "f
                     "full-pg=relaygate-full-pg.yaml"]
 
 
-async def load(url: str, n: int, clients: int, request: str = "chat.json") -> None:
+async def load(url: str, n: int, clients: int, request: str = "chat.json",
+               extra_headers: dict[str, str] | None = None) -> None:
     """``n`` chat requests (``requests/<request>``) from ``clients`` keep-alive clients; every answer must be a
     200, read whole (a stream to its end)."""
     body = (BENCH_DIR / "requests" / request).read_bytes()
     headers = {"content-type": "application/json",
-               "authorization": "Bearer sk-bench-5f0c2a9e71d43b86a1e07c9d2f4b6e38"}  # the full variants' key
+               "authorization": "Bearer sk-bench-5f0c2a9e71d43b86a1e07c9d2f4b6e38",  # the full variants' key
+               **(extra_headers or {})}
     left = n
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
         async def client() -> None:
@@ -124,7 +126,7 @@ def slowed_config(path: Path) -> float:
 
 
 def measure(ctx: Ctx, name: str, config: Path, n: int, clients: int,
-            request: str = "chat.json") -> tuple[float, dict[str, float]]:
+            request: str = "chat.json", headers: dict[str, str] | None = None) -> tuple[float, dict[str, float]]:
     port = free_port()
     if config.suffix == ".py":  # a pass-through proxy script
         settle = 1.0
@@ -149,10 +151,10 @@ def measure(ctx: Ctx, name: str, config: Path, n: int, clients: int,
                 raise SystemExit(f"{name} did not start; see {ctx.run_dir / (name + '.log')}")
             time.sleep(0.5)
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
-        asyncio.run(load(url, max(200, n // 5), clients, request))  # warm-up: pools, caches, lazy imports
+        asyncio.run(load(url, max(200, n // 5), clients, request, headers))  # warm-up: pools, caches, lazy imports
         time.sleep(settle)  # the warm-up's log rows are written before counting starts
         subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], check=True, capture_output=True)
-        asyncio.run(load(url, n, clients, request))
+        asyncio.run(load(url, n, clients, request, headers))
         time.sleep(settle)  # the log writer's last batch lands
         subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True)
     finally:
@@ -173,12 +175,15 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1, help="measure every variant this many times, in turn")
     ap.add_argument("--request", default="chat.json", metavar="FILE",
                     help="the request body, from bench/requests (chat-stream.json: the 20-chunk stream)")
+    ap.add_argument("--header", action="append", default=[], metavar="NAME:VALUE",
+                    help="a request header every variant is sent (x-relaygate-cache:refresh: every request a miss)")
     ap.add_argument("--keep", action="store_true", help="keep the callgrind dumps (for callgrind_annotate)")
     ap.add_argument("--tls", action="store_true",
                     help="the fake upstream over HTTPS (https://localhost, a self-signed certificate the targets trust)")
     args = ap.parse_args()
     if not shutil.which("valgrind") or not shutil.which("callgrind_control"):
         raise SystemExit("needs valgrind: apt-get install -y valgrind")
+    headers = dict((h.split(":", 1)[0].strip(), h.split(":", 1)[1].strip()) for h in args.header if ":" in h)
     variants = args.variant or [f"{v.split('=')[0]}={BENCH_DIR / 'variants' / v.split('=')[1]}"
                                 for v in DEFAULT_VARIANTS]
     run_dir = Path(tempfile.mkdtemp(prefix="relaygate-instr-"))
@@ -193,7 +198,7 @@ def main() -> None:
             for spec in variants:
                 name, _, path = spec.partition("=")
                 total, per = measure(ctx, name if r == 0 else f"{name}-{r}", Path(path), args.n, args.c,
-                                    args.request)
+                                    args.request, headers)
                 counts.setdefault(name, []).append(total)
                 threads = ", ".join(f"thread {t}: {v / 1000:.1f}k" for t, v in per.items())
                 print(f"  {name}: {total / 1000:.1f}k instructions per request ({threads})", file=sys.stderr,

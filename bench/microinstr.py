@@ -23,6 +23,8 @@ REPO_DIR = BENCH_DIR.parent
 _ANSWER = f"body = open({str(BENCH_DIR / 'upstream' / 'chat.json')!r}, 'rb').read().strip()\n"
 _PROTOCOL = f"import sys\nsys.path.insert(0, {str(BENCH_DIR)!r})\nfrom protocol_case import protocol\n" \
     "one = protocol({guarded}).one\n"
+_CACHE = f"import sys\nsys.path.insert(0, {str(BENCH_DIR)!r})\nfrom cache_case import case\n" \
+    "one = case({headers}, {layered})\n"
 _REQUEST = f"request = open({str(BENCH_DIR / 'requests' / 'chat.json')!r}, 'rb').read().strip()\n"
 CASES: dict[str, tuple[str, str]] = {  # name: (set-up, statement)
     "usage-orjson": (_ANSWER + "import orjson\nfrom relaygate.core.call import Usage\n",
@@ -38,6 +40,10 @@ CASES: dict[str, tuple[str, str]] = {  # name: (set-up, statement)
                       "shapes.check(body, ChatRequest)"),
     "usage-object": ("from relaygate.core.call import Usage\n", "Usage(prompt_tokens=1, completion_tokens=2)"),
     "nothing": ("", "pass"),
+    # the response cache layer around a stand-in upstream (bench/cache_case.py)
+    "cache-passthrough": (_CACHE.format(headers="{}", layered=False), "one()"),
+    "cache-miss": (_CACHE.format(headers="{'x-relaygate-cache': 'refresh'}", layered=True), "one()"),
+    "cache-hit": (_CACHE.format(headers="{}", layered=True), "one()"),
     # one chat request through the HTTP protocol, bytes in to answer done (bench/protocol_case.py)
     "http-protocol-uvicorn": (_PROTOCOL.format(guarded=False), "one()"),
     "http-protocol-guarded": (_PROTOCOL.format(guarded=True), "one()"),

@@ -38,6 +38,8 @@ WORKER_ENV = "RELAYGATE_WORKER"  # a worker's number (0…N-1), set by the super
 if TYPE_CHECKING:
     from relaygate.auth.authenticator import Authenticator
     from relaygate.auth.keys import KeyStore
+    from relaygate.cache.layer import CacheLayer
+    from relaygate.condense.layer import CondenseLayer
     from relaygate.limits.base import Limiter, SpentLoader
     from relaygate.observability.alerts import Alerts
     from relaygate.observability.chaos import Chaos
@@ -342,6 +344,25 @@ class Gateway:
     def _pipeline(self) -> Handler:
         """trace → observe → audit → auth → limits → router (the layers that are on)."""
         handler: Handler = self.router
+        # the response cache and context condensation, between the limits and the router (docs/cache.md)
+        self.cache: CacheLayer | None = None
+        self.condense: CondenseLayer | None = None
+        if any(m.condense is not None for m in self.config.models):
+            from relaygate.catalog.context import ContextWindows
+            from relaygate.condense.layer import CondenseLayer
+
+            windows = ContextWindows()
+
+            def window(dep: Deployment) -> int | None:
+                return None if dep.config.model == "*" else windows.lookup(dep.config.model)
+
+            # a summary is a call of its own through the whole pipeline (logged, limited, billed to the key)
+            handler = self.condense = CondenseLayer(handler, self.config, self.table, window,
+                                                    lambda call: self.pipeline(call))
+        if any(m.cache is not None for m in self.config.models):
+            from relaygate.cache.layer import CacheLayer
+
+            handler = self.cache = CacheLayer(handler, self.config, self.table, self.pricing, self.redis)
         if self.auth is not None:
             from relaygate.auth.authenticator import AuthLayer
             from relaygate.limits.layer import LimitLayer

@@ -172,6 +172,29 @@ def _owner_routes(kind: str) -> list[tuple[str, str, Any]]:
             ("PATCH", base + "/{rest}", item)]
 
 
+# ---- the response cache ----------------------------------------------------------------------------------
+
+async def cache(gw: Gateway, req: Request) -> Response:
+    """GET: the cache's statistics; DELETE: purge it all, one model's entries (``?model=``) or one cache key's
+    (``?key=``, the ``x-relaygate-cache-key`` a reply carried)."""
+    _store(gw, req)
+    layer = gw.cache
+    if layer is None:
+        raise NotFound("No model has a response cache (a model's 'cache' section turns it on).",
+                       code="cache_disabled")
+    if req.method == "GET":
+        return json_response({"object": "cache", **layer.snapshot()})
+    q = Query(req.query)
+    key = q.text("key", 32)
+    if key is not None and not _CACHE_KEY.fullmatch(key):
+        raise BadRequest("'key' must be a cache key (32 hex digits, as x-relaygate-cache-key shows)", param="key")
+    purged = await layer.purge(q.text("model", 200), key)
+    return json_response({"object": "cache.purge", "purged": purged})
+
+
+_CACHE_KEY = re.compile(r"[0-9a-f]{32}")
+
+
 # ---- spend and logs --------------------------------------------------------------------------------------
 
 def _filters(q: Query) -> dict[str, Any]:
@@ -263,6 +286,8 @@ async def delete_object(gw: Gateway, req: Request) -> Response:
 
 ROUTES = [
     ("POST", "/admin/reload", reload_config),
+    ("GET", "/admin/cache", cache),
+    ("DELETE", "/admin/cache", cache),
     ("POST", "/admin/keys", create_key),
     ("GET", "/admin/keys", list_keys),
     ("GET", "/admin/keys/{rest}", key_item),

@@ -6,7 +6,7 @@ import json
 import re
 from dataclasses import dataclass
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from relaygate.core.pricing import NANO
 
@@ -60,6 +60,8 @@ class ImagePrice:
         s = self.default_size if size in (None, "auto") else size
         return max(t[s] if s in t else max(t.values()) for t in tables)
 
+T = TypeVar("T")
+
 _DATE = re.compile(r"(-\d{4}-\d{2}-\d{2}|-\d{8}|@\d{8}|-latest|-preview(-\d{2}-\d{2})?|-v\d+(:\d+)?|:\d+)$")
 _REGION = re.compile(r"^(us|eu|apac|global|us-gov|jp|au|ca)\.")
 _VENDOR = re.compile(r"^(anthropic|amazon|meta|cohere|mistral|ai21)\.")
@@ -91,6 +93,20 @@ def catalog_names(model: str) -> list[str]:
         stripped = _DATE.sub("", stripped)
         candidates.append(stripped)
     return candidates
+
+
+def match(model: str, table: dict[str, T], names: list[str]) -> T | None:
+    """``model``'s entry in a catalog table: by one of its ``catalog_names``, else the longest known name
+    (``names``: the table's, longest first) that prefixes it at a boundary; None when there is none."""
+    candidates = catalog_names(model)
+    for c in candidates:
+        if c in table:
+            return table[c]
+    name = candidates[0]
+    for known in names:
+        if name.startswith(known) and name[len(known)] in "-:@":
+            return table[known]
+    return None
 
 
 def bundled_models() -> dict[str, dict[str, Any]]:
@@ -154,15 +170,8 @@ class PriceBook:
         return price
 
     def _resolve(self, model: str) -> Price:
-        candidates = catalog_names(model)
-        for c in candidates:
-            if c in self.table:
-                return self.table[c]
-        name = candidates[0]
-        for known in self._names:  # longest known name that prefixes it at a boundary
-            if name.startswith(known) and name[len(known)] in "-:@":
-                return self.table[known]
-        return FREE
+        found = match(model, self.table, self._names)
+        return FREE if found is None else found
 
     def image_price(self, model: str) -> ImagePrice | None:
         """The per-image price of an image model (exact, then without a date), or None when unknown."""

@@ -76,12 +76,43 @@ class FallbackConfig(Strict):
     _on = field_validator("on")(_kinds(FALLBACK_KINDS))
 
 
+class ModelCacheConfig(Strict):
+    """A model's response cache (docs/cache.md); a model without this section is never cached."""
+
+    # deterministic: only chat requests with temperature 0 or a seed (embeddings and speech always);
+    # always: every request
+    mode: Literal["deterministic", "always"] = "deterministic"
+    ttl: float | None = Field(None, gt=0)  # seconds an answer of this model is served at most (under the levels')
+
+
+class CondenseConfig(Strict):
+    """Context condensation for a model (docs/cache.md#condensation); off unless set."""
+
+    strategy: Literal["truncate_middle", "summarize"] = "truncate_middle"
+    # prompt tokens the model takes; default: the catalog's for its deployments' upstream model (the
+    # smallest when they differ); unknown and unset: only an upstream's context-length error condenses
+    context_window: int | None = Field(None, gt=0)
+    headroom: int = Field(1024, ge=0)  # tokens left free beyond the request's own max_tokens
+    keep_last: int = Field(4, ge=1)  # the newest turns are always kept (a tool call and its results: one turn)
+    pin_first_user: bool = True  # the first user message is always kept
+    summarizer: str | None = None  # summarize: the configured model that writes the summaries
+    summary_max_tokens: int = Field(512, ge=16)
+
+    @model_validator(mode="after")
+    def _summarizer_named(self) -> CondenseConfig:
+        if self.strategy == "summarize" and not self.summarizer:
+            raise ValueError("strategy summarize needs a summarizer (a configured model)")
+        return self
+
+
 class ModelConfig(Strict):
     """A model name clients send, served by one or more deployments."""
 
     name: str = Field(min_length=1)
     deployments: list[DeploymentConfig] = Field(min_length=1)
     description: str | None = None
+    cache: ModelCacheConfig | None = None  # the response cache; off unless set (docs/cache.md)
+    condense: CondenseConfig | None = None  # context condensation; off unless set (docs/cache.md)
     strategy: StrategyName = "round_robin"
     fallbacks: list[FallbackConfig] = Field(default_factory=list)
     retry: RetryConfig = Field(default_factory=RetryConfig)
@@ -134,6 +165,31 @@ class StateConfig(Strict):
         if v is not None and urlsplit(v).scheme not in ("redis", "rediss", "unix"):
             raise ValueError("not a Redis URL (expected redis://, rediss:// or unix://)")
         return v
+
+
+class MemoryCacheConfig(Strict):
+    """The response cache's in-process level: an LRU bounded in bytes."""
+
+    max_bytes: int = Field(64 * 1024 * 1024, ge=0)  # 0: no memory level
+    ttl: float = Field(300.0, gt=0)  # seconds an answer stays in memory
+    compress: bool = False  # zlib the bodies (fewer bytes held, some CPU per store and hit)
+
+
+class RedisCacheConfig(Strict):
+    """The response cache's shared level, in ``state.redis_url``'s Redis."""
+
+    ttl: float = Field(3600.0, gt=0)  # seconds an answer stays in Redis
+    prefix: str = Field("relaygate:cache:", min_length=1, max_length=200)
+
+
+class CacheConfig(Strict):
+    """Where cached answers live and who shares them; which models are cached is each model's ``cache``."""
+
+    # who shares an answer: everyone, the callers of one team (a key without a team: its own), or one key
+    namespace: Literal["shared", "team", "key"] = "shared"
+    memory: MemoryCacheConfig = Field(default_factory=MemoryCacheConfig)
+    redis: RedisCacheConfig | None = None  # a second level shared by instances; needs state.redis_url
+    max_entry_bytes: int = Field(4 * 1024 * 1024, gt=0)  # a larger answer is passed on, not cached
 
 
 PASSTHROUGH_ROUTES = ("files", "batches", "images", "moderations", "completions", "realtime")
@@ -259,6 +315,7 @@ class Config(Strict):
     models: list[ModelConfig] = Field(default_factory=list)
     server: ServerConfig = Field(default_factory=ServerConfig)
     state: StateConfig = Field(default_factory=StateConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)  # the response cache's levels (models opt in)
     passthrough: PassthroughConfig = Field(default_factory=PassthroughConfig)
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     request_log: RequestLogConfig = Field(default_factory=RequestLogConfig)
@@ -286,6 +343,8 @@ class Config(Strict):
         """Cross-references a field validator cannot see: passthrough and fallback models, unique deployment
         names."""
         errors = self._passthrough_errors()
+        if self.cache.redis is not None and not self.state.redis_url:
+            errors.append("cache.redis: needs state.redis_url (the Redis the cache level lives in)")
         names = {m.name for m in self.models}
         deps: set[str] = set()
         for mi, m in enumerate(self.models):
@@ -296,6 +355,8 @@ class Config(Strict):
                         errors.append(f"{path}: a model cannot fall back to itself")
                     elif target not in names:
                         errors.append(f"{path}: unknown model {target!r}")
+            if m.condense is not None and m.condense.summarizer is not None and m.condense.summarizer not in names:
+                errors.append(f"models[{mi}].condense.summarizer: unknown model {m.condense.summarizer!r}")
             for di in range(len(m.deployments)):
                 dn = deployment_name(m, di)
                 if dn in deps:

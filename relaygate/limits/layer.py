@@ -48,6 +48,9 @@ class LimitLayer:
         settled = grant
 
         def done(r: Reply, error: BaseException | None) -> None:
+            if call.cache_hit:  # counted against rpm (acquired above), not against tokens or budgets
+                limiter.settle(settled, 0, 0)
+                return
             usage = r.usage
             used = usage.prompt_tokens + usage.completion_tokens if usage is not None and usage.known else 0
             limiter.settle(settled, used, self.pricing.cost(call, r))

@@ -1,0 +1,444 @@
+"""The response cache layer (between the limits and the router): exact-match answers served again.
+
+The key is a hash of what changes the answer: the route, the model after resolution (the config's model and
+the deployments that may serve it, the name they are asked for), the request body without the fields that do not (``stream``,
+``stream_options``, ``user``, …) and the namespace (a team's or a key's, when configured). A miss goes on
+to the router; concurrent identical misses make one upstream call (the others wait for its answer, and go on
+alone if it fails; a streamed one that asks for the same framing gets the leader's stream as it arrives). Only whole, clean answers are kept: no errors, partial streams, refusals or filtered
+answers. A hit is served at once: as it was, or, for a streamed chat request, replayed as SSE. The layer
+is passed by at the cost of one dict lookup for a model without ``cache``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from relaygate.cache.entry import CHAT, WHOLE, Entry, Unfinished, gather, refused, replay
+from relaygate.cache.stores import CACHE_ERRORS, MemoryCache, RedisCache
+from relaygate.config import CacheConfig, Config, ModelCacheConfig
+from relaygate.core.call import Call, Handler, Reply, Route
+from relaygate.core.errors import GatewayError, Unavailable, UpstreamTimeout
+
+if TYPE_CHECKING:
+    from relaygate.core.pricing import Pricing
+    from relaygate.routing.deployment import Deployment
+    from relaygate.routing.router import ModelTable
+    from relaygate.state.resp import RespClient
+
+log = logging.getLogger("relaygate.cache")
+
+CACHED_ROUTES = frozenset({Route.CHAT, Route.EMBEDDINGS, Route.SPEECH})
+# request fields that do not change the answer: a streamed request is served from a whole answer and the
+# reverse; who asks (``user``, ``safety_identifier``) and what is stored with the call do not matter
+IGNORED = frozenset({"model", "stream", "stream_options", "user", "safety_identifier", "metadata", "store",
+                     "service_tier", "prompt_cache_key"})
+HEADER = "x-relaygate-cache"
+KEY_HEADER = "x-relaygate-cache-key"
+
+READ, REFRESH, BYPASS = 0, 1, 2  # what the client asked of the cache
+_OBJECT = re.compile(rb"\s*\{")
+_SPACE_OR_COLON = (b" ", b"\t", b"\n", b"\r", b":")
+
+
+@dataclass(slots=True)
+class CacheStats:
+    hits: int = 0
+    memory_hits: int = 0
+    redis_hits: int = 0
+    coalesced: int = 0  # hits served by waiting for an identical call in flight
+    misses: int = 0
+    bypasses: int = 0
+    stored: int = 0
+    not_stored: int = 0  # answers not kept: refusals, errors, partial streams, too large
+    errors: int = 0  # a cache level failed (Redis down): the call went on without it
+    saved_nano: dict[str, int] = field(default_factory=dict)  # per model: what the hits did not spend
+
+    def as_json(self) -> dict[str, Any]:
+        return {"hits": self.hits, "memory_hits": self.memory_hits, "redis_hits": self.redis_hits,
+                "coalesced": self.coalesced, "misses": self.misses, "bypasses": self.bypasses,
+                "stored": self.stored, "not_stored": self.not_stored, "errors": self.errors,
+                "saved_usd": {m: n / 1e9 for m, n in sorted(self.saved_nano.items())}}
+
+
+def control(headers: dict[str, str]) -> tuple[int, float | None]:
+    """What the client asked: (READ, REFRESH or BYPASS, the oldest answer it takes in seconds or None).
+
+    ``x-relaygate-cache: off`` and ``Cache-Control: no-store`` bypass the cache (no read, nothing kept);
+    ``x-relaygate-cache: refresh`` and ``no-cache`` ask upstream and keep the new answer; ``max-age=N`` takes
+    an answer at most N seconds old (0: refresh)."""
+    ours = headers.get(HEADER)
+    if ours is not None:
+        ours = ours.strip().lower()
+        if ours == "off":
+            return BYPASS, None
+        if ours == "refresh":
+            return REFRESH, None
+    cc = headers.get("cache-control")
+    if cc is None:
+        return READ, None
+    mode, max_age = READ, None
+    for directive in cc.lower().split(","):
+        name, _, value = directive.strip().partition("=")
+        if name == "no-store":
+            return BYPASS, None
+        if name == "no-cache":
+            mode = REFRESH
+        elif name == "max-age":
+            try:
+                max_age = max(0.0, float(value.strip().strip('"')))
+            except ValueError:
+                continue
+            if max_age == 0:
+                mode = REFRESH
+    return mode, max_age
+
+
+def deterministic(call: Call) -> bool:
+    """Whether a request asks for a repeatable answer: a chat with temperature 0 or a seed; embeddings and
+    speech always."""
+    if call.route is not Route.CHAT:
+        return True
+    body = call.body
+    t = body.get("temperature")
+    seed = body.get("seed")
+    return (type(t) in (int, float) and t == 0) or (type(seed) is int)
+
+
+def namespace(call: Call, config: CacheConfig) -> str:
+    key = call.key
+    if config.namespace == "shared" or key is None:
+        return ""
+    if config.namespace == "team" and key.team_id:
+        return "team:" + key.team_id
+    return "key:" + key.id
+
+
+def cache_key(call: Call, deps: list[Deployment], space: str) -> str:
+    """The hash of everything that changes the answer (see the module docstring). The model is the one
+    routed: the deployments that may serve the call (``openai/m`` is ``m`` when all of m's are OpenAI's) and
+    the name they are asked for (a wildcard deployment sends the client's)."""
+    body = call.anthropic_request if call.anthropic_request is not None else call.body
+    kept = {k: v for k, v in body.items() if k not in IGNORED}
+    ident = (call.route, "messages" if call.anthropic_request is not None else "", [d.name for d in deps],
+             call.model, space)
+    # BLAKE2b: Python's own, without OpenSSL's per-hash setup (SHA-256 through OpenSSL costs ~8k instructions
+    # a call); 128 bits leave no chance of two requests sharing a key by accident
+    return hashlib.blake2b(orjson.dumps((ident, kept), option=orjson.OPT_SORT_KEYS), digest_size=16).hexdigest()
+
+
+class Broadcast:
+    """A leader's stream as it passes, for identical streamed calls that joined it: each follower reads every
+    chunk from the first, as the leader's client is sent them; they end as the leader's stream ends, with
+    its error if it broke."""
+
+    def __init__(self, wants_usage: bool, reply: Reply) -> None:
+        self.wants_usage = wants_usage  # the leader's: whether its stream carries the usage chunk
+        self.reply = reply
+        self.chunks: list[bytes] = []
+        self.ended = False
+        self.error: BaseException | None = None
+        self._moved = asyncio.get_running_loop().create_future()  # resolved (and replaced) at each change
+
+    def add(self, chunk: bytes) -> None:
+        self.chunks.append(chunk)
+        self._wake()
+
+    def end(self, error: BaseException | None = None) -> None:
+        if not self.ended:
+            self.ended, self.error = True, error
+            self._wake()
+
+    def _wake(self) -> None:
+        moved, self._moved = self._moved, asyncio.get_running_loop().create_future()
+        moved.set_result(None)
+
+    async def follow(self, reply: Reply) -> AsyncIterator[bytes]:
+        i = 0
+        while True:
+            while i < len(self.chunks):
+                i += 1
+                yield self.chunks[i - 1]
+            if self.ended:
+                break
+            await asyncio.shield(self._moved)
+        if self.error is not None:
+            raise self.error if isinstance(self.error, GatewayError) else Unavailable(
+                "the identical request this one joined ended before its answer did", status=502)
+        reply.usage = self.reply.usage
+
+
+def keepable_chat(body: bytes) -> bool:
+    """Whether a whole chat answer may be kept: a JSON object with choices, none a refusal (a ``refusal``
+    that is a string, not null) or filtered. Substring searches, not a regex or a parse: a regex tries its
+    pattern at every byte, ~20 instructions a byte of answer."""
+    if not (body[:1] == b"{" or _OBJECT.match(body)) or body.find(b'"choices"') < 0 \
+            or body.find(b'"content_filter"') >= 0:
+        return False
+    at = body.find(b'"refusal"')
+    while at >= 0:
+        at += 9
+        while body[at:at + 1] in _SPACE_OR_COLON:
+            at += 1
+        if body[at:at + 1] == b'"':
+            return False
+        at = body.find(b'"refusal"', at)
+    return True
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+class CacheLayer:
+    """See the module docstring; ``models`` maps a config model name to its cache settings."""
+
+    def __init__(self, next_handler: Handler, config: Config, table: ModelTable, pricing: Pricing,
+                 redis: RespClient | None) -> None:
+        self.next = next_handler
+        self.config = config.cache
+        self.table = table
+        self.pricing = pricing
+        self.models: dict[str, ModelCacheConfig] = {m.name: m.cache for m in config.models if m.cache is not None}
+        mem = config.cache.memory
+        self.memory = MemoryCache(mem.max_bytes, mem.ttl, mem.compress) if mem.max_bytes else None
+        rc = config.cache.redis
+        self.redis = RedisCache(redis, rc.prefix, rc.ttl) if rc is not None and redis is not None else None
+        self.max_entry = config.cache.max_entry_bytes
+        self.stats = CacheStats()
+        self._inflight: dict[str, asyncio.Future[Entry | None]] = {}
+        self._streams: dict[str, Broadcast] = {}  # leaders' streams in flight, for followers that stream too
+        self._writes: set[asyncio.Task[None]] = set()
+
+    async def __call__(self, call: Call) -> Reply:
+        deps = call.deployments
+        if deps is None:
+            deps = call.deployments = self.table.resolve(call)
+        model = deps[0].model_name
+        settings = self.models.get(model)
+        if settings is None or call.route not in CACHED_ROUTES:
+            return await self.next(call)
+        mode, max_age = control(call.headers)
+        if mode == BYPASS or (settings.mode == "deterministic" and not deterministic(call)):
+            self.stats.bypasses += 1
+            reply = await self.next(call)
+            reply.headers[HEADER] = "bypass"
+            return reply
+        key = cache_key(call, deps, namespace(call, self.config))
+        if mode == READ:
+            oldest = settings.ttl if max_age is None else max_age if settings.ttl is None else min(max_age, settings.ttl)
+            entry = await self._lookup(model, key, oldest)
+            if entry is not None and (hit := self._hit(call, entry, key)) is not None:
+                return hit
+            pending = self._inflight.get(key)
+            if pending is not None:
+                cast = self._streams.get(key)
+                if cast is not None and call.stream and cast.wants_usage == call.wants_usage \
+                        and call.anthropic_request is None:
+                    return self._joined(call, cast, key)
+                entry = await self._follow(call, pending)
+                if entry is not None and (hit := self._hit(call, entry, key)) is not None:
+                    self.stats.coalesced += 1
+                    return hit
+                return await self._miss(call, model, key, settings, lead=False)
+        return await self._miss(call, model, key, settings, lead=True)
+
+    async def _lookup(self, model: str, key: str, oldest: float | None) -> Entry | None:
+        entry = self.memory.get(key) if self.memory is not None else None
+        if entry is not None:
+            if oldest is None or entry.age() <= oldest:
+                self.stats.memory_hits += 1
+                return entry
+            return None
+        if self.redis is None:
+            return None
+        try:
+            entry = await self.redis.get(model, key)
+        except CACHE_ERRORS:
+            self.stats.errors += 1
+            return None
+        if entry is None or (oldest is not None and entry.age() > oldest):
+            return None
+        self.stats.redis_hits += 1
+        if self.memory is not None:
+            self.memory.put(key, entry)
+        return entry
+
+    async def _follow(self, call: Call, pending: asyncio.Future[Entry | None]) -> Entry | None:
+        """Wait for the identical call in flight (not past the deadline): its entry, or None if it failed."""
+        left = call.deadline - time.monotonic() if call.deadline else None
+        try:
+            return await asyncio.wait_for(asyncio.shield(pending), left)
+        except TimeoutError:
+            raise UpstreamTimeout("the request deadline passed while an identical request was answered") from None
+
+    def _joined(self, call: Call, cast: Broadcast, key: str) -> Reply:
+        """A streamed call served from an identical leader's stream as it arrives (no upstream call)."""
+        call.cache_hit = True
+        self.stats.hits += 1
+        self.stats.coalesced += 1
+        reply = Reply(media_type="text/event-stream", headers={HEADER: "hit", "age": "0", KEY_HEADER: key},
+                      first_byte_at=time.monotonic())
+        reply.stream = cast.follow(reply)
+        return reply
+
+    def _hit(self, call: Call, entry: Entry, key: str) -> Reply | None:
+        """The reply served from ``entry``; None (and the entry dropped) when it cannot be replayed."""
+        body = entry.content()
+        stream = None
+        if entry.kind == CHAT and call.stream and call.anthropic_request is None:
+            try:
+                stream = _once(replay(orjson.loads(body), call.wants_usage))
+            except (orjson.JSONDecodeError, TypeError, AttributeError):
+                if self.memory is not None:
+                    self.memory.purge(key=key)
+                return None
+        call.cache_hit = True
+        stats = self.stats
+        stats.hits += 1
+        stats.saved_nano[entry.model] = stats.saved_nano.get(entry.model, 0) + entry.cost_nano
+        headers = {HEADER: "hit", "age": str(int(entry.age())), KEY_HEADER: key}
+        now = time.monotonic()
+        if stream is not None:
+            return Reply(stream=stream, media_type="text/event-stream", headers=headers, usage=entry.usage,
+                         first_byte_at=now)
+        return Reply(body=body, media_type=entry.media_type, headers=headers, usage=entry.usage, first_byte_at=now)
+
+    async def _miss(self, call: Call, model: str, key: str, settings: ModelCacheConfig, lead: bool) -> Reply:
+        self.stats.misses += 1
+        fut: asyncio.Future[Entry | None] | None = None
+        if lead and key not in self._inflight:
+            fut = self._inflight[key] = asyncio.get_running_loop().create_future()
+        try:
+            reply = await self.next(call)
+        except BaseException:
+            self._settle(key, fut, None)
+            raise
+        reply.headers[HEADER] = "miss"
+        reply.headers[KEY_HEADER] = key
+        if reply.status != 200 or reply.anthropic_native:
+            self.stats.not_stored += 1
+            self._settle(key, fut, None)
+        elif reply.stream is None:
+            self._keep(call, key, fut, self._whole(call, reply, model, reply.body or b""), settings)
+        else:
+            cast = None
+            if fut is not None and call.route is Route.CHAT and call.anthropic_request is None:
+                cast = self._streams[key] = Broadcast(call.wants_usage, reply)
+            reply.stream = self._tee(reply.stream, call, reply, model, key, fut, settings, cast)
+
+            def done(r: Reply, error: BaseException | None) -> None:  # a stream cut short wakes the others
+                self._settle(key, fut, None)
+                if cast is not None:
+                    cast.end(error or Unavailable("the stream ended early", status=502))
+
+            reply.on_done(done)
+        return reply
+
+    def _whole(self, call: Call, reply: Reply, model: str, body: bytes) -> Entry | None:
+        """The entry of a whole answer, or None when it is not one to keep."""
+        if len(body) > self.max_entry:
+            return None
+        kind, media = WHOLE, reply.media_type
+        if call.route is Route.CHAT:
+            # a scan, not a parse (a parse would be most of what a miss adds): a JSON object with choices and
+            # no refusal or filtered choice; a hit that cannot be read back is dropped then (``_hit``)
+            if not keepable_chat(body):
+                return None
+            kind, media = CHAT, "application/json"
+        elif reply.media_type.startswith("text/event-stream"):  # speech as SSE events: not kept
+            return None
+        return Entry(kind, body, media, time.time(), model, reply.usage, self.pricing.cost(call, reply))
+
+    async def _tee(self, stream: AsyncIterator[bytes], call: Call, reply: Reply, model: str, key: str,
+                   fut: asyncio.Future[Entry | None] | None, settings: ModelCacheConfig,
+                   cast: Broadcast | None) -> AsyncIterator[bytes]:
+        """Pass the stream on as it comes (to the calls that joined it too), keeping its bytes; a whole, clean
+        stream is kept at its end."""
+        kept: list[bytes] | None = []
+        size = 0
+        try:
+            async for chunk in stream:
+                if cast is not None:
+                    cast.add(chunk)
+                if kept is not None:
+                    size += len(chunk)
+                    if size > self.max_entry:
+                        kept = None
+                    else:
+                        kept.append(chunk)
+                yield chunk
+        finally:
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        entry = None
+        if kept is not None:
+            data = b"".join(kept)
+            if call.route is Route.CHAT:
+                try:
+                    completion = gather(data, reply.usage)
+                    entry = None if refused(completion) else self._whole(call, reply, model, orjson.dumps(completion))
+                except (Unfinished, ValueError, TypeError, AttributeError):
+                    entry = None
+            else:
+                entry = self._whole(call, reply, model, data)
+        if cast is not None:
+            cast.end()
+        self._keep(call, key, fut, entry, settings)
+
+    def _keep(self, call: Call, key: str, fut: asyncio.Future[Entry | None] | None, entry: Entry | None,
+              settings: ModelCacheConfig) -> None:
+        """Store the entry in each level (Redis in the background) and hand it to the calls waiting for it."""
+        self._settle(key, fut, entry)
+        if entry is None:
+            self.stats.not_stored += 1
+            return
+        self.stats.stored += 1
+        if self.memory is not None:
+            self.memory.put(key, entry, settings.ttl)
+        if self.redis is not None:
+            task = asyncio.ensure_future(self._write(key, entry, settings.ttl))
+            self._writes.add(task)
+            task.add_done_callback(self._writes.discard)
+
+    async def _write(self, key: str, entry: Entry, ttl: float | None) -> None:
+        assert self.redis is not None
+        try:
+            await self.redis.put(key, entry, ttl)
+        except CACHE_ERRORS:
+            self.stats.errors += 1
+
+    def _settle(self, key: str, fut: asyncio.Future[Entry | None] | None, entry: Entry | None) -> None:
+        if fut is None:
+            return
+        if not fut.done():
+            fut.set_result(entry)
+        if self._inflight.get(key) is fut:
+            del self._inflight[key]
+            self._streams.pop(key, None)
+
+    async def purge(self, model: str | None = None, key: str | None = None) -> dict[str, int]:
+        """Drop the entries of every level: all, one model's, or one cache key's."""
+        out = {"memory": self.memory.purge(model, key) if self.memory is not None else 0}
+        if self.redis is not None:
+            try:
+                out["redis"] = await self.redis.purge(model, key)
+            except CACHE_ERRORS:
+                self.stats.errors += 1
+                out["redis"] = -1
+        return out
+
+    def snapshot(self) -> dict[str, Any]:
+        mem = self.memory
+        return {**self.stats.as_json(), "entries": len(mem) if mem is not None else 0,
+                "bytes": mem.bytes if mem is not None else 0, "max_bytes": mem.max_bytes if mem is not None else 0,
+                "evictions": mem.evictions if mem is not None else 0, "redis": self.redis is not None}

@@ -1,0 +1,439 @@
+"""The response cache: hits, misses and bypasses per header; stream replay through both SDKs; what the key
+covers; what is never kept; coalescing; the byte bound; Redis shared by two gateways; billing and the log."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+from relaygate.cache.entry import CHAT, Entry, gather, replay
+from relaygate.cache.layer import control, keepable_chat
+from relaygate.cache.stores import MemoryCache
+from relaygate.core.call import Usage
+from relaygate.testing.base import BackgroundServer, FaultPlan
+from relaygate.testing.gateway import GatewayThread
+
+from .conftest import openai_model, require_service
+from .test_keys import MASTER, Admin
+from .test_requestlog import gateway_rows
+
+REDIS_URL = os.environ.get("RELAYGATE_TEST_REDIS", "redis://127.0.0.1:6379/0")
+MSG = [{"role": "user", "content": "cache me"}]
+TOOLS = [{"type": "function", "function": {
+    "name": "get_weather", "description": "weather for a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+
+
+def cached_model(name: str, emu: BackgroundServer, **cache: Any) -> dict[str, Any]:
+    return {**openai_model(name, emu), "cache": cache}
+
+
+def upstream_calls(emu: BackgroundServer, path: str = "/chat/completions") -> int:
+    return sum(1 for r in emu.state.requests if r["path"].endswith(path))
+
+
+def post(gw: GatewayThread, body: dict[str, Any], headers: dict[str, str] | None = None,
+         path: str = "/chat/completions") -> httpx.Response:
+    return httpx.post(gw.base_url + path, json=body, headers=headers or {}, timeout=10)
+
+
+def chat(gw: GatewayThread, headers: dict[str, str] | None = None, **extra: Any) -> httpx.Response:
+    return post(gw, {"model": "m", "messages": MSG, "temperature": 0, **extra}, headers)
+
+
+@pytest.fixture
+def gw(openai_emulator: BackgroundServer, start_gateway: Callable[..., GatewayThread]) -> GatewayThread:
+    return start_gateway({"models": [cached_model("m", openai_emulator),
+                                     cached_model("always", openai_emulator, mode="always"),
+                                     openai_model("plain", openai_emulator)]})
+
+
+def test_a_repeated_request_is_a_hit_with_its_age_and_no_upstream_call(gw: GatewayThread,
+                                                                       openai_emulator: BackgroundServer) -> None:
+    first = chat(gw)
+    assert first.status_code == 200 and first.headers["x-relaygate-cache"] == "miss"
+    time.sleep(1.05)
+    second = chat(gw)
+    assert second.headers["x-relaygate-cache"] == "hit" and int(second.headers["age"]) >= 1
+    assert second.json() == first.json()
+    assert second.headers["x-relaygate-cache-key"] == first.headers["x-relaygate-cache-key"]
+    assert upstream_calls(openai_emulator) == 1
+    assert "x-relaygate-cache" not in post(gw, {"model": "plain", "messages": MSG, "temperature": 0}).headers
+
+
+def test_headers_bypass_refresh_and_max_age(gw: GatewayThread, openai_emulator: BackgroundServer) -> None:
+    assert chat(gw).headers["x-relaygate-cache"] == "miss"
+    for headers, verdict in [({"x-relaygate-cache": "off"}, "bypass"), ({"cache-control": "no-store"}, "bypass"),
+                             ({"x-relaygate-cache": "refresh"}, "miss"), ({"cache-control": "no-cache"}, "miss"),
+                             ({"cache-control": "max-age=0"}, "miss"), ({"cache-control": "max-age=60"}, "hit"),
+                             ({}, "hit")]:
+        assert chat(gw, headers).headers["x-relaygate-cache"] == verdict, headers
+    assert upstream_calls(openai_emulator) == 6  # the first miss, 2 bypasses, 3 refreshes
+
+
+def test_a_bypass_keeps_nothing(gw: GatewayThread) -> None:
+    assert chat(gw, {"cache-control": "no-store"}, seed=5).headers["x-relaygate-cache"] == "bypass"
+    assert chat(gw, seed=5).headers["x-relaygate-cache"] == "miss"
+
+
+def test_control_reads_the_directives() -> None:
+    assert control({"cache-control": "max-age=30, must-revalidate"}) == (0, 30.0)
+    assert control({"cache-control": 'no-cache, max-age="10"'}) == (1, 10.0)
+    assert control({"cache-control": "max-age=x"}) == (0, None)
+    assert control({"x-relaygate-cache": "OFF", "cache-control": "max-age=5"}) == (2, None)
+
+
+def test_only_repeatable_requests_are_cached_unless_the_model_says_always(gw: GatewayThread) -> None:
+    warm = {"model": "m", "messages": MSG, "temperature": 0.7}
+    assert post(gw, warm).headers["x-relaygate-cache"] == "bypass"
+    assert post(gw, {**warm, "seed": 3}).headers["x-relaygate-cache"] == "miss"
+    assert post(gw, {**warm, "seed": 3}).headers["x-relaygate-cache"] == "hit"
+    assert post(gw, {**warm, "model": "always"}).headers["x-relaygate-cache"] == "miss"
+    assert post(gw, {**warm, "model": "always"}).headers["x-relaygate-cache"] == "hit"
+
+
+def test_the_key_covers_what_changes_the_answer_and_nothing_else(gw: GatewayThread) -> None:
+    assert chat(gw).headers["x-relaygate-cache"] == "miss"
+    for change in ({"messages": [{"role": "user", "content": "other"}]}, {"max_tokens": 5}, {"tools": TOOLS},
+                   {"model": "always"}, {"response_format": {"type": "json_object"}}):
+        assert post(gw, {"model": "m", "messages": MSG, "temperature": 0, **change}).headers[
+            "x-relaygate-cache"] == "miss", change
+    # who asks, and whether it streams, do not change the answer
+    assert chat(gw, user="someone-else").headers["x-relaygate-cache"] == "hit"
+    assert chat(gw, stream=False, metadata={"a": "b"}).headers["x-relaygate-cache"] == "hit"
+    # the model as routed: "openai/m" is the same model
+    assert post(gw, {"model": "openai/m", "messages": MSG, "temperature": 0}).headers["x-relaygate-cache"] == "hit"
+
+
+def test_a_streamed_request_is_served_from_a_whole_answer_and_the_sdk_parses_it(gw: GatewayThread) -> None:
+    whole = chat(gw).json()
+    client = openai.OpenAI(base_url=gw.base_url, api_key="k", max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(model="m", messages=MSG, temperature=0, stream=True,  # type: ignore[call-overload]
+                                                           stream_options={"include_usage": True})
+    assert raw.headers["x-relaygate-cache"] == "hit"
+    chunks = list(raw.parse())
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == \
+        whole["choices"][0]["message"]["content"]
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert chunks[-1].usage.total_tokens == whole["usage"]["total_tokens"]
+    # and the SDK's stream helper rebuilds the same message
+    with client.chat.completions.stream(model="m", messages=MSG, temperature=0) as s:  # type: ignore[arg-type]
+        final = s.get_final_completion()
+    assert final.choices[0].message.content == whole["choices"][0]["message"]["content"]
+
+
+def test_a_streamed_answer_is_kept_whole_for_both_kinds_of_request(gw: GatewayThread,
+                                                                   openai_emulator: BackgroundServer) -> None:
+    client = openai.OpenAI(base_url=gw.base_url, api_key="k", max_retries=0)
+    body: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "Paris"}], "temperature": 0,
+                            "tools": TOOLS}
+    streamed = list(client.chat.completions.create(stream=True, **body))
+    calls = [c.choices[0].delta.tool_calls for c in streamed if c.choices and c.choices[0].delta.tool_calls]
+    assert calls, "the emulator answers Paris with a tool call"
+    whole = post(gw, body)
+    assert whole.headers["x-relaygate-cache"] == "hit"
+    message = whole.json()["choices"][0]["message"]
+    assert message["tool_calls"][0]["function"]["name"] == "get_weather"
+    assert whole.json()["choices"][0]["finish_reason"] == "tool_calls"
+    assert whole.json()["usage"]["total_tokens"] > 0  # the usage the client's stream did not show
+    again = list(client.chat.completions.create(stream=True, **body))
+    args = "".join(tc.function.arguments or "" for c in again if c.choices
+                   for tc in c.choices[0].delta.tool_calls or () if tc.function)
+    first_args = "".join(tc.function.arguments or "" for group in calls for tc in group if tc.function)
+    assert args == first_args
+    assert upstream_calls(openai_emulator) == 1
+
+
+def test_the_anthropic_sdk_parses_a_streamed_hit(gw: GatewayThread) -> None:
+    client = anthropic.Anthropic(base_url=gw.url, api_key="k", max_retries=0)
+    first = client.messages.create(model="always", max_tokens=50, messages=[{"role": "user", "content": "cache me"}])
+    raw = client.messages.with_raw_response.create(model="always", max_tokens=50, stream=True,
+                                                   messages=[{"role": "user", "content": "cache me"}])
+    assert raw.headers["x-relaygate-cache"] == "hit"
+    with client.messages.stream(model="always", max_tokens=50,
+                                messages=[{"role": "user", "content": "cache me"}]) as s:
+        final = s.get_final_message()
+    assert final.content[0].text == first.content[0].text  # type: ignore[union-attr]
+
+
+def test_errors_and_partial_streams_are_never_kept(gw: GatewayThread, openai_emulator: BackgroundServer) -> None:
+    openai_emulator.state.faults = FaultPlan(status=500, count=1)
+    assert chat(gw).status_code == 500
+    assert chat(gw).headers["x-relaygate-cache"] == "miss"
+    openai_emulator.state.faults = FaultPlan(disconnect_after_chunks=2, count=1)
+    with httpx.stream("POST", gw.base_url + "/chat/completions", timeout=10,
+                      json={"model": "m", "messages": MSG, "seed": 1, "stream": True}) as r:
+        body = r.read()
+    assert b"[DONE]" not in body
+    assert chat(gw, seed=1).headers["x-relaygate-cache"] == "miss"
+
+
+def test_refusals_and_filtered_answers_are_not_kept() -> None:
+    answer = {"id": "c", "object": "chat.completion", "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "ok", "refusal": None}, "finish_reason": "stop"}]}
+    pretty = json.dumps(answer, indent=2).encode()  # OpenAI's own layout
+    assert keepable_chat(json.dumps(answer).encode()) and keepable_chat(pretty)
+    refusal = json.loads(pretty)
+    refusal["choices"][0]["message"]["refusal"] = "I can't help with that."
+    filtered = json.loads(pretty)
+    filtered["choices"][0]["finish_reason"] = "content_filter"
+    for bad in (refusal, filtered):
+        assert not keepable_chat(json.dumps(bad, indent=2).encode()) and not keepable_chat(json.dumps(bad).encode())
+    assert not keepable_chat(b"[1, 2]") and not keepable_chat(b'{"error": {"message": "x"}}')
+
+
+def test_embeddings_are_cached(gw: GatewayThread, openai_emulator: BackgroundServer) -> None:
+    body = {"model": "m", "input": ["one", "two"]}
+    first = post(gw, body, path="/embeddings")
+    assert first.headers["x-relaygate-cache"] == "miss"
+    second = post(gw, body, path="/embeddings")
+    assert second.headers["x-relaygate-cache"] == "hit" and second.json() == first.json()
+    assert post(gw, {**body, "dimensions": 8}, path="/embeddings").headers["x-relaygate-cache"] == "miss"
+    assert upstream_calls(openai_emulator, "/embeddings") == 2
+
+
+def streamed_text(body: bytes) -> str:
+    chunks = [json.loads(line[6:]) for line in body.split(b"\n") if line.startswith(b"data: {")]
+    return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+
+
+def test_speech_is_cached_with_its_media_type(gw: GatewayThread, openai_emulator: BackgroundServer) -> None:
+    body = {"model": "m", "input": "say this once", "voice": "alloy"}
+    first = post(gw, body, path="/audio/speech")
+    assert first.status_code == 200 and first.headers["x-relaygate-cache"] == "miss" and first.content
+    second = post(gw, body, path="/audio/speech")
+    assert second.headers["x-relaygate-cache"] == "hit" and second.content == first.content
+    assert second.headers["content-type"] == first.headers["content-type"]
+    assert post(gw, {**body, "voice": "nova"}, path="/audio/speech").headers["x-relaygate-cache"] == "miss"
+    assert upstream_calls(openai_emulator, "/audio/speech") == 2
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_identical_concurrent_misses_make_one_upstream_call(gw: GatewayThread, openai_emulator: BackgroundServer,
+                                                            stream: bool) -> None:
+    openai_emulator.state.faults = FaultPlan(latency_ms=1000)
+
+    async def run() -> list[tuple[str, bytes]]:
+        async with httpx.AsyncClient(timeout=20, limits=httpx.Limits(max_connections=100)) as client:
+            async def one() -> tuple[str, bytes]:
+                r = await client.post(gw.base_url + "/chat/completions",
+                                      json={"model": "m", "messages": MSG, "temperature": 0, "stream": stream})
+                return r.headers["x-relaygate-cache"], r.content
+            return await asyncio.gather(*(one() for _ in range(100)))
+
+    results = asyncio.run(run())
+    assert upstream_calls(openai_emulator) == 1
+    assert sorted({v for v, _ in results}) == ["hit", "miss"]
+    if stream:
+        assert {streamed_text(body) for _, body in results} == {"Hello! You said: cache me"}
+        assert all(body.endswith(b"data: [DONE]\n\n") for _, body in results)
+    else:
+        assert len({body.split(b'"created"')[0] for _, body in results}) == 1
+    # on a loaded machine a late one may arrive after the answer was kept: a plain hit then
+    stats = gw.gateway.cache.stats
+    assert stats.coalesced + stats.memory_hits == 99 and stats.coalesced >= 50
+
+
+def test_a_streamed_follower_gets_the_stream_as_it_arrives(gw: GatewayThread,
+                                                           openai_emulator: BackgroundServer) -> None:
+    openai_emulator.state.faults = FaultPlan(chunk_delay_ms=150)
+
+    async def run() -> tuple[float, float, bytes, bytes, str]:
+        async with httpx.AsyncClient(timeout=20) as client:
+            body = {"model": "m", "messages": MSG, "temperature": 0, "stream": True}
+
+            async def leader() -> tuple[float, bytes]:
+                async with client.stream("POST", gw.base_url + "/chat/completions", json=body) as r:
+                    data = await r.aread()
+                return time.monotonic(), data
+
+            async def follower() -> tuple[float, bytes, str]:
+                await asyncio.sleep(0.3)
+                async with client.stream("POST", gw.base_url + "/chat/completions", json=body) as r:
+                    verdict = r.headers["x-relaygate-cache"]
+                    chunks = r.aiter_bytes()
+                    first = await chunks.__anext__()
+                    at = time.monotonic()
+                    rest = b"".join([c async for c in chunks])
+                return at, first + rest, verdict
+
+            (ended, led), (first_at, followed, verdict) = await asyncio.gather(leader(), follower())
+            return ended, first_at, led, followed, verdict
+
+    ended, first_at, led, followed, verdict = asyncio.run(run())
+    assert verdict == "hit" and first_at < ended  # its first bytes came while the leader's stream went on
+    assert followed == led and streamed_text(followed) == "Hello! You said: cache me"
+    assert upstream_calls(openai_emulator) == 1
+
+
+def test_followers_go_upstream_themselves_when_the_leader_fails(gw: GatewayThread,
+                                                               openai_emulator: BackgroundServer) -> None:
+    openai_emulator.state.faults = FaultPlan(latency_ms=300, status=500, count=1)
+
+    async def run() -> list[int]:
+        async with httpx.AsyncClient(timeout=20) as client:
+            async def one(delay: float) -> int:
+                await asyncio.sleep(delay)
+                r = await client.post(gw.base_url + "/chat/completions",
+                                      json={"model": "m", "messages": MSG, "temperature": 0})
+                return r.status_code
+            return await asyncio.gather(one(0), *(one(0.1) for _ in range(5)))
+
+    statuses = asyncio.run(run())
+    assert statuses[0] == 500 and statuses[1:] == [200] * 5
+
+
+def test_the_memory_level_stays_within_its_bytes_under_a_flood() -> None:
+    cache = MemoryCache(max_bytes=200_000, ttl=60)
+    big = b"x" * 30_000
+    for i in range(500):
+        cache.put(f"k{i}", Entry(CHAT, big, "application/json", time.time(), "m", None, 0))
+        assert cache.bytes <= 200_000
+    assert len(cache) == 6 and cache.evictions == 494
+    assert cache.get("k499") is not None and cache.get("k0") is None
+    cache.put("huge", Entry(CHAT, b"y" * 300_000, "application/json", time.time(), "m", None, 0))
+    assert cache.get("huge") is None  # larger than the whole level: not kept, nothing evicted for it
+    compressed = MemoryCache(max_bytes=200_000, ttl=60, compress=True)
+    for i in range(50):
+        compressed.put(f"k{i}", Entry(CHAT, big, "application/json", time.time(), "m", None, 0))
+    assert len(compressed) == 50
+    held = compressed.get("k3")
+    assert held is not None and held.content() == big
+
+
+def test_entries_expire_after_the_level_ttl() -> None:
+    cache = MemoryCache(max_bytes=10_000, ttl=0.05)
+    cache.put("k", Entry(CHAT, b"{}", "application/json", time.time(), "m", None, 0))
+    assert cache.get("k") is not None
+    time.sleep(0.06)
+    assert cache.get("k") is None and cache.bytes == 0
+
+
+def test_a_stream_gathered_and_replayed_is_the_same_answer() -> None:
+    completion = {"id": "c1", "object": "chat.completion", "created": 7, "model": "x", "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "hi there", "refusal": None,
+                                 "reasoning_content": "think"},
+         "finish_reason": "stop", "logprobs": {"content": [{"token": "hi", "logprob": -0.1}]}},
+        {"index": 1, "message": {"role": "assistant", "content": None, "refusal": None, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{\"a\": 1}"}}]},
+         "finish_reason": "tool_calls", "logprobs": None}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}}
+    assert gather(replay(completion, True), None) == completion
+    assert gather(replay(completion, False), Usage(3, 4)) == completion
+
+
+def test_a_hit_counts_against_rpm_not_against_budgets_and_is_logged(openai_emulator: BackgroundServer,
+                                                                    start_gateway: Callable[..., GatewayThread]
+                                                                    ) -> None:
+    gw = start_gateway({"models": [cached_model("m", openai_emulator)], "auth": {"master_key": MASTER}})
+    key = Admin(gw)("POST", "/keys", {"rpm": 3, "budget_usd": 1}).json()["key"]
+    auth = {"authorization": f"Bearer {key}"}
+    assert [chat(gw, auth).headers.get("x-relaygate-cache") for _ in range(3)] == ["miss", "hit", "hit"]
+    assert chat(gw, auth).status_code == 429  # the hits counted against rpm
+    rows = sorted(gateway_rows(gw, expected=4), key=lambda r: r["ts"])
+    assert [r["cache_hit"] for r in rows[:3]] == [0, 1, 1] or [r["cache_hit"] for r in rows[:3]] == [False, True, True]
+    assert rows[0]["cost_nano"] > 0 and rows[1]["cost_nano"] == rows[2]["cost_nano"] == 0
+    assert rows[1]["completion_tokens"] == rows[0]["completion_tokens"]
+    stats = Admin(gw)("GET", "/cache").json()
+    assert stats["hits"] == 2 and stats["saved_usd"]["m"] == pytest.approx(2 * rows[0]["cost_nano"] / 1e9)
+
+
+def test_namespaces_keep_teams_apart(openai_emulator: BackgroundServer,
+                                     start_gateway: Callable[..., GatewayThread]) -> None:
+    gw = start_gateway({"models": [cached_model("m", openai_emulator)], "auth": {"master_key": MASTER},
+                        "cache": {"namespace": "team"}})
+    admin = Admin(gw)
+    a1, a2, b = (admin("POST", "/keys", {"team_id": t}).json()["key"] for t in ("a", "a", "b"))
+    verdicts = [chat(gw, {"authorization": f"Bearer {k}"}).headers["x-relaygate-cache"] for k in (a1, a2, b)]
+    assert verdicts == ["miss", "hit", "miss"]
+
+
+def test_admin_cache_stats_and_purge(openai_emulator: BackgroundServer,
+                                     start_gateway: Callable[..., GatewayThread]) -> None:
+    gw = start_gateway({"models": [cached_model("m", openai_emulator), cached_model("n", openai_emulator)],
+                        "auth": {"master_key": MASTER}})
+    admin = Admin(gw)
+    m = {"authorization": f"Bearer {MASTER}"}
+    key_m = chat(gw, m).headers["x-relaygate-cache-key"]
+    post(gw, {"model": "n", "messages": MSG, "temperature": 0}, m)
+    post(gw, {"model": "n", "messages": MSG, "seed": 2}, m)
+    stats = admin("GET", "/cache").json()
+    assert stats["entries"] == 3 and stats["misses"] == 3 and stats["bytes"] > 0
+    assert admin("DELETE", "/cache", key=key_m).json()["purged"] == {"memory": 1}
+    assert chat(gw, m).headers["x-relaygate-cache"] == "miss"
+    assert admin("DELETE", "/cache", model="n").json()["purged"] == {"memory": 2}
+    assert admin("DELETE", "/cache").json()["purged"] == {"memory": 1}
+    assert admin("DELETE", "/cache", key="nothex").status_code == 400
+    assert Admin(gw, "wrong")("GET", "/cache").status_code == 401
+
+
+def test_cache_settings_are_checked_with_their_path() -> None:
+    from relaygate.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError) as e:
+        parse_config({"models": [{"name": "m", "deployments": [{"provider": "demo"}], "cache": {"mode": "often"}}],
+                      "cache": {"redis": {"ttl": 5}, "memory": {"max_bytes": -1}}}, {})
+    text = "\n".join(e.value.errors)
+    assert "models[0].cache.mode" in text and "cache.memory.max_bytes" in text
+    with pytest.raises(ConfigError) as e:
+        parse_config({"models": [], "cache": {"redis": {"ttl": 5}}}, {})
+    assert any(err.startswith("cache.redis: needs state.redis_url") for err in e.value.errors)
+
+
+# ---- Redis ------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def redis_url() -> str:
+    import redis as redis_lib
+
+    try:
+        redis_lib.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+    except Exception:
+        require_service("Redis")
+    return REDIS_URL
+
+
+def test_two_gateways_share_answers_through_redis(openai_emulator: BackgroundServer, redis_url: str,
+                                                  start_gateway: Callable[..., GatewayThread]) -> None:
+    prefix = f"test-cache-{uuid.uuid4().hex}:"
+    cfg = {"models": [cached_model("m", openai_emulator)], "state": {"redis_url": redis_url},
+           "cache": {"redis": {"prefix": prefix, "ttl": 60}}}
+    one, two = start_gateway(cfg), start_gateway(cfg)
+    first = chat(one)
+    assert first.headers["x-relaygate-cache"] == "miss"
+    deadline = time.monotonic() + 5
+    while True:  # the write to Redis happens after the answer
+        second = chat(two)
+        if second.headers["x-relaygate-cache"] == "hit" or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert second.headers["x-relaygate-cache"] == "hit" and second.json() == first.json()
+    assert two.gateway.cache.stats.redis_hits == 1
+    assert chat(two).headers["x-relaygate-cache"] == "hit" and two.gateway.cache.stats.memory_hits == 1
+    purged = two.run(two.gateway.cache.purge())
+    assert purged == {"memory": 1, "redis": 1}
+    assert chat(one, {"cache-control": "max-age=3600"}).headers["x-relaygate-cache"] == "hit"  # its memory
+    assert chat(two).headers["x-relaygate-cache"] == "miss"
+
+
+def test_a_redis_that_is_down_is_bypassed_and_counted(openai_emulator: BackgroundServer,
+                                                      start_gateway: Callable[..., GatewayThread]) -> None:
+    from relaygate.testing.base import free_port
+
+    gw = start_gateway({"models": [cached_model("m", openai_emulator)],
+                        "state": {"redis_url": f"redis://127.0.0.1:{free_port('127.0.0.1')}/0"},
+                        "cache": {"memory": {"max_bytes": 0}, "redis": {"prefix": "unused:"}}})
+    assert [chat(gw).status_code for _ in range(3)] == [200, 200, 200]
+    assert gw.gateway.cache.stats.errors >= 1 and upstream_calls(openai_emulator) == 3

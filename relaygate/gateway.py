@@ -274,8 +274,9 @@ class Gateway:
         # statistics, health and rpm counts go on
         kept = {d.name: d for d in previous.deployments()} if keep_breakers and previous is not None else {}
         self.table = ModelTable(build_deployments(config, client, self.breakers, kept, self.scrub), PROVIDER_TYPES)
-        self.pricing = Pricing(PriceBook(config), self.table.models, config.auth.default_output_tokens)
-        self.router = Router(self.table, config, self.pricing.unit_price)
+        self.pricing = Pricing(PriceBook(config), self.table.models, config.auth.default_output_tokens,
+                               {m.name: [t for f in m.fallbacks for t in f.models] for m in config.models})
+        self.router = Router(self.table, config, self.pricing.unit_price, unpriced=self.pricing.unpriced)
         self.health = HealthChecker(health_checks(config, self.table.models))
         self.metrics: Metrics | None = None
         if config.metrics.enabled or config.alerts.rules:  # the alerts judge the metrics' counts

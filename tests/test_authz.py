@@ -20,6 +20,7 @@ from relaygate.testing.base import BackgroundServer
 from relaygate.testing.bedrock import TEST_ACCESS_KEY, TEST_SECRET_KEY
 from relaygate.testing.gateway import GatewayThread
 from tests.conftest import UPSTREAM_KEY, StartGateway, openai_model
+from tests.routing_support import dep, emulators
 from tests.test_keys import MASTER, Admin
 from tests.test_requestlog import gateway_rows
 
@@ -85,6 +86,24 @@ def test_a_model_the_key_may_not_use_costs_none_of_its_limits(
     key = new_key(gw, models=["m"], rpm=2)
     assert [chat(gw, key, "other").status_code for _ in range(3)] == [403] * 3
     assert [chat(gw, key, "m").status_code for _ in range(2)] == [200, 200]
+
+
+def test_a_fallback_model_the_key_may_not_use_is_passed_over(start_gateway) -> None:
+    """m falls back to secret and then to spare: a key allowed m and spare never reaches secret through
+    m's fallbacks, a key allowed m alone gets m's own error; the master key goes to secret."""
+    with emulators({}, {}) as (secret_up, spare_up):
+        gw = start_gateway({"models": [
+            {"name": "m", "fallbacks": [{"models": ["secret", "spare"]}], "deployments": [dep(None, "m-0")]},
+            {"name": "secret", "deployments": [dep(secret_up, "secret-0")]},
+            {"name": "spare", "deployments": [dep(spare_up, "spare-0")]}], "auth": {"master_key": MASTER}})
+        both = new_key(gw, models=["m", "spare"])
+        alone = new_key(gw, models=["m"])
+        r = chat(gw, both, "m")
+        assert r.status_code == 200 and r.headers["x-relaygate-deployment"] == "spare-0"
+        r = chat(gw, alone, "m")
+        assert r.status_code >= 500 and r.headers["x-relaygate-deployment"] == "m-0"
+        assert secret_up.state.requests == []
+        assert chat(gw, MASTER, "m").headers["x-relaygate-deployment"] == "secret-0"
 
 
 # ---- model names never become paths ----------------------------------------------------------------------

@@ -30,15 +30,39 @@ def test_a_budget_reserves_at_the_price_of_the_models_dearest_deployment() -> No
         capped = Call(id="1", route=Route.CHAT, model="m", body={"messages": messages, "max_tokens": 100})
         uncapped = Call(id="2", route=Route.CHAT, model="m", body={"messages": messages})
         embed = Call(id="3", route=Route.EMBEDDINGS, model="m", body={"input": "y" * 400})
-        return [p.reservation_price("m"), p.estimate(capped, True, True), p.estimate(uncapped, True, False),
-                p.estimate(embed, True, True)]
+        return [p.reservation("m"), p.estimate(capped, True, True), p.estimate(uncapped, True, False),
+                p.estimate(embed, True, True), p.estimate(uncapped, True, True)]
 
-    price, capped, uncapped, embed = with_gateway(cfg, run)
-    assert price == (3e-6, 4e-6)
+    price, capped, uncapped, embed, held = with_gateway(cfg, run)
+    assert (price.input, price.output, price.max_output, price.unpriced) == (3e-6, 4e-6, 0, False)
     prompt = (16 + 400) // 4 + 1  # ~4 characters a token, plus a little per message
-    assert capped == (prompt + 100, round((prompt * 3e-6 + 100 * 4e-6) * NANO))
-    assert uncapped == (prompt + 50, 0)  # the configured default output; no cost asked for
-    assert embed == (101, round(101 * 3e-6 * NANO))  # no output tokens
+    assert capped == (prompt + 100, round((prompt * 3e-6 + 100 * 4e-6) * NANO), 0)
+    assert uncapped == (prompt + 50, 0, 0)  # the configured default output; no cost asked for
+    assert embed == (101, round(101 * 3e-6 * NANO), 0)  # no output tokens
+    # x-model's maximum output is not known: the default output is reserved and the upstream held to it
+    assert held == (prompt + 50, round((prompt * 3e-6 + 50 * 4e-6) * NANO), 50)
+
+
+def test_without_max_tokens_a_budget_reserves_the_models_largest_maximum_output_fallbacks_included() -> None:
+    """gpt-4o-mini answers at most 16,384 tokens, gpt-4.1 32,768 (the catalog): a call to m may fall back to
+    the dearer and longer one, so that is what its reservation covers; the client's own cap wins."""
+    cfg = {"models": [{"name": "m", "deployments": [deployment("a", "gpt-4o-mini")],
+                       "fallbacks": [{"models": ["n"]}]},
+                      {"name": "n", "deployments": [deployment("b", "gpt-4.1")]}],
+           "request_log": {"enabled": False}}
+    body = {"messages": [{"role": "user", "content": "x" * 400}]}
+
+    async def run(gw: Gateway) -> list[Any]:
+        p = gw.pricing
+        return [p.estimate(Call(id="1", route=Route.CHAT, model="m", body=body), True, True),
+                p.estimate(Call(id="2", route=Route.CHAT, model="m", body={**body, "max_tokens": 7}), True, True),
+                p.book.lookup("gpt-4.1")]
+
+    uncapped, capped, dear = with_gateway(cfg, run)
+    prompt = (16 + 400) // 4 + 1
+    assert dear.max_output == 32768
+    assert uncapped[1:] == (round((prompt * dear.input + 32768 * dear.output) * NANO), 0)
+    assert capped[1:] == (round((prompt * dear.input + 7 * dear.output) * NANO), 0)
 
 
 def test_a_calls_cost_is_computed_once_from_its_deployments_price() -> None:

@@ -194,6 +194,36 @@ def test_fallback_chain_is_followed_in_order_and_each_model_tried_once(emus: lis
     assert raw.headers["x-relaygate-attempts"] == "3"
 
 
+def test_fallbacks_are_transitive_a_fallback_models_own_rules_come_first(emus: list[BackgroundServer],
+                                                                          start_gateway: Start) -> None:
+    """a falls back to b and d, b to c: a → b → c (b's own rule), and d only once c failed too."""
+    fault(emus[1], status=503)
+    gw = start_gateway({"models": [
+        {"name": "a", "fallbacks": [{"models": ["b", "d"]}], "deployments": [dep(None, "a-0")]},
+        {"name": "b", "fallbacks": [{"models": ["c"]}], "deployments": [dep(emus[1], "b-0")]},
+        {"name": "c", "deployments": [dep(emus[2], "c-0")]},
+        {"name": "d", "deployments": [dep(emus[2], "d-0")]},
+    ]})
+    raw, _ = ask(gw, "a")
+    assert raw.headers["x-relaygate-deployment"] == "c-0" and raw.headers["x-relaygate-attempts"] == "3"
+    fault(emus[2], status=503)  # c and d both fail now: d is still reached, and each model tried once
+    with pytest.raises(openai.InternalServerError) as e:
+        ask(gw, "a")
+    assert e.value.response.headers["x-relaygate-deployment"] == "d-0"
+    assert e.value.response.headers["x-relaygate-attempts"] == "4"
+
+
+def test_a_fallback_chain_is_bounded(emus: list[BackgroundServer], start_gateway: Start) -> None:
+    """A chain of 12 models, each falling back to the next: at most 8 fallback models per call."""
+    fault(emus[1], status=503)
+    gw = start_gateway({"models": [
+        {"name": f"m{i}", "fallbacks": [{"models": [f"m{i + 1}"]}] if i < 11 else [],
+         "deployments": [dep(emus[1], f"m{i}-0")]} for i in range(12)]})
+    with pytest.raises(openai.InternalServerError) as e:
+        ask(gw, "m0")
+    assert e.value.response.headers["x-relaygate-attempts"] == "9" and chat_requests(emus[1]) == 9
+
+
 def test_fallback_loops_are_impossible(emus: list[BackgroundServer], start_gateway: Start) -> None:
     fault(emus[1], status=503)
     fault(emus[2], status=503)

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from relaygate.auth.keys import MASTER, Principal, hash_secret
 from relaygate.core.call import Call, Handler, Reply
 from relaygate.core.errors import AuthError, PermissionDenied, Unavailable
-from relaygate.routing.router import WILDCARD, ModelTable
+from relaygate.routing.router import ModelTable
 
 log = logging.getLogger("relaygate")
 
@@ -204,9 +204,7 @@ class AuthLayer:
         # resolved here, once, before the limits (which price the resolved model); the router takes them
         deps = call.deployments = self.table.resolve(call)
         if principal.restricts_models:
-            name = deps[0].model_name
-            upstream = tuple({d.upstream_model(call.model) for d in deps}) if name == WILDCARD else ()
-            if not principal.allows_model(name, upstream):
+            if not principal.allows_deployments(deps[0].model_name, deps, call.model):
                 raise PermissionDenied(f"This key may not use the model {call.model!r}.", param="model",
                                        code="model_not_allowed")
         return await self.next(call)

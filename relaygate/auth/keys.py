@@ -9,8 +9,9 @@ import hashlib
 import os
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, or_, select
 from sqlalchemy.exc import IntegrityError
@@ -18,6 +19,9 @@ from sqlalchemy.exc import IntegrityError
 from relaygate.core.errors import BadRequest, NotFound
 from relaygate.core.pricing import NANO
 from relaygate.store import tables
+
+if TYPE_CHECKING:
+    from relaygate.routing.deployment import Deployment
 
 KEY_PREFIX = "rg-"
 SHOWN = 10  # characters of a secret shown again after creation ("rg-" + 7)
@@ -111,6 +115,13 @@ class Principal:
             if allowed is not None and name not in allowed and not (upstream and all(u in allowed for u in upstream)):
                 return False
         return True
+
+
+    def allows_deployments(self, name: str, deployments: Sequence[Deployment], asked: str) -> bool:
+        """``allows_model`` for a resolved model: for the ``*`` wildcard, with the names its deployments send
+        upstream for the model ``asked``."""
+        upstream = tuple({d.upstream_model(asked) for d in deployments}) if name == "*" else ()
+        return self.allows_model(name, upstream)
 
 
 MASTER = Principal(id="master")

@@ -24,6 +24,7 @@ class Price:
     cache_write: float | None = None  # default: the input price
     per_second: float = 0.0
     per_character: float = 0.0
+    max_output: int = 0  # the most output tokens one answer may have (0: not known)
 
     def cost_nano(self, usage: Usage | None) -> int:
         """The cost of ``usage`` in nano-dollars (prompt tokens include cached and cache-write tokens)."""
@@ -75,6 +76,7 @@ def _from_entry(e: dict[str, Any]) -> Price:
         cache_write=e.get("cache_write_cost_per_token"),
         per_second=float(e.get("cost_per_second") or 0.0),
         per_character=float(e.get("cost_per_character") or 0.0),
+        max_output=int(e.get("max_output_tokens") or 0),
     )
 
 
@@ -138,6 +140,7 @@ def _overlay(base: Price | None, o: Any) -> Price:
         cached_input=pick("cached_input_cost_per_token", b.cached_input),
         cache_write=pick("cache_write_cost_per_token", b.cache_write),
         per_second=pick("cost_per_second", b.per_second), per_character=pick("cost_per_character", b.per_character),
+        max_output=pick("max_output_tokens", b.max_output),
     )
 
 
@@ -160,7 +163,7 @@ class PriceBook:
             self._names = sorted(self.table, key=len, reverse=True)
 
     def lookup(self, model: str) -> Price:
-        """The price of ``model`` (FREE when unknown)."""
+        """The price of ``model`` (FREE, that very object, when unknown: ``price is FREE`` says "no price")."""
         hit = self._cache.get(model)
         if hit is not None:
             return hit

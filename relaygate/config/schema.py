@@ -296,7 +296,9 @@ class AuthConfig(Strict):
     # seconds past cache_ttl a cached key is still served while its background refresh fails (database down)
     stale_ttl: float = Field(600.0, ge=0)
     rotation_grace: float = Field(86400.0, ge=0)  # seconds an old key stays valid after a rotation
-    default_output_tokens: int = Field(256, ge=0)  # output estimate for budgets when max_tokens is absent
+    # output a budget reserves, and holds the upstream to, without max_tokens when the model's maximum output
+    # (catalog / prices: max_output_tokens) is not known; also the tokens-per-minute estimate without max_tokens
+    default_output_tokens: int = Field(256, ge=0)
     keys: list[KeyConfig] = Field(default_factory=list)  # keys declared here rather than through the admin API
 
 
@@ -309,6 +311,7 @@ class PriceConfig(Strict):
     cache_write_cost_per_token: float | None = Field(None, ge=0)
     cost_per_second: float | None = Field(None, ge=0)  # audio transcription
     cost_per_character: float | None = Field(None, ge=0)  # speech
+    max_output_tokens: int | None = Field(None, gt=0)  # most output tokens per answer: what budgets reserve
 
 
 class Config(Strict):

@@ -109,6 +109,9 @@ class Call:
     shape_checked: bool = False  # the body passed the typed chat request check (core/shapes), done for translators
     trace: CallTrace | None = None  # the call's trace, when tracing is on (observability/tracing.py)
     faults: tuple[str, ...] = ()  # the chaos rules that injected a fault into it (observability/chaos.py)
+    # the output tokens the gateway holds the answer to (what the caller's remaining budget pays for): the
+    # client's caps in the body are lowered to it; where it set none, each provider sends this in its own field
+    output_cap: int | None = None
 
 
 DoneCallback = Callable[["Reply", BaseException | None], None]

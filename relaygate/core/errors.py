@@ -156,6 +156,7 @@ class BudgetExceeded(GatewayError):
     type = "insufficient_quota"
     code = "budget_exceeded"
     kind = "budget"
+    left_nano: int | None = None  # what the refusing scope's budget has left, spent and reserved counted
 
 
 class Unavailable(GatewayError):

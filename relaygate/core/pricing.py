@@ -8,17 +8,32 @@ layer, the audit layer and the ``cost`` routing strategy all ask this one object
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from relaygate.core.call import Call, Reply, Route
+from relaygate.core.errors import PermissionDenied
 
 if TYPE_CHECKING:
     from relaygate.catalog.prices import Price, PriceBook
     from relaygate.routing.deployment import Deployment
 
 NANO = 1_000_000_000  # nano-dollars per dollar
+COUNT_TOKENS = Route.COUNT_TOKENS
 CHAT = Route.CHAT  # bound once: on Python 3.11 an enum class attribute costs ~0.2 µs per lookup
 MAX_CACHED = 10_000  # prices remembered per (deployment, model): a wildcard deployment sees any model name
+MIN_HELD_OUTPUT = 16  # the fewest output tokens a call held to its remaining budget is let through with
+WILDCARD = "*"
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """What a budget reserves for a model: USD per input and output token, the most output tokens an answer
+    may have (0: not known), and whether one of the model's own deployments has no known price."""
+
+    input: float
+    output: float
+    max_output: int
+    unpriced: bool
 
 
 @dataclass(slots=True)
@@ -50,12 +65,16 @@ class Meter:
 class Pricing:
     """Prices and costs for one gateway's deployments (``models``: client-facing name -> deployments)."""
 
-    def __init__(self, book: PriceBook, models: dict[str, list[Deployment]], default_output_tokens: int) -> None:
+    def __init__(self, book: PriceBook, models: dict[str, list[Deployment]], default_output_tokens: int,
+                 fallbacks: dict[str, list[str]] | None = None) -> None:
         self.book = book
         self.models = models
-        self.default_output_tokens = default_output_tokens  # the output a reservation assumes without a cap
+        # the output a reservation assumes without a cap when no deployment's maximum output is known (and
+        # what the upstream is then held to)
+        self.default_output_tokens = default_output_tokens
+        self.fallbacks = fallbacks or {}  # model -> the models its fallback rules name
         self._call_prices: dict[tuple[str, str], Price] = {}  # (deployment, model asked) -> its price
-        self._reserve: dict[str, tuple[float, float]] = {}  # model -> (input, output) USD per token
+        self._reserve: dict[str, Reservation] = {}  # model asked -> what a budget reserves for it
         self._unit: dict[str, float | None] = {}  # deployment -> USD per input + output token
 
     def cost(self, call: Call, reply: Reply | None) -> int:
@@ -79,25 +98,103 @@ class Pricing:
         call.cost_nano = cost
         return cost
 
-    def reservation_price(self, model: str) -> tuple[float, float]:
-        """(input, output) USD per token a budget reserves for a client-facing model: the dearest of its
-        deployments, so that a reservation errs high."""
+    def reach(self, model: str) -> list[str]:
+        """The models a call to ``model`` may be served by: its own (``*`` for a name only the wildcard
+        serves) and, transitively, every fallback model its rules name (each once)."""
+        first = model if model in self.models else WILDCARD
+        out = [first]
+        for name in out:  # grows while it is walked: breadth first, each model once
+            out += [m for m in self.fallbacks.get(name, ()) if m not in out]
+        return out
+
+    def reservation(self, model: str) -> Reservation:
+        """What a budget reserves for a call to a client-facing model: the dearest input and output prices
+        and the largest maximum output of every deployment that may serve it (fallbacks included), so that
+        a reservation errs high; ``unpriced`` when one of them has no known price."""
         hit = self._reserve.get(model)
         if hit is not None:
             return hit
-        deps = self.models.get(model) or self.models.get("*") or ()
-        prices = [self.book.for_deployment(d.config, d.upstream_model(model)) for d in deps]
-        price = (max((p.input for p in prices), default=0.0), max((p.output for p in prices), default=0.0))
-        if len(self._reserve) < MAX_CACHED:
-            self._reserve[model] = price
-        return price
+        from relaygate.catalog.prices import FREE  # catalog/prices imports this module
 
-    def estimate(self, call: Call, tokens: bool, cost: bool) -> tuple[int, int]:
-        """(tokens, nano-dollars) to reserve before a call: ~4 characters a token, plus the output cap."""
+        prices: list[Price] = []
+        unpriced = False
+        for i, name in enumerate(self.reach(model)):
+            asked = model if name == WILDCARD else name
+            prices += [self.book.for_deployment(d.config, d.upstream_model(asked)) for d in self.models.get(name, ())]
+            if i == 0:  # a fallback model without a price is skipped for a budget instead (routing/router.py)
+                unpriced = any(p is FREE for p in prices)
+        known = [p.max_output for p in prices]
+        res = Reservation(max((p.input for p in prices), default=0.0), max((p.output for p in prices), default=0.0),
+                          max(known) if known and all(known) else 0, unpriced)
+        if len(self._reserve) < MAX_CACHED:
+            self._reserve[model] = res
+        return res
+
+    def unpriced(self, dep: Deployment, model: str) -> bool:
+        """Whether a deployment has no known price for the model a call asks of it (a budget cannot count it)."""
+        from relaygate.catalog.prices import FREE
+
+        return self.book.for_deployment(dep.config, dep.upstream_model(model)) is FREE
+
+    def estimate(self, call: Call, tokens: bool, cost: bool) -> tuple[int, int, int]:
+        """(tokens, nano-dollars, output cap) to reserve before a call: the prompt at ~4 characters a token,
+        plus the output: the client's cap; for the tokens per minute, else ``default_output_tokens``; for the
+        cost, else the model's largest maximum output, or when none is known ``default_output_tokens``, which
+        the upstream must then be held to (the third figure; 0 when nothing needs holding)."""
         meter = call.meter
         if meter is not None:
-            return meter.reserve_tokens, meter.reserve_nano
+            return meter.reserve_tokens, meter.reserve_nano, 0
+        prompt = self.prompt_tokens(call.body)
+        cap = 0
+        if call.route is CHAT:
+            body = call.body
+            given = body.get("max_completion_tokens") or body.get("max_tokens")
+            if type(given) is int and given > 0:
+                cap = given
+        out = cap or (self.default_output_tokens if call.route is CHAT else 0)
+        if not cost:
+            return prompt + out, 0, 0
+        res = self._reserve.get(call.model) or self.reservation(call.model)
+        if res.unpriced and call.route is not COUNT_TOKENS:
+            raise PermissionDenied(
+                f"The model {call.model!r} has no known price on this gateway, and this key (or its team or user) "
+                "has a budget it would spend without counting. Set its price in the config (prices:, or the "
+                "deployment's input_cost_per_token/output_cost_per_token; 0 for a free model).",
+                param="model", code="unpriced_request")
+        held = 0
+        if call.route is CHAT and not cap and res.output:
+            if res.max_output:
+                out_cost = res.max_output
+            else:
+                out_cost = held = self.default_output_tokens
+        else:
+            out_cost = out
+        return prompt + out, round((prompt * res.input + out_cost * res.output) * NANO), held
+
+    def affordable(self, call: Call, left: int) -> tuple[int, int, int] | None:
+        """(tokens, nano-dollars, output cap) of the largest answer ``left`` nano-dollars of budget can pay
+        for, the prompt included; None when that is less than ``MIN_HELD_OUTPUT`` tokens (or less than the
+        client's own cap, if smaller): the call is then refused rather than cut to nothing."""
+        if call.route is not CHAT or call.meter is not None:
+            return None
+        res = self._reserve.get(call.model) or self.reservation(call.model)
+        if res.output <= 0:
+            return None
+        prompt = self.prompt_tokens(call.body)
         body = call.body
+        cap = body.get("max_completion_tokens") or body.get("max_tokens")
+        wanted = cap if type(cap) is int and cap > 0 else MIN_HELD_OUTPUT
+        out = int((left / NANO - prompt * res.input) / res.output)
+        while out > 0 and round((prompt * res.input + out * res.output) * NANO) > left:
+            out -= 1  # rounding: the reservation must fit what is left
+        if out < min(MIN_HELD_OUTPUT, wanted):
+            return None
+        return prompt + out, round((prompt * res.input + out * res.output) * NANO), out
+
+    @staticmethod
+    def prompt_tokens(body: dict[str, Any]) -> int:
+        """The prompt's tokens as a reservation counts them: ~4 characters a token (1,000 characters per
+        non-text part, 16 per message for its framing)."""
         chars = 0
         messages = body.get("messages")
         if type(messages) is list:
@@ -117,15 +214,7 @@ class Pricing:
             elif isinstance(given, list):
                 chars += sum(len(x) if isinstance(x, str) else 4 * len(x) if isinstance(x, list) else 0
                              for x in given)
-        prompt = chars // 4 + 1
-        out = 0
-        if call.route is CHAT:
-            cap = body.get("max_completion_tokens") or body.get("max_tokens")
-            out = cap if type(cap) is int and cap > 0 else self.default_output_tokens
-        if not cost:
-            return prompt + out, 0
-        price_in, price_out = self._reserve.get(call.model) or self.reservation_price(call.model)
-        return prompt + out, round((prompt * price_in + out * price_out) * NANO)
+        return chars // 4 + 1
 
     def unit_price(self, dep: Deployment) -> float | None:
         """What the ``cost`` strategy compares: USD per (input + output) token, from the deployment's config,

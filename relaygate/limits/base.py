@@ -60,9 +60,11 @@ def denial(scope: Scope, what: str, used: int, now: float) -> Exception:
     if what == "budget":
         _, _, end = period(lim.budget_period, now)
         budget = lim.budget_nano or 0
-        return BudgetExceeded(
+        refused = BudgetExceeded(
             f"Budget exceeded for {scope.name}: ${used / NANO:.6f} spent or reserved of ${budget / NANO:.6f} "
             f"({lim.budget_period}).", headers=headers, retry_after=(end - now) if end is not None else None)
+        refused.left_nano = budget - used
+        return refused
     if what == "parallel":
         return RateLimited(f"Too many parallel requests for {scope.name} (limit {lim.max_parallel}).",
                            headers=headers, retry_after=1, code="parallel_limit_exceeded")

@@ -1,4 +1,10 @@
-"""The limits layer: reserve before the call (rate, parallel, budget), settle from real usage after it."""
+"""The limits layer: reserve before the call (rate, parallel, budget), settle from real usage after it.
+
+A call of a key, team or user with a budget may only produce what the budget can pay for: without a
+``max_tokens`` the reservation covers the most output its model may answer (core/pricing.py), and a call
+the remaining budget cannot pay in full is held to the output it can pay (its ``max_tokens`` lowered, the
+client told by ``x-relaygate-output-cap``) rather than let the upstream overspend it.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +12,15 @@ from typing import TYPE_CHECKING
 
 from relaygate.auth.keys import Scope
 from relaygate.core.call import Call, Handler, Reply
+from relaygate.core.errors import BudgetExceeded
 from relaygate.core.pricing import Pricing
 from relaygate.limits.base import Grant, Limiter
 from relaygate.providers.base import RATE_LIMIT_HEADERS
 
 if TYPE_CHECKING:
     from relaygate.observability.tracing import CallTrace
+
+OUTPUT_CAP_HEADER = "x-relaygate-output-cap"  # the output tokens the gateway held the answer to (its budget)
 
 
 class LimitLayer:
@@ -27,14 +36,19 @@ class LimitLayer:
         if key is None or not key.limited:
             return await self.next(call)
         scopes = key.limited
-        tokens, cost = self.pricing.estimate(call, key.wants_tokens, key.wants_cost)
+        tokens, cost, held = self.pricing.estimate(call, key.wants_tokens, key.wants_cost)
         limiter = self.limiter
         trace = call.trace
-        if trace is not None:
-            grant = await traced_acquire(trace, limiter, scopes, tokens, cost)
-        else:
-            quick = limiter.try_acquire(scopes, tokens, cost)  # in-process: no await at all
-            grant = quick if quick is not None else await limiter.acquire(scopes, tokens, cost)
+        try:
+            if trace is not None:
+                grant = await traced_acquire(trace, limiter, scopes, tokens, cost)
+            else:
+                quick = limiter.try_acquire(scopes, tokens, cost)  # in-process: no await at all
+                grant = quick if quick is not None else await limiter.acquire(scopes, tokens, cost)
+        except BudgetExceeded as refused:
+            grant, held = await self._within_budget(call, scopes, refused)
+        if held and not hold_output(call, held):
+            held = 0  # the client's own cap was lower already
         try:
             reply = await self.next(call)
         except BaseException:
@@ -45,6 +59,8 @@ class LimitLayer:
                 for name in RATE_LIMIT_HEADERS:
                     reply.headers.pop(name, None)
             reply.raw_headers = grant.headers
+        if held:
+            reply.headers[OUTPUT_CAP_HEADER] = str(held)
         settled = grant
 
         def done(r: Reply, error: BaseException | None) -> None:
@@ -57,6 +73,46 @@ class LimitLayer:
 
         reply.on_done(done)
         return reply
+
+    async def _within_budget(self, call: Call, scopes: tuple[Scope, ...],
+                             refused: BudgetExceeded) -> tuple[Grant, int]:
+        """A call its budget cannot pay in full: granted with the largest output what is left pays for (a
+        scope refusing again, with less left, is asked again: at most once per scope), else the refusal."""
+        for _ in scopes:
+            left = refused.left_nano
+            fit = self.pricing.affordable(call, left) if left is not None else None
+            if fit is None:
+                raise refused
+            tokens, cost, held = fit
+            try:
+                return await self.limiter.acquire(scopes, tokens, cost), held
+            except BudgetExceeded as again:
+                refused = again
+        raise refused
+
+
+def hold_output(call: Call, cap: int) -> bool:
+    """Hold the call's answer to ``cap`` output tokens: the client's own caps lowered to it (the chat body's
+    and a relayed Messages body's), or ``call.output_cap`` set for the provider to send in its own field
+    when the client set none. False when the client's cap was no higher already."""
+    body = call.body
+    given = lowered = False
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = body.get(name)
+        if type(value) is int:
+            given = True
+            if value > cap:
+                body[name] = cap
+                lowered = True
+    native = call.anthropic_request
+    if native is not None:
+        value = native.get("max_tokens")
+        if type(value) is int and value > cap:
+            native["max_tokens"] = cap
+    if not given or lowered:
+        call.output_cap = cap
+        return True
+    return False
 
 
 async def traced_acquire(trace: CallTrace, limiter: Limiter, scopes: tuple[Scope, ...], tokens: int,

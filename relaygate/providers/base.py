@@ -274,6 +274,9 @@ def translated(handler: Handler, kind: str, chat_shaped: bool, relays_messages: 
             except jsonvalue.JSONRejected as e:
                 raise BadRequest(f"the request is not accepted: {e.message}", param=e.param) from None
             call.shape_checked = True
+        cap = call.output_cap
+        if cap is not None and "max_completion_tokens" not in call.body and "max_tokens" not in call.body:
+            call.body["max_completion_tokens"] = cap  # every translator reads it (the limits layer set it)
         try:
             reply = await handler(call)
         except ANSWER_ERRORS as e:

@@ -95,8 +95,10 @@ class Answer:
     completion_tokens: int
 
 
-def answer(body: dict[str, Any], prefix: str = "Hello! You said: ", max_chars: int = MAX_ANSWER_CHARS) -> Answer:
-    """What the emulated model says to this request (at most ``max_chars`` of it, as a model's output limit)."""
+def answer(body: dict[str, Any], prefix: str = "Hello! You said: ", max_chars: int = MAX_ANSWER_CHARS,
+           words_at_least: int = 0) -> Answer:
+    """What the emulated model says to this request (at most ``max_chars`` of it, as a model's output limit;
+    padded with "more" to ``words_at_least`` words)."""
     messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
     last_user = next((_text_of(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
     system = next((_text_of(m.get("content")) for m in messages if m.get("role") in ("system", "developer")), "")
@@ -124,6 +126,8 @@ def answer(body: dict[str, Any], prefix: str = "Hello! You said: ", max_chars: i
     if len(text) > max_chars:  # cut first: splitting a huge echo would cost more than the answer is worth
         text, finish = text[:max_chars], "length"
     words = text.split(" ")
+    if len(words) < words_at_least:
+        words += ["more"] * (words_at_least - len(words))
     limit = body.get("max_completion_tokens") or body.get("max_tokens")
     if isinstance(limit, int) and 0 < limit < len(words):
         words, finish = words[:limit], "length"
@@ -154,9 +158,9 @@ def _completion_id(body: dict[str, Any]) -> str:
 
 
 def complete(body: dict[str, Any], prefix: str = "Hello! You said: ",
-             max_chars: int = MAX_ANSWER_CHARS) -> dict[str, Any]:
+             max_chars: int = MAX_ANSWER_CHARS, words_at_least: int = 0) -> dict[str, Any]:
     """A whole ``chat.completion`` object."""
-    a = answer(body, prefix, max_chars)
+    a = answer(body, prefix, max_chars, words_at_least)
     n_raw = body.get("n")
     n = min(n_raw, MAX_CHOICES) if isinstance(n_raw, int) and n_raw > 0 else 1
     message: dict[str, Any] = {"role": "assistant", "content": a.text, "refusal": None, "annotations": []}
@@ -171,9 +175,9 @@ def complete(body: dict[str, Any], prefix: str = "Hello! You said: ",
 
 
 def stream_chunks(body: dict[str, Any], prefix: str = "Hello! You said: ",
-                  max_chars: int = MAX_ANSWER_CHARS) -> list[dict[str, Any]]:
+                  max_chars: int = MAX_ANSWER_CHARS, words_at_least: int = 0) -> list[dict[str, Any]]:
     """The ``chat.completion.chunk`` objects of a streamed answer, in order (usage chunk if asked)."""
-    a = answer(body, prefix, max_chars)
+    a = answer(body, prefix, max_chars, words_at_least)
     cid, created, model = _completion_id(body), int(time.time()), body.get("model")
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 

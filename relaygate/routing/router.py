@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING
 
 from relaygate.config import Config, ModelConfig
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from relaygate.auth.keys import Principal
 
 WILDCARD = "*"
+MAX_FALLBACK_MODELS = 8  # fallback models one call may move through, however the rules chain
 
 
 class ModelTable:
@@ -109,8 +110,10 @@ class Router:
     ``price_of`` is what the ``cost`` strategy compares."""
 
     def __init__(self, table: ModelTable, config: Config, price_of: PriceFn, *,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 unpriced: Callable[[Deployment, str], bool] | None = None) -> None:
         self.table = table
+        self.unpriced = unpriced  # whether a deployment has no known price for a model (budgets skip those)
         self.rng = rng or random.Random()
         self.routes = {m.name: ModelRoute(m.name, table.models[m.name], m, self.rng, price_of)
                        for m in config.models}
@@ -137,9 +140,11 @@ class Router:
             raise
 
     async def route(self, call: Call, route: ModelRoute, deps: list[Deployment]) -> Reply:
-        """The model's deployments, then its fallback models on the error classes they are configured for."""
+        """The model's deployments, then its fallback models on the error classes they are configured for:
+        transitively (a fallback model's own fallbacks first, then those of the models before it), each model
+        at most once per call and at most ``MAX_FALLBACK_MODELS`` of them."""
         visited = {route.name}
-        primary = route
+        chain = [route]  # the models tried, whose fallback rules may still name one to try
         while True:
             try:
                 return await self._try_model(call, route, deps)
@@ -147,26 +152,43 @@ class Router:
                 err = e
             if call.deadline and time.monotonic() >= call.deadline:
                 raise err
-            found = self._fallback(call, primary, err.kind, visited)
+            found = self._fallback(call, chain, err.kind, visited) if len(chain) <= MAX_FALLBACK_MODELS else None
             if found is None:
                 raise err
             route, deps = found
+            chain.append(route)
             call.fallbacks += (route.name,)
 
-    def _fallback(self, call: Call, primary: ModelRoute, kind: str,
+    def _fallback(self, call: Call, chain: list[ModelRoute], kind: str,
                   visited: set[str]) -> tuple[ModelRoute, list[Deployment]] | None:
-        """The next fallback model for an error class, and its deployments that can serve the call."""
-        while (nxt := primary.fallbacks.next_model(kind, visited)) is not None:
-            visited.add(nxt)
-            route = self.routes.get(nxt)
-            if route is None:
-                continue
-            try:
-                deps = narrow_by_voice(call, route.deployments)
-            except BadRequest:  # this one cannot speak the requested voice; a later one may
-                continue
-            return route, serving(call.route, deps) if call.route in route.partly else deps
+        """The next fallback model for an error class, and its deployments that can serve the call: from the
+        rules of the model tried last, else of those before it. A model the caller's key may not use, or
+        (for a caller with a budget) one without a known price, is passed over."""
+        key = call.key
+        for source in reversed(chain):
+            while (nxt := source.fallbacks.next_model(kind, visited)) is not None:
+                visited.add(nxt)
+                route = self.routes.get(nxt)
+                if route is None:
+                    continue
+                if key is not None and not self._may_use(key, call, route):
+                    continue
+                try:
+                    deps = narrow_by_voice(call, route.deployments)
+                except BadRequest:  # this one cannot speak the requested voice; a later one may
+                    continue
+                return route, serving(call.route, deps) if call.route in route.partly else deps
         return None
+
+    def _may_use(self, key: Principal, call: Call, route: ModelRoute) -> bool:
+        """Whether a fallback model is one the caller may be served by: allowed to its key, and priced if it
+        has a budget (what the auth and limits layers check of the model the client asked for)."""
+        if key.restricts_models and not key.allows_deployments(route.name, route.deployments, call.model):
+            return False
+        unpriced = self.unpriced
+        return not (key.wants_cost and unpriced is not None
+                    and any(unpriced(d, call.model if route.name == WILDCARD else route.name)
+                            for d in route.deployments))
 
     async def _try_model(self, call: Call, route: ModelRoute, deps: list[Deployment]) -> Reply:
         """Up to ``retry.attempts`` attempts on this model's deployments (untried ones first)."""

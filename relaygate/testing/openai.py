@@ -46,6 +46,8 @@ class OpenAIEmulatorOptions:
     prefix: str = "Hello! You said: "
     voices: tuple[str, ...] | None = OPENAI_VOICES  # text-to-speech voices accepted (None: any)
     auto_language: bool = False  # transcriptions take language=auto, as whisper.cpp's server does (OpenAI refuses it)
+    # a model that talks at length: each answer padded to this many words (tokens), max_tokens still cutting it
+    answer_words: int = 0
 
 
 # ---- errors in OpenAI's shape -------------------------------------------------------------------------
@@ -174,11 +176,12 @@ def create_app(options: OpenAIEmulatorOptions | None = None, state: EmulatorStat
                      f"resulted in {tokens} tokens. Please reduce the length of the messages.",
                 "context_length_exceeded"), 400)
         if not body.get("stream"):
-            return json_response(complete(body, opts.prefix),
+            return json_response(complete(body, opts.prefix, words_at_least=opts.answer_words),
                                  headers={"x-ratelimit-limit-requests": "10000",
                                           "x-ratelimit-remaining-requests": "9999"})
         return await send_sse(request, (b"data: " + orjson.dumps(c) + b"\n\n"
-                                        for c in stream_chunks(body, opts.prefix)), plan)
+                                        for c in stream_chunks(body, opts.prefix, words_at_least=opts.answer_words)),
+                              plan)
 
     async def azure_chat(request: web.Request) -> web.StreamResponse:
         return await chat(request, azure=True)

@@ -23,6 +23,7 @@ class AzureProvider(OpenAIProvider):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.api_version = self.config.api_version or DEFAULT_API_VERSION
+        self.output_cap_field = "max_completion_tokens"  # Azure OpenAI's reasoning models refuse max_tokens
         self._headers = {"content-type": "application/json", **self.config.headers}
         if self.config.api_key is not None:
             self._headers["api-key"] = self.config.api_key.get_secret_value()

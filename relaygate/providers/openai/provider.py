@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -40,6 +41,10 @@ class OpenAIProvider(Provider):
         super().__init__(*args, **kwargs)
         base = self.config.api_base or DEFAULT_BASE
         self.base = base
+        # the output cap the gateway adds when it must hold an answer to a budget: OpenAI's own API wants
+        # max_completion_tokens (its reasoning models refuse max_tokens); the servers that mimic it read max_tokens
+        self.output_cap_field = ("max_completion_tokens" if urlsplit(base).hostname == "api.openai.com"
+                                 else "max_tokens")
         self._headers = {"content-type": "application/json", **self.config.headers}
         if self.config.api_key is not None and self.config.api_key.get_secret_value():
             self._headers["authorization"] = "Bearer " + self.config.api_key.get_secret_value()
@@ -66,6 +71,9 @@ class OpenAIProvider(Provider):
         # the body was parsed for this call alone: rewrite in place rather than copy (hot path)
         body = call.body
         body["model"] = model
+        cap = call.output_cap
+        if cap is not None and "max_completion_tokens" not in body and "max_tokens" not in body:
+            body[self.output_cap_field] = cap
         if call.stream and call.route is Route.CHAT:
             opts = body.get("stream_options")
             # ask for usage so cost can be metered; the extra chunk is dropped for this client

@@ -1,0 +1,126 @@
+"""Budgets hold whatever the upstream answers: a call may only produce what the remaining budget can pay for
+(reserved on the model's maximum output, held to what is left), and streams are billed for what they
+delivered, usage chunk or not."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+import requests  # type: ignore[import-untyped]
+
+from relaygate.testing.base import BackgroundServer
+from relaygate.testing.openai import OpenAIEmulatorOptions, create_app
+from tests.conftest import UPSTREAM_KEY, openai_model
+from tests.test_keys import MASTER
+from tests.test_limits import new_key, wait_for_spent
+from tests.test_limits import state as state  # noqa: F401  (the fixture: memory and Redis limits)
+from tests.test_requestlog import gateway_rows
+
+BUDGET_USD = 0.04
+MAX_OUTPUT = 16384  # gpt-4o-mini's maximum output (the catalog): what a call without max_tokens reserves
+TALKATIVE = 2000  # the words (tokens) every answer of the emulated model has, unless max_tokens cuts it
+
+
+@pytest.fixture
+def talkative() -> Iterator[BackgroundServer]:
+    """An OpenAI emulator whose model answers 2,000 tokens to anything (gpt-4o-mini: $0.0012 of output)."""
+    with BackgroundServer(create_app(OpenAIEmulatorOptions(api_key=UPSTREAM_KEY, answer_words=TALKATIVE))) as srv:
+        yield srv
+
+
+async def _calls(url: str, key: str, n: int, body: dict[str, Any]) -> list[tuple[int, Any]]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as s:
+        async def one() -> tuple[int, Any]:
+            async with s.post(url, json=body, headers={"authorization": f"Bearer {key}"}) as r:
+                await r.read()
+                return r.status, r.headers
+        return await asyncio.gather(*(one() for _ in range(n)))
+
+
+def test_200_concurrent_calls_without_max_tokens_never_overspend_a_budget(talkative, start_gateway, state) -> None:
+    """The issue's case: 200 concurrent calls on a $0.04 budget to an upstream that answers 2,000 tokens.
+    Reserving 256 output tokens let 77 through ($0.308, 7.7× the budget); now at most the budget is spent,
+    a call the rest cannot pay in full is held to what it can (told by x-relaygate-output-cap), and the
+    budget can still be spent to its end afterwards."""
+    gw = start_gateway({"models": [openai_model("m", talkative)], "state": state,
+                        "auth": {"master_key": MASTER}})
+    key = new_key(gw, budget_usd=BUDGET_USD, budget_period="day")
+    url = gw.base_url + "/chat/completions"
+    body = {"model": "m", "messages": [{"role": "user", "content": "Tell me everything."}]}
+    results = asyncio.run(_calls(url, key["key"], 200, body))
+    ok = [h for s, h in results if s == 200]
+    assert ok and all(s in (200, 429) for s, _ in results)
+    capped = [int(h["x-relaygate-output-cap"]) for h in ok if "x-relaygate-output-cap" in h]
+    assert capped and all(0 < c < MAX_OUTPUT for c in capped)
+    later = 0  # one at a time, until the budget refuses: its last calls are held to what is left
+    for _ in range(60):
+        status, _ = asyncio.run(_calls(url, key["key"], 1, body))[0]
+        if status != 200:
+            break
+        later += 1
+    else:
+        pytest.fail("a $0.04 budget paid for more than 60 answers of $0.0012")
+    rows = [r for r in gateway_rows(gw, expected=201 + later) if r["key_id"] == key["id"]]
+    spent = sum(r["cost_nano"] for r in rows)
+    budget = round(BUDGET_USD * 1e9)
+    assert spent <= budget
+    assert spent >= budget * 0.9  # held, not starved: nearly all of it was usable
+    assert wait_for_spent(gw, "key:" + key["id"], spent) == spent
+    sent = requests.get(talkative.url + "/_emulator/requests", timeout=5).json()["requests"]
+    held = [r["json"]["max_tokens"] for r in sent if "max_tokens" in (r.get("json") or {})]
+    # an OpenAI-compatible server is sent max_tokens; the budget's last calls had their answers cut short
+    assert held and all(0 < h < MAX_OUTPUT for h in held) and min(held) < TALKATIVE
+
+
+def test_a_client_cap_above_what_the_budget_pays_is_lowered_and_said(talkative, start_gateway) -> None:
+    gw = start_gateway({"models": [openai_model("m", talkative)], "auth": {"master_key": MASTER}})
+    key = new_key(gw, budget_usd=0.0006, budget_period="day")  # ~1,000 output tokens of gpt-4o-mini
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 1500}
+    status, headers = asyncio.run(_calls(gw.base_url + "/chat/completions", key["key"], 1, body))[0]
+    assert status == 200
+    cap = int(headers["x-relaygate-output-cap"])
+    assert 900 < cap < 1000
+    sent = requests.get(talkative.url + "/_emulator/requests", timeout=5).json()["requests"][-1]["json"]
+    assert sent["max_completion_tokens"] == cap and "max_tokens" not in sent
+
+
+def test_a_budget_refuses_a_wildcard_model_without_a_price_instead_of_counting_it_free(start_gateway) -> None:
+    """Through a ``*`` deployment any name reaches the upstream; one the price book does not know used to
+    cost $0 against a budget. A free model is declared free (a price of 0), and then counts as such."""
+    with BackgroundServer(create_app(OpenAIEmulatorOptions(api_key=UPSTREAM_KEY, models=()))) as emulator:
+        gw = start_gateway({"models": [openai_model("*", emulator, "*"),
+                                       openai_model("local", emulator, "my-llama", input_cost_per_token=0,
+                                                    output_cost_per_token=0)],
+                            "auth": {"master_key": MASTER}})
+        url = gw.base_url + "/chat/completions"
+        budgeted = new_key(gw, budget_usd=1, budget_period="day")["key"]
+        unlimited = new_key(gw)["key"]
+        body = {"messages": [{"role": "user", "content": "hi"}]}
+        refused = requests.post(url, json={**body, "model": "some-unpriced-model"}, timeout=10,
+                                headers={"authorization": f"Bearer {budgeted}"})
+        assert refused.status_code == 403 and refused.json()["error"]["code"] == "unpriced_request"
+        for key, model in ((unlimited, "some-unpriced-model"), (budgeted, "gpt-4o-mini"), (budgeted, "local")):
+            r = requests.post(url, json={**body, "model": model}, headers={"authorization": f"Bearer {key}"},
+                              timeout=10)
+            assert r.status_code == 200, (model, r.text)
+        rows = gateway_rows(gw, expected=4)
+        assert [r["status"] for r in rows] == [403, 200, 200, 200]
+        assert rows[2]["cost_nano"] > 0 and rows[3]["cost_nano"] == 0
+
+
+def test_a_fallback_model_without_a_price_is_passed_over_for_a_budget(start_gateway) -> None:
+    with BackgroundServer(create_app(OpenAIEmulatorOptions(api_key=UPSTREAM_KEY, models=()))) as emulator:
+        gw = start_gateway({"models": [
+            {"name": "m", "fallbacks": [{"models": ["mystery"]}],
+             "deployments": [{**openai_model("m", emulator)["deployments"][0], "api_base": "http://127.0.0.1:9/v1"}]},
+            openai_model("mystery", emulator, "mystery-model")], "auth": {"master_key": MASTER}})
+        url = gw.base_url + "/chat/completions"
+        body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+        for budget, expected in ((1, 502), (None, 200)):  # 502: m unreachable, its own error
+            key = new_key(gw, budget_usd=budget, budget_period="day")["key"]
+            r = requests.post(url, json=body, headers={"authorization": f"Bearer {key}"}, timeout=10)
+            assert r.status_code == expected, r.text

@@ -124,3 +124,77 @@ def test_a_fallback_model_without_a_price_is_passed_over_for_a_budget(start_gate
             key = new_key(gw, budget_usd=budget, budget_period="day")["key"]
             r = requests.post(url, json=body, headers={"authorization": f"Bearer {key}"}, timeout=10)
             assert r.status_code == expected, r.text
+
+
+# ---- streams are billed for what they delivered ---------------------------------------------------------
+
+WORDS = 200  # a streamed answer's words (tokens), one chunk each
+STREAM = {"model": "m", "messages": [{"role": "user", "content": "Tell me."}], "max_tokens": WORDS,
+          "stream": True}
+
+
+@pytest.fixture
+def streaming() -> Iterator[BackgroundServer]:
+    """An emulated model that streams 200 one-token chunks, 2 ms apart (so a client can leave mid-way)."""
+    srv = BackgroundServer(create_app(OpenAIEmulatorOptions(api_key=UPSTREAM_KEY, answer_words=WORDS)))
+    with srv:
+        requests.post(srv.url + "/_emulator/faults", json={"chunk_delay_ms": 2}, timeout=5)
+        yield srv
+
+
+async def _stream_then_leave(url: str, key: str) -> int:
+    """One stream, read up to its finish_reason chunk and closed there: one event before the usage chunk
+    (which the client did not ask for) and [DONE]. The status of the answer."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as s, \
+            s.post(url, json=STREAM, headers={"authorization": f"Bearer {key}"}) as r:
+        if r.status != 200:
+            await r.read()
+            return r.status
+        async for line in r.content:
+            if b'"finish_reason":"' in line:
+                break  # leaving: the connection is closed with the response unread
+        return r.status
+
+
+def test_streams_closed_by_the_client_one_event_before_the_end_are_billed(streaming, start_gateway) -> None:
+    """The issue's case: 30 streams closed one event before the end, on a key whose budget covers 2 answers,
+    were all served at $0. Now each is billed its prompt and the tokens it delivered, marked estimated, and
+    the budget stops them (the third held to what is left)."""
+    gw = start_gateway({"models": [openai_model("m", streaming)], "auth": {"master_key": MASTER}})
+    probe = new_key(gw)["key"]
+    assert requests.post(gw.base_url + "/chat/completions", json={**STREAM, "stream": False}, timeout=30,
+                         headers={"authorization": f"Bearer {probe}"}).status_code == 200
+    answer = gateway_rows(gw)[0]["cost_nano"]  # one whole answer's cost
+    key = new_key(gw, budget_usd=2.2 * answer / 1e9, budget_period="day")
+    statuses = [asyncio.run(_stream_then_leave(gw.base_url + "/chat/completions", key["key"])) for _ in range(30)]
+    assert statuses.count(200) <= 3 and statuses.count(429) >= 27
+    rows = [r for r in gateway_rows(gw, expected=31) if r["key_id"] == key["id"]]
+    served = [r for r in rows if r["status"] == 499]  # the client left: logged as its doing
+    assert len(served) == statuses.count(200) and all(r["usage_estimated"] for r in served)
+    assert all(r["cost_nano"] > 0 for r in served)
+    assert abs(served[0]["completion_tokens"] - WORDS) <= 3  # every chunk reached the client: each counted
+    assert sum(r["cost_nano"] for r in rows) <= round(2.2 * answer)
+    assert served[0]["cost_nano"] >= 0.95 * answer
+
+
+def test_a_stream_the_upstream_breaks_is_billed_what_it_delivered(streaming, start_gateway) -> None:
+    gw = start_gateway({"models": [openai_model("m", streaming)], "auth": {"master_key": MASTER}})
+    requests.post(streaming.url + "/_emulator/faults", json={"disconnect_after_chunks": 101}, timeout=5)
+    key = new_key(gw, budget_usd=1, budget_period="day")["key"]
+    r = requests.post(gw.base_url + "/chat/completions", json=STREAM, timeout=30,
+                      headers={"authorization": f"Bearer {key}"})
+    assert r.status_code == 200 and '"error"' in r.text.rsplit("data: ", 1)[-1]  # ended by an error event
+    row = gateway_rows(gw)[0]
+    assert row["usage_estimated"] and row["error"] is not None
+    assert 99 <= row["completion_tokens"] <= 102 and row["cost_nano"] > 0  # the role chunk and 100 words
+    assert row["prompt_tokens"] > 0
+
+
+def test_a_stream_with_its_usage_is_not_estimated(streaming, start_gateway) -> None:
+    gw = start_gateway({"models": [openai_model("m", streaming)], "auth": {"master_key": MASTER}})
+    key = new_key(gw)["key"]
+    r = requests.post(gw.base_url + "/chat/completions", json=STREAM, timeout=30,
+                      headers={"authorization": f"Bearer {key}"})
+    assert r.status_code == 200 and '"usage":{' not in r.text  # not asked for: stripped, yet counted
+    row = gateway_rows(gw)[0]
+    assert not row["usage_estimated"] and row["completion_tokens"] == WORDS

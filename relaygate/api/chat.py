@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from relaygate.api.common import check, check_int, object_body, pop_provider, require, respond
+from relaygate.api.common import bill_delivered, check, check_int, object_body, pop_provider, require, respond
 from relaygate.auth.authenticator import caller
 from relaygate.core.call import Call, Route
 from relaygate.core.errors import BadRequest
@@ -70,6 +70,8 @@ async def chat_completions(gw: Gateway, req: Request) -> Response | StreamRespon
     body = object_body(await req.json(gw.config.server.max_body_bytes))
     call = chat_call(gw, req, body, key)
     reply = await gw.handle(call)
+    if reply.stream is not None:
+        bill_delivered(call, reply)
     return respond(call, reply)
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from relaygate.core.call import Call, Reply
+from relaygate.core.call import Call, Delivered, Reply, Usage
 from relaygate.core.errors import BadRequest, GatewayError
+from relaygate.core.pricing import Pricing
 from relaygate.providers.streaming import stream_error_event
 from relaygate.server.http import Response, StreamResponse
 
@@ -54,6 +55,30 @@ def pop_provider(body: dict[str, Any]) -> str | None:
     if provider is not None and (not isinstance(provider, str) or not provider):
         raise BadRequest("'provider' must be a non-empty string", param="provider", code="invalid_type")
     return provider
+
+
+def bill_delivered(call: Call, reply: Reply) -> None:
+    """A chat stream is billed for what it delivered even when its usage never comes (the upstream broke, the
+    client or a shutdown cut it, a server that ignores ``include_usage``): prompt tokens as the limits estimate
+    them and the delivered output as ``Delivered`` counts it, marked ``estimated`` (the log row says so).
+    Registered after the pipeline's own callbacks, so it runs before them: the limits settle and the log
+    records this usage."""
+    if reply.stream is None:
+        return
+    delivered = reply.delivered = Delivered()
+
+    def estimate(r: Reply, error: BaseException | None) -> None:
+        usage = r.usage
+        if usage is None or not usage.known:
+            body = call.body
+            out = delivered.completion_tokens()
+            cap = body.get("max_completion_tokens") or body.get("max_tokens")
+            if type(cap) is int and cap > 0:  # the upstream was held to it: never count beyond
+                n = body.get("n")
+                out = min(out, cap * (n if type(n) is int and n > 0 else 1))
+            r.usage = Usage(prompt_tokens=Pricing.prompt_tokens(body), completion_tokens=out, estimated=True)
+
+    reply.on_done(estimate)
 
 
 def reply_headers(call: Call, reply: Reply) -> dict[str, str]:

@@ -40,6 +40,7 @@ class Usage:
     known: bool = True
     audio_seconds: float = 0.0
     characters: int = 0
+    estimated: bool = False  # counted by the gateway from what a stream delivered: the upstream never said
 
     @property
     def total_tokens(self) -> int:
@@ -114,6 +115,37 @@ class Call:
     output_cap: int | None = None
 
 
+class Delivered:
+    """What a chat stream delivered to its client, counted as it went (``StreamResponse`` adds each chunk
+    sent), for the usage of a stream whose upstream never said (cut by either side, or a server that ignores
+    ``include_usage``): see ``completion_tokens``."""
+
+    __slots__ = ("size", "deltas", "framing")
+
+    def __init__(self) -> None:
+        self.size = 0  # bytes sent
+        self.deltas = 0  # "delta" objects sent: one per choice in each OpenAI chunk, one per Anthropic delta event
+        self.framing = 1 << 30  # the smallest chunk sent with a single delta: about one event without its text
+
+    def add(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        n = chunk.count(b'"delta"')
+        if n:
+            self.deltas += n
+            if n == 1 and len(chunk) < self.framing:
+                self.framing = len(chunk)
+
+    def completion_tokens(self) -> int:
+        """The output tokens delivered, estimated: the larger of one token per delta (OpenAI and the servers
+        that mimic it send about one token per chunk) and ~4 bytes a token of the text the events carried
+        (translated streams carry several tokens a delta): the bytes sent beyond each event's framing, taken
+        as the smallest single-delta chunk plus a ``"content":""`` key, which the smallest may lack."""
+        if not self.deltas:
+            return 0
+        text = self.size - self.deltas * (self.framing + 12)
+        return max(self.deltas, -(-text // 4))
+
+
 DoneCallback = Callable[["Reply", BaseException | None], None]
 
 
@@ -130,6 +162,7 @@ class Reply:
     usage: Usage | None = None
     first_byte_at: float | None = None  # monotonic time of the first upstream byte (TTFT for streams)
     anthropic_native: bool = False  # the body or stream is Anthropic's own Messages format, relayed untouched
+    delivered: Delivered | None = None  # a chat stream's count of what reached its client (api/common.py)
     _done: list[DoneCallback] = field(default_factory=list)
     _finished: bool = False
 

@@ -226,4 +226,5 @@ class AuditLayer:
             call.client_ip or None,  # client_ip
             request_body,  # request_body
             response_body,  # response_body
+            1 if usage is not None and usage.estimated else 0,  # usage_estimated
         )

@@ -288,9 +288,12 @@ class StreamResponse:
         assert self.reply.stream is not None
         stream = self.reply.stream
         await send({"type": "http.response.start", "status": self.reply.status, "headers": headers})
+        delivered = self.reply.delivered
         try:
             async for chunk in stream:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                if delivered is not None:
+                    delivered.add(chunk)
         except Exception as e:
             # bytes already reached the client: end the stream with an error event, never retry
             if isinstance(e, GatewayError):

@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine, inspect, select
 from sqlalchemy.exc import DBAPIError
 
 from relaygate.store import tables
@@ -39,11 +39,19 @@ def _v4_stored_objects(conn: Connection) -> None:
     tables.stored_objects.create(conn, checkfirst=True)
 
 
+def _v5_usage_estimated(conn: Connection) -> None:
+    if "usage_estimated" in {c["name"] for c in inspect(conn).get_columns("request_log")}:
+        return  # created by step 1 from today's table
+    false = "false" if conn.dialect.name == "postgresql" else "0"
+    conn.exec_driver_sql(f"ALTER TABLE request_log ADD COLUMN usage_estimated BOOLEAN NOT NULL DEFAULT {false}")
+
+
 STEPS: list[tuple[int, str, Step]] = [
     (1, "keys, owners, request log", _v1_initial),
     (2, "request log: no index on request_id (random ids made every insert costly)", _v2_drop_request_id_index),
     (3, "request log: key, team and user indexes only over rows that have one", _v3_partial_owner_indexes),
     (4, "stored objects: responses, conversations, assistants, threads, runs", _v4_stored_objects),
+    (5, "request log: usage_estimated (a stream's usage counted by the gateway)", _v5_usage_estimated),
 ]
 
 

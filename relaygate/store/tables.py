@@ -124,6 +124,9 @@ request_log = Table(
     Column("client_ip", String(64), nullable=True),
     Column("request_body", Text, nullable=True),
     Column("response_body", Text, nullable=True),
+    # the tokens (and so the cost) were counted by the gateway from what a stream delivered: the upstream
+    # never reported its usage (a stream cut by either side; api/common.py: bill_delivered)
+    Column("usage_estimated", Boolean, nullable=False, default=False),
     Index("ix_request_log_ts", "ts"),
     # the key, team and user indexes are partial (owner_index_ddl), made by migration 3
 )

@@ -24,7 +24,7 @@ from relaygate.api.anthropic.translate import (
 )
 from relaygate.api.chat import chat_call
 from relaygate.api.chunks import chat_completion, once, translate_stream, whole_as_chunk
-from relaygate.api.common import object_body, reply_headers
+from relaygate.api.common import bill_delivered, object_body, reply_headers
 from relaygate.auth.authenticator import caller
 from relaygate.core import jsonvalue, shapes
 from relaygate.core.call import Call, Reply, Route
@@ -77,6 +77,8 @@ async def messages(gw: Gateway, req: Request) -> Response | StreamResponse:
         reply = await gw.handle(call)
     except GatewayError as e:
         return anthropic_error(e, req.id)
+    if reply.stream is not None:
+        bill_delivered(call, reply)
     headers = reply_headers(call, reply)
     headers["request-id"] = req.id
     if reply.anthropic_native:  # the deployment answered in Anthropic's own format: relay it as it is

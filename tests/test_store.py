@@ -164,7 +164,7 @@ def test_bulk_insert_rows_with_nulls_in_some_columns_of_a_chunk_read_back_exactl
     for i in range(131):  # 100 + 25 + 5 + 1
         row = dict.fromkeys(names)
         row.update(uid=f"{i:032x}", request_id=f"r{i}", ts=float(i), day="1970-01-01", route="chat", status=200,
-                   latency_ms=1.0, stream=0, cost_nano=i, cache_hit=0, attempts=1,
+                   latency_ms=1.0, stream=0, cost_nano=i, cache_hit=0, attempts=1, usage_estimated=0,
                    team_id="t" if i % 7 == 0 else None, error="timeout" if i >= 125 else None)
         rows.append(tuple(row[n] for n in names))
     with database.engine.begin() as conn:
@@ -174,3 +174,22 @@ def test_bulk_insert_rows_with_nulls_in_some_columns_of_a_chunk_read_back_exactl
         got = conn.execute(select(rl.uid, rl.team_id, rl.error, rl.user_id, rl.cost_nano).order_by(rl.uid)).all()
     assert [tuple(r) for r in got] == [(f"{i:032x}", "t" if i % 7 == 0 else None, "timeout" if i >= 125 else None,
                                         None, i) for i in range(131)]
+
+
+def test_a_version_3_request_log_gains_usage_estimated_its_rows_false(database: Database) -> None:
+    """Migration 4: the column that marks a usage the gateway estimated; the rows already there were not."""
+    from relaygate.store import migrations
+
+    with database.engine.begin() as conn:  # a database as version 3 left it: no usage_estimated column
+        migrations._v1_initial(conn)
+        conn.exec_driver_sql("ALTER TABLE request_log DROP COLUMN usage_estimated")
+        conn.exec_driver_sql("INSERT INTO request_log (uid, request_id, ts, day, route, stream, status, latency_ms, "
+                             "cost_nano, cache_hit, attempts) VALUES ('u1', 'r1', 0, '1970-01-01', 'chat', false, "
+                             "200, 1, 5, false, 1)")
+        tables.schema_migrations.create(conn)
+        for n, name, _ in STEPS[:3]:
+            conn.execute(tables.schema_migrations.insert().values(version=n, name=name, applied_at=0.0))
+    assert database.migrate() == STEPS[-1][0] == 4
+    rl = tables.request_log.c
+    with database.engine.connect() as conn:
+        assert conn.execute(select(rl.uid, rl.usage_estimated)).all() == [("u1", False)]

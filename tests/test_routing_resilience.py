@@ -298,6 +298,28 @@ def test_deployment_at_max_parallel_is_skipped_not_overloaded(emus: list[Backgro
     assert emus[1].state.cancelled == 0
 
 
+def test_calls_over_max_parallel_queue_for_a_slot_then_fall_over(emus: list[BackgroundServer],
+                                                                  start_gateway: Start) -> None:
+    """Every deployment full: a call waits for a slot (each freed slot goes to one waiting call) instead of a
+    429 at once; past the model's queue_timeout it moves to its fallback model."""
+    import concurrent.futures
+
+    fault(emus[1], latency_ms=300)
+    gw = start_gateway({"models": [
+        {"name": "m", "deployments": [dep(emus[1], "narrow", max_parallel=2)], "queue_timeout": 5},
+        {"name": "short", "deployments": [dep(emus[1], "narrow-too", max_parallel=2)], "queue_timeout": 0.4,
+         "fallbacks": [{"on": ["rate_limited"], "models": ["spare"]}]},
+        {"name": "spare", "deployments": [dep(emus[2], "spare-0")]}]})
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        served = list(pool.map(lambda _: ask(gw)[0].headers["x-relaygate-deployment"], range(6)))
+    assert served == ["narrow"] * 6 and time.monotonic() - started >= 0.85  # three rounds of two
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:  # 2 at once, 2 after 0.3 s, 4 give up at 0.4 s
+        served = list(pool.map(lambda _: ask(gw, "short")[0].headers["x-relaygate-deployment"], range(8)))
+    assert 2 <= served.count("narrow-too") <= 4 and served.count("spare-0") == 8 - served.count("narrow-too")
+    assert served.count("spare-0") >= 4
+
+
 def test_rpm_limit_is_respected_and_then_refused_with_429(emus: list[BackgroundServer],
                                                           start_gateway: Start) -> None:
     gw = start_gateway({"models": [{"name": "m", "deployments": [dep(emus[1], "a", rpm=3)]}]})

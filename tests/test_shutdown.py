@@ -127,6 +127,10 @@ def test_a_45s_stream_across_sigterm_gets_an_error_event_and_a_shutdown_row(
     rows = {r["model"]: r for r in log_rows(f"sqlite:///{tmp_path}/gateway.db")}
     assert {m: (r["status"], r["error"]) for m, r in rows.items()} == {
         "s": (503, "server_shutdown"), "slow": (503, "server_shutdown")}
+    # the cut stream is billed for what it delivered (its usage chunk never came): estimated, and logged so
+    delivered = stream.content_after(0)
+    assert rows["s"]["usage_estimated"] and delivered <= rows["s"]["completion_tokens"] <= delivered + 1
+    assert rows["s"]["cost_nano"] > 0 and not rows["slow"]["usage_estimated"]
     assert "Traceback" not in gw.output() and "client_closed" not in gw.output()
 
 

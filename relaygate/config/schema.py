@@ -118,6 +118,9 @@ class ModelConfig(Strict):
     retry: RetryConfig = Field(default_factory=RetryConfig)
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
     health_check: HealthCheckConfig | None = None  # for every deployment without its own
+    # seconds a call waits for a free slot when every deployment is at its max_parallel (within the call's
+    # deadline), before it moves to a fallback model or is refused (429 deployment_capacity); 0: at once
+    queue_timeout: float = Field(30.0, ge=0)
 
 
 class ServerConfig(Strict):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -62,6 +64,18 @@ class DeploymentStats:
     last_probe_at: float | None = None  # wall-clock time
     rpm: MinuteCounter | None = None  # only kept when the deployment has an rpm/tpm limit
     tpm: MinuteCounter | None = None
+    # calls waiting for one of its max_parallel slots (routing/router.py: wait_for_slot), woken one per slot freed
+    waiters: deque[asyncio.Future[None]] = field(default_factory=deque)
+
+    def release(self) -> None:
+        """A call in flight ended: its slot goes to the first call still waiting for one."""
+        self.in_flight -= 1
+        waiters = self.waiters
+        while waiters:
+            w = waiters.popleft()
+            if not w.done():
+                w.set_result(None)
+                return
 
     def record(self, ok: bool, latency: float | None, alpha: float = 0.2) -> None:
         self.requests += 1
@@ -103,6 +117,11 @@ class Deployment:
     def upstream_model(self, asked: str) -> str:
         """The model name to send upstream: the configured one, or the client's for a ``*`` wildcard."""
         return asked if self.config.model == "*" else self.config.model
+
+    def full(self) -> bool:
+        """True when every max_parallel slot is taken (a wait for one can end; rpm and tpm are minutes)."""
+        mp = self.config.max_parallel
+        return mp is not None and self.stats.in_flight >= mp
 
     def at_capacity(self, now: float) -> bool:
         """True when the configured concurrency, rpm or tpm limit leaves no room for another call."""

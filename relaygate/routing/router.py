@@ -10,6 +10,8 @@ route = pick a deployment (strategy, among those healthy, under their limits, br
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import math
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -85,7 +87,7 @@ class ModelRoute:
     """How one model routes: its strategy, retry policy and fallbacks."""
 
     __slots__ = ("name", "deployments", "strategy", "retry", "fallbacks", "simple", "cooling_cap", "voiced",
-                 "partly")
+                 "partly", "queue_timeout")
 
     def __init__(self, name: str, deployments: list[Deployment], config: ModelConfig, rng: random.Random,
                  price_of: PriceFn) -> None:
@@ -97,6 +99,7 @@ class ModelRoute:
         # one attempt on a single deployment and nowhere else to go: the router's fast path applies
         self.simple = self.retry.attempts in (None, 1) and not self.fallbacks
         self.cooling_cap = config.retry.max_retry_after
+        self.queue_timeout = config.queue_timeout
         # speech narrows by voice
         self.voiced = any(voices or mapped for voices, mapped in map(voices_of, deployments))
         # routes only some of the deployments serve (an embeddings call to a model on Anthropic and OpenAI)
@@ -229,6 +232,11 @@ class Router:
         if call.deadline and now >= call.deadline:
             raise last or UpstreamTimeout("the request deadline passed before an upstream could be tried")
         cands, reason = _available(deps, tried, now)
+        if not cands and reason == "capacity" and last is None and route.queue_timeout > 0:
+            # every deployment is full: wait for a slot (within the deadline) rather than refuse at once
+            until = min(now + route.queue_timeout, call.deadline or math.inf)
+            while not cands and reason == "capacity" and await wait_for_slot(deps, until):
+                cands, reason = _available(deps, tried, time.monotonic())
         while cands:
             dep = route.strategy.choose(cands)
             b = dep.breaker
@@ -246,6 +254,29 @@ class Router:
                     return dep, wait
             raise last
         raise _none_available(route.name, deps, reason, now)
+
+
+async def wait_for_slot(deps: list[Deployment], until: float) -> bool:
+    """Wait until a max_parallel slot of one of ``deps`` frees (each freed slot wakes one waiting call, in
+    arrival order), or ``until`` (monotonic). False when none of them is full (rpm and tpm free only with the
+    minute: no use waiting) or the time is up."""
+    full = [d for d in deps if d.full()]
+    left = until - time.monotonic()
+    if not full or left <= 0:
+        return False
+    waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    for d in full:
+        d.stats.waiters.append(waiter)
+    try:
+        await asyncio.wait_for(waiter, left)
+    except BaseException as e:  # the time is up, or the call was cancelled: out of every queue
+        for d in full:
+            with contextlib.suppress(ValueError):
+                d.stats.waiters.remove(waiter)
+        if isinstance(e, TimeoutError):
+            return False
+        raise
+    return True  # woken: the other queues it is in skip it (done) when they next free a slot
 
 
 def serving(route: Route, deps: list[Deployment]) -> list[Deployment]:
@@ -307,7 +338,7 @@ async def attempt(dep: Deployment, call: Call, route: ModelRoute | None = None) 
     try:
         reply = await dep.provider.handlers[call.route](call)
     except GatewayError as e:
-        stats.in_flight -= 1
+        stats.release()
         if traced is not None:
             traced(None, e)
         stats.record(not e.retryable, None)
@@ -318,7 +349,7 @@ async def attempt(dep: Deployment, call: Call, route: ModelRoute | None = None) 
             await breaker.record(breaker.ok(e.kind))
         raise
     except BaseException as e:
-        stats.in_flight -= 1
+        stats.release()
         if traced is not None:
             traced(None, e)
         raise
@@ -326,7 +357,7 @@ async def attempt(dep: Deployment, call: Call, route: ModelRoute | None = None) 
         reply.stream = _first_chunk_timed(reply.stream, reply)
 
     def done(r: Reply, error: BaseException | None) -> None:
-        stats.in_flight -= 1
+        stats.release()
         if traced is not None:
             traced(r, error)
         now = time.monotonic()

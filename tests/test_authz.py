@@ -88,7 +88,7 @@ def test_a_model_the_key_may_not_use_costs_none_of_its_limits(
     assert [chat(gw, key, "m").status_code for _ in range(2)] == [200, 200]
 
 
-def test_a_fallback_model_the_key_may_not_use_is_passed_over(start_gateway) -> None:
+def test_a_fallback_model_the_key_may_not_use_is_passed_over(start_gateway: StartGateway) -> None:
     """m falls back to secret and then to spare: a key allowed m and spare never reaches secret through
     m's fallbacks, a key allowed m alone gets m's own error; the master key goes to secret."""
     with emulators({}, {}) as (secret_up, spare_up):

@@ -10,11 +10,11 @@ from typing import Any
 
 import aiohttp
 import pytest
-import requests  # type: ignore[import-untyped]
+import requests
 
 from relaygate.testing.base import BackgroundServer
 from relaygate.testing.openai import OpenAIEmulatorOptions, create_app
-from tests.conftest import UPSTREAM_KEY, openai_model
+from tests.conftest import UPSTREAM_KEY, StartGateway, openai_model
 from tests.test_keys import MASTER
 from tests.test_limits import new_key, wait_for_spent
 from tests.test_limits import state as state  # noqa: F401  (the fixture: memory and Redis limits)
@@ -41,7 +41,8 @@ async def _calls(url: str, key: str, n: int, body: dict[str, Any]) -> list[tuple
         return await asyncio.gather(*(one() for _ in range(n)))
 
 
-def test_200_concurrent_calls_without_max_tokens_never_overspend_a_budget(talkative, start_gateway, state) -> None:
+def test_200_concurrent_calls_without_max_tokens_never_overspend_a_budget(talkative: BackgroundServer, start_gateway: StartGateway,
+        state: dict[str, Any]) -> None:
     """The issue's case: 200 concurrent calls on a $0.04 budget to an upstream that answers 2,000 tokens.
     Reserving 256 output tokens let 77 through ($0.308, 7.7× the budget); now at most the budget is spent,
     a call the rest cannot pay in full is held to what it can (told by x-relaygate-output-cap), and the
@@ -76,7 +77,7 @@ def test_200_concurrent_calls_without_max_tokens_never_overspend_a_budget(talkat
     assert held and all(0 < h < MAX_OUTPUT for h in held) and min(held) < TALKATIVE
 
 
-def test_a_client_cap_above_what_the_budget_pays_is_lowered_and_said(talkative, start_gateway) -> None:
+def test_a_client_cap_above_what_the_budget_pays_is_lowered_and_said(talkative: BackgroundServer, start_gateway: StartGateway) -> None:
     gw = start_gateway({"models": [openai_model("m", talkative)], "auth": {"master_key": MASTER}})
     key = new_key(gw, budget_usd=0.0006, budget_period="day")  # ~1,000 output tokens of gpt-4o-mini
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 1500}
@@ -88,7 +89,7 @@ def test_a_client_cap_above_what_the_budget_pays_is_lowered_and_said(talkative, 
     assert sent["max_completion_tokens"] == cap and "max_tokens" not in sent
 
 
-def test_a_budget_refuses_a_wildcard_model_without_a_price_instead_of_counting_it_free(start_gateway) -> None:
+def test_a_budget_refuses_a_wildcard_model_without_a_price_instead_of_counting_it_free(start_gateway: StartGateway) -> None:
     """Through a ``*`` deployment any name reaches the upstream; one the price book does not know used to
     cost $0 against a budget. A free model is declared free (a price of 0), and then counts as such."""
     with BackgroundServer(create_app(OpenAIEmulatorOptions(api_key=UPSTREAM_KEY, models=()))) as emulator:
@@ -112,7 +113,7 @@ def test_a_budget_refuses_a_wildcard_model_without_a_price_instead_of_counting_i
         assert rows[2]["cost_nano"] > 0 and rows[3]["cost_nano"] == 0
 
 
-def test_a_fallback_model_without_a_price_is_passed_over_for_a_budget(start_gateway) -> None:
+def test_a_fallback_model_without_a_price_is_passed_over_for_a_budget(start_gateway: StartGateway) -> None:
     with BackgroundServer(create_app(OpenAIEmulatorOptions(api_key=UPSTREAM_KEY, models=()))) as emulator:
         gw = start_gateway({"models": [
             {"name": "m", "fallbacks": [{"models": ["mystery"]}],
@@ -156,7 +157,7 @@ async def _stream_then_leave(url: str, key: str) -> int:
         return r.status
 
 
-def test_streams_closed_by_the_client_one_event_before_the_end_are_billed(streaming, start_gateway) -> None:
+def test_streams_closed_by_the_client_one_event_before_the_end_are_billed(streaming: BackgroundServer, start_gateway: StartGateway) -> None:
     """The issue's case: 30 streams closed one event before the end, on a key whose budget covers 2 answers,
     were all served at $0. Now each is billed its prompt and the tokens it delivered, marked estimated, and
     the budget stops them (the third held to what is left)."""
@@ -177,7 +178,7 @@ def test_streams_closed_by_the_client_one_event_before_the_end_are_billed(stream
     assert served[0]["cost_nano"] >= 0.95 * answer
 
 
-def test_a_stream_the_upstream_breaks_is_billed_what_it_delivered(streaming, start_gateway) -> None:
+def test_a_stream_the_upstream_breaks_is_billed_what_it_delivered(streaming: BackgroundServer, start_gateway: StartGateway) -> None:
     gw = start_gateway({"models": [openai_model("m", streaming)], "auth": {"master_key": MASTER}})
     requests.post(streaming.url + "/_emulator/faults", json={"disconnect_after_chunks": 101}, timeout=5)
     key = new_key(gw, budget_usd=1, budget_period="day")["key"]
@@ -190,7 +191,7 @@ def test_a_stream_the_upstream_breaks_is_billed_what_it_delivered(streaming, sta
     assert row["prompt_tokens"] > 0
 
 
-def test_a_stream_with_its_usage_is_not_estimated(streaming, start_gateway) -> None:
+def test_a_stream_with_its_usage_is_not_estimated(streaming: BackgroundServer, start_gateway: StartGateway) -> None:
     gw = start_gateway({"models": [openai_model("m", streaming)], "auth": {"master_key": MASTER}})
     key = new_key(gw)["key"]
     r = requests.post(gw.base_url + "/chat/completions", json=STREAM, timeout=30,

@@ -116,9 +116,9 @@ class Call:
 
 
 class Delivered:
-    """What a chat stream delivered to its client, counted as it went (``StreamResponse`` adds each chunk
-    sent), for the usage of a stream whose upstream never said (cut by either side, or a server that ignores
-    ``include_usage``): see ``completion_tokens``."""
+    """What a chat stream delivered to its client, counted as it went (by ``StreamResponse``, in the loop that
+    sends it), for the usage of a stream whose upstream never said (cut by either side, or a server that
+    ignores ``include_usage``): see ``completion_tokens``."""
 
     __slots__ = ("size", "deltas", "framing")
 
@@ -126,14 +126,6 @@ class Delivered:
         self.size = 0  # bytes sent
         self.deltas = 0  # "delta" objects sent: one per choice in each OpenAI chunk, one per Anthropic delta event
         self.framing = 1 << 30  # the smallest chunk sent with a single delta: about one event without its text
-
-    def add(self, chunk: bytes) -> None:
-        self.size += len(chunk)
-        n = chunk.count(b'"delta"')
-        if n:
-            self.deltas += n
-            if n == 1 and len(chunk) < self.framing:
-                self.framing = len(chunk)
 
     def completion_tokens(self) -> int:
         """The output tokens delivered, estimated: the larger of one token per delta (OpenAI and the servers

@@ -21,7 +21,7 @@ import orjson
 from pydantic import SecretStr
 
 from relaygate.catalog.prices import PriceBook
-from relaygate.config import PROVIDER_TYPES, Config, ConfigError, deployment_name
+from relaygate.config import PROVIDER_TYPES, Config, ConfigError, ServerConfig, deployment_name
 from relaygate.core.call import Call, Handler, Reply
 from relaygate.core.pricing import Pricing
 from relaygate.core.scrub import Scrubber, ScrubFilter, attach, detach, url_secrets
@@ -57,14 +57,22 @@ log = logging.getLogger("relaygate")
 MASTER_KEY_ENV = "RELAYGATE_MASTER_KEY"
 
 
-def new_client(env: Mapping[str, str] | None = None) -> Client:
+def new_client(env: Mapping[str, str] | None = None, server: ServerConfig | None = None) -> Client:
     """The gateway's one pooled keep-alive upstream client (``relaygate.upstream``); HTTPS_PROXY, HTTP_PROXY
-    and NO_PROXY of the gateway's environment apply (a request never chooses where the gateway connects)."""
+    and NO_PROXY of the gateway's environment apply (a request never chooses where the gateway connects).
+    ``server``: its cap on upstream connections (``max_upstream_connections``, by default as many as the
+    open-file limit leaves room for) and how long a request over it waits for one."""
     try:
         proxies = ProxySettings.from_env(os.environ if env is None else env)
     except ValueError as e:
         raise ConfigError([f"proxy environment: {e}"]) from None
-    return Client(limits=Limits(idle_timeout=60.0), proxies=proxies)
+    limits = Limits(idle_timeout=60.0)
+    if server is not None:
+        from relaygate.server.guard import default_max_connections
+
+        limits = Limits(idle_timeout=60.0, max_total=server.max_upstream_connections or default_max_connections(),
+                        queue_timeout=server.upstream_queue_timeout)
+    return Client(limits=limits, proxies=proxies)
 
 
 def master_key(config: Config, env: Mapping[str, str] | None = None) -> str | None:
@@ -125,7 +133,8 @@ def scrubber(config: Config) -> Scrubber:
 
 def build_deployments(config: Config, client: Client, breakers: Breakers,
                       kept: Mapping[str, Deployment] | None = None,
-                      scrub: Scrubber | None = None) -> dict[str, list[Deployment]]:
+                      scrub: Scrubber | None = None,
+                      slots: ConnectionSlots | None = None) -> dict[str, list[Deployment]]:
     """Every model's deployments: a provider each, and a breaker from the model's settings; provider-level
     problems become ConfigErrors. A deployment of ``kept`` (a replaced gateway's) whose name, model, settings
     and breaker settings are the same is taken as it is."""
@@ -395,7 +404,8 @@ class Gateway:
         """Build and start a gateway (must run inside the event loop that will serve it); ``previous``: the
         one it replaces (its parts may carry over: see ``__init__``). Should start-up fail, what it built is
         closed and nothing of ``previous`` or ``keep`` (gateways still serving)."""
-        client = previous.client if previous is not None else new_client()
+        # the upstream pool, and its cap, carry over a reload (a new cap takes a restart)
+        client = previous.client if previous is not None else new_client(server=config.server)
         try:
             gw = cls(config, client, previous, control)
         except BaseException:

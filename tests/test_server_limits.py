@@ -16,16 +16,18 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HEADER_RE, HEADER_VALUE_RE
 
 from relaygate.core.errors import GatewayError
 from relaygate.server.guard import _NAME_OK, _VALUE_OK, TESTED_UVICORN, default_max_connections
-from relaygate.testing.base import BackgroundServer
+from relaygate.testing.base import BackgroundServer, FaultPlan
 from relaygate.testing.gateway import GatewayThread
+from relaygate.testing.openai import OpenAIEmulatorOptions, create_app
 
-from .conftest import openai_model
+from .conftest import UPSTREAM_KEY, openai_model
 from .process_support import REPO, gateway_process
 from .test_requestlog import gateway_rows
 
@@ -433,3 +435,44 @@ def test_a_websocket_upgrade_is_answered_as_plain_http_without_a_warning(
         uvicorn_log.removeHandler(handler)
     assert head.startswith(b"HTTP/1.1 200 ") and b'"object":"list"' in head.replace(b" ", b"")
     assert [r.getMessage() for r in handler.records] == []
+
+
+# ---- upstream connections ------------------------------------------------------------------------------
+
+def test_upstream_connections_are_capped_the_excess_waits_then_gets_a_logged_503(
+        start_gateway: Callable[..., GatewayThread]) -> None:
+    """server.max_upstream_connections: 2 answers of 0.4 s at a time. With room in the queue every call is
+    served, the upstream never holding more than 2; past upstream_queue_timeout the rest get 503
+    upstream_connections_full, each with its row."""
+    with BackgroundServer(create_app(OpenAIEmulatorOptions(api_key=UPSTREAM_KEY))) as emu:
+        emu.state.faults = FaultPlan(latency_ms=400)
+        seen: list[int] = []
+
+        async def calls(url: str, n: int) -> list[int]:
+            async def watch() -> None:
+                while True:
+                    seen.append(emu.state.in_flight)
+                    await asyncio.sleep(0.01)
+
+            watcher = asyncio.ensure_future(watch())
+            async with aiohttp.ClientSession() as s:
+                async def one() -> int:
+                    async with s.post(url, data=CHAT, headers={"content-type": "application/json"}) as r:
+                        await r.read()
+                        return r.status
+                statuses = await asyncio.gather(*(one() for _ in range(n)))
+            watcher.cancel()
+            return list(statuses)
+
+        patient = start_gateway({"models": [openai_model("mini", emu)],
+                                 "server": {"max_upstream_connections": 2, "upstream_queue_timeout": 10}})
+        assert asyncio.run(calls(patient.base_url + "/chat/completions", 6)) == [200] * 6
+        assert max(seen) == 2
+        hasty = start_gateway({"models": [openai_model("mini", emu)],
+                               "server": {"max_upstream_connections": 2, "upstream_queue_timeout": 0.2}})
+        statuses = asyncio.run(calls(hasty.base_url + "/chat/completions", 6))
+        assert sorted(statuses) == [200, 200, 503, 503, 503, 503]
+        rows = gateway_rows(hasty, expected=6)
+        refused = [r for r in rows if r["status"] == 503]
+        assert len(refused) == 4 and all(r["error"] == "server_busy" for r in refused)
+        assert all("upstream connections are all in use" in r["error_message"] for r in refused)

@@ -146,6 +146,11 @@ class ServerConfig(Strict):
     # on SIGTERM: calls and streams in flight get this long to finish before they are ended (a second
     # SIGTERM ends them at once)
     drain_timeout: float = Field(30.0, ge=0)
+    # upstream connections in use at once, every deployment together (each request holds one until its answer
+    # is read); None: derived from RLIMIT_NOFILE like max_connections. A request over the cap waits for one
+    # at most upstream_queue_timeout seconds (within its deadline), then gets 503 upstream_connections_full
+    max_upstream_connections: int | None = Field(None, ge=1)
+    upstream_queue_timeout: float = Field(10.0, ge=0)
     # processes serving the one listening socket (``relaygate serve --workers``): a supervisor starts them,
     # restarts one that dies, and forwards SIGTERM (drain) and SIGHUP (reload); see docs/deploy.md
     workers: int = Field(1, ge=1, le=256)

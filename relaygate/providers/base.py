@@ -6,6 +6,7 @@ import errno
 import logging
 import re
 import resource
+import time
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote
@@ -26,7 +27,15 @@ from relaygate.core.errors import (
 from relaygate.core.scrub import Scrubber
 from relaygate.core.shapes.openai import ChatRequest
 from relaygate.server.upload import ClientBody
-from relaygate.upstream import Client, ConnectFailed, EncodedHeaders, Response, Timeouts, UpstreamError
+from relaygate.upstream import (
+    Client,
+    ConnectFailed,
+    EncodedHeaders,
+    PoolTimeout,
+    Response,
+    Timeouts,
+    UpstreamError,
+)
 
 if TYPE_CHECKING:
     from relaygate.server.multipart import AudioUpload, Keep
@@ -57,6 +66,8 @@ class Provider:
         self.config = config
         self.kind = config.provider
         self.client = client
+        self._pool_refused = 0  # calls refused for want of an upstream connection (the gateway's cap)
+        self._pool_warned = 0.0
         # the gateway's (every secret and upstream of the config); alone, this deployment's own
         self.scrub = scrub if scrub is not None else Scrubber(config.secret_values(), upstreams_of(config))
         self._timeouts = Timeouts(connect=config.connect_timeout, read=config.read_timeout, total=config.timeout)
@@ -158,6 +169,8 @@ class Provider:
             if e.errno in (errno.EMFILE, errno.ENFILE):
                 raise out_of_files(self.kind) from None
             raise Unavailable(f"upstream {self.kind} is unreachable ({type(e).__name__})", status=502) from None
+        except PoolTimeout:  # the gateway's own cap on upstream connections (server.max_upstream_connections)
+            raise self.connections_full() from None
         except UpstreamError as e:
             raise Unavailable(f"upstream {self.kind} is unreachable ({type(e).__name__})", status=502) from None
         except ValueError as e:  # a URL or header of the config the client will not send (credentials in the
@@ -169,6 +182,20 @@ class Provider:
             raise Unavailable(f"upstream {self.kind} answered with a redirect (HTTP {resp.status}), which the "
                               "gateway does not follow", status=502, code="upstream_redirect")
         return resp
+
+    def connections_full(self) -> ServerBusy:
+        """Every upstream connection the gateway may open is in use, and none freed within
+        ``server.upstream_queue_timeout``: a 503 of the gateway's own (no breaker or fallback acts on it),
+        logged (once per 10 s per deployment, with the count)."""
+        self._pool_refused += 1
+        now = time.monotonic()
+        if now - self._pool_warned >= 10:
+            self._pool_warned = now
+            log.warning("upstream connections: all in use, a call to %s refused after waiting for one (%d so far; "
+                        "server.max_upstream_connections, server.upstream_queue_timeout)", self.kind,
+                        self._pool_refused)
+        return ServerBusy("the gateway's upstream connections are all in use and none freed in time; try again "
+                          "shortly", code="upstream_connections_full", retry_after=1.0)
 
     async def send_body(self, deadline: float, method: str, url: str, headers: dict[str, str], upload: ClientBody,
                         data: AsyncIterator[bytes]) -> Response:

@@ -199,3 +199,27 @@ def test_a_stream_with_its_usage_is_not_estimated(streaming: BackgroundServer, s
     assert r.status_code == 200 and '"usage":{' not in r.text  # not asked for: stripped, yet counted
     row = gateway_rows(gw)[0]
     assert not row["usage_estimated"] and row["completion_tokens"] == WORDS
+
+
+def test_a_translated_upstream_is_held_to_the_budget_in_its_own_field(start_gateway: StartGateway) -> None:
+    """Anthropic needs max_tokens: a chat call that set none, and a /v1/messages call whose max_tokens the
+    budget cannot pay, both reach the upstream with the output the budget covers (claude-sonnet-4: $15 per
+    million output tokens, so $0.01 pays ~660), and the client is told."""
+    from relaygate.testing.anthropic import AnthropicEmulatorOptions
+    from relaygate.testing.anthropic import create_app as anthropic_app
+    from tests.test_anthropic_provider import KEY, anthropic_model
+
+    with BackgroundServer(anthropic_app(AnthropicEmulatorOptions(api_key=KEY))) as emu:
+        gw = start_gateway({"models": [anthropic_model("c", emu)], "auth": {"master_key": MASTER}})
+        key = new_key(gw, budget_usd=0.01, budget_period="day")["key"]
+        auth = {"authorization": f"Bearer {key}"}
+        chat = requests.post(gw.base_url + "/chat/completions", headers=auth, timeout=10,
+                             json={"model": "c", "messages": [{"role": "user", "content": "hi"}]})
+        messages = requests.post(gw.base_url.removesuffix("/v1") + "/v1/messages", headers=auth, timeout=10,
+                                 json={"model": "c", "max_tokens": 4096,
+                                       "messages": [{"role": "user", "content": "hi"}]})
+        for r in (chat, messages):
+            assert r.status_code == 200, r.text
+            assert 600 < int(r.headers["x-relaygate-output-cap"]) < 670
+        sent = [e["json"]["max_tokens"] for e in emu.state.requests if e["path"].endswith("/messages")]
+        assert sent == [int(chat.headers["x-relaygate-output-cap"]), int(messages.headers["x-relaygate-output-cap"])]

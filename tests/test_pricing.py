@@ -91,3 +91,19 @@ def test_the_cost_strategy_compares_deployment_prices_then_the_price_book() -> N
         return {d.name: gw.pricing.unit_price(d) for d in gw.deployments()}
 
     assert with_gateway(cfg, run) == {"own": 1e-6, "book": 1.5e-6, "unknown": None}
+
+
+def test_a_budget_reserves_the_output_of_every_choice() -> None:
+    """n = 3 answers three times the output: the reservation and a held cap count all of them."""
+    cfg = config(deployment("a", "x-model", input_cost_per_token=1e-6, output_cost_per_token=4e-6))
+    body = {"messages": [{"role": "user", "content": "x" * 400}], "max_tokens": 100}
+
+    async def run(gw: Gateway) -> list[Any]:
+        p = gw.pricing
+        three = Call(id="1", route=Route.CHAT, model="m", body={**body, "n": 3})
+        return [p.estimate(three, True, True), p.affordable(three, round((105 * 1e-6 + 150 * 4e-6) * NANO))]
+
+    three, held = with_gateway(cfg, run)
+    prompt = (16 + 400) // 4 + 1
+    assert three[1] == round((prompt * 1e-6 + 300 * 4e-6) * NANO)
+    assert held is not None and held[2] == 50  # 150 output tokens left: 50 for each of the 3 choices

@@ -6,7 +6,7 @@ from typing import Any
 
 from relaygate.core.call import Call, Delivered, Reply, Usage
 from relaygate.core.errors import BadRequest, GatewayError
-from relaygate.core.pricing import Pricing
+from relaygate.core.pricing import Pricing, choices
 from relaygate.providers.streaming import stream_error_event
 from relaygate.server.http import Response, StreamResponse
 
@@ -74,8 +74,7 @@ def bill_delivered(call: Call, reply: Reply) -> None:
             out = delivered.completion_tokens()
             cap = body.get("max_completion_tokens") or body.get("max_tokens")
             if type(cap) is int and cap > 0:  # the upstream was held to it: never count beyond
-                n = body.get("n")
-                out = min(out, cap * (n if type(n) is int and n > 0 else 1))
+                out = min(out, cap * choices(body))
             r.usage = Usage(prompt_tokens=Pricing.prompt_tokens(body), completion_tokens=out, estimated=True)
 
     reply.on_done(estimate)

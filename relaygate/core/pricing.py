@@ -62,6 +62,12 @@ class Meter:
         return self.per_token.cost_nano(usage)
 
 
+def choices(body: dict[str, Any]) -> int:
+    """The choices a chat request asks for (``n``; 1 when absent or not a positive integer)."""
+    n = body.get("n")
+    return n if type(n) is int and n > 0 else 1
+
+
 class Pricing:
     """Prices and costs for one gateway's deployments (``models``: client-facing name -> deployments)."""
 
@@ -169,6 +175,8 @@ class Pricing:
                 out_cost = held = self.default_output_tokens
         else:
             out_cost = out
+        if call.route is CHAT and "n" in call.body:  # each of n choices may be that long
+            out_cost *= choices(call.body)
         return prompt + out, round((prompt * res.input + out_cost * res.output) * NANO), held
 
     def affordable(self, call: Call, left: int) -> tuple[int, int, int] | None:
@@ -184,12 +192,13 @@ class Pricing:
         body = call.body
         cap = body.get("max_completion_tokens") or body.get("max_tokens")
         wanted = cap if type(cap) is int and cap > 0 else MIN_HELD_OUTPUT
-        out = int((left / NANO - prompt * res.input) / res.output)
-        while out > 0 and round((prompt * res.input + out * res.output) * NANO) > left:
+        n = choices(body)  # the cap holds each choice: n of them are paid for
+        out = int((left / NANO - prompt * res.input) / (res.output * n))
+        while out > 0 and round((prompt * res.input + out * n * res.output) * NANO) > left:
             out -= 1  # rounding: the reservation must fit what is left
         if out < min(MIN_HELD_OUTPUT, wanted):
             return None
-        return prompt + out, round((prompt * res.input + out * res.output) * NANO), out
+        return prompt + out, round((prompt * res.input + out * n * res.output) * NANO), out
 
     @staticmethod
     def prompt_tokens(body: dict[str, Any]) -> int:

@@ -34,7 +34,8 @@ def test_a_budget_reserves_at_the_price_of_the_models_dearest_deployment() -> No
                 p.estimate(embed, True, True), p.estimate(uncapped, True, True)]
 
     price, capped, uncapped, embed, held = with_gateway(cfg, run)
-    assert (price.input, price.output, price.max_output, price.unpriced) == (3e-6, 4e-6, 0, False)
+    assert (price.input, price.output, price.max_output, price.unpriced, price.bounded) == (3e-6, 4e-6, 0, False,
+                                                                                            False)
     prompt = (16 + 400) // 4 + 1  # ~4 characters a token, plus a little per message
     assert capped == (prompt + 100, round((prompt * 3e-6 + 100 * 4e-6) * NANO), 0)
     assert uncapped == (prompt + 50, 0, 0)  # the configured default output; no cost asked for
@@ -107,3 +108,16 @@ def test_a_budget_reserves_the_output_of_every_choice() -> None:
     prompt = (16 + 400) // 4 + 1
     assert three[1] == round((prompt * 1e-6 + 300 * 4e-6) * NANO)
     assert held is not None and held[2] == 50  # 150 output tokens left: 50 for each of the 3 choices
+
+
+def test_a_fallback_without_a_known_maximum_output_holds_calls_to_the_largest_known() -> None:
+    cfg = {"models": [{"name": "m", "deployments": [deployment("a", "gpt-4o-mini")],
+                       "fallbacks": [{"models": ["local"]}]},
+                      {"name": "local", "deployments": [deployment("b", "my-llama", input_cost_per_token=0,
+                                                                   output_cost_per_token=1e-6)]}],
+           "request_log": {"enabled": False}}
+
+    async def run(gw: Gateway) -> Any:
+        return gw.pricing.estimate(Call(id="1", route=Route.CHAT, model="m", body={"messages": []}), True, True)
+
+    assert with_gateway(cfg, run)[2] == 16384  # gpt-4o-mini's: my-llama's maximum is not known

@@ -28,12 +28,14 @@ WILDCARD = "*"
 @dataclass(frozen=True, slots=True)
 class Reservation:
     """What a budget reserves for a model: USD per input and output token, the most output tokens an answer
-    may have (0: not known), and whether one of the model's own deployments has no known price."""
+    may have (the largest known; 0: none known), and whether one of the model's own deployments has no known
+    price."""
 
     input: float
     output: float
     max_output: int
     unpriced: bool
+    bounded: bool  # every deployment's maximum output is known (else the upstream is held to max_output)
 
 
 @dataclass(slots=True)
@@ -131,7 +133,7 @@ class Pricing:
                 unpriced = any(p is FREE for p in prices)
         known = [p.max_output for p in prices]
         res = Reservation(max((p.input for p in prices), default=0.0), max((p.output for p in prices), default=0.0),
-                          max(known) if known and all(known) else 0, unpriced)
+                          max(known, default=0), unpriced, bool(known) and all(known))
         if len(self._reserve) < MAX_CACHED:
             self._reserve[model] = res
         return res
@@ -145,8 +147,9 @@ class Pricing:
     def estimate(self, call: Call, tokens: bool, cost: bool) -> tuple[int, int, int]:
         """(tokens, nano-dollars, output cap) to reserve before a call: the prompt at ~4 characters a token,
         plus the output: the client's cap; for the tokens per minute, else ``default_output_tokens``; for the
-        cost, else the model's largest maximum output, or when none is known ``default_output_tokens``, which
-        the upstream must then be held to (the third figure; 0 when nothing needs holding)."""
+        cost, else the largest maximum output of the deployments that may serve it (``default_output_tokens``
+        when none is known), which the upstream must be held to (the third figure; 0 when nothing needs
+        holding) when one of them does not know its maximum."""
         meter = call.meter
         if meter is not None:
             return meter.reserve_tokens, meter.reserve_nano, 0
@@ -169,10 +172,9 @@ class Pricing:
                 param="model", code="unpriced_request")
         held = 0
         if call.route is CHAT and not cap and res.output:
-            if res.max_output:
-                out_cost = res.max_output
-            else:
-                out_cost = held = self.default_output_tokens
+            out_cost = res.max_output or self.default_output_tokens
+            if not res.bounded:  # a deployment whose maximum output is not known: held to what is reserved
+                held = out_cost
         else:
             out_cost = out
         if call.route is CHAT and "n" in call.body:  # each of n choices may be that long

@@ -176,20 +176,22 @@ def test_bulk_insert_rows_with_nulls_in_some_columns_of_a_chunk_read_back_exactl
                                         None, i) for i in range(131)]
 
 
-def test_a_version_3_request_log_gains_usage_estimated_its_rows_false(database: Database) -> None:
-    """Migration 4: the column that marks a usage the gateway estimated; the rows already there were not."""
+def test_an_older_request_log_gains_usage_estimated_its_rows_false(database: Database) -> None:
+    """The migration that adds the column marking a usage the gateway estimated; the rows already there were
+    not estimated."""
     from relaygate.store import migrations
 
-    with database.engine.begin() as conn:  # a database as version 3 left it: no usage_estimated column
+    with database.engine.begin() as conn:  # a database from before the column
         migrations._v1_initial(conn)
         conn.exec_driver_sql("ALTER TABLE request_log DROP COLUMN usage_estimated")
         conn.exec_driver_sql("INSERT INTO request_log (uid, request_id, ts, day, route, stream, status, latency_ms, "
                              "cost_nano, cache_hit, attempts) VALUES ('u1', 'r1', 0, '1970-01-01', 'chat', false, "
                              "200, 1, 5, false, 1)")
         tables.schema_migrations.create(conn)
-        for n, name, _ in STEPS[:3]:
-            conn.execute(tables.schema_migrations.insert().values(version=n, name=name, applied_at=0.0))
-    assert database.migrate() == STEPS[-1][0] == 4
+        for n, name, _ in STEPS:
+            if "usage_estimated" not in name:  # every other step applied already
+                conn.execute(tables.schema_migrations.insert().values(version=n, name=name, applied_at=0.0))
+    assert database.migrate() == STEPS[-1][0]
     rl = tables.request_log.c
     with database.engine.connect() as conn:
         assert conn.execute(select(rl.uid, rl.usage_estimated)).all() == [("u1", False)]

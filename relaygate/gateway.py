@@ -133,8 +133,7 @@ def scrubber(config: Config) -> Scrubber:
 
 def build_deployments(config: Config, client: Client, breakers: Breakers,
                       kept: Mapping[str, Deployment] | None = None,
-                      scrub: Scrubber | None = None,
-                      slots: ConnectionSlots | None = None) -> dict[str, list[Deployment]]:
+                      scrub: Scrubber | None = None) -> dict[str, list[Deployment]]:
     """Every model's deployments: a provider each, and a breaker from the model's settings; provider-level
     problems become ConfigErrors. A deployment of ``kept`` (a replaced gateway's) whose name, model, settings
     and breaker settings are the same is taken as it is."""

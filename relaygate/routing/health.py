@@ -82,6 +82,7 @@ class HealthChecker:
 
 SLOW_RATIO = 1.5  # latency up to this multiple of the deployment's own baseline costs no score
 MIN_LATENCY_FACTOR = 0.5  # however slow, latency alone at most halves the score
+MIN_BASELINE = 0.05  # s: below this every latency is one speed (a 3 ms answer turning 9 ms is scheduling noise)
 
 
 def score_parts(dep: Deployment, breaker_state: int) -> dict[str, float]:
@@ -90,7 +91,7 @@ def score_parts(dep: Deployment, breaker_state: int) -> dict[str, float]:
     s = dep.stats
     latency = 1.0
     if s.latency_ewma is not None and s.latency_baseline:
-        ratio = s.latency_ewma / s.latency_baseline
+        ratio = s.latency_ewma / max(s.latency_baseline, MIN_BASELINE)
         if ratio > SLOW_RATIO:
             latency = max(MIN_LATENCY_FACTOR, SLOW_RATIO / ratio)
     breaker = 1.0 if breaker_state == CLOSED else 0.5 if breaker_state == HALF_OPEN else 0.0

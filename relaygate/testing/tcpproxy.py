@@ -2,16 +2,19 @@
 
 Besides ``cut`` (drop every connection, refuse new ones), ``black_hole`` keeps accepting connections and
 relays nothing either way: a server that hangs, or a silent network. ``restore`` lets the held bytes through,
-as a healed partition does, except those of connections their sender closed meanwhile. ``reset_all`` resets
-every connection (RST) as soon as it is made.
+as a healed partition does, except those of connections their sender closed meanwhile (decided when ``restore``
+is called, from the sockets themselves: a close that happened before it is never raced by the proxy's thread).
+``reset_all`` resets every connection (RST) as soon as it is made.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import struct
 import threading
+from collections.abc import Callable
 
 from relaygate.testing.base import free_port
 
@@ -29,6 +32,8 @@ class TcpProxy:
         self._flowing = asyncio.Event()  # cleared while black-holed: bytes are held, not relayed
         self._flowing.set()
         self._conns: set[asyncio.StreamWriter] = set()
+        self._held: dict[asyncio.StreamReader, asyncio.StreamWriter] = {}  # pipes holding bytes: reader -> its sender
+        self._gone: set[asyncio.StreamReader] = set()  # held pipes whose sender had closed when restored
         self._server: asyncio.base_events.Server | None = None
         self._thread = threading.Thread(target=self._loop.run_forever, name=f"tcpproxy:{self.port}", daemon=True)
 
@@ -65,15 +70,20 @@ class TcpProxy:
             return
         self._conns.update((writer, uw))
 
-        async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        async def pipe(r: asyncio.StreamReader, src: asyncio.StreamWriter, w: asyncio.StreamWriter) -> None:
             try:
                 while self.up:
                     data = await r.read(65536)
                     if not data:
                         break
                     if not self._flowing.is_set():
-                        await self._flowing.wait()
-                        if r.at_eof() or r.exception() is not None:
+                        self._held[r] = src
+                        try:
+                            await self._flowing.wait()
+                        finally:
+                            self._held.pop(r, None)
+                        if r in self._gone:
+                            self._gone.discard(r)
                             break  # the sender gave up meanwhile: as in a partition, its bytes never arrive
                     w.write(data)
                     await w.drain()
@@ -83,7 +93,7 @@ class TcpProxy:
                 w.close()
                 self._conns.discard(w)
 
-        await asyncio.gather(pipe(reader, uw), pipe(ur, writer))
+        await asyncio.gather(pipe(reader, writer, uw), pipe(ur, uw, writer))
 
     def cut(self) -> None:
         """Close every proxied connection now and refuse new ones until ``restore``."""
@@ -108,9 +118,18 @@ class TcpProxy:
         self._loop.call_soon_threadsafe(do)
 
     def restore(self) -> None:
-        self.up = True
-        self.resetting = False
-        self._loop.call_soon_threadsafe(self._flowing.set)
+        """Accept and relay again; held bytes go on, but for connections whose sender has closed by now."""
+        def do() -> None:
+            for r, src in list(self._held.items()):
+                if r.at_eof() or r.exception() is not None or src.is_closing() or _peer_closed(src):
+                    self._gone.add(r)
+            self.up = True
+            self.resetting = False
+            self._flowing.set()
+        if self._thread.is_alive():
+            asyncio.run_coroutine_threadsafe(_call(do), self._loop).result(5)
+        else:
+            do()
 
     def stop(self) -> None:
         self.cut()
@@ -133,6 +152,27 @@ class TcpProxy:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+async def _call(fn: Callable[[], None]) -> None:
+    fn()
+
+
+def _peer_closed(writer: asyncio.StreamWriter) -> bool:
+    """Whether the peer of this connection has closed it (a FIN or a reset waiting in the socket), looked at
+    now, before the event loop has read it."""
+    sock = writer.get_extra_info("socket")
+    if sock is None:
+        return True
+    dup = socket.socket(fileno=os.dup(sock.fileno()))
+    try:
+        return dup.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False  # open, with nothing to read
+    except OSError:
+        return True  # reset
+    finally:
+        dup.close()
 
 
 def _reset(writer: asyncio.StreamWriter) -> None:

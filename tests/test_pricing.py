@@ -121,3 +121,30 @@ def test_a_fallback_without_a_known_maximum_output_holds_calls_to_the_largest_kn
         return gw.pricing.estimate(Call(id="1", route=Route.CHAT, model="m", body={"messages": []}), True, True)
 
     assert with_gateway(cfg, run)[2] == 16384  # gpt-4o-mini's: my-llama's maximum is not known
+
+
+def test_the_reservation_counts_tool_definitions_response_schemas_and_earlier_tool_calls() -> None:
+    """The upstream reads (and bills) tool schemas, a structured-output schema and the tool calls of earlier
+    turns as prompt: a short question with long tool definitions must be reserved at their price too."""
+    cfg = config(deployment("a", "x-model", input_cost_per_token=1e-6, output_cost_per_token=4e-6))
+    question = [{"role": "user", "content": "x" * 400}]
+    tools = [{"type": "function", "function": {"name": f"tool_{i}", "description": "d" * 2000,
+                                                "parameters": {"type": "object", "properties": {}}}}
+             for i in range(5)]
+    schema = {"type": "json_schema", "json_schema": {"name": "s", "schema": {"type": "object", "description": "e" * 4000}}}
+    turn = {"role": "assistant", "content": None,
+            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "tool_0", "arguments": "a" * 800}}]}
+
+    async def run(gw: Gateway) -> list[int]:
+        def tokens(body: dict[str, Any]) -> int:
+            return gw.pricing.estimate(Call(id="1", route=Route.CHAT, model="m", body={**body, "max_tokens": 10}),
+                                       True, True)[0] - 10
+        return [tokens({"messages": question}), tokens({"messages": question, "tools": tools}),
+                tokens({"messages": question, "response_format": schema}),
+                tokens({"messages": [*question, turn]})]
+
+    plain, with_tools, with_schema, with_call = with_gateway(cfg, run)
+    assert plain == (16 + 400) // 4 + 1
+    assert with_tools - plain >= 5 * 2000 // 4  # every definition, at ~4 characters a token
+    assert with_schema - plain >= 4000 // 4
+    assert with_call - plain >= 16 // 4 + 800 // 4

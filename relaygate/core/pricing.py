@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from relaygate.core.call import Call, Reply, Route
 from relaygate.core.errors import PermissionDenied
 
@@ -23,6 +25,9 @@ CHAT = Route.CHAT  # bound once: on Python 3.11 an enum class attribute costs ~0
 MAX_CACHED = 10_000  # prices remembered per (deployment, model): a wildcard deployment sees any model name
 MIN_HELD_OUTPUT = 16  # the fewest output tokens a call held to its remaining budget is let through with
 WILDCARD = "*"
+# request fields the upstream reads as part of the prompt besides the messages (tool and function
+# definitions, a structured-output schema): counted by the bytes of their JSON
+_PROMPT_EXTRAS = ("tools", "functions", "response_format")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +67,14 @@ class Meter:
         if usage is None or not usage.known:  # an answer whose usage could not be read: what was reserved
             return self.reserve_nano
         return self.per_token.cost_nano(usage)
+
+
+def _json_chars(value: Any) -> int:
+    """The length of ``value``'s JSON (what the upstream reads of it); a value JSON cannot hold counts 0."""
+    try:
+        return len(orjson.dumps(value))
+    except TypeError:
+        return 0
 
 
 def choices(body: dict[str, Any]) -> int:
@@ -205,19 +218,27 @@ class Pricing:
     @staticmethod
     def prompt_tokens(body: dict[str, Any]) -> int:
         """The prompt's tokens as a reservation counts them: ~4 characters a token (1,000 characters per
-        non-text part, 16 per message for its framing)."""
+        non-text part, 16 per message for its framing). What the upstream reads besides the messages counts
+        too, by the bytes of its JSON: the tool (and legacy function) definitions, a ``response_format``'s
+        schema and the tool calls of earlier assistant turns; a request of long tool schemas and a short
+        question would be reserved far below its price otherwise."""
         chars = 0
         messages = body.get("messages")
         if type(messages) is list:
             chars = 16 * len(messages)
             for m in messages:
-                content = m.get("content") if isinstance(m, dict) else None
+                if not isinstance(m, dict):
+                    continue
+                content = m.get("content")
                 if type(content) is str:
                     chars += len(content)
                 elif isinstance(content, list):
                     for part in content:
                         text = part.get("text") if isinstance(part, dict) else None
                         chars += len(text) if isinstance(text, str) else 1000
+                calls = m.get("tool_calls")
+                if calls:
+                    chars += _json_chars(calls)
         given = body.get("input")
         if given is not None:
             if isinstance(given, str):
@@ -225,6 +246,10 @@ class Pricing:
             elif isinstance(given, list):
                 chars += sum(len(x) if isinstance(x, str) else 4 * len(x) if isinstance(x, list) else 0
                              for x in given)
+        for name in _PROMPT_EXTRAS:  # absent from most requests: one dict lookup each
+            extra = body.get(name)
+            if extra:
+                chars += _json_chars(extra)
         return chars // 4 + 1
 
     def unit_price(self, dep: Deployment) -> float | None:

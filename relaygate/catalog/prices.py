@@ -119,7 +119,10 @@ def bundled_models() -> dict[str, dict[str, Any]]:
 
 
 def bundled_prices() -> dict[str, Price]:
-    return {name: _from_entry(e) for name, e in bundled_models().items()}
+    """The priced entries: a card whose input price is null (no source gives one, Gemini 3) is left out, so
+    that its model is unpriced (a budget cannot count it) rather than free."""
+    return {name: _from_entry(e) for name, e in bundled_models().items()
+            if not ("input_cost_per_token" in e and e["input_cost_per_token"] is None)}
 
 
 def bundled_image_prices() -> dict[str, ImagePrice]:

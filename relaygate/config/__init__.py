@@ -39,6 +39,7 @@ from relaygate.config.schema import (
     CondenseConfig,
     Config,
     DatabaseConfig,
+    DiscoveryConfig,
     FallbackConfig,
     KeyConfig,
     MemoryCacheConfig,
@@ -58,7 +59,7 @@ from relaygate.config.schema import (
 __all__ = [
     "DEMO_MODEL", "DEPLOYMENT_TYPES", "FALLBACK_KINDS", "PASSTHROUGH_ROUTES", "PROVIDER_TYPES", "RETRYABLE_KINDS",
     "AnthropicDeployment", "AnthropicFields", "AuthConfig", "AwsFields", "AzureDeployment", "BedrockAgentDeployment",
-    "BedrockDeployment", "BreakerConfig", "CacheConfig", "CondenseConfig", "CohereDeployment", "Config", "ConfigError", "DatabaseConfig",
+    "BedrockDeployment", "BreakerConfig", "CacheConfig", "CondenseConfig", "CohereDeployment", "Config", "ConfigError", "DatabaseConfig", "DiscoveryConfig",
     "DemoDeployment", "DeploymentBase", "DeploymentConfig", "FallbackConfig", "GeminiDeployment", "GeminiFields",
     "GoogleCloudFields", "HealthCheckConfig", "KeyConfig", "MemoryCacheConfig", "ModelCacheConfig", "ModelConfig", "OpenAIDeployment", "OpenAIFields",
     "PassthroughConfig", "PriceConfig", "RedisCacheConfig", "RequestLogConfig", "RetryConfig", "ServerConfig", "StateConfig", "Strict",

@@ -310,16 +310,43 @@ class AuthConfig(Strict):
     keys: list[KeyConfig] = Field(default_factory=list)  # keys declared here rather than through the admin API
 
 
+CardMode = Literal["chat", "completion", "embedding", "transcription", "speech", "image_generation"]
+
+
 class PriceConfig(Strict):
-    """A model's price override, USD per unit."""
+    """A model card override (``prices.<upstream model>``): prices in USD per unit, and any other field of the
+    bundled card (catalog/models.json); a name the catalog does not know becomes a card of its own."""
 
     input_cost_per_token: float | None = Field(None, ge=0)
     output_cost_per_token: float | None = Field(None, ge=0)
     cached_input_cost_per_token: float | None = Field(None, ge=0)
     cache_write_cost_per_token: float | None = Field(None, ge=0)
+    input_cost_per_audio_token: float | None = Field(None, ge=0)
+    output_cost_per_audio_token: float | None = Field(None, ge=0)
     cost_per_second: float | None = Field(None, ge=0)  # audio transcription
     cost_per_character: float | None = Field(None, ge=0)  # speech
     max_output_tokens: int | None = Field(None, gt=0)  # most output tokens per answer: what budgets reserve
+    # the rest of the card (docs/models.md): shown by /api/models, read by the context checks and ``select``
+    provider: str | None = Field(None, min_length=1, max_length=64)
+    mode: CardMode | None = None
+    context_window: int | None = Field(None, gt=0)
+    supports_vision: bool | None = None
+    supports_tools: bool | None = None
+    supports_json_schema: bool | None = None
+    supports_reasoning: bool | None = None
+    supports_audio_input: bool | None = None
+    supports_audio_output: bool | None = None
+    source: str | None = Field(None, max_length=500)
+    as_of: str | None = Field(None, max_length=40)
+
+
+class DiscoveryConfig(Strict):
+    """Model discovery (docs/models.md): ask each deployment's upstream which models it serves, at start and
+    every ``interval`` seconds, in the background. Off unless enabled: it calls every provider with its keys."""
+
+    enabled: bool = False
+    interval: float = Field(3600.0, ge=1)  # seconds between refreshes
+    timeout: float = Field(10.0, gt=0, le=300)  # seconds one upstream's listing may take (all its pages)
 
 
 class Config(Strict):
@@ -331,7 +358,8 @@ class Config(Strict):
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     request_log: RequestLogConfig = Field(default_factory=RequestLogConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
-    prices: dict[str, PriceConfig] = Field(default_factory=dict)  # upstream model name -> price override
+    prices: dict[str, PriceConfig] = Field(default_factory=dict)  # upstream model name -> card/price override
+    discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     access_log: AccessLogConfig = Field(default_factory=AccessLogConfig)
     tracing: TracingConfig = Field(default_factory=TracingConfig)

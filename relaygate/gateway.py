@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 import orjson
 from pydantic import SecretStr
 
+from relaygate.catalog.cards import Catalog
+from relaygate.catalog.discovery import Discovery
 from relaygate.catalog.prices import PriceBook
 from relaygate.config import PROVIDER_TYPES, Config, ConfigError, ServerConfig, deployment_name
 from relaygate.core.call import Call, Handler, Reply
@@ -282,6 +284,10 @@ class Gateway:
         # statistics, health and rpm counts go on
         kept = {d.name: d for d in previous.deployments()} if keep_breakers and previous is not None else {}
         self.table = ModelTable(build_deployments(config, client, self.breakers, kept, self.scrub), PROVIDER_TYPES)
+        # model cards (bundled + the config's ``prices`` overrides) and what each upstream lists (docs/models.md)
+        self.catalog = Catalog(config.prices)
+        self.discovery: Discovery = Discovery(self.deployments(), config.discovery, self.scrub,
+                                   previous.discovery if previous is not None else None)
         self.pricing = Pricing(PriceBook(config), self.table.models, config.auth.default_output_tokens,
                                {m.name: [t for f in m.fallbacks for t in f.models] for m in config.models})
         self.router = Router(self.table, config, self.pricing.unit_price, unpriced=self.pricing.unpriced)
@@ -360,7 +366,7 @@ class Gateway:
             from relaygate.catalog.context import ContextWindows
             from relaygate.condense.layer import CondenseLayer
 
-            windows = ContextWindows()
+            windows = ContextWindows(self.catalog.context_table())
 
             def window(dep: Deployment) -> int | None:
                 return None if dep.config.model == "*" else windows.lookup(dep.config.model)
@@ -447,6 +453,7 @@ class Gateway:
             log.warning("and the admin API is off. Set auth.master_key or %s.", MASTER_KEY_ENV)
             log.warning("=" * 72)
         self.health.start()
+        self.discovery.start()  # in the background: the first listings arrive while the gateway serves
         if self.alerts is not None:
             self.alerts.start()
         if self.shared_metrics is not None:
@@ -462,6 +469,7 @@ class Gateway:
         def mine(part: object | None) -> bool:
             return part is not None and id(part) not in held
 
+        await self.discovery.close()  # each gateway's own
         if self.alerts is not None:  # each gateway's own
             await self.alerts.close()
         if self.shared_metrics is not None:

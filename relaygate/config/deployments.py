@@ -114,6 +114,9 @@ class OpenAIDeployment(OpenAIFields):
     """OpenAI, or any server that speaks its REST API."""
 
     provider: Literal["openai"] = "openai"
+    # model discovery (catalog/discovery.py): which listing the upstream answers: OpenAI's GET /v1/models, or
+    # Ollama's GET /api/tags (an Ollama server's api_base is http://host:11434/v1)
+    models_api: Literal["openai", "ollama"] = "openai"
 
 
 class AzureDeployment(OpenAIFields):

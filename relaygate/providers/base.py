@@ -7,7 +7,7 @@ import logging
 import re
 import resource
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote
 
@@ -26,6 +26,7 @@ from relaygate.core.errors import (
 )
 from relaygate.core.scrub import Scrubber
 from relaygate.core.shapes.openai import ChatRequest
+from relaygate.providers.listing import ListedModel
 from relaygate.server.upload import ClientBody
 from relaygate.upstream import (
     Client,
@@ -127,6 +128,19 @@ class Provider:
         """A cheap health check, done by ``deadline`` (monotonic); raise a GatewayError when the upstream is
         not usable."""
         return None
+
+    async def list_models(self, deadline: float) -> list[ListedModel]:
+        """The models this upstream serves, from its listing API (providers/listing.py), done by ``deadline``;
+        Unsupported where it has none the gateway reads."""
+        raise Unsupported(f"provider {self.kind!r} has no model listing the gateway reads")
+
+    async def get_json(self, deadline: float, url: str, headers: Mapping[str, str] | EncodedHeaders,
+                       error: Callable[[Response], Awaitable[GatewayError]]) -> dict[str, Any]:
+        """GET a JSON object; an error status becomes the provider's error (``error`` reads it)."""
+        resp = await self.request(deadline, "GET", url, headers=headers)
+        if resp.status >= 400:
+            raise await error(resp)
+        return await self.read_json_object(resp)
 
     async def check(self, deadline: float) -> None:
         """``probe``, its failure scrubbed (what the health checker calls)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, ClassVar
+from urllib.parse import quote
 
 import orjson
 
@@ -29,6 +30,7 @@ from relaygate.core.errors import (
 )
 from relaygate.providers.base import Provider, error_json, model_segment, retry_after_seconds
 from relaygate.providers.batching import embed_in_batches, needs_batches
+from relaygate.providers.listing import MAX_MODELS, MAX_PAGES, ListedModel, cohere_models
 from relaygate.providers.openai_format import (
     ADJUSTED_HEADER,
     DROPPED_HEADER,
@@ -94,6 +96,20 @@ class CohereProvider(Provider):
         if resp.status >= 400:
             raise await self.upstream_error(resp)
         resp.release()
+
+    async def list_models(self, deadline: float) -> list[ListedModel]:
+        """``GET /v1/models``, page by page (``page_token``)."""
+        url = f"{self.base}/v1/models?page_size=1000"
+        found: list[ListedModel] = []
+        page = await self.get_json(deadline, url, self._headers, self.upstream_error)
+        for _ in range(MAX_PAGES):
+            found += cohere_models(page)
+            token = page.get("next_page_token")
+            if not isinstance(token, str) or not token or len(found) >= MAX_MODELS:
+                break
+            page = await self.get_json(deadline, f"{url}&page_token={quote(token, safe='')}", self._headers,
+                                       self.upstream_error)
+        return found
 
     # -- chat -----------------------------------------------------------------------------------------
 

@@ -37,7 +37,7 @@ RouteHandler = Callable[[Gateway, Request], Awaitable[Response | StreamResponse]
 # per call under callgrind, 3% of relaygate-full's CPU). Cycles still get collected, just in larger batches.
 GC_THRESHOLDS = (20_000, 20, 20)
 
-API_MODULES = ("chat", "models", "health", "embeddings", "providers", "audio", "anthropic.messages", "passthrough", "admin",
+API_MODULES = ("chat", "models", "catalog", "health", "embeddings", "providers", "audio", "anthropic.messages", "passthrough", "admin",
                "metrics", "drills")
 
 # the APIs over the gateway's stored objects: Responses, Conversations, hosted Assistants (docs/responses.md)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
+from urllib.parse import quote
 
 import orjson
 
@@ -37,6 +38,7 @@ from relaygate.providers.anthropic.wire import (
     bearer_auth,
 )
 from relaygate.providers.base import Provider, error_json, retry_after_seconds
+from relaygate.providers.listing import MAX_MODELS, MAX_PAGES, ListedModel, anthropic_models
 from relaygate.providers.openai_format import (
     ADJUSTED_HEADER,
     DROPPED_HEADER,
@@ -48,6 +50,7 @@ from relaygate.providers.streaming import UpstreamBody, closing, peek, sse_event
 from relaygate.upstream import Response
 
 DEFAULT_BASE = "https://api.anthropic.com"
+LIST_PAGE = 1000  # models per page of GET /v1/models (its maximum)
 DEFAULT_VERSION = VERSION_2023
 DEFAULT_MAX_TOKENS = 4096
 _STATUS_OF_TYPE = {kind: status for status, kind in ERROR_TYPES.items()}
@@ -158,6 +161,22 @@ class AnthropicProvider(Provider):
         resp = await self.post(deadline, {"model": model, "messages": [{"role": "user", "content": "ping"}]},
                                count=True)
         resp.release()
+
+    async def list_models(self, deadline: float) -> list[ListedModel]:
+        """``GET /v1/models``, page by page (``after_id``)."""
+        base = self.config.api_base or DEFAULT_BASE
+        url = base + ("/models" if base.endswith("/v1") else "/v1/models") + f"?limit={LIST_PAGE}"
+        headers = {k: v for k, v in (await self.auth_headers()).items() if k != "content-type"}
+        found: list[ListedModel] = []
+        page = await self.get_json(deadline, url, headers, self.upstream_error)
+        for _ in range(MAX_PAGES):
+            found += anthropic_models(page)
+            last = page.get("last_id")
+            if page.get("has_more") is not True or not isinstance(last, str) or len(found) >= MAX_MODELS:
+                break
+            page = await self.get_json(deadline, f"{url}&after_id={quote(last, safe='')}", headers,
+                                       self.upstream_error)
+        return found
 
     async def count_tokens(self, call: Call) -> Reply:
         """Anthropic's free token count for the translated request (no output, so no cost)."""

@@ -11,8 +11,9 @@ from urllib.parse import quote
 from relaygate.config import VertexAnthropicDeployment
 from relaygate.providers.anthropic.provider import AnthropicProvider
 from relaygate.providers.anthropic.wire import VERSION_2026, VERTEX_VERSION
-from relaygate.providers.base import model_segment
+from relaygate.providers.base import Provider, model_segment
 from relaygate.providers.gemini.auth import GoogleAuth
+from relaygate.providers.listing import ListedModel
 
 
 class VertexAnthropicProvider(GoogleAuth, AnthropicProvider):
@@ -43,6 +44,10 @@ class VertexAnthropicProvider(GoogleAuth, AnthropicProvider):
         # the model is in the URL (count_tokens keeps it in the body, as the anthropic SDK sends it)
         out = body if count else {k: v for k, v in body.items() if k != "model"}
         return {**out, "anthropic_version": self.version}
+
+    async def list_models(self, deadline: float) -> list[ListedModel]:
+        """Vertex AI lists publisher models through another API (Model Garden), not read here."""
+        return await Provider.list_models(self, deadline)
 
     async def auth_headers(self) -> dict[str, str]:
         return await self.with_token(self._headers)

@@ -21,6 +21,7 @@ from relaygate.providers.aws.bedrock_format import StreamTranslator, from_conver
 from relaygate.providers.aws.eventstream import EventMessage
 from relaygate.providers.base import model_segment
 from relaygate.providers.batching import embed_in_batches, needs_batches
+from relaygate.providers.listing import ListedModel, bedrock_models
 from relaygate.providers.openai_format import ChunkWriter, embeddings_response
 from relaygate.providers.streaming import UpstreamBody, closing, peek
 
@@ -60,6 +61,20 @@ class BedrockProvider(AwsProvider):
         except BadRequest:
             return
         resp.release()
+
+    async def list_models(self, deadline: float) -> list[ListedModel]:
+        """ListFoundationModels: ``GET /foundation-models`` on the Bedrock control plane (``bedrock.{region}``,
+        or ``api_base`` when one is configured), signed like a call (or with the Bedrock API key)."""
+        if self.config.api_base:
+            base, host, path = self.base, self.host, self.base_path + "/foundation-models"
+        else:
+            host = f"bedrock.{self.region}.amazonaws.com"
+            base, path = "https://" + host, "/foundation-models"
+        headers = {k: v for k, v in self._headers.items() if k != "content-type"} | {"accept": "application/json"}
+        if self.credentials is not None:
+            headers = (await self._signer()).sign("GET", host, path, b"", headers)
+        url = base + "/foundation-models" if self.config.api_base else base + path
+        return bedrock_models(await self.get_json(deadline, url, headers, self.aws_error))
 
     async def chat(self, call: Call) -> Reply:
         assert call.deployment is not None

@@ -41,6 +41,7 @@ from relaygate.providers.gemini.format import (
     to_request,
     usage_of,
 )
+from relaygate.providers.listing import MAX_MODELS, MAX_PAGES, ListedModel, gemini_models
 from relaygate.providers.openai_format import ChunkWriter, completion_id, embeddings_response
 from relaygate.providers.streaming import SSE_DONE, UpstreamBody, closing, peek, sse_events
 from relaygate.upstream import Response
@@ -106,6 +107,20 @@ class GeminiProvider(Provider):
         if resp.status >= 400:
             raise await self.upstream_error(resp)
         resp.release()
+
+    async def list_models(self, deadline: float) -> list[ListedModel]:
+        """``models.list`` (``GET {version}/models``), page by page (``pageToken``)."""
+        url = f"{self.prefix}/models?pageSize=1000"
+        found: list[ListedModel] = []
+        page = await self.get_json(deadline, url, await self.headers(), self.upstream_error)
+        for _ in range(MAX_PAGES):
+            found += gemini_models(page)
+            token = page.get("nextPageToken")
+            if not isinstance(token, str) or not token or len(found) >= MAX_MODELS:
+                break
+            page = await self.get_json(deadline, f"{url}&pageToken={quote(token, safe='')}", await self.headers(),
+                                       self.upstream_error)
+        return found
 
     # -- chat --------------------------------------------------------------------------------------
 
@@ -341,6 +356,10 @@ class VertexProvider(GoogleAuth, GeminiProvider):
 
     async def headers(self) -> dict[str, str]:
         return await self.with_token(self._headers)
+
+    async def list_models(self, deadline: float) -> list[ListedModel]:
+        """Vertex AI lists publisher models through another API (Model Garden), not read here."""
+        return await Provider.list_models(self, deadline)
 
     def embed_request(self, model: str, text: str, options: dict[str, Any]) -> dict[str, Any]:
         req: dict[str, Any] = {"content": {"parts": [{"text": text}]}}

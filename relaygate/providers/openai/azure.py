@@ -7,7 +7,8 @@ from urllib.parse import quote
 
 from relaygate.config import AzureDeployment
 from relaygate.core.call import Route
-from relaygate.providers.base import model_segment
+from relaygate.providers.base import Provider, model_segment
+from relaygate.providers.listing import ListedModel
 from relaygate.providers.openai.provider import OpenAIProvider
 
 DEFAULT_API_VERSION = "2024-10-21"
@@ -19,6 +20,10 @@ class AzureProvider(OpenAIProvider):
     config: AzureDeployment
     # not passthrough: Azure's URLs are per deployment and versioned, not OpenAI's paths
     routes: ClassVar[frozenset[Route]] = OpenAIProvider.routes - {Route.PASSTHROUGH}
+
+    async def list_models(self, deadline: float) -> list[ListedModel]:
+        """Azure lists its deployments through its management API, not read here."""
+        return await Provider.list_models(self, deadline)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

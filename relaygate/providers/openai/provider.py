@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from relaygate.config import OpenAIFields
+from relaygate.config import OpenAIDeployment, OpenAIFields
 from relaygate.core.call import Call, Reply, Route, Usage
 from relaygate.core.errors import (
     ContentFiltered,
@@ -20,6 +20,7 @@ from relaygate.core.errors import (
 )
 from relaygate.providers.base import RATE_LIMIT_HEADERS, Provider, error_json, retry_after_seconds
 from relaygate.providers.batching import embed_in_batches, needs_batches
+from relaygate.providers.listing import ListedModel, ollama_tags, openai_models
 from relaygate.providers.openai.usage import usage_of
 from relaygate.providers.openai_format import take_usage, usage_at
 from relaygate.providers.streaming import EventCutter, UpstreamBody, open_body
@@ -65,6 +66,15 @@ class OpenAIProvider(Provider):
         if resp.status >= 400:
             raise await self.upstream_error(resp)
         resp.release()
+
+    async def list_models(self, deadline: float) -> list[ListedModel]:
+        """``GET {api_base}/models``, or Ollama's ``GET /api/tags`` (``models_api: ollama``)."""
+        if isinstance(self.config, OpenAIDeployment) and self.config.models_api == "ollama":
+            root = self.base.removesuffix("/v1")
+            return ollama_tags(await self.get_json(deadline, root + "/api/tags", self.auth_headers(),
+                                                   self.upstream_error))
+        return openai_models(await self.get_json(deadline, self.base + "/models", self.auth_headers(),
+                                                 self.upstream_error))
 
     def prepare(self, call: Call, model: str) -> dict[str, Any]:
         """The upstream body: the client's, with the model rewritten (and usage asked for on streams)."""

@@ -247,7 +247,7 @@ class Gateway:
             else:
                 # the request path reads through its own bounded connections: a slow database answers 503 for
                 # keys not cached and budgets not loaded, and never stalls calls whose keys are cached
-                self.reads = Reads(self.db, config.database.lookup_timeout)
+                self.reads = Reads(self.db, config.database.read_timeout(self.db.dialect))
                 lookups = KeyStore(self.reads.engine)
                 reads = self.reads
                 self.auth = Authenticator(master, lambda digest: reads.run(lookups.lookup, digest),

@@ -230,8 +230,15 @@ class DatabaseConfig(Strict):
     url: str = "sqlite:///relaygate.db"  # sqlite:///relative.db, sqlite:////abs/path.db, postgresql://…
     pool_size: int = Field(5, ge=1, le=100)
     # seconds a request waits for a database read (a key not cached, a budget's spend this period) before
-    # it is answered 503; also the reads' statement timeout. The database is then marked down with backoff
-    lookup_timeout: float = Field(1.0, gt=0, le=60)
+    # it is answered 503; also the reads' statement timeout. The database is then marked down with backoff.
+    # Unset: 1 s for PostgreSQL (a server that stopped answering), 5 s for SQLite (a local file is never
+    # unreachable; a read slower than 1 s is a starved machine, and a 503 plus an outage would only add to it)
+    lookup_timeout: float | None = Field(None, gt=0, le=60)
+
+    def read_timeout(self, dialect: str) -> float:
+        if self.lookup_timeout is not None:
+            return self.lookup_timeout
+        return 1.0 if dialect == "postgresql" else 5.0
 
     @field_validator("url")
     @classmethod

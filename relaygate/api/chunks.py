@@ -8,8 +8,10 @@ from typing import Any, Protocol
 
 import orjson
 
-from relaygate.core.call import Reply, Usage
+from relaygate.core.call import Call, Reply, Usage
 from relaygate.core.errors import Unavailable
+from relaygate.providers.base import readable
+from relaygate.providers.openai_format import DROPPED_HEADER
 from relaygate.providers.streaming import SSEDecoder
 
 
@@ -83,3 +85,30 @@ def chat_completion(reply: Reply) -> dict[str, Any]:
         reply.finish(err)
         raise err from None
     return data
+
+
+def arguments_object(raw: Any) -> Any:
+    """A tool call's arguments (OpenAI's JSON text) as the object other dialects carry."""
+    if isinstance(raw, dict):
+        return raw
+    try:
+        value = orjson.loads(raw or "{}")
+    except (orjson.JSONDecodeError, TypeError):
+        return {"_raw": raw}  # a model's malformed JSON, kept rather than lost
+    if value is None:
+        return {}  # "null": a call without arguments (Cohere's way of saying so)
+    return value if isinstance(value, dict) else {"_value": value}
+
+
+def translate_reply(call: Call, reply: Reply, w: ChunkWriter) -> None:
+    """The reply's OpenAI stream turned into the writer's events; a chunk it cannot read is a 502."""
+    assert reply.stream is not None
+    kind = call.deployment.provider_type if call.deployment is not None else "upstream"
+    reply.stream = readable(translate_stream(reply.stream, w, lambda: reply.usage), kind)
+
+
+def name_dropped(headers: dict[str, str], dropped: list[str]) -> None:
+    """Add the request fields a dialect's translation left out to ``x-relaygate-dropped-params``."""
+    if dropped:
+        earlier = headers.get(DROPPED_HEADER)
+        headers[DROPPED_HEADER] = ",".join(dropped) if not earlier else f"{earlier},{','.join(dropped)}"

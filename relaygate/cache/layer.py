@@ -126,10 +126,15 @@ def cache_key(call: Call, deps: list[Deployment], space: str) -> str:
     """The hash of everything that changes the answer (see the module docstring). The model is the one
     routed: the deployments that may serve the call (``openai/m`` is ``m`` when all of m's are OpenAI's) and
     the name they are asked for (a wildcard deployment sends the client's)."""
-    body = call.anthropic_request if call.anthropic_request is not None else call.body
+    native = call.native
+    if native is not None:  # its own dialect's body: the reply relayed to it is in that dialect
+        body, dialect = native.body, native.dialect.value
+    elif call.anthropic_request is not None:
+        body, dialect = call.anthropic_request, "messages"
+    else:
+        body, dialect = call.body, ""
     kept = {k: v for k, v in body.items() if k not in IGNORED}
-    ident = (call.route, "messages" if call.anthropic_request is not None else "", [d.name for d in deps],
-             call.model, space)
+    ident = (call.route, dialect, [d.name for d in deps], call.model, space)
     # BLAKE2b: Python's own, without OpenSSL's per-hash setup (SHA-256 through OpenSSL costs ~8k instructions
     # a call); 128 bits leave no chance of two requests sharing a key by accident
     return hashlib.blake2b(orjson.dumps((ident, kept), option=orjson.OPT_SORT_KEYS), digest_size=16).hexdigest()
@@ -242,7 +247,7 @@ class CacheLayer:
             if pending is not None:
                 cast = self._streams.get(key)
                 if cast is not None and call.stream and cast.wants_usage == call.wants_usage \
-                        and call.anthropic_request is None:
+                        and call.anthropic_request is None and call.native is None:
                     return self._joined(call, cast, key)
                 entry = await self._follow(call, pending)
                 if entry is not None and (hit := self._hit(call, entry, key)) is not None:
@@ -294,7 +299,7 @@ class CacheLayer:
         """The reply served from ``entry``; None (and the entry dropped) when it cannot be replayed."""
         body = entry.content()
         stream = None
-        if entry.kind == CHAT and call.stream and call.anthropic_request is None:
+        if entry.kind == CHAT and call.stream and call.anthropic_request is None and call.native is None:
             try:
                 stream = _once(replay(orjson.loads(body), call.wants_usage))
             except (orjson.JSONDecodeError, TypeError, AttributeError):
@@ -324,14 +329,14 @@ class CacheLayer:
             raise
         reply.headers[HEADER] = "miss"
         reply.headers[KEY_HEADER] = key
-        if reply.status != 200 or reply.anthropic_native:
+        if reply.status != 200 or reply.anthropic_native or reply.native:
             self.stats.not_stored += 1
             self._settle(key, fut, None)
         elif reply.stream is None:
             self._keep(call, key, fut, self._whole(call, reply, model, reply.body or b""), settings)
         else:
             cast = None
-            if fut is not None and call.route is Route.CHAT and call.anthropic_request is None:
+            if fut is not None and call.route is Route.CHAT and call.anthropic_request is None and call.native is None:
                 cast = self._streams[key] = Broadcast(call.wants_usage, reply)
             reply.stream = self._tee(reply.stream, call, reply, model, key, fut, settings, cast)
 

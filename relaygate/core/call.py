@@ -29,6 +29,41 @@ class Route(StrEnum):
     PASSTHROUGH = "passthrough"  # OpenAI's other REST routes (files, batches, images, …), forwarded as they are
 
 
+class Dialect(StrEnum):
+    """A foreign client dialect whose requests a deployment of the same kind can send as they came."""
+
+    GEMINI = "gemini"  # /v1beta/models/{model}:generateContent
+    COHERE = "cohere"  # /v2/chat
+
+
+@dataclass(slots=True)
+class NativeRequest:
+    """A foreign client's own request body, riding along its chat translation: a deployment speaking
+    ``dialect`` sends it (model and stream set by the provider) and its answer is relayed untouched
+    (``Reply.native``). ``max_tokens`` names the body's output cap, which the limits may lower."""
+
+    dialect: Dialect
+    body: dict[str, Any]
+
+    def cap_output(self, cap: int) -> None:
+        """Lower the body's own output cap to ``cap`` (the budget's hold); set it when absent."""
+        if self.dialect is Dialect.GEMINI:  # Google takes a field by its camelCase or snake_case name
+            name = "generation_config" if "generation_config" in self.body else "generationConfig"
+            gc = self.body.get(name)
+            if not isinstance(gc, dict):
+                gc = self.body[name] = {}
+            for field in ("max_output_tokens", "maxOutputTokens"):
+                value = gc.get(field)
+                if value is not None and (type(value) is not int or value > cap):
+                    gc[field] = cap
+            if gc.get("max_output_tokens") is None:
+                gc["maxOutputTokens"] = min(cap, gc.get("maxOutputTokens") or cap)
+        else:
+            value = self.body.get("max_tokens")
+            if type(value) is not int or value > cap:
+                self.body["max_tokens"] = cap
+
+
 @dataclass(slots=True)
 class Usage:
     """Token usage of one call; ``known`` is False when the upstream does not report it."""
@@ -104,6 +139,7 @@ class Call:
     forward: ForwardedRequest | None = None  # passthrough: the client's request, forwarded as it is
     meter: Meter | None = None  # passthrough: how the forwarded request is priced
     anthropic_request: dict[str, Any] | None = None  # /v1/messages: the client's own Messages body
+    native: NativeRequest | None = None  # Gemini and Cohere clients: their own request body
     fallbacks: tuple[str, ...] = ()  # the fallback models the call moved on to, in order
     cost_nano: int | None = None  # what the call cost, once known (the limits and the log share it)
     cache_hit: bool = False  # answered from the response cache
@@ -154,6 +190,7 @@ class Reply:
     usage: Usage | None = None
     first_byte_at: float | None = None  # monotonic time of the first upstream byte (TTFT for streams)
     anthropic_native: bool = False  # the body or stream is Anthropic's own Messages format, relayed untouched
+    native: bool = False  # the body or stream is in the call's own dialect (``Call.native``), relayed untouched
     delivered: Delivered | None = None  # a chat stream's count of what reached its client (api/common.py)
     _done: list[DoneCallback] = field(default_factory=list)
     _finished: bool = False

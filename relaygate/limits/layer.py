@@ -109,6 +109,8 @@ def hold_output(call: Call, cap: int) -> bool:
         value = native.get("max_tokens")
         if type(value) is int and value > cap:
             native["max_tokens"] = cap
+    if call.native is not None:
+        call.native.cap_output(cap)
     if not given or lowered:
         call.output_cap = cap
         return True

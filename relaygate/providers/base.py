@@ -15,7 +15,7 @@ import orjson
 
 from relaygate.config import DeploymentBase
 from relaygate.core import jsonvalue, shapes
-from relaygate.core.call import Call, Handler, Reply, Route
+from relaygate.core.call import Call, Dialect, Handler, Reply, Route
 from relaygate.core.errors import (
     BadRequest,
     GatewayError,
@@ -62,6 +62,8 @@ class Provider:
     translates: ClassVar[bool] = True
     # sends a /v1/messages request as the client wrote it (``call.anthropic_request``, checked by that route)
     relays_messages: ClassVar[bool] = False
+    # sends a Gemini or Cohere client's own request (``call.native``) when it is of this dialect
+    relays: ClassVar[Dialect | None] = None
 
     def __init__(self, config: DeploymentBase, client: Client, scrub: Scrubber | None = None) -> None:
         self.config = config
@@ -84,7 +86,8 @@ class Provider:
         self.handlers: dict[Route, Handler] = {r: methods[r] if r in self.routes else self.refuse for r in Route}
         if self.translates:
             for r in self.routes:
-                self.handlers[r] = translated(self.handlers[r], self.kind, r in CHAT_SHAPED, self.relays_messages)
+                self.handlers[r] = translated(self.handlers[r], self.kind, r in CHAT_SHAPED, self.relays_messages,
+                                              self.relays)
         for r in self.routes:  # outermost: nothing the upstream sent leaves unscrubbed
             self.handlers[r] = scrubbed(self.handlers[r], self.scrub)
         # its own route table, kept: fault injection (observability/chaos.py) wraps ``handlers`` from this one
@@ -302,13 +305,15 @@ CHAT_SHAPED = (Route.CHAT, Route.COUNT_TOKENS)  # routes whose body is an OpenAI
 ANSWER_ERRORS = (KeyError, IndexError, TypeError, AttributeError, ValueError)
 
 
-def translated(handler: Handler, kind: str, chat_shaped: bool, relays_messages: bool) -> Handler:
+def translated(handler: Handler, kind: str, chat_shaped: bool, relays_messages: bool,
+               relays: Dialect | None = None) -> Handler:
     """A translating provider's ``handler``: the call's chat body checked against the typed request first,
     and for room to nest it deeper (once per call, so a fallback to another translator does not check it
     again; not when the client's Messages body is relayed as it came), and an answer it cannot read made a
     502, whole or mid-stream."""
     async def run(call: Call) -> Reply:
-        if chat_shaped and not call.shape_checked and not (relays_messages and call.anthropic_request is not None):
+        if chat_shaped and not call.shape_checked and not (relays_messages and call.anthropic_request is not None) \
+                and not (relays is not None and call.native is not None and call.native.dialect is relays):
             shapes.check(call.body, ChatRequest)
             try:  # the translation nests what it copies deeper: room for that
                 jsonvalue.check(call.body, jsonvalue.ROOM)

@@ -2,7 +2,8 @@
 
 Streams are translated event by event into OpenAI chunks. The model's ``tool_plan`` (its reasoning before
 calling tools) is surfaced as assistant content, and assistant content sent back with tool calls becomes the
-``tool_plan`` again, so a tool round trip keeps what the model said.
+``tool_plan`` again, so a tool round trip keeps what the model said. A Cohere client's own request
+(``/v2/chat``, ``Call.native``) is sent as it came and the answer relayed untouched (``Reply.native``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from urllib.parse import quote
 import orjson
 
 from relaygate.config import CohereDeployment
-from relaygate.core.call import Call, Reply, Route, Usage, token_count
+from relaygate.core.call import Call, Dialect, Reply, Route, Usage, token_count
 from relaygate.core.errors import (
     BadRequest,
     ContentFiltered,
@@ -42,7 +43,7 @@ from relaygate.providers.openai_format import (
     embeddings_response,
     text_of,
 )
-from relaygate.providers.streaming import UpstreamBody, closing, peek, sse_events
+from relaygate.providers.streaming import UpstreamBody, closing, peek, sse_events, sse_frame
 from relaygate.upstream import Response
 
 DEFAULT_BASE = "https://api.cohere.com"
@@ -74,6 +75,7 @@ class CohereProvider(Provider):
 
     config: CohereDeployment
     routes: ClassVar[frozenset[Route]] = frozenset({Route.CHAT, Route.EMBEDDINGS, Route.TRANSCRIPTIONS})
+    relays: ClassVar[Dialect | None] = Dialect.COHERE
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -116,6 +118,8 @@ class CohereProvider(Provider):
     async def chat(self, call: Call) -> Reply:
         assert call.deployment is not None
         model = call.deployment.upstream_model(call.model)
+        if call.native is not None and call.native.dialect is Dialect.COHERE:
+            return await self._native(call, {**call.native.body, "model": model, "stream": call.stream})
         body, headers = chat_request(call.body, model, call.stream)
         resp = await self._post(call.deadline, "/v2/chat", body)
         if call.stream:
@@ -125,6 +129,40 @@ class CohereProvider(Provider):
         reply.usage = usage_of(data.get("usage"))
         reply.body = orjson.dumps(chat_completion(data, model, reply.usage))
         return reply
+
+    async def _native(self, call: Call, body: dict[str, Any]) -> Reply:
+        """Send the client's v2 chat body as it came (model and stream set) and relay the answer untouched;
+        only the usage is read, and a generation that failed is raised (a fallback can still act)."""
+        resp = await self._post(call.deadline, "/v2/chat", body)
+        if not call.stream:
+            try:
+                raw = await self.read_body(resp)
+            finally:
+                resp.release()
+            data = orjson.loads(raw)
+            finish_reason(data.get("finish_reason"), None)
+            return Reply(body=raw, usage=usage_of(data.get("usage")), first_byte_at=time.monotonic(), native=True)
+        upstream = UpstreamBody(resp, self.kind)
+        events = sse_events(upstream)
+        first = await peek(upstream, anext(events, None))
+        reply = Reply(media_type="text/event-stream", first_byte_at=time.monotonic(), native=True)
+        reply.stream = closing(upstream, self._relay_native(events, first, reply))
+        return reply
+
+    async def _relay_native(self, events: AsyncIterator[tuple[str, bytes]], first: tuple[str, bytes],
+                            reply: Reply) -> AsyncIterator[bytes]:
+        """Cohere's events as they came, up to message-end (the only one parsed, for the usage)."""
+        event, data = first
+        while data != b"[DONE]":
+            yield sse_frame(data, event.encode())
+            if event == "message-end" or (not event and data.find(b'"message-end"', 0, 40) >= 0):
+                reply.usage = usage_of((orjson.loads(data).get("delta") or {}).get("usage"))
+                return
+            got = await anext(events, None)
+            if got is None:
+                break
+            event, data = got
+        raise Unavailable("upstream cohere stream ended before message-end", status=502)
 
     async def _start_stream(self, resp: Response, headers: dict[str, str], model: str,
                             include_usage: bool) -> Reply:

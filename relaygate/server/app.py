@@ -37,8 +37,11 @@ RouteHandler = Callable[[Gateway, Request], Awaitable[Response | StreamResponse]
 # per call under callgrind, 3% of relaygate-full's CPU). Cycles still get collected, just in larger batches.
 GC_THRESHOLDS = (20_000, 20, 20)
 
+# the foreign client dialects, translated through the chat pipeline (docs/dialects.md)
+DIALECT_APIS = ("gemini.endpoints", "cohere.endpoints")
+
 API_MODULES = ("chat", "models", "catalog", "health", "embeddings", "providers", "audio", "anthropic.messages", "passthrough", "admin",
-               "metrics", "drills")
+               "metrics", "drills", *DIALECT_APIS)
 
 # the APIs over the gateway's stored objects: Responses, Conversations, hosted Assistants (docs/responses.md)
 STORED_OBJECT_APIS = ("responses.endpoints", "responses.conversations", "assistants.endpoints")

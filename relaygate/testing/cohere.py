@@ -190,8 +190,19 @@ def _check_chat(body: dict[str, Any]) -> None:
 def _as_openai(body: dict[str, Any]) -> dict[str, Any]:
     """The request in the shape the shared ``answer()`` reads (same messages; OpenAI's option names)."""
     choice = {"REQUIRED": "required", "NONE": "none"}.get(body.get("tool_choice") or "", "auto")
-    return {"messages": body["messages"], "tools": body.get("tools"), "tool_choice": choice,
+    return {"messages": [_documents_read(m) for m in body["messages"]], "tools": body.get("tools"), "tool_choice": choice,
             "max_tokens": body.get("max_tokens"), "response_format": body.get("response_format")}
+
+
+def _documents_read(m: Any) -> Any:
+    """A tool result's ``document`` parts as the text the model reads (Cohere grounds on their data)."""
+    content = m.get("content") if isinstance(m, dict) and m.get("role") == "tool" else None
+    if not isinstance(content, list):
+        return m
+    parts = [{"type": "text", "text": d if isinstance(d := (p.get("document") or {}).get("data"), str)
+              else orjson.dumps(d).decode()} if isinstance(p, dict) and p.get("type") == "document" else p
+             for p in content]
+    return {**m, "content": parts}
 
 
 @dataclass

@@ -23,16 +23,14 @@ from relaygate.api.anthropic.translate import (
     to_openai_request,
 )
 from relaygate.api.chat import chat_call
-from relaygate.api.chunks import chat_completion, once, translate_stream, whole_as_chunk
-from relaygate.api.common import bill_delivered, object_body, reply_headers
+from relaygate.api.common import object_body, reply_headers
+from relaygate.api.dialects import ForeignDialect, answer
 from relaygate.auth.authenticator import caller
 from relaygate.core import jsonvalue, shapes
-from relaygate.core.call import Call, Reply, Route
-from relaygate.core.errors import BadRequest, GatewayError, Unavailable
+from relaygate.core.call import Call, Route
+from relaygate.core.errors import BadRequest, GatewayError
 from relaygate.core.shapes.anthropic import MessagesRequest
 from relaygate.providers.anthropic.wire import error_body
-from relaygate.providers.base import ANSWER_ERRORS, readable, unreadable
-from relaygate.providers.openai_format import DROPPED_HEADER
 from relaygate.server.http import Request, Response, StreamResponse
 
 if TYPE_CHECKING:
@@ -77,34 +75,12 @@ async def messages(gw: Gateway, req: Request) -> Response | StreamResponse:
         reply = await gw.handle(call)
     except GatewayError as e:
         return anthropic_error(e, req.id)
-    if reply.stream is not None:
-        bill_delivered(call, reply)
-    headers = reply_headers(call, reply)
-    headers["request-id"] = req.id
-    if reply.anthropic_native:  # the deployment answered in Anthropic's own format: relay it as it is
-        if reply.stream is not None:
-            return StreamResponse(reply, headers, error_event)
-        return Response(reply.body or b"", 200, headers, reply=reply)
-    if dropped:
-        earlier = headers.get(DROPPED_HEADER)
-        headers[DROPPED_HEADER] = ",".join(dropped) if not earlier else f"{earlier},{','.join(dropped)}"
-    if reply.stream is not None:
-        kind = call.deployment.provider_type if call.deployment is not None else "upstream"
-        reply.stream = readable(translate_stream(reply.stream, EventWriter(call.model), lambda: reply.usage), kind)
-        return StreamResponse(reply, headers, error_event)
-    try:
-        data = chat_completion(reply)
-    except Unavailable as bad:
-        return anthropic_error(bad, req.id)
-    if call.stream:  # the upstream answered whole: deliver it as one burst of events
-        return _replay(call, reply, data, headers)
-    try:
-        message = orjson.dumps(to_anthropic_message(data, reply.usage, call.model))
-    except ANSWER_ERRORS as e:  # orjson's errors are TypeErrors too (a usage count beyond 64 bits)
-        err = unreadable(call.deployment.provider_type if call.deployment is not None else "upstream", e)
-        reply.finish(err)
-        return anthropic_error(err, req.id)
-    return Response(message, 200, headers, reply=reply)
+    dialect = ForeignDialect(_writer, to_anthropic_message, lambda e: anthropic_error(e, req.id), error_event)
+    return answer(dialect, call, reply, reply.anthropic_native, dropped, {"request-id": req.id})
+
+
+def _writer(call: Call) -> EventWriter:
+    return EventWriter(call.model)
 
 
 def _understands_cache_control(gw: Gateway, body: dict[str, Any]) -> bool:
@@ -135,13 +111,6 @@ async def count_tokens(gw: Gateway, req: Request) -> Response:
     headers = reply_headers(call, reply)
     headers["request-id"] = req.id
     return Response(reply.body or b"", 200, headers, reply=reply)
-
-
-def _replay(call: Call, reply: Reply, data: dict[str, Any], headers: dict[str, str]) -> StreamResponse:
-    w = EventWriter(call.model)
-    reply.stream = once(w.chunk(whole_as_chunk(data)) + w.end(reply.usage))
-    reply.media_type = "text/event-stream"
-    return StreamResponse(reply, headers, error_event)
 
 
 ROUTES = [

@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 
+from relaygate.api.chunks import arguments_object
 from relaygate.api.chunks import translate_stream as translate_stream  # re-exported: tests use it here
 from relaygate.api.query import Query
 from relaygate.core.call import Usage
@@ -301,23 +302,11 @@ def to_anthropic_message(data: dict[str, Any], usage: Usage | None, model: str) 
     for tc in msg.get("tool_calls") or ():
         fn = tc.get("function") or {}
         content.append({"type": "tool_use", "id": tc.get("id") or anthropic_id("toolu_"), "name": fn.get("name"),
-                        "input": _arguments(fn.get("arguments"))})
+                        "input": arguments_object(fn.get("arguments"))})
     return {"id": anthropic_id("msg_"), "type": "message", "role": "assistant",
             "model": data.get("model") or model, "content": content,
             "stop_reason": FINISH_TO_STOP.get(choice.get("finish_reason") or "stop", "end_turn"),
             "stop_sequence": None, "usage": usage_block(usage, data.get("usage"))}
-
-
-def _arguments(raw: Any) -> Any:
-    if isinstance(raw, dict):
-        return raw
-    try:
-        value = orjson.loads(raw or "{}")
-    except (orjson.JSONDecodeError, TypeError):
-        return {"_raw": raw}  # a model's malformed JSON, kept rather than lost
-    if value is None:
-        return {}  # "null": a call without arguments (Cohere's way of saying so)
-    return value if isinstance(value, dict) else {"_value": value}
 
 
 def error_event(err: GatewayError) -> bytes:

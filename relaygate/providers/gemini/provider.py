@@ -2,7 +2,8 @@
 
 Chat completions are translated to ``generateContent`` (streams from ``streamGenerateContent?alt=sse``,
 event by event); embeddings go to ``batchEmbedContents``. The API key travels in a header only, never in
-a URL that could be logged.
+a URL that could be logged. A Gemini client's own request (``/v1beta/models/…``, ``Call.native``) is sent as
+it came and the answer relayed untouched (``Reply.native``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from urllib.parse import quote, urlsplit
 import orjson
 
 from relaygate.config import GeminiFields, VertexDeployment
-from relaygate.core.call import Call, Reply, Route, Usage
+from relaygate.core.call import Call, Dialect, Reply, Route, Usage
 from relaygate.core.errors import (
     AuthError,
     BadRequest,
@@ -43,7 +44,7 @@ from relaygate.providers.gemini.format import (
 )
 from relaygate.providers.listing import MAX_MODELS, MAX_PAGES, ListedModel, gemini_models
 from relaygate.providers.openai_format import ChunkWriter, completion_id, embeddings_response
-from relaygate.providers.streaming import SSE_DONE, UpstreamBody, closing, peek, sse_events
+from relaygate.providers.streaming import SSE_DONE, UpstreamBody, closing, peek, sse_events, sse_frame
 from relaygate.upstream import Response
 
 AI_STUDIO_BASE = "https://generativelanguage.googleapis.com"
@@ -64,6 +65,7 @@ class GeminiProvider(Provider):
 
     config: GeminiFields
     routes: ClassVar[frozenset[Route]] = frozenset({Route.CHAT, Route.EMBEDDINGS})
+    relays: ClassVar[Dialect | None] = Dialect.GEMINI
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -127,6 +129,9 @@ class GeminiProvider(Provider):
     async def chat(self, call: Call) -> Reply:
         assert call.deployment is not None
         model = call.deployment.upstream_model(call.model)
+        native = call.native
+        if native is not None and native.dialect is Dialect.GEMINI:
+            return await self._native(call, native.body, model)
         data = orjson.dumps(to_request(call.body, model))
         method = "streamGenerateContent?alt=sse" if call.stream else "generateContent"
         resp = await self.request(call.deadline, "POST", self.url(model, method),
@@ -143,6 +148,59 @@ class GeminiProvider(Provider):
         body = to_completion(answer, str(answer.get("modelVersion") or model), completion_id())
         usage = usage_of(answer.get("usageMetadata"))
         return Reply(body=orjson.dumps(body), usage=usage, first_byte_at=time.monotonic())
+
+    # -- native: a Gemini client's own request ----------------------------------------------------
+
+    async def _native(self, call: Call, body: dict[str, Any], model: str) -> Reply:
+        """Send the client's generateContent body as it came and relay the answer untouched; only what the
+        gateway needs is read: the usage, and a failure a retry or a fallback can still act on."""
+        method = "streamGenerateContent?alt=sse" if call.stream else "generateContent"
+        resp = await self.request(call.deadline, "POST", self.url(model, method),
+                                  headers=self.encoded(await self.headers()), data=orjson.dumps(body))
+        if resp.status >= 400:
+            raise await self.upstream_error(resp)
+        if not call.stream:
+            try:
+                raw = await self.read_body(resp)
+            finally:
+                resp.release()
+            try:
+                answer = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                raise Unavailable("upstream gemini returned a body that is not JSON", status=502) from None
+            if not isinstance(answer, dict):
+                raise Unavailable("upstream gemini returned an unexpected body", status=502)
+            self.raise_failed(answer)
+            return Reply(body=raw, usage=usage_of(answer.get("usageMetadata")), first_byte_at=time.monotonic(),
+                         native=True)
+        upstream = UpstreamBody(resp, self.kind)
+        events = sse_events(upstream)
+        first = await peek(upstream, self._next_event(events), "an answer")
+        self.raise_failed(first)  # nothing was sent yet: still an error a fallback can act on
+        reply = Reply(media_type="text/event-stream", first_byte_at=time.monotonic(), native=True)
+        reply.usage = usage_of(first.get("usageMetadata"))
+        reply.stream = closing(upstream, self._relay(events, first, reply))
+        return reply
+
+    async def _relay(self, events: AsyncIterator[tuple[str, bytes]], first: dict[str, Any],
+                     reply: Reply) -> AsyncIterator[bytes]:
+        """Gemini's events as they came; an event is parsed only when it may
+        be an error, and the last that carries a usage once the stream ended."""
+        yield sse_frame(orjson.dumps(first))
+        last_usage: bytes | None = None
+        async for _, data in events:
+            if data.find(b'"error"', 0, 16) >= 0:
+                event = orjson.loads(data)
+                if isinstance(event, list) and event:
+                    event = event[0]
+                if isinstance(event, dict) and isinstance(event.get("error"), dict):
+                    raise self.error_from(int(event["error"].get("code") or 500), event["error"], {})
+            if data.find(b'"usageMetadata"') >= 0:
+                last_usage = data
+            yield sse_frame(data)
+        if last_usage is not None:
+            event = orjson.loads(last_usage)
+            reply.usage = usage_of(event.get("usageMetadata")) if isinstance(event, dict) else reply.usage
 
     async def _stream(self, call: Call, resp: Response) -> Reply:
         """Read the first event before answering, so that a block or an error can still be retried."""

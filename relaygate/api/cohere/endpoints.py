@@ -1,0 +1,137 @@
+"""Cohere's API v2 (``cohere.ClientV2``) in front of any configured model: ``POST /v2/chat`` and
+``POST /v2/embed``.
+
+A chat request becomes an OpenAI-format chat call that goes through the whole pipeline (keys, limits, cache,
+routing, fallbacks, the log); the reply comes back as Cohere's chat response, or as its v2 stream events
+translated chunk by chunk. The original request rides along (``Call.native``): a Cohere deployment sends it
+as it is and its answer is relayed untouched. Embeddings are translated both ways (floats). The key is a
+relaygate key as ``Authorization: Bearer``. Errors use Cohere's shape ``{"id", "message"}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import struct
+import time
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from relaygate.api.chat import chat_call
+from relaygate.api.cohere.translate import (
+    EventWriter,
+    error_body,
+    error_event,
+    message_id,
+    to_cohere_response,
+    to_openai_request,
+)
+from relaygate.api.common import object_body, reply_headers
+from relaygate.api.dialects import ForeignDialect, answer
+from relaygate.api.embeddings import validate_embeddings
+from relaygate.auth.authenticator import caller
+from relaygate.core import jsonvalue
+from relaygate.core.call import Call, Dialect, NativeRequest, Route
+from relaygate.core.errors import BadRequest, GatewayError, Unsupported
+from relaygate.providers.base import ANSWER_ERRORS, unreadable
+from relaygate.server.http import Request, Response, StreamResponse
+
+if TYPE_CHECKING:
+    from relaygate.gateway import Gateway
+
+# providers that read an embeddings request's ``input_type`` (OpenAI-compatible servers would refuse it)
+INPUT_TYPE_READERS = frozenset(("cohere", "gemini", "vertex", "bedrock"))
+
+
+def cohere_error(err: GatewayError) -> Response:
+    return Response(orjson.dumps(error_body(err)), err.status, dict(err.headers))
+
+
+COHERE = ForeignDialect(lambda _: EventWriter(), lambda data, usage, _: to_cohere_response(data, usage), cohere_error,
+                        error_event)
+
+
+async def chat(gw: Gateway, req: Request) -> Response | StreamResponse:
+    try:
+        key = await caller(gw.auth, req.headers)  # before the body: no key, no parsing
+        body = object_body(await req.json(gw.config.server.max_body_bytes))
+        try:  # translated to a chat request (and maybe on to another dialect): room to nest it deeper
+            jsonvalue.check(body, jsonvalue.ROOM)
+        except jsonvalue.JSONRejected as e:
+            raise BadRequest(f"the request is not accepted: {e.message}", param=e.param) from None
+        request, dropped = to_openai_request(body)
+        call = chat_call(gw, req, request, key)
+        call.native = NativeRequest(Dialect.COHERE, body)
+        call.wants_usage = call.stream  # the usage chunk feeds message-end
+        reply = await gw.handle(call)
+    except GatewayError as e:
+        return cohere_error(e)
+    return answer(COHERE, call, reply, reply.native, dropped)
+
+
+async def embed(gw: Gateway, req: Request) -> Response | StreamResponse:
+    """``/v2/embed`` of texts, as an embeddings call; the vectors come back as Cohere's ``float`` (and
+    ``base64``) embeddings."""
+    try:
+        key = await caller(gw.auth, req.headers)
+        body = object_body(await req.json(gw.config.server.max_body_bytes))
+        request, kinds = _embed_request(body)
+        provider = request.pop("provider", None)
+        call = Call(id=req.id, route=Route.EMBEDDINGS, model=request["model"], body=request, headers=req.headers,
+                    client_ip=req.client_ip, provider=provider if isinstance(provider, str) else None, key=key,
+                    deadline=time.monotonic() + gw.config.server.request_timeout)
+        if isinstance(body.get("input_type"), str) and _reads_input_type(gw, call):
+            request["input_type"] = body["input_type"]
+        reply = await gw.handle(call)
+    except GatewayError as e:
+        return cohere_error(e)
+    headers = reply_headers(call, reply)
+    try:
+        data = orjson.loads(reply.body or b"")
+        vectors = [item["embedding"] for item in sorted(data["data"], key=lambda d: d["index"])]
+        tokens = (data.get("usage") or {}).get("prompt_tokens") or 0
+    except (*ANSWER_ERRORS, orjson.JSONDecodeError) as e:
+        err = unreadable(call.deployment.provider_type if call.deployment is not None else "upstream", e)
+        reply.finish(err)
+        return cohere_error(err)
+    embeddings: dict[str, Any] = {}
+    for kind in kinds:
+        embeddings[kind] = vectors if kind == "float" else [
+            base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode() for v in vectors]
+    answer = {"id": message_id(), "embeddings": embeddings, "texts": request["input"],
+              "meta": {"api_version": {"version": "2"}, "billed_units": {"input_tokens": tokens}},
+              "response_type": "embeddings_by_type"}
+    return Response(orjson.dumps(answer), 200, headers, reply=reply)
+
+
+def _embed_request(body: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """(OpenAI embeddings body, the embedding types asked for) for a Cohere embed request of texts."""
+    texts = body.get("texts")
+    if texts is None:
+        raise Unsupported("invalid request: only texts can be embedded through this gateway (not images or "
+                          "inputs)", param="texts")
+    kinds = body.get("embedding_types") or ["float"]
+    if not isinstance(kinds, list) or not kinds or any(k not in ("float", "base64") for k in kinds):
+        raise Unsupported("invalid request: embedding_types may be float and base64 here", param="embedding_types")
+    request: dict[str, Any] = {"model": body.get("model"), "input": texts, "encoding_format": "float"}
+    if body.get("output_dimension") is not None:
+        request["dimensions"] = body["output_dimension"]
+    if isinstance(body.get("provider"), str):
+        request["provider"] = body["provider"]
+    validate_embeddings({k: v for k, v in request.items() if k != "provider"})
+    return request, list(dict.fromkeys(kinds))
+
+
+def _reads_input_type(gw: Gateway, call: Call) -> bool:
+    """Whether every deployment that may serve the call reads ``input_type`` (else it is not sent)."""
+    try:
+        deps = gw.table.resolve(call)
+    except GatewayError:
+        return False
+    return all(d.provider_type in INPUT_TYPE_READERS for d in deps)
+
+
+ROUTES = [
+    ("POST", "/v2/chat", chat),
+    ("POST", "/v2/embed", embed),
+]

@@ -1,0 +1,150 @@
+"""Gemini's API (``google-genai``, REST) in front of any configured model.
+
+``POST /v1beta/models/{model}:generateContent`` and ``:streamGenerateContent`` (``?alt=sse``: SSE; without:
+one JSON array, streamed as it comes). The request becomes an OpenAI-format chat call that goes through the
+whole pipeline (keys, limits, cache, routing, fallbacks, the log); the reply comes back as a
+GenerateContentResponse, or as Gemini's events translated chunk by chunk. The original request rides along
+(``Call.native``): a Gemini deployment sends it as it is and its answer is relayed untouched. The key is a
+relaygate key, sent as ``x-goog-api-key`` (the SDK's way), ``?key=`` or ``Authorization: Bearer``. Errors
+use Google's shape. ``:countTokens`` is answered from the gateway's own estimate of the prompt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from relaygate.api.chat import chat_call
+from relaygate.api.common import object_body
+from relaygate.api.dialects import ForeignDialect, answer
+from relaygate.api.gemini.translate import (
+    EventWriter,
+    error_body,
+    error_event,
+    to_gemini_response,
+    to_openai_request,
+)
+from relaygate.api.query import Query
+from relaygate.auth.authenticator import presented_key
+from relaygate.core import jsonvalue
+from relaygate.core.call import Call, Dialect, NativeRequest, Reply
+from relaygate.core.errors import BadRequest, GatewayError, NotFound
+from relaygate.core.pricing import Pricing
+from relaygate.providers.streaming import SSEDecoder
+from relaygate.server.http import Request, Response, StreamResponse
+
+if TYPE_CHECKING:
+    from relaygate.auth.keys import Principal
+    from relaygate.gateway import Gateway
+
+GENERATE, STREAM, COUNT = "generateContent", "streamGenerateContent", "countTokens"
+
+
+def gemini_error(err: GatewayError) -> Response:
+    return Response(orjson.dumps(error_body(err)), err.status, dict(err.headers))
+
+
+async def _caller(gw: Gateway, req: Request, query: Query) -> Principal | None:
+    """The relaygate key, as Google's clients send theirs: ``x-goog-api-key``, else ``?key=``."""
+    if gw.auth is None:
+        return None
+    secret = req.headers.get("x-goog-api-key") or query.text("key", 1000) or presented_key(req.headers)
+    return gw.auth.quick(secret) or await gw.auth.authenticate(secret)
+
+
+def _target(req: Request) -> tuple[str, str]:
+    """(model, method) of ``…/models/{model}:{method}``."""
+    model, _, method = req.params.get("rest", "").rpartition(":")
+    model = model.removeprefix("models/")
+    if not model or method not in (GENERATE, STREAM, COUNT):
+        raise NotFound(f"Method {method[:80]!r} of model {model[:200]!r} is not found; this gateway serves "
+                       "generateContent, streamGenerateContent and countTokens", code="unknown_route")
+    return model, method
+
+
+async def models_call(gw: Gateway, req: Request) -> Response | StreamResponse:
+    try:
+        query = Query(req.query)
+        key = await _caller(gw, req, query)  # before anything else: no key, no parsing
+        model, method = _target(req)
+        body = object_body(await req.json(gw.config.server.max_body_bytes))
+        if method == COUNT:
+            return _count(gw, req, body, model, key)
+        stream = method == STREAM
+        call, dropped = _read(gw, req, body, model, stream, key)
+        reply = await gw.handle(call)
+    except GatewayError as e:
+        return gemini_error(e)
+    return _respond(call, reply, dropped, stream and query.text("alt", 20) != "sse")
+
+
+def _read(gw: Gateway, req: Request, body: dict[str, Any], model: str, stream: bool,
+          key: Principal | None) -> tuple[Call, list[str]]:
+    """The call for a generateContent request: an OpenAI chat body (for any provider) plus the original."""
+    try:  # translated to a chat request (and maybe on to another dialect): room to nest it deeper
+        jsonvalue.check(body, jsonvalue.ROOM)
+    except jsonvalue.JSONRejected as e:
+        raise BadRequest(f"the request is not accepted: {e.message}", param=e.param) from None
+    request, dropped = to_openai_request(body, model, stream)
+    call = chat_call(gw, req, request, key)
+    call.native = NativeRequest(Dialect.GEMINI, body)
+    call.wants_usage = stream  # the usage chunk feeds the last event's usageMetadata
+    return call, dropped
+
+
+def _count(gw: Gateway, req: Request, body: dict[str, Any], model: str, key: Principal | None) -> Response:
+    """``countTokens``: the prompt as the gateway's limits count it (no upstream call, nothing to bill)."""
+    inner = body.get("generateContentRequest")
+    request, _ = to_openai_request(inner if isinstance(inner, dict) else body, model, False)
+    chat_call(gw, req, request, key)  # the same checks as a real call
+    return Response(orjson.dumps({"totalTokens": Pricing.prompt_tokens(request)}), 200, {})
+
+
+def _writer(call: Call) -> EventWriter:
+    return EventWriter(call.model)
+
+
+GEMINI = ForeignDialect(_writer, to_gemini_response, gemini_error, error_event)
+
+
+def _respond(call: Call, reply: Reply, dropped: list[str], as_array: bool) -> Response | StreamResponse:
+    resp = answer(GEMINI, call, reply, reply.native, dropped)
+    if as_array and isinstance(resp, StreamResponse):
+        assert reply.stream is not None
+        reply.stream = _as_array(reply.stream)
+        reply.media_type = "application/json"
+        resp.error_event = _array_error
+    return resp
+
+
+async def _as_array(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Gemini's events as the one JSON array ``streamGenerateContent`` answers without ``alt=sse``, each
+    element sent as it comes."""
+    decoder = SSEDecoder()
+    first = True
+    try:
+        async for piece in stream:
+            out = []
+            for _, data in decoder.feed(piece):
+                out.append((b"[" if first else b",\r\n") + data)
+                first = False
+            if out:
+                yield b"".join(out)
+        yield b"[]" if first else b"]"
+    finally:
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+def _array_error(err: GatewayError) -> bytes:
+    """The element that ends an array stream that failed after its first byte."""
+    return b",\r\n" + orjson.dumps(error_body(err)) + b"]"
+
+
+ROUTES = [
+    ("POST", "/v1beta/models/{rest}", models_call),
+    ("POST", "/v1/models/{rest}", models_call),
+]

@@ -196,7 +196,7 @@ def upstream_cert(ctx: Ctx) -> Path:
 
 
 def start_upstream(ctx: Ctx, port: int, slow_seconds: float = 0.5, tls_port: int | None = None) -> Proc:
-    """nginx on core 0 with canned OpenAI, Anthropic and Gemini answers, streams and slow answers; with
+    """nginx on core 0 with canned OpenAI, Anthropic, Gemini (and Cohere, whole) answers, streams and slow answers; with
     ``tls_port``, the same over HTTPS there too (certificate: ``upstream_cert``)."""
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     echo = next((p for p in ECHO_MODULE_PATHS if os.path.exists(p)), None)
@@ -220,6 +220,7 @@ def start_upstream(ctx: Ctx, port: int, slow_seconds: float = 0.5, tls_port: int
         fields[f"@@{prefix}CHAT_BODY@@"] = _quotable(whole)
         fields[f"@@{prefix}STREAM_ECHOES@@"] = "\n".join(
             f"      echo -n '{_quotable(e + sep)}';\n      echo_flush;" for e in sse.split(sep) if e.strip())
+    fields["@@COHERE_CHAT_BODY@@"] = _quotable((up / "cohere.json").read_text().strip())  # whole answers only
     conf = render(up / "nginx.conf.tmpl", ctx.run_dir / "nginx.conf", fields)
     return spawn(ctx, "nginx", [nginx, "-c", str(conf), "-p", str(ctx.run_dir)], core=0,
                  health_url=f"http://127.0.0.1:{port}/health", timeout=10)

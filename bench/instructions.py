@@ -13,7 +13,9 @@ clients, after a warm-up that is not counted.
     python bench/instructions.py --tls                         # the fake upstream over HTTPS
 
 A variant that names a ``.py`` file is a bare pass-through proxy script (``--upstream``, ``--port``), not a
-relaygate config: the two floors, aiohttp's and relaygate's own client's.
+relaygate config: the two floors, aiohttp's and relaygate's own client's. A variant may name the route and
+the request its clients send, for another client dialect: ``NAME=CONFIG@PATH@REQUEST``, e.g.
+``gem=bench/variants/relaygate-gemini.yaml@/v1beta/models/bench-model:generateContent@gemini.json``.
 
 The first variant is the reference; each other gets the ratio reference / variant, which is what its
 requests/s on one core would be relative to the reference if instructions were time. Needs valgrind
@@ -125,8 +127,8 @@ def slowed_config(path: Path) -> float:
     return FLUSH_INTERVAL if logged else 0.0
 
 
-def measure(ctx: Ctx, name: str, config: Path, n: int, clients: int,
-            request: str = "chat.json", headers: dict[str, str] | None = None) -> tuple[float, dict[str, float]]:
+def measure(ctx: Ctx, name: str, config: Path, n: int, clients: int, request: str = "chat.json",
+            headers: dict[str, str] | None = None, path: str = "/v1/chat/completions") -> tuple[float, dict[str, float]]:
     port = free_port()
     if config.suffix == ".py":  # a pass-through proxy script
         settle = 1.0
@@ -150,7 +152,7 @@ def measure(ctx: Ctx, name: str, config: Path, n: int, clients: int,
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"{name} did not start; see {ctx.run_dir / (name + '.log')}")
             time.sleep(0.5)
-        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        url = f"http://127.0.0.1:{port}{path}"
         asyncio.run(load(url, max(200, n // 5), clients, request, headers))  # warm-up: pools, caches, lazy imports
         time.sleep(settle)  # the warm-up's log rows are written before counting starts
         subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], check=True, capture_output=True)
@@ -196,9 +198,10 @@ def main() -> None:
     try:
         for r in range(args.repeat):  # variants in turn, so that each repeat sees the same conditions
             for spec in variants:
-                name, _, path = spec.partition("=")
+                name, _, spec_rest = spec.partition("=")
+                path, route, request = (spec_rest.split("@") + ["", ""])[:3]
                 total, per = measure(ctx, name if r == 0 else f"{name}-{r}", Path(path), args.n, args.c,
-                                    args.request, headers)
+                                     request or args.request, headers, route or "/v1/chat/completions")
                 counts.setdefault(name, []).append(total)
                 threads = ", ".join(f"thread {t}: {v / 1000:.1f}k" for t, v in per.items())
                 print(f"  {name}: {total / 1000:.1f}k instructions per request ({threads})", file=sys.stderr,

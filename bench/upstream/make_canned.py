@@ -1,6 +1,6 @@
-"""Writes the fake upstream's canned Anthropic and Gemini answers (run once; the outputs are committed).
+"""Writes the fake upstream's canned Anthropic, Gemini and Cohere answers (run once; the outputs are committed).
 
-The shapes come from the project's emulators (relaygate/testing/anthropic.py, gemini.py), which are
+The shapes come from the project's emulators (relaygate/testing/anthropic.py, gemini.py, cohere.py), which are
 checked against the official SDKs, so the bench translates what the real APIs send. The text is the
 same 20 pieces in every format, so translated and OpenAI streams carry the same payload.
 
@@ -14,6 +14,7 @@ from pathlib import Path
 import orjson
 
 from relaygate.testing import anthropic as anth
+from relaygate.testing import cohere as co
 from relaygate.testing import gemini as gem
 
 HERE = Path(__file__).resolve().parent
@@ -59,11 +60,20 @@ def gemini() -> tuple[bytes, list[bytes]]:
     return orjson.dumps(whole), chunks
 
 
+def cohere() -> bytes:
+    """The whole v2 chat response (the bench measures Cohere clients' whole answers only)."""
+    usage = {"billed_units": {"input_tokens": PROMPT_TOKENS, "output_tokens": len(PIECES)},
+             "tokens": {"input_tokens": PROMPT_TOKENS, "output_tokens": len(PIECES)}}
+    return orjson.dumps(co.chat_response(co.Reply("5b0e7a3c-1f2d-4c8e-9a6b-0d3f7e2c1a9b", TEXT, None, None,
+                                                  "COMPLETE", usage)))
+
+
 def main() -> None:
     for name, (whole, events) in {"anthropic": anthropic(), "gemini": gemini()}.items():
         (HERE / f"{name}.json").write_bytes(whole + b"\n")
         (HERE / f"{name}-stream.sse").write_bytes(b"".join(events))
         print(f"{name}: {len(whole)} B whole, {len(events)} stream events")
+    (HERE / "cohere.json").write_bytes(cohere() + b"\n")
 
 
 if __name__ == "__main__":

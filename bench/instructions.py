@@ -211,7 +211,8 @@ def main() -> None:
     names = list(counts)
     ref_name = names[0]
     ref = statistics.mean(counts[ref_name])
-    print(f"\ninstructions per request (callgrind, {args.n} {args.request} requests from {args.c} clients, mean of "
+    print(f"\ninstructions per request (callgrind, {args.n} requests ({args.request} unless the variant names its "
+          f"own) from {args.c} clients, mean of "
           f"{args.repeat} run(s); reference: {ref_name}{'; HTTPS upstream' if args.tls else ''})\n")
     print(f"{'variant':<14} {'instructions':>13} {'ratio ' + ref_name + '/variant':>24}  runs")
     for name in names:

@@ -46,11 +46,12 @@ def gemini_error(err: GatewayError) -> Response:
     return Response(orjson.dumps(error_body(err)), err.status, dict(err.headers))
 
 
-async def _caller(gw: Gateway, req: Request, query: Query) -> Principal | None:
+async def _caller(gw: Gateway, req: Request, query: Query | None) -> Principal | None:
     """The relaygate key, as Google's clients send theirs: ``x-goog-api-key``, else ``?key=``."""
     if gw.auth is None:
         return None
-    secret = req.headers.get("x-goog-api-key") or query.text("key", 1000) or presented_key(req.headers)
+    secret = req.headers.get("x-goog-api-key") or (query.text("key", 1000) if query is not None else None) \
+        or presented_key(req.headers)
     return gw.auth.quick(secret) or await gw.auth.authenticate(secret)
 
 
@@ -66,7 +67,7 @@ def _target(req: Request) -> tuple[str, str]:
 
 async def models_call(gw: Gateway, req: Request) -> Response | StreamResponse:
     try:
-        query = Query(req.query)
+        query = Query(req.query) if req.query else None
         key = await _caller(gw, req, query)  # before anything else: no key, no parsing
         model, method = _target(req)
         body = object_body(await req.json(gw.config.server.max_body_bytes))
@@ -77,7 +78,7 @@ async def models_call(gw: Gateway, req: Request) -> Response | StreamResponse:
         reply = await gw.handle(call)
     except GatewayError as e:
         return gemini_error(e)
-    return _respond(call, reply, dropped, stream and query.text("alt", 20) != "sse")
+    return _respond(call, reply, dropped, stream and (query is None or query.text("alt", 20) != "sse"))
 
 
 def _read(gw: Gateway, req: Request, body: dict[str, Any], model: str, stream: bool,

@@ -15,8 +15,12 @@ from relaygate.core.call import Usage
 from relaygate.core.errors import BadRequest, GatewayError, Unsupported
 
 # generationConfig fields with no OpenAI counterpart: dropped and named in x-relaygate-dropped-params
-DROPPED_CONFIG = ("topK", "responseModalities", "speechConfig", "mediaResolution", "responseLogprobs",
-                  "logprobs", "enableEnhancedCivicAnswers", "imageConfig")
+DROPPED_CONFIG = frozenset(("topK", "responseModalities", "speechConfig", "mediaResolution", "responseLogprobs",
+                  "logprobs", "enableEnhancedCivicAnswers", "imageConfig"))
+# generationConfig fields with an OpenAI counterpart, and its name
+_CONFIG_FIELDS = {"temperature": "temperature", "topP": "top_p", "seed": "seed", "presencePenalty": "presence_penalty",
+                  "frequencyPenalty": "frequency_penalty", "candidateCount": "n",
+                  "maxOutputTokens": "max_completion_tokens", "stopSequences": "stop"}
 DROPPED_TOP = ("safetySettings", "cachedContent")
 _MODES = {"AUTO": "auto", "ANY": "required", "NONE": "none", "VALIDATED": "auto"}
 # OpenAI's finish_reason -> Gemini's finishReason
@@ -94,9 +98,12 @@ def _parts(content: Any, where: str) -> list[dict[str, Any]]:
     parts = content.get("parts") if isinstance(content, dict) else None
     if parts is None:
         return []
-    if not isinstance(parts, list) or not all(isinstance(p, dict) for p in parts):
-        raise _bad(f"{where}.parts", "Starting an object on a scalar field")
-    return [camel(p) for p in parts]
+    out = []
+    for p in parts if isinstance(parts, list) else (None,):
+        if not isinstance(p, dict):
+            raise _bad(f"{where}.parts", "Starting an object on a scalar field")
+        out.append(camel(p))
+    return out
 
 
 def _texts(content: Any, where: str) -> list[str]:
@@ -281,16 +288,13 @@ def _effort(thinking: dict[str, Any], dropped: list[str]) -> str | None:
 
 
 def _generation_config(gc: dict[str, Any], req: dict[str, Any], dropped: list[str]) -> None:
-    for theirs, ours in (("temperature", "temperature"), ("topP", "top_p"), ("seed", "seed"),
-                         ("presencePenalty", "presence_penalty"), ("frequencyPenalty", "frequency_penalty"),
-                         ("candidateCount", "n"), ("maxOutputTokens", "max_completion_tokens")):
-        value = gc.get(theirs)
-        if value is not None:
-            req[ours] = value
-    stops = gc.get("stopSequences")
-    if stops:
-        req["stop"] = stops
-    dropped.extend(f"generationConfig.{name}" for name in DROPPED_CONFIG if gc.get(name) is not None)
+    for name, value in gc.items():  # the fields the client set (a few), not every field there is
+        ours = _CONFIG_FIELDS.get(name)
+        if ours is not None:
+            if value is not None and (value or ours != "stop"):
+                req[ours] = value
+        elif name in DROPPED_CONFIG and value is not None:
+            dropped.append(f"generationConfig.{name}")
     thinking = _obj(gc.get("thinkingConfig"))
     if thinking is not None:
         effort = _effort(thinking, dropped)

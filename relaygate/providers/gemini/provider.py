@@ -70,6 +70,7 @@ class GeminiProvider(Provider):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.prefix = self.model_prefix()
+        self._urls: dict[str, str] = {}  # method -> URL, for the deployment's own model
         self._headers = {"content-type": "application/json", **self.auth(), **self.config.headers}
         if self.config.input_type is not None and self.config.input_type.lower() not in TASK_TYPES:
             raise ValueError(f"input_type must be one of {', '.join(sorted(TASK_TYPES))}")
@@ -92,6 +93,11 @@ class GeminiProvider(Provider):
         return {"x-goog-api-key": key}
 
     def url(self, model: str, method: str) -> str:
+        if model == self.config.model:  # the deployment's own model: its few URLs built once
+            url = self._urls.get(method)
+            if url is None:
+                url = self._urls[method] = f"{self.prefix}/models/{model_segment(model.removeprefix('models/'))}:{method}"
+            return url
         return f"{self.prefix}/models/{model_segment(model.removeprefix('models/'))}:{method}"
 
     def embed_request(self, model: str, text: str, options: dict[str, Any]) -> dict[str, Any]:

@@ -39,7 +39,7 @@ def upstreams() -> Iterator[dict[str, BackgroundServer]]:
 
 
 @pytest.fixture(scope="module")
-def gw(upstreams: dict[str, BackgroundServer]) -> Iterator[GatewayThread]:
+def gw(upstreams: dict[str, BackgroundServer], tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayThread]:
     def co(name: str, model: str) -> dict[str, Any]:
         return {"name": name, "deployments": [{"provider": "cohere", "model": model,
                                                "api_base": upstreams["cohere"].url, "api_key": COHERE_KEY}]}
@@ -52,7 +52,8 @@ def gw(upstreams: dict[str, BackgroundServer]) -> Iterator[GatewayThread]:
         {"name": "command-fb", "fallbacks": [{"models": ["gpt"]}], "deployments": [{
             "provider": "cohere", "model": "command-a-03-2025", "api_base": upstreams["cohere"].url,
             "api_key": COHERE_KEY}]},
-    ], "auth": {"master_key": MASTER, "keys": [{"id": "cohere-app", "key": APP_KEY,
+    ], "database": {"url": f"sqlite:///{tmp_path_factory.mktemp('cohere')}/relaygate.db"},
+        "auth": {"master_key": MASTER, "keys": [{"id": "cohere-app", "key": APP_KEY,
                                                 "models": ["gpt", "command", "gem", "co-embed", "oai-embed"]},
                                                {"id": "cohere-budget", "key": BUDGET_KEY, "budget_usd": 0.0006,
                                                 "budget_period": "day"}]}}

@@ -24,7 +24,7 @@ from relaygate.testing.openai import create_app as create_openai_app
 from .conftest import UPSTREAM_KEY, openai_model
 
 GEMINI_KEY = "AIzaSyGeminiUpstream7d3b9e1c5a2f8d4b6e0c"
-CLAUDE_KEY = "sk-ant-upstream-key-000000000000"
+CLAUDE_KEY = "sk-ant-upstream-9f2c6a1e8d4b7f3a5c0e"
 MASTER = "rg-master-gemini-0123456789abcdef"
 APP_KEY = "rg-gemini-app-7f3a9c1e5b2d8f40a6c3e1b9"
 BUDGET_KEY = "rg-gemini-budget-2c8f4a6e1b9d3f7a5c0e"
@@ -46,17 +46,21 @@ def upstreams() -> Iterator[dict[str, BackgroundServer]]:
 
 
 @pytest.fixture(scope="module")
-def gw(upstreams: dict[str, BackgroundServer]) -> Iterator[GatewayThread]:
+def gw(upstreams: dict[str, BackgroundServer], tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayThread]:
     config = {"models": [
         openai_model("gpt", upstreams["openai"]),
         {"name": "gem", "deployments": [{"provider": "gemini", "model": "gemini-2.5-flash",
                                          "api_base": upstreams["gemini"].url, "api_key": GEMINI_KEY}]},
         {"name": "claude", "deployments": [{"provider": "anthropic", "model": "claude-haiku-4-5",
                                             "api_base": upstreams["anthropic"].url, "api_key": CLAUDE_KEY}]},
+        openai_model("oai-embed", upstreams["openai"], upstream_model="text-embedding-3-small"),
+        {"name": "gem-embed", "deployments": [{"provider": "gemini", "model": "gemini-embedding-001",
+                                               "api_base": upstreams["gemini"].url, "api_key": GEMINI_KEY}]},
         {"name": "gem-fb", "fallbacks": [{"models": ["gpt"]}],
          "deployments": [{"provider": "gemini", "model": "gemini-2.5-flash", "api_base": upstreams["gemini"].url,
                           "api_key": GEMINI_KEY}]},
-    ], "auth": {"master_key": MASTER, "keys": [{"id": "gemini-app", "key": APP_KEY, "models": ["gpt", "gem"]},
+    ], "database": {"url": f"sqlite:///{tmp_path_factory.mktemp('gemini')}/relaygate.db"},
+        "auth": {"master_key": MASTER, "keys": [{"id": "gemini-app", "key": APP_KEY, "models": ["gpt", "gem"]},
                                                  {"id": "gemini-budget", "key": BUDGET_KEY, "budget_usd": 0.0006,
                                                   "budget_period": "day"}]}}
     with GatewayThread(config) as g:
@@ -230,3 +234,22 @@ def test_a_budget_holds_a_gemini_deployment_to_what_it_can_pay_in_the_clients_ow
     cap = int(r.headers["x-relaygate-output-cap"])
     assert 0 < cap < 50_000
     assert sent(upstreams, "gemini")["generationConfig"]["maxOutputTokens"] == cap
+
+
+@pytest.mark.parametrize("model", ["gem-embed", "oai-embed"])
+def test_embed_content_embeds_texts_on_any_embeddings_model(
+        gw: GatewayThread, upstreams: dict[str, BackgroundServer], model: str) -> None:
+    client = genai.Client(api_key=MASTER, http_options=types.HttpOptions(base_url=gw.url, timeout=10_000))
+    r = client.models.embed_content(model=model, contents=["one", "two"],
+                                    config=types.EmbedContentConfig(task_type="RETRIEVAL_QUERY"))
+    assert r.embeddings is not None and len(r.embeddings) == 2
+    assert r.embeddings[0].values and r.embeddings[0].values != r.embeddings[1].values
+    if model == "gem-embed":  # Gemini reads the task type; an OpenAI-compatible server would refuse it
+        [req] = sent(upstreams, "gemini")["requests"][:1]
+        assert req["taskType"] == "RETRIEVAL_QUERY" and req["content"] == {"parts": [{"text": "one"}]}
+    else:
+        assert sent(upstreams, "openai") == {"model": "text-embedding-3-small", "input": ["one", "two"],
+                                             "encoding_format": "float"}
+    one = requests.post(gw.url + f"/v1beta/models/{model}:embedContent", headers={"x-goog-api-key": MASTER},
+                        json={"content": {"parts": [{"text": "one"}]}, "taskType": "RETRIEVAL_QUERY"}, timeout=10)
+    assert one.status_code == 200 and one.json()["embedding"]["values"] == r.embeddings[0].values

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import struct
-import time
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -28,19 +27,15 @@ from relaygate.api.cohere.translate import (
 )
 from relaygate.api.common import object_body, reply_headers
 from relaygate.api.dialects import ForeignDialect, answer
-from relaygate.api.embeddings import validate_embeddings
+from relaygate.api.dialects import embed as dialect_embed
 from relaygate.auth.authenticator import caller
 from relaygate.core import jsonvalue
-from relaygate.core.call import Call, Dialect, NativeRequest, Route
+from relaygate.core.call import Dialect, NativeRequest
 from relaygate.core.errors import BadRequest, GatewayError, Unsupported
-from relaygate.providers.base import ANSWER_ERRORS, unreadable
 from relaygate.server.http import Request, Response, StreamResponse
 
 if TYPE_CHECKING:
     from relaygate.gateway import Gateway
-
-# providers that read an embeddings request's ``input_type`` (OpenAI-compatible servers would refuse it)
-INPUT_TYPE_READERS = frozenset(("cohere", "gemini", "vertex", "bedrock"))
 
 
 def cohere_error(err: GatewayError) -> Response:
@@ -75,60 +70,26 @@ async def embed(gw: Gateway, req: Request) -> Response | StreamResponse:
     try:
         key = await caller(gw.auth, req.headers)
         body = object_body(await req.json(gw.config.server.max_body_bytes))
-        request, kinds = _embed_request(body)
-        provider = request.pop("provider", None)
-        call = Call(id=req.id, route=Route.EMBEDDINGS, model=request["model"], body=request, headers=req.headers,
-                    client_ip=req.client_ip, provider=provider if isinstance(provider, str) else None, key=key,
-                    deadline=time.monotonic() + gw.config.server.request_timeout)
-        if isinstance(body.get("input_type"), str) and _reads_input_type(gw, call):
-            request["input_type"] = body["input_type"]
-        reply = await gw.handle(call)
+        texts = body.get("texts")
+        if texts is None:
+            raise Unsupported("invalid request: only texts can be embedded through this gateway (not images or "
+                              "inputs)", param="texts")
+        kinds = body.get("embedding_types") or ["float"]
+        if not isinstance(kinds, list) or not kinds or any(k not in ("float", "base64") for k in kinds):
+            raise Unsupported("invalid request: embedding_types may be float and base64 here",
+                              param="embedding_types")
+        call, reply, vectors, tokens = await dialect_embed(gw, req, key, body.get("model"), texts,
+                                                           body.get("output_dimension"), body.get("input_type"))
     except GatewayError as e:
         return cohere_error(e)
-    headers = reply_headers(call, reply)
-    try:
-        data = orjson.loads(reply.body or b"")
-        vectors = [item["embedding"] for item in sorted(data["data"], key=lambda d: d["index"])]
-        tokens = (data.get("usage") or {}).get("prompt_tokens") or 0
-    except (*ANSWER_ERRORS, orjson.JSONDecodeError) as e:
-        err = unreadable(call.deployment.provider_type if call.deployment is not None else "upstream", e)
-        reply.finish(err)
-        return cohere_error(err)
     embeddings: dict[str, Any] = {}
-    for kind in kinds:
+    for kind in dict.fromkeys(kinds):
         embeddings[kind] = vectors if kind == "float" else [
             base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode() for v in vectors]
-    answer = {"id": message_id(), "embeddings": embeddings, "texts": request["input"],
+    answer = {"id": message_id(), "embeddings": embeddings, "texts": texts,
               "meta": {"api_version": {"version": "2"}, "billed_units": {"input_tokens": tokens}},
               "response_type": "embeddings_by_type"}
-    return Response(orjson.dumps(answer), 200, headers, reply=reply)
-
-
-def _embed_request(body: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """(OpenAI embeddings body, the embedding types asked for) for a Cohere embed request of texts."""
-    texts = body.get("texts")
-    if texts is None:
-        raise Unsupported("invalid request: only texts can be embedded through this gateway (not images or "
-                          "inputs)", param="texts")
-    kinds = body.get("embedding_types") or ["float"]
-    if not isinstance(kinds, list) or not kinds or any(k not in ("float", "base64") for k in kinds):
-        raise Unsupported("invalid request: embedding_types may be float and base64 here", param="embedding_types")
-    request: dict[str, Any] = {"model": body.get("model"), "input": texts, "encoding_format": "float"}
-    if body.get("output_dimension") is not None:
-        request["dimensions"] = body["output_dimension"]
-    if isinstance(body.get("provider"), str):
-        request["provider"] = body["provider"]
-    validate_embeddings({k: v for k, v in request.items() if k != "provider"})
-    return request, list(dict.fromkeys(kinds))
-
-
-def _reads_input_type(gw: Gateway, call: Call) -> bool:
-    """Whether every deployment that may serve the call reads ``input_type`` (else it is not sent)."""
-    try:
-        deps = gw.table.resolve(call)
-    except GatewayError:
-        return False
-    return all(d.provider_type in INPUT_TYPE_READERS for d in deps)
+    return Response(orjson.dumps(answer), 200, reply_headers(call, reply), reply=reply)
 
 
 ROUTES = [

@@ -3,7 +3,8 @@
 ``POST /v1beta/models/{model}:generateContent`` and ``:streamGenerateContent`` (``?alt=sse``: SSE; without:
 one JSON array, streamed as it comes). The request becomes an OpenAI-format chat call that goes through the
 whole pipeline (keys, limits, cache, routing, fallbacks, the log); the reply comes back as a
-GenerateContentResponse, or as Gemini's events translated chunk by chunk. The original request rides along
+GenerateContentResponse, or as Gemini's events translated chunk by chunk. ``:embedContent`` and
+``:batchEmbedContents`` of texts are embeddings calls. The original request rides along
 (``Call.native``): a Gemini deployment sends it as it is and its answer is relayed untouched. The key is a
 relaygate key, sent as ``x-goog-api-key`` (the SDK's way), ``?key=`` or ``Authorization: Bearer``. Errors
 use Google's shape. ``:countTokens`` is answered from the gateway's own estimate of the prompt.
@@ -17,14 +18,20 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from relaygate.api.chat import chat_call
-from relaygate.api.common import object_body
+from relaygate.api.common import object_body, reply_headers
 from relaygate.api.dialects import ForeignDialect, answer
+from relaygate.api.dialects import embed as dialect_embed
 from relaygate.api.gemini.translate import (
     EventWriter,
+    camel,
     error_body,
     error_event,
+    obj,
     to_gemini_response,
     to_openai_request,
+)
+from relaygate.api.gemini.translate import (
+    texts as texts_of,
 )
 from relaygate.api.query import Query
 from relaygate.auth.authenticator import presented_key
@@ -40,6 +47,11 @@ if TYPE_CHECKING:
     from relaygate.gateway import Gateway
 
 GENERATE, STREAM, COUNT = "generateContent", "streamGenerateContent", "countTokens"
+EMBED, BATCH_EMBED = "embedContent", "batchEmbedContents"
+# Gemini's task types under the names every embeddings provider that reads input_type takes (Cohere's);
+# the others go lower-cased, as Gemini's own take them
+_INPUT_TYPES = {"RETRIEVAL_QUERY": "search_query", "RETRIEVAL_DOCUMENT": "search_document",
+                "CLASSIFICATION": "classification", "CLUSTERING": "clustering"}
 
 
 def gemini_error(err: GatewayError) -> Response:
@@ -59,9 +71,10 @@ def _target(req: Request) -> tuple[str, str]:
     """(model, method) of ``…/models/{model}:{method}``."""
     model, _, method = req.params.get("rest", "").rpartition(":")
     model = model.removeprefix("models/")
-    if not model or method not in (GENERATE, STREAM, COUNT):
+    if not model or method not in (GENERATE, STREAM, COUNT, EMBED, BATCH_EMBED):
         raise NotFound(f"Method {method[:80]!r} of model {model[:200]!r} is not found; this gateway serves "
-                       "generateContent, streamGenerateContent and countTokens", code="unknown_route")
+                       "generateContent, streamGenerateContent, countTokens, embedContent and batchEmbedContents",
+                       code="unknown_route")
     return model, method
 
 
@@ -73,6 +86,8 @@ async def models_call(gw: Gateway, req: Request) -> Response | StreamResponse:
         body = object_body(await req.json(gw.config.server.max_body_bytes))
         if method == COUNT:
             return _count(gw, req, body, model, key)
+        if method in (EMBED, BATCH_EMBED):
+            return await _embed(gw, req, body, model, key, method == BATCH_EMBED)
         stream = method == STREAM
         call, dropped = _read(gw, req, body, model, stream, key)
         reply = await gw.handle(call)
@@ -108,6 +123,24 @@ def _writer(call: Call) -> EventWriter:
 
 
 GEMINI = ForeignDialect(_writer, to_gemini_response, gemini_error, error_event)
+
+
+async def _embed(gw: Gateway, req: Request, body: dict[str, Any], model: str, key: Principal | None,
+                 batch: bool) -> Response:
+    """``embedContent`` / ``batchEmbedContents`` of texts, as an embeddings call (one for the batch)."""
+    items = body.get("requests") if batch else [body]
+    if not isinstance(items, list) or not items or not all(isinstance(i, dict) for i in items):
+        raise BadRequest("* BatchEmbedContentsRequest.requests: requests is not specified", param="requests")
+    items = [camel(i) for i in items]
+    texts = [" ".join(texts_of(i.get("content"), f"requests[{n}].content")) for n, i in enumerate(items)]
+    first = items[0]
+    options = obj(first.get("embedContentConfig")) or first
+    task = options.get("taskType")
+    call, reply, vectors, _ = await dialect_embed(
+        gw, req, key, model, texts, options.get("outputDimensionality"),
+        _INPUT_TYPES.get(task, task.lower()) if isinstance(task, str) else None)
+    out = {"embeddings": [{"values": v} for v in vectors]} if batch else {"embedding": {"values": vectors[0]}}
+    return Response(orjson.dumps(out), 200, reply_headers(call, reply), reply=reply)
 
 
 def _respond(call: Call, reply: Reply, dropped: list[str], as_array: bool) -> Response | StreamResponse:

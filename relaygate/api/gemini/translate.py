@@ -48,7 +48,7 @@ def _camel_name(name: str) -> str:
     return head + "".join(w[:1].upper() + w[1:] for w in rest)
 
 
-def _obj(value: Any) -> dict[str, Any] | None:
+def obj(value: Any) -> dict[str, Any] | None:
     return camel(value) if isinstance(value, dict) else None
 
 
@@ -67,7 +67,7 @@ def to_openai_request(body: dict[str, Any], model: str, stream: bool) -> tuple[d
     messages: list[dict[str, Any]] = []
     system = body.get("systemInstruction")
     if system is not None:
-        text = "\n".join(_texts(system, "systemInstruction"))
+        text = "\n".join(texts(system, "systemInstruction"))
         if text:
             messages.append({"role": "system", "content": text})
     unanswered: dict[str, list[str]] = {}  # function name -> ids of the calls the model turns made, in order
@@ -106,7 +106,7 @@ def _parts(content: Any, where: str) -> list[dict[str, Any]]:
     return out
 
 
-def _texts(content: Any, where: str) -> list[str]:
+def texts(content: Any, where: str) -> list[str]:
     if isinstance(content, str):  # the SDKs send a Content; REST users sometimes a bare string
         return [content]
     return [str(p["text"]) for p in _parts(content, where) if "text" in p and not p.get("thought")]
@@ -123,7 +123,7 @@ def _content(c: Any, i: int, out: list[dict[str, Any]], unanswered: dict[str, li
         thoughts: list[str] = []
         calls: list[dict[str, Any]] = []
         for j, p in enumerate(parts):
-            fc = _obj(p.get("functionCall"))
+            fc = obj(p.get("functionCall"))
             if p.get("thought"):
                 if isinstance(p.get("text"), str):
                     thoughts.append(p["text"])
@@ -155,7 +155,7 @@ def _content(c: Any, i: int, out: list[dict[str, Any]], unanswered: dict[str, li
         raise _bad(f"{where}.role", f"Please use a valid role: user, model. (got {str(role)[:40]!r})")
     user: list[dict[str, Any]] = []
     for j, p in enumerate(parts):
-        fr = _obj(p.get("functionResponse"))
+        fr = obj(p.get("functionResponse"))
         if fr is not None:
             name = str(fr.get("name") or "")
             waiting = unanswered.get(name)
@@ -242,7 +242,7 @@ def _tools(tools: Any, dropped: list[str]) -> list[dict[str, Any]]:
         if not isinstance(decls, list):
             raise _bad(f"tools[{i}].function_declarations", "Proto field is repeating, cannot start object.")
         for j, d in enumerate(decls):
-            d = _obj(d)
+            d = obj(d)
             if d is None or not isinstance(d.get("name"), str) or not d["name"]:
                 raise _bad(f"tools[{i}].function_declarations[{j}].name", "Name cannot be empty.")
             fn: dict[str, Any] = {"name": d["name"]}
@@ -257,7 +257,7 @@ def _tools(tools: Any, dropped: list[str]) -> list[dict[str, Any]]:
 
 
 def _tool_choice(config: Any) -> Any:
-    fcc = _obj(camel(config).get("functionCallingConfig")) if isinstance(config, dict) else None
+    fcc = obj(camel(config).get("functionCallingConfig")) if isinstance(config, dict) else None
     if fcc is None or fcc.get("mode") is None:
         return None
     mode = _MODES.get(str(fcc["mode"]).upper())
@@ -295,7 +295,7 @@ def _generation_config(gc: dict[str, Any], req: dict[str, Any], dropped: list[st
                 req[ours] = value
         elif name in DROPPED_CONFIG and value is not None:
             dropped.append(f"generationConfig.{name}")
-    thinking = _obj(gc.get("thinkingConfig"))
+    thinking = obj(gc.get("thinkingConfig"))
     if thinking is not None:
         effort = _effort(thinking, dropped)
         if effort is not None:

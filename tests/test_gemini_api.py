@@ -4,6 +4,7 @@ Gemini, Anthropic emulators): translated cells, the Gemini-to-Gemini relay, keys
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,12 +23,14 @@ from relaygate.testing.openai import OpenAIEmulatorOptions
 from relaygate.testing.openai import create_app as create_openai_app
 
 from .conftest import UPSTREAM_KEY, openai_model
+from .test_requestlog import log_rows
 
 GEMINI_KEY = "AIzaSyGeminiUpstream7d3b9e1c5a2f8d4b6e0c"
 CLAUDE_KEY = "sk-ant-upstream-9f2c6a1e8d4b7f3a5c0e"
 MASTER = "rg-master-gemini-0123456789abcdef"
 APP_KEY = "rg-gemini-app-7f3a9c1e5b2d8f40a6c3e1b9"
 BUDGET_KEY = "rg-gemini-budget-2c8f4a6e1b9d3f7a5c0e"
+APP_KEY_CACHED = "rg-gemini-cached-6d1f9b3e7a2c5d8f0b4a"
 WEATHER = types.Tool(function_declarations=[types.FunctionDeclaration(
     name="get_weather", description="weather for a city",
     parameters=types.Schema(type=types.Type.OBJECT, properties={"city": types.Schema(type=types.Type.STRING)},
@@ -54,6 +57,7 @@ def gw(upstreams: dict[str, BackgroundServer], tmp_path_factory: pytest.TempPath
         {"name": "claude", "deployments": [{"provider": "anthropic", "model": "claude-haiku-4-5",
                                             "api_base": upstreams["anthropic"].url, "api_key": CLAUDE_KEY}]},
         openai_model("oai-embed", upstreams["openai"], upstream_model="text-embedding-3-small"),
+        {**openai_model("gpt-cached", upstreams["openai"]), "cache": {"mode": "always"}},
         {"name": "gem-embed", "deployments": [{"provider": "gemini", "model": "gemini-embedding-001",
                                                "api_base": upstreams["gemini"].url, "api_key": GEMINI_KEY}]},
         {"name": "gem-fb", "fallbacks": [{"models": ["gpt"]}],
@@ -61,6 +65,7 @@ def gw(upstreams: dict[str, BackgroundServer], tmp_path_factory: pytest.TempPath
                           "api_key": GEMINI_KEY}]},
     ], "database": {"url": f"sqlite:///{tmp_path_factory.mktemp('gemini')}/relaygate.db"},
         "auth": {"master_key": MASTER, "keys": [{"id": "gemini-app", "key": APP_KEY, "models": ["gpt", "gem"]},
+                                                 {"id": "gemini-cached", "key": APP_KEY_CACHED},
                                                  {"id": "gemini-budget", "key": BUDGET_KEY, "budget_usd": 0.0006,
                                                   "budget_period": "day"}]}}
     with GatewayThread(config) as g:
@@ -253,3 +258,28 @@ def test_embed_content_embeds_texts_on_any_embeddings_model(
     one = requests.post(gw.url + f"/v1beta/models/{model}:embedContent", headers={"x-goog-api-key": MASTER},
                         json={"content": {"parts": [{"text": "one"}]}, "taskType": "RETRIEVAL_QUERY"}, timeout=10)
     assert one.status_code == 200 and one.json()["embedding"]["values"] == r.embeddings[0].values
+
+
+def test_the_cache_and_the_request_log_serve_gemini_clients_as_chat_ones(
+        gw: GatewayThread, upstreams: dict[str, BackgroundServer]) -> None:
+    body = {"contents": [{"parts": [{"text": "cache me"}]}]}
+    url, headers = gw.url + "/v1beta/models/gpt-cached:", {"x-goog-api-key": APP_KEY_CACHED}
+    first = requests.post(url + "generateContent", json=body, headers=headers, timeout=10)
+    second = requests.post(url + "generateContent", json=body, headers=headers, timeout=10)
+    streamed = requests.post(url + "streamGenerateContent?alt=sse", json=body, headers=headers, timeout=10)
+    assert [r.headers["x-relaygate-cache"] for r in (first, second, streamed)] == ["miss", "hit", "hit"]
+    assert second.json()["candidates"] == first.json()["candidates"]
+    assert second.json()["responseId"] != first.json()["responseId"]  # ids of its own, even on a hit
+    assert "cache me" in streamed.text and streamed.text.startswith("data: ")
+    assert len(upstreams["openai"].state.requests) == 1
+    writer = gw.gateway.writer
+    rows: list[dict[str, Any]] = []
+    for _ in range(100):  # the rows are queued once the answers were sent
+        assert writer.flush(10)
+        rows = [r for r in log_rows(gw.config.database.url) if r["key_id"] == "cfg_gemini-cached"]
+        if len(rows) == 3:
+            break
+        time.sleep(0.05)
+    assert [(r["model"], r["status"], r["cache_hit"], r["stream"]) for r in rows] == [
+        ("gpt-cached", 200, False, False), ("gpt-cached", 200, True, False), ("gpt-cached", 200, True, True)]
+    assert rows[0]["prompt_tokens"] and rows[0]["completion_tokens"] and rows[0]["cost_nano"] > 0

@@ -3,7 +3,8 @@
 
 The first command block under "## Quick start" runs verbatim (plus `--port N`, a free port) in a copy of the
 work tree without .venv or anything ignored, so it creates its venv with the pip that `python3 -m venv` brings.
-The gateway must then give 200 on /health and a chat completion from the `demo` model. The second block must
+The gateway must then give 200 on /health, a chat completion from the `demo` model and the dashboard's files (package
+data of the wheel). The second block must
 be `./scripts/test`, the command .ci/run runs next. Standard library only.
 """
 
@@ -99,12 +100,17 @@ def main() -> int:
             content = json.loads(body)["choices"][0]["message"]["content"] if status == 200 else None
             if not content:
                 raise SystemExit(f"demo chat answered {status}: {body[:300]!r}")
+            for path in ("/dashboard", "/dashboard/app.js", "/dashboard/vendor/uplot.iife.min.js"):
+                status, body = request(base + path)  # the dashboard's files are package data in the wheel
+                if status != 200 or not body:
+                    raise SystemExit(f"{path} answered {status} from the installed gateway: {body[:300]!r}")
         except BaseException:
             print(log.read_text(errors="replace")[-4000:], file=sys.stderr)
             raise
         finally:
             stop(server)
-    print(f"runtime quick start: installed, built and healthy in {healthy:.1f} s; /health 200, demo chat 200")
+    print(f"runtime quick start: installed, built and healthy in {healthy:.1f} s; /health 200, demo chat 200, "
+          "dashboard files 200")
     return 0
 
 

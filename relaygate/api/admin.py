@@ -73,24 +73,25 @@ async def list_keys(gw: Gateway, req: Request) -> Response:
     return json_response({"object": "list", "data": await _with_spend(gw, data)})
 
 
-async def _with_spend(gw: Gateway, views: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each key's spend in its current budget period and what is left of its budget. The limiter's own
-    figure where it holds one (it counts settled calls at once); else the request log, where the limiter
-    reads it from too (a key without a budget is not tracked by the limiter: the log only)."""
+async def _with_spend(gw: Gateway, views: list[dict[str, Any]], kind: str = "key") -> list[dict[str, Any]]:
+    """Each key's (team's, user's: ``kind``) spend in its current budget period and what is left of its
+    budget. The limiter's own figure where it holds one (it counts settled calls at once); else the request
+    log, where the limiter reads it from too (one without a budget is not tracked by the limiter: the log
+    only)."""
     now = time.time()
     periods = [period(v["budget_period"] or "total", now) for v in views]
     budgeted = [i for i, v in enumerate(views) if v["budget_usd"] is not None]
     spent: list[int | None] = [None] * len(views)
     limiter = gw.limiter
     if limiter is not None and budgeted:
-        known = await limiter.known_spend([("key:" + views[i]["id"], periods[i][0]) for i in budgeted])
+        known = await limiter.known_spend([(f"{kind}:" + views[i]["id"], periods[i][0]) for i in budgeted])
         for i, value in zip(budgeted, known, strict=True):
             spent[i] = value
     db = gw.db
     assert db is not None
     for start in {periods[i][1] for i, s in enumerate(spent) if s is None}:
         ids = [views[i]["id"] for i, s in enumerate(spent) if s is None and periods[i][1] == start]
-        logged = await db.run(keys_spent_since, db.engine, ids, start)
+        logged = await db.run(keys_spent_since, db.engine, ids, start, kind)
         for i, v in enumerate(views):
             if spent[i] is None and periods[i][1] == start:
                 spent[i] = logged.get(v["id"], 0)
@@ -153,13 +154,14 @@ def _owner_routes(kind: str) -> list[tuple[str, str, Any]]:
 
     async def listing(gw: Gateway, req: Request) -> Response:
         store = _store(gw, req)
-        return json_response({"object": "list", "data": await _run(gw, store.list_owners, kind)})
+        return json_response({"object": "list",
+                              "data": await _with_spend(gw, await _run(gw, store.list_owners, kind), kind)})
 
     async def item(gw: Gateway, req: Request) -> Response:
         store = _store(gw, req)
         oid = plain_text(req.params["rest"], "id", ID_LENGTH[kind])
         if req.method == "GET":
-            return json_response(await _run(gw, store.get_owner, kind, oid))
+            return json_response((await _with_spend(gw, [await _run(gw, store.get_owner, kind, oid)], kind))[0])
         fields = parse_fields(await admin_body(gw, req), partial=True, owner=True)
         fields.pop("id", None)
         view = await _run(gw, store.put_owner, kind, oid, fields, False)
@@ -216,7 +218,13 @@ async def logs(gw: Gateway, req: Request) -> Response:
     _store(gw, req)
     q = Query(req.query)
     limit = q.integer("limit", 1, 1000, 100)
-    status = q.integer("status", 100, 599)
+    exact = q.integer("status", 100, 599)
+    status = (exact, exact) if exact is not None else None
+    if "status_class" in q:  # 4xx: every status from 400 to 499
+        if exact is not None:
+            raise BadRequest("give 'status' or 'status_class', not both", param="status_class")
+        first = int(q.choice("status_class", STATUS_CLASSES, "")[0]) * 100
+        status = (first, first + 99)
     cursor = None
     if "cursor" in q:
         ts, _, uid = (q.text("cursor", 80) or "").partition(":")
@@ -233,6 +241,7 @@ async def logs(gw: Gateway, req: Request) -> Response:
 
 
 _UID = re.compile(r"[0-9A-Za-z_\-]{1,32}")
+STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 
 
 # ---- reload ----------------------------------------------------------------------------------------------

@@ -360,16 +360,18 @@ def spent_since(engine: Engine, scope_name: str, start: float) -> int:
     return int(total or 0)
 
 
-def keys_spent_since(engine: Engine, key_ids: list[str], start: float) -> dict[str, int]:
-    """Nano-dollars each key spent since ``start``, from the request log (keys without calls are left out)."""
+def keys_spent_since(engine: Engine, key_ids: list[str], start: float, kind: str = "key") -> dict[str, int]:
+    """Nano-dollars each key (or team, or user: ``kind``) spent since ``start``, from the request log (those
+    without calls are left out)."""
     from sqlalchemy import func
 
     r = tables.request_log
+    column = {"key": r.c.key_id, "team": r.c.team_id, "user": r.c.user_id}[kind]
     out: dict[str, int] = {}
     with engine.connect() as conn:
         for i in range(0, len(key_ids), 500):  # bounded IN lists
-            rows = conn.execute(select(r.c.key_id, func.sum(r.c.cost_nano))
-                                .where(r.c.key_id.in_(key_ids[i:i + 500]), r.c.ts >= start).group_by(r.c.key_id))
+            rows = conn.execute(select(column, func.sum(r.c.cost_nano))
+                                .where(column.in_(key_ids[i:i + 500]), r.c.ts >= start).group_by(column))
             out.update({str(k): int(v or 0) for k, v in rows})
     return out
 

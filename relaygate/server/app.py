@@ -46,6 +46,10 @@ API_MODULES = ("chat", "models", "catalog", "health", "embeddings", "providers",
 # the APIs over the gateway's stored objects: Responses, Conversations, hosted Assistants (docs/responses.md)
 STORED_OBJECT_APIS = ("responses.endpoints", "responses.conversations", "assistants.endpoints")
 
+# modules outside api/ with routes of their own: the dashboard's page and JSON (docs/dashboard.md)
+OTHER_ROUTES = ("relaygate.dashboard.api",)
+NOT_CALLS = ("/health", "/admin", "/metrics", "/dashboard")  # paths whose refusals are no request log row
+
 
 class RouteTable:
     """Exact paths in a dict; ``/prefix/{rest}`` paths matched by prefix, longest first."""
@@ -89,8 +93,8 @@ class RouteTable:
 
 def default_routes() -> RouteTable:
     table = RouteTable()
-    for name in (*API_MODULES, *STORED_OBJECT_APIS):
-        module = importlib.import_module(f"relaygate.api.{name}")
+    for name in (*(f"relaygate.api.{n}" for n in (*API_MODULES, *STORED_OBJECT_APIS)), *OTHER_ROUTES):
+        module = importlib.import_module(name)
         for method, path, handler in module.ROUTES:
             table.add(method, path, handler)
     return table
@@ -192,8 +196,8 @@ class App:
     def _audit_refused(gw: Gateway | None, req: Request, error: GatewayError) -> None:
         """A request log row and a count in the metrics for a call that failed before the pipeline (which
         logs and counts every call it sees). Health checks, the admin API and /metrics are not calls;
-        unknown routes are not either (no row for scanners)."""
-        if gw is None or getattr(error, "audited", False) or req.path.startswith(("/health", "/admin", "/metrics")):
+        unknown routes are not either (no row for scanners); nor is the dashboard."""
+        if gw is None or getattr(error, "audited", False) or req.path.startswith(NOT_CALLS):
             return
         try:
             if gw.metrics is not None:

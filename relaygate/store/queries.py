@@ -42,25 +42,41 @@ def spend(engine: Engine, group: str, filters: dict[str, Any], since: float | No
              "cost_nano": int(row.cost_nano), "cost_usd": int(row.cost_nano) / NANO} for row in rows]
 
 
-def logs(engine: Engine, filters: dict[str, Any], status: int | None, since: float | None, until: float | None,
-         limit: int, cursor: tuple[float, str] | None, bodies: bool) -> tuple[list[dict[str, Any]], str | None]:
-    """Log rows, newest first; ``cursor`` (ts, uid) continues after the last row of the previous page."""
+def logs(engine: Engine, filters: dict[str, Any], status: tuple[int, int] | None, since: float | None,
+         until: float | None, limit: int, cursor: tuple[float, str] | None,
+         bodies: bool) -> tuple[list[dict[str, Any]], str | None]:
+    """Log rows, newest first; ``status`` an inclusive range (one status: (s, s)); ``cursor`` (ts, uid)
+    continues after the last row of the previous page."""
     r = tables.request_log
     conds = _where(filters, since, until)
     if status is not None:
-        conds.append(r.c.status == status)
+        low, high = status
+        conds.append(r.c.status == low if low == high else r.c.status.between(low, high))
     if cursor is not None:
         ts, uid = cursor
         conds.append(or_(r.c.ts < ts, and_(r.c.ts == ts, r.c.uid < uid)))
     cols = [c for c in r.c if bodies or c.name not in ("request_body", "response_body")]
     q = select(*cols).where(*conds).order_by(r.c.ts.desc(), r.c.uid.desc()).limit(limit + 1)
+    rows = _dicts(engine, q)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    next_cursor = f"{rows[-1]['ts']!r}:{rows[-1]['uid']}" if more and rows else None
+    return rows, next_cursor
+
+
+def log_row(engine: Engine, uid: str) -> dict[str, Any] | None:
+    """One log row by its uid, with its bodies (None, or as stored: redacted when written)."""
+    r = tables.request_log
+    rows = _dicts(engine, select(*r.c).where(r.c.uid == uid))
+    return rows[0] if rows else None
+
+
+def _dicts(engine: Engine, q: Any) -> list[dict[str, Any]]:
+    """The rows of ``q`` by column name, each with its cost in USD beside the nano-dollars."""
     with engine.connect() as conn:
         result = conn.execute(q)
         names = [str(k) for k in result.keys()]  # plain str: orjson refuses str subclasses as keys
         rows = [dict(zip(names, row, strict=True)) for row in result]
-    more = len(rows) > limit
-    rows = rows[:limit]
     for row in rows:
         row["cost_usd"] = row["cost_nano"] / NANO
-    next_cursor = f"{rows[-1]['ts']!r}:{rows[-1]['uid']}" if more and rows else None
-    return rows, next_cursor
+    return rows

@@ -211,8 +211,14 @@ def test_every_page_renders_without_console_errors(tab: Page, tmp_path: Path) ->
             assert page.locator(".chart").count() == 7
         elif name == "models" and catalog.status_code == 404:  # the catalog API not there: said, not broken
             page.wait_for_selector("#catalog-missing")
-        elif name == "models":
+        elif name == "models":  # the catalog with its filters: every card found has the capability asked
             page.wait_for_selector("#model-results .card")
+            page.check("#model-filters input[name=supports_vision]")
+            page.click("#model-filters button[type=submit]")
+            expect(page.locator("#model-results .card:not(:has(.badge:text-is('vision')))")).to_have_count(0)
+            assert page.locator("#model-results .card").count() > 0
+            page.uncheck("#model-filters input[name=supports_vision]")
+            page.click("#model-filters button[type=submit]")
         elif name == "logs":
             page.wait_for_selector("#log-table tbody tr[data-uid]")
         elif name == "keys":

@@ -481,6 +481,12 @@
   // ---- models ----------------------------------------------------------------------------------------------
   const CAPABILITIES = ["supports_chat", "supports_vision", "supports_tools", "supports_audio", "supports_embeddings",
     "supports_reasoning"];
+  const BADGES = [...CAPABILITIES, "supports_json_schema"];
+  const PAGE_SIZE = 60;
+  // card prices (USD per 1M tokens, or per second / character of audio) and how each is shown
+  const PRICES = [["input", "input", "/ 1M"], ["output", "output", "/ 1M"], ["cached_input", "cached input", "/ 1M"],
+    ["cache_write", "cache write", "/ 1M"], ["audio_input", "audio in", "/ 1M"], ["audio_output", "audio out", "/ 1M"],
+    ["per_second", "per second", ""], ["per_character", "per character", ""]];
 
   async function models() {
     const saved = JSON.parse(sessionStorage.getItem("relaygate.modelFilters") || "{}");
@@ -494,26 +500,45 @@
         h("option", {value: s, selected: (saved.sort || "name") === s}, s)))),
       ...CAPABILITIES.map((c) => h("label", {class: "check"}, h("input", {type: "checkbox", name: c, checked: saved[c] === "true"}),
         c.replace("supports_", ""))),
+      h("label", {class: "check"}, h("input", {type: "checkbox", name: "configured", checked: saved.configured === "true"}),
+        "served here"),
       h("button", {type: "submit"}, "Search"));
     const out = h("div", {id: "model-results"});
-    const load = async () => {
+    const cards = h("div", {class: "cards"});
+    const summary = h("p", {class: "muted"});
+    const more = h("button", {type: "button", class: "quiet", hidden: true}, "Load more");
+    let next = null;
+    let latest = 0; // only the newest search renders
+    const filters = () => {
       const f = Object.fromEntries(new FormData(form));
-      for (const c of CAPABILITIES) f[c] = f[c] ? "true" : "";
+      for (const c of [...CAPABILITIES, "configured"]) f[c] = f[c] ? "true" : "";
       sessionStorage.setItem("relaygate.modelFilters", JSON.stringify(f));
+      return f;
+    };
+    const load = async (offset) => {
+      const mine = ++latest;
+      const f = filters();
       const filtered = Object.entries(f).some(([k, v]) => v && !(k === "sort" && v === "name"));
       try {
-        const data = await api("GET", (filtered ? "/api/models/search" : "/api/models") + query(f));
-        out.replaceChildren(h("p", {class: "muted", text: `${data.data.length} model(s)` +
-          (data.has_more ? "; more match: narrow the filters" : "")}),
-        h("div", {class: "cards"}, ...data.data.map(modelCard)));
+        const data = await api("GET", (filtered ? "/api/models/search" : "/api/models") +
+          query({...f, limit: PAGE_SIZE, offset: offset || ""}));
+        if (mine !== latest) return;
+        if (!offset) cards.replaceChildren();
+        cards.append(...data.data.map(modelCard));
+        next = data.next_offset ?? null;
+        more.hidden = !data.has_more || next === null;
+        summary.textContent = `${data.total ?? data.data.length} model(s)` + (data.has_more ? `, ${cards.childElementCount} shown` : "");
+        out.replaceChildren(summary, cards, more);
       } catch (e) {
+        if (mine !== latest) return;
         if (e.status === 404 && e.code === "unknown_route") return fallbackModels(out);
         out.replaceChildren(errorBox(e));
       }
     };
-    form.addEventListener("submit", (ev) => { ev.preventDefault(); load(); });
+    form.addEventListener("submit", (ev) => { ev.preventDefault(); load(0); });
+    more.addEventListener("click", () => load(next));
     show(h("h1", {text: "Models"}), form, out);
-    await load();
+    await load(0);
   }
 
   async function fallbackModels(out) {
@@ -526,20 +551,23 @@
   }
 
   function modelCard(m) {
-    const name = m.id || m.name || "?";
-    const caps = CAPABILITIES.filter((c) => m[c] === true || (m.capabilities && m.capabilities[c] === true));
     const dl = h("dl", {class: "fields"});
-    const add = (label, value) => { if (value !== null && value !== undefined && value !== "") dl.append(h("dt", {text: label}), h("dd", {text: String(value)})); };
+    const add = (label, value) => {
+      if (value !== null && value !== undefined && value !== "") dl.append(h("dt", {text: label}), h("dd", {text: String(value)}));
+    };
     add("Provider", m.provider);
-    add("Context window", m.context_window !== undefined ? fmt.num(m.context_window) : undefined);
-    add("Max output", m.max_output_tokens !== undefined ? fmt.num(m.max_output_tokens) : undefined);
-    const prices = m.prices || m.pricing || {};
-    for (const [k, v] of Object.entries(prices)) if (typeof v === "number") add(k.replaceAll("_", " "), v);
-    for (const [k, v] of Object.entries(m)) if (typeof v === "number" && /cost|price/.test(k)) add(k.replaceAll("_", " "), v);
-    if (m.discovered !== undefined) add("Served now", m.discovered ? "yes" : "no");
-    if (m.stale) add("Discovery", "stale" + (m.error ? `: ${m.error}` : ""));
-    return h("div", {class: "card"}, h("h3", {text: name}), h("div", {}, ...caps.map((c) => h("span", {class: "badge good",
-      text: c.replace("supports_", "")}))), dl);
+    if (m.context_window) add("Context window", fmt.num(m.context_window) + " tokens");
+    if (m.max_output_tokens) add("Max. output", fmt.num(m.max_output_tokens) + " tokens");
+    const prices = m.prices || {};
+    for (const [name, label, unit] of PRICES) if (typeof prices[name] === "number") add(label, `$${prices[name]} ${unit}`);
+    if (m.prices && prices.input === null && m.supports_chat) add("Price", "unknown (unpriced)");
+    if (m.models && m.models.length) add("Served here as", m.models.join(", "));
+    if (m.discovered) add("Listed by an upstream", m.stale ? "yes (stale: the last listing failed)" : "yes");
+    if (m.error) add("Discovery error", m.error);
+    const caps = BADGES.filter((c) => m[c] === true);
+    return h("div", {class: "card", "data-model": m.id},
+      h("h3", {text: m.id}), h("div", {}, ...caps.map((c) => h("span", {class: "badge good", text: c.replace("supports_", "")}))), dl,
+      m.source ? h("p", {class: "source", text: `Source${m.as_of ? ` (${m.as_of})` : ""}: ${m.source}`}) : null);
   }
 
   // ---- alerts and chaos ------------------------------------------------------------------------------------

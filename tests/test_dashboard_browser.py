@@ -126,7 +126,7 @@ def test_login_keeps_the_key_in_session_storage_only(tab: Page) -> None:
     assert tab.errors == []
 
 
-def test_create_a_key_call_with_it_find_the_call_then_revoke_it(tab: Page) -> None:
+def test_create_a_key_find_its_call_edit_rotate_and_revoke_it(tab: Page) -> None:
     tab.login()
     page = tab.page
     tab.open("keys")
@@ -158,6 +158,17 @@ def test_create_a_key_call_with_it_find_the_call_then_revoke_it(tab: Page) -> No
     tab.open("keys")
     assert secret not in page.content()  # shown once, never again
     row_sel = f"#keys-table tr[data-key-id='{key_id}']"
+    page.click(f"{row_sel} button:text('Edit')")
+    page.fill("#edit-slot input[name=rpm]", "42")
+    page.click("#edit-slot button[type=submit]")
+    expect(page.locator(row_sel)).to_contain_text("42 / – / –")
+    page.click(f"{row_sel} button:text('Rotate')")
+    page.click(f"{row_sel} button:text('Confirm rotate')")
+    rotated = page.text_content("#new-secret") or ""
+    assert rotated.startswith("rg-") and rotated != secret
+    assert client(tab.gw, rotated).chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
+    page.click("#view .secret button:text('Done')")
+    assert rotated not in page.content()
     page.click(f"{row_sel} button:text('Revoke')")
     page.click(f"{row_sel} button:text('Confirm revoke')")
     page.wait_for_selector(f"text=Key {key_id} revoked.")

@@ -117,16 +117,16 @@
     cleanups = [];
   }
 
-  function route() {
+  function route(refresh) {
     if (!session) return;
     const name = (location.hash || "#overview").slice(1).split("?")[0];
     const page = PAGES[name] || overview;
     for (const a of document.querySelectorAll("#nav a")) a.classList.toggle("active", a.getAttribute("href") === "#" + name);
     runCleanups();
-    show(h("p", {class: "muted", text: "Loading…"}));
+    if (refresh !== true) show(h("p", {class: "muted", text: "Loading…"})); // a refresh keeps the page until new data came
     page().catch((e) => show(errorBox(e)));
   }
-  window.addEventListener("hashchange", route);
+  window.addEventListener("hashchange", () => route());
 
   // ---- overview --------------------------------------------------------------------------------------------
   const CHARTS = [
@@ -165,7 +165,7 @@
     const plots = CHARTS.map((c) => chart(charts, c, data));
     const resize = () => plots.forEach(({plot, box}) => plot.setSize({width: box.clientWidth - 12, height: 180}));
     window.addEventListener("resize", resize);
-    const timer = setInterval(() => { if (!document.hidden) route(); }, REFRESH_MS);
+    const timer = setInterval(() => { if (!document.hidden) route(true); }, REFRESH_MS);
     cleanups.push(() => { clearInterval(timer); window.removeEventListener("resize", resize);
       plots.forEach(({plot}) => plot.destroy()); });
   }
@@ -210,7 +210,7 @@
         "Latency", "Baseline", "Error rate", "In flight", "Requests", "Failures", "Health check"].map((c) => h("th", {text: c})))),
       h("tbody", {}, rows)),
       h("p", {class: "muted", text: "Latency and error rate are moving averages of recent calls (GET /health/providers)."}));
-    const timer = setInterval(() => { if (!document.hidden) route(); }, REFRESH_MS);
+    const timer = setInterval(() => { if (!document.hidden) route(true); }, REFRESH_MS);
     cleanups.push(() => clearInterval(timer));
   }
 

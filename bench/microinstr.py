@@ -78,6 +78,37 @@ CASES["trace-export"] = (
     "spans = list(gw.tracing.provider._active_span_processor._span_processors[0]._batch_processor._queue)[:2]\n",
     "encode_spans(spans).SerializePartialToString()")
 
+# the request log writer inserting a chunk of 25 rows (one transaction, as BulkInsert writes them) into SQLite:
+# with the overview's covering index (migration 6) against the index on ts alone it replaced; rows in time order
+_LOG_CHUNK = """
+import itertools, os, tempfile, time
+from relaygate.store import tables
+from relaygate.store.db import BulkInsert, Database
+db = Database("sqlite:///" + os.path.join(tempfile.mkdtemp(), "log.db"))
+db.migrate()
+with db.engine.begin() as conn:
+    for ddl in {schema!r}:
+        conn.exec_driver_sql(ddl)
+insert = BulkInsert(tables.request_log)
+base = dict(request_id="req_0", day="2026-12-06", key_id="key_1", team_id=None, user_id=None, model="gpt-4o-mini",
+            deployment="gpt-4o-mini/openai/0", provider="openai", route="chat", stream=False, status=200, error=None,
+            error_message=None, latency_ms=812.5, ttft_ms=None, prompt_tokens=120, completion_tokens=80,
+            cached_tokens=0, cost_nano=66000, cache_hit=False, attempts=1, client_ip="127.0.0.1", request_body=None,
+            response_body=None, usage_estimated=False)
+counter = itertools.count()
+t0 = time.time()
+def chunk():
+    rows = []
+    for _ in range(25):
+        i = next(counter)
+        rows.append(tuple({{**base, "uid": f"{{i:032x}}", "ts": t0 + i * 0.001}}[n] for n in insert.names))
+    with db.engine.begin() as conn:
+        insert(conn, rows)
+"""
+CASES["log-chunk-overview-index"] = (_LOG_CHUNK.format(schema=()), "chunk()")
+CASES["log-chunk-ts-index"] = (_LOG_CHUNK.format(schema=(
+    "DROP INDEX ix_request_log_overview", "CREATE INDEX ix_request_log_ts ON request_log (ts)")), "chunk()")
+
 _RUNNER = """
 import sys
 {setup}

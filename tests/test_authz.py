@@ -168,11 +168,16 @@ def test_a_bedrock_arn_keeps_its_slash_inside_the_model_segment() -> None:
 # ---- the key before the body -----------------------------------------------------------------------------
 
 def data_plane_requests() -> list[tuple[str, str]]:
-    """(method, path) of every route of the gateway that a key guards: all but health checks and admin."""
+    """(method, path) of every route of the gateway that a key guards: all but health checks, admin and the
+    dashboard's page and files (which hold no data: its JSON, /dashboard/api/…, is guarded)."""
     table = default_routes()
     out = [(m, p) for p, methods in table.exact.items() for m in methods]
     out += [(m, prefix + "x") for prefix, methods in table.prefixes for m in methods]
-    return sorted((m, p) for m, p in out if not p.startswith(("/health", "/admin")))
+    return sorted((m, p) for m, p in out if not p.startswith(("/health", "/admin")) and not dashboard_file(p))
+
+
+def dashboard_file(path: str) -> bool:
+    return path == "/dashboard" or (path.startswith("/dashboard/") and not path.startswith("/dashboard/api/"))
 
 
 @pytest.fixture
@@ -185,6 +190,7 @@ def test_every_data_plane_route_refuses_a_missing_key_before_reading_the_body(lo
     """Headers that announce a body that never comes: the 401 must come anyway, at once."""
     routes = data_plane_requests()
     assert ("POST", "/v1/chat/completions") in routes and ("POST", "/v1/images/x") in routes
+    assert ("GET", "/dashboard/api/overview") in routes and ("GET", "/dashboard/api/logs/x") in routes
     for method, path in routes:
         with socket.create_connection(("127.0.0.1", locked.port), timeout=5) as s:
             s.sendall(f"{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"

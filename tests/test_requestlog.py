@@ -345,3 +345,23 @@ def test_a_refused_request_names_its_key_and_one_without_a_key_is_refused_for_th
     assert (bad.status_code, anonymous.status_code) == (400, 401)
     rows = gateway_rows(gw, expected=3)
     assert [(r["key_id"], r["status"]) for r in rows] == [("cfg_app", 200), ("cfg_app", 400), (None, 401)]
+
+
+def test_row_ids_are_the_instance_prefix_and_a_zero_padded_hex_count() -> None:
+    """uid: 16 hex digits of the instance's random prefix, then the row count in 16 zero-padded hex digits
+    (the same shape however the count is formatted), each row its own."""
+    from types import SimpleNamespace
+
+    from relaygate.config import RequestLogConfig
+    from relaygate.core.call import Call, Route
+    from relaygate.requestlog.audit import AuditLayer
+
+    rows: list[tuple[Any, ...]] = []
+    layer = AuditLayer(None, SimpleNamespace(submit=rows.append), RequestLogConfig(),  # type: ignore[arg-type]
+                       lambda c, r: 0)
+    for i in range(20):
+        layer.record(Call(id=f"req_{i:024x}", route=Route.CHAT, model="m", body={}), None, None)
+    uids = [r[0] for r in rows]
+    prefix = uids[0][:16]
+    assert all(len(u) == 32 and int(u, 16) >= 0 and u[:16] == prefix for u in uids)
+    assert [u[16:] for u in uids] == [f"{i:016x}" for i in range(20)]

@@ -17,7 +17,8 @@ class Strict(BaseModel):
     """Frozen, and an unknown field is an error (a typo never passes silently).
 
     Validators are built on first use (``defer_build``), not at import: a gateway validates one ``Config``,
-    whose validator holds every model below it, so building each nested model's own validator at import
-    (~50 ms of start-up CPU net, before the first request can be served) was work nothing used."""
+    whose validator holds every model below it. Importing the config package and validating the default
+    config alone took 0.22 s of CPU with every nested model's validator built at import, 0.17 s deferred;
+    in a whole start-up (bench/footprint.py) the difference is within its noise."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)

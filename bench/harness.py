@@ -221,6 +221,7 @@ def start_upstream(ctx: Ctx, port: int, slow_seconds: float = 0.5, tls_port: int
         fields[f"@@{prefix}STREAM_ECHOES@@"] = "\n".join(
             f"      echo -n '{_quotable(e + sep)}';\n      echo_flush;" for e in sse.split(sep) if e.strip())
     fields["@@COHERE_CHAT_BODY@@"] = _quotable((up / "cohere.json").read_text().strip())  # whole answers only
+    fields["@@BEDROCK_CHAT_BODY@@"] = _quotable((up / "bedrock.json").read_text().strip())
     conf = render(up / "nginx.conf.tmpl", ctx.run_dir / "nginx.conf", fields)
     return spawn(ctx, "nginx", [nginx, "-c", str(conf), "-p", str(ctx.run_dir)], core=0,
                  health_url=f"http://127.0.0.1:{port}/health", timeout=10)

@@ -251,7 +251,8 @@ class Gateway:
                 lookups = KeyStore(self.reads.engine)
                 reads = self.reads
                 self.auth = Authenticator(master, lambda digest: reads.run(lookups.lookup, digest),
-                                          config.auth.cache_ttl, config.auth.stale_ttl)
+                                          config.auth.cache_ttl, config.auth.stale_ttl,
+                                          lambda key_id: reads.run(lookups.lookup_id, key_id))
             keep_limits = previous is not None and previous.limiter is not None and self.reads is previous.reads \
                 and self.redis is previous.redis \
                 and previous.config.server.request_timeout == config.server.request_timeout  # the slots' expiry

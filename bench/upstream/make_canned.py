@@ -1,6 +1,8 @@
-"""Writes the fake upstream's canned Anthropic, Gemini and Cohere answers (run once; the outputs are committed).
+"""Writes the fake upstream's canned Anthropic, Gemini, Cohere and Bedrock (Converse) answers (run once; the
+outputs are committed).
 
-The shapes come from the project's emulators (relaygate/testing/anthropic.py, gemini.py, cohere.py), which are
+The shapes come from the project's emulators (relaygate/testing/anthropic.py, gemini.py, cohere.py,
+bedrock.py), which are
 checked against the official SDKs, so the bench translates what the real APIs send. The text is the
 same 20 pieces in every format, so translated and OpenAI streams carry the same payload.
 
@@ -14,6 +16,7 @@ from pathlib import Path
 import orjson
 
 from relaygate.testing import anthropic as anth
+from relaygate.testing import bedrock as br
 from relaygate.testing import cohere as co
 from relaygate.testing import gemini as gem
 
@@ -68,12 +71,22 @@ def cohere() -> bytes:
                                                   "COMPLETE", usage)))
 
 
+def bedrock() -> bytes:
+    """The whole Converse response as the emulator answers it (ConverseStream's binary framing cannot be
+    echoed from nginx's config: the bench's Bedrock cells do not stream)."""
+    a = br.ConverseAnswer([{"text": TEXT}], "end_turn", {"inputTokens": PROMPT_TOKENS, "outputTokens": len(PIECES),
+                                                         "totalTokens": PROMPT_TOKENS + len(PIECES)})
+    return orjson.dumps({"output": {"message": {"role": "assistant", "content": a.blocks}},
+                         "stopReason": a.stop_reason, "usage": a.usage, "metrics": {"latencyMs": 42}})
+
+
 def main() -> None:
     for name, (whole, events) in {"anthropic": anthropic(), "gemini": gemini()}.items():
         (HERE / f"{name}.json").write_bytes(whole + b"\n")
         (HERE / f"{name}-stream.sse").write_bytes(b"".join(events))
         print(f"{name}: {len(whole)} B whole, {len(events)} stream events")
     (HERE / "cohere.json").write_bytes(cohere() + b"\n")
+    (HERE / "bedrock.json").write_bytes(bedrock() + b"\n")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from relaygate.api.common import object_body
 from relaygate.api.query import Query, no_nul, plain_text
 from relaygate.auth.authenticator import presented_key
+from relaygate.auth.aws import issued_credentials
 from relaygate.auth.keys import KeyStore, keys_spent_since, parse_fields
 from relaygate.core.errors import AuthError, BadRequest, MethodNotAllowed, NotFound, PermissionDenied
 from relaygate.core.pricing import NANO
@@ -63,7 +64,8 @@ async def create_key(gw: Gateway, req: Request) -> Response:
     store = _store(gw, req)
     fields = parse_fields(await admin_body(gw, req), partial=False)
     secret, view = await _run(gw, store.create_key, fields)
-    return json_response({**view, "key": secret}, 201)
+    assert gw.auth is not None
+    return json_response({**view, "key": secret, **issued_credentials(gw.auth, view["id"], secret)}, 201)
 
 
 async def list_keys(gw: Gateway, req: Request) -> Response:
@@ -132,7 +134,7 @@ async def key_item(gw: Gateway, req: Request) -> Response:
             raise BadRequest("'grace_seconds' must be a non-negative number", param="grace_seconds")
         secret, view = await _run(gw, store.rotate_key, key_id, float(grace))
         auth.forget(key_id)
-        return json_response({**view, "key": secret})
+        return json_response({**view, "key": secret, **issued_credentials(auth, key_id, secret)})
     if action:
         raise NotFound(f"unknown key action {action!r}; expected rotate or revoke", code="unknown_route")
     raise MethodNotAllowed(f"Method {req.method} is not allowed on /admin/keys/{{id}}")

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+from typing import TYPE_CHECKING, Any
 
 from relaygate.core.call import Call, Delivered, Reply, Usage
 from relaygate.core.errors import BadRequest, GatewayError
 from relaygate.core.pricing import Pricing, choices
 from relaygate.providers.streaming import stream_error_event
-from relaygate.server.http import Response, StreamResponse
+from relaygate.server.http import Request, Response, StreamResponse
+
+if TYPE_CHECKING:
+    from relaygate.gateway import Gateway
+
+log = logging.getLogger("relaygate")
+NOT_CALLS = ("/health", "/admin", "/metrics", "/dashboard")  # paths whose refusals are no request log row
 
 
 def require(body: dict[str, Any], name: str, kind: type | tuple[type, ...], what: str) -> Any:
@@ -112,3 +119,19 @@ def respond_stream(call: Call, reply: Reply) -> Response | StreamResponse:
     if reply.stream is None or reply.media_type.startswith("text/event-stream"):
         return respond(call, reply)
     return StreamResponse(reply, reply_headers(call, reply), cut_stream)
+
+
+def audit_refused(gw: Gateway | None, req: Request, error: GatewayError) -> None:
+    """A request log row and a count in the metrics for a call that failed before the pipeline (which
+    logs and counts every call it sees). Health checks, the admin API and /metrics are not calls;
+    unknown routes are not either (no row for scanners); nor is the dashboard. The app calls it for the
+    errors a route raises; a route that answers in its own dialect's error format calls it itself."""
+    if gw is None or getattr(error, "audited", False) or req.path.startswith(NOT_CALLS):
+        return
+    try:
+        if gw.metrics is not None:
+            gw.metrics.record_refused(req.path, error, req.started)
+        if gw.audit is not None:
+            gw.audit.record_refused(req, error, gw.auth)
+    except Exception:  # bookkeeping must never change the answer
+        log.exception("request log: could not record the refused request %s", req.id)

@@ -26,6 +26,8 @@ log = logging.getLogger("relaygate")
 
 MAX_CACHED = 50_000  # bound on cached lookups (unknown keys included) so random keys cannot grow memory
 REFRESH_AT = 0.75  # a key in use is looked up again in the background from this fraction of its TTL on
+ID_PREFIX = "id:"  # cache entries of keys looked up by id (SigV4's access key id), beside the digests
+AWS_DERIVATION = b"relaygate/aws-sigv4/v1"  # domain separation: this HMAC of the master key is for SigV4 only
 
 
 def presented_key(headers: dict[str, str]) -> str | None:
@@ -44,9 +46,13 @@ class Authenticator:
     """Resolves a presented secret to a Principal; raises AuthError otherwise."""
 
     def __init__(self, master_key: str, lookup: Callable[[str], Awaitable[Principal | None]],
-                 cache_ttl: float, stale_ttl: float = 600.0) -> None:
+                 cache_ttl: float, stale_ttl: float = 600.0,
+                 lookup_id: Callable[[str], Awaitable[Principal | None]] | None = None) -> None:
         self._master_hash = hash_secret(master_key)
         self._lookup = lookup
+        self._lookup_id = lookup_id  # by key id: SigV4 names the key, then proves it knows its secret (auth/aws.py)
+        # the root of every key's SigV4 secret: only the master key's holder (the gateway) can derive them
+        self.aws_root = hmac.new(master_key.encode("utf-8", "surrogateescape"), AWS_DERIVATION, "sha256").digest()
         self.cache_ttl = cache_ttl
         self.stale_ttl = stale_ttl
         # digest -> (principal or None, refresh in the background from, look up before use from)
@@ -121,6 +127,13 @@ class Authenticator:
             raise Unavailable("API keys cannot be checked right now (the key store is unreachable); retry shortly.",
                               code="key_store_unavailable", retry_after=1) from None
 
+    async def by_id(self, key_id: str) -> Principal | None:
+        """The active key with this id (None: none), through the same cache as the secrets' digests (keyed
+        ``id:<key id>``, which no hex digest can equal); expiry and rotation are the caller's to check."""
+        if self._lookup_id is None:
+            return None
+        return await self._cached(ID_PREFIX + key_id)
+
     async def _load(self, digest: str) -> Principal | None:
         """One lookup per digest at a time (concurrent callers share it); the result is cached."""
         pending = self._pending.get(digest)
@@ -130,7 +143,10 @@ class Authenticator:
         self._pending[digest] = fut
         generation = self._generation
         try:
-            principal = await self._lookup(digest)
+            if digest.startswith(ID_PREFIX) and self._lookup_id is not None:
+                principal = await self._lookup_id(digest[len(ID_PREFIX):])
+            else:
+                principal = await self._lookup(digest)
         except BaseException as e:
             if isinstance(e, Exception):
                 self._lookup_failed(e)

@@ -299,9 +299,17 @@ class KeyStore:
     def lookup(self, digest: str) -> Principal | None:
         """The active key whose secret (or, in its rotation grace, previous secret) hashes to ``digest``."""
         k = tables.api_keys
+        return self._principal(select(k).where(or_(k.c.hash == digest, k.c.old_hash == digest),
+                                               k.c.revoked_at.is_(None)))
+
+    def lookup_id(self, key_id: str) -> Principal | None:
+        """The active key with this id (a SigV4 access key id names its key: see auth/aws.py)."""
+        k = tables.api_keys
+        return self._principal(select(k).where(k.c.id == key_id, k.c.revoked_at.is_(None)))
+
+    def _principal(self, query: Any) -> Principal | None:
         with self.engine.connect() as conn:
-            row = conn.execute(select(k).where(or_(k.c.hash == digest, k.c.old_hash == digest),
-                                               k.c.revoked_at.is_(None))).first()
+            row = conn.execute(query).first()
             if row is None:
                 return None
             scopes = [Scope("key:" + row.id, Limits.of(row))]

@@ -205,7 +205,7 @@ class CondenseLayer:
         # a new body: the cache layer above keyed the call on what the client sent
         call.body = {**call.body, "messages": messages}
         call.anthropic_request = None  # an Anthropic deployment now sends the condensed (translated) body
-        call.native = None  # likewise a Gemini or Cohere deployment
+        call.native = None  # likewise a Gemini, Cohere or Bedrock deployment
         saved = max(0, before - prompt_tokens(call.body))
         self.stats.tokens_saved += saved
         return strategy, saved

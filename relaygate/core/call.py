@@ -34,6 +34,7 @@ class Dialect(StrEnum):
 
     GEMINI = "gemini"  # /v1beta/models/{model}:generateContent
     COHERE = "cohere"  # /v2/chat
+    BEDROCK = "bedrock"  # /model/{modelId}/converse, /converse-stream
 
 
 @dataclass(slots=True)
@@ -58,6 +59,13 @@ class NativeRequest:
                     gc[field] = cap
             if gc.get("max_output_tokens") is None:
                 gc["maxOutputTokens"] = min(cap, gc.get("maxOutputTokens") or cap)
+        elif self.dialect is Dialect.BEDROCK:
+            cfg = self.body.get("inferenceConfig")
+            if not isinstance(cfg, dict):
+                cfg = self.body["inferenceConfig"] = {}
+            value = cfg.get("maxTokens")
+            if type(value) is not int or value > cap:
+                cfg["maxTokens"] = cap
         else:
             value = self.body.get("max_tokens")
             if type(value) is not int or value > cap:
@@ -139,7 +147,7 @@ class Call:
     forward: ForwardedRequest | None = None  # passthrough: the client's request, forwarded as it is
     meter: Meter | None = None  # passthrough: how the forwarded request is priced
     anthropic_request: dict[str, Any] | None = None  # /v1/messages: the client's own Messages body
-    native: NativeRequest | None = None  # Gemini and Cohere clients: their own request body
+    native: NativeRequest | None = None  # Gemini, Cohere and Bedrock clients: their own request body
     fallbacks: tuple[str, ...] = ()  # the fallback models the call moved on to, in order
     cost_nano: int | None = None  # what the call cost, once known (the limits and the log share it)
     cache_hit: bool = False  # answered from the response cache

@@ -209,11 +209,13 @@ class Scrubber:
         """The headers of an upstream's answer a client may see: the allow-list and ours, values scrubbed."""
         return {k: self.text(v) for k, v in headers.items() if k in UPSTREAM_HEADERS or k.startswith(_OURS)}
 
-    async def stream(self, stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    async def stream(self, stream: AsyncIterator[bytes], framed: bool = False) -> AsyncIterator[bytes]:
         """``stream`` scrubbed chunk by chunk. No secret or address holds a line break, so a chunk that ends
         with one (every SSE chunk: whole events) goes on at once; of any other, the bytes after its last line
         break that could start a secret (at most the longest one's length) wait for the next chunk. A
-        GatewayError it raises (a failure mid-stream) is scrubbed too."""
+        GatewayError it raises (a failure mid-stream) is scrubbed too. ``framed``: every chunk is whole binary
+        messages (AWS event stream), which hold no line break: none waits (a masked secret breaks that
+        message's CRC, so the client refuses it rather than read the secret)."""
         from relaygate.core.errors import GatewayError
 
         keep = self._longest()
@@ -222,8 +224,12 @@ class Scrubber:
             async for chunk in stream:
                 ac = self._ac
                 # the hot path: a whole event with nothing to hide goes on as it came, one scan and no copy
-                if not tail and chunk[-1:] == b"\n" and (ac is None or not ac[0].find_matches_as_indexes(chunk)):
+                if not tail and (framed or chunk[-1:] == b"\n") \
+                        and (ac is None or not ac[0].find_matches_as_indexes(chunk)):
                     yield chunk
+                    continue
+                if framed:
+                    yield self.data(chunk)
                     continue
                 joined = self.data(tail + chunk if tail else chunk)
                 cut = max(len(joined) - keep, joined.rfind(b"\n") + 1)
@@ -233,6 +239,8 @@ class Scrubber:
             if tail:
                 yield tail
         except GatewayError as e:
+            if tail:  # what came before the failure goes first (as at the end): a binary stream (AWS event
+                yield tail  # stream) holds a tail back, and the error frame must follow whole messages
             raise self.error(e) from None
         finally:
             aclose = getattr(stream, "aclose", None)

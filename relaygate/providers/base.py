@@ -26,6 +26,7 @@ from relaygate.core.errors import (
 )
 from relaygate.core.scrub import Scrubber
 from relaygate.core.shapes.openai import ChatRequest
+from relaygate.providers.aws.eventstream import EVENTSTREAM
 from relaygate.providers.listing import ListedModel
 from relaygate.server.upload import ClientBody
 from relaygate.upstream import (
@@ -248,6 +249,10 @@ class Provider:
 
     async def read_json_object(self, resp: Response) -> dict[str, Any]:
         """A whole upstream JSON object body (the connection is released); anything else is Unavailable."""
+        return (await self.read_json_raw(resp))[1]
+
+    async def read_json_raw(self, resp: Response) -> tuple[bytes, dict[str, Any]]:
+        """``read_json_object`` and the bytes it was read from (for an answer relayed as it came)."""
         try:
             raw = await self.read_body(resp)
         finally:
@@ -258,7 +263,7 @@ class Provider:
             raise Unavailable(f"upstream {self.kind} returned a body that is not JSON", status=502) from None
         if not isinstance(data, dict):
             raise Unavailable(f"upstream {self.kind} returned an unexpected body", status=502)
-        return data
+        return raw, data
 
     @staticmethod
     async def error_body(resp: Response) -> bytes:
@@ -346,7 +351,8 @@ def scrubbed(handler: Handler, scrub: Scrubber) -> Handler:
         if reply.body:
             reply.body = scrub.data(reply.body)
         if reply.stream is not None and scrub.active:  # no secret and no upstream address: nothing to find
-            reply.stream = scrub.stream(reply.stream)
+            # an AWS event stream is relayed in whole binary messages, none of them ending in a line break
+            reply.stream = scrub.stream(reply.stream, framed=reply.media_type == EVENTSTREAM)
         if reply.headers:
             reply.headers = scrub.headers(reply.headers)
         return reply

@@ -8,6 +8,7 @@ import importlib
 import logging
 from collections.abc import Awaitable, Callable
 
+from relaygate.api.common import audit_refused
 from relaygate.config import Config
 from relaygate.core.errors import GatewayError, MethodNotAllowed, NotFound, cut_by_shutdown, shutdown_error
 from relaygate.core.logtext import loggable
@@ -38,7 +39,7 @@ RouteHandler = Callable[[Gateway, Request], Awaitable[Response | StreamResponse]
 GC_THRESHOLDS = (20_000, 20, 20)
 
 # the foreign client dialects, translated through the chat pipeline (docs/dialects.md)
-DIALECT_APIS = ("gemini.endpoints", "cohere.endpoints")
+DIALECT_APIS = ("gemini.endpoints", "cohere.endpoints", "bedrock.runtime")
 
 API_MODULES = ("chat", "models", "catalog", "health", "embeddings", "providers", "audio", "anthropic.messages", "passthrough", "admin",
                "metrics", "drills", *DIALECT_APIS)
@@ -48,7 +49,6 @@ STORED_OBJECT_APIS = ("responses.endpoints", "responses.conversations", "assista
 
 # modules outside api/ with routes of their own: the dashboard's page and JSON (docs/dashboard.md)
 OTHER_ROUTES = ("relaygate.dashboard.api",)
-NOT_CALLS = ("/health", "/admin", "/metrics", "/dashboard")  # paths whose refusals are no request log row
 
 
 class RouteTable:
@@ -147,7 +147,7 @@ class App:
         except GatewayError as e:
             resp = error_response(e)
             if matched:
-                self._audit_refused(gw, req, e)
+                audit_refused(gw, req, e)
         except ClientGone:
             return
         except asyncio.CancelledError as e:
@@ -159,7 +159,7 @@ class App:
                 cut = shutdown_error()
                 resp = error_response(cut)
                 if matched and not getattr(e, "audited", False):
-                    self._audit_refused(gw, req, cut)
+                    audit_refused(gw, req, cut)
             elif not req.client_left:
                 raise  # cancelled from outside: not ours to swallow
         except Exception as e:
@@ -168,7 +168,7 @@ class App:
                                code="internal_error")
             resp = error_response(err)
             if matched and not getattr(e, "audited", False):
-                self._audit_refused(gw, req, err)
+                audit_refused(gw, req, err)
         finally:
             left = req.stop_watching()
         if left:  # the client left while the call was in flight: the upstream request was cancelled
@@ -191,21 +191,6 @@ class App:
         self.draining = True
         if self.gateway is not None:
             self.gateway.draining = True
-
-    @staticmethod
-    def _audit_refused(gw: Gateway | None, req: Request, error: GatewayError) -> None:
-        """A request log row and a count in the metrics for a call that failed before the pipeline (which
-        logs and counts every call it sees). Health checks, the admin API and /metrics are not calls;
-        unknown routes are not either (no row for scanners); nor is the dashboard."""
-        if gw is None or getattr(error, "audited", False) or req.path.startswith(NOT_CALLS):
-            return
-        try:
-            if gw.metrics is not None:
-                gw.metrics.record_refused(req.path, error, req.started)
-            if gw.audit is not None:
-                gw.audit.record_refused(req, error, gw.auth)
-        except Exception:  # bookkeeping must never change the answer
-            log.exception("request log: could not record the refused request %s", req.id)
 
     async def lifespan(self, receive: Receive, send: Send) -> None:
         while True:

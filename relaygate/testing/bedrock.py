@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import calendar
 import hashlib
-import hmac
 import math
 import random
 import re
@@ -35,7 +33,8 @@ import orjson
 from aiohttp import web
 
 from relaygate.providers.aws import eventstream as es
-from relaygate.providers.aws.sigv4 import canonical_request, signing_key, string_to_sign
+from relaygate.providers.aws.eventstream import EVENTSTREAM
+from relaygate.providers.aws.sigv4 import SignatureError, parse_authorization, verify
 from relaygate.providers.echo import arguments_for
 from relaygate.testing.base import (
     STATE_KEY,
@@ -52,7 +51,6 @@ from relaygate.testing.base import (
 TEST_ACCESS_KEY = "AKIAIOSFODNN7EXAMPLE"  # AWS's documented example credentials
 TEST_SECRET_KEY = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
 TEST_API_KEY = "ABSKcmVsYXlnYXRlLWVtdWxhdG9yLXRlc3Qta2V5"  # a Bedrock API key (bearer token) for Bedrock Runtime
-EVENTSTREAM = "application/vnd.amazon.eventstream"
 
 CONVERSE_FIELDS = {"messages", "system", "inferenceConfig", "toolConfig", "guardrailConfig",
                    "additionalModelRequestFields", "promptVariables", "additionalModelResponseFieldPaths",
@@ -129,55 +127,30 @@ def fault_failure(plan: FaultPlan) -> AwsFailure:
 
 # ---- SigV4 verification --------------------------------------------------------------------------------
 
-_AUTH = re.compile(r"^AWS4-HMAC-SHA256 Credential=([^/,\s]+)/(\d{8})/([^/]+)/([^/]+)/aws4_request,\s*"
-                   r"SignedHeaders=([a-z0-9;\-]+),\s*Signature=([0-9a-f]{64})$")
-
-
 def verify_signature(request: web.Request, body: bytes, opts: BedrockEmulatorOptions, service: str = "bedrock") -> None:
     """Raise AwsFailure unless the request is signed (SigV4, for ``service``) with known credentials, or
     carries a known Bedrock API key (Bedrock Runtime only)."""
     auth = request.headers.get("authorization", "")
-    if not auth:
-        raise AwsFailure("MissingAuthenticationTokenException", "Missing Authentication Token", 403)
     if auth.startswith("Bearer "):
         if auth[7:] not in opts.api_keys or request.path.startswith("/agents/"):
             raise AwsFailure("AccessDeniedException", "Authentication failed: Please make sure your API Key is "
                              "valid.", 403)
         return
-    m = _AUTH.match(auth)
-    if m is None:
-        raise AwsFailure("IncompleteSignatureException", "Authorization header requires 'Credential', "
-                         "'Signature' and 'SignedHeaders' parameters.", 403)
-    access_key, date, region, signed_service, signed_list, signature = m.groups()
-    secret = opts.credentials.get(access_key)
-    token = request.headers.get("x-amz-security-token")
-    if secret is None or token != opts.session_tokens.get(access_key):
-        raise AwsFailure("UnrecognizedClientException", "The security token included in the request is invalid.",
-                         403)
-    if signed_service != service or (opts.region is not None and region != opts.region):
-        raise AwsFailure("InvalidSignatureException", f"Credential should be scoped to a valid region and to "
-                         f"the service '{service}', not '{region}/{signed_service}'.", 403)
-    stamp = request.headers.get("x-amz-date", "")
     try:
-        signed_at = calendar.timegm(time.strptime(stamp, "%Y%m%dT%H%M%SZ"))
-    except ValueError:
-        raise AwsFailure("IncompleteSignatureException", "Date must be in ISO-8601 'basic format'.", 403) from None
-    if abs(time.time() - signed_at) > opts.max_skew_seconds or stamp[:8] != date:
-        raise AwsFailure("InvalidSignatureException", f"Signature expired: {stamp} is outside the allowed "
-                         "clock skew, or not the date of the credential scope.", 403)
-    signed = signed_list.split(";")
-    if "host" not in signed or signed != sorted(signed):
-        raise AwsFailure("InvalidSignatureException", "'Host' must be a signed header.", 403)
-    headers = {h: ",".join(request.headers.getall(h, [])) for h in signed}
-    path, _, query = request.raw_path.partition("?")
-    payload_hash = request.headers.get("x-amz-content-sha256") or hashlib.sha256(body).hexdigest()
-    canonical = canonical_request(request.method, path, query, headers, signed, payload_hash)
-    sts = string_to_sign(stamp, f"{date}/{region}/{service}/aws4_request", canonical)
-    expected = hmac.new(signing_key(secret, date, region, service), sts.encode(), hashlib.sha256).hexdigest()
-    if not hmac.compare_digest(expected, signature):
-        raise AwsFailure("InvalidSignatureException", "The request signature we calculated does not match the "
-                         "signature you provided. Check your AWS Secret Access Key and signing method. Consult "
-                         "the service documentation for details.", 403)
+        by = parse_authorization(auth)
+        secret = opts.credentials.get(by.access_key)
+        token = request.headers.get("x-amz-security-token")
+        if secret is None or token != opts.session_tokens.get(by.access_key):
+            raise AwsFailure("UnrecognizedClientException", "The security token included in the request is "
+                             "invalid.", 403)
+        if opts.region is not None and by.region != opts.region:
+            raise AwsFailure("InvalidSignatureException", f"Credential should be scoped to a valid region and to "
+                             f"the service '{service}', not '{by.region}/{by.service}'.", 403)
+        headers = {h.lower(): ",".join(request.headers.getall(h, [])) for h in request.headers}
+        path, _, query = request.raw_path.partition("?")
+        verify(by, (secret,), service, request.method, path, query, headers, body, opts.max_skew_seconds)
+    except SignatureError as e:
+        raise AwsFailure(e.error_type, e.message, 403) from None
 
 
 # ---- Converse: validation and the deterministic answer ----------------------------------------------------

@@ -11,6 +11,7 @@ Errors on this route use Anthropic's error shape.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -34,6 +35,7 @@ from relaygate.providers.anthropic.wire import error_body
 from relaygate.server.http import Request, Response, StreamResponse
 
 if TYPE_CHECKING:
+    from relaygate.auth.keys import Principal
     from relaygate.gateway import Gateway
 
 
@@ -46,12 +48,18 @@ def anthropic_error(err: GatewayError, request_id: str) -> Response:
 
 
 async def _read(gw: Gateway, req: Request, route: Route = Route.CHAT) -> tuple[Call, list[str]]:
-    """The call for the client's Anthropic request: an OpenAI chat body (for any provider) plus the
-    original (for Anthropic deployments, which take it as it is); and the fields the translation left out."""
-    count = route is Route.COUNT_TOKENS
     key = await caller(gw.auth, req.headers)  # before the body: no key, no parsing
+    body = object_body(await req.json(gw.config.server.max_body_bytes))
+    return await messages_call(gw, req, body, key, route)
+
+
+async def messages_call(gw: Gateway, req: Request, body: dict[str, Any], key: Principal | None,
+                        route: Route = Route.CHAT) -> tuple[Call, list[str]]:
+    """The call for the client's Anthropic request (read by ``/v1/messages``, or by Bedrock's InvokeModel):
+    an OpenAI chat body (for any provider) plus the original (for Anthropic deployments, which take it as it
+    is); and the fields the translation left out."""
+    count = route is Route.COUNT_TOKENS
     limit = gw.config.server.max_body_bytes
-    body = object_body(await req.json(limit))
     shapes.check(body, MessagesRequest, dotted=True)
     try:  # translated to a chat request (and maybe on to another dialect): room to nest it deeper
         jsonvalue.check(body, jsonvalue.ROOM)
@@ -75,12 +83,16 @@ async def messages(gw: Gateway, req: Request) -> Response | StreamResponse:
         reply = await gw.handle(call)
     except GatewayError as e:
         return anthropic_error(e, req.id)
-    dialect = ForeignDialect(_writer, to_anthropic_message, lambda e: anthropic_error(e, req.id), error_event)
-    return answer(dialect, call, reply, reply.anthropic_native, dropped, {"request-id": req.id})
+    return answer(messages_dialect(lambda e: anthropic_error(e, req.id)), call, reply, reply.anthropic_native, dropped, {"request-id": req.id})
 
 
 def _writer(call: Call) -> EventWriter:
     return EventWriter(call.model)
+
+
+def messages_dialect(error: Callable[[GatewayError], Response]) -> ForeignDialect:
+    """Anthropic's Messages answers, with ``error`` for the error responses (Bedrock's InvokeModel has its own)."""
+    return ForeignDialect(_writer, to_anthropic_message, error, error_event)
 
 
 def _understands_cache_control(gw: Gateway, body: dict[str, Any]) -> bool:

@@ -14,11 +14,16 @@ from typing import Any, ClassVar
 import orjson
 
 from relaygate.config import BedrockDeployment
-from relaygate.core.call import Call, Reply, Route, Usage
+from relaygate.core.call import Call, Dialect, Reply, Route, Usage
 from relaygate.core.errors import BadRequest, Unavailable, Unsupported
 from relaygate.providers.aws.base import AwsProvider, stream_reply
-from relaygate.providers.aws.bedrock_format import StreamTranslator, from_converse, to_converse
-from relaygate.providers.aws.eventstream import EventMessage
+from relaygate.providers.aws.bedrock_format import StreamTranslator, from_converse, to_converse, usage_of
+from relaygate.providers.aws.eventstream import (
+    EVENTSTREAM,
+    EventMessage,
+    EventStreamDecoder,
+    EventStreamError,
+)
 from relaygate.providers.base import model_segment
 from relaygate.providers.batching import embed_in_batches, needs_batches
 from relaygate.providers.listing import ListedModel, bedrock_models
@@ -40,6 +45,7 @@ class BedrockProvider(AwsProvider):
     config: BedrockDeployment
     routes: ClassVar[frozenset[Route]] = frozenset({Route.CHAT, Route.EMBEDDINGS})
     cache_control = True  # translated to Converse cachePoint blocks
+    relays: ClassVar[Dialect | None] = Dialect.BEDROCK
     endpoint_prefix = "bedrock-runtime"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -79,6 +85,8 @@ class BedrockProvider(AwsProvider):
     async def chat(self, call: Call) -> Reply:
         assert call.deployment is not None
         model = call.deployment.upstream_model(call.model)
+        if call.native is not None and call.native.dialect is Dialect.BEDROCK:
+            return await self._native(call, call.native.body, model)
         request = to_converse(call.body)
         if self.guardrail is not None:
             request["guardrailConfig"] = self.guardrail
@@ -88,7 +96,7 @@ class BedrockProvider(AwsProvider):
             body, usage = from_converse(data, call.model)
             return Reply(body=orjson.dumps(body), usage=usage, first_byte_at=time.monotonic())
         resp = await self.post_json(call.deadline, model_path(model, "converse-stream"), request,
-                                    accept="application/vnd.amazon.eventstream")
+                                    accept=EVENTSTREAM)
         upstream = UpstreamBody(resp, self.kind)
         events = self.events(upstream)
         first = await peek(upstream, anext(events, None))
@@ -111,6 +119,67 @@ class BedrockProvider(AwsProvider):
         if not translator.stopped:
             raise Unavailable("Bedrock's stream ended without messageStop", status=502)
         yield translator.writer.done()
+
+    # -- native: a Bedrock client's own Converse request (api/bedrock) ---------------------------------
+
+    async def _native(self, call: Call, native: dict[str, Any], model: str) -> Reply:
+        """Send the client's Converse body (``Call.native``) as it is, re-signed with this deployment's credentials, and relay
+        Bedrock's answer untouched (reasoning, citations, guardrail traces all survive); read only for usage."""
+        request = native
+        if self.guardrail is not None and "guardrailConfig" not in native:
+            request = {**native, "guardrailConfig": self.guardrail}
+        cap = call.output_cap
+        if cap is not None:
+            cfg = native.get("inferenceConfig")
+            if not isinstance(cfg, dict) or type(cfg.get("maxTokens")) is not int:
+                request = {**request, "inferenceConfig": {**(cfg if isinstance(cfg, dict) else {}), "maxTokens": cap}}
+        if not call.stream:
+            resp = await self.post_json(call.deadline, model_path(model, "converse"), request)
+            data, parsed = await self.read_json_raw(resp)  # parsed once, for the usage
+            return Reply(body=data, usage=usage_of(parsed.get("usage")), first_byte_at=time.monotonic(),
+                         native=True)
+        resp = await self.post_json(call.deadline, model_path(model, "converse-stream"), request,
+                                    accept=EVENTSTREAM)
+        upstream = UpstreamBody(resp, self.kind)
+        reply = stream_reply()
+        reply.native = True
+        reply.media_type = EVENTSTREAM  # whole binary messages: the scrubber holds none back
+        frames = self._raw(upstream, reply)
+        first = await peek(upstream, anext(frames, None))
+        reply.stream = closing(upstream, frames, first)
+        return reply
+
+    async def _raw(self, upstream: UpstreamBody, reply: Reply) -> AsyncIterator[bytes]:
+        """The event stream's bytes as they came, whole messages only (so that an error frame the route adds
+        lands on a message boundary), decoded alongside: an exception frame is raised mapped after the
+        messages before it (the route writes it again), metadata gives the usage."""
+        decoder = EventStreamDecoder()
+        held = b""  # the start of a message whose end has not come yet
+        stopped = False
+        try:
+            async for chunk in upstream:
+                raw = held + chunk if held else chunk
+                at = 0
+                for msg in decoder.feed(chunk):
+                    if msg.message_type != "event":
+                        if at:
+                            yield raw[:at]
+                        raise self.stream_exception(msg)
+                    if msg.event_type == "metadata":
+                        meta = orjson.loads(msg.payload)
+                        reply.usage = usage_of(meta.get("usage")) if isinstance(meta, dict) else None
+                    elif msg.event_type == "messageStop":
+                        stopped = True
+                    at += int.from_bytes(raw[at:at + 4], "big")  # the message's total length
+                held = raw[at:]
+                if at:
+                    yield raw[:at] if held else raw
+        except EventStreamError as e:
+            raise Unavailable(f"upstream {self.kind} sent a malformed event stream ({e})", status=502) from None
+        except orjson.JSONDecodeError:
+            raise Unavailable(f"upstream {self.kind} sent a metadata event that is not JSON", status=502) from None
+        if held or not stopped:
+            raise Unavailable("Bedrock's stream ended without messageStop", status=502)
 
     async def embeddings(self, call: Call) -> Reply:
         """OpenAI embeddings via InvokeModel with the Titan text embeddings (v2) body: one text per call."""

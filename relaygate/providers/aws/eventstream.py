@@ -11,6 +11,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
+EVENTSTREAM = "application/vnd.amazon.eventstream"  # the media type of a body in this framing
 PRELUDE = 12  # two lengths and the prelude CRC
 MIN_MESSAGE = PRELUDE + 4
 MAX_HEADERS = 128 * 1024  # the limits AWS documents for a message

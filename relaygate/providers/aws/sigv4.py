@@ -5,11 +5,13 @@ Non-S3 services: path segments are URI-encoded twice (the path we send is encode
 
 from __future__ import annotations
 
+import calendar
 import hashlib
 import hmac
 import posixpath
+import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
@@ -109,3 +111,77 @@ class SigV4Signer:
         out["authorization"] = (f"{ALGORITHM} Credential={self.credentials.access_key}/{scope}, "
                                 f"SignedHeaders={';'.join(signed)}, Signature={sig}")
         return out
+
+
+# ---- verification (relaygate's Bedrock ingress, and the emulator) -------------------------------------
+
+_AUTHORIZATION = re.compile(r"^AWS4-HMAC-SHA256 Credential=([^/,\s]+)/(\d{8})/([^/]+)/([^/]+)/aws4_request,\s*"
+                            r"SignedHeaders=([a-z0-9;\-]+),\s*Signature=([0-9a-f]{64})$")
+
+
+class SignatureError(ValueError):
+    """A request whose signature is refused: ``error_type`` is the AWS error it answers with (all 403)."""
+
+    def __init__(self, error_type: str, message: str) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class SignedBy:
+    """What a SigV4 ``Authorization`` header claims: who signed, for which scope, over which headers."""
+
+    access_key: str
+    date: str
+    region: str
+    service: str
+    signed: tuple[str, ...]
+    signature: str
+
+
+def parse_authorization(header: str) -> SignedBy:
+    """The parts of an ``AWS4-HMAC-SHA256`` header; SignatureError when it is missing or malformed."""
+    if not header:
+        raise SignatureError("MissingAuthenticationTokenException", "Missing Authentication Token")
+    m = _AUTHORIZATION.match(header)
+    if m is None:
+        raise SignatureError("IncompleteSignatureException", "Authorization header requires 'Credential', "
+                             "'Signature' and 'SignedHeaders' parameters.")
+    access_key, date, region, service, signed, signature = m.groups()
+    return SignedBy(access_key, date, region, service, tuple(signed.split(";")), signature)
+
+
+def verify(by: SignedBy, secrets: Sequence[str], service: str, method: str, raw_path: str, raw_query: str,
+           headers: Mapping[str, str], body: bytes, max_skew: float = 300.0, now: float | None = None) -> int:
+    """Check the signature ``by`` claims against each of ``secrets`` (the key's current one, and a previous
+    one still in its grace); the index of the secret that made it. ``headers`` has lower-case names.
+    Raises SignatureError (AWS's wording) for a wrong service, a stale or future date, a header set that
+    leaves out ``host``, or a signature none of the secrets makes."""
+    if by.service != service:
+        raise SignatureError("InvalidSignatureException", f"Credential should be scoped to a valid region and to "
+                             f"the service '{service}', not '{by.region}/{by.service}'.")
+    stamp = headers.get("x-amz-date", "")
+    try:
+        signed_at = calendar.timegm(time.strptime(stamp, "%Y%m%dT%H%M%SZ"))
+    except ValueError:
+        raise SignatureError("IncompleteSignatureException", "Date must be in ISO-8601 'basic format'.") from None
+    if abs((time.time() if now is None else now) - signed_at) > max_skew or stamp[:8] != by.date:
+        raise SignatureError("InvalidSignatureException", f"Signature expired: {stamp} is outside the allowed "
+                             "clock skew, or not the date of the credential scope.")
+    signed = list(by.signed)
+    if "host" not in signed or signed != sorted(signed):
+        raise SignatureError("InvalidSignatureException", "'Host' must be a signed header.")
+    payload_hash = hashlib.sha256(body).hexdigest()
+    if headers.get("x-amz-content-sha256", payload_hash) != payload_hash:  # no UNSIGNED-PAYLOAD: the body is signed
+        raise SignatureError("InvalidSignatureException", "The provided 'x-amz-content-sha256' header does not "
+                             "match what was computed.")
+    canonical = canonical_request(method, raw_path, raw_query, headers, signed, payload_hash)
+    sts = string_to_sign(stamp, f"{by.date}/{by.region}/{by.service}/aws4_request", canonical).encode()
+    for i, secret in enumerate(secrets):
+        expected = hmac.new(signing_key(secret, by.date, by.region, by.service), sts, hashlib.sha256).hexdigest()
+        if hmac.compare_digest(expected, by.signature):
+            return i
+    raise SignatureError("InvalidSignatureException", "The request signature we calculated does not match the "
+                         "signature you provided. Check your AWS Secret Access Key and signing method. Consult "
+                         "the service documentation for details.")

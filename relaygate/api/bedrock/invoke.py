@@ -1,0 +1,110 @@
+"""InvokeModel and InvokeModelWithResponseStream for Anthropic-on-Bedrock bodies (``anthropic_version:
+bedrock-2023-05-31``, the Messages shape without ``model``): served as ``/v1/messages`` serves a Messages
+request (an Anthropic deployment relays it as it is), the answer an Anthropic Message; streamed, each
+Messages event is one event-stream ``chunk`` carrying ``{"bytes": base64(event JSON)}``, as Bedrock sends them.
+Other model families' InvokeModel bodies are refused (their native shapes differ per model: use Converse)."""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from relaygate.api.anthropic.messages import messages_call, messages_dialect
+from relaygate.api.bedrock.errors import bedrock_error
+from relaygate.api.bedrock.translate import exception_frame
+from relaygate.api.common import object_body
+from relaygate.api.dialects import answer
+from relaygate.core.call import Usage
+from relaygate.core.errors import BadRequest
+from relaygate.providers.aws import eventstream as es
+from relaygate.providers.aws.eventstream import EVENTSTREAM
+from relaygate.providers.streaming import SSEDecoder
+from relaygate.server.http import Request, Response, StreamResponse
+
+if TYPE_CHECKING:
+    from relaygate.auth.keys import Principal
+    from relaygate.core.call import Reply
+    from relaygate.gateway import Gateway
+
+ANTHROPIC_VERSION = "bedrock-2023-05-31"
+
+
+async def _answer(gw: Gateway, req: Request, key: Principal | None, model: str,
+                  stream: bool) -> Response | StreamResponse:
+    body = object_body(await req.json(gw.config.server.max_body_bytes))
+    version = body.pop("anthropic_version", None)
+    if version != ANTHROPIC_VERSION:
+        raise BadRequest(f"anthropic_version: this gateway serves InvokeModel for Anthropic bodies: it must be "
+                         f"{ANTHROPIC_VERSION!r}", param="anthropic_version")
+    beta = body.pop("anthropic_beta", None)  # Bedrock's anthropic-beta header, as a body field: no counterpart
+    if "model" in body or "stream" in body:
+        raise BadRequest("model and stream are not fields of an InvokeModel body (the URL says them)",
+                         param="model" if "model" in body else "stream")
+    body["model"] = model
+    if stream:
+        body["stream"] = True
+    call, dropped = await messages_call(gw, req, body, key)
+    if beta is not None:
+        dropped.append("anthropic_beta")
+    call.wants_usage = stream
+    reply = await gw.handle(call)
+    out = answer(messages_dialect(lambda err: bedrock_error(err, req.id)), call, reply, reply.anthropic_native,
+                 dropped, {"x-amzn-requestid": req.id})
+    if isinstance(out, Response):
+        if out.status == 200 and reply.usage is not None and reply.usage.known:
+            out.headers["x-amzn-bedrock-input-token-count"] = str(reply.usage.prompt_tokens)
+            out.headers["x-amzn-bedrock-output-token-count"] = str(reply.usage.completion_tokens)
+        return out
+    assert reply.stream is not None
+    reply.stream = _chunks(reply.stream, reply, call.started)
+    reply.media_type = EVENTSTREAM
+    return StreamResponse(reply, out.headers, exception_frame)
+
+
+async def invoke(gw: Gateway, req: Request, key: Principal | None, model: str) -> Response | StreamResponse:
+    return await _answer(gw, req, key, model, stream=False)
+
+
+async def invoke_stream(gw: Gateway, req: Request, key: Principal | None, model: str) -> Response | StreamResponse:
+    return await _answer(gw, req, key, model, stream=True)
+
+
+async def _chunks(sse: AsyncIterator[bytes], reply: Reply, started: float) -> AsyncIterator[bytes]:
+    """Messages SSE events as event-stream ``chunk`` events; ``message_stop`` carries Bedrock's invocation
+    metrics (the usage the reply holds by then)."""
+    decoder = SSEDecoder()
+    try:
+        async for piece in sse:
+            out = []
+            for event, data in decoder.feed(piece):
+                if event == "ping":
+                    continue
+                if event == "message_stop":
+                    data = _with_metrics(data, reply, started)
+                out.append(es.event("chunk", orjson.dumps({"bytes": base64.b64encode(data).decode()})))
+            if out:
+                yield b"".join(out)
+    finally:
+        aclose = getattr(sse, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+def _with_metrics(data: bytes, reply: Reply, started: float) -> bytes:
+    try:
+        stop: Any = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return data
+    if not isinstance(stop, dict):
+        return data
+    u = reply.usage or Usage()
+    first = reply.first_byte_at or started
+    stop["amazon-bedrock-invocationMetrics"] = {
+        "inputTokenCount": u.prompt_tokens, "outputTokenCount": u.completion_tokens,
+        "invocationLatency": max(0, int((time.monotonic() - started) * 1000)),
+        "firstByteLatency": max(0, int((first - started) * 1000))}
+    return orjson.dumps(stop)

@@ -1,0 +1,337 @@
+"""boto3's bedrock-runtime client → relaygate's Bedrock routes (SigV4 with a key's derived secret, or the key as
+bearer) → every upstream kind (OpenAI, Anthropic, Gemini, Cohere, Bedrock emulators)."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import httpx
+import orjson
+import pytest
+from botocore.config import Config as BotoConfig
+from botocore.exceptions import ClientError, EventStreamError
+
+from relaygate.testing import anthropic, bedrock, cohere, gemini, openai
+from relaygate.testing.base import BackgroundServer, FaultPlan
+from relaygate.testing.gateway import GatewayThread
+
+from .stack_support import CHAT_MODELS, KEYS, MASTER, deployments
+
+APP_KEY = "rg-bedrock-app-" + "7c1e9a3f5b2d4068" * 2
+LIMITED_KEY = "rg-bedrock-limited-" + "a5e3c7f9b1d2e4f6" * 2
+TOOLS = {"tools": [{"toolSpec": {"name": "get_weather", "description": "weather for a city", "inputSchema": {
+    "json": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}}]}
+PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 16
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GatewayThread, dict[str, BackgroundServer]]]:
+    with contextlib.ExitStack() as es:
+        apps = {
+            "openai": openai.create_app(openai.OpenAIEmulatorOptions(api_key=KEYS["openai"])),
+            "anthropic": anthropic.create_app(anthropic.AnthropicEmulatorOptions(api_key=KEYS["anthropic"])),
+            "gemini": gemini.create_app(gemini.GeminiEmulatorOptions(api_key=KEYS["gemini"])),
+            "cohere": cohere.create_app(cohere.CohereEmulatorOptions(api_key=KEYS["cohere"])),
+            "bedrock": bedrock.create_app(bedrock.BedrockEmulatorOptions()),
+        }
+        emus = {name: es.enter_context(BackgroundServer(app)) for name, app in apps.items()}
+        config: dict[str, Any] = {
+            "models": deployments({n: s.url for n, s in emus.items()}),
+            "database": {"url": f"sqlite:///{tmp_path_factory.mktemp('bedrock-in')}/rg.db"},
+            "auth": {"master_key": MASTER, "keys": [{"id": "app", "key": APP_KEY},
+                                                     {"id": "limited", "key": LIMITED_KEY, "rpm": 2}]}}
+        yield es.enter_context(GatewayThread(config)), emus
+
+
+def aws_pair(gw: GatewayThread, key: str) -> dict[str, str]:
+    r = httpx.get(gw.url + "/bedrock/credentials", headers={"authorization": f"Bearer {key}"})
+    assert r.status_code == 200, r.text
+    pair: dict[str, str] = r.json()
+    return pair
+
+
+def runtime(gw: GatewayThread, key: str = APP_KEY, **override: str) -> Any:
+    pair = {**aws_pair(gw, key), **override}
+    return boto3.client("bedrock-runtime", region_name="us-east-1", endpoint_url=gw.url,
+                        config=BotoConfig(retries={"max_attempts": 1, "mode": "standard"}), **pair)
+
+
+@pytest.fixture(scope="module")
+def client(stack: tuple[GatewayThread, dict[str, BackgroundServer]]) -> Any:
+    return runtime(stack[0])
+
+
+def user(text: str) -> dict[str, Any]:
+    return {"role": "user", "content": [{"text": text}]}
+
+
+def stream_events(resp: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(resp["stream"])
+
+
+@pytest.mark.parametrize("model", CHAT_MODELS)
+def test_converse_answers_from_every_upstream_kind(client: Any, model: str) -> None:
+    resp = client.converse(modelId=model, system=[{"text": "be brief"}],
+                           messages=[user("hello from boto3")], inferenceConfig={"maxTokens": 50})
+    content = resp["output"]["message"]["content"]
+    assert resp["output"]["message"]["role"] == "assistant"
+    assert "hello from boto3" in content[0]["text"]
+    assert resp["stopReason"] == "end_turn"
+    usage = resp["usage"]
+    assert usage["inputTokens"] > 0 and usage["outputTokens"] > 0
+    assert usage["totalTokens"] == usage["inputTokens"] + usage["outputTokens"] + usage.get("cacheReadInputTokens", 0)
+    assert resp["ResponseMetadata"]["HTTPHeaders"]["x-relaygate-deployment"]
+
+
+@pytest.mark.parametrize("model", CHAT_MODELS)
+def test_converse_stream_from_every_upstream_kind(client: Any, model: str) -> None:
+    resp = client.converse_stream(modelId=model, messages=[user("stream me please")])
+    events = stream_events(resp)
+    kinds = [next(iter(e)) for e in events]
+    assert kinds[0] == "messageStart" and kinds[-2:] == ["messageStop", "metadata"]
+    text = "".join(e["contentBlockDelta"]["delta"].get("text", "") for e in events if "contentBlockDelta" in e)
+    assert "stream me please" in text
+    assert events[-2]["messageStop"]["stopReason"] == "end_turn"
+    assert events[-1]["metadata"]["usage"]["outputTokens"] > 0
+
+
+def _tool_round_trip(client: Any, model: str, stream: bool) -> None:
+    first_turn = [user("What is the weather in Paris?")]
+    if stream:
+        events = stream_events(client.converse_stream(modelId=model, messages=first_turn, toolConfig=TOOLS))
+        start = next(e["contentBlockStart"] for e in events if "contentBlockStart" in e)
+        tool = start["start"]["toolUse"]
+        index = start["contentBlockIndex"]
+        args = "".join(e["contentBlockDelta"]["delta"]["toolUse"]["input"] for e in events
+                       if "contentBlockDelta" in e and e["contentBlockDelta"]["contentBlockIndex"] == index)
+        assert any("contentBlockStop" in e and e["contentBlockStop"]["contentBlockIndex"] == index for e in events)
+        stop = next(e["messageStop"]["stopReason"] for e in events if "messageStop" in e)
+        use = {"toolUseId": tool["toolUseId"], "name": tool["name"], "input": orjson.loads(args)}
+    else:
+        resp = client.converse(modelId=model, messages=first_turn, toolConfig=TOOLS)
+        use = next(b["toolUse"] for b in resp["output"]["message"]["content"] if "toolUse" in b)
+        stop = resp["stopReason"]
+    assert stop == "tool_use" and use["name"] == "get_weather" and isinstance(use["input"], dict)
+    second = first_turn + [
+        {"role": "assistant", "content": [{"toolUse": use}]},
+        {"role": "user", "content": [{"toolResult": {"toolUseId": use["toolUseId"],
+                                                     "content": [{"json": {"temp_c": 21}}]}}]}]
+    resp = client.converse(modelId=model, messages=second, toolConfig=TOOLS)
+    assert resp["stopReason"] == "end_turn"
+    assert resp["output"]["message"]["content"][0]["text"]
+
+
+@pytest.mark.parametrize("model", CHAT_MODELS)
+def test_converse_tool_call_round_trip(client: Any, model: str) -> None:
+    _tool_round_trip(client, model, stream=False)
+
+
+@pytest.mark.parametrize("model", CHAT_MODELS)
+def test_converse_stream_tool_call_round_trip(client: Any, model: str) -> None:
+    _tool_round_trip(client, model, stream=True)
+
+
+def test_an_image_reaches_the_upstream_as_an_image(
+        client: Any, stack: tuple[GatewayThread, dict[str, BackgroundServer]]) -> None:
+    emu = stack[1]["openai"]
+    emu.state.requests.clear()
+    client.converse(modelId="gpt", messages=[{"role": "user", "content": [
+        {"text": "what is this"}, {"image": {"format": "png", "source": {"bytes": PNG}}}]}])
+    parts = emu.state.requests[-1]["json"]["messages"][0]["content"]
+    assert parts[1] == {"type": "image_url",
+                        "image_url": {"url": "data:image/png;base64," + base64.b64encode(PNG).decode()}}
+
+
+def test_a_bedrock_deployment_gets_the_converse_body_as_the_client_sent_it(
+        client: Any, stack: tuple[GatewayThread, dict[str, BackgroundServer]]) -> None:
+    emu = stack[1]["bedrock"]
+    emu.state.requests.clear()
+    body = {"messages": [user("hi"), {"role": "assistant", "content": [{"text": "hello"}]},
+                         {"role": "user", "content": [{"text": "again"}, {"cachePoint": {"type": "default"}}]}],
+            "inferenceConfig": {"maxTokens": 40, "topP": 0.5},
+            "additionalModelRequestFields": {"top_k": 5}}
+    resp = client.converse(modelId="bedrock", **body)
+    assert "again" in resp["output"]["message"]["content"][0]["text"]
+    sent = emu.state.requests[-1]
+    assert sent["path"].endswith("/converse") and sent["json"] == body  # cachePoint and top_k survive
+    assert "x-relaygate-dropped-params" not in resp["ResponseMetadata"]["HTTPHeaders"]
+
+
+def test_an_arn_model_id_names_the_model_after_its_last_slash(client: Any) -> None:
+    arn = "arn:aws:bedrock:us-east-1:123456789012:inference-profile/gpt"
+    resp = client.converse(modelId=arn, messages=[user("by arn")])
+    assert "by arn" in resp["output"]["message"]["content"][0]["text"]
+
+
+def test_invoke_model_with_an_anthropic_body(client: Any) -> None:
+    for model in ("claude", "gpt", "bedrock"):
+        body = {"anthropic_version": "bedrock-2023-05-31", "max_tokens": 60,
+                "messages": [{"role": "user", "content": "invoke me"}]}
+        resp = client.invoke_model(modelId=model, body=orjson.dumps(body))
+        message = orjson.loads(resp["body"].read())
+        assert message["type"] == "message" and message["role"] == "assistant", model
+        assert "invoke me" in message["content"][0]["text"]
+        assert message["usage"]["output_tokens"] > 0
+        assert int(resp["ResponseMetadata"]["HTTPHeaders"]["x-amzn-bedrock-output-token-count"]) > 0
+
+
+def test_invoke_model_with_response_stream_carries_messages_events(client: Any) -> None:
+    for model in ("claude", "gemini"):
+        body = {"anthropic_version": "bedrock-2023-05-31", "max_tokens": 60,
+                "messages": [{"role": "user", "content": "stream by invoke"}]}
+        resp = client.invoke_model_with_response_stream(modelId=model, body=orjson.dumps(body))
+        events = [orjson.loads(e["chunk"]["bytes"]) for e in resp["body"]]
+        kinds = [e["type"] for e in events]
+        assert kinds[0] == "message_start" and kinds[-1] == "message_stop", model
+        text = "".join(e["delta"].get("text", "") for e in events if e["type"] == "content_block_delta")
+        assert "stream by invoke" in text
+        assert events[-1]["amazon-bedrock-invocationMetrics"]["outputTokenCount"] > 0
+
+
+def test_invoke_refuses_a_body_that_is_not_anthropics(client: Any) -> None:
+    with pytest.raises(ClientError) as e:
+        client.invoke_model(modelId="gpt", body=orjson.dumps({"inputText": "titan?"}))
+    assert e.value.response["Error"]["Code"] == "ValidationException"
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+
+
+def test_a_wrong_secret_is_refused_in_bedrocks_format(stack: tuple[GatewayThread, dict[str, BackgroundServer]]) -> None:
+    bad = runtime(stack[0], aws_secret_access_key="x" * 40)
+    with pytest.raises(ClientError) as e:
+        bad.converse(modelId="gpt", messages=[user("hi")])
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    assert e.value.response["Error"]["Code"] == "InvalidSignatureException"
+    assert "signature" in e.value.response["Error"]["Message"]
+
+
+def test_an_unknown_access_key_is_refused(stack: tuple[GatewayThread, dict[str, BackgroundServer]]) -> None:
+    with pytest.raises(ClientError) as e:
+        runtime(stack[0], aws_access_key_id="key_nobody").converse(modelId="gpt", messages=[user("hi")])
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    assert e.value.response["Error"]["Code"] == "UnrecognizedClientException"
+
+
+def test_a_relaygate_key_as_bearer_works_and_a_wrong_one_is_refused(
+        stack: tuple[GatewayThread, dict[str, BackgroundServer]]) -> None:
+    gw = stack[0]
+    body = {"messages": [user("bearer")]}
+    ok = httpx.post(gw.url + "/model/gpt/converse", json=body, headers={"authorization": f"Bearer {APP_KEY}"})
+    assert ok.status_code == 200 and "bearer" in ok.json()["output"]["message"]["content"][0]["text"]
+    bad = httpx.post(gw.url + "/model/gpt/converse", json=body, headers={"authorization": "Bearer rg-wrong"})
+    assert bad.status_code == 403 and bad.headers["x-amzn-errortype"].startswith("AccessDeniedException")
+    assert set(bad.json()) == {"message"}
+
+
+def test_errors_are_bedrocks(client: Any) -> None:
+    with pytest.raises(ClientError) as e:
+        client.converse(modelId="no-such-model", messages=[user("hi")])
+    assert e.value.response["Error"]["Code"] == "ResourceNotFoundException"
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
+    with pytest.raises(ClientError) as e:
+        client.converse(modelId="gpt", messages=[{"role": "system", "content": [{"text": "x"}]}])
+    assert e.value.response["Error"]["Code"] == "ValidationException"
+
+
+def test_the_keys_rate_limit_applies(stack: tuple[GatewayThread, dict[str, BackgroundServer]]) -> None:
+    limited = runtime(stack[0], LIMITED_KEY)
+    for _ in range(2):
+        limited.converse(modelId="gpt", messages=[user("count me")])
+    with pytest.raises(ClientError) as e:
+        limited.converse(modelId="gpt", messages=[user("one too many")])
+    assert e.value.response["Error"]["Code"] == "ThrottlingException"
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 429
+
+
+def admin(gw: GatewayThread, method: str, path: str, body: Any = None, **params: Any) -> Any:
+    r = httpx.request(method, gw.url + "/admin" + path, json=body, params=params,
+                      headers={"authorization": f"Bearer {MASTER}"}, timeout=10)
+    assert r.status_code < 300, r.text
+    return r.json()
+
+
+def test_calls_and_refusals_are_in_the_request_log(
+        stack: tuple[GatewayThread, dict[str, BackgroundServer]], client: Any) -> None:
+    gw = stack[0]
+    resp = client.converse(modelId="claude", messages=[user("log me")])
+    rid = resp["ResponseMetadata"]["HTTPHeaders"]["x-amzn-requestid"]
+    with pytest.raises(ClientError):
+        runtime(gw, aws_secret_access_key="y" * 40).converse(modelId="claude", messages=[user("refused")])
+    deadline = time.monotonic() + 10
+    rows: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        rows = admin(gw, "GET", "/logs", limit=50)["data"]
+        if any(r["request_id"] == rid for r in rows) and any(r.get("status") == 403 for r in rows):
+            break
+        time.sleep(0.2)
+    ours = next(r for r in rows if r["request_id"] == rid)
+    assert ours["key_id"] == "cfg_app" and ours["model"] == "claude" and ours["status"] == 200
+    assert any((r["status"], r["error"], r["route"]) == (403, "auth", "/model/claude/converse") for r in rows)
+
+
+def test_rotation_changes_the_aws_secret_and_revocation_refuses_it(
+        stack: tuple[GatewayThread, dict[str, BackgroundServer]]) -> None:
+    gw = stack[0]
+    created = admin(gw, "POST", "/keys", {"name": "sigv4-rotation"})
+    old = runtime(gw, created["key"])
+    assert old.converse(modelId="gpt", messages=[user("before")])["stopReason"] == "end_turn"
+    assert aws_pair(gw, created["key"]) == {k: created[k] for k in ("aws_access_key_id", "aws_secret_access_key")}
+    rotated = admin(gw, "POST", f"/keys/{created['id']}/rotate", {"grace_seconds": 0})
+    assert rotated["aws_secret_access_key"] != created["aws_secret_access_key"]
+    new = runtime(gw, rotated["key"])
+    assert new.converse(modelId="gpt", messages=[user("after")])["stopReason"] == "end_turn"
+    with pytest.raises(ClientError) as e:
+        old.converse(modelId="gpt", messages=[user("old secret")])
+    assert e.value.response["Error"]["Code"] == "InvalidSignatureException"
+    admin(gw, "DELETE", f"/keys/{created['id']}")
+    with pytest.raises(ClientError) as e:
+        new.converse(modelId="gpt", messages=[user("revoked")])
+    assert e.value.response["Error"]["Code"] == "UnrecognizedClientException"
+
+
+@pytest.fixture
+def faults(stack: tuple[GatewayThread, dict[str, BackgroundServer]]) -> Iterator[dict[str, BackgroundServer]]:
+    yield stack[1]
+    for emu in stack[1].values():
+        emu.state.faults = None
+
+
+@pytest.mark.parametrize("model", ["gpt", "bedrock"])
+def test_a_stream_that_fails_midway_ends_with_an_exception_event(
+        client: Any, faults: dict[str, BackgroundServer], model: str) -> None:
+    upstream = "openai" if model == "gpt" else "bedrock"
+    # the OpenAI emulator cuts the stream; Bedrock's sends a throttlingException frame (relayed as ours)
+    faults[upstream].state.faults = FaultPlan(disconnect_after_chunks=2, status=None if model == "gpt" else 429)
+    resp = client.converse_stream(modelId=model, messages=[user("a long answer that will not finish")])
+    got: list[str] = []
+    with pytest.raises(EventStreamError) as e:
+        for event in resp["stream"]:
+            got.append(next(iter(event)))
+    assert got[0] == "messageStart" and "messageStop" not in got
+    assert e.value.response["Error"]["Code"] in ("modelStreamErrorException", "throttlingException")
+
+
+def test_an_upstream_refusal_before_the_first_byte_is_a_bedrock_error(
+        client: Any, faults: dict[str, BackgroundServer]) -> None:
+    faults["anthropic"].state.faults = FaultPlan(status=429, retry_after=1)
+    with pytest.raises(ClientError) as e:
+        client.converse_stream(modelId="claude", messages=[user("throttled")])
+    assert e.value.response["Error"]["Code"] == "ThrottlingException"
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 429
+
+
+def test_fields_without_a_chat_counterpart_are_named_as_dropped(
+        client: Any, stack: tuple[GatewayThread, dict[str, BackgroundServer]]) -> None:
+    emu = stack[1]["openai"]
+    emu.state.requests.clear()
+    resp = client.converse(modelId="gpt", messages=[user("drop")], requestMetadata={"team": "a"},
+                           inferenceConfig={"maxTokens": 33, "topP": 0.9, "stopSequences": ["END"]},
+                           additionalModelRequestFields={"top_k": 3, "seed": 7})
+    assert resp["ResponseMetadata"]["HTTPHeaders"]["x-relaygate-dropped-params"] == \
+        "requestMetadata,additionalModelRequestFields.top_k"
+    sent = emu.state.requests[-1]["json"]
+    assert (sent["max_completion_tokens"], sent["top_p"], sent["stop"], sent["seed"]) == (33, 0.9, ["END"], 7)

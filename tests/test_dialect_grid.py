@@ -14,7 +14,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import anthropic
+import boto3
+import botocore.config
 import cohere
+import httpx
 import openai
 import orjson
 import pytest
@@ -22,6 +25,7 @@ from google import genai
 from google.genai import types as genai_types
 
 from relaygate.testing import anthropic as anthropic_emu
+from relaygate.testing import bedrock as bedrock_emu
 from relaygate.testing import cohere as cohere_emu
 from relaygate.testing import gemini as gemini_emu
 from relaygate.testing.base import BackgroundServer
@@ -32,6 +36,7 @@ from relaygate.testing.openai import create_app as create_openai_app
 from .conftest import UPSTREAM_KEY
 
 MASTER = "rg-master-grid-" + "5e8a2c7f" * 4
+AWS_SIGNER = "rg-grid-sigv4-e4a19c7b52d8f06e3a9b1c7d5f2e8a40"  # a virtual key: boto3 signs with its derived AWS secret
 SCHEMA: dict[str, Any] = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
 RESULT = '{"temperature": 21}'  # what the tool answers; every emulator repeats a tool result it was given
 
@@ -63,6 +68,11 @@ COLUMNS: dict[str, Column] = {
     "cohere": Column(lambda: cohere_emu.create_app(cohere_emu.CohereEmulatorOptions(api_key=UPSTREAM_KEYS["cohere"])),
                      lambda url: {"provider": "cohere", "model": "command-a-03-2025", "api_base": url,
                                   "api_key": UPSTREAM_KEYS["cohere"]}),
+    "bedrock": Column(lambda: bedrock_emu.create_app(bedrock_emu.BedrockEmulatorOptions()),
+                      lambda url: {"provider": "bedrock", "model": "anthropic.claude-3-5-haiku-20241022-v1:0",
+                                   "api_base": url, "region": "us-east-1",
+                                   "aws_access_key_id": bedrock_emu.TEST_ACCESS_KEY,
+                                   "aws_secret_access_key": bedrock_emu.TEST_SECRET_KEY}),
 }
 
 
@@ -246,9 +256,54 @@ class CohereV2:
         return orjson.loads(call["function"]["arguments"] or "{}"), final
 
 
+class BedrockConverse:
+    def __init__(self, gw: GatewayThread) -> None:
+        pair = httpx.get(gw.url + "/bedrock/credentials", headers={"authorization": f"Bearer {AWS_SIGNER}"}).json()
+        self.c = boto3.client("bedrock-runtime", region_name="us-east-1", endpoint_url=gw.url,
+                              config=botocore.config.Config(retries={"max_attempts": 1}), **pair)
+
+    def _create(self, model: str, messages: list[Any], stream: bool, **kw: Any) -> dict[str, Any]:
+        """The assistant message (text and toolUse blocks), streamed events put together."""
+        if not stream:
+            r = self.c.converse(modelId=model, messages=messages, **kw)
+            assert "ResponseMetadata" in r and r["usage"]["outputTokens"] > 0
+            return dict(r["output"]["message"])
+        blocks: dict[int, dict[str, Any]] = {}
+        events = list(self.c.converse_stream(modelId=model, messages=messages, **kw)["stream"])
+        for e in events:
+            if "contentBlockStart" in e:
+                tool = e["contentBlockStart"]["start"]["toolUse"]
+                blocks[e["contentBlockStart"]["contentBlockIndex"]] = {"toolUse": {**tool, "input": ""}}
+            elif "contentBlockDelta" in e:
+                i, delta = e["contentBlockDelta"]["contentBlockIndex"], e["contentBlockDelta"]["delta"]
+                if "text" in delta:
+                    blocks.setdefault(i, {"text": ""})["text"] += delta["text"]
+                else:
+                    blocks[i]["toolUse"]["input"] += delta["toolUse"]["input"]
+        assert "messageStop" in events[-2] and "metadata" in events[-1]
+        for b in blocks.values():
+            if "toolUse" in b:
+                b["toolUse"]["input"] = orjson.loads(b["toolUse"]["input"] or "{}")
+        return {"role": "assistant", "content": [blocks[i] for i in sorted(blocks)]}
+
+    def ask(self, model: str, text: str, stream: bool) -> str:
+        msg = self._create(model, [{"role": "user", "content": [{"text": text}]}], stream)
+        return "".join(b.get("text", "") for b in msg["content"])
+
+    def tool_round_trip(self, model: str, stream: bool) -> tuple[dict[str, Any], str]:
+        tools = {"tools": [{"toolSpec": {"name": "get_weather", "inputSchema": {"json": SCHEMA}}}]}
+        messages: list[Any] = [{"role": "user", "content": [{"text": "weather in Paris?"}]}]
+        msg = self._create(model, messages, stream, toolConfig=tools)
+        [call] = [b["toolUse"] for b in msg["content"] if "toolUse" in b]
+        messages += [msg, {"role": "user", "content": [{"toolResult": {"toolUseId": call["toolUseId"],
+                                                                       "content": [{"text": RESULT}]}}]}]
+        final = self._create(model, messages, stream, toolConfig=tools)
+        return dict(call["input"]), "".join(b.get("text", "") for b in final["content"])
+
+
 ROWS: dict[str, Callable[[GatewayThread], Row]] = {
     "openai-chat": OpenAIChat, "openai-responses": OpenAIResponses, "anthropic": AnthropicMessages,
-    "google-genai": GoogleGenAI, "cohere": CohereV2,
+    "google-genai": GoogleGenAI, "cohere": CohereV2, "bedrock": BedrockConverse,
 }
 NOT_SERVED: set[tuple[str, str]] = set()  # (row, column) pairs left out of the grid, each with its reason
 CELLS = [(row, col) for row in ROWS for col in COLUMNS if (row, col) not in NOT_SERVED]
@@ -271,7 +326,7 @@ def rows(upstreams: dict[str, BackgroundServer], tmp_path_factory: pytest.TempPa
     config = {"models": [{"name": f"up-{name}", "deployments": [{**col.deployment(upstreams[name].url), "timeout": 10}]}
                          for name, col in COLUMNS.items()],
               "database": {"url": f"sqlite:///{tmp_path_factory.mktemp('grid')}/relaygate.db"},  # Responses store
-              "auth": {"master_key": MASTER}}
+              "auth": {"master_key": MASTER, "keys": [{"id": "grid-aws", "key": AWS_SIGNER}]}}
     with GatewayThread(config) as gw:
         yield {name: make(gw) for name, make in ROWS.items()}
 

@@ -1,6 +1,6 @@
 """What a client dialect costs: c=1 latency of each cell of the dialect grid against the fake upstream.
 
-A foreign client (Gemini, Cohere) is served two ways: by a deployment of its own kind (the same-dialect
+A foreign client (Gemini, Cohere, Bedrock) is served two ways: by a deployment of its own kind (the same-dialect
 cell: its body relayed untouched) and by an OpenAI-compatible one (the translated cell: its request
 translated to chat and the answer back). This runs both, and OpenAI chat's passthrough for reference, with
 one client at a time, in rounds that alternate the order, and prints the p50 of each and what the
@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import BENCH_DIR, Ctx, Load, free_port, relaygate_target, run_load, start_upstream  # noqa: E402
 
 GEMINI_PATH = "/v1beta/models/bench-model:generateContent"
+BEDROCK_PATH = "/model/bench-model/converse"  # an open gateway: the client need not sign
 # (cell, target, path, request body in bench/requests)
 CELLS = [
     ("openai chat -> openai (passthrough)", "openai", "/v1/chat/completions", "chat.json"),
@@ -32,10 +33,14 @@ CELLS = [
     ("gemini -> openai (translated)", "openai", GEMINI_PATH, "gemini.json"),
     ("cohere -> cohere (same dialect)", "cohere", "/v2/chat", "cohere.json"),
     ("cohere -> openai (translated)", "openai", "/v2/chat", "cohere.json"),
+    ("bedrock -> bedrock (same dialect)", "bedrock", BEDROCK_PATH, "converse.json"),
+    ("bedrock -> openai (translated)", "openai", BEDROCK_PATH, "converse.json"),
 ]
-TARGETS = {"openai": "relaygate-nolog.yaml", "gemini": "relaygate-gemini.yaml", "cohere": "relaygate-cohere.yaml"}
+TARGETS = {"openai": "relaygate-nolog.yaml", "gemini": "relaygate-gemini.yaml", "cohere": "relaygate-cohere.yaml",
+           "bedrock": "relaygate-bedrock.yaml"}
 PAIRS = [("gemini", "gemini -> gemini (same dialect)", "gemini -> openai (translated)"),
-         ("cohere", "cohere -> cohere (same dialect)", "cohere -> openai (translated)")]
+         ("cohere", "cohere -> cohere (same dialect)", "cohere -> openai (translated)"),
+         ("bedrock", "bedrock -> bedrock (same dialect)", "bedrock -> openai (translated)")]
 LIMIT_MS = 0.3
 
 

@@ -7,6 +7,7 @@ event-stream framing and are translated event by event.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
@@ -31,6 +32,7 @@ from relaygate.providers.openai_format import ChunkWriter, embeddings_response
 from relaygate.providers.streaming import UpstreamBody, closing, peek
 
 
+@functools.lru_cache(maxsize=1024)  # a pure function of the deployments' models: quote() costs ~20 µs a call
 def model_path(model_id: str, action: str) -> str:
     """``/model/{modelId}/{action}`` with the id encoded as botocore encodes a URI label. An ARN's ``/`` is
     part of the id (an inference profile's): encoded as %2F, never a separator, each part a name."""

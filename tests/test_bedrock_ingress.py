@@ -336,3 +336,12 @@ def test_fields_without_a_chat_counterpart_are_named_as_dropped(
         "requestMetadata,additionalModelRequestFields.top_k"
     sent = emu.state.requests[-1]["json"]
     assert (sent["max_completion_tokens"], sent["top_p"], sent["stop"], sent["seed"]) == (33, 0.9, ["END"], 7)
+
+
+def test_a_model_still_loading_upstream_is_modelnotready_for_the_client(
+        client: Any, faults: dict[str, BackgroundServer]) -> None:
+    faults["bedrock"].state.faults = FaultPlan(status=429, error_code="ModelNotReadyException")
+    with pytest.raises(ClientError) as e:
+        client.converse(modelId="bedrock", messages=[user("not ready")])
+    assert e.value.response["Error"]["Code"] == "ModelNotReadyException"
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 429

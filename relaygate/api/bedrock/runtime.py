@@ -28,6 +28,7 @@ from relaygate.server.http import Request, Response, StreamResponse
 if TYPE_CHECKING:
     from relaygate.gateway import Gateway
 
+
 async def bedrock_caller(gw: Gateway, req: Request) -> Principal | None:
     """The caller: a SigV4 signature verified against its key's derived secret (the body is read for its hash
     only once the key is known), else the usual bearer key."""

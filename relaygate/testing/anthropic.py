@@ -467,7 +467,38 @@ def create_app(options: AnthropicEmulatorOptions | None = None,
             return error_response(400, str(e))
         return json_response({"input_tokens": count_tokens(body)}, headers={"request-id": request_id()})
 
+    async def list_models(request: web.Request) -> web.Response:
+        """``GET /v1/models``: newest first, paged by ``limit`` (1-1000, default 20) and ``after_id`` /
+        ``before_id``, in the API's ModelInfo shape."""
+        request.app[STATE_KEY].remember(request, b"")
+        _, denied = check_headers(request)
+        if denied is not None:
+            return denied
+        ids = list(reversed(opts.models))
+        try:
+            limit = int(request.query.get("limit", "20"))
+        except ValueError:
+            return error_response(400, "limit: Input should be a valid integer")
+        if not 1 <= limit <= 1000:
+            return error_response(400, "limit: Input should be between 1 and 1000")
+        after, before = request.query.get("after_id"), request.query.get("before_id")
+        for cursor in (after, before):
+            if cursor is not None and cursor not in ids:
+                return error_response(404, f"model: {cursor}")
+        if before is not None:  # the page just before that id
+            end = ids.index(before)
+            page, more = ids[max(0, end - limit):end], end - limit > 0
+        else:
+            start = ids.index(after) + 1 if after is not None else 0
+            page, more = ids[start:start + limit], start + limit < len(ids)
+        data = [{"type": "model", "id": m, "display_name": m.replace("-", " ").title(),
+                 "created_at": "2025-10-01T00:00:00Z", "lifecycle": "active",
+                 "max_input_tokens": opts.context_window, "max_tokens": 64000} for m in page]
+        return json_response({"data": data, "has_more": more, "first_id": page[0] if page else None,
+                              "last_id": page[-1] if page else None})
+
     app.router.add_post("/v1/messages", tracked(messages))
+    app.router.add_get("/v1/models", list_models)
     app.router.add_post("/v1/messages/count_tokens", count)
     app.router.add_post("/v1/projects/{project}/locations/{location}/publishers/anthropic/models/{spec}",
                         tracked(vertex))

@@ -47,6 +47,7 @@ from relaygate.testing.base import (
     send_frames,
     tracked,
 )
+from relaygate.testing.bedrock_models import model_summaries
 
 TEST_ACCESS_KEY = "AKIAIOSFODNN7EXAMPLE"  # AWS's documented example credentials
 TEST_SECRET_KEY = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
@@ -606,6 +607,15 @@ def create_app(options: BedrockEmulatorOptions | None = None, state: EmulatorSta
     app.router.add_get("/latest/meta-data/iam/security-credentials/{role}", imds_credentials)
     app.router.add_get("/_aws/container-credentials", container_credentials)
     app.router.add_post("/", sts)
+    async def foundation_models(request: web.Request) -> web.StreamResponse:
+        """The control plane's ListFoundationModels (signed for ``bedrock``, like the runtime)."""
+        try:
+            await admit(request)
+        except AwsFailure as e:
+            return aws_error(e)
+        return json_response(model_summaries(opts.region or "us-east-1", request.query.get("byProvider")))
+
+    app.router.add_get("/foundation-models", foundation_models)
     app.router.add_post("/model/{model}/converse", tracked(converse))
     app.router.add_post("/model/{model}/converse-stream", tracked(converse))
     app.router.add_post("/model/{model}/invoke", tracked(invoke))

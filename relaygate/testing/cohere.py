@@ -550,8 +550,16 @@ def create_app(options: CohereEmulatorOptions | None = None) -> web.Application:
             return fault_response(plan)
         known = opts.chat_models + opts.embed_models + opts.transcribe_models
         name = request.match_info.get("model")
-        if name is None:
-            return json_response({"models": [model_info(m) for m in known]})
+        if name is None:  # pages of page_size (default 20, at most 1000), next_page_token to go on
+            try:
+                size = min(int(request.query.get("page_size") or 20), 1000)
+                start = int(request.query.get("page_token") or 0)
+            except ValueError:
+                return error_response(400, "invalid request: page_size and page_token must be integers")
+            page = known[start:start + max(size, 1)]
+            more = start + len(page) < len(known)
+            return json_response({"models": [model_info(m) for m in page],
+                                  **({"next_page_token": str(start + len(page))} if more else {})})
         if name not in known:
             return error_response(404, f"model '{name}' not found, make sure the correct model ID was used "
                                        "and that you have access to the model.")

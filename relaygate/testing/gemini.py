@@ -470,10 +470,22 @@ def create_app(options: GeminiEmulatorOptions | None = None, state: EmulatorStat
             check_auth(request, False)
         except ApiError as e:
             return _error_response(e)
-        return json_response({"models": [
-            {"name": f"models/{m}", "displayName": m, "supportedGenerationMethods":
-                ["embedContent"] if m in EMBEDDING_DIMS else ["generateContent", "countTokens"]}
-            for m in opts.models]})
+        try:  # models.list pages: pageSize (default 50, at most 1000) and the pageToken of the last page
+            size = min(int(request.query.get("pageSize") or 50), 1000)
+            start = int(request.query.get("pageToken") or 0)
+        except ValueError:
+            return _error_response(ApiError(400, "Invalid value at 'page_size' or 'page_token'"))
+        page = opts.models[start:start + max(size, 1)]
+        body: dict[str, Any] = {"models": [
+            {"name": f"models/{m}", "version": "001", "displayName": m,
+             "inputTokenLimit": 2048 if m in EMBEDDING_DIMS else opts.context_windows.get(m, opts.context_window),
+             "outputTokenLimit": 1 if m in EMBEDDING_DIMS else 65536, "supportedGenerationMethods":
+                ["embedContent"] if m in EMBEDDING_DIMS else ["generateContent", "countTokens"],
+             **({} if m in EMBEDDING_DIMS else {"thinking": m.startswith(("gemini-2.5", "gemini-3"))})}
+            for m in page]}
+        if start + len(page) < len(opts.models):
+            body["nextPageToken"] = str(start + len(page))
+        return json_response(body)
 
     async def token(request: web.Request) -> web.Response:
         """Google's OAuth token endpoint for service accounts (JWT bearer grant); the JWT is read, not verified."""

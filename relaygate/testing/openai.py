@@ -48,6 +48,7 @@ class OpenAIEmulatorOptions:
     auto_language: bool = False  # transcriptions take language=auto, as whisper.cpp's server does (OpenAI refuses it)
     # a model that talks at length: each answer padded to this many words (tokens), max_tokens still cutting it
     answer_words: int = 0
+    ollama: bool = False  # also serve Ollama's GET /api/tags (an Ollama server answers /v1 and /api alike)
 
 
 # ---- errors in OpenAI's shape -------------------------------------------------------------------------
@@ -195,7 +196,18 @@ def create_app(options: OpenAIEmulatorOptions | None = None, state: EmulatorStat
 
     app.router.add_post("/v1/chat/completions", tracked(chat))
     app.router.add_post("/openai/deployments/{deployment}/chat/completions", tracked(azure_chat))
+    async def tags(request: web.Request) -> web.Response:
+        """Ollama's ``GET /api/tags``: the local models (no auth, as Ollama has none)."""
+        request.app[STATE_KEY].remember(request, b"")
+        return json_response({"models": [
+            {"name": m, "model": m, "modified_at": "2026-11-30T12:00:00.000000000Z", "size": 2019393189,
+             "digest": "a80c4f17acd55265feec403c7aef86be0c25983ab279d83f3bcd3abbcb5b8b72",
+             "details": {"parent_model": "", "format": "gguf", "family": "llama", "families": ["llama"],
+                         "parameter_size": "3.2B", "quantization_level": "Q4_K_M"}} for m in opts.models]})
+
     app.router.add_get("/v1/models", models)
+    if opts.ollama:
+        app.router.add_get("/api/tags", tags)
     from relaygate.testing.openai_audio import (
         add_audio_routes,  # imported here: they build on this module's helpers
     )

@@ -287,8 +287,15 @@ class Gateway:
         self.table = ModelTable(build_deployments(config, client, self.breakers, kept, self.scrub), PROVIDER_TYPES)
         # model cards (bundled + the config's ``prices`` overrides) and what each upstream lists (docs/models.md)
         self.catalog = Catalog(config.prices)
-        self.discovery: Discovery = Discovery(self.deployments(), config.discovery, self.scrub,
-                                   previous.discovery if previous is not None else None)
+        self.discovery: Discovery = Discovery([d for deps in self.table.models.values() for d in deps],
+                                              config.discovery, self.scrub,
+                                              previous.discovery if previous is not None else None)
+        # models that select their deployments by capability: resolved now, and after each discovery refresh
+        from relaygate.routing.select import Selections
+
+        self.selections = Selections(config, self.catalog, self.table, self.discovery)
+        self.selections.apply()
+        self.discovery.listeners.append(self._reselect)
         self.pricing = Pricing(PriceBook(config), self.table.models, config.auth.default_output_tokens,
                                {m.name: [t for f in m.fallbacks for t in f.models] for m in config.models})
         self.router = Router(self.table, config, self.pricing.unit_price, unpriced=self.pricing.unpriced)
@@ -335,6 +342,17 @@ class Gateway:
             and previous.config.server.request_timeout == config.server.request_timeout \
             else Runner(self.objects, config.server.request_timeout)
         self._fresh = {id(part) for part in self.parts()} - ({id(p) for p in previous.parts()} if previous else set())
+
+    def _reselect(self) -> None:
+        """After a discovery refresh: the selecting models whose candidates changed route over the new ones."""
+        changed = self.selections.apply()
+        if changed:
+            by_name = {m.name: m for m in self.config.models}
+            for name in changed:
+                self.router.rebuild(by_name[name])
+            self.pricing.forget_reservations()
+            log.info("select: %s now served by %s", ", ".join(changed),
+                     "; ".join(f"{n}: {[d.name for d in self.table.models[n]] or 'none'}" for n in changed))
 
     def _shared_metrics(self) -> SharedMetrics | None:
         """A worker under a supervisor (``--workers``) serves every worker's metrics (observability/shared.py)."""
@@ -506,4 +524,6 @@ class Gateway:
         return await self.pipeline(call)
 
     def deployments(self) -> list[Deployment]:
-        return [d for deps in self.table.models.values() for d in deps]
+        """Every deployment once (a selecting model's are other models' under its name: left out)."""
+        selecting = self.selections.names()
+        return [d for name, deps in self.table.models.items() if name not in selecting for d in deps]

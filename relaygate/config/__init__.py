@@ -50,6 +50,7 @@ from relaygate.config.schema import (
     RedisCacheConfig,
     RequestLogConfig,
     RetryConfig,
+    SelectConfig,
     ServerConfig,
     StateConfig,
     StrategyName,
@@ -62,7 +63,7 @@ __all__ = [
     "BedrockDeployment", "BreakerConfig", "CacheConfig", "CondenseConfig", "CohereDeployment", "Config", "ConfigError", "DatabaseConfig", "DiscoveryConfig",
     "DemoDeployment", "DeploymentBase", "DeploymentConfig", "FallbackConfig", "GeminiDeployment", "GeminiFields",
     "GoogleCloudFields", "HealthCheckConfig", "KeyConfig", "MemoryCacheConfig", "ModelCacheConfig", "ModelConfig", "OpenAIDeployment", "OpenAIFields",
-    "PassthroughConfig", "PriceConfig", "RedisCacheConfig", "RequestLogConfig", "RetryConfig", "ServerConfig", "StateConfig", "Strict",
+    "PassthroughConfig", "PriceConfig", "RedisCacheConfig", "RequestLogConfig", "RetryConfig", "SelectConfig", "ServerConfig", "StateConfig", "Strict",
     "StrategyName", "VertexAnthropicDeployment", "VertexDeployment", "default_config", "deployment_name",
     "interpolate", "load_config", "load_yaml", "parse_config", "providers_taking",
 ]

@@ -6,7 +6,7 @@ import re
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
 from relaygate.config.base import Strict
 from relaygate.config.deployments import DeploymentConfig, HealthCheckConfig
@@ -105,11 +105,36 @@ class CondenseConfig(Strict):
         return self
 
 
+class SelectConfig(Strict):
+    """A model served by every deployment of the other models whose model card matches (docs/routing.md):
+    the conditions of /api/models/search, all of which must hold."""
+
+    provider: str | None = Field(None, min_length=1, max_length=64)
+    supports_chat: bool | None = None
+    supports_vision: bool | None = None
+    supports_tools: bool | None = None
+    supports_json_schema: bool | None = None
+    supports_reasoning: bool | None = None
+    supports_audio: bool | None = None
+    supports_embeddings: bool | None = None
+    min_context: int | None = Field(None, ge=0)
+    max_cost: float | None = Field(None, ge=0, allow_inf_nan=False)  # USD per 1M input tokens
+    q: str | None = Field(None, min_length=1, max_length=200)
+
+    @model_validator(mode="after")
+    def _some_condition(self) -> SelectConfig:
+        if all(getattr(self, f) is None for f in type(self).model_fields):
+            raise ValueError("select needs at least one condition")
+        return self
+
+
 class ModelConfig(Strict):
-    """A model name clients send, served by one or more deployments."""
+    """A model name clients send, served by one or more deployments (or by those ``select`` finds)."""
 
     name: str = Field(min_length=1)
-    deployments: list[DeploymentConfig] = Field(min_length=1)
+    # candidates by capability, resolved from the catalog and discovery instead of listed ``deployments``
+    select: SelectConfig | None = None
+    deployments: list[DeploymentConfig] = Field(default_factory=list)
     description: str | None = None
     cache: ModelCacheConfig | None = None  # the response cache; off unless set (docs/cache.md)
     condense: CondenseConfig | None = None  # context condensation; off unless set (docs/cache.md)
@@ -121,6 +146,22 @@ class ModelConfig(Strict):
     # seconds a call waits for a free slot when every deployment is at its max_parallel (within the call's
     # deadline), before it moves to a fallback model or is refused (429 deployment_capacity); 0: at once
     queue_timeout: float = Field(30.0, ge=0)
+
+    @field_validator("deployments")
+    @classmethod
+    def _served(cls, v: list[DeploymentConfig], info: ValidationInfo) -> list[DeploymentConfig]:
+        selects = info.data.get("select") is not None
+        if not v and not selects:
+            raise ValueError("List should have at least 1 item (or give the model a select)")
+        if v and selects:
+            raise ValueError("a model with select has no deployments of its own")
+        return v
+
+    @model_validator(mode="after")
+    def _deployments_or_select(self) -> ModelConfig:
+        if not self.deployments and self.select is None:  # ``deployments`` left out (its validator did not run)
+            raise ValueError("a model needs deployments (or a select)")
+        return self
 
 
 class ServerConfig(Strict):
@@ -401,6 +442,8 @@ class Config(Strict):
                         errors.append(f"{path}: a model cannot fall back to itself")
                     elif target not in names:
                         errors.append(f"{path}: unknown model {target!r}")
+            if m.select is not None and m.name == "*":
+                errors.append(f"models[{mi}].select: the wildcard model cannot select (it sends the client's name)")
             if m.condense is not None and m.condense.summarizer is not None and m.condense.summarizer not in names:
                 errors.append(f"models[{mi}].condense.summarizer: unknown model {m.condense.summarizer!r}")
             for di in range(len(m.deployments)):

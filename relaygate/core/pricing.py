@@ -98,6 +98,10 @@ class Pricing:
         self._reserve: dict[str, Reservation] = {}  # model asked -> what a budget reserves for it
         self._unit: dict[str, float | None] = {}  # deployment -> USD per input + output token
 
+    def forget_reservations(self) -> None:
+        """What a model reserves is worked out again (its deployments changed: a ``select`` resolved anew)."""
+        self._reserve.clear()
+
     def cost(self, call: Call, reply: Reply | None) -> int:
         """The call's cost in nano-dollars from its real usage (computed once: the limits and the log share it)."""
         cost = call.cost_nano

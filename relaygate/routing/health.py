@@ -19,6 +19,8 @@ def health_checks(config: Config, deployments: dict[str, list[Deployment]]) -> l
     """Every deployment with an enabled health check (its own, else its model's)."""
     out = []
     for m in config.models:
+        if m.select is not None:  # its deployments are other models' (checked as theirs)
+            continue
         for d in deployments.get(m.name, []):
             hc = d.config.health_check or m.health_check
             if hc is not None and hc.enabled:

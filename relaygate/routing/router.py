@@ -74,6 +74,9 @@ class ModelTable:
         if deps is None:
             raise ModelNotFound(f"The model {call.model!r} does not exist on this gateway. "
                                 f"Available models: {self.listed(call.key)}.", param="model")
+        if not deps:  # a model whose ``select`` matches no deployment now
+            raise Unavailable(f"The model {name!r} selects its deployments by capability and none matches "
+                              "now.", status=503, code="no_deployment_selected")
         if provider:
             deps = [d for d in deps if d.provider_type == provider]
             if not deps:
@@ -118,8 +121,14 @@ class Router:
         self.table = table
         self.unpriced = unpriced  # whether a deployment has no known price for a model (budgets skip those)
         self.rng = rng or random.Random()
+        self.price_of = price_of
         self.routes = {m.name: ModelRoute(m.name, table.models[m.name], m, self.rng, price_of)
                        for m in config.models}
+
+    def rebuild(self, model: ModelConfig) -> None:
+        """A model's route again, over its deployments as they are now (a ``select`` resolved anew)."""
+        self.routes[model.name] = ModelRoute(model.name, self.table.models[model.name], model, self.rng,
+                                             self.price_of)
 
     async def __call__(self, call: Call) -> Reply:
         deps = call.deployments or self.table.resolve(call)

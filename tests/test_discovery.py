@@ -3,6 +3,7 @@ gateway reading every one of them in the background; an unreachable upstream kep
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -210,3 +211,50 @@ def test_discovery_reads_every_provider_and_keeps_an_unreachable_one_stale(
         back = {s["deployments"][0]: s for s in catalog(gw, "limit=1")["discovery"]["providers"]}
         assert not back["cohere-up"]["stale"] and back["cohere-up"]["error"] is None
         assert back["cohere-up"]["refreshed_at"] > status["cohere-up"]["refreshed_at"]
+
+
+def test_a_slow_listing_never_holds_up_calls(upstreams: dict[str, BackgroundServer], tmp_path: Path) -> None:
+    cohere_up = upstreams["cohere"]
+    cohere_up.state.faults = FaultPlan(latency_ms=1500, paths=["/v1/models"])  # the listing only
+    config = {"models": [{"name": "command", "deployments": [{"name": "cohere-slow", "provider": "cohere",
+                                                              "model": "command-a-03-2025", "api_base": cohere_up.url,
+                                                              "api_key": KEY}]}],
+              "discovery": {"enabled": True, "timeout": 10}, "auth": {"master_key": MASTER},
+              "database": {"url": f"sqlite:///{tmp_path}/gw.db"}}
+    try:
+        with GatewayThread(config) as gw:
+            r = httpx.post(gw.url + "/v1/chat/completions", headers={"authorization": f"Bearer {MASTER}"},
+                           json={"model": "command", "messages": [{"role": "user", "content": "hi"}]}, timeout=10)
+            assert r.status_code == 200
+            pending = catalog(gw, "limit=1")["discovery"]["providers"][0]
+            assert pending["checked_at"] and pending["refreshed_at"] is None and not pending["stale"]  # in flight
+            wait_until(lambda: catalog(gw, "limit=1")["discovery"]["providers"][0]["refreshed_at"] is not None)
+    finally:
+        cohere_up.state.faults = None
+
+
+def test_a_reload_starts_from_the_lists_the_replaced_gateway_had(upstreams: dict[str, BackgroundServer],
+                                                                 tmp_path: Path) -> None:
+    from relaygate.config import parse_config
+    from relaygate.gateway import Gateway
+
+    models = [{"name": "gemini", "deployments": [{"name": "gemini-up", "provider": "gemini", "model": "gemini-2.5-pro",
+                                                  "api_base": upstreams["gemini"].url, "api_key": GEMINI_KEY}]}]
+    db = {"url": f"sqlite:///{tmp_path}/gw.db"}
+
+    async def go() -> tuple[int, int, float | None]:
+        first = await Gateway.create(parse_config({"models": models, "database": db, "request_log": {
+            "enabled": False}}, {}))
+        await first.discovery.refresh()
+        second = await Gateway.create(parse_config({"models": [*models, {"name": "demo", "deployments": [
+            {"provider": "demo", "model": "demo"}]}], "database": db, "request_log": {"enabled": False}}, {}),
+            previous=first)
+        try:
+            kept = second.discovery.listings[0]
+            return len(first.discovery.listings[0].models), len(kept.models), kept.refreshed_at
+        finally:
+            await second.close(keep=[])
+            await first.close(keep=[second])
+
+    before, after, refreshed = asyncio.run(go())
+    assert before == after == len(GeminiEmulatorOptions().models) and refreshed is not None

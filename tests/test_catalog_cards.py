@@ -40,6 +40,8 @@ def test_gemini_3_has_a_card_with_null_prices_and_stays_unpriced() -> None:
     assert card.supports_reasoning and card.supports_vision
     assert card.prices.input is None and card.prices.output is None
     assert PriceBook().lookup("gemini-3-pro-preview") is FREE  # unpriced, never priced at zero
+    # a null-priced name stops the prefix match: the mini model does not take its big sibling's price
+    assert PriceBook().lookup("gpt-5.4").input == 2.5e-6 and PriceBook().lookup("gpt-5.4-mini") is FREE
 
 
 def test_a_prices_override_changes_the_card_and_the_price_alike() -> None:

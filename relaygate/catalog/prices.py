@@ -119,10 +119,11 @@ def bundled_models() -> dict[str, dict[str, Any]]:
 
 
 def bundled_prices() -> dict[str, Price]:
-    """The priced entries: a card whose input price is null (no source gives one, Gemini 3) is left out, so
-    that its model is unpriced (a budget cannot count it) rather than free."""
-    return {name: _from_entry(e) for name, e in bundled_models().items()
-            if not ("input_cost_per_token" in e and e["input_cost_per_token"] is None)}
+    """Every entry's price; one whose input price is null (no source gives one: Gemini 3) is FREE itself, so
+    that its model is unpriced (a budget cannot count it) rather than free, and its name does not take the
+    price of a shorter name that prefixes it (gpt-5.4-mini is not gpt-5.4)."""
+    return {name: FREE if "input_cost_per_token" in e and e["input_cost_per_token"] is None else _from_entry(e)
+            for name, e in bundled_models().items()}
 
 
 def bundled_image_prices() -> dict[str, ImagePrice]:

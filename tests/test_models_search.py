@@ -99,9 +99,14 @@ FILTERS: list[tuple[str, Any]] = [
 ]
 
 
+@pytest.fixture(scope="module")
+def all_cards(gateway: GatewayThread) -> list[dict[str, Any]]:
+    return everything(gateway)
+
+
 @pytest.mark.parametrize(("query", "keep"), FILTERS, ids=[q for q, _ in FILTERS])
-def test_each_filter_keeps_exactly_the_matching_cards(gateway: GatewayThread, query: str, keep: Any) -> None:
-    all_cards = everything(gateway)
+def test_each_filter_keeps_exactly_the_matching_cards(gateway: GatewayThread, all_cards: list[dict[str, Any]],
+                                                      query: str, keep: Any) -> None:
     expected = sorted(c["id"] for c in all_cards if keep(c))
     assert 0 < len(expected) < len(all_cards)  # the filter has something to keep and something to drop
     assert ids(get(gateway, query + "&limit=1000")) == expected
@@ -142,8 +147,8 @@ def test_paging_walks_every_card_once_by_offset(gateway: GatewayThread) -> None:
     seen: list[str] = []
     offset: int | None = 0
     while offset is not None:
-        body = get(gateway, f"limit=7&offset={offset}").json()
-        assert len(body["data"]) <= 7 and body["total"] == total
+        body = get(gateway, f"limit=25&offset={offset}").json()
+        assert len(body["data"]) <= 25 and body["total"] == total
         seen += [c["id"] for c in body["data"]]
         assert body["has_more"] is (body["next_offset"] is not None)
         offset = body["next_offset"]

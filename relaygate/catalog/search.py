@@ -61,11 +61,9 @@ class Filters:
 
     def matches(self, e: Entry) -> bool:
         c = e.card
-        for f in fields(self):
-            want = getattr(self, f.name)
-            if want is None or not f.name.startswith("supports_"):
-                continue
-            if getattr(c, f.name) is not want:
+        for name in CAPABILITY_FILTERS:
+            want = getattr(self, name)
+            if want is not None and getattr(c, name) is not want:
                 return False
         if self.provider is not None and self.provider.lower() not in e.providers:
             return False
@@ -81,6 +79,9 @@ class Filters:
             needle = self.q.lower()
             return any(needle in s.lower() for s in (c.id, c.provider, c.mode, *e.providers, *e.models))
         return True
+
+
+CAPABILITY_FILTERS = tuple(f.name for f in fields(Filters) if f.name.startswith("supports_"))
 
 
 def discovered_card(model: ListedModel, listing: Listing) -> Card:

@@ -12,7 +12,7 @@ import pytest
 from relaygate.testing.base import BackgroundServer
 from relaygate.testing.gateway import GatewayThread
 from relaygate.testing.openai import OpenAIEmulatorOptions, create_app
-from tests.conftest import UPSTREAM_KEY
+from tests.conftest import UPSTREAM_KEY, StartGateway
 
 MASTER = "sk-master-" + "7c2e9a4f" * 5
 APP_KEY = "sk-app-cat-4d8b2f6a1e9c07b3d5a8f2c6e1b94d7a0c3f5e8b"
@@ -155,3 +155,12 @@ def test_paging_walks_every_card_once_by_offset(gateway: GatewayThread) -> None:
         assert len(seen) <= total
     assert seen == sorted(seen) and len(set(seen)) == total
     assert get(gateway, f"offset={total + 5}").json()["data"] == []
+
+
+def test_an_open_gateway_answers_anyone_and_shows_an_unknown_configured_model(
+        start_gateway: StartGateway) -> None:
+    gw = start_gateway({"models": [{"name": "demo", "deployments": [{"provider": "demo", "model": "demo"}]}]})
+    body = httpx.get(gw.url + "/api/models?configured=true").json()
+    assert [(c["id"], c["provider"], c["deployments"], c["prices"]["input"]) for c in body["data"]] == [
+        ("demo", "demo", ["demo/demo/0"], None)]
+    assert body["discovery"]["enabled"] is False and body["discovery"]["providers"][0]["supported"] is False

@@ -80,7 +80,7 @@ class Discovery:
             if same is not None:
                 same.deployments.append(dep)
                 continue
-            listing = Listing([dep])
+            listing = Listing([dep], supported=dep.provider.lists_models)
             twins.append((ident, listing))
             self.listings.append(listing)
         if previous is not None:  # a reload starts from what the gateway it replaces knew

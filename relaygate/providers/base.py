@@ -133,6 +133,9 @@ class Provider:
         not usable."""
         return None
 
+    # answers ``list_models`` from its upstream's model listing (model discovery, catalog/discovery.py)
+    lists_models: ClassVar[bool] = False
+
     async def list_models(self, deadline: float) -> list[ListedModel]:
         """The models this upstream serves, from its listing API (providers/listing.py), done by ``deadline``;
         Unsupported where it has none the gateway reads."""

@@ -99,6 +99,8 @@ class CohereProvider(Provider):
             raise await self.upstream_error(resp)
         resp.release()
 
+    lists_models = True
+
     async def list_models(self, deadline: float) -> list[ListedModel]:
         """``GET /v1/models``, page by page (``page_token``)."""
         url = f"{self.base}/v1/models?page_size=1000"

@@ -162,6 +162,8 @@ class AnthropicProvider(Provider):
                                count=True)
         resp.release()
 
+    lists_models = True
+
     async def list_models(self, deadline: float) -> list[ListedModel]:
         """``GET /v1/models``, page by page (``after_id``)."""
         base = self.config.api_base or DEFAULT_BASE

@@ -45,6 +45,8 @@ class VertexAnthropicProvider(GoogleAuth, AnthropicProvider):
         out = body if count else {k: v for k, v in body.items() if k != "model"}
         return {**out, "anthropic_version": self.version}
 
+    lists_models = False
+
     async def list_models(self, deadline: float) -> list[ListedModel]:
         """Vertex AI lists publisher models through another API (Model Garden), not read here."""
         return await Provider.list_models(self, deadline)

@@ -70,6 +70,8 @@ class BedrockProvider(AwsProvider):
             return
         resp.release()
 
+    lists_models = True
+
     async def list_models(self, deadline: float) -> list[ListedModel]:
         """ListFoundationModels: ``GET /foundation-models`` on the Bedrock control plane (``bedrock.{region}``,
         or ``api_base`` when one is configured), signed like a call (or with the Bedrock API key)."""

@@ -116,6 +116,8 @@ class GeminiProvider(Provider):
             raise await self.upstream_error(resp)
         resp.release()
 
+    lists_models = True
+
     async def list_models(self, deadline: float) -> list[ListedModel]:
         """``models.list`` (``GET {version}/models``), page by page (``pageToken``)."""
         url = f"{self.prefix}/models?pageSize=1000"
@@ -420,6 +422,8 @@ class VertexProvider(GoogleAuth, GeminiProvider):
 
     async def headers(self) -> dict[str, str]:
         return await self.with_token(self._headers)
+
+    lists_models = False
 
     async def list_models(self, deadline: float) -> list[ListedModel]:
         """Vertex AI lists publisher models through another API (Model Garden), not read here."""

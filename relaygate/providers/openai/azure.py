@@ -21,6 +21,8 @@ class AzureProvider(OpenAIProvider):
     # not passthrough: Azure's URLs are per deployment and versioned, not OpenAI's paths
     routes: ClassVar[frozenset[Route]] = OpenAIProvider.routes - {Route.PASSTHROUGH}
 
+    lists_models = False
+
     async def list_models(self, deadline: float) -> list[ListedModel]:
         """Azure lists its deployments through its management API, not read here."""
         return await Provider.list_models(self, deadline)

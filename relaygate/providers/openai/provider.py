@@ -67,6 +67,8 @@ class OpenAIProvider(Provider):
             raise await self.upstream_error(resp)
         resp.release()
 
+    lists_models = True
+
     async def list_models(self, deadline: float) -> list[ListedModel]:
         """``GET {api_base}/models``, or Ollama's ``GET /api/tags`` (``models_api: ollama``)."""
         if isinstance(self.config, OpenAIDeployment) and self.config.models_api == "ollama":

@@ -226,9 +226,14 @@ def test_stream_without_alt_sse_is_one_json_array(gw: GatewayThread) -> None:
                                          for p in e["candidates"][0]["content"]["parts"])
 
 
-def test_count_tokens_counts_the_prompt(client: genai.Client) -> None:
+def test_count_tokens_counts_the_prompt_of_a_model_the_key_may_use(client: genai.Client) -> None:
     r = client.models.count_tokens(model="gpt", contents="how many tokens is this")
-    assert r.total_tokens is not None and r.total_tokens > 0
+    longer = client.models.count_tokens(model="gpt", contents="how many tokens is this much longer prompt " * 20)
+    assert r.total_tokens is not None and longer.total_tokens is not None and 0 < r.total_tokens < longer.total_tokens
+    for model, status in (("claude", 403), ("no-such-model", 404)):
+        with pytest.raises(genai_errors.ClientError) as e:
+            client.models.count_tokens(model=model, contents="hi")
+        assert e.value.code == status
 
 
 def test_a_budget_holds_a_gemini_deployment_to_what_it_can_pay_in_the_clients_own_field(

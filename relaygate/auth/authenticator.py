@@ -16,11 +16,15 @@ import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from relaygate.auth.keys import MASTER, Principal, hash_secret
 from relaygate.core.call import Call, Handler, Reply
 from relaygate.core.errors import AuthError, PermissionDenied, Unavailable
 from relaygate.routing.router import ModelTable
+
+if TYPE_CHECKING:
+    from relaygate.routing.deployment import Deployment
 
 log = logging.getLogger("relaygate")
 
@@ -218,12 +222,18 @@ class AuthLayer:
         if principal is None:
             principal = call.key = await self.auth.authenticate(presented_key(call.headers))
         # resolved here, once, before the limits (which price the resolved model); the router takes them
-        deps = call.deployments = self.table.resolve(call)
-        if principal.restricts_models:
-            if not principal.allows_deployments(deps[0].model_name, deps, call.model):
-                raise PermissionDenied(f"This key may not use the model {call.model!r}.", param="model",
-                                       code="model_not_allowed")
+        call.deployments = allowed_deployments(self.table, call, principal)
         return await self.next(call)
+
+
+def allowed_deployments(table: ModelTable, call: Call, principal: Principal | None) -> list[Deployment]:
+    """The deployments that may serve the call, once its key is known to be allowed the model they serve."""
+    deps = table.resolve(call)
+    if principal is not None and principal.restricts_models:
+        if not principal.allows_deployments(deps[0].model_name, deps, call.model):
+            raise PermissionDenied(f"This key may not use the model {call.model!r}.", param="model",
+                                   code="model_not_allowed")
+    return deps
 
 
 async def caller(auth: Authenticator | None, headers: dict[str, str]) -> Principal | None:

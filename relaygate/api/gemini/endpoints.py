@@ -34,7 +34,7 @@ from relaygate.api.gemini.translate import (
     texts as texts_of,
 )
 from relaygate.api.query import Query
-from relaygate.auth.authenticator import presented_key
+from relaygate.auth.authenticator import allowed_deployments, presented_key
 from relaygate.core import jsonvalue
 from relaygate.core.call import Call, Dialect, NativeRequest, Reply
 from relaygate.core.errors import BadRequest, GatewayError, NotFound
@@ -111,10 +111,11 @@ def _read(gw: Gateway, req: Request, body: dict[str, Any], model: str, stream: b
 
 
 def _count(gw: Gateway, req: Request, body: dict[str, Any], model: str, key: Principal | None) -> Response:
-    """``countTokens``: the prompt as the gateway's limits count it (no upstream call, nothing to bill)."""
+    """``countTokens``: the prompt as the gateway's limits count it (no upstream call, nothing to bill), for
+    a model the key may use."""
     inner = body.get("generateContentRequest")
     request, _ = to_openai_request(inner if isinstance(inner, dict) else body, model, False)
-    chat_call(gw, req, request, key)  # the same checks as a real call
+    allowed_deployments(gw.table, chat_call(gw, req, request, key), key)
     return Response(orjson.dumps({"totalTokens": Pricing.prompt_tokens(request)}), 200, {})
 
 

@@ -3,7 +3,10 @@ aggregates that agree with the request log on SQLite and PostgreSQL, and only th
 
 from __future__ import annotations
 
+import fnmatch
+import tomllib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -174,3 +177,14 @@ def test_an_open_gateway_has_no_dashboard_data(openai_emulator: BackgroundServer
     r = get(gw, "/dashboard/api/session", None)
     assert r.status_code == 403 and r.json()["error"]["code"] == "admin_disabled"
     assert get(gw, "/dashboard", None).status_code == 200  # the page, which then says so
+
+
+def test_every_dashboard_file_is_package_data_of_the_wheel() -> None:
+    """A file the page loads but the wheel leaves out works from a checkout and 404s once installed."""
+    root = Path(__file__).resolve().parent.parent
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["relaygate"]
+    static = root / "relaygate" / "dashboard" / "static"
+    files = [str(p.relative_to(root / "relaygate")) for p in static.rglob("*") if p.is_file()]
+    assert "dashboard/static/vendor/uplot.iife.min.js" in files
+    assert [f for f in files if not any(fnmatch.fnmatchcase(f, g) and "/" not in f[len(g.rstrip("*")):]
+                                        for g in globs)] == []

@@ -149,6 +149,11 @@ def test_create_a_key_find_its_call_edit_rotate_and_revoke_it(tab: Page) -> None
     page.click("#log-filters button[type=submit]")
     row = page.locator(f"#log-table tbody tr[data-uid]:has-text('{key_id}')")
     expect(page.locator("#log-table tbody tr[data-uid]")).to_have_count(1)  # only this key's call
+    page.fill("#log-filters input[name=start]", "2099-01-01T00:00")  # the time filter: nothing that late
+    page.click("#log-filters button[type=submit]")
+    page.wait_for_selector("#log-table td:text('No calls match.')")
+    page.fill("#log-filters input[name=start]", "")
+    page.click("#log-filters button[type=submit]")
     row.click()
     detail = page.wait_for_selector("#call-detail")
     assert detail is not None
@@ -218,6 +223,11 @@ def test_every_page_renders_without_console_errors(tab: Page, tmp_path: Path) ->
     for name in PAGES:
         tab.open(name)
         if name == "overview":
+            page.click("button:text('Last day')")
+            page.wait_for_selector("text=15-minute buckets")
+            page.wait_for_selector(".uplot canvas")
+            page.click("button:text('Last hour')")
+            page.wait_for_selector("text=1-minute buckets")
             page.wait_for_selector(".uplot canvas")
             assert page.locator(".chart").count() == 7
         elif name == "models" and catalog.status_code == 404:  # the catalog API not there: said, not broken

@@ -28,6 +28,8 @@ from .test_keys import MASTER
 from .test_requestlog import log_rows
 from .test_shutdown import StreamReader, chat
 
+LOAD_SECONDS = 10.0  # reload under load: 32 clients for at least this long
+
 
 def named(name: str, model: str, emulator: BackgroundServer, **extra: Any) -> dict[str, Any]:
     m = openai_model(model, emulator, **extra)
@@ -75,8 +77,11 @@ def test_reload_under_load_switches_a_route_adds_a_model_and_refuses_an_invalid_
                         await r.read()
                         served[(model, r.status, r.headers.get("x-relaygate-deployment", ""))] += 1
 
+            loaded: list[float] = []  # when the 32 clients started and stopped
+
             async def scenario() -> None:
                 async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as s:
+                    loaded.append(time.monotonic())
                     workers = [asyncio.ensure_future(load(s, i)) for i in range(32)]
                     streaming = asyncio.ensure_future(stream.run(s, gw.url, chat("s", "a b c d e f g h i j", True)))
                     await asyncio.wait_for(stream.started.wait(), 10)
@@ -96,12 +101,15 @@ def test_reload_under_load_switches_a_route_adds_a_model_and_refuses_an_invalid_
                     before = sum(served.values())
                     await asyncio.sleep(1.0)
                     assert sum(served.values()) > before  # still serving on the running config
+                    # the figure: c=32 for 10 s through all of the above (bounded: the steps took < 10 s)
+                    await asyncio.sleep(max(0.0, LOAD_SECONDS - (time.monotonic() - loaded[0])))
                     stop.set()
                     await asyncio.wait_for(asyncio.gather(*workers), 30)
+                    loaded.append(time.monotonic())
 
-            started = time.monotonic()
             asyncio.run(scenario())
-            elapsed = time.monotonic() - started
+            elapsed = loaded[1] - loaded[0]
+            assert elapsed >= LOAD_SECONDS
             now = health(gw)
             assert now["config"]["hash"] != first_hash and now["config"]["loaded_at"] > 0
             gw.proc.send_signal(signal.SIGTERM)

@@ -7,12 +7,18 @@ the HTTP server in front adds nothing to what a strategy decides.
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from relaygate.config import BreakerConfig, OpenAIDeployment
 from relaygate.gateway import Gateway
+from relaygate.providers.openai.provider import OpenAIProvider
+from relaygate.routing.breaker import CLOSED, HALF_OPEN, Breaker
+from relaygate.routing.deployment import Deployment
+from relaygate.routing.strategies import Adaptive
 from relaygate.testing.base import BackgroundServer
 
 from .routing_support import dep, drive, emulators, fault, reset, with_gateway
@@ -162,6 +168,31 @@ def test_adaptive_favours_the_reliable_fast_deployment_and_keeps_probing_the_res
     # the exploration share (5%, split between the two others) keeps both of them measured
     assert out.served["ad0"] + out.served["ad1"] >= 20, out.served
     assert out.served["ad1"] >= 5
+
+
+def measured(name: str, latency: float, baseline: float, breaker: Breaker | None = None) -> Deployment:
+    cfg = OpenAIDeployment(model="x", api_base="http://127.0.0.1:9/v1")
+    d = Deployment(name, "m", cfg, OpenAIProvider(cfg, None), breaker=breaker)
+    d.stats.latency_ewma, d.stats.latency_baseline = latency, baseline
+    return d
+
+
+def test_adaptive_weighs_the_health_score_not_only_the_latency() -> None:
+    """A deployment three times slower than its own baseline, or with a half-open breaker, has a lower health
+    score: adaptive then prefers a steady one even when that one is slower in absolute terms."""
+    steady = measured("steady", 0.15, 0.15)
+    drifting = measured("drifting", 0.14, 0.05)  # faster than steady, but 2.8x its baseline: score 54
+    half_open = Breaker("recovering", BreakerConfig())
+    half_open.state = HALF_OPEN
+    recovering = measured("recovering", 0.10, 0.10, half_open)  # the fastest, breaker half-open: score 50
+    strategy = Adaptive(random.Random(7))
+    picks = [strategy.choose([drifting, recovering, steady]).name for _ in range(400)]
+    assert picks.count("steady") > 0.9 * 400, picks.count("steady")
+    # the same three, all healthy and at their baselines: the fastest wins, as by latency alone
+    for d in (drifting, recovering):
+        d.stats.latency_baseline = d.stats.latency_ewma
+    half_open.state = CLOSED
+    assert [strategy.choose([drifting, recovering, steady]).name for _ in range(100)].count("recovering") > 90
 
 
 def test_priority_uses_the_lowest_number_while_it_can_serve(three: list[BackgroundServer]) -> None:

@@ -13,7 +13,9 @@ from collections.abc import Callable
 from typing import assert_never
 
 from relaygate.config import StrategyName
+from relaygate.routing.breaker import CLOSED
 from relaygate.routing.deployment import Deployment
+from relaygate.routing.health import health_score, score_parts
 
 EXPLORE = 0.05  # share of calls least_latency/adaptive send elsewhere, to keep their view of the others fresh
 PriceFn = Callable[[Deployment], float | None]  # USD per (input + output) token; None: unknown (Pricing.unit_price)
@@ -110,12 +112,16 @@ class Cost(Strategy):
 
 
 def adaptive_score(dep: Deployment) -> float:
-    """Recent success rate and latency together: success⁴ / latency (unmeasured: very high, to try it).
+    """The deployment's health score (0…1 here) times success³, over its recent latency (unmeasured: very
+    high, to try it).
 
-    The fourth power makes failures weigh more than speed: 90% success costs a third of the score, 70%
-    three quarters, since each failure costs the caller a whole extra attempt."""
+    The health score (routing/health.py) brings in what latency alone does not: a deployment turning slow
+    against its own baseline, a half-open breaker, a failing health check. Success counts four times in all
+    (once in the score): 90% success costs a third of the score, 70% three quarters, since each failure
+    costs the caller a whole extra attempt."""
     s = dep.stats
-    return s.success_ewma ** 4 / max(s.latency_ewma or 0.0, 0.001)
+    health = health_score(score_parts(dep, dep.breaker.state if dep.breaker is not None else CLOSED)) / 100
+    return health * s.success_ewma ** 3 / max(s.latency_ewma or 0.0, 0.001)
 
 
 def _adaptive_key(dep: Deployment) -> tuple[float, int]:
@@ -127,7 +133,7 @@ def _adaptive_key(dep: Deployment) -> tuple[float, int]:
 
 
 class Adaptive(Strategy):
-    """The best recent score (success⁴ / latency); ``EXPLORE`` of the calls go to another, at random."""
+    """The best ``adaptive_score`` (health score × success³ / latency); ``EXPLORE`` of the calls go to another, at random."""
 
     needs_ttft = True
 

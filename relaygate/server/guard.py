@@ -189,6 +189,7 @@ class GuardedProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self.phase = HEAD  # a new connection owes its first request's head within header_timeout
         self.since = self.watchdog.now  # when the phase began (the body's last bytes, while in BODY)
+        self.draining = False  # the server stops: the next request is answered with connection: close
         self.body_started = 0.0
         self.head_bytes = 0  # bytes of a head still incomplete after a read (a bound on what the parser buffers)
         self.max_line = self.watchdog.max_header_line  # here for the per-header check: one attribute lookup
@@ -196,6 +197,18 @@ class GuardedProtocol(HttpToolsProtocol):
         self.unsent = 0  # bytes of our answer not yet sent, at the last sweep
         self.refusal: GatewayError | None = None  # the limit a parser callback hit
         self.close_on_input = False  # refused before its request came: close once it comes
+
+    def drain(self) -> None:
+        """The server stops. A busy connection closes once its answer is sent. An idle one stays open: a
+        proxy that keeps connections alive may be sending a request on it right now, and closing it would
+        fail that request (nginx: 502 "upstream prematurely closed connection"; it does not resend a POST).
+        Its next request is answered with ``connection: close``; else the client (nginx after its
+        keepalive_timeout, shorter than ours) or the keep-alive sweep closes it."""
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete:
+            self.draining = True
+        else:
+            cycle.keep_alive = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -320,7 +333,7 @@ class GuardedProtocol(HttpToolsProtocol):
             default_headers=self.server_state.default_headers,
             message_event=asyncio.Event(),
             expect_100_continue=self.expect_100_continue,
-            keep_alive=http_version != "1.0" and self.parser.should_keep_alive(),
+            keep_alive=http_version != "1.0" and self.parser.should_keep_alive() and not self.draining,
             on_response=self.on_response_complete,
         )
         if existing_cycle is None or existing_cycle.response_complete:

@@ -1,7 +1,8 @@
 """The HTTP server: uvicorn with the guarded protocol, and a stop that drains before it cuts.
 
-On SIGTERM (or SIGINT) readiness turns 503 at once, the listener closes and idle connections with it, and the
-calls and streams in flight get ``server.drain_timeout`` seconds to finish. Those still running then are ended
+On SIGTERM (or SIGINT) readiness turns 503 at once, the listener closes, each kept-alive connection closes
+after its next answer (or when its client or the keep-alive timeout closes it: never under a request a proxy
+is sending on it), and the calls and streams in flight get ``server.drain_timeout`` seconds to finish. Those still running then are ended
 by the server: a stream gets an error event, a whole answer a 503, and each call's row says
 ``server_shutdown``. A second signal ends them at once. Either way the request log is flushed and the process
 exits 0. SIGHUP reloads the config (server/reload.py).
@@ -24,7 +25,7 @@ import uvicorn
 
 from relaygate.core.errors import SHUTDOWN_CUT
 from relaygate.server.app import App
-from relaygate.server.guard import Watchdog, protocol_class
+from relaygate.server.guard import GuardedProtocol, Watchdog, protocol_class
 
 log = logging.getLogger("relaygate.server")
 
@@ -96,14 +97,21 @@ class GatewayServer(uvicorn.Server):
             sock.close()
         state = self.server_state
         for conn in list(state.connections):
-            conn.shutdown()  # idle ones close now, busy ones once their answer is sent
+            if isinstance(conn, GuardedProtocol):  # always (the only protocol this server runs)
+                conn.drain()  # busy ones close once their answer is sent, idle ones once their client closes them
+            else:
+                conn.shutdown()
         tasks = state.tasks
         if tasks:
             log.info("stopping: %d call(s) in flight get up to %g s to finish (server.drain_timeout)",
                      len(tasks), self.drain_timeout)
         deadline = time.monotonic() + self.drain_timeout
+        # idle keep-alive connections are waited for too (their clients, or the sweep, close them within the
+        # keep-alive timeout), so that a request a proxy sent on one just now is answered, not cut
+        idle_until = time.monotonic() + self.watchdog.keepalive_timeout + 0.5
         # polled: a signal handler sets force_exit, and uvicorn's task set has no event to wait on
-        while tasks and not self.force_exit and time.monotonic() < deadline:  # noqa: ASYNC110
+        while not self.force_exit and time.monotonic() < deadline and (  # noqa: ASYNC110
+                tasks or (state.connections and time.monotonic() < idle_until)):
             await asyncio.sleep(0.05)
         if tasks:
             log.warning("stopping: ending %d call(s) still running %s", len(tasks),

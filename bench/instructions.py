@@ -102,7 +102,8 @@ def slowed_config(path: Path) -> float:
     """Under callgrind the gateway runs ~50x slower, so with the default 0.5 s flush the log writer would
     write batches of ~50 rows, paying per-batch costs (transaction, statements) that a gateway at full
     speed spreads over full batches of ``batch_size`` (500). The instrumented config flushes every
-    FLUSH_INTERVAL s instead, so batches fill as in the timed benchmark. The wall-clock bounds on Redis and
+    FLUSH_INTERVAL s instead, so batches fill as in the timed benchmark; the trace exporter's batch_delay is
+    stretched ×SLOWDOWN for the same reason (at full speed its batches are full: 512 spans). The wall-clock bounds on Redis and
     database waits (50 ms, 1 s) and the server's header, body and keep-alive timeouts are stretched by the
     same factor: at full speed they are never reached, under callgrind (on a loaded machine) a first key
     lookup alone takes longer, and a client cut mid-load fails the run. Returns the flush interval."""
@@ -123,6 +124,10 @@ def slowed_config(path: Path) -> float:
     if logged:
         log["flush_interval"] = FLUSH_INTERVAL
     data["request_log"] = log
+    tracing = data.get("tracing") or {}
+    if tracing.get("endpoint"):  # like the log's batches: spans exported in batches as full as at full speed
+        tracing["batch_delay"] = min(60.0, float(tracing.get("batch_delay", 2.0)) * SLOWDOWN)
+        data["tracing"] = tracing
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return FLUSH_INTERVAL if logged else 0.0
 

@@ -50,11 +50,10 @@ CASES: dict[str, tuple[str, str]] = {  # name: (set-up, statement)
 }
 
 # one call through the trace layer and one upstream attempt (spans made, ended and queued for export; the
-# export itself runs later in the SDK's thread: trace-export), against the same call with tracing off
+# export itself runs later in the exporter's thread: trace-export), against the same call with tracing off.
+# The queue is emptied after each call, so the exporter's thread never wakes within the run.
 _TRACE = """
 import asyncio
-import os
-os.environ["OTEL_BSP_MAX_EXPORT_BATCH_SIZE"] = "1000000"  # no export within the run: the request path alone
 from relaygate.config import parse_config
 from relaygate.core.call import Call, Route
 from relaygate.gateway import Gateway
@@ -63,20 +62,21 @@ cfg = parse_config({{"models": [{{"name": "m", "deployments": [{{"provider": "de
                     "tracing": {tracing}}}, {{}})
 loop = asyncio.new_event_loop()
 gw = loop.run_until_complete(Gateway.create(cfg))
+queued = gw.tracing.queue.spans if gw.tracing is not None else []
 body = {{"model": "m", "messages": [{{"role": "user", "content": "hi"}}], "max_tokens": 20}}
 async def one():
     reply = await gw.handle(Call(id="req_0", route=Route.CHAT, model="m", body=body, headers={{}}))
     reply.finish()
 """
 _TRACE_ON = '{{"endpoint": "http://127.0.0.1:9/v1/traces", "batch_delay": 60, "queue_size": 1000000, "sample_ratio": {}}}'
-CASES["trace-off"] = (_TRACE.format(tracing="{}"), "loop.run_until_complete(one())")
-CASES["trace-on"] = (_TRACE.format(tracing=_TRACE_ON.format(1.0)), "loop.run_until_complete(one())")
-CASES["trace-sampled-5%"] = (_TRACE.format(tracing=_TRACE_ON.format(0.05)), "loop.run_until_complete(one())")
+_ONE = "loop.run_until_complete(one()); queued.clear()"
+CASES["trace-off"] = (_TRACE.format(tracing="{}"), _ONE)
+CASES["trace-on"] = (_TRACE.format(tracing=_TRACE_ON.format(1.0)), _ONE)
+CASES["trace-sampled-5%"] = (_TRACE.format(tracing=_TRACE_ON.format(0.05)), _ONE)
+# the exporter's thread: one call's two spans encoded (the request's OTLP message, protobuf)
 CASES["trace-export"] = (
-    _TRACE.format(tracing=_TRACE_ON.format(1.0)) + "for _ in range(50):\n    loop.run_until_complete(one())\n"
-    "from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans\n"
-    "spans = list(gw.tracing.provider._active_span_processor._span_processors[0]._batch_processor._queue)[:2]\n",
-    "encode_spans(spans).SerializePartialToString()")
+    _TRACE.format(tracing=_TRACE_ON.format(1.0)) + "loop.run_until_complete(one())\nspans = list(queued)\n"
+    "encode = gw.tracing.exporter.encode\n", "encode(spans)")
 
 # the request log writer inserting a chunk of 25 rows (one transaction, as BulkInsert writes them) into SQLite:
 # with the overview's covering index (migration 6) against the index on ts alone it replaced; rows in time order

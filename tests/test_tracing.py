@@ -183,3 +183,21 @@ def test_a_sampled_out_call_exports_nothing_and_a_sampled_parent_is_followed(sta
             model="m", messages=MESSAGES, extra_headers={"traceparent": f"00-{trace_id}-{os.urandom(8).hex()}-01"})
         assert len(collector.trace(trace_id, 2)) == 2  # the client sampled it: the gateway follows
     assert len(dropped_id) == 32 and collector.trace(dropped_id, 1, timeout=0.3) == []
+
+
+@pytest.mark.parametrize("traceparent", [
+    "00-00000000000000000000000000000000-00f067aa0ba902b7-01",  # an all-zero trace id
+    "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",  # upper case
+    "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",  # version ff
+    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",  # version 00 has four fields
+])
+def test_a_malformed_traceparent_starts_a_new_trace(start_gateway: Start, collector: Collector,
+                                                    traceparent: str) -> None:
+    with emulators({}) as (emu,):
+        gw = start_gateway(config(emu, collector))
+        client = openai.OpenAI(base_url=gw.base_url, api_key=MASTER, max_retries=0)
+        raw = client.chat.completions.with_raw_response.create(model="m", messages=MESSAGES,
+                                                               extra_headers={"traceparent": traceparent})
+        trace_id = raw.headers["x-relaygate-trace-id"]
+        [server, _] = sorted(collector.trace(trace_id, 2), key=lambda s: s.kind)
+    assert trace_id not in traceparent.lower() and not server.parent_span_id

@@ -38,8 +38,7 @@ class AccessLogConfig(Strict):
 
 
 class TracingConfig(Strict):
-    """OpenTelemetry traces over OTLP/HTTP (protobuf): off unless ``endpoint`` is set; needs the ``otel``
-    extra (``pip install 'relaygate[otel]'``)."""
+    """OpenTelemetry traces over OTLP/HTTP (protobuf): off unless ``endpoint`` is set."""
 
     endpoint: str | None = None  # the collector's traces URL, e.g. http://127.0.0.1:4318/v1/traces
     service_name: str = Field("relaygate", min_length=1, max_length=200)

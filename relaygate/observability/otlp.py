@@ -1,0 +1,249 @@
+"""The trace exporter: finished spans wait in a bounded queue and a thread sends them in batches to an
+OTLP/HTTP collector, encoded as protobuf with ``opentelemetry-proto``'s messages.
+
+A span on the request path is a plain slotted record (``SpanRecord``); everything that costs (ids to bytes,
+attributes to ``KeyValue`` messages, serialising, the HTTP request) happens here, in the thread, a batch at a
+time. The OpenTelemetry SDK made, checked and converted each span and attribute on the request path: ~520k
+instructions a call, most of a proxied request (docs/observability.md, Traces: cost).
+"""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import threading
+import time
+import urllib.parse
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+
+log = logging.getLogger("relaygate.tracing")
+
+INTERNAL, SERVER, CLIENT = 1, 2, 3  # Span.SpanKind of the OTLP protocol
+STATUS_ERROR = 2  # Status.StatusCode
+SAMPLED, HAS_IS_REMOTE, IS_REMOTE = 0x01, 0x100, 0x200  # Span.flags: W3C trace flags and SpanFlags bits
+MAX_BATCH = 512  # spans per export request
+MAX_FRAGMENTS = 4096  # serialised attributes kept for reuse (cleared when full)
+UNIQUE = frozenset({"relaygate.request_id", "relaygate.cost_usd"})  # never the same twice: not kept
+RETRY_STATUSES = frozenset({429, 502, 503, 504})  # the collector asks us to try again (OTLP/HTTP spec)
+
+
+class SpanRecord:
+    """One span, as the request path leaves it: ids as ints, times in ns, attributes as plain values."""
+
+    __slots__ = ("trace_id", "span_id", "parent_id", "remote_parent", "trace_state", "name", "kind", "start",
+                 "end_time", "attrs", "error", "sink")
+
+    def __init__(self, sink: SpanQueue, trace_id: int, parent_id: int, name: str, kind: int,
+                 attrs: dict[str, Any], span_id: int, trace_state: str = "", remote_parent: bool = False) -> None:
+        self.sink = sink
+        self.trace_id = trace_id
+        self.span_id = span_id
+        self.parent_id = parent_id  # 0: a root span
+        self.remote_parent = remote_parent
+        self.trace_state = trace_state
+        self.name = name
+        self.kind = kind
+        self.attrs = attrs
+        self.error = False
+        self.end_time = 0
+        self.start = time.time_ns()
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        self.attrs[key] = value
+
+    def end(self) -> None:
+        self.end_time = time.time_ns()
+        self.sink.put(self)
+
+
+class SpanQueue:
+    """Spans waiting for export; full: a span is dropped (counted), never waited for."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.spans: deque[SpanRecord] = deque()  # append and popleft are atomic: no lock on the request path
+        self.dropped = 0
+        self.wake = threading.Event()
+
+    def put(self, span: SpanRecord) -> None:
+        spans = self.spans
+        n = len(spans)
+        if n >= self.size:
+            self.dropped += 1
+            return
+        spans.append(span)
+        if n + 1 == MAX_BATCH:  # a full batch: send it now rather than at the next tick
+            self.wake.set()
+
+    def take(self, most: int) -> list[SpanRecord]:
+        spans = self.spans
+        out: list[SpanRecord] = []
+        while spans and len(out) < most:
+            out.append(spans.popleft())
+        return out
+
+
+class OtlpExporter:
+    """The export thread: every ``delay`` seconds (or as soon as a batch is full) it sends what is queued."""
+
+    def __init__(self, queue: SpanQueue, endpoint: str, headers: dict[str, str], timeout: float, delay: float,
+                 resource: dict[str, str]) -> None:
+        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+        from opentelemetry.proto.common.v1 import common_pb2
+        from opentelemetry.proto.resource.v1 import resource_pb2
+        from opentelemetry.proto.trace.v1 import trace_pb2
+
+        self._pb = trace_service_pb2
+        self._span = trace_pb2.Span
+        self._fragments: dict[tuple[str, Any], bytes] = {}
+        self.queue = queue
+        self.headers = {**headers, "content-type": "application/x-protobuf"}
+        self.timeout = timeout
+        self.delay = delay
+        self.resource = resource_pb2.Resource(attributes=[
+            common_pb2.KeyValue(key=k, value=common_pb2.AnyValue(string_value=v)) for k, v in resource.items()])
+        self.scope = common_pb2.InstrumentationScope(name="relaygate")
+        self.url = urllib.parse.urlsplit(endpoint)
+        self.path = (self.url.path or "/") + (f"?{self.url.query}" if self.url.query else "")
+        self._conn: http.client.HTTPConnection | None = None  # kept alive between batches (this thread's)
+        self.sent = 0
+        self.failed = 0  # spans whose export failed (collector down or refusing)
+        self._closing = False
+        self._lock = threading.Lock()  # one export at a time: the thread's, or a flush's
+        self.thread = threading.Thread(target=self._run, name="relaygate-otlp", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        wake = self.queue.wake
+        while not self._closing:
+            wake.wait(self.delay)
+            wake.clear()
+            self.flush()
+
+    def flush(self) -> bool:
+        """Send everything queued now (blocking); False when some of it could not be sent."""
+        ok = True
+        with self._lock:
+            while batch := self.queue.take(MAX_BATCH):
+                ok = self._send(self.encode(batch), len(batch)) and ok
+        return ok
+
+    def close(self) -> None:
+        """Stop the thread, then send what is left (blocking: run it off the event loop)."""
+        self._closing = True
+        self.queue.wake.set()
+        self.thread.join(self.timeout + 5)
+        self.flush()
+        with self._lock:
+            self._drop()
+
+    def encode(self, batch: list[SpanRecord]) -> bytes:
+        """One ExportTraceServiceRequest of ``batch``, serialised.
+
+        Most attributes repeat from span to span (the model, the deployment, the operation, a status). Protobuf
+        merges concatenated messages (a repeated field's items are appended), so each of those is kept as its
+        own serialised one-attribute ``Span`` and a span's are joined and parsed in C at once; only the values
+        seen for the first time (a request id, a cost) are set field by field, which costs ~10x more."""
+        request = self._pb.ExportTraceServiceRequest()
+        rs = request.resource_spans.add()
+        rs.resource.CopyFrom(self.resource)
+        ss = rs.scope_spans.add()
+        ss.scope.CopyFrom(self.scope)
+        add = ss.spans.add
+        kept = self._fragments
+        for rec in batch:
+            s = add(trace_id=rec.trace_id.to_bytes(16, "big"), span_id=rec.span_id.to_bytes(8, "big"),
+                    parent_span_id=rec.parent_id.to_bytes(8, "big") if rec.parent_id else b"",
+                    trace_state=rec.trace_state, name=rec.name, kind=rec.kind,
+                    flags=SAMPLED | HAS_IS_REMOTE | (IS_REMOTE if rec.remote_parent else 0),
+                    start_time_unix_nano=rec.start, end_time_unix_nano=rec.end_time)
+            if rec.error:
+                s.status.code = STATUS_ERROR
+            joined = []
+            for kv in rec.attrs.items():
+                try:
+                    joined.append(kept[kv])
+                    continue
+                except (KeyError, TypeError):  # TypeError: a list value (unhashable)
+                    pass
+                key, value = kv
+                _set_value(s.attributes.add(key=key).value, value)
+                if key not in UNIQUE and type(value) is not list:
+                    self._keep(key, value)
+            if joined:
+                s.MergeFromString(b"".join(joined))
+        return request.SerializeToString()  # type: ignore[no-any-return]
+
+    def _keep(self, key: str, value: Any) -> None:
+        """Serialise ``Span(attributes=[KeyValue(key, value)])`` for the next spans with this attribute."""
+        kept = self._fragments
+        if len(kept) >= MAX_FRAGMENTS:
+            kept.clear()
+        one = self._span()
+        _set_value(one.attributes.add(key=key).value, value)
+        kept[key, value] = one.SerializeToString()
+
+    def _send(self, body: bytes, count: int) -> bool:
+        """POST one batch on the kept-alive connection; a collector that asks to retry (or cannot be reached)
+        gets two more tries. Redirects are not followed: the configured headers (a token) go to the configured
+        URL only."""
+        problem = ""
+        for pause in (0.5, 1.0, None):
+            try:
+                conn = self._conn or self._connect()
+                conn.request("POST", self.path, body, self.headers)
+                answer = conn.getresponse()
+                answer.read()
+                if answer.will_close:
+                    self._drop()
+                if 200 <= answer.status < 300:
+                    self.sent += count
+                    return True
+                problem = f"HTTP {answer.status}"
+                if answer.status not in RETRY_STATUSES:
+                    break
+            except (OSError, http.client.HTTPException) as e:  # refused, reset, timed out, a malformed answer
+                problem = type(e).__name__
+                self._drop()
+            if pause is None or self._closing:
+                break
+            time.sleep(pause)
+        self.failed += count
+        log.warning("trace export failed (%s): %d spans dropped", problem, count)
+        return False
+
+    def _connect(self) -> http.client.HTTPConnection:
+        url = self.url
+        port = url.port
+        if url.scheme == "https":
+            self._conn = http.client.HTTPSConnection(url.hostname or "", port, timeout=self.timeout)
+        else:
+            self._conn = http.client.HTTPConnection(url.hostname or "", port, timeout=self.timeout)
+        return self._conn
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def _set_value(v: AnyValue, value: Any) -> None:
+    # bool before int: a bool is an int in Python, not in OTLP
+    if isinstance(value, str):
+        v.string_value = value
+    elif isinstance(value, bool):
+        v.bool_value = value
+    elif isinstance(value, int):
+        v.int_value = value
+    elif isinstance(value, float):
+        v.double_value = value
+    elif isinstance(value, (list, tuple)):
+        values = v.array_value.values
+        for item in value:
+            _set_value(values.add(), item)
+    else:
+        v.string_value = str(value)

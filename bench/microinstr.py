@@ -65,7 +65,7 @@ gw = loop.run_until_complete(Gateway.create(cfg))
 queued = gw.tracing.queue.spans if gw.tracing is not None else []
 body = {{"model": "m", "messages": [{{"role": "user", "content": "hi"}}], "max_tokens": 20}}
 async def one():
-    reply = await gw.handle(Call(id="req_0", route=Route.CHAT, model="m", body=body, headers={{}}))
+    reply = await gw.handle(Call(id="req_0123456789abcdef01234567", route=Route.CHAT, model="m", body=body, headers={{}}))
     reply.finish()
 """
 _TRACE_ON = '{{"endpoint": "http://127.0.0.1:9/v1/traces", "batch_delay": 60, "queue_size": 1000000, "sample_ratio": {}}}'

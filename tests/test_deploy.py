@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import jsonschema_rs
@@ -207,7 +208,13 @@ def test_kubectl_renders_the_kustomization_offline() -> None:
 def test_the_compose_stack_hangs_together() -> None:
     compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
     services = compose["services"]
-    assert set(services) == {"gateway-1", "gateway-2", "nginx", "postgres", "redis"}
+    assert set(services) == {"gateway-1", "gateway-2", "nginx", "postgres", "redis", "prometheus", "grafana",
+                             "jaeger"}
+    for service in services.values():  # every file a service mounts is in the repository
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("."):
+                assert (DEPLOY / source).exists(), source
     nginx = (DEPLOY / "compose/nginx.conf").read_text()
     for name in ("gateway-1", "gateway-2"):
         gw = services[name]
@@ -223,6 +230,42 @@ def test_the_compose_stack_hangs_together() -> None:
         assert gw["command"][gw["command"].index("--config") + 1] == "/etc/relaygate/relaygate.yaml"
         grace = int(gw["stop_grace_period"].rstrip("s"))
         assert grace >= config.server.drain_timeout + 2 * CUT_GRACE + 5
+        # traces go to compose's Jaeger, on the port where it takes OTLP/HTTP
+        endpoint = urlsplit(config.tracing.endpoint or "")
+        assert (endpoint.hostname, endpoint.port, endpoint.path) == ("jaeger", 4318, "/v1/traces")
+        assert services["jaeger"]["environment"]["COLLECTOR_OTLP_ENABLED"] == "true"
+
+
+def test_the_compose_stacks_prometheus_scrapes_both_gateways_and_grafana_reads_it() -> None:
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    services = compose["services"]
+    prometheus = services["prometheus"]
+    config_path = prometheus["command"][0].split("=", 1)[1]
+    mounted = {v.split(":")[1]: v.split(":")[0] for v in prometheus["volumes"]}
+    scrape = yaml.safe_load((DEPLOY / mounted[config_path]).read_text())
+    [job] = scrape["scrape_configs"]
+    port = config_of((DEPLOY / "compose/relaygate.yaml").read_text(), {
+        "RELAYGATE_MASTER_KEY": "rg-master-" + "ab12" * 8, "DATABASE_URL": "postgresql://h/db",
+        "REDIS_URL": "redis://redis:6379/0"}).server.port
+    assert job["static_configs"] == [{"targets": [f"gateway-1:{port}", f"gateway-2:{port}"]}]
+    assert job["metrics_path"] == "/metrics" and "GET" in default_routes().exact["/metrics"]
+    # the master key reaches Prometheus as a compose secret (from the same variable the gateways read),
+    # mounted where the scrape config reads it
+    [secret] = prometheus["secrets"]
+    assert secret["target"] == job["authorization"]["credentials_file"]
+    assert compose["secrets"][secret["source"]] == {"environment": "RELAYGATE_MASTER_KEY"}
+    # Grafana: provisioning finds the dashboard where it is mounted, and a data source on Prometheus's port
+    grafana = {v.split(":")[1]: v.split(":")[0] for v in services["grafana"]["volumes"]}
+    provisioning = DEPLOY / grafana["/etc/grafana/provisioning"]
+    [provider] = yaml.safe_load((provisioning / "dashboards/relaygate.yaml").read_text())["providers"]
+    dashboard = next(target for target, source in grafana.items() if source.endswith("relaygate.json"))
+    assert Path(dashboard).parent == Path(provider["options"]["path"])
+    [source] = yaml.safe_load((provisioning / "datasources/prometheus.yaml").read_text())["datasources"]
+    published = prometheus["ports"][0].rsplit(":", 1)[1]
+    assert source["type"] == "prometheus" and source["url"] == f"http://prometheus:{published}"
+    # the UIs are published on the host's loopback only; the gateways through nginx
+    for name in ("prometheus", "grafana", "jaeger"):
+        assert all(p.startswith("127.0.0.1:") for p in services[name]["ports"]), name
 
 
 # ---- a rolling restart behind nginx ---------------------------------------------------------------------

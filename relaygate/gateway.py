@@ -320,6 +320,10 @@ class Gateway:
             from relaygate.observability.chaos import Chaos
 
             self.chaos = Chaos(config.chaos, self.table.models, self.metrics)
+            if self.redis is not None:  # run-time rules reach every worker and instance on this config
+                from relaygate.observability.chaos_shared import SharedRules
+
+                self.chaos.shared = SharedRules(self.chaos, self.redis, self.config_hash)
         elif previous is not None and previous.chaos is not None:  # its deployments may carry on here
             from relaygate.observability.chaos import unwrap
 
@@ -477,6 +481,8 @@ class Gateway:
             self.alerts.start()
         if self.shared_metrics is not None:
             self.shared_metrics.start()
+        if self.chaos is not None and self.chaos.shared is not None:
+            await self.chaos.shared.start()
         self.ready = True
 
     async def close(self, keep: Collection[Gateway] = ()) -> None:
@@ -493,6 +499,8 @@ class Gateway:
             await self.alerts.close()
         if self.shared_metrics is not None:
             await self.shared_metrics.close()
+        if self.chaos is not None and self.chaos.shared is not None:  # each gateway's own
+            await self.chaos.shared.close()
         await self.health.close()
         if mine(self.breakers):
             await self.breakers.close()

@@ -16,7 +16,9 @@ import aiohttp
 import redis as redis_lib
 import requests
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
+from relaygate.observability.chaos_shared import SYNC_INTERVAL
 from relaygate.testing.base import BackgroundServer
 
 from .conftest import openai_model, require_service
@@ -162,3 +164,56 @@ def test_a_key_limit_is_exact_across_two_workers_on_redis_and_a_reload_reaches_b
     assert sorted(s for s, _ in results) == [200] * 10 + [429] * 20
     assert "applying database migration 1" in gw.output()
     assert gw.output().count("applying database migration 1") == 1  # once, by the supervisor
+
+
+def faults_by_worker(gw: GatewayProcess) -> dict[str, float]:
+    """relaygate_faults_injected_total per worker, from the port's /metrics (every worker's samples)."""
+    text = requests.get(gw.url + "/metrics", headers={"authorization": f"Bearer {MASTER}"}, timeout=10).text
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == "relaygate_faults_injected_total":
+                out[s.labels["worker"]] = out.get(s.labels["worker"], 0.0) + s.value
+    return out
+
+
+def test_a_chaos_rule_set_through_the_admin_api_holds_in_every_worker(openai_emulator: BackgroundServer,
+                                                                      tmp_path: Path) -> None:
+    try:
+        redis_lib.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+    except redis_lib.RedisError:
+        require_service("redis")
+    config = {"models": [openai_model("m", openai_emulator)], "state": {"redis_url": REDIS_URL},
+              "auth": {"master_key": MASTER}, "chaos": {"enabled": True}, "server": {"watch_config": False}}
+    admin = {"authorization": f"Bearer {MASTER}"}
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    key = None
+    try:
+        with gateway_process(tmp_path, config, args=("--workers", "2")) as gw:
+            key = "relaygate:chaos:" + requests.get(gw.url + "/health", timeout=10).json()["config"]["hash"]
+            assert len(pids_serving(gw, 2)) == 2
+            r = requests.post(gw.url + "/admin/chaos", headers=admin, timeout=10,
+                              json={"name": "drill", "model": "m", "fault": "error", "status": 503})
+            assert r.status_code == 201, r.text
+            time.sleep(3 * SYNC_INTERVAL)  # the other worker's next look at the shared set
+            deadline = time.monotonic() + 20
+            while len(faults_by_worker(gw)) < 2:  # both workers injected (their metrics say so)
+                assert time.monotonic() < deadline, faults_by_worker(gw)
+                results = asyncio.run(_burst([gw.url + "/v1/chat/completions"], MASTER, 30, body))
+                assert {(s, h.get("x-relaygate-fault")) for s, h in results} == {(503, "drill")}
+                time.sleep(1.0)  # the workers' metrics files are written once a second
+            # switched off through one worker: off in both
+            r = requests.patch(gw.url + "/admin/chaos/drill", headers=admin, json={"enabled": False}, timeout=10)
+            assert r.status_code == 200 and r.json()["enabled"] is False
+            time.sleep(3 * SYNC_INTERVAL)
+            before = faults_by_worker(gw)
+            results = asyncio.run(_burst([gw.url + "/v1/chat/completions"], MASTER, 30, body))
+            assert [s for s, _ in results] == [200] * 30
+            time.sleep(1.5)
+            assert faults_by_worker(gw) == before
+            gw.proc.send_signal(signal.SIGTERM)
+            assert gw.proc.wait(20) == 0
+        assert gw.output().count("chaos rules taken from the shared set (1): drill") >= 2  # the other, twice
+    finally:
+        if key is not None:
+            redis_lib.Redis.from_url(REDIS_URL).delete(key)

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from relaygate.api.admin import admin_body, require_master
 from relaygate.config.observability import ChaosRule
-from relaygate.core.errors import BadRequest, NotFound, PermissionDenied
+from relaygate.core.errors import BadRequest, NotFound, PermissionDenied, Unavailable
 from relaygate.observability.chaos import Chaos
 from relaygate.server.http import Request, Response, json_response
 
@@ -23,6 +23,16 @@ def _chaos(gw: Gateway, req: Request) -> Chaos:
     if gw.chaos is None:
         raise PermissionDenied("Fault injection is off (chaos.enabled: false in the config).", code="chaos_disabled")
     return gw.chaos
+
+
+async def _share(chaos: Chaos) -> None:
+    """With Redis, a change is stored for every worker and instance on this config (observability/chaos_shared.py)."""
+    if chaos.shared is not None:
+        try:
+            await chaos.shared.publish()
+        except Exception as e:  # Redis down: the change holds in this process only, which the caller must know
+            raise Unavailable("the chaos rule changed in this process only: the shared rule set could not be "
+                              f"written to Redis ({type(e).__name__})", status=503, code="chaos_not_shared") from None
 
 
 def _rule(body: dict[str, object]) -> ChaosRule:
@@ -42,6 +52,7 @@ async def chaos_rules(gw: Gateway, req: Request) -> Response:
             rule = chaos.add(_rule(await admin_body(gw, req)))
         except ValueError as e:
             raise BadRequest(str(e)) from None
+        await _share(chaos)
         return json_response(rule.view(), 201)
     return json_response(chaos.view())
 
@@ -58,8 +69,10 @@ async def chaos_rule(gw: Gateway, req: Request) -> Response:
         if set(body) != {"enabled"} or not isinstance(body["enabled"], bool):
             raise BadRequest("a rule's update is {\"enabled\": true|false}", param="enabled")
         rule = chaos.switch(name, body["enabled"])
+        await _share(chaos)
     elif req.method == "DELETE":
         chaos.remove(name)
+        await _share(chaos)
         return json_response({"deleted": name})
     return json_response(rule.view())
 

@@ -23,6 +23,7 @@ from relaygate.core.call import Call, Handler, Reply
 from relaygate.core.errors import GatewayError, RateLimited, Unavailable, UpstreamTimeout, from_status
 
 if TYPE_CHECKING:
+    from relaygate.observability.chaos_shared import SharedRules
     from relaygate.observability.metrics import Metrics
     from relaygate.routing.deployment import Deployment
 
@@ -54,6 +55,7 @@ class Chaos:
         self.deployments = {d.name: d for deps in models.values() for d in deps}
         self.metrics = metrics
         self.rules: dict[str, Rule] = {}
+        self.shared: SharedRules | None = None  # with Redis: changes reach every worker and instance
         errors = []
         for i, rule in enumerate(config.rules):
             try:
@@ -90,6 +92,20 @@ class Chaos:
     def remove(self, name: str) -> None:
         del self.rules[name]
         log.warning("chaos rule %r removed", name)
+
+    def replace(self, rules: list[ChaosRule]) -> None:
+        """Take a whole rule set (another worker's or instance's change); counts of the same names carry on."""
+        old = self.rules
+        new: dict[str, Rule] = {}
+        for config in rules[:MAX_RULES]:
+            if (config.model is not None and config.model not in self.models) \
+                    or (config.deployment is not None and config.deployment not in self.deployments):
+                log.error("chaos rule %r left out: its model or deployment is not in this config", config.name)
+                continue
+            rule = new[config.name] = Rule(config)
+            if config.name in old:
+                rule.injected = old[config.name].injected
+        self.rules = new  # one assignment: a call matching now sees the old set or the new one, whole
 
     # -- the request path ----------------------------------------------------------------------------------
 

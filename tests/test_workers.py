@@ -126,12 +126,16 @@ def test_workers_without_redis_are_refused_where_a_limit_would_multiply(openai_e
     assert "remove the deployments' rpm/tpm/max_parallel limits" in err and "redis_url" not in err
 
 
-def test_a_key_limit_is_exact_across_two_workers_on_redis_and_a_reload_reaches_both(openai_emulator: BackgroundServer,
-                                                          tmp_path: Path) -> None:
+def need_redis() -> None:
     try:
         redis_lib.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
     except redis_lib.RedisError:
         require_service("redis")
+
+
+def test_a_key_limit_is_exact_across_two_workers_on_redis_and_a_reload_reaches_both(openai_emulator: BackgroundServer,
+                                                          tmp_path: Path) -> None:
+    need_redis()
     secret = "sk-" + os.urandom(16).hex()
     config = {"models": [openai_model("m", openai_emulator)], "state": {"redis_url": REDIS_URL},
               "auth": {"master_key": MASTER, "keys": [{"id": f"w{os.getpid()}-{time.time_ns()}", "key": secret,
@@ -179,10 +183,7 @@ def faults_by_worker(gw: GatewayProcess) -> dict[str, float]:
 
 def test_a_chaos_rule_set_through_the_admin_api_holds_in_every_worker(openai_emulator: BackgroundServer,
                                                                       tmp_path: Path) -> None:
-    try:
-        redis_lib.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
-    except redis_lib.RedisError:
-        require_service("redis")
+    need_redis()
     config = {"models": [openai_model("m", openai_emulator)], "state": {"redis_url": REDIS_URL},
               "auth": {"master_key": MASTER}, "chaos": {"enabled": True}, "server": {"watch_config": False}}
     admin = {"authorization": f"Bearer {MASTER}"}

@@ -337,6 +337,8 @@ class Gateway:
             self.tracing = Tracing(config.tracing, Redactor(config.request_log.redact), frozenset(known))
         self.audit: AuditLayer | None = None  # the request log's layer, when it is on
         self.pipeline: Handler = self._pipeline()
+        if self.metrics is not None and self.cache is not None:  # built with the pipeline, read at scrapes
+            self.metrics.cache = self.cache.stats
         from relaygate.api.assistants.runner import Runner
 
         # runs of the hosted Assistants API execute here, in tasks of the gateway, through the pipeline

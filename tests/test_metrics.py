@@ -115,6 +115,26 @@ def test_metric_values_after_a_known_sequence_of_calls(start_gateway: Start) -> 
     assert "user-chosen-name" not in text and LIMITED not in text and MASTER not in text
 
 
+def test_cache_hits_misses_and_the_usd_they_saved(start_gateway: Start) -> None:
+    with emulators({}) as (emu,):
+        gw = start_gateway({"models": [{"name": "c", "deployments": [dep(emu, "c-a")], "cache": {}}],
+                            "auth": {"master_key": MASTER}})
+        c = client(gw)
+        asked = {"model": "c", "messages": MESSAGES, "temperature": 0}
+        first = c.chat.completions.with_raw_response.create(**asked)  # a miss, answered upstream and kept
+        again = [c.chat.completions.with_raw_response.create(**asked) for _ in range(2)]  # two hits
+        c.chat.completions.create(model="c", messages=MESSAGES, temperature=0, seed=3)  # another miss
+        found = samples(gw)
+    assert first.headers["x-relaygate-cache"] == "miss" and {r.headers["x-relaygate-cache"] for r in again} == {"hit"}
+    # a hit is served by no deployment: counted under its model with an empty deployment
+    assert value(found, "relaygate_cache_hits_total", model="c", deployment="") == 2
+    assert value(found, "relaygate_cache_hits_total") == 2
+    assert value(found, "relaygate_cache_misses_total") == 2
+    # each hit saved what its entry cost when it was answered upstream (both misses cost the same here)
+    cost = value(found, "relaygate_cost_usd_total", deployment="c-a")
+    assert value(found, "relaygate_cache_saved_usd_total", model="c") == pytest.approx(cost, rel=0.2)
+
+
 def test_metrics_need_the_master_key_unless_public(start_gateway: Start) -> None:
     with emulators({}, {}) as (primary, broken):
         gw = start_gateway(config(primary, broken))

@@ -25,6 +25,7 @@ from relaygate.server.http import error_fields
 if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
 
+    from relaygate.cache.layer import CacheStats
     from relaygate.config import Config
     from relaygate.requestlog.writer import RequestLogWriter
     from relaygate.routing.deployment import Deployment
@@ -81,6 +82,7 @@ class Metrics:
             self.key_teams = {config_key_id(k.id): k.team_id or "" for k in config.auth.keys}
         self.per_key: dict[tuple[str, str], list[int]] = {}  # (key, team) -> [requests, cost_nano]
         self.writer: RequestLogWriter | None = None
+        self.cache: CacheStats | None = None  # the response cache's counts, when a model has a cache
         self._registry: CollectorRegistry | None = None
 
     # -- the request path ---------------------------------------------------------------------------------
@@ -257,6 +259,24 @@ class Metrics:
         yield from self._deployment_families()
         if self.writer is not None:
             yield from _writer_families(self.writer)
+        if self.cache is not None:
+            yield from self._cache_families(self.cache)
+
+    def _cache_families(self, stats: CacheStats) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily
+
+        # hits are counted per call above (relaygate_cache_hits_total, with the call's labels)
+        yield CounterMetricFamily("relaygate_cache_misses", "Cache lookups that found no answer to reuse",
+                                  value=stats.misses)
+        saved: dict[str, int] = {}
+        for model, nano in stats.saved_nano.items():  # a shared (Redis) entry may name another config's model
+            label = model if model in self.names else OTHER
+            saved[label] = saved.get(label, 0) + nano
+        family = CounterMetricFamily("relaygate_cache_saved_usd", "What the cache hits would have cost upstream, "
+                                     "in USD", labels=["model"])
+        for model, nano in sorted(saved.items()):
+            family.add_metric([model], nano / NANO)
+        yield family
 
     def _buckets(self, counts: Iterable[list[int]]) -> list[tuple[str, float]]:
         """Cumulative ``le`` buckets of the summed per-bucket counts."""

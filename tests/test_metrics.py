@@ -120,9 +120,9 @@ def test_cache_hits_misses_and_the_usd_they_saved(start_gateway: Start) -> None:
         gw = start_gateway({"models": [{"name": "c", "deployments": [dep(emu, "c-a")], "cache": {}}],
                             "auth": {"master_key": MASTER}})
         c = client(gw)
-        asked = {"model": "c", "messages": MESSAGES, "temperature": 0}
-        first = c.chat.completions.with_raw_response.create(**asked)  # a miss, answered upstream and kept
-        again = [c.chat.completions.with_raw_response.create(**asked) for _ in range(2)]  # two hits
+        create = c.chat.completions.with_raw_response.create
+        first = create(model="c", messages=MESSAGES, temperature=0)  # a miss, answered upstream and kept
+        again = [create(model="c", messages=MESSAGES, temperature=0) for _ in range(2)]  # two hits
         c.chat.completions.create(model="c", messages=MESSAGES, temperature=0, seed=3)  # another miss
         found = samples(gw)
     assert first.headers["x-relaygate-cache"] == "miss" and {r.headers["x-relaygate-cache"] for r in again} == {"hit"}

@@ -201,3 +201,29 @@ def test_a_malformed_traceparent_starts_a_new_trace(start_gateway: Start, collec
         trace_id = raw.headers["x-relaygate-trace-id"]
         [server, _] = sorted(collector.trace(trace_id, 2), key=lambda s: s.kind)
     assert trace_id not in traceparent.lower() and not server.parent_span_id
+
+
+def test_cache_and_condensation_have_spans_when_they_act(start_gateway: Start, collector: Collector) -> None:
+    with emulators({}) as (emu,):
+        cfg = config(emu, collector)
+        cfg["models"] += [{"name": "c", "deployments": [dep(emu, "c-a")], "cache": {}},
+                          {"name": "w", "deployments": [dep(emu, "w-a")],
+                           "condense": {"context_window": 1000, "headroom": 0, "keep_last": 2}}]
+        gw = start_gateway(cfg)
+        client = openai.OpenAI(base_url=gw.base_url, api_key=MASTER, max_retries=0)
+        ids = [client.chat.completions.with_raw_response.create(model="c", messages=MESSAGES, temperature=0)
+               .headers["x-relaygate-trace-id"] for _ in range(2)]
+        miss, hit = (sorted(collector.trace(t, n), key=lambda s: s.kind) for t, n in zip(ids, (3, 2), strict=True))
+        long = [{"role": "user", "content": f"question {i} " + "word " * 200} for i in range(12)]
+        condensed = client.chat.completions.with_raw_response.create(model="w", messages=long)  # type: ignore[arg-type]
+        spans = collector.trace(condensed.headers["x-relaygate-trace-id"], 3)
+    # a miss: the lookup's span, then the upstream attempt; a hit: the lookup's span and no attempt
+    assert [(s.kind, s.name) for s in miss] == [(INTERNAL, "relaygate.cache"), (SERVER, "chat c"),
+                                               (CLIENT, "chat gpt-4o-mini")]
+    assert attrs(miss[0])["relaygate.cache.result"] == "miss" and miss[0].parent_span_id == miss[1].span_id
+    assert [(s.kind, s.name) for s in hit] == [(INTERNAL, "relaygate.cache"), (SERVER, "chat c")]
+    assert attrs(hit[0])["relaygate.cache.result"] == "hit"
+    [step] = [s for s in spans if s.name == "relaygate.condense"]
+    a = attrs(step)
+    assert a["relaygate.condense.strategy"] == condensed.headers["x-relaygate-condensed"]
+    assert 0 < a["relaygate.condense.tokens_saved"] < a["relaygate.condense.tokens_before"]

@@ -240,8 +240,13 @@ class CacheLayer:
         key = cache_key(call, deps, namespace(call, self.config))
         if mode == READ:
             oldest = settings.ttl if max_age is None else max_age if settings.ttl is None else min(max_age, settings.ttl)
+            span = call.trace.step("relaygate.cache") if call.trace is not None else None  # the lookup
             entry = await self._lookup(model, key, oldest)
-            if entry is not None and (hit := self._hit(call, entry, key)) is not None:
+            hit = self._hit(call, entry, key) if entry is not None else None
+            if span is not None:
+                span.set_attribute("relaygate.cache.result", "miss" if hit is None else "hit")
+                span.end()
+            if hit is not None:
                 return hit
             pending = self._inflight.get(key)
             if pending is not None:

@@ -166,7 +166,7 @@ class CondenseLayer:
             budget = window - settings.headroom - output_cap(call.body)
             before = prompt_tokens(call.body)
             if before > budget:
-                done = await self._condense(call, settings, budget, before)
+                done = await self._traced(call, settings, budget, before)
                 if done is not None:
                     self.stats.condensed += 1
         try:
@@ -175,7 +175,7 @@ class CondenseLayer:
             # the estimate (or the window) was wrong, and by how much is unknown: the one more try drops all
             # that may go (head and the newest turns are left; with summarize, a summary of the rest)
             before = prompt_tokens(call.body)
-            again = await self._condense(call, settings, 0, before)
+            again = await self._traced(call, settings, 0, before)
             if again is None:  # nothing left to drop: the upstream's error stands
                 raise
             self.stats.retried += 1
@@ -186,6 +186,29 @@ class CondenseLayer:
             reply.headers[HEADER] = done[0]
             reply.headers[TOKENS_HEADER] = str(done[1])
         return reply
+
+    async def _traced(self, call: Call, settings: CondenseConfig, budget: int,
+                      before: int) -> tuple[str, int] | None:
+        """``_condense`` inside a ``relaygate.condense`` span when the call is traced: the strategy used and
+        the tokens saved, or ``nothing`` when nothing could be dropped."""
+        trace = call.trace
+        if trace is None:
+            return await self._condense(call, settings, budget, before)
+        span = trace.step("relaygate.condense")
+        span.set_attribute("relaygate.condense.tokens_before", before)
+        try:
+            done = await self._condense(call, settings, budget, before)
+        except BaseException as e:
+            span.set_attribute("error.type", getattr(e, "kind", "internal"))
+            span.end()
+            raise
+        if done is None:
+            span.set_attribute("relaygate.condense.strategy", "nothing")
+        else:
+            span.set_attribute("relaygate.condense.strategy", done[0])
+            span.set_attribute("relaygate.condense.tokens_saved", done[1])
+        span.end()
+        return done
 
     async def _condense(self, call: Call, settings: CondenseConfig, budget: int,
                         before: int) -> tuple[str, int] | None:

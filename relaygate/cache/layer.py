@@ -134,6 +134,8 @@ def cache_key(call: Call, deps: list[Deployment], space: str) -> str:
     else:
         body, dialect = call.body, ""
     kept = {k: v for k, v in body.items() if k not in IGNORED}
+    if call.responses_request is not None:  # a /v1/responses call a native deployment may answer in its shape
+        dialect = "responses"
     ident = (call.route, dialect, [d.name for d in deps], call.model, space)
     # BLAKE2b: Python's own, without OpenSSL's per-hash setup (SHA-256 through OpenSSL costs ~8k instructions
     # a call); 128 bits leave no chance of two requests sharing a key by accident
@@ -252,7 +254,8 @@ class CacheLayer:
             if pending is not None:
                 cast = self._streams.get(key)
                 if cast is not None and call.stream and cast.wants_usage == call.wants_usage \
-                        and call.anthropic_request is None and call.native is None:
+                        and call.anthropic_request is None and call.native is None \
+                        and call.responses_request is None:
                     return self._joined(call, cast, key)
                 entry = await self._follow(call, pending)
                 if entry is not None and (hit := self._hit(call, entry, key)) is not None:
@@ -334,14 +337,15 @@ class CacheLayer:
             raise
         reply.headers[HEADER] = "miss"
         reply.headers[KEY_HEADER] = key
-        if reply.status != 200 or reply.anthropic_native or reply.native:
+        if reply.status != 200 or reply.anthropic_native or reply.native or reply.responses_native:
             self.stats.not_stored += 1
             self._settle(key, fut, None)
         elif reply.stream is None:
             self._keep(call, key, fut, self._whole(call, reply, model, reply.body or b""), settings)
         else:
             cast = None
-            if fut is not None and call.route is Route.CHAT and call.anthropic_request is None and call.native is None:
+            if fut is not None and call.route is Route.CHAT and call.anthropic_request is None and call.native is None \
+                    and call.responses_request is None:
                 cast = self._streams[key] = Broadcast(call.wants_usage, reply)
             reply.stream = self._tee(reply.stream, call, reply, model, key, fut, settings, cast)
 

@@ -229,6 +229,7 @@ class CondenseLayer:
         call.body = {**call.body, "messages": messages}
         call.anthropic_request = None  # an Anthropic deployment now sends the condensed (translated) body
         call.native = None  # likewise a Gemini, Cohere or Bedrock deployment
+        call.responses_request = None  # and a native Responses deployment too (it answers as chat then)
         saved = max(0, before - prompt_tokens(call.body))
         self.stats.tokens_saved += saved
         return strategy, saved

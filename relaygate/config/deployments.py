@@ -92,6 +92,10 @@ class OpenAIFields(KeyedUpstream):
     # transcriptions: forward ``language=auto`` as it is, for an upstream that reads it (whisper.cpp's server, whose
     # own default language applies otherwise); by default it is left out, which OpenAI's API reads as "detect"
     keep_language_auto: bool = False
+    # the upstream serves OpenAI's Responses API itself (OpenAI, Azure OpenAI's v1 API, a compatible server with
+    # /v1/responses): /v1/responses calls routed here are forwarded as they are, built-in tools included,
+    # instead of being translated to chat (docs/responses.md)
+    responses_native: bool = False
 
     @field_validator("voices")
     @classmethod

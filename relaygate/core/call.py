@@ -27,6 +27,9 @@ class Route(StrEnum):
     SPEECH = "speech"
     COUNT_TOKENS = "count_tokens"  # Anthropic's /v1/messages/count_tokens
     PASSTHROUGH = "passthrough"  # OpenAI's other REST routes (files, batches, images, …), forwarded as they are
+    # a /v1/responses request only a deployment serving OpenAI's Responses API natively can answer (built-in
+    # tools, items chat cannot carry): ``Call.body`` is the Responses request itself
+    RESPONSES = "responses"
 
 
 class Dialect(StrEnum):
@@ -103,7 +106,7 @@ class Usage:
     def from_openai(cls, u: Any) -> Usage | None:
         if not isinstance(u, dict):
             return None
-        details = u.get("prompt_tokens_details") or {}
+        details = u.get("prompt_tokens_details") or u.get("input_tokens_details") or {}
         prompt = u.get("prompt_tokens", u.get("input_tokens", 0)) or 0
         completion = u.get("completion_tokens", u.get("output_tokens", 0)) or 0
         return cls(
@@ -119,6 +122,17 @@ def token_count(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 2 ** 62:
         return 0
     return int(value)
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamChain:
+    """A stored response that deployment ``deployment`` answered natively, as upstream response ``upstream_id``:
+    that deployment may send ``previous_response_id`` with only the turn's new ``input`` instead of the
+    whole conversation (the upstream keeps what it stored, reasoning and built-in tool calls included)."""
+
+    deployment: str
+    upstream_id: str
+    input: Any
 
 
 @dataclass(slots=True)
@@ -148,6 +162,10 @@ class Call:
     meter: Meter | None = None  # passthrough: how the forwarded request is priced
     anthropic_request: dict[str, Any] | None = None  # /v1/messages: the client's own Messages body
     native: NativeRequest | None = None  # Gemini, Cohere and Bedrock clients: their own request body
+    # /v1/responses: the Responses request a deployment serving that API natively sends (the whole conversation
+    # as its input), and how it may chain on its own stored response instead (api/responses/native.py)
+    responses_request: dict[str, Any] | None = None
+    responses_chain: UpstreamChain | None = None
     fallbacks: tuple[str, ...] = ()  # the fallback models the call moved on to, in order
     cost_nano: int | None = None  # what the call cost, once known (the limits and the log share it)
     cache_hit: bool = False  # answered from the response cache
@@ -199,6 +217,7 @@ class Reply:
     first_byte_at: float | None = None  # monotonic time of the first upstream byte (TTFT for streams)
     anthropic_native: bool = False  # the body or stream is Anthropic's own Messages format, relayed untouched
     native: bool = False  # the body or stream is in the call's own dialect (``Call.native``), relayed untouched
+    responses_native: bool = False  # the body or stream is OpenAI's Responses API format, relayed as it came
     delivered: Delivered | None = None  # a chat stream's count of what reached its client (api/common.py)
     _done: list[DoneCallback] = field(default_factory=list)
     _finished: bool = False

@@ -22,12 +22,13 @@ if TYPE_CHECKING:
 NANO = 1_000_000_000  # nano-dollars per dollar
 COUNT_TOKENS = Route.COUNT_TOKENS
 CHAT = Route.CHAT  # bound once: on Python 3.11 an enum class attribute costs ~0.2 µs per lookup
+RESPONSES = Route.RESPONSES
 MAX_CACHED = 10_000  # prices remembered per (deployment, model): a wildcard deployment sees any model name
 MIN_HELD_OUTPUT = 16  # the fewest output tokens a call held to its remaining budget is let through with
 WILDCARD = "*"
 # request fields the upstream reads as part of the prompt besides the messages (tool and function
 # definitions, a structured-output schema): counted by the bytes of their JSON
-_PROMPT_EXTRAS = ("tools", "functions", "response_format")
+_PROMPT_EXTRAS = ("tools", "functions", "response_format", "text")  # text: the Responses API's format
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,12 +173,13 @@ class Pricing:
             return meter.reserve_tokens, meter.reserve_nano, 0
         prompt = self.prompt_tokens(call.body)
         cap = 0
-        if call.route is CHAT:
-            body = call.body
-            given = body.get("max_completion_tokens") or body.get("max_tokens")
+        route = call.route
+        generates = route is CHAT or route is RESPONSES  # (a native Responses call: its own body and cap)
+        if generates:
+            given = output_cap_of(call.body, route)
             if type(given) is int and given > 0:
                 cap = given
-        out = cap or (self.default_output_tokens if call.route is CHAT else 0)
+        out = cap or (self.default_output_tokens if generates else 0)
         if not cost:
             return prompt + out, 0, 0
         res = self._reserve.get(call.model) or self.reservation(call.model)
@@ -188,7 +190,7 @@ class Pricing:
                 "deployment's input_cost_per_token/output_cost_per_token; 0 for a free model).",
                 param="model", code="unpriced_request")
         held = 0
-        if call.route is CHAT and not cap and res.output:
+        if generates and not cap and res.output:
             out_cost = res.max_output or self.default_output_tokens
             if not res.bounded:  # a deployment whose maximum output is not known: held to what is reserved
                 held = out_cost
@@ -202,14 +204,14 @@ class Pricing:
         """(tokens, nano-dollars, output cap) of the largest answer ``left`` nano-dollars of budget can pay
         for, the prompt included; None when that is less than ``MIN_HELD_OUTPUT`` tokens (or less than the
         client's own cap, if smaller): the call is then refused rather than cut to nothing."""
-        if call.route is not CHAT or call.meter is not None:
+        if (call.route is not CHAT and call.route is not RESPONSES) or call.meter is not None:
             return None
         res = self._reserve.get(call.model) or self.reservation(call.model)
         if res.output <= 0:
             return None
         prompt = self.prompt_tokens(call.body)
         body = call.body
-        cap = body.get("max_completion_tokens") or body.get("max_tokens")
+        cap = output_cap_of(body, call.route)
         wanted = cap if type(cap) is int and cap > 0 else MIN_HELD_OUTPUT
         n = choices(body)  # the cap holds each choice: n of them are paid for
         out = int((left / NANO - prompt * res.input) / (res.output * n))
@@ -248,12 +250,15 @@ class Pricing:
             if isinstance(given, str):
                 chars += len(given)
             elif isinstance(given, list):
-                chars += sum(len(x) if isinstance(x, str) else 4 * len(x) if isinstance(x, list) else 0
-                             for x in given)
+                chars += sum(len(x) if isinstance(x, str) else 4 * len(x) if isinstance(x, list)
+                             else _json_chars(x) if isinstance(x, dict) else 0 for x in given)  # Responses items
         for name in _PROMPT_EXTRAS:  # absent from most requests: one dict lookup each
             extra = body.get(name)
             if extra:
                 chars += _json_chars(extra)
+        instructions = body.get("instructions")  # the Responses API's system prompt
+        if type(instructions) is str:
+            chars += len(instructions)
         return chars // 4 + 1
 
     def unit_price(self, dep: Deployment) -> float | None:
@@ -269,3 +274,10 @@ class Pricing:
             unit = p.input + p.output if (p.input or p.output) else None
         self._unit[dep.name] = unit
         return unit
+
+
+def output_cap_of(body: dict[str, Any], route: Route) -> Any:
+    """The output cap a generating call's body sets (the Responses API names it ``max_output_tokens``)."""
+    if route is RESPONSES:
+        return body.get("max_output_tokens")
+    return body.get("max_completion_tokens") or body.get("max_tokens")

@@ -104,11 +104,14 @@ def hold_output(call: Call, cap: int) -> bool:
             if value > cap:
                 body[name] = cap
                 lowered = True
-    native = call.anthropic_request
-    if native is not None:
-        value = native.get("max_tokens")
-        if type(value) is int and value > cap:
-            native["max_tokens"] = cap
+    for native, name in ((call.anthropic_request, "max_tokens"), (call.responses_request, "max_output_tokens")):
+        if native is not None:
+            value = native.get(name)
+            if type(value) is int:
+                given = given or native is body  # a native Responses call's own body
+                if value > cap:
+                    native[name] = cap
+                    lowered = lowered or native is body
     if call.native is not None:
         call.native.cap_output(cap)
     if not given or lowered:

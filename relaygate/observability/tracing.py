@@ -33,7 +33,7 @@ MAX_TEXT = 200
 # gen_ai.operation.name of each route (the GenAI conventions' names where they have one)
 OPERATIONS = {Route.CHAT: "chat", Route.EMBEDDINGS: "embeddings", Route.TRANSCRIPTIONS: "transcriptions",
               Route.TRANSLATIONS: "translations", Route.SPEECH: "speech", Route.COUNT_TOKENS: "count_tokens",
-              Route.PASSTHROUGH: "passthrough"}
+              Route.PASSTHROUGH: "passthrough", Route.RESPONSES: "chat"}
 REQUEST_PARAMS = (("max_tokens", "gen_ai.request.max_tokens"), ("max_completion_tokens", "gen_ai.request.max_tokens"),
                   ("temperature", "gen_ai.request.temperature"), ("top_p", "gen_ai.request.top_p"))
 LOW_64 = (1 << 64) - 1

@@ -24,11 +24,11 @@ def provider_class(config: DeploymentConfig) -> type[Provider]:
     """The adapter class for a deployment's config, imported on first use so unused providers cost nothing."""
     match config:
         case OpenAIDeployment():
-            from relaygate.providers.openai.provider import OpenAIProvider
-            return OpenAIProvider
+            from relaygate.providers.openai.provider import OpenAIProvider, OpenAIResponsesProvider
+            return OpenAIResponsesProvider if config.responses_native else OpenAIProvider
         case AzureDeployment():
-            from relaygate.providers.openai.azure import AzureProvider
-            return AzureProvider
+            from relaygate.providers.openai.azure import AzureProvider, AzureResponsesProvider
+            return AzureResponsesProvider if config.responses_native else AzureProvider
         case DemoDeployment():
             from relaygate.providers.demo import DemoProvider
             return DemoProvider

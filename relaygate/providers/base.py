@@ -81,6 +81,7 @@ class Provider:
             Route.CHAT: self.chat, Route.EMBEDDINGS: self.embeddings, Route.TRANSCRIPTIONS: self.transcriptions,
             Route.TRANSLATIONS: self.translations, Route.SPEECH: self.speech,
             Route.COUNT_TOKENS: self.count_tokens, Route.PASSTHROUGH: self.passthrough,
+            Route.RESPONSES: self.responses,
         }
         # a route the class does not declare is refused even where a base class implements it (Azure does
         # not take OpenAI's passthrough URLs)
@@ -118,6 +119,10 @@ class Provider:
 
     async def passthrough(self, call: Call) -> Reply:
         """One of OpenAI's other REST routes (``call.forward``), forwarded as it is."""
+        return await self.refuse(call)
+
+    async def responses(self, call: Call) -> Reply:
+        """A Responses API request (``call.responses_request``) sent to an upstream that serves it natively."""
         return await self.refuse(call)
 
     async def refuse(self, call: Call) -> Reply:
@@ -394,6 +399,7 @@ _CANNOT = {
     Route.TRANSLATIONS: "does not serve audio translations", Route.SPEECH: "does not serve speech",
     Route.COUNT_TOKENS: "does not count tokens",
     Route.PASSTHROUGH: "does not serve OpenAI's other routes (files, images, …)",
+    Route.RESPONSES: "does not serve OpenAI's Responses API natively (responses_native in the config)",
 }
 
 

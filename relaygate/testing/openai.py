@@ -1,4 +1,4 @@
-"""An emulator of OpenAI's REST wire format (chat completions, models; Azure's deployment URLs too).
+"""An emulator of OpenAI's REST wire format (chat completions, models, the Responses API; Azure's URLs too).
 
 Answers are deterministic functions of the request, so tests can check what reached the upstream:
 the reply echoes the last user message, calls the first offered tool, reports tool results and images.
@@ -81,6 +81,18 @@ def fault_response(plan: FaultPlan) -> web.Response:
     return json_response(error_body(plan.status, plan.message, plan.error_code), plan.status, headers)
 
 
+async def planned_fault(request: web.Request) -> tuple[FaultPlan | None, web.StreamResponse | None]:
+    """The armed fault plan that hits this request, and the answer it makes instead of the real one (an error
+    status, a dropped connection; None when the request goes on, maybe slowed or cut later by the plan)."""
+    plan = request.app[STATE_KEY].take_fault(request.path)
+    await apply_latency(plan)
+    if plan is not None and plan.drop_connection:
+        return plan, await drop_connection(request)
+    if plan is not None and plan.status:
+        return plan, fault_response(plan)
+    return plan, None
+
+
 def auth_error(request: web.Request, opts: OpenAIEmulatorOptions, azure: bool) -> web.Response | None:
     """OpenAI's 401 when the emulator wants a key and the request does not carry it."""
     if opts.api_key is None:
@@ -141,7 +153,6 @@ def create_app(options: OpenAIEmulatorOptions | None = None, state: EmulatorStat
         return body, None
 
     async def chat(request: web.Request, azure: bool = False) -> web.StreamResponse:
-        state = request.app[STATE_KEY]
         body, err = await read_json(request)
         if err is not None or body is None:
             return err  # type: ignore[return-value]
@@ -150,12 +161,9 @@ def create_app(options: OpenAIEmulatorOptions | None = None, state: EmulatorStat
             return denied
         if azure and "api-version" not in request.query:
             return json_response(error_body(404, "Resource not found"), 404)
-        plan = state.take_fault(request.path)
-        await apply_latency(plan)
-        if plan is not None and plan.drop_connection:
-            return await drop_connection(request)
-        if plan is not None and plan.status:
-            return fault_response(plan)
+        plan, faulted = await planned_fault(request)
+        if faulted is not None:
+            return faulted
         if azure:
             body.setdefault("model", request.match_info["deployment"])
         model = body.get("model")
@@ -212,7 +220,9 @@ def create_app(options: OpenAIEmulatorOptions | None = None, state: EmulatorStat
         add_audio_routes,  # imported here: they build on this module's helpers
     )
     from relaygate.testing.openai_files import add_passthrough_routes
+    from relaygate.testing.openai_responses import add_responses_routes
 
     add_audio_routes(app, opts)
     add_passthrough_routes(app, opts)
+    add_responses_routes(app, opts)
     return app

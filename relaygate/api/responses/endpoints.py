@@ -18,9 +18,10 @@ import orjson
 
 from relaygate.api.chat import chat_call
 from relaygate.api.chunks import chat_completion, once, translate_stream, whole_as_chunk
-from relaygate.api.common import object_body, reply_headers
+from relaygate.api.common import object_body, pop_provider, reply_headers
 from relaygate.api.objects import missing, owner, page_query, path_ids, slice_page
 from relaygate.api.responses.conversations import conversation_context, conversation_id, keep_turn
+from relaygate.api.responses.native import UPSTREAM, NativeAnswer, chain_of, native_request, serves_natively
 from relaygate.api.responses.translate import (
     ResponseEvents,
     chat_request,
@@ -30,12 +31,14 @@ from relaygate.api.responses.translate import (
     response_shell,
 )
 from relaygate.auth.authenticator import caller
+from relaygate.core.call import Call, Route
 from relaygate.core.errors import BadRequest, MethodNotAllowed, NotFound, Unsupported
 from relaygate.providers.base import ANSWER_ERRORS, readable, unreadable
 from relaygate.server.http import Request, Response, StreamResponse, json_response
 from relaygate.store.objects import Stored, new_id, owner_of
 
 if TYPE_CHECKING:
+    from relaygate.auth.keys import Principal
     from relaygate.gateway import Gateway
 
 REPLAYED = ("message", "function_call", "function_call_output", "reasoning")  # output items later turns send
@@ -59,8 +62,8 @@ async def create(gw: Gateway, req: Request) -> Response | StreamResponse:
     if previous is not None and conv is not None:
         raise BadRequest("'previous_response_id' and 'conversation' cannot be used together",
                          param="previous_response_id", code="invalid_value")
-    inputs = input_items(body["input"]) if body.get("input") is not None else []
     history: list[dict[str, Any]] = []
+    chain = None
     if previous is not None:
         prev = await gw.objects.get("response", previous, who) if len(previous) <= 64 else None
         if prev is None:
@@ -68,27 +71,45 @@ async def create(gw: Gateway, req: Request) -> Response | StreamResponse:
                            code="previous_response_not_found")
         context = (prev.extra or {}).get("context") or []
         history = [*context, *(it for it in prev.data.get("output") or () if it.get("type") in REPLAYED)]
+        chain = chain_of(prev.extra, body.get("input"))
     elif conv is not None:
         history = await conversation_context(gw, who, conv)
+    call, inputs = _call(gw, req, body, key, history)
+    call.responses_chain = chain
     context = history + inputs
-    call = chat_call(gw, req, chat_request(body, context), key)
     store = body.get("store", True) is not False
     rid = new_id("resp_")
     shell = response_shell(rid, int(time.time()), body, previous, conv)
 
     writes: list[asyncio.Future[None]] = []
+    native = NativeAnswer(rid, previous, conv, lambda response: keep(response))
 
     def keep(response: dict[str, Any]) -> None:
         if store:
+            extra: dict[str, Any] = {"context": context, "input": inputs}
+            if native.upstream_id is not None and call.deployment is not None:
+                extra[UPSTREAM] = {"deployment": call.deployment.name, "id": native.upstream_id}
             writes.append(gw.objects.save_later(Stored(id=rid, kind="response", owner=who, data=response,
-                                                       extra={"context": context, "input": inputs},
-                                                       seq=time.time_ns(), created_at=time.time())))
+                                                       extra=extra, seq=time.time_ns(), created_at=time.time())))
         if conv is not None and response["status"] != "failed":
             writes.extend(keep_turn(gw, who, conv, inputs, response["output"]))
 
     reply = await gw.handle(call)
     headers = reply_headers(call, reply)
     kind = call.deployment.provider_type if call.deployment is not None else "upstream"
+    if reply.responses_native:
+        if reply.stream is not None:
+            reply.stream = stored_before_the_end(readable(native.relay(reply.stream), kind), writes)
+            return StreamResponse(reply, headers, native.fail)
+        try:
+            out = native.whole(reply.body or b"")
+        except ANSWER_ERRORS as e:
+            err = unreadable(kind, e)
+            reply.finish(err)
+            raise err from None
+        if writes:
+            await asyncio.wait(writes)
+        return Response(out, 200, headers, reply=reply)
     if reply.stream is not None:
         events = ResponseEvents(shell, keep)
         stream = readable(translate_stream(reply.stream, events, lambda: reply.usage), kind)
@@ -114,6 +135,40 @@ async def create(gw: Gateway, req: Request) -> Response | StreamResponse:
     if writes:
         await asyncio.wait(writes)
     return Response(out, 200, headers, reply=reply)
+
+
+def _call(gw: Gateway, req: Request, body: dict[str, Any], key: Principal | None,
+          history: list[dict[str, Any]]) -> tuple[Call, list[dict[str, Any]]]:
+    """The pipeline call of a Responses request: a chat call (any deployment serves it; one serving the
+    Responses API natively sends ``responses_request`` instead), or, for what chat cannot carry (built-in
+    tools, items it has no form for), a ``responses`` call only such a deployment serves; without one, the
+    translation's 400 that names what cannot be served."""
+    given = body.get("input")
+    try:
+        inputs = input_items(given) if given is not None else []
+        chat: dict[str, Any] | None = chat_request(body, history + inputs)
+        refused: Unsupported | None = None
+    except Unsupported as e:
+        chat, refused = None, e
+        inputs = input_items(given, keep_unknown=True) if given is not None else []
+    if chat is not None:
+        call = chat_call(gw, req, chat, key)
+        if serves_natively(gw, call):
+            call.responses_request = native_request(body, history)
+    else:
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise BadRequest("you must provide the 'model' parameter", param="model",
+                             code="missing_required_parameter")
+        native = native_request(body, history)
+        provider = pop_provider({"provider": body.get("provider")})
+        call = Call(id=req.id, route=Route.RESPONSES, model=model, body=native, stream=bool(body.get("stream")),
+                    headers=req.headers, client_ip=req.client_ip, provider=provider, key=key,
+                    deadline=time.monotonic() + gw.config.server.request_timeout, responses_request=native)
+        if not serves_natively(gw, call):
+            assert refused is not None
+            raise refused
+    return call, inputs
 
 
 async def stored_before_the_end(stream: AsyncIterator[bytes],

@@ -32,15 +32,24 @@ def _text_of(value: Any, where: str) -> str:
 
 # ---- input items ---------------------------------------------------------------------------------------
 
-def input_items(value: Any, where: str = "input") -> list[dict[str, Any]]:
+def input_items(value: Any, where: str = "input", keep_unknown: bool = False) -> list[dict[str, Any]]:
     """The ``input`` of a request (a string or a list of items) as items in their full form, each with an
-    id: what ``input_items`` lists and what later turns replay."""
+    id: what ``input_items`` lists and what later turns replay. With ``keep_unknown`` an item chat cannot
+    carry (for a deployment serving the Responses API natively) is kept as the client sent it."""
     if isinstance(value, str):
         return [{"type": "message", "id": item_id("msg_"), "role": "user", "status": "completed",
                  "content": [{"type": "input_text", "text": value}]}]
     if not isinstance(value, list):
         raise BadRequest(f"'{where}' must be a string or an array of input items", param=where, code="invalid_type")
-    return [_item(it, f"{where}[{i}]") for i, it in enumerate(value)]
+    out = []
+    for i, it in enumerate(value):
+        try:
+            out.append(_item(it, f"{where}[{i}]"))
+        except Unsupported:
+            if not keep_unknown or not isinstance(it, dict):
+                raise
+            out.append(dict(it))
+    return out
 
 
 def _item(it: Any, where: str) -> dict[str, Any]:
@@ -130,7 +139,7 @@ def chat_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Items (already checked by ``input_items`` or produced by the gateway) as chat messages."""
     out: list[dict[str, Any]] = []
     for n, it in enumerate(items):
-        kind = it["type"]
+        kind = it.get("type")  # (items only a native deployment took are left out)
         if kind == "message":
             role = ROLES[it["role"]]
             parts = [_chat_part(p, f"input[{n}].content[{j}]") for j, p in enumerate(it["content"])]
@@ -166,13 +175,15 @@ def _tools(tools: Any) -> list[dict[str, Any]]:
             raise BadRequest(f"tools[{i}] must be an object", param=f"tools[{i}]", code="invalid_type")
         kind = t.get("type")
         if kind != "function":
-            if kind in BUILT_IN_TOOLS:
-                raise Unsupported(f"the built-in tool {kind!r} (tools[{i}]) cannot run here: it runs at OpenAI, "
-                                  "and this model's deployments do not serve the Responses API natively; "
-                                  "only function tools are translated", param=f"tools[{i}].type",
-                                  code="unsupported_tool")
-            raise BadRequest(f"tools[{i}].type {kind!r} is not a tool type", param=f"tools[{i}].type",
-                             code="invalid_value")
+            if not isinstance(kind, str) or not kind:
+                raise BadRequest(f"tools[{i}].type must be a tool type", param=f"tools[{i}].type",
+                                 code="invalid_value")
+            # a built-in tool (or one newer than this list): only an upstream serving the API natively runs it
+            what = "the built-in tool" if kind in BUILT_IN_TOOLS else "the tool type"
+            raise Unsupported(f"{what} {kind!r} (tools[{i}]) cannot run here: it runs at OpenAI, and no "
+                              "deployment of this model serves the Responses API natively (responses_native); "
+                              "only function tools are translated for other models", param=f"tools[{i}].type",
+                              code="unsupported_tool")
         name = _text_of(t.get("name"), f"tools[{i}].name")
         fn: dict[str, Any] = {"name": name, "parameters": t.get("parameters") or {"type": "object", "properties": {}}}
         if isinstance(t.get("description"), str):
@@ -188,8 +199,9 @@ def _tool_choice(choice: Any) -> Any:
         return choice
     if isinstance(choice, dict) and choice.get("type") == "function" and isinstance(choice.get("name"), str):
         return {"type": "function", "function": {"name": choice["name"]}}
-    if isinstance(choice, dict) and choice.get("type") in BUILT_IN_TOOLS:
-        raise Unsupported(f"tool_choice names the built-in tool {choice['type']!r}, which cannot run here",
+    if isinstance(choice, dict) and isinstance(choice.get("type"), str) and choice["type"] != "function":
+        raise Unsupported(f"tool_choice {choice['type']!r} cannot be served here (a built-in tool, or a choice "
+                          "among tools, which only a deployment serving the Responses API natively takes)",
                           param="tool_choice", code="unsupported_tool")
     raise BadRequest("'tool_choice' must be auto, none, required or {\"type\": \"function\", \"name\": …}",
                      param="tool_choice", code="invalid_value")

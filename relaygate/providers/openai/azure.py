@@ -40,3 +40,13 @@ class AzureProvider(OpenAIProvider):
 
     def url(self, path: str, model: str) -> str:
         return f"{self.base}/openai/deployments/{model_segment(model)}{path}?api-version={quote(self.api_version)}"
+
+    def responses_url(self, model: str) -> str:
+        """Azure's v1 API, whose Responses route takes the deployment as ``model`` in the body, unversioned."""
+        return f"{self.base}/openai/v1/responses"
+
+
+class AzureResponsesProvider(AzureProvider):
+    """An Azure OpenAI resource whose v1 API serves the Responses API (``responses_native``)."""
+
+    routes: ClassVar[frozenset[Route]] = AzureProvider.routes | {Route.RESPONSES}

@@ -21,6 +21,8 @@ from relaygate.core.errors import (
 from relaygate.providers.base import RATE_LIMIT_HEADERS, Provider, error_json, retry_after_seconds
 from relaygate.providers.batching import embed_in_batches, needs_batches
 from relaygate.providers.listing import ListedModel, ollama_tags, openai_models
+from relaygate.providers.openai.responses import native_body
+from relaygate.providers.openai.responses import relay as relay_responses
 from relaygate.providers.openai.usage import usage_of
 from relaygate.providers.openai_format import take_usage, usage_at
 from relaygate.providers.streaming import EventCutter, UpstreamBody, open_body
@@ -96,7 +98,34 @@ class OpenAIProvider(Provider):
         return body
 
     async def chat(self, call: Call) -> Reply:
+        if call.responses_request is not None and Route.RESPONSES in self.routes:
+            return await self.responses(call)  # a /v1/responses call this deployment serves natively
         return await self.forward_json(call, "/chat/completions")
+
+    def responses_url(self, model: str) -> str:
+        return self.base + "/responses"
+
+    async def responses(self, call: Call) -> Reply:
+        """A /v1/responses request sent as it is (``responses_native``); the answer relayed as it came."""
+        assert call.deployment is not None
+        model = call.deployment.upstream_model(call.model)
+        body = native_body(call, model)
+        resp = await self.request(call.deadline, "POST", self.responses_url(model),
+                                  headers=self.encoded(self.auth_headers()), data=orjson.dumps(body))
+        if resp.status >= 400:
+            raise await self.upstream_error(resp)
+        passed = passed_headers(resp)
+        if call.stream and resp.headers.get("content-type", "").startswith("text/event-stream"):
+            reply = Reply(media_type="text/event-stream", headers=passed, first_byte_at=time.monotonic())
+            reply.stream = relay_responses(UpstreamBody(resp, self.kind), reply)
+        else:
+            try:
+                data = await self.read_body(resp)
+            finally:
+                resp.release()
+            reply = Reply(body=data, headers=passed, first_byte_at=time.monotonic(), usage=usage_of(data))
+        reply.responses_native = True
+        return reply
 
     async def embeddings(self, call: Call) -> Reply:
         size = self.config.embedding_batch_size or OPENAI_MAX_EMBEDDING_INPUTS
@@ -243,6 +272,12 @@ class OpenAIProvider(Provider):
             if k in resp.headers:
                 e.headers[k] = resp.headers[k]
         return e
+
+
+class OpenAIResponsesProvider(OpenAIProvider):
+    """An OpenAI-API upstream that serves the Responses API too (``responses_native``)."""
+
+    routes: ClassVar[frozenset[Route]] = OpenAIProvider.routes | {Route.RESPONSES}
 
 
 def _without_auto_language(name: str, value: str) -> bool:

@@ -28,6 +28,7 @@ class _Usage(msgspec.Struct):
     input_tokens: int | None = None
     output_tokens: int | None = None
     prompt_tokens_details: _Details | None = None
+    input_tokens_details: _Details | None = None  # the Responses API's name
     type: str | None = None
     seconds: float | None = None
 
@@ -53,7 +54,7 @@ def usage_of(body: bytes) -> Usage | None:
         return Usage(audio_seconds=u.seconds or 0.0)
     prompt = u.prompt_tokens if u.prompt_tokens is not _UNSET else u.input_tokens
     completion = u.completion_tokens if u.completion_tokens is not _UNSET else u.output_tokens
-    details = u.prompt_tokens_details
+    details = u.prompt_tokens_details or u.input_tokens_details
     cached = (details.cached_tokens or 0) if details is not None else 0
     return Usage(prompt or 0, completion or 0, cached)  # positional: 2.4k instructions, by keyword 4k
 

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from relaygate.auth.authenticator import Authenticator
     from relaygate.auth.keys import KeyStore
     from relaygate.cache.layer import CacheLayer
+    from relaygate.catalog.context import ContextWindows
     from relaygate.condense.layer import CondenseLayer
     from relaygate.limits.base import Limiter, SpentLoader
     from relaygate.observability.alerts import Alerts
@@ -336,6 +337,8 @@ class Gateway:
             known = {m.name for m in config.models} | {d.config.model for d in self.deployments()}
             self.tracing = Tracing(config.tracing, Redactor(config.request_log.redact), frozenset(known))
         self.audit: AuditLayer | None = None  # the request log's layer, when it is on
+        self._windows: ContextWindows | None = None
+        self._fitting: CondenseLayer | None = None
         self.pipeline: Handler = self._pipeline()
         if self.metrics is not None and self.cache is not None:  # built with the pipeline, read at scrapes
             self.metrics.cache = self.cache.stats
@@ -388,16 +391,10 @@ class Gateway:
         self.cache: CacheLayer | None = None
         self.condense: CondenseLayer | None = None
         if any(m.condense is not None for m in self.config.models):
-            from relaygate.catalog.context import ContextWindows
             from relaygate.condense.layer import CondenseLayer
 
-            windows = ContextWindows(self.catalog.context_table())
-
-            def window(dep: Deployment) -> int | None:
-                return None if dep.config.model == "*" else windows.lookup(dep.config.model)
-
             # a summary is a call of its own through the whole pipeline (logged, limited, billed to the key)
-            handler = self.condense = CondenseLayer(handler, self.config, self.table, window,
+            handler = self.condense = CondenseLayer(handler, self.config, self.table, self._window,
                                                     lambda call: self.pipeline(call))
         if any(m.cache is not None for m in self.config.models):
             from relaygate.cache.layer import CacheLayer
@@ -532,6 +529,30 @@ class Gateway:
 
     async def handle(self, call: Call) -> Reply:
         return await self.pipeline(call)
+
+    async def fit(self, call: Call) -> Reply:
+        """``handle`` for a call that asks to be fitted to its model's context window itself (``Call.truncation``
+        "auto", ``max_prompt_tokens``): the conversation shortened before it goes, or after an upstream's
+        context-length error and tried once more, on any model (docs/responses.md#truncation)."""
+        fitting = self._fitting
+        if fitting is None:
+            from relaygate.condense.layer import CondenseLayer
+
+            # over the whole pipeline (a retry after a context error is a call of its own: logged, limited)
+            fitting = self._fitting = CondenseLayer(lambda c: self.pipeline(c), self.config, self.table,
+                                                    self._window, lambda c: self.pipeline(c))
+        return await fitting(call)
+
+    def _window(self, dep: Deployment) -> int | None:
+        """A deployment's context window from the catalog (None when unknown); the catalog is read once."""
+        if dep.config.model == "*":
+            return None
+        windows = self._windows
+        if windows is None:
+            from relaygate.catalog.context import ContextWindows
+
+            windows = self._windows = ContextWindows(self.catalog.context_table())
+        return windows.lookup(dep.config.model)
 
     def deployments(self) -> list[Deployment]:
         """Every deployment once (a selecting model's are other models' under its name: left out)."""

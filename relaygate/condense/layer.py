@@ -39,6 +39,9 @@ log = logging.getLogger("relaygate.condense")
 HEADER = "x-relaygate-condensed"
 TOKENS_HEADER = "x-relaygate-condensed-tokens"
 MAX_SUMMARIES = 1024  # summaries remembered (by the hash of what they replaced)
+# what a call that asks to be fitted itself (``Call.truncation`` "auto", ``max_prompt_tokens``) gets on a model
+# without a ``condense`` config: as OpenAI documents its truncation, the oldest items go, down to the last turn
+ASKED = CondenseConfig(keep_last=1, pin_first_user=False)
 SUMMARY_INTRO = "Summary of the earlier part of this conversation (condensed by the gateway):\n"
 SUMMARIZE_PROMPT = (
     "Summarize the conversation excerpt below for the assistant that continues it. Keep every fact, decision, "
@@ -152,18 +155,25 @@ class CondenseLayer:
         return min(known) if known else None  # the smallest: the call may go to any of them
 
     async def __call__(self, call: Call) -> Reply:
-        if call.route is not Route.CHAT or not isinstance(call.body.get("messages"), list):
+        if call.route is not Route.CHAT or not isinstance(call.body.get("messages"), list) \
+                or call.truncation == "disabled":  # (the client wants the context error, as OpenAI gives it)
             return await self.next(call)
         deps = call.deployments
         if deps is None:
             deps = call.deployments = self.table.resolve(call)
         settings = self.models.get(deps[0].model_name)
+        cap = call.max_prompt_tokens
         if settings is None:
-            return await self.next(call)
+            if call.truncation != "auto" and cap is None:
+                return await self.next(call)
+            settings = ASKED
         done: tuple[str, int] | None = None
         window = self._window(settings, deps)
-        if window is not None:
-            budget = window - settings.headroom - output_cap(call.body)
+        if window is not None or cap is not None:
+            budget = window - settings.headroom - output_cap(call.body) if window is not None else cap
+            if cap is not None and budget is not None:
+                budget = min(budget, cap)
+            assert budget is not None
             before = prompt_tokens(call.body)
             if before > budget:
                 done = await self._traced(call, settings, budget, before)

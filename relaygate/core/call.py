@@ -166,6 +166,11 @@ class Call:
     # as its input), and how it may chain on its own stored response instead (api/responses/native.py)
     responses_request: dict[str, Any] | None = None
     responses_chain: UpstreamChain | None = None
+    # the conversation may be shortened to fit the model's context window ("auto": the Responses API's
+    # ``truncation``, an Assistants run's ``truncation_strategy``), or never ("disabled": the context error
+    # stands, whatever the model's ``condense`` config says); None: the model's config decides
+    truncation: str | None = None
+    max_prompt_tokens: int | None = None  # an Assistants run's ``max_prompt_tokens``: the prompt shortened to fit
     fallbacks: tuple[str, ...] = ()  # the fallback models the call moved on to, in order
     cost_nano: int | None = None  # what the call cost, once known (the limits and the log share it)
     cache_hit: bool = False  # answered from the response cache

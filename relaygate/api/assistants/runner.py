@@ -235,6 +235,11 @@ class Runner:
             await self.store.save(run)
             if "context" not in extra:
                 extra["context"] = await self._context(run)
+            spent = spent_beyond(d)
+            if spent is not None:  # an earlier step of the run used what its limits allow
+                d.update(status="incomplete", incomplete_details={"reason": spent})
+                await self._finish(run, writer.finished(None), emit)
+                return
             usage = await self._call(run, key, handle, writer)
             objs = writer.finished(usage)
             if usage is not None:
@@ -321,13 +326,20 @@ class Runner:
         for name in ("temperature", "top_p"):
             if d.get(name) is not None:
                 body[name] = d[name]
-        if d.get("max_completion_tokens"):
-            body["max_completion_tokens"] = d["max_completion_tokens"]
+        if d.get("max_completion_tokens"):  # over the whole run: what its earlier steps left
+            used = (d.get("usage") or {}).get("completion_tokens") or 0
+            body["max_completion_tokens"] = max(1, d["max_completion_tokens"] - used)
         if d.get("reasoning_effort"):
             body["reasoning_effort"] = d["reasoning_effort"]
         call = Call(id="run_" + run.id[-12:] + "_" + os.urandom(4).hex(), route=Route.CHAT, model=d["model"],
                     body=body, stream=True, key=key, wants_usage=True,
                     deadline=time.monotonic() + self.call_timeout)
+        # the thread shortened to fit the model's window (truncation_strategy auto, OpenAI's default) and the
+        # run's max_prompt_tokens: the oldest messages go, through the gateway's condensation (``Gateway.fit``)
+        if (d.get("truncation_strategy") or {}).get("type", "auto") == "auto":
+            call.truncation = "auto"
+        if isinstance(d.get("max_prompt_tokens"), int):
+            call.max_prompt_tokens = d["max_prompt_tokens"]
         reply = await handle(call)
         error: BaseException | None = None
         try:
@@ -350,3 +362,14 @@ class Runner:
             task.cancel()
         if self.tasks:
             await asyncio.wait(list(self.tasks.values()), timeout=5)
+
+
+def spent_beyond(d: dict[str, Any]) -> str | None:
+    """The limit (``max_prompt_tokens``, ``max_completion_tokens``) a run's earlier steps used up, over the whole
+    run as OpenAI counts them: the run then ends ``incomplete`` for that reason instead of taking another step."""
+    usage = d.get("usage") or {}
+    for limit, used in (("max_prompt_tokens", "prompt_tokens"), ("max_completion_tokens", "completion_tokens")):
+        cap = d.get(limit)
+        if isinstance(cap, int) and cap > 0 and (usage.get(used) or 0) >= cap:
+            return limit
+    return None

@@ -111,7 +111,7 @@ async def launch(gw: Gateway, run: Stored, key: Principal | None, stream: bool, 
     gw.runs.lease(run)
     await gw.objects.save(*saved, run)
     first = before + event("thread.run.created", run.data) + event("thread.run.queued", run.data)
-    events = gw.runs.start(run, key, gw.handle, first if stream else b"")
+    events = gw.runs.start(run, key, gw.fit, first if stream else b"")
     if events is not None:
         return streamed(events)
     return json_response(run.data, 200, dict(POLL))
@@ -184,7 +184,7 @@ async def submit_tool_outputs(gw: Gateway, key: Principal | None, who: str, run:
     before = event("thread.run.step.completed", step.data) if stream and step is not None else b""
     gw.runs.lease(run)
     await gw.objects.save(*saved, run)
-    events = gw.runs.start(run, key, gw.handle, before + event("thread.run.queued", d) if stream else b"")
+    events = gw.runs.start(run, key, gw.fit, before + event("thread.run.queued", d) if stream else b"")
     if events is not None:
         return streamed(events)
     return json_response(d, 200, dict(POLL))

@@ -74,8 +74,12 @@ async def create(gw: Gateway, req: Request) -> Response | StreamResponse:
         chain = chain_of(prev.extra, body.get("input"))
     elif conv is not None:
         history = await conversation_context(gw, who, conv)
+    truncation = body.get("truncation")
+    if truncation is not None and truncation not in ("auto", "disabled"):
+        raise BadRequest("'truncation' must be auto or disabled", param="truncation", code="invalid_value")
     call, inputs = _call(gw, req, body, key, history)
     call.responses_chain = chain
+    call.truncation = truncation
     context = history + inputs
     store = body.get("store", True) is not False
     rid = new_id("resp_")
@@ -94,7 +98,8 @@ async def create(gw: Gateway, req: Request) -> Response | StreamResponse:
         if conv is not None and response["status"] != "failed":
             writes.extend(keep_turn(gw, who, conv, inputs, response["output"]))
 
-    reply = await gw.handle(call)
+    # truncation auto: the oldest turns dropped to fit the model's window (a native deployment does it itself)
+    reply = await (gw.fit if truncation == "auto" and call.route is Route.CHAT else gw.handle)(call)
     headers = reply_headers(call, reply)
     kind = call.deployment.provider_type if call.deployment is not None else "upstream"
     if reply.responses_native:

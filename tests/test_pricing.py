@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from relaygate.core.call import Call, Reply, Route, Usage
 from relaygate.core.pricing import NANO
 from relaygate.gateway import Gateway
@@ -148,3 +150,19 @@ def test_the_reservation_counts_tool_definitions_response_schemas_and_earlier_to
     assert with_tools - plain >= 5 * 2000 // 4  # every definition, at ~4 characters a token
     assert with_schema - plain >= 4000 // 4
     assert with_call - plain >= 16 // 4 + 800 // 4
+
+
+def test_a_responses_call_reserves_its_max_output_tokens_items_instructions_tools_and_format() -> None:
+    """A native Responses call (its body is the Responses request) reserves on ``max_output_tokens`` as chat
+    does on ``max_tokens``; its prompt is its input items, instructions, tools and ``text.format`` schema."""
+    cfg = config(deployment("a", "x-model", input_cost_per_token=1e-6, output_cost_per_token=4e-6))
+    tools = [{"type": "function", "name": "f", "parameters": {"type": "object", "description": "d" * 800}}]
+    text = {"format": {"type": "json_schema", "name": "s", "schema": {"type": "object", "description": "e" * 400}}}
+    item = {"role": "user", "content": "x" * 400}
+    body = {"input": [item], "instructions": "i" * 40, "tools": tools, "text": text, "max_output_tokens": 100}
+
+    async def run(gw: Gateway) -> tuple[int, int, int]:
+        return gw.pricing.estimate(Call(id="1", route=Route.RESPONSES, model="m", body=body), True, True)
+
+    prompt = (len(orjson.dumps(item)) + 40 + len(orjson.dumps(tools)) + len(orjson.dumps(text))) // 4 + 1
+    assert with_gateway(cfg, run) == (prompt + 100, round((prompt * 1e-6 + 100 * 4e-6) * NANO), 0)

@@ -243,18 +243,37 @@ def test_native_usage_is_logged_and_billed(gw: GatewayThread, upstreams: dict[st
     assert wait_for_spent(gw, "key:" + k["id"], cost) == cost
 
 
-@pytest.mark.parametrize("tools", [[], [SEARCH]], ids=["translatable", "native-only"])
+@pytest.mark.parametrize(("model", "tools"), [("native", []), ("native", [SEARCH]), ("plain", [])],
+                         ids=["native", "native-only", "translated"])
 def test_max_output_tokens_is_held_to_the_budget(gw: GatewayThread, upstreams: dict[str, BackgroundServer],
-                                                 tools: list[Any]) -> None:
+                                                 model: str, tools: list[Any]) -> None:
     """A Responses call reserves on its max_output_tokens like chat on max_tokens: a budget that cannot pay
     for 100,000 output tokens holds the answer to what it can (the upstream is sent the lower cap)."""
     k = new_key(gw, budget_usd=0.01, budget_period="day")  # $0.01 pays ~1,000 output tokens at $10/M
     raw = httpx.post(gw.base_url + "/responses", headers={"authorization": f"Bearer {k['key']}"}, timeout=10,
-                     json={"model": "native", "input": "hold me", "max_output_tokens": 100_000, "tools": tools})
+                     json={"model": model, "input": "hold me", "max_output_tokens": 100_000, "tools": tools})
     assert raw.status_code == 200, raw.text
     held = int(raw.headers["x-relaygate-output-cap"])
     assert 0 < held < 1000
-    assert last_sent(upstreams["openai"])["json"]["max_output_tokens"] == held
+    sent = last_sent(upstreams["openai"])
+    assert sent["json"]["max_output_tokens" if model == "native" else "max_completion_tokens"] == held
+    poor = new_key(gw, budget_usd=0.00001, budget_period="day")  # not even the prompt: refused, nothing sent
+    refused = httpx.post(gw.base_url + "/responses", headers={"authorization": f"Bearer {poor['key']}"},
+                         timeout=10, json={"model": model, "input": "hold me", "tools": tools})
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "budget_exceeded", refused.text
+    assert last_sent(upstreams["openai"]) == sent
+
+
+def test_function_tool_loop_runs_natively(client: openai.OpenAI, upstreams: dict[str, BackgroundServer]) -> None:
+    """An agent's loop over the Responses API (call a tool, send its output, get the answer), natively."""
+    first = client.responses.create(model="native", input="weather in Oslo?", tools=[WEATHER])
+    call = first.output[0]
+    assert call.type == "function_call" and call.name == "get_weather"
+    done = client.responses.create(model="native", previous_response_id=first.id, tools=[WEATHER], input=[
+        {"type": "function_call_output", "call_id": call.call_id, "output": "cold"}])
+    assert "The tool returned: cold" in done.output_text
+    body = last_sent(upstreams["openai"])["json"]
+    assert body["input"] == [{"type": "function_call_output", "call_id": call.call_id, "output": "cold"}]
 
 
 def test_config_refuses_responses_native_on_a_provider_that_has_no_such_api() -> None:

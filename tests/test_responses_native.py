@@ -20,7 +20,7 @@ from relaygate.testing.base import BackgroundServer
 from relaygate.testing.gateway import GatewayThread
 from relaygate.testing.openai import OpenAIEmulatorOptions
 from relaygate.testing.openai import create_app as create_openai_app
-from relaygate.testing.openai_responses import CITED_URL
+from relaygate.testing.openai_responses import CITED_URL, RESPONSES_KEY
 
 from .conftest import UPSTREAM_KEY, openai_model
 from .test_keys import MASTER
@@ -190,6 +190,19 @@ def test_chain_on_the_same_native_deployment_uses_the_upstreams_stored_response(
     assert body["input"] == "and now?" and body["previous_response_id"].startswith("resp_")
     assert body["previous_response_id"] != first.id  # the upstream's own id, which the gateway kept
     assert "[turn 2]" in second.output_text and second.previous_response_id == first.id
+
+
+def test_chain_falls_back_to_the_gateways_copy_when_the_upstream_lost_its_response(
+        client: openai.OpenAI, upstreams: dict[str, BackgroundServer]) -> None:
+    first = client.responses.create(model="native", input="keep this")
+    upstreams["openai"].app[RESPONSES_KEY].clear()  # the upstream's retention ended
+    second = client.responses.create(model="native", input="still there?", previous_response_id=first.id)
+    lost, resent = [r["json"] for r in received(upstreams["openai"])[-2:]]
+    assert lost["input"] == "still there?" and "previous_response_id" in lost
+    assert "previous_response_id" not in resent and resent["input"][0] == {"type": "message", "role": "user",
+                                                                           "content": [{"type": "input_text",
+                                                                                        "text": "keep this"}]}
+    assert "[turn 2]" in second.output_text
 
 
 def test_chain_moves_between_native_and_translated_models(client: openai.OpenAI,

@@ -110,8 +110,18 @@ class OpenAIProvider(Provider):
         assert call.deployment is not None
         model = call.deployment.upstream_model(call.model)
         body = native_body(call, model)
+        chained = body.get("previous_response_id") is not None
         resp = await self.request(call.deadline, "POST", self.responses_url(model),
                                   headers=self.encoded(self.auth_headers()), data=orjson.dumps(body))
+        if resp.status == 404 and chained:
+            err = await self.upstream_error(resp)
+            if err.code != "previous_response_not_found":
+                raise err
+            # the upstream no longer has the turn the gateway kept (its retention ended, its store was
+            # emptied): the gateway's copy of the conversation goes as the input instead
+            body = native_body(call, model, chain=False)
+            resp = await self.request(call.deadline, "POST", self.responses_url(model),
+                                      headers=self.encoded(self.auth_headers()), data=orjson.dumps(body))
         if resp.status >= 400:
             raise await self.upstream_error(resp)
         passed = passed_headers(resp)

@@ -14,7 +14,7 @@ from relaygate.providers.openai_format import usage_at
 from relaygate.providers.streaming import EventCutter, SSEDecoder, UpstreamBody
 
 
-def native_body(call: Call, model: str) -> dict[str, Any]:
+def native_body(call: Call, model: str, chain: bool = True) -> dict[str, Any]:
     """The upstream request: the call's Responses request (a copy: a fallback to another deployment sends its
     own) with ``model`` rewritten; chained on the upstream's own stored response when this deployment answered
     the previous turn; held to the gateway's output cap where the client set none."""
@@ -22,10 +22,10 @@ def native_body(call: Call, model: str) -> dict[str, Any]:
     assert native is not None and call.deployment is not None
     body = dict(native)
     body["model"] = model
-    chain = call.responses_chain
-    if chain is not None and chain.deployment == call.deployment.name:
-        body["previous_response_id"] = chain.upstream_id
-        body["input"] = chain.input
+    link = call.responses_chain if chain else None
+    if link is not None and link.deployment == call.deployment.name:
+        body["previous_response_id"] = link.upstream_id
+        body["input"] = link.input
     cap = call.output_cap
     if cap is not None and "max_output_tokens" not in body:
         body["max_output_tokens"] = cap

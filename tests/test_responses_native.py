@@ -5,6 +5,7 @@ to budgets like chat."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,13 +13,14 @@ import httpx
 import openai
 import pytest
 import requests
+from openai.types.chat import ChatCompletion, ChatCompletionMessageFunctionToolCall
 
 from relaygate.config.base import ConfigError
 from relaygate.config.loader import parse_config
 from relaygate.testing import anthropic as anthropic_emu
 from relaygate.testing.base import BackgroundServer
 from relaygate.testing.gateway import GatewayThread
-from relaygate.testing.openai import OpenAIEmulatorOptions
+from relaygate.testing.openai import DEFAULT_MODELS, OpenAIEmulatorOptions
 from relaygate.testing.openai import create_app as create_openai_app
 from relaygate.testing.openai_responses import CITED_URL, RESPONSES_KEY
 
@@ -35,7 +37,8 @@ SEARCH: Any = {"type": "web_search"}
 
 @pytest.fixture(scope="module")
 def upstreams() -> Iterator[dict[str, BackgroundServer]]:
-    with BackgroundServer(create_openai_app(OpenAIEmulatorOptions(api_key=UPSTREAM_KEY))) as oai, \
+    opts = OpenAIEmulatorOptions(api_key=UPSTREAM_KEY, models=(*DEFAULT_MODELS, "o3-pro"), responses_only=("o3-pro",))
+    with BackgroundServer(create_openai_app(opts)) as oai, \
             BackgroundServer(anthropic_emu.create_app(
                 anthropic_emu.AnthropicEmulatorOptions(api_key=CLAUDE_KEY))) as claude:
         yield {"openai": oai, "anthropic": claude}
@@ -51,6 +54,7 @@ def gateway_config(up: dict[str, BackgroundServer], db: str) -> dict[str, Any]:
         {"name": "native-or-claude", "fallbacks": [{"models": ["claude"]}], "deployments": [
             {"provider": "openai", "model": "gpt-4o", "api_base": up["openai"].url + "/v1", "api_key": UPSTREAM_KEY,
              "responses_native": True, "name": "native-primary", **priced}]},
+        openai_model("pro", up["openai"], "o3-pro", responses_only=True, **priced),
         {"name": "azure", "deployments": [{"provider": "azure", "model": "my-gpt-deployment", "api_base": up["openai"].url,
                                            "api_key": UPSTREAM_KEY, "responses_native": True, **priced}]},
     ], "database": {"url": db}, "auth": {"master_key": MASTER}}
@@ -293,3 +297,57 @@ def test_config_refuses_responses_native_on_a_provider_that_has_no_such_api() ->
     with pytest.raises(ConfigError, match=r"deployments\[0\]\.responses_native: unknown field for provider anthropic"):
         parse_config({"models": [{"name": "c", "deployments": [
             {"provider": "anthropic", "model": "claude-haiku-4-5", "api_key": "k", "responses_native": True}]}]})
+
+
+# ---- a Responses-only upstream: every chat call translated to its API ----------------------------------
+
+def test_chat_reaches_a_responses_only_model(client: openai.OpenAI, upstreams: dict[str, BackgroundServer]) -> None:
+    raw = client.chat.completions.with_raw_response.create(
+        model="pro", messages=[{"role": "system", "content": "sys"}, {"role": "user", "content": "only here"}],
+        max_tokens=50, seed=3)
+    c = raw.parse()
+    assert c.id.startswith("chatcmpl-") and c.object == "chat.completion"
+    assert "only here" in (c.choices[0].message.content or "") and c.choices[0].finish_reason == "stop"
+    assert c.usage is not None and c.usage.prompt_tokens > 0
+    sent = last_sent(upstreams["openai"])
+    assert sent["path"] == "/v1/responses" and sent["json"]["model"] == "o3-pro"
+    assert sent["json"]["input"] == [{"role": "system", "content": "sys"}, {"role": "user", "content": "only here"}]
+    assert sent["json"]["max_output_tokens"] == 50 and sent["json"]["store"] is False
+    assert raw.headers["x-relaygate-dropped-params"] == "seed"
+    direct = openai.OpenAI(api_key=UPSTREAM_KEY, base_url=upstreams["openai"].url + "/v1", max_retries=0)
+    with pytest.raises(openai.NotFoundError):  # what the gateway spares its clients
+        direct.chat.completions.create(model="o3-pro", messages=[{"role": "user", "content": "x"}])
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_tool_round_trip_on_a_responses_only_model(client: openai.OpenAI, stream: bool) -> None:
+    tool: Any = {"type": "function", "function": {"name": "get_weather", "parameters": WEATHER["parameters"]}}
+    messages: list[Any] = [{"role": "user", "content": "weather in Lima?"}]
+    first: ChatCompletion
+    done: ChatCompletion
+    if stream:
+        with client.beta.chat.completions.stream(model="pro", messages=messages, tools=[tool]) as s:
+            first = s.get_final_completion()
+    else:
+        first = client.chat.completions.create(model="pro", messages=messages, tools=[tool])
+    call = first.choices[0].message.tool_calls[0]  # type: ignore[index]
+    assert isinstance(call, ChatCompletionMessageFunctionToolCall)
+    assert first.choices[0].finish_reason == "tool_calls" and call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"city": "weather in Lima?"}
+    messages += [first.choices[0].message.model_dump(exclude_none=True),
+                 {"role": "tool", "tool_call_id": call.id, "content": "warm"}]
+    if stream:
+        with client.beta.chat.completions.stream(model="pro", messages=messages, tools=[tool]) as s:
+            chunks = [e for e in s if e.type == "content.delta"]
+            done = s.get_final_completion()
+        assert len(chunks) > 1
+    else:
+        done = client.chat.completions.create(model="pro", messages=messages, tools=[tool])
+    assert "The tool returned: warm" in (done.choices[0].message.content or "")
+
+
+def test_a_responses_call_to_a_responses_only_model_goes_natively(
+        client: openai.OpenAI, upstreams: dict[str, BackgroundServer]) -> None:
+    r = client.responses.create(model="pro", input="native too", tools=[SEARCH])
+    assert [o.type for o in r.output] == ["web_search_call", "message"]
+    assert last_sent(upstreams["openai"])["json"]["tools"] == [SEARCH]

@@ -96,6 +96,10 @@ class OpenAIFields(KeyedUpstream):
     # /v1/responses): /v1/responses calls routed here are forwarded as they are, built-in tools included,
     # instead of being translated to chat (docs/responses.md)
     responses_native: bool = False
+    # the upstream serves only the Responses API (OpenAI's o1-pro, o3-pro, codex models; a server without
+    # /chat/completions): chat calls, whatever dialect the client spoke, are translated to it (implies
+    # responses_native)
+    responses_only: bool = False
 
     @field_validator("voices")
     @classmethod

@@ -25,10 +25,10 @@ def provider_class(config: DeploymentConfig) -> type[Provider]:
     match config:
         case OpenAIDeployment():
             from relaygate.providers.openai.provider import OpenAIProvider, OpenAIResponsesProvider
-            return OpenAIResponsesProvider if config.responses_native else OpenAIProvider
+            return OpenAIResponsesProvider if config.responses_native or config.responses_only else OpenAIProvider
         case AzureDeployment():
             from relaygate.providers.openai.azure import AzureProvider, AzureResponsesProvider
-            return AzureResponsesProvider if config.responses_native else AzureProvider
+            return AzureResponsesProvider if config.responses_native or config.responses_only else AzureProvider
         case DemoDeployment():
             from relaygate.providers.demo import DemoProvider
             return DemoProvider

@@ -49,6 +49,8 @@ class OpenAIEmulatorOptions:
     # a model that talks at length: each answer padded to this many words (tokens), max_tokens still cutting it
     answer_words: int = 0
     ollama: bool = False  # also serve Ollama's GET /api/tags (an Ollama server answers /v1 and /api alike)
+    # models served by the Responses API only (as OpenAI's o1-pro, o3-pro, codex): chat completions refuse them
+    responses_only: tuple[str, ...] = ()
 
 
 # ---- errors in OpenAI's shape -------------------------------------------------------------------------
@@ -174,6 +176,9 @@ def create_app(options: OpenAIEmulatorOptions | None = None, state: EmulatorStat
         if not azure and opts.models and model not in opts.models:
             return json_response(error_body(404, f"The model `{model}` does not exist or you do not have "
                                                  "access to it.", "model_not_found"), 404)
+        if model in opts.responses_only:
+            return json_response(error_body(404, "This model is only supported in v1/responses and not in "
+                                                 "v1/chat/completions.", "model_not_found"), 404)
         refused = first_out_of_range(body, ("n", 1, MAX_CHOICES), ("top_logprobs", 0, MAX_TOP_LOGPROBS))
         if refused is not None:
             return refused

@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 from urllib.parse import quote
 
 from relaygate.config import AzureDeployment
-from relaygate.core.call import Route
+from relaygate.core.call import Call, Reply, Route
 from relaygate.providers.base import Provider, model_segment
 from relaygate.providers.listing import ListedModel
 from relaygate.providers.openai.provider import OpenAIProvider
@@ -50,3 +50,6 @@ class AzureResponsesProvider(AzureProvider):
     """An Azure OpenAI resource whose v1 API serves the Responses API (``responses_native``)."""
 
     routes: ClassVar[frozenset[Route]] = AzureProvider.routes | {Route.RESPONSES}
+
+    async def chat(self, call: Call) -> Reply:
+        return await self.chat_natively(call)

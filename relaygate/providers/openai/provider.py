@@ -12,19 +12,32 @@ import orjson
 from relaygate.config import OpenAIDeployment, OpenAIFields
 from relaygate.core.call import Call, Reply, Route, Usage
 from relaygate.core.errors import (
+    BadRequest,
     ContentFiltered,
     ContextTooLong,
     GatewayError,
+    Unavailable,
     from_status,
     says_context_too_long,
 )
-from relaygate.providers.base import RATE_LIMIT_HEADERS, Provider, error_json, retry_after_seconds
+from relaygate.providers.base import (
+    ANSWER_ERRORS,
+    RATE_LIMIT_HEADERS,
+    Provider,
+    error_json,
+    readable,
+    retry_after_seconds,
+    unreadable,
+)
 from relaygate.providers.batching import embed_in_batches, needs_batches
 from relaygate.providers.listing import ListedModel, ollama_tags, openai_models
 from relaygate.providers.openai.responses import native_body
 from relaygate.providers.openai.responses import relay as relay_responses
 from relaygate.providers.openai.usage import usage_of
-from relaygate.providers.openai_format import take_usage, usage_at
+from relaygate.providers.openai.via_responses import chunks as chat_chunks
+from relaygate.providers.openai.via_responses import responses_request
+from relaygate.providers.openai.via_responses import whole as whole_response
+from relaygate.providers.openai_format import DROPPED_HEADER, take_usage, usage_at
 from relaygate.providers.streaming import EventCutter, UpstreamBody, open_body
 from relaygate.upstream import Response
 
@@ -98,9 +111,48 @@ class OpenAIProvider(Provider):
         return body
 
     async def chat(self, call: Call) -> Reply:
-        if call.responses_request is not None and Route.RESPONSES in self.routes:
-            return await self.responses(call)  # a /v1/responses call this deployment serves natively
         return await self.forward_json(call, "/chat/completions")
+
+    async def chat_natively(self, call: Call) -> Reply:
+        """``chat`` of a deployment that serves the Responses API: a /v1/responses call's own request goes as it
+        is; on a Responses-only upstream every other chat call is translated to that API."""
+        if call.responses_request is not None:
+            return await self.responses(call)
+        if self.config.responses_only:
+            return await self.chat_via_responses(call)
+        return await self.forward_json(call, "/chat/completions")
+
+    async def chat_via_responses(self, call: Call) -> Reply:
+        """A chat call sent to the upstream's Responses API (``responses_only``), answered as chat."""
+        assert call.deployment is not None
+        model = call.deployment.upstream_model(call.model)
+        try:
+            req, dropped = responses_request(call, model)
+        except ANSWER_ERRORS:  # a body the upstream's chat would have refused (a tool that is not an object)
+            raise BadRequest("the request cannot be sent to this model's Responses API: it is not a valid chat "
+                             "request", code="invalid_request") from None
+        resp = await self.request(call.deadline, "POST", self.responses_url(model),
+                                  headers=self.encoded(self.auth_headers()), data=orjson.dumps(req))
+        if resp.status >= 400:
+            raise await self.upstream_error(resp)
+        headers = passed_headers(resp)
+        if dropped:
+            headers[DROPPED_HEADER] = ",".join(dropped)
+        if call.stream:
+            if not resp.headers.get("content-type", "").startswith("text/event-stream"):
+                resp.close()
+                raise Unavailable("upstream openai answered a stream request with a whole body", status=502)
+            reply = Reply(media_type="text/event-stream", headers=headers, first_byte_at=time.monotonic())
+            reply.stream = readable(chat_chunks(UpstreamBody(resp, self.kind), reply, model, call.wants_usage),
+                                    self.kind)
+            return reply
+        data = await self.read_json_object(resp)
+        usage = Usage.from_openai(data.get("usage"))
+        try:
+            body = whole_response(data, usage)
+        except ANSWER_ERRORS as e:
+            raise unreadable(self.kind, e) from None
+        return Reply(body=orjson.dumps(body), headers=headers, usage=usage, first_byte_at=time.monotonic())
 
     def responses_url(self, model: str) -> str:
         return self.base + "/responses"
@@ -285,9 +337,13 @@ class OpenAIProvider(Provider):
 
 
 class OpenAIResponsesProvider(OpenAIProvider):
-    """An OpenAI-API upstream that serves the Responses API too (``responses_native``)."""
+    """An OpenAI-API upstream that serves the Responses API too (``responses_native``), or only
+    (``responses_only``)."""
 
     routes: ClassVar[frozenset[Route]] = OpenAIProvider.routes | {Route.RESPONSES}
+
+    async def chat(self, call: Call) -> Reply:
+        return await self.chat_natively(call)
 
 
 def _without_auto_language(name: str, value: str) -> bool:

@@ -169,17 +169,23 @@ def test_stream_is_relayed_event_by_event_with_the_gateways_id(client: openai.Op
     assert client.responses.retrieve(final.id).output_text == final.output_text
 
 
-def test_a_stream_cut_mid_way_ends_with_an_error_event(client: openai.OpenAI,
-                                                       upstreams: dict[str, BackgroundServer]) -> None:
+def test_a_stream_cut_mid_way_ends_with_an_error_event_and_is_billed_for_what_it_delivered(
+        gw: GatewayThread, upstreams: dict[str, BackgroundServer]) -> None:
+    k = new_key(gw, budget_usd=1.0, budget_period="day")
+    before = gw.gateway.writer.submitted
     requests.post(upstreams["openai"].url + "/_emulator/faults",
-                  json={"disconnect_after_chunks": 4, "paths": ["/v1/responses"], "count": 1}, timeout=5)
-    with httpx.stream("POST", f"{client.base_url}responses", json={"model": "native", "input": "a b c d e f g",
-                                                                   "stream": True},
-                      headers={"authorization": f"Bearer {client.api_key}"}, timeout=10) as resp:
+                  json={"disconnect_after_chunks": 6, "paths": ["/v1/responses"], "count": 1}, timeout=5)
+    with httpx.stream("POST", f"{gw.base_url}/responses", json={"model": "native", "input": "a b c d e f g",
+                                                               "stream": True},
+                      headers={"authorization": f"Bearer {k['key']}"}, timeout=10) as resp:
         text = "".join(resp.iter_text())
     frames = [f for f in text.split("\n\n") if f.strip()]
-    assert frames[-1].startswith("event: error\n") and '"sequence_number":4' in frames[-1]
-    assert len(frames) == 5
+    assert frames[-1].startswith("event: error\n") and '"sequence_number":6' in frames[-1]
+    assert len(frames) == 7 and sum('"response.output_text.delta"' in f for f in frames) == 2
+    [row] = [r for r in gateway_rows(gw, expected=before + 1) if r["key_id"] == k["id"]]
+    # no usage came: the prompt as estimated and the two words delivered, marked estimated
+    assert row["usage_estimated"] and row["prompt_tokens"] > 0 and row["completion_tokens"] >= 2
+    assert row["cost_nano"] > 0
 
 
 # ---- chains ------------------------------------------------------------------------------------------

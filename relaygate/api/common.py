@@ -65,7 +65,7 @@ def pop_provider(body: dict[str, Any]) -> str | None:
 
 
 def bill_delivered(call: Call, reply: Reply) -> None:
-    """A chat stream is billed for what it delivered even when its usage never comes (the upstream broke, the
+    """A chat (or Responses) stream is billed for what it delivered even when its usage never comes (the upstream broke, the
     client or a shutdown cut it, a server that ignores ``include_usage``): prompt tokens as the limits estimate
     them and the delivered output as ``Delivered`` counts it, marked ``estimated`` (the log row says so).
     Registered after the pipeline's own callbacks, so it runs before them: the limits settle and the log
@@ -79,7 +79,7 @@ def bill_delivered(call: Call, reply: Reply) -> None:
         if usage is None or not usage.known:
             body = call.body
             out = delivered.completion_tokens()
-            cap = body.get("max_completion_tokens") or body.get("max_tokens")
+            cap = body.get("max_completion_tokens") or body.get("max_tokens") or body.get("max_output_tokens")
             if type(cap) is int and cap > 0:  # the upstream was held to it: never count beyond
                 out = min(out, cap * choices(body))
             r.usage = Usage(prompt_tokens=Pricing.prompt_tokens(body), completion_tokens=out, estimated=True)

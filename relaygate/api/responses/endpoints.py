@@ -18,7 +18,7 @@ import orjson
 
 from relaygate.api.chat import chat_call
 from relaygate.api.chunks import chat_completion, once, translate_stream, whole_as_chunk
-from relaygate.api.common import object_body, pop_provider, reply_headers
+from relaygate.api.common import bill_delivered, object_body, pop_provider, reply_headers
 from relaygate.api.objects import missing, owner, page_query, path_ids, slice_page
 from relaygate.api.responses.conversations import conversation_context, conversation_id, keep_turn
 from relaygate.api.responses.native import UPSTREAM, NativeAnswer, chain_of, native_request, serves_natively
@@ -100,6 +100,8 @@ async def create(gw: Gateway, req: Request) -> Response | StreamResponse:
 
     # truncation auto: the oldest turns dropped to fit the model's window (a native deployment does it itself)
     reply = await (gw.fit if truncation == "auto" and call.route is Route.CHAT else gw.handle)(call)
+    if reply.stream is not None:
+        bill_delivered(call, reply)  # a stream cut before its usage is billed for what it delivered
     headers = reply_headers(call, reply)
     kind = call.deployment.provider_type if call.deployment is not None else "upstream"
     if reply.responses_native:

@@ -30,7 +30,7 @@ from relaygate.testing import cohere as cohere_emu
 from relaygate.testing import gemini as gemini_emu
 from relaygate.testing.base import BackgroundServer
 from relaygate.testing.gateway import GatewayThread
-from relaygate.testing.openai import OpenAIEmulatorOptions
+from relaygate.testing.openai import DEFAULT_MODELS, OpenAIEmulatorOptions
 from relaygate.testing.openai import create_app as create_openai_app
 
 from .conftest import UPSTREAM_KEY
@@ -58,6 +58,12 @@ COLUMNS: dict[str, Column] = {
     "openai": Column(lambda: create_openai_app(OpenAIEmulatorOptions(api_key=UPSTREAM_KEY)),
                      lambda url: {"provider": "openai", "model": "gpt-4o-mini", "api_base": url + "/v1",
                                   "api_key": UPSTREAM_KEY}),
+    # OpenAI's Responses API as the upstream's only API (o3-pro: its chat completions answer 404): the
+    # Responses row goes as it came, every other row is translated to that API (responses_only)
+    "openai-responses": Column(lambda: create_openai_app(OpenAIEmulatorOptions(
+        api_key=UPSTREAM_KEY, models=(*DEFAULT_MODELS, "o3-pro"), responses_only=("o3-pro",))),
+        lambda url: {"provider": "openai", "model": "o3-pro", "api_base": url + "/v1", "api_key": UPSTREAM_KEY,
+                     "responses_only": True}),
     "anthropic": Column(lambda: anthropic_emu.create_app(
         anthropic_emu.AnthropicEmulatorOptions(api_key=UPSTREAM_KEYS["anthropic"])),
         lambda url: {"provider": "anthropic", "model": "claude-haiku-4-5", "api_base": url,

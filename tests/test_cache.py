@@ -276,6 +276,11 @@ def test_a_streamed_follower_gets_the_stream_as_it_arrives(gw: GatewayThread,
     assert verdict == "hit" and first_at < ended  # its first bytes came while the leader's stream went on
     assert followed == led and streamed_text(followed) == "Hello! You said: cache me"
     assert upstream_calls(openai_emulator) == 1
+    # the follower's row says what it saved: the leader's cost, known once the leader's stream ended
+    lead_row, follow_row = sorted(gateway_rows(gw, expected=2), key=lambda r: bool(r["cache_hit"]))
+    assert lead_row["cost_nano"] > 0 and lead_row["saved_nano"] == 0
+    assert follow_row["cost_nano"] == 0 and follow_row["saved_nano"] == lead_row["cost_nano"]
+    assert gw.gateway.cache.stats.saved_nano["m"] == lead_row["cost_nano"]
 
 
 def test_followers_go_upstream_themselves_when_the_leader_fails(gw: GatewayThread,
@@ -345,6 +350,11 @@ def test_a_hit_counts_against_rpm_not_against_budgets_and_is_logged(openai_emula
     rows = sorted(gateway_rows(gw, expected=4), key=lambda r: r["ts"])
     assert [r["cache_hit"] for r in rows[:3]] == [0, 1, 1] or [r["cache_hit"] for r in rows[:3]] == [False, True, True]
     assert rows[0]["cost_nano"] > 0 and rows[1]["cost_nano"] == rows[2]["cost_nano"] == 0
+    # each hit's row says what it saved (the answer's cost when it was made), and so do the spend reports
+    assert [r["saved_nano"] for r in rows[:3]] == [0, rows[0]["cost_nano"], rows[0]["cost_nano"]]
+    [spent] = Admin(gw)("GET", "/spend", group_by="model").json()["data"]
+    assert (spent["cache_hits"], spent["saved_nano"]) == (2, 2 * rows[0]["cost_nano"])
+    assert spent["saved_usd"] == pytest.approx(2 * rows[0]["cost_nano"] / 1e9)
     assert rows[1]["completion_tokens"] == rows[0]["completion_tokens"]
     stats = Admin(gw)("GET", "/cache").json()
     assert stats["hits"] == 2 and stats["saved_usd"]["m"] == pytest.approx(2 * rows[0]["cost_nano"] / 1e9)

@@ -301,7 +301,7 @@ def test_a_row_holds_each_value_under_its_column() -> None:
                    "error": None, "error_message": None, "ttft_ms": 250.0, "prompt_tokens": 11,
                    "completion_tokens": 7, "cached_tokens": 3, "cost_nano": 4321, "cache_hit": 1, "attempts": 2,
                    "client_ip": "10.1.2.3", "request_body": None, "response_body": None,
-                   "usage_estimated": 0}
+                   "usage_estimated": 0, "saved_nano": 0}
 
 
 def test_a_request_refused_before_the_pipeline_still_gets_one_row(

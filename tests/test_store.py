@@ -164,7 +164,7 @@ def test_bulk_insert_rows_with_nulls_in_some_columns_of_a_chunk_read_back_exactl
     for i in range(131):  # 100 + 25 + 5 + 1
         row = dict.fromkeys(names)
         row.update(uid=f"{i:032x}", request_id=f"r{i}", ts=float(i), day="1970-01-01", route="chat", status=200,
-                   latency_ms=1.0, stream=0, cost_nano=i, cache_hit=0, attempts=1, usage_estimated=0,
+                   latency_ms=1.0, stream=0, cost_nano=i, cache_hit=0, attempts=1, usage_estimated=0, saved_nano=0,
                    team_id="t" if i % 7 == 0 else None, error="timeout" if i >= 125 else None)
         rows.append(tuple(row[n] for n in names))
     with database.engine.begin() as conn:
@@ -195,3 +195,23 @@ def test_an_older_request_log_gains_usage_estimated_its_rows_false(database: Dat
     rl = tables.request_log.c
     with database.engine.connect() as conn:
         assert conn.execute(select(rl.uid, rl.usage_estimated)).all() == [("u1", False)]
+
+
+def test_an_older_request_log_gains_saved_nano_its_rows_0(database: Database) -> None:
+    """The migration that adds what a cache hit saved; the rows already there saved nothing."""
+    from relaygate.store import migrations
+
+    with database.engine.begin() as conn:  # a database from before the column
+        migrations._v1_initial(conn)
+        conn.exec_driver_sql("ALTER TABLE request_log DROP COLUMN saved_nano")
+        conn.exec_driver_sql("INSERT INTO request_log (uid, request_id, ts, day, route, stream, status, latency_ms, "
+                             "cost_nano, cache_hit, attempts, usage_estimated) VALUES ('u1', 'r1', 0, '1970-01-01', "
+                             "'chat', false, 200, 1, 5, true, 1, false)")
+        tables.schema_migrations.create(conn)
+        for n, name, _ in STEPS:
+            if "saved_nano" not in name:  # every other step applied already
+                conn.execute(tables.schema_migrations.insert().values(version=n, name=name, applied_at=0.0))
+    assert database.migrate() == STEPS[-1][0]
+    rl = tables.request_log.c
+    with database.engine.connect() as conn:
+        assert conn.execute(select(rl.uid, rl.saved_nano)).all() == [("u1", 0)]

@@ -212,8 +212,9 @@ async def spend(gw: Gateway, req: Request) -> Response:
     assert gw.db is not None
     data = await _run(gw, queries.spend, gw.db.engine, group, _filters(q), q.instant("start"), q.instant("end"))
     total = sum(d["cost_nano"] for d in data)
+    saved = sum(d["saved_nano"] for d in data)
     return json_response({"object": "list", "group_by": group, "data": data, "total_cost_nano": total,
-                          "total_cost_usd": total / NANO})
+                          "total_cost_usd": total / NANO, "total_saved_nano": saved, "total_saved_usd": saved / NANO})
 
 
 async def logs(gw: Gateway, req: Request) -> Response:

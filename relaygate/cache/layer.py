@@ -16,7 +16,7 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -147,9 +147,10 @@ class Broadcast:
     chunk from the first, as the leader's client is sent them; they end as the leader's stream ends, with
     its error if it broke."""
 
-    def __init__(self, wants_usage: bool, reply: Reply) -> None:
+    def __init__(self, wants_usage: bool, reply: Reply, saved: Callable[[Call], None]) -> None:
         self.wants_usage = wants_usage  # the leader's: whether its stream carries the usage chunk
         self.reply = reply
+        self.saved = saved  # records on a follower what it saved (the leader's cost, known once it ended)
         self.chunks: list[bytes] = []
         self.ended = False
         self.error: BaseException | None = None
@@ -168,7 +169,7 @@ class Broadcast:
         moved, self._moved = self._moved, asyncio.get_running_loop().create_future()
         moved.set_result(None)
 
-    async def follow(self, reply: Reply) -> AsyncIterator[bytes]:
+    async def follow(self, call: Call, reply: Reply) -> AsyncIterator[bytes]:
         i = 0
         while True:
             while i < len(self.chunks):
@@ -181,6 +182,7 @@ class Broadcast:
             raise self.error if isinstance(self.error, GatewayError) else Unavailable(
                 "the identical request this one joined ended before its answer did", status=502)
         reply.usage = self.reply.usage
+        self.saved(call)
 
 
 def keepable_chat(body: bytes) -> bool:
@@ -300,7 +302,7 @@ class CacheLayer:
         self.stats.coalesced += 1
         reply = Reply(media_type="text/event-stream", headers={HEADER: "hit", "age": "0", KEY_HEADER: key},
                       first_byte_at=time.monotonic())
-        reply.stream = cast.follow(reply)
+        reply.stream = cast.follow(call, reply)
         return reply
 
     def _hit(self, call: Call, entry: Entry, key: str) -> Reply | None:
@@ -315,6 +317,7 @@ class CacheLayer:
                     self.memory.purge(key=key)
                 return None
         call.cache_hit = True
+        call.saved_nano = entry.cost_nano
         stats = self.stats
         stats.hits += 1
         stats.saved_nano[entry.model] = stats.saved_nano.get(entry.model, 0) + entry.cost_nano
@@ -346,7 +349,7 @@ class CacheLayer:
             cast = None
             if fut is not None and call.route is Route.CHAT and call.anthropic_request is None and call.native is None \
                     and call.responses_request is None:
-                cast = self._streams[key] = Broadcast(call.wants_usage, reply)
+                cast = self._streams[key] = Broadcast(call.wants_usage, reply, self._saver(call, reply, model))
             reply.stream = self._tee(reply.stream, call, reply, model, key, fut, settings, cast)
 
             def done(r: Reply, error: BaseException | None) -> None:  # a stream cut short wakes the others
@@ -356,6 +359,13 @@ class CacheLayer:
 
             reply.on_done(done)
         return reply
+
+    def _saver(self, leader: Call, reply: Reply, model: str) -> Callable[[Call], None]:
+        """What records, on a call that followed the leader's stream, the leader's cost as what it saved."""
+        def saved(follower: Call) -> None:
+            cost = follower.saved_nano = self.pricing.cost(leader, reply)
+            self.stats.saved_nano[model] = self.stats.saved_nano.get(model, 0) + cost
+        return saved
 
     def _whole(self, call: Call, reply: Reply, model: str, body: bytes) -> Entry | None:
         """The entry of a whole answer, or None when it is not one to keep."""

@@ -174,6 +174,7 @@ class Call:
     fallbacks: tuple[str, ...] = ()  # the fallback models the call moved on to, in order
     cost_nano: int | None = None  # what the call cost, once known (the limits and the log share it)
     cache_hit: bool = False  # answered from the response cache
+    saved_nano: int = 0  # a cache hit: what the answer cost when it was made (what the hit did not spend)
     shape_checked: bool = False  # the body passed the typed chat request check (core/shapes), done for translators
     trace: CallTrace | None = None  # the call's trace, when tracing is on (observability/tracing.py)
     faults: tuple[str, ...] = ()  # the chaos rules that injected a fault into it (observability/chaos.py)

@@ -230,4 +230,5 @@ class AuditLayer:
             request_body,  # request_body
             response_body,  # response_body
             1 if usage is not None and usage.estimated else 0,  # usage_estimated
+            call.saved_nano,  # saved_nano
         )

@@ -51,6 +51,12 @@ def _v6_overview_index(conn: Connection) -> None:
     conn.exec_driver_sql(tables.OVERVIEW_INDEX)
 
 
+def _v7_saved_nano(conn: Connection) -> None:
+    if "saved_nano" in {c["name"] for c in inspect(conn).get_columns("request_log")}:
+        return  # created by step 1 from today's table
+    conn.exec_driver_sql("ALTER TABLE request_log ADD COLUMN saved_nano BIGINT NOT NULL DEFAULT 0")
+
+
 STEPS: list[tuple[int, str, Step]] = [
     (1, "keys, owners, request log", _v1_initial),
     (2, "request log: no index on request_id (random ids made every insert costly)", _v2_drop_request_id_index),
@@ -58,6 +64,7 @@ STEPS: list[tuple[int, str, Step]] = [
     (4, "stored objects: responses, conversations, assistants, threads, runs", _v4_stored_objects),
     (5, "request log: usage_estimated (a stream's usage counted by the gateway)", _v5_usage_estimated),
     (6, "request log: the dashboard overview's covering index, in place of the one on ts", _v6_overview_index),
+    (7, "request log: saved_nano (what a cache hit saved)", _v7_saved_nano),
 ]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Engine, and_, func, or_, select
+from sqlalchemy import Engine, and_, case, func, or_, select
 
 from relaygate.core.pricing import NANO
 from relaygate.store import tables
@@ -26,20 +26,24 @@ def _where(filters: dict[str, Any], since: float | None, until: float | None) ->
 
 def spend(engine: Engine, group: str, filters: dict[str, Any], since: float | None,
           until: float | None) -> list[dict[str, Any]]:
-    """Requests, tokens and cost per value of ``group`` (one of GROUPS), dearest first."""
+    """Requests, tokens, cost, cache hits and what they saved per value of ``group`` (one of GROUPS), dearest
+    first."""
     r = tables.request_log
     col = r.c[GROUPS[group]]
     cost = func.coalesce(func.sum(r.c.cost_nano), 0)
     q = (select(col.label("value"), func.count().label("requests"), cost.label("cost_nano"),
                 func.coalesce(func.sum(r.c.prompt_tokens), 0).label("prompt_tokens"),
                 func.coalesce(func.sum(r.c.completion_tokens), 0).label("completion_tokens"),
-                func.count(r.c.error).label("errors"))
+                func.count(r.c.error).label("errors"), func.count(case((r.c.cache_hit, 1))).label("cache_hits"),
+                func.coalesce(func.sum(r.c.saved_nano), 0).label("saved_nano"))
          .where(*_where(filters, since, until)).group_by(col).order_by(cost.desc(), col))
     with engine.connect() as conn:
         rows = conn.execute(q).all()
     return [{GROUPS[group]: row.value, "requests": int(row.requests), "errors": int(row.errors or 0),
              "prompt_tokens": int(row.prompt_tokens), "completion_tokens": int(row.completion_tokens),
-             "cost_nano": int(row.cost_nano), "cost_usd": int(row.cost_nano) / NANO} for row in rows]
+             "cost_nano": int(row.cost_nano), "cost_usd": int(row.cost_nano) / NANO,
+             "cache_hits": int(row.cache_hits or 0), "saved_nano": int(row.saved_nano),
+             "saved_usd": int(row.saved_nano) / NANO} for row in rows]
 
 
 def logs(engine: Engine, filters: dict[str, Any], status: tuple[int, int] | None, since: float | None,
@@ -72,11 +76,13 @@ def log_row(engine: Engine, uid: str) -> dict[str, Any] | None:
 
 
 def _dicts(engine: Engine, q: Any) -> list[dict[str, Any]]:
-    """The rows of ``q`` by column name, each with its cost in USD beside the nano-dollars."""
+    """The rows of ``q`` by column name, each with its cost (and what a cache hit saved) in USD beside the
+    nano-dollars."""
     with engine.connect() as conn:
         result = conn.execute(q)
         names = [str(k) for k in result.keys()]  # plain str: orjson refuses str subclasses as keys
         rows = [dict(zip(names, row, strict=True)) for row in result]
     for row in rows:
         row["cost_usd"] = row["cost_nano"] / NANO
+        row["saved_usd"] = row["saved_nano"] / NANO
     return rows

@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 
 metadata = MetaData()
@@ -127,6 +128,9 @@ request_log = Table(
     # the tokens (and so the cost) were counted by the gateway from what a stream delivered: the upstream
     # never reported its usage (a stream cut by either side; api/common.py: bill_delivered)
     Column("usage_estimated", Boolean, nullable=False, default=False),
+    # a cache hit: what its answer cost when it was made upstream, i.e. what the hit saved (0 otherwise)
+    # (a server default too, as the migration that adds it: rows written by older code still insert)
+    Column("saved_nano", BigInteger, nullable=False, default=0, server_default=text("0")),
     # the key, team and user indexes are partial (owner_index_ddl), made by migration 3; the one on ts is the
     # overview's (OVERVIEW_INDEX), made by migration 6
 )

@@ -176,42 +176,27 @@ def test_bulk_insert_rows_with_nulls_in_some_columns_of_a_chunk_read_back_exactl
                                         None, i) for i in range(131)]
 
 
-def test_an_older_request_log_gains_usage_estimated_its_rows_false(database: Database) -> None:
-    """The migration that adds the column marking a usage the gateway estimated; the rows already there were
-    not estimated."""
+@pytest.mark.parametrize(("column", "before"), [("usage_estimated", False), ("saved_nano", 0)])
+def test_an_older_request_log_gains_a_column_its_rows_at_the_default(database: Database, column: str,
+                                                                    before: object) -> None:
+    """The migrations that add a column: usage_estimated (a usage the gateway estimated) and saved_nano (what
+    a cache hit saved); the rows already there were not estimated and saved nothing."""
     from relaygate.store import migrations
 
     with database.engine.begin() as conn:  # a database from before the column
         migrations._v1_initial(conn)
-        conn.exec_driver_sql("ALTER TABLE request_log DROP COLUMN usage_estimated")
+        conn.exec_driver_sql(f"ALTER TABLE request_log DROP COLUMN {column}")
+        # the other columns without a server default, as the code of that time wrote them
+        others = [("usage_estimated", "false")] if column != "usage_estimated" else []
+        names, values = "".join(", " + c for c, _ in others), "".join(", " + v for _, v in others)
         conn.exec_driver_sql("INSERT INTO request_log (uid, request_id, ts, day, route, stream, status, latency_ms, "
-                             "cost_nano, cache_hit, attempts) VALUES ('u1', 'r1', 0, '1970-01-01', 'chat', false, "
-                             "200, 1, 5, false, 1)")
+                             f"cost_nano, cache_hit, attempts{names}) VALUES ('u1', 'r1', 0, '1970-01-01', 'chat', "
+                             f"false, 200, 1, 5, false, 1{values})")
         tables.schema_migrations.create(conn)
         for n, name, _ in STEPS:
-            if "usage_estimated" not in name:  # every other step applied already
+            if column not in name:  # every other step applied already
                 conn.execute(tables.schema_migrations.insert().values(version=n, name=name, applied_at=0.0))
     assert database.migrate() == STEPS[-1][0]
     rl = tables.request_log.c
     with database.engine.connect() as conn:
-        assert conn.execute(select(rl.uid, rl.usage_estimated)).all() == [("u1", False)]
-
-
-def test_an_older_request_log_gains_saved_nano_its_rows_0(database: Database) -> None:
-    """The migration that adds what a cache hit saved; the rows already there saved nothing."""
-    from relaygate.store import migrations
-
-    with database.engine.begin() as conn:  # a database from before the column
-        migrations._v1_initial(conn)
-        conn.exec_driver_sql("ALTER TABLE request_log DROP COLUMN saved_nano")
-        conn.exec_driver_sql("INSERT INTO request_log (uid, request_id, ts, day, route, stream, status, latency_ms, "
-                             "cost_nano, cache_hit, attempts, usage_estimated) VALUES ('u1', 'r1', 0, '1970-01-01', "
-                             "'chat', false, 200, 1, 5, true, 1, false)")
-        tables.schema_migrations.create(conn)
-        for n, name, _ in STEPS:
-            if "saved_nano" not in name:  # every other step applied already
-                conn.execute(tables.schema_migrations.insert().values(version=n, name=name, applied_at=0.0))
-    assert database.migrate() == STEPS[-1][0]
-    rl = tables.request_log.c
-    with database.engine.connect() as conn:
-        assert conn.execute(select(rl.uid, rl.saved_nano)).all() == [("u1", 0)]
+        assert conn.execute(select(rl.uid, rl[column])).all() == [("u1", before)]

@@ -496,6 +496,8 @@ class Gateway:
         await self.discovery.close()  # each gateway's own
         if self.alerts is not None:  # each gateway's own
             await self.alerts.close()
+        if self.cache is not None:  # each gateway's own (its disk level: the file outlives it)
+            await self.cache.close()
         if self.shared_metrics is not None:
             await self.shared_metrics.close()
         if self.chaos is not None and self.chaos.shared is not None:  # each gateway's own

@@ -16,12 +16,13 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from relaygate.cache.disk import DiskCache
 from relaygate.cache.entry import CHAT, WHOLE, Entry, Unfinished, gather, refused, replay
 from relaygate.cache.stores import CACHE_ERRORS, MemoryCache, RedisCache
 from relaygate.config import CacheConfig, Config, ModelCacheConfig
@@ -30,12 +31,12 @@ from relaygate.core.errors import GatewayError, Unavailable, UpstreamTimeout
 
 if TYPE_CHECKING:
     from relaygate.core.pricing import Pricing
-    from relaygate.routing.deployment import Deployment
     from relaygate.routing.router import ModelTable
     from relaygate.state.resp import RespClient
 
 log = logging.getLogger("relaygate.cache")
 
+CHAT_ROUTE = Route.CHAT  # bound once: an enum class attribute costs a lookup each time
 CACHED_ROUTES = frozenset({Route.CHAT, Route.EMBEDDINGS, Route.SPEECH})
 # request fields that do not change the answer: a streamed request is served from a whole answer and the
 # reverse; who asks (``user``, ``safety_identifier``) and what is stored with the call do not matter
@@ -44,7 +45,9 @@ IGNORED = frozenset({"model", "stream", "stream_options", "user", "safety_identi
 HEADER = "x-relaygate-cache"
 KEY_HEADER = "x-relaygate-cache-key"
 
-READ, REFRESH, BYPASS = 0, 1, 2  # what the client asked of the cache
+MAX_NAMES = 4096  # (model, provider) pairs whose deployment names are kept
+READ, REFRESH, BYPASS = 0, 1, 2
+_READ_ANY: tuple[int, float | None] = (READ, None)  # what the client asked of the cache
 _OBJECT = re.compile(rb"\s*\{")
 _SPACE_OR_COLON = (b" ", b"\t", b"\n", b"\r", b":")
 
@@ -53,6 +56,7 @@ _SPACE_OR_COLON = (b" ", b"\t", b"\n", b"\r", b":")
 class CacheStats:
     hits: int = 0
     memory_hits: int = 0
+    disk_hits: int = 0
     redis_hits: int = 0
     coalesced: int = 0  # hits served by waiting for an identical call in flight
     misses: int = 0
@@ -63,7 +67,8 @@ class CacheStats:
     saved_nano: dict[str, int] = field(default_factory=dict)  # per model: what the hits did not spend
 
     def as_json(self) -> dict[str, Any]:
-        return {"hits": self.hits, "memory_hits": self.memory_hits, "redis_hits": self.redis_hits,
+        return {"hits": self.hits, "memory_hits": self.memory_hits, "disk_hits": self.disk_hits,
+                "redis_hits": self.redis_hits,
                 "coalesced": self.coalesced, "misses": self.misses, "bypasses": self.bypasses,
                 "stored": self.stored, "not_stored": self.not_stored, "errors": self.errors,
                 "saved_usd": {m: n / 1e9 for m, n in sorted(self.saved_nano.items())}}
@@ -122,10 +127,10 @@ def namespace(call: Call, config: CacheConfig) -> str:
     return "key:" + key.id
 
 
-def cache_key(call: Call, deps: list[Deployment], space: str) -> str:
+def cache_key(call: Call, names: Sequence[str], space: str) -> str:
     """The hash of everything that changes the answer (see the module docstring). The model is the one
     routed: the deployments that may serve the call (``openai/m`` is ``m`` when all of m's are OpenAI's) and
-    the name they are asked for (a wildcard deployment sends the client's)."""
+    the name they are asked for (a wildcard deployment sends the client's); ``names``: the deployments'."""
     native = call.native
     if native is not None:  # its own dialect's body: the reply relayed to it is in that dialect
         body, dialect = native.body, native.dialect.value
@@ -133,13 +138,19 @@ def cache_key(call: Call, deps: list[Deployment], space: str) -> str:
         body, dialect = call.anthropic_request, "messages"
     else:
         body, dialect = call.body, ""
-    kept = {k: v for k, v in body.items() if k not in IGNORED}
     if call.responses_request is not None:  # a /v1/responses call a native deployment may answer in its shape
         dialect = "responses"
-    ident = (call.route, dialect, [d.name for d in deps], call.model, space)
+    model = call.model
+    # what is hashed is the body with the model as routed (``openai/m`` and ``m`` share answers) and without
+    # the ignored fields; the usual request is that already (no ignored field but its model, named as routed)
+    # and is hashed as it is: no copy of it per miss
+    if len(body.keys() & IGNORED) != 1 or body.get("model") != model:
+        body = {k: v for k, v in body.items() if k not in IGNORED}
+        body["model"] = model
+    ident = (call.route, dialect, names, model, space)
     # BLAKE2b: Python's own, without OpenSSL's per-hash setup (SHA-256 through OpenSSL costs ~8k instructions
     # a call); 128 bits leave no chance of two requests sharing a key by accident
-    return hashlib.blake2b(orjson.dumps((ident, kept), option=orjson.OPT_SORT_KEYS), digest_size=16).hexdigest()
+    return hashlib.blake2b(orjson.dumps((ident, body), option=orjson.OPT_SORT_KEYS), digest_size=16).hexdigest()
 
 
 class Broadcast:
@@ -192,6 +203,9 @@ def keepable_chat(body: bytes) -> bool:
     if not (body[:1] == b"{" or _OBJECT.match(body)) or body.find(b'"choices"') < 0 \
             or body.find(b'"content_filter"') >= 0:
         return False
+    refusals = body.count(b'"refusal"')
+    if not refusals or refusals == body.count(b'"refusal":null') + body.count(b'"refusal": null'):
+        return True  # the usual answer: every refusal null, as compact or spaced JSON writes it
     at = body.find(b'"refusal"')
     while at >= 0:
         at += 9
@@ -219,6 +233,8 @@ class CacheLayer:
         self.models: dict[str, ModelCacheConfig] = {m.name: m.cache for m in config.models if m.cache is not None}
         mem = config.cache.memory
         self.memory = MemoryCache(mem.max_bytes, mem.ttl, mem.compress) if mem.max_bytes else None
+        dc = config.cache.disk
+        self.disk = DiskCache(dc.path, dc.max_bytes, dc.ttl, dc.timeout) if dc is not None else None
         rc = config.cache.redis
         self.redis = RedisCache(redis, rc.prefix, rc.ttl) if rc is not None and redis is not None else None
         self.max_entry = config.cache.max_entry_bytes
@@ -226,6 +242,10 @@ class CacheLayer:
         self._inflight: dict[str, asyncio.Future[Entry | None]] = {}
         self._streams: dict[str, Broadcast] = {}  # leaders' streams in flight, for followers that stream too
         self._writes: set[asyncio.Task[None]] = set()
+        self._shared = [level for level in (self.disk, self.redis) if level is not None]  # memory, then these
+        # (config model, provider asked) -> the names of the deployments that may serve it, built once
+        self._names: dict[tuple[str, str | None], tuple[str, ...]] = {}
+        self._spaced = config.cache.namespace != "shared"
 
     async def __call__(self, call: Call) -> Reply:
         deps = call.deployments
@@ -235,13 +255,20 @@ class CacheLayer:
         settings = self.models.get(model)
         if settings is None or call.route not in CACHED_ROUTES:
             return await self.next(call)
-        mode, max_age = control(call.headers)
+        headers = call.headers
+        # most requests say nothing to the cache: no call to read what they did not say
+        mode, max_age = control(headers) if HEADER in headers or "cache-control" in headers else _READ_ANY
         if mode == BYPASS or (settings.mode == "deterministic" and not deterministic(call)):
             self.stats.bypasses += 1
             reply = await self.next(call)
             reply.headers[HEADER] = "bypass"
             return reply
-        key = cache_key(call, deps, namespace(call, self.config))
+        names = self._names.get((model, call.provider))
+        if names is None:
+            names = tuple(d.name for d in deps)
+            if len(self._names) < MAX_NAMES:
+                self._names[(model, call.provider)] = names
+        key = cache_key(call, names, namespace(call, self.config) if self._spaced else "")
         if mode == READ:
             oldest = settings.ttl if max_age is None else max_age if settings.ttl is None else min(max_age, settings.ttl)
             span = call.trace.step("relaygate.cache") if call.trace is not None else None  # the lookup
@@ -273,19 +300,22 @@ class CacheLayer:
                 self.stats.memory_hits += 1
                 return entry
             return None
-        if self.redis is None:
-            return None
-        try:
-            entry = await self.redis.get(model, key)
-        except CACHE_ERRORS:
-            self.stats.errors += 1
-            return None
-        if entry is None or (oldest is not None and entry.age() > oldest):
-            return None
-        self.stats.redis_hits += 1
-        if self.memory is not None:
-            self.memory.put(key, entry)
-        return entry
+        for level in self._shared:
+            try:
+                entry = await level.get(model, key)
+            except CACHE_ERRORS:
+                self.stats.errors += 1
+                continue
+            if entry is None or (oldest is not None and entry.age() > oldest):
+                continue
+            if level is self.disk:
+                self.stats.disk_hits += 1
+            else:
+                self.stats.redis_hits += 1
+            if self.memory is not None:
+                self.memory.put(key, entry)
+            return entry
+        return None
 
     async def _follow(self, call: Call, pending: asyncio.Future[Entry | None]) -> Entry | None:
         """Wait for the identical call in flight (not past the deadline): its entry, or None if it failed."""
@@ -331,15 +361,17 @@ class CacheLayer:
     async def _miss(self, call: Call, model: str, key: str, settings: ModelCacheConfig, lead: bool) -> Reply:
         self.stats.misses += 1
         fut: asyncio.Future[Entry | None] | None = None
-        if lead and key not in self._inflight:
-            fut = self._inflight[key] = asyncio.get_running_loop().create_future()
+        inflight = self._inflight
+        if lead and key not in inflight:
+            fut = inflight[key] = asyncio.Future()  # the running loop's, without create_future's Python frame
         try:
             reply = await self.next(call)
         except BaseException:
             self._settle(key, fut, None)
             raise
-        reply.headers[HEADER] = "miss"
-        reply.headers[KEY_HEADER] = key
+        headers = reply.headers
+        headers[HEADER] = "miss"
+        headers[KEY_HEADER] = key
         if reply.status != 200 or reply.anthropic_native or reply.native or reply.responses_native:
             self.stats.not_stored += 1
             self._settle(key, fut, None)
@@ -372,7 +404,7 @@ class CacheLayer:
         if len(body) > self.max_entry:
             return None
         kind, media = WHOLE, reply.media_type
-        if call.route is Route.CHAT:
+        if call.route is CHAT_ROUTE:
             # a scan, not a parse (a parse would be most of what a miss adds): a JSON object with choices and
             # no refusal or filtered choice; a hit that cannot be read back is dropped then (``_hit``)
             if not keepable_chat(body):
@@ -421,23 +453,30 @@ class CacheLayer:
 
     def _keep(self, call: Call, key: str, fut: asyncio.Future[Entry | None] | None, entry: Entry | None,
               settings: ModelCacheConfig) -> None:
-        """Store the entry in each level (Redis in the background) and hand it to the calls waiting for it."""
-        self._settle(key, fut, entry)
+        """Store the entry in each level (disk and Redis in the background) and hand it to the calls waiting
+        for it."""
+        if fut is not None:
+            if not fut.done():
+                fut.set_result(entry)
+            if self._inflight.get(key) is fut:  # _settle, inline: once per kept answer
+                del self._inflight[key]
+                if self._streams:
+                    self._streams.pop(key, None)
         if entry is None:
             self.stats.not_stored += 1
             return
         self.stats.stored += 1
         if self.memory is not None:
             self.memory.put(key, entry, settings.ttl)
-        if self.redis is not None:
-            task = asyncio.ensure_future(self._write(key, entry, settings.ttl))
-            self._writes.add(task)
-            task.add_done_callback(self._writes.discard)
+        if self._shared:
+            for level in self._shared:
+                task = asyncio.ensure_future(self._write(level, key, entry, settings.ttl))
+                self._writes.add(task)
+                task.add_done_callback(self._writes.discard)
 
-    async def _write(self, key: str, entry: Entry, ttl: float | None) -> None:
-        assert self.redis is not None
+    async def _write(self, level: DiskCache | RedisCache, key: str, entry: Entry, ttl: float | None) -> None:
         try:
-            await self.redis.put(key, entry, ttl)
+            await level.put(key, entry, ttl)
         except CACHE_ERRORS:
             self.stats.errors += 1
 
@@ -453,16 +492,27 @@ class CacheLayer:
     async def purge(self, model: str | None = None, key: str | None = None) -> dict[str, int]:
         """Drop the entries of every level: all, one model's, or one cache key's."""
         out = {"memory": self.memory.purge(model, key) if self.memory is not None else 0}
-        if self.redis is not None:
-            try:
-                out["redis"] = await self.redis.purge(model, key)
-            except CACHE_ERRORS:
-                self.stats.errors += 1
-                out["redis"] = -1
+        for name, level in (("disk", self.disk), ("redis", self.redis)):
+            if level is not None:
+                try:
+                    out[name] = await level.purge(model, key)
+                except CACHE_ERRORS:
+                    self.stats.errors += 1
+                    out[name] = -1
         return out
+
+    async def close(self) -> None:
+        """Let the writes in flight finish, then close the disk level."""
+        if self._writes:
+            await asyncio.wait(list(self._writes), timeout=5)
+        if self.disk is not None:
+            await self.disk.close()
 
     def snapshot(self) -> dict[str, Any]:
         mem = self.memory
         return {**self.stats.as_json(), "entries": len(mem) if mem is not None else 0,
                 "bytes": mem.bytes if mem is not None else 0, "max_bytes": mem.max_bytes if mem is not None else 0,
-                "evictions": mem.evictions if mem is not None else 0, "redis": self.redis is not None}
+                "evictions": mem.evictions if mem is not None else 0, "redis": self.redis is not None,
+                "disk": None if self.disk is None else {"entries": self.disk.entries, "bytes": self.disk.bytes,
+                                                        "max_bytes": self.disk.max_bytes,
+                                                        "evictions": self.disk.evictions}}

@@ -6,6 +6,7 @@ policy (state/resp.py): a read or write that fails is counted and the call goes 
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections import OrderedDict
 
@@ -41,17 +42,17 @@ class MemoryCache:
     def put(self, key: str, entry: Entry, ttl: float | None = None) -> None:
         if self.compress:
             entry = compressed(entry)
-        size = entry.size
+        size = len(entry.body) + len(entry.model) + 256  # Entry.size, inline: a property call per store
         if size > self.max_bytes:
             return
-        if key in self._items:
-            self._drop(key)
-        self._items[key] = (entry, time.monotonic() + (self.ttl if ttl is None else min(ttl, self.ttl)), size)
-        self.bytes += size
-        while self.bytes > self.max_bytes:
-            oldest = next(iter(self._items))
-            self._drop(oldest)
+        items = self._items
+        old = items.pop(key, None)
+        held = self.bytes + size - (old[2] if old is not None else 0)
+        items[key] = (entry, time.monotonic() + (self.ttl if ttl is None or ttl > self.ttl else ttl), size)
+        while held > self.max_bytes:
+            held -= items.pop(next(iter(items)))[2]
             self.evictions += 1
+        self.bytes = held
 
     def _drop(self, key: str) -> None:
         self.bytes -= self._items.pop(key)[2]
@@ -110,4 +111,6 @@ class RedisCache:
                 return deleted
 
 
-CACHE_ERRORS = (RedisUnavailable, RespError, OSError)
+# what a level that cannot answer raises (Redis down or slow, a disk full, read-only or slow): counted, and the
+# call goes on without that level
+CACHE_ERRORS = (RedisUnavailable, RespError, OSError, sqlite3.Error)

@@ -231,12 +231,22 @@ class RedisCacheConfig(Strict):
     prefix: str = Field("relaygate:cache:", min_length=1, max_length=200)
 
 
+class DiskCacheConfig(Strict):
+    """The response cache's level on disk: an SQLite file bounded in bytes (one node; survives a restart)."""
+
+    path: str = Field("relaygate-cache.db", min_length=1)
+    max_bytes: int = Field(1024 * 1024 * 1024, gt=0)  # the entries' bytes at most; least recently used go first
+    ttl: float = Field(86400.0, gt=0)  # seconds an answer stays on disk
+    timeout: float = Field(0.1, gt=0, le=10)  # seconds a read may take before the call goes on without it
+
+
 class CacheConfig(Strict):
     """Where cached answers live and who shares them; which models are cached is each model's ``cache``."""
 
     # who shares an answer: everyone, the callers of one team (a key without a team: its own), or one key
     namespace: Literal["shared", "team", "key"] = "shared"
     memory: MemoryCacheConfig = Field(default_factory=MemoryCacheConfig)
+    disk: DiskCacheConfig | None = None  # a second level on this node's disk, behind memory (before Redis)
     redis: RedisCacheConfig | None = None  # a second level shared by instances; needs state.redis_url
     max_entry_bytes: int = Field(4 * 1024 * 1024, gt=0)  # a larger answer is passed on, not cached
 

@@ -1,0 +1,164 @@
+"""The response cache's level on disk: an SQLite file bounded in bytes, for a single node whose answers should
+survive a restart.
+
+Entries are ``entry.encode``'s bytes (the same as Redis holds) under the cache key, with the model (for a purge
+by model), a wall-clock expiry (an answer kept before a restart expires on time after it) and the time of its
+last use (the least recently used go first when the file's entries pass ``max_bytes``). SQLite runs in one
+thread of its own, never on the event loop; a read that does not finish within ``timeout`` is given up (the
+call goes upstream) and counted, like a write that fails (disk full, read-only): a disk level never fails a
+request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from relaygate.cache.entry import Entry, decode, encode
+
+T = TypeVar("T")
+EVICT_BATCH = 64  # entries looked at per eviction query: one query frees room for most puts
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS cache_entries (key TEXT PRIMARY KEY, model TEXT NOT NULL, expires REAL NOT NULL,"
+    " used REAL NOT NULL, size INTEGER NOT NULL, data BLOB NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS ix_cache_entries_used ON cache_entries (used)",
+)
+
+
+class DiskCache:
+    """See the module docstring. ``ttl``: seconds an answer stays on disk at most."""
+
+    def __init__(self, path: str, max_bytes: int, ttl: float, timeout: float) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.ttl = ttl
+        self.timeout = timeout
+        self.bytes = 0  # the entries' sizes, as the file holds them (known once the file is open)
+        self.entries = 0
+        self.evictions = 0
+        self._db: sqlite3.Connection | None = None  # opened, used and closed in the level's one thread only
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="relaygate-cache-disk")
+
+    async def _run(self, fn: Any, *args: Any, bounded: bool = False) -> Any:
+        """``fn(*args)`` in the level's thread (with the file open); ``bounded``: within ``timeout`` (a read on
+        the request path), else as long as it takes (writes and purges run in the background)."""
+        job = asyncio.wrap_future(self._thread.submit(self._with_db, fn, *args))
+        if not bounded:
+            return await job
+        try:
+            return await asyncio.wait_for(job, self.timeout)
+        except TimeoutError:
+            raise OSError(f"the disk cache took more than {self.timeout} s to answer") from None
+
+    def _with_db(self, fn: Any, *args: Any) -> Any:
+        db = self._db
+        if db is None:
+            db = self._db = self._open()
+        return fn(db, *args)
+
+    def _open(self) -> sqlite3.Connection:
+        folder = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(folder, exist_ok=True)
+        db = sqlite3.connect(self.path, timeout=1.0, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")  # a cache: the last writes may go with a power cut
+            for statement in _SCHEMA:
+                db.execute(statement)
+            db.execute("DELETE FROM cache_entries WHERE expires <= ?", (time.time(),))
+            self.entries, self.bytes = db.execute("SELECT count(*), coalesce(sum(size), 0) FROM cache_entries"
+                                                  ).fetchone()
+            self._evict(db)  # a smaller max_bytes than the file was filled with
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    async def get(self, model: str, key: str) -> Entry | None:
+        """The entry, or None; raises ``sqlite3.Error`` / ``OSError`` (also past ``timeout``) when the disk
+        cannot answer."""
+        data: bytes | None = await self._run(self._get, key, bounded=True)
+        return decode(data) if data is not None else None
+
+    def _get(self, db: sqlite3.Connection, key: str) -> bytes | None:
+        row = db.execute("SELECT data, expires FROM cache_entries WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        now = time.time()
+        if row[1] <= now:
+            self._delete(db, "key = ?", (key,))
+            return None
+        db.execute("UPDATE cache_entries SET used = ? WHERE key = ?", (now, key))
+        return bytes(row[0])
+
+    async def put(self, key: str, entry: Entry, ttl: float | None = None) -> None:
+        life = self.ttl if ttl is None else min(ttl, self.ttl)
+        data = encode(entry)
+        if len(data) > self.max_bytes:
+            return
+        await self._run(self._put, key, entry.model, data, entry.created + life)
+
+    def _put(self, db: sqlite3.Connection, key: str, model: str, data: bytes, expires: float) -> None:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            old = db.execute("SELECT size FROM cache_entries WHERE key = ?", (key,)).fetchone()
+            db.execute("INSERT OR REPLACE INTO cache_entries (key, model, expires, used, size, data) "
+                       "VALUES (?, ?, ?, ?, ?, ?)", (key, model, expires, time.time(), len(data), data))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self.bytes += len(data) - (old[0] if old else 0)
+        self.entries += 0 if old else 1
+        self._evict(db)
+
+    def _evict(self, db: sqlite3.Connection) -> None:
+        """Expired entries first, then the least recently used, until the file's entries fit ``max_bytes``."""
+        if self.bytes <= self.max_bytes:
+            return
+        self._delete(db, "expires <= ?", (time.time(),))
+        while self.bytes > self.max_bytes:
+            rows = db.execute("SELECT key, size FROM cache_entries ORDER BY used LIMIT ?", (EVICT_BATCH,)).fetchall()
+            if not rows:
+                self.bytes = self.entries = 0
+                return
+            over, doomed = self.bytes - self.max_bytes, []
+            for k, size in rows:
+                doomed.append(k)
+                over -= size
+                if over <= 0:
+                    break
+            self.evictions += self._delete(db, f"key IN ({', '.join('?' * len(doomed))})", doomed)
+
+    def _delete(self, db: sqlite3.Connection, where: str, args: Any) -> int:
+        """Delete the entries ``where`` says, keeping the byte and entry counts right; how many went."""
+        gone = db.execute(f"DELETE FROM cache_entries WHERE {where} RETURNING size", args).fetchall()
+        self.bytes -= sum(size for (size,) in gone)
+        self.entries -= len(gone)
+        return len(gone)
+
+    async def purge(self, model: str | None = None, key: str | None = None) -> int:
+        """Delete every entry, or one model's, or one cache key's; how many were deleted."""
+        conds, args = ["1 = 1"], []
+        if model is not None:
+            conds.append("model = ?")
+            args.append(model)
+        if key is not None:
+            conds.append("key = ?")
+            args.append(key)
+        n: int = await self._run(self._delete, " AND ".join(conds), args)
+        return n
+
+    async def close(self) -> None:
+        def shut() -> None:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+        await asyncio.wrap_future(self._thread.submit(shut))
+        self._thread.shutdown(wait=True)

@@ -74,6 +74,7 @@ def new_client(env: Mapping[str, str] | None = None, server: ServerConfig | None
         from relaygate.server.guard import default_max_connections
 
         limits = Limits(idle_timeout=60.0, max_total=server.max_upstream_connections or default_max_connections(),
+                        max_per_origin=server.max_upstream_connections_per_origin,
                         queue_timeout=server.upstream_queue_timeout)
     return Client(limits=limits, proxies=proxies)
 

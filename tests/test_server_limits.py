@@ -439,11 +439,12 @@ def test_a_websocket_upgrade_is_answered_as_plain_http_without_a_warning(
 
 # ---- upstream connections ------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("cap", ["max_upstream_connections", "max_upstream_connections_per_origin"])
 def test_upstream_connections_are_capped_the_excess_waits_then_gets_a_logged_503(
-        start_gateway: Callable[..., GatewayThread]) -> None:
-    """server.max_upstream_connections: 2 answers of 0.4 s at a time. With room in the queue every call is
-    served, the upstream never holding more than 2; past upstream_queue_timeout the rest get 503
-    upstream_connections_full, each with its row."""
+        cap: str, start_gateway: Callable[..., GatewayThread]) -> None:
+    """server.max_upstream_connections (every upstream together) or ..._per_origin (one upstream host): 2
+    answers of 0.4 s at a time. With room in the queue every call is served, the upstream never holding more
+    than 2; past upstream_queue_timeout the rest get 503 upstream_connections_full, each with its row."""
     with BackgroundServer(create_app(OpenAIEmulatorOptions(api_key=UPSTREAM_KEY))) as emu:
         emu.state.faults = FaultPlan(latency_ms=400)
         seen: list[int] = []
@@ -465,11 +466,11 @@ def test_upstream_connections_are_capped_the_excess_waits_then_gets_a_logged_503
             return list(statuses)
 
         patient = start_gateway({"models": [openai_model("mini", emu)],
-                                 "server": {"max_upstream_connections": 2, "upstream_queue_timeout": 10}})
+                                 "server": {cap: 2, "upstream_queue_timeout": 10}})
         assert asyncio.run(calls(patient.base_url + "/chat/completions", 6)) == [200] * 6
         assert max(seen) == 2
         hasty = start_gateway({"models": [openai_model("mini", emu)],
-                               "server": {"max_upstream_connections": 2, "upstream_queue_timeout": 0.2}})
+                               "server": {cap: 2, "upstream_queue_timeout": 0.2}})
         statuses = asyncio.run(calls(hasty.base_url + "/chat/completions", 6))
         assert sorted(statuses) == [200, 200, 503, 503, 503, 503]
         rows = gateway_rows(hasty, expected=6)

@@ -191,6 +191,9 @@ class ServerConfig(Strict):
     # is read); None: derived from RLIMIT_NOFILE like max_connections. A request over the cap waits for one
     # at most upstream_queue_timeout seconds (within its deadline), then gets 503 upstream_connections_full
     max_upstream_connections: int | None = Field(None, ge=1)
+    # the same cap per upstream origin (scheme, host, port: a deployment's api_base; deployments on one host
+    # share it), so that one slow upstream cannot take every connection; None: only the global cap
+    max_upstream_connections_per_origin: int | None = Field(None, ge=1)
     upstream_queue_timeout: float = Field(10.0, ge=0)
     # processes serving the one listening socket (``relaygate serve --workers``): a supervisor starts them,
     # restarts one that dies, and forwards SIGTERM (drain) and SIGHUP (reload); see docs/deploy.md

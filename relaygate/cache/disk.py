@@ -43,11 +43,15 @@ class DiskCache:
         self.evictions = 0
         self._db: sqlite3.Connection | None = None  # opened, used and closed in the level's one thread only
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="relaygate-cache-disk")
+        self._closed = False
 
     async def _run(self, fn: Any, *args: Any, bounded: bool = False) -> Any:
         """``fn(*args)`` in the level's thread (with the file open); ``bounded``: within ``timeout`` (a read on
         the request path), else as long as it takes (writes and purges run in the background)."""
-        job = asyncio.wrap_future(self._thread.submit(self._with_db, fn, *args))
+        try:
+            job = asyncio.wrap_future(self._thread.submit(self._with_db, fn, *args))
+        except RuntimeError:  # closed (its gateway was replaced): a level that cannot answer, like a full disk
+            raise OSError("the disk cache is closed") from None
         if not bounded:
             return await job
         try:
@@ -155,6 +159,11 @@ class DiskCache:
         return n
 
     async def close(self) -> None:
+        """Close the file (writes queued before this one finish first); a second close does nothing."""
+        if self._closed:
+            return
+        self._closed = True
+
         def shut() -> None:
             if self._db is not None:
                 self._db.close()

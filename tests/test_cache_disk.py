@@ -87,6 +87,25 @@ def test_the_disk_level_keeps_within_its_bytes_least_recently_used_going_first(t
     assert smaller <= 5_000 and 0 < fewer < entries
 
 
+def test_processes_sharing_the_file_keep_within_the_bound_together(tmp_path: Path) -> None:
+    """``serve --workers``: each process has its own connection to the one file; the bound is the file's."""
+    path = str(tmp_path / "shared.db")
+
+    async def fill() -> tuple[int, int]:
+        one, two = (DiskCache(path, max_bytes=20_000, ttl=600, timeout=5) for _ in range(2))
+        for i in range(60):
+            await (one if i % 2 else two).put(f"k{i}", entry(b"y" * 1000))
+        await one.get("m", "k0")  # the totals as the file has them now
+        await one.close()
+        await two.close()
+        return one.bytes, one.entries
+
+    held, entries = asyncio.run(fill())
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT count(*), sum(size) FROM cache_entries").fetchone() == (entries, held)
+    assert 15_000 < held <= 20_000
+
+
 def test_disk_entries_expire_on_time_across_a_restart(tmp_path: Path) -> None:
     path = str(tmp_path / "ttl.db")
 

@@ -15,7 +15,9 @@ import asyncio
 import os
 import sqlite3
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from relaygate.cache.entry import Entry, decode, encode
@@ -27,7 +29,28 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS cache_entries (key TEXT PRIMARY KEY, model TEXT NOT NULL, expires REAL NOT NULL,"
     " used REAL NOT NULL, size INTEGER NOT NULL, data BLOB NOT NULL)",
     "CREATE INDEX IF NOT EXISTS ix_cache_entries_used ON cache_entries (used)",
+    # the entries' total, kept by SQLite itself in each writing transaction: exact when several processes
+    # (``serve --workers``) share the file, so the bound holds for all of them together
+    "CREATE TABLE IF NOT EXISTS cache_totals (id INTEGER PRIMARY KEY CHECK (id = 1), bytes INTEGER NOT NULL,"
+    " entries INTEGER NOT NULL)",
+    "INSERT OR IGNORE INTO cache_totals SELECT 1, coalesce(sum(size), 0), count(*) FROM cache_entries",
+    "CREATE TRIGGER IF NOT EXISTS cache_entries_added AFTER INSERT ON cache_entries BEGIN"
+    " UPDATE cache_totals SET bytes = bytes + new.size, entries = entries + 1 WHERE id = 1; END",
+    "CREATE TRIGGER IF NOT EXISTS cache_entries_removed AFTER DELETE ON cache_entries BEGIN"
+    " UPDATE cache_totals SET bytes = bytes - old.size, entries = entries - 1 WHERE id = 1; END",
 )
+
+
+@contextmanager
+def _writing(db: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction, taken at once (other processes writing the file wait up to the busy timeout)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 class DiskCache:
@@ -38,7 +61,7 @@ class DiskCache:
         self.max_bytes = max_bytes
         self.ttl = ttl
         self.timeout = timeout
-        self.bytes = 0  # the entries' sizes, as the file holds them (known once the file is open)
+        self.bytes = 0  # the entries' sizes in the file, all processes' (as of this one's last access)
         self.entries = 0
         self.evictions = 0
         self._db: sqlite3.Connection | None = None  # opened, used and closed in the level's one thread only
@@ -72,12 +95,11 @@ class DiskCache:
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")  # a cache: the last writes may go with a power cut
-            for statement in _SCHEMA:
-                db.execute(statement)
-            db.execute("DELETE FROM cache_entries WHERE expires <= ?", (time.time(),))
-            self.entries, self.bytes = db.execute("SELECT count(*), coalesce(sum(size), 0) FROM cache_entries"
-                                                  ).fetchone()
-            self._evict(db)  # a smaller max_bytes than the file was filled with
+            with _writing(db):
+                for statement in _SCHEMA:
+                    db.execute(statement)
+                self._delete(db, "expires <= ?", (time.time(),))
+                self._evict(db)  # a smaller max_bytes than the file was filled with
         except BaseException:
             db.close()
             raise
@@ -108,28 +130,21 @@ class DiskCache:
         await self._run(self._put, key, entry.model, data, entry.created + life)
 
     def _put(self, db: sqlite3.Connection, key: str, model: str, data: bytes, expires: float) -> None:
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            old = db.execute("SELECT size FROM cache_entries WHERE key = ?", (key,)).fetchone()
-            db.execute("INSERT OR REPLACE INTO cache_entries (key, model, expires, used, size, data) "
-                       "VALUES (?, ?, ?, ?, ?, ?)", (key, model, expires, time.time(), len(data), data))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        self.bytes += len(data) - (old[0] if old else 0)
-        self.entries += 0 if old else 1
-        self._evict(db)
+        with _writing(db):  # the entry and the evictions it makes need: one transaction
+            db.execute("DELETE FROM cache_entries WHERE key = ?", (key,))
+            db.execute("INSERT INTO cache_entries (key, model, expires, used, size, data) VALUES (?, ?, ?, ?, ?, ?)",
+                       (key, model, expires, time.time(), len(data), data))
+            self._evict(db)
 
     def _evict(self, db: sqlite3.Connection) -> None:
         """Expired entries first, then the least recently used, until the file's entries fit ``max_bytes``."""
+        self._totals(db)
         if self.bytes <= self.max_bytes:
             return
         self._delete(db, "expires <= ?", (time.time(),))
         while self.bytes > self.max_bytes:
             rows = db.execute("SELECT key, size FROM cache_entries ORDER BY used LIMIT ?", (EVICT_BATCH,)).fetchall()
             if not rows:
-                self.bytes = self.entries = 0
                 return
             over, doomed = self.bytes - self.max_bytes, []
             for k, size in rows:
@@ -140,11 +155,13 @@ class DiskCache:
             self.evictions += self._delete(db, f"key IN ({', '.join('?' * len(doomed))})", doomed)
 
     def _delete(self, db: sqlite3.Connection, where: str, args: Any) -> int:
-        """Delete the entries ``where`` says, keeping the byte and entry counts right; how many went."""
-        gone = db.execute(f"DELETE FROM cache_entries WHERE {where} RETURNING size", args).fetchall()
-        self.bytes -= sum(size for (size,) in gone)
-        self.entries -= len(gone)
-        return len(gone)
+        """Delete the entries ``where`` says; how many went (the totals follow, by trigger)."""
+        gone = db.execute(f"DELETE FROM cache_entries WHERE {where}", args).rowcount
+        self._totals(db)
+        return gone
+
+    def _totals(self, db: sqlite3.Connection) -> None:
+        self.bytes, self.entries = db.execute("SELECT bytes, entries FROM cache_totals WHERE id = 1").fetchone()
 
     async def purge(self, model: str | None = None, key: str | None = None) -> int:
         """Delete every entry, or one model's, or one cache key's; how many were deleted."""

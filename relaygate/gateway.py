@@ -400,7 +400,9 @@ class Gateway:
         if any(m.cache is not None for m in self.config.models):
             from relaygate.cache.layer import CacheLayer
 
-            handler = self.cache = CacheLayer(handler, self.config, self.table, self.pricing, self.redis)
+            # a semantic cache's embedding call goes through the whole pipeline too (logged, limited, billed)
+            handler = self.cache = CacheLayer(handler, self.config, self.table, self.pricing, self.redis,
+                                              lambda call: self.pipeline(call))
         if self.auth is not None:
             from relaygate.auth.authenticator import AuthLayer
             from relaygate.limits.layer import LimitLayer

@@ -24,8 +24,9 @@ import orjson
 
 from relaygate.cache.disk import DiskCache
 from relaygate.cache.entry import CHAT, WHOLE, Entry, Unfinished, gather, refused, replay
+from relaygate.cache.semantic import SemanticIndex, conversation_text, scope_of, unit
 from relaygate.cache.stores import CACHE_ERRORS, MemoryCache, RedisCache
-from relaygate.config import CacheConfig, Config, ModelCacheConfig
+from relaygate.config import CacheConfig, Config, ModelCacheConfig, SemanticCacheConfig
 from relaygate.core.call import Call, Handler, Reply, Route
 from relaygate.core.errors import GatewayError, Unavailable, UpstreamTimeout
 
@@ -44,6 +45,7 @@ IGNORED = frozenset({"model", "stream", "stream_options", "user", "safety_identi
                      "service_tier", "prompt_cache_key"})
 HEADER = "x-relaygate-cache"
 KEY_HEADER = "x-relaygate-cache-key"
+SIMILARITY_HEADER = "x-relaygate-cache-similarity"  # a semantic hit: the cosine of the two conversations
 
 MAX_NAMES = 4096  # (model, provider) pairs whose deployment names are kept
 READ, REFRESH, BYPASS = 0, 1, 2
@@ -59,6 +61,8 @@ class CacheStats:
     disk_hits: int = 0
     redis_hits: int = 0
     coalesced: int = 0  # hits served by waiting for an identical call in flight
+    semantic_hits: int = 0  # hits served for a similar conversation (cache.semantic)
+    semantic_errors: int = 0  # conversations that could not be embedded: exact matching only
     misses: int = 0
     bypasses: int = 0
     stored: int = 0
@@ -69,7 +73,8 @@ class CacheStats:
     def as_json(self) -> dict[str, Any]:
         return {"hits": self.hits, "memory_hits": self.memory_hits, "disk_hits": self.disk_hits,
                 "redis_hits": self.redis_hits,
-                "coalesced": self.coalesced, "misses": self.misses, "bypasses": self.bypasses,
+                "coalesced": self.coalesced, "semantic_hits": self.semantic_hits,
+                "semantic_errors": self.semantic_errors, "misses": self.misses, "bypasses": self.bypasses,
                 "stored": self.stored, "not_stored": self.not_stored, "errors": self.errors,
                 "saved_usd": {m: n / 1e9 for m, n in sorted(self.saved_nano.items())}}
 
@@ -225,8 +230,9 @@ class CacheLayer:
     """See the module docstring; ``models`` maps a config model name to its cache settings."""
 
     def __init__(self, next_handler: Handler, config: Config, table: ModelTable, pricing: Pricing,
-                 redis: RespClient | None) -> None:
+                 redis: RespClient | None, embed: Handler | None = None) -> None:
         self.next = next_handler
+        self.embed = embed  # the whole pipeline, for the embedding calls of cache.semantic
         self.config = config.cache
         self.table = table
         self.pricing = pricing
@@ -246,6 +252,10 @@ class CacheLayer:
         # (config model, provider asked) -> the names of the deployments that may serve it, built once
         self._names: dict[tuple[str, str | None], tuple[str, ...]] = {}
         self._spaced = config.cache.namespace != "shared"
+        self._semantic = {name: SemanticIndex(s.semantic.max_entries) for name, s in self.models.items()
+                          if s.semantic is not None}
+        # a leader's conversation embedded on its way upstream: added to the index if its answer is kept
+        self._vectors: dict[str, tuple[SemanticIndex, str, list[float]]] = {}
 
     async def __call__(self, call: Call) -> Reply:
         deps = call.deployments
@@ -268,7 +278,8 @@ class CacheLayer:
             names = tuple(d.name for d in deps)
             if len(self._names) < MAX_NAMES:
                 self._names[(model, call.provider)] = names
-        key = cache_key(call, names, namespace(call, self.config) if self._spaced else "")
+        space = namespace(call, self.config) if self._spaced else ""
+        key = cache_key(call, names, space)
         if mode == READ:
             oldest = settings.ttl if max_age is None else max_age if settings.ttl is None else min(max_age, settings.ttl)
             span = call.trace.step("relaygate.cache") if call.trace is not None else None  # the lookup
@@ -291,7 +302,60 @@ class CacheLayer:
                     self.stats.coalesced += 1
                     return hit
                 return await self._miss(call, model, key, settings, lead=False)
+            if settings.semantic is not None and call.route is CHAT_ROUTE and call.anthropic_request is None:
+                hit = await self._similar(call, model, key, names, space, settings.semantic, oldest)
+                if hit is not None:
+                    return hit
         return await self._miss(call, model, key, settings, lead=True)
+
+    async def _similar(self, call: Call, model: str, key: str, names: Sequence[str], space: str,
+                       semantic: SemanticCacheConfig, oldest: float | None) -> Reply | None:
+        """A hit for a conversation close enough to one answered before; else None, with the conversation's
+        vector kept for the answer this call is about to get."""
+        text = conversation_text(call.body)
+        if not text:
+            return None
+        vector = await self._embed(call, semantic.model, text)
+        if vector is None:
+            return None
+        index = self._semantic[model]
+        scope = scope_of(call, names, space, IGNORED)
+        found = index.nearest(scope, vector, semantic.threshold)
+        if found is not None:
+            near, cosine = found
+            entry = await self._lookup(model, near, oldest)
+            if entry is not None and (hit := self._hit(call, entry, near)) is not None:
+                self.stats.semantic_hits += 1
+                hit.headers[SIMILARITY_HEADER] = f"{cosine:.4f}"
+                return hit
+            if oldest is None:  # its answer is in no level any more
+                index.drop(near)
+        self._vectors[key] = (index, scope, vector)
+        return None
+
+    async def _embed(self, call: Call, model: str, text: str) -> list[float] | None:
+        """The unit vector of ``text`` by the embeddings ``model``, through the pipeline (logged and billed to
+        the caller's key); None when that fails: the call then goes on with exact matching only."""
+        assert self.embed is not None
+        sub = Call(id=call.id + "-semantic", route=Route.EMBEDDINGS, model=model, body={"model": model, "input": text},
+                   client_ip=call.client_ip, deadline=call.deadline, key=call.key)
+        reply: Reply | None = None
+        try:
+            reply = await self.embed(sub)
+            if reply.status != 200 or reply.stream is not None or reply.body is None:
+                raise ValueError("no whole answer")
+            vector = unit(orjson.loads(reply.body)["data"][0]["embedding"])
+            if vector is None:
+                raise ValueError("not a vector")
+        except (GatewayError, ValueError, KeyError, IndexError, TypeError) as e:
+            self.stats.semantic_errors += 1
+            log.warning("cache: the embeddings model %s failed (%s); exact matching only for this call", model,
+                        e.message if isinstance(e, GatewayError) else type(e).__name__)
+            if reply is not None:
+                reply.finish(e if isinstance(e, GatewayError) else None)
+            return None
+        reply.finish(None)  # delivered (to us): its log row, limits and statistics are settled
+        return vector
 
     async def _lookup(self, model: str, key: str, oldest: float | None) -> Entry | None:
         entry = self.memory.get(key) if self.memory is not None else None
@@ -455,6 +519,10 @@ class CacheLayer:
               settings: ModelCacheConfig) -> None:
         """Store the entry in each level (disk and Redis in the background) and hand it to the calls waiting
         for it."""
+        if self._vectors:
+            vec = self._vectors.pop(key, None)
+            if vec is not None and entry is not None:
+                vec[0].add(vec[1], key, vec[2])
         if fut is not None:
             if not fut.done():
                 fut.set_result(entry)
@@ -481,6 +549,8 @@ class CacheLayer:
             self.stats.errors += 1
 
     def _settle(self, key: str, fut: asyncio.Future[Entry | None] | None, entry: Entry | None) -> None:
+        if self._vectors:
+            self._vectors.pop(key, None)  # no answer kept: no vector either
         if fut is None:
             return
         if not fut.done():

@@ -51,6 +51,7 @@ from relaygate.config.schema import (
     RequestLogConfig,
     RetryConfig,
     SelectConfig,
+    SemanticCacheConfig,
     ServerConfig,
     StateConfig,
     StrategyName,
@@ -63,7 +64,7 @@ __all__ = [
     "BedrockDeployment", "BreakerConfig", "CacheConfig", "CondenseConfig", "CohereDeployment", "Config", "ConfigError", "DatabaseConfig", "DiscoveryConfig",
     "DemoDeployment", "DeploymentBase", "DeploymentConfig", "FallbackConfig", "GeminiDeployment", "GeminiFields",
     "GoogleCloudFields", "HealthCheckConfig", "KeyConfig", "MemoryCacheConfig", "ModelCacheConfig", "ModelConfig", "OpenAIDeployment", "OpenAIFields",
-    "PassthroughConfig", "PriceConfig", "RedisCacheConfig", "RequestLogConfig", "RetryConfig", "SelectConfig", "ServerConfig", "StateConfig", "Strict",
+    "PassthroughConfig", "PriceConfig", "RedisCacheConfig", "RequestLogConfig", "RetryConfig", "SelectConfig", "SemanticCacheConfig", "ServerConfig", "StateConfig", "Strict",
     "StrategyName", "VertexAnthropicDeployment", "VertexDeployment", "default_config", "deployment_name",
     "interpolate", "load_config", "load_yaml", "parse_config", "providers_taking",
 ]

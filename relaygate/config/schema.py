@@ -76,6 +76,15 @@ class FallbackConfig(Strict):
     _on = field_validator("on")(_kinds(FALLBACK_KINDS))
 
 
+class SemanticCacheConfig(Strict):
+    """A model's semantic cache (docs/cache.md#semantic-matches): a chat request close enough to one answered
+    before, by the cosine of their embeddings, is served that answer; off unless set."""
+
+    model: str = Field(min_length=1)  # the configured embeddings model that embeds each conversation
+    threshold: float = Field(0.95, gt=0, le=1)  # the least cosine similarity that counts as the same request
+    max_entries: int = Field(1000, ge=1, le=100_000)  # vectors kept for this model (least recently matched go)
+
+
 class ModelCacheConfig(Strict):
     """A model's response cache (docs/cache.md); a model without this section is never cached."""
 
@@ -83,6 +92,7 @@ class ModelCacheConfig(Strict):
     # always: every request
     mode: Literal["deterministic", "always"] = "deterministic"
     ttl: float | None = Field(None, gt=0)  # seconds an answer of this model is served at most (under the levels')
+    semantic: SemanticCacheConfig | None = None  # chat only: similar conversations served the same answer
 
 
 class CondenseConfig(Strict):
@@ -457,6 +467,8 @@ class Config(Strict):
                         errors.append(f"{path}: unknown model {target!r}")
             if m.select is not None and m.name == "*":
                 errors.append(f"models[{mi}].select: the wildcard model cannot select (it sends the client's name)")
+            if m.cache is not None and m.cache.semantic is not None and m.cache.semantic.model not in names:
+                errors.append(f"models[{mi}].cache.semantic.model: unknown model {m.cache.semantic.model!r}")
             if m.condense is not None and m.condense.summarizer is not None and m.condense.summarizer not in names:
                 errors.append(f"models[{mi}].condense.summarizer: unknown model {m.condense.summarizer!r}")
             for di in range(len(m.deployments)):

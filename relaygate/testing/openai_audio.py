@@ -16,6 +16,7 @@ import base64
 import hashlib
 import math
 import random
+import re
 import struct
 from typing import TYPE_CHECKING, Any
 
@@ -44,12 +45,26 @@ MEDIA_TYPES = {"mp3": "audio/mpeg", "opus": "audio/opus", "aac": "audio/aac", "f
                "wav": "audio/wav", "pcm": "audio/pcm"}
 FAKE_MAGIC = {"opus": b"OggS\x00\x02", "aac": b"\xff\xf1\x50\x80", "flac": b"fLaC"}
 TEXT_FORMATS = ("text", "srt", "vtt")
+_WORD = re.compile(r"\w+")
 
 
 # ---- pure helpers (also used by tests to build inputs) ----------------------------------------------
 
 def embedding_vector(item: Any, dims: int) -> list[float]:
-    """A unit vector determined by the input (a string or a token array)."""
+    """A unit vector determined by the input (a string or a token array). A text's vector is the sum of its
+    words' (each word a fixed sparse vector of random signs), so that texts sharing most of their words are
+    close (a cosine near 1) and unrelated ones are not, as with a real embeddings model (what a semantic cache
+    needs); other input, a random vector of its own."""
+    words = _WORD.findall(item.lower()) if isinstance(item, str) else []
+    if words:
+        vec = [0.0] * dims
+        for word in words:
+            h = hashlib.sha256(word.encode()).digest()
+            for j in range(8):  # 8 features a word
+                vec[int.from_bytes(h[2 * j:2 * j + 2], "big") % dims] += 1.0 if h[16 + j] & 1 else -1.0
+        norm = math.sqrt(sum(v * v for v in vec))
+        if norm:
+            return [v / norm for v in vec]
     seed = hashlib.sha256(orjson.dumps(item)).digest()
     rng = random.Random(int.from_bytes(seed[:8], "big"))
     vec = [rng.gauss(0.0, 1.0) for _ in range(dims)]

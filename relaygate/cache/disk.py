@@ -18,11 +18,11 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any
 
 from relaygate.cache.entry import Entry, decode, encode
 
-T = TypeVar("T")
+REOPEN_AFTER = 5.0  # seconds a file that could not be opened is left alone before the next try
 EVICT_BATCH = 64  # entries looked at per eviction query: one query frees room for most puts
 
 _SCHEMA = (
@@ -67,10 +67,13 @@ class DiskCache:
         self._db: sqlite3.Connection | None = None  # opened, used and closed in the level's one thread only
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="relaygate-cache-disk")
         self._closed = False
+        self._broken_until = 0.0  # monotonic: the file could not be opened; no try (nor thread hop) before
 
     async def _run(self, fn: Any, *args: Any, bounded: bool = False) -> Any:
         """``fn(*args)`` in the level's thread (with the file open); ``bounded``: within ``timeout`` (a read on
         the request path), else as long as it takes (writes and purges run in the background)."""
+        if self._db is None and time.monotonic() < self._broken_until:
+            raise OSError(f"the disk cache {self.path!r} could not be opened; trying again shortly")
         try:
             job = asyncio.wrap_future(self._thread.submit(self._with_db, fn, *args))
         except RuntimeError:  # closed (its gateway was replaced): a level that cannot answer, like a full disk
@@ -85,7 +88,11 @@ class DiskCache:
     def _with_db(self, fn: Any, *args: Any) -> Any:
         db = self._db
         if db is None:
-            db = self._db = self._open()
+            try:
+                db = self._db = self._open()
+            except BaseException:
+                self._broken_until = time.monotonic() + REOPEN_AFTER
+                raise
         return fn(db, *args)
 
     def _open(self) -> sqlite3.Connection:

@@ -302,7 +302,8 @@ class CacheLayer:
                     self.stats.coalesced += 1
                     return hit
                 return await self._miss(call, model, key, settings, lead=False)
-            if settings.semantic is not None and call.route is CHAT_ROUTE and call.anthropic_request is None:
+            if settings.semantic is not None and call.route is CHAT_ROUTE and call.anthropic_request is None \
+                    and call.native is None:
                 hit = await self._similar(call, model, key, names, space, settings.semantic, oldest)
                 if hit is not None:
                     return hit

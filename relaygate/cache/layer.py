@@ -303,7 +303,7 @@ class CacheLayer:
                     return hit
                 return await self._miss(call, model, key, settings, lead=False)
             if settings.semantic is not None and call.route is CHAT_ROUTE and call.anthropic_request is None \
-                    and call.native is None:
+                    and call.native is None and call.responses_request is None:
                 hit = await self._similar(call, model, key, names, space, settings.semantic, oldest)
                 if hit is not None:
                     return hit

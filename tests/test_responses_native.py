@@ -180,12 +180,40 @@ def test_a_stream_cut_mid_way_ends_with_an_error_event_and_is_billed_for_what_it
                       headers={"authorization": f"Bearer {k['key']}"}, timeout=10) as resp:
         text = "".join(resp.iter_text())
     frames = [f for f in text.split("\n\n") if f.strip()]
-    assert frames[-1].startswith("event: error\n") and '"sequence_number":6' in frames[-1]
-    assert len(frames) == 7 and sum('"response.output_text.delta"' in f for f in frames) == 2
+    assert frames[-2].startswith("event: error\n") and '"sequence_number":6' in frames[-2]
+    assert frames[-1].startswith("event: response.failed\n") and '"sequence_number":7' in frames[-1]
+    assert len(frames) == 8 and sum('"response.output_text.delta"' in f for f in frames) == 2
     [row] = [r for r in gateway_rows(gw, expected=before + 1) if r["key_id"] == k["id"]]
     # no usage came: the prompt as estimated and the two words delivered, marked estimated
     assert row["usage_estimated"] and row["prompt_tokens"] > 0 and row["completion_tokens"] >= 2
     assert row["cost_nano"] > 0
+
+
+def test_a_native_stream_cut_before_its_final_event_is_stored_as_failed(
+        client: openai.OpenAI, gw: GatewayThread, upstreams: dict[str, BackgroundServer]) -> None:
+    before = gw.gateway.writer.submitted
+    # the web search item is done after 7 events, the answer is cut after its first word
+    requests.post(upstreams["openai"].url + "/_emulator/faults",
+                  json={"disconnect_after_chunks": 10, "paths": ["/v1/responses"], "count": 1}, timeout=5)
+    raw = client.responses.with_raw_response.create(model="native", input="cut me off", tools=[SEARCH],
+                                                    stream=True)
+    events = list(raw.parse())
+    assert [e.type for e in events][-2:] == ["error", "response.failed"]
+    streamed = events[-1].response  # type: ignore[union-attr]
+    assert streamed.status == "failed" and streamed.error is not None
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    stored = client.responses.retrieve(streamed.id)
+    assert stored.status == "failed" and stored.error is not None and stored.error.code == "server_error"
+    assert [o.type for o in stored.output] == ["web_search_call"]  # what it finished before the cut
+    assert client.responses.input_items.list(stored.id).data[0].type == "message"
+    [row] = [r for r in gateway_rows(gw, expected=before + 1) if r["request_id"] == raw.headers["x-request-id"]]
+    assert row["error"] and row["usage_estimated"]  # logged as failed, billed for what it delivered
+    # a later turn chains on it: the gateway's copy goes (the upstream may have kept nothing of a cut stream)
+    follow = client.responses.create(model="native", input="again", previous_response_id=stored.id)
+    sent = last_sent(upstreams["openai"])["json"]
+    assert "previous_response_id" not in sent and sent["input"][0]["content"] == [
+        {"type": "input_text", "text": "cut me off"}] and sent["input"][-1] == {"role": "user", "content": "again"}
+    assert follow.status == "completed" and follow.previous_response_id == stored.id
 
 
 # ---- chains ------------------------------------------------------------------------------------------

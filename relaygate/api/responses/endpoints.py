@@ -91,7 +91,8 @@ async def create(gw: Gateway, req: Request) -> Response | StreamResponse:
     def keep(response: dict[str, Any]) -> None:
         if store:
             extra: dict[str, Any] = {"context": context, "input": inputs}
-            if native.upstream_id is not None and call.deployment is not None:
+            # a failed answer is never chained on upstream (a stream cut off may not be stored there)
+            if native.upstream_id is not None and call.deployment is not None and response["status"] != "failed":
                 extra[UPSTREAM] = {"deployment": call.deployment.name, "id": native.upstream_id}
             writes.append(gw.objects.save_later(Stored(id=rid, kind="response", owner=who, data=response,
                                                        extra=extra, seq=time.time_ns(), created_at=time.time())))

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from relaygate.api.responses.translate import failed
 from relaygate.core.call import Call, Route, UpstreamChain
 from relaygate.core.errors import GatewayError
 from relaygate.providers.streaming import SSEDecoder, sse, sse_frame
@@ -85,7 +86,8 @@ def chain_of(extra: dict[str, Any] | None, given: Any) -> UpstreamChain | None:
 class NativeAnswer:
     """A native deployment's answer made the gateway's: the response object's ``id``, ``previous_response_id``
     and ``conversation`` rewritten, the upstream's id kept (``upstream_id``); ``on_end(response)`` gets the
-    final response once."""
+    final response once: the upstream's last, or, for a stream that broke before it, the last response object
+    relayed made ``failed`` with the output items it had finished."""
 
     def __init__(self, rid: str, previous: str | None, conversation: str | None,
                  on_end: Callable[[dict[str, Any]], None]) -> None:
@@ -96,6 +98,8 @@ class NativeAnswer:
         self.upstream_id: str | None = None
         self.seq = -1  # the last sequence_number relayed
         self.ended = False
+        self.response: dict[str, Any] | None = None  # the last response object relayed (a stream's)
+        self.done: dict[int, dict[str, Any]] = {}  # a stream's finished output items, by output_index
 
     def adopt(self, response: dict[str, Any]) -> dict[str, Any]:
         if self.upstream_id is None and isinstance(response.get("id"), str):
@@ -139,13 +143,15 @@ class NativeAnswer:
                 obj = orjson.loads(data)
                 response = obj.get("response") if isinstance(obj, dict) else None
                 if isinstance(response, dict):
-                    self.adopt(response)
+                    self.response = self.adopt(response)
                     if isinstance(obj.get("sequence_number"), int):
                         self.seq = obj["sequence_number"]
                     if response.get("status") in ("completed", "incomplete", "failed"):
                         self._end(response)
                     out.append(sse(obj, kind.encode() if kind != "message" else b""))
                     continue
+            if kind == "response.output_item.done":  # few: parsed to store a stream that breaks later
+                self._item_done(data)
             at = data.rfind(b'"sequence_number":')
             if at >= 0:
                 digits = data[at + 18:at + 40].lstrip().split(b",", 1)[0].split(b"}", 1)[0].strip()
@@ -159,8 +165,23 @@ class NativeAnswer:
             self.ended = True
             self.on_end(response)
 
+    def _item_done(self, data: bytes) -> None:
+        obj = orjson.loads(data)
+        if isinstance(obj, dict) and isinstance(obj.get("item"), dict) and isinstance(obj.get("output_index"), int):
+            self.done[obj["output_index"]] = obj["item"]
+
     def fail(self, err: GatewayError) -> bytes:
-        """The event that ends a native stream that broke after its first byte (OpenAI's ``error`` event)."""
+        """The events that end a native stream that broke after its first byte, before its final event:
+        OpenAI's ``error`` event, then ``response.failed`` with the response as it stood (stored so)."""
         self.seq += 1
-        return sse({"type": "error", "sequence_number": self.seq, "code": err.code or err.kind,
-                    "message": err.message, "param": err.param}, b"error")
+        out = sse({"type": "error", "sequence_number": self.seq, "code": err.code or err.kind,
+                   "message": err.message, "param": err.param}, b"error")
+        if self.ended or self.response is None:  # ended already, or nothing relayed said what it was
+            return out
+        response = failed(self.response, err)
+        response["output"] = [self.done[i] for i in sorted(self.done)]
+        response["usage"] = None
+        self._end(response)
+        self.seq += 1
+        return out + sse({"type": "response.failed", "sequence_number": self.seq, "response": response},
+                         b"response.failed")

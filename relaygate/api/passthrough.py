@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from relaygate.api.common import respond_stream
-from relaygate.api.passthrough_cost import meter_request
+from relaygate.api.passthrough_cost import Metered, meter_request
 from relaygate.auth.authenticator import caller
 from relaygate.core.call import Call, Reply, Route
 from relaygate.core.errors import BadRequest, NotFound, PermissionDenied
@@ -27,6 +27,7 @@ from relaygate.server.http import Request, Response, StreamResponse
 from relaygate.server.upload import ForwardedRequest, ReadBody, StreamedBody
 
 if TYPE_CHECKING:
+    from relaygate.auth.keys import Principal
     from relaygate.gateway import Gateway
 
 _SEGMENT = re.compile(r"[A-Za-z0-9_\-:.]{1,200}")
@@ -60,8 +61,18 @@ async def passthrough(gw: Gateway, req: Request) -> Response | StreamResponse:
     if model is None:
         raise NotFound(f"{req.method} {req.path} is not served by this gateway: no passthrough upstream is "
                        "configured for it (passthrough.model in the config)", code="unknown_route")
+    metered = await meter_request(req, family, target, gw.pricing.book, gw.config.server.max_body_bytes)
+    call, reply = await forward(gw, req, key, model, family, target, metered)
+    if metered.meter.per_token is not None and reply.stream is not None:  # priced by the answer's usage
+        reply.stream = usage_read(reply.stream, reply, metered.hide_usage)
+    return respond_stream(call, reply)
+
+
+async def forward(gw: Gateway, req: Request, key: Principal | None, model: str, family: str, target: str,
+                  metered: Metered) -> tuple[Call, Reply]:
+    """Send the request to ``target`` (below /v1) on ``model``'s upstream through the pipeline, priced by
+    ``metered`` (a request that cannot be priced is refused to a caller with a budget, unless allowed)."""
     server = gw.config.server
-    metered = await meter_request(req, family, target, gw.pricing.book, server.max_body_bytes)
     if not metered.meter.priced and key is not None and key.wants_cost \
             and not gw.config.passthrough.allow_unpriced_with_budget:
         raise PermissionDenied(f"{req.method} {req.path} cannot be priced by this gateway, and this key (or its "
@@ -77,10 +88,7 @@ async def passthrough(gw: Gateway, req: Request) -> Response | StreamResponse:
     call = Call(id=req.id, route=Route.PASSTHROUGH, model=model, body=metered.parsed or {}, stream=True,
                 headers=req.headers, client_ip=req.client_ip, forward=fwd, meter=metered.meter, key=key,
                 deadline=time.monotonic() + server.request_timeout)
-    reply = await gw.handle(call)
-    if metered.meter.per_token is not None and reply.stream is not None:  # priced by the answer's usage
-        reply.stream = usage_read(reply.stream, reply, metered.hide_usage)
-    return respond_stream(call, reply)
+    return call, await gw.handle(call)
 
 
 MAX_KEPT = 16 * 1024 * 1024  # a whole answer kept to read its usage; a longer one is charged its reservation

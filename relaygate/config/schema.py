@@ -288,6 +288,14 @@ class PassthroughConfig(Strict):
         return self.routes.get(family, self.model)
 
 
+class AssistantsConfig(Strict):
+    """Who serves the Assistants API (``/v1/assistants``, ``/v1/threads``…): the gateway itself (hosted, the
+    default), or, with ``passthrough`` naming a model, that model's upstream (one that still serves it),
+    forwarded as it is with ``/v1/vector_stores`` (docs/assistants.md)."""
+
+    passthrough: str | None = None
+
+
 class DatabaseConfig(Strict):
     """Where keys, teams and the request log live: SQLite (WAL) by default, PostgreSQL by URL."""
 
@@ -426,6 +434,7 @@ class Config(Strict):
     state: StateConfig = Field(default_factory=StateConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)  # the response cache's levels (models opt in)
     passthrough: PassthroughConfig = Field(default_factory=PassthroughConfig)
+    assistants: AssistantsConfig = Field(default_factory=AssistantsConfig)
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     request_log: RequestLogConfig = Field(default_factory=RequestLogConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
@@ -487,6 +496,7 @@ class Config(Strict):
         by_name = {m.name: m for m in self.models}
         pt = self.passthrough
         targets = [("passthrough.model", pt.model)] + [(f"passthrough.routes.{k}", v) for k, v in pt.routes.items()]
+        targets.append(("assistants.passthrough", self.assistants.passthrough))
         for path, name in targets:
             if name is None:
                 continue

@@ -7,9 +7,11 @@ the assistant's model, on any provider."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from relaygate.api.assistants import runs, shapes
+from relaygate.api.assistants.forward import forward_assistants
 from relaygate.api.common import object_body
 from relaygate.api.objects import metadata, missing, page_of, page_query, path_ids, set_metadata
 from relaygate.auth.authenticator import caller
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
     from relaygate.gateway import Gateway
     from relaygate.store.objects import Stored
 
+RouteHandler = Callable[["Gateway", Request], Awaitable[Response | StreamResponse]]
 MAX_BODY = 4 * 1024 * 1024
 ASSISTANT_TEXT = {"name": 256, "description": 512, "instructions": 256_000}
 
@@ -171,11 +174,29 @@ async def one_thread(gw: Gateway, req: Request) -> Response | StreamResponse:
     raise NotFound(f"Unknown route {method} {req.path}", code="unknown_route")
 
 
-ROUTES = [
+def hosted_or_forwarded(handler: RouteHandler) -> RouteHandler:
+    """The hosted API's ``handler``, or, with ``assistants.passthrough`` in the config, the upstream it names."""
+    async def route(gw: Gateway, req: Request) -> Response | StreamResponse:
+        upstream = gw.config.assistants.passthrough
+        if upstream is not None:
+            return await forward_assistants(gw, req, upstream)
+        return await handler(gw, req)
+    return route
+
+
+async def vector_stores(gw: Gateway, req: Request) -> Response | StreamResponse:
+    """Vector stores are served only by an upstream (``file_search`` runs there); hosted, they do not exist."""
+    raise NotFound(f"{req.method} {req.path} is not served by this gateway: vector stores live at an upstream "
+                   "that serves the Assistants API (assistants.passthrough in the config)", code="unknown_route")
+
+
+ROUTES = [(method, path, hosted_or_forwarded(handler)) for method, path, handler in [
     ("POST", "/v1/assistants", create_assistant),
     ("GET", "/v1/assistants", list_assistants),
     *[(m, "/v1/assistants/{rest}", one_assistant) for m in ("GET", "POST", "DELETE")],
     ("POST", "/v1/threads", create_thread),
     ("POST", "/v1/threads/runs", create_thread_and_run),
     *[(m, "/v1/threads/{rest}", one_thread) for m in ("GET", "POST", "DELETE")],
-]
+    *[(m, "/v1/vector_stores", vector_stores) for m in ("GET", "POST")],
+    *[(m, "/v1/vector_stores/{rest}", vector_stores) for m in ("GET", "POST", "DELETE")],
+]]

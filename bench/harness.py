@@ -296,6 +296,8 @@ class Load:
     seconds: float
     stream: bool = False
     timeout_s: float = 10.0
+    mark: str = ""  # time to the first body bytes holding this (a Responses stream's first text delta)
+    done_marker: str = "[DONE]"  # what a whole stream holds
 
 
 def run_load(ctx: Ctx, url: str, load: Load, seconds: float) -> dict[str, float]:
@@ -309,7 +311,9 @@ def run_load(ctx: Ctx, url: str, load: Load, seconds: float) -> dict[str, float]
         argv = [sys.executable, str(BENCH_DIR / "loadgen.py"), "--url", url, "--body", str(body),
                 "-c", str(load.conns), "-d", str(secs), "--grace", str(load.timeout_s)]
         if load.stream:
-            argv.append("--expect-done")
+            argv += ["--expect-done", "--done-marker", load.done_marker]
+        if load.mark:
+            argv += ["--mark", load.mark]
     prof = None
     if ctx.profile_to is not None and ctx.current is not None:
         # Sample the gateway during this load; --nonblocking so the profiler does not slow it.

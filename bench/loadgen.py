@@ -8,6 +8,10 @@ Python gateway it measures: run it against the upstream directly to see its own 
     python bench/loadgen.py --url http://127.0.0.1:8000/v1/chat/completions \
         --body bench/requests/chat-stream.json -c 64 -d 5 --expect-done
 
+`--mark` times the first body bytes that hold a marker instead (a Responses stream's first text delta:
+`--mark response.output_text.delta`), and `--done-marker` names what a whole stream must contain (default
+`[DONE]`; a Responses stream: `response.completed`).
+
 Prints one line `BENCH_JSON {...}` (times in microseconds).
 """
 
@@ -42,10 +46,14 @@ class Stats:
 class Client(asyncio.Protocol):
     """One connection that sends the same request again as soon as the previous answer ends."""
 
-    def __init__(self, request: bytes, stats: Stats, expect_done: bool, finished: asyncio.Future) -> None:
+    def __init__(self, request: bytes, stats: Stats, expect_done: bool, finished: asyncio.Future,
+                 mark: bytes = b"", done_marker: bytes = b"[DONE]") -> None:
         self.request = request
         self.stats = stats
         self.expect_done = expect_done
+        self.mark = mark
+        self.done_marker = done_marker
+        self.seen_done = False
         self.finished = finished
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
@@ -64,6 +72,7 @@ class Client(asyncio.Protocol):
             return
         self.first = 0.0
         self.tail = b""
+        self.seen_done = False
         self.busy = True
         self.t0 = time.perf_counter()
         assert self.transport is not None
@@ -84,17 +93,19 @@ class Client(asyncio.Protocol):
             self._finish()
 
     def on_body(self, body: bytes) -> None:
-        if not self.first:
+        seen = self.tail + body  # a marker may straddle two reads
+        if not self.first and (not self.mark or self.mark in seen):
             self.first = time.perf_counter()
-        if self.expect_done:
-            self.tail = (self.tail + body)[-64:]
+        if self.expect_done and not self.seen_done:
+            self.seen_done = self.done_marker in seen
+        self.tail = seen[-64:]
 
     def on_message_complete(self) -> None:
         end = time.perf_counter()
         st = self.stats
         if self.parser.get_status_code() != 200:
             st.err_status += 1
-        elif self.expect_done and b"[DONE]" not in self.tail:
+        elif self.expect_done and not self.seen_done:
             st.err_incomplete += 1
         else:
             st.ttfb.append((self.first or end) - self.t0)
@@ -119,7 +130,8 @@ def pct(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, int(p / 100 * len(values)))]
 
 
-async def run(url: str, body: bytes, conns: int, duration: float, expect_done: bool, grace: float) -> dict:
+async def run(url: str, body: bytes, conns: int, duration: float, expect_done: bool, grace: float,
+              mark: bytes = b"", done_marker: bytes = b"[DONE]") -> dict:
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     request = (
@@ -135,7 +147,7 @@ async def run(url: str, body: bytes, conns: int, duration: float, expect_done: b
     for _ in range(conns):
         fut: asyncio.Future = loop.create_future()
         try:
-            await loop.create_connection(partial(Client, request, stats, expect_done, fut), host, port)
+            await loop.create_connection(partial(Client, request, stats, expect_done, fut, mark, done_marker), host, port)
             waiters.append(fut)
         except OSError:
             stats.err_conn += 1
@@ -164,12 +176,15 @@ def main() -> None:
     ap.add_argument("-d", "--duration", type=float, default=5.0, help="seconds")
     ap.add_argument("--grace", type=float, default=10.0, help="seconds to wait for requests in flight")
     ap.add_argument("--expect-done", action="store_true", help="count a stream without [DONE] as an error")
+    ap.add_argument("--done-marker", default="[DONE]", help="what --expect-done looks for (at most 64 bytes)")
+    ap.add_argument("--mark", default="", help="time the first body bytes holding this (at most 64 bytes)")
     args = ap.parse_args()
     with open(args.body, "rb") as f:
         body = f.read()
     factory = uvloop.new_event_loop if uvloop is not None else None
     with asyncio.Runner(loop_factory=factory) as runner:
-        result = runner.run(run(args.url, body, args.connections, args.duration, args.expect_done, args.grace))
+        result = runner.run(run(args.url, body, args.connections, args.duration, args.expect_done, args.grace,
+                                        args.mark.encode(), args.done_marker.encode()))
     print("BENCH_JSON " + json.dumps(result), flush=True)
 
 

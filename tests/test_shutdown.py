@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,13 +19,16 @@ import orjson
 import pytest
 import requests
 
+from relaygate.config import ConfigError, parse_config
+from relaygate.server.reload import restart_only_changes
 from relaygate.testing.base import BackgroundServer
-from relaygate.testing.gateway import GatewayThread
+from relaygate.testing.gateway import DIRECT_DRAIN_IDLE_GRACE, GatewayThread
 from relaygate.testing.openai import OpenAIEmulatorOptions, create_app
 
 from .conftest import UPSTREAM_KEY, openai_model
 from .process_support import GatewayProcess, gateway_process
 from .test_requestlog import log_rows
+from .test_server_limits import read_response, request_bytes
 
 LONG = " ".join(f"w{i}" for i in range(45))  # one SSE chunk a word, a second apart: a 45 s stream
 
@@ -186,3 +191,66 @@ def test_readiness_turns_503_as_the_drain_begins(openai_emulator: BackgroundServ
     r = requests.get(gw.url + "/health/ready", timeout=5)
     assert r.status_code == 503 and r.json()["status"] == "draining"
     assert requests.get(gw.url + "/health", timeout=5).status_code == 200  # alive, just not taking more
+
+
+DEMO = {"name": "demo", "deployments": [{"provider": "demo", "model": "demo"}]}
+
+
+def test_an_idle_connection_is_closed_once_idle_for_the_grace_after_the_drain_began(
+        start_gateway: Callable[..., GatewayThread]) -> None:
+    grace = 1.0
+    # a keep-alive timeout far beyond the grace: only the drain's grace can close the idle connection soon
+    gw = start_gateway({"models": [DEMO], "server": {"drain_idle_grace": grace, "keepalive_timeout": 30}})
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as idle, \
+            socket.create_connection(("127.0.0.1", gw.port), timeout=5) as used:
+        for s in (idle, used):
+            s.sendall(request_bytes())
+            status, headers, _ = read_response(s)
+            assert status == 200 and "connection" not in headers  # kept alive
+        asked = time.monotonic()
+        stopper = threading.Thread(target=gw.stop)
+        stopper.start()
+        deadline = time.monotonic() + 5
+        while not gw.app.draining:
+            assert time.monotonic() < deadline, "the drain did not begin"
+            time.sleep(0.005)
+        seen = time.monotonic()
+        # a request on a kept-alive connection within the grace is answered, and the answer ends it
+        used.sendall(request_bytes())
+        status, headers, _ = read_response(used)
+        assert status == 200 and headers["connection"] == "close"
+        assert used.recv(10) == b""
+        idle.settimeout(grace + 10)
+        assert idle.recv(10) == b""  # closed by the server, without a word
+        closed = time.monotonic()
+        stopper.join(10)
+        stopped = time.monotonic()
+    assert not stopper.is_alive()
+    assert closed - asked >= grace  # not before the grace (the drain began after `asked`)
+    assert closed - seen < grace + 1.0, closed - seen  # the grace, and a busy machine's scheduling
+    assert stopped - closed < 1.0, stopped - closed  # nothing left: the stop goes on at once
+
+
+def test_a_client_pool_keeping_connections_alive_does_not_hold_a_test_gateways_stop(
+        start_gateway: Callable[..., GatewayThread]) -> None:
+    gw = start_gateway({"models": [DEMO]})
+    assert gw.config.server.drain_idle_grace == DIRECT_DRAIN_IDLE_GRACE  # a direct client: no proxy in front
+    with requests.Session() as s:
+        for _ in range(3):
+            assert s.get(gw.url + "/health", timeout=5).status_code == 200
+        started = time.monotonic()
+        gw.stop()
+        took = time.monotonic() - started
+        with pytest.raises(requests.ConnectionError):
+            s.get(gw.url + "/health", timeout=5)
+    assert took < 1.0, took  # it waited for the keep-alive timeout (5.5 s) before
+
+
+def test_the_drain_grace_is_validated_and_waits_for_a_restart() -> None:
+    assert parse_config({}, {}).server.drain_idle_grace == 1.0  # the production default: a proxy in front
+    for bad in (-0.1, 61, "soon"):
+        with pytest.raises(ConfigError) as e:
+            parse_config({"server": {"drain_idle_grace": bad}}, {})
+        assert [err for err in e.value.errors if err.startswith("server.drain_idle_grace:")], e.value.errors
+    old, new = parse_config({}, {}), parse_config({"server": {"drain_idle_grace": 0.2}}, {})
+    assert restart_only_changes(old, new) == ["server.drain_idle_grace: changed; takes effect at the next start"]

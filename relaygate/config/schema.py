@@ -197,6 +197,11 @@ class ServerConfig(Strict):
     # on SIGTERM: calls and streams in flight get this long to finish before they are ended (a second
     # SIGTERM ends them at once)
     drain_timeout: float = Field(30.0, ge=0)
+    # during the drain, a kept-alive connection that carries no request for this long (counted from the drain's
+    # start, or from its last answer if later) is closed. Behind a proxy that keeps connections alive (nginx)
+    # this is what keeps the close from racing a request the proxy is sending on it; clients that connect
+    # directly need next to none (docs/server.md, "Shutdown")
+    drain_idle_grace: float = Field(1.0, ge=0, le=60)
     # upstream connections in use at once, every deployment together (each request holds one until its answer
     # is read); None: derived from RLIMIT_NOFILE like max_connections. A request over the cap waits for one
     # at most upstream_queue_timeout seconds (within its deadline), then gets 503 upstream_connections_full

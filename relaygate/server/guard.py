@@ -190,6 +190,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self.phase = HEAD  # a new connection owes its first request's head within header_timeout
         self.since = self.watchdog.now  # when the phase began (the body's last bytes, while in BODY)
         self.draining = False  # the server stops: the next request is answered with connection: close
+        self.drain_began = 0.0  # when (monotonic)
         self.body_started = 0.0
         self.head_bytes = 0  # bytes of a head still incomplete after a read (a bound on what the parser buffers)
         self.max_line = self.watchdog.max_header_line  # here for the per-header check: one attribute lookup
@@ -198,17 +199,34 @@ class GuardedProtocol(HttpToolsProtocol):
         self.refusal: GatewayError | None = None  # the limit a parser callback hit
         self.close_on_input = False  # refused before its request came: close once it comes
 
-    def drain(self) -> None:
-        """The server stops. A busy connection closes once its answer is sent. An idle one stays open: a
-        proxy that keeps connections alive may be sending a request on it right now, and closing it would
-        fail that request (nginx: 502 "upstream prematurely closed connection"; it does not resend a POST).
-        Its next request is answered with ``connection: close``; else the client (nginx after its
-        keepalive_timeout, shorter than ours) or the keep-alive sweep closes it."""
+    def drain(self, began: float) -> None:
+        """The server stops (at ``began``, monotonic). A busy connection closes once its answer is sent; every
+        later request on this one is answered with ``connection: close``. An idle one is not closed at once: a
+        proxy that keeps connections alive may be sending a request on it right now, and closing it would fail
+        that request (nginx: 502 "upstream prematurely closed connection"; it does not resend a POST). The
+        server closes it once it stayed idle for ``server.drain_idle_grace`` (``close_if_idle``)."""
+        self.draining = True
+        self.drain_began = began
         cycle = self.cycle
-        if cycle is None or cycle.response_complete:
-            self.draining = True
-        else:
+        if cycle is not None and not cycle.response_complete:
             cycle.keep_alive = False
+
+    def idle_until(self, grace: float) -> float | None:
+        """While draining: when this connection, idle, is to be closed (monotonic); None while a request is
+        under way (or begun: part of a head came) or the connection already closes. Its idleness counts from
+        the drain's start or its last answer, whichever is later (``since`` is the coarse clock's, never
+        ahead of the true time)."""
+        phase = self.phase
+        if phase == IDLE or (phase == HEAD and not self.head_bytes):
+            return max(self.drain_began, self.since) + grace
+        return None
+
+    def close_idle(self) -> None:
+        """Close an idle connection at the drain's end of grace: gracefully (what is still unsent of an
+        answer a slow client reads is sent first; the slow-client check bounds that)."""
+        self.phase = CLOSING
+        self.since = self.watchdog.now
+        self.transport.close()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)

@@ -30,7 +30,8 @@ log = logging.getLogger("relaygate.reload")
 
 # server settings the listener and the connection guard took at start: a reload says they wait for a restart
 RESTART_ONLY = ("host", "port", "workers", "header_timeout", "body_timeout", "keepalive_timeout", "max_connections",
-                "max_header_bytes", "max_header_line_bytes", "max_headers", "drain_timeout", "watch_config")
+                "max_header_bytes", "max_header_line_bytes", "max_headers", "drain_timeout", "drain_idle_grace",
+                "watch_config")
 WATCH_INTERVAL = 0.5  # seconds between looks at the file; a change is read once it held still for one look
 
 

@@ -1,9 +1,10 @@
 """The HTTP server: uvicorn with the guarded protocol, and a stop that drains before it cuts.
 
 On SIGTERM (or SIGINT) readiness turns 503 at once, the listener closes, each kept-alive connection closes
-after its next answer (or when its client or the keep-alive timeout closes it: never under a request a proxy
-is sending on it), and the calls and streams in flight get ``server.drain_timeout`` seconds to finish. Those still running then are ended
-by the server: a stream gets an error event, a whole answer a 503, and each call's row says
+after its next answer, or once it stayed idle for ``server.drain_idle_grace`` (not at once: a proxy may be
+sending a request on it), and the calls and streams in flight get ``server.drain_timeout`` seconds to finish;
+the stop goes on as soon as no call and no connection is left. Those still running then are ended by the
+server: a stream gets an error event, a whole answer a 503, and each call's row says
 ``server_shutdown``. A second signal ends them at once. Either way the request log is flushed and the process
 exits 0. SIGHUP reloads the config (server/reload.py).
 """
@@ -30,6 +31,7 @@ from relaygate.server.guard import GuardedProtocol, Watchdog, protocol_class
 log = logging.getLogger("relaygate.server")
 
 CUT_GRACE = 2.0  # seconds the calls ended at shutdown get to send their error event and write their rows
+DRAIN_POLL = 0.05  # seconds between looks at the calls and connections left while draining
 
 
 class GatewayServer(uvicorn.Server):
@@ -41,6 +43,7 @@ class GatewayServer(uvicorn.Server):
         self.parent = parent  # a worker's supervisor: should it vanish, the worker drains and stops
         self.watchdog = Watchdog(settings)
         self.drain_timeout = settings.drain_timeout
+        self.drain_idle_grace = settings.drain_idle_grace
         super().__init__(uvicorn.Config(
             app, host=host, port=port, loop="uvloop", http=protocol_class(self.watchdog), lifespan="on",
             access_log=False, log_level="warning", server_header=False, date_header=False, ws="none",
@@ -48,9 +51,11 @@ class GatewayServer(uvicorn.Server):
         self._sweeper: asyncio.Task[None] | None = None
         self._orphan_watch: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None  # set (on the loop) when should_exit is: wakes main_loop
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
         await super().startup(sockets)
         if self.started:
             self._sweeper = asyncio.create_task(self.watchdog.run(self.server_state.connections))
@@ -88,6 +93,28 @@ class GatewayServer(uvicorn.Server):
             self.force_exit = True
         self.should_exit = True
         self.app.begin_drain()
+        self._wake()
+
+    def request_stop(self) -> None:
+        """Stop as a signal would (the drain, then exit), from any thread."""
+        self.should_exit = True
+        self._wake()
+
+    def _wake(self) -> None:
+        loop, stop = self._loop, self._stop
+        if loop is not None and stop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop closed already: nothing to wake
+                loop.call_soon_threadsafe(stop.set)
+
+    async def main_loop(self) -> None:
+        """uvicorn's (a tick every 0.1 s: its default headers, its request limit, ``should_exit``), except that
+        a stop wakes it at once rather than at the next tick."""
+        assert self._stop is not None
+        counter = 0
+        while not await self.on_tick(counter):
+            counter = (counter + 1) % 864000
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), 0.1)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         self.app.begin_drain()
@@ -96,23 +123,34 @@ class GatewayServer(uvicorn.Server):
         for sock in sockets or []:
             sock.close()
         state = self.server_state
+        began = time.monotonic()
         for conn in list(state.connections):
             if isinstance(conn, GuardedProtocol):  # always (the only protocol this server runs)
-                conn.drain()  # busy ones close once their answer is sent, idle ones once their client closes them
+                conn.drain(began)  # busy ones close once their answer is sent, idle ones after the grace
             else:
                 conn.shutdown()
         tasks = state.tasks
         if tasks:
             log.info("stopping: %d call(s) in flight get up to %g s to finish (server.drain_timeout)",
                      len(tasks), self.drain_timeout)
-        deadline = time.monotonic() + self.drain_timeout
-        # idle keep-alive connections are waited for too (their clients, or the sweep, close them within the
-        # keep-alive timeout), so that a request a proxy sent on one just now is answered, not cut
-        idle_until = time.monotonic() + self.watchdog.keepalive_timeout + 0.5
+        deadline = began + self.drain_timeout
         # polled: a signal handler sets force_exit, and uvicorn's task set has no event to wait on
-        while not self.force_exit and time.monotonic() < deadline and (  # noqa: ASYNC110
-                tasks or (state.connections and time.monotonic() < idle_until)):
-            await asyncio.sleep(0.05)
+        while not self.force_exit and (tasks or state.connections):
+            now = time.monotonic()
+            if now >= deadline:
+                break
+            wake = min(deadline, now + DRAIN_POLL)
+            for conn in list(state.connections):
+                if isinstance(conn, GuardedProtocol):
+                    due = conn.idle_until(self.drain_idle_grace)
+                    if due is None:
+                        continue
+                    if due <= now:
+                        conn.close_idle()
+                        wake = now  # a closed connection leaves the set once the loop ran its callbacks
+                    else:
+                        wake = min(wake, due)
+            await asyncio.sleep(wake - now)
         if tasks:
             log.warning("stopping: ending %d call(s) still running %s", len(tasks),
                         "at a second signal" if self.force_exit else f"after {self.drain_timeout:g} s")

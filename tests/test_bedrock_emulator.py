@@ -187,6 +187,33 @@ def test_sigv4_signer_matches_botocore(monkeypatch: pytest.MonkeyPatch, token: s
     assert ours["x-amz-date"] == request.headers["X-Amz-Date"]
 
 
+def test_one_signer_signs_every_request_as_botocore_does_across_days_bodies_and_paths(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The signer keeps what does not change (the day's key, the canonical request around the date and the
+    payload hash, the encoded headers): each later request, another body, path, accept or day, must still
+    be signed as botocore signs it."""
+    ours = SigV4Signer(AwsCredentials(TEST_ACCESS_KEY, TEST_SECRET_KEY, "tok"), REGION, "bedrock")
+    host = f"bedrock-runtime.{REGION}.amazonaws.com"
+    cases = [(datetime.datetime(2026, 1, 2, 23, 59, 59), "/model/m/converse", b'{"a": 1}', "application/json"),
+             (datetime.datetime(2026, 1, 2, 23, 59, 59), "/model/m/converse", b'{"b": 2}', "application/json"),
+             (datetime.datetime(2026, 1, 3, 0, 0, 1), "/model/m/converse", b'{"b": 2}', "application/json"),
+             (datetime.datetime(2026, 1, 3, 0, 0, 2), "/model/m%3A1/converse-stream", b"{}", es.EVENTSTREAM)]
+    for when, path, body, accept in cases:
+        monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda when=when: when)
+        request = botocore.awsrequest.AWSRequest(method="POST", url=f"https://{host}{path}", data=body,
+                                                 headers={"Content-Type": "application/json", "Accept": accept})
+        botocore.auth.SigV4Auth(botocore.credentials.Credentials(TEST_ACCESS_KEY, TEST_SECRET_KEY, "tok"),
+                                "bedrock", REGION).add_auth(request)
+        at = when.replace(tzinfo=datetime.UTC).timestamp()
+        fixed = {"content-type": "application/json", "accept": accept}
+        signed = ours.sign("POST", host, path, body, fixed, now=at)
+        assert signed["authorization"] == request.headers["Authorization"]
+        encoded = ours.sign_encoded("POST", host, path, body, fixed, now=at)
+        assert not isinstance(encoded, dict)
+        assert f"authorization: {signed['authorization']}\r\n".encode() in encoded.block
+        assert b"x-amz-security-token: tok\r\n" in encoded.block and b"host: " + host.encode() in encoded.block
+
+
 def test_event_stream_decoder_agrees_with_botocore_byte_by_byte() -> None:
     from botocore.eventstream import EventStreamBuffer
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from relaygate.api.common import bill_delivered, check, check_int, object_body, pop_provider, require, respond
 from relaygate.auth.authenticator import caller
-from relaygate.core.call import Call, Route
+from relaygate.core import jsonvalue
+from relaygate.core.call import Call, NativeCall, NativeRequest, Route
 from relaygate.core.errors import BadRequest
 from relaygate.server.http import Request, Response, StreamResponse
 
@@ -63,6 +65,31 @@ def chat_call(gw: Gateway, req: Request, body: dict[str, Any], key: Principal | 
         wants_usage=bool(stream and isinstance(opts, dict) and opts.get("include_usage")),
         deadline=time.monotonic() + gw.config.server.request_timeout,
     )
+
+
+def native_call(gw: Gateway, req: Request, native: NativeRequest, translate: Callable[[], dict[str, Any]],
+                model: str, stream: bool, key: Principal | None, wants_usage: bool) -> NativeCall:
+    """A foreign client's chat call (Gemini, Cohere, Bedrock Converse): its own body rides along, the chat
+    body is made by ``translate`` only when something reads it (core/call.py ``NativeCall``)."""
+    return NativeCall(native, translate, id=req.id, model=model, stream=stream, headers=req.headers,
+                      client_ip=req.client_ip, key=key, wants_usage=wants_usage,
+                      deadline=time.monotonic() + gw.config.server.request_timeout)
+
+
+def translated_body(body: dict[str, Any], native: NativeRequest,
+                    translate: Callable[[], tuple[dict[str, Any], list[str]]]) -> dict[str, Any]:
+    """The chat body of a foreign client's ``body``: checked for room to nest it deeper (the translation
+    may go on to another dialect), translated, checked as a chat request; the fields left out are named
+    in ``native.dropped``."""
+    try:
+        jsonvalue.check(body, jsonvalue.ROOM)
+    except jsonvalue.JSONRejected as e:
+        raise BadRequest(f"the request is not accepted: {e.message}", param=e.param) from None
+    request, dropped = translate()
+    pop_provider(request)
+    validate_chat(request)
+    native.dropped[:] = dropped
+    return request
 
 
 async def chat_completions(gw: Gateway, req: Request) -> Response | StreamResponse:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from relaygate.core.call import Call, Delivered, Reply, Usage
 from relaygate.core.errors import BadRequest, GatewayError
-from relaygate.core.pricing import Pricing, choices
+from relaygate.core.pricing import call_choices, call_output_cap, call_prompt_tokens
 from relaygate.providers.streaming import stream_error_event
 from relaygate.server.http import Request, Response, StreamResponse
 
@@ -77,12 +77,15 @@ def bill_delivered(call: Call, reply: Reply) -> None:
     def estimate(r: Reply, error: BaseException | None) -> None:
         usage = r.usage
         if usage is None or not usage.known:
-            body = call.body
             out = delivered.completion_tokens()
-            cap = body.get("max_completion_tokens") or body.get("max_tokens") or body.get("max_output_tokens")
+            if call.translated:
+                body = call.body
+                cap = body.get("max_completion_tokens") or body.get("max_tokens") or body.get("max_output_tokens")
+            else:  # a foreign client's stream relayed as it came
+                cap = call_output_cap(call)
             if type(cap) is int and cap > 0:  # the upstream was held to it: never count beyond
-                out = min(out, cap * choices(body))
-            r.usage = Usage(prompt_tokens=Pricing.prompt_tokens(body), completion_tokens=out, estimated=True)
+                out = min(out, cap * call_choices(call))
+            r.usage = Usage(prompt_tokens=call_prompt_tokens(call), completion_tokens=out, estimated=True)
 
     reply.on_done(estimate)
 

@@ -40,39 +40,98 @@ class Dialect(StrEnum):
     BEDROCK = "bedrock"  # /model/{modelId}/converse, /converse-stream
 
 
+# where a native body carries its output cap and its choices: (container field names, cap names, choices names);
+# Google takes a field by its camelCase or snake_case name
+_GEMINI_CONFIG = ("generationConfig", "generation_config")
+_BINARY = frozenset(("data", "bytes"))  # inline media: Gemini's inlineData.data, Bedrock's source.bytes
+
+
 @dataclass(slots=True)
 class NativeRequest:
     """A foreign client's own request body, riding along its chat translation: a deployment speaking
     ``dialect`` sends it (model and stream set by the provider) and its answer is relayed untouched
-    (``Reply.native``). ``max_tokens`` names the body's output cap, which the limits may lower."""
+    (``Reply.native``). ``dropped`` names the fields the chat translation left out, once it was made
+    (``NativeCall``)."""
 
     dialect: Dialect
     body: dict[str, Any]
+    dropped: list[str] = field(default_factory=list)
 
-    def cap_output(self, cap: int) -> None:
-        """Lower the body's own output cap to ``cap`` (the budget's hold); set it when absent."""
+    def _gemini_config(self) -> dict[str, Any] | None:
+        for name in _GEMINI_CONFIG:
+            gc = self.body.get(name)
+            if isinstance(gc, dict):
+                return gc
+        return None
+
+    def output_cap(self) -> Any:
+        """The output cap the body sets (in its own field), as it is (not checked)."""
+        if self.dialect is Dialect.GEMINI:
+            gc = self._gemini_config()
+            return None if gc is None else gc.get("maxOutputTokens", gc.get("max_output_tokens"))
+        if self.dialect is Dialect.BEDROCK:
+            cfg = self.body.get("inferenceConfig")
+            return cfg.get("maxTokens") if isinstance(cfg, dict) else None
+        return self.body.get("max_tokens")
+
+    def choices(self) -> int:
+        """The answers the body asks for (Gemini's ``candidateCount``; 1 elsewhere)."""
+        if self.dialect is Dialect.GEMINI:
+            gc = self._gemini_config()
+            n = None if gc is None else gc.get("candidateCount", gc.get("candidate_count"))
+            return n if type(n) is int and n > 0 else 1
+        return 1
+
+    def prompt_tokens(self) -> int:
+        """The prompt as a reservation counts it without the chat translation: ~4 characters a token of the
+        body's text (its strings and field names), 1,000 characters for each piece of inline media."""
+        return _text_chars(self.body, "") // 4 + 1
+
+    def cap_output(self, cap: int) -> tuple[bool, bool]:
+        """Lower the body's own output cap to ``cap`` (the budget's hold); set it when absent. (whether the
+        client set a cap, whether it was lowered)."""
         if self.dialect is Dialect.GEMINI:  # Google takes a field by its camelCase or snake_case name
             name = "generation_config" if "generation_config" in self.body else "generationConfig"
             gc = self.body.get(name)
             if not isinstance(gc, dict):
                 gc = self.body[name] = {}
-            for field in ("max_output_tokens", "maxOutputTokens"):
-                value = gc.get(field)
-                if value is not None and (type(value) is not int or value > cap):
-                    gc[field] = cap
+            given = lowered = False
+            for field_name in ("max_output_tokens", "maxOutputTokens"):
+                value = gc.get(field_name)
+                if value is not None:
+                    given = given or type(value) is int
+                    if type(value) is not int or value > cap:
+                        gc[field_name] = cap
+                        lowered = True
             if gc.get("max_output_tokens") is None:
                 gc["maxOutputTokens"] = min(cap, gc.get("maxOutputTokens") or cap)
-        elif self.dialect is Dialect.BEDROCK:
+            return given, lowered
+        if self.dialect is Dialect.BEDROCK:
             cfg = self.body.get("inferenceConfig")
             if not isinstance(cfg, dict):
                 cfg = self.body["inferenceConfig"] = {}
             value = cfg.get("maxTokens")
             if type(value) is not int or value > cap:
                 cfg["maxTokens"] = cap
-        else:
-            value = self.body.get("max_tokens")
-            if type(value) is not int or value > cap:
-                self.body["max_tokens"] = cap
+                return type(value) is int, True
+            return True, False
+        value = self.body.get("max_tokens")
+        if type(value) is not int or value > cap:
+            self.body["max_tokens"] = cap
+            return type(value) is int, True
+        return True, False
+
+
+def _text_chars(value: Any, key: str) -> int:
+    """The characters of a native body's text: its strings and field names; inline media (base64 data, a
+    ``data:`` URI) 1,000 each, as the chat estimate counts a non-text part."""
+    if type(value) is str:
+        return 1000 if key in _BINARY or value.startswith("data:") else len(value)
+    if type(value) is dict:
+        return sum(len(k) + _text_chars(v, k) for k, v in value.items())
+    if type(value) is list:
+        return sum(_text_chars(v, key) for v in value)
+    return 1
 
 
 @dataclass(slots=True)
@@ -181,6 +240,47 @@ class Call:
     # the output tokens the gateway holds the answer to (what the caller's remaining budget pays for): the
     # client's caps in the body are lowered to it; where it set none, each provider sends this in its own field
     output_cap: int | None = None
+
+    @property
+    def translated(self) -> bool:
+        """Whether ``body`` exists already (always, but for a ``NativeCall`` not yet translated)."""
+        return True
+
+
+_CHAT_BODY = Call.__dict__["body"]  # the slot that holds Call.body (a NativeCall fills it when asked)
+
+
+class NativeCall(Call):
+    """A Gemini, Cohere or Bedrock client's chat call whose OpenAI chat body (``body``) is made from its own
+    (``native``) only when something reads it: a deployment of another kind, condensing, the log of request
+    bodies, tracing. A deployment of the client's kind sends ``native.body`` as it came and the limits read
+    what they need from it (``NativeRequest``), so the same-dialect fast path never makes the chat form. The
+    translation may refuse the body (BadRequest), then, wherever it is asked for."""
+
+    __slots__ = ("_translate",)
+
+    def __init__(self, native: NativeRequest, translate: Callable[[], dict[str, Any]], **fields: Any) -> None:
+        Call.__init__(self, route=Route.CHAT, body={}, **fields)
+        self.native = native
+        self._translate: Callable[[], dict[str, Any]] | None = translate
+
+    @property
+    def body(self) -> dict[str, Any]:
+        translate = self._translate
+        if translate is not None:
+            _CHAT_BODY.__set__(self, translate())  # (kept unmade if the translation refuses the body)
+            self._translate = None
+        made: dict[str, Any] = _CHAT_BODY.__get__(self, Call)
+        return made
+
+    @body.setter
+    def body(self, value: dict[str, Any]) -> None:
+        self._translate = None
+        _CHAT_BODY.__set__(self, value)
+
+    @property
+    def translated(self) -> bool:
+        return self._translate is None
 
 
 class Delivered:

@@ -171,12 +171,12 @@ class Pricing:
         meter = call.meter
         if meter is not None:
             return meter.reserve_tokens, meter.reserve_nano, 0
-        prompt = self.prompt_tokens(call.body)
+        prompt = call_prompt_tokens(call)
         cap = 0
         route = call.route
         generates = route is CHAT or route is RESPONSES  # (a native Responses call: its own body and cap)
         if generates:
-            given = output_cap_of(call.body, route)
+            given = call_output_cap(call)
             if type(given) is int and given > 0:
                 cap = given
         out = cap or (self.default_output_tokens if generates else 0)
@@ -196,8 +196,8 @@ class Pricing:
                 held = out_cost
         else:
             out_cost = out
-        if call.route is CHAT and "n" in call.body:  # each of n choices may be that long
-            out_cost *= choices(call.body)
+        if call.route is CHAT:  # each of n choices may be that long
+            out_cost *= call_choices(call)
         return prompt + out, round((prompt * res.input + out_cost * res.output) * NANO), held
 
     def affordable(self, call: Call, left: int) -> tuple[int, int, int] | None:
@@ -209,11 +209,10 @@ class Pricing:
         res = self._reserve.get(call.model) or self.reservation(call.model)
         if res.output <= 0:
             return None
-        prompt = self.prompt_tokens(call.body)
-        body = call.body
-        cap = output_cap_of(body, call.route)
+        prompt = call_prompt_tokens(call)
+        cap = call_output_cap(call)
         wanted = cap if type(cap) is int and cap > 0 else MIN_HELD_OUTPUT
-        n = choices(body)  # the cap holds each choice: n of them are paid for
+        n = call_choices(call)  # the cap holds each choice: n of them are paid for
         out = int((left / NANO - prompt * res.input) / (res.output * n))
         while out > 0 and round((prompt * res.input + out * n * res.output) * NANO) > left:
             out -= 1  # rounding: the reservation must fit what is left
@@ -274,6 +273,30 @@ class Pricing:
             unit = p.input + p.output if (p.input or p.output) else None
         self._unit[dep.name] = unit
         return unit
+
+
+def call_prompt_tokens(call: Call) -> int:
+    """The call's prompt as a reservation counts it: from its chat body, or for a foreign client's call not
+    translated (the same-dialect fast path) from its own body, without making the chat form."""
+    native = call.native
+    if native is not None and not call.translated:
+        return native.prompt_tokens()
+    return Pricing.prompt_tokens(call.body)
+
+
+def call_output_cap(call: Call) -> Any:
+    """The output cap the call's client set (``output_cap_of``; a native body's own field when untranslated)."""
+    native = call.native
+    if native is not None and not call.translated:
+        return native.output_cap()
+    return output_cap_of(call.body, call.route)
+
+
+def call_choices(call: Call) -> int:
+    native = call.native
+    if native is not None and not call.translated:
+        return native.choices()
+    return choices(call.body)
 
 
 def output_cap_of(body: dict[str, Any], route: Route) -> Any:

@@ -95,8 +95,15 @@ def hold_output(call: Call, cap: int) -> bool:
     """Hold the call's answer to ``cap`` output tokens: the client's own caps lowered to it (the chat body's
     and a relayed Messages body's), or ``call.output_cap`` set for the provider to send in its own field
     when the client set none. False when the client's cap was no higher already."""
-    body = call.body
     given = lowered = False
+    own = call.native
+    if own is not None and not call.translated:  # the fast path: the client's own body is all there is
+        given, lowered = own.cap_output(cap)
+        if not given or lowered:
+            call.output_cap = cap
+            return True
+        return False
+    body = call.body
     for name in ("max_completion_tokens", "max_tokens"):
         value = body.get(name)
         if type(value) is int:

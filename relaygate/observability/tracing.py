@@ -187,7 +187,7 @@ class TraceLayer:
         model = tracing.text(call.model)
         attrs: dict[str, Any] = {"gen_ai.operation.name": op, "gen_ai.request.model": model,
                                  "relaygate.request_id": tracing.text(call.id), "relaygate.stream": call.stream}
-        body = call.body
+        body = call.body if call.translated else {}  # (not made for tracing: the fast path stays fast)
         for name, attr in REQUEST_PARAMS:
             v = body.get(name)
             if isinstance(v, (int, float)) and not isinstance(v, bool):

@@ -265,13 +265,17 @@ class Provider:
             raw = await self.read_body(resp)
         finally:
             resp.release()
+        return raw, self.json_object(raw)
+
+    def json_object(self, raw: bytes) -> dict[str, Any]:
+        """An upstream body's JSON object; anything else is Unavailable."""
         try:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError:
             raise Unavailable(f"upstream {self.kind} returned a body that is not JSON", status=502) from None
         if not isinstance(data, dict):
             raise Unavailable(f"upstream {self.kind} returned an unexpected body", status=502)
-        return raw, data
+        return data
 
     @staticmethod
     async def error_body(resp: Response) -> bytes:
@@ -325,8 +329,10 @@ def translated(handler: Handler, kind: str, chat_shaped: bool, relays_messages: 
     again; not when the client's Messages body is relayed as it came), and an answer it cannot read made a
     502, whole or mid-stream."""
     async def run(call: Call) -> Reply:
-        if chat_shaped and not call.shape_checked and not (relays_messages and call.anthropic_request is not None) \
-                and not (relays is not None and call.native is not None and call.native.dialect is relays):
+        # a foreign client's body sent as it came: its chat body is neither checked nor made (NativeCall)
+        native = relays is not None and call.native is not None and call.native.dialect is relays
+        if chat_shaped and not call.shape_checked and not native \
+                and not (relays_messages and call.anthropic_request is not None):
             shapes.check(call.body, ChatRequest)
             try:  # the translation nests what it copies deeper: room for that
                 jsonvalue.check(call.body, jsonvalue.ROOM)
@@ -334,7 +340,7 @@ def translated(handler: Handler, kind: str, chat_shaped: bool, relays_messages: 
                 raise BadRequest(f"the request is not accepted: {e.message}", param=e.param) from None
             call.shape_checked = True
         cap = call.output_cap
-        if cap is not None and "max_completion_tokens" not in call.body and "max_tokens" not in call.body:
+        if cap is not None and not native and "max_completion_tokens" not in call.body and "max_tokens" not in call.body:
             call.body["max_completion_tokens"] = cap  # every translator reads it (the limits layer set it)
         try:
             reply = await handler(call)

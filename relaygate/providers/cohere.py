@@ -32,6 +32,7 @@ from relaygate.core.errors import (
 from relaygate.providers.base import Provider, error_json, model_segment, retry_after_seconds
 from relaygate.providers.batching import embed_in_batches, needs_batches
 from relaygate.providers.listing import MAX_MODELS, MAX_PAGES, ListedModel, cohere_models
+from relaygate.providers.native_answers import cohere_answer
 from relaygate.providers.openai_format import (
     ADJUSTED_HEADER,
     DROPPED_HEADER,
@@ -141,7 +142,11 @@ class CohereProvider(Provider):
                 raw = await self.read_body(resp)
             finally:
                 resp.release()
-            data = orjson.loads(raw)
+            read = cohere_answer(raw)  # only the usage and the finish reason are decoded
+            if read is not None:
+                finish_reason(read.finish_reason, None)
+                return Reply(body=raw, usage=read.tokens(), first_byte_at=time.monotonic(), native=True)
+            data = orjson.loads(raw)  # not shaped as expected: read whole (a 502 when it is not an answer)
             finish_reason(data.get("finish_reason"), None)
             return Reply(body=raw, usage=usage_of(data.get("usage")), first_byte_at=time.monotonic(), native=True)
         upstream = UpstreamBody(resp, self.kind)

@@ -197,7 +197,9 @@ class AuditLayer:
         request_body = response_body = None
         if bodies and self.config.bodies:
             limit = self.config.max_body_chars
-            request_body = self.redact(orjson.dumps(call.body, default=_unserializable).decode()[:limit])
+            native = call.native  # a foreign client's call not translated: its own body is what was sent
+            sent = native.body if native is not None and not call.translated else call.body
+            request_body = self.redact(orjson.dumps(sent, default=_unserializable).decode()[:limit])
             body = reply.body if reply is not None and reply.body is not None else streamed
             if body:
                 response_body = fit_text(self.redact(body[:limit].decode("utf-8", "replace")), math.inf)

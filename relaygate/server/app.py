@@ -51,12 +51,19 @@ STORED_OBJECT_APIS = ("responses.endpoints", "responses.conversations", "assista
 OTHER_ROUTES = ("relaygate.dashboard.api",)
 
 
+def _first_segment(path: str) -> str:
+    """``/model/`` of ``/model/x/converse``; the whole path when it has one segment."""
+    return path[:path.find("/", 1) + 1] or path
+
+
 class RouteTable:
-    """Exact paths in a dict; ``/prefix/{rest}`` paths matched by prefix, longest first."""
+    """Exact paths in a dict; ``/prefix/{rest}`` paths matched by prefix, longest first, among the prefixes
+    of the path's first segment (``/model/…`` is not tried against every ``/v1/…`` prefix)."""
 
     def __init__(self) -> None:
         self.exact: dict[str, dict[str, RouteHandler]] = {}
         self.prefixes: list[tuple[str, dict[str, RouteHandler]]] = []
+        self._by_segment: dict[str, list[tuple[str, dict[str, RouteHandler]]]] = {}
 
     def add(self, method: str, path: str, handler: RouteHandler) -> None:
         if path.endswith("{rest}"):
@@ -68,6 +75,9 @@ class RouteTable:
             else:
                 self.prefixes.append((prefix, {method: handler}))
                 self.prefixes.sort(key=lambda pm: -len(pm[0]))
+                self._by_segment = {}
+                for p, m in self.prefixes:  # (a prefix without a second "/" is tried for every path)
+                    self._by_segment.setdefault(_first_segment(p) if p.find("/", 1) > 0 else "", []).append((p, m))
         else:
             self.exact.setdefault(path, {})[method] = handler
 
@@ -76,7 +86,7 @@ class RouteTable:
         if methods is None and len(path) > 1 and path.endswith("/"):
             methods = self.exact.get(path.rstrip("/"))
         if methods is None:
-            for prefix, m in self.prefixes:
+            for prefix, m in [*self._by_segment.get(_first_segment(path), ()), *self._by_segment.get("", ())]:
                 if path.startswith(prefix) and len(path) > len(prefix):
                     params["rest"] = path[len(prefix):]
                     methods = m

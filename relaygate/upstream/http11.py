@@ -43,6 +43,16 @@ class EncodedHeaders:
         self.block = lines.encode("latin-1")
 
 
+    def plus(self, lines: str) -> EncodedHeaders:
+        """These headers and more: ``lines`` (``name: value\\r\\n`` each) made by the caller of values it
+        knows hold no CR, LF or NUL and name no framing header (a signature and its date), not checked again."""
+        out = EncodedHeaders.__new__(EncodedHeaders)
+        out.block = self.block + lines.encode("latin-1")
+        out.has_host = self.has_host
+        out.length = self.length
+        return out
+
+
 def decode_headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
     """Response headers by lower-case name (latin-1, so every byte round-trips); repeated fields are joined
     with ", " (the raw pairs stay on the response)."""

@@ -15,12 +15,10 @@ from relaygate.api.bedrock.translate import (
     to_converse_response,
     to_openai_request,
 )
-from relaygate.api.chat import chat_call
+from relaygate.api.chat import native_call, translated_body
 from relaygate.api.common import object_body
 from relaygate.api.dialects import ForeignDialect, answer
-from relaygate.core import jsonvalue
 from relaygate.core.call import Call, Dialect, NativeRequest
-from relaygate.core.errors import BadRequest
 from relaygate.providers.aws.eventstream import EVENTSTREAM
 from relaygate.server.http import Request, Response, StreamResponse
 
@@ -29,26 +27,22 @@ if TYPE_CHECKING:
     from relaygate.gateway import Gateway
 
 
-async def read_call(gw: Gateway, req: Request, key: Principal | None, model: str,
-                    stream: bool) -> tuple[Call, list[str]]:
-    """The chat call for the client's Converse request, and the fields the translation left out."""
+async def read_call(gw: Gateway, req: Request, key: Principal | None, model: str, stream: bool) -> Call:
+    """The call for the client's Converse request: its own body, and the chat body made when asked for (the
+    fields the translation left out then in ``call.native.dropped``)."""
     body = object_body(await req.json(gw.config.server.max_body_bytes))
-    try:  # translated to a chat request (and maybe on to another dialect): room to nest it deeper
-        jsonvalue.check(body, jsonvalue.ROOM)
-    except jsonvalue.JSONRejected as e:
-        raise BadRequest(f"the request is not accepted: {e.message}", param=e.param) from None
-    request, dropped = to_openai_request(body, model, stream)
-    call = chat_call(gw, req, request, key)
-    call.native = NativeRequest(Dialect.BEDROCK, body)
-    call.wants_usage = stream  # the usage chunk feeds the final metadata event
-    return call, dropped
+    native = NativeRequest(Dialect.BEDROCK, body)
+    # the usage chunk feeds the final metadata event
+    return native_call(gw, req, native, lambda: translated_body(body, native, lambda: to_openai_request(
+        body, model, stream)), model, stream, key, wants_usage=stream)
 
 
 async def _converse(gw: Gateway, req: Request, key: Principal | None, model: str,
                     stream: bool) -> Response | StreamResponse:
     started = time.monotonic()
-    call, dropped = await read_call(gw, req, key, model, stream)
+    call = await read_call(gw, req, key, model, stream)
     reply = await gw.handle(call)
+    dropped = call.native.dropped if call.native is not None else []
     dialect = ForeignDialect(lambda c: EventWriter(started),
                              lambda data, usage, _model: to_converse_response(data, usage, started),
                              lambda e: bedrock_error(e, req.id), exception_frame)

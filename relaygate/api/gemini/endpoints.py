@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from relaygate.api.chat import chat_call
+from relaygate.api.chat import chat_call, native_call, translated_body
 from relaygate.api.common import object_body, reply_headers
 from relaygate.api.dialects import ForeignDialect, answer
 from relaygate.api.dialects import embed as dialect_embed
@@ -35,7 +35,6 @@ from relaygate.api.gemini.translate import (
 )
 from relaygate.api.query import Query
 from relaygate.auth.authenticator import allowed_deployments, presented_key
-from relaygate.core import jsonvalue
 from relaygate.core.call import Call, Dialect, NativeRequest, Reply
 from relaygate.core.errors import BadRequest, GatewayError, NotFound
 from relaygate.core.pricing import Pricing
@@ -89,25 +88,25 @@ async def models_call(gw: Gateway, req: Request) -> Response | StreamResponse:
         if method in (EMBED, BATCH_EMBED):
             return await _embed(gw, req, body, model, key, method == BATCH_EMBED)
         stream = method == STREAM
-        call, dropped = _read(gw, req, body, model, stream, key)
+        call = _read(gw, req, body, model, stream, key)
         reply = await gw.handle(call)
     except GatewayError as e:
         return gemini_error(e)
-    return _respond(call, reply, dropped, stream and (query is None or query.text("alt", 20) != "sse"))
+    assert call.native is not None
+    return _respond(call, reply, call.native.dropped, stream and (query is None or query.text("alt", 20) != "sse"))
 
 
 def _read(gw: Gateway, req: Request, body: dict[str, Any], model: str, stream: bool,
-          key: Principal | None) -> tuple[Call, list[str]]:
-    """The call for a generateContent request: an OpenAI chat body (for any provider) plus the original."""
-    try:  # translated to a chat request (and maybe on to another dialect): room to nest it deeper
-        jsonvalue.check(body, jsonvalue.ROOM)
-    except jsonvalue.JSONRejected as e:
-        raise BadRequest(f"the request is not accepted: {e.message}", param=e.param) from None
-    request, dropped = to_openai_request(body, model, stream)
-    call = chat_call(gw, req, request, key)
-    call.native = NativeRequest(Dialect.GEMINI, body)
-    call.wants_usage = stream  # the usage chunk feeds the last event's usageMetadata
-    return call, dropped
+          key: Principal | None) -> Call:
+    """The call for a generateContent request: the original, and its OpenAI chat body (for any other
+    provider) made when asked for."""
+    native = NativeRequest(Dialect.GEMINI, body)
+
+    def translate() -> dict[str, Any]:
+        return translated_body(body, native, lambda: to_openai_request(body, model, stream))
+
+    # the usage chunk feeds the last event's usageMetadata
+    return native_call(gw, req, native, translate, model, stream, key, wants_usage=stream)
 
 
 def _count(gw: Gateway, req: Request, body: dict[str, Any], model: str, key: Principal | None) -> Response:

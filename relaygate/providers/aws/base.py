@@ -115,6 +115,7 @@ class AwsProvider(Provider):
                          "content-type": "application/json"}
         self.credentials: CredentialSource | None = None
         self.signer: SigV4Signer | None = None
+        self._posts: dict[str, dict[str, str]] = {}  # a POST's headers by its accept type (made once)
         if self.bearer is not None:
             self._headers["authorization"] = "Bearer " + self.bearer
             self.scrub.dynamic((id(self), "bearer"), [self.bearer])  # it may come from the environment
@@ -139,9 +140,11 @@ class AwsProvider(Provider):
                         ) -> Response:
         """POST ``body`` to ``path`` (already percent-encoded), signed; an error status is raised mapped."""
         data = orjson.dumps(body)
-        headers = {**self._headers, "accept": accept}
+        fixed = self._posts.get(accept) or self._posts.setdefault(accept, {**self._headers, "accept": accept})
         if self.credentials is not None:
-            headers = (await self._signer()).sign("POST", self.host, self.base_path + path, data, headers)
+            headers = (await self._signer()).sign_encoded("POST", self.host, self.base_path + path, data, fixed)
+        else:  # a Bedrock API key: the same headers every time, encoded once
+            headers = self.encoded(fixed)
         # sent as given: %3A / %2F stay exactly as signed
         resp = await self.request(deadline, "POST", self.base + path, headers=headers, data=data)
         if resp.status >= 400:

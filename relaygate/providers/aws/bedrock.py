@@ -28,6 +28,7 @@ from relaygate.providers.aws.eventstream import (
 from relaygate.providers.base import model_segment
 from relaygate.providers.batching import embed_in_batches, needs_batches
 from relaygate.providers.listing import ListedModel, bedrock_models
+from relaygate.providers.native_answers import converse_answer
 from relaygate.providers.openai_format import ChunkWriter, embeddings_response
 from relaygate.providers.streaming import UpstreamBody, closing, peek
 
@@ -139,8 +140,15 @@ class BedrockProvider(AwsProvider):
                 request = {**request, "inferenceConfig": {**(cfg if isinstance(cfg, dict) else {}), "maxTokens": cap}}
         if not call.stream:
             resp = await self.post_json(call.deadline, model_path(model, "converse"), request)
-            data, parsed = await self.read_json_raw(resp)  # parsed once, for the usage
-            return Reply(body=data, usage=usage_of(parsed.get("usage")), first_byte_at=time.monotonic(),
+            try:
+                raw = await self.read_body(resp)
+            finally:
+                resp.release()
+            read = converse_answer(raw)  # only the usage is decoded
+            if read is not None:
+                return Reply(body=raw, usage=read.tokens(), first_byte_at=time.monotonic(), native=True)
+            parsed = self.json_object(raw)  # not shaped as expected: read whole (a 502 when it is not an object)
+            return Reply(body=raw, usage=usage_of(parsed.get("usage")), first_byte_at=time.monotonic(),
                          native=True)
         resp = await self.post_json(call.deadline, model_path(model, "converse-stream"), request,
                                     accept=EVENTSTREAM)

@@ -14,7 +14,10 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote, unquote
+
+from relaygate.upstream.http11 import EncodedHeaders
 
 ALGORITHM = "AWS4-HMAC-SHA256"
 
@@ -75,48 +78,117 @@ def signing_key(secret: str, date: str, region: str, service: str) -> bytes:
     return _hmac(_hmac(_hmac(_hmac(("AWS4" + secret).encode(), date), region), service), "aws4_request")
 
 
+@functools.lru_cache(maxsize=256)  # the same all day for a key, a region and a service: four HMACs spared a request
+def _verifying_key(secret: str, date: str, region: str, service: str) -> bytes:
+    return signing_key(secret, date, region, service)
+
+
 def string_to_sign(timestamp: str, scope: str, canonical: str) -> str:
     return f"{ALGORITHM}\n{timestamp}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
 
 
+@dataclass(frozen=True, slots=True)
+class _Canonical:
+    """What signing one kind of request (method, path, query, headers) repeats: the canonical request around
+    its two varying parts (the x-amz-date line and the payload hash), and the headers sent."""
+
+    head: str  # up to the x-amz-date header's value
+    tail: str  # after it, up to the payload hash
+    signed: str  # the signed header names, ;-joined
+    headers: dict[str, str]  # the headers sent besides x-amz-date and authorization
+    encoded: EncodedHeaders | None  # the same, checked and encoded once (None: not sendable as they are)
+
+
 class SigV4Signer:
-    """Signs requests of one service in one region with one set of credentials."""
+    """Signs requests of one service in one region with one set of credentials.
+
+    What does not change from one request to the next is computed once: the signing key (once a day), the
+    HMAC state keyed with it (so a signature hashes only the string to sign, not the key's two padding
+    blocks again), the canonical request around the date and the payload hash for each kind of request,
+    and the headers' encoding. A signature then costs the payload's SHA-256, the canonical request's and
+    one HMAC."""
+
+    _MAX_KINDS = 64  # kinds of request memoized (a deployment sends a handful: its paths and accept types)
 
     def __init__(self, credentials: AwsCredentials, region: str, service: str) -> None:
         self.credentials = credentials
         self.region = region
         self.service = service
-        self._key: tuple[str, bytes] | None = None  # (date, key): derived once a day, not per request
+        self._key: tuple[str, bytes, hmac.HMAC] | None = None  # (date, key, HMAC keyed with it): once a day
         self._stamp: tuple[int, str] = (-1, "")  # (second, x-amz-date): formatted once a second
+        self._kinds: dict[tuple[Any, ...], _Canonical] = {}
+        self._scope_tail = f"/{region}/{service}/aws4_request"
+        self._plain = credentials.access_key.isascii() and not any(c in credentials.access_key for c in "\r\n\0")
 
     def _signing_key(self, date: str) -> bytes:
+        return self._keyed(date)[1]
+
+    def _keyed(self, date: str) -> tuple[str, bytes, hmac.HMAC]:
         cached = self._key
         if cached is not None and cached[0] == date:
-            return cached[1]
+            return cached
         key = signing_key(self.credentials.secret_key, date, self.region, self.service)
-        self._key = (date, key)
-        return key
+        cached = self._key = (date, key, hmac.new(key, digestmod="sha256"))
+        return cached
 
-    def sign(self, method: str, host: str, raw_path: str, body: bytes, headers: dict[str, str],
-             raw_query: str = "", now: float | None = None) -> dict[str, str]:
-        """``headers`` (lower-case names) plus host, x-amz-date, the session token and authorization."""
+    def _canonical(self, method: str, host: str, raw_path: str, raw_query: str,
+                   headers: dict[str, str]) -> _Canonical:
+        kind = (method, host, raw_path, raw_query, *headers.items())
+        found = self._kinds.get(kind)
+        if found is not None:
+            return found
+        sent = {**headers, "host": host}
+        sent.pop("x-amz-date", None)
+        sent.pop("authorization", None)
+        if self.credentials.session_token:
+            sent["x-amz-security-token"] = self.credentials.session_token
+        names = sorted([*sent, "x-amz-date"])
+        at = names.index("x-amz-date")
+        lines = [f"{h}:{' '.join(sent[h].split())}\n" for h in names[:at]]
+        after = "".join(f"{h}:{' '.join(sent[h].split())}\n" for h in names[at + 1:])
+        signed = ";".join(names)
+        try:
+            encoded: EncodedHeaders | None = EncodedHeaders(sent) if self._plain else None
+        except ValueError:  # sent as a mapping: the client refuses it with its own error
+            encoded = None
+        found = _Canonical(f"{method.upper()}\n{canonical_uri(raw_path)}\n{canonical_query(raw_query)}\n"
+                           f"{''.join(lines)}x-amz-date:", f"\n{after}\n{signed}\n", signed, sent, encoded)
+        if len(self._kinds) >= self._MAX_KINDS:
+            self._kinds.clear()
+        self._kinds[kind] = found
+        return found
+
+    def _signature(self, c: _Canonical, body: bytes, now: float | None) -> tuple[str, str]:
+        """(x-amz-date, authorization) of a request of kind ``c`` with ``body``."""
         t = time.time() if now is None else now
         second = int(t)
         if self._stamp[0] != second:
             self._stamp = (second, amz_date(t))
         timestamp = self._stamp[1]
         date = timestamp[:8]
-        out = {**headers, "host": host, "x-amz-date": timestamp}
-        if self.credentials.session_token:
-            out["x-amz-security-token"] = self.credentials.session_token
-        signed = sorted(out)
-        canonical = canonical_request(method, raw_path, raw_query, out, signed,
-                                      hashlib.sha256(body).hexdigest())
-        scope = f"{date}/{self.region}/{self.service}/aws4_request"
-        sig = hmac.digest(self._signing_key(date), string_to_sign(timestamp, scope, canonical).encode(), "sha256").hex()
-        out["authorization"] = (f"{ALGORITHM} Credential={self.credentials.access_key}/{scope}, "
-                                f"SignedHeaders={';'.join(signed)}, Signature={sig}")
-        return out
+        canonical = c.head + timestamp + c.tail + hashlib.sha256(body).hexdigest()
+        scope = date + self._scope_tail
+        mac = self._keyed(date)[2].copy()
+        mac.update(f"{ALGORITHM}\n{timestamp}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}".encode())
+        return timestamp, (f"{ALGORITHM} Credential={self.credentials.access_key}/{scope}, "
+                           f"SignedHeaders={c.signed}, Signature={mac.hexdigest()}")
+
+    def sign(self, method: str, host: str, raw_path: str, body: bytes, headers: dict[str, str],
+             raw_query: str = "", now: float | None = None) -> dict[str, str]:
+        """``headers`` (lower-case names) plus host, x-amz-date, the session token and authorization."""
+        c = self._canonical(method, host, raw_path, raw_query, headers)
+        timestamp, authorization = self._signature(c, body, now)
+        return {**c.headers, "x-amz-date": timestamp, "authorization": authorization}
+
+    def sign_encoded(self, method: str, host: str, raw_path: str, body: bytes, headers: dict[str, str],
+                     raw_query: str = "", now: float | None = None) -> EncodedHeaders | dict[str, str]:
+        """``sign``'s headers, encoded for the upstream client: the fixed ones were encoded once, only the
+        date and the signature are added (a mapping when the fixed ones cannot be sent as they are)."""
+        c = self._canonical(method, host, raw_path, raw_query, headers)
+        timestamp, authorization = self._signature(c, body, now)
+        if c.encoded is None:
+            return {**c.headers, "x-amz-date": timestamp, "authorization": authorization}
+        return c.encoded.plus(f"x-amz-date: {timestamp}\r\nauthorization: {authorization}\r\n")
 
 
 # ---- verification (relaygate's Bedrock ingress, and the emulator) -------------------------------------
@@ -185,7 +257,7 @@ def verify(by: SignedBy, secrets: Sequence[str], service: str, method: str, raw_
     canonical = canonical_request(method, raw_path, raw_query, headers, signed, payload_hash)
     sts = string_to_sign(stamp, f"{by.date}/{by.region}/{by.service}/aws4_request", canonical).encode()
     for i, secret in enumerate(secrets):
-        expected = hmac.digest(signing_key(secret, by.date, by.region, by.service), sts, "sha256").hex()
+        expected = hmac.digest(_verifying_key(secret, by.date, by.region, by.service), sts, "sha256").hex()
         if hmac.compare_digest(expected, by.signature):
             return i
     raise SignatureError("InvalidSignatureException", "The request signature we calculated does not match the "

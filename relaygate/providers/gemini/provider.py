@@ -43,6 +43,7 @@ from relaygate.providers.gemini.format import (
     usage_of,
 )
 from relaygate.providers.listing import MAX_MODELS, MAX_PAGES, ListedModel, gemini_models
+from relaygate.providers.native_answers import gemini_answer
 from relaygate.providers.openai_format import ChunkWriter, completion_id, embeddings_response
 from relaygate.providers.streaming import SSE_DONE, UpstreamBody, closing, peek, sse_events, sse_frame
 from relaygate.upstream import Response
@@ -172,7 +173,11 @@ class GeminiProvider(Provider):
                 raw = await self.read_body(resp)
             finally:
                 resp.release()
-            try:
+            read = gemini_answer(raw)  # only the usage and the finish reasons are decoded
+            if read is not None:
+                self.raise_failed({"candidates": read.finishes()})
+                return Reply(body=raw, usage=read.usage(), first_byte_at=time.monotonic(), native=True)
+            try:  # not shaped as expected: read whole, to say what is wrong with it
                 answer = orjson.loads(raw)
             except orjson.JSONDecodeError:
                 raise Unavailable("upstream gemini returned a body that is not JSON", status=502) from None

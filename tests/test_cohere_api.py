@@ -198,3 +198,54 @@ def test_a_budget_holds_a_cohere_deployment_to_what_it_can_pay_in_the_clients_ow
     cap = int(r.headers["x-relaygate-output-cap"])
     assert 0 < cap < 50_000
     assert sent(upstreams, "cohere")["max_tokens"] == cap
+
+
+def _sdk_events(raw: bytes) -> list[Any]:
+    """Cohere v2 stream events as the SDK reads them (its own typed union)."""
+    from cohere.core.unchecked_base_model import construct_type
+    from cohere.v2.types import V2ChatStreamResponse
+
+    out = []
+    for frame in raw.decode().split("\n\n"):
+        data = [line[6:] for line in frame.split("\n") if line.startswith("data: ")]
+        if data:
+            out.append(construct_type(type_=V2ChatStreamResponse, object_=orjson.loads(data[0])))  # type: ignore[arg-type]
+    return out
+
+
+def _chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+    return {"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+
+def test_translated_stream_sends_the_text_before_a_tool_call_as_its_plan() -> None:
+    """With tools offered, what the model says before calling (Anthropic's text block, a chat stream's content)
+    is Cohere's tool plan: tool-plan-delta events before tool-call-start, as Cohere streams one."""
+    from relaygate.api.cohere.translate import EventWriter
+
+    w = EventWriter(plans=True)
+    raw = w.chunk(_chunk({"role": "assistant", "content": "I will "})) + w.chunk(_chunk({"content": "check."}))
+    assert b"content-" not in raw  # held: not yet known to be a plan or the answer
+    raw += w.chunk(_chunk({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                                           "function": {"name": "get_weather", "arguments": ""}}]}))
+    raw += w.chunk(_chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"city": "Paris"}'}}]}))
+    raw += w.chunk(_chunk({}, "tool_calls")) + w.end(None)
+    events = _sdk_events(raw)
+    assert [e.type for e in events] == ["message-start", "tool-plan-delta", "tool-plan-delta", "tool-call-start",
+                                        "tool-call-delta", "tool-call-end", "message-end"]
+    assert "".join(e.delta.message.tool_plan for e in events if e.type == "tool-plan-delta") == "I will check."
+    assert events[3].delta.message.tool_calls.function.name == "get_weather"
+    assert events[-1].delta.finish_reason == "TOOL_CALL"
+
+
+def test_translated_stream_with_tools_but_no_call_answers_the_held_text_as_content() -> None:
+    from relaygate.api.cohere.translate import EventWriter
+
+    w = EventWriter(plans=True)
+    raw = w.chunk(_chunk({"role": "assistant", "content": "It is "})) + w.chunk(_chunk({"content": "sunny."}))
+    raw += w.chunk(_chunk({}, "stop")) + w.end(None)
+    events = _sdk_events(raw)
+    assert [e.type for e in events] == ["message-start", "content-start", "content-delta", "content-delta",
+                                        "content-end", "message-end"]
+    assert "".join(e.delta.message.content.text for e in events if e.type == "content-delta") == "It is sunny."
+    # without tools offered there is no plan: the text streams at once
+    assert b"content-delta" in EventWriter().chunk(_chunk({"content": "Hi"}))

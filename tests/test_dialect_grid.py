@@ -224,19 +224,25 @@ class CohereV2:
     def __init__(self, gw: GatewayThread) -> None:
         self.c = cohere.ClientV2(api_key=MASTER, base_url=gw.url, timeout=10)
 
-    def _create(self, model: str, messages: list[Any], stream: bool, **kw: Any) -> tuple[str, str, list[Any]]:
-        """(id, text, tool calls) of an answer, streamed events put together."""
+    def _create(self, model: str, messages: list[Any], stream: bool,
+                **kw: Any) -> tuple[str, str, list[Any], str]:
+        """(id, text, tool calls, tool plan) of an answer, streamed events put together."""
         if not stream:
             r = self.c.chat(model=model, messages=messages, **kw)
             text = "".join(getattr(c, "text", "") for c in r.message.content or ())
-            return r.id, text, [tc.model_dump(exclude_none=True) for tc in r.message.tool_calls or ()]
-        ident, text, calls = "", "", {}
+            return (r.id, text, [tc.model_dump(exclude_none=True) for tc in r.message.tool_calls or ()],
+                    r.message.tool_plan or "")
+        ident, text, plan = "", "", ""
+        calls: dict[int, dict[str, Any]] = {}
         events: list[Any] = list(self.c.chat_stream(model=model, messages=messages, **kw))
         for e in events:
             if e.type == "message-start":
                 ident = e.id
             elif e.type == "content-delta":
                 text += e.delta.message.content.text or ""
+            elif e.type == "tool-plan-delta":  # before the calls, as Cohere streams a plan
+                assert not calls
+                plan += e.delta.message.tool_plan or ""
             elif e.type == "tool-call-start":
                 tc = e.delta.message.tool_calls
                 calls[e.index] = {"id": tc.id, "type": "function",
@@ -244,21 +250,22 @@ class CohereV2:
             elif e.type == "tool-call-delta":
                 calls[e.index]["function"]["arguments"] += e.delta.message.tool_calls.function.arguments or ""
         assert events[-1].type == "message-end"
-        return ident, text, list(calls.values())
+        return ident, text, list(calls.values()), plan
 
     def ask(self, model: str, text: str, stream: bool) -> str:
-        ident, answer, _ = self._create(model, [{"role": "user", "content": text}], stream)
+        ident, answer, _, _ = self._create(model, [{"role": "user", "content": text}], stream)
         assert len(ident) == 36  # a UUID, Cohere's kind of id
         return answer
 
     def tool_round_trip(self, model: str, stream: bool) -> tuple[dict[str, Any], str]:
         tools = [{"type": "function", "function": {"name": "get_weather", "parameters": SCHEMA}}]
         messages: list[Any] = [{"role": "user", "content": "weather in Paris?"}]
-        _, plan, calls = self._create(model, messages, stream, tools=tools)
+        _, text, calls, plan = self._create(model, messages, stream, tools=tools)
         [call] = calls
+        assert not text  # what the model said before calling is its plan, whole or streamed
         messages += [{"role": "assistant", "tool_calls": calls, "tool_plan": plan or "I will look it up."},
                      {"role": "tool", "tool_call_id": call["id"], "content": RESULT}]
-        _, final, _ = self._create(model, messages, stream, tools=tools)
+        _, final, _, _ = self._create(model, messages, stream, tools=tools)
         return orjson.loads(call["function"]["arguments"] or "{}"), final
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from relaygate.api.chat import chat_call
+from relaygate.api.chat import native_call, translated_body
 from relaygate.api.cohere.translate import (
     EventWriter,
     error_body,
@@ -29,8 +29,7 @@ from relaygate.api.common import object_body, reply_headers
 from relaygate.api.dialects import ForeignDialect, answer
 from relaygate.api.dialects import embed as dialect_embed
 from relaygate.auth.authenticator import caller
-from relaygate.core import jsonvalue
-from relaygate.core.call import Dialect, NativeRequest
+from relaygate.core.call import Call, Dialect, NativeRequest
 from relaygate.core.errors import BadRequest, GatewayError, Unsupported
 from relaygate.server.http import Request, Response, StreamResponse
 
@@ -42,7 +41,12 @@ def cohere_error(err: GatewayError) -> Response:
     return Response(orjson.dumps(error_body(err)), err.status, dict(err.headers))
 
 
-COHERE = ForeignDialect(lambda _: EventWriter(), lambda data, usage, _: to_cohere_response(data, usage), cohere_error,
+def _writer(call: Call) -> EventWriter:
+    """Text before a tool call is its plan (``tool-plan-delta``) when the request offered tools."""
+    return EventWriter(plans=call.native is not None and bool(call.native.body.get("tools")))
+
+
+COHERE = ForeignDialect(_writer, lambda data, usage, _: to_cohere_response(data, usage), cohere_error,
                         error_event)
 
 
@@ -50,18 +54,18 @@ async def chat(gw: Gateway, req: Request) -> Response | StreamResponse:
     try:
         key = await caller(gw.auth, req.headers)  # before the body: no key, no parsing
         body = object_body(await req.json(gw.config.server.max_body_bytes))
-        try:  # translated to a chat request (and maybe on to another dialect): room to nest it deeper
-            jsonvalue.check(body, jsonvalue.ROOM)
-        except jsonvalue.JSONRejected as e:
-            raise BadRequest(f"the request is not accepted: {e.message}", param=e.param) from None
-        request, dropped = to_openai_request(body)
-        call = chat_call(gw, req, request, key)
-        call.native = NativeRequest(Dialect.COHERE, body)
-        call.wants_usage = call.stream  # the usage chunk feeds message-end
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise BadRequest("invalid request: model must be a non-empty string", param="model")
+        native = NativeRequest(Dialect.COHERE, body)
+        stream = bool(body.get("stream"))
+        # the chat body, made when asked for; the usage chunk feeds message-end
+        call = native_call(gw, req, native, lambda: translated_body(body, native, lambda: to_openai_request(body)),
+                           model, stream, key, wants_usage=stream)
         reply = await gw.handle(call)
     except GatewayError as e:
         return cohere_error(e)
-    return answer(COHERE, call, reply, reply.native, dropped)
+    return answer(COHERE, call, reply, reply.native, native.dropped)
 
 
 async def embed(gw: Gateway, req: Request) -> Response | StreamResponse:

@@ -221,11 +221,18 @@ def error_event(err: GatewayError) -> bytes:
 
 class EventWriter:
     """OpenAI chunks in, Cohere's v2 stream events out: content blocks and tool calls opened and closed in
-    order, the tool plan before the calls, the usage on message-end."""
+    order, the tool plan before the calls, the usage on message-end.
 
-    __slots__ = ("started", "index", "open_kind", "tools", "tool_open", "finish", "chunk_usage")
+    With ``plans`` (the request offered tools), the text that comes before any tool call is held: when a tool
+    call follows, it was the model's plan and goes out as ``tool-plan-delta`` events before
+    ``tool-call-start``, as Cohere streams a plan; when the answer ends without one, it goes out as the
+    answer's text content. (Without tools there is no plan: text streams as content at once.)"""
 
-    def __init__(self) -> None:
+    __slots__ = ("started", "index", "open_kind", "tools", "tool_open", "finish", "chunk_usage", "plans", "held")
+
+    def __init__(self, plans: bool = False) -> None:
+        self.plans = plans
+        self.held: list[str] = []  # text that may be the tool plan, while no tool call has begun
         self.started = False
         self.index = -1  # the current content block
         self.open_kind: str | None = None  # "text" / "thinking" while a content block is open
@@ -271,7 +278,10 @@ class EventWriter:
             if isinstance(reasoning, str) and reasoning:
                 out += self._content("thinking", reasoning)
             if delta.get("content"):
-                out += self._content("text", delta["content"])
+                if self.plans and not self.tools:
+                    self.held.append(delta["content"])
+                else:
+                    out += self._content("text", delta["content"])
             for tc in delta.get("tool_calls") or ():
                 out += self._tool_delta(tc)
             if choice.get("finish_reason"):
@@ -284,6 +294,10 @@ class EventWriter:
         i = self.tools.get(tc.get("index", 0))
         if i is None:
             out += self._close()
+            if self.held:  # the text before the first tool call was its plan
+                out += b"".join(event("tool-plan-delta", {"delta": {"message": {"tool_plan": t}}})
+                                for t in self.held)
+                self.held.clear()
             i = self.tools[tc.get("index", 0)] = len(self.tools)
             self.tool_open = i
             out += event("tool-call-start", {"index": i, "delta": {"message": {"tool_calls": {
@@ -304,6 +318,9 @@ class EventWriter:
 
     def end(self, usage: Usage | None) -> bytes:
         out = b"" if self.started else self._start()
+        if self.held:  # no tool call followed: the held text was the answer
+            out += b"".join(self._content("text", t) for t in self.held)
+            self.held.clear()
         out += self._close()
         return out + event("message-end", {"delta": {
             "finish_reason": FINISH.get(self.finish or "stop", "COMPLETE"), "usage": usage_block(usage, self.chunk_usage)}})

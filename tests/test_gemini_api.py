@@ -288,3 +288,19 @@ def test_the_cache_and_the_request_log_serve_gemini_clients_as_chat_ones(
     assert [(r["model"], r["status"], r["cache_hit"], r["stream"]) for r in rows] == [
         ("gpt-cached", 200, False, False), ("gpt-cached", 200, True, False), ("gpt-cached", 200, True, True)]
     assert rows[0]["prompt_tokens"] and rows[0]["completion_tokens"] and rows[0]["cost_nano"] > 0
+
+
+def test_the_same_dialect_sends_a_body_only_the_translation_would_refuse(
+        gw: GatewayThread, upstreams: dict[str, BackgroundServer]) -> None:
+    """The fast path does not translate: a body the translation to chat refuses (audio, which only Gemini
+    reads) reaches a Gemini deployment as it came; to an OpenAI model it is refused in Google's shape."""
+    body = {"contents": [{"role": "user", "parts": [
+        {"text": "hi"}, {"inlineData": {"mimeType": "audio/wav", "data": "UklGRgAAAABXQVZF"}}]}]}
+    r = requests.post(gw.url + "/v1beta/models/gem:generateContent", json=body, timeout=10,
+                      headers={"x-goog-api-key": APP_KEY})
+    assert r.status_code == 200, r.text
+    assert sent(upstreams, "gemini") == body
+    r = requests.post(gw.url + "/v1beta/models/gpt:generateContent", json=body, timeout=10,
+                      headers={"x-goog-api-key": APP_KEY})
+    assert r.status_code == 400 and r.json()["error"]["status"] == "INVALID_ARGUMENT", r.text
+    assert not upstreams["openai"].state.requests

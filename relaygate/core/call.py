@@ -252,10 +252,11 @@ _CHAT_BODY = Call.__dict__["body"]  # the slot that holds Call.body (a NativeCal
 
 class NativeCall(Call):
     """A Gemini, Cohere or Bedrock client's chat call whose OpenAI chat body (``body``) is made from its own
-    (``native``) only when something reads it: a deployment of another kind, condensing, the log of request
-    bodies, tracing. A deployment of the client's kind sends ``native.body`` as it came and the limits read
-    what they need from it (``NativeRequest``), so the same-dialect fast path never makes the chat form. The
-    translation may refuse the body (BadRequest), then, wherever it is asked for."""
+    (``native``) only when something reads it: a deployment of another kind, or condensing. A deployment of
+    the client's kind sends ``native.body`` as it came and the limits read what they need from it
+    (``NativeRequest``), so the same-dialect fast path never makes the chat form (the log of request bodies
+    logs the client's own, tracing leaves out the chat parameters). The translation may refuse the body
+    (BadRequest), then, wherever it is asked for."""
 
     __slots__ = ("_translate",)
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
+import httpx._transports.default as httpx_transports
+import httpx2._transports.default as httpx2_transports
 import pytest
 
 from relaygate.config import Config, DatabaseConfig
@@ -22,6 +25,36 @@ class StartGateway(Protocol):
 
     def __call__(self, config: dict[str, Any] | Config,
                  env: dict[str, str] | None = None) -> GatewayThread: ...
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_default_tls_context() -> Iterator[None]:
+    """Every httpx client builds its SSL context when it is made, loading the whole CA bundle (~40 ms of CPU),
+    whatever it then connects to: the OpenAI, Anthropic and Gemini SDKs' clients (httpx2), Cohere's and each
+    ``httpx.get``/``post`` (httpx). A test makes several (a client fixture, emulator resets), all speaking
+    plain HTTP to 127.0.0.1; so each stack's default context (verify=True, no client certificate) is built
+    once per session and shared, as httpx lets clients share one. A context a test passes itself is used as
+    it is; TLS is still verified against the same CAs. (httpcore sets a context's ALPN protocols per TLS
+    connection: no test makes TLS connections through httpx clients of different HTTP versions at once.)"""
+    shared: dict[tuple[str, bool, str | None, str | None], ssl.SSLContext] = {}
+
+    def sharing(module: Any) -> Any:
+        original = module.create_ssl_context  # (the transports' module attribute: fails loudly if it moves)
+
+        def create_ssl_context(verify: Any = True, cert: Any = None, trust_env: bool = True) -> ssl.SSLContext:
+            if verify is not True or cert is not None:
+                return original(verify=verify, cert=cert, trust_env=trust_env)  # type: ignore[no-any-return]
+            key = (module.__name__, trust_env, os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+            if key not in shared:
+                shared[key] = original(verify=verify, cert=cert, trust_env=trust_env)
+            return shared[key]
+
+        return create_ssl_context
+
+    with pytest.MonkeyPatch.context() as mp:
+        for module in (httpx_transports, httpx2_transports):
+            mp.setattr(module, "create_ssl_context", sharing(module))
+        yield
 
 
 @pytest.fixture

@@ -160,6 +160,11 @@ def test_another_key_gets_404_for_the_upstreams_objects(gw: GatewayThread, clien
     assert e.value.body["param"] == "assistant_id"  # type: ignore[index]
     mine = {x.id for x in client.beta.assistants.list(limit=100)}
     assert a.id in mine and a.id not in {x.id for x in other.beta.assistants.list(limit=100)}
+    admin = {"authorization": f"Bearer {MASTER}"}
+    listed = httpx.get(gw.url + "/admin/objects", params={"kind": "forwarded", "limit": 100}, headers=admin,
+                       timeout=10).json()["data"]
+    assert {"id": a.id, "owner": "key:cfg_a", "object": {"object": "assistant"}}.items() <= \
+        next(o for o in listed if o["id"] == a.id).items()
     assert client.beta.assistants.delete(a.id).deleted
     with pytest.raises(openai.NotFoundError):
         client.beta.assistants.retrieve(a.id)

@@ -270,7 +270,8 @@ async def reload_config(gw: Gateway, req: Request) -> Response:
 
 # ---- stored objects (Responses, Conversations, Assistants) ---------------------------------------------
 
-OBJECT_KINDS = ("response", "conversation", "item", "assistant", "thread", "message", "run", "step")
+OBJECT_KINDS = ("response", "conversation", "item", "assistant", "thread", "message", "run", "step",
+                "forwarded")  # forwarded: an id an Assistants passthrough upstream created, and its owner
 
 
 async def list_objects(gw: Gateway, req: Request) -> Response:

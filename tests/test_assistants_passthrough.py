@@ -52,7 +52,8 @@ def front_config(upstream: GatewayThread, db: str, passthrough: bool = True) -> 
         "models": [{"name": "assistants-upstream", "deployments": [
             {"provider": "openai", "model": "gpt-4o-mini", "api_base": upstream.base_url,
              "api_key": UPSTREAM_MASTER}]}],
-        "database": {"url": db},
+        "database": {"url": db}, "prices": {"gpt-4o-mini": {"input_cost_per_token": 0.000001,
+                                                             "output_cost_per_token": 0.00001}},
         "auth": {"master_key": MASTER, "keys": [{"id": "a", "key": KEY_A}, {"id": "b", "key": KEY_B}]}}
     if passthrough:
         config["assistants"] = {"passthrough": "assistants-upstream"}
@@ -91,9 +92,11 @@ def test_create_and_poll_runs_at_the_upstream(client: openai.OpenAI, gw: Gateway
     assert rows and all(r["route"] == "passthrough" and r["status"] == 200 for r in rows)
 
 
-def test_a_streamed_run_is_relayed_event_by_event(client: openai.OpenAI) -> None:
+def test_a_streamed_run_is_relayed_event_by_event_and_priced_by_its_usage(client: openai.OpenAI,
+                                                                          gw: GatewayThread) -> None:
     a = client.beta.assistants.create(model="gpt-4o-mini")
     thread = client.beta.threads.create(messages=[{"role": "user", "content": "stream me through"}])
+    before = gw.gateway.writer.submitted
     seen: list[str] = []
     events: list[str] = []
 
@@ -111,6 +114,10 @@ def test_a_streamed_run_is_relayed_event_by_event(client: openai.OpenAI) -> None
     assert events[:3] == ["thread.run.created", "thread.run.queued", "thread.run.in_progress"]
     assert events[-1] == "thread.run.completed"
     assert text_of(client.beta.threads.messages.list(thread.id).data[0]) == "".join(seen)
+    [row] = [r for r in gateway_rows(gw, expected=before + 2) if r["completion_tokens"] and r["key_id"] == "cfg_a"]
+    assert final.usage is not None and row["completion_tokens"] == final.usage.completion_tokens
+    assert row["prompt_tokens"] == final.usage.prompt_tokens
+    assert row["cost_nano"] == final.usage.prompt_tokens * 1000 + final.usage.completion_tokens * 10_000
 
 
 def test_a_streamed_thread_and_run_records_its_new_thread(client: openai.OpenAI) -> None:

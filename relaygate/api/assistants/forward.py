@@ -28,6 +28,7 @@ from relaygate.api.passthrough import forward, upstream_target
 from relaygate.api.passthrough_cost import Metered
 from relaygate.api.query import Query
 from relaygate.auth.authenticator import caller
+from relaygate.core.call import Usage
 from relaygate.core.errors import GatewayError, NotFound
 from relaygate.core.pricing import Meter
 from relaygate.providers.base import ANSWER_ERRORS, unreadable
@@ -109,6 +110,8 @@ async def forward_assistants(gw: Gateway, req: Request, model: str) -> Response 
     if listing:
         return await _list(gw, req, key, model, family, target, metered, who)
     call, reply = await forward(gw, req, key, model, family, target, metered)
+    if not metered.meter.priced and reply.stream is not None and reply.media_type.startswith("text/event-stream"):
+        reply.stream = _run_usage(gw, reply.stream, reply, metered.meter)  # a streamed run: its usage, priced
     created = req.method == "POST" and (len(path) == 1 or path[1:] == ["runs"])
     if req.method == "DELETE" and len(path) == 2 and reply.status < 300:
         await gw.objects.delete(KIND, path[1], who)
@@ -190,6 +193,55 @@ async def _recorded_events(gw: Gateway, who: str, stream: AsyncIterator[bytes]) 
         aclose = getattr(stream, "aclose", None)
         if aclose is not None:
             await aclose()
+
+
+RUN_ENDS = (b"event: thread.run.completed\n", b"event: thread.run.incomplete\n", b"event: thread.run.failed\n",
+            b"event: thread.run.cancelled\n", b"event: thread.run.expired\n")
+
+
+def _run_end(events: bytes) -> dict[str, Any] | None:
+    """The run object of the event that ends a run, if ``events`` (whole events) hold one."""
+    for frame in events.split(b"\n\n"):
+        if frame.startswith(RUN_ENDS):
+            data = frame.partition(b"\ndata: ")[2]
+            try:
+                run = orjson.loads(data.split(b"\n", 1)[0])
+            except orjson.JSONDecodeError:
+                return None
+            return run if isinstance(run, dict) else None
+    return None
+
+
+async def _run_usage(gw: Gateway, stream: AsyncIterator[bytes], reply: Reply, meter: Meter) -> AsyncIterator[bytes]:
+    """A streamed run relayed as it comes, the usage of the event that ends it read onto ``reply`` and priced
+    at its model's price (the run's whole usage: a run that went on without a stream is not seen)."""
+    cutter = EventCutter()
+    try:
+        async for chunk in stream:
+            events = cutter.feed(chunk)
+            if events.find(b"event: thread.run.") >= 0:
+                _settle(gw, _run_end(events), reply, meter)
+            if events:
+                yield events
+        events = cutter.end()
+        if events:
+            _settle(gw, _run_end(events), reply, meter)
+            yield events
+    finally:
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+def _settle(gw: Gateway, run: dict[str, Any] | None, reply: Reply, meter: Meter) -> None:
+    usage = run.get("usage") if run is not None else None
+    model = run.get("model") if run is not None else None
+    if not isinstance(usage, dict) or not isinstance(model, str):
+        return
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    if type(prompt) is int and type(completion) is int and prompt >= 0 and completion >= 0:
+        meter.per_token = gw.pricing.book.lookup(model)
+        reply.usage = Usage(prompt_tokens=prompt, completion_tokens=completion)
 
 
 async def _list(gw: Gateway, req: Request, key: Principal | None, model: str, family: str, target: str, metered: Metered,

@@ -8,6 +8,10 @@ one client at a time, in rounds that alternate the order; the p50 of the best ro
 
     python bench/responses.py                   # 3 rounds of 3 s per cell
     python bench/responses.py --rounds 5 --seconds 5
+    python bench/responses.py --interleaved 1000  # cells taken in turn request by request (min, p25, p50)
+
+On a loaded machine the rounds drift apart by milliseconds; ``--interleaved`` sends one request of each cell
+in turn on its own keep-alive connection, so whatever load comes hits every cell alike.
 
 Needs nginx with the echo module (the fake upstream), like run.py; the load is bench/loadgen.py.
 """
@@ -15,9 +19,11 @@ Needs nginx with the echo module (the fake upstream), like run.py; the load is b
 from __future__ import annotations
 
 import argparse
+import socket
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -40,11 +46,46 @@ CELLS = [
 LIMIT_MS = 0.3
 
 
+def interleaved(port: int, rounds: int) -> dict[str, list[float]]:
+    """Each cell's time to its marker (ms), one request of each cell in turn, ``rounds`` times."""
+    conns = {}
+    for cell, path, body, opts in CELLS:
+        data = (BENCH_DIR / "requests" / body).read_bytes()
+        head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(data)}\r\n\r\n").encode()
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        mark = opts.get("mark", "data: ").encode()
+        conns[cell] = (sock, head + data, mark, opts.get("done_marker", "[DONE]").encode())
+    times: dict[str, list[float]] = {cell: [] for cell in conns}
+    try:
+        for r in range(rounds + 30):  # the first 30: warm-up
+            for cell, (sock, request, mark, done) in conns.items():
+                t0 = time.perf_counter()
+                sock.sendall(request)
+                seen, first = b"", 0.0
+                while not (done in seen and seen.endswith(b"0\r\n\r\n")):  # the chunked body's end
+                    piece = sock.recv(65536)
+                    if not piece:
+                        raise SystemExit(f"{cell}: the gateway closed the connection")
+                    seen += piece
+                    if not first and mark in seen:
+                        first = time.perf_counter()
+                if r >= 30:
+                    times[cell].append((first - t0) * 1000)
+    finally:
+        for sock, *_ in conns.values():
+            sock.close()
+    return times
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--no-pin", action="store_true", help="do not pin the load and the target to cores")
+    ap.add_argument("--interleaved", type=int, default=0, metavar="N",
+                    help="N requests of each cell, taken in turn (instead of rounds)")
     args = ap.parse_args()
     run_dir = Path(tempfile.mkdtemp(prefix="relaygate-responses-"))
     up = free_port()
@@ -57,6 +98,16 @@ def main() -> None:
     ctx.procs.append(t.proc)
     ctx.current = t.proc
     ttfb: dict[str, list[float]] = {cell: [] for cell, *_ in CELLS}
+    if args.interleaved:
+        try:
+            times = interleaved(t.port, args.interleaved)
+        finally:
+            for p in reversed(ctx.procs):
+                p.stop()
+        print(f"{'cell (c=1, interleaved)':40} {'min ms':>8} {'p25 ms':>8} {'p50 ms':>8}")
+        for cell, v in times.items():
+            print(f"{cell:40} {min(v):8.3f} {statistics.quantiles(v, n=4)[0]:8.3f} {statistics.median(v):8.3f}")
+        return
     try:
         for _, path, body, opts in CELLS:  # warm-up: pools, lazy imports, the database
             run_load(ctx, f"http://127.0.0.1:{t.port}{path}", Load(body, 1, 1, stream=True, **opts), 1)

@@ -16,7 +16,7 @@ from relaygate.api.bedrock.translate import (
     to_openai_request,
 )
 from relaygate.api.chat import native_call, translated_body
-from relaygate.api.common import object_body
+from relaygate.api.common import object_body, reply_headers
 from relaygate.api.dialects import ForeignDialect, answer
 from relaygate.core.call import Call, Dialect, NativeRequest
 from relaygate.providers.aws.eventstream import EVENTSTREAM
@@ -42,6 +42,10 @@ async def _converse(gw: Gateway, req: Request, key: Principal | None, model: str
     started = time.monotonic()
     call = await read_call(gw, req, key, model, stream)
     reply = await gw.handle(call)
+    if reply.native and reply.stream is None:  # relayed as it came: the dialect's writers are not needed
+        headers = reply_headers(call, reply)
+        headers["x-amzn-requestid"] = req.id
+        return Response(reply.body or b"", 200, headers, reply=reply)
     dropped = call.native.dropped if call.native is not None else []
     dialect = ForeignDialect(lambda c: EventWriter(started),
                              lambda data, usage, _model: to_converse_response(data, usage, started),

@@ -92,6 +92,7 @@ class _Canonical:
     """What signing one kind of request (method, path, query, headers) repeats: the canonical request around
     its two varying parts (the x-amz-date line and the payload hash), and the headers sent."""
 
+    source: dict[str, str]  # the headers it was made for (held: the memo is keyed by their identity)
     head: str  # up to the x-amz-date header's value
     tail: str  # after it, up to the payload hash
     signed: str  # the signed header names, ;-joined
@@ -114,7 +115,8 @@ class SigV4Signer:
         self.credentials = credentials
         self.region = region
         self.service = service
-        self._key: tuple[str, bytes, hmac.HMAC] | None = None  # (date, key, HMAC keyed with it): once a day
+        # (date, key, the HMAC's inner and outer SHA-256 states keyed with it): once a day
+        self._key: tuple[str, bytes, Any, Any] | None = None
         self._stamp: tuple[int, str] = (-1, "")  # (second, x-amz-date): formatted once a second
         self._kinds: dict[tuple[Any, ...], _Canonical] = {}
         self._scope_tail = f"/{region}/{service}/aws4_request"
@@ -123,19 +125,24 @@ class SigV4Signer:
     def _signing_key(self, date: str) -> bytes:
         return self._keyed(date)[1]
 
-    def _keyed(self, date: str) -> tuple[str, bytes, hmac.HMAC]:
+    def _keyed(self, date: str) -> tuple[str, bytes, Any, Any]:
         cached = self._key
         if cached is not None and cached[0] == date:
             return cached
         key = signing_key(self.credentials.secret_key, date, self.region, self.service)
-        cached = self._key = (date, key, hmac.new(key, digestmod="sha256"))
+        block = key.ljust(64, b"\0")  # HMAC (RFC 2104) with SHA-256: the key padded to the 64-byte block
+        inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
+        outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
+        cached = self._key = (date, key, inner, outer)
         return cached
 
     def _canonical(self, method: str, host: str, raw_path: str, raw_query: str,
                    headers: dict[str, str]) -> _Canonical:
-        kind = (method, host, raw_path, raw_query, *headers.items())
+        # by the headers' identity (a provider passes the same mapping each time) and checked to be them: a
+        # memo entry holds its mapping, so no other can take its id while it is there
+        kind = (method, host, raw_path, raw_query, id(headers))
         found = self._kinds.get(kind)
-        if found is not None:
+        if found is not None and found.source is headers:
             return found
         sent = {**headers, "host": host}
         sent.pop("x-amz-date", None)
@@ -151,7 +158,7 @@ class SigV4Signer:
             encoded: EncodedHeaders | None = EncodedHeaders(sent) if self._plain else None
         except ValueError:  # sent as a mapping: the client refuses it with its own error
             encoded = None
-        found = _Canonical(f"{method.upper()}\n{canonical_uri(raw_path)}\n{canonical_query(raw_query)}\n"
+        found = _Canonical(headers, f"{method.upper()}\n{canonical_uri(raw_path)}\n{canonical_query(raw_query)}\n"
                            f"{''.join(lines)}x-amz-date:", f"\n{after}\n{signed}\n", signed, sent, encoded)
         if len(self._kinds) >= self._MAX_KINDS:
             self._kinds.clear()
@@ -168,14 +175,18 @@ class SigV4Signer:
         date = timestamp[:8]
         canonical = c.head + timestamp + c.tail + hashlib.sha256(body).hexdigest()
         scope = date + self._scope_tail
-        mac = self._keyed(date)[2].copy()
+        _, _, inner, outer = self._keyed(date)
+        mac = inner.copy()
         mac.update(f"{ALGORITHM}\n{timestamp}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}".encode())
+        sig = outer.copy()
+        sig.update(mac.digest())
         return timestamp, (f"{ALGORITHM} Credential={self.credentials.access_key}/{scope}, "
-                           f"SignedHeaders={c.signed}, Signature={mac.hexdigest()}")
+                           f"SignedHeaders={c.signed}, Signature={sig.hexdigest()}")
 
     def sign(self, method: str, host: str, raw_path: str, body: bytes, headers: dict[str, str],
              raw_query: str = "", now: float | None = None) -> dict[str, str]:
-        """``headers`` (lower-case names) plus host, x-amz-date, the session token and authorization."""
+        """``headers`` (lower-case names) plus host, x-amz-date, the session token and authorization. What is
+        made of ``headers`` is kept for the next request passing the same mapping: it must not change after."""
         c = self._canonical(method, host, raw_path, raw_query, headers)
         timestamp, authorization = self._signature(c, body, now)
         return {**c.headers, "x-amz-date": timestamp, "authorization": authorization}

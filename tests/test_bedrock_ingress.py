@@ -193,11 +193,77 @@ def test_invoke_model_with_response_stream_carries_messages_events(client: Any) 
         assert events[-1]["amazon-bedrock-invocationMetrics"]["outputTokenCount"] > 0
 
 
-def test_invoke_refuses_a_body_that_is_not_anthropics(client: Any) -> None:
+def test_invoke_refuses_a_body_of_no_family_it_knows(client: Any) -> None:
     with pytest.raises(ClientError) as e:
-        client.invoke_model(modelId="gpt", body=orjson.dumps({"inputText": "titan?"}))
+        client.invoke_model(modelId="gpt", body=orjson.dumps({"inputs": "a Hugging Face body?"}))
     assert e.value.response["Error"]["Code"] == "ValidationException"
     assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+
+
+# (body, the answer's text, its output token count, its stop) of each InvokeModel body family, and of each of its
+# stream chunks (text, the last chunk's stop); every upstream kind serves them (the emulators echo the prompt)
+FAMILIES: dict[str, tuple[dict[str, Any], Any, Any, Any, Any, Any]] = {
+    "nova": ({"schemaVersion": "messages-v1", "system": [{"text": "be brief"}],
+              "messages": [{"role": "user", "content": [{"text": "family nova"}]}],
+              "inferenceConfig": {"max_new_tokens": 60, "temperature": 0.2, "top_p": 0.9, "top_k": 5}},
+             lambda a: a["output"]["message"]["content"][0]["text"], lambda a: a["usage"]["outputTokens"],
+             lambda a: a["stopReason"],
+             lambda c: (c.get("contentBlockDelta") or {}).get("delta", {}).get("text", ""),
+             lambda c: (c.get("messageStop") or {}).get("stopReason")),
+    "llama": ({"prompt": "<|begin_of_text|>family llama", "max_gen_len": 60, "temperature": 0.5, "top_p": 0.9},
+              lambda a: a["generation"], lambda a: a["generation_token_count"], lambda a: a["stop_reason"],
+              lambda c: c["generation"], lambda c: c["stop_reason"]),
+    "mistral": ({"prompt": "<s>[INST] family mistral [/INST]", "max_tokens": 60, "top_k": 5, "stop": ["</s>"]},
+                lambda a: a["outputs"][0]["text"], lambda a: 1, lambda a: a["outputs"][0]["stop_reason"],
+                lambda c: c["outputs"][0]["text"], lambda c: c["outputs"][0]["stop_reason"]),
+    "titan": ({"inputText": "family titan", "textGenerationConfig": {"maxTokenCount": 60, "temperature": 0.1,
+                                                                      "topP": 0.9, "stopSequences": []}},
+              lambda a: a["results"][0]["outputText"], lambda a: a["results"][0]["tokenCount"],
+              lambda a: a["results"][0]["completionReason"],
+              lambda c: c["outputText"], lambda c: c["completionReason"]),
+    "cohere": ({"message": "family cohere", "preamble": "be brief", "max_tokens": 60, "p": 0.9,
+                "chat_history": [{"role": "USER", "message": "hi"}, {"role": "CHATBOT", "message": "hello"}]},
+               lambda a: a["text"], lambda a: a["meta"]["billed_units"]["output_tokens"], lambda a: a["finish_reason"],
+               lambda c: c.get("text", "") if c["event_type"] == "text-generation" else "",
+               lambda c: c.get("finish_reason")),
+}
+STOPS = {"nova": "end_turn", "llama": "stop", "mistral": "stop", "titan": "FINISH", "cohere": "COMPLETE"}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("model", ["gpt", "claude", "bedrock"])
+def test_invoke_model_serves_each_bodys_family_in_its_own_shape(client: Any, family: str, model: str) -> None:
+    body, text, tokens, stop, _, _ = FAMILIES[family]
+    resp = client.invoke_model(modelId=model, body=orjson.dumps(body))
+    answer = orjson.loads(resp["body"].read())
+    assert f"family {family}" in text(answer), answer
+    assert tokens(answer) > 0 and stop(answer) == STOPS[family]
+    assert int(resp["ResponseMetadata"]["HTTPHeaders"]["x-amzn-bedrock-output-token-count"]) > 0
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("model", ["gpt", "gemini"])
+def test_invoke_model_with_response_stream_streams_each_family_in_its_own_chunks(
+        client: Any, family: str, model: str) -> None:
+    body, _, _, _, piece, last = FAMILIES[family]
+    resp = client.invoke_model_with_response_stream(modelId=model, body=orjson.dumps(body))
+    chunks = [orjson.loads(e["chunk"]["bytes"]) for e in resp["body"]]
+    assert len(chunks) > 2
+    assert f"family {family}" in "".join(piece(c) or "" for c in chunks)
+    assert last(chunks[-1] if family != "nova" else chunks[-2]) == STOPS[family]
+    assert chunks[-1]["amazon-bedrock-invocationMetrics"]["outputTokenCount"] > 0
+    assert chunks[-1]["amazon-bedrock-invocationMetrics"]["inputTokenCount"] > 0
+    if family == "nova":
+        assert list(chunks[0]) == ["messageStart"] and chunks[-1]["metadata"]["usage"]["outputTokens"] > 0
+    if family == "cohere":
+        assert chunks[0]["event_type"] == "stream-start" and chunks[-1]["is_finished"]
+        assert f"family {family}" in chunks[-1]["response"]["text"]
+
+
+def test_an_invoke_family_names_the_fields_it_left_out(client: Any) -> None:
+    body = {"prompt": "dropped", "max_tokens": 20, "top_k": 3}
+    resp = client.invoke_model(modelId="gpt", body=orjson.dumps(body))
+    assert resp["ResponseMetadata"]["HTTPHeaders"]["x-relaygate-dropped-params"] == "top_k"
 
 
 def test_a_wrong_secret_is_refused_in_bedrocks_format(stack: tuple[GatewayThread, dict[str, BackgroundServer]]) -> None:

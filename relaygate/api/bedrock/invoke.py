@@ -15,9 +15,11 @@ import orjson
 
 from relaygate.api.anthropic.messages import messages_call, messages_dialect
 from relaygate.api.bedrock.errors import bedrock_error
+from relaygate.api.bedrock.families import Family, family_of
 from relaygate.api.bedrock.translate import exception_frame
+from relaygate.api.chat import chat_call
 from relaygate.api.common import object_body
-from relaygate.api.dialects import answer
+from relaygate.api.dialects import ForeignDialect, answer
 from relaygate.core.call import Usage
 from relaygate.core.errors import BadRequest
 from relaygate.providers.aws import eventstream as es
@@ -36,10 +38,15 @@ ANTHROPIC_VERSION = "bedrock-2023-05-31"
 async def _answer(gw: Gateway, req: Request, key: Principal | None, model: str,
                   stream: bool) -> Response | StreamResponse:
     body = object_body(await req.json(gw.config.server.max_body_bytes))
+    if "anthropic_version" not in body:
+        family = family_of(body, model)
+        if family is not None:
+            return await _family(gw, req, key, model, stream, body, family)
     version = body.pop("anthropic_version", None)
     if version != ANTHROPIC_VERSION:
-        raise BadRequest(f"anthropic_version: this gateway serves InvokeModel for Anthropic bodies: it must be "
-                         f"{ANTHROPIC_VERSION!r}", param="anthropic_version")
+        raise BadRequest(f"anthropic_version: this gateway serves InvokeModel for Anthropic bodies (it must be "
+                         f"{ANTHROPIC_VERSION!r}) and Amazon Nova, Meta Llama, Mistral, Amazon Titan Text and "
+                         "Cohere Command R bodies; this body is none of them", param="anthropic_version")
     beta = body.pop("anthropic_beta", None)  # Bedrock's anthropic-beta header, as a body field: no counterpart
     if "model" in body or "stream" in body:
         raise BadRequest("model and stream are not fields of an InvokeModel body (the URL says them)",
@@ -63,6 +70,25 @@ async def _answer(gw: Gateway, req: Request, key: Principal | None, model: str,
     reply.stream = _chunks(reply.stream, reply, call.started)
     reply.media_type = EVENTSTREAM
     return StreamResponse(reply, out.headers, exception_frame)
+
+
+async def _family(gw: Gateway, req: Request, key: Principal | None, model: str, stream: bool,
+                  body: dict[str, Any], family: Family) -> Response | StreamResponse:
+    """A body of another family: translated to a chat call, the answer back in the family's own shape."""
+    request, dropped = family.request(body, model, stream)
+    call = chat_call(gw, req, request, key)
+    call.wants_usage = stream  # the usage feeds the last chunk (and Bedrock's invocation metrics)
+    reply = await gw.handle(call)
+    started = call.started
+    dialect = ForeignDialect(lambda _: family.writer(started), lambda data, usage, _: family.whole(data, usage),
+                             lambda e: bedrock_error(e, req.id), exception_frame)
+    out = answer(dialect, call, reply, False, dropped, {"x-amzn-requestid": req.id})
+    if isinstance(out, StreamResponse):
+        reply.media_type = EVENTSTREAM
+    elif out.status == 200 and reply.usage is not None and reply.usage.known:
+        out.headers["x-amzn-bedrock-input-token-count"] = str(reply.usage.prompt_tokens)
+        out.headers["x-amzn-bedrock-output-token-count"] = str(reply.usage.completion_tokens)
+    return out
 
 
 async def invoke(gw: Gateway, req: Request, key: Principal | None, model: str) -> Response | StreamResponse:

@@ -1,0 +1,384 @@
+"""InvokeModel bodies of the model families besides Anthropic's (docs/bedrock.md): Amazon Nova
+(``schemaVersion: messages-v1``), Meta Llama (``prompt``, ``max_gen_len``), Mistral's text completion
+(``prompt``, ``max_tokens``), Amazon Titan Text (``inputText``, ``textGenerationConfig``) and Cohere Command R
+(``message``, ``chat_history``). Each is translated to an OpenAI chat request (served by any model, through
+the whole pipeline), and the answer back to the family's documented response, whole or as
+InvokeModelWithResponseStream ``chunk`` events (``{"bytes": base64(JSON)}``), the last of which carries
+``amazon-bedrock-invocationMetrics`` as Bedrock's do."""
+
+from __future__ import annotations
+
+import base64
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from relaygate.api.bedrock import translate as converse
+from relaygate.core.call import Usage
+from relaygate.core.errors import BadRequest
+from relaygate.providers.aws import eventstream as es
+
+
+def _bad(where: str, what: str) -> BadRequest:
+    return BadRequest(f"{where}: {what}", param=where)
+
+
+def chunk_frame(data: dict[str, Any]) -> bytes:
+    """One InvokeModelWithResponseStream ``chunk`` event: the JSON part, base64 in ``bytes``."""
+    return es.event("chunk", orjson.dumps({"bytes": base64.b64encode(orjson.dumps(data)).decode()}))
+
+
+def metrics(usage: Usage | None, started: float, first: float | None) -> dict[str, int]:
+    u = usage or Usage()
+    now = time.monotonic()
+    return {"inputTokenCount": u.prompt_tokens, "outputTokenCount": u.completion_tokens,
+            "invocationLatency": max(0, int((now - started) * 1000)),
+            "firstByteLatency": max(0, int(((first or now) - started) * 1000))}
+
+
+def _text(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise _bad(where, "must be a string")
+    return value
+
+
+def _set(req: dict[str, Any], body: dict[str, Any], pairs: tuple[tuple[str, str], ...]) -> None:
+    for name, chat in pairs:
+        if body.get(name) is not None:
+            req[chat] = body[name]
+
+
+def _stream(req: dict[str, Any], stream: bool) -> dict[str, Any]:
+    if stream:
+        req["stream"] = True
+        req["stream_options"] = {"include_usage": True}
+    return req
+
+
+def _answer_text(data: dict[str, Any]) -> tuple[str, str]:
+    """(text, finish_reason) of a whole chat.completion."""
+    choice = (data.get("choices") or [{}])[0]
+    msg = choice.get("message") or {}
+    return str(msg.get("content") or ""), str(choice.get("finish_reason") or "stop")
+
+
+def _usage(data: dict[str, Any], usage: Usage | None) -> Usage:
+    return usage or Usage.from_openai(data.get("usage")) or Usage()
+
+
+class TextWriter:
+    """OpenAI chunks in, a text family's stream chunks out: each text delta one chunk, the finish and the usage
+    (and Bedrock's invocation metrics) on the last. ``piece(text)`` and ``last(finish, usage)`` make a
+    family's chunk JSON."""
+
+    __slots__ = ("piece", "last", "started", "first", "finish", "sent")
+
+    def __init__(self, piece: Callable[[str, int], dict[str, Any]],
+                 last: Callable[[str, Usage], dict[str, Any]], started: float) -> None:
+        self.piece = piece
+        self.last = last
+        self.started = started
+        self.first: float | None = None
+        self.finish = "stop"
+        self.sent = 0  # text deltas sent (Titan's running count stands in for tokens until the usage comes)
+
+    def chunk(self, chunk: dict[str, Any]) -> bytes:
+        out = b""
+        for choice in chunk.get("choices") or ():
+            if choice.get("index", 0) != 0:
+                continue
+            text = (choice.get("delta") or {}).get("content")
+            if text:
+                if self.first is None:
+                    self.first = time.monotonic()
+                self.sent += 1
+                out += chunk_frame(self.piece(text, self.sent))
+            if choice.get("finish_reason"):
+                self.finish = choice["finish_reason"]
+        return out
+
+    def error(self, err: dict[str, Any]) -> bytes:
+        e = err.get("error")
+        message = str((e if isinstance(e, dict) else err).get("message") or "upstream error")
+        return es.exception("modelStreamErrorException", orjson.dumps({"message": message}))
+
+    def end(self, usage: Usage | None) -> bytes:
+        u = usage or Usage()
+        data = self.last(self.finish, u)
+        data["amazon-bedrock-invocationMetrics"] = metrics(u, self.started, self.first)
+        return chunk_frame(data)
+
+
+@dataclass(frozen=True, slots=True)
+class Family:
+    """One InvokeModel body family: its request as a chat request, its whole answer, its stream writer."""
+
+    name: str
+    request: Callable[[dict[str, Any], str, bool], tuple[dict[str, Any], list[str]]]
+    whole: Callable[[dict[str, Any], Usage | None], dict[str, Any]]
+    writer: Callable[[float], Any]
+
+
+# ---- Meta Llama -------------------------------------------------------------------------------------------
+
+_LLAMA_STOP = {"length": "length"}
+
+
+def _llama_request(body: dict[str, Any], model: str, stream: bool) -> tuple[dict[str, Any], list[str]]:
+    req = {"model": model, "messages": [{"role": "user", "content": _text(body.get("prompt"), "prompt")}]}
+    _set(req, body, (("max_gen_len", "max_completion_tokens"), ("temperature", "temperature"), ("top_p", "top_p")))
+    return _stream(req, stream), [n for n in ("images",) if body.get(n) is not None]
+
+
+def _llama_whole(data: dict[str, Any], usage: Usage | None) -> dict[str, Any]:
+    text, finish = _answer_text(data)
+    u = _usage(data, usage)
+    return {"generation": text, "prompt_token_count": u.prompt_tokens, "generation_token_count": u.completion_tokens,
+            "stop_reason": _LLAMA_STOP.get(finish, "stop")}
+
+
+def _llama_writer(started: float) -> TextWriter:
+    return TextWriter(
+        lambda text, n: {"generation": text, "prompt_token_count": None, "generation_token_count": n,
+                         "stop_reason": None},
+        lambda finish, u: {"generation": "", "prompt_token_count": u.prompt_tokens,
+                           "generation_token_count": u.completion_tokens,
+                           "stop_reason": _LLAMA_STOP.get(finish, "stop")}, started)
+
+
+# ---- Mistral (text completion) --------------------------------------------------------------------------
+
+def _mistral_request(body: dict[str, Any], model: str, stream: bool) -> tuple[dict[str, Any], list[str]]:
+    req = {"model": model, "messages": [{"role": "user", "content": _text(body.get("prompt"), "prompt")}]}
+    _set(req, body, (("max_tokens", "max_completion_tokens"), ("temperature", "temperature"), ("top_p", "top_p"),
+                     ("stop", "stop")))
+    return _stream(req, stream), [n for n in ("top_k",) if body.get(n) is not None]
+
+
+def _mistral_whole(data: dict[str, Any], usage: Usage | None) -> dict[str, Any]:
+    text, finish = _answer_text(data)
+    return {"outputs": [{"text": text, "stop_reason": "length" if finish == "length" else "stop"}]}
+
+
+def _mistral_writer(started: float) -> TextWriter:
+    return TextWriter(lambda text, n: {"outputs": [{"text": text, "stop_reason": None}]},
+                      lambda finish, u: {"outputs": [{"text": "", "stop_reason":
+                                                      "length" if finish == "length" else "stop"}]}, started)
+
+
+# ---- Amazon Titan Text -------------------------------------------------------------------------------------
+
+_TITAN_REASONS = {"length": "LENGTH", "content_filter": "CONTENT_FILTERED"}
+
+
+def _titan_request(body: dict[str, Any], model: str, stream: bool) -> tuple[dict[str, Any], list[str]]:
+    req = {"model": model, "messages": [{"role": "user", "content": _text(body.get("inputText"), "inputText")}]}
+    cfg = body.get("textGenerationConfig")
+    if cfg is not None:
+        if not isinstance(cfg, dict):
+            raise _bad("textGenerationConfig", "must be an object")
+        _set(req, cfg, (("maxTokenCount", "max_completion_tokens"), ("temperature", "temperature"),
+                        ("topP", "top_p")))
+        if cfg.get("stopSequences"):
+            req["stop"] = cfg["stopSequences"]
+    return _stream(req, stream), []
+
+
+def _titan_whole(data: dict[str, Any], usage: Usage | None) -> dict[str, Any]:
+    text, finish = _answer_text(data)
+    u = _usage(data, usage)
+    return {"inputTextTokenCount": u.prompt_tokens, "results": [{
+        "tokenCount": u.completion_tokens, "outputText": text,
+        "completionReason": _TITAN_REASONS.get(finish, "FINISH")}]}
+
+
+def _titan_writer(started: float) -> TextWriter:
+    return TextWriter(
+        lambda text, n: {"outputText": text, "index": 0, "totalOutputTextTokenCount": n, "completionReason": None,
+                         "inputTextTokenCount": None},
+        lambda finish, u: {"outputText": "", "index": 0, "totalOutputTextTokenCount": u.completion_tokens,
+                           "completionReason": _TITAN_REASONS.get(finish, "FINISH"),
+                           "inputTextTokenCount": u.prompt_tokens}, started)
+
+
+# ---- Cohere Command R --------------------------------------------------------------------------------------
+
+_COHERE_REASONS = {"length": "MAX_TOKENS", "tool_calls": "COMPLETE", "content_filter": "ERROR_TOXIC"}
+_COHERE_DROPPED = ("documents", "search_queries_only", "tools", "tool_results", "k", "prompt_truncation",
+                   "return_prompt", "raw_prompting", "force_single_step")
+
+
+def _cohere_request(body: dict[str, Any], model: str, stream: bool) -> tuple[dict[str, Any], list[str]]:
+    messages: list[dict[str, Any]] = []
+    if body.get("preamble") is not None:
+        messages.append({"role": "system", "content": _text(body["preamble"], "preamble")})
+    history = body.get("chat_history") or []
+    if not isinstance(history, list):
+        raise _bad("chat_history", "must be a list")
+    roles = {"USER": "user", "CHATBOT": "assistant", "SYSTEM": "system"}
+    for i, turn in enumerate(history):
+        role = roles.get(str(turn.get("role", "")).upper()) if isinstance(turn, dict) else None
+        if role is None:
+            raise _bad(f"chat_history[{i}].role", "must be USER, CHATBOT or SYSTEM")
+        messages.append({"role": role, "content": _text(turn.get("message"), f"chat_history[{i}].message")})
+    messages.append({"role": "user", "content": _text(body.get("message"), "message")})
+    req = {"model": model, "messages": messages}
+    _set(req, body, (("max_tokens", "max_completion_tokens"), ("temperature", "temperature"), ("p", "top_p"),
+                     ("stop_sequences", "stop"), ("seed", "seed"), ("frequency_penalty", "frequency_penalty"),
+                     ("presence_penalty", "presence_penalty")))
+    return _stream(req, stream), [n for n in _COHERE_DROPPED if body.get(n) is not None]
+
+
+def _cohere_whole(data: dict[str, Any], usage: Usage | None) -> dict[str, Any]:
+    text, finish = _answer_text(data)
+    u = _usage(data, usage)
+    return {"response_id": str(uuid.uuid4()), "text": text, "generation_id": str(uuid.uuid4()),
+            "finish_reason": _COHERE_REASONS.get(finish, "COMPLETE"),
+            "meta": {"billed_units": {"input_tokens": u.prompt_tokens, "output_tokens": u.completion_tokens}}}
+
+
+class _CohereWriter(TextWriter):
+    """Command R's stream: ``stream-start``, ``text-generation`` events, ``stream-end`` with the whole response."""
+
+    __slots__ = ("text", "ids", "begun")
+
+    def __init__(self, started: float) -> None:
+        super().__init__(self._piece, self._last, started)
+        self.begun = False
+        self.text: list[str] = []
+        self.ids = (str(uuid.uuid4()), str(uuid.uuid4()))
+
+    def _piece(self, text: str, n: int) -> dict[str, Any]:
+        self.text.append(text)
+        return {"is_finished": False, "event_type": "text-generation", "text": text}
+
+    def _last(self, finish: str, u: Usage) -> dict[str, Any]:
+        reason = _COHERE_REASONS.get(finish, "COMPLETE")
+        return {"is_finished": True, "event_type": "stream-end", "finish_reason": reason, "response": {
+            "response_id": self.ids[0], "text": "".join(self.text), "generation_id": self.ids[1],
+            "finish_reason": reason,
+            "meta": {"billed_units": {"input_tokens": u.prompt_tokens, "output_tokens": u.completion_tokens}}}}
+
+    def chunk(self, chunk: dict[str, Any]) -> bytes:
+        start = b""
+        if not self.begun:
+            self.begun = True
+            start = chunk_frame({"is_finished": False, "event_type": "stream-start", "generation_id": self.ids[1]})
+        return start + super().chunk(chunk)
+
+    def end(self, usage: Usage | None) -> bytes:
+        return self.chunk({}) + super().end(usage) if not self.begun else super().end(usage)
+
+
+# ---- Amazon Nova (messages-v1) -----------------------------------------------------------------------------
+
+_NOVA_INFERENCE = {"max_new_tokens": "maxTokens", "temperature": "temperature", "top_p": "topP",
+                   "stopSequences": "stopSequences"}
+
+
+def _nova_converse(body: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The Nova body as the Converse request it mirrors (Nova's inferenceConfig names its fields otherwise)."""
+    out = {k: v for k, v in body.items() if k not in ("schemaVersion", "inferenceConfig")}
+    dropped: list[str] = []
+    cfg = body.get("inferenceConfig")
+    if cfg is not None:
+        if not isinstance(cfg, dict):
+            raise _bad("inferenceConfig", "must be an object")
+        mapped: dict[str, Any] = {}
+        for name, value in cfg.items():
+            target = _NOVA_INFERENCE.get(name) or (name if name in ("maxTokens", "topP") else None)
+            if target is None:
+                dropped.append(f"inferenceConfig.{name}")
+            else:
+                mapped[target] = value
+        out["inferenceConfig"] = mapped
+    return out, dropped
+
+
+def _nova_request(body: dict[str, Any], model: str, stream: bool) -> tuple[dict[str, Any], list[str]]:
+    request, dropped = _nova_converse(body)
+    req, more = converse.to_openai_request(request, model, stream)
+    return req, dropped + more
+
+
+def _nova_whole(data: dict[str, Any], usage: Usage | None) -> dict[str, Any]:
+    out = converse.to_converse_response(data, usage, time.monotonic())
+    out.pop("metrics", None)
+    u = out["usage"]
+    for ours, nova in (("cacheReadInputTokens", "cacheReadInputTokenCount"),
+                       ("cacheWriteInputTokens", "cacheWriteInputTokenCount")):
+        if ours in u:
+            u[nova] = u.pop(ours)
+    return out
+
+
+class _NovaWriter:
+    """ConverseStream's events (the Converse writer's), each as one chunk ``{"<event>": {...}}``, Nova's stream."""
+
+    __slots__ = ("inner", "decoder", "started", "first")
+
+    def __init__(self, started: float) -> None:
+        self.inner = converse.EventWriter(started)
+        self.decoder = es.EventStreamDecoder()
+        self.started = started
+        self.first: float | None = None
+
+    def _rewrap(self, frames: bytes, usage: Usage | None = None) -> bytes:
+        out = []
+        for msg in self.decoder.feed(frames):
+            if msg.message_type != "event":  # an exception frame stays as it is
+                out.append(es.exception(str(msg.headers.get(":exception-type", "modelStreamErrorException")),
+                                        msg.payload))
+                continue
+            payload = orjson.loads(msg.payload)
+            if msg.event_type == "metadata":
+                payload = {"usage": payload.get("usage"), "metrics": {}, "trace": {}}
+                data: dict[str, Any] = {"metadata": payload}
+                data["amazon-bedrock-invocationMetrics"] = metrics(usage, self.started, self.first)
+            else:
+                if self.first is None:
+                    self.first = time.monotonic()
+                data = {msg.event_type: payload}
+            out.append(chunk_frame(data))
+        return b"".join(out)
+
+    def chunk(self, chunk: dict[str, Any]) -> bytes:
+        return self._rewrap(self.inner.chunk(chunk))
+
+    def error(self, err: dict[str, Any]) -> bytes:
+        return self.inner.error(err)
+
+    def end(self, usage: Usage | None) -> bytes:
+        return self._rewrap(self.inner.end(usage), usage)
+
+
+FAMILIES = {
+    "nova": Family("nova", _nova_request, _nova_whole, _NovaWriter),
+    "llama": Family("llama", _llama_request, _llama_whole, _llama_writer),
+    "mistral": Family("mistral", _mistral_request, _mistral_whole, _mistral_writer),
+    "titan": Family("titan", _titan_request, _titan_whole, _titan_writer),
+    "cohere": Family("cohere", _cohere_request, _cohere_whole, _CohereWriter),
+}
+
+
+def family_of(body: dict[str, Any], model_id: str) -> Family | None:
+    """The family an InvokeModel body is written for, by its fields (the model id decides between the two that
+    both take a bare ``prompt``); None for a body of none of them."""
+    if body.get("schemaVersion") == "messages-v1" or ("messages" in body and "anthropic_version" not in body
+                                                       and "max_tokens" not in body):
+        return FAMILIES["nova"]
+    if "inputText" in body:
+        return FAMILIES["titan"]
+    if isinstance(body.get("message"), str):
+        return FAMILIES["cohere"]
+    if "prompt" in body:
+        if "max_gen_len" in body:
+            return FAMILIES["llama"]
+        if any(n in body for n in ("max_tokens", "top_k", "stop")):
+            return FAMILIES["mistral"]
+        return FAMILIES["mistral"] if "mistral" in model_id.lower() else FAMILIES["llama"]
+    return None

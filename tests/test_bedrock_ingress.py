@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import datetime
+import hashlib
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import boto3
+import botocore.auth
+import botocore.awsrequest
+import botocore.credentials
 import httpx
 import orjson
 import pytest
@@ -411,3 +416,62 @@ def test_a_model_still_loading_upstream_is_modelnotready_for_the_client(
         client.converse(modelId="bedrock", messages=[user("not ready")])
     assert e.value.response["Error"]["Code"] == "ModelNotReadyException"
     assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 429
+
+
+def _presigned(gw: GatewayThread, path: str, body: bytes, signer: Any, expires: int = 60,
+               when: datetime.datetime | None = None, key: str = APP_KEY) -> tuple[str, dict[str, str]]:
+    """A presigned URL for ``POST path`` made by one of botocore's query-string signers with the key's AWS
+    pair, and the headers to send with it."""
+    pair = aws_pair(gw, key)
+    creds = botocore.credentials.Credentials(pair["aws_access_key_id"], pair["aws_secret_access_key"])
+    headers = {"Content-Type": "application/json"}
+    if signer is botocore.auth.SigV4QueryAuth:  # it signs the body's hash: given as a header (else it would
+        headers["X-Amz-Content-SHA256"] = hashlib.sha256(body).hexdigest()  # move the body into the query)
+    request = botocore.awsrequest.AWSRequest(method="POST", url=gw.url + path, headers=headers)
+    if when is not None:
+        request.context["timestamp"] = when.strftime("%Y%m%dT%H%M%SZ")
+        original = botocore.auth.get_current_datetime
+        botocore.auth.get_current_datetime = lambda: when
+    try:
+        signer(creds, "bedrock", "us-east-1", expires=expires).add_auth(request)
+    finally:
+        if when is not None:
+            botocore.auth.get_current_datetime = original
+    assert "X-Amz-Signature=" in request.url and "authorization" not in {k.lower() for k in request.headers}
+    return request.url, dict(request.headers)
+
+
+@pytest.mark.parametrize("signer", ["SigV4QueryAuth", "S3SigV4QueryAuth"])
+def test_a_presigned_url_is_accepted_within_its_expiry(
+        stack: tuple[GatewayThread, dict[str, BackgroundServer]], signer: str) -> None:
+    """Query-string SigV4 (X-Amz-Algorithm, -Credential, -Date, -Expires, -SignedHeaders, -Signature): the
+    body's hash signed (botocore's SigV4QueryAuth, the hash as x-amz-content-sha256) or UNSIGNED-PAYLOAD
+    (S3SigV4QueryAuth: a URL presigned without knowing the body)."""
+    gw = stack[0]
+    body = orjson.dumps({"messages": [user("presigned hello")]})
+    url, headers = _presigned(gw, "/model/gpt/converse", body, getattr(botocore.auth, signer))
+    r = httpx.post(url, content=body, headers=headers)
+    assert r.status_code == 200, r.text
+    assert "presigned hello" in r.json()["output"]["message"]["content"][0]["text"]
+    if signer == "SigV4QueryAuth":  # another body than the one signed is refused
+        r = httpx.post(url, content=body.replace(b"hello", b"HELLO"), headers=headers)
+        assert r.status_code == 403 and r.headers["x-amzn-errortype"].startswith("InvalidSignatureException")
+
+
+def test_a_presigned_url_is_refused_once_expired_or_tampered_with(
+        stack: tuple[GatewayThread, dict[str, BackgroundServer]]) -> None:
+    gw = stack[0]
+    body = orjson.dumps({"messages": [user("too late")]})
+    ago = datetime.datetime.now(datetime.UTC).replace(tzinfo=None) - datetime.timedelta(seconds=120)
+    url, headers = _presigned(gw, "/model/gpt/converse", body, botocore.auth.S3SigV4QueryAuth, expires=60, when=ago)
+    r = httpx.post(url, content=body, headers=headers)
+    assert r.status_code == 403 and r.headers["x-amzn-errortype"].startswith("InvalidSignatureException")
+    assert "expired" in r.json()["message"]
+    url, headers = _presigned(gw, "/model/gpt/converse", body, botocore.auth.S3SigV4QueryAuth, expires=600, when=ago)
+    assert httpx.post(url, content=body, headers=headers).status_code == 200  # the same age, a longer expiry
+    r = httpx.post(url.replace("/model/gpt/", "/model/claude/"), content=body, headers=headers)
+    assert r.status_code == 403, r.text  # the path is signed
+    r = httpx.post(url.replace("X-Amz-Expires=600", "X-Amz-Expires=6000"), content=body, headers=headers)
+    assert r.status_code == 403, r.text  # so is the expiry
+    r = httpx.post(url.replace("X-Amz-Expires=600", "X-Amz-Expires=999999"), content=body, headers=headers)
+    assert r.status_code == 403 and r.headers["x-amzn-errortype"].startswith("AuthorizationQueryParametersError")

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from relaygate.auth.authenticator import Authenticator
 from relaygate.auth.keys import Principal, hash_secret
 from relaygate.core.errors import AuthError
-from relaygate.providers.aws.sigv4 import SignatureError, SignedBy, verify
+from relaygate.providers.aws.sigv4 import Presigned, SignatureError, SignedBy, verify, verify_presigned
 
 SERVICE = "bedrock"  # what boto3's bedrock-runtime client signs for
 
@@ -49,11 +49,15 @@ def issued_credentials(auth: Authenticator, key_id: str, secret: str) -> dict[st
     return {"aws_access_key_id": key_id, "aws_secret_access_key": aws_secret(auth, hash_secret(secret))}
 
 
-async def sigv4_caller(auth: Authenticator, by: SignedBy, method: str, raw_path: str, raw_query: str,
+async def sigv4_caller(auth: Authenticator, by: SignedBy | Presigned, method: str, raw_path: str, raw_query: str,
                        headers: Mapping[str, str], read_body: Callable[[], Awaitable[bytes]]) -> Principal:
-    """The key that signed the request, once its signature verifies with the key's derived secret (or, in the
-    rotation grace, the previous key's); the body (whose hash is signed) is read only for a known key.
-    Raises SigV4Refused in AWS's terms."""
+    """The key that signed the request (its ``Authorization`` header, or a presigned URL's query), once the
+    signature verifies with the key's derived secret (or, in the rotation grace, the previous key's); the
+    body (whose hash is signed) is read only for a known key. Raises SigV4Refused in AWS's terms."""
+    presigned = by if isinstance(by, Presigned) else None
+    if presigned is not None:
+        by = presigned.by
+    assert isinstance(by, SignedBy)
     principal = await auth.by_id(by.access_key)
     if principal is None:
         raise SigV4Refused("UnrecognizedClientException", "The security token included in the request is invalid.")
@@ -63,7 +67,10 @@ async def sigv4_caller(auth: Authenticator, by: SignedBy, method: str, raw_path:
     if principal.old_hash is not None and principal.old_expires_at is not None and principal.old_expires_at > now:
         secrets.append(aws_secret(auth, principal.old_hash))
     try:
-        verify(by, secrets, SERVICE, method, raw_path, raw_query, headers, body, now=now)
+        if presigned is not None:
+            verify_presigned(presigned, secrets, SERVICE, method, raw_path, raw_query, headers, body, now=now)
+        else:
+            verify(by, secrets, SERVICE, method, raw_path, raw_query, headers, body, now=now)
     except SignatureError as e:
         raise SigV4Refused(e.error_type, e.message) from None
     if principal.expires_at is not None and principal.expires_at <= now:

@@ -22,7 +22,14 @@ from relaygate.auth.authenticator import caller
 from relaygate.auth.aws import SigV4Refused, credentials, sigv4_caller
 from relaygate.auth.keys import Principal
 from relaygate.core.errors import AuthError, BadRequest, GatewayError, NotFound
-from relaygate.providers.aws.sigv4 import SignatureError, parse_authorization
+from relaygate.providers.aws.sigv4 import (
+    Presigned,
+    SignatureError,
+    SignedBy,
+    is_presigned,
+    parse_authorization,
+    parse_presigned,
+)
 from relaygate.server.http import Request, Response, StreamResponse
 
 if TYPE_CHECKING:
@@ -30,14 +37,17 @@ if TYPE_CHECKING:
 
 
 async def bedrock_caller(gw: Gateway, req: Request) -> Principal | None:
-    """The caller: a SigV4 signature verified against its key's derived secret (the body is read for its hash
-    only once the key is known), else the usual bearer key."""
+    """The caller: a SigV4 signature (the ``Authorization`` header, or a presigned URL's ``X-Amz-*`` query)
+    verified against its key's derived secret (the body is read for its hash only once the key is known),
+    else the usual bearer key."""
     auth = gw.auth
     header = req.headers.get("authorization", "")
-    if auth is None or not header.startswith("AWS4-HMAC-SHA256"):
+    signed = header.startswith("AWS4-HMAC-SHA256")
+    presigned = not signed and not header and is_presigned(req.query)
+    if auth is None or not (signed or presigned):
         return await caller(auth, req.headers)
     try:
-        by = parse_authorization(header)
+        by: SignedBy | Presigned = parse_authorization(header) if signed else parse_presigned(req.query)
     except SignatureError as e:
         raise SigV4Refused(e.error_type, e.message) from None
     raw = req.scope.get("raw_path")

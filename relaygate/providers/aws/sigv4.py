@@ -274,3 +274,95 @@ def verify(by: SignedBy, secrets: Sequence[str], service: str, method: str, raw_
     raise SignatureError("InvalidSignatureException", "The request signature we calculated does not match the "
                          "signature you provided. Check your AWS Secret Access Key and signing method. Consult "
                          "the service documentation for details.")
+
+
+# ---- query-string (presigned) requests -------------------------------------------------------------------
+
+UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
+MAX_EXPIRES = 604_800  # a week, AWS's longest presigned validity
+_QUERY_AUTH = ("X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Date", "X-Amz-Expires", "X-Amz-SignedHeaders",
+               "X-Amz-Signature")
+
+
+@dataclass(frozen=True, slots=True)
+class Presigned:
+    """A presigned request's query-string signature: who signed (``by``), when, for how many seconds."""
+
+    by: SignedBy
+    stamp: str
+    expires: int
+
+
+def is_presigned(raw_query: str) -> bool:
+    return "X-Amz-Algorithm=" in raw_query
+
+
+def parse_presigned(raw_query: str) -> Presigned:
+    """The ``X-Amz-*`` parameters of a presigned URL; SignatureError when one is missing or malformed."""
+    params: dict[str, str] = {}
+    for part in raw_query.split("&"):
+        k, _, v = part.partition("=")
+        if k.startswith("X-Amz-"):
+            params[unquote(k)] = unquote(v)
+    missing = [name for name in _QUERY_AUTH if not params.get(name)]
+    if missing:
+        raise SignatureError("IncompleteSignatureException", "AWS query-string parameters must include "
+                             f"{', '.join(repr(n) for n in _QUERY_AUTH)}; missing {', '.join(missing)}.")
+    if params["X-Amz-Algorithm"] != ALGORITHM:
+        raise SignatureError("IncompleteSignatureException", f"X-Amz-Algorithm only supports '{ALGORITHM}'")
+    parts = params["X-Amz-Credential"].split("/")
+    signature = params["X-Amz-Signature"]
+    if len(parts) != 5 or parts[4] != "aws4_request" or not all(parts) or not re.fullmatch(r"[0-9a-f]{64}", signature):
+        raise SignatureError("IncompleteSignatureException", "X-Amz-Credential must be <access key>/<date>/<region>/"
+                             "<service>/aws4_request and X-Amz-Signature 64 hexadecimal digits.")
+    expires = params["X-Amz-Expires"]
+    if not expires.isdigit() or not 1 <= int(expires) <= MAX_EXPIRES:
+        raise SignatureError("AuthorizationQueryParametersError", "X-Amz-Expires must be a number of seconds from "
+                             f"1 to {MAX_EXPIRES} (a week).")
+    signed = tuple(params["X-Amz-SignedHeaders"].lower().split(";"))
+    return Presigned(SignedBy(parts[0], parts[1], parts[2], parts[3], signed, signature), params["X-Amz-Date"],
+                     int(expires))
+
+
+def verify_presigned(p: Presigned, secrets: Sequence[str], service: str, method: str, raw_path: str,
+                     raw_query: str, headers: Mapping[str, str], body: bytes, max_skew: float = 300.0,
+                     now: float | None = None) -> int:
+    """Check a presigned request's signature as ``verify`` checks a header's: within its ``X-Amz-Expires``
+    of its ``X-Amz-Date`` (and that date not ahead of the clock by more than ``max_skew``), over the query
+    without ``X-Amz-Signature`` and the body's SHA-256 (or ``UNSIGNED-PAYLOAD``, as URLs presigned without
+    knowing the body sign: anyone holding the URL may then send any body until it expires)."""
+    by = p.by
+    if by.service != service:
+        raise SignatureError("InvalidSignatureException", f"Credential should be scoped to a valid region and to "
+                             f"the service '{service}', not '{by.region}/{by.service}'.")
+    try:
+        signed_at = calendar.timegm(time.strptime(p.stamp, "%Y%m%dT%H%M%SZ"))
+    except ValueError:
+        raise SignatureError("IncompleteSignatureException", "X-Amz-Date must be in ISO-8601 'basic format'.") from None
+    clock = time.time() if now is None else now
+    if p.stamp[:8] != by.date or signed_at - clock > max_skew:
+        raise SignatureError("InvalidSignatureException", f"Signature not yet current: {p.stamp} is ahead of the "
+                             "gateway's clock, or not the date of the credential scope.")
+    if clock > signed_at + p.expires:
+        raise SignatureError("InvalidSignatureException", f"Signature expired: {p.stamp} + {p.expires} s is "
+                             "earlier than now.")
+    signed = list(by.signed)
+    if "host" not in signed or signed != sorted(signed):
+        raise SignatureError("InvalidSignatureException", "'Host' must be a signed header.")
+    payload_hash = hashlib.sha256(body).hexdigest()
+    claimed = headers.get("x-amz-content-sha256")
+    if claimed is not None and claimed not in (payload_hash, UNSIGNED_PAYLOAD):
+        raise SignatureError("InvalidSignatureException", "The provided 'x-amz-content-sha256' header does not "
+                             "match what was computed.")
+    query = "&".join(q for q in raw_query.split("&") if not q.startswith("X-Amz-Signature="))
+    scope = f"{by.date}/{by.region}/{by.service}/aws4_request"
+    for payload in ((claimed,) if claimed is not None else (payload_hash, UNSIGNED_PAYLOAD)):
+        canonical = canonical_request(method, raw_path, query, headers, signed, payload)
+        sts = string_to_sign(p.stamp, scope, canonical).encode()
+        for i, secret in enumerate(secrets):
+            expected = hmac.digest(_verifying_key(secret, by.date, by.region, by.service), sts, "sha256").hex()
+            if hmac.compare_digest(expected, by.signature):
+                return i
+    raise SignatureError("InvalidSignatureException", "The request signature we calculated does not match the "
+                         "signature you provided. Check your AWS Secret Access Key and signing method. Consult "
+                         "the service documentation for details.")

@@ -211,16 +211,29 @@ def test_the_upstreams_errors_come_back_in_openais_format_without_its_secrets(
     assert r.status_code == 401
 
 
-def test_hosted_is_the_default(upstream: GatewayThread, tmp_path: Any) -> None:
-    with GatewayThread(front_config(upstream, f"sqlite:///{tmp_path}/relaygate.db", passthrough=False)) as g:
+def test_hosted_is_the_default_and_its_objects_stay_hosted_after_a_switch(upstream: GatewayThread,
+                                                                          tmp_path: Any) -> None:
+    db = f"sqlite:///{tmp_path}/relaygate.db"
+    direct = openai.OpenAI(api_key=UPSTREAM_MASTER, base_url=upstream.base_url, max_retries=0)
+    with GatewayThread(front_config(upstream, db, passthrough=False)) as g:
         c = openai.OpenAI(api_key=KEY_A, base_url=g.base_url, max_retries=0)
         a = c.beta.assistants.create(model="assistants-upstream")
-        direct = openai.OpenAI(api_key=UPSTREAM_MASTER, base_url=upstream.base_url, max_retries=0)
         with pytest.raises(openai.NotFoundError):  # hosted here: the upstream never saw it
             direct.beta.assistants.retrieve(a.id)
         with pytest.raises(openai.NotFoundError) as e:
             c.vector_stores.list()
         assert "assistants.passthrough" in e.value.message
+        thread = c.beta.threads.create(messages=[{"role": "user", "content": "kept here"}])
+    with GatewayThread(front_config(upstream, db)) as g:  # now forwarding: what was hosted stays hosted
+        c = openai.OpenAI(api_key=KEY_A, base_url=g.base_url, max_retries=0)
+        assert c.beta.assistants.retrieve(a.id).model == "assistants-upstream"
+        run = c.beta.threads.runs.create_and_poll(thread_id=thread.id, assistant_id=a.id, poll_interval_ms=50)
+        assert run.status == "completed" and "kept here" in text_of(c.beta.threads.messages.list(thread.id).data[0])
+        new = c.beta.assistants.create(model="gpt-4o-mini")
+        assert direct.beta.assistants.retrieve(new.id).id == new.id  # a new one is the upstream's
+        other = openai.OpenAI(api_key=KEY_B, base_url=g.base_url, max_retries=0)
+        with pytest.raises(openai.NotFoundError):
+            other.beta.assistants.retrieve(a.id)
 
 
 def test_config_refuses_an_unknown_passthrough_model(upstream: GatewayThread) -> None:

@@ -174,11 +174,33 @@ async def one_thread(gw: Gateway, req: Request) -> Response | StreamResponse:
     raise NotFound(f"Unknown route {method} {req.path}", code="unknown_route")
 
 
+HOSTED_KINDS = {"assistants": "assistant", "threads": "thread"}
+
+
+async def hosted_here(gw: Gateway, req: Request) -> bool:
+    """Whether the request is about an object the gateway hosts for the caller (created before the config
+    named a passthrough upstream): it stays here. ``/v1/threads/runs`` follows its ``assistant_id``."""
+    parts = req.path.split("/")[2:]  # "", "v1", family, id, ...
+    kind = HOSTED_KINDS.get(parts[0])
+    if kind is None or len(parts) < 2 or not parts[1]:
+        return False
+    oid: Any = parts[1]
+    if parts[0] == "threads" and oid == "runs":
+        if req.method != "POST":
+            return False
+        body = object_body(await req.json(MAX_BODY))
+        kind, oid = "assistant", body.get("assistant_id")
+    if not isinstance(oid, str) or not 0 < len(oid) <= 64:
+        return False
+    return await gw.objects.get(kind, oid, await _who(gw, req)) is not None
+
+
 def hosted_or_forwarded(handler: RouteHandler) -> RouteHandler:
-    """The hosted API's ``handler``, or, with ``assistants.passthrough`` in the config, the upstream it names."""
+    """The hosted API's ``handler``, or, with ``assistants.passthrough`` in the config, the upstream it names
+    (but for the objects hosted here before: their ids keep being served here)."""
     async def route(gw: Gateway, req: Request) -> Response | StreamResponse:
         upstream = gw.config.assistants.passthrough
-        if upstream is not None:
+        if upstream is not None and not await hosted_here(gw, req):
             return await forward_assistants(gw, req, upstream)
         return await handler(gw, req)
     return route

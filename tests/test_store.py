@@ -200,3 +200,57 @@ def test_an_older_request_log_gains_a_column_its_rows_at_the_default(database: D
     rl = tables.request_log.c
     with database.engine.connect() as conn:
         assert conn.execute(select(rl.uid, rl[column])).all() == [("u1", before)]
+
+
+@pytest.mark.parametrize("url", ["sqlite:///a.db", "sqlite:////tmp/x%20y.db", "sqlite:///./rel/a.db",
+                                 "sqlite+pysqlite:///b.db", "sqlite:///a@b.db", "sqlite:///a#b.db"])
+def test_the_plain_sqlite_file_is_the_one_sqlalchemy_opens(url: str) -> None:
+    from sqlalchemy.engine import make_url
+
+    from relaygate.store.sqlite import sqlite_file
+
+    assert sqlite_file(url) == make_url(url).database
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:", "sqlite:///a.db?mode=ro",
+                                 "sqlite+aiosqlite:///a.db", "postgresql://u@h/db"])
+def test_urls_the_plain_path_cannot_read_stay_with_sqlalchemy(url: str) -> None:
+    from relaygate.store.sqlite import sqlite_file
+
+    assert sqlite_file(url) is None
+
+
+def test_the_request_log_writes_sqlite_through_a_plain_connection_in_one_transaction(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import sqlite3
+    import time
+
+    from relaygate.requestlog.writer import RequestLogWriter
+
+    db = Database(f"sqlite:///{tmp_path}/store.db")
+    db.migrate()
+    target = db.sqlite_file(2.0)
+    assert target is not None and target.path == f"{tmp_path}/store.db"
+    w = RequestLogWriter(target, str(tmp_path), batch_size=500, flush_interval=60)
+    assert w.engine is None
+    statements: list[str] = []
+    real_connect = target.connect
+
+    def traced() -> sqlite3.Connection:
+        conn = real_connect()
+        conn.set_trace_callback(statements.append)
+        return conn
+
+    target.connect = traced  # type: ignore[method-assign]
+    w.start()
+    for i in range(131):  # 100 + 25 + 5 + 1: every chunk size, in one transaction
+        w.submit({"uid": f"u{i}", "request_id": f"r{i}", "ts": time.time(), "day": "2026-01-01", "route": "chat",
+                  "stream": False, "status": 200, "latency_ms": 1.0, "cost_nano": i, "cache_hit": False,
+                  "attempts": 1, "model": "m"})
+    assert w.flush(10)
+    w.close()
+    work = [s for s in statements if not s.startswith("PRAGMA")]
+    assert work[0] == "BEGIN" and work[-1] == "COMMIT" and len(work) == 6
+    with db.engine.connect() as conn:
+        assert tuple(conn.execute(text("SELECT count(*), sum(cost_nano) FROM request_log")).one()) == \
+            (131, sum(range(131)))
+    db.close()

@@ -28,6 +28,7 @@ from relaygate.requestlog.spool import DeadLetters, Spool
 from relaygate.store import tables
 from relaygate.store.db import BulkInsert, Interruptible
 from relaygate.store.rows import RowFitter
+from relaygate.store.sqlite import SQLiteFile, sqlite_file
 
 log = logging.getLogger("relaygate.requestlog")
 
@@ -116,10 +117,23 @@ class RequestLogWriter:
     CPU, in GIL hand-offs, than the row itself.
     """
 
-    def __init__(self, engine: Engine, spool_dir: str, *, queue_size: int = 10000, batch_size: int = 500,
-                 flush_interval: float = 0.5, write_timeout: float = 2.0) -> None:
-        self.engine = engine
-        self._interruptible = Interruptible(engine)
+    def __init__(self, database: Engine | SQLiteFile, spool_dir: str, *, queue_size: int = 10000,
+                 batch_size: int = 500, flush_interval: float = 0.5, write_timeout: float = 2.0) -> None:
+        """``database``: a SQLite file, or an engine (PostgreSQL; a SQLite engine's file is written to the same
+        way as a ``SQLiteFile``, bounded by ``write_timeout``)."""
+        if not isinstance(database, SQLiteFile) and database.dialect.name == "sqlite":
+            path = sqlite_file(database.url.render_as_string(hide_password=False))
+            if path is not None:
+                database = SQLiteFile(path, write_timeout)
+        self.engine: Engine | None = None
+        self.sqlite: SQLiteFile | None = None
+        self._interruptible: Interruptible | None = None
+        if isinstance(database, SQLiteFile):
+            self.sqlite = database  # one plain sqlite3 connection, opened in the database thread
+        else:
+            self.engine = database
+            self._interruptible = Interruptible(database)
+        self._conn: sqlite3.Connection | None = None
         self.spool = Spool(spool_dir)
         self.dead_letters = DeadLetters(spool_dir)
         self._bulk = BulkInsert(tables.request_log, statement_timeout=write_timeout)
@@ -182,6 +196,11 @@ class RequestLogWriter:
             self._replay()
         self.spool.close()
         if self._db is not None:
+            if not self._db.busy:
+                try:
+                    self._db.call(lambda _: self._close_connection(), None, self.write_timeout)
+                except Exception:  # the thread is gone with the process anyway
+                    pass
             self._db.stop()
 
     def _take(self) -> tuple[list[Row], bool]:
@@ -201,7 +220,7 @@ class RequestLogWriter:
         that timed out is still hanging in the database thread (that one is broken off again)."""
         if self._db is not None and self._db.busy:
             if time.monotonic() >= self._retry_at:  # e.g. it was still connecting when it was broken off
-                self._interruptible.interrupt()
+                self._interrupt()
                 self._failed(WriteTimeout("a database write that timed out has not returned yet"))
             return False
         return self.db_ok or time.monotonic() >= self._retry_at
@@ -289,13 +308,48 @@ class RequestLogWriter:
             self._db.call(self._transaction, rows, self.write_timeout)
         except WriteTimeout:
             self.timeouts += 1
-            self._interruptible.interrupt()
+            self._interrupt()
             raise
         self.written += len(rows)
 
+    def _interrupt(self) -> None:
+        """Break off the database thread's wait (a write past its timeout)."""
+        if self._interruptible is not None:
+            self._interruptible.interrupt()
+            return
+        conn = self._conn
+        if conn is not None:
+            try:
+                conn.interrupt()
+            except sqlite3.ProgrammingError:  # closed meanwhile: nothing to break off
+                pass
+
     def _transaction(self, rows: list[Any]) -> None:
-        with self.engine.begin() as conn:
-            self._bulk(conn, rows)
+        if self.engine is not None:
+            with self.engine.begin() as conn:
+                self._bulk(conn, rows)
+            return
+        assert self.sqlite is not None
+        if self._conn is None:
+            self._conn = self.sqlite.connect()
+        lite = self._conn
+        try:
+            lite.execute("BEGIN")
+            self._bulk.sqlite(lite, rows)
+            lite.execute("COMMIT")
+        except BaseException:
+            try:
+                lite.rollback()  # a no-op outside a transaction
+            except Exception:  # a connection that cannot even roll back is not used again
+                self._conn = None
+                lite.close()
+            raise
+
+    def _close_connection(self) -> None:
+        """The database thread's last job: close the plain SQLite connection."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
 
     def _replay(self) -> None:
         def write(lines: list[Any]) -> None:

@@ -18,6 +18,7 @@ from sqlalchemy import BigInteger, Engine, Integer, create_engine, event
 from sqlalchemy.engine import make_url
 
 from relaygate.store.migrations import migrate
+from relaygate.store.sqlite import SQLiteFile, make_dirs, pragmas, skip_adapter_lookup, sqlite_file
 
 T = TypeVar("T")
 
@@ -39,18 +40,6 @@ def sqlite_path(url: str) -> str | None:
     return u.database or None
 
 
-def _skip_adapter_lookup() -> None:
-    """Bind None without sqlite3's adapter protocol. For a value that is not exactly int, float, str or
-    bytearray, sqlite3 looks up an adapter and fails two attribute lookups, formatting an AttributeError
-    (~2 µs per None; a log row has several). A registered adapter that returns None is found at once, and
-    None is bound as NULL exactly as before. The registry is process-wide; the result is the same for
-    everyone."""
-    sqlite3.register_adapter(type(None), _NULL_ADAPTER)
-
-
-_NULL_ADAPTER: Callable[[Any], None] = {}.get  # a C callable returning None for any argument
-
-
 def create(url: str, pool_size: int = 5, wait: float | None = None) -> Engine:
     """An engine for ``url``: SQLite in WAL mode with a busy timeout, or PostgreSQL via psycopg 3.
 
@@ -63,10 +52,10 @@ def create(url: str, pool_size: int = 5, wait: float | None = None) -> Engine:
     url = engine_url(url)
     busy_ms = 30000 if wait is None else max(int(wait * 1000), 1)
     if make_url(url).get_backend_name() == "sqlite":
-        _skip_adapter_lookup()
+        skip_adapter_lookup()
         path = sqlite_path(url)
-        if path and path != ":memory:":
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        if path:
+            make_dirs(path)
         # pooled: each connection is used by one thread at a time. Last in, first out: the log writer gets
         # back the connection it just used, whose cache holds its prepared statements (a first-in-first-out
         # pool handed it each pooled connection in turn, and each had to parse the 100-row INSERT again)
@@ -76,11 +65,7 @@ def create(url: str, pool_size: int = 5, wait: float | None = None) -> Engine:
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.execute(f"PRAGMA busy_timeout={busy_ms}")
-            cur.close()
+            pragmas(dbapi_conn, busy_ms)
 
         return engine
     if wait is None:
@@ -167,6 +152,12 @@ class Database:
         self._engines.append(engine)
         return engine
 
+    def sqlite_file(self, wait: float) -> SQLiteFile | None:
+        """The SQLite file, for plain ``sqlite3`` connections whose every wait is bounded by ``wait`` seconds (the
+        request log's writer); None for PostgreSQL and an in-memory or otherwise unusual SQLite URL."""
+        path = sqlite_file(self.url)
+        return SQLiteFile(path, wait) if path is not None else None
+
     def close(self) -> None:
         self._pool.shutdown(wait=True)
         for engine in [self.engine, *self._engines]:
@@ -205,11 +196,13 @@ class BulkInsert:
         self._oids: list[int] | None = None  # PostgreSQL type oids of the columns, for binary COPY
         self._staging: str | None = None  # PostgreSQL: the CREATE of the per-connection staging table
 
-    def _statement(self, dialect: Any, rows: int, columns: tuple[int, ...]) -> str:
-        """INSERT of ``rows`` rows of the given columns (indexes into ``names``), built once."""
+    def _statement(self, rows: int, columns: tuple[int, ...]) -> str:
+        """SQLite's INSERT of ``rows`` rows of the given columns (indexes into ``names``), built once."""
         sql = self._sql.get((rows, columns))
         if sql is None:
-            q = dialect.identifier_preparer.quote
+            def q(name: str) -> str:
+                return '"' + name.replace('"', '""') + '"'
+
             one = "(" + ", ".join(["?"] * len(columns)) + ")"
             cols = ", ".join(q(self.names[j]) for j in columns)
             sql = (f"INSERT INTO {q(self.table.name)} ({cols}) VALUES " + ", ".join([one] * rows)
@@ -233,15 +226,24 @@ class BulkInsert:
         return row if isinstance(row, dict) else dict(zip(self.names, row, strict=True))
 
     def __call__(self, conn: Any, rows: list[Any]) -> None:
-        """Insert ``rows``, skipping those whose primary key exists (replays after a failed commit are safe)."""
+        """Insert ``rows`` through a SQLAlchemy connection, skipping those whose primary key exists (replays
+        after a failed commit are safe)."""
         values = [r if type(r) is tuple else self.values(r) for r in rows]
         if conn.dialect.name == "postgresql":
             self._copy(conn, values)
             return
+        # the DB-API connection: SQLAlchemy's per-statement bookkeeping cost more than binding 100 rows; the
+        # transaction is still the SQLAlchemy connection's
+        self.sqlite(conn.connection.driver_connection, values)
+
+    def sqlite(self, dbapi: Any, rows: list[Any]) -> None:
+        """Insert ``rows`` into SQLite on a ``sqlite3`` connection, in the caller's transaction, skipping those
+        whose primary key exists."""
+        values = [r if type(r) is tuple else self.values(r) for r in rows]
         chain = itertools.chain.from_iterable
         i, n = 0, len(values)
-        cursor = conn.connection.driver_connection.cursor()  # the DB-API cursor: SQLAlchemy's per-statement
-        try:  # bookkeeping cost more than binding 100 rows; the transaction is still the connection's
+        cursor = dbapi.cursor()
+        try:
             for size in self.SIZES:
                 while n - i >= size:
                     chunk = values[i:i + size]
@@ -254,7 +256,7 @@ class BulkInsert:
                     else:
                         take = operator.itemgetter(*columns)
                         params = tuple(chain(map(take, chunk))) if len(columns) > 1 else tuple(map(take, chunk))
-                    cursor.execute(self._statement(conn.dialect, size, columns), params)
+                    cursor.execute(self._statement(size, columns), params)
                     i += size
         finally:
             cursor.close()

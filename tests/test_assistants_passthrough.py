@@ -88,8 +88,14 @@ def test_create_and_poll_runs_at_the_upstream(client: openai.OpenAI, gw: Gateway
     direct = openai.OpenAI(api_key=UPSTREAM_MASTER, base_url=upstream.base_url, max_retries=0)
     assert direct.beta.assistants.retrieve(a.id).name == "helper"
     assert direct.beta.threads.runs.retrieve(run.id, thread_id=thread.id).status == "completed"
-    rows = [r for r in gateway_rows(gw, expected=before + 4) if r["key_id"] == "cfg_a"]
+    assert client.beta.threads.runs.retrieve(run.id, thread_id=thread.id).status == "completed"  # seen again
+    rows = [r for r in gateway_rows(gw, expected=before + 6)[before:] if r["key_id"] == "cfg_a"]
     assert rows and all(r["route"] == "passthrough" and r["status"] == 200 for r in rows)
+    # the poll that first saw the run ended carries its usage, at its model's price, once
+    [priced] = [r for r in rows if r["completion_tokens"]]
+    assert (priced["prompt_tokens"], priced["completion_tokens"]) == (run.usage.prompt_tokens,
+                                                                      run.usage.completion_tokens)
+    assert priced["cost_nano"] == run.usage.prompt_tokens * 1000 + run.usage.completion_tokens * 10_000
 
 
 def test_a_streamed_run_is_relayed_event_by_event_and_priced_by_its_usage(client: openai.OpenAI,
@@ -114,7 +120,8 @@ def test_a_streamed_run_is_relayed_event_by_event_and_priced_by_its_usage(client
     assert events[:3] == ["thread.run.created", "thread.run.queued", "thread.run.in_progress"]
     assert events[-1] == "thread.run.completed"
     assert text_of(client.beta.threads.messages.list(thread.id).data[0]) == "".join(seen)
-    [row] = [r for r in gateway_rows(gw, expected=before + 2) if r["completion_tokens"] and r["key_id"] == "cfg_a"]
+    rows = gateway_rows(gw, expected=before + 2)[before:]  # (in order: the module's gateway logs every call)
+    [row] = [r for r in rows if r["completion_tokens"] and r["key_id"] == "cfg_a"]
     assert final.usage is not None and row["completion_tokens"] == final.usage.completion_tokens
     assert row["prompt_tokens"] == final.usage.prompt_tokens
     assert row["cost_nano"] == final.usage.prompt_tokens * 1000 + final.usage.completion_tokens * 10_000

@@ -10,7 +10,8 @@ for their owner, and another key gets a 404 for them, for what is below them (a 
 steps) and in a body that names them (``assistant_id``, ``vector_store_ids``); lists of assistants and vector
 stores show the caller's own. Managing objects is free; a run spends tokens inside the upstream, which the
 gateway cannot price before it goes: it is refused to a caller with a budget unless
-``passthrough.allow_unpriced_with_budget``.
+``passthrough.allow_unpriced_with_budget``, and charged its whole usage by the first request that sees it
+ended (its stream's last event, or a poll).
 """
 
 from __future__ import annotations
@@ -110,8 +111,14 @@ async def forward_assistants(gw: Gateway, req: Request, model: str) -> Response 
     if listing:
         return await _list(gw, req, key, model, family, target, metered, who)
     call, reply = await forward(gw, req, key, model, family, target, metered)
-    if not metered.meter.priced and reply.stream is not None and reply.media_type.startswith("text/event-stream"):
-        reply.stream = _run_usage(gw, reply.stream, reply, metered.meter)  # a streamed run: its usage, priced
+    sse = reply.stream is not None and reply.media_type.startswith("text/event-stream")
+    if not metered.meter.priced and sse and reply.stream is not None:
+        reply.stream = _run_usage(gw, who, reply.stream, reply, metered.meter)  # a streamed run: priced at its end
+    elif req.method == "GET" and len(path) == 4 and path[2] == "runs" and reply.stream is not None and not sse:
+        data = await _whole(call, reply)  # a polled run: priced when first seen ended
+        if reply.status < 300:
+            await _settle(gw, who, _json(data), reply, metered.meter)
+        reply.body, reply.stream = data, None
     created = req.method == "POST" and (len(path) == 1 or path[1:] == ["runs"])
     if req.method == "DELETE" and len(path) == 2 and reply.status < 300:
         await gw.objects.delete(KIND, path[1], who)
@@ -212,20 +219,20 @@ def _run_end(events: bytes) -> dict[str, Any] | None:
     return None
 
 
-async def _run_usage(gw: Gateway, stream: AsyncIterator[bytes], reply: Reply, meter: Meter) -> AsyncIterator[bytes]:
-    """A streamed run relayed as it comes, the usage of the event that ends it read onto ``reply`` and priced
-    at its model's price (the run's whole usage: a run that went on without a stream is not seen)."""
+async def _run_usage(gw: Gateway, who: str, stream: AsyncIterator[bytes], reply: Reply,
+                     meter: Meter) -> AsyncIterator[bytes]:
+    """A streamed run relayed as it comes, the event that ends it settled (``_settle``) before it goes on."""
     cutter = EventCutter()
     try:
         async for chunk in stream:
             events = cutter.feed(chunk)
             if events.find(b"event: thread.run.") >= 0:
-                _settle(gw, _run_end(events), reply, meter)
+                await _settle(gw, who, _run_end(events), reply, meter)
             if events:
                 yield events
         events = cutter.end()
         if events:
-            _settle(gw, _run_end(events), reply, meter)
+            await _settle(gw, who, _run_end(events), reply, meter)
             yield events
     finally:
         aclose = getattr(stream, "aclose", None)
@@ -233,15 +240,30 @@ async def _run_usage(gw: Gateway, stream: AsyncIterator[bytes], reply: Reply, me
             await aclose()
 
 
-def _settle(gw: Gateway, run: dict[str, Any] | None, reply: Reply, meter: Meter) -> None:
-    usage = run.get("usage") if run is not None else None
-    model = run.get("model") if run is not None else None
-    if not isinstance(usage, dict) or not isinstance(model, str):
+RUN_DONE = ("completed", "incomplete", "failed", "cancelled", "expired")
+
+
+async def _settle(gw: Gateway, who: str, run: Any, reply: Reply, meter: Meter) -> None:
+    """A run seen ended for the first time (streamed to its end, or polled): its whole usage onto ``reply``,
+    priced at its model's price; the run recorded (a ``forwarded`` record below its thread) so that no later
+    request charges it again."""
+    if not isinstance(run, dict) or run.get("status") not in RUN_DONE:
+        return
+    usage, model, rid = run.get("usage"), run.get("model"), run.get("id")
+    if not isinstance(usage, dict) or not isinstance(model, str) or not isinstance(rid, str) \
+            or not 0 < len(rid) <= MAX_ID:
         return
     prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-    if type(prompt) is int and type(completion) is int and prompt >= 0 and completion >= 0:
-        meter.per_token = gw.pricing.book.lookup(model)
-        reply.usage = Usage(prompt_tokens=prompt, completion_tokens=completion)
+    if not (type(prompt) is int and type(completion) is int and prompt >= 0 and completion >= 0):
+        return
+    if await gw.objects.get(KIND, rid, who) is not None:  # charged already
+        return
+    thread = run.get("thread_id")
+    await gw.objects.save(Stored(id=rid, kind=KIND, owner=who, data={"object": "thread.run"},
+                                 parent=thread if isinstance(thread, str) and len(thread) <= MAX_ID else None,
+                                 seq=time.time_ns(), created_at=time.time()))
+    meter.per_token = gw.pricing.book.lookup(model)
+    reply.usage = Usage(prompt_tokens=prompt, completion_tokens=completion)
 
 
 async def _list(gw: Gateway, req: Request, key: Principal | None, model: str, family: str, target: str, metered: Metered,

@@ -93,9 +93,8 @@ def test_create_and_poll_answers_in_the_thread(client: openai.OpenAI, model: str
     assert steps.data[0].model_dump()["step_details"]["message_creation"]["message_id"] == reply.id
 
 
-def test_stream_with_an_event_handler(client: openai.OpenAI) -> None:
-    a = client.beta.assistants.create(model="gpt")
-    thread = client.beta.threads.create(messages=[{"role": "user", "content": "stream me please"}])
+def stream_run(client: openai.OpenAI, thread_id: str, assistant_id: str) -> tuple[Any, list[str], list[str]]:
+    """``runs.stream`` with an event handler: the final run, the text deltas, the events' names."""
     seen: list[str] = []
     events: list[str] = []
 
@@ -106,9 +105,15 @@ def test_stream_with_an_event_handler(client: openai.OpenAI) -> None:
         def on_event(self, event: Any) -> None:
             events.append(event.event)
 
-    with client.beta.threads.runs.stream(thread_id=thread.id, assistant_id=a.id, event_handler=Handler()) as s:
+    with client.beta.threads.runs.stream(thread_id=thread_id, assistant_id=assistant_id, event_handler=Handler()) as s:
         s.until_done()
-        final = s.get_final_run()
+        return s.get_final_run(), seen, events
+
+
+def test_stream_with_an_event_handler(client: openai.OpenAI) -> None:
+    a = client.beta.assistants.create(model="gpt")
+    thread = client.beta.threads.create(messages=[{"role": "user", "content": "stream me please"}])
+    final, seen, events = stream_run(client, thread.id, a.id)
     assert final.status == "completed" and "stream me please" in "".join(seen) and len(seen) > 1
     assert events[:3] == ["thread.run.created", "thread.run.queued", "thread.run.in_progress"]
     assert events[-1] == "thread.run.completed" and "thread.message.completed" in events

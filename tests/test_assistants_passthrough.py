@@ -13,7 +13,6 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from openai import AssistantEventHandler
 
 from relaygate.config.base import ConfigError
 from relaygate.config.loader import parse_config
@@ -23,6 +22,7 @@ from relaygate.testing.openai import OpenAIEmulatorOptions
 from relaygate.testing.openai import create_app as create_openai_app
 
 from .conftest import UPSTREAM_KEY, openai_model
+from .test_assistants_api import stream_run
 from .test_keys import MASTER
 from .test_limits import new_key
 from .test_requestlog import gateway_rows
@@ -103,19 +103,7 @@ def test_a_streamed_run_is_relayed_event_by_event_and_priced_by_its_usage(client
     a = client.beta.assistants.create(model="gpt-4o-mini")
     thread = client.beta.threads.create(messages=[{"role": "user", "content": "stream me through"}])
     before = gw.gateway.writer.submitted
-    seen: list[str] = []
-    events: list[str] = []
-
-    class Handler(AssistantEventHandler):
-        def on_text_delta(self, delta: Any, snapshot: Any) -> None:
-            seen.append(delta.value)
-
-        def on_event(self, event: Any) -> None:
-            events.append(event.event)
-
-    with client.beta.threads.runs.stream(thread_id=thread.id, assistant_id=a.id, event_handler=Handler()) as s:
-        s.until_done()
-        final = s.get_final_run()
+    final, seen, events = stream_run(client, thread.id, a.id)
     assert final.status == "completed" and "stream me through" in "".join(seen) and len(seen) > 1
     assert events[:3] == ["thread.run.created", "thread.run.queued", "thread.run.in_progress"]
     assert events[-1] == "thread.run.completed"

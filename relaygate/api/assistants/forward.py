@@ -97,7 +97,7 @@ async def forward_assistants(gw: Gateway, req: Request, model: str) -> Response 
     who = owner_of(key)
     family, target = upstream_target(req)
     path = target.partition("?")[0].strip("/").split("/")
-    if len(path) > 1 and path[1] != "runs":  # /threads/runs creates a thread
+    if len(path) > 1 and not (family == "threads" and path[1] == "runs"):  # /threads/runs creates a thread
         await _owned(gw, who, family, path[1])
     metered = Metered(Meter(priced=not _runs(req.method, path)))
     if req.method == "POST":

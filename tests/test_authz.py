@@ -180,10 +180,14 @@ def dashboard_file(path: str) -> bool:
     return path == "/dashboard" or (path.startswith("/dashboard/") and not path.startswith("/dashboard/api/"))
 
 
-@pytest.fixture
-def locked(openai_emulator: BackgroundServer, start_gateway: StartGateway) -> GatewayThread:
+@pytest.fixture(params=["hosted", "assistants passthrough"])
+def locked(request: pytest.FixtureRequest, openai_emulator: BackgroundServer,
+           start_gateway: StartGateway) -> GatewayThread:
+    """Assistants hosted here, or forwarded (whose routing reads a body to find where an object lives)."""
+    assistants = {"passthrough": "rest"} if request.param == "assistants passthrough" else {}
     return start_gateway({"models": [openai_model("m", openai_emulator), openai_model("rest", openai_emulator, "*")],
-                          "passthrough": {"model": "rest"}, "auth": {"master_key": MASTER}})
+                          "passthrough": {"model": "rest"}, "auth": {"master_key": MASTER},
+                          "assistants": assistants})
 
 
 def test_every_data_plane_route_refuses_a_missing_key_before_reading_the_body(locked: GatewayThread) -> None:

@@ -199,6 +199,7 @@ def hosted_or_forwarded(handler: RouteHandler) -> RouteHandler:
     """The hosted API's ``handler``, or, with ``assistants.passthrough`` in the config, the upstream it names
     (but for the objects hosted here before: their ids keep being served here)."""
     async def route(gw: Gateway, req: Request) -> Response | StreamResponse:
+        await caller(gw.auth, req.headers)  # the key before anything else: a body or a route's refusal
         upstream = gw.config.assistants.passthrough
         if upstream is not None and not await hosted_here(gw, req):
             return await forward_assistants(gw, req, upstream)

@@ -258,3 +258,41 @@ def test_a_reload_starts_from_the_lists_the_replaced_gateway_had(upstreams: dict
 
     before, after, refreshed = asyncio.run(go())
     assert before == after == len(GeminiEmulatorOptions().models) and refreshed is not None
+
+
+def test_discovery_is_on_by_default_and_never_holds_up_start_or_a_call(tmp_path: Path) -> None:
+    """The default config asks at start, in the background: an upstream whose listing never answers delays
+    neither the gateway's start nor a call; ``enabled: false`` asks nothing."""
+    import socket
+
+    with socket.socket() as silent:  # accepts connections and never answers a byte
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        slow = f"http://127.0.0.1:{silent.getsockname()[1]}/v1"
+        with BackgroundServer(openai_app(OpenAIEmulatorOptions(api_key=KEY))) as oai:
+            def config(**extra: Any) -> dict[str, Any]:
+                return {"models": [
+                    {"name": "gpt", "deployments": [{"provider": "openai", "model": "gpt-4o-mini",
+                                                     "api_base": oai.url + "/v1", "api_key": KEY}]},
+                    {"name": "stuck", "deployments": [{"provider": "openai", "model": "gpt-4o",
+                                                       "api_base": slow, "api_key": KEY}]}],
+                    "database": {"url": f"sqlite:///{tmp_path}/gw.db"}, "request_log": {"enabled": False}, **extra}
+
+            started = time.monotonic()
+            with GatewayThread(config()) as gw:
+                r = httpx.post(gw.url + "/v1/chat/completions", timeout=5,
+                               json={"model": "gpt", "messages": [{"role": "user", "content": "hi"}]})
+                assert r.status_code == 200
+                assert time.monotonic() - started < 8  # well before the stuck listing's 10 s timeout
+                assert gw.gateway.config.discovery.enabled is True
+                by_name = {lst.name: lst for lst in gw.gateway.discovery.listings}
+                deadline = time.monotonic() + 10
+                while by_name["gpt/openai/0"].refreshed_at is None:
+                    assert time.monotonic() < deadline, "the default start-up listing never came"
+                    time.sleep(0.02)
+                assert "gpt-4o-mini" in by_name["gpt/openai/0"].ids
+                assert by_name["stuck/openai/0"].refreshed_at is None  # still waiting, in the background
+            with GatewayThread(config(discovery={"enabled": False})) as gw:
+                time.sleep(0.3)
+                assert all(lst.checked_at is None for lst in gw.gateway.discovery.listings)
+                assert gw.gateway.discovery._task is None

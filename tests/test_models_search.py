@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,11 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayThread]
             "database": {"url": f"sqlite:///{tmp}/gw.db"},
         }
         with GatewayThread(config) as gw:
+            # discovery is on by default: its start-up listings arrive in the background (bounded wait)
+            deadline = time.monotonic() + 10
+            while gw.gateway.discovery.version < 1:
+                assert time.monotonic() < deadline, "no start-up discovery within 10 s"
+                time.sleep(0.02)
             yield gw
 
 
@@ -62,10 +68,18 @@ def test_the_master_key_sees_every_card_with_who_serves_it(gateway: GatewayThrea
     cards = {c["id"]: c for c in everything(gateway)}
     assert len(cards) > 80
     mini = cards["gpt-4o-mini"]
-    assert mini["provider"] == "openai" and mini["deployments"] == ["gpt/openai/0"] and mini["models"] == ["gpt"]
+    # configured for "gpt", and (listed by the upstream that "gpt" and "*" share) served by "*" too
+    assert mini["provider"] == "openai" and mini["deployments"] == ["*/openai/0", "gpt/openai/0"]
+    assert mini["models"] == ["*", "gpt"]
     assert mini["supports_vision"] is True and mini["context_window"] == 128000
     assert mini["prices"]["input"] == 0.15 and mini["source"] and mini["as_of"]
-    assert mini["discovered"] is False and mini["stale"] is False and mini["error"] is None
+    assert mini["discovered"] is True and mini["stale"] is False and mini["error"] is None
+    haiku = cards["claude-haiku-4-5"]  # its upstream is unreachable: configured, never listed
+    assert haiku["deployments"] == ["claude/anthropic/0"] and haiku["discovered"] is False
+    status = {p["deployments"][0]: p for p in get(gateway).json()["discovery"]["providers"]}
+    assert status["claude/anthropic/0"]["stale"] is True and status["claude/anthropic/0"]["error"]
+    assert status["gpt/openai/0"]["deployments"] == ["gpt/openai/0", "*/openai/0"]
+    assert status["gpt/openai/0"]["stale"] is False and status["gpt/openai/0"]["models"] > 0
     assert cards["house-model"]["provider"] == "house" and cards["house-model"]["overridden"] is True
     gemini3 = cards["gemini-3-pro-preview"]
     assert gemini3["prices"]["input"] is None and gemini3["deployments"] == []
@@ -163,4 +177,5 @@ def test_an_open_gateway_answers_anyone_and_shows_an_unknown_configured_model(
     body = httpx.get(gw.url + "/api/models?configured=true").json()
     assert [(c["id"], c["provider"], c["deployments"], c["prices"]["input"]) for c in body["data"]] == [
         ("demo", "demo", ["demo/demo/0"], None)]
-    assert body["discovery"]["enabled"] is False and body["discovery"]["providers"][0]["supported"] is False
+    # discovery is on by default; the demo provider has no listing to read
+    assert body["discovery"]["enabled"] is True and body["discovery"]["providers"][0]["supported"] is False

@@ -3,6 +3,7 @@ routed to the matching deployments, and the selection resolved again when discov
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import httpx
@@ -43,9 +44,10 @@ def test_a_bad_select_is_a_config_error_naming_its_path(model: dict[str, object]
 
 
 def test_select_routes_to_the_matching_deployments_and_follows_discovery(tmp_path: Path) -> None:
+    # the Gemini upstream does not serve the new model yet: it starts to between two discovery refreshes
+    gemini = GeminiEmulatorOptions(api_key=GEMINI_KEY, models=GEMINI_MODELS)
     with BackgroundServer(openai_app(OpenAIEmulatorOptions(api_key=UPSTREAM_KEY))) as oai, \
-            BackgroundServer(gemini_app(GeminiEmulatorOptions(api_key=GEMINI_KEY,
-                                                              models=(*GEMINI_MODELS, NEW_MODEL)))) as gem:
+            BackgroundServer(gemini_app(gemini)) as gem:
         def openai(name: str, model: str) -> dict[str, object]:
             return {"name": name, "deployments": [{"name": name + "-dep", "provider": "openai", "model": model,
                                                    "api_base": oai.url + "/v1", "api_key": UPSTREAM_KEY}]}
@@ -76,9 +78,15 @@ def test_select_routes_to_the_matching_deployments_and_follows_discovery(tmp_pat
             mine = httpx.get(gw.url + "/api/models", headers={"authorization": f"Bearer {APP_KEY}"}).json()
             assert [(c["id"], c["models"]) for c in mine["data"]] == [("gpt-4o-mini", ["cheap-vision", "mini"])]
 
-            # the new Gemini model's window is unknown until discovery reads it: nothing to select yet
+            # discovery is on by default: the start-up listings arrive in the background, without the new
+            # model, whose window nothing tells yet: nothing to select
+            deadline = time.monotonic() + 10
+            while gw.gateway.discovery.version < 1:
+                assert time.monotonic() < deadline, "no start-up discovery within 10 s"
+                time.sleep(0.02)
             before = chat("long")
             assert before.status_code == 503 and before.json()["error"]["code"] == "no_deployment_selected"
+            gemini.models = (*GEMINI_MODELS, NEW_MODEL)  # the upstream now serves it
             gw.run(gw.gateway.discovery.refresh())  # what the background task does on its interval
             after = chat("long")
             assert after.status_code == 200 and after.headers["x-relaygate-deployment"] == "gemini-new"

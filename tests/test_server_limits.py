@@ -340,9 +340,12 @@ def few_files() -> Iterator[Callable[[], list[int]]]:
 
 
 def test_out_of_file_descriptors_on_upstream_connect_is_a_logged_503(
-        limited: Callable[..., GatewayThread], few_files: Callable[[], list[int]],
-        caplog: pytest.LogCaptureFixture) -> None:
-    gw = limited(header_timeout=30)
+        openai_emulator: BackgroundServer, start_gateway: Callable[..., GatewayThread],
+        few_files: Callable[[], list[int]], caplog: pytest.LogCaptureFixture) -> None:
+    # no discovery: its start-up listing would leave a pooled upstream connection that the call reuses, and
+    # this test needs the call to open one
+    gw = start_gateway({"models": [openai_model("mini", openai_emulator)], "server": {"header_timeout": 30},
+                        "discovery": {"enabled": False}})
     with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:  # opened while files remain
         s.sendall(request_bytes())
         assert read_response(s)[0] == 200

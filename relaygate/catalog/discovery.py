@@ -97,7 +97,8 @@ class Discovery:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        if self.config.enabled and self.listings and self._task is None:
+        # none to ask (the demo, Azure, …): no task at all
+        if self.config.enabled and any(lst.supported for lst in self.listings) and self._task is None:
             self._task = asyncio.create_task(self._run(), name="relaygate-discovery")
 
     async def close(self) -> None:

@@ -426,9 +426,9 @@ class PriceConfig(Strict):
 
 class DiscoveryConfig(Strict):
     """Model discovery (docs/models.md): ask each deployment's upstream which models it serves, at start and
-    every ``interval`` seconds, in the background. Off unless enabled: it calls every provider with its keys."""
+    every ``interval`` seconds, in the background (on by default; ``enabled: false`` switches it off)."""
 
-    enabled: bool = False
+    enabled: bool = True
     interval: float = Field(3600.0, ge=1)  # seconds between refreshes
     timeout: float = Field(10.0, gt=0, le=300)  # seconds one upstream's listing may take (all its pages)
 

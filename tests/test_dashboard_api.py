@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 import requests
 
-from relaygate.dashboard.overview import BOUNDS_MS, WINDOWS, overview, quantile
+from relaygate.dashboard.overview import BOUNDS_MS, WINDOWS, overview, overview_query, quantile
 from relaygate.store import tables
 from relaygate.store.db import Database
-from relaygate.testing.base import BackgroundServer
+from relaygate.testing.base import BackgroundServer, FaultPlan
 from relaygate.testing.gateway import GatewayThread
-from tests.conftest import StartGateway, openai_model
+from tests.conftest import UPSTREAM_KEY, StartGateway, openai_model
 from tests.test_keys import MASTER, Admin
 from tests.test_requestlog import gateway_rows
 
@@ -88,7 +88,13 @@ def test_overview_buckets_agree_with_the_request_log(gw: GatewayThread) -> None:
 
 def test_overview_and_log_detail_refuse_bad_input_naming_it(gw: GatewayThread) -> None:
     for path, param in (("/dashboard/api/overview?window=week", "window"),
-                        ("/dashboard/api/overview?model=m", "model"),
+                        ("/dashboard/api/overview?provider=openai", "provider"),
+                        ("/dashboard/api/overview?key=k", "key"),
+                        ("/dashboard/api/overview?model=" + "x" * 201, "model"),
+                        ("/dashboard/api/overview?key_id=a%20b", "key_id"),
+                        ("/dashboard/api/overview?key_id=" + "k" * 41, "key_id"),
+                        ("/dashboard/api/overview?team_id=t%01", "team_id"),
+                        ("/dashboard/api/overview?team_id=" + "t" * 101, "team_id"),
                         ("/dashboard/api/logs/a%20b", "uid"), ("/dashboard/api/logs/" + "x" * 33, "uid")):
         r = get(gw, path)
         assert r.status_code == 400, path
@@ -188,3 +194,104 @@ def test_every_dashboard_file_is_package_data_of_the_wheel() -> None:
     assert "dashboard/static/vendor/uplot.iife.min.js" in files
     assert [f for f in files if not any(fnmatch.fnmatchcase(f, g) and "/" not in f[len(g.rstrip("*")):]
                                         for g in globs)] == []
+
+
+def test_overview_narrows_to_a_model_a_key_or_a_team(openai_emulator: BackgroundServer,
+                                                     start_gateway: StartGateway) -> None:
+    gw = start_gateway({"models": [openai_model("m", openai_emulator), openai_model("m2", openai_emulator)],
+                        "auth": {"master_key": MASTER}})
+    admin = Admin(gw)
+    teamed = admin("POST", "/keys", {"team_id": "t-over"}).json()
+    plain = admin("POST", "/keys", {}).json()
+    calls = [(teamed, "m"), (teamed, "m"), (teamed, "m2"), (plain, "m"), (plain, "nope")]
+    for key, model in calls:
+        chat(gw, key["key"], model)
+    rows = gateway_rows(gw, expected=len(calls))
+
+    def totals(**filters: str) -> dict[str, Any]:
+        r = requests.get(gw.url + "/dashboard/api/overview", params={"window": "day", **filters}, headers=AUTH,
+                         timeout=10)
+        assert r.status_code == 200, r.text
+        assert r.json()["filters"] == filters
+        return dict(r.json()["totals"])
+
+    def expect(**filters: str) -> list[dict[str, Any]]:
+        return [r for r in rows if all(r[k] == v for k, v in filters.items())]
+
+    cases: list[dict[str, str]] = [{}, {"model": "m"}, {"model": "m2"}, {"model": "nope"}, {"key_id": teamed["id"]},
+                                   {"key_id": plain["id"]}, {"team_id": "t-over"},
+                                   {"model": "m", "key_id": plain["id"]}, {"model": "m", "team_id": "t-over"},
+                                   {"model": "never-called"}, {"key_id": "key_0000000000000000"}]
+    for filters in cases:
+        t, want = totals(**filters), expect(**filters)
+        assert t["requests"] == len(want), filters
+        assert t["errors"] == sum(1 for r in want if r["error"]), filters
+        assert t["cost_usd"] == pytest.approx(sum(r["cost_nano"] for r in want) / 1e9), filters
+        assert t["prompt_tokens"] == sum(r["prompt_tokens"] or 0 for r in want), filters
+    assert totals(team_id="t-over")["requests"] == 3 and totals(model="m", key_id=plain["id"])["requests"] == 1
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_filtered_overview_is_read_from_an_index_never_the_table(backend: str, tmp_path: Any,
+                                                                   request: pytest.FixtureRequest) -> None:
+    """A model filter is a column of the covering index ix_request_log_overview: the window is read from it
+    alone. A key or team filter may instead seek the partial (key_id, ts) / (team_id, ts) index, which reads
+    only that key's or team's rows (the planner's choice); the table itself is never scanned."""
+    url = f"sqlite:///{tmp_path}/o.db" if backend == "sqlite" else request.getfixturevalue("pg_url")
+    db = Database(url)
+    try:
+        db.migrate()
+
+        def plan(filters: dict[str, str]) -> str:
+            q, _ = overview_query(db.engine, WINDOWS["day"], 1_800_000_000.0, filters)
+            sql = str(q.compile(db.engine, compile_kwargs={"literal_binds": True}))
+            with db.engine.connect() as conn:
+                if backend == "sqlite":
+                    return " ".join(str(row[-1]) for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql))
+                # an empty table: the planner is kept from the table scans it would rightly prefer for it
+                conn.exec_driver_sql("SET enable_seqscan = off")
+                conn.exec_driver_sql("SET enable_bitmapscan = off")
+                return " ".join(row[0] for row in conn.exec_driver_sql("EXPLAIN " + sql))
+
+        by_model = plan({"model": "gpt-4o"})
+        if backend == "sqlite":
+            assert "USING COVERING INDEX ix_request_log_overview" in by_model, by_model
+        else:
+            assert "Index Only Scan using ix_request_log_overview" in by_model, by_model
+        for filters in ({"key_id": "key_1"}, {"team_id": "t"}, {"model": "m", "key_id": "key_1", "team_id": "t"}):
+            used = plan(filters)
+            assert ("ix_request_log_overview" in used or "ix_request_log_key_ts" in used
+                    or "ix_request_log_team_ts" in used), used
+            assert "SCAN request_log" not in used and "Seq Scan" not in used, used
+    finally:
+        db.close()
+
+
+def test_a_retried_call_keeps_each_attempt(openai_emulator: BackgroundServer, start_gateway: StartGateway) -> None:
+    """The first attempt fails (503), the second deployment answers: both attempts in the log row, in order,
+    with their deployment, provider, status, error class, start and duration; a call of one attempt keeps none."""
+    deployments = [{"name": name, "provider": "openai", "model": "gpt-4o-mini", "api_base": openai_emulator.url + "/v1",
+                    "api_key": UPSTREAM_KEY, "timeout": 10} for name in ("first", "second")]
+    gw = start_gateway({"models": [{"name": "two", "deployments": deployments}, openai_model("one", openai_emulator)],
+                        "auth": {"master_key": MASTER}})
+    openai_emulator.state.faults = FaultPlan(status=503, count=1, paths=["/chat/completions"])
+    assert chat(gw, MASTER, "two") == 200
+    openai_emulator.state.faults = FaultPlan(status=503, count=-1, paths=["/chat/completions"])
+    assert chat(gw, MASTER, "two") == 503  # both fail: two attempts, both errors
+    openai_emulator.state.faults = None
+    assert chat(gw, MASTER, "one") == 200
+    gateway_rows(gw, expected=3)
+    listed = Admin(gw)("GET", "/logs").json()["data"]  # newest first
+    one, failed, retried = listed
+    assert one["attempts"] == 1 and one["attempt_log"] is None
+    assert retried["attempts"] == 2 and retried["status"] == 200
+    tries = retried["attempt_log"]
+    assert [(t["provider"], t["status"], t["error"]) for t in tries] == [("openai", 503, "unavailable"),
+                                                                          ("openai", 200, None)]
+    assert {t["deployment"] for t in tries} == {"first", "second"} and tries[1]["deployment"] == retried["deployment"]
+    assert 0 <= tries[0]["start_ms"] and tries[0]["start_ms"] + tries[0]["ms"] <= tries[1]["start_ms"]
+    assert tries[1]["start_ms"] + tries[1]["ms"] <= retried["latency_ms"] + 1
+    assert failed["status"] == 503 and [(t["status"], t["error"]) for t in failed["attempt_log"]] == [
+        (503, "unavailable"), (503, "unavailable")]
+    detail = get(gw, "/dashboard/api/logs/" + retried["uid"]).json()
+    assert detail["attempt_log"] == tries

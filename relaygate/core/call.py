@@ -216,6 +216,10 @@ class Call:
     attempts: int = 0
     deployment: Deployment | None = None  # the deployment that served (or last tried) the call
     tried: list[str] = field(default_factory=list)  # deployment names attempted, in order
+    attempt_at: float = 0.0  # monotonic start of the latest attempt
+    # the attempts that failed (None until one does): (deployment, provider, status, error kind, start, end),
+    # monotonic times; the request log keeps them for a call tried more than once (requestlog/audit.py)
+    failed_attempts: list[tuple[str, str, int, str, float, float]] | None = None
     upload: AudioUpload | None = None  # transcriptions, translations: the multipart upload, streamed
     forward: ForwardedRequest | None = None  # passthrough: the client's request, forwarded as it is
     meter: Meter | None = None  # passthrough: how the forwarded request is priced

@@ -10,10 +10,10 @@ import time
 from importlib import resources
 from typing import TYPE_CHECKING
 
-from relaygate.api.admin import require_master
+from relaygate.api.admin import FILTER_LENGTH, require_master
 from relaygate.api.query import Query
 from relaygate.core.errors import BadRequest, NotFound
-from relaygate.dashboard.overview import WINDOWS, overview
+from relaygate.dashboard.overview import FILTERS, WINDOWS, overview
 from relaygate.server.http import Request, Response, json_response
 from relaygate.store import queries
 
@@ -34,6 +34,7 @@ PAGE_HEADERS = {
 }
 _ASSET = re.compile(r"(?:vendor/)?[a-z0-9][a-z0-9_.-]{0,80}")
 _UID = re.compile(r"[0-9A-Za-z_\-]{1,32}")
+_KEY_ID = re.compile(r"[0-9A-Za-z_.\-]{1,40}")  # key_<hex>, cfg_<auth.keys[].id>, master
 
 
 def asset(name: str) -> Response:
@@ -63,15 +64,29 @@ async def session(gw: Gateway, req: Request) -> Response:
 
 
 async def overview_series(gw: Gateway, req: Request) -> Response:
-    """``GET /dashboard/api/overview?window=hour|day``: the request log in time buckets."""
+    """``GET /dashboard/api/overview?window=hour|day[&model=…][&key_id=…][&team_id=…]``: the request log in
+    time buckets, of every call or of one model's, key's or team's."""
     require_master(gw, req)
     q = Query(req.query)
-    unknown = sorted(set(q.values) - {"window"})
+    unknown = sorted(set(q.values) - {"window", *FILTERS})
     if unknown:
-        raise BadRequest(f"unknown parameter '{unknown[0]}'; the overview takes 'window'", param=unknown[0])
+        raise BadRequest(f"unknown parameter '{unknown[0]}'; the overview takes 'window', "
+                         f"{', '.join(repr(f) for f in FILTERS)}", param=unknown[0])
     window = WINDOWS[q.choice("window", WINDOWS, "hour")]
-    data = await gw.db.run(overview, gw.db.engine, window, time.time())
+    filters = {name: filter_value(q, name) for name in FILTERS if name in q}
+    data = await gw.db.run(overview, gw.db.engine, window, time.time(), filters)
+    data["filters"] = filters
     return json_response(data)
+
+
+def filter_value(q: Query, name: str) -> str:
+    """An overview filter's value: text that fits its log column (longer could never match), and a key id
+    of the form keys have."""
+    value = q.text(name, FILTER_LENGTH[name]) or ""
+    if name == "key_id" and not _KEY_ID.fullmatch(value):
+        raise BadRequest("'key_id' is not a key id (letters, digits, '-', '_' or '.')", param=name,
+                         code="invalid_value")
+    return value
 
 
 async def log_detail(gw: Gateway, req: Request) -> Response:

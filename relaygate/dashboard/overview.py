@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, Integer, case, cast, func, select
+from sqlalchemy import Engine, Integer, Select, case, cast, func, select
 
 from relaygate.core.pricing import NANO
 from relaygate.store import tables
@@ -70,8 +70,22 @@ def quantile(counts: list[int], q: float) -> float | None:
     return float(BOUNDS_MS[-1])
 
 
-def overview(engine: Engine, window: Window, now: float) -> dict[str, Any]:
-    """Per bucket of ``window`` ending at the bucket that holds ``now``: rates, percentiles, cost, tokens."""
+# what the overview may be narrowed to: the calls of one model (as the client named it), key or team; each is
+# a column of the covering index, so a filtered overview is read from the index alone too
+FILTERS = ("model", "key_id", "team_id")
+
+
+def overview(engine: Engine, window: Window, now: float, filters: dict[str, str] | None = None) -> dict[str, Any]:
+    """Per bucket of ``window`` ending at the bucket that holds ``now``: rates, percentiles, cost, tokens; of
+    the calls matching ``filters`` (names of FILTERS, each an exact value) when given."""
+    q, start = overview_query(engine, window, now, filters or {})
+    with engine.connect() as conn:
+        rows = conn.execute(q).all()
+    return _series(window, start, rows)
+
+
+def overview_query(engine: Engine, window: Window, now: float, filters: dict[str, str]) -> tuple[Select[Any], float]:
+    """The overview's one grouped query, and the start of its window."""
     r = tables.request_log
     end = (math.floor(now / window.bucket) + 1) * window.bucket
     start = end - window.span
@@ -86,10 +100,9 @@ def overview(engine: Engine, window: Window, now: float) -> dict[str, Any]:
                 func.coalesce(func.sum(r.c.prompt_tokens), 0).label("prompt"),
                 func.coalesce(func.sum(r.c.completion_tokens), 0).label("completion"),
                 func.sum(case((r.c.cache_hit.is_(True), 1), else_=0)).label("hits"))
-         .where(r.c.ts >= start, r.c.ts < end).group_by(bucket, lat, ttft))
-    with engine.connect() as conn:
-        rows = conn.execute(q).all()
-    return _series(window, start, rows)
+         .where(r.c.ts >= start, r.c.ts < end, *(r.c[name] == value for name, value in filters.items()))
+         .group_by(bucket, lat, ttft))
+    return q, start
 
 
 def _series(window: Window, start: float, rows: Sequence[Any]) -> dict[str, Any]:
@@ -147,5 +160,5 @@ def _series(window: Window, start: float, rows: Sequence[Any]) -> dict[str, Any]
         "prompt_tokens": sum(sums["prompt"]),
         "completion_tokens": sum(sums["completion"]),
     }
-    return {"object": "dashboard.overview", "start": start, "end": start + window.span,
+    return {"object": "dashboard.overview", "start": start, "end": start + window.span, "filters": {},
             "bucket_seconds": width, "buckets": buckets, "totals": totals}

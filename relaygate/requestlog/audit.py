@@ -233,4 +233,22 @@ class AuditLayer:
             response_body,  # response_body
             1 if usage is not None and usage.estimated else 0,  # usage_estimated
             call.saved_nano,  # saved_nano
+            None if call.attempts < 2 else attempt_log(call, status, kind, mono),  # attempt_log
         )
+
+
+def attempt_log(call: Call, status: int | None, kind: str | None, now: float) -> str:
+    """A retried call's attempts, as the request log keeps them: a JSON array of ``{"deployment", "provider",
+    "status", "error", "start_ms", "ms"}`` in order, ``start_ms`` from the call's start. The failed ones were
+    noted as they failed (routing/router.py: attempt); the last, when it did not fail there (it answered, or
+    its stream broke or was cut later), ends with the call, with the call's status and error."""
+    t0 = call.started
+    out = [{"deployment": name, "provider": provider, "status": st, "error": err,
+            "start_ms": int((start - t0) * 1e6 + 0.5) / 1000, "ms": int((end - start) * 1e6 + 0.5) / 1000}
+           for name, provider, st, err, start, end in call.failed_attempts or ()]
+    dep = call.deployment
+    if len(out) < call.attempts and dep is not None:
+        start = call.attempt_at
+        out.append({"deployment": dep.name, "provider": dep.provider_type, "status": status, "error": kind,
+                    "start_ms": int((start - t0) * 1e6 + 0.5) / 1000, "ms": int((now - start) * 1e6 + 0.5) / 1000})
+    return orjson.dumps(out).decode()

@@ -339,7 +339,7 @@ async def attempt(dep: Deployment, call: Call, route: ModelRoute | None = None) 
     call.tried.append(dep.name)
     stats = dep.stats
     stats.in_flight += 1
-    started = time.monotonic()
+    started = call.attempt_at = time.monotonic()
     if stats.rpm is not None:
         stats.rpm.add(1, started)
     breaker = dep.breaker
@@ -350,6 +350,9 @@ async def attempt(dep: Deployment, call: Call, route: ModelRoute | None = None) 
         stats.release()
         if traced is not None:
             traced(None, e)
+        if call.failed_attempts is None:
+            call.failed_attempts = []
+        call.failed_attempts.append((dep.name, dep.provider_type, e.status, e.kind, started, time.monotonic()))
         stats.record(not e.retryable, None)
         if e.retry_after and e.kind == "rate_limited":
             cap = route.cooling_cap if route is not None else 30.0

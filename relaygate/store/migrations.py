@@ -48,13 +48,22 @@ def _v5_usage_estimated(conn: Connection) -> None:
 
 def _v6_overview_index(conn: Connection) -> None:
     conn.exec_driver_sql("DROP INDEX IF EXISTS ix_request_log_ts")  # a prefix of the new one
-    conn.exec_driver_sql(tables.OVERVIEW_INDEX)
+    # as released (step 8 widens it): today's OVERVIEW_INDEX would do, but a released step is never edited
+    conn.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_request_log_overview ON request_log (ts, latency_ms, "
+                         "ttft_ms, status, error, cost_nano, prompt_tokens, completion_tokens, cache_hit)")
 
 
 def _v7_saved_nano(conn: Connection) -> None:
     if "saved_nano" in {c["name"] for c in inspect(conn).get_columns("request_log")}:
         return  # created by step 1 from today's table
     conn.exec_driver_sql("ALTER TABLE request_log ADD COLUMN saved_nano BIGINT NOT NULL DEFAULT 0")
+
+
+def _v8_attempts_and_overview_filters(conn: Connection) -> None:
+    if "attempt_log" not in {c["name"] for c in inspect(conn).get_columns("request_log")}:  # else step 1 made it
+        conn.exec_driver_sql("ALTER TABLE request_log ADD COLUMN attempt_log TEXT")
+    conn.exec_driver_sql("DROP INDEX IF EXISTS ix_request_log_overview")  # step 6's, without the filters
+    conn.exec_driver_sql(tables.OVERVIEW_INDEX)
 
 
 STEPS: list[tuple[int, str, Step]] = [
@@ -65,6 +74,8 @@ STEPS: list[tuple[int, str, Step]] = [
     (5, "request log: usage_estimated (a stream's usage counted by the gateway)", _v5_usage_estimated),
     (6, "request log: the dashboard overview's covering index, in place of the one on ts", _v6_overview_index),
     (7, "request log: saved_nano (what a cache hit saved)", _v7_saved_nano),
+    (8, "request log: attempt_log (each attempt of a retried call); the overview's index covers its filters",
+     _v8_attempts_and_overview_filters),
 ]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from sqlalchemy import Engine, and_, case, func, or_, select
 
 from relaygate.core.pricing import NANO
@@ -77,7 +78,7 @@ def log_row(engine: Engine, uid: str) -> dict[str, Any] | None:
 
 def _dicts(engine: Engine, q: Any) -> list[dict[str, Any]]:
     """The rows of ``q`` by column name, each with its cost (and what a cache hit saved) in USD beside the
-    nano-dollars."""
+    nano-dollars, and its attempts (``attempt_log``) as a list."""
     with engine.connect() as conn:
         result = conn.execute(q)
         names = [str(k) for k in result.keys()]  # plain str: orjson refuses str subclasses as keys
@@ -85,4 +86,7 @@ def _dicts(engine: Engine, q: Any) -> list[dict[str, Any]]:
     for row in rows:
         row["cost_usd"] = row["cost_nano"] / NANO
         row["saved_usd"] = row["saved_nano"] / NANO
+        tries = row.get("attempt_log")
+        if tries is not None:  # stored as JSON text (a retried call's attempts): returned as the list it is
+            row["attempt_log"] = orjson.loads(tries)
     return rows

@@ -131,6 +131,9 @@ request_log = Table(
     # a cache hit: what its answer cost when it was made upstream, i.e. what the hit saved (0 otherwise)
     # (a server default too, as the migration that adds it: rows written by older code still insert)
     Column("saved_nano", BigInteger, nullable=False, default=0, server_default=text("0")),
+    # a call tried more than once (retries, fallbacks): each attempt as a compact JSON array (requestlog/audit.py
+    # attempt_log); NULL for the usual call of one attempt, so the writer binds one more NULL and no second row
+    Column("attempt_log", Text, nullable=True),
     # the key, team and user indexes are partial (owner_index_ddl), made by migration 3; the one on ts is the
     # overview's (OVERVIEW_INDEX), made by migration 6
 )
@@ -141,8 +144,10 @@ request_log = Table(
 # a loaded 2-core machine; bench/dashboard.py). Appended in ts order like the rows, it costs the writer what the
 # index on ts alone did, within 0.4 % (a 25-row chunk into SQLite: 5,402k instructions against 5,384k;
 # bench/microinstr.py log-chunk-overview-index, log-chunk-ts-index).
+# The overview's filters (model, key, team: migration 8) are its last columns: a filtered overview is still read
+# from the index alone, the filter applied to each index entry of the window.
 OVERVIEW_INDEX = ("CREATE INDEX IF NOT EXISTS ix_request_log_overview ON request_log (ts, latency_ms, ttft_ms, "
-                  "status, error, cost_nano, prompt_tokens, completion_tokens, cache_hit)")
+                  "status, error, cost_nano, prompt_tokens, completion_tokens, cache_hit, model, key_id, team_id)")
 
 
 def owner_index_ddl(column: str) -> str:

@@ -142,18 +142,55 @@
       value: (v) => fmt.num(v)},
   ];
 
+  // the overview's filters: [query parameter, label, where the suggestions come from, the field that names one]
+  const OVERVIEW_FILTERS = [["model", "Model", "/v1/models", "id"], ["key_id", "Key", "/admin/keys", "id"],
+    ["team_id", "Team", "/admin/teams", "id"]];
+
+  function overviewFilters(saved) {
+    const form = h("form", {class: "filters", id: "overview-filters"},
+      ...OVERVIEW_FILTERS.map(([name, label]) => h("label", {}, label,
+        h("input", {name, type: "text", list: "overview-" + name, value: saved[name] || "", placeholder: "all"}))),
+      ...OVERVIEW_FILTERS.map(([name]) => h("datalist", {id: "overview-" + name})),
+      h("button", {type: "submit"}, "Apply"),
+      h("button", {type: "button", class: "quiet", onclick: () => {
+        sessionStorage.removeItem("relaygate.overviewFilters"); route(); }}, "Clear"));
+    form.addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      const f = Object.fromEntries([...new FormData(form)].map(([k, v]) => [k, String(v).trim()]).filter(([, v]) => v));
+      sessionStorage.setItem("relaygate.overviewFilters", JSON.stringify(f));
+      route();
+    });
+    // suggestions, after the page shows (never in its way; one that fails only leaves its list empty)
+    for (const [name, , path, field] of OVERVIEW_FILTERS) {
+      api("GET", path).then((list) => form.querySelector("#overview-" + name).replaceChildren(
+        ...(list.data || []).map((item) => h("option", {value: item[field]})))).catch(() => {});
+    }
+    return form;
+  }
+
   async function overview() {
     const windowName = sessionStorage.getItem("relaygate.window") || "hour";
-    const data = await api("GET", "/dashboard/api/overview" + query({window: windowName}));
+    const saved = JSON.parse(sessionStorage.getItem("relaygate.overviewFilters") || "{}");
+    const filters = overviewFilters(saved);
+    let data;
+    try {
+      data = await api("GET", "/dashboard/api/overview" + query({window: windowName, ...saved}));
+    } catch (e) {
+      if (e.status !== 400) throw e;
+      show(h("h1", {text: "Overview"}), filters, errorBox(e)); // a bad filter: named, and the form to correct it
+      return;
+    }
     const t = data.totals;
     const pick = (name) => h("button", {class: name === windowName ? "" : "quiet", type: "button",
       onclick: () => { sessionStorage.setItem("relaygate.window", name); route(); }}, name === "hour" ? "Last hour" : "Last day");
     const tile = (label, value) => h("div", {class: "tile"}, h("div", {class: "label", text: label}),
       h("div", {class: "value", text: value}));
     const charts = h("div", {class: "charts"});
-    show(h("h1", {text: "Overview"}),
+    const narrowed = Object.entries(data.filters || {}).map(([k, v]) => `${k.replace("_id", "")} ${v}`).join(", ");
+    show(h("h1", {text: "Overview"}), filters,
       h("div", {class: "toolbar"}, pick("hour"), pick("day"),
-        h("span", {class: "muted", text: `from the request log, ${data.bucket_seconds / 60}-minute buckets; refreshed every 30 s`})),
+        h("span", {class: "muted", id: "overview-scope", text: `${narrowed ? "calls of " + narrowed : "every call"}; ` +
+          `from the request log, ${data.bucket_seconds / 60}-minute buckets; refreshed every 30 s`})),
       h("div", {class: "tiles"},
         tile("Requests", fmt.num(t.requests)), tile("Requests/s", fmt.num(t.requests_per_second, 3)),
         tile("Error rate", fmt.pct(t.error_rate)), tile("Latency p50 / p95", `${fmt.ms(t.latency_p50_ms)} / ${fmt.ms(t.latency_p95_ms)}`),

@@ -25,7 +25,7 @@ import tempfile
 import time
 from typing import Any
 
-from relaygate.dashboard.overview import WINDOWS, overview
+from relaygate.dashboard.overview import WINDOWS, overview, overview_query
 from relaygate.store import tables
 from relaygate.store.db import Database
 from relaygate.testing.gateway import GatewayThread
@@ -85,6 +85,17 @@ def load(host: str, port: int, window: str) -> float:
     return elapsed
 
 
+def plan(db: Database, filters: dict[str, str]) -> str:
+    """How the database reads the day's overview with ``filters``: which index, and whether it reads rows."""
+    q, _ = overview_query(db.engine, WINDOWS["day"], time.time(), filters)
+    sql = str(q.compile(db.engine, compile_kwargs={"literal_binds": True}))
+    with db.engine.connect() as conn:
+        if db.dialect == "sqlite":
+            return "; ".join(str(r[-1]) for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql))
+        return "; ".join(r[0].strip() for r in conn.exec_driver_sql("EXPLAIN " + sql)
+                         if "Scan" in r[0] or "Filter" in r[0] or "Cond" in r[0])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=100_000)
@@ -113,6 +124,20 @@ def main() -> int:
             print(f"  aggregate query, {name:4}: median {statistics.median(times) * 1000:7.1f} ms, "
                   f"worst {max(times) * 1000:7.1f} ms, CPU {statistics.median(cpu) * 1000:6.1f} ms "
                   f"({data['totals']['requests']:,} rows in the window)")
+        # the overview narrowed (dashboard/overview.py FILTERS): one model of four, one key of 50, one team of 5
+        for filters in ({"model": "gpt-4o"}, {"key_id": "key_0007"}, {"team_id": "team-1"},
+                        {"model": "gpt-4o", "team_id": "team-1"}):
+            times, cpu = [], []
+            for _ in range(args.n):
+                t0, c0 = time.perf_counter(), time.process_time()
+                data = overview(db.engine, WINDOWS["day"], time.time(), filters)
+                times.append(time.perf_counter() - t0)
+                cpu.append(time.process_time() - c0)
+            label = "&".join(f"{k}={v}" for k, v in filters.items())
+            print(f"  aggregate query, day, {label}: median {statistics.median(times) * 1000:7.1f} ms, "
+                  f"worst {max(times) * 1000:7.1f} ms, CPU {statistics.median(cpu) * 1000:6.1f} ms "
+                  f"({data['totals']['requests']:,} rows)")
+            print(f"    plan: {plan(db, filters)}")
         db.close()
         gw = GatewayThread({"auth": {"master_key": MASTER}, "database": {"url": url},
                             "models": [{"name": "demo", "deployments": [{"provider": "demo", "model": "demo"}]}]}).start()

@@ -94,7 +94,7 @@ base = dict(request_id="req_0", day="2026-12-06", key_id="key_1", team_id=None, 
             deployment="gpt-4o-mini/openai/0", provider="openai", route="chat", stream=False, status=200, error=None,
             error_message=None, latency_ms=812.5, ttft_ms=None, prompt_tokens=120, completion_tokens=80,
             cached_tokens=0, cost_nano=66000, cache_hit=False, attempts=1, client_ip="127.0.0.1", request_body=None,
-            response_body=None, usage_estimated=False)
+            response_body=None, usage_estimated=False, saved_nano=0, attempt_log=None)
 counter = itertools.count()
 t0 = time.time()
 def chunk():
@@ -106,6 +106,10 @@ def chunk():
         insert(conn, rows)
 """
 CASES["log-chunk-overview-index"] = (_LOG_CHUNK.format(schema=()), "chunk()")
+# the same index before migration 8 added the overview's filters (model, key_id, team_id) to it
+CASES["log-chunk-overview-index-v6"] = (_LOG_CHUNK.format(schema=(
+    "DROP INDEX ix_request_log_overview", "CREATE INDEX ix_request_log_overview ON request_log (ts, latency_ms, "
+    "ttft_ms, status, error, cost_nano, prompt_tokens, completion_tokens, cache_hit)")), "chunk()")
 CASES["log-chunk-ts-index"] = (_LOG_CHUNK.format(schema=(
     "DROP INDEX ix_request_log_overview", "CREATE INDEX ix_request_log_ts ON request_log (ts)")), "chunk()")
 

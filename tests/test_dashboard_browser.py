@@ -18,7 +18,7 @@ import pytest
 import requests
 from playwright.sync_api import expect, sync_playwright
 
-from relaygate.testing.base import BackgroundServer
+from relaygate.testing.base import BackgroundServer, FaultPlan
 from relaygate.testing.gateway import GatewayThread
 from relaygate.testing.openai import OpenAIEmulatorOptions, create_app
 from tests.conftest import UPSTREAM_KEY, openai_model
@@ -32,24 +32,33 @@ PAGES = ("overview", "providers", "keys", "logs", "models", "alerts")
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayThread]:
+def emulator() -> Iterator[BackgroundServer]:
+    with BackgroundServer(create_app(OpenAIEmulatorOptions(api_key=UPSTREAM_KEY))) as emu:
+        yield emu
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory, emulator: BackgroundServer) -> Iterator[GatewayThread]:
     db = tmp_path_factory.mktemp("dashboard") / "relaygate.db"
-    with BackgroundServer(create_app(OpenAIEmulatorOptions(api_key=UPSTREAM_KEY))) as emulator:
-        gw = GatewayThread({
-            "models": [openai_model("m", emulator)],
-            "auth": {"master_key": MASTER},
-            "database": {"url": f"sqlite:///{db}"},
-            "request_log": {"bodies": True},
-            "alerts": {"interval": 0.2, "channels": {"log": {"type": "log"}}, "rules": [
-                {"name": "errors", "kind": "error_rate", "threshold": 0.01, "window": 60, "min_calls": 1,
-                 "channels": ["log"]}]},
-            "chaos": {"enabled": True, "rules": [{"name": "m-outage", "fault": "error", "model": "m",
-                                                  "enabled": False}]},
-        }).start()
-        try:
-            yield gw
-        finally:
-            gw.stop()
+    # "two": two deployments, so that a call may be retried on the second (the attempts view)
+    two = {"name": "two", "deployments": [
+        {"name": name, "provider": "openai", "model": "gpt-4o-mini", "api_base": emulator.url + "/v1",
+         "api_key": UPSTREAM_KEY, "timeout": 10} for name in ("two-a", "two-b")]}
+    gw = GatewayThread({
+        "models": [openai_model("m", emulator), two],
+        "auth": {"master_key": MASTER},
+        "database": {"url": f"sqlite:///{db}"},
+        "request_log": {"bodies": True},
+        "alerts": {"interval": 0.2, "channels": {"log": {"type": "log"}}, "rules": [
+            {"name": "errors", "kind": "error_rate", "threshold": 0.01, "window": 60, "min_calls": 1,
+             "channels": ["log"]}]},
+        "chaos": {"enabled": True, "rules": [{"name": "m-outage", "fault": "error", "model": "m",
+                                              "enabled": False}]},
+    }).start()
+    try:
+        yield gw
+    finally:
+        gw.stop()
 
 
 @pytest.fixture(scope="module")
@@ -250,3 +259,80 @@ def test_every_page_renders_without_console_errors(tab: Page, tmp_path: Path) ->
         assert (shots / f"dashboard-{name}.png").stat().st_size > 10_000
     expected = [e for e in tab.errors if catalog.status_code == 404 and "404" in e and "/api/models" in e]
     assert [e for e in tab.errors if e not in expected] == []
+
+
+def test_the_overview_narrows_to_a_model_a_key_or_a_team(tab: Page) -> None:
+    gw = tab.gw
+    admin = {"authorization": f"Bearer {MASTER}"}
+    made = requests.post(gw.url + "/admin/keys", json={"name": "narrowed", "team_id": "overview-team"},
+                         headers=admin, timeout=10)
+    made.raise_for_status()
+    key_id, secret = made.json()["id"], made.json()["key"]
+    writer = gw.gateway.writer
+    before = writer.submitted
+    for _ in range(3):
+        client(gw, secret).chat.completions.create(model="two", messages=[{"role": "user", "content": "mine"}])
+    logged(writer, before + 3)
+
+    def shown(**filters: str) -> str:  # what the API says the Requests tile must show
+        data = requests.get(gw.url + "/dashboard/api/overview", params={"window": "hour", **filters}, headers=admin,
+                            timeout=10).json()
+        return f"{data['totals']['requests']:,}"
+
+    tab.login()
+    page = tab.page
+    requests_tile = page.locator(".tile:has(.label:text-is('Requests')) .value")
+    expect(requests_tile).to_have_text(shown())
+    for name, value in (("key_id", key_id), ("team_id", "overview-team")):
+        page.fill(f"#overview-filters input[name={name}]", value)
+        page.click("#overview-filters button[type=submit]")
+        expect(page.locator("#overview-scope")).to_contain_text(value)
+        expect(requests_tile).to_have_text("3")
+        page.fill(f"#overview-filters input[name={name}]", "")
+    page.fill("#overview-filters input[name=model]", "m")  # the other model: none of this key's calls
+    page.click("#overview-filters button[type=submit]")
+    expect(page.locator("#overview-scope")).to_contain_text("calls of model m")
+    expect(requests_tile).to_have_text(shown(model="m"))
+    page.fill("#overview-filters input[name=model]", "")
+    page.fill("#overview-filters input[name=key_id]", "not a key")  # refused, named, and the form stays
+    page.click("#overview-filters button[type=submit]")
+    expect(page.locator("#view .error")).to_contain_text("'key_id'")
+    expect(page.locator("#overview-filters input[name=key_id]")).to_have_value("not a key")
+    page.click("#overview-filters button:text('Clear')")
+    expect(page.locator("#overview-scope")).to_contain_text("every call")
+    expect(requests_tile).to_have_text(shown())
+    page.wait_for_selector(f"#overview-key_id option[value='{key_id}']", state="attached")  # suggestions came
+    # the console error the refused filter's 400 logged is the only one
+    assert [e for e in tab.errors if "400" not in e] == []
+
+
+def test_a_retried_call_shows_each_attempt_in_the_log_explorer(tab: Page, emulator: BackgroundServer) -> None:
+    gw = tab.gw
+    writer = gw.gateway.writer
+    before = writer.submitted
+    emulator.state.faults = FaultPlan(status=503, count=1, paths=["/chat/completions"])  # the first attempt fails
+    try:
+        reply = client(gw, MASTER).chat.completions.create(
+            model="two", messages=[{"role": "user", "content": "retried"}])
+    finally:
+        emulator.state.faults = None
+    assert reply.choices[0].message.content
+    logged(writer, before + 1)
+    tab.login()
+    page = tab.page
+    tab.open("logs")
+    page.fill("#log-filters input[name=model]", "two")
+    page.click("#log-filters button[type=submit]")
+    row = page.locator("#log-table tbody tr[data-uid]:has(td.num:text-is('2'))").first
+    row.click()
+    attempts = page.locator("#call-attempts tbody tr")
+    expect(attempts).to_have_count(2)
+    expect(attempts.nth(0)).to_contain_text("503")
+    expect(attempts.nth(0)).to_contain_text("unavailable")
+    expect(attempts.nth(1)).to_contain_text("200")
+    names = [attempts.nth(i).locator("td.mono").text_content() for i in range(2)]
+    assert sorted(names) == ["two-a", "two-b"]  # one deployment, then the other
+    bars = page.locator("#call-attempts .attempt-bar")
+    widths = [b.evaluate("el => el.getBoundingClientRect().width") for b in bars.all()]
+    assert len(widths) == 2 and all(w > 0 for w in widths)  # drawn through the CSSOM (the CSP allows no inline style)
+    assert tab.errors == []

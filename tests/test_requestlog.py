@@ -285,9 +285,13 @@ def test_a_row_holds_each_value_under_its_column() -> None:
     sink = SimpleNamespace(submit=rows.append)
     layer = AuditLayer(None, sink, RequestLogConfig(), lambda c, r: 4321)  # type: ignore[arg-type]
     call = Call(id="req_0123456789abcdef01234567", route=Route.CHAT, model="gpt-x", body={}, stream=True,
-                client_ip="10.1.2.3", key=Principal(id="k1", team_id="t1", user_id="u1"), attempts=2)
+                client_ip="10.1.2.3", key=Principal(id="k1", team_id="t1", user_id="u1"), attempts=2,
+                started=time.monotonic() - 1)  # a second ago: its attempts (below) are over
     call.deployment = SimpleNamespace(name="gpt-x/0", provider_type="openai")  # type: ignore[assignment]
     call.cache_hit = True
+    # the first attempt failed on another deployment; the second (on gpt-x/0) began 100 ms in
+    call.failed_attempts = [("gpt-x/1", "anthropic", 503, "unavailable", call.started + 0.0015, call.started + 0.0995)]
+    call.attempt_at = call.started + 0.1
     reply = Reply(status=200, usage=Usage(prompt_tokens=11, completion_tokens=7, cached_tokens=3),
                   first_byte_at=call.started + 0.25)
     layer.record(call, reply, None)
@@ -295,6 +299,11 @@ def test_a_row_holds_each_value_under_its_column() -> None:
     assert len(values) == len(COLUMNS) == len(tables.request_log.c)
     row = dict(zip(COLUMNS, values, strict=True))
     assert len(row.pop("uid")) == 32 and row.pop("ts") > 0 and row.pop("latency_ms") >= 0
+    tries = orjson.loads(row.pop("attempt_log"))
+    assert tries[0] == {"deployment": "gpt-x/1", "provider": "anthropic", "status": 503, "error": "unavailable",
+                        "start_ms": 1.5, "ms": 98.0}
+    assert tries[1].pop("ms") >= 900 and tries[1] == {"deployment": "gpt-x/0", "provider": "openai", "status": 200,
+                                                    "error": None, "start_ms": 100.0}
     assert row.pop("day") == time.strftime("%Y-%m-%d", time.gmtime())
     assert row == {"request_id": call.id, "key_id": "k1", "team_id": "t1", "user_id": "u1", "model": "gpt-x",
                    "deployment": "gpt-x/0", "provider": "openai", "route": "chat", "stream": 1, "status": 200,

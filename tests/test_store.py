@@ -176,11 +176,12 @@ def test_bulk_insert_rows_with_nulls_in_some_columns_of_a_chunk_read_back_exactl
                                         None, i) for i in range(131)]
 
 
-@pytest.mark.parametrize(("column", "before"), [("usage_estimated", False), ("saved_nano", 0)])
+@pytest.mark.parametrize(("column", "before"), [("usage_estimated", False), ("saved_nano", 0), ("attempt_log", None)])
 def test_an_older_request_log_gains_a_column_its_rows_at_the_default(database: Database, column: str,
                                                                     before: object) -> None:
-    """The migrations that add a column: usage_estimated (a usage the gateway estimated) and saved_nano (what
-    a cache hit saved); the rows already there were not estimated and saved nothing."""
+    """The migrations that add a column: usage_estimated (a usage the gateway estimated), saved_nano (what
+    a cache hit saved) and attempt_log (a retried call's attempts); the rows already there were not
+    estimated, saved nothing and kept no attempts."""
     from relaygate.store import migrations
 
     with database.engine.begin() as conn:  # a database from before the column
@@ -254,3 +255,24 @@ def test_the_request_log_writes_sqlite_through_a_plain_connection_in_one_transac
         assert tuple(conn.execute(text("SELECT count(*), sum(cost_nano) FROM request_log")).one()) == \
             (131, sum(range(131)))
     db.close()
+
+
+def test_an_older_database_gets_the_overview_index_with_its_filters(database: Database) -> None:
+    """The attempt_log step replaces step 6's covering index by one that also holds model, key_id and team_id."""
+    from relaygate.store import migrations
+
+    widened = next(n for n, name, _ in STEPS if "attempt_log" in name)
+    with database.engine.begin() as conn:
+        tables.schema_migrations.create(conn)
+        for n, name, step in [s for s in STEPS if s[0] < widened]:
+            step(conn)
+            conn.execute(tables.schema_migrations.insert().values(version=n, name=name, applied_at=0.0))
+
+    def overview_columns() -> list[str | None]:
+        found = [i for i in inspect(database.engine).get_indexes("request_log") if i["name"] == "ix_request_log_overview"]
+        assert len(found) == 1
+        return list(found[0]["column_names"])
+
+    assert overview_columns()[-1] == "cache_hit"
+    assert migrations.migrate(database.engine) == STEPS[-1][0]
+    assert overview_columns()[-4:] == ["cache_hit", "model", "key_id", "team_id"]

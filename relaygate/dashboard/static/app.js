@@ -504,11 +504,36 @@
       detail.replaceChildren(h("div", {class: "panel", id: "call-detail"},
         h("div", {class: "toolbar"}, h("h2", {text: `Call ${r.request_id}`}),
           h("button", {type: "button", class: "small quiet", onclick: () => detail.replaceChildren()}, "Close")),
-        dl, ...bodies.flat(),
+        dl, attemptTable(r), ...bodies.flat(),
         r.request_body || r.response_body ? null : h("p", {class: "muted",
           text: "Bodies are not stored (request_log.bodies: false in the config)."})));
       detail.scrollIntoView({block: "nearest"});
     } catch (e) { detail.replaceChildren(errorBox(e)); }
+  }
+
+  // a retried call's attempts (request_log.attempt_log): each on a timeline from the call's start
+  function attemptTable(r) {
+    const tries = r.attempt_log;
+    if (!tries || !tries.length) return null;
+    const total = Math.max(r.latency_ms || 0, ...tries.map((t) => t.start_ms + t.ms)) || 1;
+    const bar = (t) => h("div", {class: "timeline"}, h("div", {class: "attempt-bar " + (t.error ? "bad" : "good"),
+      "data-left": (t.start_ms / total * 100).toFixed(1), "data-width": Math.max(t.ms / total * 100, 0.5).toFixed(1)}));
+    const table = h("table", {id: "call-attempts"},
+      h("thead", {}, h("tr", {}, ...["#", "Deployment", "Provider", "Status", "Error", "Started at", "Took", "Timeline"]
+        .map((c) => h("th", {text: c})))),
+      h("tbody", {}, ...tries.map((t, i) => h("tr", {},
+        h("td", {class: "num", text: String(i + 1)}), h("td", {class: "mono", text: t.deployment || "–"}),
+        h("td", {text: t.provider || "–"}),
+        h("td", {}, h("span", {class: "badge " + (t.error ? (t.status >= 500 ? "bad" : "warn") : "good"),
+          text: t.status === null || t.status === undefined ? "–" : String(t.status)})),
+        h("td", {text: t.error || "–"}), h("td", {class: "num", text: "+" + fmt.ms(t.start_ms)}),
+        h("td", {class: "num", text: fmt.ms(t.ms)}), h("td", {}, bar(t))))));
+    // widths set through the CSSOM (the page's policy refuses inline style attributes)
+    for (const el of table.querySelectorAll(".attempt-bar")) {
+      el.style.marginLeft = el.dataset.left + "%";
+      el.style.width = el.dataset.width + "%";
+    }
+    return [h("h2", {text: `Attempts (${tries.length}: retries and fallbacks)`}), table];
   }
 
   function pretty(text) {

@@ -236,3 +236,29 @@ def test_config_refuses_an_unknown_passthrough_model(upstream: GatewayThread) ->
     config["assistants"] = {"passthrough": "nope"}
     with pytest.raises(ConfigError, match="assistants.passthrough: no model named 'nope'"):
         parse_config(config, {})
+
+
+def test_vector_stores_are_forwarded_and_owned(tmp_path: Any) -> None:
+    """Vector stores (the OpenAI emulator's) through the passthrough: recorded for their owner, listed and
+    read by it alone, and another key cannot name one in an assistant's ``tool_resources``."""
+    with BackgroundServer(create_openai_app(OpenAIEmulatorOptions(api_key=UPSTREAM_KEY))) as oai:
+        config = {"models": [openai_model("vs-upstream", oai)], "assistants": {"passthrough": "vs-upstream"},
+                  "database": {"url": f"sqlite:///{tmp_path}/relaygate.db"},
+                  "auth": {"master_key": MASTER, "keys": [{"id": "a", "key": KEY_A}, {"id": "b", "key": KEY_B}]}}
+        with GatewayThread(config) as g:
+            a = openai.OpenAI(api_key=KEY_A, base_url=g.base_url, max_retries=0)
+            b = openai.OpenAI(api_key=KEY_B, base_url=g.base_url, max_retries=0)
+            mine = [a.vector_stores.create(name=f"kb{i}").id for i in range(3)]
+            theirs = b.vector_stores.create(name="other").id
+            assert a.vector_stores.retrieve(mine[0]).name == "kb0"
+            assert [v.id for v in a.vector_stores.list(order="asc")] == mine
+            assert [v.id for v in b.vector_stores.list()] == [theirs]
+            with pytest.raises(openai.NotFoundError):
+                b.vector_stores.retrieve(mine[0])
+            with pytest.raises(openai.NotFoundError) as e:
+                b.beta.assistants.create(model="gpt-4o-mini", tools=[{"type": "file_search"}],
+                                         tool_resources={"file_search": {"vector_store_ids": [mine[0]]}})
+            assert e.value.body["param"] == "tool_resources"  # type: ignore[index]
+            assert a.vector_stores.delete(mine[0]).deleted
+            with pytest.raises(openai.NotFoundError):
+                a.vector_stores.retrieve(mine[0])

@@ -1,5 +1,6 @@
-"""The rest of OpenAI's REST API in the emulator, for passthrough tests: files, batches, image generation,
-moderations, legacy completions and realtime client secrets. State (files, batches) lives on the app."""
+"""The rest of OpenAI's REST API in the emulator, for passthrough tests: files, batches, vector stores, image
+generation, moderations, legacy completions and realtime client secrets. State (files, batches, vector stores)
+lives on the app."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 
 FILES_KEY: web.AppKey[dict[str, tuple[dict[str, Any], bytes]]] = web.AppKey("emulator_files", dict)
 BATCHES_KEY: web.AppKey[dict[str, dict[str, Any]]] = web.AppKey("emulator_batches", dict)
+STORES_KEY: web.AppKey[dict[str, dict[str, Any]]] = web.AppKey("emulator_vector_stores", dict)
 FLAGGED_WORDS = {"kill": "violence", "hate": "hate", "weapon": "illicit"}
 CATEGORIES = ("harassment", "hate", "illicit", "self-harm", "sexual", "violence")
 CONTENT_CHUNK = 16384
@@ -52,6 +54,7 @@ def not_found(what: str) -> web.Response:
 def add_passthrough_routes(app: web.Application, opts: OpenAIEmulatorOptions) -> None:
     app[FILES_KEY] = {}
     app[BATCHES_KEY] = {}
+    app[STORES_KEY] = {}
 
     def guarded(handler: Handler) -> Handler:
         async def wrapper(request: web.Request) -> web.StreamResponse:
@@ -224,7 +227,44 @@ def add_passthrough_routes(app: web.Application, opts: OpenAIEmulatorOptions) ->
                               "session": {"type": "realtime", "object": "realtime.session",
                                           "id": "sess_" + os.urandom(8).hex(), **session}})
 
+    async def create_store(request: web.Request) -> web.StreamResponse:
+        body = await json_of(request)
+        files = [f for f in body.get("file_ids") or () if isinstance(f, str)]
+        vid = "vs_" + os.urandom(12).hex()
+        obj: dict[str, Any] = {"id": vid, "object": "vector_store", "created_at": int(time.time()),
+               "name": body.get("name"), "usage_bytes": 0, "status": "completed", "metadata": body.get("metadata") or {},
+               "file_counts": {"in_progress": 0, "completed": len(files), "failed": 0, "cancelled": 0,
+                               "total": len(files)}, "expires_after": None, "expires_at": None, "last_active_at": None}
+        request.app[STORES_KEY][vid] = obj
+        return json_response(obj)
+
+    async def list_stores(request: web.Request) -> web.StreamResponse:
+        """OpenAI's cursor page: ``limit``, ``order`` (newest first unless ``asc``), ``after``."""
+        stores = list(request.app[STORES_KEY].values())
+        if request.query.get("order", "desc") != "asc":
+            stores.reverse()
+        after = request.query.get("after")
+        if after is not None:
+            ids = [v["id"] for v in stores]
+            stores = stores[ids.index(after) + 1:] if after in ids else []
+        limit = int(request.query.get("limit", "20"))
+        page = stores[:limit]
+        return json_response({"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
+                              "last_id": page[-1]["id"] if page else None, "has_more": len(stores) > limit})
+
+    async def store_op(request: web.Request) -> web.StreamResponse:
+        stores = request.app[STORES_KEY]
+        sid = request.match_info["id"]
+        if sid not in stores:
+            return not_found("vector store")
+        if request.method == "DELETE":
+            del stores[sid]
+            return json_response({"id": sid, "object": "vector_store.deleted", "deleted": True})
+        return json_response(stores[sid])
+
     for method, path, handler in [
+        ("POST", "/v1/vector_stores", create_store), ("GET", "/v1/vector_stores", list_stores),
+        ("GET", "/v1/vector_stores/{id}", store_op), ("DELETE", "/v1/vector_stores/{id}", store_op),
         ("POST", "/v1/files", upload_file), ("GET", "/v1/files", list_files), ("GET", "/v1/files/{id}", file_op),
         ("DELETE", "/v1/files/{id}", file_op), ("GET", "/v1/files/{id}/content", file_content),
         ("POST", "/v1/batches", create_batch), ("GET", "/v1/batches", list_batches),

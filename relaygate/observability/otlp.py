@@ -1,5 +1,5 @@
 """The trace exporter: finished spans wait in a bounded queue and a thread sends them in batches to an
-OTLP/HTTP collector, encoded as protobuf with ``opentelemetry-proto``'s messages.
+OTLP/HTTP collector, encoded as OTLP's protobuf messages (written by ``otlpwire.py``).
 
 A span on the request path is a plain slotted record (``SpanRecord``); everything that costs (ids to bytes,
 attributes to ``KeyValue`` messages, serialising, the HTTP request) happens here, in the thread, a batch at a
@@ -15,18 +15,15 @@ import threading
 import time
 import urllib.parse
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+from relaygate.observability.otlpwire import SpanEncoder
 
 log = logging.getLogger("relaygate.tracing")
 
 INTERNAL, SERVER, CLIENT = 1, 2, 3  # Span.SpanKind of the OTLP protocol
-STATUS_ERROR = 2  # Status.StatusCode
-SAMPLED, HAS_IS_REMOTE, IS_REMOTE = 0x01, 0x100, 0x200  # Span.flags: W3C trace flags and SpanFlags bits
 MAX_BATCH = 512  # spans per export request
-MAX_FRAGMENTS = 4096  # serialised attributes kept for reuse (cleared when full)
+MAX_FRAGMENTS = 4096  # encoded attributes kept for reuse (cleared when full)
 UNIQUE = frozenset({"relaygate.request_id", "relaygate.cost_usd"})  # never the same twice: not kept
 RETRY_STATUSES = frozenset({429, 502, 503, 504})  # the collector asks us to try again (OTLP/HTTP spec)
 
@@ -92,21 +89,11 @@ class OtlpExporter:
 
     def __init__(self, queue: SpanQueue, endpoint: str, headers: dict[str, str], timeout: float, delay: float,
                  resource: dict[str, str]) -> None:
-        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
-        from opentelemetry.proto.common.v1 import common_pb2
-        from opentelemetry.proto.resource.v1 import resource_pb2
-        from opentelemetry.proto.trace.v1 import trace_pb2
-
-        self._pb = trace_service_pb2
-        self._span = trace_pb2.Span
-        self._fragments: dict[tuple[str, Any], bytes] = {}
+        self._encoder = SpanEncoder(resource, "relaygate", UNIQUE, MAX_FRAGMENTS)
         self.queue = queue
         self.headers = {**headers, "content-type": "application/x-protobuf"}
         self.timeout = timeout
         self.delay = delay
-        self.resource = resource_pb2.Resource(attributes=[
-            common_pb2.KeyValue(key=k, value=common_pb2.AnyValue(string_value=v)) for k, v in resource.items()])
-        self.scope = common_pb2.InstrumentationScope(name="relaygate")
         self.url = urllib.parse.urlsplit(endpoint)
         self.path = (self.url.path or "/") + (f"?{self.url.query}" if self.url.query else "")
         self._conn: http.client.HTTPConnection | None = None  # kept alive between batches (this thread's)
@@ -142,50 +129,8 @@ class OtlpExporter:
             self._drop()
 
     def encode(self, batch: list[SpanRecord]) -> bytes:
-        """One ExportTraceServiceRequest of ``batch``, serialised.
-
-        Most attributes repeat from span to span (the model, the deployment, the operation, a status). Protobuf
-        merges concatenated messages (a repeated field's items are appended), so each of those is kept as its
-        own serialised one-attribute ``Span`` and a span's are joined and parsed in C at once; only the values
-        seen for the first time (a request id, a cost) are set field by field, which costs ~10x more."""
-        request = self._pb.ExportTraceServiceRequest()
-        rs = request.resource_spans.add()
-        rs.resource.CopyFrom(self.resource)
-        ss = rs.scope_spans.add()
-        ss.scope.CopyFrom(self.scope)
-        add = ss.spans.add
-        kept = self._fragments
-        for rec in batch:
-            s = add(trace_id=rec.trace_id.to_bytes(16, "big"), span_id=rec.span_id.to_bytes(8, "big"),
-                    parent_span_id=rec.parent_id.to_bytes(8, "big") if rec.parent_id else b"",
-                    trace_state=rec.trace_state, name=rec.name, kind=rec.kind,
-                    flags=SAMPLED | HAS_IS_REMOTE | (IS_REMOTE if rec.remote_parent else 0),
-                    start_time_unix_nano=rec.start, end_time_unix_nano=rec.end_time)
-            if rec.error:
-                s.status.code = STATUS_ERROR
-            joined = []
-            for kv in rec.attrs.items():
-                try:
-                    joined.append(kept[kv])
-                    continue
-                except (KeyError, TypeError):  # TypeError: a list value (unhashable)
-                    pass
-                key, value = kv
-                _set_value(s.attributes.add(key=key).value, value)
-                if key not in UNIQUE and type(value) is not list:
-                    self._keep(key, value)
-            if joined:
-                s.MergeFromString(b"".join(joined))
-        return request.SerializeToString()  # type: ignore[no-any-return]
-
-    def _keep(self, key: str, value: Any) -> None:
-        """Serialise ``Span(attributes=[KeyValue(key, value)])`` for the next spans with this attribute."""
-        kept = self._fragments
-        if len(kept) >= MAX_FRAGMENTS:
-            kept.clear()
-        one = self._span()
-        _set_value(one.attributes.add(key=key).value, value)
-        kept[key, value] = one.SerializeToString()
+        """One ExportTraceServiceRequest of ``batch``, serialised (``otlpwire.py``)."""
+        return self._encoder.encode(batch)
 
     def _send(self, body: bytes, count: int) -> bool:
         """POST one batch on the kept-alive connection; a collector that asks to retry (or cannot be reached)
@@ -230,20 +175,3 @@ class OtlpExporter:
             self._conn.close()
             self._conn = None
 
-
-def _set_value(v: AnyValue, value: Any) -> None:
-    # bool before int: a bool is an int in Python, not in OTLP
-    if isinstance(value, str):
-        v.string_value = value
-    elif isinstance(value, bool):
-        v.bool_value = value
-    elif isinstance(value, int):
-        v.int_value = value
-    elif isinstance(value, float):
-        v.double_value = value
-    elif isinstance(value, (list, tuple)):
-        values = v.array_value.values
-        for item in value:
-            _set_value(values.add(), item)
-    else:
-        v.string_value = str(value)

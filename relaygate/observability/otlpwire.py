@@ -1,0 +1,179 @@
+"""OTLP's ``ExportTraceServiceRequest`` written straight to the protobuf wire format.
+
+The export thread used ``opentelemetry-proto``'s message classes: ~60k instructions a span, most of them
+protobuf's Python API setting fields one by one, more than the rest of a traced call together
+(docs/observability.md, Traces: cost). The few messages a span needs (the request, resource spans, scope
+spans, span, key-value attributes, status) have a fixed, documented encoding (protobuf's wire format:
+field tags, varints, length-delimited bytes, little-endian fixed64), so they are written here as bytes;
+an attribute that repeats from span to span (the model, the deployment, a status) is encoded once and its
+bytes reused. The output is what ``opentelemetry-proto`` serialises for the same spans, byte for byte
+(``tests/test_otlpwire.py`` holds it to that, and parses it back with the library's own classes).
+
+Field numbers (opentelemetry/proto/trace/v1/trace.proto, common/v1/common.proto, resource/v1/resource.proto,
+collector/trace/v1/trace_service.proto):
+
+    ExportTraceServiceRequest  1 resource_spans (ResourceSpans)
+    ResourceSpans              1 resource (Resource), 2 scope_spans (ScopeSpans)
+    Resource                   1 attributes (KeyValue)
+    ScopeSpans                 1 scope (InstrumentationScope), 2 spans (Span)
+    InstrumentationScope       1 name (string)
+    Span                       1 trace_id (bytes), 2 span_id (bytes), 3 trace_state, 4 parent_span_id, 5 name,
+                               6 kind (enum), 7 start_time_unix_nano (fixed64), 8 end_time_unix_nano (fixed64),
+                               9 attributes (KeyValue), 15 status (Status), 16 flags (fixed32)
+    Status                     3 code (enum)
+    KeyValue                   1 key (string), 2 value (AnyValue)
+    AnyValue                   1 string_value, 2 bool_value, 3 int_value (int64), 4 double_value (double),
+                               5 array_value (ArrayValue: 1 values)
+
+Fields are written in field-number order and fields at their default (an empty string, 0) are left out, as
+protobuf's own serialiser does; a oneof's value is written even when it is a default (``int_value: 0``).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from relaygate.observability.otlp import SpanRecord
+
+MASK64 = (1 << 64) - 1
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+_ONE_BYTE = [bytes((i,)) for i in range(128)]
+_TIMES = struct.Struct("<BQBQ")  # Span 7 and 8: tag, fixed64, tag, fixed64
+_DOUBLE = struct.Struct("<d")
+_FLAGS = struct.Struct("<I")
+SAMPLED, HAS_IS_REMOTE, IS_REMOTE = 0x01, 0x100, 0x200  # Span.flags: W3C trace flags and SpanFlags bits
+_LOCAL_FLAGS = b"\x85\x01" + _FLAGS.pack(SAMPLED | HAS_IS_REMOTE)  # Span 16 (fixed32): tag, value
+_REMOTE_FLAGS = b"\x85\x01" + _FLAGS.pack(SAMPLED | HAS_IS_REMOTE | IS_REMOTE)
+_KINDS = [b"", b"\x30\x01", b"\x30\x02", b"\x30\x03", b"\x30\x04", b"\x30\x05"]  # Span 6: SpanKind 0-5
+
+
+def varint(n: int) -> bytes:
+    """An unsigned varint (``n`` ≥ 0): 7 bits a byte, low first, the high bit set on all but the last."""
+    if n < 0x80:
+        return _ONE_BYTE[n]
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def field(tag: bytes, data: bytes) -> bytes:
+    """A length-delimited field: its tag, the length, the bytes."""
+    n = len(data)
+    return tag + (_ONE_BYTE[n] if n < 0x80 else varint(n)) + data
+
+
+def text(value: str) -> bytes:
+    # a string protobuf would refuse (a lone surrogate) must not cost the whole batch: replaced
+    return value.encode("utf-8", "replace")
+
+
+def any_value(value: Any) -> bytes:
+    """The fields of an ``AnyValue`` holding ``value`` (without its own tag and length)."""
+    t = type(value)
+    if t is str:
+        return field(b"\x0a", text(value))
+    if t is bool:
+        return b"\x10\x01" if value else b"\x10\x00"
+    if t is int and INT64_MIN <= value <= INT64_MAX:
+        return b"\x18" + varint(value & MASK64)  # int64: a negative number is its 64-bit two's complement
+    if t is float:
+        return b"\x21" + _DOUBLE.pack(value)
+    # the same, for subclasses (an IntEnum, a StrEnum); bool before int: a bool is an int in Python, not in OTLP
+    if isinstance(value, str):
+        return field(b"\x0a", text(value))
+    if isinstance(value, bool):
+        return b"\x10\x01" if value else b"\x10\x00"
+    if isinstance(value, int) and INT64_MIN <= value <= INT64_MAX:
+        return b"\x18" + varint(int(value) & MASK64)
+    if isinstance(value, float):
+        return b"\x21" + _DOUBLE.pack(value)
+    if isinstance(value, (list, tuple)):
+        return field(b"\x2a", b"".join(field(b"\x0a", any_value(item)) for item in value))
+    return field(b"\x0a", text(str(value)))  # anything else (an int beyond int64): its text
+
+
+def key_value(key: str, value: Any) -> bytes:
+    """A ``KeyValue`` message's bytes."""
+    return (field(b"\x0a", text(key)) if key else b"") + field(b"\x12", any_value(value))
+
+
+def resource(attributes: dict[str, Any]) -> bytes:
+    """A ``Resource`` message's bytes."""
+    return b"".join(field(b"\x0a", key_value(k, v)) for k, v in attributes.items())
+
+
+def scope(name: str) -> bytes:
+    """An ``InstrumentationScope`` message's bytes."""
+    return field(b"\x0a", text(name)) if name else b""
+
+
+class SpanEncoder:
+    """Writes spans as one ``ExportTraceServiceRequest`` under a fixed resource and scope. Attributes with a
+    string value (all but a few keys: ``unique``) are kept encoded for the next spans (at most ``most``
+    of them; cleared when full), as are the keys; one encoder belongs to one thread."""
+
+    def __init__(self, resource_attributes: dict[str, Any], scope_name: str, unique: Iterable[str] = (),
+                 most: int = 4096) -> None:
+        self.head = field(b"\x0a", resource(resource_attributes))  # ResourceSpans 1: resource
+        self.scope = field(b"\x0a", scope(scope_name))  # ScopeSpans 1: scope
+        self.unique = frozenset(unique)
+        self.most = most
+        self.kept: dict[tuple[str, Any], bytes] = {}  # (key, str value): Span field 9 (tag, length, KeyValue)
+        self.keys: dict[str, bytes] = {}  # key: KeyValue field 1 (tag, length, key)
+
+    def attribute(self, key: str, value: Any) -> bytes:
+        """Span field 9 (``attributes``) holding one ``KeyValue``, reusing what was encoded before."""
+        if type(value) is str:
+            kv = (key, value)
+            kept = self.kept.get(kv)
+            if kept is not None:
+                return kept
+            encoded = field(b"\x4a", self._key(key) + field(b"\x12", field(b"\x0a", text(value))))
+            if key not in self.unique:
+                if len(self.kept) >= self.most:
+                    self.kept.clear()
+                self.kept[kv] = encoded
+            return encoded
+        return field(b"\x4a", self._key(key) + field(b"\x12", any_value(value)))
+
+    def _key(self, key: str) -> bytes:
+        encoded = self.keys.get(key)
+        if encoded is None:
+            if len(self.keys) >= self.most:
+                self.keys.clear()
+            encoded = self.keys[key] = field(b"\x0a", text(key)) if key else b""
+        return encoded
+
+    def encode(self, batch: Iterable[SpanRecord]) -> bytes:
+        """One ``ExportTraceServiceRequest`` of ``batch``, serialised."""
+        attribute = self.attribute
+        body = [self.scope]
+        add = body.append
+        for rec in batch:
+            parts = [b"\x0a\x10", rec.trace_id.to_bytes(16, "big"), b"\x12\x08", rec.span_id.to_bytes(8, "big")]
+            if rec.trace_state:
+                parts.append(field(b"\x1a", text(rec.trace_state)))
+            if rec.parent_id:
+                parts += (b"\x22\x08", rec.parent_id.to_bytes(8, "big"))
+            if rec.name:
+                parts.append(field(b"\x2a", text(rec.name)))
+            parts += (_KINDS[rec.kind], _TIMES.pack(0x39, rec.start, 0x41, rec.end_time))
+            for key, value in rec.attrs.items():
+                parts.append(attribute(key, value))
+            if rec.error:
+                parts.append(b"\x7a\x02\x18\x02")  # 15 status: {3 code: STATUS_CODE_ERROR (2)}
+            parts.append(_REMOTE_FLAGS if rec.remote_parent else _LOCAL_FLAGS)  # 16 flags, fixed32
+            span = b"".join(parts)
+            n = len(span)
+            add(b"\x12")  # ScopeSpans 2: spans
+            add(_ONE_BYTE[n] if n < 0x80 else varint(n))
+            add(span)
+        scope_spans = b"".join(body)
+        resource_spans = self.head + field(b"\x12", scope_spans)  # ResourceSpans 2: scope_spans
+        return field(b"\x0a", resource_spans)  # ExportTraceServiceRequest 1: resource_spans

@@ -338,7 +338,8 @@ class Gateway:
             from relaygate.requestlog.redact import Redactor
 
             known = {m.name for m in config.models} | {d.config.model for d in self.deployments()}
-            self.tracing = Tracing(config.tracing, Redactor(config.request_log.redact), frozenset(known))
+            self.tracing = Tracing(config.tracing, Redactor(config.request_log.redact), frozenset(known),
+                                   self.pricing.cost)
         self.audit: AuditLayer | None = None  # the request log's layer, when it is on
         self._windows: ContextWindows | None = None
         self._fitting: CondenseLayer | None = None
@@ -427,7 +428,7 @@ class Gateway:
         if self.tracing is not None:
             from relaygate.observability.tracing import TraceLayer
 
-            handler = TraceLayer(handler, self.tracing, self.pricing.cost)
+            handler = TraceLayer(handler, self.tracing)
         return handler
 
     @classmethod

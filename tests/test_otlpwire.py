@@ -126,7 +126,7 @@ def test_a_full_batch_with_long_lengths() -> None:
     encoder = SpanEncoder(RESOURCE, "relaygate", unique={"relaygate.request_id"}, most=5)  # the cache cleared often
     body = encoder.encode(batch)
     assert len(body) > 1 << 14 and body == library(batch).SerializeToString()
-    assert len(encoder.kept) <= 5 and not any(k == "relaygate.request_id" for k, _ in encoder.kept)
+    assert len(encoder.kept) <= 5 and not any(k[0] == "relaygate.request_id" for k in encoder.kept)
 
 
 def test_a_lone_surrogate_is_replaced_rather_than_failing_the_batch() -> None:
@@ -158,3 +158,14 @@ def test_any_spans_are_the_librarys_bytes(attrs: list[dict[str, Any]], trace_id:
     encoder = SpanEncoder({"service.name": name}, "relaygate")
     for _ in range(2):  # the second time through the encoder's cache
         assert encoder.encode(batch) == library(batch, {"service.name": name}).SerializeToString()
+
+
+def test_equal_values_of_other_types_are_not_taken_from_the_cache() -> None:
+    """``True == 1 == 1.0`` in Python: a value kept encoded must not stand in for another type's."""
+    batch = [record({"x": v, "y": str(v)}, span_id=i + 1) for i, v in enumerate([1, True, 1.0, "1", 0, False, 0.0])]
+    encoder = SpanEncoder(RESOURCE, "relaygate")
+    assert encoder.encode(batch) == encoder.encode(batch) == library(batch).SerializeToString()
+    parsed = ExportTraceServiceRequest.FromString(encoder.encode(batch))
+    kinds = [s.attributes[0].value.WhichOneof("value") for s in parsed.resource_spans[0].scope_spans[0].spans]
+    assert kinds == ["int_value", "bool_value", "double_value", "string_value", "int_value", "bool_value",
+                     "double_value"]

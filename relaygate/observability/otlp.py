@@ -1,9 +1,9 @@
 """The trace exporter: finished spans wait in a bounded queue and a thread sends them in batches to an
 OTLP/HTTP collector, encoded as OTLP's protobuf messages (written by ``otlpwire.py``).
 
-A span on the request path is a plain slotted record (``SpanRecord``); everything that costs (ids to bytes,
-attributes to ``KeyValue`` messages, serialising, the HTTP request) happens here, in the thread, a batch at a
-time. The OpenTelemetry SDK made, checked and converted each span and attribute on the request path: ~520k
+A span on the request path is a plain slotted record (``SpanRecord``, or tracing.py's request and attempt
+spans, which keep raw values and make their attributes only when asked, here); everything that costs (ids to
+bytes, attributes, their encoding, the HTTP request) happens in the thread, a batch at a time. The OpenTelemetry SDK made, checked and converted each span and attribute on the request path: ~520k
 instructions a call, most of a proxied request (docs/observability.md, Traces: cost).
 """
 
@@ -15,7 +15,7 @@ import threading
 import time
 import urllib.parse
 from collections import deque
-from typing import Any
+from typing import Any, Protocol
 
 from relaygate.observability.otlpwire import SpanEncoder
 
@@ -26,6 +26,33 @@ MAX_BATCH = 512  # spans per export request
 MAX_FRAGMENTS = 4096  # encoded attributes kept for reuse (cleared when full)
 UNIQUE = frozenset({"relaygate.request_id", "relaygate.cost_usd"})  # never the same twice: not kept
 RETRY_STATUSES = frozenset({429, 502, 503, 504})  # the collector asks us to try again (OTLP/HTTP spec)
+
+
+class Span(Protocol):
+    """What the exporter reads of a finished span (in its thread: ``name`` and ``attrs`` may be made then)."""
+
+    @property
+    def trace_id(self) -> int: ...
+    @property
+    def span_id(self) -> int: ...
+    @property
+    def parent_id(self) -> int: ...  # 0: a root span
+    @property
+    def remote_parent(self) -> bool: ...
+    @property
+    def trace_state(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def kind(self) -> int: ...
+    @property
+    def start(self) -> int: ...
+    @property
+    def end_time(self) -> int: ...
+    @property
+    def attrs(self) -> dict[str, Any]: ...
+    @property
+    def error(self) -> bool: ...
 
 
 class SpanRecord:
@@ -62,11 +89,11 @@ class SpanQueue:
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self.spans: deque[SpanRecord] = deque()  # append and popleft are atomic: no lock on the request path
+        self.spans: deque[Span] = deque()  # append and popleft are atomic: no lock on the request path
         self.dropped = 0
         self.wake = threading.Event()
 
-    def put(self, span: SpanRecord) -> None:
+    def put(self, span: Span) -> None:
         spans = self.spans
         n = len(spans)
         if n >= self.size:
@@ -76,9 +103,9 @@ class SpanQueue:
         if n + 1 == MAX_BATCH:  # a full batch: send it now rather than at the next tick
             self.wake.set()
 
-    def take(self, most: int) -> list[SpanRecord]:
+    def take(self, most: int) -> list[Span]:
         spans = self.spans
-        out: list[SpanRecord] = []
+        out: list[Span] = []
         while spans and len(out) < most:
             out.append(spans.popleft())
         return out
@@ -116,7 +143,14 @@ class OtlpExporter:
         ok = True
         with self._lock:
             while batch := self.queue.take(MAX_BATCH):
-                ok = self._send(self.encode(batch), len(batch)) and ok
+                try:
+                    body = self.encode(batch)
+                except Exception:  # a bug in making a span's attributes: that batch is lost, not the thread
+                    log.exception("trace export: %d spans could not be encoded", len(batch))
+                    self.failed += len(batch)
+                    ok = False
+                    continue
+                ok = self._send(body, len(batch)) and ok
         return ok
 
     def close(self) -> None:
@@ -128,7 +162,7 @@ class OtlpExporter:
         with self._lock:
             self._drop()
 
-    def encode(self, batch: list[SpanRecord]) -> bytes:
+    def encode(self, batch: list[Span]) -> bytes:
         """One ExportTraceServiceRequest of ``batch``, serialised (``otlpwire.py``)."""
         return self._encoder.encode(batch)
 

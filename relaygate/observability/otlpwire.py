@@ -36,7 +36,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from relaygate.observability.otlp import SpanRecord
+    from relaygate.observability.otlp import Span
 
 MASK64 = (1 << 64) - 1
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
@@ -114,9 +114,9 @@ def scope(name: str) -> bytes:
 
 
 class SpanEncoder:
-    """Writes spans as one ``ExportTraceServiceRequest`` under a fixed resource and scope. Attributes with a
-    string value (all but a few keys: ``unique``) are kept encoded for the next spans (at most ``most``
-    of them; cleared when full), as are the keys; one encoder belongs to one thread."""
+    """Writes spans as one ``ExportTraceServiceRequest`` under a fixed resource and scope. Attributes (but
+    those of a few keys: ``unique``, and lists) are kept encoded for the next spans (at most ``most`` of them;
+    cleared when full), as are the keys; one encoder belongs to one thread."""
 
     def __init__(self, resource_attributes: dict[str, Any], scope_name: str, unique: Iterable[str] = (),
                  most: int = 4096) -> None:
@@ -124,23 +124,28 @@ class SpanEncoder:
         self.scope = field(b"\x0a", scope(scope_name))  # ScopeSpans 1: scope
         self.unique = frozenset(unique)
         self.most = most
-        self.kept: dict[tuple[str, Any], bytes] = {}  # (key, str value): Span field 9 (tag, length, KeyValue)
+        self.kept: dict[tuple[Any, ...], bytes] = {}  # (key, [type,] value): Span field 9 (tag, length, KeyValue)
         self.keys: dict[str, bytes] = {}  # key: KeyValue field 1 (tag, length, key)
 
     def attribute(self, key: str, value: Any) -> bytes:
-        """Span field 9 (``attributes``) holding one ``KeyValue``, reusing what was encoded before."""
-        if type(value) is str:
-            kv = (key, value)
-            kept = self.kept.get(kv)
-            if kept is not None:
-                return kept
-            encoded = field(b"\x4a", self._key(key) + field(b"\x12", field(b"\x0a", text(value))))
-            if key not in self.unique:
-                if len(self.kept) >= self.most:
-                    self.kept.clear()
-                self.kept[kv] = encoded
-            return encoded
-        return field(b"\x4a", self._key(key) + field(b"\x12", any_value(value)))
+        """Span field 9 (``attributes``) holding one ``KeyValue``, reusing what was encoded before: a string
+        value under ``(key, value)``, a number or bool under ``(key, type, value)`` (``True == 1 == 1.0``)."""
+        t = type(value)
+        if t is str:
+            kv: tuple[Any, ...] = (key, value)
+        elif t is int or t is bool or t is float:
+            kv = (key, t, value)
+        else:  # a list, an enum: encoded each time
+            return field(b"\x4a", self._key(key) + field(b"\x12", any_value(value)))
+        kept = self.kept.get(kv)
+        if kept is not None:
+            return kept
+        encoded = field(b"\x4a", self._key(key) + field(b"\x12", any_value(value)))
+        if key not in self.unique:
+            if len(self.kept) >= self.most:
+                self.kept.clear()
+            self.kept[kv] = encoded
+        return encoded
 
     def _key(self, key: str) -> bytes:
         encoded = self.keys.get(key)
@@ -150,9 +155,10 @@ class SpanEncoder:
             encoded = self.keys[key] = field(b"\x0a", text(key)) if key else b""
         return encoded
 
-    def encode(self, batch: Iterable[SpanRecord]) -> bytes:
+    def encode(self, batch: Iterable[Span]) -> bytes:
         """One ``ExportTraceServiceRequest`` of ``batch``, serialised."""
         attribute = self.attribute
+        kept = self.kept
         body = [self.scope]
         add = body.append
         for rec in batch:
@@ -164,8 +170,9 @@ class SpanEncoder:
             if rec.name:
                 parts.append(field(b"\x2a", text(rec.name)))
             parts += (_KINDS[rec.kind], _TIMES.pack(0x39, rec.start, 0x41, rec.end_time))
-            for key, value in rec.attrs.items():
-                parts.append(attribute(key, value))
+            for kv in rec.attrs.items():
+                hit = kept.get(kv) if kv[1].__class__ is str else None  # the usual: a string seen before
+                parts.append(hit if hit is not None else attribute(*kv))
             if rec.error:
                 parts.append(b"\x7a\x02\x18\x02")  # 15 status: {3 code: STATUS_CODE_ERROR (2)}
             parts.append(_REMOTE_FLAGS if rec.remote_parent else _LOCAL_FLAGS)  # 16 flags, fixed32

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import random
 import re
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,7 @@ from relaygate.server.http import error_fields
 
 if TYPE_CHECKING:
     from relaygate.config.observability import TracingConfig
+    from relaygate.core.call import Usage
     from relaygate.routing.deployment import Deployment
 
 TRACE_HEADER = "x-relaygate-trace-id"  # the call's trace id (32 hex digits), on every answer of a traced call
@@ -36,6 +38,7 @@ OPERATIONS = {Route.CHAT: "chat", Route.EMBEDDINGS: "embeddings", Route.TRANSCRI
               Route.PASSTHROUGH: "passthrough", Route.RESPONSES: "chat"}
 REQUEST_PARAMS = (("max_tokens", "gen_ai.request.max_tokens"), ("max_completion_tokens", "gen_ai.request.max_tokens"),
                   ("temperature", "gen_ai.request.temperature"), ("top_p", "gen_ai.request.top_p"))
+NO_PARAMS = (None, None, None, None)
 LOW_64 = (1 << 64) - 1
 # W3C Trace Context: version-traceid-parentid-flags (lowercase hex); a later version may add fields after
 TRACEPARENT = re.compile(r"(?P<version>[0-9a-f]{2})-(?P<trace>[0-9a-f]{32})-(?P<span>[0-9a-f]{16})"
@@ -47,8 +50,10 @@ REQUEST_ID = re.compile(r"req_[0-9a-f]{24}")  # ours: nothing to redact
 class Tracing:
     """This gateway's span queue, exporter thread, sampler and trace-context parser."""
 
-    def __init__(self, config: TracingConfig, redact: Redactor, known: frozenset[str] = frozenset()) -> None:
+    def __init__(self, config: TracingConfig, redact: Redactor, known: frozenset[str] = frozenset(),
+                 cost: Callable[[Call, Reply | None], int] = lambda call, reply: 0) -> None:
         assert config.endpoint is not None
+        self.cost = cost  # a finished call's cost in nano-dollars (computed once per call, shared)
         self.queue = SpanQueue(config.queue_size)
         self.exporter = OtlpExporter(self.queue, config.endpoint,
                                      {k: v.get_secret_value() for k, v in config.headers.items()},
@@ -64,7 +69,8 @@ class Tracing:
 
     def text(self, value: str) -> str:
         """Text from outside, redacted like the log's; a configured name or one of our request ids as it is
-        (redaction runs a dozen patterns: most of a span's cost, were it run on every value)."""
+        (redaction runs a dozen patterns: most of a span's cost, were it run on every value). Called in the
+        export thread (the patterns and names never change)."""
         if value in self.known or REQUEST_ID.fullmatch(value):
             return value
         return self.redact(value[:2 * MAX_TEXT])[:MAX_TEXT]
@@ -94,77 +100,204 @@ class Tracing:
 
 
 class CallTrace:
-    """One call's request span, and the spans beneath it (``Call.trace``)."""
+    """One call's trace and its SERVER span (``Call.trace``); the spans beneath it come from here.
 
-    __slots__ = ("tracing", "span", "last_error")
+    On the request path it keeps raw values only (ids as ints, the model and request id as they came, the
+    reply's usage object, the deployment): its ``name`` and ``attrs`` are made, redacted and formatted when the
+    export thread asks for them, once per span rather than once per call on the event loop."""
 
-    def __init__(self, tracing: Tracing, span: SpanRecord) -> None:
+    __slots__ = ("tracing", "trace_id", "span_id", "parent_id", "trace_state", "remote_parent", "start",
+                 "end_time", "error", "last_error", "call_id", "model", "route", "stream", "params", "attempts",
+                 "dep", "fallbacks", "cache_hit", "faults", "status", "usage", "cost", "error_type", "call")
+    kind = SERVER
+
+    def __init__(self, tracing: Tracing, call: Call, trace_id: int, parent: tuple[int, int, bool, str] | None) -> None:
         self.tracing = tracing
-        self.span = span
-        self.last_error: str | None = None  # the error class of the last failed attempt (why the next one)
-
-    def attempt(self, dep: Deployment, call: Call) -> Callable[[Reply | None, BaseException | None], None]:
-        """Start the span of an upstream attempt; the function returned ends it with the attempt's outcome."""
-        span = self._attempt_span(dep, call)
-        return lambda reply, error: self._end_attempt(span, reply, error)
-
-    def _attempt_span(self, dep: Deployment, call: Call) -> SpanRecord:
-        model = dep.upstream_model(call.model)
-        op = OPERATIONS[call.route]
-        attrs: dict[str, Any] = {
-            "gen_ai.operation.name": op, "gen_ai.provider.name": dep.provider_type,
-            "gen_ai.request.model": self.tracing.text(model), "relaygate.deployment": dep.name,
-            "relaygate.model": dep.model_name, "relaygate.attempt": call.attempts,
-        }
-        if self.last_error is not None:
-            attrs["relaygate.retry_reason"] = self.last_error
-        if call.fallbacks:
-            attrs["relaygate.fallback"] = True
-        return self._child(f"{op} {model}"[:MAX_TEXT], CLIENT, attrs)
-
-    def _child(self, name: str, kind: int, attrs: dict[str, Any]) -> SpanRecord:
-        parent = self.span
-        return SpanRecord(parent.sink, parent.trace_id, parent.span_id, name, kind, attrs,
-                          self.tracing.ids.getrandbits(64) or 1, parent.trace_state)
-
-    def _end_attempt(self, span: SpanRecord, reply: Reply | None, error: BaseException | None) -> None:
-        if error is None:
-            if reply is not None:
-                span.attrs["http.response.status_code"] = reply.status
-                _usage(span.attrs, reply)
+        self.trace_id = trace_id
+        self.span_id = tracing.ids.getrandbits(64) or 1
+        if parent is None:
+            self.parent_id = 0
+            self.trace_state = ""
+            self.remote_parent = False
         else:
-            status, kind, _ = error_fields(error)
-            if isinstance(error, GatewayError):
-                self.last_error = error.kind
-            _failed(span, status, kind)
-        span.end()
+            self.parent_id = parent[1]
+            self.trace_state = parent[3]
+            self.remote_parent = True
+        self.error = False
+        self.last_error: str | None = None  # the error class of the last failed attempt (why the next one)
+        self.call: Call | None = call  # until it ends (then only what the span needs of it is kept)
+        self.call_id = call.id
+        self.model = call.model
+        self.route = call.route
+        self.stream = call.stream
+        if call.translated:  # (the chat body is not made for tracing: the same-dialect fast path stays fast)
+            get = call.body.get
+            self.params = (get("max_tokens"), get("max_completion_tokens"), get("temperature"), get("top_p"))
+        else:
+            self.params = NO_PARAMS
+        self.start = time.time_ns()
+
+    def attempt(self, dep: Deployment, call: Call) -> AttemptSpan:
+        """Start the span of an upstream attempt; calling it with the attempt's outcome ends it."""
+        return AttemptSpan(self, dep, call)
 
     def step(self, name: str) -> SpanRecord:
         """An INTERNAL span beneath the request's (limits, cache, condensation)."""
-        return self._child(name, INTERNAL, {})
+        return SpanRecord(self.tracing.queue, self.trace_id, self.span_id, name, INTERNAL, {},
+                          self.tracing.ids.getrandbits(64) or 1, self.trace_state)
+
+    def done(self, reply: Reply | None, error: BaseException | None) -> None:
+        """The call's end: what the span says of it, then the span to the export queue."""
+        call = self.call
+        if call is None:  # ended already
+            return
+        self.call = None
+        self.attempts = call.attempts
+        self.dep = call.deployment
+        self.fallbacks = call.fallbacks
+        self.cache_hit = call.cache_hit
+        self.faults = call.faults
+        if error is None:
+            self.status = reply.status if reply is not None else None
+            self.usage = reply.usage if reply is not None else None
+            self.error_type = None
+            self.cost = self.tracing.cost(call, reply)
+        else:
+            status, kind, _ = error_fields(error)
+            self.status = status or 0
+            self.usage = None
+            self.error_type = kind or "internal"
+            self.cost = 0
+            self.error = status is not None and status >= 500  # a 4xx is the client's: not the server span's error
+        self.end_time = time.time_ns()
+        self.tracing.queue.put(self)
+
+    # made in the export thread
+    @property
+    def name(self) -> str:
+        return f"{OPERATIONS[self.route]} {self.tracing.text(self.model)}"[:MAX_TEXT]
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        text = self.tracing.text
+        attrs: dict[str, Any] = {"gen_ai.operation.name": OPERATIONS[self.route],
+                                 "gen_ai.request.model": text(self.model),
+                                 "relaygate.request_id": text(self.call_id), "relaygate.stream": self.stream}
+        for (_, attr), v in zip(REQUEST_PARAMS, self.params, strict=True):
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                attrs[attr] = v
+        attrs["relaygate.attempts"] = self.attempts
+        dep = self.dep
+        if dep is not None:
+            attrs["relaygate.deployment"] = dep.name
+            attrs["relaygate.model"] = dep.model_name
+            attrs["gen_ai.provider.name"] = dep.provider_type
+        if self.fallbacks:
+            attrs["relaygate.fallbacks"] = self.fallbacks
+        if self.cache_hit:
+            attrs["relaygate.cache_hit"] = True
+        if self.faults:
+            attrs["relaygate.faults"] = self.faults
+        if self.status is not None:
+            attrs["http.response.status_code"] = self.status
+        if self.error_type is None:
+            _usage(attrs, self.usage)
+            attrs["relaygate.cost_usd"] = self.cost / 1e9
+        else:
+            attrs["error.type"] = self.error_type
+        return attrs
 
 
-def _usage(attrs: dict[str, Any], reply: Reply) -> None:
-    usage = reply.usage
+class AttemptSpan:
+    """The CLIENT span of one upstream attempt, beneath the call's; raw values, like ``CallTrace``'s."""
+
+    __slots__ = ("trace", "span_id", "start", "end_time", "error", "dep", "asked", "attempt", "retry_reason",
+                 "fallback", "status", "usage", "error_type")
+    kind = CLIENT
+    remote_parent = False
+
+    def __init__(self, trace: CallTrace, dep: Deployment, call: Call) -> None:
+        self.trace = trace
+        self.span_id = trace.tracing.ids.getrandbits(64) or 1
+        self.dep = dep
+        self.asked = call.model
+        self.attempt = call.attempts
+        self.retry_reason = trace.last_error
+        self.fallback = bool(call.fallbacks)
+        self.error = False
+        self.status: int | None = None
+        self.usage: Usage | None = None
+        self.error_type: str | None = None
+        self.start = time.time_ns()
+
+    def __call__(self, reply: Reply | None, error: BaseException | None) -> None:
+        """The attempt's end (its reply delivered, or its error): the span to the export queue."""
+        if error is None:
+            if reply is not None:
+                self.status = reply.status
+                self.usage = reply.usage
+        else:
+            status, kind, _ = error_fields(error)
+            if isinstance(error, GatewayError):
+                self.trace.last_error = error.kind
+            self.status = status
+            self.error_type = kind or "internal"
+            self.error = True
+        self.end_time = time.time_ns()
+        self.trace.tracing.queue.put(self)
+
+    # made in the export thread
+    @property
+    def trace_id(self) -> int:
+        return self.trace.trace_id
+
+    @property
+    def parent_id(self) -> int:
+        return self.trace.span_id
+
+    @property
+    def trace_state(self) -> str:
+        return self.trace.trace_state
+
+    @property
+    def name(self) -> str:
+        return f"{OPERATIONS[self.trace.route]} {self.dep.upstream_model(self.asked)}"[:MAX_TEXT]
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        dep = self.dep
+        attrs: dict[str, Any] = {
+            "gen_ai.operation.name": OPERATIONS[self.trace.route], "gen_ai.provider.name": dep.provider_type,
+            "gen_ai.request.model": self.trace.tracing.text(dep.upstream_model(self.asked)),
+            "relaygate.deployment": dep.name, "relaygate.model": dep.model_name, "relaygate.attempt": self.attempt,
+        }
+        if self.retry_reason is not None:
+            attrs["relaygate.retry_reason"] = self.retry_reason
+        if self.fallback:
+            attrs["relaygate.fallback"] = True
+        if self.error_type is None:
+            if self.status is not None:
+                attrs["http.response.status_code"] = self.status
+            _usage(attrs, self.usage)
+        else:
+            attrs["error.type"] = self.error_type
+            if self.status is not None:
+                attrs["http.response.status_code"] = self.status
+        return attrs
+
+
+def _usage(attrs: dict[str, Any], usage: Usage | None) -> None:
     if usage is not None and usage.known:
         attrs["gen_ai.usage.input_tokens"] = usage.prompt_tokens
         attrs["gen_ai.usage.output_tokens"] = usage.completion_tokens
 
 
-def _failed(span: SpanRecord, status: int | None, kind: str | None) -> None:
-    span.attrs["error.type"] = kind or "internal"
-    if status is not None:
-        span.attrs["http.response.status_code"] = status
-    span.error = True
-
-
 class TraceLayer:
     """The outermost layer when tracing is on: the request span, its trace id on the answer."""
 
-    def __init__(self, next_handler: Handler, tracing: Tracing, cost: Any) -> None:
+    def __init__(self, next_handler: Handler, tracing: Tracing) -> None:
         self.next = next_handler
         self.tracing = tracing
-        self.cost = cost
 
     async def __call__(self, call: Call) -> Reply:
         tracing = self.tracing
@@ -173,8 +306,9 @@ class TraceLayer:
             trace_id = tracing.ids.getrandbits(128) or 1
             sampled = (trace_id & LOW_64) < tracing.ratio_bound
         else:  # a continued trace follows its parent's decision
-            trace_id, _, sampled, _ = parent
-        trace_header = format(trace_id, "032x")
+            trace_id = parent[0]
+            sampled = parent[2]
+        trace_header = trace_id.to_bytes(16, "big").hex()
         if not sampled:  # the trace id still goes back, nothing else is done
             try:
                 reply = await self.next(call)
@@ -183,57 +317,14 @@ class TraceLayer:
                 raise
             reply.headers[TRACE_HEADER] = trace_header
             return reply
-        op = OPERATIONS[call.route]
-        model = tracing.text(call.model)
-        attrs: dict[str, Any] = {"gen_ai.operation.name": op, "gen_ai.request.model": model,
-                                 "relaygate.request_id": tracing.text(call.id), "relaygate.stream": call.stream}
-        body = call.body if call.translated else {}  # (not made for tracing: the fast path stays fast)
-        for name, attr in REQUEST_PARAMS:
-            v = body.get(name)
-            if isinstance(v, (int, float)) and not isinstance(v, bool):
-                attrs[attr] = v
-        span_id = tracing.ids.getrandbits(64) or 1
-        if parent is None:
-            span = SpanRecord(tracing.queue, trace_id, 0, f"{op} {model}"[:MAX_TEXT], SERVER, attrs, span_id)
-        else:
-            span = SpanRecord(tracing.queue, trace_id, parent[1], f"{op} {model}"[:MAX_TEXT], SERVER, attrs,
-                              span_id, parent[3], remote_parent=True)
-        call.trace = CallTrace(tracing, span)  # attempts and limits get spans only in a recorded trace
+        span = call.trace = CallTrace(tracing, call, trace_id, parent)  # attempts, limits… get spans beneath
         try:
             reply = await self.next(call)
         except BaseException as e:
             if isinstance(e, GatewayError):
                 e.headers[TRACE_HEADER] = trace_header
-            self.finish(call, span, None, e)
+            span.done(None, e)
             raise
         reply.headers[TRACE_HEADER] = trace_header
-        reply.on_done(lambda r, err: self.finish(call, span, r, err))
+        reply.on_done(span.done)
         return reply
-
-    def finish(self, call: Call, span: SpanRecord, reply: Reply | None, error: BaseException | None) -> None:
-        attrs = span.attrs
-        attrs["relaygate.attempts"] = call.attempts
-        dep = call.deployment
-        if dep is not None:
-            attrs["relaygate.deployment"] = dep.name
-            attrs["relaygate.model"] = dep.model_name
-            attrs["gen_ai.provider.name"] = dep.provider_type
-        if call.fallbacks:
-            attrs["relaygate.fallbacks"] = list(call.fallbacks)
-        if call.cache_hit:
-            attrs["relaygate.cache_hit"] = True
-        if call.faults:
-            attrs["relaygate.faults"] = list(call.faults)
-        if error is None:
-            if reply is not None:
-                attrs["http.response.status_code"] = reply.status
-                _usage(attrs, reply)
-            attrs["relaygate.cost_usd"] = self.cost(call, reply) / 1e9
-        else:
-            status, kind, _ = error_fields(error)
-            if status is not None and status >= 500:
-                _failed(span, status, kind)
-            else:  # a 4xx is the client's: recorded, not an error of the server span
-                attrs["http.response.status_code"] = status or 0
-                attrs["error.type"] = kind or "internal"
-        span.end()

@@ -306,7 +306,8 @@ def test_the_overview_narrows_to_a_model_a_key_or_a_team(tab: Page) -> None:
     assert [e for e in tab.errors if "400" not in e] == []
 
 
-def test_a_retried_call_shows_each_attempt_in_the_log_explorer(tab: Page, emulator: BackgroundServer) -> None:
+def test_a_retried_call_shows_each_attempt_in_the_log_explorer(tab: Page, emulator: BackgroundServer,
+                                                               tmp_path: Path) -> None:
     gw = tab.gw
     writer = gw.gateway.writer
     before = writer.submitted
@@ -335,4 +336,7 @@ def test_a_retried_call_shows_each_attempt_in_the_log_explorer(tab: Page, emulat
     bars = page.locator("#call-attempts .attempt-bar")
     widths = [b.evaluate("el => el.getBoundingClientRect().width") for b in bars.all()]
     assert len(widths) == 2 and all(w > 0 for w in widths)  # drawn through the CSSOM (the CSP allows no inline style)
+    shot = Path(os.environ.get("RELAYGATE_SCREENSHOTS") or tmp_path) / "dashboard-attempts.png"
+    page.locator("#call-detail").screenshot(path=str(shot))
+    assert shot.stat().st_size > 5_000
     assert tab.errors == []

@@ -321,3 +321,41 @@ def test_a_read_after_the_database_closed_its_pooled_connection_succeeds(pg_url)
         reads.close()
         db.close()
     assert second != first and not down
+
+
+def test_calls_ready_to_run_when_redis_comes_back_are_judged_with_the_outages_grants(redis_proxy) -> None:  # type: ignore[no-untyped-def]
+    """Redis answers again while calls are already queued to run (a loaded loop): the in-process grants of the
+    outage reach Redis' counter before any of them, so the minute's limit holds (before: 8 granted of 6)."""
+    tag = os.urandom(4).hex()
+    rpm = (Scope(f"key:rpm-{tag}", Limits(rpm=6)),)
+    budget = (Scope(f"key:budget-{tag}", Limits(budget_nano=10**9)),)
+    inside_a_minute(20)
+
+    async def main() -> list[bool]:
+        client = RespClient(f"redis://127.0.0.1:{redis_proxy.port}/0", timeout=0.2, retry=0.25)
+        lim = RedisLimiter(client, no_spend, slot_ttl=60)
+        queued: list[asyncio.Task[Any]] = []
+
+        async def attempt() -> bool:
+            try:
+                lim.settle(await lim.acquire(rpm, 1, 0), 1, 0)
+                return True
+            except GatewayError:
+                return False
+
+        try:
+            for _ in range(3):
+                assert await attempt()
+            redis_proxy.black_hole()
+            assert [await attempt() for _ in range(2)] == [True, True]  # counted here: 5 of 6
+            await asyncio.sleep(0.1)  # the abandoned connection's close reaches the proxy (its command is dropped)
+            redis_proxy.restore()
+            # calls scheduled just before the limiter hears that Redis is back (they run after it)
+            client.on_up.insert(0, lambda: queued.extend(asyncio.ensure_future(attempt()) for _ in range(3)))
+            await until_up(client, lambda: lim.acquire(budget, 1, 0))
+            return list(await asyncio.gather(*queued))
+        finally:
+            await lim.close()
+            await client.close()
+
+    assert sorted(asyncio.run(main())) == [False, False, True]

@@ -267,7 +267,13 @@ class RedisLimiter:
                 args += [max(0, requests - sr), max(0, tokens - st)]
         unsent, self._unsent = self._unsent, []
         if keys:
-            self._track(asyncio.ensure_future(self._write_back(keys, args)))
+            # queued on the connection now, before any acquire that runs after this callback: an acquire
+            # sent first would be judged on counts missing this process's grants (the minute's limit overrun)
+            proto = self.redis.connected()
+            if proto is not None:
+                self._track(self.redis.send(proto, "EVAL", ADD, len(keys), *keys, *args))
+            else:
+                self._track(asyncio.ensure_future(self._write_back(keys, args)))
         if unsent:
             log.warning("rate limits: Redis is back; sending %d settlements kept during the outage", len(unsent))
         for i in range(0, len(unsent), 1000):  # scripts of a bounded size
@@ -282,6 +288,11 @@ class RedisLimiter:
     def _track(self, fut: asyncio.Future[Any]) -> None:
         self._unsettled.add(fut)
         fut.add_done_callback(self._unsettled.discard)
+        fut.add_done_callback(self._failed)
+
+    def _failed(self, fut: asyncio.Future[Any]) -> None:
+        if not fut.cancelled() and (e := fut.exception()) is not None:
+            self._warn(e)
 
     def _args(self, scopes: tuple[Scope, ...], tokens: int, cost: int) -> list[int]:
         args: list[int] = [len(scopes), self.slot_ttl]
@@ -374,7 +385,7 @@ class RedisLimiter:
             return [None] * len(scopes)
         return [None if v is None else int(v) for v in values]
 
-    def _warn(self, e: Exception) -> None:
+    def _warn(self, e: BaseException) -> None:
         now = time.monotonic()
         if now - self._warned > 10:
             self._warned = now

@@ -69,13 +69,15 @@ def test_weighted_never_sends_to_a_zero_weight_deployment(three: list[Background
 
 
 def test_least_connections_sends_less_to_the_deployment_holding_calls_longer(three: list[BackgroundServer]) -> None:
-    fault(three[2], latency_ms=40)  # c holds each call ~10x longer, so it accumulates in-flight calls
+    # c holds each call ~50x longer, so it accumulates in-flight calls (far apart, so that a loaded machine's
+    # few milliseconds of overhead per call cannot even them out: at 40 ms c got 16.5 % instead of ~5 %)
+    fault(three[2], latency_ms=200)
     fault(three[0], latency_ms=4)
     fault(three[1], latency_ms=4)
     cfg = model("least_connections", [dep(e, f"lc{i}") for i, e in enumerate(three)])
     out = with_gateway(cfg, lambda gw: drive(gw, "m", N, concurrency=9))
     assert sum(out.served.values()) == N
-    # balancing in-flight counts makes throughput ∝ 1/latency: c gets ~1/21 of the calls, a and b ~10/21
+    # balancing in-flight counts makes throughput ∝ 1/latency: c gets ~1/101 of the calls, a and b ~50/101
     assert out.served["lc2"] < 0.15 * N, out.served
     assert out.served["lc0"] > 0.35 * N and out.served["lc1"] > 0.35 * N, out.served
 

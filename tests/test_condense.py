@@ -3,6 +3,7 @@ triggers, both strategies, tool pairs intact, summaries reused, a failing summar
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -20,6 +21,8 @@ from relaygate.testing.gateway import GatewayThread
 from relaygate.testing.openai import OpenAIEmulatorOptions, create_app
 
 from .conftest import UPSTREAM_KEY, openai_model
+from .test_keys import MASTER
+from .test_requestlog import gateway_rows
 
 TINY = "tiny-model"  # the emulator refuses prompts over 300 of its tokens for this one
 WORDS = " ".join(f"word{i}" for i in range(40))  # 40 emulated tokens, ~110 estimated
@@ -202,3 +205,54 @@ def test_condense_settings_are_checked_with_their_path() -> None:
     with pytest.raises(ConfigError) as e:
         parse_config({"models": [{"name": "n", "deployments": demo, "condense": {"keep_last": 0}}]}, {})
     assert any(err.startswith("models[0].condense.keep_last") for err in e.value.errors)
+
+
+@pytest.mark.parametrize("db", ["sqlite", "postgresql"])
+def test_a_condensed_call_says_so_in_its_log_row(emu: BackgroundServer, start_gateway: Callable[..., GatewayThread],
+                                                 request: pytest.FixtureRequest, db: str) -> None:
+    """The row of a condensed call names the strategy, what was dropped or summarized and the tokens before
+    and after (in the database and in /admin/logs); a call that fit has none."""
+    extra = {} if db == "sqlite" else {"database": {"url": request.getfixturevalue("pg_url")}}
+    gw = start_gateway({"models": [
+        {**openai_model("windowed", emu), "condense": {"context_window": 1000, "headroom": 0, "keep_last": 2}},
+        {**openai_model("reactive", emu, upstream_model=TINY), "condense": {"keep_last": 2}},
+        {**openai_model("summarized", emu), "condense": {"context_window": 1000, "headroom": 0, "keep_last": 2,
+                                                         "strategy": "summarize", "summarizer": "writer",
+                                                         "summary_max_tokens": 40}},
+        openai_model("writer", emu, upstream_model="gpt-4o-mini")],
+        "auth": {"master_key": MASTER}, **extra})
+    headers = {"authorization": f"Bearer {MASTER}"}
+
+    def post(model: str, messages: list[dict[str, Any]]) -> httpx.Response:
+        r = httpx.post(gw.base_url + "/chat/completions", json={"model": model, "messages": messages},
+                       headers=headers, timeout=10)
+        assert r.status_code == 200, r.text
+        return r
+
+    messages = conversation(12)
+    truncated = post("windowed", messages)
+    retried = post("reactive", conversation(8))
+    summarized = post("summarized", messages)
+    post("windowed", messages[:4])
+    # the summary call is a row of its own too: 5 rows
+    rows = {r["request_id"]: r for r in gateway_rows(gw, expected=5)}
+    stored = [r["condensed"] for r in rows.values()]
+    assert stored.count(None) == 2  # the call that fit and the summarizer's own call
+    got = httpx.get(gw.url + "/admin/logs", headers=headers, timeout=10).json()["data"]
+    shown = {r["request_id"]: r["condensed"] for r in got}
+    assert {rid: None if r["condensed"] is None else json.loads(r["condensed"]) for rid, r in rows.items()} == shown
+
+    one = shown[truncated.headers["x-request-id"]]
+    assert one["strategy"] == "truncate_middle" and not one["retried"] and one["summarized"] == 0
+    assert one["messages_before"] == len(messages) and one["dropped"] == len(messages) - one["messages_after"] > 0
+    assert one["tokens_before"] - one["tokens_after"] == int(truncated.headers["x-relaygate-condensed-tokens"])
+    assert one["tokens_before"] > 1000 >= one["tokens_after"]
+
+    two = shown[retried.headers["x-request-id"]]
+    assert two["strategy"] == "truncate_middle" and two["retried"] and two["dropped"] > 0
+
+    three = shown[summarized.headers["x-request-id"]]
+    assert three["strategy"] == "summarize" and three["dropped"] == 0 and not three["summary_reused"]
+    # the summarized messages are replaced by one system message
+    assert three["messages_after"] == three["messages_before"] - three["summarized"] + 1
+    assert three["tokens_after"] < three["tokens_before"]

@@ -278,7 +278,7 @@ def test_a_row_holds_each_value_under_its_column() -> None:
 
     from relaygate.auth.keys import Principal
     from relaygate.config import RequestLogConfig
-    from relaygate.core.call import Call, Reply, Route, Usage
+    from relaygate.core.call import Call, Condensed, Reply, Route, Usage
     from relaygate.requestlog.audit import COLUMNS, AuditLayer
 
     rows: list[tuple[Any, ...]] = []
@@ -292,6 +292,7 @@ def test_a_row_holds_each_value_under_its_column() -> None:
     # the first attempt failed on another deployment; the second (on gpt-x/0) began 100 ms in
     call.failed_attempts = [("gpt-x/1", "anthropic", 503, "unavailable", call.started + 0.0015, call.started + 0.0995)]
     call.attempt_at = call.started + 0.1
+    call.condensed = Condensed("summarize", True, 40, 9, 2, 30, False, 1200, 500)
     reply = Reply(status=200, usage=Usage(prompt_tokens=11, completion_tokens=7, cached_tokens=3),
                   first_byte_at=call.started + 0.25)
     layer.record(call, reply, None)
@@ -310,7 +311,10 @@ def test_a_row_holds_each_value_under_its_column() -> None:
                    "error": None, "error_message": None, "ttft_ms": 250.0, "prompt_tokens": 11,
                    "completion_tokens": 7, "cached_tokens": 3, "cost_nano": 4321, "cache_hit": 1, "attempts": 2,
                    "client_ip": "10.1.2.3", "request_body": None, "response_body": None,
-                   "usage_estimated": 0, "saved_nano": 0}
+                   "usage_estimated": 0, "saved_nano": 0,
+                   "condensed": '{"strategy":"summarize","retried":true,"messages_before":40,"messages_after":9,'
+                                '"dropped":2,"summarized":30,"summary_reused":false,"tokens_before":1200,'
+                                '"tokens_after":500}'}
 
 
 def test_a_request_refused_before_the_pipeline_still_gets_one_row(

@@ -176,12 +176,14 @@ def test_bulk_insert_rows_with_nulls_in_some_columns_of_a_chunk_read_back_exactl
                                         None, i) for i in range(131)]
 
 
-@pytest.mark.parametrize(("column", "before"), [("usage_estimated", False), ("saved_nano", 0), ("attempt_log", None)])
+@pytest.mark.parametrize(("column", "before"), [("usage_estimated", False), ("saved_nano", 0), ("attempt_log", None),
+                                             ("condensed", None)])
 def test_an_older_request_log_gains_a_column_its_rows_at_the_default(database: Database, column: str,
                                                                     before: object) -> None:
     """The migrations that add a column: usage_estimated (a usage the gateway estimated), saved_nano (what
-    a cache hit saved) and attempt_log (a retried call's attempts); the rows already there were not
-    estimated, saved nothing and kept no attempts."""
+    a cache hit saved), attempt_log (a retried call's attempts) and condensed (how a conversation was
+    shortened); the rows already there were not estimated, saved nothing, kept no attempts and were not
+    condensed."""
     from relaygate.store import migrations
 
     with database.engine.begin() as conn:  # a database from before the column

@@ -27,7 +27,7 @@ import orjson
 
 from relaygate.condense.tokens import message_tokens, prompt_tokens
 from relaygate.config import CondenseConfig, Config
-from relaygate.core.call import Call, Handler, Reply, Route
+from relaygate.core.call import Call, Condensed, Handler, Reply, Route
 from relaygate.core.errors import ContextTooLong, GatewayError
 
 if TYPE_CHECKING:
@@ -167,7 +167,7 @@ class CondenseLayer:
             if call.truncation != "auto" and cap is None:
                 return await self.next(call)
             settings = ASKED
-        done: tuple[str, int] | None = None
+        done: Condensed | None = None
         window = self._window(settings, deps)
         if window is not None or cap is not None:
             budget = window - settings.headroom - output_cap(call.body) if window is not None else cap
@@ -189,16 +189,21 @@ class CondenseLayer:
             if again is None:  # nothing left to drop: the upstream's error stands
                 raise
             self.stats.retried += 1
-            done = (again[0], again[1] + (done[1] if done is not None else 0))
+            again.retried = True
+            if done is not None:  # condensed twice: the row tells from the conversation as sent to the end
+                again.messages_before, again.tokens_before = done.messages_before, done.tokens_before
+                again.dropped += done.dropped
+                again.summarized += done.summarized
+                again.summary_reused = again.summary_reused or done.summary_reused
+            done = call.condensed = again
             call.deployment = None
             reply = await self.next(call)
         if done is not None:
-            reply.headers[HEADER] = done[0]
-            reply.headers[TOKENS_HEADER] = str(done[1])
+            reply.headers[HEADER] = done.strategy
+            reply.headers[TOKENS_HEADER] = str(max(0, done.tokens_before - done.tokens_after))
         return reply
 
-    async def _traced(self, call: Call, settings: CondenseConfig, budget: int,
-                      before: int) -> tuple[str, int] | None:
+    async def _traced(self, call: Call, settings: CondenseConfig, budget: int, before: int) -> Condensed | None:
         """``_condense`` inside a ``relaygate.condense`` span when the call is traced: the strategy used and
         the tokens saved, or ``nothing`` when nothing could be dropped."""
         trace = call.trace
@@ -215,41 +220,45 @@ class CondenseLayer:
         if done is None:
             span.set_attribute("relaygate.condense.strategy", "nothing")
         else:
-            span.set_attribute("relaygate.condense.strategy", done[0])
-            span.set_attribute("relaygate.condense.tokens_saved", done[1])
+            span.set_attribute("relaygate.condense.strategy", done.strategy)
+            span.set_attribute("relaygate.condense.tokens_saved", max(0, before - done.tokens_after))
         span.end()
         return done
 
-    async def _condense(self, call: Call, settings: CondenseConfig, budget: int,
-                        before: int) -> tuple[str, int] | None:
-        """Shorten the call's messages to ``budget`` estimated tokens: (strategy used, tokens saved), or None
-        when nothing can be dropped."""
-        head, units = units_of(call.body["messages"], settings.pin_first_user)
-        messages: list[Any] | None = None
-        strategy = "summarize"
+    async def _condense(self, call: Call, settings: CondenseConfig, budget: int, before: int) -> Condensed | None:
+        """Shorten the call's messages to ``budget`` estimated tokens: what was done (also left on the call
+        for its log row), or None when nothing can be dropped."""
+        original = call.body["messages"]
+        head, units = units_of(original, settings.pin_first_user)
+        summarized: tuple[list[Any], int, bool] | None = None
         if settings.strategy == "summarize":
-            messages = await self._summarized(call, settings, head, units, budget)
-        if messages is None:
-            strategy = "truncate_middle"
+            summarized = await self._summarized(call, settings, head, units, budget)
+        if summarized is not None:
+            messages, replaced, reused = summarized
+            done = Condensed("summarize", False, len(original), len(messages), 0, replaced, reused, before, 0)
+        else:
             cut = cut_for(head, units, budget, settings.keep_last)
             if cut == 0:
                 return None
             messages = head + flat(units[cut:])
+            done = Condensed("truncate_middle", False, len(original), len(messages), len(original) - len(messages),
+                             0, False, before, 0)
         # a new body: the cache layer above keyed the call on what the client sent
         call.body = {**call.body, "messages": messages}
         call.anthropic_request = None  # an Anthropic deployment now sends the condensed (translated) body
         call.native = None  # likewise a Gemini, Cohere or Bedrock deployment
         call.responses_request = None  # and a native Responses deployment too (it answers as chat then)
-        saved = max(0, before - prompt_tokens(call.body))
-        self.stats.tokens_saved += saved
-        return strategy, saved
+        done.tokens_after = prompt_tokens(call.body)
+        self.stats.tokens_saved += max(0, before - done.tokens_after)
+        call.condensed = done
+        return done
 
     async def _summarized(self, call: Call, settings: CondenseConfig, head: list[Any], units: list[list[Any]],
-                          budget: int) -> list[Any] | None:
-        """The messages with the oldest units replaced by a summary: one made for an earlier turn of the
-        same conversation when it still fits (the longest such), else a new one of the units that must go
-        for the conversation to fit half the budget (room for the next turns to reuse it). None when nothing
-        can go or the summarizer failed."""
+                          budget: int) -> tuple[list[Any], int, bool] | None:
+        """The messages with the oldest units replaced by a summary (and how many messages it replaced,
+        whether it was reused): one made for an earlier turn of the same conversation when it still fits
+        (the longest such), else a new one of the units that must go for the conversation to fit half the
+        budget (room for the next turns to reuse it). None when nothing can go or the summarizer failed."""
         assert settings.summarizer is not None
         droppable = max(0, len(units) - settings.keep_last)
         digests = prefix_digests(units, settings.summarizer, droppable)
@@ -260,7 +269,7 @@ class CondenseLayer:
             if known is not None and head_tokens + message_tokens(summary_message(known)) + sum(sizes[j:]) <= budget:
                 self.summaries.move_to_end(digests[j - 1])
                 self.stats.summaries_reused += 1
-                return with_summary(head, known, units[j:])
+                return with_summary(head, known, units[j:]), len(flat(units[:j])), True
         cut = cut_for(head, units, budget // 2, settings.keep_last)
         if cut == 0:
             return None
@@ -270,7 +279,7 @@ class CondenseLayer:
         self.summaries[digests[cut - 1]] = summary
         if len(self.summaries) > MAX_SUMMARIES:
             self.summaries.popitem(last=False)
-        return with_summary(head, summary, units[cut:])
+        return with_summary(head, summary, units[cut:]), len(flat(units[:cut])), False
 
     async def _summary(self, call: Call, settings: CondenseConfig, dropped: list[Any]) -> str | None:
         """A summary of ``dropped`` by the summarizer model, through the pipeline; None on failure."""

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 if TYPE_CHECKING:
     from relaygate.auth.keys import Principal
     from relaygate.core.pricing import Meter
@@ -195,6 +197,30 @@ class UpstreamChain:
 
 
 @dataclass(slots=True)
+class Condensed:
+    """What context condensation did to a call (condense/layer.py): its log row's ``condensed`` column.
+    Token counts are the gateway's estimates (condense/tokens.py)."""
+
+    strategy: str  # truncate_middle | summarize (the last one applied)
+    retried: bool  # condensed after the upstream's context-length error and tried once more
+    messages_before: int
+    messages_after: int
+    dropped: int  # messages dropped (truncate_middle)
+    summarized: int  # messages replaced by a summary (summarize; the summary is one more system message)
+    summary_reused: bool  # the summary was one made for an earlier turn of the conversation
+    tokens_before: int
+    tokens_after: int
+
+    def as_json(self) -> str:
+        """The column's value: a small JSON object (numbers and names only: nothing of the conversation)."""
+        return orjson.dumps({"strategy": self.strategy, "retried": self.retried,
+                             "messages_before": self.messages_before, "messages_after": self.messages_after,
+                             "dropped": self.dropped, "summarized": self.summarized,
+                             "summary_reused": self.summary_reused, "tokens_before": self.tokens_before,
+                             "tokens_after": self.tokens_after}).decode()
+
+
+@dataclass(slots=True)
 class Call:
     """One client request on its way through the pipeline."""
 
@@ -237,6 +263,7 @@ class Call:
     fallbacks: tuple[str, ...] = ()  # the fallback models the call moved on to, in order
     cost_nano: int | None = None  # what the call cost, once known (the limits and the log share it)
     cache_hit: bool = False  # answered from the response cache
+    condensed: Condensed | None = None  # the conversation was shortened to fit the model's context window
     saved_nano: int = 0  # a cache hit: what the answer cost when it was made (what the hit did not spend)
     shape_checked: bool = False  # the body passed the typed chat request check (core/shapes), done for translators
     trace: CallTrace | None = None  # the call's trace, when tracing is on (observability/tracing.py)

@@ -234,6 +234,7 @@ class AuditLayer:
             1 if usage is not None and usage.estimated else 0,  # usage_estimated
             call.saved_nano,  # saved_nano
             None if call.attempts < 2 else attempt_log(call, status, kind, mono),  # attempt_log
+            None if call.condensed is None else call.condensed.as_json(),  # condensed
         )
 
 

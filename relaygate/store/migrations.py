@@ -64,6 +64,10 @@ def _v8_attempts_and_overview_filters(conn: Connection) -> None:
         conn.exec_driver_sql("ALTER TABLE request_log ADD COLUMN attempt_log TEXT")
     conn.exec_driver_sql("DROP INDEX IF EXISTS ix_request_log_overview")  # step 6's, without the filters
     conn.exec_driver_sql(tables.OVERVIEW_INDEX)
+def _v9_condensed(conn: Connection) -> None:
+    if "condensed" in {c["name"] for c in inspect(conn).get_columns("request_log")}:
+        return  # created by step 1 from today's table
+    conn.exec_driver_sql("ALTER TABLE request_log ADD COLUMN condensed TEXT")
 
 
 STEPS: list[tuple[int, str, Step]] = [
@@ -76,6 +80,7 @@ STEPS: list[tuple[int, str, Step]] = [
     (7, "request log: saved_nano (what a cache hit saved)", _v7_saved_nano),
     (8, "request log: attempt_log (each attempt of a retried call); the overview's index covers its filters",
      _v8_attempts_and_overview_filters),
+    (9, "request log: condensed (how a call's conversation was shortened)", _v9_condensed),
 ]
 
 

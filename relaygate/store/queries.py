@@ -89,4 +89,14 @@ def _dicts(engine: Engine, q: Any) -> list[dict[str, Any]]:
         tries = row.get("attempt_log")
         if tries is not None:  # stored as JSON text (a retried call's attempts): returned as the list it is
             row["attempt_log"] = orjson.loads(tries)
+        if row.get("condensed"):  # stored as JSON text: shown as the object it is
+            row["condensed"] = _object(row["condensed"])
     return rows
+
+
+def _object(text: Any) -> Any:
+    """A ``condensed`` value as the JSON object the gateway wrote; text that is not JSON as it is."""
+    try:
+        return orjson.loads(text)
+    except (orjson.JSONDecodeError, TypeError):
+        return text

@@ -134,6 +134,10 @@ request_log = Table(
     # a call tried more than once (retries, fallbacks): each attempt as a compact JSON array (requestlog/audit.py
     # attempt_log); NULL for the usual call of one attempt, so the writer binds one more NULL and no second row
     Column("attempt_log", Text, nullable=True),
+    # a call whose conversation was shortened to fit the model's context window: what was done, as a small JSON
+    # object (strategy, messages and estimated tokens before and after, dropped, summarized; core/call.py
+    # Condensed), NULL otherwise: the SQLite writer leaves a column NULL in a whole chunk out of its INSERT
+    Column("condensed", Text, nullable=True),
     # the key, team and user indexes are partial (owner_index_ddl), made by migration 3; the one on ts is the
     # overview's (OVERVIEW_INDEX), made by migration 6
 )

@@ -488,7 +488,16 @@
     ["ttft_ms", "Time to first token", fmt.ms], ["attempts", "Attempts (retries and fallbacks)"],
     ["prompt_tokens", "Prompt tokens"], ["completion_tokens", "Completion tokens"], ["cached_tokens", "Cached tokens"],
     ["usage_estimated", "Usage counted by the gateway"], ["cost_usd", "Cost", fmt.usd], ["cache_hit", "Answered from cache"],
-    ["key_id", "Key"], ["team_id", "Team"], ["user_id", "User"], ["client_ip", "Client"]];
+    ["condensed", "Condensed to fit the context", condensedText], ["key_id", "Key"], ["team_id", "Team"], ["user_id", "User"], ["client_ip", "Client"]];
+
+  // a condensed call's log row (docs/cache.md#condensation): what was done, in a line
+  function condensedText(c) {
+    if (typeof c !== "object") return String(c);
+    const what = c.strategy === "summarize" ? `${c.summarized} summarized${c.summary_reused ? " (summary reused)" : ""}`
+      : `${c.dropped} dropped`;
+    return `${c.strategy}${c.retried ? " after the upstream's context error" : ""}: messages ${c.messages_before} → `
+      + `${c.messages_after} (${what}), ~${c.tokens_before} → ~${c.tokens_after} tokens`;
+  }
 
   async function openCall(uid, detail) {
     try {

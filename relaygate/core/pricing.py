@@ -29,6 +29,8 @@ WILDCARD = "*"
 # request fields the upstream reads as part of the prompt besides the messages (tool and function
 # definitions, a structured-output schema): counted by the bytes of their JSON
 _PROMPT_EXTRAS = ("tools", "functions", "response_format", "text")  # text: the Responses API's format
+# every field besides the messages that counts towards the prompt: a plain chat request has none of them
+_BESIDES_MESSAGES = frozenset({"input", "instructions", *_PROMPT_EXTRAS})
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +246,8 @@ class Pricing:
                 calls = m.get("tool_calls")
                 if calls:
                     chars += _json_chars(calls)
+        if _BESIDES_MESSAGES.isdisjoint(body):  # one check in C instead of six lookups
+            return chars // 4 + 1
         given = body.get("input")
         if given is not None:
             if isinstance(given, str):

@@ -169,3 +169,51 @@ def test_equal_values_of_other_types_are_not_taken_from_the_cache() -> None:
     kinds = [s.attributes[0].value.WhichOneof("value") for s in parsed.resource_spans[0].scope_spans[0].spans]
     assert kinds == ["int_value", "bool_value", "double_value", "string_value", "int_value", "bool_value",
                      "double_value"]
+
+
+def test_the_gateways_spans_encode_as_the_library_does() -> None:
+    """Calls through a gateway's pipeline (the demo provider): their request and attempt spans, whose shared
+    attributes are encoded once per group, are the library's serialisation of their ``name`` and ``attrs``."""
+    import asyncio
+
+    from relaygate.config import parse_config
+    from relaygate.core.call import Call, Route
+    from relaygate.core.errors import GatewayError
+    from relaygate.gateway import Gateway
+
+    cfg = parse_config({"models": [{"name": "m", "deployments": [{"provider": "demo", "model": "demo"}]}],
+                        "request_log": {"enabled": False},
+                        "tracing": {"endpoint": "http://127.0.0.1:9/v1/traces", "batch_delay": 60}}, {})
+    loop = asyncio.new_event_loop()
+    try:
+        gw = loop.run_until_complete(Gateway.create(cfg))
+        assert gw.tracing is not None
+        bodies = [{"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 20},
+                  {"model": "m", "messages": [{"role": "user", "content": "hi"}], "temperature": 1},
+                  {"model": "m", "messages": [{"role": "user", "content": "hi"}], "temperature": 1.0,
+                   "top_p": [1]}]  # a list: not a parameter, not hashable
+
+        async def call(i: int, body: dict[str, Any], headers: dict[str, str]) -> None:
+            try:
+                reply = await gw.handle(Call(id=f"req_{i:024x}" if not headers else "client id sk-live-0123456789abcdef",
+                                             route=Route.CHAT, model="m", body=body, headers=headers))
+            except GatewayError:  # the list: a 400 (an error span)
+                return
+            reply.finish()
+
+        for i, body in enumerate(bodies * 2):
+            loop.run_until_complete(call(i, body, {"x-request-id": "x"} if i == 4 else {}))
+        spans = list(gw.tracing.queue.spans)
+        gw.tracing.queue.spans.clear()
+        assert len(spans) == 12 and sum(s.error for s in spans) == 2  # the 400s' attempts
+        encoder = gw.tracing.exporter._encoder
+        for _ in range(2):
+            assert encoder.encode(spans) == library(spans, {"service.name": "relaygate", "telemetry.sdk.name": "relaygate",
+                                                            "telemetry.sdk.language": "python"}).SerializeToString()
+        server = [s for s in spans if s.kind == SERVER]
+        assert server[1].attrs["gen_ai.request.temperature"] == 1 and type(server[1].attrs["gen_ai.request.temperature"]) is int
+        assert type(server[2].attrs["gen_ai.request.temperature"]) is float and "gen_ai.request.top_p" not in server[2].attrs
+        assert server[4].attrs["relaygate.request_id"] == "client id [REDACTED]"
+        loop.run_until_complete(gw.close())
+    finally:
+        loop.close()

@@ -32,7 +32,7 @@ protobuf's own serialiser does; a oneof's value is written even when it is a def
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -126,6 +126,7 @@ class SpanEncoder:
         self.most = most
         self.kept: dict[tuple[Any, ...], bytes] = {}  # (key, [type,] value): Span field 9 (tag, length, KeyValue)
         self.keys: dict[str, bytes] = {}  # key: KeyValue field 1 (tag, length, key)
+        self.groups: dict[tuple[Any, ...], tuple[bytes, bytes]] = {}  # group(): name and attributes, encoded
 
     def attribute(self, key: str, value: Any) -> bytes:
         """Span field 9 (``attributes``) holding one ``KeyValue``, reusing what was encoded before: a string
@@ -155,10 +156,33 @@ class SpanEncoder:
             encoded = self.keys[key] = field(b"\x0a", text(key)) if key else b""
         return encoded
 
-    def encode(self, batch: Iterable[Span]) -> bytes:
-        """One ``ExportTraceServiceRequest`` of ``batch``, serialised."""
+    def attributes(self, attrs: dict[str, Any]) -> bytes:
+        """Span fields 9 of every attribute in ``attrs``, joined."""
         attribute = self.attribute
         kept = self.kept
+        out = []
+        for kv in attrs.items():
+            hit = kept.get(kv) if kv[1].__class__ is str else None  # the usual: a string seen before
+            out.append(hit if hit is not None else attribute(*kv))
+        return b"".join(out)
+
+    def named(self, name: str, attrs: dict[str, Any]) -> tuple[bytes, bytes]:
+        """A span's name field (5) and its attributes' fields (9): what ``Span.wire`` answers."""
+        return field(b"\x2a", text(name)) if name else b"", self.attributes(attrs)
+
+    def group(self, key: tuple[Any, ...], make: Callable[[], tuple[str, dict[str, Any]]]) -> tuple[bytes, bytes]:
+        """The name and attributes ``make`` gives, encoded once for every span whose ``key`` is the same (the
+        values they are made of: most spans of a model and deployment share all but a few)."""
+        hit = self.groups.get(key)
+        if hit is None:
+            hit = self.named(*make())
+            if len(self.groups) >= self.most:
+                self.groups.clear()
+            self.groups[key] = hit
+        return hit
+
+    def encode(self, batch: Iterable[Span]) -> bytes:
+        """One ``ExportTraceServiceRequest`` of ``batch``, serialised."""
         body = [self.scope]
         add = body.append
         for rec in batch:
@@ -167,12 +191,8 @@ class SpanEncoder:
                 parts.append(field(b"\x1a", text(rec.trace_state)))
             if rec.parent_id:
                 parts += (b"\x22\x08", rec.parent_id.to_bytes(8, "big"))
-            if rec.name:
-                parts.append(field(b"\x2a", text(rec.name)))
-            parts += (_KINDS[rec.kind], _TIMES.pack(0x39, rec.start, 0x41, rec.end_time))
-            for kv in rec.attrs.items():
-                hit = kept.get(kv) if kv[1].__class__ is str else None  # the usual: a string seen before
-                parts.append(hit if hit is not None else attribute(*kv))
+            name, attributes = rec.wire(self)
+            parts += (name, _KINDS[rec.kind], _TIMES.pack(0x39, rec.start, 0x41, rec.end_time), attributes)
             if rec.error:
                 parts.append(b"\x7a\x02\x18\x02")  # 15 status: {3 code: STATUS_CODE_ERROR (2)}
             parts.append(_REMOTE_FLAGS if rec.remote_parent else _LOCAL_FLAGS)  # 16 flags, fixed32

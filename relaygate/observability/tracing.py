@@ -28,6 +28,7 @@ from relaygate.server.http import error_fields
 if TYPE_CHECKING:
     from relaygate.config.observability import TracingConfig
     from relaygate.core.call import Usage
+    from relaygate.observability.otlpwire import SpanEncoder
     from relaygate.routing.deployment import Deployment
 
 TRACE_HEADER = "x-relaygate-trace-id"  # the call's trace id (32 hex digits), on every answer of a traced call
@@ -107,7 +108,7 @@ class CallTrace:
     export thread asks for them, once per span rather than once per call on the event loop."""
 
     __slots__ = ("tracing", "trace_id", "span_id", "parent_id", "trace_state", "remote_parent", "start",
-                 "end_time", "error", "last_error", "call_id", "model", "route", "stream", "params", "attempts",
+                 "end_time", "error", "last_error", "call_id", "own_id", "model", "route", "stream", "params", "attempts",
                  "dep", "fallbacks", "cache_hit", "faults", "status", "usage", "cost", "error_type", "call")
     kind = SERVER
 
@@ -127,6 +128,7 @@ class CallTrace:
         self.last_error: str | None = None  # the error class of the last failed attempt (why the next one)
         self.call: Call | None = call  # until it ends (then only what the span needs of it is kept)
         self.call_id = call.id
+        self.own_id = "x-request-id" not in call.headers  # then ours (http.RequestIds): nothing to redact
         self.model = call.model
         self.route = call.route
         self.stream = call.stream
@@ -179,10 +181,30 @@ class CallTrace:
 
     @property
     def attrs(self) -> dict[str, Any]:
+        return {**self._fixed()[1], **self._own()}
+
+    def wire(self, encoder: SpanEncoder) -> tuple[bytes, bytes]:
+        """Name and attributes encoded: those most calls of a model share, encoded once for them all
+        (``SpanEncoder.group``), then the call's own (its id, usage and cost)."""
+        params = self.params
+        try:
+            name, fixed = encoder.group((self.route, self.model, self.stream, params, tuple(map(type, params)),
+                                         self.attempts, self.dep, self.fallbacks, self.cache_hit, self.faults,
+                                         self.status, self.error_type), self._fixed)
+        except TypeError:  # a parameter that is not hashable (a client's list): not shared
+            name, fixed = encoder.named(*self._fixed())
+        attribute = encoder.attribute
+        own = [fixed]
+        for key, value in self._own().items():
+            own.append(attribute(key, value))
+        return name, b"".join(own)
+
+    def _fixed(self) -> tuple[str, dict[str, Any]]:
         text = self.tracing.text
-        attrs: dict[str, Any] = {"gen_ai.operation.name": OPERATIONS[self.route],
-                                 "gen_ai.request.model": text(self.model),
-                                 "relaygate.request_id": text(self.call_id), "relaygate.stream": self.stream}
+        model = text(self.model)
+        op = OPERATIONS[self.route]
+        attrs: dict[str, Any] = {"gen_ai.operation.name": op, "gen_ai.request.model": model,
+                                 "relaygate.stream": self.stream}
         for (_, attr), v in zip(REQUEST_PARAMS, self.params, strict=True):
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 attrs[attr] = v
@@ -200,11 +222,18 @@ class CallTrace:
             attrs["relaygate.faults"] = self.faults
         if self.status is not None:
             attrs["http.response.status_code"] = self.status
+        if self.error_type is not None:
+            attrs["error.type"] = self.error_type
+        return f"{op} {model}"[:MAX_TEXT], attrs
+
+    def _own(self) -> dict[str, Any]:
+        rid = self.call_id
+        if not (self.own_id and len(rid) == 28 and rid.startswith("req_")):
+            rid = self.tracing.text(rid)
+        attrs: dict[str, Any] = {"relaygate.request_id": rid}
         if self.error_type is None:
             _usage(attrs, self.usage)
             attrs["relaygate.cost_usd"] = self.cost / 1e9
-        else:
-            attrs["error.type"] = self.error_type
         return attrs
 
 
@@ -261,29 +290,43 @@ class AttemptSpan:
 
     @property
     def name(self) -> str:
-        return f"{OPERATIONS[self.trace.route]} {self.dep.upstream_model(self.asked)}"[:MAX_TEXT]
+        return self._fixed()[0]
 
     @property
     def attrs(self) -> dict[str, Any]:
+        attrs = self._fixed()[1]
+        _usage(attrs, self.usage)
+        return attrs
+
+    def wire(self, encoder: SpanEncoder) -> tuple[bytes, bytes]:
+        """Name and attributes encoded; all but the usage are shared by most attempts on a deployment."""
+        name, fixed = encoder.group((self.trace.route, self.dep, self.asked, self.attempt, self.retry_reason,
+                                     self.fallback, self.status, self.error_type), self._fixed)
+        usage = self.usage
+        if usage is None or not usage.known:
+            return name, fixed
+        attribute = encoder.attribute
+        return name, b"".join((fixed, attribute("gen_ai.usage.input_tokens", usage.prompt_tokens),
+                               attribute("gen_ai.usage.output_tokens", usage.completion_tokens)))
+
+    def _fixed(self) -> tuple[str, dict[str, Any]]:
         dep = self.dep
+        op = OPERATIONS[self.trace.route]
+        upstream = dep.upstream_model(self.asked)
         attrs: dict[str, Any] = {
-            "gen_ai.operation.name": OPERATIONS[self.trace.route], "gen_ai.provider.name": dep.provider_type,
-            "gen_ai.request.model": self.trace.tracing.text(dep.upstream_model(self.asked)),
+            "gen_ai.operation.name": op, "gen_ai.provider.name": dep.provider_type,
+            "gen_ai.request.model": self.trace.tracing.text(upstream),
             "relaygate.deployment": dep.name, "relaygate.model": dep.model_name, "relaygate.attempt": self.attempt,
         }
         if self.retry_reason is not None:
             attrs["relaygate.retry_reason"] = self.retry_reason
         if self.fallback:
             attrs["relaygate.fallback"] = True
-        if self.error_type is None:
-            if self.status is not None:
-                attrs["http.response.status_code"] = self.status
-            _usage(attrs, self.usage)
-        else:
+        if self.status is not None:
+            attrs["http.response.status_code"] = self.status
+        if self.error_type is not None:
             attrs["error.type"] = self.error_type
-            if self.status is not None:
-                attrs["http.response.status_code"] = self.status
-        return attrs
+        return f"{op} {upstream}"[:MAX_TEXT], attrs
 
 
 def _usage(attrs: dict[str, Any], usage: Usage | None) -> None:

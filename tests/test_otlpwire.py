@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from hypothesis import given, settings
@@ -15,7 +16,7 @@ from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.resource.v1 import resource_pb2
 
 from relaygate.observability import otlpwire
-from relaygate.observability.otlp import CLIENT, INTERNAL, SERVER, SpanQueue, SpanRecord
+from relaygate.observability.otlp import CLIENT, INTERNAL, SERVER, Span, SpanQueue, SpanRecord
 from relaygate.observability.otlpwire import HAS_IS_REMOTE, IS_REMOTE, SAMPLED, SpanEncoder
 
 RESOURCE = {"service.name": "gw", "telemetry.sdk.name": "relaygate", "telemetry.sdk.language": "python"}
@@ -40,7 +41,7 @@ def set_value(v: common_pb2.AnyValue, value: Any) -> None:
         v.string_value = str(value)
 
 
-def library(batch: list[SpanRecord], resource: dict[str, Any] = RESOURCE) -> ExportTraceServiceRequest:
+def library(batch: Sequence[Span], resource: dict[str, Any] = RESOURCE) -> ExportTraceServiceRequest:
     request = ExportTraceServiceRequest()
     rs = request.resource_spans.add()
     rs.resource.CopyFrom(resource_pb2.Resource(attributes=[

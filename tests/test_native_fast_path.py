@@ -121,3 +121,16 @@ def test_an_answer_shaped_otherwise_is_left_to_the_whole_parse(raw: bytes) -> No
         assert gemini_answer(raw) is None and cohere_answer(raw) is None
     if not raw.startswith(b"{"):
         assert gemini_answer(raw) is None and cohere_answer(raw) is None and converse_answer(raw) is None
+
+
+def test_a_failed_gemini_generation_is_told_from_a_finished_one() -> None:
+    """The relay raises a failed generation (a fallback may still serve the call) from the decoded reasons."""
+    from relaygate.providers.gemini.provider import _FINISHED
+
+    for reason, failed in (("STOP", False), ("MAX_TOKENS", False), ("SAFETY", False), ("OTHER", True),
+                           ("MALFORMED_FUNCTION_CALL", True), ("SOMETHING_NEW", True)):
+        read = gemini_answer(orjson.dumps({"candidates": [{"finishReason": reason}]}))
+        assert read is not None and (not read.reasons() <= _FINISHED) is failed, reason
+    # a count that is not a whole number in range: read whole instead (where it counts as 0)
+    assert gemini_answer(b'{"usageMetadata": {"promptTokenCount": 1.5}}') is None
+    assert converse_answer(b'{"usage": {"inputTokens": -1}}') is None

@@ -10,9 +10,15 @@ before, so the result is always what parsing the whole answer would give.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 
 from relaygate.core.call import Usage, token_count
+
+# a token count as ``token_count`` takes one without a second look (an integer from 0 to 2^62); any other
+# value fails the typed decode, and the answer is read whole, where ``token_count`` makes it 0
+Count = Annotated[int, msgspec.Meta(ge=0, lt=2 ** 62)]
 
 
 class _GeminiCandidate(msgspec.Struct):
@@ -21,10 +27,10 @@ class _GeminiCandidate(msgspec.Struct):
 
 
 class _GeminiUsage(msgspec.Struct):
-    promptTokenCount: int | float | None = None  # noqa: N815
-    candidatesTokenCount: int | float | None = None  # noqa: N815
-    thoughtsTokenCount: int | float | None = None  # noqa: N815
-    cachedContentTokenCount: int | float | None = None  # noqa: N815
+    promptTokenCount: Count = 0  # noqa: N815
+    candidatesTokenCount: Count = 0  # noqa: N815
+    thoughtsTokenCount: Count = 0  # noqa: N815
+    cachedContentTokenCount: Count = 0  # noqa: N815
 
 
 class GeminiAnswer(msgspec.Struct):
@@ -36,13 +42,15 @@ class GeminiAnswer(msgspec.Struct):
         m = self.usageMetadata
         if m is None:
             return None
-        return Usage(token_count(m.promptTokenCount),
-                     token_count(m.candidatesTokenCount) + token_count(m.thoughtsTokenCount),
-                     token_count(m.cachedContentTokenCount))
+        return Usage(m.promptTokenCount, m.candidatesTokenCount + m.thoughtsTokenCount, m.cachedContentTokenCount)
 
     def finishes(self) -> list[dict[str, str | None]]:
         """The candidates' finish reasons and messages, in the shape ``raise_failed`` reads."""
         return [{"finishReason": c.finishReason, "finishMessage": c.finishMessage} for c in self.candidates or ()]
+
+    def reasons(self) -> set[str | None]:
+        """The candidates' finish reasons."""
+        return {c.finishReason for c in self.candidates or ()}
 
 
 class _CohereCounts(msgspec.Struct):
@@ -75,10 +83,10 @@ class CohereAnswer(msgspec.Struct):
 
 
 class _ConverseUsage(msgspec.Struct):
-    inputTokens: int | float | None = None  # noqa: N815 (AWS's names)
-    outputTokens: int | float | None = None  # noqa: N815
-    cacheReadInputTokens: int | float | None = None  # noqa: N815
-    cacheWriteInputTokens: int | float | None = None  # noqa: N815
+    inputTokens: Count = 0  # noqa: N815 (AWS's names)
+    outputTokens: Count = 0  # noqa: N815
+    cacheReadInputTokens: Count = 0  # noqa: N815
+    cacheWriteInputTokens: Count = 0  # noqa: N815
 
 
 class ConverseAnswer(msgspec.Struct):
@@ -89,8 +97,8 @@ class ConverseAnswer(msgspec.Struct):
         u = self.usage
         if u is None:
             return None
-        read, write = token_count(u.cacheReadInputTokens), token_count(u.cacheWriteInputTokens)
-        return Usage(token_count(u.inputTokens) + read + write, token_count(u.outputTokens), read, write)
+        read, write = u.cacheReadInputTokens, u.cacheWriteInputTokens
+        return Usage(u.inputTokens + read + write, u.outputTokens, read, write)
 
 
 _gemini = msgspec.json.Decoder(GeminiAnswer).decode

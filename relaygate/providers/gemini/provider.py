@@ -33,6 +33,7 @@ from relaygate.providers.base import Provider, error_json, model_segment, retry_
 from relaygate.providers.batching import embed_in_batches, needs_batches
 from relaygate.providers.gemini.auth import GoogleAuth
 from relaygate.providers.gemini.format import (
+    FINISH_REASONS,
     REQUEST_FINISH,
     blocked_reason,
     finish_failure,
@@ -60,6 +61,8 @@ TASK_TYPES = {t.lower(): t for t in (
     "QUESTION_ANSWERING", "FACT_VERIFICATION", "CODE_RETRIEVAL_QUERY")} | {
     "search_query": "RETRIEVAL_QUERY", "search_document": "RETRIEVAL_DOCUMENT"}
 
+
+_FINISHED = frozenset((*FINISH_REASONS, None))  # finish reasons of an answer that finished (not failed)
 
 class GeminiProvider(Provider):
     """Google AI Studio's Gemini API: ``{api_base}/v1beta/models/{model}:generateContent``."""
@@ -175,7 +178,8 @@ class GeminiProvider(Provider):
                 resp.release()
             read = gemini_answer(raw)  # only the usage and the finish reasons are decoded
             if read is not None:
-                self.raise_failed({"candidates": read.finishes()})
+                if not read.reasons() <= _FINISHED:  # a failure (or a reason unknown here): looked at closely
+                    self.raise_failed({"candidates": read.finishes()})
                 return Reply(body=raw, usage=read.usage(), first_byte_at=time.monotonic(), native=True)
             try:  # not shaped as expected: read whole, to say what is wrong with it
                 answer = orjson.loads(raw)

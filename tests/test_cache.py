@@ -447,3 +447,55 @@ def test_a_redis_that_is_down_is_bypassed_and_counted(openai_emulator: Backgroun
                         "cache": {"memory": {"max_bytes": 0}, "redis": {"prefix": "unused:"}}})
     assert [chat(gw).status_code for _ in range(3)] == [200, 200, 200]
     assert gw.gateway.cache.stats.errors >= 1 and upstream_calls(openai_emulator) == 3
+
+
+def test_a_refusal_kept_unread_is_never_served() -> None:
+    """A whole chat answer is kept without being read (whether it is a refusal is looked at when it is first
+    asked for): a refusal is dropped then, counted as not kept, and the call goes upstream, as does a call that
+    waited for the one that got it; with a shared level it is looked at before it goes there."""
+    import asyncio
+
+    from relaygate.config import parse_config
+    from relaygate.core.call import Call, Reply, Route, Usage
+    from relaygate.gateway import Gateway
+
+    refusal = json.dumps({"id": "c", "object": "chat.completion", "choices": [{"index": 0, "finish_reason": "stop",
+                          "message": {"role": "assistant", "content": None, "refusal": "I can't."}}]}).encode()
+    config = parse_config({"models": [{"name": "m", "cache": {"mode": "always"}, "deployments": [
+        {"provider": "openai", "model": "gpt-4o-mini", "api_base": "http://127.0.0.1:9/v1", "api_key": "k"}]}],
+        "request_log": {"enabled": False}}, {})
+
+    async def run() -> None:
+        gw = Gateway(config, None)  # type: ignore[arg-type]  # no upstream session: the stand-in answers
+        layer = gw.cache
+        assert layer is not None
+        asked = 0
+        gate = asyncio.Event()
+
+        async def upstream(call: Call) -> Reply:
+            nonlocal asked
+            asked += 1
+            if asked == 1:
+                await gate.wait()
+            return Reply(body=refusal, usage=Usage(5, 5))
+
+        layer.next = upstream
+
+        def call() -> Call:
+            return Call(id="r", route=Route.CHAT, model="m", body={"model": "m", "messages": MSG})
+
+        leader = asyncio.ensure_future(layer(call()))
+        follower = asyncio.ensure_future(layer(call()))
+        await asyncio.sleep(0)
+        gate.set()
+        replies = await asyncio.gather(leader, follower)
+        assert [r.headers["x-relaygate-cache"] for r in replies] == ["miss", "miss"] and asked == 2
+        assert (await layer(call())).headers["x-relaygate-cache"] == "miss" and asked == 3
+        # three answers kept, two of them dropped when asked for; the last one still waits, unread
+        assert layer.stats.hits == 0 and layer.stats.stored == 1 and layer.stats.not_stored == 2
+        # a shared level gets no refusal: the answer is looked at before it is written
+        layer._shared = [layer.memory]  # type: ignore[list-item]  # (only its presence matters here)
+        layer._keep(call(), "k2", None, layer._whole(call(), Reply(body=refusal), "m", refusal), layer.models["m"])
+        assert layer.memory is not None and layer.memory.get("k2") is None
+
+    asyncio.run(run())

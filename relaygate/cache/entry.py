@@ -35,6 +35,9 @@ class Entry:
     usage: Usage | None
     cost_nano: int  # what the answer cost when it was made: what each hit saves
     compressed: bool = False
+    # a whole chat answer is kept unread: whether it is one to serve again (no refusal, nothing filtered) is
+    # looked at when it is first asked for, or before it goes to a shared level (cache/layer.py: ``_checked``)
+    checked: bool = True
 
     def content(self) -> bytes:
         return zlib.decompress(self.body) if self.compressed else self.body
@@ -78,7 +81,7 @@ def compressed(entry: Entry) -> Entry:
     if entry.compressed:
         return entry
     return Entry(entry.kind, zlib.compress(entry.body, 1), entry.media_type, entry.created, entry.model,
-                 entry.usage, entry.cost_nano, True)
+                 entry.usage, entry.cost_nano, True, entry.checked)
 
 
 # ---- a stream gathered into a completion ----------------------------------------------------------------

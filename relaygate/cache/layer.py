@@ -86,6 +86,8 @@ def control(headers: dict[str, str]) -> tuple[int, float | None]:
     ``x-relaygate-cache: refresh`` and ``no-cache`` ask upstream and keep the new answer; ``max-age=N`` takes
     an answer at most N seconds old (0: refresh)."""
     ours = headers.get(HEADER)
+    if ours == "refresh":  # as sent by most clients: no copies of the value
+        return REFRESH, None
     if ours is not None:
         ours = ours.strip().lower()
         if ours == "off":
@@ -132,10 +134,11 @@ def namespace(call: Call, config: CacheConfig) -> str:
     return "key:" + key.id
 
 
-def cache_key(call: Call, names: Sequence[str], space: str) -> str:
+def cache_key(call: Call, names: Sequence[str], space: str, base: hashlib.blake2b | None = None) -> str:
     """The hash of everything that changes the answer (see the module docstring). The model is the one
     routed: the deployments that may serve the call (``openai/m`` is ``m`` when all of m's are OpenAI's) and
-    the name they are asked for (a wildcard deployment sends the client's); ``names``: the deployments'."""
+    the name they are asked for (a wildcard deployment sends the client's); ``names``: the deployments'.
+    ``base``: ``scope_hash(call.route, names, call.model)``, when the caller keeps it (one per model)."""
     native = call.native
     if native is not None:  # its own dialect's body: the reply relayed to it is in that dialect
         body, dialect = native.body, native.dialect.value
@@ -150,12 +153,28 @@ def cache_key(call: Call, names: Sequence[str], space: str) -> str:
     # the ignored fields; the usual request is that already (no ignored field but its model, named as routed)
     # and is hashed as it is: no copy of it per miss
     if len(body.keys() & IGNORED) != 1 or body.get("model") != model:
-        body = {k: v for k, v in body.items() if k not in IGNORED}
-        body["model"] = model
-    ident = (call.route, dialect, names, model, space)
-    # BLAKE2b: Python's own, without OpenSSL's per-hash setup (SHA-256 through OpenSSL costs ~8k instructions
-    # a call); 128 bits leave no chance of two requests sharing a key by accident
-    return hashlib.blake2b(orjson.dumps((ident, body), option=orjson.OPT_SORT_KEYS), digest_size=16).hexdigest()
+        # in the client's order, the model where it named it (the keys are not sorted: see below)
+        body = {k: model if k == "model" else v for k, v in body.items() if k == "model" or k not in IGNORED}
+        body.setdefault("model", model)
+    h = (scope_hash(call.route, names, model) if base is None else base).copy()
+    # what else scopes the answer, each on a line of its own (the body, last, starts with "{")
+    if dialect:
+        h.update(b"d" + dialect.encode() + b"\n")
+    if space:
+        h.update(b"s" + space.encode() + b"\n")
+    if call.output_cap is not None:  # the limits hold this caller's answer to fewer tokens than it asked for
+        h.update(b"c%d\n" % call.output_cap)
+    # the body's keys in the client's order (a client sends its requests alike; sorting them cost as much as
+    # the rest of the dump)
+    h.update(orjson.dumps(body))
+    return h.hexdigest()
+
+
+def scope_hash(route: Route, names: Sequence[str], model: str) -> hashlib.blake2b:
+    """A BLAKE2b state that has read the route, the deployment names and the model, to be copied per call.
+    BLAKE2b: Python's own, without OpenSSL's per-hash setup (SHA-256 through OpenSSL costs ~8k instructions
+    a call); 128 bits leave no chance of two requests sharing a key by accident."""
+    return hashlib.blake2b(orjson.dumps([str(route), list(names), model]) + b"\n", digest_size=16)
 
 
 class Broadcast:
@@ -245,12 +264,16 @@ class CacheLayer:
         self.redis = RedisCache(redis, rc.prefix, rc.ttl) if rc is not None and redis is not None else None
         self.max_entry = config.cache.max_entry_bytes
         self.stats = CacheStats()
-        self._inflight: dict[str, asyncio.Future[Entry | None]] = {}
+        # the leaders in flight (their calls), and the futures of the calls waiting for one (made by the first
+        # that waits: most misses have no follower)
+        self._inflight: dict[str, Call] = {}
+        self._waiting: dict[str, asyncio.Future[Entry | None]] = {}
         self._streams: dict[str, Broadcast] = {}  # leaders' streams in flight, for followers that stream too
         self._writes: set[asyncio.Task[None]] = set()
         self._shared = [level for level in (self.disk, self.redis) if level is not None]  # memory, then these
-        # (config model, provider asked) -> the names of the deployments that may serve it, built once
-        self._names: dict[tuple[str, str | None], tuple[str, ...]] = {}
+        # (model asked, provider asked, route) -> the names of the deployments that may serve it and the hash
+        # state of that scope (``scope_hash``), built once
+        self._names: dict[tuple[str, str | None, Route], tuple[tuple[str, ...], hashlib.blake2b]] = {}
         self._spaced = config.cache.namespace != "shared"
         self._semantic = {name: SemanticIndex(s.semantic.max_entries) for name, s in self.models.items()
                           if s.semantic is not None}
@@ -273,13 +296,15 @@ class CacheLayer:
             reply = await self.next(call)
             reply.headers[HEADER] = "bypass"
             return reply
-        names = self._names.get((model, call.provider))
-        if names is None:
+        scope = self._names.get((call.model, call.provider, call.route))
+        if scope is None:
             names = tuple(d.name for d in deps)
+            scope = (names, scope_hash(call.route, names, call.model))
             if len(self._names) < MAX_NAMES:
-                self._names[(model, call.provider)] = names
+                self._names[(call.model, call.provider, call.route)] = scope
+        names = scope[0]
         space = namespace(call, self.config) if self._spaced else ""
-        key = cache_key(call, names, space)
+        key = cache_key(call, names, space, scope[1])
         if mode == READ:
             oldest = settings.ttl if max_age is None else max_age if settings.ttl is None else min(max_age, settings.ttl)
             span = call.trace.step("relaygate.cache") if call.trace is not None else None  # the lookup
@@ -297,7 +322,10 @@ class CacheLayer:
                         and call.anthropic_request is None and call.native is None \
                         and call.responses_request is None:
                     return self._joined(call, cast, key)
-                entry = await self._follow(call, pending)
+                waiting = self._waiting.get(key)
+                if waiting is None:
+                    waiting = self._waiting[key] = asyncio.get_running_loop().create_future()
+                entry = await self._follow(call, waiting)
                 if entry is not None and (hit := self._hit(call, entry, key)) is not None:
                     self.stats.coalesced += 1
                     return hit
@@ -404,6 +432,8 @@ class CacheLayer:
         """The reply served from ``entry``; None (and the entry dropped) when it cannot be replayed."""
         body = entry.content()
         stream = None
+        if not entry.checked and not self._checked(entry, key, body):
+            return None
         if entry.kind == CHAT and call.stream and call.anthropic_request is None and call.native is None:
             try:
                 stream = _once(replay(orjson.loads(body), call.wants_usage))
@@ -423,12 +453,24 @@ class CacheLayer:
                          first_byte_at=now)
         return Reply(body=body, media_type=entry.media_type, headers=headers, usage=entry.usage, first_byte_at=now)
 
+    def _checked(self, entry: Entry, key: str, body: bytes | None = None) -> bool:
+        """Whether a whole chat answer kept unread may be served (``keepable_chat``), now that it is asked for
+        (or goes to a shared level): marked so, or dropped and counted as not kept."""
+        if keepable_chat(entry.content() if body is None else body):
+            entry.checked = True
+            return True
+        if self.memory is not None:
+            self.memory.purge(key=key)
+        self.stats.stored -= 1
+        self.stats.not_stored += 1
+        return False
+
     async def _miss(self, call: Call, model: str, key: str, settings: ModelCacheConfig, lead: bool) -> Reply:
         self.stats.misses += 1
-        fut: asyncio.Future[Entry | None] | None = None
+        fut: Call | None = None  # this call when it leads: identical calls wait for it
         inflight = self._inflight
         if lead and key not in inflight:
-            fut = inflight[key] = asyncio.Future()  # the running loop's, without create_future's Python frame
+            fut = inflight[key] = call
         try:
             reply = await self.next(call)
         except BaseException:
@@ -464,24 +506,26 @@ class CacheLayer:
             self.stats.saved_nano[model] = self.stats.saved_nano.get(model, 0) + cost
         return saved
 
-    def _whole(self, call: Call, reply: Reply, model: str, body: bytes) -> Entry | None:
-        """The entry of a whole answer, or None when it is not one to keep."""
+    def _whole(self, call: Call, reply: Reply, model: str, body: bytes, gathered: bool = False) -> Entry | None:
+        """The entry of a whole answer, or None when it is not one to keep (``gathered``: a chat stream's
+        completion, already checked)."""
         if len(body) > self.max_entry:
             return None
         kind, media = WHOLE, reply.media_type
+        checked = True
         if call.route is CHAT_ROUTE:
-            # a scan, not a parse (a parse would be most of what a miss adds): a JSON object with choices and
-            # no refusal or filtered choice; a hit that cannot be read back is dropped then (``_hit``)
-            if not keepable_chat(body):
-                return None
-            kind, media = CHAT, "application/json"
+            # whether it is a JSON object with choices and no refusal or filtered choice (``keepable_chat``) is
+            # looked at when it is first asked for (``_hit``), or before it goes to a shared level: most answers
+            # kept are never asked for again, and the scan costs a fifth of a miss; a hit that cannot be read
+            # back is dropped then too
+            checked, kind, media = gathered, CHAT, "application/json"
         elif reply.media_type.startswith("text/event-stream"):  # speech as SSE events: not kept
             return None
-        return Entry(kind, body, media, time.time(), model, reply.usage, self.pricing.cost(call, reply))
+        return Entry(kind, body, media, time.time(), model, reply.usage, self.pricing.cost(call, reply), False,
+                     checked)
 
     async def _tee(self, stream: AsyncIterator[bytes], call: Call, reply: Reply, model: str, key: str,
-                   fut: asyncio.Future[Entry | None] | None, settings: ModelCacheConfig,
-                   cast: Broadcast | None) -> AsyncIterator[bytes]:
+                   fut: Call | None, settings: ModelCacheConfig, cast: Broadcast | None) -> AsyncIterator[bytes]:
         """Pass the stream on as it comes (to the calls that joined it too), keeping its bytes; a whole, clean
         stream is kept at its end."""
         kept: list[bytes] | None = []
@@ -507,7 +551,8 @@ class CacheLayer:
             if call.route is Route.CHAT:
                 try:
                     completion = gather(data, reply.usage)
-                    entry = None if refused(completion) else self._whole(call, reply, model, orjson.dumps(completion))
+                    entry = None if refused(completion) else self._whole(call, reply, model, orjson.dumps(completion),
+                                                                          gathered=True)
                 except (Unfinished, ValueError, TypeError, AttributeError):
                     entry = None
             else:
@@ -516,21 +561,26 @@ class CacheLayer:
             cast.end()
         self._keep(call, key, fut, entry, settings)
 
-    def _keep(self, call: Call, key: str, fut: asyncio.Future[Entry | None] | None, entry: Entry | None,
-              settings: ModelCacheConfig) -> None:
+    def _keep(self, call: Call, key: str, fut: Call | None, entry: Entry | None, settings: ModelCacheConfig) -> None:
         """Store the entry in each level (disk and Redis in the background) and hand it to the calls waiting
         for it."""
+        if entry is not None and not entry.checked and self._shared:  # never a refusal in a shared level
+            if keepable_chat(entry.body):
+                entry.checked = True
+            else:
+                entry = None
         if self._vectors:
             vec = self._vectors.pop(key, None)
             if vec is not None and entry is not None:
                 vec[0].add(vec[1], key, vec[2])
-        if fut is not None:
-            if not fut.done():
-                fut.set_result(entry)
-            if self._inflight.get(key) is fut:  # _settle, inline: once per kept answer
-                del self._inflight[key]
-                if self._streams:
-                    self._streams.pop(key, None)
+        if fut is not None and self._inflight.get(key) is fut:  # _settle, inline: once per kept answer
+            del self._inflight[key]
+            if self._streams:
+                self._streams.pop(key, None)
+            if self._waiting:
+                waiting = self._waiting.pop(key, None)
+                if waiting is not None and not waiting.done():
+                    waiting.set_result(entry)
         if entry is None:
             self.stats.not_stored += 1
             return
@@ -549,16 +599,17 @@ class CacheLayer:
         except CACHE_ERRORS:
             self.stats.errors += 1
 
-    def _settle(self, key: str, fut: asyncio.Future[Entry | None] | None, entry: Entry | None) -> None:
+    def _settle(self, key: str, fut: Call | None, entry: Entry | None) -> None:
+        """The leader ``fut`` is done without an answer to keep: the calls waiting for it go on alone."""
         if self._vectors:
             self._vectors.pop(key, None)  # no answer kept: no vector either
-        if fut is None:
+        if fut is None or self._inflight.get(key) is not fut:
             return
-        if not fut.done():
-            fut.set_result(entry)
-        if self._inflight.get(key) is fut:
-            del self._inflight[key]
-            self._streams.pop(key, None)
+        del self._inflight[key]
+        self._streams.pop(key, None)
+        waiting = self._waiting.pop(key, None)
+        if waiting is not None and not waiting.done():
+            waiting.set_result(entry)
 
     async def purge(self, model: str | None = None, key: str | None = None) -> dict[str, int]:
         """Drop the entries of every level: all, one model's, or one cache key's."""

@@ -161,7 +161,7 @@ def cache_key(call: Call, names: Sequence[str], space: str, base: hashlib.blake2
     if dialect:
         h.update(b"d" + dialect.encode() + b"\n")
     if space:
-        h.update(b"s" + space.encode() + b"\n")
+        h.update(b"s" + orjson.dumps(space) + b"\n")  # as JSON: a team id with a line break stays one line
     if call.output_cap is not None:  # the limits hold this caller's answer to fewer tokens than it asked for
         h.update(b"c%d\n" % call.output_cap)
     # the body's keys in the client's order (a client sends its requests alike; sorting them cost as much as

@@ -48,6 +48,10 @@ AWS_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "A
            "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL_STS", "AWS_CREDENTIAL_EXPIRATION")
 
 
+# the credential tests count signed requests and credential renewals: no model listing beside the calls
+NO_LISTING = {"enabled": False}
+
+
 def no_aws_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """No AWS credentials anywhere botocore looks (CI runners and laptops may have some)."""
     for var in AWS_ENV:
@@ -113,7 +117,7 @@ def test_a_shared_credentials_profile_is_used_and_a_missing_one_stops_start_up(
                      f"[work]\naws_access_key_id = {TEST_ACCESS_KEY}\naws_secret_access_key = {TEST_SECRET_KEY}\n")
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(creds))
     monkeypatch.setenv("AWS_PROFILE", "work")
-    assert chat(start_gateway({"models": [keyless(emu)]})) and signed_by(emu) == TEST_ACCESS_KEY
+    assert chat(start_gateway({"models": [keyless(emu)], "discovery": NO_LISTING})) and signed_by(emu) == TEST_ACCESS_KEY
     monkeypatch.setenv("AWS_PROFILE", "missing")
     error = start_error({"models": [keyless(emu)]})
     assert error.errors == ["models[0].deployments[0]: AWS credentials: The config profile (missing) could not "
@@ -132,7 +136,7 @@ def test_a_profile_that_assumes_a_role_gets_temporary_credentials_from_sts(
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
     monkeypatch.setenv("AWS_PROFILE", "bedrock")
     monkeypatch.setenv("AWS_ENDPOINT_URL_STS", emu.url)
-    gw = start_gateway({"models": [keyless(emu)]})
+    gw = start_gateway({"models": [keyless(emu)], "discovery": NO_LISTING})
     assert chat(gw) == "Hello! You said: hi"
     assert signed_by(emu).startswith("ASIAASSUMEDROLE")
     [assume] = [r for r in emu.state.requests if r["path"] == "/"]  # signed with the base profile's keys
@@ -164,13 +168,13 @@ def test_credential_process_runs_at_start_and_again_before_its_credentials_expir
     profile(3600)
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
     monkeypatch.setenv("AWS_PROFILE", "proc")
-    gw = start_gateway({"models": [keyless(emu)]})
+    gw = start_gateway({"models": [keyless(emu)], "discovery": NO_LISTING})
     assert runs.read_text() == "x"  # at start-up, not on the first call
     for _ in range(2):
         assert chat(gw) and signed_by(emu) == TEST_ACCESS_KEY
     assert runs.read_text() == "x"  # an hour left: kept
     profile(120)  # credentials that expire within the wait margin: every call waits for a renewal
-    gw2 = start_gateway({"models": [keyless(emu)]})
+    gw2 = start_gateway({"models": [keyless(emu)], "discovery": NO_LISTING})
     before = len(runs.read_text())
     assert chat(gw2) and chat(gw2)
     assert len(runs.read_text()) == before + 2
@@ -185,7 +189,7 @@ def test_web_identity_is_exchanged_for_temporary_credentials_at_sts(
     monkeypatch.setenv("AWS_WEB_IDENTITY_TOKEN_FILE", str(token))
     monkeypatch.setenv("AWS_ROLE_ARN", "arn:aws:iam::000000000000:role/relaygate")
     monkeypatch.setenv("AWS_ENDPOINT_URL_STS", emu.url)
-    gw = start_gateway({"models": [keyless(emu)]})
+    gw = start_gateway({"models": [keyless(emu)], "discovery": NO_LISTING})
     assert chat(gw) == "Hello! You said: hi"
     assert signed_by(emu).startswith("ASIAWEBIDENTITY")
 
@@ -195,7 +199,7 @@ def test_an_ec2_instance_role_is_used_through_imdsv2(emu: BackgroundServer, monk
     no_aws_environment(monkeypatch)
     monkeypatch.delenv("AWS_EC2_METADATA_DISABLED")
     monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", emu.url)
-    gw = start_gateway({"models": [keyless(emu)]})
+    gw = start_gateway({"models": [keyless(emu)], "discovery": NO_LISTING})
     for _ in range(2):
         assert chat(gw)
     imds = [(r["method"], r["path"], r["headers"].get("x-aws-ec2-metadata-token")) for r in emu.state.requests
@@ -228,7 +232,7 @@ def test_container_credentials_are_renewed_before_expiry(
     opts = emu.app[OPTIONS_KEY]
     try:
         opts.temporary_ttl = 120  # within the wait margin: every call waits for renewed credentials
-        gw = start_gateway({"models": [keyless(emu)]})
+        gw = start_gateway({"models": [keyless(emu)], "discovery": NO_LISTING})
         started = fetches(emu, CONTAINER)
         assert started >= 1
         assert chat(gw) and fetches(emu, CONTAINER) == started + 1
@@ -250,7 +254,7 @@ def test_credentials_in_their_last_quarter_hour_serve_while_one_renewal_runs(
     opts = emu.app[OPTIONS_KEY]
     try:
         opts.temporary_ttl = 750
-        gw = start_gateway({"models": [keyless(emu)]})
+        gw = start_gateway({"models": [keyless(emu)], "discovery": NO_LISTING})
         at_start = fetches(emu, CONTAINER)
         token.write_text("rotated-and-wrong")  # renewals are refused from now on
         began = time.monotonic()
@@ -278,7 +282,7 @@ def test_a_credentials_source_that_refuses_at_start_up_is_asked_again_at_the_fir
         emu: BackgroundServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
         start_gateway: Callable[..., GatewayThread]) -> None:
     token = container_environment(emu, monkeypatch, tmp_path, "wrong")
-    gw = start_gateway({"models": [keyless(emu)]})  # starts: the source exists, it refused this time
+    gw = start_gateway({"models": [keyless(emu)], "discovery": NO_LISTING})  # starts: the source exists, it refused this time
     with pytest.raises(openai.AuthenticationError) as e:
         chat(gw)
     assert "could not get AWS credentials from container-role" in e.value.message

@@ -173,7 +173,10 @@ def test_streams_closed_by_the_client_one_event_before_the_end_are_billed(stream
     assert statuses.count(200) <= 3 and statuses.count(429) >= 27
     rows = [r for r in gateway_rows(gw, expected=31) if r["key_id"] == key["id"]]
     served = [r for r in rows if r["status"] == 499]  # the client left: logged as its doing
-    assert len(served) == statuses.count(200) and all(r["usage_estimated"] for r in served)
+    assert len(served) == statuses.count(200)
+    # billed on the estimate; or, when the usage chunk (2 ms behind) reached the gateway before it saw the
+    # client leave (a loaded machine), on that usage
+    assert all(r["usage_estimated"] or abs(r["completion_tokens"] - WORDS) <= 3 for r in served)
     assert all(r["cost_nano"] > 0 for r in served)
     assert abs(served[0]["completion_tokens"] - WORDS) <= 3  # every chunk reached the client: each counted
     assert sum(r["cost_nano"] for r in rows) <= round(2.2 * answer)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from relaygate.core.call import Call, Delivered, Reply, Usage
+from relaygate.core.call import Call, Reply, Usage, delivered_of
 from relaygate.core.errors import BadRequest, GatewayError
 from relaygate.core.pricing import call_choices, call_output_cap, call_prompt_tokens
 from relaygate.providers.streaming import stream_error_event
@@ -65,14 +65,15 @@ def pop_provider(body: dict[str, Any]) -> str | None:
 
 
 def bill_delivered(call: Call, reply: Reply) -> None:
-    """A chat (or Responses) stream is billed for what it delivered even when its usage never comes (the upstream broke, the
-    client or a shutdown cut it, a server that ignores ``include_usage``): prompt tokens as the limits estimate
-    them and the delivered output as ``Delivered`` counts it, marked ``estimated`` (the log row says so).
+    """A chat stream (OpenAI's, Responses', any dialect's, native or translated) is billed for what it
+    delivered even when its usage never comes (the upstream broke, the client or a shutdown cut it, a server
+    that ignores ``include_usage``): prompt tokens as the limits estimate them and the delivered output as
+    ``Delivered`` counts the text the provider passed on, marked ``estimated`` (the log row says so).
     Registered after the pipeline's own callbacks, so it runs before them: the limits settle and the log
     records this usage."""
     if reply.stream is None:
         return
-    delivered = reply.delivered = Delivered()
+    delivered = delivered_of(reply)
 
     def estimate(r: Reply, error: BaseException | None) -> None:
         usage = r.usage

@@ -315,27 +315,35 @@ class NativeCall(Call):
         return self._translate is None
 
 
-class Delivered:
-    """What a chat stream delivered to its client, counted as it went (by ``StreamResponse``, in the loop that
-    sends it), for the usage of a stream whose upstream never said (cut by either side, or a server that
-    ignores ``include_usage``): see ``completion_tokens``."""
+CHARS_PER_TOKEN = 4  # the documented estimate (docs/keys-limits-log.md): ~4 characters a token, as prompts
 
-    __slots__ = ("size", "deltas", "framing")
+
+class Delivered:
+    """The text a stream carried to its client: content, reasoning and tool-call arguments, counted as it was
+    passed on by the piece that reads that stream's format (the provider: its translator to OpenAI chunks, or
+    its relay of a dialect's own events; ``providers/delivered.py``), for the usage of a stream whose upstream
+    never said (cut by either side, or a server that ignores ``include_usage``): see ``completion_tokens``.
+    One per stream reply (``delivered_of``), whatever wraps its stream afterwards."""
+
+    __slots__ = ("chars", "pieces")
 
     def __init__(self) -> None:
-        self.size = 0  # bytes sent
-        self.deltas = 0  # "delta" objects sent: one per choice in each OpenAI chunk, one per Anthropic delta event
-        self.framing = 1 << 30  # the smallest chunk sent with a single delta: about one event without its text
+        self.chars = 0  # characters of text
+        self.pieces = 0  # non-empty text deltas
 
     def completion_tokens(self) -> int:
-        """The output tokens delivered, estimated: the larger of one token per delta (OpenAI and the servers
-        that mimic it send about one token per chunk) and ~4 bytes a token of the text the events carried
-        (translated streams carry several tokens a delta): the bytes sent beyond each event's framing, taken
-        as the smallest single-delta chunk plus a ``"content":""`` key, which the smallest may lack."""
-        if not self.deltas:
-            return 0
-        text = self.size - self.deltas * (self.framing + 12)
-        return max(self.deltas, -(-text // 4))
+        """The output tokens delivered, estimated: the larger of ~4 characters a token of the text and one
+        token per text delta (OpenAI and the servers that mimic it, Cohere too, send about one token a delta;
+        Gemini, Anthropic and translated streams carry several)."""
+        return max(self.pieces, -(-self.chars // CHARS_PER_TOKEN))
+
+
+def delivered_of(reply: Reply) -> Delivered:
+    """The reply's count of the text its stream delivered, made on first use."""
+    d = reply.delivered
+    if d is None:
+        d = reply.delivered = Delivered()
+    return d
 
 
 DoneCallback = Callable[["Reply", BaseException | None], None]
@@ -356,7 +364,7 @@ class Reply:
     anthropic_native: bool = False  # the body or stream is Anthropic's own Messages format, relayed untouched
     native: bool = False  # the body or stream is in the call's own dialect (``Call.native``), relayed untouched
     responses_native: bool = False  # the body or stream is OpenAI's Responses API format, relayed as it came
-    delivered: Delivered | None = None  # a chat stream's count of what reached its client (api/common.py)
+    delivered: Delivered | None = None  # a stream's count of the text it delivered (``delivered_of``)
     _done: list[DoneCallback] = field(default_factory=list)
     _finished: bool = False
 

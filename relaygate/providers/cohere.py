@@ -16,7 +16,7 @@ from urllib.parse import quote
 import orjson
 
 from relaygate.config import CohereDeployment
-from relaygate.core.call import Call, Dialect, Reply, Route, Usage, token_count
+from relaygate.core.call import Call, Dialect, Reply, Route, Usage, delivered_of, token_count
 from relaygate.core.errors import (
     BadRequest,
     ContentFiltered,
@@ -31,6 +31,7 @@ from relaygate.core.errors import (
 )
 from relaygate.providers.base import Provider, error_json, model_segment, retry_after_seconds
 from relaygate.providers.batching import embed_in_batches, needs_batches
+from relaygate.providers.delivered import cohere_event
 from relaygate.providers.listing import MAX_MODELS, MAX_PAGES, ListedModel, cohere_models
 from relaygate.providers.native_answers import cohere_answer
 from relaygate.providers.openai_format import (
@@ -158,9 +159,12 @@ class CohereProvider(Provider):
 
     async def _relay_native(self, events: AsyncIterator[tuple[str, bytes]], first: tuple[str, bytes],
                             reply: Reply) -> AsyncIterator[bytes]:
-        """Cohere's events as they came, up to message-end (the only one parsed, for the usage)."""
+        """Cohere's events as they came, up to message-end (the only one parsed, for the usage), the text of
+        the deltas counted (``providers/delivered.py``)."""
         event, data = first
+        delivered = delivered_of(reply)
         while data != b"[DONE]":
+            cohere_event(delivered, event, data)
             yield sse_frame(data, event.encode())
             if event == "message-end" or (not event and data.find(b'"message-end"', 0, 40) >= 0):
                 reply.usage = usage_of((orjson.loads(data).get("delta") or {}).get("usage"))
@@ -177,8 +181,8 @@ class CohereProvider(Provider):
         upstream = UpstreamBody(resp, self.kind)
         events = self._events(upstream)
         first = await peek(upstream, anext(events, None))
-        w = ChunkWriter(model, include_usage=include_usage)
         reply = Reply(media_type="text/event-stream", headers=headers, first_byte_at=time.monotonic())
+        w = ChunkWriter(model, include_usage=include_usage, delivered=delivered_of(reply))
         reply.stream = closing(upstream, self._relay(events, first, reply, w))
         return reply
 

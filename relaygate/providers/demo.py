@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 import orjson
 
-from relaygate.core.call import Call, Reply, Route, Usage
+from relaygate.core.call import Call, Reply, Route, Usage, delivered_of
 from relaygate.core.errors import BadRequest, ContextTooLong
 from relaygate.providers.base import Provider
 from relaygate.providers.echo import complete, stream_chunks
@@ -63,7 +63,15 @@ class DemoProvider(Provider):
 
     @staticmethod
     async def _emit(chunks: list[dict[str, Any]], reply: Reply, keep_usage: bool) -> AsyncIterator[bytes]:
+        delivered = delivered_of(reply)
         for c in chunks:
+            for choice in c["choices"]:  # the text counted, for a stream cut before its usage
+                delta = choice.get("delta") or {}
+                text = delta.get("content") or "".join(tc["function"].get("arguments") or ""
+                                                        for tc in delta.get("tool_calls") or ())
+                if text:
+                    delivered.chars += len(text)
+                    delivered.pieces += 1
             if not c["choices"]:
                 reply.usage = Usage.from_openai(c.get("usage"))
                 if not keep_usage:

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from relaygate.core import jsonvalue
-from relaygate.core.call import Reply, Usage
+from relaygate.core.call import Delivered, Reply, Usage
 from relaygate.core.errors import BadRequest
 from relaygate.providers.streaming import SSE_DONE, SSEDecoder, sse
 
@@ -61,10 +61,12 @@ def usage_body(usage: Usage | None) -> dict[str, Any] | None:
 
 
 class ChunkWriter:
-    """Emits ``chat.completion.chunk`` SSE events for one streamed choice, incrementally."""
+    """Emits ``chat.completion.chunk`` SSE events for one streamed choice, incrementally; the text it emits
+    (content, reasoning, refusals, tool-call arguments) is counted in ``delivered`` (pass the reply's:
+    ``delivered_of(reply)``), for the usage of a stream cut before its own."""
 
     def __init__(self, model: str, id: str | None = None, include_usage: bool = False, index: int = 0,
-                 created: int | None = None) -> None:
+                 created: int | None = None, delivered: Delivered | None = None) -> None:
         self.id = id or completion_id()
         self.model = model
         self.created = created or int(time.time())
@@ -74,6 +76,7 @@ class ChunkWriter:
         self._tool_index: dict[str, int] = {}  # upstream tool-call key -> OpenAI tool_calls index
         self._no_args: dict[str, int] = {}  # tool calls started that have had no argument text yet
         self._thinking_blocks = 0
+        self.delivered = delivered if delivered is not None else Delivered()
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
         c: dict[str, Any] = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
@@ -94,10 +97,18 @@ class ChunkWriter:
     def text(self, text: str) -> bytes:
         if not text:
             return b""
+        d = self.delivered
+        d.chars += len(text)
+        d.pieces += 1
         return self._ensure_role() + self._chunk({"content": text})
 
     def delta(self, delta: dict[str, Any]) -> bytes:
         """A chunk with any other delta fields (e.g. ``reasoning_content``)."""
+        for name in ("reasoning_content", "refusal"):
+            text = delta.get(name)
+            if type(text) is str and text:
+                self.delivered.chars += len(text)
+                self.delivered.pieces += 1
         return self._ensure_role() + self._chunk(delta)
 
     def thinking_block(self, block: dict[str, Any]) -> bytes:
@@ -124,6 +135,9 @@ class ChunkWriter:
             return b""
         self._no_args.pop(key, None)
         index = self._tool_index[key]
+        d = self.delivered
+        d.chars += len(fragment)
+        d.pieces += 1
         return self._chunk({"tool_calls": [{"index": index, "function": {"arguments": fragment}}]})
 
     def tool_end(self, key: str) -> bytes:

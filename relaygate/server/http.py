@@ -288,19 +288,11 @@ class StreamResponse:
         assert self.reply.stream is not None
         stream = self.reply.stream
         await send({"type": "http.response.start", "status": self.reply.status, "headers": headers})
-        # what reached the client, for a chat stream's usage should its upstream never say (core/call.py:
-        # Delivered), counted in locals: this loop is the hottest of a stream
-        size = deltas = 0
-        framing = 1 << 30
+        # the text a stream delivered is counted by the provider that reads its format (core/call.py:
+        # Delivered): this loop is the hottest of a stream, and blind to the format
         try:
             async for chunk in stream:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                size += len(chunk)
-                n = chunk.count(b'"delta"')
-                if n:
-                    deltas += n
-                    if n == 1 and len(chunk) < framing:
-                        framing = len(chunk)
         except Exception as e:
             # bytes already reached the client: end the stream with an error event, never retry
             if isinstance(e, GatewayError):
@@ -318,9 +310,6 @@ class StreamResponse:
                 pass
             raise err from None
         finally:
-            delivered = self.reply.delivered
-            if delivered is not None:
-                delivered.size, delivered.deltas, delivered.framing = size, deltas, framing
             aclose = getattr(stream, "aclose", None)
             if aclose is not None:
                 await aclose()

@@ -31,7 +31,7 @@ from relaygate.api.responses.translate import (
     response_shell,
 )
 from relaygate.auth.authenticator import caller
-from relaygate.core.call import Call, Route
+from relaygate.core.call import Call, Route, delivered_of
 from relaygate.core.errors import BadRequest, MethodNotAllowed, NotFound, Unsupported
 from relaygate.providers.base import ANSWER_ERRORS, readable, unreadable
 from relaygate.server.http import Request, Response, StreamResponse, json_response
@@ -107,7 +107,8 @@ async def create(gw: Gateway, req: Request) -> Response | StreamResponse:
     kind = call.deployment.provider_type if call.deployment is not None else "upstream"
     if reply.responses_native:
         if reply.stream is not None:
-            reply.stream = stored_before_the_end(readable(native.relay(reply.stream), kind), writes)
+            reply.stream = stored_before_the_end(readable(native.relay(reply.stream, delivered_of(reply)), kind),
+                                                 writes)
             return StreamResponse(reply, headers, native.fail)
         try:
             out = native.whole(reply.body or b"")

@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from relaygate.api.responses.translate import failed
-from relaygate.core.call import Call, Route, UpstreamChain
+from relaygate.core.call import Call, Delivered, Route, UpstreamChain
 from relaygate.core.errors import GatewayError
+from relaygate.providers.delivered import responses_event
 from relaygate.providers.streaming import SSEDecoder, sse, sse_frame
 
 if TYPE_CHECKING:
@@ -120,15 +121,16 @@ class NativeAnswer:
         self._end(self.adopt(response))
         return orjson.dumps(response)
 
-    async def relay(self, stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        """The upstream's events as they come (each read's whole events at once)."""
+    async def relay(self, stream: AsyncIterator[bytes], delivered: Delivered) -> AsyncIterator[bytes]:
+        """The upstream's events as they come (each read's whole events at once), the text of their deltas
+        counted in ``delivered`` (what a stream cut before its final event is billed for)."""
         decoder = SSEDecoder()
         try:
             async for piece in stream:
-                out = self._events(decoder.feed(piece))
+                out = self._events(decoder.feed(piece), delivered)
                 if out:
                     yield out
-            out = self._events(decoder.end())
+            out = self._events(decoder.end(), delivered)
             if out:
                 yield out
         finally:
@@ -136,7 +138,7 @@ class NativeAnswer:
             if aclose is not None:
                 await aclose()
 
-    def _events(self, events: list[tuple[str, bytes]]) -> bytes:
+    def _events(self, events: list[tuple[str, bytes]], delivered: Delivered) -> bytes:
         out: list[bytes] = []
         for kind, data in events:
             if kind in LIFECYCLE or (kind == "message" and data.find(b'"response":{') >= 0):
@@ -152,6 +154,7 @@ class NativeAnswer:
                     continue
             if kind == "response.output_item.done":  # few: parsed to store a stream that breaks later
                 self._item_done(data)
+            responses_event(delivered, kind, data)
             at = data.rfind(b'"sequence_number":')
             if at >= 0:
                 digits = data[at + 18:at + 40].lstrip().split(b",", 1)[0].split(b"}", 1)[0].strip()

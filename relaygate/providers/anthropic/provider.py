@@ -20,7 +20,7 @@ from urllib.parse import quote
 import orjson
 
 from relaygate.config import AnthropicFields
-from relaygate.core.call import Call, Reply, Route, Usage, token_count
+from relaygate.core.call import Call, Reply, Route, Usage, delivered_of, token_count
 from relaygate.core.errors import (
     ContextTooLong,
     GatewayError,
@@ -38,6 +38,7 @@ from relaygate.providers.anthropic.wire import (
     bearer_auth,
 )
 from relaygate.providers.base import Provider, error_json, retry_after_seconds
+from relaygate.providers.delivered import anthropic_event
 from relaygate.providers.listing import MAX_MODELS, MAX_PAGES, ListedModel, anthropic_models
 from relaygate.providers.openai_format import (
     ADJUSTED_HEADER,
@@ -264,11 +265,15 @@ class AnthropicProvider(Provider):
 
     async def _relay(self, events: AsyncIterator[tuple[str, bytes]], start: dict[str, Any], start_raw: bytes,
                      reply: Reply) -> AsyncIterator[bytes]:
-        """Anthropic's events as they came; only ``message_delta`` is parsed (for the usage)."""
+        """Anthropic's events as they came; only ``message_delta`` is parsed (for the usage), the text of the
+        deltas counted (``providers/delivered.py``)."""
         usage: dict[str, Any] = dict(start.get("usage") or {})
+        delivered = delivered_of(reply)
         yield sse_frame(start_raw, b"message_start")
         async for event, data in events:
-            if event == "message_delta":
+            if event == "content_block_delta":
+                anthropic_event(delivered, event, data)
+            elif event == "message_delta":
                 usage.update(orjson.loads(data).get("usage") or {})
                 reply.usage = usage_of(usage)
             elif event == "error":
@@ -301,7 +306,8 @@ class AnthropicProvider(Provider):
     async def _start_stream(self, resp: Response, call: Call, headers: dict[str, str]) -> Reply:
         upstream, events, start, _ = await self._open_stream(resp)
         reply = Reply(media_type="text/event-stream", headers=headers, first_byte_at=time.monotonic())
-        writer = ChunkWriter(str(start.get("model") or call.model), include_usage=call.wants_usage)
+        writer = ChunkWriter(str(start.get("model") or call.model), include_usage=call.wants_usage,
+                             delivered=delivered_of(reply))
         reply.stream = closing(upstream, self._translate(events, start, writer, reply))
         return reply
 

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import orjson
 
 from relaygate.config import BedrockDeployment
-from relaygate.core.call import Call, Dialect, Reply, Route, Usage
+from relaygate.core.call import Call, Dialect, Reply, Route, Usage, delivered_of
 from relaygate.core.errors import BadRequest, Unavailable, Unsupported
 from relaygate.providers.aws.base import AwsProvider, stream_reply
 from relaygate.providers.aws.bedrock_format import StreamTranslator, from_converse, to_converse, usage_of
@@ -27,6 +27,7 @@ from relaygate.providers.aws.eventstream import (
 )
 from relaygate.providers.base import model_segment
 from relaygate.providers.batching import embed_in_batches, needs_batches
+from relaygate.providers.delivered import bedrock_event
 from relaygate.providers.listing import ListedModel, bedrock_models
 from relaygate.providers.native_answers import converse_answer
 from relaygate.providers.openai_format import ChunkWriter, embeddings_response
@@ -106,7 +107,8 @@ class BedrockProvider(AwsProvider):
         events = self.events(upstream)
         first = await peek(upstream, anext(events, None))
         reply = stream_reply()
-        translator = StreamTranslator(ChunkWriter(call.model, include_usage=call.wants_usage))
+        translator = StreamTranslator(ChunkWriter(call.model, include_usage=call.wants_usage,
+                                                  delivered=delivered_of(reply)))
         reply.stream = closing(upstream, self._relay(events, first, translator, reply))
         return reply
 
@@ -168,6 +170,7 @@ class BedrockProvider(AwsProvider):
         decoder = EventStreamDecoder()
         held = b""  # the start of a message whose end has not come yet
         stopped = False
+        delivered = delivered_of(reply)
         try:
             async for chunk in upstream:
                 raw = held + chunk if held else chunk
@@ -177,7 +180,9 @@ class BedrockProvider(AwsProvider):
                         if at:
                             yield raw[:at]
                         raise self.stream_exception(msg)
-                    if msg.event_type == "metadata":
+                    if msg.event_type == "contentBlockDelta":
+                        bedrock_event(delivered, "contentBlockDelta", msg.payload)
+                    elif msg.event_type == "metadata":
                         meta = orjson.loads(msg.payload)
                         reply.usage = usage_of(meta.get("usage")) if isinstance(meta, dict) else None
                     elif msg.event_type == "messageStop":

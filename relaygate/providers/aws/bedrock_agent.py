@@ -21,7 +21,7 @@ from urllib.parse import quote
 import orjson
 
 from relaygate.config import BedrockAgentDeployment
-from relaygate.core.call import Call, Reply, Route, Usage
+from relaygate.core.call import Call, Reply, Route, Usage, delivered_of
 from relaygate.core.errors import BadRequest, Unavailable, Unsupported
 from relaygate.providers.aws.base import AwsProvider, stream_reply
 from relaygate.providers.aws.eventstream import EventMessage
@@ -102,8 +102,8 @@ class BedrockAgentProvider(AwsProvider):
         first = await peek(upstream, anext(events, ""))
         reply = stream_reply(headers)
         reply.usage = Usage(known=False)
-        reply.stream = closing(upstream, self._relay(first, events, ChunkWriter(call.model,
-                                                                               include_usage=call.wants_usage)))
+        writer = ChunkWriter(call.model, include_usage=call.wants_usage, delivered=delivered_of(reply))
+        reply.stream = closing(upstream, self._relay(first, events, writer))
         return reply
 
     @staticmethod

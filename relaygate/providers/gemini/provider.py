@@ -17,7 +17,7 @@ from urllib.parse import quote, urlsplit
 import orjson
 
 from relaygate.config import GeminiFields, VertexDeployment
-from relaygate.core.call import Call, Dialect, Reply, Route, Usage
+from relaygate.core.call import Call, Dialect, Reply, Route, Usage, delivered_of
 from relaygate.core.errors import (
     AuthError,
     BadRequest,
@@ -31,6 +31,7 @@ from relaygate.core.errors import (
 )
 from relaygate.providers.base import Provider, error_json, model_segment, retry_after_seconds
 from relaygate.providers.batching import embed_in_batches, needs_batches
+from relaygate.providers.delivered import gemini_event, gemini_parts, thought_chars
 from relaygate.providers.gemini.auth import GoogleAuth
 from relaygate.providers.gemini.format import (
     FINISH_REASONS,
@@ -195,17 +196,22 @@ class GeminiProvider(Provider):
         first = await peek(upstream, self._next_event(events), "an answer")
         self.raise_failed(first)  # nothing was sent yet: still an error a fallback can act on
         reply = Reply(media_type="text/event-stream", first_byte_at=time.monotonic(), native=True)
-        reply.usage = usage_of(first.get("usageMetadata"))
         reply.stream = closing(upstream, self._relay(events, first, reply))
         return reply
 
     async def _relay(self, events: AsyncIterator[tuple[str, bytes]], first: dict[str, Any],
                      reply: Reply) -> AsyncIterator[bytes]:
-        """Gemini's events as they came; an event is parsed only when it may
-        be an error, and the last that carries a usage once the stream ended."""
+        """Gemini's events as they came; an event is parsed only when it may be an error, and the last that
+        carries a usage once the stream ended: until then the reply has none (each event's usage counts the
+        output so far, so a stream cut before its end is billed on the text counted as it went by,
+        ``providers/delivered.py``)."""
+        delivered = delivered_of(reply)
+        gemini_parts(delivered, first)
+        first_usage = usage_of(first.get("usageMetadata"))
         yield sse_frame(orjson.dumps(first))
         last_usage: bytes | None = None
         async for _, data in events:
+            gemini_event(delivered, data)
             if data.find(b'"error"', 0, 16) >= 0:
                 event = orjson.loads(data)
                 if isinstance(event, list) and event:
@@ -217,7 +223,9 @@ class GeminiProvider(Provider):
             yield sse_frame(data)
         if last_usage is not None:
             event = orjson.loads(last_usage)
-            reply.usage = usage_of(event.get("usageMetadata")) if isinstance(event, dict) else reply.usage
+            reply.usage = usage_of(event.get("usageMetadata")) if isinstance(event, dict) else first_usage
+        else:
+            reply.usage = first_usage
 
     async def _stream(self, call: Call, resp: Response) -> Reply:
         """Read the first event before answering, so that a block or an error can still be retried."""
@@ -256,6 +264,7 @@ class GeminiProvider(Provider):
                          reply: Reply) -> AsyncIterator[bytes]:
         # like OpenAI's own answers: the upstream's model, and a completion id of our own
         cid, created, name = completion_id(), int(time.time()), str(first.get("modelVersion") or call.model)
+        delivered = delivered_of(reply)
         writers: dict[int, ChunkWriter] = {}
         calls: dict[int, int] = {}  # candidate index -> function calls seen
         # candidate index -> finish_reason so far: sent once, at the end, the last one given winning (a chunk
@@ -272,9 +281,10 @@ class GeminiProvider(Provider):
                 k = int(cand.get("index") or 0)
                 w = writers.get(k)
                 if w is None:
-                    w = writers[k] = ChunkWriter(name, id=cid, created=created, index=k)
-                text, tool_calls = read_parts((cand.get("content") or {}).get("parts"), calls.get(k, 0),
-                                              f"{first.get('responseId')}/{k}")
+                    w = writers[k] = ChunkWriter(name, id=cid, created=created, index=k, delivered=delivered)
+                parts = (cand.get("content") or {}).get("parts")
+                text, tool_calls = read_parts(parts, calls.get(k, 0), f"{first.get('responseId')}/{k}")
+                thought_chars(delivered, parts)
                 out.append(w.text(text))
                 for tc in tool_calls:
                     key = str(calls.get(k, 0))
@@ -286,7 +296,7 @@ class GeminiProvider(Provider):
                     self.raise_failed({"candidates": [cand]})
                     finished[k] = finish_reason(cand["finishReason"], False)
             if blocked_reason(event):
-                writers.setdefault(0, ChunkWriter(name, id=cid, created=created))
+                writers.setdefault(0, ChunkWriter(name, id=cid, created=created, delivered=delivered))
                 finished[0] = "content_filter"
             chunk = b"".join(out)
             if chunk:

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from relaygate.config import OpenAIDeployment, OpenAIFields
-from relaygate.core.call import Call, Reply, Route, Usage
+from relaygate.core.call import Call, Reply, Route, Usage, delivered_of
 from relaygate.core.errors import (
     BadRequest,
     ContentFiltered,
@@ -30,6 +30,7 @@ from relaygate.providers.base import (
     unreadable,
 )
 from relaygate.providers.batching import embed_in_batches, needs_batches
+from relaygate.providers.delivered import openai_chunks
 from relaygate.providers.listing import ListedModel, ollama_tags, openai_models
 from relaygate.providers.openai.responses import native_body
 from relaygate.providers.openai.responses import relay as relay_responses
@@ -281,7 +282,7 @@ class OpenAIProvider(Provider):
         ctype = resp.headers.get("content-type", "")
         if call.stream and ctype.startswith("text/event-stream"):
             reply = Reply(media_type="text/event-stream", headers=passed, first_byte_at=time.monotonic())
-            return self._relayed(resp, reply, call.wants_usage)
+            return self._relayed(resp, reply, call.wants_usage, chat=call.route is Route.CHAT)
         try:
             data = await self.read_body(resp)
         finally:
@@ -291,17 +292,15 @@ class OpenAIProvider(Provider):
         reply.usage = usage_of(data)
         return reply
 
-    def _relayed(self, resp: Response, reply: Reply, keep_usage_chunk: bool) -> Reply:
-        reply.stream = self._relay(UpstreamBody(resp, self.kind), reply, keep_usage_chunk)
+    def _relayed(self, resp: Response, reply: Reply, keep_usage_chunk: bool, chat: bool = False) -> Reply:
+        reply.stream = (self._relay_chat if chat else self._relay)(UpstreamBody(resp, self.kind), reply,
+                                                                  keep_usage_chunk)
         return reply
 
     @staticmethod
     async def _relay(body: UpstreamBody, reply: Reply, keep_usage_chunk: bool) -> AsyncIterator[bytes]:
         """Forward SSE events as they arrive, whole events only, without decoding them; note usage (only
-        events carrying a usage object are parsed); drop the usage chunk if the client did not ask for it.
-
-        The hottest path: it closes its upstream itself rather than through ``closing`` (one generator less
-        per read), and a read of whole events skips the cutter's call."""
+        events carrying a usage object are parsed); drop the usage chunk if the client did not ask for it."""
         cutter = EventCutter()
         try:
             async for chunk in body:
@@ -314,6 +313,32 @@ class OpenAIProvider(Provider):
             if usage_at(events, 0) >= 0:
                 events = take_usage(events, reply, keep_usage_chunk)
             if events:
+                yield events
+        finally:
+            body.close()
+
+    @staticmethod
+    async def _relay_chat(body: UpstreamBody, reply: Reply, keep_usage_chunk: bool) -> AsyncIterator[bytes]:
+        """``_relay`` for chat chunks, their text counted as it goes (``providers/delivered.py``): what a stream
+        cut before its usage chunk is billed for.
+
+        The hottest path: it closes its upstream itself rather than through ``closing`` (one generator less
+        per read), and a read of whole events skips the cutter's call."""
+        cutter = EventCutter()
+        delivered = delivered_of(reply)
+        try:
+            async for chunk in body:
+                events = chunk if cutter.idle and chunk.endswith(b"\n\n") else cutter.feed(chunk)
+                if usage_at(events, 0) >= 0:  # a usage object, not the "usage":null of each chunk
+                    events = take_usage(events, reply, keep_usage_chunk)
+                if events:
+                    openai_chunks(delivered, events)
+                    yield events
+            events = cutter.end()
+            if usage_at(events, 0) >= 0:
+                events = take_usage(events, reply, keep_usage_chunk)
+            if events:
+                openai_chunks(delivered, events)
                 yield events
         finally:
             body.close()

@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from relaygate.core.call import Call, Reply, Usage
+from relaygate.core.call import Call, Reply, Usage, delivered_of
 from relaygate.core.errors import BadRequest, Unavailable, Unsupported
 from relaygate.providers.openai_format import ChunkWriter, completion, completion_id
 from relaygate.providers.streaming import SSEDecoder, UpstreamBody
@@ -146,7 +146,7 @@ def whole(response: dict[str, Any], usage: Usage | None) -> dict[str, Any]:
 
 async def chunks(body: UpstreamBody, reply: Reply, model: str, include_usage: bool) -> AsyncIterator[bytes]:
     """The upstream's Responses events as chat chunks, each event's at once."""
-    w = ChunkWriter(model, include_usage=include_usage)
+    w = ChunkWriter(model, include_usage=include_usage, delivered=delivered_of(reply))
     decoder = SSEDecoder()
     calls = False
     try:

@@ -323,18 +323,38 @@ class Delivered:
     passed on by the piece that reads that stream's format (the provider: its translator to OpenAI chunks, or
     its relay of a dialect's own events; ``providers/delivered.py``), for the usage of a stream whose upstream
     never said (cut by either side, or a server that ignores ``include_usage``): see ``completion_tokens``.
-    One per stream reply (``delivered_of``), whatever wraps its stream afterwards."""
+    One per stream reply (``delivered_of``), whatever wraps its stream afterwards.
 
-    __slots__ = ("chars", "pieces")
+    A relay that does not parse its events holds them (``hold``) instead of reading each as it goes: they are
+    read (``fold``) only when the estimate is needed, or when the relay has held enough (it folds then), so a
+    stream whose usage comes pays a list append an event."""
+
+    __slots__ = ("chars", "pieces", "held", "reader")
 
     def __init__(self) -> None:
         self.chars = 0  # characters of text
         self.pieces = 0  # non-empty text deltas
+        self.held: list[Any] | None = None  # events relayed, not read yet
+        self.reader: Callable[[Delivered, list[Any]], None] | None = None
+
+    def hold(self, reader: Callable[[Delivered, list[Any]], None]) -> list[Any]:
+        """The list a relay appends its events to; ``reader`` counts their text when they are folded."""
+        self.reader = reader
+        self.held = []
+        return self.held
+
+    def fold(self) -> None:
+        """Count the text of the events held, and let them go."""
+        held = self.held
+        if held and self.reader is not None:
+            self.reader(self, held)
+            held.clear()
 
     def completion_tokens(self) -> int:
         """The output tokens delivered, estimated: the larger of ~4 characters a token of the text and one
         token per text delta (OpenAI and the servers that mimic it, Cohere too, send about one token a delta;
         Gemini, Anthropic and translated streams carry several)."""
+        self.fold()
         return max(self.pieces, -(-self.chars // CHARS_PER_TOKEN))
 
 

@@ -31,7 +31,7 @@ from relaygate.core.errors import (
 )
 from relaygate.providers.base import Provider, error_json, model_segment, retry_after_seconds
 from relaygate.providers.batching import embed_in_batches, needs_batches
-from relaygate.providers.delivered import cohere_event
+from relaygate.providers.delivered import HOLD_EVENTS, cohere_events
 from relaygate.providers.listing import MAX_MODELS, MAX_PAGES, ListedModel, cohere_models
 from relaygate.providers.native_answers import cohere_answer
 from relaygate.providers.openai_format import (
@@ -159,12 +159,15 @@ class CohereProvider(Provider):
 
     async def _relay_native(self, events: AsyncIterator[tuple[str, bytes]], first: tuple[str, bytes],
                             reply: Reply) -> AsyncIterator[bytes]:
-        """Cohere's events as they came, up to message-end (the only one parsed, for the usage), the text of
-        the deltas counted (``providers/delivered.py``)."""
+        """Cohere's events as they came, up to message-end (the only one parsed, for the usage); held for
+        their text to be counted should the usage never come (``providers/delivered.py``)."""
         event, data = first
         delivered = delivered_of(reply)
+        held = delivered.hold(cohere_events)
         while data != b"[DONE]":
-            cohere_event(delivered, event, data)
+            held.append((event, data))
+            if len(held) > HOLD_EVENTS:
+                delivered.fold()
             yield sse_frame(data, event.encode())
             if event == "message-end" or (not event and data.find(b'"message-end"', 0, 40) >= 0):
                 reply.usage = usage_of((orjson.loads(data).get("delta") or {}).get("usage"))

@@ -1,11 +1,15 @@
-"""The text a stream delivered, read from the bytes a provider relays without parsing them (core/call.py:
-``Delivered``): one small extractor per stream format, for the usage of a stream whose upstream never said.
+"""The text a stream delivered, read from the events a provider relays without parsing them (core/call.py:
+``Delivered``): one small reader per stream format, for the usage of a stream whose upstream never said.
 
 Text means what the upstream bills as output: content, reasoning and tool-call arguments (not ids, names,
 signatures, citations or framing). Translating providers count in ``openai_format.ChunkWriter`` from what they
-already parsed; the relays below read the JSON strings of the keys that carry text in the events that carry
-them, by substring search and a regex anchored at the key (a regex searching a whole event tries its pattern
-at every byte, ~20 instructions a byte), never a JSON parse of every event.
+already parsed. The relays hold the events that may carry text (``Delivered.hold``: a list append each) and
+the readers below count them only when the estimate is wanted or the relay held enough: the JSON strings of
+the keys that carry text, by partitions, substring search and regexes anchored at a key, never a JSON parse of
+every event. Measured by callgrind on this machine: ``bytes.find`` costs ~1k instructions a call (it parses
+its arguments through a format string), a regex tried along a whole event ~40 an byte, so a reader of each
+event as it passed cost ~10k an OpenAI chunk, where holding it costs a list append and reading the held
+events at once ~2k each (bench/README.md).
 """
 
 from __future__ import annotations
@@ -19,11 +23,11 @@ from relaygate.core.call import Delivered
 
 # a JSON string's raw body after its key (the colon and the opening quote), escapes kept
 _VALUE = re.compile(rb'\s*:\s*"([^"\\]*(?:\\.[^"\\]*)*)"')
-# OpenAI chat chunks: the delta's first key, as OpenAI and the servers that mimic it write it (compact)
-_OPENAI_DELTA = re.compile(
-    rb'\{(?:"(?:content|reasoning_content|reasoning|refusal)"|"tool_calls":\[\{"index":\d+,"function":\{"arguments"):'
-    rb'"([^"\\]*(?:\\.[^"\\]*)*)"')
-OPENAI_KEYS = (b'"content"', b'"reasoning_content"', b'"reasoning"', b'"refusal"', b'"arguments"')
+HOLD_BYTES = 32 * 1024  # a relay folds what it held beyond this much (the memory a long stream keeps)
+HOLD_EVENTS = 256  # or beyond so many events
+# any other delta (the role chunk, tool-call arguments, spaced JSON, several keys): its text keys' strings
+_OPENAI_TEXT = re.compile(
+    rb'"(?:content|reasoning_content|reasoning|refusal|arguments)"\s*:\s*"([^"\\]*(?:\\.[^"\\]*)*)"')
 ANTHROPIC_KEYS = (b'"text"', b'"thinking"', b'"partial_json"')  # text_, thinking_ and input_json_delta
 COHERE_KEYS = (b'"text"', b'"thinking"', b'"tool_plan"', b'"arguments"')
 # Cohere v2's events that carry text (message-start's empty message and the citations' quoted text do not)
@@ -74,50 +78,57 @@ def keyed(d: Delivered, data: bytes, keys: tuple[bytes, ...], start: int = 0, en
             at = data.find(key, at, end)
 
 
-def openai_chunks(d: Delivered, events: bytes) -> None:
-    """Whole SSE events of OpenAI chat chunks: each choice's delta, in the usual shape a find and one anchored
-    match (``{"content":"…"}``, a tool call's argument piece), otherwise every text key up to its event's end."""
-    at = events.find(b'"delta":')
-    while at >= 0:
-        at += 8
-        m = _OPENAI_DELTA.match(events, at)
-        if m is not None and m.group(1) and events[m.end():m.end() + 1] == b"}":
+def openai_chunks(d: Delivered, held: list[bytes]) -> None:
+    """Whole SSE events of OpenAI chat chunks, held as relayed: split at every delta at once; the usual
+    ``{"content":"…"}`` read by a partition, ``{}`` passed over, any other delta (the role chunk, tool-call
+    arguments, spaced JSON, several keys) by a regex over it alone, up to its event's end."""
+    pieces = b"".join(held).split(b'"delta":')
+    for i in range(1, len(pieces)):
+        p = pieces[i]
+        if p[:12] == b'{"content":"':
+            text, quote, rest = p[12:].partition(b'"')
+            if quote and rest[:1] == b"}" and text[-1:] != b"\\":  # a whole string, and the delta ends
+                if text:
+                    d.chars += len(text) if text.isascii() and not text.partition(b"\\")[1] else chars_of(text)
+                    d.pieces += 1
+                continue
+        elif p[:2] == b"{}":
+            continue
+        for m in _OPENAI_TEXT.finditer(p.partition(b"\n\n")[0]):
             add(d, m.group(1))
-            at = m.end()
-        else:  # the role chunk, the finish chunk, spaced JSON, several text keys in one delta
-            end = events.find(b"\n\n", at)
-            if end < 0:
-                end = len(events)
-            nxt = events.find(b'"delta":', at, end)  # several choices in one chunk: each delta alone
-            keyed(d, events, OPENAI_KEYS, at, nxt if nxt >= 0 else end)
-            at = nxt if nxt >= 0 else end
-        at = events.find(b'"delta":', at)
 
 
-def anthropic_event(d: Delivered, event: str, data: bytes) -> None:
-    """One event of Anthropic's Messages stream: a content_block_delta's text, thinking or tool input."""
-    if event == "content_block_delta":
+def anthropic_deltas(d: Delivered, held: list[bytes]) -> None:
+    """The data of Anthropic's ``content_block_delta`` events: their text, thinking or tool input."""
+    for data in held:
         keyed(d, data, ANTHROPIC_KEYS)
 
 
-def cohere_event(d: Delivered, event: str, data: bytes) -> None:
-    """One event of Cohere v2's chat stream (named by its ``event`` field, else by its ``type``)."""
-    if not event or event == "message":
-        at = data.find(b'"type"')
-        m = _VALUE.match(data, at + 6) if at >= 0 else None
-        event = m.group(1).decode("ascii", "replace") if m is not None else ""
-    if event in COHERE_TEXT_EVENTS:
-        keyed(d, data, COHERE_KEYS)
+def cohere_events(d: Delivered, held: list[tuple[str, bytes]]) -> None:
+    """Events of Cohere v2's chat stream (named by their ``event`` field, else by their ``type``)."""
+    for event, data in held:
+        if not event or event == "message":
+            at = data.find(b'"type"')
+            m = _VALUE.match(data, at + 6) if at >= 0 else None
+            event = m.group(1).decode("ascii", "replace") if m is not None else ""
+        if event in COHERE_TEXT_EVENTS:
+            keyed(d, data, COHERE_KEYS)
 
 
-def bedrock_event(d: Delivered, event_type: str, payload: bytes) -> None:
-    """One ConverseStream event (an event-stream message's type and JSON payload): a contentBlockDelta's
-    text, reasoning text or tool input (not a reasoning signature, a citation or the ``p`` padding)."""
-    if event_type == "contentBlockDelta":
+def bedrock_deltas(d: Delivered, held: list[bytes]) -> None:
+    """The JSON payloads of ConverseStream's ``contentBlockDelta`` events: their text, reasoning text or tool
+    input (not a reasoning signature, a citation or the ``p`` padding)."""
+    for payload in held:
         at = payload.find(b'"delta"')
         m = _BEDROCK_DELTA.match(payload, at + 7) if at >= 0 else None
         if m is not None:
             add(d, m.group(1))
+
+
+def gemini_events(d: Delivered, held: list[bytes]) -> None:
+    """The data of a Gemini stream's events (``GenerateContentResponse``)."""
+    for data in held:
+        gemini_event(d, data)
 
 
 def gemini_event(d: Delivered, data: bytes) -> None:
@@ -162,16 +173,17 @@ def gemini_parts(d: Delivered, event: dict[str, Any]) -> None:
                 d.pieces += 1
 
 
-def responses_event(d: Delivered, event: str, data: bytes) -> None:
-    """One event of OpenAI's Responses stream (named by its ``event`` field, else by its ``type``)."""
-    if not event or event == "message":
-        if data.find(b'.delta"') < 0:
-            return
-        at = data.find(b'"type"')
-        m = _VALUE.match(data, at + 6) if at >= 0 else None
-        event = m.group(1).decode("ascii", "replace") if m is not None else ""
-    if event in RESPONSES_TEXT_DELTAS:
-        keyed(d, data, (b'"delta"',))
+def responses_events(d: Delivered, held: list[tuple[str, bytes]]) -> None:
+    """Events of OpenAI's Responses stream (named by their ``event`` field, else by their ``type``)."""
+    for event, data in held:
+        if not event or event == "message":
+            if data.find(b'.delta"') < 0:
+                continue
+            at = data.find(b'"type"')
+            m = _VALUE.match(data, at + 6) if at >= 0 else None
+            event = m.group(1).decode("ascii", "replace") if m is not None else ""
+        if event in RESPONSES_TEXT_DELTAS:
+            keyed(d, data, (b'"delta"',))
 
 
 def thought_chars(d: Delivered, parts: Any) -> None:

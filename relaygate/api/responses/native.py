@@ -19,7 +19,7 @@ import orjson
 from relaygate.api.responses.translate import failed
 from relaygate.core.call import Call, Delivered, Route, UpstreamChain
 from relaygate.core.errors import GatewayError
-from relaygate.providers.delivered import responses_event
+from relaygate.providers.delivered import HOLD_EVENTS, RESPONSES_TEXT_DELTAS, responses_events
 from relaygate.providers.streaming import SSEDecoder, sse, sse_frame
 
 if TYPE_CHECKING:
@@ -140,6 +140,7 @@ class NativeAnswer:
 
     def _events(self, events: list[tuple[str, bytes]], delivered: Delivered) -> bytes:
         out: list[bytes] = []
+        held = delivered.held if delivered.held is not None else delivered.hold(responses_events)
         for kind, data in events:
             if kind in LIFECYCLE or (kind == "message" and data.find(b'"response":{') >= 0):
                 obj = orjson.loads(data)
@@ -154,7 +155,10 @@ class NativeAnswer:
                     continue
             if kind == "response.output_item.done":  # few: parsed to store a stream that breaks later
                 self._item_done(data)
-            responses_event(delivered, kind, data)
+            if kind in RESPONSES_TEXT_DELTAS or kind == "message":  # held: counted should the usage never come
+                held.append((kind, data))
+                if len(held) > HOLD_EVENTS:
+                    delivered.fold()
             at = data.rfind(b'"sequence_number":')
             if at >= 0:
                 digits = data[at + 18:at + 40].lstrip().split(b",", 1)[0].split(b"}", 1)[0].strip()

@@ -38,7 +38,7 @@ from relaygate.providers.anthropic.wire import (
     bearer_auth,
 )
 from relaygate.providers.base import Provider, error_json, retry_after_seconds
-from relaygate.providers.delivered import anthropic_event
+from relaygate.providers.delivered import HOLD_EVENTS, anthropic_deltas
 from relaygate.providers.listing import MAX_MODELS, MAX_PAGES, ListedModel, anthropic_models
 from relaygate.providers.openai_format import (
     ADJUSTED_HEADER,
@@ -265,14 +265,17 @@ class AnthropicProvider(Provider):
 
     async def _relay(self, events: AsyncIterator[tuple[str, bytes]], start: dict[str, Any], start_raw: bytes,
                      reply: Reply) -> AsyncIterator[bytes]:
-        """Anthropic's events as they came; only ``message_delta`` is parsed (for the usage), the text of the
-        deltas counted (``providers/delivered.py``)."""
+        """Anthropic's events as they came; only ``message_delta`` is parsed (for the usage); the deltas are
+        held for their text to be counted should the usage never come (``providers/delivered.py``)."""
         usage: dict[str, Any] = dict(start.get("usage") or {})
         delivered = delivered_of(reply)
+        held = delivered.hold(anthropic_deltas)
         yield sse_frame(start_raw, b"message_start")
         async for event, data in events:
             if event == "content_block_delta":
-                anthropic_event(delivered, event, data)
+                held.append(data)
+                if len(held) > HOLD_EVENTS:
+                    delivered.fold()
             elif event == "message_delta":
                 usage.update(orjson.loads(data).get("usage") or {})
                 reply.usage = usage_of(usage)

@@ -27,7 +27,7 @@ from relaygate.providers.aws.eventstream import (
 )
 from relaygate.providers.base import model_segment
 from relaygate.providers.batching import embed_in_batches, needs_batches
-from relaygate.providers.delivered import bedrock_event
+from relaygate.providers.delivered import HOLD_EVENTS, bedrock_deltas
 from relaygate.providers.listing import ListedModel, bedrock_models
 from relaygate.providers.native_answers import converse_answer
 from relaygate.providers.openai_format import ChunkWriter, embeddings_response
@@ -171,6 +171,7 @@ class BedrockProvider(AwsProvider):
         held = b""  # the start of a message whose end has not come yet
         stopped = False
         delivered = delivered_of(reply)
+        deltas = delivered.hold(bedrock_deltas)  # counted should the usage never come
         try:
             async for chunk in upstream:
                 raw = held + chunk if held else chunk
@@ -181,7 +182,9 @@ class BedrockProvider(AwsProvider):
                             yield raw[:at]
                         raise self.stream_exception(msg)
                     if msg.event_type == "contentBlockDelta":
-                        bedrock_event(delivered, "contentBlockDelta", msg.payload)
+                        deltas.append(msg.payload)
+                        if len(deltas) > HOLD_EVENTS:
+                            delivered.fold()
                     elif msg.event_type == "metadata":
                         meta = orjson.loads(msg.payload)
                         reply.usage = usage_of(meta.get("usage")) if isinstance(meta, dict) else None

@@ -31,7 +31,7 @@ from relaygate.core.errors import (
 )
 from relaygate.providers.base import Provider, error_json, model_segment, retry_after_seconds
 from relaygate.providers.batching import embed_in_batches, needs_batches
-from relaygate.providers.delivered import gemini_event, gemini_parts, thought_chars
+from relaygate.providers.delivered import HOLD_EVENTS, gemini_events, gemini_parts, thought_chars
 from relaygate.providers.gemini.auth import GoogleAuth
 from relaygate.providers.gemini.format import (
     FINISH_REASONS,
@@ -203,15 +203,18 @@ class GeminiProvider(Provider):
                      reply: Reply) -> AsyncIterator[bytes]:
         """Gemini's events as they came; an event is parsed only when it may be an error, and the last that
         carries a usage once the stream ended: until then the reply has none (each event's usage counts the
-        output so far, so a stream cut before its end is billed on the text counted as it went by,
+        output so far, so a stream cut before its end is billed on the text of the events held as they went by,
         ``providers/delivered.py``)."""
         delivered = delivered_of(reply)
         gemini_parts(delivered, first)
+        held = delivered.hold(gemini_events)
         first_usage = usage_of(first.get("usageMetadata"))
         yield sse_frame(orjson.dumps(first))
         last_usage: bytes | None = None
         async for _, data in events:
-            gemini_event(delivered, data)
+            held.append(data)
+            if len(held) > HOLD_EVENTS:
+                delivered.fold()
             if data.find(b'"error"', 0, 16) >= 0:
                 event = orjson.loads(data)
                 if isinstance(event, list) and event:

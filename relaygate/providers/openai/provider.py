@@ -30,7 +30,7 @@ from relaygate.providers.base import (
     unreadable,
 )
 from relaygate.providers.batching import embed_in_batches, needs_batches
-from relaygate.providers.delivered import openai_chunks
+from relaygate.providers.delivered import HOLD_BYTES, openai_chunks
 from relaygate.providers.listing import ListedModel, ollama_tags, openai_models
 from relaygate.providers.openai.responses import native_body
 from relaygate.providers.openai.responses import relay as relay_responses
@@ -282,7 +282,7 @@ class OpenAIProvider(Provider):
         ctype = resp.headers.get("content-type", "")
         if call.stream and ctype.startswith("text/event-stream"):
             reply = Reply(media_type="text/event-stream", headers=passed, first_byte_at=time.monotonic())
-            return self._relayed(resp, reply, call.wants_usage, chat=call.route is Route.CHAT)
+            return self._relayed(resp, reply, call.wants_usage, call if call.route is Route.CHAT else None)
         try:
             data = await self.read_body(resp)
         finally:
@@ -292,9 +292,10 @@ class OpenAIProvider(Provider):
         reply.usage = usage_of(data)
         return reply
 
-    def _relayed(self, resp: Response, reply: Reply, keep_usage_chunk: bool, chat: bool = False) -> Reply:
-        reply.stream = (self._relay_chat if chat else self._relay)(UpstreamBody(resp, self.kind), reply,
-                                                                  keep_usage_chunk)
+    def _relayed(self, resp: Response, reply: Reply, keep_usage_chunk: bool, call: Call | None = None) -> Reply:
+        """``call``: a chat call, whose stream's text is counted."""
+        body = UpstreamBody(resp, self.kind)
+        reply.stream = (self._relay if call is None else self._relay_chat)(body, reply, keep_usage_chunk)
         return reply
 
     @staticmethod
@@ -319,26 +320,32 @@ class OpenAIProvider(Provider):
 
     @staticmethod
     async def _relay_chat(body: UpstreamBody, reply: Reply, keep_usage_chunk: bool) -> AsyncIterator[bytes]:
-        """``_relay`` for chat chunks, their text counted as it goes (``providers/delivered.py``): what a stream
-        cut before its usage chunk is billed for.
+        """``_relay`` for chat chunks, held for their text to be counted should the usage chunk never come
+        (``providers/delivered.py``): what a stream cut before it is billed for.
 
         The hottest path: it closes its upstream itself rather than through ``closing`` (one generator less
         per read), and a read of whole events skips the cutter's call."""
         cutter = EventCutter()
         delivered = delivered_of(reply)
+        held = delivered.hold(openai_chunks)
+        size = 0
         try:
             async for chunk in body:
                 events = chunk if cutter.idle and chunk.endswith(b"\n\n") else cutter.feed(chunk)
                 if usage_at(events, 0) >= 0:  # a usage object, not the "usage":null of each chunk
                     events = take_usage(events, reply, keep_usage_chunk)
                 if events:
-                    openai_chunks(delivered, events)
+                    held.append(events)
+                    size += len(events)
+                    if size > HOLD_BYTES:
+                        delivered.fold()
+                        size = 0
                     yield events
             events = cutter.end()
             if usage_at(events, 0) >= 0:
                 events = take_usage(events, reply, keep_usage_chunk)
             if events:
-                openai_chunks(delivered, events)
+                held.append(events)
                 yield events
         finally:
             body.close()

@@ -58,6 +58,8 @@ def gw(upstreams: dict[str, BackgroundServer], tmp_path_factory: pytest.TempPath
                                             "api_base": upstreams["anthropic"].url, "api_key": CLAUDE_KEY}]},
         openai_model("oai-embed", upstreams["openai"], upstream_model="text-embedding-3-small"),
         {**openai_model("gpt-cached", upstreams["openai"]), "cache": {"mode": "always"}},
+        # another model condenses: the condense layer is in the pipeline, and must leave native calls untranslated
+        {**openai_model("gpt-condensed", upstreams["openai"]), "condense": {"context_window": 100_000}},
         {"name": "gem-embed", "deployments": [{"provider": "gemini", "model": "gemini-embedding-001",
                                                "api_base": upstreams["gemini"].url, "api_key": GEMINI_KEY}]},
         {"name": "gem-fb", "fallbacks": [{"models": ["gpt"]}],

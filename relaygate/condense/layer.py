@@ -155,9 +155,8 @@ class CondenseLayer:
         return min(known) if known else None  # the smallest: the call may go to any of them
 
     async def __call__(self, call: Call) -> Reply:
-        if call.route is not Route.CHAT or not isinstance(call.body.get("messages"), list) \
-                or call.truncation == "disabled":  # (the client wants the context error, as OpenAI gives it)
-            return await self.next(call)
+        if call.route is not Route.CHAT or call.truncation == "disabled":
+            return await self.next(call)  # (disabled: the client wants the context error, as OpenAI gives it)
         deps = call.deployments
         if deps is None:
             deps = call.deployments = self.table.resolve(call)
@@ -165,8 +164,10 @@ class CondenseLayer:
         cap = call.max_prompt_tokens
         if settings is None:
             if call.truncation != "auto" and cap is None:
-                return await self.next(call)
+                return await self.next(call)  # before the body is read: a native call keeps its fast path
             settings = ASKED
+        if not isinstance(call.body.get("messages"), list):
+            return await self.next(call)
         done: Condensed | None = None
         window = self._window(settings, deps)
         if window is not None or cap is not None:

@@ -64,6 +64,8 @@ def _v8_attempts_and_overview_filters(conn: Connection) -> None:
         conn.exec_driver_sql("ALTER TABLE request_log ADD COLUMN attempt_log TEXT")
     conn.exec_driver_sql("DROP INDEX IF EXISTS ix_request_log_overview")  # step 6's, without the filters
     conn.exec_driver_sql(tables.OVERVIEW_INDEX)
+
+
 def _v9_condensed(conn: Connection) -> None:
     if "condensed" in {c["name"] for c in inspect(conn).get_columns("request_log")}:
         return  # created by step 1 from today's table

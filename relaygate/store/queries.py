@@ -88,14 +88,15 @@ def _dicts(engine: Engine, q: Any) -> list[dict[str, Any]]:
         row["saved_usd"] = row["saved_nano"] / NANO
         tries = row.get("attempt_log")
         if tries is not None:  # stored as JSON text (a retried call's attempts): returned as the list it is
-            row["attempt_log"] = orjson.loads(tries)
+            row["attempt_log"] = _object(tries)
         if row.get("condensed"):  # stored as JSON text: shown as the object it is
             row["condensed"] = _object(row["condensed"])
     return rows
 
 
 def _object(text: Any) -> Any:
-    """A ``condensed`` value as the JSON object the gateway wrote; text that is not JSON as it is."""
+    """A JSON column's value (``attempt_log``, ``condensed``) as the gateway wrote it; text that is not JSON (a
+    row written by hand, or cut) as it is, so that one odd row never fails the whole listing."""
     try:
         return orjson.loads(text)
     except (orjson.JSONDecodeError, TypeError):

@@ -7,7 +7,9 @@ caller's owner, keys and the request log, budgets, and the hosted mode as the de
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -96,6 +98,24 @@ def test_create_and_poll_runs_at_the_upstream(client: openai.OpenAI, gw: Gateway
     assert (priced["prompt_tokens"], priced["completion_tokens"]) == (run.usage.prompt_tokens,
                                                                       run.usage.completion_tokens)
     assert priced["cost_nano"] == run.usage.prompt_tokens * 1000 + run.usage.completion_tokens * 10_000
+
+
+def test_a_run_polled_by_several_requests_at_once_is_charged_once(client: openai.OpenAI, gw: GatewayThread,
+                                                                  upstream: GatewayThread) -> None:
+    a = client.beta.assistants.create(model="gpt-4o-mini")
+    thread = client.beta.threads.create(messages=[{"role": "user", "content": "charge me once"}])
+    run = client.beta.threads.runs.create(thread_id=thread.id, assistant_id=a.id)
+    direct = openai.OpenAI(api_key=UPSTREAM_MASTER, base_url=upstream.base_url, max_retries=0)
+    deadline = time.monotonic() + 20
+    while direct.beta.threads.runs.retrieve(run.id, thread_id=thread.id).status != "completed":
+        assert time.monotonic() < deadline, "the upstream's run did not end"
+        time.sleep(0.05)
+    before = gw.gateway.writer.submitted
+    with ThreadPoolExecutor(8) as pool:  # eight polls see it ended together
+        polls = list(pool.map(lambda _: client.beta.threads.runs.retrieve(run.id, thread_id=thread.id), range(8)))
+    assert {p.status for p in polls} == {"completed"}
+    rows = gateway_rows(gw, expected=before + 8)[before:]
+    assert len([r for r in rows if r["completion_tokens"]]) == 1
 
 
 def test_a_streamed_run_is_relayed_event_by_event_and_priced_by_its_usage(client: openai.OpenAI,

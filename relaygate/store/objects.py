@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from sqlalchemy import Engine, and_, bindparam, delete, select, update
+from sqlalchemy.exc import IntegrityError
 
 from relaygate.store import tables
 
@@ -85,6 +86,17 @@ def _save(engine: Engine, objs: list[Stored]) -> None:
             if done.rowcount == 0:
                 conn.execute(_INSERT, {"id": o.id, "kind": o.kind, "owner": o.owner, "parent": o.parent,
                                        "seq": o.seq, "created_at": o.created_at, "data": data, "extra": extra})
+
+
+def _claim(engine: Engine, o: Stored) -> bool:
+    try:
+        with engine.begin() as conn:
+            conn.execute(_INSERT, {"id": o.id, "kind": o.kind, "owner": o.owner, "parent": o.parent, "seq": o.seq,
+                                   "created_at": o.created_at, "data": orjson.dumps(o.data).decode(),
+                                   "extra": orjson.dumps(o.extra).decode() if o.extra is not None else None})
+        return True
+    except IntegrityError:  # the id is taken: someone else came first
+        return False
 
 
 def _get(engine: Engine, kind: str, oid: str, owner: str) -> Stored | None:
@@ -168,6 +180,12 @@ class ObjectStore:
         for o in objs:
             await self._settled(o.id)
         await self.db.run(_save, self.db.engine, list(objs))
+
+    async def claim(self, obj: Stored) -> bool:
+        """Insert ``obj`` only if no object has its id: True for the one caller (of any instance) that made
+        it, False when it was there already. For what must happen once, like charging a run."""
+        await self._settled(obj.id)
+        return await self.db.run(_claim, self.db.engine, obj)
 
     def save_later(self, obj: Stored) -> asyncio.Future[None]:
         """Queue the write (in order with earlier writes of the object); reads of it wait for it. The future

@@ -245,8 +245,8 @@ RUN_DONE = ("completed", "incomplete", "failed", "cancelled", "expired")
 
 async def _settle(gw: Gateway, who: str, run: Any, reply: Reply, meter: Meter) -> None:
     """A run seen ended for the first time (streamed to its end, or polled): its whole usage onto ``reply``,
-    priced at its model's price; the run recorded (a ``forwarded`` record below its thread) so that no later
-    request charges it again."""
+    priced at its model's price, by the one request that records the run (a ``forwarded`` record below its
+    thread, inserted only if absent): no other request, earlier, later or concurrent, charges it again."""
     if not isinstance(run, dict) or run.get("status") not in RUN_DONE:
         return
     usage, model, rid = run.get("usage"), run.get("model"), run.get("id")
@@ -256,12 +256,11 @@ async def _settle(gw: Gateway, who: str, run: Any, reply: Reply, meter: Meter) -
     prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
     if not (type(prompt) is int and type(completion) is int and prompt >= 0 and completion >= 0):
         return
-    if await gw.objects.get(KIND, rid, who) is not None:  # charged already
-        return
     thread = run.get("thread_id")
-    await gw.objects.save(Stored(id=rid, kind=KIND, owner=who, data={"object": "thread.run"},
-                                 parent=thread if isinstance(thread, str) and len(thread) <= MAX_ID else None,
-                                 seq=time.time_ns(), created_at=time.time()))
+    if not await gw.objects.claim(Stored(id=rid, kind=KIND, owner=who, data={"object": "thread.run"},
+                                         parent=thread if isinstance(thread, str) and len(thread) <= MAX_ID else None,
+                                         seq=time.time_ns(), created_at=time.time())):
+        return  # charged already, by an earlier request or one running beside this one (in any instance)
     meter.per_token = gw.pricing.book.lookup(model)
     reply.usage = Usage(prompt_tokens=prompt, completion_tokens=completion)
 

@@ -277,6 +277,13 @@ class Call:
         """Whether ``body`` exists already (always, but for a ``NativeCall`` not yet translated)."""
         return True
 
+    @property
+    def untranslated(self) -> NativeRequest | None:
+        """The client's own request while its chat form was never made (the same-dialect fast path): the body
+        sent upstream, which the limits, prices and log read instead of ``body``; else None."""
+        native = self.native
+        return native if native is not None and not self.translated else None
+
 
 _CHAT_BODY = Call.__dict__["body"]  # the slot that holds Call.body (a NativeCall fills it when asked)
 

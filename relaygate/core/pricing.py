@@ -282,23 +282,23 @@ class Pricing:
 def call_prompt_tokens(call: Call) -> int:
     """The call's prompt as a reservation counts it: from its chat body, or for a foreign client's call not
     translated (the same-dialect fast path) from its own body, without making the chat form."""
-    native = call.native
-    if native is not None and not call.translated:
+    native = call.untranslated
+    if native is not None:
         return native.prompt_tokens()
     return Pricing.prompt_tokens(call.body)
 
 
 def call_output_cap(call: Call) -> Any:
     """The output cap the call's client set (``output_cap_of``; a native body's own field when untranslated)."""
-    native = call.native
-    if native is not None and not call.translated:
+    native = call.untranslated
+    if native is not None:
         return native.output_cap()
     return output_cap_of(call.body, call.route)
 
 
 def call_choices(call: Call) -> int:
-    native = call.native
-    if native is not None and not call.translated:
+    native = call.untranslated
+    if native is not None:
         return native.choices()
     return choices(call.body)
 

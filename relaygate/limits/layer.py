@@ -96,8 +96,8 @@ def hold_output(call: Call, cap: int) -> bool:
     and a relayed Messages body's), or ``call.output_cap`` set for the provider to send in its own field
     when the client set none. False when the client's cap was no higher already."""
     given = lowered = False
-    own = call.native
-    if own is not None and not call.translated:  # the fast path: the client's own body is all there is
+    own = call.untranslated
+    if own is not None:  # the fast path: the client's own body is all there is
         given, lowered = own.cap_output(cap)
         if not given or lowered:
             call.output_cap = cap

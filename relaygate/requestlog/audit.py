@@ -197,8 +197,8 @@ class AuditLayer:
         request_body = response_body = None
         if bodies and self.config.bodies:
             limit = self.config.max_body_chars
-            native = call.native  # a foreign client's call not translated: its own body is what was sent
-            sent = native.body if native is not None and not call.translated else call.body
+            native = call.untranslated  # a foreign client's call not translated: its own body is what was sent
+            sent = native.body if native is not None else call.body
             request_body = self.redact(orjson.dumps(sent, default=_unserializable).decode()[:limit])
             body = reply.body if reply is not None and reply.body is not None else streamed
             if body:

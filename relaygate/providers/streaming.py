@@ -280,11 +280,16 @@ async def closing(
             yield piece
     finally:
         try:
-            aclose = getattr(stream, "aclose", None)  # a translator stops now, not when collected
-            if aclose is not None:
-                await aclose()
+            await aclose(stream)  # a translator stops now, not when collected
         finally:
             body.close()
+
+
+async def aclose(stream: object) -> None:
+    """Close an async iterator that can be closed (a generator), now rather than when it is collected."""
+    close = getattr(stream, "aclose", None)
+    if close is not None:
+        await close()
 
 
 async def open_body(resp: Response, kind: str, *, require_bytes: bool = False) -> AsyncIterator[bytes]:

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from relaygate.api.assistants import runs, shapes
-from relaygate.api.assistants.forward import forward_assistants
+from relaygate.api.assistants.forward import OWNED, forward_assistants
 from relaygate.api.common import object_body
 from relaygate.api.objects import metadata, missing, page_of, page_query, path_ids, set_metadata
 from relaygate.auth.authenticator import caller
@@ -174,7 +174,8 @@ async def one_thread(gw: Gateway, req: Request) -> Response | StreamResponse:
     raise NotFound(f"Unknown route {method} {req.path}", code="unknown_route")
 
 
-HOSTED_KINDS = {"assistants": "assistant", "threads": "thread"}
+# the collections hosted here too, and the stored kind of each (vector stores only ever live upstream)
+HOSTED_KINDS = {family: kind for family, kind in OWNED.items() if family != "vector_stores"}
 
 
 async def hosted_here(gw: Gateway, req: Request) -> bool:

@@ -33,7 +33,7 @@ from relaygate.core.call import Usage
 from relaygate.core.errors import GatewayError, NotFound
 from relaygate.core.pricing import Meter
 from relaygate.providers.base import ANSWER_ERRORS, unreadable
-from relaygate.providers.streaming import EventCutter
+from relaygate.providers.streaming import EventCutter, aclose
 from relaygate.server.http import Request, Response, StreamResponse
 from relaygate.server.upload import ReadBody
 from relaygate.store.objects import Stored, owner_of
@@ -44,8 +44,8 @@ if TYPE_CHECKING:
     from relaygate.gateway import Gateway
 
 KIND = "forwarded"  # the stored_objects kind of an upstream object's id and owner
-# the collections whose objects the gateway records, and what a missing one is called in a 404
-OWNED = {"assistants": "assistant", "threads": "thread", "vector_stores": "vector store"}
+# the collections whose objects the gateway records, and the ``object`` type of each (in a 404: "vector store")
+OWNED = {"assistants": "assistant", "threads": "thread", "vector_stores": "vector_store"}
 MAX_WHOLE = 4 * 1024 * 1024  # a created object's answer is read whole to record its id
 MAX_LIST_PAGES = 10  # upstream pages one list request reads to fill a page with the caller's objects
 
@@ -61,7 +61,7 @@ def _runs(method: str, path: list[str]) -> bool:
 async def _owned(gw: Gateway, who: str, family: str, oid: Any, param: str | None = None) -> None:
     if not isinstance(oid, str) or not oid or len(oid) > MAX_ID \
             or await gw.objects.get(KIND, oid, who) is None:
-        what = OWNED[family]
+        what = OWNED[family].replace("_", " ")
         raise NotFound(f"No {what} found with id '{str(oid)[:MAX_ID]}'.", param=param)
 
 
@@ -86,7 +86,7 @@ def _record(gw: Gateway, who: str, obj: Any) -> Stored | None:
     """The record of an object the upstream created (None for anything else)."""
     if not isinstance(obj, dict) or not isinstance(obj.get("id"), str) or not 0 < len(obj["id"]) <= MAX_ID:
         return None
-    if obj.get("object") not in ("assistant", "thread", "vector_store"):
+    if obj.get("object") not in OWNED.values():
         return None
     return Stored(id=obj["id"], kind=KIND, owner=who, data={"object": obj["object"]}, seq=time.time_ns(),
                   created_at=time.time())
@@ -161,9 +161,7 @@ async def _whole(call: Call, reply: Reply) -> bytes:
         reply.finish(e)
         raise
     finally:
-        aclose = getattr(stream, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        await aclose(stream)
     return b"".join(parts)
 
 
@@ -197,13 +195,11 @@ async def _recorded_events(gw: Gateway, who: str, stream: AsyncIterator[bytes]) 
             if rest:
                 yield rest
     finally:
-        aclose = getattr(stream, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        await aclose(stream)
 
 
-RUN_ENDS = (b"event: thread.run.completed\n", b"event: thread.run.incomplete\n", b"event: thread.run.failed\n",
-            b"event: thread.run.cancelled\n", b"event: thread.run.expired\n")
+RUN_DONE = ("completed", "incomplete", "failed", "cancelled", "expired")  # a run's terminal statuses
+RUN_ENDS = tuple(f"event: thread.run.{status}\n".encode() for status in RUN_DONE)  # the events that end a run
 
 
 def _run_end(events: bytes) -> dict[str, Any] | None:
@@ -235,12 +231,7 @@ async def _run_usage(gw: Gateway, who: str, stream: AsyncIterator[bytes], reply:
             await _settle(gw, who, _run_end(events), reply, meter)
             yield events
     finally:
-        aclose = getattr(stream, "aclose", None)
-        if aclose is not None:
-            await aclose()
-
-
-RUN_DONE = ("completed", "incomplete", "failed", "cancelled", "expired")
+        await aclose(stream)
 
 
 async def _settle(gw: Gateway, who: str, run: Any, reply: Reply, meter: Meter) -> None:

@@ -29,6 +29,8 @@ NEW_MODEL = "gemini-exp-9999"  # unknown to the bundled catalog: only discovery 
     ({"name": "a", "select": {}}, "models[0].select: select needs at least one condition"),
     ({"name": "a", "select": {"max_cost": -1}}, "models[0].select.max_cost: Input should be greater than or equal to 0"),
     ({"name": "a", "select": {"vision": True}}, "models[0].select.vision: unknown field"),
+    ({"name": "a", "select": {"configured": True}}, "models[0].select.configured: unknown field"),  # search only
+    ({"name": "a", "select": "vision"}, "models[0].select: expected a mapping"),
     ({"name": "a", "select": {"supports_vision": "maybe"}},
      "models[0].select.supports_vision: Input should be a valid boolean, unable to interpret input"),
     ({"name": "a", "select": {"max_cost": 1}, "deployments": [{"provider": "demo", "model": "demo"}]},

@@ -5,21 +5,20 @@ model, a virtual key only the models it may use."""
 from __future__ import annotations
 
 import math
+from dataclasses import fields
 from typing import TYPE_CHECKING
 
 from relaygate.api.query import Query, plain_text
 from relaygate.auth.authenticator import caller
-from relaygate.catalog.search import SORTS, Filters, entries, ordered, visible
+from relaygate.catalog.search import CAPABILITY_FILTERS, SORTS, Filters, entries, ordered, visible
 from relaygate.core.errors import BadRequest
 from relaygate.server.http import Request, Response, json_response
 
 if TYPE_CHECKING:
     from relaygate.gateway import Gateway
 
-BOOLEAN_FILTERS = ("supports_chat", "supports_vision", "supports_tools", "supports_json_schema", "supports_reasoning",
-                   "supports_audio", "supports_embeddings", "configured", "discovered")
-PARAMS = frozenset({*BOOLEAN_FILTERS, "provider", "min_context", "max_cost", "q", "sort", "order", "limit",
-                    "offset"})
+BOOLEAN_FILTERS = (*CAPABILITY_FILTERS, "configured", "discovered")
+PARAMS = frozenset({*(f.name for f in fields(Filters)), "sort", "order", "limit", "offset"})
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
 MAX_COST = 1e6  # USD per 1M input tokens: beyond any model's

@@ -6,7 +6,9 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
+
+from pydantic import ConfigDict, Field
 
 from relaygate.catalog.cards import Card
 
@@ -42,10 +44,13 @@ class Entry:
 
 
 @dataclass(frozen=True, slots=True)
-class Filters:
-    """What /api/models/search and an alias's ``select`` may ask; None: not asked."""
+class Conditions:
+    """The conditions an alias's ``select`` (in the config, validated by pydantic with these bounds) and
+    /api/models/search may ask, all of which must hold; None: not asked."""
 
-    provider: str | None = None
+    __pydantic_config__ = ConfigDict(extra="forbid")  # a typo in a config's select is an error
+
+    provider: Annotated[str | None, Field(min_length=1, max_length=64)] = None
     supports_chat: bool | None = None
     supports_vision: bool | None = None
     supports_tools: bool | None = None
@@ -53,11 +58,13 @@ class Filters:
     supports_reasoning: bool | None = None
     supports_audio: bool | None = None
     supports_embeddings: bool | None = None
-    min_context: int | None = None
-    max_cost: float | None = None  # USD per 1M input tokens; an unpriced model never passes
-    q: str | None = None
-    configured: bool | None = None  # served by a deployment of this gateway
-    discovered: bool | None = None
+    min_context: Annotated[int | None, Field(ge=0)] = None
+    # USD per 1M input tokens; an unpriced model never passes
+    max_cost: Annotated[float | None, Field(ge=0, allow_inf_nan=False)] = None
+    q: Annotated[str | None, Field(min_length=1, max_length=200)] = None
+
+    def asked(self) -> bool:
+        return any(getattr(self, f.name) is not None for f in fields(self))
 
     def matches(self, e: Entry) -> bool:
         c = e.card
@@ -71,17 +78,28 @@ class Filters:
             return False
         if self.max_cost is not None and (c.prices.input is None or c.prices.input > self.max_cost):
             return False
-        if self.configured is not None and bool(e.deployments) is not self.configured:
-            return False
-        if self.discovered is not None and e.discovered is not self.discovered:
-            return False
         if self.q is not None:
             needle = self.q.lower()
             return any(needle in s.lower() for s in (c.id, c.provider, c.mode, *e.providers, *e.models))
         return True
 
 
-CAPABILITY_FILTERS = tuple(f.name for f in fields(Filters) if f.name.startswith("supports_"))
+@dataclass(frozen=True, slots=True)
+class Filters(Conditions):
+    """What /api/models/search may ask: the conditions, and where a model comes from."""
+
+    configured: bool | None = None  # served by a deployment of this gateway
+    discovered: bool | None = None
+
+    def matches(self, e: Entry) -> bool:
+        if self.configured is not None and bool(e.deployments) is not self.configured:
+            return False
+        if self.discovered is not None and e.discovered is not self.discovered:
+            return False
+        return Conditions.matches(self, e)
+
+
+CAPABILITY_FILTERS = tuple(f.name for f in fields(Conditions) if f.name.startswith("supports_"))
 
 
 def discovered_card(model: ListedModel, listing: Listing) -> Card:

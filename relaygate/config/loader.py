@@ -62,7 +62,7 @@ def _path(loc: tuple[Any, ...]) -> tuple[str, str | None, int]:
 def _message(err: Mapping[str, Any], provider: str | None = None, field: str | None = None) -> str:
     """pydantic's message, said plainly; ``field`` is set when the error is on a deployment's own field."""
     kind = err.get("type")
-    if kind == "extra_forbidden":
+    if kind in ("extra_forbidden", "unexpected_keyword_argument"):  # a model's field; a dataclass's (a select)
         if provider is None or field is None:
             return "unknown field"
         others = providers_taking(field)
@@ -70,7 +70,7 @@ def _message(err: Mapping[str, Any], provider: str | None = None, field: str | N
         return f"unknown field for provider {provider}{hint}"
     if kind == "missing" and provider is not None and field is not None:
         return f"required for provider {provider}"
-    if kind == "model_attributes_type":
+    if kind in ("model_attributes_type", "dataclass_type"):
         return "expected a mapping"
     msg = str(err.get("msg", "invalid"))
     for prefix in ("Value error, ", "Assertion failed, "):

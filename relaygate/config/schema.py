@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
+from relaygate.catalog.search import Conditions
 from relaygate.config.base import Strict
 from relaygate.config.deployments import DeploymentConfig, HealthCheckConfig
 from relaygate.config.observability import (
@@ -115,27 +116,9 @@ class CondenseConfig(Strict):
         return self
 
 
-class SelectConfig(Strict):
-    """A model served by every deployment of the other models whose model card matches (docs/routing.md):
-    the conditions of /api/models/search, all of which must hold."""
-
-    provider: str | None = Field(None, min_length=1, max_length=64)
-    supports_chat: bool | None = None
-    supports_vision: bool | None = None
-    supports_tools: bool | None = None
-    supports_json_schema: bool | None = None
-    supports_reasoning: bool | None = None
-    supports_audio: bool | None = None
-    supports_embeddings: bool | None = None
-    min_context: int | None = Field(None, ge=0)
-    max_cost: float | None = Field(None, ge=0, allow_inf_nan=False)  # USD per 1M input tokens
-    q: str | None = Field(None, min_length=1, max_length=200)
-
-    @model_validator(mode="after")
-    def _some_condition(self) -> SelectConfig:
-        if all(getattr(self, f) is None for f in type(self).model_fields):
-            raise ValueError("select needs at least one condition")
-        return self
+# A model served by every deployment of the other models whose model card matches (docs/routing.md): the
+# conditions of /api/models/search (declared once, with their bounds, in catalog/search.py), all of which must hold.
+SelectConfig = Conditions
 
 
 class ModelConfig(Strict):
@@ -156,6 +139,13 @@ class ModelConfig(Strict):
     # seconds a call waits for a free slot when every deployment is at its max_parallel (within the call's
     # deadline), before it moves to a fallback model or is refused (429 deployment_capacity); 0: at once
     queue_timeout: float = Field(30.0, ge=0)
+
+    @field_validator("select")
+    @classmethod
+    def _some_condition(cls, v: SelectConfig | None) -> SelectConfig | None:
+        if v is not None and not v.asked():
+            raise ValueError("select needs at least one condition")
+        return v
 
     @field_validator("deployments")
     @classmethod

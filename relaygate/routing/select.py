@@ -6,23 +6,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from relaygate.catalog.search import Filters, entries
+from relaygate.catalog.search import entries
 from relaygate.routing.deployment import Deployment
 
 if TYPE_CHECKING:
     from relaygate.catalog.cards import Catalog
     from relaygate.catalog.discovery import Discovery
-    from relaygate.config import Config, SelectConfig
+    from relaygate.config import Config
     from relaygate.routing.router import ModelTable
 
 WILDCARD = "*"
-
-
-def filters_of(select: SelectConfig) -> Filters:
-    conditions = select.model_dump(exclude_none=True)
-    if "provider" in conditions:
-        conditions["provider"] = conditions["provider"].lower()
-    return Filters(**conditions)
 
 
 class Selections:
@@ -32,7 +25,7 @@ class Selections:
     the selecting model's name upstream)."""
 
     def __init__(self, config: Config, catalog: Catalog, table: ModelTable, discovery: Discovery | None) -> None:
-        self.filters = {m.name: filters_of(m.select) for m in config.models if m.select is not None}
+        self.filters = {m.name: m.select for m in config.models if m.select is not None}
         self.catalog = catalog
         self.table = table
         self.discovery = discovery

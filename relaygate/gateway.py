@@ -270,10 +270,8 @@ class Gateway:
                 self.writer = previous.writer
             else:
                 # a connection of its own: a write stuck on a database that stopped answering holds none the key
-                # lookups need, and every wait of it is bounded by the write timeout. SQLite: a plain sqlite3
-                # connection (a transaction through SQLAlchemy's engine cost ten times the raw one)
-                self.writer = RequestLogWriter(self.db.sqlite_file(rl.write_timeout)
-                                               or self.db.bounded_engine(rl.write_timeout), default_spool_dir(config),
+                # lookups need, and every wait of it is bounded by the write timeout
+                self.writer = RequestLogWriter(self.db.log_target(rl.write_timeout), default_spool_dir(config),
                                                queue_size=rl.queue_size, batch_size=rl.batch_size,
                                                flush_interval=rl.flush_interval, write_timeout=rl.write_timeout)
 

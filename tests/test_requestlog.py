@@ -182,7 +182,7 @@ def _count(db: Database) -> int:
 def test_close_writes_everything_queued(tmp_path) -> None:  # type: ignore[no-untyped-def]
     db = Database(f"sqlite:///{tmp_path}/log.db")
     db.migrate()
-    w = RequestLogWriter(db.engine, str(tmp_path), batch_size=100, flush_interval=5)
+    w = RequestLogWriter(db.log_target(2.0), str(tmp_path), batch_size=100, flush_interval=5)
     w.start()
     for i in range(1000):
         w.submit(_row(i))
@@ -194,7 +194,7 @@ def test_close_writes_everything_queued(tmp_path) -> None:  # type: ignore[no-un
 def test_a_full_queue_overflows_to_the_spool_not_the_floor(tmp_path) -> None:  # type: ignore[no-untyped-def]
     db = Database(f"sqlite:///{tmp_path}/log.db")
     db.migrate()
-    w = RequestLogWriter(db.engine, str(tmp_path), queue_size=10, batch_size=50)
+    w = RequestLogWriter(db.log_target(2.0), str(tmp_path), queue_size=10, batch_size=50)
     for i in range(200):  # the writer is not running yet: 190 rows must overflow
         w.submit(_row(i))
     assert w.spooled == 190
@@ -214,7 +214,7 @@ def test_spool_left_by_a_dead_process_is_replayed(tmp_path) -> None:  # type: ig
         b"".join(orjson.dumps(r) + b"\n" for r in rows) + b'{"torn')
     with db.engine.begin() as conn:  # one row made it before the crash: the replay must not duplicate it
         conn.execute(tables.request_log.insert(), [rows[0]])
-    w = RequestLogWriter(db.engine, str(tmp_path), flush_interval=0.05)
+    w = RequestLogWriter(db.log_target(2.0), str(tmp_path), flush_interval=0.05)
     w.start()
     deadline = time.monotonic() + 10
     while _count(db) < 30 and time.monotonic() < deadline:

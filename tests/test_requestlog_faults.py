@@ -97,7 +97,7 @@ def test_a_nul_an_overlong_model_and_a_lengthened_request_id_never_fail_their_ba
 def test_a_row_the_database_refuses_is_dead_lettered_and_its_batch_lands(db_url, tmp_path) -> None:  # type: ignore[no-untyped-def]
     db = Database(db_url)
     db.migrate()
-    w = RequestLogWriter(db.bounded_engine(5), str(tmp_path / "spool"), batch_size=100, flush_interval=0.05)
+    w = RequestLogWriter(db.log_target(5), str(tmp_path / "spool"), batch_size=100, flush_interval=0.05)
     w.start()
     rows = [row(i) for i in range(50)]
     rows[17]["status"] = None  # NOT NULL: refused by either database, whatever is fitted
@@ -124,7 +124,7 @@ def test_an_integer_beyond_its_column_is_clamped_on_postgres_not_wrapped(pg_url,
     """psycopg's binary COPY wrote 2**32 + 7 into an INTEGER column as 7."""
     db = Database(pg_url)
     db.migrate()
-    w = RequestLogWriter(db.bounded_engine(5), str(tmp_path), flush_interval=0.05)
+    w = RequestLogWriter(db.log_target(5), str(tmp_path), flush_interval=0.05)
     w.start()
     w.submit(row(1, prompt_tokens=2**32 + 7, completion_tokens=-2**31 - 5))
     w.submit(row(2, prompt_tokens=5))
@@ -151,7 +151,7 @@ def test_a_poisoned_spool_file_is_replayed_once_and_deleted(db_url, tmp_path) ->
     lines.insert(30, b"[1, 2]")  # valid JSON, not a row
     lines.insert(10, b'{"uid": "torn-in-the-midd')  # an append that failed part-way, then one that did not
     (tmp_path / "relaygate-spool-99999-deadbeef.jsonl").write_bytes(b"\n".join(lines) + b'\n{"uid": "torn-at-the-e')
-    w = RequestLogWriter(db.bounded_engine(5), str(tmp_path), batch_size=8, flush_interval=0.05)
+    w = RequestLogWriter(db.log_target(5), str(tmp_path), batch_size=8, flush_interval=0.05)
     w.start()
     assert wait_until(lambda: not list(tmp_path.glob("relaygate-spool-*.jsonl")), 20)
     w.close()
@@ -233,7 +233,7 @@ def test_a_black_holed_postgres_times_writes_out_to_the_spool_and_they_land_afte
     Database(pg_url).migrate()
     with TcpProxy("127.0.0.1", pg_port(pg_url)) as proxy:
         db = Database(proxied(pg_url, proxy))
-        w = RequestLogWriter(db.bounded_engine(0.5), str(tmp_path), batch_size=20, flush_interval=0.05,
+        w = RequestLogWriter(db.log_target(0.5), str(tmp_path), batch_size=20, flush_interval=0.05,
                              write_timeout=0.5)
         w.start()
         for i in range(20):
@@ -261,7 +261,7 @@ def test_a_locked_sqlite_database_spools_within_the_write_timeout(tmp_path) -> N
     url = f"sqlite:///{tmp_path}/log.db"
     db = Database(url)
     db.migrate()
-    w = RequestLogWriter(db.bounded_engine(0.3), str(tmp_path), flush_interval=0.05, write_timeout=0.3)
+    w = RequestLogWriter(db.log_target(0.3), str(tmp_path), flush_interval=0.05, write_timeout=0.3)
     w.start()
     holder = db.engine.connect()
     holder.execute(text("BEGIN IMMEDIATE"))  # another writer holds the database

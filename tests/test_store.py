@@ -228,11 +228,12 @@ def test_the_request_log_writes_sqlite_through_a_plain_connection_in_one_transac
     import time
 
     from relaygate.requestlog.writer import RequestLogWriter
+    from relaygate.store.sqlite import SQLiteFile
 
     db = Database(f"sqlite:///{tmp_path}/store.db")
     db.migrate()
-    target = db.sqlite_file(2.0)
-    assert target is not None and target.path == f"{tmp_path}/store.db"
+    target = db.log_target(2.0)
+    assert isinstance(target, SQLiteFile) and target.path == f"{tmp_path}/store.db"
     w = RequestLogWriter(target, str(tmp_path), batch_size=500, flush_interval=60)
     assert w.engine is None
     statements: list[str] = []

@@ -28,7 +28,7 @@ from relaygate.requestlog.spool import DeadLetters, Spool
 from relaygate.store import tables
 from relaygate.store.db import BulkInsert, Interruptible
 from relaygate.store.rows import RowFitter
-from relaygate.store.sqlite import SQLiteFile, sqlite_file
+from relaygate.store.sqlite import SQLiteFile
 
 log = logging.getLogger("relaygate.requestlog")
 
@@ -119,12 +119,7 @@ class RequestLogWriter:
 
     def __init__(self, database: Engine | SQLiteFile, spool_dir: str, *, queue_size: int = 10000,
                  batch_size: int = 500, flush_interval: float = 0.5, write_timeout: float = 2.0) -> None:
-        """``database``: a SQLite file, or an engine (PostgreSQL; a SQLite engine's file is written to the same
-        way as a ``SQLiteFile``, bounded by ``write_timeout``)."""
-        if not isinstance(database, SQLiteFile) and database.dialect.name == "sqlite":
-            path = sqlite_file(database.url.render_as_string(hide_password=False))
-            if path is not None:
-                database = SQLiteFile(path, write_timeout)
+        """``database``: what ``Database.log_target`` chose, a SQLite file (plain ``sqlite3``) or an engine."""
         self.engine: Engine | None = None
         self.sqlite: SQLiteFile | None = None
         self._interruptible: Interruptible | None = None

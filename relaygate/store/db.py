@@ -33,7 +33,11 @@ def engine_url(url: str) -> str:
 
 
 def sqlite_path(url: str) -> str | None:
-    """The file of a SQLite URL (None for PostgreSQL or an in-memory SQLite)."""
+    """The file of a SQLite URL (None for PostgreSQL or an in-memory SQLite): read plainly where
+    ``sqlite_file`` can, by SQLAlchemy only for the rest (a query string, another driver)."""
+    path = sqlite_file(url)
+    if path is not None:
+        return path
     u = make_url(engine_url(url))
     if u.get_backend_name() != "sqlite":
         return None
@@ -152,11 +156,12 @@ class Database:
         self._engines.append(engine)
         return engine
 
-    def sqlite_file(self, wait: float) -> SQLiteFile | None:
-        """The SQLite file, for plain ``sqlite3`` connections whose every wait is bounded by ``wait`` seconds (the
-        request log's writer); None for PostgreSQL and an in-memory or otherwise unusual SQLite URL."""
+    def log_target(self, wait: float) -> SQLiteFile | Engine:
+        """What the request log's writer writes to, every wait bounded by ``wait`` seconds, on a connection of
+        its own: the SQLite file through plain ``sqlite3`` (a transaction through SQLAlchemy's engine costs ten
+        times the raw one), else (PostgreSQL, an in-memory or otherwise unusual SQLite URL) a bounded engine."""
         path = sqlite_file(self.url)
-        return SQLiteFile(path, wait) if path is not None else None
+        return SQLiteFile(path, wait) if path is not None else self.bounded_engine(wait)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

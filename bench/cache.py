@@ -188,6 +188,7 @@ def main() -> None:
         lat = interleaved(ports, body, args.interleaved)
         p50 = {cell: statistics.median(v) for cell, v in lat.items()}
         rates: dict[str, list[float]] = {"passthrough": [], "hit": []}
+        cpu: dict[str, list[float]] = {"passthrough": [], "hit": []}  # the gateway's CPU µs per request
         misses_before = metrics(targets["hit"].port)["relaygate_cache_misses_total"]
         for r in range(args.rounds):
             for cell in ("passthrough", "hit") if r % 2 == 0 else ("hit", "passthrough"):
@@ -199,6 +200,7 @@ def main() -> None:
                 if res["errors"]:
                     raise SystemExit(f"{cell} c=64: {res['errors']} errors; see {run_dir}")
                 rates[cell].append(res["rate"])
+                cpu[cell].append(res.get("cpu_us", float("nan")))
                 ctx.log(f"round {r + 1} {cell} c=64: {res['rate']:.0f} req/s (others' CPU {res['foreign_pct']:.0f} %)")
         c64_misses = metrics(targets["hit"].port)["relaygate_cache_misses_total"] - misses_before
         ctx.log("replay …")
@@ -217,6 +219,8 @@ def main() -> None:
     print(f"hit / passthrough added p50: {added['hit'] / added['passthrough']:.2f}x: {verdict} (<= 0.5x)")
     print(f"c=64 req/s per round: passthrough {', '.join(f'{x:.0f}' for x in rates['passthrough'])}; "
           f"hit {', '.join(f'{x:.0f}' for x in rates['hit'])} (cache misses meanwhile: {c64_misses:.0f})")
+    print(f"gateway CPU per request, median of rounds: passthrough {statistics.median(cpu['passthrough']):.0f} µs, "
+          f"hit {statistics.median(cpu['hit']):.0f} µs")
     med = statistics.median(ratios)
     print(f"hit / passthrough req/s, median of rounds ({', '.join(f'{x:.2f}' for x in ratios)}): {med:.2f}x: "
           f"{'PASS' if med >= 2 else 'FAIL'} (>= 2x)")

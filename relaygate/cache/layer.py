@@ -467,32 +467,32 @@ class CacheLayer:
 
     async def _miss(self, call: Call, model: str, key: str, settings: ModelCacheConfig, lead: bool) -> Reply:
         self.stats.misses += 1
-        fut: Call | None = None  # this call when it leads: identical calls wait for it
+        leader: Call | None = None  # this call when it leads: identical calls wait for it
         inflight = self._inflight
         if lead and key not in inflight:
-            fut = inflight[key] = call
+            leader = inflight[key] = call
         try:
             reply = await self.next(call)
         except BaseException:
-            self._settle(key, fut, None)
+            self._settle(key, leader, None)
             raise
         headers = reply.headers
         headers[HEADER] = "miss"
         headers[KEY_HEADER] = key
         if reply.status != 200 or reply.anthropic_native or reply.native or reply.responses_native:
             self.stats.not_stored += 1
-            self._settle(key, fut, None)
+            self._settle(key, leader, None)
         elif reply.stream is None:
-            self._keep(call, key, fut, self._whole(call, reply, model, reply.body or b""), settings)
+            self._keep(call, key, leader, self._whole(call, reply, model, reply.body or b""), settings)
         else:
             cast = None
-            if fut is not None and call.route is Route.CHAT and call.anthropic_request is None and call.native is None \
+            if leader is not None and call.route is Route.CHAT and call.anthropic_request is None and call.native is None \
                     and call.responses_request is None:
                 cast = self._streams[key] = Broadcast(call.wants_usage, reply, self._saver(call, reply, model))
-            reply.stream = self._tee(reply.stream, call, reply, model, key, fut, settings, cast)
+            reply.stream = self._tee(reply.stream, call, reply, model, key, leader, settings, cast)
 
             def done(r: Reply, error: BaseException | None) -> None:  # a stream cut short wakes the others
-                self._settle(key, fut, None)
+                self._settle(key, leader, None)
                 if cast is not None:
                     cast.end(error or Unavailable("the stream ended early", status=502))
 
@@ -525,7 +525,7 @@ class CacheLayer:
                      checked)
 
     async def _tee(self, stream: AsyncIterator[bytes], call: Call, reply: Reply, model: str, key: str,
-                   fut: Call | None, settings: ModelCacheConfig, cast: Broadcast | None) -> AsyncIterator[bytes]:
+                   leader: Call | None, settings: ModelCacheConfig, cast: Broadcast | None) -> AsyncIterator[bytes]:
         """Pass the stream on as it comes (to the calls that joined it too), keeping its bytes; a whole, clean
         stream is kept at its end."""
         kept: list[bytes] | None = []
@@ -559,9 +559,10 @@ class CacheLayer:
                 entry = self._whole(call, reply, model, data)
         if cast is not None:
             cast.end()
-        self._keep(call, key, fut, entry, settings)
+        self._keep(call, key, leader, entry, settings)
 
-    def _keep(self, call: Call, key: str, fut: Call | None, entry: Entry | None, settings: ModelCacheConfig) -> None:
+    def _keep(self, call: Call, key: str, leader: Call | None, entry: Entry | None,
+              settings: ModelCacheConfig) -> None:
         """Store the entry in each level (disk and Redis in the background) and hand it to the calls waiting
         for it."""
         if entry is not None and not entry.checked and self._shared:  # never a refusal in a shared level
@@ -573,14 +574,7 @@ class CacheLayer:
             vec = self._vectors.pop(key, None)
             if vec is not None and entry is not None:
                 vec[0].add(vec[1], key, vec[2])
-        if fut is not None and self._inflight.get(key) is fut:  # _settle, inline: once per kept answer
-            del self._inflight[key]
-            if self._streams:
-                self._streams.pop(key, None)
-            if self._waiting:
-                waiting = self._waiting.pop(key, None)
-                if waiting is not None and not waiting.done():
-                    waiting.set_result(entry)
+        self._release(key, leader, entry)
         if entry is None:
             self.stats.not_stored += 1
             return
@@ -599,17 +593,24 @@ class CacheLayer:
         except CACHE_ERRORS:
             self.stats.errors += 1
 
-    def _settle(self, key: str, fut: Call | None, entry: Entry | None) -> None:
-        """The leader ``fut`` is done without an answer to keep: the calls waiting for it go on alone."""
+    def _settle(self, key: str, leader: Call | None, entry: Entry | None) -> None:
+        """The leader is done without an answer to keep: the calls waiting for it go on alone."""
         if self._vectors:
             self._vectors.pop(key, None)  # no answer kept: no vector either
-        if fut is None or self._inflight.get(key) is not fut:
+        self._release(key, leader, entry)
+
+    def _release(self, key: str, leader: Call | None, entry: Entry | None) -> None:
+        """The leader of ``key`` (the call the identical ones wait for) is done: it is forgotten, and the calls
+        waiting for it get ``entry`` (None: they go on alone)."""
+        if leader is None or self._inflight.get(key) is not leader:
             return
         del self._inflight[key]
-        self._streams.pop(key, None)
-        waiting = self._waiting.pop(key, None)
-        if waiting is not None and not waiting.done():
-            waiting.set_result(entry)
+        if self._streams:
+            self._streams.pop(key, None)
+        if self._waiting:
+            waiting = self._waiting.pop(key, None)
+            if waiting is not None and not waiting.done():
+                waiting.set_result(entry)
 
     async def purge(self, model: str | None = None, key: str | None = None) -> dict[str, int]:
         """Drop the entries of every level: all, one model's, or one cache key's."""

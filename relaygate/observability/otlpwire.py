@@ -75,22 +75,13 @@ def text(value: str) -> bytes:
 
 def any_value(value: Any) -> bytes:
     """The fields of an ``AnyValue`` holding ``value`` (without its own tag and length)."""
-    t = type(value)
-    if t is str:
-        return field(b"\x0a", text(value))
-    if t is bool:
-        return b"\x10\x01" if value else b"\x10\x00"
-    if t is int and INT64_MIN <= value <= INT64_MAX:
-        return b"\x18" + varint(value & MASK64)  # int64: a negative number is its 64-bit two's complement
-    if t is float:
-        return b"\x21" + _DOUBLE.pack(value)
-    # the same, for subclasses (an IntEnum, a StrEnum); bool before int: a bool is an int in Python, not in OTLP
+    # bool before int: a bool is an int in Python, not in OTLP (subclasses, an IntEnum or a StrEnum, as their base)
     if isinstance(value, str):
         return field(b"\x0a", text(value))
     if isinstance(value, bool):
         return b"\x10\x01" if value else b"\x10\x00"
     if isinstance(value, int) and INT64_MIN <= value <= INT64_MAX:
-        return b"\x18" + varint(int(value) & MASK64)
+        return b"\x18" + varint(int(value) & MASK64)  # int64: a negative number is its 64-bit two's complement
     if isinstance(value, float):
         return b"\x21" + _DOUBLE.pack(value)
     if isinstance(value, (list, tuple)):

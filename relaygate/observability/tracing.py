@@ -177,7 +177,7 @@ class CallTrace:
     # made in the export thread
     @property
     def name(self) -> str:
-        return f"{OPERATIONS[self.route]} {self.tracing.text(self.model)}"[:MAX_TEXT]
+        return self._fixed()[0]
 
     @property
     def attrs(self) -> dict[str, Any]:

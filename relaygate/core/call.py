@@ -344,6 +344,12 @@ class Delivered:
         self.held: list[Any] | None = None  # events relayed, not read yet
         self.reader: Callable[[Delivered, list[Any]], None] | None = None
 
+    def text(self, chars: int) -> None:
+        """One delta of ``chars`` characters of text (nothing when empty)."""
+        if chars:
+            self.chars += chars
+            self.pieces += 1
+
     def hold(self, reader: Callable[[Delivered, list[Any]], None]) -> list[Any]:
         """The list a relay appends its events to; ``reader`` counts their text when they are folded."""
         self.reader = reader

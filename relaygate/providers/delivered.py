@@ -57,8 +57,7 @@ def chars_of(raw: bytes) -> int:
 
 def add(d: Delivered, raw: bytes) -> None:
     if raw:
-        d.chars += chars_of(raw)
-        d.pieces += 1
+        d.text(chars_of(raw))
 
 
 def keyed(d: Delivered, data: bytes, keys: tuple[bytes, ...], start: int = 0, end: int = -1) -> None:
@@ -89,8 +88,7 @@ def openai_chunks(d: Delivered, held: list[bytes]) -> None:
             text, quote, rest = p[12:].partition(b'"')
             if quote and rest[:1] == b"}" and text[-1:] != b"\\":  # a whole string, and the delta ends
                 if text:
-                    d.chars += len(text) if text.isascii() and not text.partition(b"\\")[1] else chars_of(text)
-                    d.pieces += 1
+                    d.text(len(text) if text.isascii() and not text.partition(b"\\")[1] else chars_of(text))
                 continue
         elif p[:2] == b"{}":
             continue
@@ -104,13 +102,18 @@ def anthropic_deltas(d: Delivered, held: list[bytes]) -> None:
         keyed(d, data, ANTHROPIC_KEYS)
 
 
+def type_of(data: bytes) -> str:
+    """An event's ``type`` field, for a stream whose events are not named by an ``event`` line ("" if none)."""
+    at = data.find(b'"type"')
+    m = _VALUE.match(data, at + 6) if at >= 0 else None
+    return m.group(1).decode("ascii", "replace") if m is not None else ""
+
+
 def cohere_events(d: Delivered, held: list[tuple[str, bytes]]) -> None:
     """Events of Cohere v2's chat stream (named by their ``event`` field, else by their ``type``)."""
     for event, data in held:
         if not event or event == "message":
-            at = data.find(b'"type"')
-            m = _VALUE.match(data, at + 6) if at >= 0 else None
-            event = m.group(1).decode("ascii", "replace") if m is not None else ""
+            event = type_of(data)
         if event in COHERE_TEXT_EVENTS:
             keyed(d, data, COHERE_KEYS)
 
@@ -160,17 +163,14 @@ def gemini_parts(d: Delivered, event: dict[str, Any]) -> None:
             if not isinstance(p, dict):
                 continue
             text = p.get("text")
-            if isinstance(text, str) and text:
-                d.chars += len(text)
-                d.pieces += 1
+            if isinstance(text, str):
+                d.text(len(text))
             call = p.get("functionCall")
             if isinstance(call, dict) and call.get("args"):
-                d.chars += len(orjson.dumps(call["args"]))
-                d.pieces += 1
+                d.text(len(orjson.dumps(call["args"])))
             code = p.get("executableCode")
-            if isinstance(code, dict) and isinstance(code.get("code"), str) and code["code"]:
-                d.chars += len(code["code"])
-                d.pieces += 1
+            if isinstance(code, dict) and isinstance(code.get("code"), str):
+                d.text(len(code["code"]))
 
 
 def responses_events(d: Delivered, held: list[tuple[str, bytes]]) -> None:
@@ -179,9 +179,7 @@ def responses_events(d: Delivered, held: list[tuple[str, bytes]]) -> None:
         if not event or event == "message":
             if data.find(b'.delta"') < 0:
                 continue
-            at = data.find(b'"type"')
-            m = _VALUE.match(data, at + 6) if at >= 0 else None
-            event = m.group(1).decode("ascii", "replace") if m is not None else ""
+            event = type_of(data)
         if event in RESPONSES_TEXT_DELTAS:
             keyed(d, data, (b'"delta"',))
 
@@ -191,6 +189,5 @@ def thought_chars(d: Delivered, parts: Any) -> None:
     for p in parts if isinstance(parts, list) else ():
         if isinstance(p, dict) and p.get("thought"):
             text = p.get("text")
-            if isinstance(text, str) and text:
-                d.chars += len(text)
-                d.pieces += 1
+            if isinstance(text, str):
+                d.text(len(text))

@@ -69,9 +69,7 @@ class DemoProvider(Provider):
                 delta = choice.get("delta") or {}
                 text = delta.get("content") or "".join(tc["function"].get("arguments") or ""
                                                         for tc in delta.get("tool_calls") or ())
-                if text:
-                    delivered.chars += len(text)
-                    delivered.pieces += 1
+                delivered.text(len(text))
             if not c["choices"]:
                 reply.usage = Usage.from_openai(c.get("usage"))
                 if not keep_usage:

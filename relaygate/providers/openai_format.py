@@ -97,18 +97,15 @@ class ChunkWriter:
     def text(self, text: str) -> bytes:
         if not text:
             return b""
-        d = self.delivered
-        d.chars += len(text)
-        d.pieces += 1
+        self.delivered.text(len(text))
         return self._ensure_role() + self._chunk({"content": text})
 
     def delta(self, delta: dict[str, Any]) -> bytes:
         """A chunk with any other delta fields (e.g. ``reasoning_content``)."""
         for name in ("reasoning_content", "refusal"):
             text = delta.get(name)
-            if type(text) is str and text:
-                self.delivered.chars += len(text)
-                self.delivered.pieces += 1
+            if type(text) is str:
+                self.delivered.text(len(text))
         return self._ensure_role() + self._chunk(delta)
 
     def thinking_block(self, block: dict[str, Any]) -> bytes:
@@ -135,9 +132,7 @@ class ChunkWriter:
             return b""
         self._no_args.pop(key, None)
         index = self._tool_index[key]
-        d = self.delivered
-        d.chars += len(fragment)
-        d.pieces += 1
+        self.delivered.text(len(fragment))
         return self._chunk({"tool_calls": [{"index": index, "function": {"arguments": fragment}}]})
 
     def tool_end(self, key: str) -> bytes:

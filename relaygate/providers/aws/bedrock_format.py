@@ -305,10 +305,9 @@ class StreamTranslator:
                     raise Unavailable("Bedrock sent tool input before the tool call started", status=502)
                 return w.tool_args(key, str(tool.get("input", "")))
             reasoning = delta.get("reasoningContent")
-            if isinstance(reasoning, dict) and isinstance(reasoning.get("text"), str) and reasoning["text"]:
+            if isinstance(reasoning, dict) and isinstance(reasoning.get("text"), str):
                 # no OpenAI chunk shape, but billed as output: counted for a stream cut before its usage
-                w.delivered.chars += len(reasoning["text"])
-                w.delivered.pieces += 1
+                w.delivered.text(len(reasoning["text"]))
             return b""  # reasoning and citations have no OpenAI chunk shape
         if event_type == "contentBlockStart":
             tool = (data.get("start") or {}).get("toolUse")

@@ -79,11 +79,7 @@ def bill_delivered(call: Call, reply: Reply) -> None:
         usage = r.usage
         if usage is None or not usage.known:
             out = delivered.completion_tokens()
-            if call.translated:
-                body = call.body
-                cap = body.get("max_completion_tokens") or body.get("max_tokens") or body.get("max_output_tokens")
-            else:  # a foreign client's stream relayed as it came
-                cap = call_output_cap(call)
+            cap = call_output_cap(call)  # (a foreign client's own body's, untranslated)
             if type(cap) is int and cap > 0:  # the upstream was held to it: never count beyond
                 out = min(out, cap * call_choices(call))
             r.usage = Usage(prompt_tokens=call_prompt_tokens(call), completion_tokens=out, estimated=True)

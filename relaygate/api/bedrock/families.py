@@ -19,12 +19,7 @@ import orjson
 
 from relaygate.api.bedrock import translate as converse
 from relaygate.core.call import Usage
-from relaygate.core.errors import BadRequest
 from relaygate.providers.aws import eventstream as es
-
-
-def _bad(where: str, what: str) -> BadRequest:
-    return BadRequest(f"{where}: {what}", param=where)
 
 
 def chunk_frame(data: dict[str, Any]) -> bytes:
@@ -42,7 +37,7 @@ def metrics(usage: Usage | None, started: float, first: float | None) -> dict[st
 
 def _text(value: Any, where: str) -> str:
     if not isinstance(value, str):
-        raise _bad(where, "must be a string")
+        raise converse.bad(where, "must be a string")
     return value
 
 
@@ -180,7 +175,7 @@ def _titan_request(body: dict[str, Any], model: str, stream: bool) -> tuple[dict
     cfg = body.get("textGenerationConfig")
     if cfg is not None:
         if not isinstance(cfg, dict):
-            raise _bad("textGenerationConfig", "must be an object")
+            raise converse.bad("textGenerationConfig", "must be an object")
         _set(req, cfg, (("maxTokenCount", "max_completion_tokens"), ("temperature", "temperature"),
                         ("topP", "top_p")))
         if cfg.get("stopSequences"):
@@ -218,12 +213,12 @@ def _cohere_request(body: dict[str, Any], model: str, stream: bool) -> tuple[dic
         messages.append({"role": "system", "content": _text(body["preamble"], "preamble")})
     history = body.get("chat_history") or []
     if not isinstance(history, list):
-        raise _bad("chat_history", "must be a list")
+        raise converse.bad("chat_history", "must be a list")
     roles = {"USER": "user", "CHATBOT": "assistant", "SYSTEM": "system"}
     for i, turn in enumerate(history):
         role = roles.get(str(turn.get("role", "")).upper()) if isinstance(turn, dict) else None
         if role is None:
-            raise _bad(f"chat_history[{i}].role", "must be USER, CHATBOT or SYSTEM")
+            raise converse.bad(f"chat_history[{i}].role", "must be USER, CHATBOT or SYSTEM")
         messages.append({"role": role, "content": _text(turn.get("message"), f"chat_history[{i}].message")})
     messages.append({"role": "user", "content": _text(body.get("message"), "message")})
     req = {"model": model, "messages": messages}
@@ -287,7 +282,7 @@ def _nova_converse(body: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     cfg = body.get("inferenceConfig")
     if cfg is not None:
         if not isinstance(cfg, dict):
-            raise _bad("inferenceConfig", "must be an object")
+            raise converse.bad("inferenceConfig", "must be an object")
         mapped: dict[str, Any] = {}
         for name, value in cfg.items():
             target = _NOVA_INFERENCE.get(name) or (name if name in ("maxTokens", "topP") else None)

@@ -30,7 +30,7 @@ ADDITIONAL = {"top_k": None, "topK": None, "seed": "seed", "presence_penalty": "
               "frequency_penalty": "frequency_penalty", "reasoning_effort": "reasoning_effort"}
 
 
-def _bad(where: str, what: str) -> BadRequest:
+def bad(where: str, what: str) -> BadRequest:
     return BadRequest(f"{where}: {what}", param=where)
 
 
@@ -38,15 +38,15 @@ def to_openai_request(body: dict[str, Any], model: str, stream: bool) -> tuple[d
     """(OpenAI chat body, names of dropped fields) for a Converse request to ``model``."""
     unknown = sorted(set(body) - KNOWN)
     if unknown:
-        raise _bad(unknown[0], "extraneous key is not permitted")
+        raise bad(unknown[0], "extraneous key is not permitted")
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
-        raise _bad("messages", "at least one message is required")
+        raise bad("messages", "at least one message is required")
     out: list[dict[str, Any]] = []
     system = body.get("system")
     if system is not None:
         if not isinstance(system, list):
-            raise _bad("system", "must be a list of SystemContentBlock")
+            raise bad("system", "must be a list of SystemContentBlock")
         text = "\n\n".join(str(b["text"]) for b in system if isinstance(b, dict) and isinstance(b.get("text"), str))
         if text:
             out.append({"role": "system", "content": text})
@@ -79,7 +79,7 @@ def _inference(cfg: Any, req: dict[str, Any]) -> None:
     if cfg is None:
         return
     if not isinstance(cfg, dict):
-        raise _bad("inferenceConfig", "must be an object")
+        raise bad("inferenceConfig", "must be an object")
     for name, chat in (("maxTokens", "max_completion_tokens"), ("temperature", "temperature"), ("topP", "top_p"),
                        ("stopSequences", "stop")):
         if cfg.get(name) is not None:
@@ -91,7 +91,7 @@ def _image(block: dict[str, Any], where: str) -> dict[str, Any]:
     source = block.get("source")
     data = source.get("bytes") if isinstance(source, dict) else None
     if fmt not in MEDIA_TYPES:
-        raise _bad(f"{where}.format", f"must be one of {', '.join(sorted(MEDIA_TYPES))}")
+        raise bad(f"{where}.format", f"must be one of {', '.join(sorted(MEDIA_TYPES))}")
     if not isinstance(data, str):
         raise Unsupported(f"{where}.source: only inline bytes are supported here (not s3Location)",
                           param=f"{where}.source")
@@ -130,27 +130,27 @@ def _tool_result(block: dict[str, Any], where: str) -> tuple[dict[str, Any], lis
         text = "Error: " + text
     call_id = block.get("toolUseId")
     if not isinstance(call_id, str) or not call_id:
-        raise _bad(f"{where}.toolUseId", "is required")
+        raise bad(f"{where}.toolUseId", "is required")
     return {"role": "tool", "tool_call_id": call_id, "content": text}, images
 
 
 def _message(m: Any, i: int, out: list[dict[str, Any]]) -> None:
     where = f"messages.{i}"
     if not isinstance(m, dict):
-        raise _bad(where, "must be an object")
+        raise bad(where, "must be an object")
     role = m.get("role")
     content = m.get("content")
     if role not in ("user", "assistant"):
-        raise _bad(f"{where}.role", "must be user or assistant")
+        raise bad(f"{where}.role", "must be user or assistant")
     if not isinstance(content, list):
-        raise _bad(f"{where}.content", "must be a list of ContentBlock")
+        raise bad(f"{where}.content", "must be a list of ContentBlock")
     parts: list[dict[str, Any]] = []
     texts: list[str] = []
     calls: list[dict[str, Any]] = []
     for j, b in enumerate(content):
         at = f"{where}.content.{j}"
         if not isinstance(b, dict):
-            raise _bad(at, "must be an object")
+            raise bad(at, "must be an object")
         if isinstance(b.get("text"), str):
             if role == "user":
                 parts.append({"type": "text", "text": b["text"]})
@@ -167,7 +167,7 @@ def _message(m: Any, i: int, out: list[dict[str, Any]]) -> None:
         elif isinstance(b.get("toolUse"), dict) and role == "assistant":
             tu = b["toolUse"]
             if not isinstance(tu.get("toolUseId"), str) or not isinstance(tu.get("name"), str):
-                raise _bad(f"{at}.toolUse", "toolUseId and name are required")
+                raise bad(f"{at}.toolUse", "toolUseId and name are required")
             calls.append({"id": tu["toolUseId"], "type": "function", "function": {
                 "name": tu["name"], "arguments": orjson.dumps(tu.get("input") or {}).decode()}})
         elif "cachePoint" in b or "reasoningContent" in b or "guardContent" in b:
@@ -187,14 +187,14 @@ def _message(m: Any, i: int, out: list[dict[str, Any]]) -> None:
 
 def _tools(cfg: Any, req: dict[str, Any]) -> None:
     if not isinstance(cfg, dict) or not isinstance(cfg.get("tools"), list):
-        raise _bad("toolConfig.tools", "is required")
+        raise bad("toolConfig.tools", "is required")
     functions = []
     for i, t in enumerate(cfg["tools"]):
         spec = t.get("toolSpec") if isinstance(t, dict) else None
         if spec is None and isinstance(t, dict) and "cachePoint" in t:
             continue
         if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
-            raise _bad(f"toolConfig.tools.{i}", "a toolSpec with a name is required")
+            raise bad(f"toolConfig.tools.{i}", "a toolSpec with a name is required")
         schema = spec.get("inputSchema")
         fn: dict[str, Any] = {"name": spec["name"], "parameters": (schema.get("json") if isinstance(schema, dict)
                                                                   else None) or {"type": "object"}}
@@ -214,7 +214,7 @@ def _tools(cfg: Any, req: dict[str, Any]) -> None:
         elif isinstance(choice.get("tool"), dict) and isinstance(choice["tool"].get("name"), str):
             req["tool_choice"] = {"type": "function", "function": {"name": choice["tool"]["name"]}}
         else:
-            raise _bad("toolConfig.toolChoice", "must set one of auto, any, tool")
+            raise bad("toolConfig.toolChoice", "must set one of auto, any, tool")
 
 
 def _response_format(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -222,11 +222,11 @@ def _response_format(cfg: dict[str, Any]) -> dict[str, Any]:
     structure = tf.get("structure") if isinstance(tf, dict) else None
     js = structure.get("jsonSchema") if isinstance(structure, dict) else None
     if not isinstance(js, dict) or not isinstance(js.get("schema"), str):
-        raise _bad("outputConfig.textFormat", "a json_schema structure with a schema string is required")
+        raise bad("outputConfig.textFormat", "a json_schema structure with a schema string is required")
     try:
         schema = orjson.loads(js["schema"])
     except orjson.JSONDecodeError:
-        raise _bad("outputConfig.textFormat.structure.jsonSchema.schema", "is not JSON") from None
+        raise bad("outputConfig.textFormat.structure.jsonSchema.schema", "is not JSON") from None
     out: dict[str, Any] = {"name": js.get("name") or "output", "schema": schema}
     if isinstance(js.get("description"), str):
         out["description"] = js["description"]

@@ -8,6 +8,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from relaygate.core.aiter import aclose
 from relaygate.core.call import Call, Reply, Usage
 from relaygate.core.errors import Unavailable
 from relaygate.providers.base import readable
@@ -51,9 +52,7 @@ async def translate_stream(stream: AsyncIterator[bytes], w: ChunkWriter,
                 yield chunk
         yield w.end(usage_of())
     finally:
-        aclose = getattr(stream, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        await aclose(stream)
 
 
 def whole_as_chunk(data: dict[str, Any]) -> dict[str, Any]:

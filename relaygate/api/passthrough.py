@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from relaygate.api.common import respond_stream
 from relaygate.api.passthrough_cost import Metered, meter_request
 from relaygate.auth.authenticator import caller
+from relaygate.core.aiter import aclose
 from relaygate.core.call import Call, Reply, Route
 from relaygate.core.errors import BadRequest, NotFound, PermissionDenied
 from relaygate.providers.openai.usage import usage_of
@@ -122,9 +123,7 @@ async def usage_read(stream: AsyncIterator[bytes], reply: Reply, hide_usage: boo
         elif size <= MAX_KEPT:
             reply.usage = usage_of(b"".join(kept)) or reply.usage
     finally:
-        aclose = getattr(stream, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        await aclose(stream)
 
 
 ROUTES = [

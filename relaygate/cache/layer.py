@@ -27,6 +27,7 @@ from relaygate.cache.entry import CHAT, WHOLE, Entry, Unfinished, gather, refuse
 from relaygate.cache.semantic import SemanticIndex, conversation_text, scope_of, unit
 from relaygate.cache.stores import CACHE_ERRORS, MemoryCache, RedisCache
 from relaygate.config import CacheConfig, Config, ModelCacheConfig, SemanticCacheConfig
+from relaygate.core.aiter import aclose
 from relaygate.core.call import Call, Handler, Reply, Route
 from relaygate.core.errors import GatewayError, Unavailable, UpstreamTimeout
 
@@ -542,9 +543,7 @@ class CacheLayer:
                         kept.append(chunk)
                 yield chunk
         finally:
-            aclose = getattr(stream, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            await aclose(stream)
         entry = None
         if kept is not None:
             data = b"".join(kept)

@@ -27,6 +27,8 @@ from urllib.parse import unquote, urlsplit
 
 import ahocorasick_rs
 
+from relaygate.core.aiter import aclose
+
 if TYPE_CHECKING:
     from relaygate.core.errors import GatewayError
 
@@ -243,9 +245,7 @@ class Scrubber:
                 yield tail  # stream) holds a tail back, and the error frame must follow whole messages
             raise self.error(e) from None
         finally:
-            aclose = getattr(stream, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            await aclose(stream)
 
     def _longest(self) -> int:
         lengths = [FRAGMENT, *(len(h) for h in self._hosts), *(len(s) for s in self._static if len(s) < FRAGMENT)]

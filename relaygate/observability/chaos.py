@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from relaygate.config import ConfigError
 from relaygate.config.observability import ChaosConfig, ChaosRule
+from relaygate.core.aiter import aclose
 from relaygate.core.call import Call, Handler, Reply
 from relaygate.core.errors import GatewayError, RateLimited, Unavailable, UpstreamTimeout, from_status
 
@@ -189,9 +190,7 @@ async def _cut(stream: AsyncIterator[bytes], after: int, message: str) -> AsyncI
             n += 1
             yield chunk
     finally:
-        aclose = getattr(stream, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        await aclose(stream)
 
 
 def _scope(rule: ChaosRule) -> str:

@@ -15,6 +15,7 @@ import orjson
 
 from relaygate.config import DeploymentBase
 from relaygate.core import jsonvalue, shapes
+from relaygate.core.aiter import aclose
 from relaygate.core.call import Call, Dialect, Handler, Reply, Route
 from relaygate.core.errors import (
     BadRequest,
@@ -394,9 +395,7 @@ async def readable(stream: AsyncIterator[bytes], kind: str) -> AsyncIterator[byt
     except ANSWER_ERRORS as e:
         raise unreadable(kind, e) from None
     finally:
-        aclose = getattr(stream, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        await aclose(stream)
 
 
 _CANNOT = {

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import orjson
 
+from relaygate.core.aiter import aclose
 from relaygate.core.errors import GatewayError, Unavailable, UpstreamTimeout
 from relaygate.upstream import Response, UpstreamError
 
@@ -283,13 +284,6 @@ async def closing(
             await aclose(stream)  # a translator stops now, not when collected
         finally:
             body.close()
-
-
-async def aclose(stream: object) -> None:
-    """Close an async iterator that can be closed (a generator), now rather than when it is collected."""
-    close = getattr(stream, "aclose", None)
-    if close is not None:
-        await close()
 
 
 async def open_body(resp: Response, kind: str, *, require_bytes: bool = False) -> AsyncIterator[bytes]:

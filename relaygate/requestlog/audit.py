@@ -14,6 +14,7 @@ import orjson
 
 from relaygate.auth.authenticator import Authenticator, presented_key
 from relaygate.config import RequestLogConfig
+from relaygate.core.aiter import aclose
 from relaygate.core.call import Call, Handler, Reply, Route
 from relaygate.core.errors import AuthError, GatewayError, mark_recorded
 from relaygate.core.scrub import Scrubber
@@ -96,9 +97,7 @@ class AuditLayer:
                     room -= len(chunk)
                 yield chunk
         finally:
-            aclose = getattr(stream, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            await aclose(stream)
 
     def record(self, call: Call, reply: Reply | None, error: BaseException | None, streamed: bytes | None = None,
                route: str | None = None) -> None:

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING
 
 from relaygate.config import Config, ModelConfig
+from relaygate.core.aiter import aclose
 from relaygate.core.call import Call, Reply, Route
 from relaygate.core.errors import (
     BadRequest,
@@ -400,6 +401,4 @@ async def _first_chunk_timed(stream: AsyncIterator[bytes], reply: Reply) -> Asyn
                 first = False
             yield chunk
     finally:
-        aclose = getattr(stream, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        await aclose(stream)

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from relaygate.core import jsonvalue
+from relaygate.core.aiter import aclose
 from relaygate.core.call import Reply
 from relaygate.core.errors import (
     BadRequest,
@@ -310,9 +311,7 @@ class StreamResponse:
                 pass
             raise err from None
         finally:
-            aclose = getattr(stream, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            await aclose(stream)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 

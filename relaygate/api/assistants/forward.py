@@ -29,11 +29,12 @@ from relaygate.api.passthrough import forward, upstream_target
 from relaygate.api.passthrough_cost import Metered
 from relaygate.api.query import Query
 from relaygate.auth.authenticator import caller
+from relaygate.core.aiter import aclose
 from relaygate.core.call import Usage
 from relaygate.core.errors import GatewayError, NotFound
 from relaygate.core.pricing import Meter
 from relaygate.providers.base import ANSWER_ERRORS, unreadable
-from relaygate.providers.streaming import EventCutter, aclose
+from relaygate.providers.streaming import EventCutter
 from relaygate.server.http import Request, Response, StreamResponse
 from relaygate.server.upload import ReadBody
 from relaygate.store.objects import Stored, owner_of

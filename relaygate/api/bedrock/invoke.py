@@ -20,6 +20,7 @@ from relaygate.api.bedrock.translate import exception_frame
 from relaygate.api.chat import chat_call
 from relaygate.api.common import object_body
 from relaygate.api.dialects import ForeignDialect, answer
+from relaygate.core.aiter import aclose
 from relaygate.core.call import Usage
 from relaygate.core.errors import BadRequest
 from relaygate.providers.aws import eventstream as es
@@ -115,9 +116,7 @@ async def _chunks(sse: AsyncIterator[bytes], reply: Reply, started: float) -> As
             if out:
                 yield b"".join(out)
     finally:
-        aclose = getattr(sse, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        await aclose(sse)
 
 
 def _with_metrics(data: bytes, reply: Reply, started: float) -> bytes:

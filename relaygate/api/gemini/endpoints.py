@@ -35,6 +35,7 @@ from relaygate.api.gemini.translate import (
 )
 from relaygate.api.query import Query
 from relaygate.auth.authenticator import allowed_deployments, presented_key
+from relaygate.core.aiter import aclose
 from relaygate.core.call import Call, Dialect, NativeRequest, Reply
 from relaygate.core.errors import BadRequest, GatewayError, NotFound
 from relaygate.core.pricing import Pricing
@@ -168,9 +169,7 @@ async def _as_array(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
                 yield b"".join(out)
         yield b"[]" if first else b"]"
     finally:
-        aclose = getattr(stream, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        await aclose(stream)
 
 
 def _array_error(err: GatewayError) -> bytes:

@@ -31,6 +31,7 @@ from relaygate.api.responses.translate import (
     response_shell,
 )
 from relaygate.auth.authenticator import caller
+from relaygate.core.aiter import aclose
 from relaygate.core.call import Call, Route, delivered_of
 from relaygate.core.errors import BadRequest, MethodNotAllowed, NotFound, Unsupported
 from relaygate.providers.base import ANSWER_ERRORS, readable, unreadable
@@ -196,9 +197,7 @@ async def stored_before_the_end(stream: AsyncIterator[bytes],
                 writes.clear()
             yield piece
     finally:
-        aclose = getattr(stream, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        await aclose(stream)
 
 
 async def _stored(gw: Gateway, who: str, rid: str) -> Stored:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from relaygate.api.responses.translate import failed
+from relaygate.core.aiter import aclose
 from relaygate.core.call import Call, Delivered, Route, UpstreamChain
 from relaygate.core.errors import GatewayError
 from relaygate.providers.delivered import HOLD_EVENTS, RESPONSES_TEXT_DELTAS, responses_events
@@ -134,9 +135,7 @@ class NativeAnswer:
             if out:
                 yield out
         finally:
-            aclose = getattr(stream, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            await aclose(stream)
 
     def _events(self, events: list[tuple[str, bytes]], delivered: Delivered) -> bytes:
         out: list[bytes] = []

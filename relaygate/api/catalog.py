@@ -10,7 +10,16 @@ from typing import TYPE_CHECKING
 
 from relaygate.api.query import Query, plain_text
 from relaygate.auth.authenticator import caller
-from relaygate.catalog.search import CAPABILITY_FILTERS, SORTS, Filters, entries, ordered, visible
+from relaygate.catalog.search import (
+    CAPABILITY_FILTERS,
+    MAX_PROVIDER,
+    MAX_Q,
+    SORTS,
+    Filters,
+    entries,
+    ordered,
+    visible,
+)
 from relaygate.core.errors import BadRequest
 from relaygate.server.http import Request, Response, json_response
 
@@ -54,11 +63,11 @@ def filters_of(query: Query) -> Filters:
     if unknown:
         raise BadRequest(f"unknown query parameter {unknown[0]!r}; expected some of {', '.join(sorted(PARAMS))}",
                          param=unknown[0], code="unknown_parameter")
-    provider = query.text("provider", 64)
+    provider = query.text("provider", MAX_PROVIDER)
     return Filters(provider=provider.lower() if provider else None,
                    **{name: _boolean(query, name) for name in BOOLEAN_FILTERS},
                    min_context=query.integer("min_context", 0, 2**40), max_cost=_cost(query),
-                   q=query.text("q", 200) or None)
+                   q=query.text("q", MAX_Q) or None)
 
 
 async def list_catalog(gw: Gateway, req: Request) -> Response:

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from relaygate.routing.deployment import Deployment
 
 WILDCARD = "*"
+MAX_PROVIDER = 64  # characters of a provider name: a card's, a select's, a search's
+MAX_Q = 200  # characters of a search's text
 
 
 @dataclass(slots=True)
@@ -50,7 +52,7 @@ class Conditions:
 
     __pydantic_config__ = ConfigDict(extra="forbid")  # a typo in a config's select is an error
 
-    provider: Annotated[str | None, Field(min_length=1, max_length=64)] = None
+    provider: Annotated[str | None, Field(min_length=1, max_length=MAX_PROVIDER)] = None
     supports_chat: bool | None = None
     supports_vision: bool | None = None
     supports_tools: bool | None = None
@@ -61,7 +63,7 @@ class Conditions:
     min_context: Annotated[int | None, Field(ge=0)] = None
     # USD per 1M input tokens; an unpriced model never passes
     max_cost: Annotated[float | None, Field(ge=0, allow_inf_nan=False)] = None
-    q: Annotated[str | None, Field(min_length=1, max_length=200)] = None
+    q: Annotated[str | None, Field(min_length=1, max_length=MAX_Q)] = None
 
     def asked(self) -> bool:
         return any(getattr(self, f.name) is not None for f in fields(self))

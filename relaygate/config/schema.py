@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
-from relaygate.catalog.search import Conditions
+from relaygate.catalog.search import MAX_PROVIDER, Conditions
 from relaygate.config.base import Strict
 from relaygate.config.deployments import DeploymentConfig, HealthCheckConfig
 from relaygate.config.observability import (
@@ -401,7 +401,7 @@ class PriceConfig(Strict):
     cost_per_character: float | None = Field(None, ge=0)  # speech
     max_output_tokens: int | None = Field(None, gt=0)  # most output tokens per answer: what budgets reserve
     # the rest of the card (docs/models.md): shown by /api/models, read by the context checks and ``select``
-    provider: str | None = Field(None, min_length=1, max_length=64)
+    provider: str | None = Field(None, min_length=1, max_length=MAX_PROVIDER)
     mode: CardMode | None = None
     context_window: int | None = Field(None, gt=0)
     supports_vision: bool | None = None

@@ -3,6 +3,7 @@ by chunk, by a writer that knows that API's event sequence."""
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
@@ -24,6 +25,82 @@ class ChunkWriter(Protocol):
     def error(self, err: dict[str, Any]) -> bytes: ...
 
     def end(self, usage: Usage | None) -> bytes: ...
+
+
+class ChatChunkWalk(ABC):
+    """What the dialect writers read of OpenAI chat chunks, walked once: the first choice's reasoning, text and
+    tool call pieces in the order they come, its finish reason, a chunk's usage. A subclass writes each piece
+    as its dialect's events (``begin``, ``reasoning``, ``text``, ``tool_start``, ``tool_arguments``) and its
+    ``error`` and ``end``."""
+
+    __slots__ = ("started", "tools", "finish", "chunk_usage")
+
+    def __init__(self) -> None:
+        self.started = False
+        self.tools: dict[int, int] = {}  # OpenAI tool_calls index -> the dialect's index of that call
+        self.finish: str | None = None  # the upstream's finish_reason
+        self.chunk_usage: Any = None  # the usage a chunk carried
+
+    @abstractmethod
+    def begin(self, chunk: dict[str, Any]) -> bytes:
+        """The events that open the answer (``chunk``: its first chunk, empty when the stream had none)."""
+
+    def reasoning(self, text: str) -> bytes:
+        """A piece of reasoning; a dialect with no place for it leaves it out."""
+        return b""
+
+    @abstractmethod
+    def text(self, text: str) -> bytes:
+        """A piece of the answer's text."""
+
+    @abstractmethod
+    def tool_start(self, call_id: Any, name: str) -> tuple[int, bytes]:
+        """A new tool call (``call_id``: the upstream's, maybe None): its index in the dialect, its events."""
+
+    @abstractmethod
+    def tool_arguments(self, index: int, arguments: str) -> bytes:
+        """A piece of the JSON text of the arguments of the tool call at ``index``."""
+
+    def opening(self, chunk: dict[str, Any]) -> bytes:
+        """``begin``'s events the first time, then nothing."""
+        if self.started:
+            return b""
+        self.started = True
+        return self.begin(chunk)
+
+    def chunk(self, chunk: dict[str, Any]) -> bytes:
+        out = self.opening(chunk)
+        if chunk.get("usage"):
+            self.chunk_usage = chunk["usage"]
+        for choice in chunk.get("choices") or ():
+            if choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta") or {}
+            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+            if isinstance(reasoning, str) and reasoning:
+                out += self.reasoning(reasoning)
+            text = delta.get("content")
+            if text:
+                out += self.text(text)
+            for tc in delta.get("tool_calls") or ():
+                fn = tc.get("function") or {}
+                i = self.tools.get(tc.get("index", 0))
+                if i is None:
+                    i, start = self.tool_start(tc.get("id"), fn.get("name") or "")
+                    self.tools[tc.get("index", 0)] = i
+                    out += start
+                arguments = fn.get("arguments")
+                if arguments:
+                    out += self.tool_arguments(i, arguments)
+            if choice.get("finish_reason"):
+                self.finish = choice["finish_reason"]
+        return out
+
+
+def stream_error_message(err: dict[str, Any]) -> str:
+    """The message of an error object an upstream put inside its stream (``{"error": {...}}`` or bare)."""
+    e = err.get("error")
+    return str((e if isinstance(e, dict) else err).get("message") or "upstream error")
 
 
 async def translate_stream(stream: AsyncIterator[bytes], w: ChunkWriter,

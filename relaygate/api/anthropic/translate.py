@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from relaygate.api.chunks import arguments_object
+from relaygate.api.chunks import ChatChunkWalk, arguments_object, stream_error_message
 from relaygate.api.chunks import translate_stream as translate_stream  # re-exported: tests use it here
 from relaygate.api.query import Query
 from relaygate.core.call import Usage
@@ -320,22 +320,18 @@ def anthropic_error_type(err: GatewayError) -> str:
     return error_type(err.status)
 
 
-class EventWriter:
+class EventWriter(ChatChunkWalk):
     """OpenAI chunks in, Anthropic SSE events out, one chunk at a time; blocks are opened and closed in order."""
 
-    __slots__ = ("model", "started", "index", "open_kind", "tool_blocks", "stop_reason", "chunk_usage")
+    __slots__ = ("model", "index", "open_kind")
 
     def __init__(self, model: str) -> None:
+        super().__init__()
         self.model = model
-        self.started = False
         self.index = -1  # the current content block
-        self.open_kind: str | None = None  # "text" / "tool_use" while a block is open
-        self.tool_blocks: dict[int, int] = {}  # OpenAI tool_calls index -> our block index
-        self.stop_reason: str | None = None
-        self.chunk_usage: Any = None
+        self.open_kind: str | None = None  # "thinking" / "text" / "tool_use" while a block is open
 
-    def _start(self, chunk: dict[str, Any]) -> bytes:
-        self.started = True
+    def begin(self, chunk: dict[str, Any]) -> bytes:
         message: dict[str, Any] = {"id": anthropic_id("msg_"), "type": "message", "role": "assistant",
                    "model": chunk.get("model") or self.model, "content": [], "stop_reason": None,
                    "stop_sequence": None, "usage": {"input_tokens": 0, "output_tokens": 0}}
@@ -354,58 +350,34 @@ class EventWriter:
         return out + sse_event(b"content_block_start", {"type": "content_block_start", "index": self.index,
                                                         "content_block": block})
 
-    def chunk(self, chunk: dict[str, Any]) -> bytes:
-        out = b"" if self.started else self._start(chunk)
-        if chunk.get("usage"):
-            self.chunk_usage = chunk["usage"]
-        for choice in chunk.get("choices") or ():
-            if choice.get("index", 0) != 0:
-                continue
-            delta = choice.get("delta") or {}
-            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
-            if isinstance(reasoning, str) and reasoning:
-                if self.open_kind != "thinking":
-                    out += self._open({"type": "thinking", "thinking": "", "signature": ""}, "thinking")
-                out += sse_event(b"content_block_delta", {"type": "content_block_delta", "index": self.index,
-                                                          "delta": {"type": "thinking_delta", "thinking": reasoning}})
-            text = delta.get("content")
-            if text:
-                if self.open_kind != "text":
-                    out += self._open({"type": "text", "text": ""}, "text")
-                out += sse_event(b"content_block_delta", {"type": "content_block_delta", "index": self.index,
-                                                          "delta": {"type": "text_delta", "text": text}})
-            for tc in delta.get("tool_calls") or ():
-                out += self._tool_delta(tc)
-            if choice.get("finish_reason"):
-                self.stop_reason = FINISH_TO_STOP.get(choice["finish_reason"], "end_turn")
-        return out
+    def _delta(self, index: int, delta: dict[str, Any]) -> bytes:
+        return sse_event(b"content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta})
 
-    def _tool_delta(self, tc: dict[str, Any]) -> bytes:
-        out = b""
-        oi = tc.get("index", 0)
-        fn = tc.get("function") or {}
-        block = self.tool_blocks.get(oi)
-        if block is None:
-            out += self._open({"type": "tool_use", "id": tc.get("id") or anthropic_id("toolu_"),
-                               "name": fn.get("name") or "", "input": {}}, "tool_use")
-            block = self.tool_blocks[oi] = self.index
-        args = fn.get("arguments")
-        if args:
-            out += sse_event(b"content_block_delta", {"type": "content_block_delta", "index": block,
-                                                      "delta": {"type": "input_json_delta", "partial_json": args}})
-        return out
+    def reasoning(self, text: str) -> bytes:
+        out = b"" if self.open_kind == "thinking" else self._open(
+            {"type": "thinking", "thinking": "", "signature": ""}, "thinking")
+        return out + self._delta(self.index, {"type": "thinking_delta", "thinking": text})
+
+    def text(self, text: str) -> bytes:
+        out = b"" if self.open_kind == "text" else self._open({"type": "text", "text": ""}, "text")
+        return out + self._delta(self.index, {"type": "text_delta", "text": text})
+
+    def tool_start(self, call_id: Any, name: str) -> tuple[int, bytes]:
+        out = self._open({"type": "tool_use", "id": call_id or anthropic_id("toolu_"), "name": name, "input": {}},
+                         "tool_use")
+        return self.index, out
+
+    def tool_arguments(self, index: int, arguments: str) -> bytes:
+        return self._delta(index, {"type": "input_json_delta", "partial_json": arguments})
 
     def error(self, err: dict[str, Any]) -> bytes:
         """An error object the upstream put inside its stream."""
-        e = err.get("error")
-        if not isinstance(e, dict):
-            e = err
-        return sse_event(b"error", error_body("api_error", str(e.get("message") or "upstream error")))
+        return sse_event(b"error", error_body("api_error", stream_error_message(err)))
 
     def end(self, usage: Usage | None) -> bytes:
-        out = b"" if self.started else self._start({})
-        out += self._close()
+        out = self.opening({}) + self._close()
+        stop = FINISH_TO_STOP.get(self.finish or "stop", "end_turn")
         out += sse_event(b"message_delta", {
-            "type": "message_delta", "delta": {"stop_reason": self.stop_reason or "end_turn", "stop_sequence": None},
+            "type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None},
             "usage": usage_block(usage, self.chunk_usage)})
         return out + sse_event(b"message_stop", {"type": "message_stop"})

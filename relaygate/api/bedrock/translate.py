@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from relaygate.api.chunks import arguments_object
+from relaygate.api.chunks import ChatChunkWalk, arguments_object, stream_error_message
 from relaygate.core.call import Usage
 from relaygate.core.errors import BadRequest, GatewayError, Unsupported
 from relaygate.providers.aws import eventstream as es
@@ -284,19 +284,20 @@ def exception_frame(err: GatewayError) -> bytes:
     return es.exception(member, orjson.dumps({"message": err.message}))
 
 
-class EventWriter:
+class EventWriter(ChatChunkWalk):
     """OpenAI chunks in, ConverseStream events out: text and tool blocks opened and closed in order, the stop
-    reason and the usage (``metadata``) at the end."""
+    reason and the usage (``metadata``) at the end. Converse has no reasoning block here: it is left out."""
 
-    __slots__ = ("started", "begun", "index", "open_kind", "tool_blocks", "stop_reason")
+    __slots__ = ("since", "index", "open_kind")
 
-    def __init__(self, started: float) -> None:
-        self.started = started
-        self.begun = False
+    def __init__(self, since: float) -> None:
+        super().__init__()
+        self.since = since  # when the call began (the latency in ``metadata``)
         self.index = -1
         self.open_kind: str | None = None  # "text" / "tool" while a block is open
-        self.tool_blocks: dict[int, int] = {}  # OpenAI tool_calls index -> contentBlockIndex
-        self.stop_reason = "end_turn"
+
+    def begin(self, chunk: dict[str, Any]) -> bytes:
+        return _event("messageStart", {"role": "assistant"})
 
     def _close(self) -> bytes:
         if self.open_kind is None:
@@ -304,54 +305,31 @@ class EventWriter:
         self.open_kind = None
         return _event("contentBlockStop", {"contentBlockIndex": self.index})
 
-    def chunk(self, chunk: dict[str, Any]) -> bytes:
-        out = b""
-        if not self.begun:
-            self.begun = True
-            out = _event("messageStart", {"role": "assistant"})
-        for choice in chunk.get("choices") or ():
-            if choice.get("index", 0) != 0:
-                continue
-            delta = choice.get("delta") or {}
-            text = delta.get("content")
-            if text:
-                if self.open_kind != "text":
-                    out += self._close()
-                    self.index += 1
-                    self.open_kind = "text"
-                out += _event("contentBlockDelta", {"contentBlockIndex": self.index, "delta": {"text": text}})
-            for tc in delta.get("tool_calls") or ():
-                out += self._tool(tc)
-            if choice.get("finish_reason"):
-                self.stop_reason = FINISH_TO_STOP.get(choice["finish_reason"], "end_turn")
+    def _next(self, kind: str) -> bytes:
+        out = self._close()
+        self.index += 1
+        self.open_kind = kind
         return out
 
-    def _tool(self, tc: dict[str, Any]) -> bytes:
-        out = b""
-        fn = tc.get("function") or {}
-        block = self.tool_blocks.get(tc.get("index", 0))
-        if block is None:
-            out += self._close()
-            self.index += 1
-            self.open_kind = "tool"
-            block = self.tool_blocks[tc.get("index", 0)] = self.index
-            out += _event("contentBlockStart", {"contentBlockIndex": block, "start": {"toolUse": {
-                "toolUseId": tool_use_id(str(tc.get("id") or "tooluse")), "name": fn.get("name") or ""}}})
-        if fn.get("arguments"):
-            out += _event("contentBlockDelta", {"contentBlockIndex": block,
-                                                "delta": {"toolUse": {"input": fn["arguments"]}}})
-        return out
+    def text(self, text: str) -> bytes:
+        out = b"" if self.open_kind == "text" else self._next("text")
+        return out + _event("contentBlockDelta", {"contentBlockIndex": self.index, "delta": {"text": text}})
+
+    def tool_start(self, call_id: Any, name: str) -> tuple[int, bytes]:
+        out = self._next("tool")
+        return self.index, out + _event("contentBlockStart", {"contentBlockIndex": self.index, "start": {"toolUse": {
+            "toolUseId": tool_use_id(str(call_id or "tooluse")), "name": name}}})
+
+    def tool_arguments(self, index: int, arguments: str) -> bytes:
+        return _event("contentBlockDelta", {"contentBlockIndex": index, "delta": {"toolUse": {"input": arguments}}})
 
     def error(self, err: dict[str, Any]) -> bytes:
         """An error object the upstream put inside its stream."""
-        e = err.get("error")
-        message = str((e if isinstance(e, dict) else err).get("message") or "upstream error")
-        return es.exception("modelStreamErrorException", orjson.dumps({"message": message}))
+        return es.exception("modelStreamErrorException", orjson.dumps({"message": stream_error_message(err)}))
 
     def end(self, usage: Usage | None) -> bytes:
-        out = b"" if self.begun else _event("messageStart", {"role": "assistant"})
-        self.begun = True
-        out += self._close()
-        out += _event("messageStop", {"stopReason": self.stop_reason})
+        out = self.opening({}) + self._close()
+        stop = FINISH_TO_STOP.get(self.finish or "stop", "end_turn")
+        out += _event("messageStop", {"stopReason": stop})
         return out + _event("metadata", {"usage": usage_block(usage),
-                                         "metrics": {"latencyMs": latency_ms(self.started)}})
+                                         "metrics": {"latencyMs": latency_ms(self.since)}})

@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 
+from relaygate.api.chunks import ChatChunkWalk, stream_error_message
 from relaygate.core.call import Usage
 from relaygate.core.errors import BadRequest, GatewayError, Unsupported
 
@@ -219,7 +220,7 @@ def error_event(err: GatewayError) -> bytes:
     return event("message-end", {"delta": {"finish_reason": "ERROR", "error": err.message}})
 
 
-class EventWriter:
+class EventWriter(ChatChunkWalk):
     """OpenAI chunks in, Cohere's v2 stream events out: content blocks and tool calls opened and closed in
     order, the tool plan before the calls, the usage on message-end.
 
@@ -228,21 +229,17 @@ class EventWriter:
     ``tool-call-start``, as Cohere streams a plan; when the answer ends without one, it goes out as the
     answer's text content. (Without tools there is no plan: text streams as content at once.)"""
 
-    __slots__ = ("started", "index", "open_kind", "tools", "tool_open", "finish", "chunk_usage", "plans", "held")
+    __slots__ = ("index", "open_kind", "tool_open", "plans", "held")
 
     def __init__(self, plans: bool = False) -> None:
+        super().__init__()
         self.plans = plans
         self.held: list[str] = []  # text that may be the tool plan, while no tool call has begun
-        self.started = False
         self.index = -1  # the current content block
         self.open_kind: str | None = None  # "text" / "thinking" while a content block is open
-        self.tools: dict[int, int] = {}  # OpenAI tool_calls index -> our tool call index
         self.tool_open: int | None = None
-        self.finish: str | None = None
-        self.chunk_usage: Any = None
 
-    def _start(self) -> bytes:
-        self.started = True
+    def begin(self, chunk: dict[str, Any]) -> bytes:
         return event("message-start", {"id": message_id(), "delta": {"message": {
             "role": "assistant", "content": [], "tool_plan": "", "tool_calls": [], "citations": []}}})
 
@@ -266,58 +263,35 @@ class EventWriter:
                                            "delta": {"message": {"content": {"type": kind, kind: ""}}}})
         return out + event("content-delta", {"index": self.index, "delta": {"message": {"content": {kind: text}}}})
 
-    def chunk(self, chunk: dict[str, Any]) -> bytes:
-        out = b"" if self.started else self._start()
-        if chunk.get("usage"):
-            self.chunk_usage = chunk["usage"]
-        for choice in chunk.get("choices") or ():
-            if choice.get("index", 0) != 0:
-                continue
-            delta = choice.get("delta") or {}
-            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
-            if isinstance(reasoning, str) and reasoning:
-                out += self._content("thinking", reasoning)
-            if delta.get("content"):
-                if self.plans and not self.tools:
-                    self.held.append(delta["content"])
-                else:
-                    out += self._content("text", delta["content"])
-            for tc in delta.get("tool_calls") or ():
-                out += self._tool_delta(tc)
-            if choice.get("finish_reason"):
-                self.finish = choice["finish_reason"]
-        return out
+    def reasoning(self, text: str) -> bytes:
+        return self._content("thinking", text)
 
-    def _tool_delta(self, tc: dict[str, Any]) -> bytes:
-        out = b""
-        fn = tc.get("function") or {}
-        i = self.tools.get(tc.get("index", 0))
-        if i is None:
-            out += self._close()
-            if self.held:  # the text before the first tool call was its plan
-                out += b"".join(event("tool-plan-delta", {"delta": {"message": {"tool_plan": t}}})
-                                for t in self.held)
-                self.held.clear()
-            i = self.tools[tc.get("index", 0)] = len(self.tools)
-            self.tool_open = i
-            out += event("tool-call-start", {"index": i, "delta": {"message": {"tool_calls": {
-                "id": tc.get("id") or "", "type": "function",
-                "function": {"name": fn.get("name") or "", "arguments": ""}}}}})
-        if fn.get("arguments"):
-            out += event("tool-call-delta", {"index": i, "delta": {"message": {"tool_calls": {
-                "function": {"arguments": fn["arguments"]}}}}})
-        return out
+    def text(self, text: str) -> bytes:
+        if self.plans and not self.tools:
+            self.held.append(text)
+            return b""
+        return self._content("text", text)
+
+    def tool_start(self, call_id: Any, name: str) -> tuple[int, bytes]:
+        out = self._close()
+        if self.held:  # the text before the first tool call was its plan
+            out += b"".join(event("tool-plan-delta", {"delta": {"message": {"tool_plan": t}}}) for t in self.held)
+            self.held.clear()
+        i = self.tool_open = len(self.tools)
+        out += event("tool-call-start", {"index": i, "delta": {"message": {"tool_calls": {
+            "id": call_id or "", "type": "function", "function": {"name": name, "arguments": ""}}}}})
+        return i, out
+
+    def tool_arguments(self, index: int, arguments: str) -> bytes:
+        return event("tool-call-delta", {"index": index, "delta": {"message": {"tool_calls": {
+            "function": {"arguments": arguments}}}}})
 
     def error(self, err: dict[str, Any]) -> bytes:
         """An error object the upstream put inside its stream."""
-        e = err.get("error")
-        if not isinstance(e, dict):
-            e = err
-        return event("message-end", {"delta": {"finish_reason": "ERROR",
-                                               "error": str(e.get("message") or "upstream error")}})
+        return event("message-end", {"delta": {"finish_reason": "ERROR", "error": stream_error_message(err)}})
 
     def end(self, usage: Usage | None) -> bytes:
-        out = b"" if self.started else self._start()
+        out = self.opening({})
         if self.held:  # no tool call followed: the held text was the answer
             out += b"".join(self._content("text", t) for t in self.held)
             self.held.clear()

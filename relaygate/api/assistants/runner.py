@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from relaygate.api.assistants.shapes import chat_message, now, run_usage
-from relaygate.api.chunks import chat_completion, translate_stream, whole_as_chunk
+from relaygate.api.chunks import chat_completion, stream_error_message, translate_stream, whole_as_chunk
 from relaygate.core.call import Call, Reply, Route, Usage
 from relaygate.core.errors import GatewayError
 from relaygate.providers.streaming import sse
@@ -135,8 +135,7 @@ class RunEvents:
         return b""
 
     def error(self, err: dict[str, Any]) -> bytes:
-        e = err.get("error")
-        self.failure = str((e if isinstance(e, dict) else err).get("message") or "upstream error")
+        self.failure = stream_error_message(err)
         return b""
 
     def end(self, usage: Usage | None) -> bytes:

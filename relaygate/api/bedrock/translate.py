@@ -284,6 +284,11 @@ def exception_frame(err: GatewayError) -> bytes:
     return es.exception(member, orjson.dumps({"message": err.message}))
 
 
+def stream_exception(err: dict[str, Any]) -> bytes:
+    """The exception frame for an error object the upstream put inside its stream."""
+    return es.exception("modelStreamErrorException", orjson.dumps({"message": stream_error_message(err)}))
+
+
 class EventWriter(ChatChunkWalk):
     """OpenAI chunks in, ConverseStream events out: text and tool blocks opened and closed in order, the stop
     reason and the usage (``metadata``) at the end. Converse has no reasoning block here: it is left out."""
@@ -324,8 +329,7 @@ class EventWriter(ChatChunkWalk):
         return _event("contentBlockDelta", {"contentBlockIndex": index, "delta": {"toolUse": {"input": arguments}}})
 
     def error(self, err: dict[str, Any]) -> bytes:
-        """An error object the upstream put inside its stream."""
-        return es.exception("modelStreamErrorException", orjson.dumps({"message": stream_error_message(err)}))
+        return stream_exception(err)
 
     def end(self, usage: Usage | None) -> bytes:
         out = self.opening({}) + self._close()

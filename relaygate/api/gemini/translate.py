@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from relaygate.api.chunks import arguments_object
+from relaygate.api.chunks import arguments_object, stream_error_message
 from relaygate.core.call import Usage
 from relaygate.core.errors import BadRequest, GatewayError, Unsupported
 
@@ -428,11 +428,7 @@ class EventWriter:
 
     def error(self, err: dict[str, Any]) -> bytes:
         """An error object the upstream put inside its stream."""
-        e = err.get("error")
-        if not isinstance(e, dict):
-            e = err
-        return event({"error": {"code": 500, "message": str(e.get("message") or "upstream error"),
-                                "status": "INTERNAL"}})
+        return event({"error": {"code": 500, "message": stream_error_message(err), "status": "INTERNAL"}})
 
     def end(self, usage: Usage | None) -> bytes:
         candidates = []

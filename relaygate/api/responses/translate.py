@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 
+from relaygate.api.chunks import stream_error_message
 from relaygate.core.call import Usage
 from relaygate.core.errors import BadRequest, GatewayError, Unsupported
 from relaygate.providers.streaming import sse
@@ -540,8 +541,7 @@ class ResponseEvents:
 
     def error(self, err: dict[str, Any]) -> bytes:
         """An error object the upstream put inside its stream."""
-        e: dict[str, Any] = err["error"] if isinstance(err.get("error"), dict) else err
-        return self.fail(GatewayError(str(e.get("message") or "upstream error"), status=502, code="upstream_error"))
+        return self.fail(GatewayError(stream_error_message(err), status=502, code="upstream_error"))
 
     def fail(self, err: GatewayError) -> bytes:
         """The events that end a stream that failed after its first byte."""

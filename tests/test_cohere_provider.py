@@ -18,7 +18,7 @@ from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolPara
 from relaygate.config import CohereDeployment
 from relaygate.core.call import Call, Route
 from relaygate.core.errors import BadRequest, GatewayError, Unsupported
-from relaygate.providers.cohere import CohereProvider
+from relaygate.providers.cohere.provider import CohereProvider
 from relaygate.routing.deployment import Deployment
 from relaygate.testing.base import BackgroundServer
 from relaygate.testing.cohere import CohereEmulatorOptions, create_app, embed_vector
@@ -451,7 +451,7 @@ def test_sampling_options_beyond_cohere_ranges_are_moved_to_the_bound_and_named(
 def test_parallel_tool_calls_keep_their_own_indexes() -> None:
     """Cohere may call several tools in one turn (the emulator calls one): translated from captured shapes."""
     from relaygate.core.call import Reply
-    from relaygate.providers.cohere import ToolArguments, chat_completion, usage_of
+    from relaygate.providers.cohere.answer import ToolArguments, chat_completion, chunks_of, usage_of
     from relaygate.providers.openai_format import ChunkWriter
 
     def call_events(i: int, name: str, args: str) -> list[dict[str, Any]]:
@@ -467,9 +467,8 @@ def test_parallel_tool_calls_keep_their_own_indexes() -> None:
               {"type": "message-end", "delta": {"finish_reason": "TOOL_CALL", "usage": {
                   "billed_units": {"input_tokens": 5, "output_tokens": 9},
                   "tokens": {"input_tokens": 70, "output_tokens": 9}, "cached_tokens": 32}}}]
-    provider = CohereProvider(CohereDeployment(model="m"), None)
     w, reply, args = ChunkWriter("m"), Reply(), ToolArguments()
-    out = b"".join(provider._translate(ev, reply, w, args) for ev in events)
+    out = b"".join(chunks_of(ev, reply, w, args) for ev in events)
     chunks = [orjson.loads(line[6:]) for line in out.split(b"\n\n") if line.startswith(b"data: {")]
     calls = [tc for c in chunks for tc in c["choices"][0]["delta"].get("tool_calls", [])]
     assert [(tc["index"], tc.get("id")) for tc in calls] == [(0, "get_weather_0"), (0, None), (1, "get_time_1"),

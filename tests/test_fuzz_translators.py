@@ -25,11 +25,12 @@ from relaygate.core.call import Usage
 from relaygate.core.errors import GatewayError
 from relaygate.core.shapes.anthropic import MessagesRequest
 from relaygate.core.shapes.openai import ChatRequest
-from relaygate.providers import cohere
 from relaygate.providers.anthropic import provider as anthropic
 from relaygate.providers.anthropic.request import to_messages_request
 from relaygate.providers.aws.bedrock_format import from_converse, to_converse
 from relaygate.providers.base import ANSWER_ERRORS
+from relaygate.providers.cohere import answer as cohere_answer
+from relaygate.providers.cohere import request as cohere_request
 from relaygate.providers.echo import complete
 from relaygate.providers.gemini import format as gemini
 
@@ -43,7 +44,7 @@ REQUEST_TRANSLATORS: dict[str, Callable[[dict[str, Any]], Any]] = {
                                                        rejected=("top_p",), stream=False).body,
     "gemini-2": lambda b: gemini.to_request(b, "gemini-2.5-flash"),
     "gemini-3": lambda b: gemini.to_request(b, "gemini-3-pro-preview"),
-    "cohere": lambda b: cohere.chat_request(b, "command-a-03-2025", True),
+    "cohere": lambda b: cohere_request.chat_request(b, "command-a-03-2025", True),
     "bedrock": to_converse,
     "demo": complete,
 }
@@ -135,7 +136,7 @@ def test_response_translators_raise_only_gateway_errors(a: Any, g: Any, c: Any, 
     only_our_errors(lambda: anthropic.to_completion(a, anthropic.usage_of(a.get("usage"))), answer=True)
     only_our_errors(lambda: (gemini.blocked_reason(g), gemini.to_completion(g, "gemini-2.5-flash", "chatcmpl-1"),
                              gemini.usage_of(g.get("usageMetadata"))), answer=True)
-    only_our_errors(lambda: cohere.chat_completion(c, "command-a", cohere.usage_of(c.get("usage"))), answer=True)
+    only_our_errors(lambda: cohere_answer.chat_completion(c, "command-a", cohere_answer.usage_of(c.get("usage"))), answer=True)
     only_our_errors(lambda: from_converse(b, "m"), answer=True)
     only_our_errors(lambda: to_anthropic_message(o, Usage(prompt_tokens=1), "m"), answer=True)
 

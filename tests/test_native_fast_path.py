@@ -15,7 +15,7 @@ from relaygate.core.errors import BadRequest
 from relaygate.core.pricing import Pricing, call_choices, call_output_cap, call_prompt_tokens
 from relaygate.limits.layer import hold_output
 from relaygate.providers.aws.bedrock_format import usage_of as converse_usage
-from relaygate.providers.cohere import usage_of as cohere_usage
+from relaygate.providers.cohere.answer import usage_of as cohere_usage
 from relaygate.providers.gemini.format import usage_of as gemini_usage
 from relaygate.providers.native_answers import cohere_answer, converse_answer, gemini_answer
 

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from relaygate.core.errors import says_context_too_long
 from relaygate.providers.aws.base import map_error
-from relaygate.providers.cohere import error_for
+from relaygate.providers.cohere.provider import error_for
 from relaygate.testing.anthropic import AnthropicEmulatorOptions
 from relaygate.testing.anthropic import create_app as anthropic_app
 from relaygate.testing.base import BackgroundServer

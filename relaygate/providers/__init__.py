@@ -33,7 +33,7 @@ def provider_class(config: DeploymentConfig) -> type[Provider]:
             from relaygate.providers.demo import DemoProvider
             return DemoProvider
         case CohereDeployment():
-            from relaygate.providers.cohere import CohereProvider
+            from relaygate.providers.cohere.provider import CohereProvider
             return CohereProvider
         case GeminiDeployment():
             from relaygate.providers.gemini.provider import GeminiProvider

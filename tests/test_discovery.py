@@ -296,3 +296,35 @@ def test_discovery_is_on_by_default_and_never_holds_up_start_or_a_call(tmp_path:
                 time.sleep(0.3)
                 assert all(lst.checked_at is None for lst in gw.gateway.discovery.listings)
                 assert gw.gateway.discovery._task is None
+
+
+def test_a_paged_listing_is_followed_to_its_last_page_and_no_further() -> None:
+    """``read_pages`` (the Anthropic, Gemini and Cohere listings): each page's token asks for the next, in the
+    query each provider names it by; the last page (no token, or has_more false) ends it."""
+    from relaygate.providers.listing import (
+        MAX_MODELS,
+        anthropic_after,
+        cohere_models,
+        read_pages,
+        token_after,
+    )
+
+    pages = {"/v1/models?page_size=1000": {"models": [{"name": "a"}], "next_page_token": "t/1"},
+             "/v1/models?page_size=1000&page_token=t%2F1": {"models": [{"name": "b"}], "next_page_token": ""}}
+    asked: list[str] = []
+
+    async def get(url: str) -> dict[str, Any]:
+        asked.append(url)
+        return pages[url]
+
+    found = asyncio.run(read_pages(get, "/v1/models?page_size=1000", cohere_models,
+                                   token_after("next_page_token", "page_token")))
+    assert [m.id for m in found] == ["a", "b"] and asked == list(pages)
+    assert anthropic_after({"has_more": True, "last_id": "m 1"}) == "&after_id=m%201"
+    assert anthropic_after({"has_more": False, "last_id": "m"}) is None
+
+    async def endless(url: str) -> dict[str, Any]:  # a listing that always says there is more
+        return {"models": [{"name": f"m{i}"} for i in range(1000)], "next_page_token": "again"}
+
+    many = asyncio.run(read_pages(endless, "/", cohere_models, token_after("next_page_token", "page_token")))
+    assert len(many) == MAX_MODELS

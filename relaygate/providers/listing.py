@@ -8,8 +8,10 @@ for models the bundled catalog does not know.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 MAX_PAGES = 20  # a paged listing is read at most this many pages deep (1,000 models a page where asked)
 MAX_MODELS = 5000
@@ -28,6 +30,36 @@ class ListedModel:
     supports_json_schema: bool | None = None
     supports_reasoning: bool | None = None
     supports_audio_input: bool | None = None
+
+
+async def read_pages(get: Callable[[str], Awaitable[dict[str, Any]]], url: str,
+                     read: Callable[[dict[str, Any]], list[ListedModel]],
+                     after: Callable[[dict[str, Any]], str | None]) -> list[ListedModel]:
+    """A paged listing, page after page: ``get`` fetches one, ``read`` reads its models, ``after(page)`` is the
+    query (added to ``url``) that asks for the next, None on the last. At most MAX_PAGES pages, MAX_MODELS."""
+    found: list[ListedModel] = []
+    page = await get(url)
+    for _ in range(MAX_PAGES):
+        found += read(page)
+        more = after(page)
+        if more is None or len(found) >= MAX_MODELS:
+            break
+        page = await get(url + more)
+    return found
+
+
+def token_after(field: str, param: str) -> Callable[[dict[str, Any]], str | None]:
+    """``after`` for a listing whose page names the next one by a token (``field``), asked for as ``param``."""
+    def after(page: dict[str, Any]) -> str | None:
+        token = page.get(field)
+        return f"&{param}={quote(token, safe='')}" if isinstance(token, str) and token else None
+    return after
+
+
+def anthropic_after(page: dict[str, Any]) -> str | None:
+    """``after`` for Anthropic's listing: the page after the last id, while ``has_more``."""
+    last = page.get("last_id")
+    return f"&after_id={quote(last, safe='')}" if page.get("has_more") is True and isinstance(last, str) else None
 
 
 def _int(value: Any) -> int | None:

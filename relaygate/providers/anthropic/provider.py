@@ -15,7 +15,6 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
-from urllib.parse import quote
 
 import orjson
 
@@ -39,7 +38,7 @@ from relaygate.providers.anthropic.wire import (
 )
 from relaygate.providers.base import Provider, error_json, retry_after_seconds
 from relaygate.providers.delivered import HOLD_EVENTS, anthropic_deltas
-from relaygate.providers.listing import MAX_MODELS, MAX_PAGES, ListedModel, anthropic_models
+from relaygate.providers.listing import ListedModel, anthropic_after, anthropic_models, read_pages
 from relaygate.providers.openai_format import (
     ADJUSTED_HEADER,
     DROPPED_HEADER,
@@ -170,16 +169,8 @@ class AnthropicProvider(Provider):
         base = self.config.api_base or DEFAULT_BASE
         url = base + ("/models" if base.endswith("/v1") else "/v1/models") + f"?limit={LIST_PAGE}"
         headers = {k: v for k, v in (await self.auth_headers()).items() if k != "content-type"}
-        found: list[ListedModel] = []
-        page = await self.get_json(deadline, url, headers, self.upstream_error)
-        for _ in range(MAX_PAGES):
-            found += anthropic_models(page)
-            last = page.get("last_id")
-            if page.get("has_more") is not True or not isinstance(last, str) or len(found) >= MAX_MODELS:
-                break
-            page = await self.get_json(deadline, f"{url}&after_id={quote(last, safe='')}", headers,
-                                       self.upstream_error)
-        return found
+        return await read_pages(lambda u: self.get_json(deadline, u, headers, self.upstream_error), url,
+                                anthropic_models, anthropic_after)
 
     async def count_tokens(self, call: Call) -> Reply:
         """Anthropic's free token count for the translated request (no output, so no cost)."""

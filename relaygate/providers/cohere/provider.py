@@ -13,7 +13,6 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, ClassVar
-from urllib.parse import quote
 
 import orjson
 
@@ -35,7 +34,7 @@ from relaygate.providers.batching import embed_in_batches, needs_batches
 from relaygate.providers.cohere.answer import chat_completion, finish_reason, relay, usage_of
 from relaygate.providers.cohere.request import chat_request, embedding_inputs
 from relaygate.providers.delivered import HOLD_EVENTS, cohere_events
-from relaygate.providers.listing import MAX_MODELS, MAX_PAGES, ListedModel, cohere_models
+from relaygate.providers.listing import ListedModel, cohere_models, read_pages, token_after
 from relaygate.providers.native_answers import cohere_answer
 from relaygate.providers.openai_format import DROPPED_HEADER, ChunkWriter, embeddings_response
 from relaygate.providers.streaming import UpstreamBody, closing, peek, sse_events, sse_frame
@@ -81,17 +80,9 @@ class CohereProvider(Provider):
 
     async def list_models(self, deadline: float) -> list[ListedModel]:
         """``GET /v1/models``, page by page (``page_token``)."""
-        url = f"{self.base}/v1/models?page_size=1000"
-        found: list[ListedModel] = []
-        page = await self.get_json(deadline, url, self._headers, self.upstream_error)
-        for _ in range(MAX_PAGES):
-            found += cohere_models(page)
-            token = page.get("next_page_token")
-            if not isinstance(token, str) or not token or len(found) >= MAX_MODELS:
-                break
-            page = await self.get_json(deadline, f"{url}&page_token={quote(token, safe='')}", self._headers,
-                                       self.upstream_error)
-        return found
+        return await read_pages(lambda url: self.get_json(deadline, url, self._headers, self.upstream_error),
+                                f"{self.base}/v1/models?page_size=1000", cohere_models,
+                                token_after("next_page_token", "page_token"))
 
     # -- chat -----------------------------------------------------------------------------------------
 

@@ -44,7 +44,7 @@ from relaygate.providers.gemini.format import (
     to_request,
     usage_of,
 )
-from relaygate.providers.listing import MAX_MODELS, MAX_PAGES, ListedModel, gemini_models
+from relaygate.providers.listing import ListedModel, gemini_models, read_pages, token_after
 from relaygate.providers.native_answers import gemini_answer
 from relaygate.providers.openai_format import ChunkWriter, completion_id, embeddings_response
 from relaygate.providers.streaming import SSE_DONE, UpstreamBody, closing, peek, sse_events, sse_frame
@@ -125,17 +125,10 @@ class GeminiProvider(Provider):
 
     async def list_models(self, deadline: float) -> list[ListedModel]:
         """``models.list`` (``GET {version}/models``), page by page (``pageToken``)."""
-        url = f"{self.prefix}/models?pageSize=1000"
-        found: list[ListedModel] = []
-        page = await self.get_json(deadline, url, await self.headers(), self.upstream_error)
-        for _ in range(MAX_PAGES):
-            found += gemini_models(page)
-            token = page.get("nextPageToken")
-            if not isinstance(token, str) or not token or len(found) >= MAX_MODELS:
-                break
-            page = await self.get_json(deadline, f"{url}&pageToken={quote(token, safe='')}", await self.headers(),
-                                       self.upstream_error)
-        return found
+        headers = await self.headers()
+        return await read_pages(lambda url: self.get_json(deadline, url, headers, self.upstream_error),
+                                f"{self.prefix}/models?pageSize=1000", gemini_models,
+                                token_after("nextPageToken", "pageToken"))
 
     # -- chat --------------------------------------------------------------------------------------
 

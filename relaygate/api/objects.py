@@ -37,6 +37,14 @@ def missing(what: str, oid: str, param: str | None = None) -> NotFound:
     return NotFound(f"No {what} found with id '{oid}'.", param=param)
 
 
+async def delete_owned(gw: Gateway, kind: str, oid: str, who: str, shown: str | None = None) -> dict[str, Any]:
+    """Delete ``who``'s stored ``kind`` ``oid`` (a 404 when there is none); OpenAI's answer, whose ``object`` is
+    ``shown`` (default ``<kind>.deleted``)."""
+    if not await gw.objects.delete(kind, oid, who):
+        raise missing(kind, oid)
+    return {"id": oid, "object": shown or f"{kind}.deleted", "deleted": True}
+
+
 def page_query(req: Request, default_order: str = "desc") -> tuple[int, str, str | None, str | None]:
     """``limit`` (1-100, default 20), ``order``, ``after``, ``before`` of a list request."""
     q = Query(req.query)

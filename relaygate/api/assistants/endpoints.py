@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from relaygate.api.assistants import runs, shapes
 from relaygate.api.assistants.forward import OWNED, forward_assistants
 from relaygate.api.common import object_body
-from relaygate.api.objects import metadata, missing, page_of, page_query, path_ids, set_metadata
+from relaygate.api.objects import delete_owned, metadata, missing, page_of, page_query, path_ids, set_metadata
 from relaygate.auth.authenticator import caller
 from relaygate.core.errors import BadRequest, MethodNotAllowed, NotFound
 from relaygate.server.http import Request, Response, StreamResponse, json_response
@@ -88,9 +88,7 @@ async def one_assistant(gw: Gateway, req: Request) -> Response:
         raise NotFound(f"Unknown route {req.method} {req.path}", code="unknown_route")
     aid = parts[0]
     if req.method == "DELETE":
-        if not await gw.objects.delete("assistant", aid, who):
-            raise missing("assistant", aid)
-        return json_response({"id": aid, "object": "assistant.deleted", "deleted": True})
+        return json_response(await delete_owned(gw, "assistant", aid, who))
     obj = await runs.get_assistant(gw, who, aid)
     if req.method == "POST":
         _assistant_fields(await _body(req), obj.data)
@@ -155,9 +153,7 @@ async def one_thread(gw: Gateway, req: Request) -> Response | StreamResponse:
     tid, method = parts[0], req.method
     if len(parts) == 1:
         if method == "DELETE":
-            if not await gw.objects.delete("thread", tid, who):
-                raise missing("thread", tid)
-            return json_response({"id": tid, "object": "thread.deleted", "deleted": True})
+            return json_response(await delete_owned(gw, "thread", tid, who))
         thread = await _thread(gw, who, tid)
         if method == "POST":
             return json_response(await set_metadata(gw, thread, await _body(req)))

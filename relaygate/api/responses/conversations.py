@@ -8,7 +8,16 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from relaygate.api.common import object_body
-from relaygate.api.objects import list_page, metadata, missing, owner, page_of, page_query, path_ids
+from relaygate.api.objects import (
+    delete_owned,
+    list_page,
+    metadata,
+    missing,
+    owner,
+    page_of,
+    page_query,
+    path_ids,
+)
 from relaygate.api.responses.translate import input_items
 from relaygate.core.errors import BadRequest, MethodNotAllowed, NotFound
 from relaygate.server.http import Request, Response, json_response
@@ -89,9 +98,7 @@ async def one(gw: Gateway, req: Request) -> Response:
     cid, method = parts[0], req.method
     if len(parts) == 1:
         if method == "DELETE":
-            if not await gw.objects.delete("conversation", cid, who):
-                raise missing("conversation", cid)
-            return json_response({"id": cid, "object": "conversation.deleted", "deleted": True})
+            return json_response(await delete_owned(gw, "conversation", cid, who))
         conv = await _conversation(gw, who, cid)
         if method == "POST":
             meta = metadata(object_body(await req.json(MAX_BODY)))

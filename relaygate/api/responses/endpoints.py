@@ -19,7 +19,7 @@ import orjson
 from relaygate.api.chat import chat_call
 from relaygate.api.chunks import chat_completion, once, translate_stream, whole_as_chunk
 from relaygate.api.common import bill_delivered, object_body, pop_provider, reply_headers
-from relaygate.api.objects import missing, owner, page_query, path_ids, slice_page
+from relaygate.api.objects import delete_owned, missing, owner, page_query, path_ids, slice_page
 from relaygate.api.responses.conversations import conversation_context, conversation_id, keep_turn
 from relaygate.api.responses.native import UPSTREAM, NativeAnswer, chain_of, native_request, serves_natively
 from relaygate.api.responses.translate import (
@@ -216,9 +216,7 @@ async def one(gw: Gateway, req: Request) -> Response:
     if tail == "" and req.method == "GET":
         return json_response((await _stored(gw, who, rid)).data)
     if tail == "" and req.method == "DELETE":
-        if not await gw.objects.delete("response", rid, who):
-            raise missing("response", rid)
-        return json_response({"id": rid, "object": "response", "deleted": True})
+        return json_response(await delete_owned(gw, "response", rid, who, shown="response"))
     if tail == "input_items" and req.method == "GET":
         limit, order, after, before = page_query(req)
         items = ((await _stored(gw, who, rid)).extra or {}).get("input") or []

@@ -7,10 +7,9 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from relaygate.api.common import check, object_body, pop_provider, require, respond, respond_stream
+from relaygate.api.common import body_call, check, require, respond, respond_stream
 from relaygate.api.query import Query
 from relaygate.auth.authenticator import caller
-from relaygate.core import shapes
 from relaygate.core.call import Call, Route
 from relaygate.core.errors import BadRequest, ModelNotFound
 from relaygate.core.shapes.openai import SpeechRequest
@@ -114,14 +113,7 @@ def validate_speech(body: dict[str, Any]) -> None:
 
 
 async def speech(gw: Gateway, req: Request) -> Response | StreamResponse:
-    key = await caller(gw.auth, req.headers)
-    body = object_body(await req.json(gw.config.server.max_body_bytes))
-    provider = pop_provider(body)
-    validate_speech(body)
-    shapes.check(body, SpeechRequest)
-    call = Call(id=req.id, route=Route.SPEECH, model=body["model"], body=body, stream=True, headers=req.headers,
-                client_ip=req.client_ip, provider=provider, key=key,
-                deadline=time.monotonic() + gw.config.server.request_timeout)
+    call = await body_call(gw, req, Route.SPEECH, validate_speech, SpeechRequest, stream=True)
     return respond_stream(call, await gw.handle(call))
 
 

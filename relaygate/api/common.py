@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from relaygate.core.call import Call, Reply, Usage, delivered_of
+from relaygate.auth.authenticator import caller
+from relaygate.core import shapes
+from relaygate.core.call import Call, Reply, Route, Usage, delivered_of
 from relaygate.core.errors import BadRequest, GatewayError
 from relaygate.core.pricing import call_choices, call_output_cap, call_prompt_tokens
 from relaygate.providers.streaming import stream_error_event
@@ -62,6 +66,20 @@ def pop_provider(body: dict[str, Any]) -> str | None:
     if provider is not None and (not isinstance(provider, str) or not provider):
         raise BadRequest("'provider' must be a non-empty string", param="provider", code="invalid_type")
     return provider
+
+
+async def body_call(gw: Gateway, req: Request, route: Route, validate: Callable[[dict[str, Any]], None],
+                    shape: type, stream: bool = False) -> Call:
+    """The call of a JSON request naming its ``model`` (embeddings, speech): the caller authenticated before the
+    body is read, the gateway's ``provider`` field taken out, the body validated and checked as ``shape``."""
+    key = await caller(gw.auth, req.headers)
+    body = object_body(await req.json(gw.config.server.max_body_bytes))
+    provider = pop_provider(body)
+    validate(body)
+    shapes.check(body, shape)  # the types of what translators read too (cheap: these bodies are small)
+    return Call(id=req.id, route=route, model=body["model"], body=body, stream=stream, headers=req.headers,
+                client_ip=req.client_ip, provider=provider, key=key,
+                deadline=time.monotonic() + gw.config.server.request_timeout)
 
 
 def bill_delivered(call: Call, reply: Reply) -> None:

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any
 
-from relaygate.api.common import check, check_int, object_body, pop_provider, require, respond
-from relaygate.auth.authenticator import caller
-from relaygate.core import shapes
-from relaygate.core.call import Call, Route
+from relaygate.api.common import body_call, check, check_int, require, respond
+from relaygate.core.call import Route
 from relaygate.core.errors import BadRequest
 from relaygate.core.shapes.openai import EmbeddingRequest
 from relaygate.server.http import Request, Response, StreamResponse
@@ -71,14 +68,7 @@ def validate_embeddings(body: dict[str, Any]) -> None:
 
 
 async def embeddings(gw: Gateway, req: Request) -> Response | StreamResponse:
-    key = await caller(gw.auth, req.headers)
-    body = object_body(await req.json(gw.config.server.max_body_bytes))
-    provider = pop_provider(body)
-    validate_embeddings(body)
-    shapes.check(body, EmbeddingRequest)  # the types of what translators read too (cheap: embeddings are small)
-    call = Call(id=req.id, route=Route.EMBEDDINGS, model=body["model"], body=body, headers=req.headers,
-                client_ip=req.client_ip, provider=provider, key=key,
-                deadline=time.monotonic() + gw.config.server.request_timeout)
+    call = await body_call(gw, req, Route.EMBEDDINGS, validate_embeddings, EmbeddingRequest)
     return respond(call, await gw.handle(call))
 
 

@@ -153,6 +153,19 @@ class Usage:
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
+    @property
+    def uncached_prompt_tokens(self) -> int:
+        """The prompt tokens neither read from nor written to a cache: Anthropic's and Converse's input count."""
+        return max(0, self.prompt_tokens - self.cached_tokens - self.cache_write_tokens)
+
+    @classmethod
+    def cache_apart(cls, uncached: Any, output: Any, read: Any, write: Any) -> Usage:
+        """A native usage whose input count leaves cache reads and writes apart (Anthropic's, Converse's), each
+        count read by ``token_count``: our prompt_tokens includes them, as OpenAI's does."""
+        r, w = token_count(read), token_count(write)
+        return cls(prompt_tokens=token_count(uncached) + r + w, completion_tokens=token_count(output), cached_tokens=r,
+                   cache_write_tokens=w)
+
     def as_openai(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "prompt_tokens": self.prompt_tokens,

@@ -284,7 +284,7 @@ def anthropic_id(prefix: str) -> str:
 def usage_block(usage: Usage | None, fallback: Any = None) -> dict[str, int]:
     """Anthropic's usage: input_tokens excludes cache reads and writes (OpenAI's prompt_tokens includes them)."""
     u = usage if usage is not None else (Usage.from_openai(fallback) or Usage())
-    return {"input_tokens": max(0, u.prompt_tokens - u.cached_tokens - u.cache_write_tokens),
+    return {"input_tokens": u.uncached_prompt_tokens,
             "cache_creation_input_tokens": u.cache_write_tokens, "cache_read_input_tokens": u.cached_tokens,
             "output_tokens": u.completion_tokens}
 

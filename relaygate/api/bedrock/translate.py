@@ -238,7 +238,7 @@ def _response_format(cfg: dict[str, Any]) -> dict[str, Any]:
 def usage_block(usage: Usage | None) -> dict[str, int]:
     """Converse's usage: inputTokens excludes cache reads and writes (OpenAI's prompt_tokens includes them)."""
     u = usage or Usage()
-    out = {"inputTokens": max(0, u.prompt_tokens - u.cached_tokens - u.cache_write_tokens),
+    out = {"inputTokens": u.uncached_prompt_tokens,
            "outputTokens": u.completion_tokens, "totalTokens": u.total_tokens}
     if u.cached_tokens:
         out["cacheReadInputTokens"] = u.cached_tokens

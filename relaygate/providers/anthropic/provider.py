@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import orjson
 
 from relaygate.config import AnthropicFields
-from relaygate.core.call import Call, Reply, Route, Usage, delivered_of, token_count
+from relaygate.core.call import Call, Reply, Route, Usage, delivered_of
 from relaygate.core.errors import (
     ContextTooLong,
     GatewayError,
@@ -62,10 +62,8 @@ def usage_of(u: Any) -> Usage | None:
     """An Anthropic usage object as ours: prompt tokens include cache reads and writes (as OpenAI's do)."""
     if not isinstance(u, dict):
         return None
-    read = token_count(u.get("cache_read_input_tokens"))
-    write = token_count(u.get("cache_creation_input_tokens"))
-    return Usage(prompt_tokens=token_count(u.get("input_tokens")) + read + write,
-                 completion_tokens=token_count(u.get("output_tokens")), cached_tokens=read, cache_write_tokens=write)
+    return Usage.cache_apart(u.get("input_tokens"), u.get("output_tokens"), u.get("cache_read_input_tokens"),
+                             u.get("cache_creation_input_tokens"))
 
 
 def to_completion(data: dict[str, Any], usage: Usage | None) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from relaygate.core.call import Usage, token_count
+from relaygate.core.call import Usage
 from relaygate.core.errors import BadRequest, ContextTooLong, Unavailable, Unsupported
 from relaygate.providers.openai_format import (
     ChunkWriter,
@@ -236,10 +236,8 @@ def usage_of(u: Any) -> Usage | None:
     """Converse usage; ``inputTokens`` excludes cache reads and writes, OpenAI's prompt_tokens includes them."""
     if not isinstance(u, dict):
         return None
-    read = token_count(u.get("cacheReadInputTokens"))
-    write = token_count(u.get("cacheWriteInputTokens"))
-    return Usage(prompt_tokens=token_count(u.get("inputTokens")) + read + write,
-                 completion_tokens=token_count(u.get("outputTokens")), cached_tokens=read, cache_write_tokens=write)
+    return Usage.cache_apart(u.get("inputTokens"), u.get("outputTokens"), u.get("cacheReadInputTokens"),
+                             u.get("cacheWriteInputTokens"))
 
 
 def from_converse(data: dict[str, Any], model: str) -> tuple[dict[str, Any], Usage | None]:

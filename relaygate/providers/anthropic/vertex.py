@@ -6,7 +6,6 @@ as the key. Everything else (translation, streams, errors, native /v1/messages) 
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import quote
 
 from relaygate.config import VertexAnthropicDeployment
 from relaygate.providers.anthropic.provider import AnthropicProvider
@@ -24,13 +23,7 @@ class VertexAnthropicProvider(GoogleAuth, AnthropicProvider):
     default_version = VERTEX_VERSION
 
     def messages_url(self) -> str:
-        project, location = self.config.project, self.config.location or "global"
-        if not project:
-            raise ValueError("vertex_anthropic deployments need project (and location, default global)")
-        host = "aiplatform.googleapis.com" if location == "global" else f"{location}-aiplatform.googleapis.com"
-        base = self.config.api_base or f"https://{host}"
-        return (f"{base}/v1/projects/{quote(project, safe='')}/locations/{quote(location, safe='')}"
-                "/publishers/anthropic/models")
+        return self.publisher_url("anthropic", "global", "v1") + "/models"
 
     def static_headers(self) -> dict[str, str]:
         return {**self.config.headers, "content-type": "application/json", **self.google_auth(self.kind)}

@@ -11,6 +11,7 @@ import datetime
 import json
 import time
 from typing import Any
+from urllib.parse import quote
 
 from relaygate.config import VertexAnthropicDeployment, VertexDeployment
 from relaygate.core.errors import AuthError, UpstreamTimeout
@@ -80,6 +81,18 @@ class GoogleAuth:
     config: VertexDeployment | VertexAnthropicDeployment
     scrub: Scrubber
     _tokens: TokenSource | None = None
+
+    def publisher_url(self, publisher: str, default_location: str, version: str) -> str:
+        """Where a Vertex AI publisher's models are: ``…/{version}/projects/{project}/locations/{location}/
+        publishers/{publisher}`` on the location's host (the global one for ``global``) or ``api_base``."""
+        project, location = self.config.project, self.config.location or default_location
+        if not project:
+            raise ValueError(f"{self.config.provider} deployments need project (and location, default "
+                             f"{default_location})")
+        host = "aiplatform.googleapis.com" if location == "global" else f"{location}-aiplatform.googleapis.com"
+        base = self.config.api_base or f"https://{host}"
+        return (f"{base}/{version}/projects/{quote(project, safe='')}/locations/{quote(location, safe='')}"
+                f"/publishers/{publisher}")
 
     def google_auth(self, kind: str) -> dict[str, str]:
         """The static auth header; ``{}`` when tokens come from ``credentials_file`` (see ``with_token``)."""

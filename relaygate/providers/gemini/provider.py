@@ -12,7 +12,7 @@ import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -423,14 +423,7 @@ class VertexProvider(GoogleAuth, GeminiProvider):
     config: VertexDeployment
 
     def model_prefix(self) -> str:
-        project, location = self.config.project, self.config.location or "us-central1"
-        if not project:
-            raise ValueError("vertex deployments need project (and location, default us-central1)")
-        host = "aiplatform.googleapis.com" if location == "global" else f"{location}-aiplatform.googleapis.com"
-        base = self.config.api_base or f"https://{host}"
-        version = self.config.api_version or "v1"
-        return (f"{base}/{version}/projects/{quote(project, safe='')}/locations/{quote(location, safe='')}"
-                "/publishers/google")
+        return self.publisher_url("google", "us-central1", self.config.api_version or "v1")
 
     def auth(self) -> dict[str, str]:
         return self.google_auth("vertex")

@@ -271,6 +271,17 @@ def text_of(content: Any) -> str:
     return ""
 
 
+def stop_sequences(body: dict[str, Any]) -> list[str] | None:
+    """OpenAI's ``stop`` (a string or an array of strings) as a list; None when absent or empty."""
+    stop = body.get("stop")
+    if not stop:
+        return None
+    seqs = [stop] if isinstance(stop, str) else stop
+    if not isinstance(seqs, list) or not all(isinstance(s, str) for s in seqs):
+        raise BadRequest("'stop' must be a string or an array of strings", param="stop")
+    return seqs
+
+
 def tool_arguments(raw: Any, param: str) -> dict[str, Any]:
     """A tool call's ``arguments`` JSON string as an object (providers that want objects)."""
     if isinstance(raw, dict):

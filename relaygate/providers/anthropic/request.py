@@ -8,7 +8,7 @@ from typing import Any
 
 from relaygate.core.errors import BadRequest, Unsupported
 from relaygate.providers.anthropic.wire import thinking_forms
-from relaygate.providers.openai_format import text_of, tool_arguments
+from relaygate.providers.openai_format import stop_sequences, text_of, tool_arguments
 
 IMAGE_TYPES = frozenset(("image/jpeg", "image/png", "image/gif", "image/webp"))
 SAMPLING = ("temperature", "top_p", "top_k")
@@ -61,11 +61,8 @@ def to_messages_request(body: dict[str, Any], model: str, *, default_max_tokens:
             value = 1.0  # OpenAI's range is 0..2, Anthropic's 0..1
             t.adjusted.append("temperature")
         out[name] = value
-    stop = body.get("stop")
-    if stop:
-        seqs = [stop] if isinstance(stop, str) else stop
-        if not isinstance(seqs, list) or not all(isinstance(s, str) for s in seqs):
-            raise BadRequest("'stop' must be a string or an array of strings", param="stop")
+    seqs = stop_sequences(body)
+    if seqs:
         out["stop_sequences"] = seqs
     tools = body.get("tools")
     if tools:

@@ -16,6 +16,7 @@ from relaygate.providers.openai_format import (
     completion,
     completion_id,
     content_parts,
+    stop_sequences,
     tool_arguments,
 )
 
@@ -182,11 +183,8 @@ def _inference_config(body: dict[str, Any]) -> dict[str, Any]:
         cfg["temperature"] = body["temperature"]
     if body.get("top_p") is not None:
         cfg["topP"] = body["top_p"]
-    stop = body.get("stop")
-    if stop:
-        stops = [stop] if isinstance(stop, str) else stop
-        if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
-            raise BadRequest("'stop' must be a string or an array of strings", param="stop")
+    stops = stop_sequences(body)
+    if stops:
         cfg["stopSequences"] = stops
     return cfg
 

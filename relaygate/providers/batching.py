@@ -23,7 +23,10 @@ def needs_batches(body: dict[str, Any], size: int) -> bool:
 
 
 async def embed_in_batches(call: Call, size: int, one: Callable[[Call], Awaitable[Reply]]) -> Reply:
-    """Serve ``call`` with one upstream call per ``size`` inputs; indexes and usage are merged."""
+    """Serve ``call`` with one upstream call per ``size`` inputs, indexes and usage merged; a call that fits
+    in one is served by ``one`` as it is."""
+    if not needs_batches(call.body, size):
+        return await one(call)
     inputs: list[Any] = call.body["input"]
     parts = [dataclasses.replace(call, body={**call.body, "input": inputs[i:i + size]})
              for i in range(0, len(inputs), size)]

@@ -26,7 +26,7 @@ from relaygate.providers.aws.eventstream import (
     EventStreamError,
 )
 from relaygate.providers.base import model_segment
-from relaygate.providers.batching import embed_in_batches, needs_batches
+from relaygate.providers.batching import embed_in_batches
 from relaygate.providers.delivered import HOLD_EVENTS, bedrock_deltas
 from relaygate.providers.listing import ListedModel, bedrock_models
 from relaygate.providers.native_answers import converse_answer
@@ -212,9 +212,7 @@ class BedrockProvider(AwsProvider):
         if not isinstance(texts, str) and not (isinstance(texts, list) and all(isinstance(t, str) for t in texts)):
             raise BadRequest("Bedrock embeds text: 'input' must be a string or an array of strings (token arrays "
                              "are not supported)", param="input")
-        if needs_batches(call.body, 1):
-            return await embed_in_batches(call, 1, self._embed_one)
-        return await self._embed_one(call)
+        return await embed_in_batches(call, 1, self._embed_one)
 
     async def _embed_one(self, call: Call) -> Reply:
         assert call.deployment is not None

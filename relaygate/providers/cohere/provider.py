@@ -30,7 +30,7 @@ from relaygate.core.errors import (
     says_context_too_long,
 )
 from relaygate.providers.base import Provider, error_json, model_segment, retry_after_seconds
-from relaygate.providers.batching import embed_in_batches, needs_batches
+from relaygate.providers.batching import embed_in_batches
 from relaygate.providers.cohere.answer import chat_completion, finish_reason, relay, usage_of
 from relaygate.providers.cohere.request import chat_request, embedding_inputs
 from relaygate.providers.delivered import HOLD_EVENTS, cohere_events
@@ -171,9 +171,7 @@ class CohereProvider(Provider):
 
     async def embeddings(self, call: Call) -> Reply:
         size = min(self.config.embedding_batch_size or MAX_TEXTS, MAX_TEXTS)
-        if needs_batches(call.body, size):
-            return await embed_in_batches(call, size, self._embed)
-        return await self._embed(call)
+        return await embed_in_batches(call, size, self._embed)
 
     async def _embed(self, call: Call) -> Reply:
         """One ``/v2/embed`` call for all of the call's inputs."""

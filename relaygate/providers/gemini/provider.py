@@ -30,7 +30,7 @@ from relaygate.core.errors import (
     says_context_too_long,
 )
 from relaygate.providers.base import Provider, error_json, model_segment, retry_after_seconds
-from relaygate.providers.batching import embed_in_batches, needs_batches
+from relaygate.providers.batching import embed_in_batches
 from relaygate.providers.delivered import HOLD_EVENTS, gemini_events, gemini_parts, thought_chars
 from relaygate.providers.gemini.auth import GoogleAuth
 from relaygate.providers.gemini.format import (
@@ -314,9 +314,7 @@ class GeminiProvider(Provider):
 
     async def embeddings(self, call: Call) -> Reply:
         size = self.config.embedding_batch_size or BATCH_LIMIT
-        if needs_batches(call.body, size):
-            return await embed_in_batches(call, size, self._embed_batch)
-        return await self._embed_batch(call)
+        return await embed_in_batches(call, size, self._embed_batch)
 
     async def _embed_batch(self, call: Call) -> Reply:
         """One ``batchEmbedContents`` request for all of the call's inputs."""

@@ -29,7 +29,7 @@ from relaygate.providers.base import (
     retry_after_seconds,
     unreadable,
 )
-from relaygate.providers.batching import embed_in_batches, needs_batches
+from relaygate.providers.batching import embed_in_batches
 from relaygate.providers.delivered import HOLD_BYTES, openai_chunks
 from relaygate.providers.listing import ListedModel, ollama_tags, openai_models
 from relaygate.providers.openai.responses import native_body
@@ -192,9 +192,7 @@ class OpenAIProvider(Provider):
 
     async def embeddings(self, call: Call) -> Reply:
         size = self.config.embedding_batch_size or OPENAI_MAX_EMBEDDING_INPUTS
-        if needs_batches(call.body, size):
-            return await embed_in_batches(call, size, lambda sub: self.forward_json(sub, "/embeddings"))
-        return await self.forward_json(call, "/embeddings")
+        return await embed_in_batches(call, size, lambda sub: self.forward_json(sub, "/embeddings"))
 
     async def speech(self, call: Call) -> Reply:
         """Text to speech: audio bytes (or ``stream_format: sse`` events) forwarded as they arrive.

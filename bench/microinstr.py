@@ -82,14 +82,15 @@ CASES["trace-export"] = (
 # with the overview's covering index (migration 6) against the index on ts alone it replaced; rows in time order
 _LOG_CHUNK = """
 import itertools, os, tempfile, time
-from relaygate.store import tables
-from relaygate.store.db import BulkInsert, Database
+from relaygate.store.schema import request_log
+from relaygate.store.bulk import BulkInsert
+from relaygate.store.db import Database
 db = Database("sqlite:///" + os.path.join(tempfile.mkdtemp(), "log.db"))
 db.migrate()
 with db.engine.begin() as conn:
     for ddl in {schema!r}:
         conn.exec_driver_sql(ddl)
-insert = BulkInsert(tables.request_log)
+insert = BulkInsert(request_log)
 base = dict(request_id="req_0", day="2026-12-06", key_id="key_1", team_id=None, user_id=None, model="gpt-4o-mini",
             deployment="gpt-4o-mini/openai/0", provider="openai", route="chat", stream=False, status=200, error=None,
             error_message=None, latency_ms=812.5, ttft_ms=None, prompt_tokens=120, completion_tokens=80,

@@ -13,7 +13,7 @@ import pytest
 import redis as redis_lib
 
 from relaygate.auth.authenticator import Authenticator
-from relaygate.auth.keys import Limits, Principal, Scope, hash_secret
+from relaygate.auth.principal import Limits, Principal, Scope, hash_secret
 from relaygate.core.errors import GatewayError
 from relaygate.limits.memory import MemoryLimiter
 from relaygate.limits.redis import RedisLimiter

@@ -1,5 +1,7 @@
 """What a gateway imports is what its config uses: the zero-config gateway (the ``demo`` model, the request log
-in SQLite) serves without the emulators of relaygate/testing and without the parts other configs need."""
+in SQLite) serves without the emulators of relaygate/testing and without the parts other configs need: no
+SQLAlchemy either (its SQLite file is migrated and written through plain sqlite3; keys, the admin API, stored
+objects and PostgreSQL load it on first use)."""
 
 from __future__ import annotations
 
@@ -15,9 +17,9 @@ from pathlib import Path
 from relaygate.testing.base import free_port
 
 REPO = Path(__file__).resolve().parents[1]
-# the emulators, and what only other configs use: a YAML file, PostgreSQL, uploads, websockets
-NEVER_FOR_THE_DEFAULT = ("relaygate.testing", "yaml", "sqlalchemy.dialects.postgresql", "python_multipart",
-                         "websockets")
+# the emulators, and what only other configs use: a YAML file, SQLAlchemy (keys, admin, stored objects,
+# PostgreSQL), uploads, websockets
+NEVER_FOR_THE_DEFAULT = ("relaygate.testing", "yaml", "sqlalchemy", "python_multipart", "websockets")
 
 
 def modules_of_a_serving_gateway(tmp_path: Path) -> set[str]:

@@ -182,7 +182,7 @@ def test_revocation_reaches_other_instances_within_the_cache_ttl(
 def test_master_and_key_checks_use_constant_time_compare(monkeypatch: pytest.MonkeyPatch) -> None:
     import asyncio
 
-    from relaygate.auth.keys import Principal, hash_secret
+    from relaygate.auth.principal import Principal, hash_secret
 
     compared: list[tuple[str, str]] = []
     real = hmac.compare_digest

@@ -316,7 +316,7 @@ def test_limits_count_in_process_at_once_when_redis_is_unreachable(
 def test_redis_limits_survive_redis_forgetting_the_script() -> None:
     """The acquire command is sent pre-encoded by EVALSHA; after SCRIPT FLUSH (a Redis restart) the limiter
     loads the script again and keeps counting in the same keys."""
-    from relaygate.auth.keys import Limits, Scope
+    from relaygate.auth.principal import Limits, Scope
     from relaygate.limits.redis import RedisLimiter
     from relaygate.state.resp import RespClient
 

@@ -276,7 +276,7 @@ def test_a_row_holds_each_value_under_its_column() -> None:
     """The audit layer builds rows as tuples in the table's column order: every value lands in its column."""
     from types import SimpleNamespace
 
-    from relaygate.auth.keys import Principal
+    from relaygate.auth.principal import Principal
     from relaygate.config import RequestLogConfig
     from relaygate.core.call import Call, Condensed, Reply, Route, Usage
     from relaygate.requestlog.audit import COLUMNS, AuditLayer

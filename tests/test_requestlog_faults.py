@@ -17,8 +17,9 @@ from sqlalchemy import text
 from relaygate.requestlog.redact import MASK
 from relaygate.requestlog.spool import DEAD_LETTERS, Spool
 from relaygate.requestlog.writer import RequestLogWriter, WriteTimeout, is_data_error
-from relaygate.store import tables
-from relaygate.store.db import BulkInsert, Database
+from relaygate.store import schema
+from relaygate.store.bulk import BulkInsert
+from relaygate.store.db import Database
 from relaygate.store.rows import CUT, NUL_STANDIN, RowFitter, fit_text, size
 from relaygate.testing.base import BackgroundServer, free_port
 from relaygate.testing.tcpproxy import TcpProxy
@@ -52,9 +53,9 @@ def pg_port(url: str) -> int:
 
 
 def test_a_row_is_fitted_to_the_sizes_and_ranges_of_its_table() -> None:
-    fit = RowFitter(tables.request_log)
-    names = [c.name for c in tables.request_log.c]
-    bulk = BulkInsert(tables.request_log)
+    fit = RowFitter(schema.request_log)
+    names = schema.request_log.names
+    bulk = BulkInsert(schema.request_log)
     fitted = dict(zip(names, fit.row(bulk.values(row(1, model="m\0" * 150, deployment="d" * 301,
                                                      prompt_tokens=2**40, cost_nano=-2**64))), strict=True))
     assert fitted["model"] == ("m" + NUL_STANDIN) * 97 + CUT and len(fitted["model"]) == 200
@@ -85,10 +86,10 @@ def test_a_nul_an_overlong_model_and_a_lengthened_request_id_never_fail_their_ba
     by_model = {r["model"]: r for r in rows}
     assert "x" + NUL_STANDIN in by_model and "\0" not in (by_model["x" + NUL_STANDIN]["error_message"] or "")
     [cut] = [r for r in rows if r["model"].startswith("yyy")]
-    model_size = size(tables.request_log.c.model)
+    model_size = size(schema.request_log.column("model"))
     assert len(cut["model"]) == model_size and cut["model"].endswith(CUT)
     [mine] = [r for r in rows if r["request_id"].startswith("rrr")]
-    assert len(mine["request_id"]) == size(tables.request_log.c.request_id) and mine["request_id"].endswith(CUT)
+    assert len(mine["request_id"]) == size(schema.request_log.column("request_id")) and mine["request_id"].endswith(CUT)
     assert "a@b.co" not in mine["request_id"] and MASK in mine["request_id"]
     writer = gw.gateway.writer
     assert writer.dead == 0 and writer.spooled == 0 and writer.db_ok

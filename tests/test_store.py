@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from pathlib import Path
 
 import pytest
 from sqlalchemy import inspect, select, text
 
-from relaygate.store import tables
+from relaygate.store import schema, tables
 from relaygate.store.db import Database, engine_url
 from relaygate.store.migrations import STEPS
 
@@ -92,7 +93,7 @@ def test_a_version_1_database_is_upgraded_in_place(database: Database) -> None:
     from relaygate.store import migrations
 
     with database.engine.begin() as conn:  # a database as version 1 left it, request_id index included
-        migrations._v1_initial(conn)
+        migrations._v1_initial(migrations.EngineSchema(conn))
         conn.exec_driver_sql("CREATE INDEX ix_request_log_request_id ON request_log (request_id)")
         tables.schema_migrations.create(conn)
         conn.execute(tables.schema_migrations.insert().values(version=1, name="v1", applied_at=0.0))
@@ -107,10 +108,10 @@ def test_owner_indexes_become_partial_and_equality_queries_still_use_them(databa
     from relaygate.store import migrations
 
     with database.engine.begin() as conn:  # a database as version 2 left it: full owner indexes
-        migrations._v1_initial(conn)
-        for c in tables.PARTIAL_INDEXED:
-            conn.exec_driver_sql(f"DROP INDEX IF EXISTS {tables.owner_index_name(c)}")
-            conn.exec_driver_sql(f"CREATE INDEX {tables.owner_index_name(c)} ON request_log ({c}, ts)")
+        migrations._v1_initial(migrations.EngineSchema(conn))
+        for c in schema.PARTIAL_INDEXED:
+            conn.exec_driver_sql(f"DROP INDEX IF EXISTS {schema.owner_index_name(c)}")
+            conn.exec_driver_sql(f"CREATE INDEX {schema.owner_index_name(c)} ON request_log ({c}, ts)")
         tables.schema_migrations.create(conn)
         for n, name, _ in STEPS[:2]:
             conn.execute(tables.schema_migrations.insert().values(version=n, name=name, applied_at=0.0))
@@ -125,12 +126,12 @@ def test_owner_indexes_become_partial_and_equality_queries_still_use_them(databa
         else:
             defs = dict(conn.exec_driver_sql(
                 "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'request_log'").all())
-    for c in tables.PARTIAL_INDEXED:
-        assert f"{c} IS NOT NULL" in defs[tables.owner_index_name(c)], defs
+    for c in schema.PARTIAL_INDEXED:
+        assert f"{c} IS NOT NULL" in defs[schema.owner_index_name(c)], defs
 
 
 def test_bulk_insert_fills_missing_columns_with_defaults_and_skips_known_uids(database: Database) -> None:
-    from relaygate.store.db import BulkInsert
+    from relaygate.store.bulk import BulkInsert
 
     database.migrate()
     full = {"uid": "a" * 32, "request_id": "r1", "ts": 1.0, "day": "1970-01-01", "key_id": "k", "team_id": None,
@@ -141,7 +142,7 @@ def test_bulk_insert_fills_missing_columns_with_defaults_and_skips_known_uids(da
     # an older spool line: only the columns that were always there
     short = {"uid": "b" * 32, "request_id": "r2", "ts": 2.0, "day": "1970-01-01", "route": "chat", "status": 500,
              "latency_ms": 2.5}
-    bulk = BulkInsert(tables.request_log)
+    bulk = BulkInsert(schema.request_log)
     with database.engine.begin() as conn:
         bulk(conn, [full, short])
     with database.engine.begin() as conn:
@@ -156,10 +157,10 @@ def test_bulk_insert_fills_missing_columns_with_defaults_and_skips_known_uids(da
 def test_bulk_insert_rows_with_nulls_in_some_columns_of_a_chunk_read_back_exactly(database: Database) -> None:
     """SQLite leaves a column out of a chunk's INSERT when it is NULL in every row of it; columns NULL in only
     some rows are bound as they are. Chunks of 100, 25, 5 and 1 rows each get their own shape."""
-    from relaygate.store.db import BulkInsert
+    from relaygate.store.bulk import BulkInsert
 
     database.migrate()
-    names = [c.name for c in tables.request_log.c]
+    names = schema.request_log.names
     rows = []
     for i in range(131):  # 100 + 25 + 5 + 1
         row = dict.fromkeys(names)
@@ -168,7 +169,7 @@ def test_bulk_insert_rows_with_nulls_in_some_columns_of_a_chunk_read_back_exactl
                    team_id="t" if i % 7 == 0 else None, error="timeout" if i >= 125 else None)
         rows.append(tuple(row[n] for n in names))
     with database.engine.begin() as conn:
-        BulkInsert(tables.request_log)(conn, rows)
+        BulkInsert(schema.request_log)(conn, rows)
     rl = tables.request_log.c
     with database.engine.connect() as conn:
         got = conn.execute(select(rl.uid, rl.team_id, rl.error, rl.user_id, rl.cost_nano).order_by(rl.uid)).all()
@@ -187,7 +188,7 @@ def test_an_older_request_log_gains_a_column_its_rows_at_the_default(database: D
     from relaygate.store import migrations
 
     with database.engine.begin() as conn:  # a database from before the column
-        migrations._v1_initial(conn)
+        migrations._v1_initial(migrations.EngineSchema(conn))
         conn.exec_driver_sql(f"ALTER TABLE request_log DROP COLUMN {column}")
         # the other columns without a server default, as the code of that time wrote them
         others = [("usage_estimated", "false")] if column != "usage_estimated" else []
@@ -268,7 +269,7 @@ def test_an_older_database_gets_the_overview_index_with_its_filters(database: Da
     with database.engine.begin() as conn:
         tables.schema_migrations.create(conn)
         for n, name, step in [s for s in STEPS if s[0] < widened]:
-            step(conn)
+            step(migrations.EngineSchema(conn))
             conn.execute(tables.schema_migrations.insert().values(version=n, name=name, applied_at=0.0))
 
     def overview_columns() -> list[str | None]:
@@ -279,3 +280,116 @@ def test_an_older_database_gets_the_overview_index_with_its_filters(database: Da
     assert overview_columns()[-1] == "cache_hit"
     assert migrations.migrate(database.engine) == STEPS[-1][0]
     assert overview_columns()[-4:] == ["cache_hit", "model", "key_id", "team_id"]
+
+
+# ---- a SQLite file migrated through plain sqlite3 (the gateway's way) and through SQLAlchemy -----------------
+
+def _file_schema(path: str) -> tuple[set[tuple[str, str, str, str | None]], list[tuple[int, str]]]:
+    """Everything the file's schema holds (every table and index with its SQL, as sqlite_master keeps it) and
+    the versions recorded, with their names."""
+    import sqlite3
+
+    conn = sqlite3.connect(path)
+    try:
+        objects = set(conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master").fetchall())
+        versions = conn.execute("SELECT version, name FROM relaygate_migrations ORDER BY version").fetchall()
+    finally:
+        conn.close()
+    return objects, versions
+
+
+def _migrate_through_sqlalchemy(path: str) -> int:
+    from relaygate.store import migrations
+    from relaygate.store.db import create
+
+    engine = create(f"sqlite:///{path}")
+    try:
+        return migrations.migrate(engine)
+    finally:
+        engine.dispose()
+
+
+# the column each step added to the request log (step 1 makes today's table, so an older file lacked them)
+_ADDED_BY = {5: "usage_estimated", 7: "saved_nano", 8: "attempt_log", 9: "condensed"}
+
+
+def _file_at_version(path: str, version: int) -> None:
+    """A SQLite file as the gateway of schema ``version`` left it (0: an empty file)."""
+    import sqlite3
+
+    from relaygate.store import migrations
+
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        target = migrations.SQLiteSchema(conn)
+        if version == 0:
+            return
+        target.versions()
+        for n, name, step in STEPS[:version]:
+            step(target)
+            target.record(n, name)
+        for n, column in _ADDED_BY.items():
+            if n > version:
+                conn.execute(f"ALTER TABLE request_log DROP COLUMN {column}")
+        if version == 1:  # step 2 dropped it
+            conn.execute("CREATE INDEX ix_request_log_request_id ON request_log (request_id)")
+    finally:
+        conn.close()
+
+
+def test_the_sqlite_ddl_makes_the_schema_sqlalchemy_makes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A new file: the tables written from schema.py's DDL by plain sqlite3 are the ones SQLAlchemy's create
+    writes from the same description, to the text sqlite_master keeps of each table and index."""
+    from relaygate.store.migrations import migrate_file
+
+    assert migrate_file(f"{tmp_path}/plain.db") == STEPS[-1][0]
+    assert _migrate_through_sqlalchemy(f"{tmp_path}/engine.db") == STEPS[-1][0]
+    plain, engine = _file_schema(f"{tmp_path}/plain.db"), _file_schema(f"{tmp_path}/engine.db")
+    assert plain == engine
+    assert {name for kind, name, _, _ in plain[0] if kind == "table"} == {t.name for t in schema.TABLES}
+    assert plain[1] == [(n, name) for n, name, _ in STEPS]
+
+
+@pytest.mark.parametrize("version", range(1, len(STEPS)))
+def test_an_older_file_migrates_the_same_way_through_sqlite3_and_sqlalchemy(tmp_path, version: int) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+
+    from relaygate.store.migrations import migrate_file
+
+    _file_at_version(f"{tmp_path}/old.db", version)
+    shutil.copy(f"{tmp_path}/old.db", f"{tmp_path}/engine.db")
+    assert migrate_file(f"{tmp_path}/old.db") == STEPS[-1][0]
+    assert _migrate_through_sqlalchemy(f"{tmp_path}/engine.db") == STEPS[-1][0]
+    assert _file_schema(f"{tmp_path}/old.db") == _file_schema(f"{tmp_path}/engine.db")
+
+
+def test_a_file_either_way_migrated_is_current_for_the_other(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The version table is the same one: a file SQLAlchemy migrated gets nothing more from plain sqlite3,
+    and the other way round."""
+    from relaygate.store.migrations import migrate_file
+
+    for first, second in ((migrate_file, _migrate_through_sqlalchemy), (_migrate_through_sqlalchemy, migrate_file)):
+        path = f"{tmp_path}/{first.__name__}.db"
+        first(path)
+        before = _file_schema(path)
+        assert second(path) == STEPS[-1][0]
+        assert _file_schema(path) == before
+
+
+def test_a_gateway_database_on_a_sqlite_file_migrates_without_sqlalchemy(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """In a fresh interpreter: a Database on a SQLite file, migrated and given its log target, has not
+    imported SQLAlchemy (the engine is made on first use only)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from relaygate.store.db import Database\n"
+            f"db = Database('sqlite:///{tmp_path}/g.db')\n"
+            "assert db.migrate() > 0 and db.dialect == 'sqlite'\n"
+            "db.log_target(2.0)\n"
+            "db.close()\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'sqlalchemy'))\n")
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True,
+                         cwd=repo)
+    assert out.stdout.strip() == "[]"

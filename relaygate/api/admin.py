@@ -1,4 +1,8 @@
-"""``/admin/…``: keys, teams and users; spend and the request log. Master key only; off without one."""
+"""``/admin/…``: keys, teams and users; spend and the request log. Master key only; off without one.
+
+The key store and the log's queries (SQLAlchemy) are imported by the handlers: a gateway without a master key
+never needs them, and one with it has loaded them already (its ``KeyStore``).
+"""
 
 from __future__ import annotations
 
@@ -11,14 +15,13 @@ from relaygate.api.common import object_body
 from relaygate.api.query import Query, no_nul, plain_text
 from relaygate.auth.authenticator import presented_key
 from relaygate.auth.aws import issued_credentials
-from relaygate.auth.keys import KeyStore, keys_spent_since, parse_fields
 from relaygate.core.errors import AuthError, BadRequest, MethodNotAllowed, NotFound, PermissionDenied
 from relaygate.core.pricing import NANO
 from relaygate.limits.periods import period
 from relaygate.server.http import Request, Response, json_response
-from relaygate.store import queries
 
 if TYPE_CHECKING:
+    from relaygate.auth.keys import KeyStore
     from relaygate.gateway import Gateway
 
 MAX_ADMIN_BODY = 1024 * 1024
@@ -61,6 +64,8 @@ async def _run(gw: Gateway, fn: Any, *args: Any) -> Any:
 # ---- keys ------------------------------------------------------------------------------------------------
 
 async def create_key(gw: Gateway, req: Request) -> Response:
+    from relaygate.auth.keys import parse_fields
+
     store = _store(gw, req)
     fields = parse_fields(await admin_body(gw, req), partial=False)
     secret, view = await _run(gw, store.create_key, fields)
@@ -93,7 +98,9 @@ async def _with_spend(gw: Gateway, views: list[dict[str, Any]], kind: str = "key
     assert db is not None
     for start in {periods[i][1] for i, s in enumerate(spent) if s is None}:
         ids = [views[i]["id"] for i, s in enumerate(spent) if s is None and periods[i][1] == start]
-        logged = await db.run(keys_spent_since, db.engine, ids, start, kind)
+        from relaygate.auth.keys import keys_spent_since
+
+        logged = await db.on_engine(keys_spent_since, ids, start, kind)
         for i, v in enumerate(views):
             if spent[i] is None and periods[i][1] == start:
                 spent[i] = logged.get(v["id"], 0)
@@ -109,6 +116,8 @@ async def _with_spend(gw: Gateway, views: list[dict[str, Any]], kind: str = "key
 
 async def key_item(gw: Gateway, req: Request) -> Response:
     """GET/PATCH/DELETE /admin/keys/{id}; POST /admin/keys/{id}/rotate and /admin/keys/{id}/revoke."""
+    from relaygate.auth.keys import parse_fields
+
     store = _store(gw, req)
     auth = gw.auth
     assert auth is not None
@@ -144,6 +153,8 @@ async def key_item(gw: Gateway, req: Request) -> Response:
 
 def _owner_routes(kind: str) -> list[tuple[str, str, Any]]:
     async def create(gw: Gateway, req: Request) -> Response:
+        from relaygate.auth.keys import parse_fields
+
         store = _store(gw, req)
         body = await admin_body(gw, req)
         oid = body.get("id")
@@ -160,6 +171,8 @@ def _owner_routes(kind: str) -> list[tuple[str, str, Any]]:
                               "data": await _with_spend(gw, await _run(gw, store.list_owners, kind), kind)})
 
     async def item(gw: Gateway, req: Request) -> Response:
+        from relaygate.auth.keys import parse_fields
+
         store = _store(gw, req)
         oid = plain_text(req.params["rest"], "id", ID_LENGTH[kind])
         if req.method == "GET":
@@ -202,10 +215,14 @@ _CACHE_KEY = re.compile(r"[0-9a-f]{32}")
 # ---- spend and logs --------------------------------------------------------------------------------------
 
 def _filters(q: Query) -> dict[str, Any]:
+    from relaygate.store import queries
+
     return {name: q.text(name, FILTER_LENGTH[name]) for name in queries.FILTERS if name in q}
 
 
 async def spend(gw: Gateway, req: Request) -> Response:
+    from relaygate.store import queries
+
     _store(gw, req)
     q = Query(req.query)
     group = q.choice("group_by", queries.GROUPS, "key")
@@ -218,6 +235,8 @@ async def spend(gw: Gateway, req: Request) -> Response:
 
 
 async def logs(gw: Gateway, req: Request) -> Response:
+    from relaygate.store import queries
+
     _store(gw, req)
     q = Query(req.query)
     limit = q.integer("limit", 1, 1000, 100)

@@ -91,7 +91,7 @@ async def list_catalog(gw: Gateway, req: Request) -> Response:
 
 def visible_status(key: object) -> bool:
     """Discovery's per-deployment status names every deployment: for the master key (and an open gateway)."""
-    from relaygate.auth.keys import MASTER
+    from relaygate.auth.principal import MASTER
 
     return key is None or key is MASTER
 

@@ -14,7 +14,7 @@ from relaygate.core.errors import BadRequest
 from relaygate.server.http import Request, Response, StreamResponse
 
 if TYPE_CHECKING:
-    from relaygate.auth.keys import Principal
+    from relaygate.auth.principal import Principal
     from relaygate.gateway import Gateway
 
 

@@ -27,7 +27,7 @@ from relaygate.providers.base import ANSWER_ERRORS, unreadable
 from relaygate.server.http import Request, Response, StreamResponse
 
 if TYPE_CHECKING:
-    from relaygate.auth.keys import Principal
+    from relaygate.auth.principal import Principal
     from relaygate.gateway import Gateway
 
 # providers that read an embeddings request's ``input_type`` (OpenAI-compatible servers would refuse it)

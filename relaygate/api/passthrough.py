@@ -28,7 +28,7 @@ from relaygate.server.http import Request, Response, StreamResponse
 from relaygate.server.upload import ForwardedRequest, ReadBody, StreamedBody
 
 if TYPE_CHECKING:
-    from relaygate.auth.keys import Principal
+    from relaygate.auth.principal import Principal
     from relaygate.gateway import Gateway
 
 _SEGMENT = re.compile(r"[A-Za-z0-9_\-:.]{1,200}")

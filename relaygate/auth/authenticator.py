@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from relaygate.auth.keys import MASTER, Principal, hash_secret
+from relaygate.auth.principal import MASTER, Principal, hash_secret
 from relaygate.core.call import Call, Handler, Reply
 from relaygate.core.errors import AuthError, PermissionDenied, Unavailable
 from relaygate.routing.router import ModelTable

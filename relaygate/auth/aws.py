@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 
 from relaygate.auth.authenticator import Authenticator
-from relaygate.auth.keys import Principal, hash_secret
+from relaygate.auth.principal import Principal, hash_secret
 from relaygate.core.errors import AuthError
 from relaygate.providers.aws.sigv4 import Presigned, SignatureError, SignedBy, verify, verify_presigned
 

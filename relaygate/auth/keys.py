@@ -5,23 +5,18 @@ Everything here is blocking database code: the gateway calls it through ``Databa
 
 from __future__ import annotations
 
-import hashlib
 import os
 import secrets
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import Engine, or_, select
 from sqlalchemy.exc import IntegrityError
 
+from relaygate.auth.principal import Limits, Principal, Scope, hash_secret
 from relaygate.core.errors import BadRequest, NotFound
 from relaygate.core.pricing import NANO
 from relaygate.store import tables
-
-if TYPE_CHECKING:
-    from relaygate.routing.deployment import Deployment
 
 KEY_PREFIX = "rg-"
 SHOWN = 10  # characters of a secret shown again after creation ("rg-" + 7)
@@ -35,96 +30,6 @@ MAX_USD = 9e9  # budgets are 64-bit nano-dollars
 
 def new_secret() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(32)
-
-
-def hash_secret(secret: str) -> str:
-    """sha256 of the secret, unsalted: generated keys are 256 random bits and declared ones must pass
-    auth.strength, so no guess list reaches them and a slow hash would only slow every lookup down."""
-    return hashlib.sha256(secret.encode("utf-8", "surrogateescape")).hexdigest()
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """What one key, team or user may do; None means unlimited."""
-
-    models: frozenset[str] | None = None
-    rpm: int | None = None
-    tpm: int | None = None
-    max_parallel: int | None = None
-    budget_nano: int | None = None
-    budget_period: str = "total"
-    # the limits as header values, encoded once (x-ratelimit-limit-* on every call let through)
-    rpm_header: bytes = field(init=False, default=b"", compare=False, repr=False)
-    tpm_header: bytes = field(init=False, default=b"", compare=False, repr=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "rpm_header", str(self.rpm).encode())
-        object.__setattr__(self, "tpm_header", str(self.tpm).encode())
-
-    @classmethod
-    def of(cls, row: Any) -> Limits:
-        return cls(models=frozenset(row.models) if row.models is not None else None, rpm=row.rpm, tpm=row.tpm,
-                   max_parallel=row.max_parallel, budget_nano=row.budget_nano,
-                   budget_period=row.budget_period or "total")
-
-    @property
-    def any(self) -> bool:
-        return any(v is not None for v in (self.rpm, self.tpm, self.max_parallel, self.budget_nano))
-
-
-@dataclass(frozen=True, slots=True)
-class Scope:
-    """A subject limits apply to: ``key:<id>``, ``team:<id>`` or ``user:<id>``."""
-
-    name: str
-    limits: Limits
-
-
-@dataclass(slots=True)
-class Principal:
-    """Who is calling: a virtual key (with its team and user scopes) or the master key."""
-
-    id: str
-    team_id: str | None = None
-    user_id: str | None = None
-    scopes: tuple[Scope, ...] = ()
-    expires_at: float | None = None
-    hash: str = ""
-    old_hash: str | None = None
-    old_expires_at: float | None = None
-    metadata: dict[str, Any] = field(default_factory=dict)
-    tags: tuple[str, ...] = ()
-    # derived once, read on every call: the scopes with rate/budget limits, and what they need estimated
-    limited: tuple[Scope, ...] = field(init=False, default=())
-    wants_tokens: bool = field(init=False, default=False)
-    wants_cost: bool = field(init=False, default=False)
-    restricts_models: bool = field(init=False, default=False)
-
-    def __post_init__(self) -> None:
-        self.limited = tuple(s for s in self.scopes if s.limits.any)
-        self.wants_tokens = any(s.limits.tpm is not None for s in self.limited)
-        self.wants_cost = any(s.limits.budget_nano is not None for s in self.limited)
-        self.restricts_models = any(s.limits.models is not None for s in self.scopes)
-
-    def allows_model(self, name: str, upstream: tuple[str, ...] = ()) -> bool:
-        """Whether every scope that lists models lists ``name``, a model name as the router resolved it
-        (compared exactly: never a string transformed later). For a ``*`` wildcard, a scope that does not
-        list ``*`` may instead list every model name the call sends upstream (``upstream``)."""
-        for s in self.scopes:
-            allowed = s.limits.models
-            if allowed is not None and name not in allowed and not (upstream and all(u in allowed for u in upstream)):
-                return False
-        return True
-
-
-    def allows_deployments(self, name: str, deployments: Sequence[Deployment], asked: str) -> bool:
-        """``allows_model`` for a resolved model: for the ``*`` wildcard, with the names its deployments send
-        upstream for the model ``asked``."""
-        upstream = tuple({d.upstream_model(asked) for d in deployments}) if name == "*" else ()
-        return self.allows_model(name, upstream)
-
-
-MASTER = Principal(id="master")
 
 
 # ---- validation of admin input -------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from pydantic import ConfigDict, Field
 from relaygate.catalog.cards import Card
 
 if TYPE_CHECKING:
-    from relaygate.auth.keys import Principal
+    from relaygate.auth.principal import Principal
     from relaygate.catalog.cards import Catalog
     from relaygate.catalog.discovery import Discovery, Listing
     from relaygate.providers.listing import ListedModel
@@ -159,7 +159,7 @@ def _listings_of(dep: Deployment, discovery: Discovery | None) -> list[Listing]:
 def visible(e: Entry, key: Principal | None) -> bool:
     """Whether a caller may see a model: the master key and an open gateway see all; a virtual key only those
     a model name it may use routes to."""
-    from relaygate.auth.keys import MASTER
+    from relaygate.auth.principal import MASTER
 
     if key is None or key is MASTER:
         return True

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 if TYPE_CHECKING:
-    from relaygate.auth.keys import Principal
+    from relaygate.auth.principal import Principal
     from relaygate.core.pricing import Meter
     from relaygate.observability.tracing import CallTrace
     from relaygate.routing.deployment import Deployment

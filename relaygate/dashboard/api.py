@@ -13,9 +13,7 @@ from typing import TYPE_CHECKING
 from relaygate.api.admin import FILTER_LENGTH, require_master
 from relaygate.api.query import Query
 from relaygate.core.errors import BadRequest, NotFound
-from relaygate.dashboard.overview import FILTERS, WINDOWS, overview
 from relaygate.server.http import Request, Response, json_response
-from relaygate.store import queries
 
 if TYPE_CHECKING:
     from relaygate.gateway import Gateway
@@ -66,6 +64,12 @@ async def session(gw: Gateway, req: Request) -> Response:
 async def overview_series(gw: Gateway, req: Request) -> Response:
     """``GET /dashboard/api/overview?window=hour|day[&model=…][&key_id=…][&team_id=…]``: the request log in
     time buckets, of every call or of one model's, key's or team's."""
+    from relaygate.dashboard.overview import (  # SQLAlchemy, loaded with the key store
+        FILTERS,
+        WINDOWS,
+        overview,
+    )
+
     require_master(gw, req)
     q = Query(req.query)
     unknown = sorted(set(q.values) - {"window", *FILTERS})
@@ -74,7 +78,7 @@ async def overview_series(gw: Gateway, req: Request) -> Response:
                          f"{', '.join(repr(f) for f in FILTERS)}", param=unknown[0])
     window = WINDOWS[q.choice("window", WINDOWS, "hour")]
     filters = {name: filter_value(q, name) for name in FILTERS if name in q}
-    data = await gw.db.run(overview, gw.db.engine, window, time.time(), filters)
+    data = await gw.db.on_engine(overview, window, time.time(), filters)
     data["filters"] = filters
     return json_response(data)
 
@@ -92,11 +96,13 @@ def filter_value(q: Query, name: str) -> str:
 async def log_detail(gw: Gateway, req: Request) -> Response:
     """``GET /dashboard/api/logs/{uid}``: one call's row in full, its bodies too when the log stores them
     (redacted when they were written: request_log.bodies)."""
+    from relaygate.store import queries
+
     require_master(gw, req)
     uid = req.params["rest"]
     if not _UID.fullmatch(uid):
         raise BadRequest("a log row's id is 1 to 32 letters, digits, '-' or '_'", param="uid")
-    row = await gw.db.run(queries.log_row, gw.db.engine, uid)
+    row = await gw.db.on_engine(queries.log_row, uid)
     if row is None:
         raise NotFound(f"No request log row with uid '{uid}'.", code="log_row_not_found")
     return json_response(row)

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from relaygate.auth.keys import Limits, Scope
+from relaygate.auth.principal import Limits, Scope
 from relaygate.core.errors import BudgetExceeded, RateLimited, Unavailable
 from relaygate.core.pricing import NANO
 from relaygate.limits.periods import period

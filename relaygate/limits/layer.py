@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from relaygate.auth.keys import Scope
+from relaygate.auth.principal import Scope
 from relaygate.core.call import Call, Handler, Reply
 from relaygate.core.errors import BudgetExceeded
 from relaygate.core.pricing import Pricing

@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from relaygate.auth.keys import Scope
+from relaygate.auth.principal import Scope
 from relaygate.limits.base import Grant, SpentLoader, denial, load_spent, rate_headers
 from relaygate.limits.periods import PeriodClock
 

@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from relaygate.auth.keys import Scope
+from relaygate.auth.principal import Scope
 from relaygate.limits.base import Grant, SpentLoader, budget_unavailable, denial, load_spent, rate_headers
 from relaygate.limits.memory import MemoryLimiter
 from relaygate.limits.periods import PeriodClock, period

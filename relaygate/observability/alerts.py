@@ -334,7 +334,7 @@ def budget_reader(db: Database, store: KeyStore, limiter: Limiter | None) -> Bud
         pid, start, _ = period(view.get("budget_period") or "total", time.time())
         scope = f"{kind}:{oid}"
         known = (await limiter.known_spend([(scope, pid)]))[0] if limiter is not None else None
-        spent = known if known is not None else await db.run(spent_since, db.engine, scope, start)
+        spent = known if known is not None else await db.on_engine(spent_since, scope, start)
         return float(spent) / (float(budget) * NANO) * 100
 
     return share

@@ -21,8 +21,8 @@ from relaygate.core.scrub import Scrubber
 from relaygate.requestlog.redact import Redactor
 from relaygate.requestlog.writer import RequestLogWriter
 from relaygate.server.http import Request, error_fields
-from relaygate.store import tables
 from relaygate.store.rows import fit_text, size
+from relaygate.store.schema import request_log
 
 log = logging.getLogger("relaygate.requestlog")
 
@@ -34,12 +34,12 @@ REFUSED_KEY_ROWS_BURST = 60.0
 
 
 # The order of the values in a row: the request log table's columns.
-COLUMNS: tuple[str, ...] = tuple(str(c.name) for c in tables.request_log.c)
+COLUMNS: tuple[str, ...] = tuple(request_log.names)
 # The sizes of the columns whose text comes from outside (the client, an upstream): those values are fitted
 # here, as the row is built (the writer fits whole rows only where the database refuses one, or from the spool)
-_REQUEST_ID = size(tables.request_log.c.request_id)
-_MODEL = size(tables.request_log.c.model)
-_ROUTE = size(tables.request_log.c.route)
+_REQUEST_ID = size(request_log.column("request_id"))
+_MODEL = size(request_log.column("model"))
+_ROUTE = size(request_log.column("route"))
 UID_BASE = 1 << 64  # see AuditLayer.__init__
 
 

@@ -16,19 +16,22 @@ import collections
 import logging
 import queue
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
-
-from sqlalchemy import Engine
-from sqlalchemy.exc import DBAPIError
+from typing import TYPE_CHECKING, Any
 
 from relaygate.requestlog.spool import DeadLetters, Spool
-from relaygate.store import tables
-from relaygate.store.db import BulkInsert, Interruptible
+from relaygate.store import schema
+from relaygate.store.bulk import BulkInsert
 from relaygate.store.rows import RowFitter
 from relaygate.store.sqlite import SQLiteFile
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from relaygate.store.db import Interruptible
 
 log = logging.getLogger("relaygate.requestlog")
 
@@ -43,7 +46,8 @@ def is_data_error(e: BaseException) -> bool:
     """Whether the database refused a write for what the rows hold (a value out of range, a NUL, a missing
     value), as opposed to the database being unreachable, slow, or down: those are worth retrying as they
     are, these never."""
-    if isinstance(e, DBAPIError) and e.orig is not None:
+    sqlalchemy_errors = sys.modules.get("sqlalchemy.exc")  # not loaded: e is none of its errors (writing to a file)
+    if sqlalchemy_errors is not None and isinstance(e, sqlalchemy_errors.DBAPIError) and e.orig is not None:
         e = e.orig
     if isinstance(e, sqlite3.Error):  # locked, busy, I/O, read-only, no such table: OperationalError
         return isinstance(e, (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.InterfaceError)) or (
@@ -126,13 +130,15 @@ class RequestLogWriter:
         if isinstance(database, SQLiteFile):
             self.sqlite = database  # one plain sqlite3 connection, opened in the database thread
         else:
+            from relaygate.store.db import Interruptible
+
             self.engine = database
             self._interruptible = Interruptible(database)
         self._conn: sqlite3.Connection | None = None
         self.spool = Spool(spool_dir)
         self.dead_letters = DeadLetters(spool_dir)
-        self._bulk = BulkInsert(tables.request_log, statement_timeout=write_timeout)
-        self._fit = RowFitter(tables.request_log)
+        self._bulk = BulkInsert(schema.request_log, statement_timeout=write_timeout)
+        self._fit = RowFitter(schema.request_log)
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.write_timeout = write_timeout

@@ -36,7 +36,7 @@ from relaygate.routing.strategies import PriceFn, Strategy, new_strategy
 from relaygate.routing.voices import narrow_by_voice, voices_of
 
 if TYPE_CHECKING:
-    from relaygate.auth.keys import Principal
+    from relaygate.auth.principal import Principal
 
 WILDCARD = "*"
 MAX_FALLBACK_MODELS = 8  # fallback models one call may move through, however the rules chain

@@ -5,7 +5,8 @@ upstream some of it (error texts, bodies) and of its numbers (token counts). Pos
 and text over a ``VARCHAR(n)``; psycopg's binary COPY wraps an integer beyond an ``INTEGER`` column's range
 silently (2**32 + 7 tokens would be stored as 7); SQLite takes all of it. Fitted, a value keeps what it can:
 NUL becomes U+FFFD (so that what was there still shows), text longer than its column is cut and ends with
-``CUT``, an integer is clamped to its column's range. Sizes and ranges come from the table definition.
+``CUT``, an integer is clamped to its column's range. Sizes and ranges come from the table's description
+(``schema.py``: no SQLAlchemy).
 """
 
 from __future__ import annotations
@@ -14,17 +15,18 @@ import math
 import os
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, Float, Integer, String, Table
+from relaygate.store.schema import Column, TableDef
 
 CUT = "…[cut]"  # ends a text that was cut to its column's size
 NUL_STANDIN = "\ufffd"  # PostgreSQL text cannot hold NUL
 
-_INT_RANGE: dict[type[Any], tuple[int, int]] = {Integer: (-2**31, 2**31 - 1), BigInteger: (-2**63, 2**63 - 1)}  # PostgreSQL's; SQLite's is wider
+_INT_RANGE: dict[str, tuple[int, int]] = {"INTEGER": (-2**31, 2**31 - 1), "BIGINT": (-2**63, 2**63 - 1)}  # PostgreSQL's; SQLite's is wider
+_TEXT = ("VARCHAR", "TEXT")
 
 
-def size(column: Any) -> int:
-    """The size of a text column (``String(n)``), from the table definition."""
-    n = column.type.length
+def size(column: Column) -> int:
+    """The size of a text column (``VARCHAR(n)``), from the table definition."""
+    n = column.length
     assert isinstance(n, int)
     return n
 
@@ -42,11 +44,11 @@ def fit_text(text: str, size: float) -> str:
 class RowFitter:
     """Fits rows (tuples in column order) to a table's column sizes, NUL-free text and integer ranges."""
 
-    def __init__(self, table: Table) -> None:
-        columns = list(table.c)
-        # (index, size) of every text column; a Text column has no size
-        self.text = [(i, c.type.length or math.inf) for i, c in enumerate(columns) if isinstance(c.type, String)]
-        self.ints = [(i, *_INT_RANGE[type(c.type)]) for i, c in enumerate(columns) if type(c.type) in _INT_RANGE]
+    def __init__(self, table: TableDef) -> None:
+        columns = table.columns
+        # (index, size) of every text column; a TEXT column has no size
+        self.text = [(i, c.length or math.inf) for i, c in enumerate(columns) if c.type in _TEXT]
+        self.ints = [(i, *_INT_RANGE[c.type]) for i, c in enumerate(columns) if c.type in _INT_RANGE]
         self.columns = columns
 
     def row(self, row: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -75,32 +77,30 @@ class RowFitter:
             try:
                 if v is None:
                     pass
-                elif isinstance(t, String):
+                elif t in _TEXT:
                     v = v.encode("utf-8", "replace").decode("utf-8")
-                elif isinstance(t, Boolean):
+                elif t == "BOOLEAN":
                     v = 1 if v else 0
-                elif isinstance(t, Float):
+                elif t == "FLOAT":
                     v = float(v)
                     if not math.isfinite(v):
                         v = None
-                elif type(t) in _INT_RANGE:
-                    lo, hi = _INT_RANGE[type(t)]
+                elif t in _INT_RANGE:
+                    lo, hi = _INT_RANGE[t]
                     v = min(max(int(v), lo), hi)
             except (TypeError, ValueError, OverflowError):
                 v = None
-            if v is None and c.primary_key and isinstance(t, String):  # a key of its own, not one shared by all
-                v = os.urandom(16).hex()[:t.length or 32]
-            if v is None and not c.nullable:
-                default = getattr(c.default, "arg", None)
-                default = None if callable(default) else default
-                v = default if default is not None else _zero(t)
+            if v is None and c.primary_key and t in _TEXT:  # a key of its own, not one shared by all
+                v = os.urandom(16).hex()[:c.length or 32]
+            if v is None and c.required:
+                v = c.default if c.default is not None else _zero(t)
             values[i] = v
         return tuple(values)
 
 
-def _zero(t: Any) -> Any:
-    if isinstance(t, String):
+def _zero(t: str) -> Any:
+    if t in _TEXT:
         return ""
-    if isinstance(t, Float):
+    if t == "FLOAT":
         return 0.0
     return 0

@@ -35,7 +35,7 @@ from relaygate.providers.anthropic.wire import error_body
 from relaygate.server.http import Request, Response, StreamResponse
 
 if TYPE_CHECKING:
-    from relaygate.auth.keys import Principal
+    from relaygate.auth.principal import Principal
     from relaygate.gateway import Gateway
 
 

@@ -40,7 +40,7 @@ from relaygate.server.upload import ReadBody
 from relaygate.store.objects import Stored, owner_of
 
 if TYPE_CHECKING:
-    from relaygate.auth.keys import Principal
+    from relaygate.auth.principal import Principal
     from relaygate.core.call import Call, Reply
     from relaygate.gateway import Gateway
 

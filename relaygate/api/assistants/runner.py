@@ -25,7 +25,7 @@ from relaygate.providers.streaming import sse
 from relaygate.store.objects import ObjectStore, Stored
 
 if TYPE_CHECKING:
-    from relaygate.auth.keys import Principal
+    from relaygate.auth.principal import Principal
 
 log = logging.getLogger("relaygate")
 

@@ -16,7 +16,7 @@ from relaygate.core.errors import BadRequest, GatewayError, NotFound
 from relaygate.server.http import Response, StreamResponse, json_response
 
 if TYPE_CHECKING:
-    from relaygate.auth.keys import Principal
+    from relaygate.auth.principal import Principal
     from relaygate.gateway import Gateway
     from relaygate.server.http import Request
     from relaygate.store.objects import Stored

@@ -23,7 +23,7 @@ from relaygate.providers.aws.eventstream import EVENTSTREAM
 from relaygate.server.http import Request, Response, StreamResponse
 
 if TYPE_CHECKING:
-    from relaygate.auth.keys import Principal
+    from relaygate.auth.principal import Principal
     from relaygate.gateway import Gateway
 
 

@@ -29,7 +29,7 @@ from relaygate.providers.streaming import SSEDecoder
 from relaygate.server.http import Request, Response, StreamResponse
 
 if TYPE_CHECKING:
-    from relaygate.auth.keys import Principal
+    from relaygate.auth.principal import Principal
     from relaygate.core.call import Reply
     from relaygate.gateway import Gateway
 

@@ -20,7 +20,7 @@ from relaygate.api.bedrock.errors import bedrock_error
 from relaygate.api.common import audit_refused
 from relaygate.auth.authenticator import caller
 from relaygate.auth.aws import SigV4Refused, credentials, sigv4_caller
-from relaygate.auth.keys import Principal
+from relaygate.auth.principal import Principal
 from relaygate.core.errors import AuthError, BadRequest, GatewayError, NotFound
 from relaygate.providers.aws.sigv4 import (
     Presigned,

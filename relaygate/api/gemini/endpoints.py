@@ -43,7 +43,7 @@ from relaygate.providers.streaming import SSEDecoder
 from relaygate.server.http import Request, Response, StreamResponse
 
 if TYPE_CHECKING:
-    from relaygate.auth.keys import Principal
+    from relaygate.auth.principal import Principal
     from relaygate.gateway import Gateway
 
 GENERATE, STREAM, COUNT = "generateContent", "streamGenerateContent", "countTokens"

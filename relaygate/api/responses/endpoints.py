@@ -39,7 +39,7 @@ from relaygate.server.http import Request, Response, StreamResponse, json_respon
 from relaygate.store.objects import Stored, new_id, owner_of
 
 if TYPE_CHECKING:
-    from relaygate.auth.keys import Principal
+    from relaygate.auth.principal import Principal
     from relaygate.gateway import Gateway
 
 REPLAYED = ("message", "function_call", "function_call_output", "reasoning")  # output items later turns send

@@ -241,15 +241,42 @@ def parse_authorization(header: str) -> SignedBy:
     return SignedBy(access_key, date, region, service, tuple(signed.split(";")), signature)
 
 
+def _check_service(by: SignedBy, service: str) -> None:
+    if by.service != service:
+        raise SignatureError("InvalidSignatureException", f"Credential should be scoped to a valid region and to "
+                             f"the service '{service}', not '{by.region}/{by.service}'.")
+
+
+def _signed_headers(by: SignedBy) -> list[str]:
+    """The headers ``by`` signed: ``host`` among them, in order."""
+    signed = list(by.signed)
+    if "host" not in signed or signed != sorted(signed):
+        raise SignatureError("InvalidSignatureException", "'Host' must be a signed header.")
+    return signed
+
+
+def _signer(by: SignedBy, secrets: Sequence[str], sts: bytes) -> int | None:
+    """The index of the secret whose signature of ``sts`` is the one ``by`` claims; None for none."""
+    for i, secret in enumerate(secrets):
+        expected = hmac.digest(_verifying_key(secret, by.date, by.region, by.service), sts, "sha256").hex()
+        if hmac.compare_digest(expected, by.signature):
+            return i
+    return None
+
+
+def _mismatch() -> SignatureError:
+    return SignatureError("InvalidSignatureException", "The request signature we calculated does not match the "
+                          "signature you provided. Check your AWS Secret Access Key and signing method. Consult "
+                          "the service documentation for details.")
+
+
 def verify(by: SignedBy, secrets: Sequence[str], service: str, method: str, raw_path: str, raw_query: str,
            headers: Mapping[str, str], body: bytes, max_skew: float = 300.0, now: float | None = None) -> int:
     """Check the signature ``by`` claims against each of ``secrets`` (the key's current one, and a previous
     one still in its grace); the index of the secret that made it. ``headers`` has lower-case names.
     Raises SignatureError (AWS's wording) for a wrong service, a stale or future date, a header set that
     leaves out ``host``, or a signature none of the secrets makes."""
-    if by.service != service:
-        raise SignatureError("InvalidSignatureException", f"Credential should be scoped to a valid region and to "
-                             f"the service '{service}', not '{by.region}/{by.service}'.")
+    _check_service(by, service)
     stamp = headers.get("x-amz-date", "")
     try:
         signed_at = calendar.timegm(time.strptime(stamp, "%Y%m%dT%H%M%SZ"))
@@ -258,22 +285,17 @@ def verify(by: SignedBy, secrets: Sequence[str], service: str, method: str, raw_
     if abs((time.time() if now is None else now) - signed_at) > max_skew or stamp[:8] != by.date:
         raise SignatureError("InvalidSignatureException", f"Signature expired: {stamp} is outside the allowed "
                              "clock skew, or not the date of the credential scope.")
-    signed = list(by.signed)
-    if "host" not in signed or signed != sorted(signed):
-        raise SignatureError("InvalidSignatureException", "'Host' must be a signed header.")
+    signed = _signed_headers(by)
     payload_hash = hashlib.sha256(body).hexdigest()
     if headers.get("x-amz-content-sha256", payload_hash) != payload_hash:  # no UNSIGNED-PAYLOAD: the body is signed
         raise SignatureError("InvalidSignatureException", "The provided 'x-amz-content-sha256' header does not "
                              "match what was computed.")
     canonical = canonical_request(method, raw_path, raw_query, headers, signed, payload_hash)
     sts = string_to_sign(stamp, f"{by.date}/{by.region}/{by.service}/aws4_request", canonical).encode()
-    for i, secret in enumerate(secrets):
-        expected = hmac.digest(_verifying_key(secret, by.date, by.region, by.service), sts, "sha256").hex()
-        if hmac.compare_digest(expected, by.signature):
-            return i
-    raise SignatureError("InvalidSignatureException", "The request signature we calculated does not match the "
-                         "signature you provided. Check your AWS Secret Access Key and signing method. Consult "
-                         "the service documentation for details.")
+    i = _signer(by, secrets, sts)
+    if i is None:
+        raise _mismatch()
+    return i
 
 
 # ---- query-string (presigned) requests -------------------------------------------------------------------
@@ -332,9 +354,7 @@ def verify_presigned(p: Presigned, secrets: Sequence[str], service: str, method:
     without ``X-Amz-Signature`` and the body's SHA-256 (or ``UNSIGNED-PAYLOAD``, as URLs presigned without
     knowing the body sign: anyone holding the URL may then send any body until it expires)."""
     by = p.by
-    if by.service != service:
-        raise SignatureError("InvalidSignatureException", f"Credential should be scoped to a valid region and to "
-                             f"the service '{service}', not '{by.region}/{by.service}'.")
+    _check_service(by, service)
     try:
         signed_at = calendar.timegm(time.strptime(p.stamp, "%Y%m%dT%H%M%SZ"))
     except ValueError:
@@ -346,9 +366,7 @@ def verify_presigned(p: Presigned, secrets: Sequence[str], service: str, method:
     if clock > signed_at + p.expires:
         raise SignatureError("InvalidSignatureException", f"Signature expired: {p.stamp} + {p.expires} s is "
                              "earlier than now.")
-    signed = list(by.signed)
-    if "host" not in signed or signed != sorted(signed):
-        raise SignatureError("InvalidSignatureException", "'Host' must be a signed header.")
+    signed = _signed_headers(by)
     payload_hash = hashlib.sha256(body).hexdigest()
     claimed = headers.get("x-amz-content-sha256")
     if claimed is not None and claimed not in (payload_hash, UNSIGNED_PAYLOAD):
@@ -359,10 +377,7 @@ def verify_presigned(p: Presigned, secrets: Sequence[str], service: str, method:
     for payload in ((claimed,) if claimed is not None else (payload_hash, UNSIGNED_PAYLOAD)):
         canonical = canonical_request(method, raw_path, query, headers, signed, payload)
         sts = string_to_sign(p.stamp, scope, canonical).encode()
-        for i, secret in enumerate(secrets):
-            expected = hmac.digest(_verifying_key(secret, by.date, by.region, by.service), sts, "sha256").hex()
-            if hmac.compare_digest(expected, by.signature):
-                return i
-    raise SignatureError("InvalidSignatureException", "The request signature we calculated does not match the "
-                         "signature you provided. Check your AWS Secret Access Key and signing method. Consult "
-                         "the service documentation for details.")
+        i = _signer(by, secrets, sts)
+        if i is not None:
+            return i
+    raise _mismatch()

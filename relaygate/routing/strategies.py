@@ -33,6 +33,12 @@ class Strategy:
     def choose(self, cands: list[Deployment]) -> Deployment:
         raise NotImplementedError
 
+    def _explore(self, best: Deployment, cands: list[Deployment]) -> Deployment:
+        """``best``, but for ``EXPLORE`` of the calls another candidate, at random (to keep measuring it)."""
+        if len(cands) > 1 and self.rng.random() < EXPLORE:
+            return self.rng.choice([d for d in cands if d is not best])
+        return best
+
     def _rotate(self, cands: list[Deployment]) -> Deployment:
         n = self._next
         self._next = n + 1
@@ -88,10 +94,7 @@ class LeastLatency(Strategy):
     needs_ttft = True
 
     def choose(self, cands: list[Deployment]) -> Deployment:
-        best = min(cands, key=_latency_key)
-        if len(cands) > 1 and self.rng.random() < EXPLORE:
-            return self.rng.choice([d for d in cands if d is not best])
-        return best
+        return self._explore(min(cands, key=_latency_key), cands)
 
 
 class Cost(Strategy):
@@ -138,10 +141,7 @@ class Adaptive(Strategy):
     needs_ttft = True
 
     def choose(self, cands: list[Deployment]) -> Deployment:
-        best = max(cands, key=_adaptive_key)
-        if len(cands) > 1 and self.rng.random() < EXPLORE:
-            return self.rng.choice([d for d in cands if d is not best])
-        return best
+        return self._explore(max(cands, key=_adaptive_key), cands)
 
 
 class Priority(Strategy):

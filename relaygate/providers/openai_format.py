@@ -271,6 +271,21 @@ def text_of(content: Any) -> str:
     return ""
 
 
+def tool_calls_of(m: dict[str, Any], param: str) -> list[tuple[dict[str, Any], str, dict[str, Any]]]:
+    """An assistant message's ``tool_calls``, checked: each call, its function's name, its arguments as an
+    object (providers that want objects)."""
+    calls = m.get("tool_calls") or []
+    if not isinstance(calls, list):
+        raise BadRequest(f"{param}.tool_calls must be an array", param=f"{param}.tool_calls")
+    out = []
+    for k, tc in enumerate(calls):
+        fn = tc.get("function") if isinstance(tc, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise BadRequest(f"{param}.tool_calls[{k}].function.name is required", param=f"{param}.tool_calls[{k}]")
+        out.append((tc, fn["name"], tool_arguments(fn.get("arguments"), f"{param}.tool_calls[{k}].function.arguments")))
+    return out
+
+
 def stop_sequences(body: dict[str, Any]) -> list[str] | None:
     """OpenAI's ``stop`` (a string or an array of strings) as a list; None when absent or empty."""
     stop = body.get("stop")

@@ -8,7 +8,7 @@ from typing import Any
 
 from relaygate.core.errors import BadRequest, Unsupported
 from relaygate.providers.anthropic.wire import thinking_forms
-from relaygate.providers.openai_format import stop_sequences, text_of, tool_arguments
+from relaygate.providers.openai_format import stop_sequences, text_of, tool_calls_of
 
 IMAGE_TYPES = frozenset(("image/jpeg", "image/png", "image/gif", "image/webp"))
 SAMPLING = ("temperature", "top_p", "top_k")
@@ -275,17 +275,8 @@ def _assistant_blocks(m: dict[str, Any], param: str) -> list[dict[str, Any]]:
             out.append({"type": "text", "text": text})
     elif content is not None:
         raise BadRequest(f"{param}.content must be a string or an array of content parts", param=param)
-    calls = m.get("tool_calls")
-    if calls:
-        if not isinstance(calls, list):
-            raise BadRequest(f"{param}.tool_calls must be an array", param=f"{param}.tool_calls")
-        for k, tc in enumerate(calls):
-            fn = tc.get("function") if isinstance(tc, dict) else None
-            if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-                raise BadRequest(f"{param}.tool_calls[{k}].function.name is required",
-                                 param=f"{param}.tool_calls[{k}]")
-            out.append({"type": "tool_use", "id": tool_id(tc.get("id")), "name": fn["name"],
-                        "input": tool_arguments(fn.get("arguments"), f"{param}.tool_calls[{k}].function.arguments")})
+    for tc, name, arguments in tool_calls_of(m, param):
+        out.append({"type": "tool_use", "id": tool_id(tc.get("id")), "name": name, "input": arguments})
     return out
 
 

@@ -17,7 +17,7 @@ import orjson
 from relaygate.core import jsonvalue
 from relaygate.core.call import Usage, token_count
 from relaygate.core.errors import BadRequest, Unsupported
-from relaygate.providers.openai_format import Image, completion, content_parts, text_of, tool_arguments
+from relaygate.providers.openai_format import Image, completion, content_parts, text_of, tool_calls_of
 
 # Google's documented placeholder for function calls whose thought signature was lost (foreign histories)
 SKIP_SIGNATURE = "skip_thought_signature_validator"
@@ -161,16 +161,8 @@ def to_contents(messages: list[Any], model: str) -> tuple[list[dict[str, Any]], 
         elif role == "assistant":
             text = text_of(m.get("content"))
             parts = [{"text": text}] if text else []
-            tool_calls = m.get("tool_calls") or []
-            if not isinstance(tool_calls, list):
-                raise BadRequest(f"{param}.tool_calls must be an array", param=f"{param}.tool_calls")
-            for j, tc in enumerate(tool_calls):
-                fn = tc.get("function") if isinstance(tc, dict) else None
-                if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-                    raise BadRequest(f"{param}.tool_calls[{j}].function.name is required",
-                                     param=f"{param}.tool_calls[{j}]")
-                call: dict[str, Any] = {"name": fn["name"], "args": tool_arguments(
-                    fn.get("arguments"), f"{param}.tool_calls[{j}].function.arguments")}
+            for j, (tc, name, arguments) in enumerate(tool_calls_of(m, param)):
+                call: dict[str, Any] = {"name": name, "args": arguments}
                 if isinstance(tc.get("id"), str) and tc["id"]:
                     call["id"] = tc["id"]
                 part: dict[str, Any] = {"functionCall": call}
@@ -179,7 +171,7 @@ def to_contents(messages: list[Any], model: str) -> tuple[list[dict[str, Any]], 
                     part["thoughtSignature"] = sig or SKIP_SIGNATURE
                 parts.append(part)
                 if isinstance(tc.get("id"), str):
-                    calls[tc["id"]] = (fn["name"], j)
+                    calls[tc["id"]] = (name, j)
             if parts:
                 contents.append({"role": "model", "parts": parts})
         else:

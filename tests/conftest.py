@@ -79,6 +79,12 @@ def start_gateway(tmp_path: Path) -> Iterator[StartGateway]:
                 config = config.model_copy(update={"database": DatabaseConfig(url=url)})
         elif "database" not in config:
             config = {**config, "database": {"url": url}}
+        elif (not str(config["database"].get("url", "")).startswith("sqlite")
+              and "spool_dir" not in config.get("request_log", {})):
+            # a database that is not a SQLite file spools into ./relaygate-spool by default: one per test, so a
+            # row one test left there is never replayed into another test's database
+            spool = str(tmp_path / f"spool-{len(started)}")
+            config = {**config, "request_log": {**config.get("request_log", {}), "spool_dir": spool}}
         gw = GatewayThread(config, env=env).start()
         started.append(gw)
         return gw

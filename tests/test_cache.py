@@ -493,6 +493,7 @@ def test_a_refusal_kept_unread_is_never_served() -> None:
         assert (await layer(call())).headers["x-relaygate-cache"] == "miss" and asked == 3
         # three answers kept, two of them dropped when asked for; the last one still waits, unread
         assert layer.stats.hits == 0 and layer.stats.stored == 1 and layer.stats.not_stored == 2
+        assert layer.stats.memory_hits == 0  # a refusal dropped as it was asked for is no hit of its level
         # a shared level gets no refusal: the answer is looked at before it is written
         layer._shared = [layer.memory]  # type: ignore[list-item]  # (only its presence matters here)
         layer._keep(call(), "k2", None, layer._whole(call(), Reply(body=refusal), "m", refusal), layer.models["m"])

@@ -309,8 +309,7 @@ class CacheLayer:
         if mode == READ:
             oldest = settings.ttl if max_age is None else max_age if settings.ttl is None else min(max_age, settings.ttl)
             span = call.trace.step("relaygate.cache") if call.trace is not None else None  # the lookup
-            entry = await self._lookup(model, key, oldest)
-            hit = self._hit(call, entry, key) if entry is not None else None
+            hit = await self._find(call, model, key, oldest)
             if span is not None:
                 span.set_attribute("relaygate.cache.result", "miss" if hit is None else "hit")
                 span.end()
@@ -353,8 +352,8 @@ class CacheLayer:
         found = index.nearest(scope, vector, semantic.threshold)
         if found is not None:
             near, cosine = found
-            entry = await self._lookup(model, near, oldest)
-            if entry is not None and (hit := self._hit(call, entry, near)) is not None:
+            hit = await self._find(call, model, near, oldest)
+            if hit is not None:
                 self.stats.semantic_hits += 1
                 hit.headers[SIMILARITY_HEADER] = f"{cosine:.4f}"
                 return hit
@@ -387,13 +386,19 @@ class CacheLayer:
         reply.finish(None)  # delivered (to us): its log row, limits and statistics are settled
         return vector
 
-    async def _lookup(self, model: str, key: str, oldest: float | None) -> Entry | None:
-        entry = self.memory.get(key) if self.memory is not None else None
-        if entry is not None:
-            if oldest is None or entry.age() <= oldest:
-                self.stats.memory_hits += 1
-                return entry
-            return None
+    async def _find(self, call: Call, model: str, key: str, oldest: float | None) -> Reply | None:
+        """The hit for ``key`` from the first level that holds an answer at most ``oldest`` seconds old, or
+        None; the level's hits count only a served answer (not one dropped as it was asked for: a refusal)."""
+        memory = self.memory
+        if memory is not None:
+            entry = memory.get(key)
+            if entry is not None:  # (an answer too old here is no younger in the shared levels)
+                if oldest is not None and entry.age() > oldest:
+                    return None
+                hit = self._hit(call, entry, key)
+                if hit is not None:
+                    self.stats.memory_hits += 1
+                return hit
         for level in self._shared:
             try:
                 entry = await level.get(model, key)
@@ -402,13 +407,15 @@ class CacheLayer:
                 continue
             if entry is None or (oldest is not None and entry.age() > oldest):
                 continue
-            if level is self.disk:
-                self.stats.disk_hits += 1
-            else:
-                self.stats.redis_hits += 1
-            if self.memory is not None:
-                self.memory.put(key, entry)
-            return entry
+            if memory is not None:
+                memory.put(key, entry)
+            hit = self._hit(call, entry, key)
+            if hit is not None:
+                if level is self.disk:
+                    self.stats.disk_hits += 1
+                else:
+                    self.stats.redis_hits += 1
+            return hit
         return None
 
     async def _follow(self, call: Call, pending: asyncio.Future[Entry | None]) -> Entry | None:

@@ -249,12 +249,15 @@ class Provider:
         return await self.send_body(deadline, "POST", url, headers, upload, upload.body(model, keep))
 
     async def read_body(self, resp: Response) -> bytes:
+        """The whole upstream body; the connection is released after, however the read ended."""
         try:
             return await resp.read()
         except TimeoutError:
             raise UpstreamTimeout(f"upstream {self.kind} timed out") from None
         except UpstreamError as e:
             raise Unavailable(f"upstream {self.kind} failed mid-response ({type(e).__name__})", status=502) from None
+        finally:
+            resp.release()
 
     async def read_json_object(self, resp: Response) -> dict[str, Any]:
         """A whole upstream JSON object body (the connection is released); anything else is Unavailable."""
@@ -262,10 +265,7 @@ class Provider:
 
     async def read_json_raw(self, resp: Response) -> tuple[bytes, dict[str, Any]]:
         """``read_json_object`` and the bytes it was read from (for an answer relayed as it came)."""
-        try:
-            raw = await self.read_body(resp)
-        finally:
-            resp.release()
+        raw = await self.read_body(resp)
         return raw, self.json_object(raw)
 
     def json_object(self, raw: bytes) -> dict[str, Any]:

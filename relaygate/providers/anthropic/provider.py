@@ -237,10 +237,7 @@ class AnthropicProvider(Provider):
             reply = Reply(media_type="text/event-stream", headers=headers, first_byte_at=time.monotonic())
             reply.stream = closing(upstream, self._relay(events, start, raw, reply))
         else:
-            try:
-                data = await self.read_body(resp)
-            finally:
-                resp.release()
+            data = await self.read_body(resp)
             try:
                 message = orjson.loads(data)  # once, for the usage
             except orjson.JSONDecodeError:

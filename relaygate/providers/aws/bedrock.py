@@ -142,10 +142,7 @@ class BedrockProvider(AwsProvider):
                 request = {**request, "inferenceConfig": {**(cfg if isinstance(cfg, dict) else {}), "maxTokens": cap}}
         if not call.stream:
             resp = await self.post_json(call.deadline, model_path(model, "converse"), request)
-            try:
-                raw = await self.read_body(resp)
-            finally:
-                resp.release()
+            raw = await self.read_body(resp)
             read = converse_answer(raw)  # only the usage is decoded
             if read is not None:
                 return Reply(body=raw, usage=read.tokens(), first_byte_at=time.monotonic(), native=True)

@@ -106,10 +106,7 @@ class CohereProvider(Provider):
         only the usage is read, and a generation that failed is raised (a fallback can still act)."""
         resp = await self._post(call.deadline, "/v2/chat", body)
         if not call.stream:
-            try:
-                raw = await self.read_body(resp)
-            finally:
-                resp.release()
+            raw = await self.read_body(resp)
             read = cohere_answer(raw)  # only the usage and the finish reason are decoded
             if read is not None:
                 finish_reason(read.finish_reason, None)

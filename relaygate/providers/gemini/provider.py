@@ -166,10 +166,7 @@ class GeminiProvider(Provider):
         if resp.status >= 400:
             raise await self.upstream_error(resp)
         if not call.stream:
-            try:
-                raw = await self.read_body(resp)
-            finally:
-                resp.release()
+            raw = await self.read_body(resp)
             read = gemini_answer(raw)  # only the usage and the finish reasons are decoded
             if read is not None:
                 if not read.reasons() <= _FINISHED:  # a failure (or a reason unknown here): looked at closely

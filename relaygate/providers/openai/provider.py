@@ -182,10 +182,7 @@ class OpenAIProvider(Provider):
             reply = Reply(media_type="text/event-stream", headers=passed, first_byte_at=time.monotonic())
             reply.stream = relay_responses(UpstreamBody(resp, self.kind), reply)
         else:
-            try:
-                data = await self.read_body(resp)
-            finally:
-                resp.release()
+            data = await self.read_body(resp)
             reply = Reply(body=data, headers=passed, first_byte_at=time.monotonic(), usage=usage_of(data))
         reply.responses_native = True
         return reply
@@ -239,10 +236,7 @@ class OpenAIProvider(Provider):
         ctype = resp.headers.get("content-type", "")
         if ctype.startswith("text/event-stream"):  # stream=true on a model that streams transcripts
             return self._relayed(resp, Reply(media_type="text/event-stream", first_byte_at=time.monotonic()), True)
-        try:
-            data = await self.read_body(resp)
-        finally:
-            resp.release()
+        data = await self.read_body(resp)
         reply = Reply(status=resp.status, body=data, media_type=ctype or "application/json", headers=passed_headers(resp),
                       first_byte_at=time.monotonic())
         reply.usage = usage_of(data) if ctype.startswith("application/json") else Usage(known=False)
@@ -281,10 +275,7 @@ class OpenAIProvider(Provider):
         if call.stream and ctype.startswith("text/event-stream"):
             reply = Reply(media_type="text/event-stream", headers=passed, first_byte_at=time.monotonic())
             return self._relayed(resp, reply, call.wants_usage, call if call.route is Route.CHAT else None)
-        try:
-            data = await self.read_body(resp)
-        finally:
-            resp.release()
+        data = await self.read_body(resp)
         reply = Reply(status=resp.status, body=data, headers=passed, media_type=ctype or "application/json",
                       first_byte_at=time.monotonic())
         reply.usage = usage_of(data)

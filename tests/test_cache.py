@@ -366,8 +366,11 @@ def test_namespaces_keep_teams_apart(openai_emulator: BackgroundServer,
                         "cache": {"namespace": "team"}})
     admin = Admin(gw)
     a1, a2, b = (admin("POST", "/keys", {"team_id": t}).json()["key"] for t in ("a", "a", "b"))
-    verdicts = [chat(gw, {"authorization": f"Bearer {k}"}).headers["x-relaygate-cache"] for k in (a1, a2, b)]
-    assert verdicts == ["miss", "hit", "miss"]
+    replies = [chat(gw, {"authorization": f"Bearer {k}"}) for k in (a1, a2, b, b, a1)]
+    assert [r.headers["x-relaygate-cache"] for r in replies] == ["miss", "hit", "miss", "hit", "hit"]
+    # the same bytes from another team have another key, whatever the key of a served body remembers
+    keys = [r.headers["x-relaygate-cache-key"] for r in replies]
+    assert keys[0] == keys[1] == keys[4] != keys[2] == keys[3]
 
 
 def test_admin_cache_stats_and_purge(openai_emulator: BackgroundServer,
@@ -498,5 +501,82 @@ def test_a_refusal_kept_unread_is_never_served() -> None:
         layer._shared = [layer.memory]  # type: ignore[list-item]  # (only its presence matters here)
         layer._keep(call(), "k2", None, layer._whole(call(), Reply(body=refusal), "m", refusal), layer.models["m"])
         assert layer.memory is not None and layer.memory.get("k2") is None
+
+    asyncio.run(run())
+
+
+def stand_in_layer(answer: bytes) -> Any:
+    """A cache layer (mode always, memory only) whose upstream is a stand-in answering ``answer``."""
+    from relaygate.config import parse_config
+    from relaygate.core.call import Call, Reply
+    from relaygate.gateway import Gateway
+
+    config = parse_config({"models": [{"name": "m", "cache": {"mode": "always"}, "deployments": [
+        {"provider": "openai", "model": "gpt-4o-mini", "api_base": "http://127.0.0.1:9/v1", "api_key": "k"}]}],
+        "request_log": {"enabled": False}}, {})
+    layer = Gateway(config, None).cache  # type: ignore[arg-type]  # no upstream session: the stand-in answers
+    assert layer is not None
+
+    async def upstream(call: Call) -> Reply:
+        return Reply(body=answer, usage=Usage(5, 5))
+
+    layer.next = upstream
+    return layer
+
+
+ANSWER = json.dumps({"id": "c", "object": "chat.completion", "choices": [{"index": 0, "finish_reason": "stop",
+                    "message": {"role": "assistant", "content": "hi", "refusal": None}}]}).encode()
+
+
+def test_the_key_hashes_a_chat_body_as_the_client_sent_it() -> None:
+    """A chat body as parsed from the client's bytes is keyed by those bytes (not dumped again): the key of its
+    compact dump, so a streamed request (its ``stream`` left out, dumped) meets a compact whole one; a body
+    changed from its bytes (a provider taken out of it) is dumped; other bytes, another key."""
+    import orjson
+
+    from relaygate.cache.layer import cache_key
+    from relaygate.core.call import Call, Route
+
+    body = {"model": "m", "messages": MSG, "temperature": 0}
+
+    def key(raw: bytes | None, **fields: Any) -> str:
+        call = Call(id="r", route=Route.CHAT, model="m", body={**body, **fields.pop("extra", {})}, raw=raw, **fields)
+        return cache_key(call, ["m/openai/0"], "")
+
+    dumped = key(None)
+    assert key(orjson.dumps(body)) == dumped
+    assert key(orjson.dumps({**body, "stream": True}), extra={"stream": True}, stream=True) == dumped
+    assert key(orjson.dumps({**body, "provider": "openai"}), provider="openai") == dumped
+    assert key(json.dumps(body).encode()) != dumped  # spaced JSON: the bytes differ
+
+
+def test_a_served_body_remembers_its_key_within_a_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chat body served from the cache keeps its key (no hash for the next identical request): the same key
+    as hashed; the bodies kept for that stay within MEMO_BYTES."""
+    import orjson
+
+    from relaygate.cache import layer as cache_layer
+    from relaygate.cache.layer import cache_key
+    from relaygate.core.call import Call, Route
+
+    layer = stand_in_layer(ANSWER)
+
+    def call(content: str) -> Call:
+        body = {"model": "m", "messages": [{"role": "user", "content": content}], "temperature": 0}
+        return Call(id="r", route=Route.CHAT, model="m", body=body, raw=orjson.dumps(body))
+
+    async def run() -> None:
+        replies = [await layer(call("a")) for _ in range(3)]
+        assert [r.headers["x-relaygate-cache"] for r in replies] == ["miss", "hit", "hit"]
+        assert len({r.headers["x-relaygate-cache-key"] for r in replies}) == 1
+        scope = next(iter(layer._names.values()))
+        first = call("a")
+        assert scope.keys == {first.raw: cache_key(first, scope.names, "")}
+        monkeypatch.setattr(cache_layer, "MEMO_BYTES", 1000)
+        for i in range(40):
+            for _ in range(2):
+                assert (await layer(call(f"question {i}"))).status == 200
+            assert 0 < layer._memo_bytes <= 1000 and sum(map(len, scope.keys)) == layer._memo_bytes
+        assert layer.stats.hits == 42 and layer.stats.misses == 41
 
     asyncio.run(run())

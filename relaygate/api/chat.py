@@ -96,6 +96,7 @@ async def chat_completions(gw: Gateway, req: Request) -> Response | StreamRespon
     key = await caller(gw.auth, req.headers)  # before the body: no key, no parsing
     body = object_body(await req.json(gw.config.server.max_body_bytes))
     call = chat_call(gw, req, body, key)
+    call.raw = req.raw
     reply = await gw.handle(call)
     if reply.stream is not None:
         bill_delivered(call, reply)

@@ -44,11 +44,14 @@ CACHED_ROUTES = frozenset({Route.CHAT, Route.EMBEDDINGS, Route.SPEECH})
 # reverse; who asks (``user``, ``safety_identifier``) and what is stored with the call do not matter
 IGNORED = frozenset({"model", "stream", "stream_options", "user", "safety_identifier", "metadata", "store",
                      "service_tier", "prompt_cache_key"})
+_IGNORED_BUT_MODEL = IGNORED - {"model"}
 HEADER = "x-relaygate-cache"
 KEY_HEADER = "x-relaygate-cache-key"
 SIMILARITY_HEADER = "x-relaygate-cache-similarity"  # a semantic hit: the cosine of the two conversations
 
 MAX_NAMES = 4096  # (model, provider) pairs whose deployment names are kept
+MEMO_BODY = 16384  # the largest client body whose key is remembered (``Scope.keys``)
+MEMO_BYTES = 4 << 20  # the client bodies remembered with their keys, all scopes together
 READ, REFRESH, BYPASS = 0, 1, 2
 _READ_ANY: tuple[int, float | None] = (READ, None)  # what the client asked of the cache
 _OBJECT = re.compile(rb"\s*\{")
@@ -141,22 +144,27 @@ def cache_key(call: Call, names: Sequence[str], space: str, base: hashlib.blake2
     the name they are asked for (a wildcard deployment sends the client's); ``names``: the deployments'.
     ``base``: ``scope_hash(call.route, names, call.model)``, when the caller keeps it (one per model)."""
     native = call.native
+    raw = None
     if native is not None:  # its own dialect's body: the reply relayed to it is in that dialect
         body, dialect = native.body, native.dialect.value
     elif call.anthropic_request is not None:
         body, dialect = call.anthropic_request, "messages"
     else:
         body, dialect = call.body, ""
+        raw = call.raw
     if call.responses_request is not None:  # a /v1/responses call a native deployment may answer in its shape
-        dialect = "responses"
+        dialect, raw = "responses", None
     model = call.model
     # what is hashed is the body with the model as routed (``openai/m`` and ``m`` share answers) and without
     # the ignored fields; the usual request is that already (no ignored field but its model, named as routed)
     # and is hashed as it is: no copy of it per miss
-    if len(body.keys() & IGNORED) != 1 or body.get("model") != model:
+    if not _IGNORED_BUT_MODEL.isdisjoint(body) or body.get("model") != model:
         # in the client's order, the model where it named it (the keys are not sorted: see below)
         body = {k: model if k == "model" else v for k, v in body.items() if k == "model" or k not in IGNORED}
         body.setdefault("model", model)
+        raw = None
+    elif call.provider is not None:  # the client's bytes named a provider (taken out of the body)
+        raw = None
     h = (scope_hash(call.route, names, model) if base is None else base).copy()
     # what else scopes the answer, each on a line of its own (the body, last, starts with "{")
     if dialect:
@@ -166,9 +174,20 @@ def cache_key(call: Call, names: Sequence[str], space: str, base: hashlib.blake2
     if call.output_cap is not None:  # the limits hold this caller's answer to fewer tokens than it asked for
         h.update(b"c%d\n" % call.output_cap)
     # the body's keys in the client's order (a client sends its requests alike; sorting them cost as much as
-    # the rest of the dump)
-    h.update(orjson.dumps(body))
+    # the rest of the dump); a chat body as parsed from the client's bytes is those bytes, not dumped again
+    # (the same key as its dump when the client writes compact JSON, as httpx, the SDKs and ``fetch`` do)
+    h.update(orjson.dumps(body) if raw is None else raw)
     return h.hexdigest()
+
+
+@dataclass(slots=True)
+class Scope:
+    """What a model's calls on one route share in their keys: the deployments' names, the BLAKE2b state that
+    has read them (``scope_hash``), and the keys of chat bodies as clients sent them, once served (a memo)."""
+
+    names: tuple[str, ...]
+    base: hashlib.blake2b
+    keys: dict[str | bytes | tuple[str, bytes], str]
 
 
 def scope_hash(route: Route, names: Sequence[str], model: str) -> hashlib.blake2b:
@@ -274,7 +293,8 @@ class CacheLayer:
         self._shared = [level for level in (self.disk, self.redis) if level is not None]  # memory, then these
         # (model asked, provider asked, route) -> the names of the deployments that may serve it and the hash
         # state of that scope (``scope_hash``), built once
-        self._names: dict[tuple[str, str | None, Route], tuple[tuple[str, ...], hashlib.blake2b]] = {}
+        self._names: dict[tuple[str, str | None, Route], Scope] = {}
+        self._memo_bytes = 0  # the client bodies the scopes' memos hold (``Scope.keys``)
         self._spaced = config.cache.namespace != "shared"
         self._semantic = {name: SemanticIndex(s.semantic.max_entries) for name, s in self.models.items()
                           if s.semantic is not None}
@@ -300,20 +320,35 @@ class CacheLayer:
         scope = self._names.get((call.model, call.provider, call.route))
         if scope is None:
             names = tuple(d.name for d in deps)
-            scope = (names, scope_hash(call.route, names, call.model))
+            scope = Scope(names, scope_hash(call.route, names, call.model), {})
             if len(self._names) < MAX_NAMES:
                 self._names[(call.model, call.provider, call.route)] = scope
-        names = scope[0]
+        names = scope.names
         space = namespace(call, self.config) if self._spaced else ""
-        key = cache_key(call, names, space, scope[1])
+        # a chat body as the client sent it that was served before has its key in the scope's memo (a pure
+        # function of the bytes there: no BLAKE2b for a repeated request); a body the limits changed is not
+        raw = call.raw
+        memo = None
+        if raw is not None and call.output_cap is None and len(raw) <= MEMO_BODY:
+            memo = (space, raw) if space else raw
+            key = scope.keys.get(memo)
+            if key is None:
+                key = cache_key(call, names, space, scope.base)
+        else:
+            key = cache_key(call, names, space, scope.base)
         if mode == READ:
             oldest = settings.ttl if max_age is None else max_age if settings.ttl is None else min(max_age, settings.ttl)
-            span = call.trace.step("relaygate.cache") if call.trace is not None else None  # the lookup
-            hit = await self._find(call, model, key, oldest)
-            if span is not None:
-                span.set_attribute("relaygate.cache.result", "miss" if hit is None else "hit")
-                span.end()
+            if call.trace is None and not self._shared:  # the usual: one level in the process, nothing to await
+                hit = self._memory_hit(call, key, oldest)
+            else:
+                span = call.trace.step("relaygate.cache") if call.trace is not None else None  # the lookup
+                hit = await self._find(call, model, key, oldest)
+                if span is not None:
+                    span.set_attribute("relaygate.cache.result", "miss" if hit is None else "hit")
+                    span.end()
             if hit is not None:
+                if memo is not None and raw is not None and memo not in scope.keys:
+                    self._remember(scope, memo, raw, key)
                 return hit
             pending = self._inflight.get(key)
             if pending is not None:
@@ -386,19 +421,35 @@ class CacheLayer:
         reply.finish(None)  # delivered (to us): its log row, limits and statistics are settled
         return vector
 
+    def _remember(self, scope: Scope, memo: str | bytes | tuple[str, bytes], raw: bytes, key: str) -> None:
+        """Keep ``key`` as the key of the client's body ``raw`` (``memo``) in its scope; past MEMO_BYTES of
+        bodies, every scope's memo starts again."""
+        if self._memo_bytes + len(raw) > MEMO_BYTES:
+            for each in self._names.values():
+                each.keys.clear()
+            self._memo_bytes = 0
+        scope.keys[memo] = key
+        self._memo_bytes += len(raw)
+
+    def _memory_hit(self, call: Call, key: str, oldest: float | None) -> Reply | None:
+        """The hit for ``key`` from the memory level (an answer at most ``oldest`` seconds old), or None; its
+        hits count only a served answer (not one dropped as it was asked for: a refusal)."""
+        memory = self.memory
+        entry = memory.get(key) if memory is not None else None
+        if entry is None or (oldest is not None and entry.age() > oldest):
+            return None
+        hit = self._hit(call, entry, key)
+        if hit is not None:
+            self.stats.memory_hits += 1
+        return hit
+
     async def _find(self, call: Call, model: str, key: str, oldest: float | None) -> Reply | None:
         """The hit for ``key`` from the first level that holds an answer at most ``oldest`` seconds old, or
         None; the level's hits count only a served answer (not one dropped as it was asked for: a refusal)."""
+        hit = self._memory_hit(call, key, oldest)
+        if hit is not None:
+            return hit
         memory = self.memory
-        if memory is not None:
-            entry = memory.get(key)
-            if entry is not None:  # (an answer too old here is no younger in the shared levels)
-                if oldest is not None and entry.age() > oldest:
-                    return None
-                hit = self._hit(call, entry, key)
-                if hit is not None:
-                    self.stats.memory_hits += 1
-                return hit
         for level in self._shared:
             try:
                 entry = await level.get(model, key)

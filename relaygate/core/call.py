@@ -284,6 +284,9 @@ class Call:
     # the output tokens the gateway holds the answer to (what the caller's remaining budget pays for): the
     # client's caps in the body are lowered to it; where it set none, each provider sends this in its own field
     output_cap: int | None = None
+    # the request body's bytes as the client sent them (``/v1/chat/completions``; None elsewhere): the cache key
+    # hashes them instead of dumping ``body`` again while the body is as parsed from them
+    raw: bytes | None = None
 
     @property
     def translated(self) -> bool:

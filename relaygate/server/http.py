@@ -93,6 +93,11 @@ class Request:
             self._body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         return self._body
 
+    @property
+    def raw(self) -> bytes | None:
+        """The whole body's bytes once read (``body``, ``json``), else None."""
+        return self._body
+
     async def stream(self, limit: int) -> AsyncIterator[bytes]:
         """The body as it arrives, refusing (413) once more than ``limit`` bytes came (or were declared)."""
         declared = self.headers.get("content-length")

@@ -15,7 +15,9 @@ clients, after a warm-up that is not counted.
 A variant that names a ``.py`` file is a bare pass-through proxy script (``--upstream``, ``--port``), not a
 relaygate config: the two floors, aiohttp's and relaygate's own client's. A variant may name the route and
 the request its clients send, for another client dialect: ``NAME=CONFIG@PATH@REQUEST``, e.g.
-``gem=bench/variants/relaygate-gemini.yaml@/v1beta/models/bench-model:generateContent@gemini.json``.
+``gem=bench/variants/relaygate-gemini.yaml@/v1beta/models/bench-model:generateContent@gemini.json``; a fourth
+part ``@sigv4`` has the clients sign each request with SigV4 as boto3 does, with the AWS pair of the bench key
+(``GET /bedrock/credentials``): a Bedrock route behind keys (``relaygate-bedrock-keys.yaml``), verified per request.
 
 The first variant is the reference; each other gets the ratio reference / variant, which is what its
 requests/s on one core would be relative to the reference if instructions were time. Needs valgrind
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import glob
+import json
 import os
 import re
 import shutil
@@ -36,6 +39,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -58,13 +63,37 @@ DEFAULT_VARIANTS = ["nolog=relaygate-nolog.yaml", "relaygate=relaygate.yaml", "f
                     "full-pg=relaygate-full-pg.yaml"]
 
 
+BENCH_KEY = "sk-bench-5f0c2a9e71d43b86a1e07c9d2f4b6e38"  # the full variants' key
+
+
+def sigv4_signer(url: str) -> Callable[[bytes, dict[str, str]], dict[str, str]]:
+    """Headers signed with SigV4 (botocore's signer, as boto3's bedrock-runtime client signs) by the AWS pair of
+    the bench key, which the gateway at ``url`` hands out."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    base = url.split("/", 3)
+    with urllib.request.urlopen(urllib.request.Request(f"{base[0]}//{base[2]}/bedrock/credentials", headers={
+            "authorization": f"Bearer {BENCH_KEY}"}), timeout=60) as r:
+        pair = json.loads(r.read())
+    auth = SigV4Auth(Credentials(pair["aws_access_key_id"], pair["aws_secret_access_key"]), "bedrock", "us-east-1")
+
+    def sign(body: bytes, headers: dict[str, str]) -> dict[str, str]:
+        req = AWSRequest("POST", url, data=body,
+                         headers={k: v for k, v in headers.items() if k != "authorization"})
+        auth.add_auth(req)
+        return dict(req.headers.items())
+    return sign
+
+
 async def load(url: str, n: int, clients: int, request: str = "chat.json",
-               extra_headers: dict[str, str] | None = None) -> None:
+               extra_headers: dict[str, str] | None = None,
+               sign: Callable[[bytes, dict[str, str]], dict[str, str]] | None = None) -> None:
     """``n`` chat requests (``requests/<request>``) from ``clients`` keep-alive clients; every answer must be a
-    200, read whole (a stream to its end)."""
+    200, read whole (a stream to its end). With ``sign``, each request's headers are signed (SigV4) anew."""
     body = (BENCH_DIR / "requests" / request).read_bytes()
-    headers = {"content-type": "application/json",
-               "authorization": "Bearer sk-bench-5f0c2a9e71d43b86a1e07c9d2f4b6e38",  # the full variants' key
+    headers = {"content-type": "application/json", "authorization": f"Bearer {BENCH_KEY}",
                **(extra_headers or {})}
     left = n
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
@@ -72,7 +101,7 @@ async def load(url: str, n: int, clients: int, request: str = "chat.json",
             nonlocal left
             while left > 0:
                 left -= 1
-                async with session.post(url, data=body, headers=headers) as r:
+                async with session.post(url, data=body, headers=sign(body, headers) if sign else headers) as r:
                     await r.read()
                     if r.status != 200:
                         raise SystemExit(f"{url}: status {r.status}")
@@ -133,7 +162,8 @@ def slowed_config(path: Path) -> float:
 
 
 def measure(ctx: Ctx, name: str, config: Path, n: int, clients: int, request: str = "chat.json",
-            headers: dict[str, str] | None = None, path: str = "/v1/chat/completions") -> tuple[float, dict[str, float]]:
+            headers: dict[str, str] | None = None, path: str = "/v1/chat/completions",
+            sigv4: bool = False) -> tuple[float, dict[str, float]]:
     port = free_port()
     if config.suffix == ".py":  # a pass-through proxy script
         settle = 1.0
@@ -158,10 +188,11 @@ def measure(ctx: Ctx, name: str, config: Path, n: int, clients: int, request: st
                 raise SystemExit(f"{name} did not start; see {ctx.run_dir / (name + '.log')}")
             time.sleep(0.5)
         url = f"http://127.0.0.1:{port}{path}"
-        asyncio.run(load(url, max(200, n // 5), clients, request, headers))  # warm-up: pools, caches, lazy imports
+        sign = sigv4_signer(url) if sigv4 else None
+        asyncio.run(load(url, max(200, n // 5), clients, request, headers, sign))  # warm-up: pools, caches, imports
         time.sleep(settle)  # the warm-up's log rows are written before counting starts
         subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], check=True, capture_output=True)
-        asyncio.run(load(url, n, clients, request, headers))
+        asyncio.run(load(url, n, clients, request, headers, sign))
         time.sleep(settle)  # the log writer's last batch lands
         subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True)
     finally:
@@ -204,9 +235,10 @@ def main() -> None:
         for r in range(args.repeat):  # variants in turn, so that each repeat sees the same conditions
             for spec in variants:
                 name, _, spec_rest = spec.partition("=")
-                path, route, request = (spec_rest.split("@") + ["", ""])[:3]
+                path, route, request, auth = (spec_rest.split("@") + ["", "", ""])[:4]
                 total, per = measure(ctx, name if r == 0 else f"{name}-{r}", Path(path), args.n, args.c,
-                                     request or args.request, headers, route or "/v1/chat/completions")
+                                     request or args.request, headers, route or "/v1/chat/completions",
+                                     auth == "sigv4")
                 counts.setdefault(name, []).append(total)
                 threads = ", ".join(f"thread {t}: {v / 1000:.1f}k" for t, v in per.items())
                 print(f"  {name}: {total / 1000:.1f}k instructions per request ({threads})", file=sys.stderr,

@@ -167,6 +167,25 @@ def test_a_bedrock_deployment_gets_the_converse_body_as_the_client_sent_it(
     assert "x-relaygate-dropped-params" not in resp["ResponseMetadata"]["HTTPHeaders"]
 
 
+def test_a_compact_body_signed_by_the_client_is_signed_upstream_with_the_hash_the_check_made(
+        stack: tuple[GatewayThread, dict[str, BackgroundServer]]) -> None:
+    """A client that sends compact JSON (as the JS, Java and Go SDKs do) sends the very bytes the gateway would:
+    their SHA-256, computed to check the client's signature, signs the upstream request too (which the
+    emulator verifies); a budget cap or a guardrail changes the bytes, and they are hashed anew."""
+    gw, emu = stack[0], stack[1]["bedrock"]
+    pair = aws_pair(gw, APP_KEY)
+    body = orjson.dumps({"messages": [user("compact bytes")], "inferenceConfig": {"maxTokens": 30}})
+    request = botocore.awsrequest.AWSRequest(method="POST", url=gw.url + "/model/bedrock/converse", data=body,
+                                             headers={"Content-Type": "application/json"})
+    botocore.auth.SigV4Auth(botocore.credentials.Credentials(pair["aws_access_key_id"], pair["aws_secret_access_key"]),
+                            "bedrock", "us-east-1").add_auth(request)
+    r = httpx.post(request.url, content=body, headers=dict(request.headers))
+    assert r.status_code == 200, r.text
+    assert "compact bytes" in r.json()["output"]["message"]["content"][0]["text"]
+    sent = emu.state.requests[-1]
+    assert sent["json"] == orjson.loads(body) and sent["path"].endswith("/converse")
+
+
 def test_an_arn_model_id_names_the_model_after_its_last_slash(client: Any) -> None:
     arn = "arn:aws:bedrock:us-east-1:123456789012:inference-profile/gpt"
     resp = client.converse(modelId=arn, messages=[user("by arn")])

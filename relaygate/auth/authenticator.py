@@ -57,6 +57,7 @@ class Authenticator:
         self._lookup_id = lookup_id  # by key id: SigV4 names the key, then proves it knows its secret (auth/aws.py)
         # the root of every key's SigV4 secret: only the master key's holder (the gateway) can derive them
         self.aws_root = hmac.new(master_key.encode("utf-8", "surrogateescape"), AWS_DERIVATION, "sha256").digest()
+        self.aws_secrets: dict[str, str] = {}  # key hash -> its SigV4 secret, derived once (auth/aws.py)
         self.cache_ttl = cache_ttl
         self.stale_ttl = stale_ttl
         # digest -> (principal or None, refresh in the background from, look up before use from)

@@ -20,9 +20,17 @@ from collections.abc import Awaitable, Callable, Mapping
 from relaygate.auth.authenticator import Authenticator
 from relaygate.auth.principal import Principal, hash_secret
 from relaygate.core.errors import AuthError
-from relaygate.providers.aws.sigv4 import Presigned, SignatureError, SignedBy, verify, verify_presigned
+from relaygate.providers.aws.sigv4 import (
+    Presigned,
+    SignatureError,
+    SignedBy,
+    payload_sha256,
+    verify,
+    verify_presigned,
+)
 
 SERVICE = "bedrock"  # what boto3's bedrock-runtime client signs for
+AWS_SECRETS_KEPT = 4096  # derived secrets an authenticator keeps (by key hash)
 
 
 class SigV4Refused(AuthError):
@@ -35,9 +43,17 @@ class SigV4Refused(AuthError):
 
 
 def aws_secret(auth: Authenticator, key_hash: str) -> str:
-    """The SigV4 secret of the key whose secret hashes to ``key_hash``."""
-    digest = hmac.new(auth.aws_root, key_hash.encode(), hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(digest).decode()[:40]
+    """The SigV4 secret of the key whose secret hashes to ``key_hash`` (derived once per key and kept: an
+    HMAC costs a verification as much as its own)."""
+    secrets = auth.aws_secrets
+    secret = secrets.get(key_hash)
+    if secret is None:
+        digest = hmac.new(auth.aws_root, key_hash.encode(), hashlib.sha256).digest()
+        secret = base64.urlsafe_b64encode(digest).decode()[:40]
+        if len(secrets) >= AWS_SECRETS_KEPT:
+            secrets.clear()
+        secrets[key_hash] = secret
+    return secret
 
 
 def credentials(auth: Authenticator, principal: Principal) -> dict[str, str]:
@@ -50,10 +66,11 @@ def issued_credentials(auth: Authenticator, key_id: str, secret: str) -> dict[st
 
 
 async def sigv4_caller(auth: Authenticator, by: SignedBy | Presigned, method: str, raw_path: str, raw_query: str,
-                       headers: Mapping[str, str], read_body: Callable[[], Awaitable[bytes]]) -> Principal:
+                       headers: Mapping[str, str], read_body: Callable[[], Awaitable[bytes]]) -> tuple[Principal, str]:
     """The key that signed the request (its ``Authorization`` header, or a presigned URL's query), once the
-    signature verifies with the key's derived secret (or, in the rotation grace, the previous key's); the
-    body (whose hash is signed) is read only for a known key. Raises SigV4Refused in AWS's terms."""
+    signature verifies with the key's derived secret (or, in the rotation grace, the previous key's), and the
+    body's SHA-256 (hex; signing the same bytes upstream need not hash them again); the body (whose hash is
+    signed) is read only for a known key. Raises SigV4Refused in AWS's terms."""
     presigned = by if isinstance(by, Presigned) else None
     if presigned is not None:
         by = presigned.by
@@ -66,13 +83,15 @@ async def sigv4_caller(auth: Authenticator, by: SignedBy | Presigned, method: st
     secrets = [aws_secret(auth, principal.hash)]
     if principal.old_hash is not None and principal.old_expires_at is not None and principal.old_expires_at > now:
         secrets.append(aws_secret(auth, principal.old_hash))
+    digest = payload_sha256(body)
     try:
         if presigned is not None:
-            verify_presigned(presigned, secrets, SERVICE, method, raw_path, raw_query, headers, body, now=now)
+            verify_presigned(presigned, secrets, SERVICE, method, raw_path, raw_query, headers, body, now=now,
+                             body_sha256=digest)
         else:
-            verify(by, secrets, SERVICE, method, raw_path, raw_query, headers, body, now=now)
+            verify(by, secrets, SERVICE, method, raw_path, raw_query, headers, body, now=now, body_sha256=digest)
     except SignatureError as e:
         raise SigV4Refused(e.error_type, e.message) from None
     if principal.expires_at is not None and principal.expires_at <= now:
         raise SigV4Refused("ExpiredTokenException", "The security token included in the request is expired.")
-    return principal
+    return principal, digest

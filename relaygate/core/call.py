@@ -58,6 +58,9 @@ class NativeRequest:
     dialect: Dialect
     body: dict[str, Any]
     dropped: list[str] = field(default_factory=list)
+    # the client's body as it came and its SHA-256 (hex), when a SigV4 check hashed it (Bedrock): a provider
+    # sending ``body`` unchanged, serialised to these very bytes, signs them without hashing them again
+    signed: tuple[bytes, str] | None = None
 
     def _gemini_config(self) -> dict[str, Any] | None:
         for name in _GEMINI_CONFIG:

@@ -53,7 +53,8 @@ class RequestIds:
 class Request:
     """One HTTP request: headers are read once into a dict of lower-case names."""
 
-    __slots__ = ("scope", "receive", "headers", "id", "params", "_body", "started", "task", "_watchers", "_watch")
+    __slots__ = ("scope", "receive", "headers", "id", "params", "_body", "body_sha256", "started", "task", "_watchers",
+                 "_watch")
 
     def __init__(self, scope: Scope, receive: Receive, ids: RequestIds, watchers: Watchers | None = None) -> None:
         self.scope = scope
@@ -63,6 +64,7 @@ class Request:
         self.id = rid if rid and len(rid) <= 200 and rid.isprintable() else ids.new()
         self.params: dict[str, str] = {}
         self._body: bytes | None = None
+        self.body_sha256: str | None = None  # the body's SHA-256 (hex), once a SigV4 check hashed it (api/bedrock)
         self.started = time.monotonic()
         self.task = asyncio.current_task()  # the task answering: a client that leaves cancels it
         self._watchers = watchers

@@ -38,8 +38,8 @@ if TYPE_CHECKING:
 
 async def bedrock_caller(gw: Gateway, req: Request) -> Principal | None:
     """The caller: a SigV4 signature (the ``Authorization`` header, or a presigned URL's ``X-Amz-*`` query)
-    verified against its key's derived secret (the body is read for its hash only once the key is known),
-    else the usual bearer key."""
+    verified against its key's derived secret (the body is read for its hash only once the key is known, and
+    the hash kept in ``req.body_sha256``), else the usual bearer key."""
     auth = gw.auth
     header = req.headers.get("authorization", "")
     signed = header.startswith("AWS4-HMAC-SHA256")
@@ -52,8 +52,9 @@ async def bedrock_caller(gw: Gateway, req: Request) -> Principal | None:
         raise SigV4Refused(e.error_type, e.message) from None
     raw = req.scope.get("raw_path")
     path = raw.decode("latin-1") if isinstance(raw, bytes) else quote(req.path)
-    return await sigv4_caller(auth, by, req.method, path, req.query, req.headers,
-                              lambda: req.body(gw.config.server.max_body_bytes))
+    key, req.body_sha256 = await sigv4_caller(auth, by, req.method, path, req.query, req.headers,
+                                              lambda: req.body(gw.config.server.max_body_bytes))
+    return key
 
 
 def model_name(gw: Gateway, model_id: str) -> str:

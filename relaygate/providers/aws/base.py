@@ -137,12 +137,16 @@ class AwsProvider(Provider):
         return signer
 
     async def post_json(self, deadline: float, path: str, body: dict[str, Any], accept: str = "application/json",
-                        ) -> Response:
-        """POST ``body`` to ``path`` (already percent-encoded), signed; an error status is raised mapped."""
+                        signed: tuple[bytes, str] | None = None) -> Response:
+        """POST ``body`` to ``path`` (already percent-encoded), signed; an error status is raised mapped.
+        ``signed``: bytes whose SHA-256 is known (the client's, ``NativeRequest.signed``), not hashed again
+        when ``body`` serialises to exactly them."""
         data = orjson.dumps(body)
         fixed = self._posts.get(accept) or self._posts.setdefault(accept, {**self._headers, "accept": accept})
         if self.credentials is not None:
-            headers = (await self._signer()).sign_encoded("POST", self.host, self.base_path + path, data, fixed)
+            digest = signed[1] if signed is not None and signed[0] == data else None
+            headers = (await self._signer()).sign_encoded("POST", self.host, self.base_path + path, data, fixed,
+                                                          body_sha256=digest)
         else:  # a Bedrock API key: the same headers every time, encoded once
             headers = self.encoded(fixed)
         # sent as given: %3A / %2F stay exactly as signed

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import orjson
 
 from relaygate.config import BedrockDeployment
-from relaygate.core.call import Call, Dialect, Reply, Route, Usage, delivered_of
+from relaygate.core.call import Call, Dialect, NativeRequest, Reply, Route, Usage, delivered_of
 from relaygate.core.errors import BadRequest, Unavailable, Unsupported
 from relaygate.providers.aws.base import AwsProvider, stream_reply
 from relaygate.providers.aws.bedrock_format import StreamTranslator, from_converse, to_converse, usage_of
@@ -92,7 +92,7 @@ class BedrockProvider(AwsProvider):
         assert call.deployment is not None
         model = call.deployment.upstream_model(call.model)
         if call.native is not None and call.native.dialect is Dialect.BEDROCK:
-            return await self._native(call, call.native.body, model)
+            return await self._native(call, call.native, model)
         request = to_converse(call.body)
         if self.guardrail is not None:
             request["guardrailConfig"] = self.guardrail
@@ -129,10 +129,10 @@ class BedrockProvider(AwsProvider):
 
     # -- native: a Bedrock client's own Converse request (api/bedrock) ---------------------------------
 
-    async def _native(self, call: Call, native: dict[str, Any], model: str) -> Reply:
+    async def _native(self, call: Call, sent: NativeRequest, model: str) -> Reply:
         """Send the client's Converse body (``Call.native``) as it is, re-signed with this deployment's credentials, and relay
         Bedrock's answer untouched (reasoning, citations, guardrail traces all survive); read only for usage."""
-        request = native
+        request = native = sent.body
         if self.guardrail is not None and "guardrailConfig" not in native:
             request = {**native, "guardrailConfig": self.guardrail}
         cap = call.output_cap
@@ -140,8 +140,9 @@ class BedrockProvider(AwsProvider):
             cfg = native.get("inferenceConfig")
             if not isinstance(cfg, dict) or type(cfg.get("maxTokens")) is not int:
                 request = {**request, "inferenceConfig": {**(cfg if isinstance(cfg, dict) else {}), "maxTokens": cap}}
+        signed = sent.signed if request is native else None  # its SHA-256 is known when its bytes are the client's
         if not call.stream:
-            resp = await self.post_json(call.deadline, model_path(model, "converse"), request)
+            resp = await self.post_json(call.deadline, model_path(model, "converse"), request, signed=signed)
             raw = await self.read_body(resp)
             read = converse_answer(raw)  # only the usage is decoded
             if read is not None:
@@ -150,7 +151,7 @@ class BedrockProvider(AwsProvider):
             return Reply(body=raw, usage=usage_of(parsed.get("usage")), first_byte_at=time.monotonic(),
                          native=True)
         resp = await self.post_json(call.deadline, model_path(model, "converse-stream"), request,
-                                    accept=EVENTSTREAM)
+                                    accept=EVENTSTREAM, signed=signed)
         upstream = UpstreamBody(resp, self.kind)
         reply = stream_reply()
         reply.native = True

@@ -14,7 +14,7 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote, unquote
 
 from relaygate.upstream.http11 import EncodedHeaders
@@ -78,9 +78,47 @@ def signing_key(secret: str, date: str, region: str, service: str) -> bytes:
     return _hmac(_hmac(_hmac(_hmac(("AWS4" + secret).encode(), date), region), service), "aws4_request")
 
 
+_IPAD = bytes(b ^ 0x36 for b in range(256))  # HMAC's paddings (RFC 2104), as translation tables
+_OPAD = bytes(b ^ 0x5C for b in range(256))
+
+
+@dataclass(frozen=True, slots=True)
+class HmacKey:
+    """HMAC-SHA256 with one key, its two padded key blocks hashed once: a MAC then copies the states and hashes
+    only its message (OpenSSL's one-shot HMAC, ``hmac.digest``, costs about twice as much: it sets both up anew).
+    The states are only ever copied, never updated, so one instance serves any number of MACs at once."""
+
+    key: bytes
+    inner: Any
+    outer: Any
+
+    @classmethod
+    def of(cls, key: bytes) -> HmacKey:
+        assert len(key) <= 64  # a SigV4 signing key is 32 bytes: never hashed down first
+        block = key.ljust(64, b"\0")
+        return cls(key, hashlib.sha256(block.translate(_IPAD)), hashlib.sha256(block.translate(_OPAD)))
+
+    def hexdigest(self, msg: bytes) -> str:
+        mac = self.inner.copy()
+        mac.update(msg)
+        sig = self.outer.copy()
+        sig.update(mac.digest())
+        return str(sig.hexdigest())
+
+
 @functools.lru_cache(maxsize=256)  # the same all day for a key, a region and a service: four HMACs spared a request
-def _verifying_key(secret: str, date: str, region: str, service: str) -> bytes:
-    return signing_key(secret, date, region, service)
+def _verifying_key(secret: str, date: str, region: str, service: str) -> HmacKey:
+    return HmacKey.of(signing_key(secret, date, region, service))
+
+
+@functools.lru_cache(maxsize=64)  # a client's x-amz-date: the same for every request it signs within a second
+def _epoch(stamp: str) -> int:
+    """Seconds since the epoch of an ``x-amz-date`` (``YYYYMMDDTHHMMSSZ``); ValueError when it is not one."""
+    return calendar.timegm(time.strptime(stamp, "%Y%m%dT%H%M%SZ"))
+
+
+def payload_sha256(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
 
 
 def string_to_sign(timestamp: str, scope: str, canonical: str) -> str:
@@ -90,10 +128,11 @@ def string_to_sign(timestamp: str, scope: str, canonical: str) -> str:
 @dataclass(frozen=True, slots=True)
 class _Canonical:
     """What signing one kind of request (method, path, query, headers) repeats: the canonical request around
-    its two varying parts (the x-amz-date line and the payload hash), and the headers sent."""
+    its two varying parts (the x-amz-date line and the payload hash), the part before them already hashed
+    (its whole 64-byte blocks are not hashed again), and the headers sent."""
 
     source: dict[str, str]  # the headers it was made for (held: the memo is keyed by their identity)
-    head: str  # up to the x-amz-date header's value
+    head: Any  # the SHA-256 state of the canonical request up to the x-amz-date header's value (copied per use)
     tail: str  # after it, up to the payload hash
     signed: str  # the signed header names, ;-joined
     headers: dict[str, str]  # the headers sent besides x-amz-date and authorization
@@ -115,26 +154,19 @@ class SigV4Signer:
         self.credentials = credentials
         self.region = region
         self.service = service
-        # (date, key, the HMAC's inner and outer SHA-256 states keyed with it): once a day
-        self._key: tuple[str, bytes, Any, Any] | None = None
+        self._key: tuple[str, HmacKey] | None = None  # (date, the HMAC keyed with that day's key): once a day
         self._stamp: tuple[int, str] = (-1, "")  # (second, x-amz-date): formatted once a second
         self._kinds: dict[tuple[Any, ...], _Canonical] = {}
         self._scope_tail = f"/{region}/{service}/aws4_request"
         self._plain = credentials.access_key.isascii() and not any(c in credentials.access_key for c in "\r\n\0")
 
-    def _signing_key(self, date: str) -> bytes:
-        return self._keyed(date)[1]
-
-    def _keyed(self, date: str) -> tuple[str, bytes, Any, Any]:
+    def _keyed(self, date: str) -> HmacKey:
         cached = self._key
         if cached is not None and cached[0] == date:
-            return cached
-        key = signing_key(self.credentials.secret_key, date, self.region, self.service)
-        block = key.ljust(64, b"\0")  # HMAC (RFC 2104) with SHA-256: the key padded to the 64-byte block
-        inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
-        outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
-        cached = self._key = (date, key, inner, outer)
-        return cached
+            return cached[1]
+        keyed = HmacKey.of(signing_key(self.credentials.secret_key, date, self.region, self.service))
+        self._key = (date, keyed)
+        return keyed
 
     def _canonical(self, method: str, host: str, raw_path: str, raw_query: str,
                    headers: dict[str, str]) -> _Canonical:
@@ -158,45 +190,44 @@ class SigV4Signer:
             encoded: EncodedHeaders | None = EncodedHeaders(sent) if self._plain else None
         except ValueError:  # sent as a mapping: the client refuses it with its own error
             encoded = None
-        found = _Canonical(headers, f"{method.upper()}\n{canonical_uri(raw_path)}\n{canonical_query(raw_query)}\n"
-                           f"{''.join(lines)}x-amz-date:", f"\n{after}\n{signed}\n", signed, sent, encoded)
+        head = f"{method.upper()}\n{canonical_uri(raw_path)}\n{canonical_query(raw_query)}\n{''.join(lines)}x-amz-date:"
+        found = _Canonical(headers, hashlib.sha256(head.encode()), f"\n{after}\n{signed}\n", signed, sent, encoded)
         if len(self._kinds) >= self._MAX_KINDS:
             self._kinds.clear()
         self._kinds[kind] = found
         return found
 
-    def _signature(self, c: _Canonical, body: bytes, now: float | None) -> tuple[str, str]:
-        """(x-amz-date, authorization) of a request of kind ``c`` with ``body``."""
+    def _signature(self, c: _Canonical, body: bytes, now: float | None, body_sha256: str | None) -> tuple[str, str]:
+        """(x-amz-date, authorization) of a request of kind ``c`` with ``body`` (whose SHA-256, when known)."""
         t = time.time() if now is None else now
         second = int(t)
         if self._stamp[0] != second:
             self._stamp = (second, amz_date(t))
         timestamp = self._stamp[1]
-        date = timestamp[:8]
-        canonical = c.head + timestamp + c.tail + hashlib.sha256(body).hexdigest()
-        scope = date + self._scope_tail
-        _, _, inner, outer = self._keyed(date)
-        mac = inner.copy()
-        mac.update(f"{ALGORITHM}\n{timestamp}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}".encode())
-        sig = outer.copy()
-        sig.update(mac.digest())
+        scope = timestamp[:8] + self._scope_tail
+        canonical = c.head.copy()
+        canonical.update(f"{timestamp}{c.tail}{body_sha256 or hashlib.sha256(body).hexdigest()}".encode())
+        signature = self._keyed(timestamp[:8]).hexdigest(
+            f"{ALGORITHM}\n{timestamp}\n{scope}\n{canonical.hexdigest()}".encode())
         return timestamp, (f"{ALGORITHM} Credential={self.credentials.access_key}/{scope}, "
-                           f"SignedHeaders={c.signed}, Signature={sig.hexdigest()}")
+                           f"SignedHeaders={c.signed}, Signature={signature}")
 
     def sign(self, method: str, host: str, raw_path: str, body: bytes, headers: dict[str, str],
-             raw_query: str = "", now: float | None = None) -> dict[str, str]:
+             raw_query: str = "", now: float | None = None, body_sha256: str | None = None) -> dict[str, str]:
         """``headers`` (lower-case names) plus host, x-amz-date, the session token and authorization. What is
-        made of ``headers`` is kept for the next request passing the same mapping: it must not change after."""
+        made of ``headers`` is kept for the next request passing the same mapping: it must not change after.
+        ``body_sha256``: the body's SHA-256 (hex) when it is known already (not hashed again)."""
         c = self._canonical(method, host, raw_path, raw_query, headers)
-        timestamp, authorization = self._signature(c, body, now)
+        timestamp, authorization = self._signature(c, body, now, body_sha256)
         return {**c.headers, "x-amz-date": timestamp, "authorization": authorization}
 
     def sign_encoded(self, method: str, host: str, raw_path: str, body: bytes, headers: dict[str, str],
-                     raw_query: str = "", now: float | None = None) -> EncodedHeaders | dict[str, str]:
+                     raw_query: str = "", now: float | None = None,
+                     body_sha256: str | None = None) -> EncodedHeaders | dict[str, str]:
         """``sign``'s headers, encoded for the upstream client: the fixed ones were encoded once, only the
         date and the signature are added (a mapping when the fixed ones cannot be sent as they are)."""
         c = self._canonical(method, host, raw_path, raw_query, headers)
-        timestamp, authorization = self._signature(c, body, now)
+        timestamp, authorization = self._signature(c, body, now, body_sha256)
         if c.encoded is None:
             return {**c.headers, "x-amz-date": timestamp, "authorization": authorization}
         return c.encoded.plus(f"x-amz-date: {timestamp}\r\nauthorization: {authorization}\r\n")
@@ -204,8 +235,9 @@ class SigV4Signer:
 
 # ---- verification (relaygate's Bedrock ingress, and the emulator) -------------------------------------
 
-_AUTHORIZATION = re.compile(r"^AWS4-HMAC-SHA256 Credential=([^/,\s]+)/(\d{8})/([^/]+)/([^/]+)/aws4_request,\s*"
-                            r"SignedHeaders=([a-z0-9;\-]+),\s*Signature=([0-9a-f]{64})$")
+_CREDENTIAL = "AWS4-HMAC-SHA256 Credential="
+_SIGNED_NAMES = re.compile(r"[a-z0-9;\-]+")
+_SIGNATURE = re.compile(r"[0-9a-f]{64}")
 
 
 class SignatureError(ValueError):
@@ -217,9 +249,9 @@ class SignatureError(ValueError):
         self.message = message
 
 
-@dataclass(frozen=True, slots=True)
-class SignedBy:
-    """What a SigV4 ``Authorization`` header claims: who signed, for which scope, over which headers."""
+class SignedBy(NamedTuple):
+    """What a SigV4 ``Authorization`` header claims: who signed, for which scope, over which headers (a named
+    tuple: made on every signed request, where a frozen dataclass costs ten times as much to build)."""
 
     access_key: str
     date: str
@@ -230,15 +262,22 @@ class SignedBy:
 
 
 def parse_authorization(header: str) -> SignedBy:
-    """The parts of an ``AWS4-HMAC-SHA256`` header; SignatureError when it is missing or malformed."""
+    """The parts of an ``AWS4-HMAC-SHA256 Credential=<key>/<date>/<region>/<service>/aws4_request,
+    SignedHeaders=<names>, Signature=<64 hex>`` header; SignatureError when it is missing or malformed.
+    Read with str methods: a regex over the whole header costs a request ~10k instructions more."""
     if not header:
         raise SignatureError("MissingAuthenticationTokenException", "Missing Authentication Token")
-    m = _AUTHORIZATION.match(header)
-    if m is None:
-        raise SignatureError("IncompleteSignatureException", "Authorization header requires 'Credential', "
-                             "'Signature' and 'SignedHeaders' parameters.")
-    access_key, date, region, service, signed, signature = m.groups()
-    return SignedBy(access_key, date, region, service, tuple(signed.split(";")), signature)
+    parts = header.rsplit(",", 2) if header.startswith(_CREDENTIAL) else ()  # the scope may hold commas
+    if len(parts) == 3:
+        scope = parts[0][len(_CREDENTIAL):].split("/")
+        names, signature = parts[1].lstrip(), parts[2].lstrip()
+        if len(scope) == 5 and scope[4] == "aws4_request" and all(scope[:4]) \
+                and "," not in scope[0] and not any(c.isspace() for c in scope[0]) and len(scope[1]) == 8 and scope[1].isascii() \
+                and scope[1].isdigit() and names.startswith("SignedHeaders=") and signature.startswith("Signature=") \
+                and _SIGNED_NAMES.fullmatch(names, 14) and _SIGNATURE.fullmatch(signature, 10):
+            return SignedBy(scope[0], scope[1], scope[2], scope[3], tuple(names[14:].split(";")), signature[10:])
+    raise SignatureError("IncompleteSignatureException", "Authorization header requires 'Credential', "
+                         "'Signature' and 'SignedHeaders' parameters.")
 
 
 def _check_service(by: SignedBy, service: str) -> None:
@@ -258,7 +297,7 @@ def _signed_headers(by: SignedBy) -> list[str]:
 def _signer(by: SignedBy, secrets: Sequence[str], sts: bytes) -> int | None:
     """The index of the secret whose signature of ``sts`` is the one ``by`` claims; None for none."""
     for i, secret in enumerate(secrets):
-        expected = hmac.digest(_verifying_key(secret, by.date, by.region, by.service), sts, "sha256").hex()
+        expected = _verifying_key(secret, by.date, by.region, by.service).hexdigest(sts)
         if hmac.compare_digest(expected, by.signature):
             return i
     return None
@@ -271,22 +310,24 @@ def _mismatch() -> SignatureError:
 
 
 def verify(by: SignedBy, secrets: Sequence[str], service: str, method: str, raw_path: str, raw_query: str,
-           headers: Mapping[str, str], body: bytes, max_skew: float = 300.0, now: float | None = None) -> int:
+           headers: Mapping[str, str], body: bytes, max_skew: float = 300.0, now: float | None = None,
+           body_sha256: str | None = None) -> int:
     """Check the signature ``by`` claims against each of ``secrets`` (the key's current one, and a previous
-    one still in its grace); the index of the secret that made it. ``headers`` has lower-case names.
+    one still in its grace); the index of the secret that made it. ``headers`` has lower-case names;
+    ``body_sha256`` is the body's SHA-256 (hex) when the caller hashed it already.
     Raises SignatureError (AWS's wording) for a wrong service, a stale or future date, a header set that
     leaves out ``host``, or a signature none of the secrets makes."""
     _check_service(by, service)
     stamp = headers.get("x-amz-date", "")
     try:
-        signed_at = calendar.timegm(time.strptime(stamp, "%Y%m%dT%H%M%SZ"))
+        signed_at = _epoch(stamp)
     except ValueError:
         raise SignatureError("IncompleteSignatureException", "Date must be in ISO-8601 'basic format'.") from None
     if abs((time.time() if now is None else now) - signed_at) > max_skew or stamp[:8] != by.date:
         raise SignatureError("InvalidSignatureException", f"Signature expired: {stamp} is outside the allowed "
                              "clock skew, or not the date of the credential scope.")
     signed = _signed_headers(by)
-    payload_hash = hashlib.sha256(body).hexdigest()
+    payload_hash = body_sha256 or payload_sha256(body)
     if headers.get("x-amz-content-sha256", payload_hash) != payload_hash:  # no UNSIGNED-PAYLOAD: the body is signed
         raise SignatureError("InvalidSignatureException", "The provided 'x-amz-content-sha256' header does not "
                              "match what was computed.")
@@ -348,7 +389,7 @@ def parse_presigned(raw_query: str) -> Presigned:
 
 def verify_presigned(p: Presigned, secrets: Sequence[str], service: str, method: str, raw_path: str,
                      raw_query: str, headers: Mapping[str, str], body: bytes, max_skew: float = 300.0,
-                     now: float | None = None) -> int:
+                     now: float | None = None, body_sha256: str | None = None) -> int:
     """Check a presigned request's signature as ``verify`` checks a header's: within its ``X-Amz-Expires``
     of its ``X-Amz-Date`` (and that date not ahead of the clock by more than ``max_skew``), over the query
     without ``X-Amz-Signature`` and the body's SHA-256 (or ``UNSIGNED-PAYLOAD``, as URLs presigned without
@@ -356,7 +397,7 @@ def verify_presigned(p: Presigned, secrets: Sequence[str], service: str, method:
     by = p.by
     _check_service(by, service)
     try:
-        signed_at = calendar.timegm(time.strptime(p.stamp, "%Y%m%dT%H%M%SZ"))
+        signed_at = _epoch(p.stamp)
     except ValueError:
         raise SignatureError("IncompleteSignatureException", "X-Amz-Date must be in ISO-8601 'basic format'.") from None
     clock = time.time() if now is None else now
@@ -367,7 +408,7 @@ def verify_presigned(p: Presigned, secrets: Sequence[str], service: str, method:
         raise SignatureError("InvalidSignatureException", f"Signature expired: {p.stamp} + {p.expires} s is "
                              "earlier than now.")
     signed = _signed_headers(by)
-    payload_hash = hashlib.sha256(body).hexdigest()
+    payload_hash = body_sha256 or payload_sha256(body)
     claimed = headers.get("x-amz-content-sha256")
     if claimed is not None and claimed not in (payload_hash, UNSIGNED_PAYLOAD):
         raise SignatureError("InvalidSignatureException", "The provided 'x-amz-content-sha256' header does not "

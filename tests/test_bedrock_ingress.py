@@ -217,6 +217,52 @@ def test_invoke_model_with_response_stream_carries_messages_events(client: Any) 
         assert events[-1]["amazon-bedrock-invocationMetrics"]["outputTokenCount"] > 0
 
 
+def test_an_anthropic_body_goes_to_claude_on_bedrock_as_it_came(
+        client: Any, stack: tuple[GatewayThread, dict[str, BackgroundServer]]) -> None:
+    """The same dialect: Claude on Bedrock gets the client's InvokeModel body untouched (top_k, anthropic_beta
+    and all, nothing named dropped) and its answer, whole or streamed, is Bedrock's own."""
+    emu = stack[1]["bedrock"]
+    body = {"anthropic_version": "bedrock-2023-05-31", "anthropic_beta": ["token-efficient-tools-2025-02-19"],
+            "max_tokens": 60, "system": "be brief", "top_k": 5,
+            "messages": [{"role": "user", "content": "straight to claude"}]}
+    resp = client.invoke_model(modelId="bedrock", body=orjson.dumps(body))
+    message = orjson.loads(resp["body"].read())
+    assert message["id"].startswith("msg_bdrk_") and "straight to claude" in message["content"][0]["text"]
+    assert "x-relaygate-dropped-params" not in resp["ResponseMetadata"]["HTTPHeaders"]
+    assert int(resp["ResponseMetadata"]["HTTPHeaders"]["x-amzn-bedrock-output-token-count"]) > 0
+    sent = emu.state.requests[-1]
+    assert sent["path"].endswith("/invoke") and sent["json"] == body
+    resp = client.invoke_model_with_response_stream(modelId="bedrock", body=orjson.dumps(body))
+    events = [orjson.loads(e["chunk"]["bytes"]) for e in resp["body"]]
+    assert events[0]["message"]["id"].startswith("msg_bdrk_") and events[-1]["type"] == "message_stop"
+    assert "straight to claude" in "".join(e["delta"].get("text", "") for e in events
+                                           if e["type"] == "content_block_delta")
+    assert events[-1]["amazon-bedrock-invocationMetrics"]["outputTokenCount"] > 0
+    sent = emu.state.requests[-1]
+    assert sent["path"].endswith("/invoke-with-response-stream") and sent["json"] == body
+
+
+def test_a_messages_client_reaches_claude_on_bedrock_through_invoke_model(
+        stack: tuple[GatewayThread, dict[str, BackgroundServer]]) -> None:
+    """/v1/messages in front of Claude on Bedrock: the Messages request becomes Claude's InvokeModel body as it
+    is (the anthropic-beta header as anthropic_beta), and Bedrock's Message comes back untouched."""
+    gw, emu = stack
+    request = {"model": "bedrock", "max_tokens": 50, "messages": [{"role": "user", "content": "messages to bedrock"}]}
+    headers = {"x-api-key": APP_KEY, "anthropic-version": "2023-06-01", "anthropic-beta": "a-beta-2025-01-01"}
+    r = httpx.post(gw.url + "/v1/messages", json=request, headers=headers)
+    assert r.status_code == 200, r.text
+    assert r.json()["id"].startswith("msg_bdrk_") and "messages to bedrock" in r.json()["content"][0]["text"]
+    sent = emu["bedrock"].state.requests[-1]
+    assert sent["path"].endswith("/invoke")
+    assert sent["json"] == {"max_tokens": 50, "messages": request["messages"],
+                            "anthropic_version": "bedrock-2023-05-31", "anthropic_beta": ["a-beta-2025-01-01"]}
+    with httpx.stream("POST", gw.url + "/v1/messages", json={**request, "stream": True}, headers=headers) as r:
+        assert r.status_code == 200
+        text = r.read().decode()
+    assert text.startswith("event: message_start") and "msg_bdrk_" in text and "event: message_stop" in text
+    assert emu["bedrock"].state.requests[-1]["path"].endswith("/invoke-with-response-stream")
+
+
 def test_invoke_refuses_a_body_of_no_family_it_knows(client: Any) -> None:
     with pytest.raises(ClientError) as e:
         client.invoke_model(modelId="gpt", body=orjson.dumps({"inputs": "a Hugging Face body?"}))

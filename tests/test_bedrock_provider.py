@@ -41,6 +41,7 @@ TOOLS: Any = [{"type": "function", "function": {
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 32).decode()
 EMBED_MODEL = "amazon.titan-embed-text-v2:0"
+NOVA_MODEL = "amazon.nova-pro-v1:0"  # served through Converse (its InvokeModel body is not a Messages request)
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +56,7 @@ def gw(emu: BackgroundServer) -> Iterator[GatewayThread]:
              "agent_id": "AGENT1", "agent_alias_id": "ALIAS1"}
     config = {"models": [
         {"name": "claude", "deployments": [bedrock_deployment(emu)]},
+        {"name": "nova", "deployments": [bedrock_deployment(emu, model=NOVA_MODEL)]},
         {"name": "titan-embed", "deployments": [bedrock_deployment(emu, model=EMBED_MODEL)]},
         {"name": "agent", "deployments": [agent]},
         {"name": "wrong-secret", "deployments": [bedrock_deployment(emu, aws_secret_access_key="not-the-secret")]},
@@ -74,13 +76,13 @@ def client(gw: GatewayThread) -> openai.OpenAI:
     return openai.OpenAI(base_url=gw.base_url, api_key="client-key", max_retries=0)
 
 
-def check_converse(emu: BackgroundServer, action: str = "converse") -> dict[str, Any]:
+def check_converse(emu: BackgroundServer, action: str = "converse", model_id: str = MODEL_ID) -> dict[str, Any]:
     """The last Converse request: signed (the emulator verified it) and valid for botocore."""
     rec = sent(emu, action)[-1]
-    assert rec["path"] == f"/model/{MODEL_ID}/{action}"
+    assert rec["path"] == f"/model/{model_id}/{action}"
     assert rec["headers"]["authorization"].startswith(f"AWS4-HMAC-SHA256 Credential={TEST_ACCESS_KEY}/")
     assert_botocore_accepts("bedrock-runtime", "ConverseStream" if action == "converse-stream" else "Converse",
-                            rec, modelId=MODEL_ID)
+                            rec, modelId=model_id)
     body: dict[str, Any] = rec["json"]
     return body
 
@@ -553,30 +555,43 @@ def test_probe_counts_tokens_and_reports_bad_credentials(gw: GatewayThread, emu:
 
 # ---- other client formats ---------------------------------------------------------------------------------
 
-def test_anthropic_sdk_through_messages_api_to_bedrock(gw: GatewayThread, emu: BackgroundServer) -> None:
+@pytest.mark.parametrize("model", ["claude", "nova"])
+def test_anthropic_sdk_through_messages_api_to_bedrock(gw: GatewayThread, emu: BackgroundServer, model: str) -> None:
+    """Claude on Bedrock takes the Messages request as its InvokeModel body, as the client wrote it; another
+    Bedrock model gets it translated to Converse."""
     import anthropic
 
     claude = anthropic.Anthropic(api_key="client-key", base_url=gw.url, max_retries=0)
     tools: Any = [{"name": "get_weather", "input_schema": TOOLS[0]["function"]["parameters"]}]
-    first = claude.messages.create(model="claude", max_tokens=100, tools=tools, tool_choice={"type": "any"},
+    first = claude.messages.create(model=model, max_tokens=100, tools=tools, tool_choice={"type": "any"},
                                    system="Be brief.", messages=[{"role": "user", "content": "Lima"}])
     assert first.stop_reason == "tool_use"
     use: Any = next(b for b in first.content if b.type == "tool_use")
     assert use.input == {"city": "Lima"}
-    sent_first = check_converse(emu)
-    assert sent_first["system"] == [{"text": "Be brief."}] and sent_first["toolConfig"]["toolChoice"] == {"any": {}}
+    if model == "claude":
+        rec = sent(emu, "invoke")[-1]
+        assert rec["path"] == f"/model/{MODEL_ID}/invoke"
+        assert rec["json"] == {"max_tokens": 100, "tools": tools, "tool_choice": {"type": "any"}, "system": "Be brief.",
+                               "messages": [{"role": "user", "content": "Lima"}],
+                               "anthropic_version": "bedrock-2023-05-31"}
+    else:
+        sent_first = check_converse(emu, model_id=NOVA_MODEL)
+        assert sent_first["system"] == [{"text": "Be brief."}] and sent_first["toolConfig"]["toolChoice"] == {"any": {}}
     msgs: Any = [{"role": "user", "content": "Lima"}, {"role": "assistant", "content": first.content},
                  {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "mild"}]}]
-    with claude.messages.stream(model="claude", max_tokens=100, tools=tools, messages=msgs) as stream:
+    with claude.messages.stream(model=model, max_tokens=100, tools=tools, messages=msgs) as stream:
         text = "".join(stream.text_stream)
         final = stream.get_final_message()
     assert text == "The tool returned: mild" and final.stop_reason == "end_turn"
     assert final.usage.input_tokens > 0 and final.usage.output_tokens > 0
-    check_converse(emu, "converse-stream")
+    if model == "claude":
+        assert sent(emu, "invoke-with-response-stream")[-1]["json"]["messages"][-1]["content"][0]["content"] == "mild"
+    else:
+        check_converse(emu, "converse-stream", model_id=NOVA_MODEL)
 
 
-def test_anthropic_cache_control_reaches_bedrock_as_cache_points(
-        gw: GatewayThread, emu: BackgroundServer) -> None:
+def test_anthropic_cache_control_reaches_bedrock(gw: GatewayThread, emu: BackgroundServer) -> None:
+    """Claude on Bedrock gets the cache_control markers as they came; a Converse model gets cachePoint blocks."""
     import anthropic
 
     claude = anthropic.Anthropic(api_key="client-key", base_url=gw.url, max_retries=0)
@@ -589,11 +604,14 @@ def test_anthropic_cache_control_reaches_bedrock_as_cache_points(
                                                     "input": {"city": "Quito"}}]},
                  {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "tooluse_1", "content": "cool",
                                                "cache_control": ephemeral}]}]
-    first = claude.messages.create(model="claude", max_tokens=50, system=system, tools=tools, messages=msgs)
-    body = check_converse(emu)
+    claude.messages.create(model="claude", max_tokens=50, system=system, tools=tools, messages=msgs)
+    invoked = sent(emu, "invoke")[-1]["json"]
+    assert invoked["system"] == system and invoked["tools"] == tools and invoked["messages"] == msgs
+    first = claude.messages.create(model="nova", max_tokens=50, system=system, tools=tools, messages=msgs)
+    body = check_converse(emu, model_id=NOVA_MODEL)
     assert body["system"][-1] == {"cachePoint": {"type": "default"}}
     assert body["toolConfig"]["tools"][-1] == {"cachePoint": {"type": "default"}}
     assert body["messages"][-1]["content"][-1] == {"cachePoint": {"type": "default"}}
-    second = claude.messages.create(model="claude", max_tokens=50, system=system, tools=tools, messages=msgs)
+    second = claude.messages.create(model="nova", max_tokens=50, system=system, tools=tools, messages=msgs)
     assert first.usage.cache_creation_input_tokens and not first.usage.cache_read_input_tokens
     assert second.usage.cache_read_input_tokens == first.usage.cache_creation_input_tokens

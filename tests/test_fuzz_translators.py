@@ -26,6 +26,7 @@ from relaygate.core.errors import GatewayError
 from relaygate.core.shapes.anthropic import MessagesRequest
 from relaygate.core.shapes.openai import ChatRequest
 from relaygate.providers.anthropic import provider as anthropic
+from relaygate.providers.anthropic.relay import usage_of as anthropic_usage
 from relaygate.providers.anthropic.request import to_messages_request
 from relaygate.providers.aws.bedrock_format import from_converse, to_converse
 from relaygate.providers.base import ANSWER_ERRORS
@@ -133,7 +134,7 @@ OPENAI_ANSWER = obj({"choices": st.lists(obj({}, {"message": obj({}, {
 @FUZZ
 @given(ANTHROPIC_ANSWER, GEMINI_ANSWER, COHERE_ANSWER, BEDROCK_ANSWER, OPENAI_ANSWER)
 def test_response_translators_raise_only_gateway_errors(a: Any, g: Any, c: Any, b: Any, o: Any) -> None:
-    only_our_errors(lambda: anthropic.to_completion(a, anthropic.usage_of(a.get("usage"))), answer=True)
+    only_our_errors(lambda: anthropic.to_completion(a, anthropic_usage(a.get("usage"))), answer=True)
     only_our_errors(lambda: (gemini.blocked_reason(g), gemini.to_completion(g, "gemini-2.5-flash", "chatcmpl-1"),
                              gemini.usage_of(g.get("usageMetadata"))), answer=True)
     only_our_errors(lambda: cohere_answer.chat_completion(c, "command-a", cohere_answer.usage_of(c.get("usage"))), answer=True)

@@ -1,4 +1,5 @@
-"""An emulator of AWS Bedrock Runtime (Converse, ConverseStream, InvokeModel for Titan text embeddings, CountTokens) and
+"""An emulator of AWS Bedrock Runtime (Converse, ConverseStream, InvokeModel for Titan text embeddings and for
+Claude's Anthropic bodies, InvokeModelWithResponseStream for the latter, CountTokens) and
 Bedrock Agent Runtime (InvokeAgent), on one port, with the endpoints that hand out temporary credentials
 (container credentials at ``/_aws/container-credentials``, STS AssumeRoleWithWebIdentity and AssumeRole at ``/``, IMDSv2
 under ``/latest/``).
@@ -32,10 +33,13 @@ from xml.sax.saxutils import escape
 import orjson
 from aiohttp import web
 
+from relaygate.providers.anthropic.wire import VERSION_2023
 from relaygate.providers.aws import eventstream as es
 from relaygate.providers.aws.eventstream import EVENTSTREAM
 from relaygate.providers.aws.sigv4 import SignatureError, parse_authorization, verify
 from relaygate.providers.echo import arguments_for
+from relaygate.testing import anthropic as anthropic_emulator
+from relaygate.testing import anthropic_checks
 from relaygate.testing.base import (
     STATE_KEY,
     EmulatorState,
@@ -78,6 +82,8 @@ MESSAGES = {
     "ServiceQuotaExceededException": "Your request exceeds the service quota for your account.",
 }
 # the exception members each stream may carry (botocore's service models)
+INVOKE_STREAM_EXCEPTIONS = {"internalServerException", "modelStreamErrorException", "validationException",
+                            "throttlingException", "modelTimeoutException", "serviceUnavailableException"}
 CONVERSE_STREAM_EXCEPTIONS = {"internalServerException", "modelStreamErrorException", "validationException",
                               "throttlingException", "serviceUnavailableException"}
 AGENT_STREAM_EXCEPTIONS = {"accessDeniedException", "badGatewayException", "conflictException",
@@ -384,6 +390,53 @@ def exception_frame(err: AwsFailure, allowed: set[str]) -> bytes:
     return es.exception(member, orjson.dumps({"message": err.message}))
 
 
+# ---- Claude on Bedrock: InvokeModel's Anthropic body ---------------------------------------------------------
+
+CLAUDE_VERSION = "bedrock-2023-05-31"
+
+
+def claude_answer(req: Any, model: str, opts: BedrockEmulatorOptions) -> tuple[dict[str, Any], list[bytes]]:
+    """A Claude model's InvokeModel answer to an Anthropic body (``anthropic_version: bedrock-2023-05-31``, the
+    Messages request without ``model`` and ``stream``): the Message, and its stream's ``chunk`` frames (each
+    Messages event as ``{"bytes": base64(JSON)}``, the last with the invocation metrics)."""
+    if not isinstance(req, dict) or req.get("anthropic_version") != CLAUDE_VERSION:
+        raise AwsFailure("ValidationException", f"Malformed input request: anthropic_version must be "
+                         f"{CLAUDE_VERSION!r}, please reformat your input and try again.")
+    body = {k: v for k, v in req.items() if k not in ("anthropic_version", "anthropic_beta")}
+    for name in ("model", "stream"):
+        if name in body:
+            raise AwsFailure("ValidationException", f"Malformed input request: #: extraneous key [{name}] is not "
+                             "permitted, please reformat your input and try again.")
+    beta = req.get("anthropic_beta", [])
+    if not isinstance(beta, list) or not all(isinstance(b, str) for b in beta):
+        raise AwsFailure("ValidationException", "Malformed input request: #/anthropic_beta: expected type: "
+                         "JSONArray, please reformat your input and try again.")
+    body["model"] = model
+    try:
+        anthropic_checks.validate(body, VERSION_2023)
+    except anthropic_checks.Invalid as e:
+        raise AwsFailure("ValidationException", f"Malformed input request: {e}") from None
+    tokens = anthropic_emulator.count_tokens(body)
+    if tokens > opts.context_window:
+        raise AwsFailure("ValidationException", "Input is too long for requested model.")
+    a = anthropic_emulator.answer(body, opts.prefix)
+    usage = {"input_tokens": tokens, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
+             "output_tokens": a.output_tokens}
+    message = {**anthropic_emulator.message(body, a, usage), "id": "msg_bdrk_" + uuid.uuid4().hex[:24]}
+    frames = []
+    for sse in anthropic_emulator.stream_events(body, a, usage):
+        data = orjson.loads(sse.split(b"data: ", 1)[1])
+        if data["type"] == "ping":
+            continue
+        if data["type"] == "message_start":
+            data["message"]["id"] = message["id"]
+        if data["type"] == "message_stop":
+            data["amazon-bedrock-invocationMetrics"] = {"inputTokenCount": tokens, "outputTokenCount": a.output_tokens,
+                                                        "invocationLatency": 42, "firstByteLatency": 21}
+        frames.append(es.event("chunk", orjson.dumps({"bytes": base64.b64encode(orjson.dumps(data)).decode()})))
+    return message, frames
+
+
 # ---- Titan text embeddings ----------------------------------------------------------------------------------
 
 def titan_embedding(req: Any) -> dict[str, Any]:
@@ -468,15 +521,26 @@ def create_app(options: BedrockEmulatorOptions | None = None, state: EmulatorSta
 
     async def invoke(request: web.Request) -> web.StreamResponse:
         model = request.match_info["model"]
+        streaming = request.path.endswith("/invoke-with-response-stream")
         try:
-            req, _ = await admit(request)
-            if not model.startswith("amazon.titan-embed-text"):
+            req, plan = await admit(request)
+            if "anthropic.claude" in model:
+                message, events = claude_answer(req, model, opts)
+            elif model.startswith("amazon.titan-embed-text") and not streaming:
+                data = titan_embedding(req)
+                return json_response(data, headers={
+                    "x-amzn-bedrock-input-token-count": str(data["inputTextTokenCount"]),
+                    "x-amzn-requestid": str(uuid.uuid4())})
+            else:
                 raise AwsFailure("ValidationException", "The provided model identifier is invalid.")
-            data = titan_embedding(req)
         except AwsFailure as e:
             return aws_error(e)
-        return json_response(data, headers={"x-amzn-bedrock-input-token-count": str(data["inputTextTokenCount"]),
-                                            "x-amzn-requestid": str(uuid.uuid4())})
+        usage = message["usage"]
+        counts = {"x-amzn-bedrock-input-token-count": str(usage["input_tokens"]),
+                  "x-amzn-bedrock-output-token-count": str(usage["output_tokens"])}
+        if streaming:
+            return await stream(request, events, plan, INVOKE_STREAM_EXCEPTIONS)
+        return json_response(message, headers={**counts, "x-amzn-requestid": str(uuid.uuid4())})
 
     async def count_tokens(request: web.Request) -> web.StreamResponse:
         try:
@@ -619,6 +683,7 @@ def create_app(options: BedrockEmulatorOptions | None = None, state: EmulatorSta
     app.router.add_post("/model/{model}/converse", tracked(converse))
     app.router.add_post("/model/{model}/converse-stream", tracked(converse))
     app.router.add_post("/model/{model}/invoke", tracked(invoke))
+    app.router.add_post("/model/{model}/invoke-with-response-stream", tracked(invoke))
     app.router.add_post("/model/{model}/count-tokens", tracked(count_tokens))
     app.router.add_post("/agents/{agent}/agentAliases/{alias}/sessions/{session}/text", tracked(invoke_agent))
     return app

@@ -1,8 +1,8 @@
 """InvokeModel and InvokeModelWithResponseStream for Anthropic-on-Bedrock bodies (``anthropic_version:
 bedrock-2023-05-31``, the Messages shape without ``model``): served as ``/v1/messages`` serves a Messages
-request (an Anthropic deployment relays it as it is), the answer an Anthropic Message; streamed, each
-Messages event is one event-stream ``chunk`` carrying ``{"bytes": base64(event JSON)}``, as Bedrock sends them.
-Other model families' InvokeModel bodies are refused (their native shapes differ per model: use Converse)."""
+request (an Anthropic deployment, or Claude on Bedrock, relays it as it is), the answer an Anthropic Message;
+streamed, each Messages event is one event-stream ``chunk`` carrying ``{"bytes": base64(event JSON)}``, as
+Bedrock sends them. Other model families' bodies (api/bedrock/families.py) are translated to chat calls."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from relaygate.core.aiter import aclose
 from relaygate.core.call import Usage
 from relaygate.core.errors import BadRequest
 from relaygate.providers.aws import eventstream as es
+from relaygate.providers.aws.bedrock_format import ANTHROPIC_VERSION
 from relaygate.providers.aws.eventstream import EVENTSTREAM
 from relaygate.providers.streaming import SSEDecoder
 from relaygate.server.http import Request, Response, StreamResponse
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
     from relaygate.core.call import Reply
     from relaygate.gateway import Gateway
 
-ANTHROPIC_VERSION = "bedrock-2023-05-31"
 
 
 async def _answer(gw: Gateway, req: Request, key: Principal | None, model: str,
@@ -48,7 +48,9 @@ async def _answer(gw: Gateway, req: Request, key: Principal | None, model: str,
         raise BadRequest(f"anthropic_version: this gateway serves InvokeModel for Anthropic bodies (it must be "
                          f"{ANTHROPIC_VERSION!r}) and Amazon Nova, Meta Llama, Mistral, Amazon Titan Text and "
                          "Cohere Command R bodies; this body is none of them", param="anthropic_version")
-    beta = body.pop("anthropic_beta", None)  # Bedrock's anthropic-beta header, as a body field: no counterpart
+    beta = body.pop("anthropic_beta", None)  # Bedrock's anthropic-beta header, as a body field
+    if beta is not None and (not isinstance(beta, list) or not all(isinstance(b, str) for b in beta)):
+        raise BadRequest("anthropic_beta must be a list of strings", param="anthropic_beta")
     if "model" in body or "stream" in body:
         raise BadRequest("model and stream are not fields of an InvokeModel body (the URL says them)",
                          param="model" if "model" in body else "stream")
@@ -56,7 +58,8 @@ async def _answer(gw: Gateway, req: Request, key: Principal | None, model: str,
     if stream:
         body["stream"] = True
     call, dropped = await messages_call(gw, req, body, key)
-    if beta is not None:
+    if beta:  # as the header it stands for: Anthropic and Claude on Bedrock take it; a translation drops it
+        call.headers = {**call.headers, "anthropic-beta": ",".join(beta)}
         dropped.append("anthropic_beta")
     call.wants_usage = stream
     reply = await gw.handle(call)

@@ -27,6 +27,7 @@ from relaygate.core.errors import (
     from_status,
     says_context_too_long,
 )
+from relaygate.providers.anthropic.relay import await_start, relay, usage_of
 from relaygate.providers.anthropic.request import to_messages_request
 from relaygate.providers.anthropic.wire import (
     API_VERSIONS,
@@ -37,7 +38,6 @@ from relaygate.providers.anthropic.wire import (
     bearer_auth,
 )
 from relaygate.providers.base import Provider, error_json, retry_after_seconds
-from relaygate.providers.delivered import HOLD_EVENTS, anthropic_deltas
 from relaygate.providers.listing import ListedModel, anthropic_after, anthropic_models, read_pages
 from relaygate.providers.openai_format import (
     ADJUSTED_HEADER,
@@ -46,7 +46,7 @@ from relaygate.providers.openai_format import (
     completion,
     completion_id,
 )
-from relaygate.providers.streaming import UpstreamBody, closing, peek, sse_events, sse_frame
+from relaygate.providers.streaming import UpstreamBody, closing, peek, sse_events
 from relaygate.upstream import Response
 
 DEFAULT_BASE = "https://api.anthropic.com"
@@ -56,14 +56,6 @@ DEFAULT_MAX_TOKENS = 4096
 _STATUS_OF_TYPE = {kind: status for status, kind in ERROR_TYPES.items()}
 _NATIVE_DROP = frozenset(("stream",))
 _NOT_COUNTED = frozenset(("max_tokens", "stream", "stop_sequences", "temperature", "top_p", "top_k", "metadata"))
-
-
-def usage_of(u: Any) -> Usage | None:
-    """An Anthropic usage object as ours: prompt tokens include cache reads and writes (as OpenAI's do)."""
-    if not isinstance(u, dict):
-        return None
-    return Usage.cache_apart(u.get("input_tokens"), u.get("output_tokens"), u.get("cache_read_input_tokens"),
-                             u.get("cache_creation_input_tokens"))
 
 
 def to_completion(data: dict[str, Any], usage: Usage | None) -> dict[str, Any]:
@@ -235,7 +227,7 @@ class AnthropicProvider(Provider):
                 raise Unavailable("upstream anthropic answered a stream request with a whole body", status=502)
             upstream, events, start, raw = await self._open_stream(resp)
             reply = Reply(media_type="text/event-stream", headers=headers, first_byte_at=time.monotonic())
-            reply.stream = closing(upstream, self._relay(events, start, raw, reply))
+            reply.stream = closing(upstream, relay(events, start, raw, reply, self.error_of_event, self.kind))
         else:
             data = await self.read_body(resp)
             try:
@@ -249,29 +241,6 @@ class AnthropicProvider(Provider):
         reply.anthropic_native = True
         return reply
 
-    async def _relay(self, events: AsyncIterator[tuple[str, bytes]], start: dict[str, Any], start_raw: bytes,
-                     reply: Reply) -> AsyncIterator[bytes]:
-        """Anthropic's events as they came; only ``message_delta`` is parsed (for the usage); the deltas are
-        held for their text to be counted should the usage never come (``providers/delivered.py``)."""
-        usage: dict[str, Any] = dict(start.get("usage") or {})
-        delivered = delivered_of(reply)
-        held = delivered.hold(anthropic_deltas)
-        yield sse_frame(start_raw, b"message_start")
-        async for event, data in events:
-            if event == "content_block_delta":
-                held.append(data)
-                if len(held) > HOLD_EVENTS:
-                    delivered.fold()
-            elif event == "message_delta":
-                usage.update(orjson.loads(data).get("usage") or {})
-                reply.usage = usage_of(usage)
-            elif event == "error":
-                raise self.error_of_event(orjson.loads(data))  # the route writes the error event
-            yield sse_frame(data, event.encode())
-            if event == "message_stop":
-                return
-        raise Unavailable("upstream anthropic stream ended before message_stop", status=502)
-
     # -- streaming --------------------------------------------------------------------------------
 
     async def _open_stream(self, resp: Response) -> tuple[
@@ -280,17 +249,8 @@ class AnthropicProvider(Provider):
         then can still be retried."""
         upstream = UpstreamBody(resp, self.kind)
         events = sse_events(upstream)
-        start, raw = await peek(upstream, self._await_start(events), "message_start")
+        start, raw = await peek(upstream, await_start(events, self.error_of_event), "message_start")
         return upstream, events, start, raw
-
-    async def _await_start(self, events: AsyncIterator[tuple[str, bytes]]) -> tuple[dict[str, Any], bytes] | None:
-        """``message_start``'s message and raw data (None if the stream ended first)."""
-        async for event, data in events:
-            if event == "message_start":
-                return orjson.loads(data).get("message") or {}, data
-            if event == "error":
-                raise self.error_of_event(orjson.loads(data))
-        return None
 
     async def _start_stream(self, resp: Response, call: Call, headers: dict[str, str]) -> Reply:
         upstream, events, start, _ = await self._open_stream(resp)

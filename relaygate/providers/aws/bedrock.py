@@ -1,4 +1,5 @@
-"""AWS Bedrock Runtime: chat via Converse / ConverseStream, embeddings via InvokeModel (Titan text embeddings).
+"""AWS Bedrock Runtime: chat via Converse / ConverseStream, embeddings via InvokeModel (Titan text embeddings);
+a Messages request (``/v1/messages``, InvokeModel's Anthropic body) for Claude via InvokeModel, as it came.
 
 The deployment's ``model`` is the Bedrock model id or inference profile (``anthropic.claude-…-v1:0``,
 ``us.anthropic.…``, an ARN). Requests are signed with SigV4 (providers/aws_sigv4.py); streams arrive in AWS
@@ -7,6 +8,8 @@ event-stream framing and are translated event by event.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import functools
 import time
 from collections.abc import AsyncIterator
@@ -16,9 +19,17 @@ import orjson
 
 from relaygate.config import BedrockDeployment
 from relaygate.core.call import Call, Dialect, NativeRequest, Reply, Route, Usage, delivered_of
-from relaygate.core.errors import BadRequest, Unavailable, Unsupported
+from relaygate.core.errors import BadRequest, GatewayError, Unavailable, Unsupported
+from relaygate.providers.anthropic.relay import await_start, relay
+from relaygate.providers.anthropic.relay import usage_of as anthropic_usage
 from relaygate.providers.aws.base import AwsProvider, stream_reply
-from relaygate.providers.aws.bedrock_format import StreamTranslator, from_converse, to_converse, usage_of
+from relaygate.providers.aws.bedrock_format import (
+    ANTHROPIC_VERSION,
+    StreamTranslator,
+    from_converse,
+    to_converse,
+    usage_of,
+)
 from relaygate.providers.aws.eventstream import (
     EVENTSTREAM,
     EventMessage,
@@ -27,7 +38,7 @@ from relaygate.providers.aws.eventstream import (
 )
 from relaygate.providers.base import model_segment
 from relaygate.providers.batching import embed_in_batches
-from relaygate.providers.delivered import HOLD_EVENTS, bedrock_deltas
+from relaygate.providers.delivered import HOLD_EVENTS, bedrock_deltas, type_of
 from relaygate.providers.listing import ListedModel, bedrock_models
 from relaygate.providers.native_answers import converse_answer
 from relaygate.providers.openai_format import ChunkWriter, embeddings_response
@@ -41,6 +52,16 @@ def model_path(model_id: str, action: str) -> str:
     if model_id.startswith("arn:"):
         return f"/model/{'%2F'.join(model_segment(p) for p in model_id.split('/'))}/{action}"
     return f"/model/{model_segment(model_id)}/{action}"
+
+
+_NOT_INVOKE_FIELDS = frozenset(("model", "stream", "provider"))  # a Messages request's fields InvokeModel's URL says
+
+
+def takes_messages(model_id: str) -> bool:
+    """Whether the model id names Claude (a foundation model, a cross-region inference profile, or an ARN of
+    either), whose InvokeModel body is Anthropic's Messages request. An application inference profile's ARN
+    does not say: it is served through Converse."""
+    return "anthropic.claude" in model_id
 
 
 class BedrockProvider(AwsProvider):
@@ -93,6 +114,8 @@ class BedrockProvider(AwsProvider):
         model = call.deployment.upstream_model(call.model)
         if call.native is not None and call.native.dialect is Dialect.BEDROCK:
             return await self._native(call, call.native, model)
+        if call.anthropic_request is not None and takes_messages(model):
+            return await self._messages(call, call.anthropic_request, model)
         request = to_converse(call.body)
         if self.guardrail is not None:
             request["guardrailConfig"] = self.guardrail
@@ -198,6 +221,52 @@ class BedrockProvider(AwsProvider):
             raise Unavailable(f"upstream {self.kind} sent a metadata event that is not JSON", status=502) from None
         if held or not stopped:
             raise Unavailable("Bedrock's stream ended without messageStop", status=502)
+
+    # -- native: a Messages request (``/v1/messages``, or InvokeModel's Anthropic body) for Claude on Bedrock ---
+
+    async def _messages(self, call: Call, native: dict[str, Any], model: str) -> Reply:
+        """Send the client's Messages request as Claude's InvokeModel body (as it came: ``model`` and ``stream``
+        are the URL's here, the ``anthropic-beta`` header is ``anthropic_beta``) and relay the Message, or its
+        stream's events, untouched: thinking, citations, cache usage all survive; read only for the usage."""
+        body = {k: v for k, v in native.items() if k not in _NOT_INVOKE_FIELDS}
+        body["anthropic_version"] = ANTHROPIC_VERSION
+        beta = call.headers.get("anthropic-beta")
+        if beta:
+            body["anthropic_beta"] = [b.strip() for b in beta.split(",") if b.strip()]
+        if not call.stream:
+            resp = await self.post_json(call.deadline, model_path(model, "invoke"), body)
+            raw = await self.read_body(resp)
+            message = self.json_object(raw)  # once, for the usage (a 502 when it is not an object)
+            if message.get("type") != "message":
+                raise Unavailable(f"upstream {self.kind} answered InvokeModel with no Anthropic message", status=502)
+            return Reply(body=raw, usage=anthropic_usage(message.get("usage")), first_byte_at=time.monotonic(),
+                         anthropic_native=True)
+        resp = await self.post_json(call.deadline, model_path(model, "invoke-with-response-stream"), body,
+                                    accept=EVENTSTREAM)
+        upstream = UpstreamBody(resp, self.kind)
+        events = self._message_events(upstream)
+        start, raw = await peek(upstream, await_start(events, self._claude_error), "message_start")
+        reply = Reply(media_type="text/event-stream", first_byte_at=time.monotonic(), anthropic_native=True)
+        reply.stream = closing(upstream, relay(events, start, raw, reply, self._claude_error, self.kind))
+        return reply
+
+    async def _message_events(self, upstream: UpstreamBody) -> AsyncIterator[tuple[str, bytes]]:
+        """InvokeModelWithResponseStream's ``chunk`` events, each one Messages event: (its type, its JSON)."""
+        async for msg in self.events(upstream):
+            if msg.event_type != "chunk":
+                continue
+            try:
+                data = base64.b64decode(orjson.loads(msg.payload)["bytes"], validate=True)
+            except (orjson.JSONDecodeError, KeyError, TypeError, binascii.Error):
+                raise Unavailable(f"upstream {self.kind} sent a chunk that is not a Messages event",
+                                  status=502) from None
+            yield type_of(data), data
+
+    def _claude_error(self, data: dict[str, Any]) -> GatewayError:
+        """An ``error`` event among Claude's (Bedrock sends its failures as exception frames): the stream failed."""
+        err = data.get("error")
+        message = err.get("message") if isinstance(err, dict) else None
+        return Unavailable(str(message or f"upstream {self.kind} stream failed"), status=502)
 
     async def embeddings(self, call: Call) -> Reply:
         """OpenAI embeddings via InvokeModel with the Titan text embeddings (v2) body: one text per call."""

@@ -20,6 +20,7 @@ from relaygate.providers.openai_format import (
     tool_arguments,
 )
 
+ANTHROPIC_VERSION = "bedrock-2023-05-31"  # Claude's InvokeModel body: the Messages request, with this version
 IMAGE_FORMATS = {"image/png": "png", "image/jpeg": "jpeg", "image/jpg": "jpeg", "image/gif": "gif",
                  "image/webp": "webp"}
 STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",

@@ -286,6 +286,18 @@ FAMILIES: dict[str, tuple[dict[str, Any], Any, Any, Any, Any, Any]] = {
     "mistral": ({"prompt": "<s>[INST] family mistral [/INST]", "max_tokens": 60, "top_k": 5, "stop": ["</s>"]},
                 lambda a: a["outputs"][0]["text"], lambda a: 1, lambda a: a["outputs"][0]["stop_reason"],
                 lambda c: c["outputs"][0]["text"], lambda c: c["outputs"][0]["stop_reason"]),
+    "mistral-chat": ({"messages": [{"role": "system", "content": "be brief"},
+                                   {"role": "user", "content": "family mistral-chat"}],
+                      "max_tokens": 60, "temperature": 0.2, "top_p": 0.9},
+                     lambda a: a["choices"][0]["message"]["content"], lambda a: 1,
+                     lambda a: a["choices"][0]["stop_reason"],
+                     lambda c: c["choices"][0]["message"]["content"], lambda c: c["choices"][0]["stop_reason"]),
+    "jamba": ({"messages": [{"role": "user", "content": "family jamba"}], "max_tokens": 60, "temperature": 0.3,
+               "stop": ["###"]},
+              lambda a: a["choices"][0]["message"]["content"], lambda a: a["usage"]["completion_tokens"],
+              lambda a: a["choices"][0]["finish_reason"],
+              lambda c: c["choices"][0]["delta"].get("content") if c["choices"] else "",
+              lambda c: c["choices"][0]["finish_reason"]),
     "titan": ({"inputText": "family titan", "textGenerationConfig": {"maxTokenCount": 60, "temperature": 0.1,
                                                                       "topP": 0.9, "stopSequences": []}},
               lambda a: a["results"][0]["outputText"], lambda a: a["results"][0]["tokenCount"],
@@ -297,7 +309,8 @@ FAMILIES: dict[str, tuple[dict[str, Any], Any, Any, Any, Any, Any]] = {
                lambda c: c.get("text", "") if c["event_type"] == "text-generation" else "",
                lambda c: c.get("finish_reason")),
 }
-STOPS = {"nova": "end_turn", "llama": "stop", "mistral": "stop", "titan": "FINISH", "cohere": "COMPLETE"}
+STOPS = {"nova": "end_turn", "llama": "stop", "mistral": "stop", "mistral-chat": "stop", "jamba": "stop",
+         "titan": "FINISH", "cohere": "COMPLETE"}
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -328,6 +341,41 @@ def test_invoke_model_with_response_stream_streams_each_family_in_its_own_chunks
     if family == "cohere":
         assert chunks[0]["event_type"] == "stream-start" and chunks[-1]["is_finished"]
         assert f"family {family}" in chunks[-1]["response"]["text"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_mistral_chat_body_calls_tools_in_mistrals_shape(client: Any, stream: bool) -> None:
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "weather for a city",
+                                               "parameters": TOOLS["tools"][0]["toolSpec"]["inputSchema"]["json"]}}]
+    body = {"messages": [{"role": "user", "content": "Lima"}], "max_tokens": 60, "tools": tools,
+            "tool_choice": "any"}
+    if stream:
+        resp = client.invoke_model_with_response_stream(modelId="gpt", body=orjson.dumps(body))
+        chunks = [orjson.loads(e["chunk"]["bytes"]) for e in resp["body"]]
+        calls = [c["choices"][0]["message"]["tool_calls"] for c in chunks if c["choices"][0]["message"].get("tool_calls")]
+        assert len(calls) == 1 and chunks[-1]["choices"][0]["stop_reason"] == "tool_calls"
+        call = calls[0][0]
+    else:
+        answer = orjson.loads(client.invoke_model(modelId="gpt", body=orjson.dumps(body))["body"].read())
+        assert answer["choices"][0]["stop_reason"] == "tool_calls"
+        call = answer["choices"][0]["message"]["tool_calls"][0]
+    assert call["function"]["name"] == "get_weather" and orjson.loads(call["function"]["arguments"]) == {"city": "Lima"}
+    follow = {"messages": [*body["messages"], {"role": "assistant", "content": "", "tool_calls": [
+        {"id": call["id"], "function": call["function"]}]}, {"role": "tool", "tool_call_id": call["id"], "content": "mild"}],
+        "max_tokens": 60}
+    answer = orjson.loads(client.invoke_model(modelId="gpt", body=orjson.dumps(follow))["body"].read())
+    assert "mild" in answer["choices"][0]["message"]["content"]
+
+
+@pytest.mark.parametrize("body", [{"text_prompts": [{"text": "a lighthouse"}], "cfg_scale": 7},
+                                  {"prompt": "a lighthouse", "aspect_ratio": "1:1", "output_format": "png"},
+                                  {"taskType": "TEXT_IMAGE", "textToImageParams": {"text": "a lighthouse"}}])
+def test_an_image_generation_body_is_a_validation_error_that_says_so(client: Any, body: dict[str, Any]) -> None:
+    with pytest.raises(ClientError) as e:
+        client.invoke_model(modelId="gpt", body=orjson.dumps(body))
+    assert e.value.response["Error"]["Code"] == "ValidationException"
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+    assert "no image generation" in e.value.response["Error"]["Message"]
 
 
 def test_an_invoke_family_names_the_fields_it_left_out(client: Any) -> None:

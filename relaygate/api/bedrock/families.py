@@ -1,10 +1,12 @@
 """InvokeModel bodies of the model families besides Anthropic's (docs/bedrock.md): Amazon Nova
 (``schemaVersion: messages-v1``), Meta Llama (``prompt``, ``max_gen_len``), Mistral's text completion
-(``prompt``, ``max_tokens``), Amazon Titan Text (``inputText``, ``textGenerationConfig``) and Cohere Command R
+(``prompt``, ``max_tokens``) and chat completion (``messages`` with ``max_tokens``), AI21 Jamba (``messages``
+and its sampling fields), Amazon Titan Text (``inputText``, ``textGenerationConfig``) and Cohere Command R
 (``message``, ``chat_history``). Each is translated to an OpenAI chat request (served by any model, through
 the whole pipeline), and the answer back to the family's documented response, whole or as
 InvokeModelWithResponseStream ``chunk`` events (``{"bytes": base64(JSON)}``), the last of which carries
-``amazon-bedrock-invocationMetrics`` as Bedrock's do."""
+``amazon-bedrock-invocationMetrics`` as Bedrock's do. Image generation bodies (Stability, Titan Image, Nova
+Canvas) are refused: the gateway has no image generation to route them to."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import orjson
 
 from relaygate.api.bedrock import translate as converse
 from relaygate.core.call import Usage
+from relaygate.core.errors import BadRequest
 from relaygate.providers.aws import eventstream as es
 
 
@@ -349,20 +352,182 @@ class _NovaWriter:
         return self._rewrap(self.inner.end(usage), usage)
 
 
+# ---- Mistral chat completion and AI21 Jamba: OpenAI-like messages -------------------------------------------
+
+_MISTRAL_CHAT_FIELDS = (("max_tokens", "max_completion_tokens"), ("temperature", "temperature"), ("top_p", "top_p"),
+                        ("tools", "tools"))
+_JAMBA_FIELDS = (*_MISTRAL_CHAT_FIELDS, ("stop", "stop"), ("n", "n"), ("frequency_penalty", "frequency_penalty"),
+                 ("presence_penalty", "presence_penalty"), ("response_format", "response_format"),
+                 ("tool_choice", "tool_choice"))
+_JAMBA_ONLY = ("n", "stop", "frequency_penalty", "presence_penalty", "response_format", "documents")
+
+
+def _chat_messages(body: dict[str, Any]) -> list[Any]:
+    """The body's OpenAI-like ``messages``, an assistant's tool calls typed as chat wants them (Mistral leaves
+    out ``type``)."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise converse.bad("messages", "must be a non-empty list")
+    out = []
+    for m in messages:
+        calls = m.get("tool_calls") if isinstance(m, dict) else None
+        if isinstance(calls, list):
+            m = {**m, "tool_calls": [{"type": "function", **c} if isinstance(c, dict) else c for c in calls]}
+        out.append(m)
+    return out
+
+
+def _openai_like(fields: tuple[tuple[str, str], ...], body: dict[str, Any], model: str,
+                 stream: bool) -> tuple[dict[str, Any], list[str]]:
+    req = {"model": model, "messages": _chat_messages(body)}
+    _set(req, body, fields)
+    known = {"messages", *(name for name, _ in fields)}
+    return _stream(req, stream), [n for n in body if n not in known]
+
+
+def _mistral_chat_request(body: dict[str, Any], model: str, stream: bool) -> tuple[dict[str, Any], list[str]]:
+    req, dropped = _openai_like(_MISTRAL_CHAT_FIELDS, body, model, stream)
+    choice = body.get("tool_choice")
+    if choice is not None:  # Mistral's "any" is OpenAI's "required"
+        req["tool_choice"] = "required" if choice == "any" else choice
+        dropped.remove("tool_choice")
+    return req, dropped
+
+
+def _tool_calls(message: dict[str, Any]) -> dict[str, Any]:
+    calls = message.get("tool_calls")
+    return {"tool_calls": calls} if calls else {}
+
+
+def _mistral_chat_whole(data: dict[str, Any], usage: Usage | None) -> dict[str, Any]:
+    text, finish = _answer_text(data)
+    message = ((data.get("choices") or [{}])[0].get("message")) or {}
+    return {"choices": [{"index": 0, "message": {"role": "assistant", "content": text, **_tool_calls(message)},
+                         "stop_reason": finish}]}
+
+
+class _MistralChatWriter(TextWriter):
+    """Mistral's chat stream: each text delta one ``choices[0].message`` chunk; tool calls (whose arguments come
+    in pieces) gathered and sent whole in one chunk, as Mistral sends them; the last chunk with the stop reason."""
+
+    __slots__ = ("calls",)
+
+    def __init__(self, started: float) -> None:
+        super().__init__(lambda text, n: self._message({"content": text}, None),
+                         lambda finish, u: self._message({"content": ""}, finish), started)
+        self.calls: dict[int, dict[str, Any]] = {}
+
+    @staticmethod
+    def _message(message: dict[str, Any], stop: str | None) -> dict[str, Any]:
+        return {"choices": [{"index": 0, "message": {"role": "assistant", **message}, "stop_reason": stop}]}
+
+    def chunk(self, chunk: dict[str, Any]) -> bytes:
+        for choice in chunk.get("choices") or ():
+            if choice.get("index", 0) != 0:
+                continue
+            for piece in (choice.get("delta") or {}).get("tool_calls") or ():
+                call = self.calls.setdefault(piece.get("index", 0), {"id": "", "type": "function", "function": {
+                    "name": "", "arguments": ""}})
+                call["id"] = piece.get("id") or call["id"]
+                function = piece.get("function") or {}
+                call["function"]["name"] += function.get("name") or ""
+                call["function"]["arguments"] += function.get("arguments") or ""
+        return super().chunk(chunk)
+
+    def end(self, usage: Usage | None) -> bytes:
+        calls = [self.calls[i] for i in sorted(self.calls)]
+        head = chunk_frame(self._message({"content": "", "tool_calls": calls}, None)) if calls else b""
+        return head + super().end(usage)
+
+
+def _jamba_request(body: dict[str, Any], model: str, stream: bool) -> tuple[dict[str, Any], list[str]]:
+    return _openai_like(_JAMBA_FIELDS, body, model, stream)
+
+
+def _jamba_whole(data: dict[str, Any], usage: Usage | None) -> dict[str, Any]:
+    """Jamba answers as OpenAI's chat completion does (its id, choices with their finish reasons, usage)."""
+    u = _usage(data, usage)
+    return {"id": str(data.get("id") or ""), "choices": data.get("choices") or [],
+            "usage": {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
+                      "total_tokens": u.total_tokens}, "model": str(data.get("model") or "")}
+
+
+class _JambaWriter:
+    """Jamba's stream is OpenAI's chunks: each chunk's choices as they are, but the one that finishes the answer
+    (its finish reason) goes last, with the usage and Bedrock's invocation metrics."""
+
+    __slots__ = ("started", "first", "id", "last")
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.first: float | None = None
+        self.id = ""
+        self.last: list[Any] = []  # the choices of the chunk with a finish reason
+
+    def chunk(self, chunk: dict[str, Any]) -> bytes:
+        self.id = str(chunk.get("id") or self.id)
+        choices = chunk.get("choices")
+        if not choices:
+            return b""
+        if self.first is None:
+            self.first = time.monotonic()
+        if any(c.get("finish_reason") for c in choices):
+            self.last += choices
+            return b""
+        return chunk_frame({"id": self.id, "choices": choices})
+
+    def error(self, err: dict[str, Any]) -> bytes:
+        e = err.get("error")
+        message = str((e if isinstance(e, dict) else err).get("message") or "upstream error")
+        return es.exception("modelStreamErrorException", orjson.dumps({"message": message}))
+
+    def end(self, usage: Usage | None) -> bytes:
+        u = usage or Usage()
+        return chunk_frame({"id": self.id, "choices": self.last, "usage": {
+            "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens, "total_tokens": u.total_tokens},
+            "amazon-bedrock-invocationMetrics": metrics(u, self.started, self.first)})
+
+
 FAMILIES = {
     "nova": Family("nova", _nova_request, _nova_whole, _NovaWriter),
     "llama": Family("llama", _llama_request, _llama_whole, _llama_writer),
     "mistral": Family("mistral", _mistral_request, _mistral_whole, _mistral_writer),
+    "mistral-chat": Family("mistral-chat", _mistral_chat_request, _mistral_chat_whole, _MistralChatWriter),
+    "jamba": Family("jamba", _jamba_request, _jamba_whole, _JambaWriter),
     "titan": Family("titan", _titan_request, _titan_whole, _titan_writer),
     "cohere": Family("cohere", _cohere_request, _cohere_whole, _CohereWriter),
 }
 
+# image generation bodies: Stability's (SDXL's text_prompts; SD3, Stable Image Core and Ultra's prompt with image
+# options), Titan Image's and Nova Canvas's (taskType)
+_IMAGE_FIELDS = ("text_prompts", "taskType", "aspect_ratio", "output_format", "negative_prompt", "cfg_scale",
+                 "style_preset")
+
+
+def _refuse_images(body: dict[str, Any], model_id: str) -> None:
+    """An image generation body is refused with a ValidationException that says so: relaygate has no image
+    generation to route InvokeModel to (OpenAI's images API is passed through on /v1/images/* only)."""
+    if "stability" in model_id.lower() or any(n in body for n in _IMAGE_FIELDS):
+        raise BadRequest("this gateway serves no image generation through InvokeModel: Stability, Titan Image and "
+                         "Nova Canvas bodies are not served (use an OpenAI-compatible images deployment through "
+                         "/v1/images/generations)", param="body")
+
 
 def family_of(body: dict[str, Any], model_id: str) -> Family | None:
-    """The family an InvokeModel body is written for, by its fields (the model id decides between the two that
-    both take a bare ``prompt``); None for a body of none of them."""
-    if body.get("schemaVersion") == "messages-v1" or ("messages" in body and "anthropic_version" not in body
-                                                       and "max_tokens" not in body):
+    """The family an InvokeModel body is written for, by its fields (the model id decides between those that
+    take the same fields: a bare ``prompt``, ``messages`` with ``max_tokens``); None for a body of none of
+    them. An image generation body is refused (BadRequest)."""
+    _refuse_images(body, model_id)
+    low = model_id.lower()
+    if body.get("schemaVersion") == "messages-v1":
+        return FAMILIES["nova"]
+    if "messages" in body and "anthropic_version" not in body:
+        if "nova" in low:
+            return FAMILIES["nova"]
+        if "ai21" in low or "jamba" in low or any(n in body for n in _JAMBA_ONLY):
+            return FAMILIES["jamba"]
+        if "mistral" in low or "max_tokens" in body:
+            return FAMILIES["mistral-chat"]
         return FAMILIES["nova"]
     if "inputText" in body:
         return FAMILIES["titan"]

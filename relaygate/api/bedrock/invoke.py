@@ -46,8 +46,8 @@ async def _answer(gw: Gateway, req: Request, key: Principal | None, model: str,
     version = body.pop("anthropic_version", None)
     if version != ANTHROPIC_VERSION:
         raise BadRequest(f"anthropic_version: this gateway serves InvokeModel for Anthropic bodies (it must be "
-                         f"{ANTHROPIC_VERSION!r}) and Amazon Nova, Meta Llama, Mistral, Amazon Titan Text and "
-                         "Cohere Command R bodies; this body is none of them", param="anthropic_version")
+                         f"{ANTHROPIC_VERSION!r}) and Amazon Nova, Meta Llama, Mistral (text and chat), AI21 Jamba, "
+                         "Amazon Titan Text and Cohere Command R bodies; this body is none of them", param="anthropic_version")
     beta = body.pop("anthropic_beta", None)  # Bedrock's anthropic-beta header, as a body field
     if beta is not None and (not isinstance(beta, list) or not all(isinstance(b, str) for b in beta)):
         raise BadRequest("anthropic_beta must be a list of strings", param="anthropic_beta")

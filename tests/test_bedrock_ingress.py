@@ -345,9 +345,10 @@ def test_invoke_model_with_response_stream_streams_each_family_in_its_own_chunks
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_mistral_chat_body_calls_tools_in_mistrals_shape(client: Any, stream: bool) -> None:
+    spec: Any = TOOLS["tools"]
     tools = [{"type": "function", "function": {"name": "get_weather", "description": "weather for a city",
-                                               "parameters": TOOLS["tools"][0]["toolSpec"]["inputSchema"]["json"]}}]
-    body = {"messages": [{"role": "user", "content": "Lima"}], "max_tokens": 60, "tools": tools,
+                                               "parameters": spec[0]["toolSpec"]["inputSchema"]["json"]}}]
+    body: dict[str, Any] = {"messages": [{"role": "user", "content": "Lima"}], "max_tokens": 60, "tools": tools,
             "tool_choice": "any"}
     if stream:
         resp = client.invoke_model_with_response_stream(modelId="gpt", body=orjson.dumps(body))

@@ -19,7 +19,8 @@ BENCH_DIR = Path(__file__).resolve().parent
 
 def case(headers: dict[str, str], layered: bool) -> Callable[[], None]:
     """One call through the cache layer (or straight to the stand-in upstream), run without an event loop turn."""
-    request = orjson.loads((BENCH_DIR / "requests" / "chat.json").read_bytes())
+    raw = (BENCH_DIR / "requests" / "chat.json").read_bytes().strip()
+    request = orjson.loads(raw)
     answer = (BENCH_DIR / "upstream" / "chat.json").read_bytes().strip()
     config = parse_config({"models": [{"name": "bench-model", "cache": {"mode": "always"}, "deployments": [
         {"provider": "openai", "model": "gpt-4o-mini", "api_base": "http://127.0.0.1:9/v1", "api_key": "k"}]}],
@@ -37,7 +38,8 @@ def case(headers: dict[str, str], layered: bool) -> Callable[[], None]:
     handler: Any = layer if layered else upstream
 
     def one() -> None:
-        call = Call(id="req", route=Route.CHAT, model="bench-model", body=dict(request), headers=headers)
+        call = Call(id="req", route=Route.CHAT, model="bench-model", body=dict(request), headers=headers,
+                    raw=raw)  # the client's bytes, as api/chat.py passes them
         if not layered:
             call.deployments = gw.table.resolve(call)
         try:

@@ -16,6 +16,7 @@ import hashlib
 import logging
 import re
 import time
+import zlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -489,11 +490,11 @@ class CacheLayer:
 
     def _hit(self, call: Call, entry: Entry, key: str) -> Reply | None:
         """The reply served from ``entry``; None (and the entry dropped) when it cannot be replayed."""
-        body = entry.content()
+        body = zlib.decompress(entry.body) if entry.compressed else entry.body  # (Entry.content, inline)
         stream = None
         if not entry.checked and not self._checked(entry, key, body):
             return None
-        if entry.kind == CHAT and call.stream and call.anthropic_request is None and call.native is None:
+        if call.stream and entry.kind == CHAT and call.anthropic_request is None and call.native is None:
             try:
                 stream = _once(replay(orjson.loads(body), call.wants_usage))
             except (orjson.JSONDecodeError, TypeError, AttributeError):
@@ -505,12 +506,13 @@ class CacheLayer:
         stats = self.stats
         stats.hits += 1
         stats.saved_nano[entry.model] = stats.saved_nano.get(entry.model, 0) + entry.cost_nano
-        headers = {HEADER: "hit", "age": str(int(entry.age())), KEY_HEADER: key}
-        now = time.monotonic()
+        age = time.time() - entry.created  # (Entry.age, inline)
+        headers = {HEADER: "hit", "age": str(int(age)) if age >= 1 else "0", KEY_HEADER: key}
         if stream is not None:
             return Reply(stream=stream, media_type="text/event-stream", headers=headers, usage=entry.usage,
-                         first_byte_at=now)
-        return Reply(body=body, media_type=entry.media_type, headers=headers, usage=entry.usage, first_byte_at=now)
+                         first_byte_at=time.monotonic())
+        return Reply(body=body, media_type=entry.media_type, headers=headers, usage=entry.usage,
+                     first_byte_at=time.monotonic())
 
     def _checked(self, entry: Entry, key: str, body: bytes | None = None) -> bool:
         """Whether a whole chat answer kept unread may be served (``keepable_chat``), now that it is asked for
@@ -631,7 +633,8 @@ class CacheLayer:
             vec = self._vectors.pop(key, None)
             if vec is not None and entry is not None:
                 vec[0].add(vec[1], key, vec[2])
-        self._release(key, leader, entry)
+        if leader is not None:
+            self._release(key, leader, entry)
         if entry is None:
             self.stats.not_stored += 1
             return

@@ -580,3 +580,55 @@ def test_a_served_body_remembers_its_key_within_a_bound(monkeypatch: pytest.Monk
         assert layer.stats.hits == 42 and layer.stats.misses == 41
 
     asyncio.run(run())
+
+
+def test_streams_that_refuse_are_filtered_fail_or_stop_short_are_never_kept() -> None:
+    """A streamed chat answer is kept only whole and clean: not one with a refusal delta, a ``content_filter``
+    finish, an error event, a choice without a finish reason, or no ``[DONE]``; the next identical call goes
+    upstream again. A clean one is kept (and served)."""
+    import orjson
+
+    from relaygate.cache.layer import CacheLayer
+    from relaygate.core.call import Call, Reply, Route
+
+    def event(delta: dict[str, Any] | None = None, finish: str | None = None, **extra: Any) -> bytes:
+        chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                 "choices": [{"index": 0, "delta": delta or {}, "finish_reason": finish}], **extra}
+        return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+    done = b"data: [DONE]\n\n"
+    start = event({"role": "assistant", "content": ""})
+    streams = {
+        "refusal": [start, event({"refusal": "I can't."}), event(finish="stop"), done],
+        "filtered": [start, event({"content": "x"}), event(finish="content_filter"), done],
+        "error event": [start, event({"content": "x"}), b'data: {"error": {"message": "boom"}}\n\n', done],
+        "no finish": [start, event({"content": "x"}), done],
+        "no [DONE]": [start, event({"content": "x"}), event(finish="stop")],
+    }
+    clean = [start, event({"content": "fine"}), event(finish="stop"), done]
+
+    async def through(layer: CacheLayer, chunks: list[bytes]) -> str:
+        async def upstream(call: Call) -> Reply:
+            async def gen() -> Any:
+                for c in chunks:
+                    yield c
+            return Reply(stream=gen(), media_type="text/event-stream")
+
+        layer.next = upstream
+        reply = await layer(Call(id="r", route=Route.CHAT, model="m", stream=True,
+                                 body={"model": "m", "messages": MSG, "stream": True}))
+        if reply.stream is not None:
+            async for _ in reply.stream:
+                pass
+        reply.finish(None)
+        return reply.headers["x-relaygate-cache"]
+
+    async def run() -> None:
+        for name, chunks in streams.items():
+            layer = stand_in_layer(ANSWER)
+            assert [await through(layer, chunks) for _ in range(2)] == ["miss", "miss"], name
+            assert layer.stats.stored == 0 and layer.stats.not_stored == 2, name
+        layer = stand_in_layer(ANSWER)
+        assert [await through(layer, clean) for _ in range(2)] == ["miss", "hit"]
+
+    asyncio.run(run())

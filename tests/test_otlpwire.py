@@ -196,17 +196,20 @@ def test_the_gateways_spans_encode_as_the_library_does() -> None:
 
         async def call(i: int, body: dict[str, Any], headers: dict[str, str]) -> None:
             try:
-                reply = await gw.handle(Call(id=f"req_{i:024x}" if not headers else "client id sk-live-0123456789abcdef",
-                                             route=Route.CHAT, model="m", body=body, headers=headers))
+                reply = await gw.handle(Call(id="client id sk-live-0123456789abcdef" if "x-request-id" in headers
+                                             else f"req_{i:024x}", route=Route.CHAT, model="m", body=body,
+                                             headers=headers))
             except GatewayError:  # the list: a 400 (an error span)
                 return
             reply.finish()
 
+        continued = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "tracestate": "v=1"}
         for i, body in enumerate(bodies * 2):
-            loop.run_until_complete(call(i, body, {"x-request-id": "x"} if i == 4 else {}))
+            loop.run_until_complete(call(i, body, {"x-request-id": "x"} if i == 4 else continued if i == 3 else {}))
         spans = list(gw.tracing.queue.spans)
         gw.tracing.queue.spans.clear()
         assert len(spans) == 12 and sum(s.error for s in spans) == 2  # the 400s' attempts
+        assert sum(s.remote_parent for s in spans) == 1 and sum(s.trace_state == "v=1" for s in spans) == 2
         encoder = gw.tracing.exporter._encoder
         for _ in range(2):
             assert encoder.encode(spans) == library(spans, {"service.name": "relaygate", "telemetry.sdk.name": "relaygate",

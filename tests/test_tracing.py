@@ -227,3 +227,63 @@ def test_cache_and_condensation_have_spans_when_they_act(start_gateway: Start, c
     a = attrs(step)
     assert a["relaygate.condense.strategy"] == condensed.headers["x-relaygate-condensed"]
     assert 0 < a["relaygate.condense.tokens_saved"] < a["relaygate.condense.tokens_before"]
+
+
+def test_a_kept_alive_connection_the_collector_closed_is_replaced_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The exporter connects before its first batch and keeps the connection; a collector that closes it
+    between batches (an idle timeout) costs the next batch a new connection, not a pause and a retry."""
+    import re
+    import socket
+
+    from relaygate.observability.otlp import OtlpExporter, SpanQueue, SpanRecord
+
+    pauses: list[float] = []
+    monkeypatch.setattr(time, "sleep", pauses.append)  # the exporter's retry pauses, recorded (not waited)
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+    answered: list[int] = []
+
+    def answer_one(conn: socket.socket) -> None:  # one request answered 200 (keep-alive), then the close
+        with conn:
+            conn.settimeout(10)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                data += chunk
+            head, _, body = data.partition(b"\r\n\r\n")
+            m = re.search(rb"content-length: *(\d+)", head, re.I)
+            assert m is not None
+            while len(body) < int(m[1]):
+                body += conn.recv(65536)
+            answered.append(len(body))
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:  # closed: the test is over
+                return
+            accepted.append(conn)
+            threading.Thread(target=answer_one, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    queue = SpanQueue(10)
+    port = listener.getsockname()[1]
+    exporter = OtlpExporter(queue, f"http://127.0.0.1:{port}/v1/traces", {}, 5.0, 60.0, {"service.name": "t"})
+    try:
+        deadline = time.monotonic() + 10
+        while not accepted and time.monotonic() < deadline:  # connected at start, before any span
+            threading.Event().wait(0.01)
+        assert len(accepted) == 1
+        for n in (1, 2):
+            SpanRecord(queue, 1, 0, "s", 1, {}, n).end()
+            assert exporter.flush()
+        assert len(answered) == 2 and len(accepted) == 2 and exporter.failed == 0 and exporter.sent == 2
+        assert pauses == []  # the second batch went on a new connection at once, not after a retry's pause
+    finally:
+        exporter.close()
+        listener.close()

@@ -54,8 +54,8 @@ class Span(Protocol):
     @property
     def error(self) -> bool: ...
 
-    def wire(self, encoder: SpanEncoder) -> tuple[bytes, bytes]:
-        """Its name and attributes encoded (``encoder.named(self.name, self.attrs)``, or quicker)."""
+    def encoded(self, encoder: SpanEncoder) -> bytes:
+        """Its ``Span`` message (``encoder.span(self)``, or quicker)."""
         ...
 
 
@@ -83,8 +83,8 @@ class SpanRecord:
     def set_attribute(self, key: str, value: Any) -> None:
         self.attrs[key] = value
 
-    def wire(self, encoder: SpanEncoder) -> tuple[bytes, bytes]:
-        return encoder.named(self.name, self.attrs)
+    def encoded(self, encoder: SpanEncoder) -> bytes:
+        return encoder.span(self)
 
     def end(self) -> None:
         self.end_time = time.time_ns()
@@ -111,11 +111,9 @@ class SpanQueue:
             self.wake.set()
 
     def take(self, most: int) -> list[Span]:
-        spans = self.spans
-        out: list[Span] = []
-        while spans and len(out) < most:
-            out.append(spans.popleft())
-        return out
+        """The oldest ``most`` spans, at most (one taker at a time: the queue only grows meanwhile)."""
+        pop = self.spans.popleft
+        return [pop() for _ in range(min(len(self.spans), most))]
 
 
 class OtlpExporter:
@@ -139,6 +137,12 @@ class OtlpExporter:
         self.thread.start()
 
     def _run(self) -> None:
+        with self._lock:  # connected before the first batch: its lookup (the first imports the idna codec,
+            try:  # ~5M instructions) and handshake are not paid with a batch waiting
+                if self._conn is None:  # (unless a flush came first)
+                    self._connect().connect()
+            except OSError:  # the collector is not up yet: the first batch tries again
+                self._drop()
         wake = self.queue.wake
         while not self._closing:
             wake.wait(self.delay)
@@ -178,7 +182,9 @@ class OtlpExporter:
         gets two more tries. Redirects are not followed: the configured headers (a token) go to the configured
         URL only."""
         problem = ""
-        for pause in (0.5, 1.0, None):
+        pauses = iter((0.5, 1.0, None))
+        while True:
+            reused = self._conn is not None
             try:
                 conn = self._conn or self._connect()
                 conn.request("POST", self.path, body, self.headers)
@@ -195,6 +201,9 @@ class OtlpExporter:
             except (OSError, http.client.HTTPException) as e:  # refused, reset, timed out, a malformed answer
                 problem = type(e).__name__
                 self._drop()
+                if reused:  # the collector closed the kept-alive connection meanwhile: a new one, at once
+                    continue
+            pause = next(pauses)
             if pause is None or self._closing:
                 break
             time.sleep(pause)

@@ -47,7 +47,13 @@ _FLAGS = struct.Struct("<I")
 SAMPLED, HAS_IS_REMOTE, IS_REMOTE = 0x01, 0x100, 0x200  # Span.flags: W3C trace flags and SpanFlags bits
 _LOCAL_FLAGS = b"\x85\x01" + _FLAGS.pack(SAMPLED | HAS_IS_REMOTE)  # Span 16 (fixed32): tag, value
 _REMOTE_FLAGS = b"\x85\x01" + _FLAGS.pack(SAMPLED | HAS_IS_REMOTE | IS_REMOTE)
-_KINDS = [b"", b"\x30\x01", b"\x30\x02", b"\x30\x03", b"\x30\x04", b"\x30\x05"]  # Span 6: SpanKind 0-5
+KINDS = (b"", b"\x30\x01", b"\x30\x02", b"\x30\x03", b"\x30\x04", b"\x30\x05")  # Span 6: SpanKind 0-5
+_ERROR = b"\x7a\x02\x18\x02"  # 15 status: {3 code: STATUS_CODE_ERROR (2)}
+# a span's last fields (15 status when an error, 16 flags), by [error][remote parent]
+TAILS = ((_LOCAL_FLAGS, _REMOTE_FLAGS), (_ERROR + _LOCAL_FLAGS, _ERROR + _REMOTE_FLAGS))
+TRACE_ID, SPAN_ID, PARENT_ID = b"\x0a\x10", b"\x12\x08", b"\x22\x08"  # Span 1, 2 and 4: tag, length
+pack_times = _TIMES.pack  # (0x39, start, 0x41, end): Span 7 and 8
+pack_double = _DOUBLE.pack
 
 
 def varint(n: int) -> bytes:
@@ -94,6 +100,17 @@ def key_value(key: str, value: Any) -> bytes:
     return (field(b"\x0a", text(key)) if key else b"") + field(b"\x12", any_value(value))
 
 
+def string_prefix(key: str, size: int) -> bytes:
+    """Span field 9 holding ``key`` and a string value of ``size`` bytes, but for those bytes: what precedes
+    any such value (a value of a known length is then one concatenation)."""
+    return field(b"\x4a", key_value(key, "x" * size))[:-size]
+
+
+def double_prefix(key: str) -> bytes:
+    """Span field 9 holding ``key`` and a double, but for its 8 bytes (``pack_double``)."""
+    return field(b"\x4a", key_value(key, 0.0))[:-8]
+
+
 def resource(attributes: dict[str, Any]) -> bytes:
     """A ``Resource`` message's bytes."""
     return b"".join(field(b"\x0a", key_value(k, v)) for k, v in attributes.items())
@@ -118,6 +135,8 @@ class SpanEncoder:
         self.kept: dict[tuple[Any, ...], bytes] = {}  # (key, [type,] value): Span field 9 (tag, length, KeyValue)
         self.keys: dict[str, bytes] = {}  # key: KeyValue field 1 (tag, length, key)
         self.groups: dict[tuple[Any, ...], tuple[bytes, bytes]] = {}  # group(): name and attributes, encoded
+        self.memo: dict[Any, bytes] = {}  # remember(): what a span type keeps encoded, under its own keys
+        self.heads: dict[int, bytes] = {}  # a span's length -> its ScopeSpans 2 tag and length
 
     def attribute(self, key: str, value: Any) -> bytes:
         """Span field 9 (``attributes``) holding one ``KeyValue``, reusing what was encoded before: a string
@@ -137,6 +156,14 @@ class SpanEncoder:
             if len(self.kept) >= self.most:
                 self.kept.clear()
             self.kept[kv] = encoded
+        return encoded
+
+    def remember(self, key: Any, encoded: bytes) -> bytes:
+        """Keep ``encoded`` in ``memo`` under ``key`` (the caller's: what it was made of) for the next spans."""
+        memo = self.memo
+        if len(memo) >= self.most:
+            memo.clear()
+        memo[key] = encoded
         return encoded
 
     def _key(self, key: str) -> bytes:
@@ -172,26 +199,37 @@ class SpanEncoder:
             self.groups[key] = hit
         return hit
 
+    def span(self, rec: Span) -> bytes:
+        """A ``Span`` message of any span (``Span.encoded`` when it has no quicker way)."""
+        parts = [TRACE_ID, rec.trace_id.to_bytes(16, "big"), SPAN_ID, rec.span_id.to_bytes(8, "big")]
+        if rec.trace_state:
+            parts.append(field(b"\x1a", text(rec.trace_state)))
+        if rec.parent_id:
+            parts += (PARENT_ID, rec.parent_id.to_bytes(8, "big"))
+        name, attributes = self.named(rec.name, rec.attrs)
+        parts += (name, KINDS[rec.kind], pack_times(0x39, rec.start, 0x41, rec.end_time), attributes,
+                  TAILS[rec.error][rec.remote_parent])
+        return b"".join(parts)
+
     def encode(self, batch: Iterable[Span]) -> bytes:
-        """One ``ExportTraceServiceRequest`` of ``batch``, serialised."""
-        body = [self.scope]
-        add = body.append
+        """One ``ExportTraceServiceRequest`` of ``batch``, serialised: each span's message made by the span
+        (``Span.encoded``), the lengths of the messages around them summed, and the whole joined once."""
+        parts = [b""]  # the messages around the spans: their tags and lengths, known once the spans are
+        add = parts.append
+        heads = self.heads
+        size = len(self.scope)
         for rec in batch:
-            parts = [b"\x0a\x10", rec.trace_id.to_bytes(16, "big"), b"\x12\x08", rec.span_id.to_bytes(8, "big")]
-            if rec.trace_state:
-                parts.append(field(b"\x1a", text(rec.trace_state)))
-            if rec.parent_id:
-                parts += (b"\x22\x08", rec.parent_id.to_bytes(8, "big"))
-            name, attributes = rec.wire(self)
-            parts += (name, _KINDS[rec.kind], _TIMES.pack(0x39, rec.start, 0x41, rec.end_time), attributes)
-            if rec.error:
-                parts.append(b"\x7a\x02\x18\x02")  # 15 status: {3 code: STATUS_CODE_ERROR (2)}
-            parts.append(_REMOTE_FLAGS if rec.remote_parent else _LOCAL_FLAGS)  # 16 flags, fixed32
-            span = b"".join(parts)
+            span = rec.encoded(self)
             n = len(span)
-            add(b"\x12")  # ScopeSpans 2: spans
-            add(_ONE_BYTE[n] if n < 0x80 else varint(n))
+            head = heads.get(n)
+            if head is None:
+                if len(heads) >= self.most:
+                    heads.clear()
+                head = heads[n] = b"\x12" + (_ONE_BYTE[n] if n < 0x80 else varint(n))  # ScopeSpans 2: spans
+            add(head)
             add(span)
-        scope_spans = b"".join(body)
-        resource_spans = self.head + field(b"\x12", scope_spans)  # ResourceSpans 2: scope_spans
-        return field(b"\x0a", resource_spans)  # ExportTraceServiceRequest 1: resource_spans
+            size += len(head) + n
+        scope_spans = b"\x12" + varint(size)  # ResourceSpans 2: scope_spans
+        resource_spans = len(self.head) + len(scope_spans) + size
+        parts[0] = b"".join((b"\x0a", varint(resource_spans), self.head, scope_spans, self.scope))  # Request 1
+        return b"".join(parts)

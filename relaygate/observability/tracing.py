@@ -22,6 +22,19 @@ from typing import TYPE_CHECKING, Any
 from relaygate.core.call import Call, Handler, Reply, Route
 from relaygate.core.errors import GatewayError
 from relaygate.observability.otlp import CLIENT, INTERNAL, SERVER, OtlpExporter, SpanQueue, SpanRecord
+from relaygate.observability.otlpwire import (
+    KINDS,
+    PARENT_ID,
+    SPAN_ID,
+    TAILS,
+    TRACE_ID,
+    double_prefix,
+    field,
+    pack_double,
+    pack_times,
+    string_prefix,
+    text,
+)
 from relaygate.requestlog.redact import Redactor
 from relaygate.server.http import error_fields
 
@@ -46,6 +59,12 @@ TRACEPARENT = re.compile(r"(?P<version>[0-9a-f]{2})-(?P<trace>[0-9a-f]{32})-(?P<
                          r"-(?P<flags>[0-9a-f]{2})(?P<rest>-.*)?")
 TRACESTATE = re.compile(r"[a-z0-9_\-*/@=,;.: \t]*", re.I)  # the characters of list members and separators
 REQUEST_ID = re.compile(r"req_[0-9a-f]{24}")  # ours: nothing to redact
+INPUT_TOKENS, OUTPUT_TOKENS = "gen_ai.usage.input_tokens", "gen_ai.usage.output_tokens"
+# the parts of a span message that never change, encoded once (observability/otlpwire.py)
+_REQUEST_ID = string_prefix("relaygate.request_id", 28)  # our request ids' length
+_COST = double_prefix("relaygate.cost_usd")
+_SERVER, _CLIENT = KINDS[SERVER], KINDS[CLIENT]
+_LOCAL_TAILS = TAILS[0][0], TAILS[1][0]  # by error
 
 
 class Tracing:
@@ -183,21 +202,37 @@ class CallTrace:
     def attrs(self) -> dict[str, Any]:
         return {**self._fixed()[1], **self._own()}
 
-    def wire(self, encoder: SpanEncoder) -> tuple[bytes, bytes]:
-        """Name and attributes encoded: those most calls of a model share, encoded once for them all
-        (``SpanEncoder.group``), then the call's own (its id, usage and cost)."""
+    def encoded(self, encoder: SpanEncoder) -> bytes:
+        """Its ``Span`` message: the name and attributes most calls of a model share, encoded once for them all
+        (``SpanEncoder.group``), between the call's own ids, times, request id, usage and cost."""
         params = self.params
         try:
-            name, fixed = encoder.group((self.route, self.model, self.stream, params, tuple(map(type, params)),
-                                         self.attempts, self.dep, self.fallbacks, self.cache_hit, self.faults,
-                                         self.status, self.error_type), self._fixed)
+            name, fixed = encoder.group((self.model, self.dep, self.status, self.error_type, self.attempts,
+                                         self.route, self.stream, self.fallbacks, self.cache_hit, self.faults,
+                                         None if params == NO_PARAMS else (params, tuple(map(type, params)))),
+                                        self._fixed)
         except TypeError:  # a parameter that is not hashable (a client's list): not shared
             name, fixed = encoder.named(*self._fixed())
-        attribute = encoder.attribute
-        own = [fixed]
-        for key, value in self._own().items():
-            own.append(attribute(key, value))
-        return name, b"".join(own)
+        rid = self.call_id.encode("utf-8", "replace")
+        if self.own_id and len(rid) == 28 and rid.startswith(b"req_"):  # ours: req_ and 24 hex digits
+            request_id = _REQUEST_ID + rid
+        else:
+            request_id = encoder.attribute("relaygate.request_id", self.tracing.text(self.call_id))
+        if self.remote_parent:
+            state = self.trace_state
+            parent = b"".join((field(b"\x1a", text(state)) if state else b"", PARENT_ID,
+                               self.parent_id.to_bytes(8, "big")))
+        else:
+            parent = b""
+        if self.error_type is None:
+            usage = self.usage
+            tokens = _tokens(encoder, usage) if usage is not None and usage.known else b""
+            cost = _COST + pack_double(self.cost / 1e9)
+        else:
+            tokens = cost = b""
+        return b"".join((TRACE_ID, self.trace_id.to_bytes(16, "big"), SPAN_ID, self.span_id.to_bytes(8, "big"),
+                         parent, name, _SERVER, pack_times(0x39, self.start, 0x41, self.end_time), fixed,
+                         request_id, tokens, cost, TAILS[self.error][self.remote_parent]))
 
     def _fixed(self) -> tuple[str, dict[str, Any]]:
         text = self.tracing.text
@@ -298,16 +333,18 @@ class AttemptSpan:
         _usage(attrs, self.usage)
         return attrs
 
-    def wire(self, encoder: SpanEncoder) -> tuple[bytes, bytes]:
-        """Name and attributes encoded; all but the usage are shared by most attempts on a deployment."""
-        name, fixed = encoder.group((self.trace.route, self.dep, self.asked, self.attempt, self.retry_reason,
-                                     self.fallback, self.status, self.error_type), self._fixed)
+    def encoded(self, encoder: SpanEncoder) -> bytes:
+        """Its ``Span`` message; all its attributes but the usage are shared by most attempts on a deployment."""
+        trace = self.trace
+        name, fixed = encoder.group((self.dep, self.asked, self.attempt, self.retry_reason, self.fallback,
+                                     self.status, self.error_type, trace.route), self._fixed)
         usage = self.usage
-        if usage is None or not usage.known:
-            return name, fixed
-        attribute = encoder.attribute
-        return name, b"".join((fixed, attribute("gen_ai.usage.input_tokens", usage.prompt_tokens),
-                               attribute("gen_ai.usage.output_tokens", usage.completion_tokens)))
+        state = trace.trace_state
+        return b"".join((TRACE_ID, trace.trace_id.to_bytes(16, "big"), SPAN_ID, self.span_id.to_bytes(8, "big"),
+                         field(b"\x1a", text(state)) if state else b"", PARENT_ID, trace.span_id.to_bytes(8, "big"),
+                         name, _CLIENT, pack_times(0x39, self.start, 0x41, self.end_time), fixed,
+                         _tokens(encoder, usage) if usage is not None and usage.known else b"",
+                         _LOCAL_TAILS[self.error]))
 
     def _fixed(self) -> tuple[str, dict[str, Any]]:
         dep = self.dep
@@ -329,10 +366,21 @@ class AttemptSpan:
         return f"{op} {upstream}"[:MAX_TEXT], attrs
 
 
+def _tokens(encoder: SpanEncoder, usage: Usage) -> bytes:
+    """A known usage's two attributes, encoded; kept for the next spans with the same counts (ints, typed so)."""
+    memo = encoder.memo
+    counts = (INPUT_TOKENS, usage.prompt_tokens, usage.completion_tokens)
+    encoded = memo.get(counts)
+    if encoded is None:
+        attribute = encoder.attribute
+        encoded = encoder.remember(counts, attribute(INPUT_TOKENS, counts[1]) + attribute(OUTPUT_TOKENS, counts[2]))
+    return encoded
+
+
 def _usage(attrs: dict[str, Any], usage: Usage | None) -> None:
     if usage is not None and usage.known:
-        attrs["gen_ai.usage.input_tokens"] = usage.prompt_tokens
-        attrs["gen_ai.usage.output_tokens"] = usage.completion_tokens
+        attrs[INPUT_TOKENS] = usage.prompt_tokens
+        attrs[OUTPUT_TOKENS] = usage.completion_tokens
 
 
 class TraceLayer:

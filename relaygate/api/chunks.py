@@ -69,7 +69,7 @@ class ChatChunkWalk(ABC):
         return self.begin(chunk)
 
     def chunk(self, chunk: dict[str, Any]) -> bytes:
-        out = self.opening(chunk)
+        out = b"" if self.started else self.opening(chunk)  # (a call less a chunk: this is per event)
         if chunk.get("usage"):
             self.chunk_usage = chunk["usage"]
         for choice in chunk.get("choices") or ():

@@ -350,17 +350,16 @@ class EventWriter(ChatChunkWalk):
         return out + sse_event(b"content_block_start", {"type": "content_block_start", "index": self.index,
                                                         "content_block": block})
 
-    def _delta(self, index: int, delta: dict[str, Any]) -> bytes:
-        return sse_event(b"content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta})
-
     def reasoning(self, text: str) -> bytes:
         out = b"" if self.open_kind == "thinking" else self._open(
             {"type": "thinking", "thinking": "", "signature": ""}, "thinking")
-        return out + self._delta(self.index, {"type": "thinking_delta", "thinking": text})
+        return out + sse_event(b"content_block_delta", {"type": "content_block_delta", "index": self.index,
+                                                        "delta": {"type": "thinking_delta", "thinking": text}})
 
     def text(self, text: str) -> bytes:
         out = b"" if self.open_kind == "text" else self._open({"type": "text", "text": ""}, "text")
-        return out + self._delta(self.index, {"type": "text_delta", "text": text})
+        return out + sse_event(b"content_block_delta", {"type": "content_block_delta", "index": self.index,
+                                                        "delta": {"type": "text_delta", "text": text}})
 
     def tool_start(self, call_id: Any, name: str) -> tuple[int, bytes]:
         out = self._open({"type": "tool_use", "id": call_id or anthropic_id("toolu_"), "name": name, "input": {}},
@@ -368,7 +367,8 @@ class EventWriter(ChatChunkWalk):
         return self.index, out
 
     def tool_arguments(self, index: int, arguments: str) -> bytes:
-        return self._delta(index, {"type": "input_json_delta", "partial_json": arguments})
+        return sse_event(b"content_block_delta", {"type": "content_block_delta", "index": index,
+                                                  "delta": {"type": "input_json_delta", "partial_json": arguments}})
 
     def error(self, err: dict[str, Any]) -> bytes:
         """An error object the upstream put inside its stream."""

@@ -68,7 +68,9 @@ def deployment(provider: str, url: str) -> dict[str, Any]:
         return {**base, "provider": "gemini", "model": "gemini-2.5-flash",
                 "api_key": "AIzaSyTestKey0123456789abcdefghijklmnop"}
     if provider == "bedrock":
-        return {**base, "provider": "bedrock", "model": "us.anthropic.claude-sonnet-4-5-v1:0",
+        # the recordings are Converse answers: a Claude model id would send an Anthropic client's request as
+        # Claude's own InvokeModel body (docs/bedrock.md), which they do not answer
+        return {**base, "provider": "bedrock", "model": "us.amazon.nova-pro-v1:0",
                 "region": "us-east-1", "api_key": "bedrock-api-key-test"}
     if provider == "cohere":
         return {**base, "provider": "cohere", "model": "command-a-03-2025", "api_key": "co-test-key"}

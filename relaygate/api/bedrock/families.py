@@ -477,9 +477,7 @@ class _JambaWriter:
         return chunk_frame({"id": self.id, "choices": choices})
 
     def error(self, err: dict[str, Any]) -> bytes:
-        e = err.get("error")
-        message = str((e if isinstance(e, dict) else err).get("message") or "upstream error")
-        return es.exception("modelStreamErrorException", orjson.dumps({"message": message}))
+        return converse.stream_exception(err)
 
     def end(self, usage: Usage | None) -> bytes:
         u = usage or Usage()

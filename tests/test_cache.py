@@ -547,7 +547,13 @@ def test_the_key_hashes_a_chat_body_as_the_client_sent_it() -> None:
     assert key(orjson.dumps(body)) == dumped
     assert key(orjson.dumps({**body, "stream": True}), extra={"stream": True}, stream=True) == dumped
     assert key(orjson.dumps({**body, "provider": "openai"}), provider="openai") == dumped
-    assert key(json.dumps(body).encode()) != dumped  # spaced JSON: the bytes differ
+    # bytes other than orjson's are dumped: a streamed request from the same client (always dumped) must meet them
+    assert key(json.dumps(body).encode()) == dumped  # Python's json.dumps: a space after each key
+    assert key(json.dumps(body, indent=1).encode()) == dumped
+    escaped = {**body, "messages": [{"role": "user", "content": "café a/b"}]}
+    assert key(json.dumps(escaped, separators=(",", ":")).encode(), extra=escaped) == key(None, extra=escaped)
+    assert key(orjson.dumps(body) + b"\n") == dumped  # a file's last line break (curl --data-binary @file)
+    assert key(orjson.dumps(body).replace(b",", b" ,")) != dumped  # other bytes that pass the checks: their own key
 
 
 def test_a_served_body_remembers_its_key_within_a_bound(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -139,6 +139,14 @@ def namespace(call: Call, config: CacheConfig) -> str:
     return "key:" + key.id
 
 
+def _dumped_alike(raw: bytes) -> bool:
+    """Whether a client's chat bytes read as orjson writes them, so that hashing them gives the key of their dump:
+    no space after a key (Python's json.dumps), no line break (pretty-printed), no \\u or \\/ escape (ASCII-only
+    writers). A streamed request is always dumped (its ``stream`` is left out), and must meet the whole one's key.
+    A body that fails a check is dumped: only a few hundred instructions of C searches decide it."""
+    return b'": ' not in raw and b"\n" not in raw and b"\\u" not in raw and b"\\/" not in raw
+
+
 def cache_key(call: Call, names: Sequence[str], space: str, base: hashlib.blake2b | None = None) -> str:
     """The hash of everything that changes the answer (see the module docstring). The model is the one
     routed: the deployments that may serve the call (``openai/m`` is ``m`` when all of m's are OpenAI's) and
@@ -153,6 +161,10 @@ def cache_key(call: Call, names: Sequence[str], space: str, base: hashlib.blake2
     else:
         body, dialect = call.body, ""
         raw = call.raw
+        if raw is not None:
+            raw = raw.strip()  # whitespace around the value (a file's last line break) is not the body's
+            if not _dumped_alike(raw):
+                raw = None
     if call.responses_request is not None:  # a /v1/responses call a native deployment may answer in its shape
         dialect, raw = "responses", None
     model = call.model

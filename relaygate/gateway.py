@@ -387,7 +387,7 @@ class Gateway:
         return MemoryLimiter(spent_loader(reads))
 
     def _pipeline(self) -> Handler:
-        """trace → observe → audit → auth → limits → router (the layers that are on)."""
+        """observe (traces, metrics) → audit → auth → limits → router (the layers that are on)."""
         handler: Handler = self.router
         # the response cache and context condensation, between the limits and the router (docs/cache.md)
         self.cache: CacheLayer | None = None
@@ -415,18 +415,14 @@ class Gateway:
 
             handler = self.audit = AuditLayer(handler, self.writer, self.config.request_log, self.pricing.cost,
                                               self.scrub)
-        if self.metrics is not None or self.config.access_log.enabled:
+        if self.metrics is not None or self.config.access_log.enabled or self.tracing is not None:
             from relaygate.observability.accesslog import AccessLog
             from relaygate.observability.layer import ObserveLayer
             from relaygate.requestlog.redact import Redactor
 
             access = (AccessLog(Redactor(self.config.request_log.redact), self.pricing.cost)
                       if self.config.access_log.enabled else None)
-            handler = ObserveLayer(handler, self.metrics, access)
-        if self.tracing is not None:
-            from relaygate.observability.tracing import TraceLayer
-
-            handler = TraceLayer(handler, self.tracing)
+            handler = ObserveLayer(handler, self.metrics, access, self.tracing)
         return handler
 
     @classmethod

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from relaygate.core.call import Call, Handler, Reply, Route
+from relaygate.core.call import Call, Reply, Route
 from relaygate.core.errors import GatewayError
 from relaygate.observability.otlp import CLIENT, INTERNAL, SERVER, OtlpExporter, SpanQueue, SpanRecord
 from relaygate.observability.otlpwire import (
@@ -44,7 +44,6 @@ if TYPE_CHECKING:
     from relaygate.observability.otlpwire import SpanEncoder
     from relaygate.routing.deployment import Deployment
 
-TRACE_HEADER = "x-relaygate-trace-id"  # the call's trace id (32 hex digits), on every answer of a traced call
 MAX_TEXT = 200
 # gen_ai.operation.name of each route (the GenAI conventions' names where they have one)
 OPERATIONS = {Route.CHAT: "chat", Route.EMBEDDINGS: "embeddings", Route.TRANSCRIPTIONS: "transcriptions",
@@ -110,6 +109,21 @@ class Tracing:
             state = ""  # a malformed tracestate is dropped, the trace still continued
         return trace_id, span_id, bool(int(m["flags"], 16) & 1), state
 
+    def begin(self, call: Call) -> str:
+        """The call's trace: continued from its ``traceparent`` or new, sampled or not; when sampled its request
+        span (``call.trace``), which the observe layer ends. Answers the trace id for the answer's header."""
+        parent = self.parent(call.headers) if "traceparent" in call.headers else None
+        if parent is None:
+            trace_id = self.ids.getrandbits(128) or 1
+            sampled = (trace_id & LOW_64) < self.ratio_bound
+        else:  # a continued trace follows its parent's decision
+            trace_id = parent[0]
+            sampled = parent[2]
+        trace_bytes = trace_id.to_bytes(16, "big")
+        if sampled:  # else the trace id still goes back, nothing else is done
+            call.trace = CallTrace(self, call, trace_id, trace_bytes, parent)  # attempts, limits… get spans beneath
+        return trace_bytes.hex()
+
     def flush(self) -> bool:
         """Send what is queued now (blocking)."""
         return self.exporter.flush()
@@ -126,14 +140,16 @@ class CallTrace:
     reply's usage object, the deployment): its ``name`` and ``attrs`` are made, redacted and formatted when the
     export thread asks for them, once per span rather than once per call on the event loop."""
 
-    __slots__ = ("tracing", "trace_id", "span_id", "parent_id", "trace_state", "remote_parent", "start",
+    __slots__ = ("tracing", "trace_id", "trace_bytes", "span_id", "parent_id", "trace_state", "remote_parent", "start",
                  "end_time", "error", "last_error", "call_id", "own_id", "model", "route", "stream", "params", "attempts",
                  "dep", "fallbacks", "cache_hit", "faults", "status", "usage", "cost", "error_type", "call")
     kind = SERVER
 
-    def __init__(self, tracing: Tracing, call: Call, trace_id: int, parent: tuple[int, int, bool, str] | None) -> None:
+    def __init__(self, tracing: Tracing, call: Call, trace_id: int, trace_bytes: bytes,
+                 parent: tuple[int, int, bool, str] | None) -> None:
         self.tracing = tracing
         self.trace_id = trace_id
+        self.trace_bytes = trace_bytes  # the id's 16 bytes (its answer header's too): not made again per span
         self.span_id = tracing.ids.getrandbits(64) or 1
         if parent is None:
             self.parent_id = 0
@@ -230,7 +246,7 @@ class CallTrace:
             cost = _COST + pack_double(self.cost / 1e9)
         else:
             tokens = cost = b""
-        return b"".join((TRACE_ID, self.trace_id.to_bytes(16, "big"), SPAN_ID, self.span_id.to_bytes(8, "big"),
+        return b"".join((TRACE_ID, self.trace_bytes, SPAN_ID, self.span_id.to_bytes(8, "big"),
                          parent, name, _SERVER, pack_times(0x39, self.start, 0x41, self.end_time), fixed,
                          request_id, tokens, cost, TAILS[self.error][self.remote_parent]))
 
@@ -340,7 +356,7 @@ class AttemptSpan:
                                      self.status, self.error_type, trace.route), self._fixed)
         usage = self.usage
         state = trace.trace_state
-        return b"".join((TRACE_ID, trace.trace_id.to_bytes(16, "big"), SPAN_ID, self.span_id.to_bytes(8, "big"),
+        return b"".join((TRACE_ID, trace.trace_bytes, SPAN_ID, self.span_id.to_bytes(8, "big"),
                          field(b"\x1a", text(state)) if state else b"", PARENT_ID, trace.span_id.to_bytes(8, "big"),
                          name, _CLIENT, pack_times(0x39, self.start, 0x41, self.end_time), fixed,
                          _tokens(encoder, usage) if usage is not None and usage.known else b"",
@@ -381,41 +397,3 @@ def _usage(attrs: dict[str, Any], usage: Usage | None) -> None:
     if usage is not None and usage.known:
         attrs[INPUT_TOKENS] = usage.prompt_tokens
         attrs[OUTPUT_TOKENS] = usage.completion_tokens
-
-
-class TraceLayer:
-    """The outermost layer when tracing is on: the request span, its trace id on the answer."""
-
-    def __init__(self, next_handler: Handler, tracing: Tracing) -> None:
-        self.next = next_handler
-        self.tracing = tracing
-
-    async def __call__(self, call: Call) -> Reply:
-        tracing = self.tracing
-        parent = tracing.parent(call.headers) if "traceparent" in call.headers else None
-        if parent is None:
-            trace_id = tracing.ids.getrandbits(128) or 1
-            sampled = (trace_id & LOW_64) < tracing.ratio_bound
-        else:  # a continued trace follows its parent's decision
-            trace_id = parent[0]
-            sampled = parent[2]
-        trace_header = trace_id.to_bytes(16, "big").hex()
-        if not sampled:  # the trace id still goes back, nothing else is done
-            try:
-                reply = await self.next(call)
-            except GatewayError as e:
-                e.headers[TRACE_HEADER] = trace_header
-                raise
-            reply.headers[TRACE_HEADER] = trace_header
-            return reply
-        span = call.trace = CallTrace(tracing, call, trace_id, parent)  # attempts, limits… get spans beneath
-        try:
-            reply = await self.next(call)
-        except BaseException as e:
-            if isinstance(e, GatewayError):
-                e.headers[TRACE_HEADER] = trace_header
-            span.done(None, e)
-            raise
-        reply.headers[TRACE_HEADER] = trace_header
-        reply.on_done(span.done)
-        return reply

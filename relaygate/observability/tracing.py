@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import random
 import re
-import time
 from collections.abc import Callable
+from time import time_ns
 from typing import TYPE_CHECKING, Any
 
 from relaygate.core.call import Call, Reply, Route
@@ -83,6 +83,7 @@ class Tracing:
         # of its id are below ratio * 2^64, so every service sampling at one ratio keeps the same traces
         self.ratio_bound = round(config.sample_ratio * (1 << 64))
         self.ids = random.Random()  # span and trace ids; seeded from the OS
+        self.bits = self.ids.getrandbits
         self.redact = redact
         self.known = known  # names from the config (models, upstream models): nothing to redact in them
 
@@ -114,7 +115,7 @@ class Tracing:
         span (``call.trace``), which the observe layer ends. Answers the trace id for the answer's header."""
         parent = self.parent(call.headers) if "traceparent" in call.headers else None
         if parent is None:
-            trace_id = self.ids.getrandbits(128) or 1
+            trace_id = self.bits(128) or 1
             sampled = (trace_id & LOW_64) < self.ratio_bound
         else:  # a continued trace follows its parent's decision
             trace_id = parent[0]
@@ -150,7 +151,7 @@ class CallTrace:
         self.tracing = tracing
         self.trace_id = trace_id
         self.trace_bytes = trace_bytes  # the id's 16 bytes (its answer header's too): not made again per span
-        self.span_id = tracing.ids.getrandbits(64) or 1
+        self.span_id = tracing.bits(64) or 1
         if parent is None:
             self.parent_id = 0
             self.trace_state = ""
@@ -167,12 +168,13 @@ class CallTrace:
         self.model = call.model
         self.route = call.route
         self.stream = call.stream
-        if call.translated:  # (the chat body is not made for tracing: the same-dialect fast path stays fast)
+        if call.native is None or call.translated:  # (the chat body is not made for tracing: the same-dialect
+            # fast path stays fast)
             get = call.body.get
             self.params = (get("max_tokens"), get("max_completion_tokens"), get("temperature"), get("top_p"))
         else:
             self.params = NO_PARAMS
-        self.start = time.time_ns()
+        self.start = time_ns()
 
     def attempt(self, dep: Deployment, call: Call) -> AttemptSpan:
         """Start the span of an upstream attempt; calling it with the attempt's outcome ends it."""
@@ -181,7 +183,7 @@ class CallTrace:
     def step(self, name: str) -> SpanRecord:
         """An INTERNAL span beneath the request's (limits, cache, condensation)."""
         return SpanRecord(self.tracing.queue, self.trace_id, self.span_id, name, INTERNAL, {},
-                          self.tracing.ids.getrandbits(64) or 1, self.trace_state)
+                          self.tracing.bits(64) or 1, self.trace_state)
 
     def done(self, reply: Reply | None, error: BaseException | None) -> None:
         """The call's end: what the span says of it, then the span to the export queue."""
@@ -206,7 +208,7 @@ class CallTrace:
             self.error_type = kind or "internal"
             self.cost = 0
             self.error = status is not None and status >= 500  # a 4xx is the client's: not the server span's error
-        self.end_time = time.time_ns()
+        self.end_time = time_ns()
         self.tracing.queue.put(self)
 
     # made in the export thread
@@ -222,11 +224,11 @@ class CallTrace:
         """Its ``Span`` message: the name and attributes most calls of a model share, encoded once for them all
         (``SpanEncoder.group``), between the call's own ids, times, request id, usage and cost."""
         params = self.params
+        key = (self.model, self.dep, self.status, self.error_type, self.attempts, self.route, self.stream,
+               self.fallbacks, self.cache_hit, self.faults,
+               None if params == NO_PARAMS else (params, tuple(map(type, params))))
         try:
-            name, fixed = encoder.group((self.model, self.dep, self.status, self.error_type, self.attempts,
-                                         self.route, self.stream, self.fallbacks, self.cache_hit, self.faults,
-                                         None if params == NO_PARAMS else (params, tuple(map(type, params)))),
-                                        self._fixed)
+            name, fixed = encoder.groups.get(key) or encoder.group(key, self._fixed)
         except TypeError:  # a parameter that is not hashable (a client's list): not shared
             name, fixed = encoder.named(*self._fixed())
         rid = self.call_id.encode("utf-8", "replace")
@@ -298,7 +300,7 @@ class AttemptSpan:
 
     def __init__(self, trace: CallTrace, dep: Deployment, call: Call) -> None:
         self.trace = trace
-        self.span_id = trace.tracing.ids.getrandbits(64) or 1
+        self.span_id = trace.tracing.bits(64) or 1
         self.dep = dep
         self.asked = call.model
         self.attempt = call.attempts
@@ -308,7 +310,7 @@ class AttemptSpan:
         self.status: int | None = None
         self.usage: Usage | None = None
         self.error_type: str | None = None
-        self.start = time.time_ns()
+        self.start = time_ns()
 
     def __call__(self, reply: Reply | None, error: BaseException | None) -> None:
         """The attempt's end (its reply delivered, or its error): the span to the export queue."""
@@ -323,7 +325,7 @@ class AttemptSpan:
             self.status = status
             self.error_type = kind or "internal"
             self.error = True
-        self.end_time = time.time_ns()
+        self.end_time = time_ns()
         self.trace.tracing.queue.put(self)
 
     # made in the export thread
@@ -352,8 +354,9 @@ class AttemptSpan:
     def encoded(self, encoder: SpanEncoder) -> bytes:
         """Its ``Span`` message; all its attributes but the usage are shared by most attempts on a deployment."""
         trace = self.trace
-        name, fixed = encoder.group((self.dep, self.asked, self.attempt, self.retry_reason, self.fallback,
-                                     self.status, self.error_type, trace.route), self._fixed)
+        key = (self.dep, self.asked, self.attempt, self.retry_reason, self.fallback, self.status, self.error_type,
+               trace.route)
+        name, fixed = encoder.groups.get(key) or encoder.group(key, self._fixed)
         usage = self.usage
         state = trace.trace_state
         return b"".join((TRACE_ID, trace.trace_bytes, SPAN_ID, self.span_id.to_bytes(8, "big"),

@@ -41,6 +41,9 @@ _REQUEST_ID = size(request_log.column("request_id"))
 _MODEL = size(request_log.column("model"))
 _ROUTE = size(request_log.column("route"))
 UID_BASE = 1 << 64  # see AuditLayer.__init__
+# the last three hex digits of a row's uid, by the row count's low 12 bits (see AuditLayer.uid)
+_UID_LOW: tuple[str, ...] = tuple(f"{i:03x}" for i in range(4096))
+_ROUTE_TEXT: dict[Route, str] = {r: str(r) for r in Route}  # a plain str: drivers bind it as it is
 
 
 def _unserializable(value: Any) -> str:
@@ -61,11 +64,17 @@ class AuditLayer:
         self.cost = cost
         self.pii = Redactor(config.redact)
         self.scrub = scrub if scrub is not None else Scrubber()
-        # row ids: a random per-instance prefix and a counter (unique without a syscall per row); the counter
-        # starts at 2**64 so that hex() of it, past '0x1', is the count in 16 zero-padded digits (a third of the
-        # instructions of formatting with ``:016x``)
+        # read per row: plain attributes (the config's pydantic attribute hook costs ~400 instructions a read)
+        self._bodies = config.bodies
+        self._max_body = config.max_body_chars
+        # row ids: a random per-instance prefix and the row count in 16 zero-padded hex digits (unique without a
+        # syscall per row): the first 13 digits change every 4096 rows and are kept formatted with the prefix
+        # (``_uid_high``), the last three come from a table; a third of the instructions of hex() of a count
+        # from 2**64, which is past itertools.count's fast path
         self._uid_prefix = os.urandom(8).hex()
-        self._uid_next = itertools.count(UID_BASE)
+        self._uid_next = itertools.count()
+        self._uid_high = ""
+        self._providers: dict[str, str] = {}  # deployment name -> its provider (a property of a pydantic read)
         self._day: tuple[float, float, str] = (0.0, 0.0, "")  # [start, end) of the cached UTC day string
         self._refused_tokens = REFUSED_KEY_ROWS_BURST
         self._refused_at = time.monotonic()
@@ -79,7 +88,7 @@ class AuditLayer:
             self.record(call, None, e)
             mark_recorded(e)  # the server must not record it again
             raise
-        if self.config.bodies and reply.stream is not None:
+        if self._bodies and reply.stream is not None:
             kept: list[bytes] = []
             reply.stream = self._tee(reply.stream, kept)
             reply.on_done(lambda r, err: self.record(call, r, err, b"".join(kept)))
@@ -89,7 +98,7 @@ class AuditLayer:
 
     async def _tee(self, stream: AsyncIterator[bytes], kept: list[bytes]) -> AsyncIterator[bytes]:
         """Keep the first ``max_body_chars`` bytes of a stream in ``kept`` while it passes through."""
-        room = self.config.max_body_chars
+        room = self._max_body
         try:
             async for chunk in stream:
                 if room > 0:
@@ -104,7 +113,7 @@ class AuditLayer:
         """Queue the call's row (``streamed``: the start of a streamed answer; ``route``: instead of the
         call's)."""
         try:
-            row = self.row(call, reply, error, streamed=streamed, route=route)
+            row = self.row(call, reply, error, True, streamed, route)  # by position: a cheaper call
         except Exception:  # a bookkeeping bug must not cost the row: keep what is certain
             log.exception("request log: building the row of %s failed; writing a reduced row", call.id)
             row = self.row(call, None, error, bodies=False, route=route)
@@ -170,6 +179,10 @@ class AuditLayer:
         """The call's row, its values in the order of ``COLUMNS`` (a tuple: the writer binds it as it is)."""
         now = time.time()
         mono = time.monotonic()
+        n = next(self._uid_next)
+        low = n & 4095
+        if not low:
+            self._uid_high = self._uid_prefix + hex(UID_BASE + n)[3:16]
         status: int | None
         kind: str | None = None
         message: str | None = None
@@ -182,20 +195,26 @@ class AuditLayer:
             usage = None
         key = call.key
         dep = call.deployment
+        deployment = provider = None
+        if dep is not None:
+            deployment = dep.name
+            provider = self._providers.get(deployment)
+            if provider is None:
+                provider = self._providers[deployment] = dep.provider_type
         first = reply.first_byte_at if reply is not None else None
         started = call.started
         # an id the client chose (x-request-id) may carry anything: it is redacted like the other free text,
         # then cut to its column (redaction can lengthen it; a secret across the column's end is still whole
         # when redacted); ours (``req_`` and 24 hex digits, from http.RequestIds) are left alone
         rid = call.id
-        if len(rid) != 28 or "x-request-id" in call.headers or not rid.startswith("req_"):
+        if len(rid) != 28 or "x-request-id" in call.headers or rid[:4] != "req_":  # (startswith parses its args)
             rid = fit_text(self.redact(rid[:2 * _REQUEST_ID]), _REQUEST_ID)
         model = call.model or None
         if model is not None and (len(model) > _MODEL or "\0" in model):  # the client's: any length, any text
             model = fit_text(model, _MODEL)
         request_body = response_body = None
-        if bodies and self.config.bodies:
-            limit = self.config.max_body_chars
+        if bodies and self._bodies:
+            limit = self._max_body
             native = call.untranslated  # a foreign client's call not translated: its own body is what was sent
             sent = native.body if native is not None else call.body
             request_body = self.redact(orjson.dumps(sent, default=_unserializable).decode()[:limit])
@@ -204,7 +223,7 @@ class AuditLayer:
                 response_body = fit_text(self.redact(body[:limit].decode("utf-8", "replace")), math.inf)
         day = self._day
         return (
-            self._uid_prefix + hex(next(self._uid_next))[3:],  # uid
+            self._uid_high + _UID_LOW[low],  # uid
             rid,  # request_id
             now,  # ts
             day[2] if day[0] <= now < day[1] else self.day(now),  # day
@@ -212,9 +231,9 @@ class AuditLayer:
             None if key is None else key.team_id,  # team_id
             None if key is None else key.user_id,  # user_id
             model,  # model
-            None if dep is None else dep.name,  # deployment
-            None if dep is None else dep.provider_type,  # provider
-            str(call.route) if route is None else route,  # route (a plain str: drivers bind it as it is)
+            deployment,  # deployment
+            provider,  # provider
+            (_ROUTE_TEXT.get(call.route) or str(call.route)) if route is None else route,  # route
             1 if call.stream else 0,  # stream (an int: drivers bind it without an adapter lookup)
             status,  # status
             kind,  # error

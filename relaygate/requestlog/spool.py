@@ -59,6 +59,7 @@ class Spool:
         self._torn = False  # an append failed part-way: the next one starts on a line of its own
         self.torn_lines = 0  # unreadable lines skipped by replays (a crash mid-append)
         self.lock = threading.Lock()  # appends come from the writer thread and, on overflow, the loop
+        self._look_at = 0.0  # when ``pending(every)`` next looks for other processes' files
 
     def _new_path(self) -> str:
         return os.path.join(self.directory, f"relaygate-spool-{os.getpid()}-{os.urandom(6).hex()}.jsonl")
@@ -77,8 +78,17 @@ class Spool:
             _write_all(self._fd, data)
             self._torn = False
 
-    def pending(self) -> bool:
-        return self._fd is not None or bool(self._others())
+    def pending(self, every: float = 0.0) -> bool:
+        """Whether there are rows to replay: this process's file, or another's (a dead process's), looked for
+        at most every ``every`` seconds (a glob of the directory: ~170k instructions in one of 50 files)."""
+        if self._fd is not None:
+            return True
+        if every:
+            now = time.monotonic()
+            if now < self._look_at:
+                return False
+            self._look_at = now + every
+        return bool(self._others())
 
     def _others(self) -> list[str]:
         return glob.glob(os.path.join(self.directory, SPOOL_GLOB))

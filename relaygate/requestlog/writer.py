@@ -13,6 +13,7 @@ whole in the dead-letter file. ``close`` drains everything (to the database, els
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import queue
 import sqlite3
@@ -36,6 +37,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("relaygate.requestlog")
 
 Row = tuple[Any, ...] | dict[str, Any]  # values in column order, or by column name (spool lines)
+# seconds between the writer's looks for spool files other processes left (its own is known without a look);
+# each look is a glob of the spool directory, which per batch cost the writer thread ~800 instructions a row
+ORPHAN_LOOK = 30.0
 
 
 class WriteTimeout(Exception):
@@ -188,7 +192,7 @@ class RequestLogWriter:
             if batch:
                 self._write(batch)
                 self.handled += len(batch)
-            if self.spool.pending() and self._may_try():
+            if self.spool.pending(ORPHAN_LOOK) and self._may_try():
                 self._replay()
             with self._idle:
                 self._idle.notify_all()
@@ -211,10 +215,9 @@ class RequestLogWriter:
         self._wake.clear()
         stopping = self._stopping  # read before draining: rows queued before the stop are all taken
         q = self.queue
-        batch: list[Row] = []
-        while q:
-            batch.append(q.popleft())  # popleft is atomic: appends from the event loop may go on meanwhile
-        return batch, stopping
+        # as many as are queued now, popped in C (popleft is atomic: appends from the event loop may go on
+        # meanwhile, and are taken next time)
+        return list(itertools.starmap(q.popleft, itertools.repeat((), len(q)))), stopping
 
     def _may_try(self) -> bool:
         """Whether to try the database now: it answered last time, or the back-off is over, and no write

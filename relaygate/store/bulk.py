@@ -46,16 +46,18 @@ class BulkInsert:
         self._staging: str | None = None  # PostgreSQL: the CREATE of the per-connection staging table
 
     def _statement(self, rows: int, columns: tuple[int, ...]) -> str:
-        """SQLite's INSERT of ``rows`` rows of the given columns (indexes into ``names``), built once."""
+        """SQLite's INSERT of ``rows`` rows of the given columns (indexes into ``names``), built once. Its
+        parameters are numbered column after column (``?1`` to ``?rows`` the first column's values, then the
+        next column's): ``sqlite`` binds the chunk as it transposed it, without gathering each row's values."""
         sql = self._sql.get((rows, columns))
         if sql is None:
             def q(name: str) -> str:
                 return '"' + name.replace('"', '""') + '"'
 
-            one = "(" + ", ".join(["?"] * len(columns)) + ")"
             cols = ", ".join(q(self.names[j]) for j in columns)
-            sql = (f"INSERT INTO {q(self.table.name)} ({cols}) VALUES " + ", ".join([one] * rows)
-                   + " ON CONFLICT DO NOTHING")
+            values = ", ".join("(" + ", ".join(f"?{c * rows + r + 1}" for c in range(len(columns))) + ")"
+                               for r in range(rows))
+            sql = f"INSERT INTO {q(self.table.name)} ({cols}) VALUES {values} ON CONFLICT DO NOTHING"
             if len(self._sql) < 256:  # a few shapes of NULL columns in practice
                 self._sql[(rows, columns)] = sql
         return sql
@@ -95,36 +97,23 @@ class BulkInsert:
         try:
             for size in self.SIZES:
                 while n - i >= size:
-                    chunk = values[i:i + size]
-                    # columns that are NULL in every row of the chunk are left out of the INSERT (they are
-                    # NULL by default): sqlite3 binds each None through its adapter lookup, ~1k instructions
-                    columns = self._non_null(chunk)
-                    if columns == self._all or not columns:
-                        columns = self._all
-                        params = tuple(chain(chunk))
+                    # the chunk by column, in C: a column NULL in every row is left out of the INSERT (NULL by
+                    # default; sqlite3 binds each None through its adapter lookup, ~1k instructions), the others
+                    # are bound as they are (the statement numbers its parameters column by column): ~3.7k
+                    # instructions a row fewer than gathering each row's values with an itemgetter and checking
+                    # the first row's NULL columns with another
+                    cols = list(zip(*values[i:i + size], strict=True))
+                    nulls = (None,) * size  # compared, a column with a value differs at its first one
+                    keep = tuple([j for j, col in enumerate(cols) if col != nulls])
+                    if len(keep) == len(cols) or not keep:
+                        keep = self._all
+                        params = tuple(chain(cols))
                     else:
-                        take = operator.itemgetter(*columns)
-                        params = tuple(chain(map(take, chunk))) if len(columns) > 1 else tuple(map(take, chunk))
-                    cursor.execute(self._statement(size, columns), params)
+                        params = tuple(chain(map(cols.__getitem__, keep)))
+                    cursor.execute(self._statement(size, keep), params)
                     i += size
         finally:
             cursor.close()
-
-    def _non_null(self, chunk: list[tuple[Any, ...]]) -> tuple[int, ...]:
-        """The columns not NULL in every row of ``chunk``. Usually the first row's NULL columns are NULL in
-        all: checked with one itemgetter per row, in C (half the cost of transposing the chunk and counting,
-        which stays for the chunks where they differ)."""
-        nulls = [j for j, v in enumerate(chunk[0]) if v is None]
-        if not nulls:
-            return self._all
-        try:
-            same = len(set(map(operator.itemgetter(*nulls), chunk))) == 1
-        except TypeError:  # an unhashable value where the first row has a NULL
-            same = False
-        if same:
-            return tuple([j for j in self._all if j not in nulls])
-        size = len(chunk)
-        return tuple([j for j, col in enumerate(zip(*chunk, strict=True)) if col.count(None) != size])
 
     def _copy(self, conn: Any, rows: list[tuple[Any, ...]]) -> None:
         """PostgreSQL: COPY into a per-connection temporary table, then one INSERT … SELECT … ON CONFLICT DO

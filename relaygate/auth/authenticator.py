@@ -62,6 +62,10 @@ class Authenticator:
         self.stale_ttl = stale_ttl
         # digest -> (principal or None, refresh in the background from, look up before use from)
         self._cache: dict[str, tuple[Principal | None, float, float]] = {}
+        # secret -> its digest, for the secrets that authenticated (sha256 is the costliest step of a cached
+        # key's check); a pure function of the secret, so it never goes stale; bounded like the cache, emptied
+        # with it so that a revoked key's secret is not kept
+        self._digests: dict[str, str] = {}
         self._pending: dict[str, asyncio.Future[Principal | None]] = {}
         self._refreshing: set[asyncio.Task[None]] = set()
         self._generation = 0  # bumped by forget: a lookup that started before must not re-cache what it read
@@ -77,16 +81,34 @@ class Authenticator:
         if not secret:
             raise AuthError("Missing API key: send it as 'Authorization: Bearer <key>', 'x-api-key' or 'api-key'.",
                             code="missing_api_key")
-        digest = hash_secret(secret)
+        digest = self._digests.get(secret)
+        if digest is None:
+            digest = hash_secret(secret)
+            fresh = True
+        else:
+            fresh = False
         hit = self._cache.get(digest)  # virtual keys first: the master key is never looked up, so never cached
         if hit is None:
-            return MASTER if hmac.compare_digest(digest, self._master_hash) else None
+            if hmac.compare_digest(digest, self._master_hash):
+                if fresh:
+                    self._remember(secret, digest)
+                return MASTER
+            return None
         now = time.monotonic()
         if hit[1] <= now:  # last quarter of its TTL: refreshed in the background, served meanwhile
             if hit[2] <= now:
                 return None  # past its TTL: ``authenticate`` looks it up (or serves it stale if the store fails)
             self._refresh_later(digest, now)
-        return self._verify(digest, hit[0])
+        principal = self._verify(digest, hit[0])
+        if fresh:
+            self._remember(secret, digest)
+        return principal
+
+    def _remember(self, secret: str, digest: str) -> None:
+        """Keep the digest of a secret that authenticated (bounded: random keys never get here)."""
+        if len(self._digests) >= MAX_CACHED:
+            self._digests.clear()
+        self._digests[secret] = digest
 
     async def authenticate(self, secret: str | None) -> Principal:
         principal = self.quick(secret)
@@ -197,6 +219,7 @@ class Authenticator:
     def forget(self, key_id: str) -> None:
         """Drop a key from the cache at once (after a revoke, rotate or update on this instance)."""
         self._generation += 1
+        self._digests.clear()
         for digest, (p, _, _) in list(self._cache.items()):
             if p is not None and p.id == key_id:
                 del self._cache[digest]
@@ -205,6 +228,7 @@ class Authenticator:
         """Drop every cached key (after a team or user changed on this instance)."""
         self._generation += 1
         self._cache.clear()
+        self._digests.clear()
 
 
 class AuthLayer:

@@ -173,19 +173,26 @@ class Pricing:
         meter = call.meter
         if meter is not None:
             return meter.reserve_tokens, meter.reserve_nano, 0
-        prompt = call_prompt_tokens(call)
-        cap = 0
         route = call.route
         generates = route is CHAT or route is RESPONSES  # (a native Responses call: its own body and cap)
-        if generates:
-            given = call_output_cap(call)
-            if type(given) is int and given > 0:
-                cap = given
+        # the call's own body read once here (not through call_prompt_tokens, call_output_cap and call_choices,
+        # which each ask ``untranslated`` again): this runs on every limited call
+        native = call.untranslated
+        if native is None:
+            body = call.body
+            prompt = Pricing.prompt_tokens(body)
+            given = output_cap_of(body, route) if generates else None
+            n = choices(body) if route is CHAT else 1
+        else:
+            prompt = native.prompt_tokens()
+            given = native.output_cap() if generates else None
+            n = native.choices() if route is CHAT else 1
+        cap = given if type(given) is int and given > 0 else 0
         out = cap or (self.default_output_tokens if generates else 0)
         if not cost:
             return prompt + out, 0, 0
         res = self._reserve.get(call.model) or self.reservation(call.model)
-        if res.unpriced and call.route is not COUNT_TOKENS:
+        if res.unpriced and route is not COUNT_TOKENS:
             raise PermissionDenied(
                 f"The model {call.model!r} has no known price on this gateway, and this key (or its team or user) "
                 "has a budget it would spend without counting. Set its price in the config (prices:, or the "
@@ -198,8 +205,7 @@ class Pricing:
                 held = out_cost
         else:
             out_cost = out
-        if call.route is CHAT:  # each of n choices may be that long
-            out_cost *= call_choices(call)
+        out_cost *= n  # each of n choices may be that long (chat)
         return prompt + out, round((prompt * res.input + out_cost * res.output) * NANO), held
 
     def affordable(self, call: Call, left: int) -> tuple[int, int, int] | None:

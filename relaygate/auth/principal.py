@@ -32,13 +32,13 @@ class Limits:
     max_parallel: int | None = None
     budget_nano: int | None = None
     budget_period: str = "total"
-    # the limits as header values, encoded once (x-ratelimit-limit-* on every call let through)
-    rpm_header: bytes = field(init=False, default=b"", compare=False, repr=False)
-    tpm_header: bytes = field(init=False, default=b"", compare=False, repr=False)
+    # the limits as headers, encoded once (x-ratelimit-limit-* on every call let through)
+    rpm_pair: tuple[bytes, bytes] = field(init=False, default=(b"", b""), compare=False, repr=False)
+    tpm_pair: tuple[bytes, bytes] = field(init=False, default=(b"", b""), compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "rpm_header", str(self.rpm).encode())
-        object.__setattr__(self, "tpm_header", str(self.tpm).encode())
+        object.__setattr__(self, "rpm_pair", (b"x-ratelimit-limit-requests", str(self.rpm).encode()))
+        object.__setattr__(self, "tpm_pair", (b"x-ratelimit-limit-tokens", str(self.tpm).encode()))
 
     @classmethod
     def of(cls, row: Any) -> Limits:

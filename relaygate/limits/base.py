@@ -95,15 +95,20 @@ def rate_headers(lim: Limits, reqs: int, toks: int) -> list[tuple[bytes, bytes]]
     ``toks`` tokens this minute, for a call let through, encoded for the response (the HTTP server checks
     and copies every header: these go straight into its list). The reset headers go with refusals only
     (with retry-after): on success they would only say when the current UTC minute ends."""
-    h: list[tuple[bytes, bytes]] = []
     rpm, tpm = lim.rpm, lim.tpm
-    if rpm is not None:
-        h.append((b"x-ratelimit-limit-requests", lim.rpm_header))
-        h.append((b"x-ratelimit-remaining-requests", b"%d" % (rpm - reqs) if reqs < rpm else b"0"))
+    if rpm is not None:  # one list built whole: this runs on every call let through
+        left = (_REMAINING_REQUESTS, b"%d" % (rpm - reqs) if reqs < rpm else b"0")
+        if tpm is None:
+            return [lim.rpm_pair, left]
+        return [lim.rpm_pair, left, lim.tpm_pair,
+                (_REMAINING_TOKENS, b"%d" % (tpm - toks) if toks < tpm else b"0")]
     if tpm is not None:
-        h.append((b"x-ratelimit-limit-tokens", lim.tpm_header))
-        h.append((b"x-ratelimit-remaining-tokens", b"%d" % (tpm - toks) if toks < tpm else b"0"))
-    return h
+        return [lim.tpm_pair, (_REMAINING_TOKENS, b"%d" % (tpm - toks) if toks < tpm else b"0")]
+    return []
+
+
+_REMAINING_REQUESTS = b"x-ratelimit-remaining-requests"
+_REMAINING_TOKENS = b"x-ratelimit-remaining-tokens"
 
 
 class Limiter(Protocol):

@@ -5,6 +5,7 @@ layer rather than one per concern: each layer is a coroutine more per call and a
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import TYPE_CHECKING
 
 from relaygate.core.call import Call, Handler, Reply
@@ -29,6 +30,7 @@ class ObserveLayer:
         self.metrics = metrics
         self.access = access
         self.tracing = tracing
+        self.only_metrics = access is None and tracing is None
 
     async def __call__(self, call: Call) -> Reply:
         m = self.metrics
@@ -49,7 +51,10 @@ class ObserveLayer:
             raise
         if trace_header is not None:
             reply.headers[TRACE_HEADER] = trace_header
-        reply.on_done(lambda r, err: self.done(call, r, err))
+        if self.only_metrics and m is not None:  # straight to the count: two Python calls fewer a call
+            reply.on_done(partial(m.record, call))
+        else:
+            reply.on_done(lambda r, err: self.done(call, r, err))
         return reply
 
     def done(self, call: Call, reply: Reply | None, error: BaseException | None) -> None:
@@ -58,7 +63,6 @@ class ObserveLayer:
             trace.done(reply, error)
         m = self.metrics
         if m is not None:
-            m.in_flight -= 1
             m.record(call, reply, error)
         if self.access is not None:
             self.access.record(call, reply, error)

@@ -95,7 +95,8 @@ class Metrics:
         return model if model in self.names else OTHER if model else ""
 
     def record(self, call: Call, reply: Reply | None, error: BaseException | None) -> None:
-        """Count a finished call (its reply delivered, or its failure)."""
+        """Count a finished call (its reply delivered, or its failure), which leaves the calls in flight."""
+        self.in_flight -= 1
         latency = time.monotonic() - call.started
         if error is None:
             status = reply.status if reply is not None else 200

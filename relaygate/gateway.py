@@ -14,7 +14,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Awaitable, Collection, Mapping
 from typing import TYPE_CHECKING
 
 import orjson
@@ -529,8 +529,9 @@ class Gateway:
             await self.client.close()
         detach(self._log_filter, self._filtered)
 
-    async def handle(self, call: Call) -> Reply:
-        return await self.pipeline(call)
+    def handle(self, call: Call) -> Awaitable[Reply]:
+        """The pipeline's coroutine for ``call`` (no coroutine of its own: one frame fewer at every resume)."""
+        return self.pipeline(call)
 
     async def fit(self, call: Call) -> Reply:
         """``handle`` for a call that asks to be fitted to its model's context window itself (``Call.truncation``

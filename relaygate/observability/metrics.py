@@ -116,11 +116,12 @@ class Metrics:
         s.latency[bisect_left(self.bounds, latency)] += 1
         s.latency_sum += latency
         if reply is not None:
-            first = reply.first_byte_at
-            if first is not None and call.stream:
-                ttft = first - call.started
-                s.ttft[bisect_left(self.bounds, ttft)] += 1
-                s.ttft_sum += ttft
+            if call.stream:
+                first = reply.first_byte_at
+                if first is not None:
+                    ttft = first - call.started
+                    s.ttft[bisect_left(self.bounds, ttft)] += 1
+                    s.ttft_sum += ttft
             usage = reply.usage
             if usage is not None and usage.known:
                 s.input_tokens += usage.prompt_tokens

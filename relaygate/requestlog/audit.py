@@ -74,7 +74,6 @@ class AuditLayer:
         self._uid_prefix = os.urandom(8).hex()
         self._uid_next = itertools.count()
         self._uid_high = ""
-        self._providers: dict[str, str] = {}  # deployment name -> its provider (a property of a pydantic read)
         self._day: tuple[float, float, str] = (0.0, 0.0, "")  # [start, end) of the cached UTC day string
         self._refused_tokens = REFUSED_KEY_ROWS_BURST
         self._refused_at = time.monotonic()
@@ -197,10 +196,7 @@ class AuditLayer:
         dep = call.deployment
         deployment = provider = None
         if dep is not None:
-            deployment = dep.name
-            provider = self._providers.get(deployment)
-            if provider is None:
-                provider = self._providers[deployment] = dep.provider_type
+            deployment, provider = dep.name, dep.provider_type
         first = reply.first_byte_at if reply is not None else None
         started = call.started
         # an id the client chose (x-request-id) may carry anything: it is redacted like the other free text,

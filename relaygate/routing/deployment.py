@@ -101,18 +101,16 @@ class Deployment:
     stats: DeploymentStats = field(default_factory=DeploymentStats)
     breaker: Breaker | None = None  # None when the model's breakers are off
     limited: bool = False  # has a max_parallel, rpm or tpm limit (checked before choosing it)
+    provider_type: str = field(init=False, default="")  # the config's provider name (a plain read, not pydantic's)
 
     def __post_init__(self) -> None:
         c = self.config
+        self.provider_type = c.provider
         self.limited = c.max_parallel is not None or c.rpm is not None or c.tpm is not None
         if self.config.rpm is not None:
             self.stats.rpm = MinuteCounter()
         if self.config.tpm is not None:
             self.stats.tpm = MinuteCounter()
-
-    @property
-    def provider_type(self) -> str:
-        return self.config.provider
 
     def upstream_model(self, asked: str) -> str:
         """The model name to send upstream: the configured one, or the client's for a ``*`` wildcard."""

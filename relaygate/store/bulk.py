@@ -79,13 +79,12 @@ class BulkInsert:
     def __call__(self, conn: Any, rows: list[Any]) -> None:
         """Insert ``rows`` through a SQLAlchemy connection, skipping those whose primary key exists (replays
         after a failed commit are safe)."""
-        values = [r if type(r) is tuple else self.values(r) for r in rows]
         if conn.dialect.name == "postgresql":
-            self._copy(conn, values)
+            self._copy(conn, [r if type(r) is tuple else self.values(r) for r in rows])
             return
         # the DB-API connection: SQLAlchemy's per-statement bookkeeping cost more than binding 100 rows; the
-        # transaction is still the SQLAlchemy connection's
-        self.sqlite(conn.connection.driver_connection, values)
+        # transaction is still the SQLAlchemy connection's (sqlite() makes the rows' values itself)
+        self.sqlite(conn.connection.driver_connection, rows)
 
     def sqlite(self, dbapi: Any, rows: list[Any]) -> None:
         """Insert ``rows`` into SQLite on a ``sqlite3`` connection, in the caller's transaction, skipping those

@@ -79,7 +79,6 @@ async def overview_series(gw: Gateway, req: Request) -> Response:
     window = WINDOWS[q.choice("window", WINDOWS, "hour")]
     filters = {name: filter_value(q, name) for name in FILTERS if name in q}
     data = await gw.db.on_engine(overview, window, time.time(), filters)
-    data["filters"] = filters
     return json_response(data)
 
 

@@ -81,7 +81,7 @@ def overview(engine: Engine, window: Window, now: float, filters: dict[str, str]
     q, start = overview_query(engine, window, now, filters or {})
     with engine.connect() as conn:
         rows = conn.execute(q).all()
-    return _series(window, start, rows)
+    return _series(window, start, rows, filters or {})
 
 
 def overview_query(engine: Engine, window: Window, now: float, filters: dict[str, str]) -> tuple[Select[Any], float]:
@@ -105,7 +105,7 @@ def overview_query(engine: Engine, window: Window, now: float, filters: dict[str
     return q, start
 
 
-def _series(window: Window, start: float, rows: Sequence[Any]) -> dict[str, Any]:
+def _series(window: Window, start: float, rows: Sequence[Any], filters: dict[str, str]) -> dict[str, Any]:
     n, bins = window.buckets, len(BOUNDS_MS) + 1
     count = [0] * n
     sums = {name: [0] * n for name in ("errors", "server_errors", "cost", "prompt", "completion", "hits")}
@@ -160,5 +160,5 @@ def _series(window: Window, start: float, rows: Sequence[Any]) -> dict[str, Any]
         "prompt_tokens": sum(sums["prompt"]),
         "completion_tokens": sum(sums["completion"]),
     }
-    return {"object": "dashboard.overview", "start": start, "end": start + window.span, "filters": {},
+    return {"object": "dashboard.overview", "start": start, "end": start + window.span, "filters": filters,
             "bucket_seconds": width, "buckets": buckets, "totals": totals}

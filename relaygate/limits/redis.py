@@ -273,17 +273,11 @@ class RedisLimiter:
             if proto is not None:
                 self._track(self.redis.send(proto, "EVAL", ADD, len(keys), *keys, *args))
             else:
-                self._track(asyncio.ensure_future(self._write_back(keys, args)))
+                self._track(asyncio.ensure_future(self._add(keys=keys, args=args)))  # a failure: _failed warns
         if unsent:
             log.warning("rate limits: Redis is back; sending %d settlements kept during the outage", len(unsent))
         for i in range(0, len(unsent), 1000):  # scripts of a bounded size
             self._track(asyncio.ensure_future(self._settle_batch(unsent[i:i + 1000])))
-
-    async def _write_back(self, keys: list[str], args: list[int]) -> None:
-        try:
-            await self._add(keys=keys, args=args)
-        except Exception as e:
-            self._warn(e)
 
     def _track(self, fut: asyncio.Future[Any]) -> None:
         self._unsettled.add(fut)

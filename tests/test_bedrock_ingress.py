@@ -8,6 +8,7 @@ import contextlib
 import datetime
 import hashlib
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -589,3 +590,15 @@ def test_a_presigned_url_is_refused_once_expired_or_tampered_with(
     assert r.status_code == 403, r.text  # so is the expiry
     r = httpx.post(url.replace("X-Amz-Expires=600", "X-Amz-Expires=999999"), content=body, headers=headers)
     assert r.status_code == 403 and r.headers["x-amzn-errortype"].startswith("AuthorizationQueryParametersError")
+
+
+def test_a_jamba_answer_carries_an_id_of_its_own_kind_never_the_chat_answers(client: Any) -> None:
+    """A translated answer never reuses the id of the answer that served it (issue 26): Jamba's is a uuid."""
+    body = FAMILIES["jamba"][0]
+    answer = orjson.loads(client.invoke_model(modelId="gpt", body=orjson.dumps(body))["body"].read())
+    resp = client.invoke_model_with_response_stream(modelId="gpt", body=orjson.dumps(body))
+    ids = {orjson.loads(e["chunk"]["bytes"]).get("id") for e in resp["body"]}
+    assert len(ids) == 1
+    for id_ in (answer["id"], *ids):
+        assert str(uuid.UUID(id_)) == id_, id_
+    assert answer["id"] not in ids

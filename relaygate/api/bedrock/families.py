@@ -445,9 +445,10 @@ def _jamba_request(body: dict[str, Any], model: str, stream: bool) -> tuple[dict
 
 
 def _jamba_whole(data: dict[str, Any], usage: Usage | None) -> dict[str, Any]:
-    """Jamba answers as OpenAI's chat completion does (its id, choices with their finish reasons, usage)."""
+    """Jamba answers as OpenAI's chat completion does (an id, choices with their finish reasons, usage); the id
+    is relaygate's own, of AI21's kind (a uuid), never the chat answer's that served it."""
     u = _usage(data, usage)
-    return {"id": str(data.get("id") or ""), "choices": data.get("choices") or [],
+    return {"id": str(uuid.uuid4()), "choices": data.get("choices") or [],
             "usage": {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
                       "total_tokens": u.total_tokens}, "model": str(data.get("model") or "")}
 
@@ -461,11 +462,10 @@ class _JambaWriter:
     def __init__(self, started: float) -> None:
         self.started = started
         self.first: float | None = None
-        self.id = ""
+        self.id = str(uuid.uuid4())  # relaygate's own (as _jamba_whole's), never the chunks' that served it
         self.last: list[Any] = []  # the choices of the chunk with a finish reason
 
     def chunk(self, chunk: dict[str, Any]) -> bytes:
-        self.id = str(chunk.get("id") or self.id)
         choices = chunk.get("choices")
         if not choices:
             return b""

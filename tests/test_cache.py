@@ -638,3 +638,19 @@ def test_streams_that_refuse_are_filtered_fail_or_stop_short_are_never_kept() ->
         assert [await through(layer, clean) for _ in range(2)] == ["miss", "hit"]
 
     asyncio.run(run())
+
+
+def test_a_refusal_held_by_several_waiting_calls_is_counted_as_not_kept_once() -> None:
+    """Each call that waited for the one that got a refusal holds the same entry and looks at it: the first
+    finds it does not serve and counts it; the others find it marked so and count nothing again."""
+    import time
+
+    from relaygate.cache.entry import CHAT, Entry
+
+    refusal = json.dumps({"id": "c", "object": "chat.completion", "choices": [{"index": 0, "finish_reason": "stop",
+                          "message": {"role": "assistant", "content": None, "refusal": "I can't."}}]}).encode()
+    layer = stand_in_layer(ANSWER)
+    layer.stats.stored = 1
+    entry = Entry(CHAT, refusal, "application/json", time.time(), "m", Usage(5, 5), 10, checked=False)
+    assert [layer._checked(entry, "k") for _ in range(3)] == [False, False, False]
+    assert (layer.stats.stored, layer.stats.not_stored) == (0, 1)

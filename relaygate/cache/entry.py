@@ -36,8 +36,9 @@ class Entry:
     cost_nano: int  # what the answer cost when it was made: what each hit saves
     compressed: bool = False
     # a whole chat answer is kept unread: whether it is one to serve again (no refusal, nothing filtered) is
-    # looked at when it is first asked for, or before it goes to a shared level (cache/layer.py: ``_checked``)
-    checked: bool = True
+    # looked at when it is first asked for, or before it goes to a shared level (cache/layer.py: ``_checked``);
+    # None: looked at and found not to serve (the calls that waited for it all hold it; it is counted once)
+    checked: bool | None = True
 
     def content(self) -> bytes:
         return zlib.decompress(self.body) if self.compressed else self.body

@@ -528,10 +528,14 @@ class CacheLayer:
 
     def _checked(self, entry: Entry, key: str, body: bytes | None = None) -> bool:
         """Whether a whole chat answer kept unread may be served (``keepable_chat``), now that it is asked for
-        (or goes to a shared level): marked so, or dropped and counted as not kept."""
+        (or goes to a shared level): marked so, or dropped and counted as not kept, once (the calls that waited
+        for its call each hold the entry)."""
+        if entry.checked is None:
+            return False
         if keepable_chat(entry.content() if body is None else body):
             entry.checked = True
             return True
+        entry.checked = None
         if self.memory is not None:
             self.memory.purge(key=key)
         self.stats.stored -= 1

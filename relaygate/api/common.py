@@ -11,7 +11,7 @@ from relaygate.auth.authenticator import caller
 from relaygate.core import shapes
 from relaygate.core.call import Call, Reply, Route, Usage, delivered_of
 from relaygate.core.errors import BadRequest, GatewayError
-from relaygate.core.pricing import call_choices, call_output_cap, call_prompt_tokens
+from relaygate.core.pricing import call_shape
 from relaygate.providers.streaming import stream_error_event
 from relaygate.server.http import Request, Response, StreamResponse
 
@@ -97,10 +97,10 @@ def bill_delivered(call: Call, reply: Reply) -> None:
         usage = r.usage
         if usage is None or not usage.known:
             out = delivered.completion_tokens()
-            cap = call_output_cap(call)  # (a foreign client's own body's, untranslated)
+            prompt, cap, n = call_shape(call)  # (a foreign client's own body's, untranslated)
             if type(cap) is int and cap > 0:  # the upstream was held to it: never count beyond
-                out = min(out, cap * call_choices(call))
-            r.usage = Usage(prompt_tokens=call_prompt_tokens(call), completion_tokens=out, estimated=True)
+                out = min(out, cap * n)
+            r.usage = Usage(prompt_tokens=prompt, completion_tokens=out, estimated=True)
 
     reply.on_done(estimate)
 

@@ -175,18 +175,11 @@ class Pricing:
             return meter.reserve_tokens, meter.reserve_nano, 0
         route = call.route
         generates = route is CHAT or route is RESPONSES  # (a native Responses call: its own body and cap)
-        # the call's own body read once here (not through call_prompt_tokens, call_output_cap and call_choices,
-        # which each ask ``untranslated`` again): this runs on every limited call
-        native = call.untranslated
-        if native is None:
-            body = call.body
-            prompt = Pricing.prompt_tokens(body)
-            given = output_cap_of(body, route) if generates else None
-            n = choices(body) if route is CHAT else 1
-        else:
-            prompt = native.prompt_tokens()
-            given = native.output_cap() if generates else None
-            n = native.choices() if route is CHAT else 1
+        prompt, given, n = call_shape(call)  # (the call's own body read once: this runs on every limited call)
+        if not generates:
+            given = None
+        if route is not CHAT:
+            n = 1
         cap = given if type(given) is int and given > 0 else 0
         out = cap or (self.default_output_tokens if generates else 0)
         if not cost:
@@ -217,10 +210,8 @@ class Pricing:
         res = self._reserve.get(call.model) or self.reservation(call.model)
         if res.output <= 0:
             return None
-        prompt = call_prompt_tokens(call)
-        cap = call_output_cap(call)
+        prompt, cap, n = call_shape(call)  # n: the cap holds each choice, n of them are paid for
         wanted = cap if type(cap) is int and cap > 0 else MIN_HELD_OUTPUT
-        n = call_choices(call)  # the cap holds each choice: n of them are paid for
         out = int((left / NANO - prompt * res.input) / (res.output * n))
         while out > 0 and round((prompt * res.input + out * n * res.output) * NANO) > left:
             out -= 1  # rounding: the reservation must fit what is left
@@ -285,28 +276,27 @@ class Pricing:
         return unit
 
 
-def call_prompt_tokens(call: Call) -> int:
-    """The call's prompt as a reservation counts it: from its chat body, or for a foreign client's call not
-    translated (the same-dialect fast path) from its own body, without making the chat form."""
+def call_shape(call: Call) -> tuple[int, Any, int]:
+    """The call's prompt tokens as a reservation counts them, the output cap its client set
+    (``output_cap_of``) and its choices: from its chat body, or for a foreign client's call not translated
+    (the same-dialect fast path) from its own body, without making the chat form (``untranslated`` asked once)."""
     native = call.untranslated
     if native is not None:
-        return native.prompt_tokens()
-    return Pricing.prompt_tokens(call.body)
+        return native.prompt_tokens(), native.output_cap(), native.choices()
+    body = call.body
+    return Pricing.prompt_tokens(body), output_cap_of(body, call.route), choices(body)
+
+
+def call_prompt_tokens(call: Call) -> int:
+    return call_shape(call)[0]
 
 
 def call_output_cap(call: Call) -> Any:
-    """The output cap the call's client set (``output_cap_of``; a native body's own field when untranslated)."""
-    native = call.untranslated
-    if native is not None:
-        return native.output_cap()
-    return output_cap_of(call.body, call.route)
+    return call_shape(call)[1]
 
 
 def call_choices(call: Call) -> int:
-    native = call.untranslated
-    if native is not None:
-        return native.choices()
-    return choices(call.body)
+    return call_shape(call)[2]
 
 
 def output_cap_of(body: dict[str, Any], route: Route) -> Any:

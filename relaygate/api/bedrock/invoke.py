@@ -7,7 +7,6 @@ Bedrock sends them. Other model families' bodies (api/bedrock/families.py) are t
 from __future__ import annotations
 
 import base64
-import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -15,13 +14,12 @@ import orjson
 
 from relaygate.api.anthropic.messages import messages_call, messages_dialect
 from relaygate.api.bedrock.errors import bedrock_error
-from relaygate.api.bedrock.families import Family, family_of
+from relaygate.api.bedrock.families import Family, family_of, metrics
 from relaygate.api.bedrock.translate import exception_frame
 from relaygate.api.chat import chat_call
 from relaygate.api.common import object_body
 from relaygate.api.dialects import ForeignDialect, answer
 from relaygate.core.aiter import aclose
-from relaygate.core.call import Usage
 from relaygate.core.errors import BadRequest
 from relaygate.providers.aws import eventstream as es
 from relaygate.providers.aws.bedrock_format import ANTHROPIC_VERSION
@@ -66,9 +64,7 @@ async def _answer(gw: Gateway, req: Request, key: Principal | None, model: str,
     out = answer(messages_dialect(lambda err: bedrock_error(err, req.id)), call, reply, reply.anthropic_native,
                  dropped, {"x-amzn-requestid": req.id})
     if isinstance(out, Response):
-        if out.status == 200 and reply.usage is not None and reply.usage.known:
-            out.headers["x-amzn-bedrock-input-token-count"] = str(reply.usage.prompt_tokens)
-            out.headers["x-amzn-bedrock-output-token-count"] = str(reply.usage.completion_tokens)
+        _token_headers(out, reply)
         return out
     assert reply.stream is not None
     reply.stream = _chunks(reply.stream, reply, call.started)
@@ -89,10 +85,16 @@ async def _family(gw: Gateway, req: Request, key: Principal | None, model: str, 
     out = answer(dialect, call, reply, False, dropped, {"x-amzn-requestid": req.id})
     if isinstance(out, StreamResponse):
         reply.media_type = EVENTSTREAM
-    elif out.status == 200 and reply.usage is not None and reply.usage.known:
+    else:
+        _token_headers(out, reply)
+    return out
+
+
+def _token_headers(out: Response, reply: Reply) -> None:
+    """A whole answer's token counts in Bedrock's headers (when the call succeeded and its usage is known)."""
+    if out.status == 200 and reply.usage is not None and reply.usage.known:
         out.headers["x-amzn-bedrock-input-token-count"] = str(reply.usage.prompt_tokens)
         out.headers["x-amzn-bedrock-output-token-count"] = str(reply.usage.completion_tokens)
-    return out
 
 
 async def invoke(gw: Gateway, req: Request, key: Principal | None, model: str) -> Response | StreamResponse:
@@ -129,10 +131,5 @@ def _with_metrics(data: bytes, reply: Reply, started: float) -> bytes:
         return data
     if not isinstance(stop, dict):
         return data
-    u = reply.usage or Usage()
-    first = reply.first_byte_at or started
-    stop["amazon-bedrock-invocationMetrics"] = {
-        "inputTokenCount": u.prompt_tokens, "outputTokenCount": u.completion_tokens,
-        "invocationLatency": max(0, int((time.monotonic() - started) * 1000)),
-        "firstByteLatency": max(0, int((first - started) * 1000))}
+    stop["amazon-bedrock-invocationMetrics"] = metrics(reply.usage, started, reply.first_byte_at or started)
     return orjson.dumps(stop)

@@ -196,7 +196,7 @@ class CondenseLayer:
                 again.dropped += done.dropped
                 again.summarized += done.summarized
                 again.summary_reused = again.summary_reused or done.summary_reused
-            done = call.condensed = again
+            done = again  # (_condense made it the call's condensed already)
             call.deployment = None
             reply = await self.next(call)
         if done is not None:

@@ -17,7 +17,7 @@ from relaygate.requestlog.redact import MASK, Redactor
 from relaygate.requestlog.writer import RequestLogWriter
 from relaygate.store import tables
 from relaygate.store.db import Database, engine_url
-from relaygate.testing.base import BackgroundServer
+from relaygate.testing.base import BackgroundServer, FaultPlan
 from relaygate.testing.tcpproxy import TcpProxy
 from tests.conftest import StartGateway, openai_model
 
@@ -111,6 +111,22 @@ def test_streamed_call_is_costed_without_showing_usage_to_the_client(
     [row] = gateway_rows(gw)
     assert row["stream"] is True and row["status"] == 200
     assert row["prompt_tokens"] > 0 and row["completion_tokens"] > 0 and row["cost_nano"] > 0
+
+
+def test_a_client_that_hangs_up_after_the_last_event_got_a_whole_answer(
+        openai_emulator: BackgroundServer, start_gateway: StartGateway) -> None:
+    """The openai SDK closes its stream at ``[DONE]``; an upstream that ends its body a while after the event
+    (as a proxy may) must not leave the gateway waiting for that end, nor log the call as the client's hang-up
+    (CI once saw a 499 here: the client closed while the gateway read the last empty chunk)."""
+    openai_emulator.state.faults = FaultPlan(end_delay_ms=1500)
+    gw = start_gateway({"models": [openai_model("m", openai_emulator)]})
+    for _ in range(2):
+        chunks = list(client(gw).chat.completions.create(
+            model="m", stream=True, messages=[{"role": "user", "content": "count the words here"}]))
+        assert chunks and chunks[-1].choices[0].finish_reason == "stop"
+    rows = gateway_rows(gw, expected=2)
+    assert [(r["status"], r["error"]) for r in rows] == [(200, None), (200, None)]
+    assert all(r["completion_tokens"] > 0 and r["cost_nano"] > 0 for r in rows)
 
 
 def test_streamed_usage_reaches_a_client_that_asked_for_it(

@@ -205,6 +205,9 @@ class EventCutter:
         return tail + (b"\n" if tail.endswith(b"\n") else b"\n\n")
 
 
+LEAVE_GRACE = 5.0  # seconds a connection left after a stream's last event has to end its body and be pooled
+
+
 class UpstreamBody:
     """An upstream response's body as it arrives, chunk by chunk. A timeout or a broken connection while
     reading becomes a gateway error; ``close`` releases the connection to the pool only when the body was
@@ -237,10 +240,15 @@ class UpstreamBody:
         self.started = True
         return chunk
 
+    def leave(self) -> None:
+        """The reader has the stream's last event (``[DONE]``, ``message_stop``) and stops reading. Waiting
+        for the body's end would hold the reply open after the client had all of it (a client that hangs up
+        then would be logged as gone); the connection reads that end by itself and is pooled then."""
+        self.complete = True
+        self.resp.leave(LEAVE_GRACE)
+
     def close(self) -> None:
-        if self.complete:
-            self.resp.release()
-        else:
+        if not self.complete:  # a complete body's connection is pooled already, or will be once left
             self.resp.close()
 
 
@@ -279,6 +287,7 @@ async def closing(
             yield first
         async for piece in stream:
             yield piece
+        body.leave()  # the translator ended by itself: the body ended, or it had the stream's last event
     finally:
         try:
             await aclose(stream)  # a translator stops now, not when collected

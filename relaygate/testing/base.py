@@ -36,6 +36,7 @@ class FaultPlan:
     message: str | None = None
     paths: list[str] | None = None  # only requests whose path contains one of these are hit
     line_ending: str | None = None  # "\r\n" or "\r": SSE lines end so (both legal); None: as the API frames them
+    end_delay_ms: float = 0.0  # after a stream's last event, before its body ends (a server that flushes first)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> FaultPlan:
@@ -212,6 +213,8 @@ async def send_frames(request: web.Request, frames: Iterable[bytes], plan: Fault
             await asyncio.sleep(delay)
     if done:
         await resp.write(done)
+    if plan is not None and plan.end_delay_ms:
+        await asyncio.sleep(plan.end_delay_ms / 1000)
     await resp.write_eof()
     return resp
 

@@ -25,7 +25,7 @@ class Response:
 
     __slots__ = ("status", "headers", "raw_headers", "head_only", "_loop", "_conn", "_chunks", "_buffered",
                  "_done", "_exc", "_waiter", "_phase", "_last_io", "_total_at", "_read", "_timer", "_sent_all",
-                 "_read_all", "_body", "_what")
+                 "_read_all", "_body", "_what", "_left")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, what: str, head_only: bool, total_at: float,
                  read_timeout: float | None) -> None:
@@ -49,6 +49,7 @@ class Response:
         self._read_all = False  # read() wants the whole body: never pause for it
         self._body: bytes | None = None
         self._what = what  # "host:port", for messages
+        self._left = False  # the reader left the rest of the body to the connection (``leave``)
 
     @property
     def content(self) -> Response:
@@ -96,9 +97,32 @@ class Response:
         return body
 
     def release(self) -> None:
-        """Done with the response: a complete body's connection is already pooled; otherwise it is closed."""
-        if not self._done:
+        """Done with the response: a complete body's connection is already pooled (or will be, once a left
+        body ends); otherwise it is closed."""
+        if not self._done and not self._left:
             self.close()
+
+    def leave(self, grace: float) -> None:
+        """The reader has all it wants (a stream's last event came) and reads no more, yet the body has not
+        ended. The connection reads the rest by itself and goes back to the pool when the body ends, as it
+        would have for the reader; if the body has not ended within ``grace`` seconds, it is closed. The
+        bytes that come meanwhile are dropped once more than ``read_buffer`` wait (reading pauses then)."""
+        if self._done or self._exc is not None:
+            return
+        self._left = True
+        self._chunks = []
+        self._buffered = 0
+        conn = self._conn
+        if conn is not None and conn.read_paused:
+            conn.resume_reading()
+        at = self._loop.time() + grace
+        if at < self._total_at:
+            self._total_at = at
+            timer = self._timer
+            if timer is not None:
+                timer.cancel()
+                at = min(at, timer.when())
+            self._timer = self._loop.call_at(at, self._on_timer)
 
     def close(self) -> None:
         """Close the connection now (a client that went away must stop the upstream at once)."""

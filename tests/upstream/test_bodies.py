@@ -196,3 +196,41 @@ def test_closing_a_stream_midway_drops_the_connection(arun: Arun) -> None:
             await asyncio.sleep(0.1)
             assert srv.requests[-1] == ("eof", {}, b"")  # the upstream saw the close at once
     arun(test)
+
+
+def _stream_then_end(after: float) -> Callable[[Peer], Any]:
+    """A chunked stream of one event; the body's end comes ``after`` seconds later; then the next request on
+    the same connection is answered too."""
+    async def script(peer: Peer) -> None:
+        while await peer.request() is not None:
+            await peer.send(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n4\r\nlast\r\n")
+            await asyncio.sleep(after)
+            await peer.send(b"0\r\n\r\n")
+    return script
+
+
+def test_a_left_stream_is_pooled_once_its_body_ends(arun: Arun) -> None:
+    async def test() -> None:
+        async with RawServer(_stream_then_end(0.2)) as srv, Client() as client:
+            resp = await client.request("GET", srv.url())
+            assert await resp.__anext__() == b"last"
+            resp.leave(5.0)  # the reader has its last event and reads no more
+            resp.release()  # leaving never closes the connection
+            await asyncio.sleep(0.4)
+            again = await client.request("GET", srv.url())
+            assert await again.read() == b"last"
+            assert srv.connections == 1  # the left connection was pooled when its body ended, and reused
+    arun(test)
+
+
+def test_a_left_stream_whose_body_does_not_end_in_time_is_closed(arun: Arun) -> None:
+    async def test() -> None:
+        async with RawServer(_stream_then_end(3.0)) as srv, Client() as client:
+            resp = await client.request("GET", srv.url())
+            assert await resp.__anext__() == b"last"
+            resp.leave(0.2)
+            await asyncio.sleep(0.5)
+            again = await client.request("GET", srv.url())  # the first connection was closed: a new one
+            assert srv.connections == 2
+            again.close()
+    arun(test)

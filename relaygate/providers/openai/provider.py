@@ -39,7 +39,7 @@ from relaygate.providers.openai.via_responses import chunks as chat_chunks
 from relaygate.providers.openai.via_responses import responses_request
 from relaygate.providers.openai.via_responses import whole as whole_response
 from relaygate.providers.openai_format import DROPPED_HEADER, take_usage, usage_at
-from relaygate.providers.streaming import EventCutter, UpstreamBody, open_body
+from relaygate.providers.streaming import SSE_DONE, EventCutter, UpstreamBody, open_body
 from relaygate.upstream import Response
 
 DEFAULT_BASE = "https://api.openai.com/v1"
@@ -299,6 +299,9 @@ class OpenAIProvider(Provider):
                     events = take_usage(events, reply, keep_usage_chunk)
                 if events:
                     yield events
+                    if events.endswith(SSE_DONE):  # the end: the client has it all (UpstreamBody.leave)
+                        body.leave()
+                        return
             events = cutter.end()
             if usage_at(events, 0) >= 0:
                 events = take_usage(events, reply, keep_usage_chunk)
@@ -330,6 +333,9 @@ class OpenAIProvider(Provider):
                         delivered.fold()
                         size = 0
                     yield events
+                    if events.endswith(SSE_DONE):  # the end: the client has it all (UpstreamBody.leave)
+                        body.leave()
+                        return
             events = cutter.end()
             if usage_at(events, 0) >= 0:
                 events = take_usage(events, reply, keep_usage_chunk)

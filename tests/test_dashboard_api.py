@@ -95,7 +95,9 @@ def test_overview_and_log_detail_refuse_bad_input_naming_it(gw: GatewayThread) -
                         ("/dashboard/api/overview?key_id=" + "k" * 41, "key_id"),
                         ("/dashboard/api/overview?team_id=t%01", "team_id"),
                         ("/dashboard/api/overview?team_id=" + "t" * 101, "team_id"),
-                        ("/dashboard/api/logs/a%20b", "uid"), ("/dashboard/api/logs/" + "x" * 33, "uid")):
+                        ("/dashboard/api/logs/a%20b", "uid"), ("/dashboard/api/logs/" + "x" * 33, "uid"),
+                        # the admin API reads the log's filters as the overview does (the page links them)
+                        ("/admin/logs?key_id=a%20b", "key_id"), ("/admin/spend?key_id=a%2Fb", "key_id")):
         r = get(gw, path)
         assert r.status_code == 400, path
         assert r.json()["error"]["param"] == param and r.json()["error"]["type"] == "invalid_request_error"

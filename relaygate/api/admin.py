@@ -214,10 +214,28 @@ _CACHE_KEY = re.compile(r"[0-9a-f]{32}")
 
 # ---- spend and logs --------------------------------------------------------------------------------------
 
+def log_filters(q: Query, names: tuple[str, ...]) -> dict[str, str]:
+    """The request-log filters among ``names`` that the query gives, as /admin/logs, /admin/spend and the
+    dashboard's overview all read them: text that fits its log column (longer could never match), and a key
+    id of the form keys have."""
+    filters: dict[str, str] = {}
+    for name in names:
+        if name in q:
+            value = q.text(name, FILTER_LENGTH[name]) or ""
+            if name == "key_id" and not _KEY_ID.fullmatch(value):
+                raise BadRequest("'key_id' is not a key id (letters, digits, '-', '_' or '.')", param=name,
+                                 code="invalid_value")
+            filters[name] = value
+    return filters
+
+
+_KEY_ID = re.compile(r"[0-9A-Za-z_.\-]{1,40}")  # key_<hex>, cfg_<auth.keys[].id>, master
+
+
 def _filters(q: Query) -> dict[str, Any]:
     from relaygate.store import queries
 
-    return {name: q.text(name, FILTER_LENGTH[name]) for name in queries.FILTERS if name in q}
+    return log_filters(q, queries.FILTERS)
 
 
 async def spend(gw: Gateway, req: Request) -> Response:

@@ -10,7 +10,7 @@ import time
 from importlib import resources
 from typing import TYPE_CHECKING
 
-from relaygate.api.admin import FILTER_LENGTH, require_master
+from relaygate.api.admin import log_filters, require_master
 from relaygate.api.query import Query
 from relaygate.core.errors import BadRequest, NotFound
 from relaygate.server.http import Request, Response, json_response
@@ -32,7 +32,6 @@ PAGE_HEADERS = {
 }
 _ASSET = re.compile(r"(?:vendor/)?[a-z0-9][a-z0-9_.-]{0,80}")
 _UID = re.compile(r"[0-9A-Za-z_\-]{1,32}")
-_KEY_ID = re.compile(r"[0-9A-Za-z_.\-]{1,40}")  # key_<hex>, cfg_<auth.keys[].id>, master
 
 
 def asset(name: str) -> Response:
@@ -77,19 +76,10 @@ async def overview_series(gw: Gateway, req: Request) -> Response:
         raise BadRequest(f"unknown parameter '{unknown[0]}'; the overview takes 'window', "
                          f"{', '.join(repr(f) for f in FILTERS)}", param=unknown[0])
     window = WINDOWS[q.choice("window", WINDOWS, "hour")]
-    filters = {name: filter_value(q, name) for name in FILTERS if name in q}
+    filters = log_filters(q, FILTERS)
     data = await gw.db.on_engine(overview, window, time.time(), filters)
     return json_response(data)
 
-
-def filter_value(q: Query, name: str) -> str:
-    """An overview filter's value: text that fits its log column (longer could never match), and a key id
-    of the form keys have."""
-    value = q.text(name, FILTER_LENGTH[name]) or ""
-    if name == "key_id" and not _KEY_ID.fullmatch(value):
-        raise BadRequest("'key_id' is not a key id (letters, digits, '-', '_' or '.')", param=name,
-                         code="invalid_value")
-    return value
 
 
 async def log_detail(gw: Gateway, req: Request) -> Response:

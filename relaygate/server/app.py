@@ -64,6 +64,7 @@ class RouteTable:
         self.exact: dict[str, dict[str, RouteHandler]] = {}
         self.prefixes: list[tuple[str, dict[str, RouteHandler]]] = []
         self._by_segment: dict[str, list[tuple[str, dict[str, RouteHandler]]]] = {}
+        self._everywhere: list[tuple[str, dict[str, RouteHandler]]] = []
 
     def add(self, method: str, path: str, handler: RouteHandler) -> None:
         if path.endswith("{rest}"):
@@ -75,9 +76,15 @@ class RouteTable:
             else:
                 self.prefixes.append((prefix, {method: handler}))
                 self.prefixes.sort(key=lambda pm: -len(pm[0]))
-                self._by_segment = {}
-                for p, m in self.prefixes:  # (a prefix without a second "/" is tried for every path)
-                    self._by_segment.setdefault(_first_segment(p) if p.find("/", 1) > 0 else "", []).append((p, m))
+                # each first segment's prefixes, then those without a second "/" (tried for every path):
+                # one list a segment, made here, so that a lookup builds nothing
+                everywhere = [(p, m) for p, m in self.prefixes if p.find("/", 1) < 0]
+                by_segment: dict[str, list[tuple[str, dict[str, RouteHandler]]]] = {}
+                for p, m in self.prefixes:
+                    if p.find("/", 1) > 0:
+                        by_segment.setdefault(_first_segment(p), []).append((p, m))
+                self._by_segment = {seg: [*ps, *everywhere] for seg, ps in by_segment.items()}
+                self._everywhere = everywhere
         else:
             self.exact.setdefault(path, {})[method] = handler
 
@@ -86,7 +93,7 @@ class RouteTable:
         if methods is None and len(path) > 1 and path.endswith("/"):
             methods = self.exact.get(path.rstrip("/"))
         if methods is None:
-            for prefix, m in [*self._by_segment.get(_first_segment(path), ()), *self._by_segment.get("", ())]:
+            for prefix, m in self._by_segment.get(_first_segment(path), self._everywhere):
                 if path.startswith(prefix) and len(path) > len(prefix):
                     params["rest"] = path[len(prefix):]
                     methods = m

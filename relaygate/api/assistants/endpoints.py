@@ -174,7 +174,7 @@ async def one_thread(gw: Gateway, req: Request) -> Response | StreamResponse:
 HOSTED_KINDS = {family: kind for family, kind in OWNED.items() if family != "vector_stores"}
 
 
-async def hosted_here(gw: Gateway, req: Request) -> bool:
+async def hosted_here(gw: Gateway, req: Request, who: str) -> bool:
     """Whether the request is about an object the gateway hosts for the caller (created before the config
     named a passthrough upstream): it stays here. ``/v1/threads/runs`` follows its ``assistant_id``."""
     parts = req.path.split("/")[2:]  # "", "v1", family, id, ...
@@ -189,17 +189,17 @@ async def hosted_here(gw: Gateway, req: Request) -> bool:
         kind, oid = "assistant", body.get("assistant_id")
     if not isinstance(oid, str) or not 0 < len(oid) <= 64:
         return False
-    return await gw.objects.get(kind, oid, await _who(gw, req)) is not None
+    return await gw.objects.get(kind, oid, who) is not None
 
 
 def hosted_or_forwarded(handler: RouteHandler) -> RouteHandler:
     """The hosted API's ``handler``, or, with ``assistants.passthrough`` in the config, the upstream it names
     (but for the objects hosted here before: their ids keep being served here)."""
     async def route(gw: Gateway, req: Request) -> Response | StreamResponse:
-        await caller(gw.auth, req.headers)  # the key before anything else: a body or a route's refusal
+        key = await caller(gw.auth, req.headers)  # the key before anything else: a body or a route's refusal
         upstream = gw.config.assistants.passthrough
-        if upstream is not None and not await hosted_here(gw, req):
-            return await forward_assistants(gw, req, upstream)
+        if upstream is not None and not await hosted_here(gw, req, owner_of(key)):
+            return await forward_assistants(gw, req, upstream, key)
         return await handler(gw, req)
     return route
 

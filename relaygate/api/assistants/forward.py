@@ -28,7 +28,6 @@ from relaygate.api.objects import MAX_ID
 from relaygate.api.passthrough import forward, upstream_target
 from relaygate.api.passthrough_cost import Metered
 from relaygate.api.query import Query
-from relaygate.auth.authenticator import caller
 from relaygate.core.aiter import aclose
 from relaygate.core.call import Usage
 from relaygate.core.errors import GatewayError, NotFound
@@ -93,8 +92,9 @@ def _record(gw: Gateway, who: str, obj: Any) -> Stored | None:
                   created_at=time.time())
 
 
-async def forward_assistants(gw: Gateway, req: Request, model: str) -> Response | StreamResponse:
-    key = await caller(gw.auth, req.headers)
+async def forward_assistants(gw: Gateway, req: Request, model: str,
+                             key: Principal | None) -> Response | StreamResponse:
+    """``key``: the caller, as the route found it."""
     who = owner_of(key)
     family, target = upstream_target(req)
     path = target.partition("?")[0].strip("/").split("/")

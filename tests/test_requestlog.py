@@ -113,13 +113,14 @@ def test_streamed_call_is_costed_without_showing_usage_to_the_client(
     assert row["prompt_tokens"] > 0 and row["completion_tokens"] > 0 and row["cost_nano"] > 0
 
 
+@pytest.mark.parametrize("extra", [{}, {"responses_only": True}], ids=["chat", "via-responses"])
 def test_a_client_that_hangs_up_after_the_last_event_got_a_whole_answer(
-        openai_emulator: BackgroundServer, start_gateway: StartGateway) -> None:
+        openai_emulator: BackgroundServer, start_gateway: StartGateway, extra: dict[str, Any]) -> None:
     """The openai SDK closes its stream at ``[DONE]``; an upstream that ends its body a while after the event
     (as a proxy may) must not leave the gateway waiting for that end, nor log the call as the client's hang-up
     (CI once saw a 499 here: the client closed while the gateway read the last empty chunk)."""
     openai_emulator.state.faults = FaultPlan(end_delay_ms=1500)
-    gw = start_gateway({"models": [openai_model("m", openai_emulator)]})
+    gw = start_gateway({"models": [openai_model("m", openai_emulator, **extra)]})
     for _ in range(2):
         chunks = list(client(gw).chat.completions.create(
             model="m", stream=True, messages=[{"role": "user", "content": "count the words here"}]))

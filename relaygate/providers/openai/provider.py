@@ -298,10 +298,11 @@ class OpenAIProvider(Provider):
                 if usage_at(events, 0) >= 0:  # a usage object, not the "usage":null of each chunk
                     events = take_usage(events, reply, keep_usage_chunk)
                 if events:
-                    yield events
-                    if events.endswith(SSE_DONE):  # the end: the client has it all (UpstreamBody.leave)
+                    if events.endswith(SSE_DONE):  # the end: never wait on the body's end (UpstreamBody.leave)
                         body.leave()
+                        yield events
                         return
+                    yield events
             events = cutter.end()
             if usage_at(events, 0) >= 0:
                 events = take_usage(events, reply, keep_usage_chunk)
@@ -332,10 +333,11 @@ class OpenAIProvider(Provider):
                     if size > HOLD_BYTES:
                         delivered.fold()
                         size = 0
-                    yield events
-                    if events.endswith(SSE_DONE):  # the end: the client has it all (UpstreamBody.leave)
+                    if events.endswith(SSE_DONE):  # the end: never wait on the body's end (UpstreamBody.leave)
                         body.leave()
+                        yield events
                         return
+                    yield events
             events = cutter.end()
             if usage_at(events, 0) >= 0:
                 events = take_usage(events, reply, keep_usage_chunk)

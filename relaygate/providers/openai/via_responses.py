@@ -172,6 +172,9 @@ async def chunks(body: UpstreamBody, reply: Reply, model: str, include_usage: bo
                     response = e["response"]
                     reply.usage = Usage.from_openai(response.get("usage")) or reply.usage
                     out += [w.finish(_finish(response, calls)), w.usage(reply.usage), w.done()]
+                    body.leave()  # the end: never wait on the body's end (UpstreamBody.leave)
+                    yield b"".join(out)
+                    return
                 elif kind in ("response.failed", "error"):
                     err = (e.get("response") or {}).get("error") or e
                     yield b"".join(out)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import ssl
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -138,3 +139,11 @@ def _pg_database() -> Iterator[str]:
     yield f"{base}/{name}"
     with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3) as admin:
         admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def inside_one_minute(seconds: float = 5.0) -> None:
+    """Rate windows are UTC minutes: start a counted sequence with at least ``seconds`` left in this one (a
+    sequence that straddles two minutes sees its count start again)."""
+    left = 60 - time.time() % 60
+    if left < seconds:
+        time.sleep(left + 0.05)

@@ -19,7 +19,7 @@ from relaygate.server.app import default_routes
 from relaygate.testing.base import BackgroundServer
 from relaygate.testing.bedrock import TEST_ACCESS_KEY, TEST_SECRET_KEY
 from relaygate.testing.gateway import GatewayThread
-from tests.conftest import UPSTREAM_KEY, StartGateway, openai_model
+from tests.conftest import UPSTREAM_KEY, StartGateway, inside_one_minute, openai_model
 from tests.routing_support import dep, emulators
 from tests.test_keys import MASTER, Admin
 from tests.test_requestlog import gateway_rows
@@ -84,6 +84,7 @@ def test_a_model_the_key_may_not_use_costs_none_of_its_limits(
     gw = start_gateway({"models": [openai_model("m", openai_emulator), openai_model("other", openai_emulator)],
                         "auth": {"master_key": MASTER}})
     key = new_key(gw, models=["m"], rpm=2)
+    inside_one_minute()
     assert [chat(gw, key, "other").status_code for _ in range(3)] == [403] * 3
     assert [chat(gw, key, "m").status_code for _ in range(2)] == [200, 200]
 

@@ -26,6 +26,7 @@ from relaygate.testing import anthropic, bedrock, cohere, gemini, openai
 from relaygate.testing.base import BackgroundServer, FaultPlan
 from relaygate.testing.gateway import GatewayThread
 
+from .conftest import inside_one_minute
 from .stack_support import CHAT_MODELS, KEYS, MASTER, deployments
 
 APP_KEY = "rg-bedrock-app-" + "7c1e9a3f5b2d4068" * 2
@@ -425,6 +426,7 @@ def test_errors_are_bedrocks(client: Any) -> None:
 
 def test_the_keys_rate_limit_applies(stack: tuple[GatewayThread, dict[str, BackgroundServer]]) -> None:
     limited = runtime(stack[0], LIMITED_KEY)
+    inside_one_minute()
     for _ in range(2):
         limited.converse(modelId="gpt", messages=[user("count me")])
     with pytest.raises(ClientError) as e:

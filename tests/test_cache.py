@@ -23,7 +23,7 @@ from relaygate.core.call import Usage
 from relaygate.testing.base import BackgroundServer, FaultPlan
 from relaygate.testing.gateway import GatewayThread
 
-from .conftest import openai_model, require_service
+from .conftest import inside_one_minute, openai_model, require_service
 from .test_keys import MASTER, Admin
 from .test_requestlog import gateway_rows
 
@@ -345,6 +345,7 @@ def test_a_hit_counts_against_rpm_not_against_budgets_and_is_logged(openai_emula
     gw = start_gateway({"models": [cached_model("m", openai_emulator)], "auth": {"master_key": MASTER}})
     key = Admin(gw)("POST", "/keys", {"rpm": 3, "budget_usd": 1}).json()["key"]
     auth = {"authorization": f"Bearer {key}"}
+    inside_one_minute()
     assert [chat(gw, auth).headers.get("x-relaygate-cache") for _ in range(3)] == ["miss", "hit", "hit"]
     assert chat(gw, auth).status_code == 429  # the hits counted against rpm
     rows = sorted(gateway_rows(gw, expected=4), key=lambda r: r["ts"])

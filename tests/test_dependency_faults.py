@@ -20,7 +20,7 @@ from relaygate.limits.redis import RedisLimiter
 from relaygate.state.resp import RespClient
 from relaygate.store.reads import StoreUnavailable
 from relaygate.testing.tcpproxy import TcpProxy
-from tests.conftest import require_service
+from tests.conftest import inside_one_minute, require_service
 
 REDIS_URL = os.environ.get("RELAYGATE_TEST_REDIS", "redis://127.0.0.1:6379/0")
 MASTER = "rg-master-key-for-dependency-fault-tests"
@@ -35,13 +35,6 @@ def redis_proxy() -> Iterator[TcpProxy]:
     port = int(REDIS_URL.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
     with TcpProxy("127.0.0.1", port) as proxy:
         yield proxy
-
-
-def inside_a_minute(seconds: float) -> None:
-    """rpm windows are UTC minutes: start a counted sequence with ``seconds`` left in this one."""
-    left = 60 - time.time() % 60
-    if left < seconds:
-        time.sleep(left + 0.05)
 
 
 async def no_spend(name: str, start: float) -> int:
@@ -68,7 +61,7 @@ def test_redis_limits_count_in_process_from_redis_last_counts_and_add_them_back_
     # a cached key's scopes are one tuple, call after call (the limiter keeps its last counts by identity)
     rpm = (Scope(f"key:rpm-{tag}", Limits(rpm=5)),)
     budget = (Scope(f"key:budget-{tag}", Limits(budget_nano=10**9)),)
-    inside_a_minute(20)
+    inside_one_minute(20)
 
     async def main() -> dict[str, Any]:
         client = RespClient(f"redis://127.0.0.1:{redis_proxy.port}/0", timeout=0.2, retry=0.25)
@@ -329,7 +322,7 @@ def test_calls_ready_to_run_when_redis_comes_back_are_judged_with_the_outages_gr
     tag = os.urandom(4).hex()
     rpm = (Scope(f"key:rpm-{tag}", Limits(rpm=6)),)
     budget = (Scope(f"key:budget-{tag}", Limits(budget_nano=10**9)),)
-    inside_a_minute(20)
+    inside_one_minute(20)
 
     async def main() -> list[bool]:
         client = RespClient(f"redis://127.0.0.1:{redis_proxy.port}/0", timeout=0.2, retry=0.25)

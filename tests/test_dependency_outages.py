@@ -21,7 +21,7 @@ import redis as redis_lib
 from relaygate.testing.base import BackgroundServer
 from relaygate.testing.openai import OpenAIEmulatorOptions, create_app
 from relaygate.testing.tcpproxy import TcpProxy
-from tests.conftest import UPSTREAM_KEY, StartGateway, require_service
+from tests.conftest import UPSTREAM_KEY, StartGateway, inside_one_minute, require_service
 from tests.test_keys import MASTER
 from tests.test_limits import new_key
 from tests.test_requestlog import gateway_rows
@@ -79,13 +79,6 @@ class Run:
         opened = [t for t, states in self.breaker_states if any(states)]
         lines.append(f"  breaker samples: {len(self.breaker_states)}, not closed in {len(opened)}")
         return "\n".join(lines)
-
-
-def within_one_minute(seconds: float) -> None:
-    """rpm windows are UTC minutes: start the run where it fits inside one."""
-    left = 60 - time.time() % 60
-    if left < seconds:
-        time.sleep(left + 0.1)
 
 
 async def drive(url: str, keys: list[str], fault: Callable[[], None], heal: Callable[[], None],
@@ -165,7 +158,7 @@ def test_redis_black_holed_under_load_stalls_nothing_opens_no_breaker_and_oversp
         one_call = gateway_rows(gw)[0]["cost_nano"]
         budget_nano = int((BEFORE + AFTER) * RATE / 2 * 0.6) * one_call  # runs out after the outage
         budgeted = new_key(gw, budget_usd=budget_nano / 1e9, budget_period="day")
-        within_one_minute(BEFORE + WINDOW + AFTER + 5)
+        inside_one_minute(BEFORE + WINDOW + AFTER + 5)
         run = Run()
         asyncio.run(drive(gw.base_url + "/chat/completions", [limited["key"], budgeted["key"]],
                           proxy.black_hole, proxy.restore, breaker_states(gw), run))

@@ -18,7 +18,7 @@ import yaml
 
 from relaygate.limits.periods import period
 from relaygate.testing.base import BackgroundServer, free_port
-from tests.conftest import StartGateway, openai_model, require_service
+from tests.conftest import StartGateway, inside_one_minute, openai_model, require_service
 from tests.test_keys import MASTER, Admin
 from tests.test_requestlog import gateway_rows
 
@@ -58,13 +58,6 @@ def burst(gw: Any, key: str, n: int, body: dict[str, Any] = BODY) -> list[tuple[
     return asyncio.run(_burst([gw.base_url + "/chat/completions"], key, n, body))
 
 
-def away_from_minute_edge() -> None:
-    """Rate windows are UTC minutes: start a counted burst well inside one."""
-    left = 60 - time.time() % 60
-    if left < 5:
-        time.sleep(left + 0.05)
-
-
 def new_key(gw: Any, **fields: Any) -> dict[str, Any]:
     r = Admin(gw)("POST", "/keys", fields)
     assert r.status_code == 201, r.text
@@ -73,7 +66,7 @@ def new_key(gw: Any, **fields: Any) -> dict[str, Any]:
 
 def test_requests_per_minute_hold_under_concurrency(
         openai_emulator: BackgroundServer, start_gateway: StartGateway, state: dict[str, Any]) -> None:
-    away_from_minute_edge()
+    inside_one_minute()
     gw = gateway(start_gateway, openai_emulator, state)
     key = new_key(gw, rpm=5)
     results = burst(gw, key["key"], 20)
@@ -90,7 +83,7 @@ def test_requests_per_minute_hold_under_concurrency(
 
 def test_streamed_replies_carry_the_keys_rate_headers(
         openai_emulator: BackgroundServer, start_gateway: StartGateway, state: dict[str, Any]) -> None:
-    away_from_minute_edge()
+    inside_one_minute()
     gw = gateway(start_gateway, openai_emulator, state)
     key = new_key(gw, rpm=50, tpm=100000)
     status, headers = burst(gw, key["key"], 1, {**BODY, "stream": True})[0]
@@ -113,7 +106,7 @@ def test_parallel_cap_holds_and_frees_slots(
 
 def test_tokens_per_minute_count_real_usage(
         openai_emulator: BackgroundServer, start_gateway: StartGateway, state: dict[str, Any]) -> None:
-    away_from_minute_edge()
+    inside_one_minute()
     gw = gateway(start_gateway, openai_emulator, state)
     key = new_key(gw, tpm=60)  # each call reserves ~17 tokens and uses 9 (5 prompt + 4 completion)
     statuses = [s for s, _ in burst(gw, key["key"], 12)]
@@ -126,7 +119,7 @@ def test_team_limits_bind_all_its_keys_together(
         openai_emulator: BackgroundServer, start_gateway: StartGateway, state: dict[str, Any]) -> None:
     """Also: a team id may be any text; in Redis its keys are sent with their length in bytes (a length in
     characters would break the protocol, and the limiter would then let every call through)."""
-    away_from_minute_edge()
+    inside_one_minute()
     gw = gateway(start_gateway, openai_emulator, state)
     team = "équipe-" + os.urandom(4).hex()
     assert Admin(gw)("POST", "/teams", {"id": team, "rpm": 6, "budget_usd": 1000}).status_code == 201
@@ -263,7 +256,7 @@ def test_two_gateway_processes_sharing_redis_enforce_one_limit(
                 except requests.ConnectionError:
                     pass
                 time.sleep(0.05)
-        away_from_minute_edge()
+        inside_one_minute()
         urls = [f"http://127.0.0.1:{p}/v1/chat/completions" for p in ports]
         results = asyncio.run(_burst(urls, key, 30))
     finally:
@@ -287,7 +280,7 @@ def test_budget_periods_reset_on_utc_day_and_month_boundaries() -> None:
 
 def test_user_limits_apply_to_the_users_keys(
         openai_emulator: BackgroundServer, start_gateway: StartGateway) -> None:
-    away_from_minute_edge()
+    inside_one_minute()
     gw = gateway(start_gateway, openai_emulator, {})
     user = "u-" + os.urandom(4).hex()
     assert Admin(gw)("POST", "/users", {"id": user, "max_parallel": 1, "models": ["m"]}).status_code == 201
@@ -302,7 +295,7 @@ def test_limits_count_in_process_at_once_when_redis_is_unreachable(
     """No Redis: rpm is counted in this process (one call of three) and a budget is refused with a 503, both
     without waiting on Redis."""
     gw = gateway(start_gateway, openai_emulator, {"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
-    away_from_minute_edge()
+    inside_one_minute()
     key = new_key(gw, rpm=1)
     budgeted = new_key(gw, budget_usd=1.0)
     started = time.monotonic()
@@ -326,8 +319,7 @@ def test_redis_limits_survive_redis_forgetting_the_script() -> None:
     except redis_lib.RedisError:
         require_service("redis")
     scope = Scope(name=f"key:flush-{os.urandom(4).hex()}", limits=Limits(rpm=3, tpm=1000))
-    if 60 - time.time() % 60 < 3:  # rpm windows are UTC minutes: do not straddle one
-        time.sleep(3.5)
+    inside_one_minute(3)
 
     async def main() -> list[Any]:
         async def no_spend(name: str, start: float) -> int:

@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from relaygate.testing.base import BackgroundServer
 from relaygate.testing.gateway import GatewayThread
 
+from .conftest import inside_one_minute
 from .routing_support import MESSAGES, dep, emulators, fault, reset
 
 MASTER = "rg-master-metrics-0123456789abcdef"
@@ -77,6 +78,7 @@ def test_metric_values_after_a_known_sequence_of_calls(start_gateway: Start) -> 
         reset([primary])
         list(c.chat.completions.create(model="m", messages=MESSAGES, stream=True))  # 4: a stream (TTFT)
         limited = client(gw, LIMITED)
+        inside_one_minute()
         limited.chat.completions.create(model="m", messages=MESSAGES)  # 5: the key's one call this minute
         with pytest.raises(openai.RateLimitError):
             limited.chat.completions.create(model="m", messages=MESSAGES)  # 6: refused by its rpm

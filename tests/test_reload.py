@@ -22,7 +22,7 @@ from relaygate.gateway import Gateway
 from relaygate.testing.base import BackgroundServer
 from relaygate.testing.openai import OpenAIEmulatorOptions, create_app
 
-from .conftest import UPSTREAM_KEY, openai_model
+from .conftest import UPSTREAM_KEY, inside_one_minute, openai_model
 from .process_support import GatewayProcess, gateway_process
 from .test_keys import MASTER
 from .test_requestlog import log_rows
@@ -136,8 +136,7 @@ def test_admin_reload_answers_the_errors_and_carries_a_keys_rate_count(openai_em
         cfg = tmp_path / "gateway.yaml"
         admin = {"authorization": f"Bearer {MASTER}"}
         user = {"authorization": f"Bearer {secret}"}
-        if 60 - time.time() % 60 < 8:
-            time.sleep(60 - time.time() % 60 + 0.1)  # the three calls and the fourth in one minute
+        inside_one_minute(8)  # the three calls and the fourth in one minute
         for _ in range(3):
             assert requests.post(gw.url + "/v1/chat/completions", json=chat("m", "hi", False), headers=user,
                                  timeout=10).status_code == 200

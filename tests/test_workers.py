@@ -21,10 +21,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from relaygate.observability.chaos_shared import SYNC_INTERVAL
 from relaygate.testing.base import BackgroundServer
 
-from .conftest import openai_model, require_service
+from .conftest import inside_one_minute, openai_model, require_service
 from .process_support import REPO, GatewayProcess, gateway_process
 from .test_keys import MASTER
-from .test_limits import REDIS_URL, _burst, away_from_minute_edge
+from .test_limits import REDIS_URL, _burst
 from .test_requestlog import log_rows
 from .test_shutdown import LONG, StreamReader, chat, wait_refused
 
@@ -143,7 +143,7 @@ def test_a_key_limit_is_exact_across_two_workers_on_redis_and_a_reload_reaches_b
     with gateway_process(tmp_path, {**config, "server": {"watch_config": False}}, args=("--workers", "2")) as gw:
         pids = pids_serving(gw, 2)
         assert len(pids) == 2
-        away_from_minute_edge()
+        inside_one_minute()
         results = asyncio.run(_burst([gw.url + "/v1/chat/completions"], secret, 30))
         # a reload asked of one worker reaches the other through the supervisor (SIGHUP)
         before = {gw.config_of[p] for p in pids}

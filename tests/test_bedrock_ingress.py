@@ -7,9 +7,10 @@ import base64
 import contextlib
 import datetime
 import hashlib
+import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import boto3
@@ -169,23 +170,26 @@ def test_a_bedrock_deployment_gets_the_converse_body_as_the_client_sent_it(
     assert "x-relaygate-dropped-params" not in resp["ResponseMetadata"]["HTTPHeaders"]
 
 
-def test_a_compact_body_signed_by_the_client_is_signed_upstream_with_the_hash_the_check_made(
-        stack: tuple[GatewayThread, dict[str, BackgroundServer]]) -> None:
-    """A client that sends compact JSON (as the JS, Java and Go SDKs do) sends the very bytes the gateway would:
-    their SHA-256, computed to check the client's signature, signs the upstream request too (which the
-    emulator verifies); a budget cap or a guardrail changes the bytes, and they are hashed anew."""
+@pytest.mark.parametrize("dumps", [orjson.dumps, lambda v: json.dumps(v).encode()], ids=["compact", "spaced"])
+def test_a_body_signed_by_the_client_goes_upstream_as_its_very_bytes_signed_with_the_hash_the_check_made(
+        stack: tuple[GatewayThread, dict[str, BackgroundServer]], dumps: Callable[[Any], bytes]) -> None:
+    """Compact JSON (as the JS, Java and Go SDKs send) or spaced (boto3's): the same-dialect path sends the
+    client's very bytes, not a serialisation of its own, and their SHA-256, computed to check the client's
+    signature, signs the upstream request too (which the emulator verifies); a budget cap or a guardrail
+    changes the bytes, and they are serialised and hashed anew."""
     gw, emu = stack[0], stack[1]["bedrock"]
     pair = aws_pair(gw, APP_KEY)
-    body = orjson.dumps({"messages": [user("compact bytes")], "inferenceConfig": {"maxTokens": 30}})
+    body = dumps({"messages": [user("very bytes")], "inferenceConfig": {"maxTokens": 30}})
     request = botocore.awsrequest.AWSRequest(method="POST", url=gw.url + "/model/bedrock/converse", data=body,
                                              headers={"Content-Type": "application/json"})
     botocore.auth.SigV4Auth(botocore.credentials.Credentials(pair["aws_access_key_id"], pair["aws_secret_access_key"]),
                             "bedrock", "us-east-1").add_auth(request)
     r = httpx.post(request.url, content=body, headers=dict(request.headers))
     assert r.status_code == 200, r.text
-    assert "compact bytes" in r.json()["output"]["message"]["content"][0]["text"]
+    assert "very bytes" in r.json()["output"]["message"]["content"][0]["text"]
     sent = emu.state.requests[-1]
     assert sent["json"] == orjson.loads(body) and sent["path"].endswith("/converse")
+    assert sent["body_len"] == len(body)  # (spaced JSON is longer than the compact form of it)
 
 
 def test_an_arn_model_id_names_the_model_after_its_last_slash(client: Any) -> None:

@@ -81,11 +81,12 @@ def test_the_limits_read_the_clients_own_body_without_translating_it() -> None:
     (Dialect.GEMINI, {"contents": [{"parts": [{"text": "hi"}]}], "generation_config": {"max_output_tokens": 90}}, 90),
 ])
 def test_each_dialects_own_output_cap_is_read_and_lowered(dialect: Dialect, body: dict[str, Any], cap: int) -> None:
-    native = NativeRequest(dialect, body)
+    native = NativeRequest(dialect, body, raw=orjson.dumps(body), sha256="0" * 64)
     call = NativeCall(native, lambda: pytest.fail("translated"), id="req_2", model="m")
     assert call_output_cap(call) == cap and call_choices(call) == 1
     assert hold_output(call, cap - 10) and native.output_cap() == cap - 10
     assert call.output_cap == cap - 10
+    assert native.raw is None and native.sha256 is None  # the body changed: the client's bytes are not it now
 
 
 GEMINI_ANSWER = {"candidates": [{"content": {"role": "model", "parts": [{"text": "hi"}]}, "finishReason": "STOP"}],

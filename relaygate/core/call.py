@@ -58,9 +58,11 @@ class NativeRequest:
     dialect: Dialect
     body: dict[str, Any]
     dropped: list[str] = field(default_factory=list)
-    # the client's body as it came and its SHA-256 (hex), when a SigV4 check hashed it (Bedrock): a provider
-    # sending ``body`` unchanged, serialised to these very bytes, signs them without hashing them again
-    signed: tuple[bytes, str] | None = None
+    # the client's body as it came, while ``body`` is as parsed from it (``cap_output`` lets it go), and its
+    # SHA-256 (hex) when a SigV4 check hashed it: a provider sending ``body`` unchanged sends these very bytes
+    # (Bedrock: signed without hashing them again)
+    raw: bytes | None = None
+    sha256: str | None = None
 
     def _gemini_config(self) -> dict[str, Any] | None:
         for name in _GEMINI_CONFIG:
@@ -95,6 +97,7 @@ class NativeRequest:
     def cap_output(self, cap: int) -> tuple[bool, bool]:
         """Lower the body's own output cap to ``cap`` (the budget's hold); set it when absent. (whether the
         client set a cap, whether it was lowered)."""
+        self.raw = self.sha256 = None  # the body may change: its bytes are made anew
         if self.dialect is Dialect.GEMINI:  # Google takes a field by its camelCase or snake_case name
             name = "generation_config" if "generation_config" in self.body else "generationConfig"
             gc = self.body.get(name)

@@ -82,12 +82,12 @@ class EmulatorState:
             "path": request.path,
             "query": dict(request.query),
             "headers": {k.lower(): v for k, v in request.headers.items()},
+            "body_len": len(body),
         }
         try:
             entry["json"] = orjson.loads(body) if body else None
         except orjson.JSONDecodeError:
             entry["body_b64"] = base64.b64encode(body[:65536]).decode()
-            entry["body_len"] = len(body)
         self.requests.append(entry)
         if len(self.requests) > self.max_recorded:
             del self.requests[: len(self.requests) - self.max_recorded]

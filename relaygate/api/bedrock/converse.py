@@ -32,9 +32,7 @@ async def read_call(gw: Gateway, req: Request, key: Principal | None, model: str
     fields the translation left out then in ``call.native.dropped``)."""
     limit = gw.config.server.max_body_bytes
     body = object_body(await req.json(limit))
-    native = NativeRequest(Dialect.BEDROCK, body)
-    if req.body_sha256 is not None:
-        native.signed = (await req.body(limit), req.body_sha256)
+    native = NativeRequest(Dialect.BEDROCK, body, raw=req.raw, sha256=req.body_sha256)
     # the usage chunk feeds the final metadata event
     return native_call(gw, req, native, lambda: translated_body(body, native, lambda: to_openai_request(
         body, model, stream)), model, stream, key, wants_usage=stream)

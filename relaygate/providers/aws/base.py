@@ -115,12 +115,15 @@ class AwsProvider(Provider):
                          "content-type": "application/json"}
         self.credentials: CredentialSource | None = None
         self.signer: SigV4Signer | None = None
+        self._fixed: SigV4Signer | None = None  # the signer of keys in the config (never renewed): no await
         self._posts: dict[str, dict[str, str]] = {}  # a POST's headers by its accept type (made once)
         if self.bearer is not None:
             self._headers["authorization"] = "Bearer " + self.bearer
             self.scrub.dynamic((id(self), "bearer"), [self.bearer])  # it may come from the environment
         else:
             self.credentials = credential_source(self.config, region)
+            if type(self.credentials) is CredentialSource:
+                self._fixed = self._signer_of(self.credentials.credentials)
 
     async def start(self) -> None:
         if self.credentials is not None:
@@ -132,21 +135,25 @@ class AwsProvider(Provider):
         creds = await self.credentials.get()
         signer = self.signer
         if signer is None or signer.credentials is not creds:
-            signer = self.signer = SigV4Signer(creds, self.region, SIGNING_SERVICE)
-            self.scrub.dynamic((id(self), "credentials"), (creds.secret_key, creds.session_token, creds.access_key))
+            signer = self._signer_of(creds)
+        return signer
+
+    def _signer_of(self, creds: AwsCredentials | None) -> SigV4Signer:
+        assert creds is not None
+        signer = self.signer = SigV4Signer(creds, self.region, SIGNING_SERVICE)
+        self.scrub.dynamic((id(self), "credentials"), (creds.secret_key, creds.session_token, creds.access_key))
         return signer
 
     async def post_json(self, deadline: float, path: str, body: dict[str, Any], accept: str = "application/json",
-                        signed: tuple[bytes, str] | None = None) -> Response:
+                        raw: tuple[bytes, str | None] | None = None) -> Response:
         """POST ``body`` to ``path`` (already percent-encoded), signed; an error status is raised mapped.
-        ``signed``: bytes whose SHA-256 is known (the client's, ``NativeRequest.signed``), not hashed again
-        when ``body`` serialises to exactly them."""
-        data = orjson.dumps(body)
+        ``raw``: the bytes ``body`` was parsed from, sent instead of serialising it again, and their SHA-256
+        (hex) when it is known (``NativeRequest.raw``, ``.sha256``)."""
+        data, digest = raw if raw is not None else (orjson.dumps(body), None)
         fixed = self._posts.get(accept) or self._posts.setdefault(accept, {**self._headers, "accept": accept})
         if self.credentials is not None:
-            digest = signed[1] if signed is not None and signed[0] == data else None
-            headers = (await self._signer()).sign_encoded("POST", self.host, self.base_path + path, data, fixed,
-                                                          body_sha256=digest)
+            signer = self._fixed or await self._signer()
+            headers = signer.sign_encoded("POST", self.host, self.base_path + path, data, fixed, body_sha256=digest)
         else:  # a Bedrock API key: the same headers every time, encoded once
             headers = self.encoded(fixed)
         # sent as given: %3A / %2F stay exactly as signed

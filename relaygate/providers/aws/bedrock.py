@@ -163,9 +163,11 @@ class BedrockProvider(AwsProvider):
             cfg = native.get("inferenceConfig")
             if not isinstance(cfg, dict) or type(cfg.get("maxTokens")) is not int:
                 request = {**request, "inferenceConfig": {**(cfg if isinstance(cfg, dict) else {}), "maxTokens": cap}}
-        signed = sent.signed if request is native else None  # its SHA-256 is known when its bytes are the client's
+        # unchanged, the body goes as the client's very bytes (not serialised again; their SHA-256 known when
+        # the client's signature was checked)
+        as_sent = (sent.raw, sent.sha256) if request is native and sent.raw is not None else None
         if not call.stream:
-            resp = await self.post_json(call.deadline, model_path(model, "converse"), request, signed=signed)
+            resp = await self.post_json(call.deadline, model_path(model, "converse"), request, raw=as_sent)
             raw = await self.read_body(resp)
             read = converse_answer(raw)  # only the usage is decoded
             if read is not None:
@@ -174,7 +176,7 @@ class BedrockProvider(AwsProvider):
             return Reply(body=raw, usage=usage_of(parsed.get("usage")), first_byte_at=time.monotonic(),
                          native=True)
         resp = await self.post_json(call.deadline, model_path(model, "converse-stream"), request,
-                                    accept=EVENTSTREAM, signed=signed)
+                                    accept=EVENTSTREAM, raw=as_sent)
         upstream = UpstreamBody(resp, self.kind)
         reply = stream_reply()
         reply.native = True

@@ -280,7 +280,11 @@ def _check_service(by: SignedBy, service: str) -> None:
 
 def _signed_headers(by: SignedBy) -> list[str]:
     """The headers ``by`` signed: ``host`` among them, in order."""
-    signed = list(by.signed)
+    return _signed_headers_of(by.signed)
+
+
+def _signed_headers_of(names: tuple[str, ...]) -> list[str]:
+    signed = list(names)
     if "host" not in signed or signed != sorted(signed):
         raise SignatureError("InvalidSignatureException", "'Host' must be a signed header.")
     return signed
@@ -301,6 +305,32 @@ def _mismatch() -> SignatureError:
                           "the service documentation for details.")
 
 
+_VERIFYING_KINDS = 256  # kinds of signed request memoized for verification (each client sends a handful)
+_verifying_kinds: dict[tuple[Any, ...], tuple[Any, str]] = {}
+
+
+def _verifying_canonical(signed: tuple[str, ...], method: str, raw_path: str, raw_query: str,
+                         headers: Mapping[str, str]) -> tuple[Any, str]:
+    """The canonical request of a header-signed request around its two varying parts, as the signer keeps
+    its own (``_Canonical``): the SHA-256 state up to the x-amz-date value (``signed`` names it), and what
+    follows it up to the payload hash. Memoized by what makes it: method, path, query and the other signed
+    headers' values (a client signs the same few kinds of request all day; the memo is emptied when full)."""
+    values = tuple(map(headers.get, signed))
+    at = signed.index("x-amz-date")
+    kind = (method, raw_path, raw_query, signed, values[:at], values[at + 1:])
+    found = _verifying_kinds.get(kind)
+    if found is not None:
+        return found
+    names = _signed_headers_of(signed)
+    lines = [f"{h}:{' '.join(headers.get(h, '').split())}\n" for h in names]
+    head = f"{method.upper()}\n{canonical_uri(raw_path)}\n{canonical_query(raw_query)}\n{''.join(lines[:at])}x-amz-date:"
+    found = (hashlib.sha256(head.encode()), f"\n{''.join(lines[at + 1:])}\n{';'.join(names)}\n")
+    if len(_verifying_kinds) >= _VERIFYING_KINDS:
+        _verifying_kinds.clear()
+    _verifying_kinds[kind] = found
+    return found
+
+
 def verify(by: SignedBy, secrets: Sequence[str], service: str, method: str, raw_path: str, raw_query: str,
            headers: Mapping[str, str], body: bytes, max_skew: float = 300.0, now: float | None = None,
            body_sha256: str | None = None) -> int:
@@ -318,13 +348,23 @@ def verify(by: SignedBy, secrets: Sequence[str], service: str, method: str, raw_
     if abs((time.time() if now is None else now) - signed_at) > max_skew or stamp[:8] != by.date:
         raise SignatureError("InvalidSignatureException", f"Signature expired: {stamp} is outside the allowed "
                              "clock skew, or not the date of the credential scope.")
-    signed = _signed_headers(by)
+    # (x-amz-date signed, as every SDK signs it: the canonical request's fixed parts kept)
+    memo = _verifying_canonical(by.signed, method, raw_path, raw_query, headers) if "x-amz-date" in by.signed \
+        else None
+    signed = _signed_headers(by) if memo is None else None
     payload_hash = body_sha256 or payload_sha256(body)
     if headers.get("x-amz-content-sha256", payload_hash) != payload_hash:  # no UNSIGNED-PAYLOAD: the body is signed
         raise SignatureError("InvalidSignatureException", "The provided 'x-amz-content-sha256' header does not "
                              "match what was computed.")
-    canonical = canonical_request(method, raw_path, raw_query, headers, signed, payload_hash)
-    sts = string_to_sign(stamp, f"{by.date}/{by.region}/{by.service}/aws4_request", canonical).encode()
+    if memo is not None:
+        canonical = memo[0].copy()
+        canonical.update(f"{stamp}{memo[1]}{payload_hash}".encode())
+        digest = canonical.hexdigest()
+    else:
+        assert signed is not None
+        digest = hashlib.sha256(canonical_request(method, raw_path, raw_query, headers, signed,
+                                                  payload_hash).encode()).hexdigest()
+    sts = f"{ALGORITHM}\n{stamp}\n{by.date}/{by.region}/{by.service}/aws4_request\n{digest}".encode()
     i = _signer(by, secrets, sts)
     if i is None:
         raise _mismatch()

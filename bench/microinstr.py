@@ -71,6 +71,8 @@ async def one():
 _TRACE_ON = '{{"endpoint": "http://127.0.0.1:9/v1/traces", "batch_delay": 60, "queue_size": 1000000, "sample_ratio": {}}}'
 _ONE = "loop.run_until_complete(one()); queued.clear()"
 CASES["trace-off"] = (_TRACE.format(tracing="{}"), _ONE)
+# the same call with the metrics on (the default) against trace-off, where they are off: the observe layer's cost
+CASES["metrics-on"] = (_TRACE.format(tracing="{}").replace('"metrics": {"enabled": False}', '"metrics": {}'), _ONE)
 CASES["trace-on"] = (_TRACE.format(tracing=_TRACE_ON.format(1.0)), _ONE)
 CASES["trace-sampled-5%"] = (_TRACE.format(tracing=_TRACE_ON.format(0.05)), _ONE)
 # the exporter's thread: one call's two spans encoded (the request's OTLP message, protobuf)

@@ -306,7 +306,7 @@ class Gateway:
         if config.metrics.enabled or config.alerts.rules:  # the alerts judge the metrics' counts
             from relaygate.observability.metrics import Metrics
 
-            self.metrics = Metrics(config, self.table.models, self.pricing.cost)
+            self.metrics = Metrics(config, self.table.models, self.pricing.cost, self.pricing.price)
             self.metrics.writer = self.writer
         self.shared_metrics = self._shared_metrics()
         self.alerts: Alerts | None = None
@@ -417,12 +417,12 @@ class Gateway:
                                               self.scrub)
         if self.metrics is not None or self.config.access_log.enabled or self.tracing is not None:
             from relaygate.observability.accesslog import AccessLog
-            from relaygate.observability.layer import ObserveLayer
+            from relaygate.observability.layer import observe
             from relaygate.requestlog.redact import Redactor
 
             access = (AccessLog(Redactor(self.config.request_log.redact), self.pricing.cost)
                       if self.config.access_log.enabled else None)
-            handler = ObserveLayer(handler, self.metrics, access, self.tracing)
+            handler = observe(handler, self.metrics, access, self.tracing)
         return handler
 
     @classmethod

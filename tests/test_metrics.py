@@ -233,3 +233,32 @@ def test_the_grafana_dashboard_queries_only_metrics_the_gateway_exports(start_ga
         client(gw).chat.completions.create(model="m", messages=MESSAGES)
         exported = {f.name for f in text_string_to_metric_families(scrape(gw).data.decode())}
     assert len(used) >= 14 and used <= exported, used - exported
+
+
+def test_the_cost_of_plain_calls_is_their_tokens_priced_at_the_scrape(start_gateway: Start) -> None:
+    """A call's cost is not computed when it ends (nothing else needs it with the request log off): the series
+    keeps its tokens and a scrape prices them; a call priced on its own (cached tokens, a meter) is kept apart."""
+    with emulators({}) as (emu,):
+        gw = start_gateway({"models": [{"name": "p", "deployments": [dep(emu, "p-a", input_cost_per_token=1e-6,
+                                                                         output_cost_per_token=2e-6)]}],
+                            "request_log": {"enabled": False}, "auth": {"master_key": MASTER}})
+        usages = [client(gw).chat.completions.create(model="p", messages=MESSAGES, max_tokens=n).usage
+                  for n in (5, 9, 5)]
+        found = samples(gw)
+    expected = sum(u.prompt_tokens * 1e-6 + u.completion_tokens * 2e-6 for u in usages if u is not None)
+    assert expected > 0
+    assert value(found, "relaygate_cost_usd_total", deployment="p-a") == pytest.approx(expected, rel=1e-9)
+    assert value(found, "relaygate_requests_total", deployment="p-a") == 3
+
+
+def test_a_series_prices_its_tokens_but_those_of_calls_priced_apart() -> None:
+    from relaygate.catalog.prices import Price
+    from relaygate.observability.metrics import Series
+
+    s = Series(("p", "p-a", "openai", "chat", "200", ""), 3, Price(input=1e-6, output=2e-6))
+    s.input_tokens, s.output_tokens = 100, 50
+    s.apart_input, s.apart_output, s.cost_nano = 40, 10, 7  # a call with cached tokens, priced when it ended
+    assert s.cost() == 7 + (60 * 1000 + 40 * 2000)
+    unpriced = Series(("*", "w", "openai", "chat", "200", ""), 3)  # a wildcard's: every call priced on its own
+    unpriced.input_tokens, unpriced.cost_nano = 100, 5
+    assert unpriced.cost() == 5

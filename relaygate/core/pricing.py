@@ -116,15 +116,20 @@ class Pricing:
         elif reply is None or reply.usage is None or dep is None:
             cost = 0
         else:
-            key = (dep.name, call.model)
-            price = self._call_prices.get(key)
-            if price is None:
-                price = self.book.for_deployment(dep.config, dep.upstream_model(call.model))
-                if len(self._call_prices) < MAX_CACHED:
-                    self._call_prices[key] = price
+            price = self._call_prices.get((dep.name, call.model)) or self.price(dep, call.model)
             cost = price.cost_nano(reply.usage)
         call.cost_nano = cost
         return cost
+
+    def price(self, dep: Deployment, model: str) -> Price:
+        """What a call to ``dep`` asking for ``model`` costs per token (remembered)."""
+        key = (dep.name, model)
+        price = self._call_prices.get(key)
+        if price is None:
+            price = self.book.for_deployment(dep.config, dep.upstream_model(model))
+            if len(self._call_prices) < MAX_CACHED:
+                self._call_prices[key] = price
+        return price
 
     def reach(self, model: str) -> list[str]:
         """The models a call to ``model`` may be served by: its own (``*`` for a name only the wildcard

@@ -124,7 +124,7 @@ class Alerts:
                 t.calls += s.count
                 if s.labels[4].startswith("5"):  # the status: a 5xx is the gateway's or an upstream's failure
                     t.errors += s.count
-                t.cost_nano += s.cost_nano
+                t.cost_nano += s.cost()
                 for i, n in enumerate(s.latency):
                     t.latency[i] += n
         w = self.metrics.writer

@@ -5,6 +5,7 @@ layer rather than one per concern: each layer is a coroutine more per call and a
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -21,6 +22,45 @@ TRACE_HEADER = "x-relaygate-trace-id"  # the call's trace id (32 hex digits), on
 log = logging.getLogger("relaygate")
 
 
+def observe(next_handler: Handler, metrics: Metrics | None, access: AccessLog | None,
+            tracing: Tracing | None = None) -> Handler:
+    """The observe layer over ``next_handler``: the metrics' own when nothing else observes."""
+    if access is None and tracing is None and metrics is not None:
+        return MetricsLayer(next_handler, metrics)
+    return ObserveLayer(next_handler, metrics, access, tracing)
+
+
+def failed(call: Call, error: BaseException, done: Callable[[Reply | None, BaseException], None]) -> None:
+    """A call that raised: ``done(None, error)``, which must not change the answer; the server must not count
+    it again."""
+    try:
+        done(None, error)
+    except Exception:  # bookkeeping must never change the answer
+        log.exception("metrics: recording the failed call %s failed", call.id)
+    mark_recorded(error)
+
+
+class MetricsLayer:
+    """The observe layer when only the metrics are on (the default): a call is counted by the reply's done
+    callback itself (``Metrics.record``), and this coroutine, resumed at every suspension of the call, does
+    nothing else."""
+
+    def __init__(self, next_handler: Handler, metrics: Metrics) -> None:
+        self.next = next_handler
+        self.metrics = metrics
+
+    async def __call__(self, call: Call) -> Reply:
+        m = self.metrics
+        m.started += 1
+        try:
+            reply = await self.next(call)
+        except BaseException as e:
+            failed(call, e, partial(m.record, call))
+            raise
+        reply.on_done(partial(m.record, call))
+        return reply
+
+
 class ObserveLayer:
     """Wraps the whole pipeline; ``metrics``, ``access`` or ``tracing`` may be None (off)."""
 
@@ -30,12 +70,11 @@ class ObserveLayer:
         self.metrics = metrics
         self.access = access
         self.tracing = tracing
-        self.only_metrics = access is None and tracing is None
 
     async def __call__(self, call: Call) -> Reply:
         m = self.metrics
         if m is not None:
-            m.in_flight += 1
+            m.started += 1
         tracing = self.tracing
         trace_header = tracing.begin(call) if tracing is not None else None  # sets call.trace when sampled
         try:
@@ -43,18 +82,11 @@ class ObserveLayer:
         except BaseException as e:
             if trace_header is not None and isinstance(e, GatewayError):
                 e.headers[TRACE_HEADER] = trace_header
-            try:
-                self.done(call, None, e)
-            except Exception:  # bookkeeping must never change the answer
-                log.exception("metrics: recording the failed call %s failed", call.id)
-            mark_recorded(e)
+            failed(call, e, partial(self.done, call))
             raise
         if trace_header is not None:
             reply.headers[TRACE_HEADER] = trace_header
-        if self.only_metrics and m is not None:  # straight to the count: two Python calls fewer a call
-            reply.on_done(partial(m.record, call))
-        else:
-            reply.on_done(lambda r, err: self.done(call, r, err))
+        reply.on_done(partial(self.done, call))
         return reply
 
     def done(self, call: Call, reply: Reply | None, error: BaseException | None) -> None:

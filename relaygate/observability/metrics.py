@@ -10,12 +10,12 @@ set (statuses, error classes, routes): never a request id, a key, or a model nam
 
 from __future__ import annotations
 
-import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
+from time import monotonic
 from typing import TYPE_CHECKING, Any
 
-from relaygate.core.call import Call, Reply
+from relaygate.core.call import Call, Reply, Route
 from relaygate.core.errors import GatewayError
 from relaygate.core.pricing import NANO
 from relaygate.routing.breaker import STATE_NAMES
@@ -26,7 +26,9 @@ if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
 
     from relaygate.cache.layer import CacheStats
+    from relaygate.catalog.prices import Price
     from relaygate.config import Config
+    from relaygate.core.call import Usage
     from relaygate.requestlog.writer import RequestLogWriter
     from relaygate.routing.deployment import Deployment
 
@@ -43,34 +45,56 @@ REFUSED_ROUTES = {"/v1/chat/completions": "chat", "/v1/embeddings": "embeddings"
 class Series:
     """Everything counted for one (model, deployment, provider, route, status, error) label set."""
 
-    __slots__ = ("labels", "count", "latency", "latency_sum", "ttft", "ttft_sum", "input_tokens",
-                 "output_tokens", "cost_nano", "cache_hits", "retries")
+    __slots__ = ("labels", "latency", "latency_sum", "ttft", "ttft_sum", "input_tokens", "output_tokens",
+                 "cost_nano", "cache_hits", "retries", "price", "apart_input", "apart_output")
 
-    def __init__(self, labels: tuple[str, ...], buckets: int) -> None:
+    def __init__(self, labels: tuple[str, ...], buckets: int, price: Price | None = None) -> None:
         self.labels = labels  # model, deployment, provider, route, status, error
-        self.count = 0
         self.latency = [0] * (buckets + 1)  # per bucket, not cumulative (the last one: above every bound)
         self.latency_sum = 0.0
         self.ttft = [0] * (buckets + 1)
         self.ttft_sum = 0.0
         self.input_tokens = 0
         self.output_tokens = 0
+        # the per-token price of every call counted here, when it is one (a deployment's that is not a
+        # wildcard, no per-key counts): the tokens are priced when the cost is read, but those of the calls
+        # priced one by one (``cost_nano``; cached tokens, audio, a failed call's meter), counted apart
+        self.price = price
+        self.apart_input = 0
+        self.apart_output = 0
         self.cost_nano = 0
         self.cache_hits = 0
         self.retries = 0
+
+    @property
+    def count(self) -> int:
+        """The calls counted (each has one latency)."""
+        return sum(self.latency)
+
+    def cost(self) -> int:
+        """What the calls cost, in nano-dollars: those priced one by one, and the other calls' tokens priced
+        now (their sum priced at once rather than each call's: it differs by the rounding of each)."""
+        price = self.price
+        if price is None:
+            return self.cost_nano
+        return self.cost_nano + round(((self.input_tokens - self.apart_input) * price.input
+                                       + (self.output_tokens - self.apart_output) * price.output) * NANO)
 
 
 class Metrics:
     """The counts of one gateway, and its registry for ``/metrics``."""
 
     def __init__(self, config: Config, models: dict[str, list[Deployment]],
-                 cost: Callable[[Call, Reply | None], int]) -> None:
+                 cost: Callable[[Call, Reply | None], int],
+                 price: Callable[[Deployment, str], Price] | None = None) -> None:
         self.bounds = list(config.metrics.latency_buckets)
         self.models = models
-        self.cost = cost
+        self.cost = cost  # a call's cost (computed once per call, shared with the log and the limits)
+        self.price = price  # a deployment's per-token price: the series' cost read at scrapes
         self.names = frozenset(m.name for m in config.models)
         self.series: dict[tuple[Any, ...], Series] = {}
-        self.in_flight = 0
+        self.started = 0  # calls that entered the pipeline (in flight: those not finished yet)
+        self.finished = 0
         self.refusals: dict[tuple[str, str], int] = {}  # (model, reason) -> count
         self.fallbacks: dict[tuple[str, str], int] = {}  # (model asked, fallback model) -> count
         self.faults: dict[tuple[str, str], int] = {}  # (deployment, fault kind) -> injected count
@@ -85,6 +109,11 @@ class Metrics:
         self.cache: CacheStats | None = None  # the response cache's counts, when a model has a cache
         self._registry: CollectorRegistry | None = None
 
+    @property
+    def in_flight(self) -> int:
+        """Calls in the pipeline now."""
+        return self.started - self.finished
+
     # -- the request path ---------------------------------------------------------------------------------
 
     def model_label(self, call: Call) -> str:
@@ -96,23 +125,17 @@ class Metrics:
 
     def record(self, call: Call, reply: Reply | None, error: BaseException | None) -> None:
         """Count a finished call (its reply delivered, or its failure), which leaves the calls in flight."""
-        self.in_flight -= 1
-        latency = time.monotonic() - call.started
+        self.finished += 1
+        latency = monotonic() - call.started
         if error is None:
             status = reply.status if reply is not None else 200
             kind = ""
         else:
             code, k, _ = error_fields(error)
             status, kind = code or 500, k or ""
-        dep = call.deployment
-        route = call.route
-        key = (dep if dep is not None else self.model_label(call), route, status, kind)
-        s = self.series.get(key)
+        s = self.series.get((call.deployment or self.model_label(call), call.route, status, kind))
         if s is None:
-            labels = ((dep.model_name, dep.name, dep.provider_type) if dep is not None
-                      else (self.model_label(call), "", ""))
-            s = self.series[key] = Series((*labels, str(route), str(status), kind), len(self.bounds))
-        s.count += 1
+            s = self._series(call, status, kind)
         s.latency[bisect_left(self.bounds, latency)] += 1
         s.latency_sum += latency
         if reply is not None:
@@ -123,11 +146,45 @@ class Metrics:
                     s.ttft[bisect_left(self.bounds, ttft)] += 1
                     s.ttft_sum += ttft
             usage = reply.usage
-            if usage is not None and usage.known:
+            if usage is None or not usage.known:
+                s.cost_nano += self.cost(call, reply)  # nothing, or what a meter reserved
+            else:
                 s.input_tokens += usage.prompt_tokens
                 s.output_tokens += usage.completion_tokens
-        cost = self.cost(call, reply)
-        s.cost_nano += cost
+                if s.price is None or (usage.cached_tokens or usage.cache_write_tokens or usage.audio_seconds
+                                       or usage.characters):
+                    self._apart(call, reply, s, usage)  # else its tokens are priced when the cost is read
+        if call.attempts != 1 or call.fallbacks:
+            self._unusual(call, s, error)
+        if self.key_teams is not None and call.key is not None:
+            self._per_key(call, self.cost(call, reply))
+
+    def _apart(self, call: Call, reply: Reply, s: Series, usage: Usage) -> None:
+        """A call priced on its own (its cost is not its tokens times the series' price)."""
+        s.cost_nano += self.cost(call, reply)
+        if s.price is not None:
+            s.apart_input += usage.prompt_tokens
+            s.apart_output += usage.completion_tokens
+
+    def _series(self, call: Call, status: int, kind: str) -> Series:
+        """The record of a label set first counted now."""
+        dep = call.deployment
+        if dep is None:
+            labels: tuple[str, ...] = (self.model_label(call), "", "")
+            price = None
+        else:
+            labels = (dep.model_name, dep.name, dep.provider_type)
+            # a wildcard deployment's price depends on the model each call asks for, a passthrough call has
+            # its meter, the per-key counts need each call's cost: priced per call
+            price = (self.price(dep, call.model) if self.price is not None and self.key_teams is None
+                     and dep.config.model != "*" and call.route != Route.PASSTHROUGH else None)
+        s = self.series[(dep or labels[0], call.route, status, kind)] = Series(
+            (*labels, str(call.route), str(status), kind), len(self.bounds), price)
+        return s
+
+    def _unusual(self, call: Call, s: Series, error: BaseException | None) -> None:
+        """What most calls (one attempt, no fallback) have nothing of: a cache hit, retries, fallbacks, a
+        refusal before any attempt."""
         if call.cache_hit:
             s.cache_hits += 1
         if call.attempts > 1:
@@ -136,8 +193,6 @@ class Metrics:
             self._fell_back(call)
         if error is not None and call.attempts == 0 and isinstance(error, GatewayError):
             self._refused(call, error)
-        if self.key_teams is not None and call.key is not None:
-            self._per_key(call, cost)
 
     def record_refused(self, path: str, error: GatewayError, started: float) -> None:
         """Count a request refused before it became a call (a body that is not JSON, a missing key)."""
@@ -145,8 +200,7 @@ class Metrics:
         s = self.series.get(key)
         if s is None:
             s = self.series[key] = Series(("", "", "", key[1], str(error.status), error.kind), len(self.bounds))
-        s.count += 1
-        latency = time.monotonic() - started
+        latency = monotonic() - started
         s.latency[bisect_left(self.bounds, latency)] += 1
         s.latency_sum += latency
 
@@ -238,7 +292,7 @@ class Metrics:
                 ttft.add_metric(values, self._buckets(s.ttft for s in group), sum(s.ttft_sum for s in group))
             tokens_in.add_metric(values, sum(s.input_tokens for s in group))
             tokens_out.add_metric(values, sum(s.output_tokens for s in group))
-            cost.add_metric(values, sum(s.cost_nano for s in group) / NANO)
+            cost.add_metric(values, sum(s.cost() for s in group) / NANO)
             hits.add_metric(values, sum(s.cache_hits for s in group))
             retries.add_metric(values, sum(s.retries for s in group))
         yield from (latency, ttft, tokens_in, tokens_out, cost, hits, retries)

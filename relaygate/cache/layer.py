@@ -143,8 +143,17 @@ def _dumped_alike(raw: bytes) -> bool:
     """Whether a client's chat bytes read as orjson writes them, so that hashing them gives the key of their dump:
     no space after a key (Python's json.dumps), no line break (pretty-printed), no \\u or \\/ escape (ASCII-only
     writers). A streamed request is always dumped (its ``stream`` is left out), and must meet the whole one's key.
-    A body that fails a check is dumped: only a few hundred instructions of C searches decide it."""
-    return b'": ' not in raw and b"\n" not in raw and b"\\u" not in raw and b"\\/" not in raw
+    A body that fails a check is dumped. Bytes that pass but are not orjson's (a space after a comma) only get a
+    key of their own: the key is still the hash of exactly what the client sent.
+
+    The searches are what cost here (~2k instructions each for a 3-byte needle over a small request; ``in`` on
+    bytes more: it first tries its operand as an integer, raising and clearing a TypeError), so the writer is
+    told by the body's start: pretty-printed JSON breaks the line after the opening brace, and a writer that
+    puts a space after a key puts it after the first one; a backslash is one byte (``memchr``), and the two
+    escapes are looked for only in a body that has one."""
+    if raw.startswith(b'{"') and not raw.startswith(b": ", raw.find(b'"', 2) + 1):  # the first key's end
+        return raw.find(b"\\") < 0 or (raw.find(b"\\u") < 0 and raw.find(b"\\/") < 0)
+    return False
 
 
 def cache_key(call: Call, names: Sequence[str], space: str, base: hashlib.blake2b | None = None) -> str:
@@ -349,6 +358,7 @@ class CacheLayer:
                 key = cache_key(call, names, space, scope.base)
         else:
             key = cache_key(call, names, space, scope.base)
+        lead = True
         if mode == READ:
             oldest = settings.ttl if max_age is None else max_age if settings.ttl is None else min(max_age, settings.ttl)
             if call.trace is None and not self._shared:  # the usual: one level in the process, nothing to await
@@ -377,13 +387,24 @@ class CacheLayer:
                 if entry is not None and (hit := self._hit(call, entry, key)) is not None:
                     self.stats.coalesced += 1
                     return hit
-                return await self._miss(call, model, key, settings, lead=False)
-            if settings.semantic is not None and call.route is CHAT_ROUTE and call.anthropic_request is None \
+                lead = False  # the leader failed: this call goes on alone
+            elif settings.semantic is not None and call.route is CHAT_ROUTE and call.anthropic_request is None \
                     and call.native is None and call.responses_request is None:
                 hit = await self._similar(call, model, key, names, space, settings.semantic, oldest)
                 if hit is not None:
                     return hit
-        return await self._miss(call, model, key, settings, lead=True)
+        # a miss, here rather than in a coroutine of its own (a frame and a send less per miss); identical
+        # calls wait for this one when it leads
+        self.stats.misses += 1
+        leader: Call | None = None
+        if lead and key not in self._inflight:
+            leader = self._inflight[key] = call
+        try:
+            reply = await self.next(call)
+        except BaseException:
+            self._settle(key, leader, None)
+            raise
+        return self._missed(call, reply, model, key, settings, leader)
 
     async def _similar(self, call: Call, model: str, key: str, names: Sequence[str], space: str,
                        semantic: SemanticCacheConfig, oldest: float | None) -> Reply | None:
@@ -542,17 +563,9 @@ class CacheLayer:
         self.stats.not_stored += 1
         return False
 
-    async def _miss(self, call: Call, model: str, key: str, settings: ModelCacheConfig, lead: bool) -> Reply:
-        self.stats.misses += 1
-        leader: Call | None = None  # this call when it leads: identical calls wait for it
-        inflight = self._inflight
-        if lead and key not in inflight:
-            leader = inflight[key] = call
-        try:
-            reply = await self.next(call)
-        except BaseException:
-            self._settle(key, leader, None)
-            raise
+    def _missed(self, call: Call, reply: Reply, model: str, key: str, settings: ModelCacheConfig,
+                leader: Call | None) -> Reply:
+        """A missed call's reply from upstream: marked a miss, and its answer kept (a stream's as it ends)."""
         headers = reply.headers
         headers[HEADER] = "miss"
         headers[KEY_HEADER] = key
@@ -588,18 +601,16 @@ class CacheLayer:
         completion, already checked)."""
         if len(body) > self.max_entry:
             return None
-        kind, media = WHOLE, reply.media_type
-        checked = True
         if call.route is CHAT_ROUTE:
             # whether it is a JSON object with choices and no refusal or filtered choice (``keepable_chat``) is
             # looked at when it is first asked for (``_hit``), or before it goes to a shared level: most answers
             # kept are never asked for again, and the scan costs a fifth of a miss; a hit that cannot be read
             # back is dropped then too
-            checked, kind, media = gathered, CHAT, "application/json"
-        elif reply.media_type.startswith("text/event-stream"):  # speech as SSE events: not kept
+            return Entry(CHAT, body, "application/json", time.time(), model, reply.usage,
+                         self.pricing.cost(call, reply), False, gathered)
+        if reply.media_type.startswith("text/event-stream"):  # speech as SSE events: not kept
             return None
-        return Entry(kind, body, media, time.time(), model, reply.usage, self.pricing.cost(call, reply), False,
-                     checked)
+        return Entry(WHOLE, body, reply.media_type, time.time(), model, reply.usage, self.pricing.cost(call, reply))
 
     async def _tee(self, stream: AsyncIterator[bytes], call: Call, reply: Reply, model: str, key: str,
                    leader: Call | None, settings: ModelCacheConfig, cast: Broadcast | None) -> AsyncIterator[bytes]:
@@ -640,7 +651,7 @@ class CacheLayer:
               settings: ModelCacheConfig) -> None:
         """Store the entry in each level (disk and Redis in the background) and hand it to the calls waiting
         for it."""
-        if entry is not None and not entry.checked and self._shared:  # never a refusal in a shared level
+        if self._shared and entry is not None and not entry.checked:  # never a refusal in a shared level
             if keepable_chat(entry.body):
                 entry.checked = True
             else:

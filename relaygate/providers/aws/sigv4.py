@@ -139,6 +139,16 @@ class _Canonical:
     encoded: EncodedHeaders | None  # the same, checked and encoded once (None: not sendable as they are)
 
 
+class _Tick(NamedTuple):
+    """What the signatures made within one second share (``SigV4Signer._tick_at``)."""
+
+    second: int
+    timestamp: str  # x-amz-date
+    sts_head: bytes  # the string to sign up to the canonical request's hash
+    key: HmacKey  # the day's signing key, as HMAC states
+    authorization: str  # the Authorization header up to the signed headers' names
+
+
 class SigV4Signer:
     """Signs requests of one service in one region with one set of credentials.
 
@@ -155,7 +165,7 @@ class SigV4Signer:
         self.region = region
         self.service = service
         self._key: tuple[str, HmacKey] | None = None  # (date, the HMAC keyed with that day's key): once a day
-        self._stamp: tuple[int, str] = (-1, "")  # (second, x-amz-date): formatted once a second
+        self._tick = _Tick(-1, "", b"", HmacKey.of(b""), "")  # what a signature made in this second repeats
         self._kinds: dict[tuple[Any, ...], _Canonical] = {}
         self._scope_tail = f"/{region}/{service}/aws4_request"
         self._plain = credentials.access_key.isascii() and not any(c in credentials.access_key for c in "\r\n\0")
@@ -197,20 +207,29 @@ class SigV4Signer:
         self._kinds[kind] = found
         return found
 
+    def _tick_at(self, t: float) -> _Tick:
+        """What every signature made in the second of ``t`` repeats: its x-amz-date, the string to sign's head
+        (algorithm, date, scope), the day's HMAC key, the authorization's head."""
+        timestamp = amz_date(t)
+        scope = timestamp[:8] + self._scope_tail
+        tick = self._tick = _Tick(int(t), timestamp, f"{ALGORITHM}\n{timestamp}\n{scope}\n".encode(),
+                                  self._keyed(timestamp[:8]),
+                                  f"{ALGORITHM} Credential={self.credentials.access_key}/{scope}, SignedHeaders=")
+        return tick
+
     def _signature(self, c: _Canonical, body: bytes, now: float | None, body_sha256: str | None) -> tuple[str, str]:
         """(x-amz-date, authorization) of a request of kind ``c`` with ``body`` (whose SHA-256, when known)."""
         t = time.time() if now is None else now
-        second = int(t)
-        if self._stamp[0] != second:
-            self._stamp = (second, amz_date(t))
-        timestamp = self._stamp[1]
-        scope = timestamp[:8] + self._scope_tail
+        tick = self._tick
+        if tick.second != int(t):
+            tick = self._tick_at(t)
         canonical = c.head.copy()
-        canonical.update(f"{timestamp}{c.tail}{body_sha256 or hashlib.sha256(body).hexdigest()}".encode())
-        signature = self._keyed(timestamp[:8]).hexdigest(
-            f"{ALGORITHM}\n{timestamp}\n{scope}\n{canonical.hexdigest()}".encode())
-        return timestamp, (f"{ALGORITHM} Credential={self.credentials.access_key}/{scope}, "
-                           f"SignedHeaders={c.signed}, Signature={signature}")
+        canonical.update(f"{tick.timestamp}{c.tail}{body_sha256 or hashlib.sha256(body).hexdigest()}".encode())
+        mac = tick.key.inner.copy()  # the HMAC (HmacKey.hexdigest), written out: the hottest lines of a signature
+        mac.update(tick.sts_head + canonical.hexdigest().encode())
+        sig = tick.key.outer.copy()
+        sig.update(mac.digest())
+        return tick.timestamp, f"{tick.authorization}{c.signed}, Signature={sig.hexdigest()}"
 
     def sign(self, method: str, host: str, raw_path: str, body: bytes, headers: dict[str, str],
              raw_query: str = "", now: float | None = None, body_sha256: str | None = None) -> dict[str, str]:

@@ -67,22 +67,23 @@ def chat_call(gw: Gateway, req: Request, body: dict[str, Any], key: Principal | 
     )
 
 
-def native_call(gw: Gateway, req: Request, native: NativeRequest, translate: Callable[[], dict[str, Any]],
-                model: str, stream: bool, key: Principal | None, wants_usage: bool) -> NativeCall:
+def native_call(gw: Gateway, req: Request, native: NativeRequest,
+                translate: Callable[[], tuple[dict[str, Any], list[str]]], model: str, stream: bool,
+                key: Principal | None) -> NativeCall:
     """A foreign client's chat call (Gemini, Cohere, Bedrock Converse): its own body rides along, the chat
-    body is made by ``translate`` only when something reads it (core/call.py ``NativeCall``)."""
-    return NativeCall(native, translate, id=req.id, model=model, stream=stream, headers=req.headers,
-                      client_ip=req.client_ip, key=key, wants_usage=wants_usage,
+    body is made (``translated_body``) only when something reads it (core/call.py ``NativeCall``). A stream
+    asks for the usage chunk: it feeds each dialect's last event."""
+    return NativeCall(native, lambda: translated_body(native, translate), id=req.id, model=model, stream=stream,
+                      headers=req.headers, client_ip=req.client_ip, key=key, wants_usage=stream,
                       deadline=time.monotonic() + gw.config.server.request_timeout)
 
 
-def translated_body(body: dict[str, Any], native: NativeRequest,
-                    translate: Callable[[], tuple[dict[str, Any], list[str]]]) -> dict[str, Any]:
-    """The chat body of a foreign client's ``body``: checked for room to nest it deeper (the translation
-    may go on to another dialect), translated, checked as a chat request; the fields left out are named
-    in ``native.dropped``."""
+def translated_body(native: NativeRequest, translate: Callable[[], tuple[dict[str, Any], list[str]]]) -> dict[str, Any]:
+    """The chat body of a foreign client's body (``native.body``): checked for room to nest it deeper (the
+    translation may go on to another dialect), translated, checked as a chat request; the fields left out
+    are named in ``native.dropped``."""
     try:
-        jsonvalue.check(body, jsonvalue.ROOM)
+        jsonvalue.check(native.body, jsonvalue.ROOM)
     except jsonvalue.JSONRejected as e:
         raise BadRequest(f"the request is not accepted: {e.message}", param=e.param) from None
     request, dropped = translate()

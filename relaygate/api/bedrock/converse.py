@@ -15,10 +15,10 @@ from relaygate.api.bedrock.translate import (
     to_converse_response,
     to_openai_request,
 )
-from relaygate.api.chat import native_call, translated_body
+from relaygate.api.chat import native_call
 from relaygate.api.common import object_body, reply_headers
 from relaygate.api.dialects import ForeignDialect, answer
-from relaygate.core.call import Call, Dialect, NativeRequest
+from relaygate.core.call import Dialect, NativeRequest
 from relaygate.providers.aws.eventstream import EVENTSTREAM
 from relaygate.server.http import Request, Response, StreamResponse
 
@@ -27,39 +27,23 @@ if TYPE_CHECKING:
     from relaygate.gateway import Gateway
 
 
-async def read_call(gw: Gateway, req: Request, key: Principal | None, model: str, stream: bool) -> Call:
-    """The call for the client's Converse request: its own body, and the chat body made when asked for (the
-    fields the translation left out then in ``call.native.dropped``)."""
-    limit = gw.config.server.max_body_bytes
-    body = object_body(await req.json(limit))
-    native = NativeRequest(Dialect.BEDROCK, body, raw=req.raw, sha256=req.body_sha256)
-    # the usage chunk feeds the final metadata event
-    return native_call(gw, req, native, lambda: translated_body(body, native, lambda: to_openai_request(
-        body, model, stream)), model, stream, key, wants_usage=stream)
-
-
-async def _converse(gw: Gateway, req: Request, key: Principal | None, model: str,
-                    stream: bool) -> Response | StreamResponse:
+async def converse(gw: Gateway, req: Request, key: Principal | None, model: str,
+                   stream: bool) -> Response | StreamResponse:
+    """Converse (``stream`` False) or ConverseStream: the client's body rides along its call, the chat body
+    made when asked for (the fields the translation left out then in ``native.dropped``)."""
     started = time.monotonic()
-    call = await read_call(gw, req, key, model, stream)
+    body = object_body(await req.json(gw.config.server.max_body_bytes))
+    native = NativeRequest(Dialect.BEDROCK, body, raw=req.raw, sha256=req.body_sha256)
+    call = native_call(gw, req, native, lambda: to_openai_request(body, model, stream), model, stream, key)
     reply = await gw.handle(call)
     if reply.native and reply.stream is None:  # relayed as it came: the dialect's writers are not needed
         headers = reply_headers(call, reply)
         headers["x-amzn-requestid"] = req.id
         return Response(reply.body or b"", 200, headers, reply=reply)
-    dropped = call.native.dropped if call.native is not None else []
     dialect = ForeignDialect(lambda c: EventWriter(started),
                              lambda data, usage, _model: to_converse_response(data, usage, started),
                              lambda e: bedrock_error(e, req.id), exception_frame)
-    out = answer(dialect, call, reply, reply.native, dropped, {"x-amzn-requestid": req.id})
+    out = answer(dialect, call, reply, reply.native, native.dropped, {"x-amzn-requestid": req.id})
     if isinstance(out, StreamResponse):
         reply.media_type = EVENTSTREAM
     return out
-
-
-async def converse(gw: Gateway, req: Request, key: Principal | None, model: str) -> Response | StreamResponse:
-    return await _converse(gw, req, key, model, stream=False)
-
-
-async def converse_stream(gw: Gateway, req: Request, key: Principal | None, model: str) -> Response | StreamResponse:
-    return await _converse(gw, req, key, model, stream=True)

@@ -10,6 +10,8 @@ the model after its last ``/``-separated resource part. Errors are Bedrock's: ``
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
@@ -41,10 +43,12 @@ async def bedrock_caller(gw: Gateway, req: Request) -> Principal | None:
     verified against its key's derived secret (the body is read for its hash only once the key is known, and
     the hash kept in ``req.body_sha256``), else the usual bearer key."""
     auth = gw.auth
+    if auth is None:  # an open gateway: no signature checked
+        return None
     header = req.headers.get("authorization", "")
     signed = header.startswith("AWS4-HMAC-SHA256")
     presigned = not signed and not header and is_presigned(req.query)
-    if auth is None or not (signed or presigned):
+    if not (signed or presigned):
         return await caller(auth, req.headers)
     try:
         by: SignedBy | Presigned = parse_authorization(header) if signed else parse_presigned(req.query)
@@ -92,8 +96,10 @@ async def aws_credentials(gw: Gateway, req: Request) -> Response:
     return Response(orjson.dumps(credentials(gw.auth, key)), 200, {"cache-control": "no-store"})
 
 
-ACTIONS = {"converse": converse.converse, "converse-stream": converse.converse_stream,
-           "invoke": invoke.invoke, "invoke-with-response-stream": invoke.invoke_stream}
+Action = Callable[["Gateway", Request, Principal | None, str], Awaitable[Response | StreamResponse]]
+ACTIONS: dict[str, Action] = {
+    "converse": partial(converse.converse, stream=False), "converse-stream": partial(converse.converse, stream=True),
+    "invoke": invoke.invoke, "invoke-with-response-stream": invoke.invoke_stream}
 
 ROUTES = [
     ("POST", "/model/{rest}", runtime),

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from relaygate.api.chat import native_call, translated_body
+from relaygate.api.chat import native_call
 from relaygate.api.cohere.translate import (
     EventWriter,
     error_body,
@@ -59,9 +59,7 @@ async def chat(gw: Gateway, req: Request) -> Response | StreamResponse:
             raise BadRequest("invalid request: model must be a non-empty string", param="model")
         native = NativeRequest(Dialect.COHERE, body)
         stream = bool(body.get("stream"))
-        # the chat body, made when asked for; the usage chunk feeds message-end
-        call = native_call(gw, req, native, lambda: translated_body(body, native, lambda: to_openai_request(body)),
-                           model, stream, key, wants_usage=stream)
+        call = native_call(gw, req, native, lambda: to_openai_request(body), model, stream, key)
         reply = await gw.handle(call)
     except GatewayError as e:
         return cohere_error(e)

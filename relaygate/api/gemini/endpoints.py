@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from relaygate.api.chat import chat_call, native_call, translated_body
+from relaygate.api.chat import chat_call, native_call
 from relaygate.api.common import object_body, reply_headers
 from relaygate.api.dialects import ForeignDialect, answer
 from relaygate.api.dialects import embed as dialect_embed
@@ -102,12 +102,7 @@ def _read(gw: Gateway, req: Request, body: dict[str, Any], model: str, stream: b
     """The call for a generateContent request: the original, and its OpenAI chat body (for any other
     provider) made when asked for."""
     native = NativeRequest(Dialect.GEMINI, body)
-
-    def translate() -> dict[str, Any]:
-        return translated_body(body, native, lambda: to_openai_request(body, model, stream))
-
-    # the usage chunk feeds the last event's usageMetadata
-    return native_call(gw, req, native, translate, model, stream, key, wants_usage=stream)
+    return native_call(gw, req, native, lambda: to_openai_request(body, model, stream), model, stream, key)
 
 
 def _count(gw: Gateway, req: Request, body: dict[str, Any], model: str, key: Principal | None) -> Response:

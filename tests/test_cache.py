@@ -318,11 +318,18 @@ def test_the_memory_level_stays_within_its_bytes_under_a_flood() -> None:
     assert held is not None and held.content() == big
 
 
-def test_entries_expire_after_the_level_ttl() -> None:
+def test_entries_expire_after_the_level_ttl(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the level's own clock (monotonic), stood in for here: with a real 50 ms TTL, a loaded machine that
+    paused the test between the put and the first get found the entry gone already (the test was flaky)."""
+    from relaygate.cache import stores
+
+    now = [1000.0]
+    monkeypatch.setattr(stores, "time", type("Clock", (), {"monotonic": staticmethod(lambda: now[0])}))
     cache = MemoryCache(max_bytes=10_000, ttl=0.05)
     cache.put("k", Entry(CHAT, b"{}", "application/json", time.time(), "m", None, 0))
+    now[0] += 0.049
     assert cache.get("k") is not None
-    time.sleep(0.06)
+    now[0] += 0.01
     assert cache.get("k") is None and cache.bytes == 0
 
 

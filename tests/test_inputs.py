@@ -71,6 +71,17 @@ def test_translated_calls_keep_room_to_nest_deeper(stack: Stack, model: str) -> 
     assert r.status_code == 400 and "nested deeper" in r.text
 
 
+def test_invoke_model_bodies_of_other_families_keep_room_to_nest_deeper(stack: Stack) -> None:
+    """A Nova body is translated to a chat call like any foreign dialect's: the same room checked first."""
+    # body → toolConfig → tools → tool → toolSpec → inputSchema → json → x: the value starts 8 levels down
+    nova = ('{"schemaVersion":"messages-v1","messages":[{"role":"user","content":[{"text":"hi"}]}],"toolConfig":'
+            '{"tools":[{"toolSpec":{"name":"f","inputSchema":{"json":{"type":"object","x":%s}}}}]}}')
+    r = post(stack, "/model/gpt/invoke", nova % nested(MAX_DEPTH - 6), raw=True)
+    assert r.status_code == 400 and r.headers["x-amzn-errortype"].startswith("ValidationException"), r.text
+    assert f"nested deeper than {MAX_DEPTH} levels" in r.json()["message"]
+    assert post(stack, "/model/gpt/invoke", nova % nested(MAX_DEPTH - 7), raw=True).status_code == 200
+
+
 def test_json_nested_to_the_limit_goes_through_every_provider(stack: Stack) -> None:
     """A tool schema as deep as allowed survives each translation (which nests it deeper) and the log."""
     # body → tools → tool → function → parameters: 5 levels, then lists to the limit

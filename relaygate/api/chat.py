@@ -82,10 +82,7 @@ def translated_body(native: NativeRequest, translate: Callable[[], tuple[dict[st
     """The chat body of a foreign client's body (``native.body``): checked for room to nest it deeper (the
     translation may go on to another dialect), translated, checked as a chat request; the fields left out
     are named in ``native.dropped``."""
-    try:
-        jsonvalue.check(native.body, jsonvalue.ROOM)
-    except jsonvalue.JSONRejected as e:
-        raise BadRequest(f"the request is not accepted: {e.message}", param=e.param) from None
+    jsonvalue.room_to_translate(native.body)
     request, dropped = translate()
     pop_provider(request)
     validate_chat(request)

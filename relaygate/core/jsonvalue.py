@@ -16,6 +16,8 @@ from typing import Any
 import msgspec
 import orjson
 
+from relaygate.core.errors import BadRequest
+
 ORJSON_MAX_DEPTH = 254  # the deepest nesting orjson.dumps serialises
 # levels a translation may nest a copied value deeper: Bedrock's tool schemas go 2 down, and tool-call arguments
 # (parsed from their JSON string, so their own depth starts again at 1) land 7 levels down in Gemini's and
@@ -62,6 +64,15 @@ def check(data: Any, room: int = 0) -> None:
             what = f"'{where}' is an integer" if where else "an integer is"
             raise JSONRejected(f"{what} beyond 64 bits; integers must lie between -2^63 and 2^64-1", param=where) from None
         raise JSONRejected(f"JSON nested deeper than {ORJSON_MAX_DEPTH - room} levels") from None
+
+
+def room_to_translate(body: Any) -> None:
+    """A client's request about to be translated (to chat, and maybe on to another dialect), checked for
+    ``ROOM`` levels to spare: else the 400 that says why."""
+    try:
+        check(body, ROOM)
+    except JSONRejected as e:
+        raise BadRequest(f"the request is not accepted: {e.message}", param=e.param) from None
 
 
 def _big_int_path(data: Any) -> str | None:

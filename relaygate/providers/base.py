@@ -335,10 +335,7 @@ def translated(handler: Handler, kind: str, chat_shaped: bool, relays_messages: 
         if chat_shaped and not call.shape_checked and not native \
                 and not (relays_messages and call.anthropic_request is not None):
             shapes.check(call.body, ChatRequest)
-            try:  # the translation nests what it copies deeper: room for that
-                jsonvalue.check(call.body, jsonvalue.ROOM)
-            except jsonvalue.JSONRejected as e:
-                raise BadRequest(f"the request is not accepted: {e.message}", param=e.param) from None
+            jsonvalue.room_to_translate(call.body)
             call.shape_checked = True
         cap = call.output_cap
         if cap is not None and not native and "max_completion_tokens" not in call.body and "max_tokens" not in call.body:

@@ -29,7 +29,7 @@ from relaygate.api.dialects import ForeignDialect, answer
 from relaygate.auth.authenticator import caller
 from relaygate.core import jsonvalue, shapes
 from relaygate.core.call import Call, Route
-from relaygate.core.errors import BadRequest, GatewayError
+from relaygate.core.errors import GatewayError
 from relaygate.core.shapes.anthropic import MessagesRequest
 from relaygate.providers.anthropic.wire import error_body
 from relaygate.server.http import Request, Response, StreamResponse
@@ -61,10 +61,7 @@ async def messages_call(gw: Gateway, req: Request, body: dict[str, Any], key: Pr
     count = route is Route.COUNT_TOKENS
     limit = gw.config.server.max_body_bytes
     shapes.check(body, MessagesRequest, dotted=True)
-    try:  # translated to a chat request (and maybe on to another dialect): room to nest it deeper
-        jsonvalue.check(body, jsonvalue.ROOM)
-    except jsonvalue.JSONRejected as e:
-        raise BadRequest(f"the request is not accepted: {e.message}", param=e.param) from None
+    jsonvalue.room_to_translate(body)
     keep_cache = b'"cache_control"' in await req.body(limit) and _understands_cache_control(gw, body)
     request, dropped = to_openai_request({**body, "max_tokens": 1} if count else body, keep_cache)
     if count:

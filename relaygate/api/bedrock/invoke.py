@@ -19,6 +19,7 @@ from relaygate.api.bedrock.translate import exception_frame
 from relaygate.api.chat import chat_call
 from relaygate.api.common import object_body
 from relaygate.api.dialects import ForeignDialect, answer
+from relaygate.core import jsonvalue
 from relaygate.core.aiter import aclose
 from relaygate.core.errors import BadRequest
 from relaygate.providers.aws import eventstream as es
@@ -75,6 +76,7 @@ async def _answer(gw: Gateway, req: Request, key: Principal | None, model: str,
 async def _family(gw: Gateway, req: Request, key: Principal | None, model: str, stream: bool,
                   body: dict[str, Any], family: Family) -> Response | StreamResponse:
     """A body of another family: translated to a chat call, the answer back in the family's own shape."""
+    jsonvalue.room_to_translate(body)
     request, dropped = family.request(body, model, stream)
     call = chat_call(gw, req, request, key)
     call.wants_usage = stream  # the usage feeds the last chunk (and Bedrock's invocation metrics)

@@ -661,7 +661,10 @@ class CacheLayer:
             if vec is not None and entry is not None:
                 vec[0].add(vec[1], key, vec[2])
         if leader is not None:
-            self._release(key, leader, entry)
+            if self._waiting or self._streams:
+                self._release(key, leader, entry)
+            elif self._inflight.get(key) is leader:  # the usual: nobody waits, the leader is only forgotten
+                del self._inflight[key]
         if entry is None:
             self.stats.not_stored += 1
             return

@@ -579,6 +579,20 @@ def test_a_presigned_url_is_accepted_within_its_expiry(
         assert r.status_code == 403 and r.headers["x-amzn-errortype"].startswith("InvalidSignatureException")
 
 
+def test_a_presigned_url_that_says_which_payload_it_signed_is_checked_with_that_one_only(
+        stack: tuple[GatewayThread, dict[str, BackgroundServer]]) -> None:
+    """X-Amz-Content-Sha256 in the (signed) query says what the signature covers: UNSIGNED-PAYLOAD verifies
+    such a URL; one that claims the body's hash while UNSIGNED-PAYLOAD was signed is refused (without the
+    claim both are tried)."""
+    gw = stack[0]
+    body = orjson.dumps({"messages": [user("declared")]})
+    for declared, status in (("UNSIGNED-PAYLOAD", 200), (hashlib.sha256(body).hexdigest(), 403)):
+        url, headers = _presigned(gw, "/model/gpt/converse?X-Amz-Content-Sha256=" + declared, body,
+                                  botocore.auth.S3SigV4QueryAuth)
+        r = httpx.post(url, content=body, headers=headers)
+        assert r.status_code == status, (declared, r.text)
+
+
 def test_a_presigned_url_is_refused_once_expired_or_tampered_with(
         stack: tuple[GatewayThread, dict[str, BackgroundServer]]) -> None:
     gw = stack[0]

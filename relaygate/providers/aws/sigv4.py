@@ -405,6 +405,7 @@ class Presigned:
     by: SignedBy
     stamp: str
     expires: int
+    content_sha256: str | None = None  # the payload hash the query says was signed (X-Amz-Content-Sha256)
 
 
 def is_presigned(raw_query: str) -> bool:
@@ -435,7 +436,7 @@ def parse_presigned(raw_query: str) -> Presigned:
                              f"1 to {MAX_EXPIRES} (a week).")
     signed = tuple(params["X-Amz-SignedHeaders"].lower().split(";"))
     return Presigned(SignedBy(parts[0], parts[1], parts[2], parts[3], signed, signature), params["X-Amz-Date"],
-                     int(expires))
+                     int(expires), params.get("X-Amz-Content-Sha256") or None)
 
 
 def verify_presigned(p: Presigned, secrets: Sequence[str], service: str, method: str, raw_path: str,
@@ -444,7 +445,9 @@ def verify_presigned(p: Presigned, secrets: Sequence[str], service: str, method:
     """Check a presigned request's signature as ``verify`` checks a header's: within its ``X-Amz-Expires``
     of its ``X-Amz-Date`` (and that date not ahead of the clock by more than ``max_skew``), over the query
     without ``X-Amz-Signature`` and the body's SHA-256 (or ``UNSIGNED-PAYLOAD``, as URLs presigned without
-    knowing the body sign: anyone holding the URL may then send any body until it expires)."""
+    knowing the body sign: anyone holding the URL may then send any body until it expires). Which one was
+    signed, when the ``x-amz-content-sha256`` header or the query's ``X-Amz-Content-Sha256`` says, is the
+    only one tried; else the body's hash, then UNSIGNED-PAYLOAD."""
     by = p.by
     _check_service(by, service)
     try:
@@ -460,7 +463,7 @@ def verify_presigned(p: Presigned, secrets: Sequence[str], service: str, method:
                              "earlier than now.")
     signed = _signed_headers(by)
     payload_hash = body_sha256 or payload_sha256(body)
-    claimed = headers.get("x-amz-content-sha256")
+    claimed = headers.get("x-amz-content-sha256") or p.content_sha256  # said signed: only that one is tried
     if claimed is not None and claimed not in (payload_hash, UNSIGNED_PAYLOAD):
         raise SignatureError("InvalidSignatureException", "The provided 'x-amz-content-sha256' header does not "
                              "match what was computed.")

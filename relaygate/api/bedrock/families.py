@@ -312,44 +312,28 @@ def _nova_whole(data: dict[str, Any], usage: Usage | None) -> dict[str, Any]:
     return out
 
 
-class _NovaWriter:
-    """ConverseStream's events (the Converse writer's), each as one chunk ``{"<event>": {...}}``, Nova's stream."""
+class _NovaWriter(converse.EventWriter):
+    """ConverseStream's events (the Converse writer's), each framed as one chunk ``{"<event>": {...}}`` where
+    Converse frames it as its own event: Nova's stream."""
 
-    __slots__ = ("inner", "decoder", "started", "first")
+    __slots__ = ("first", "usage")
 
     def __init__(self, started: float) -> None:
-        self.inner = converse.EventWriter(started)
-        self.decoder = es.EventStreamDecoder()
-        self.started = started
+        super().__init__(started)
         self.first: float | None = None
+        self.usage: Usage | None = None  # the call's, for the invocation metrics beside the last event
 
-    def _rewrap(self, frames: bytes, usage: Usage | None = None) -> bytes:
-        out = []
-        for msg in self.decoder.feed(frames):
-            if msg.message_type != "event":  # an exception frame stays as it is
-                out.append(es.exception(str(msg.headers.get(":exception-type", "modelStreamErrorException")),
-                                        msg.payload))
-                continue
-            payload = orjson.loads(msg.payload)
-            if msg.event_type == "metadata":
-                payload = {"usage": payload.get("usage"), "metrics": {}, "trace": {}}
-                data: dict[str, Any] = {"metadata": payload}
-                data["amazon-bedrock-invocationMetrics"] = metrics(usage, self.started, self.first)
-            else:
-                if self.first is None:
-                    self.first = time.monotonic()
-                data = {msg.event_type: payload}
-            out.append(chunk_frame(data))
-        return b"".join(out)
-
-    def chunk(self, chunk: dict[str, Any]) -> bytes:
-        return self._rewrap(self.inner.chunk(chunk))
-
-    def error(self, err: dict[str, Any]) -> bytes:
-        return self.inner.error(err)
+    def event(self, kind: str, data: dict[str, Any]) -> bytes:
+        if kind == "metadata":
+            return chunk_frame({"metadata": {"usage": data.get("usage"), "metrics": {}, "trace": {}},
+                                "amazon-bedrock-invocationMetrics": metrics(self.usage, self.since, self.first)})
+        if self.first is None:
+            self.first = time.monotonic()
+        return chunk_frame({kind: data})
 
     def end(self, usage: Usage | None) -> bytes:
-        return self._rewrap(self.inner.end(usage), usage)
+        self.usage = usage
+        return super().end(usage)
 
 
 # ---- Mistral chat completion and AI21 Jamba: OpenAI-like messages -------------------------------------------

@@ -269,10 +269,6 @@ def latency_ms(started: float) -> int:
     return max(0, int((time.monotonic() - started) * 1000))
 
 
-def _event(kind: str, data: dict[str, Any]) -> bytes:
-    return es.event(kind, orjson.dumps(data))
-
-
 # the exceptions a ConverseStream may carry (botocore's model), by the HTTP status they stand for
 STREAM_EXCEPTIONS = {400: "validationException", 429: "throttlingException", 503: "serviceUnavailableException",
                      502: "modelStreamErrorException", 424: "modelStreamErrorException"}
@@ -301,14 +297,18 @@ class EventWriter(ChatChunkWalk):
         self.index = -1
         self.open_kind: str | None = None  # "text" / "tool" while a block is open
 
+    def event(self, kind: str, data: dict[str, Any]) -> bytes:
+        """One ConverseStream event, framed (a subclass may frame it otherwise)."""
+        return es.event(kind, orjson.dumps(data))
+
     def begin(self, chunk: dict[str, Any]) -> bytes:
-        return _event("messageStart", {"role": "assistant"})
+        return self.event("messageStart", {"role": "assistant"})
 
     def _close(self) -> bytes:
         if self.open_kind is None:
             return b""
         self.open_kind = None
-        return _event("contentBlockStop", {"contentBlockIndex": self.index})
+        return self.event("contentBlockStop", {"contentBlockIndex": self.index})
 
     def _next(self, kind: str) -> bytes:
         out = self._close()
@@ -318,15 +318,15 @@ class EventWriter(ChatChunkWalk):
 
     def text(self, text: str) -> bytes:
         out = b"" if self.open_kind == "text" else self._next("text")
-        return out + _event("contentBlockDelta", {"contentBlockIndex": self.index, "delta": {"text": text}})
+        return out + self.event("contentBlockDelta", {"contentBlockIndex": self.index, "delta": {"text": text}})
 
     def tool_start(self, call_id: Any, name: str) -> tuple[int, bytes]:
         out = self._next("tool")
-        return self.index, out + _event("contentBlockStart", {"contentBlockIndex": self.index, "start": {"toolUse": {
+        return self.index, out + self.event("contentBlockStart", {"contentBlockIndex": self.index, "start": {"toolUse": {
             "toolUseId": tool_use_id(str(call_id or "tooluse")), "name": name}}})
 
     def tool_arguments(self, index: int, arguments: str) -> bytes:
-        return _event("contentBlockDelta", {"contentBlockIndex": index, "delta": {"toolUse": {"input": arguments}}})
+        return self.event("contentBlockDelta", {"contentBlockIndex": index, "delta": {"toolUse": {"input": arguments}}})
 
     def error(self, err: dict[str, Any]) -> bytes:
         return stream_exception(err)
@@ -334,6 +334,6 @@ class EventWriter(ChatChunkWalk):
     def end(self, usage: Usage | None) -> bytes:
         out = self.opening({}) + self._close()
         stop = FINISH_TO_STOP.get(self.finish or "stop", "end_turn")
-        out += _event("messageStop", {"stopReason": stop})
-        return out + _event("metadata", {"usage": usage_block(usage),
+        out += self.event("messageStop", {"stopReason": stop})
+        return out + self.event("metadata", {"usage": usage_block(usage),
                                          "metrics": {"latencyMs": latency_ms(self.since)}})

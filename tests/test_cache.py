@@ -662,3 +662,41 @@ def test_a_refusal_held_by_several_waiting_calls_is_counted_as_not_kept_once() -
     entry = Entry(CHAT, refusal, "application/json", time.time(), "m", Usage(5, 5), 10, checked=False)
     assert [layer._checked(entry, "k") for _ in range(3)] == [False, False, False]
     assert (layer.stats.stored, layer.stats.not_stored) == (0, 1)
+
+
+def test_a_kept_answer_is_priced_when_first_needed() -> None:
+    """An answer is kept unpriced (on a gateway without a request log nothing else prices the call that got
+    it); its first hit works out its cost at its deployment's price for the model asked, what each hit saves."""
+    import orjson
+
+    from relaygate.cache.entry import UNPRICED
+    from relaygate.core.call import Call, Reply, Route
+
+    layer = stand_in_layer(ANSWER)
+    stand_in = layer.next
+
+    async def upstream(call: Call) -> Reply:
+        assert call.deployments is not None  # (resolved by the layer)
+        call.deployment = call.deployments[0]  # as the router records the deployment that served
+        reply: Reply = await stand_in(call)
+        return reply
+
+    layer.next = upstream
+    body = {"model": "m", "messages": MSG, "temperature": 0}
+
+    def call() -> Call:
+        return Call(id="r", route=Route.CHAT, model="m", body=body, raw=orjson.dumps(body))
+
+    async def run() -> None:
+        missed = call()
+        key = (await layer(missed)).headers["x-relaygate-cache-key"]
+        entry = layer.memory.get(key)
+        assert entry.cost_nano == UNPRICED and missed.cost_nano is None
+        hits = [call(), call()]
+        for each in hits:
+            assert (await layer(each)).headers["x-relaygate-cache"] == "hit"
+        cost = layer.pricing.price(missed.deployment, "m").cost_nano(Usage(5, 5))
+        assert cost > 0 and entry.cost_nano == cost and entry.deployment is None
+        assert [each.saved_nano for each in hits] == [cost, cost] and layer.stats.saved_nano == {"m": 2 * cost}
+
+    asyncio.run(run())

@@ -11,12 +11,17 @@ from __future__ import annotations
 import time
 import zlib
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from relaygate.core.call import Usage
 from relaygate.providers.streaming import SSE_DONE, SSEDecoder, sse
+
+if TYPE_CHECKING:
+    from relaygate.routing.deployment import Deployment
+
+UNPRICED = -1  # an entry's cost_nano before it is worked out
 
 CHAT = "chat"  # body: a chat.completion (replayed as SSE for a streamed request)
 WHOLE = "whole"  # body: any other whole answer (embeddings JSON, speech audio), served as it is
@@ -33,12 +38,17 @@ class Entry:
     created: float
     model: str  # the client-facing model (stats, purge by model)
     usage: Usage | None
-    cost_nano: int  # what the answer cost when it was made: what each hit saves
+    cost_nano: int  # what the answer cost when it was made: what each hit saves (UNPRICED: not worked out yet)
     compressed: bool = False
     # a whole chat answer is kept unread: whether it is one to serve again (no refusal, nothing filtered) is
     # looked at when it is first asked for, or before it goes to a shared level (cache/layer.py: ``_checked``);
     # None: looked at and found not to serve (the calls that waited for it all hold it; it is counted once)
     checked: bool | None = True
+    # an answer kept UNPRICED: the deployment that made it and the model it was asked for, whose price the usage
+    # is worked out at when a hit or a shared level first needs the cost (cache/layer.py: ``_cost``); most
+    # answers kept are never asked for again, and nothing else prices a call on a gateway without a request log
+    deployment: Deployment | None = None
+    asked: str = ""
 
     def content(self) -> bytes:
         return zlib.decompress(self.body) if self.compressed else self.body
@@ -53,7 +63,8 @@ class Entry:
 
 
 def encode(entry: Entry) -> bytes:
-    """The entry as bytes for a shared level: a JSON head (no raw line breaks), a line break, the body."""
+    """The entry as bytes for a shared level: a JSON head (no raw line breaks), a line break, the body; a
+    priced entry only (cache/layer.py prices it before it writes it)."""
     u = entry.usage
     head = {"k": entry.kind, "t": entry.media_type, "c": entry.created, "m": entry.model, "$": entry.cost_nano,
             "u": None if u is None else [u.prompt_tokens, u.completion_tokens, u.cached_tokens,
@@ -82,7 +93,7 @@ def compressed(entry: Entry) -> Entry:
     if entry.compressed:
         return entry
     return Entry(entry.kind, zlib.compress(entry.body, 1), entry.media_type, entry.created, entry.model,
-                 entry.usage, entry.cost_nano, True, entry.checked)
+                 entry.usage, entry.cost_nano, True, entry.checked, entry.deployment, entry.asked)
 
 
 # ---- a stream gathered into a completion ----------------------------------------------------------------

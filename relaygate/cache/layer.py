@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from relaygate.cache.disk import DiskCache
-from relaygate.cache.entry import CHAT, WHOLE, Entry, Unfinished, gather, refused, replay
+from relaygate.cache.entry import CHAT, UNPRICED, WHOLE, Entry, Unfinished, gather, refused, replay
 from relaygate.cache.semantic import SemanticIndex, conversation_text, scope_of, unit
 from relaygate.cache.stores import CACHE_ERRORS, MemoryCache, RedisCache
 from relaygate.config import CacheConfig, Config, ModelCacheConfig, SemanticCacheConfig
@@ -535,10 +535,13 @@ class CacheLayer:
                     self.memory.purge(key=key)
                 return None
         call.cache_hit = True
-        call.saved_nano = entry.cost_nano
+        cost = entry.cost_nano
+        if cost == UNPRICED:
+            cost = self._cost(entry)
+        call.saved_nano = cost
         stats = self.stats
         stats.hits += 1
-        stats.saved_nano[entry.model] = stats.saved_nano.get(entry.model, 0) + entry.cost_nano
+        stats.saved_nano[entry.model] = stats.saved_nano.get(entry.model, 0) + cost
         age = time.time() - entry.created  # (Entry.age, inline)
         headers = {HEADER: "hit", "age": str(int(age)) if age >= 1 else "0", KEY_HEADER: key}
         if stream is not None:
@@ -546,6 +549,13 @@ class CacheLayer:
                          first_byte_at=time.monotonic())
         return Reply(body=body, media_type=entry.media_type, headers=headers, usage=entry.usage,
                      first_byte_at=time.monotonic())
+
+    def _cost(self, entry: Entry) -> int:
+        """What the answer of an entry kept UNPRICED cost (its usage at its deployment's price), worked out once."""
+        dep, usage = entry.deployment, entry.usage
+        entry.cost_nano = 0 if dep is None or usage is None else self.pricing.price(dep, entry.asked).cost_nano(usage)
+        entry.deployment = None
+        return entry.cost_nano
 
     def _checked(self, entry: Entry, key: str, body: bytes | None = None) -> bool:
         """Whether a whole chat answer kept unread may be served (``keepable_chat``), now that it is asked for
@@ -601,16 +611,20 @@ class CacheLayer:
         completion, already checked)."""
         if len(body) > self.max_entry:
             return None
+        # its cost is worked out when first needed (``_cost``), unless the call knows it already (the limits
+        # settled a stream's): a cached route has no meter (passthrough's), so the cost is the usage's price
+        cost = call.cost_nano
         if call.route is CHAT_ROUTE:
             # whether it is a JSON object with choices and no refusal or filtered choice (``keepable_chat``) is
             # looked at when it is first asked for (``_hit``), or before it goes to a shared level: most answers
             # kept are never asked for again, and the scan costs a fifth of a miss; a hit that cannot be read
             # back is dropped then too
             return Entry(CHAT, body, "application/json", time.time(), model, reply.usage,
-                         self.pricing.cost(call, reply), False, gathered)
+                         UNPRICED if cost is None else cost, False, gathered, call.deployment, call.model)
         if reply.media_type.startswith("text/event-stream"):  # speech as SSE events: not kept
             return None
-        return Entry(WHOLE, body, reply.media_type, time.time(), model, reply.usage, self.pricing.cost(call, reply))
+        return Entry(WHOLE, body, reply.media_type, time.time(), model, reply.usage,
+                     UNPRICED if cost is None else cost, False, True, call.deployment, call.model)
 
     async def _tee(self, stream: AsyncIterator[bytes], call: Call, reply: Reply, model: str, key: str,
                    leader: Call | None, settings: ModelCacheConfig, cast: Broadcast | None) -> AsyncIterator[bytes]:
@@ -672,6 +686,8 @@ class CacheLayer:
         if self.memory is not None:
             self.memory.put(key, entry, settings.ttl)
         if self._shared:
+            if entry.cost_nano == UNPRICED:  # a shared level keeps the cost with the answer
+                self._cost(entry)
             for level in self._shared:
                 task = asyncio.ensure_future(self._write(level, key, entry, settings.ttl))
                 self._writes.add(task)

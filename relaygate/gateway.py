@@ -337,7 +337,7 @@ class Gateway:
 
             known = {m.name for m in config.models} | {d.config.model for d in self.deployments()}
             self.tracing = Tracing(config.tracing, Redactor(config.request_log.redact), frozenset(known),
-                                   self.pricing.cost)
+                                   self.pricing.cost, self.pricing.price)
         self.audit: AuditLayer | None = None  # the request log's layer, when it is on
         self._windows: ContextWindows | None = None
         self._fitting: CondenseLayer | None = None

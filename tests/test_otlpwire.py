@@ -181,6 +181,7 @@ def test_the_gateways_spans_encode_as_the_library_does() -> None:
     from relaygate.core.call import Call, Route
     from relaygate.core.errors import GatewayError
     from relaygate.gateway import Gateway
+    from relaygate.observability.tracing import CallTrace
 
     cfg = parse_config({"models": [{"name": "m", "deployments": [{"provider": "demo", "model": "demo"}]}],
                         "request_log": {"enabled": False},
@@ -192,7 +193,8 @@ def test_the_gateways_spans_encode_as_the_library_does() -> None:
         bodies = [{"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 20},
                   {"model": "m", "messages": [{"role": "user", "content": "hi"}], "temperature": 1},
                   {"model": "m", "messages": [{"role": "user", "content": "hi"}], "temperature": 1.0,
-                   "top_p": [1]}]  # a list: not a parameter, not hashable
+                   "top_p": [1]},  # a list: not a parameter, not hashable
+                  {"model": "m", "messages": [{"role": "user", "content": "hi"}], "temperature": 1.0}]  # 1.0 == 1
 
         async def call(i: int, body: dict[str, Any], headers: dict[str, str]) -> None:
             try:
@@ -206,17 +208,24 @@ def test_the_gateways_spans_encode_as_the_library_does() -> None:
         continued = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "tracestate": "v=1"}
         for i, body in enumerate(bodies * 2):
             loop.run_until_complete(call(i, body, {"x-request-id": "x"} if i == 4 else continued if i == 3 else {}))
-        spans = list(gw.tracing.queue.spans)
+        records = list(gw.tracing.queue.spans)  # a call's record holds its first attempt's span too
         gw.tracing.queue.spans.clear()
-        assert len(spans) == 12 and sum(s.error for s in spans) == 2  # the 400s' attempts
+        calls = [rec for rec in records if isinstance(rec, CallTrace)]
+        assert len(calls) == len(records) == 8
+        spans = [s for rec in calls for s in rec.spans()]
+        assert len(spans) == 16 and sum(s.error for s in spans) == 2  # the 400s' attempts
         assert sum(s.remote_parent for s in spans) == 1 and sum(s.trace_state == "v=1" for s in spans) == 2
+        assert [s.kind for s in spans] == [SERVER, CLIENT] * 8 and all(
+            c.parent_id == s.span_id and c.trace_id == s.trace_id for s, c in zip(spans[::2], spans[1::2], strict=True))
         encoder = gw.tracing.exporter._encoder
         for _ in range(2):
-            assert encoder.encode(spans) == library(spans, {"service.name": "relaygate", "telemetry.sdk.name": "relaygate",
-                                                            "telemetry.sdk.language": "python"}).SerializeToString()
+            assert encoder.encode(records) == library(spans, {"service.name": "relaygate", "telemetry.sdk.name": "relaygate",
+                                                              "telemetry.sdk.language": "python"}).SerializeToString()
         server = [s for s in spans if s.kind == SERVER]
         assert server[1].attrs["gen_ai.request.temperature"] == 1 and type(server[1].attrs["gen_ai.request.temperature"]) is int
         assert type(server[2].attrs["gen_ai.request.temperature"]) is float and "gen_ai.request.top_p" not in server[2].attrs
+        assert type(server[3].attrs["gen_ai.request.temperature"]) is float and type(server[5].attrs[
+            "gen_ai.request.temperature"]) is int  # the same value, not the same kind of call
         assert server[4].attrs["relaygate.request_id"] == "client id [REDACTED]"
         loop.run_until_complete(gw.close())
     finally:

@@ -45,7 +45,7 @@ class TracingConfig(Strict):
     headers: dict[str, SecretStr] = Field(default_factory=dict)  # sent with every export (a collector's token)
     sample_ratio: float = Field(1.0, ge=0, le=1)  # share of new traces kept; a continued one follows its parent
     batch_delay: float = Field(2.0, gt=0, le=60)  # seconds between exports at most
-    queue_size: int = Field(2048, ge=1, le=1_000_000)  # spans waiting for export at most (then dropped)
+    queue_size: int = Field(2048, ge=1, le=1_000_000)  # records (a call's spans) waiting for export at most (then dropped)
     timeout: float = Field(10.0, gt=0, le=120)  # one export request
 
     @field_validator("endpoint")

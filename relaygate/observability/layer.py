@@ -57,7 +57,7 @@ class MetricsLayer:
         except BaseException as e:
             failed(call, e, partial(m.record, call))
             raise
-        reply.on_done(partial(m.record, call))
+        reply._done.append(partial(m.record, call))  # Reply.on_done's own, without its call
         return reply
 
 
@@ -84,14 +84,21 @@ class ObserveLayer:
                 e.headers[TRACE_HEADER] = trace_header
             failed(call, e, partial(self.done, call))
             raise
+        done = reply._done  # Reply.on_done's list, without its call: each observer's own callback (run newest first)
+        if m is not None:
+            done.append(partial(m.record, call))
+        if self.access is not None:
+            done.append(partial(self.access.record, call))
         if trace_header is not None:
             reply.headers[TRACE_HEADER] = trace_header
-        reply.on_done(partial(self.done, call))
+            if call.trace is not None:
+                done.append(call.trace.done)
         return reply
 
     def done(self, call: Call, reply: Reply | None, error: BaseException | None) -> None:
+        """A failed call's end, for every observer (a reply's end calls each observer's own)."""
         trace = call.trace
-        if trace is not None:  # first: its cost figure is computed once, for the metrics too
+        if trace is not None:
             trace.done(reply, error)
         m = self.metrics
         if m is not None:

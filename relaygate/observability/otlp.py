@@ -17,7 +17,7 @@ import urllib.parse
 from collections import deque
 from typing import Any, Protocol
 
-from relaygate.observability.otlpwire import SpanEncoder
+from relaygate.observability.otlpwire import SpanEncoder, framed
 
 log = logging.getLogger("relaygate.tracing")
 
@@ -55,7 +55,8 @@ class Span(Protocol):
     def error(self) -> bool: ...
 
     def encoded(self, encoder: SpanEncoder) -> bytes:
-        """Its ``Span`` message (``encoder.span(self)``, or quicker)."""
+        """Its ``Span`` message as a field of ``ScopeSpans`` (``framed(encoder.span(self))``, or quicker), or
+        the messages of several spans it holds."""
         ...
 
 
@@ -84,7 +85,7 @@ class SpanRecord:
         self.attrs[key] = value
 
     def encoded(self, encoder: SpanEncoder) -> bytes:
-        return encoder.span(self)
+        return framed(encoder.span(self))
 
     def end(self) -> None:
         self.end_time = time.time_ns()

@@ -74,6 +74,15 @@ def field(tag: bytes, data: bytes) -> bytes:
     return tag + (_ONE_BYTE[n] if n < 0x80 else varint(n)) + data
 
 
+_HEADS = [b"\x12" + varint(n) for n in range(4096)]  # ScopeSpans 2 (spans): tag and length, of a short span
+
+
+def framed(span: bytes) -> bytes:
+    """A ``Span`` message as a field of ``ScopeSpans`` (2: spans): its tag, its length, the message."""
+    n = len(span)
+    return (_HEADS[n] if n < 4096 else b"\x12" + varint(n)) + span
+
+
 def text(value: str) -> bytes:
     # a string protobuf would refuse (a lone surrogate) must not cost the whole batch: replaced
     return value.encode("utf-8", "replace")
@@ -135,8 +144,8 @@ class SpanEncoder:
         self.kept: dict[tuple[Any, ...], bytes] = {}  # (key, [type,] value): Span field 9 (tag, length, KeyValue)
         self.keys: dict[str, bytes] = {}  # key: KeyValue field 1 (tag, length, key)
         self.groups: dict[tuple[Any, ...], tuple[bytes, bytes]] = {}  # group(): name and attributes, encoded
+        self.shared: dict[tuple[Any, ...], Any] = {}  # share(): what a span type makes once for many spans
         self.memo: dict[Any, bytes] = {}  # remember(): what a span type keeps encoded, under its own keys
-        self.heads: dict[int, bytes] = {}  # a span's length -> its ScopeSpans 2 tag and length
 
     def attribute(self, key: str, value: Any) -> bytes:
         """Span field 9 (``attributes``) holding one ``KeyValue``, reusing what was encoded before: a string
@@ -199,6 +208,17 @@ class SpanEncoder:
             self.groups[key] = hit
         return hit
 
+    def share(self, key: tuple[Any, ...], make: Callable[[SpanEncoder], Any]) -> Any:
+        """What ``make`` makes, kept under ``key`` for every span with the same key (like ``group``, for a span
+        type that shares more than one span's name and attributes)."""
+        hit = self.shared.get(key)
+        if hit is None:
+            hit = make(self)
+            if len(self.shared) >= self.most:
+                self.shared.clear()
+            self.shared[key] = hit
+        return hit
+
     def span(self, rec: Span) -> bytes:
         """A ``Span`` message of any span (``Span.encoded`` when it has no quicker way)."""
         parts = [TRACE_ID, rec.trace_id.to_bytes(16, "big"), SPAN_ID, rec.span_id.to_bytes(8, "big")]
@@ -212,24 +232,11 @@ class SpanEncoder:
         return b"".join(parts)
 
     def encode(self, batch: Iterable[Span]) -> bytes:
-        """One ``ExportTraceServiceRequest`` of ``batch``, serialised: each span's message made by the span
-        (``Span.encoded``), the lengths of the messages around them summed, and the whole joined once."""
-        parts = [b""]  # the messages around the spans: their tags and lengths, known once the spans are
-        add = parts.append
-        heads = self.heads
-        size = len(self.scope)
-        for rec in batch:
-            span = rec.encoded(self)
-            n = len(span)
-            head = heads.get(n)
-            if head is None:
-                if len(heads) >= self.most:
-                    heads.clear()
-                head = heads[n] = b"\x12" + (_ONE_BYTE[n] if n < 0x80 else varint(n))  # ScopeSpans 2: spans
-            add(head)
-            add(span)
-            size += len(head) + n
+        """One ``ExportTraceServiceRequest`` of ``batch``, serialised: each record's messages written by the
+        record, framed (``Span.encoded``: one span's, or a call's and its first attempt's), the lengths of the
+        messages around them taken once, and the whole joined."""
+        spans = b"".join([rec.encoded(self) for rec in batch])  # ScopeSpans 2: spans
+        size = len(self.scope) + len(spans)
         scope_spans = b"\x12" + varint(size)  # ResourceSpans 2: scope_spans
         resource_spans = len(self.head) + len(scope_spans) + size
-        parts[0] = b"".join((b"\x0a", varint(resource_spans), self.head, scope_spans, self.scope))  # Request 1
-        return b"".join(parts)
+        return b"".join((b"\x0a", varint(resource_spans), self.head, scope_spans, self.scope, spans))  # Request 1

@@ -30,6 +30,7 @@ from relaygate.observability.otlpwire import (
     TRACE_ID,
     double_prefix,
     field,
+    framed,
     pack_double,
     pack_times,
     string_prefix,
@@ -39,6 +40,7 @@ from relaygate.requestlog.redact import Redactor
 from relaygate.server.http import error_fields
 
 if TYPE_CHECKING:
+    from relaygate.catalog.prices import Price
     from relaygate.config.observability import TracingConfig
     from relaygate.core.call import Usage
     from relaygate.observability.otlpwire import SpanEncoder
@@ -51,8 +53,8 @@ OPERATIONS = {Route.CHAT: "chat", Route.EMBEDDINGS: "embeddings", Route.TRANSCRI
               Route.PASSTHROUGH: "passthrough", Route.RESPONSES: "chat"}
 REQUEST_PARAMS = (("max_tokens", "gen_ai.request.max_tokens"), ("max_completion_tokens", "gen_ai.request.max_tokens"),
                   ("temperature", "gen_ai.request.temperature"), ("top_p", "gen_ai.request.top_p"))
+PARAM_NAMES = tuple(name for name, _ in REQUEST_PARAMS)
 NO_PARAMS = (None, None, None, None)
-LOW_64 = (1 << 64) - 1
 # W3C Trace Context: version-traceid-parentid-flags (lowercase hex); a later version may add fields after
 TRACEPARENT = re.compile(r"(?P<version>[0-9a-f]{2})-(?P<trace>[0-9a-f]{32})-(?P<span>[0-9a-f]{16})"
                          r"-(?P<flags>[0-9a-f]{2})(?P<rest>-.*)?")
@@ -70,9 +72,11 @@ class Tracing:
     """This gateway's span queue, exporter thread, sampler and trace-context parser."""
 
     def __init__(self, config: TracingConfig, redact: Redactor, known: frozenset[str] = frozenset(),
-                 cost: Callable[[Call, Reply | None], int] = lambda call, reply: 0) -> None:
+                 cost: Callable[[Call, Reply | None], int] = lambda call, reply: 0,
+                 price: Callable[[Deployment, str], Price] | None = None) -> None:
         assert config.endpoint is not None
         self.cost = cost  # a finished call's cost in nano-dollars (computed once per call, shared)
+        self.price = price  # a deployment's per-token price: a call's cost made in the export thread
         self.queue = SpanQueue(config.queue_size)
         self.exporter = OtlpExporter(self.queue, config.endpoint,
                                      {k: v.get_secret_value() for k, v in config.headers.items()},
@@ -82,6 +86,7 @@ class Tracing:
         # TraceIdRatioBased's rule (the SDK's, and other languages'): a new trace is kept when the low 64 bits
         # of its id are below ratio * 2^64, so every service sampling at one ratio keeps the same traces
         self.ratio_bound = round(config.sample_ratio * (1 << 64))
+        self.sampling = self.ratio_bound < (1 << 64)  # else every new trace is kept: nothing to decide
         self.ids = random.Random()  # span and trace ids; seeded from the OS
         self.bits = self.ids.getrandbits
         self.redact = redact
@@ -114,16 +119,16 @@ class Tracing:
         """The call's trace: continued from its ``traceparent`` or new, sampled or not; when sampled its request
         span (``call.trace``), which the observe layer ends. Answers the trace id for the answer's header."""
         parent = self.parent(call.headers) if "traceparent" in call.headers else None
-        if parent is None:
-            trace_id = self.bits(128) or 1
-            sampled = (trace_id & LOW_64) < self.ratio_bound
+        if parent is None:  # the trace id, the request span's id and its first attempt's, drawn at once
+            ids = self.bits(256).to_bytes(32, "big")
+            if self.sampling and int.from_bytes(ids[8:16], "big") >= self.ratio_bound:
+                return ids[:16].hex()  # the trace id still goes back, nothing else is done
         else:  # a continued trace follows its parent's decision
-            trace_id = parent[0]
-            sampled = parent[2]
-        trace_bytes = trace_id.to_bytes(16, "big")
-        if sampled:  # else the trace id still goes back, nothing else is done
-            call.trace = CallTrace(self, call, trace_id, trace_bytes, parent)  # attempts, limits… get spans beneath
-        return trace_bytes.hex()
+            ids = parent[0].to_bytes(16, "big") + self.bits(128).to_bytes(16, "big")
+            if not parent[2]:
+                return ids[:16].hex()
+        call.trace = CallTrace(self, call, ids, parent)  # attempts, limits… get spans beneath
+        return ids[:16].hex()
 
     def flush(self) -> bool:
         """Send what is queued now (blocking)."""
@@ -135,50 +140,56 @@ class Tracing:
 
 
 class CallTrace:
-    """One call's trace and its SERVER span (``Call.trace``); the spans beneath it come from here.
+    """One call's trace: its SERVER span (``Call.trace``) and, on the same record, its first upstream attempt's
+    CLIENT span (most calls make one attempt: one record, queued once, both messages written at once); the
+    other spans beneath it (later attempts, limits, cache, condensation) come from here.
 
-    On the request path it keeps raw values only (ids as ints, the model and request id as they came, the
-    reply's usage object, the deployment): its ``name`` and ``attrs`` are made, redacted and formatted when the
-    export thread asks for them, once per span rather than once per call on the event loop."""
+    On the request path it keeps raw values only: the ids as one run of bytes, the call as it came
+    (``asked``) and as it ended (``shape``), each a tuple that is also the key of the encoded attributes the
+    spans of its kind share; the reply's usage. Names and attributes are made, redacted and encoded in the
+    export thread, once per kind of call, and so is the cost of a call its tokens price."""
 
-    __slots__ = ("tracing", "trace_id", "trace_bytes", "span_id", "parent_id", "trace_state", "remote_parent", "start",
-                 "end_time", "error", "last_error", "call_id", "own_id", "model", "route", "stream", "params", "attempts",
-                 "dep", "fallbacks", "cache_hit", "faults", "status", "usage", "cost", "error_type", "call")
+    __slots__ = ("tracing", "ids", "parent", "start", "end_time", "last_error", "call", "call_id", "own_id", "asked",
+                 "shape", "usage", "cost", "a_key", "a_start", "a_end", "a_usage")
     kind = SERVER
 
-    def __init__(self, tracing: Tracing, call: Call, trace_id: int, trace_bytes: bytes,
-                 parent: tuple[int, int, bool, str] | None) -> None:
+    def __init__(self, tracing: Tracing, call: Call, ids: bytes, parent: tuple[int, int, bool, str] | None) -> None:
         self.tracing = tracing
-        self.trace_id = trace_id
-        self.trace_bytes = trace_bytes  # the id's 16 bytes (its answer header's too): not made again per span
-        self.span_id = tracing.bits(64) or 1
-        if parent is None:
-            self.parent_id = 0
-            self.trace_state = ""
-            self.remote_parent = False
-        else:
-            self.parent_id = parent[1]
-            self.trace_state = parent[3]
-            self.remote_parent = True
-        self.error = False
+        self.ids = ids  # the trace id (16 bytes), this span's id (8), its first attempt's (8)
+        self.parent = parent  # the client's traceparent (trace id, span id, sampled, tracestate), continued
         self.last_error: str | None = None  # the error class of the last failed attempt (why the next one)
-        self.call: Call | None = call  # until it ends (then only what the span needs of it is kept)
+        self.call: Call | None = call  # until it ends (then only what the spans need of it is kept)
         self.call_id = call.id
         self.own_id = "x-request-id" not in call.headers  # then ours (http.RequestIds): nothing to redact
-        self.model = call.model
-        self.route = call.route
-        self.stream = call.stream
-        if call.native is None or call.translated:  # (the chat body is not made for tracing: the same-dialect
-            # fast path stays fast)
-            get = call.body.get
-            self.params = (get("max_tokens"), get("max_completion_tokens"), get("temperature"), get("top_p"))
-        else:
-            self.params = NO_PARAMS
+        # (the chat body is not made for tracing: the same-dialect fast path stays fast)
+        params = tuple(map(call.body.get, PARAM_NAMES)) if call.native is None or call.translated else NO_PARAMS
+        self.asked: tuple[Any, ...] = (call.model, call.route, call.stream, params)
+        self.a_key: tuple[Any, ...] = ()  # the first attempt: (deployment, model, fallback[, status, error type])
+        self.end_time = 0
         self.start = time_ns()
 
-    def attempt(self, dep: Deployment, call: Call) -> AttemptSpan:
-        """Start the span of an upstream attempt; calling it with the attempt's outcome ends it."""
+    def attempt(self, dep: Deployment, call: Call) -> Callable[[Reply | None, BaseException | None], None]:
+        """Start the span of an upstream attempt; calling what it answers with the attempt's outcome ends it."""
+        if call.attempts == 1 and not self.a_key:  # the first: on this record
+            self.a_key = (dep, call.model, bool(call.fallbacks))
+            self.a_start = time_ns()
+            return self.attempted
         return AttemptSpan(self, dep, call)
+
+    def attempted(self, reply: Reply | None, error: BaseException | None) -> None:
+        """The first attempt's end; the record is queued once the call ended too."""
+        if error is None:
+            self.a_usage = reply.usage if reply is not None else None
+            self.a_key = (*self.a_key, reply.status if reply is not None else None, None)
+        else:
+            status, kind, _ = error_fields(error)
+            if isinstance(error, GatewayError):
+                self.last_error = error.kind
+            self.a_usage = None
+            self.a_key = (*self.a_key, status, kind or "internal")
+        self.a_end = time_ns()
+        if self.end_time:  # the call ended first (a reply's done callbacks run newest first)
+            self.tracing.queue.put(self)
 
     def step(self, name: str) -> SpanRecord:
         """An INTERNAL span beneath the request's (limits, cache, condensation)."""
@@ -186,32 +197,67 @@ class CallTrace:
                           self.tracing.bits(64) or 1, self.trace_state)
 
     def done(self, reply: Reply | None, error: BaseException | None) -> None:
-        """The call's end: what the span says of it, then the span to the export queue."""
+        """The call's end: what the span says of it, then the record to the export queue (unless its first
+        attempt has not ended yet: then that attempt's end queues it)."""
         call = self.call
         if call is None:  # ended already
             return
         self.call = None
-        self.attempts = call.attempts
-        self.dep = call.deployment
-        self.fallbacks = call.fallbacks
-        self.cache_hit = call.cache_hit
-        self.faults = call.faults
         if error is None:
-            self.status = reply.status if reply is not None else None
+            status = reply.status if reply is not None else None
             self.usage = reply.usage if reply is not None else None
-            self.error_type = None
-            self.cost = self.tracing.cost(call, reply)
+            kind = None
+            # a metered call's cost now; else the figure another part made, or (None) the export thread's
+            self.cost: int | None = call.cost_nano if call.meter is None else self.tracing.cost(call, reply)
         else:
-            status, kind, _ = error_fields(error)
-            self.status = status or 0
+            code, k, _ = error_fields(error)
+            status = code or 0
             self.usage = None
-            self.error_type = kind or "internal"
+            kind = k or "internal"
             self.cost = 0
-            self.error = status is not None and status >= 500  # a 4xx is the client's: not the server span's error
+        # (deployment, status, error type, attempts, fallbacks, cache hit, faults, model): the calls whose shape
+        # is the same share their span's encoded name and attributes
+        self.shape: tuple[Any, ...] = (call.deployment, status, kind, call.attempts, call.fallbacks, call.cache_hit,
+                                       call.faults, call.model)
         self.end_time = time_ns()
-        self.tracing.queue.put(self)
+        if len(self.a_key) != 3:  # no attempt, or it ended (else its end queues the record)
+            self.tracing.queue.put(self)
 
-    # made in the export thread
+    # read in the export thread (and by tests: the Span protocol)
+    @property
+    def error(self) -> bool:
+        """An error ended the call with a 5xx (a 4xx is the client's: not the server span's error)."""
+        return self.shape[2] is not None and self.shape[1] >= 500
+
+    @property
+    def trace_id(self) -> int:
+        return int.from_bytes(self.ids[:16], "big")
+
+    @property
+    def span_id(self) -> int:
+        return int.from_bytes(self.ids[16:24], "big")
+
+    @property
+    def parent_id(self) -> int:
+        return self.parent[1] if self.parent is not None else 0
+
+    @property
+    def trace_state(self) -> str:
+        return self.parent[3] if self.parent is not None else ""
+
+    @property
+    def remote_parent(self) -> bool:
+        return self.parent is not None
+
+    @property
+    def model(self) -> str:
+        return str(self.asked[0])
+
+    @property
+    def route(self) -> Route:
+        route: Route = self.asked[1]
+        return route
+
     @property
     def name(self) -> str:
         return self._fixed()[0]
@@ -220,63 +266,104 @@ class CallTrace:
     def attrs(self) -> dict[str, Any]:
         return {**self._fixed()[1], **self._own()}
 
+    def spans(self) -> list[CallTrace | AttemptSpan]:
+        """The spans of this record: its own, and its first attempt's."""
+        return [self, AttemptSpan.first(self)] if self.a_key else [self]
+
     def encoded(self, encoder: SpanEncoder) -> bytes:
-        """Its ``Span`` message: the name and attributes most calls of a model share, encoded once for them all
-        (``SpanEncoder.group``), between the call's own ids, times, request id, usage and cost."""
-        params = self.params
-        key = (self.model, self.dep, self.status, self.error_type, self.attempts, self.route, self.stream,
-               self.fallbacks, self.cache_hit, self.faults,
-               None if params == NO_PARAMS else (params, tuple(map(type, params))))
+        """Its ``Span`` messages, framed (and its first attempt's): the names and attributes the calls of one kind
+        share, encoded once for them all, between each call's own ids, times, request id, usage and cost."""
+        asked = self.asked  # its parameters' types too: 1 == 1.0 == True, but OTLP tells int, double and bool apart
+        key = (asked, tuple(map(type, asked[3])), self.shape, self.a_key)
         try:
-            name, fixed = encoder.groups.get(key) or encoder.group(key, self._fixed)
+            made = encoder.shared.get(key) or encoder.share(key, self._made)
         except TypeError:  # a parameter that is not hashable (a client's list): not shared
-            name, fixed = encoder.named(*self._fixed())
+            made = self._made(encoder)
+        ids = self.ids
+        trace, own = ids[:16], ids[16:24]
         rid = self.call_id.encode("utf-8", "replace")
         if self.own_id and len(rid) == 28 and rid.startswith(b"req_"):  # ours: req_ and 24 hex digits
             request_id = _REQUEST_ID + rid
         else:
             request_id = encoder.attribute("relaygate.request_id", self.tracing.text(self.call_id))
-        if self.remote_parent:
-            state = self.trace_state
-            parent = b"".join((field(b"\x1a", text(state)) if state else b"", PARENT_ID,
-                               self.parent_id.to_bytes(8, "big")))
+        parent = self.parent
+        if parent is None:
+            state = up = b""
         else:
-            parent = b""
-        if self.error_type is None:
-            usage = self.usage
+            state = field(b"\x1a", text(parent[3])) if parent[3] else b""
+            up = state + PARENT_ID + parent[1].to_bytes(8, "big")
+        usage = self.usage
+        if self.shape[2] is None:  # a success: its usage and cost
             tokens = _tokens(encoder, usage) if usage is not None and usage.known else b""
-            cost = _COST + pack_double(self.cost / 1e9)
+            cost = self.cost
+            if cost is None:  # its tokens, at its deployment's price
+                price = made[4]
+                cost = price.cost_nano(usage) if price is not None else 0
+            money = _COST + pack_double(cost / 1e9)
+            tail = TAILS[0][parent is not None]
         else:
-            tokens = cost = b""
-        return b"".join((TRACE_ID, self.trace_bytes, SPAN_ID, self.span_id.to_bytes(8, "big"),
-                         parent, name, _SERVER, pack_times(0x39, self.start, 0x41, self.end_time), fixed,
-                         request_id, tokens, cost, TAILS[self.error][self.remote_parent]))
+            tokens = money = b""
+            tail = TAILS[self.shape[1] >= 500][parent is not None]
+        out = framed(b"".join((TRACE_ID, trace, SPAN_ID, own, up, made[0],
+                               pack_times(0x39, self.start, 0x41, self.end_time), made[1], request_id, tokens, money,
+                               tail)))
+        a_key = self.a_key
+        if not a_key:
+            return out
+        a_usage = self.a_usage
+        if a_usage is not usage:
+            tokens = _tokens(encoder, a_usage) if a_usage is not None and a_usage.known else b""
+        return out + framed(b"".join((TRACE_ID, trace, SPAN_ID, ids[24:], state, PARENT_ID, own, made[2],
+                                      pack_times(0x39, self.a_start, 0x41, self.a_end), made[3], tokens,
+                                      _LOCAL_TAILS[a_key[4] is not None])))
+
+    def _made(self, encoder: SpanEncoder) -> tuple[bytes, bytes, bytes, bytes, Price | None]:
+        """What the calls of this one's kind share: the request span's name and kind, its attributes, the
+        same of its first attempt's span, and the price of its tokens."""
+        name, attributes = encoder.named(*self._fixed())
+        if self.a_key:
+            a_name, a_attributes = encoder.named(*AttemptSpan.first(self)._fixed())
+        else:
+            a_name = a_attributes = b""
+        dep, price = self.shape[0], self.tracing.price
+        return (name + _SERVER, attributes, a_name + _CLIENT, a_attributes,
+                price(dep, self.shape[7]) if dep is not None and price is not None else None)
+
+    def _cost(self, price: Price | None) -> int:
+        """A successful call's cost in nano-dollars: its own figure, else its tokens priced."""
+        if self.cost is not None:
+            return self.cost
+        usage = self.usage
+        if price is None or usage is None:
+            return 0
+        return price.cost_nano(usage)
 
     def _fixed(self) -> tuple[str, dict[str, Any]]:
         text = self.tracing.text
-        model = text(self.model)
-        op = OPERATIONS[self.route]
+        asked_model, route, stream, params = self.asked
+        dep, status, error_type, attempts, fallbacks, cache_hit, faults, _ = self.shape
+        model = text(asked_model)
+        op = OPERATIONS[route]
         attrs: dict[str, Any] = {"gen_ai.operation.name": op, "gen_ai.request.model": model,
-                                 "relaygate.stream": self.stream}
-        for (_, attr), v in zip(REQUEST_PARAMS, self.params, strict=True):
+                                 "relaygate.stream": stream}
+        for (_, attr), v in zip(REQUEST_PARAMS, params, strict=True):
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 attrs[attr] = v
-        attrs["relaygate.attempts"] = self.attempts
-        dep = self.dep
+        attrs["relaygate.attempts"] = attempts
         if dep is not None:
             attrs["relaygate.deployment"] = dep.name
             attrs["relaygate.model"] = dep.model_name
             attrs["gen_ai.provider.name"] = dep.provider_type
-        if self.fallbacks:
-            attrs["relaygate.fallbacks"] = self.fallbacks
-        if self.cache_hit:
+        if fallbacks:
+            attrs["relaygate.fallbacks"] = fallbacks
+        if cache_hit:
             attrs["relaygate.cache_hit"] = True
-        if self.faults:
-            attrs["relaygate.faults"] = self.faults
-        if self.status is not None:
-            attrs["http.response.status_code"] = self.status
-        if self.error_type is not None:
-            attrs["error.type"] = self.error_type
+        if faults:
+            attrs["relaygate.faults"] = faults
+        if status is not None:
+            attrs["http.response.status_code"] = status
+        if error_type is not None:
+            attrs["error.type"] = error_type
         return f"{op} {model}"[:MAX_TEXT], attrs
 
     def _own(self) -> dict[str, Any]:
@@ -284,14 +371,16 @@ class CallTrace:
         if not (self.own_id and len(rid) == 28 and rid.startswith("req_")):
             rid = self.tracing.text(rid)
         attrs: dict[str, Any] = {"relaygate.request_id": rid}
-        if self.error_type is None:
+        if self.shape[2] is None:
             _usage(attrs, self.usage)
-            attrs["relaygate.cost_usd"] = self.cost / 1e9
+            dep, price = self.shape[0], self.tracing.price
+            attrs["relaygate.cost_usd"] = self._cost(price(dep, self.shape[7]) if dep is not None and price else None) / 1e9
         return attrs
 
 
 class AttemptSpan:
-    """The CLIENT span of one upstream attempt, beneath the call's; raw values, like ``CallTrace``'s."""
+    """The CLIENT span of an upstream attempt after a call's first, beneath the call's; raw values, like
+    ``CallTrace``'s."""
 
     __slots__ = ("trace", "span_id", "start", "end_time", "error", "dep", "asked", "attempt", "retry_reason",
                  "fallback", "status", "usage", "error_type")
@@ -311,6 +400,23 @@ class AttemptSpan:
         self.usage: Usage | None = None
         self.error_type: str | None = None
         self.start = time_ns()
+
+    @classmethod
+    def first(cls, trace: CallTrace) -> AttemptSpan:
+        """The span of the first attempt a ``CallTrace`` keeps (its attributes are made by this class)."""
+        span = cls.__new__(cls)
+        span.trace = trace
+        span.span_id = int.from_bytes(trace.ids[24:], "big")
+        span.dep, span.asked, span.fallback = trace.a_key[:3]
+        span.attempt = 1
+        span.retry_reason = None
+        span.start = trace.a_start
+        if len(trace.a_key) == 5:  # ended
+            span.status, span.error_type = trace.a_key[3:]
+            span.error = span.error_type is not None
+            span.usage = trace.a_usage
+            span.end_time = trace.a_end
+        return span
 
     def __call__(self, reply: Reply | None, error: BaseException | None) -> None:
         """The attempt's end (its reply delivered, or its error): the span to the export queue."""
@@ -352,18 +458,20 @@ class AttemptSpan:
         return attrs
 
     def encoded(self, encoder: SpanEncoder) -> bytes:
-        """Its ``Span`` message; all its attributes but the usage are shared by most attempts on a deployment."""
+        """Its ``Span`` message, framed; all its attributes but the usage are shared by most attempts on a
+        deployment."""
         trace = self.trace
         key = (self.dep, self.asked, self.attempt, self.retry_reason, self.fallback, self.status, self.error_type,
                trace.route)
         name, fixed = encoder.groups.get(key) or encoder.group(key, self._fixed)
         usage = self.usage
         state = trace.trace_state
-        return b"".join((TRACE_ID, trace.trace_bytes, SPAN_ID, self.span_id.to_bytes(8, "big"),
-                         field(b"\x1a", text(state)) if state else b"", PARENT_ID, trace.span_id.to_bytes(8, "big"),
-                         name, _CLIENT, pack_times(0x39, self.start, 0x41, self.end_time), fixed,
-                         _tokens(encoder, usage) if usage is not None and usage.known else b"",
-                         _LOCAL_TAILS[self.error]))
+        ids = trace.ids
+        return framed(b"".join((TRACE_ID, ids[:16], SPAN_ID, self.span_id.to_bytes(8, "big"),
+                                field(b"\x1a", text(state)) if state else b"", PARENT_ID, ids[16:24],
+                                name, _CLIENT, pack_times(0x39, self.start, 0x41, self.end_time), fixed,
+                                _tokens(encoder, usage) if usage is not None and usage.known else b"",
+                                _LOCAL_TAILS[self.error])))
 
     def _fixed(self) -> tuple[str, dict[str, Any]]:
         dep = self.dep

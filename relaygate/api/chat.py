@@ -73,9 +73,8 @@ def native_call(gw: Gateway, req: Request, native: NativeRequest,
     """A foreign client's chat call (Gemini, Cohere, Bedrock Converse): its own body rides along, the chat
     body is made (``translated_body``) only when something reads it (core/call.py ``NativeCall``). A stream
     asks for the usage chunk: it feeds each dialect's last event."""
-    return NativeCall(native, lambda: translated_body(native, translate), id=req.id, model=model, stream=stream,
-                      headers=req.headers, client_ip=req.client_ip, key=key, wants_usage=stream,
-                      deadline=time.monotonic() + gw.config.server.request_timeout)
+    return NativeCall(native, lambda: translated_body(native, translate), req.id, model, stream, req.headers,
+                      req.client_ip, key, stream, time.monotonic() + gw.config.server.request_timeout)
 
 
 def translated_body(native: NativeRequest, translate: Callable[[], tuple[dict[str, Any], list[str]]]) -> dict[str, Any]:

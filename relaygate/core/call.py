@@ -320,8 +320,15 @@ class NativeCall(Call):
 
     __slots__ = ("_translate",)
 
-    def __init__(self, native: NativeRequest, translate: Callable[[], dict[str, Any]], **fields: Any) -> None:
-        Call.__init__(self, route=Route.CHAT, body={}, **fields)
+    def __init__(self, native: NativeRequest, translate: Callable[[], dict[str, Any]], id: str, model: str,
+                 stream: bool = False, headers: dict[str, str] | None = None, client_ip: str = "",
+                 key: Principal | None = None, wants_usage: bool = False, deadline: float = 0.0) -> None:
+        # the fields named one by one, not passed on as **fields: a call made per request, which unpacking a
+        # keyword dict into the dataclass's ~40 parameters made cost twice a Call's construction (~26k
+        # instructions against ~12k under callgrind)
+        Call.__init__(self, id=id, route=Route.CHAT, model=model, body={}, stream=stream,
+                      headers={} if headers is None else headers, client_ip=client_ip, key=key,
+                      wants_usage=wants_usage, deadline=deadline)
         self.native = native
         self._translate: Callable[[], dict[str, Any]] | None = translate
 

@@ -161,6 +161,15 @@ def slowed_config(path: Path) -> float:
     return FLUSH_INTERVAL if logged else 0.0
 
 
+def code_dir(config: Path) -> Path:
+    """The checkout whose code a variant runs: the one that holds its config or script (a config in another
+    worktree measures that worktree's code, so a branch and main compare in one run), else this one."""
+    for parent in config.resolve().parents:
+        if (parent / "relaygate" / "__init__.py").is_file():
+            return parent
+    return REPO_DIR
+
+
 def measure(ctx: Ctx, name: str, config: Path, n: int, clients: int, request: str = "chat.json",
             headers: dict[str, str] | None = None, path: str = "/v1/chat/completions",
             sigv4: bool = False) -> tuple[float, dict[str, float]]:
@@ -173,7 +182,7 @@ def measure(ctx: Ctx, name: str, config: Path, n: int, clients: int, request: st
         settle = slowed_config(cfg) + 1.5  # until the log writer wrote what is queued
         target = ["-m", "relaygate", "serve", "--config", str(cfg)]
     out = ctx.run_dir / f"callgrind-{name}.out"
-    env = dict(os.environ, PYTHONPATH=str(REPO_DIR))
+    env = dict(os.environ, PYTHONPATH=str(code_dir(config)))
     if ctx.upstream.startswith("https:"):  # the TLS fake upstream's certificate, trusted as ssl's default
         env["SSL_CERT_FILE"] = str(upstream_cert(ctx))
     argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--separate-threads=yes",

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import AsyncIterator, Hashable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Hashable, Iterable, Mapping
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
@@ -134,8 +134,7 @@ class Scrubber:
         for netloc, label in self._hosts.items():
             patterns[netloc] = (_HOST, label)
         # one attribute, swapped whole: a scan never sees an automaton with another one's pattern kinds
-        self._ac = ((ahocorasick_rs.BytesAhoCorasick(list(patterns), implementation=ahocorasick_rs.Implementation.DFA),
-                     list(patterns.values())) if patterns else None)
+        self._ac = _Automata(list(patterns), list(patterns.values())) if patterns else None
 
     @property
     def active(self) -> bool:
@@ -147,12 +146,9 @@ class Scrubber:
     def data(self, data: bytes) -> bytes:
         """``data`` with every secret and upstream address replaced (the same object when there is none)."""
         ac = self._ac
-        if ac is None or not data:
+        if ac is None or not data or not ac.any(data):
             return data
-        found = ac[0].find_matches_as_indexes(data)
-        if not found:
-            return data
-        return self._replace(data, found, ac[1])
+        return self._replace(data, ac.matches(data), ac.kinds)
 
     @staticmethod
     def _replace(data: bytes, found: list[tuple[int, int, int]], kinds: list[tuple[int, bytes]]) -> bytes:
@@ -227,7 +223,7 @@ class Scrubber:
                 ac = self._ac
                 # the hot path: a whole event with nothing to hide goes on as it came, one scan and no copy
                 if not tail and (framed or chunk[-1:] == b"\n") \
-                        and (ac is None or not ac[0].find_matches_as_indexes(chunk)):
+                        and (ac is None or not ac.any(chunk)):
                     yield chunk
                     continue
                 if framed:
@@ -250,6 +246,33 @@ class Scrubber:
     def _longest(self) -> int:
         lengths = [FRAGMENT, *(len(h) for h in self._hosts), *(len(s) for s in self._static if len(s) < FRAGMENT)]
         return max(lengths) + 2  # a masked echo's '…' is 3 bytes
+
+
+class _Automata:
+    """The automata of one set of patterns. ``any`` tells whether a text holds one of them: it matches
+    leftmost-longest, whose search skips ahead with a SIMD prefilter where the standard match kind steps its
+    DFA through every byte (callgrind: a 763-byte answer with nothing to find 5.7k instructions in place of
+    14.0k, a 248-byte stream chunk 4.7k in place of 6.6k). Both find a match when any pattern occurs; the
+    spans to replace come from the standard kind, as they always did (built at the first text that holds
+    one: most gateways never see one)."""
+
+    __slots__ = ("any", "kinds", "_patterns", "_standard")
+
+    def __init__(self, patterns: list[bytes], kinds: list[tuple[int, bytes]]) -> None:
+        self.any: Callable[[bytes], list[tuple[int, int, int]]] = ahocorasick_rs.BytesAhoCorasick(
+            patterns, matchkind=ahocorasick_rs.MatchKind.LeftmostLongest,
+            implementation=ahocorasick_rs.Implementation.DFA).find_matches_as_indexes
+        self.kinds = kinds
+        self._patterns = patterns
+        self._standard: Callable[[bytes], list[tuple[int, int, int]]] | None = None
+
+    def matches(self, data: bytes) -> list[tuple[int, int, int]]:
+        """(pattern index, start, end) of the matches the replacement masks (standard match kind)."""
+        find = self._standard
+        if find is None:
+            find = self._standard = ahocorasick_rs.BytesAhoCorasick(
+                self._patterns, implementation=ahocorasick_rs.Implementation.DFA).find_matches_as_indexes
+        return find(data)
 
 
 class ScrubFilter(logging.Filter):

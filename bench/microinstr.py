@@ -79,6 +79,8 @@ CASES["trace-sampled-5%"] = (_TRACE.format(tracing=_TRACE_ON.format(0.05)), _ONE
 CASES["trace-export"] = (
     _TRACE.format(tracing=_TRACE_ON.format(1.0)) + "loop.run_until_complete(one())\nspans = list(queued)\n"
     "encode = gw.tracing.exporter.encode\n", "encode(spans)")
+# the same call's record among a full batch of them (what the thread pays per call, the batch's own part shared)
+CASES["trace-export-batch"] = (CASES["trace-export"][0] + "spans = spans * 512\n", "encode(spans)")
 
 # the request log writer inserting a chunk of 25 rows (one transaction, as BulkInsert writes them) into SQLite:
 # with the overview's covering index (migration 6) against the index on ts alone it replaced; rows in time order

@@ -146,15 +146,18 @@ class OtlpExporter:
                 self._drop()
         wake = self.queue.wake
         while not self._closing:
-            wake.wait(self.delay)
+            full = wake.wait(self.delay)
             wake.clear()
-            self.flush()
+            self.flush(full)
 
-    def flush(self) -> bool:
-        """Send everything queued now (blocking); False when some of it could not be sent."""
+    def flush(self, full: bool = False) -> bool:
+        """Send everything queued now (blocking); False when some of it could not be sent. ``full``: only full
+        batches (woken by one: what arrives meanwhile waits for the next full batch or the delay, rather than
+        going in small batches, each paying for its request)."""
         ok = True
+        queue = self.queue
         with self._lock:
-            while batch := self.queue.take(MAX_BATCH):
+            while (not full or len(queue.spans) >= MAX_BATCH) and (batch := queue.take(MAX_BATCH)):
                 try:
                     body = self.encode(batch)
                 except Exception:  # a bug in making a span's attributes: that batch is lost, not the thread

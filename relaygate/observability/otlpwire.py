@@ -74,13 +74,18 @@ def field(tag: bytes, data: bytes) -> bytes:
     return tag + (_ONE_BYTE[n] if n < 0x80 else varint(n)) + data
 
 
-_HEADS = [b"\x12" + varint(n) for n in range(4096)]  # ScopeSpans 2 (spans): tag and length, of a short span
+HEADS = [b"\x12" + varint(n) for n in range(4096)]  # ScopeSpans 2 (spans): tag and length, of a short span
+
+
+def head(n: int) -> bytes:
+    """The tag and length of a ``Span`` message of ``n`` bytes as a field of ``ScopeSpans`` (2: spans)."""
+    return HEADS[n] if n < 4096 else b"\x12" + varint(n)
 
 
 def framed(span: bytes) -> bytes:
     """A ``Span`` message as a field of ``ScopeSpans`` (2: spans): its tag, its length, the message."""
     n = len(span)
-    return (_HEADS[n] if n < 4096 else b"\x12" + varint(n)) + span
+    return (HEADS[n] if n < 4096 else b"\x12" + varint(n)) + span
 
 
 def text(value: str) -> bytes:

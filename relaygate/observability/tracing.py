@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import random
 import re
+import struct
 from collections.abc import Callable
-from time import time_ns
+from time import monotonic, time_ns
 from typing import TYPE_CHECKING, Any
 
 from relaygate.core.call import Call, Reply, Route
 from relaygate.core.errors import GatewayError
 from relaygate.observability.otlp import CLIENT, INTERNAL, SERVER, OtlpExporter, SpanQueue, SpanRecord
 from relaygate.observability.otlpwire import (
+    HEADS,
     KINDS,
     PARENT_ID,
     SPAN_ID,
@@ -31,7 +33,7 @@ from relaygate.observability.otlpwire import (
     double_prefix,
     field,
     framed,
-    pack_double,
+    head,
     pack_times,
     string_prefix,
     text,
@@ -64,6 +66,7 @@ INPUT_TOKENS, OUTPUT_TOKENS = "gen_ai.usage.input_tokens", "gen_ai.usage.output_
 # the parts of a span message that never change, encoded once (observability/otlpwire.py)
 _REQUEST_ID = string_prefix("relaygate.request_id", 28)  # our request ids' length
 _COST = double_prefix("relaygate.cost_usd")
+_pack_cost = struct.Struct(f"<{len(_COST)}sd").pack  # (_COST, usd): the cost attribute
 _SERVER, _CLIENT = KINDS[SERVER], KINDS[CLIENT]
 _LOCAL_TAILS = TAILS[0][0], TAILS[1][0]  # by error
 
@@ -164,32 +167,34 @@ class CallTrace:
         # (the chat body is not made for tracing: the same-dialect fast path stays fast)
         params = tuple(map(call.body.get, PARAM_NAMES)) if call.native is None or call.translated else NO_PARAMS
         self.asked: tuple[Any, ...] = (call.model, call.route, call.stream, params)
-        self.a_key: tuple[Any, ...] = ()  # the first attempt: (deployment, model, fallback[, status, error type])
-        self.end_time = 0
+        # the first attempt: (deployment, model, fallback[, status, error type]: when it did not end with the call)
+        self.a_key: tuple[Any, ...] = ()
         self.start = time_ns()
 
-    def attempt(self, dep: Deployment, call: Call) -> Callable[[Reply | None, BaseException | None], None]:
-        """Start the span of an upstream attempt; calling what it answers with the attempt's outcome ends it."""
-        if call.attempts == 1 and not self.a_key:  # the first: on this record
+    def attempt(self, dep: Deployment, call: Call) -> AttemptSpan | None:
+        """Start the span of an upstream attempt; calling what it answers with the attempt's outcome ends it
+        (None: the first attempt, whose outcome the call's end reads from the call)."""
+        if call.attempts == 1 and not self.a_key:  # the first: on this record, no callback of its own
             self.a_key = (dep, call.model, bool(call.fallbacks))
             self.a_start = time_ns()
-            return self.attempted
+            return None
+        if len(self.a_key) == 3:  # the first failed (another one follows): how, from the call's failures
+            self._first_ended(call.failed_attempts, None, None, None, None)
         return AttemptSpan(self, dep, call)
 
-    def attempted(self, reply: Reply | None, error: BaseException | None) -> None:
-        """The first attempt's end; the record is queued once the call ended too."""
-        if error is None:
-            self.a_usage = reply.usage if reply is not None else None
-            self.a_key = (*self.a_key, reply.status if reply is not None else None, None)
-        else:
-            status, kind, _ = error_fields(error)
-            if isinstance(error, GatewayError):
-                self.last_error = error.kind
+    def _first_ended(self, failures: list[tuple[str, str, int, str, float, float]] | None, status: int | None,
+                     kind: str | None, usage: Usage | None, end: int | None) -> None:
+        """The first attempt's outcome: its upstream failure when it had one (the router keeps them), else the
+        call's ``status``, ``kind`` and ``usage`` (it ended with the call, at ``end``)."""
+        if failures:
+            _, _, status, kind, _, ended = failures[0]
+            self.last_error = kind
             self.a_usage = None
-            self.a_key = (*self.a_key, status, kind or "internal")
-        self.a_end = time_ns()
-        if self.end_time:  # the call ended first (a reply's done callbacks run newest first)
-            self.tracing.queue.put(self)
+            self.a_end = time_ns() - round((monotonic() - ended) * 1e9)
+        else:
+            self.a_usage = usage
+            self.a_end = end if end is not None else time_ns()
+        self.a_key = (*self.a_key, status, kind)
 
     def step(self, name: str) -> SpanRecord:
         """An INTERNAL span beneath the request's (limits, cache, condensation)."""
@@ -197,8 +202,8 @@ class CallTrace:
                           self.tracing.bits(64) or 1, self.trace_state)
 
     def done(self, reply: Reply | None, error: BaseException | None) -> None:
-        """The call's end: what the span says of it, then the record to the export queue (unless its first
-        attempt has not ended yet: then that attempt's end queues it)."""
+        """The call's end: what the span says of it (and its only attempt's), then the record to the export
+        queue."""
         call = self.call
         if call is None:  # ended already
             return
@@ -219,9 +224,15 @@ class CallTrace:
         # is the same share their span's encoded name and attributes
         self.shape: tuple[Any, ...] = (call.deployment, status, kind, call.attempts, call.fallbacks, call.cache_hit,
                                        call.faults, call.model)
-        self.end_time = time_ns()
-        if len(self.a_key) != 3:  # no attempt, or it ended (else its end queues the record)
-            self.tracing.queue.put(self)
+        end = self.end_time = time_ns()
+        # its only attempt failed upstream before, or ended with the call's error (the client gone, a stream cut);
+        # else it ended with the call, its reply the call's (the usual: its key stays as it began, read so)
+        if len(self.a_key) == 3 and (error is not None or call.failed_attempts):
+            if call.failed_attempts:
+                self._first_ended(call.failed_attempts, status, kind, None, end)
+            else:
+                self._first_ended(None, code, kind, None, end)
+        self.tracing.queue.put(self)
 
     # read in the export thread (and by tests: the Span protocol)
     @property
@@ -273,8 +284,9 @@ class CallTrace:
     def encoded(self, encoder: SpanEncoder) -> bytes:
         """Its ``Span`` messages, framed (and its first attempt's): the names and attributes the calls of one kind
         share, encoded once for them all, between each call's own ids, times, request id, usage and cost."""
-        asked = self.asked  # its parameters' types too: 1 == 1.0 == True, but OTLP tells int, double and bool apart
-        key = (asked, tuple(map(type, asked[3])), self.shape, self.a_key)
+        asked = self.asked
+        p = asked[3]  # its parameters' types too: 1 == 1.0 == True, but OTLP tells int, double and bool apart
+        key = (asked, (p[0].__class__, p[1].__class__, p[2].__class__, p[3].__class__), self.shape, self.a_key)
         try:
             made = encoder.shared.get(key) or encoder.share(key, self._made)
         except TypeError:  # a parameter that is not hashable (a client's list): not shared
@@ -283,9 +295,9 @@ class CallTrace:
         trace, own = ids[:16], ids[16:24]
         rid = self.call_id.encode("utf-8", "replace")
         if self.own_id and len(rid) == 28 and rid.startswith(b"req_"):  # ours: req_ and 24 hex digits
-            request_id = _REQUEST_ID + rid
+            attributes = made[5]  # with the request id's key: its value follows
         else:
-            request_id = encoder.attribute("relaygate.request_id", self.tracing.text(self.call_id))
+            attributes, rid = made[1], encoder.attribute("relaygate.request_id", self.tracing.text(self.call_id))
         parent = self.parent
         if parent is None:
             state = up = b""
@@ -294,32 +306,41 @@ class CallTrace:
             up = state + PARENT_ID + parent[1].to_bytes(8, "big")
         usage = self.usage
         if self.shape[2] is None:  # a success: its usage and cost
-            tokens = _tokens(encoder, usage) if usage is not None and usage.known else b""
+            if usage is not None and usage.known:
+                tokens = encoder.memo.get((INPUT_TOKENS, usage.prompt_tokens, usage.completion_tokens)) or _tokens(
+                    encoder, usage)
+            else:
+                tokens = b""
             cost = self.cost
             if cost is None:  # its tokens, at its deployment's price
                 price = made[4]
                 cost = price.cost_nano(usage) if price is not None else 0
-            money = _COST + pack_double(cost / 1e9)
+            money = _pack_cost(_COST, cost / 1e9)
             tail = TAILS[0][parent is not None]
         else:
             tokens = money = b""
             tail = TAILS[self.shape[1] >= 500][parent is not None]
-        out = framed(b"".join((TRACE_ID, trace, SPAN_ID, own, up, made[0],
-                               pack_times(0x39, self.start, 0x41, self.end_time), made[1], request_id, tokens, money,
-                               tail)))
+        server = b"".join((TRACE_ID, trace, SPAN_ID, own, up, made[0], pack_times(0x39, self.start, 0x41, self.end_time),
+                           attributes, rid, tokens, money, tail))
         a_key = self.a_key
         if not a_key:
-            return out
-        a_usage = self.a_usage
-        if a_usage is not usage:
-            tokens = _tokens(encoder, a_usage) if a_usage is not None and a_usage.known else b""
-        return out + framed(b"".join((TRACE_ID, trace, SPAN_ID, ids[24:], state, PARENT_ID, own, made[2],
-                                      pack_times(0x39, self.a_start, 0x41, self.a_end), made[3], tokens,
-                                      _LOCAL_TAILS[a_key[4] is not None])))
+            return framed(server)
+        if len(a_key) == 3:  # it ended with the call, the call's reply its own
+            a_end, a_error = self.end_time, False
+        else:
+            a_end, a_error = self.a_end, a_key[4] is not None
+            a_usage = self.a_usage
+            if a_usage is not usage:
+                tokens = _tokens(encoder, a_usage) if a_usage is not None and a_usage.known else b""
+        client = b"".join((TRACE_ID, trace, SPAN_ID, ids[24:], state, PARENT_ID, own, made[2],
+                           pack_times(0x39, self.a_start, 0x41, a_end), made[3], tokens, _LOCAL_TAILS[a_error]))
+        n, m = len(server), len(client)
+        return b"".join((HEADS[n] if n < 4096 else head(n), server, HEADS[m] if m < 4096 else head(m), client))
 
-    def _made(self, encoder: SpanEncoder) -> tuple[bytes, bytes, bytes, bytes, Price | None]:
+    def _made(self, encoder: SpanEncoder) -> tuple[bytes, bytes, bytes, bytes, Price | None, bytes]:
         """What the calls of this one's kind share: the request span's name and kind, its attributes, the
-        same of its first attempt's span, and the price of its tokens."""
+        same of its first attempt's span, the price of its tokens, and the attributes with the key of our
+        request ids (whose value follows)."""
         name, attributes = encoder.named(*self._fixed())
         if self.a_key:
             a_name, a_attributes = encoder.named(*AttemptSpan.first(self)._fixed())
@@ -327,7 +348,7 @@ class CallTrace:
             a_name = a_attributes = b""
         dep, price = self.shape[0], self.tracing.price
         return (name + _SERVER, attributes, a_name + _CLIENT, a_attributes,
-                price(dep, self.shape[7]) if dep is not None and price is not None else None)
+                price(dep, self.shape[7]) if dep is not None and price is not None else None, attributes + _REQUEST_ID)
 
     def _cost(self, price: Price | None) -> int:
         """A successful call's cost in nano-dollars: its own figure, else its tokens priced."""
@@ -411,11 +432,15 @@ class AttemptSpan:
         span.attempt = 1
         span.retry_reason = None
         span.start = trace.a_start
-        if len(trace.a_key) == 5:  # ended
+        if len(trace.a_key) == 5:  # ended apart from the call
             span.status, span.error_type = trace.a_key[3:]
             span.error = span.error_type is not None
             span.usage = trace.a_usage
             span.end_time = trace.a_end
+        elif trace.end_time:  # ended with the call, its reply the call's
+            span.status, span.error_type, span.error = trace.shape[1], None, False
+            span.usage = trace.usage
+            span.end_time = trace.end_time
         return span
 
     def __call__(self, reply: Reply | None, error: BaseException | None) -> None:

@@ -8,7 +8,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anthropic
@@ -246,10 +246,18 @@ def test_identical_concurrent_misses_make_one_upstream_call(gw: GatewayThread, o
     assert stats.coalesced + stats.memory_hits == 99 and stats.coalesced >= 50
 
 
-def test_a_streamed_follower_gets_the_stream_as_it_arrives(gw: GatewayThread,
-                                                           openai_emulator: BackgroundServer) -> None:
-    openai_emulator.state.faults = FaultPlan(chunk_delay_ms=150)
+async def until(condition: Callable[[], bool]) -> None:
+    for _ in range(500):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("not reached in 5 s")
 
+
+def lead_and_follow(gw: GatewayThread, start: Callable[[], Awaitable[None]],
+                    meanwhile: Callable[[], Awaitable[None]] | None = None) -> tuple[float, float, bytes, bytes, str]:
+    """A streamed request and an identical one sent once ``start`` returns (``meanwhile`` awaited as they go):
+    when the first's stream ended, when the second's first bytes came, both streams and the second's verdict."""
     async def run() -> tuple[float, float, bytes, bytes, str]:
         async with httpx.AsyncClient(timeout=20) as client:
             body = {"model": "m", "messages": MSG, "temperature": 0, "stream": True}
@@ -260,7 +268,7 @@ def test_a_streamed_follower_gets_the_stream_as_it_arrives(gw: GatewayThread,
                 return time.monotonic(), data
 
             async def follower() -> tuple[float, bytes, str]:
-                await asyncio.sleep(0.3)
+                await start()
                 async with client.stream("POST", gw.base_url + "/chat/completions", json=body) as r:
                     verdict = r.headers["x-relaygate-cache"]
                     chunks = r.aiter_bytes()
@@ -269,10 +277,19 @@ def test_a_streamed_follower_gets_the_stream_as_it_arrives(gw: GatewayThread,
                     rest = b"".join([c async for c in chunks])
                 return at, first + rest, verdict
 
-            (ended, led), (first_at, followed, verdict) = await asyncio.gather(leader(), follower())
+            lead, follow = asyncio.ensure_future(leader()), asyncio.ensure_future(follower())
+            if meanwhile is not None:
+                await meanwhile()
+            (ended, led), (first_at, followed, verdict) = await asyncio.gather(lead, follow)
             return ended, first_at, led, followed, verdict
 
-    ended, first_at, led, followed, verdict = asyncio.run(run())
+    return asyncio.run(run())
+
+
+def test_a_streamed_follower_gets_the_stream_as_it_arrives(gw: GatewayThread,
+                                                           openai_emulator: BackgroundServer) -> None:
+    openai_emulator.state.faults = FaultPlan(chunk_delay_ms=150)
+    ended, first_at, led, followed, verdict = lead_and_follow(gw, lambda: asyncio.sleep(0.3))
     assert verdict == "hit" and first_at < ended  # its first bytes came while the leader's stream went on
     assert followed == led and streamed_text(followed) == "Hello! You said: cache me"
     assert upstream_calls(openai_emulator) == 1
@@ -283,8 +300,26 @@ def test_a_streamed_follower_gets_the_stream_as_it_arrives(gw: GatewayThread,
     assert gw.gateway.cache.stats.saved_nano["m"] == lead_row["cost_nano"]
 
 
-def test_followers_go_upstream_themselves_when_the_leader_fails(gw: GatewayThread,
-                                                               openai_emulator: BackgroundServer) -> None:
+def test_a_streamed_follower_that_came_before_the_first_byte_joins_the_stream(
+        gw: GatewayThread, openai_emulator: BackgroundServer) -> None:
+    # the upstream holds its answer 1 s, then streams it slowly: the follower is sent in that second, once the
+    # leader is upstream, and is seen waiting for the leader's stream to start (not joining a started one)
+    openai_emulator.state.faults = FaultPlan(latency_ms=1000, chunk_delay_ms=100)
+    cache = gw.gateway.cache
+    assert cache is not None
+    ended, first_at, led, followed, verdict = lead_and_follow(
+        gw, lambda: until(lambda: openai_emulator.state.in_flight == 1),
+        meanwhile=lambda: until(lambda: bool(cache._starting)))
+    assert verdict == "hit" and first_at < ended  # its first bytes came while the leader's stream went on
+    assert followed == led and streamed_text(followed) == "Hello! You said: cache me"
+    assert upstream_calls(openai_emulator) == 1
+    assert cache.stats.coalesced == 1 and not cache._starting and not cache._streams
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_followers_go_upstream_themselves_when_the_leader_fails(gw: GatewayThread, openai_emulator: BackgroundServer,
+                                                               stream: bool) -> None:
+    # streamed followers wait for the streamed leader's stream to start: it fails before, they go on alone
     openai_emulator.state.faults = FaultPlan(latency_ms=300, status=500, count=1)
 
     async def run() -> list[int]:
@@ -292,12 +327,14 @@ def test_followers_go_upstream_themselves_when_the_leader_fails(gw: GatewayThrea
             async def one(delay: float) -> int:
                 await asyncio.sleep(delay)
                 r = await client.post(gw.base_url + "/chat/completions",
-                                      json={"model": "m", "messages": MSG, "temperature": 0})
+                                      json={"model": "m", "messages": MSG, "temperature": 0, "stream": stream})
+                assert r.status_code != 200 or not stream or streamed_text(r.content) == "Hello! You said: cache me"
                 return r.status_code
             return await asyncio.gather(one(0), *(one(0.1) for _ in range(5)))
 
     statuses = asyncio.run(run())
     assert statuses[0] == 500 and statuses[1:] == [200] * 5
+    assert gw.gateway.cache is not None and not gw.gateway.cache._starting and not gw.gateway.cache._waiting
 
 
 def test_the_memory_level_stays_within_its_bytes_under_a_flood() -> None:

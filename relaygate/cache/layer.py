@@ -4,7 +4,8 @@ The key is a hash of what changes the answer: the route, the model after resolut
 the deployments that may serve it, the name they are asked for), the request body without the fields that do not (``stream``,
 ``stream_options``, ``user``, …) and the namespace (a team's or a key's, when configured). A miss goes on
 to the router; concurrent identical misses make one upstream call (the others wait for its answer, and go on
-alone if it fails; a streamed one that asks for the same framing gets the leader's stream as it arrives). Only whole, clean answers are kept: no errors, partial streams, refusals or filtered
+alone if it fails; a streamed one that asks for the same framing gets the leader's stream as it arrives, also
+when it came before that stream started). Only whole, clean answers are kept: no errors, partial streams, refusals or filtered
 answers. A hit is served at once: as it was, or, for a streamed chat request, replayed as SSE. The layer
 is passed by at the cost of one dict lookup for a model without ``cache``.
 """
@@ -19,7 +20,7 @@ import time
 import zlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from relaygate.state.resp import RespClient
 
 log = logging.getLogger("relaygate.cache")
+T = TypeVar("T")
 
 CHAT_ROUTE = Route.CHAT  # bound once: an enum class attribute costs a lookup each time
 CACHED_ROUTES = frozenset({Route.CHAT, Route.EMBEDDINGS, Route.SPEECH})
@@ -311,6 +313,9 @@ class CacheLayer:
         self._inflight: dict[str, Call] = {}
         self._waiting: dict[str, asyncio.Future[Entry | None]] = {}
         self._streams: dict[str, Broadcast] = {}  # leaders' streams in flight, for followers that stream too
+        # the futures of streamed calls waiting for a streamed leader's stream to start (to join it), resolved
+        # with its Broadcast, or with the leader's entry (None: it failed) when it ends without one
+        self._starting: dict[str, asyncio.Future[Broadcast | Entry | None]] = {}
         self._writes: set[asyncio.Task[None]] = set()
         self._shared = [level for level in (self.disk, self.redis) if level is not None]  # memory, then these
         # (model asked, provider asked, route) -> the names of the deployments that may serve it and the hash
@@ -375,15 +380,28 @@ class CacheLayer:
                 return hit
             pending = self._inflight.get(key)
             if pending is not None:
-                cast = self._streams.get(key)
-                if cast is not None and call.stream and cast.wants_usage == call.wants_usage \
-                        and call.anthropic_request is None and call.native is None \
-                        and call.responses_request is None:
-                    return self._joined(call, cast, key)
-                waiting = self._waiting.get(key)
-                if waiting is None:
-                    waiting = self._waiting[key] = asyncio.get_running_loop().create_future()
-                entry = await self._follow(call, waiting)
+                # a streamed chat call may join a streamed leader that asks for the same framing (the same key:
+                # the same route and dialect, so the leader's stream is broadcast as this call's would be)
+                joins = call.stream and pending.stream and pending.wants_usage == call.wants_usage \
+                    and call.anthropic_request is None and call.native is None and call.responses_request is None
+                entry: Entry | None
+                if joins:
+                    cast = self._streams.get(key)
+                    if cast is not None:
+                        return self._joined(call, cast, key)
+                    # the leader's stream has not started: join it when it does (or take its whole answer)
+                    starting = self._starting.get(key)
+                    if starting is None:
+                        starting = self._starting[key] = asyncio.get_running_loop().create_future()
+                    got = await self._follow(call, starting)
+                    if isinstance(got, Broadcast):
+                        return self._joined(call, got, key)
+                    entry = got
+                else:
+                    waiting = self._waiting.get(key)
+                    if waiting is None:
+                        waiting = self._waiting[key] = asyncio.get_running_loop().create_future()
+                    entry = await self._follow(call, waiting)
                 if entry is not None and (hit := self._hit(call, entry, key)) is not None:
                     self.stats.coalesced += 1
                     return hit
@@ -503,8 +521,9 @@ class CacheLayer:
             return hit
         return None
 
-    async def _follow(self, call: Call, pending: asyncio.Future[Entry | None]) -> Entry | None:
-        """Wait for the identical call in flight (not past the deadline): its entry, or None if it failed."""
+    async def _follow(self, call: Call, pending: asyncio.Future[T]) -> T:
+        """Wait for the identical call in flight (not past the deadline): its entry, or None if it failed (or
+        its stream, as it starts)."""
         left = call.deadline - time.monotonic() if call.deadline else None
         try:
             return await asyncio.wait_for(asyncio.shield(pending), left)
@@ -589,6 +608,10 @@ class CacheLayer:
             if leader is not None and call.route is Route.CHAT and call.anthropic_request is None and call.native is None \
                     and call.responses_request is None:
                 cast = self._streams[key] = Broadcast(call.wants_usage, reply, self._saver(call, reply, model))
+                if self._starting:  # the streamed calls that came before it started join it now
+                    starting = self._starting.pop(key, None)
+                    if starting is not None and not starting.done():
+                        starting.set_result(cast)
             reply.stream = self._tee(reply.stream, call, reply, model, key, leader, settings, cast)
 
             def done(r: Reply, error: BaseException | None) -> None:  # a stream cut short wakes the others
@@ -675,7 +698,7 @@ class CacheLayer:
             if vec is not None and entry is not None:
                 vec[0].add(vec[1], key, vec[2])
         if leader is not None:
-            if self._waiting or self._streams:
+            if self._waiting or self._streams or self._starting:
                 self._release(key, leader, entry)
             elif self._inflight.get(key) is leader:  # the usual: nobody waits, the leader is only forgotten
                 del self._inflight[key]
@@ -717,6 +740,10 @@ class CacheLayer:
             waiting = self._waiting.pop(key, None)
             if waiting is not None and not waiting.done():
                 waiting.set_result(entry)
+        if self._starting:
+            starting = self._starting.pop(key, None)
+            if starting is not None and not starting.done():
+                starting.set_result(entry)
 
     async def purge(self, model: str | None = None, key: str | None = None) -> dict[str, int]:
         """Drop the entries of every level: all, one model's, or one cache key's."""

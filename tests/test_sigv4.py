@@ -60,3 +60,22 @@ def test_a_signature_over_headers_without_host_is_refused_whether_or_not_its_kin
     for _ in range(2):
         with pytest.raises(SignatureError, match="Host"):
             check({**headers, "authorization": auth}, body)
+
+
+def test_a_signed_header_left_out_of_the_request_is_a_mismatch_not_an_error() -> None:
+    body = b"{}"
+    headers = signed(body, {"content-type": "application/json", "x-custom": "one"})
+    assert check(headers, body) == 0
+    with pytest.raises(SignatureError) as e:
+        check({k: v for k, v in headers.items() if k != "x-custom"}, body)
+    assert e.value.error_type == "InvalidSignatureException"
+
+
+@pytest.mark.parametrize("signature", ["G" * 64, "A" * 64, "a" * 63, "a" * 65, "a" * 63 + "\n"])
+def test_an_authorization_header_read_before_is_still_refused_with_a_malformed_signature(signature: str) -> None:
+    body = b"{}"
+    header = signed(body, {"content-type": "application/json"})["authorization"]
+    assert parse_authorization(header) == parse_authorization(header)  # the second read from what the first kept
+    with pytest.raises(SignatureError) as e:
+        parse_authorization(header[:-64] + signature)
+    assert e.value.error_type == "IncompleteSignatureException"

@@ -12,8 +12,9 @@ import hmac
 import posixpath
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any, NamedTuple
 from urllib.parse import quote, unquote
 
@@ -279,16 +280,32 @@ class SignedBy(NamedTuple):
     signature: str
 
 
+_CLAIMS_KEPT = 1024  # Authorization headers' claims kept (a client's is the same all day but its signature)
+_claims: dict[str, tuple[str, str, str, str, tuple[str, ...]]] = {}
+_SIGNATURE = re.compile(r"[0-9a-f]{64}")
+
+
 def parse_authorization(header: str) -> SignedBy:
-    """The parts of an ``AWS4-HMAC-SHA256`` header; SignatureError when it is missing or malformed."""
+    """The parts of an ``AWS4-HMAC-SHA256`` header; SignatureError when it is missing or malformed. A header
+    whose part before the signature was read before is not matched again (the regex cost ~13k instructions
+    a request): only its new signature is checked to be 64 hexadecimal digits."""
     if not header:
         raise SignatureError("MissingAuthenticationTokenException", "Missing Authentication Token")
+    claim = _claims.get(header[:-64])
+    signature = header[-64:]
+    if claim is not None and _SIGNATURE.fullmatch(signature):
+        return tuple.__new__(SignedBy, (*claim, signature))  # (SignedBy(...) costs a Python-level __new__ more)
     m = _AUTHORIZATION.match(header)
     if m is None:
         raise SignatureError("IncompleteSignatureException", "Authorization header requires 'Credential', "
                              "'Signature' and 'SignedHeaders' parameters.")
     access_key, date, region, service, signed, signature = m.groups()
-    return SignedBy(access_key, date, region, service, tuple(signed.split(";")), signature)
+    claim = (access_key, date, region, service, tuple(signed.split(";")))
+    if m.end(6) == len(header):  # (the regex's $ also matches before a last line break)
+        if len(_claims) >= _CLAIMS_KEPT:
+            _claims.clear()
+        _claims[header[:m.start(6)]] = claim
+    return SignedBy(*claim, signature)
 
 
 def _check_service(by: SignedBy, service: str) -> None:
@@ -324,29 +341,43 @@ def _mismatch() -> SignatureError:
                           "the service documentation for details.")
 
 
-_VERIFYING_KINDS = 256  # kinds of signed request memoized for verification (each client sends a handful)
-_verifying_kinds: dict[tuple[Any, ...], tuple[Any, str]] = {}
+_VERIFYING_KINDS = 256  # kinds of signed request memoized for verification, per set of signed headers
+_SIGNED_SETS = 16  # sets of signed headers memoized (each SDK signs one or two)
+# by the signed header names: those besides x-amz-date (and a getter of their values), and the kinds memoized
+_verifying: dict[tuple[str, ...], tuple[tuple[str, ...], Callable[[Mapping[str, str]], Any],
+                                        dict[tuple[Any, ...], tuple[Any, str]]]] = {}
 
 
 def _verifying_canonical(signed: tuple[str, ...], method: str, raw_path: str, raw_query: str,
                          headers: Mapping[str, str]) -> tuple[Any, str]:
     """The canonical request of a header-signed request around its two varying parts, as the signer keeps
     its own (``_Canonical``): the SHA-256 state up to the x-amz-date value (``signed`` names it), and what
-    follows it up to the payload hash. Memoized by what makes it: method, path, query and the other signed
-    headers' values (a client signs the same few kinds of request all day; the memo is emptied when full)."""
-    values = tuple(map(headers.get, signed))
-    at = signed.index("x-amz-date")
-    kind = (method, raw_path, raw_query, signed, values[:at], values[at + 1:])
-    found = _verifying_kinds.get(kind)
+    follows it up to the payload hash. Memoized by what makes it: the signed header names, method, path,
+    query and the other signed headers' values (a client signs the same few kinds of request all day; a
+    memo is emptied when full). SignatureError when ``signed`` leaves out host or is not in order."""
+    per = _verifying.get(signed)
+    if per is None:
+        names = _signed_headers_of(signed)
+        others = tuple(h for h in names if h != "x-amz-date")  # (host among them)
+        if len(_verifying) >= _SIGNED_SETS:
+            _verifying.clear()
+        per = _verifying[signed] = (others, itemgetter(*others), {})
+    try:
+        values = per[1](headers)
+    except KeyError:  # a signed header not sent: its canonical value is empty
+        values = tuple(headers.get(h, "") for h in per[0])
+    kind = (method, raw_path, raw_query, values)
+    kinds = per[2]
+    found = kinds.get(kind)
     if found is not None:
         return found
-    names = _signed_headers_of(signed)
-    lines = [f"{h}:{' '.join(headers.get(h, '').split())}\n" for h in names]
+    at = signed.index("x-amz-date")
+    lines = [f"{h}:{' '.join(headers.get(h, '').split())}\n" for h in signed]
     head = f"{method.upper()}\n{canonical_uri(raw_path)}\n{canonical_query(raw_query)}\n{''.join(lines[:at])}x-amz-date:"
-    found = (hashlib.sha256(head.encode()), f"\n{''.join(lines[at + 1:])}\n{';'.join(names)}\n")
-    if len(_verifying_kinds) >= _VERIFYING_KINDS:
-        _verifying_kinds.clear()
-    _verifying_kinds[kind] = found
+    found = (hashlib.sha256(head.encode()), f"\n{''.join(lines[at + 1:])}\n{';'.join(signed)}\n")
+    if len(kinds) >= _VERIFYING_KINDS:
+        kinds.clear()
+    kinds[kind] = found
     return found
 
 

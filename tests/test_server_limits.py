@@ -26,6 +26,7 @@ from relaygate.server.guard import _NAME_OK, _VALUE_OK, TESTED_UVICORN, default_
 from relaygate.testing.base import BackgroundServer, FaultPlan
 from relaygate.testing.gateway import GatewayThread
 from relaygate.testing.openai import OpenAIEmulatorOptions, create_app
+from relaygate.testing.transport import HeldTransport
 
 from .conftest import UPSTREAM_KEY, openai_model
 from .process_support import REPO, gateway_process
@@ -480,3 +481,54 @@ def test_upstream_connections_are_capped_the_excess_waits_then_gets_a_logged_503
         refused = [r for r in rows if r["status"] == 503]
         assert len(refused) == 4 and all(r["error"] == "server_busy" for r in refused)
         assert all("upstream connections are all in use" in r["error_message"] for r in refused)
+
+
+@pytest.mark.parametrize("extra", [[], [(b"Transfer-Encoding", b"chunked")], [(b"Connection", b"Keep-Alive, Close")],
+                                   [(b"content-length", b"7")]])
+def test_the_guarded_protocol_reads_and_writes_heads_as_uvicorn_does(extra: list[tuple[bytes, bytes]]) -> None:
+    """GuardedProtocol lower-cases the request's header names and notes ``expect`` for all headers at once, and
+    GuardedCycle writes the response head without a loop per header (unless it names transfer-encoding or
+    connection): the scope, the head written and the cycle's state are uvicorn's for the same bytes."""
+    from uvicorn.config import Config
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    from uvicorn.server import ServerState
+
+    from relaygate.config import ServerConfig
+    from relaygate.server.guard import Watchdog, protocol_class
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        pass
+
+    async def run() -> list[tuple[Any, ...]]:
+        config = Config(app, http="httptools", lifespan="off", access_log=False)
+        config.load()
+        seen = []
+        for cls in (HttpToolsProtocol, protocol_class(Watchdog(ServerConfig()))):
+            p = cls(config=config, server_state=ServerState(), app_state={}, _loop=asyncio.get_running_loop())
+            p._start_asgi_task = lambda cycle, app: None  # type: ignore[method-assign]
+            transport = HeldTransport()
+            p.connection_made(transport)
+            p.data_received(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Mixed-Case: A b\r\n"
+                            b"EXPECT: 100-Continue\r\nContent-Length: 2\r\n\r\n")
+            await p.cycle.send({"type": "http.response.start", "status": 200, "headers": [
+                (b"Content-Type", b"application/json"), (b"Content-Length", b"2"), (b"x-relaygate-cache", b"hit"),
+                *extra]})
+            seen.append((p.scope["headers"], p.expect_100_continue, transport.data, p.cycle.keep_alive,
+                         p.cycle.chunked_encoding, p.cycle.expected_content_length))
+            p.connection_lost(None)
+        return seen
+
+    uvicorns, ours = asyncio.run(run())
+    assert ours == uvicorns
+    assert ours[0][1] == (b"x-mixed-case", b"A b") and ours[1]
+
+
+def test_headers_are_decoded_and_encoded_at_once_and_one_by_one_when_one_holds_a_line_break() -> None:
+    from relaygate.server.http import _decoded, _headers
+
+    assert _decoded([(b"a", b"1"), (b"b", b"\xe9 2"), (b"a", b"3")]) == {"a": "3", "b": "\xe9 2"}
+    assert _decoded([(b"a", b"x\ny"), (b"b", b"z")]) == {"a": "x\ny", "b": "z"}
+    assert _decoded([]) == {}
+    assert _headers({"a": "1", "b": "\xe9 2"}) == [(b"a", b"1"), (b"b", b"\xe9 2")]
+    assert _headers({"a": "x\ny", "b": "z"}) == [(b"a", b"x\ny"), (b"b", b"z")]
+    assert _headers({}) == []

@@ -486,9 +486,8 @@ def test_upstream_connections_are_capped_the_excess_waits_then_gets_a_logged_503
 @pytest.mark.parametrize("extra", [[], [(b"Transfer-Encoding", b"chunked")], [(b"Connection", b"Keep-Alive, Close")],
                                    [(b"content-length", b"7")]])
 def test_the_guarded_protocol_reads_and_writes_heads_as_uvicorn_does(extra: list[tuple[bytes, bytes]]) -> None:
-    """GuardedProtocol lower-cases the request's header names and notes ``expect`` for all headers at once, and
-    GuardedCycle writes the response head without a loop per header (unless it names transfer-encoding or
-    connection): the scope, the head written and the cycle's state are uvicorn's for the same bytes."""
+    """GuardedProtocol's header callbacks and GuardedCycle's head, which replace uvicorn's whole: the scope, the
+    expect flag, the head written and the cycle's state are uvicorn's for the same bytes."""
     from uvicorn.config import Config
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
     from uvicorn.server import ServerState
@@ -521,14 +520,3 @@ def test_the_guarded_protocol_reads_and_writes_heads_as_uvicorn_does(extra: list
     uvicorns, ours = asyncio.run(run())
     assert ours == uvicorns
     assert ours[0][1] == (b"x-mixed-case", b"A b") and ours[1]
-
-
-def test_headers_are_decoded_and_encoded_at_once_and_one_by_one_when_one_holds_a_line_break() -> None:
-    from relaygate.server.http import _decoded, _headers
-
-    assert _decoded([(b"a", b"1"), (b"b", b"\xe9 2"), (b"a", b"3")]) == {"a": "3", "b": "\xe9 2"}
-    assert _decoded([(b"a", b"x\ny"), (b"b", b"z")]) == {"a": "x\ny", "b": "z"}
-    assert _decoded([]) == {}
-    assert _headers({"a": "1", "b": "\xe9 2"}) == [(b"a", b"1"), (b"b", b"\xe9 2")]
-    assert _headers({"a": "x\ny", "b": "z"}) == [(b"a", b"x\ny"), (b"b", b"z")]
-    assert _headers({}) == []

@@ -21,7 +21,6 @@ import resource
 import time
 import urllib.parse
 from collections import Counter
-from itertools import repeat
 from typing import Any, ClassVar
 
 import httptools
@@ -144,35 +143,25 @@ class GuardedCycle(RequestResponseCycle):
         if self.access_log:
             self.access_logger.info('%s - "%s %s HTTP/%s" %d', get_client_addr(self.scope), self.scope["method"],
                                     get_path_with_query_string(self.scope), self.scope["http_version"], status_code)
-        names, values = zip(*headers, strict=True) if headers else ((), ())
-        if b"".join(names).translate(None, _NAME_OK):
+        if b"".join([n for n, _ in headers]).translate(None, _NAME_OK):
             raise RuntimeError("Invalid HTTP header name.")
-        if b"".join(values).translate(None, _VALUE_OK):
+        if b"".join([v for _, v in headers]).translate(None, _VALUE_OK):
             raise RuntimeError("Invalid HTTP header value.")
-        # the names lower-cased at once (checked above: none holds a line break), the head joined in C: the
-        # usual answer names no transfer-encoding or connection and is written without a loop per header
-        lowered = b"\n".join(names).lower().split(b"\n")
+        content = [STATUS_LINE[status_code]]
         has_connection_close = False
-        if b"transfer-encoding" not in lowered and b"connection" not in lowered:
-            if self.chunked_encoding is None and b"content-length" in lowered:
-                self.expected_content_length = int(values[lowered.index(b"content-length")].decode())
+        for name, value in headers:
+            name = name.lower()
+            if name == b"content-length" and self.chunked_encoding is None:
+                self.expected_content_length = int(value.decode())
                 self.chunked_encoding = False
-            content = [STATUS_LINE[status_code], b"".join(map(b"".join, zip(lowered, repeat(b": "), values,
-                                                                              repeat(b"\r\n"))))]
-        else:
-            content = [STATUS_LINE[status_code]]
-            for name, value in zip(lowered, values, strict=True):
-                if name == b"content-length" and self.chunked_encoding is None:
-                    self.expected_content_length = int(value.decode())
-                    self.chunked_encoding = False
-                elif name == b"transfer-encoding" and value.lower() == b"chunked":
-                    self.expected_content_length = 0
-                    self.chunked_encoding = True
-                elif name == b"connection":
-                    if b"close" in [token.lower().strip() for token in value.split(b",")]:
-                        self.keep_alive = False
-                        has_connection_close = True
-                content.extend([name, b": ", value, b"\r\n"])
+            elif name == b"transfer-encoding" and value.lower() == b"chunked":
+                self.expected_content_length = 0
+                self.chunked_encoding = True
+            elif name == b"connection":
+                if b"close" in [token.lower().strip() for token in value.split(b",")]:
+                    self.keep_alive = False
+                    has_connection_close = True
+            content.extend([name, b": ", value, b"\r\n"])
         if not self.keep_alive and not has_connection_close:
             content.append(b"connection: close\r\n")
         if self.chunked_encoding is None and self.scope["method"] != "HEAD" and status_code not in (204, 304):
@@ -310,9 +299,12 @@ class GuardedProtocol(HttpToolsProtocol):
         self.since = self.watchdog.now
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        # kept as it came: the lines' lengths, the names' case and ``expect`` are seen to once the head is
-        # whole (on_headers_complete), for all headers at once, not per header (a head split over reads is
-        # bounded by data_received meanwhile)
+        if len(value) > self.max_line or len(name) > self.max_line:
+            self.refusal = self._head_too_large()
+            raise self.refusal
+        name = name.lower()
+        if name == b"expect" and value.lower() == b"100-continue":
+            self.expect_100_continue = True
         self.headers.append((name, value))
 
     def _head_too_large(self) -> HeadTooLarge:
@@ -321,22 +313,11 @@ class GuardedProtocol(HttpToolsProtocol):
                             f"bytes each, {wd.max_header_bytes} bytes in all")
 
     def on_headers_complete(self) -> None:
-        # the headers and the URL are checked once the head is whole (a head split over reads is bounded by
-        # data_received meanwhile); the headers are made ASGI's here, all at once (names lower-cased, in place:
-        # the scope holds the list), with ``expect: 100-continue`` noted, as uvicorn's on_header does per header
-        raw = self.headers
-        if raw:
-            if len(raw) > self.watchdog.max_headers:
-                self.refusal = self._head_too_large()
-                raise self.refusal
-            names, values = zip(*raw, strict=True)
-            if max(map(len, names)) > self.max_line or max(map(len, values)) > self.max_line:
-                self.refusal = self._head_too_large()
-                raise self.refusal
-            lowered = b"\n".join(names).lower().split(b"\n")  # the parser lets no line break into a name
-            raw[:] = zip(lowered, values, strict=True)
-            if b"expect" in lowered:
-                self.expect_100_continue = any(n == b"expect" and v.lower() == b"100-continue" for n, v in raw)
+        # the count and the URL are checked once the head is whole (a head split over reads is bounded by
+        # data_received meanwhile)
+        if len(self.headers) > self.watchdog.max_headers:
+            self.refusal = self._head_too_large()
+            raise self.refusal
         if len(self.url) > self.max_line:
             self.refusal = GatewayError(f"the request URL exceeds {self.max_line} bytes", status=414,
                                         code="uri_too_long")

@@ -59,7 +59,7 @@ class Request:
     def __init__(self, scope: Scope, receive: Receive, ids: RequestIds, watchers: Watchers | None = None) -> None:
         self.scope = scope
         self.receive = receive
-        self.headers = _decoded(scope["headers"])
+        self.headers: dict[str, str] = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         rid = self.headers.get("x-request-id")
         self.id = rid if rid and len(rid) <= 200 and rid.isprintable() else ids.new()
         self.params: dict[str, str] = {}
@@ -184,27 +184,8 @@ def error_fields(error: BaseException | None) -> tuple[int | None, str | None, s
     return 500, "internal", type(error).__name__
 
 
-def _decoded(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
-    """A request's headers as a dict of strings: the names and the values each decoded at once, joined by a
-    line break (which the HTTP parser lets into no header; per header if one holds it), not two calls per header."""
-    if not raw:
-        return {}
-    names, values = zip(*raw, strict=True)
-    keys = b"\n".join(names).decode("latin-1").split("\n")
-    texts = b"\n".join(values).decode("latin-1").split("\n")
-    if len(keys) != len(raw) or len(texts) != len(raw):
-        return {k.decode("latin-1"): v.decode("latin-1") for k, v in raw}
-    return dict(zip(keys, texts, strict=True))
-
-
 def _headers(pairs: dict[str, str]) -> list[tuple[bytes, bytes]]:
-    """A reply's headers as ASGI pairs, encoded as ``_decoded`` decodes (a line break in one: the server
-    refuses it when it writes the head)."""
-    names = "\n".join(pairs).encode("latin-1").split(b"\n")
-    values = "\n".join(pairs.values()).encode("latin-1").split(b"\n")
-    if len(names) != len(pairs) or len(values) != len(pairs):
-        return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in pairs.items()]
-    return list(zip(names, values, strict=True))
+    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in pairs.items()]
 
 
 class Response:
@@ -222,7 +203,7 @@ class Response:
 
     async def send(self, send: Send, receive: Receive, request_id: str) -> None:
         headers = self.headers
-        h = _headers(headers) if headers else []
+        h = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
         if "content-type" not in headers:
             h.append((b"content-type", self.media_type.encode("latin-1")))
         if self.reply is not None and self.reply.raw_headers:

@@ -303,6 +303,16 @@ def post(http: urllib3.PoolManager, gw: GatewayThread, body: bytes, path: str = 
     (b'{"model": "mini", "messages": [{"content": "x"}]}', 400, "messages[0].role"),
     (b'{"model": "mini", "messages": [{"role": "user", "content": "x"}], "stream": "yes"}', 400, "stream"),
     (b'{"model": "mini", "messages": [{"role": "user", "content": "x"}], "n": 0}', 400, "n"),
+    (b'{"model": "", "messages": [{"role": "user", "content": "x"}]}', 400, "model"),
+    (b'{"model": "mini", "messages": [{"role": "user", "content": "x"}], "temperature": true}', 400, "temperature"),
+    (b'{"model": "mini", "messages": [{"role": "user", "content": "x"}], "max_tokens": "5"}', 400, "max_tokens"),
+    (b'{"model": "mini", "messages": [{"role": "user", "content": "x"}], "tools": {}}', 400, "tools"),
+    (b'{"model": "mini", "messages": [{"role": "user", "content": "x"}], "stream_options": 1}', 400,
+     "stream_options"),
+    (b'{"model": "mini", "messages": [{"role": "user", "content": "x"}], "top_logprobs": 99}', 400, "top_logprobs"),
+    # two fields wrong: the first checked is named, whatever the body's order
+    (b'{"model": "mini", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1.5, "stream": 1}', 400,
+     "stream"),
     (b'{"model": "mini", "messages": [{"role": "user", "content": "x"}], "provider": 3}', 400, "provider"),
     (b'{"model": "nope", "messages": [{"role": "user", "content": "x"}]}', 404, "model"),
 ])

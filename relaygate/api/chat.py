@@ -28,12 +28,15 @@ MAX_TOP_LOGPROBS = 20
 def validate_chat(body: dict[str, Any]) -> None:
     """Reject what no upstream could serve (``n`` and ``top_logprobs`` beyond OpenAI's ranges too); everything
     else (tools, logprobs, …) passes untouched."""
-    model = require(body, "model", str, "a string")
-    if not model:
-        raise BadRequest("'model' must not be empty", param="model")
-    messages = require(body, "messages", list, "an array of messages")
-    if not messages:
-        raise BadRequest("'messages' must contain at least one message", param="messages")
+    model = body.get("model")
+    if type(model) is not str or not model:  # (the usual request: two lookups, not two calls)
+        if not require(body, "model", str, "a string"):
+            raise BadRequest("'model' must not be empty", param="model")
+    messages = body.get("messages")
+    if type(messages) is not list or not messages:
+        messages = require(body, "messages", list, "an array of messages")
+        if not messages:
+            raise BadRequest("'messages' must contain at least one message", param="messages")
     for i, m in enumerate(messages):
         if not isinstance(m, dict):
             raise BadRequest(f"messages[{i}] must be an object", param=f"messages[{i}]", code="invalid_type")
@@ -41,12 +44,25 @@ def validate_chat(body: dict[str, Any]) -> None:
         if not isinstance(role, str):
             raise BadRequest(f"messages[{i}].role must be a string", param=f"messages[{i}].role",
                              code="invalid_type")
+    # the typed fields a request has, each looked at once by its exact type (as JSON parses to); any other
+    # (a wrong type, a subclass, a number to bound) goes through the checks in order: the first error is said
+    for name in _TYPED.keys() & body.keys():
+        if type(body[name]) not in _TYPED[name]:
+            _check_typed(body)
+            break
+
+
+_TYPED: dict[str, tuple[type, ...]] = {
+    "stream": (bool, type(None)), "stream_options": (dict, type(None)), "tools": (list, type(None)),
+    "temperature": (int, float, type(None)), "max_tokens": (int, type(None)),
+    "max_completion_tokens": (int, type(None)), "n": (type(None),), "top_logprobs": (type(None),)}
+
+
+def _check_typed(body: dict[str, Any]) -> None:
     check(body, "stream", bool, "a boolean")
     check(body, "stream_options", dict, "an object")
-    if "n" in body:  # (most requests have neither: a lookup instead of two calls)
-        check_int(body, "n", 1, MAX_CHOICES)
-    if "top_logprobs" in body:
-        check_int(body, "top_logprobs", 0, MAX_TOP_LOGPROBS)
+    check_int(body, "n", 1, MAX_CHOICES)
+    check_int(body, "top_logprobs", 0, MAX_TOP_LOGPROBS)
     check(body, "tools", list, "an array")
     check(body, "temperature", (int, float), "a number")
     check(body, "max_tokens", int, "an integer")

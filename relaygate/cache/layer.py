@@ -563,11 +563,11 @@ class CacheLayer:
         stats.saved_nano[entry.model] = stats.saved_nano.get(entry.model, 0) + cost
         age = time.time() - entry.created  # (Entry.age, inline)
         headers = {HEADER: "hit", "age": str(int(age)) if age >= 1 else "0", KEY_HEADER: key}
+        # Reply's fields in order (status, body, stream, media type, headers, raw headers, usage, first byte):
+        # by name, binding them to its parameters took longer than the rest of this
         if stream is not None:
-            return Reply(stream=stream, media_type="text/event-stream", headers=headers, usage=entry.usage,
-                         first_byte_at=time.monotonic())
-        return Reply(body=body, media_type=entry.media_type, headers=headers, usage=entry.usage,
-                     first_byte_at=time.monotonic())
+            return Reply(200, None, stream, "text/event-stream", headers, (), entry.usage, time.monotonic())
+        return Reply(200, body, None, entry.media_type, headers, (), entry.usage, time.monotonic())
 
     def _cost(self, entry: Entry) -> int:
         """What the answer of an entry kept UNPRICED cost (its usage at its deployment's price), worked out once."""

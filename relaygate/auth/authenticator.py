@@ -154,6 +154,14 @@ class Authenticator:
             raise Unavailable("API keys cannot be checked right now (the key store is unreachable); retry shortly.",
                               code="key_store_unavailable", retry_after=1) from None
 
+    def by_id_cached(self, key_id: str) -> tuple[Principal | None] | None:
+        """``by_id``'s answer without awaiting when the cache holds it within its TTL (a one-tuple: the key, or
+        None for no such key); None when ``by_id`` must be awaited."""
+        hit = self._cache.get(ID_PREFIX + key_id)
+        if hit is not None and time.monotonic() < hit[2]:
+            return (hit[0],)
+        return None
+
     async def by_id(self, key_id: str) -> Principal | None:
         """The active key with this id (None: none), through the same cache as the secrets' digests (keyed
         ``id:<key id>``, which no hex digest can equal); expiry and rotation are the caller's to check."""

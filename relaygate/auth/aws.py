@@ -75,7 +75,8 @@ async def sigv4_caller(auth: Authenticator, by: SignedBy | Presigned, method: st
     if presigned is not None:
         by = presigned.by
     assert isinstance(by, SignedBy)
-    principal = await auth.by_id(by.access_key)
+    known = auth.by_id_cached(by.access_key)  # (two coroutines fewer a request while the key is cached)
+    principal = known[0] if known is not None else await auth.by_id(by.access_key)
     if principal is None:
         raise SigV4Refused("UnrecognizedClientException", "The security token included in the request is invalid.")
     body = await read_body()

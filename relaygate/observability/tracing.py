@@ -311,11 +311,7 @@ class CallTrace:
                     encoder, usage)
             else:
                 tokens = b""
-            cost = self.cost
-            if cost is None:  # its tokens, at its deployment's price
-                price = made[4]
-                cost = price.cost_nano(usage) if price is not None else 0
-            money = _pack_cost(_COST, cost / 1e9)
+            money = _pack_cost(_COST, self._cost(made[4]) / 1e9)
             tail = TAILS[0][parent is not None]
         else:
             tokens = money = b""
@@ -346,9 +342,12 @@ class CallTrace:
             a_name, a_attributes = encoder.named(*AttemptSpan.first(self)._fixed())
         else:
             a_name = a_attributes = b""
+        return name + _SERVER, attributes, a_name + _CLIENT, a_attributes, self._price(), attributes + _REQUEST_ID
+
+    def _price(self) -> Price | None:
+        """The per-token price of the call's deployment for the model it asked for (None: no deployment)."""
         dep, price = self.shape[0], self.tracing.price
-        return (name + _SERVER, attributes, a_name + _CLIENT, a_attributes,
-                price(dep, self.shape[7]) if dep is not None and price is not None else None, attributes + _REQUEST_ID)
+        return price(dep, self.shape[7]) if dep is not None and price is not None else None
 
     def _cost(self, price: Price | None) -> int:
         """A successful call's cost in nano-dollars: its own figure, else its tokens priced."""
@@ -394,8 +393,7 @@ class CallTrace:
         attrs: dict[str, Any] = {"relaygate.request_id": rid}
         if self.shape[2] is None:
             _usage(attrs, self.usage)
-            dep, price = self.shape[0], self.tracing.price
-            attrs["relaygate.cost_usd"] = self._cost(price(dep, self.shape[7]) if dep is not None and price else None) / 1e9
+            attrs["relaygate.cost_usd"] = self._cost(self._price()) / 1e9
         return attrs
 
 

@@ -10,7 +10,7 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import boto3
@@ -170,26 +170,34 @@ def test_a_bedrock_deployment_gets_the_converse_body_as_the_client_sent_it(
     assert "x-relaygate-dropped-params" not in resp["ResponseMetadata"]["HTTPHeaders"]
 
 
-@pytest.mark.parametrize("dumps", [orjson.dumps, lambda v: json.dumps(v).encode()], ids=["compact", "spaced"])
-def test_a_body_signed_by_the_client_goes_upstream_as_its_very_bytes_signed_with_the_hash_the_check_made(
-        stack: tuple[GatewayThread, dict[str, BackgroundServer]], dumps: Callable[[Any], bytes]) -> None:
-    """Compact JSON (as the JS, Java and Go SDKs send) or spaced (boto3's): the same-dialect path sends the
-    client's very bytes, not a serialisation of its own, and their SHA-256, computed to check the client's
-    signature, signs the upstream request too (which the emulator verifies); a budget cap or a guardrail
-    changes the bytes, and they are serialised and hashed anew."""
+BYTES_BODY = {"messages": [user("very bytes")], "inferenceConfig": {"maxTokens": 30}}
+DUPLICATE_KEYS = b'{"messages": [{"role": "user", "content": [{"text": "first said"}]}], "inferenceConfig": ' \
+    b'{"maxTokens": 30, "maxTokens": 7}, "messages": [{"role": "user", "content": [{"text": "very bytes"}]}]}'
+
+
+@pytest.mark.parametrize("raw", [orjson.dumps(BYTES_BODY), json.dumps(BYTES_BODY).encode(), DUPLICATE_KEYS],
+                         ids=["compact", "spaced", "duplicate-keys"])
+def test_a_body_signed_by_the_client_goes_upstream_as_the_gateway_read_it(
+        stack: tuple[GatewayThread, dict[str, BackgroundServer]], raw: bytes) -> None:
+    """Compact JSON (as the JS, Java and Go SDKs send) goes upstream as the client's very bytes, and their
+    SHA-256, computed to check the client's signature, signs the upstream request too (which the emulator
+    verifies). Other bytes (boto3's spaced JSON; a key given twice, which the gateway reads as its last value and
+    another parser may read as its first) go as the gateway serialised what it read, hashed anew: upstream
+    answers the very request that was estimated, limited, logged and cached."""
     gw, emu = stack[0], stack[1]["bedrock"]
     pair = aws_pair(gw, APP_KEY)
-    body = dumps({"messages": [user("very bytes")], "inferenceConfig": {"maxTokens": 30}})
-    request = botocore.awsrequest.AWSRequest(method="POST", url=gw.url + "/model/bedrock/converse", data=body,
+    request = botocore.awsrequest.AWSRequest(method="POST", url=gw.url + "/model/bedrock/converse", data=raw,
                                              headers={"Content-Type": "application/json"})
     botocore.auth.SigV4Auth(botocore.credentials.Credentials(pair["aws_access_key_id"], pair["aws_secret_access_key"]),
                             "bedrock", "us-east-1").add_auth(request)
-    r = httpx.post(request.url, content=body, headers=dict(request.headers))
+    r = httpx.post(request.url, content=raw, headers=dict(request.headers))
     assert r.status_code == 200, r.text
     assert "very bytes" in r.json()["output"]["message"]["content"][0]["text"]
     sent = emu.state.requests[-1]
-    assert sent["json"] == orjson.loads(body) and sent["path"].endswith("/converse")
-    assert sent["body_len"] == len(body)  # (spaced JSON is longer than the compact form of it)
+    read = orjson.loads(raw)  # the last of a key given twice, as the gateway reads it
+    assert read["inferenceConfig"]["maxTokens"] == (7 if raw is DUPLICATE_KEYS else 30)
+    assert sent["json"] == read and sent["path"].endswith("/converse")
+    assert sent["body_len"] == len(orjson.dumps(read))  # exactly what was read: no key twice, no spaces
 
 
 def test_an_arn_model_id_names_the_model_after_its_last_slash(client: Any) -> None:

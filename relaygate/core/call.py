@@ -58,9 +58,11 @@ class NativeRequest:
     dialect: Dialect
     body: dict[str, Any]
     dropped: list[str] = field(default_factory=list)
-    # the client's body as it came, while ``body`` is as parsed from it (``cap_output`` lets it go), and its
-    # SHA-256 (hex) when a SigV4 check hashed it: a provider sending ``body`` unchanged sends these very bytes
-    # (Bedrock: signed without hashing them again)
+    # ``body`` serialised (``cap_output`` lets it go), and its SHA-256 (hex) when the client sent these very
+    # bytes and a SigV4 check hashed them: a provider sending ``body`` unchanged sends them (Bedrock: signed
+    # without hashing them again). Never the client's bytes when they differ: a key given twice reads as its
+    # last value here and maybe as its first upstream, which would then answer another request than the one
+    # estimated, limited, logged and cached
     raw: bytes | None = None
     sha256: str | None = None
 

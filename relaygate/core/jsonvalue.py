@@ -41,23 +41,36 @@ class JSONRejected(ValueError):
 
 def loads(raw: bytes | str, room: int = 0) -> Any:
     """The JSON value of ``raw``, serialisable with ``room`` levels to spare, or JSONRejected."""
-    try:
-        data = _decode(raw)
-    except RecursionError:
-        raise JSONRejected(f"JSON nested deeper than {ORJSON_MAX_DEPTH - room} levels") from None
-    except msgspec.DecodeError as e:  # malformed, or a number out of range (1e400)
-        raise JSONRejected(f"not valid JSON ({e})") from None
+    data = _decoded(raw, room)
     check(data, room)
     return data
 
 
-def check(data: Any, room: int = 0) -> None:
-    """Raise JSONRejected unless ``data`` can be serialised, nested ``room`` levels deeper."""
+def loads_dumped(raw: bytes | str) -> tuple[Any, bytes]:
+    """The JSON value of ``raw`` (as ``loads``) and its serialisation by orjson, which the check made anyway:
+    the bytes that say exactly what the gateway read. ``raw`` itself may say something else to another parser
+    (a key given twice: msgspec keeps the last, another parser may keep the first)."""
+    data = _decoded(raw, 0)
+    return data, check(data)
+
+
+def _decoded(raw: bytes | str, room: int) -> Any:
+    try:
+        return _decode(raw)
+    except RecursionError:
+        raise JSONRejected(f"JSON nested deeper than {ORJSON_MAX_DEPTH - room} levels") from None
+    except msgspec.DecodeError as e:  # malformed, or a number out of range (1e400)
+        raise JSONRejected(f"not valid JSON ({e})") from None
+
+
+def check(data: Any, room: int = 0) -> bytes:
+    """Raise JSONRejected unless ``data`` can be serialised, nested ``room`` levels deeper; its serialisation
+    (within ``room`` one-element arrays)."""
     wrapped = data
     for _ in range(room):  # the hot path passes none: each level costs ~450 instructions to build
         wrapped = (wrapped,)
     try:
-        orjson.dumps(wrapped)
+        return orjson.dumps(wrapped)
     except orjson.JSONEncodeError as e:
         if "Integer" in str(e):
             where = _big_int_path(data)

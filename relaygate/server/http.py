@@ -168,13 +168,14 @@ class Request:
             self._watchers.waiting.pop(self, None)
         return False
 
-    async def json(self, limit: int) -> Any:
-        """The body's JSON value: the one place request bodies are parsed, bounded as ``jsonvalue`` says."""
+    async def json(self, limit: int, parse: Callable[[bytes], Any] = jsonvalue.loads) -> Any:
+        """The body's JSON value: the one place request bodies are parsed, bounded as ``jsonvalue`` says
+        (``parse``: ``jsonvalue.loads``, or ``loads_dumped`` for the value and what the gateway read of it)."""
         raw = await self.body(limit)
         if not raw:
             raise BadRequest("the request body is empty; expected a JSON object")
         try:
-            return jsonvalue.loads(raw)
+            return parse(raw)
         except jsonvalue.JSONRejected as e:
             raise BadRequest(f"the request body is not accepted: {e.message}", param=e.param) from None
 

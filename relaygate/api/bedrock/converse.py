@@ -18,6 +18,7 @@ from relaygate.api.bedrock.translate import (
 from relaygate.api.chat import native_call
 from relaygate.api.common import object_body, reply_headers
 from relaygate.api.dialects import ForeignDialect, answer
+from relaygate.core import jsonvalue
 from relaygate.core.call import Dialect, NativeRequest
 from relaygate.providers.aws.eventstream import EVENTSTREAM
 from relaygate.server.http import Request, Response, StreamResponse
@@ -32,9 +33,12 @@ async def converse(gw: Gateway, req: Request, key: Principal | None, model: str,
     """Converse (``stream`` False) or ConverseStream: the client's body rides along its call, the chat body
     made when asked for (the fields the translation left out then in ``native.dropped``)."""
     started = time.monotonic()
-    body = object_body(await req.json(gw.config.server.max_body_bytes))
+    data, dumped = await req.json(gw.config.server.max_body_bytes, jsonvalue.loads_dumped)
+    body = object_body(data)
+    # what goes upstream is what the gateway read (``dumped``), the client's hash kept when they are its bytes
+    sha256 = req.body_sha256 if dumped == req.raw else None
     # (dialect, body, dropped, raw, sha256) given in order: a dataclass's keywords cost ~1.5k instructions here
-    native = NativeRequest(Dialect.BEDROCK, body, [], req.raw, req.body_sha256)
+    native = NativeRequest(Dialect.BEDROCK, body, [], dumped, sha256)
     call = native_call(gw, req, native, lambda: to_openai_request(body, model, stream), model, stream, key)
     reply = await gw.handle(call)
     if reply.native and reply.stream is None:  # relayed as it came: the dialect's writers are not needed

@@ -147,8 +147,8 @@ class AwsProvider(Provider):
     async def post_json(self, deadline: float, path: str, body: dict[str, Any], accept: str = "application/json",
                         raw: tuple[bytes, str | None] | None = None) -> Response:
         """POST ``body`` to ``path`` (already percent-encoded), signed; an error status is raised mapped.
-        ``raw``: the bytes ``body`` was parsed from, sent instead of serialising it again, and their SHA-256
-        (hex) when it is known (``NativeRequest.raw``, ``.sha256``)."""
+        ``raw``: ``body`` serialised already, sent instead of serialising it again, and their SHA-256 (hex)
+        when it is known (``NativeRequest.raw``, ``.sha256``)."""
         data, digest = raw if raw is not None else (orjson.dumps(body), None)
         fixed = self._posts.get(accept) or self._posts.setdefault(accept, {**self._headers, "accept": accept})
         if self.credentials is not None:

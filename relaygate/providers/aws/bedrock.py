@@ -163,8 +163,8 @@ class BedrockProvider(AwsProvider):
             cfg = native.get("inferenceConfig")
             if not isinstance(cfg, dict) or type(cfg.get("maxTokens")) is not int:
                 request = {**request, "inferenceConfig": {**(cfg if isinstance(cfg, dict) else {}), "maxTokens": cap}}
-        # unchanged, the body goes as the client's very bytes (not serialised again; their SHA-256 known when
-        # the client's signature was checked)
+        # unchanged, the body goes as the gateway serialised it when it read it (not again; their SHA-256 known
+        # when they are the client's very bytes and the client's signature was checked)
         as_sent = (sent.raw, sent.sha256) if request is native and sent.raw is not None else None
         if not call.stream:
             resp = await self.post_json(call.deadline, model_path(model, "converse"), request, raw=as_sent)

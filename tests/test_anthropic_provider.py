@@ -70,6 +70,24 @@ def sent(emu: BackgroundServer) -> dict[str, Any]:
     return [r for r in emu.state.requests if r["path"] == "/v1/messages"][-1]
 
 
+def test_a_translated_stream_read_to_its_last_event_leaves_its_connection_pooled(
+        emu: BackgroundServer, gw: GatewayThread) -> None:
+    """A reader outside the translator (another dialect's, here Gemini's, built on chat chunks) stops at the
+    ``[DONE]`` chunk, before the translator would have asked for more: the upstream connection, whose body ends
+    just after ``message_stop``, is still pooled, and the next call goes on it (the emulator sees the same
+    client port). It used to be closed."""
+    emu.state.requests.clear()
+    emu.state.faults = FaultPlan(end_delay_ms=200)  # the body ends a while after its last event
+    for _ in range(2):
+        r = httpx.post(gw.url + "/v1beta/models/claude:streamGenerateContent?alt=sse",
+                       json={"contents": [{"role": "user", "parts": [{"text": "pooled twice"}]}]}, timeout=10)
+        assert r.status_code == 200 and '"finishReason"' in r.text, r.text
+        time.sleep(0.6)  # the left body's end came, and its connection went back to the pool
+    first, second = [r["port"] for r in emu.state.requests if r["path"] == "/v1/messages"]
+    assert first is not None and first == second
+    emu.state.faults = None
+
+
 def test_plain_chat_is_translated_and_answered(client: openai.OpenAI, emu: BackgroundServer) -> None:
     r = client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "hello there"}])
     assert r.choices[0].message.content == "Hello! You said: hello there"

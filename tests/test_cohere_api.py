@@ -3,17 +3,19 @@ Gemini emulators): translated cells, the Cohere-to-Cohere relay, keys, errors in
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import cohere
+import httpx
 import orjson
 import pytest
 import requests
 
 from relaygate.testing import cohere as cohere_emu
 from relaygate.testing import gemini as gemini_emu
-from relaygate.testing.base import BackgroundServer
+from relaygate.testing.base import BackgroundServer, FaultPlan
 from relaygate.testing.gateway import GatewayThread
 from relaygate.testing.openai import OpenAIEmulatorOptions
 from relaygate.testing.openai import create_app as create_openai_app
@@ -249,3 +251,21 @@ def test_translated_stream_with_tools_but_no_call_answers_the_held_text_as_conte
     assert "".join(e.delta.message.content.text for e in events if e.type == "content-delta") == "It is sunny."
     # without tools offered there is no plan: the text streams at once
     assert b"content-delta" in EventWriter().chunk(_chunk({"content": "Hi"}))
+
+
+def test_a_translated_stream_read_to_its_last_event_leaves_its_connection_pooled(
+        gw: GatewayThread, upstreams: dict[str, BackgroundServer]) -> None:
+    """Another dialect's reader (Gemini's, built on chat chunks) stops at the ``[DONE]`` chunk made of Cohere's
+    ``message-end``, before the translator would read on: the upstream connection, whose body ends a while after
+    that event, is pooled once it ends, and the next call goes on it (the same client port). It used to be
+    closed."""
+    emu = upstreams["cohere"]
+    emu.state.faults = FaultPlan(end_delay_ms=200)
+    for _ in range(2):
+        r = httpx.post(gw.url + "/v1beta/models/command:streamGenerateContent?alt=sse", headers={
+            "x-goog-api-key": APP_KEY}, json={"contents": [{"role": "user", "parts": [{"text": "pooled"}]}]},
+            timeout=10)
+        assert r.status_code == 200 and '"finishReason"' in r.text, r.text
+        time.sleep(0.6)  # the left body's end came, and its connection went back to the pool
+    first, second = [r["port"] for r in emu.state.requests if r["path"] == "/v2/chat"]
+    assert first is not None and first == second

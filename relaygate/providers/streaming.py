@@ -252,11 +252,18 @@ class UpstreamBody:
             self.resp.close()
 
 
-async def sse_events(body: UpstreamBody) -> AsyncIterator[tuple[str, bytes]]:
-    """The body's server-sent events, ``(event type, data)``, each as soon as its read arrived."""
+async def sse_events(body: UpstreamBody, last: str | None = None) -> AsyncIterator[tuple[str, bytes]]:
+    """The body's server-sent events, ``(event type, data)``, each as soon as its read arrived, up to the
+    event of type ``last`` (Anthropic's ``message_stop``) when one is named: the body is left then, before the
+    event goes on (``UpstreamBody.leave``), since a reader may stop at what is made of it, and its connection
+    is then pooled rather than closed."""
     decoder = SSEDecoder()
     async for chunk in body:
         for event in decoder.feed(chunk):
+            if event[0] == last:
+                body.leave()
+                yield event
+                return
             yield event
     for event in decoder.end():
         yield event

@@ -83,6 +83,8 @@ class EmulatorState:
             "query": dict(request.query),
             "headers": {k.lower(): v for k, v in request.headers.items()},
             "body_len": len(body),
+            # the client's port: requests on one pooled connection share it
+            "port": (request.transport.get_extra_info("peername") or (None, None))[1] if request.transport else None,
         }
         try:
             entry["json"] = orjson.loads(body) if body else None

@@ -248,7 +248,7 @@ class AnthropicProvider(Provider):
         """The answer's events, once ``message_start`` came (its message, and its raw data): an error until
         then can still be retried."""
         upstream = UpstreamBody(resp, self.kind)
-        events = sse_events(upstream)
+        events = sse_events(upstream, "message_stop")
         start, raw = await peek(upstream, await_start(events, self.error_of_event), "message_start")
         return upstream, events, start, raw
 

@@ -162,6 +162,10 @@ class CohereProvider(Provider):
             except orjson.JSONDecodeError:
                 raise Unavailable("upstream cohere sent an unreadable stream event", status=502) from None
             if isinstance(ev, dict):
+                if ev.get("type") == "message-end":  # the last event: a reader may stop at what is made of it
+                    upstream.leave()
+                    yield ev
+                    return
                 yield ev
 
     # -- embeddings -----------------------------------------------------------------------------------

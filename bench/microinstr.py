@@ -118,6 +118,13 @@ CASES["log-chunk-overview-index-v6"] = (_LOG_CHUNK.format(schema=(
 CASES["log-chunk-ts-index"] = (_LOG_CHUNK.format(schema=(
     "DROP INDEX ix_request_log_overview", "CREATE INDEX ix_request_log_ts ON request_log (ts)")), "chunk()")
 
+# one chat call of the bench's key through the full config's pipeline (bench/full_case.py): keys, limits and the
+# request log's row queued; with the log off, and with the key's limits off, to price each
+_FULL = f"import sys\nsys.path.insert(0, {str(BENCH_DIR)!r})\nfrom full_case import case\none = case({{}})\n"
+CASES["full-call"] = (_FULL.format(""), "one()")
+CASES["full-call-nolog"] = (_FULL.format("log=False"), "one()")
+CASES["full-call-nolimits"] = (_FULL.format("limits=False"), "one()")
+
 _RUNNER = """
 import sys
 {setup}

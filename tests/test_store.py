@@ -177,6 +177,40 @@ def test_bulk_insert_rows_with_nulls_in_some_columns_of_a_chunk_read_back_exactl
                                         None, i) for i in range(131)]
 
 
+def test_bulk_insert_binds_a_column_of_one_value_once_and_reads_every_row_back(database: Database) -> None:
+    """SQLite binds a column that holds one value in every row of a chunk once; chunks whose columns of one
+    value differ get statements of their own, up to ``MAX_SHARED`` per chunk size, then the known statement
+    sharing the most of them. Every row reads back exactly whatever the shape its chunk was written with."""
+    from relaygate.store.bulk import BulkInsert
+
+    database.migrate()
+    names = schema.request_log.names
+    bulk = BulkInsert(schema.request_log)
+    expected = []
+    for batch in range(8):  # each batch's shared columns differ: more shapes than MAX_SHARED
+        rows = []
+        for i in range(131):  # 100 + 25 + 5 + 1
+            n = batch * 1000 + i
+            row = dict.fromkeys(names)
+            row.update(uid=f"{n:032x}", request_id=f"r{n}", ts=float(n), day="1970-01-01", route="chat",
+                       status=500 if batch & 1 and i == 60 else 200, latency_ms=1.5 if batch & 2 else n / 8,
+                       stream=0, cost_nano=7 if batch & 4 else n, cache_hit=0, attempts=1, usage_estimated=0,
+                       saved_nano=0, model="m" if batch < 4 or i % 3 else "other", key_id="k")
+            rows.append(tuple(row[c] for c in names))
+            expected.append((row["uid"], row["status"], row["latency_ms"], row["cost_nano"], row["model"], "k",
+                             "1970-01-01"))
+        with database.engine.begin() as conn:
+            bulk(conn, rows)
+    if database.dialect == "sqlite":  # (PostgreSQL copies the rows: no statement per shape)
+        assert all(len(shapes) <= BulkInsert.MAX_SHARED for shapes in bulk._shapes.values())
+        assert any(len(shapes) == BulkInsert.MAX_SHARED for shapes in bulk._shapes.values())
+    rl = tables.request_log.c
+    with database.engine.connect() as conn:
+        got = conn.execute(select(rl.uid, rl.status, rl.latency_ms, rl.cost_nano, rl.model, rl.key_id, rl.day)
+                           .order_by(rl.uid)).all()
+    assert [tuple(r) for r in got] == expected
+
+
 @pytest.mark.parametrize(("column", "before"), [("usage_estimated", False), ("saved_nano", 0), ("attempt_log", None),
                                              ("condensed", None)])
 def test_an_older_request_log_gains_a_column_its_rows_at_the_default(database: Database, column: str,

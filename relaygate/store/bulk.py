@@ -29,6 +29,9 @@ class BulkInsert:
     """
 
     SIZES = (100, 25, 5, 1)  # rows per statement: a chunk of n rows is cut into these, largest first
+    # shapes of shared columns (one value in every row of a chunk, bound once) per chunk size and columns; the
+    # sqlite3 connection keeps 64 prepared statements
+    MAX_SHARED = 3
 
     def __init__(self, table: TableDef, statement_timeout: float | None = None) -> None:
         self.table = table
@@ -40,27 +43,59 @@ class BulkInsert:
         self._defaults = {c.name: c.default for c in table.columns if c.default is not None}
         # a dict row's values in column order, in C (a table has several columns: itemgetter gives a tuple)
         self._values: Callable[[dict[str, Any]], tuple[Any, ...]] = operator.itemgetter(*self.names)
-        self._sql: dict[tuple[int, tuple[int, ...]], str] = {}  # (rows, columns) -> SQLite INSERT
+        self._sql: dict[tuple[int, tuple[int, ...], tuple[int, ...]], str] = {}  # (rows, columns, shared) -> INSERT
+        self._shapes: dict[tuple[int, tuple[int, ...]], list[tuple[int, ...]]] = {}  # (rows, columns) -> shared sets
         self._all = tuple(range(len(self.names)))
         self._oids: list[int] | None = None  # PostgreSQL type oids of the columns, for binary COPY
         self._staging: str | None = None  # PostgreSQL: the CREATE of the per-connection staging table
 
-    def _statement(self, rows: int, columns: tuple[int, ...]) -> str:
+    def _statement(self, rows: int, columns: tuple[int, ...], same: tuple[int, ...] = ()) -> str:
         """SQLite's INSERT of ``rows`` rows of the given columns (indexes into ``names``), built once. Its
         parameters are numbered column after column (``?1`` to ``?rows`` the first column's values, then the
-        next column's): ``sqlite`` binds the chunk as it transposed it, without gathering each row's values."""
-        sql = self._sql.get((rows, columns))
+        next column's): ``sqlite`` binds the chunk as it transposed it, without gathering each row's values.
+        The columns of ``same`` (positions in ``columns``) hold one value in every row: each is one parameter,
+        numbered after the others and named in every row."""
+        sql = self._sql.get((rows, columns, same))
         if sql is None:
             def q(name: str) -> str:
                 return '"' + name.replace('"', '""') + '"'
 
+            first: list[int] = []  # each column's first parameter, less one; a shared one's own
+            varying = 0
+            for c in range(len(columns)):
+                if c not in same:
+                    first.append(varying * rows)
+                    varying += 1
+                else:
+                    first.append(-1)
+            for k, c in enumerate(same):
+                first[c] = varying * rows + k
             cols = ", ".join(q(self.names[j]) for j in columns)
-            values = ", ".join("(" + ", ".join(f"?{c * rows + r + 1}" for c in range(len(columns))) + ")"
-                               for r in range(rows))
+            values = ", ".join("(" + ", ".join(f"?{first[c] + (0 if c in same else r) + 1}"
+                                               for c in range(len(columns))) + ")" for r in range(rows))
             sql = f"INSERT INTO {q(self.table.name)} ({cols}) VALUES {values} ON CONFLICT DO NOTHING"
-            if len(self._sql) < 256:  # a few shapes of NULL columns in practice
-                self._sql[(rows, columns)] = sql
+            if len(self._sql) < 256:  # a few shapes of NULL and shared columns in practice
+                self._sql[(rows, columns, same)] = sql
         return sql
+
+    def _shared(self, rows: int, columns: tuple[int, ...], same: tuple[int, ...]) -> tuple[int, ...]:
+        """Which of the columns holding one value in every row of a chunk (``same``) its statement binds once:
+        all of them when that shape is known or there is room for it (``MAX_SHARED`` shapes per chunk size and
+        columns), else the most of them a known shape shares (a new statement is parsed again for every new
+        shape: parsing a 100-row INSERT costs SQLite more than binding it)."""
+        known = self._shapes.get((rows, columns))
+        if known is None:
+            known = self._shapes[(rows, columns)] = []
+        if same in known:
+            return same
+        if len(known) < self.MAX_SHARED:
+            known.append(same)
+            return same
+        best: tuple[int, ...] = ()
+        for shape in known:
+            if len(shape) > len(best) and set(shape) <= set(same):
+                best = shape
+        return best
 
     def values(self, row: tuple[Any, ...] | dict[str, Any]) -> tuple[Any, ...]:
         """One row's values in column order."""
@@ -106,10 +141,23 @@ class BulkInsert:
                     keep = tuple([j for j, col in enumerate(cols) if col != nulls])
                     if len(keep) == len(cols) or not keep:
                         keep = self._all
-                        params = tuple(chain(cols))
                     else:
-                        params = tuple(chain(map(cols.__getitem__, keep)))
-                    cursor.execute(self._statement(size, keep), params)
+                        cols = list(map(cols.__getitem__, keep))
+                    # a column with one value in every row (the day, the route, the key, the model, a status:
+                    # most of a row, in a chunk of the usual calls) is bound once, not once a row: sqlite3 binds
+                    # each value by a Python call, and SQLite copies each text (~0.5k instructions a value).
+                    # Equal by ==, so 1 and 1.0 or 0.0 and -0.0 count as one: the column's type stores either
+                    # the same way (as it does 1 and True), and -0.0 is no figure the log holds apart from 0.
+                    same = tuple([c for c, col in enumerate(cols) if col[0] == col[-1] and col.count(col[0]) == size]
+                                 ) if size > 1 else ()
+                    if same:
+                        same = self._shared(size, keep, same)
+                    if same:
+                        params = tuple(chain([col for c, col in enumerate(cols) if c not in same])) + tuple(
+                            [cols[c][0] for c in same])
+                    else:
+                        params = tuple(chain(cols))
+                    cursor.execute(self._statement(size, keep, same), params)
                     i += size
         finally:
             cursor.close()

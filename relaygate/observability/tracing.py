@@ -69,6 +69,11 @@ _COST = double_prefix("relaygate.cost_usd")
 _pack_cost = struct.Struct(f"<{len(_COST)}sd").pack  # (_COST, usd): the cost attribute
 _SERVER, _CLIENT = KINDS[SERVER], KINDS[CLIENT]
 _LOCAL_TAILS = TAILS[0][0], TAILS[1][0]  # by error
+# a packer of a plain call's two messages: (ids, own span id, attempt's span id, start, end, request id, tokens,
+# cost in USD, attempt's start) -> both messages, framed
+Packer = Callable[[bytes, bytes, bytes, int, int, bytes, bytes, float, int], bytes]
+# CallTrace._made: what the calls of one kind share
+Made = tuple[bytes, bytes, bytes, bytes, "Price | None", bytes, "dict[int, Packer] | None"]
 
 
 class Tracing:
@@ -292,8 +297,21 @@ class CallTrace:
         except TypeError:  # a parameter that is not hashable (a client's list): not shared
             made = self._made(encoder)
         ids = self.ids
-        trace, own = ids[:16], ids[16:24]
+        usage = self.usage
         rid = self.call_id.encode("utf-8", "replace")
+        plain = made[6]  # a call of this kind is plain (one attempt, a success): its messages in one pack
+        if plain is not None and self.parent is None and usage is not None and usage.known and self.own_id and len(
+                rid) == 28 and rid.startswith(b"req_"):  # a new trace, our request id, the usage known: the usual
+            tokens = encoder.memo.get((INPUT_TOKENS, usage.prompt_tokens, usage.completion_tokens)) or _tokens(
+                encoder, usage)
+            pack = plain.get(len(tokens)) or _plain(made, len(tokens))
+            cost = self.cost
+            if cost is None:
+                price = made[4]
+                cost = price.cost_nano(usage) if price is not None else 0
+            end = self.end_time
+            return pack(ids, ids[16:24], ids[24:], self.start, end, rid, tokens, cost / 1e9, self.a_start)
+        trace, own = ids[:16], ids[16:24]
         if self.own_id and len(rid) == 28 and rid.startswith(b"req_"):  # ours: req_ and 24 hex digits
             attributes = made[5]  # with the request id's key: its value follows
         else:
@@ -304,7 +322,6 @@ class CallTrace:
         else:
             state = field(b"\x1a", text(parent[3])) if parent[3] else b""
             up = state + PARENT_ID + parent[1].to_bytes(8, "big")
-        usage = self.usage
         if self.shape[2] is None:  # a success: its usage and cost
             if usage is not None and usage.known:
                 tokens = encoder.memo.get((INPUT_TOKENS, usage.prompt_tokens, usage.completion_tokens)) or _tokens(
@@ -333,16 +350,19 @@ class CallTrace:
         n, m = len(server), len(client)
         return b"".join((HEADS[n] if n < 4096 else head(n), server, HEADS[m] if m < 4096 else head(m), client))
 
-    def _made(self, encoder: SpanEncoder) -> tuple[bytes, bytes, bytes, bytes, Price | None, bytes]:
+    def _made(self, encoder: SpanEncoder) -> Made:
         """What the calls of this one's kind share: the request span's name and kind, its attributes, the
-        same of its first attempt's span, the price of its tokens, and the attributes with the key of our
-        request ids (whose value follows)."""
+        same of its first attempt's span, the price of its tokens, the attributes with the key of our
+        request ids (whose value follows), and when the kind is plain (a success, its one attempt ending with
+        it) the packers that write both messages of such a call at once, by the length of its token counts."""
         name, attributes = encoder.named(*self._fixed())
         if self.a_key:
             a_name, a_attributes = encoder.named(*AttemptSpan.first(self)._fixed())
         else:
             a_name = a_attributes = b""
-        return name + _SERVER, attributes, a_name + _CLIENT, a_attributes, self._price(), attributes + _REQUEST_ID
+        plain: dict[int, Packer] | None = {} if self.shape[2] is None and len(self.a_key) == 3 else None
+        return (name + _SERVER, attributes, a_name + _CLIENT, a_attributes, self._price(), attributes + _REQUEST_ID,
+                plain)
 
     def _price(self) -> Price | None:
         """The per-token price of the call's deployment for the model it asked for (None: no deployment)."""
@@ -514,6 +534,33 @@ class AttemptSpan:
         if self.error_type is not None:
             attrs["error.type"] = self.error_type
         return f"{op} {upstream}"[:MAX_TEXT], attrs
+
+
+def _plain(made: Made, size: int) -> Packer:
+    """The packer of a plain call's two messages (``CallTrace.encoded``'s usual case) whose token counts take
+    ``size`` bytes: every byte but the call's own values is fixed for its kind, so one ``struct`` pack writes
+    them all, framed (the same bytes as the general path: tests/test_otlpwire.py)."""
+    server = 2 + 16 + 2 + 8 + len(made[0]) + 18 + len(made[5]) + 28 + size + len(_COST) + 8 + len(_LOCAL_TAILS[0])
+    client = 2 + 16 + 2 + 8 + 2 + 8 + len(made[2]) + 18 + len(made[3]) + size + len(_LOCAL_TAILS[0])
+    consts = (head(server) + TRACE_ID, SPAN_ID, made[0] + b"\x39", b"\x41", made[5], _COST,
+              _LOCAL_TAILS[0] + head(client) + TRACE_ID, SPAN_ID, PARENT_ID, made[2] + b"\x39", b"\x41", made[3],
+              _LOCAL_TAILS[0])
+    k0, k1, k2, k3, k4, k5, k6, k7, k8, k9, k10, k11, k12 = consts
+    # the server span (ids, own id, times, attributes, request id, tokens, cost, tail), then the client's
+    pack = struct.Struct("<{}s16s{}s8s{}sQ{}sQ{}s28s{}s{}sd{}s16s{}s8s{}s8s{}sQ{}sQ{}s{}s{}s".format(
+        *map(len, consts[:5]), size, *map(len, consts[5:12]), size, len(k12))).pack
+
+    def packed(ids: bytes, own: bytes, attempt: bytes, start: int, end: int, rid: bytes, tokens: bytes, usd: float,
+               a_start: int) -> bytes:
+        return pack(k0, ids, k1, own, k2, start, k3, end, k4, rid, tokens, k5, usd, k6, ids, k7, attempt, k8, own, k9,
+                    a_start, k10, end, k11, tokens, k12)
+
+    plain = made[6]
+    assert plain is not None
+    if len(plain) >= 64:
+        plain.clear()
+    plain[size] = packed
+    return packed
 
 
 def _tokens(encoder: SpanEncoder, usage: Usage) -> bytes:

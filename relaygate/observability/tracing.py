@@ -135,7 +135,11 @@ class Tracing:
             ids = parent[0].to_bytes(16, "big") + self.bits(128).to_bytes(16, "big")
             if not parent[2]:
                 return ids[:16].hex()
-        call.trace = CallTrace(self, call, ids, parent)  # attempts, limits… get spans beneath
+        if parent is None:  # attempts, limits… get spans beneath
+            call.trace = CallTrace(self, call, ids)
+        else:
+            call.trace = trace = ContinuedTrace(self, call, ids)
+            trace.parent = parent
         return ids[:16].hex()
 
     def flush(self) -> bool:
@@ -157,15 +161,16 @@ class CallTrace:
     spans of its kind share; the reply's usage. Names and attributes are made, redacted and encoded in the
     export thread, once per kind of call, and so is the cost of a call its tokens price."""
 
-    __slots__ = ("tracing", "ids", "parent", "start", "end_time", "last_error", "call", "call_id", "own_id", "asked",
+    # last_error: the error class of the last failed attempt (why the next one), set when one failed (read with
+    # getattr: a slot left unset costs nothing to the calls that never retry)
+    __slots__ = ("tracing", "ids", "start", "end_time", "last_error", "call", "call_id", "own_id", "asked",
                  "shape", "usage", "cost", "a_key", "a_start", "a_end", "a_usage")
     kind = SERVER
+    parent: tuple[int, int, bool, str] | None = None  # the client's traceparent, continued (``ContinuedTrace``)
 
-    def __init__(self, tracing: Tracing, call: Call, ids: bytes, parent: tuple[int, int, bool, str] | None) -> None:
+    def __init__(self, tracing: Tracing, call: Call, ids: bytes) -> None:
         self.tracing = tracing
         self.ids = ids  # the trace id (16 bytes), this span's id (8), its first attempt's (8)
-        self.parent = parent  # the client's traceparent (trace id, span id, sampled, tracestate), continued
-        self.last_error: str | None = None  # the error class of the last failed attempt (why the next one)
         self.call: Call | None = call  # until it ends (then only what the spans need of it is kept)
         self.call_id = call.id
         self.own_id = "x-request-id" not in call.headers  # then ours (http.RequestIds): nothing to redact
@@ -232,7 +237,7 @@ class CallTrace:
         end = self.end_time = time_ns()
         # its only attempt failed upstream before, or ended with the call's error (the client gone, a stream cut);
         # else it ended with the call, its reply the call's (the usual: its key stays as it began, read so)
-        if len(self.a_key) == 3 and (error is not None or call.failed_attempts):
+        if (error is not None or call.failed_attempts) and len(self.a_key) == 3:
             if call.failed_attempts:
                 self._first_ended(call.failed_attempts, status, kind, None, end)
             else:
@@ -291,7 +296,7 @@ class CallTrace:
         share, encoded once for them all, between each call's own ids, times, request id, usage and cost."""
         asked = self.asked
         p = asked[3]  # its parameters' types too: 1 == 1.0 == True, but OTLP tells int, double and bool apart
-        key = (asked, (p[0].__class__, p[1].__class__, p[2].__class__, p[3].__class__), self.shape, self.a_key)
+        key = (asked, tuple(map(type, p)), self.shape, self.a_key)
         try:
             made = encoder.shared.get(key) or encoder.share(key, self._made)
         except TypeError:  # a parameter that is not hashable (a client's list): not shared
@@ -417,6 +422,14 @@ class CallTrace:
         return attrs
 
 
+class ContinuedTrace(CallTrace):
+    """The trace of a call whose client sent a ``traceparent``: its own slot for it (trace id, parent span id,
+    sampled, tracestate), where a new trace reads the class's None."""
+
+    __slots__ = ("parent",)
+    parent: tuple[int, int, bool, str] | None
+
+
 class AttemptSpan:
     """The CLIENT span of an upstream attempt after a call's first, beneath the call's; raw values, like
     ``CallTrace``'s."""
@@ -432,7 +445,7 @@ class AttemptSpan:
         self.dep = dep
         self.asked = call.model
         self.attempt = call.attempts
-        self.retry_reason = trace.last_error
+        self.retry_reason: str | None = getattr(trace, "last_error", None)
         self.fallback = bool(call.fallbacks)
         self.error = False
         self.status: int | None = None

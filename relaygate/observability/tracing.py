@@ -296,7 +296,7 @@ class CallTrace:
         share, encoded once for them all, between each call's own ids, times, request id, usage and cost."""
         asked = self.asked
         p = asked[3]  # its parameters' types too: 1 == 1.0 == True, but OTLP tells int, double and bool apart
-        key = (asked, tuple(map(type, p)), self.shape, self.a_key)
+        key = (asked, (p[0].__class__, p[1].__class__, p[2].__class__, p[3].__class__), self.shape, self.a_key)
         try:
             made = encoder.shared.get(key) or encoder.share(key, self._made)
         except TypeError:  # a parameter that is not hashable (a client's list): not shared

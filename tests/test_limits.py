@@ -345,3 +345,25 @@ def test_redis_limits_survive_redis_forgetting_the_script() -> None:
     assert dict(third.headers)[b"x-ratelimit-remaining-requests"] == b"0"
     assert dict(third.headers)[b"x-ratelimit-remaining-tokens"] == b"970"
     assert getattr(refused, "status", None) == 429
+
+
+def test_rate_headers_go_as_lines_to_the_gateways_server_and_as_pairs_to_another() -> None:
+    """The key's x-ratelimit-* headers are made in wire form once (Limits' template); the gateway's own server
+    writes them as they are (the ASGI extension it names in the scope), another gets (name, value) pairs."""
+    from relaygate.auth.principal import Limits
+    from relaygate.limits.base import rate_headers
+    from relaygate.server.http import HEAD_LINES, start_message
+
+    lines = rate_headers(Limits(rpm=5, tpm=100), 2, 30)
+    assert lines == (b"x-ratelimit-limit-requests: 5\r\nx-ratelimit-remaining-requests: 3\r\n"
+                     b"x-ratelimit-limit-tokens: 100\r\nx-ratelimit-remaining-tokens: 70\r\n")
+    assert rate_headers(Limits(rpm=5), 7, 0) == b"x-ratelimit-limit-requests: 5\r\nx-ratelimit-remaining-requests: 0\r\n"
+    assert rate_headers(Limits(tpm=100), 1, 150) == b"x-ratelimit-limit-tokens: 100\r\nx-ratelimit-remaining-tokens: 0\r\n"
+    assert rate_headers(Limits(max_parallel=2), 1, 1) == b""
+    ours = start_message(200, [(b"content-type", b"application/json")], lines, {"extensions": {HEAD_LINES: {}}})
+    assert ours["headers"] == [(b"content-type", b"application/json")] and ours[HEAD_LINES] == lines
+    other = start_message(200, [(b"content-type", b"application/json")], lines, {"type": "http"})
+    assert HEAD_LINES not in other
+    assert other["headers"] == [(b"content-type", b"application/json"), (b"x-ratelimit-limit-requests", b"5"),
+                                (b"x-ratelimit-remaining-requests", b"3"), (b"x-ratelimit-limit-tokens", b"100"),
+                                (b"x-ratelimit-remaining-tokens", b"70")]

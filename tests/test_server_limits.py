@@ -520,3 +520,50 @@ def test_the_guarded_protocol_reads_and_writes_heads_as_uvicorn_does(extra: list
     uvicorns, ours = asyncio.run(run())
     assert ours == uvicorns
     assert ours[0][1] == (b"x-mixed-case", b"A b") and ours[1]
+
+
+@pytest.mark.parametrize("paused", [False, True])
+def test_the_guarded_cycle_writes_header_lines_as_uvicorn_writes_their_pairs(paused: bool) -> None:
+    """Header lines in wire form (the key's x-ratelimit-*, server/http.py HEAD_LINES) end the head GuardedCycle
+    writes, as uvicorn writes the same headers given as pairs; a cycle whose transport's writes are paused hands
+    the head to uvicorn's send, the lines as pairs."""
+    from uvicorn.config import Config
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    from uvicorn.server import ServerState
+
+    from relaygate.config import ServerConfig
+    from relaygate.core.call import header_pairs
+    from relaygate.server.guard import Watchdog, protocol_class
+    from relaygate.server.http import HEAD_LINES
+
+    lines = b"x-ratelimit-limit-requests: 5\r\nx-ratelimit-remaining-requests: 4\r\n"
+    head = [(b"content-type", b"application/json"), (b"content-length", b"2")]
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        pass
+
+    async def run() -> list[bytes]:
+        config = Config(app, http="httptools", lifespan="off", access_log=False)
+        config.load()
+        written = []
+        for cls in (HttpToolsProtocol, protocol_class(Watchdog(ServerConfig()))):
+            p = cls(config=config, server_state=ServerState(), app_state={}, _loop=asyncio.get_running_loop())
+            p._start_asgi_task = lambda cycle, app: None  # type: ignore[method-assign]
+            transport = HeldTransport()
+            p.connection_made(transport)
+            p.data_received(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n")
+            p.flow.write_paused = paused  # (drain() returns at once: the transport never asked for a pause)
+            if cls is HttpToolsProtocol:
+                assert "extensions" not in p.scope
+                await p.cycle.send({"type": "http.response.start", "status": 200,
+                                    "headers": head + header_pairs(lines)})
+            else:
+                assert HEAD_LINES in p.scope["extensions"]
+                await p.cycle.send({"type": "http.response.start", "status": 200, "headers": head,
+                                    HEAD_LINES: lines})
+            written.append(bytes(transport.data))
+            p.connection_lost(None)
+        return written
+
+    uvicorns, ours = asyncio.run(run())
+    assert ours == uvicorns and lines in ours

@@ -32,13 +32,17 @@ class Limits:
     max_parallel: int | None = None
     budget_nano: int | None = None
     budget_period: str = "total"
-    # the limits as headers, encoded once (x-ratelimit-limit-* on every call let through)
-    rpm_pair: tuple[bytes, bytes] = field(init=False, default=(b"", b""), compare=False, repr=False)
-    tpm_pair: tuple[bytes, bytes] = field(init=False, default=(b"", b""), compare=False, repr=False)
+    # the x-ratelimit-limit/remaining-* header lines of a call let through, in wire form with the limits written
+    # once: the remaining requests and tokens (those of the limits set) go in its %d (limits/base.py rate_headers)
+    rate_lines: bytes = field(init=False, default=b"", compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "rpm_pair", (b"x-ratelimit-limit-requests", str(self.rpm).encode()))
-        object.__setattr__(self, "tpm_pair", (b"x-ratelimit-limit-tokens", str(self.tpm).encode()))
+        lines = b""
+        if self.rpm is not None:
+            lines += b"x-ratelimit-limit-requests: %d\r\nx-ratelimit-remaining-requests: %%d\r\n" % self.rpm
+        if self.tpm is not None:
+            lines += b"x-ratelimit-limit-tokens: %d\r\nx-ratelimit-remaining-tokens: %%d\r\n" % self.tpm
+        object.__setattr__(self, "rate_lines", lines)
 
     @classmethod
     def of(cls, row: Any) -> Limits:

@@ -566,8 +566,8 @@ class CacheLayer:
         # Reply's fields in order (status, body, stream, media type, headers, raw headers, usage, first byte):
         # by name, binding them to its parameters took longer than the rest of this
         if stream is not None:
-            return Reply(200, None, stream, "text/event-stream", headers, (), entry.usage, time.monotonic())
-        return Reply(200, body, None, entry.media_type, headers, (), entry.usage, time.monotonic())
+            return Reply(200, None, stream, "text/event-stream", headers, b"", entry.usage, time.monotonic())
+        return Reply(200, body, None, entry.media_type, headers, b"", entry.usage, time.monotonic())
 
     def _cost(self, entry: Entry) -> int:
         """What the answer of an entry kept UNPRICED cost (its usage at its deployment's price), worked out once."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -413,6 +413,11 @@ def delivered_of(reply: Reply) -> Delivered:
 DoneCallback = Callable[["Reply", BaseException | None], None]
 
 
+def header_pairs(lines: bytes) -> list[tuple[bytes, bytes]]:
+    """Header lines in wire form (``Reply.raw_headers``) as (name, value) pairs."""
+    return [(name, value) for name, _, value in (line.partition(b": ") for line in lines.split(b"\r\n") if line)]
+
+
 @dataclass(slots=True)
 class Reply:
     """A response from upstream in OpenAI's format: a whole body, or a stream of SSE-framed bytes."""
@@ -422,7 +427,9 @@ class Reply:
     stream: AsyncIterator[bytes] | None = None
     media_type: str = "application/json"
     headers: dict[str, str] = field(default_factory=dict)
-    raw_headers: Sequence[tuple[bytes, bytes]] = ()  # more response headers, already encoded (x-ratelimit-*)
+    # more response headers in wire form, "name: value\r\n" each, written by the HTTP server as they are: the
+    # key's x-ratelimit-* (lower-case names, digits; never content-length, transfer-encoding or connection)
+    raw_headers: bytes = b""
     usage: Usage | None = None
     first_byte_at: float | None = None  # monotonic time of the first upstream byte (TTFT for streams)
     anthropic_native: bool = False  # the body or stream is Anthropic's own Messages format, relayed untouched

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from relaygate.auth.principal import Limits, Scope
+from relaygate.core.call import header_pairs
 from relaygate.core.errors import BudgetExceeded, RateLimited, Unavailable
 from relaygate.core.pricing import NANO
 from relaygate.limits.periods import period
@@ -33,9 +34,14 @@ class Grant:
     periods: tuple[str, ...]  # budget period id per scope ("" when the scope has no budget)
     tokens: int
     cost: int
-    headers: list[tuple[bytes, bytes]] = field(default_factory=list)  # x-ratelimit-* of the response
+    head: bytes = b""  # the response's x-ratelimit-* header lines, in wire form (``rate_headers``)
     redis_keys: bytes = b""  # Redis: the scopes' key names, encoded, for the settlement
     local: bool = False  # Redis: granted in this process while Redis was down (settled here too)
+
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """The x-ratelimit-* headers as (name, value) pairs."""
+        return header_pairs(self.head)
 
 
 def _reset(seconds: float) -> str:
@@ -90,25 +96,21 @@ async def load_spent(loader: SpentLoader, scope: Scope, start: float) -> int:
         raise budget_unavailable(scope, "its spend this period cannot be read from the database") from None
 
 
-def rate_headers(lim: Limits, reqs: int, toks: int) -> list[tuple[bytes, bytes]]:
+def rate_headers(lim: Limits, reqs: int, toks: int) -> bytes:
     """x-ratelimit-limit/remaining-requests|tokens (of the limits that are set) after ``reqs`` requests and
-    ``toks`` tokens this minute, for a call let through, encoded for the response (the HTTP server checks
-    and copies every header: these go straight into its list). The reset headers go with refusals only
-    (with retry-after): on success they would only say when the current UTC minute ends."""
+    ``toks`` tokens this minute, for a call let through, as header lines in wire form: one formatting of the
+    limits' template. The HTTP server writes them as they are (``Reply.raw_headers``): lower-case names and
+    digits, which its header check and its look for content-length or connection would only find fine (~3k
+    instructions a header). The reset headers go with refusals only (with retry-after): on success they would
+    only say when the current UTC minute ends."""
     rpm, tpm = lim.rpm, lim.tpm
-    if rpm is not None:  # one list built whole: this runs on every call let through
-        left = (_REMAINING_REQUESTS, b"%d" % (rpm - reqs) if reqs < rpm else b"0")
+    if rpm is not None:  # this runs on every call let through
         if tpm is None:
-            return [lim.rpm_pair, left]
-        return [lim.rpm_pair, left, lim.tpm_pair,
-                (_REMAINING_TOKENS, b"%d" % (tpm - toks) if toks < tpm else b"0")]
+            return lim.rate_lines % (rpm - reqs if reqs < rpm else 0)
+        return lim.rate_lines % (rpm - reqs if reqs < rpm else 0, tpm - toks if toks < tpm else 0)
     if tpm is not None:
-        return [lim.tpm_pair, (_REMAINING_TOKENS, b"%d" % (tpm - toks) if toks < tpm else b"0")]
-    return []
-
-
-_REMAINING_REQUESTS = b"x-ratelimit-remaining-requests"
-_REMAINING_TOKENS = b"x-ratelimit-remaining-tokens"
+        return lim.rate_lines % (tpm - toks if toks < tpm else 0)
+    return b""
 
 
 class Limiter(Protocol):

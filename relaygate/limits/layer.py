@@ -54,11 +54,11 @@ class LimitLayer:
         except BaseException:
             limiter.settle(grant, 0, 0)
             raise
-        if grant.headers:  # this key's limits, not the upstream's (encoded: sent as they are)
+        if grant.head:  # this key's limits, not the upstream's (in wire form: written as they are)
             if reply.headers:
                 for name in RATE_LIMIT_HEADERS:
                     reply.headers.pop(name, None)
-            reply.raw_headers = grant.headers
+            reply.raw_headers = grant.head
         if held:
             reply.headers[OUTPUT_CAP_HEADER] = str(held)
         settled = grant

@@ -106,7 +106,7 @@ class MemoryLimiter:
                 if committed + cost > lim.budget_nano:
                     raise denial(s, "budget", committed, now)
             taken.append((s, st, pid))
-        headers: list[tuple[bytes, bytes]] | None = None
+        headers: bytes | None = None
         for s, st, _ in taken:
             st.requests += 1
             st.tokens += tokens
@@ -115,7 +115,7 @@ class MemoryLimiter:
             if headers is None and (s.limits.rpm is not None or s.limits.tpm is not None):
                 headers = rate_headers(s.limits, st.requests, st.tokens)
         pids = (taken[0][2],) if len(taken) == 1 else tuple([t[2] for t in taken])
-        return Grant(scopes, minute, pids, tokens, cost, headers or [])
+        return Grant(scopes, minute, pids, tokens, cost, headers or b"")
 
     def _pid(self, kind: str, now: float) -> str:
         pid = self._pids[kind] = self._period(kind, now)[0]

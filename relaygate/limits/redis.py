@@ -209,7 +209,7 @@ class RedisLimiter:
                     if s.limits.rpm is not None or s.limits.tpm is not None:
                         return Grant(scopes, minute, pids, tokens, cost,
                                      rate_headers(s.limits, int(res[1 + 2 * i]), int(res[2 + 2 * i])), encoded)
-                return Grant(scopes, minute, pids, tokens, cost, [], encoded)
+                return Grant(scopes, minute, pids, tokens, cost, b"", encoded)
             if res[0] == b"0":
                 raise denial(scopes[int(res[1]) - 1], res[2].decode(), int(res[3]), now)
             # a budget scope's spend is not in Redis yet: load it from the log once, for every instance

@@ -196,7 +196,7 @@ class App:
             return
         assert resp is not None
         try:
-            await resp.send(send, receive, req.id)
+            await resp.send(send, receive, req.id, scope)
         except OSError:  # the client went away while we answered
             pass
         except asyncio.CancelledError as e:  # ended by the server's shutdown while answering: nothing to add

@@ -30,8 +30,9 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
 from relaygate.config import ServerConfig
+from relaygate.core.call import header_pairs
 from relaygate.core.errors import BadRequest, GatewayError, HeadTooLarge, RequestTimeout, ServerBusy
-from relaygate.server.http import BODY_TIMEOUT
+from relaygate.server.http import BODY_TIMEOUT, HEAD_LINES
 
 log = logging.getLogger("relaygate.server")
 
@@ -125,6 +126,11 @@ _NAME_OK = bytes(c for c in range(256) if c > 0x1F and c != 0x7F and chr(c) not 
 _VALUE_OK = bytes(c for c in range(256) if c == 0x09 or (c > 0x1F and c != 0x7F))
 
 
+# what this server adds to ASGI (shared by every request's scope, never changed): header lines in wire form
+# (server/http.py HEAD_LINES)
+_EXTENSIONS: dict[str, dict[object, object]] = {HEAD_LINES: {}}
+
+
 class GuardedCycle(RequestResponseCycle):
     """uvicorn's request-response cycle with the response head checked as a whole: its regular expressions,
     searched per header name and value, cost ~20k instructions for the nine headers of a chat answer; one
@@ -133,6 +139,9 @@ class GuardedCycle(RequestResponseCycle):
 
     async def send(self, message: Any) -> None:
         if self.response_started or self.disconnected or self.flow.write_paused:
+            lines = message.get(HEAD_LINES)
+            if lines:  # uvicorn's send writes the head: the lines as pairs
+                message = {**message, "headers": [*message.get("headers", []), *header_pairs(lines)]}
             return await super().send(message)
         if message["type"] != "http.response.start":
             raise RuntimeError(f"Expected ASGI message 'http.response.start', but got '{message['type']}'.")
@@ -162,6 +171,9 @@ class GuardedCycle(RequestResponseCycle):
                     self.keep_alive = False
                     has_connection_close = True
             content.extend([name, b": ", value, b"\r\n"])
+        lines = message.get(HEAD_LINES)
+        if lines:  # already in wire form, and fine by construction (Reply.raw_headers): written as they are
+            content.append(lines)
         if not self.keep_alive and not has_connection_close:
             content.append(b"connection: close\r\n")
         if self.chunked_encoding is None and self.scope["method"] != "HEAD" and status_code not in (204, 304):
@@ -294,6 +306,7 @@ class GuardedProtocol(HttpToolsProtocol):
             "root_path": self.root_path,
             "headers": self.headers,
             "state": self.app_state.copy(),
+            "extensions": _EXTENSIONS,
         }
         self.phase = HEAD
         self.since = self.watchdog.now

@@ -15,7 +15,7 @@ import orjson
 
 from relaygate.core import jsonvalue
 from relaygate.core.aiter import aclose
-from relaygate.core.call import Reply
+from relaygate.core.call import Reply, header_pairs
 from relaygate.core.errors import (
     BadRequest,
     GatewayError,
@@ -35,6 +35,10 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 BODY_TIMEOUT = "relaygate.body_timeout"  # in a request's scope once the server cut its slow body short
+# An ASGI extension of relaygate's own server (server/guard.py): a response start message may carry header lines
+# in wire form under this key, which the server writes as they are (``Reply.raw_headers``); another server
+# gets them as (name, value) pairs
+HEAD_LINES = "relaygate.head_lines"
 
 
 class RequestIds:
@@ -218,18 +222,18 @@ class Response:
         self.media_type = media_type
         self.reply = reply  # finished once sent (metering, logging and stats hang on it)
 
-    async def send(self, send: Send, receive: Receive, request_id: str) -> None:
+    async def send(self, send: Send, receive: Receive, request_id: str, scope: Scope | None = None) -> None:
+        """Send the response (``scope``: the request's, which says whether its server takes header lines)."""
         headers = self.headers
         h = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
         if "content-type" not in headers:
             h.append((b"content-type", self.media_type.encode("latin-1")))
-        if self.reply is not None and self.reply.raw_headers:
-            h += self.reply.raw_headers
         h.append((b"content-length", str(len(self.body)).encode()))
         h.append((b"x-request-id", request_id.encode("latin-1")))
         error: BaseException | None = None
         try:
-            await send({"type": "http.response.start", "status": self.status, "headers": h})
+            await send(start_message(self.status, h, self.reply.raw_headers if self.reply is not None else b"",
+                                     scope))
             await send({"type": "http.response.body", "body": self.body})
         except BaseException as e:
             error = e
@@ -247,6 +251,18 @@ def error_response(err: GatewayError) -> Response:
     return Response(orjson.dumps(err.body()), err.status, err.headers)
 
 
+def start_message(status: int, headers: list[tuple[bytes, bytes]], lines: bytes, scope: Scope | None) -> Message:
+    """The ASGI message that starts a response; header ``lines`` in wire form go as they are to a server that
+    takes them (``HEAD_LINES``), as pairs to another."""
+    message = {"type": "http.response.start", "status": status, "headers": headers}
+    if lines:
+        if scope is not None and HEAD_LINES in (scope.get("extensions") or ()):
+            message[HEAD_LINES] = lines
+        else:
+            headers += header_pairs(lines)
+    return message
+
+
 class StreamResponse:
     """A streamed reply: chunks are sent as they come; a client disconnect cancels the upstream at once."""
 
@@ -258,10 +274,10 @@ class StreamResponse:
         self.headers = headers
         self.error_event = error_event
 
-    async def send(self, send: Send, receive: Receive, request_id: str) -> None:
+    async def send(self, send: Send, receive: Receive, request_id: str, scope: Scope | None = None) -> None:
+        """Send the stream (``scope``: the request's, which says whether its server takes header lines)."""
         reply = self.reply
         h = _headers({"content-type": reply.media_type, "cache-control": "no-cache", **self.headers})
-        h += reply.raw_headers
         h.append((b"x-request-id", request_id.encode("latin-1")))
         if reply.media_type.startswith("text/event-stream"):
             h.append((b"x-accel-buffering", b"no"))
@@ -281,7 +297,7 @@ class StreamResponse:
         watcher = asyncio.ensure_future(watch())
         error: BaseException | None = None
         try:
-            await self._pump(send, h)
+            await self._pump(send, start_message(reply.status, h, reply.raw_headers, scope))
         except asyncio.CancelledError as e:
             if gone:
                 error = ClientGone()
@@ -309,10 +325,10 @@ class StreamResponse:
         except Exception:
             return None
 
-    async def _pump(self, send: Send, headers: list[tuple[bytes, bytes]]) -> None:
+    async def _pump(self, send: Send, start: Message) -> None:
         assert self.reply.stream is not None
         stream = self.reply.stream
-        await send({"type": "http.response.start", "status": self.reply.status, "headers": headers})
+        await send(start)
         # the text a stream delivered is counted by the provider that reads its format (core/call.py:
         # Delivered): this loop is the hottest of a stream, and blind to the format
         try:

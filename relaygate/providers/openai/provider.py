@@ -381,4 +381,10 @@ def _without_auto_language(name: str, value: str) -> bool:
 
 def passed_headers(resp: Response, extra: tuple[str, ...] = ()) -> dict[str, str]:
     """The upstream response headers a client may see: rate limits (and ``extra``)."""
-    return {k: resp.headers[k] for k in (*RATE_LIMIT_HEADERS, *extra) if k in resp.headers}
+    headers = resp.headers
+    if not extra and _RATE_LIMITS.isdisjoint(headers):  # an upstream that sends none: one look in C
+        return {}
+    return {k: headers[k] for k in (*RATE_LIMIT_HEADERS, *extra) if k in headers}
+
+
+_RATE_LIMITS = frozenset(RATE_LIMIT_HEADERS)

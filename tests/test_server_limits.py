@@ -553,14 +553,13 @@ def test_the_guarded_cycle_writes_header_lines_as_uvicorn_writes_their_pairs(pau
             p.connection_made(transport)
             p.data_received(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n")
             p.flow.write_paused = paused  # (drain() returns at once: the transport never asked for a pause)
-            if cls is HttpToolsProtocol:
-                assert "extensions" not in p.scope
-                await p.cycle.send({"type": "http.response.start", "status": 200,
-                                    "headers": head + header_pairs(lines)})
-            else:
+            start: Any = {"type": "http.response.start", "status": 200, "headers": head + header_pairs(lines)}
+            if cls is not HttpToolsProtocol:
                 assert HEAD_LINES in p.scope["extensions"]
-                await p.cycle.send({"type": "http.response.start", "status": 200, "headers": head,
-                                    HEAD_LINES: lines})
+                start = {"type": "http.response.start", "status": 200, "headers": head, HEAD_LINES: lines}
+            else:
+                assert "extensions" not in p.scope
+            await p.cycle.send(start)
             written.append(bytes(transport.data))
             p.connection_lost(None)
         return written

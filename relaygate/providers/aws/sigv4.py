@@ -126,11 +126,11 @@ def string_to_sign(timestamp: str, scope: str, canonical: str) -> str:
     return f"{ALGORITHM}\n{timestamp}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Canonical:
     """What signing one kind of request (method, path, query, headers) repeats: the canonical request around
     its two varying parts (the x-amz-date line and the payload hash), the part before them already hashed
-    (its whole 64-byte blocks are not hashed again), and the headers sent."""
+    (its whole 64-byte blocks are not hashed again), and the headers sent. Only ``dated`` ever changes."""
 
     source: dict[str, str]  # the headers it was made for (held: the memo is keyed by their identity)
     head: Any  # the SHA-256 state of the canonical request up to the x-amz-date header's value (copied per use)
@@ -138,6 +138,9 @@ class _Canonical:
     signed: str  # the signed header names, ;-joined
     headers: dict[str, str]  # the headers sent besides x-amz-date and authorization
     encoded: EncodedHeaders | None  # the same, checked and encoded once (None: not sendable as they are)
+    # the second of the last signature's x-amz-date and the state of the canonical request up to its payload
+    # hash that second (one block fewer to hash per request, about one in two): replaced whole, never updated
+    dated: tuple[int, Any] = (-1, None)
 
 
 class _Tick(NamedTuple):
@@ -145,8 +148,8 @@ class _Tick(NamedTuple):
 
     second: int
     timestamp: str  # x-amz-date
-    sts_head: bytes  # the string to sign up to the canonical request's hash
-    key: HmacKey  # the day's signing key, as HMAC states
+    inner: Any  # the HMAC's inner SHA-256 state (day's key) over the string to sign up to the canonical hash
+    outer: Any  # the HMAC's outer state (``HmacKey.outer`` of the day's key)
     authorization: str  # the Authorization header up to the signed headers' names
 
 
@@ -166,7 +169,7 @@ class SigV4Signer:
         self.region = region
         self.service = service
         self._key: tuple[str, HmacKey] | None = None  # (date, the HMAC keyed with that day's key): once a day
-        self._tick = _Tick(-1, "", b"", HmacKey.of(b""), "")  # what a signature made in this second repeats
+        self._tick = _Tick(-1, "", None, None, "")  # what a signature made in this second repeats
         self._kinds: dict[tuple[Any, ...], _Canonical] = {}
         self._scope_tail = f"/{region}/{service}/aws4_request"
         self._plain = credentials.access_key.isascii() and not any(c in credentials.access_key for c in "\r\n\0")
@@ -209,12 +212,15 @@ class SigV4Signer:
         return found
 
     def _tick_at(self, t: float) -> _Tick:
-        """What every signature made in the second of ``t`` repeats: its x-amz-date, the string to sign's head
-        (algorithm, date, scope), the day's HMAC key, the authorization's head."""
+        """What every signature made in the second of ``t`` repeats: its x-amz-date, the day's HMAC inner state
+        having hashed the string to sign's head (algorithm, date, scope: its first block is not hashed again per
+        signature) and its outer state, the authorization's head."""
         timestamp = amz_date(t)
         scope = timestamp[:8] + self._scope_tail
-        tick = self._tick = _Tick(int(t), timestamp, f"{ALGORITHM}\n{timestamp}\n{scope}\n".encode(),
-                                  self._keyed(timestamp[:8]),
+        key = self._keyed(timestamp[:8])
+        inner = key.inner.copy()
+        inner.update(f"{ALGORITHM}\n{timestamp}\n{scope}\n".encode())
+        tick = self._tick = _Tick(int(t), timestamp, inner, key.outer,
                                   f"{ALGORITHM} Credential={self.credentials.access_key}/{scope}, SignedHeaders=")
         return tick
 
@@ -224,11 +230,16 @@ class SigV4Signer:
         tick = self._tick
         if tick.second != int(t):
             tick = self._tick_at(t)
-        canonical = c.head.copy()
-        canonical.update(f"{tick.timestamp}{c.tail}{body_sha256 or hashlib.sha256(body).hexdigest()}".encode())
-        mac = tick.key.inner.copy()  # the HMAC (HmacKey.hexdigest), written out: the hottest lines of a signature
-        mac.update(tick.sts_head + canonical.hexdigest().encode())
-        sig = tick.key.outer.copy()
+        dated = c.dated
+        if dated[0] != tick.second:
+            state = c.head.copy()
+            state.update(f"{tick.timestamp}{c.tail}".encode())
+            c.dated = dated = (tick.second, state)
+        canonical = dated[1].copy()
+        canonical.update((body_sha256 or hashlib.sha256(body).hexdigest()).encode())
+        mac = tick.inner.copy()  # the HMAC (HmacKey.hexdigest), written out: the hottest lines of a signature
+        mac.update(canonical.hexdigest().encode())
+        sig = tick.outer.copy()
         sig.update(mac.digest())
         return tick.timestamp, f"{tick.authorization}{c.signed}, Signature={sig.hexdigest()}"
 
@@ -341,18 +352,49 @@ def _mismatch() -> SignatureError:
                           "the service documentation for details.")
 
 
+@functools.lru_cache(maxsize=256)  # a client's x-amz-date and scope: the same for every request it signs in a second
+def _verifying_mac(secret: str, date: str, region: str, service: str, stamp: str) -> tuple[Any, Any]:
+    """The verifying key's HMAC inner state having hashed the string to sign up to the canonical request's hash
+    (its first block: not hashed again per request), and the outer state."""
+    key = _verifying_key(secret, date, region, service)
+    inner = key.inner.copy()
+    inner.update(f"{ALGORITHM}\n{stamp}\n{date}/{region}/{service}/aws4_request\n".encode())
+    return inner, key.outer
+
+
+class _Verifying:
+    """A kind of header-signed request's canonical request around its two varying parts (``_Canonical``'s
+    like): the SHA-256 state up to the x-amz-date value and what follows it up to the payload hash; and, for
+    the last x-amz-date seen, the state up to the payload hash (replaced whole, never updated)."""
+
+    __slots__ = ("head", "tail", "dated")
+
+    def __init__(self, head: Any, tail: str) -> None:
+        self.head = head
+        self.tail = tail
+        self.dated: tuple[str, Any] = ("", None)
+
+    def up_to_payload(self, stamp: str) -> Any:
+        """The canonical request's SHA-256 state up to the payload hash, for x-amz-date ``stamp`` (a copy)."""
+        dated = self.dated
+        if dated[0] != stamp:
+            state = self.head.copy()
+            state.update(f"{stamp}{self.tail}".encode())
+            self.dated = dated = (stamp, state)
+        return dated[1].copy()
+
+
 _VERIFYING_KINDS = 256  # kinds of signed request memoized for verification, per set of signed headers
 _SIGNED_SETS = 16  # sets of signed headers memoized (each SDK signs one or two)
 # by the signed header names: those besides x-amz-date (and a getter of their values), and the kinds memoized
 _verifying: dict[tuple[str, ...], tuple[tuple[str, ...], Callable[[Mapping[str, str]], Any],
-                                        dict[tuple[Any, ...], tuple[Any, str]]]] = {}
+                                        dict[tuple[Any, ...], _Verifying]]] = {}
 
 
 def _verifying_canonical(signed: tuple[str, ...], method: str, raw_path: str, raw_query: str,
-                         headers: Mapping[str, str]) -> tuple[Any, str]:
+                         headers: Mapping[str, str]) -> _Verifying:
     """The canonical request of a header-signed request around its two varying parts, as the signer keeps
-    its own (``_Canonical``): the SHA-256 state up to the x-amz-date value (``signed`` names it), and what
-    follows it up to the payload hash. Memoized by what makes it: the signed header names, method, path,
+    its own (``_Canonical``). Memoized by what makes it: the signed header names, method, path,
     query and the other signed headers' values (a client signs the same few kinds of request all day; a
     memo is emptied when full). SignatureError when ``signed`` leaves out host or is not in order."""
     per = _verifying.get(signed)
@@ -374,7 +416,7 @@ def _verifying_canonical(signed: tuple[str, ...], method: str, raw_path: str, ra
     at = signed.index("x-amz-date")
     lines = [f"{h}:{' '.join(headers.get(h, '').split())}\n" for h in signed]
     head = f"{method.upper()}\n{canonical_uri(raw_path)}\n{canonical_query(raw_query)}\n{''.join(lines[:at])}x-amz-date:"
-    found = (hashlib.sha256(head.encode()), f"\n{''.join(lines[at + 1:])}\n{';'.join(signed)}\n")
+    found = _Verifying(hashlib.sha256(head.encode()), f"\n{''.join(lines[at + 1:])}\n{';'.join(signed)}\n")
     if len(kinds) >= _VERIFYING_KINDS:
         kinds.clear()
     kinds[kind] = found
@@ -406,19 +448,27 @@ def verify(by: SignedBy, secrets: Sequence[str], service: str, method: str, raw_
     if headers.get("x-amz-content-sha256", payload_hash) != payload_hash:  # no UNSIGNED-PAYLOAD: the body is signed
         raise SignatureError("InvalidSignatureException", "The provided 'x-amz-content-sha256' header does not "
                              "match what was computed.")
-    if memo is not None:
-        canonical = memo[0].copy()
-        canonical.update(f"{stamp}{memo[1]}{payload_hash}".encode())
-        digest = canonical.hexdigest()
-    else:
+    if memo is None:
         assert signed is not None
         digest = hashlib.sha256(canonical_request(method, raw_path, raw_query, headers, signed,
                                                   payload_hash).encode()).hexdigest()
-    sts = f"{ALGORITHM}\n{stamp}\n{by.date}/{by.region}/{by.service}/aws4_request\n{digest}".encode()
-    i = _signer(by, secrets, sts)
-    if i is None:
-        raise _mismatch()
-    return i
+        sts = f"{ALGORITHM}\n{stamp}\n{by.date}/{by.region}/{by.service}/aws4_request\n{digest}".encode()
+        i = _signer(by, secrets, sts)
+        if i is None:
+            raise _mismatch()
+        return i
+    canonical = memo.up_to_payload(stamp)
+    canonical.update(payload_hash.encode())
+    digest = canonical.hexdigest().encode()
+    for i, secret in enumerate(secrets):  # (_signer's, from the string to sign's head hashed this second)
+        inner, outer = _verifying_mac(secret, by.date, by.region, by.service, stamp)
+        mac = inner.copy()
+        mac.update(digest)
+        sig = outer.copy()
+        sig.update(mac.digest())
+        if hmac.compare_digest(sig.hexdigest(), by.signature):
+            return i
+    raise _mismatch()
 
 
 # ---- query-string (presigned) requests -------------------------------------------------------------------

@@ -544,7 +544,7 @@ def test_a_refusal_kept_unread_is_never_served() -> None:
         assert layer.stats.memory_hits == 0  # a refusal dropped as it was asked for is no hit of its level
         # a shared level gets no refusal: the answer is looked at before it is written
         layer._shared = [layer.memory]  # type: ignore[list-item]  # (only its presence matters here)
-        layer._keep(call(), "k2", None, layer._whole(call(), Reply(body=refusal), "m", refusal), layer.models["m"])
+        layer._keep(call(), Reply(body=refusal), "m", "k2", None, refusal, layer.models["m"])
         assert layer.memory is not None and layer.memory.get("k2") is None
 
     asyncio.run(run())
@@ -599,6 +599,32 @@ def test_the_key_hashes_a_chat_body_as_the_client_sent_it() -> None:
     assert key(json.dumps(escaped, separators=(",", ":")).encode(), extra=escaped) == key(None, extra=escaped)
     assert key(orjson.dumps(body) + b"\n") == dumped  # a file's last line break (curl --data-binary @file)
     assert key(orjson.dumps(body).replace(b",", b" ,")) != dumped  # other bytes that pass the checks: their own key
+
+
+def test_the_writer_check_reads_the_first_key_and_the_escapes() -> None:
+    """The check that a client wrote its body as orjson would looks at the first key's end and at the escapes:
+    a body with a line break escaped (``\\n``, as orjson writes it) is hashed as sent, the key of its dump; one
+    with a space after its first key, or an escaped slash, is dumped; a first key holding an escaped quote is
+    read to its real end."""
+    import orjson
+
+    from relaygate.cache.layer import cache_key
+    from relaygate.core.call import Call, Route
+
+    def key(body: dict[str, Any], raw: bytes | None) -> str:
+        return cache_key(Call(id="r", route=Route.CHAT, model="m", body=body, raw=raw), ["m/openai/0"], "")
+
+    lines = {"model": "m", "messages": [{"role": "user", "content": "one\ntwo"}], "temperature": 0}
+    assert b"\\n" in orjson.dumps(lines) and key(lines, orjson.dumps(lines)) == key(lines, None)
+    slash = {"model": "m", "messages": [{"role": "user", "content": "a/b"}]}
+    assert key(slash, orjson.dumps(slash).replace(b"/", b"\\/")) == key(slash, None)
+    spaced = b'{"model": "m","messages":[{"role":"user","content":"x"}]}'
+    assert key(orjson.loads(spaced), spaced) == key(orjson.loads(spaced), None)
+    quoted = {"a\"b": 1, "model": "m", "messages": MSG}
+    assert key(quoted, orjson.dumps(quoted)) == key(quoted, None)  # hashed as sent: the same bytes as the dump
+    assert key(quoted, orjson.dumps(quoted) + b" ") == key(quoted, None)
+    other = orjson.dumps(quoted).replace(b'"messages":', b'"messages" :')  # passes the check: a key of its own
+    assert key(quoted, other) != key(quoted, None)
 
 
 def test_a_served_body_remembers_its_key_within_a_bound(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -58,6 +58,9 @@ MEMO_BYTES = 4 << 20  # the client bodies remembered with their keys, all scopes
 READ, REFRESH, BYPASS = 0, 1, 2
 _READ_ANY: tuple[int, float | None] = (READ, None)  # what the client asked of the cache
 _OBJECT = re.compile(rb"\s*\{")
+# a body that opens with a key whose closing quote is not followed by a space (see ``cache_key``): one match of
+# the first few bytes costs less than the two ``startswith`` and the ``find`` it replaces (~1.2k instructions)
+_FIRST_KEY = re.compile(rb'\{"[^"]*"(?!: )').match
 _SPACE_OR_COLON = (b" ", b"\t", b"\n", b"\r", b":")
 
 
@@ -141,23 +144,6 @@ def namespace(call: Call, config: CacheConfig) -> str:
     return "key:" + key.id
 
 
-def _dumped_alike(raw: bytes) -> bool:
-    """Whether a client's chat bytes read as orjson writes them, so that hashing them gives the key of their dump:
-    no space after a key (Python's json.dumps), no line break (pretty-printed), no \\u or \\/ escape (ASCII-only
-    writers). A streamed request is always dumped (its ``stream`` is left out), and must meet the whole one's key.
-    A body that fails a check is dumped. Bytes that pass but are not orjson's (a space after a comma) only get a
-    key of their own: the key is still the hash of exactly what the client sent.
-
-    The searches are what cost here (~2k instructions each for a 3-byte needle over a small request; ``in`` on
-    bytes more: it first tries its operand as an integer, raising and clearing a TypeError), so the writer is
-    told by the body's start: pretty-printed JSON breaks the line after the opening brace, and a writer that
-    puts a space after a key puts it after the first one; a backslash is one byte (``memchr``), and the two
-    escapes are looked for only in a body that has one."""
-    if raw.startswith(b'{"') and not raw.startswith(b": ", raw.find(b'"', 2) + 1):  # the first key's end
-        return raw.find(b"\\") < 0 or (raw.find(b"\\u") < 0 and raw.find(b"\\/") < 0)
-    return False
-
-
 def cache_key(call: Call, names: Sequence[str], space: str, base: hashlib.blake2b | None = None) -> str:
     """The hash of everything that changes the answer (see the module docstring). The model is the one
     routed: the deployments that may serve the call (``openai/m`` is ``m`` when all of m's are OpenAI's) and
@@ -174,7 +160,18 @@ def cache_key(call: Call, names: Sequence[str], space: str, base: hashlib.blake2
         raw = call.raw
         if raw is not None:
             raw = raw.strip()  # whitespace around the value (a file's last line break) is not the body's
-            if not _dumped_alike(raw):
+            # whether the client's bytes read as orjson writes them, so that hashing them gives the key of their
+            # dump: no space after a key (Python's json.dumps), no line break (pretty-printed), no \u or \/
+            # escape (ASCII-only writers). A streamed request is always dumped (its ``stream`` is left out), and
+            # must meet the whole one's key. A body that fails a check is dumped. Bytes that pass but are not
+            # orjson's (a space after a comma) only get a key of their own: the key is still the hash of exactly
+            # what the client sent. The searches are what cost here (~2k instructions each for a 3-byte needle
+            # over a small request; ``in`` on bytes more: it first tries its operand as an integer, raising and
+            # clearing a TypeError), so the writer is told by the body's start: pretty-printed JSON breaks the
+            # line after the opening brace, and a writer that puts a space after a key puts it after the first
+            # one; a backslash is one byte (``memchr``), and the two escapes are looked for only in a body that
+            # has one. Inline: a call of its own cost a miss ~1k instructions.
+            if _FIRST_KEY(raw) is None or (raw.find(b"\\") >= 0 and (raw.find(b"\\u") >= 0 or raw.find(b"\\/") >= 0)):
                 raw = None
     if call.responses_request is not None:  # a /v1/responses call a native deployment may answer in its shape
         dialect, raw = "responses", None
@@ -358,7 +355,9 @@ class CacheLayer:
         memo = None
         if raw is not None and call.output_cap is None and len(raw) <= MEMO_BODY:
             memo = (space, raw) if space else raw
-            key = scope.keys.get(memo)
+            # (an empty memo, while no body of the scope was served again, is not looked in: hashing the client's
+            # bytes for the lookup costs ~1k instructions a miss)
+            key = scope.keys.get(memo) if scope.keys else None
             if key is None:
                 key = cache_key(call, names, space, scope.base)
         else:
@@ -602,7 +601,7 @@ class CacheLayer:
             self.stats.not_stored += 1
             self._settle(key, leader, None)
         elif reply.stream is None:
-            self._keep(call, key, leader, self._whole(call, reply, model, reply.body or b""), settings)
+            self._keep(call, reply, model, key, leader, reply.body or b"", settings)
         else:
             cast = None
             if leader is not None and call.route is Route.CHAT and call.anthropic_request is None and call.native is None \
@@ -629,26 +628,6 @@ class CacheLayer:
             self.stats.saved_nano[model] = self.stats.saved_nano.get(model, 0) + cost
         return saved
 
-    def _whole(self, call: Call, reply: Reply, model: str, body: bytes, gathered: bool = False) -> Entry | None:
-        """The entry of a whole answer, or None when it is not one to keep (``gathered``: a chat stream's
-        completion, already checked)."""
-        if len(body) > self.max_entry:
-            return None
-        # its cost is worked out when first needed (``_cost``), unless the call knows it already (the limits
-        # settled a stream's): a cached route has no meter (passthrough's), so the cost is the usage's price
-        cost = call.cost_nano
-        if call.route is CHAT_ROUTE:
-            # whether it is a JSON object with choices and no refusal or filtered choice (``keepable_chat``) is
-            # looked at when it is first asked for (``_hit``), or before it goes to a shared level: most answers
-            # kept are never asked for again, and the scan costs a fifth of a miss; a hit that cannot be read
-            # back is dropped then too
-            return Entry(CHAT, body, "application/json", time.time(), model, reply.usage,
-                         UNPRICED if cost is None else cost, False, gathered, call.deployment, call.model)
-        if reply.media_type.startswith("text/event-stream"):  # speech as SSE events: not kept
-            return None
-        return Entry(WHOLE, body, reply.media_type, time.time(), model, reply.usage,
-                     UNPRICED if cost is None else cost, False, True, call.deployment, call.model)
-
     async def _tee(self, stream: AsyncIterator[bytes], call: Call, reply: Reply, model: str, key: str,
                    leader: Call | None, settings: ModelCacheConfig, cast: Broadcast | None) -> AsyncIterator[bytes]:
         """Pass the stream on as it comes (to the calls that joined it too), keeping its bytes; a whole, clean
@@ -668,26 +647,40 @@ class CacheLayer:
                 yield chunk
         finally:
             await aclose(stream)
-        entry = None
+        body = None
+        gathered = False
         if kept is not None:
-            data = b"".join(kept)
+            body = b"".join(kept)
             if call.route is Route.CHAT:
                 try:
-                    completion = gather(data, reply.usage)
-                    entry = None if refused(completion) else self._whole(call, reply, model, orjson.dumps(completion),
-                                                                          gathered=True)
+                    completion = gather(body, reply.usage)
+                    body = None if refused(completion) else orjson.dumps(completion)
+                    gathered = True
                 except (Unfinished, ValueError, TypeError, AttributeError):
-                    entry = None
-            else:
-                entry = self._whole(call, reply, model, data)
+                    body = None
         if cast is not None:
             cast.end()
-        self._keep(call, key, leader, entry, settings)
+        self._keep(call, reply, model, key, leader, body, settings, gathered)
 
-    def _keep(self, call: Call, key: str, leader: Call | None, entry: Entry | None,
-              settings: ModelCacheConfig) -> None:
-        """Store the entry in each level (disk and Redis in the background) and hand it to the calls waiting
-        for it."""
+    def _keep(self, call: Call, reply: Reply, model: str, key: str, leader: Call | None, body: bytes | None,
+              settings: ModelCacheConfig, gathered: bool = False) -> None:
+        """Keep a whole answer (``body``; None: none to keep; ``gathered``: a chat stream's completion, already
+        checked) in each level (disk and Redis in the background) and hand its entry to the calls waiting for it."""
+        entry = None
+        if body is not None and len(body) <= self.max_entry:
+            # its cost is worked out when first needed (``_cost``), unless the call knows it already (the limits
+            # settled a stream's): a cached route has no meter (passthrough's), so the cost is the usage's price
+            cost = call.cost_nano
+            if call.route is CHAT_ROUTE:
+                # whether it is a JSON object with choices and no refusal or filtered choice (``keepable_chat``) is
+                # looked at when it is first asked for (``_hit``), or before it goes to a shared level: most answers
+                # kept are never asked for again, and the scan costs a fifth of a miss; a hit that cannot be read
+                # back is dropped then too
+                entry = Entry(CHAT, body, "application/json", time.time(), model, reply.usage,
+                              UNPRICED if cost is None else cost, False, gathered, call.deployment, call.model)
+            elif not reply.media_type.startswith("text/event-stream"):  # speech as SSE events: not kept
+                entry = Entry(WHOLE, body, reply.media_type, time.time(), model, reply.usage,
+                              UNPRICED if cost is None else cost, False, True, call.deployment, call.model)
         if self._shared and entry is not None and not entry.checked:  # never a refusal in a shared level
             if keepable_chat(entry.body):
                 entry.checked = True

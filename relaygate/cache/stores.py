@@ -46,9 +46,13 @@ class MemoryCache:
         if size > self.max_bytes:
             return
         items = self._items
-        old = items.pop(key, None)
-        held = self.bytes + size - (old[2] if old is not None else 0)
+        old = items.get(key)  # (not ``pop`` and insert again: an OrderedDict's node made anew costs more)
         items[key] = (entry, time.monotonic() + (self.ttl if ttl is None or ttl > self.ttl else ttl), size)
+        if old is None:
+            held = self.bytes + size
+        else:
+            held = self.bytes + size - old[2]
+            items.move_to_end(key)
         while held > self.max_bytes:
             held -= items.pop(next(iter(items)))[2]
             self.evictions += 1

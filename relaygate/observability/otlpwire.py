@@ -150,6 +150,7 @@ class SpanEncoder:
         self.keys: dict[str, bytes] = {}  # key: KeyValue field 1 (tag, length, key)
         self.groups: dict[tuple[Any, ...], tuple[bytes, bytes]] = {}  # group(): name and attributes, encoded
         self.shared: dict[tuple[Any, ...], Any] = {}  # share(): what a span type makes once for many spans
+        self.last: tuple[Any, Any] = ((), None)  # a span type's own use: its last key in ``shared`` and what it holds
         self.memo: dict[Any, bytes] = {}  # remember(): what a span type keeps encoded, under its own keys
 
     def attribute(self, key: str, value: Any) -> bytes:

@@ -297,10 +297,15 @@ class CallTrace:
         asked = self.asked
         p = asked[3]  # its parameters' types too: 1 == 1.0 == True, but OTLP tells int, double and bool apart
         key = (asked, (p[0].__class__, p[1].__class__, p[2].__class__, p[3].__class__), self.shape, self.a_key)
-        try:
-            made = encoder.shared.get(key) or encoder.share(key, self._made)
-        except TypeError:  # a parameter that is not hashable (a client's list): not shared
-            made = self._made(encoder)
+        last = encoder.last  # a batch's calls are mostly of one kind: the last one's, compared without a hash
+        if key == last[0]:
+            made = last[1]
+        else:
+            try:
+                made = encoder.shared.get(key) or encoder.share(key, self._made)
+                encoder.last = key, made
+            except TypeError:  # a parameter that is not hashable (a client's list): not shared
+                made = self._made(encoder)
         ids = self.ids
         usage = self.usage
         rid = self.call_id.encode("utf-8", "replace")

@@ -308,19 +308,20 @@ class CallTrace:
                 made = self._made(encoder)
         ids = self.ids
         usage = self.usage
-        rid = self.call_id.encode("utf-8", "replace")
         plain = made[6]  # a call of this kind is plain (one attempt, a success): its messages in one pack
-        if plain is not None and self.parent is None and usage is not None and usage.known and self.own_id and len(
-                rid) == 28 and rid.startswith(b"req_"):  # a new trace, our request id, the usage known: the usual
-            tokens = encoder.memo.get((INPUT_TOKENS, usage.prompt_tokens, usage.completion_tokens)) or _tokens(
-                encoder, usage)
-            pack = plain.get(len(tokens)) or _plain(made, len(tokens))
-            cost = self.cost
-            if cost is None:
-                price = made[4]
-                cost = price.cost_nano(usage) if price is not None else 0
-            end = self.end_time
-            return pack(ids, ids[16:24], ids[24:], self.start, end, rid, tokens, cost / 1e9, self.a_start)
+        if plain is not None and usage is not None and usage.known and self.own_id and self.parent is None:
+            rid = self.call_id.encode()  # ours, or made by a part of the gateway from ours or a header's text
+            if len(rid) == 28 and rid.startswith(b"req_"):  # a new trace, our request id, the usage known: the usual
+                tokens = encoder.memo.get((INPUT_TOKENS, usage.prompt_tokens, usage.completion_tokens)) or _tokens(
+                    encoder, usage)
+                pack = plain.get(len(tokens)) or _plain(made, len(tokens))
+                cost = self.cost
+                if cost is None:
+                    price = made[4]
+                    cost = price.cost_nano(usage) if price is not None else 0
+                end = self.end_time
+                return pack(ids, ids[16:24], ids[24:], self.start, end, rid, tokens, cost / 1e9, self.a_start)
+        rid = self.call_id.encode("utf-8", "replace")
         trace, own = ids[:16], ids[16:24]
         if self.own_id and len(rid) == 28 and rid.startswith(b"req_"):  # ours: req_ and 24 hex digits
             attributes = made[5]  # with the request id's key: its value follows

@@ -230,3 +230,42 @@ def test_the_gateways_spans_encode_as_the_library_does() -> None:
         loop.run_until_complete(gw.close())
     finally:
         loop.close()
+
+
+def test_plain_calls_of_one_kind_with_token_counts_of_other_lengths() -> None:
+    """Plain calls (one attempt, a success, our request id) are written by one pack per kind and length of their
+    token counts: calls of one kind whose counts take one byte and two, in turn, and one of another kind (a
+    stream) between them, are still the library's bytes."""
+    import asyncio
+
+    from relaygate.config import parse_config
+    from relaygate.core.call import Call, Route
+    from relaygate.gateway import Gateway
+    from relaygate.observability.tracing import CallTrace
+
+    async def traced() -> tuple[list[Any], bytes]:
+        gw = await Gateway.create(parse_config({
+            "models": [{"name": "m", "deployments": [{"provider": "demo", "model": "demo"}]}],
+            "request_log": {"enabled": False}, "tracing": {"endpoint": "http://127.0.0.1:9/v1/traces"}}, {}))
+        assert gw.tracing is not None
+        for i, (words, stream) in enumerate([(1, False), (400, False), (1, True), (1, False), (400, False)]):
+            body = {"model": "m", "messages": [{"role": "user", "content": "hi " * words}], "max_tokens": 20}
+            reply = await gw.handle(Call(id=f"req_{i:024x}", route=Route.CHAT, model="m", body=body, stream=stream))
+            if reply.stream is not None:
+                async for _ in reply.stream:
+                    pass
+            reply.finish()
+        records = list(gw.tracing.queue.spans)
+        gw.tracing.queue.spans.clear()
+        encoded = gw.tracing.exporter.encode(records)
+        assert gw.tracing.exporter.encode(records) == encoded  # the packers made by the first, used by the second
+        await gw.close()
+        return records, encoded
+
+    records, encoded = asyncio.run(traced())
+    assert len(records) == 5 and all(isinstance(rec, CallTrace) and len(rec.a_key) == 3 for rec in records)
+    spans = [s for rec in records for s in rec.spans()]
+    prompts = {s.attrs["gen_ai.usage.input_tokens"] for s in spans}
+    assert min(prompts) < 128 <= max(prompts)  # one byte and two
+    assert encoded == library(spans, {"service.name": "relaygate", "telemetry.sdk.name": "relaygate",
+                                      "telemetry.sdk.language": "python"}).SerializeToString()

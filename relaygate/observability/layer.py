@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from relaygate.observability.tracing import Tracing
 
 TRACE_HEADER = "x-relaygate-trace-id"  # the call's trace id (32 hex digits), on every answer of a traced call
+TRACE_LINE = TRACE_HEADER.encode() + b": "  # its line in wire form, but for the id and the line's end
 
 log = logging.getLogger("relaygate")
 
@@ -81,7 +82,7 @@ class ObserveLayer:
             reply = await self.next(call)
         except BaseException as e:
             if trace_header is not None and isinstance(e, GatewayError):
-                e.headers[TRACE_HEADER] = trace_header
+                e.headers[TRACE_HEADER] = trace_header.decode()
             failed(call, e, partial(self.done, call))
             raise
         done = reply._done  # Reply.on_done's list, without its call: each observer's own callback (run newest first)
@@ -89,8 +90,8 @@ class ObserveLayer:
             done.append(partial(m.record, call))
         if self.access is not None:
             done.append(partial(self.access.record, call))
-        if trace_header is not None:
-            reply.headers[TRACE_HEADER] = trace_header
+        if trace_header is not None:  # a line in wire form, which the server writes as it is (Reply.raw_headers)
+            reply.raw_headers = b"".join((reply.raw_headers, TRACE_LINE, trace_header, b"\r\n"))
             if call.trace is not None:
                 done.append(call.trace.done)
         return reply

@@ -16,6 +16,7 @@ from __future__ import annotations
 import random
 import re
 import struct
+from binascii import hexlify
 from collections.abc import Callable
 from time import monotonic, time_ns
 from typing import TYPE_CHECKING, Any
@@ -123,24 +124,25 @@ class Tracing:
             state = ""  # a malformed tracestate is dropped, the trace still continued
         return trace_id, span_id, bool(int(m["flags"], 16) & 1), state
 
-    def begin(self, call: Call) -> str:
+    def begin(self, call: Call) -> bytes:
         """The call's trace: continued from its ``traceparent`` or new, sampled or not; when sampled its request
-        span (``call.trace``), which the observe layer ends. Answers the trace id for the answer's header."""
+        span (``call.trace``), which the observe layer ends. Answers the trace id for the answer's header (32
+        lowercase hex digits, encoded: the header goes out as a line in wire form, ``Reply.raw_headers``)."""
         parent = self.parent(call.headers) if "traceparent" in call.headers else None
         if parent is None:  # the trace id, the request span's id and its first attempt's, drawn at once
             ids = self.bits(256).to_bytes(32, "big")
             if self.sampling and int.from_bytes(ids[8:16], "big") >= self.ratio_bound:
-                return ids[:16].hex()  # the trace id still goes back, nothing else is done
+                return hexlify(ids[:16])  # the trace id still goes back, nothing else is done
         else:  # a continued trace follows its parent's decision
             ids = parent[0].to_bytes(16, "big") + self.bits(128).to_bytes(16, "big")
             if not parent[2]:
-                return ids[:16].hex()
+                return hexlify(ids[:16])
         if parent is None:  # attempts, limits… get spans beneath
             call.trace = CallTrace(self, call, ids)
         else:
             call.trace = trace = ContinuedTrace(self, call, ids)
             trace.parent = parent
-        return ids[:16].hex()
+        return hexlify(ids[:16])
 
     def flush(self) -> bool:
         """Send what is queued now (blocking)."""

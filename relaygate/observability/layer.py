@@ -92,8 +92,9 @@ class ObserveLayer:
             done.append(partial(self.access.record, call))
         if trace_header is not None:  # a line in wire form, which the server writes as it is (Reply.raw_headers)
             reply.raw_headers = b"".join((reply.raw_headers, TRACE_LINE, trace_header, b"\r\n"))
-            if call.trace is not None:
-                done.append(call.trace.done)
+            trace = call.trace
+            if trace is not None:
+                done.append(trace.done)
         return reply
 
     def done(self, call: Call, reply: Reply | None, error: BaseException | None) -> None:

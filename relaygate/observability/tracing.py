@@ -179,7 +179,8 @@ class CallTrace:
         # (the chat body is not made for tracing: the same-dialect fast path stays fast)
         params = tuple(map(call.body.get, PARAM_NAMES)) if call.native is None or call.translated else NO_PARAMS
         self.asked: tuple[Any, ...] = (call.model, call.route, call.stream, params)
-        # the first attempt: (deployment, model, fallback[, status, error type]: when it did not end with the call)
+        # the first attempt: (deployment, model, the fallbacks before it (a tuple: true when it was one)[, status,
+        # error type]: when it did not end with the call)
         self.a_key: tuple[Any, ...] = ()
         self.start = time_ns()
 
@@ -187,7 +188,7 @@ class CallTrace:
         """Start the span of an upstream attempt; calling what it answers with the attempt's outcome ends it
         (None: the first attempt, whose outcome the call's end reads from the call)."""
         if call.attempts == 1 and not self.a_key:  # the first: on this record, no callback of its own
-            self.a_key = (dep, call.model, bool(call.fallbacks))
+            self.a_key = (dep, call.model, call.fallbacks)
             self.a_start = time_ns()
             return None
         if len(self.a_key) == 3:  # the first failed (another one follows): how, from the call's failures
@@ -298,7 +299,7 @@ class CallTrace:
         share, encoded once for them all, between each call's own ids, times, request id, usage and cost."""
         asked = self.asked
         p = asked[3]  # its parameters' types too: 1 == 1.0 == True, but OTLP tells int, double and bool apart
-        key = (asked, (p[0].__class__, p[1].__class__, p[2].__class__, p[3].__class__), self.shape, self.a_key)
+        key = (asked, self.shape, self.a_key, p[0].__class__, p[1].__class__, p[2].__class__, p[3].__class__)
         last = encoder.last  # a batch's calls are mostly of one kind: the last one's, compared without a hash
         if key == last[0]:
             made = last[1]
@@ -467,7 +468,8 @@ class AttemptSpan:
         span = cls.__new__(cls)
         span.trace = trace
         span.span_id = int.from_bytes(trace.ids[24:], "big")
-        span.dep, span.asked, span.fallback = trace.a_key[:3]
+        span.dep, span.asked, fallbacks = trace.a_key[:3]
+        span.fallback = bool(fallbacks)
         span.attempt = 1
         span.retry_reason = None
         span.start = trace.a_start

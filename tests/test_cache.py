@@ -383,6 +383,30 @@ def test_a_stream_gathered_and_replayed_is_the_same_answer() -> None:
     assert gather(replay(completion, False), Usage(3, 4)) == completion
 
 
+def test_the_cache_headers_go_out_beside_the_keys_rate_limit_headers(openai_emulator: BackgroundServer,
+                                                                     start_gateway: Callable[..., GatewayThread]
+                                                                     ) -> None:
+    """The cache's headers and the key's x-ratelimit-* are both written in wire form (``Reply.raw_headers``): a
+    miss, a hit and a streamed hit carry each of them once."""
+    gw = start_gateway({"models": [cached_model("m", openai_emulator)], "auth": {"master_key": MASTER}})
+    key = Admin(gw)("POST", "/keys", {"rpm": 10}).json()["key"]
+    auth = {"authorization": f"Bearer {key}"}
+    inside_one_minute()
+    replies = [chat(gw, auth), chat(gw, auth)]
+    with httpx.stream("POST", gw.base_url + "/chat/completions", json={"model": "m", "messages": MSG,
+                      "temperature": 0, "stream": True}, headers=auth, timeout=10) as streamed:
+        assert b"[DONE]" in streamed.read()
+    replies.append(streamed)
+    assert [r.headers["x-relaygate-cache"] for r in replies] == ["miss", "hit", "hit"]
+    assert len({r.headers["x-relaygate-cache-key"] for r in replies}) == 1
+    assert "age" not in replies[0].headers and all(r.headers["age"].isdigit() for r in replies[1:])
+    assert [r.headers["x-ratelimit-remaining-requests"] for r in replies] == ["9", "8", "7"]
+    for r in replies:
+        names = [name.lower() for name, _ in r.headers.multi_items()]
+        assert all(names.count(n) == 1 for n in ("x-relaygate-cache", "x-relaygate-cache-key",
+                                                  "x-ratelimit-limit-requests", "x-ratelimit-remaining-requests"))
+
+
 def test_a_hit_counts_against_rpm_not_against_budgets_and_is_logged(openai_emulator: BackgroundServer,
                                                                     start_gateway: Callable[..., GatewayThread]
                                                                     ) -> None:
@@ -537,8 +561,8 @@ def test_a_refusal_kept_unread_is_never_served() -> None:
         await asyncio.sleep(0)
         gate.set()
         replies = await asyncio.gather(leader, follower)
-        assert [r.headers["x-relaygate-cache"] for r in replies] == ["miss", "miss"] and asked == 2
-        assert (await layer(call())).headers["x-relaygate-cache"] == "miss" and asked == 3
+        assert [said(r)["x-relaygate-cache"] for r in replies] == ["miss", "miss"] and asked == 2
+        assert said(await layer(call()))["x-relaygate-cache"] == "miss" and asked == 3
         # three answers kept, two of them dropped when asked for; the last one still waits, unread
         assert layer.stats.hits == 0 and layer.stats.stored == 1 and layer.stats.not_stored == 2
         assert layer.stats.memory_hits == 0  # a refusal dropped as it was asked for is no hit of its level
@@ -548,6 +572,14 @@ def test_a_refusal_kept_unread_is_never_served() -> None:
         assert layer.memory is not None and layer.memory.get("k2") is None
 
     asyncio.run(run())
+
+
+def said(reply: Any) -> dict[str, str]:
+    """A reply's headers as its client gets them: its dict, and its lines in wire form (``Reply.raw_headers``,
+    where the cache writes its own)."""
+    from relaygate.core.call import header_pairs
+
+    return {**reply.headers, **{name.decode(): value.decode() for name, value in header_pairs(reply.raw_headers)}}
 
 
 def stand_in_layer(answer: bytes) -> Any:
@@ -644,8 +676,8 @@ def test_a_served_body_remembers_its_key_within_a_bound(monkeypatch: pytest.Monk
 
     async def run() -> None:
         replies = [await layer(call("a")) for _ in range(3)]
-        assert [r.headers["x-relaygate-cache"] for r in replies] == ["miss", "hit", "hit"]
-        assert len({r.headers["x-relaygate-cache-key"] for r in replies}) == 1
+        assert [said(r)["x-relaygate-cache"] for r in replies] == ["miss", "hit", "hit"]
+        assert len({said(r)["x-relaygate-cache-key"] for r in replies}) == 1
         scope = next(iter(layer._names.values()))
         first = call("a")
         assert scope.keys == {first.raw: cache_key(first, scope.names, "")}
@@ -698,7 +730,7 @@ def test_streams_that_refuse_are_filtered_fail_or_stop_short_are_never_kept() ->
             async for _ in reply.stream:
                 pass
         reply.finish(None)
-        return reply.headers["x-relaygate-cache"]
+        return said(reply)["x-relaygate-cache"]
 
     async def run() -> None:
         for name, chunks in streams.items():
@@ -752,12 +784,12 @@ def test_a_kept_answer_is_priced_when_first_needed() -> None:
 
     async def run() -> None:
         missed = call()
-        key = (await layer(missed)).headers["x-relaygate-cache-key"]
+        key = said(await layer(missed))["x-relaygate-cache-key"]
         entry = layer.memory.get(key)
         assert entry.cost_nano == UNPRICED and missed.cost_nano is None
         hits = [call(), call()]
         for each in hits:
-            assert (await layer(each)).headers["x-relaygate-cache"] == "hit"
+            assert said(await layer(each))["x-relaygate-cache"] == "hit"
         cost = layer.pricing.price(missed.deployment, "m").cost_nano(Usage(5, 5))
         assert cost > 0 and entry.cost_nano == cost and entry.deployment is None
         assert [each.saved_nano for each in hits] == [cost, cost] and layer.stats.saved_nano == {"m": 2 * cost}

@@ -51,6 +51,11 @@ _IGNORED_BUT_MODEL = IGNORED - {"model"}
 HEADER = "x-relaygate-cache"
 KEY_HEADER = "x-relaygate-cache-key"
 SIMILARITY_HEADER = "x-relaygate-cache-similarity"  # a semantic hit: the cosine of the two conversations
+# a miss's and a hit's headers in wire form (``Reply.raw_headers``), written by the server as they are: lower-case
+# names, a word, digits and the hex key, none the server must look at; as dict entries, each cost the server ~3k
+# instructions (its encoding, checks and look for content-length, transfer-encoding and connection)
+_MISS_LINES = b"x-relaygate-cache: miss\r\nx-relaygate-cache-key: %s\r\n"
+_HIT_LINES = b"x-relaygate-cache: hit\r\nage: %d\r\nx-relaygate-cache-key: %s\r\n"
 
 MAX_NAMES = 4096  # (model, provider) pairs whose deployment names are kept
 MEMO_BODY = 16384  # the largest client body whose key is remembered (``Scope.keys``)
@@ -534,7 +539,7 @@ class CacheLayer:
         call.cache_hit = True
         self.stats.hits += 1
         self.stats.coalesced += 1
-        reply = Reply(media_type="text/event-stream", headers={HEADER: "hit", "age": "0", KEY_HEADER: key},
+        reply = Reply(media_type="text/event-stream", raw_headers=_HIT_LINES % (0, key.encode()),
                       first_byte_at=time.monotonic())
         reply.stream = cast.follow(call, reply)
         return reply
@@ -561,12 +566,12 @@ class CacheLayer:
         stats.hits += 1
         stats.saved_nano[entry.model] = stats.saved_nano.get(entry.model, 0) + cost
         age = time.time() - entry.created  # (Entry.age, inline)
-        headers = {HEADER: "hit", "age": str(int(age)) if age >= 1 else "0", KEY_HEADER: key}
+        lines = _HIT_LINES % (int(age) if age >= 1 else 0, key.encode())
         # Reply's fields in order (status, body, stream, media type, headers, raw headers, usage, first byte):
         # by name, binding them to its parameters took longer than the rest of this
         if stream is not None:
-            return Reply(200, None, stream, "text/event-stream", headers, b"", entry.usage, time.monotonic())
-        return Reply(200, body, None, entry.media_type, headers, b"", entry.usage, time.monotonic())
+            return Reply(200, None, stream, "text/event-stream", {}, lines, entry.usage, time.monotonic())
+        return Reply(200, body, None, entry.media_type, {}, lines, entry.usage, time.monotonic())
 
     def _cost(self, entry: Entry) -> int:
         """What the answer of an entry kept UNPRICED cost (its usage at its deployment's price), worked out once."""
@@ -595,8 +600,10 @@ class CacheLayer:
                 leader: Call | None) -> Reply:
         """A missed call's reply from upstream: marked a miss, and its answer kept (a stream's as it ends)."""
         headers = reply.headers
-        headers[HEADER] = "miss"
-        headers[KEY_HEADER] = key
+        if headers:  # (an upstream's own, were it to pass them on, would go out beside these)
+            headers.pop(HEADER, None)
+            headers.pop(KEY_HEADER, None)
+        reply.raw_headers += _MISS_LINES % key.encode()
         if reply.status != 200 or reply.anthropic_native or reply.native or reply.responses_native:
             self.stats.not_stored += 1
             self._settle(key, leader, None)

@@ -428,7 +428,8 @@ class Reply:
     media_type: str = "application/json"
     headers: dict[str, str] = field(default_factory=dict)
     # more response headers in wire form, "name: value\r\n" each, written by the HTTP server as they are: the
-    # key's x-ratelimit-* (lower-case names, digits; never content-length, transfer-encoding or connection)
+    # cache's x-relaygate-cache, x-relaygate-cache-key and a hit's age, then the key's x-ratelimit-* (lower-case
+    # names, words, digits and hex; never content-length, transfer-encoding or connection); a layer adds to them
     raw_headers: bytes = b""
     usage: Usage | None = None
     first_byte_at: float | None = None  # monotonic time of the first upstream byte (TTFT for streams)

@@ -58,7 +58,7 @@ class LimitLayer:
             if reply.headers:
                 for name in RATE_LIMIT_HEADERS:
                     reply.headers.pop(name, None)
-            reply.raw_headers = grant.head
+            reply.raw_headers += grant.head  # after the lines of the layers below (the cache's)
         if held:
             reply.headers[OUTPUT_CAP_HEADER] = str(held)
         settled = grant

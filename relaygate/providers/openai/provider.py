@@ -272,12 +272,13 @@ class OpenAIProvider(Provider):
             raise await self.upstream_error(resp)
         passed = passed_headers(resp)
         ctype = resp.headers.get("content-type", "")
+        # Reply's fields in order (status, body, stream, media type, headers, raw headers, usage, first byte): by
+        # name, binding them to its parameters cost more than the rest of this
         if call.stream and ctype.startswith("text/event-stream"):
-            reply = Reply(media_type="text/event-stream", headers=passed, first_byte_at=time.monotonic())
+            reply = Reply(200, None, None, "text/event-stream", passed, b"", None, time.monotonic())
             return self._relayed(resp, reply, call.wants_usage, call if call.route is Route.CHAT else None)
         data = await self.read_body(resp)
-        reply = Reply(status=resp.status, body=data, headers=passed, media_type=ctype or "application/json",
-                      first_byte_at=time.monotonic())
+        reply = Reply(resp.status, data, None, ctype or "application/json", passed, b"", None, time.monotonic())
         reply.usage = usage_of(data)
         return reply
 

@@ -202,6 +202,9 @@ class Gateway:
         carry over (the upstream pool always; Redis, database, keys, limits, log writer, breakers and
         deployments when their sections are unchanged), so counts, caches and pooled connections live on."""
         self.config = config
+        # read on every call: plain attributes (a read through the pydantic config costs ~400 instructions)
+        self.request_timeout = config.server.request_timeout
+        self.max_body_bytes = config.server.max_body_bytes
         self.client = client
         self.control = control  # what ``POST /admin/reload`` asks (None: no reload here)
         self.started = time.time()

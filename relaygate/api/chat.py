@@ -79,7 +79,7 @@ def chat_call(gw: Gateway, req: Request, body: dict[str, Any], key: Principal | 
     # in Call's field order, up to ``key`` (binding these by name to its ~40 parameters took twice as long)
     return Call(req.id, route, body["model"], body, stream, req.headers, req.client_ip, provider,
                 bool(stream and isinstance(opts, dict) and opts.get("include_usage")), now,
-                now + gw.config.server.request_timeout, key)
+                now + gw.request_timeout, key)
 
 
 def native_call(gw: Gateway, req: Request, native: NativeRequest,
@@ -89,7 +89,7 @@ def native_call(gw: Gateway, req: Request, native: NativeRequest,
     body is made (``translated_body``) only when something reads it (core/call.py ``NativeCall``). A stream
     asks for the usage chunk: it feeds each dialect's last event."""
     return NativeCall(native, lambda: translated_body(native, translate), req.id, model, stream, req.headers,
-                      req.client_ip, key, stream, time.monotonic() + gw.config.server.request_timeout)
+                      req.client_ip, key, stream, time.monotonic() + gw.request_timeout)
 
 
 def translated_body(native: NativeRequest, translate: Callable[[], tuple[dict[str, Any], list[str]]]) -> dict[str, Any]:
@@ -106,7 +106,7 @@ def translated_body(native: NativeRequest, translate: Callable[[], tuple[dict[st
 
 async def chat_completions(gw: Gateway, req: Request) -> Response | StreamResponse:
     key = await caller(gw.auth, req.headers)  # before the body: no key, no parsing
-    body = object_body(await req.json(gw.config.server.max_body_bytes))
+    body = object_body(await req.json(gw.max_body_bytes))
     call = chat_call(gw, req, body, key)
     call.raw = req.raw
     reply = await gw.handle(call)

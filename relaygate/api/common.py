@@ -73,13 +73,13 @@ async def body_call(gw: Gateway, req: Request, route: Route, validate: Callable[
     """The call of a JSON request naming its ``model`` (embeddings, speech): the caller authenticated before the
     body is read, the gateway's ``provider`` field taken out, the body validated and checked as ``shape``."""
     key = await caller(gw.auth, req.headers)
-    body = object_body(await req.json(gw.config.server.max_body_bytes))
+    body = object_body(await req.json(gw.max_body_bytes))
     provider = pop_provider(body)
     validate(body)
     shapes.check(body, shape)  # the types of what translators read too (cheap: these bodies are small)
     return Call(id=req.id, route=route, model=body["model"], body=body, stream=stream, headers=req.headers,
                 client_ip=req.client_ip, provider=provider, key=key,
-                deadline=time.monotonic() + gw.config.server.request_timeout)
+                deadline=time.monotonic() + gw.request_timeout)
 
 
 def bill_delivered(call: Call, reply: Reply) -> None:

@@ -102,10 +102,12 @@ class Deployment:
     breaker: Breaker | None = None  # None when the model's breakers are off
     limited: bool = False  # has a max_parallel, rpm or tpm limit (checked before choosing it)
     provider_type: str = field(init=False, default="")  # the config's provider name (a plain read, not pydantic's)
+    upstream: str = field(init=False, default="")  # the config's model (``*``: the client's), read on every call
 
     def __post_init__(self) -> None:
         c = self.config
         self.provider_type = c.provider
+        self.upstream = c.model
         self.limited = c.max_parallel is not None or c.rpm is not None or c.tpm is not None
         if self.config.rpm is not None:
             self.stats.rpm = MinuteCounter()
@@ -114,7 +116,8 @@ class Deployment:
 
     def upstream_model(self, asked: str) -> str:
         """The model name to send upstream: the configured one, or the client's for a ``*`` wildcard."""
-        return asked if self.config.model == "*" else self.config.model
+        upstream = self.upstream
+        return asked if upstream == "*" else upstream
 
     def full(self) -> bool:
         """True when every max_parallel slot is taken (a wait for one can end; rpm and tpm are minutes)."""

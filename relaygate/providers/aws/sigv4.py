@@ -138,9 +138,18 @@ class _Canonical:
     signed: str  # the signed header names, ;-joined
     headers: dict[str, str]  # the headers sent besides x-amz-date and authorization
     encoded: EncodedHeaders | None  # the same, checked and encoded once (None: not sendable as they are)
-    # the second of the last signature's x-amz-date and the state of the canonical request up to its payload
-    # hash that second (one block fewer to hash per request, about one in two): replaced whole, never updated
-    dated: tuple[int, Any] = (-1, None)
+    # what this kind's signatures share in the second of the last one (replaced whole, never updated)
+    dated: _Dated | None = None
+
+
+class _Dated(NamedTuple):
+    """What the signatures of one kind of request made within one second share besides ``_Tick``'s."""
+
+    second: int
+    canonical: Any  # the canonical request's SHA-256 state up to the payload hash (a block fewer per request)
+    timestamp: str  # x-amz-date
+    authorization: str  # the Authorization header up to the signature's value
+    lines: str  # the x-amz-date and Authorization header lines up to the signature's value
 
 
 class _Tick(NamedTuple):
@@ -224,24 +233,27 @@ class SigV4Signer:
                                   f"{ALGORITHM} Credential={self.credentials.access_key}/{scope}, SignedHeaders=")
         return tick
 
-    def _signature(self, c: _Canonical, body: bytes, now: float | None, body_sha256: str | None) -> tuple[str, str]:
-        """(x-amz-date, authorization) of a request of kind ``c`` with ``body`` (whose SHA-256, when known)."""
+    def _signature(self, c: _Canonical, body: bytes, now: float | None, body_sha256: str | None) -> tuple[_Dated, str]:
+        """What the signatures of kind ``c`` share this second, and the signature (hex) of the request of that
+        kind with ``body`` (whose SHA-256, when known)."""
         t = time.time() if now is None else now
         tick = self._tick
         if tick.second != int(t):
             tick = self._tick_at(t)
         dated = c.dated
-        if dated[0] != tick.second:
+        if dated is None or dated.second != tick.second:
             state = c.head.copy()
             state.update(f"{tick.timestamp}{c.tail}".encode())
-            c.dated = dated = (tick.second, state)
-        canonical = dated[1].copy()
+            authorization = f"{tick.authorization}{c.signed}, Signature="
+            c.dated = dated = _Dated(tick.second, state, tick.timestamp, authorization,
+                                     f"x-amz-date: {tick.timestamp}\r\nauthorization: {authorization}")
+        canonical = dated.canonical.copy()
         canonical.update((body_sha256 or hashlib.sha256(body).hexdigest()).encode())
         mac = tick.inner.copy()  # the HMAC (HmacKey.hexdigest), written out: the hottest lines of a signature
         mac.update(canonical.hexdigest().encode())
         sig = tick.outer.copy()
         sig.update(mac.digest())
-        return tick.timestamp, f"{tick.authorization}{c.signed}, Signature={sig.hexdigest()}"
+        return dated, sig.hexdigest()
 
     def sign(self, method: str, host: str, raw_path: str, body: bytes, headers: dict[str, str],
              raw_query: str = "", now: float | None = None, body_sha256: str | None = None) -> dict[str, str]:
@@ -249,8 +261,8 @@ class SigV4Signer:
         made of ``headers`` is kept for the next request passing the same mapping: it must not change after.
         ``body_sha256``: the body's SHA-256 (hex) when it is known already (not hashed again)."""
         c = self._canonical(method, host, raw_path, raw_query, headers)
-        timestamp, authorization = self._signature(c, body, now, body_sha256)
-        return {**c.headers, "x-amz-date": timestamp, "authorization": authorization}
+        dated, signature = self._signature(c, body, now, body_sha256)
+        return {**c.headers, "x-amz-date": dated.timestamp, "authorization": dated.authorization + signature}
 
     def sign_encoded(self, method: str, host: str, raw_path: str, body: bytes, headers: dict[str, str],
                      raw_query: str = "", now: float | None = None,
@@ -258,10 +270,10 @@ class SigV4Signer:
         """``sign``'s headers, encoded for the upstream client: the fixed ones were encoded once, only the
         date and the signature are added (a mapping when the fixed ones cannot be sent as they are)."""
         c = self._canonical(method, host, raw_path, raw_query, headers)
-        timestamp, authorization = self._signature(c, body, now, body_sha256)
+        dated, signature = self._signature(c, body, now, body_sha256)
         if c.encoded is None:
-            return {**c.headers, "x-amz-date": timestamp, "authorization": authorization}
-        return c.encoded.plus(f"x-amz-date: {timestamp}\r\nauthorization: {authorization}\r\n")
+            return {**c.headers, "x-amz-date": dated.timestamp, "authorization": dated.authorization + signature}
+        return c.encoded.plus(dated.lines + signature + "\r\n")
 
 
 # ---- verification (relaygate's Bedrock ingress, and the emulator) -------------------------------------

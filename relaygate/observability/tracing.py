@@ -131,15 +131,12 @@ class Tracing:
         parent = self.parent(call.headers) if "traceparent" in call.headers else None
         if parent is None:  # the trace id, the request span's id and its first attempt's, drawn at once
             ids = self.bits(256).to_bytes(32, "big")
-            if self.sampling and int.from_bytes(ids[8:16], "big") >= self.ratio_bound:
-                return hexlify(ids[:16])  # the trace id still goes back, nothing else is done
-        else:  # a continued trace follows its parent's decision
-            ids = parent[0].to_bytes(16, "big") + self.bits(128).to_bytes(16, "big")
-            if not parent[2]:
-                return hexlify(ids[:16])
-        if parent is None:  # attempts, limits… get spans beneath
-            call.trace = CallTrace(self, call, ids)
-        else:
+            if not self.sampling or int.from_bytes(ids[8:16], "big") < self.ratio_bound:
+                call.trace = CallTrace(self, call, ids)  # attempts, limits… get spans beneath
+            return hexlify(ids[:16])  # (sampled out: the trace id still goes back, nothing else is done)
+        # a continued trace follows its parent's decision
+        ids = parent[0].to_bytes(16, "big") + self.bits(128).to_bytes(16, "big")
+        if parent[2]:
             call.trace = trace = ContinuedTrace(self, call, ids)
             trace.parent = parent
         return hexlify(ids[:16])

@@ -184,7 +184,7 @@ class CallTrace:
     def attempt(self, dep: Deployment, call: Call) -> AttemptSpan | None:
         """Start the span of an upstream attempt; calling what it answers with the attempt's outcome ends it
         (None: the first attempt, whose outcome the call's end reads from the call)."""
-        if call.attempts == 1 and not self.a_key:  # the first: on this record, no callback of its own
+        if not self.a_key:  # the first: on this record, no callback of its own
             self.a_key = (dep, call.model, call.fallbacks)
             self.a_start = time_ns()
             return None

@@ -23,7 +23,15 @@ from typing import TYPE_CHECKING, Any
 
 from relaygate.core.call import Call, Reply, Route
 from relaygate.core.errors import GatewayError
-from relaygate.observability.otlp import CLIENT, INTERNAL, SERVER, OtlpExporter, SpanQueue, SpanRecord
+from relaygate.observability.otlp import (
+    CLIENT,
+    INTERNAL,
+    MAX_BATCH,
+    SERVER,
+    OtlpExporter,
+    SpanQueue,
+    SpanRecord,
+)
 from relaygate.observability.otlpwire import (
     HEADS,
     KINDS,
@@ -219,8 +227,9 @@ class CallTrace:
             return
         self.call = None
         if error is None:
-            status = reply.status if reply is not None else None
-            self.usage = reply.usage if reply is not None else None
+            assert reply is not None  # a reply's own end (Reply.finish): only a failed call's has none, and an error
+            status = reply.status
+            self.usage = reply.usage
             kind = None
             # a metered call's cost now; else the figure another part made, or (None) the export thread's
             self.cost: int | None = call.cost_nano if call.meter is None else self.tracing.cost(call, reply)
@@ -242,7 +251,14 @@ class CallTrace:
                 self._first_ended(call.failed_attempts, status, kind, None, end)
             else:
                 self._first_ended(None, code, kind, None, end)
-        self.tracing.queue.put(self)
+        queue = self.tracing.queue  # SpanQueue.put, written out: a call's record is most of what it takes
+        spans = queue.spans
+        if len(spans) < queue.size:
+            spans.append(self)
+            if len(spans) == MAX_BATCH:  # a full batch: the export thread sends it now
+                queue.wake.set()
+        else:
+            queue.dropped += 1
 
     # read in the export thread (and by tests: the Span protocol)
     @property

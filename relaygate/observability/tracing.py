@@ -65,6 +65,8 @@ OPERATIONS = {Route.CHAT: "chat", Route.EMBEDDINGS: "embeddings", Route.TRANSCRI
 REQUEST_PARAMS = (("max_tokens", "gen_ai.request.max_tokens"), ("max_completion_tokens", "gen_ai.request.max_tokens"),
                   ("temperature", "gen_ai.request.temperature"), ("top_p", "gen_ai.request.top_p"))
 PARAM_NAMES = tuple(name for name, _ in REQUEST_PARAMS)
+# CallTrace reads them by name, in this order
+assert PARAM_NAMES == ("max_tokens", "max_completion_tokens", "temperature", "top_p")
 NO_PARAMS = (None, None, None, None)
 # W3C Trace Context: version-traceid-parentid-flags (lowercase hex); a later version may add fields after
 TRACEPARENT = re.compile(r"(?P<version>[0-9a-f]{2})-(?P<trace>[0-9a-f]{32})-(?P<span>[0-9a-f]{16})"
@@ -182,7 +184,11 @@ class CallTrace:
         self.call_id = call.id
         self.own_id = "x-request-id" not in call.headers  # then ours (http.RequestIds): nothing to redact
         # (the chat body is not made for tracing: the same-dialect fast path stays fast)
-        params = tuple(map(call.body.get, PARAM_NAMES)) if call.native is None or call.translated else NO_PARAMS
+        if call.native is None or call.translated:  # PARAM_NAMES's values, each asked for (~1.8k less than a map)
+            get = call.body.get
+            params = (get("max_tokens"), get("max_completion_tokens"), get("temperature"), get("top_p"))
+        else:
+            params = NO_PARAMS
         self.asked: tuple[Any, ...] = (call.model, call.route, call.stream, params)
         # the first attempt: (deployment, model, the fallbacks before it (a tuple: true when it was one)[, status,
         # error type]: when it did not end with the call)

@@ -1,16 +1,18 @@
 """What a client dialect costs: c=1 latency of each cell of the dialect grid against the fake upstream.
 
 Every client dialect (OpenAI chat, OpenAI Responses, Anthropic Messages, Gemini, Cohere v2, Bedrock Converse)
-is sent to a deployment of every upstream kind the fake upstream answers (OpenAI-compatible chat, Anthropic,
-Gemini, Cohere, Bedrock Converse): the same-dialect cell relays the client's body untouched, every other cell
-translates the request to that kind and the answer back. This runs the cells with one client at a time, in
-rounds that alternate the order, and prints the p50 of each (best round) and what each translated cell adds
-over its row's same-dialect cell (issue 26's target: at most 0.3 ms). A Responses client has no same-dialect
-cell here (the fake upstream serves no Responses API): its row is set against the OpenAI chat passthrough.
+is sent to a deployment of every upstream kind the fake upstream answers (OpenAI-compatible chat, OpenAI
+Responses-native (``responses_only``), Anthropic, Gemini, Cohere, Bedrock Converse): the same-dialect cell relays
+the client's body untouched, every other cell translates the request to that kind and the answer back. An
+Anthropic client's request to Claude on Bedrock goes as InvokeModel's body (Anthropic's, relayed), not as
+Converse. This runs the cells with one client at a time, in rounds that alternate the order, and prints the p50
+of each (best round) and what each translated cell adds over its row's same-dialect cell (issue 26's target: at
+most 0.3 ms).
 
     python bench/dialects.py                    # every cell, 3 rounds of 3 s each
     python bench/dialects.py --rounds 5 --seconds 5
     python bench/dialects.py --clients gemini,cohere,bedrock --upstreams openai,gemini,cohere,bedrock
+    python bench/dialects.py --upstreams responses   # the Responses-native column (and each row's reference)
 
 Needs nginx with the echo module (the fake upstream), like run.py; the load is bench/loadgen.py.
 """
@@ -30,25 +32,23 @@ from harness import BENCH_DIR, Ctx, Load, free_port, relaygate_target, run_load,
 # client dialect: (route on relaygate, request body in bench/requests, its same-dialect upstream kind)
 CLIENTS = {
     "openai": ("/v1/chat/completions", "chat.json", "openai"),
-    "responses": ("/v1/responses", "responses.json", None),  # store: false, as a stateless client sends it
+    "responses": ("/v1/responses", "responses.json", "responses"),  # store: false, as a stateless client sends it
     "anthropic": ("/v1/messages", "messages.json", "anthropic"),
     "gemini": ("/v1beta/models/bench-model:generateContent", "gemini.json", "gemini"),
     "cohere": ("/v2/chat", "cohere.json", "cohere"),
     "bedrock": ("/model/bench-model/converse", "converse.json", "bedrock"),  # an open gateway: no signature
 }
 # upstream kind: the config whose bench-model a deployment of that kind on the fake upstream serves
-UPSTREAMS = {"openai": "relaygate-nolog.yaml", "anthropic": "relaygate-anthropic.yaml",
-             "gemini": "relaygate-gemini.yaml", "cohere": "relaygate-cohere.yaml", "bedrock": "relaygate-bedrock.yaml"}
-# cells the fake upstream cannot answer: an Anthropic client's request to Claude on Bedrock goes as its
-# InvokeModel body, and the fake upstream serves Converse only
-NOT_SERVED = {("anthropic", "bedrock")}
+# (responses: an OpenAI deployment marked responses_only, whose upstream is the fake upstream's /v1/responses)
+UPSTREAMS = {"openai": "relaygate-nolog.yaml", "responses": "relaygate-responses.yaml",
+             "anthropic": "relaygate-anthropic.yaml", "gemini": "relaygate-gemini.yaml",
+             "cohere": "relaygate-cohere.yaml", "bedrock": "relaygate-bedrock.yaml"}
 LIMIT_MS = 0.3
 
 
 def reference(client: str) -> tuple[str, str]:
-    """The cell a row's translated cells are set against: its same-dialect cell, else chat's passthrough."""
-    same = CLIENTS[client][2]
-    return (client, same) if same is not None else ("openai", "openai")
+    """The cell a row's translated cells are set against: its same-dialect cell."""
+    return client, CLIENTS[client][2]
 
 
 def main() -> None:
@@ -61,7 +61,7 @@ def main() -> None:
     args = ap.parse_args()
     clients = args.clients.split(",")
     kinds = args.upstreams.split(",")
-    cells = [(c, u) for c in clients for u in kinds if (c, u) not in NOT_SERVED]
+    cells = [(c, u) for c in clients for u in kinds]
     cells += [ref for ref in dict.fromkeys(reference(c) for c in clients) if ref not in cells]
     run_dir = Path(tempfile.mkdtemp(prefix="relaygate-dialects-"))
     up = free_port()

@@ -196,8 +196,9 @@ def upstream_cert(ctx: Ctx) -> Path:
 
 
 def start_upstream(ctx: Ctx, port: int, slow_seconds: float = 0.5, tls_port: int | None = None) -> Proc:
-    """nginx on core 0 with canned OpenAI, Anthropic, Gemini (and Cohere, whole) answers, streams and slow answers; with
-    ``tls_port``, the same over HTTPS there too (certificate: ``upstream_cert``)."""
+    """nginx on core 0 with canned OpenAI, Anthropic, Gemini answers, streams and slow answers (Cohere, Bedrock's
+    Converse and InvokeModel, OpenAI's Responses: whole answers); with ``tls_port``, the same over HTTPS there too
+    (certificate: ``upstream_cert``)."""
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     echo = next((p for p in ECHO_MODULE_PATHS if os.path.exists(p)), None)
     if not os.path.exists(nginx) or echo is None:
@@ -222,6 +223,7 @@ def start_upstream(ctx: Ctx, port: int, slow_seconds: float = 0.5, tls_port: int
             f"      echo -n '{_quotable(e + sep)}';\n      echo_flush;" for e in sse.split(sep) if e.strip())
     fields["@@COHERE_CHAT_BODY@@"] = _quotable((up / "cohere.json").read_text().strip())  # whole answers only
     fields["@@BEDROCK_CHAT_BODY@@"] = _quotable((up / "bedrock.json").read_text().strip())
+    fields["@@RESPONSES_BODY@@"] = _quotable((up / "responses.json").read_text().strip())  # whole answers only
     conf = render(up / "nginx.conf.tmpl", ctx.run_dir / "nginx.conf", fields)
     return spawn(ctx, "nginx", [nginx, "-c", str(conf), "-p", str(ctx.run_dir)], core=0,
                  health_url=f"http://127.0.0.1:{port}/health", timeout=10)

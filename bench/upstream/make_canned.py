@@ -1,8 +1,8 @@
-"""Writes the fake upstream's canned Anthropic, Gemini, Cohere and Bedrock (Converse) answers (run once; the
-outputs are committed).
+"""Writes the fake upstream's canned Anthropic, Gemini, Cohere, Bedrock (Converse) and OpenAI Responses answers
+(run once; the outputs are committed).
 
 The shapes come from the project's emulators (relaygate/testing/anthropic.py, gemini.py, cohere.py,
-bedrock.py), which are
+bedrock.py, openai_responses.py), which are
 checked against the official SDKs, so the bench translates what the real APIs send. The text is the
 same 20 pieces in every format, so translated and OpenAI streams carry the same payload.
 
@@ -19,6 +19,7 @@ from relaygate.testing import anthropic as anth
 from relaygate.testing import bedrock as br
 from relaygate.testing import cohere as co
 from relaygate.testing import gemini as gem
+from relaygate.testing import openai_responses as resp
 
 HERE = Path(__file__).resolve().parent
 PIECES = ["A", " gateway", " sits", " between", " your", " application", " and", " the", " model", " providers",
@@ -27,6 +28,7 @@ TEXT = "".join(PIECES)
 PROMPT_TOKENS = 41
 MODEL_ANTHROPIC = "claude-haiku-4-5"
 MODEL_GEMINI = "gemini-2.5-flash"
+MODEL_OPENAI = "gpt-4o-mini"
 
 
 def anthropic() -> tuple[bytes, list[bytes]]:
@@ -80,6 +82,23 @@ def bedrock() -> bytes:
                          "stopReason": a.stop_reason, "usage": a.usage, "metrics": {"latencyMs": 42}})
 
 
+def responses() -> bytes:
+    """The whole Response object (``store: false``, as the bench's Responses request asks) as the emulator makes it
+    for the bench's request, with our text and token counts and fixed ids (the bench measures whole answers only
+    on Responses-native deployments)."""
+    body = orjson.loads((HERE.parent / "requests" / "responses.json").read_bytes())
+    body["model"] = MODEL_OPENAI
+    r, _ = resp.respond(body, [], "", len(PIECES))
+    (message,) = r["output"]
+    message["id"] = "msg_bench0001"
+    message["content"][0]["text"] = TEXT
+    r |= {"id": "resp_bench0001", "created_at": 1700000000,
+          "usage": {"input_tokens": PROMPT_TOKENS, "input_tokens_details": {"cached_tokens": 0},
+                    "output_tokens": len(PIECES), "output_tokens_details": {"reasoning_tokens": 0},
+                    "total_tokens": PROMPT_TOKENS + len(PIECES)}}
+    return orjson.dumps(r)
+
+
 def main() -> None:
     for name, (whole, events) in {"anthropic": anthropic(), "gemini": gemini()}.items():
         (HERE / f"{name}.json").write_bytes(whole + b"\n")
@@ -87,6 +106,7 @@ def main() -> None:
         print(f"{name}: {len(whole)} B whole, {len(events)} stream events")
     (HERE / "cohere.json").write_bytes(cohere() + b"\n")
     (HERE / "bedrock.json").write_bytes(bedrock() + b"\n")
+    (HERE / "responses.json").write_bytes(responses() + b"\n")
 
 
 if __name__ == "__main__":

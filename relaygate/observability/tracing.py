@@ -80,9 +80,10 @@ _COST = double_prefix("relaygate.cost_usd")
 _pack_cost = struct.Struct(f"<{len(_COST)}sd").pack  # (_COST, usd): the cost attribute
 _SERVER, _CLIENT = KINDS[SERVER], KINDS[CLIENT]
 _LOCAL_TAILS = TAILS[0][0], TAILS[1][0]  # by error
-# a packer of a plain call's two messages: (ids, own span id, attempt's span id, start, end, request id, tokens,
-# cost in USD, attempt's start) -> both messages, framed
-Packer = Callable[[bytes, bytes, bytes, int, int, bytes, bytes, float, int], bytes]
+# a plain call's two messages, framed: the struct's pack and the 13 fixed parts its values go between
+# (CallTrace.encoded passes them, unpacked: no Python call of its own)
+Packer = tuple[Callable[..., bytes], bytes, bytes, bytes, bytes, bytes, bytes, bytes, bytes, bytes, bytes, bytes, bytes,
+               bytes]
 # CallTrace._made: what the calls of one kind share
 Made = tuple[bytes, bytes, bytes, bytes, "Price | None", bytes, "dict[int, Packer] | None"]
 
@@ -318,7 +319,10 @@ class CallTrace:
         share, encoded once for them all, between each call's own ids, times, request id, usage and cost."""
         asked = self.asked
         p = asked[3]  # its parameters' types too: 1 == 1.0 == True, but OTLP tells int, double and bool apart
-        key = (asked, self.shape, self.a_key, p[0].__class__, p[1].__class__, p[2].__class__, p[3].__class__)
+        if p is NO_PARAMS:  # a same-dialect call: no parameters read, nothing to type (a shorter key, never equal
+            key: tuple[Any, ...] = (asked, self.shape, self.a_key)  # to a longer one)
+        else:
+            key = (asked, self.shape, self.a_key, p[0].__class__, p[1].__class__, p[2].__class__, p[3].__class__)
         last = encoder.last  # a batch's calls are mostly of one kind: the last one's, compared without a hash
         if key == last[0]:
             made = last[1]
@@ -336,13 +340,17 @@ class CallTrace:
             if len(rid) == 28 and rid.startswith(b"req_"):  # a new trace, our request id, the usage known: the usual
                 tokens = encoder.memo.get((INPUT_TOKENS, usage.prompt_tokens, usage.completion_tokens)) or _tokens(
                     encoder, usage)
-                pack = plain.get(len(tokens)) or _plain(made, len(tokens))
+                pack, k0, k1, k2, k3, k4, k5, k6, k7, k8, k9, k10, k11, k12 = plain.get(len(tokens)) or _plain(
+                    made, len(tokens))
                 cost = self.cost
                 if cost is None:
                     price = made[4]
                     cost = price.cost_nano(usage) if price is not None else 0
                 end = self.end_time
-                return pack(ids, ids[16:24], ids[24:], self.start, end, rid, tokens, cost / 1e9, self.a_start)
+                own = ids[16:24]
+                # the server span (ids, own id, times, attributes, request id, tokens, cost, tail), then the client's
+                return pack(k0, ids, k1, own, k2, self.start, k3, end, k4, rid, tokens, k5, cost / 1e9, k6, ids, k7,
+                            ids[24:], k8, own, k9, self.a_start, k10, end, k11, tokens, k12)
         rid = self.call_id.encode("utf-8", "replace")
         trace, own = ids[:16], ids[16:24]
         if self.own_id and len(rid) == 28 and rid.startswith(b"req_"):  # ours: req_ and 24 hex digits
@@ -587,22 +595,16 @@ def _plain(made: Made, size: int) -> Packer:
     consts = (head(server) + TRACE_ID, SPAN_ID, made[0] + b"\x39", b"\x41", made[5], _COST,
               _LOCAL_TAILS[0] + head(client) + TRACE_ID, SPAN_ID, PARENT_ID, made[2] + b"\x39", b"\x41", made[3],
               _LOCAL_TAILS[0])
-    k0, k1, k2, k3, k4, k5, k6, k7, k8, k9, k10, k11, k12 = consts
-    # the server span (ids, own id, times, attributes, request id, tokens, cost, tail), then the client's
+    # the server span's fixed parts and the client's between the values CallTrace.encoded passes
     pack = struct.Struct("<{}s16s{}s8s{}sQ{}sQ{}s28s{}s{}sd{}s16s{}s8s{}s8s{}sQ{}sQ{}s{}s{}s".format(
-        *map(len, consts[:5]), size, *map(len, consts[5:12]), size, len(k12))).pack
-
-    def packed(ids: bytes, own: bytes, attempt: bytes, start: int, end: int, rid: bytes, tokens: bytes, usd: float,
-               a_start: int) -> bytes:
-        return pack(k0, ids, k1, own, k2, start, k3, end, k4, rid, tokens, k5, usd, k6, ids, k7, attempt, k8, own, k9,
-                    a_start, k10, end, k11, tokens, k12)
-
+        *map(len, consts[:5]), size, *map(len, consts[5:12]), size, len(consts[12]))).pack
+    packer: Packer = (pack, *consts)
     plain = made[6]
     assert plain is not None
     if len(plain) >= 64:
         plain.clear()
-    plain[size] = packed
-    return packed
+    plain[size] = packer
+    return packer
 
 
 def _tokens(encoder: SpanEncoder, usage: Usage) -> bytes:

@@ -240,9 +240,11 @@ class SpanEncoder:
     def encode(self, batch: Iterable[Span]) -> bytes:
         """One ``ExportTraceServiceRequest`` of ``batch``, serialised: each record's messages written by the
         record, framed (``Span.encoded``: one span's, or a call's and its first attempt's), the lengths of the
-        messages around them taken once, and the whole joined."""
-        spans = b"".join([rec.encoded(self) for rec in batch])  # ScopeSpans 2: spans
-        size = len(self.scope) + len(spans)
+        messages around them taken once, and the whole joined once (the spans are not joined apart first: that
+        copied every byte of the batch twice, ~0.5k instructions a call)."""
+        parts = [rec.encoded(self) for rec in batch]  # ScopeSpans 2: spans
+        size = len(self.scope) + sum(map(len, parts))
         scope_spans = b"\x12" + varint(size)  # ResourceSpans 2: scope_spans
         resource_spans = len(self.head) + len(scope_spans) + size
-        return b"".join((b"\x0a", varint(resource_spans), self.head, scope_spans, self.scope, spans))  # Request 1
+        parts[:0] = (b"\x0a", varint(resource_spans), self.head, scope_spans, self.scope)  # Request 1
+        return b"".join(parts)

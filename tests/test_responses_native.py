@@ -15,6 +15,7 @@ import pytest
 import requests
 from openai.types.chat import ChatCompletion, ChatCompletionMessageFunctionToolCall
 
+from relaygate.api.responses.native import NativeAnswer
 from relaygate.config.base import ConfigError
 from relaygate.config.loader import parse_config
 from relaygate.testing import anthropic as anthropic_emu
@@ -263,6 +264,40 @@ def test_store_false_keeps_nothing(client: openai.OpenAI) -> None:
     r = client.responses.create(model="native", input="forget me", store=False)
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve(r.id)
+
+
+_ANSWER = {"id": "resp_up1", "object": "response", "status": "completed", "previous_response_id": None,
+           "output": [{"type": "message", "id": "msg_up1", "role": "assistant",
+                       "content": [{"type": "output_text", "text": "hi", "annotations": []}]}],
+           "usage": {"input_tokens": 3, "output_tokens": 1, "total_tokens": 4}}
+
+
+@pytest.mark.parametrize("raw", [
+    json.dumps(_ANSWER, separators=(",", ":")).encode(),  # relayed as it came, its id replaced
+    json.dumps(_ANSWER).encode(),  # spaced: parsed
+    json.dumps({"object": "response", **_ANSWER}).encode(),  # the id not first: parsed
+    json.dumps({**_ANSWER, "metadata": {"of": "resp_up1"}}, separators=(",", ":")).encode(),  # its value twice
+    json.dumps({**_ANSWER, "id": "resp_\u0075p"}, separators=(",", ":")).encode(),  # an escape in it
+    json.dumps({k: v for k, v in _ANSWER.items() if k != "previous_response_id"}, separators=(",", ":")).encode(),
+    json.dumps({**_ANSWER, "conversation": {"id": "conv_up"}}, separators=(",", ":")).encode(),
+])
+def test_an_answer_nothing_keeps_reads_as_the_parsed_one(raw: bytes) -> None:
+    parsed = NativeAnswer("resp_gw", None, None, print).whole(raw)
+    relayed = NativeAnswer("resp_gw", None, None, print, kept=False)
+    assert json.loads(relayed.whole(raw)) == json.loads(parsed)
+    assert json.loads(parsed)["id"] == "resp_gw" and "conversation" not in json.loads(parsed)
+    assert relayed.upstream_id == json.loads(raw)["id"]
+
+
+def test_an_answer_nothing_keeps_goes_as_it_came_but_its_id() -> None:
+    raw = json.dumps(_ANSWER, separators=(",", ":")).encode() + b"\n"
+    assert NativeAnswer("resp_gw", None, None, print, kept=False).whole(raw) == raw.replace(b"resp_up1", b"resp_gw")
+
+
+def test_an_answer_nothing_keeps_is_refused_like_the_parsed_one() -> None:
+    for raw in (b'{"id":"resp_up1","object":"list","previous_response_id":null}', b'{"id":"resp_up1",', b"[]"):
+        with pytest.raises(ValueError):
+            NativeAnswer("resp_gw", None, None, print, kept=False).whole(raw)
 
 
 # ---- the pipeline: fallbacks, usage, cost, budgets -------------------------------------------------

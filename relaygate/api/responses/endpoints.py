@@ -84,10 +84,10 @@ async def create(gw: Gateway, req: Request) -> Response | StreamResponse:
     context = history + inputs
     store = body.get("store", True) is not False
     rid = new_id("resp_")
-    shell = response_shell(rid, int(time.time()), body, previous, conv)
+    created_at = int(time.time())  # the shell a translated answer fills is made once the answer is not native
 
     writes: list[asyncio.Future[None]] = []
-    native = NativeAnswer(rid, previous, conv, lambda response: keep(response))
+    native = NativeAnswer(rid, previous, conv, lambda response: keep(response), store or conv is not None)
 
     def keep(response: dict[str, Any]) -> None:
         if store:
@@ -120,6 +120,7 @@ async def create(gw: Gateway, req: Request) -> Response | StreamResponse:
         if writes:
             await asyncio.wait(writes)
         return Response(out, 200, headers, reply=reply)
+    shell = response_shell(rid, created_at, body, previous, conv)
     if reply.stream is not None:
         events = ResponseEvents(shell, keep)
         stream = readable(translate_stream(reply.stream, events, lambda: reply.usage), kind)

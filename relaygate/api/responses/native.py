@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import orjson
 
 from relaygate.api.responses.translate import failed
@@ -32,6 +33,18 @@ HELD = ("previous_response_id", "conversation", "provider", "background")
 LIFECYCLE = frozenset({"response.created", "response.in_progress", "response.queued", "response.completed",
                        "response.incomplete", "response.failed"})
 UPSTREAM = "upstream"  # the stored response's ``extra`` key: {"deployment", "id"} of a native answer
+_UNSET: Any = msgspec.UNSET
+
+
+class _Head(msgspec.Struct):
+    """The fields of a whole Response object its relay as it came depends on (every other value skipped)."""
+    id: str
+    object: str
+    previous_response_id: str | None | msgspec.UnsetType = _UNSET
+    conversation: msgspec.Raw | msgspec.UnsetType = _UNSET
+
+
+_head = msgspec.json.Decoder(_Head).decode
 
 
 def serves_natively(gw: Gateway, call: Call) -> bool:
@@ -92,8 +105,9 @@ class NativeAnswer:
     relayed made ``failed`` with the output items it had finished."""
 
     def __init__(self, rid: str, previous: str | None, conversation: str | None,
-                 on_end: Callable[[dict[str, Any]], None]) -> None:
+                 on_end: Callable[[dict[str, Any]], None], kept: bool = True) -> None:
         self.rid = rid
+        self.kept = kept  # whether ``on_end`` keeps anything (False: neither stored nor in a conversation)
         self.previous = previous
         self.conversation = conversation
         self.on_end = on_end
@@ -116,11 +130,32 @@ class NativeAnswer:
 
     def whole(self, data: bytes) -> bytes:
         """A whole answer (a Response object); ValueError when it is not one."""
+        if not self.kept and self.previous is None and self.conversation is None:
+            out = self._relayed(data)
+            if out is not None:
+                return out
         response = orjson.loads(data)
         if not isinstance(response, dict) or response.get("object") != "response":
             raise ValueError("not a response object")
         self._end(self.adopt(response))
         return orjson.dumps(response)
+
+    def _relayed(self, data: bytes) -> bytes | None:
+        """An answer nothing keeps, as it came with only its id replaced, where that gives what ``adopt``
+        would: the top-level ``id`` first (as OpenAI sends it) and its value nowhere else, ``previous_response_id``
+        null and no ``conversation`` (the gateway sent neither); None otherwise (the answer is parsed then)."""
+        try:
+            head = _head(data)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            return None
+        up = head.id.encode()
+        start = b'{"id":"' + up + b'"'  # the id's bytes exactly as decoded: no escape in them
+        if head.object != "response" or head.previous_response_id is not None or \
+                head.conversation is not _UNSET or not data.startswith(start) or data.count(up) != 1:
+            return None
+        self.upstream_id = head.id
+        self.ended = True  # (``on_end`` keeps nothing)
+        return b'{"id":"' + self.rid.encode() + data[len(start) - 1:]
 
     async def relay(self, stream: AsyncIterator[bytes], delivered: Delivered) -> AsyncIterator[bytes]:
         """The upstream's events as they come (each read's whole events at once), the text of their deltas

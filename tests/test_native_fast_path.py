@@ -14,10 +14,11 @@ from relaygate.core.call import Dialect, NativeCall, NativeRequest
 from relaygate.core.errors import BadRequest
 from relaygate.core.pricing import Pricing, call_choices, call_output_cap, call_prompt_tokens
 from relaygate.limits.layer import hold_output
+from relaygate.providers.anthropic.relay import usage_of as messages_usage
 from relaygate.providers.aws.bedrock_format import usage_of as converse_usage
 from relaygate.providers.cohere.answer import usage_of as cohere_usage
 from relaygate.providers.gemini.format import usage_of as gemini_usage
-from relaygate.providers.native_answers import cohere_answer, converse_answer, gemini_answer
+from relaygate.providers.native_answers import cohere_answer, converse_answer, gemini_answer, messages_answer
 
 GEMINI_BODY = {"systemInstruction": {"parts": [{"text": "be brief"}]},
                "contents": [{"role": "user", "parts": [{"text": "what is in this picture?"},
@@ -122,6 +123,26 @@ def test_an_answer_shaped_otherwise_is_left_to_the_whole_parse(raw: bytes) -> No
         assert gemini_answer(raw) is None and cohere_answer(raw) is None
     if not raw.startswith(b"{"):
         assert gemini_answer(raw) is None and cohere_answer(raw) is None and converse_answer(raw) is None
+
+
+MESSAGES_ANSWER = {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-haiku-4-5",
+                   "content": [{"type": "text", "text": "hi"}], "stop_reason": "end_turn", "stop_sequence": None,
+                   "usage": {"input_tokens": 41, "cache_creation_input_tokens": 3, "cache_read_input_tokens": 5,
+                             "cache_creation": {"ephemeral_5m_input_tokens": 3}, "output_tokens": 20,
+                             "service_tier": "standard"}}
+
+
+def test_a_messages_answer_is_read_for_its_type_and_the_usage_its_whole_parse_gives() -> None:
+    m = messages_answer(orjson.dumps(MESSAGES_ANSWER))
+    assert m is not None and m.type == "message" and m.tokens() == messages_usage(MESSAGES_ANSWER["usage"])
+    no_usage = messages_answer(b'{"type": "message", "usage": null}')
+    assert no_usage is not None and no_usage.tokens() is None is messages_usage(None)
+    error = messages_answer(b'{"type": "error", "error": {"type": "overloaded_error", "message": "busy"}}')
+    assert error is not None and error.type == "error"  # the provider reads it whole, as an error
+    # shaped otherwise (a count not a whole number in range, a usage not an object, no object): read whole
+    for raw in (b'{"type": "message", "usage": {"input_tokens": 1.5}}', b'{"type": "message", "usage": []}',
+                b'{"type": "message", "usage": {"output_tokens": -1}}', b"[1]", b"not json"):
+        assert messages_answer(raw) is None, raw
 
 
 def test_a_failed_gemini_generation_is_told_from_a_finished_one() -> None:

@@ -1,5 +1,5 @@
 """What the gateway reads of an answer relayed untouched to a client of the upstream's own dialect (Gemini,
-Cohere, Bedrock Converse): the usage, and whether the generation failed (a fallback can still act on it).
+Cohere, Bedrock Converse, Anthropic Messages): the usage, and whether the generation failed (a fallback can still act on it).
 
 As for OpenAI's answers (openai/usage.py), a msgspec ``Struct`` naming only those fields makes the decoder
 skip every other value instead of building it: the text, the tool calls and the rest of the answer are
@@ -19,6 +19,12 @@ from relaygate.core.call import Usage, token_count
 # a token count as ``token_count`` takes one without a second look (an integer from 0 to 2^62); any other
 # value fails the typed decode, and the answer is read whole, where ``token_count`` makes it 0
 Count = Annotated[int, msgspec.Meta(ge=0, lt=2 ** 62)]
+
+
+def _cache_apart(uncached: int, output: int, read: int, write: int) -> Usage:
+    """``Usage.cache_apart`` of counts decoded as ``Count``s (no second look): prompt tokens include cache
+    reads and writes, as OpenAI's do."""
+    return Usage(uncached + read + write, output, read, write)
 
 
 class _GeminiCandidate(msgspec.Struct):
@@ -97,13 +103,32 @@ class ConverseAnswer(msgspec.Struct):
         u = self.usage
         if u is None:
             return None
-        read, write = u.cacheReadInputTokens, u.cacheWriteInputTokens
-        return Usage(u.inputTokens + read + write, u.outputTokens, read, write)
+        return _cache_apart(u.inputTokens, u.outputTokens, u.cacheReadInputTokens, u.cacheWriteInputTokens)
+
+
+class _MessagesUsage(msgspec.Struct):
+    input_tokens: Count = 0
+    output_tokens: Count = 0
+    cache_read_input_tokens: Count = 0
+    cache_creation_input_tokens: Count = 0
+
+
+class MessagesAnswer(msgspec.Struct):
+    type: str | None = None
+    usage: _MessagesUsage | None = None
+
+    def tokens(self) -> Usage | None:
+        """As ``anthropic.relay.usage_of`` reads ``usage``: cache reads and writes are part of the prompt."""
+        u = self.usage
+        if u is None:
+            return None
+        return _cache_apart(u.input_tokens, u.output_tokens, u.cache_read_input_tokens, u.cache_creation_input_tokens)
 
 
 _gemini = msgspec.json.Decoder(GeminiAnswer).decode
 _cohere = msgspec.json.Decoder(CohereAnswer).decode
 _converse = msgspec.json.Decoder(ConverseAnswer).decode
+_messages = msgspec.json.Decoder(MessagesAnswer).decode
 
 
 def gemini_answer(raw: bytes) -> GeminiAnswer | None:
@@ -123,5 +148,12 @@ def cohere_answer(raw: bytes) -> CohereAnswer | None:
 def converse_answer(raw: bytes) -> ConverseAnswer | None:
     try:
         return _converse(raw)
+    except msgspec.DecodeError:
+        return None
+
+
+def messages_answer(raw: bytes) -> MessagesAnswer | None:
+    try:
+        return _messages(raw)
     except msgspec.DecodeError:
         return None

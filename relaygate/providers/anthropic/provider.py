@@ -39,6 +39,7 @@ from relaygate.providers.anthropic.wire import (
 )
 from relaygate.providers.base import Provider, error_json, retry_after_seconds
 from relaygate.providers.listing import ListedModel, anthropic_after, anthropic_models, read_pages
+from relaygate.providers.native_answers import messages_answer
 from relaygate.providers.openai_format import (
     ADJUSTED_HEADER,
     DROPPED_HEADER,
@@ -54,7 +55,7 @@ LIST_PAGE = 1000  # models per page of GET /v1/models (its maximum)
 DEFAULT_VERSION = VERSION_2023
 DEFAULT_MAX_TOKENS = 4096
 _STATUS_OF_TYPE = {kind: status for status, kind in ERROR_TYPES.items()}
-_NATIVE_DROP = frozenset(("stream",))
+_NATIVE_DROP = ("stream",)
 _NOT_COUNTED = frozenset(("max_tokens", "stream", "stop_sequences", "temperature", "top_p", "top_k", "metadata"))
 
 
@@ -102,6 +103,10 @@ class AnthropicProvider(Provider):
                              f"use one of {', '.join(self.versions)}")
         self.version = version
         self.rejected = REJECTED_PARAMS[version]
+        # what a native body leaves out: relaygate's own field and what this version rejects, and for a
+        # count what counting takes no part in
+        self._native_drop = (*_NATIVE_DROP, "provider", *self.rejected)
+        self._count_drop = (*_NOT_COUNTED, "provider", *self.rejected)
         self.max_tokens = self.config.max_tokens or DEFAULT_MAX_TOKENS
         self.url = self.messages_url()
         self._headers = self.static_headers()
@@ -168,7 +173,7 @@ class AnthropicProvider(Provider):
         model = call.deployment.upstream_model(call.model)
         native = call.anthropic_request
         if native is not None:
-            body = self._native_body(native, model, _NOT_COUNTED)
+            body = self._native_body(native, model, self._count_drop)
         else:
             t = to_messages_request(call.body, model, default_max_tokens=1, rejected=self.rejected, stream=False)
             body = {k: v for k, v in t.body.items() if k not in _NOT_COUNTED}
@@ -204,14 +209,20 @@ class AnthropicProvider(Provider):
 
     # -- native: an Anthropic client's own request (from /v1/messages) -------------------------------
 
-    def _native_body(self, native: dict[str, Any], model: str, drop: frozenset[str]) -> dict[str, Any]:
-        return {k: v for k, v in native.items() if k not in drop and k not in self.rejected and k != "provider"} \
-            | {"model": model}
+    def _native_body(self, native: dict[str, Any], model: str, drop: tuple[str, ...]) -> dict[str, Any]:
+        """The client's body with ``model`` set and the fields in ``drop`` left out (in its order: a copy
+        and a few deletions cost a third of a comprehension over its fields)."""
+        body = native.copy()
+        body["model"] = model
+        for k in drop:
+            if k in body:
+                del body[k]
+        return body
 
     async def _native(self, call: Call, native: dict[str, Any], model: str) -> Reply:
         """Send the client's Messages body as it is (model rewritten, parameters this version rejects left
         out) and relay Anthropic's answer untouched: thinking, citations, server tools all survive."""
-        body = self._native_body(native, model, _NATIVE_DROP)
+        body = self._native_body(native, model, self._native_drop)
         if call.stream:
             body["stream"] = True
         headers: dict[str, str] = {}
@@ -230,14 +241,18 @@ class AnthropicProvider(Provider):
             reply.stream = closing(upstream, relay(events, start, raw, reply, self.error_of_event, self.kind))
         else:
             data = await self.read_body(resp)
-            try:
-                message = orjson.loads(data)  # once, for the usage
-            except orjson.JSONDecodeError:
-                raise Unavailable("upstream anthropic returned a body that is not JSON", status=502) from None
-            if not isinstance(message, dict) or message.get("type") != "message":
-                raise self.error_of_event(message if isinstance(message, dict) else {})
-            reply = Reply(body=data, headers=headers, usage=usage_of(message.get("usage")),
-                          first_byte_at=time.monotonic())
+            read = messages_answer(data)  # only the type and the usage are decoded
+            if read is not None and read.type == "message":
+                usage = read.tokens()
+            else:  # not shaped as expected, or no message: read whole
+                try:
+                    message = orjson.loads(data)
+                except orjson.JSONDecodeError:
+                    raise Unavailable("upstream anthropic returned a body that is not JSON", status=502) from None
+                if not isinstance(message, dict) or message.get("type") != "message":
+                    raise self.error_of_event(message if isinstance(message, dict) else {})
+                usage = usage_of(message.get("usage"))
+            reply = Reply(body=data, headers=headers, usage=usage, first_byte_at=time.monotonic())
         reply.anthropic_native = True
         return reply
 

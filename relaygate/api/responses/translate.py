@@ -106,11 +106,12 @@ def _check_part(p: Any, where: str) -> None:
                          param=f"{where}.type", code="invalid_value")
 
 
-def _chat_part(p: dict[str, Any], where: str) -> dict[str, Any]:
-    kind = p["type"]
+def _chat_part(p: dict[str, Any], n: int, j: int) -> dict[str, Any]:
+    kind = p["type"]  # (the part is named, input[n].content[j], only where it is refused)
     if kind == "input_image":
         url = p.get("image_url")
         if not isinstance(url, str):
+            where = f"input[{n}].content[{j}]"
             raise Unsupported(f"{where}: images are taken as image_url (a URL or a data: URL), not file_id",
                               param=f"{where}.image_url")
         image: dict[str, Any] = {"url": url}
@@ -120,6 +121,7 @@ def _chat_part(p: dict[str, Any], where: str) -> dict[str, Any]:
     if kind == "input_file":
         data = p.get("file_data")
         if not isinstance(data, str):
+            where = f"input[{n}].content[{j}]"
             raise Unsupported(f"{where}: files are taken as file_data, not file_id or file_url",
                               param=f"{where}.file_data")
         file = {"file_data": data}
@@ -132,10 +134,6 @@ def _chat_part(p: dict[str, Any], where: str) -> dict[str, Any]:
     return {"type": "text", "text": text if isinstance(text, str) else ""}
 
 
-def _joined(parts: list[dict[str, Any]]) -> str:
-    return "".join(p["text"] for p in parts if p["type"] == "text")
-
-
 def chat_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Items (already checked by ``input_items`` or produced by the gateway) as chat messages."""
     out: list[dict[str, Any]] = []
@@ -143,11 +141,12 @@ def chat_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         kind = it.get("type")  # (items only a native deployment took are left out)
         if kind == "message":
             role = ROLES[it["role"]]
-            parts = [_chat_part(p, f"input[{n}].content[{j}]") for j, p in enumerate(it["content"])]
-            if role == "user" and not all(p["type"] == "text" for p in parts):
+            parts = [_chat_part(p, n, j) for j, p in enumerate(it["content"])]
+            texts = [p["text"] for p in parts if p["type"] == "text"]
+            if role == "user" and len(texts) < len(parts):
                 out.append({"role": role, "content": parts})
             else:
-                out.append({"role": role, "content": _joined(parts)})
+                out.append({"role": role, "content": "".join(texts)})
         elif kind == "function_call":
             call = {"id": it["call_id"], "type": "function",
                     "function": {"name": it["name"], "arguments": it["arguments"]}}

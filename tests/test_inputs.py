@@ -12,6 +12,7 @@ import requests
 from aiohttp import web
 from openai.types.chat import ChatCompletionMessageParam
 
+from relaygate.core import jsonvalue
 from relaygate.core.jsonvalue import MAX_DEPTH, ORJSON_MAX_DEPTH
 from relaygate.testing.base import BackgroundServer
 from relaygate.testing.gateway import GatewayThread
@@ -276,3 +277,17 @@ def test_an_upstream_redirect_is_a_502_on_every_provider(stream: bool) -> None:
                                ("/audio/speech", {"model": "tts-1", "input": "x", "voice": "alloy"})):
                 r = requests.post(gw.base_url + path, json=body, timeout=20)
                 assert r.status_code == 502, (path, r.text[:200])
+
+
+def test_the_room_check_reuses_its_nests_and_says_the_same_each_time() -> None:
+    """``check(value, ROOM)`` serialises within ROOM one-element arrays kept from call to call: a value too deep,
+    or with an integer beyond 64 bits, is refused, and the next value is checked on its own."""
+    deep: object = 1
+    for _ in range(jsonvalue.MAX_DEPTH):
+        deep = [deep]
+    assert jsonvalue.check(deep, jsonvalue.ROOM).startswith(b"[" * (jsonvalue.MAX_DEPTH + jsonvalue.ROOM))
+    for bad, says in (([deep], "nested deeper than 240 levels"), ({"seed": 2 ** 64}, "'seed' is an integer")):
+        with pytest.raises(jsonvalue.JSONRejected, match=says):
+            jsonvalue.check(bad, jsonvalue.ROOM)
+        assert jsonvalue.check({"a": 1}, jsonvalue.ROOM) == b"[" * 14 + b'{"a":1}' + b"]" * 14
+    assert jsonvalue.check({"a": 1}, 2) == b'[[{"a":1}]]'  # another room: its own arrays

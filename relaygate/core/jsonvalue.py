@@ -66,17 +66,47 @@ def _decoded(raw: bytes | str, room: int) -> Any:
 def check(data: Any, room: int = 0) -> bytes:
     """Raise JSONRejected unless ``data`` can be serialised, nested ``room`` levels deeper; its serialisation
     (within ``room`` one-element arrays)."""
+    if room == ROOM:
+        return _check_nested(data)
     wrapped = data
     for _ in range(room):  # the hot path passes none: each level costs ~450 instructions to build
         wrapped = (wrapped,)
     try:
         return orjson.dumps(wrapped)
     except orjson.JSONEncodeError as e:
-        if "Integer" in str(e):
-            where = _big_int_path(data)
-            what = f"'{where}' is an integer" if where else "an integer is"
-            raise JSONRejected(f"{what} beyond 64 bits; integers must lie between -2^63 and 2^64-1", param=where) from None
-        raise JSONRejected(f"JSON nested deeper than {ORJSON_MAX_DEPTH - room} levels") from None
+        raise _rejected(e, data, room) from None
+
+
+# ROOM-deep nests of one-element lists (each with its innermost list), made once and reused: building ROOM
+# levels cost ~6k instructions, more than serialising a small body. Taken from this pool while in use, so
+# that no thread fills a nest another one is serialising (list.pop and append are atomic)
+_NESTS: list[tuple[list[Any], list[Any]]] = []
+
+
+def _check_nested(data: Any) -> bytes:
+    try:
+        nest, inner = _NESTS.pop()
+    except IndexError:
+        inner = [None]
+        nest = inner
+        for _ in range(ROOM - 1):
+            nest = [nest]
+    inner[0] = data
+    try:
+        return orjson.dumps(nest)
+    except orjson.JSONEncodeError as e:
+        raise _rejected(e, data, ROOM) from None
+    finally:
+        inner[0] = None
+        _NESTS.append((nest, inner))
+
+
+def _rejected(e: orjson.JSONEncodeError, data: Any, room: int) -> JSONRejected:
+    if "Integer" in str(e):
+        where = _big_int_path(data)
+        what = f"'{where}' is an integer" if where else "an integer is"
+        return JSONRejected(f"{what} beyond 64 bits; integers must lie between -2^63 and 2^64-1", param=where)
+    return JSONRejected(f"JSON nested deeper than {ORJSON_MAX_DEPTH - room} levels")
 
 
 def room_to_translate(body: Any) -> None:

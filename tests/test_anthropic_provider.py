@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from aiohttp import web
 from openai.types.chat import (
     ChatCompletionMessageParam,
     ChatCompletionMessageToolCallParam,
@@ -20,6 +21,7 @@ from openai.types.chat import (
 
 from relaygate.config import ConfigError, parse_config
 from relaygate.core.call import Call, Route
+from relaygate.core.errors import Unavailable
 from relaygate.gateway import Gateway
 from relaygate.testing.anthropic import AnthropicEmulatorOptions, create_app
 from relaygate.testing.base import BackgroundServer, FaultPlan
@@ -531,6 +533,39 @@ def test_native_requests_are_metered_from_anthropics_usage(emu: BackgroundServer
         usage, raw, native_reply = asyncio.run(run(stream))
         assert native_reply and usage.prompt_tokens == 6 and usage.completion_tokens == 5
         assert (b"event: message_stop" in raw) == stream and b'"type":"message"' in raw  # Anthropic's format
+
+
+def test_a_native_answer_shaped_otherwise_is_read_whole() -> None:
+    """The usage-only decode (providers/native_answers.py) leaves to the whole parse what it cannot type: a
+    count given as a float is still counted, a 200 error body is still the upstream's error."""
+    answers = [b'{"type": "message", "content": [], "usage": {"input_tokens": 6.0, "output_tokens": 5}}',
+               b'{"type": "error", "error": {"type": "overloaded_error", "message": "busy"}}']
+
+    async def messages(_: web.Request) -> web.Response:
+        return web.Response(body=answers.pop(0), content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/v1/messages", messages)
+    with BackgroundServer(app) as upstream:
+        cfg = parse_config({"models": [anthropic_model("c", upstream)]}, {})
+        native = {"model": "c", "max_tokens": 20, "messages": [{"role": "user", "content": "one two"}]}
+
+        async def run() -> Any:
+            gw = await Gateway.create(cfg)
+            try:
+                call = Call(id="n", route=Route.CHAT, model="c", body={"model": "c", "messages": []})
+                call.anthropic_request = native
+                whole = await gw.handle(call)
+                call = Call(id="e", route=Route.CHAT, model="c", body={"model": "c", "messages": []})
+                call.anthropic_request = native
+                with pytest.raises(Unavailable, match="busy"):
+                    await gw.handle(call)
+                return whole
+            finally:
+                await gw.close()
+
+        whole = asyncio.run(run())
+    assert whole.anthropic_native and whole.usage.prompt_tokens == 6 and whole.usage.completion_tokens == 5
 
 
 # ---- reasoning ------------------------------------------------------------------------------------------

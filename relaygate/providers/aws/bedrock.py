@@ -40,7 +40,7 @@ from relaygate.providers.base import model_segment
 from relaygate.providers.batching import embed_in_batches
 from relaygate.providers.delivered import HOLD_EVENTS, bedrock_deltas, type_of
 from relaygate.providers.listing import ListedModel, bedrock_models
-from relaygate.providers.native_answers import converse_answer
+from relaygate.providers.native_answers import converse_answer, messages_answer
 from relaygate.providers.openai_format import ChunkWriter, embeddings_response
 from relaygate.providers.streaming import UpstreamBody, closing, peek
 
@@ -241,11 +241,16 @@ class BedrockProvider(AwsProvider):
         if not call.stream:
             resp = await self.post_json(call.deadline, model_path(model, "invoke"), body)
             raw = await self.read_body(resp)
-            message = self.json_object(raw)  # once, for the usage (a 502 when it is not an object)
-            if message.get("type") != "message":
-                raise Unavailable(f"upstream {self.kind} answered InvokeModel with no Anthropic message", status=502)
-            return Reply(body=raw, usage=anthropic_usage(message.get("usage")), first_byte_at=time.monotonic(),
-                         anthropic_native=True)
+            read = messages_answer(raw)  # only the type and the usage are decoded
+            if read is not None and read.type == "message":
+                usage = read.tokens()
+            else:  # shaped otherwise: read whole (a 502 when it is not an object, or no message)
+                message = self.json_object(raw)
+                if message.get("type") != "message":
+                    raise Unavailable(f"upstream {self.kind} answered InvokeModel with no Anthropic message",
+                                      status=502)
+                usage = anthropic_usage(message.get("usage"))
+            return Reply(body=raw, usage=usage, first_byte_at=time.monotonic(), anthropic_native=True)
         resp = await self.post_json(call.deadline, model_path(model, "invoke-with-response-stream"), body,
                                     accept=EVENTSTREAM)
         upstream = UpstreamBody(resp, self.kind)

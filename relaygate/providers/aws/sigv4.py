@@ -99,13 +99,6 @@ class HmacKey:
         block = key.ljust(64, b"\0")
         return cls(key, hashlib.sha256(block.translate(_IPAD)), hashlib.sha256(block.translate(_OPAD)))
 
-    def hexdigest(self, msg: bytes) -> str:
-        mac = self.inner.copy()
-        mac.update(msg)
-        sig = self.outer.copy()
-        sig.update(mac.digest())
-        return str(sig.hexdigest())
-
 
 @functools.lru_cache(maxsize=256)  # the same all day for a key, a region and a service: four HMACs spared a request
 def _verifying_key(secret: str, date: str, region: str, service: str) -> HmacKey:
@@ -120,10 +113,6 @@ def _epoch(stamp: str) -> int:
 
 def payload_sha256(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
-
-
-def string_to_sign(timestamp: str, scope: str, canonical: str) -> str:
-    return f"{ALGORITHM}\n{timestamp}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
 
 
 @dataclass(slots=True)
@@ -249,7 +238,7 @@ class SigV4Signer:
                                      f"x-amz-date: {tick.timestamp}\r\nauthorization: {authorization}")
         canonical = dated.canonical.copy()
         canonical.update((body_sha256 or hashlib.sha256(body).hexdigest()).encode())
-        mac = tick.inner.copy()  # the HMAC (HmacKey.hexdigest), written out: the hottest lines of a signature
+        mac = tick.inner.copy()  # the HMAC (as _signer's), written out: the hottest lines of a signature
         mac.update(canonical.hexdigest().encode())
         sig = tick.outer.copy()
         sig.update(mac.digest())
@@ -349,11 +338,17 @@ def _signed_headers_of(names: tuple[str, ...]) -> list[str]:
     return signed
 
 
-def _signer(by: SignedBy, secrets: Sequence[str], sts: bytes) -> int | None:
-    """The index of the secret whose signature of ``sts`` is the one ``by`` claims; None for none."""
+def _signer(by: SignedBy, secrets: Sequence[str], stamp: str, digest: bytes) -> int | None:
+    """The index of the secret whose signature is the one ``by`` claims, of the string to sign made at ``stamp``
+    (x-amz-date) in ``by``'s scope around ``digest``, the canonical request's SHA-256 (hex, encoded): its head
+    hashed once a second per secret (``_verifying_mac``). None for none."""
     for i, secret in enumerate(secrets):
-        expected = _verifying_key(secret, by.date, by.region, by.service).hexdigest(sts)
-        if hmac.compare_digest(expected, by.signature):
+        inner, outer = _verifying_mac(secret, by.date, by.region, by.service, stamp)
+        mac = inner.copy()
+        mac.update(digest)
+        sig = outer.copy()
+        sig.update(mac.digest())
+        if hmac.compare_digest(sig.hexdigest(), by.signature):
             return i
     return None
 
@@ -463,24 +458,15 @@ def verify(by: SignedBy, secrets: Sequence[str], service: str, method: str, raw_
     if memo is None:
         assert signed is not None
         digest = hashlib.sha256(canonical_request(method, raw_path, raw_query, headers, signed,
-                                                  payload_hash).encode()).hexdigest()
-        sts = f"{ALGORITHM}\n{stamp}\n{by.date}/{by.region}/{by.service}/aws4_request\n{digest}".encode()
-        i = _signer(by, secrets, sts)
-        if i is None:
-            raise _mismatch()
-        return i
-    canonical = memo.up_to_payload(stamp)
-    canonical.update(payload_hash.encode())
-    digest = canonical.hexdigest().encode()
-    for i, secret in enumerate(secrets):  # (_signer's, from the string to sign's head hashed this second)
-        inner, outer = _verifying_mac(secret, by.date, by.region, by.service, stamp)
-        mac = inner.copy()
-        mac.update(digest)
-        sig = outer.copy()
-        sig.update(mac.digest())
-        if hmac.compare_digest(sig.hexdigest(), by.signature):
-            return i
-    raise _mismatch()
+                                                  payload_hash).encode()).hexdigest().encode()
+    else:
+        canonical = memo.up_to_payload(stamp)
+        canonical.update(payload_hash.encode())
+        digest = canonical.hexdigest().encode()
+    i = _signer(by, secrets, stamp, digest)
+    if i is None:
+        raise _mismatch()
+    return i
 
 
 # ---- query-string (presigned) requests -------------------------------------------------------------------
@@ -561,11 +547,9 @@ def verify_presigned(p: Presigned, secrets: Sequence[str], service: str, method:
         raise SignatureError("InvalidSignatureException", "The provided 'x-amz-content-sha256' header does not "
                              "match what was computed.")
     query = "&".join(q for q in raw_query.split("&") if not q.startswith("X-Amz-Signature="))
-    scope = f"{by.date}/{by.region}/{by.service}/aws4_request"
     for payload in ((claimed,) if claimed is not None else (payload_hash, UNSIGNED_PAYLOAD)):
         canonical = canonical_request(method, raw_path, query, headers, signed, payload)
-        sts = string_to_sign(p.stamp, scope, canonical).encode()
-        i = _signer(by, secrets, sts)
+        i = _signer(by, secrets, p.stamp, hashlib.sha256(canonical.encode()).hexdigest().encode())
         if i is not None:
             return i
     raise _mismatch()
